@@ -1,0 +1,151 @@
+"""
+``python -m bench``: run named workloads against the gateway (and a peer).
+
+    python -m bench --list
+    python -m bench -w nfs.seq_write,nfs.seq_read --runs 5 --peer --json out.json
+
+For each workload the gateway and (with --peer) the peer server of
+``../shared/PEERS.md`` for that protocol run on loopback with fresh scratch
+directories, and the runs interleave A B A B (shared machines are noisy, so the
+ratio of one run's interleaved medians is what means something). Prints
+median/min/max per metric and gateway/peer (> 1 = the gateway is better), and
+writes the same as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import targets
+from bench.stats import Summary, ratio, table, to_json
+from bench.workloads import Workload, load_all
+
+
+def run_workload(
+    w: Workload,
+    gateway: targets.Target,
+    peer: targets.Target | None,
+    runs: int,
+    scratch: Path,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Interleaved runs of C{w}; one result row per metric."""
+    pairs = [(gateway, "gateway")] + ([(peer, "peer")] if peer is not None else [])
+    results: dict[str, list[dict[str, float]]] = {"gateway": [], "peer": []}
+    for target, role in pairs:
+        if w.prepare is not None:
+            w.prepare(target.endpoints, scratch / f"{role}-prep")
+    for i in range(runs):
+        for target, role in pairs:
+            where = scratch / f"{role}-{i}"
+            where.mkdir(parents=True, exist_ok=True)
+            got = w.run(target.endpoints, where)
+            log(
+                f"  {w.name} run {i + 1}/{runs} {target.name}: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in got.items())
+            )
+            results[role].append(got)
+    rows = []
+    for m in w.metrics:
+        g = [r[m.name] for r in results["gateway"]]
+        row: dict[str, Any] = {
+            "workload": w.name,
+            "metric": m,
+            "gateway": Summary.of(g),
+            "gateway_runs": g,
+        }
+        if peer is not None:
+            p = [r[m.name] for r in results["peer"]]
+            row.update(peer_name=peer.name, peer=Summary.of(p), peer_runs=p)
+            row["ratio"] = ratio(row["gateway"], row["peer"], m)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    registry = load_all()
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-w", "--workloads", default="", help="comma-separated names (see --list)")
+    p.add_argument("-n", "--runs", type=int, default=3, help="timed runs per target (default 3)")
+    p.add_argument(
+        "--peer", action="store_true", help="also run the PEERS.md peer for each protocol"
+    )
+    p.add_argument(
+        "--json", type=Path, help="write results here (default bench/results/<time>.json)"
+    )
+    p.add_argument(
+        "--scratch", type=Path, help="scratch directory (default: a fresh temporary one)"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument("--list", action="store_true", help="list workloads and exit")
+    args = p.parse_args(argv)
+
+    if args.list:
+        for name, w in sorted(registry.items()):
+            print(f"{name:28} {w.protocol:6} {w.description}")
+        return 0
+    names = [n for n in args.workloads.split(",") if n]
+    unknown = [n for n in names if n not in registry]
+    if not names or unknown:
+        p.error(
+            f"unknown workloads: {', '.join(unknown)}"
+            if unknown
+            else "name workloads with -w (see --list)"
+        )
+    chosen = [registry[n] for n in names]
+
+    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="cfs-bench-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    protocols = sorted({w.protocol for w in chosen if w.protocol != "admin"})
+    rows: list[dict[str, Any]] = []
+    gateway = targets.Gateway(scratch / "gateway", protocols)
+    started: list[targets.Target] = []
+    try:
+        gateway.start()
+        started.append(gateway)
+        peers: dict[str, targets.Target] = {}
+        if args.peer:
+            for proto in protocols:
+                peer = targets.PEERS[proto](scratch / f"peer-{proto}")
+                peer.start()
+                started.append(peer)
+                peers[proto] = peer
+        for w in chosen:
+            print(f"{w.name}: {w.description}")
+            rows += run_workload(w, gateway, peers.get(w.protocol), args.runs, scratch / w.name)
+    finally:
+        for t in reversed(started):
+            t.stop()
+        if not args.keep and args.scratch is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    print()
+    print(table(rows))
+    meta = {
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "runs": args.runs,
+        "peer": args.peer,
+        "command": " ".join(["python -m bench", *(argv or sys.argv[1:])]),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    out = args.json or Path(__file__).parent / "results" / (meta["when"].replace(":", "") + ".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(to_json(rows, meta), indent=2) + "\n")
+    print(f"\nresults written to {out}")
+    return 0

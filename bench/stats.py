@@ -1,0 +1,106 @@
+"""Summaries of repeated measurements, the comparison table and the JSON report."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Metric:
+    """One number a workload reports; C{higher_is_better} decides how ratios read."""
+
+    name: str
+    unit: str
+    higher_is_better: bool = True
+
+
+@attrs.frozen
+class Summary:
+    median: float
+    min: float
+    max: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Summary:
+        return cls(statistics.median(values), min(values), max(values), len(values))
+
+
+def ratio(gateway: Summary, peer: Summary | None, metric: Metric) -> float | None:
+    """gateway/peer on medians, oriented so that > 1 always means the gateway is better."""
+    if peer is None or peer.median == 0 or gateway.median == 0:
+        return None
+    r = gateway.median / peer.median
+    return r if metric.higher_is_better else 1 / r
+
+
+def fmt(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table: workload, metric, gateway med/min/max, peer med, ratio."""
+    header = ["workload", "metric", "gateway median", "min", "max", "peer", "peer median", "ratio"]
+    lines = [header]
+    for r in rows:
+        g: Summary = r["gateway"]
+        p: Summary | None = r.get("peer")
+        rt = r.get("ratio")
+        lines.append(
+            [
+                r["workload"],
+                f"{r['metric'].name} ({r['metric'].unit})",
+                fmt(g.median),
+                fmt(g.min),
+                fmt(g.max),
+                r.get("peer_name") or "-",
+                fmt(p.median) if p else "-",
+                f"{rt:.2f}x" if rt is not None else "n/a",
+            ]
+        )
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
+    out = []
+    for i, row in enumerate(lines):
+        out.append(
+            "  ".join(
+                str(c).ljust(w) if j < 2 else str(c).rjust(w)
+                for j, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def to_json(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    def summ(s: Summary | None) -> dict[str, Any] | None:
+        return attrs.asdict(s) if s is not None else None
+
+    return {
+        "meta": meta,
+        "results": [
+            {
+                "workload": r["workload"],
+                "metric": r["metric"].name,
+                "unit": r["metric"].unit,
+                "higher_is_better": r["metric"].higher_is_better,
+                "gateway": summ(r["gateway"]),
+                "gateway_runs": r["gateway_runs"],
+                "peer_name": r.get("peer_name"),
+                "peer": summ(r.get("peer")),
+                "peer_runs": r.get("peer_runs"),
+                "ratio": r.get("ratio"),
+            }
+            for r in rows
+        ],
+    }

@@ -1,0 +1,1 @@
+"""Operator interfaces beside the protocol stack: admin HTTP and the manhole."""

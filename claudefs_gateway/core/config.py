@@ -1,0 +1,961 @@
+# -*- test-case-name: tests.core.test_config -*-
+"""
+The gateway's configuration: one YAML file, validated into frozen attrs objects.
+
+Keys follow the original design documents (C{nfs}, C{s3}, C{smb} with
+C{multichannel}, C{metadata_servers}, C{connection_pool}, C{circuit_breaker},
+C{quota}, C{cache}) plus C{backend}, C{exports}, C{users} and C{admin}.
+C{docs/configuration.rst} is generated from this module (L{reference}); a test
+keeps it and C{docs/gateway.example.yaml} in step with the schema.
+
+Every listener is a Twisted endpoint description. A C{bind} accepts the
+design documents' C{{addr, port}} mapping, a C{"host:port"} shorthand, a bare
+port, or any server endpoint string (C{"ssl:9000:privateKey=k.pem"}).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from claudefs_gateway.core._schema import (
+    Builder,
+    Custom,
+    LineMap,
+    Where,
+    build,
+    join,
+    line_of,
+    load_yaml,
+    reference_rst,
+    set_override,
+    setting,
+    walk,
+)
+from claudefs_gateway.errors import ConfigError, Problem
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Listen",
+    "load",
+    "loads",
+    "default_config",
+    "reference",
+    "key_paths",
+    "PROTOCOLS",
+]
+
+PROTOCOLS = ("nfs", "s3", "smb")
+
+MAX_U32 = 2**32 - 1
+MAX_I64 = 2**63 - 1
+
+# Endpoint types a listener may name. rdma comes from our endpoint-parser plugin.
+_ENDPOINT_TYPES = ("tcp", "tcp6", "ssl", "unix", "systemd", "rdma")
+_ENDPOINT_RE = re.compile(r"^([a-z][a-z0-9+-]*):")
+
+
+def _split_description(desc: str) -> tuple[str, list[str], dict[str, str]]:
+    """Split a Twisted endpoint description into kind, positional and keyword args."""
+    parts: list[str] = []
+    cur = []
+    escaped = False
+    for ch in desc:
+        if escaped:
+            cur.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    kind, rest = parts[0], parts[1:]
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    for p in rest:
+        if "=" in p:
+            k, v = p.split("=", 1)
+            kwargs[k] = v
+        else:
+            args.append(p)
+    return kind, args, kwargs
+
+
+def _escape(host: str) -> str:
+    return host.replace("\\", "\\\\").replace(":", "\\:")
+
+
+@attrs.frozen
+class Listen(Custom):
+    """
+    Where a listener binds, as a Twisted server endpoint description.
+
+    @ivar description: passed to C{serverFromString}.
+    @ivar host: the interface for TCP/SSL endpoints, else L{None}.
+    @ivar port: the port for TCP/SSL endpoints (0 = any free port), else L{None}.
+    """
+
+    description: str
+    host: str | None = None
+    port: int | None = None
+
+    type_doc = (
+        "endpoint (``{addr, port}``, ``host:port``, a port, or ``tcp:…``/``ssl:…``/``unix:…``)"
+    )
+
+    @property
+    def shown(self) -> str:
+        if self.host is not None and self.port is not None:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"{host}:{self.port}"
+        return self.description
+
+    @property
+    def is_tcp(self) -> bool:
+        return self.port is not None
+
+    @property
+    def is_loopback(self) -> bool:
+        """True for TCP on a loopback interface and for UNIX sockets."""
+        if self.description.startswith("unix:"):
+            return True
+        if self.host is None:
+            return False
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @classmethod
+    def tcp(cls, host: str, port: int) -> Listen:
+        kind = "tcp6" if ":" in host else "tcp"
+        return cls(f"{kind}:port={port}:interface={_escape(host)}", host, port)
+
+    def with_port(self, port: int) -> Listen:
+        """The same listener on another port (tests use port 0)."""
+        if self.host is None:
+            raise ValueError(f"{self.description} has no port")
+        kind, args, kwargs = _split_description(self.description)
+        if kind in ("tcp", "tcp6"):
+            return Listen.tcp(self.host, port)
+        kwargs["port"] = str(port)
+        parts = [kind, *args[1:], *(f"{k}={v}" for k, v in kwargs.items())]
+        return Listen(":".join(parts), self.host, port)
+
+    @classmethod
+    def convert(cls, raw: Any, default: Any, path: str, where: Where, b: Builder) -> Any:
+        dflt_host = default.host if isinstance(default, Listen) and default.host else "0.0.0.0"
+        dflt_port = default.port if isinstance(default, Listen) and default.port is not None else 0
+        if isinstance(raw, bool):
+            b.report(path, where, "expected an endpoint, got a boolean")
+            return b.INVALID
+        if isinstance(raw, int):
+            return cls._hostport(dflt_host, raw, path, where, b, join(path, "port"))
+        if isinstance(raw, dict):
+            ok = True
+            for key in raw:
+                if key not in ("addr", "port"):
+                    near = "; did you mean 'addr'?" if key in ("address", "host", "ip") else ""
+                    b.report(join(path, key), line_of(raw, key), f"unknown key{near}")
+                    ok = False
+            host = raw.get("addr", dflt_host)
+            port = raw.get("port", dflt_port)
+            if not isinstance(host, str):
+                b.report(join(path, "addr"), line_of(raw, "addr"), "expected an IP address string")
+                ok = False
+            if isinstance(port, bool) or not isinstance(port, int):
+                b.report(join(path, "port"), line_of(raw, "port"), "expected an integer port")
+                ok = False
+            if not ok:
+                return b.INVALID
+            return cls._hostport(
+                host,
+                port,
+                path,
+                line_of(raw, "port") or where,
+                b,
+                join(path, "port"),
+                host_where=line_of(raw, "addr") or where,
+            )
+        if not isinstance(raw, str):
+            b.report(path, where, "expected an endpoint string or {addr, port} mapping")
+            return b.INVALID
+        m = _ENDPOINT_RE.match(raw)
+        if m and m.group(1) in _ENDPOINT_TYPES:
+            return cls._description(raw, path, where, b)
+        if m and not raw[m.end() :].isdigit() and "." not in m.group(1):
+            b.report(
+                path,
+                where,
+                f"unknown endpoint type {m.group(1)!r} (known: {', '.join(_ENDPOINT_TYPES)})",
+            )
+            return b.INVALID
+        # host:port shorthand, as the seeds' CLI takes it ("0.0.0.0:9000", ":9000").
+        host, sep, port_s = raw.rpartition(":")
+        if not sep:
+            b.report(path, where, f"{raw!r} is not host:port or an endpoint description")
+            return b.INVALID
+        host = host.strip("[]") or dflt_host
+        if not port_s.isdigit():
+            b.report(path, where, f"port {port_s!r} is not a number")
+            return b.INVALID
+        return cls._hostport(host, int(port_s), path, where, b, path)
+
+    @classmethod
+    def _hostport(
+        cls,
+        host: str,
+        port: int,
+        path: str,
+        where: Where,
+        b: Builder,
+        port_path: str,
+        host_where: Where = None,
+    ) -> Any:
+        ok = True
+        if not 0 <= port <= 65535:
+            b.report(port_path, where, f"port {port} is out of range 0..65535")
+            ok = False
+        if host != "localhost":
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                b.report(
+                    join(path, "addr") if port_path != path else path,
+                    host_where or where,
+                    f"{host!r} is not an IP address",
+                )
+                ok = False
+        return cls.tcp(host, port) if ok else b.INVALID
+
+    @classmethod
+    def _description(cls, raw: str, path: str, where: Where, b: Builder) -> Any:
+        kind, args, kwargs = _split_description(raw)
+        host: str | None = None
+        port: int | None = None
+        if kind in ("tcp", "tcp6", "ssl", "rdma"):
+            port_s = kwargs.get("port", args[0] if args else None)
+            if port_s is None or not port_s.isdigit():
+                b.report(path, where, f"{kind} endpoint needs a numeric port")
+                return b.INVALID
+            port = int(port_s)
+            if not 0 <= port <= 65535:
+                b.report(path, where, f"port {port} is out of range 0..65535")
+                return b.INVALID
+            host = kwargs.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
+        if kind == "unix" and not ((args and args[0]) or kwargs.get("address")):
+            b.report(path, where, "unix endpoint needs a socket path")
+            return b.INVALID
+        if kind == "ssl":
+            for key in ("privateKey", "certKey"):
+                f = kwargs.get(key)
+                if f is not None and not os.path.exists(f):
+                    b.report(path, where, f"{key} file does not exist")
+                    return b.INVALID
+            if "privateKey" not in kwargs:
+                b.report(path, where, "ssl endpoint needs privateKey=")
+                return b.INVALID
+        return cls(raw, host, port)
+
+
+@attrs.frozen
+class Network(Custom):
+    """An allowed client network (CIDR or single address)."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+
+    type_doc = "network (``10.0.0.0/8``, ``192.168.1.5``, ``::1``)"
+
+    def __str__(self) -> str:
+        return str(self.network)
+
+    @classmethod
+    def parse(cls, text: str) -> Network:
+        return cls(ipaddress.ip_network(text, strict=False))
+
+    @classmethod
+    def convert(cls, raw: Any, default: Any, path: str, where: Where, b: Builder) -> Any:
+        if not isinstance(raw, str):
+            b.report(path, where, f"expected a network string, got {type(raw).__name__}")
+            return b.INVALID
+        try:
+            return cls.parse(raw)
+        except ValueError:
+            b.report(path, where, f"{raw!r} is not a network (e.g. 10.0.0.0/8)")
+            return b.INVALID
+
+    def __contains__(self, address: str) -> bool:
+        try:
+            return ipaddress.ip_address(address) in self.network
+        except ValueError:
+            return False
+
+
+def _any_network() -> list[Network]:
+    return [Network.parse("0.0.0.0/0"), Network.parse("::/0")]
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9._$-]{1,80}$")
+
+
+def _check_ns_path(b: Builder, path: str, where: Where, value: str) -> None:
+    if not value.startswith("/"):
+        b.report(path, where, "must be an absolute path in the namespace (start with /)")
+    elif any(part in (".", "..") for part in value.split("/")):
+        b.report(path, where, "must not contain . or .. components")
+
+
+# ---------------------------------------------------------------------------
+# Sections.
+
+
+@attrs.frozen(kw_only=True)
+class ExportRules:
+    """Who may use an export and as whom; shared by NFS exports and SMB shares."""
+
+    path: str = setting(
+        doc="Directory in the gateway's namespace that is exported, e.g. ``/export``."
+    )
+    read_only: bool = setting(False, doc="Refuse every change made through this export.")
+    root_squash: bool = setting(
+        True, doc="Map uid 0 and gid 0 from clients to ``anonuid``/``anongid``."
+    )
+    all_squash: bool = setting(False, doc="Map every client identity to ``anonuid``/``anongid``.")
+    anonuid: int = setting(65534, min=0, max=MAX_U32, doc="uid that squashed requests run as.")
+    anongid: int = setting(65534, min=0, max=MAX_U32, doc="gid that squashed requests run as.")
+    clients: list[Network] = setting(
+        factory=_any_network,
+        shown_default="0.0.0.0/0, ::/0",
+        doc="Client networks allowed to use this export; enforced at mount and on every call.",
+    )
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        _check_ns_path(b, join(path, "path"), line_of(raw, "path"), self.path)
+
+    def allows(self, address: str) -> bool:
+        return any(address in net for net in self.clients)
+
+
+@attrs.frozen(kw_only=True)
+class Export(ExportRules):
+    """An export served over NFS and/or as an SMB share."""
+
+    name: str | None = setting(
+        None,
+        shown_default="last component of path",
+        doc="Share name for SMB and the export's label; unique.",
+    )
+    protocols: list[Literal["nfs", "smb"]] = setting(
+        factory=lambda: ["nfs", "smb"],
+        shown_default="nfs, smb",
+        doc="Which file protocols serve this export.",
+    )
+    browseable: bool = setting(True, doc="Listed by SMB share enumeration (``smbclient -L``).")
+
+    @property
+    def share_name(self) -> str:
+        return self.name or (self.path.rstrip("/").rsplit("/", 1)[-1] or "root")
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        super().check(b, path, raw)
+        if self.name is not None and not _NAME_RE.match(self.name):
+            b.report(
+                join(path, "name"), line_of(raw, "name"), "must be 1-80 letters, digits, or . _ $ -"
+            )
+
+
+@attrs.frozen(kw_only=True)
+class NfsExport(ExportRules):
+    """An export as the design documents write it under C{nfs.exports}: NFS only."""
+
+    def as_export(self) -> Export:
+        return Export(
+            path=self.path,
+            read_only=self.read_only,
+            root_squash=self.root_squash,
+            all_squash=self.all_squash,
+            anonuid=self.anonuid,
+            anongid=self.anongid,
+            clients=self.clients,
+            protocols=["nfs"],
+            browseable=False,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Nfs:
+    enabled: bool = setting(True, doc="Serve NFSv3 (with MOUNT and NLM) and NFSv4.1/4.2.")
+    bind: Listen = setting(
+        Listen.tcp("0.0.0.0", 2049), doc="NFS listener (NFSv3, NLM and NFSv4 share it)."
+    )
+    mount_bind: Listen = setting(Listen.tcp("0.0.0.0", 20048), doc="MOUNT protocol listener.")
+    exports: list[NfsExport] = setting(
+        factory=list,
+        doc="NFS-only exports, as the design documents write them; "
+        "top-level ``exports`` serve NFS and SMB.",
+    )
+    portmapper: Literal["embedded", "system", "off"] = setting(
+        "embedded",
+        doc="``embedded`` serves rpcbind v2-4 on ``portmap_bind``; ``system`` registers "
+        "with a running rpcbind; ``off`` does neither.",
+    )
+    portmap_bind: Listen = setting(Listen.tcp("0.0.0.0", 111), doc="Embedded portmapper listener.")
+
+
+@attrs.frozen(kw_only=True)
+class S3:
+    enabled: bool = setting(True, doc="Serve the S3 REST API.")
+    bind: Listen = setting(Listen.tcp("0.0.0.0", 9000), doc="S3 listener.")
+    region: str = setting(
+        "us-east-1", doc="Region reported by GetBucketLocation and required in SigV4 scopes."
+    )
+    enable_versioning: bool = setting(
+        False, doc="Object versioning. Not supported: must stay false."
+    )
+    domain: str | None = setting(
+        None,
+        doc="Base domain for virtual-hosted-style addressing "
+        "(``bucket.s3.example.com``); path style always works.",
+    )
+    root: str = setting("/", doc="Directory of the namespace whose subdirectories are the buckets.")
+    tls_cert: str | None = setting(
+        None, doc="PEM certificate; with ``tls_key`` the listener speaks HTTPS."
+    )
+    tls_key: str | None = setting(None, doc="PEM private key for ``tls_cert``.")
+    multipart_chunk_min: int = setting(
+        5 * 1024 * 1024,
+        min=1,
+        max=5 * 1024**3,
+        size=True,
+        doc="Smallest part accepted, except the last part of an upload.",
+    )
+    part_timeout_ms: int = setting(
+        300000,
+        min=1000,
+        max=7 * 24 * 3600 * 1000,
+        doc="An upload with no part activity for this long is aborted.",
+    )
+    max_concurrent_parts: int = setting(
+        4, min=1, max=10000, doc="Parts of one upload that may be written at once."
+    )
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        if self.enable_versioning:
+            b.report(
+                join(path, "enable_versioning"),
+                line_of(raw, "enable_versioning"),
+                "object versioning is not supported by this gateway; set it to false",
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            b.report(
+                join(path, "tls_cert"),
+                line_of(raw, "tls_cert"),
+                "tls_cert and tls_key must be given together",
+            )
+        for key in ("tls_cert", "tls_key"):
+            f = getattr(self, key)
+            if f is not None and not os.path.isfile(f):
+                b.report(join(path, key), line_of(raw, key), "file does not exist")
+        _check_ns_path(b, join(path, "root"), line_of(raw, "root"), self.root)
+
+
+@attrs.frozen(kw_only=True)
+class NicCapabilities:
+    rdma: bool = setting(False, doc="The interface can carry SMB Direct (RDMA).")
+    rss: bool = setting(False, doc="Receive-side scaling is available.")
+    tso: bool = setting(False, doc="TCP segmentation offload is available.")
+    checksum_offload: bool = setting(False, doc="Checksum offload is available.")
+
+
+@attrs.frozen(kw_only=True)
+class Interface:
+    name: str = setting(doc="Interface name, e.g. ``eth0``.")
+    ip: str = setting(doc="Address clients reach this interface at.")
+    link_speed_mbps: int = setting(10000, min=1, max=10_000_000, doc="Advertised link speed.")
+    capabilities: NicCapabilities = setting(factory=NicCapabilities, doc="What the NIC offers.")
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        try:
+            ipaddress.ip_address(self.ip)
+        except ValueError:
+            b.report(join(path, "ip"), line_of(raw, "ip"), f"{self.ip!r} is not an IP address")
+
+
+@attrs.frozen(kw_only=True)
+class Multichannel:
+    enabled: bool = setting(False, doc="Offer SMB3 multichannel.")
+    max_channels: int = setting(8, min=1, max=32, doc="Most channels one session may bind.")
+    min_channels: int = setting(2, min=1, max=32, doc="Channels a client is steered to open.")
+    prefer_rdma: bool = setting(True, doc="Advertise RDMA-capable interfaces first.")
+    channel_selection: Literal["round_robin", "weighted_by_speed", "prefer_rdma"] = setting(
+        "weighted_by_speed", doc="How interfaces are ordered for clients."
+    )
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        if self.min_channels > self.max_channels:
+            b.report(
+                join(path, "min_channels"),
+                line_of(raw, "min_channels"),
+                f"must not exceed max_channels ({self.max_channels})",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class Smb:
+    enabled: bool = setting(True, doc="Serve SMB 2.0.2-3.1.1.")
+    bind: Listen = setting(Listen.tcp("0.0.0.0", 445), doc="SMB listener (direct TCP).")
+    domain: str = setting("CLAUDEFS", doc="NetBIOS domain name reported in NTLM challenges.")
+    workgroup: str = setting("CLAUDEFS", doc="Workgroup reported to browsing clients.")
+    domain_sid: str | None = setting(
+        None,
+        shown_default="derived from the install secret",
+        doc="Domain SID for uid/gid ↔ SID mapping (``S-1-5-21-a-b-c``).",
+    )
+    signing: Literal["disabled", "enabled", "required"] = setting(
+        "enabled", doc="Message signing: offered (``enabled``) or demanded (``required``)."
+    )
+    encrypt: Literal["off", "enabled", "desired", "required"] = setting(
+        "enabled", doc="Encryption: refused, allowed on request, preferred, or demanded."
+    )
+    guest: bool = setting(False, doc="Allow guest logons (off by default).")
+    max_message_size: int = setting(
+        8 * 1024 * 1024 + 65536,
+        min=65536 + 64,
+        max=16 * 1024 * 1024 + 65536,
+        size=True,
+        doc="Largest SMB2 message accepted on the wire.",
+    )
+    multichannel: Multichannel = setting(factory=Multichannel, doc="SMB3 multichannel.")
+    interfaces: list[Interface] = setting(
+        factory=list, doc="Interfaces advertised for multichannel."
+    )
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        if self.domain_sid is not None and not re.match(r"^S-1-5-21(-\d+){3}$", self.domain_sid):
+            b.report(
+                join(path, "domain_sid"),
+                line_of(raw, "domain_sid"),
+                "must look like S-1-5-21-<n>-<n>-<n>",
+            )
+        if self.signing == "disabled" and self.encrypt == "required":
+            b.report(
+                join(path, "encrypt"),
+                line_of(raw, "encrypt"),
+                "encryption cannot be required while signing is disabled",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class MetadataServer:
+    address: str = setting(doc="``host:port`` of a ClaudeFS metadata server (port 7001).")
+    transport: Literal["tcp", "rdma"] = setting(
+        "tcp", doc="Transport to this server; RDMA falls back to TCP."
+    )
+    device: str | None = setting(None, doc="RDMA device name, e.g. ``mlx5_0``.")
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            b.report(
+                join(path, "address"),
+                line_of(raw, "address"),
+                "must be host:port with a port 1..65535",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionPool:
+    min_per_node: int = setting(
+        4, min=0, max=1024, doc="Connections kept open to each backend node."
+    )
+    max_per_node: int = setting(32, min=1, max=4096, doc="Most connections to one backend node.")
+    max_idle_ms: int = setting(
+        300000, min=0, max=86_400_000, doc="Idle connections above the minimum close after this."
+    )
+    connect_timeout_ms: int = setting(
+        5000, min=1, max=600_000, doc="Deadline for opening a connection."
+    )
+    health_check_interval_ms: int = setting(
+        30000, min=100, max=3_600_000, doc="How often idle connections are probed."
+    )
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        if self.min_per_node > self.max_per_node:
+            b.report(
+                join(path, "min_per_node"),
+                line_of(raw, "min_per_node"),
+                f"must not exceed max_per_node ({self.max_per_node})",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class CircuitBreaker:
+    failure_threshold: int = setting(
+        5, min=1, max=1000, doc="Consecutive failures that open the circuit."
+    )
+    success_threshold: int = setting(
+        2, min=1, max=1000, doc="Successes in half-open state that close it."
+    )
+    open_duration_ms: int = setting(
+        30000, min=1, max=3_600_000, doc="Time open before a trial call."
+    )
+    timeout_ms: int = setting(5000, min=1, max=600_000, doc="Deadline of one backend operation.")
+
+
+@attrs.frozen(kw_only=True)
+class QuotaLimits:
+    bytes_soft: int = setting(0, min=0, max=MAX_I64, size=True, doc="Soft byte limit; 0 = none.")
+    bytes_hard: int = setting(0, min=0, max=MAX_I64, size=True, doc="Hard byte limit; 0 = none.")
+    inodes_soft: int = setting(0, min=0, max=MAX_I64, doc="Soft inode limit; 0 = none.")
+    inodes_hard: int = setting(0, min=0, max=MAX_I64, doc="Hard inode limit; 0 = none.")
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        for kind in ("bytes", "inodes"):
+            soft, hard = getattr(self, f"{kind}_soft"), getattr(self, f"{kind}_hard")
+            if soft and hard and soft > hard:
+                b.report(
+                    join(path, f"{kind}_soft"),
+                    line_of(raw, f"{kind}_soft"),
+                    f"must not exceed {kind}_hard ({hard})",
+                )
+
+
+@attrs.frozen(kw_only=True)
+class Quota:
+    soft_limit_grace_period_seconds: int = setting(
+        604800,
+        min=0,
+        max=10 * 365 * 86400,
+        doc="After a soft limit is crossed, it is enforced as hard once this much time has passed.",
+    )
+    user_defaults: QuotaLimits = setting(
+        factory=QuotaLimits, doc="Limits for every uid without its own."
+    )
+    group_defaults: QuotaLimits = setting(
+        factory=QuotaLimits, doc="Limits for every gid without its own."
+    )
+
+
+@attrs.frozen(kw_only=True)
+class AttrCache:
+    max_entries: int = setting(
+        10000, min=0, max=100_000_000, doc="Cached attribute entries; 0 disables the cache."
+    )
+    default_ttl_secs: int = setting(30, min=0, max=86400, doc="How long an entry may be served.")
+    eviction: Literal["lru", "lfu", "fifo"] = setting(
+        "lru", doc="Which entry goes when the cache is full."
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Cache:
+    nfs_attr_cache: AttrCache = setting(
+        factory=AttrCache, doc="Attribute cache used by every front end."
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Backend:
+    type: Literal["embedded", "remote"] = setting(
+        "embedded",
+        doc="``embedded``: SQLite metadata and per-inode files under ``data_dir``; "
+        "``remote``: ClaudeFS metadata/data servers.",
+    )
+    data_dir: str = setting(
+        "./cfs-data",
+        doc="Where the embedded store, install secret and runtime state live; "
+        "relative paths are taken from the current directory.",
+    )
+
+
+@attrs.frozen(kw_only=True)
+class User:
+    name: str = setting(doc="Login name for SMB and the owner name shown by S3.")
+    uid: int = setting(min=0, max=MAX_U32 - 1, doc="Numeric user id.")
+    gid: int = setting(min=0, max=MAX_U32 - 1, doc="Primary group id.")
+    groups: list[int] = setting(factory=list, doc="Supplementary group ids.")
+    nt_hash: str | None = setting(
+        None, secret=True, doc="NT password hash (32 hex digits) for SMB NTLMv2."
+    )
+    s3_access_key: str | None = setting(None, doc="S3 access key id.")
+    s3_secret_key: str | None = setting(None, secret=True, doc="S3 secret access key.")
+    nfs4_name: str | None = setting(None, doc="NFSv4 owner name (``user@domain``).")
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        if not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.name):
+            b.report(
+                join(path, "name"), line_of(raw, "name"), "must be 1-64 letters, digits, or . _ -"
+            )
+        if self.nt_hash is not None and not re.match(r"^[0-9a-fA-F]{32}$", self.nt_hash):
+            b.report(join(path, "nt_hash"), line_of(raw, "nt_hash"), "must be 32 hex digits")
+        if (self.s3_access_key is None) != (self.s3_secret_key is None):
+            b.report(
+                join(path, "s3_access_key"),
+                line_of(raw, "s3_access_key"),
+                "s3_access_key and s3_secret_key must be given together",
+            )
+        for i, g in enumerate(self.groups):
+            if not 0 <= g < MAX_U32:
+                b.report(join(join(path, "groups"), i), line_of(raw, "groups"), "gid out of range")
+
+
+@attrs.frozen(kw_only=True)
+class Manhole:
+    bind: Listen = setting(
+        Listen.tcp("127.0.0.1", 2222), doc="SSH listener; must be loopback or a ``unix:`` socket."
+    )
+    authorized_keys: str = setting(
+        doc="OpenSSH authorized_keys file; only these keys may log in (no password authentication)."
+    )
+    host_key: str | None = setting(
+        None,
+        shown_default="<data_dir>/manhole_host_key",
+        doc="SSH host key file; generated on first start if absent.",
+    )
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        if not self.bind.is_loopback:
+            b.report(
+                join(path, "bind"),
+                line_of(raw, "bind"),
+                "the manhole must listen on loopback or a unix socket",
+            )
+        if not os.path.isfile(self.authorized_keys):
+            b.report(
+                join(path, "authorized_keys"),
+                line_of(raw, "authorized_keys"),
+                "file does not exist",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class Admin:
+    bind: Listen = setting(
+        Listen.tcp("127.0.0.1", 8080), doc="Admin HTTP listener: /health, /metrics, /admin/*."
+    )
+    token: str | None = setting(
+        None,
+        secret=True,
+        doc="Bearer token. Unset: only loopback clients are served. Set: non-loopback "
+        "clients and every /admin/* call must present it.",
+    )
+    drain_timeout_secs: float = setting(
+        30.0, min=0, max=3600, doc="On SIGTERM or drain, how long in-flight requests may run on."
+    )
+    manhole: Manhole | None = setting(None, doc="SSH admin console; off unless configured.")
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        if self.token is not None and len(self.token) < 16:
+            b.report(join(path, "token"), line_of(raw, "token"), "must be at least 16 characters")
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """The whole validated configuration. Build it with L{load} or L{loads}."""
+
+    log_level: Literal["debug", "info", "warn", "error", "critical"] = setting(
+        "info", doc="Least severe log level written."
+    )
+    log_format: Literal["human", "json"] = setting(
+        "human", doc="Log lines as text or as JSON objects."
+    )
+    backend: Backend = setting(factory=Backend, doc="Where the namespace is stored.")
+    exports: list[Export] = setting(
+        factory=list,
+        shown_default="[] (then /export is exported)",
+        doc="Exports served over NFS and SMB. If neither this nor ``nfs.exports`` lists any, "
+        "``/export`` is exported with the defaults below.",
+    )
+    users: list[User] | str | None = setting(
+        None,
+        shown_default="<data_dir>/users.yaml",
+        doc="The user database: a list of users, or the path of a users file kept by ``cfs-gateway user``.",
+    )
+    nfs: Nfs = setting(factory=Nfs, doc="NFS front end.")
+    s3: S3 = setting(factory=S3, doc="S3 front end.")
+    smb: Smb = setting(factory=Smb, doc="SMB front end.")
+    metadata_servers: list[MetadataServer] = setting(
+        factory=list, doc="Used by the remote backend."
+    )
+    connection_pool: ConnectionPool = setting(
+        factory=ConnectionPool, doc="Backend connection pool."
+    )
+    circuit_breaker: CircuitBreaker = setting(
+        factory=CircuitBreaker, doc="Backend circuit breaker."
+    )
+    quota: Quota = setting(factory=Quota, doc="Quota defaults; per-id limits live in the store.")
+    cache: Cache = setting(factory=Cache, doc="Caches.")
+    admin: Admin = setting(factory=Admin, doc="Admin HTTP and manhole.")
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        if self.backend.type == "remote":
+            b.report(
+                "backend.type",
+                line_of(raw.get("backend", raw), "type"),
+                "the remote backend is not built in this version; use embedded",
+            )
+        seen_paths: dict[str, str] = {}
+        seen_names: dict[str, str] = {}
+        for i, e in enumerate(self.all_exports()):
+            where = f"exports[{i}]"
+            if e.path in seen_paths:
+                b.report(
+                    "exports",
+                    line_of(raw, "exports") or line_of(raw, "nfs"),
+                    f"path {e.path} is exported twice ({seen_paths[e.path]} and {where})",
+                )
+            seen_paths.setdefault(e.path, where)
+            if "smb" in e.protocols:
+                key = e.share_name.lower()
+                if key in seen_names or key == "ipc$":
+                    b.report(
+                        "exports",
+                        line_of(raw, "exports"),
+                        f"share name {e.share_name!r} is used twice",
+                    )
+                seen_names.setdefault(key, where)
+        if isinstance(self.users, list):
+            names: set[str] = set()
+            keys: set[str] = set()
+            for i, u in enumerate(self.users):
+                if u.name in names:
+                    b.report(
+                        f"users[{i}].name",
+                        line_of(raw, "users"),
+                        f"user {u.name!r} is listed twice",
+                    )
+                names.add(u.name)
+                if u.s3_access_key is not None:
+                    if u.s3_access_key in keys:
+                        b.report(
+                            f"users[{i}].s3_access_key",
+                            line_of(raw, "users"),
+                            "access key is used twice",
+                        )
+                    keys.add(u.s3_access_key)
+
+    # -- derived views --------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.backend.data_dir).absolute()
+
+    def all_exports(self) -> list[Export]:
+        """Top-level exports then C{nfs.exports}; C{/export} when there are none."""
+        out = list(self.exports) + [e.as_export() for e in self.nfs.exports]
+        if not out:
+            out = [Export(path="/export")]
+        return out
+
+    def exports_for(self, protocol: str) -> list[Export]:
+        return [e for e in self.all_exports() if protocol in e.protocols]
+
+    def enabled_protocols(self) -> list[str]:
+        return [p for p in PROTOCOLS if getattr(self, p).enabled]
+
+    def secrets(self) -> Iterator[str]:
+        """Every secret value in this configuration (for log scrubbing)."""
+        if self.admin.token:
+            yield self.admin.token
+        if isinstance(self.users, list):
+            for u in self.users:
+                if u.nt_hash:
+                    yield u.nt_hash
+                if u.s3_secret_key:
+                    yield u.s3_secret_key
+
+    @property
+    def manhole_host_key(self) -> Path | None:
+        m = self.admin.manhole
+        if m is None:
+            return None
+        return Path(m.host_key) if m.host_key else self.data_dir / "manhole_host_key"
+
+
+def loads(
+    text: str, source: str = "<config>", overrides: dict[str, tuple[Any, str]] | None = None
+) -> Config:
+    """
+    Validate configuration text.
+
+    @param overrides: dotted key path → (value, flag name), applied before validation.
+    @raise ConfigError: with every problem, each naming its key path and line.
+    """
+    raw = load_yaml(text, source)
+    if raw is None:
+        raw = LineMap()
+        raw.line, raw.key_lines, raw.duplicates = 1, {}, []
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            [Problem("", 1, "the configuration must be a mapping of sections")], source
+        )
+    for path, (value, label) in (overrides or {}).items():
+        set_override(raw, path, value, label)
+    return build(Config, raw, source)
+
+
+def load(
+    path: str | os.PathLike[str], overrides: dict[str, tuple[Any, str]] | None = None
+) -> Config:
+    """
+    Read and validate a configuration file.
+
+    @raise ConfigError: unreadable, not YAML, or invalid.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            [Problem("", None, f"cannot read: {e.__class__.__name__}: {e.args[-1]}")], str(path)
+        ) from None
+    return loads(text, str(path), overrides)
+
+
+def default_config(overrides: dict[str, tuple[Any, str]] | None = None) -> Config:
+    """The configuration used when no file is given: every default."""
+    return loads("", "<defaults>", overrides)
+
+
+def key_paths() -> list[str]:
+    """Every key path of the schema (list items as C{key[]}), for docs and tests."""
+    return [k.path for k in walk(Config)]
+
+
+_INTRO = """
+.. This file is generated by ``python -m claudefs_gateway.core.config``; a test keeps
+   it in step with the schema in ``claudefs_gateway/core/config.py``. Edit the schema.
+
+One YAML file configures the gateway. Every key below is optional unless marked
+*required*; unknown keys are errors. ``cfs-gateway validate-config --config FILE``
+reports every problem with its key path and line and exits 1, or prints ``OK``.
+``docs/gateway.example.yaml`` shows every key with its default.
+
+Listeners (every ``bind``) take a ``{addr, port}`` mapping, ``"host:port"``, a bare
+port, or a Twisted endpoint description such as ``tcp:2049:interface=127.0.0.1``,
+``tcp6:port=2049:interface=\\:\\:1``, ``ssl:9000:privateKey=key.pem:certKey=cert.pem``
+or ``unix:/run/claudefs/admin.sock:mode=600``. Command-line flags of
+``cfs-gateway start`` and the twistd plugins override the file.
+"""
+
+
+def reference() -> str:
+    """The generated reference for C{docs/configuration.rst}."""
+    return reference_rst(Config, "Configuration reference", _INTRO)
+
+
+if __name__ == "__main__":  # pragma: no cover - documentation generator
+    import sys
+
+    sys.stdout.write(reference())

@@ -1,0 +1,226 @@
+# -*- test-case-name: tests.core.test_metrics -*-
+"""
+Prometheus metrics on a per-gateway registry.
+
+The names are the design documents' (DESIGN.md "Observability"); L{CATALOGUE}
+holds each one's kind, help text and labels exactly once, and a subsystem
+registers the families it owns by asking L{Metrics} for them by name, so two
+owners cannot define one name two ways, and a gateway without S3 shows no S3
+metrics. Labels are bounded (protocol, op, status, backend, cache): never
+peers, paths or users (STYLE.md §9).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.process_collector import ProcessCollector
+
+__all__ = ["CATALOGUE", "Metrics", "RequestMetrics", "LATENCY_BUCKETS"]
+
+# From 50 µs (a cached GETATTR) to 30 s (a large object over a slow link).
+LATENCY_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+@attrs.frozen
+class Spec:
+    kind: type
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+CATALOGUE: dict[str, Spec] = {
+    "gateway_requests_total": Spec(
+        Counter, "Requests served, by protocol and operation.", ("protocol", "op")
+    ),
+    "gateway_errors_total": Spec(
+        Counter, "Requests answered with an error status.", ("protocol", "op", "status")
+    ),
+    "gateway_latency_seconds": Spec(
+        Histogram, "Time from request decoded to reply queued.", ("protocol", "op")
+    ),
+    "gateway_latency_p99_us": Spec(
+        Gauge, "p99 latency of the last 2048 requests, microseconds.", ("protocol",)
+    ),
+    "gateway_active_connections": Spec(Gauge, "Open client connections.", ("protocol",)),
+    "gateway_max_connections": Spec(
+        Gauge, "Most client connections accepted at once (0 = unlimited).", ("protocol",)
+    ),
+    "gateway_in_flight_requests": Spec(Gauge, "Requests being served now.", ("protocol",)),
+    "gateway_rejected_requests_total": Spec(
+        Counter,
+        "Requests refused without being served (circuit open, draining, overload).",
+        ("protocol", "reason"),
+    ),
+    "gateway_auth_failures_total": Spec(Counter, "Failed authentications.", ("protocol",)),
+    "gateway_backend_errors_total": Spec(
+        Counter, "Backend operations that failed.", ("backend", "kind")
+    ),
+    "gateway_circuit_breaker_state": Spec(
+        Gauge, "Circuit state: 0 closed, 1 open, 2 half-open.", ("backend",)
+    ),
+    "gateway_cache_hits_total": Spec(Counter, "Cache lookups answered from the cache.", ("cache",)),
+    "gateway_cache_misses_total": Spec(
+        Counter, "Cache lookups that went to the backend.", ("cache",)
+    ),
+    "gateway_s3_multipart_active": Spec(Gauge, "Multipart uploads in progress."),
+    "gateway_s3_multipart_failed_total": Spec(Counter, "Multipart uploads aborted or expired."),
+    "gateway_cpu_usage_percent": Spec(
+        Gauge, "Gateway process CPU use since the last scrape, percent of one core."
+    ),
+    "gateway_draining": Spec(Gauge, "1 while the gateway drains (no new connections), else 0."),
+    "gateway_info": Spec(Info, "Gateway version and backend type."),
+}
+
+
+class Metrics:
+    """
+    The gateway's metric families on one registry.
+
+    @ivar registry: what C{/metrics} serves; tests pass a fresh one.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._families: dict[str, Any] = {}
+
+    def family(self, name: str) -> Any:
+        """
+        The family C{name} from L{CATALOGUE}, registered on first use.
+
+        @raise KeyError: C{name} is not in the catalogue.
+        """
+        fam = self._families.get(name)
+        if fam is None:
+            spec = CATALOGUE[name]
+            kw: dict[str, Any] = {"registry": self.registry}
+            if spec.kind is Histogram:
+                kw["buckets"] = LATENCY_BUCKETS
+            # prometheus_client adds _total to counters itself.
+            base = name[: -len("_total")] if spec.kind is Counter else name
+            if spec.kind is Info:
+                base = name[: -len("_info")]
+            fam = spec.kind(base, spec.help, spec.labels, **kw)
+            self._families[name] = fam
+        return fam
+
+    def registered(self) -> list[str]:
+        return sorted(self._families)
+
+    def add_process_collectors(self, clock: Callable[[], float] = time.monotonic) -> None:
+        """process_* series and gateway_cpu_usage_percent, owned by the process itself."""
+        ProcessCollector(registry=self.registry)
+        cpu = CpuUsage(clock)
+        self.family("gateway_cpu_usage_percent").set_function(cpu.percent)
+
+
+class CpuUsage:
+    """CPU percent of one core used by this process between two readings."""
+
+    def __init__(self, clock: Callable[[], float], times: Callable[[], Any] = os.times) -> None:
+        self._clock = clock
+        self._times = times
+        t = times()
+        self._last = (clock(), t.user + t.system)
+
+    def percent(self) -> float:
+        now = self._clock()
+        t = self._times()
+        cpu = t.user + t.system
+        last_wall, last_cpu = self._last
+        self._last = (now, cpu)
+        wall = now - last_wall
+        if wall <= 0:
+            return 0.0
+        return round(100.0 * (cpu - last_cpu) / wall, 2)
+
+
+class _Reservoir:
+    """The last N latencies of one protocol, for the p99 gauge."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self.samples: deque[float] = deque(maxlen=size)
+
+    def p99_us(self) -> float:
+        return round(percentile(sorted(self.samples), 0.99) * 1e6, 1)
+
+
+class RequestMetrics:
+    """
+    Per-protocol request accounting: count, errors, latency histogram, p99.
+
+    Front ends call L{observe} once per request. Label children are cached per
+    operation so the hot path is a dict lookup and three increments.
+    """
+
+    def __init__(self, metrics: Metrics, protocol: str) -> None:
+        self.protocol = protocol
+        self._requests = metrics.family("gateway_requests_total")
+        self._errors = metrics.family("gateway_errors_total")
+        self._latency = metrics.family("gateway_latency_seconds")
+        self._rejected = metrics.family("gateway_rejected_requests_total")
+        self._auth = metrics.family("gateway_auth_failures_total").labels(protocol)
+        self._reservoir = _Reservoir()
+        metrics.family("gateway_latency_p99_us").labels(protocol).set_function(
+            self._reservoir.p99_us
+        )
+        self._ops: dict[str, tuple[Any, Any]] = {}
+        self._errs: dict[tuple[str, str], Any] = {}
+
+    def observe(self, op: str, seconds: float, status: str | None = None) -> None:
+        """Count one request of C{op} that took C{seconds}; C{status} names an error."""
+        pair = self._ops.get(op)
+        if pair is None:
+            pair = (
+                self._requests.labels(self.protocol, op),
+                self._latency.labels(self.protocol, op),
+            )
+            self._ops[op] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
+        self._reservoir.samples.append(seconds)
+        if status is not None:
+            key = (op, status)
+            child = self._errs.get(key)
+            if child is None:
+                child = self._errs[key] = self._errors.labels(self.protocol, op, status)
+            child.inc()
+
+    def rejected(self, reason: str) -> None:
+        self._rejected.labels(self.protocol, reason).inc()
+
+    def auth_failed(self) -> None:
+        self._auth.inc()
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of already sorted values, nearest rank."""
+    if not sorted_values:
+        return 0.0
+    idx = max(0, min(len(sorted_values) - 1, int(q * len(sorted_values) + 0.5) - 1))
+    return sorted_values[idx]

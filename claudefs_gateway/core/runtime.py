@@ -1,0 +1,58 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+The one core per process that every front end is handed (STYLE.md §10).
+
+It carries the validated configuration, the reactor, and the shared subsystems
+(metrics, health, drain, caches, thread pools), and offers front ends one way
+to add a listener, so every listener gets a health check and joins the drain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.application.service import MultiService
+from twisted.internet.interfaces import IProtocolFactory
+
+from claudefs_gateway.core.caches import Caches
+from claudefs_gateway.core.config import Config, Listen
+from claudefs_gateway.core.drain import Drainer
+from claudefs_gateway.core.health import HealthChecks
+from claudefs_gateway.core.listen import ListenerService
+from claudefs_gateway.core.metrics import Metrics
+from claudefs_gateway.core.threads import ThreadPools
+
+__all__ = ["Core"]
+
+
+@attrs.define
+class Core:
+    config: Config
+    reactor: Any
+    metrics: Metrics
+    health: HealthChecks
+    drainer: Drainer
+    caches: Caches
+    threads: ThreadPools
+    extras: dict[str, Any] = attrs.field(factory=dict)
+
+    def listener(
+        self,
+        parent: MultiService,
+        name: str,
+        label: str,
+        listen: Listen,
+        factory: IProtocolFactory,
+        drainable: bool = True,
+    ) -> ListenerService:
+        """
+        Add a listener under C{parent}: health check C{label}, and (if
+        C{drainable}) stopped by the drain.
+        """
+        svc = ListenerService(name, label, listen, factory, self.reactor, drainable=drainable)
+        svc.setServiceParent(parent)
+        self.health.register(label, svc.check)
+        if drainable:
+            self.drainer.add_listener(svc)
+        return svc

@@ -1,0 +1,1 @@
+"""Public test helpers: fakes and fixtures other packages' tests may use."""

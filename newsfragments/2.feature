@@ -1,0 +1,1 @@
+The foundation: install with pip, configure with one validated YAML file, run with `cfs-gateway start` or `twistd claudefs-gateway`, watch `/health` and `/metrics`, drain gracefully, and inspect the live gateway over an SSH manhole.

@@ -1,0 +1,90 @@
+"""
+Tests for the bench runner's logic (bench/): interleaving, statistics, ratios,
+the table and the JSON report. No timing is asserted: numbers come from fakes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bench import runner, targets
+from bench.stats import Metric, Summary, ratio, table, to_json
+from bench.workloads import Workload, load_all
+
+
+class FakeTarget(targets.Target):
+    def __init__(self, name: str) -> None:
+        super().__init__(Path("."))
+        self.name = name
+        self.endpoints = {"who": name}
+
+    def start(self) -> None:
+        pass
+
+
+class RunnerTests(SynchronousTestCase):
+    def test_interleaved_and_summarised(self) -> None:
+        """Runs alternate gateway, peer, gateway, peer; each metric gets a row with a ratio."""
+        order: list[str] = []
+        values = {"gw": iter([10.0, 30.0, 20.0]), "peer": iter([20.0, 20.0, 20.0])}
+
+        def run(endpoints: dict[str, Any], scratch: Path) -> dict[str, float]:
+            order.append(endpoints["who"])
+            v = next(values[endpoints["who"]])
+            return {"ops/s": v, "p99": v}
+
+        w = Workload(
+            "fake.w",
+            "nfs",
+            (Metric("ops/s", "ops/s"), Metric("p99", "ms", higher_is_better=False)),
+            run,
+        )
+        rows = runner.run_workload(
+            w, FakeTarget("gw"), FakeTarget("peer"), 3, Path(self.mktemp()), log=lambda s: None
+        )
+        self.assertEqual(order, ["gw", "peer", "gw", "peer", "gw", "peer"])
+        ops, p99 = rows
+        self.assertEqual(ops["gateway"], Summary(20.0, 10.0, 30.0, 3))
+        self.assertEqual(ops["ratio"], 1.0)
+        self.assertEqual(p99["ratio"], 1.0)
+        self.assertEqual(ops["gateway_runs"], [10.0, 30.0, 20.0])
+
+    def test_ratio_orientation(self) -> None:
+        """A ratio above 1 always means the gateway did better."""
+        fast, slow = Summary(2, 2, 2, 1), Summary(1, 1, 1, 1)
+        self.assertEqual(ratio(fast, slow, Metric("MiB/s", "MiB/s")), 2.0)
+        self.assertEqual(ratio(slow, fast, Metric("p99", "ms", higher_is_better=False)), 2.0)
+        self.assertIsNone(ratio(fast, None, Metric("x", "y")))
+
+    def test_table_and_json(self) -> None:
+        m = Metric("MiB/s", "MiB/s")
+        rows = [
+            {
+                "workload": "nfs.seq_read",
+                "metric": m,
+                "gateway": Summary(700, 650, 720, 3),
+                "gateway_runs": [650, 700, 720],
+                "peer_name": "nfs-ganesha",
+                "peer": Summary(1000, 990, 1010, 3),
+                "peer_runs": [990, 1000, 1010],
+                "ratio": 0.7,
+            }
+        ]
+        text = table(rows)
+        self.assertIn("nfs.seq_read", text)
+        self.assertIn("0.70x", text)
+        self.assertIn("nfs-ganesha", text)
+        doc = json.loads(json.dumps(to_json(rows, {"runs": 3})))
+        self.assertEqual(doc["results"][0]["peer"]["median"], 1000)
+        self.assertEqual(doc["results"][0]["ratio"], 0.7)
+
+    def test_registry_loads(self) -> None:
+        self.assertIn("admin.health", load_all())
+
+    def test_unknown_workload_is_an_error(self) -> None:
+        with self.assertRaises(SystemExit):
+            runner.main(["-w", "no.such"])

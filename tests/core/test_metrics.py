@@ -1,0 +1,96 @@
+"""Tests for L{claudefs_gateway.core.metrics}."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.trial.unittest import SynchronousTestCase
+
+from claudefs_gateway.core.metrics import CATALOGUE, CpuUsage, Metrics, RequestMetrics, percentile
+
+
+def scrape(m: Metrics) -> dict[str, list]:
+    text = generate_latest(m.registry).decode()
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+class MetricsTests(SynchronousTestCase):
+    def test_only_registered_families_exposed(self) -> None:
+        """A family appears once its owner asks for it, not before."""
+        m = Metrics()
+        self.assertEqual(scrape(m), {})
+        m.family("gateway_s3_multipart_active").set(3)
+        self.assertEqual(scrape(m)["gateway_s3_multipart_active"][0].value, 3)
+        self.assertIs(
+            m.family("gateway_s3_multipart_active"), m.family("gateway_s3_multipart_active")
+        )
+
+    def test_catalogue_names_are_exposed_as_is(self) -> None:
+        """Every catalogue name is exactly the exposed name (counters keep their _total)."""
+        m = Metrics()
+        for name, spec in CATALOGUE.items():
+            fam = m.family(name)
+            if spec.labels:
+                fam = fam.labels(*["x"] * len(spec.labels))
+            if hasattr(fam, "inc"):
+                fam.inc()
+            elif hasattr(fam, "observe"):
+                fam.observe(0.001)
+            elif hasattr(fam, "info"):
+                fam.info({"version": "1"})
+        text = generate_latest(m.registry).decode()
+        for name in CATALOGUE:
+            self.assertIn(f"\n{name}", "\n" + text, name)
+
+    def test_separate_registries(self) -> None:
+        a, b = Metrics(), Metrics()
+        a.family("gateway_draining").set(1)
+        self.assertNotIn("gateway_draining", scrape(b))
+
+    def test_unknown_name(self) -> None:
+        self.assertRaises(KeyError, Metrics().family, "gateway_made_up")
+
+
+class RequestMetricsTests(SynchronousTestCase):
+    def test_observe(self) -> None:
+        m = Metrics()
+        r = RequestMetrics(m, "nfs3")
+        r.observe("GETATTR", 0.0002)
+        r.observe("GETATTR", 0.0004)
+        r.observe("LOOKUP", 0.003, status="NFS3ERR_NOENT")
+        r.rejected("draining")
+        r.auth_failed()
+        s = scrape(m)
+        reqs = {
+            tuple(sorted(x.labels.items())): x.value
+            for x in s["gateway_requests"]
+            if x.name.endswith("_total")
+        }
+        self.assertEqual(reqs[(("op", "GETATTR"), ("protocol", "nfs3"))], 2)
+        errs = [x for x in s["gateway_errors"] if x.name.endswith("_total")]
+        self.assertEqual([(x.labels["status"], x.value) for x in errs], [("NFS3ERR_NOENT", 1)])
+        self.assertEqual(s["gateway_latency_p99_us"][0].value, 3000.0)
+        buckets = [x for x in s["gateway_latency_seconds"] if x.name.endswith("_count")]
+        self.assertEqual(sum(x.value for x in buckets), 3)
+        self.assertEqual(
+            [x.value for x in s["gateway_auth_failures"] if x.name.endswith("_total")], [1]
+        )
+
+    def test_percentile(self) -> None:
+        self.assertEqual(percentile([], 0.99), 0.0)
+        values = [float(i) for i in range(1, 101)]
+        self.assertEqual(percentile(values, 0.99), 99.0)
+        self.assertEqual(percentile(values, 0.5), 50.0)
+
+
+class CpuUsageTests(SynchronousTestCase):
+    def test_percent_between_readings(self) -> None:
+        class T:
+            user, system = 0.0, 0.0
+
+        now = [100.0]
+        t = T()
+        cpu = CpuUsage(lambda: now[0], lambda: t)
+        now[0], t.user, t.system = 102.0, 0.5, 0.5
+        self.assertEqual(cpu.percent(), 50.0)
+        self.assertEqual(cpu.percent(), 0.0)

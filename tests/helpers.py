@@ -1,0 +1,192 @@
+"""
+Helpers shared by the integration tests: real subprocesses, real HTTP.
+
+Nothing here sleeps: every wait is on a Deferred that fires on an event (a log
+line, a process exit), bounded by the test case's timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Under CI a missing real client is a failure, never a skip (README "Tests").
+IN_CI = bool(os.environ.get("CI"))
+
+
+def bin_path(name: str) -> str:
+    """An executable next to this interpreter (the venv's), else on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.exists(here):
+        return here
+    found = shutil.which(name)
+    if found is None:
+        raise AssertionError(f"{name} is not installed; run the README's test command")
+    return found
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("CFS_ADMIN_TOKEN", None)
+    env.update(extra)
+    return env
+
+
+class GatewayProcess(protocol.ProcessProtocol):
+    """
+    A child process whose stdout is JSON log lines (``log_format: json``).
+
+    ``wait_for(pred)`` fires with the first event (past or future) matching
+    ``pred``; ``ended`` fires with the exit status (a negative signal number if
+    killed by a signal, as subprocess reports it).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.text: list[str] = []
+        self.stderr = b""
+        self._buf = b""
+        self._waiters: list[
+            tuple[Callable[[dict[str, Any]], bool], defer.Deferred[dict[str, Any]]]
+        ] = []
+        self.ended: defer.Deferred[int] = defer.Deferred()
+        self.pid: int | None = None
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+
+    def outReceived(self, data: bytes) -> None:
+        self._buf += data
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            text = line.decode("utf-8", "replace")
+            self.text.append(text)
+            try:
+                event = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                self.events.append(event)
+                for pred, d in list(self._waiters):
+                    if pred(event):
+                        self._waiters.remove((pred, d))
+                        d.callback(event)
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+
+    def processEnded(self, reason: Failure) -> None:
+        for _, d in self._waiters:
+            d.errback(
+                AssertionError(
+                    f"process ended before the awaited event; stderr: {self.stderr[-2000:]!r}"
+                    f"\nstdout: {self.text[-20:]!r}"
+                )
+            )
+        self._waiters = []
+        v = reason.value
+        if isinstance(v, ProcessDone):
+            self.ended.callback(0)
+        elif isinstance(v, ProcessTerminated):
+            self.ended.callback(-v.signal if v.signal is not None else v.exitCode)
+        else:  # pragma: no cover
+            self.ended.errback(reason)
+
+    def wait_for(self, pred: Callable[[dict[str, Any]], bool]) -> defer.Deferred[dict[str, Any]]:
+        for event in self.events:
+            if pred(event):
+                return defer.succeed(event)
+        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self._waiters.append((pred, d))
+        return d
+
+    def wait_listening(self, label: str) -> defer.Deferred[int]:
+        """Fire with the port the child's listener C{label} bound."""
+        d = self.wait_for(lambda e: e.get("listener") == label and e.get("port") is not None)
+        return d.addCallback(lambda e: int(e["port"]))
+
+    def signal(self, sig: str) -> None:
+        self.transport.signalProcess(sig)
+
+    def messages(self) -> list[str]:
+        """Each event's format string, for asserting on what was logged."""
+        return [str(e.get("log_format", "")) for e in self.events]
+
+
+def spawn(
+    argv: list[str], env: dict[str, str] | None = None, path: str | None = None
+) -> GatewayProcess:
+    proto = GatewayProcess()
+    reactor.spawnProcess(proto, argv[0], argv, env=env or child_env(), path=path)
+    return proto
+
+
+def kill_on_cleanup(testcase: Any, proc: GatewayProcess) -> None:
+    def cleanup() -> defer.Deferred[Any] | None:
+        if proc.ended.called:
+            return None
+        try:
+            proc.signal("KILL")
+        except Exception:
+            return None
+        return proc.ended.addErrback(lambda _: None)
+
+    testcase.addCleanup(cleanup)
+
+
+async def http_get(
+    url: str, headers: dict[str, str] | None = None, method: bytes = b"GET"
+) -> tuple[int, dict[str, list[str]], bytes]:
+    """A real HTTP request with twisted.web's Agent; (status, headers, body)."""
+    agent = Agent(reactor)
+    h = Headers({k: [v] for k, v in (headers or {}).items()})
+    response = await agent.request(method, url.encode(), h)
+    body = await readBody(response)
+    hdrs = {
+        k.decode().lower(): [v.decode() for v in vs]
+        for k, vs in response.headers.getAllRawHeaders()
+    }
+    return response.code, hdrs, body
+
+
+def write_config(testcase: Any, text: str) -> str:
+    path = testcase.mktemp() + ".yaml"
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def loopback_config(testcase: Any, extra: str = "", **settings: str) -> str:
+    """A configuration with every listener on 127.0.0.1 port 0 and a fresh data dir."""
+    data = os.path.abspath(testcase.mktemp())
+    text = f"""
+log_format: json
+backend:
+  data_dir: {data}
+nfs:
+  bind: "127.0.0.1:0"
+  mount_bind: "127.0.0.1:0"
+  portmap_bind: "127.0.0.1:0"
+s3:
+  bind: "127.0.0.1:0"
+smb:
+  bind: "127.0.0.1:0"
+admin:
+  bind: "127.0.0.1:0"
+  drain_timeout_secs: {settings.get("drain", "5")}
+{extra}
+"""
+    return write_config(testcase, text)

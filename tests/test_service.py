@@ -1,0 +1,65 @@
+"""Tests for L{claudefs_gateway.service}: the tree built from configuration."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from claudefs_gateway import service
+from claudefs_gateway.core import config as cfg
+from claudefs_gateway.errors import NotBuilt
+
+
+class BuildTests(SynchronousTestCase):
+    def config(self, extra: str = "") -> cfg.Config:
+        data = os.path.abspath(self.mktemp())
+        return cfg.loads(f"backend: {{data_dir: {data}}}\n{extra}")
+
+    def test_default_ports_on_memory_reactor(self) -> None:
+        """Started on a MemoryReactor, the admin API listens on 127.0.0.1:8080 by default."""
+        reactor = MemoryReactorClock()
+        root = service.build(self.config(), reactor)
+        root.privilegedStartService()
+        root.startService()
+        servers = [(port, interface) for port, _, _, interface in reactor.tcpServers]
+        self.assertIn((8080, "127.0.0.1"), servers)
+        self.assertEqual([s.name for s in root][:3], ["core:threads", "core:datadir", "admin:web"])
+        self.successResultOf(root.stopService())
+        self.assertFalse(root.running)
+
+    def test_unbuilt_protocols_skipped_when_starting_all(self) -> None:
+        """Starting every protocol skips those not built, and says so."""
+        root = service.build(self.config(), MemoryReactorClock())
+        unbuilt = [p for p in cfg.PROTOCOLS if not service.is_built(p)]
+        self.assertEqual(root.skipped, unbuilt)
+
+    def test_unbuilt_protocol_strict(self) -> None:
+        """Asking for one protocol that is not built fails with a plain message."""
+        for p in cfg.PROTOCOLS:
+            if not service.is_built(p):
+                with self.assertRaises(NotBuilt) as ctx:
+                    service.build(self.config(), MemoryReactorClock(), [p], strict=True)
+                self.assertIn("not built", str(ctx.exception))
+                self.assertEqual(service.not_built_message(p), str(ctx.exception))
+
+    def test_disabled_protocols_not_started(self) -> None:
+        root = service.build(
+            self.config("nfs: {enabled: false}\ns3: {enabled: false}\nsmb: {enabled: false}\n"),
+            MemoryReactorClock(),
+        )
+        self.assertEqual(root.skipped, [])
+
+    def test_health_checks_registered(self) -> None:
+        root = service.build(self.config(), MemoryReactorClock(), protocols=[])
+        self.assertEqual(sorted(root.core.health.names()), ["admin", "backend", "drain"])
+
+    def test_secrets_registered_for_scrubbing(self) -> None:
+        from claudefs_gateway.core import log
+
+        self.addCleanup(log.set_secrets, [])
+        service.build(
+            self.config("admin: {token: abcdefghijklmnopqrstuvwxyz}\n"), MemoryReactorClock(), []
+        )
+        self.assertEqual(log.scrub({"x": "tok abcdefghijklmnopqrstuvwxyz"})["x"], "tok ***")

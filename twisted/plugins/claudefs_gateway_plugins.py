@@ -1,0 +1,19 @@
+# twistd plugins of claudefs-gateway. Thin on purpose: ServiceMaker imports each
+# tap module only when its plugin is used, so `twistd --help` stays fast and a
+# broken front end hides no other (STYLE.md §10). No __init__.py in this folder.
+from twisted.application.service import ServiceMaker
+
+gateway = ServiceMaker(
+    "ClaudeFS gateway",
+    "claudefs_gateway.tap",
+    "Every enabled protocol: NFS, S3, SMB.",
+    "claudefs-gateway",
+)
+nfs = ServiceMaker(
+    "ClaudeFS NFS",
+    "claudefs_gateway.nfs.tap",
+    "NFSv3 (+MOUNT, portmapper, NLM) and NFSv4.1 only.",
+    "claudefs-nfs",
+)
+s3 = ServiceMaker("ClaudeFS S3", "claudefs_gateway.s3.tap", "The S3 API only.", "claudefs-s3")
+smb = ServiceMaker("ClaudeFS SMB", "claudefs_gateway.smb.tap", "SMB3 only.", "claudefs-smb")
