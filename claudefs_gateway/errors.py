@@ -8,6 +8,7 @@ nothing below the front ends knows any protocol's codes.
 
 from __future__ import annotations
 
+import errno as _errno
 from collections.abc import Sequence
 
 import attrs
@@ -75,3 +76,252 @@ class ConfigError(GatewayError):
 
     def render(self) -> str:
         return "\n".join(p.format(self.source) for p in self.problems)
+
+
+# ---------------------------------------------------------------------------
+# The filesystem error family: what crosses the vfs boundary (docs/errors.rst).
+
+
+class FSError(GatewayError):
+    """
+    A filesystem operation failed with an errno-style reason.
+
+    Each front end maps C{errno} (or the subclass) to its own status in one
+    table. The message is for logs only; clients never see it, so it may name
+    an inode but never a path, host or secret.
+    """
+
+    errno: int = _errno.EIO
+    name: str = "EIO"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.name)
+
+
+class NotFound(FSError):
+    """No such file or directory (or inode)."""
+
+    errno = _errno.ENOENT
+    name = "ENOENT"
+
+
+class Exists(FSError):
+    """The name is already taken."""
+
+    errno = _errno.EEXIST
+    name = "EEXIST"
+
+
+class NotDir(FSError):
+    """A directory was required."""
+
+    errno = _errno.ENOTDIR
+    name = "ENOTDIR"
+
+
+class IsDir(FSError):
+    """The operation does not apply to a directory."""
+
+    errno = _errno.EISDIR
+    name = "EISDIR"
+
+
+class NotEmpty(FSError):
+    """The directory is not empty."""
+
+    errno = _errno.ENOTEMPTY
+    name = "ENOTEMPTY"
+
+
+class Access(FSError):
+    """Permission bits (or export rules) deny the operation."""
+
+    errno = _errno.EACCES
+    name = "EACCES"
+
+
+class Perm(FSError):
+    """Only the owner (or root) may do this."""
+
+    errno = _errno.EPERM
+    name = "EPERM"
+
+
+class ReadOnly(FSError):
+    """The export is read-only."""
+
+    errno = _errno.EROFS
+    name = "EROFS"
+
+
+class NoSpace(FSError):
+    """The store has no room left."""
+
+    errno = _errno.ENOSPC
+    name = "ENOSPC"
+
+
+class DQuot(FSError):
+    """A quota's hard limit (or expired soft limit) refuses the change."""
+
+    errno = _errno.EDQUOT
+    name = "EDQUOT"
+
+
+class Stale(FSError):
+    """The handle names a file that no longer exists, or is not ours."""
+
+    errno = _errno.ESTALE
+    name = "ESTALE"
+
+
+class NameTooLong(FSError):
+    """A name is longer than 255 bytes."""
+
+    errno = _errno.ENAMETOOLONG
+    name = "ENAMETOOLONG"
+
+
+class Inval(FSError):
+    """An argument is not acceptable (bad name, bad range, rename into itself)."""
+
+    errno = _errno.EINVAL
+    name = "EINVAL"
+
+
+class NotSupp(FSError):
+    """The operation is not supported on this object or backend."""
+
+    errno = _errno.EOPNOTSUPP
+    name = "EOPNOTSUPP"
+
+
+class IO(FSError):
+    """The backend failed in a way the caller cannot fix."""
+
+    errno = _errno.EIO
+    name = "EIO"
+
+
+class XDev(FSError):
+    """A link or rename would cross exports."""
+
+    errno = _errno.EXDEV
+    name = "EXDEV"
+
+
+class MLink(FSError):
+    """Too many hard links."""
+
+    errno = _errno.EMLINK
+    name = "EMLINK"
+
+
+class FBig(FSError):
+    """The file would grow past the largest size supported."""
+
+    errno = _errno.EFBIG
+    name = "EFBIG"
+
+
+class Loop(FSError):
+    """Too many symbolic links while resolving a path."""
+
+    errno = _errno.ELOOP
+    name = "ELOOP"
+
+
+class NoData(FSError):
+    """No such extended attribute."""
+
+    errno = _errno.ENODATA
+    name = "ENODATA"
+
+
+class Range(FSError):
+    """An extended attribute name or value is too large."""
+
+    errno = _errno.ERANGE
+    name = "ERANGE"
+
+
+class Again(FSError):
+    """Try again: a lock is held by someone else (non-blocking request)."""
+
+    errno = _errno.EAGAIN
+    name = "EAGAIN"
+
+
+class Deadlock(FSError):
+    """Waiting for this lock would deadlock."""
+
+    errno = _errno.EDEADLK
+    name = "EDEADLK"
+
+
+class NoLock(FSError):
+    """No lock can be granted now (out of lock records, or in grace)."""
+
+    errno = _errno.ENOLCK
+    name = "ENOLCK"
+
+
+class Busy(FSError):
+    """A share reservation (open mode) of another opener conflicts."""
+
+    errno = _errno.EBUSY
+    name = "EBUSY"
+
+
+class BadCookie(FSError):
+    """A directory cookie or its verifier is no longer valid (errno 523 is Linux's EBADCOOKIE)."""
+
+    errno = 523
+    name = "EBADCOOKIE"
+
+
+# Every subclass, for the tests that walk each front end's table.
+FS_ERRORS: tuple[type[FSError], ...] = (
+    NotFound,
+    Exists,
+    NotDir,
+    IsDir,
+    NotEmpty,
+    Access,
+    Perm,
+    ReadOnly,
+    NoSpace,
+    DQuot,
+    Stale,
+    NameTooLong,
+    Inval,
+    NotSupp,
+    IO,
+    XDev,
+    MLink,
+    FBig,
+    Loop,
+    NoData,
+    Range,
+    Again,
+    Deadlock,
+    NoLock,
+    Busy,
+    BadCookie,
+)
+
+
+class LockConflict(Again):
+    """
+    A byte-range lock conflicts with one held by another owner.
+
+    @ivar holder: the conflicting lock (NLM TEST and NFSv4 LOCK report it).
+    """
+
+    def __init__(self, holder: object, message: str = "") -> None:
+        super().__init__(message or "lock conflict")
+        self.holder = holder
+
+
+class ShareConflict(Busy):
+    """An open's access/deny modes conflict with another open (SMB sharing violation)."""
