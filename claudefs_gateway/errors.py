@@ -273,6 +273,13 @@ class Busy(FSError):
     name = "EBUSY"
 
 
+class BadHandle(FSError):
+    """A file handle is malformed or forged (errno 521 is Linux's EBADHANDLE); not merely stale."""
+
+    errno = 521
+    name = "EBADHANDLE"
+
+
 class BadCookie(FSError):
     """A directory cookie or its verifier is no longer valid (errno 523 is Linux's EBADCOOKIE)."""
 
@@ -307,6 +314,7 @@ FS_ERRORS: tuple[type[FSError], ...] = (
     Deadlock,
     NoLock,
     Busy,
+    BadHandle,
     BadCookie,
 )
 

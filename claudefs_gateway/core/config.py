@@ -668,9 +668,10 @@ class Cache:
 
 @attrs.frozen(kw_only=True)
 class Backend:
-    type: Literal["embedded", "remote"] = setting(
+    type: Literal["embedded", "memory", "remote"] = setting(
         "embedded",
-        doc="``embedded``: SQLite metadata and per-inode files under ``data_dir``; "
+        doc="``embedded``: SQLite metadata and per-inode files under ``data_dir``; ``memory``: "
+        "volatile, everything is lost when the gateway stops (tests and demos); "
         "``remote``: ClaudeFS metadata/data servers.",
     )
     data_dir: str = setting(

@@ -39,6 +39,7 @@ __all__ = [
     "set_level",
     "set_secrets",
     "add_secret",
+    "add_secrets",
     "make_observer",
     "human_stdout",
     "json_stdout",
@@ -85,7 +86,12 @@ def set_secrets(secrets: Iterable[str]) -> None:
 
 def add_secret(secret: str) -> None:
     """Add one secret (e.g. a key created at run time) to the scrub list."""
-    set_secrets((*_settings.secrets, secret))
+    add_secrets([secret])
+
+
+def add_secrets(secrets: Iterable[str]) -> None:
+    """Add secrets (e.g. those of a reloaded users file) to the scrub list."""
+    set_secrets((*_settings.secrets, *secrets))
 
 
 def _scrub_value(value: Any, secrets: tuple[str, ...]) -> Any:

@@ -1,0 +1,28 @@
+"""
+The vfs: one namespace, one set of rules, for every protocol front end.
+
+Front ends import from here (and from L{claudefs_gateway.fstypes} and
+L{claudefs_gateway.errors}) and nothing below: handles, callers (identity after
+export rules), permission checks, quotas, caches, locks and change events all
+live behind L{VFS}.
+"""
+
+from claudefs_gateway.vfs._vfs import INTERNAL_PREFIX, VFS
+from claudefs_gateway.vfs.events import Action, Change
+from claudefs_gateway.vfs.exports import Caller, ExportInfo
+from claudefs_gateway.vfs.identity import User, UserDB
+from claudefs_gateway.vfs.permissions import R, W, X
+
+__all__ = [
+    "VFS",
+    "Caller",
+    "ExportInfo",
+    "User",
+    "UserDB",
+    "Action",
+    "Change",
+    "INTERNAL_PREFIX",
+    "R",
+    "W",
+    "X",
+]

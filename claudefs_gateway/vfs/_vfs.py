@@ -1,0 +1,810 @@
+# -*- test-case-name: tests.vfs.test_vfs -*-
+"""
+The vfs: the one API every protocol front end calls.
+
+It turns (caller, inode, name) requests into backend calls after deciding
+whether they are allowed: export rules (read-only, squash, client networks,
+handles that cannot leave their export), POSIX permissions, quotas; and it
+keeps the attribute and name caches and the change events in step with every
+change it makes.
+
+Every public operation returns a Deferred (coroutines inside) firing with the
+documented result or failing with an L{FSError}. Data-path choices follow the
+Linux NFS server, because that is what clients are tuned for: the owner of a
+file may always read and write its data whatever the mode bits (the client
+checked at open time; "owner override"), a file may be read by anyone who may
+execute it, and ".." of an export's root is the root itself.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+
+from claudefs_gateway import errors
+from claudefs_gateway.core.config import Config
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.core.metrics import Metrics
+from claudefs_gateway.fstypes import (
+    MAX_FILE_SIZE,
+    Attributes,
+    Credentials,
+    DirPage,
+    FileType,
+    FSStat,
+    ReadResult,
+    RenameResult,
+    SetAttrs,
+    WriteResult,
+)
+from claudefs_gateway.vfs import permissions as perm
+from claudefs_gateway.vfs.cache import AttrCache, NameCache
+from claudefs_gateway.vfs.events import Action, ChangeEvents
+from claudefs_gateway.vfs.exports import Caller, ExportInfo, Exports
+from claudefs_gateway.vfs.handles import HandleCodec
+from claudefs_gateway.vfs.identity import UserDB
+from claudefs_gateway.vfs.quotas import QuotaManager
+
+__all__ = ["VFS", "INTERNAL_PREFIX", "SYMLOOP_MAX"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Extended attributes under this prefix belong to the gateway (S3 metadata, SMB
+# DOS attributes, NFS create verifiers): hidden from clients, reached only
+# through meta_get/meta_set.
+INTERNAL_PREFIX = b"cfs."
+SYMLOOP_MAX = 40
+_VERIFIER = b"cfs.nfs.create_verifier"
+
+
+def deferred(f: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, defer.Deferred[T]]:
+    """Make an C{async def} method return a Deferred (STYLE.md §4)."""
+
+    @functools.wraps(f)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> defer.Deferred[T]:
+        return defer.Deferred.fromCoroutine(f(*args, **kwargs))
+
+    return wrapper
+
+
+def _contrib(a: Attributes | None) -> dict[tuple[int, int], tuple[int, int]]:
+    """What an inode adds to usage: {(uid, gid): (bytes, inodes)}."""
+    if a is None or a.nlink == 0:
+        return {}
+    return {(a.uid, a.gid): (a.size if a.type is FileType.REG else 0, 1)}
+
+
+def _usage_changes(
+    before: Attributes | None, after: Attributes | None
+) -> list[tuple[int, int, int, int]]:
+    """(uid, gid, bytes delta, inodes delta) moving usage from C{before} to C{after}."""
+    out = []
+    b, a = _contrib(before), _contrib(after)
+    for key in {*b, *a}:
+        bb, bi = b.get(key, (0, 0))
+        ab, ai = a.get(key, (0, 0))
+        if ab - bb or ai - bi:
+            out.append((key[0], key[1], ab - bb, ai - bi))
+    return out
+
+
+class VFS:
+    """
+    @ivar exports: the export table (ids, rules, root inodes).
+    @ivar users: the user database.
+    @ivar quotas: quota limits and usage.
+    @ivar events: change events (SMB CHANGE_NOTIFY).
+    @ivar locks: the cross-protocol lock manager.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        backend: Any,
+        config: Config,
+        clock: IReactorTime,
+        secret: bytes,
+        users: UserDB,
+        metrics: Metrics | None = None,
+        locks: Any = None,
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        self.clock = clock
+        self.exports = Exports.from_config(config.all_exports(), s3_root=config.s3.root)
+        self.handles = HandleCodec(secret)
+        c = config.cache.nfs_attr_cache
+        self.attr_cache = AttrCache(
+            c.max_entries, c.default_ttl_secs, c.eviction, clock, metrics, "attr"
+        )
+        self.name_cache = NameCache(c.max_entries, c.default_ttl_secs, c.eviction, clock, metrics)
+        self.quotas = QuotaManager(backend, config.quota, clock)
+        self.users = users
+        self.events = ChangeEvents()
+        self.locks = locks
+        self.root_ino = 0
+        self._ready: defer.Deferred[None] | None = None
+        self.is_open = False
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the backend's namespace: export directories exist, quotas loaded."""
+        root = await self.backend.root()
+        self.root_ino = root.ino
+        for export in list(self.exports):
+            ino = await self._ensure_dir(export.path)
+            self.exports.replace(ExportInfo(export.id, export.rules, ino))
+        await self.quotas.open()
+        self.is_open = True
+        self._log.info("vfs open: {n} exports", n=len(self.exports))
+
+    async def _ensure_dir(self, path: str) -> int:
+        ino = self.root_ino
+        for part in (p for p in path.split("/") if p):
+            name = part.encode("utf-8", "surrogateescape")
+            try:
+                a = await self.backend.lookup(ino, name)
+            except errors.NotFound:
+                a = await self.backend.create(ino, name, FileType.DIR, 0o755, 0, 0)
+                self._log.info("created export directory {path}", path=path)
+            if not a.is_dir:
+                raise errors.NotDir(f"export path component is not a directory: {path}")
+            ino = a.ino
+        return ino
+
+    def invalidate(self) -> int:
+        """Drop every cached attribute and name (C{POST /admin/cache/invalidate})."""
+        return self.attr_cache.clear() + self.name_cache.clear()
+
+    # -- identity and handles -------------------------------------------------
+
+    def caller(self, export: ExportInfo, client: str, cred: Credentials, protocol: str) -> Caller:
+        """
+        The identity a request runs as (export client rules and squashing applied).
+
+        @raise Access: the client's address is not allowed by the export.
+        """
+        return self.exports.caller(export, client, cred, protocol)
+
+    def handle(self, export: ExportInfo, a: Attributes) -> bytes:
+        return self.handles.encode(export.id, a.ino, a.gen)
+
+    @deferred
+    async def from_handle(self, handle: bytes) -> tuple[ExportInfo, Attributes]:
+        """
+        The export and inode a handle names.
+
+        @raise BadHandle: malformed or forged. @raise Stale: the export or file is gone.
+        """
+        export_id, ino, gen = self.handles.decode(handle)
+        export = self.exports.get(export_id)
+        if export is None:
+            raise errors.Stale("export no longer exists")
+        try:
+            a = await self._getattr(ino)
+        except errors.NotFound:
+            raise errors.Stale(f"inode {ino} is gone") from None
+        if a.gen != gen:
+            raise errors.Stale(f"inode {ino} generation changed")
+        return export, a
+
+    # -- internal helpers -----------------------------------------------------
+
+    async def _getattr(self, ino: int) -> Attributes:
+        a = self.attr_cache.get(ino)
+        if a is None:
+            a = await self.backend.getattr(ino)
+            self.attr_cache.put(ino, a)
+        return a
+
+    async def _dir(self, ino: int) -> Attributes:
+        d = await self._getattr(ino)
+        if not d.is_dir:
+            raise errors.NotDir(f"inode {ino}")
+        return d
+
+    def _writable(self, caller: Caller) -> None:
+        if caller.read_only:
+            raise errors.ReadOnly("export is read-only")
+
+    async def _lookup_raw(self, dir_ino: int, name: bytes) -> Attributes:
+        ino = self.name_cache.get((dir_ino, name))
+        if ino is not None:
+            try:
+                return await self._getattr(ino)
+            except errors.NotFound:
+                self.name_cache.discard((dir_ino, name))
+        a = await self.backend.lookup(dir_ino, name)
+        self.name_cache.put((dir_ino, name), a.ino)
+        self.attr_cache.put(a.ino, a)
+        return a
+
+    def _dir_changed(self, dir_ino: int) -> None:
+        self.attr_cache.discard(dir_ino)
+
+    def _gone(self, a: Attributes) -> None:
+        """Forget an inode whose last link went."""
+        self.attr_cache.discard(a.ino)
+        if a.is_dir:
+            self.name_cache.forget_dir(a.ino)
+        if self.locks is not None:
+            self.locks.release_inode(a.ino)
+
+    async def _after_write(
+        self, caller: Caller, before: Attributes, after: Attributes
+    ) -> Attributes:
+        mode = perm.strip_setid_on_write(caller.cred, after)
+        if mode is not None:
+            after = await self.backend.setattr(after.ino, SetAttrs(mode=mode))
+        self.attr_cache.put(after.ino, after)
+        return after
+
+    # -- attributes -----------------------------------------------------------
+
+    @deferred
+    async def getattr(self, caller: Caller, ino: int) -> Attributes:
+        return await self._getattr(ino)
+
+    @deferred
+    async def access(self, caller: Caller, ino: int, mask: int) -> int:
+        """The subset of C{mask} (R/W/X bits) the caller holds; W is never held on a read-only export."""
+        a = await self._getattr(ino)
+        bits = perm.granted(caller.cred, a)
+        if caller.read_only:
+            bits &= ~perm.W
+        return bits & mask
+
+    @deferred
+    async def setattr(
+        self, caller: Caller, ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None
+    ) -> Attributes:
+        """
+        Change attributes under Linux's rules (see L{permissions.check_setattr});
+        a truncation by the owner is allowed whatever the mode (owner override).
+        """
+        self._writable(caller)
+        a = await self._getattr(ino)
+        if changes.is_empty():
+            return a
+        cred = caller.cred
+        size_change = changes.size
+        if size_change is not None and (cred.uid == a.uid or cred.is_root):
+            # Owner override for truncation: check the rest without the size.
+            checked = perm.check_setattr(
+                cred,
+                a,
+                SetAttrs(
+                    mode=changes.mode,
+                    uid=changes.uid,
+                    gid=changes.gid,
+                    atime=changes.atime,
+                    mtime=changes.mtime,
+                    btime=changes.btime,
+                ),
+            )
+            changes = SetAttrs(
+                mode=checked.mode,
+                uid=checked.uid,
+                gid=checked.gid,
+                size=size_change,
+                atime=checked.atime,
+                mtime=checked.mtime,
+                btime=checked.btime,
+            )
+        else:
+            changes = perm.check_setattr(cred, a, changes)
+        if size_change is not None:
+            if a.is_dir:
+                raise errors.IsDir("size of a directory")
+            if size_change > MAX_FILE_SIZE:
+                raise errors.FBig("size too large")
+        new_uid = changes.uid if changes.uid is not None else a.uid
+        new_gid = changes.gid if changes.gid is not None else a.gid
+        new_size = (
+            size_change if size_change is not None and a.is_reg else (a.size if a.is_reg else 0)
+        )
+        moved = new_uid != a.uid or new_gid != a.gid
+        ticket = self._admit_move(a, new_uid, new_gid, new_size, moved)
+        try:
+            after = await self.backend.setattr(ino, changes, guard_ctime_ns)
+        except BaseException:
+            self.quotas.settle(ticket)
+            raise
+        self.quotas.settle(ticket, _usage_changes(a, after))
+        self.attr_cache.put(ino, after)
+        return after
+
+    def _admit_move(self, a: Attributes, uid: int, gid: int, size: int, moved: bool) -> Any:
+        """Reserve what a setattr adds: growth, or a whole file for a new owner."""
+        old_size = a.size if a.is_reg else 0
+        grow = size - old_size
+        if not moved:
+            return self.quotas.admit(uid, gid, grow, 0)
+        return self.quotas.admit_keys(
+            [
+                (("user", uid), size if uid != a.uid else grow, 1 if uid != a.uid else 0),
+                (("group", gid), size if gid != a.gid else grow, 1 if gid != a.gid else 0),
+            ]
+        )
+
+    # -- names ----------------------------------------------------------------
+
+    @deferred
+    async def lookup(self, caller: Caller, dir_ino: int, name: bytes) -> Attributes:
+        d = await self._dir(dir_ino)
+        perm.check(caller.cred, d, perm.X)
+        if name == b".":
+            return d
+        if name == b"..":
+            if dir_ino == caller.export.root_ino:
+                return d
+            return await self._lookup_raw(dir_ino, name)
+        return await self._lookup_raw(dir_ino, name)
+
+    async def _prepare_new(self, caller: Caller, dir_ino: int) -> Attributes:
+        self._writable(caller)
+        d = await self._dir(dir_ino)
+        perm.check(caller.cred, d, perm.W | perm.X)
+        return d
+
+    async def _make(
+        self,
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        type: FileType,
+        mode: int,
+        rdev: tuple[int, int] = (0, 0),
+        target: bytes | None = None,
+    ) -> Attributes:
+        d = await self._prepare_new(caller, dir_ino)
+        uid, gid = perm.new_owner(caller.cred, d)
+        mode = perm.new_mode(caller.cred, d, mode, type, gid)
+        ticket = self.quotas.admit(uid, gid, 0, 1)
+        try:
+            if target is not None:
+                a = await self.backend.symlink(dir_ino, name, target, mode, uid, gid)
+            else:
+                a = await self.backend.create(dir_ino, name, type, mode, uid, gid, rdev)
+        except BaseException:
+            self.quotas.settle(ticket)
+            raise
+        self.quotas.settle(ticket, [(uid, gid, 0, 1)])
+        self.attr_cache.put(a.ino, a)
+        self.name_cache.put((dir_ino, name), a.ino)
+        self._dir_changed(dir_ino)
+        self.events.emit(dir_ino, Action.ADDED, name, a.ino)
+        return a
+
+    @deferred
+    async def create(
+        self, caller: Caller, dir_ino: int, name: bytes, mode: int, exclusive: bool = True
+    ) -> Attributes:
+        """
+        A new regular file. With C{exclusive=False} an existing regular file of
+        that name is returned instead (NFSv3 UNCHECKED; the caller may then
+        truncate it).
+
+        @raise Exists: the name is taken (by anything, when exclusive; by a
+            non-file, when not).
+        """
+        try:
+            return await self._make(caller, dir_ino, name, FileType.REG, mode)
+        except errors.Exists:
+            if exclusive:
+                raise
+        a = await self._lookup_raw(dir_ino, name)
+        if not a.is_reg:
+            raise errors.Exists("name exists and is not a regular file")
+        return a
+
+    @deferred
+    async def create_exclusive(
+        self, caller: Caller, dir_ino: int, name: bytes, verifier: bytes, mode: int = 0o600
+    ) -> Attributes:
+        """
+        NFSv3/v4 EXCLUSIVE create: the verifier is kept with the file, so a
+        retransmitted create (same verifier) gets the same file back instead of
+        EEXIST.
+        """
+        try:
+            a = await self._make(caller, dir_ino, name, FileType.REG, mode)
+        except errors.Exists:
+            a = await self._lookup_raw(dir_ino, name)
+            try:
+                stored = await self.backend.getxattr(a.ino, _VERIFIER) if a.is_reg else None
+            except errors.NoData:
+                stored = None
+            if stored != verifier:
+                raise
+            return a
+        await self.backend.setxattr(a.ino, _VERIFIER, verifier)
+        return a
+
+    @deferred
+    async def mkdir(self, caller: Caller, dir_ino: int, name: bytes, mode: int) -> Attributes:
+        return await self._make(caller, dir_ino, name, FileType.DIR, mode)
+
+    @deferred
+    async def symlink(
+        self, caller: Caller, dir_ino: int, name: bytes, target: bytes, mode: int = 0o777
+    ) -> Attributes:
+        return await self._make(caller, dir_ino, name, FileType.LNK, mode, target=target)
+
+    @deferred
+    async def mknod(
+        self,
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        type: FileType,
+        mode: int,
+        rdev: tuple[int, int] = (0, 0),
+    ) -> Attributes:
+        """Device, fifo or socket nodes; device nodes need root (as CAP_MKNOD)."""
+        if type in (FileType.BLK, FileType.CHR):
+            if not caller.cred.is_root:
+                raise errors.Perm("only root may make device nodes")
+        elif type not in (FileType.FIFO, FileType.SOCK):
+            raise errors.Inval("mknod makes devices, fifos and sockets")
+        return await self._make(caller, dir_ino, name, type, mode, rdev)
+
+    @deferred
+    async def link(self, caller: Caller, ino: int, dir_ino: int, name: bytes) -> Attributes:
+        await self._prepare_new(caller, dir_ino)
+        a = await self.backend.link(ino, dir_ino, name)
+        self.attr_cache.put(a.ino, a)
+        self.name_cache.put((dir_ino, name), a.ino)
+        self._dir_changed(dir_ino)
+        self.events.emit(dir_ino, Action.ADDED, name, a.ino)
+        return a
+
+    async def _prepare_remove(
+        self, caller: Caller, dir_ino: int, name: bytes
+    ) -> tuple[Attributes, Attributes]:
+        self._writable(caller)
+        d = await self._dir(dir_ino)
+        perm.check(caller.cred, d, perm.W | perm.X)
+        if name in (b".", b".."):
+            raise errors.Inval("cannot remove . or ..")
+        a = await self._lookup_raw(dir_ino, name)
+        perm.check_sticky(caller.cred, d, a)
+        return d, a
+
+    @deferred
+    async def remove(self, caller: Caller, dir_ino: int, name: bytes) -> Attributes:
+        """Unlink a non-directory; fires with the inode after (nlink 0: gone)."""
+        _, a = await self._prepare_remove(caller, dir_ino, name)
+        if a.is_dir:
+            raise errors.IsDir("is a directory")
+        after = await self.backend.unlink(dir_ino, name)
+        self._after_remove(dir_ino, name, a, after)
+        return after
+
+    @deferred
+    async def rmdir(self, caller: Caller, dir_ino: int, name: bytes) -> Attributes:
+        _, a = await self._prepare_remove(caller, dir_ino, name)
+        if not a.is_dir:
+            raise errors.NotDir("not a directory")
+        if a.ino in {e.root_ino for e in self.exports}:
+            raise errors.Busy("an export's root cannot be removed")
+        after = await self.backend.rmdir(dir_ino, name)
+        self._after_remove(dir_ino, name, a, after)
+        return after
+
+    def _after_remove(
+        self, dir_ino: int, name: bytes, before: Attributes, after: Attributes
+    ) -> None:
+        self.quotas.apply_all(_usage_changes(before, after))
+        self.name_cache.discard((dir_ino, name))
+        self._dir_changed(dir_ino)
+        if after.nlink == 0:
+            self._gone(after)
+        else:
+            self.attr_cache.put(after.ino, after)
+        self.events.emit(dir_ino, Action.REMOVED, name, after.ino)
+
+    @deferred
+    async def rename(
+        self, caller: Caller, src_dir: int, src_name: bytes, dst_dir: int, dst_name: bytes
+    ) -> RenameResult:
+        """POSIX rename under permission and sticky-bit rules; see IMetadataService.rename."""
+        self._writable(caller)
+        sd = await self._dir(src_dir)
+        dd = await self._dir(dst_dir)
+        perm.check(caller.cred, sd, perm.W | perm.X)
+        perm.check(caller.cred, dd, perm.W | perm.X)
+        for n in (src_name, dst_name):
+            if n in (b".", b".."):
+                raise errors.Inval("cannot rename . or ..")
+        src = await self._lookup_raw(src_dir, src_name)
+        perm.check_sticky(caller.cred, sd, src)
+        if src.ino in {e.root_ino for e in self.exports}:
+            raise errors.Busy("an export's root cannot be renamed")
+        try:
+            dst: Attributes | None = await self._lookup_raw(dst_dir, dst_name)
+        except errors.NotFound:
+            dst = None
+        if dst is not None and dst.ino != src.ino:
+            perm.check_sticky(caller.cred, dd, dst)
+            if dst.ino in {e.root_ino for e in self.exports}:
+                raise errors.Busy("an export's root cannot be replaced")
+        if src.is_dir and src_dir != dst_dir:
+            # Moving a directory rewrites its "..": Linux needs write permission on it.
+            perm.check(caller.cred, src, perm.W)
+        result = await self.backend.rename(src_dir, src_name, dst_dir, dst_name)
+        if dst is not None and result.replaced is not None:
+            self.quotas.apply_all(_usage_changes(dst, result.replaced))
+            if result.replaced.nlink == 0:
+                self._gone(result.replaced)
+            else:
+                self.attr_cache.put(result.replaced.ino, result.replaced)
+        self.name_cache.discard((src_dir, src_name))
+        self.name_cache.discard((dst_dir, dst_name))
+        self.name_cache.put((dst_dir, dst_name), result.source.ino)
+        if src.is_dir:
+            self.name_cache.discard((src.ino, b".."))
+        self.attr_cache.put(result.source.ino, result.source)
+        self._dir_changed(src_dir)
+        self._dir_changed(dst_dir)
+        if src_dir == dst_dir:
+            self.events.emit(src_dir, Action.RENAMED_FROM, src_name, src.ino)
+            self.events.emit(dst_dir, Action.RENAMED_TO, dst_name, src.ino)
+        else:
+            self.events.emit(src_dir, Action.REMOVED, src_name, src.ino)
+            self.events.emit(dst_dir, Action.ADDED, dst_name, src.ino)
+        return result
+
+    @deferred
+    async def readdir(
+        self,
+        caller: Caller,
+        dir_ino: int,
+        cookie: int,
+        verifier: bytes,
+        count: int,
+        with_attrs: bool = False,
+    ) -> DirPage:
+        """
+        A page of entries (see IMetadataService.readdir). Needs read permission;
+        attributes are included only if also asked for and the caller may search
+        the directory.
+        """
+        d = await self._dir(dir_ino)
+        perm.check(caller.cred, d, perm.R)
+        with_attrs = with_attrs and perm.may(caller.cred, d, perm.X)
+        page = await self.backend.readdir(dir_ino, cookie, verifier, count, with_attrs)
+        for e in page.entries:
+            if e.attrs is not None:
+                self.attr_cache.put(e.ino, e.attrs)
+        return page
+
+    @deferred
+    async def readlink(self, caller: Caller, ino: int) -> bytes:
+        a = await self._getattr(ino)
+        if not a.is_link:
+            raise errors.Inval("not a symlink")
+        return await self.backend.readlink(ino)
+
+    # -- data -------------------------------------------------------------------
+
+    def _data_allowed(self, caller: Caller, a: Attributes, write: bool) -> None:
+        if a.is_dir:
+            raise errors.IsDir("is a directory")
+        if not a.is_reg:
+            raise errors.Inval("not a regular file")
+        cred = caller.cred
+        if cred.uid == a.uid:
+            return  # owner override (knfsd NFSD_MAY_OWNER_OVERRIDE)
+        bits = perm.granted(cred, a)
+        if write:
+            if not bits & perm.W:
+                raise errors.Access("write denied")
+        elif not bits & (perm.R | perm.X):
+            raise errors.Access("read denied")
+
+    @deferred
+    async def read(self, caller: Caller, ino: int, offset: int, count: int) -> ReadResult:
+        a = await self._getattr(ino)
+        self._data_allowed(caller, a, write=False)
+        data, eof = await self.backend.read(ino, offset, count)
+        return ReadResult(data, eof, a)
+
+    @deferred
+    async def write(
+        self, caller: Caller, ino: int, offset: int, data: bytes, stable: bool
+    ) -> WriteResult:
+        self._writable(caller)
+        a = await self._getattr(ino)
+        self._data_allowed(caller, a, write=True)
+        if offset < 0:
+            raise errors.Inval("negative offset")
+        end = offset + len(data)
+        if end > MAX_FILE_SIZE:
+            raise errors.FBig("file too large")
+        ticket = self.quotas.admit(a.uid, a.gid, end - a.size, 0)
+        try:
+            result = await self.backend.write(ino, offset, data, stable)
+        except BaseException:
+            self.quotas.settle(ticket)
+            raise
+        before = result.before or a
+        self.quotas.settle(ticket, _usage_changes(before, result.attrs))
+        after = await self._after_write(caller, before, result.attrs)
+        return WriteResult(result.count, result.stable, after, before)
+
+    @deferred
+    async def commit(self, caller: Caller, ino: int) -> Attributes:
+        a = await self.backend.commit(ino)
+        self.attr_cache.put(ino, a)
+        return a
+
+    @deferred
+    async def allocate(self, caller: Caller, ino: int, offset: int, length: int) -> Attributes:
+        self._writable(caller)
+        a = await self._getattr(ino)
+        self._data_allowed(caller, a, write=True)
+        ticket = self.quotas.admit(a.uid, a.gid, offset + length - a.size, 0)
+        try:
+            after = await self.backend.allocate(ino, offset, length)
+        except BaseException:
+            self.quotas.settle(ticket)
+            raise
+        self.quotas.settle(ticket, _usage_changes(a, after))
+        self.attr_cache.put(ino, after)
+        return after
+
+    @deferred
+    async def deallocate(self, caller: Caller, ino: int, offset: int, length: int) -> Attributes:
+        self._writable(caller)
+        a = await self._getattr(ino)
+        self._data_allowed(caller, a, write=True)
+        after = await self.backend.deallocate(ino, offset, length)
+        self.attr_cache.put(ino, after)
+        return after
+
+    @deferred
+    async def statfs(self, caller: Caller) -> FSStat:
+        """The store's statfs, bounded by the caller's own quota (as a user sees from df)."""
+        s = await self.backend.statfs()
+        uid = caller.cred.uid
+        if uid == 0:
+            return s
+        lim = self.quotas.limits("user", uid)
+        use = self.quotas.usage("user", uid)
+        total_b, free_b, avail_b = s.total_bytes, s.free_bytes, s.avail_bytes
+        total_f, free_f, avail_f = s.total_files, s.free_files, s.avail_files
+        if lim.bytes_hard:
+            left = max(lim.bytes_hard - use.bytes, 0)
+            total_b, free_b, avail_b = (
+                min(total_b, lim.bytes_hard),
+                min(free_b, left),
+                min(avail_b, left),
+            )
+        if lim.inodes_hard:
+            left = max(lim.inodes_hard - use.inodes, 0)
+            total_f, free_f, avail_f = (
+                min(total_f, lim.inodes_hard),
+                min(free_f, left),
+                min(avail_f, left),
+            )
+        return FSStat(total_b, free_b, avail_b, total_f, free_f, avail_f, s.block_size, s.name_max)
+
+    # -- extended attributes ------------------------------------------------------
+
+    def _client_xattr(self, name: bytes) -> None:
+        if name.startswith(INTERNAL_PREFIX):
+            raise errors.Perm("reserved attribute namespace")
+
+    @deferred
+    async def getxattr(self, caller: Caller, ino: int, name: bytes) -> bytes:
+        self._client_xattr(name)
+        a = await self._getattr(ino)
+        perm.check(caller.cred, a, perm.R)
+        return await self.backend.getxattr(ino, name)
+
+    @deferred
+    async def listxattr(self, caller: Caller, ino: int) -> list[bytes]:
+        a = await self._getattr(ino)
+        perm.check(caller.cred, a, perm.R)
+        return [n for n in await self.backend.listxattr(ino) if not n.startswith(INTERNAL_PREFIX)]
+
+    @deferred
+    async def setxattr(
+        self, caller: Caller, ino: int, name: bytes, value: bytes, create: bool | None = None
+    ) -> None:
+        self._client_xattr(name)
+        self._writable(caller)
+        a = await self._getattr(ino)
+        perm.check(caller.cred, a, perm.W)
+        await self.backend.setxattr(ino, name, value, create)
+        self.attr_cache.discard(ino)
+
+    @deferred
+    async def removexattr(self, caller: Caller, ino: int, name: bytes) -> None:
+        self._client_xattr(name)
+        self._writable(caller)
+        a = await self._getattr(ino)
+        perm.check(caller.cred, a, perm.W)
+        await self.backend.removexattr(ino, name)
+        self.attr_cache.discard(ino)
+
+    @deferred
+    async def meta_get(self, caller: Caller, ino: int, key: bytes) -> bytes | None:
+        """A front end's own metadata on an inode (S3 headers, DOS attributes); None if unset."""
+        try:
+            return await self.backend.getxattr(ino, INTERNAL_PREFIX + key)
+        except errors.NoData:
+            return None
+
+    @deferred
+    async def meta_set(self, caller: Caller, ino: int, key: bytes, value: bytes | None) -> None:
+        """Set (None: remove) a front end's own metadata; the caller must be allowed to write the inode."""
+        self._writable(caller)
+        a = await self._getattr(ino)
+        if caller.cred.uid != a.uid:
+            perm.check(caller.cred, a, perm.W)
+        if value is None:
+            try:
+                await self.backend.removexattr(ino, INTERNAL_PREFIX + key)
+            except errors.NoData:
+                pass
+        else:
+            await self.backend.setxattr(ino, INTERNAL_PREFIX + key, value)
+        self.attr_cache.discard(ino)
+
+    # -- paths ------------------------------------------------------------------
+
+    @deferred
+    async def resolve(self, caller: Caller, path: bytes, follow: bool = True) -> Attributes:
+        """
+        Walk C{path} ("a/b/c", relative to the export's root; leading and doubled
+        slashes ignored) with search permission on each directory. ".." never
+        climbs above the export root; symbolic links are followed on the way
+        (and at the end if C{follow}), absolute targets from the export root.
+
+        @raise Loop: more than 40 links.
+        """
+        return await self._walk(caller, path, follow, [0])
+
+    async def _walk(
+        self, caller: Caller, path: bytes, follow: bool, hops: list[int], start: int | None = None
+    ) -> Attributes:
+        root = caller.export.root_ino
+        cur = await self._getattr(root if start is None or path.startswith(b"/") else start)
+        parts = [p for p in path.split(b"/") if p and p != b"."]
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if not cur.is_dir:
+                raise errors.NotDir("path component is not a directory")
+            perm.check(caller.cred, cur, perm.X)
+            if part == b"..":
+                nxt = cur if cur.ino == root else await self._lookup_raw(cur.ino, b"..")
+            else:
+                nxt = await self._lookup_raw(cur.ino, part)
+            if nxt.is_link and (follow or not last):
+                hops[0] += 1
+                if hops[0] > SYMLOOP_MAX:
+                    raise errors.Loop("too many symbolic links")
+                target = await self.backend.readlink(nxt.ino)
+                nxt = await self._walk(caller, target, True, hops, start=cur.ino)
+            cur = nxt
+        return cur
+
+    @deferred
+    async def resolve_parent(self, caller: Caller, path: bytes) -> tuple[Attributes, bytes]:
+        """The directory that holds the last component of C{path}, and that component."""
+        parts = [p for p in path.split(b"/") if p and p != b"."]
+        if not parts or parts[-1] == b"..":
+            raise errors.Inval("path has no final name")
+        parent = await self._walk(caller, b"/".join(parts[:-1]), True, [0])
+        if not parent.is_dir:
+            raise errors.NotDir("parent is not a directory")
+        return parent, parts[-1]

@@ -1,0 +1,228 @@
+"""The vfs operations (L{claudefs_gateway.vfs.VFS}) over the memory backend."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from claudefs_gateway import errors
+from claudefs_gateway.fstypes import FileType, SetAttrs
+from claudefs_gateway.testing.vfs import MemoryVFS
+from claudefs_gateway.vfs import Action, R, W, X
+
+CONFIG = """
+exports:
+  - {path: /export, root_squash: false}
+  - {path: /ro, read_only: true, root_squash: false}
+  - {path: /squashed}
+"""
+
+
+class VFSTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.m = MemoryVFS(CONFIG)
+        self.vfs = self.m.vfs
+        self.root = self.m.caller(0, 0)
+        self.alice = self.m.caller(1000, 1000)
+        self.bob = self.m.caller(2000, 2000)
+        self.top = self.m.root()
+        self.pub = self.ok(self.vfs.mkdir(self.root, self.top, b"pub", 0o777)).ino
+
+    def ok(self, d):  # type: ignore[no-untyped-def]
+        return self.successResultOf(d)
+
+    def bad(self, d, exc):  # type: ignore[no-untyped-def]
+        return self.failureResultOf(d, exc)
+
+    # -- exports --------------------------------------------------------------
+
+    def test_export_dirs_created(self) -> None:
+        for path in ("/export", "/ro", "/squashed"):
+            a = self.ok(self.vfs.getattr(self.root, self.m.root(path)))
+            self.assertTrue(a.is_dir)
+
+    def test_read_only_export(self) -> None:
+        c = self.m.caller(0, 0, path="/ro")
+        ro = self.m.root("/ro")
+        self.bad(self.vfs.create(c, ro, b"f", 0o644), errors.ReadOnly)
+        self.bad(self.vfs.mkdir(c, ro, b"d", 0o755), errors.ReadOnly)
+        self.bad(self.vfs.setattr(c, ro, SetAttrs(mode=0o700)), errors.ReadOnly)
+        self.assertEqual(self.ok(self.vfs.access(c, ro, R | W | X)), R | X)
+        self.ok(self.vfs.readdir(c, ro, 0, bytes(8), 10))
+
+    def test_root_squash_applies(self) -> None:
+        c = self.m.caller(0, 0, path="/squashed")
+        self.assertEqual(c.cred.uid, 65534)
+        self.bad(self.vfs.mkdir(c, self.m.root("/squashed"), b"d", 0o755), errors.Access)
+
+    def test_dotdot_clamped_at_export_root(self) -> None:
+        c = self.m.caller(0, 0, path="/ro")
+        self.assertEqual(
+            self.ok(self.vfs.lookup(c, self.m.root("/ro"), b"..")).ino, self.m.root("/ro")
+        )
+        self.assertEqual(self.ok(self.vfs.resolve(c, b"../../..")).ino, self.m.root("/ro"))
+
+    def test_export_root_cannot_be_removed(self) -> None:
+        real_root = self.vfs.root_ino
+        top = self.m.caller(0, 0)
+        self.bad(self.vfs.rmdir(top, real_root, b"export"), errors.Busy)
+
+    # -- permissions through operations -----------------------------------------
+
+    def test_create_owned_by_caller(self) -> None:
+        a = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o640))
+        self.assertEqual((a.uid, a.gid, a.mode), (1000, 1000, 0o640))
+
+    def test_private_directory(self) -> None:
+        d = self.ok(self.vfs.mkdir(self.alice, self.pub, b"private", 0o700)).ino
+        self.ok(self.vfs.create(self.alice, d, b"f", 0o644))
+        self.bad(self.vfs.lookup(self.bob, d, b"f"), errors.Access)
+        self.bad(self.vfs.create(self.bob, d, b"g", 0o644), errors.Access)
+        self.bad(self.vfs.readdir(self.bob, d, 0, bytes(8), 10), errors.Access)
+        self.ok(self.vfs.lookup(self.root, d, b"f"))
+
+    def test_owner_override_for_data(self) -> None:
+        """Like knfsd, the owner may read and write a file whatever its mode; others may not."""
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o000)).ino
+        self.ok(self.vfs.write(self.alice, f, 0, b"mine", True))
+        self.assertEqual(self.ok(self.vfs.read(self.alice, f, 0, 10)).data, b"mine")
+        self.bad(self.vfs.read(self.bob, f, 0, 10), errors.Access)
+        self.bad(self.vfs.write(self.bob, f, 0, b"x", True), errors.Access)
+        self.ok(self.vfs.setattr(self.alice, f, SetAttrs(size=0)))
+
+    def test_read_allowed_with_execute(self) -> None:
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"prog", 0o711)).ino
+        self.ok(self.vfs.write(self.alice, f, 0, b"#!", True))
+        self.assertEqual(self.ok(self.vfs.read(self.bob, f, 0, 2)).data, b"#!")
+
+    def test_write_strips_setuid(self) -> None:
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"s", 0o4777)).ino
+        a = self.ok(self.vfs.write(self.bob, f, 0, b"x", False)).attrs
+        self.assertEqual(a.mode, 0o777)
+
+    def test_sticky_directory(self) -> None:
+        tmp = self.ok(self.vfs.mkdir(self.root, self.top, b"tmp", 0o1777)).ino
+        self.ok(self.vfs.create(self.alice, tmp, b"a", 0o644))
+        self.bad(self.vfs.remove(self.bob, tmp, b"a"), errors.Perm)
+        self.bad(self.vfs.rename(self.bob, tmp, b"a", tmp, b"b"), errors.Perm)
+        self.ok(self.vfs.create(self.bob, tmp, b"b", 0o644))
+        self.bad(self.vfs.rename(self.alice, tmp, b"a", tmp, b"b"), errors.Perm)
+        self.ok(self.vfs.remove(self.alice, tmp, b"a"))
+
+    def test_moving_directory_needs_write_on_it(self) -> None:
+        d = self.ok(self.vfs.mkdir(self.alice, self.pub, b"d", 0o555)).ino
+        other = self.ok(self.vfs.mkdir(self.bob, self.pub, b"o", 0o777)).ino
+        self.bad(self.vfs.rename(self.bob, self.pub, b"d", other, b"d"), errors.Access)
+        self.ok(self.vfs.rename(self.bob, self.pub, b"o", self.pub, b"o2"))
+        self.assertTrue(d)
+
+    def test_mknod_devices_need_root(self) -> None:
+        self.bad(
+            self.vfs.mknod(self.alice, self.pub, b"c", FileType.CHR, 0o600, (1, 3)), errors.Perm
+        )
+        self.ok(self.vfs.mknod(self.root, self.pub, b"c", FileType.CHR, 0o600, (1, 3)))
+        self.ok(self.vfs.mknod(self.alice, self.pub, b"p", FileType.FIFO, 0o600))
+        self.bad(self.vfs.mknod(self.alice, self.pub, b"r", FileType.REG, 0o600), errors.Inval)
+
+    # -- creates ----------------------------------------------------------------
+
+    def test_unchecked_and_guarded_create(self) -> None:
+        a = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644))
+        self.bad(self.vfs.create(self.alice, self.pub, b"f", 0o644), errors.Exists)
+        again = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o600, exclusive=False))
+        self.assertEqual(again.ino, a.ino)
+        self.ok(self.vfs.mkdir(self.alice, self.pub, b"d", 0o755))
+        self.bad(self.vfs.create(self.alice, self.pub, b"d", 0o644, exclusive=False), errors.Exists)
+
+    def test_exclusive_create_replay(self) -> None:
+        """A retransmitted EXCLUSIVE create (same verifier) returns the same file; another verifier is EEXIST."""
+        a = self.ok(self.vfs.create_exclusive(self.alice, self.pub, b"x", b"verf0001"))
+        b = self.ok(self.vfs.create_exclusive(self.alice, self.pub, b"x", b"verf0001"))
+        self.assertEqual(a.ino, b.ino)
+        self.bad(self.vfs.create_exclusive(self.alice, self.pub, b"x", b"verf0002"), errors.Exists)
+        self.assertEqual(self.ok(self.vfs.listxattr(self.alice, a.ino)), [])
+
+    # -- caches stay right ---------------------------------------------------------
+
+    def test_cached_attrs_follow_changes(self) -> None:
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644)).ino
+        self.ok(self.vfs.getattr(self.alice, f))
+        self.ok(self.vfs.write(self.alice, f, 0, b"12345", False))
+        self.assertEqual(self.ok(self.vfs.getattr(self.alice, f)).size, 5)
+        self.ok(self.vfs.rename(self.alice, self.pub, b"f", self.pub, b"g"))
+        self.bad(self.vfs.lookup(self.alice, self.pub, b"f"), errors.NotFound)
+        self.assertEqual(self.ok(self.vfs.lookup(self.alice, self.pub, b"g")).ino, f)
+        self.ok(self.vfs.remove(self.alice, self.pub, b"g"))
+        self.bad(self.vfs.lookup(self.alice, self.pub, b"g"), errors.NotFound)
+        self.bad(self.vfs.getattr(self.alice, f), errors.NotFound)
+
+    def test_invalidate(self) -> None:
+        self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644))
+        self.assertGreater(self.vfs.invalidate(), 0)
+        self.assertEqual(self.vfs.invalidate(), 0)
+
+    # -- xattrs ---------------------------------------------------------------------
+
+    def test_internal_namespace_hidden(self) -> None:
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644)).ino
+        self.ok(self.vfs.setxattr(self.alice, f, b"user.a", b"1"))
+        self.ok(self.vfs.meta_set(self.alice, f, b"s3.etag", b"abc"))
+        self.assertEqual(self.ok(self.vfs.listxattr(self.alice, f)), [b"user.a"])
+        self.assertEqual(self.ok(self.vfs.meta_get(self.alice, f, b"s3.etag")), b"abc")
+        self.assertIsNone(self.ok(self.vfs.meta_get(self.alice, f, b"nope")))
+        self.bad(self.vfs.getxattr(self.alice, f, b"cfs.s3.etag"), errors.Perm)
+        self.bad(self.vfs.setxattr(self.alice, f, b"cfs.x", b"1"), errors.Perm)
+        self.bad(self.vfs.setxattr(self.bob, f, b"user.b", b"1"), errors.Access)
+        self.bad(self.vfs.meta_set(self.bob, f, b"x", b"1"), errors.Access)
+        self.ok(self.vfs.meta_set(self.alice, f, b"s3.etag", None))
+        self.assertIsNone(self.ok(self.vfs.meta_get(self.alice, f, b"s3.etag")))
+
+    # -- paths ------------------------------------------------------------------------
+
+    def test_resolve_follows_symlinks(self) -> None:
+        a = self.ok(self.vfs.mkdir(self.alice, self.pub, b"a", 0o755)).ino
+        f = self.ok(self.vfs.create(self.alice, a, b"file", 0o644)).ino
+        self.ok(self.vfs.symlink(self.alice, self.pub, b"rel", b"a/file"))
+        self.ok(self.vfs.symlink(self.alice, self.pub, b"abs", b"/pub/a"))
+        self.ok(self.vfs.symlink(self.alice, self.pub, b"up", b"../pub/a"))
+        c = self.alice
+        self.assertEqual(self.ok(self.vfs.resolve(c, b"pub/rel")).ino, f)
+        self.assertEqual(self.ok(self.vfs.resolve(c, b"/pub//abs/file")).ino, f)
+        self.assertEqual(self.ok(self.vfs.resolve(c, b"pub/up/file")).ino, f)
+        self.assertTrue(self.ok(self.vfs.resolve(c, b"pub/rel", follow=False)).is_link)
+        self.bad(self.vfs.resolve(c, b"pub/a/file/x"), errors.NotDir)
+        self.bad(self.vfs.resolve(c, b"pub/missing"), errors.NotFound)
+        parent, name = self.ok(self.vfs.resolve_parent(c, b"pub/abs/new"))
+        self.assertEqual((parent.ino, name), (a, b"new"))
+
+    def test_symlink_loop(self) -> None:
+        self.ok(self.vfs.symlink(self.alice, self.pub, b"l1", b"l2"))
+        self.ok(self.vfs.symlink(self.alice, self.pub, b"l2", b"l1"))
+        self.bad(self.vfs.resolve(self.alice, b"pub/l1"), errors.Loop)
+
+    # -- events -------------------------------------------------------------------------
+
+    def test_change_events(self) -> None:
+        seen = []
+        unsubscribe = self.vfs.events.subscribe(self.pub, lambda c: seen.append((c.action, c.name)))
+        self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644))
+        self.ok(self.vfs.rename(self.alice, self.pub, b"f", self.pub, b"g"))
+        self.ok(self.vfs.remove(self.alice, self.pub, b"g"))
+        unsubscribe()
+        self.ok(self.vfs.create(self.alice, self.pub, b"h", 0o644))
+        self.assertEqual(
+            seen,
+            [
+                (Action.ADDED, b"f"),
+                (Action.RENAMED_FROM, b"f"),
+                (Action.RENAMED_TO, b"g"),
+                (Action.REMOVED, b"g"),
+            ],
+        )
+
+    def test_failing_listener_does_not_break_changes(self) -> None:
+        def boom(_: object) -> None:
+            raise RuntimeError("listener bug")
+
+        self.vfs.events.subscribe(None, boom)
+        self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
