@@ -9,6 +9,8 @@ C{cfs-gateway}: the operator's command line.
     cfs-gateway health  [--config F | --admin URL]
     cfs-gateway metrics [--config F | --admin URL]
     cfs-gateway drain   [--config F | --admin URL] [--no-wait]
+    cfs-gateway quota set-user|set-group|report …
+    cfs-gateway user add|passwd|s3-keys|remove|list …
 
 C{start} runs the gateway in the foreground, logging to stdout, and stops
 gracefully on SIGTERM or SIGINT (a drain, as C{twistd} does). The admin-API
@@ -27,7 +29,7 @@ import socket
 import sys
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from claudefs_gateway import __version__
 from claudefs_gateway.core import config as cfg
@@ -102,6 +104,10 @@ def run_foreground(
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
     reactor.run()
+    fatal = root.core.extras.get("fatal")
+    if fatal:
+        _print_err(str(fatal))
+        return 1
     return 0
 
 
@@ -169,7 +175,12 @@ def admin_target(args: argparse.Namespace) -> tuple[str, str | None]:
 
 
 def admin_request(
-    base: str, method: str, path: str, token: str | None, timeout: float = 60.0
+    base: str,
+    method: str,
+    path: str,
+    token: str | None,
+    timeout: float = 60.0,
+    body: bytes | None = None,
 ) -> tuple[int, bytes]:
     """One request to the admin API; (status, body). @raise OSError: unreachable."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -181,21 +192,23 @@ def admin_request(
         cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
         conn = cls(u.hostname or "127.0.0.1", u.port, timeout=timeout)
     try:
-        conn.request(method, path, headers=headers)
+        conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
         conn.close()
 
 
-def _admin_cmd(args: argparse.Namespace, method: str, path: str) -> tuple[int, bytes] | None:
+def _admin_cmd(
+    args: argparse.Namespace, method: str, path: str, body: bytes | None = None
+) -> tuple[int, bytes] | None:
     try:
         base, token = admin_target(args)
     except ConfigError as e:
         _print_err("invalid configuration:\n" + e.render())
         return None
     try:
-        return admin_request(base, method, path, token, timeout=args.timeout)
+        return admin_request(base, method, path, token, timeout=args.timeout, body=body)
     except OSError as e:
         _print_err(f"cannot reach the admin API at {base}: {e.strerror or e}")
         return None
@@ -234,6 +247,185 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# quota
+
+
+def _size(text: str) -> int:
+    from claudefs_gateway.core._schema import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (e.g. 20GB, 512MiB, 1000)"
+        ) from None
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    if args.quota_command == "report":
+        r = _admin_cmd(args, "GET", "/admin/quota")
+        if r is None:
+            return 1
+        status, body = r
+        doc = (
+            json.loads(body)
+            if body.startswith(b"{")
+            else {"error": body.decode("utf-8", "replace")}
+        )
+        if status != 200:
+            _print_err(doc.get("error", f"HTTP {status}"))
+            return 1
+        if args.json:
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+            return 0
+        rows: list[dict[str, Any]] = cast(list[dict[str, Any]], doc["quotas"])
+        header = f"{'kind':6} {'id':>8} {'bytes':>14} {'soft':>14} {'hard':>14} {'inodes':>10} {'soft':>10} {'hard':>10}  grace"
+        sys.stdout.write(header + "\n")
+        for row in rows:
+            grace = (
+                "-"
+                if row["grace_left_secs"] is None
+                else (
+                    "expired" if row["grace_left_secs"] <= 0 else f"{row['grace_left_secs']:.0f}s"
+                )
+            )
+            sys.stdout.write(
+                f"{row['kind']:6} {row['id']:>8} {row['bytes']:>14} {row['bytes_soft'] or '-':>14} "
+                f"{row['bytes_hard'] or '-':>14} {row['inodes']:>10} {row['inodes_soft'] or '-':>10} "
+                f"{row['inodes_hard'] or '-':>10}  {grace}\n"
+            )
+        return 0
+    kind = "user" if args.quota_command == "set-user" else "group"
+    ident = args.uid if kind == "user" else args.gid
+    path = f"/admin/quota/{kind}/{ident}"
+    if args.clear:
+        r = _admin_cmd(args, "DELETE", path)
+    else:
+        limits = {
+            "bytes_soft": args.soft or 0,
+            "bytes_hard": args.hard or 0,
+            "inodes_soft": args.inodes_soft or 0,
+            "inodes_hard": args.inodes_hard or 0,
+        }
+        r = _admin_cmd(args, "PUT", path, json.dumps(limits).encode())
+    if r is None:
+        return 1
+    status, body = r
+    sys.stdout.write(body.decode("utf-8", "replace"))
+    return 0 if status == 200 else 1
+
+
+# ---------------------------------------------------------------------------
+# user
+
+
+def _users_file(args: argparse.Namespace) -> Any:
+    from claudefs_gateway.vfs.service import users_path
+
+    config = cfg.load(args.config) if args.config else cfg.default_config()
+    path = users_path(config)
+    if path is None:
+        raise GatewayError("users are listed inline in the configuration file; edit them there")
+    return path
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise GatewayError("no password on standard input")
+        return line.rstrip("\r\n")
+    import getpass
+
+    if not sys.stdin.isatty():
+        raise GatewayError("no terminal to ask for a password: use --password-stdin")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Again: "):
+        raise GatewayError("the passwords differ")
+    return first
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    import attrs
+
+    from claudefs_gateway.vfs.identity import (
+        User,
+        load_users_file,
+        new_access_key,
+        new_secret_key,
+        nt_hash,
+        save_users_file,
+    )
+
+    try:
+        path = _users_file(args)
+        users = load_users_file(path)
+        by_name = {u.name.lower(): u for u in users}
+        sub = args.user_command
+        if sub == "list":
+            for u in users:
+                groups = ",".join(str(g) for g in u.groups) or "-"
+                flags = [f for f, on in (("smb", u.nt_hash), ("s3", u.s3_access_key)) if on]
+                key = u.s3_access_key or "-"
+                sys.stdout.write(
+                    f"{u.name:16} uid={u.uid:<6} gid={u.gid:<6} groups={groups:12} "
+                    f"access={','.join(flags) or '-':7} s3_key={key}\n"
+                )
+            return 0
+        name = args.name
+        existing = by_name.get(name.lower())
+        if sub == "add":
+            if existing is not None:
+                raise GatewayError(f"user {name!r} exists")
+            gids = tuple(int(g) for g in args.groups.split(",") if g) if args.groups else ()
+            password = None if args.no_password else _read_password(args)
+            user = User(
+                name,
+                args.uid,
+                args.gid,
+                gids,
+                nt_hash(password) if password is not None else None,
+                nfs4_name=args.nfs4_name,
+            )
+            if args.s3_keys:
+                user = attrs.evolve(
+                    user, s3_access_key=new_access_key(), s3_secret_key=new_secret_key()
+                )
+            _validate_user(user)
+            users.append(user)
+        elif existing is None:
+            raise GatewayError(f"no user {name!r}")
+        elif sub == "remove":
+            users = [u for u in users if u is not existing]
+        elif sub == "passwd":
+            user = attrs.evolve(existing, nt_hash=nt_hash(_read_password(args)))
+            users = [user if u is existing else u for u in users]
+        elif sub == "s3-keys":
+            user = attrs.evolve(
+                existing, s3_access_key=new_access_key(), s3_secret_key=new_secret_key()
+            )
+            users = [user if u is existing else u for u in users]
+        save_users_file(path, users)
+    except (GatewayError, ValueError) as e:
+        _print_err(str(e))
+        return 1
+    if sub in ("add", "s3-keys") and user.s3_access_key:
+        sys.stdout.write(
+            f"S3 access key: {user.s3_access_key}\nS3 secret key: {user.s3_secret_key}\n"
+            "(the secret is shown once; it is stored in the users file, mode 600)\n"
+        )
+    sys.stdout.write(f"{sub}: {name}: done ({path})\n")
+    return 0
+
+
+def _validate_user(user: Any) -> None:
+    """Check a new user against the configuration schema's rules."""
+    import yaml
+
+    cfg.loads(yaml.safe_dump({"users": [user.to_dict()]}), "<new user>")
+
+
+# ---------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -258,6 +450,46 @@ def _parser() -> argparse.ArgumentParser:
         a.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an answer")
         if name == "drain":
             a.add_argument("--no-wait", action="store_true", help="return once the drain has begun")
+    q = sub.add_parser("quota", help="user and group quotas of a running gateway")
+    qsub = q.add_subparsers(dest="quota_command", metavar="QUOTA_COMMAND", required=True)
+    for name, idflag in (("set-user", "--uid"), ("set-group", "--gid")):
+        a = qsub.add_parser(name, help=f"set (or --clear) the limits of one {name[4:]}")
+        a.add_argument(idflag, type=int, required=True)
+        a.add_argument("--soft", type=_size, help="soft byte limit, e.g. 20GB")
+        a.add_argument("--hard", type=_size, help="hard byte limit, e.g. 25GB")
+        a.add_argument("--inodes-soft", type=int)
+        a.add_argument("--inodes-hard", type=int)
+        a.add_argument("--clear", action="store_true", help="back to the configured defaults")
+    rep = qsub.add_parser("report", help="usage and limits of every id")
+    rep.add_argument("--json", action="store_true")
+    for a in (*qsub.choices.values(),):
+        a.add_argument("--config", "-c", help="find the admin API from this configuration")
+        a.add_argument("--admin", help="admin API base URL")
+        a.add_argument("--timeout", type=float, default=60.0)
+
+    u = sub.add_parser("user", help="maintain the users file (SMB passwords, S3 keys)")
+    usub = u.add_subparsers(dest="user_command", metavar="USER_COMMAND", required=True)
+    add = usub.add_parser("add", help="add a user")
+    add.add_argument("name")
+    add.add_argument("--uid", type=int, required=True)
+    add.add_argument("--gid", type=int, required=True)
+    add.add_argument("--groups", help="supplementary gids, comma-separated")
+    add.add_argument("--nfs4-name", help="NFSv4 owner name, user@domain")
+    add.add_argument("--s3-keys", action="store_true", help="generate an S3 access key and secret")
+    add.add_argument("--no-password", action="store_true", help="no SMB password")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the SMB password from stdin"
+    )
+    pw = usub.add_parser("passwd", help="set a user's SMB password")
+    pw.add_argument("name")
+    pw.add_argument("--password-stdin", action="store_true")
+    keys = usub.add_parser("s3-keys", help="give a user a new S3 access key and secret")
+    keys.add_argument("name")
+    rm = usub.add_parser("remove", help="remove a user")
+    rm.add_argument("name")
+    usub.add_parser("list", help="list users (no secrets)")
+    for a in usub.choices.values():
+        a.add_argument("--config", "-c", help="the gateway configuration (where the users file is)")
     return p
 
 
@@ -275,6 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "metrics": cmd_metrics,
         "health": cmd_health,
         "drain": cmd_drain,
+        "quota": cmd_quota,
+        "user": cmd_user,
     }[args.command]
     return handler(args)
 

@@ -33,7 +33,7 @@ from claudefs_gateway.core import log
 from claudefs_gateway.core.caches import Caches
 from claudefs_gateway.core.config import PROTOCOLS, Config
 from claudefs_gateway.core.drain import Activity, Drainer, TrackingFactory
-from claudefs_gateway.core.health import HealthChecks
+from claudefs_gateway.core.health import CheckResult, HealthChecks
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.metrics import Metrics
 from claudefs_gateway.core.runtime import Core
@@ -133,10 +133,38 @@ def build(
 
     datadir = DataDir(config.data_dir)
     datadir.setServiceParent(root)
-    core.health.register("backend", datadir.check)
     core.extras["datadir"] = datadir
 
+    from claudefs_gateway.vfs.service import VFSService, make_backend
+
+    vfs_service: VFSService | None = None
+    try:
+        backend = make_backend(core)
+    except NotBuilt as e:
+        # Transitional: say plainly that no file protocol can be served.
+        missing = str(e)
+        _log.warn("{why}; no protocol can serve files", why=missing)
+    else:
+        vfs_service = VFSService(core, backend)
+        vfs_service.setServiceParent(root)
+        core.vfs_service = vfs_service
+
+    def backend_health() -> Any:
+        first = datadir.check()
+        if first.status != "healthy":
+            return first
+        if vfs_service is None:
+            return CheckResult.degraded(missing)
+        return vfs_service.check()
+
+    core.health.register("backend", backend_health)
+
+    def quotas() -> Any:
+        vfs = vfs_service.vfs if vfs_service is not None else None
+        return vfs.quotas if vfs is not None and vfs.is_open else None
+
     site = build_site(
+        quotas=quotas,
         health=core.health,
         metrics=metrics,
         drainer=core.drainer,

@@ -175,6 +175,7 @@ def loopback_config(testcase: Any, extra: str = "", **settings: str) -> str:
     text = f"""
 log_format: json
 backend:
+  type: {settings.get("backend", "memory")}
   data_dir: {data}
 nfs:
   bind: "127.0.0.1:0"

@@ -48,6 +48,7 @@ _OPS = {
     b"/metrics": "metrics",
     b"/admin/drain": "drain",
     b"/admin/cache/invalidate": "cache_invalidate",
+    b"/admin/quota": "quota",
 }
 
 
@@ -192,7 +193,9 @@ class AdminSite(Site):
     @override
     def getResourceFor(self, request: Request) -> Resource:
         start = self._timer()
-        op = _OPS.get(request.path, "other")
+        op = _OPS.get(
+            request.path, "quota" if request.path.startswith(b"/admin/quota/") else "other"
+        )
 
         def done(_: object) -> None:
             code = request.code
@@ -295,12 +298,95 @@ class CacheInvalidateResource(Resource):
         return _json(request, http.OK, {"invalidated": dropped})
 
 
+class QuotaResource(Resource):
+    """
+    C{GET /admin/quota}: every id's usage and limits. C{PUT /admin/quota/user/1000}
+    with a JSON body of limits (C{bytes_soft}, C{bytes_hard}, C{inodes_soft},
+    C{inodes_hard}; sizes as numbers or strings like C{"20GB"}) sets them;
+    C{DELETE} returns the id to the configured defaults.
+    """
+
+    isLeaf = True
+
+    def __init__(self, quotas: Callable[[], Any]) -> None:
+        super().__init__()
+        self._quotas = quotas
+
+    def _target(self, request: Request) -> tuple[str, int] | None:
+        parts = [p for p in request.postpath or [] if p]
+        if len(parts) != 2 or parts[0] not in (b"user", b"group") or not parts[1].isdigit():
+            return None
+        return parts[0].decode(), int(parts[1])
+
+    def render_GET(self, request: Request) -> bytes:
+        q = self._quotas()
+        if q is None:
+            return _json(request, http.SERVICE_UNAVAILABLE, {"error": "store not open"})
+        return _json(request, http.OK, {"quotas": q.report()})
+
+    def render_PUT(self, request: Request) -> Any:
+        return self._change(request, delete=False)
+
+    def render_DELETE(self, request: Request) -> Any:
+        return self._change(request, delete=True)
+
+    def _change(self, request: Request, delete: bool) -> Any:
+        from claudefs_gateway.core._schema import parse_size
+        from claudefs_gateway.fstypes import QuotaLimits
+
+        q = self._quotas()
+        if q is None:
+            return _json(request, http.SERVICE_UNAVAILABLE, {"error": "store not open"})
+        target = self._target(request)
+        if target is None:
+            return _json(
+                request,
+                http.NOT_FOUND,
+                {"error": "use /admin/quota/user/<uid> or /admin/quota/group/<gid>"},
+            )
+        limits = None
+        if not delete:
+            try:
+                body = json.loads((request.content.read() if request.content else b"") or b"{}")
+                values = {}
+                for key in ("bytes_soft", "bytes_hard", "inodes_soft", "inodes_hard"):
+                    v = body.get(key, 0)
+                    values[key] = parse_size(v) if isinstance(v, str) else int(v)
+                unknown = set(body) - set(values)
+                if unknown:
+                    raise ValueError(f"unknown keys {sorted(unknown)}")
+                limits = QuotaLimits(**values)
+            except (ValueError, TypeError, AttributeError) as e:
+                return _json(request, http.BAD_REQUEST, {"error": f"bad limits: {e}"})
+        d = defer.Deferred.fromCoroutine(q.set_limits(target[0], target[1], limits))
+
+        def done(_: object) -> None:
+            rows = [r for r in q.report() if (r["kind"], r["id"]) == target]
+            request.write(_json(request, http.OK, {"quota": rows[0] if rows else None}))
+            request.finish()
+
+        def failed(f: Any) -> None:
+            request.write(_json(request, http.BAD_REQUEST, {"error": f.getErrorMessage()}))
+            request.finish()
+
+        d.addCallbacks(done, failed)
+        return NOT_DONE_YET
+
+
 class _Index(Resource):
     def render_GET(self, request: Request) -> bytes:
         return _json(
             request,
             http.OK,
-            {"endpoints": ["/health", "/metrics", "/admin/drain", "/admin/cache/invalidate"]},
+            {
+                "endpoints": [
+                    "/health",
+                    "/metrics",
+                    "/admin/drain",
+                    "/admin/cache/invalidate",
+                    "/admin/quota",
+                ]
+            },
         )
 
     def getChild(self, path: bytes, request: Request) -> Resource:
@@ -311,6 +397,7 @@ class _Index(Resource):
 
 def build_site(
     *,
+    quotas: Callable[[], Any] = lambda: None,
     health: HealthChecks,
     metrics: Metrics,
     drainer: Drainer,
@@ -328,6 +415,7 @@ def build_site(
     cache = Resource()
     cache.putChild(b"invalidate", CacheInvalidateResource(caches))
     admin.putChild(b"cache", cache)
+    admin.putChild(b"quota", QuotaResource(quotas))
     root.putChild(b"admin", admin)
     return AdminSite(
         root,

@@ -35,7 +35,12 @@ class Core:
     drainer: Drainer
     caches: Caches
     threads: ThreadPools
+    vfs_service: Any = None
     extras: dict[str, Any] = attrs.field(factory=dict)
+
+    def vfs_ready(self) -> Any:
+        """A Deferred firing with the open vfs (front ends await it before a request)."""
+        return self.vfs_service.ready()
 
     def listener(
         self,
