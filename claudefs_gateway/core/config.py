@@ -363,6 +363,11 @@ class Export(ExportRules):
         doc="Which file protocols serve this export.",
     )
     browseable: bool = setting(True, doc="Listed by SMB share enumeration (``smbclient -L``).")
+    encrypt: Literal["default", "required"] = setting(
+        "default",
+        doc="SMB: ``required`` makes every request to this share arrive encrypted (SMB 3); "
+        "``default`` follows ``smb.encrypt``.",
+    )
 
     @property
     def share_name(self) -> str:

@@ -1,19 +1,15 @@
 """
-The SMB3 front end.
+The SMB2/3 front end: SMB 2.0.2 to 3.1.1 over direct TCP (port 445).
 
-Not built yet in this version: starting it explicitly fails with L{NOT_BUILT};
-starting every protocol skips it with a warning. Tracked as issue #6.
+L{make_service} builds C{proto:smb}: one listener serving the configured
+exports as shares, plus IPC$ with the srvsvc pipe. See docs/smb.rst.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from claudefs_gateway.smb.service import make_service
 
-from claudefs_gateway.errors import NotBuilt
+BUILT = True
+NOT_BUILT = ""
 
-BUILT = False
-NOT_BUILT = "the SMB3 front end is not built in this version of claudefs-gateway"
-
-
-def make_service(core: Any) -> Any:
-    raise NotBuilt(NOT_BUILT)
+__all__ = ["BUILT", "NOT_BUILT", "make_service"]

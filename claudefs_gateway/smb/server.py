@@ -1,0 +1,1182 @@
+# -*- test-case-name: tests.smb.test_server -*-
+"""
+The SMB2/3 server: direct-TCP framing, the connection and session state
+machines, credits, signing and encryption, compounds, asynchronous replies,
+and the protocol-level commands (NEGOTIATE, SESSION_SETUP, LOGOFF,
+TREE_CONNECT, TREE_DISCONNECT, ECHO, CANCEL, and the IOCTLs about the
+connection). File commands are L{claudefs_gateway.smb.files.FileService}'s.
+
+Shape (STYLE.md §6): L{SMBConnection} is the Protocol, one per TCP
+connection, holding sessions, trees and opens; L{SMBFactory} holds what
+connections share (the vfs, the server GUID, session ids, the files every
+connection's opens point at, the failed-logon limiter) and tracks live
+connections so the drain can close them.
+
+Robustness rules this module keeps:
+
+  - a frame longer than C{smb.max_message_size} closes the connection before
+    it is buffered; no parser sees bytes beyond its message;
+  - nothing escapes L{SMBConnection.dataReceived}: a request that fails to
+    parse is answered with STATUS_INVALID_PARAMETER, a handler bug with
+    STATUS_INTERNAL_ERROR and a logged traceback;
+  - credits are enforced: a MessageId outside the window the server granted
+    (a replay, or a client ignoring its credits) closes the connection
+    (MS-SMB2 3.3.5.2.3), and a request whose CreditCharge does not cover its
+    payload fails with STATUS_INVALID_PARAMETER (3.3.5.2.5);
+  - a bad signature is STATUS_ACCESS_DENIED, an undecryptable message closes
+    the connection.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from claudefs_gateway import errors
+from claudefs_gateway.core.authlimit import AuthFailureLimiter
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.errors import ProtocolError
+from claudefs_gateway.fstypes import Credentials
+from claudefs_gateway.smb import constants as c
+from claudefs_gateway.smb import ntstatus as st
+from claudefs_gateway.smb.auth import (
+    LogonFailure,
+    NTLMAcceptor,
+    SPNEGOAcceptor,
+    initial_token,
+)
+from claudefs_gateway.smb.constants import Command
+from claudefs_gateway.smb.crypto import (
+    DecryptError,
+    PreauthHash,
+    Sealer,
+    derive_keys,
+    make_signer,
+)
+from claudefs_gateway.smb.errors import SMBError, status_for
+from claudefs_gateway.smb.header import (
+    Header,
+    Reader,
+    TransformHeader,
+    error_body,
+    smb1_dialects,
+    split_compound,
+)
+from claudefs_gateway.smb.info import to_filetime
+from claudefs_gateway.smb.messages import (
+    SIMPLE_BODY,
+    IoctlRequest,
+    NegotiateRequest,
+    SessionSetupRequest,
+    TreeConnectRequest,
+    pack_ioctl_response,
+    pack_negotiate_context,
+    pack_negotiate_response,
+    pack_session_setup_response,
+    pack_tree_connect_response,
+)
+from claudefs_gateway.smb.negotiate import ConnectionMachine, Negotiated, SessionMachine, choose
+from claudefs_gateway.smb.security import IdMap
+from claudefs_gateway.smb.state import Reply, Request, Session, Tree
+
+__all__ = ["SMBFactory", "SMBConnection", "MAX_CREDITS", "MAX_IO", "FAILED_LOGON_DELAY"]
+
+MAX_IO = 8 * 1024 * 1024
+MAX_CREDITS = 512
+# A failed logon is answered after this long (seconds): with the limiter's
+# lockout it makes guessing passwords slow without slowing anyone who knows theirs.
+FAILED_LOGON_DELAY = 0.5
+ALL_ONES = 0xFFFFFFFFFFFFFFFF
+NULL_FILE_ID = (ALL_ONES, ALL_ONES)
+_CREDIT_FREE = frozenset({Command.CANCEL})
+_NO_SESSION = frozenset({Command.NEGOTIATE, Command.SESSION_SETUP})
+_SESSION_OPTIONAL = frozenset({Command.ECHO, Command.CANCEL})
+_NEEDS_TREE = frozenset(
+    {
+        Command.TREE_DISCONNECT,
+        Command.CREATE,
+        Command.CLOSE,
+        Command.FLUSH,
+        Command.READ,
+        Command.WRITE,
+        Command.LOCK,
+        Command.IOCTL,
+        Command.QUERY_DIRECTORY,
+        Command.CHANGE_NOTIFY,
+        Command.QUERY_INFO,
+        Command.SET_INFO,
+    }
+)
+_OP_NAMES = {int(cmd): cmd.name.lower() for cmd in Command}
+
+
+def payload_size(command: int, raw: memoryview) -> int:
+    """
+    The larger of what a request sends and may receive (MS-SMB2 3.3.5.2.5),
+    for checking its CreditCharge; 0 for commands that carry no payload.
+    """
+    r = Reader(raw)
+    b = 64
+    try:
+        if command == Command.READ:
+            return r.u32(b + 4)
+        if command == Command.WRITE:
+            return r.u32(b + 4)
+        if command == Command.IOCTL:
+            return max(r.u32(b + 28), r.u32(b + 32), r.u32(b + 40), r.u32(b + 44))
+        if command == Command.QUERY_DIRECTORY:
+            return r.u32(b + 28)
+        if command == Command.CHANGE_NOTIFY:
+            return r.u32(b + 4)
+        if command == Command.QUERY_INFO:
+            return max(r.u32(b + 4), r.u32(b + 12))
+        if command == Command.SET_INFO:
+            return r.u32(b + 4)
+    except ProtocolError:
+        return 0
+    return 0
+
+
+class CreditWindow:
+    """
+    The MessageIds a client may use next (MS-SMB2 3.3.1.1 CommandSequenceWindow).
+
+    Ids below C{low} are used; ids in [low, high) are granted, C{used} holds
+    those among them already used. Memory is bounded by C{limit}.
+    """
+
+    def __init__(self, limit: int = MAX_CREDITS) -> None:
+        self.low = 0
+        self.high = 1
+        self.used: set[int] = set()
+        self.limit = limit
+
+    @property
+    def outstanding(self) -> int:
+        return self.high - self.low - len(self.used)
+
+    def consume(self, first: int, count: int) -> bool:
+        """Take ids C{first}..C{first+count-1}; False if any is not granted or already used."""
+        last = first + count
+        if first < self.low or last > self.high:
+            return False
+        ids = range(first, last)
+        if any(i in self.used for i in ids):
+            return False
+        self.used.update(ids)
+        while self.low in self.used:
+            self.used.discard(self.low)
+            self.low += 1
+        return True
+
+    def grant(self, requested: int) -> int:
+        """
+        Grant up to C{requested} credits within the limit; never leave the
+        client with none (MS-SMB2 3.3.1.2).
+        """
+        room = max(self.limit - self.outstanding, 0)
+        n = min(requested, room)
+        if n == 0 and self.outstanding == 0:
+            n = 1
+        self.high += n
+        return n
+
+
+class SMBFactory(protocol.Factory):
+    """
+    Shared state of the SMB front end (see module docstring).
+
+    @param vfs_ready: returns a Deferred firing with the open vfs.
+    @param activity: connection and request accounting for the drain.
+    @param metrics: a L{RequestMetrics} for protocol C{smb}.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        config: Any,
+        vfs_ready: Callable[[], defer.Deferred[Any]],
+        reactor: Any,
+        *,
+        metrics: Any = None,
+        activity: Any = None,
+        limiter: AuthFailureLimiter | None = None,
+        domain_sid: Any = None,
+        domain_secret: Callable[[], bytes] | None = None,
+        computer: str | None = None,
+        locks: Callable[[Any], Any] | None = None,
+    ) -> None:
+        from claudefs_gateway.smb.files import FileService
+        from claudefs_gateway.smb.security import SID, derive_domain_sid
+
+        self.config = config
+        self.smb = config.smb
+        self.reactor = reactor
+        self._vfs_ready = vfs_ready
+        self.vfs: Any = None
+        self.metrics = metrics
+        self.activity = activity
+        self.limiter = limiter or AuthFailureLimiter(reactor)
+        self.server_guid = uuid.uuid4().bytes_le
+        self.start_time = to_filetime(int(reactor.seconds() * 1e9))
+        self.computer = (computer or socket.gethostname().split(".")[0] or "CLAUDEFS").upper()[:15]
+        sid = domain_sid
+        if sid is None and self.smb.domain_sid:
+            sid = SID.parse(self.smb.domain_sid)
+        self.domain_sid = sid
+        self._domain_secret = domain_secret or (lambda: os.urandom(32))
+        self._derive_sid = derive_domain_sid
+        self.idmap: IdMap | None = None
+        self.connections: set[SMBConnection] = set()
+        self.max_io = max(4096, min(MAX_IO, (self.smb.max_message_size - 1024) // 4096 * 4096))
+        self._next_session = int.from_bytes(os.urandom(4), "little") << 16 or 1
+        self._next_async = 1
+        self._next_file = 1
+        self.files = FileService(self)
+        self._locks = locks
+
+    def buildProtocol(self, addr: Any) -> SMBConnection:  # type: ignore[override]
+        p = SMBConnection(self)
+        p.factory = self
+        return p
+
+    async def get_vfs(self) -> Any:
+        if self.vfs is None:
+            vfs = await self._vfs_ready()
+            if self.vfs is None:
+                self.vfs = vfs
+                if self.domain_sid is None:
+                    # Read once the store is open (the secret file exists by then).
+                    self.domain_sid = self._derive_sid(self._domain_secret())
+                users = vfs.users
+
+                def known_uid(uid: int) -> bool:
+                    return users.by_uid(uid) is not None
+
+                def known_gid(gid: int) -> bool:
+                    return any(gid == u.gid or gid in u.groups for u in users.all())
+
+                self.idmap = IdMap(self.domain_sid, known_uid, known_gid)
+        return self.vfs
+
+    @property
+    def locks(self) -> Any:
+        """The vfs's cross-protocol lock table, or None while it is not built."""
+        if self._locks is not None:
+            return self._locks(self.vfs)
+        return getattr(self.vfs, "locks", None)
+
+    def new_session_id(self) -> int:
+        self._next_session = (self._next_session + 0x10001) & 0xFFFFFFFFFFFF
+        return self._next_session or 1
+
+    def new_async_id(self) -> int:
+        self._next_async += 1
+        return self._next_async
+
+    def new_file_id(self) -> int:
+        self._next_file += 1
+        return self._next_file
+
+    def observe(self, op: str, seconds: float, status: int) -> None:
+        if self.metrics is not None:
+            failed = status not in (
+                st.STATUS_SUCCESS,
+                st.STATUS_MORE_PROCESSING_REQUIRED,
+                st.STATUS_BUFFER_OVERFLOW,
+                st.STATUS_NO_MORE_FILES,
+                st.STATUS_PENDING,
+                st.STATUS_NOTIFY_ENUM_DIR,
+            )
+            self.metrics.observe(op, seconds, st.name(status) if failed else None)
+
+
+class SMBConnection(protocol.Protocol):
+    """One SMB client connection (see module docstring)."""
+
+    _log = Logger()
+    factory: SMBFactory
+
+    def __init__(self, factory: SMBFactory) -> None:
+        self.factory = factory
+        self.machine = ConnectionMachine(self)
+        self._buf = bytearray()
+        self.credits = CreditWindow()
+        self.negotiated: Negotiated | None = None
+        self.preauth: PreauthHash | None = None
+        self.sessions: dict[int, Session] = {}
+        self.opens: dict[int, Any] = {}
+        self._pending: dict[int, Request] = {}  # by MessageId
+        self._async: dict[int, Request] = {}  # by AsyncId
+        self._work: set[defer.Deferred[None]] = set()
+        self.peer = ""
+        self.conn_id = f"{id(self):x}"
+        self._closing = False
+        self.smb1_upgraded = False
+
+    # -- transport ---------------------------------------------------------------
+
+    @override
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", "") or ""
+        self.factory.connections.add(self)
+        if self.factory.activity is not None:
+            self.factory.activity.connection_made(self)
+        self._log.debug("smb connection from {peer}", peer=self.peer, conn_id=self.conn_id)
+
+    @override
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._closing = True
+        self.machine.lost()
+        for d in list(self._work):
+            d.cancel()
+        for req in list(self._pending.values()):
+            if req.waiting is not None:
+                req.waiting.cancel()
+        self._pending.clear()
+        self._async.clear()
+        for session in list(self.sessions.values()):
+            self._end_session(session)
+        self.sessions.clear()
+        self.factory.connections.discard(self)
+        if self.factory.activity is not None:
+            self.factory.activity.connection_lost(self)
+        self._log.debug("smb connection from {peer} closed", peer=self.peer, conn_id=self.conn_id)
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self._data(data)
+        except Exception:
+            self._log.failure("smb: unexpected error on data from {peer}", peer=self.peer)
+            self.drop("internal error")
+
+    def _data(self, data: bytes) -> None:
+        if self._closing:
+            return
+        buf = self._buf
+        buf += data
+        limit = self.factory.smb.max_message_size
+        while len(buf) >= 4 and not self._closing:
+            kind = buf[0]
+            length = int.from_bytes(buf[1:4], "big")
+            if kind == 0x85 and length == 0:  # NetBIOS keep-alive
+                del buf[:4]
+                continue
+            if kind != 0:
+                self.machine.violation(f"not a direct-TCP session message (type {kind:#x})")
+                return
+            if length > limit + 52:
+                self.machine.violation(f"message of {length} bytes exceeds max_message_size")
+                return
+            if len(buf) < 4 + length:
+                return
+            frame = bytes(buf[4 : 4 + length])
+            del buf[: 4 + length]
+            self._frame(frame)
+
+    def drop(self, why: str) -> None:
+        """Close the connection after a protocol violation (logged with the peer)."""
+        if not self._closing:
+            self._log.warn("smb: closing connection from {peer}: {why}", peer=self.peer, why=why)
+            if self.factory.metrics is not None:
+                self.factory.metrics.rejected("protocol")
+        self._closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _write(self, payload: bytes | bytearray) -> None:
+        if self.transport is None:
+            return
+        self.transport.writeSequence([len(payload).to_bytes(4, "big"), bytes(payload)])
+
+    # -- framing into messages ------------------------------------------------------
+
+    def _frame(self, frame: bytes) -> None:
+        magic = frame[:4]
+        if magic == c.SMB1_MAGIC:
+            try:
+                dialects = smb1_dialects(frame)
+            except ProtocolError as e:
+                self.machine.violation(str(e))
+                return
+            if b"SMB 2.???" not in dialects:
+                # Only clients that can go on with an SMB2 NEGOTIATE are served (SMB1 is not).
+                self.machine.violation("SMB1 NEGOTIATE without the SMB 2.??? dialect")
+                return
+            self.machine.smb1_negotiate(frame)
+            return
+        transform_session: Session | None = None
+        if magic == c.TRANSFORM_MAGIC:
+            try:
+                frame, transform_session = self._decrypt(frame)
+            except ProtocolError as e:
+                self.machine.violation(str(e))
+                return
+        elif magic != c.SMB2_MAGIC:
+            self.machine.violation("not an SMB2 message")
+            return
+        try:
+            items = split_compound(frame)
+        except ProtocolError as e:
+            self.machine.violation(str(e))
+            return
+        first = items[0][0]
+        if first.command == Command.NEGOTIATE and not first.flags & c.SMB2_FLAGS_SERVER_TO_REDIR:
+            if len(items) > 1 or transform_session is not None:
+                self.machine.violation("NEGOTIATE in a compound or encrypted")
+                return
+            self._negotiate(first, frame)
+            return
+        self.machine.request((items, transform_session))
+
+    def _decrypt(self, frame: bytes) -> tuple[bytes, Session]:
+        n = self.negotiated
+        if n is None or n.dialect < c.SMB_3_0:
+            raise ProtocolError("TRANSFORM_HEADER before SMB 3 was negotiated")
+        header = TransformHeader.unpack(frame)
+        session = self.sessions.get(header.session_id)
+        if session is None or session.sealer is None:
+            raise ProtocolError("encrypted message for an unknown session")
+        try:
+            plain = session.sealer.decrypt(header, frame)
+        except DecryptError:
+            raise
+        if plain[:4] != c.SMB2_MAGIC:
+            raise ProtocolError("encrypted payload is not SMB2")
+        return plain, session
+
+    # -- ConnectionMachine actions ----------------------------------------------------
+
+    def answer_smb1(self, data: bytes) -> None:
+        # MS-SMB2 3.3.5.3.1: answer with an SMB2 NEGOTIATE response, dialect
+        # 0x02FF if the client offered "SMB 2.???" (it then sends an SMB2
+        # NEGOTIATE), else 0x0202. The request counts as MessageId 0.
+        self.smb1_upgraded = True
+        if not self.credits.consume(0, 1):
+            self.drop("credits")
+            return
+        body = self._negotiate_body(c.SMB_2_WILDCARD, [])
+        header = Header(
+            Command.NEGOTIATE,
+            flags=c.SMB2_FLAGS_SERVER_TO_REDIR,
+            credits=self.credits.grant(1),
+        )
+        self._write(header.pack() + body)
+
+    def _negotiate(self, header: Header, frame: bytes) -> None:
+        if not self.credits.consume(header.message_id, 1):
+            self.machine.violation("NEGOTIATE with a MessageId not granted")
+            return
+        try:
+            req = NegotiateRequest.parse(frame)
+            negotiated = choose(
+                req,
+                encryption=self.factory.smb.encrypt != "off",
+                salt=os.urandom(32),
+            )
+        except ProtocolError:
+            self.machine.negotiate_failed((header, st.STATUS_INVALID_PARAMETER))
+            return
+        except SMBError as e:
+            self.machine.negotiate_failed((header, e.status))
+            return
+        self._negotiate_header = header
+        self._negotiate_frame = frame
+        self.machine.smb2_negotiate(negotiated)
+
+    def _negotiate_body(self, dialect: int, contexts: list[bytes]) -> bytes:
+        smb = self.factory.smb
+        mode = c.SMB2_NEGOTIATE_SIGNING_ENABLED
+        if smb.signing == "required":
+            mode |= c.SMB2_NEGOTIATE_SIGNING_REQUIRED
+        caps = 0
+        n = self.negotiated
+        if dialect not in (c.SMB_2_0_2, c.SMB_2_WILDCARD):
+            caps |= c.SMB2_GLOBAL_CAP_LARGE_MTU
+        if n is not None and n.dialect in (c.SMB_3_0, c.SMB_3_0_2) and n.cipher:
+            caps |= c.SMB2_GLOBAL_CAP_ENCRYPTION
+        io = self.factory.max_io if caps & c.SMB2_GLOBAL_CAP_LARGE_MTU else 65536
+        return pack_negotiate_response(
+            security_mode=mode,
+            dialect=dialect,
+            server_guid=self.factory.server_guid,
+            capabilities=caps,
+            max_transact=io,
+            max_read=io,
+            max_write=io,
+            system_time=to_filetime(int(self.factory.reactor.seconds() * 1e9)),
+            security_buffer=initial_token(),
+            contexts=contexts,
+        )
+
+    def answer_negotiate(self, negotiated: Negotiated) -> None:
+        self.negotiated = negotiated
+        header = self._negotiate_header
+        contexts = [pack_negotiate_context(t, d) for t, d in negotiated.contexts]
+        body = self._negotiate_body(negotiated.dialect, contexts)
+        resp = (
+            Header(
+                Command.NEGOTIATE,
+                flags=c.SMB2_FLAGS_SERVER_TO_REDIR,
+                message_id=header.message_id,
+                credit_charge=header.credit_charge,
+                credits=self.credits.grant(header.credits),
+            ).pack()
+            + body
+        )
+        if negotiated.dialect == c.SMB_3_1_1:
+            self.preauth = PreauthHash()
+            self.preauth.update(self._negotiate_frame)
+            self.preauth.update(resp)
+        self._log.debug(
+            "smb {peer} negotiated {dialect}",
+            peer=self.peer,
+            dialect=c.DIALECT_NAMES.get(negotiated.dialect, "?"),
+        )
+        self._write(resp)
+        self.factory.observe("negotiate", 0.0, 0)
+
+    def refuse_negotiate(self, failed: Any) -> None:
+        header, status = failed
+        self._log.info(
+            "smb {peer}: NEGOTIATE refused with {status}", peer=self.peer, status=st.name(status)
+        )
+        resp = Header(
+            Command.NEGOTIATE,
+            status=status,
+            flags=c.SMB2_FLAGS_SERVER_TO_REDIR,
+            message_id=header.message_id,
+            credits=1,
+        )
+        self._write(resp.pack() + error_body())
+        self.factory.observe("negotiate", 0.0, status)
+        self.drop("NEGOTIATE refused")
+
+    # -- requests ---------------------------------------------------------------------
+
+    def dispatch(self, message: Any) -> None:
+        items, transform_session = message
+        multi = self.negotiated is not None and self.negotiated.multi_credit
+        for header, _raw in items:
+            if header.command in _CREDIT_FREE:
+                continue
+            charge = max(header.credit_charge, 1) if multi else 1
+            if not self.credits.consume(header.message_id, charge):
+                self.drop(
+                    f"MessageId {header.message_id} (charge {charge}) outside the credit window"
+                )
+                return
+        d = defer.Deferred.fromCoroutine(self._serve_chain(items, transform_session))
+        self._work.add(d)
+
+        def done(result: Any) -> None:
+            self._work.discard(d)
+            if isinstance(result, Failure) and not result.check(defer.CancelledError):
+                self._log.failure("smb: request chain failed", result)
+
+        d.addBoth(done)
+
+    async def _serve_chain(
+        self, items: list[tuple[Header, memoryview]], transform_session: Session | None
+    ) -> None:
+        chain: list[bytes] = []
+        prev: Request | None = None
+        prev_status = 0
+        sent = False
+        crypt_session: Session | None = transform_session
+        for i, (header, raw) in enumerate(items):
+            if header.command == Command.CANCEL:
+                self._cancel(header, raw)
+                continue
+            req = Request(
+                header,
+                raw,
+                encrypted=transform_session is not None,
+                last_in_chain=i == len(items) - 1,
+            )
+            req.chain = chain
+            related = bool(header.flags & c.SMB2_FLAGS_RELATED_OPERATIONS) and prev is not None
+            status, body = await self._serve(req, prev if related else None, prev_status, related)
+            if req.interim_sent:
+                # The chain (with the interim reply) went out already; this is the final reply.
+                self._send([self._response(req, status, body, last=True)], req)
+                sent = True
+                break
+            if crypt_session is None and req.session is not None and self._must_encrypt(req):
+                crypt_session = req.session
+            chain.append(self._response(req, status, body, last=req.last_in_chain))
+            prev, prev_status = req, status
+        if not sent and chain:
+            self._send_chain(chain, crypt_session)
+
+    def _must_encrypt(self, req: Request) -> bool:
+        s = req.session
+        if s is None or s.sealer is None:
+            return False
+        if req.header.command == Command.SESSION_SETUP:
+            # The last leg's reply is signed, not encrypted (the client derives keys from it).
+            return req.encrypted
+        return req.encrypted or s.encrypt_data or (req.tree is not None and req.tree.encrypt)
+
+    def _send(self, responses: list[bytes], req: Request) -> None:
+        session = req.session if self._must_encrypt(req) else None
+        self._send_chain(responses, session)
+
+    def _send_chain(self, chain: list[bytes], session: Session | None) -> None:
+        payload = b"".join(chain)
+        if session is not None and session.sealer is not None:
+            payload = session.sealer.encrypt(payload, session.id)
+        self._write(payload)
+
+    async def _serve(
+        self, req: Request, prev: Request | None, prev_status: int, related: bool
+    ) -> tuple[int, bytes | bytearray | memoryview]:
+        """Serve one request; (status, body). Never raises."""
+        header = req.header
+        op = _OP_NAMES.get(header.command, "unknown")
+        started = time.perf_counter()
+        activity = self.factory.activity
+        if activity is not None:
+            activity.begin()
+        self._pending[header.message_id] = req
+        status = st.STATUS_INTERNAL_ERROR
+        body: bytes | bytearray | memoryview = b""
+        try:
+            if related and prev is not None:
+                if prev_status & 0xC0000000 == 0xC0000000:
+                    # MS-SMB2 3.3.5.2.7.2: a related request after a failed one fails the same way.
+                    raise SMBError(prev_status)
+                req.related_file_id = prev.result_file_id
+            self._bind(req, prev if related else None)
+            if header.command not in _CREDIT_FREE and self.negotiated is not None:
+                self._check_charge(req)
+            reply = await self._handle(req)
+            if isinstance(reply, Reply):
+                status, body = reply.status, reply.body
+            else:
+                status, body = st.STATUS_SUCCESS, reply
+        except SMBError as e:
+            status = e.status
+            body = e.body if e.body is not None else error_body()
+            if status in (st.STATUS_ACCESS_DENIED, st.STATUS_LOGON_FAILURE):
+                self._log.debug(
+                    "smb {op} from {peer}: {status} ({why})",
+                    op=op,
+                    peer=self.peer,
+                    status=st.name(status),
+                    why=str(e),
+                )
+        except Exception as e:
+            status = status_for(e, op)
+            body = error_body()
+            if isinstance(e, errors.ProtocolError):
+                self._log.info(
+                    "smb {op} from {peer}: malformed request ({why})",
+                    op=op,
+                    peer=self.peer,
+                    why=str(e),
+                )
+        finally:
+            self._pending.pop(header.message_id, None)
+            if req.async_id:
+                self._async.pop(req.async_id, None)
+            if activity is not None:
+                activity.end()
+        self.factory.observe(op, time.perf_counter() - started, status)
+        return status, body
+
+    def _bind(self, req: Request, prev: Request | None) -> None:
+        """Find the request's session and tree, and check its signature and encryption."""
+        header = req.header
+        cmd = header.command
+        if cmd in _NO_SESSION:
+            return
+        if prev is not None:
+            session = prev.session
+            if (
+                header.session_id not in (0, ALL_ONES)
+                and session is not None
+                and header.session_id != session.id
+            ):
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "related request names another session")
+        elif header.session_id == 0 and cmd in _SESSION_OPTIONAL:
+            session = None
+        else:
+            session = self.sessions.get(header.session_id)
+            if session is None:
+                raise SMBError(st.STATUS_USER_SESSION_DELETED, "no such session")
+        if session is None:
+            return
+        if not session.valid:
+            raise SMBError(st.STATUS_USER_SESSION_DELETED, "session not authenticated")
+        self._verify(req, session)
+        req.session = session
+        if cmd in _NEEDS_TREE:
+            if prev is not None and header.tree_id in (0, 0xFFFFFFFF):
+                tree = prev.tree
+            else:
+                tree = session.trees.get(header.tree_id)
+            if tree is None:
+                raise SMBError(st.STATUS_NETWORK_NAME_DELETED, "no such tree")
+            req.tree = tree
+            if tree.encrypt and not req.encrypted:
+                raise SMBError(st.STATUS_ACCESS_DENIED, "share requires encryption")
+        if session.encrypt_data and not req.encrypted:
+            raise SMBError(st.STATUS_ACCESS_DENIED, "session requires encryption")
+
+    def _verify(self, req: Request, session: Session) -> None:
+        header = req.header
+        if req.encrypted:
+            return
+        if header.flags & c.SMB2_FLAGS_SIGNED:
+            if session.signer is None or not session.signer.verify(
+                req.raw, cancel=header.command == Command.CANCEL
+            ):
+                raise SMBError(st.STATUS_ACCESS_DENIED, "bad signature")
+            return
+        if session.signing_required:
+            raise SMBError(st.STATUS_ACCESS_DENIED, "unsigned request on a signing session")
+        n = self.negotiated
+        if (
+            header.command == Command.TREE_CONNECT
+            and n is not None
+            and n.dialect == c.SMB_3_1_1
+            and not (session.guest or session.anonymous)
+        ):
+            # MS-SMB2 3.3.5.7: a 3.1.1 TREE_CONNECT must be signed or encrypted.
+            raise SMBError(st.STATUS_ACCESS_DENIED, "unsigned 3.1.1 TREE_CONNECT")
+
+    def _check_charge(self, req: Request) -> None:
+        n = self.negotiated
+        assert n is not None
+        size = payload_size(req.header.command, req.raw)
+        if not n.multi_credit:
+            if size > 65536:
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "payload over 64 KiB at SMB 2.0.2")
+            return
+        needed = (size - 1) // 65536 + 1 if size else 1
+        if max(req.header.credit_charge, 1) < needed:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "CreditCharge below the payload")
+
+    async def _handle(self, req: Request) -> Reply | bytes | bytearray | memoryview:
+        cmd = req.header.command
+        try:
+            name = Command(cmd).name
+        except ValueError:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, f"unknown command {cmd:#x}") from None
+        own = getattr(self, "smb_" + name, None)
+        if own is not None:
+            return await own(req)  # type: ignore[no-any-return]
+        return await getattr(self.factory.files, "smb_" + name)(self, req)  # type: ignore[no-any-return]
+
+    # -- responses -----------------------------------------------------------------------
+
+    def _response(
+        self, req: Request, status: int, body: bytes | bytearray | memoryview, *, last: bool
+    ) -> bytes:
+        h = req.header
+        flags = c.SMB2_FLAGS_SERVER_TO_REDIR | (h.flags & c.SMB2_FLAGS_RELATED_OPERATIONS)
+        if h.flags & c.SMB2_FLAGS_PRIORITY_MASK:
+            flags |= h.flags & c.SMB2_FLAGS_PRIORITY_MASK
+        if req.async_id:
+            flags |= c.SMB2_FLAGS_ASYNC_COMMAND
+            credits = 0 if req.interim_sent else self.credits.grant(h.credits)
+        else:
+            credits = self.credits.grant(h.credits)
+        session = req.session
+        sign = (
+            session is not None
+            and session.signer is not None
+            and not self._must_encrypt(req)
+            and (bool(h.flags & c.SMB2_FLAGS_SIGNED) or session.signing_required or req.sign_reply)
+            and status != st.STATUS_USER_SESSION_DELETED
+            and not req.no_sign
+        )
+        if sign:
+            flags |= c.SMB2_FLAGS_SIGNED
+        tree_id = req.tree.id if req.tree is not None else h.tree_id
+        header = Header(
+            h.command,
+            status=status,
+            credit_charge=h.credit_charge,
+            credits=credits,
+            flags=flags,
+            message_id=h.message_id,
+            async_id=req.async_id,
+            tree_id=tree_id,
+            session_id=session.id if session is not None else h.session_id,
+        )
+        msg = bytearray(header.pack())
+        msg += body
+        if not last:
+            pad = (-len(msg)) % 8
+            msg += b"\x00" * pad
+            msg[20:24] = struct.pack("<I", len(msg))
+        if req.preauth_reply is not None:
+            req.preauth_reply.update(msg)
+        if sign:
+            assert session is not None and session.signer is not None
+            msg[48:64] = session.signer.sign(msg, response=True)
+        return bytes(msg)
+
+    def go_async(self, req: Request, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        """
+        Wait for C{d} on behalf of C{req}: if it has not fired and the request
+        may go asynchronous, send an interim STATUS_PENDING reply now (MS-SMB2
+        3.3.4.2) and register the AsyncId for CANCEL. Returns C{d}.
+        """
+        req.waiting = d
+        if d.called or not req.last_in_chain or self._closing:
+            return d
+        req.async_id = self.factory.new_async_id()
+        self._async[req.async_id] = req
+        chain = req.chain
+        chain.append(self._response(req, st.STATUS_PENDING, error_body(), last=True))
+        req.interim_sent = True
+        self._send_chain(list(chain), req.session if self._must_encrypt(req) else None)
+        chain.clear()
+        return d
+
+    def _cancel(self, header: Header, raw: memoryview) -> None:
+        if header.flags & c.SMB2_FLAGS_ASYNC_COMMAND:
+            req = self._async.get(header.async_id)
+        else:
+            req = self._pending.get(header.message_id)
+        if req is None:
+            return
+        if header.session_id and req.session is not None and header.session_id != req.session.id:
+            return
+        req.cancelled = True
+        if req.waiting is not None and not req.waiting.called:
+            req.waiting.cancel()
+
+    # -- NEGOTIATE-related IOCTL ----------------------------------------------------------
+
+    def validate_negotiate(self, req: Request, data: bytes) -> bytes:
+        """FSCTL_VALIDATE_NEGOTIATE_INFO (MS-SMB2 3.3.5.15.12)."""
+        n = self.negotiated
+        assert n is not None
+        if n.dialect == c.SMB_3_1_1:
+            # Preauth integrity protects 3.1.1; Windows closes the connection here.
+            self.drop("VALIDATE_NEGOTIATE_INFO on 3.1.1")
+            raise SMBError(st.STATUS_ACCESS_DENIED)
+        r = Reader(data)
+        try:
+            caps, guid, mode, count = r.u32(0), r.raw(4, 16), r.u16(20), r.u16(22)
+            dialects = tuple(r.u16(24 + 2 * i) for i in range(count))
+        except ProtocolError:
+            raise SMBError(st.STATUS_INVALID_PARAMETER) from None
+        if (
+            caps != n.client_capabilities
+            or guid != n.client_guid
+            or mode != n.client_security_mode
+            or dialects != n.client_dialects
+        ):
+            self.drop("VALIDATE_NEGOTIATE_INFO does not match the NEGOTIATE")
+            raise SMBError(st.STATUS_ACCESS_DENIED)
+        smode = c.SMB2_NEGOTIATE_SIGNING_ENABLED
+        if self.factory.smb.signing == "required":
+            smode |= c.SMB2_NEGOTIATE_SIGNING_REQUIRED
+        scaps = c.SMB2_GLOBAL_CAP_LARGE_MTU if n.dialect >= c.SMB_2_1 else 0
+        if n.dialect in (c.SMB_3_0, c.SMB_3_0_2) and n.cipher:
+            scaps |= c.SMB2_GLOBAL_CAP_ENCRYPTION
+        return struct.pack("<I16sHH", scaps, self.factory.server_guid, smode, n.dialect)
+
+    # -- SESSION_SETUP ----------------------------------------------------------------------
+
+    async def smb_SESSION_SETUP(self, req: Request) -> Reply:
+        body = SessionSetupRequest.parse(req.raw)
+        n = self.negotiated
+        assert n is not None
+        vfs = await self.factory.get_vfs()
+        header = req.header
+        smb = self.factory.smb
+        if body.flags & c.SMB2_SESSION_FLAG_BINDING:
+            raise SMBError(
+                st.STATUS_REQUEST_NOT_ACCEPTED, "session binding (multichannel) is not served"
+            )
+        if header.session_id == 0:
+            sid = self.factory.new_session_id()
+            session = Session(sid, None, self.preauth.copy() if self.preauth else None)
+            session.machine = SessionMachine(_SessionActions(self, session))
+            self.sessions[sid] = session
+        else:
+            found = self.sessions.get(header.session_id)
+            if found is None or found.machine.gone:
+                raise SMBError(st.STATUS_USER_SESSION_DELETED)
+            session = found
+            if session.valid and session.acceptor is None:
+                if header.flags & c.SMB2_FLAGS_SIGNED or session.signing_required:
+                    self._verify(req, session)
+                session.machine.reauth()
+        req.session = session
+        if session.acceptor is None:
+            session.acceptor = SPNEGOAcceptor(
+                NTLMAcceptor(
+                    self._nt_hash_lookup(vfs),
+                    domain=smb.domain,
+                    computer=self.factory.computer,
+                    guest=smb.guest,
+                    now=self.factory.reactor.seconds,
+                )
+            )
+            session.client_signing_required = bool(
+                body.security_mode & c.SMB2_NEGOTIATE_SIGNING_REQUIRED
+            )
+        if session.preauth is not None and not session.valid:
+            session.preauth.update(req.raw)
+        limiter = self.factory.limiter
+        try:
+            if limiter.blocked(self.peer):
+                raise LogonFailure("source locked out after failed logons")
+            step = session.acceptor.step(body.token)
+            if not step.done:
+                session.machine.leg_continues()
+                if session.preauth is not None and not session.valid:
+                    req.preauth_reply = session.preauth
+                req.no_sign = True
+                return Reply(
+                    pack_session_setup_response(0, step.token), st.STATUS_MORE_PROCESSING_REQUIRED
+                )
+            assert step.result is not None
+            flags = self._admit(session, step.result, vfs)
+        except (LogonFailure, ProtocolError) as e:
+            reason = e.reason if isinstance(e, LogonFailure) else f"malformed token: {e}"
+            user = e.user if isinstance(e, LogonFailure) else ""
+            limiter.failed(self.peer)
+            if self.factory.metrics is not None:
+                self.factory.metrics.auth_failed()
+            self._log.warn(
+                "smb logon failed from {peer} user {user}: {why}",
+                peer=self.peer,
+                user=user,
+                why=reason,
+            )
+            session.acceptor = None
+            session.machine.leg_fails()
+            req.no_sign = True
+            await deferLater(self.factory.reactor, FAILED_LOGON_DELAY, lambda: None)
+            raise SMBError(st.STATUS_LOGON_FAILURE, reason) from None
+        limiter.succeeded(self.peer)
+        req.sign_reply = True
+        return Reply(pack_session_setup_response(flags, step.token))
+
+    def _nt_hash_lookup(self, vfs: Any) -> Callable[[str], bytes | None]:
+        def lookup(name: str) -> bytes | None:
+            user = vfs.users.by_name(name)
+            if user is None or not user.nt_hash:
+                return None
+            try:
+                return bytes.fromhex(user.nt_hash)
+            except ValueError:
+                return None
+
+        return lookup
+
+    def _admit(self, session: Session, result: Any, vfs: Any) -> int:
+        """Policy for a completed logon; derive keys. Returns SessionFlags. @raise LogonFailure."""
+        n = self.negotiated
+        assert n is not None
+        smb = self.factory.smb
+        acceptor = session.acceptor
+        session.acceptor = None
+        if session.valid:
+            # Re-authentication: the same user keeps the session and its keys.
+            if result.user.lower() != session.user.lower() or result.guest != session.guest:
+                raise LogonFailure("re-authentication as another user", result.user)
+            session.machine.leg_completes()
+            return 0
+        flags = 0
+        guestlike = result.guest or result.anonymous
+        if guestlike:
+            if smb.signing == "required":
+                raise LogonFailure("guest logon while signing is required", result.user)
+            if smb.encrypt == "required":
+                raise LogonFailure("guest logon while encryption is required", result.user)
+            session.guest, session.anonymous = result.guest, result.anonymous
+            session.creds = Credentials(65534, 65534)
+            flags |= (
+                c.SMB2_SESSION_FLAG_IS_NULL if result.anonymous else c.SMB2_SESSION_FLAG_IS_GUEST
+            )
+        else:
+            user = vfs.users.by_name(result.user)
+            if user is None:
+                raise LogonFailure("user vanished during logon", result.user)
+            session.user = user.name
+            session.uid = user.uid
+            session.creds = user.credentials
+            preauth = session.preauth.value if session.preauth is not None else None
+            keys = derive_keys(n.dialect, result.session_key, preauth, n.cipher)
+            session.keys = keys
+            if n.dialect >= c.SMB_3_1_1:
+                alg = n.signing
+            elif n.dialect >= c.SMB_3_0:
+                alg = c.AES_CMAC
+            else:
+                alg = c.HMAC_SHA256
+            session.signer = make_signer(alg, keys.signing)
+            if n.cipher and n.dialect >= c.SMB_3_0:
+                session.sealer = Sealer(n.cipher, keys.encryption, keys.decryption)
+            session.signing_required = smb.signing == "required" or session.client_signing_required
+            if smb.encrypt == "required":
+                if session.sealer is None:
+                    raise LogonFailure(
+                        "encryption is required and the client cannot encrypt", result.user
+                    )
+                session.encrypt_data = True
+            elif smb.encrypt == "desired" and session.sealer is not None:
+                session.encrypt_data = True
+            if session.encrypt_data:
+                flags |= c.SMB2_SESSION_FLAG_ENCRYPT_DATA
+        del acceptor
+        session.machine.leg_completes()
+        self._log.info(
+            "smb session for {user} from {peer}: SMB {dialect}, signing {signing}, encryption {cipher}",
+            user=session.user or ("anonymous" if session.anonymous else "guest"),
+            peer=self.peer,
+            dialect=c.DIALECT_NAMES.get(n.dialect, "?"),
+            signing="required" if session.signing_required else "enabled",
+            cipher=c.CIPHER_NAMES.get(n.cipher, "none") if session.sealer else "none",
+        )
+        return flags
+
+    def _end_session(self, session: Session) -> None:
+        for tree in list(session.trees.values()):
+            self._end_tree(tree)
+        session.trees.clear()
+        if not session.machine.gone:
+            session.machine.logoff()
+
+    def _end_tree(self, tree: Tree) -> None:
+        for op in [o for o in self.opens.values() if o.tree is tree]:
+            self.factory.files.close_quietly(self, op)
+        tree.session.trees.pop(tree.id, None)
+
+    # -- LOGOFF, TREE_CONNECT, TREE_DISCONNECT, ECHO ------------------------------------
+
+    async def smb_LOGOFF(self, req: Request) -> bytes:
+        session = req.session
+        assert session is not None
+        for tree in list(session.trees.values()):
+            self._end_tree(tree)
+        # The reply is signed with the session's key; forget it after.
+        self.factory.reactor.callLater(0, self._forget_session, session)
+        return SIMPLE_BODY
+
+    def _forget_session(self, session: Session) -> None:
+        self._end_session(session)
+        self.sessions.pop(session.id, None)
+
+    async def smb_TREE_CONNECT(self, req: Request) -> bytes:
+        body = TreeConnectRequest.parse(req.raw)
+        session = req.session
+        assert session is not None
+        vfs = await self.factory.get_vfs()
+        parts = [p for p in body.path.split("\\") if p]
+        if len(parts) != 2:
+            raise SMBError(st.STATUS_BAD_NETWORK_NAME, "share path is not \\\\server\\share")
+        name = parts[1]
+        smb = self.factory.smb
+        if len(session.trees) >= 1024:
+            raise SMBError(st.STATUS_INSUFFICIENT_RESOURCES, "too many tree connects")
+        tid = session.next_tree
+        session.next_tree += 1
+        if name.lower() == "ipc$":
+            tree = Tree(tid, session, "IPC$", None, None)
+            tree.encrypt = smb.encrypt == "required"
+            session.trees[tid] = tree
+            req.tree = tree
+            return pack_tree_connect_response(
+                c.SMB2_SHARE_TYPE_PIPE,
+                c.SMB2_SHAREFLAG_NO_CACHING
+                | (c.SMB2_SHAREFLAG_ENCRYPT_DATA if tree.encrypt else 0),
+                0,
+                c.FILE_ALL_ACCESS,
+            )
+        export = vfs.exports.by_name(name, "smb")
+        if export is None:
+            raise SMBError(st.STATUS_BAD_NETWORK_NAME, "no such share")
+        if session.anonymous and not smb.guest:
+            raise SMBError(st.STATUS_ACCESS_DENIED, "anonymous session")
+        try:
+            caller = vfs.caller(export, self.peer, session.creds, "smb")
+        except errors.Access:
+            raise SMBError(
+                st.STATUS_ACCESS_DENIED, "client address not allowed by the export"
+            ) from None
+        encrypt = (
+            smb.encrypt == "required" or getattr(export.rules, "encrypt", "default") == "required"
+        )
+        if encrypt and session.sealer is None:
+            raise SMBError(
+                st.STATUS_ACCESS_DENIED, "share requires encryption; the session cannot encrypt"
+            )
+        tree = Tree(tid, session, export.name, export, caller, encrypt)
+        tree.maximal_access = await self.factory.files.maximal_access(caller, export.root_ino, None)
+        session.trees[tid] = tree
+        req.tree = tree
+        self._log.debug("smb {user} connected to {share}", user=session.user, share=export.name)
+        return pack_tree_connect_response(
+            c.SMB2_SHARE_TYPE_DISK,
+            c.SMB2_SHAREFLAG_MANUAL_CACHING | (c.SMB2_SHAREFLAG_ENCRYPT_DATA if encrypt else 0),
+            0,
+            tree.maximal_access,
+        )
+
+    async def smb_TREE_DISCONNECT(self, req: Request) -> bytes:
+        Reader(req.raw).u16(64)
+        assert req.tree is not None
+        self._end_tree(req.tree)
+        return SIMPLE_BODY
+
+    async def smb_ECHO(self, req: Request) -> bytes:
+        return SIMPLE_BODY
+
+    async def smb_CANCEL(self, req: Request) -> bytes:  # pragma: no cover - handled in the chain
+        raise SMBError(st.STATUS_INVALID_PARAMETER)
+
+    async def smb_NEGOTIATE(self, req: Request) -> bytes:  # pragma: no cover - machine drops it
+        raise SMBError(st.STATUS_INVALID_PARAMETER)
+
+    async def smb_IOCTL(self, req: Request) -> Reply | bytes:
+        body = IoctlRequest.parse(req.raw)
+        if body.ctl_code == c.FSCTL_VALIDATE_NEGOTIATE_INFO:
+            out = self.validate_negotiate(req, body.input)
+            return pack_ioctl_response(body.ctl_code, NULL_FILE_ID, out)
+        if body.ctl_code in (c.FSCTL_DFS_GET_REFERRALS, c.FSCTL_DFS_GET_REFERRALS_EX):
+            raise SMBError(st.STATUS_FS_DRIVER_REQUIRED, "DFS is not served")
+        if body.ctl_code == c.FSCTL_QUERY_NETWORK_INTERFACE_INFO:
+            raise SMBError(st.STATUS_NOT_SUPPORTED, "multichannel is not served")
+        return await self.factory.files.ioctl(self, req, body)
+
+
+class _SessionActions:
+    def __init__(self, conn: SMBConnection, session: Session) -> None:
+        self._conn = conn
+        self._session = session
+
+    def activate(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        s = self._session
+        s.signer = None
+        s.sealer = None
+        s.keys = None
+        s.acceptor = None
+        if not self._conn._closing:
+            self._conn.sessions.pop(s.id, None)

@@ -1,0 +1,47 @@
+# -*- test-case-name: tests.smb.test_service -*-
+"""C{proto:smb}: the SMB listener in the gateway's service tree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet import defer
+
+from claudefs_gateway.core.authlimit import AuthFailureLimiter
+from claudefs_gateway.core.metrics import RequestMetrics
+from claudefs_gateway.errors import BackendUnavailable
+
+__all__ = ["make_service"]
+
+
+def make_service(core: Any) -> IService:
+    """
+    The SMB front end for C{core}: a MultiService named C{proto:smb} with
+    one listener (health check C{smb}) that joins the drain. Requests wait
+    for the vfs to open; nothing here does I/O.
+    """
+    from claudefs_gateway.smb.server import SMBFactory
+    from claudefs_gateway.vfs.handles import load_or_create_secret
+
+    svc = MultiService()
+    svc.setName("proto:smb")
+    config = core.config
+
+    def vfs_ready() -> defer.Deferred[Any]:
+        if core.vfs_service is None:
+            # No backend in this build: every request fails as "try later".
+            return defer.fail(BackendUnavailable("no backend is serving the namespace"))
+        return core.vfs_ready()  # type: ignore[no-any-return]
+
+    factory = SMBFactory(
+        config,
+        vfs_ready,
+        core.reactor,
+        metrics=RequestMetrics(core.metrics, "smb"),
+        activity=core.drainer.activity("smb"),
+        limiter=AuthFailureLimiter(core.reactor),
+        domain_secret=lambda: load_or_create_secret(config.data_dir),
+    )
+    core.listener(svc, "proto:smb:listen", "smb", config.smb.bind, factory)
+    return svc

@@ -1,0 +1,189 @@
+# -*- test-case-name: tests.smb.test_server -*-
+"""
+Per-connection and per-server state of the SMB front end: sessions, tree
+connects, opens, the files they share, and the request being served.
+
+Plain objects: the protocol and the file operations change them; nothing here
+does I/O.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+
+from claudefs_gateway.smb.crypto import PreauthHash, Sealer, SessionKeys, Signer
+from claudefs_gateway.smb.header import Header
+from claudefs_gateway.smb.messages import FileId
+
+__all__ = ["Session", "Tree", "Open", "FileNode", "Request", "Reply", "Watch", "DirScan"]
+
+
+@attrs.define(eq=False)
+class Session:
+    """
+    One SMB2 session (MS-SMB2 3.3.1.8).
+
+    @ivar machine: its L{SessionMachine}.
+    @ivar caller_creds: the user's credentials (before each share's squash).
+    @ivar signing_required: every request must be signed (unless encrypted).
+    @ivar encrypt_data: every request must arrive, and every reply leave, encrypted.
+    """
+
+    id: int
+    machine: Any
+    preauth: PreauthHash | None
+    acceptor: Any = None
+    user: str = ""
+    uid: int = -1
+    creds: Any = None
+    guest: bool = False
+    anonymous: bool = False
+    keys: SessionKeys | None = None
+    signer: Signer | None = None
+    sealer: Sealer | None = None
+    signing_required: bool = False
+    encrypt_data: bool = False
+    client_signing_required: bool = False
+    trees: dict[int, Tree] = attrs.Factory(dict)
+    next_tree: int = 1
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.machine.valid)
+
+    @property
+    def can_sign(self) -> bool:
+        return self.signer is not None
+
+
+@attrs.define(eq=False)
+class Tree:
+    """A tree connect: one share as one session sees it."""
+
+    id: int
+    session: Session
+    name: str
+    export: Any  # ExportInfo, or None for IPC$
+    caller: Any  # vfs Caller, or None for IPC$
+    encrypt: bool = False
+    maximal_access: int = 0
+
+    @property
+    def ipc(self) -> bool:
+        return self.export is None
+
+
+@attrs.define(eq=False)
+class FileNode:
+    """
+    What every open of one inode shares, across connections (the server's
+    view of "the file"): delete-pending state, its current name, its opens.
+    """
+
+    ino: int
+    parent: int
+    name: bytes
+    path: str
+    opens: set[Open] = attrs.Factory(set)
+    delete_pending: bool = False
+
+
+@attrs.define(eq=False)
+class DirScan:
+    """A QUERY_DIRECTORY enumeration in progress on one directory open."""
+
+    pattern: str = "*"
+    started: bool = False
+    dots_done: bool = False
+    cookie: int = 0
+    verifier: bytes = b"\x00" * 8
+    eof: bool = False
+    buffered: deque[tuple[str, Any]] = attrs.Factory(deque)
+    returned_any: bool = False
+
+
+@attrs.define(eq=False)
+class Watch:
+    """A directory's CHANGE_NOTIFY state: queued changes and waiting requests."""
+
+    unsubscribe: Any = None
+    tree: bool = False
+    changes: deque[tuple[int, str]] = attrs.Factory(deque)
+    overflow: bool = False
+    waiting: deque[Any] = attrs.Factory(deque)
+    filter: int = 0
+
+
+@attrs.define(eq=False)
+class Open:
+    """One open (MS-SMB2 3.3.1.10): a FileId's worth of state."""
+
+    file_id: FileId
+    session: Session
+    tree: Tree
+    node: FileNode | None
+    is_dir: bool
+    access: int
+    lock_owner: Any = None
+    share: Any = None
+    delete_on_close: bool = False
+    write_through: bool = False
+    position: int = 0
+    mode: int = 0
+    scan: DirScan | None = None
+    watch: Watch | None = None
+    pipe: Any = None
+    zero_locks: list[int] = attrs.Factory(list)
+    closed: bool = False
+
+    @property
+    def ino(self) -> int:
+        assert self.node is not None
+        return self.node.ino
+
+
+@attrs.define
+class Reply:
+    """A handler's answer: a status (success or a warning such as BUFFER_OVERFLOW) and a body."""
+
+    body: bytes | bytearray | memoryview
+    status: int = 0
+
+
+@attrs.define(eq=False)
+class Request:
+    """
+    One request being served.
+
+    @ivar raw: the request's bytes, header first (offsets count from there).
+    @ivar encrypted: it arrived in a TRANSFORM_HEADER message.
+    @ivar last_in_chain: it is the last request of its compound (only such
+        requests may go asynchronous).
+    @ivar async_id: set once an interim STATUS_PENDING reply went out.
+    @ivar waiting: the Deferred a blocked handler awaits; CANCEL cancels it.
+    """
+
+    header: Header
+    raw: memoryview
+    session: Session | None = None
+    tree: Tree | None = None
+    encrypted: bool = False
+    last_in_chain: bool = True
+    related_file_id: FileId | None = None
+    async_id: int = 0
+    waiting: defer.Deferred[Any] | None = None
+    cancelled: bool = False
+    result_file_id: FileId | None = None
+    # Responses of this request's compound built so far (an interim reply joins them).
+    chain: list[bytes] = attrs.Factory(list)
+    interim_sent: bool = False
+    # Sign the reply although the request was not signed (final SESSION_SETUP).
+    sign_reply: bool = False
+    # Never sign the reply (SESSION_SETUP legs before the keys exist).
+    no_sign: bool = False
+    # 3.1.1: the session's preauth hash takes in this reply.
+    preauth_reply: PreauthHash | None = None
