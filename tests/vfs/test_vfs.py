@@ -226,3 +226,27 @@ class VFSTests(SynchronousTestCase):
         self.vfs.events.subscribe(None, boom)
         self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class BackendErrorMetricTests(SynchronousTestCase):
+    def test_backend_trouble_counted_not_caller_errors(self) -> None:
+        """IO-class failures count in gateway_backend_errors_total; a missing name does not."""
+        from twisted.internet import defer
+
+        m = MemoryVFS("exports: [{path: /export, root_squash: false}]\n")
+        c = m.caller(0, 0)
+        self.failureResultOf(m.vfs.lookup(c, m.root(), b"nope"), errors.NotFound)
+        m.backend.statfs = lambda: defer.fail(errors.IO("disk"))  # type: ignore[method-assign]
+        self.failureResultOf(m.vfs.statfs(c), errors.IO)
+        reg = m.metrics.registry
+        self.assertEqual(
+            reg.get_sample_value(
+                "gateway_backend_errors_total", {"backend": "embedded", "kind": "IO"}
+            ),
+            1,
+        )
+        self.assertIsNone(
+            reg.get_sample_value(
+                "gateway_backend_errors_total", {"backend": "embedded", "kind": "NotFound"}
+            )
+        )
