@@ -527,6 +527,9 @@ class LockTable:
             self._unqueue(w)
             touched.add(w.ino)
         self._forget_if_idle(owner)
+        self._log.debug(
+            "cancelled {count} waiters of {protocol}", count=len(dropped), protocol=owner.protocol
+        )
         self._finish(dropped, touched)
 
     def release_owner(self, owner: LockOwner) -> None:
@@ -661,9 +664,21 @@ class LockTable:
         f = self._files[token.ino]
         for t in f.shares:
             if t is not token and _share_conflicts(t, acc, den):
+                self._log.debug(
+                    "share upgrade conflict {protocol} ino={ino}",
+                    protocol=token.owner.protocol,
+                    ino=token.ino,
+                )
                 raise ShareConflict("share reservation conflict")
         token._access, token._deny = acc, den
         f.version += 1
+        self._log.debug(
+            "share upgrade {protocol} ino={ino} access={access} deny={deny}",
+            protocol=token.owner.protocol,
+            ino=token.ino,
+            access=sorted(acc),
+            deny=sorted(den),
+        )
 
     def downgrade_share(
         self, token: ShareToken, access: Iterable[str], deny: Iterable[str]
@@ -682,6 +697,13 @@ class LockTable:
             raise Inval("downgrade is not a subset of the open's modes")
         token._access, token._deny = acc, den
         self._files[token.ino].version += 1
+        self._log.debug(
+            "share downgrade {protocol} ino={ino} access={access} deny={deny}",
+            protocol=token.owner.protocol,
+            ino=token.ino,
+            access=sorted(acc),
+            deny=sorted(den),
+        )
 
     def close_share(self, token: ShareToken) -> None:
         """End an open's reservation. Closing twice is harmless: a release may have beaten it."""
