@@ -250,3 +250,21 @@ class BackendErrorMetricTests(SynchronousTestCase):
                 "gateway_backend_errors_total", {"backend": "embedded", "kind": "NotFound"}
             )
         )
+
+
+class LockIntegrationTests(SynchronousTestCase):
+    def test_last_unlink_releases_locks(self) -> None:
+        """Locks on a file go when its last name does (a later inode cannot inherit them)."""
+        from claudefs_gateway.vfs import LockOwner, LockTable
+
+        m = MemoryVFS("exports: [{path: /export, root_squash: false}]\n")
+        m.vfs.locks = LockTable(m.clock)
+        c = m.caller(0, 0)
+        f = self.successResultOf(m.vfs.create(c, m.root(), b"f", 0o644))
+        self.successResultOf(m.vfs.link(c, f.ino, m.root(), b"g"))
+        owner = LockOwner("nlm", "client", b"1")
+        self.successResultOf(m.vfs.locks.lock(f.ino, owner, 0, 10, True))
+        self.successResultOf(m.vfs.remove(c, m.root(), b"f"))
+        self.assertEqual(len(m.vfs.locks.locks(f.ino)), 1)
+        self.successResultOf(m.vfs.remove(c, m.root(), b"g"))
+        self.assertEqual(m.vfs.locks.locks(f.ino), [])
