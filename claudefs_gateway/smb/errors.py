@@ -57,6 +57,8 @@ FS_STATUS: dict[type[errors.FSError], int] = {
     errors.LockConflict: st.STATUS_LOCK_NOT_GRANTED,
     errors.Deadlock: st.STATUS_POSSIBLE_DEADLOCK,
     errors.NoLock: st.STATUS_RANGE_NOT_LOCKED,
+    # In the lock manager's grace period: "not now" (CREATE answers SHARING_VIOLATION itself).
+    errors.Grace: st.STATUS_LOCK_NOT_GRANTED,
     errors.Busy: st.STATUS_SHARING_VIOLATION,
     errors.ShareConflict: st.STATUS_SHARING_VIOLATION,
     errors.BadCookie: st.STATUS_INVALID_PARAMETER,

@@ -29,7 +29,6 @@ import struct
 from collections import OrderedDict
 from typing import Any
 
-import attrs
 from twisted.internet import defer
 
 from claudefs_gateway import errors
@@ -93,7 +92,7 @@ from claudefs_gateway.smb.security import (
     security_descriptor,
 )
 from claudefs_gateway.smb.state import DirScan, FileNode, Open, Reply, Request, Watch
-from claudefs_gateway.vfs import Action, Change, R, W, X
+from claudefs_gateway.vfs import Action, Change, LockOwner, R, W, X
 
 __all__ = ["FileService", "split_name", "DOS_KEY"]
 
@@ -108,18 +107,6 @@ STATUS_PIPE_EMPTY = 0xC00000D9
 STATUS_INVALID_OPLOCK_PROTOCOL = 0xC00000E3
 _BAD_CHARS = frozenset('"*/:<>?|') | frozenset(chr(i) for i in range(32))
 _DATA_STREAM = "::$data"
-
-try:  # The cross-protocol lock table (branch "locks"); absent until it is merged.
-    from claudefs_gateway.vfs.locks import LockOwner as _LockOwner
-except ImportError:  # pragma: no cover - depends on the build
-
-    @attrs.frozen
-    class _LockOwner:  # type: ignore[no-redef]
-        """The lock manager's owner key (protocol, client, owner), as its API names it."""
-
-        protocol: str
-        client: str | bytes
-        owner: bytes
 
 
 def split_name(name: str) -> list[bytes]:
@@ -323,7 +310,7 @@ class FileService:
         return mask
 
     def _owner(self, conn: Any, fid: FileId) -> Any:
-        return _LockOwner("smb", conn.conn_id, struct.pack("<QQ", *fid))
+        return LockOwner("smb", conn.conn_id, struct.pack("<QQ", *fid))
 
     # -- CREATE ------------------------------------------------------------------------------
 
@@ -443,7 +430,7 @@ class FileService:
         if locks is not None and acc:
             try:
                 token = locks.open_share(a.ino, owner, acc, deny)
-            except errors.ShareConflict:
+            except (errors.ShareConflict, errors.Grace):
                 if created:
                     await self._undo_create(caller, parent_ino, leaf, a)
                 raise SMBError(st.STATUS_SHARING_VIOLATION) from None

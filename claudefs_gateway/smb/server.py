@@ -215,7 +215,6 @@ class SMBFactory(protocol.Factory):
         domain_sid: Any = None,
         domain_secret: Callable[[], bytes] | None = None,
         computer: str | None = None,
-        locks: Callable[[Any], Any] | None = None,
     ) -> None:
         from claudefs_gateway.smb.files import FileService
         from claudefs_gateway.smb.security import SID, derive_domain_sid
@@ -244,7 +243,6 @@ class SMBFactory(protocol.Factory):
         self._next_async = 1
         self._next_file = 1
         self.files = FileService(self)
-        self._locks = locks
 
     def buildProtocol(self, addr: Any) -> SMBConnection:  # type: ignore[override]
         p = SMBConnection(self)
@@ -272,9 +270,7 @@ class SMBFactory(protocol.Factory):
 
     @property
     def locks(self) -> Any:
-        """The vfs's cross-protocol lock table, or None while it is not built."""
-        if self._locks is not None:
-            return self._locks(self.vfs)
+        """The vfs's cross-protocol lock table (None if the vfs was built without one)."""
         return getattr(self.vfs, "locks", None)
 
     def new_session_id(self) -> int:
@@ -1044,13 +1040,20 @@ class SMBConnection(protocol.Protocol):
                 flags |= c.SMB2_SESSION_FLAG_ENCRYPT_DATA
         del acceptor
         session.machine.leg_completes()
+        cipher = c.CIPHER_NAMES.get(n.cipher, "none")
+        if session.encrypt_data:
+            encryption = f"required ({cipher})"
+        elif session.sealer is not None:
+            encryption = f"available ({cipher})"
+        else:
+            encryption = "none"
         self._log.info(
-            "smb session for {user} from {peer}: SMB {dialect}, signing {signing}, encryption {cipher}",
+            "smb session for {user} from {peer}: SMB {dialect}, signing {signing}, encryption {encryption}",
             user=session.user or ("anonymous" if session.anonymous else "guest"),
             peer=self.peer,
             dialect=c.DIALECT_NAMES.get(n.dialect, "?"),
             signing="required" if session.signing_required else "enabled",
-            cipher=c.CIPHER_NAMES.get(n.cipher, "none") if session.sealer else "none",
+            encryption=encryption,
         )
         return flags
 

@@ -27,6 +27,7 @@ from claudefs_gateway.smb.header import Header, TransformHeader
 from claudefs_gateway.smb.security import SID
 from claudefs_gateway.smb.server import SMBFactory
 from claudefs_gateway.testing.vfs import MemoryVFS
+from claudefs_gateway.vfs import LockTable
 from claudefs_gateway.vfs.identity import User, nt_hash
 
 PASSWORD = "Pass1"
@@ -51,13 +52,15 @@ class Wire:
     """One server (factory) and helpers to open connections to it."""
 
     def __init__(
-        self, config: str = CONFIG, locks: Any = None, metrics: Metrics | None = None
+        self, config: str = CONFIG, metrics: Metrics | None = None, locks: bool = True
     ) -> None:
         self.mvfs = MemoryVFS(config, users=users())
         self.clock = self.mvfs.clock
+        # The vfs's cross-protocol lock table, as the service tree gives it one.
+        self.locks = LockTable(self.clock) if locks else None
+        self.mvfs.vfs.locks = self.locks
         self.metrics = metrics or Metrics()
         self.activity = Activity("smb", self.metrics)
-        self.locks = locks
         self.factory = SMBFactory(
             self.mvfs.config,
             lambda: defer.succeed(self.mvfs.vfs),
@@ -66,7 +69,6 @@ class Wire:
             activity=self.activity,
             domain_sid=SID.parse("S-1-5-21-1-2-3"),
             computer="GW",
-            locks=(lambda vfs: self.locks) if locks is not None else (lambda vfs: None),
         )
         root = self.mvfs.caller(0, 0)
         # The share's root is writable by every test user, as a share admin would make it.

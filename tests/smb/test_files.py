@@ -1,0 +1,795 @@
+"""
+File commands through the vfs: CREATE dispositions and options, contexts,
+READ/WRITE, QUERY_DIRECTORY, QUERY_INFO/SET_INFO, locks and share modes
+through the vfs lock table, CHANGE_NOTIFY, and what other protocols see.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from claudefs_gateway.fstypes import SetAttrs
+from claudefs_gateway.smb import constants as c
+from claudefs_gateway.smb import ntstatus as st
+from claudefs_gateway.smb.constants import FileInfoClass as F
+from claudefs_gateway.smb.files import DOS_KEY
+from claudefs_gateway.smb.info import from_filetime, to_filetime
+from claudefs_gateway.vfs import LockOwner
+from tests.smb.client import Conn, Wire, parse_names
+
+FILE = c.SMB2_0_INFO_FILE
+FS = c.SMB2_0_INFO_FILESYSTEM
+SEC = c.SMB2_0_INFO_SECURITY
+SHARE_ALL = c.FILE_SHARE_READ | c.FILE_SHARE_WRITE | c.FILE_SHARE_DELETE
+
+
+def conn_for(wire: Wire | None = None, user: str = "alice", **kw: object) -> Conn:
+    return (wire or Wire()).connect().setup(user, **kw)  # type: ignore[arg-type]
+
+
+def rename_info(name: str, replace: bool = False) -> bytes:
+    raw = name.encode("utf-16-le")
+    return struct.pack("<B7sQI", replace, b"", 0, len(raw)) + raw
+
+
+class CreateTests(SynchronousTestCase):
+    def test_dispositions(self) -> None:
+        """Each CreateDisposition on a missing and on an existing file (MS-SMB2 2.2.13)."""
+        conn = conn_for()
+        missing = {
+            c.FILE_OPEN: st.STATUS_OBJECT_NAME_NOT_FOUND,
+            c.FILE_OVERWRITE: st.STATUS_OBJECT_NAME_NOT_FOUND,
+            c.FILE_CREATE: 0,
+            c.FILE_OPEN_IF: 0,
+            c.FILE_OVERWRITE_IF: 0,
+            c.FILE_SUPERSEDE: 0,
+        }
+        for disp, want in missing.items():
+            r = conn.create(f"new{disp}", disposition=disp)
+            self.assertEqual(r.status, want, disp)
+            if want == 0:
+                self.assertEqual(r.u32(4), c.FILE_CREATED, disp)
+                conn.close(r.file_id())
+        existing = {
+            c.FILE_OPEN: (0, c.FILE_OPENED),
+            c.FILE_CREATE: (st.STATUS_OBJECT_NAME_COLLISION, None),
+            c.FILE_OPEN_IF: (0, c.FILE_OPENED),
+            c.FILE_OVERWRITE: (0, c.FILE_OVERWRITTEN),
+            c.FILE_OVERWRITE_IF: (0, c.FILE_OVERWRITTEN),
+            c.FILE_SUPERSEDE: (0, c.FILE_SUPERSEDED),
+        }
+        for disp, (want, action) in existing.items():
+            fid = conn.open("exists")
+            conn.write(fid, 0, b"data")
+            conn.close(fid)
+            r = conn.create("exists", disposition=disp)
+            self.assertEqual(r.status, want, disp)
+            if want == 0:
+                self.assertEqual(r.u32(4), action, disp)
+                size = r.u64(48)
+                self.assertEqual(size, 4 if action == c.FILE_OPENED else 0, disp)
+                conn.close(r.file_id())
+
+    def test_directory_options(self) -> None:
+        conn = conn_for()
+        r = conn.create("d", options=c.FILE_DIRECTORY_FILE, disposition=c.FILE_CREATE)
+        self.assertEqual((r.status, r.u32(56) & c.FILE_ATTRIBUTE_DIRECTORY), (0, 0x10))
+        self.assertEqual(
+            conn.create("d", options=c.FILE_NON_DIRECTORY_FILE).status,
+            st.STATUS_FILE_IS_A_DIRECTORY,
+        )
+        conn.open("f")
+        self.assertEqual(
+            conn.create("f", options=c.FILE_DIRECTORY_FILE).status, st.STATUS_NOT_A_DIRECTORY
+        )
+        self.assertEqual(
+            conn.create("x", options=c.FILE_DIRECTORY_FILE | c.FILE_NON_DIRECTORY_FILE).status,
+            st.STATUS_INVALID_PARAMETER,
+        )
+        self.assertEqual(
+            conn.create("d", disposition=c.FILE_OVERWRITE_IF).status, st.STATUS_INVALID_PARAMETER
+        )
+
+    def test_paths(self) -> None:
+        conn = conn_for()
+        conn.open("a", options=c.FILE_DIRECTORY_FILE)
+        self.assertEqual(conn.create("a\\b\\c").status, st.STATUS_OBJECT_PATH_NOT_FOUND)
+        self.assertEqual(conn.create("\\lead").status, st.STATUS_INVALID_PARAMETER)
+        for bad in ("a\\..\\x", "x*", "x:stream", "a\\\\b", "."):
+            self.assertEqual(conn.create(bad).status, st.STATUS_OBJECT_NAME_INVALID, bad)
+        self.assertEqual(conn.create("a\\f.txt::$DATA").status, 0)
+        self.assertEqual(conn.create("x" * 256).status, st.STATUS_OBJECT_NAME_INVALID)
+        self.assertEqual(conn.create("ünïcödé").status, 0)
+
+    def test_contexts(self) -> None:
+        """MxAc and QFid are answered; durable and lease requests get nothing; TWrp and DHnC are refused."""
+        wire = Wire()
+        conn = conn_for(wire)
+        r = conn.create(
+            "ctx",
+            contexts=[
+                (b"MxAc", b""),
+                (b"QFid", b""),
+                (b"DHnQ", b"\x00" * 16),
+                (b"RqLs", b"\x00" * 32),
+                (b"Unkn", b"x"),
+            ],
+        )
+        self.assertEqual(r.status, 0)
+        off, n = r.u32(80), r.u32(84)
+        blob = r.raw[off : off + n]
+        names = []
+        pos = 0
+        while True:
+            nxt, noff, nlen, _, doff, dlen = struct.unpack_from("<IHHHHI", blob, pos)
+            names.append(blob[pos + noff : pos + noff + nlen])
+            data = blob[pos + doff : pos + doff + dlen]
+            if names[-1] == b"MxAc":
+                self.assertEqual(struct.unpack("<II", data)[0], 0)
+                self.assertTrue(struct.unpack("<II", data)[1] & c.FILE_WRITE_DATA)
+            if names[-1] == b"QFid":
+                ino = wire.fired(wire.mvfs.vfs.resolve(wire.mvfs.caller(0, 0), b"ctx")).ino
+                self.assertEqual(struct.unpack_from("<Q", data)[0], ino)
+            if not nxt:
+                break
+            pos += nxt
+        self.assertEqual(names, [b"MxAc", b"QFid"])
+        self.assertEqual(r.body[2], 0)  # no oplock granted
+        self.assertEqual(
+            conn.create("ctx", contexts=[(b"TWrp", b"\x00" * 8)]).status, st.STATUS_NOT_SUPPORTED
+        )
+        self.assertEqual(
+            conn.create("ctx", contexts=[(b"DHnC", b"\x00" * 16)]).status,
+            st.STATUS_OBJECT_NAME_NOT_FOUND,
+        )
+        self.assertEqual(
+            conn.create("ctx", contexts=[(b"MxAc", b"x")]).status, st.STATUS_INVALID_PARAMETER
+        )
+
+    def test_ea_context(self) -> None:
+        wire = Wire()
+        conn = conn_for(wire)
+        ea = struct.pack("<IBBH", 0, 0, 4, 3) + b"NOTE\x00abc"
+        self.assertEqual(conn.create("eaf", contexts=[(b"ExtA", ea)]).status, 0)
+        root = wire.mvfs.caller(0, 0)
+        ino = wire.fired(wire.mvfs.vfs.resolve(root, b"eaf")).ino
+        self.assertEqual(wire.fired(wire.mvfs.vfs.getxattr(root, ino, b"user.NOTE")), b"abc")
+
+    def test_access_checks(self) -> None:
+        """Permissions are the vfs's: bob cannot write alice's 0644 file; nobody writes a read-only share."""
+        wire = Wire()
+        alice = conn_for(wire)
+        fid = alice.open("mine")
+        alice.write(fid, 0, b"x")
+        alice.close(fid)
+        bob = conn_for(wire, "bob")
+        self.assertEqual(bob.create("mine", access=c.GENERIC_WRITE).status, st.STATUS_ACCESS_DENIED)
+        self.assertEqual(bob.create("mine", access=c.GENERIC_READ).status, 0)
+        r = bob.create("mine", access=c.MAXIMUM_ALLOWED, contexts=[(b"MxAc", b"")])
+        self.assertEqual(r.status, 0)
+        ro = conn_for(wire, "root", share="ro")
+        self.assertEqual(
+            ro.create("new", disposition=c.FILE_CREATE).status, st.STATUS_MEDIA_WRITE_PROTECTED
+        )
+        self.assertEqual(ro.create("", access=c.GENERIC_WRITE).status, st.STATUS_ACCESS_DENIED)
+
+    def test_new_files_belong_to_the_user(self) -> None:
+        """A file created over SMB is owned by the logged-on user's uid, mode 0644 (dirs 0755)."""
+        wire = Wire()
+        conn = conn_for(wire)
+        conn.open("owned")
+        conn.open("dir", options=c.FILE_DIRECTORY_FILE)
+        root = wire.mvfs.caller(0, 0)
+        a = wire.fired(wire.mvfs.vfs.resolve(root, b"owned"))
+        self.assertEqual((a.uid, a.gid, a.mode), (1000, 1000, 0o644))
+        self.assertEqual(wire.fired(wire.mvfs.vfs.resolve(root, b"dir")).mode, 0o755)
+
+    def test_delete_on_close(self) -> None:
+        wire = Wire()
+        conn = conn_for(wire)
+        fid = conn.open("tmp", options=c.FILE_DELETE_ON_CLOSE)
+        other = conn.open("tmp")
+        conn.close(fid)
+        self.assertEqual(
+            conn.create("tmp", disposition=c.FILE_OPEN).status, st.STATUS_DELETE_PENDING
+        )
+        conn.close(other)
+        self.assertEqual(
+            conn.create("tmp", disposition=c.FILE_OPEN).status, st.STATUS_OBJECT_NAME_NOT_FOUND
+        )
+        self.assertEqual(
+            conn.create("x", access=c.GENERIC_READ, options=c.FILE_DELETE_ON_CLOSE).status,
+            st.STATUS_INVALID_PARAMETER,
+        )
+
+    def test_write_through(self) -> None:
+        """FILE_WRITE_THROUGH makes writes stable."""
+        wire = Wire()
+        calls: list[bool] = []
+        real = wire.mvfs.backend.write
+
+        def write(ino: int, offset: int, data: bytes, stable: bool) -> object:
+            calls.append(stable)
+            return real(ino, offset, data, stable)
+
+        self.patch(wire.mvfs.backend, "write", write)
+        conn = conn_for(wire)
+        conn.write(conn.open("wt", options=c.FILE_WRITE_THROUGH), 0, b"a")
+        conn.write(conn.open("plain"), 0, b"a")
+        self.assertEqual(calls, [True, False])
+
+    def test_open_share_root(self) -> None:
+        conn = conn_for()
+        r = conn.create("", access=c.GENERIC_READ)
+        self.assertEqual(r.status, 0)
+        self.assertTrue(r.u32(56) & c.FILE_ATTRIBUTE_DIRECTORY)
+
+
+class DataTests(SynchronousTestCase):
+    def test_large_io(self) -> None:
+        """8 MiB writes and reads with multi-credit requests, byte for byte."""
+        conn = conn_for()
+        conn.call(c.Command.ECHO, b"\x04\x00\x00\x00", credits=300)
+        fid = conn.open("big")
+        data = bytes(range(256)) * (8 * 4096)
+        self.assertEqual(conn.write(fid, 0, data).status, 0)
+        r = conn.read(fid, 0, len(data))
+        self.assertEqual((r.status, conn.read_data(r) == data), (0, True))
+        self.assertEqual(conn.read(fid, len(data), 10).status, st.STATUS_END_OF_FILE)
+        r = conn.read(fid, len(data) - 3, 100, minimum=10)
+        self.assertEqual(r.status, st.STATUS_END_OF_FILE)
+        self.assertEqual(conn.flush(fid).status, 0)
+
+    def test_append_only(self) -> None:
+        conn = conn_for()
+        fid = conn.open("log")
+        conn.write(fid, 0, b"one")
+        app = conn.open("log", access=c.FILE_APPEND_DATA | c.SYNCHRONIZE)
+        conn.write(app, 0, b"two")
+        self.assertEqual(conn.read_data(conn.read(fid, 0, 10)), b"onetwo")
+        self.assertEqual(conn.read(app, 0, 1).status, st.STATUS_ACCESS_DENIED)
+
+    def test_read_needs_access(self) -> None:
+        conn = conn_for()
+        fid = conn.open("f", access=c.FILE_READ_ATTRIBUTES)
+        self.assertEqual(conn.read(fid, 0, 1).status, st.STATUS_ACCESS_DENIED)
+        self.assertEqual(conn.write(fid, 0, b"x").status, st.STATUS_ACCESS_DENIED)
+        d = conn.open("", access=c.GENERIC_READ)
+        self.assertEqual(conn.read(d, 0, 1).status, st.STATUS_INVALID_DEVICE_REQUEST)
+
+    def test_closed_handle(self) -> None:
+        conn = conn_for()
+        fid = conn.open("f")
+        conn.close(fid)
+        self.assertEqual(conn.read(fid, 0, 1).status, st.STATUS_FILE_CLOSED)
+        self.assertEqual(conn.close(fid).status, st.STATUS_FILE_CLOSED)
+        other = conn_for(conn.wire)
+        fid = conn.open("g")
+        self.assertEqual(other.read(fid, 0, 1).status, st.STATUS_FILE_CLOSED)
+
+    def test_close_post_query(self) -> None:
+        conn = conn_for()
+        fid = conn.open("pq")
+        conn.write(fid, 0, b"12345")
+        r = conn.close(fid, flags=1)
+        self.assertEqual((r.u16(2), r.u64(48)), (1, 5))
+
+
+class DirectoryTests(SynchronousTestCase):
+    def populate(self, conn: Conn, n: int) -> tuple[int, int]:
+        conn.open("dir", options=c.FILE_DIRECTORY_FILE)
+        for i in range(n):
+            conn.close(conn.open(f"dir\\file{i:03}.txt"))
+        conn.close(conn.open("dir\\notes.md"))
+        return conn.open("dir", options=c.FILE_DIRECTORY_FILE, access=c.GENERIC_READ)
+
+    def test_every_class(self) -> None:
+        conn = conn_for()
+        d = self.populate(conn, 3)
+        for cls in (1, 2, 3, 12, 37, 38):
+            names = conn.list(d, info_class=cls)
+            self.assertEqual(
+                sorted(names),
+                [".", "..", "file000.txt", "file001.txt", "file002.txt", "notes.md"],
+                cls,
+            )
+        self.assertEqual(conn.query_directory(d, info_class=4).status, st.STATUS_INVALID_INFO_CLASS)
+
+    def test_wildcards_and_exact(self) -> None:
+        conn = conn_for()
+        d = self.populate(conn, 3)
+        self.assertEqual(
+            sorted(conn.list(d, "*.TXT")), ["file000.txt", "file001.txt", "file002.txt"]
+        )
+        self.assertEqual(conn.list(d, "notes.md"), ["notes.md"])
+        self.assertEqual(conn.list(d, "file00?.txt"), ["file000.txt", "file001.txt", "file002.txt"])
+        r = conn.query_directory(d, "nothing*", flags=c.SMB2_RESTART_SCANS)
+        self.assertEqual(r.status, st.STATUS_NO_SUCH_FILE)
+        r = conn.query_directory(d, "absent.txt", flags=c.SMB2_RESTART_SCANS)
+        self.assertEqual(r.status, st.STATUS_NO_SUCH_FILE)
+
+    def test_resume_and_single_entry(self) -> None:
+        """Small buffers resume where they stopped; SINGLE_ENTRY gives one; then NO_MORE_FILES."""
+        conn = conn_for()
+        d = self.populate(conn, 300)
+        seen: list[str] = []
+        flags = c.SMB2_RESTART_SCANS
+        while True:
+            r = conn.query_directory(d, "*", info_class=37, flags=flags, length=1024)
+            flags = 0
+            if r.status:
+                self.assertEqual(r.status, st.STATUS_NO_MORE_FILES)
+                break
+            seen += parse_names(r.buffer())
+        self.assertEqual(len(seen), 303)
+        self.assertEqual(len(set(seen)), 303)
+        r = conn.query_directory(d, "*", flags=c.SMB2_RESTART_SCANS | c.SMB2_RETURN_SINGLE_ENTRY)
+        self.assertEqual(parse_names(r.buffer()), ["."])
+        self.assertEqual(
+            conn.query_directory(d, "*", length=10).status, st.STATUS_INFO_LENGTH_MISMATCH
+        )
+        fid = conn.open("dir\\file000.txt")
+        self.assertEqual(conn.query_directory(fid).status, st.STATUS_INVALID_PARAMETER)
+
+    def test_attributes_in_listing(self) -> None:
+        """Listed sizes and DOS attributes are the files' (hidden dot-files included)."""
+        conn = conn_for()
+        conn.open("dir", options=c.FILE_DIRECTORY_FILE)
+        fid = conn.open("dir\\.hidden")
+        conn.write(fid, 0, b"12345")
+        d = conn.open("dir", access=c.GENERIC_READ)
+        r = conn.query_directory(d, ".hidden")
+        buf = r.buffer()
+        eof, attrs_ = struct.unpack_from("<qxxxxxxxxI", buf, 40)
+        self.assertEqual(eof, 5)
+        self.assertEqual(attrs_, c.FILE_ATTRIBUTE_ARCHIVE | c.FILE_ATTRIBUTE_HIDDEN)
+
+
+class InfoTests(SynchronousTestCase):
+    def test_file_classes(self) -> None:
+        conn = conn_for()
+        fid = conn.open("dir\\", options=c.FILE_DIRECTORY_FILE)
+        fid = conn.open("dir\\info.txt")
+        conn.write(fid, 0, b"x" * 5000)
+        sizes = {4: 40, 5: 24, 6: 8, 7: 4, 8: 4, 14: 8, 16: 4, 17: 4, 34: 56, 35: 8}
+        for cls, n in sizes.items():
+            r = conn.query_info(fid, FILE, cls)
+            self.assertEqual((r.status, len(r.buffer())), (0, n), cls)
+        r = conn.query_info(fid, FILE, F.FileAllInformation)
+        buf = r.buffer()
+        self.assertEqual(struct.unpack_from("<q", buf, 48)[0], 5000)
+        name_len = struct.unpack_from("<I", buf, 96)[0]
+        self.assertEqual(buf[100 : 100 + name_len].decode("utf-16-le"), "\\dir\\info.txt")
+        self.assertIn(
+            "::$DATA".encode("utf-16-le"),
+            conn.query_info(fid, FILE, F.FileStreamInformation).buffer(),
+        )
+        self.assertEqual(conn.query_info(fid, FILE, 99).status, st.STATUS_INVALID_INFO_CLASS)
+        r = conn.query_info(fid, FILE, F.FileAllInformation, length=100)
+        self.assertEqual((r.status, len(r.buffer())), (st.STATUS_BUFFER_OVERFLOW, 100))
+        self.assertEqual(
+            conn.query_info(fid, FILE, F.FileBasicInformation, length=10).status,
+            st.STATUS_INFO_LENGTH_MISMATCH,
+        )
+
+    def test_fs_classes(self) -> None:
+        conn = conn_for()
+        d = conn.open("", access=c.GENERIC_READ)
+        for cls in (1, 3, 4, 5, 7, 11):
+            self.assertEqual(conn.query_info(d, FS, cls).status, 0, cls)
+        self.assertEqual(conn.query_info(d, FS, 6).status, st.STATUS_INVALID_INFO_CLASS)
+
+    def test_security_descriptor(self) -> None:
+        from impacket.ldap import ldaptypes
+
+        conn = conn_for()
+        fid = conn.open("sd", access=c.GENERIC_ALL)
+        r = conn.query_info(fid, SEC, 0, additional=7)
+        sd = ldaptypes.SR_SECURITY_DESCRIPTOR(data=r.buffer())
+        self.assertEqual(sd["OwnerSid"].formatCanonical(), "S-1-5-21-1-2-3-3000")
+        self.assertEqual(len(sd["Dacl"].aces), 3)
+        r = conn.query_info(fid, SEC, 0, additional=7, length=8)
+        self.assertEqual((r.status, r.u32(4)), (st.STATUS_BUFFER_TOO_SMALL, 4))
+        # Set it back with the group's and others' rights removed: mode 0600.
+        owner = sd["OwnerSid"]
+        dacl = ldaptypes.ACL()
+        dacl["AclRevision"] = 2
+        dacl["Sbz1"] = 0
+        dacl["Sbz2"] = 0
+        ace = ldaptypes.ACE()
+        ace["AceType"] = 0
+        ace["AceFlags"] = 0
+        body = ldaptypes.ACCESS_ALLOWED_ACE()
+        body["Mask"] = ldaptypes.ACCESS_MASK()
+        body["Mask"]["Mask"] = c.FILE_GENERIC_READ | c.FILE_GENERIC_WRITE
+        body["Sid"] = owner
+        ace["Ace"] = body
+        dacl.aces = [ace]
+        new = ldaptypes.SR_SECURITY_DESCRIPTOR()
+        new["Revision"] = b"\x01"
+        new["Sbz1"] = b"\x00"
+        new["Control"] = 0x8004
+        new["OwnerSid"] = b""
+        new["GroupSid"] = b""
+        new["Sacl"] = b""
+        new["Dacl"] = dacl
+        self.assertEqual(conn.set_info(fid, SEC, 0, new.getData(), additional=4).status, 0)
+        wire = conn.wire
+        a = wire.fired(wire.mvfs.vfs.resolve(wire.mvfs.caller(0, 0), b"sd"))
+        self.assertEqual(a.mode, 0o600)
+
+    def test_eas(self) -> None:
+        conn = conn_for()
+        fid = conn.open("ea", access=c.GENERIC_ALL)
+        self.assertEqual(
+            conn.query_info(fid, FILE, F.FileFullEaInformation).status, st.STATUS_NO_EAS_ON_FILE
+        )
+        ea = struct.pack("<IBBH", 0, 0, 5, 2) + b"COLOR\x00hi"
+        self.assertEqual(conn.set_info(fid, FILE, F.FileFullEaInformation, ea).status, 0)
+        r = conn.query_info(fid, FILE, F.FileFullEaInformation)
+        self.assertIn(b"COLOR\x00hi", r.buffer())
+        self.assertGreater(
+            struct.unpack("<I", conn.query_info(fid, FILE, F.FileEaInformation).buffer())[0], 0
+        )
+        self.assertEqual(
+            conn.set_info(fid, FILE, F.FileFullEaInformation, b"\x01").status,
+            st.STATUS_INVALID_PARAMETER,
+        )
+
+
+class SetInfoTests(SynchronousTestCase):
+    def test_basic_round_trip(self) -> None:
+        """Creation time and DOS attributes set over SMB read back, and are kept beside the inode."""
+        wire = Wire()
+        conn = conn_for(wire)
+        fid = conn.open("b", access=c.GENERIC_ALL)
+        created = to_filetime(1_500_000_000 * 10**9)
+        written = to_filetime(1_600_000_000 * 10**9)
+        attrs_ = c.FILE_ATTRIBUTE_HIDDEN | c.FILE_ATTRIBUTE_SYSTEM
+        data = struct.pack("<qqqqII", created, 0, written, 0, attrs_, 0)
+        self.assertEqual(conn.set_info(fid, FILE, F.FileBasicInformation, data).status, 0)
+        got = struct.unpack("<QQQQII", conn.query_info(fid, FILE, F.FileBasicInformation).buffer())
+        self.assertEqual((got[0], got[2], got[4]), (created, written, attrs_))
+        root = wire.mvfs.caller(0, 0)
+        a = wire.fired(wire.mvfs.vfs.resolve(root, b"b"))
+        self.assertEqual(a.btime_ns, from_filetime(created))
+        raw = wire.fired(wire.mvfs.vfs.meta_get(root, a.ino, DOS_KEY))
+        self.assertEqual(struct.unpack("<I", raw)[0], attrs_)
+        self.assertNotIn(b"cfs." + DOS_KEY, wire.fired(wire.mvfs.vfs.listxattr(root, a.ino)))
+        bad = struct.pack("<qqqqII", 0, 0, 0, 0, c.FILE_ATTRIBUTE_DIRECTORY, 0)
+        self.assertEqual(
+            conn.set_info(fid, FILE, F.FileBasicInformation, bad).status,
+            st.STATUS_INVALID_PARAMETER,
+        )
+
+    def test_readonly_attribute(self) -> None:
+        conn = conn_for()
+        fid = conn.open("ro", access=c.GENERIC_ALL)
+        conn.set_info(fid, FILE, F.FileBasicInformation, struct.pack("<qqqqII", 0, 0, 0, 0, 1, 0))
+        conn.close(fid)
+        self.assertEqual(conn.create("ro", access=c.GENERIC_WRITE).status, st.STATUS_ACCESS_DENIED)
+        fid = conn.open("ro", access=c.GENERIC_READ | c.DELETE)
+        self.assertEqual(
+            conn.set_info(fid, FILE, F.FileDispositionInformation, b"\x01").status,
+            st.STATUS_CANNOT_DELETE,
+        )
+
+    def test_rename(self) -> None:
+        conn = conn_for()
+        conn.open("sub", options=c.FILE_DIRECTORY_FILE)
+        fid = conn.open("old")
+        conn.write(fid, 0, b"content")
+        self.assertEqual(
+            conn.set_info(fid, FILE, F.FileRenameInformation, rename_info("sub\\new")).status, 0
+        )
+        self.assertEqual(
+            conn.create("old", disposition=c.FILE_OPEN).status, st.STATUS_OBJECT_NAME_NOT_FOUND
+        )
+        r = conn.query_info(fid, FILE, F.FileAllInformation)
+        self.assertTrue(r.buffer()[100:].decode("utf-16-le").endswith("\\sub\\new"))
+        conn.close(conn.open("other"))
+        self.assertEqual(
+            conn.set_info(fid, FILE, F.FileRenameInformation, rename_info("other")).status,
+            st.STATUS_OBJECT_NAME_COLLISION,
+        )
+        self.assertEqual(
+            conn.set_info(fid, FILE, F.FileRenameInformation, rename_info("\\other", True)).status,
+            0,
+        )
+        self.assertEqual(conn.read_data(conn.read(conn.open("other"), 0, 10)), b"content")
+        ro = conn.open("other", access=c.GENERIC_READ)
+        self.assertEqual(
+            conn.set_info(ro, FILE, F.FileRenameInformation, rename_info("x")).status,
+            st.STATUS_ACCESS_DENIED,
+        )
+
+    def test_disposition(self) -> None:
+        conn = conn_for()
+        fid = conn.open("gone")
+        self.assertEqual(conn.set_info(fid, FILE, F.FileDispositionInformation, b"\x01").status, 0)
+        r = conn.query_info(fid, FILE, F.FileStandardInformation)
+        self.assertEqual(r.buffer()[20], 1)
+        conn.close(fid)
+        self.assertEqual(
+            conn.create("gone", disposition=c.FILE_OPEN).status, st.STATUS_OBJECT_NAME_NOT_FOUND
+        )
+        d = conn.open("full", options=c.FILE_DIRECTORY_FILE)
+        conn.close(conn.open("full\\x"))
+        self.assertEqual(
+            conn.set_info(d, FILE, F.FileDispositionInformation, b"\x01").status,
+            st.STATUS_DIRECTORY_NOT_EMPTY,
+        )
+        ex = conn.open("ex")
+        self.assertEqual(
+            conn.set_info(ex, FILE, F.FileDispositionInformationEx, struct.pack("<I", 1)).status, 0
+        )
+        conn.close(ex)
+        self.assertEqual(
+            conn.create("ex", disposition=c.FILE_OPEN).status, st.STATUS_OBJECT_NAME_NOT_FOUND
+        )
+
+    def test_sizes(self) -> None:
+        conn = conn_for()
+        fid = conn.open("sz")
+        self.assertEqual(
+            conn.set_info(fid, FILE, F.FileEndOfFileInformation, struct.pack("<q", 100000)).status,
+            0,
+        )
+        self.assertEqual(
+            struct.unpack_from("<q", conn.query_info(fid, FILE, 5).buffer(), 8)[0], 100000
+        )
+        conn.set_info(fid, FILE, F.FileAllocationInformation, struct.pack("<q", 1 << 30))
+        self.assertEqual(
+            struct.unpack_from("<q", conn.query_info(fid, FILE, 5).buffer(), 8)[0], 100000
+        )
+        conn.set_info(fid, FILE, F.FileAllocationInformation, struct.pack("<q", 10))
+        self.assertEqual(struct.unpack_from("<q", conn.query_info(fid, FILE, 5).buffer(), 8)[0], 10)
+        self.assertEqual(
+            conn.set_info(fid, FILE, F.FileEndOfFileInformation, b"\x01").status,
+            st.STATUS_INFO_LENGTH_MISMATCH,
+        )
+
+    def test_position_and_mode(self) -> None:
+        conn = conn_for()
+        fid = conn.open("pm")
+        conn.set_info(fid, FILE, F.FilePositionInformation, struct.pack("<q", 42))
+        self.assertEqual(conn.query_info(fid, FILE, 14).buffer(), struct.pack("<Q", 42))
+        conn.set_info(fid, FILE, F.FileModeInformation, struct.pack("<I", c.FILE_WRITE_THROUGH))
+        self.assertEqual(
+            conn.query_info(fid, FILE, 16).buffer(), struct.pack("<I", c.FILE_WRITE_THROUGH)
+        )
+        self.assertEqual(
+            conn.set_info(fid, FILE, F.FileModeInformation, struct.pack("<I", 0x30)).status,
+            st.STATUS_INVALID_PARAMETER,
+        )
+
+    def test_hard_link(self) -> None:
+        conn = conn_for()
+        fid = conn.open("orig")
+        conn.write(fid, 0, b"same")
+        self.assertEqual(
+            conn.set_info(fid, FILE, F.FileLinkInformation, rename_info("alias")).status, 0
+        )
+        self.assertEqual(conn.read_data(conn.read(conn.open("alias"), 0, 10)), b"same")
+        self.assertEqual(struct.unpack_from("<I", conn.query_info(fid, FILE, 5).buffer(), 16)[0], 2)
+
+
+class LockTests(SynchronousTestCase):
+    SH = c.SMB2_LOCKFLAG_SHARED_LOCK | c.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
+    EX = c.SMB2_LOCKFLAG_EXCLUSIVE_LOCK | c.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
+
+    def test_conflicts_and_io(self) -> None:
+        """Byte-range locks conflict between opens, and READ/WRITE honour them (mandatory)."""
+        wire = Wire()
+        conn = conn_for(wire)
+        a = conn.open("l")
+        conn.write(a, 0, b"x" * 100)
+        b = conn.open("l")
+        self.assertEqual(conn.lock(a, [(0, 10, self.EX)]).status, 0)
+        self.assertEqual(conn.lock(b, [(5, 10, self.SH)]).status, st.STATUS_LOCK_NOT_GRANTED)
+        self.assertEqual(conn.read(b, 0, 5).status, st.STATUS_FILE_LOCK_CONFLICT)
+        self.assertEqual(conn.write(b, 8, b"y").status, st.STATUS_FILE_LOCK_CONFLICT)
+        self.assertEqual(conn.read(a, 0, 5).status, 0)
+        self.assertEqual(conn.read(b, 20, 5).status, 0)
+        self.assertEqual(conn.lock(a, [(0, 10, c.SMB2_LOCKFLAG_UNLOCK)]).status, 0)
+        self.assertEqual(
+            conn.lock(a, [(0, 10, c.SMB2_LOCKFLAG_UNLOCK)]).status, st.STATUS_RANGE_NOT_LOCKED
+        )
+        self.assertEqual(conn.lock(b, [(5, 10, self.SH)]).status, 0)
+
+    def test_all_or_nothing(self) -> None:
+        conn = conn_for()
+        a, b = conn.open("l"), conn.open("l")
+        conn.lock(b, [(50, 10, self.EX)])
+        self.assertEqual(
+            conn.lock(a, [(0, 10, self.EX), (55, 1, self.EX)]).status, st.STATUS_LOCK_NOT_GRANTED
+        )
+        self.assertEqual(conn.lock(b, [(0, 10, self.EX)]).status, 0)
+
+    def test_validation(self) -> None:
+        conn = conn_for()
+        a = conn.open("l")
+        self.assertEqual(
+            conn.lock(a, [(0, 1, self.EX), (5, 1, c.SMB2_LOCKFLAG_UNLOCK)]).status,
+            st.STATUS_INVALID_PARAMETER,
+        )
+        self.assertEqual(conn.lock(a, [(0, 1, 3)]).status, st.STATUS_INVALID_PARAMETER)
+        self.assertEqual(conn.lock(a, [(2**64 - 2, 5, self.EX)]).status, 0xC00001A1)
+        self.assertEqual(
+            conn.lock(a, [(0, 1, 2), (2, 1, self.EX)]).status, st.STATUS_INVALID_PARAMETER
+        )
+        self.assertEqual(conn.lock(a, [(7, 0, self.EX)]).status, 0)
+        self.assertEqual(conn.lock(a, [(7, 0, c.SMB2_LOCKFLAG_UNLOCK)]).status, 0)
+
+    def test_blocking_then_granted(self) -> None:
+        """A lock without FAIL_IMMEDIATELY waits (STATUS_PENDING) and is granted when the holder unlocks."""
+        wire = Wire()
+        c1, c2 = conn_for(wire), conn_for(wire, "bob")
+        a = c1.open("w")
+        c1.lock(a, [(0, 10, self.EX)])
+        b = c2.open("w", access=c.GENERIC_READ)
+        interim = c2.lock(b, [(0, 10, c.SMB2_LOCKFLAG_EXCLUSIVE_LOCK)])
+        self.assertEqual(interim.status, st.STATUS_PENDING)
+        c1.close(a)
+        [final] = c2.replies()
+        self.assertEqual((final.status, final.header.async_id), (0, interim.header.async_id))
+
+    def test_blocking_cancelled(self) -> None:
+        wire = Wire()
+        c1, c2 = conn_for(wire), conn_for(wire)
+        a = c1.open("w")
+        c1.lock(a, [(0, 10, self.EX)])
+        b = c2.open("w")
+        interim = c2.lock(b, [(0, 10, c.SMB2_LOCKFLAG_SHARED_LOCK)])
+        cancel = c2.header(
+            c.Command.CANCEL,
+            flags=c.SMB2_FLAGS_ASYNC_COMMAND,
+            async_id=interim.header.async_id,
+            message_id=0,
+        )
+        c2.send([c2.build(cancel, b"\x04\x00\x00\x00")])
+        [final] = c2.replies()
+        self.assertEqual(final.status, st.STATUS_CANCELLED)
+        self.assertEqual(
+            wire.locks.waiting(
+                c1.wire.fired(wire.mvfs.vfs.resolve(wire.mvfs.caller(0, 0), b"w")).ino
+            ),
+            [],
+        )
+
+    def test_disconnect_releases(self) -> None:
+        wire = Wire()
+        c1, c2 = conn_for(wire), conn_for(wire)
+        a = c1.open("w")
+        c1.lock(a, [(0, 10, self.EX)])
+        c1.proto.connectionLost(None)
+        b = c2.open("w")
+        self.assertEqual(c2.lock(b, [(0, 10, self.EX)]).status, 0)
+
+    def test_other_protocols_locks(self) -> None:
+        """An NLM lock on the same inode refuses SMB's lock and write; SMB's refuses NLM's."""
+        wire = Wire()
+        conn = conn_for(wire)
+        fid = conn.open("shared.dat")
+        conn.write(fid, 0, b"z" * 100)
+        ino = wire.fired(wire.mvfs.vfs.resolve(wire.mvfs.caller(0, 0), b"shared.dat")).ino
+        nlm = LockOwner("nlm", "client.example", b"svid1")
+        wire.fired(wire.locks.lock(ino, nlm, 0, 50, True))
+        self.assertEqual(conn.lock(fid, [(10, 5, self.SH)]).status, st.STATUS_LOCK_NOT_GRANTED)
+        self.assertEqual(conn.write(fid, 10, b"w").status, st.STATUS_FILE_LOCK_CONFLICT)
+        wire.locks.unlock(ino, nlm, 0, 50)
+        self.assertEqual(conn.lock(fid, [(60, 10, self.EX)]).status, 0)
+        d = wire.locks.lock(ino, nlm, 60, 1, False)
+        self.assertEqual(len(self.failureResultOf(d).value.args), 1)
+
+
+class ShareModeTests(SynchronousTestCase):
+    def test_sharing_violation(self) -> None:
+        """An open denying writes refuses a writer; closing it lets the writer in."""
+        conn = conn_for()
+        a = conn.open("s", share=c.FILE_SHARE_READ)
+        self.assertEqual(
+            conn.create("s", access=c.GENERIC_WRITE).status, st.STATUS_SHARING_VIOLATION
+        )
+        self.assertEqual(
+            conn.create("s", access=c.GENERIC_READ, share=c.FILE_SHARE_READ).status,
+            st.STATUS_SHARING_VIOLATION,
+        )
+        self.assertEqual(conn.create("s", access=c.GENERIC_READ).status, 0)
+        r = conn.create("s", access=c.FILE_READ_ATTRIBUTES)
+        self.assertEqual(r.status, 0)
+        conn.close(a)
+        self.assertEqual(conn.create("s", access=c.GENERIC_WRITE).status, 0)
+
+    def test_delete_sharing(self) -> None:
+        conn = conn_for()
+        conn.open("d", share=c.FILE_SHARE_READ | c.FILE_SHARE_WRITE)
+        self.assertEqual(conn.create("d", access=c.DELETE).status, st.STATUS_SHARING_VIOLATION)
+
+    def test_other_protocol_reservation(self) -> None:
+        """An NFSv4-style reservation denying writes refuses an SMB writer."""
+        wire = Wire()
+        conn = conn_for(wire)
+        conn.close(conn.open("n"))
+        ino = wire.fired(wire.mvfs.vfs.resolve(wire.mvfs.caller(0, 0), b"n")).ino
+        token = wire.locks.open_share(ino, LockOwner("nfs4", b"c1", b"o1"), {"read"}, {"write"})
+        self.assertEqual(
+            conn.create("n", access=c.GENERIC_WRITE).status, st.STATUS_SHARING_VIOLATION
+        )
+        wire.locks.close_share(token)
+        self.assertEqual(conn.create("n", access=c.GENERIC_WRITE).status, 0)
+
+
+class NotifyTests(SynchronousTestCase):
+    def test_actions(self) -> None:
+        """Queued changes come back in order: added, renamed (old, new), removed."""
+        wire = Wire()
+        conn = conn_for(wire)
+        d = conn.open("", access=c.GENERIC_READ)
+        self.assertEqual(conn.notify(d).status, st.STATUS_PENDING)
+        other = conn_for(wire)
+        fid = other.open("n1")
+        conn.replies()
+        other.set_info(fid, FILE, F.FileRenameInformation, rename_info("n2"))
+        other.set_info(fid, FILE, F.FileDispositionInformation, b"\x01")
+        other.close(fid)
+        r = conn.notify(d)
+        buf = r.buffer()
+        got = []
+        pos = 0
+        while True:
+            nxt, action, n = struct.unpack_from("<III", buf, pos)
+            got.append((action, buf[pos + 12 : pos + 12 + n].decode("utf-16-le")))
+            if not nxt:
+                break
+            pos += nxt
+        self.assertEqual(got, [(4, "n1"), (5, "n2"), (2, "n2")])
+
+    def test_tree_watch(self) -> None:
+        """A change below a WATCH_TREE directory says "re-read" (STATUS_NOTIFY_ENUM_DIR)."""
+        wire = Wire()
+        conn = conn_for(wire)
+        conn.open("deep", options=c.FILE_DIRECTORY_FILE)
+        conn.open("deep\\er", options=c.FILE_DIRECTORY_FILE)
+        d = conn.open("", access=c.GENERIC_READ)
+        conn.notify(d, flags=c.SMB2_WATCH_TREE)
+        conn_for(wire).open("deep\\er\\file")
+        [final] = conn.replies()
+        self.assertEqual(final.status, st.STATUS_NOTIFY_ENUM_DIR)
+
+    def test_overflow(self) -> None:
+        wire = Wire()
+        conn = conn_for(wire)
+        d = conn.open("", access=c.GENERIC_READ)
+        conn.notify(d)
+        conn.replies()
+        for i in range(300):
+            conn.close(conn.open(f"f{i}"))
+        self.assertEqual(conn.notify(d).status, st.STATUS_NOTIFY_ENUM_DIR)
+        self.assertEqual(conn.notify(d, length=8).status, st.STATUS_PENDING)
+
+
+class CrossProtocolTests(SynchronousTestCase):
+    def test_written_over_smb_read_through_the_vfs(self) -> None:
+        """What SMB writes, another protocol reads through the vfs: same bytes, the user's uid."""
+        wire = Wire()
+        conn = conn_for(wire)
+        data = bytes(range(256)) * 1000
+        fid = conn.open("cross.bin")
+        conn.write(fid, 0, data)
+        conn.close(fid)
+        nfs = wire.mvfs.caller(2000, 2000, protocol="nfs")
+        a = wire.fired(wire.mvfs.vfs.resolve(nfs, b"cross.bin"))
+        self.assertEqual((a.uid, a.size), (1000, len(data)))
+        self.assertEqual(wire.fired(wire.mvfs.vfs.read(nfs, a.ino, 0, len(data))).data, data)
+
+    def test_change_elsewhere_visible(self) -> None:
+        wire = Wire()
+        conn = conn_for(wire)
+        fid = conn.open("t")
+        root = wire.mvfs.caller(0, 0)
+        a = wire.fired(wire.mvfs.vfs.resolve(root, b"t"))
+        wire.fired(wire.mvfs.vfs.setattr(root, a.ino, SetAttrs(size=33)))
+        self.assertEqual(struct.unpack_from("<q", conn.query_info(fid, FILE, 5).buffer(), 8)[0], 33)
