@@ -252,6 +252,7 @@ class NTLMAcceptor:
                 return self.result
             raise LogonFailure("unknown user", user)
         proof, blob = nt_response[:16], nt_response[16:]
+        _check_client_challenge(blob)
         try:
             client_info = NTClientChallengeV2.unpack(blob).av_pairs
         except Exception:
@@ -304,6 +305,26 @@ class NTLMAcceptor:
     def make_mic(self, data: bytes) -> bytes:
         """Our first GSS MIC over C{data} (sequence number 0)."""
         return self._mic(data, "accept")
+
+
+def _check_client_challenge(blob: bytes) -> None:
+    """
+    An NTLMv2_CLIENT_CHALLENGE (MS-NLMP 2.2.2.7) must be well formed: response
+    types 1, and AV pairs that stay inside it and end with MsvAvEOL.
+    (pyspnego's parser is lenient; Samba refuses such blobs with
+    STATUS_INVALID_PARAMETER, smbtorture smb2.session.ntlmssp_bug14932.)
+
+    @raise ProtocolError: otherwise.
+    """
+    if len(blob) < 32 or blob[0] != 1 or blob[1] != 1:
+        raise ProtocolError("malformed NTLMv2 client challenge")
+    pos = 28
+    while pos + 4 <= len(blob):
+        av_id, av_len = struct.unpack_from("<HH", blob, pos)
+        if av_id == 0:
+            return
+        pos += 4 + av_len
+    raise ProtocolError("NTLMv2 client challenge AV pairs run past its end")
 
 
 def _filetime(seconds: float) -> Any:

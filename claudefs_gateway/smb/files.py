@@ -18,9 +18,7 @@ not is kept here or beside the inode:
     (C{vfs.locks}), so they hold against NLM and NFSv4 as well. While that
     manager is absent LOCK answers STATUS_NOT_SUPPORTED and share modes are
     not enforced.
-
-Names are case-sensitive (like Samba's C{case sensitive = yes}): a name is
-looked up as the client spells it.
+  - Names match case-insensitively and keep their case (L{claudefs_gateway.smb.names}).
 """
 
 from __future__ import annotations
@@ -86,6 +84,7 @@ from claudefs_gateway.smb.messages import (
     pack_read_response_header,
     pack_write_response,
 )
+from claudefs_gateway.smb.names import CaseIndex
 from claudefs_gateway.smb.security import (
     mode_from_dacl,
     parse_security_descriptor,
@@ -105,6 +104,25 @@ STATUS_BAD_IMPERSONATION_LEVEL = 0xC00000A5
 STATUS_INVALID_LOCK_RANGE = 0xC00001A1
 STATUS_PIPE_EMPTY = 0xC00000D9
 STATUS_INVALID_OPLOCK_PROTOCOL = 0xC00000E3
+# CreateOptions refused with NOT_SUPPORTED (FILE_CREATE_TREE_CONNECTION,
+# FILE_OPEN_BY_FILE_ID, FILE_RESERVE_OPFILTER), as Windows does.
+CREATE_OPTIONS_NOT_SUPPORTED = 0x00000080 | 0x00002000 | 0x00100000
+# FileAttributes a CREATE may not carry: VOLUME, DEVICE, INTEGRITY_STREAM, undefined.
+FILE_ATTRIBUTES_INVALID = 0xFFFF0000 | 0x00000008 | 0x00000040 | 0x00008000
+ACCESS_INVALID = 0x0CE0FE00
+# Information classes of variable size: the size of their fixed part, as
+# Windows counts it (the C structure with its first name character, padded
+# to 8 bytes; smbtorture smb2.getinfo.q*_buffercheck).
+VARIABLE_FILE_CLASSES: dict[int, int] = {
+    F.FileAllInformation: 104,
+    F.FileNameInformation: 8,
+    F.FileNormalizedNameInformation: 8,
+    F.FileStreamInformation: 32,
+}
+VARIABLE_FS_CLASSES: dict[int, int] = {
+    Fs.FileFsVolumeInformation: 24,
+    Fs.FileFsAttributeInformation: 16,
+}
 _BAD_CHARS = frozenset('"*/:<>?|') | frozenset(chr(i) for i in range(32))
 _DATA_STREAM = "::$data"
 
@@ -239,6 +257,7 @@ class FileService:
         self.factory = factory
         self.nodes: dict[int, FileNode] = {}
         self._parents: OrderedDict[int, int] = OrderedDict()
+        self._case: CaseIndex | None = None
 
     @property
     def vfs(self) -> Any:
@@ -258,12 +277,13 @@ class FileService:
         @raise SMBError: STATUS_FILE_CLOSED for an unknown FileId or one of
             another session or tree.
         """
-        if fid == (ALL_ONES, ALL_ONES):
-            if req.related_file_id is None:
-                raise SMBError(st.STATUS_FILE_CLOSED, "no related FileId")
+        if fid == (ALL_ONES, ALL_ONES) and req.related_file_id is not None:
             fid = req.related_file_id
         op = conn.opens.get(fid[1])
         if op is None or op.file_id != fid or op.closed or op.session is not req.session:
+            if req.related and req.chain.create_error:
+                # A related request after a failed CREATE fails as the CREATE did.
+                raise SMBError(req.chain.create_error, "the CREATE before it failed")
             raise SMBError(st.STATUS_FILE_CLOSED, "no such open")
         if req.tree is not None and op.tree is not req.tree:
             raise SMBError(st.STATUS_FILE_CLOSED, "open of another tree")
@@ -293,10 +313,10 @@ class FileService:
             mask |= c.FILE_READ_DATA | c.FILE_READ_EA
         if bits & W:
             mask |= c.FILE_WRITE_DATA | c.FILE_APPEND_DATA | c.FILE_WRITE_EA
-            mask |= c.FILE_WRITE_ATTRIBUTES
-            if a.is_dir:
-                mask |= c.FILE_DELETE_CHILD
-        if bits & X:
+            mask |= c.FILE_WRITE_ATTRIBUTES | c.FILE_DELETE_CHILD
+        # A remote client "executes" a file by reading it, and the vfs lets
+        # whoever may execute a file read it: the two go together here.
+        if bits & X or (bits & R and not a.is_dir):
             mask |= c.FILE_EXECUTE
         cred = caller.cred
         if cred.is_root or cred.uid == a.uid:
@@ -327,13 +347,23 @@ class FileService:
             opts & c.FILE_DIRECTORY_FILE and opts & c.FILE_NON_DIRECTORY_FILE
         ):
             raise SMBError(st.STATUS_INVALID_PARAMETER, "bad CreateOptions")
-        if opts & c.FILE_OPEN_BY_FILE_ID:
-            raise SMBError(st.STATUS_NOT_SUPPORTED, "open by file id")
+        if opts & CREATE_OPTIONS_NOT_SUPPORTED:
+            raise SMBError(st.STATUS_NOT_SUPPORTED, "open by file id, tree connection or opfilter")
+        if body.desired_access == 0 or body.desired_access & ACCESS_INVALID:
+            # MS-SMB2 3.3.5.9: the bits of 0x0CE0FE00 are refused.
+            raise SMBError(st.STATUS_ACCESS_DENIED, "bad DesiredAccess")
+        if body.file_attributes & FILE_ATTRIBUTES_INVALID:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "bad FileAttributes")
+        if body.file_attributes & c.FILE_ATTRIBUTE_ENCRYPTED:
+            # EFS: a standalone server does not encrypt files (Samba answers the same).
+            raise SMBError(st.STATUS_ACCESS_DENIED, "encrypted files are not served")
         desired = _generic(body.desired_access)
         if desired & c.ACCESS_SYSTEM_SECURITY:
             raise SMBError(st.STATUS_PRIVILEGE_NOT_HELD, "SACL access")
         if opts & c.FILE_DELETE_ON_CLOSE and not desired & (c.DELETE | c.MAXIMUM_ALLOWED):
             raise SMBError(st.STATUS_INVALID_PARAMETER, "delete-on-close without DELETE access")
+        if opts & c.FILE_DELETE_ON_CLOSE and body.file_attributes & c.FILE_ATTRIBUTE_READONLY:
+            raise SMBError(st.STATUS_CANNOT_DELETE, "delete-on-close of a read-only file")
         if len(conn.opens) >= MAX_OPENS:
             raise SMBError(st.STATUS_INSUFFICIENT_RESOURCES, "too many opens")
         contexts = self._contexts(body.contexts)
@@ -347,18 +377,11 @@ class FileService:
             parent_ino: int | None = None
             leaf = b""
             existing: Attributes | None = await vfs.getattr(caller, root)
-            parent_path = ""
         else:
-            leaf = parts[-1]
-            try:
-                parent = await vfs.resolve(caller, b"/".join(parts[:-1]))
-            except (errors.NotFound, errors.NotDir, errors.Loop):
-                raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND, "parent not found") from None
-            if not parent.is_dir:
-                raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND, "parent is not a directory")
+            parent, dir_parts = await self.resolve_dir(caller, parts[:-1])
             parent_ino = parent.ino
-            parent_path = "\\".join(p.decode("utf-8", "surrogatepass") for p in parts[:-1])
-            existing = await self._lookup(caller, parent_ino, leaf, b"/".join(parts))
+            existing, leaf = await self._lookup(caller, parent_ino, parts[-1], dir_parts)
+            parts = [*dir_parts, leaf]
         path = "\\".join(p.decode("utf-8", "surrogatepass") for p in parts)
         disp = body.disposition
         action = c.FILE_OPENED
@@ -378,9 +401,10 @@ class FileService:
             except errors.Exists:
                 if disp == c.FILE_CREATE:
                     raise SMBError(st.STATUS_OBJECT_NAME_COLLISION) from None
-                a = await self._lookup(caller, parent_ino, leaf, b"/".join(parts))
-                if a is None:
+                found, leaf = await self._lookup(caller, parent_ino, leaf, parts[:-1])
+                if found is None:
                     raise SMBError(st.STATUS_OBJECT_NAME_COLLISION) from None
+                a = found
         else:
             a = existing
             if disp == c.FILE_CREATE:
@@ -500,24 +524,88 @@ class FileService:
         self._log.debug(
             "smb create {action} ino={ino}", action=action, ino=a.ino, conn_id=conn.conn_id
         )
-        del parent_path
         return pack_create_response(action, file_times(st_), fid, answers)
 
-    async def _lookup(
-        self, caller: Any, parent: int, leaf: bytes, path: bytes
-    ) -> Attributes | None:
-        """The entry C{leaf} of C{parent}, symbolic links followed; None if absent or dangling."""
+    @property
+    def case(self) -> CaseIndex:
+        if self._case is None:
+            self._case = CaseIndex(self.vfs)
+        return self._case
+
+    async def lookup_name(self, caller: Any, dir_ino: int, name: bytes) -> tuple[Attributes, bytes]:
+        """
+        An entry of C{dir_ino} matched case-insensitively (see
+        L{claudefs_gateway.smb.names}), and its stored name.
+
+        @raise NotFound: no entry matches.
+        """
         vfs = self.vfs
         try:
-            a = await vfs.lookup(caller, parent, leaf)
+            return await vfs.lookup(caller, dir_ino, name), name
         except errors.NotFound:
-            return None
+            real = await self.case.find(caller, dir_ino, name)
+            if real is None or real == name:
+                raise
+            return await vfs.lookup(caller, dir_ino, real), real
+
+    async def resolve_dir(self, caller: Any, parts: list[bytes]) -> tuple[Attributes, list[bytes]]:
+        """
+        The directory C{parts} names from the share's root, case-insensitively,
+        and the components as stored.
+
+        @raise SMBError: STATUS_OBJECT_PATH_NOT_FOUND if a component is missing
+            or not a directory.
+        """
+        vfs = self.vfs
+        try:
+            a = await vfs.resolve(caller, b"/".join(parts))
+            found = parts
+        except errors.NotFound:
+            found = []
+            a = None
+            for part in parts:
+                try:
+                    a = await vfs.resolve(caller, b"/".join([*found, part]))
+                    found.append(part)
+                    continue
+                except errors.NotFound:
+                    pass
+                except (errors.NotDir, errors.Loop):
+                    break
+                here = await vfs.resolve(caller, b"/".join(found))
+                real = await self.case.find(caller, here.ino, part) if here.is_dir else None
+                if real is None:
+                    raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND, "parent not found") from None
+                a = await vfs.resolve(caller, b"/".join([*found, real]))
+                found.append(real)
+            if a is None or len(found) != len(parts):
+                raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND, "parent not found") from None
+        except (errors.NotDir, errors.Loop):
+            raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND, "parent not found") from None
+        if not a.is_dir:
+            raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND, "parent is not a directory")
+        return a, found
+
+    async def _lookup(
+        self, caller: Any, parent: int, leaf: bytes, dir_parts: list[bytes]
+    ) -> tuple[Attributes | None, bytes]:
+        """
+        The entry C{leaf} of C{parent} (case-insensitively), symbolic links
+        followed, and its stored name; None if absent.
+
+        @raise SMBError: a dangling link (STATUS_OBJECT_NAME_NOT_FOUND).
+        """
+        vfs = self.vfs
+        try:
+            a, leaf = await self.lookup_name(caller, parent, leaf)
+        except errors.NotFound:
+            return None, leaf
         if a.is_link:
             try:
-                a = await vfs.resolve(caller, path)
+                a = await vfs.resolve(caller, b"/".join([*dir_parts, leaf]))
             except (errors.NotFound, errors.Loop):
                 raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "dangling link") from None
-        return a
+        return a, leaf
 
     async def _undo_create(
         self, caller: Any, parent: int | None, leaf: bytes, a: Attributes
@@ -622,6 +710,8 @@ class FileService:
         conn.opens.pop(op.file_id[1], None)
         if op.watch is not None:
             self._end_watch(conn, op)
+        if op.modified:
+            self.modified(op)
         locks = self.locks
         if locks is not None and op.lock_owner is not None:
             locks.release_owner(op.lock_owner)
@@ -709,6 +799,7 @@ class FileService:
         stable = op.write_through or bool(body.flags & c.SMB2_WRITEFLAG_WRITE_THROUGH)
         if length:
             await self.vfs.write(caller, op.ino, offset, bytes(body.data), stable)
+            op.modified = True
         return pack_write_response(length)
 
     async def smb_FLUSH(self, conn: Any, req: Request) -> bytes:
@@ -725,6 +816,11 @@ class FileService:
     # -- LOCK ----------------------------------------------------------------------------------------
 
     async def smb_LOCK(self, conn: Any, req: Request) -> bytes:
+        """
+        LOCK (MS-SMB2 3.3.5.14) on the vfs lock table, Windows owners (one per
+        open). Unlock arrays are applied element by element, so an error
+        leaves the earlier ones unlocked; lock arrays are all or nothing.
+        """
         body = LockRequest.parse(req.raw)
         op = self.lookup_open(conn, req, body.file_id)
         if op.pipe is not None or op.is_dir:
@@ -733,58 +829,98 @@ class FileService:
         if locks is None:
             raise SMBError(st.STATUS_NOT_SUPPORTED, "byte-range locks need the vfs lock manager")
         elems = body.locks
-        unlock = bool(elems[0].flags & c.SMB2_LOCKFLAG_UNLOCK)
+        if elems[0].flags == c.SMB2_LOCKFLAG_UNLOCK:
+            for e in elems:
+                if e.flags != c.SMB2_LOCKFLAG_UNLOCK:
+                    raise SMBError(st.STATUS_INVALID_PARAMETER, "lock in an unlock array")
+                self._unlock(locks, op, e.offset, e.length)
+            return SIMPLE_BODY
         for e in elems:
             kind = e.flags & ~c.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
-            if unlock:
-                if e.flags != c.SMB2_LOCKFLAG_UNLOCK:
-                    raise SMBError(st.STATUS_INVALID_PARAMETER, "mixed lock and unlock")
-            elif kind not in (c.SMB2_LOCKFLAG_SHARED_LOCK, c.SMB2_LOCKFLAG_EXCLUSIVE_LOCK):
+            if kind not in (c.SMB2_LOCKFLAG_SHARED_LOCK, c.SMB2_LOCKFLAG_EXCLUSIVE_LOCK):
                 raise SMBError(st.STATUS_INVALID_PARAMETER, "bad lock flags")
-            elif len(elems) > 1 and not e.flags & c.SMB2_LOCKFLAG_FAIL_IMMEDIATELY:
+            if len(elems) > 1 and not e.flags & c.SMB2_LOCKFLAG_FAIL_IMMEDIATELY:
                 raise SMBError(st.STATUS_INVALID_PARAMETER, "blocking lock in a lock array")
             if e.length and e.offset + e.length > 2**64:
                 raise SMBError(STATUS_INVALID_LOCK_RANGE)
-        owner = op.lock_owner
-        if unlock:
-            for e in elems:
-                if e.length == 0:
-                    # Zero-length ranges are never in the table (its 0 means "to EOF").
-                    if e.offset in op.zero_locks:
-                        op.zero_locks.remove(e.offset)
-                        continue
-                    raise SMBError(st.STATUS_RANGE_NOT_LOCKED)
-                try:
-                    locks.unlock(op.ino, owner, e.offset, e.length)
-                except errors.NoLock:
-                    raise SMBError(st.STATUS_RANGE_NOT_LOCKED) from None
-            return SIMPLE_BODY
-        taken: list[tuple[int, int]] = []
+        taken: list[tuple[int, int, bool]] = []
         try:
             for e in elems:
                 exclusive = bool(e.flags & c.SMB2_LOCKFLAG_EXCLUSIVE_LOCK)
-                if e.length == 0:
-                    # MS-FSA 2.1.5.7: a zero-length lock conflicts with nothing.
-                    op.zero_locks.append(e.offset)
-                    taken.append((e.offset, 0))
-                    continue
                 wait = not e.flags & c.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
-                d = locks.lock(op.ino, owner, e.offset, e.length, exclusive, wait=wait)
-                if wait:
-                    d = conn.go_async(req, d)
-                await d
-                taken.append((e.offset, e.length))
-        except BaseException:
-            for off, length in taken:
-                if length == 0:
-                    op.zero_locks.remove(off)
-                else:
-                    try:
-                        locks.unlock(op.ino, owner, off, length)
-                    except errors.FSError:
-                        pass
+                await self._lock(conn, req, locks, op, e.offset, e.length, exclusive, wait)
+                taken.append((e.offset, e.length, exclusive))
+        except BaseException as e:
+            for off, length, _x in reversed(taken):
+                try:
+                    self._unlock(locks, op, off, length)
+                except SMBError:
+                    pass
+            if isinstance(e, defer.CancelledError) and op.closed:
+                # MS-SMB2 3.3.5.14: closing the handle ends its pending lock so.
+                raise SMBError(
+                    st.STATUS_RANGE_NOT_LOCKED, "the open closed while waiting"
+                ) from None
             raise
         return SIMPLE_BODY
+
+    async def _lock(
+        self,
+        conn: Any,
+        req: Request,
+        locks: Any,
+        op: Open,
+        offset: int,
+        length: int,
+        exclusive: bool,
+        wait: bool,
+    ) -> None:
+        """
+        One lock. The table's length 0 means "to EOF", so SMB's zero-length
+        locks stay with their open here; they conflict only with a lock
+        strictly around their offset (MS-FSA 2.1.4.10; smbtorture
+        smb2.lock.zerobytelength), and such locks of other protocols do not
+        see them.
+        """
+        ino = op.ino
+        if length == 0:
+            for held in locks.locks(ino):
+                if held.start < offset < held.end and self._zero_conflict(
+                    held.owner == op.lock_owner, held.exclusive, exclusive
+                ):
+                    raise SMBError(st.STATUS_LOCK_NOT_GRANTED)
+            op.zero_locks.append((offset, exclusive))
+            return
+        end = offset + length
+        node = op.node
+        assert node is not None
+        for other in node.opens:
+            for z, zx in other.zero_locks:
+                if offset < z < end and self._zero_conflict(other is op, zx, exclusive):
+                    raise SMBError(st.STATUS_LOCK_NOT_GRANTED)
+        d = locks.lock(ino, op.lock_owner, offset, length, exclusive, wait=wait)
+        if wait:
+            d = conn.go_async(req, d)
+        await d
+
+    @staticmethod
+    def _zero_conflict(same_open: bool, held_exclusive: bool, exclusive: bool) -> bool:
+        # Windows owners: another open's locks conflict unless both are shared;
+        # one's own only refuse a new exclusive lock.
+        return exclusive if same_open else (held_exclusive or exclusive)
+
+    def _unlock(self, locks: Any, op: Open, offset: int, length: int) -> None:
+        """Unlock exactly one lock of C{op}. @raise SMBError: STATUS_RANGE_NOT_LOCKED."""
+        if length == 0:
+            for i, (z, _x) in sorted(enumerate(op.zero_locks), key=lambda p: not p[1][1]):
+                if z == offset:
+                    del op.zero_locks[i]
+                    return
+            raise SMBError(st.STATUS_RANGE_NOT_LOCKED)
+        try:
+            locks.unlock(op.ino, op.lock_owner, offset, length)
+        except (errors.NoLock, errors.Inval):
+            raise SMBError(st.STATUS_RANGE_NOT_LOCKED) from None
 
     # -- QUERY_DIRECTORY ------------------------------------------------------------------------
 
@@ -858,14 +994,17 @@ class FileService:
                     pass
                 else:
                     try:
-                        raw = name.encode("utf-8", "surrogatepass")
-                        a = await vfs.lookup(caller, ino, raw)
+                        a, raw = await self.lookup_name(
+                            caller, ino, name.encode("utf-8", "surrogatepass")
+                        )
                     except (errors.NotFound, errors.NameTooLong, errors.Inval):
                         return False
+                    name = raw.decode("utf-8", "surrogatepass")
                     if a.is_link:
-                        a = await self._follow(caller, op, raw)
-                        if a is None:
+                        target = await self._follow(caller, op, raw)
+                        if target is None:
                             return False
+                        a = target
                     scan.buffered.append((name, await self.stat(caller, a, raw)))
                     return True
             here = await vfs.getattr(caller, ino)
@@ -898,9 +1037,10 @@ class FileService:
                     except errors.NotFound:
                         continue
                 if a.is_link:
-                    a = await self._follow(caller, op, e.name)
-                    if a is None:
+                    target = await self._follow(caller, op, e.name)
+                    if target is None:
                         continue
+                    a = target
                 scan.buffered.append((decoded, await self.stat(caller, a, e.name)))
             if not page.entries and not page.eof:
                 return False
@@ -931,18 +1071,24 @@ class FileService:
         if body.completion_filter == 0:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "empty CompletionFilter")
         watch = op.watch
+        if body.output_length > self.factory.max_io:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "OutputBufferLength over MaxTransactSize")
         if watch is None:
+            # Windows fixes the filter, the tree flag and the buffer at the first
+            # request on a handle (smbtorture smb2.notify.valid-req, mask-change).
             watch = op.watch = Watch(tree=bool(body.flags & c.SMB2_WATCH_TREE))
             watch.filter = body.completion_filter
+            watch.limit = body.output_length
             watch.unsubscribe = self.vfs.events.subscribe(
                 None if watch.tree else op.ino, lambda change: self._changed(conn, op, change)
             )
         if len(watch.waiting) >= 16:
             raise SMBError(st.STATUS_INSUFFICIENT_RESOURCES, "too many waiting notifies")
+        limit = min(body.output_length, watch.limit)
         if watch.changes or watch.overflow:
-            return self._notify_reply(watch, body.output_length)
+            return self._notify_reply(watch, limit)
         d: defer.Deferred[Reply] = defer.Deferred(lambda d: self._notify_cancelled(watch, d))
-        watch.waiting.append((d, body.output_length))
+        watch.waiting.append((d, limit))
         return await conn.go_async(req, d)
 
     def _notify_cancelled(self, watch: Watch, d: defer.Deferred[Any]) -> None:
@@ -1033,8 +1179,16 @@ class FileService:
             else:
                 watch.changes.append((action, name))
         if watch.waiting:
+            # Answered at once; what changes meanwhile waits for the next request
+            # (as Windows does: smbtorture smb2.notify.valid-req).
             d, limit = watch.waiting.popleft()
             d.callback(self._notify_reply(watch, limit))
+
+    def modified(self, op: Open) -> None:
+        """Tell watchers of the directory holding C{op}'s file that it changed."""
+        node = op.node
+        if node is not None and node.name:
+            self.vfs.events.emit(node.parent, Action.MODIFIED, node.name, node.ino)
 
     def _end_watch(self, conn: Any, op: Open) -> None:
         watch = op.watch
@@ -1078,6 +1232,13 @@ class FileService:
             ea_size = 0
             if body.info_class in (F.FileEaInformation, F.FileAllInformation):
                 ea_size = len(_pack_eas(await self._eas(caller, op.ino)))
+            if body.info_class == F.FileNormalizedNameInformation:
+                n = conn.negotiated
+                if n is None or n.dialect < c.SMB_3_1_1:
+                    raise SMBError(st.STATUS_NOT_SUPPORTED, "normalized names are 3.1.1 only")
+            if body.info_class == F.FileAlternateNameInformation:
+                # No 8.3 short names are made (as on a volume with 8dot3name disabled).
+                raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "no short name")
             state = OpenState(
                 op.access, op.position, op.mode, op.node.delete_pending, "\\" + op.node.path
             )
@@ -1085,7 +1246,7 @@ class FileService:
                 data = pack_stat_info(body.info_class, st_, state, ea_size)
             except KeyError:
                 raise SMBError(st.STATUS_INVALID_INFO_CLASS) from None
-            return self._fit(body.info_class, data, limit)
+            return self._fit(VARIABLE_FILE_CLASSES.get(body.info_class), data, limit)
         if body.info_type == c.SMB2_0_INFO_FILESYSTEM:
             export = op.tree.export
             vol = Volume(
@@ -1101,13 +1262,7 @@ class FileService:
                 data = fs_info(body.info_class, vol, stats)
             except KeyError:
                 raise SMBError(st.STATUS_INVALID_INFO_CLASS) from None
-            return self._fit(
-                body.info_class,
-                data,
-                limit,
-                variable=body.info_class
-                in (Fs.FileFsVolumeInformation, Fs.FileFsAttributeInformation),
-            )
+            return self._fit(VARIABLE_FS_CLASSES.get(body.info_class), data, limit)
         if body.info_type == c.SMB2_0_INFO_SECURITY:
             if not op.access & c.READ_CONTROL:
                 raise SMBError(st.STATUS_ACCESS_DENIED)
@@ -1125,30 +1280,23 @@ class FileService:
             raise SMBError(st.STATUS_NOT_SUPPORTED, "quota queries")
         raise SMBError(st.STATUS_INVALID_PARAMETER, "bad InfoType")
 
-    def _fit(
-        self, info_class: int, data: bytes, limit: int, variable: bool | None = None
-    ) -> Reply | bytes:
+    def _fit(self, fixed: int | None, data: bytes, limit: int) -> Reply | bytes:
         """
-        Fixed-size classes that do not fit fail with STATUS_INFO_LENGTH_MISMATCH;
-        variable ones are cut with STATUS_BUFFER_OVERFLOW (MS-SMB2 3.3.5.20.1).
+        Fit an answer in the client's buffer (MS-SMB2 3.3.5.20.1): below the
+        fixed part (the whole of a fixed-size class, whose C{fixed} is None)
+        fails with STATUS_INFO_LENGTH_MISMATCH; a variable class cut short
+        after its fixed part is sent with STATUS_BUFFER_OVERFLOW.
         """
         if len(data) <= limit:
             return bytes(pack_buffer_response(data))
-        if variable is None:
-            variable = info_class in (
-                F.FileAllInformation,
-                F.FileNameInformation,
-                F.FileNormalizedNameInformation,
-                F.FileStreamInformation,
-            )
-        if not variable:
+        if fixed is None or limit < fixed:
             raise SMBError(st.STATUS_INFO_LENGTH_MISMATCH)
         return Reply(pack_buffer_response(data[:limit]), st.STATUS_BUFFER_OVERFLOW)
 
     def _pipe_info(self, body: QueryInfoRequest, limit: int) -> Reply | bytes:
         if body.info_type == c.SMB2_0_INFO_FILE and body.info_class == F.FileStandardInformation:
             data = struct.pack("<qqIBBH", 4096, 0, 1, 1, 0, 0)
-            return self._fit(body.info_class, data, limit)
+            return self._fit(None, data, limit)
         raise SMBError(st.STATUS_NOT_SUPPORTED, "pipe information")
 
     async def _eas(self, caller: Any, ino: int) -> list[tuple[bytes, bytes]]:
@@ -1202,6 +1350,7 @@ class FileService:
                 raise SMBError(st.STATUS_ACCESS_DENIED)
             a = await self.vfs.getattr(caller, op.ino)
             await self._apply_security(caller, a, buf, body.additional)
+            self.modified(op)
             return b"\x02\x00"
         if body.info_type == c.SMB2_0_INFO_FILESYSTEM:
             raise SMBError(st.STATUS_ACCESS_DENIED, "file system information cannot be set")
@@ -1210,7 +1359,7 @@ class FileService:
         if body.info_type != c.SMB2_0_INFO_FILE:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "bad InfoType")
         cls = body.info_class
-        handler = {
+        handlers: dict[int, Any] = {
             F.FileBasicInformation: self._set_basic,
             F.FileRenameInformation: self._set_rename,
             F.FileLinkInformation: self._set_link,
@@ -1221,7 +1370,8 @@ class FileService:
             F.FilePositionInformation: self._set_position,
             F.FileModeInformation: self._set_mode,
             F.FileFullEaInformation: self._set_ea_info,
-        }.get(F(cls) if cls in F._value2member_map_ else None)  # type: ignore[arg-type]
+        }
+        handler = handlers.get(cls)
         if handler is None:
             if cls in (F.FileShortNameInformation, F.FileValidDataLengthInformation):
                 raise SMBError(st.STATUS_NOT_SUPPORTED)
@@ -1232,6 +1382,13 @@ class FileService:
             raise SMBError(st.STATUS_INVALID_PARAMETER) from None
         except struct.error:
             raise SMBError(st.STATUS_INFO_LENGTH_MISMATCH) from None
+        if cls in (
+            F.FileBasicInformation,
+            F.FileEndOfFileInformation,
+            F.FileAllocationInformation,
+            F.FileFullEaInformation,
+        ):
+            self.modified(op)
         return b"\x02\x00"
 
     async def _set_basic(self, conn: Any, op: Open, buf: bytes) -> None:
@@ -1280,17 +1437,13 @@ class FileService:
             raise SMBError(st.STATUS_OBJECT_NAME_INVALID)
         caller = op.tree.caller
         vfs = self.vfs
-        try:
-            dst_dir = await vfs.resolve(caller, b"/".join(parts[:-1]))
-        except (errors.NotFound, errors.NotDir):
-            raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND) from None
-        if not dst_dir.is_dir:
-            raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND)
+        dst_dir, dir_parts = await self.resolve_dir(caller, parts[:-1])
         leaf = parts[-1]
+        parts = [*dir_parts, leaf]
         try:
-            dst = await vfs.lookup(caller, dst_dir.ino, leaf)
+            dst, stored = await self.lookup_name(caller, dst_dir.ino, leaf)
         except errors.NotFound:
-            dst = None
+            dst, stored = None, leaf
         if dst is not None and dst.ino != node.ino:
             if not replace:
                 raise SMBError(st.STATUS_OBJECT_NAME_COLLISION)
@@ -1298,6 +1451,9 @@ class FileService:
                 raise SMBError(st.STATUS_ACCESS_DENIED, "cannot replace a directory")
             if self.nodes.get(dst.ino) is not None:
                 raise SMBError(st.STATUS_ACCESS_DENIED, "replacement target is open")
+            if stored != leaf:
+                # The name it replaces is spelt otherwise: remove that one, not add a twin.
+                await vfs.remove(caller, dst_dir.ino, stored)
         if op.is_dir and self._has_open_below(node):
             raise SMBError(st.STATUS_ACCESS_DENIED, "files below the directory are open")
         await vfs.rename(caller, node.parent, node.name, dst_dir.ino, leaf)
@@ -1322,18 +1478,15 @@ class FileService:
             raise SMBError(st.STATUS_OBJECT_NAME_INVALID)
         caller = op.tree.caller
         vfs = self.vfs
+        dst_dir, _ = await self.resolve_dir(caller, parts[:-1])
         try:
-            dst_dir = await vfs.resolve(caller, b"/".join(parts[:-1]))
-        except (errors.NotFound, errors.NotDir):
-            raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND) from None
-        try:
-            dst = await vfs.lookup(caller, dst_dir.ino, parts[-1])
+            dst, stored = await self.lookup_name(caller, dst_dir.ino, parts[-1])
         except errors.NotFound:
             dst = None
         if dst is not None:
             if not replace or dst.is_dir:
                 raise SMBError(st.STATUS_OBJECT_NAME_COLLISION)
-            await vfs.remove(caller, dst_dir.ino, parts[-1])
+            await vfs.remove(caller, dst_dir.ino, stored)
         await vfs.link(caller, op.ino, dst_dir.ino, parts[-1])
 
     async def _set_disposition(self, conn: Any, op: Open, buf: bytes) -> None:

@@ -236,8 +236,12 @@ def pack_stat_info(info_class: int, st: Stat, op: OpenState, ea_size: int = 0) -
         return struct.pack("<I", op.mode)
     if info_class == F.FileAlignmentInformation:
         return struct.pack("<I", 0)
-    if info_class in (F.FileNameInformation, F.FileNormalizedNameInformation):
+    if info_class == F.FileNameInformation:
         raw = op.path.encode("utf-16-le")
+        return struct.pack("<I", len(raw)) + raw
+    if info_class == F.FileNormalizedNameInformation:
+        # Relative to the share's root, which itself has an empty name.
+        raw = op.path.lstrip("\\").encode("utf-16-le")
         return struct.pack("<I", len(raw)) + raw
     if info_class == F.FileAllInformation:
         raw = op.path.encode("utf-16-le")
@@ -299,9 +303,9 @@ def fs_info(info_class: int, vol: Volume, s: FSStat | None) -> bytes:
         return struct.pack("<II", c.FILE_DEVICE_DISK, 0x20 if not vol.read_only else 0x21)
     if info_class == Fs.FileFsAttributeInformation:
         name = "NTFS".encode("utf-16-le")
+        # Case-preserving, case-insensitive (claudefs_gateway.smb.names).
         flags = (
-            c.FILE_CASE_SENSITIVE_SEARCH
-            | c.FILE_CASE_PRESERVED_NAMES
+            c.FILE_CASE_PRESERVED_NAMES
             | c.FILE_UNICODE_ON_DISK
             | c.FILE_PERSISTENT_ACLS
             | c.FILE_SUPPORTS_SPARSE_FILES
@@ -311,6 +315,9 @@ def fs_info(info_class: int, vol: Volume, s: FSStat | None) -> bytes:
         if vol.read_only:
             flags |= c.FILE_READ_ONLY_VOLUME
         return struct.pack("<III", flags, 255, len(name)) + name
+    if info_class == Fs.FileFsControlInformation:
+        # Quotas are the gateway's own (per uid/gid), not NTFS quotas: none to show here.
+        return struct.pack("<QQQqqII", 0, 0, 0, -1, -1, 0, 0)
     if info_class == Fs.FileFsSectorSizeInformation:
         # Logical/physical sector sizes, flags: aligned and no seek penalty.
         return struct.pack("<IIIIIII", SECTOR, SECTOR, SECTOR, SECTOR, 0x3, 0, 0)

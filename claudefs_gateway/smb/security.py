@@ -16,9 +16,9 @@ secret so it is stable for one installation and differs between them.
 
 A descriptor's DACL says what the mode bits say: allow ACEs for the owner,
 the group and Everyone with the rights rwx grant. Setting one maps it back:
-owner and group SIDs become a chown, the three ACEs' rights become rwx bits.
-ACEs for anyone else cannot be kept in mode bits and are refused with
-STATUS_INVALID_PARAMETER... rather than dropped silently: see L{mode_from_dacl}.
+owner and group SIDs become a chown, the three ACEs' rights become rwx bits;
+ACEs for anyone else cannot be kept in mode bits and are left out (see
+L{mode_from_dacl}): there are no ACLs beyond the mode.
 """
 
 from __future__ import annotations
@@ -277,19 +277,17 @@ def mode_from_dacl(
 ) -> int:
     """
     The mode a DACL stands for. Allow ACEs for the owner, the group and
-    Everyone set the rwx bits; inheritable-only ACEs and deny ACEs for those
-    three are accepted (the first add nothing now, the second remove bits).
-    Setuid, setgid and sticky bits are kept.
-
-    @raise ProtocolError: an ACE for any other SID (mode bits cannot hold it).
+    Everyone set the rwx bits; deny ACEs for them take bits away;
+    inherit-only ACEs (for children) add nothing now. ACEs for any other SID
+    cannot be kept in mode bits and are left out (Windows clients add ones
+    for SYSTEM and Administrators to everything they copy: refusing those
+    would refuse the copy). Setuid, setgid and sticky bits are kept.
     """
     grants = {owner: 0, group: 0, EVERYONE: 0}
     denies = {owner: 0, group: 0, EVERYONE: 0}
     for kind, flags, mask, sid in dacl:
-        if flags & 0x08:  # INHERIT_ONLY: applies to children only
+        if flags & 0x08 or sid not in grants:  # INHERIT_ONLY, or a SID mode bits cannot hold
             continue
-        if sid not in grants:
-            raise ProtocolError(f"ACE for {sid} cannot be kept in mode bits")
         target = grants if kind == ACCESS_ALLOWED_ACE_TYPE else denies
         target[sid] |= _bits_for_access(mask)
 

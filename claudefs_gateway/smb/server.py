@@ -87,7 +87,7 @@ from claudefs_gateway.smb.messages import (
 )
 from claudefs_gateway.smb.negotiate import ConnectionMachine, Negotiated, SessionMachine, choose
 from claudefs_gateway.smb.security import IdMap
-from claudefs_gateway.smb.state import Reply, Request, Session, Tree
+from claudefs_gateway.smb.state import Chain, Reply, Request, Session, Tree
 
 __all__ = ["SMBFactory", "SMBConnection", "MAX_CREDITS", "MAX_IO", "FAILED_LOGON_DELAY"]
 
@@ -589,9 +589,7 @@ class SMBConnection(protocol.Protocol):
     async def _serve_chain(
         self, items: list[tuple[Header, memoryview]], transform_session: Session | None
     ) -> None:
-        chain: list[bytes] = []
-        prev: Request | None = None
-        prev_status = 0
+        chain = Chain()
         sent = False
         crypt_session: Session | None = transform_session
         for i, (header, raw) in enumerate(items):
@@ -603,10 +601,10 @@ class SMBConnection(protocol.Protocol):
                 raw,
                 encrypted=transform_session is not None,
                 last_in_chain=i == len(items) - 1,
+                related=bool(header.flags & c.SMB2_FLAGS_RELATED_OPERATIONS),
+                chain=chain,
             )
-            req.chain = chain
-            related = bool(header.flags & c.SMB2_FLAGS_RELATED_OPERATIONS) and prev is not None
-            status, body = await self._serve(req, prev if related else None, prev_status, related)
+            status, body = await self._serve(req)
             if req.interim_sent:
                 # The chain (with the interim reply) went out already; this is the final reply.
                 self._send([self._response(req, status, body, last=True)], req)
@@ -614,10 +612,14 @@ class SMBConnection(protocol.Protocol):
                 break
             if crypt_session is None and req.session is not None and self._must_encrypt(req):
                 crypt_session = req.session
-            chain.append(self._response(req, status, body, last=req.last_in_chain))
-            prev, prev_status = req, status
-        if not sent and chain:
-            self._send_chain(chain, crypt_session)
+            chain.responses.append(self._response(req, status, body, last=req.last_in_chain))
+            chain.session, chain.tree = req.session, req.tree
+            if req.result_file_id is not None:
+                chain.file_id = req.result_file_id
+            if header.command == Command.CREATE:
+                chain.create_error = status if status & 0xC0000000 == 0xC0000000 else 0
+        if not sent and chain.responses:
+            self._send_chain(chain.responses, crypt_session)
 
     def _must_encrypt(self, req: Request) -> bool:
         s = req.session
@@ -638,9 +640,7 @@ class SMBConnection(protocol.Protocol):
             payload = session.sealer.encrypt(payload, session.id)
         self._write(payload)
 
-    async def _serve(
-        self, req: Request, prev: Request | None, prev_status: int, related: bool
-    ) -> tuple[int, bytes | bytearray | memoryview]:
+    async def _serve(self, req: Request) -> tuple[int, bytes | bytearray | memoryview]:
         """Serve one request; (status, body). Never raises."""
         header = req.header
         op = _OP_NAMES.get(header.command, "unknown")
@@ -652,12 +652,12 @@ class SMBConnection(protocol.Protocol):
         status = st.STATUS_INTERNAL_ERROR
         body: bytes | bytearray | memoryview = b""
         try:
-            if related and prev is not None:
-                if prev_status & 0xC0000000 == 0xC0000000:
-                    # MS-SMB2 3.3.5.2.7.2: a related request after a failed one fails the same way.
-                    raise SMBError(prev_status)
-                req.related_file_id = prev.result_file_id
-            self._bind(req, prev if related else None)
+            if req.related:
+                req.related_file_id = req.chain.file_id
+            else:
+                # An unrelated request starts over: no FileId carries past it.
+                req.chain.file_id = None
+            self._bind(req)
             if header.command not in _CREDIT_FREE and self.negotiated is not None:
                 self._check_charge(req)
             reply = await self._handle(req)
@@ -695,38 +695,34 @@ class SMBConnection(protocol.Protocol):
         self.factory.observe(op, time.perf_counter() - started, status)
         return status, body
 
-    def _bind(self, req: Request, prev: Request | None) -> None:
-        """Find the request's session and tree, and check its signature and encryption."""
+    def _bind(self, req: Request) -> None:
+        """
+        Find the request's session and tree, and check its signature and
+        encryption. A related request takes the session and tree the one
+        before it found (none for the first of a compound: INVALID_PARAMETER).
+        """
         header = req.header
         cmd = header.command
         if cmd in _NO_SESSION:
             return
-        if prev is not None:
-            session = prev.session
-            if (
-                header.session_id not in (0, ALL_ONES)
-                and session is not None
-                and header.session_id != session.id
-            ):
-                raise SMBError(st.STATUS_INVALID_PARAMETER, "related request names another session")
+        session: Session | None
+        if req.related:
+            session = req.chain.session
+            if session is None:
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "related request without a session")
         elif header.session_id == 0 and cmd in _SESSION_OPTIONAL:
-            session = None
+            return
         else:
             session = self.sessions.get(header.session_id)
             if session is None:
                 raise SMBError(st.STATUS_USER_SESSION_DELETED, "no such session")
-        if session is None:
-            return
         if not session.valid:
             raise SMBError(st.STATUS_USER_SESSION_DELETED, "session not authenticated")
         self._verify(req, session)
         req.session = session
         if cmd in _NEEDS_TREE:
-            if prev is not None and header.tree_id in (0, 0xFFFFFFFF):
-                tree = prev.tree
-            else:
-                tree = session.trees.get(header.tree_id)
-            if tree is None:
+            tree = req.chain.tree if req.related else session.trees.get(header.tree_id)
+            if tree is None or tree.session is not session:
                 raise SMBError(st.STATUS_NETWORK_NAME_DELETED, "no such tree")
             req.tree = tree
             if tree.encrypt and not req.encrypted:
@@ -836,11 +832,18 @@ class SMBConnection(protocol.Protocol):
         3.3.4.2) and register the AsyncId for CANCEL. Returns C{d}.
         """
         req.waiting = d
-        if d.called or not req.last_in_chain or self._closing:
+        if d.called or self._closing:
             return d
+        if not req.last_in_chain:
+            # Only the last request of a compound may go asynchronous; Windows
+            # fails one in the middle with STATUS_INTERNAL_ERROR (smbtorture
+            # smb2.compound.interim2 expects that).
+            d.cancel()
+            d.addErrback(lambda f: f.trap(defer.CancelledError))
+            raise SMBError(st.STATUS_INTERNAL_ERROR, "asynchronous request inside a compound")
         req.async_id = self.factory.new_async_id()
         self._async[req.async_id] = req
-        chain = req.chain
+        chain = req.chain.responses
         chain.append(self._response(req, st.STATUS_PENDING, error_body(), last=True))
         req.interim_sent = True
         self._send_chain(list(chain), req.session if self._must_encrypt(req) else None)
@@ -966,7 +969,11 @@ class SMBConnection(protocol.Protocol):
             session.machine.leg_fails()
             req.no_sign = True
             await deferLater(self.factory.reactor, FAILED_LOGON_DELAY, lambda: None)
-            raise SMBError(st.STATUS_LOGON_FAILURE, reason) from None
+            # A token that does not parse is a bad request; a wrong one a failed logon.
+            status = st.STATUS_LOGON_FAILURE
+            if isinstance(e, ProtocolError):
+                status = st.STATUS_INVALID_PARAMETER
+            raise SMBError(status, reason) from None
         limiter.succeeded(self.peer)
         req.sign_reply = True
         return Reply(pack_session_setup_response(flags, step.token))

@@ -19,7 +19,7 @@ from claudefs_gateway.smb.crypto import PreauthHash, Sealer, SessionKeys, Signer
 from claudefs_gateway.smb.header import Header
 from claudefs_gateway.smb.messages import FileId
 
-__all__ = ["Session", "Tree", "Open", "FileNode", "Request", "Reply", "Watch", "DirScan"]
+__all__ = ["Session", "Tree", "Open", "FileNode", "Chain", "Request", "Reply", "Watch", "DirScan"]
 
 
 @attrs.define(eq=False)
@@ -116,6 +116,7 @@ class Watch:
     overflow: bool = False
     waiting: deque[Any] = attrs.Factory(deque)
     filter: int = 0
+    limit: int = 0
 
 
 @attrs.define(eq=False)
@@ -137,7 +138,9 @@ class Open:
     scan: DirScan | None = None
     watch: Watch | None = None
     pipe: Any = None
-    zero_locks: list[int] = attrs.Factory(list)
+    zero_locks: list[tuple[int, bool]] = attrs.Factory(list)  # (offset, exclusive)
+    # Data or size changed through this open: watchers hear "modified" at close.
+    modified: bool = False
     closed: bool = False
 
     @property
@@ -152,6 +155,23 @@ class Reply:
 
     body: bytes | bytearray | memoryview
     status: int = 0
+
+
+@attrs.define(eq=False)
+class Chain:
+    """
+    What the requests of one compound pass on to the related ones after them
+    (MS-SMB2 3.3.5.2.7.2, as Samba keeps it): the session and tree the last
+    request found, the FileId it used or made, the error of a failed CREATE.
+
+    @ivar responses: replies built so far (an interim reply joins them).
+    """
+
+    responses: list[bytes] = attrs.Factory(list)
+    session: Session | None = None
+    tree: Tree | None = None
+    file_id: FileId | None = None
+    create_error: int = 0
 
 
 @attrs.define(eq=False)
@@ -178,8 +198,8 @@ class Request:
     waiting: defer.Deferred[Any] | None = None
     cancelled: bool = False
     result_file_id: FileId | None = None
-    # Responses of this request's compound built so far (an interim reply joins them).
-    chain: list[bytes] = attrs.Factory(list)
+    related: bool = False
+    chain: Chain = attrs.Factory(lambda: Chain())
     interim_sent: bool = False
     # Sign the reply although the request was not signed (final SESSION_SETUP).
     sign_reply: bool = False

@@ -367,8 +367,10 @@ class InfoTests(SynchronousTestCase):
             conn.query_info(fid, FILE, F.FileStreamInformation).buffer(),
         )
         self.assertEqual(conn.query_info(fid, FILE, 99).status, st.STATUS_INVALID_INFO_CLASS)
-        r = conn.query_info(fid, FILE, F.FileAllInformation, length=100)
-        self.assertEqual((r.status, len(r.buffer())), (st.STATUS_BUFFER_OVERFLOW, 100))
+        r = conn.query_info(fid, FILE, F.FileAllInformation, length=110)
+        self.assertEqual((r.status, len(r.buffer())), (st.STATUS_BUFFER_OVERFLOW, 110))
+        r = conn.query_info(fid, FILE, F.FileAllInformation, length=103)
+        self.assertEqual(r.status, st.STATUS_INFO_LENGTH_MISMATCH)
         self.assertEqual(
             conn.query_info(fid, FILE, F.FileBasicInformation, length=10).status,
             st.STATUS_INFO_LENGTH_MISMATCH,
@@ -377,9 +379,14 @@ class InfoTests(SynchronousTestCase):
     def test_fs_classes(self) -> None:
         conn = conn_for()
         d = conn.open("", access=c.GENERIC_READ)
-        for cls in (1, 3, 4, 5, 7, 11):
+        for cls in (1, 3, 4, 5, 6, 7, 8, 11):
             self.assertEqual(conn.query_info(d, FS, cls).status, 0, cls)
-        self.assertEqual(conn.query_info(d, FS, 6).status, st.STATUS_INVALID_INFO_CLASS)
+        self.assertEqual(conn.query_info(d, FS, 2).status, st.STATUS_INVALID_INFO_CLASS)
+        r = conn.query_info(d, FS, 1, length=26)
+        self.assertEqual((r.status, len(r.buffer())), (st.STATUS_BUFFER_OVERFLOW, 26))
+        self.assertEqual(
+            conn.query_info(d, FS, 1, length=23).status, st.STATUS_INFO_LENGTH_MISMATCH
+        )
 
     def test_security_descriptor(self) -> None:
         from impacket.ldap import ldaptypes
@@ -722,30 +729,34 @@ class ShareModeTests(SynchronousTestCase):
         self.assertEqual(conn.create("n", access=c.GENERIC_WRITE).status, 0)
 
 
+def notify_changes(buf: bytes) -> list[tuple[int, str]]:
+    got = []
+    pos = 0
+    while True:
+        nxt, action, n = struct.unpack_from("<III", buf, pos)
+        got.append((action, buf[pos + 12 : pos + 12 + n].decode("utf-16-le")))
+        if not nxt:
+            return got
+        pos += nxt
+
+
 class NotifyTests(SynchronousTestCase):
     def test_actions(self) -> None:
-        """Queued changes come back in order: added, renamed (old, new), removed."""
+        """A waiting request is answered at the first change; later ones queue for the next, in order."""
         wire = Wire()
         conn = conn_for(wire)
         d = conn.open("", access=c.GENERIC_READ)
         self.assertEqual(conn.notify(d).status, st.STATUS_PENDING)
         other = conn_for(wire)
         fid = other.open("n1")
-        conn.replies()
+        [first] = conn.replies()
+        self.assertEqual(notify_changes(first.buffer()), [(1, "n1")])
         other.set_info(fid, FILE, F.FileRenameInformation, rename_info("n2"))
+        other.write(fid, 0, b"data")
         other.set_info(fid, FILE, F.FileDispositionInformation, b"\x01")
         other.close(fid)
         r = conn.notify(d)
-        buf = r.buffer()
-        got = []
-        pos = 0
-        while True:
-            nxt, action, n = struct.unpack_from("<III", buf, pos)
-            got.append((action, buf[pos + 12 : pos + 12 + n].decode("utf-16-le")))
-            if not nxt:
-                break
-            pos += nxt
-        self.assertEqual(got, [(4, "n1"), (5, "n2"), (2, "n2")])
+        self.assertEqual(notify_changes(r.buffer()), [(4, "n1"), (5, "n2"), (3, "n2"), (2, "n2")])
 
     def test_tree_watch(self) -> None:
         """A change below a WATCH_TREE directory says "re-read" (STATUS_NOTIFY_ENUM_DIR)."""
@@ -793,3 +804,103 @@ class CrossProtocolTests(SynchronousTestCase):
         a = wire.fired(wire.mvfs.vfs.resolve(root, b"t"))
         wire.fired(wire.mvfs.vfs.setattr(root, a.ino, SetAttrs(size=33)))
         self.assertEqual(struct.unpack_from("<q", conn.query_info(fid, FILE, 5).buffer(), 8)[0], 33)
+
+
+class ConformanceTests(SynchronousTestCase):
+    """Details smbtorture checks, kept here so they stay right."""
+
+    def test_create_validation(self) -> None:
+        conn = conn_for()
+        for access, want in (
+            (0, st.STATUS_ACCESS_DENIED),
+            (0x08000000, st.STATUS_ACCESS_DENIED),
+            (c.ACCESS_SYSTEM_SECURITY, st.STATUS_PRIVILEGE_NOT_HELD),
+        ):
+            self.assertEqual(conn.create("v", access=access).status, want, hex(access))
+        for attrs_ in (0x8, 0x40, 0x8000, 0x10000):
+            self.assertEqual(
+                conn.create("v", attributes=attrs_).status, st.STATUS_INVALID_PARAMETER
+            )
+        self.assertEqual(
+            conn.create("v", attributes=c.FILE_ATTRIBUTE_ENCRYPTED).status, st.STATUS_ACCESS_DENIED
+        )
+        for opt in (0x80, 0x2000, 0x100000):
+            self.assertEqual(conn.create("v", options=opt).status, st.STATUS_NOT_SUPPORTED)
+        self.assertEqual(conn.create("v", options=0x01000000).status, st.STATUS_INVALID_PARAMETER)
+        r = conn.create(
+            "v",
+            options=c.FILE_DELETE_ON_CLOSE,
+            attributes=c.FILE_ATTRIBUTE_READONLY,
+            disposition=c.FILE_CREATE,
+        )
+        self.assertEqual(r.status, st.STATUS_CANNOT_DELETE)
+        r = conn.create("v", attributes=c.FILE_ATTRIBUTE_HIDDEN | c.FILE_ATTRIBUTE_DIRECTORY)
+        self.assertEqual(r.u32(56), c.FILE_ATTRIBUTE_HIDDEN | c.FILE_ATTRIBUTE_ARCHIVE)
+
+    def test_unlock_array_is_sequential(self) -> None:
+        """Unlocks apply one by one: an error leaves the earlier ones done (MS-SMB2 3.3.5.14.1)."""
+        conn = conn_for()
+        fid = conn.open("seq")
+        ex = c.SMB2_LOCKFLAG_EXCLUSIVE_LOCK | c.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
+        conn.lock(fid, [(0, 10, ex), (20, 10, ex)])
+        r = conn.lock(fid, [(0, 10, c.SMB2_LOCKFLAG_UNLOCK), (20, 10, ex)])
+        self.assertEqual(r.status, st.STATUS_INVALID_PARAMETER)
+        self.assertEqual(conn.lock(fid, [(0, 10, ex)]).status, 0)
+        r = conn.lock(fid, [(40, 1, c.SMB2_LOCKFLAG_UNLOCK), (0, 0, 0)])
+        self.assertEqual(r.status, st.STATUS_RANGE_NOT_LOCKED)
+
+    def test_zero_length_locks(self) -> None:
+        """A zero-byte lock conflicts only with a lock strictly around its offset."""
+        conn = conn_for()
+        a, b = conn.open("z"), conn.open("z")
+        ex = c.SMB2_LOCKFLAG_EXCLUSIVE_LOCK | c.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
+        unlock = c.SMB2_LOCKFLAG_UNLOCK
+        cases = [
+            ((10, 0), (9, 2), False),
+            ((10, 0), (10, 2), True),
+            ((9, 2), (10, 0), False),
+            ((10, 1), (10, 0), True),
+            ((10, 0), (10, 0), True),
+        ]
+        for first, second, ok in cases:
+            for other in (a, b):
+                self.assertEqual(conn.lock(a, [(*first, ex)]).status, 0)
+                r = conn.lock(other, [(*second, ex)])
+                self.assertEqual(r.status, 0 if ok else st.STATUS_LOCK_NOT_GRANTED, (first, second))
+                if ok:
+                    conn.lock(other, [(*second, unlock)])
+                self.assertEqual(conn.lock(a, [(*first, unlock)]).status, 0)
+
+    def test_close_ends_pending_lock(self) -> None:
+        """Closing the handle of a pending lock answers it STATUS_RANGE_NOT_LOCKED."""
+        wire = Wire()
+        c1, c2 = conn_for(wire), conn_for(wire)
+        a = c1.open("p")
+        c1.lock(a, [(0, 10, c.SMB2_LOCKFLAG_EXCLUSIVE_LOCK | c.SMB2_LOCKFLAG_FAIL_IMMEDIATELY)])
+        b = c2.open("p")
+        self.assertEqual(
+            c2.lock(b, [(0, 10, c.SMB2_LOCKFLAG_EXCLUSIVE_LOCK)]).status, st.STATUS_PENDING
+        )
+        c2.send([c2.build(c2.header(c.Command.CLOSE), struct.pack("<HHIQQ", 24, 0, 0, *b))])
+        self.assertEqual(sorted(r.status for r in c2.replies()), [0, st.STATUS_RANGE_NOT_LOCKED])
+
+    def test_notify_buffer_fixed_by_first_request(self) -> None:
+        wire = Wire()
+        conn = conn_for(wire)
+        d = conn.open("", access=c.GENERIC_READ)
+        self.assertEqual(conn.notify(d, length=1).status, st.STATUS_PENDING)
+        other = conn_for(wire)
+        other.close(other.open("one"))
+        self.assertEqual(conn.replies()[0].status, st.STATUS_NOTIFY_ENUM_DIR)
+        self.assertEqual(conn.notify(d, length=4096).status, st.STATUS_PENDING)
+        other.close(other.open("two"))
+        self.assertEqual(conn.replies()[0].status, st.STATUS_NOTIFY_ENUM_DIR)
+        self.assertEqual(conn.notify(d, length=1 << 30).status, st.STATUS_INVALID_PARAMETER)
+
+    def test_normalized_name(self) -> None:
+        conn = conn_for()
+        root = conn.open("", access=c.GENERIC_READ)
+        self.assertEqual(conn.query_info(root, FILE, 48).buffer(), b"\x00" * 4)
+        fid = conn.open("n.txt")
+        self.assertEqual(conn.query_info(fid, FILE, 48).buffer()[4:].decode("utf-16-le"), "n.txt")
+        self.assertEqual(conn.query_info(fid, FILE, 21).status, st.STATUS_OBJECT_NAME_NOT_FOUND)

@@ -127,4 +127,5 @@ class InfoClassTests(SynchronousTestCase):
         self.assertIn("NTFS".encode("utf-16-le"), fs_info(5, vol, None))
         self.assertEqual(len(fs_info(11, vol, None)), 28)
         self.assertEqual(struct.unpack("<II", fs_info(4, vol, None))[0], c.FILE_DEVICE_DISK)
-        self.assertRaises(KeyError, fs_info, 6, vol, None)
+        self.assertEqual(struct.unpack("<QQQqqII", fs_info(6, vol, None))[3:5], (-1, -1))
+        self.assertRaises(KeyError, fs_info, 2, vol, None)

@@ -112,13 +112,14 @@ class DescriptorTests(SynchronousTestCase):
         assert p.dacl is not None and p.owner is not None and p.group is not None
         self.assertEqual(mode_from_dacl(p.dacl, p.owner, p.group, mode & 0o7000), mode)
 
-    def test_foreign_ace_refused(self) -> None:
-        sid = SID.parse("S-1-5-32-544")
+    def test_foreign_ace_left_out(self) -> None:
+        """ACEs for SIDs mode bits cannot hold are left out; deny ACEs take bits away."""
+        admins = SID.parse("S-1-5-32-544")
         owner, group = SID.parse("S-1-22-1-1"), SID.parse("S-1-22-2-1")
-        self.assertRaises(ProtocolError, mode_from_dacl, ((0, 0, 0x1F01FF, sid),), owner, group, 0)
-        self.assertEqual(
-            mode_from_dacl(((0, 0, 0x1F01FF, EVERYONE), (1, 0, 2, EVERYONE)), owner, group, 0), 0o5
-        )
+        self.assertEqual(mode_from_dacl(((0, 0, 0x1F01FF, admins),), owner, group, 0o4000), 0o4000)
+        both = ((0, 0, 0x1F01FF, EVERYONE), (1, 0, 2, EVERYONE))
+        self.assertEqual(mode_from_dacl(both, owner, group, 0), 0o5)
+        self.assertEqual(mode_from_dacl(((0, 0x0B, 0x1F01FF, owner),), owner, group, 0), 0)
 
     @given(s.binary(max_size=200))
     def test_garbage(self, data: bytes) -> None:

@@ -594,3 +594,71 @@ class HostileTests(SynchronousTestCase):
         conn.wire.clock.advance(1)
         conn.frames()
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class ChainTests(SynchronousTestCase):
+    """Compound rules as smbtorture's smb2.compound checks them."""
+
+    def close_body(self, fid: tuple[int, int] = RELATED) -> bytes:
+        return struct.pack("<HHIQQ", 24, 0, 0, *fid)
+
+    def test_first_related_is_invalid(self) -> None:
+        conn = Wire().connect().setup()
+        rel = c.SMB2_FLAGS_RELATED_OPERATIONS
+        conn.send(
+            [
+                conn.build(conn.header(c.Command.CREATE, flags=rel), conn.create_body("x")),
+                conn.build(conn.header(c.Command.CLOSE, flags=rel), self.close_body()),
+                conn.build(conn.header(c.Command.CLOSE), self.close_body()),
+            ]
+        )
+        self.assertEqual(
+            [r.status for r in conn.replies()],
+            [st.STATUS_INVALID_PARAMETER, st.STATUS_INVALID_PARAMETER, st.STATUS_FILE_CLOSED],
+        )
+
+    def test_failure_does_not_spread_except_create(self) -> None:
+        """A failed WRITE does not fail the related READ after it; an unrelated request drops the FileId."""
+        conn = Wire().connect().setup()
+        conn.close(conn.open("f"))
+        rel = c.SMB2_FLAGS_RELATED_OPERATIONS
+        read = struct.pack("<HBBIQQQIIIHH", 49, 0, 0, 1, 0, *RELATED, 0, 0, 0, 0, 0) + b"\x00"
+        write = struct.pack("<HHIQQQIIHHI", 49, 112, 1, 0, *RELATED, 0, 0, 0, 0, 0) + b"x"
+        conn.send(
+            [
+                conn.build(
+                    conn.header(c.Command.CREATE), conn.create_body("f", access=c.FILE_READ_DATA)
+                ),
+                conn.build(conn.header(c.Command.WRITE, flags=rel), write),
+                conn.build(conn.header(c.Command.READ, flags=rel), read),
+                conn.build(conn.header(c.Command.CLOSE), self.close_body()),
+                conn.build(conn.header(c.Command.CLOSE, flags=rel), self.close_body()),
+            ]
+        )
+        self.assertEqual(
+            [r.status for r in conn.replies()],
+            [
+                0,
+                st.STATUS_ACCESS_DENIED,
+                st.STATUS_END_OF_FILE,
+                st.STATUS_FILE_CLOSED,
+                st.STATUS_FILE_CLOSED,
+            ],
+        )
+
+    def test_async_in_the_middle(self) -> None:
+        """A request that would go asynchronous inside a compound fails with STATUS_INTERNAL_ERROR."""
+        conn = Wire().connect().setup()
+        rel = c.SMB2_FLAGS_RELATED_OPERATIONS
+        notify = struct.pack("<HHIQQII", 32, 0, 4096, *RELATED, 0x17, 0)
+        info = conn.query_info_body(RELATED, 1, 4)
+        conn.send(
+            [
+                conn.build(
+                    conn.header(c.Command.CREATE), conn.create_body("", access=c.GENERIC_READ)
+                ),
+                conn.build(conn.header(c.Command.CHANGE_NOTIFY, flags=rel), notify),
+                conn.build(conn.header(c.Command.QUERY_INFO, flags=rel), info),
+            ]
+        )
+        self.assertEqual([r.status for r in conn.replies()], [0, st.STATUS_INTERNAL_ERROR, 0])

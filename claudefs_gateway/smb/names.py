@@ -1,0 +1,112 @@
+# -*- test-case-name: tests.smb.test_names -*-
+"""
+Case-insensitive names over a case-sensitive namespace.
+
+Windows (and every SMB client written for it) expects names to match
+whatever their case, as NTFS does, while the store keeps names exactly as
+they were created (case-preserving), as NFS and S3 need. So a name is first
+looked up as the client spelt it; only when that misses is the directory
+searched for the same name in another case, through L{CaseIndex}: one
+uppercase-name map per recently used directory, built by one scan and kept
+current by the vfs's change events (which every protocol's changes pass
+through), so a miss costs a dictionary lookup rather than a scan. This is
+what Samba does for SMB2 by default (C{case sensitive = auto}).
+
+When a directory holds names that differ only in case (made over NFS), the
+exact spelling wins, then the first one found.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from claudefs_gateway import errors
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.vfs import Action, Change
+
+__all__ = ["fold", "CaseIndex"]
+
+
+def fold(name: bytes) -> str:
+    """
+    The case-insensitive key of a name: uppercase, character by character
+    (Windows' upcase table maps one character to one; C{"ß".upper()} would
+    give two, so such characters are kept).
+    """
+    text = name.decode("utf-8", "surrogateescape")
+    return "".join(u if len(u := ch.upper()) == 1 else ch for ch in text)
+
+
+class CaseIndex:
+    """
+    Folded name → the names stored, for recently used directories.
+
+    @param max_dirs: directories kept (least recently used go first).
+    @param max_entries: a directory with more entries is searched by a scan
+        each time instead of being kept (bounded memory).
+    """
+
+    _log = Logger()
+
+    def __init__(self, vfs: Any, max_dirs: int = 256, max_entries: int = 100_000) -> None:
+        self._vfs = vfs
+        self._dirs: OrderedDict[int, dict[str, list[bytes]]] = OrderedDict()
+        self._max_dirs = max_dirs
+        self._max_entries = max_entries
+        self.scans = 0
+        self.unsubscribe = vfs.events.subscribe(None, self._changed)
+
+    async def find(self, caller: Any, dir_ino: int, name: bytes) -> bytes | None:
+        """The stored spelling of C{name} in C{dir_ino} in another case, or None."""
+        key = fold(name)
+        index = self._dirs.get(dir_ino)
+        if index is not None:
+            self._dirs.move_to_end(dir_ino)
+            names = index.get(key)
+            return names[0] if names else None
+        index = await self._scan(caller, dir_ino)
+        if index is None:
+            return None
+        names = index.get(key)
+        return names[0] if names else None
+
+    async def _scan(self, caller: Any, dir_ino: int) -> dict[str, list[bytes]] | None:
+        self.scans += 1
+        index: dict[str, list[bytes]] = {}
+        cookie, verifier, count = 0, b"\x00" * 8, 0
+        while True:
+            try:
+                page = await self._vfs.readdir(caller, dir_ino, cookie, verifier, 1024, False)
+            except errors.BadCookie:
+                return None
+            for e in page.entries:
+                index.setdefault(fold(e.name), []).append(e.name)
+                cookie = e.cookie
+                count += 1
+            verifier = page.verifier
+            if page.eof or not page.entries:
+                break
+        if count <= self._max_entries:
+            self._dirs[dir_ino] = index
+            while len(self._dirs) > self._max_dirs:
+                self._dirs.popitem(last=False)
+        return index
+
+    def _changed(self, change: Change) -> None:
+        if change.action is Action.REMOVED:
+            self._dirs.pop(change.ino, None)
+        index = self._dirs.get(change.dir)
+        if index is None:
+            return
+        key = fold(change.name)
+        if change.action in (Action.ADDED, Action.RENAMED_TO):
+            names = index.setdefault(key, [])
+            if change.name not in names:
+                names.append(change.name)
+        elif change.action in (Action.REMOVED, Action.RENAMED_FROM):
+            names = index.get(key, [])
+            if change.name in names:
+                names.remove(change.name)
+            if not names:
+                index.pop(key, None)

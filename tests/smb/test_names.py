@@ -1,0 +1,80 @@
+"""Case-insensitive, case-preserving names over the case-sensitive vfs."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as s
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from claudefs_gateway.smb import constants as c
+from claudefs_gateway.smb import ntstatus as st
+from claudefs_gateway.smb.names import CaseIndex, fold
+from tests.smb.client import Wire, parse_names
+
+
+class FoldTests(SynchronousTestCase):
+    def test_fold(self) -> None:
+        self.assertEqual(fold(b"Readme.TXT"), fold(b"README.txt"))
+        self.assertEqual(fold("straße".encode()), "STRAßE")
+        self.assertNotEqual(fold(b"a"), fold(b"b"))
+
+    @given(s.binary(max_size=40))
+    def test_any_bytes(self, name: bytes) -> None:
+        fold(name)
+
+
+def find(wire: Wire, index: CaseIndex, *args: object) -> bytes | None:
+    return wire.fired(defer.Deferred.fromCoroutine(index.find(*args)))  # type: ignore[arg-type]
+
+
+class IndexTests(SynchronousTestCase):
+    def test_kept_by_events(self) -> None:
+        """One scan per directory; later changes (from any protocol) keep the index right."""
+        wire = Wire()
+        vfs = wire.mvfs.vfs
+        root = wire.mvfs.caller(0, 0)
+        dir_ino = wire.mvfs.root()
+        index = CaseIndex(vfs)
+        wire.fired(vfs.create(root, dir_ino, b"Alpha", 0o644))
+        self.assertEqual(find(wire, index, root, dir_ino, b"ALPHA"), b"Alpha")
+        wire.fired(vfs.create(root, dir_ino, b"Beta", 0o644))
+        wire.fired(vfs.rename(root, dir_ino, b"Alpha", dir_ino, b"Gamma"))
+        self.assertEqual(find(wire, index, root, dir_ino, b"beta"), b"Beta")
+        self.assertIsNone(find(wire, index, root, dir_ino, b"alpha"))
+        self.assertEqual(find(wire, index, root, dir_ino, b"GAMMA"), b"Gamma")
+        wire.fired(vfs.remove(root, dir_ino, b"Gamma"))
+        self.assertIsNone(find(wire, index, root, dir_ino, b"gamma"))
+        self.assertEqual(index.scans, 1)
+
+
+class CaseInsensitiveTests(SynchronousTestCase):
+    def test_open_in_any_case(self) -> None:
+        conn = Wire().connect().setup()
+        conn.open("Dir", options=c.FILE_DIRECTORY_FILE)
+        fid = conn.open("Dir\\Report.TXT")
+        conn.write(fid, 0, b"quarterly")
+        other = conn.open("DIR\\report.txt", disposition=c.FILE_OPEN)
+        self.assertEqual(conn.read_data(conn.read(other, 0, 20)), b"quarterly")
+        r = conn.create("dir\\REPORT.txt", disposition=c.FILE_CREATE)
+        self.assertEqual(r.status, st.STATUS_OBJECT_NAME_COLLISION)
+        d = conn.open("dir", access=c.GENERIC_READ)
+        self.assertEqual(sorted(conn.list(d)), [".", "..", "Report.TXT"])
+        r = conn.query_directory(d, "REPORT.TXT", flags=c.SMB2_RESTART_SCANS)
+        self.assertEqual(parse_names(r.buffer()), ["Report.TXT"])
+
+    def test_case_only_rename_and_replace(self) -> None:
+        from tests.smb.test_files import FILE, rename_info
+
+        conn = Wire().connect().setup()
+        fid = conn.open("name")
+        self.assertEqual(conn.set_info(fid, FILE, 10, rename_info("NAME")).status, 0)
+        d = conn.open("", access=c.GENERIC_READ)
+        self.assertEqual(sorted(conn.list(d)), [".", "..", "NAME"])
+        conn.close(conn.open("Other"))
+        self.assertEqual(
+            conn.set_info(fid, FILE, 10, rename_info("other")).status,
+            st.STATUS_OBJECT_NAME_COLLISION,
+        )
+        self.assertEqual(conn.set_info(fid, FILE, 10, rename_info("other", True)).status, 0)
+        self.assertEqual(sorted(conn.list(d)), [".", "..", "other"])
