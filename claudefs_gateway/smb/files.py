@@ -147,7 +147,9 @@ def split_name(name: str) -> list[bytes]:
         return []
     out = []
     for part in name.split("\\"):
-        if part in ("", ".", "..") or any(ch in _BAD_CHARS for ch in part):
+        if part in (".", ".."):
+            raise SMBError(st.STATUS_OBJECT_PATH_SYNTAX_BAD, "dot component")
+        if not part or any(ch in _BAD_CHARS for ch in part):
             raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "bad name component")
         raw = part.encode("utf-8", "surrogatepass")
         if len(raw) > 255:
@@ -433,6 +435,11 @@ class FileService:
             granted = desired
         if overwrite and not maximal & c.FILE_WRITE_DATA:
             raise SMBError(st.STATUS_ACCESS_DENIED, "overwrite without write access")
+        if overwrite and stored is not None:
+            # MS-FSA 2.1.5.1.2.1: overwriting a hidden or system file must say so.
+            keep = stored & (c.FILE_ATTRIBUTE_HIDDEN | c.FILE_ATTRIBUTE_SYSTEM)
+            if keep & ~body.file_attributes:
+                raise SMBError(st.STATUS_ACCESS_DENIED, "overwrite drops HIDDEN or SYSTEM")
         if (
             stored is not None
             and stored & c.FILE_ATTRIBUTE_READONLY
@@ -756,7 +763,7 @@ class FileService:
             raise SMBError(st.STATUS_INVALID_DEVICE_REQUEST, "read of a directory")
         if not op.access & (c.FILE_READ_DATA | c.FILE_EXECUTE):
             raise SMBError(st.STATUS_ACCESS_DENIED, "no read access")
-        if body.offset + body.length > 2**63:
+        if body.offset + body.length > 2**63 - 1:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "read past the largest offset")
         locks = self.locks
         if locks is not None and not locks.check_io(
@@ -788,8 +795,8 @@ class FileService:
         if not op.access & c.FILE_WRITE_DATA:
             if not op.access & c.FILE_APPEND_DATA:
                 raise SMBError(st.STATUS_ACCESS_DENIED, "no write access")
-            offset = (await self.vfs.getattr(caller, op.ino)).size
-        elif offset == ALL_ONES:
+            # An append-only open writes at the end whatever the offset
+            # (MS-SMB2 3.3.5.13 spells it 0xFFFFFFFFFFFFFFFF).
             offset = (await self.vfs.getattr(caller, op.ino)).size
         if offset + length > 2**63 - 1:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "write past the largest offset")

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -92,7 +93,10 @@ from claudefs_gateway.smb.state import Chain, Reply, Request, Session, Tree
 __all__ = ["SMBFactory", "SMBConnection", "MAX_CREDITS", "MAX_IO", "FAILED_LOGON_DELAY"]
 
 MAX_IO = 8 * 1024 * 1024
-MAX_CREDITS = 512
+# Samba's "smb2 max credits"; what a client may have outstanding.
+MAX_CREDITS = 8192
+# Request bytes being served at once on one connection before reading pauses.
+MAX_IN_FLIGHT = 64 * 1024 * 1024
 # A failed logon is answered after this long (seconds): with the limiter's
 # lockout it makes guessing passwords slow without slowing anyone who knows theirs.
 FAILED_LOGON_DELAY = 0.5
@@ -320,6 +324,8 @@ class SMBConnection(protocol.Protocol):
         self.conn_id = f"{id(self):x}"
         self._closing = False
         self.smb1_upgraded = False
+        self._in_flight = 0
+        self._paused = False
 
     # -- transport ---------------------------------------------------------------
 
@@ -576,11 +582,22 @@ class SMBConnection(protocol.Protocol):
                     f"MessageId {header.message_id} (charge {charge}) outside the credit window"
                 )
                 return
+        size = sum(len(raw) for _, raw in items)
+        self._in_flight += size
+        if self._in_flight > MAX_IN_FLIGHT and not self._paused and self.transport is not None:
+            # Credits bound requests, not bytes: stop reading until these are served.
+            self._paused = True
+            IPushProducer(self.transport).pauseProducing()
         d = defer.Deferred.fromCoroutine(self._serve_chain(items, transform_session))
         self._work.add(d)
 
         def done(result: Any) -> None:
             self._work.discard(d)
+            self._in_flight -= size
+            if self._paused and self._in_flight <= MAX_IN_FLIGHT // 2 and not self._closing:
+                self._paused = False
+                if self.transport is not None:
+                    IPushProducer(self.transport).resumeProducing()
             if isinstance(result, Failure) and not result.check(defer.CancelledError):
                 self._log.failure("smb: request chain failed", result)
 

@@ -348,9 +348,9 @@ class CreditTests(SynchronousTestCase):
         conn.login()
         total = 1
         for _ in range(40):
-            total += conn.call(c.Command.ECHO, b"\x04\x00\x00\x00", credits=100).header.credits - 1
+            total += conn.call(c.Command.ECHO, b"\x04\x00\x00\x00", credits=1000).header.credits - 1
         self.assertLessEqual(total, MAX_CREDITS)
-        self.assertGreater(total, 256)
+        self.assertGreater(total, MAX_CREDITS - 100)
 
     def test_message_id_outside_window_closes(self) -> None:
         conn = Wire().connect()
@@ -519,6 +519,33 @@ class HostileTests(SynchronousTestCase):
         conn.negotiate()
         conn.send_raw(Header(c.Command.ECHO, message_id=1).pack()[:40])
         self.assertTrue(conn.closed)
+
+    def test_reading_pauses_while_much_is_in_flight(self) -> None:
+        """Bytes waiting on slow requests are bounded: reading pauses, then resumes."""
+        from twisted.internet import defer as d_
+
+        wire = Wire()
+        conn = wire.connect().setup()
+        conn.call(c.Command.ECHO, b"\x04\x00\x00\x00", credits=8000)
+        fid = conn.open("slow")
+        gate: d_.Deferred[None] = d_.Deferred()
+        real = wire.mvfs.backend.write
+
+        def slow(*args: object, **kw: object) -> object:
+            return gate.addCallback(lambda _: real(*args, **kw))
+
+        self.patch(wire.mvfs.backend, "write", slow)
+        big = b"x" * (8 << 20)
+        for i in range(9):
+            msg = conn.build(
+                conn.header(c.Command.WRITE, credit_charge=128),
+                struct.pack("<HHIQQQIIHHI", 49, 112, len(big), i * len(big), *fid, 0, 0, 0, 0, 0)
+                + big,
+            )
+            conn.send([msg])
+        self.assertEqual(conn.transport.producerState, "paused")
+        gate.callback(None)
+        self.assertEqual(conn.transport.producerState, "producing")
 
     def test_oversized_frame(self) -> None:
         """A length over smb.max_message_size closes the connection before buffering it."""
