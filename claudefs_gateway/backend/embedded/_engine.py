@@ -90,7 +90,7 @@ class Op:
         metadata change; not an unstable write).
     """
 
-    __slots__ = ("fn", "args", "durable", "d", "ok", "value", "failure", "name")
+    __slots__ = ("fn", "args", "durable", "d", "ok", "value", "failure", "warning", "name")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], durable: bool = True) -> None:
         self.fn = fn
@@ -100,6 +100,7 @@ class Op:
         self.ok = False
         self.value: Any = None
         self.failure: Failure | None = None
+        self.warning = ""
         self.name = getattr(fn, "__name__", "op")
 
 
@@ -145,8 +146,8 @@ def convert_error(e: BaseException | None) -> errors.FSError:
 
 def _is_expected(e: BaseException) -> bool:
     """Errors that are the caller's or the device's doing, not ours: no traceback logged."""
-    return isinstance(e, errors.FSError | OverflowError) or (
-        isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return isinstance(e, errors.FSError | OverflowError) or isinstance(
+        convert_error(e), errors.NoSpace | errors.FBig
     )
 
 
@@ -422,10 +423,12 @@ class Engine:
             pass
         self.stats.last_batch_failed = True
         err = convert_error(cause)
-        for i, op in enumerate(ops):
+        for op in ops:
             op.ok = False
             op.value = err
-            op.failure = failure if i == 0 else None
+        ops[0].failure = failure
+        if failure is None:
+            ops[0].warning = err.name
 
     def _run_op(self, op: Op) -> _Ctx | None:
         conn = self.conn

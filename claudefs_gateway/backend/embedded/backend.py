@@ -240,6 +240,8 @@ class EmbeddedBackend:
             self._done += 1
             if op.failure is not None:
                 self._log.failure("embedded store operation {op} failed", op.failure, op=op.name)
+            elif op.warning:
+                self._log.warn("embedded store commit failed: {error}", error=op.warning)
             if op.ok:
                 op.d.callback(op.value)
             else:
