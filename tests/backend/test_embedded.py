@@ -518,6 +518,16 @@ class ReadPathTests(StoreCase):
         os.close(fd)
         self.assertEqual(await b.read(ino, 0, len(data)), (data, True))
 
+    async def test_large_read(self) -> None:
+        """Beyond the inline size, reads go straight to the pool; past the data, zeros."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        data = os.urandom(3 << 20)
+        await b.write(f.ino, 0, data, False)
+        await b.setattr(f.ino, SetAttrs(size=(3 << 20) + 1000))
+        got = await b.read(f.ino, 1000, 4 << 20)
+        self.assertEqual(got, (data[1000:] + bytes(1000), True))
+
     async def test_freed_inode_descriptor_closed(self) -> None:
         b = await self.store()
         ino, _ = await self.written(b)

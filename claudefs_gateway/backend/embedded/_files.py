@@ -32,7 +32,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable
 
-__all__ = ["Layout", "WriteFiles", "ReadFiles", "punch_hole", "read_fully"]
+__all__ = ["Layout", "WriteFiles", "ReadFiles", "punch_hole", "read_range"]
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -104,21 +104,24 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         offset += n
 
 
-def read_fully(fd: int, buf: bytearray, offset: int, start: int) -> None:
+def read_range(fd: int, offset: int, length: int) -> bytes:
     """
-    Fill C{buf[start:]} from the file at C{offset + start}, blocking.
-
-    Stops at the file's physical end; what is not read stays as it is in C{buf}
-    (zeros: a fresh bytearray), which is how a hole or a size set beyond the
-    data reads. Runs in a thread pool (or inline in tests).
+    C{length} bytes at C{offset}, blocking; beyond the file's physical end
+    they read as zeros (a hole, or a size set beyond the data). Runs in a
+    thread pool (or inline in tests).
     """
-    view = memoryview(buf)
-    pos = start
-    while pos < len(buf):
-        n = os.preadv(fd, [view[pos:]], offset + pos)
-        if n <= 0:
-            return
-        pos += n
+    data = os.pread(fd, length, offset)
+    if len(data) < length:
+        rest = [data]
+        pos = offset + len(data)
+        while pos < offset + length:
+            more = os.pread(fd, offset + length - pos, pos)
+            if not more:
+                break
+            rest.append(more)
+            pos += len(more)
+        data = b"".join(rest).ljust(length, b"\0")
+    return data
 
 
 class WriteFiles:

@@ -59,16 +59,19 @@ _READDIR_ATTRS = (
 _I64 = 2**63 - 1
 
 
+# Reads up to this size try the page cache on the reactor thread first.
+FAST_READ = 1024 * 1024
+
+
 class PendingRead:
-    """The part of a read the page cache could not serve: finish it in a pool thread."""
+    """A read the page cache could not serve at once: do it in a pool thread."""
 
-    __slots__ = ("fd", "buf", "offset", "start", "eof")
+    __slots__ = ("fd", "offset", "length", "eof")
 
-    def __init__(self, fd: int, buf: bytearray, offset: int, start: int, eof: bool) -> None:
+    def __init__(self, fd: int, offset: int, length: int, eof: bool) -> None:
         self.fd = fd
-        self.buf = buf
         self.offset = offset
-        self.start = start
+        self.length = length
         self.eof = eof
 
 
@@ -86,6 +89,7 @@ class Reader:
         self.data_dir = data_dir
         self._iid = int.from_bytes(instance_id, "big")
         self.nowait = hasattr(os, "RWF_NOWAIT")
+        self._scratch: memoryview | None = None
 
     def close(self) -> None:
         self.files.close()
@@ -239,20 +243,27 @@ class Reader:
         fd = self.files.get(ino)
         if fd is None:
             return bytes(n), eof
-        buf = bytearray(n)
-        got = 0
-        if self.nowait:
+        if self.nowait and n <= FAST_READ:
+            # One reused buffer, then one bytes object per read: allocating a
+            # fresh buffer and a copy (two large blocks alive at once) makes
+            # glibc trim and re-fault its heap on every read - 20x slower for
+            # 1 MiB than the copy itself (docs/backend.rst, measurements).
+            if self._scratch is None:
+                self._scratch = memoryview(bytearray(FAST_READ))
+            view = self._scratch[:n]
             try:
-                got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+                got = os.preadv(fd, [view], offset, os.RWF_NOWAIT)
             except BlockingIOError:
-                got = 0
+                got = -1
             except OSError as e:
                 if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                     raise
                 self.nowait = False
-            else:
-                # A short read without EAGAIN: either the end of the data file
-                # (the rest reads as zeros) or only part of the range is cached.
-                if got == n or offset + got >= os.fstat(fd).st_size:
-                    return bytes(buf), eof
-        return PendingRead(os.dup(fd), buf, offset, got, eof)
+                got = -1
+            if got == n:
+                return bytes(view), eof
+            # A short read without EAGAIN is either the end of the data file
+            # (the rest reads as zeros) or a range only partly cached.
+            if got >= 0 and offset + got >= os.fstat(fd).st_size:
+                return bytes(view[:got]).ljust(n, b"\0"), eof
+        return PendingRead(os.dup(fd), offset, n, eof)

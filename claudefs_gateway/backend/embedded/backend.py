@@ -39,7 +39,7 @@ from zope.interface import implementer
 from claudefs_gateway import errors
 from claudefs_gateway.backend.datadir import LOW_SPACE
 from claudefs_gateway.backend.embedded._engine import Engine, Op, Stats, convert_error
-from claudefs_gateway.backend.embedded._files import read_fully
+from claudefs_gateway.backend.embedded._files import read_range
 from claudefs_gateway.backend.embedded._reader import PendingRead, Reader
 from claudefs_gateway.backend.embedded._writer import InlineWriter, ThreadWriter
 from claudefs_gateway.core.health import CheckResult
@@ -281,8 +281,7 @@ class EmbeddedBackend:
     def _finish_read(self, p: PendingRead) -> defer.Deferred[tuple[bytes, bool]]:
         def work() -> tuple[bytes, bool]:
             try:
-                read_fully(p.fd, p.buf, p.offset, p.start)
-                return bytes(p.buf), p.eof
+                return read_range(p.fd, p.offset, p.length), p.eof
             finally:
                 os.close(p.fd)
 
