@@ -229,6 +229,31 @@ class DurabilityTests(StoreCase):
         await b.setxattr(1, b"user.x", b"1")
         self.assertEqual(b.stats.durable_commits - before, 2)
 
+    async def test_evicting_a_dirty_descriptor_syncs_it(self) -> None:
+        """Unstable data is never orphaned by the descriptor cache: eviction syncs first."""
+        b = await self.store(max_fds=2)
+        inos = [(await b.create(1, b"f%d" % i, REG, 0o644, 0, 0)).ino for i in range(3)]
+        syncs = self.count("fdatasync")
+        for ino in inos:
+            await b.write(ino, 0, b"x", False)
+        self.assertEqual(len(syncs), 1)
+        files = b._engine.files
+        self.assertEqual((files.dirty, set(files._new_entries)), (set(inos[1:]), set(inos[1:])))
+        await b.commit(inos[0])
+        self.assertEqual(len(syncs), 1)
+
+    async def test_writer_survives_an_internal_error(self) -> None:
+        b = await self.store()
+
+        def boom(ops: Any) -> Any:
+            raise RuntimeError("bug")
+
+        self.patch(b._engine, "run_batch", boom)
+        with self.assertRaises(errors.IO):
+            await b.create(1, b"x", REG, 0o644, 0, 0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(b.check().status, HEALTHY)
+
     async def test_close_syncs_unstable_data(self) -> None:
         b = await self.store()
         f = await b.create(1, b"f", REG, 0o644, 0, 0)

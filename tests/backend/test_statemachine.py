@@ -94,7 +94,7 @@ class BackendMachine(RuleBasedStateMachine):
         self.model = MemoryBackend(now_ns=self.now)
         self.path = os.path.join(base, str(next(_dirs)))
         self.real = EmbeddedBackend(
-            self.path, None, inline=True, durable=False, now_ns=self.now, max_fds=8
+            self.path, None, inline=True, durable=False, now_ns=self.now, max_fds=2
         )
         result(self.real.open())
         self.to_real: dict[int, int] = {}

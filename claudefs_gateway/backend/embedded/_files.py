@@ -185,14 +185,16 @@ class WriteFiles:
         return fd
 
     def _evict(self) -> None:
+        """Close one descriptor, never the newest (the caller is about to use it)."""
+        newest = next(reversed(self._fds))
         for ino in self._fds:
-            if ino not in self.dirty:
+            if ino != newest and ino not in self.dirty:
                 os.close(self._fds.pop(ino))
                 return
-        # Every cached descriptor is dirty: sync and close the oldest.
-        ino, fd = next(iter(self._fds.items()))
-        self._sync_fd(fd)
-        self.dirty.discard(ino)
+        # Every cached descriptor is dirty: sync the oldest (its data and the
+        # entries naming it, so nothing is left to track) and close it.
+        ino = next(iter(self._fds))
+        self.sync({ino})
         os.close(self._fds.pop(ino))
 
     def _sync_fd(self, fd: int) -> None:

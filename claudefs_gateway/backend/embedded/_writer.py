@@ -24,6 +24,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from claudefs_gateway import errors
 from claudefs_gateway.backend.embedded._engine import Engine, Op
 
 __all__ = ["ThreadWriter", "InlineWriter", "Deliver"]
@@ -113,7 +114,17 @@ class ThreadWriter:
                     held = nxt
                     break
                 batch.append(nxt)
-            freed = self.engine.run_batch(batch)
+            try:
+                freed = self.engine.run_batch(batch)
+            except BaseException:
+                # run_batch handles every error it expects; this is a bug. Fail
+                # the batch rather than the thread, which would hang every
+                # caller waiting on it.
+                freed = []
+                failure = Failure()
+                for op in batch:
+                    op.ok, op.value = False, errors.IO("internal store error")
+                batch[0].failure = failure
             self.reactor.callFromThread(self.deliver, batch, freed)
 
     def _run_call(self, c: _Call) -> bool:
