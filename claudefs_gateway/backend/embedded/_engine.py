@@ -15,6 +15,14 @@ Each operation follows L{claudefs_gateway.backend.memory.MemoryBackend}
 statement by statement (same checks in the same order, same times, same
 nlink and change-counter moves), loading the rows it needs into L{Node}
 objects and writing the changed ones back at its end.
+
+Physical changes that destroy data the committed metadata still shows - a
+truncation, a punched hole, a freed inode's data file - are not made inside
+the transaction: the op records them in C{pending_io} (in its own
+transaction) and they are applied after the commit, before the op is
+acknowledged. A crash between the two is finished at the next open, which
+replays what is left in C{pending_io}. So every operation is atomic across a
+crash; only a data write in flight may land in part, as on any file system.
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ class Stats:
         self.durable_commits = 0
         self.ops = 0
         self.largest_batch = 0
+        self.splits = 0
         self.last_batch_failed = False
 
 
@@ -88,14 +97,24 @@ class Op:
 
     @ivar durable: the op must be on disk before it is acknowledged (every
         metadata change; not an unstable write).
+    @ivar ino: the file whose data the op reads or changes, if any: such an op
+        starts a new batch when the file has physical changes pending in the
+        current one (see L{Engine.run_batch}).
     """
 
-    __slots__ = ("fn", "args", "durable", "d", "ok", "value", "failure", "warning", "name")
+    __slots__ = ("fn", "args", "durable", "ino", "d", "ok", "value", "failure", "warning", "name")
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], durable: bool = True) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        durable: bool = True,
+        ino: int | None = None,
+    ) -> None:
         self.fn = fn
         self.args = args
         self.durable = durable
+        self.ino = ino
         self.d: Any = None
         self.ok = False
         self.value: Any = None
@@ -107,7 +126,7 @@ class Op:
 class _Ctx:
     """What one operation loaded and changed, applied only if it succeeds."""
 
-    __slots__ = ("now", "nodes", "dirty", "new", "dropped", "usage", "sync", "freed")
+    __slots__ = ("now", "nodes", "dirty", "new", "dropped", "usage", "sync", "phys", "actions")
 
     def __init__(self, now: int) -> None:
         self.now = now
@@ -117,7 +136,10 @@ class _Ctx:
         self.dropped: list[Node] = []
         self.usage: dict[tuple[str, int], list[int]] = {}
         self.sync: set[int] = set()
-        self.freed: list[int] = []
+        # (kind, ino, offset, length) to apply after the commit; with their
+        # pending_io row numbers once written.
+        self.phys: list[tuple[str, int, int, int]] = []
+        self.actions: list[tuple[int, str, int, int, int]] = []
 
 
 class _BatchAborted(Exception):
@@ -179,7 +201,7 @@ class Engine:
         self.next_cookie = 0
         self._saved_counters = (0, 0)
         self._batch_usage: dict[tuple[str, int], list[int]] = {}
-        self._free_done: list[int] = []
+        self._done_rows: list[int] = []
         self._wal_unsynced = False
         self._sync_mode = ""
 
@@ -205,12 +227,12 @@ class Engine:
             self.conn.execute(f"PRAGMA synchronous = {mode}")
             self._sync_mode = mode
 
-    def open(self) -> tuple[bytes, sqlite3.Connection, list[int]]:
+    def open(self) -> tuple[bytes, sqlite3.Connection, int]:
         """
         Open (creating on first use) and recover the store.
 
-        Fires with the instance id, a second connection for the reactor
-        thread's reads, and the inodes whose data files recovery deleted.
+        Returns the instance id, a second connection for the reactor thread's
+        reads, and how many interrupted physical changes recovery finished.
         """
         fresh_dir = not self.data_dir.exists()
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -229,7 +251,9 @@ class Engine:
             self.instance_id = bytes(meta["instance_id"])
             self.next_ino = int(meta["next_ino"])
             self.next_cookie = int(meta["next_cookie"])
-            pending = [r[0] for r in conn.execute("SELECT ino FROM pending_free")]
+            pending = conn.execute(
+                "SELECT seq, kind, ino, offset, length FROM pending_io ORDER BY seq"
+            ).fetchall()
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -242,13 +266,16 @@ class Engine:
             self._fsync_dir(self.data_dir)
             if fresh_dir:
                 self._fsync_dir(self.data_dir.parent)
-        # Recovery: a crash between a commit that freed inodes and the
-        # deletion of their data files leaves the files behind; finish it.
-        for ino in pending:
-            self._unlink_data(ino)
+        # Recovery: physical changes whose transaction committed but which a
+        # crash interrupted (a row is deleted only by the transaction after
+        # the one that applied it, so nothing committed later can be undone
+        # by applying it again). Each is idempotent.
+        for _, kind, ino, offset, length in pending:
+            self._apply(kind, ino, offset, length)
         if pending:
+            self.files.sync_all()
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("DELETE FROM pending_free WHERE ino = ?", [(i,) for i in pending])
+            conn.executemany("DELETE FROM pending_io WHERE seq = ?", [(r[0],) for r in pending])
             conn.execute("COMMIT")
         reader = sqlite3.connect(
             str(self.db_path), isolation_level=None, check_same_thread=False, cached_statements=512
@@ -256,7 +283,7 @@ class Engine:
         reader.execute("PRAGMA query_only = 1")
         reader.execute("PRAGMA busy_timeout = 10000")
         reader.execute("PRAGMA cache_size = -32768")
-        return self.instance_id, reader, pending
+        return self.instance_id, reader, len(pending)
 
     def _create(self, conn: sqlite3.Connection) -> None:
         create_schema(conn)
@@ -315,11 +342,11 @@ class Engine:
             self.files.sync_all()
             self._set_sync("FULL")
             conn.execute("BEGIN IMMEDIATE")
-            if self._free_done:
+            if self._done_rows:
                 conn.executemany(
-                    "DELETE FROM pending_free WHERE ino = ?", [(i,) for i in self._free_done]
+                    "DELETE FROM pending_io WHERE seq = ?", [(i,) for i in self._done_rows]
                 )
-                self._free_done = []
+                self._done_rows = []
             if self._wal_unsynced:
                 conn.execute("UPDATE meta SET v = v + 1 WHERE k = 'syncs'")
             conn.execute("COMMIT")
@@ -332,45 +359,54 @@ class Engine:
 
     # -- batches ------------------------------------------------------------------
 
-    def run_batch(self, ops: list[Op]) -> list[int]:
+    def run_batch(self, ops: list[Op]) -> tuple[int, list[int]]:
         """
         Run C{ops} in order in one transaction and commit it once.
 
-        Sets each op's outcome; returns the inodes the batch freed (their data
-        files are deleted by now) so the reactor can drop cached descriptors.
+        Sets the outcome of the ops it ran and returns how many it ran (the
+        rest form the next batch) and the inodes freed (their data files are
+        deleted by now), so the reactor can drop cached descriptors.
+
+        A batch ends early before an op on a file that has physical changes
+        pending in it (a truncate, say, then a write): those changes are
+        applied after the commit and would undo the op's own.
         """
         conn = self.conn
         assert conn is not None
         st = self.stats
         st.batches += 1
-        st.ops += len(ops)
-        st.largest_batch = max(st.largest_batch, len(ops))
-        freed: list[int] = []
         sync: set[int] = set()
+        actions: list[tuple[Op, tuple[int, str, int, int, int]]] = []
+        touched: set[int] = set()
         # SQLite fixes the sync level before a transaction starts, so decide
         # from what the ops ask; if every durable op then fails, the commit
         # writes nothing and costs no fsync anyway.
         durable = any(op.durable for op in ops)
         self._batch_usage = {}
-        free_done, self._free_done = self._free_done, []
+        done_rows, self._done_rows = self._done_rows, []
         before = conn.total_changes
+        count = len(ops)
         try:
             self._set_sync("FULL" if durable else "NORMAL")
             conn.execute("BEGIN IMMEDIATE")
-            if free_done:
-                conn.executemany(
-                    "DELETE FROM pending_free WHERE ino = ?", [(i,) for i in free_done]
-                )
+            if done_rows:
+                conn.executemany("DELETE FROM pending_io WHERE seq = ?", [(i,) for i in done_rows])
             start_counters = (self.next_ino, self.next_cookie)
-            for op in ops:
+            for i, op in enumerate(ops):
+                if i and op.ino is not None and op.ino in touched:
+                    count = i
+                    st.splits += 1
+                    break
                 ctx = self._run_op(op)
                 if ctx is not None:
                     sync |= ctx.sync
-                    freed += ctx.freed
-                    for key, (b, i) in ctx.usage.items():
+                    for action in ctx.actions:
+                        actions.append((op, action))
+                        touched.add(action[2])
+                    for key, (b, n) in ctx.usage.items():
                         u = self._batch_usage.setdefault(key, [0, 0])
                         u[0] += b
-                        u[1] += i
+                        u[1] += n
             self._flush_usage(conn)
             if (self.next_ino, self.next_cookie) != start_counters:
                 conn.executemany(
@@ -381,13 +417,13 @@ class Engine:
                 # Data before the metadata that points at it: a crash after this
                 # sync and before the commit leaves data beyond the recorded
                 # size, which reads never show (see _files).
-                sync -= set(freed)
+                sync -= {a[2] for _, a in actions if a[1] == "free"}
                 if sync:
                     self.files.sync(sync)
                 if (
                     self._wal_unsynced
                     and conn.total_changes == before
-                    and any(op.ok and op.durable for op in ops)
+                    and any(op.ok and op.durable for op in ops[:count])
                 ):
                     # Earlier unstable writes' metadata sits unsynced in the
                     # WAL; this commit must sync it even if it writes nothing
@@ -396,9 +432,11 @@ class Engine:
             changed = conn.total_changes != before
             conn.execute("COMMIT")
         except BaseException as e:
-            self._abort(conn, ops, e)
-            self._free_done = free_done + self._free_done
-            return []
+            self._abort(conn, ops[:count], e)
+            self._done_rows = done_rows + self._done_rows
+            return count, []
+        st.ops += count
+        st.largest_batch = max(st.largest_batch, count)
         st.last_batch_failed = False
         if changed:
             st.commits += 1
@@ -407,10 +445,38 @@ class Engine:
                 self._wal_unsynced = False
             else:
                 self._wal_unsynced = True
-        for ino in freed:
+        freed: list[int] = []
+        for op, (seq, kind, ino, offset, length) in actions:
+            try:
+                self._apply(kind, ino, offset, length)
+            except OSError as e:
+                # Committed, but the file could not follow (an I/O error): the
+                # caller hears of it; the row goes, since applying it later,
+                # after other changes, could undo them.
+                op.ok, op.value = False, convert_error(e)
+                if not _is_expected(e):
+                    op.failure = Failure(e)
+            if kind == "free":
+                freed.append(ino)
+            self._done_rows.append(seq)
+        return count, freed
+
+    def _apply(self, kind: str, ino: int, offset: int, length: int) -> None:
+        """Make one recorded physical change (idempotent: recovery may repeat it)."""
+        if kind == "free":
             self._unlink_data(ino)
-        self._free_done += freed
-        return freed
+            return
+        fd = self.files.get(ino, create=False)
+        if fd is None:
+            return
+        if kind == "truncate":
+            self._trim(fd, offset)
+        elif kind == "punch":
+            end = min(offset + length, os.fstat(fd).st_size)
+            if end > offset:
+                self.files.dirty.add(ino)
+                punch_hole(fd, offset, end - offset)
+                self.files.sync({ino})
 
     def _abort(self, conn: sqlite3.Connection, ops: list[Op], e: BaseException) -> None:
         """The transaction could not commit: nothing in it happened; every op fails."""
@@ -470,8 +536,14 @@ class Engine:
             conn.execute("DELETE FROM inode WHERE ino = ?", (node.ino,))
             conn.execute("DELETE FROM xattr WHERE ino = ?", (node.ino,))
             if node.type is FileType.REG:
-                conn.execute("INSERT INTO pending_free (ino) VALUES (?)", (node.ino,))
-                ctx.freed.append(node.ino)
+                ctx.phys.append(("free", node.ino, 0, 0))
+        for kind, ino, offset, length in ctx.phys:
+            cur = conn.execute(
+                "INSERT INTO pending_io (kind, ino, offset, length) VALUES (?, ?, ?, ?)",
+                (kind, ino, offset, length),
+            )
+            assert cur.lastrowid is not None
+            ctx.actions.append((cur.lastrowid, kind, ino, offset, length))
 
     def _flush_usage(self, conn: sqlite3.Connection) -> None:
         changed = [(k, i, b, n) for (k, i), (b, n) in self._batch_usage.items() if b or n]
@@ -788,12 +860,17 @@ class Engine:
 
     def _truncate(self, ctx: _Ctx, node: Node, size: int) -> None:
         self._account(ctx, node, size=size - node.size)
-        fd = self.files.get(node.ino, create=False)
-        if fd is not None:
-            # Shrinking cuts the file; growing only records the size (reads
-            # pad with zeros), after cutting off any bytes a crash left beyond
-            # the old size so that they cannot reappear.
-            self._trim(fd, min(node.size, size))
+        if size < node.size:
+            # The data beyond the new size is still what the committed size
+            # shows: cut it only once this change is committed.
+            ctx.phys.append(("truncate", node.ino, size, 0))
+        else:
+            # Growing only records the size (reads pad with zeros), after
+            # cutting off bytes a crash may have left beyond the old size
+            # (invisible until now, so this may happen at once).
+            fd = self.files.get(node.ino, create=False)
+            if fd is not None:
+                self._trim(fd, node.size)
         node.size = size
 
     def _trim(self, fd: int, size: int) -> None:
@@ -921,13 +998,8 @@ class Engine:
             raise errors.Inval("bad range")
         end = min(offset + length, node.size)
         if end > offset:
-            fd = self.files.get(ino, create=False)
-            if fd is not None:
-                end = min(end, os.fstat(fd).st_size)
-                if end > offset:
-                    self.files.dirty.add(ino)
-                    punch_hole(fd, offset, end - offset)
-                    ctx.sync.add(ino)
+            # Applied (and synced) after the commit, like a truncation.
+            ctx.phys.append(("punch", ino, offset, end - offset))
         self._touch(ctx, node)
         return self._attrs(node)
 

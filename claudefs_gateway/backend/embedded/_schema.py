@@ -15,8 +15,10 @@ Tables (all in C{meta.sqlite3}, WAL mode):
    and increasing store-wide, so an entry's cookie is its place in a listing.
  - C{xattr}, C{usage} (exact per-uid/gid bytes and inodes), C{quota},
    C{state} (the small KV of the contract).
- - C{pending_free}: regular-file inodes freed by a committed transaction whose
-   data file may not be deleted yet; open finishes the job after a crash.
+ - C{pending_io}: physical changes to data files (C{free}: delete the file of
+   a freed inode; C{truncate}; C{punch}) recorded by a transaction and applied
+   after its commit; open applies what a crash left, and the next transaction
+   after the one that applied a row deletes it.
 """
 
 from __future__ import annotations
@@ -85,7 +87,13 @@ CREATE TABLE quota (
     PRIMARY KEY (kind, id)
 ) WITHOUT ROWID;
 CREATE TABLE state (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
-CREATE TABLE pending_free (ino INTEGER PRIMARY KEY);
+CREATE TABLE pending_io (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    ino INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL
+);
 """
 
 NODE_COLUMNS = (

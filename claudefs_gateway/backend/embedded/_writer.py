@@ -97,15 +97,20 @@ class ThreadWriter:
 
     def _run(self) -> None:
         held: Op | _Call | None = None
+        carry: list[Op] = []
         while True:
-            item = held if held is not None else self._q.get()
-            held = None
-            if isinstance(item, _Call):
-                if self._run_call(item):
-                    return
-                continue
-            batch = [item]
-            while len(batch) < self.max_batch:
+            if carry:
+                # What the last batch left (it ended early): these go first.
+                batch, carry = carry, []
+            else:
+                item = held if held is not None else self._q.get()
+                held = None
+                if isinstance(item, _Call):
+                    if self._run_call(item):
+                        return
+                    continue
+                batch = [item]
+            while held is None and len(batch) < self.max_batch:
                 try:
                     nxt = self._q.get_nowait()
                 except queue.Empty:
@@ -115,17 +120,18 @@ class ThreadWriter:
                     break
                 batch.append(nxt)
             try:
-                freed = self.engine.run_batch(batch)
+                count, freed = self.engine.run_batch(batch)
             except BaseException:
                 # run_batch handles every error it expects; this is a bug. Fail
                 # the batch rather than the thread, which would hang every
                 # caller waiting on it.
-                freed = []
+                count, freed = len(batch), []
                 failure = Failure()
                 for op in batch:
                     op.ok, op.value = False, errors.IO("internal store error")
                 batch[0].failure = failure
-            self.reactor.callFromThread(self.deliver, batch, freed)
+            carry = batch[count:]
+            self.reactor.callFromThread(self.deliver, batch[:count], freed)
 
     def _run_call(self, c: _Call) -> bool:
         try:
@@ -155,7 +161,7 @@ class InlineWriter:
         pass
 
     def submit(self, op: Op) -> None:
-        freed = self.engine.run_batch([op])
+        _, freed = self.engine.run_batch([op])
         self.deliver([op], freed)
 
     def call(self, fn: Callable[..., Any], *args: Any, stop: bool = False) -> defer.Deferred[Any]:

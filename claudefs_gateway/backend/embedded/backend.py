@@ -135,15 +135,15 @@ class EmbeddedBackend:
         self._opening = d
         return d
 
-    def _opened(self, result: tuple[bytes, sqlite3.Connection, list[int]]) -> None:
+    def _opened(self, result: tuple[bytes, sqlite3.Connection, int]) -> None:
         iid, conn, recovered = result
         self.instance_id = iid
         self._reader = Reader(conn, self._engine.layout, iid, self.data_dir, self._max_fds)
         self._state = "open"
         self._log.info(
-            "embedded store open at {path}; recovery freed {recovered} data files",
+            "embedded store open at {path}; recovery finished {recovered} file changes",
             path=str(self.data_dir),
-            recovered=len(recovered),
+            recovered=recovered,
         )
 
     def _open_failed(self, f: Failure) -> Failure:
@@ -220,11 +220,11 @@ class EmbeddedBackend:
     # -- plumbing ---------------------------------------------------------------------
 
     def _submit(
-        self, fn: Callable[..., Any], *args: Any, durable: bool = True
+        self, fn: Callable[..., Any], *args: Any, durable: bool = True, ino: int | None = None
     ) -> defer.Deferred[Any]:
         if self._state != "open":
             return defer.fail(errors.IO("store is not open"))
-        op = Op(fn, args, durable)
+        op = Op(fn, args, durable, ino)
         d: defer.Deferred[Any] = defer.Deferred()
         op.d = d
         self._submitted += 1
@@ -349,7 +349,7 @@ class EmbeddedBackend:
     def setattr(
         self, ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None
     ) -> defer.Deferred[Attributes]:
-        return self._submit(Engine.op_setattr, ino, changes, guard_ctime_ns)
+        return self._submit(Engine.op_setattr, ino, changes, guard_ctime_ns, ino=ino)
 
     def readdir(
         self, dir: int, cookie: int, verifier: bytes, count: int, with_attrs: bool = False
@@ -409,13 +409,13 @@ class EmbeddedBackend:
         # may reuse is copied now; bytes (the contract's type) are not.
         if not isinstance(data, bytes):
             data = bytes(data)
-        return self._submit(Engine.op_write, ino, offset, data, stable, durable=stable)
+        return self._submit(Engine.op_write, ino, offset, data, stable, durable=stable, ino=ino)
 
     def commit(self, ino: int) -> defer.Deferred[Attributes]:
-        return self._submit(Engine.op_commit, ino)
+        return self._submit(Engine.op_commit, ino, ino=ino)
 
     def allocate(self, ino: int, offset: int, length: int) -> defer.Deferred[Attributes]:
-        return self._submit(Engine.op_allocate, ino, offset, length)
+        return self._submit(Engine.op_allocate, ino, offset, length, ino=ino)
 
     def deallocate(self, ino: int, offset: int, length: int) -> defer.Deferred[Attributes]:
-        return self._submit(Engine.op_deallocate, ino, offset, length)
+        return self._submit(Engine.op_deallocate, ino, offset, length, ino=ino)
