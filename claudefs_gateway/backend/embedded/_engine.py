@@ -31,7 +31,7 @@ import errno
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -1009,8 +1009,3 @@ def _check_xattr_name(name: bytes) -> None:
         raise errors.Inval("bad xattr name")
     if len(name) > XATTR_NAME_MAX:
         raise errors.Range("xattr name too long")
-
-
-def ops_named(names: Iterable[str]) -> dict[str, Callable[..., Any]]:
-    """The engine's operations by name (for the backend's dispatch)."""
-    return {n: getattr(Engine, "op_" + n) for n in names}
