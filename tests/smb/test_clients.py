@@ -12,12 +12,14 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
+from claudefs_gateway.backend.embedded import EmbeddedBackend
 from claudefs_gateway.backend.memory import MemoryBackend
 from claudefs_gateway.core import config as cfg
 from claudefs_gateway.core.drain import Activity
@@ -37,13 +39,20 @@ exports:
 
 
 class LiveServer:
-    """An SMBFactory listening on 127.0.0.1, port 0, over a fresh memory vfs."""
+    """
+    An SMBFactory listening on 127.0.0.1, port 0, over a fresh vfs on the
+    embedded backend (the gateway's default; its writer thread and fsyncs as
+    in production) or the memory one.
+    """
 
-    def __init__(self, testcase: TestCase, config: str = CONFIG) -> None:
+    def __init__(self, testcase: TestCase, config: str = CONFIG, backend: str = "embedded") -> None:
         self.testcase = testcase
         self.config = cfg.loads(config)
         self.metrics = Metrics()
-        self.backend = MemoryBackend(now_ns=time.time_ns)
+        if backend == "embedded":
+            self.backend: Any = EmbeddedBackend(Path(testcase.mktemp()), reactor)
+        else:
+            self.backend = MemoryBackend(now_ns=time.time_ns)
         self.vfs = VFS(
             self.backend,
             self.config,
@@ -73,6 +82,8 @@ class LiveServer:
 
     async def start(self) -> int:
         await self.backend.open()
+        if hasattr(self.backend, "close"):
+            self.testcase.addCleanup(self.backend.close)
         await self.vfs.open()
         root = self.root
         export = self.vfs.exports.by_name("share", "smb")
@@ -181,8 +192,10 @@ class SmbclientTests(TestCase):
         self.assertRegex(text, r"IPC\$\s+IPC")
         self.assertNotIn("hidden", text)
 
+    backend = "embedded"
+
     async def _files(self, protection: str) -> set[tuple[str, str, str]]:
-        server = LiveServer(self)
+        server = LiveServer(self, backend=self.backend)
         port = await server.start()
         local = os.path.abspath(self.mktemp())
         os.makedirs(local)
@@ -274,6 +287,12 @@ class SmbclientTests(TestCase):
             self.assertEqual(status, 0, proto + "\n".join(out) + err)
             self.assertIn(proto, "\n".join(out))
         self.assertEqual([e["dialect"] for e in server.sessions], ["2.0.2", "2.1", "3.0", "3.0.2"])
+
+
+class SmbclientMemoryTests(SmbclientTests):
+    """The same over the memory backend."""
+
+    backend = "memory"
 
 
 class SmbprotocolTests(TestCase):
