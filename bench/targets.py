@@ -200,6 +200,8 @@ class Gateway(Target):
             "password": BENCH_PASSWORD,
             "access_key": BENCH_ACCESS_KEY,
             "secret_key": BENCH_SECRET_KEY,
+            # For server CPU per operation (bench/workloads/smb.py reads /proc).
+            "server_pid": proc.pid,
         }
 
 
@@ -402,13 +404,15 @@ class Samba(Target):
             check=True,
             capture_output=True,
         )
-        self._procs.append(
-            subprocess.Popen(
-                ["smbd", "-s", str(conf), "-F", "--no-process-group"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        # Its own session: on SIGTERM smbd signals its whole process group,
+        # which would otherwise be the runner's own (and kill it).
+        smbd = subprocess.Popen(
+            ["smbd", "-s", str(conf), "-F", "--no-process-group"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
+        self._procs.append(smbd)
         wait_port(port)
         self.endpoints = {
             "host": "127.0.0.1",
@@ -417,6 +421,9 @@ class Samba(Target):
             "user": BENCH_USER,
             "password": BENCH_PASSWORD,
             "local_dir": str(s / "share"),
+            # smbd forks a child per connection; the parent's cutime/cstime
+            # count each child once it is reaped (bench/workloads/smb.py).
+            "server_pid": smbd.pid,
         }
 
 

@@ -193,8 +193,6 @@ def _info_fixed(w: NdrWriter, level: int, s: Share) -> None:
     w.pointer()  # netname
     if level == 0:
         return
-    if level == 1005:
-        return
     w.u32(s.type)
     w.pointer()  # remark
     if level == 2:
@@ -209,7 +207,7 @@ def _info_fixed(w: NdrWriter, level: int, s: Share) -> None:
 
 def _info_deferred(w: NdrWriter, level: int, s: Share) -> None:
     w.string(s.name)
-    if level in (0, 1005):
+    if level == 0:
         return
     w.string(s.remark)
     if level == 2:

@@ -305,11 +305,10 @@ class FileService:
     async def _set_dos(self, caller: Any, ino: int, bits: int) -> None:
         await self.vfs.meta_set(caller, ino, DOS_KEY, struct.pack("<I", bits & c.STORED_ATTRIBUTES))
 
-    async def maximal_access(self, caller: Any, ino: int, parent: int | None) -> int:
-        """What C{caller} may do to C{ino} (and, with its C{parent}, whether it may delete it)."""
+    async def maximal_access(self, caller: Any, a: Attributes, parent: int | None) -> int:
+        """What C{caller} may do to C{a} (and, with its C{parent}, whether it may delete it)."""
         vfs = self.vfs
-        a = await vfs.getattr(caller, ino)
-        bits = await vfs.access(caller, ino, R | W | X)
+        bits = await vfs.access(caller, a.ino, R | W | X)
         mask = c.FILE_READ_ATTRIBUTES | c.SYNCHRONIZE | c.READ_CONTROL
         if bits & R:
             mask |= c.FILE_READ_DATA | c.FILE_READ_EA
@@ -424,7 +423,7 @@ class FileService:
         if node is not None and node.delete_pending and not created:
             raise SMBError(st.STATUS_DELETE_PENDING)
         stored = None if created else await self.stored_dos(caller, a.ino)
-        maximal = await self.maximal_access(caller, a.ino, parent_ino)
+        maximal = await self.maximal_access(caller, a, parent_ino)
         if created:
             maximal |= c.FILE_ALL_ACCESS & ~(c.MODIFY_ACCESS if caller.read_only else 0)
         if desired & c.MAXIMUM_ALLOWED:
@@ -465,16 +464,18 @@ class FileService:
                 if created:
                     await self._undo_create(caller, parent_ino, leaf, a)
                 raise SMBError(st.STATUS_SHARING_VIOLATION) from None
+        dos = stored
         try:
             if overwrite:
                 a = await vfs.setattr(caller, a.ino, SetAttrs(size=0))
                 action = c.FILE_SUPERSEDED if disp == c.FILE_SUPERSEDE else c.FILE_OVERWRITTEN
-                await self._set_dos(caller, a.ino, body.file_attributes | c.FILE_ATTRIBUTE_ARCHIVE)
+                dos = body.file_attributes | c.FILE_ATTRIBUTE_ARCHIVE
+                await self._set_dos(caller, a.ino, dos)
             elif created and body.file_attributes & c.STORED_ATTRIBUTES:
-                bits = body.file_attributes
+                dos = body.file_attributes
                 if not a.is_dir:
-                    bits |= c.FILE_ATTRIBUTE_ARCHIVE
-                await self._set_dos(caller, a.ino, bits)
+                    dos |= c.FILE_ATTRIBUTE_ARCHIVE
+                await self._set_dos(caller, a.ino, dos)
             if created or overwrite:
                 ea = contexts.get(c.SMB2_CREATE_EA_BUFFER)
                 if ea:
@@ -489,8 +490,9 @@ class FileService:
                         | c.GROUP_SECURITY_INFORMATION
                         | c.DACL_SECURITY_INFORMATION,
                     )
-            a = await vfs.getattr(caller, a.ino)
-            st_ = await self.stat(caller, a, leaf)
+            if created or overwrite:
+                a = await vfs.getattr(caller, a.ino)
+            st_ = Stat(a, dos_attributes(a, dos, leaf))
         except BaseException:
             if token is not None:
                 locks.close_share(token)

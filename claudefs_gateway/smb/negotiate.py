@@ -307,7 +307,6 @@ class Negotiated:
     cipher: int = 0
     signing: int = c.HMAC_SHA256
     contexts: tuple[tuple[int, bytes], ...] = ()
-    request_raw: bytes = b""
 
     @property
     def multi_credit(self) -> bool:

@@ -323,7 +323,6 @@ class SMBConnection(protocol.Protocol):
         self.peer = ""
         self.conn_id = f"{id(self):x}"
         self._closing = False
-        self.smb1_upgraded = False
         self._in_flight = 0
         self._paused = False
 
@@ -464,10 +463,10 @@ class SMBConnection(protocol.Protocol):
     # -- ConnectionMachine actions ----------------------------------------------------
 
     def answer_smb1(self, data: bytes) -> None:
-        # MS-SMB2 3.3.5.3.1: answer with an SMB2 NEGOTIATE response, dialect
-        # 0x02FF if the client offered "SMB 2.???" (it then sends an SMB2
-        # NEGOTIATE), else 0x0202. The request counts as MessageId 0.
-        self.smb1_upgraded = True
+        # MS-SMB2 3.3.5.3.1: answer with an SMB2 NEGOTIATE response for the
+        # wildcard dialect 0x02FF; the client then sends an SMB2 NEGOTIATE.
+        # (Only clients offering "SMB 2.???" get here.) The request counts as
+        # MessageId 0.
         if not self.credits.consume(0, 1):
             self.drop("credits")
             return
@@ -1153,7 +1152,8 @@ class SMBConnection(protocol.Protocol):
                 st.STATUS_ACCESS_DENIED, "share requires encryption; the session cannot encrypt"
             )
         tree = Tree(tid, session, export.name, export, caller, encrypt)
-        tree.maximal_access = await self.factory.files.maximal_access(caller, export.root_ino, None)
+        root = await vfs.getattr(caller, export.root_ino)
+        tree.maximal_access = await self.factory.files.maximal_access(caller, root, None)
         session.trees[tid] = tree
         req.tree = tree
         self._log.debug("smb {user} connected to {share}", user=session.user, share=export.name)

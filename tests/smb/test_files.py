@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import struct
 
+from hypothesis import given
+from hypothesis import strategies as s
 from twisted.trial.unittest import SynchronousTestCase
 
+from claudefs_gateway.errors import ProtocolError
 from claudefs_gateway.fstypes import SetAttrs
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.constants import FileInfoClass as F
-from claudefs_gateway.smb.files import DOS_KEY
+from claudefs_gateway.smb.errors import SMBError
+from claudefs_gateway.smb.files import DOS_KEY, _ea_entries, _get_ea_names, _pack_eas, split_name
 from claudefs_gateway.smb.info import from_filetime, to_filetime
 from claudefs_gateway.vfs import LockOwner
 from tests.smb.client import Conn, Wire, parse_names
@@ -906,3 +910,36 @@ class ConformanceTests(SynchronousTestCase):
         fid = conn.open("n.txt")
         self.assertEqual(conn.query_info(fid, FILE, 48).buffer()[4:].decode("utf-16-le"), "n.txt")
         self.assertEqual(conn.query_info(fid, FILE, 21).status, st.STATUS_OBJECT_NAME_NOT_FOUND)
+
+
+class ParserFuzzTests(SynchronousTestCase):
+    """The file-level parsers (EA lists, names) take any input and raise only their errors."""
+
+    @given(s.binary(max_size=300))
+    def test_ea_lists(self, data: bytes) -> None:
+        for parse in (_ea_entries, _get_ea_names):
+            try:
+                parse(data)
+            except ProtocolError:
+                pass
+
+    @given(
+        s.lists(
+            s.tuples(s.binary(min_size=1, max_size=20), s.binary(max_size=50)),
+            min_size=1,
+            max_size=5,
+        )
+    )
+    def test_ea_round_trip(self, eas: list[tuple[bytes, bytes]]) -> None:
+        got = _ea_entries(_pack_eas(eas))
+        self.assertEqual([(n, v) for _f, n, v in got], eas)
+
+    @given(s.text(max_size=100))
+    def test_names(self, name: str) -> None:
+        try:
+            parts = split_name(name)
+        except SMBError:
+            return
+        for p in parts:
+            self.assertTrue(0 < len(p) <= 255)
+            self.assertNotIn(p, (b".", b".."))

@@ -1,0 +1,1 @@
+SMB 2.0.2 to 3.1.1 file service: the exports are shares (and IPC$ lists them), logons are NTLMv2 against the user database, messages are signed and encrypted as negotiated or required (globally or per share), and byte-range locks and share modes hold against NLM and NFSv4 (``docs/smb.rst``).
