@@ -122,6 +122,13 @@ _NEEDS_TREE = frozenset(
     }
 )
 _OP_NAMES = {int(cmd): cmd.name.lower() for cmd in Command}
+_ALLOWED_FLAGS = (
+    c.SMB2_FLAGS_RELATED_OPERATIONS
+    | c.SMB2_FLAGS_SIGNED
+    | c.SMB2_FLAGS_PRIORITY_MASK
+    | c.SMB2_FLAGS_DFS_OPERATIONS
+    | c.SMB2_FLAGS_REPLAY_OPERATION
+)
 
 
 def payload_size(command: int, raw: memoryview) -> int:
@@ -668,6 +675,12 @@ class SMBConnection(protocol.Protocol):
         status = st.STATUS_INTERNAL_ERROR
         body: bytes | bytearray | memoryview = b""
         try:
+            allowed = _ALLOWED_FLAGS | (
+                c.SMB2_FLAGS_ASYNC_COMMAND if header.command == Command.CANCEL else 0
+            )
+            if header.flags & ~allowed:
+                # As Samba: a reply flag, or ASYNC on anything but CANCEL, in a request.
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "request with reply-only flags")
             if req.related:
                 req.related_file_id = req.chain.file_id
             else:

@@ -570,6 +570,14 @@ class HostileTests(SynchronousTestCase):
         self.assertEqual(conn.call(0x77, b"\x04\x00\x00\x00").status, st.STATUS_INVALID_PARAMETER)
         self.assertFalse(conn.closed)
 
+    def test_reply_flags_in_a_request(self) -> None:
+        """A request flagged as a reply, or async other than CANCEL, is INVALID_PARAMETER."""
+        conn = Wire().connect().setup()
+        for flags in (c.SMB2_FLAGS_SERVER_TO_REDIR, c.SMB2_FLAGS_ASYNC_COMMAND):
+            r = conn.call(c.Command.ECHO, b"\x04\x00\x00\x00", flags=flags)
+            self.assertEqual(r.status, st.STATUS_INVALID_PARAMETER)
+        self.assertFalse(conn.closed)
+
     def test_oversized_read(self) -> None:
         conn = Wire().connect().setup()
         conn.call(c.Command.ECHO, b"\x04\x00\x00\x00", credits=400)
