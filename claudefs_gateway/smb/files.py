@@ -23,6 +23,7 @@ not is kept here or beside the inode:
 
 from __future__ import annotations
 
+import os
 import struct
 from collections import OrderedDict
 from typing import Any
@@ -104,6 +105,10 @@ STATUS_BAD_IMPERSONATION_LEVEL = 0xC00000A5
 STATUS_INVALID_LOCK_RANGE = 0xC00001A1
 STATUS_PIPE_EMPTY = 0xC00000D9
 STATUS_INVALID_OPLOCK_PROTOCOL = 0xC00000E3
+STATUS_INVALID_VIEW_SIZE = 0xC000001F
+COPYCHUNK_MAX_CHUNKS = 256
+COPYCHUNK_MAX_CHUNK = 1024 * 1024
+COPYCHUNK_MAX_TOTAL = 16 * 1024 * 1024
 # CreateOptions refused with NOT_SUPPORTED (FILE_CREATE_TREE_CONNECTION,
 # FILE_OPEN_BY_FILE_ID, FILE_RESERVE_OPFILTER), as Windows does.
 CREATE_OPTIONS_NOT_SUPPORTED = 0x00000080 | 0x00002000 | 0x00100000
@@ -260,6 +265,8 @@ class FileService:
         self.nodes: dict[int, FileNode] = {}
         self._parents: OrderedDict[int, int] = OrderedDict()
         self._case: CaseIndex | None = None
+        # Server-side copy: resume key → the open it names.
+        self.resume_keys: dict[bytes, Open] = {}
 
     @property
     def vfs(self) -> Any:
@@ -469,10 +476,16 @@ class FileService:
             if overwrite:
                 a = await vfs.setattr(caller, a.ino, SetAttrs(size=0))
                 action = c.FILE_SUPERSEDED if disp == c.FILE_SUPERSEDE else c.FILE_OVERWRITTEN
-                dos = body.file_attributes | c.FILE_ATTRIBUTE_ARCHIVE
+                dos = (
+                    body.file_attributes & ~c.FILE_ATTRIBUTE_SPARSE_FILE
+                ) | c.FILE_ATTRIBUTE_ARCHIVE
                 await self._set_dos(caller, a.ino, dos)
-            elif created and body.file_attributes & c.STORED_ATTRIBUTES:
-                dos = body.file_attributes
+            elif (
+                created
+                and body.file_attributes & c.STORED_ATTRIBUTES & ~c.FILE_ATTRIBUTE_SPARSE_FILE
+            ):
+                # (SPARSE_FILE is FSCTL_SET_SPARSE's to set, as on Windows.)
+                dos = body.file_attributes & ~c.FILE_ATTRIBUTE_SPARSE_FILE
                 if not a.is_dir:
                     dos |= c.FILE_ATTRIBUTE_ARCHIVE
                 await self._set_dos(caller, a.ino, dos)
@@ -717,6 +730,8 @@ class FileService:
             return
         op.closed = True
         conn.opens.pop(op.file_id[1], None)
+        if op.resume_key:
+            self.resume_keys.pop(op.resume_key, None)
         if op.watch is not None:
             self._end_watch(conn, op)
         if op.modified:
@@ -1417,7 +1432,10 @@ class FileService:
                 raise SMBError(st.STATUS_INVALID_PARAMETER, "DIRECTORY attribute on a file")
             if attrs_ & c.FILE_ATTRIBUTE_TEMPORARY and op.is_dir:
                 raise SMBError(st.STATUS_INVALID_PARAMETER, "TEMPORARY attribute on a directory")
-            await self._set_dos(caller, op.ino, attrs_)
+            stored = await self.stored_dos(caller, op.ino)
+            # SPARSE_FILE is FSCTL_SET_SPARSE's to change, not SET_INFO's.
+            keep = (stored or 0) & c.FILE_ATTRIBUTE_SPARSE_FILE
+            await self._set_dos(caller, op.ino, (attrs_ & ~c.FILE_ATTRIBUTE_SPARSE_FILE) | keep)
         changes = SetAttrs(atime=when(accessed), mtime=when(written), btime=when(created))
         if not changes.is_empty():
             await self.vfs.setattr(caller, op.ino, changes)
@@ -1663,11 +1681,33 @@ class FileService:
             return Reply(pack_ioctl_response(code, op.file_id, out), status)
         caller = op.tree.caller
         vfs = self.vfs
+        if code == c.FSCTL_SRV_REQUEST_RESUME_KEY:
+            if not op.resume_key:
+                op.resume_key = os.urandom(24)
+                self.resume_keys[op.resume_key] = op
+            # ResumeKey, ContextLength 0 and 4 bytes of (ignored) context.
+            return pack_ioctl_response(code, op.file_id, op.resume_key + b"\x00" * 8)
+        if code in (c.FSCTL_SRV_COPYCHUNK, c.FSCTL_SRV_COPYCHUNK_WRITE):
+            return await self._copychunk(op, body)
         if code == c.FSCTL_GET_REPARSE_POINT:
             raise SMBError(st.STATUS_NOT_A_REPARSE_POINT)
         if code == c.FSCTL_SET_SPARSE:
-            if not op.access & (c.FILE_WRITE_DATA | c.FILE_WRITE_ATTRIBUTES):
+            # Kept as the SPARSE_FILE attribute; files are sparse anyway where
+            # the backend can make them so.
+            if op.is_dir:
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "SET_SPARSE on a directory")
+            if not op.access & (c.FILE_WRITE_DATA | c.FILE_WRITE_ATTRIBUTES | c.FILE_APPEND_DATA):
                 raise SMBError(st.STATUS_ACCESS_DENIED)
+            sparse = not body.input or body.input[0] != 0
+            stored = await self.stored_dos(caller, op.ino)
+            a = await vfs.getattr(caller, op.ino)
+            bits = dos_attributes(a, stored) & ~c.FILE_ATTRIBUTE_NORMAL
+            bits = (
+                bits | c.FILE_ATTRIBUTE_SPARSE_FILE
+                if sparse
+                else bits & ~c.FILE_ATTRIBUTE_SPARSE_FILE
+            )
+            await self._set_dos(caller, op.ino, bits)
             return pack_ioctl_response(code, op.file_id, b"")
         if code == c.FSCTL_CREATE_OR_GET_OBJECT_ID:
             oid = struct.pack("<QQ", op.ino, op.tree.export.id)
@@ -1700,10 +1740,78 @@ class FileService:
             start, beyond = struct.unpack_from("<qq", body.input)
             if start < 0 or beyond < start:
                 raise SMBError(st.STATUS_INVALID_PARAMETER)
+            locks = self.locks
+            if (
+                beyond > start
+                and locks is not None
+                and not locks.check_io(op.ino, op.lock_owner, start, beyond - start, True)
+            ):
+                raise SMBError(st.STATUS_FILE_LOCK_CONFLICT)
             if beyond > start:
                 await vfs.deallocate(caller, op.ino, start, beyond - start)
             return pack_ioctl_response(code, op.file_id, b"")
         raise SMBError(st.STATUS_INVALID_DEVICE_REQUEST, f"FSCTL {code:#x} is not served")
+
+    async def _copychunk(self, dst: Open, body: IoctlRequest) -> Reply | bytes:
+        """
+        Server-side copy (MS-SMB2 3.3.5.15.6): chunks of the file a resume key
+        names, copied into this open through the vfs without crossing the
+        network. Limits as Windows: 256 chunks, 1 MiB each, 16 MiB in all.
+        """
+        code = body.ctl_code
+        if body.max_output_response < 12:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "no room for the copy response")
+        data = body.input
+        if len(data) < 32:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "copy chunk request truncated")
+        key, count = data[:24], struct.unpack_from("<I", data, 24)[0]
+        if len(data) < 32 + 24 * count:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "copy chunk list truncated")
+        chunks = [struct.unpack_from("<QQI", data, 32 + 24 * i) for i in range(min(count, 257))]
+        if (
+            count > COPYCHUNK_MAX_CHUNKS
+            or any(length == 0 or length > COPYCHUNK_MAX_CHUNK for _, _, length in chunks)
+            or sum(length for _, _, length in chunks) > COPYCHUNK_MAX_TOTAL
+        ):
+            limits = struct.pack(
+                "<III", COPYCHUNK_MAX_CHUNKS, COPYCHUNK_MAX_CHUNK, COPYCHUNK_MAX_TOTAL
+            )
+            raise SMBError(
+                st.STATUS_INVALID_PARAMETER,
+                "copy chunk limits exceeded",
+                body=pack_ioctl_response(code, dst.file_id, limits),
+            )
+        src = self.resume_keys.get(key)
+        if src is None or src.closed or src.session is not dst.session:
+            raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "unknown resume key")
+        if not src.access & (c.FILE_READ_DATA | c.FILE_EXECUTE):
+            raise SMBError(st.STATUS_ACCESS_DENIED, "copy source not open for reading")
+        need = c.FILE_WRITE_DATA | (c.FILE_READ_DATA if code == c.FSCTL_SRV_COPYCHUNK else 0)
+        if dst.access & need != need or dst.is_dir or src.is_dir:
+            raise SMBError(st.STATUS_ACCESS_DENIED, "copy target not open for writing")
+        locks = self.locks
+        vfs = self.vfs
+        written = total = 0
+
+        def stop(status: int, why: str) -> SMBError:
+            # The reply still says how far the copy got (MS-SMB2 3.3.5.15.6).
+            progress = struct.pack("<III", written, 0, total)
+            return SMBError(status, why, body=pack_ioctl_response(code, dst.file_id, progress))
+
+        for src_off, dst_off, length in chunks:
+            if locks is not None and (
+                not locks.check_io(src.ino, src.lock_owner, src_off, length, False)
+                or not locks.check_io(dst.ino, dst.lock_owner, dst_off, length, True)
+            ):
+                raise stop(st.STATUS_FILE_LOCK_CONFLICT, "copy across a locked range")
+            got = (await vfs.read(src.tree.caller, src.ino, src_off, length)).data
+            if len(got) < length:
+                raise stop(STATUS_INVALID_VIEW_SIZE, "copy source range past its end")
+            await vfs.write(dst.tree.caller, dst.ino, dst_off, got, dst.write_through)
+            written += 1
+            total += length
+        dst.modified = True
+        return pack_ioctl_response(code, dst.file_id, struct.pack("<III", written, 0, total))
 
     # -- OPLOCK_BREAK -----------------------------------------------------------------------------
 

@@ -141,6 +141,8 @@ class Open:
     zero_locks: list[tuple[int, bool]] = attrs.Factory(list)  # (offset, exclusive)
     # Data or size changed through this open: watchers hear "modified" at close.
     modified: bool = False
+    # FSCTL_SRV_REQUEST_RESUME_KEY: the key server-side copies name this open by.
+    resume_key: bytes = b""
     closed: bool = False
 
     @property

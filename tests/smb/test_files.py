@@ -943,3 +943,62 @@ class ParserFuzzTests(SynchronousTestCase):
         for p in parts:
             self.assertTrue(0 < len(p) <= 255)
             self.assertNotIn(p, (b".", b".."))
+
+
+class ServerSideCopyTests(SynchronousTestCase):
+    def key(self, conn: Conn, fid: tuple[int, int]) -> bytes:
+        r = conn.ioctl(fid, c.FSCTL_SRV_REQUEST_RESUME_KEY)
+        self.assertEqual(r.status, 0)
+        return r.raw[r.u32(32) : r.u32(32) + 24]
+
+    def copy(
+        self,
+        conn: Conn,
+        dst: tuple[int, int],
+        key: bytes,
+        chunks: list[tuple[int, int, int]],
+        write: bool = False,
+    ) -> object:
+        data = key + struct.pack("<II", len(chunks), 0)
+        for src_off, dst_off, length in chunks:
+            data += struct.pack("<QQII", src_off, dst_off, length, 0)
+        code = c.FSCTL_SRV_COPYCHUNK_WRITE if write else c.FSCTL_SRV_COPYCHUNK
+        return conn.ioctl(dst, code, data)
+
+    def test_copy(self) -> None:
+        """Chunks copy through the vfs; the reply counts them."""
+        conn = conn_for()
+        src = conn.open("src")
+        data = bytes(range(256)) * 64
+        conn.write(src, 0, data)
+        dst = conn.open("dst")
+        r = self.copy(conn, dst, self.key(conn, src), [(0, 0, 8192), (8192, 100_000, 8192)])
+        self.assertEqual(r.status, 0)
+        out = r.raw[r.u32(32) : r.u32(32) + 12]
+        self.assertEqual(struct.unpack("<III", out), (2, 0, 16384))
+        self.assertEqual(conn.read_data(conn.read(dst, 0, 8192)), data[:8192])
+        self.assertEqual(conn.read_data(conn.read(dst, 100_000, 8192)), data[8192:])
+
+    def test_refusals(self) -> None:
+        conn = conn_for()
+        src = conn.open("src")
+        conn.write(src, 0, b"x" * 4096)
+        dst = conn.open("dst")
+        key = self.key(conn, src)
+        r = self.copy(conn, dst, key, [(0, 0, 2 << 20)])
+        self.assertEqual(r.status, st.STATUS_INVALID_PARAMETER)
+        limits = r.raw[r.u32(32) : r.u32(32) + 12]
+        self.assertEqual(struct.unpack("<III", limits), (256, 1 << 20, 16 << 20))
+        self.assertEqual(
+            self.copy(conn, dst, b"k" * 24, [(0, 0, 10)]).status, st.STATUS_OBJECT_NAME_NOT_FOUND
+        )
+        self.assertEqual(self.copy(conn, dst, key, [(4000, 0, 200)]).status, 0xC000001F)
+        ro = conn.open("dst", access=c.GENERIC_READ)
+        self.assertEqual(self.copy(conn, ro, key, [(0, 0, 10)]).status, st.STATUS_ACCESS_DENIED)
+        wo = conn.open("dst", access=c.FILE_WRITE_DATA)
+        self.assertEqual(self.copy(conn, wo, key, [(0, 0, 10)]).status, st.STATUS_ACCESS_DENIED)
+        self.assertEqual(self.copy(conn, wo, key, [(0, 0, 10)], write=True).status, 0)
+        conn.close(src)
+        self.assertEqual(
+            self.copy(conn, dst, key, [(0, 0, 10)]).status, st.STATUS_OBJECT_NAME_NOT_FOUND
+        )
