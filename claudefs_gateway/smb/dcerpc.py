@@ -62,6 +62,7 @@ STYPE_SPECIAL = 0x80000000
 
 MAX_PDU = 65536
 MAX_REQUEST = 256 * 1024
+MAX_PENDING = 1024 * 1024
 _HDR = struct.Struct("<BBBBIHHI")
 
 
@@ -350,6 +351,9 @@ class Pipe:
 
     def write(self, data: bytes) -> None:
         """Feed client bytes; complete PDUs are answered into C{pending}."""
+        if len(self.pending) > MAX_PENDING:
+            # The client writes requests and never reads the answers.
+            raise ProtocolError("DCE/RPC replies not read")
         self._inbuf += data
         if len(self._inbuf) > MAX_REQUEST:
             self._inbuf.clear()

@@ -44,16 +44,26 @@ class CaseIndex:
 
     @param max_dirs: directories kept (least recently used go first).
     @param max_entries: a directory with more entries is searched by a scan
-        each time instead of being kept (bounded memory).
+        each time instead of being kept.
+    @param max_total: names kept across all directories (bounded memory).
     """
 
     _log = Logger()
 
-    def __init__(self, vfs: Any, max_dirs: int = 256, max_entries: int = 100_000) -> None:
+    def __init__(
+        self,
+        vfs: Any,
+        max_dirs: int = 256,
+        max_entries: int = 100_000,
+        max_total: int = 200_000,
+    ) -> None:
         self._vfs = vfs
         self._dirs: OrderedDict[int, dict[str, list[bytes]]] = OrderedDict()
+        self._sizes: dict[int, int] = {}
         self._max_dirs = max_dirs
         self._max_entries = max_entries
+        self._max_total = max_total
+        self._total = 0
         self.scans = 0
         self.unsubscribe = vfs.events.subscribe(None, self._changed)
 
@@ -89,13 +99,19 @@ class CaseIndex:
                 break
         if count <= self._max_entries:
             self._dirs[dir_ino] = index
-            while len(self._dirs) > self._max_dirs:
-                self._dirs.popitem(last=False)
+            self._sizes[dir_ino] = count
+            self._total += count
+            while len(self._dirs) > self._max_dirs or self._total > self._max_total:
+                self._forget(next(iter(self._dirs)))
         return index
+
+    def _forget(self, dir_ino: int) -> None:
+        self._dirs.pop(dir_ino, None)
+        self._total -= self._sizes.pop(dir_ino, 0)
 
     def _changed(self, change: Change) -> None:
         if change.action is Action.REMOVED:
-            self._dirs.pop(change.ino, None)
+            self._forget(change.ino)
         index = self._dirs.get(change.dir)
         if index is None:
             return

@@ -95,6 +95,8 @@ __all__ = ["SMBFactory", "SMBConnection", "MAX_CREDITS", "MAX_IO", "FAILED_LOGON
 MAX_IO = 8 * 1024 * 1024
 # Samba's "smb2 max credits"; what a client may have outstanding.
 MAX_CREDITS = 8192
+# Sessions (authenticated or being set up) one connection may hold.
+MAX_SESSIONS = 64
 # Request bytes being served at once on one connection before reading pauses.
 MAX_IN_FLIGHT = 64 * 1024 * 1024
 # A failed logon is answered after this long (seconds): with the limiter's
@@ -188,7 +190,9 @@ class CreditWindow:
         while self.low in self.used:
             self.used.discard(self.low)
             self.low += 1
-        return True
+        # A client that leaves an id unused forever holds the window open:
+        # past twice the limit it is not following the protocol.
+        return self.high - self.low <= 2 * self.limit
 
     def grant(self, requested: int) -> int:
         """
@@ -938,6 +942,8 @@ class SMBConnection(protocol.Protocol):
                 st.STATUS_REQUEST_NOT_ACCEPTED, "session binding (multichannel) is not served"
             )
         if header.session_id == 0:
+            if len(self.sessions) >= MAX_SESSIONS:
+                raise SMBError(st.STATUS_INSUFFICIENT_RESOURCES, "too many sessions on a connection")
             sid = self.factory.new_session_id()
             session = Session(sid, None, self.preauth.copy() if self.preauth else None)
             session.machine = SessionMachine(_SessionActions(self, session))

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from claudefs_gateway.errors import ProtocolError
 from claudefs_gateway.smb.dcerpc import (
+    MAX_PENDING,
     PTYPE_BIND_ACK,
     PTYPE_FAULT,
     PTYPE_RESPONSE,
@@ -183,6 +184,15 @@ class PipeTests(SynchronousTestCase):
         joined = b"".join(body[8:] for _, body in frags)
         r = srvs.NetrShareEnumResponse(joined)
         self.assertEqual(r["TotalEntries"], 200)
+
+    def test_unread_replies_bounded(self) -> None:
+        """A client that writes calls and never reads the answers is cut off, not buffered for."""
+        pipe = Pipe("srvsvc", service())
+        pipe.write(bind_pdu([NDR]))
+        with self.assertRaises(ProtocolError):
+            for _ in range(100_000):
+                pipe.write(request_pdu(15, enum_request(1)))
+        self.assertLessEqual(len(pipe.pending), MAX_PENDING + 64 * 1024)
 
     def test_unknown_interface(self) -> None:
         pipe = Pipe("srvsvc", service())

@@ -47,6 +47,29 @@ class IndexTests(SynchronousTestCase):
         self.assertIsNone(find(wire, index, root, dir_ino, b"gamma"))
         self.assertEqual(index.scans, 1)
 
+    def test_names_kept_bounded_across_directories(self) -> None:
+        """The index forgets the least recently used directories to stay under max_total names."""
+        wire = Wire()
+        vfs = wire.mvfs.vfs
+        root = wire.mvfs.caller(0, 0)
+        top = wire.mvfs.root()
+        index = CaseIndex(vfs, max_total=10)
+        dirs = []
+        for d in range(4):
+            attr = wire.fired(vfs.mkdir(root, top, b"d%d" % d, 0o755))
+            dirs.append(attr.ino)
+            for f in range(4):
+                wire.fired(vfs.create(root, attr.ino, b"F%d" % f, 0o644))
+        for ino in dirs:
+            self.assertEqual(find(wire, index, root, ino, b"f1"), b"F1")
+        self.assertEqual(index.scans, 4)
+        self.assertLessEqual(index._total, 10)
+        # The most recent directory is still kept; the first was forgotten and is scanned again.
+        find(wire, index, root, dirs[-1], b"f2")
+        self.assertEqual(index.scans, 4)
+        find(wire, index, root, dirs[0], b"f2")
+        self.assertEqual(index.scans, 5)
+
 
 class CaseInsensitiveTests(SynchronousTestCase):
     def test_open_in_any_case(self) -> None:

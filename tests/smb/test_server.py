@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 
+import spnego
 from hypothesis import given, settings
 from hypothesis import strategies as s
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,8 +15,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.header import Header
-from claudefs_gateway.smb.server import FAILED_LOGON_DELAY, MAX_CREDITS
-from tests.smb.client import CONFIG, RELATED, Conn, Wire
+from claudefs_gateway.smb.server import (
+    FAILED_LOGON_DELAY,
+    MAX_CREDITS,
+    MAX_SESSIONS,
+    CreditWindow,
+)
+from tests.smb.client import CONFIG, PASSWORD, RELATED, Conn, Wire
 from tests.smb.test_dcerpc import NDR, bind_pdu, enum_request, request_pdu
 from tests.smb.test_header import smb1_negotiate
 
@@ -186,6 +192,19 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(conn.call(c.Command.LOGOFF, b"\x04\x00\x00\x00").status, 0)
         wire.clock.advance(0)
         self.assertEqual(conn.create("x").status, st.STATUS_USER_SESSION_DELETED)
+
+    def test_sessions_per_connection_bounded(self) -> None:
+        """Half-open sessions cannot pile up on one connection: past the bound, a clean refusal."""
+        conn = Wire().connect()
+        conn.negotiate()
+        token = spnego.client("alice", PASSWORD, protocol="ntlm").step(None)
+        for _ in range(MAX_SESSIONS):
+            conn.session_id = 0
+            r, _ = conn.session_setup(token)
+            self.assertEqual(r.status, 0xC0000016)
+        conn.session_id = 0
+        r, _ = conn.session_setup(token)
+        self.assertEqual(r.status, st.STATUS_INSUFFICIENT_RESOURCES)
 
     def test_binding_refused(self) -> None:
         conn = Wire().connect()
@@ -367,6 +386,23 @@ class CreditTests(SynchronousTestCase):
         conn.send([echo(conn, credits=0) for _ in range(conn.credits + 1)])
         self.assertEqual(conn.replies(), [])
         self.assertTrue(conn.closed)
+
+    def test_window_held_open_by_an_unused_id(self) -> None:
+        """A client that never uses one granted id cannot make the server remember ids forever."""
+        window = CreditWindow(limit=4)
+        window.grant(4)
+        self.assertTrue(window.consume(1, 1))
+        nxt = 2
+        ok = True
+        for _ in range(100):
+            window.grant(4)
+            while ok and nxt < window.high:
+                ok = window.consume(nxt, 1)
+                nxt += 1
+            if not ok:
+                break
+        self.assertFalse(ok)
+        self.assertLessEqual(len(window.used), 2 * 4 + 4)
 
     def test_multi_credit(self) -> None:
         """A 1 MiB READ needs a CreditCharge of 16 (MS-SMB2 3.3.5.2.5)."""
