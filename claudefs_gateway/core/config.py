@@ -412,6 +412,40 @@ class Nfs:
         "with a running rpcbind; ``off`` does neither.",
     )
     portmap_bind: Listen = setting(Listen.tcp("0.0.0.0", 111), doc="Embedded portmapper listener.")
+    udp: bool = setting(
+        True,
+        doc="Also serve NFSv3, MOUNT, NLM and the portmapper over UDP on the same ports "
+        "(TCP and UDP listeners need a host and port).",
+    )
+    max_record_size: int = setting(
+        2 * 1024 * 1024,
+        min=64 * 1024,
+        max=64 * 1024 * 1024,
+        size=True,
+        doc="Largest RPC record accepted over TCP; a client sending more is disconnected. "
+        "READ and WRITE sizes (rtmax, wtmax) are the largest power of two 4 KiB below it.",
+    )
+    max_requests_per_connection: int = setting(
+        128,
+        min=1,
+        max=65536,
+        doc="Calls one connection may have in flight; beyond it the gateway stops reading "
+        "from that connection until some finish.",
+    )
+    drc_entries: int = setting(
+        4096,
+        min=0,
+        max=1_000_000,
+        doc="Replies of non-idempotent calls kept for retransmissions (duplicate request "
+        "cache); 0 disables it.",
+    )
+    nlm_grace_secs: int = setting(
+        90,
+        min=0,
+        max=3600,
+        doc="After a restart, how long clients that held NLM locks may reclaim them before "
+        "new locks are granted (only when the previous run had lock clients).",
+    )
 
 
 @attrs.frozen(kw_only=True)
