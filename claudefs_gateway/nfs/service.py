@@ -26,12 +26,17 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorUDP
+from twisted.python.failure import Failure
 
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.metrics import RequestMetrics
+from claudefs_gateway.errors import BackendUnavailable
+from claudefs_gateway.nfs.callbacks import RPCCallbacks
 from claudefs_gateway.nfs.context import NFSContext
 from claudefs_gateway.nfs.mount import MOUNT_PROGRAM, Mount
+from claudefs_gateway.nfs.nlm import NLM, NLM_PROGRAM, NLM_V4
+from claudefs_gateway.nfs.nsm import NSM_PROGRAM, STATE_FILE, FileStore, StatusMonitor
 from claudefs_gateway.nfs.v3.codec import NFS_PROGRAM
 from claudefs_gateway.nfs.v3.procs import NFS3
 from claudefs_gateway.rpc.drc import ReplyCache
@@ -80,13 +85,26 @@ class NFSService(MultiService):
         cfg = core.config.nfs
         self.activity = core.drainer.activity("nfs")
         self.io_size = io_size(cfg.max_record_size)
-        self.ctx = NFSContext(core.vfs_ready, io_size=self.io_size)
+        self.ctx = NFSContext(self._vfs_ready, io_size=self.io_size)
         self.server = RPCServer(ReplyCache(cfg.drc_entries), self.activity)
         self.nfs3 = NFS3(self.ctx, RequestMetrics(core.metrics, "nfs3"), max_write=self.io_size)
         self.mount = Mount(self.ctx, RequestMetrics(core.metrics, "mount"))
         self.server.add(self.nfs3.program())
         self.server.add(self.mount.program())
-        self.extra_programs: list[tuple[int, int]] = []
+        self.callbacks = RPCCallbacks(core.reactor)
+        self.nlm = NLM(self.ctx, self.callbacks, RequestMetrics(core.metrics, "nlm"))
+        self.nsm = StatusMonitor(
+            FileStore(
+                core.config.data_dir / STATE_FILE, lambda f, *a: core.threads.run("disk", f, *a)
+            ),
+            self.nlm,
+            self.callbacks,
+            cfg.nlm_grace_secs,
+            RequestMetrics(core.metrics, "nsm"),
+        )
+        self.server.add(self.nlm.program())
+        self.server.add(self.nsm.program())
+        self.extra_programs: list[tuple[int, int]] = [(NLM_PROGRAM, NLM_V4), (NSM_PROGRAM, 1)]
         self.portmap = PortmapTable()
         self.udp: dict[str, UDPListener] = {}
 
@@ -117,6 +135,14 @@ class NFSService(MultiService):
                 self._add_udp("portmap", cfg.portmap_bind, self.portmap_listener, pm_server)
         self.registrar = Registration(self)
         self.registrar.setServiceParent(self)
+        LockRecovery(self).setServiceParent(self)
+
+    def _vfs_ready(self) -> defer.Deferred[Any]:
+        if self.core.vfs_service is None:
+            # No backend in this build: calls get "try later", never a crash.
+            return defer.fail(BackendUnavailable("no backend is available to serve files"))
+        d: defer.Deferred[Any] = self.core.vfs_ready()
+        return d
 
     def _add_udp(self, label: str, listen: Any, twin: Any, server: RPCServer) -> None:
         if not listen.is_tcp or listen.host is None:
@@ -262,3 +288,47 @@ class Registration(Service):
         if self.state == "registered":
             return CheckResult.healthy()
         return CheckResult.degraded(self.state)
+
+
+class LockRecovery(Service):
+    """
+    At start, once the store is open: the NSM state number, and after a
+    restart the NLM grace period and SM_NOTIFY to the last run's lock
+    clients. At stop: blocked lock requests and callbacks end, the client
+    record reaches the disk.
+    """
+
+    name = "proto:nfs:nlm"
+    _log = Logger()
+
+    def __init__(self, front: NFSService) -> None:
+        self.front = front
+        self._starting: defer.Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._starting = defer.Deferred.fromCoroutine(self._start())
+        self._starting.addErrback(self._failed)
+
+    def _failed(self, f: Failure) -> None:
+        if f.check(defer.CancelledError):
+            return
+        if f.check(BackendUnavailable, RuntimeError):
+            self._log.warn("NLM recovery skipped: {why}", why=f.getErrorMessage())
+            return
+        self._log.failure("NLM recovery at start", f)
+
+    async def _start(self) -> None:
+        vfs = await self.front.ctx.ready()
+        await self.front.nsm.start(vfs.locks)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
+        self.front.nlm.close()
+        await self.front.nsm.flushed()
+        await self.front.callbacks.close()

@@ -482,3 +482,133 @@ def stream_sender(proto: Any, cred: AuthSys | None) -> Callable[[int, int, int, 
 
 def time_of(t: tuple[int, int]) -> int:
     return t[0] * 1_000_000_000 + t[1]
+
+
+class NLMClient:
+    """NLM v4 and NSM v1 calls (results decoded as L{Res})."""
+
+    def __init__(self, send: Callable[[int, int, int, bytes], Any]) -> None:
+        self.send = send
+
+    def _call(
+        self, prog: int, vers: int, proc: int, args: bytes, decode: Callable[[Unpacker], Any]
+    ) -> Any:
+        got = self.send(prog, vers, proc, args)
+        if isinstance(got, defer.Deferred):
+            return got.addCallback(decode)
+        return decode(got)
+
+    @staticmethod
+    def _res(u: Unpacker) -> Res:
+        return Res(cookie=u.opaque(1024), status=u.u32())
+
+    def test(self, lock: Any, exclusive: bool = True, cookie: bytes = b"c") -> Any:
+        from claudefs_gateway.nfs.nlm import encode_testargs
+
+        def dec(u: Unpacker) -> Res:
+            cookie = u.opaque(1024)
+            st = u.u32()
+            if st != 1:
+                return Res(cookie=cookie, status=st, holder=None)
+            holder = Res(
+                exclusive=u.bool(), svid=u.i32(), oh=u.opaque(1024), offset=u.u64(), length=u.u64()
+            )
+            return Res(cookie=cookie, status=st, holder=holder)
+
+        return self._call(NLM, 4, 1, encode_testargs(cookie, exclusive, lock), dec)
+
+    def lock(
+        self,
+        lock: Any,
+        exclusive: bool = True,
+        block: bool = False,
+        reclaim: bool = False,
+        cookie: bytes = b"c",
+        proc: int = 2,
+    ) -> Any:
+        from claudefs_gateway.nfs.nlm import LockArgs, encode_lockargs
+
+        args = encode_lockargs(LockArgs(cookie, block, exclusive, lock, reclaim, 3))
+        return self._call(NLM, 4, proc, args, self._res if proc != 7 else (lambda u: None))
+
+    def cancel(self, lock: Any, exclusive: bool = True, cookie: bytes = b"c") -> Any:
+        from claudefs_gateway.nfs.nlm import encode_lock
+
+        p = Packer()
+        p.opaque(cookie)
+        p.bool(True)
+        p.bool(exclusive)
+        encode_lock(p, lock)
+        return self._call(NLM, 4, 3, p.bytes(), self._res)
+
+    def unlock(self, lock: Any, cookie: bytes = b"c") -> Any:
+        from claudefs_gateway.nfs.nlm import encode_lock
+
+        p = Packer()
+        p.opaque(cookie)
+        encode_lock(p, lock)
+        return self._call(NLM, 4, 4, p.bytes(), self._res)
+
+    def share(
+        self,
+        name: bytes,
+        fh: bytes,
+        oh: bytes,
+        mode: int,
+        access: int,
+        reclaim: bool = False,
+        unshare: bool = False,
+    ) -> Any:
+        p = Packer()
+        p.opaque(b"s")
+        p.string(name)
+        p.opaque(fh)
+        p.opaque(oh)
+        p.u32(mode)
+        p.u32(access)
+        p.bool(reclaim)
+        return self._call(
+            NLM,
+            4,
+            21 if unshare else 20,
+            p.bytes(),
+            lambda u: Res(cookie=u.opaque(1024), status=u.u32(), sequence=u.i32()),
+        )
+
+    def free_all(self, name: bytes, state: int = 0) -> Any:
+        p = Packer()
+        p.string(name)
+        p.i32(state)
+        return self._call(NLM, 4, 23, p.bytes(), lambda u: None)
+
+    def granted(self, lock: Any) -> Any:
+        from claudefs_gateway.nfs.nlm import encode_testargs
+
+        return self._call(NLM, 4, 5, encode_testargs(b"g", True, lock), self._res)
+
+    def granted_res(self, cookie: bytes, status: int) -> Any:
+        p = Packer()
+        p.opaque(cookie)
+        p.u32(status)
+        return self._call(NLM, 4, 15, p.bytes(), lambda u: None)
+
+    def sm_notify(self, name: bytes, state: int) -> Any:
+        p = Packer()
+        p.string(name)
+        p.i32(state)
+        return self._call(NSM, 1, 6, p.bytes(), lambda u: None)
+
+    def sm_stat(self, name: bytes) -> Any:
+        p = Packer()
+        p.string(name)
+        return self._call(NSM, 1, 1, p.bytes(), lambda u: Res(status=u.u32(), state=u.i32()))
+
+    def sm_mon(self, name: bytes) -> Any:
+        p = Packer()
+        p.string(name)
+        p.string(b"me")
+        p.u32(100021)
+        p.u32(4)
+        p.u32(16)
+        p.fixed(b"\0" * 16)
+        return self._call(NSM, 1, 2, p.bytes(), lambda u: Res(status=u.u32(), state=u.i32()))

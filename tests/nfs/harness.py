@@ -53,6 +53,11 @@ class Harness:
             for prog in extra(self):
                 self.server.add(prog)
 
+    def nlm_client(self, host: str = "127.0.0.1", uid: int = 1000) -> Any:
+        from tests.nfs.client import NLMClient
+
+        return NLMClient(server_sender(self.server, self.peer(host), AuthSys(0, b"c", uid, uid)))
+
     def peer(self, host: str = "127.0.0.1", transport: str = "tcp") -> Peer:
         return Peer(host, 700, transport, 65507 if transport == "udp" else 1 << 30)
 
