@@ -25,7 +25,7 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorUDP
+from twisted.internet.interfaces import IReactorThreads, IReactorUDP
 from twisted.python.failure import Failure
 
 from claudefs_gateway.core.health import CheckResult
@@ -94,9 +94,7 @@ class NFSService(MultiService):
         self.callbacks = RPCCallbacks(core.reactor)
         self.nlm = NLM(self.ctx, self.callbacks, RequestMetrics(core.metrics, "nlm"))
         self.nsm = StatusMonitor(
-            FileStore(
-                core.config.data_dir / STATE_FILE, lambda f, *a: core.threads.run("disk", f, *a)
-            ),
+            FileStore(core.config.data_dir / STATE_FILE, self._disk),
             self.nlm,
             self.callbacks,
             cfg.nlm_grace_secs,
@@ -136,6 +134,13 @@ class NFSService(MultiService):
         self.registrar = Registration(self)
         self.registrar.setServiceParent(self)
         LockRecovery(self).setServiceParent(self)
+
+    def _disk(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        """Run blocking file work in the disk pool (in-line on a reactor without threads)."""
+        if IReactorThreads.providedBy(self.core.reactor):
+            d: defer.Deferred[Any] = self.core.threads.run("disk", f, *args)
+            return d
+        return defer.maybeDeferred(f, *args)
 
     def _vfs_ready(self) -> defer.Deferred[Any]:
         if self.core.vfs_service is None:
@@ -303,12 +308,13 @@ class LockRecovery(Service):
 
     def __init__(self, front: NFSService) -> None:
         self.front = front
-        self._starting: defer.Deferred[None] | None = None
+        # Fires when start-up recovery is done (tests wait on it).
+        self.starting: defer.Deferred[None] | None = None
 
     def startService(self) -> None:
         super().startService()
-        self._starting = defer.Deferred.fromCoroutine(self._start())
-        self._starting.addErrback(self._failed)
+        self.starting = defer.Deferred.fromCoroutine(self._start())
+        self.starting.addErrback(self._failed)
 
     def _failed(self, f: Failure) -> None:
         if f.check(defer.CancelledError):
@@ -327,8 +333,11 @@ class LockRecovery(Service):
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        if self._starting is not None and not self._starting.called:
-            self._starting.cancel()
+        if self.starting is not None and not self.starting.called:
+            self.starting.cancel()
         self.front.nlm.close()
+        vfs = self.front.ctx.vfs
+        if vfs is not None and vfs.locks is not None and vfs.locks.in_grace:
+            vfs.locks.end_grace()
         await self.front.nsm.flushed()
         await self.front.callbacks.close()
