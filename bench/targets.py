@@ -120,6 +120,9 @@ class Gateway(Target):
         super().__init__(scratch)
         self.protocols = protocols
         self.extra = extra
+        # The backend under test: embedded by default; CFS_BENCH_BACKEND=memory
+        # measures the front end alone.
+        self.backend = os.environ.get("CFS_BENCH_BACKEND", "embedded")
 
     def config_text(self, ports: dict[str, int]) -> str:
         data = self.scratch / "gateway-data"
@@ -127,7 +130,7 @@ class Gateway(Target):
             textwrap.dedent(f"""
             log_format: json
             log_level: info
-            backend: {{data_dir: "{data}"}}
+            backend: {{type: {self.backend}, data_dir: "{data}"}}
             exports: [{{path: /export, name: share, root_squash: false}}]
             users:
               - name: {BENCH_USER}

@@ -204,24 +204,40 @@ def parse_call(data: bytes) -> CallHeader:
         raise BadCall(f"message type {mtype} is not CALL", None)
     if rpcvers != RPC_VERSION:
         raise RPCMismatch(f"RPC version {rpcvers}", xid)
-    u = Unpacker(data, 24)
-    try:
-        flavor = u.u32()
-        body = u.opaque(MAX_AUTH_BYTES)
-    except XDRError as e:
-        raise BadCred(f"credential: {e}", xid) from None
-    try:
-        u.u32()  # verifier flavor: AUTH_NONE for the flavours we accept; not checked
-        u.opaque(MAX_AUTH_BYTES)
-    except XDRError as e:
-        raise BadCred(f"verifier: {e}", xid, AUTH_BADVERF) from None
+    # Credential and verifier: flavor, length, body padded to four bytes,
+    # each body at most MAX_AUTH_BYTES (RFC 5531 §8.2).
+    end = len(data)
+    if end < 32:
+        raise BadCred("credential: truncated", xid)
+    flavor, n = _AUTH_HEAD.unpack_from(data, 24)
+    at = 32 + n + (-n & 3)
+    if n > MAX_AUTH_BYTES or at > end:
+        raise BadCred(f"credential of {n} bytes", xid)
+    body = data[32 : 32 + n]
+    if at + 8 > end:
+        raise BadCred("verifier: truncated", xid, AUTH_BADVERF)
+    _, vn = _AUTH_HEAD.unpack_from(data, at)
+    args_at = at + 8 + vn + (-vn & 3)
+    if vn > MAX_AUTH_BYTES or args_at > end:
+        raise BadCred(f"verifier of {vn} bytes", xid, AUTH_BADVERF)
     cred = None
     if flavor == AUTH_SYS:
-        try:
-            cred = parse_auth_sys(body)
-        except XDRError as e:
-            raise BadCred(f"AUTH_SYS credential: {e}", xid) from None
-    return CallHeader(xid, prog, vers, proc, flavor, cred, u.pos, body)
+        # A client sends the same credential with every call: decode it once.
+        cred = _CREDS.get(body)
+        if cred is None:
+            try:
+                cred = parse_auth_sys(body)
+            except XDRError as e:
+                raise BadCred(f"AUTH_SYS credential: {e}", xid) from None
+            if len(_CREDS) >= _CRED_CACHE:
+                _CREDS.clear()
+            _CREDS[body] = cred
+    return CallHeader(xid, prog, vers, proc, flavor, cred, args_at, body)
+
+
+# Decoded AUTH_SYS credentials by their encoded body (bounded; cleared when full).
+_CRED_CACHE = 1024
+_CREDS: dict[bytes, AuthSys] = {}
 
 
 def encode_call(
