@@ -5,12 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from claudefs_gateway.rpc.client import DatagramClient, RPCError, connect_tcp
 from claudefs_gateway.rpc.drc import ReplyCache
 from claudefs_gateway.rpc.record import encode_record
-from claudefs_gateway.rpc.server import RPCDatagramProtocol, RPCServer, RPCStreamFactory
+from claudefs_gateway.rpc.server import (
+    Procedure,
+    Program,
+    RPCDatagramProtocol,
+    RPCServer,
+    RPCStreamFactory,
+    no_args,
+)
 from claudefs_gateway.rpc.xdr import Packer
 from tests.rpc.test_server import PROG, Toy
 
@@ -84,3 +92,41 @@ def _echo(data: bytes) -> bytes:
     p = Packer()
     p.opaque(data)
     return p.bytes()
+
+
+class LargeReplyTests(TestCase):
+    timeout = 20
+
+    async def test_reply_larger_than_the_socket_takes(self) -> None:
+        """
+        A reply the kernel cannot take at once (the client is not reading)
+        reaches the client whole and in order, followed by the next reply.
+        """
+        blob = bytes(range(256)) * (32 * 1024)  # 8 MiB
+        called: defer.Deferred[None] = defer.Deferred()
+        server = RPCServer()
+        prog = Program(PROG, "big")
+
+        def big(call: Any, args: Any) -> list[bytes]:
+            if not called.called:
+                called.callback(None)
+            p = Packer()
+            p.opaque(blob)
+            return p.chunks()
+
+        prog.add(1, 1, Procedure("BIG", no_args, big))
+        prog.add(1, 2, Procedure("SMALL", no_args, lambda c, a: [b"\0\0\0\x2a"]))
+        server.add(prog)
+        port = reactor.listenTCP(0, RPCStreamFactory(server, 1 << 20), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = await connect_tcp(reactor, "127.0.0.1", port.getHost().port)
+        client.reader.max_record = 64 << 20
+        self.addCleanup(client.close)
+        client.transport.pauseProducing()
+        first = client.call(PROG, 1, 1)
+        second = client.call(PROG, 1, 2)
+        await called
+        await deferLater(reactor, 0, lambda: None)
+        client.transport.resumeProducing()
+        self.assertEqual((await first).opaque(64 << 20), blob)
+        self.assertEqual((await second).u32(), 42)
