@@ -367,8 +367,6 @@ def _log_late(f: Failure) -> None:
 _conn_ids = itertools.count(1)
 
 
-
-
 @implementer(IPushProducer)
 class RPCStreamProtocol(Protocol):
     """
