@@ -51,12 +51,14 @@ class Gateway:
 class RealClientTestCase(TestCase):
     timeout = 120
 
-    async def gateway(self, nfs: str = "", backend: str = "memory") -> Gateway:
+    backend = "embedded"
+
+    async def gateway(self, nfs: str = "", backend: str | None = None) -> Gateway:
         """
         A gateway on loopback; C{nfs} holds extra lines (two-space indented)
         for the C{nfs} section, which may override C{portmap_bind}.
         """
-        config = loopback_config(self, EXPORTS, backend=backend)
+        config = loopback_config(self, EXPORTS, backend=backend or self.backend)
         with open(config) as f:
             text = f.read()
         if "portmap_bind" in nfs:
@@ -164,6 +166,12 @@ class LibnfsTests(RealClientTestCase):
         self.assertEqual(sorted(got[8]["result"]), [".", "..", "g", "hard", "ln", "sub"])
         status, out, err = await run([bin_path("nfs-ls"), gw.url()])
         self.assertEqual((status, out), (0, []))
+
+
+class LibnfsMemoryTests(LibnfsTests):
+    """The same clients against the memory backend (the front end alone)."""
+
+    backend = "memory"
 
 
 def port_111_free() -> str | None:
