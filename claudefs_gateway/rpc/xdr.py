@@ -133,6 +133,17 @@ class Unpacker:
         p = self._need(n + pad(n))
         return bytes(self.data[p : p + n])
 
+    def opaque_view(self, limit: int) -> memoryview:
+        """
+        Like L{opaque}, but a view into the buffer instead of a copy: for bulk
+        data (WRITE payloads) that is passed on and not kept beyond the call.
+        """
+        n = self.u32()
+        if n > limit:
+            raise XDRError(f"opaque of {n} bytes exceeds its bound {limit}")
+        p = self._need(n + pad(n))
+        return memoryview(self.data)[p : p + n]
+
     # An XDR string is opaque on the wire; names stay bytes all the way down.
     string = opaque
 

@@ -290,11 +290,13 @@ def dec_read(u: Unpacker) -> tuple[bytes, int, int]:
 
 @attrs.frozen(slots=True)
 class WriteArgs:
+    """WRITE3args; C{data} is a view into the call's record."""
+
     fh: bytes
     offset: int
     count: int
     stable: int
-    data: bytes
+    data: memoryview
 
 
 def make_write_decoder(limit: int) -> Any:
@@ -307,7 +309,8 @@ def make_write_decoder(limit: int) -> Any:
         stable = u.u32()
         if stable > FILE_SYNC:
             raise XDRError(f"stable_how {stable}")
-        data = u.opaque(limit)
+        # A view into the record, not a copy: the data goes straight to the store.
+        data = u.opaque_view(limit)
         if count > len(data):
             raise XDRError(f"WRITE count {count} exceeds the {len(data)} bytes sent")
         if count < len(data):
