@@ -175,6 +175,45 @@ class LibnfsTests(RealClientTestCase):
         self.assertEqual((status, out), (0, []))
 
 
+class NLMTests(RealClientTestCase):
+    """NLM v4 from libnfs's own NLM client (L{tests.nfs.libnfs_nlm})."""
+
+    async def nlm(self, gw: Gateway, caller: str, *ops: str) -> list[dict[str, Any]]:
+        status, out, err = await run(
+            [sys.executable, "-m", "tests.nfs.libnfs_nlm", gw.url(), "/locked", caller, *ops]
+        )
+        self.assertEqual(status, 0, err + "\n".join(out))
+        return [json.loads(line) for line in out if line.startswith("{")]
+
+    async def test_locks_between_two_clients(self) -> None:
+        """A's lock refuses B's on the same bytes until A unlocks; TEST names A's lock."""
+        gw = await self.gateway()
+        got = await self.libnfs(gw, "creat", "/locked")
+        self.assertEqual(got[0]["ret"], 0)
+        a = await self.nlm(gw, "host-a", "lock", "100", "0", "10", "1", "0")
+        self.assertEqual(a[0]["status"], 0)
+        b = await self.nlm(
+            gw,
+            "host-b",
+            *("test", "200", "5", "1", "1"),
+            *("lock", "200", "5", "1", "1", "0"),
+            *("lock", "200", "5", "1", "1", "1"),
+            *("cancel", "200", "5", "1", "1"),
+            *("test", "200", "5", "1", "0"),
+            *("lock", "200", "20", "5", "1", "0"),
+        )
+        self.assertEqual([r["status"] for r in b], [1, 1, 3, 0, 1, 0])
+        self.assertEqual(
+            b[0]["holder"],
+            {"exclusive": True, "svid": 100, "offset": 0, "length": 10, "oh": "oh-100@host-a"},
+        )
+        self.assertEqual((await self.nlm(gw, "host-a", "unlock", "100", "0", "10"))[0]["status"], 0)
+        b = await self.nlm(
+            gw, "host-b", "lock", "200", "5", "1", "1", "0", "unlock", "200", "0", "0"
+        )
+        self.assertEqual([r["status"] for r in b], [0, 0])
+
+
 class RestartTests(RealClientTestCase):
     async def client(self, gw: Gateway) -> Client:
         conn = await connect_tcp(reactor, "127.0.0.1", gw.nfs)
