@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
+from claudefs_gateway.backend.embedded import EmbeddedBackend
+from claudefs_gateway.core import config as cfg
 from claudefs_gateway.core.metrics import Metrics, RequestMetrics
 from claudefs_gateway.nfs.context import NFSContext
 from claudefs_gateway.nfs.mount import Mount
@@ -15,6 +20,7 @@ from claudefs_gateway.rpc.drc import ReplyCache
 from claudefs_gateway.rpc.message import AuthSys
 from claudefs_gateway.rpc.server import Peer, RPCServer
 from claudefs_gateway.testing.vfs import MemoryVFS
+from claudefs_gateway.vfs import VFS, UserDB
 from tests.nfs.client import Client, server_sender
 
 CONFIG = """
@@ -30,14 +36,48 @@ exports:
 VERIFIER = b"VERIFIER"
 
 
+class EmbeddedVFS(MemoryVFS):
+    """L{MemoryVFS}'s helpers over the embedded store in its inline (synchronous) mode."""
+
+    def __init__(self, config_text: str, path: str) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.backend = EmbeddedBackend(
+            path, None, inline=True, durable=False, now_ns=lambda: int(self.clock.seconds() * 1e9)
+        )
+        _fired(self.backend.open())
+        self.config = cfg.loads(config_text)
+        self.metrics = Metrics()
+        self.users = UserDB(self.clock, inline=[])
+        self.vfs = VFS(
+            self.backend, self.config, self.clock, os.urandom(32), self.users, self.metrics
+        )
+        _fired(defer.Deferred.fromCoroutine(self.vfs.open()))
+
+
+def _fired(d: defer.Deferred[Any]) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
 class Harness:
     """
-    A MOUNT + NFSv3 server over a L{MemoryVFS}; L{client} makes clients
-    with a given identity and address.
+    A MOUNT + NFSv3 server over a L{MemoryVFS} (or, with C{store}, the
+    embedded store in its inline mode); L{client} makes clients with a given
+    identity and address.
     """
 
-    def __init__(self, config: str = CONFIG, io_size: int = 1 << 20, extra: Any = None) -> None:
-        self.m = MemoryVFS(config)
+    def __init__(
+        self,
+        config: str = CONFIG,
+        io_size: int = 1 << 20,
+        extra: Any = None,
+        store: str | None = None,
+    ) -> None:
+        self.m = MemoryVFS(config) if store is None else EmbeddedVFS(config, store)
         self.vfs = self.m.vfs
         self.metrics = Metrics()
         self.ctx = NFSContext(

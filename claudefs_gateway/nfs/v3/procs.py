@@ -63,6 +63,7 @@ _ENTRY_BASE = 4 + 8 + 4 + 8
 # entryplus3 adds name_attributes (post_op_attr) and name_handle (post_op_fh3).
 _ENTRYPLUS_EXTRA = 88 + 4 + 4 + 36
 _MAX_ENTRIES = 4096
+_NO_VERIFIER = bytes(8)
 
 
 def _pad_len(n: int) -> int:
@@ -528,8 +529,14 @@ class NFS3:
                 raise _TooSmall()
             want = min(max(budget // (per_entry + 4), 1), _MAX_ENTRIES)
             start = 0 if cookie < 3 else cookie
+            if start and verifier == _NO_VERIFIER:
+                # RFC 1813 lets a client send a zero verifier with a cookie
+                # (some do after a server restart): resume against the
+                # directory's current verifier, as servers that ignore the
+                # verifier would.
+                verifier = (await vfs.readdir(caller, d.ino, 0, _NO_VERIFIER, 0)).verifier
             page = await vfs.readdir(
-                caller, d.ino, start, verifier if start else bytes(8), want, with_attrs=plus
+                caller, d.ino, start, verifier if start else _NO_VERIFIER, want, with_attrs=plus
             )
             # "." and ".." lead the listing, at cookies 1 and 2.
             dots: list[tuple[bytes, Attributes, int]] = []
