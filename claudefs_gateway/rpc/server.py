@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -390,9 +391,11 @@ class RPCStreamProtocol(Protocol):
         self.peer: Peer | None = None
         self.conn_id = next(_conn_ids)
         self.closed = False
-        self._paused_calls = False
+        self._reading_paused = False
         self._paused_output = False
         self._sock: Any = None
+        # Calls read but not yet started (see _drain_backlog).
+        self.backlog: deque[bytes] = deque()
 
     @override
     def connectionMade(self) -> None:
@@ -434,13 +437,47 @@ class RPCStreamProtocol(Protocol):
             self.transport.loseConnection()
             self.closed = True
             return
-        for record in records:
-            if self.closed:
+        if records:
+            self.backlog.extend(records)
+            self._drain_backlog()
+
+    def _drain_backlog(self) -> None:
+        """
+        Serve queued calls while the connection may take more work: not at
+        C{max_in_flight}, and not while the client leaves replies unread (a
+        client that sends 64 KiB of 1 MiB READs and reads nothing must not
+        make the gateway hold 500 MiB of replies). Reading from the socket is
+        paused meanwhile, so the backlog holds at most one read's worth.
+        """
+        backlog = self.backlog
+        while backlog and not self.closed:
+            if self._paused_output or len(self.pending) >= self.max_in_flight:
+                self._pause_reading()
                 return
             try:
-                self._serve(record)
+                self._serve(backlog.popleft())
             except Exception:
                 self._log.failure("connection {conn_id}: serving a call", conn_id=self.conn_id)
+        if self._paused_output or len(self.pending) >= self.max_in_flight:
+            self._pause_reading()
+        else:
+            self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and not self.closed:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        if (
+            self._reading_paused
+            and not self.closed
+            and not self.backlog
+            and not self._paused_output
+            and len(self.pending) < self.max_in_flight
+        ):
+            self._reading_paused = False
+            self.transport.resumeProducing()
 
     def _serve(self, record: bytes) -> None:
         assert self.peer is not None
@@ -458,9 +495,6 @@ class RPCStreamProtocol(Protocol):
                 self.send(out[0])
             return
         self.pending.add(result)
-        if len(self.pending) >= self.max_in_flight and not self._paused_calls:
-            self._paused_calls = True
-            self.transport.pauseProducing()
         result.addBoth(self._done, result)
 
     def _done(self, result: Results | Failure | None, d: defer.Deferred[Any]) -> None:
@@ -469,10 +503,7 @@ class RPCStreamProtocol(Protocol):
             self.send(result)
         elif isinstance(result, Failure) and not result.check(defer.CancelledError):
             self._log.failure("connection {conn_id}: call failed", result, conn_id=self.conn_id)
-        if self._paused_calls and len(self.pending) < self.max_in_flight:
-            self._paused_calls = False
-            if not self._paused_output and not self.closed:
-                self.transport.resumeProducing()
+        self._drain_backlog()
 
     def send(self, chunks: Results) -> None:
         """
@@ -512,16 +543,12 @@ class RPCStreamProtocol(Protocol):
 
     # IPushProducer: the transport tells us when the client is not reading replies.
     def pauseProducing(self) -> None:
-        if not self._paused_output:
-            self._paused_output = True
-            if not self._paused_calls:
-                self.transport.pauseProducing()
+        self._paused_output = True
+        self._pause_reading()
 
     def resumeProducing(self) -> None:
-        if self._paused_output:
-            self._paused_output = False
-            if not self._paused_calls and not self.closed:
-                self.transport.resumeProducing()
+        self._paused_output = False
+        self._drain_backlog()
 
     def stopProducing(self) -> None:
         self.closed = True

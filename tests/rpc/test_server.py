@@ -320,3 +320,54 @@ class DatagramTests(SynchronousTestCase):
         self.proto.accepting = False
         self.proto.datagramReceived(encode_call(1, PROG, 1, 0), ("h", 1))
         self.assertEqual(self.sent, [])
+
+
+class FullBufferTransport(StringTransport):
+    """Pauses its producer once more than 64 KiB is written, as a real transport would."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.value()) > 65536 and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def writeSequence(self, seq: Any) -> None:
+        for d in seq:
+            self.write(d)
+
+
+class BackPressureTests(SynchronousTestCase):
+    def test_unread_replies_stop_the_work(self) -> None:
+        """
+        A client that sends many calls with large replies and reads none of
+        them gets one reply buffered, not all: the rest wait unserved.
+        """
+        server = RPCServer()
+        prog = Program(PROG, "big")
+        served = []
+
+        def big(call: Call, args: Any) -> list[bytes]:
+            served.append(call.xid)
+            return [b"\0" * (1 << 20)]
+
+        prog.add(1, 1, Procedure("BIG", no_args, big))
+        server.add(prog)
+        proto = RPCStreamFactory(server, 4096, 16).buildProtocol(None)
+        transport = FullBufferTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b"".join(encode_record(encode_call(x, PROG, 1, 1)) for x in range(100)))
+        self.assertEqual(served, [0])
+        self.assertEqual(len(proto.backlog), 99)
+        self.assertEqual(transport.producerState, "paused")
+        # The client reads: the next call is served, and the buffer fills again.
+        transport.clear()
+        proto.resumeProducing()
+        self.assertEqual(served, [0, 1])
+        self.assertEqual(transport.producerState, "paused")
+        # Everything once the client keeps up.
+        while proto.backlog:
+            transport.clear()
+            proto.resumeProducing()
+        transport.clear()
+        proto.resumeProducing()
+        self.assertEqual(served, list(range(100)))
+        self.assertEqual(transport.producerState, "producing")
