@@ -6,7 +6,7 @@ The NFS front end in the service tree: listeners, programs, registration.
 
     proto:nfs (MultiService)
       proto:nfs:listen        TCP  nfs.bind        NFSv3, NLM v4, NSM v1   (health: nfs)
-      proto:nfs:listen-udp    UDP  same port                                (health: nfs-udp)
+      proto:nfs:nfs-udp       UDP  same port                                (health: nfs-udp)
       proto:nfs:mount         TCP  nfs.mount_bind  MOUNT v1 and v3          (health: mount)
       proto:nfs:mount-udp     UDP  same port                                (health: mount-udp)
       proto:nfs:portmap       TCP  nfs.portmap_bind, embedded portmapper   (health: portmap)
