@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.core.malloc import keep_freed_memory
 from claudefs_gateway.core.metrics import RequestMetrics
 from claudefs_gateway.errors import BackendUnavailable
 from claudefs_gateway.nfs.callbacks import RPCCallbacks
@@ -134,6 +135,12 @@ class NFSService(MultiService):
         self.registrar = Registration(self)
         self.registrar.setServiceParent(self)
         LockRecovery(self).setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        # READ and WRITE move buffers of up to rtmax per call: keep freed heap
+        # for reuse instead of giving it back and faulting it in again.
+        keep_freed_memory()
+        super().privilegedStartService()
 
     def _disk(self, f: Any, *args: Any) -> defer.Deferred[Any]:
         """Run blocking file work in the disk pool (in-line on a reactor without threads)."""
