@@ -24,6 +24,7 @@ from claudefs_gateway.s3.errors import S3Error
 __all__ = [
     "NS",
     "document",
+    "text_document",
     "parse_complete",
     "parse_delete",
     "parse_location",
@@ -74,6 +75,13 @@ def document(root: str, children: Children, namespace: bool = True) -> bytes:
     _render(out, children)
     out.append(f"</{root}>")
     return "".join(out).encode("utf-8")
+
+
+def text_document(root: str, text: str) -> bytes:
+    """A document whose root element holds only text (GetBucketLocation)."""
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<{root} xmlns="{NS}">{_text(text)}</{root}>'
+    ).encode()
 
 
 # -- parsing -------------------------------------------------------------------
