@@ -315,11 +315,29 @@ class Authenticator:
             )
         user = self._user(access_key)
         self._skew(when)
-        resource = sg.v2_canonical_resource(req.vhost_bucket, req.raw_path, req.raw_query)
         date_line = "" if amz_date is not None else (date or "")
-        sts = sg.v2_string_to_sign(req.method, req.headers, date_line, resource)
-        self._compare(sg.v2_sign(user.s3_secret_key, sts), signature, user, sts)
+        self._v2_verify(req, user, date_line, signature)
         return AuthResult(user, "v2", sg.UNSIGNED_PAYLOAD)
+
+    def _v2_verify(self, req: RequestView, user: Any, date_line: str, signature: str) -> None:
+        resources = [sg.v2_canonical_resource(req.vhost_bucket, req.raw_path, req.raw_query)]
+        path = (
+            req.raw_path
+            if req.vhost_bucket is None
+            else b"/" + req.vhost_bucket.encode() + req.raw_path
+        )
+        if path.count(b"/") == 1 and len(path) > 1:
+            # A bucket request: botocore signs "/bucket/", other clients "/bucket".
+            resources.append(
+                sg.v2_canonical_resource(req.vhost_bucket, req.raw_path + b"/", req.raw_query)
+            )
+        sts = ""
+        for resource in resources:
+            sts = sg.v2_string_to_sign(req.method, req.headers, date_line, resource)
+            want = sg.v2_sign(user.s3_secret_key, sts)
+            if hmac.compare_digest(want.encode(), signature.encode()):
+                return
+        self._compare("", signature, user, sts)
 
     def _v2_query(self, req: RequestView, query: dict[str, str]) -> AuthResult:
         expires = query.get("Expires", "")
@@ -330,7 +348,5 @@ class Authenticator:
         user = self._user(query["AWSAccessKeyId"])
         if self.clock.seconds() > int(expires):
             raise S3Error("AccessDenied", "Request has expired", Expires=expires)
-        resource = sg.v2_canonical_resource(req.vhost_bucket, req.raw_path, req.raw_query)
-        sts = sg.v2_string_to_sign(req.method, req.headers, expires, resource)
-        self._compare(sg.v2_sign(user.s3_secret_key, sts), query["Signature"], user, sts)
+        self._v2_verify(req, user, expires, query["Signature"])
         return AuthResult(user, "v2-query", sg.UNSIGNED_PAYLOAD)

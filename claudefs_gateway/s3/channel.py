@@ -180,6 +180,22 @@ class S3Channel(http.HTTPChannel):
         self._awaiting_headers = True
         super().requestDone(request)
 
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        """
+        As HTTPChannel's, but C{x-amz-*} names go out in lower case (twisted.web
+        title-cases names, and clients read C{x-amz-meta-*} names case-sensitively:
+        botocore would report metadata C{color} as C{Color}).
+        """
+        out = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            if name[:6].lower() == b"x-amz-":
+                name = name.lower()
+            for value in values:
+                out.extend((name, b": ", value, b"\r\n"))
+        out.append(b"\r\n")
+        assert self.transport is not None
+        self.transport.writeSequence(out)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_header_timer()
         super().connectionLost(reason)
