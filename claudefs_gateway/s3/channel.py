@@ -196,6 +196,11 @@ class S3Channel(http.HTTPChannel):
         assert self.transport is not None
         self.transport.writeSequence(out)
 
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # A request line or header longer than max_header_bytes: 400 and close
+        # (LineReceiver's default would close without a word).
+        self._respondToBadRequestAndDisconnect()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_header_timer()
         super().connectionLost(reason)
