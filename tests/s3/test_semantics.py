@@ -214,3 +214,39 @@ async def _get_status(port: int, ca: str) -> int:
     response = await agent.request(b"GET", f"https://127.0.0.1:{port}/".encode())
     await readBody(response)
     return int(response.code)
+
+
+def _responses(data: bytes) -> list:
+    from tests.s3.harness import RawConnection
+
+    c = RawConnection()
+    c.received = data
+    return c.responses()
+
+
+class VirtualHostTests(TestCase):
+    timeout = 30
+
+    async def test_bucket_in_the_host_name(self) -> None:
+        """With s3.domain set, bkt.s3.test/key addresses bucket bkt; path style still works."""
+        from tests.s3.harness import raw_connect, raw_request
+
+        root = await start_gateway(self, s3_extra="  domain: s3.test\n")
+        port = s3_port(root)
+        c = Client(port)
+        self.addCleanup(c.close)
+        self.assertEqual((await c.request("PUT", "/vhosted")).status, 200)
+        body = b"virtual host"
+        url, headers = c.sign("PUT", f"http://vhosted.s3.test:{port}/dir/k", {}, body)
+        headers["Content-Length"] = str(len(body))
+        url2, headers2 = c.sign("GET", f"http://vhosted.s3.test:{port}/?list-type=2", {}, b"")
+        conn = await raw_connect(port)
+        conn.transport.write(raw_request("PUT", url, headers, body) + raw_request("GET", url2, headers2))
+        await conn.wait(lambda b: len(_responses(b)) >= 2)
+        conn.transport.loseConnection()
+        rs = conn.responses()
+        self.assertEqual((rs[0][0], rs[1][0]), (200, 200))
+        self.assertIn(b"<Name>vhosted</Name>", rs[1][2])
+        self.assertIn(b"<Key>dir/k</Key>", rs[1][2])
+        r = await c.request("GET", "/vhosted/dir/k")
+        self.assertEqual(r.body, body)
