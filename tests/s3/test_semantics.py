@@ -241,7 +241,9 @@ class VirtualHostTests(TestCase):
         headers["Content-Length"] = str(len(body))
         url2, headers2 = c.sign("GET", f"http://vhosted.s3.test:{port}/?list-type=2", {}, b"")
         conn = await raw_connect(port)
-        conn.transport.write(raw_request("PUT", url, headers, body) + raw_request("GET", url2, headers2))
+        conn.transport.write(
+            raw_request("PUT", url, headers, body) + raw_request("GET", url2, headers2)
+        )
         await conn.wait(lambda b: len(_responses(b)) >= 2)
         conn.transport.loseConnection()
         rs = conn.responses()
