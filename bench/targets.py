@@ -127,7 +127,7 @@ class Gateway(Target):
             textwrap.dedent(f"""
             log_format: json
             log_level: info
-            backend: {{data_dir: "{data}"}}
+            backend: {{type: {os.environ.get("CFS_BENCH_BACKEND", "embedded")}, data_dir: "{data}"}}
             exports: [{{path: /export, name: share, root_squash: false}}]
             users:
               - name: {BENCH_USER}
@@ -200,6 +200,7 @@ class Gateway(Target):
             "password": BENCH_PASSWORD,
             "access_key": BENCH_ACCESS_KEY,
             "secret_key": BENCH_SECRET_KEY,
+            "pid": proc.pid,
         }
 
 
@@ -339,6 +340,7 @@ class SeaweedFS(Target):
         self.endpoints = {
             "host": "127.0.0.1",
             "s3_port": port,
+            "pid": self._procs[-1].pid,
             "access_key": BENCH_ACCESS_KEY,
             "secret_key": BENCH_SECRET_KEY,
         }
