@@ -266,6 +266,18 @@ class NoLock(FSError):
     name = "ENOLCK"
 
 
+class Grace(NoLock):
+    """
+    The lock manager is in its grace period and this is not a reclaim.
+
+    After a restart, clients that held locks or opens get the grace period to
+    reclaim them before anyone else may take new ones; otherwise a newcomer
+    could be granted a lock an old client still believes it holds. NLM answers
+    DENIED_GRACE_PERIOD, NFSv4 NFS4ERR_GRACE. A subclass of L{NoLock} so a
+    front end without a grace status of its own still answers "no lock now".
+    """
+
+
 class Busy(FSError):
     """A share reservation (open mode) of another opener conflicts."""
 
@@ -313,6 +325,7 @@ FS_ERRORS: tuple[type[FSError], ...] = (
     Again,
     Deadlock,
     NoLock,
+    Grace,
     Busy,
     BadHandle,
     BadCookie,

@@ -11,6 +11,7 @@ from claudefs_gateway.vfs._vfs import INTERNAL_PREFIX, VFS
 from claudefs_gateway.vfs.events import Action, Change
 from claudefs_gateway.vfs.exports import Caller, ExportInfo
 from claudefs_gateway.vfs.identity import User, UserDB
+from claudefs_gateway.vfs.locks import Lock, LockOwner, LockTable, ShareToken
 from claudefs_gateway.vfs.permissions import R, W, X
 
 __all__ = [
@@ -25,4 +26,8 @@ __all__ = [
     "R",
     "W",
     "X",
+    "Lock",
+    "LockOwner",
+    "LockTable",
+    "ShareToken",
 ]

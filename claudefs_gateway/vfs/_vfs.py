@@ -24,6 +24,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.config import Config
@@ -62,12 +63,21 @@ SYMLOOP_MAX = 40
 _VERIFIER = b"cfs.nfs.create_verifier"
 
 
+# Failures that say the backend itself is in trouble (not the caller's request).
+_BACKEND_TROUBLE = (errors.IO, errors.NoSpace, errors.BackendUnavailable, errors.Timeout)
+
+
 def deferred(f: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, defer.Deferred[T]]:
-    """Make an C{async def} method return a Deferred (STYLE.md §4)."""
+    """
+    Make an C{async def} method return a Deferred (STYLE.md §4), counting
+    backend trouble in C{gateway_backend_errors_total} on the way out.
+    """
 
     @functools.wraps(f)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> defer.Deferred[T]:
-        return defer.Deferred.fromCoroutine(f(*args, **kwargs))
+        d = defer.Deferred.fromCoroutine(f(*args, **kwargs))
+        d.addErrback(args[0]._count_backend_error)  # type: ignore[attr-defined, call-overload]
+        return d
 
     return wrapper
 
@@ -129,8 +139,16 @@ class VFS:
         self.events = ChangeEvents()
         self.locks = locks
         self.root_ino = 0
-        self._ready: defer.Deferred[None] | None = None
         self.is_open = False
+        self._backend_errors = (
+            metrics.family("gateway_backend_errors_total") if metrics is not None else None
+        )
+        self._backend_kind = config.backend.type
+
+    def _count_backend_error(self, f: Failure) -> Failure:
+        if self._backend_errors is not None and f.check(*_BACKEND_TROUBLE):
+            self._backend_errors.labels(self._backend_kind, type(f.value).__name__).inc()
+        return f
 
     # -- lifecycle ------------------------------------------------------------
 

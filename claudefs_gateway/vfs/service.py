@@ -147,9 +147,7 @@ class VFSService(Service):
 
 
 def make_locks(core: Core) -> Any:
-    """The lock manager, when this build has one."""
-    try:
-        from claudefs_gateway.vfs.locks import LockManager
-    except ImportError:
-        return None
-    return LockManager(core.reactor)
+    """The cross-protocol lock table every front end shares."""
+    from claudefs_gateway.vfs.locks import LockTable
+
+    return LockTable(core.reactor)

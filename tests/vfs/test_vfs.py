@@ -226,3 +226,45 @@ class VFSTests(SynchronousTestCase):
         self.vfs.events.subscribe(None, boom)
         self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class BackendErrorMetricTests(SynchronousTestCase):
+    def test_backend_trouble_counted_not_caller_errors(self) -> None:
+        """IO-class failures count in gateway_backend_errors_total; a missing name does not."""
+        from twisted.internet import defer
+
+        m = MemoryVFS("exports: [{path: /export, root_squash: false}]\n")
+        c = m.caller(0, 0)
+        self.failureResultOf(m.vfs.lookup(c, m.root(), b"nope"), errors.NotFound)
+        m.backend.statfs = lambda: defer.fail(errors.IO("disk"))  # type: ignore[method-assign]
+        self.failureResultOf(m.vfs.statfs(c), errors.IO)
+        reg = m.metrics.registry
+        self.assertEqual(
+            reg.get_sample_value(
+                "gateway_backend_errors_total", {"backend": "embedded", "kind": "IO"}
+            ),
+            1,
+        )
+        self.assertIsNone(
+            reg.get_sample_value(
+                "gateway_backend_errors_total", {"backend": "embedded", "kind": "NotFound"}
+            )
+        )
+
+
+class LockIntegrationTests(SynchronousTestCase):
+    def test_last_unlink_releases_locks(self) -> None:
+        """Locks on a file go when its last name does (a later inode cannot inherit them)."""
+        from claudefs_gateway.vfs import LockOwner, LockTable
+
+        m = MemoryVFS("exports: [{path: /export, root_squash: false}]\n")
+        m.vfs.locks = LockTable(m.clock)
+        c = m.caller(0, 0)
+        f = self.successResultOf(m.vfs.create(c, m.root(), b"f", 0o644))
+        self.successResultOf(m.vfs.link(c, f.ino, m.root(), b"g"))
+        owner = LockOwner("nlm", "client", b"1")
+        self.successResultOf(m.vfs.locks.lock(f.ino, owner, 0, 10, True))
+        self.successResultOf(m.vfs.remove(c, m.root(), b"f"))
+        self.assertEqual(len(m.vfs.locks.locks(f.ino)), 1)
+        self.successResultOf(m.vfs.remove(c, m.root(), b"g"))
+        self.assertEqual(m.vfs.locks.locks(f.ino), [])

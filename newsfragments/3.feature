@@ -1,0 +1,1 @@
+Byte-range locks and share reservations are shared across protocols: an NLM, NFSv4 or SMB lock holds against the others, blocked requests are served in order with deadlock detection, and clients reclaim their locks during a grace period after a restart.
