@@ -35,6 +35,7 @@ EXPECTED = {
     errors.Again: "SlowDown",
     errors.Deadlock: "SlowDown",
     errors.NoLock: "SlowDown",
+    errors.Grace: "SlowDown",
     errors.Busy: "OperationAborted",
     errors.BadCookie: "InvalidArgument",
 }
