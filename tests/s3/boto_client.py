@@ -569,27 +569,38 @@ def _chunk_sig(key: bytes, amz_date: str, scope: str, prev: str, data: bytes) ->
 
 
 def signed_chunked_put(
-    args: argparse.Namespace, bucket: str, key: str, data: bytes, chunk: int, tamper: bool = False
+    args: argparse.Namespace,
+    bucket: str,
+    key: str,
+    data: bytes,
+    chunk: int,
+    tamper: bool = False,
+    trailer: bool = False,
+    tamper_trailer: bool = False,
 ) -> int:
-    """PUT with STREAMING-AWS4-HMAC-SHA256-PAYLOAD: botocore signs the headers, each chunk signed here."""
+    """
+    PUT with STREAMING-AWS4-HMAC-SHA256-PAYLOAD (or ...-TRAILER with a signed CRC32
+    trailer): botocore signs the headers, each chunk is signed here from the spec.
+    """
+    import base64
+    import zlib
+
+    mode = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" + ("-TRAILER" if trailer else "")
     url = f"{args.endpoint}/{bucket}/{key}"
     chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
-    sizes = [len(f"{len(c):x};chunk-signature={'0' * 64}\r\n") + len(c) + 2 for c in chunks]
-    total = sum(sizes) + len(f"0;chunk-signature={'0' * 64}\r\n\r\n")
-    req = AWSRequest(
-        method="PUT",
-        url=url,
-        headers={
-            "Content-Encoding": "aws-chunked",
-            "Content-Length": str(total),
-            "x-amz-decoded-content-length": str(len(data)),
-            "X-Amz-Content-SHA256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
-        },
-    )
+    crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    headers = {
+        "Content-Encoding": "aws-chunked",
+        "x-amz-decoded-content-length": str(len(data)),
+        "X-Amz-Content-SHA256": mode,
+    }
+    if trailer:
+        headers["x-amz-trailer"] = "x-amz-checksum-crc32"
+    req = AWSRequest(method="PUT", url=url, headers=headers)
 
     class Streaming(S3SigV4Auth):
         def payload(self, request: Any) -> str:
-            return "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+            return mode
 
     signer = Streaming(Credentials(args.key, args.secret), "s3", "us-east-1")
     signer.add_auth(req)
@@ -606,13 +617,33 @@ def signed_chunked_put(
         prev = sig
         if tamper and c:
             c = bytes([c[0] ^ 1]) + c[1:]
-        body += f"{len(c):x};chunk-signature={sig}\r\n".encode() + c + b"\r\n"
-    check(len(body) == total, "framing size")
+        if c:
+            body += f"{len(c):x};chunk-signature={sig}\r\n".encode() + c + b"\r\n"
+        else:
+            body += f"0;chunk-signature={sig}\r\n".encode()
+    if trailer:
+        # The trailer signature covers "name:value\n" of each trailing header.
+        canonical = f"x-amz-checksum-crc32:{crc}\n"
+        sts = "\n".join(
+            [
+                "AWS4-HMAC-SHA256-TRAILER",
+                amz_date,
+                scope,
+                prev,
+                hashlib.sha256(canonical.encode()).hexdigest(),
+            ]
+        )
+        tsig = hmac.new(k, sts.encode(), hashlib.sha256).hexdigest()
+        if tamper_trailer:
+            tsig = "0" * 64
+        body += f"x-amz-checksum-crc32:{crc}\r\nx-amz-trailer-signature:{tsig}\r\n".encode()
+    body += b"\r\n"
     u = urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
     conn.putrequest("PUT", u.path, skip_host=True, skip_accept_encoding=True)
     for name, value in req.headers.items():
         conn.putheader(name, value)
+    conn.putheader("Content-Length", str(len(body)))
     conn.putheader("Host", u.netloc)
     conn.endheaders()
     conn.send(body)
@@ -635,6 +666,19 @@ def streaming_signed(s3: Any, args: argparse.Namespace) -> None:
     )
     check(
         error_code(lambda: s3.head_object(Bucket="chunked", Key="bad"))[1] == 404, "nothing written"
+    )
+    # STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER: signed chunks and a signed CRC32 trailer.
+    ok = signed_chunked_put(args, "chunked", "trailed", data, 65536, trailer=True)
+    check(ok == 200, f"signed trailer {ok}")
+    g = s3.get_object(Bucket="chunked", Key="trailed", ChecksumMode="ENABLED")
+    check(g["Body"].read() == data and g.get("ChecksumCRC32"), "trailer checksum stored")
+    bad = signed_chunked_put(
+        args, "chunked", "trailed-bad", data, 65536, trailer=True, tamper_trailer=True
+    )
+    check(bad == 403, f"bad trailer signature {bad}")
+    check(
+        error_code(lambda: s3.head_object(Bucket="chunked", Key="trailed-bad"))[1] == 404,
+        "nothing written",
     )
 
 

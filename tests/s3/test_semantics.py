@@ -83,6 +83,21 @@ class SharedTreeTests(TestCase):
         r = await self.alice.request("GET", "/shared", {"list-type": "2"})
         self.assertIn(b"<Key>empty/</Key>", r.body)
 
+    async def test_directories_made_elsewhere_are_kept(self) -> None:
+        """Deleting the last object removes directories the gateway made, never one made over NFS."""
+        await self.open_shared()
+        caller = self.nfs(1000)
+        await self.vfs.mkdir(caller, caller.export.root_ino, b"mine", 0o755)
+        for key in ("mine/x", "auto/deep/y"):
+            self.assertEqual(
+                (await self.alice.request("PUT", f"/shared/{key}", body=b"1")).status, 200
+            )
+        for key in ("mine/x", "auto/deep/y"):
+            self.assertEqual((await self.alice.request("DELETE", f"/shared/{key}")).status, 204)
+        names = [n for n, _ in await self.s3.tree.read_dir(caller, caller.export.root_ino)]
+        self.assertIn(b"mine", names)
+        self.assertNotIn(b"auto", names)
+
     async def test_permissions_are_the_files(self) -> None:
         """Buckets are private directories: another user can neither list nor read them."""
         self.assertEqual((await self.alice.request("PUT", "/alices")).status, 200)
