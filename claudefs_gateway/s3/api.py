@@ -1142,15 +1142,19 @@ class S3Api:
         finished.addErrback(lambda f: producer.stopProducing())
         try:
             await producer.start()
-        except ShortRead:
-            self._log.warn("object changed while it was being sent; connection cut")
-            req.transport.abortConnection() if getattr(req, "transport", None) else None
-            raise ClientGone("short read") from None
-        except (errors.NotFound, errors.Stale):
-            self._log.warn("object removed while it was being sent; connection cut")
-            if getattr(req, "transport", None):
-                req.transport.abortConnection()
-            raise ClientGone("object gone") from None
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            # Headers and part of the body are out: the only honest signal left is
+            # to cut the connection (the client sees a short body, never wrong bytes).
+            if isinstance(e, (ShortRead, errors.NotFound, errors.Stale)):
+                self._log.warn("object changed while it was being sent; connection cut")
+            else:
+                self._log.failure("while sending an object; connection cut")
+            transport = getattr(req, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+            raise ClientGone("object read failed") from None
         if not req._disconnected and not req.finished:
             req.finish()
 
@@ -1351,7 +1355,7 @@ class S3Api:
             ("ETag", f'"{meta.etag}"'),
         ]
         for algo_name, v in meta.checksums.items():
-            fields.append(("Checksum" + algo_name.upper().replace("CRC64NVME", "CRC64NVME"), v))
+            fields.append(("Checksum" + algo_name.upper(), v))
         self._finish_xml(call, xmlio.document("CopyObjectResult", fields))
 
     # -- multipart -------------------------------------------------------------------------------
