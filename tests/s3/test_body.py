@@ -136,3 +136,18 @@ class ProducerTests(SynchronousTestCase):
         self.successResultOf(done)
         self.assertEqual(b"".join(c.data), blob[100:5100])
         self.assertIsNone(c.producer)
+
+
+class ShortReadTests(SynchronousTestCase):
+    def test_object_shrinks(self) -> None:
+        """The file ends before the promised length: ShortRead, so the connection is cut."""
+        from claudefs_gateway.s3.body import ShortRead
+
+        def read(off: int, n: int) -> defer.Deferred[bytes]:
+            return defer.succeed(b"x" * n if off < 1000 else b"")
+
+        c = Consumer()
+        d = ObjectProducer(read, c, 0, 5000, block=1000).start()
+        self.failureResultOf(d, ShortRead)
+        self.assertEqual(b"".join(c.data), b"x" * 1000)
+        self.assertIsNone(c.producer)
