@@ -1127,7 +1127,7 @@ class S3Api:
             req.setResponseCode(206)
             headers["Content-Range"] = rng.content_range
         for k, v in headers.items():
-            req.setHeader(k.encode("latin-1"), v.encode("utf-8", "surrogateescape"))
+            req.setHeader(k.encode("latin-1"), _header_bytes(v))
         req.setHeader(b"Content-Length", str(length).encode())
         if head or length == 0:
             req.finish()
@@ -1774,6 +1774,18 @@ class S3Api:
         if enc:
             fields.append(("EncodingType", enc))
         self._xml(call, xmlio.document("ListMultipartUploadsResult", fields + items))
+
+
+def _header_bytes(value: str) -> bytes:
+    """
+    A header value back to bytes: stored values were decoded from latin-1 (HTTP's
+    own byte-for-byte reading), so they go out as the same bytes; a value with
+    characters beyond latin-1 (a ``response-*`` override from the query) as UTF-8.
+    """
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape")
 
 
 def _failure() -> Any:

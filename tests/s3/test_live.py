@@ -65,3 +65,31 @@ class BasicTests(TestCase):
         self.addCleanup(bad.close)
         r = await bad.request("GET", "/")
         self.assertEqual((r.status, r.code), (403, "SignatureDoesNotMatch"))
+
+
+class HeaderBytesTests(TestCase):
+    timeout = 30
+
+    async def test_non_ascii_header_values_round_trip(self) -> None:
+        """Stored header values come back byte for byte (UTF-8 filename in Content-Disposition)."""
+        from tests.s3.harness import raw_connect, raw_request
+
+        root = await start_gateway(self)
+        port = s3_port(root)
+        c = Client(port)
+        self.addCleanup(c.close)
+        await c.request("PUT", "/hdrs")
+        value = "attachment; filename*=UTF-8''caf\u00e9.txt; x=\u00e9"
+        raw_value = value.encode("utf-8").decode("latin-1")
+        url, headers = c.sign("PUT", c.url("/hdrs/f"), {"Content-Disposition": raw_value}, b"x")
+        headers["Content-Length"] = "1"
+        conn = await raw_connect(port)
+        conn.transport.write(raw_request("PUT", url, headers, b"x"))
+        await conn.wait(lambda b: b"\r\n\r\n" in b)
+        conn.transport.loseConnection()
+        url, headers = c.sign("GET", c.url("/hdrs/f"))
+        conn = await raw_connect(port)
+        conn.transport.write(raw_request("GET", url, headers))
+        await conn.wait(lambda b: b"\r\n\r\nx" in b)
+        conn.transport.loseConnection()
+        self.assertIn(b"Content-Disposition: " + value.encode("utf-8") + b"\r\n", conn.received)
