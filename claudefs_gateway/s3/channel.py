@@ -27,6 +27,7 @@ Keep-alive and pipelining are HTTPChannel's own.
 from __future__ import annotations
 
 import io
+import os
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -201,6 +202,24 @@ class S3Channel(http.HTTPChannel):
         # (LineReceiver's default would close without a word).
         self._respondToBadRequestAndDisconnect()
 
+    def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802 - HTTPChannel's name
+        """Unparseable HTTP: S3's error document (with a request id) and close."""
+        self._reject(400, b"Bad Request", "InvalidRequest", "The HTTP request could not be parsed")
+
+    def _reject(self, status: int, reason: bytes, code: str, message: str) -> None:
+        rid = os.urandom(8).hex().upper()
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            f"<Message>{message}</Message><RequestId>{rid}</RequestId></Error>"
+        ).encode()
+        assert self.transport is not None
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/xml\r\n"
+            b"x-amz-request-id: %s\r\nContent-Length: %d\r\n\r\n%s"
+            % (status, reason, rid.encode(), len(body), body)
+        )
+        self.loseConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_header_timer()
         super().connectionLost(reason)
@@ -216,11 +235,7 @@ class S3Channel(http.HTTPChannel):
         on_slow = getattr(site, "on_header_timeout", None)
         if on_slow is not None:
             on_slow(self)
-        assert self.transport is not None
-        self.transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-        )
-        self.transport.loseConnection()
+        self._reject(408, b"Request Timeout", "RequestTimeout", "Your request headers took too long")
         if self.abortTimeout is not None:
             self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
 

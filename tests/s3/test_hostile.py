@@ -148,6 +148,8 @@ class HostileTests(TestCase):
         )
         await conn.closed
         self.assertIn(b"400", conn.received[:20])
+        self.assertIn(b"x-amz-request-id:", conn.received)
+        self.assertIn(b"<Code>InvalidRequest</Code>", conn.received)
 
     async def test_expect_continue_refused_before_body(self) -> None:
         """A PUT that will be refused is refused before the client sends its body."""
@@ -279,6 +281,8 @@ class SlowHeaderTests(SynchronousTestCase):
         self.assertEqual(sent, 20)  # cut off at the 20 s header deadline
         self.assertEqual(len(slow), 1)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 408"))
+        self.assertIn(b"x-amz-request-id:", transport.value())
+        self.assertIn(b"<Code>RequestTimeout</Code>", transport.value())
 
     def test_idle_between_requests_is_not_slow_headers(self) -> None:
         from twisted.web.resource import Resource
