@@ -277,6 +277,17 @@ def objects(s3: Any, args: argparse.Namespace) -> None:
     for key in ["sp ace", "plus+sign", "uni-\u00e9\u6f22", "q?uery&x=1", "tilde~", "pct%41"]:
         s3.put_object(Bucket="objs", Key=key, Body=key.encode())
         check(s3.get_object(Bucket="objs", Key=key)["Body"].read() == key.encode(), key)
+    # Response header overrides, partNumber on a single-part object, versioning state.
+    g = s3.get_object(
+        Bucket="objs",
+        Key="dir/sub/file.bin",
+        ResponseContentType="text/x-override",
+        ResponseCacheControl="no-store",
+        PartNumber=1,
+    )
+    check(g["ContentType"] == "text/x-override" and g["CacheControl"] == "no-store", "overrides")
+    check(len(g["Body"].read()) == len(body), "partNumber=1 of a single-part object")
+    check("Status" not in s3.get_bucket_versioning(Bucket="objs"), "never versioned")
     # Checksums stored and returned.
     for algo in ("CRC32", "CRC32C", "SHA1", "SHA256"):
         r = s3.put_object(
@@ -439,6 +450,18 @@ def multipart(s3: Any, args: argparse.Namespace) -> None:
         == "NoSuchUpload",
         "no such upload",
     )
+    # Listing uploads with a prefix and a delimiter.
+    ids = [
+        s3.create_multipart_upload(Bucket="mpu", Key=k)["UploadId"]
+        for k in ("logs/a", "logs/b", "logs/sub/c", "other")
+    ]
+    r = s3.list_multipart_uploads(Bucket="mpu", Prefix="logs/", Delimiter="/")
+    check([u["Key"] for u in r["Uploads"]] == ["logs/a", "logs/b"], f"uploads {r.get('Uploads')}")
+    check([p["Prefix"] for p in r["CommonPrefixes"]] == ["logs/sub/"], "upload prefixes")
+    r = s3.list_multipart_uploads(Bucket="mpu", MaxUploads=2)
+    check(r["IsTruncated"] and len(r["Uploads"]) == 2, "max-uploads")
+    for k, i in zip(("logs/a", "logs/b", "logs/sub/c", "other"), ids, strict=True):
+        s3.abort_multipart_upload(Bucket="mpu", Key=k, UploadId=i)
     # Abort.
     up = s3.create_multipart_upload(Bucket="mpu", Key="aborted")
     s3.upload_part(
