@@ -159,6 +159,8 @@ UNSUPPORTED_OTHER = {
 
 @attrs.frozen
 class Route:
+    """The operation a request names, and the bucket and key it names it on."""
+
     op: str
     bucket: str | None
     key: str | None
@@ -246,10 +248,12 @@ class Limits:
 
 
 def http_date(ns: int) -> str:
+    """RFC 1123 date (Last-Modified) of a nanosecond time."""
     return email.utils.formatdate(ns / 1e9, usegmt=True)
 
 
 def iso_date(ns: int) -> str:
+    """ISO 8601 with milliseconds and Z, as S3's XML writes times."""
     t = time.gmtime(ns // 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{(ns // 1_000_000) % 1000:03d}Z"
 
@@ -262,6 +266,7 @@ def _unquote_etag(v: str) -> str:
 
 
 def etag_matches(header: str, etag: str) -> bool:
+    """Whether an If-Match/If-None-Match list (or C{*}) matches C{etag} (weak tags compared as strong)."""
     for item in header.split(","):
         item = item.strip()
         if item == "*" or _unquote_etag(item) == etag:

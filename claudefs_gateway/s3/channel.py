@@ -235,7 +235,9 @@ class S3Channel(http.HTTPChannel):
         on_slow = getattr(site, "on_header_timeout", None)
         if on_slow is not None:
             on_slow(self)
-        self._reject(408, b"Request Timeout", "RequestTimeout", "Your request headers took too long")
+        self._reject(
+            408, b"Request Timeout", "RequestTimeout", "Your request headers took too long"
+        )
         if self.abortTimeout is not None:
             self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
 

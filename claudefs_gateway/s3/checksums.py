@@ -34,12 +34,16 @@ ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 
 
 class Hash(Protocol):
+    """What hashlib objects and our CRCs have in common."""
+
     def update(self, data: bytes) -> None: ...
 
     def digest(self) -> bytes: ...
 
 
 class _Crc:
+    """A running CRC whose digest is the big-endian value, as S3 encodes it."""
+
     __slots__ = ("_f", "_v", "_n")
 
     def __init__(self, f: object, nbytes: int) -> None:
@@ -72,6 +76,7 @@ def new(algorithm: str) -> Hash:
 
 
 def b64(digest: bytes) -> str:
+    """Base64 of a digest, as x-amz-checksum-* and Content-MD5 carry it."""
     return base64.b64encode(digest).decode("ascii")
 
 
@@ -84,10 +89,12 @@ def unb64(text: str) -> bytes | None:
 
 
 def header(algorithm: str) -> str:
+    """The header (and trailer) name of an algorithm's checksum."""
     return f"x-amz-checksum-{algorithm}"
 
 
 def digest_size(algorithm: str) -> int:
+    """Bytes in an algorithm's digest."""
     return {"crc32": 4, "crc32c": 4, "crc64nvme": 8, "sha1": 20, "sha256": 32, "md5": 16}[algorithm]
 
 

@@ -40,6 +40,8 @@ class Item:
 
 @attrs.frozen
 class Page:
+    """One page of a listing; C{truncated} if more items follow the last."""
+
     items: list[Item]
     truncated: bool
 

@@ -43,6 +43,7 @@ STATE_KEY = b"s3.upload"
 
 
 def part_name(number: int) -> bytes:
+    """The staged file name of part C{number}."""
     return b"p%05d" % number
 
 

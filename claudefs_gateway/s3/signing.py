@@ -143,6 +143,7 @@ def canonical_request(
     payload_hash: str,
     exclude_query: str | None = None,
 ) -> str:
+    """Method, URI, query, headers, signed header names and payload hash, one a line."""
     return "\n".join(
         [
             method,
@@ -156,6 +157,7 @@ def canonical_request(
 
 
 def string_to_sign(amz_date: str, scope: str, creq: str) -> str:
+    """AWS4-HMAC-SHA256, the time, the scope, the canonical request's SHA-256."""
     return "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(creq.encode("utf-8")).hexdigest()])
 
 
@@ -220,6 +222,8 @@ class Credential:
 
 @attrs.frozen
 class AuthHeader:
+    """A parsed SigV4 Authorization header."""
+
     credential: Credential
     signed_headers: tuple[str, ...]
     signature: str
@@ -269,6 +273,8 @@ def parse_authorization(value: str) -> AuthHeader:
 
 @attrs.frozen
 class Presigned:
+    """The SigV4 parameters of a presigned URL."""
+
     credential: Credential
     amz_date: str
     expires: int
@@ -338,6 +344,7 @@ def parse_amz_date(text: str, code: str = "AccessDenied") -> float:
 
 
 def format_amz_date(seconds: float) -> str:
+    """Seconds since the epoch as an ISO 8601 basic timestamp."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(seconds))
 
 

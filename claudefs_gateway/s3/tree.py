@@ -155,6 +155,7 @@ class ObjectMeta:
 
 
 def rle(sizes: list[int]) -> list[list[int]]:
+    """Part sizes run-length encoded ([[size, count], ...]): uniform parts stay small."""
     out: list[list[int]] = []
     for s in sizes:
         if out and out[-1][0] == s:

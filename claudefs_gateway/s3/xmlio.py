@@ -126,6 +126,8 @@ def _one_text(el: Element, name: str, required: bool = True) -> str | None:
 
 @attrs.frozen
 class CompletePart:
+    """One Part of a CompleteMultipartUpload body."""
+
     number: int
     etag: str
     checksums: dict[str, str]
@@ -175,6 +177,8 @@ def parse_complete(body: bytes) -> list[CompletePart]:
 
 @attrs.frozen
 class DeleteRequest:
+    """A DeleteObjects body."""
+
     quiet: bool
     keys: list[str]
 
