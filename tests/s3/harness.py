@@ -36,7 +36,11 @@ users:
 """
 
 
-def gateway_yaml(data: str, s3_extra: str = "", extra: str = "", backend: str = "memory") -> str:
+# The backend the live S3 tests run on: memory until the embedded store is in main.
+BACKEND = os.environ.get("CFS_S3_TEST_BACKEND", "memory")
+
+
+def gateway_yaml(data: str, s3_extra: str = "", extra: str = "", backend: str = BACKEND) -> str:
     return f"""
 backend: {{type: {backend}, data_dir: "{data}"}}
 admin: {{bind: "127.0.0.1:0"}}
