@@ -56,6 +56,9 @@ FILE_MODE = 0o644
 DIR_MODE = 0o755
 BUCKET_MODE = 0o700
 HASH_BLOCK = 1024 * 1024
+# Times a commit or directory marker is retried when a concurrent delete prunes
+# a directory it was about to use.
+RACE_RETRIES = 5
 
 # Response headers S3 stores with an object and returns on GET/HEAD.
 STORED_HEADERS = (
@@ -527,46 +530,67 @@ class Tree:
         @param precondition: called with the object now at the key (or None) just
             before the rename; raises to refuse (conditional writes).
         """
-        made: list[tuple[int, bytes]] = []
-        try:
-            parent = await self.make_parents(caller, bucket, key.parents, made)
-            tmp = await self.vfs.lookup(self.root_caller, tmp_dir, tmp_name)
-            meta.mtime_ns, meta.size = tmp.mtime_ns, tmp.size
-            await self.set_meta(caller, tmp.ino, meta)
-            if parent.mode & 0o2000 and tmp.gid != parent.gid:
-                # A setgid directory gives new entries its group, as a local create would.
-                await self.vfs.setattr(self.root_caller, tmp.ino, SetAttrs(gid=parent.gid))
-            if precondition is not None:
-                try:
-                    current: Attributes | None = await self.vfs.lookup(caller, parent.ino, key.name)
-                except errors.NotFound:
-                    current = None
-                await precondition(current)
+        tmp = await self.vfs.lookup(self.root_caller, tmp_dir, tmp_name)
+        meta.mtime_ns, meta.size = tmp.mtime_ns, tmp.size
+        await self.set_meta(caller, tmp.ino, meta)
+        for attempt in range(RACE_RETRIES):
+            made: list[tuple[int, bytes]] = []
             try:
-                result = await self.vfs.rename(caller, tmp_dir, tmp_name, parent.ino, key.name)
-            except errors.IsDir:
-                raise S3Error(
-                    "KeyConflict",
-                    "Other objects exist under this key as a prefix; it cannot also be an object",
-                ) from None
-            return result.source
-        except BaseException:
-            await self.unmake(caller, made)
-            raise
+                parent = await self.make_parents(caller, bucket, key.parents, made)
+                if parent.mode & 0o2000 and tmp.gid != parent.gid:
+                    # A setgid directory gives new entries its group, as a local create would.
+                    await self.vfs.setattr(self.root_caller, tmp.ino, SetAttrs(gid=parent.gid))
+                if precondition is not None:
+                    try:
+                        current: Attributes | None = await self.vfs.lookup(
+                            caller, parent.ino, key.name
+                        )
+                    except errors.NotFound:
+                        current = None
+                    await precondition(current)
+                try:
+                    result = await self.vfs.rename(caller, tmp_dir, tmp_name, parent.ino, key.name)
+                except errors.IsDir:
+                    raise S3Error(
+                        "KeyConflict",
+                        "Other objects exist under this key as a prefix; it cannot also be an object",
+                    ) from None
+                return result.source
+            except (errors.NotFound, errors.Stale):
+                # A directory on the way was removed under us (a concurrent delete
+                # pruning its emptied prefix): make the path again and retry. If
+                # the staged file itself is gone, that is the error.
+                await self.unmake(caller, made)
+                await self.vfs.lookup(self.root_caller, tmp_dir, tmp_name)
+                if attempt == RACE_RETRIES - 1:
+                    raise
+                self._log.debug("a directory vanished during an S3 commit; retrying")
+            except BaseException:
+                await self.unmake(caller, made)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def put_marker(
         self, caller: Any, bucket: Attributes, key: Key, meta: ObjectMeta
     ) -> Attributes:
         """Make the directory a C{key/} object names, and mark it as an S3 object."""
-        made: list[tuple[int, bytes]] = []
-        parent = await self.make_parents(caller, bucket, key.parents, made)
-        try:
-            d = await self.vfs.lookup(caller, parent.ino, key.name)
-        except errors.NotFound:
+        for attempt in range(RACE_RETRIES):
+            made: list[tuple[int, bytes]] = []
             try:
-                d = await self.vfs.mkdir(caller, parent.ino, key.name, DIR_MODE)
-            except errors.Exists:
-                d = await self.vfs.lookup(caller, parent.ino, key.name)
+                parent = await self.make_parents(caller, bucket, key.parents, made)
+                try:
+                    d = await self.vfs.lookup(caller, parent.ino, key.name)
+                except errors.NotFound:
+                    try:
+                        d = await self.vfs.mkdir(caller, parent.ino, key.name, DIR_MODE)
+                    except errors.Exists:
+                        d = await self.vfs.lookup(caller, parent.ino, key.name)
+                break
+            except (errors.NotFound, errors.Stale):
+                # A parent was pruned by a concurrent delete: make the path again.
+                await self.unmake(caller, made)
+                if attempt == RACE_RETRIES - 1:
+                    raise
         if not d.is_dir:
             raise S3Error(
                 "KeyConflict", "An object already exists where this key needs a prefix (directory)"
