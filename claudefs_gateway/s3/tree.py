@@ -378,7 +378,18 @@ class Tree:
         """
         Refuse a write before its body is read: a file where a directory is
         needed (or the reverse), or no permission to write where the object goes.
+
+        A directory that vanishes while we look (a concurrent delete pruning it)
+        is simply looked for again; the commit makes whatever is missing.
         """
+        for _ in range(RACE_RETRIES):
+            try:
+                await self._check_writable(caller, bucket, key)
+                return
+            except (errors.NotFound, errors.Stale):
+                continue
+
+    async def _check_writable(self, caller: Any, bucket: Attributes, key: Key) -> None:
         cur = bucket
         for seg in key.segments[:-1] if not key.marker else key.segments:
             try:
