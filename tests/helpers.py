@@ -118,6 +118,10 @@ class GatewayProcess(protocol.ProcessProtocol):
         d = self.wait_for(lambda e: e.get("listener") == label and e.get("port") is not None)
         return d.addCallback(lambda e: int(e["port"]))
 
+    def wait_ready(self) -> defer.Deferred[dict[str, Any]]:
+        """Fire once the child's store is open (its vfs logged "vfs open")."""
+        return self.wait_for(lambda e: str(e.get("log_format", "")).startswith("vfs open"))
+
     def signal(self, sig: str) -> None:
         self.transport.signalProcess(sig)
 
@@ -175,7 +179,7 @@ def loopback_config(testcase: Any, extra: str = "", **settings: str) -> str:
     text = f"""
 log_format: json
 backend:
-  type: {settings.get("backend", "memory")}
+  type: {settings.get("backend", "embedded")}
   data_dir: {data}
 nfs:
   bind: "127.0.0.1:0"

@@ -71,6 +71,7 @@ class StartTests(TestCase):
         proc = spawn([bin_path("cfs-gateway"), "start", "--config", config])
         kill_on_cleanup(self, proc)
         port = await proc.wait_listening("admin")
+        await proc.wait_ready()
         admin = f"http://127.0.0.1:{port}"
 
         status, out, _ = await run("health", "--admin", admin)

@@ -114,7 +114,7 @@ class QuotaCommandTests(TestCase):
         proc = spawn([bin_path("cfs-gateway"), "start", "--config", config])
         kill_on_cleanup(self, proc)
         admin = f"http://127.0.0.1:{await proc.wait_listening('admin')}"
-        await proc.wait_for(lambda e: str(e.get("log_format", "")).startswith("vfs open"))
+        await proc.wait_ready()
 
         status, out, err = await run(
             "quota",

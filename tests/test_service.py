@@ -15,7 +15,8 @@ from claudefs_gateway.errors import NotBuilt
 class BuildTests(SynchronousTestCase):
     def config(self, extra: str = "") -> cfg.Config:
         data = os.path.abspath(self.mktemp())
-        return cfg.loads(f"backend: {{data_dir: {data}}}\n{extra}")
+        # The memory backend: a MemoryReactor runs no threads, so the embedded store never opens here.
+        return cfg.loads(f"backend: {{type: memory, data_dir: {data}}}\n{extra}")
 
     def test_default_ports_on_memory_reactor(self) -> None:
         """Started on a MemoryReactor, the admin API listens on 127.0.0.1:8080 by default."""
@@ -25,7 +26,9 @@ class BuildTests(SynchronousTestCase):
         root.startService()
         servers = [(port, interface) for port, _, _, interface in reactor.tcpServers]
         self.assertIn((8080, "127.0.0.1"), servers)
-        self.assertEqual([s.name for s in root][:3], ["core:threads", "core:datadir", "admin:web"])
+        self.assertEqual(
+            [s.name for s in root][:4], ["core:threads", "core:datadir", "core:vfs", "admin:web"]
+        )
         self.successResultOf(root.stopService())
         self.assertFalse(root.running)
 

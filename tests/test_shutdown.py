@@ -141,6 +141,7 @@ class TwistdTests(TestCase):
         proc = spawn(argv, env=child_env())
         kill_on_cleanup(self, proc)
         admin_port = await proc.wait_listening("admin")
+        await proc.wait_ready()
         status, _, body = await http_get(f"http://127.0.0.1:{admin_port}/health")
         self.assertEqual((status, json.loads(body)["overall"]), (200, "healthy"))
         start = reactor.seconds()

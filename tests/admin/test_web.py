@@ -257,13 +257,12 @@ class LiveTests(TestCase):
 
     async def test_health_and_metrics_over_http(self) -> None:
         data = os.path.abspath(self.mktemp())
-        config = cfg.loads(
-            f"backend: {{type: memory, data_dir: {data}}}\nadmin: {{bind: '127.0.0.1:0'}}\n"
-        )
+        config = cfg.loads(f"backend: {{data_dir: {data}}}\nadmin: {{bind: '127.0.0.1:0'}}\n")
         root = service.build(config, reactor, protocols=[])
         root.privilegedStartService()
         root.startService()
         self.addCleanup(root.stopService)
+        await root.core.vfs_ready()
         port = root.listeners()["admin"].bound_port
         base = f"http://127.0.0.1:{port}"
 

@@ -4,10 +4,10 @@ process (issue #5: "memory stays flat while a 5 GiB object moves"; the 5 GiB
 run is in bench/workloads/s3.py, this test moves 256 MiB each way).
 
 The gateway runs as its own process so its peak resident memory can be read
-from /proc (VmHWM, reset between phases by writing 5 to clear_refs). With the
-memory backend (the default here until the embedded store is in main;
-CFS_S3_TEST_BACKEND=embedded runs it on disk) the stored object itself is
-resident, so the PUT's allowance is the object's size plus the same bound.
+from /proc (VmHWM, reset between phases by writing 5 to clear_refs). It runs on
+the embedded store (objects on disk), so both phases get the same small bound;
+with CFS_S3_TEST_BACKEND=memory the stored object itself is resident and the
+PUT's allowance grows by its size.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1011 @@
+# -*- test-case-name: tests.backend.test_embedded -*-
+"""
+The embedded store's write side: one SQLite connection, the data files, and
+every operation that changes anything, run in batches (group commit).
+
+Everything here is synchronous and runs on one thread at a time: the writer
+thread in production (L{claudefs_gateway.backend.embedded._writer}), or the
+caller's thread in the inline mode tests use. L{Engine.run_batch} runs a list
+of operations in one transaction, each inside its own savepoint (an operation
+that fails leaves no trace, its neighbours still commit), syncs the data files
+that stable writes and commits touched, and commits once: one fsync of the
+WAL for the whole batch, however many operations it holds.
+
+Each operation follows L{claudefs_gateway.backend.memory.MemoryBackend}
+statement by statement (same checks in the same order, same times, same
+nlink and change-counter moves), loading the rows it needs into L{Node}
+objects and writing the changed ones back at its end.
+
+Physical changes that destroy data the committed metadata still shows - a
+truncation, a punched hole, a freed inode's data file - are not made inside
+the transaction: the op records them in C{pending_io} (in its own
+transaction) and they are applied after the commit, before the op is
+acknowledged. A crash between the two is finished at the next open, which
+replays what is left in C{pending_io}. So every operation is atomic across a
+crash; only a data write in flight may land in part, as on any file system.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.python.failure import Failure
+
+from claudefs_gateway import errors
+from claudefs_gateway.backend.embedded._files import Layout, WriteFiles, punch_hole
+from claudefs_gateway.backend.embedded._schema import (
+    INSERT_NODE,
+    ROOT_INO,
+    SCHEMA_VERSION,
+    SELECT_NODE,
+    UPDATE_NODE,
+    Node,
+    create_schema,
+)
+from claudefs_gateway.backend.memory import MAX_LINKS, SYMLINK_MAX, check_name
+from claudefs_gateway.fstypes import (
+    MAX_FILE_SIZE,
+    NOW,
+    XATTR_NAME_MAX,
+    XATTR_SIZE_MAX,
+    Attributes,
+    FileType,
+    QuotaLimits,
+    RenameResult,
+    SetAttrs,
+    WriteResult,
+)
+
+__all__ = ["Engine", "Op", "Stats", "convert_error"]
+
+_SQLITE_FULL = 13
+
+
+class Stats:
+    """
+    Counters of the writer's work, for tests and the benchmark notes.
+
+    @ivar batches: transactions run (one per batch).
+    @ivar commits: transactions that changed something and so were written.
+    @ivar durable_commits: of those, committed with an fsync of the WAL.
+    @ivar ops: operations run.
+    @ivar largest_batch: most operations seen in one batch.
+    """
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.commits = 0
+        self.durable_commits = 0
+        self.ops = 0
+        self.largest_batch = 0
+        self.splits = 0
+        self.last_batch_failed = False
+
+
+class Op:
+    """
+    One queued change: C{fn(engine, ctx, *args)}, run inside a batch.
+
+    After the batch, C{ok} and C{value} hold the result or the L{FSError};
+    C{failure} holds an unexpected exception for the reactor thread to log.
+
+    @ivar durable: the op must be on disk before it is acknowledged (every
+        metadata change; not an unstable write).
+    @ivar ino: the file whose data the op reads or changes, if any: such an op
+        starts a new batch when the file has physical changes pending in the
+        current one (see L{Engine.run_batch}).
+    """
+
+    __slots__ = ("fn", "args", "durable", "ino", "d", "ok", "value", "failure", "warning", "name")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        durable: bool = True,
+        ino: int | None = None,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.durable = durable
+        self.ino = ino
+        self.d: Any = None
+        self.ok = False
+        self.value: Any = None
+        self.failure: Failure | None = None
+        self.warning = ""
+        self.name = getattr(fn, "__name__", "op")
+
+
+class _Ctx:
+    """What one operation loaded and changed, applied only if it succeeds."""
+
+    __slots__ = ("now", "nodes", "dirty", "new", "dropped", "usage", "sync", "phys", "actions")
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+        self.nodes: dict[int, Node] = {}
+        self.dirty: set[int] = set()
+        self.new: list[Node] = []
+        self.dropped: list[Node] = []
+        self.usage: dict[tuple[str, int], list[int]] = {}
+        self.sync: set[int] = set()
+        # (kind, ino, offset, length) to apply after the commit; with their
+        # pending_io row numbers once written.
+        self.phys: list[tuple[str, int, int, int]] = []
+        self.actions: list[tuple[int, str, int, int, int]] = []
+
+
+class _BatchAborted(Exception):
+    """SQLite rolled the whole transaction back (disk full, I/O error)."""
+
+
+def convert_error(e: BaseException | None) -> errors.FSError:
+    """The FSError a library exception becomes at the store's edge."""
+    if isinstance(e, errors.FSError):
+        return e
+    if isinstance(e, OSError):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return errors.NoSpace("no space left on the store's device")
+        if e.errno == errno.EFBIG:
+            return errors.FBig("file too large for the store's device")
+        return errors.IO(f"store I/O error ({errno.errorcode.get(e.errno or 0, e.errno)})")
+    if isinstance(e, sqlite3.Error):
+        code = getattr(e, "sqlite_errorcode", 0) or 0
+        if code & 0xFF == _SQLITE_FULL:
+            return errors.NoSpace("no space left for the store's metadata")
+        return errors.IO(f"store metadata error ({getattr(e, 'sqlite_errorname', 'sqlite')})")
+    if isinstance(e, OverflowError):
+        return errors.Inval("value out of range")
+    return errors.IO("internal store error")
+
+
+def _is_expected(e: BaseException) -> bool:
+    """Errors that are the caller's or the device's doing, not ours: no traceback logged."""
+    return isinstance(e, errors.FSError | OverflowError) or isinstance(
+        convert_error(e), errors.NoSpace | errors.FBig
+    )
+
+
+class Engine:
+    """
+    @param data_dir: the store's directory (C{meta.sqlite3} and C{data/} inside).
+    @param now_ns: the clock (tests inject one).
+    @param durable: False skips every fsync (tests and throwaway stores only).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        now_ns: Callable[[], int] = time.time_ns,
+        durable: bool = True,
+        max_fds: int = 128,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.db_path = self.data_dir / "meta.sqlite3"
+        self.layout = Layout(str(self.data_dir / "data"))
+        self.files = WriteFiles(self.layout, durable, max_fds)
+        self.durable = durable
+        self.now = now_ns
+        self.stats = Stats()
+        self.conn: sqlite3.Connection | None = None
+        self.instance_id = b""
+        self.epoch = 0
+        self.next_ino = 0
+        self.next_cookie = 0
+        self._saved_counters = (0, 0)
+        self._batch_usage: dict[tuple[str, int], list[int]] = {}
+        self._done_rows: list[int] = []
+        self._wal_unsynced = False
+        self._sync_mode = ""
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            str(self.db_path), isolation_level=None, check_same_thread=False, cached_statements=512
+        )
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":  # pragma: no cover - only on file systems without shared memory
+            raise errors.IO("the store's file system does not support SQLite WAL mode")
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA cache_size = -32768")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        return conn
+
+    def _set_sync(self, mode: str) -> None:
+        if not self.durable:
+            mode = "OFF"
+        if mode != self._sync_mode:
+            assert self.conn is not None
+            self.conn.execute(f"PRAGMA synchronous = {mode}")
+            self._sync_mode = mode
+
+    def open(self) -> tuple[bytes, sqlite3.Connection, int]:
+        """
+        Open (creating on first use) and recover the store.
+
+        Returns the instance id, a second connection for the reactor thread's
+        reads, and how many interrupted physical changes recovery finished.
+        """
+        fresh_dir = not self.data_dir.exists()
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fresh_db = not self.db_path.exists()
+        self.conn = conn = self._connect()
+        self._set_sync("FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+                self._create(conn)
+            meta = dict(conn.execute("SELECT k, v FROM meta"))
+            if meta.get("schema") != SCHEMA_VERSION:
+                raise errors.IO(f"unsupported store schema {meta.get('schema')!r}")
+            self.epoch = int(meta["epoch"]) + 1
+            conn.execute("UPDATE meta SET v = ? WHERE k = 'epoch'", (self.epoch,))
+            self.instance_id = bytes(meta["instance_id"])
+            self.next_ino = int(meta["next_ino"])
+            self.next_cookie = int(meta["next_cookie"])
+            pending = conn.execute(
+                "SELECT seq, kind, ino, offset, length FROM pending_io ORDER BY seq"
+            ).fetchall()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        data_root = Path(self.layout.root)
+        fresh_data = not data_root.exists()
+        data_root.mkdir(mode=0o700, exist_ok=True)
+        if self.durable and (fresh_db or fresh_data):
+            self._fsync_dir(self.data_dir)
+            if fresh_dir:
+                self._fsync_dir(self.data_dir.parent)
+        # Recovery: physical changes whose transaction committed but which a
+        # crash interrupted (a row is deleted only by the transaction after
+        # the one that applied it, so nothing committed later can be undone
+        # by applying it again). Each is idempotent.
+        for _, kind, ino, offset, length in pending:
+            self._apply(kind, ino, offset, length)
+        if pending:
+            self.files.sync_all()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("DELETE FROM pending_io WHERE seq = ?", [(r[0],) for r in pending])
+            conn.execute("COMMIT")
+        reader = sqlite3.connect(
+            str(self.db_path), isolation_level=None, check_same_thread=False, cached_statements=512
+        )
+        reader.execute("PRAGMA query_only = 1")
+        reader.execute("PRAGMA busy_timeout = 10000")
+        reader.execute("PRAGMA cache_size = -32768")
+        return self.instance_id, reader, len(pending)
+
+    def _create(self, conn: sqlite3.Connection) -> None:
+        create_schema(conn)
+        now = self.now()
+        conn.executemany(
+            "INSERT INTO meta (k, v) VALUES (?, ?)",
+            [
+                ("schema", SCHEMA_VERSION),
+                ("instance_id", os.urandom(8)),
+                ("epoch", 0),
+                ("next_ino", ROOT_INO + 1),
+                ("next_cookie", 3),
+                ("syncs", 0),
+            ],
+        )
+        root = Node(
+            (
+                ROOT_INO,
+                1,
+                int(FileType.DIR),
+                0o755,
+                2,
+                0,
+                0,
+                0,
+                0,
+                0,
+                now,
+                now,
+                now,
+                now,
+                1,
+                1,
+                None,
+            )
+        )
+        conn.execute(INSERT_NODE, root.row())
+        conn.executemany(
+            "INSERT INTO usage (kind, id, bytes, inodes) VALUES (?, 0, 0, 1)",
+            [("user",), ("group",)],
+        )
+
+    def _fsync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Sync every file, commit durably, checkpoint the WAL into the database, close."""
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            self.files.sync_all()
+            self._set_sync("FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            if self._done_rows:
+                conn.executemany(
+                    "DELETE FROM pending_io WHERE seq = ?", [(i,) for i in self._done_rows]
+                )
+                self._done_rows = []
+            if self._wal_unsynced:
+                conn.execute("UPDATE meta SET v = v + 1 WHERE k = 'syncs'")
+            conn.execute("COMMIT")
+            self._wal_unsynced = False
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self.files.close()
+            conn.close()
+            self.conn = None
+
+    # -- batches ------------------------------------------------------------------
+
+    def run_batch(self, ops: list[Op]) -> tuple[int, list[int]]:
+        """
+        Run C{ops} in order in one transaction and commit it once.
+
+        Sets the outcome of the ops it ran and returns how many it ran (the
+        rest form the next batch) and the inodes freed (their data files are
+        deleted by now), so the reactor can drop cached descriptors.
+
+        A batch ends early before an op on a file that has physical changes
+        pending in it (a truncate, say, then a write): those changes are
+        applied after the commit and would undo the op's own.
+        """
+        conn = self.conn
+        assert conn is not None
+        st = self.stats
+        st.batches += 1
+        sync: set[int] = set()
+        actions: list[tuple[Op, tuple[int, str, int, int, int]]] = []
+        touched: set[int] = set()
+        # SQLite fixes the sync level before a transaction starts, so decide
+        # from what the ops ask; if every durable op then fails, the commit
+        # writes nothing and costs no fsync anyway.
+        durable = any(op.durable for op in ops)
+        self._batch_usage = {}
+        done_rows, self._done_rows = self._done_rows, []
+        before = conn.total_changes
+        count = len(ops)
+        try:
+            self._set_sync("FULL" if durable else "NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            if done_rows:
+                conn.executemany("DELETE FROM pending_io WHERE seq = ?", [(i,) for i in done_rows])
+            start_counters = (self.next_ino, self.next_cookie)
+            for i, op in enumerate(ops):
+                if i and op.ino is not None and op.ino in touched:
+                    count = i
+                    st.splits += 1
+                    break
+                ctx = self._run_op(op)
+                if ctx is not None:
+                    sync |= ctx.sync
+                    for action in ctx.actions:
+                        actions.append((op, action))
+                        touched.add(action[2])
+                    for key, (b, n) in ctx.usage.items():
+                        u = self._batch_usage.setdefault(key, [0, 0])
+                        u[0] += b
+                        u[1] += n
+            self._flush_usage(conn)
+            if (self.next_ino, self.next_cookie) != start_counters:
+                conn.executemany(
+                    "UPDATE meta SET v = ? WHERE k = ?",
+                    [(self.next_ino, "next_ino"), (self.next_cookie, "next_cookie")],
+                )
+            if durable:
+                # Data before the metadata that points at it: a crash after this
+                # sync and before the commit leaves data beyond the recorded
+                # size, which reads never show (see _files).
+                sync -= {a[2] for _, a in actions if a[1] == "free"}
+                if sync:
+                    self.files.sync(sync)
+                if (
+                    self._wal_unsynced
+                    and conn.total_changes == before
+                    and any(op.ok and op.durable for op in ops[:count])
+                ):
+                    # Earlier unstable writes' metadata sits unsynced in the
+                    # WAL; this commit must sync it even if it writes nothing
+                    # itself (a commit of an unchanged file), so write something.
+                    conn.execute("UPDATE meta SET v = v + 1 WHERE k = 'syncs'")
+            changed = conn.total_changes != before
+            conn.execute("COMMIT")
+        except BaseException as e:
+            self._abort(conn, ops[:count], e)
+            self._done_rows = done_rows + self._done_rows
+            return count, []
+        st.ops += count
+        st.largest_batch = max(st.largest_batch, count)
+        st.last_batch_failed = False
+        if changed:
+            st.commits += 1
+            if durable:
+                st.durable_commits += 1
+                self._wal_unsynced = False
+            else:
+                self._wal_unsynced = True
+        freed: list[int] = []
+        for op, (seq, kind, ino, offset, length) in actions:
+            try:
+                self._apply(kind, ino, offset, length)
+            except OSError as e:
+                # Committed, but the file could not follow (an I/O error): the
+                # caller hears of it; the row goes, since applying it later,
+                # after other changes, could undo them.
+                op.ok, op.value = False, convert_error(e)
+                if not _is_expected(e):
+                    op.failure = Failure(e)
+            if kind == "free":
+                freed.append(ino)
+            self._done_rows.append(seq)
+        return count, freed
+
+    def _apply(self, kind: str, ino: int, offset: int, length: int) -> None:
+        """Make one recorded physical change (idempotent: recovery may repeat it)."""
+        if kind == "free":
+            self._unlink_data(ino)
+            return
+        fd = self.files.get(ino, create=False)
+        if fd is None:
+            return
+        if kind == "truncate":
+            self._trim(fd, offset)
+        elif kind == "punch":
+            end = min(offset + length, os.fstat(fd).st_size)
+            if end > offset:
+                self.files.dirty.add(ino)
+                punch_hole(fd, offset, end - offset)
+                self.files.sync({ino})
+
+    def _abort(self, conn: sqlite3.Connection, ops: list[Op], e: BaseException) -> None:
+        """The transaction could not commit: nothing in it happened; every op fails."""
+        cause = e.__cause__ if isinstance(e, _BatchAborted) and e.__cause__ else e
+        failure = Failure(cause) if not _is_expected(cause) else None
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self.stats.last_batch_failed = True
+        err = convert_error(cause)
+        for op in ops:
+            op.ok = False
+            op.value = err
+        ops[0].failure = failure
+        if failure is None:
+            ops[0].warning = err.name
+
+    def _run_op(self, op: Op) -> _Ctx | None:
+        conn = self.conn
+        assert conn is not None
+        ctx = _Ctx(self.now())
+        saved = (self.next_ino, self.next_cookie)
+        conn.execute("SAVEPOINT op")
+        try:
+            value = op.fn(self, ctx, *op.args)
+            self._write_back(conn, ctx)
+        except Exception as e:
+            self.next_ino, self.next_cookie = saved
+            try:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+            except sqlite3.Error as e2:
+                raise _BatchAborted() from e2
+            if not conn.in_transaction:
+                raise _BatchAborted() from e
+            op.ok = False
+            op.value = convert_error(e)
+            if not _is_expected(e):
+                op.failure = Failure(e)
+            return None
+        conn.execute("RELEASE op")
+        op.ok = True
+        op.value = value
+        return ctx
+
+    def _write_back(self, conn: sqlite3.Connection, ctx: _Ctx) -> None:
+        new = {n.ino for n in ctx.new}
+        gone = {n.ino for n in ctx.dropped}
+        if ctx.new:
+            conn.executemany(INSERT_NODE, [n.row() for n in ctx.new if n.ino not in gone])
+        for ino in ctx.dirty:
+            if ino not in new and ino not in gone:
+                conn.execute(UPDATE_NODE, ctx.nodes[ino].update_row())
+        for node in ctx.dropped:
+            conn.execute("DELETE FROM inode WHERE ino = ?", (node.ino,))
+            conn.execute("DELETE FROM xattr WHERE ino = ?", (node.ino,))
+            if node.type is FileType.REG:
+                ctx.phys.append(("free", node.ino, 0, 0))
+        for kind, ino, offset, length in ctx.phys:
+            cur = conn.execute(
+                "INSERT INTO pending_io (kind, ino, offset, length) VALUES (?, ?, ?, ?)",
+                (kind, ino, offset, length),
+            )
+            assert cur.lastrowid is not None
+            ctx.actions.append((cur.lastrowid, kind, ino, offset, length))
+
+    def _flush_usage(self, conn: sqlite3.Connection) -> None:
+        changed = [(k, i, b, n) for (k, i), (b, n) in self._batch_usage.items() if b or n]
+        if not changed:
+            return
+        conn.executemany(
+            "INSERT INTO usage (kind, id, bytes, inodes) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (kind, id) DO UPDATE"
+            " SET bytes = bytes + excluded.bytes, inodes = inodes + excluded.inodes",
+            changed,
+        )
+        conn.executemany(
+            "DELETE FROM usage WHERE kind = ? AND id = ? AND bytes = 0 AND inodes = 0",
+            [(k, i) for k, i, _, _ in changed],
+        )
+
+    def _unlink_data(self, ino: int) -> None:
+        self.files.forget(ino)
+        try:
+            os.unlink(self.layout.path(ino))
+        except FileNotFoundError:
+            pass
+
+    # -- helpers (mirroring MemoryBackend's) ----------------------------------------
+
+    def _get(self, ctx: _Ctx, ino: int) -> Node:
+        node = ctx.nodes.get(ino)
+        if node is not None:
+            return node
+        assert self.conn is not None
+        row = self.conn.execute(SELECT_NODE, (ino,)).fetchone() if 0 < ino < 2**63 else None
+        if row is None:
+            raise errors.NotFound(f"inode {ino}")
+        node = ctx.nodes[ino] = Node(row)
+        return node
+
+    def _dir(self, ctx: _Ctx, ino: int) -> Node:
+        node = self._get(ctx, ino)
+        if node.type is not FileType.DIR:
+            raise errors.NotDir(f"inode {ino}")
+        return node
+
+    def _file(self, ctx: _Ctx, ino: int) -> Node:
+        node = self._get(ctx, ino)
+        if node.type is FileType.DIR:
+            raise errors.IsDir("is a directory")
+        if node.type is not FileType.REG:
+            raise errors.Inval("not a regular file")
+        return node
+
+    def _lookup_entry(self, parent: int, name: bytes) -> int | None:
+        assert self.conn is not None
+        row = self.conn.execute(
+            "SELECT ino FROM dirent WHERE parent = ? AND name = ?", (parent, name)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _entry(self, ctx: _Ctx, d: Node, name: bytes) -> Node:
+        check_name(name)
+        ino = self._lookup_entry(d.ino, name)
+        if ino is None:
+            raise errors.NotFound("no such name")
+        return self._get(ctx, ino)
+
+    def _attrs(self, node: Node) -> Attributes:
+        return node.attributes(self.files.used(node.ino) if node.type is FileType.REG else 0)
+
+    def _touch(self, ctx: _Ctx, node: Node, mtime: bool = True) -> None:
+        node.ctime = ctx.now
+        if mtime:
+            node.mtime = ctx.now
+        node.change += 1
+        ctx.dirty.add(node.ino)
+
+    def _account(self, ctx: _Ctx, node: Node, inodes: int = 0, size: int = 0) -> None:
+        for key in (("user", node.uid), ("group", node.gid)):
+            u = ctx.usage.setdefault(key, [0, 0])
+            u[0] += size
+            u[1] += inodes
+
+    def _make(
+        self,
+        ctx: _Ctx,
+        type: FileType,
+        mode: int,
+        uid: int,
+        gid: int,
+        rdev: tuple[int, int],
+        parent: int = 0,
+        target: bytes | None = None,
+    ) -> Node:
+        now = ctx.now
+        ino = self.next_ino
+        self.next_ino += 1
+        nlink = 2 if type is FileType.DIR else 1
+        node = Node(
+            (ino, self.epoch, int(type), mode & 0o7777, nlink, uid, gid, 0)
+            + (rdev[0], rdev[1], now, now, now, now, 1, parent, target)
+        )
+        ctx.nodes[ino] = node
+        ctx.new.append(node)
+        self._account(ctx, node, inodes=1)
+        return node
+
+    def _add_entry(self, ctx: _Ctx, parent: Node, name: bytes, node: Node) -> None:
+        assert self.conn is not None
+        self.conn.execute(
+            "INSERT INTO dirent (parent, name, ino, type, cookie) VALUES (?, ?, ?, ?, ?)",
+            (parent.ino, name, node.ino, int(node.type), self.next_cookie),
+        )
+        self.next_cookie += 1
+        self._touch(ctx, parent)
+
+    def _del_entry(self, parent: Node, name: bytes) -> None:
+        assert self.conn is not None
+        self.conn.execute("DELETE FROM dirent WHERE parent = ? AND name = ?", (parent.ino, name))
+
+    def _drop(self, ctx: _Ctx, node: Node) -> None:
+        """The last link went: free the inode (its data file goes after the commit)."""
+        self._account(ctx, node, inodes=-1, size=-node.size if node.type is FileType.REG else 0)
+        ctx.dropped.append(node)
+
+    # -- metadata operations --------------------------------------------------------
+
+    def op_create(
+        self,
+        ctx: _Ctx,
+        parent: int,
+        name: bytes,
+        type: FileType,
+        mode: int,
+        uid: int,
+        gid: int,
+        rdev: tuple[int, int] = (0, 0),
+    ) -> Attributes:
+        d = self._dir(ctx, parent)
+        check_name(name)
+        type = FileType(type)
+        if type is FileType.LNK:
+            raise errors.Inval("use symlink")
+        if self._lookup_entry(parent, name) is not None:
+            raise errors.Exists("name exists")
+        node = self._make(
+            ctx,
+            type,
+            mode,
+            uid,
+            gid,
+            rdev if type in (FileType.BLK, FileType.CHR) else (0, 0),
+            parent=parent if type is FileType.DIR else 0,
+        )
+        if type is FileType.DIR:
+            d.nlink += 1
+        self._add_entry(ctx, d, name, node)
+        return self._attrs(node)
+
+    def op_symlink(
+        self, ctx: _Ctx, parent: int, name: bytes, target: bytes, mode: int, uid: int, gid: int
+    ) -> Attributes:
+        d = self._dir(ctx, parent)
+        check_name(name)
+        if not target or len(target) > SYMLINK_MAX or b"\x00" in target:
+            raise errors.Inval("bad symlink target")
+        if self._lookup_entry(parent, name) is not None:
+            raise errors.Exists("name exists")
+        node = self._make(ctx, FileType.LNK, mode, uid, gid, (0, 0), target=bytes(target))
+        self._add_entry(ctx, d, name, node)
+        return self._attrs(node)
+
+    def op_link(self, ctx: _Ctx, ino: int, parent: int, name: bytes) -> Attributes:
+        node = self._get(ctx, ino)
+        d = self._dir(ctx, parent)
+        check_name(name)
+        if node.type is FileType.DIR:
+            raise errors.Perm("hard link to a directory")
+        if self._lookup_entry(parent, name) is not None:
+            raise errors.Exists("name exists")
+        if node.nlink >= MAX_LINKS:
+            raise errors.MLink("too many links")
+        node.nlink += 1
+        self._touch(ctx, node, mtime=False)
+        self._add_entry(ctx, d, name, node)
+        return self._attrs(node)
+
+    def op_unlink(self, ctx: _Ctx, parent: int, name: bytes) -> Attributes:
+        d = self._dir(ctx, parent)
+        node = self._entry(ctx, d, name)
+        if node.type is FileType.DIR:
+            raise errors.IsDir("is a directory")
+        self._del_entry(d, name)
+        self._touch(ctx, d)
+        node.nlink -= 1
+        self._touch(ctx, node, mtime=False)
+        after = self._attrs(node)
+        if node.nlink == 0:
+            self._drop(ctx, node)
+        return after
+
+    def op_rmdir(self, ctx: _Ctx, parent: int, name: bytes) -> Attributes:
+        d = self._dir(ctx, parent)
+        node = self._entry(ctx, d, name)
+        if node.type is not FileType.DIR:
+            raise errors.NotDir("not a directory")
+        if self._has_entries(node.ino):
+            raise errors.NotEmpty("directory not empty")
+        self._del_entry(d, name)
+        d.nlink -= 1
+        self._touch(ctx, d)
+        node.nlink = 0
+        after = self._attrs(node)
+        self._drop(ctx, node)
+        return after
+
+    def _has_entries(self, ino: int) -> bool:
+        assert self.conn is not None
+        return (
+            self.conn.execute("SELECT 1 FROM dirent WHERE parent = ? LIMIT 1", (ino,)).fetchone()
+            is not None
+        )
+
+    def _is_ancestor(self, ctx: _Ctx, ancestor: int, ino: int) -> bool:
+        while True:
+            if ino == ancestor:
+                return True
+            if ino == ROOT_INO:
+                return False
+            ino = self._get(ctx, ino).parent
+
+    def op_rename(
+        self, ctx: _Ctx, src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
+    ) -> RenameResult:
+        sd = self._dir(ctx, src_parent)
+        dd = self._dir(ctx, dst_parent)
+        node = self._entry(ctx, sd, src_name)
+        check_name(dst_name)
+        existing = self._lookup_entry(dst_parent, dst_name)
+        if existing is not None and existing == node.ino:
+            return RenameResult(self._attrs(node), None)
+        if node.type is FileType.DIR and self._is_ancestor(ctx, node.ino, dst_parent):
+            raise errors.Inval("rename into own subtree")
+        replaced: Node | None = None
+        if existing is not None:
+            replaced = self._get(ctx, existing)
+            if node.type is FileType.DIR:
+                if replaced.type is not FileType.DIR:
+                    raise errors.NotDir("directory over non-directory")
+                if self._has_entries(replaced.ino):
+                    raise errors.NotEmpty("destination not empty")
+            elif replaced.type is FileType.DIR:
+                raise errors.IsDir("non-directory over directory")
+        # Commit point: everything below cannot fail (short of I/O errors,
+        # which roll the whole operation back).
+        self._del_entry(sd, src_name)
+        self._touch(ctx, sd)
+        replaced_after = None
+        if replaced is not None:
+            self._del_entry(dd, dst_name)
+            if replaced.type is FileType.DIR:
+                dd.nlink -= 1
+                replaced.nlink = 0
+            else:
+                replaced.nlink -= 1
+            self._touch(ctx, replaced, mtime=False)
+            replaced_after = self._attrs(replaced)
+            if replaced.nlink == 0:
+                self._drop(ctx, replaced)
+        self._add_entry(ctx, dd, dst_name, node)
+        if node.type is FileType.DIR and src_parent != dst_parent:
+            sd.nlink -= 1
+            dd.nlink += 1
+            node.parent = dst_parent
+        self._touch(ctx, node, mtime=False)
+        return RenameResult(self._attrs(node), replaced_after)
+
+    def op_setattr(
+        self, ctx: _Ctx, ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None
+    ) -> Attributes:
+        node = self._get(ctx, ino)
+        if guard_ctime_ns is not None and guard_ctime_ns != node.ctime:
+            raise errors.Inval("ctime guard mismatch")
+        if changes.size is not None:
+            if node.type is FileType.DIR:
+                raise errors.IsDir("size of a directory")
+            if node.type is not FileType.REG:
+                raise errors.Inval("size of a non-regular file")
+            if not 0 <= changes.size <= MAX_FILE_SIZE:
+                raise errors.FBig("size too large")
+        now = ctx.now
+        if changes.uid is not None or changes.gid is not None:
+            size = node.size if node.type is FileType.REG else 0
+            self._account(ctx, node, inodes=-1, size=-size)
+            if changes.uid is not None:
+                node.uid = changes.uid
+            if changes.gid is not None:
+                node.gid = changes.gid
+            self._account(ctx, node, inodes=1, size=size)
+        if changes.mode is not None:
+            node.mode = changes.mode & 0o7777
+        if changes.size is not None and changes.size != node.size:
+            self._truncate(ctx, node, changes.size)
+            node.mtime = now
+        elif changes.size is not None:
+            node.mtime = now
+        if changes.atime is not None:
+            node.atime = now if changes.atime is NOW else int(changes.atime)  # type: ignore[arg-type]
+        if changes.mtime is not None:
+            node.mtime = now if changes.mtime is NOW else int(changes.mtime)  # type: ignore[arg-type]
+        if changes.btime is not None:
+            node.btime = now if changes.btime is NOW else int(changes.btime)  # type: ignore[arg-type]
+        node.ctime = now
+        node.change += 1
+        ctx.dirty.add(node.ino)
+        return self._attrs(node)
+
+    def _truncate(self, ctx: _Ctx, node: Node, size: int) -> None:
+        self._account(ctx, node, size=size - node.size)
+        if size < node.size:
+            # The data beyond the new size is still what the committed size
+            # shows: cut it only once this change is committed.
+            ctx.phys.append(("truncate", node.ino, size, 0))
+        else:
+            # Growing only records the size (reads pad with zeros), after
+            # cutting off bytes a crash may have left beyond the old size
+            # (invisible until now, so this may happen at once).
+            fd = self.files.get(node.ino, create=False)
+            if fd is not None:
+                self._trim(fd, node.size)
+        node.size = size
+
+    def _trim(self, fd: int, size: int) -> None:
+        if os.fstat(fd).st_size > size:
+            os.ftruncate(fd, size)
+
+    def op_setxattr(
+        self, ctx: _Ctx, ino: int, name: bytes, value: bytes, create: bool | None = None
+    ) -> None:
+        node = self._get(ctx, ino)
+        _check_xattr_name(name)
+        if len(value) > XATTR_SIZE_MAX:
+            raise errors.Range("xattr value too large")
+        assert self.conn is not None
+        exists = (
+            self.conn.execute(
+                "SELECT 1 FROM xattr WHERE ino = ? AND name = ?", (ino, name)
+            ).fetchone()
+            is not None
+        )
+        if create is True and exists:
+            raise errors.Exists("xattr exists")
+        if create is False and not exists:
+            raise errors.NoData("no such xattr")
+        self.conn.execute(
+            "INSERT OR REPLACE INTO xattr (ino, name, value) VALUES (?, ?, ?)",
+            (ino, bytes(name), bytes(value)),
+        )
+        self._touch(ctx, node, mtime=False)
+
+    def op_removexattr(self, ctx: _Ctx, ino: int, name: bytes) -> None:
+        node = self._get(ctx, ino)
+        _check_xattr_name(name)
+        assert self.conn is not None
+        if (
+            self.conn.execute("DELETE FROM xattr WHERE ino = ? AND name = ?", (ino, name)).rowcount
+            == 0
+        ):
+            raise errors.NoData("no such xattr")
+        self._touch(ctx, node, mtime=False)
+
+    def op_set_quota(self, ctx: _Ctx, kind: str, id: int, limits: QuotaLimits | None) -> None:
+        assert self.conn is not None
+        if limits is None:
+            self.conn.execute("DELETE FROM quota WHERE kind = ? AND id = ?", (kind, id))
+        else:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO quota"
+                " (kind, id, bytes_soft, bytes_hard, inodes_soft, inodes_hard)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    kind,
+                    id,
+                    limits.bytes_soft,
+                    limits.bytes_hard,
+                    limits.inodes_soft,
+                    limits.inodes_hard,
+                ),
+            )
+
+    def op_set_state(self, ctx: _Ctx, key: str, value: bytes | None) -> None:
+        assert self.conn is not None
+        if value is None:
+            self.conn.execute("DELETE FROM state WHERE k = ?", (key,))
+        else:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO state (k, v) VALUES (?, ?)", (key, bytes(value))
+            )
+
+    # -- data operations ---------------------------------------------------------------
+
+    def op_write(self, ctx: _Ctx, ino: int, offset: int, data: bytes, stable: bool) -> WriteResult:
+        node = self._file(ctx, ino)
+        if offset < 0:
+            raise errors.Inval("negative offset")
+        if offset + len(data) > MAX_FILE_SIZE:
+            raise errors.FBig("file too large")
+        before = self._attrs(node)
+        end = offset + len(data)
+        if data:
+            fd = self.files.get(ino, create=True)
+            assert fd is not None
+            if offset > node.size:
+                self._trim(fd, node.size)
+            view = memoryview(data)
+            pos = 0
+            self.files.dirty.add(ino)
+            while pos < len(view):
+                pos += os.pwrite(fd, view[pos:], offset + pos)
+        if end > node.size:
+            self._account(ctx, node, size=end - node.size)
+            node.size = end
+        self._touch(ctx, node)
+        if stable:
+            ctx.sync.add(ino)
+        return WriteResult(len(data), stable, self._attrs(node), before)
+
+    def op_commit(self, ctx: _Ctx, ino: int) -> Attributes:
+        node = self._file(ctx, ino)
+        ctx.sync.add(ino)
+        return self._attrs(node)
+
+    def op_allocate(self, ctx: _Ctx, ino: int, offset: int, length: int) -> Attributes:
+        node = self._file(ctx, ino)
+        if offset < 0 or length <= 0:
+            raise errors.Inval("bad range")
+        if offset + length > MAX_FILE_SIZE:
+            raise errors.FBig("file too large")
+        fd = self.files.get(ino, create=True)
+        assert fd is not None
+        if offset + length > node.size:
+            self._trim(fd, node.size)
+        self.files.dirty.add(ino)
+        os.posix_fallocate(fd, offset, length)
+        ctx.sync.add(ino)
+        if offset + length > node.size:
+            self._account(ctx, node, size=offset + length - node.size)
+            node.size = offset + length
+        self._touch(ctx, node, mtime=False)
+        return self._attrs(node)
+
+    def op_deallocate(self, ctx: _Ctx, ino: int, offset: int, length: int) -> Attributes:
+        node = self._file(ctx, ino)
+        if offset < 0 or length <= 0:
+            raise errors.Inval("bad range")
+        end = min(offset + length, node.size)
+        if end > offset:
+            # Applied (and synced) after the commit, like a truncation.
+            ctx.phys.append(("punch", ino, offset, end - offset))
+        self._touch(ctx, node)
+        return self._attrs(node)
+
+
+def _check_xattr_name(name: bytes) -> None:
+    if not name or b"\x00" in name:
+        raise errors.Inval("bad xattr name")
+    if len(name) > XATTR_NAME_MAX:
+        raise errors.Range("xattr name too long")

@@ -1,0 +1,296 @@
+# -*- test-case-name: tests.backend.test_embedded -*-
+"""
+Per-inode data files: where they live, and the two file-descriptor caches.
+
+One regular file's contents live in one sparse file under C{data/}, named by
+its inode number in hex and fanned out by the number's high bits::
+
+    data/<ino >> 20 : hex>/<(ino >> 10) & 0x3ff : 03x>/<ino : hex>
+
+Inode numbers are handed out in order, so 1024 consecutive inodes share a leaf
+directory (a burst of new files dirties one directory, whose fsync they share)
+and no directory holds more than 1024 entries whatever the size of the store.
+
+A data file exists only once something was written (or allocated) into it: an
+empty or never-written file, a file whose size was only set by C{setattr},
+reads as zeros up to its size, which the metadata store holds. The physical
+length may therefore be shorter than the size (reads pad with zeros) or, after
+a crash lost an unstable write's metadata, longer (reads stop at the size, and
+every operation that would expose the region beyond the size first cuts it
+off: see L{WriteFiles.trim}).
+
+The writer thread owns L{WriteFiles}; the reactor thread owns L{ReadFiles}.
+Nothing is shared between them but the file system, so neither needs a lock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+
+__all__ = ["Layout", "WriteFiles", "ReadFiles", "punch_hole", "read_range"]
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+class Layout:
+    """Path arithmetic for the data tree (no I/O)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def dir_of(self, ino: int) -> str:
+        return f"{self.root}/{ino >> 20:x}/{(ino >> 10) & 0x3FF:03x}"
+
+    def path(self, ino: int) -> str:
+        return f"{self.root}/{ino >> 20:x}/{(ino >> 10) & 0x3FF:03x}/{ino:x}"
+
+    def ino_of(self, path: str) -> int | None:
+        """The inode a path under the tree names, or None if it is not a data file's path."""
+        rel = os.path.relpath(path, self.root).split(os.sep)
+        if len(rel) != 3:
+            return None
+        try:
+            ino = int(rel[2], 16)
+        except ValueError:
+            return None
+        return ino if self.path(ino) == path else None
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    """libc's fallocate(2), which Python's os module does not expose with flags."""
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _libc = ctypes.CDLL(name, use_errno=True)
+        except OSError:  # pragma: no cover - no libc to load
+            return None
+    f = getattr(_libc, "fallocate64", None) or getattr(_libc, "fallocate", None)
+    if f is None:  # pragma: no cover - not Linux/glibc
+        return None
+    f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    f.restype = ctypes.c_int
+    return f  # type: ignore[no-any-return]
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """
+    Make C{[offset, offset+length)} read as zeros and free its blocks.
+
+    Uses C{FALLOC_FL_PUNCH_HOLE}; where the file system refuses it, writes
+    zeros instead (1 MiB at a time, never holding more), so the result reads
+    the same everywhere and only the space saving is lost.
+    """
+    f = _fallocate()
+    if f is not None and length > 0:
+        if f(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err))
+    zeros = bytes(min(length, 1 << 20))
+    end = offset + length
+    while offset < end:
+        n = os.pwrite(fd, memoryview(zeros)[: min(len(zeros), end - offset)], offset)
+        offset += n
+
+
+def read_range(fd: int, offset: int, length: int) -> bytes:
+    """
+    C{length} bytes at C{offset}, blocking; beyond the file's physical end
+    they read as zeros (a hole, or a size set beyond the data). Runs in a
+    thread pool (or inline in tests).
+    """
+    data = os.pread(fd, length, offset)
+    if len(data) < length:
+        rest = [data]
+        pos = offset + len(data)
+        while pos < offset + length:
+            more = os.pread(fd, offset + length - pos, pos)
+            if not more:
+                break
+            rest.append(more)
+            pos += len(more)
+        data = b"".join(rest).ljust(length, b"\0")
+    return data
+
+
+class WriteFiles:
+    """
+    The writer thread's descriptors: read-write, created on first write.
+
+    Tracks what a later C{commit} has to make durable: files with unsynced
+    data (C{dirty}) and directories whose new entries (a new data file, a new
+    fan-out directory) are not yet synced. A descriptor is closed only when its
+    data is synced (an evicted dirty one is synced first), because an error in
+    writeback is reported to the descriptors open at the time.
+
+    @param durable: False skips every fsync (tests and throwaway stores).
+    """
+
+    def __init__(self, layout: Layout, durable: bool = True, capacity: int = 128) -> None:
+        self.layout = layout
+        self.durable = durable
+        self.capacity = capacity
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self.dirty: set[int] = set()
+        self._new_entries: dict[int, list[str]] = {}
+        self.syncs = 0
+        self.dir_syncs = 0
+
+    def get(self, ino: int, create: bool) -> int | None:
+        """A descriptor for C{ino}'s data file, or None if it has none and C{create} is false."""
+        fd = self._fds.get(ino)
+        if fd is not None:
+            self._fds.move_to_end(ino)
+            return fd
+        path = self.layout.path(ino)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not create:
+                return None
+            fd = self._create(ino, path)
+        self._fds[ino] = fd
+        if len(self._fds) > self.capacity:
+            self._evict()
+        return fd
+
+    def _create(self, ino: int, path: str) -> int:
+        leaf = self.layout.dir_of(ino)
+        made: list[str] = []
+        d = leaf
+        while not os.path.isdir(d):
+            made.append(d)
+            d = os.path.dirname(d)
+        for d in reversed(made):
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                pass
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # The file's entry lives in its leaf directory; each directory made
+        # here has its entry in its parent. All must be synced before a
+        # commit of this inode can be acknowledged.
+        self._new_entries[ino] = [leaf] + [os.path.dirname(d) for d in made]
+        return fd
+
+    def _evict(self) -> None:
+        """Close one descriptor, never the newest (the caller is about to use it)."""
+        newest = next(reversed(self._fds))
+        for ino in self._fds:
+            if ino != newest and ino not in self.dirty:
+                os.close(self._fds.pop(ino))
+                return
+        # Every cached descriptor is dirty: sync the oldest (its data and the
+        # entries naming it, so nothing is left to track) and close it.
+        ino = next(iter(self._fds))
+        self.sync({ino})
+        os.close(self._fds.pop(ino))
+
+    def _sync_fd(self, fd: int) -> None:
+        if self.durable:
+            os.fdatasync(fd)
+        self.syncs += 1
+
+    def needs_sync(self, ino: int) -> bool:
+        return ino in self.dirty or ino in self._new_entries
+
+    def sync(self, inos: set[int]) -> None:
+        """Make the data of C{inos} durable: data first, then the directories naming them."""
+        dirs: set[str] = set()
+        for ino in sorted(inos):
+            if ino in self.dirty:
+                fd = self._fds.get(ino)
+                if fd is not None:
+                    self._sync_fd(fd)
+                self.dirty.discard(ino)
+            dirs.update(self._new_entries.pop(ino, ()))
+        for d in sorted(dirs, key=len, reverse=True):
+            if self.durable:
+                dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+            self.dir_syncs += 1
+
+    def sync_all(self) -> None:
+        self.sync(set(self.dirty) | set(self._new_entries))
+
+    def forget(self, ino: int) -> None:
+        """The inode is gone: drop its descriptor without syncing."""
+        fd = self._fds.pop(ino, None)
+        if fd is not None:
+            os.close(fd)
+        self.dirty.discard(ino)
+        self._new_entries.pop(ino, None)
+
+    def used(self, ino: int) -> int:
+        """Bytes of storage the data file occupies (C{st_blocks * 512})."""
+        fd = self._fds.get(ino)
+        try:
+            st = os.fstat(fd) if fd is not None else os.stat(self.layout.path(ino))
+        except FileNotFoundError:
+            return 0
+        return st.st_blocks * 512
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+class ReadFiles:
+    """
+    The reactor thread's read-only descriptors.
+
+    A descriptor handed to a pool thread is a C{dup}, so closing the cached one
+    (eviction, or the inode being freed) never pulls it from under a read.
+    """
+
+    def __init__(self, layout: Layout, capacity: int = 128) -> None:
+        self.layout = layout
+        self.capacity = capacity
+        self._fds: OrderedDict[int, int] = OrderedDict()
+
+    def get(self, ino: int) -> int | None:
+        fd = self._fds.get(ino)
+        if fd is not None:
+            self._fds.move_to_end(ino)
+            return fd
+        try:
+            fd = os.open(self.layout.path(ino), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        self._fds[ino] = fd
+        if len(self._fds) > self.capacity:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def used(self, ino: int) -> int:
+        fd = self._fds.get(ino)
+        try:
+            st = os.fstat(fd) if fd is not None else os.stat(self.layout.path(ino))
+        except FileNotFoundError:
+            return 0
+        return st.st_blocks * 512
+
+    def forget(self, ino: int) -> None:
+        fd = self._fds.pop(ino, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

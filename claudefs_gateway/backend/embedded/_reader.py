@@ -1,0 +1,269 @@
+# -*- test-case-name: tests.backend.test_embedded -*-
+"""
+The embedded store's read side, run on the reactor thread.
+
+Reads use their own SQLite connection (WAL lets it read while the writer
+thread commits) and run only once every change submitted before them has been
+acknowledged (L{claudefs_gateway.backend.embedded.backend}), so each sees at
+least every change its caller saw acknowledged. Each query is one statement
+on a primary key or an index range - a few microseconds - which is why they
+run inline rather than paying a thread hop (see docs/backend.rst for the
+numbers).
+
+File data is read with C{preadv(RWF_NOWAIT)}: served from the page cache
+without blocking, or refused (C{EAGAIN}), in which case the rest of the read
+goes to the disk thread pool on a duplicated descriptor.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import struct
+from pathlib import Path
+
+from claudefs_gateway import errors
+from claudefs_gateway.backend.embedded._files import Layout, ReadFiles
+from claudefs_gateway.backend.embedded._schema import NODE_COLUMNS, SELECT_NODE, Node
+from claudefs_gateway.fstypes import (
+    XATTR_NAME_MAX,
+    Attributes,
+    DirEntry,
+    DirPage,
+    FileType,
+    FSStat,
+    QuotaLimits,
+    Usage,
+)
+
+__all__ = ["Reader", "PendingRead", "MAX_READ"]
+
+# One read returns at most this much ("up to length bytes"): no request can
+# make the store hold a whole large file in memory.
+MAX_READ = 64 * 1024 * 1024
+
+_I_COLUMNS = ", ".join("i." + c.strip() for c in NODE_COLUMNS.split(","))
+_LOOKUP = (
+    f"SELECT {_I_COLUMNS} FROM dirent d JOIN inode i ON i.ino = d.ino"
+    " WHERE d.parent = ? AND d.name = ?"
+)
+_READDIR = (
+    "SELECT cookie, name, ino, type FROM dirent WHERE parent = ? AND cookie > ?"
+    " ORDER BY cookie LIMIT ?"
+)
+_READDIR_ATTRS = (
+    f"SELECT d.cookie, d.name, {_I_COLUMNS} FROM dirent d JOIN inode i ON i.ino = d.ino"
+    " WHERE d.parent = ? AND d.cookie > ? ORDER BY d.cookie LIMIT ?"
+)
+_I64 = 2**63 - 1
+
+
+# Reads up to this size try the page cache on the reactor thread first.
+FAST_READ = 1024 * 1024
+
+
+class PendingRead:
+    """A read the page cache could not serve at once: do it in a pool thread."""
+
+    __slots__ = ("fd", "offset", "length", "eof")
+
+    def __init__(self, fd: int, offset: int, length: int, eof: bool) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.length = length
+        self.eof = eof
+
+
+class Reader:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        layout: Layout,
+        instance_id: bytes,
+        data_dir: Path,
+        max_fds: int = 128,
+    ) -> None:
+        self.conn = conn
+        self.files = ReadFiles(layout, max_fds)
+        self.data_dir = data_dir
+        self._iid = int.from_bytes(instance_id, "big")
+        self.nowait = hasattr(os, "RWF_NOWAIT")
+        self._scratch: memoryview | None = None
+
+    def close(self) -> None:
+        self.files.close()
+        self.conn.close()
+
+    def _node(self, ino: int) -> Node:
+        row = self.conn.execute(SELECT_NODE, (ino,)).fetchone() if 0 < ino <= _I64 else None
+        if row is None:
+            raise errors.NotFound(f"inode {ino}")
+        return Node(row)
+
+    def _dir(self, ino: int) -> Node:
+        node = self._node(ino)
+        if node.type is not FileType.DIR:
+            raise errors.NotDir(f"inode {ino}")
+        return node
+
+    def attrs(self, node: Node) -> Attributes:
+        return node.attributes(self.files.used(node.ino) if node.type is FileType.REG else 0)
+
+    # -- metadata -------------------------------------------------------------------
+
+    def getattr(self, ino: int) -> Attributes:
+        return self.attrs(self._node(ino))
+
+    def lookup(self, parent: int, name: bytes) -> Attributes:
+        d = self._dir(parent)
+        if name == b".":
+            return self.attrs(d)
+        if name == b"..":
+            return self.attrs(self._node(d.parent))
+        row = self.conn.execute(_LOOKUP, (parent, name)).fetchone()
+        if row is None:
+            raise errors.NotFound("no such name")
+        return self.attrs(Node(row))
+
+    def verifier(self, ino: int) -> bytes:
+        """A directory's cookie verifier: cookies are never reused, so it never has to change."""
+        return struct.pack(">Q", ino ^ self._iid)
+
+    def readdir(
+        self, dir: int, cookie: int, verifier: bytes, count: int, with_attrs: bool = False
+    ) -> DirPage:
+        d = self._dir(dir)
+        verf = self.verifier(d.ino)
+        if cookie != 0 and verifier != verf:
+            raise errors.BadCookie("cookie verifier mismatch")
+        if cookie in (1, 2):
+            raise errors.BadCookie("cookie reserved for . and ..")
+        count = max(min(count, 2**62), 0)
+        after = max(min(cookie, _I64), -1)
+        entries: list[DirEntry] = []
+        if with_attrs:
+            rows = self.conn.execute(_READDIR_ATTRS, (dir, after, count + 1)).fetchall()
+            for row in rows[:count]:
+                node = Node(row[2:])
+                entries.append(DirEntry(row[1], node.ino, node.type, row[0], self.attrs(node)))
+        else:
+            rows = self.conn.execute(_READDIR, (dir, after, count + 1)).fetchall()
+            for c, name, ino, t in rows[:count]:
+                entries.append(DirEntry(name, ino, FileType(t), c))
+        return DirPage(tuple(entries), verf, eof=len(rows) <= count)
+
+    def readlink(self, ino: int) -> bytes:
+        node = self._node(ino)
+        if node.type is not FileType.LNK:
+            raise errors.Inval("not a symlink")
+        return node.target
+
+    def statfs(self) -> FSStat:
+        st = os.statvfs(self.data_dir)
+        return FSStat(
+            total_bytes=st.f_blocks * st.f_frsize,
+            free_bytes=st.f_bfree * st.f_frsize,
+            avail_bytes=st.f_bavail * st.f_frsize,
+            total_files=st.f_files,
+            free_files=st.f_ffree,
+            avail_files=st.f_favail,
+            block_size=st.f_bsize,
+        )
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        self._node(ino)
+        if not name or b"\x00" in name:
+            raise errors.Inval("bad xattr name")
+        if len(name) > XATTR_NAME_MAX:
+            raise errors.Range("xattr name too long")
+        row = self.conn.execute(
+            "SELECT value FROM xattr WHERE ino = ? AND name = ?", (ino, name)
+        ).fetchone()
+        if row is None:
+            raise errors.NoData("no such xattr")
+        return bytes(row[0])
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        self._node(ino)
+        rows = self.conn.execute("SELECT name FROM xattr WHERE ino = ? ORDER BY name", (ino,))
+        return [bytes(r[0]) for r in rows]
+
+    def usage(self, kind: str, id: int) -> Usage:
+        row = self.conn.execute(
+            "SELECT bytes, inodes FROM usage WHERE kind = ? AND id = ?", (kind, id)
+        ).fetchone()
+        return Usage(*row) if row is not None else Usage(0, 0)
+
+    def all_usage(self, kind: str) -> dict[int, Usage]:
+        rows = self.conn.execute("SELECT id, bytes, inodes FROM usage WHERE kind = ?", (kind,))
+        return {i: Usage(b, n) for i, b, n in rows}
+
+    def get_quota(self, kind: str, id: int) -> QuotaLimits | None:
+        row = self.conn.execute(
+            "SELECT bytes_soft, bytes_hard, inodes_soft, inodes_hard FROM quota"
+            " WHERE kind = ? AND id = ?",
+            (kind, id),
+        ).fetchone()
+        return QuotaLimits(*row) if row is not None else None
+
+    def list_quotas(self, kind: str) -> dict[int, QuotaLimits]:
+        rows = self.conn.execute(
+            "SELECT id, bytes_soft, bytes_hard, inodes_soft, inodes_hard FROM quota WHERE kind = ?",
+            (kind,),
+        )
+        return {r[0]: QuotaLimits(*r[1:]) for r in rows}
+
+    def get_state(self, key: str) -> bytes | None:
+        row = self.conn.execute("SELECT v FROM state WHERE k = ?", (key,)).fetchone()
+        return bytes(row[0]) if row is not None else None
+
+    # -- data -----------------------------------------------------------------------
+
+    def read(self, ino: int, offset: int, length: int) -> tuple[bytes, bool] | PendingRead:
+        """
+        The bytes at C{offset}, or a L{PendingRead} for the part that would block.
+
+        The size comes from the metadata (the data file may be shorter - a
+        hole or a size set by setattr, read as zeros - or longer after a crash
+        lost an unstable write's metadata - never shown).
+        """
+        node = self._node(ino)
+        if node.type is FileType.DIR:
+            raise errors.IsDir("is a directory")
+        if node.type is not FileType.REG:
+            raise errors.Inval("not a regular file")
+        if offset < 0 or length < 0:
+            raise errors.Inval("negative offset or length")
+        end = min(offset + length, node.size, offset + MAX_READ)
+        if offset >= end:
+            return b"", True
+        eof = end >= node.size
+        n = end - offset
+        fd = self.files.get(ino)
+        if fd is None:
+            return bytes(n), eof
+        if self.nowait and n <= FAST_READ:
+            # One reused buffer, then one bytes object per read: allocating a
+            # fresh buffer and a copy (two large blocks alive at once) makes
+            # glibc trim and re-fault its heap on every read - 20x slower for
+            # 1 MiB than the copy itself (docs/backend.rst, measurements).
+            if self._scratch is None:
+                self._scratch = memoryview(bytearray(FAST_READ))
+            view = self._scratch[:n]
+            try:
+                got = os.preadv(fd, [view], offset, os.RWF_NOWAIT)
+            except BlockingIOError:
+                got = -1
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                self.nowait = False
+                got = -1
+            if got == n:
+                return bytes(view), eof
+            # A short read without EAGAIN is either the end of the data file
+            # (the rest reads as zeros) or a range only partly cached.
+            if got >= 0 and offset + got >= os.fstat(fd).st_size:
+                return bytes(view[:got]).ljust(n, b"\0"), eof
+        return PendingRead(os.dup(fd), offset, n, eof)

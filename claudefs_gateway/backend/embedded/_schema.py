@@ -1,0 +1,238 @@
+# -*- test-case-name: tests.backend.test_embedded -*-
+"""
+The SQLite schema of the embedded store, and the row <-> value conversions
+both of its connections share.
+
+Tables (all in C{meta.sqlite3}, WAL mode):
+
+ - C{meta}: the store's own settings: C{schema}, C{instance_id}, C{epoch}
+   (bumped at every open; new inodes take it as their generation), and the
+   counters C{next_ino} and C{next_cookie}, which only grow, so inode numbers
+   and directory cookies are never reused.
+ - C{inode}: one row per inode; directories keep their parent (for C{..} and
+   the rename loop check), symlinks their target.
+ - C{dirent}: C{(parent, name) -> (ino, type, cookie)}; the cookie is unique
+   and increasing store-wide, so an entry's cookie is its place in a listing.
+ - C{xattr}, C{usage} (exact per-uid/gid bytes and inodes), C{quota},
+   C{state} (the small KV of the contract).
+ - C{pending_io}: physical changes to data files (C{free}: delete the file of
+   a freed inode; C{truncate}; C{punch}) recorded by a transaction and applied
+   after its commit; open applies what a crash left, and the next transaction
+   after the one that applied a row deletes it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from claudefs_gateway.fstypes import Attributes, FileType
+
+__all__ = ["SCHEMA_VERSION", "create_schema", "Node", "NODE_COLUMNS", "DIR_SIZE"]
+
+SCHEMA_VERSION = 1
+DIR_SIZE = 4096
+ROOT_INO = 1
+
+_TABLES = """
+CREATE TABLE meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+CREATE TABLE inode (
+    ino INTEGER PRIMARY KEY,
+    gen INTEGER NOT NULL,
+    type INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    nlink INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    rdev_major INTEGER NOT NULL,
+    rdev_minor INTEGER NOT NULL,
+    atime INTEGER NOT NULL,
+    mtime INTEGER NOT NULL,
+    ctime INTEGER NOT NULL,
+    btime INTEGER NOT NULL,
+    change INTEGER NOT NULL,
+    parent INTEGER NOT NULL,
+    target BLOB
+);
+CREATE TABLE dirent (
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    ino INTEGER NOT NULL,
+    type INTEGER NOT NULL,
+    cookie INTEGER NOT NULL,
+    PRIMARY KEY (parent, name)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX dirent_cookie ON dirent (parent, cookie);
+CREATE TABLE xattr (
+    ino INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (ino, name)
+) WITHOUT ROWID;
+CREATE TABLE usage (
+    kind TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    inodes INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE TABLE quota (
+    kind TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    bytes_soft INTEGER NOT NULL,
+    bytes_hard INTEGER NOT NULL,
+    inodes_soft INTEGER NOT NULL,
+    inodes_hard INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE TABLE state (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE pending_io (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    ino INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL
+);
+"""
+
+NODE_COLUMNS = (
+    "ino, gen, type, mode, nlink, uid, gid, size, rdev_major, rdev_minor,"
+    " atime, mtime, ctime, btime, change, parent, target"
+)
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create every table (inside the caller's transaction)."""
+    for statement in _TABLES.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+class Node:
+    """
+    One inode row as a mutable object: operations load it, change it as the
+    reference backend changes its C{_Inode}, and write it back once.
+    """
+
+    __slots__ = (
+        "ino",
+        "gen",
+        "type",
+        "mode",
+        "nlink",
+        "uid",
+        "gid",
+        "size",
+        "rdev",
+        "atime",
+        "mtime",
+        "ctime",
+        "btime",
+        "change",
+        "parent",
+        "target",
+    )
+
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        (
+            self.ino,
+            self.gen,
+            t,
+            self.mode,
+            self.nlink,
+            self.uid,
+            self.gid,
+            self.size,
+            major,
+            minor,
+            self.atime,
+            self.mtime,
+            self.ctime,
+            self.btime,
+            self.change,
+            self.parent,
+            target,
+        ) = row
+        self.type = FileType(t)
+        self.rdev = (major, minor)
+        self.target: bytes = target or b""
+
+    def row(self) -> tuple[Any, ...]:
+        """Every column, in L{NODE_COLUMNS} order."""
+        return (
+            self.ino,
+            self.gen,
+            int(self.type),
+            self.mode,
+            self.nlink,
+            self.uid,
+            self.gid,
+            self.size,
+            self.rdev[0],
+            self.rdev[1],
+            self.atime,
+            self.mtime,
+            self.ctime,
+            self.btime,
+            self.change,
+            self.parent,
+            self.target if self.type is FileType.LNK else None,
+        )
+
+    def update_row(self) -> tuple[Any, ...]:
+        """The mutable columns then C{ino}, for L{UPDATE_NODE}."""
+        return (
+            self.mode,
+            self.nlink,
+            self.uid,
+            self.gid,
+            self.size,
+            self.atime,
+            self.mtime,
+            self.ctime,
+            self.btime,
+            self.change,
+            self.parent,
+            self.ino,
+        )
+
+    def attributes(self, used: int) -> Attributes:
+        """
+        The contract's view: directories report L{DIR_SIZE}, symlinks their
+        target's length; C{used} is what the data file occupies (regular files).
+        """
+        t = self.type
+        if t is FileType.DIR:
+            size = used = DIR_SIZE
+        elif t is FileType.LNK:
+            size, used = len(self.target), 0
+        elif t is FileType.REG:
+            size = self.size
+        else:
+            size, used = self.size, 0
+        return Attributes(
+            ino=self.ino,
+            gen=self.gen,
+            type=t,
+            mode=self.mode,
+            nlink=self.nlink,
+            uid=self.uid,
+            gid=self.gid,
+            size=size,
+            used=used,
+            rdev=self.rdev,
+            atime_ns=self.atime,
+            mtime_ns=self.mtime,
+            ctime_ns=self.ctime,
+            btime_ns=self.btime,
+            change=self.change,
+        )
+
+
+SELECT_NODE = f"SELECT {NODE_COLUMNS} FROM inode WHERE ino = ?"
+INSERT_NODE = f"INSERT INTO inode ({NODE_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+UPDATE_NODE = (
+    "UPDATE inode SET mode = ?, nlink = ?, uid = ?, gid = ?, size = ?, atime = ?, mtime = ?,"
+    " ctime = ?, btime = ?, change = ?, parent = ? WHERE ino = ?"
+)

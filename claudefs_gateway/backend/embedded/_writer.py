@@ -1,0 +1,174 @@
+# -*- test-case-name: tests.backend.test_embedded -*-
+"""
+Who runs the engine: one dedicated writer thread (group commit), or the
+caller's thread (inline, for tests).
+
+Group commit: the writer thread blocks on its queue for the first op, then
+takes every op that is already waiting (up to C{max_batch}) and runs them as
+one batch - one transaction, one fsync. While that fsync runs, new ops pile up
+in the queue and become the next batch, so N concurrent changes cost about
+log(N) fsyncs rather than N, with no timer and no added latency for a lone op.
+
+Results go back to the reactor with one C{callFromThread} per batch, which
+fires the ops' Deferreds in submission order (the queue is FIFO, batches are
+delivered in order), so what a caller sees follows the order it called in.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from claudefs_gateway import errors
+from claudefs_gateway.backend.embedded._engine import Engine, Op
+
+__all__ = ["ThreadWriter", "InlineWriter", "Deliver"]
+
+Deliver = Callable[[list[Op], list[int]], None]
+
+
+class _Call:
+    """A control function (open, close) run on the writer thread between batches."""
+
+    __slots__ = ("fn", "args", "d", "stop")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], d: defer.Deferred[Any], stop: bool
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.d = d
+        self.stop = stop
+
+
+def _fire(d: defer.Deferred[Any], ok: bool, result: Any) -> None:
+    if ok:
+        d.callback(result)
+    else:
+        d.errback(result)
+
+
+class ThreadWriter:
+    """
+    The production runner: the engine lives on one thread named
+    C{cfs-embedded-writer}, which owns its SQLite connection and data-file
+    descriptors, so the engine needs no locks.
+
+    @param deliver: called on the reactor thread with each finished batch.
+    """
+
+    def __init__(
+        self, engine: Engine, reactor: Any, deliver: Deliver, max_batch: int = 256
+    ) -> None:
+        self.engine = engine
+        self.reactor = reactor
+        self.deliver = deliver
+        self.max_batch = max_batch
+        self._q: queue.SimpleQueue[Op | _Call] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        # A daemon thread: a process that exits without closing the store must
+        # not hang on it; what it loses then is what a crash would lose.
+        self._thread = threading.Thread(target=self._run, name="cfs-embedded-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, op: Op) -> None:
+        self._q.put(op)
+
+    def call(self, fn: Callable[..., Any], *args: Any, stop: bool = False) -> defer.Deferred[Any]:
+        """Run C{fn(*args)} on the writer thread after every op queued so far."""
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._q.put(_Call(fn, args, d, stop))
+        return d
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        held: Op | _Call | None = None
+        carry: list[Op] = []
+        while True:
+            if carry:
+                # What the last batch left (it ended early): these go first.
+                batch, carry = carry, []
+            else:
+                item = held if held is not None else self._q.get()
+                held = None
+                if isinstance(item, _Call):
+                    if self._run_call(item):
+                        return
+                    continue
+                batch = [item]
+            while held is None and len(batch) < self.max_batch:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(nxt, _Call):
+                    held = nxt
+                    break
+                batch.append(nxt)
+            try:
+                count, freed = self.engine.run_batch(batch)
+            except BaseException:
+                # run_batch handles every error it expects; this is a bug. Fail
+                # the batch rather than the thread, which would hang every
+                # caller waiting on it.
+                count, freed = len(batch), []
+                failure = Failure()
+                for op in batch:
+                    op.ok, op.value = False, errors.IO("internal store error")
+                batch[0].failure = failure
+            carry = batch[count:]
+            self.reactor.callFromThread(self.deliver, batch[:count], freed)
+
+    def _run_call(self, c: _Call) -> bool:
+        try:
+            result, ok = c.fn(*c.args), True
+        except BaseException:
+            result, ok = Failure(), False
+        self.reactor.callFromThread(_fire, c.d, ok, result)
+        return c.stop
+
+
+class InlineWriter:
+    """
+    Runs every op at once on the caller's thread, one op per transaction, and
+    delivers before returning: the backend's Deferreds have fired by the time
+    a call returns. For tests (the hypothesis state machine drives the store
+    this way with C{successResultOf}) and offline tools; it blocks, so never
+    on a reactor serving clients.
+    """
+
+    alive = True
+
+    def __init__(self, engine: Engine, deliver: Deliver) -> None:
+        self.engine = engine
+        self.deliver = deliver
+
+    def start(self) -> None:
+        pass
+
+    def submit(self, op: Op) -> None:
+        _, freed = self.engine.run_batch([op])
+        self.deliver([op], freed)
+
+    def call(self, fn: Callable[..., Any], *args: Any, stop: bool = False) -> defer.Deferred[Any]:
+        try:
+            return defer.succeed(fn(*args))
+        except BaseException:
+            return defer.fail()
+
+    def join(self) -> None:
+        pass

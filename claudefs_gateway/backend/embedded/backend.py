@@ -1,0 +1,421 @@
+# -*- test-case-name: tests.backend.test_embedded -*-
+"""
+L{EmbeddedBackend}: the default store, SQLite metadata and per-inode data
+files under the gateway's data directory (docs/backend.rst).
+
+Ordering. Every change goes, in call order, to the writer thread's queue
+(L{_writer}); reads run on the reactor thread, each only once every change
+submitted before it has been acknowledged. So a caller that issues B after
+A's Deferred fired sees A's effect (read-your-writes), and a read issued right
+after a change without waiting for it (a create, then a lookup of the name)
+sees it too. Changes are applied strictly in submission order; a read may see
+changes submitted after it (they were concurrent with it).
+
+Durability (L{claudefs_gateway.interfaces}): a change's Deferred fires after
+its batch committed with C{synchronous=FULL} (the WAL is fsynced); stable
+writes and commits also fdatasync their data file (and its new directory
+entries) before that commit. Unstable writes are committed with
+C{synchronous=NORMAL}: in the WAL, visible to every later read, and synced by
+the next FULL commit - the next commit or stable write of the file, or any
+other change, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+
+from zope.interface import implementer
+
+from claudefs_gateway import errors
+from claudefs_gateway.backend.datadir import LOW_SPACE
+from claudefs_gateway.backend.embedded._engine import Engine, Op, Stats, convert_error
+from claudefs_gateway.backend.embedded._files import read_range
+from claudefs_gateway.backend.embedded._reader import PendingRead, Reader
+from claudefs_gateway.backend.embedded._writer import InlineWriter, ThreadWriter
+from claudefs_gateway.core.health import CheckResult
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.core.threads import ThreadPools
+from claudefs_gateway.fstypes import (
+    Attributes,
+    DirPage,
+    FileType,
+    FSStat,
+    QuotaLimits,
+    RenameResult,
+    SetAttrs,
+    Usage,
+    WriteResult,
+)
+from claudefs_gateway.interfaces import IBackend
+
+__all__ = ["EmbeddedBackend"]
+
+T = TypeVar("T")
+
+# More changes than this waiting for the writer: report degraded.
+BACKLOG_DEGRADED = 10000
+
+
+@implementer(IBackend)
+class EmbeddedBackend:
+    """
+    @param data_dir: the store's directory; created (0700) if missing. The
+        service tree creates and locks it (L{claudefs_gateway.backend.datadir}).
+    @param reactor: for C{callFromThread} and the fallback thread pool.
+    @param threads: the gateway's pools; reads the page cache cannot serve at
+        once run in its C{disk} pool (else in the reactor's thread pool).
+    @param now_ns: the clock, in nanoseconds.
+    @param durable: False skips every fsync: for tests and throwaway stores.
+    @param inline: run every operation synchronously on the calling thread,
+        one transaction each, instead of on the writer thread (tests and
+        offline tools: it blocks).
+    @param max_batch: most changes committed in one transaction.
+    @param max_fds: data-file descriptors each side keeps open.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        data_dir: Path,
+        reactor: Any,
+        threads: ThreadPools | None = None,
+        *,
+        now_ns: Callable[[], int] = time.time_ns,
+        durable: bool = True,
+        inline: bool = False,
+        max_batch: int = 256,
+        max_fds: int = 128,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.instance_id = bytes(8)
+        self._reactor = reactor
+        self._threads = threads
+        self._inline = inline
+        self._max_fds = max_fds
+        self._engine = Engine(self.data_dir, now_ns, durable, max_fds)
+        self._writer: ThreadWriter | InlineWriter
+        if inline:
+            self._writer = InlineWriter(self._engine, self._deliver)
+        else:
+            self._writer = ThreadWriter(self._engine, reactor, self._deliver, max_batch)
+        self._reader: Reader | None = None
+        self._state = "new"
+        self._submitted = 0
+        self._done = 0
+        self._waiting: deque[tuple[int, Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]]
+        self._waiting = deque()
+        self._opening: defer.Deferred[None] | None = None
+        self._close_waiters: list[defer.Deferred[None]] = []
+
+    @property
+    def stats(self) -> Stats:
+        """The writer's counters (batches, commits, fsyncs...), for tests and benchmarks."""
+        return self._engine.stats
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def open(self) -> defer.Deferred[None]:
+        if self._state != "new":
+            return defer.fail(errors.IO("store already opened"))
+        self._state = "opening"
+        self._writer.start()
+        d = self._writer.call(self._engine.open)
+        d.addCallbacks(self._opened, self._open_failed)
+        self._opening = d
+        return d
+
+    def _opened(self, result: tuple[bytes, sqlite3.Connection, int]) -> None:
+        iid, conn, recovered = result
+        self.instance_id = iid
+        self._reader = Reader(conn, self._engine.layout, iid, self.data_dir, self._max_fds)
+        self._state = "open"
+        self._log.info(
+            "embedded store open at {path}; recovery finished {recovered} file changes",
+            path=str(self.data_dir),
+            recovered=recovered,
+        )
+
+    def _open_failed(self, f: Failure) -> Failure:
+        self._state = "closed"
+        self._writer.call(lambda: None, stop=True)
+        if f.check(errors.FSError):
+            return f
+        self._log.failure("opening the embedded store at {path}", f, path=str(self.data_dir))
+        return Failure(convert_error(f.value))
+
+    def close(self) -> defer.Deferred[None]:
+        """Finish every queued change, sync every file, checkpoint, close. Safe to call twice."""
+        if self._state in ("new", "closed"):
+            self._state = "closed"
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._close_waiters.append(d)
+        if len(self._close_waiters) == 1:
+            defer.Deferred.fromCoroutine(self._close()).addBoth(self._closed)
+        return d
+
+    async def _close(self) -> None:
+        if self._state == "opening":
+            assert self._opening is not None
+            try:
+                await self._opening
+            except errors.FSError:
+                return
+        if self._state != "open":
+            return
+        self._state = "closing"
+        try:
+            # Queued after every change submitted so far: by the time it
+            # fires, they are all delivered, and so is every read that waited.
+            await self._writer.call(self._engine.close, stop=True)
+        finally:
+            self._writer.join()
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            self._state = "closed"
+            self._log.info("embedded store closed at {path}", path=str(self.data_dir))
+
+    def _closed(self, result: None | Failure) -> None:
+        waiters, self._close_waiters = self._close_waiters, []
+        if isinstance(result, Failure):
+            self._log.failure("closing the embedded store", result)
+            result = Failure(convert_error(result.value))
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
+
+    def check(self) -> CheckResult:
+        """Health: open, writer alive, last commit succeeded, space left on the device."""
+        if self._state != "open":
+            return CheckResult.unhealthy("store not open")
+        if not self._writer.alive:
+            return CheckResult.unhealthy("store writer stopped")
+        if self._engine.stats.last_batch_failed:
+            return CheckResult.unhealthy("store commits failing")
+        try:
+            st = os.statvfs(self.data_dir)
+        except OSError:
+            return CheckResult.unhealthy("store directory unreadable")
+        free = st.f_bavail * st.f_frsize
+        if free < LOW_SPACE:
+            return CheckResult.degraded(f"low disk space: {free // (1024 * 1024)} MiB free")
+        if self._submitted - self._done > BACKLOG_DEGRADED:
+            return CheckResult.degraded("store write queue backlog")
+        return CheckResult.healthy()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _submit(
+        self, fn: Callable[..., Any], *args: Any, durable: bool = True, ino: int | None = None
+    ) -> defer.Deferred[Any]:
+        if self._state != "open":
+            return defer.fail(errors.IO("store is not open"))
+        op = Op(fn, args, durable, ino)
+        d: defer.Deferred[Any] = defer.Deferred()
+        op.d = d
+        self._submitted += 1
+        self._writer.submit(op)
+        return d
+
+    def _deliver(self, batch: list[Op], freed: list[int]) -> None:
+        """On the reactor thread: a batch committed (or failed); fire its Deferreds in order."""
+        if self._reader is not None:
+            for ino in freed:
+                self._reader.files.forget(ino)
+        for op in batch:
+            self._done += 1
+            if op.failure is not None:
+                self._log.failure("embedded store operation {op} failed", op.failure, op=op.name)
+            elif op.warning:
+                self._log.warn("embedded store commit failed: {error}", error=op.warning)
+            if op.ok:
+                op.d.callback(op.value)
+            else:
+                op.d.errback(op.value)
+            if self._waiting:
+                self._run_waiting()
+
+    def _read(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        if self._state != "open":
+            return defer.fail(errors.IO("store is not open"))
+        seq = self._submitted
+        if self._done >= seq and not self._waiting:
+            return self._run_read(fn, args)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._waiting.append((seq, fn, args, d))
+        return d
+
+    def _run_waiting(self) -> None:
+        while self._waiting and self._waiting[0][0] <= self._done:
+            _, fn, args, d = self._waiting.popleft()
+            self._run_read(fn, args).chainDeferred(d)
+
+    def _run_read(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> defer.Deferred[Any]:
+        assert self._reader is not None
+        try:
+            result = fn(self._reader, *args)
+        except errors.FSError:
+            return defer.fail()
+        except Exception as e:
+            if not isinstance(e, OverflowError):
+                self._log.failure("embedded store read {op} failed", op=fn.__name__)
+            return defer.fail(convert_error(e))
+        if isinstance(result, PendingRead):
+            return self._finish_read(result)
+        return defer.succeed(result)
+
+    def _finish_read(self, p: PendingRead) -> defer.Deferred[tuple[bytes, bool]]:
+        def work() -> tuple[bytes, bool]:
+            try:
+                return read_range(p.fd, p.offset, p.length), p.eof
+            finally:
+                os.close(p.fd)
+
+        if self._inline:
+            try:
+                return defer.succeed(work())
+            except OSError as e:
+                return defer.fail(convert_error(e))
+        if self._threads is not None:
+            d = self._threads.run("disk", work)
+        else:
+            d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), work)
+        return d.addErrback(self._read_failed)
+
+    def _read_failed(self, f: Failure) -> Failure:
+        if not f.check(errors.FSError):
+            self._log.failure("embedded store data read failed", f)
+            return Failure(convert_error(f.value))
+        return f
+
+    # -- IMetadataService -----------------------------------------------------------------
+
+    def root(self) -> defer.Deferred[Attributes]:
+        return self._read(Reader.getattr, 1)
+
+    def getattr(self, ino: int) -> defer.Deferred[Attributes]:
+        return self._read(Reader.getattr, ino)
+
+    def lookup(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
+        return self._read(Reader.lookup, parent, name)
+
+    def create(
+        self,
+        parent: int,
+        name: bytes,
+        type: FileType,
+        mode: int,
+        uid: int,
+        gid: int,
+        rdev: tuple[int, int] = (0, 0),
+    ) -> defer.Deferred[Attributes]:
+        return self._submit(Engine.op_create, parent, bytes(name), type, mode, uid, gid, rdev)
+
+    def symlink(
+        self, parent: int, name: bytes, target: bytes, mode: int, uid: int, gid: int
+    ) -> defer.Deferred[Attributes]:
+        return self._submit(Engine.op_symlink, parent, bytes(name), bytes(target), mode, uid, gid)
+
+    def link(self, ino: int, parent: int, name: bytes) -> defer.Deferred[Attributes]:
+        return self._submit(Engine.op_link, ino, parent, bytes(name))
+
+    def unlink(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
+        return self._submit(Engine.op_unlink, parent, bytes(name))
+
+    def rmdir(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
+        return self._submit(Engine.op_rmdir, parent, bytes(name))
+
+    def rename(
+        self, src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
+    ) -> defer.Deferred[RenameResult]:
+        return self._submit(
+            Engine.op_rename, src_parent, bytes(src_name), dst_parent, bytes(dst_name)
+        )
+
+    def setattr(
+        self, ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None
+    ) -> defer.Deferred[Attributes]:
+        return self._submit(Engine.op_setattr, ino, changes, guard_ctime_ns, ino=ino)
+
+    def readdir(
+        self, dir: int, cookie: int, verifier: bytes, count: int, with_attrs: bool = False
+    ) -> defer.Deferred[DirPage]:
+        return self._read(Reader.readdir, dir, cookie, verifier, count, with_attrs)
+
+    def readlink(self, ino: int) -> defer.Deferred[bytes]:
+        return self._read(Reader.readlink, ino)
+
+    def statfs(self) -> defer.Deferred[FSStat]:
+        return self._read(Reader.statfs)
+
+    def getxattr(self, ino: int, name: bytes) -> defer.Deferred[bytes]:
+        return self._read(Reader.getxattr, ino, name)
+
+    def setxattr(
+        self, ino: int, name: bytes, value: bytes, create: bool | None = None
+    ) -> defer.Deferred[None]:
+        return self._submit(Engine.op_setxattr, ino, bytes(name), bytes(value), create)
+
+    def listxattr(self, ino: int) -> defer.Deferred[list[bytes]]:
+        return self._read(Reader.listxattr, ino)
+
+    def removexattr(self, ino: int, name: bytes) -> defer.Deferred[None]:
+        return self._submit(Engine.op_removexattr, ino, bytes(name))
+
+    def usage(self, kind: str, id: int) -> defer.Deferred[Usage]:
+        return self._read(Reader.usage, kind, id)
+
+    def all_usage(self, kind: str) -> defer.Deferred[dict[int, Usage]]:
+        return self._read(Reader.all_usage, kind)
+
+    def get_quota(self, kind: str, id: int) -> defer.Deferred[QuotaLimits | None]:
+        return self._read(Reader.get_quota, kind, id)
+
+    def set_quota(self, kind: str, id: int, limits: QuotaLimits | None) -> defer.Deferred[None]:
+        return self._submit(Engine.op_set_quota, kind, id, limits)
+
+    def list_quotas(self, kind: str) -> defer.Deferred[dict[int, QuotaLimits]]:
+        return self._read(Reader.list_quotas, kind)
+
+    def get_state(self, key: str) -> defer.Deferred[bytes | None]:
+        return self._read(Reader.get_state, key)
+
+    def set_state(self, key: str, value: bytes | None) -> defer.Deferred[None]:
+        return self._submit(Engine.op_set_state, key, None if value is None else bytes(value))
+
+    # -- IDataService -------------------------------------------------------------------
+
+    def read(self, ino: int, offset: int, length: int) -> defer.Deferred[tuple[bytes, bool]]:
+        return self._read(Reader.read, ino, offset, length)
+
+    def write(
+        self, ino: int, offset: int, data: bytes, stable: bool
+    ) -> defer.Deferred[WriteResult]:
+        # The write runs later on another thread: a mutable buffer the caller
+        # may reuse is copied now; bytes (the contract's type) are not.
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        return self._submit(Engine.op_write, ino, offset, data, stable, durable=stable, ino=ino)
+
+    def commit(self, ino: int) -> defer.Deferred[Attributes]:
+        return self._submit(Engine.op_commit, ino, ino=ino)
+
+    def allocate(self, ino: int, offset: int, length: int) -> defer.Deferred[Attributes]:
+        return self._submit(Engine.op_allocate, ino, offset, length, ino=ino)
+
+    def deallocate(self, ino: int, offset: int, length: int) -> defer.Deferred[Attributes]:
+        return self._submit(Engine.op_deallocate, ino, offset, length, ino=ino)

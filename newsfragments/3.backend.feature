@@ -1,0 +1,1 @@
+The embedded backend: SQLite metadata and per-inode sparse data files under ``data_dir``, crash-safe (what was acknowledged survives kill -9), with group commit, exact per-uid/gid usage and recovery at open (``docs/backend.rst``).

@@ -1,0 +1,682 @@
+"""
+The embedded store (L{claudefs_gateway.backend.embedded}): the contract suite,
+group commit, ordering, what is synced when, persistence across reopen,
+recovery, lifecycle and health, error mapping.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from claudefs_gateway import errors
+from claudefs_gateway.backend.embedded import EmbeddedBackend, _files
+from claudefs_gateway.backend.embedded import backend as backend_module
+from claudefs_gateway.backend.embedded._engine import Engine
+from claudefs_gateway.backend.embedded._files import Layout
+from claudefs_gateway.core.health import DEGRADED, HEALTHY, UNHEALTHY
+from claudefs_gateway.core.threads import ThreadPools
+from claudefs_gateway.fstypes import FileType, QuotaLimits, SetAttrs, Usage
+from tests.backend.test_contract import ContractMixin
+
+REG, DIR = FileType.REG, FileType.DIR
+ZERO = bytes(8)
+
+
+class EmbeddedContractTests(ContractMixin, TestCase):
+    """The embedded store meets the contract, on its writer thread as in production."""
+
+    async def make_backend(self) -> Any:
+        b = EmbeddedBackend(Path(self.mktemp()), reactor)
+        await b.open()
+        self.addCleanup(b.close)
+        return b
+
+
+class InlineContractTests(ContractMixin, TestCase):
+    """The inline mode (what the state machine drives) meets the contract too."""
+
+    async def make_backend(self) -> Any:
+        b = EmbeddedBackend(Path(self.mktemp()), None, inline=True)
+        await b.open()
+        self.addCleanup(b.close)
+        return b
+
+
+class StoreCase(TestCase):
+    """Opens real stores (writer thread, fsync on) in temporary directories."""
+
+    async def store(self, path: Path | None = None, **kw: Any) -> EmbeddedBackend:
+        b = EmbeddedBackend(path or Path(self.mktemp()), reactor, **kw)
+        await b.open()
+        self.addCleanup(b.close)
+        return b
+
+    async def gate(self, b: EmbeddedBackend) -> tuple[threading.Event, defer.Deferred[Any]]:
+        """
+        Hold the writer thread inside an op until the returned event is set.
+
+        Fires once the writer is inside it, so every op submitted afterwards
+        queues behind it and they all form the next batch: which ops share a
+        batch does not depend on thread scheduling.
+        """
+        ev = threading.Event()
+        self.addCleanup(ev.set)
+        inside: defer.Deferred[None] = defer.Deferred()
+
+        def hold(engine: Engine, ctx: Any) -> None:
+            reactor.callFromThread(inside.callback, None)
+            ev.wait(30)
+
+        d = b._submit(hold)
+        await inside
+        return ev, d
+
+
+class GroupCommitTests(StoreCase):
+    async def test_queued_changes_share_one_commit(self) -> None:
+        """100 creates queued while the writer is busy are committed with one fsync."""
+        b = await self.store()
+        ev, held = await self.gate(b)
+        ds = [b.create(1, b"f%d" % i, REG, 0o644, 0, 0) for i in range(100)]
+        before = b.stats.durable_commits
+        ev.set()
+        await held
+        await defer.gatherResults(ds)
+        self.assertEqual(b.stats.durable_commits - before, 1)
+        self.assertEqual(b.stats.largest_batch, 100)
+        page = await b.readdir(1, 0, ZERO, 1000)
+        self.assertEqual(len(page.entries), 100)
+
+    async def test_concurrent_burst_costs_few_fsyncs(self) -> None:
+        """Without any help, a burst of 200 concurrent creates costs far fewer than 200 commits."""
+        b = await self.store()
+        before = b.stats.durable_commits
+        await defer.gatherResults([b.create(1, b"f%d" % i, REG, 0o644, 0, 0) for i in range(200)])
+        commits = b.stats.durable_commits - before
+        self.assertGreaterEqual(commits, 1)
+        self.assertLessEqual(commits, 50)
+
+    async def test_sequential_changes_each_commit(self) -> None:
+        """A lone change is not delayed to wait for company: each awaited create commits alone."""
+        b = await self.store()
+        before = b.stats.durable_commits
+        for i in range(5):
+            await b.create(1, b"f%d" % i, REG, 0o644, 0, 0)
+        self.assertEqual(b.stats.durable_commits - before, 5)
+
+    async def test_file_change_after_truncate_gets_its_own_batch(self) -> None:
+        """
+        A truncation is applied to the file after its commit, so a write to
+        the same file queued behind it waits for the next batch (else the
+        truncation would cut the write's data).
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"z" * 1000, True)
+        ev, held = await self.gate(b)
+        ds = [
+            b.setattr(f.ino, SetAttrs(size=0)),
+            b.create(1, b"other", REG, 0o644, 0, 0),
+            b.write(f.ino, 0, b"hello", False),
+            b.create(1, b"third", REG, 0o644, 0, 0),
+        ]
+        ev.set()
+        await held
+        await defer.gatherResults(ds)
+        self.assertEqual(b.stats.splits, 1)
+        self.assertEqual(await b.read(f.ino, 0, 100), (b"hello", True))
+
+    async def test_failed_op_does_not_spoil_its_batch(self) -> None:
+        """Each op runs in its own savepoint: one failing leaves its batch-mates committed."""
+        b = await self.store()
+        ev, held = await self.gate(b)
+        ok1 = b.create(1, b"a", REG, 0o644, 0, 0)
+        dup = b.create(1, b"a", DIR, 0o755, 0, 0)
+
+        def half_done(engine: Engine, ctx: Any) -> None:
+            engine._add_entry(ctx, engine._get(ctx, 1), b"ghost", engine._get(ctx, 1))
+            raise sqlite3.OperationalError("injected")
+
+        broken = b._submit(half_done)
+        ok2 = b.create(1, b"b", REG, 0o644, 0, 0)
+        ev.set()
+        await held
+        await ok1
+        await ok2
+        with self.assertRaises(errors.Exists):
+            await dup
+        with self.assertRaises(errors.IO):
+            await broken
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+        self.assertEqual(
+            sorted(e.name for e in (await b.readdir(1, 0, ZERO, 10)).entries), [b"a", b"b"]
+        )
+        self.assertEqual((await b.root()).change, 3)
+
+
+class OrderingTests(StoreCase):
+    async def test_read_after_change_without_waiting(self) -> None:
+        """A read issued right after a change, without waiting for it, sees the change."""
+        b = await self.store()
+        created = b.create(1, b"x", REG, 0o644, 0, 0)
+        looked = b.lookup(1, b"x")
+        a = await created
+        self.assertEqual((await looked).ino, a.ino)
+        gone = b.unlink(1, b"x")
+        missing = b.lookup(1, b"x")
+        await gone
+        with self.assertRaises(errors.NotFound):
+            await missing
+
+    async def test_data_in_call_order(self) -> None:
+        """write, truncate, write, read, issued together, apply in that order."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        ds = [
+            b.write(f.ino, 0, b"hello world", False),
+            b.setattr(f.ino, SetAttrs(size=5)),
+            b.write(f.ino, 8, b"!", False),
+            b.read(f.ino, 0, 100),
+            b.getattr(f.ino),
+        ]
+        results = await defer.gatherResults(ds)
+        self.assertEqual(results[3], (b"hello\0\0\0!", True))
+        self.assertEqual(results[4].size, 9)
+
+    async def test_reads_fire_after_earlier_changes(self) -> None:
+        """Deferreds fire in call order: a read waiting on a change fires after it."""
+        b = await self.store()
+        fired: list[str] = []
+        d1 = b.create(1, b"a", REG, 0o644, 0, 0).addCallback(lambda _: fired.append("create"))
+        d2 = b.getattr(1).addCallback(lambda _: fired.append("getattr"))
+        await defer.gatherResults([d1, d2])
+        self.assertEqual(fired, ["create", "getattr"])
+
+    async def test_idle_reads_run_at_once(self) -> None:
+        """With nothing queued, a metadata read fires before the call returns (no thread hop)."""
+        b = await self.store()
+        d = b.getattr(1)
+        self.assertTrue(d.called)
+        await d
+
+
+class DurabilityTests(StoreCase):
+    """What reaches the disk when (fsync calls are counted; SQLite's own are not)."""
+
+    def count(self, name: str) -> list[int]:
+        calls: list[int] = []
+        real = getattr(os, name)
+
+        def counting(fd: int) -> None:
+            calls.append(fd)
+            real(fd)
+
+        self.patch(os, name, counting)
+        return calls
+
+    async def test_stable_write_syncs_data_then_commits(self) -> None:
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        syncs = self.count("fdatasync")
+        dir_syncs = self.count("fsync")
+        before = b.stats.durable_commits
+        w = await b.write(f.ino, 0, b"data", True)
+        self.assertTrue(w.stable)
+        self.assertEqual(len(syncs), 1)
+        # The new data file's leaf directory and the fan-out directories made for it.
+        self.assertGreaterEqual(len(dir_syncs), 1)
+        self.assertEqual(b.stats.durable_commits - before, 1)
+        await b.write(f.ino, 4, b"more", True)
+        self.assertEqual(len(syncs), 2)
+
+    async def test_unstable_write_waits_for_commit(self) -> None:
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        syncs = self.count("fdatasync")
+        durable, lazy = b.stats.durable_commits, b.stats.commits
+        await b.write(f.ino, 0, b"data", False)
+        self.assertEqual(syncs, [])
+        self.assertEqual(b.stats.durable_commits, durable)
+        self.assertEqual(b.stats.commits, lazy + 1)
+        a = await b.commit(f.ino)
+        self.assertEqual(a.size, 4)
+        self.assertEqual(len(syncs), 1)
+        # Nothing changed in the commit itself, but the write's metadata in the
+        # WAL had to be synced: one durable commit.
+        self.assertEqual(b.stats.durable_commits, durable + 1)
+        await b.commit(f.ino)
+        self.assertEqual(len(syncs), 1)
+        self.assertEqual(b.stats.durable_commits, durable + 1)
+
+    async def test_metadata_change_is_durable(self) -> None:
+        b = await self.store()
+        before = b.stats.durable_commits
+        await b.set_state("k", b"v")
+        await b.setxattr(1, b"user.x", b"1")
+        self.assertEqual(b.stats.durable_commits - before, 2)
+
+    async def test_evicting_a_dirty_descriptor_syncs_it(self) -> None:
+        """Unstable data is never orphaned by the descriptor cache: eviction syncs first."""
+        b = await self.store(max_fds=2)
+        inos = [(await b.create(1, b"f%d" % i, REG, 0o644, 0, 0)).ino for i in range(3)]
+        syncs = self.count("fdatasync")
+        for ino in inos:
+            await b.write(ino, 0, b"x", False)
+        self.assertEqual(len(syncs), 1)
+        files = b._engine.files
+        self.assertEqual((files.dirty, set(files._new_entries)), (set(inos[1:]), set(inos[1:])))
+        await b.commit(inos[0])
+        self.assertEqual(len(syncs), 1)
+
+    async def test_writer_survives_an_internal_error(self) -> None:
+        b = await self.store()
+
+        def boom(ops: Any) -> Any:
+            raise RuntimeError("bug")
+
+        self.patch(b._engine, "run_batch", boom)
+        with self.assertRaises(errors.IO):
+            await b.create(1, b"x", REG, 0o644, 0, 0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(b.check().status, HEALTHY)
+
+    async def test_close_syncs_unstable_data(self) -> None:
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"data", False)
+        syncs = self.count("fdatasync")
+        await b.close()
+        self.assertEqual(len(syncs), 1)
+
+
+class PersistenceTests(StoreCase):
+    async def test_everything_survives_reopen(self) -> None:
+        path = Path(self.mktemp())
+        b = await self.store(path)
+        iid = b.instance_id
+        d = await b.create(1, b"d", DIR, 0o750, 7, 8)
+        f = await b.create(d.ino, b"f", REG, 0o640, 7, 8)
+        await b.write(f.ino, 0, b"committed", False)
+        await b.commit(f.ino)
+        await b.write(f.ino, 100000, b"stable", True)
+        await b.link(f.ino, 1, b"hard")
+        s = await b.symlink(1, b"s", b"d/f", 0o777, 7, 8)
+        c = await b.create(1, b"c", FileType.CHR, 0o600, 0, 0, (1, 3))
+        await b.setxattr(f.ino, b"user.k", b"v")
+        await b.set_quota("user", 7, QuotaLimits(1, 2, 3, 4))
+        await b.set_state("grace", b"\x01\x02")
+        page = await b.readdir(1, 0, ZERO, 2)
+        attrs = {i: await b.getattr(i) for i in (1, d.ino, f.ino, s.ino, c.ino)}
+        usage = await b.all_usage("user")
+        await b.close()
+
+        b2 = await self.store(path)
+        self.assertEqual(b2.instance_id, iid)
+        for i, a in attrs.items():
+            self.assertEqual(await b2.getattr(i), a)
+        self.assertEqual(await b2.read(f.ino, 0, 9), (b"committed", False))
+        self.assertEqual(await b2.read(f.ino, 100000, 100), (b"stable", True))
+        self.assertEqual(await b2.readlink(s.ino), b"d/f")
+        self.assertEqual(await b2.getxattr(f.ino, b"user.k"), b"v")
+        self.assertEqual(await b2.get_quota("user", 7), QuotaLimits(1, 2, 3, 4))
+        self.assertEqual(await b2.get_state("grace"), b"\x01\x02")
+        self.assertEqual(await b2.all_usage("user"), usage)
+        self.assertEqual(usage[7], Usage(100006, 3))
+        # Cookies and verifiers stay valid across a restart.
+        rest = await b2.readdir(1, page.entries[-1].cookie, page.verifier, 100)
+        self.assertEqual(
+            sorted(e.name for e in page.entries + rest.entries), [b"c", b"d", b"hard", b"s"]
+        )
+        # Numbers go on from where they were, never reused; new inodes get a new generation.
+        g = await b2.create(1, b"g", REG, 0o644, 0, 0)
+        self.assertGreater(g.ino, max(attrs))
+        self.assertGreater(g.gen, f.gen)
+
+    async def test_instance_ids_differ_between_stores(self) -> None:
+        a = await self.store()
+        b = await self.store()
+        self.assertNotEqual(a.instance_id, b.instance_id)
+        self.assertEqual(len(a.instance_id), 8)
+
+
+class RecoveryTests(TestCase):
+    """Crashes simulated in-process: the store is abandoned without closing."""
+
+    async def open(self, path: Path) -> EmbeddedBackend:
+        b = EmbeddedBackend(path, None, inline=True)
+        await b.open()
+        return b
+
+    def crash(self, b: EmbeddedBackend) -> None:
+        """Drop the store as kill -9 would: no close, no flush beyond what was committed."""
+        assert b._reader is not None and b._engine.conn is not None
+        b._reader.close()
+        b._engine.files.close()
+        b._engine.conn.close()
+
+    async def test_interrupted_data_file_removal_finished_at_open(self) -> None:
+        path = Path(self.mktemp())
+        b = await self.open(path)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"x" * 10000, True)
+        data = Path(b._engine.layout.path(f.ino))
+        self.assertTrue(data.exists())
+        # The crash comes after the commit that freed the inode, before the file went.
+        self.patch(b._engine, "_unlink_data", lambda ino: None)
+        await b.unlink(1, b"f")
+        self.crash(b)
+        self.assertTrue(data.exists())
+        b2 = await self.open(path)
+        self.addCleanup(b2.close)
+        self.assertFalse(data.exists())
+        assert b2._engine.conn is not None
+        self.assertEqual(
+            b2._engine.conn.execute("SELECT COUNT(*) FROM pending_io").fetchone(), (0,)
+        )
+
+    async def test_interrupted_truncation_finished_at_open(self) -> None:
+        path = Path(self.mktemp())
+        b = await self.open(path)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"x" * 10000, True)
+        data = Path(b._engine.layout.path(f.ino))
+        # The crash comes after the commit of the new size, before the file was cut.
+        self.patch(b._engine, "_apply", lambda *a: None)
+        await b.setattr(f.ino, SetAttrs(size=10))
+        self.crash(b)
+        self.assertEqual(data.stat().st_size, 10000)
+        b2 = await self.open(path)
+        self.addCleanup(b2.close)
+        self.assertEqual(data.stat().st_size, 10)
+        self.assertEqual(await b2.read(f.ino, 0, 100), (b"x" * 10, True))
+        await b2.setattr(f.ino, SetAttrs(size=20))
+        self.assertEqual(await b2.read(f.ino, 0, 100), (b"x" * 10 + bytes(10), True))
+
+    async def test_bytes_beyond_the_size_never_reappear(self) -> None:
+        """Data a crash left past the recorded size (an unstable write whose metadata was lost)."""
+        path = Path(self.mktemp())
+        b = await self.open(path)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"0123456789", True)
+        self.crash(b)
+        with open(EmbeddedBackend(path, None)._engine.layout.path(f.ino), "ab") as out:
+            out.write(b"GARBAGE" * 100)
+        b2 = await self.open(path)
+        self.addCleanup(b2.close)
+        self.assertEqual(await b2.read(f.ino, 0, 1000), (b"0123456789", True))
+        await b2.setattr(f.ino, SetAttrs(size=20))
+        self.assertEqual(await b2.read(f.ino, 0, 1000), (b"0123456789" + bytes(10), True))
+        await b2.write(f.ino, 30, b"end", False)
+        self.assertEqual(await b2.read(f.ino, 0, 1000), (b"0123456789" + bytes(20) + b"end", True))
+        await b2.allocate(f.ino, 0, 100)
+        got, _ = await b2.read(f.ino, 0, 1000)
+        self.assertEqual(got, b"0123456789" + bytes(20) + b"end" + bytes(67))
+
+    async def test_committed_changes_survive_a_crash(self) -> None:
+        path = Path(self.mktemp())
+        b = await self.open(path)
+        d = await b.create(1, b"d", DIR, 0o755, 0, 0)
+        f = await b.create(d.ino, b"f", REG, 0o644, 5, 5)
+        await b.write(f.ino, 0, b"abc", False)
+        await b.commit(f.ino)
+        await b.rename(d.ino, b"f", 1, b"g")
+        self.crash(b)
+        b2 = await self.open(path)
+        self.addCleanup(b2.close)
+        self.assertEqual((await b2.lookup(1, b"g")).ino, f.ino)
+        self.assertEqual(await b2.read(f.ino, 0, 10), (b"abc", True))
+        self.assertEqual(await b2.usage("user", 5), Usage(3, 1))
+
+
+class LifecycleTests(StoreCase):
+    async def test_close_twice(self) -> None:
+        b = await self.store()
+        d1, d2 = b.close(), b.close()
+        await d1
+        await d2
+        await b.close()
+
+    async def test_calls_after_close_fail(self) -> None:
+        b = await self.store()
+        await b.close()
+        with self.assertRaises(errors.IO):
+            await b.getattr(1)
+        with self.assertRaises(errors.IO):
+            await b.create(1, b"x", REG, 0o644, 0, 0)
+
+    async def test_close_waits_for_queued_changes(self) -> None:
+        b = await self.store()
+        ds = [b.create(1, b"f%d" % i, REG, 0o644, 0, 0) for i in range(20)]
+        await b.close()
+        self.assertTrue(all(d.called for d in ds))
+        await defer.gatherResults(ds)
+
+    async def test_close_before_open(self) -> None:
+        b = EmbeddedBackend(Path(self.mktemp()), reactor)
+        await b.close()
+        with self.assertRaises(errors.IO):
+            await b.getattr(1)
+
+    async def test_open_twice_refused(self) -> None:
+        b = await self.store()
+        with self.assertRaises(errors.IO):
+            await b.open()
+
+    async def test_open_refuses_unknown_schema(self) -> None:
+        path = Path(self.mktemp())
+        b = await self.store(path)
+        await b.close()
+        with sqlite3.connect(path / "meta.sqlite3") as c:
+            c.execute("UPDATE meta SET v = 99 WHERE k = 'schema'")
+        c.close()
+        b2 = EmbeddedBackend(path, reactor)
+        with self.assertRaises(errors.IO):
+            await b2.open()
+        await b2.close()
+
+    async def test_constructor_does_no_io(self) -> None:
+        path = Path(self.mktemp())
+        EmbeddedBackend(path, reactor)
+        self.assertFalse(path.exists())
+
+    async def test_health(self) -> None:
+        b = EmbeddedBackend(Path(self.mktemp()), reactor)
+        self.assertEqual(b.check().status, UNHEALTHY)
+        await b.open()
+        self.assertEqual(b.check().status, HEALTHY)
+        self.patch(backend_module, "LOW_SPACE", 2**62)
+        self.assertEqual(b.check().status, DEGRADED)
+        self.patch(backend_module, "LOW_SPACE", 0)
+        b._engine.stats.last_batch_failed = True
+        self.assertEqual(b.check().status, UNHEALTHY)
+        b._engine.stats.last_batch_failed = False
+        await b.close()
+        self.assertEqual(b.check().status, UNHEALTHY)
+
+
+class _FailingCommit:
+    """A connection proxy whose next COMMIT fails as a full disk would."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self.armed = True
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT" and self.armed:
+            self.armed = False
+            e = sqlite3.OperationalError("database or disk is full")
+            e.sqlite_errorcode = 13  # type: ignore[attr-defined]
+            raise e
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+class ErrorTests(StoreCase):
+    async def test_enospc_is_nospace(self) -> None:
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+
+        def full(fd: int, data: Any, offset: int) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(os, "pwrite", full)
+        with self.assertRaises(errors.NoSpace):
+            await b.write(f.ino, 0, b"x", True)
+        self.assertEqual((await b.getattr(f.ino)).size, 0)
+
+    async def test_failed_commit_fails_the_batch_only(self) -> None:
+        """A commit refused by the disk fails every op of that batch; later ones work."""
+        b = await self.store()
+        eng = b._engine
+        ev, held = await self.gate(b)
+        ds = [b.create(1, b"f%d" % i, REG, 0o644, 0, 0) for i in range(3)]
+        # The gate's batch runs on the real connection (taken when it began);
+        # the next batch - the three creates - gets the failing one.
+        assert eng.conn is not None
+        real = eng.conn
+        eng.conn = _FailingCommit(real)  # type: ignore[assignment]
+        self.addCleanup(setattr, eng, "conn", real)
+        ev.set()
+        await held
+        for d in ds:
+            with self.assertRaises(errors.NoSpace):
+                await d
+        self.assertEqual(b.check().status, UNHEALTHY)
+        self.assertEqual((await b.readdir(1, 0, ZERO, 10)).entries, ())
+        a = await b.create(1, b"later", REG, 0o644, 0, 0)
+        self.assertEqual((await b.lookup(1, b"later")).ino, a.ino)
+        self.assertEqual(b.check().status, HEALTHY)
+
+    async def test_truncate_and_punch_wait_for_their_commit(self) -> None:
+        """A truncate or hole punch whose commit fails leaves the data as it was."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"y" * 5000, True)
+        eng = b._engine
+        assert eng.conn is not None
+        real = eng.conn
+        self.addCleanup(setattr, eng, "conn", real)
+        for change in (
+            lambda: b.setattr(f.ino, SetAttrs(size=100)),
+            lambda: b.deallocate(f.ino, 0, 4000),
+        ):
+            eng.conn = _FailingCommit(real)  # type: ignore[assignment]
+            with self.assertRaises(errors.NoSpace):
+                await change()
+            self.assertEqual(await b.read(f.ino, 0, 10000), (b"y" * 5000, True))
+            self.assertEqual(os.stat(eng.layout.path(f.ino)).st_size, 5000)
+
+    async def test_overflowing_values_are_inval(self) -> None:
+        b = await self.store()
+        with self.assertRaises(errors.Inval):
+            await b.setattr(1, SetAttrs(mtime=2**64))
+
+
+class ReadPathTests(StoreCase):
+    """Reads the page cache cannot serve at once finish in a thread pool."""
+
+    async def written(self, b: EmbeddedBackend) -> tuple[int, bytes]:
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        data = os.urandom(300000)
+        await b.write(f.ino, 0, data, True)
+        return f.ino, data
+
+    async def test_reactor_pool(self) -> None:
+        b = await self.store()
+        ino, data = await self.written(b)
+        assert b._reader is not None
+        b._reader.nowait = False
+        d = b.read(ino, 1000, 200000)
+        self.assertFalse(d.called)
+        self.assertEqual(await d, (data[1000:201000], False))
+
+    async def test_disk_pool(self) -> None:
+        pools = ThreadPools(reactor, {"disk": 1})
+        pools.startService()
+        self.addCleanup(pools.stopService)
+        b = await self.store(threads=pools)
+        ino, data = await self.written(b)
+        assert b._reader is not None
+        b._reader.nowait = False
+        self.assertEqual(await b.read(ino, 0, 400000), (data, True))
+
+    async def test_uncached_data(self) -> None:
+        """Evicted from the page cache (EAGAIN without blocking): still read correctly."""
+        b = await self.store()
+        ino, data = await self.written(b)
+        fd = os.open(b._engine.layout.path(ino), os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+        self.assertEqual(await b.read(ino, 0, len(data)), (data, True))
+
+    async def test_large_read(self) -> None:
+        """Beyond the inline size, reads go straight to the pool; past the data, zeros."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        data = os.urandom(3 << 20)
+        await b.write(f.ino, 0, data, False)
+        await b.setattr(f.ino, SetAttrs(size=(3 << 20) + 1000))
+        got = await b.read(f.ino, 1000, 4 << 20)
+        self.assertEqual(got, (data[1000:] + bytes(1000), True))
+
+    async def test_freed_inode_descriptor_closed(self) -> None:
+        b = await self.store()
+        ino, _ = await self.written(b)
+        await b.read(ino, 0, 10)
+        assert b._reader is not None
+        self.assertIn(ino, b._reader.files._fds)
+        await b.unlink(1, b"f")
+        self.assertNotIn(ino, b._reader.files._fds)
+        self.assertFalse(os.path.exists(b._engine.layout.path(ino)))
+
+    async def test_sparse_file_uses_little_space(self) -> None:
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        w = await b.write(f.ino, 2**30, b"end", True)
+        self.assertEqual(w.attrs.size, 2**30 + 3)
+        self.assertLess(w.attrs.used, 1 << 20)
+        self.assertLess(os.stat(b._engine.layout.path(f.ino)).st_blocks * 512, 1 << 20)
+
+    async def test_read_cap(self) -> None:
+        """One read returns at most MAX_READ bytes, whatever length asks for."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.setattr(f.ino, SetAttrs(size=2**40))
+        got, eof = await b.read(f.ino, 0, 2**40)
+        self.assertEqual((len(got), eof), (64 * 1024 * 1024, False))
+
+
+class FilesTests(SynchronousTestCase):
+    def test_fan_out(self) -> None:
+        """1024 consecutive inodes share a leaf directory; paths map back to inodes."""
+        lay = Layout("/s/data")
+        self.assertEqual(lay.path(1), "/s/data/0/000/1")
+        self.assertEqual(lay.path(0x12345678), "/s/data/123/115/12345678")
+        leaves = {lay.dir_of(i) for i in range(2048, 3072)}
+        self.assertEqual(len(leaves), 1)
+        self.assertEqual(lay.ino_of(lay.path(0xABCDEF)), 0xABCDEF)
+        self.assertIsNone(lay.ino_of("/s/data/0/000/zz"))
+        self.assertIsNone(lay.ino_of("/s/data/0/001/1"))
+
+    def test_punch_hole_fallback_writes_zeros(self) -> None:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"x" * 5000)
+        self.patch(_files, "_fallocate", lambda: None)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            _files.punch_hole(fd, 100, 4000)
+        finally:
+            os.close(fd)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"x" * 100 + bytes(4000) + b"x" * 900)
