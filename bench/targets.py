@@ -203,6 +203,7 @@ class Gateway(Target):
             "password": BENCH_PASSWORD,
             "access_key": BENCH_ACCESS_KEY,
             "secret_key": BENCH_SECRET_KEY,
+            "pid": proc.pid,
         }
 
 
@@ -342,6 +343,7 @@ class SeaweedFS(Target):
         self.endpoints = {
             "host": "127.0.0.1",
             "s3_port": port,
+            "pid": self._procs[-1].pid,
             "access_key": BENCH_ACCESS_KEY,
             "secret_key": BENCH_SECRET_KEY,
         }

@@ -484,6 +484,47 @@ class S3:
     max_concurrent_parts: int = setting(
         4, min=1, max=10000, doc="Parts of one upload that may be written at once."
     )
+    max_object_size: int = setting(
+        5 * 1024**3,
+        min=1,
+        max=5 * 1024**4,
+        size=True,
+        doc="Largest object a single PUT or copy may write (``EntityTooLarge`` beyond); "
+        "multipart objects are bounded by their parts instead.",
+    )
+    max_keys: int = setting(
+        1000, min=1, max=1000, doc="Most keys one ListObjects page returns (S3's own cap is 1000)."
+    )
+    header_timeout_secs: float = setting(
+        20.0,
+        min=1,
+        max=600,
+        doc="A request's headers must be complete this long after its first byte, "
+        "or the connection is closed (slow-header attacks).",
+    )
+    idle_timeout_secs: float = setting(
+        60.0,
+        min=1,
+        max=86400,
+        doc="A connection with no bytes from the client for this long is closed "
+        "(between requests, or in the middle of a request body).",
+    )
+    max_header_bytes: int = setting(
+        16384,
+        min=4096,
+        max=1024 * 1024,
+        size=True,
+        doc="Largest request line plus headers accepted (400 and close beyond).",
+    )
+    root_mode: int | None = setting(
+        None,
+        min=0,
+        max=0o7777,
+        shown_default="left as it is",
+        doc="Mode given to the S3 root directory at start, e.g. ``01777`` (octal in YAML) so "
+        "every user may create buckets and only a bucket's owner may delete it. "
+        "Creating a bucket needs write permission on the S3 root, as ``mkdir`` would.",
+    )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
         if self.enable_versioning:

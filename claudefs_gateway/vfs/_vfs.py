@@ -651,7 +651,7 @@ class VFS:
         end = offset + len(data)
         if end > MAX_FILE_SIZE:
             raise errors.FBig("file too large")
-        ticket = self.quotas.admit(a.uid, a.gid, end - a.size, 0)
+        ticket = self.quotas.admit(a.uid, a.gid, end - a.size if len(data) else 0, 0)
         try:
             result = await self.backend.write(ino, offset, data, stable)
         except BaseException:
