@@ -120,6 +120,9 @@ class Gateway(Target):
         super().__init__(scratch)
         self.protocols = protocols
         self.extra = extra
+        # The backend under test: embedded by default; CFS_BENCH_BACKEND=memory
+        # measures the front end alone.
+        self.backend = os.environ.get("CFS_BENCH_BACKEND", "embedded")
 
     def config_text(self, ports: dict[str, int]) -> str:
         data = self.scratch / "gateway-data"
@@ -127,7 +130,7 @@ class Gateway(Target):
             textwrap.dedent(f"""
             log_format: json
             log_level: info
-            backend: {{data_dir: "{data}"}}
+            backend: {{type: {self.backend}, data_dir: "{data}"}}
             exports: [{{path: /export, name: share, root_squash: false}}]
             users:
               - name: {BENCH_USER}
@@ -200,8 +203,8 @@ class Gateway(Target):
             "password": BENCH_PASSWORD,
             "access_key": BENCH_ACCESS_KEY,
             "secret_key": BENCH_SECRET_KEY,
-            # For server CPU per operation (bench/workloads/smb.py reads /proc).
-            "server_pid": proc.pid,
+            # The server's pid: workloads read its CPU time and RSS from /proc.
+            "pid": proc.pid,
         }
 
 
@@ -341,6 +344,7 @@ class SeaweedFS(Target):
         self.endpoints = {
             "host": "127.0.0.1",
             "s3_port": port,
+            "pid": self._procs[-1].pid,
             "access_key": BENCH_ACCESS_KEY,
             "secret_key": BENCH_SECRET_KEY,
         }
@@ -423,7 +427,7 @@ class Samba(Target):
             "local_dir": str(s / "share"),
             # smbd forks a child per connection; the parent's cutime/cstime
             # count each child once it is reaped (bench/workloads/smb.py).
-            "server_pid": smbd.pid,
+            "pid": smbd.pid,
         }
 
 

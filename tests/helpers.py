@@ -195,3 +195,34 @@ admin:
 {extra}
 """
     return write_config(testcase, text)
+
+
+UNBUILT_MESSAGE = "the {p} front end is not built in this version of claudefs-gateway"
+
+
+def unbuild(testcase: Any, protocol: str) -> str:
+    """
+    Make C{protocol}'s front end look not built for the rest of C{testcase},
+    so the "refuse plainly" path stays tested once every front end exists.
+    """
+    import importlib
+
+    from claudefs_gateway.service import FRONT_ENDS
+
+    module = importlib.import_module(FRONT_ENDS[protocol])
+    message = UNBUILT_MESSAGE.format(p=protocol)
+    testcase.patch(module, "BUILT", False)
+    testcase.patch(module, "NOT_BUILT", message)
+    return message
+
+
+# Run the cfs-gateway command with one front end made to look not built.
+UNBUILT_CLI = """
+import importlib, sys
+from claudefs_gateway import cli
+from claudefs_gateway.service import FRONT_ENDS
+module = importlib.import_module(FRONT_ENDS[sys.argv[1]])
+module.BUILT = False
+module.NOT_BUILT = sys.argv[2]
+sys.exit(cli.main(sys.argv[3:]))
+"""

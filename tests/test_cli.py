@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from claudefs_gateway import cli, service
+from claudefs_gateway import cli
 from claudefs_gateway.core import config as cfg
-from tests.helpers import REPO, bin_path, kill_on_cleanup, loopback_config, spawn, write_config
+from tests.helpers import (
+    REPO,
+    UNBUILT_CLI,
+    UNBUILT_MESSAGE,
+    bin_path,
+    kill_on_cleanup,
+    loopback_config,
+    spawn,
+    write_config,
+)
 
 
 async def run(*args: str) -> tuple[int, str, str]:
@@ -96,11 +106,15 @@ class StartTests(TestCase):
 
     async def test_unbuilt_protocol_exits_nonzero(self) -> None:
         """`start <protocol>` for a protocol not built says so and fails."""
-        unbuilt = [p for p in cfg.PROTOCOLS if not service.is_built(p)]
-        for p in unbuilt:
-            status, _, err = await run("start", p, "--data-dir", self.mktemp())
+        for p in cfg.PROTOCOLS:
+            message = UNBUILT_MESSAGE.format(p=p)
+            proc = spawn(
+                [sys.executable, "-c", UNBUILT_CLI, p, message, "start", p]
+                + ["--data-dir", self.mktemp()]
+            )
+            status = await proc.ended
             self.assertNotEqual(status, 0)
-            self.assertIn("not built", err)
+            self.assertIn(message, proc.stderr.decode())
 
     async def test_bad_config_exits_nonzero(self) -> None:
         status, _, err = await run("start", "--config", write_config(self, "log_level: loud\n"))

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from claudefs_gateway import service
 from claudefs_gateway.core import config as cfg
 from claudefs_gateway.errors import NotBuilt
+from tests.helpers import unbuild
 
 
 class BuildTests(SynchronousTestCase):
@@ -32,20 +33,27 @@ class BuildTests(SynchronousTestCase):
         self.successResultOf(root.stopService())
         self.assertFalse(root.running)
 
+    def test_every_front_end_built(self) -> None:
+        """This version builds NFS, S3 and SMB: starting all skips none."""
+        self.assertEqual([p for p in cfg.PROTOCOLS if not service.is_built(p)], [])
+        root = service.build(self.config(), MemoryReactorClock())
+        self.assertEqual(root.skipped, [])
+
     def test_unbuilt_protocols_skipped_when_starting_all(self) -> None:
         """Starting every protocol skips those not built, and says so."""
+        unbuild(self, "s3")
         root = service.build(self.config(), MemoryReactorClock())
-        unbuilt = [p for p in cfg.PROTOCOLS if not service.is_built(p)]
-        self.assertEqual(root.skipped, unbuilt)
+        self.assertEqual(root.skipped, ["s3"])
+        self.assertNotIn("proto:s3", [s.name for s in root])
 
     def test_unbuilt_protocol_strict(self) -> None:
         """Asking for one protocol that is not built fails with a plain message."""
         for p in cfg.PROTOCOLS:
-            if not service.is_built(p):
-                with self.assertRaises(NotBuilt) as ctx:
-                    service.build(self.config(), MemoryReactorClock(), [p], strict=True)
-                self.assertIn("not built", str(ctx.exception))
-                self.assertEqual(service.not_built_message(p), str(ctx.exception))
+            message = unbuild(self, p)
+            with self.assertRaises(NotBuilt) as ctx:
+                service.build(self.config(), MemoryReactorClock(), [p], strict=True)
+            self.assertEqual(str(ctx.exception), message)
+            self.assertEqual(service.not_built_message(p), message)
 
     def test_disabled_protocols_not_started(self) -> None:
         root = service.build(

@@ -11,7 +11,7 @@ from zope.interface.verify import verifyObject
 
 from claudefs_gateway import service, tap
 from claudefs_gateway.core import config as cfg
-from tests.helpers import bin_path, child_env, spawn
+from tests.helpers import bin_path, child_env, spawn, unbuild
 
 TAPNAMES = {"claudefs-gateway", "claudefs-nfs", "claudefs-s3", "claudefs-smb"}
 
@@ -109,14 +109,19 @@ class OptionsTests(SynchronousTestCase):
         }
         for proto, (argv, get, want) in cases.items():
             cls = tap.OPTIONS[proto]
-            if service.is_built(proto):
-                o = self.parse(cls, argv)
-                self.assertEqual(get(o.config), want)
-                self.assertEqual(o.protocols, [proto])
-            else:
-                with self.assertRaises(usage.UsageError) as ctx:
-                    self.parse(cls, argv)
-                self.assertIn("not built", str(ctx.exception))
+            o = self.parse(cls, argv)
+            self.assertEqual(get(o.config), want)
+            self.assertEqual(o.protocols, [proto])
+
+    def test_unbuilt_protocol_plugin_refuses(self) -> None:
+        """A per-protocol plugin whose front end is not built fails plainly at option parsing."""
+        for proto in tap.OPTIONS:
+            if proto not in cfg.PROTOCOLS:
+                continue
+            message = unbuild(self, proto)
+            with self.assertRaises(usage.UsageError) as ctx:
+                self.parse(tap.OPTIONS[proto], [])
+            self.assertIn(message, str(ctx.exception))
 
     def test_make_service(self) -> None:
         o = self.parse(tap.Options, ["--data-dir", self.mktemp()])

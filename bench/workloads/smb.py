@@ -94,7 +94,7 @@ def _smbclient(
 
 def _measured(endpoints: dict[str, Any], run: Any) -> tuple[float, float]:
     """(wall seconds, server CPU seconds) of C{run()}."""
-    pid = endpoints["server_pid"]
+    pid = endpoints["pid"]
     kids = _children(pid)
     cpu0 = _cpu(pid)
     wall = run()

@@ -597,6 +597,9 @@ class MemoryBackend:
         if offset + len(data) > MAX_FILE_SIZE:
             raise errors.FBig("file too large")
         before = node.attributes()
+        if not data:
+            # POSIX: a zero-byte write to a regular file has no other results.
+            return WriteResult(0, stable, before, before)
         pos = offset
         view = memoryview(data)
         while view:

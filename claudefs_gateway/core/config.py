@@ -417,6 +417,40 @@ class Nfs:
         "with a running rpcbind; ``off`` does neither.",
     )
     portmap_bind: Listen = setting(Listen.tcp("0.0.0.0", 111), doc="Embedded portmapper listener.")
+    udp: bool = setting(
+        True,
+        doc="Also serve NFSv3, MOUNT, NLM and the portmapper over UDP on the same ports "
+        "(TCP and UDP listeners need a host and port).",
+    )
+    max_record_size: int = setting(
+        2 * 1024 * 1024,
+        min=64 * 1024,
+        max=64 * 1024 * 1024,
+        size=True,
+        doc="Largest RPC record accepted over TCP; a client sending more is disconnected. "
+        "READ and WRITE sizes (rtmax, wtmax) are the largest power of two 4 KiB below it.",
+    )
+    max_requests_per_connection: int = setting(
+        128,
+        min=1,
+        max=65536,
+        doc="Calls one connection may have in flight; beyond it the gateway stops reading "
+        "from that connection until some finish.",
+    )
+    drc_entries: int = setting(
+        4096,
+        min=0,
+        max=1_000_000,
+        doc="Replies of non-idempotent calls kept for retransmissions (duplicate request "
+        "cache); 0 disables it.",
+    )
+    nlm_grace_secs: int = setting(
+        90,
+        min=0,
+        max=3600,
+        doc="After a restart, how long clients that held NLM locks may reclaim them before "
+        "new locks are granted (only when the previous run had lock clients).",
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -454,6 +488,47 @@ class S3:
     )
     max_concurrent_parts: int = setting(
         4, min=1, max=10000, doc="Parts of one upload that may be written at once."
+    )
+    max_object_size: int = setting(
+        5 * 1024**3,
+        min=1,
+        max=5 * 1024**4,
+        size=True,
+        doc="Largest object a single PUT or copy may write (``EntityTooLarge`` beyond); "
+        "multipart objects are bounded by their parts instead.",
+    )
+    max_keys: int = setting(
+        1000, min=1, max=1000, doc="Most keys one ListObjects page returns (S3's own cap is 1000)."
+    )
+    header_timeout_secs: float = setting(
+        20.0,
+        min=1,
+        max=600,
+        doc="A request's headers must be complete this long after its first byte, "
+        "or the connection is closed (slow-header attacks).",
+    )
+    idle_timeout_secs: float = setting(
+        60.0,
+        min=1,
+        max=86400,
+        doc="A connection with no bytes from the client for this long is closed "
+        "(between requests, or in the middle of a request body).",
+    )
+    max_header_bytes: int = setting(
+        16384,
+        min=4096,
+        max=1024 * 1024,
+        size=True,
+        doc="Largest request line plus headers accepted (400 and close beyond).",
+    )
+    root_mode: int | None = setting(
+        None,
+        min=0,
+        max=0o7777,
+        shown_default="left as it is",
+        doc="Mode given to the S3 root directory at start, e.g. ``01777`` (octal in YAML) so "
+        "every user may create buckets and only a bucket's owner may delete it. "
+        "Creating a bucket needs write permission on the S3 root, as ``mkdir`` would.",
     )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:

@@ -1,19 +1,25 @@
 """
-The NFSv3 (with MOUNT, portmapper and NLM) and NFSv4.1 front end.
+The NFS front end: NFSv3 with MOUNT, the portmapper and NLM/NSM, over ONC RPC
+(TCP and UDP). NFSv4.1 is a later issue.
 
-Not built yet in this version: starting it explicitly fails with L{NOT_BUILT};
-starting every protocol skips it with a warning. Tracked as issue #4.
+L{make_service} builds the C{proto:nfs} service (see
+L{claudefs_gateway.nfs.service}); C{docs/nfs.rst} says what is served and how.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from claudefs_gateway.errors import NotBuilt
+from twisted.application.service import IService
 
-BUILT = False
-NOT_BUILT = "the NFSv3 (with MOUNT, portmapper and NLM) and NFSv4.1 front end is not built in this version of claudefs-gateway"
+BUILT = True
+NOT_BUILT = ""
+
+__all__ = ["BUILT", "NOT_BUILT", "make_service"]
 
 
-def make_service(core: Any) -> Any:
-    raise NotBuilt(NOT_BUILT)
+def make_service(core: Any) -> IService:
+    """The C{proto:nfs} MultiService for C{core} (listeners, programs, registration)."""
+    from claudefs_gateway.nfs.service import NFSService
+
+    return NFSService(core)

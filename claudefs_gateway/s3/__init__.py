@@ -1,19 +1,27 @@
 """
-The S3 front end.
+The S3 front end: the S3 REST API (SigV4/SigV2, streaming uploads, multipart)
+over the shared namespace. See C{docs/s3.rst}.
 
-Not built yet in this version: starting it explicitly fails with L{NOT_BUILT};
-starting every protocol skips it with a warning. Tracked as issue #5.
+Layers, as STYLE.md §1: codecs (L{signing}, L{chunked}, L{ranges}, L{xmlio},
+L{keys}, L{checksums}) → HTTP (L{channel}: twisted.web with streaming request
+bodies) → operations (L{api}) over the file tree (L{tree}, L{listing},
+L{multipart}) → the service (L{service}).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from claudefs_gateway.errors import NotBuilt
+from twisted.application.service import IService
 
-BUILT = False
-NOT_BUILT = "the S3 front end is not built in this version of claudefs-gateway"
+BUILT = True
+NOT_BUILT = ""
+
+__all__ = ["BUILT", "NOT_BUILT", "make_service"]
 
 
-def make_service(core: Any) -> Any:
-    raise NotBuilt(NOT_BUILT)
+def make_service(core: Any) -> IService:
+    """The C{proto:s3} service: listener, API and multipart expiry."""
+    from claudefs_gateway.s3.service import S3Service
+
+    return S3Service(core)

@@ -943,7 +943,9 @@ class SMBConnection(protocol.Protocol):
             )
         if header.session_id == 0:
             if len(self.sessions) >= MAX_SESSIONS:
-                raise SMBError(st.STATUS_INSUFFICIENT_RESOURCES, "too many sessions on a connection")
+                raise SMBError(
+                    st.STATUS_INSUFFICIENT_RESOURCES, "too many sessions on a connection"
+                )
             sid = self.factory.new_session_id()
             session = Session(sid, None, self.preauth.copy() if self.preauth else None)
             session.machine = SessionMachine(_SessionActions(self, session))

@@ -637,8 +637,12 @@ class VFS:
 
     @deferred
     async def write(
-        self, caller: Caller, ino: int, offset: int, data: bytes, stable: bool
+        self, caller: Caller, ino: int, offset: int, data: bytes | memoryview, stable: bool
     ) -> WriteResult:
+        """
+        Write C{data} (bytes, or a memoryview a front end passes to avoid a
+        copy of a large payload; the backends take any bytes-like object).
+        """
         self._writable(caller)
         a = await self._getattr(ino)
         self._data_allowed(caller, a, write=True)
@@ -647,7 +651,7 @@ class VFS:
         end = offset + len(data)
         if end > MAX_FILE_SIZE:
             raise errors.FBig("file too large")
-        ticket = self.quotas.admit(a.uid, a.gid, end - a.size, 0)
+        ticket = self.quotas.admit(a.uid, a.gid, end - a.size if len(data) else 0, 0)
         try:
             result = await self.backend.write(ino, offset, data, stable)
         except BaseException:

@@ -351,6 +351,17 @@ class ContractMixin:
         c = await self.backend.commit(f.ino)
         self.assertEqual(c.size, 12)
 
+    async def test_zero_length_write_changes_nothing(self) -> None:
+        """POSIX: writing zero bytes, even far past the end, leaves size, times and change alone."""
+        await self.setup()
+        f = await self.mkfile(b"f", data=b"abc")
+        w = await self.backend.write(f.ino, 2**63 - 1, b"", False)
+        self.assertEqual((w.count, w.attrs.size), (0, 3))
+        after = await self.backend.getattr(f.ino)
+        self.assertEqual((after.size, after.mtime_ns, after.change), (f.size, f.mtime_ns, f.change))
+        await self.backend.write(f.ino, 10, b"", True)
+        self.assertEqual((await self.backend.getattr(f.ino)).size, 3)
+
     async def test_sparse_file(self) -> None:
         await self.setup()
         f = await self.mkfile(b"f")

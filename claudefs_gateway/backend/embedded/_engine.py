@@ -949,6 +949,12 @@ class Engine:
         if offset + len(data) > MAX_FILE_SIZE:
             raise errors.FBig("file too large")
         before = self._attrs(node)
+        if not data:
+            # POSIX: a zero-byte write to a regular file has no other results
+            # (a stable one still makes earlier writes durable, like a commit).
+            if stable:
+                ctx.sync.add(ino)
+            return WriteResult(0, stable, before, before)
         end = offset + len(data)
         if data:
             fd = self.files.get(ino, create=True)

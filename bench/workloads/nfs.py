@@ -1,0 +1,376 @@
+"""
+NFSv3 workloads, driven by libnfs: ``nfs-cp`` (libnfs-utils) for sequential
+copies, the ``libnfs`` PyPI binding (``pip install -e '.[bench]'``; it builds
+against Debian's libnfs-dev) for synchronous calls at queue depth 1, and
+libnfs's asynchronous API through ctypes for queue depth 16 (the binding has
+no asynchronous calls). Debian's fio has no NFS engine.
+
+Sizes can be shrunk for a quick look with ``CFS_BENCH_NFS_SEQ_MB`` (default
+1024) and ``CFS_BENCH_NFS_OPS`` (default 5000 random reads or GETATTRs).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import random
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.stats import Metric
+from bench.workloads import Workload, register
+
+SEQ_MB = int(os.environ.get("CFS_BENCH_NFS_SEQ_MB", "1024"))
+OPS = int(os.environ.get("CFS_BENCH_NFS_OPS", "5000"))
+RAND_FILE_MB = 64
+SMALL_FILES = int(os.environ.get("CFS_BENCH_NFS_FILES", "500"))
+
+
+def url(e: dict[str, Any], path: str = "") -> str:
+    return (
+        f"nfs://{e['host']}{e['export']}{path}"
+        f"?version=3&nfsport={e['nfs_port']}&mountport={e['mount_port']}"
+    )
+
+
+def _nfs_cp(src: str, dst: str) -> None:
+    exe = shutil.which("nfs-cp")
+    if exe is None:
+        raise RuntimeError("nfs-cp is not installed (apt-get install libnfs-utils)")
+    done = subprocess.run([exe, src, dst], capture_output=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"nfs-cp {src} {dst}: {done.stderr.decode()[-500:]}")
+
+
+def _binding() -> Any:
+    try:
+        import libnfs  # type: ignore[import-not-found]
+    except ImportError as e:  # pragma: no cover - a bench dependency
+        raise RuntimeError("the libnfs binding is missing: pip install -e '.[bench]'") from e
+    return libnfs
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    samples = sorted(samples)
+    p50 = samples[len(samples) // 2]
+    p99 = samples[max(0, int(len(samples) * 0.99) - 1)]
+    return p50 * 1000, p99 * 1000
+
+
+def _source(scratch: Path) -> Path:
+    """A local file of SEQ_MB MiB (random blocks), made once per bench run."""
+    src = scratch.parent / f"seq-{SEQ_MB}MiB.bin"
+    if not src.exists() or src.stat().st_size != SEQ_MB << 20:
+        src.parent.mkdir(parents=True, exist_ok=True)
+        block = os.urandom(16 << 20)
+        with open(src, "wb") as f:
+            for i in range(SEQ_MB // 16):
+                f.write(block[i % 7 :] + block[: i % 7])
+            f.write(block[: (SEQ_MB % 16) << 20])
+    return src
+
+
+# -- sequential ------------------------------------------------------------------
+
+
+def _unlink(e: dict[str, Any], name: str) -> None:
+    nfs = _binding().NFS(url(e))
+    nfs.unlink(name)
+
+
+def seq_write(e: dict[str, Any], scratch: Path) -> dict[str, float]:
+    """nfs-cp a 1 GiB local file to a fresh name on the server."""
+    src = _source(scratch)
+    name = f"/seqw-{time.monotonic_ns()}.bin"
+    start = time.perf_counter()
+    _nfs_cp(str(src), url(e, name))
+    elapsed = time.perf_counter() - start
+    _unlink(e, name)
+    return {"MB/s": src.stat().st_size / elapsed / 1e6}
+
+
+def seq_read_prepare(e: dict[str, Any], scratch: Path) -> None:
+    src = _source(scratch)
+    try:
+        _unlink(e, "/seqr.bin")
+    except Exception:
+        pass
+    _nfs_cp(str(src), url(e, "/seqr.bin"))
+
+
+def seq_read(e: dict[str, Any], scratch: Path) -> dict[str, float]:
+    """nfs-cp the 1 GiB file from the server to a local file."""
+    dst = scratch / "seqr.out"
+    start = time.perf_counter()
+    _nfs_cp(url(e, "/seqr.bin"), str(dst))
+    elapsed = time.perf_counter() - start
+    size = dst.stat().st_size
+    dst.unlink()
+    if size != SEQ_MB << 20:
+        raise RuntimeError(f"read {size} bytes, expected {SEQ_MB << 20}")
+    return {"MB/s": size / elapsed / 1e6}
+
+
+# -- random reads and GETATTR at queue depth 1 (libnfs binding) ----------------------
+
+
+def rand_prepare(e: dict[str, Any], scratch: Path) -> None:
+    scratch.mkdir(parents=True, exist_ok=True)
+    local = scratch / "rand.bin"
+    local.write_bytes(os.urandom(RAND_FILE_MB << 20))
+    try:
+        _unlink(e, "/rand.bin")
+    except Exception:
+        pass
+    _nfs_cp(str(local), url(e, "/rand.bin"))
+    local.unlink()
+
+
+def rand_read_qd1(e: dict[str, Any], scratch: Path) -> dict[str, float]:
+    """4 KiB reads at random 4 KiB-aligned offsets, one at a time."""
+    lib = _binding()
+    nfs = lib.NFS(url(e))
+    fh = nfs.open("/rand.bin", "rb")
+    raw, handle = nfs._nfs, fh._nfsfh
+    buf = bytearray(4096)
+    rnd = random.Random(1)
+    blocks = (RAND_FILE_MB << 20) // 4096
+    offsets = [rnd.randrange(blocks) * 4096 for _ in range(OPS)]
+    for off in offsets[:200]:  # warm up
+        lib.nfs_pread(raw, handle, off, 4096, buf)
+    lat = []
+    start = time.perf_counter()
+    for off in offsets:
+        t0 = time.perf_counter()
+        n = lib.nfs_pread(raw, handle, off, 4096, buf)
+        lat.append(time.perf_counter() - t0)
+        if n != 4096:
+            raise RuntimeError(f"short read: {n}")
+    elapsed = time.perf_counter() - start
+    fh.close()
+    p50, p99 = _percentiles(lat)
+    return {"IOPS": OPS / elapsed, "p50": p50, "p99": p99}
+
+
+def getattr_qd1(e: dict[str, Any], scratch: Path) -> dict[str, float]:
+    """GETATTR (libnfs fstat of an open file), one at a time."""
+    lib = _binding()
+    nfs = lib.NFS(url(e))
+    fh = nfs.open("/rand.bin", "rb")
+    raw, handle = nfs._nfs, fh._nfsfh
+    st = lib.nfs_stat_64()
+    for _ in range(200):
+        lib.nfs_fstat64(raw, handle, st)
+    lat = []
+    start = time.perf_counter()
+    for _ in range(OPS):
+        t0 = time.perf_counter()
+        rc = lib.nfs_fstat64(raw, handle, st)
+        lat.append(time.perf_counter() - t0)
+        if rc != 0:
+            raise RuntimeError(f"fstat failed: {rc}")
+    elapsed = time.perf_counter() - start
+    fh.close()
+    p50, p99 = _percentiles(lat)
+    return {"ops/s": OPS / elapsed, "p50": p50, "p99": p99}
+
+
+# -- random reads at queue depth 16 (libnfs asynchronous API through ctypes) ---------
+
+_CB = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+
+
+def _libnfs() -> Any:
+    lib = ctypes.CDLL(ctypes.util.find_library("nfs") or "libnfs.so.13")
+    lib.nfs_init_context.restype = ctypes.c_void_p
+    lib.nfs_parse_url_dir.restype = ctypes.c_void_p
+    lib.nfs_parse_url_dir.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.nfs_mount.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+    lib.nfs_open.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
+    lib.nfs_pread_async.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_uint64,
+        ctypes.c_uint64,
+        _CB,
+        ctypes.c_void_p,
+    ]
+    lib.nfs_get_fd.argtypes = [ctypes.c_void_p]
+    lib.nfs_which_events.argtypes = [ctypes.c_void_p]
+    lib.nfs_service.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.nfs_get_error.restype = ctypes.c_char_p
+    lib.nfs_get_error.argtypes = [ctypes.c_void_p]
+    lib.nfs_close.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.nfs_destroy_context.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+class _Url(ctypes.Structure):
+    _fields_ = [("server", ctypes.c_char_p), ("path", ctypes.c_char_p), ("file", ctypes.c_char_p)]
+
+
+def rand_read_qd16(e: dict[str, Any], scratch: Path, depth: int = 16) -> dict[str, float]:
+    """4 KiB random reads with 16 outstanding on one connection (libnfs async API)."""
+    lib = _libnfs()
+    nfs = lib.nfs_init_context()
+    u = ctypes.cast(lib.nfs_parse_url_dir(nfs, url(e).encode()), ctypes.POINTER(_Url)).contents
+    if lib.nfs_mount(nfs, u.server, u.path) != 0:
+        raise RuntimeError(lib.nfs_get_error(nfs).decode())
+    fh = ctypes.c_void_p()
+    if lib.nfs_open(nfs, b"/rand.bin", os.O_RDONLY, ctypes.byref(fh)) != 0:
+        raise RuntimeError(lib.nfs_get_error(nfs).decode())
+    rnd = random.Random(2)
+    blocks = (RAND_FILE_MB << 20) // 4096
+    total = OPS * 2
+    started: dict[int, float] = {}
+    lat: list[float] = []
+    state = {"issued": 0, "done": 0, "errors": 0}
+
+    def issue() -> None:
+        i = state["issued"]
+        state["issued"] += 1
+        started[i] = time.perf_counter()
+        rc = lib.nfs_pread_async(nfs, fh, rnd.randrange(blocks) * 4096, 4096, callback, i)
+        if rc != 0:
+            raise RuntimeError(lib.nfs_get_error(nfs).decode())
+
+    def on_done(err: int, ctx: Any, data: Any, private: Any) -> None:
+        i = private or 0
+        lat.append(time.perf_counter() - started.pop(i))
+        state["done"] += 1
+        if err != 4096:
+            state["errors"] += 1
+        if state["issued"] < total:
+            issue()
+
+    callback = _CB(on_done)
+    begin = time.perf_counter()
+    for _ in range(depth):
+        issue()
+    fd = lib.nfs_get_fd(nfs)
+    poller = select.poll()
+    while state["done"] < total:
+        poller.register(fd, lib.nfs_which_events(nfs))
+        events = poller.poll(10_000)
+        if not events:
+            raise RuntimeError("no progress for 10 s")
+        if lib.nfs_service(nfs, events[0][1]) < 0:
+            raise RuntimeError(lib.nfs_get_error(nfs).decode())
+    elapsed = time.perf_counter() - begin
+    lib.nfs_close(nfs, fh)
+    lib.nfs_destroy_context(nfs)
+    if state["errors"]:
+        raise RuntimeError(f"{state['errors']} reads failed")
+    p50, p99 = _percentiles(lat)
+    return {"IOPS": total / elapsed, "p50": p50, "p99": p99}
+
+
+# -- small files ------------------------------------------------------------------------
+
+
+def small_files(e: dict[str, Any], scratch: Path) -> dict[str, float]:
+    """Create + write 4 KiB + close N files, list the directory, unlink them all."""
+    lib = _binding()
+    nfs = lib.NFS(url(e))
+    d = f"/small-{time.monotonic_ns()}"
+    nfs.mkdir(d)
+    data = bytearray(os.urandom(4096))
+    raw = nfs._nfs
+    start = time.perf_counter()
+    for i in range(SMALL_FILES):
+        fh = lib.new_NFSFileHandle()
+        rc = lib.nfs_create(raw, f"{d}/f{i:05d}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, fh)
+        if rc != 0:
+            raise RuntimeError(f"create failed: {rc}")
+        h = lib.NFSFileHandle_value(fh)
+        lib.nfs_write(raw, h, 4096, data)
+        lib.nfs_close(raw, h)
+    created = time.perf_counter() - start
+    start = time.perf_counter()
+    names = nfs.listdir(d)
+    listed = time.perf_counter() - start
+    if len([n for n in names if n not in (".", "..")]) != SMALL_FILES:
+        raise RuntimeError(f"listed {len(names)} names")
+    start = time.perf_counter()
+    for i in range(SMALL_FILES):
+        nfs.unlink(f"{d}/f{i:05d}")
+    removed = time.perf_counter() - start
+    nfs.rmdir(d)
+    return {
+        "create/s": SMALL_FILES / created,
+        "list entries/s": SMALL_FILES / listed,
+        "unlink/s": SMALL_FILES / removed,
+    }
+
+
+HIGHER = True
+LOWER = False
+
+register(
+    Workload(
+        "nfs.seq_write",
+        "nfs",
+        (Metric("MB/s", "MB/s"),),
+        seq_write,
+        description=f"nfs-cp of a {SEQ_MB} MiB local file to the server",
+    )
+)
+register(
+    Workload(
+        "nfs.seq_read",
+        "nfs",
+        (Metric("MB/s", "MB/s"),),
+        seq_read,
+        prepare=seq_read_prepare,
+        description=f"nfs-cp of a {SEQ_MB} MiB file from the server",
+    )
+)
+_LAT = (Metric("p50", "ms", higher_is_better=False), Metric("p99", "ms", higher_is_better=False))
+register(
+    Workload(
+        "nfs.rand_read_qd1",
+        "nfs",
+        (Metric("IOPS", "ops/s"), *_LAT),
+        rand_read_qd1,
+        prepare=rand_prepare,
+        description="4 KiB random reads, queue depth 1 (libnfs binding)",
+    )
+)
+register(
+    Workload(
+        "nfs.rand_read_qd16",
+        "nfs",
+        (Metric("IOPS", "ops/s"), *_LAT),
+        rand_read_qd16,
+        prepare=rand_prepare,
+        description="4 KiB random reads, queue depth 16 (libnfs async API)",
+    )
+)
+register(
+    Workload(
+        "nfs.getattr_qd1",
+        "nfs",
+        (Metric("ops/s", "ops/s"), *_LAT),
+        getattr_qd1,
+        prepare=rand_prepare,
+        description="GETATTR of an open file, queue depth 1 (libnfs binding)",
+    )
+)
+register(
+    Workload(
+        "nfs.small_files",
+        "nfs",
+        (
+            Metric("create/s", "files/s"),
+            Metric("list entries/s", "entries/s"),
+            Metric("unlink/s", "files/s"),
+        ),
+        small_files,
+        description=f"create+write 4 KiB+close {SMALL_FILES} files, list, unlink (libnfs binding)",
+    )
+)

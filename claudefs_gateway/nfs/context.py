@@ -1,0 +1,115 @@
+# -*- test-case-name: tests.nfs.test_context -*-
+"""
+What MOUNT, NFSv3 and NLM share: the vfs, and who a call runs as.
+
+Every NFS-family call names a file handle, hence an export; L{NFSContext.caller}
+turns the call's credential and source address into a vfs L{Caller} for that
+export, which applies the export's client networks and squashing - on every
+call, not only at MNT (a client that was allowed to mount and is then removed
+from C{clients}, or that skipped MOUNT and forged nothing but guessed a
+handle's path, is refused).
+
+Credentials: AUTH_SYS brings uid, gid and up to 16 gids. AUTH_NONE runs as the
+export's anonymous identity (C{anonuid}/C{anongid}), as Linux knfsd treats
+AUTH_NULL: it can read what the world may read and change nothing the world
+may not. Other flavours never get here (the RPC layer refuses them with
+AUTH_ERROR).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+
+from claudefs_gateway import errors
+from claudefs_gateway.fstypes import Attributes, Credentials
+from claudefs_gateway.rpc.server import Call
+from claudefs_gateway.vfs import VFS, Caller, ExportInfo
+
+__all__ = ["NFSContext", "credentials"]
+
+_CALLER_CACHE = 4096
+
+
+def credentials(call: Call, export: ExportInfo) -> Credentials:
+    """The identity a call claims (before squashing)."""
+    cred = call.cred
+    if cred is None:
+        rules = export.rules
+        return Credentials(rules.anonuid, rules.anongid, ())
+    return Credentials(cred.uid, cred.gid, cred.gids)
+
+
+class NFSContext:
+    """
+    Shared state of the NFS front end.
+
+    @param vfs_ready: returns a Deferred firing with the open vfs.
+    @param write_verifier: the NFSv3 WRITE/COMMIT verifier: eight bytes that
+        change whenever the gateway restarts (random per process), so clients
+        resend writes that were unstable when it went down.
+    @param io_size: rtmax and wtmax (FSINFO), the largest READ and WRITE.
+    """
+
+    def __init__(
+        self,
+        vfs_ready: Callable[[], defer.Deferred[VFS]],
+        write_verifier: bytes | None = None,
+        io_size: int = 1 << 20,
+        protocol: str = "nfs3",
+    ) -> None:
+        self._vfs_ready = vfs_ready
+        self.vfs: VFS | None = None
+        self.write_verifier = write_verifier if write_verifier is not None else os.urandom(8)
+        self.io_size = io_size
+        self.protocol = protocol
+        self._callers: dict[tuple[Any, ...], Caller | errors.FSError] = {}
+
+    async def ready(self) -> VFS:
+        """The open vfs (waiting for the store to open on the first calls)."""
+        vfs = self.vfs
+        if vfs is None:
+            vfs = await self._vfs_ready()
+            self.vfs = vfs
+        return vfs
+
+    def caller(self, export: ExportInfo, call: Call) -> Caller:
+        """
+        Who C{call} runs as through C{export} (cached per export, address and
+        credential).
+
+        @raise Access: the client's address is not allowed by the export.
+        """
+        cred = call.cred
+        host = call.peer.host
+        if cred is None:
+            key: tuple[Any, ...] = (export.id, export.root_ino, host)
+        else:
+            key = (export.id, export.root_ino, host, cred.uid, cred.gid, cred.gids)
+        got = self._callers.get(key)
+        if got is None:
+            assert self.vfs is not None
+            try:
+                got = self.vfs.caller(export, host, credentials(call, export), self.protocol)
+            except errors.Access as e:
+                got = e
+            if len(self._callers) >= _CALLER_CACHE:
+                self._callers.clear()
+            self._callers[key] = got
+        if isinstance(got, errors.FSError):
+            raise errors.Access("client not allowed by export rules")
+        return got
+
+    async def file(self, call: Call, handle: bytes) -> tuple[VFS, ExportInfo, Attributes, Caller]:
+        """
+        The vfs, export, attributes and caller a handle and call mean.
+
+        @raise BadHandle: a handle we did not make. @raise Stale: gone.
+        @raise Access: the client may not use the export.
+        """
+        vfs = self.vfs or await self.ready()
+        export, a = await vfs.from_handle(handle)
+        return vfs, export, a, self.caller(export, call)

@@ -1,0 +1,310 @@
+# -*- test-case-name: tests.nfs.test_nsm -*-
+"""
+NSM, the status monitor (program 100024 version 1), and what the gateway does
+about restarts for NLM.
+
+Locks live in the gateway's memory, so a restart loses them while clients
+still believe they hold them. As Linux's statd and lockd do together, the
+gateway:
+
+ - records each client that takes an NLM lock or share (its C{caller_name},
+   its address and the gateway address it used) in C{<data_dir>/nsm.json},
+   with the gateway's NSM state number;
+ - at start, makes the state number the next odd number, and if the last
+   run had lock clients, starts the lock table's grace period
+   (C{nfs.nlm_grace_secs}: only reclaims are granted) and sends each of
+   them SM_NOTIFY (to the NSM service its portmapper names), so they
+   reclaim their locks;
+ - when a client's own status monitor tells it of the client's restart
+   (SM_NOTIFY to the gateway), releases that client's locks, as FREE_ALL
+   does.
+
+Served procedures: NULL, STAT, MON and UNMON/UNMON_ALL (the gateway does not
+monitor hosts on behalf of other programs: MON answers STAT_FAIL), NOTIFY.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.nfs.nlm import NLM
+from claudefs_gateway.rpc.server import Call, Procedure, Program, no_args
+from claudefs_gateway.rpc.xdr import Packer, Unpacker
+
+__all__ = ["NSM_PROGRAM", "StatusMonitor", "FileStore", "MemoryStore"]
+
+NSM_PROGRAM = 100024
+NSM_V1 = 1
+SM_MAXSTRLEN = 1024
+NULL, STAT, MON, UNMON, UNMON_ALL, SIMU_CRASH, NOTIFY = range(7)
+STAT_SUCC, STAT_FAIL = 0, 1
+MAX_CLIENTS = 10_000
+STATE_FILE = "nsm.json"
+
+
+class MemoryStore:
+    """State kept in memory (tests)."""
+
+    def __init__(self, doc: dict[str, Any] | None = None) -> None:
+        self.doc = doc
+        self.writes = 0
+
+    def load(self) -> defer.Deferred[dict[str, Any] | None]:
+        return defer.succeed(self.doc)
+
+    def save(self, doc: dict[str, Any]) -> defer.Deferred[None]:
+        self.doc = json.loads(json.dumps(doc))
+        self.writes += 1
+        return defer.succeed(None)
+
+
+class FileStore:
+    """State in a JSON file, written atomically (fsync, rename) off the reactor."""
+
+    def __init__(self, path: Path, run: Callable[..., defer.Deferred[Any]]) -> None:
+        self.path = path
+        self._run = run
+
+    def load(self) -> defer.Deferred[dict[str, Any] | None]:
+        return self._run(self._load)
+
+    def _load(self) -> dict[str, Any] | None:
+        try:
+            data = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def save(self, doc: dict[str, Any]) -> defer.Deferred[None]:
+        return self._run(self._save, json.dumps(doc, sort_keys=True))
+
+    def _save(self, text: str) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+def _name(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+class StatusMonitor:
+    """
+    The NSM program, the record of lock clients, and the restart notice.
+
+    @param nlm: whose L{NLM.forget_client} a client's SM_NOTIFY calls.
+    @param callbacks: makes SM_NOTIFY calls to clients (L{RPCCallbacks}).
+    @param locks: returns the lock table (once the vfs is open).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        store: Any,
+        nlm: NLM,
+        callbacks: Any,
+        grace_secs: float,
+        metrics: Any = None,
+    ) -> None:
+        self.store = store
+        self.nlm = nlm
+        self.callbacks = callbacks
+        self.grace_secs = grace_secs
+        self.metrics = metrics
+        self.state = 1
+        self.clients: dict[str, dict[str, str | None]] = {}
+        self.notified: list[str] = []
+        self._saving: defer.Deferred[None] | None = None
+        self._dirty = False
+        self.started = False
+        nlm.monitor = self.note
+        nlm.forgotten = lambda name: self.forget(_name(name))
+
+    # -- the record of clients ------------------------------------------------------
+
+    def _doc(self) -> dict[str, Any]:
+        return {"state": self.state, "clients": self.clients}
+
+    def note(self, name: bytes, host: str, server: str | None) -> None:
+        """A client holds (or asks for) locks: remember it for a restart notice."""
+        key = _name(name)
+        info = {"addr": host, "server": server}
+        if self.clients.get(key) == info:
+            return
+        if key not in self.clients and len(self.clients) >= MAX_CLIENTS:
+            self._log.warn("too many NLM clients to monitor; {name} not recorded", name=key)
+            return
+        self.clients[key] = info
+        self._save_soon()
+
+    def forget(self, name: str) -> None:
+        if self.clients.pop(name, None) is not None:
+            self._save_soon()
+
+    def _save_soon(self) -> None:
+        self._dirty = True
+        if self._saving is None and self.started:
+            d = defer.Deferred.fromCoroutine(self._save_loop())
+            # A store that answers at once has finished already.
+            self._saving = None if d.called else d
+
+    async def _save_loop(self) -> None:
+        try:
+            while self._dirty:
+                self._dirty = False
+                try:
+                    await self.store.save(self._doc())
+                except Exception:
+                    self._log.failure("saving the NLM client list")
+                    return
+        finally:
+            self._saving = None
+
+    def flushed(self) -> defer.Deferred[None]:
+        """Fires when the client list on disk is up to date."""
+        if self._saving is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def fire(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._saving.addBoth(fire)
+        return d
+
+    # -- start: state number, grace, notices ------------------------------------------
+
+    async def start(self, locks: Any) -> None:
+        """
+        Load the record, move to the next odd state, and if the last run had
+        lock clients start the grace period and notify them.
+        """
+        doc = await self.store.load() or {}
+        old_state = doc.get("state", 0)
+        if not isinstance(old_state, int):
+            old_state = 0
+        self.state = old_state + 1 if old_state % 2 == 0 else old_state + 2
+        previous = doc.get("clients", {})
+        if not isinstance(previous, dict):
+            previous = {}
+        self.clients = {}
+        self.started = True
+        await self.store.save(self._doc())
+        self._log.info("NSM state {state}", state=self.state)
+        if not previous:
+            return
+        if self.grace_secs > 0 and locks is not None:
+            locks.start_grace(self.grace_secs)
+        self._log.info(
+            "notifying {n} NLM clients of the restart; reclaims only for {grace}s",
+            n=len(previous),
+            grace=self.grace_secs,
+        )
+        await defer.DeferredList(
+            [
+                defer.Deferred.fromCoroutine(self._notify(name, info))
+                for name, info in previous.items()
+                if isinstance(info, dict)
+            ]
+        )
+
+    async def _notify(self, name: str, info: dict[str, Any]) -> None:
+        host = info.get("addr")
+        if not isinstance(host, str):
+            return
+        # The client's statd matches the notice against the servers it
+        # monitors: name ourselves by the address the client used.
+        server = info.get("server") or host
+        p = Packer()
+        p.string(str(server).encode())
+        p.i32(self.state)
+        try:
+            await self.callbacks.call(host, NSM_PROGRAM, NSM_V1, NOTIFY, p.bytes())
+        except Exception as e:
+            self._log.warn(
+                "SM_NOTIFY to {name} ({host}) failed: {why}", name=name, host=host, why=str(e)
+            )
+            return
+        self.notified.append(name)
+        self._log.info("SM_NOTIFY sent to {name} ({host})", name=name, host=host)
+
+    # -- the program ----------------------------------------------------------------------
+
+    def program(self) -> Program:
+        prog = Program(NSM_PROGRAM, "nsm", self.metrics)
+
+        def dec_name(u: Unpacker) -> bytes:
+            return u.string(SM_MAXSTRLEN)
+
+        def dec_mon(u: Unpacker) -> bytes:
+            name = u.string(SM_MAXSTRLEN)
+            u.string(SM_MAXSTRLEN)  # my_id.my_name
+            u.u32()
+            u.u32()
+            u.u32()
+            u.fixed(16)  # priv
+            return name
+
+        def dec_mon_id(u: Unpacker) -> bytes:
+            name = u.string(SM_MAXSTRLEN)
+            u.string(SM_MAXSTRLEN)
+            u.u32()
+            u.u32()
+            u.u32()
+            return name
+
+        def dec_my_id(u: Unpacker) -> None:
+            u.string(SM_MAXSTRLEN)
+            u.u32()
+            u.u32()
+            u.u32()
+
+        def dec_stat_chge(u: Unpacker) -> tuple[bytes, int]:
+            return u.string(SM_MAXSTRLEN), u.i32()
+
+        def stat_res(ok: bool) -> list[bytes]:
+            return [
+                (STAT_SUCC if ok else STAT_FAIL).to_bytes(4, "big"),
+                self.state.to_bytes(4, "big", signed=True),
+            ]
+
+        def state(call: Call, args: Any) -> list[bytes]:
+            return [self.state.to_bytes(4, "big", signed=True)]
+
+        def mon(call: Call, args: Any) -> list[bytes]:
+            call.status = "STAT_FAIL"
+            return stat_res(False)
+
+        prog.add(NSM_V1, NULL, Procedure("NULL", no_args, lambda call, args: []))
+        prog.add(NSM_V1, STAT, Procedure("STAT", dec_name, lambda call, args: stat_res(True)))
+        prog.add(NSM_V1, MON, Procedure("MON", dec_mon, mon))
+        prog.add(NSM_V1, UNMON, Procedure("UNMON", dec_mon_id, state))
+        prog.add(NSM_V1, UNMON_ALL, Procedure("UNMON_ALL", dec_my_id, state))
+        prog.add(NSM_V1, NOTIFY, Procedure("NOTIFY", dec_stat_chge, self._client_rebooted))
+        return prog
+
+    def _client_rebooted(self, call: Call, args: tuple[bytes, int]) -> list[bytes]:
+        """SM_NOTIFY from a client's statd: the client restarted; its locks are void."""
+        mon_name, _state = args
+        names = {_name(mon_name)}
+        names.update(n for n, info in self.clients.items() if info.get("addr") == call.peer.host)
+        for n in names:
+            self.nlm.forget_client(n.encode("utf-8", "surrogateescape"))
+        return []

@@ -1,0 +1,350 @@
+# -*- test-case-name: tests.nfs.test_service -*-
+"""
+The NFS front end in the service tree: listeners, programs, registration.
+
+::
+
+    proto:nfs (MultiService)
+      proto:nfs:listen        TCP  nfs.bind        NFSv3, NLM v4, NSM v1   (health: nfs)
+      proto:nfs:nfs-udp       UDP  same port                                (health: nfs-udp)
+      proto:nfs:mount         TCP  nfs.mount_bind  MOUNT v1 and v3          (health: mount)
+      proto:nfs:mount-udp     UDP  same port                                (health: mount-udp)
+      proto:nfs:portmap       TCP  nfs.portmap_bind, embedded portmapper   (health: portmap)
+      proto:nfs:portmap-udp   UDP  same port                                (health: portmap-udp)
+      proto:nfs:register      puts the bound ports in the portmapper (embedded) or rpcbind (system)
+      proto:nfs:nlm           NLM grace period and SM_NOTIFY after a restart
+
+UDP listeners need a TCP-style C{bind} (host and port); with port 0 (tests)
+each takes the port its TCP twin was given. Every listener joins the drain;
+a UDP listener stops taking calls when the drain begins and closes at stop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorThreads, IReactorUDP
+from twisted.python.failure import Failure
+
+from claudefs_gateway.core.health import CheckResult
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.core.malloc import keep_freed_memory
+from claudefs_gateway.core.metrics import RequestMetrics
+from claudefs_gateway.errors import BackendUnavailable
+from claudefs_gateway.nfs.callbacks import RPCCallbacks
+from claudefs_gateway.nfs.context import NFSContext
+from claudefs_gateway.nfs.mount import MOUNT_PROGRAM, Mount
+from claudefs_gateway.nfs.nlm import NLM, NLM_PROGRAM, NLM_V4
+from claudefs_gateway.nfs.nsm import NSM_PROGRAM, STATE_FILE, FileStore, StatusMonitor
+from claudefs_gateway.nfs.v3.codec import NFS_PROGRAM
+from claudefs_gateway.nfs.v3.procs import NFS3
+from claudefs_gateway.rpc.drc import ReplyCache
+from claudefs_gateway.rpc.portmap import (
+    PMAP_PROG,
+    Mapping,
+    PortmapTable,
+    SystemRegistrar,
+    portmap_program,
+    uaddr,
+)
+from claudefs_gateway.rpc.server import (
+    RPCDatagramProtocol,
+    RPCServer,
+    RPCStreamFactory,
+    UDPListener,
+)
+
+__all__ = ["NFSService", "io_size"]
+
+# Room for the RPC and WRITE headers around the largest WRITE's data.
+_HEADROOM = 4096
+
+
+def io_size(max_record: int) -> int:
+    """rtmax/wtmax for a record limit: the largest power of two that leaves headroom."""
+    n = 1 << ((max_record - _HEADROOM).bit_length() - 1)
+    return max(n, 4096)
+
+
+class NFSService(MultiService):
+    """
+    The NFS front end (see module docstring).
+
+    @ivar ctx: the shared L{NFSContext}.
+    @ivar portmap: the embedded portmapper's table (also filled in C{system}
+        mode, as the record of what was registered).
+    """
+
+    name = "proto:nfs"
+    _log = Logger()
+
+    def __init__(self, core: Any) -> None:
+        super().__init__()
+        self.core = core
+        cfg = core.config.nfs
+        self.activity = core.drainer.activity("nfs")
+        self.io_size = io_size(cfg.max_record_size)
+        self.ctx = NFSContext(self._vfs_ready, io_size=self.io_size)
+        self.server = RPCServer(ReplyCache(cfg.drc_entries), self.activity)
+        self.nfs3 = NFS3(self.ctx, RequestMetrics(core.metrics, "nfs3"), max_write=self.io_size)
+        self.mount = Mount(self.ctx, RequestMetrics(core.metrics, "mount"))
+        self.server.add(self.nfs3.program())
+        self.server.add(self.mount.program())
+        self.callbacks = RPCCallbacks(core.reactor)
+        self.nlm = NLM(self.ctx, self.callbacks, RequestMetrics(core.metrics, "nlm"))
+        self.nsm = StatusMonitor(
+            FileStore(core.config.data_dir / STATE_FILE, self._disk),
+            self.nlm,
+            self.callbacks,
+            cfg.nlm_grace_secs,
+            RequestMetrics(core.metrics, "nsm"),
+        )
+        self.server.add(self.nlm.program())
+        self.server.add(self.nsm.program())
+        self.extra_programs: list[tuple[int, int]] = [(NLM_PROGRAM, NLM_V4), (NSM_PROGRAM, 1)]
+        self.portmap = PortmapTable()
+        self.udp: dict[str, UDPListener] = {}
+
+        stream = RPCStreamFactory(
+            self.server, cfg.max_record_size, cfg.max_requests_per_connection, self.activity
+        )
+        self.nfs_listener = core.listener(self, "proto:nfs:listen", "nfs", cfg.bind, stream)
+        self.mount_listener = core.listener(
+            self, "proto:nfs:mount", "mount", cfg.mount_bind, stream
+        )
+        if cfg.udp:
+            self._add_udp("nfs", cfg.bind, self.nfs_listener, self.server)
+            self._add_udp("mount", cfg.mount_bind, self.mount_listener, self.server)
+
+        self.portmap_listener = None
+        if cfg.portmapper == "embedded":
+            pm_server = RPCServer(ReplyCache(0), self.activity)
+            pm_server.add(
+                portmap_program(
+                    self.portmap, RequestMetrics(core.metrics, "portmap"), local_host=_local_host
+                )
+            )
+            pm_stream = RPCStreamFactory(pm_server, 64 * 1024, 16, self.activity)
+            self.portmap_listener = core.listener(
+                self, "proto:nfs:portmap", "portmap", cfg.portmap_bind, pm_stream
+            )
+            if cfg.udp:
+                self._add_udp("portmap", cfg.portmap_bind, self.portmap_listener, pm_server)
+        self.registrar = Registration(self)
+        self.registrar.setServiceParent(self)
+        LockRecovery(self).setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        # READ and WRITE move buffers of up to rtmax per call: keep freed heap
+        # for reuse instead of giving it back and faulting it in again.
+        keep_freed_memory()
+        super().privilegedStartService()
+
+    def _disk(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        """Run blocking file work in the disk pool (in-line on a reactor without threads)."""
+        if IReactorThreads.providedBy(self.core.reactor):
+            d: defer.Deferred[Any] = self.core.threads.run("disk", f, *args)
+            return d
+        return defer.maybeDeferred(f, *args)
+
+    def _vfs_ready(self) -> defer.Deferred[Any]:
+        if self.core.vfs_service is None:
+            # No backend in this build: calls get "try later", never a crash.
+            return defer.fail(BackendUnavailable("no backend is available to serve files"))
+        d: defer.Deferred[Any] = self.core.vfs_ready()
+        return d
+
+    def _add_udp(self, label: str, listen: Any, twin: Any, server: RPCServer) -> None:
+        if not listen.is_tcp or listen.host is None:
+            self._log.warn(
+                "{label}: {where} is not a host and port; no UDP listener",
+                label=label,
+                where=listen.shown,
+            )
+            return
+        if not IReactorUDP.providedBy(self.core.reactor):
+            self._log.warn("{label}: this reactor has no UDP; no UDP listener", label=label)
+            return
+        udp = _TwinUDPListener(
+            f"proto:nfs:{label}-udp",
+            f"{label}-udp",
+            listen.host,
+            listen.port,
+            RPCDatagramProtocol(server),
+            self.core.reactor,
+            twin,
+        )
+        udp.setServiceParent(self)
+        self.core.health.register(udp.label, udp.check)
+        self.core.drainer.add_listener(udp)
+        self.udp[label] = udp
+
+    def mappings(self) -> list[Mapping]:
+        """What the portmapper should say about this front end's bound ports."""
+        out: list[Mapping] = []
+
+        def add(listener: Any, udp: UDPListener | None, programs: list[tuple[int, int]]) -> None:
+            host = listener.listen.host or "0.0.0.0"
+            six = "6" if ":" in host else ""
+            port = listener.bound_port
+            if port:
+                for prog, vers in programs:
+                    out.append(Mapping(prog, vers, "tcp" + six, uaddr(host, port)))
+            if udp is not None and udp.bound_port:
+                for prog, vers in programs:
+                    out.append(Mapping(prog, vers, "udp" + six, uaddr(host, udp.bound_port)))
+
+        if self.portmap_listener is not None:
+            add(self.portmap_listener, self.udp.get("portmap"), [(PMAP_PROG, v) for v in (4, 3, 2)])
+        add(self.nfs_listener, self.udp.get("nfs"), [(NFS_PROGRAM, 3), *self.extra_programs])
+        add(self.mount_listener, self.udp.get("mount"), [(MOUNT_PROGRAM, 1), (MOUNT_PROGRAM, 3)])
+        return out
+
+
+class _TwinUDPListener(UDPListener):
+    """A UDP listener that takes its TCP twin's port when configured with port 0."""
+
+    def __init__(self, *args: Any) -> None:
+        *rest, twin = args
+        super().__init__(*rest)
+        self.twin = twin
+        self.configured_port = self.port_number
+
+    def privilegedStartService(self) -> None:
+        if self.configured_port == 0 and self.twin.bound_port:
+            self.port_number = self.twin.bound_port
+            try:
+                super().privilegedStartService()
+                return
+            except Exception:
+                self.port_number = 0
+        super().privilegedStartService()
+
+
+def _local_host(peer: Any) -> str | None:
+    conn = peer.conn
+    if conn is None or conn.transport is None:
+        return None
+    host = getattr(conn.transport.getHost(), "host", None)
+    if isinstance(host, str) and host.startswith("::ffff:"):
+        host = host[7:]
+    return host if isinstance(host, str) else None
+
+
+class Registration(Service):
+    """
+    Puts the front end's bound ports in the portmapper once the listeners are
+    up: the embedded table, or the system's rpcbind (C{portmapper: system}),
+    from which they are removed again at stop. Health check C{rpcbind} in
+    system mode.
+    """
+
+    name = "proto:nfs:register"
+    _log = Logger()
+
+    def __init__(self, front: NFSService) -> None:
+        self.front = front
+        self.mode = front.core.config.nfs.portmapper
+        self.system: SystemRegistrar | None = None
+        self.state = "not registered"
+        self._registering: defer.Deferred[None] | None = None
+        if self.mode == "system":
+            front.core.health.register("rpcbind", self.check)
+
+    def startService(self) -> None:
+        super().startService()
+        mappings = self.front.mappings()
+        if self.mode == "embedded":
+            for m in mappings:
+                self.front.portmap.set(m)
+            self.state = "registered"
+        elif self.mode == "system":
+            self.system = SystemRegistrar(self.front.core.reactor)
+            self._registering = defer.Deferred.fromCoroutine(self._register(mappings))
+
+    async def _register(self, mappings: list[Mapping]) -> None:
+        assert self.system is not None
+        try:
+            await self.system.register(m for m in mappings if m.prog != PMAP_PROG)
+        except Exception as e:
+            self.state = f"registration with rpcbind failed: {e}"
+            self._log.error(
+                "cannot register with the system rpcbind ({why}); clients must be given "
+                "the NFS and MOUNT ports explicitly",
+                why=str(e),
+            )
+            return
+        for m in self.system.registered:
+            self.front.portmap.set(m)
+        self.state = "registered"
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self.system is None:
+            return None
+        return defer.Deferred.fromCoroutine(self._unregister())
+
+    async def _unregister(self) -> None:
+        assert self.system is not None
+        if self._registering is not None and not self._registering.called:
+            self._registering.cancel()
+        try:
+            await self.system.unregister()
+        finally:
+            self.system.close()
+            self.system = None
+
+    def check(self) -> CheckResult:
+        if self.state == "registered":
+            return CheckResult.healthy()
+        return CheckResult.degraded(self.state)
+
+
+class LockRecovery(Service):
+    """
+    At start, once the store is open: the NSM state number, and after a
+    restart the NLM grace period and SM_NOTIFY to the last run's lock
+    clients. At stop: blocked lock requests and callbacks end, the client
+    record reaches the disk.
+    """
+
+    name = "proto:nfs:nlm"
+    _log = Logger()
+
+    def __init__(self, front: NFSService) -> None:
+        self.front = front
+        # Fires when start-up recovery is done (tests wait on it).
+        self.starting: defer.Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.starting = defer.Deferred.fromCoroutine(self._start())
+        self.starting.addErrback(self._failed)
+
+    def _failed(self, f: Failure) -> None:
+        if f.check(defer.CancelledError):
+            return
+        if f.check(BackendUnavailable, RuntimeError):
+            self._log.warn("NLM recovery skipped: {why}", why=f.getErrorMessage())
+            return
+        self._log.failure("NLM recovery at start", f)
+
+    async def _start(self) -> None:
+        vfs = await self.front.ctx.ready()
+        await self.front.nsm.start(vfs.locks)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self.starting is not None and not self.starting.called:
+            self.starting.cancel()
+        self.front.nlm.close()
+        vfs = self.front.ctx.vfs
+        if vfs is not None and vfs.locks is not None and vfs.locks.in_grace:
+            vfs.locks.end_grace()
+        await self.front.nsm.flushed()
+        await self.front.callbacks.close()

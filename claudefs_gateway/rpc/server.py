@@ -1,0 +1,737 @@
+# -*- test-case-name: tests.rpc.test_server -*-
+"""
+An ONC RPC server: programs, dispatch, and the TCP and UDP transports.
+
+L{RPCServer} holds the programs and turns one call message into one reply
+message (RFC 5531 §9): PROG_UNAVAIL, PROG_MISMATCH (with the lowest and
+highest version served), PROC_UNAVAIL, GARBAGE_ARGS for arguments that do not
+decode, SYSTEM_ERR for a procedure that failed unexpectedly, MSG_DENIED with
+RPC_MISMATCH for a call that is not RPC version 2, and AUTH_ERROR for a
+credential that is malformed or of a flavour not served (only AUTH_NONE and
+AUTH_SYS are). Non-idempotent procedures go through the duplicate request
+cache (L{claudefs_gateway.rpc.drc}).
+
+L{RPCStreamProtocol} frames calls with record marking and keeps many calls in
+flight per connection, replying in whatever order they finish (clients match
+replies by XID). It stops reading when C{max_in_flight} calls are running or
+when the client stops reading replies (it is the transport's producer), so a
+client cannot make it hold unbounded work or output. L{RPCDatagramProtocol}
+serves one call per datagram.
+
+A program is a table of L{Procedure}s per version; each procedure has a pure
+decoder (bytes to arguments, raising L{XDRError}) and a handler returning the
+encoded results, or a Deferred of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import defer, tcp
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from zope.interface import implementer
+
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.rpc import message as msg
+from claudefs_gateway.rpc.drc import BUSY, ReplyCache, call_key
+from claudefs_gateway.rpc.message import AuthSys
+from claudefs_gateway.rpc.record import RecordReader, RecordTooLarge, record_marker
+from claudefs_gateway.rpc.xdr import Unpacker, XDRError
+
+__all__ = [
+    "Call",
+    "Peer",
+    "Procedure",
+    "Program",
+    "RPCServer",
+    "AuthError",
+    "RPCStreamProtocol",
+    "RPCStreamFactory",
+    "RPCDatagramProtocol",
+    "UDP_MAX_REPLY",
+    "UDPListener",
+]
+
+# The largest reply a UDP datagram carries (IPv4: 65535 - 20 - 8).
+UDP_MAX_REPLY = 65507
+
+Results = list[bytes]
+Handler = Callable[["Call", Any], "Results | defer.Deferred[Results] | None"]
+
+
+class AuthError(Exception):
+    """Raised by a handler to refuse a call with MSG_DENIED, AUTH_ERROR C{stat}."""
+
+    def __init__(self, stat: int = msg.AUTH_TOOWEAK) -> None:
+        super().__init__(stat)
+        self.stat = stat
+
+
+@attrs.define(slots=True, eq=False)
+class Peer:
+    """
+    Where a call came from.
+
+    @ivar host: the client's address (no port), for export rules, the DRC and locks.
+    @ivar transport: C{"tcp"} or C{"udp"}.
+    @ivar max_reply: the largest reply the transport can carry.
+    @ivar conn: the connection (TCP) the call arrived on, else L{None}.
+    """
+
+    host: str
+    port: int
+    transport: str
+    max_reply: int
+    conn: Any = None
+
+
+@attrs.define(slots=True, eq=False)
+class Call:
+    """
+    One call being served.
+
+    @ivar cred: the AUTH_SYS credential, or L{None} for AUTH_NONE.
+    @ivar status: set by a handler to name the error status it answered with
+        (counted in C{gateway_errors_total}); L{None} means success.
+    """
+
+    xid: int
+    prog: int
+    vers: int
+    proc: int
+    flavor: int
+    cred: AuthSys | None
+    peer: Peer
+    status: str | None = None
+
+
+@attrs.frozen(slots=True)
+class Procedure:
+    """
+    @ivar name: the RFC's name (metrics C{op}, logs).
+    @ivar decode: arguments from an L{Unpacker} positioned at them.
+    @ivar handle: C{(call, args)} to results (list of encoded chunks), a
+        Deferred of them, or L{None} for no reply at all.
+    @ivar cached: non-idempotent: replies go through the duplicate request cache.
+    @ivar cancel_on_close: cancel the call if its connection closes (reads);
+        false for calls whose effect must complete (writes).
+    """
+
+    name: str
+    decode: Callable[[Unpacker], Any]
+    handle: Handler
+    cached: bool = False
+    cancel_on_close: bool = True
+
+
+def no_args(u: Unpacker) -> None:
+    return None
+
+
+class Program:
+    """
+    One RPC program: numbered procedures per version.
+
+    @ivar metrics: a L{RequestMetrics} for the program's calls, or L{None}.
+    """
+
+    def __init__(self, number: int, name: str, metrics: Any = None) -> None:
+        self.number = number
+        self.name = name
+        self.metrics = metrics
+        self.versions: dict[int, dict[int, Procedure]] = {}
+
+    def add(self, vers: int, number: int, proc: Procedure) -> None:
+        self.versions.setdefault(vers, {})[number] = proc
+
+    def version_range(self) -> tuple[int, int]:
+        return min(self.versions), max(self.versions)
+
+
+class RPCServer:
+    """
+    Dispatch of call messages to programs.
+
+    @param drc: the duplicate request cache (shared by every transport, so a
+        retransmission over a new connection still finds the first reply).
+    @param activity: counts calls in flight for the drain (an L{Activity}).
+    @param timer: monotonic seconds, for latency metrics.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        drc: ReplyCache | None = None,
+        activity: Any = None,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.programs: dict[int, Program] = {}
+        self.drc = drc if drc is not None else ReplyCache(0)
+        self.activity = activity
+        self.timer = timer
+        self.garbage = 0
+
+    def add(self, program: Program) -> None:
+        if program.number in self.programs:
+            existing = self.programs[program.number]
+            for vers, procs in program.versions.items():
+                existing.versions.setdefault(vers, {}).update(procs)
+            return
+        self.programs[program.number] = program
+
+    def handle(self, data: bytes, peer: Peer) -> Results | defer.Deferred[Results | None] | None:
+        """
+        The reply to one call message: a list of chunks, a Deferred of one, or
+        L{None} when nothing is to be sent (not a call; a retransmission of a
+        call still running).
+        """
+        try:
+            h = msg.parse_call(data)
+        except msg.RPCMismatch as e:
+            self._bad(peer, "RPC version mismatch", e)
+            assert e.xid is not None
+            return [msg.reply_rpc_mismatch(e.xid)]
+        except msg.BadCred as e:
+            self._bad(peer, "bad credential", e)
+            assert e.xid is not None
+            return [msg.reply_auth_error(e.xid, e.stat)]
+        except msg.BadCall as e:
+            self._bad(peer, "undecodable call dropped", e)
+            return None
+        xid = h.xid
+        program = self.programs.get(h.prog)
+        if program is None:
+            self._log.debug(
+                "call for program {prog} not served from {host}", prog=h.prog, host=peer.host
+            )
+            return [msg.reply_error(xid, msg.PROG_UNAVAIL)]
+        procs = program.versions.get(h.vers)
+        if procs is None:
+            low, high = program.version_range()
+            return [msg.reply_prog_mismatch(xid, low, high)]
+        proc = procs.get(h.proc)
+        if proc is None:
+            return [msg.reply_error(xid, msg.PROC_UNAVAIL)]
+        if h.flavor != msg.AUTH_SYS and h.flavor != msg.AUTH_NONE:
+            self._log.debug(
+                "{program} call with auth flavour {flavor} refused",
+                program=program.name,
+                flavor=h.flavor,
+            )
+            return [msg.reply_auth_error(xid, msg.AUTH_BADCRED)]
+        try:
+            args = proc.decode(Unpacker(data, h.args_at))
+        except (XDRError, struct.error, ValueError) as e:
+            self._bad(peer, f"{program.name} {proc.name}: arguments do not decode", e)
+            if program.metrics is not None:
+                program.metrics.observe(proc.name, 0.0, "GARBAGE_ARGS")
+            return [msg.reply_error(xid, msg.GARBAGE_ARGS)]
+        key = None
+        if proc.cached:
+            key = call_key(peer.host, xid, h.prog, h.vers, h.proc, data, h.args_at)
+            seen = self.drc.lookup(key)
+            if seen is BUSY:
+                self._log.debug("retransmission of xid {xid} in progress; dropped", xid=xid)
+                return None
+            if seen is not None:
+                self._log.debug("retransmission of xid {xid} answered from the cache", xid=xid)
+                return [seen]
+        call = Call(xid, h.prog, h.vers, h.proc, h.flavor, h.cred, peer)
+        started = self.timer()
+        try:
+            result = proc.handle(call, args)
+        except Exception:
+            result = defer.fail()
+        if isinstance(result, defer.Deferred):
+            # Only a call still running when the handler returns can be seen
+            # in flight by the drain (everything here is on the reactor thread).
+            running = not result.called and self.activity is not None
+            if running:
+                self.activity.begin()
+            done: defer.Deferred[Results | None] = result.addBoth(
+                self._finish, call, program, proc, key, started, running
+            )
+            return done if proc.cancel_on_close else _shield(done)
+        return self._finish(result, call, program, proc, key, started)
+
+    def _finish(
+        self,
+        result: Results | Failure | None,
+        call: Call,
+        program: Program,
+        proc: Procedure,
+        key: Any,
+        started: float,
+        running: bool = False,
+    ) -> Results | None:
+        if running:
+            self.activity.end()
+        xid = call.xid
+        if isinstance(result, Failure):
+            if result.check(defer.CancelledError):
+                if key is not None:
+                    self.drc.forget(key)
+                return None
+            if isinstance(result.value, AuthError):
+                call.status = "AUTH_ERROR"
+                reply = [msg.reply_auth_error(xid, result.value.stat)]
+            else:
+                self._log.failure(
+                    "{program} {proc} failed (xid {xid})",
+                    result,
+                    program=program.name,
+                    proc=proc.name,
+                    xid=xid,
+                )
+                call.status = "SYSTEM_ERR"
+                reply = [msg.reply_error(xid, msg.SYSTEM_ERR)]
+        elif result is None:
+            if key is not None:
+                self.drc.forget(key)
+            return None
+        else:
+            reply = [msg.reply_success(xid), *result]
+        if program.metrics is not None:
+            program.metrics.observe(proc.name, self.timer() - started, call.status)
+        if key is not None:
+            self.drc.finish(key, b"".join(reply))
+        return reply
+
+    def _bad(self, peer: Peer, what: str, e: Exception) -> None:
+        self.garbage += 1
+        self._log.warn(
+            "{what} from {host} over {transport}: {why}",
+            what=what,
+            host=peer.host,
+            transport=peer.transport,
+            why=str(e)[:200],
+        )
+
+
+def _direct_socket(transport: Any) -> Any:
+    """
+    The socket of a plain TCP transport whose buffer L{RPCStreamProtocol.send}
+    may bypass when it is empty, or L{None} (TLS, tests, other reactors).
+    """
+    # (A TLS connection's socket carries ciphertext: never write to it directly.)
+    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
+        return None
+    if not all(hasattr(transport, a) for a in ("_tempDataLen", "dataBuffer", "offset")):
+        return None
+    sock = getattr(transport, "socket", None)
+    return sock if hasattr(sock, "sendmsg") else None
+
+
+def _skip(parts: list[bytes], n: int) -> list[bytes]:
+    """C{parts} without their first C{n} bytes."""
+    for i, part in enumerate(parts):
+        if n < len(part):
+            return [part[n:], *parts[i + 1 :]]
+        n -= len(part)
+    return []
+
+
+def _shield(d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+    """
+    A Deferred firing with C{d}'s result whose cancellation leaves C{d} running
+    (a call that changes things finishes and reaches the reply cache even if
+    the client went away).
+    """
+    out: defer.Deferred[Any] = defer.Deferred()
+
+    def fire(result: Any) -> None:
+        if not out.called:
+            out.callback(result)
+        elif isinstance(result, Failure):
+            _log_late(result)
+
+    d.addBoth(fire)
+    return out
+
+
+def _log_late(f: Failure) -> None:
+    RPCServer._log.failure("a call finished after its client left", f)
+
+
+_conn_ids = itertools.count(1)
+
+
+@implementer(IPushProducer)
+class RPCStreamProtocol(Protocol):
+    """
+    ONC RPC over a stream (TCP): record marking, many calls in flight.
+
+    @ivar conn_id: correlates this connection's log events.
+    """
+
+    transport: Any
+
+    _log = Logger()
+
+    def __init__(
+        self, server: RPCServer, max_record: int, max_in_flight: int, activity: Any
+    ) -> None:
+        self.server = server
+        self.reader = RecordReader(max_record)
+        self.max_in_flight = max_in_flight
+        self.activity = activity
+        self.pending: set[defer.Deferred[Any]] = set()
+        self.peer: Peer | None = None
+        self.conn_id = next(_conn_ids)
+        self.closed = False
+        self._reading_paused = False
+        self._paused_output = False
+        self._sock: Any = None
+        # Calls read but not yet started (see _drain_backlog).
+        self.backlog: deque[bytes] = deque()
+
+    @override
+    def connectionMade(self) -> None:
+        addr = self.transport.getPeer()
+        host = getattr(addr, "host", "") or ""
+        if host.startswith("::ffff:"):
+            host = host[7:]
+        self.peer = Peer(host, getattr(addr, "port", 0) or 0, "tcp", 2**31 - 1, self)
+        if self.activity is not None:
+            self.activity.connection_made(self)
+        # Replies are many and small: without this, Nagle holds a reply back
+        # until the client ACKs the previous one, which a pipelining client
+        # delays (40 ms on Linux).
+        set_nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_nodelay is not None:
+            try:
+                set_nodelay(True)
+            except OSError:
+                pass
+        self.transport.registerProducer(self, True)
+        # Twisted sends at most SEND_LIMIT (128 KiB) per reactor turn: a 1 MiB
+        # READ reply would take eight turns. Let the kernel take what it can.
+        if hasattr(self.transport, "SEND_LIMIT"):
+            self.transport.SEND_LIMIT = 4 << 20
+        self._sock = _direct_socket(self.transport)
+        self._log.debug("connection {conn_id} from {host}", conn_id=self.conn_id, host=host)
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            records = self.reader.feed(data)
+        except RecordTooLarge as e:
+            self._log.warn(
+                "connection {conn_id} from {host}: {why}; closing",
+                conn_id=self.conn_id,
+                host=self.peer.host if self.peer else "?",
+                why=str(e),
+            )
+            self.transport.loseConnection()
+            self.closed = True
+            return
+        if records:
+            self.backlog.extend(records)
+            self._drain_backlog()
+
+    def _drain_backlog(self) -> None:
+        """
+        Serve queued calls while the connection may take more work: not at
+        C{max_in_flight}, and not while the client leaves replies unread (a
+        client that sends 64 KiB of 1 MiB READs and reads nothing must not
+        make the gateway hold 500 MiB of replies). Reading from the socket is
+        paused meanwhile, so the backlog holds at most one read's worth.
+        """
+        backlog = self.backlog
+        while backlog and not self.closed:
+            if self._paused_output or len(self.pending) >= self.max_in_flight:
+                self._pause_reading()
+                return
+            try:
+                self._serve(backlog.popleft())
+            except Exception:
+                self._log.failure("connection {conn_id}: serving a call", conn_id=self.conn_id)
+        if self._paused_output or len(self.pending) >= self.max_in_flight:
+            self._pause_reading()
+        else:
+            self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and not self.closed:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        if (
+            self._reading_paused
+            and not self.closed
+            and not self.backlog
+            and not self._paused_output
+            and len(self.pending) < self.max_in_flight
+        ):
+            self._reading_paused = False
+            self.transport.resumeProducing()
+
+    def _serve(self, record: bytes) -> None:
+        assert self.peer is not None
+        result = self.server.handle(record, self.peer)
+        if result is None:
+            return
+        if not isinstance(result, defer.Deferred):
+            self.send(result)
+            return
+        if result.called:
+            # Synchronous handlers (memory backend, caches) finish here.
+            out: list[Any] = []
+            result.addBoth(out.append)
+            if out and isinstance(out[0], list):
+                self.send(out[0])
+            return
+        self.pending.add(result)
+        result.addBoth(self._done, result)
+
+    def _done(self, result: Results | Failure | None, d: defer.Deferred[Any]) -> None:
+        self.pending.discard(d)
+        if isinstance(result, list):
+            self.send(result)
+        elif isinstance(result, Failure) and not result.check(defer.CancelledError):
+            self._log.failure("connection {conn_id}: call failed", result, conn_id=self.conn_id)
+        self._drain_backlog()
+
+    def send(self, chunks: Results) -> None:
+        """
+        Write one reply record.
+
+        When the transport has nothing buffered, the record goes straight to
+        the socket with one C{sendmsg} (scatter/gather: a READ's data is not
+        copied into a joined buffer, and no reactor turn is spent waiting to
+        write); whatever the kernel does not take, or everything when the
+        transport is busy, goes through the transport as usual, which keeps
+        ordering and back-pressure intact.
+        """
+        if self.closed:
+            return
+        size = 0
+        for c in chunks:
+            size += len(c)
+        parts = [record_marker(size), *chunks]
+        sock = self._sock
+        t = self.transport
+        if (
+            sock is not None
+            and t.connected
+            and not t.disconnecting
+            and not t._tempDataLen
+            and len(t.dataBuffer) == t.offset
+        ):
+            try:
+                sent = sock.sendmsg(parts)
+            except OSError:
+                sent = 0  # EAGAIN, or an error the transport will meet and report
+            if sent == size + 4:
+                return
+            if sent:
+                parts = _skip(parts, sent)
+        t.writeSequence(parts)
+
+    # IPushProducer: the transport tells us when the client is not reading replies.
+    def pauseProducing(self) -> None:
+        self._paused_output = True
+        self._pause_reading()
+
+    def resumeProducing(self) -> None:
+        self._paused_output = False
+        self._drain_backlog()
+
+    def stopProducing(self) -> None:
+        self.closed = True
+
+    @override
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
+        # Reads are abandoned; calls that change things run to the end (the
+        # server shields them), so their replies reach the reply cache for the
+        # client's retransmission.
+        for d in list(self.pending):
+            d.cancel()
+        if self.activity is not None:
+            self.activity.connection_lost(self)
+        self._log.debug("connection {conn_id} closed", conn_id=self.conn_id)
+
+
+class RPCStreamFactory(Factory):
+    """Builds L{RPCStreamProtocol}s that share one L{RPCServer}."""
+
+    noisy = False
+
+    def __init__(
+        self, server: RPCServer, max_record: int, max_in_flight: int = 128, activity: Any = None
+    ) -> None:
+        self.server = server
+        self.max_record = max_record
+        self.max_in_flight = max_in_flight
+        self.activity = activity
+
+    @override
+    def buildProtocol(self, addr: Any) -> RPCStreamProtocol:
+        p = RPCStreamProtocol(self.server, self.max_record, self.max_in_flight, self.activity)
+        p.factory = self
+        return p
+
+
+class RPCDatagramProtocol(DatagramProtocol):
+    """
+    ONC RPC over UDP: one call per datagram, replies to the sender.
+
+    @param max_in_flight: calls running at once; datagrams beyond are dropped
+        (UDP clients retransmit).
+    """
+
+    transport: Any
+
+    _log = Logger()
+    noisy = False
+
+    def __init__(self, server: RPCServer, max_in_flight: int = 1024) -> None:
+        self.server = server
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.accepting = True
+        self.dropped = 0
+
+    @override
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        if not self.accepting or self.in_flight >= self.max_in_flight:
+            self.dropped += 1
+            return
+        host, port = addr[0], addr[1]
+        if host.startswith("::ffff:"):
+            host = host[7:]
+        peer = Peer(host, port, "udp", UDP_MAX_REPLY)
+        try:
+            result = self.server.handle(data, peer)
+        except Exception:
+            self._log.failure("serving a datagram from {host}", host=host)
+            return
+        if result is None:
+            return
+        if isinstance(result, defer.Deferred):
+            self.in_flight += 1
+            result.addBoth(self._done, addr)
+        else:
+            self._send(result, addr)
+
+    def _done(self, result: Results | Failure | None, addr: Any) -> None:
+        self.in_flight -= 1
+        if isinstance(result, list):
+            self._send(result, addr)
+        elif isinstance(result, Failure):
+            self._log.failure("datagram call failed", result)
+
+    def _send(self, chunks: Results, addr: Any) -> None:
+        data = b"".join(chunks)
+        if len(data) > UDP_MAX_REPLY:
+            self._log.warn("reply of {n} bytes too large for UDP; dropped", n=len(data))
+            return
+        if self.transport is None:
+            return
+        try:
+            self.transport.write(data, addr)
+        except Exception:
+            self._log.failure("sending a datagram to {host}", host=addr[0])
+
+
+class UDPListener(Service):
+    """
+    One UDP port serving an L{RPCServer} (endpoints are stream-only, so this
+    is the gateway's L{ListenerService} for datagrams).
+
+    Binds in C{privilegedStartService} (port 111 before twistd drops
+    privileges) and raises if it cannot. For the drain, L{stop_accepting}
+    stops taking new calls but keeps the port open so calls in flight can
+    still reply; C{stopService} closes it.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        name: str,
+        label: str,
+        host: str,
+        port: int,
+        protocol: RPCDatagramProtocol,
+        reactor: Any,
+    ) -> None:
+        self.name = name
+        self.label = label
+        self.host = host
+        self.port_number = port
+        self.protocol = protocol
+        self.reactor = reactor
+        self.port: Any = None
+        self._stopped_accepting = False
+
+    @property
+    def bound_port(self) -> int | None:
+        if self.port is None:
+            return None
+        return int(self.port.getHost().port)
+
+    @override
+    def privilegedStartService(self) -> None:
+        if self.port is not None:
+            return
+        try:
+            self.port = self.reactor.listenUDP(self.port_number, self.protocol, interface=self.host)
+        except Exception as e:
+            self._log.error(
+                "{label}: cannot listen on {host}:{port}: {why}",
+                label=self.label,
+                host=self.host,
+                port=self.port_number,
+                why=str(e),
+            )
+            raise
+        self._log.info(
+            "{label} listening on {where}",
+            label=self.label,
+            where=f"{self.host}:{self.bound_port}",
+            port=self.bound_port,
+            listener=self.label,
+        )
+
+    @override
+    def startService(self) -> None:
+        super().startService()
+        self.privilegedStartService()
+
+    def stop_accepting(self) -> defer.Deferred[None]:
+        self._stopped_accepting = True
+        self.protocol.accepting = False
+        return defer.succeed(None)
+
+    @override
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        self.protocol.accepting = False
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        return defer.maybeDeferred(port.stopListening)
+
+    def check(self) -> Any:
+        from claudefs_gateway.core.health import CheckResult
+
+        if self.port is not None and not self._stopped_accepting:
+            return CheckResult.healthy()
+        if self._stopped_accepting:
+            return CheckResult.unhealthy("draining: not accepting calls")
+        return CheckResult.unhealthy("not listening")

@@ -1,0 +1,277 @@
+# -*- test-case-name: tests.s3.test_channel -*-
+"""
+twisted.web, taught to stream request bodies.
+
+Stock twisted.web reads a whole request body (into memory or a temporary
+file) before the resource sees the request, and answers C{Expect:
+100-continue} before anyone looked at the headers. S3 needs the opposite: a
+5 GiB PUT must flow into the store as it arrives, and a request that will be
+refused (bad signature, no such bucket) must be refused before the client sends
+its body. So:
+
+ - L{S3Channel} starts a request as soon as its headers are in, and sends no
+   automatic C{100 Continue}; L{S3Request} sends it when the handler first
+   reads the body (after authentication and the checks that can refuse it).
+ - The body goes to a L{BodyPipe} whose reader applies TCP back-pressure.
+ - A response finished before its request body was read (an early refusal)
+   does not end the request: the rest of the body is read and dropped (up to
+   L{DISCARD_LIMIT}, then the connection is cut), so keep-alive and pipelining
+   stay correct; if the client is still waiting for C{100 Continue}, the
+   connection closes instead, because no body will come.
+ - Headers must arrive within C{header_timeout} seconds of a request's first
+   byte: a client dribbling them a byte at a time is cut off.
+
+Keep-alive and pipelining are HTTPChannel's own.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from twisted.web import http, server
+
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.s3.body import BodyPipe, ClientGone
+
+__all__ = ["S3Channel", "S3Request", "S3Site", "DISCARD_LIMIT"]
+
+DISCARD_LIMIT = 64 * 1024 * 1024
+
+
+class S3Request(server.Request):
+    """
+    A request whose handler runs while its body is still arriving.
+
+    @ivar pipe: the body, for the handler to read (empty when there is none).
+    """
+
+    _log = Logger()
+    pipe: BodyPipe | None = None
+    _done_deferred = False
+    _started = False
+    _continue_sent = False
+    _declared: int | None = 0
+
+    def gotLength(self, length: int | None) -> None:
+        # Never buffer the body: it goes to self.pipe.
+        self.content = io.BytesIO()
+        self._declared = length
+
+    def _set_request_line(self, command: bytes, path: bytes, version: bytes) -> None:
+        self.method, self.uri = command, path
+        self.clientproto = version
+        self.path, _, self.raw_query = path.partition(b"?")
+        self.args = {}
+
+    @property
+    def has_body(self) -> bool:
+        return self._declared is None or self._declared > 0
+
+    def headers_received(self, command: bytes, path: bytes, version: bytes, channel: Any) -> None:
+        """The headers are complete: make the body pipe; body requests start now."""
+        self._chan = channel
+        self._set_request_line(command, path, version)
+        self.pipe = BodyPipe(channel.transport, self.send_continue)
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self.process()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        pipe = self.pipe
+        if pipe is None:
+            return
+        pipe.feed(data)
+        if pipe.discarding and pipe.discarded > DISCARD_LIMIT:
+            self._log.info("refused request body over {limit} bytes: closing", limit=DISCARD_LIMIT)
+            self._chan.transport.abortConnection()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """The body is complete (twisted.web calls this at the end of the request)."""
+        if self.pipe is None:  # pragma: no cover - headers_received always ran
+            self._set_request_line(command, path, version)
+            self.pipe = BodyPipe(None)
+        self.pipe.finish()
+        if not self._started:
+            self.start()
+        elif self._done_deferred:
+            self._done_deferred = False
+            self._chan.requestDone(self)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.pipe is not None:
+            self.pipe.fail(ClientGone("connection lost"))
+        super().connectionLost(reason)
+
+    # -- 100-continue ----------------------------------------------------------------
+
+    @property
+    def expects_continue(self) -> bool:
+        v = self.requestHeaders.getRawHeaders(b"expect")
+        if not v:
+            return False
+        return v[0].lower() == b"100-continue" and self.clientproto == b"HTTP/1.1"
+
+    def send_continue(self) -> None:
+        """Tell a client waiting on C{Expect: 100-continue} to send the body (once)."""
+        if self.expects_continue and not self._continue_sent and not self.startedWriting:
+            self._continue_sent = True
+            if not self._disconnected:
+                self._chan.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    @property
+    def waiting_for_continue(self) -> bool:
+        """The client holds its body back until we say C{100 Continue}."""
+        return (
+            self.expects_continue
+            and not self._continue_sent
+            and self.pipe is not None
+            and self.pipe.received == 0
+        )
+
+
+class S3Channel(http.HTTPChannel):
+    """HTTPChannel with early request start, header deadline and deferred completion."""
+
+    _log = Logger()
+    header_timeout: float = 20.0
+    _header_timer: IDelayedCall | None = None
+    _awaiting_headers = True
+    _start_pending: S3Request | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._awaiting_headers and self._header_timer is None and not self._handlingRequest:
+            self._header_timer = self.callLater(self.header_timeout, self._headers_too_slow)
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        super().lineReceived(line)
+        req, self._start_pending = self._start_pending, None
+        if req is not None:
+            req.start()
+
+    def allHeadersReceived(self) -> None:
+        self._cancel_header_timer()
+        self._awaiting_headers = False
+        req = self.requests[-1]
+        self.persistent = self.checkPersistence(req, self._version)
+        req.gotLength(self.length)
+        req.headers_received(self._command, self._path, self._version, self)
+        if req.has_body:
+            # Start once HTTPChannel has switched to reading the body (see lineReceived).
+            self._start_pending = req
+
+    def requestDone(self, request: S3Request) -> None:  # type: ignore[override]
+        pipe = request.pipe
+        if pipe is not None and not pipe.complete:
+            pipe.discard()
+            if request.waiting_for_continue:
+                # The client will never send this body: close rather than wait for it.
+                self.persistent = False
+                self.loseConnection()
+                return
+            request._done_deferred = True
+            return
+        self._awaiting_headers = True
+        super().requestDone(request)
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        """
+        As HTTPChannel's, but C{x-amz-*} names go out in lower case (twisted.web
+        title-cases names, and clients read C{x-amz-meta-*} names case-sensitively:
+        botocore would report metadata C{color} as C{Color}).
+        """
+        out = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            if name[:6].lower() == b"x-amz-":
+                name = name.lower()
+            for value in values:
+                out.extend((name, b": ", value, b"\r\n"))
+        out.append(b"\r\n")
+        assert self.transport is not None
+        self.transport.writeSequence(out)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # A request line or header longer than max_header_bytes: 400 and close
+        # (LineReceiver's default would close without a word).
+        self._respondToBadRequestAndDisconnect()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802 - HTTPChannel's name
+        """Unparseable HTTP: S3's error document (with a request id) and close."""
+        self._reject(400, b"Bad Request", "InvalidRequest", "The HTTP request could not be parsed")
+
+    def _reject(self, status: int, reason: bytes, code: str, message: str) -> None:
+        rid = os.urandom(8).hex().upper()
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            f"<Message>{message}</Message><RequestId>{rid}</RequestId></Error>"
+        ).encode()
+        assert self.transport is not None
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/xml\r\n"
+            b"x-amz-request-id: %s\r\nContent-Length: %d\r\n\r\n%s"
+            % (status, reason, rid.encode(), len(body), body)
+        )
+        self.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_header_timer()
+        super().connectionLost(reason)
+
+    def _cancel_header_timer(self) -> None:
+        t, self._header_timer = self._header_timer, None
+        if t is not None and t.active():
+            t.cancel()
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        site = getattr(self, "site", None)
+        on_slow = getattr(site, "on_header_timeout", None)
+        if on_slow is not None:
+            on_slow(self)
+        self._reject(
+            408, b"Request Timeout", "RequestTimeout", "Your request headers took too long"
+        )
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+
+
+class S3Site(server.Site):
+    """
+    A Site of S3Channels. Access logging is the S3 front end's own (it never
+    writes a query string: presigned URLs carry credentials).
+    """
+
+    protocol = S3Channel  # type: ignore[assignment]
+    requestFactory = S3Request
+    noisy = False
+
+    def __init__(
+        self,
+        resource: Any,
+        reactor: Any,
+        header_timeout: float,
+        idle_timeout: float,
+        max_header_bytes: int,
+        on_header_timeout: Any = None,
+    ) -> None:
+        super().__init__(resource, timeout=idle_timeout, reactor=reactor)
+        self.header_timeout = header_timeout
+        self.max_header_bytes = max_header_bytes
+        self.on_header_timeout = on_header_timeout
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.header_timeout = self.header_timeout
+        channel.totalHeadersSize = self.max_header_bytes
+        channel.MAX_LENGTH = self.max_header_bytes
+        return channel
+
+    def log(self, request: Any) -> None:
+        pass

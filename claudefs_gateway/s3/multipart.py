@@ -1,0 +1,301 @@
+# -*- test-case-name: tests.s3.test_multipart -*-
+"""
+Multipart uploads: parts staged outside every bucket, assembled atomically.
+
+Each upload is a directory C{/.cfs-s3/mpu/<upload id>} owned by the user who
+started it (mode 0700; its parent is root's, 0711), so parts are in the store -
+through the vfs, counted against that user's quota, surviving a restart on a
+durable backend - but in no bucket and in no client's listing. The upload's
+bucket, key, metadata and checksum choice are kept on that directory; part
+C{n} is the file C{p<n>} with its ETag and checksum kept on it. A part written
+again replaces the earlier one atomically (it too is staged, then renamed).
+
+CompleteMultipartUpload copies the chosen parts, in order, into one staged
+file in the upload directory and renames it over the key: readers see the old
+object or the new one, never a part. Uploads with no part activity for
+C{s3.part_timeout_ms} are aborted by a timer; C{gateway_s3_multipart_active}
+counts uploads in progress and C{gateway_s3_multipart_failed_total} those
+aborted or expired.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+
+from claudefs_gateway import errors
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.fstypes import Attributes, FileType, SetAttrs
+from claudefs_gateway.s3.errors import S3Error
+from claudefs_gateway.s3.tree import META_KEY, ObjectMeta, Tree
+
+__all__ = ["Upload", "Uploads", "part_name", "MAX_PART_NUMBER"]
+
+MPU_DIR = b"mpu"
+MAX_PART_NUMBER = 10000
+STATE_KEY = b"s3.upload"
+
+
+def part_name(number: int) -> bytes:
+    """The staged file name of part C{number}."""
+    return b"p%05d" % number
+
+
+@attrs.define(eq=False)
+class Upload:
+    """One multipart upload in progress."""
+
+    id: str
+    bucket: str
+    key: str
+    uid: int
+    gid: int
+    ino: int
+    initiated: float
+    meta: ObjectMeta
+    algorithm: str | None = None
+    checksum_type: str | None = None
+    last_activity: float = 0.0
+    active: int = 0
+    completing: bool = False
+    gone: bool = False
+    slots: defer.DeferredSemaphore | None = None
+
+    def state(self) -> bytes:
+        return json.dumps(
+            {
+                "b": self.bucket,
+                "k": self.key,
+                "u": self.uid,
+                "g": self.gid,
+                "t": self.initiated,
+                "m": self.meta.encode().decode("utf-8"),
+                "a": self.algorithm,
+                "ct": self.checksum_type,
+            },
+            ensure_ascii=False,
+        ).encode("utf-8")
+
+
+class Uploads:
+    """
+    The multipart uploads of this gateway.
+
+    @param tree: the L{Tree} (its staging directory must be open).
+    @param on_change: called with the number of uploads whenever it changes.
+    @param on_failed: called once per upload aborted or expired.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        tree: Tree,
+        clock: IReactorTime,
+        part_timeout: float,
+        max_concurrent_parts: int,
+        on_change: Callable[[int], None] = lambda n: None,
+        on_failed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.tree = tree
+        self.vfs = tree.vfs
+        self.clock = clock
+        self.part_timeout = part_timeout
+        self.max_concurrent_parts = max_concurrent_parts
+        self._on_change = on_change
+        self._on_failed = on_failed
+        self.uploads: dict[str, Upload] = {}
+        self.mpu_ino = 0
+        self._sweeper: task.LoopingCall | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Find the upload directory (making it) and every upload a previous run left."""
+        rc = self.tree.root_caller
+        try:
+            a = await self.vfs.lookup(rc, self.tree.staging_ino, MPU_DIR)
+        except errors.NotFound:
+            a = await self.vfs.mkdir(rc, self.tree.staging_ino, MPU_DIR, 0o711)
+        self.mpu_ino = a.ino
+        now = self.clock.seconds()
+        for name, e in await self.tree.read_dir(rc, a.ino):
+            if e.type is not FileType.DIR:
+                continue
+            raw = await self.vfs.meta_get(rc, e.ino, STATE_KEY)
+            upload = self._from_state(name.decode("ascii", "replace"), e.ino, raw)
+            if upload is None:
+                await self._remove_dir(e.ino, name)
+                continue
+            upload.last_activity = now
+            self.uploads[upload.id] = upload
+        self._changed()
+        if self.uploads:
+            self._log.info(
+                "{n} multipart uploads carried over from an earlier run", n=len(self.uploads)
+            )
+
+    def _from_state(self, upload_id: str, ino: int, raw: bytes | None) -> Upload | None:
+        try:
+            d = json.loads(raw or b"")
+            return Upload(
+                id=upload_id,
+                bucket=d["b"],
+                key=d["k"],
+                uid=int(d["u"]),
+                gid=int(d["g"]),
+                ino=ino,
+                initiated=float(d["t"]),
+                meta=ObjectMeta.decode(d["m"].encode("utf-8")),
+                algorithm=d.get("a"),
+                checksum_type=d.get("ct"),
+                slots=defer.DeferredSemaphore(self.max_concurrent_parts),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def start_expiry(self) -> None:
+        """Check for abandoned uploads periodically (on the injected clock)."""
+        interval = max(1.0, min(self.part_timeout / 4, 60.0))
+        self._sweeper = task.LoopingCall(self._sweep)
+        self._sweeper.clock = self.clock
+        d = self._sweeper.start(interval, now=False)
+        d.addErrback(lambda f: self._log.failure("multipart expiry stopped", f))
+
+    def stop_expiry(self) -> None:
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+
+    def _sweep(self) -> defer.Deferred[None]:
+        async def sweep() -> None:
+            await self.expire()
+
+        return defer.Deferred.fromCoroutine(sweep())
+
+    async def expire(self) -> int:
+        """Abort every upload idle for longer than the part timeout; how many."""
+        now = self.clock.seconds()
+        stale = [
+            u
+            for u in self.uploads.values()
+            if u.active == 0 and not u.completing and now - u.last_activity > self.part_timeout
+        ]
+        for u in stale:
+            self._log.info(
+                "multipart upload {upload_id} expired after {secs:.0f}s without activity",
+                upload_id=u.id,
+                secs=now - u.last_activity,
+            )
+            try:
+                await self._discard(u)
+            except errors.FSError:
+                self._log.failure("while removing an expired multipart upload")
+            self._on_failed()
+        return len(stale)
+
+    def _changed(self) -> None:
+        self._on_change(len(self.uploads))
+
+    # -- operations --------------------------------------------------------------------
+
+    async def create(
+        self,
+        caller: Any,
+        bucket: str,
+        key: str,
+        meta: ObjectMeta,
+        algorithm: str | None,
+        checksum_type: str | None,
+    ) -> Upload:
+        upload_id = os.urandom(24).hex()
+        rc = self.tree.root_caller
+        d = await self.vfs.mkdir(rc, self.mpu_ino, upload_id.encode(), 0o700)
+        upload = Upload(
+            id=upload_id,
+            bucket=bucket,
+            key=key,
+            uid=caller.cred.uid,
+            gid=caller.cred.gid,
+            ino=d.ino,
+            initiated=self.clock.seconds(),
+            meta=meta,
+            algorithm=algorithm,
+            checksum_type=checksum_type,
+            last_activity=self.clock.seconds(),
+            slots=defer.DeferredSemaphore(self.max_concurrent_parts),
+        )
+        try:
+            await self.vfs.meta_set(rc, d.ino, STATE_KEY, upload.state())
+            await self.vfs.setattr(rc, d.ino, SetAttrs(uid=upload.uid, gid=upload.gid))
+        except BaseException:
+            await self._remove_dir(d.ino, upload_id.encode())
+            raise
+        self.uploads[upload_id] = upload
+        self._changed()
+        return upload
+
+    def get(self, upload_id: str, bucket: str, key: str | None, caller: Any) -> Upload:
+        """
+        @raise S3Error: NoSuchUpload (unknown, finished, another bucket or key);
+            AccessDenied (someone else's upload).
+        """
+        u = self.uploads.get(upload_id)
+        if u is None or u.gone or u.bucket != bucket or (key is not None and u.key != key):
+            raise S3Error("NoSuchUpload", UploadId=upload_id)
+        if caller.cred.uid not in (u.uid, 0):
+            raise S3Error("AccessDenied")
+        return u
+
+    def touch(self, u: Upload) -> None:
+        u.last_activity = self.clock.seconds()
+
+    async def parts(self, u: Upload) -> dict[int, tuple[Attributes, ObjectMeta]]:
+        """The parts written so far: number → (attributes, metadata)."""
+        out = {}
+        rc = self.tree.root_caller
+        try:
+            entries = await self.tree.read_dir(rc, u.ino)
+        except errors.NotFound:
+            raise S3Error("NoSuchUpload", UploadId=u.id) from None
+        for name, e in entries:
+            if e.type is not FileType.REG or not name.startswith(b"p") or not name[1:].isdigit():
+                continue
+            a = e.attrs or await self.vfs.getattr(rc, e.ino)
+            meta = ObjectMeta.decode(await self.vfs.meta_get(rc, e.ino, META_KEY))
+            out[int(name[1:])] = (a, meta)
+        return out
+
+    async def abort(self, u: Upload) -> None:
+        if u.completing:
+            raise S3Error("OperationAborted", "The upload is being completed")
+        await self._discard(u)
+        self._on_failed()
+
+    async def finished(self, u: Upload) -> None:
+        """The upload was completed: remove what is left of it."""
+        await self._discard(u)
+
+    async def _discard(self, u: Upload) -> None:
+        u.gone = True
+        self.uploads.pop(u.id, None)
+        self._changed()
+        await self._remove_dir(u.ino, u.id.encode())
+
+    async def _remove_dir(self, ino: int, name: bytes) -> None:
+        rc = self.tree.root_caller
+        try:
+            for child, _ in await self.tree.read_dir(rc, ino):
+                try:
+                    await self.vfs.remove(rc, ino, child)
+                except errors.NotFound:
+                    pass
+            await self.vfs.rmdir(rc, self.mpu_ino, name)
+        except errors.NotFound:
+            pass

@@ -1,0 +1,668 @@
+# -*- test-case-name: tests.s3.test_tree -*-
+"""
+Buckets and objects on the shared file tree, through the vfs only.
+
+The mapping (``docs/s3.rst``):
+
+ - a bucket is a directory at the top of C{s3.root};
+ - key C{a/b/c} is file C{c} in directory C{a/b} of the bucket, made as
+   needed when the object is written and removed (if the gateway made them
+   and they are empty) when the last object under them is deleted;
+ - key C{a/b/} (a "directory marker") is the directory C{a/b} itself;
+ - so object C{a} and object C{a/b} cannot both exist: the second write is
+   refused with C{409 KeyConflict} rather than silently replacing anything.
+
+Objects are written to a temporary file in a staging area outside every
+bucket (C{/.cfs-s3} at the top of the namespace, not reachable through S3,
+locked to root and each user's own subdirectory) and renamed into place only
+when the body is complete and verified: a reader sees the old object or the
+new one, never a part, and a refused upload leaves nothing behind.
+
+Per-object metadata S3 keeps (content type, C{x-amz-meta-*}, Cache-Control and
+friends, the ETag and checksums) lives in one hidden vfs attribute
+(C{meta_set}). The ETag is the MD5 of the content; for files written over NFS or
+SMB it is computed when first asked for and cached with the modification time
+and size it belongs to, so a later write over any protocol invalidates it.
+(The inode's change counter cannot be the cache key here: storing the ETag,
+and the rename into place, move it too.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from claudefs_gateway import errors
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.fstypes import Attributes, Credentials, FileType, SetAttrs
+from claudefs_gateway.s3.errors import S3Error
+from claudefs_gateway.s3.keys import Key, bucket_name_ok
+
+__all__ = ["Tree", "ObjectMeta", "META_KEY", "STAGING", "EMPTY_MD5"]
+
+META_KEY = b"s3"
+STAGING = b".cfs-s3"
+EMPTY_MD5 = hashlib.md5(b"").hexdigest()
+ROOT = Credentials(0, 0)
+
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+BUCKET_MODE = 0o700
+HASH_BLOCK = 1024 * 1024
+# Times a commit or directory marker is retried when a concurrent delete prunes
+# a directory it was about to use.
+RACE_RETRIES = 5
+
+# Response headers S3 stores with an object and returns on GET/HEAD.
+STORED_HEADERS = (
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "expires",
+)
+
+
+@attrs.define
+class ObjectMeta:
+    """
+    What S3 keeps about an object besides its bytes (JSON in one hidden attribute).
+
+    @ivar etag: the unquoted ETag, valid while the file has C{mtime_ns} and C{size}.
+    @ivar checksums: algorithm → base64 value (C{…-N} for a composite multipart one).
+    @ivar parts: multipart objects: part sizes, run-length encoded [[size, count], …].
+    @ivar dir: for directories: C{marker} (an S3 C{key/} object) or C{auto}
+        (made by the gateway for nested keys; removed again when empty).
+    """
+
+    etag: str | None = None
+    mtime_ns: int | None = None
+    size: int | None = None
+    content_type: str | None = None
+    headers: dict[str, str] = attrs.field(factory=dict)
+    user: dict[str, str] = attrs.field(factory=dict)
+    checksums: dict[str, str] = attrs.field(factory=dict)
+    checksum_type: str | None = None
+    parts: list[list[int]] | None = None
+    dir: str | None = None
+
+    def encode(self) -> bytes:
+        d: dict[str, Any] = {"v": 1}
+        for name, short in (
+            ("etag", "e"),
+            ("mtime_ns", "t"),
+            ("size", "s"),
+            ("content_type", "ct"),
+            ("headers", "h"),
+            ("user", "m"),
+            ("checksums", "ck"),
+            ("checksum_type", "cty"),
+            ("parts", "p"),
+            ("dir", "d"),
+        ):
+            v = getattr(self, name)
+            if v:
+                d[short] = v
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> ObjectMeta:
+        if not raw:
+            return cls()
+        try:
+            d = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return cls()
+        if not isinstance(d, dict):
+            return cls()
+        return cls(
+            etag=d.get("e"),
+            mtime_ns=d.get("t"),
+            size=d.get("s"),
+            content_type=d.get("ct"),
+            headers=dict(d.get("h") or {}),
+            user=dict(d.get("m") or {}),
+            checksums=dict(d.get("ck") or {}),
+            checksum_type=d.get("cty"),
+            parts=d.get("p"),
+            dir=d.get("d"),
+        )
+
+    def etag_valid(self, a: Attributes) -> bool:
+        return self.etag is not None and self.mtime_ns == a.mtime_ns and self.size == a.size
+
+    def part_count(self) -> int | None:
+        if not self.parts:
+            return None
+        return sum(c for _, c in self.parts)
+
+    def part_range(self, number: int) -> tuple[int, int] | None:
+        """(offset, length) of part C{number} (1-based) of a multipart object."""
+        if not self.parts:
+            return None
+        offset = 0
+        n = number
+        for size, count in self.parts:
+            if n <= count:
+                return offset + (n - 1) * size, size
+            offset += size * count
+            n -= count
+        return None
+
+
+def rle(sizes: list[int]) -> list[list[int]]:
+    """Part sizes run-length encoded ([[size, count], ...]): uniform parts stay small."""
+    out: list[list[int]] = []
+    for s in sizes:
+        if out and out[-1][0] == s:
+            out[-1][1] += 1
+        else:
+            out.append([s, 1])
+    return out
+
+
+class Tree:
+    """
+    S3 buckets and objects over the vfs.
+
+    @param vfs: an open L{claudefs_gateway.vfs.VFS}.
+    @param hash_in_pool: run C{f(*args)} in the CPU pool (a Deferred), or None
+        to hash on the calling thread.
+    """
+
+    _log = Logger()
+
+    def __init__(self, vfs: Any, hash_in_pool: Callable[..., Any] | None = None) -> None:
+        self.vfs = vfs
+        self.export = vfs.exports.s3
+        self.root_caller = vfs.caller(self.export, "", ROOT, "s3")
+        self._hash_in_pool = hash_in_pool
+        self.staging_ino = 0
+        self._user_dirs: dict[int, int] = {}
+        self._etags: dict[tuple[int, int, int], list[defer.Deferred[str]]] = {}
+
+    # -- setup ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Make the staging area (root-owned, mode 0711) and clear temporary files left by a crash."""
+        vfs = self.vfs
+        rc = self.root_caller
+        try:
+            a = await vfs.lookup(rc, vfs.root_ino, STAGING)
+        except errors.NotFound:
+            a = await vfs.mkdir(rc, vfs.root_ino, STAGING, 0o711)
+            self._log.info("created the S3 staging directory /{name}", name=STAGING.decode())
+        if not a.is_dir:
+            raise errors.NotDir("the S3 staging path is not a directory")
+        if a.mode != 0o711 or a.uid != 0:
+            await vfs.setattr(rc, a.ino, SetAttrs(mode=0o711, uid=0, gid=0))
+        self.staging_ino = a.ino
+        removed = 0
+        for name, entry in await self.read_dir(rc, a.ino):
+            if name.startswith(b"u") and entry.type is FileType.DIR:
+                for tmp, te in await self.read_dir(rc, entry.ino):
+                    if te.type is FileType.REG:
+                        await vfs.remove(rc, entry.ino, tmp)
+                        removed += 1
+        if removed:
+            self._log.info("removed {n} temporary S3 files left by an earlier run", n=removed)
+
+    async def user_dir(self, caller: Any) -> int:
+        """The caller's own staging directory (uid-owned, 0700), made on first use."""
+        uid = caller.cred.uid
+        ino = self._user_dirs.get(uid)
+        if ino is not None:
+            return ino
+        rc = self.root_caller
+        name = f"u{uid}".encode()
+        try:
+            a = await self.vfs.lookup(rc, self.staging_ino, name)
+        except errors.NotFound:
+            try:
+                a = await self.vfs.mkdir(rc, self.staging_ino, name, 0o700)
+            except errors.Exists:
+                a = await self.vfs.lookup(rc, self.staging_ino, name)
+        if a.uid != uid or a.gid != caller.cred.gid or a.mode != 0o700:
+            a = await self.vfs.setattr(
+                rc, a.ino, SetAttrs(uid=uid, gid=caller.cred.gid, mode=0o700)
+            )
+        self._user_dirs[uid] = a.ino
+        return a.ino
+
+    async def temp_file(self, caller: Any) -> tuple[int, bytes, Attributes]:
+        """A new empty file in the caller's staging directory: (dir, name, attrs)."""
+        d = await self.user_dir(caller)
+        name = b"t-" + os.urandom(12).hex().encode()
+        try:
+            a = await self.vfs.create(caller, d, name, FILE_MODE, exclusive=True)
+        except errors.NotFound:
+            # The staging directory went away (removed by hand): make it again.
+            self._user_dirs.pop(caller.cred.uid, None)
+            d = await self.user_dir(caller)
+            a = await self.vfs.create(caller, d, name, FILE_MODE, exclusive=True)
+        return d, name, a
+
+    async def discard_temp(self, caller: Any, d: int, name: bytes) -> None:
+        try:
+            await self.vfs.remove(self.root_caller, d, name)
+        except errors.FSError:
+            self._log.warn("could not remove a temporary S3 file")
+
+    # -- directory helpers ---------------------------------------------------------------
+
+    async def read_dir(self, caller: Any, ino: int) -> list[tuple[bytes, Any]]:
+        """Every entry of a directory (name, DirEntry with attrs), restarting if it changes."""
+        for _ in range(5):
+            out = []
+            cookie, verifier = 0, b"\0" * 8
+            try:
+                while True:
+                    page = await self.vfs.readdir(caller, ino, cookie, verifier, 1024, True)
+                    for e in page.entries:
+                        out.append((e.name, e))
+                        cookie = e.cookie
+                    verifier = page.verifier
+                    if page.eof or not page.entries:
+                        return out
+            except errors.BadCookie:
+                continue
+        raise errors.BackendUnavailable("directory kept changing while being read")
+
+    async def is_empty(self, caller: Any, ino: int) -> bool:
+        page = await self.vfs.readdir(caller, ino, 0, b"\0" * 8, 1, False)
+        return not page.entries
+
+    # -- buckets ------------------------------------------------------------------------
+
+    async def bucket(self, caller: Any, name: str) -> Attributes:
+        """@raise S3Error: NoSuchBucket (or AccessDenied if the S3 root cannot be searched)."""
+        raw = name.encode("utf-8", "surrogateescape")
+        if not bucket_name_ok(raw):
+            raise S3Error("NoSuchBucket", BucketName=name)
+        try:
+            a = await self.vfs.lookup(caller, self.export.root_ino, raw)
+        except (errors.NotFound, errors.NotDir):
+            raise S3Error("NoSuchBucket", BucketName=name) from None
+        if not a.is_dir:
+            raise S3Error("NoSuchBucket", BucketName=name)
+        return a
+
+    async def buckets(self, caller: Any) -> list[tuple[str, Attributes]]:
+        out = []
+        for name, e in await self.read_dir(caller, self.export.root_ino):
+            if e.type is FileType.DIR and bucket_name_ok(name) and e.attrs is not None:
+                out.append((name.decode("utf-8"), e.attrs))
+        out.sort(key=lambda t: t[0].encode("utf-8"))
+        return out
+
+    async def create_bucket(self, caller: Any, name: str) -> Attributes:
+        raw = name.encode("utf-8")
+        try:
+            return await self.vfs.mkdir(caller, self.export.root_ino, raw, BUCKET_MODE)
+        except errors.Exists:
+            a = await self.vfs.lookup(self.root_caller, self.export.root_ino, raw)
+            if a.is_dir and a.uid == caller.cred.uid:
+                raise S3Error(
+                    "BucketAlreadyOwnedByYou",
+                    "Your previous request to create the named bucket succeeded and you already own it.",
+                    BucketName=name,
+                ) from None
+            raise S3Error(
+                "BucketAlreadyExists",
+                "The requested bucket name is not available.",
+                BucketName=name,
+            ) from None
+
+    async def delete_bucket(self, caller: Any, name: str) -> None:
+        await self.bucket(caller, name)
+        try:
+            await self.vfs.rmdir(caller, self.export.root_ino, name.encode("utf-8"))
+        except errors.NotEmpty:
+            raise S3Error("BucketNotEmpty", BucketName=name) from None
+        except errors.Busy:
+            raise S3Error(
+                "AccessDenied", "This bucket is an export's root and cannot be deleted"
+            ) from None
+
+    # -- objects: lookup -------------------------------------------------------------------
+
+    async def lookup(self, caller: Any, bucket: Attributes, key: Key) -> Attributes:
+        """
+        The file (or, for a C{key/} marker, the directory) a key names.
+
+        @raise S3Error: NoSuchKey.
+        """
+        cur = bucket
+        try:
+            for seg in key.segments:
+                if not cur.is_dir:
+                    raise S3Error("NoSuchKey")
+                cur = await self.vfs.lookup(caller, cur.ino, seg)
+                if cur.is_link:
+                    # Symbolic links made over NFS/SMB are not objects (see docs/s3.rst).
+                    raise S3Error("NoSuchKey")
+        except (errors.NotFound, errors.NotDir, errors.Loop, errors.Stale):
+            raise S3Error("NoSuchKey") from None
+        if key.marker:
+            if not cur.is_dir:
+                raise S3Error("NoSuchKey")
+        elif not cur.is_reg:
+            raise S3Error("NoSuchKey")
+        return cur
+
+    async def parent_dir(
+        self, caller: Any, bucket: Attributes, parents: list[bytes]
+    ) -> Attributes | None:
+        """The existing directory holding a key's object, or None if a directory is missing."""
+        cur = bucket
+        for seg in parents:
+            try:
+                cur = await self.vfs.lookup(caller, cur.ino, seg)
+            except errors.NotFound:
+                return None
+            if not cur.is_dir:
+                raise S3Error(
+                    "KeyConflict",
+                    "An object already exists where this key needs a prefix (directory)",
+                )
+        return cur
+
+    async def check_writable(self, caller: Any, bucket: Attributes, key: Key) -> None:
+        """
+        Refuse a write before its body is read: a file where a directory is
+        needed (or the reverse), or no permission to write where the object goes.
+
+        A directory that vanishes while we look (a concurrent delete pruning it)
+        is simply looked for again; the commit makes whatever is missing.
+        """
+        for _ in range(RACE_RETRIES):
+            try:
+                await self._check_writable(caller, bucket, key)
+                return
+            except (errors.NotFound, errors.Stale):
+                continue
+
+    async def _check_writable(self, caller: Any, bucket: Attributes, key: Key) -> None:
+        cur = bucket
+        for seg in key.segments[:-1] if not key.marker else key.segments:
+            try:
+                nxt = await self.vfs.lookup(caller, cur.ino, seg)
+            except errors.NotFound:
+                break
+            if not nxt.is_dir:
+                raise S3Error(
+                    "KeyConflict",
+                    "An object already exists where this key needs a prefix (directory)",
+                )
+            cur = nxt
+        else:
+            if not key.marker:
+                try:
+                    existing = await self.vfs.lookup(caller, cur.ino, key.name)
+                except errors.NotFound:
+                    existing = None
+                if existing is not None and existing.is_dir:
+                    raise S3Error(
+                        "KeyConflict",
+                        "Other objects exist under this key as a prefix; it cannot also be an object",
+                    )
+        granted = await self.vfs.access(caller, cur.ino, 0o3)  # W|X
+        if granted != 0o3:
+            raise S3Error("AccessDenied")
+
+    async def make_parents(
+        self, caller: Any, bucket: Attributes, parents: list[bytes], made: list[tuple[int, bytes]]
+    ) -> Attributes:
+        """C{mkdir -p} of a key's directories as the caller; records what it made in C{made}."""
+        cur = bucket
+        for seg in parents:
+            try:
+                nxt = await self.vfs.lookup(caller, cur.ino, seg)
+            except errors.NotFound:
+                try:
+                    nxt = await self.vfs.mkdir(caller, cur.ino, seg, DIR_MODE)
+                    made.append((cur.ino, seg))
+                    await self.vfs.meta_set(
+                        caller, nxt.ino, META_KEY, ObjectMeta(dir="auto").encode()
+                    )
+                except errors.Exists:
+                    nxt = await self.vfs.lookup(caller, cur.ino, seg)
+            if not nxt.is_dir:
+                raise S3Error(
+                    "KeyConflict",
+                    "An object already exists where this key needs a prefix (directory)",
+                )
+            cur = nxt
+        return cur
+
+    async def unmake(self, caller: Any, made: list[tuple[int, bytes]]) -> None:
+        for parent, name in reversed(made):
+            try:
+                await self.vfs.rmdir(caller, parent, name)
+            except errors.FSError:
+                return
+
+    # -- metadata and ETags ---------------------------------------------------------------
+
+    async def meta(self, caller: Any, a: Attributes) -> ObjectMeta:
+        return ObjectMeta.decode(await self.vfs.meta_get(self.root_caller, a.ino, META_KEY))
+
+    async def set_meta(self, caller: Any, ino: int, meta: ObjectMeta) -> None:
+        raw = meta.encode()
+        if len(raw) > 60 * 1024:
+            raise S3Error("MetadataTooLarge")
+        await self.vfs.meta_set(caller, ino, META_KEY, raw)
+
+    async def etag(self, caller: Any, a: Attributes, meta: ObjectMeta) -> str:
+        """The object's ETag (unquoted): cached, or the MD5 of the content computed now."""
+        if a.is_dir:
+            return EMPTY_MD5
+        if meta.etag_valid(a):
+            assert meta.etag is not None
+            return meta.etag
+        k = (a.ino, a.mtime_ns, a.size)
+        waiters = self._etags.get(k)
+        # Concurrent requests for one file share a single computation; each waits
+        # on its own Deferred, so one cancelled GET does not cancel the others.
+        out: defer.Deferred[str] = defer.Deferred()
+        if waiters is not None:
+            waiters.append(out)
+            return await out
+        waiters = self._etags[k] = [out]
+
+        def deliver(result: Any) -> None:
+            del self._etags[k]
+            for w in waiters:
+                if not w.called:
+                    if isinstance(result, Failure):
+                        w.errback(result)
+                    else:
+                        w.callback(result)
+
+        d = defer.Deferred.fromCoroutine(self._compute_etag(caller, a, meta))
+        d.addBoth(deliver)
+        return await out
+
+    async def _compute_etag(self, caller: Any, a: Attributes, meta: ObjectMeta) -> str:
+        h = hashlib.md5()
+        offset = 0
+        try:
+            while offset < a.size:
+                r = await self.vfs.read(caller, a.ino, offset, HASH_BLOCK)
+                if not r.data:
+                    break
+                await self.hash(h, r.data)
+                offset += len(r.data)
+        except (errors.Access, errors.Perm):
+            # Not readable by this caller: a stable stand-in that reveals nothing of the content.
+            return hashlib.md5(f"{a.ino}:{a.gen}:{a.mtime_ns}:{a.size}".encode()).hexdigest()
+        etag = h.hexdigest()
+        if offset == a.size:
+            try:
+                cur = await self.vfs.getattr(self.root_caller, a.ino)
+                if cur.mtime_ns == a.mtime_ns and cur.size == a.size:
+                    fresh = await self.meta(caller, cur)
+                    fresh.etag, fresh.mtime_ns, fresh.size = etag, a.mtime_ns, a.size
+                    fresh.parts = None
+                    await self.vfs.meta_set(self.root_caller, a.ino, META_KEY, fresh.encode())
+            except errors.FSError:
+                pass
+        return etag
+
+    async def hash(self, h: Any, data: bytes) -> None:
+        """Update hash C{h} with C{data}, in the CPU pool when the data is large."""
+        if self._hash_in_pool is not None and len(data) >= 256 * 1024:
+            await self._hash_in_pool(h.update, data)
+        else:
+            h.update(data)
+
+    # -- objects: commit and delete ------------------------------------------------------------
+
+    async def commit(
+        self,
+        caller: Any,
+        bucket: Attributes,
+        key: Key,
+        tmp_dir: int,
+        tmp_name: bytes,
+        meta: ObjectMeta,
+        precondition: Callable[[Attributes | None], Any] | None = None,
+    ) -> Attributes:
+        """
+        Give the finished temporary file its metadata and rename it over the key.
+
+        @param precondition: called with the object now at the key (or None) just
+            before the rename; raises to refuse (conditional writes).
+        """
+        tmp = await self.vfs.lookup(self.root_caller, tmp_dir, tmp_name)
+        meta.mtime_ns, meta.size = tmp.mtime_ns, tmp.size
+        await self.set_meta(caller, tmp.ino, meta)
+        for attempt in range(RACE_RETRIES):
+            made: list[tuple[int, bytes]] = []
+            try:
+                parent = await self.make_parents(caller, bucket, key.parents, made)
+                if parent.mode & 0o2000 and tmp.gid != parent.gid:
+                    # A setgid directory gives new entries its group, as a local create would.
+                    await self.vfs.setattr(self.root_caller, tmp.ino, SetAttrs(gid=parent.gid))
+                if precondition is not None:
+                    try:
+                        current: Attributes | None = await self.vfs.lookup(
+                            caller, parent.ino, key.name
+                        )
+                    except errors.NotFound:
+                        current = None
+                    await precondition(current)
+                try:
+                    result = await self.vfs.rename(caller, tmp_dir, tmp_name, parent.ino, key.name)
+                except errors.IsDir:
+                    raise S3Error(
+                        "KeyConflict",
+                        "Other objects exist under this key as a prefix; it cannot also be an object",
+                    ) from None
+                return result.source
+            except (errors.NotFound, errors.Stale):
+                # A directory on the way was removed under us (a concurrent delete
+                # pruning its emptied prefix): make the path again and retry. If
+                # the staged file itself is gone, that is the error.
+                await self.unmake(caller, made)
+                await self.vfs.lookup(self.root_caller, tmp_dir, tmp_name)
+                if attempt == RACE_RETRIES - 1:
+                    raise
+                self._log.debug("a directory vanished during an S3 commit; retrying")
+            except BaseException:
+                await self.unmake(caller, made)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def put_marker(
+        self, caller: Any, bucket: Attributes, key: Key, meta: ObjectMeta
+    ) -> Attributes:
+        """Make the directory a C{key/} object names, and mark it as an S3 object."""
+        for attempt in range(RACE_RETRIES):
+            made: list[tuple[int, bytes]] = []
+            try:
+                parent = await self.make_parents(caller, bucket, key.parents, made)
+                try:
+                    d = await self.vfs.lookup(caller, parent.ino, key.name)
+                except errors.NotFound:
+                    try:
+                        d = await self.vfs.mkdir(caller, parent.ino, key.name, DIR_MODE)
+                    except errors.Exists:
+                        d = await self.vfs.lookup(caller, parent.ino, key.name)
+                break
+            except (errors.NotFound, errors.Stale):
+                # A parent was pruned by a concurrent delete: make the path again.
+                await self.unmake(caller, made)
+                if attempt == RACE_RETRIES - 1:
+                    raise
+        if not d.is_dir:
+            raise S3Error(
+                "KeyConflict", "An object already exists where this key needs a prefix (directory)"
+            )
+        meta.dir = "marker"
+        await self.set_meta(caller, d.ino, meta)
+        return await self.vfs.getattr(caller, d.ino)
+
+    async def delete(self, caller: Any, bucket: Attributes, key: Key) -> None:
+        """Delete an object (absent is success), then prune emptied directories the gateway made."""
+        chain = [bucket]
+        try:
+            for seg in key.segments[:-1] if not key.marker else key.segments:
+                nxt = await self.vfs.lookup(caller, chain[-1].ino, seg)
+                if not nxt.is_dir:
+                    return
+                chain.append(nxt)
+        except (errors.NotFound, errors.NotDir):
+            return
+        names = key.segments
+        if key.marker:
+            target = chain[-1]
+            m = await self.meta(caller, target)
+            if m.dir == "marker":
+                if await self.is_empty(caller, target.ino):
+                    try:
+                        await self.vfs.rmdir(caller, chain[-2].ino, names[-1])
+                    except (errors.NotFound, errors.NotEmpty):
+                        pass
+                else:
+                    m.dir = "auto"
+                    await self.set_meta(caller, target.ino, m)
+                    return
+            elif m.dir is None and await self.is_empty(caller, target.ino):
+                # An empty directory made over NFS/SMB lists as "name/": deleting it removes it.
+                try:
+                    await self.vfs.rmdir(caller, chain[-2].ino, names[-1])
+                except (errors.NotFound, errors.NotEmpty):
+                    pass
+            else:
+                return
+            chain.pop()
+            names = names[:-1]
+        else:
+            try:
+                await self.vfs.remove(caller, chain[-1].ino, names[-1])
+            except (errors.NotFound, errors.IsDir):
+                return
+            names = names[:-1]
+        await self.prune(caller, chain, names)
+
+    async def prune(self, caller: Any, chain: list[Attributes], names: list[bytes]) -> None:
+        """Remove emptied C{auto} directories from the deepest up (never the bucket)."""
+        while len(chain) > 1:
+            d = chain[-1]
+            try:
+                m = await self.meta(caller, d)
+                if m.dir != "auto" or not await self.is_empty(caller, d.ino):
+                    return
+                await self.vfs.rmdir(caller, chain[-2].ino, names[-1])
+            except errors.FSError:
+                return
+            chain.pop()
+            names = names[:-1]

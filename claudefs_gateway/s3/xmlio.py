@@ -1,0 +1,211 @@
+# -*- test-case-name: tests.s3.test_xmlio -*-
+"""
+The XML of the S3 API: request bodies parsed safely, response documents built.
+
+Request bodies are parsed with defusedxml (no DTDs, no entity expansion, no
+external references: a "billion laughs" body is refused, not expanded) after the
+caller has capped their size. Parsers return plain values and raise only
+L{S3Error} C{MalformedXML} (or a more precise code), whatever the bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+from xml.etree.ElementTree import Element
+
+import attrs
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError, fromstring
+
+from claudefs_gateway.s3.errors import S3Error
+
+__all__ = [
+    "NS",
+    "document",
+    "text_document",
+    "parse_complete",
+    "parse_delete",
+    "parse_location",
+    "CompletePart",
+    "DeleteRequest",
+    "MAX_DELETE_KEYS",
+]
+
+NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+MAX_DELETE_KEYS = 1000
+MAX_PARTS = 10000
+
+# Children of an element: (name, value) where value is text, a number, a bool, None
+# (element omitted) or a nested sequence of children.
+Node = tuple[str, Any]
+Children = Sequence[Node]
+
+# XML 1.0 allows tab, newline, carriage return and these ranges; anything else in a
+# key (S3 keys may hold any UTF-8) goes out as a numeric character reference.
+_INVALID_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _text(value: str) -> str:
+    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _INVALID_XML.sub(lambda m: f"&#x{ord(m.group()):x};", value)
+
+
+def _render(out: list[str], children: Iterable[Node]) -> None:
+    for name, value in children:
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out.append(f"<{name}>{'true' if value else 'false'}</{name}>")
+        elif isinstance(value, (int, float)):
+            out.append(f"<{name}>{value}</{name}>")
+        elif isinstance(value, str):
+            out.append(f"<{name}>{_text(value)}</{name}>")
+        else:
+            out.append(f"<{name}>")
+            _render(out, value)
+            out.append(f"</{name}>")
+
+
+def document(root: str, children: Children, namespace: bool = True) -> bytes:
+    """An XML document C{<root>children</root>}, UTF-8, with S3's namespace."""
+    attrs_ = f' xmlns="{NS}"' if namespace else ""
+    out = ['<?xml version="1.0" encoding="UTF-8"?>\n', f"<{root}{attrs_}>"]
+    _render(out, children)
+    out.append(f"</{root}>")
+    return "".join(out).encode("utf-8")
+
+
+def text_document(root: str, text: str) -> bytes:
+    """A document whose root element holds only text (GetBucketLocation)."""
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<{root} xmlns="{NS}">{_text(text)}</{root}>'
+    ).encode()
+
+
+# -- parsing -------------------------------------------------------------------
+
+
+def _parse(body: bytes, root: str) -> Element:
+    if not body.strip():
+        raise S3Error(
+            "MalformedXML", "The XML you provided was not well-formed or did not validate"
+        )
+    try:
+        el = fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except (ParseError, DefusedXmlException, ValueError, UnicodeError):
+        raise S3Error(
+            "MalformedXML", "The XML you provided was not well-formed or did not validate"
+        ) from None
+    if _local(el.tag) != root:
+        raise S3Error("MalformedXML", f"expected a {root} document")
+    return el
+
+
+def _local(tag: Any) -> str:
+    if not isinstance(tag, str):
+        return ""
+    return tag.rsplit("}", 1)[-1]
+
+
+def _children(el: Element, name: str) -> list[Element]:
+    return [c for c in el if _local(c.tag) == name]
+
+
+def _one_text(el: Element, name: str, required: bool = True) -> str | None:
+    found = _children(el, name)
+    if not found:
+        if required:
+            raise S3Error("MalformedXML", f"missing {name}")
+        return None
+    if len(found) > 1:
+        raise S3Error("MalformedXML", f"more than one {name}")
+    return found[0].text or ""
+
+
+@attrs.frozen
+class CompletePart:
+    """One Part of a CompleteMultipartUpload body."""
+
+    number: int
+    etag: str
+    checksums: dict[str, str]
+
+
+_CHECKSUM_ELEMENTS = {
+    "ChecksumCRC32": "crc32",
+    "ChecksumCRC32C": "crc32c",
+    "ChecksumCRC64NVME": "crc64nvme",
+    "ChecksumSHA1": "sha1",
+    "ChecksumSHA256": "sha256",
+}
+
+
+def parse_complete(body: bytes) -> list[CompletePart]:
+    """
+    The parts of a CompleteMultipartUpload body, in the order given.
+
+    @raise S3Error: MalformedXML; InvalidArgument for a part number outside
+        1..10000 or more than 10000 parts.
+    """
+    el = _parse(body, "CompleteMultipartUpload")
+    parts = _children(el, "Part")
+    if not parts:
+        raise S3Error(
+            "MalformedXML", "The XML you provided was not well-formed or did not validate"
+        )
+    if len(parts) > MAX_PARTS:
+        raise S3Error("InvalidArgument", f"an upload has at most {MAX_PARTS} parts")
+    out = []
+    for p in parts:
+        num_text = (_one_text(p, "PartNumber") or "").strip()
+        if not num_text.isdigit() or len(num_text) > 6:
+            raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000")
+        number = int(num_text)
+        if not 1 <= number <= MAX_PARTS:
+            raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000")
+        etag = (_one_text(p, "ETag") or "").strip()
+        sums = {}
+        for elname, algo in _CHECKSUM_ELEMENTS.items():
+            v = _one_text(p, elname, required=False)
+            if v is not None:
+                sums[algo] = v.strip()
+        out.append(CompletePart(number, etag, sums))
+    return out
+
+
+@attrs.frozen
+class DeleteRequest:
+    """A DeleteObjects body."""
+
+    quiet: bool
+    keys: list[str]
+
+
+def parse_delete(body: bytes) -> DeleteRequest:
+    """
+    A DeleteObjects body: quiet flag and keys (at most 1000).
+
+    @raise S3Error: MalformedXML.
+    """
+    el = _parse(body, "Delete")
+    quiet_text = _one_text(el, "Quiet", required=False)
+    quiet = (quiet_text or "").strip().lower() == "true"
+    objects = _children(el, "Object")
+    if not objects or len(objects) > MAX_DELETE_KEYS:
+        raise S3Error("MalformedXML", f"a Delete request names 1 to {MAX_DELETE_KEYS} objects")
+    keys = []
+    for o in objects:
+        key = _one_text(o, "Key")
+        keys.append(key or "")
+    return DeleteRequest(quiet, keys)
+
+
+def parse_location(body: bytes) -> str | None:
+    """The LocationConstraint of a CreateBucket body (None if the body is empty)."""
+    if not body.strip():
+        return None
+    el = _parse(body, "CreateBucketConfiguration")
+    v = _one_text(el, "LocationConstraint", required=False)
+    return v.strip() if v is not None else None

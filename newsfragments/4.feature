@@ -1,0 +1,1 @@
+NFSv3 is served: ONC RPC over TCP and UDP with a duplicate request cache, the portmapper (embedded on port 111 or registered with the system's rpcbind), MOUNT, all 22 NFSv3 procedures, and NLM v4 locks (with NSM restart notification) that conflict with SMB and NFSv4 locks on the same bytes.

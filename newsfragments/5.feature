@@ -1,0 +1,1 @@
+The S3 API on the shared namespace: buckets are directories and objects are files, served with SigV4 (header, presigned, signed and unsigned streaming uploads) and SigV2, multipart uploads, ranges, conditionals, checksums and HTTPS, tested with boto3, the aws cli and s3cmd.

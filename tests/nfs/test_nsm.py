@@ -1,0 +1,117 @@
+"""The status monitor and restart recovery (L{claudefs_gateway.nfs.nsm})."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from claudefs_gateway.nfs.nsm import NOTIFY, NSM_PROGRAM, FileStore, MemoryStore, StatusMonitor
+from claudefs_gateway.rpc.xdr import Unpacker
+from claudefs_gateway.vfs.locks import LockTable
+
+
+class RecordingNLM:
+    def __init__(self) -> None:
+        self.forgot: list[bytes] = []
+        self.monitor: Any = None
+        self.forgotten: Any = None
+
+    def forget_client(self, name: bytes) -> None:
+        self.forgot.append(name)
+
+
+class Callbacks:
+    def __init__(self, fail: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.calls: list[tuple[str, int, int, int, bytes]] = []
+        self.fail = fail
+
+    def call(
+        self, host: str, prog: int, vers: int, proc: int, args: bytes
+    ) -> defer.Deferred[Unpacker]:
+        self.calls.append((host, prog, vers, proc, args))
+        if host in self.fail:
+            return defer.fail(defer.TimeoutError("no reply"))
+        return defer.succeed(Unpacker(b""))
+
+
+class StartTests(SynchronousTestCase):
+    def start(
+        self, doc: dict[str, Any] | None, fail: set[str] = frozenset()
+    ) -> tuple[StatusMonitor, Callbacks, LockTable, MemoryStore]:  # type: ignore[assignment]
+        store = MemoryStore(doc)
+        cb = Callbacks(fail)
+        clock = Clock()
+        locks = LockTable(clock)
+        mon = StatusMonitor(store, RecordingNLM(), cb, 45)  # type: ignore[arg-type]
+        self.successResultOf(defer.Deferred.fromCoroutine(mon.start(locks)))
+        self.clock = clock
+        return mon, cb, locks, store
+
+    def test_first_start(self) -> None:
+        """No previous run: state 1, no grace, nobody notified."""
+        mon, cb, locks, store = self.start(None)
+        self.assertEqual(mon.state, 1)
+        self.assertFalse(locks.in_grace)
+        self.assertEqual(cb.calls, [])
+        self.assertEqual(store.doc, {"state": 1, "clients": {}})
+
+    def test_restart_without_clients(self) -> None:
+        mon, cb, locks, _ = self.start({"state": 7, "clients": {}})
+        self.assertEqual(mon.state, 9)
+        self.assertFalse(locks.in_grace)
+
+    def test_restart_with_clients(self) -> None:
+        """Lock clients of the last run get SM_NOTIFY with the new state; grace begins."""
+        previous = {
+            "host-a": {"addr": "10.0.0.1", "server": "10.0.0.100"},
+            "host-b": {"addr": "10.0.0.2", "server": None},
+            "host-c": {"addr": "10.0.0.3", "server": None},
+        }
+        mon, cb, locks, store = self.start({"state": 4, "clients": previous}, fail={"10.0.0.3"})
+        self.assertEqual(mon.state, 5)
+        self.assertTrue(locks.in_grace)
+        self.clock.advance(46)
+        self.assertFalse(locks.in_grace)
+        sent = {host: Unpacker(args) for host, prog, vers, proc, args in cb.calls}
+        self.assertEqual({(c[1], c[2], c[3]) for c in cb.calls}, {(NSM_PROGRAM, 1, NOTIFY)})
+        u = sent["10.0.0.1"]
+        self.assertEqual((u.string(1024), u.i32()), (b"10.0.0.100", 5))
+        u = sent["10.0.0.2"]
+        self.assertEqual(u.string(1024), b"10.0.0.2")
+        self.assertEqual(sorted(mon.notified), ["host-a", "host-b"])
+        self.assertEqual(store.doc, {"state": 5, "clients": {}})
+
+    def test_damaged_record(self) -> None:
+        mon, _, locks, _ = self.start({"state": "x", "clients": []})
+        self.assertEqual(mon.state, 1)
+        self.assertFalse(locks.in_grace)
+
+    def test_notes_saved_after_start(self) -> None:
+        mon, _, _, store = self.start(None)
+        mon.note(b"h", "10.0.0.5", "10.0.0.100")
+        mon.note(b"h", "10.0.0.5", "10.0.0.100")
+        self.assertEqual(store.writes, 2)
+        self.assertEqual(store.doc["clients"], {"h": {"addr": "10.0.0.5", "server": "10.0.0.100"}})  # type: ignore[index]
+        mon.forget("h")
+        self.assertEqual(store.doc["clients"], {})  # type: ignore[index]
+        self.successResultOf(mon.flushed())
+
+
+class FileStoreTests(SynchronousTestCase):
+    def test_round_trip(self) -> None:
+        path = Path(self.mktemp())
+        os.makedirs(path)
+        store = FileStore(path / "nsm.json", lambda f, *a: defer.maybeDeferred(f, *a))
+        self.assertIsNone(self.successResultOf(store.load()))
+        self.successResultOf(store.save({"state": 3, "clients": {"a": {"addr": "1.2.3.4"}}}))
+        self.assertEqual(self.successResultOf(store.load())["state"], 3)  # type: ignore[index]
+        self.assertEqual(oct((path / "nsm.json").stat().st_mode & 0o777), oct(0o600))
+        (path / "nsm.json").write_text("not json")
+        self.assertIsNone(self.successResultOf(store.load()))
+        self.assertEqual(json.loads("{}"), {})

@@ -1,0 +1,572 @@
+"""
+The 22 NFSv3 procedures (L{claudefs_gateway.nfs.v3.procs}) through the RPC
+layer, over the memory vfs, with the in-tree client: success and error
+paths, export rules, squash, stale handles, the reply cache.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from claudefs_gateway.fstypes import NOW, Credentials, SetAttrs
+from claudefs_gateway.nfs.errors import NFS3ERR
+from claudefs_gateway.nfs.v3 import codec as c
+from claudefs_gateway.rpc.client import RPCError
+from claudefs_gateway.rpc.message import AuthSys, encode_call, parse_reply
+from claudefs_gateway.rpc.xdr import Packer
+from claudefs_gateway.vfs import Caller
+from tests.nfs.client import time_of
+from tests.nfs.harness import VERIFIER, Harness
+
+
+class ProcTestCase(SynchronousTestCase):
+    # None: the memory store; "embedded": the embedded store, inline.
+    store: str | None = None
+
+    def setUp(self) -> None:
+        store = None
+        if self.store == "embedded":
+            store = self.mktemp()
+            self.addCleanup(lambda: self.h.m.backend.close())
+        self.h = Harness(store=store)
+        self.root = self.h.root()
+        self.c = self.h.client(1000, 1000)
+        self.rootc = self.h.client(0, 0)
+        # A directory alice (1000) owns, where she works.
+        d = self.rootc.mkdir(self.root, b"home", SetAttrs(mode=0o755, uid=1000, gid=1000))
+        self.assertEqual(d.status, 0)
+        self.home = d.fh
+
+    def file(self, name: bytes = b"f", data: bytes = b"") -> bytes:
+        r = self.c.create(self.home, name, c.GUARDED, SetAttrs(mode=0o644))
+        self.assertEqual(r.status, 0, r)
+        if data:
+            self.assertEqual(self.c.write(r.fh, 0, data).status, 0)
+        fh: bytes = r.fh
+        return fh
+
+
+class AttributeTests(ProcTestCase):
+    def test_null(self) -> None:
+        self.assertEqual(self.c.null().status, 0)
+
+    def test_getattr(self) -> None:
+        fh = self.file(b"a", b"hello")
+        r = self.c.getattr(fh)
+        self.assertEqual(r.status, 0)
+        a = r.attrs
+        self.assertEqual(
+            (a.type, a.mode, a.size, a.uid, a.gid, a.nlink), (c.NF3.REG, 0o644, 5, 1000, 1000, 1)
+        )
+        self.assertEqual(a.fsid, self.h.m.export().id)
+        self.assertEqual(self.c.getattr(self.root).attrs.type, c.NF3.DIR)
+
+    def test_getattr_bad_handle(self) -> None:
+        """A handle that fails verification is NFS3ERR_BADHANDLE; a malformed one too."""
+        fh = bytearray(self.file())
+        fh[-1] ^= 1
+        self.assertEqual(self.c.getattr(bytes(fh)).status, NFS3ERR.BADHANDLE)
+        self.assertEqual(self.c.getattr(b"short").status, NFS3ERR.BADHANDLE)
+
+    def test_handle_over_64_bytes_is_garbage(self) -> None:
+        self.assertRaises(RPCError, self.c.getattr, b"x" * 65)
+
+    def test_stale_handle(self) -> None:
+        """The handle of a removed file is NFS3ERR_STALE everywhere."""
+        fh = self.file(b"gone")
+        self.assertEqual(self.c.remove(self.home, b"gone").status, 0)
+        self.assertEqual(self.c.getattr(fh).status, NFS3ERR.STALE)
+        self.assertEqual(self.c.read(fh, 0, 10).status, NFS3ERR.STALE)
+        self.assertEqual(self.c.write(fh, 0, b"x").status, NFS3ERR.STALE)
+        self.assertEqual(self.c.lookup(fh, b"x").status, NFS3ERR.STALE)
+
+    def test_setattr(self) -> None:
+        fh = self.file(b"s", b"0123456789")
+        r = self.c.setattr(fh, SetAttrs(mode=0o600, size=4, mtime=NOW))
+        self.assertEqual(r.status, 0)
+        pre, post = r.wcc
+        self.assertEqual(pre[0], 10)
+        self.assertEqual((post.mode, post.size), (0o600, 4))
+        r = self.c.setattr(fh, SetAttrs(atime=5 * 10**9 + 7, mtime=6 * 10**9))
+        self.assertEqual((r.wcc[1].atime, r.wcc[1].mtime), ((5, 7), (6, 0)))
+
+    def test_setattr_guard(self) -> None:
+        """A guard with another ctime is NFS3ERR_NOT_SYNC and changes nothing."""
+        fh = self.file(b"g")
+        ctime = self.c.getattr(fh).attrs.ctime
+        r = self.c.setattr(
+            fh, SetAttrs(mode=0o600), guard=(ctime[0], ctime[1] + 1 if ctime[1] < 999999999 else 0)
+        )
+        self.assertEqual(r.status, NFS3ERR.NOT_SYNC)
+        self.assertEqual(self.c.getattr(fh).attrs.mode, 0o644)
+        r = self.c.setattr(fh, SetAttrs(mode=0o600), guard=ctime)
+        self.assertEqual(r.status, 0)
+        self.assertEqual(r.wcc[1].mode, 0o600)
+
+    def test_setattr_perm(self) -> None:
+        fh = self.file(b"p")
+        bob = self.h.client(2000, 2000)
+        r = bob.setattr(fh, SetAttrs(mode=0o777))
+        self.assertEqual(r.status, NFS3ERR.PERM)
+        self.assertIsNotNone(r.wcc[1])
+        self.assertEqual(bob.setattr(fh, SetAttrs(size=0)).status, NFS3ERR.ACCES)
+
+    def test_access(self) -> None:
+        fh = self.file(b"acc")
+        r = self.c.access(fh, 0x3F)
+        self.assertEqual(r.status, 0)
+        self.assertEqual(r.access, c.ACCESS_READ | c.ACCESS_MODIFY | c.ACCESS_EXTEND)
+        bob = self.h.client(2000, 2000)
+        self.assertEqual(bob.access(fh, 0x3F).access, c.ACCESS_READ)
+        r = self.c.access(self.home, 0x3F)
+        self.assertEqual(
+            r.access,
+            c.ACCESS_READ | c.ACCESS_LOOKUP | c.ACCESS_MODIFY | c.ACCESS_EXTEND | c.ACCESS_DELETE,
+        )
+        self.assertEqual(self.c.access(self.home, c.ACCESS_READ).access, c.ACCESS_READ)
+
+    def test_fsstat_fsinfo_pathconf(self) -> None:
+        s = self.c.fsstat(self.root)
+        self.assertEqual(s.status, 0)
+        self.assertGreater(s.tbytes, 0)
+        self.assertLessEqual(s.abytes, s.tbytes)
+        i = self.c.fsinfo(self.root)
+        self.assertEqual(i.status, 0)
+        self.assertGreaterEqual(i.rtmax, 1 << 20)
+        self.assertGreaterEqual(i.wtmax, 1 << 20)
+        self.assertEqual(i.time_delta, (0, 1))
+        self.assertTrue(i.properties & c.FSF3_SYMLINK and i.properties & c.FSF3_LINK)
+        p = self.c.pathconf(self.root)
+        self.assertEqual(
+            (p.status, p.name_max, p.no_trunc, p.case_preserving), (0, 255, True, True)
+        )
+
+    def test_fsinfo_udp_is_smaller(self) -> None:
+        udp = self.h.client(1000, 1000, transport="udp")
+        self.assertEqual(udp.fsinfo(self.root).rtmax, 32 * 1024)
+
+    def test_fsstat_bad_handle(self) -> None:
+        for f in (self.c.fsstat, self.c.fsinfo, self.c.pathconf):
+            self.assertEqual(f(b"\0" * 33).status, NFS3ERR.BADHANDLE)
+
+
+class NameTests(ProcTestCase):
+    def test_lookup(self) -> None:
+        fh = self.file(b"here")
+        r = self.c.lookup(self.home, b"here")
+        self.assertEqual(r.status, 0)
+        self.assertEqual(r.fh, fh)
+        self.assertEqual(r.attrs.type, c.NF3.REG)
+        self.assertEqual(r.dir_attrs.type, c.NF3.DIR)
+        self.assertEqual(self.c.lookup(self.home, b".").fh, self.home)
+        self.assertEqual(self.c.lookup(self.home, b"..").fh, self.root)
+        self.assertEqual(self.c.lookup(self.root, b"..").fh, self.root)
+
+    def test_lookup_errors(self) -> None:
+        r = self.c.lookup(self.home, b"nope")
+        self.assertEqual(r.status, NFS3ERR.NOENT)
+        self.assertIsNotNone(r.dir_attrs)
+        fh = self.file(b"plain")
+        self.assertEqual(self.c.lookup(fh, b"x").status, NFS3ERR.NOTDIR)
+        self.assertEqual(self.c.lookup(self.home, b"n" * 256).status, NFS3ERR.NAMETOOLONG)
+        self.assertRaises(RPCError, self.c.lookup, self.home, b"n" * 1025)
+
+    def test_lookup_needs_search_permission(self) -> None:
+        self.assertEqual(self.c.setattr(self.home, SetAttrs(mode=0o700)).status, 0)
+        self.file(b"secret")
+        bob = self.h.client(2000, 2000)
+        self.assertEqual(bob.lookup(self.home, b"secret").status, NFS3ERR.ACCES)
+
+    def test_create_unchecked_existing_truncates_only(self) -> None:
+        fh = self.file(b"u", b"data")
+        r = self.c.create(self.home, b"u", c.UNCHECKED, SetAttrs(mode=0o600, size=0))
+        self.assertEqual(r.status, 0)
+        self.assertEqual(r.fh, fh)
+        self.assertEqual((r.attrs.size, r.attrs.mode), (0, 0o644))
+
+    def test_create_guarded(self) -> None:
+        self.file(b"gd")
+        r = self.c.create(self.home, b"gd", c.GUARDED)
+        self.assertEqual(r.status, NFS3ERR.EXIST)
+        pre, post = r.dir_wcc
+        self.assertIsNotNone(pre)
+        self.assertIsNotNone(post)
+
+    def test_create_wcc(self) -> None:
+        before = self.c.getattr(self.home).attrs
+        r = self.c.create(self.home, b"w", c.GUARDED)
+        pre, post = r.dir_wcc
+        self.assertEqual(pre[2], before.ctime)
+        self.assertGreaterEqual(time_of(post.mtime), time_of(before.mtime))
+        self.assertEqual(r.attrs.mode, 0o644)
+
+    def test_create_exclusive_retransmission(self) -> None:
+        """EXCLUSIVE with the same verifier finds the file; another verifier gets EXIST."""
+        r1 = self.c.create(self.home, b"x", c.EXCLUSIVE, verifier=b"12345678")
+        self.assertEqual(r1.status, 0)
+        r2 = self.c.create(self.home, b"x", c.EXCLUSIVE, verifier=b"12345678")
+        self.assertEqual((r2.status, r2.fh), (0, r1.fh))
+        r3 = self.c.create(self.home, b"x", c.EXCLUSIVE, verifier=b"87654321")
+        self.assertEqual(r3.status, NFS3ERR.EXIST)
+
+    def test_create_errors(self) -> None:
+        bob = self.h.client(2000, 2000)
+        self.assertEqual(bob.create(self.home, b"b", c.GUARDED).status, NFS3ERR.ACCES)
+        self.assertEqual(self.c.create(self.home, b"a/b", c.GUARDED).status, NFS3ERR.INVAL)
+        self.assertEqual(self.c.create(self.home, b"", c.GUARDED).status, NFS3ERR.INVAL)
+        fh = self.file(b"nd")
+        self.assertEqual(self.c.create(fh, b"x", c.GUARDED).status, NFS3ERR.NOTDIR)
+
+    def test_mkdir_rmdir(self) -> None:
+        r = self.c.mkdir(self.home, b"d", SetAttrs(mode=0o700))
+        self.assertEqual((r.status, r.attrs.type, r.attrs.mode), (0, c.NF3.DIR, 0o700))
+        self.assertEqual(self.c.mkdir(self.home, b"d").status, NFS3ERR.EXIST)
+        self.c.create(r.fh, b"inner", c.GUARDED)
+        self.assertEqual(self.c.rmdir(self.home, b"d").status, NFS3ERR.NOTEMPTY)
+        self.assertEqual(self.c.remove(r.fh, b"inner").status, 0)
+        rm = self.c.rmdir(self.home, b"d")
+        self.assertEqual(rm.status, 0)
+        self.assertIsNotNone(rm.dir_wcc[0])
+        self.assertEqual(self.c.rmdir(self.home, b"d").status, NFS3ERR.NOENT)
+        self.file(b"nf")
+        self.assertEqual(self.c.rmdir(self.home, b"nf").status, NFS3ERR.NOTDIR)
+
+    def test_remove(self) -> None:
+        self.file(b"r")
+        r = self.c.remove(self.home, b"r")
+        self.assertEqual(r.status, 0)
+        self.assertEqual(self.c.lookup(self.home, b"r").status, NFS3ERR.NOENT)
+        self.assertEqual(self.c.remove(self.home, b"r").status, NFS3ERR.NOENT)
+        self.c.mkdir(self.home, b"dd")
+        self.assertEqual(self.c.remove(self.home, b"dd").status, NFS3ERR.ISDIR)
+
+    def test_symlink_readlink(self) -> None:
+        r = self.c.symlink(self.home, b"ln", b"../target")
+        self.assertEqual((r.status, r.attrs.type), (0, c.NF3.LNK))
+        rl = self.c.readlink(r.fh)
+        self.assertEqual((rl.status, rl.target), (0, b"../target"))
+        fh = self.file(b"notlink")
+        self.assertEqual(self.c.readlink(fh).status, NFS3ERR.INVAL)
+        self.assertEqual(self.c.symlink(self.home, b"ln", b"x").status, NFS3ERR.EXIST)
+        self.assertEqual(self.c.symlink(self.home, b"empty", b"").status, NFS3ERR.INVAL)
+
+    def test_mknod(self) -> None:
+        r = self.c.mknod(self.home, b"fifo", c.NF3.FIFO)
+        self.assertEqual((r.status, r.attrs.type), (0, c.NF3.FIFO))
+        r = self.rootc.mknod(self.home, b"chr", c.NF3.CHR, rdev=(4, 64))
+        self.assertEqual((r.status, r.attrs.type, r.attrs.rdev), (0, c.NF3.CHR, (4, 64)))
+        self.assertEqual(self.c.mknod(self.home, b"reg", c.NF3.REG).status, NFS3ERR.BADTYPE)
+        self.assertEqual(self.c.mknod(self.home, b"dir", c.NF3.DIR).status, NFS3ERR.BADTYPE)
+
+    def test_rename(self) -> None:
+        fh = self.file(b"a1", b"x")
+        sub = self.c.mkdir(self.home, b"sub").fh
+        r = self.c.rename(self.home, b"a1", sub, b"b1")
+        self.assertEqual(r.status, 0)
+        self.assertIsNotNone(r.from_wcc[1])
+        self.assertIsNotNone(r.to_wcc[1])
+        self.assertEqual(self.c.lookup(sub, b"b1").fh, fh)
+        self.assertEqual(self.c.rename(self.home, b"a1", sub, b"c").status, NFS3ERR.NOENT)
+
+    def test_rename_replaces_and_refuses(self) -> None:
+        self.file(b"one", b"1")
+        two = self.file(b"two", b"22")
+        self.assertEqual(self.c.rename(self.home, b"one", self.home, b"two").status, 0)
+        self.assertEqual(self.c.getattr(two).status, NFS3ERR.STALE)
+        self.c.mkdir(self.home, b"dir")
+        self.assertEqual(self.c.rename(self.home, b"two", self.home, b"dir").status, NFS3ERR.ISDIR)
+
+    def test_rename_across_exports(self) -> None:
+        self.file(b"cross")
+        other = self.h.root("/ro")
+        self.assertEqual(self.c.rename(self.home, b"cross", other, b"x").status, NFS3ERR.XDEV)
+
+    def test_link(self) -> None:
+        fh = self.file(b"orig", b"abc")
+        r = self.c.link(fh, self.home, b"alias")
+        self.assertEqual((r.status, r.attrs.nlink), (0, 2))
+        self.assertEqual(self.c.lookup(self.home, b"alias").fh, fh)
+        self.assertEqual(self.c.link(fh, self.home, b"alias").status, NFS3ERR.EXIST)
+        self.assertEqual(self.c.link(self.home, self.root, b"dirlink").status, NFS3ERR.ISDIR)
+
+
+class DataTests(ProcTestCase):
+    def test_write_read(self) -> None:
+        fh = self.file(b"data")
+        w = self.c.write(fh, 0, b"hello world", stable=c.FILE_SYNC)
+        self.assertEqual((w.status, w.count, w.verf), (0, 11, VERIFIER))
+        self.assertEqual(w.wcc[0][0], 0)
+        self.assertEqual(w.wcc[1].size, 11)
+        r = self.c.read(fh, 6, 100)
+        self.assertEqual((r.status, r.data, r.eof, r.count), (0, b"world", True, 5))
+        r = self.c.read(fh, 0, 5)
+        self.assertEqual((r.data, r.eof), (b"hello", False))
+        self.assertEqual(self.c.read(fh, 100, 5).data, b"")
+
+    def test_unstable_write_then_commit(self) -> None:
+        fh = self.file(b"u")
+        w = self.c.write(fh, 0, b"abc", stable=c.UNSTABLE)
+        self.assertEqual(w.status, 0)
+        self.assertIn(w.committed, (c.UNSTABLE, c.FILE_SYNC))
+        cm = self.c.commit(fh)
+        self.assertEqual((cm.status, cm.verf), (0, VERIFIER))
+        self.assertEqual(cm.wcc[1].size, 3)
+        self.assertEqual(self.c.commit(self.home).status, NFS3ERR.ISDIR)
+
+    def test_write_errors(self) -> None:
+        fh = self.file(b"w")
+        bob = self.h.client(2000, 2000)
+        r = bob.write(fh, 0, b"x")
+        self.assertEqual(r.status, NFS3ERR.ACCES)
+        self.assertIsNotNone(r.wcc[0])
+        self.assertEqual(self.c.write(self.home, 0, b"x").status, NFS3ERR.ISDIR)
+        self.assertEqual(self.c.write(fh, 2**63, b"x").status, NFS3ERR.FBIG)
+
+    def test_write_count_larger_than_data_is_garbage(self) -> None:
+        fh = self.file(b"cnt")
+        self.assertRaises(RPCError, self.c.write, fh, 0, b"abc", c.FILE_SYNC, 10)
+        self.assertEqual(self.c.write(fh, 0, b"abcdef", c.FILE_SYNC, 2).count, 2)
+        self.assertEqual(self.c.read(fh, 0, 10).data, b"ab")
+
+    def test_read_errors(self) -> None:
+        self.assertEqual(self.c.read(self.home, 0, 10).status, NFS3ERR.ISDIR)
+        self.assertEqual(self.c.setattr(self.home, SetAttrs(mode=0o700)).status, 0)
+        fh = self.file(b"private", b"secret")
+        self.assertEqual(self.c.setattr(fh, SetAttrs(mode=0o600)).status, 0)
+        bob = self.h.client(2000, 2000)
+        self.assertEqual(bob.read(fh, 0, 10).status, NFS3ERR.ACCES)
+
+    def test_read_clamped_to_rtmax(self) -> None:
+        fh = self.file(b"big", b"z" * 70000)
+        udp = self.h.client(1000, 1000, transport="udp")
+        self.assertEqual(udp.read(fh, 0, 70000).count, 32 * 1024)
+        self.assertEqual(self.c.read(fh, 0, 70000).count, 70000)
+
+
+class ReaddirTests(ProcTestCase):
+    def fill(self, n: int) -> list[bytes]:
+        names = [b"entry-%04d" % i for i in range(n)]
+        for name in names:
+            self.assertEqual(self.c.create(self.home, name, c.GUARDED).status, 0)
+        return names
+
+    def listing(self, plus: bool, count: int) -> tuple[list[bytes], int]:
+        cookie, verf, names, calls = 0, bytes(8), [], 0
+        while True:
+            if plus:
+                r = self.c.readdirplus(self.home, cookie, verf, dircount=count, maxcount=count * 4)
+            else:
+                r = self.c.readdir(self.home, cookie, verf, count)
+            self.assertEqual(r.status, 0)
+            calls += 1
+            if not plus:
+                self.assertLessEqual(r.size, count)
+            names.extend(e[1] for e in r.entries)
+            if r.eof:
+                return names, calls
+            cookie, verf = r.entries[-1][2], r.verf
+
+    def test_readdir_pages(self) -> None:
+        """Every entry exactly once, with . and .., each page within count."""
+        names = self.fill(300)
+        got, calls = self.listing(False, 1024)
+        self.assertEqual(sorted(got), sorted([b".", b"..", *names]))
+        self.assertEqual(got[:2], [b".", b".."])
+        self.assertGreater(calls, 5)
+
+    def test_readdirplus_pages(self) -> None:
+        names = self.fill(120)
+        got, calls = self.listing(True, 1024)
+        self.assertEqual(sorted(got), sorted([b".", b"..", *names]))
+        self.assertGreater(calls, 2)
+
+    def test_readdirplus_attrs_and_handles(self) -> None:
+        fh = self.file(b"one", b"12345")
+        r = self.c.readdirplus(self.home)
+        byname = {e[1]: e for e in r.entries}
+        self.assertEqual(byname[b"one"][3].size, 5)
+        self.assertEqual(byname[b"one"][4], fh)
+        self.assertEqual(byname[b"."][4], self.home)
+        self.assertEqual(byname[b".."][4], self.root)
+        self.assertTrue(r.eof)
+
+    def test_cookie_verifier(self) -> None:
+        """A page asked for with a verifier the store does not recognise is NFS3ERR_BAD_COOKIE."""
+        self.fill(30)
+        r = self.c.readdir(self.home, count=400)
+        self.assertFalse(r.eof)
+        bad = self.c.readdir(self.home, r.entries[-1][2], b"XXXXXXXX", 400)
+        self.assertEqual(bad.status, NFS3ERR.BAD_COOKIE)
+        ok = self.c.readdir(self.home, r.entries[-1][2], r.verf, 400)
+        self.assertEqual(ok.status, 0)
+        # A zero verifier with a cookie resumes too (RFC 1813 allows clients to send it).
+        zero = self.c.readdir(self.home, r.entries[-1][2], bytes(8), 400)
+        self.assertEqual((zero.status, zero.entries), (0, ok.entries))
+
+    def test_too_small(self) -> None:
+        self.assertEqual(self.c.readdir(self.home, count=50).status, NFS3ERR.TOOSMALL)
+        self.assertEqual(self.c.readdirplus(self.home, maxcount=100).status, NFS3ERR.TOOSMALL)
+
+    def test_not_a_directory(self) -> None:
+        fh = self.file(b"f")
+        self.assertEqual(self.c.readdir(fh).status, NFS3ERR.NOTDIR)
+        self.assertEqual(self.c.readdirplus(fh).status, NFS3ERR.NOTDIR)
+
+    def test_resume_after_dot_and_dotdot(self) -> None:
+        self.fill(3)
+        r = self.c.readdir(self.home, cookie=1)
+        self.assertEqual([e[1] for e in r.entries][0], b"..")
+        r = self.c.readdir(self.home, cookie=2)
+        self.assertNotIn(b"..", [e[1] for e in r.entries])
+        self.assertEqual(len(r.entries), 3)
+
+
+class ExportRuleTests(ProcTestCase):
+    def test_client_network_enforced_on_every_call(self) -> None:
+        """A handle of an export whose networks exclude the client is refused on each call."""
+        inside = self.h.client(0, 0, host="10.1.2.3")
+        r = inside.mnt(b"/lan")
+        self.assertEqual(r.status, 0)
+        lan = r.fh
+        self.assertEqual(inside.getattr(lan).status, 0)
+        outside = self.h.client(0, 0, host="192.168.1.1")
+        self.assertEqual(outside.mnt(b"/lan").status, NFS3ERR.ACCES)
+        self.assertEqual(outside.getattr(lan).status, NFS3ERR.ACCES)
+        self.assertEqual(outside.readdir(lan).status, NFS3ERR.ACCES)
+        self.assertEqual(outside.create(lan, b"x", c.GUARDED).status, NFS3ERR.ACCES)
+
+    def test_read_only_export(self) -> None:
+        ro = self.h.root("/ro")
+        r = self.rootc.create(ro, b"x", c.GUARDED)
+        self.assertEqual(r.status, NFS3ERR.ROFS)
+        self.assertEqual(self.rootc.mkdir(ro, b"d").status, NFS3ERR.ROFS)
+        self.assertEqual(self.rootc.setattr(ro, SetAttrs(mode=0o777)).status, NFS3ERR.ROFS)
+        self.assertEqual(self.rootc.access(ro, 0x3F).access & c.ACCESS_MODIFY, 0)
+
+    def test_root_squash(self) -> None:
+        """uid 0 through a root-squashed export runs as 65534."""
+        sq = self.h.root("/squash")
+        self.assertEqual(self.rootc.setattr(sq, SetAttrs(mode=0o777)).status, NFS3ERR.PERM)
+        # /squash is root's 0755: squashed root cannot create there.
+        self.assertEqual(self.rootc.create(sq, b"x", c.GUARDED).status, NFS3ERR.ACCES)
+
+    def test_all_squash(self) -> None:
+        squash_root = self.h.root("/allsquash")
+        self.assertEqual(self.rootc.setattr(squash_root, SetAttrs(mode=0o777)).status, NFS3ERR.PERM)
+        # Let everybody write there (as the gateway's own root), then see who
+        # owns what a client creates.
+        e = self.h.m.export("/allsquash")
+        admin = Caller(Credentials(0, 0), e, "127.0.0.1", "test")
+        self.successResultOf(self.h.vfs.setattr(admin, e.root_ino, SetAttrs(mode=0o777)))
+        r = self.c.create(squash_root, b"mine", c.GUARDED)
+        self.assertEqual((r.status, r.attrs.uid, r.attrs.gid), (0, 4000, 4000))
+
+    def test_auth_none_is_anonymous(self) -> None:
+        """AUTH_NONE runs as the export's anonymous user: reads world-readable, writes nothing."""
+        anon = self.h.client(auth_none=True)
+        fh = self.file(b"public", b"hi")
+        self.assertEqual(anon.read(fh, 0, 2).data, b"hi")
+        r = anon.create(self.home, b"anon", c.GUARDED)
+        self.assertEqual(r.status, NFS3ERR.ACCES)
+
+    def test_smb_only_export_not_mountable(self) -> None:
+        self.assertEqual(self.rootc.mnt(b"/smbonly").status, NFS3ERR.NOENT)
+
+    def test_gid_list_gives_group_access(self) -> None:
+        self.assertEqual(self.rootc.setattr(self.home, SetAttrs(mode=0o770, gid=3000)).status, 0)
+        outsider = self.h.client(2000, 2000)
+        member = self.h.client(2000, 2000, gids=(3000,))
+        self.assertEqual(outsider.create(self.home, b"x", c.GUARDED).status, NFS3ERR.ACCES)
+        self.assertEqual(member.create(self.home, b"x", c.GUARDED).status, 0)
+
+
+class ReplyCacheTests(ProcTestCase):
+    def send_twice(self, proc: int, args: bytes) -> tuple[bytes, bytes]:
+        message = encode_call(4242, c.NFS_PROGRAM, 3, proc, args, AuthSys(0, b"c", 1000, 1000))
+        peer = self.h.peer()
+        out = []
+        for _ in range(2):
+            got = self.h.server.handle(message, peer)
+            if isinstance(got, Deferred):
+                got = self.successResultOf(got)
+            assert isinstance(got, list)
+            out.append(b"".join(got))
+        return out[0], out[1]
+
+    def test_retransmitted_remove_gets_first_answer(self) -> None:
+        """A REMOVE retransmitted after a lost reply gets NFS3_OK again, not NOENT."""
+        self.file(b"victim")
+        p = Packer()
+        p.opaque(self.home)
+        p.string(b"victim")
+        first, second = self.send_twice(c.REMOVE, p.bytes())
+        self.assertEqual(first, second)
+        self.assertEqual(
+            first[parse_reply(first).results_at : parse_reply(first).results_at + 4], b"\0\0\0\0"
+        )
+
+    def test_retransmitted_create_guarded(self) -> None:
+        p = Packer()
+        p.opaque(self.home)
+        p.string(b"once")
+        p.u32(c.GUARDED)
+        p.raw(c.encode_sattr3(SetAttrs(mode=0o644)))
+        first, second = self.send_twice(c.CREATE, p.bytes())
+        self.assertEqual(first, second)
+        at = parse_reply(first).results_at
+        self.assertEqual(first[at : at + 4], b"\0\0\0\0")
+
+    def test_rename_and_mkdir_and_link_cached(self) -> None:
+        procs = self.h.server.programs[c.NFS_PROGRAM].versions[3]
+        cached = {p.name for p in procs.values() if p.cached}
+        self.assertEqual(
+            cached,
+            {"SETATTR", "CREATE", "MKDIR", "SYMLINK", "MKNOD", "REMOVE", "RMDIR", "RENAME", "LINK"},
+        )
+
+
+class MetricsTests(ProcTestCase):
+    def test_per_procedure_metrics(self) -> None:
+        self.c.getattr(self.root)
+        self.c.lookup(self.root, b"missing")
+        text = self.h.metrics.registry
+        from prometheus_client import generate_latest
+
+        out = generate_latest(text).decode()
+        self.assertIn('gateway_requests_total{op="GETATTR",protocol="nfs3"}', out)
+        self.assertIn(
+            'gateway_errors_total{op="LOOKUP",protocol="nfs3",status="NFS3ERR_NOENT"}', out
+        )
+        self.assertIn(
+            'gateway_latency_seconds_bucket{le="0.001",op="GETATTR",protocol="nfs3"}', out
+        )
+
+    def test_garbage_counted(self) -> None:
+        self.assertRaises(RPCError, self.c.getattr, b"x" * 100)
+        from prometheus_client import generate_latest
+
+        out = generate_latest(self.h.metrics.registry).decode()
+        self.assertIn('status="GARBAGE_ARGS"', out)
+
+
+class EmbeddedAttributeTests(AttributeTests):
+    """The same procedures over the embedded store."""
+
+    store = "embedded"
+
+
+class EmbeddedNameTests(NameTests):
+    store = "embedded"
+
+
+class EmbeddedDataTests(DataTests):
+    store = "embedded"
+
+
+class EmbeddedReaddirTests(ReaddirTests):
+    store = "embedded"
+
+
+class EmbeddedExportRuleTests(ExportRuleTests):
+    store = "embedded"

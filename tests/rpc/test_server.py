@@ -1,0 +1,373 @@
+"""RPC dispatch and transports (L{claudefs_gateway.rpc.server}) on in-memory transports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from claudefs_gateway.core.drain import Activity
+from claudefs_gateway.core.metrics import Metrics, RequestMetrics
+from claudefs_gateway.rpc import message as msg
+from claudefs_gateway.rpc.drc import ReplyCache
+from claudefs_gateway.rpc.message import AuthSys, encode_call, parse_reply
+from claudefs_gateway.rpc.record import RecordReader, encode_record
+from claudefs_gateway.rpc.server import (
+    AuthError,
+    Call,
+    Peer,
+    Procedure,
+    Program,
+    RPCDatagramProtocol,
+    RPCServer,
+    RPCStreamFactory,
+    no_args,
+)
+from claudefs_gateway.rpc.xdr import Packer, Unpacker
+
+PROG = 0x20000001
+
+
+class Toy:
+    """A test program: NULL, ECHO, WAIT (the test fires it), BOOM, COUNT (cached), DENY."""
+
+    def __init__(self) -> None:
+        self.waiting: list[defer.Deferred[list[bytes]]] = []
+        self.count = 0
+        self.cancelled = 0
+        self.seen: list[Call] = []
+        self.metrics = RequestMetrics(Metrics(), "toy")
+
+    def program(self) -> Program:
+        p = Program(PROG, "toy", self.metrics)
+
+        def echo(call: Call, data: bytes) -> list[bytes]:
+            self.seen.append(call)
+            out = Packer()
+            out.opaque(data)
+            return out.chunks()
+
+        def wait(call: Call, args: Any) -> defer.Deferred[list[bytes]]:
+            def cancel(_: Any) -> None:
+                self.cancelled += 1
+
+            d: defer.Deferred[list[bytes]] = defer.Deferred(cancel)
+            self.waiting.append(d)
+            return d
+
+        def boom(call: Call, args: Any) -> list[bytes]:
+            raise RuntimeError("boom")
+
+        def count(call: Call, args: Any) -> list[bytes]:
+            self.count += 1
+            return [self.count.to_bytes(4, "big")]
+
+        def deny(call: Call, args: Any) -> list[bytes]:
+            raise AuthError(msg.AUTH_TOOWEAK)
+
+        for vers in (1, 2):
+            p.add(vers, 0, Procedure("NULL", no_args, lambda c, a: []))
+            p.add(vers, 1, Procedure("ECHO", lambda u: u.opaque(16), echo))
+            p.add(vers, 2, Procedure("WAIT", no_args, wait))
+            p.add(vers, 3, Procedure("BOOM", no_args, boom))
+            p.add(vers, 4, Procedure("COUNT", no_args, count, cached=True))
+            p.add(vers, 5, Procedure("DENY", no_args, deny))
+            p.add(
+                vers, 6, Procedure("SLOWCOUNT", no_args, wait, cached=True, cancel_on_close=False)
+            )
+        return p
+
+
+def echo_args(data: bytes) -> bytes:
+    p = Packer()
+    p.opaque(data)
+    return p.bytes()
+
+
+PEER = Peer("10.1.2.3", 800, "udp", 65507)
+
+
+class DispatchTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.toy = Toy()
+        self.activity = Activity("toy", Metrics())
+        self.server = RPCServer(ReplyCache(16), self.activity)
+        self.server.add(self.toy.program())
+
+    def reply(self, message: bytes, peer: Peer = PEER) -> msg.ReplyHeader:
+        out = self.server.handle(message, peer)
+        if isinstance(out, defer.Deferred):
+            out = self.successResultOf(out)
+        assert out is not None
+        data = b"".join(out)
+        self.last = data
+        return parse_reply(data)
+
+    def test_success(self) -> None:
+        h = self.reply(encode_call(5, PROG, 1, 1, echo_args(b"hi")))
+        self.assertEqual((h.xid, h.accepted, h.stat), (5, True, msg.SUCCESS))
+        self.assertEqual(Unpacker(self.last, h.results_at).opaque(16), b"hi")
+
+    def test_prog_unavail(self) -> None:
+        h = self.reply(encode_call(5, PROG + 1, 1, 0))
+        self.assertEqual((h.accepted, h.stat), (True, msg.PROG_UNAVAIL))
+
+    def test_prog_mismatch_reports_range(self) -> None:
+        h = self.reply(encode_call(5, PROG, 9, 0))
+        self.assertEqual((h.stat, h.detail), (msg.PROG_MISMATCH, (1, 2)))
+
+    def test_proc_unavail(self) -> None:
+        h = self.reply(encode_call(5, PROG, 1, 99))
+        self.assertEqual(h.stat, msg.PROC_UNAVAIL)
+
+    def test_garbage_args(self) -> None:
+        """Arguments that do not decode (here a 4 GiB opaque length) get GARBAGE_ARGS."""
+        h = self.reply(encode_call(5, PROG, 1, 1, b"\xff\xff\xff\xff" + b"\0" * 80))
+        self.assertEqual(h.stat, msg.GARBAGE_ARGS)
+        h = self.reply(encode_call(6, PROG, 1, 1, echo_args(b"x" * 17)))
+        self.assertEqual(h.stat, msg.GARBAGE_ARGS)
+        h = self.reply(encode_call(7, PROG, 1, 1, b"\0\0"))
+        self.assertEqual(h.stat, msg.GARBAGE_ARGS)
+
+    def test_rpc_mismatch(self) -> None:
+        bad = bytearray(encode_call(5, PROG, 1, 0))
+        bad[11] = 3
+        h = self.reply(bytes(bad))
+        self.assertEqual((h.accepted, h.stat, h.detail), (False, msg.RPC_MISMATCH, (2, 2)))
+
+    def test_unknown_flavour_is_auth_error(self) -> None:
+        h = self.reply(encode_call(5, PROG, 1, 0, flavor=msg.RPCSEC_GSS, cred_body=b"abcd"))
+        self.assertEqual(
+            (h.accepted, h.stat, h.detail), (False, msg.AUTH_ERROR, (msg.AUTH_BADCRED,))
+        )
+
+    def test_too_many_gids_is_auth_error(self) -> None:
+        """AUTH_SYS carries at most 16 gids (RFC 5531 appendix A)."""
+        ok = AuthSys(1, b"host", 1000, 1000, tuple(range(16)))
+        self.assertEqual(self.reply(encode_call(5, PROG, 1, 1, echo_args(b""), ok)).stat, 0)
+        self.assertEqual(self.toy.seen[-1].cred, ok)
+        bad = AuthSys(1, b"host", 1000, 1000, tuple(range(17)))
+        h = self.reply(encode_call(5, PROG, 1, 1, echo_args(b""), bad))
+        self.assertEqual(
+            (h.accepted, h.stat, h.detail), (False, msg.AUTH_ERROR, (msg.AUTH_BADCRED,))
+        )
+
+    def test_credential_over_400_bytes(self) -> None:
+        h = self.reply(encode_call(5, PROG, 1, 0, flavor=msg.AUTH_SYS, cred_body=b"\0" * 404))
+        self.assertEqual((h.accepted, h.stat), (False, msg.AUTH_ERROR))
+
+    def test_malformed_auth_sys(self) -> None:
+        h = self.reply(encode_call(5, PROG, 1, 0, flavor=msg.AUTH_SYS, cred_body=b"\0" * 8))
+        self.assertEqual(
+            (h.accepted, h.stat, h.detail), (False, msg.AUTH_ERROR, (msg.AUTH_BADCRED,))
+        )
+
+    def test_handler_auth_error(self) -> None:
+        h = self.reply(encode_call(5, PROG, 1, 5))
+        self.assertEqual(
+            (h.accepted, h.stat, h.detail), (False, msg.AUTH_ERROR, (msg.AUTH_TOOWEAK,))
+        )
+
+    def test_system_err(self) -> None:
+        h = self.reply(encode_call(5, PROG, 1, 3))
+        self.assertEqual(h.stat, msg.SYSTEM_ERR)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_not_a_call_dropped(self) -> None:
+        reply = msg.reply_success(5)
+        self.assertIsNone(self.server.handle(reply, PEER))
+        self.assertIsNone(self.server.handle(b"\0\0", PEER))
+
+    def test_drc_replays_first_answer(self) -> None:
+        """A retransmitted non-idempotent call gets the first reply; it does not run again."""
+        call = encode_call(77, PROG, 1, 4)
+        first = self.reply(call)
+        first_bytes = self.last
+        second = self.reply(call)
+        self.assertEqual(self.last, first_bytes)
+        self.assertEqual(first.xid, second.xid)
+        self.assertEqual(self.toy.count, 1)
+        self.reply(encode_call(78, PROG, 1, 4))
+        self.assertEqual(self.toy.count, 2)
+
+    def test_drc_drops_retransmission_in_progress(self) -> None:
+        call = encode_call(9, PROG, 1, 6)
+        d = self.server.handle(call, PEER)
+        self.assertIsInstance(d, defer.Deferred)
+        self.assertIsNone(self.server.handle(call, PEER))
+        self.toy.waiting[0].callback([b"\0\0\0\1"])
+        self.assertEqual(len(self.toy.waiting), 1)
+        out = self.server.handle(call, PEER)
+        assert isinstance(out, list)
+        self.assertEqual(len(self.toy.waiting), 1)
+
+    def test_activity_and_metrics(self) -> None:
+        d = self.server.handle(encode_call(9, PROG, 1, 2), PEER)
+        self.assertEqual(self.activity.in_flight, 1)
+        self.toy.waiting[0].callback([])
+        self.assertEqual(self.activity.in_flight, 0)
+        assert isinstance(d, defer.Deferred)
+        self.successResultOf(d)
+        self.reply(encode_call(10, PROG, 1, 3))
+        self.flushLoggedErrors(RuntimeError)
+        reg = self.toy.metrics._requests._metrics  # type: ignore[attr-defined]
+        self.assertIn(("toy", "WAIT"), reg)
+        errs = self.toy.metrics._errors._metrics  # type: ignore[attr-defined]
+        self.assertIn(("toy", "BOOM", "SYSTEM_ERR"), errs)
+
+
+def records(transport: StringTransport) -> list[bytes]:
+    reader = RecordReader(1 << 24)
+    out = reader.feed(transport.value())
+    transport.clear()
+    return out
+
+
+class StreamTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.toy = Toy()
+        self.activity = Activity("toy", Metrics())
+        self.server = RPCServer(ReplyCache(16), self.activity)
+        self.server.add(self.toy.program())
+        self.factory = RPCStreamFactory(self.server, 4096, max_in_flight=3, activity=self.activity)
+        self.proto = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def test_connection_counted(self) -> None:
+        self.assertEqual(len(self.activity.connections), 1)
+        self.proto.connectionLost(None)  # type: ignore[arg-type]
+        self.assertEqual(len(self.activity.connections), 0)
+
+    def test_out_of_order_replies(self) -> None:
+        """Many calls in flight on one connection; replies go out as each finishes."""
+        stream = b"".join(encode_record(encode_call(x, PROG, 1, 2)) for x in (1, 2))
+        self.proto.dataReceived(
+            stream + encode_record(encode_call(3, PROG, 1, 1, echo_args(b"e")), 7)
+        )
+        got = [parse_reply(r).xid for r in records(self.transport)]
+        self.assertEqual(got, [3])
+        self.toy.waiting[1].callback([])
+        self.toy.waiting[0].callback([])
+        self.assertEqual([parse_reply(r).xid for r in records(self.transport)], [2, 1])
+
+    def test_pauses_at_max_in_flight(self) -> None:
+        for x in range(3):
+            self.proto.dataReceived(encode_record(encode_call(x, PROG, 1, 2)))
+        self.assertEqual(self.transport.producerState, "paused")
+        self.toy.waiting[0].callback([])
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_pauses_when_client_does_not_read(self) -> None:
+        self.proto.pauseProducing()
+        self.assertEqual(self.transport.producerState, "paused")
+        self.proto.resumeProducing()
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_record_too_large_closes(self) -> None:
+        self.proto.dataReceived(b"\x80\x01\x00\x00")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_close_cancels_reads_not_writes(self) -> None:
+        """A lost connection cancels reads; calls that change things finish for the cache."""
+        self.proto.dataReceived(encode_record(encode_call(1, PROG, 1, 2)))
+        self.proto.dataReceived(encode_record(encode_call(2, PROG, 1, 6)))
+        self.proto.connectionLost(None)  # type: ignore[arg-type]
+        self.assertEqual(self.toy.cancelled, 1)
+        self.toy.waiting[1].callback([b"\0\0\0\5"])
+        assert self.proto.peer is not None
+        out = self.server.handle(encode_call(2, PROG, 1, 6), self.proto.peer)
+        self.assertIsInstance(out, list)
+        self.assertEqual(self.activity.in_flight, 0)
+
+    def test_garbage_stream_does_not_escape(self) -> None:
+        self.proto.dataReceived(encode_record(b"\x00" * 3))
+        self.proto.dataReceived(encode_record(b"junkjunkjunkjunkjunkjunkjunk"))
+        self.assertEqual(self.transport.value(), b"")
+        self.assertFalse(self.transport.disconnecting)
+
+
+class DatagramTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.toy = Toy()
+        self.server = RPCServer(ReplyCache(16))
+        self.server.add(self.toy.program())
+        self.proto = RPCDatagramProtocol(self.server, max_in_flight=1)
+        self.sent: list[tuple[bytes, Any]] = []
+
+        class T:
+            def write(inner, data: bytes, addr: Any) -> None:  # noqa: N805
+                self.sent.append((data, addr))
+
+        self.proto.transport = T()
+
+    def test_reply_to_sender(self) -> None:
+        self.proto.datagramReceived(encode_call(4, PROG, 2, 1, echo_args(b"u")), ("10.0.0.9", 900))
+        self.assertEqual(len(self.sent), 1)
+        self.assertEqual(self.sent[0][1], ("10.0.0.9", 900))
+        self.assertEqual(parse_reply(self.sent[0][0]).xid, 4)
+
+    def test_drops_beyond_in_flight(self) -> None:
+        self.proto.datagramReceived(encode_call(1, PROG, 1, 2), ("h", 1))
+        self.proto.datagramReceived(encode_call(2, PROG, 1, 1, echo_args(b"")), ("h", 1))
+        self.assertEqual((self.proto.dropped, self.sent), (1, []))
+        self.toy.waiting[0].callback([])
+        self.assertEqual(len(self.sent), 1)
+
+    def test_not_accepting_drops(self) -> None:
+        self.proto.accepting = False
+        self.proto.datagramReceived(encode_call(1, PROG, 1, 0), ("h", 1))
+        self.assertEqual(self.sent, [])
+
+
+class FullBufferTransport(StringTransport):
+    """Pauses its producer once more than 64 KiB is written, as a real transport would."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.value()) > 65536 and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def writeSequence(self, seq: Any) -> None:
+        for d in seq:
+            self.write(d)
+
+
+class BackPressureTests(SynchronousTestCase):
+    def test_unread_replies_stop_the_work(self) -> None:
+        """
+        A client that sends many calls with large replies and reads none of
+        them gets one reply buffered, not all: the rest wait unserved.
+        """
+        server = RPCServer()
+        prog = Program(PROG, "big")
+        served = []
+
+        def big(call: Call, args: Any) -> list[bytes]:
+            served.append(call.xid)
+            return [b"\0" * (1 << 20)]
+
+        prog.add(1, 1, Procedure("BIG", no_args, big))
+        server.add(prog)
+        proto = RPCStreamFactory(server, 4096, 16).buildProtocol(None)
+        transport = FullBufferTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b"".join(encode_record(encode_call(x, PROG, 1, 1)) for x in range(100)))
+        self.assertEqual(served, [0])
+        self.assertEqual(len(proto.backlog), 99)
+        self.assertEqual(transport.producerState, "paused")
+        # The client reads: the next call is served, and the buffer fills again.
+        transport.clear()
+        proto.resumeProducing()
+        self.assertEqual(served, [0, 1])
+        self.assertEqual(transport.producerState, "paused")
+        # Everything once the client keeps up.
+        while proto.backlog:
+            transport.clear()
+            proto.resumeProducing()
+        transport.clear()
+        proto.resumeProducing()
+        self.assertEqual(served, list(range(100)))
+        self.assertEqual(transport.producerState, "producing")

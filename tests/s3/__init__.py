@@ -1,0 +1,1 @@
+"""Tests for the S3 front end (claudefs_gateway.s3)."""

@@ -1,0 +1,153 @@
+"""Tests for L{claudefs_gateway.s3.body}: bounded buffers and back-pressure both ways."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from claudefs_gateway.s3.body import Body, BodyPipe, ClientGone, ObjectProducer
+from claudefs_gateway.s3.errors import S3Error
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.paused = False
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.calls.append("resume")
+
+
+class PipeTests(SynchronousTestCase):
+    def test_back_pressure(self) -> None:
+        """Above the high mark the connection is paused; read down to the low mark, resumed."""
+        p = FakeProducer()
+        pipe = BodyPipe(p, high=100, low=40)
+        for _ in range(10):
+            pipe.feed(b"x" * 20)
+        self.assertTrue(p.paused)
+        self.assertLessEqual(pipe.buffered, 200)
+        got = self.successResultOf(defer.Deferred.fromCoroutine(pipe.read(150)))
+        self.assertEqual(len(got), 150)
+        self.assertTrue(p.paused)  # 50 left: still above the low mark
+        self.successResultOf(defer.Deferred.fromCoroutine(pipe.read(20)))
+        self.assertFalse(p.paused)
+
+    def test_continue_on_first_read(self) -> None:
+        sent: list[int] = []
+        pipe = BodyPipe(None, on_first_read=lambda: sent.append(1))
+        d = defer.Deferred.fromCoroutine(pipe.read())
+        self.assertEqual(sent, [1])
+        pipe.feed(b"abc")
+        self.assertEqual(self.successResultOf(d), b"abc")
+        pipe.finish()
+        self.assertEqual(self.successResultOf(defer.Deferred.fromCoroutine(pipe.read())), b"")
+        self.assertEqual(sent, [1])
+
+    def test_client_gone(self) -> None:
+        pipe = BodyPipe(None)
+        d = defer.Deferred.fromCoroutine(pipe.read())
+        pipe.fail(ConnectionError("gone"))
+        self.failureResultOf(d, ClientGone)
+
+    def test_discard(self) -> None:
+        p = FakeProducer()
+        pipe = BodyPipe(p, high=10, low=5)
+        pipe.feed(b"x" * 20)
+        pipe.discard()
+        pipe.feed(b"y" * 1000)
+        self.assertEqual((pipe.buffered, pipe.discarded, p.paused), (0, 1020, False))
+
+
+class BodyTests(SynchronousTestCase):
+    def read_all(self, body: Body) -> bytes:
+        out = b""
+        while True:
+            data = self.successResultOf(defer.Deferred.fromCoroutine(body.read()))
+            if not data:
+                return out
+            out += data
+
+    def test_length_enforced(self) -> None:
+        for data, length in [(b"abc", 4), (b"abcde", 4)]:
+            pipe = BodyPipe(None)
+            pipe.feed(data)
+            pipe.finish()
+            body = Body(pipe, length)
+            f = self.failureResultOf(defer.Deferred.fromCoroutine(_drain(body)), S3Error)
+            self.assertEqual(f.value.code, "IncompleteBody")
+
+    def test_chunked_trailer(self) -> None:
+        pipe = BodyPipe(None)
+        pipe.feed(b"3\r\nabc\r\n0\r\nx-amz-checksum-crc32:NSRBwg==\r\n\r\n")
+        pipe.finish()
+        body = Body(pipe, 3, chunked=True, trailer="x-amz-checksum-crc32")
+        self.assertEqual(self.read_all(body), b"abc")
+        self.assertEqual(body.trailers, {"x-amz-checksum-crc32": "NSRBwg=="})
+
+
+async def _drain(body: Body) -> None:
+    while await body.read():
+        pass
+
+
+class Consumer:
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.producer: object = None
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.data.append(data)
+
+
+class ProducerTests(SynchronousTestCase):
+    def test_pauses(self) -> None:
+        """Paused, no more reads go out; resumed, the rest follows, a block at a time."""
+        blob = bytes(range(256)) * 40
+        reads: list[defer.Deferred[bytes]] = []
+
+        def read(off: int, n: int) -> defer.Deferred[bytes]:
+            d: defer.Deferred[bytes] = defer.Deferred()
+            d.addCallback(lambda _: blob[off : off + n])
+            reads.append(d)
+            return d
+
+        c = Consumer()
+        prod = ObjectProducer(read, c, 100, 5000, block=1000)
+        done = prod.start()
+        reads[0].callback(None)
+        prod.pauseProducing()
+        reads[1].callback(None)  # the read-ahead completes...
+        self.assertEqual(len(reads), 3)  # ...and no further read is issued while paused
+        prod.resumeProducing()
+        while not done.called:
+            reads[-1].callback(None)
+        self.successResultOf(done)
+        self.assertEqual(b"".join(c.data), blob[100:5100])
+        self.assertIsNone(c.producer)
+
+
+class ShortReadTests(SynchronousTestCase):
+    def test_object_shrinks(self) -> None:
+        """The file ends before the promised length: ShortRead, so the connection is cut."""
+        from claudefs_gateway.s3.body import ShortRead
+
+        def read(off: int, n: int) -> defer.Deferred[bytes]:
+            return defer.succeed(b"x" * n if off < 1000 else b"")
+
+        c = Consumer()
+        d = ObjectProducer(read, c, 0, 5000, block=1000).start()
+        self.failureResultOf(d, ShortRead)
+        self.assertEqual(b"".join(c.data), b"x" * 1000)
+        self.assertIsNone(c.producer)
