@@ -956,16 +956,15 @@ class Engine:
                 ctx.sync.add(ino)
             return WriteResult(0, stable, before, before)
         end = offset + len(data)
-        if data:
-            fd = self.files.get(ino, create=True)
-            assert fd is not None
-            if offset > node.size:
-                self._trim(fd, node.size)
-            view = memoryview(data)
-            pos = 0
-            self.files.dirty.add(ino)
-            while pos < len(view):
-                pos += os.pwrite(fd, view[pos:], offset + pos)
+        fd = self.files.get(ino, create=True)
+        assert fd is not None
+        if offset > node.size:
+            self._trim(fd, node.size)
+        view = memoryview(data)
+        pos = 0
+        self.files.dirty.add(ino)
+        while pos < len(view):
+            pos += os.pwrite(fd, view[pos:], offset + pos)
         if end > node.size:
             self._account(ctx, node, size=end - node.size)
             node.size = end
