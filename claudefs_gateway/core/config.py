@@ -340,6 +340,29 @@ class ExportRules:
         shown_default="0.0.0.0/0, ::/0",
         doc="Client networks allowed to use this export; enforced at mount and on every call.",
     )
+    dir_uid: int | None = setting(
+        None,
+        min=0,
+        max=MAX_U32,
+        shown_default="left as it is (0 when created)",
+        doc="Owner uid given to the export directory at start: the way to hand a fresh "
+        "export to a user (with ``root_squash``, no client can chown it).",
+    )
+    dir_gid: int | None = setting(
+        None,
+        min=0,
+        max=MAX_U32,
+        shown_default="left as it is (0 when created)",
+        doc="Owner gid given to the export directory at start.",
+    )
+    dir_mode: int | None = setting(
+        None,
+        min=0,
+        max=0o7777,
+        shown_default="left as it is (0755 when created)",
+        doc="Mode given to the export directory at start, e.g. ``01777`` (octal in YAML) "
+        "for a shared scratch area.",
+    )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
         _check_ns_path(b, join(path, "path"), line_of(raw, "path"), self.path)
@@ -394,6 +417,9 @@ class NfsExport(ExportRules):
             anonuid=self.anonuid,
             anongid=self.anongid,
             clients=self.clients,
+            dir_uid=self.dir_uid,
+            dir_gid=self.dir_gid,
+            dir_mode=self.dir_mode,
             protocols=["nfs"],
             browseable=False,
         )

@@ -158,6 +158,7 @@ class VFS:
         self.root_ino = root.ino
         for export in list(self.exports):
             ino = await self._ensure_dir(export.path)
+            await self._apply_dir_settings(export.rules, ino)
             self.exports.replace(ExportInfo(export.id, export.rules, ino))
         await self.quotas.open()
         self.is_open = True
@@ -176,6 +177,25 @@ class VFS:
                 raise errors.NotDir(f"export path component is not a directory: {path}")
             ino = a.ino
         return ino
+
+    async def _apply_dir_settings(self, rules: Any, ino: int) -> None:
+        """The configured owner and mode of an export directory, kept at every start."""
+        a = await self.backend.getattr(ino)
+        change = SetAttrs(
+            uid=rules.dir_uid if rules.dir_uid not in (None, a.uid) else None,
+            gid=rules.dir_gid if rules.dir_gid not in (None, a.gid) else None,
+            mode=rules.dir_mode if rules.dir_mode not in (None, a.mode) else None,
+        )
+        if change.uid is None and change.gid is None and change.mode is None:
+            return
+        await self.backend.setattr(ino, change)
+        self._log.info(
+            "export {path}: directory owner {uid}:{gid}, mode {mode:o}",
+            path=rules.path,
+            uid=a.uid if change.uid is None else change.uid,
+            gid=a.gid if change.gid is None else change.gid,
+            mode=a.mode if change.mode is None else change.mode,
+        )
 
     def invalidate(self) -> int:
         """Drop every cached attribute and name (C{POST /admin/cache/invalidate})."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from claudefs_gateway import errors
@@ -39,6 +40,28 @@ class VFSTests(SynchronousTestCase):
         for path in ("/export", "/ro", "/squashed"):
             a = self.ok(self.vfs.getattr(self.root, self.m.root(path)))
             self.assertTrue(a.is_dir)
+
+    def test_export_dir_owner_and_mode(self) -> None:
+        """dir_uid/dir_gid/dir_mode hand a fresh, squashed export to a user, and hold at restart."""
+        m = MemoryVFS(
+            "exports: [{path: /home/alice, dir_uid: 1000, dir_gid: 100, dir_mode: 0700}]\n"
+        )
+        top = m.root("/home/alice")
+        alice = m.caller(1000, 100, path="/home/alice")
+        a = self.successResultOf(m.vfs.getattr(alice, top))
+        self.assertEqual((a.uid, a.gid, a.mode), (1000, 100, 0o700))
+        self.successResultOf(m.vfs.mkdir(alice, top, b"docs", 0o755))
+        bob = m.caller(2000, 2000, path="/home/alice")
+        self.failureResultOf(m.vfs.mkdir(bob, top, b"x", 0o755), errors.Access)
+        # Changed by hand, then the gateway starts again: the configured settings are back.
+        self.successResultOf(m.backend.setattr(top, SetAttrs(uid=0, mode=0o755)))
+        self.successResultOf(defer.Deferred.fromCoroutine(m.vfs.open()))
+        a = self.successResultOf(m.backend.getattr(top))
+        self.assertEqual((a.uid, a.gid, a.mode), (1000, 100, 0o700))
+
+    def test_export_dir_left_alone_by_default(self) -> None:
+        a = self.ok(self.vfs.getattr(self.root, self.top))
+        self.assertEqual((a.uid, a.gid, a.mode), (0, 0, 0o755))
 
     def test_read_only_export(self) -> None:
         c = self.m.caller(0, 0, path="/ro")
