@@ -159,7 +159,15 @@ class S3Service(MultiService):
         self._opening = False
         waiters, self._waiters = self._waiters, []
         if isinstance(result, Failure) and not result.check(S3Error):
-            self._log.failure("S3 front end could not open its state", result)
+            if self.running:
+                self._log.failure("S3 front end could not open its state", result)
+            else:
+                # The gateway stopped (and closed the store) while this was
+                # under way: expected, not a fault.
+                self._log.info(
+                    "S3 state not opened: the gateway is stopping ({why})",
+                    why=result.getErrorMessage(),
+                )
             result = Failure(S3Error("ServiceUnavailable", "The S3 state could not be opened"))
         for w in waiters:
             if isinstance(result, Failure):

@@ -6,10 +6,18 @@ with botocore's signers (clients in-process, on the reactor).
 from __future__ import annotations
 
 import hashlib
+import os
+from typing import Any
 
+from twisted.internet import defer, reactor
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from tests.s3.harness import BOB, Client, s3_port, start_gateway
+from claudefs_gateway import errors, service
+from claudefs_gateway.core import config as cfg
+from claudefs_gateway.s3.errors import S3Error
+from claudefs_gateway.s3.multipart import Uploads
+from tests.s3.harness import BOB, Client, gateway_yaml, s3_port, start_gateway
 
 
 class BasicTests(TestCase):
@@ -93,3 +101,36 @@ class HeaderBytesTests(TestCase):
         await conn.wait(lambda b: b"\r\n\r\nx" in b)
         conn.transport.loseConnection()
         self.assertIn(b"Content-Disposition: " + value.encode("utf-8") + b"\r\n", conn.received)
+
+
+class StopWhileOpeningTests(TestCase):
+    timeout = 60
+
+    async def test_store_closing_under_the_open_is_not_an_error(self) -> None:
+        """SIGTERM right after start: the S3 state's open fails quietly, callers get 503."""
+        gate: defer.Deferred[None] = defer.Deferred()
+
+        async def held_open(uploads: Uploads) -> None:
+            await gate
+            raise errors.IO("store closed")
+
+        self.patch(Uploads, "open", held_open)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        data = os.path.abspath(self.mktemp())
+        root = service.build(cfg.loads(gateway_yaml(data)), reactor, protocols=["s3"])
+        root.privilegedStartService()
+        root.startService()
+        s3 = root.getServiceNamed("proto:s3")
+        waiting = s3.ready()
+        await root.stopService()
+        gate.callback(None)
+        failure = await self.assertFailure(waiting, S3Error)
+        self.assertEqual(failure.code, "ServiceUnavailable")
+        levels = [
+            e["log_level"] for e in events if e.get("log_namespace", "").startswith("claudefs")
+        ]
+        self.assertNotIn(LogLevel.critical, levels)
+        self.assertNotIn(LogLevel.error, levels)
+        self.assertTrue([e for e in events if "the gateway is stopping" in e.get("log_format", "")])
