@@ -7,6 +7,7 @@ line, a process exit), bounded by the test case's timeout.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -205,8 +206,6 @@ def unbuild(testcase: Any, protocol: str) -> str:
     Make C{protocol}'s front end look not built for the rest of C{testcase},
     so the "refuse plainly" path stays tested once every front end exists.
     """
-    import importlib
-
     from claudefs_gateway.service import FRONT_ENDS
 
     module = importlib.import_module(FRONT_ENDS[protocol])

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from claudefs_gateway import errors
-from claudefs_gateway.core.config import Config
+from claudefs_gateway.core.config import Config, Export
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.metrics import Metrics
 from claudefs_gateway.fstypes import (
@@ -178,7 +178,7 @@ class VFS:
             ino = a.ino
         return ino
 
-    async def _apply_dir_settings(self, rules: Any, ino: int) -> None:
+    async def _apply_dir_settings(self, rules: Export, ino: int) -> None:
         """The configured owner and mode of an export directory, kept at every start."""
         a = await self.backend.getattr(ino)
         change = SetAttrs(
