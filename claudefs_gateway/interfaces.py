@@ -2,6 +2,13 @@
 """
 Every seam between packages, as zope Interfaces.
 
+Two seams live here. Below the vfs, the backend contract
+(L{IMetadataService}, L{IDataService}, L{IBackend}); above it, what every
+protocol front end calls (L{IVFS} and its parts: L{IExports}, L{IUserDB},
+L{ILockTable}, L{ILeaseManager} with the front end's L{ILeaseHolder}, and
+L{IChangeEvents}). Front ends are typed against these and nothing else of
+the vfs.
+
 The backend contract is inode based (DESIGN.md "The backend contract"): the
 backend stores and returns; it checks no permissions and knows no users,
 exports or protocols - L{claudefs_gateway.vfs} does all of that. Every method
@@ -28,21 +35,43 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     from twisted.internet.defer import Deferred
 
     from claudefs_gateway.fstypes import (
         Attributes,
+        Credentials,
         DirPage,
         FileType,
         FSStat,
         QuotaLimits,
+        ReadResult,
         RenameResult,
         SetAttrs,
         Usage,
         WriteResult,
     )
+    from claudefs_gateway.vfs.events import Change
+    from claudefs_gateway.vfs.exports import Caller, ExportInfo
+    from claudefs_gateway.vfs.identity import User
+    from claudefs_gateway.vfs.leases import Lease, LeaseKey, Why
+    from claudefs_gateway.vfs.locks import Lock, LockOwner, ShareToken
+    from claudefs_gateway.vfs.origin import Origin
+    from claudefs_gateway.vfs.quotas import QuotaManager
 
-__all__ = ["IMetadataService", "IDataService", "IBackend"]
+__all__ = [
+    "IMetadataService",
+    "IDataService",
+    "IBackend",
+    "IVFS",
+    "IExports",
+    "IUserDB",
+    "ILockTable",
+    "ILeaseManager",
+    "ILeaseHolder",
+    "IChangeEvents",
+]
 
 
 class IMetadataService(Interface):
@@ -194,7 +223,9 @@ class IDataService(Interface):
         @raise IsDir: C{ino} is a directory. @raise Inval: not a regular file.
         """
 
-    def write(ino: int, offset: int, data: bytes, stable: bool) -> Deferred[WriteResult]:
+    def write(
+        ino: int, offset: int, data: bytes | memoryview, stable: bool
+    ) -> Deferred[WriteResult]:
         """
         Write all of C{data} at C{offset}, extending the file if needed; mtime
         and ctime become now and the change counter grows. See the module
@@ -223,3 +254,426 @@ class IBackend(IMetadataService, IDataService):
 
     def close() -> Deferred[None]:
         """Flush and close; every change that returned is on disk afterwards."""
+
+
+# ---------------------------------------------------------------------------
+# Above the vfs: what protocol front ends call.
+
+
+class IExports(Interface):
+    """The export table: which parts of the namespace are served, to whom, under which rules."""
+
+    s3: ExportInfo | None  # the S3 export (the bucket root), if S3 serves one
+
+    def get(id: int) -> ExportInfo | None:
+        """The export with id C{id} (the id file handles carry)."""
+
+    def by_path(path: str) -> ExportInfo | None:
+        """The NFS/SMB export of namespace path C{path}."""
+
+    def by_name(name: str, protocol: str) -> ExportInfo | None:
+        """An export by share name, case-insensitively, if C{protocol} serves it."""
+
+    def for_protocol(protocol: str) -> list[ExportInfo]:
+        """Every export C{protocol} serves."""
+
+    def __iter__() -> Iterable[ExportInfo]:
+        """Every export."""
+
+    def __len__() -> int:
+        """How many exports."""
+
+
+class IUserDB(Interface):
+    """One user database for every protocol (DESIGN.md "Identity"); secrets never leave it in logs."""
+
+    nfs4_domain: str
+
+    def all() -> list[User]:
+        """Every user."""
+
+    def by_name(name: str) -> User | None:
+        """A user by name, case-insensitively (as SMB compares them)."""
+
+    def by_uid(uid: int) -> User | None:
+        """The first user with uid C{uid}."""
+
+    def by_access_key(key: str) -> User | None:
+        """The user an S3 access key id belongs to."""
+
+    def uid_to_nfs4(uid: int) -> str:
+        """An NFSv4 owner string for C{uid} (C{user@domain}, or the number)."""
+
+    def gid_to_nfs4(gid: int) -> str:
+        """An NFSv4 owner_group string for C{gid}."""
+
+    def nfs4_to_uid(name: str) -> int | None:
+        """The uid an NFSv4 owner string names, or None if unknown."""
+
+    def nfs4_to_gid(name: str) -> int | None:
+        """The gid an NFSv4 owner_group string names, or None if unknown."""
+
+
+class ILockTable(Interface):
+    """
+    Byte-range locks and share reservations of every protocol (docs/locks.rst).
+
+    Lengths of 0 mean "to end of file". Conflicts raise L{LockConflict} (with
+    the holder) or L{ShareConflict}; a request during grace that is not a
+    reclaim raises L{Grace}.
+    """
+
+    in_grace: bool
+
+    def start_grace(seconds: float) -> None:
+        """Refuse non-reclaim requests for C{seconds} (after a restart)."""
+
+    def end_grace() -> None:
+        """End the grace period now (every client reclaimed, or none could)."""
+
+    def lock(
+        ino: int,
+        owner: LockOwner,
+        start: int,
+        length: int,
+        exclusive: bool,
+        *,
+        wait: bool = False,
+        reclaim: bool = False,
+    ) -> Deferred[Lock]:
+        """
+        Take a lock. Fires with the lock granted; without C{wait} a conflict
+        fails at once with L{LockConflict}, with it the Deferred waits (cancel
+        it to give up). @raise Deadlock: waiting would deadlock.
+        """
+
+    def test(ino: int, owner: LockOwner, start: int, length: int, exclusive: bool) -> Lock | None:
+        """The lock that would refuse this request, or None."""
+
+    def unlock(ino: int, owner: LockOwner, start: int, length: int) -> None:
+        """Release a range (POSIX owners: any part; Windows owners: exactly a locked range)."""
+
+    def check_io(
+        ino: int, owner: LockOwner, start: int, length: int, write: bool, strict: bool = True
+    ) -> bool:
+        """
+        Whether I/O by C{owner} on the range passes the locks of others.
+        Windows owners' locks bind everyone; with C{strict}, POSIX owners'
+        locks bind too (SMB and S3 honour them; NFS I/O does not).
+        """
+
+    def busy(ino: int) -> bool:
+        """Whether anything (lock, waiter, share reservation) is held on C{ino}."""
+
+    def locks(ino: int) -> list[Lock]:
+        """Every lock held on C{ino}."""
+
+    def owners_of(ino: int) -> set[LockOwner]:
+        """Every owner holding a lock or a share reservation on C{ino}."""
+
+    def release_owner(owner: LockOwner) -> None:
+        """Drop every lock and reservation of C{owner} (an open closed)."""
+
+    def release_client(protocol: str, client: str | bytes) -> None:
+        """Drop everything of a client (rebooted, expired, disconnected)."""
+
+    def release_inode(ino: int) -> None:
+        """The file is gone: its locks and reservations go too."""
+
+    def open_share(
+        ino: int,
+        owner: LockOwner,
+        access: Iterable[str],
+        deny: Iterable[str],
+        *,
+        reclaim: bool = False,
+    ) -> ShareToken:
+        """Reserve an open (access/deny are subsets of read, write, delete). @raise ShareConflict."""
+
+    def upgrade_share(
+        token: ShareToken, access: Iterable[str], deny: Iterable[str], *, reclaim: bool = False
+    ) -> None:
+        """Add modes to an open (NFSv4 OPEN upgrade). @raise ShareConflict."""
+
+    def downgrade_share(token: ShareToken, access: Iterable[str], deny: Iterable[str]) -> None:
+        """Narrow an open (NFSv4 OPEN_DOWNGRADE)."""
+
+    def close_share(token: ShareToken) -> None:
+        """End an open's reservation (harmless twice)."""
+
+    def shares(ino: int) -> list[ShareToken]:
+        """The open reservations on C{ino}."""
+
+
+class ILeaseHolder(Interface):
+    """
+    A front end's side of a lease: how a break reaches its client.
+
+    SMB sends LEASE_BREAK / OPLOCK_BREAK notifications, NFSv4 CB_RECALL.
+    """
+
+    def lease_break(lease: Lease, to: int) -> bool:
+        """
+        Tell the client to keep no more than C{to} (bits of R, W, H). Must not
+        block. @return: whether the client will acknowledge (the manager then
+        waits for L{ILeaseManager.acknowledge} or the recall timeout); False
+        means the break is complete once sent.
+        """
+
+    def lease_revoked(lease: Lease) -> None:
+        """The client did not acknowledge in time: the lease is gone, its later use must fail."""
+
+
+class ILeaseManager(Interface):
+    """
+    Leases of every protocol (SMB oplocks and leases, NFSv4 delegations),
+    with break-before-mutate (docs/locks.rst "Leases").
+    """
+
+    recall_timeout: float
+
+    def grant(
+        ino: int,
+        key: LeaseKey,
+        want: int,
+        holder: ILeaseHolder,
+        *,
+        is_dir: bool = False,
+        parent: LeaseKey | None = None,
+    ) -> Lease | None:
+        """Grant as much of C{want} as is compatible now (None: nothing). @raise Inval: key in use elsewhere."""
+
+    def grantable(ino: int, key: LeaseKey, want: int, is_dir: bool = False) -> int:
+        """What L{grant} would grant now."""
+
+    def recall(
+        ino: int, why: Why, exempt: Iterable[LeaseKey] = (), *, wait: bool = True
+    ) -> Deferred[None]:
+        """
+        Break others' leases on C{ino} down to what C{why} lets them keep.
+        Fires when done; with C{wait=False} fails with L{Again} if a break is
+        still outstanding.
+        """
+
+    def acknowledge(lease: Lease, bits: int) -> None:
+        """The holder accepted a break, keeping C{bits}. @raise Inval: none outstanding, or too much kept."""
+
+    def release(lease: Lease) -> None:
+        """The holder gives the lease up."""
+
+    def release_client(protocol: str, client: str | bytes) -> None:
+        """Every lease of a client goes."""
+
+    def release_inode(ino: int) -> None:
+        """The file is gone; so are its leases."""
+
+    def leases(ino: int) -> list[Lease]:
+        """The leases on C{ino}."""
+
+    def find(key: LeaseKey) -> Lease | None:
+        """The live lease of C{key}."""
+
+    def busy(ino: int) -> bool:
+        """Whether any lease is held on C{ino} (the fast path skips recalls when not)."""
+
+    def describe() -> list[dict[str, object]]:
+        """Every lease, for the admin API."""
+
+
+class IChangeEvents(Interface):
+    """What changed in which directory, as the vfs makes each change (SMB CHANGE_NOTIFY, caches)."""
+
+    def subscribe(dir_ino: int | None, listener: Callable[[Change], None]) -> Callable[[], None]:
+        """Call C{listener} for changes in C{dir_ino} (None: everywhere); returns the unsubscriber."""
+
+    def emit(change: Change) -> None:
+        """Deliver one change to its listeners (the vfs calls this; front ends do not)."""
+
+
+class IVFS(Interface):
+    """
+    The one namespace every protocol front end calls (DESIGN.md "Layers").
+
+    Every operation takes the L{Caller} it runs as (export rules and
+    squashing applied) and checks permissions, export rules and quotas
+    itself; operations that touch a file other clients may hold open also
+    take the L{Origin} they act through, for byte-range locks, share
+    reservations and leases: mutations break other holders' leases first
+    (break-before-mutate) and emit a change event after. Deferreds fail with
+    L{FSError} subclasses only (and L{BackendUnavailable}/L{Timeout} when the
+    store is unreachable).
+    """
+
+    exports: IExports
+    users: IUserDB
+    locks: ILockTable
+    leases: ILeaseManager
+    events: IChangeEvents
+    quotas: QuotaManager
+    root_ino: int
+    is_open: bool
+
+    def invalidate() -> int:
+        """Drop every cached attribute and name; returns how many entries went."""
+
+    def caller(export: ExportInfo, client: str, cred: Credentials, protocol: str) -> Caller:
+        """The identity a request runs as. @raise Access: the client is not allowed by the export."""
+
+    def handle(export: ExportInfo, a: Attributes) -> bytes:
+        """An opaque, unforgeable file handle for C{a} within C{export}."""
+
+    def from_handle(handle: bytes) -> Deferred[tuple[ExportInfo, Attributes]]:
+        """The export and file a handle names. @raise BadHandle: forged. @raise Stale: gone."""
+
+    def getattr(caller: Caller, ino: int) -> Deferred[Attributes]:
+        """Attributes (from the cache when fresh)."""
+
+    def access(caller: Caller, ino: int, mask: int) -> Deferred[int]:
+        """The part of C{mask} (R, W, X bits) the caller holds."""
+
+    def setattr(
+        caller: Caller,
+        ino: int,
+        changes: SetAttrs,
+        guard_ctime_ns: int | None = None,
+        origin: Origin | None = None,
+    ) -> Deferred[Attributes]:
+        """Change attributes (Linux rules; owner may truncate whatever the mode)."""
+
+    def lookup(caller: Caller, dir_ino: int, name: bytes) -> Deferred[Attributes]:
+        """A name in a directory (C{.} and C{..} included; C{..} stops at the export root)."""
+
+    def create(
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        mode: int,
+        exclusive: bool = True,
+        origin: Origin | None = None,
+    ) -> Deferred[Attributes]:
+        """A new regular file (or, not exclusive, the existing one)."""
+
+    def create_exclusive(
+        caller: Caller, dir_ino: int, name: bytes, verifier: bytes, mode: int = 0o600
+    ) -> Deferred[Attributes]:
+        """An NFS EXCLUSIVE create: a retransmission with the same verifier gets the same file."""
+
+    def mkdir(
+        caller: Caller, dir_ino: int, name: bytes, mode: int, origin: Origin | None = None
+    ) -> Deferred[Attributes]:
+        """A new directory."""
+
+    def symlink(
+        caller: Caller, dir_ino: int, name: bytes, target: bytes, mode: int = 0o777
+    ) -> Deferred[Attributes]:
+        """A new symbolic link."""
+
+    def mknod(
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        type: FileType,
+        mode: int,
+        rdev: tuple[int, int] = (0, 0),
+    ) -> Deferred[Attributes]:
+        """A device, fifo or socket node."""
+
+    def link(
+        caller: Caller, ino: int, dir_ino: int, name: bytes, origin: Origin | None = None
+    ) -> Deferred[Attributes]:
+        """A new name for a file."""
+
+    def remove(
+        caller: Caller, dir_ino: int, name: bytes, origin: Origin | None = None
+    ) -> Deferred[Attributes]:
+        """Unlink a non-directory; fires with its attributes after (nlink 0: gone)."""
+
+    def rmdir(
+        caller: Caller, dir_ino: int, name: bytes, origin: Origin | None = None
+    ) -> Deferred[Attributes]:
+        """Remove an empty directory."""
+
+    def rename(
+        caller: Caller,
+        src_dir: int,
+        src_name: bytes,
+        dst_dir: int,
+        dst_name: bytes,
+        origin: Origin | None = None,
+    ) -> Deferred[RenameResult]:
+        """POSIX rename (atomic, replaces) under permission, sticky-bit and share rules."""
+
+    def readdir(
+        caller: Caller,
+        dir_ino: int,
+        cookie: int,
+        verifier: bytes,
+        count: int,
+        with_attrs: bool = False,
+    ) -> Deferred[DirPage]:
+        """A page of entries (stable cookies; see IMetadataService.readdir)."""
+
+    def readlink(caller: Caller, ino: int) -> Deferred[bytes]:
+        """A symbolic link's target."""
+
+    def read(
+        caller: Caller, ino: int, offset: int, count: int, origin: Origin | None = None
+    ) -> Deferred[ReadResult]:
+        """Up to C{count} bytes at C{offset}, after breaking others' write caching."""
+
+    def write(
+        caller: Caller,
+        ino: int,
+        offset: int,
+        data: bytes | memoryview,
+        stable: bool,
+        origin: Origin | None = None,
+    ) -> Deferred[WriteResult]:
+        """Write all of C{data} at C{offset} (any bytes-like object, never copied needlessly)."""
+
+    def commit(caller: Caller, ino: int) -> Deferred[Attributes]:
+        """Make earlier unstable writes durable."""
+
+    def allocate(
+        caller: Caller, ino: int, offset: int, length: int, origin: Origin | None = None
+    ) -> Deferred[Attributes]:
+        """Reserve storage for a range."""
+
+    def deallocate(
+        caller: Caller, ino: int, offset: int, length: int, origin: Origin | None = None
+    ) -> Deferred[Attributes]:
+        """Punch a hole."""
+
+    def statfs(caller: Caller) -> Deferred[FSStat]:
+        """Space and inodes, bounded by the caller's quota."""
+
+    def getxattr(caller: Caller, ino: int, name: bytes) -> Deferred[bytes]:
+        """A client extended attribute. @raise NoData."""
+
+    def listxattr(caller: Caller, ino: int) -> Deferred[list[bytes]]:
+        """Client extended attribute names."""
+
+    def setxattr(
+        caller: Caller, ino: int, name: bytes, value: bytes, create: bool | None = None
+    ) -> Deferred[None]:
+        """Set a client extended attribute."""
+
+    def removexattr(caller: Caller, ino: int, name: bytes) -> Deferred[None]:
+        """Remove a client extended attribute. @raise NoData."""
+
+    def meta_get(caller: Caller, ino: int, key: bytes) -> Deferred[bytes | None]:
+        """A front end's own metadata on an inode (S3 headers, DOS attributes), None if unset."""
+
+    def meta_set(
+        caller: Caller, ino: int, key: bytes, value: bytes | None, origin: Origin | None = None
+    ) -> Deferred[None]:
+        """Set (None: remove) a front end's own metadata."""
+
+    def resolve(caller: Caller, path: bytes, follow: bool = True) -> Deferred[Attributes]:
+        """Walk a path from the export root (symlinks followed; never above the root)."""
+
+    def resolve_parent(caller: Caller, path: bytes) -> Deferred[tuple[Attributes, bytes]]:
+        """The directory holding a path's last component, and that component."""
+
+    def name_of(ino: int) -> tuple[int, bytes] | None:
+        """A directory and name this gateway last saw C{ino} under (for change events), if any."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from twisted.application.service import IService, MultiService
@@ -39,8 +39,19 @@ from claudefs_gateway.core.metrics import Metrics
 from claudefs_gateway.core.runtime import Core
 from claudefs_gateway.core.threads import ThreadPools
 from claudefs_gateway.errors import NotBuilt
+from claudefs_gateway.interfaces import IBackend
 
-__all__ = ["GatewayService", "build", "is_built", "not_built_message", "FRONT_ENDS"]
+if TYPE_CHECKING:
+    from claudefs_gateway.vfs.service import VFSService
+
+__all__ = [
+    "GatewayService",
+    "build",
+    "is_built",
+    "make_backend",
+    "not_built_message",
+    "FRONT_ENDS",
+]
 
 # Each front end package offers make_service(core) -> IService, or raises NotBuilt.
 FRONT_ENDS = {name: f"claudefs_gateway.{name}" for name in PROTOCOLS}
@@ -135,17 +146,16 @@ def build(
     datadir.setServiceParent(root)
     core.extras["datadir"] = datadir
 
-    from claudefs_gateway.vfs.service import VFSService, make_backend
-
+    composed = _compose_vfs(core)
+    missing = ""
     vfs_service: VFSService | None = None
-    try:
-        backend = make_backend(core)
-    except NotBuilt as e:
-        # Transitional: say plainly that no file protocol can be served.
-        missing = str(e)
+    if isinstance(composed, str):
+        # Say plainly that no file protocol can be served (Core.vfs_ready
+        # then fails every request with BackendUnavailable).
+        missing = composed
         _log.warn("{why}; no protocol can serve files", why=missing)
     else:
-        vfs_service = VFSService(core, backend)
+        vfs_service = composed
         vfs_service.setServiceParent(root)
         core.vfs_service = vfs_service
 
@@ -198,6 +208,52 @@ def build(
         svc = IService(module.make_service(core))
         svc.setServiceParent(root)
     return root
+
+
+def make_backend(core: Core) -> IBackend:
+    """
+    The backend the configuration names (not opened yet).
+
+    @raise NotBuilt: this build has no such backend.
+    """
+    kind = core.config.backend.type
+    if kind == "memory":
+        from claudefs_gateway.backend.memory import MemoryBackend
+
+        return MemoryBackend()
+    if kind == "embedded":
+        try:
+            from claudefs_gateway.backend.embedded import EmbeddedBackend
+        except ImportError:
+            raise NotBuilt(
+                "the embedded backend is not built in this version of claudefs-gateway"
+            ) from None
+        return EmbeddedBackend(core.config.data_dir, core.reactor, core.threads)
+    raise NotBuilt(f"the {kind} backend is not built in this version of claudefs-gateway")
+
+
+def _compose_vfs(core: Core) -> VFSService | str:
+    """
+    The vfs and what it stands on, wired here and nowhere else (STYLE.md §3):
+    the backend, the user database, the lock table and the lease manager.
+    A backend this build lacks gives the reason instead.
+    """
+    from claudefs_gateway.vfs.leases import LeaseManager
+    from claudefs_gateway.vfs.locks import LockTable
+    from claudefs_gateway.vfs.service import VFSService, make_users
+
+    config = core.config
+    try:
+        backend = make_backend(core)
+    except NotBuilt as e:
+        return str(e)
+    leases = LeaseManager(
+        core.reactor,
+        config.leases.recall_timeout_secs,
+        config.leases.max_leases,
+        core.metrics,
+    )
+    return VFSService(core, backend, make_users(core), LockTable(core.reactor), leases)
 
 
 def _add_manhole(core: Core, root: GatewayService) -> None:

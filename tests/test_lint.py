@@ -32,3 +32,22 @@ class MypyTests(TestCase):
         proc = spawn([bin_path("mypy"), "--no-incremental", "claudefs_gateway"], path=REPO)
         status = await proc.ended
         self.assertEqual(status, 0, "\n".join(proc.text[-60:]))
+
+
+class SeamTests(TestCase):
+    def test_no_any_across_the_vfs_seam(self) -> None:
+        """
+        Front ends are typed against IVFS and Caller (issue 10): no vfs or
+        caller parameter or attribute is annotated Any.
+        """
+        import re
+        from pathlib import Path
+
+        pattern = re.compile(r"\b(vfs|caller)\s*:\s*(typing\.)?Any\b")
+        found = []
+        for package in ("nfs", "s3", "smb", "admin"):
+            for path in sorted(Path(REPO, "claudefs_gateway", package).rglob("*.py")):
+                for n, line in enumerate(path.read_text().splitlines(), 1):
+                    if pattern.search(line):
+                        found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+        self.assertEqual(found, [])

@@ -590,7 +590,7 @@ class MemoryBackend:
         return bytes(out), end >= node.size
 
     @_wrap
-    def write(self, ino: int, offset: int, data: bytes, stable: bool) -> WriteResult:
+    def write(self, ino: int, offset: int, data: bytes | memoryview, stable: bool) -> WriteResult:
         node = self._file(ino)
         if offset < 0:
             raise errors.Inval("negative offset")

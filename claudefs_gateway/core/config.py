@@ -755,6 +755,25 @@ class Quota:
 
 
 @attrs.frozen(kw_only=True)
+class Leases:
+    recall_timeout_secs: float = setting(
+        35.0,
+        min=1,
+        max=3600,
+        doc="How long a client has to acknowledge a lease, oplock or delegation break before "
+        "the lease is revoked and the waiting operation goes ahead (Samba's ``oplock break "
+        "wait`` is 35 s; MS-SMB2 and RFC 8881 both let the server revoke after a timeout).",
+    )
+    max_leases: int = setting(
+        100_000,
+        min=0,
+        max=100_000_000,
+        doc="Leases held at once across every protocol; past it clients are granted no "
+        "caching (they work uncached). 0 disables leases, oplocks and delegations.",
+    )
+
+
+@attrs.frozen(kw_only=True)
 class AttrCache:
     max_entries: int = setting(
         10000, min=0, max=100_000_000, doc="Cached attribute entries; 0 disables the cache."
@@ -904,6 +923,10 @@ class Config:
     )
     quota: Quota = setting(factory=Quota, doc="Quota defaults; per-id limits live in the store.")
     cache: Cache = setting(factory=Cache, doc="Caches.")
+    leases: Leases = setting(
+        factory=Leases,
+        doc="Leases of every protocol (SMB oplocks and leases, NFSv4 delegations): docs/locks.rst.",
+    )
     admin: Admin = setting(factory=Admin, doc="Admin HTTP and manhole.")
 
     def check(self, b: Builder, path: str, raw: Any) -> None:

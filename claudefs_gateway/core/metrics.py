@@ -84,6 +84,20 @@ CATALOGUE: dict[str, Spec] = {
     "gateway_circuit_breaker_state": Spec(
         Gauge, "Circuit state: 0 closed, 1 open, 2 half-open.", ("backend",)
     ),
+    "gateway_leases_held": Spec(
+        Gauge, "Leases, oplocks and delegations held now, by protocol.", ("protocol",)
+    ),
+    "gateway_lease_breaks_total": Spec(
+        Counter, "Lease, oplock and delegation breaks sent, by holder's protocol.", ("protocol",)
+    ),
+    "gateway_lease_break_seconds": Spec(
+        Histogram,
+        "Time from a break sent to its acknowledgement (or revocation), by protocol.",
+        ("protocol",),
+    ),
+    "gateway_lease_revocations_total": Spec(
+        Counter, "Leases revoked because a break went unacknowledged, by protocol.", ("protocol",)
+    ),
     "gateway_cache_hits_total": Spec(Counter, "Cache lookups answered from the cache.", ("cache",)),
     "gateway_cache_misses_total": Spec(
         Counter, "Cache lookups that went to the backend.", ("cache",)

@@ -9,10 +9,11 @@ to add a listener, so every listener gets a health check and joins the drain.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 from twisted.application.service import MultiService
+from twisted.internet import defer
 from twisted.internet.interfaces import IProtocolFactory
 
 from claudefs_gateway.core.caches import Caches
@@ -22,8 +23,18 @@ from claudefs_gateway.core.health import HealthChecks
 from claudefs_gateway.core.listen import ListenerService
 from claudefs_gateway.core.metrics import Metrics
 from claudefs_gateway.core.threads import ThreadPools
+from claudefs_gateway.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from claudefs_gateway.interfaces import IVFS
 
 __all__ = ["Core"]
+
+
+class Opens(Protocol):
+    """What opens the namespace (the vfs service): front ends wait on it."""
+
+    def ready(self) -> defer.Deferred[IVFS]: ...
 
 
 @attrs.define
@@ -35,11 +46,17 @@ class Core:
     drainer: Drainer
     caches: Caches
     threads: ThreadPools
-    vfs_service: Any = None
+    vfs_service: Opens | None = None
     extras: dict[str, Any] = attrs.field(factory=dict)
 
-    def vfs_ready(self) -> Any:
-        """A Deferred firing with the open vfs (front ends await it before a request)."""
+    def vfs_ready(self) -> defer.Deferred[IVFS]:
+        """
+        A Deferred firing with the open vfs (front ends await it before a
+        request); it fails with L{BackendUnavailable} when this build serves
+        no backend, which every front end answers as "try later".
+        """
+        if self.vfs_service is None:
+            return defer.fail(BackendUnavailable("no backend is serving the namespace"))
         return self.vfs_service.ready()
 
     def listener(

@@ -26,8 +26,9 @@ from twisted.internet import defer
 
 from claudefs_gateway import errors
 from claudefs_gateway.fstypes import Attributes, Credentials
+from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.rpc.server import Call
-from claudefs_gateway.vfs import VFS, Caller, ExportInfo
+from claudefs_gateway.vfs import Caller, ExportInfo
 
 __all__ = ["NFSContext", "credentials"]
 
@@ -56,19 +57,19 @@ class NFSContext:
 
     def __init__(
         self,
-        vfs_ready: Callable[[], defer.Deferred[VFS]],
+        vfs_ready: Callable[[], defer.Deferred[IVFS]],
         write_verifier: bytes | None = None,
         io_size: int = 1 << 20,
         protocol: str = "nfs3",
     ) -> None:
         self._vfs_ready = vfs_ready
-        self.vfs: VFS | None = None
+        self.vfs: IVFS | None = None
         self.write_verifier = write_verifier if write_verifier is not None else os.urandom(8)
         self.io_size = io_size
         self.protocol = protocol
         self._callers: dict[tuple[Any, ...], Caller | errors.FSError] = {}
 
-    async def ready(self) -> VFS:
+    async def ready(self) -> IVFS:
         """The open vfs (waiting for the store to open on the first calls)."""
         vfs = self.vfs
         if vfs is None:
@@ -103,7 +104,7 @@ class NFSContext:
             raise errors.Access("client not allowed by export rules")
         return got
 
-    async def file(self, call: Call, handle: bytes) -> tuple[VFS, ExportInfo, Attributes, Caller]:
+    async def file(self, call: Call, handle: bytes) -> tuple[IVFS, ExportInfo, Attributes, Caller]:
         """
         The vfs, export, attributes and caller a handle and call mean.
 

@@ -26,6 +26,7 @@ from twisted.internet import defer
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.nfs.context import NFSContext
 from claudefs_gateway.nfs.errors import mount_status, nfs3_name
 from claudefs_gateway.rpc.message import AUTH_SYS
@@ -133,7 +134,7 @@ class Mount:
         p.array([AUTH_SYS], Packer.u32)
         return p.chunks()
 
-    def _find(self, vfs: Any, path: str) -> tuple[ExportInfo, str]:
+    def _find(self, vfs: IVFS, path: str) -> tuple[ExportInfo, str]:
         """The export holding C{path} (the longest that does) and the rest of the path."""
         norm = "/" + "/".join(p for p in path.split("/") if p and p != ".")
         if ".." in norm.split("/"):

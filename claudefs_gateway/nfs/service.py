@@ -33,6 +33,7 @@ from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.malloc import keep_freed_memory
 from claudefs_gateway.core.metrics import RequestMetrics
 from claudefs_gateway.errors import BackendUnavailable
+from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.nfs.callbacks import RPCCallbacks
 from claudefs_gateway.nfs.context import NFSContext
 from claudefs_gateway.nfs.mount import MOUNT_PROGRAM, Mount
@@ -149,12 +150,8 @@ class NFSService(MultiService):
             return d
         return defer.maybeDeferred(f, *args)
 
-    def _vfs_ready(self) -> defer.Deferred[Any]:
-        if self.core.vfs_service is None:
-            # No backend in this build: calls get "try later", never a crash.
-            return defer.fail(BackendUnavailable("no backend is available to serve files"))
-        d: defer.Deferred[Any] = self.core.vfs_ready()
-        return d
+    def _vfs_ready(self) -> defer.Deferred[IVFS]:
+        return self.core.vfs_ready()
 
     def _add_udp(self, label: str, listen: Any, twin: Any, server: RPCServer) -> None:
         if not listen.is_tcp or listen.host is None:

@@ -39,6 +39,7 @@ from claudefs_gateway.s3.multipart import MAX_PART_NUMBER, Upload, Uploads, part
 from claudefs_gateway.s3.ranges import ByteRange, Unsatisfiable, parse_copy_range, parse_range
 from claudefs_gateway.s3.signing import parse_http_date, parse_query
 from claudefs_gateway.s3.tree import EMPTY_MD5, STORED_HEADERS, ObjectMeta, Tree, rle
+from claudefs_gateway.vfs import Caller
 
 __all__ = ["S3Api", "S3Resource", "UNSUPPORTED", "route", "Limits"]
 
@@ -291,8 +292,15 @@ class Call:
     bucket: str | None = None
     key: str | None = None
     auth: AuthResult | None = None
-    caller: Any = None
+    who: Caller | None = None
     user: Any = None
+
+    @property
+    def caller(self) -> Caller:
+        """Who the request runs as: set once it is authenticated, before any handler runs."""
+        if self.who is None:
+            raise AssertionError("a handler ran before the request was authenticated")
+        return self.who
 
     def header(self, name: str) -> str | None:
         v = self.headers.get(name)
@@ -455,7 +463,7 @@ class S3Api:
         call.auth = self.auth.authenticate(view)
         call.user = call.auth.user
         try:
-            call.caller = tree.vfs.caller(tree.export, call.source, call.user.credentials, "s3")
+            call.who = tree.vfs.caller(tree.export, call.source, call.user.credentials, "s3")
         except errors.Access:
             raise S3Error("AccessDenied") from None
         if r.op == "MethodNotAllowed":
@@ -717,7 +725,9 @@ class S3Api:
             if not data:
                 break
             # Hash and write together: the CPU pool hashes while the store writes.
-            work = [defer.ensureDeferred(tree.hash(h, data)) for h in hashes.values()]
+            work: list[defer.Deferred[Any]] = [
+                defer.ensureDeferred(tree.hash(h, data)) for h in hashes.values()
+            ]
             work.append(vfs.write(call.caller, ino, offset, data, False))
             await defer.gatherResults(work, consumeErrors=True).addErrback(_first_error)
             offset += len(data)
@@ -1263,7 +1273,9 @@ class S3Api:
             if not r.data:
                 raise S3Error("InvalidRequest", "The source object changed during the copy")
             data = r.data[: length - offset]
-            work = [defer.ensureDeferred(tree.hash(h, data)) for h in hashes.values()]
+            work: list[defer.Deferred[Any]] = [
+                defer.ensureDeferred(tree.hash(h, data)) for h in hashes.values()
+            ]
             work.append(vfs.write(call.caller, dst, offset, data, False))
             await defer.gatherResults(work, consumeErrors=True).addErrback(_first_error)
             offset += len(data)

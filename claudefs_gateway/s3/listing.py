@@ -25,6 +25,7 @@ import attrs
 
 from claudefs_gateway import errors
 from claudefs_gateway.fstypes import Attributes, FileType
+from claudefs_gateway.vfs import Caller
 
 __all__ = ["Item", "Page", "Lister"]
 
@@ -56,7 +57,7 @@ class Lister:
     @param caller: who lists (needs read and search permission on each directory).
     """
 
-    def __init__(self, tree: Any, caller: Any, bucket: Attributes) -> None:
+    def __init__(self, tree: Any, caller: Caller, bucket: Attributes) -> None:
         self.tree = tree
         self.vfs = tree.vfs
         self.caller = caller

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 from twisted.internet import defer, task
@@ -34,6 +33,7 @@ from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import Attributes, FileType, SetAttrs
 from claudefs_gateway.s3.errors import S3Error
 from claudefs_gateway.s3.tree import META_KEY, ObjectMeta, Tree
+from claudefs_gateway.vfs import Caller
 
 __all__ = ["Upload", "Uploads", "part_name", "MAX_PART_NUMBER"]
 
@@ -207,7 +207,7 @@ class Uploads:
 
     async def create(
         self,
-        caller: Any,
+        caller: Caller,
         bucket: str,
         key: str,
         meta: ObjectMeta,
@@ -241,7 +241,7 @@ class Uploads:
         self._changed()
         return upload
 
-    def get(self, upload_id: str, bucket: str, key: str | None, caller: Any) -> Upload:
+    def get(self, upload_id: str, bucket: str, key: str | None, caller: Caller) -> Upload:
         """
         @raise S3Error: NoSuchUpload (unknown, finished, another bucket or key);
             AccessDenied (someone else's upload).

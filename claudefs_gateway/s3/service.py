@@ -177,8 +177,6 @@ class S3Service(MultiService):
 
     async def _open(self) -> tuple[Tree, Uploads]:
         core = self.core
-        if core.vfs_service is None:
-            raise S3Error("ServiceUnavailable", "No store is available to this gateway")
         try:
             vfs = await core.vfs_ready()
         except Exception:

@@ -42,8 +42,10 @@ from twisted.python.failure import Failure
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import Attributes, Credentials, FileType, SetAttrs
+from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.s3.errors import S3Error
 from claudefs_gateway.s3.keys import Key, bucket_name_ok
+from claudefs_gateway.vfs import Caller
 
 __all__ = ["Tree", "ObjectMeta", "META_KEY", "STAGING", "EMPTY_MD5"]
 
@@ -179,10 +181,13 @@ class Tree:
 
     _log = Logger()
 
-    def __init__(self, vfs: Any, hash_in_pool: Callable[..., Any] | None = None) -> None:
+    def __init__(self, vfs: IVFS, hash_in_pool: Callable[..., Any] | None = None) -> None:
         self.vfs = vfs
-        self.export = vfs.exports.s3
-        self.root_caller = vfs.caller(self.export, "", ROOT, "s3")
+        export = vfs.exports.s3
+        if export is None:
+            raise errors.NotFound("no S3 export is configured")
+        self.export = export
+        self.root_caller = vfs.caller(export, "", ROOT, "s3")
         self._hash_in_pool = hash_in_pool
         self.staging_ino = 0
         self._user_dirs: dict[int, int] = {}
@@ -214,7 +219,7 @@ class Tree:
         if removed:
             self._log.info("removed {n} temporary S3 files left by an earlier run", n=removed)
 
-    async def user_dir(self, caller: Any) -> int:
+    async def user_dir(self, caller: Caller) -> int:
         """The caller's own staging directory (uid-owned, 0700), made on first use."""
         uid = caller.cred.uid
         ino = self._user_dirs.get(uid)
@@ -236,7 +241,7 @@ class Tree:
         self._user_dirs[uid] = a.ino
         return a.ino
 
-    async def temp_file(self, caller: Any) -> tuple[int, bytes, Attributes]:
+    async def temp_file(self, caller: Caller) -> tuple[int, bytes, Attributes]:
         """A new empty file in the caller's staging directory: (dir, name, attrs)."""
         d = await self.user_dir(caller)
         name = b"t-" + os.urandom(12).hex().encode()
@@ -249,7 +254,7 @@ class Tree:
             a = await self.vfs.create(caller, d, name, FILE_MODE, exclusive=True)
         return d, name, a
 
-    async def discard_temp(self, caller: Any, d: int, name: bytes) -> None:
+    async def discard_temp(self, caller: Caller, d: int, name: bytes) -> None:
         try:
             await self.vfs.remove(self.root_caller, d, name)
         except errors.FSError:
@@ -257,7 +262,7 @@ class Tree:
 
     # -- directory helpers ---------------------------------------------------------------
 
-    async def read_dir(self, caller: Any, ino: int) -> list[tuple[bytes, Any]]:
+    async def read_dir(self, caller: Caller, ino: int) -> list[tuple[bytes, Any]]:
         """Every entry of a directory (name, DirEntry with attrs), restarting if it changes."""
         for _ in range(5):
             out = []
@@ -275,13 +280,13 @@ class Tree:
                 continue
         raise errors.BackendUnavailable("directory kept changing while being read")
 
-    async def is_empty(self, caller: Any, ino: int) -> bool:
+    async def is_empty(self, caller: Caller, ino: int) -> bool:
         page = await self.vfs.readdir(caller, ino, 0, b"\0" * 8, 1, False)
         return not page.entries
 
     # -- buckets ------------------------------------------------------------------------
 
-    async def bucket(self, caller: Any, name: str) -> Attributes:
+    async def bucket(self, caller: Caller, name: str) -> Attributes:
         """@raise S3Error: NoSuchBucket (or AccessDenied if the S3 root cannot be searched)."""
         raw = name.encode("utf-8", "surrogateescape")
         if not bucket_name_ok(raw):
@@ -294,7 +299,7 @@ class Tree:
             raise S3Error("NoSuchBucket", BucketName=name)
         return a
 
-    async def buckets(self, caller: Any) -> list[tuple[str, Attributes]]:
+    async def buckets(self, caller: Caller) -> list[tuple[str, Attributes]]:
         out = []
         for name, e in await self.read_dir(caller, self.export.root_ino):
             if e.type is FileType.DIR and bucket_name_ok(name) and e.attrs is not None:
@@ -302,7 +307,7 @@ class Tree:
         out.sort(key=lambda t: t[0].encode("utf-8"))
         return out
 
-    async def create_bucket(self, caller: Any, name: str) -> Attributes:
+    async def create_bucket(self, caller: Caller, name: str) -> Attributes:
         raw = name.encode("utf-8")
         try:
             return await self.vfs.mkdir(caller, self.export.root_ino, raw, BUCKET_MODE)
@@ -320,7 +325,7 @@ class Tree:
                 BucketName=name,
             ) from None
 
-    async def delete_bucket(self, caller: Any, name: str) -> None:
+    async def delete_bucket(self, caller: Caller, name: str) -> None:
         await self.bucket(caller, name)
         try:
             await self.vfs.rmdir(caller, self.export.root_ino, name.encode("utf-8"))
@@ -333,7 +338,7 @@ class Tree:
 
     # -- objects: lookup -------------------------------------------------------------------
 
-    async def lookup(self, caller: Any, bucket: Attributes, key: Key) -> Attributes:
+    async def lookup(self, caller: Caller, bucket: Attributes, key: Key) -> Attributes:
         """
         The file (or, for a C{key/} marker, the directory) a key names.
 
@@ -358,7 +363,7 @@ class Tree:
         return cur
 
     async def parent_dir(
-        self, caller: Any, bucket: Attributes, parents: list[bytes]
+        self, caller: Caller, bucket: Attributes, parents: list[bytes]
     ) -> Attributes | None:
         """The existing directory holding a key's object, or None if a directory is missing."""
         cur = bucket
@@ -374,7 +379,7 @@ class Tree:
                 )
         return cur
 
-    async def check_writable(self, caller: Any, bucket: Attributes, key: Key) -> None:
+    async def check_writable(self, caller: Caller, bucket: Attributes, key: Key) -> None:
         """
         Refuse a write before its body is read: a file where a directory is
         needed (or the reverse), or no permission to write where the object goes.
@@ -389,7 +394,7 @@ class Tree:
             except (errors.NotFound, errors.Stale):
                 continue
 
-    async def _check_writable(self, caller: Any, bucket: Attributes, key: Key) -> None:
+    async def _check_writable(self, caller: Caller, bucket: Attributes, key: Key) -> None:
         cur = bucket
         for seg in key.segments[:-1] if not key.marker else key.segments:
             try:
@@ -418,7 +423,11 @@ class Tree:
             raise S3Error("AccessDenied")
 
     async def make_parents(
-        self, caller: Any, bucket: Attributes, parents: list[bytes], made: list[tuple[int, bytes]]
+        self,
+        caller: Caller,
+        bucket: Attributes,
+        parents: list[bytes],
+        made: list[tuple[int, bytes]],
     ) -> Attributes:
         """C{mkdir -p} of a key's directories as the caller; records what it made in C{made}."""
         cur = bucket
@@ -442,7 +451,7 @@ class Tree:
             cur = nxt
         return cur
 
-    async def unmake(self, caller: Any, made: list[tuple[int, bytes]]) -> None:
+    async def unmake(self, caller: Caller, made: list[tuple[int, bytes]]) -> None:
         for parent, name in reversed(made):
             try:
                 await self.vfs.rmdir(caller, parent, name)
@@ -451,16 +460,16 @@ class Tree:
 
     # -- metadata and ETags ---------------------------------------------------------------
 
-    async def meta(self, caller: Any, a: Attributes) -> ObjectMeta:
+    async def meta(self, caller: Caller, a: Attributes) -> ObjectMeta:
         return ObjectMeta.decode(await self.vfs.meta_get(self.root_caller, a.ino, META_KEY))
 
-    async def set_meta(self, caller: Any, ino: int, meta: ObjectMeta) -> None:
+    async def set_meta(self, caller: Caller, ino: int, meta: ObjectMeta) -> None:
         raw = meta.encode()
         if len(raw) > 60 * 1024:
             raise S3Error("MetadataTooLarge")
         await self.vfs.meta_set(caller, ino, META_KEY, raw)
 
-    async def etag(self, caller: Any, a: Attributes, meta: ObjectMeta) -> str:
+    async def etag(self, caller: Caller, a: Attributes, meta: ObjectMeta) -> str:
         """The object's ETag (unquoted): cached, or the MD5 of the content computed now."""
         if a.is_dir:
             return EMPTY_MD5
@@ -490,7 +499,7 @@ class Tree:
         d.addBoth(deliver)
         return await out
 
-    async def _compute_etag(self, caller: Any, a: Attributes, meta: ObjectMeta) -> str:
+    async def _compute_etag(self, caller: Caller, a: Attributes, meta: ObjectMeta) -> str:
         h = hashlib.md5()
         offset = 0
         try:
@@ -527,7 +536,7 @@ class Tree:
 
     async def commit(
         self,
-        caller: Any,
+        caller: Caller,
         bucket: Attributes,
         key: Key,
         tmp_dir: int,
@@ -582,7 +591,7 @@ class Tree:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def put_marker(
-        self, caller: Any, bucket: Attributes, key: Key, meta: ObjectMeta
+        self, caller: Caller, bucket: Attributes, key: Key, meta: ObjectMeta
     ) -> Attributes:
         """Make the directory a C{key/} object names, and mark it as an S3 object."""
         for attempt in range(RACE_RETRIES):
@@ -610,7 +619,7 @@ class Tree:
         await self.set_meta(caller, d.ino, meta)
         return await self.vfs.getattr(caller, d.ino)
 
-    async def delete(self, caller: Any, bucket: Attributes, key: Key) -> None:
+    async def delete(self, caller: Caller, bucket: Attributes, key: Key) -> None:
         """Delete an object (absent is success), then prune emptied directories the gateway made."""
         chain = [bucket]
         try:
@@ -653,7 +662,7 @@ class Tree:
             names = names[:-1]
         await self.prune(caller, chain, names)
 
-    async def prune(self, caller: Any, chain: list[Attributes], names: list[bytes]) -> None:
+    async def prune(self, caller: Caller, chain: list[Attributes], names: list[bytes]) -> None:
         """Remove emptied C{auto} directories from the deepest up (never the bucket)."""
         while len(chain) > 1:
             d = chain[-1]

@@ -34,6 +34,7 @@ from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.errors import ProtocolError
 from claudefs_gateway.fstypes import Attributes, SetAttrs
+from claudefs_gateway.interfaces import IVFS, ILockTable
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.constants import FileInfoClass as F
@@ -92,7 +93,9 @@ from claudefs_gateway.smb.security import (
     security_descriptor,
 )
 from claudefs_gateway.smb.state import DirScan, FileNode, Open, Reply, Request, Watch
-from claudefs_gateway.vfs import Action, Change, LockOwner, R, W, X
+from claudefs_gateway.vfs import Action, Caller, Change, LockOwner, R, W, X
+from claudefs_gateway.vfs.events import What
+from claudefs_gateway.vfs.origin import Origin
 
 __all__ = ["FileService", "split_name", "DOS_KEY"]
 
@@ -161,6 +164,33 @@ def split_name(name: str) -> list[bytes]:
             raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "name component too long")
         out.append(raw)
     return out
+
+
+#: What each kind of modification means to a CHANGE_NOTIFY completion filter (MS-FSCC 2.4.42 / MS-SMB2 2.2.35).
+_NOTIFY_BITS: tuple[tuple[What, int], ...] = (
+    (What.DATA, c.FILE_NOTIFY_CHANGE_LAST_WRITE),
+    (What.SIZE, c.FILE_NOTIFY_CHANGE_SIZE),
+    (What.ATTRIBUTES, c.FILE_NOTIFY_CHANGE_ATTRIBUTES),
+    (What.SECURITY, c.FILE_NOTIFY_CHANGE_SECURITY),
+    (
+        What.TIMES,
+        c.FILE_NOTIFY_CHANGE_LAST_WRITE
+        | c.FILE_NOTIFY_CHANGE_LAST_ACCESS
+        | c.FILE_NOTIFY_CHANGE_CREATION,
+    ),
+    (What.XATTR, c.FILE_NOTIFY_CHANGE_EA),
+)
+
+
+def _notify_bits(what: What) -> int:
+    """The completion-filter bits a "modified" change matches (every non-name bit if unknown)."""
+    bits = 0
+    for flag, mask in _NOTIFY_BITS:
+        if what & flag:
+            bits |= mask
+    if not bits:
+        bits = ~(c.FILE_NOTIFY_CHANGE_FILE_NAME | c.FILE_NOTIFY_CHANGE_DIR_NAME)
+    return bits
 
 
 def _decode(name: bytes) -> str | None:
@@ -269,12 +299,13 @@ class FileService:
         self.resume_keys: dict[bytes, Open] = {}
 
     @property
-    def vfs(self) -> Any:
-        return self.factory.vfs
+    def vfs(self) -> IVFS:
+        vfs: IVFS = self.factory.open_vfs
+        return vfs
 
     @property
-    def locks(self) -> Any:
-        return self.factory.locks
+    def locks(self) -> ILockTable:
+        return self.vfs.locks
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -299,20 +330,20 @@ class FileService:
         req.result_file_id = fid
         return op
 
-    async def stored_dos(self, caller: Any, ino: int) -> int | None:
+    async def stored_dos(self, caller: Caller, ino: int) -> int | None:
         raw = await self.vfs.meta_get(caller, ino, DOS_KEY)
         if raw is None or len(raw) != 4:
             return None
         return int.from_bytes(raw, "little")
 
-    async def stat(self, caller: Any, a: Attributes, name: bytes = b"") -> Stat:
+    async def stat(self, caller: Caller, a: Attributes, name: bytes = b"") -> Stat:
         stored = await self.stored_dos(caller, a.ino)
         return Stat(a, dos_attributes(a, stored, name))
 
-    async def _set_dos(self, caller: Any, ino: int, bits: int) -> None:
+    async def _set_dos(self, caller: Caller, ino: int, bits: int) -> None:
         await self.vfs.meta_set(caller, ino, DOS_KEY, struct.pack("<I", bits & c.STORED_ATTRIBUTES))
 
-    async def maximal_access(self, caller: Any, a: Attributes, parent: int | None) -> int:
+    async def maximal_access(self, caller: Caller, a: Attributes, parent: int | None) -> int:
         """What C{caller} may do to C{a} (and, with its C{parent}, whether it may delete it)."""
         vfs = self.vfs
         bits = await vfs.access(caller, a.ino, R | W | X)
@@ -337,7 +368,7 @@ class FileService:
             mask &= ~c.MODIFY_ACCESS
         return mask
 
-    def _owner(self, conn: Any, fid: FileId) -> Any:
+    def _owner(self, conn: Any, fid: FileId) -> LockOwner:
         return LockOwner("smb", conn.conn_id, struct.pack("<QQ", *fid))
 
     # -- CREATE ------------------------------------------------------------------------------
@@ -474,7 +505,12 @@ class FileService:
         dos = stored
         try:
             if overwrite:
-                a = await vfs.setattr(caller, a.ino, SetAttrs(size=0))
+                a = await vfs.setattr(
+                    caller,
+                    a.ino,
+                    SetAttrs(size=0),
+                    origin=Origin(owner=owner, share=token, strict=True),
+                )
                 action = c.FILE_SUPERSEDED if disp == c.FILE_SUPERSEDE else c.FILE_OVERWRITTEN
                 dos = (
                     body.file_attributes & ~c.FILE_ATTRIBUTE_SPARSE_FILE
@@ -554,7 +590,9 @@ class FileService:
             self._case = CaseIndex(self.vfs)
         return self._case
 
-    async def lookup_name(self, caller: Any, dir_ino: int, name: bytes) -> tuple[Attributes, bytes]:
+    async def lookup_name(
+        self, caller: Caller, dir_ino: int, name: bytes
+    ) -> tuple[Attributes, bytes]:
         """
         An entry of C{dir_ino} matched case-insensitively (see
         L{claudefs_gateway.smb.names}), and its stored name.
@@ -570,7 +608,9 @@ class FileService:
                 raise
             return await vfs.lookup(caller, dir_ino, real), real
 
-    async def resolve_dir(self, caller: Any, parts: list[bytes]) -> tuple[Attributes, list[bytes]]:
+    async def resolve_dir(
+        self, caller: Caller, parts: list[bytes]
+    ) -> tuple[Attributes, list[bytes]]:
         """
         The directory C{parts} names from the share's root, case-insensitively,
         and the components as stored.
@@ -604,12 +644,12 @@ class FileService:
                 raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND, "parent not found") from None
         except (errors.NotDir, errors.Loop):
             raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND, "parent not found") from None
-        if not a.is_dir:
+        if a is None or not a.is_dir:
             raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND, "parent is not a directory")
         return a, found
 
     async def _lookup(
-        self, caller: Any, parent: int, leaf: bytes, dir_parts: list[bytes]
+        self, caller: Caller, parent: int, leaf: bytes, dir_parts: list[bytes]
     ) -> tuple[Attributes | None, bytes]:
         """
         The entry C{leaf} of C{parent} (case-insensitively), symbolic links
@@ -630,7 +670,7 @@ class FileService:
         return a, leaf
 
     async def _undo_create(
-        self, caller: Any, parent: int | None, leaf: bytes, a: Attributes
+        self, caller: Caller, parent: int | None, leaf: bytes, a: Attributes
     ) -> None:
         if parent is None:
             return
@@ -734,11 +774,8 @@ class FileService:
             self.resume_keys.pop(op.resume_key, None)
         if op.watch is not None:
             self._end_watch(conn, op)
-        if op.modified:
-            self.modified(op)
-        locks = self.locks
-        if locks is not None and op.lock_owner is not None:
-            locks.release_owner(op.lock_owner)
+        if op.lock_owner is not None:
+            self.locks.release_owner(op.lock_owner)
         node = op.node
         if node is None:
             return
@@ -782,12 +819,12 @@ class FileService:
             raise SMBError(st.STATUS_ACCESS_DENIED, "no read access")
         if body.offset + body.length > 2**63 - 1:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "read past the largest offset")
-        locks = self.locks
-        if locks is not None and not locks.check_io(
-            op.ino, op.lock_owner, body.offset, body.length, False
-        ):
-            raise SMBError(st.STATUS_FILE_LOCK_CONFLICT)
-        result = await self.vfs.read(op.tree.caller, op.ino, body.offset, body.length)
+        try:
+            result = await self.vfs.read(
+                op.tree.caller, op.ino, body.offset, body.length, op.origin
+            )
+        except errors.LockConflict:
+            raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
         data = result.data
         if (body.length and not data) or len(data) < body.minimum:
             raise SMBError(st.STATUS_END_OF_FILE)
@@ -817,13 +854,12 @@ class FileService:
             offset = (await self.vfs.getattr(caller, op.ino)).size
         if offset + length > 2**63 - 1:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "write past the largest offset")
-        locks = self.locks
-        if locks is not None and not locks.check_io(op.ino, op.lock_owner, offset, length, True):
-            raise SMBError(st.STATUS_FILE_LOCK_CONFLICT)
         stable = op.write_through or bool(body.flags & c.SMB2_WRITEFLAG_WRITE_THROUGH)
         if length:
-            await self.vfs.write(caller, op.ino, offset, bytes(body.data), stable)
-            op.modified = True
+            try:
+                await self.vfs.write(caller, op.ino, offset, bytes(body.data), stable, op.origin)
+            except errors.LockConflict:
+                raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
         return pack_write_response(length)
 
     async def smb_FLUSH(self, conn: Any, req: Request) -> bytes:
@@ -892,7 +928,7 @@ class FileService:
         self,
         conn: Any,
         req: Request,
-        locks: Any,
+        locks: ILockTable,
         op: Open,
         offset: int,
         length: int,
@@ -922,6 +958,8 @@ class FileService:
             for z, zx in other.zero_locks:
                 if offset < z < end and self._zero_conflict(other is op, zx, exclusive):
                     raise SMBError(st.STATUS_LOCK_NOT_GRANTED)
+        if op.lock_owner is None:
+            raise SMBError(st.STATUS_INVALID_DEVICE_REQUEST, "no byte-range locks here")
         d = locks.lock(ino, op.lock_owner, offset, length, exclusive, wait=wait)
         if wait:
             d = conn.go_async(req, d)
@@ -933,13 +971,15 @@ class FileService:
         # one's own only refuse a new exclusive lock.
         return exclusive if same_open else (held_exclusive or exclusive)
 
-    def _unlock(self, locks: Any, op: Open, offset: int, length: int) -> None:
+    def _unlock(self, locks: ILockTable, op: Open, offset: int, length: int) -> None:
         """Unlock exactly one lock of C{op}. @raise SMBError: STATUS_RANGE_NOT_LOCKED."""
         if length == 0:
             for i, (z, _x) in sorted(enumerate(op.zero_locks), key=lambda p: not p[1][1]):
                 if z == offset:
                     del op.zero_locks[i]
                     return
+            raise SMBError(st.STATUS_RANGE_NOT_LOCKED)
+        if op.lock_owner is None:
             raise SMBError(st.STATUS_RANGE_NOT_LOCKED)
         try:
             locks.unlock(op.ino, op.lock_owner, offset, length)
@@ -1000,7 +1040,7 @@ class FileService:
         scan.returned_any = True
         return bytes(pack_buffer_response(bytes(out)))
 
-    async def _fill(self, caller: Any, op: Open, scan: DirScan) -> bool:
+    async def _fill(self, caller: Caller, op: Open, scan: DirScan) -> bool:
         """Buffer the next matching entries; False at the end of the directory."""
         vfs = self.vfs
         assert op.node is not None
@@ -1033,9 +1073,9 @@ class FileService:
                     return True
             here = await vfs.getattr(caller, ino)
             up = await vfs.lookup(caller, ino, b"..")
-            for name, a in ((".", here), ("..", up)):
+            for name, dot in ((".", here), ("..", up)):
                 if matches(scan.pattern, name):
-                    scan.buffered.append((name, await self.stat(caller, a)))
+                    scan.buffered.append((name, await self.stat(caller, dot)))
             if scan.buffered:
                 return True
         while not scan.buffered:
@@ -1054,8 +1094,9 @@ class FileService:
                 decoded = _decode(e.name)
                 if decoded is None or not matches(scan.pattern, decoded):
                     continue
-                a = e.attrs
-                if a is None:
+                if e.attrs is not None:
+                    a = e.attrs
+                else:
                     try:
                         a = await vfs.getattr(caller, e.ino)
                     except errors.NotFound:
@@ -1070,7 +1111,7 @@ class FileService:
                 return False
         return True
 
-    async def _follow(self, caller: Any, op: Open, name: bytes) -> Attributes | None:
+    async def _follow(self, caller: Caller, op: Open, name: bytes) -> Attributes | None:
         """
         The attributes of what a symbolic link in the open directory points to
         (None if it dangles): SMB clients see the target, as Samba shows them.
@@ -1192,12 +1233,14 @@ class FileService:
                 Action.RENAMED_TO: c.FILE_ACTION_RENAMED_NEW_NAME,
             }[change.action]
             names = c.FILE_NOTIFY_CHANGE_FILE_NAME | c.FILE_NOTIFY_CHANGE_DIR_NAME
-            wanted = names if action != c.FILE_ACTION_MODIFIED else ~names
+            wanted = names if action != c.FILE_ACTION_MODIFIED else _notify_bits(change.what)
             if not watch.filter & wanted:
                 return
             name = _decode(change.name)
             if name is None:
                 return
+            if watch.changes and watch.changes[-1] == (action, name):
+                return  # one write after another: one "modified" is enough
             if len(watch.changes) >= MAX_NOTIFY_QUEUE:
                 watch.overflow = True
             else:
@@ -1207,12 +1250,6 @@ class FileService:
             # (as Windows does: smbtorture smb2.notify.valid-req).
             d, limit = watch.waiting.popleft()
             d.callback(self._notify_reply(watch, limit))
-
-    def modified(self, op: Open) -> None:
-        """Tell watchers of the directory holding C{op}'s file that it changed."""
-        node = op.node
-        if node is not None and node.name:
-            self.vfs.events.emit(node.parent, Action.MODIFIED, node.name, node.ino)
 
     def _end_watch(self, conn: Any, op: Open) -> None:
         watch = op.watch
@@ -1323,7 +1360,7 @@ class FileService:
             return self._fit(None, data, limit)
         raise SMBError(st.STATUS_NOT_SUPPORTED, "pipe information")
 
-    async def _eas(self, caller: Any, ino: int) -> list[tuple[bytes, bytes]]:
+    async def _eas(self, caller: Caller, ino: int) -> list[tuple[bytes, bytes]]:
         vfs = self.vfs
         out = []
         try:
@@ -1374,7 +1411,6 @@ class FileService:
                 raise SMBError(st.STATUS_ACCESS_DENIED)
             a = await self.vfs.getattr(caller, op.ino)
             await self._apply_security(caller, a, buf, body.additional)
-            self.modified(op)
             return b"\x02\x00"
         if body.info_type == c.SMB2_0_INFO_FILESYSTEM:
             raise SMBError(st.STATUS_ACCESS_DENIED, "file system information cannot be set")
@@ -1406,13 +1442,6 @@ class FileService:
             raise SMBError(st.STATUS_INVALID_PARAMETER) from None
         except struct.error:
             raise SMBError(st.STATUS_INFO_LENGTH_MISMATCH) from None
-        if cls in (
-            F.FileBasicInformation,
-            F.FileEndOfFileInformation,
-            F.FileAllocationInformation,
-            F.FileFullEaInformation,
-        ):
-            self.modified(op)
         return b"\x02\x00"
 
     async def _set_basic(self, conn: Any, op: Open, buf: bytes) -> None:
@@ -1483,7 +1512,7 @@ class FileService:
                 await vfs.remove(caller, dst_dir.ino, stored)
         if op.is_dir and self._has_open_below(node):
             raise SMBError(st.STATUS_ACCESS_DENIED, "files below the directory are open")
-        await vfs.rename(caller, node.parent, node.name, dst_dir.ino, leaf)
+        await vfs.rename(caller, node.parent, node.name, dst_dir.ino, leaf, op.origin)
         old_path = node.path
         node.parent, node.name = dst_dir.ino, leaf
         node.path = "\\".join(p.decode("utf-8", "surrogatepass") for p in parts)
@@ -1514,7 +1543,7 @@ class FileService:
             if not replace or dst.is_dir:
                 raise SMBError(st.STATUS_OBJECT_NAME_COLLISION)
             await vfs.remove(caller, dst_dir.ino, stored)
-        await vfs.link(caller, op.ino, dst_dir.ino, parts[-1])
+        await vfs.link(caller, op.ino, dst_dir.ino, parts[-1], op.origin)
 
     async def _set_disposition(self, conn: Any, op: Open, buf: bytes) -> None:
         if len(buf) < 1:
@@ -1563,7 +1592,10 @@ class FileService:
             raise SMBError(st.STATUS_ACCESS_DENIED)
         if size < 0:
             raise SMBError(st.STATUS_INVALID_PARAMETER)
-        await self.vfs.setattr(op.tree.caller, op.ino, SetAttrs(size=size))
+        try:
+            await self.vfs.setattr(op.tree.caller, op.ino, SetAttrs(size=size), origin=op.origin)
+        except errors.LockConflict:
+            raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
 
     async def _set_allocation(self, conn: Any, op: Open, buf: bytes) -> None:
         if len(buf) < 8:
@@ -1578,7 +1610,12 @@ class FileService:
         a = await self.vfs.getattr(op.tree.caller, op.ino)
         # MS-FSA 2.1.5.14.1: below the end of file truncates; above it only reserves (not kept).
         if size < a.size:
-            await self.vfs.setattr(op.tree.caller, op.ino, SetAttrs(size=size))
+            try:
+                await self.vfs.setattr(
+                    op.tree.caller, op.ino, SetAttrs(size=size), origin=op.origin
+                )
+            except errors.LockConflict:
+                raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
 
     async def _set_position(self, conn: Any, op: Open, buf: bytes) -> None:
         if len(buf) < 8:
@@ -1604,7 +1641,7 @@ class FileService:
             raise SMBError(st.STATUS_ACCESS_DENIED)
         await self._set_eas(op.tree.caller, op.ino, buf)
 
-    async def _set_eas(self, caller: Any, ino: int, data: bytes) -> None:
+    async def _set_eas(self, caller: Caller, ino: int, data: bytes) -> None:
         vfs = self.vfs
         for _flags, name, value in _ea_entries(data):
             if (
@@ -1623,7 +1660,7 @@ class FileService:
                     pass
 
     async def _apply_security(
-        self, caller: Any, a: Attributes, sd: bytes, parts: int
+        self, caller: Caller, a: Attributes, sd: bytes, parts: int
     ) -> Attributes:
         """Map a security descriptor back to owner, group and mode (see L{claudefs_gateway.smb.security})."""
         idmap = self.factory.idmap
@@ -1740,15 +1777,11 @@ class FileService:
             start, beyond = struct.unpack_from("<qq", body.input)
             if start < 0 or beyond < start:
                 raise SMBError(st.STATUS_INVALID_PARAMETER)
-            locks = self.locks
-            if (
-                beyond > start
-                and locks is not None
-                and not locks.check_io(op.ino, op.lock_owner, start, beyond - start, True)
-            ):
-                raise SMBError(st.STATUS_FILE_LOCK_CONFLICT)
             if beyond > start:
-                await vfs.deallocate(caller, op.ino, start, beyond - start)
+                try:
+                    await vfs.deallocate(caller, op.ino, start, beyond - start, op.origin)
+                except errors.LockConflict:
+                    raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
             return pack_ioctl_response(code, op.file_id, b"")
         raise SMBError(st.STATUS_INVALID_DEVICE_REQUEST, f"FSCTL {code:#x} is not served")
 
@@ -1789,7 +1822,6 @@ class FileService:
         need = c.FILE_WRITE_DATA | (c.FILE_READ_DATA if code == c.FSCTL_SRV_COPYCHUNK else 0)
         if dst.access & need != need or dst.is_dir or src.is_dir:
             raise SMBError(st.STATUS_ACCESS_DENIED, "copy target not open for writing")
-        locks = self.locks
         vfs = self.vfs
         written = total = 0
 
@@ -1799,18 +1831,17 @@ class FileService:
             return SMBError(status, why, body=pack_ioctl_response(code, dst.file_id, progress))
 
         for src_off, dst_off, length in chunks:
-            if locks is not None and (
-                not locks.check_io(src.ino, src.lock_owner, src_off, length, False)
-                or not locks.check_io(dst.ino, dst.lock_owner, dst_off, length, True)
-            ):
-                raise stop(st.STATUS_FILE_LOCK_CONFLICT, "copy across a locked range")
-            got = (await vfs.read(src.tree.caller, src.ino, src_off, length)).data
-            if len(got) < length:
-                raise stop(STATUS_INVALID_VIEW_SIZE, "copy source range past its end")
-            await vfs.write(dst.tree.caller, dst.ino, dst_off, got, dst.write_through)
+            try:
+                got = (await vfs.read(src.tree.caller, src.ino, src_off, length, src.origin)).data
+                if len(got) < length:
+                    raise stop(STATUS_INVALID_VIEW_SIZE, "copy source range past its end")
+                await vfs.write(
+                    dst.tree.caller, dst.ino, dst_off, got, dst.write_through, dst.origin
+                )
+            except errors.LockConflict:
+                raise stop(st.STATUS_FILE_LOCK_CONFLICT, "copy across a locked range") from None
             written += 1
             total += length
-        dst.modified = True
         return pack_ioctl_response(code, dst.file_id, struct.pack("<III", written, 0, total))
 
     # -- OPLOCK_BREAK -----------------------------------------------------------------------------

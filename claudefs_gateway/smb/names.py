@@ -19,11 +19,11 @@ exact spelling wins, then the first one found.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
-from claudefs_gateway.vfs import Action, Change
+from claudefs_gateway.interfaces import IVFS
+from claudefs_gateway.vfs import Action, Caller, Change
 
 __all__ = ["fold", "CaseIndex"]
 
@@ -52,7 +52,7 @@ class CaseIndex:
 
     def __init__(
         self,
-        vfs: Any,
+        vfs: IVFS,
         max_dirs: int = 256,
         max_entries: int = 100_000,
         max_total: int = 200_000,
@@ -67,7 +67,7 @@ class CaseIndex:
         self.scans = 0
         self.unsubscribe = vfs.events.subscribe(None, self._changed)
 
-    async def find(self, caller: Any, dir_ino: int, name: bytes) -> bytes | None:
+    async def find(self, caller: Caller, dir_ino: int, name: bytes) -> bytes | None:
         """The stored spelling of C{name} in C{dir_ino} in another case, or None."""
         key = fold(name)
         index = self._dirs.get(dir_ino)
@@ -81,7 +81,7 @@ class CaseIndex:
         names = index.get(key)
         return names[0] if names else None
 
-    async def _scan(self, caller: Any, dir_ino: int) -> dict[str, list[bytes]] | None:
+    async def _scan(self, caller: Caller, dir_ino: int) -> dict[str, list[bytes]] | None:
         self.scans += 1
         index: dict[str, list[bytes]] = {}
         cookie, verifier, count = 0, b"\x00" * 8, 0

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import attrs
 from automat import MethodicalMachine
 
+from claudefs_gateway.core.machines import to_dot
 from claudefs_gateway.errors import ProtocolError
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
@@ -264,32 +265,6 @@ class SessionMachine:
     reauthenticating.upon(leg_fails, enter=ended, outputs=[_discard])
     reauthenticating.upon(logoff, enter=ended, outputs=[_discard])
     ended.upon(logoff, enter=ended, outputs=[])
-
-
-def to_dot(machine_class: type, name: str) -> str:
-    """
-    A Graphviz digraph of an Automat machine's transitions (what the
-    docs/smb-*.dot files hold; Automat's own drawing needs the graphviz
-    package, which we do not depend on).
-    """
-    automaton = machine_class._machine._automaton  # type: ignore[attr-defined]
-    lines = [f"digraph {name} {{", "  rankdir=LR;", '  node [shape=ellipse, fontname="sans"];']
-    initial = automaton.initialState.method.__name__
-    lines.append(f"  {initial} [shape=doublecircle];")
-    rows = sorted(
-        (
-            s.method.__name__,
-            i.method.__name__,
-            t.method.__name__,
-            " ".join(o.method.__name__ for o in outs),
-        )
-        for s, i, t, outs in automaton.allTransitions()
-    )
-    for src, inp, dst, outs in rows:
-        label = inp + (f"\\n/ {outs}" if outs else "")
-        lines.append(f'  {src} -> {dst} [label="{label}"];')
-    lines.append("}")
-    return "\n".join(lines) + "\n"
 
 
 # -- NEGOTIATE choices (MS-SMB2 3.3.5.4) --------------------------------------------------

@@ -48,6 +48,7 @@ from claudefs_gateway.core.authlimit import AuthFailureLimiter
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.errors import ProtocolError
 from claudefs_gateway.fstypes import Credentials
+from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.auth import (
@@ -238,7 +239,7 @@ class SMBFactory(protocol.Factory):
         self.smb = config.smb
         self.reactor = reactor
         self._vfs_ready = vfs_ready
-        self.vfs: Any = None
+        self.vfs: IVFS | None = None
         self.metrics = metrics
         self.activity = activity
         self.limiter = limiter or AuthFailureLimiter(reactor)
@@ -264,7 +265,7 @@ class SMBFactory(protocol.Factory):
         p.factory = self
         return p
 
-    async def get_vfs(self) -> Any:
+    async def get_vfs(self) -> IVFS:
         if self.vfs is None:
             vfs = await self._vfs_ready()
             if self.vfs is None:
@@ -284,9 +285,11 @@ class SMBFactory(protocol.Factory):
         return self.vfs
 
     @property
-    def locks(self) -> Any:
-        """The vfs's cross-protocol lock table (None if the vfs was built without one)."""
-        return getattr(self.vfs, "locks", None)
+    def open_vfs(self) -> IVFS:
+        """The vfs, once a request has waited for it (file operations run only after that)."""
+        if self.vfs is None:
+            raise SMBError(st.STATUS_INTERNAL_ERROR, "no vfs yet")
+        return self.vfs
 
     def new_session_id(self) -> int:
         self._next_session = (self._next_session + 0x10001) & 0xFFFFFFFFFFFF
@@ -1015,7 +1018,7 @@ class SMBConnection(protocol.Protocol):
         req.sign_reply = True
         return Reply(pack_session_setup_response(flags, step.token))
 
-    def _nt_hash_lookup(self, vfs: Any) -> Callable[[str], bytes | None]:
+    def _nt_hash_lookup(self, vfs: IVFS) -> Callable[[str], bytes | None]:
         def lookup(name: str) -> bytes | None:
             user = vfs.users.by_name(name)
             if user is None or not user.nt_hash:
@@ -1027,7 +1030,7 @@ class SMBConnection(protocol.Protocol):
 
         return lookup
 
-    def _admit(self, session: Session, result: Any, vfs: Any) -> int:
+    def _admit(self, session: Session, result: Any, vfs: IVFS) -> int:
         """Policy for a completed logon; derive keys. Returns SessionFlags. @raise LogonFailure."""
         n = self.negotiated
         assert n is not None

@@ -6,11 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService, MultiService
-from twisted.internet import defer
 
 from claudefs_gateway.core.authlimit import AuthFailureLimiter
 from claudefs_gateway.core.metrics import RequestMetrics
-from claudefs_gateway.errors import BackendUnavailable
 
 __all__ = ["make_service"]
 
@@ -28,15 +26,9 @@ def make_service(core: Any) -> IService:
     svc.setName("proto:smb")
     config = core.config
 
-    def vfs_ready() -> defer.Deferred[Any]:
-        if core.vfs_service is None:
-            # No backend in this build: every request fails as "try later".
-            return defer.fail(BackendUnavailable("no backend is serving the namespace"))
-        return core.vfs_ready()  # type: ignore[no-any-return]
-
     factory = SMBFactory(
         config,
-        vfs_ready,
+        core.vfs_ready,
         core.reactor,
         metrics=RequestMetrics(core.metrics, "smb"),
         activity=core.drainer.activity("smb"),

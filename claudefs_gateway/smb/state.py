@@ -15,9 +15,13 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 
+from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.crypto import PreauthHash, Sealer, SessionKeys, Signer
+from claudefs_gateway.smb.errors import SMBError
 from claudefs_gateway.smb.header import Header
 from claudefs_gateway.smb.messages import FileId
+from claudefs_gateway.vfs import Caller, ExportInfo, LockOwner, ShareToken
+from claudefs_gateway.vfs.origin import Origin
 
 __all__ = ["Session", "Tree", "Open", "FileNode", "Chain", "Request", "Reply", "Watch", "DirScan"]
 
@@ -67,14 +71,28 @@ class Tree:
     id: int
     session: Session
     name: str
-    export: Any  # ExportInfo, or None for IPC$
-    caller: Any  # vfs Caller, or None for IPC$
+    _export: ExportInfo | None  # None for IPC$
+    _caller: Caller | None  # None for IPC$
     encrypt: bool = False
     maximal_access: int = 0
 
     @property
     def ipc(self) -> bool:
-        return self.export is None
+        return self._export is None
+
+    @property
+    def export(self) -> ExportInfo:
+        """The share's export (file operations never reach an IPC$ tree)."""
+        if self._export is None:
+            raise SMBError(st.STATUS_INVALID_DEVICE_REQUEST, "not a disk share")
+        return self._export
+
+    @property
+    def caller(self) -> Caller:
+        """Who the session runs as on this share."""
+        if self._caller is None:
+            raise SMBError(st.STATUS_INVALID_DEVICE_REQUEST, "not a disk share")
+        return self._caller
 
 
 @attrs.define(eq=False)
@@ -129,8 +147,8 @@ class Open:
     node: FileNode | None
     is_dir: bool
     access: int
-    lock_owner: Any = None
-    share: Any = None
+    lock_owner: LockOwner | None = None
+    share: ShareToken | None = None
     delete_on_close: bool = False
     write_through: bool = False
     position: int = 0
@@ -139,8 +157,6 @@ class Open:
     watch: Watch | None = None
     pipe: Any = None
     zero_locks: list[tuple[int, bool]] = attrs.Factory(list)  # (offset, exclusive)
-    # Data or size changed through this open: watchers hear "modified" at close.
-    modified: bool = False
     # FSCTL_SRV_REQUEST_RESUME_KEY: the key server-side copies name this open by.
     resume_key: bytes = b""
     closed: bool = False
@@ -149,6 +165,15 @@ class Open:
     def ino(self) -> int:
         assert self.node is not None
         return self.node.ino
+
+    @property
+    def origin(self) -> Origin:
+        """
+        What the vfs checks this open's I/O as: its own locks and share
+        reservation, and every lock of others (SMB honours NLM's and NFSv4's
+        locks on its I/O, as Samba does with POSIX locks).
+        """
+        return Origin(owner=self.lock_owner, share=self.share, strict=True)
 
 
 @attrs.define

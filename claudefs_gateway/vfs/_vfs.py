@@ -19,12 +19,15 @@ execute it, and ".." of an export's root is the root itself.
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
+
+from zope.interface import implementer
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.config import Config, Export
@@ -42,12 +45,15 @@ from claudefs_gateway.fstypes import (
     SetAttrs,
     WriteResult,
 )
+from claudefs_gateway.interfaces import IVFS, IBackend, ILeaseManager, ILockTable, IUserDB
 from claudefs_gateway.vfs import permissions as perm
 from claudefs_gateway.vfs.cache import AttrCache, NameCache
-from claudefs_gateway.vfs.events import Action, ChangeEvents
+from claudefs_gateway.vfs.events import Action, Change, ChangeEvents, What
 from claudefs_gateway.vfs.exports import Caller, ExportInfo, Exports
 from claudefs_gateway.vfs.handles import HandleCodec
-from claudefs_gateway.vfs.identity import UserDB
+from claudefs_gateway.vfs.leases import LeaseManager, Why
+from claudefs_gateway.vfs.locks import EOF, LockTable
+from claudefs_gateway.vfs.origin import Origin, default_origin
 from claudefs_gateway.vfs.quotas import QuotaManager
 
 __all__ = ["VFS", "INTERNAL_PREFIX", "SYMLOOP_MAX"]
@@ -61,6 +67,10 @@ T = TypeVar("T")
 INTERNAL_PREFIX = b"cfs."
 SYMLOOP_MAX = 40
 _VERIFIER = b"cfs.nfs.create_verifier"
+#: The whole of a file, as a byte-range lock check sees it.
+_WHOLE = EOF - 1
+_READ, _WRITE, _DELETE = frozenset({"read"}), frozenset({"write"}), frozenset({"delete"})
+_REPLACE = frozenset({"write", "delete"})
 
 
 # Failures that say the backend itself is in trouble (not the caller's request).
@@ -103,26 +113,29 @@ def _usage_changes(
     return out
 
 
+@implementer(IVFS)
 class VFS:
     """
     @ivar exports: the export table (ids, rules, root inodes).
     @ivar users: the user database.
     @ivar quotas: quota limits and usage.
-    @ivar events: change events (SMB CHANGE_NOTIFY).
-    @ivar locks: the cross-protocol lock manager.
+    @ivar events: change events (SMB CHANGE_NOTIFY, caches).
+    @ivar locks: the cross-protocol lock table (byte ranges, share modes).
+    @ivar leases: the cross-protocol lease manager (oplocks, leases, delegations).
     """
 
     _log = Logger()
 
     def __init__(
         self,
-        backend: Any,
+        backend: IBackend,
         config: Config,
         clock: IReactorTime,
         secret: bytes,
-        users: UserDB,
+        users: IUserDB,
         metrics: Metrics | None = None,
-        locks: Any = None,
+        locks: ILockTable | None = None,
+        leases: ILeaseManager | None = None,
     ) -> None:
         self.backend = backend
         self.config = config
@@ -137,7 +150,21 @@ class VFS:
         self.quotas = QuotaManager(backend, config.quota, clock)
         self.users = users
         self.events = ChangeEvents()
-        self.locks = locks
+        self.locks: ILockTable = locks if locks is not None else LockTable(clock)
+        self.leases: ILeaseManager = (
+            leases
+            if leases is not None
+            else LeaseManager(
+                clock,
+                config.leases.recall_timeout_secs,
+                config.leases.max_leases,
+                metrics,
+            )
+        )
+        # Where each inode was last seen by name, so a change to its data or
+        # attributes can be reported in its directory (see vfs/events.py).
+        self._names: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
+        self._names_max = max(4096, c.max_entries)
         self.root_ino = 0
         self.is_open = False
         self._backend_errors = (
@@ -256,12 +283,16 @@ class VFS:
         ino = self.name_cache.get((dir_ino, name))
         if ino is not None:
             try:
-                return await self._getattr(ino)
+                a = await self._getattr(ino)
             except errors.NotFound:
                 self.name_cache.discard((dir_ino, name))
+            else:
+                self._seen(dir_ino, name, a.ino)
+                return a
         a = await self.backend.lookup(dir_ino, name)
         self.name_cache.put((dir_ino, name), a.ino)
         self.attr_cache.put(a.ino, a)
+        self._seen(dir_ino, name, a.ino)
         return a
 
     def _dir_changed(self, dir_ino: int) -> None:
@@ -272,8 +303,88 @@ class VFS:
         self.attr_cache.discard(a.ino)
         if a.is_dir:
             self.name_cache.forget_dir(a.ino)
-        if self.locks is not None:
-            self.locks.release_inode(a.ino)
+        self._names.pop(a.ino, None)
+        self.locks.release_inode(a.ino)
+        self.leases.release_inode(a.ino)
+
+    # -- names of inodes, change events -----------------------------------------
+
+    def _seen(self, dir_ino: int, name: bytes, ino: int) -> None:
+        if name in (b".", b".."):
+            return
+        names = self._names
+        names[ino] = (dir_ino, name)
+        names.move_to_end(ino)
+        if len(names) > self._names_max:
+            names.popitem(last=False)
+
+    def name_of(self, ino: int) -> tuple[int, bytes] | None:
+        """A directory and name this gateway last saw C{ino} under, if any."""
+        return self._names.get(ino)
+
+    def _emit(
+        self, dir_ino: int, action: Action, name: bytes, ino: int, what: What = What.NONE
+    ) -> None:
+        if self.events.wants(dir_ino):
+            self.events.emit(Change(dir_ino, action, name, ino, what))
+
+    def _modified(self, ino: int, what: What) -> None:
+        """A file's data or attributes changed: tell its directory's watchers."""
+        if self.events.quiet:
+            return
+        where = self._names.get(ino)
+        if where is not None:
+            self._emit(where[0], Action.MODIFIED, where[1], ino, what)
+
+    # -- locks, share modes and leases (docs/locks.rst "One file, every protocol") -
+
+    def _origin(self, caller: Caller, origin: Origin | None) -> Origin:
+        return origin if origin is not None else default_origin(caller.protocol)
+
+    def _check_shares(self, ino: int, origin: Origin, doing: frozenset[str]) -> None:
+        """
+        A request that comes through no open of C{ino} (NFSv3, S3, a rename's
+        target) is refused by any open that denies what it does.
+        """
+        share = origin.share
+        if share is not None and share.ino == ino:
+            return  # checked when its open was made
+        for token in self.locks.shares(ino):
+            if token.deny & doing:
+                raise errors.ShareConflict(
+                    f"another open denies {'/'.join(sorted(token.deny & doing))}"
+                )
+
+    def _check_range(self, ino: int, origin: Origin, start: int, length: int, write: bool) -> None:
+        if not self.locks.check_io(ino, origin.lock_owner, start, length, write, origin.strict):
+            raise errors.LockConflict(None, "a byte-range lock of another owner covers the range")
+
+    async def _before(
+        self,
+        ino: int,
+        origin: Origin,
+        why: Why,
+        doing: frozenset[str] = frozenset(),
+        span: tuple[int, int, bool] | None = None,
+    ) -> None:
+        """
+        What every change (or read) of C{ino} passes first: other opens' deny
+        modes (C{doing}), byte-range locks (C{span}: start, length, write),
+        then break-before-mutate of other holders' leases (C{why}).
+        """
+        if doing:
+            self._check_shares(ino, origin, doing)
+        if span is not None:
+            self._check_range(ino, origin, *span)
+        leases = self.leases
+        if leases.busy(ino):
+            await leases.recall(ino, why, origin.exempt, wait=origin.wait)
+
+    async def _dir_change(self, dir_ino: int, origin: Origin) -> None:
+        """Break directory leases on C{dir_ino}: an entry in it is about to change."""
+        leases = self.leases
+        if leases.busy(dir_ino):
+            await leases.recall(dir_ino, Why.DIR_CHANGE, origin.exempt, wait=origin.wait)
 
     async def _after_write(
         self, caller: Caller, before: Attributes, after: Attributes
@@ -301,11 +412,18 @@ class VFS:
 
     @deferred
     async def setattr(
-        self, caller: Caller, ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None
+        self,
+        caller: Caller,
+        ino: int,
+        changes: SetAttrs,
+        guard_ctime_ns: int | None = None,
+        origin: Origin | None = None,
     ) -> Attributes:
         """
         Change attributes under Linux's rules (see L{permissions.check_setattr});
         a truncation by the owner is allowed whatever the mode (owner override).
+        A size change is a write as far as other opens' deny modes, byte-range
+        locks (the bytes between the old and the new size) and leases go.
         """
         self._writable(caller)
         a = await self._getattr(ino)
@@ -349,6 +467,12 @@ class VFS:
             size_change if size_change is not None and a.is_reg else (a.size if a.is_reg else 0)
         )
         moved = new_uid != a.uid or new_gid != a.gid
+        org = self._origin(caller, origin)
+        if size_change is not None and a.is_reg and size_change != a.size:
+            low, high = sorted((size_change, a.size))
+            await self._before(ino, org, Why.WRITE, _WRITE, (low, high - low, True))
+        else:
+            await self._before(ino, org, Why.SETATTR)
         ticket = self._admit_move(a, new_uid, new_gid, new_size, moved)
         try:
             after = await self.backend.setattr(ino, changes, guard_ctime_ns)
@@ -357,6 +481,14 @@ class VFS:
             raise
         self.quotas.settle(ticket, _usage_changes(a, after))
         self.attr_cache.put(ino, after)
+        what = What.NONE
+        if size_change is not None:
+            what |= What.SIZE | What.DATA
+        if changes.mode is not None or moved:
+            what |= What.ATTRIBUTES | What.SECURITY
+        if changes.atime is not None or changes.mtime is not None or changes.btime is not None:
+            what |= What.TIMES
+        self._modified(ino, what)
         return after
 
     def _admit_move(self, a: Attributes, uid: int, gid: int, size: int, moved: bool) -> Any:
@@ -401,10 +533,12 @@ class VFS:
         mode: int,
         rdev: tuple[int, int] = (0, 0),
         target: bytes | None = None,
+        origin: Origin | None = None,
     ) -> Attributes:
         d = await self._prepare_new(caller, dir_ino)
         uid, gid = perm.new_owner(caller.cred, d)
         mode = perm.new_mode(caller.cred, d, mode, type, gid)
+        await self._dir_change(dir_ino, self._origin(caller, origin))
         ticket = self.quotas.admit(uid, gid, 0, 1)
         try:
             if target is not None:
@@ -417,13 +551,20 @@ class VFS:
         self.quotas.settle(ticket, [(uid, gid, 0, 1)])
         self.attr_cache.put(a.ino, a)
         self.name_cache.put((dir_ino, name), a.ino)
+        self._seen(dir_ino, name, a.ino)
         self._dir_changed(dir_ino)
-        self.events.emit(dir_ino, Action.ADDED, name, a.ino)
+        self._emit(dir_ino, Action.ADDED, name, a.ino)
         return a
 
     @deferred
     async def create(
-        self, caller: Caller, dir_ino: int, name: bytes, mode: int, exclusive: bool = True
+        self,
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        mode: int,
+        exclusive: bool = True,
+        origin: Origin | None = None,
     ) -> Attributes:
         """
         A new regular file. With C{exclusive=False} an existing regular file of
@@ -434,7 +575,7 @@ class VFS:
             non-file, when not).
         """
         try:
-            return await self._make(caller, dir_ino, name, FileType.REG, mode)
+            return await self._make(caller, dir_ino, name, FileType.REG, mode, origin=origin)
         except errors.Exists:
             if exclusive:
                 raise
@@ -467,8 +608,10 @@ class VFS:
         return a
 
     @deferred
-    async def mkdir(self, caller: Caller, dir_ino: int, name: bytes, mode: int) -> Attributes:
-        return await self._make(caller, dir_ino, name, FileType.DIR, mode)
+    async def mkdir(
+        self, caller: Caller, dir_ino: int, name: bytes, mode: int, origin: Origin | None = None
+    ) -> Attributes:
+        return await self._make(caller, dir_ino, name, FileType.DIR, mode, origin=origin)
 
     @deferred
     async def symlink(
@@ -495,13 +638,19 @@ class VFS:
         return await self._make(caller, dir_ino, name, type, mode, rdev)
 
     @deferred
-    async def link(self, caller: Caller, ino: int, dir_ino: int, name: bytes) -> Attributes:
+    async def link(
+        self, caller: Caller, ino: int, dir_ino: int, name: bytes, origin: Origin | None = None
+    ) -> Attributes:
         await self._prepare_new(caller, dir_ino)
+        org = self._origin(caller, origin)
+        await self._before(ino, org, Why.NAMESPACE)
+        await self._dir_change(dir_ino, org)
         a = await self.backend.link(ino, dir_ino, name)
         self.attr_cache.put(a.ino, a)
         self.name_cache.put((dir_ino, name), a.ino)
+        self._seen(dir_ino, name, a.ino)
         self._dir_changed(dir_ino)
-        self.events.emit(dir_ino, Action.ADDED, name, a.ino)
+        self._emit(dir_ino, Action.ADDED, name, a.ino)
         return a
 
     async def _prepare_remove(
@@ -516,23 +665,43 @@ class VFS:
         perm.check_sticky(caller.cred, d, a)
         return d, a
 
+    async def _before_unlink(self, a: Attributes, origin: Origin, doing: frozenset[str]) -> None:
+        """
+        A name of C{a} goes (unlink, or replaced by a rename): opens that deny
+        delete refuse it; for strict origins (S3) any byte-range lock of
+        another owner does too; its last name going breaks every lease on it.
+        """
+        span = (0, _WHOLE, True) if origin.strict and a.is_reg else None
+        why = Why.UNLINK if a.nlink <= 1 or a.is_dir else Why.NAMESPACE
+        await self._before(a.ino, origin, why, doing, span)
+
     @deferred
-    async def remove(self, caller: Caller, dir_ino: int, name: bytes) -> Attributes:
+    async def remove(
+        self, caller: Caller, dir_ino: int, name: bytes, origin: Origin | None = None
+    ) -> Attributes:
         """Unlink a non-directory; fires with the inode after (nlink 0: gone)."""
         _, a = await self._prepare_remove(caller, dir_ino, name)
         if a.is_dir:
             raise errors.IsDir("is a directory")
+        org = self._origin(caller, origin)
+        await self._before_unlink(a, org, _DELETE)
+        await self._dir_change(dir_ino, org)
         after = await self.backend.unlink(dir_ino, name)
         self._after_remove(dir_ino, name, a, after)
         return after
 
     @deferred
-    async def rmdir(self, caller: Caller, dir_ino: int, name: bytes) -> Attributes:
+    async def rmdir(
+        self, caller: Caller, dir_ino: int, name: bytes, origin: Origin | None = None
+    ) -> Attributes:
         _, a = await self._prepare_remove(caller, dir_ino, name)
         if not a.is_dir:
             raise errors.NotDir("not a directory")
         if a.ino in {e.root_ino for e in self.exports}:
             raise errors.Busy("an export's root cannot be removed")
+        org = self._origin(caller, origin)
+        await self._before(a.ino, org, Why.DIR_NAMESPACE, _DELETE)
+        await self._dir_change(dir_ino, org)
         after = await self.backend.rmdir(dir_ino, name)
         self._after_remove(dir_ino, name, a, after)
         return after
@@ -547,13 +716,27 @@ class VFS:
             self._gone(after)
         else:
             self.attr_cache.put(after.ino, after)
-        self.events.emit(dir_ino, Action.REMOVED, name, after.ino)
+            if self._names.get(after.ino) == (dir_ino, name):
+                del self._names[after.ino]
+        self._emit(dir_ino, Action.REMOVED, name, after.ino)
 
     @deferred
     async def rename(
-        self, caller: Caller, src_dir: int, src_name: bytes, dst_dir: int, dst_name: bytes
+        self,
+        caller: Caller,
+        src_dir: int,
+        src_name: bytes,
+        dst_dir: int,
+        dst_name: bytes,
+        origin: Origin | None = None,
     ) -> RenameResult:
-        """POSIX rename under permission and sticky-bit rules; see IMetadataService.rename."""
+        """
+        POSIX rename under permission and sticky-bit rules; see
+        IMetadataService.rename. Opens of the source that deny delete refuse
+        it (as Windows does); a replaced destination is unlinked as far as
+        share modes, locks and leases go, and its data replaced, so opens
+        denying write refuse that too.
+        """
         self._writable(caller)
         sd = await self._dir(src_dir)
         dd = await self._dir(dst_dir)
@@ -577,6 +760,16 @@ class VFS:
         if src.is_dir and src_dir != dst_dir:
             # Moving a directory rewrites its "..": Linux needs write permission on it.
             perm.check(caller.cred, src, perm.W)
+        org = self._origin(caller, origin)
+        if dst is None or dst.ino != src.ino:
+            await self._before(
+                src.ino, org, Why.DIR_NAMESPACE if src.is_dir else Why.NAMESPACE, _DELETE
+            )
+            if dst is not None:
+                await self._before_unlink(dst, org, _REPLACE)
+            await self._dir_change(src_dir, org)
+            if dst_dir != src_dir:
+                await self._dir_change(dst_dir, org)
         result = await self.backend.rename(src_dir, src_name, dst_dir, dst_name)
         if dst is not None and result.replaced is not None:
             self.quotas.apply_all(_usage_changes(dst, result.replaced))
@@ -590,14 +783,15 @@ class VFS:
         if src.is_dir:
             self.name_cache.discard((src.ino, b".."))
         self.attr_cache.put(result.source.ino, result.source)
+        self._seen(dst_dir, dst_name, result.source.ino)
         self._dir_changed(src_dir)
         self._dir_changed(dst_dir)
         if src_dir == dst_dir:
-            self.events.emit(src_dir, Action.RENAMED_FROM, src_name, src.ino)
-            self.events.emit(dst_dir, Action.RENAMED_TO, dst_name, src.ino)
+            self._emit(src_dir, Action.RENAMED_FROM, src_name, src.ino)
+            self._emit(dst_dir, Action.RENAMED_TO, dst_name, src.ino)
         else:
-            self.events.emit(src_dir, Action.REMOVED, src_name, src.ino)
-            self.events.emit(dst_dir, Action.ADDED, dst_name, src.ino)
+            self._emit(src_dir, Action.REMOVED, src_name, src.ino)
+            self._emit(dst_dir, Action.ADDED, dst_name, src.ino)
         return result
 
     @deferred
@@ -622,6 +816,7 @@ class VFS:
         for e in page.entries:
             if e.attrs is not None:
                 self.attr_cache.put(e.ino, e.attrs)
+            self._seen(dir_ino, e.name, e.ino)
         return page
 
     @deferred
@@ -649,19 +844,36 @@ class VFS:
             raise errors.Access("read denied")
 
     @deferred
-    async def read(self, caller: Caller, ino: int, offset: int, count: int) -> ReadResult:
+    async def read(
+        self, caller: Caller, ino: int, offset: int, count: int, origin: Origin | None = None
+    ) -> ReadResult:
+        """
+        Read after other opens' deny-read modes, exclusive byte-range locks
+        and other holders' write caching (broken to read first) allow it.
+        """
         a = await self._getattr(ino)
         self._data_allowed(caller, a, write=False)
+        if self.locks.busy(ino) or self.leases.busy(ino):
+            span = (offset, min(count, _WHOLE - offset), False) if 0 <= offset < _WHOLE else None
+            await self._before(ino, self._origin(caller, origin), Why.READ, _READ, span)
         data, eof = await self.backend.read(ino, offset, count)
         return ReadResult(data, eof, a)
 
     @deferred
     async def write(
-        self, caller: Caller, ino: int, offset: int, data: bytes | memoryview, stable: bool
+        self,
+        caller: Caller,
+        ino: int,
+        offset: int,
+        data: bytes | memoryview,
+        stable: bool,
+        origin: Origin | None = None,
     ) -> WriteResult:
         """
         Write C{data} (bytes, or a memoryview a front end passes to avoid a
-        copy of a large payload; the backends take any bytes-like object).
+        copy of a large payload; the backends take any bytes-like object),
+        after other opens' deny-write modes, byte-range locks and leases
+        (others' caching broken first) allow it.
         """
         self._writable(caller)
         a = await self._getattr(ino)
@@ -671,6 +883,10 @@ class VFS:
         end = offset + len(data)
         if end > MAX_FILE_SIZE:
             raise errors.FBig("file too large")
+        if self.locks.busy(ino) or self.leases.busy(ino):
+            await self._before(
+                ino, self._origin(caller, origin), Why.WRITE, _WRITE, (offset, len(data), True)
+            )
         ticket = self.quotas.admit(a.uid, a.gid, end - a.size if len(data) else 0, 0)
         try:
             result = await self.backend.write(ino, offset, data, stable)
@@ -680,6 +896,8 @@ class VFS:
         before = result.before or a
         self.quotas.settle(ticket, _usage_changes(before, result.attrs))
         after = await self._after_write(caller, before, result.attrs)
+        if len(data):
+            self._modified(ino, What.DATA | (What.SIZE if after.size != before.size else 0))
         return WriteResult(result.count, result.stable, after, before)
 
     @deferred
@@ -689,10 +907,15 @@ class VFS:
         return a
 
     @deferred
-    async def allocate(self, caller: Caller, ino: int, offset: int, length: int) -> Attributes:
+    async def allocate(
+        self, caller: Caller, ino: int, offset: int, length: int, origin: Origin | None = None
+    ) -> Attributes:
         self._writable(caller)
         a = await self._getattr(ino)
         self._data_allowed(caller, a, write=True)
+        await self._before(
+            ino, self._origin(caller, origin), Why.WRITE, _WRITE, (offset, length, True)
+        )
         ticket = self.quotas.admit(a.uid, a.gid, offset + length - a.size, 0)
         try:
             after = await self.backend.allocate(ino, offset, length)
@@ -701,15 +924,23 @@ class VFS:
             raise
         self.quotas.settle(ticket, _usage_changes(a, after))
         self.attr_cache.put(ino, after)
+        if after.size != a.size:
+            self._modified(ino, What.SIZE)
         return after
 
     @deferred
-    async def deallocate(self, caller: Caller, ino: int, offset: int, length: int) -> Attributes:
+    async def deallocate(
+        self, caller: Caller, ino: int, offset: int, length: int, origin: Origin | None = None
+    ) -> Attributes:
         self._writable(caller)
         a = await self._getattr(ino)
         self._data_allowed(caller, a, write=True)
+        await self._before(
+            ino, self._origin(caller, origin), Why.WRITE, _WRITE, (offset, length, True)
+        )
         after = await self.backend.deallocate(ino, offset, length)
         self.attr_cache.put(ino, after)
+        self._modified(ino, What.DATA)
         return after
 
     @deferred
@@ -766,8 +997,10 @@ class VFS:
         self._writable(caller)
         a = await self._getattr(ino)
         perm.check(caller.cred, a, perm.W)
+        await self._before(ino, self._origin(caller, None), Why.SETATTR)
         await self.backend.setxattr(ino, name, value, create)
         self.attr_cache.discard(ino)
+        self._modified(ino, What.XATTR)
 
     @deferred
     async def removexattr(self, caller: Caller, ino: int, name: bytes) -> None:
@@ -775,8 +1008,10 @@ class VFS:
         self._writable(caller)
         a = await self._getattr(ino)
         perm.check(caller.cred, a, perm.W)
+        await self._before(ino, self._origin(caller, None), Why.SETATTR)
         await self.backend.removexattr(ino, name)
         self.attr_cache.discard(ino)
+        self._modified(ino, What.XATTR)
 
     @deferred
     async def meta_get(self, caller: Caller, ino: int, key: bytes) -> bytes | None:
@@ -787,12 +1022,24 @@ class VFS:
             return None
 
     @deferred
-    async def meta_set(self, caller: Caller, ino: int, key: bytes, value: bytes | None) -> None:
-        """Set (None: remove) a front end's own metadata; the caller must be allowed to write the inode."""
+    async def meta_set(
+        self,
+        caller: Caller,
+        ino: int,
+        key: bytes,
+        value: bytes | None,
+        origin: Origin | None = None,
+    ) -> None:
+        """
+        Set (None: remove) a front end's own metadata; the caller must be
+        allowed to write the inode. Others' leases break as for an attribute
+        change (the metadata is an attribute to every protocol that shows it).
+        """
         self._writable(caller)
         a = await self._getattr(ino)
         if caller.cred.uid != a.uid:
             perm.check(caller.cred, a, perm.W)
+        await self._before(ino, self._origin(caller, origin), Why.SETATTR)
         if value is None:
             try:
                 await self.backend.removexattr(ino, INTERNAL_PREFIX + key)
@@ -801,6 +1048,7 @@ class VFS:
         else:
             await self.backend.setxattr(ino, INTERNAL_PREFIX + key, value)
         self.attr_cache.discard(ino)
+        self._modified(ino, What.ATTRIBUTES)
 
     # -- paths ------------------------------------------------------------------
 

@@ -1,11 +1,19 @@
-# -*- test-case-name: tests.vfs.test_vfs -*-
+# -*- test-case-name: tests.vfs.test_events -*-
 """
 Change events: what changed in which directory, as the vfs makes each change.
 
-SMB CHANGE_NOTIFY watches directories through this; it is also where any
-cache that is not the vfs's own can learn to drop entries. Delivery is
-synchronous and in order, right after the change is durable; a subscriber
-that raises is logged and kept.
+Every mutation through the vfs, from every protocol, emits one (SMB
+CHANGE_NOTIFY watches directories through them; caches that are not the
+vfs's own drop entries on them). Delivery is synchronous and in order,
+right after the change is durable; a subscriber that raises is logged and
+kept.
+
+A change names the directory it happened in and the entry's name there. For
+changes to a file's data or attributes the vfs names the directory and name
+it last saw the file under (L{claudefs_gateway.interfaces.IVFS.name_of}); a
+change to a file this gateway has not seen by name since it started (an NFS
+client writing through a handle it kept across a gateway restart, before any
+LOOKUP) has no directory to report and is not emitted.
 """
 
 from __future__ import annotations
@@ -15,30 +23,60 @@ from collections.abc import Callable
 
 import attrs
 
-from claudefs_gateway.core.log import Logger
+from zope.interface import implementer
 
-__all__ = ["Action", "Change", "ChangeEvents"]
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.interfaces import IChangeEvents
+
+__all__ = ["Action", "Change", "ChangeEvents", "What"]
 
 
 class Action(enum.Enum):
     ADDED = "added"
     REMOVED = "removed"
-    MODIFIED = "modified"  # data or attributes of the entry changed
+    MODIFIED = "modified"  # data or attributes of the entry changed: see Change.what
     RENAMED_FROM = "renamed_from"
     RENAMED_TO = "renamed_to"
 
 
+class What(enum.IntFlag):
+    """What a C{MODIFIED} change touched (SMB maps these to its completion-filter bits)."""
+
+    NONE = 0
+    #: the data (a write, a hole punched)
+    DATA = 1
+    #: the size (a write past the end, a truncation, an allocation)
+    SIZE = 2
+    #: mode or DOS attributes
+    ATTRIBUTES = 4
+    #: owner, group or mode bits that decide access (SMB: the security descriptor)
+    SECURITY = 8
+    #: access, modification or creation times set explicitly
+    TIMES = 16
+    #: extended attributes (SMB: EAs)
+    XATTR = 32
+
+
 @attrs.frozen
 class Change:
+    """
+    @ivar dir: the directory the change happened in.
+    @ivar name: the entry's name in C{dir}.
+    @ivar ino: the entry's inode.
+    @ivar what: for C{MODIFIED}, what changed.
+    """
+
     dir: int
     action: Action
     name: bytes
     ino: int
+    what: What = What.NONE
 
 
 Listener = Callable[[Change], None]
 
 
+@implementer(IChangeEvents)
 class ChangeEvents:
     _log = Logger()
 
@@ -59,11 +97,19 @@ class ChangeEvents:
 
         return unsubscribe
 
-    def emit(self, dir_ino: int, action: Action, name: bytes, ino: int) -> None:
-        listeners = self._by_dir.get(dir_ino)
+    @property
+    def quiet(self) -> bool:
+        """No one is listening (the vfs skips building changes then)."""
+        return not self._by_dir and not self._everything
+
+    def wants(self, dir_ino: int) -> bool:
+        """Whether anyone listens to changes in C{dir_ino}."""
+        return bool(self._everything) or dir_ino in self._by_dir
+
+    def emit(self, change: Change) -> None:
+        listeners = self._by_dir.get(change.dir)
         if not listeners and not self._everything:
             return
-        change = Change(dir_ino, action, name, ino)
         for listener in [*(listeners or ()), *self._everything]:
             try:
                 listener(change)

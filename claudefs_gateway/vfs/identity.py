@@ -25,12 +25,15 @@ import attrs
 import yaml
 from twisted.internet.interfaces import IReactorTime
 
+from zope.interface import implementer
+
 from claudefs_gateway.core import log as _logmod
 from claudefs_gateway.core._schema import Builder, load_yaml
 from claudefs_gateway.core.config import User as UserConfig
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.errors import ConfigError, Problem
 from claudefs_gateway.fstypes import Credentials
+from claudefs_gateway.interfaces import IUserDB
 
 __all__ = [
     "User",
@@ -153,6 +156,7 @@ def save_users_file(path: Path, users: list[User]) -> None:
     os.replace(tmp, path)
 
 
+@implementer(IUserDB)
 class UserDB:
     """
     Lookups by name (case-insensitive, as SMB compares them), uid, S3 access

@@ -33,6 +33,8 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from zope.interface import implementer
+
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.errors import (
     Deadlock,
@@ -43,6 +45,7 @@ from claudefs_gateway.errors import (
     ShareConflict,
     Stale,
 )
+from claudefs_gateway.interfaces import ILockTable
 
 __all__ = [
     "EOF",
@@ -253,6 +256,7 @@ class _Owned:
         return not (self.inodes or self.waiters or self.shares)
 
 
+@implementer(ILockTable)
 class LockTable:
     """
     Byte-range locks, blocking waiters and share reservations for every inode
@@ -292,6 +296,10 @@ class LockTable:
     def records(self) -> int:
         """Lock records, share reservations and waiters now (at most C{max_records})."""
         return self._records
+
+    def busy(self, ino: int) -> bool:
+        """Whether any lock, waiter or share reservation exists on C{ino} (the vfs's fast path)."""
+        return ino in self._files
 
     def locks(self, ino: int) -> list[Lock]:
         """Every lock held on C{ino}, in byte order."""
@@ -479,12 +487,22 @@ class LockTable:
         else:
             self._log_op("unlock", ino, owner, start, length, "nothing locked")
 
-    def check_io(self, ino: int, owner: LockOwner, start: int, length: int, write: bool) -> bool:
+    def check_io(
+        self,
+        ino: int,
+        owner: LockOwner,
+        start: int,
+        length: int,
+        write: bool,
+        strict: bool = True,
+    ) -> bool:
         """
         Whether C{owner} may read or write C{length} bytes at C{start} through
-        mandatory locks (SMB READ and WRITE; NFS locks are advisory and NFS
-        does not ask). C{length} here is a byte count: 0 touches no bytes and
-        is always allowed.
+        the locks of others. Locks of Windows owners (SMB) are mandatory and
+        bind every protocol's I/O; locks of POSIX owners (NLM, NFSv4) bind
+        only C{strict} I/O (SMB and S3 honour them; NFS I/O does not, POSIX
+        locks being advisory). C{length} here is a byte count: 0 touches no
+        bytes and is always allowed.
 
         A write is refused by any overlapping lock of another owner, a read
         only by an exclusive one. A Windows owner's own shared lock refuses
@@ -508,6 +526,8 @@ class LockTable:
             if lk.owner == owner:
                 if owner.windows and write and not lk.exclusive:
                     return False
+                continue
+            if not strict and not lk.owner.windows:
                 continue
             if write or lk.exclusive:
                 return False

@@ -20,30 +20,12 @@ from twisted.internet import defer
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.runtime import Core
-from claudefs_gateway.errors import NotBuilt
+from claudefs_gateway.interfaces import IVFS, IBackend, ILeaseManager, ILockTable, IUserDB
 from claudefs_gateway.vfs._vfs import VFS
 from claudefs_gateway.vfs.handles import load_or_create_secret
 from claudefs_gateway.vfs.identity import User, UserDB
 
-__all__ = ["VFSService", "make_backend", "make_users"]
-
-
-def make_backend(core: Core) -> Any:
-    """The backend the configuration names (not opened yet)."""
-    kind = core.config.backend.type
-    if kind == "memory":
-        from claudefs_gateway.backend.memory import MemoryBackend
-
-        return MemoryBackend()
-    if kind == "embedded":
-        try:
-            from claudefs_gateway.backend.embedded import EmbeddedBackend
-        except ImportError:
-            raise NotBuilt(
-                "the embedded backend is not built in this version of claudefs-gateway"
-            ) from None
-        return EmbeddedBackend(core.config.data_dir, core.reactor, core.threads)
-    raise NotBuilt(f"the {kind} backend is not built in this version of claudefs-gateway")
+__all__ = ["VFSService", "make_users", "users_path"]
 
 
 def users_path(config: Any) -> Path | None:
@@ -66,21 +48,31 @@ class VFSService(Service):
     name = "core:vfs"
     _log = Logger()
 
-    def __init__(self, core: Core, backend: Any) -> None:
+    def __init__(
+        self,
+        core: Core,
+        backend: IBackend,
+        users: IUserDB,
+        locks: ILockTable,
+        leases: ILeaseManager,
+    ) -> None:
         self.core = core
         self.backend = backend
+        self.users = users
+        self.locks = locks
+        self.leases = leases
         self.vfs: VFS | None = None
         self.error: str | None = None
-        self._ready: list[defer.Deferred[VFS]] = []
+        self._ready: list[defer.Deferred[IVFS]] = []
         self._opening: defer.Deferred[None] | None = None
 
-    def ready(self) -> defer.Deferred[VFS]:
+    def ready(self) -> defer.Deferred[IVFS]:
         """Fire with the open vfs (at once if open); fails if opening failed."""
         if self.vfs is not None and self.vfs.is_open:
             return defer.succeed(self.vfs)
         if self.error is not None:
             return defer.fail(RuntimeError(self.error))
-        d: defer.Deferred[VFS] = defer.Deferred()
+        d: defer.Deferred[IVFS] = defer.Deferred()
         self._ready.append(d)
         return d
 
@@ -93,9 +85,10 @@ class VFSService(Service):
                 core.config,
                 core.reactor,
                 secret,
-                make_users(core),
+                self.users,
                 core.metrics,
-                locks=make_locks(core),
+                locks=self.locks,
+                leases=self.leases,
             )
             core.caches.register("attr", self.vfs.invalidate)
         return self.vfs
@@ -144,10 +137,3 @@ class VFSService(Service):
             return CheckResult.unhealthy("store not open yet")
         check = getattr(self.backend, "check", None)
         return check() if check is not None else CheckResult.healthy()
-
-
-def make_locks(core: Core) -> Any:
-    """The cross-protocol lock table every front end shares."""
-    from claudefs_gateway.vfs.locks import LockTable
-
-    return LockTable(core.reactor)

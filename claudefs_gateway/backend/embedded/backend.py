@@ -403,7 +403,7 @@ class EmbeddedBackend:
         return self._read(Reader.read, ino, offset, length)
 
     def write(
-        self, ino: int, offset: int, data: bytes, stable: bool
+        self, ino: int, offset: int, data: bytes | memoryview, stable: bool
     ) -> defer.Deferred[WriteResult]:
         # The write runs later on another thread: a mutable buffer the caller
         # may reuse is copied now; bytes (the contract's type) are not.

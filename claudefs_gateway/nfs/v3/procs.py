@@ -37,12 +37,13 @@ from twisted.internet import defer
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import MAX_FILE_SIZE, NAME_MAX, Attributes, SetAttrs
+from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.nfs.context import NFSContext
 from claudefs_gateway.nfs.errors import NFS3_OK, NFS3ERR, nfs3_name, nfs3_status
 from claudefs_gateway.nfs.v3 import codec as c
 from claudefs_gateway.rpc.server import Call, Procedure, Program, no_args
 from claudefs_gateway.rpc.xdr import PADDING
-from claudefs_gateway.vfs import R, W, X
+from claudefs_gateway.vfs import Caller, R, W, X
 
 __all__ = ["NFS3"]
 
@@ -313,7 +314,7 @@ class NFS3:
         """
         d: Attributes | None = None
         d_after: Attributes | None = None
-        caller: Any = None
+        caller: Caller | None = None
         fsid = 0
         try:
             vfs, export, d, caller = await self.ctx.file(call, dir_handle)
@@ -344,20 +345,20 @@ class NFS3:
         if args.mode == c.EXCLUSIVE:
             verifier = args.verifier or bytes(8)
 
-            async def make(vfs: Any, caller: Any, dir_ino: int) -> Attributes:
+            async def make(vfs: IVFS, caller: Caller, dir_ino: int) -> Attributes:
                 return await vfs.create_exclusive(caller, dir_ino, args.name, verifier)
 
             extra = None
         elif args.mode == c.GUARDED:
 
-            async def make(vfs: Any, caller: Any, dir_ino: int) -> Attributes:
+            async def make(vfs: IVFS, caller: Caller, dir_ino: int) -> Attributes:
                 return await vfs.create(caller, dir_ino, args.name, mode, exclusive=True)
 
             extra = _without_mode(sattr)
         else:
             rest = _without_mode(sattr)
 
-            async def make(vfs: Any, caller: Any, dir_ino: int) -> Attributes:
+            async def make(vfs: IVFS, caller: Caller, dir_ino: int) -> Attributes:
                 try:
                     a = await vfs.create(caller, dir_ino, args.name, mode, exclusive=True)
                 except errors.Exists:
@@ -378,7 +379,7 @@ class NFS3:
         d, name, sattr = args
         mode = sattr.mode if sattr.mode is not None else 0o755
 
-        async def make(vfs: Any, caller: Any, dir_ino: int) -> Attributes:
+        async def make(vfs: IVFS, caller: Caller, dir_ino: int) -> Attributes:
             return await vfs.mkdir(caller, dir_ino, name, mode)
 
         return await self._made(call, "MKDIR", d, name, make, _without_mode(sattr))
@@ -388,7 +389,7 @@ class NFS3:
     ) -> list[bytes]:
         d, name, sattr, target = args
 
-        async def make(vfs: Any, caller: Any, dir_ino: int) -> Attributes:
+        async def make(vfs: IVFS, caller: Caller, dir_ino: int) -> Attributes:
             if not target:
                 raise errors.Inval("empty symlink target")
             return await vfs.symlink(caller, dir_ino, name, target)
@@ -410,7 +411,7 @@ class NFS3:
         mode = sattr.mode if sattr.mode is not None else 0o644
         ftype = c.filetype(args.type)
 
-        async def make(vfs: Any, caller: Any, dir_ino: int) -> Attributes:
+        async def make(vfs: IVFS, caller: Caller, dir_ino: int) -> Attributes:
             return await vfs.mknod(caller, dir_ino, args.name, ftype, mode, args.rdev)
 
         return await self._made(call, "MKNOD", args.dir, args.name, make, _without_mode(sattr))
@@ -421,7 +422,7 @@ class NFS3:
         handle, name = args
         d: Attributes | None = None
         d_after: Attributes | None = None
-        caller: Any = None
+        caller: Caller | None = None
         fsid = 0
         try:
             vfs, export, d, caller = await self.ctx.file(call, handle)
@@ -448,7 +449,7 @@ class NFS3:
     async def proc_RENAME(self, call: Call, args: tuple[bytes, bytes, bytes, bytes]) -> list[bytes]:
         fh_from, name_from, fh_to, name_to = args
         fd = td = fd_after = td_after = None
-        caller: Any = None
+        caller: Caller | None = None
         fsid = 0
         try:
             vfs, export, fd, caller = await self.ctx.file(call, fh_from)
@@ -482,7 +483,7 @@ class NFS3:
         fh_file, fh_dir, name = args
         a: Attributes | None = None
         d = d_after = None
-        caller: Any = None
+        caller: Caller | None = None
         fsid = 0
         try:
             vfs, export, a, caller = await self.ctx.file(call, fh_file)
@@ -667,8 +668,12 @@ def _without_mode(s: SetAttrs) -> SetAttrs:
     return SetAttrs(uid=s.uid, gid=s.gid, size=s.size, atime=s.atime, mtime=s.mtime)
 
 
-async def _quiet_getattr(vfs: Any, caller: Any, a: Attributes) -> Attributes | None:
+async def _quiet_getattr(
+    vfs: IVFS | None, caller: Caller | None, a: Attributes
+) -> Attributes | None:
     """Attributes after a failed change, for its wcc data; L{None} if they cannot be had."""
+    if vfs is None or caller is None:
+        return None
     try:
         got: Attributes = await vfs.getattr(caller, a.ino)
     except Exception:

@@ -1,0 +1,1 @@
+One lease manager for every protocol (SMB oplocks and leases, NFSv4 delegations) with break-before-mutate: a change from any protocol first asks other clients to give up what they cache, waits up to ``leases.recall_timeout_secs`` (35 s) for them, then revokes.
