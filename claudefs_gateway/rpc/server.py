@@ -34,7 +34,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -42,6 +42,7 @@ from typing_extensions import override
 
 from zope.interface import implementer
 
+from claudefs_gateway.core.directsend import DirectSender
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.rpc import message as msg
 from claudefs_gateway.rpc.drc import BUSY, ReplyCache, call_key
@@ -320,29 +321,6 @@ class RPCServer:
         )
 
 
-def _direct_socket(transport: Any) -> Any:
-    """
-    The socket of a plain TCP transport whose buffer L{RPCStreamProtocol.send}
-    may bypass when it is empty, or L{None} (TLS, tests, other reactors).
-    """
-    # (A TLS connection's socket carries ciphertext: never write to it directly.)
-    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
-        return None
-    if not all(hasattr(transport, a) for a in ("_tempDataLen", "dataBuffer", "offset")):
-        return None
-    sock = getattr(transport, "socket", None)
-    return sock if hasattr(sock, "sendmsg") else None
-
-
-def _skip(parts: list[bytes], n: int) -> list[bytes]:
-    """C{parts} without their first C{n} bytes."""
-    for i, part in enumerate(parts):
-        if n < len(part):
-            return [part[n:], *parts[i + 1 :]]
-        n -= len(part)
-    return []
-
-
 def _shield(d: defer.Deferred[Any]) -> defer.Deferred[Any]:
     """
     A Deferred firing with C{d}'s result whose cancellation leaves C{d} running
@@ -393,7 +371,7 @@ class RPCStreamProtocol(Protocol):
         self.closed = False
         self._reading_paused = False
         self._paused_output = False
-        self._sock: Any = None
+        self._direct: DirectSender | None = None
         # Calls read but not yet started (see _drain_backlog).
         self.backlog: deque[bytes] = deque()
 
@@ -418,9 +396,7 @@ class RPCStreamProtocol(Protocol):
         self.transport.registerProducer(self, True)
         # Twisted sends at most SEND_LIMIT (128 KiB) per reactor turn: a 1 MiB
         # READ reply would take eight turns. Let the kernel take what it can.
-        if hasattr(self.transport, "SEND_LIMIT"):
-            self.transport.SEND_LIMIT = 4 << 20
-        self._sock = _direct_socket(self.transport)
+        self._direct = DirectSender.for_transport(self.transport)
         self._log.debug("connection {conn_id} from {host}", conn_id=self.conn_id, host=host)
 
     @override
@@ -522,24 +498,11 @@ class RPCStreamProtocol(Protocol):
         for c in chunks:
             size += len(c)
         parts = [record_marker(size), *chunks]
-        sock = self._sock
-        t = self.transport
-        if (
-            sock is not None
-            and t.connected
-            and not t.disconnecting
-            and not t._tempDataLen
-            and len(t.dataBuffer) == t.offset
-        ):
-            try:
-                sent = sock.sendmsg(parts)
-            except OSError:
-                sent = 0  # EAGAIN, or an error the transport will meet and report
-            if sent == size + 4:
+        if self._direct is not None:
+            parts = self._direct.send(parts, size + 4)
+            if not parts:
                 return
-            if sent:
-                parts = _skip(parts, sent)
-        t.writeSequence(parts)
+        self.transport.writeSequence(parts)
 
     # IPushProducer: the transport tells us when the client is not reading replies.
     def pauseProducing(self) -> None:

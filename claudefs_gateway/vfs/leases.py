@@ -87,6 +87,8 @@ class Why(enum.Enum):
     OPEN_CONFLICT = "open_conflict"
     #: a read of the data (another protocol's READ or GET)
     READ = "read"
+    #: a byte-range lock by someone else (a write-caching client may hold locks it has not sent)
+    LOCK = "lock"
     #: a write, truncation, allocation or size change
     WRITE = "write"
     #: an attribute change other than size (times, mode, owner, xattrs)
@@ -106,6 +108,7 @@ KEEP_FOR: dict[Why, int] = {
     Why.OPEN: R | H,
     Why.OPEN_CONFLICT: R,
     Why.READ: R | H,
+    Why.LOCK: R | H,
     Why.WRITE: H,
     Why.SETATTR: H,
     Why.NAMESPACE: R | W,
