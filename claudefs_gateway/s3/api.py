@@ -174,7 +174,7 @@ class S3Api(BucketOps, MultipartOps):
         except Exception:
             self._log.failure("unexpected failure in the S3 request cycle")
             try:
-                if not request.finished and not request._disconnected:
+                if not request.finished and not request.gone:
                     request.setResponseCode(500)
                     request.finish()
             except Exception:

@@ -51,7 +51,7 @@ class Operations:
 
     def _send_error(self, call: Call, err: S3Error) -> None:
         req = call.request
-        if req.finished or req._disconnected:
+        if req.finished or req.gone:
             return
         if req.startedWriting:
             # Headers went out already (a long Complete or Copy): the error goes in the body.

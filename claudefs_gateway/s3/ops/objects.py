@@ -273,7 +273,7 @@ class ObjectOps(Operations):
         finished.addErrback(lambda f: producer.stopProducing())
         try:
             await producer.start()
-        except defer.CancelledError:
+        except (defer.CancelledError, ClientGone):
             raise
         except Exception as e:
             # Headers and part of the body are out: the only honest signal left is
@@ -286,7 +286,7 @@ class ObjectOps(Operations):
             if transport is not None:
                 transport.abortConnection()
             raise ClientGone("object read failed") from None
-        if not req._disconnected and not req.finished:
+        if not req.gone and not req.finished:
             req.finish()
 
     async def op_GetObject(self, call: Call) -> None:
@@ -407,7 +407,7 @@ class ObjectOps(Operations):
         state: dict[str, Any] = {}
 
         def tick() -> None:
-            if req.finished or req._disconnected:
+            if req.finished or req.gone:
                 return
             if not req.startedWriting:
                 req.setResponseCode(200)
