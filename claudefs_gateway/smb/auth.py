@@ -12,10 +12,11 @@ verification, namely its NTLM message codec (NEGOTIATE, CHALLENGE,
 AUTHENTICATE, AV pairs), its SPNEGO token codec (NegTokenInit/NegTokenResp)
 and NTLM's GSS signing for the SPNEGO mechListMIC, and implements only the
 NTLMv2 check itself (MS-NLMP 3.3.2, HMAC-MD5 from the standard library),
-comparing in constant time. Those pyspnego modules are underscore-private;
-the version range in pyproject.toml is pinned for that reason and
-tests/smb/test_auth.py runs a real pyspnego initiator against this acceptor,
-so a change there shows up as a failing test, not as a failed logon.
+comparing in constant time. Those pyspnego modules are underscore-private:
+they are reached only through L{claudefs_gateway.smb._spnego}, whose test
+fails loudly if the library changes under it; the version range in
+pyproject.toml is pinned for that reason, and tests/smb/test_auth.py runs a
+real pyspnego initiator against this acceptor.
 
 Everything here is synchronous and pure (no I/O): the user database lookup
 is a dict lookup, and HMAC-MD5 over a few hundred bytes costs microseconds.
@@ -31,9 +32,9 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from spnego._ntlm_raw import crypto as _ntcrypto
-from spnego._ntlm_raw import security as _ntsecurity
-from spnego._ntlm_raw.messages import (
+
+from claudefs_gateway.errors import ProtocolError
+from claudefs_gateway.smb._spnego import (
     Authenticate,
     AvFlags,
     AvId,
@@ -41,13 +42,17 @@ from spnego._ntlm_raw.messages import (
     FileTime,
     Negotiate,
     NegotiateFlags,
+    NegState,
+    NegTokenInit,
+    NegTokenResp,
     NTClientChallengeV2,
     TargetInfo,
     Version,
+    gss_mic,
+    pack_mech_type_list,
+    rc4k,
+    unpack_token,
 )
-from spnego._spnego import NegState, NegTokenInit, NegTokenResp, pack_mech_type_list, unpack_token
-
-from claudefs_gateway.errors import ProtocolError
 
 __all__ = [
     "NTLMSSP_OID",
@@ -272,7 +277,7 @@ class NTLMAcceptor:
         if client_flags & NegotiateFlags.key_exch and encrypted_key:
             if len(encrypted_key) != 16:
                 raise ProtocolError("EncryptedRandomSessionKey is not 16 bytes")
-            session_key = _ntcrypto.rc4k(base_key, encrypted_key)
+            session_key = rc4k(base_key, encrypted_key)
         else:
             session_key = base_key
         if client_info.get(AvId.flags, 0) & AvFlags.mic:
@@ -293,10 +298,7 @@ class NTLMAcceptor:
 
     def _mic(self, data: bytes, usage: str) -> bytes:
         assert self.result is not None
-        key = self.result.session_key
-        handle = _ntcrypto.rc4init(_ntcrypto.sealkey(self.flags, key, usage))
-        sign_key = _ntcrypto.signkey(self.flags, key, usage)
-        return _ntsecurity.sign(self.flags, handle, sign_key, 0, data)
+        return gss_mic(self.flags, self.result.session_key, usage, 0, data)
 
     def verify_mic(self, data: bytes, mic: bytes) -> bool:
         """The client's first GSS MIC over C{data} (sequence number 0)."""

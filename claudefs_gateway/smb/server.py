@@ -2,9 +2,10 @@
 """
 The SMB2/3 server: direct-TCP framing, the connection and session state
 machines, credits, signing and encryption, compounds, asynchronous replies,
-and the protocol-level commands (NEGOTIATE, SESSION_SETUP, LOGOFF,
-TREE_CONNECT, TREE_DISCONNECT, ECHO, CANCEL, and the IOCTLs about the
-connection). File commands are L{claudefs_gateway.smb.files.FileService}'s.
+and the protocol-level commands (NEGOTIATE, LOGOFF, TREE_CONNECT,
+TREE_DISCONNECT, ECHO, CANCEL, and the IOCTLs about the connection).
+SESSION_SETUP is L{claudefs_gateway.smb.logon.SessionSetup}'s; file commands
+are L{claudefs_gateway.smb.files.FileService}'s.
 
 Shape (STYLE.md §6): L{SMBConnection} is the Protocol, one per TCP
 connection, holding sessions, trees and opens; L{SMBFactory} holds what
@@ -39,7 +40,6 @@ from typing import Any
 
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from typing_extensions import override
 
@@ -47,24 +47,12 @@ from claudefs_gateway import errors
 from claudefs_gateway.core.authlimit import AuthFailureLimiter
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.errors import ProtocolError
-from claudefs_gateway.fstypes import Credentials
 from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
-from claudefs_gateway.smb.auth import (
-    LogonFailure,
-    NTLMAcceptor,
-    SPNEGOAcceptor,
-    initial_token,
-)
+from claudefs_gateway.smb.auth import initial_token
 from claudefs_gateway.smb.constants import Command
-from claudefs_gateway.smb.crypto import (
-    DecryptError,
-    PreauthHash,
-    Sealer,
-    derive_keys,
-    make_signer,
-)
+from claudefs_gateway.smb.crypto import DecryptError, PreauthHash
 from claudefs_gateway.smb.errors import SMBError, status_for
 from claudefs_gateway.smb.header import (
     Header,
@@ -75,34 +63,28 @@ from claudefs_gateway.smb.header import (
     split_compound,
 )
 from claudefs_gateway.smb.info import to_filetime
+from claudefs_gateway.smb.logon import SessionSetup
 from claudefs_gateway.smb.messages import (
     SIMPLE_BODY,
     IoctlRequest,
     NegotiateRequest,
-    SessionSetupRequest,
     TreeConnectRequest,
     pack_ioctl_response,
     pack_negotiate_context,
     pack_negotiate_response,
-    pack_session_setup_response,
     pack_tree_connect_response,
 )
-from claudefs_gateway.smb.negotiate import ConnectionMachine, Negotiated, SessionMachine, choose
+from claudefs_gateway.smb.negotiate import ConnectionMachine, Negotiated, choose
 from claudefs_gateway.smb.security import IdMap
 from claudefs_gateway.smb.state import Chain, Reply, Request, Session, Tree
 
-__all__ = ["SMBFactory", "SMBConnection", "MAX_CREDITS", "MAX_IO", "FAILED_LOGON_DELAY"]
+__all__ = ["SMBFactory", "SMBConnection", "MAX_CREDITS", "MAX_IO"]
 
 MAX_IO = 8 * 1024 * 1024
 # Samba's "smb2 max credits"; what a client may have outstanding.
 MAX_CREDITS = 8192
-# Sessions (authenticated or being set up) one connection may hold.
-MAX_SESSIONS = 64
 # Request bytes being served at once on one connection before reading pauses.
 MAX_IN_FLIGHT = 64 * 1024 * 1024
-# A failed logon is answered after this long (seconds): with the limiter's
-# lockout it makes guessing passwords slow without slowing anyone who knows theirs.
-FAILED_LOGON_DELAY = 0.5
 ALL_ONES = 0xFFFFFFFFFFFFFFFF
 NULL_FILE_ID = (ALL_ONES, ALL_ONES)
 _CREDIT_FREE = frozenset({Command.CANCEL})
@@ -316,7 +298,7 @@ class SMBFactory(protocol.Factory):
             self.metrics.observe(op, seconds, st.name(status) if failed else None)
 
 
-class SMBConnection(protocol.Protocol):
+class SMBConnection(SessionSetup, protocol.Protocol):
     """One SMB client connection (see module docstring)."""
 
     _log = Logger()
@@ -486,9 +468,7 @@ class SMBConnection(protocol.Protocol):
             return
         body = self._negotiate_body(c.SMB_2_WILDCARD, [])
         header = Header(
-            Command.NEGOTIATE,
-            flags=c.SMB2_FLAGS_SERVER_TO_REDIR,
-            credits=self.credits.grant(1),
+            Command.NEGOTIATE, flags=c.SMB2_FLAGS_SERVER_TO_REDIR, credits=self.credits.grant(1)
         )
         self._write(header.pack() + body)
 
@@ -499,9 +479,7 @@ class SMBConnection(protocol.Protocol):
         try:
             req = NegotiateRequest.parse(frame)
             negotiated = choose(
-                req,
-                encryption=self.factory.smb.encrypt != "off",
-                salt=os.urandom(32),
+                req, encryption=self.factory.smb.encrypt != "off", salt=os.urandom(32)
             )
         except ProtocolError:
             self.machine.negotiate_failed((header, st.STATUS_INVALID_PARAMETER))
@@ -931,179 +909,6 @@ class SMBConnection(protocol.Protocol):
             scaps |= c.SMB2_GLOBAL_CAP_ENCRYPTION
         return struct.pack("<I16sHH", scaps, self.factory.server_guid, smode, n.dialect)
 
-    # -- SESSION_SETUP ----------------------------------------------------------------------
-
-    async def smb_SESSION_SETUP(self, req: Request) -> Reply:
-        body = SessionSetupRequest.parse(req.raw)
-        n = self.negotiated
-        assert n is not None
-        vfs = await self.factory.get_vfs()
-        header = req.header
-        smb = self.factory.smb
-        if body.flags & c.SMB2_SESSION_FLAG_BINDING:
-            raise SMBError(
-                st.STATUS_REQUEST_NOT_ACCEPTED, "session binding (multichannel) is not served"
-            )
-        if header.session_id == 0:
-            if len(self.sessions) >= MAX_SESSIONS:
-                raise SMBError(
-                    st.STATUS_INSUFFICIENT_RESOURCES, "too many sessions on a connection"
-                )
-            sid = self.factory.new_session_id()
-            session = Session(sid, None, self.preauth.copy() if self.preauth else None)
-            session.machine = SessionMachine(_SessionActions(self, session))
-            self.sessions[sid] = session
-        else:
-            found = self.sessions.get(header.session_id)
-            if found is None or found.machine.gone:
-                raise SMBError(st.STATUS_USER_SESSION_DELETED)
-            session = found
-            if session.valid and session.acceptor is None:
-                if header.flags & c.SMB2_FLAGS_SIGNED or session.signing_required:
-                    self._verify(req, session)
-                session.machine.reauth()
-        req.session = session
-        if session.acceptor is None:
-            session.acceptor = SPNEGOAcceptor(
-                NTLMAcceptor(
-                    self._nt_hash_lookup(vfs),
-                    domain=smb.domain,
-                    computer=self.factory.computer,
-                    guest=smb.guest,
-                    now=self.factory.reactor.seconds,
-                )
-            )
-            session.client_signing_required = bool(
-                body.security_mode & c.SMB2_NEGOTIATE_SIGNING_REQUIRED
-            )
-        if session.preauth is not None and not session.valid:
-            session.preauth.update(req.raw)
-        limiter = self.factory.limiter
-        try:
-            if limiter.blocked(self.peer):
-                raise LogonFailure("source locked out after failed logons")
-            step = session.acceptor.step(body.token)
-            if not step.done:
-                session.machine.leg_continues()
-                if session.preauth is not None and not session.valid:
-                    req.preauth_reply = session.preauth
-                req.no_sign = True
-                return Reply(
-                    pack_session_setup_response(0, step.token), st.STATUS_MORE_PROCESSING_REQUIRED
-                )
-            assert step.result is not None
-            flags = self._admit(session, step.result, vfs)
-        except (LogonFailure, ProtocolError) as e:
-            reason = e.reason if isinstance(e, LogonFailure) else f"malformed token: {e}"
-            user = e.user if isinstance(e, LogonFailure) else ""
-            limiter.failed(self.peer)
-            if self.factory.metrics is not None:
-                self.factory.metrics.auth_failed()
-            self._log.warn(
-                "smb logon failed from {peer} user {user}: {why}",
-                peer=self.peer,
-                user=user,
-                why=reason,
-            )
-            session.acceptor = None
-            session.machine.leg_fails()
-            req.no_sign = True
-            await deferLater(self.factory.reactor, FAILED_LOGON_DELAY, lambda: None)
-            # A token that does not parse is a bad request; a wrong one a failed logon.
-            status = st.STATUS_LOGON_FAILURE
-            if isinstance(e, ProtocolError):
-                status = st.STATUS_INVALID_PARAMETER
-            raise SMBError(status, reason) from None
-        limiter.succeeded(self.peer)
-        req.sign_reply = True
-        return Reply(pack_session_setup_response(flags, step.token))
-
-    def _nt_hash_lookup(self, vfs: IVFS) -> Callable[[str], bytes | None]:
-        def lookup(name: str) -> bytes | None:
-            user = vfs.users.by_name(name)
-            if user is None or not user.nt_hash:
-                return None
-            try:
-                return bytes.fromhex(user.nt_hash)
-            except ValueError:
-                return None
-
-        return lookup
-
-    def _admit(self, session: Session, result: Any, vfs: IVFS) -> int:
-        """Policy for a completed logon; derive keys. Returns SessionFlags. @raise LogonFailure."""
-        n = self.negotiated
-        assert n is not None
-        smb = self.factory.smb
-        acceptor = session.acceptor
-        session.acceptor = None
-        if session.valid:
-            # Re-authentication: the same user keeps the session and its keys.
-            if result.user.lower() != session.user.lower() or result.guest != session.guest:
-                raise LogonFailure("re-authentication as another user", result.user)
-            session.machine.leg_completes()
-            return 0
-        flags = 0
-        guestlike = result.guest or result.anonymous
-        if guestlike:
-            if smb.signing == "required":
-                raise LogonFailure("guest logon while signing is required", result.user)
-            if smb.encrypt == "required":
-                raise LogonFailure("guest logon while encryption is required", result.user)
-            session.guest, session.anonymous = result.guest, result.anonymous
-            session.creds = Credentials(65534, 65534)
-            flags |= (
-                c.SMB2_SESSION_FLAG_IS_NULL if result.anonymous else c.SMB2_SESSION_FLAG_IS_GUEST
-            )
-        else:
-            user = vfs.users.by_name(result.user)
-            if user is None:
-                raise LogonFailure("user vanished during logon", result.user)
-            session.user = user.name
-            session.uid = user.uid
-            session.creds = user.credentials
-            preauth = session.preauth.value if session.preauth is not None else None
-            keys = derive_keys(n.dialect, result.session_key, preauth, n.cipher)
-            session.keys = keys
-            if n.dialect >= c.SMB_3_1_1:
-                alg = n.signing
-            elif n.dialect >= c.SMB_3_0:
-                alg = c.AES_CMAC
-            else:
-                alg = c.HMAC_SHA256
-            session.signer = make_signer(alg, keys.signing)
-            if n.cipher and n.dialect >= c.SMB_3_0:
-                session.sealer = Sealer(n.cipher, keys.encryption, keys.decryption)
-            session.signing_required = smb.signing == "required" or session.client_signing_required
-            if smb.encrypt == "required":
-                if session.sealer is None:
-                    raise LogonFailure(
-                        "encryption is required and the client cannot encrypt", result.user
-                    )
-                session.encrypt_data = True
-            elif smb.encrypt == "desired" and session.sealer is not None:
-                session.encrypt_data = True
-            if session.encrypt_data:
-                flags |= c.SMB2_SESSION_FLAG_ENCRYPT_DATA
-        del acceptor
-        session.machine.leg_completes()
-        cipher = c.CIPHER_NAMES.get(n.cipher, "none")
-        if session.encrypt_data:
-            encryption = f"required ({cipher})"
-        elif session.sealer is not None:
-            encryption = f"available ({cipher})"
-        else:
-            encryption = "none"
-        self._log.info(
-            "smb session for {user} from {peer}: SMB {dialect}, signing {signing}, encryption {encryption}",
-            user=session.user or ("anonymous" if session.anonymous else "guest"),
-            peer=self.peer,
-            dialect=c.DIALECT_NAMES.get(n.dialect, "?"),
-            signing="required" if session.signing_required else "enabled",
-            encryption=encryption,
-        )
-        return flags
-
     def _end_session(self, session: Session) -> None:
         for tree in list(session.trees.values()):
             self._end_tree(tree)
@@ -1213,21 +1018,3 @@ class SMBConnection(protocol.Protocol):
         if body.ctl_code == c.FSCTL_QUERY_NETWORK_INTERFACE_INFO:
             raise SMBError(st.STATUS_NOT_SUPPORTED, "multichannel is not served")
         return await self.factory.files.ioctl(self, req, body)
-
-
-class _SessionActions:
-    def __init__(self, conn: SMBConnection, session: Session) -> None:
-        self._conn = conn
-        self._session = session
-
-    def activate(self) -> None:
-        pass
-
-    def discard(self) -> None:
-        s = self._session
-        s.signer = None
-        s.sealer = None
-        s.keys = None
-        s.acceptor = None
-        if not self._conn._closing:
-            self._conn.sessions.pop(s.id, None)

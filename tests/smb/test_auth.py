@@ -8,10 +8,10 @@ import time
 import spnego
 from hypothesis import given
 from hypothesis import strategies as s
-from spnego._spnego import NegState, NegTokenInit, NegTokenResp, unpack_token
 from twisted.trial.unittest import SynchronousTestCase
 
 from claudefs_gateway.errors import ProtocolError
+from claudefs_gateway.smb._spnego import NegState, NegTokenInit, NegTokenResp, unpack_token
 from claudefs_gateway.smb.auth import (
     NTLMSSP_OID,
     LogonFailure,

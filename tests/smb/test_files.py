@@ -18,7 +18,7 @@ from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.constants import FileInfoClass as F
 from claudefs_gateway.smb.errors import SMBError
-from claudefs_gateway.smb.files import DOS_KEY, _ea_entries, _get_ea_names, _pack_eas, split_name
+from claudefs_gateway.smb.filebase import DOS_KEY, ea_entries, get_ea_names, pack_eas, split_name
 from claudefs_gateway.smb.info import from_filetime, to_filetime
 from claudefs_gateway.vfs import LockOwner
 from tests.smb.client import Conn, Wire, parse_names
@@ -917,7 +917,7 @@ class ParserFuzzTests(SynchronousTestCase):
 
     @given(s.binary(max_size=300))
     def test_ea_lists(self, data: bytes) -> None:
-        for parse in (_ea_entries, _get_ea_names):
+        for parse in (ea_entries, get_ea_names):
             try:
                 parse(data)
             except ProtocolError:
@@ -931,7 +931,7 @@ class ParserFuzzTests(SynchronousTestCase):
         )
     )
     def test_ea_round_trip(self, eas: list[tuple[bytes, bytes]]) -> None:
-        got = _ea_entries(_pack_eas(eas))
+        got = ea_entries(pack_eas(eas))
         self.assertEqual([(n, v) for _f, n, v in got], eas)
 
     @given(s.text(max_size=100))

@@ -15,12 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.header import Header
-from claudefs_gateway.smb.server import (
-    FAILED_LOGON_DELAY,
-    MAX_CREDITS,
-    MAX_SESSIONS,
-    CreditWindow,
-)
+from claudefs_gateway.smb.logon import FAILED_LOGON_DELAY, MAX_SESSIONS
+from claudefs_gateway.smb.server import MAX_CREDITS, CreditWindow
 from tests.smb.client import CONFIG, PASSWORD, RELATED, Conn, Wire
 from tests.smb.test_dcerpc import NDR, bind_pdu, enum_request, request_pdu
 from tests.smb.test_header import smb1_negotiate

@@ -1,0 +1,401 @@
+# -*- test-case-name: tests.smb.test_files -*-
+"""
+CREATE and CLOSE (MS-SMB2 3.3.5.9, 3.3.5.10): opening files, directories
+and the srvsvc pipe through the vfs, create contexts, and ending opens.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from twisted.internet import defer
+
+from claudefs_gateway import errors
+from claudefs_gateway.errors import ProtocolError
+from claudefs_gateway.fstypes import Attributes, SetAttrs
+from claudefs_gateway.smb import constants as c
+from claudefs_gateway.smb import ntstatus as st
+from claudefs_gateway.smb.dcerpc import (
+    STYPE_DISKTREE,
+    STYPE_IPC,
+    STYPE_SPECIAL,
+    Pipe,
+    Share,
+    Srvsvc,
+)
+from claudefs_gateway.smb.errors import SMBError
+from claudefs_gateway.smb.filebase import (
+    FileBase,
+    ea_entries,
+    generic_rights,
+    share_modes,
+    split_name,
+)
+from claudefs_gateway.smb.info import Stat, dos_attributes, file_times
+from claudefs_gateway.smb.messages import (
+    CloseRequest,
+    CreateContext,
+    CreateRequest,
+    FileTimes,
+    pack_close_response,
+    pack_create_response,
+)
+from claudefs_gateway.smb.state import FileNode, Open, Request
+from claudefs_gateway.vfs import Caller
+from claudefs_gateway.vfs.origin import Origin
+
+__all__ = ["CreateCommands"]
+
+MAX_OPENS = 16384
+# CreateOptions refused with NOT_SUPPORTED (FILE_CREATE_TREE_CONNECTION,
+# FILE_OPEN_BY_FILE_ID, FILE_RESERVE_OPFILTER), as Windows does.
+CREATE_OPTIONS_NOT_SUPPORTED = 0x00000080 | 0x00002000 | 0x00100000
+# FileAttributes a CREATE may not carry: VOLUME, DEVICE, INTEGRITY_STREAM, undefined.
+FILE_ATTRIBUTES_INVALID = 0xFFFF0000 | 0x00000008 | 0x00000040 | 0x00008000
+ACCESS_INVALID = 0x0CE0FE00
+
+
+class CreateCommands(FileBase):
+    """CREATE, CLOSE and the end of an open."""
+
+    # -- CREATE ------------------------------------------------------------------------------
+
+    async def smb_CREATE(self, conn: Any, req: Request) -> bytes:
+        body = CreateRequest.parse(req.raw)
+        tree = req.tree
+        assert tree is not None and req.session is not None
+        if body.impersonation > c.SECURITY_DELEGATION:
+            raise SMBError(st.STATUS_BAD_IMPERSONATION_LEVEL)
+        if body.disposition > c.FILE_OVERWRITE_IF:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "bad CreateDisposition")
+        opts = body.options
+        if opts & c.CREATE_OPTIONS_INVALID or (
+            opts & c.FILE_DIRECTORY_FILE and opts & c.FILE_NON_DIRECTORY_FILE
+        ):
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "bad CreateOptions")
+        if opts & CREATE_OPTIONS_NOT_SUPPORTED:
+            raise SMBError(st.STATUS_NOT_SUPPORTED, "open by file id, tree connection or opfilter")
+        if body.desired_access == 0 or body.desired_access & ACCESS_INVALID:
+            # MS-SMB2 3.3.5.9: the bits of 0x0CE0FE00 are refused.
+            raise SMBError(st.STATUS_ACCESS_DENIED, "bad DesiredAccess")
+        if body.file_attributes & FILE_ATTRIBUTES_INVALID:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "bad FileAttributes")
+        if body.file_attributes & c.FILE_ATTRIBUTE_ENCRYPTED:
+            # EFS: a standalone server does not encrypt files (Samba answers the same).
+            raise SMBError(st.STATUS_ACCESS_DENIED, "encrypted files are not served")
+        desired = generic_rights(body.desired_access)
+        if desired & c.ACCESS_SYSTEM_SECURITY:
+            raise SMBError(st.STATUS_PRIVILEGE_NOT_HELD, "SACL access")
+        if opts & c.FILE_DELETE_ON_CLOSE and not desired & (c.DELETE | c.MAXIMUM_ALLOWED):
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "delete-on-close without DELETE access")
+        if opts & c.FILE_DELETE_ON_CLOSE and body.file_attributes & c.FILE_ATTRIBUTE_READONLY:
+            raise SMBError(st.STATUS_CANNOT_DELETE, "delete-on-close of a read-only file")
+        if len(conn.opens) >= MAX_OPENS:
+            raise SMBError(st.STATUS_INSUFFICIENT_RESOURCES, "too many opens")
+        contexts = self._contexts(body.contexts)
+        if tree.ipc:
+            return await self._create_pipe(conn, req, body)
+        caller = tree.caller
+        vfs = self.vfs
+        parts = split_name(body.name)
+        root = tree.export.root_ino
+        if not parts:
+            parent_ino: int | None = None
+            leaf = b""
+            existing: Attributes | None = await vfs.getattr(caller, root)
+        else:
+            parent, dir_parts = await self.resolve_dir(caller, parts[:-1])
+            parent_ino = parent.ino
+            existing, leaf = await self._lookup(caller, parent_ino, parts[-1], dir_parts)
+            parts = [*dir_parts, leaf]
+        path = "\\".join(p.decode("utf-8", "surrogatepass") for p in parts)
+        disp = body.disposition
+        action = c.FILE_OPENED
+        created = False
+        overwrite = False
+        if existing is None:
+            if disp in (c.FILE_OPEN, c.FILE_OVERWRITE):
+                raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "no such file")
+            assert parent_ino is not None
+            try:
+                if opts & c.FILE_DIRECTORY_FILE:
+                    a = await vfs.mkdir(caller, parent_ino, leaf, 0o755)
+                else:
+                    a = await vfs.create(caller, parent_ino, leaf, 0o644, exclusive=True)
+                created = True
+                action = c.FILE_CREATED
+            except errors.Exists:
+                if disp == c.FILE_CREATE:
+                    raise SMBError(st.STATUS_OBJECT_NAME_COLLISION) from None
+                found, leaf = await self._lookup(caller, parent_ino, leaf, parts[:-1])
+                if found is None:
+                    raise SMBError(st.STATUS_OBJECT_NAME_COLLISION) from None
+                a = found
+        else:
+            a = existing
+            if disp == c.FILE_CREATE:
+                raise SMBError(st.STATUS_OBJECT_NAME_COLLISION, "name exists")
+            overwrite = disp in (c.FILE_SUPERSEDE, c.FILE_OVERWRITE, c.FILE_OVERWRITE_IF)
+        if a.is_dir and opts & c.FILE_NON_DIRECTORY_FILE:
+            raise SMBError(st.STATUS_FILE_IS_A_DIRECTORY)
+        if not a.is_dir and opts & c.FILE_DIRECTORY_FILE:
+            raise SMBError(st.STATUS_NOT_A_DIRECTORY)
+        if a.is_dir and overwrite:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "overwrite of a directory")
+        if not (a.is_dir or a.is_reg):
+            raise SMBError(st.STATUS_ACCESS_DENIED, "not a regular file or directory")
+        node = self.nodes.get(a.ino)
+        if node is not None and node.delete_pending and not created:
+            raise SMBError(st.STATUS_DELETE_PENDING)
+        stored = None if created else await self.stored_dos(caller, a.ino)
+        maximal = await self.maximal_access(caller, a, parent_ino)
+        if created:
+            maximal |= c.FILE_ALL_ACCESS & ~(c.MODIFY_ACCESS if caller.read_only else 0)
+        if desired & c.MAXIMUM_ALLOWED:
+            granted = maximal | (desired & ~c.MAXIMUM_ALLOWED & maximal)
+        else:
+            if desired & ~maximal & c.FILE_ALL_ACCESS:
+                raise SMBError(st.STATUS_ACCESS_DENIED, "access not granted")
+            granted = desired
+        if overwrite and not maximal & c.FILE_WRITE_DATA:
+            raise SMBError(st.STATUS_ACCESS_DENIED, "overwrite without write access")
+        if overwrite and stored is not None:
+            # MS-FSA 2.1.5.1.2.1: overwriting a hidden or system file must say so.
+            keep = stored & (c.FILE_ATTRIBUTE_HIDDEN | c.FILE_ATTRIBUTE_SYSTEM)
+            if keep & ~body.file_attributes:
+                raise SMBError(st.STATUS_ACCESS_DENIED, "overwrite drops HIDDEN or SYSTEM")
+        if (
+            stored is not None
+            and stored & c.FILE_ATTRIBUTE_READONLY
+            and not a.is_dir
+            and (desired & (c.FILE_WRITE_DATA | c.FILE_APPEND_DATA) or overwrite)
+        ):
+            raise SMBError(st.STATUS_ACCESS_DENIED, "file is read-only")
+        if opts & c.FILE_DELETE_ON_CLOSE:
+            if not granted & c.DELETE:
+                raise SMBError(st.STATUS_ACCESS_DENIED, "delete-on-close without DELETE")
+            if stored is not None and stored & c.FILE_ATTRIBUTE_READONLY:
+                raise SMBError(st.STATUS_CANNOT_DELETE, "read-only file")
+        fid = (self.factory.new_file_id(), 0)
+        fid = (fid[0], fid[0])
+        owner = self._owner(conn, fid)
+        token = None
+        locks = self.locks
+        acc, deny = share_modes(granted, body.share_access)
+        if locks is not None and acc:
+            try:
+                token = locks.open_share(a.ino, owner, acc, deny)
+            except (errors.ShareConflict, errors.Grace):
+                if created:
+                    await self._undo_create(caller, parent_ino, leaf, a)
+                raise SMBError(st.STATUS_SHARING_VIOLATION) from None
+        dos = stored
+        try:
+            if overwrite:
+                a = await vfs.setattr(
+                    caller,
+                    a.ino,
+                    SetAttrs(size=0),
+                    origin=Origin(owner=owner, share=token, strict=True),
+                )
+                action = c.FILE_SUPERSEDED if disp == c.FILE_SUPERSEDE else c.FILE_OVERWRITTEN
+                dos = (
+                    body.file_attributes & ~c.FILE_ATTRIBUTE_SPARSE_FILE
+                ) | c.FILE_ATTRIBUTE_ARCHIVE
+                await self._set_dos(caller, a.ino, dos)
+            elif (
+                created
+                and body.file_attributes & c.STORED_ATTRIBUTES & ~c.FILE_ATTRIBUTE_SPARSE_FILE
+            ):
+                # (SPARSE_FILE is FSCTL_SET_SPARSE's to set, as on Windows.)
+                dos = body.file_attributes & ~c.FILE_ATTRIBUTE_SPARSE_FILE
+                if not a.is_dir:
+                    dos |= c.FILE_ATTRIBUTE_ARCHIVE
+                await self._set_dos(caller, a.ino, dos)
+            if created or overwrite:
+                ea = contexts.get(c.SMB2_CREATE_EA_BUFFER)
+                if ea:
+                    await self._set_eas(caller, a.ino, ea)
+                sd = contexts.get(c.SMB2_CREATE_SD_BUFFER)
+                if sd:
+                    a = await self._apply_security(
+                        caller,
+                        a,
+                        sd,
+                        c.OWNER_SECURITY_INFORMATION
+                        | c.GROUP_SECURITY_INFORMATION
+                        | c.DACL_SECURITY_INFORMATION,
+                    )
+            if created or overwrite:
+                a = await vfs.getattr(caller, a.ino)
+            st_ = Stat(a, dos_attributes(a, dos, leaf))
+        except BaseException:
+            if token is not None:
+                locks.close_share(token)
+            raise
+        if node is None:
+            node = FileNode(a.ino, parent_ino or 0, leaf, path)
+            self.nodes[a.ino] = node
+        op = Open(
+            fid,
+            req.session,
+            tree,
+            node,
+            a.is_dir,
+            granted,
+            lock_owner=owner,
+            share=token,
+            delete_on_close=bool(opts & c.FILE_DELETE_ON_CLOSE),
+            write_through=bool(opts & c.FILE_WRITE_THROUGH),
+            mode=opts & c.FILE_MODE_SETTABLE,
+        )
+        node.opens.add(op)
+        conn.opens[fid[1]] = op
+        req.result_file_id = fid
+        answers: list[CreateContext] = []
+        if c.SMB2_CREATE_QUERY_MAXIMAL_ACCESS_REQUEST in contexts:
+            answers.append(
+                CreateContext(
+                    c.SMB2_CREATE_QUERY_MAXIMAL_ACCESS_REQUEST, struct.pack("<II", 0, maximal)
+                )
+            )
+        if c.SMB2_CREATE_QUERY_ON_DISK_ID in contexts:
+            volume = tree.export.id
+            answers.append(
+                CreateContext(
+                    c.SMB2_CREATE_QUERY_ON_DISK_ID, struct.pack("<QQ16s", a.ino, volume, b"")
+                )
+            )
+        self._log.debug(
+            "smb create {action} ino={ino}", action=action, ino=a.ino, conn_id=conn.conn_id
+        )
+        return pack_create_response(action, file_times(st_), fid, answers)
+
+    async def _undo_create(
+        self, caller: Caller, parent: int | None, leaf: bytes, a: Attributes
+    ) -> None:
+        if parent is None:
+            return
+        try:
+            if a.is_dir:
+                await self.vfs.rmdir(caller, parent, leaf)
+            else:
+                await self.vfs.remove(caller, parent, leaf)
+        except errors.FSError:
+            self._log.failure("smb: could not undo a create")
+
+    def _contexts(self, contexts: tuple[CreateContext, ...]) -> dict[bytes, bytes]:
+        """
+        The create contexts we act on, checked; refuse the ones we know and do
+        not serve; ignore the ones we do not know (MS-SMB2 3.3.5.9) and the
+        requests for durability and leases (granting none is a valid answer).
+        """
+        out: dict[bytes, bytes] = {}
+        for ctx in contexts:
+            name = ctx.name
+            if name in out:
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "duplicate create context")
+            if name == c.SMB2_CREATE_TIMEWARP_TOKEN:
+                raise SMBError(st.STATUS_NOT_SUPPORTED, "previous versions are not served")
+            if name in (
+                c.SMB2_CREATE_DURABLE_HANDLE_RECONNECT,
+                c.SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2,
+            ):
+                raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "no durable handle to reconnect")
+            if name == c.SVHDX_OPEN_DEVICE_CONTEXT:
+                raise SMBError(st.STATUS_NOT_SUPPORTED, "virtual disks are not served")
+            if name == c.SMB2_CREATE_QUERY_MAXIMAL_ACCESS_REQUEST and len(ctx.data) not in (0, 8):
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "MxAc context size")
+            if name == c.SMB2_CREATE_ALLOCATION_SIZE and len(ctx.data) != 8:
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "AlSi context size")
+            if name == c.SMB2_CREATE_EA_BUFFER:
+                try:
+                    ea_entries(ctx.data)
+                except ProtocolError:
+                    raise SMBError(st.STATUS_INVALID_PARAMETER, "bad EA context") from None
+            out[name] = ctx.data
+        return out
+
+    async def _create_pipe(self, conn: Any, req: Request, body: CreateRequest) -> bytes:
+        name = body.name.lower().lstrip("\\")
+        if name.startswith("pipe\\"):
+            name = name[5:]
+        if name != "srvsvc":
+            raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "no such pipe")
+        fid = (self.factory.new_file_id(), 0)
+        fid = (fid[0], fid[0])
+        assert req.session is not None and req.tree is not None
+        pipe = Pipe(name, Srvsvc(self._share_list, self.factory.computer, "claudefs-gateway"))
+        op = Open(
+            fid, req.session, req.tree, None, False, c.FILE_GENERIC_READ | c.FILE_GENERIC_WRITE
+        )
+        op.pipe = pipe
+        conn.opens[fid[1]] = op
+        req.result_file_id = fid
+        times = FileTimes(0, 0, 0, 0, 4096, 0, c.FILE_ATTRIBUTE_NORMAL)
+        return pack_create_response(c.FILE_OPENED, times, fid, [])
+
+    def _share_list(self) -> list[Share]:
+        shares = [
+            Share(e.name, STYPE_DISKTREE, "", "C:" + e.path.replace("/", "\\"))
+            for e in self.vfs.exports.for_protocol("smb")
+            if e.rules.browseable
+        ]
+        shares.append(Share("IPC$", STYPE_IPC | STYPE_SPECIAL, "IPC Service (claudefs-gateway)"))
+        return shares
+
+    # -- CLOSE ---------------------------------------------------------------------------------
+
+    async def smb_CLOSE(self, conn: Any, req: Request) -> bytes:
+        body = CloseRequest.parse(req.raw)
+        op = self.lookup_open(conn, req, body.file_id)
+        ino = op.node.ino if op.node is not None else None
+        caller = op.tree.caller
+        await self.close(conn, op)
+        if not body.flags & c.SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB or ino is None:
+            return pack_close_response(0, None)
+        try:
+            a = await self.vfs.getattr(caller, ino)
+            if a.nlink == 0:
+                raise errors.NotFound("deleted")
+        except errors.FSError:
+            return pack_close_response(0, None)
+        st_ = await self.stat(caller, a)
+        return pack_close_response(c.SMB2_CLOSE_FLAG_POSTQUERY_ATTRIB, file_times(st_))
+
+    async def close(self, conn: Any, op: Open) -> None:
+        """End an open: its watch, locks and share reservation; the file's deletion if pending."""
+        if op.closed:
+            return
+        op.closed = True
+        conn.opens.pop(op.file_id[1], None)
+        if op.resume_key:
+            self.resume_keys.pop(op.resume_key, None)
+        if op.watch is not None:
+            self._end_watch(conn, op)
+        if op.lock_owner is not None:
+            self.locks.release_owner(op.lock_owner)
+        node = op.node
+        if node is None:
+            return
+        node.opens.discard(op)
+        if op.delete_on_close:
+            node.delete_pending = True
+        if node.opens:
+            return
+        if self.nodes.get(node.ino) is node:
+            del self.nodes[node.ino]
+        if node.delete_pending and node.name:
+            caller = op.tree.caller
+            try:
+                if op.is_dir:
+                    await self.vfs.rmdir(caller, node.parent, node.name)
+                else:
+                    await self.vfs.remove(caller, node.parent, node.name)
+            except errors.FSError as e:
+                self._log.info("smb: delete on close failed: {why}", why=str(e))
+
+    def close_quietly(self, conn: Any, op: Open) -> None:
+        d = defer.Deferred.fromCoroutine(self.close(conn, op))
+        d.addErrback(lambda f: self._log.failure("smb: closing an open failed", f))

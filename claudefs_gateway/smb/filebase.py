@@ -1,0 +1,413 @@
+# -*- test-case-name: tests.smb.test_files -*-
+"""
+What every family of SMB2 file commands shares: finding an open by its
+FileId, names (case-insensitive lookup, share-relative paths), DOS
+attributes, maximal access, extended attributes and security descriptors.
+
+L{claudefs_gateway.smb.files.FileService} puts the command families
+together (create.py, rw.py, listing.py, fileinfo.py, ioctl.py); each is a
+subclass of L{FileBase} so they share one state: the server's L{FileNode}
+table, the case index, server-side copy resume keys.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from typing import Any
+
+from claudefs_gateway import errors
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.errors import ProtocolError
+from claudefs_gateway.fstypes import Attributes, SetAttrs
+from claudefs_gateway.interfaces import IVFS, ILockTable
+from claudefs_gateway.smb import constants as c
+from claudefs_gateway.smb import ntstatus as st
+from claudefs_gateway.smb.errors import SMBError
+from claudefs_gateway.smb.header import Reader
+from claudefs_gateway.smb.info import Stat, dos_attributes
+from claudefs_gateway.smb.messages import FileId
+from claudefs_gateway.smb.names import CaseIndex
+from claudefs_gateway.smb.security import mode_from_dacl, parse_security_descriptor
+from claudefs_gateway.smb.state import FileNode, Open, Request
+from claudefs_gateway.vfs import Caller, LockOwner, R, W, X
+
+__all__ = ["FileBase", "split_name", "DOS_KEY", "EA_PREFIX"]
+
+
+DOS_KEY = b"smb.dosattrib"
+EA_PREFIX = b"user."
+ALL_ONES = 0xFFFFFFFFFFFFFFFF
+_BAD_CHARS = frozenset('"*/:<>?|') | frozenset(chr(i) for i in range(32))
+_DATA_STREAM = "::$data"
+
+
+def split_name(name: str) -> list[bytes]:
+    """
+    A CREATE or rename name as path components (UTF-8). Backslash separates
+    components; a trailing one is allowed; the default data stream suffix
+    C{::$DATA} is dropped.
+
+    @raise SMBError: a leading backslash (STATUS_INVALID_PARAMETER, MS-SMB2
+        3.3.5.9), an empty, "." or ".." component, a wildcard, a stream or a
+        control character (STATUS_OBJECT_NAME_INVALID).
+    """
+    if name.lower().endswith(_DATA_STREAM):
+        name = name[: -len(_DATA_STREAM)]
+    if name.startswith("\\"):
+        raise SMBError(st.STATUS_INVALID_PARAMETER, "name begins with a backslash")
+    if name.endswith("\\"):
+        name = name[:-1]
+    if not name:
+        return []
+    out = []
+    for part in name.split("\\"):
+        if part in (".", ".."):
+            raise SMBError(st.STATUS_OBJECT_PATH_SYNTAX_BAD, "dot component")
+        if not part or any(ch in _BAD_CHARS for ch in part):
+            raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "bad name component")
+        raw = part.encode("utf-8", "surrogatepass")
+        if len(raw) > 255:
+            raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "name component too long")
+        out.append(raw)
+    return out
+
+
+def decode_name(name: bytes) -> str | None:
+    """A stored name as SMB can show it, or None if it is not UTF-8."""
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def generic_rights(mask: int) -> int:
+    """Map GENERIC_* bits to file rights (MS-SMB2 3.3.5.9, MS-DTYP 2.4.3)."""
+    out = mask & ~(c.GENERIC_ALL | c.GENERIC_READ | c.GENERIC_WRITE | c.GENERIC_EXECUTE)
+    if mask & c.GENERIC_READ:
+        out |= c.FILE_GENERIC_READ
+    if mask & c.GENERIC_WRITE:
+        out |= c.FILE_GENERIC_WRITE
+    if mask & c.GENERIC_EXECUTE:
+        out |= c.FILE_GENERIC_EXECUTE
+    if mask & c.GENERIC_ALL:
+        out |= c.FILE_ALL_ACCESS
+    return out
+
+
+def share_modes(access: int, share: int) -> tuple[frozenset[str], frozenset[str]]:
+    """What an open does and what it denies others, in the lock manager's terms."""
+    acc = set()
+    if access & (c.FILE_READ_DATA | c.FILE_EXECUTE):
+        acc.add("read")
+    if access & (c.FILE_WRITE_DATA | c.FILE_APPEND_DATA):
+        acc.add("write")
+    if access & c.DELETE:
+        acc.add("delete")
+    deny = set()
+    if not share & c.FILE_SHARE_READ:
+        deny.add("read")
+    if not share & c.FILE_SHARE_WRITE:
+        deny.add("write")
+    if not share & c.FILE_SHARE_DELETE:
+        deny.add("delete")
+    return frozenset(acc), frozenset(deny)
+
+
+def ea_entries(data: bytes) -> list[tuple[int, bytes, bytes]]:
+    """FILE_FULL_EA_INFORMATION entries (MS-FSCC 2.4.15): (flags, name, value)."""
+    r = Reader(data)
+    out = []
+    pos = 0
+    while pos < len(data):
+        nxt, flags, nlen, vlen = r.u32(pos), r.u8(pos + 4), r.u8(pos + 5), r.u16(pos + 6)
+        name = r.raw(pos + 8, nlen)
+        if r.u8(pos + 8 + nlen) != 0:
+            raise ProtocolError("EA name not NUL-terminated")
+        value = r.raw(pos + 9 + nlen, vlen)
+        out.append((flags, name, value))
+        if len(out) > 256:
+            raise ProtocolError("too many EAs")
+        if nxt == 0:
+            break
+        if nxt < 8 + nlen + 1 + vlen or nxt % 4:
+            raise ProtocolError("bad EA NextEntryOffset")
+        pos += nxt
+    return out
+
+
+def pack_eas(eas: list[tuple[bytes, bytes]]) -> bytes:
+    out = bytearray()
+    for i, (name, value) in enumerate(eas):
+        entry = struct.pack("<IBBH", 0, 0, len(name), len(value)) + name + b"\x00" + value
+        if i + 1 < len(eas):
+            entry += b"\x00" * ((-len(entry)) % 4)
+            entry = struct.pack("<I", len(entry)) + entry[4:]
+        out += entry
+    return bytes(out)
+
+
+def get_ea_names(data: bytes) -> list[bytes]:
+    """FILE_GET_EA_INFORMATION entries (MS-FSCC 2.4.15.1)."""
+    r = Reader(data)
+    out = []
+    pos = 0
+    while pos < len(data):
+        nxt, nlen = r.u32(pos), r.u8(pos + 4)
+        out.append(r.raw(pos + 5, nlen))
+        if len(out) > 256:
+            raise ProtocolError("too many EA names")
+        if nxt == 0:
+            break
+        if nxt < 5 + nlen:
+            raise ProtocolError("bad EA NextEntryOffset")
+        pos += nxt
+    return out
+
+
+class FileBase:
+    """The state and helpers every file command family uses."""
+
+    _log = Logger()
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+        self.nodes: dict[int, FileNode] = {}
+        self._parents: OrderedDict[int, int] = OrderedDict()
+        self._case: CaseIndex | None = None
+        # Server-side copy: resume key → the open it names.
+        self.resume_keys: dict[bytes, Open] = {}
+
+    @property
+    def vfs(self) -> IVFS:
+        vfs: IVFS = self.factory.open_vfs
+        return vfs
+
+    @property
+    def locks(self) -> ILockTable:
+        return self.vfs.locks
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def lookup_open(self, conn: Any, req: Request, fid: FileId) -> Open:
+        """
+        The open a FileId names (a related request's all-ones FileId names the
+        previous request's).
+
+        @raise SMBError: STATUS_FILE_CLOSED for an unknown FileId or one of
+            another session or tree.
+        """
+        if fid == (ALL_ONES, ALL_ONES) and req.related_file_id is not None:
+            fid = req.related_file_id
+        op = conn.opens.get(fid[1])
+        if op is None or op.file_id != fid or op.closed or op.session is not req.session:
+            if req.related and req.chain.create_error:
+                # A related request after a failed CREATE fails as the CREATE did.
+                raise SMBError(req.chain.create_error, "the CREATE before it failed")
+            raise SMBError(st.STATUS_FILE_CLOSED, "no such open")
+        if req.tree is not None and op.tree is not req.tree:
+            raise SMBError(st.STATUS_FILE_CLOSED, "open of another tree")
+        req.result_file_id = fid
+        return op
+
+    async def stored_dos(self, caller: Caller, ino: int) -> int | None:
+        raw = await self.vfs.meta_get(caller, ino, DOS_KEY)
+        if raw is None or len(raw) != 4:
+            return None
+        return int.from_bytes(raw, "little")
+
+    async def stat(self, caller: Caller, a: Attributes, name: bytes = b"") -> Stat:
+        stored = await self.stored_dos(caller, a.ino)
+        return Stat(a, dos_attributes(a, stored, name))
+
+    async def _set_dos(self, caller: Caller, ino: int, bits: int) -> None:
+        await self.vfs.meta_set(caller, ino, DOS_KEY, struct.pack("<I", bits & c.STORED_ATTRIBUTES))
+
+    async def maximal_access(self, caller: Caller, a: Attributes, parent: int | None) -> int:
+        """What C{caller} may do to C{a} (and, with its C{parent}, whether it may delete it)."""
+        vfs = self.vfs
+        bits = await vfs.access(caller, a.ino, R | W | X)
+        mask = c.FILE_READ_ATTRIBUTES | c.SYNCHRONIZE | c.READ_CONTROL
+        if bits & R:
+            mask |= c.FILE_READ_DATA | c.FILE_READ_EA
+        if bits & W:
+            mask |= c.FILE_WRITE_DATA | c.FILE_APPEND_DATA | c.FILE_WRITE_EA
+            mask |= c.FILE_WRITE_ATTRIBUTES | c.FILE_DELETE_CHILD
+        # A remote client "executes" a file by reading it, and the vfs lets
+        # whoever may execute a file read it: the two go together here.
+        if bits & X or (bits & R and not a.is_dir):
+            mask |= c.FILE_EXECUTE
+        cred = caller.cred
+        if cred.is_root or cred.uid == a.uid:
+            mask |= c.WRITE_DAC | c.WRITE_OWNER | c.FILE_WRITE_ATTRIBUTES | c.FILE_WRITE_EA
+        if parent is not None:
+            pbits = await vfs.access(caller, parent, W | X)
+            if pbits == W | X:
+                mask |= c.DELETE
+        if caller.read_only:
+            mask &= ~c.MODIFY_ACCESS
+        return mask
+
+    def _owner(self, conn: Any, fid: FileId) -> LockOwner:
+        return LockOwner("smb", conn.conn_id, struct.pack("<QQ", *fid))
+
+    @property
+    def case(self) -> CaseIndex:
+        if self._case is None:
+            self._case = CaseIndex(self.vfs)
+        return self._case
+
+    async def lookup_name(
+        self, caller: Caller, dir_ino: int, name: bytes
+    ) -> tuple[Attributes, bytes]:
+        """
+        An entry of C{dir_ino} matched case-insensitively (see
+        L{claudefs_gateway.smb.names}), and its stored name.
+
+        @raise NotFound: no entry matches.
+        """
+        vfs = self.vfs
+        try:
+            return await vfs.lookup(caller, dir_ino, name), name
+        except errors.NotFound:
+            real = await self.case.find(caller, dir_ino, name)
+            if real is None or real == name:
+                raise
+            return await vfs.lookup(caller, dir_ino, real), real
+
+    async def resolve_dir(
+        self, caller: Caller, parts: list[bytes]
+    ) -> tuple[Attributes, list[bytes]]:
+        """
+        The directory C{parts} names from the share's root, case-insensitively,
+        and the components as stored.
+
+        @raise SMBError: STATUS_OBJECT_PATH_NOT_FOUND if a component is missing
+            or not a directory.
+        """
+        vfs = self.vfs
+        try:
+            a = await vfs.resolve(caller, b"/".join(parts))
+            found = parts
+        except errors.NotFound:
+            found = []
+            a = None
+            for part in parts:
+                try:
+                    a = await vfs.resolve(caller, b"/".join([*found, part]))
+                    found.append(part)
+                    continue
+                except errors.NotFound:
+                    pass
+                except (errors.NotDir, errors.Loop):
+                    break
+                here = await vfs.resolve(caller, b"/".join(found))
+                real = await self.case.find(caller, here.ino, part) if here.is_dir else None
+                if real is None:
+                    raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND, "parent not found") from None
+                a = await vfs.resolve(caller, b"/".join([*found, real]))
+                found.append(real)
+            if a is None or len(found) != len(parts):
+                raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND, "parent not found") from None
+        except (errors.NotDir, errors.Loop):
+            raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND, "parent not found") from None
+        if a is None or not a.is_dir:
+            raise SMBError(st.STATUS_OBJECT_PATH_NOT_FOUND, "parent is not a directory")
+        return a, found
+
+    async def _lookup(
+        self, caller: Caller, parent: int, leaf: bytes, dir_parts: list[bytes]
+    ) -> tuple[Attributes | None, bytes]:
+        """
+        The entry C{leaf} of C{parent} (case-insensitively), symbolic links
+        followed, and its stored name; None if absent.
+
+        @raise SMBError: a dangling link (STATUS_OBJECT_NAME_NOT_FOUND).
+        """
+        vfs = self.vfs
+        try:
+            a, leaf = await self.lookup_name(caller, parent, leaf)
+        except errors.NotFound:
+            return None, leaf
+        if a.is_link:
+            try:
+                a = await vfs.resolve(caller, b"/".join([*dir_parts, leaf]))
+            except (errors.NotFound, errors.Loop):
+                raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "dangling link") from None
+        return a, leaf
+
+    async def _eas(self, caller: Caller, ino: int) -> list[tuple[bytes, bytes]]:
+        vfs = self.vfs
+        out = []
+        try:
+            names = await vfs.listxattr(caller, ino)
+        except errors.Access:
+            return []
+        for n in sorted(names):
+            if n.startswith(EA_PREFIX) and len(n) - len(EA_PREFIX) <= 255:
+                try:
+                    out.append((n[len(EA_PREFIX) :], await vfs.getxattr(caller, ino, n)))
+                except errors.NoData:
+                    continue
+        return [(n, v) for n, v in out if len(v) <= 0xFFFF]
+
+    async def _set_eas(self, caller: Caller, ino: int, data: bytes) -> None:
+        vfs = self.vfs
+        for _flags, name, value in ea_entries(data):
+            if (
+                not name
+                or any(b < 0x20 or b > 0x7E for b in name)
+                or any(chr(b) in _BAD_CHARS for b in name)
+            ):
+                raise SMBError(st.STATUS_INVALID_EA_NAME)
+            key = EA_PREFIX + name
+            if value:
+                await vfs.setxattr(caller, ino, key, value)
+            else:
+                try:
+                    await vfs.removexattr(caller, ino, key)
+                except errors.NoData:
+                    pass
+
+    async def _apply_security(
+        self, caller: Caller, a: Attributes, sd: bytes, parts: int
+    ) -> Attributes:
+        """Map a security descriptor back to owner, group and mode (see L{claudefs_gateway.smb.security})."""
+        idmap = self.factory.idmap
+        try:
+            parsed = parse_security_descriptor(sd)
+        except ProtocolError:
+            raise SMBError(
+                st.STATUS_INVALID_SECURITY_DESCR, "unreadable security descriptor"
+            ) from None
+        uid = gid = None
+        if parts & c.OWNER_SECURITY_INFORMATION and parsed.owner is not None:
+            m = idmap.to_unix(parsed.owner)
+            if m is None or m[0] != "uid":
+                raise SMBError(st.STATUS_INVALID_OWNER, "owner SID maps to no uid")
+            uid = m[1] if m[1] != a.uid else None
+        if parts & c.GROUP_SECURITY_INFORMATION and parsed.group is not None:
+            m = idmap.to_unix(parsed.group)
+            if m is None or m[0] != "gid":
+                raise SMBError(st.STATUS_INVALID_PRIMARY_GROUP, "group SID maps to no gid")
+            gid = m[1] if m[1] != a.gid else None
+        mode = None
+        if parts & c.DACL_SECURITY_INFORMATION and parsed.dacl is not None:
+            owner = idmap.uid_sid(uid if uid is not None else a.uid)
+            group = idmap.gid_sid(gid if gid is not None else a.gid)
+            try:
+                new = mode_from_dacl(parsed.dacl, owner, group, a.mode)
+            except ProtocolError:
+                raise SMBError(
+                    st.STATUS_INVALID_PARAMETER, "DACL cannot be kept in mode bits"
+                ) from None
+            mode = new if new != a.mode else None
+        changes = SetAttrs(mode=mode, uid=uid, gid=gid)
+        if changes.is_empty():
+            return a
+        result: Attributes = await self.vfs.setattr(caller, a.ino, changes)
+        return result
+
+    def _end_watch(self, conn: Any, op: Open) -> None:
+        """End an open's CHANGE_NOTIFY watch (L{claudefs_gateway.smb.listing.DirectoryCommands})."""
+        raise NotImplementedError
