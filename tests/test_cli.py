@@ -64,6 +64,28 @@ class ValidateConfigTests(TestCase):
         self.assertEqual(status, 0, out)
         self.assertTrue(out.startswith("OK: "), out)
 
+    async def test_rdma_listener_refused_like_start(self) -> None:
+        """
+        validate-config and start agree about an rdma: listener: in a build with
+        no rdma endpoint parser both refuse it with the same message, naming the key.
+        """
+        path = write_config(
+            self,
+            f"backend: {{type: memory, data_dir: {os.path.abspath(self.mktemp())}}}\n"
+            "admin: {bind: 'tcp:0:interface=127.0.0.1'}\n"
+            "nfs: {bind: 'rdma:0:device=mlx5_0'}\n",
+        )
+        status, out, _ = await run("validate-config", "--config", path)
+        if cfg.rdma_endpoints_available():
+            # A build with an rdma endpoint parser: what start can resolve validates.
+            self.assertEqual(status, 0, out)
+            return
+        self.assertEqual(status, 1, out)
+        self.assertIn(f"{path}:3: nfs.bind: rdma: listeners are not available", out)
+        status, _, err = await run("start", "nfs", "--config", path)
+        self.assertEqual(status, 2, err)
+        self.assertIn(f"{path}:3: nfs.bind: rdma: listeners are not available", err)
+
     async def test_missing_file(self) -> None:
         status, out, _ = await run("validate-config", "--config", "/nonexistent/gw.yaml")
         self.assertEqual(status, 1)

@@ -62,6 +62,23 @@ _ENDPOINT_TYPES = ("tcp", "tcp6", "ssl", "unix", "systemd", "rdma")
 _ENDPOINT_RE = re.compile(r"^([a-z][a-z0-9+-]*):")
 
 
+def rdma_endpoints_available() -> bool:
+    """
+    Whether an C{rdma:} server endpoint parser is installed (a Twisted
+    C{IStreamServerEndpointStringParser} plugin with prefix C{rdma}).
+
+    C{start} resolves listeners with C{serverFromString}, which finds endpoint
+    types through exactly these plugins, so validation asks the same question
+    and the two cannot disagree about an C{rdma:} listener.
+    """
+    from twisted.internet.interfaces import IStreamServerEndpointStringParser
+    from twisted.plugin import getPlugins
+
+    return any(
+        getattr(p, "prefix", None) == "rdma" for p in getPlugins(IStreamServerEndpointStringParser)
+    )
+
+
 def _split_description(desc: str) -> tuple[str, list[str], dict[str, str]]:
     """Split a Twisted endpoint description into kind, positional and keyword args."""
     parts: list[str] = []
@@ -255,6 +272,14 @@ class Listen(Custom):
                 b.report(path, where, f"port {port} is out of range 0..65535")
                 return b.INVALID
             host = kwargs.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
+        if kind == "rdma" and not rdma_endpoints_available():
+            b.report(
+                path,
+                where,
+                "rdma: listeners are not available in this build (no rdma endpoint parser "
+                "is installed); use a tcp: listener",
+            )
+            return b.INVALID
         if kind == "unix" and not ((args and args[0]) or kwargs.get("address")):
             b.report(path, where, "unix endpoint needs a socket path")
             return b.INVALID

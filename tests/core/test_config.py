@@ -307,6 +307,39 @@ class ListenTests(SynchronousTestCase):
         got = problems("s3: {bind: 'ssl:9000:privateKey=/nonexistent.pem'}\n")
         self.assertIn("privateKey file does not exist", got[0][2])
 
+    def test_rdma_refused_without_a_parser(self) -> None:
+        """
+        An rdma: listener is refused by validation, naming the key, when no rdma
+        endpoint parser is installed (start resolves listeners through those
+        same plugins, so it would refuse it too).
+        """
+        self.patch(cfg, "rdma_endpoints_available", lambda: False)
+        got = problems("nfs: {bind: 'rdma:20049:device=mlx5_0'}\n")
+        self.assertEqual(len(got), 1)
+        self.assertEqual(got[0][0], "nfs.bind")
+        self.assertIn("rdma: listeners are not available in this build", got[0][2])
+
+    def test_rdma_accepted_with_a_parser(self) -> None:
+        """Once an rdma endpoint parser plugin is installed, an rdma: listener validates."""
+        self.patch(cfg, "rdma_endpoints_available", lambda: True)
+        c = cfg.loads("nfs: {bind: 'rdma:20049:device=mlx5_0'}\n")
+        self.assertEqual(
+            (c.nfs.bind.description, c.nfs.bind.port), ("rdma:20049:device=mlx5_0", 20049)
+        )
+
+    def test_rdma_availability_follows_the_plugins(self) -> None:
+        """rdma_endpoints_available asks the plugin system serverFromString uses."""
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.testing import MemoryReactor
+
+        try:
+            serverFromString(MemoryReactor(), "rdma:20049")
+        except ValueError:
+            parses = False
+        else:
+            parses = True
+        self.assertEqual(cfg.rdma_endpoints_available(), parses)
+
     def test_loopback(self) -> None:
         self.assertTrue(Listen.tcp("127.0.0.1", 1).is_loopback)
         self.assertTrue(Listen.tcp("::1", 1).is_loopback)
