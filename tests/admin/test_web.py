@@ -228,7 +228,7 @@ class EndpointTests(SynchronousTestCase):
 
     def test_drain(self) -> None:
         h = SiteHarness()
-        act = h.drainer.activity("nfs")
+        act = h.drainer.activity("nfs3")
         act.begin()
         status, _, body = h.request("POST", "/admin/drain")
         self.assertEqual(status, 202)

@@ -50,7 +50,7 @@ class DrainerTests(SynchronousTestCase):
         self.drainer = Drainer(self.clock, self.metrics)
         self.listener = FakeListener()
         self.drainer.add_listener(self.listener)
-        self.act = self.drainer.activity("nfs")
+        self.act = self.drainer.activity("nfs3")
 
     def test_idle_gateway_drains_at_once(self) -> None:
         d = self.drainer.drain(30)
@@ -124,8 +124,8 @@ class DrainerTests(SynchronousTestCase):
         self.drainer.drain(30)
         reg = self.metrics.registry
         self.assertEqual(reg.get_sample_value("gateway_draining"), 1)
-        self.assertEqual(reg.get_sample_value("gateway_in_flight_requests", {"protocol": "nfs"}), 1)
-        self.assertEqual(reg.get_sample_value("gateway_active_connections", {"protocol": "nfs"}), 1)
+        self.assertEqual(reg.get_sample_value("gateway_in_flight_requests", {"protocol": "nfs3"}), 1)
+        self.assertEqual(reg.get_sample_value("gateway_active_connections", {"protocol": "nfs3"}), 1)
 
     def test_failing_listener_does_not_stop_drain(self) -> None:
         class Broken(FakeListener):
