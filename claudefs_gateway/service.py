@@ -118,12 +118,15 @@ def build(
     metrics = Metrics(registry)
     metrics.add_process_collectors()
     metrics.family("gateway_info").info({"version": __version__, "backend": config.backend.type})
+    # Exported from the start so dashboards and alert rules find the family; the
+    # circuit breaker in front of a remote backend sets one child per backend.
+    metrics.family("gateway_circuit_breaker_state")
     core = Core(
         config=config,
         reactor=reactor,
         metrics=metrics,
         health=HealthChecks(reactor),
-        drainer=Drainer(reactor, metrics),
+        drainer=Drainer(reactor, metrics, config.limits.max_connections),
         caches=Caches(),
         threads=ThreadPools(reactor),
     )

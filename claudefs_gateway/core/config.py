@@ -894,6 +894,19 @@ class Admin:
 
 
 @attrs.frozen(kw_only=True)
+class Limits:
+    max_connections: int = setting(
+        0,
+        min=0,
+        max=1_000_000,
+        doc="Most client connections each protocol holds open at once (NFS, MOUNT, the "
+        "portmapper, S3 and SMB are counted apart); one more is closed at once and counted in "
+        '``gateway_rejected_requests_total{reason="max_connections"}``. 0 = no limit. '
+        "Exported as ``gateway_max_connections``.",
+    )
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     """The whole validated configuration. Build it with L{load} or L{loads}."""
 
@@ -930,6 +943,7 @@ class Config:
     quota: Quota = setting(factory=Quota, doc="Quota defaults; per-id limits live in the store.")
     cache: Cache = setting(factory=Cache, doc="Caches.")
     admin: Admin = setting(factory=Admin, doc="Admin HTTP and manhole.")
+    limits: Limits = setting(factory=Limits, doc="Connection limits.")
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
         if self.backend.type == "remote":

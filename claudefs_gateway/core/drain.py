@@ -54,8 +54,11 @@ class Activity:
         clients to go (HTTP C{Connection: close}) but keep serving requests.
     """
 
-    def __init__(self, protocol: str, metrics: Metrics) -> None:
+    _log = Logger()
+
+    def __init__(self, protocol: str, metrics: Metrics, max_connections: int = 0) -> None:
         self.protocol = protocol
+        self.max_connections = max_connections
         self.connections: set[Any] = set()
         self.in_flight = 0
         self.draining = False
@@ -65,12 +68,39 @@ class Activity:
         self._flight_gauge = metrics.family("gateway_in_flight_requests").labels(protocol)
         self._conn_gauge.set(0)
         self._flight_gauge.set(0)
+        metrics.family("gateway_max_connections").labels(protocol).set(max_connections)
+        self._refused = metrics.family("gateway_rejected_requests_total").labels(
+            protocol, "max_connections"
+        )
 
     # -- connections ----------------------------------------------------------
 
-    def connection_made(self, proto: Any) -> None:
+    def connection_made(self, proto: Any) -> bool:
+        """
+        Count a new connection; false (and the connection aborted) when the
+        protocol already holds C{max_connections}.
+
+        Callers need not check the result: the abort makes the connection's
+        C{connectionLost} run soon, as for any other closed connection.
+        """
+        if self.max_connections and len(self.connections) >= self.max_connections:
+            self._refused.inc()
+            transport = getattr(proto, "transport", None)
+            peer = getattr(transport.getPeer(), "host", "?") if transport is not None else "?"
+            self._log.warn(
+                "{protocol} connection from {peer} refused: {limit} connections open "
+                "(limits.max_connections)",
+                protocol=self.protocol,
+                peer=peer,
+                limit=self.max_connections,
+            )
+            if transport is not None:
+                abort = getattr(transport, "abortConnection", transport.loseConnection)
+                abort()
+            return False
         self.connections.add(proto)
         self._conn_gauge.set(len(self.connections))
+        return True
 
     def connection_lost(self, proto: Any) -> None:
         self.connections.discard(proto)
@@ -153,9 +183,10 @@ class Drainer:
 
     _log = Logger()
 
-    def __init__(self, clock: IReactorTime, metrics: Metrics) -> None:
+    def __init__(self, clock: IReactorTime, metrics: Metrics, max_connections: int = 0) -> None:
         self._clock = clock
         self._metrics = metrics
+        self._max_connections = max_connections
         self._listeners: list[IDrainable] = []
         self._activities: dict[str, Activity] = {}
         self.state = "running"
@@ -168,7 +199,9 @@ class Drainer:
         """The L{Activity} of C{protocol}, created on first use."""
         act = self._activities.get(protocol)
         if act is None:
-            act = self._activities[protocol] = Activity(protocol, self._metrics)
+            act = self._activities[protocol] = Activity(
+                protocol, self._metrics, self._max_connections
+            )
         return act
 
     def activities(self) -> list[Activity]:

@@ -283,6 +283,8 @@ class LiveTests(TestCase):
             "gateway_draining",
             "gateway_info",
             "process_cpu_seconds",
+            "gateway_max_connections",
+            "gateway_circuit_breaker_state",
         ):
             self.assertIn(expected, names)
 
