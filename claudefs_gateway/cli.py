@@ -91,6 +91,7 @@ def run_foreground(
     except GatewayError as e:
         _print_err(str(e))
         return 1
+    root.exit_when_drained = True
     if customize is not None:
         customize(root)
     app = Application("claudefs-gateway")

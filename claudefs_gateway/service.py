@@ -61,7 +61,15 @@ def not_built_message(protocol: str) -> str:
 
 
 class GatewayService(MultiService):
-    """The root of the tree; drains before its children stop."""
+    """
+    The root of the tree; drains before its children stop.
+
+    @ivar exit_when_drained: once a drain started through the admin API
+        (C{cfs-gateway drain}) has finished, stop the reactor, so the process
+        exits (status 0) and lets go of the data directory. Set by the
+        process runners (C{cfs-gateway start}, twistd); left false where the
+        tree shares a reactor it does not own (tests).
+    """
 
     name = "gateway"
 
@@ -69,6 +77,8 @@ class GatewayService(MultiService):
         super().__init__()
         self.core = core
         self.skipped: list[str] = []
+        self.exit_when_drained = False
+        self._stopping = False
 
     def listeners(self) -> dict[str, Any]:
         """Every listener in the tree by health label (tests read bound ports here)."""
@@ -88,8 +98,21 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         super().startService()
         _log.info("claudefs-gateway {version} started", version=__version__)
+        if self.exit_when_drained:
+            self.core.drainer.drained().addCallback(self._drained)
+
+    def _drained(self, _: object) -> None:
+        # A drained gateway serves nothing yet holds the data directory, so the
+        # next start would fail: a drain asked for through the admin API ends
+        # the process, as a drain on SIGTERM does.
+        if self._stopping or not self.running:
+            return
+        _log.info("drained through the admin API: stopping the process")
+        reactor = self.core.reactor
+        reactor.callLater(0, reactor.stop)
 
     def stopService(self) -> defer.Deferred[Any]:
+        self._stopping = True
         deadline = self.core.config.admin.drain_timeout_secs
         d = self.core.drainer.drain(deadline)
         d.addCallback(lambda _: MultiService.stopService(self))

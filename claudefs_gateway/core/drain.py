@@ -192,6 +192,7 @@ class Drainer:
         self.state = "running"
         self._outcome: DrainResult | None = None
         self._waiters: list[defer.Deferred[DrainResult]] = []
+        self._watchers: list[defer.Deferred[DrainResult]] = []
         self._gauge = metrics.family("gateway_draining")
         self._gauge.set(0)
 
@@ -248,10 +249,25 @@ class Drainer:
             run.addErrback(lambda f: self._log.failure("drain failed", f))
         return d
 
+    def drained(self) -> defer.Deferred[DrainResult]:
+        """
+        Fire with the L{DrainResult} once a drain, started by anyone, has
+        finished (after every caller of L{drain} has had its result); this
+        does not start one.
+        """
+        if self._outcome is not None:
+            return defer.succeed(self._outcome)
+        d: defer.Deferred[DrainResult] = defer.Deferred(lambda d: self._watchers.remove(d))
+        self._watchers.append(d)
+        return d
+
     def _finished(self, outcome: DrainResult) -> None:
         self._outcome = outcome
         waiters, self._waiters = self._waiters, []
         for d in waiters:
+            d.callback(outcome)
+        watchers, self._watchers = self._watchers, []
+        for d in watchers:
             d.callback(outcome)
 
     async def _drain(self, deadline: float) -> DrainResult:

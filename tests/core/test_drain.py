@@ -107,6 +107,19 @@ class DrainerTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(d2), first)
         self.assertIs(self.successResultOf(self.drainer.drain(0)), first)
 
+    def test_drained_watches_without_starting(self) -> None:
+        """drained() fires after the drain's own callers, and does not start a drain."""
+        order: list[str] = []
+        watched = self.drainer.drained()
+        watched.addCallback(lambda r: order.append("watcher"))
+        self.assertEqual(self.drainer.state, "running")
+        self.act.begin()
+        d = self.drainer.drain(30)
+        d.addCallback(lambda r: order.append("caller"))
+        self.act.end()
+        self.assertEqual(order, ["caller", "watcher"])
+        self.assertEqual(self.successResultOf(self.drainer.drained()).in_flight_abandoned, 0)
+
     def test_track_deferred(self) -> None:
         d: defer.Deferred[int] = defer.Deferred()
         self.assertIs(self.act.track(d), d)
