@@ -33,7 +33,7 @@ from typing_extensions import override
 from claudefs_gateway.core.authlimit import AuthFailureLimiter
 from claudefs_gateway.core.caches import Caches
 from claudefs_gateway.core.drain import Drainer
-from claudefs_gateway.core.health import UNHEALTHY, HealthChecks
+from claudefs_gateway.core.health import SERVING, HealthChecks
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.metrics import Metrics, RequestMetrics
 
@@ -223,7 +223,7 @@ class HealthResource(Resource):
         def write(doc: dict[str, Any]) -> None:
             if gone:
                 return
-            code = http.SERVICE_UNAVAILABLE if doc["overall"] == UNHEALTHY else http.OK
+            code = http.OK if doc["overall"] in SERVING else http.SERVICE_UNAVAILABLE
             request.write(_json(request, code, doc))
             request.finish()
 

@@ -53,9 +53,16 @@ class Core:
     ) -> ListenerService:
         """
         Add a listener under C{parent}: health check C{label}, and (if
-        C{drainable}) stopped by the drain.
+        C{drainable}) stopped by the drain. A drainable (protocol) listener
+        binds at start but accepts connections only once the store is open
+        (L{ListenerService} C{gate}), so no client is taken in that the
+        gateway cannot serve yet and C{/health} never reports "starting"
+        while a listener accepts.
         """
-        svc = ListenerService(name, label, listen, factory, self.reactor, drainable=drainable)
+        gate = self.vfs_ready if drainable and self.vfs_service is not None else None
+        svc = ListenerService(
+            name, label, listen, factory, self.reactor, drainable=drainable, gate=gate
+        )
         svc.setServiceParent(parent)
         self.health.register(label, svc.check)
         if drainable:
