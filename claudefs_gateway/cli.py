@@ -367,10 +367,12 @@ def cmd_user(args: argparse.Namespace) -> int:
             for u in users:
                 groups = ",".join(str(g) for g in u.groups) or "-"
                 flags = [f for f, on in (("smb", u.nt_hash), ("s3", u.s3_access_key)) if on]
+                if u.s3_access_key and u.s3_create_buckets:
+                    flags.append("mb")
                 key = u.s3_access_key or "-"
                 sys.stdout.write(
                     f"{u.name:16} uid={u.uid:<6} gid={u.gid:<6} groups={groups:12} "
-                    f"access={','.join(flags) or '-':7} s3_key={key}\n"
+                    f"access={','.join(flags) or '-':10} s3_key={key}\n"
                 )
             return 0
         name = args.name
@@ -387,6 +389,7 @@ def cmd_user(args: argparse.Namespace) -> int:
                 gids,
                 nt_hash(password) if password is not None else None,
                 nfs4_name=args.nfs4_name,
+                s3_create_buckets=not args.no_create_buckets,
             )
             if args.s3_keys:
                 user = attrs.evolve(
@@ -477,6 +480,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--groups", help="supplementary gids, comma-separated")
     add.add_argument("--nfs4-name", help="NFSv4 owner name, user@domain")
     add.add_argument("--s3-keys", action="store_true", help="generate an S3 access key and secret")
+    add.add_argument(
+        "--no-create-buckets",
+        action="store_true",
+        help="withhold the S3 bucket right (creating buckets then needs write permission "
+        "on s3.root)",
+    )
     add.add_argument("--no-password", action="store_true", help="no SMB password")
     add.add_argument(
         "--password-stdin", action="store_true", help="read the SMB password from stdin"

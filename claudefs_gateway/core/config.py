@@ -578,8 +578,9 @@ class S3:
         max=0o7777,
         shown_default="left as it is",
         doc="Mode given to the S3 root directory at start, e.g. ``01777`` (octal in YAML) so "
-        "every user may create buckets and only a bucket's owner may delete it. "
-        "Creating a bucket needs write permission on the S3 root, as ``mkdir`` would.",
+        "anyone (over any protocol) may make directories there and only an owner may delete "
+        "one. Not needed for buckets: users holding the bucket right "
+        "(``users[].s3_create_buckets``, the default) create them in a closed root.",
     )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
@@ -824,6 +825,13 @@ class User:
     s3_access_key: str | None = setting(None, doc="S3 access key id.")
     s3_secret_key: str | None = setting(None, secret=True, doc="S3 secret access key.")
     nfs4_name: str | None = setting(None, doc="NFSv4 owner name (``user@domain``).")
+    s3_create_buckets: bool = setting(
+        True,
+        doc="The user may create S3 buckets (and delete the ones they own) even without write "
+        "permission on ``s3.root``: the gateway makes the bucket directory and gives it to "
+        "the user, as any AWS account may create buckets, while the S3 root stays as it is "
+        "(root's, ``0755``). False: creating a bucket needs write permission on the S3 root.",
+    )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
         if not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.name):

@@ -777,7 +777,9 @@ class S3Api:
                 LocationConstraint=loc,
             )
         try:
-            await self._tree().create_bucket(call.caller, call.bucket)
+            await self._tree().create_bucket(
+                call.caller, call.bucket, granted=call.user.s3_create_buckets
+            )
         except errors.FSError:
             raise from_failure(_failure()) from None
         self._empty(call, 200, {"Location": "/" + call.bucket})
@@ -793,7 +795,9 @@ class S3Api:
     async def op_DeleteBucket(self, call: Call) -> None:
         assert call.bucket is not None
         try:
-            await self._tree().delete_bucket(call.caller, call.bucket)
+            await self._tree().delete_bucket(
+                call.caller, call.bucket, granted=call.user.s3_create_buckets
+            )
         except errors.FSError:
             raise from_failure(_failure(), missing="NoSuchBucket") from None
         self._empty(call, 204)
