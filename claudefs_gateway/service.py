@@ -31,11 +31,13 @@ from claudefs_gateway.admin.web import build_site
 from claudefs_gateway.backend.datadir import DataDir
 from claudefs_gateway.core import log
 from claudefs_gateway.core.caches import Caches
+from claudefs_gateway.core.clients import ClientTable, summarize
 from claudefs_gateway.core.config import PROTOCOLS, Config
 from claudefs_gateway.core.drain import Activity, Drainer, TrackingFactory
 from claudefs_gateway.core.health import CheckResult, HealthChecks
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.metrics import Metrics
+from claudefs_gateway.core.ratelimit import RateLimiter
 from claudefs_gateway.core.runtime import Core
 from claudefs_gateway.core.threads import ThreadPools
 from claudefs_gateway.errors import NotBuilt
@@ -144,14 +146,17 @@ def build(
     # Exported from the start so dashboards and alert rules find the family; the
     # circuit breaker in front of a remote backend sets one child per backend.
     metrics.family("gateway_circuit_breaker_state")
+    clients = ClientTable(reactor)
     core = Core(
         config=config,
         reactor=reactor,
         metrics=metrics,
         health=HealthChecks(reactor),
-        drainer=Drainer(reactor, metrics, config.limits.max_connections),
+        drainer=Drainer(reactor, metrics, config.limits.max_connections, clients),
         caches=Caches(),
         threads=ThreadPools(reactor),
+        limiter=RateLimiter.from_config(reactor, metrics, config.limits),
+        clients=clients,
     )
     root = GatewayService(core)
     core.health.register("drain", core.drainer.check)
@@ -189,8 +194,29 @@ def build(
         vfs = vfs_service.vfs if vfs_service is not None else None
         return vfs.quotas if vfs is not None and vfs.is_open else None
 
+    def status() -> dict[str, Any]:
+        vfs = vfs_service.vfs if vfs_service is not None else None
+        if vfs is not None and not vfs.is_open:
+            vfs = None
+        locks = getattr(vfs, "locks", None)
+
+        def user_of(uid: int) -> str | None:
+            user = vfs.users.by_uid(uid) if vfs is not None else None
+            return user.name if user is not None else None
+
+        def locks_of(protocol: str, client: Any) -> int | None:
+            return locks.held_by(protocol, client) if locks is not None else None
+
+        rows = clients.snapshot(user_of, locks_of)
+        return {
+            "connections": rows,
+            "summary": summarize(rows),
+            "lock_clients": locks.holders() if locks is not None else [],
+        }
+
     site = build_site(
         quotas=quotas,
+        clients=status,
         health=core.health,
         metrics=metrics,
         drainer=core.drainer,

@@ -49,6 +49,7 @@ _OPS = {
     b"/admin/drain": "drain",
     b"/admin/cache/invalidate": "cache_invalidate",
     b"/admin/quota": "quota",
+    b"/admin/clients": "clients",
 }
 
 
@@ -373,6 +374,24 @@ class QuotaResource(Resource):
         return NOT_DONE_YET
 
 
+class ClientsResource(Resource):
+    """
+    C{GET /admin/clients}: who is connected over each protocol (client address,
+    user, dialect, opens, locks, leases), a summary per protocol, and every
+    lock client of the lock table (NLM hosts hold locks apart from any one
+    connection). What C{cfs-gateway status} prints.
+    """
+
+    isLeaf = True
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        super().__init__()
+        self._status = status
+
+    def render_GET(self, request: Request) -> bytes:
+        return _json(request, http.OK, self._status())
+
+
 class _Index(Resource):
     def render_GET(self, request: Request) -> bytes:
         return _json(
@@ -385,6 +404,7 @@ class _Index(Resource):
                     "/admin/drain",
                     "/admin/cache/invalidate",
                     "/admin/quota",
+                    "/admin/clients",
                 ]
             },
         )
@@ -398,6 +418,11 @@ class _Index(Resource):
 def build_site(
     *,
     quotas: Callable[[], Any] = lambda: None,
+    clients: Callable[[], dict[str, Any]] = lambda: {
+        "connections": [],
+        "summary": {},
+        "lock_clients": [],
+    },
     health: HealthChecks,
     metrics: Metrics,
     drainer: Drainer,
@@ -416,6 +441,7 @@ def build_site(
     cache.putChild(b"invalidate", CacheInvalidateResource(caches))
     admin.putChild(b"cache", cache)
     admin.putChild(b"quota", QuotaResource(quotas))
+    admin.putChild(b"clients", ClientsResource(clients))
     root.putChild(b"admin", admin)
     return AdminSite(
         root,

@@ -883,13 +883,14 @@ class Manhole:
 @attrs.frozen(kw_only=True)
 class Admin:
     bind: Listen = setting(
-        Listen.tcp("127.0.0.1", 8080), doc="Admin HTTP listener: /health, /metrics, /admin/*."
+        Listen.tcp("127.0.0.1", 8080),
+        doc="Admin HTTP listener: ``/health``, ``/metrics``, ``/admin/*``.",
     )
     token: str | None = setting(
         None,
         secret=True,
         doc="Bearer token. Unset: only loopback clients are served. Set: non-loopback "
-        "clients and every /admin/* call must present it.",
+        "clients and every ``/admin/*`` call must present it.",
     )
     drain_timeout_secs: float = setting(
         30.0, min=0, max=3600, doc="On SIGTERM or drain, how long in-flight requests may run on."
@@ -902,6 +903,24 @@ class Admin:
 
 
 @attrs.frozen(kw_only=True)
+class RateLimit:
+    requests_per_sec: float = setting(
+        0,
+        min=0,
+        max=10_000_000,
+        doc="Sustained requests a second; 0 = no limit.",
+    )
+    burst: int = setting(
+        0,
+        min=0,
+        max=100_000_000,
+        shown_default="0 (one second's worth)",
+        doc="Requests allowed at once above the sustained rate (the bucket's size); "
+        "0 = ``requests_per_sec``.",
+    )
+
+
+@attrs.frozen(kw_only=True)
 class Limits:
     max_connections: int = setting(
         0,
@@ -911,6 +930,19 @@ class Limits:
         "portmapper, S3 and SMB are counted apart); one more is closed at once and counted in "
         '``gateway_rejected_requests_total{reason="max_connections"}``. 0 = no limit. '
         "Exported as ``gateway_max_connections``.",
+    )
+    per_client: RateLimit = setting(
+        factory=RateLimit,
+        doc="Request rate of each client address, over all its protocols and users. A request "
+        "over it gets the protocol's try-later answer (NFS3ERR_JUKEBOX, S3 ``SlowDown``, "
+        "STATUS_IO_TIMEOUT) and is counted in "
+        '``gateway_rejected_requests_total{reason="client_rate"}``.',
+    )
+    per_user: RateLimit = setting(
+        factory=RateLimit,
+        doc="Request rate of each user (uid: the NFS AUTH_SYS uid, the S3 signer's, the SMB "
+        "session's), over all its protocols and machines; "
+        '``gateway_rejected_requests_total{reason="user_rate"}``.',
     )
 
 
@@ -951,7 +983,7 @@ class Config:
     quota: Quota = setting(factory=Quota, doc="Quota defaults; per-id limits live in the store.")
     cache: Cache = setting(factory=Cache, doc="Caches.")
     admin: Admin = setting(factory=Admin, doc="Admin HTTP and manhole.")
-    limits: Limits = setting(factory=Limits, doc="Connection limits.")
+    limits: Limits = setting(factory=Limits, doc="Connection and request-rate limits.")
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
         if self.backend.type == "remote":

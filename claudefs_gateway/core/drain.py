@@ -56,9 +56,12 @@ class Activity:
 
     _log = Logger()
 
-    def __init__(self, protocol: str, metrics: Metrics, max_connections: int = 0) -> None:
+    def __init__(
+        self, protocol: str, metrics: Metrics, max_connections: int = 0, clients: Any = None
+    ) -> None:
         self.protocol = protocol
         self.max_connections = max_connections
+        self._clients = clients
         self.connections: set[Any] = set()
         self.in_flight = 0
         self.draining = False
@@ -100,10 +103,14 @@ class Activity:
             return False
         self.connections.add(proto)
         self._conn_gauge.set(len(self.connections))
+        if self._clients is not None:
+            self._clients.add(self.protocol, proto)
         return True
 
     def connection_lost(self, proto: Any) -> None:
         self.connections.discard(proto)
+        if self._clients is not None:
+            self._clients.remove(proto)
         self._conn_gauge.set(len(self.connections))
         if not self.connections:
             waiters, self._closed_waiters = self._closed_waiters, []
@@ -183,10 +190,22 @@ class Drainer:
 
     _log = Logger()
 
-    def __init__(self, clock: IReactorTime, metrics: Metrics, max_connections: int = 0) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        metrics: Metrics,
+        max_connections: int = 0,
+        clients: Any = None,
+    ) -> None:
+        """
+        @param max_connections: each protocol's connection limit (0: none).
+        @param clients: a L{claudefs_gateway.core.clients.ClientTable} every
+            protocol's connections are entered in, or None.
+        """
         self._clock = clock
         self._metrics = metrics
         self._max_connections = max_connections
+        self.clients = clients
         self._listeners: list[IDrainable] = []
         self._activities: dict[str, Activity] = {}
         self.state = "running"
@@ -201,7 +220,7 @@ class Drainer:
         act = self._activities.get(protocol)
         if act is None:
             act = self._activities[protocol] = Activity(
-                protocol, self._metrics, self._max_connections
+                protocol, self._metrics, self._max_connections, self.clients
             )
         return act
 
@@ -348,6 +367,11 @@ async def _within(d: defer.Deferred[Any], seconds: float, clock: IReactorTime) -
 
 
 class _TrackedProtocol(ProtocolWrapper):
+    def describe(self) -> dict[str, Any]:
+        """What the wrapped protocol says of itself (L{claudefs_gateway.core.clients})."""
+        describe = getattr(self.wrappedProtocol, "describe", None)
+        return describe() if describe is not None else {}
+
     def connectionMade(self) -> None:
         self.factory.activity.connection_made(self)
         super().connectionMade()

@@ -36,7 +36,20 @@ class Core:
     caches: Caches
     threads: ThreadPools
     vfs_service: Any = None
+    #: The request-rate limits (L{claudefs_gateway.core.ratelimit.RateLimiter}):
+    #: front ends call C{limiter.admit(protocol, address, uid)} once per request.
+    limiter: Any = None
+    #: Every client connection (L{claudefs_gateway.core.clients.ClientTable}).
+    clients: Any = None
     extras: dict[str, Any] = attrs.field(factory=dict)
+
+    def admit(self, protocol: str, address: str, uid: int | None = None) -> None:
+        """
+        The per-request rate-limit hook: let the request through or raise
+        L{claudefs_gateway.errors.Throttled} (no limiter: always through).
+        """
+        if self.limiter is not None:
+            self.limiter.admit(protocol, address, uid)
 
     def vfs_ready(self) -> Any:
         """A Deferred firing with the open vfs (front ends await it before a request)."""

@@ -90,7 +90,11 @@ class NFSService(MultiService):
         # have listeners, and labels, of their own.
         self.activity = core.drainer.activity("nfs3")
         self.io_size = io_size(cfg.max_record_size)
-        self.ctx = NFSContext(self._vfs_ready, io_size=self.io_size)
+        self.ctx = NFSContext(
+            self._vfs_ready,
+            io_size=self.io_size,
+            admit=lambda host, uid: core.admit("nfs3", host, uid),
+        )
         self.server = RPCServer(ReplyCache(cfg.drc_entries), self.activity)
         self.nfs3 = NFS3(self.ctx, RequestMetrics(core.metrics, "nfs3"), max_write=self.io_size)
         self.mount = Mount(self.ctx, RequestMetrics(core.metrics, "mount"))
