@@ -194,6 +194,8 @@ def build(
         vfs = vfs_service.vfs if vfs_service is not None else None
         return vfs.quotas if vfs is not None and vfs.is_open else None
 
+    _export_live_figures(core, datadir, quotas)
+
     def status() -> dict[str, Any]:
         vfs = vfs_service.vfs if vfs_service is not None else None
         if vfs is not None and not vfs.is_open:
@@ -250,6 +252,49 @@ def build(
         svc = IService(module.make_service(core))
         svc.setServiceParent(root)
     return root
+
+
+def _export_live_figures(core: Core, datadir: DataDir, quotas: Any) -> None:
+    """
+    Gauges read at each scrape from where the figures live: open files and
+    leases of connected clients, the lock table, quota pressure, free space
+    (the dashboard's and alert rules' inputs; C{contrib/}).
+    """
+    metrics, drainer, clients = core.metrics, core.drainer, core.clients
+
+    def per_protocol(field: str) -> dict[tuple[str, ...], float]:
+        out: dict[tuple[str, ...], float] = {(a.protocol,): 0 for a in drainer.activities()}
+        for protocol, c in clients.counts().items():
+            out[(protocol,)] = c[field]
+        return out
+
+    def lock_figure(index: int) -> dict[tuple[str, ...], float]:
+        vfs = core.vfs_service.vfs if core.vfs_service is not None else None
+        locks = getattr(vfs, "locks", None) if vfs is not None and vfs.is_open else None
+        if locks is None:
+            return {}
+        return {(p,): t[index] for p, t in locks.totals().items()}
+
+    def space(index: int) -> float:
+        try:
+            return float(datadir.space()[index])
+        except OSError:
+            return 0.0
+
+    metrics.collect_with("gateway_open_files", lambda: per_protocol("opens"))
+    metrics.collect_with("gateway_leases_held", lambda: per_protocol("leases"))
+    metrics.collect_with("gateway_locks_held", lambda: lock_figure(0))
+    metrics.collect_with("gateway_share_reservations", lambda: lock_figure(1))
+    metrics.collect_with("gateway_lock_waiters", lambda: lock_figure(2))
+    metrics.collect_with(
+        "gateway_quota_usage_ratio", lambda: q.pressure() if (q := quotas()) is not None else {}
+    )
+    metrics.collect_with(
+        "gateway_quota_over_soft",
+        lambda: {(k,): n for k, n in q.over_soft().items()} if (q := quotas()) is not None else {},
+    )
+    metrics.collect_with("gateway_data_dir_free_bytes", lambda: space(0))
+    metrics.collect_with("gateway_data_dir_size_bytes", lambda: space(1))
 
 
 def _add_manhole(core: Core, root: GatewayService) -> None:

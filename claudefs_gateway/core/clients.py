@@ -101,6 +101,24 @@ class ClientTable:
         """Forget C{proto} (closed); unknown connections are ignored."""
         self._rows.pop(id(proto), None)
 
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per protocol, the C{opens} and C{leases} connections report (for metrics)."""
+        out: dict[str, dict[str, int]] = {}
+        for row in self._rows.values():
+            c = out.setdefault(row.protocol, {"opens": 0, "leases": 0})
+            describe = getattr(row.proto, "describe", None)
+            if describe is None:
+                continue
+            try:
+                facts = describe()
+            except Exception:
+                continue
+            for k in ("opens", "leases"):
+                v = facts.get(k)
+                if isinstance(v, int):
+                    c[k] += v
+        return out
+
     def rows(self) -> list[ClientConnection]:
         return sorted(self._rows.values(), key=lambda r: r.id)
 
