@@ -91,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         "--scratch", type=Path, help="scratch directory (default: a fresh temporary one)"
     )
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument(
+        "--config-extra",
+        default="",
+        metavar="YAML",
+        help="configuration merged into the gateway's, e.g. "
+        "'cache: {nfs_attr_cache: {max_entries: 0}}' (docs/tuning.rst measures keys this way)",
+    )
     p.add_argument("--list", action="store_true", help="list workloads and exit")
     args = p.parse_args(argv)
 
@@ -112,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch.mkdir(parents=True, exist_ok=True)
     protocols = sorted({w.protocol for w in chosen if w.protocol != "admin"})
     rows: list[dict[str, Any]] = []
-    gateway = targets.Gateway(scratch / "gateway", protocols)
+    gateway = targets.Gateway(scratch / "gateway", protocols, args.config_extra)
     started: list[targets.Target] = []
     try:
         gateway.start()

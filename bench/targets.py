@@ -78,6 +78,24 @@ def read_until(stream: IO[bytes], marker: bytes, deadline: float, what: str) -> 
     raise TargetError(f"{what} did not report {marker!r}:\n{tail}")
 
 
+def merge_yaml(base: str, extra: str) -> str:
+    """C{base} YAML with C{extra} YAML merged in, section by section (C{extra} wins)."""
+    import yaml
+
+    if not extra.strip():
+        return base
+
+    def merge(a: Any, b: Any) -> Any:
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = dict(a)
+            for k, v in b.items():
+                out[k] = merge(a.get(k), v) if k in a else v
+            return out
+        return b
+
+    return yaml.safe_dump(merge(yaml.safe_load(base), yaml.safe_load(extra)), sort_keys=False)
+
+
 class Target:
     """A server on loopback. Subclasses fill L{endpoints} in L{start}."""
 
@@ -126,8 +144,7 @@ class Gateway(Target):
 
     def config_text(self, ports: dict[str, int]) -> str:
         data = self.scratch / "gateway-data"
-        return (
-            textwrap.dedent(f"""
+        base = textwrap.dedent(f"""
             log_format: json
             log_level: info
             backend: {{type: {self.backend}, data_dir: "{data}"}}
@@ -153,8 +170,7 @@ class Gateway(Target):
             admin:
               bind: "127.0.0.1:{ports["admin"]}"
         """)
-            + self.extra
-        )
+        return merge_yaml(base, self.extra)
 
     def start(self) -> None:
         self.scratch.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ C{cfs-gateway}: the operator's command line.
     cfs-gateway health  [--config F | --admin URL]
     cfs-gateway metrics [--config F | --admin URL]
     cfs-gateway drain   [--config F | --admin URL] [--no-wait]
+    cfs-gateway status  [--config F | --admin URL] [--json] [--protocol P]
     cfs-gateway quota set-user|set-group|report …
     cfs-gateway user add|passwd|s3-keys|remove|list …
 
@@ -91,6 +92,7 @@ def run_foreground(
     except GatewayError as e:
         _print_err(str(e))
         return 1
+    root.exit_when_drained = True
     if customize is not None:
         customize(root)
     app = Application("claudefs-gateway")
@@ -246,6 +248,82 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return 0 if status in (200, 202) else 1
 
 
+def _duration(secs: float) -> str:
+    s = int(secs)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _address(row: dict[str, Any]) -> str:
+    host, port = str(row.get("address", "?")), row.get("port") or 0
+    if not port:
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def format_status(doc: dict[str, Any], protocol: str | None = None) -> str:
+    """
+    The text C{cfs-gateway status} prints for a C{GET /admin/clients} document:
+    a summary per protocol, one line per connection (as C{smbstatus} lists
+    sessions), then the lock table's clients.
+    """
+    rows = [r for r in doc.get("connections", []) if protocol in (None, r.get("protocol"))]
+    summary = {p: v for p, v in doc.get("summary", {}).items() if protocol in (None, p)}
+    holders = [h for h in doc.get("lock_clients", []) if protocol in (None, h.get("protocol"))]
+    out = [f"{'protocol':10} {'conns':>6} {'opens':>6} {'locks':>6} {'leases':>6}"]
+    for p, v in sorted(summary.items()):
+        out.append(f"{p:10} {v['connections']:>6} {v['opens']:>6} {v['locks']:>6} {v['leases']:>6}")
+    if not summary:
+        out.append("(no client connections)")
+    if rows:
+        out.append("")
+        out.append(
+            f"{'id':>5} {'protocol':9} {'client':28} {'user':14} {'dialect':18} "
+            f"{'opens':>5} {'locks':>5} {'leases':>6}  connected"
+        )
+        for r in rows:
+            user = r.get("user") or (f"uid {r['uid']}" if r.get("uid") is not None else "-")
+            out.append(
+                f"{r['id']:>5} {r['protocol']:9} {_address(r):28} {user:14} "
+                f"{r.get('dialect') or '-':18} {r.get('opens', 0):>5} {r.get('locks', 0):>5} "
+                f"{r.get('leases', 0):>6}  {_duration(r.get('connected_secs', 0))}"
+            )
+    if holders:
+        out.append("")
+        out.append("lock table clients:")
+        out.append(f"{'protocol':10} {'client':36} {'locks':>6} {'shares':>6} {'waiting':>7}")
+        for h in holders:
+            out.append(
+                f"{h['protocol']:10} {str(h['client'])[:36]:36} {h['locks']:>6} "
+                f"{h['shares']:>6} {h['waiting']:>7}"
+            )
+    return "\n".join(out) + "\n"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    r = _admin_cmd(args, "GET", "/admin/clients")
+    if r is None:
+        return 1
+    status, body = r
+    try:
+        doc: Any = json.loads(body)
+    except ValueError:
+        doc = {"error": body.decode("utf-8", "replace")}
+    if status != 200:
+        _print_err(str(doc.get("error", f"HTTP {status}")))
+        return 1
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        sys.stdout.write(format_status(doc, args.protocol))
+    return 0
+
+
 # ---------------------------------------------------------------------------
 # quota
 
@@ -366,10 +444,12 @@ def cmd_user(args: argparse.Namespace) -> int:
             for u in users:
                 groups = ",".join(str(g) for g in u.groups) or "-"
                 flags = [f for f, on in (("smb", u.nt_hash), ("s3", u.s3_access_key)) if on]
+                if u.s3_access_key and u.s3_create_buckets:
+                    flags.append("mb")
                 key = u.s3_access_key or "-"
                 sys.stdout.write(
                     f"{u.name:16} uid={u.uid:<6} gid={u.gid:<6} groups={groups:12} "
-                    f"access={','.join(flags) or '-':7} s3_key={key}\n"
+                    f"access={','.join(flags) or '-':10} s3_key={key}\n"
                 )
             return 0
         name = args.name
@@ -386,6 +466,7 @@ def cmd_user(args: argparse.Namespace) -> int:
                 gids,
                 nt_hash(password) if password is not None else None,
                 nfs4_name=args.nfs4_name,
+                s3_create_buckets=not args.no_create_buckets,
             )
             if args.s3_keys:
                 user = attrs.evolve(
@@ -442,7 +523,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, helptext in (
         ("health", "print the running gateway's /health"),
         ("metrics", "print the running gateway's Prometheus metrics"),
-        ("drain", "stop accepting connections and let requests finish"),
+        ("drain", "stop accepting connections, let requests finish, then exit"),
+        ("status", "who is connected over each protocol, with opens, locks and leases"),
     ):
         a = sub.add_parser(name, help=helptext)
         a.add_argument("--config", "-c", help="find the admin API from this configuration")
@@ -450,6 +532,9 @@ def _parser() -> argparse.ArgumentParser:
         a.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an answer")
         if name == "drain":
             a.add_argument("--no-wait", action="store_true", help="return once the drain has begun")
+        if name == "status":
+            a.add_argument("--json", action="store_true", help="the admin API's document as is")
+            a.add_argument("--protocol", "-p", help="only this protocol (nfs3, mount, s3, smb...)")
     q = sub.add_parser("quota", help="user and group quotas of a running gateway")
     qsub = q.add_subparsers(dest="quota_command", metavar="QUOTA_COMMAND", required=True)
     for name, idflag in (("set-user", "--uid"), ("set-group", "--gid")):
@@ -476,6 +561,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--groups", help="supplementary gids, comma-separated")
     add.add_argument("--nfs4-name", help="NFSv4 owner name, user@domain")
     add.add_argument("--s3-keys", action="store_true", help="generate an S3 access key and secret")
+    add.add_argument(
+        "--no-create-buckets",
+        action="store_true",
+        help="withhold the S3 bucket right (creating buckets then needs write permission "
+        "on s3.root)",
+    )
     add.add_argument("--no-password", action="store_true", help="no SMB password")
     add.add_argument(
         "--password-stdin", action="store_true", help="read the SMB password from stdin"
@@ -507,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "metrics": cmd_metrics,
         "health": cmd_health,
         "drain": cmd_drain,
+        "status": cmd_status,
         "quota": cmd_quota,
         "user": cmd_user,
     }[args.command]

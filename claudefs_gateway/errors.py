@@ -31,6 +31,15 @@ class BackendUnavailable(GatewayError):
     """The backend cannot be reached now (circuit open, pool exhausted); try later."""
 
 
+class Throttled(BackendUnavailable):
+    """
+    A client or user is over its request-rate limit (C{limits.per_client},
+    C{limits.per_user}); try later. A L{BackendUnavailable}, so every front end
+    answers it with its own try-later status (NFS3ERR_JUKEBOX, S3 SlowDown,
+    STATUS_IO_TIMEOUT) through the table it already has.
+    """
+
+
 class NotBuilt(GatewayError):
     """
     A component named in the configuration does not exist in this build.

@@ -368,6 +368,9 @@ class ILockTable(Interface):
     def locks(ino: int) -> list[Lock]:
         """Every lock held on C{ino}."""
 
+    def totals() -> dict[str, tuple[int, int, int]]:
+        """Per owner protocol: (locks held, share reservations, waiting requests); for metrics."""
+
     def owners_of(ino: int) -> set[LockOwner]:
         """Every owner holding a lock or a share reservation on C{ino}."""
 

@@ -147,6 +147,9 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     assert options.config is not None
-    return service.build(
+    root = service.build(
         options.config, reactor, options.protocols, strict=options.protocol is not None
     )
+    # twistd owns the reactor: a drain through the admin API ends the process.
+    root.exit_when_drained = True
+    return root

@@ -71,6 +71,11 @@ class DataDir(Service):
             self._lock.close()
             self._lock = None
 
+    def space(self) -> tuple[int, int]:
+        """(free bytes for the gateway, file system size) where the data directory lives."""
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
     def check(self) -> CheckResult:
         if self._lock is None:
             return CheckResult.unhealthy("data directory not open")

@@ -62,6 +62,23 @@ _ENDPOINT_TYPES = ("tcp", "tcp6", "ssl", "unix", "systemd", "rdma")
 _ENDPOINT_RE = re.compile(r"^([a-z][a-z0-9+-]*):")
 
 
+def rdma_endpoints_available() -> bool:
+    """
+    Whether an C{rdma:} server endpoint parser is installed (a Twisted
+    C{IStreamServerEndpointStringParser} plugin with prefix C{rdma}).
+
+    C{start} resolves listeners with C{serverFromString}, which finds endpoint
+    types through exactly these plugins, so validation asks the same question
+    and the two cannot disagree about an C{rdma:} listener.
+    """
+    from twisted.internet.interfaces import IStreamServerEndpointStringParser
+    from twisted.plugin import getPlugins
+
+    return any(
+        getattr(p, "prefix", None) == "rdma" for p in getPlugins(IStreamServerEndpointStringParser)
+    )
+
+
 def _split_description(desc: str) -> tuple[str, list[str], dict[str, str]]:
     """Split a Twisted endpoint description into kind, positional and keyword args."""
     parts: list[str] = []
@@ -255,6 +272,14 @@ class Listen(Custom):
                 b.report(path, where, f"port {port} is out of range 0..65535")
                 return b.INVALID
             host = kwargs.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
+        if kind == "rdma" and not rdma_endpoints_available():
+            b.report(
+                path,
+                where,
+                "rdma: listeners are not available in this build (no rdma endpoint parser "
+                "is installed); use a tcp: listener",
+            )
+            return b.INVALID
         if kind == "unix" and not ((args and args[0]) or kwargs.get("address")):
             b.report(path, where, "unix endpoint needs a socket path")
             return b.INVALID
@@ -553,8 +578,9 @@ class S3:
         max=0o7777,
         shown_default="left as it is",
         doc="Mode given to the S3 root directory at start, e.g. ``01777`` (octal in YAML) so "
-        "every user may create buckets and only a bucket's owner may delete it. "
-        "Creating a bucket needs write permission on the S3 root, as ``mkdir`` would.",
+        "anyone (over any protocol) may make directories there and only an owner may delete "
+        "one. Not needed for buckets: users holding the bucket right "
+        "(``users[].s3_create_buckets``, the default) create them in a closed root.",
     )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
@@ -818,6 +844,13 @@ class User:
     s3_access_key: str | None = setting(None, doc="S3 access key id.")
     s3_secret_key: str | None = setting(None, secret=True, doc="S3 secret access key.")
     nfs4_name: str | None = setting(None, doc="NFSv4 owner name (``user@domain``).")
+    s3_create_buckets: bool = setting(
+        True,
+        doc="The user may create S3 buckets (and delete the ones they own) even without write "
+        "permission on ``s3.root``: the gateway makes the bucket directory and gives it to "
+        "the user, as any AWS account may create buckets, while the S3 root stays as it is "
+        "(root's, ``0755``). False: creating a bucket needs write permission on the S3 root.",
+    )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
         if not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.name):
@@ -869,13 +902,14 @@ class Manhole:
 @attrs.frozen(kw_only=True)
 class Admin:
     bind: Listen = setting(
-        Listen.tcp("127.0.0.1", 8080), doc="Admin HTTP listener: /health, /metrics, /admin/*."
+        Listen.tcp("127.0.0.1", 8080),
+        doc="Admin HTTP listener: ``/health``, ``/metrics``, ``/admin/*``.",
     )
     token: str | None = setting(
         None,
         secret=True,
         doc="Bearer token. Unset: only loopback clients are served. Set: non-loopback "
-        "clients and every /admin/* call must present it.",
+        "clients and every ``/admin/*`` call must present it.",
     )
     drain_timeout_secs: float = setting(
         30.0, min=0, max=3600, doc="On SIGTERM or drain, how long in-flight requests may run on."
@@ -885,6 +919,50 @@ class Admin:
     def check(self, b: Builder, path: str, raw: Any) -> None:
         if self.token is not None and len(self.token) < 16:
             b.report(join(path, "token"), line_of(raw, "token"), "must be at least 16 characters")
+
+
+@attrs.frozen(kw_only=True)
+class RateLimit:
+    requests_per_sec: float = setting(
+        0,
+        min=0,
+        max=10_000_000,
+        doc="Sustained requests a second; 0 = no limit.",
+    )
+    burst: int = setting(
+        0,
+        min=0,
+        max=100_000_000,
+        shown_default="0 (one second's worth)",
+        doc="Requests allowed at once above the sustained rate (the bucket's size); "
+        "0 = ``requests_per_sec``.",
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    max_connections: int = setting(
+        0,
+        min=0,
+        max=1_000_000,
+        doc="Most client connections each protocol holds open at once (NFS, MOUNT, the "
+        "portmapper, S3 and SMB are counted apart); one more is closed at once and counted in "
+        '``gateway_rejected_requests_total{reason="max_connections"}``. 0 = no limit. '
+        "Exported as ``gateway_max_connections``.",
+    )
+    per_client: RateLimit = setting(
+        factory=RateLimit,
+        doc="Request rate of each client address, over all its protocols and users. A request "
+        "over it gets the protocol's try-later answer (NFS3ERR_JUKEBOX, S3 ``SlowDown``, "
+        "STATUS_IO_TIMEOUT) and is counted in "
+        '``gateway_rejected_requests_total{reason="client_rate"}``.',
+    )
+    per_user: RateLimit = setting(
+        factory=RateLimit,
+        doc="Request rate of each user (uid: the NFS AUTH_SYS uid, the S3 signer's, the SMB "
+        "session's), over all its protocols and machines; "
+        '``gateway_rejected_requests_total{reason="user_rate"}``.',
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -928,6 +1006,7 @@ class Config:
         doc="Leases of every protocol (SMB oplocks and leases, NFSv4 delegations): docs/locks.rst.",
     )
     admin: Admin = setting(factory=Admin, doc="Admin HTTP and manhole.")
+    limits: Limits = setting(factory=Limits, doc="Connection and request-rate limits.")
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
         if self.backend.type == "remote":

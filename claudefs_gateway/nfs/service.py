@@ -85,9 +85,17 @@ class NFSService(MultiService):
         super().__init__()
         self.core = core
         cfg = core.config.nfs
-        self.activity = core.drainer.activity("nfs")
+        # Connections are counted under the protocol label the request metrics
+        # use (gateway_active_connections{protocol="nfs3"} beside
+        # gateway_requests_total{protocol="nfs3"}); MOUNT and the portmapper
+        # have listeners, and labels, of their own.
+        self.activity = core.drainer.activity("nfs3")
         self.io_size = io_size(cfg.max_record_size)
-        self.ctx = NFSContext(self._vfs_ready, io_size=self.io_size)
+        self.ctx = NFSContext(
+            self._vfs_ready,
+            io_size=self.io_size,
+            admit=lambda host, uid: core.admit("nfs3", host, uid),
+        )
         self.server = RPCServer(ReplyCache(cfg.drc_entries), self.activity)
         self.nfs3 = NFS3(self.ctx, RequestMetrics(core.metrics, "nfs3"), max_write=self.io_size)
         self.mount = Mount(self.ctx, RequestMetrics(core.metrics, "mount"))
@@ -112,8 +120,14 @@ class NFSService(MultiService):
             self.server, cfg.max_record_size, cfg.max_requests_per_connection, self.activity
         )
         self.nfs_listener = core.listener(self, "proto:nfs:listen", "nfs", cfg.bind, stream)
+        mount_stream = RPCStreamFactory(
+            self.server,
+            cfg.max_record_size,
+            cfg.max_requests_per_connection,
+            core.drainer.activity("mount"),
+        )
         self.mount_listener = core.listener(
-            self, "proto:nfs:mount", "mount", cfg.mount_bind, stream
+            self, "proto:nfs:mount", "mount", cfg.mount_bind, mount_stream
         )
         if cfg.udp:
             self._add_udp("nfs", cfg.bind, self.nfs_listener, self.server)
@@ -127,7 +141,7 @@ class NFSService(MultiService):
                     self.portmap, RequestMetrics(core.metrics, "portmap"), local_host=_local_host
                 )
             )
-            pm_stream = RPCStreamFactory(pm_server, 64 * 1024, 16, self.activity)
+            pm_stream = RPCStreamFactory(pm_server, 64 * 1024, 16, core.drainer.activity("portmap"))
             self.portmap_listener = core.listener(
                 self, "proto:nfs:portmap", "portmap", cfg.portmap_bind, pm_stream
             )

@@ -105,6 +105,8 @@ class Call:
     @ivar cred: the AUTH_SYS credential, or L{None} for AUTH_NONE.
     @ivar status: set by a handler to name the error status it answered with
         (counted in C{gateway_errors_total}); L{None} means success.
+    @ivar admitted: the call has passed the request-rate limits (a program
+        checks once per call however many handles it resolves).
     """
 
     xid: int
@@ -115,6 +117,7 @@ class Call:
     cred: AuthSys | None
     peer: Peer
     status: str | None = None
+    admitted: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -250,6 +253,8 @@ class RPCServer:
                 self._log.debug("retransmission of xid {xid} answered from the cache", xid=xid)
                 return [seen]
         call = Call(xid, h.prog, h.vers, h.proc, h.flavor, h.cred, peer)
+        if peer.conn is not None:
+            peer.conn.seen(program.name, h.vers, h.cred.uid if h.cred is not None else None)
         started = self.timer()
         try:
             result = proc.handle(call, args)
@@ -369,11 +374,28 @@ class RPCStreamProtocol(Protocol):
         self.peer: Peer | None = None
         self.conn_id = next(_conn_ids)
         self.closed = False
+        # For cfs-gateway status: the programs called over this connection and
+        # the uid of the latest call (see describe).
+        self.programs: dict[str, int] = {}
+        self.uid: int | None = None
         self._reading_paused = False
         self._paused_output = False
         self._direct: DirectSender | None = None
         # Calls read but not yet started (see _drain_backlog).
         self.backlog: deque[bytes] = deque()
+
+    def seen(self, program: str, vers: int, uid: int | None) -> None:
+        """Note a call of C{program} version C{vers} by C{uid} (None: AUTH_NONE)."""
+        if self.programs.get(program) != vers and len(self.programs) < 8:
+            self.programs[program] = vers
+        self.uid = uid
+
+    def describe(self) -> dict[str, Any]:
+        """This connection for C{cfs-gateway status} (L{claudefs_gateway.core.clients})."""
+        dialect = "+".join(
+            f"{name.rstrip('0123456789').upper()}v{vers}" for name, vers in self.programs.items()
+        )
+        return {"uid": self.uid, "dialect": dialect or None, "in_flight": len(self.pending)}
 
     @override
     def connectionMade(self) -> None:

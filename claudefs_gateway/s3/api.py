@@ -54,6 +54,13 @@ __all__ = [
 ]
 
 
+def _note_user(request: Any, user: Any) -> None:
+    """Tell the connection who signed its latest request (C{cfs-gateway status})."""
+    channel = getattr(request, "_chan", None) or getattr(request, "channel", None)
+    if channel is not None:
+        channel.user, channel.uid = user.name, user.uid
+
+
 class S3Api(BucketOps, MultipartOps):
     """
     Every S3 operation, over a L{Tree} and L{Uploads}: the request cycle here,
@@ -86,6 +93,9 @@ class S3Api(BucketOps, MultipartOps):
         self.tree: Tree | None = None
         self.uploads: Uploads | None = None
         self._locks: dict[tuple[str, str], defer.DeferredLock] = {}
+        # The request-rate hook, admit(address, uid): returns or raises Throttled
+        # (answered SlowDown, 503). Set by the S3 service.
+        self.admit: Callable[[str, int], None] | None = None
 
     # -- the request cycle ---------------------------------------------------------------
 
@@ -204,6 +214,9 @@ class S3Api(BucketOps, MultipartOps):
         self.tree, self.uploads = tree, uploads
         call.auth = self.auth.authenticate(view)
         call.user = call.auth.user
+        _note_user(call.request, call.user)
+        if self.admit is not None:
+            self.admit(call.source, call.user.uid)
         try:
             call.who = tree.vfs.caller(tree.export, call.source, call.user.credentials, "s3")
         except errors.Access:

@@ -30,7 +30,7 @@ import io
 import os
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -148,6 +148,9 @@ class S3Channel(http.HTTPChannel):
 
     _log = Logger()
     header_timeout: float = 20.0
+    # Who signed the latest request on this connection (set by the API).
+    user: str | None = None
+    uid: int | None = None
     _header_timer: IDelayedCall | None = None
     _awaiting_headers = True
     _start_pending: S3Request | None = None
@@ -161,6 +164,16 @@ class S3Channel(http.HTTPChannel):
         # the next pipelined request (see requestDone).
         self.gone = True
         super().stopProducing()
+
+    def describe(self) -> dict[str, Any]:
+        """This connection for C{cfs-gateway status} (L{claudefs_gateway.core.clients})."""
+        tls = ISSLTransport.providedBy(self.transport)
+        return {
+            "user": self.user,
+            "uid": self.uid,
+            "dialect": "HTTPS/1.1" if tls else "HTTP/1.1",
+            "in_flight": len(self.requests),
+        }
 
     def dataReceived(self, data: bytes) -> None:
         if (

@@ -320,6 +320,56 @@ class LockTable:
             return set()
         return set(f.held) | {t.owner for t in f.shares}
 
+    def holders(self) -> list[dict[str, object]]:
+        """
+        Every lock client with what it holds: C{protocol}, C{client} (text),
+        C{locks}, C{shares} (share reservations) and C{waiting} (blocked
+        requests), for C{cfs-gateway status}. Costs one pass over the owners.
+        """
+        out: list[dict[str, object]] = []
+        for (protocol, client), owners in sorted(
+            self._clients.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))
+        ):
+            locks, shares, waiting = self._counts(owners)
+            name = client.decode("utf-8", "replace") if isinstance(client, bytes) else client
+            out.append(
+                {
+                    "protocol": protocol,
+                    "client": name,
+                    "locks": locks,
+                    "shares": shares,
+                    "waiting": waiting,
+                }
+            )
+        return out
+
+    def held_by(self, protocol: str, client: str | bytes) -> int:
+        """Byte-range locks the lock client C{(protocol, client)} holds."""
+        return self._counts(self._clients.get((protocol, client), ()))[0]
+
+    def totals(self) -> dict[str, tuple[int, int, int]]:
+        """Per lock protocol: (locks, share reservations, blocked requests), for metrics."""
+        out: dict[str, tuple[int, int, int]] = {}
+        for (protocol, _), owners in self._clients.items():
+            counts = self._counts(owners)
+            prev = out.get(protocol, (0, 0, 0))
+            out[protocol] = (prev[0] + counts[0], prev[1] + counts[1], prev[2] + counts[2])
+        return out
+
+    def _counts(self, owners: Iterable[LockOwner]) -> tuple[int, int, int]:
+        locks = shares = waiting = 0
+        for owner in owners:
+            st = self._owners.get(owner)
+            if st is None:
+                continue
+            for ino in st.inodes:
+                f = self._files.get(ino)
+                if f is not None:
+                    locks += len(f.held.get(owner, ()))
+            shares += sum(1 for t in st.shares if not t.closed)
+            waiting += len(st.waiters)
+        return locks, shares, waiting
+
     # ------------------------------------------------------------------
     # Grace period
 

@@ -2,9 +2,10 @@
 """
 The vfs in the service tree: opens the store at start, closes it at stop.
 
-Listeners may start accepting before the store is open (opening the embedded
-store recovers it, which can take a moment); front ends wait on
-L{VFSService.ready} before serving a request. If the store cannot be opened,
+Opening the embedded store recovers it, which can take a moment: until it is
+open, C{/health} reports C{starting} and no protocol listener accepts
+connections (L{claudefs_gateway.core.runtime.Core.listener}); front ends also
+wait on L{VFSService.ready} before serving a request. If the store cannot be opened,
 the gateway stops: serving clients from a store we could not open would only
 turn one clear error into many confusing ones.
 """
@@ -134,6 +135,8 @@ class VFSService(Service):
         if self.error is not None:
             return CheckResult.unhealthy("store could not be opened")
         if self.vfs is None or not self.vfs.is_open:
-            return CheckResult.unhealthy("store not open yet")
+            if self.running:
+                return CheckResult.starting("opening the store")
+            return CheckResult.unhealthy("store closed")
         check = getattr(self.backend, "check", None)
         return check() if check is not None else CheckResult.healthy()

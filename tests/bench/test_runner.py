@@ -88,3 +88,19 @@ class RunnerTests(SynchronousTestCase):
     def test_unknown_workload_is_an_error(self) -> None:
         with self.assertRaises(SystemExit):
             runner.main(["-w", "no.such"])
+
+
+class ConfigExtraTests(SynchronousTestCase):
+    def test_merged_section_by_section(self) -> None:
+        """--config-extra merges into the gateway's configuration; what it names wins."""
+        from pathlib import Path
+
+        from bench.targets import Gateway
+        from claudefs_gateway.core import config as cfg
+
+        extra = "nfs: {max_requests_per_connection: 1}\ncache: {nfs_attr_cache: {max_entries: 0}}"
+        g = Gateway(Path(self.mktemp()), ["nfs"], extra)
+        c = cfg.loads(g.config_text(dict.fromkeys(("nfs", "mount", "s3", "smb", "admin"), 1)))
+        self.assertEqual(c.nfs.max_requests_per_connection, 1)
+        self.assertEqual(c.cache.nfs_attr_cache.max_entries, 0)
+        self.assertEqual(c.nfs.bind.port, 1)

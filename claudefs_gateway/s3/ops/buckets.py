@@ -61,7 +61,9 @@ class BucketOps(Operations):
                 LocationConstraint=loc,
             )
         try:
-            await self._tree().create_bucket(call.caller, call.bucket)
+            await self._tree().create_bucket(
+                call.caller, call.bucket, granted=call.user.s3_create_buckets
+            )
         except errors.FSError:
             raise from_failure(failure()) from None
         self._empty(call, 200, {"Location": "/" + call.bucket})
@@ -77,7 +79,9 @@ class BucketOps(Operations):
     async def op_DeleteBucket(self, call: Call) -> None:
         assert call.bucket is not None
         try:
-            await self._tree().delete_bucket(call.caller, call.bucket)
+            await self._tree().delete_bucket(
+                call.caller, call.bucket, granted=call.user.s3_create_buckets
+            )
         except errors.FSError:
             raise from_failure(failure(), missing="NoSuchBucket") from None
         self._empty(call, 204)
