@@ -31,6 +31,15 @@ class BackendUnavailable(GatewayError):
     """The backend cannot be reached now (circuit open, pool exhausted); try later."""
 
 
+class InFlightLost(BackendUnavailable):
+    """
+    The connection to a backend node went down while a call was in flight.
+
+    Whether the node carried the call out is unknown, so only an idempotent
+    call may be sent again; to a client it is the same try-later answer.
+    """
+
+
 class NotBuilt(GatewayError):
     """
     A component named in the configuration does not exist in this build.

@@ -58,11 +58,13 @@ class ValidateConfigTests(TestCase):
         )
 
     async def test_example_from_docs(self) -> None:
-        """The shipped example validates once its manhole key file exists."""
+        """The shipped example validates once its key files exist."""
         keys = os.path.abspath(self.mktemp())
         open(keys, "w").close()
         with open(os.path.join(REPO, "docs", "gateway.example.yaml")) as f:
             text = f.read().replace("/etc/claudefs/manhole_authorized_keys", keys)
+        for name in ("gateway.pem", "gateway.key", "ca.pem"):
+            text = text.replace(f"/etc/claudefs/{name}", keys)
         status, out, _ = await run("validate-config", "--config", write_config(self, text))
         self.assertEqual(status, 0, out)
 

@@ -353,11 +353,18 @@ class ExampleAndReferenceTests(SynchronousTestCase):
         open(keys, "w").close()
         with open(path) as f:
             text = f.read()
-        c = cfg.loads(text, path, {"admin.manhole.authorized_keys": (keys, "test")})
+        c = cfg.loads(
+            text,
+            path,
+            {
+                "admin.manhole.authorized_keys": (keys, "test"),
+                **{f"backend.tls.{k}": (keys, "test") for k in ("cert", "key", "ca")},
+            },
+        )
         return text, c
 
     def test_example_validates(self) -> None:
-        """docs/gateway.example.yaml is a valid configuration (its manhole key file swapped for a real one)."""
+        """docs/gateway.example.yaml is a valid configuration (its key files swapped for real ones)."""
         _, c = self.example()
         self.assertEqual(c.s3.region, "us-east-1")
         self.assertEqual(c.quota.user_defaults.bytes_hard, 12 * 1024**3)
