@@ -100,8 +100,10 @@ class Pool:
         self._slots: list[_Slot] = []
         self._connecting = 0
         self._waiters: deque[Any] = deque()
+        self._attempts: set[Any] = set()
         self._timer: IDelayedCall | None = None
         self._running = False
+        self._stopped = False
         self.last_error: str | None = None
         self.connects = 0
 
@@ -112,18 +114,22 @@ class Pool:
         if self._running:
             return
         self._running = True
+        self._stopped = False
         self._fill_minimum()
         self._timer = self._aio.call_later(self.interval, self._tick)
 
     def stop(self) -> None:
         """Close every connection; waiting callers fail with L{BackendUnavailable}."""
         self._running = False
+        self._stopped = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         slots, self._slots = self._slots, []
         for s in slots:
             s.conn.close()
+        for attempt in list(self._attempts):
+            self._aio.cancel(attempt)
         self._fail_waiters(BackendUnavailable(f"pool for {self.name} stopped"))
 
     # -- state ----------------------------------------------------------------------
@@ -270,6 +276,7 @@ class Pool:
     def _open(self) -> None:
         self._connecting += 1
         attempt = self._aio.as_future(self._connect)
+        self._attempts.add(attempt)
         timed_out: list[bool] = []
 
         def expire() -> None:
@@ -279,6 +286,7 @@ class Pool:
         timer = self._aio.call_later(self.connect_timeout, expire)
 
         def connected(conn: Any) -> None:
+            self._attempts.discard(attempt)
             self._connecting -= 1
             if timer.active():
                 timer.cancel()
@@ -295,9 +303,12 @@ class Pool:
                 self._serve_all()
 
         def failed(f: Failure) -> None:
+            self._attempts.discard(attempt)
             self._connecting -= 1
             if timer.active():
                 timer.cancel()
+            if self._stopped:
+                return
             if timed_out and f.check(CancelledError):
                 f = Failure(Timeout(f"connecting to {self.name} took over {self.connect_timeout}s"))
             self.last_error = f.getErrorMessage()

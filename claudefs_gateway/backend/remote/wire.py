@@ -377,11 +377,26 @@ SETATTRS = Struct(
         ("btime", TimeSpecCodec()),
     ],
 )
+
+
+class _Tuple(Codec):
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+
+    def enc(self, v: Any, out: bytearray) -> None:
+        self.codec.enc(v, out)
+
+    def dec(self, r: Reader) -> Any:
+        return tuple(self.codec.dec(r))
+
+
 DIRENTRY = Struct(
     DirEntry,
     [("name", NAME), ("ino", U64), ("type", FTYPE), ("cookie", U64), ("attrs", Opt(ATTRS))],
 )
-DIRPAGE = Struct(DirPage, [("entries", Seq(DIRENTRY)), ("verifier", VERIFIER), ("eof", BOOL)])
+DIRPAGE = Struct(
+    DirPage, [("entries", _Tuple(Seq(DIRENTRY))), ("verifier", VERIFIER), ("eof", BOOL)]
+)
 FSSTAT = Struct(
     FSStat,
     [
@@ -434,17 +449,6 @@ class Layout:
 
     def server_for(self, offset: int) -> str:
         return self.servers[(offset // self.stripe_unit) % len(self.servers)]
-
-
-class _Tuple(Codec):
-    def __init__(self, codec: Codec) -> None:
-        self.codec = codec
-
-    def enc(self, v: Any, out: bytearray) -> None:
-        self.codec.enc(v, out)
-
-    def dec(self, r: Reader) -> Any:
-        return tuple(self.codec.dec(r))
 
 
 LAYOUT = Struct(
@@ -700,7 +704,7 @@ def encode_frame(
     header = _HDR.pack(HEADER + len(payload), opcode, kind, 0, 0, rid)
     if len(payload) < 4096:
         return [header + bytes(payload)]
-    return [header, payload]
+    return [header, payload if isinstance(payload, bytes) else bytes(payload)]
 
 
 def decode_header(
