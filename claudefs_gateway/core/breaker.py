@@ -232,6 +232,12 @@ class Breaker:
 
     # -- public ---------------------------------------------------------------------
 
+    def stop(self) -> None:
+        """Cancel the cool-down timer (the owner is shutting down)."""
+        if self._cooldown is not None and self._cooldown.active():
+            self._cooldown.cancel()
+        self._cooldown = None
+
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call C{listener(state)} on every state change (the pool drops connections on open)."""
         self._listeners.append(listener)

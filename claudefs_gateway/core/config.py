@@ -941,12 +941,21 @@ class Config:
     admin: Admin = setting(factory=Admin, doc="Admin HTTP and manhole.")
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
-        if self.backend.type == "remote":
+        if self.backend.type == "remote" and not self.metadata_servers:
             b.report(
-                "backend.type",
-                line_of(raw.get("backend", raw), "type"),
-                "the remote backend is not built in this version; use embedded",
+                "metadata_servers",
+                line_of(raw, "metadata_servers")
+                if "metadata_servers" in raw
+                else line_of(raw.get("backend", raw), "type"),
+                "the remote backend needs at least one metadata server",
             )
+        for i, m in enumerate(self.metadata_servers):
+            if m.transport == "tls" and self.backend.tls is None:
+                b.report(
+                    f"metadata_servers[{i}].transport",
+                    line_of(raw, "metadata_servers"),
+                    "transport tls needs backend.tls (cert, key, ca)",
+                )
         seen_paths: dict[str, str] = {}
         seen_names: dict[str, str] = {}
         for i, e in enumerate(self.all_exports()):

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from twisted._threads import AlreadyQuit
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
@@ -282,6 +283,8 @@ class DataHandler:
         def start(_: Any = None) -> None:
             try:
                 work = self._run(fn, *args)
+            except AlreadyQuit:
+                work = defer.fail(errors.BackendUnavailable("data server stopping"))
             except Exception:
                 work = defer.fail()
             work.addBoth(finish)

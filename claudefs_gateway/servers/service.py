@@ -84,6 +84,8 @@ class ServerService(MultiService):
         _log.info("claudefs-{role} serving", role=self.role, serving=self.role)
 
     def stopService(self) -> defer.Deferred[Any]:
+        if not self.running:
+            return defer.succeed(None)
         if self.factory is not None:
             self.factory.close_all()
         d = defer.maybeDeferred(MultiService.stopService, self)

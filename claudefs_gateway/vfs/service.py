@@ -43,7 +43,38 @@ def make_backend(core: Core) -> Any:
                 "the embedded backend is not built in this version of claudefs-gateway"
             ) from None
         return EmbeddedBackend(core.config.data_dir, core.reactor, core.threads)
+    if kind == "remote":
+        return _remote_backend(core)
     raise NotBuilt(f"the {kind} backend is not built in this version of claudefs-gateway")
+
+
+def _remote_backend(core: Core) -> Any:
+    """
+    The ClaudeFS RPC client (docs/distributed.rst), with the seeds' C{metadata}
+    and C{transport} health checks and TLS material reloaded on SIGHUP.
+    """
+    from claudefs_gateway.backend.remote.client import NodeSpec, RemoteBackend
+    from claudefs_gateway.core.transport import Choices
+    from claudefs_gateway.core.transport.tls import MutualTLS, TLSFiles, install_sighup
+
+    config = core.config
+    tls = None
+    if config.backend.tls is not None:
+        t = config.backend.tls
+        tls = MutualTLS(TLSFiles(t.cert, t.key, t.ca))
+        install_sighup(core.reactor, tls)
+    backend = RemoteBackend(
+        [NodeSpec.from_config(m) for m in config.metadata_servers],
+        core.reactor,
+        config.connection_pool,
+        config.circuit_breaker,
+        metrics=core.metrics,
+        tls=tls,
+        choices=Choices(),
+    )
+    core.health.register("metadata", backend.check_metadata)
+    core.health.register("transport", backend.check_transport)
+    return backend
 
 
 def users_path(config: Any) -> Path | None:
@@ -98,6 +129,12 @@ class VFSService(Service):
                 locks=make_locks(core),
             )
             core.caches.register("attr", self.vfs.invalidate)
+            # A shared (remote) store tells us what other gateways changed.
+            on_change = getattr(self.backend, "on_change", None)
+            if on_change is not None:
+                vfs = self.vfs
+                on_change(lambda ev: vfs.forget_changed(ev.ino, ev.dir))
+                self.backend.on_reset(vfs.invalidate)
         return self.vfs
 
     def startService(self) -> None:

@@ -186,10 +186,19 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(path, "s3.enable_versioning")
         self.assertIn("not supported", msg)
 
-    def test_remote_backend_not_built(self) -> None:
+    def test_remote_backend_needs_meta_servers(self) -> None:
         [(path, line, msg)] = problems("backend:\n  type: remote\n")
-        self.assertEqual((path, line), ("backend.type", 2))
-        self.assertIn("not built", msg)
+        self.assertEqual((path, line), ("metadata_servers", 2))
+        self.assertIn("at least one metadata server", msg)
+        c = cfg.loads("backend: {type: remote}\nmetadata_servers: [{address: 'm:7001'}]\n")
+        self.assertEqual(c.metadata_servers[0].address, "m:7001")
+
+    def test_tls_transport_needs_material(self) -> None:
+        [(path, _, msg)] = problems(
+            "backend: {type: remote}\nmetadata_servers: [{address: 'm:7001', transport: tls}]\n"
+        )
+        self.assertEqual(path, "metadata_servers[0].transport")
+        self.assertIn("backend.tls", msg)
 
     def test_tls_pair(self) -> None:
         cert = self.mktemp()

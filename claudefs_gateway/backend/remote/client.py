@@ -238,6 +238,7 @@ class RemoteBackend:
             self._events.close()
         for node in self._meta_nodes + self._data_nodes:
             node.pool.stop()
+            node.breaker.stop()
         return defer.succeed(None)
 
     # -- change events -----------------------------------------------------------------
