@@ -66,11 +66,69 @@ def cmd_start(argv: list[str]) -> int:
         _print_err(str(e))
         return 2
     assert options.config is not None
-    return run_foreground(options.config, options.protocols)
+    if options["workers"]:
+        return run_supervisor(options, protocol)
+    return run_foreground(options.config, options.protocols, worker=bool(options["worker"]))
+
+
+def run_supervisor(options: Any, protocol: str) -> int:
+    """C{start --workers N}: local meta and data servers and N workers (L{claudefs_gateway.workers})."""
+    from twisted.internet import defer, reactor
+    from twisted.logger import globalLogBeginner
+
+    from claudefs_gateway.core.log import make_observer, set_level
+    from claudefs_gateway.workers import Supervisor
+
+    config = options.config
+    globalLogBeginner.beginLoggingTo(
+        [make_observer(config.log_format, sys.stdout)], redirectStandardIO=False
+    )
+    set_level(config.log_level)
+    try:
+        sup = Supervisor(
+            config,
+            options.config_text,
+            options["workers"],
+            protocol,
+            reactor,
+            overrides=options.overrides(),
+        )
+    except (GatewayError, ValueError) as e:
+        _print_err(str(e))
+        return 1
+    status = [0]
+
+    def started(result: Any) -> None:
+        if isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
+            msg = result.getErrorMessage() if hasattr(result, "getErrorMessage") else str(result)
+            _print_err(f"cannot start: {msg}")
+            status[0] = 1
+            if reactor.running:
+                try:
+                    reactor.stop()
+                except Exception:  # noqa: BLE001 - already stopping
+                    pass
+
+    def run() -> None:
+        d = defer.Deferred.fromCoroutine(sup.start())
+        d.addErrback(started)
+
+    reactor.callWhenRunning(run)
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: defer.Deferred.fromCoroutine(sup.stop())
+    )
+    reactor.run()
+    if sup.failed:
+        _print_err(sup.failed)
+        return 1
+    return status[0]
 
 
 def run_foreground(
-    config: cfg.Config, protocols: list[str] | None, customize: Callable[[Any], None] | None = None
+    config: cfg.Config,
+    protocols: list[str] | None,
+    customize: Callable[[Any], None] | None = None,
+    worker: bool = False,
 ) -> int:
     """
     Run the gateway until a signal stops it; the process's exit status.
@@ -89,7 +147,9 @@ def run_foreground(
         [make_observer(config.log_format, sys.stdout)], redirectStandardIO=False
     )
     try:
-        root = service.build(config, reactor, protocols, strict=protocols is not None)
+        root = service.build(
+            config, reactor, protocols, strict=protocols is not None, worker=worker
+        )
     except GatewayError as e:
         _print_err(str(e))
         return 1

@@ -104,6 +104,7 @@ def build(
     *,
     strict: bool = False,
     registry: CollectorRegistry | None = None,
+    worker: bool = False,
 ) -> GatewayService:
     """
     The service tree for C{config}.
@@ -111,6 +112,8 @@ def build(
     @param protocols: front ends to start; L{None} means every enabled one.
     @param strict: a requested front end that is not built raises L{NotBuilt}
         (single-protocol starts); otherwise it is skipped with a warning.
+    @param worker: one of the C{--workers} processes (L{claudefs_gateway.workers}):
+        the data directory is shared, its supervisor holds the lock.
     @raise NotBuilt: see C{strict}.
     """
     log.set_level(config.log_level)
@@ -131,7 +134,7 @@ def build(
     core.health.register("drain", core.drainer.check)
     core.threads.setServiceParent(root)
 
-    datadir = DataDir(config.data_dir)
+    datadir = DataDir(config.data_dir, shared=worker)
     datadir.setServiceParent(root)
     core.extras["datadir"] = datadir
 

@@ -59,7 +59,7 @@ MAX_I64 = 2**63 - 1
 
 # Endpoint types a listener may name. rdma and mtls come from our endpoint-parser
 # plugins (twisted/plugins/claudefs_endpoints.py): what validates here also starts.
-_ENDPOINT_TYPES = ("tcp", "tcp6", "ssl", "unix", "systemd", "rdma", "mtls")
+_ENDPOINT_TYPES = ("tcp", "tcp6", "ssl", "unix", "systemd", "rdma", "mtls", "reuseport")
 _ENDPOINT_RE = re.compile(r"^([a-z][a-z0-9+-]*):")
 
 
@@ -246,7 +246,7 @@ class Listen(Custom):
         kind, args, kwargs = _split_description(raw)
         host: str | None = None
         port: int | None = None
-        if kind in ("tcp", "tcp6", "ssl", "rdma", "mtls"):
+        if kind in ("tcp", "tcp6", "ssl", "rdma", "mtls", "reuseport"):
             port_s = kwargs.get("port", args[0] if args else None)
             if port_s is None or not port_s.isdigit():
                 b.report(path, where, f"{kind} endpoint needs a numeric port")
@@ -680,7 +680,10 @@ class Smb:
 
 @attrs.frozen(kw_only=True)
 class MetadataServer:
-    address: str = setting(doc="``host:port`` of a ClaudeFS metadata server (port 7001).")
+    address: str = setting(
+        doc="``host:port`` of a ClaudeFS metadata server (port 7001), or ``unix:/path`` "
+        "(what ``--workers`` uses on one machine)."
+    )
     transport: Literal["tcp", "tls", "rdma"] = setting(
         "tcp",
         doc="Transport to this server: ``tcp``, ``tls`` (mutual TLS with ``backend.tls``) "
@@ -689,6 +692,8 @@ class MetadataServer:
     device: str | None = setting(None, doc="RDMA device name, e.g. ``mlx5_0``.")
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
+        if self.address.startswith("unix:/"):
+            return
         host, sep, port = self.address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
             b.report(

@@ -63,6 +63,8 @@ class _ServerOptions(usage.Options):
         if self["log-level"] not in ("debug", "info", "warn", "error", "critical"):
             raise usage.UsageError(f"unknown log level {self['log-level']!r}")
         for address in self.data_servers:
+            if address.startswith("unix:/"):
+                continue
             host, sep, p = address.rpartition(":")
             if not sep or not host or not p.isdigit():
                 raise usage.UsageError(f"--data-server {address!r} is not host:port")
@@ -81,7 +83,7 @@ class MetaOptions(_ServerOptions):
     longdesc = "The ClaudeFS metadata server: the namespace, from an embedded SQLite store."
 
     def opt_data_server(self, address: str) -> None:
-        """A data server (host:port) new namespaces place file bytes on (repeatable)."""
+        """A data server (host:port or unix:/path) new namespaces place file bytes on (repeatable)."""
         self.data_servers.append(address)
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import connectProtocol
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from zope.interface import implementer
@@ -79,6 +79,18 @@ class NodeSpec:
         return cls(m.address, m.transport, m.device)
 
 
+class _OneShot(Factory):
+    """Hands one prepared connection to an endpoint (quietly: one per pooled connection)."""
+
+    noisy = False
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+
+    def buildProtocol(self, addr: Any) -> ClientConnection:
+        return self.conn
+
+
 def _node_connector(
     reactor: Any,
     spec: NodeSpec,
@@ -103,7 +115,7 @@ def _node_connector(
                 connect_timeout=connect_timeout,
             )
         conn = ClientConnection(session, on_event)
-        d = connectProtocol(ep, conn)
+        d = ep.connect(_OneShot(conn))
         d.addCallback(lambda c: c.ready.addCallback(lambda _: c))
         return d
 

@@ -80,6 +80,12 @@ def client_endpoint(
     @param verbs: the verbs library to probe for RDMA (default: pyverbs if installed).
     @raise ValueError: C{tls} transport without TLS material, or an unknown transport.
     """
+    if address.startswith("unix:"):
+        from twisted.internet.endpoints import UNIXClientEndpoint
+
+        if choices is not None:
+            choices.note(address, "unix")
+        return UNIXClientEndpoint(reactor, address[5:], timeout=connect_timeout)
     host, port = split_address(address)
     tcp = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
     if transport == "tcp":
