@@ -37,6 +37,12 @@ class _ServerOptions(usage.Options):
         ["admin", None, None, "Admin HTTP endpoint for /health and /metrics."],
         ["log-level", None, "info", "debug, info, warn, error, critical."],
         ["log-format", None, "human", "human or json (cfs-gateway meta|data)."],
+        [
+            "stall-timeout",
+            None,
+            "30",
+            "Seconds a client may leave replies unread before it is cut off.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -68,12 +74,19 @@ class _ServerOptions(usage.Options):
             host, sep, p = address.rpartition(":")
             if not sep or not host or not p.isdigit():
                 raise usage.UsageError(f"--data-server {address!r} is not host:port")
+        try:
+            stall = float(self["stall-timeout"])
+        except ValueError:
+            raise usage.UsageError("--stall-timeout takes seconds") from None
+        if not 0.1 <= stall <= 3600:
+            raise usage.UsageError("--stall-timeout must be between 0.1 and 3600 seconds")
         self.settings = ServerSettings(
             data_dir=Path(self["data-dir"]).absolute(),
             listen=parsed,
             admin=parsed_admin,
             data_servers=tuple(self.data_servers),
             log_level=self["log-level"],
+            stall_timeout=stall,
         )
 
 

@@ -53,6 +53,11 @@ __all__ = [
 
 #: Calls one server connection runs at once before it stops reading more.
 MAX_IN_FLIGHT = 128
+#: Reply bytes one connection's calls in flight may produce (READs count their
+#: length) before it stops reading more: with a peer that does not read, what
+#: the server holds for it stays near this, however many calls it sends.
+MAX_IN_FLIGHT_BYTES = 32 * 1024 * 1024
+_SMALL_REPLY = 4096
 #: Events queued for a subscriber that is not reading before it is cut off.
 MAX_PENDING_EVENTS = 10000
 
@@ -76,7 +81,7 @@ class FrameProtocol(Protocol):
             return
         buf = self._buf
         buf += data
-        while len(buf) >= _HEAD:
+        while len(buf) >= _HEAD and not self.holding():
             try:
                 length, opcode, kind, rid = wire.decode_header(buf, self.max_frame)
             except ProtocolError as e:
@@ -92,6 +97,10 @@ class FrameProtocol(Protocol):
             if self._closing:
                 self._buf = bytearray()
                 return
+
+    def holding(self) -> bool:
+        """True while frames already received must wait (the server's back-pressure)."""
+        return False
 
     def send(
         self, opcode: int, kind: int, rid: int, payload: bytes | bytearray | memoryview
@@ -266,7 +275,10 @@ class ServerConnection(FrameProtocol):
         self.greeted = False
         self.subscribed = False
         self._in_flight: dict[int, defer.Deferred[Any]] = {}
+        self._cost: dict[int, int] = {}
+        self._in_flight_bytes = 0
         self._reading_paused = False
+        self._draining = False
         self._writes_paused = False
         self._stall: IDelayedCall | None = None
         self._queued_events = 0
@@ -320,13 +332,27 @@ class ServerConnection(FrameProtocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _update_reading(self) -> None:
-        want_pause = self._writes_paused or len(self._in_flight) >= MAX_IN_FLIGHT
+        want_pause = (
+            self._writes_paused
+            or len(self._in_flight) >= MAX_IN_FLIGHT
+            or self._in_flight_bytes >= MAX_IN_FLIGHT_BYTES
+        )
         if want_pause and not self._reading_paused:
             self._reading_paused = True
             self.transport.pauseProducing()  # type: ignore[union-attr]
         elif not want_pause and self._reading_paused and not self._closing:
             self._reading_paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
+            if len(self._buf) >= _HEAD and not self._draining:
+                # Frames that arrived with the ones that filled the budget.
+                self._draining = True
+                try:
+                    self.dataReceived(b"")
+                finally:
+                    self._draining = False
+
+    def holding(self) -> bool:
+        return self._reading_paused
 
     # -- frames ------------------------------------------------------------------------
 
@@ -388,6 +414,11 @@ class ServerConnection(FrameProtocol):
             self._reply(op, rid, result)
             return
         self._in_flight[rid] = result
+        cost = _SMALL_REPLY
+        if op.name == "READ":
+            cost += max(0, min(int(args[2]), wire.MAX_DATA))
+        self._cost[rid] = cost
+        self._in_flight_bytes += cost
         self._update_reading()
         result.addBoth(self._finished, op, rid)
 
@@ -404,6 +435,7 @@ class ServerConnection(FrameProtocol):
 
     def _finished(self, result: Any, op: wire.Op, rid: int) -> None:
         self._in_flight.pop(rid, None)
+        self._in_flight_bytes -= self._cost.pop(rid, 0)
         if self._closing:
             if isinstance(result, Failure) and not result.check(
                 defer.CancelledError, errors.FSError

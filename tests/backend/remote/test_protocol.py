@@ -209,3 +209,43 @@ class HostileClientTests(SynchronousTestCase):
         self.proto.dataReceived(self.frame("GETATTR", struct.pack("<Q", 100), rid=5))
         self.proto.dataReceived(self.frame("GETATTR", struct.pack("<Q", 101), rid=5))
         self.assertIsInstance(self.error_reply(), errors.ProtocolError)
+
+
+class ReplyBudgetTests(SynchronousTestCase):
+    def test_large_reads_pause_reading_early(self) -> None:
+        """Calls whose replies would exceed the byte budget stop the server reading more."""
+        from claudefs_gateway.backend.remote.protocol import MAX_IN_FLIGHT_BYTES
+
+        held: list[defer.Deferred[Any]] = []
+
+        class DataHandler:
+            def instance_id(self) -> bytes:
+                return bytes(8)
+
+            def op_READ(self, conn: Any, ino: int, offset: int, length: int) -> Any:
+                d: defer.Deferred[Any] = defer.Deferred()
+                held.append(d)
+                return d
+
+        factory = ServerFactory(DataHandler(), "data", Clock())
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        h = wire.Hello(wire.PROTOCOL_VERSION, "gateway", 1, bytes(8))
+        frame = lambda name, args, rid: b"".join(  # noqa: E731
+            bytes(p)
+            for p in wire.encode_frame(
+                wire.BY_NAME[name].code, wire.CALL, rid, wire.encode(wire.BY_NAME[name].args, args)
+            )
+        )
+        proto.dataReceived(frame("HELLO", h, 1))
+        n = MAX_IN_FLIGHT_BYTES // (4 * 1024 * 1024)
+        # Many more calls than the budget, all in one segment: the rest wait, unread.
+        proto.dataReceived(
+            b"".join(frame("READ", (1, 0, 4 * 1024 * 1024), 10 + i) for i in range(3 * n))
+        )
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(len(held), n)
+        held[0].callback((True, b"x"))
+        self.assertEqual(len(held), n + 1)  # one finished, one more started
+        self.assertEqual(transport.producerState, "paused")
