@@ -158,7 +158,11 @@ class Failover:
                     )
                     attempt(round_, order, pos + 1)
                     return
-                if round_ + 1 >= self.backoff.attempts:
+                if round_ + 1 >= self.backoff.attempts or not any(
+                    n.breaker.available for n in self.nodes
+                ):
+                    # Spent, or every circuit is open: waiting a few ms more
+                    # will not close one (open_duration_ms is far longer).
                     settle(f)
                     return
                 wait = self._aio.sleep(self.backoff.delay(round_, self._rng))

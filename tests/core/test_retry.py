@@ -114,3 +114,14 @@ class FailoverTests(SynchronousTestCase):
         self.failureResultOf(d, defer.CancelledError)
         self.clock.advance(10)
         self.assertEqual(a.calls, 1)
+
+
+class OpenCircuitTests(SynchronousTestCase):
+    def test_no_backoff_when_every_circuit_is_open(self) -> None:
+        """With every breaker refusing, the failure comes back at once (no back-off rounds)."""
+        clock = Clock()
+        a = FakeNode("a", [BackendUnavailable()] * 5)
+        a.breaker.available = False
+        d = Failover([a], clock, Backoff(3, 0.1, 1.0), rng=lambda: 1.0).call(lambda v: v, True)  # type: ignore[list-item]
+        self.failureResultOf(d, BackendUnavailable)
+        self.assertEqual(a.calls, 1)
