@@ -206,14 +206,20 @@ class MetaHandler:
         d = self.backend.removexattr(ino, name)
         return self._then(d, lambda _: self._changed(conn, ino))
 
+    def op_COMMIT_META(self, conn: Any, ino: int) -> Any:
+        return self.backend.commit(ino)
+
     def op_SET_QUOTA(self, conn: Any, kind: str, id: int, limits: Any) -> Any:
         return self.backend.set_quota(kind, id, limits)
 
     def op_SET_STATE(self, conn: Any, key: str, value: bytes | None) -> Any:
         return self.backend.set_state(key, value)
 
-    def op_WROTE(self, conn: Any, ino: int, offset: int, length: int, what: int) -> Any:
+    def op_WROTE(
+        self, conn: Any, ino: int, offset: int, length: int, what: int, stable: bool
+    ) -> Any:
         if what not in (0, 1, 2):
             return defer.fail(errors.Inval("WROTE kind must be 0, 1 or 2"))
-        d: defer.Deferred[WriteResult] = self.backend.wrote(ino, offset, length, what)
+        durable = stable or what != 0
+        d: defer.Deferred[WriteResult] = self.backend.wrote(ino, offset, length, what, durable)
         return self._then(d, lambda r: self._changed(conn, ino))

@@ -563,12 +563,13 @@ class RemoteBackend:
             except errors.FSError as e:
                 await self._type_first(ino, e)
         try:
-            r: WriteResult = await self._call("WROTE", (ino, offset, len(data), 0))
+            r: WriteResult = await self._call("WROTE", (ino, offset, len(data), 0, stable))
         except _TYPE_ERRORS:
             if data:
                 self._spawn(self._forget_if_not_file(ino))
             raise
         if not data and stable:
+            await self._call("COMMIT_META", (ino,))
             await self._commit_data(ino)
         return WriteResult(r.count, stable, r.attrs, r.before)
 
@@ -591,8 +592,9 @@ class RemoteBackend:
         return defer.Deferred.fromCoroutine(self._commit(ino))
 
     async def _commit(self, ino: int) -> Attributes:
-        a: Attributes = await self._call("GETATTR", (ino,))
-        _check_regular(a)
+        # The meta server checks the type (IsDir, Inval) and syncs the
+        # metadata of earlier unstable writes; then the data server syncs bytes.
+        a: Attributes = await self._call("COMMIT_META", (ino,))
         await self._commit_data(ino)
         return a
 
@@ -608,7 +610,7 @@ class RemoteBackend:
                 await self._dcall(address, name, (ino, pos, size))
         except errors.FSError as e:
             await self._type_first(ino, e)
-        r: WriteResult = await self._call("WROTE", (ino, offset, length, what))
+        r: WriteResult = await self._call("WROTE", (ino, offset, length, what, True))
         return r.attrs
 
 

@@ -65,6 +65,16 @@ _HEAD = wire.HEADER + 4
 _CONNECTION_DONE = Failure(ConnectionDone())
 
 
+def _no_delay(transport: Any) -> None:
+    """Small calls and replies go out at once (no Nagle wait behind a delayed ACK)."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass  # not TCP after all (a unix socket behind a TCP-like transport)
+
+
 class FrameProtocol(Protocol):
     """Frames in, frames out. Subclasses implement L{frame_received} and L{protocol_error}."""
 
@@ -152,6 +162,7 @@ class ClientConnection(FrameProtocol):
     @override
     def connectionMade(self) -> None:
         self.connected = True
+        _no_delay(self.transport)
         hello = wire.Hello(wire.PROTOCOL_VERSION, "gateway", self.session, bytes(8))
         self.call("HELLO", hello).addCallbacks(self._hello, self._no_hello)
 
@@ -285,6 +296,7 @@ class ServerConnection(FrameProtocol):
 
     @override
     def connectionMade(self) -> None:
+        _no_delay(self.transport)
         self.factory.connections.add(self)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
 

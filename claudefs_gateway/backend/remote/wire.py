@@ -575,12 +575,22 @@ OPS: dict[int, Op] = _ops(
     Op(
         0x2B,
         "WROTE",
-        Tup(U64, BIG, BIG, U8),
+        Tup(U64, BIG, BIG, U8, BOOL),
         WRITERESULT,
         "meta",
         False,
-        doc="ino, offset, length, what (0 write, 1 allocate, 2 deallocate): "
-        "data landed on a data server; size, times, change and usage follow",
+        doc="ino, offset, length, what (0 write, 1 allocate, 2 deallocate), stable: "
+        "data landed on a data server; size, times, change and usage follow "
+        "(durable at once if stable, else by the next COMMIT_META)",
+    ),
+    Op(
+        0x2C,
+        "COMMIT_META",
+        Tup(U64),
+        ATTRS,
+        "meta",
+        True,
+        doc="make every earlier change to the inode durable (the metadata half of COMMIT)",
     ),
     # -- data (the data server)
     Op(0x30, "READ", Tup(U64, BIG, BIG), Tup(BOOL, Raw()), "data", True, doc="ino, offset, length"),
