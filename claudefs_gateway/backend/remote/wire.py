@@ -144,6 +144,9 @@ class Big(Codec):
     (the server, not the codec, refuses -1 or 2**63 with the contract's error)."""
 
     def enc(self, v: Any, out: bytearray) -> None:
+        if isinstance(v, float) and v.is_integer():
+            # SQLite turns an integer sum past 2**63 into a REAL: send its exact value.
+            v = int(v)
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError(f"{v!r} is not an integer")
         out += v.to_bytes(16, "little", signed=True)
@@ -410,7 +413,7 @@ FSSTAT = Struct(
         ("name_max", U32),
     ],
 )
-USAGE = Struct(Usage, [("bytes", I64), ("inodes", I64)])
+USAGE = Struct(Usage, [("bytes", BIG), ("inodes", BIG)])
 QUOTA = Struct(
     QuotaLimits,
     [("bytes_soft", U64), ("bytes_hard", U64), ("inodes_soft", U64), ("inodes_hard", U64)],

@@ -194,3 +194,14 @@ class SpecTests(SynchronousTestCase):
         start = text.index(".. opcode-table-start\n\n") + len(".. opcode-table-start\n\n")
         end = text.index("\n.. opcode-table-end")
         self.assertEqual(text[start:end], wire.opcode_table())
+
+
+class UsageTests(SynchronousTestCase):
+    def test_usage_past_int64(self) -> None:
+        """Usage sums past 2**63 (SQLite hands them over as REAL) cross the wire exactly."""
+        from claudefs_gateway.fstypes import Usage
+
+        codec = wire.BY_NAME["ALL_USAGE"].result
+        got = wire.decode(codec, wire.encode(codec, {5: Usage(float(2**63), 2)}))
+        self.assertEqual(got, {5: Usage(2**63, 2)})
+        self.assertIsInstance(got[5].bytes, int)
