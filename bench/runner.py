@@ -38,10 +38,13 @@ def run_workload(
     runs: int,
     scratch: Path,
     log: Callable[[str], None] = print,
+    workers: targets.Target | None = None,
 ) -> list[dict[str, Any]]:
     """Interleaved runs of C{w}; one result row per metric."""
     pairs = [(gateway, "gateway")] + ([(peer, "peer")] if peer is not None else [])
-    results: dict[str, list[dict[str, float]]] = {"gateway": [], "peer": []}
+    if workers is not None:
+        pairs.append((workers, "workers"))
+    results: dict[str, list[dict[str, float]]] = {"gateway": [], "peer": [], "workers": []}
     for target, role in pairs:
         if w.prepare is not None:
             w.prepare(target.endpoints, scratch / f"{role}-prep")
@@ -68,6 +71,10 @@ def run_workload(
             p = [r[m.name] for r in results["peer"]]
             row.update(peer_name=peer.name, peer=Summary.of(p), peer_runs=p)
             row["ratio"] = ratio(row["gateway"], row["peer"], m)
+        if workers is not None:
+            wr = [r[m.name] for r in results["workers"]]
+            row.update(workers_name=workers.name, workers=Summary.of(wr), workers_runs=wr)
+            row["workers_ratio"] = ratio(row["workers"], row["gateway"], m)
         rows.append(row)
     return rows
 
@@ -98,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         help="configuration merged into the gateway's, e.g. "
         "'cache: {nfs_attr_cache: {max_entries: 0}}' (docs/tuning.rst measures keys this way)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="also run the gateway as `cfs-gateway start --workers N` (ratio: wN / single)",
+    )
     p.add_argument("--list", action="store_true", help="list workloads and exit")
     args = p.parse_args(argv)
 
@@ -117,13 +130,20 @@ def main(argv: list[str] | None = None) -> int:
 
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="cfs-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)
-    protocols = sorted({w.protocol for w in chosen if w.protocol != "admin"})
+    protocols = sorted({w.protocol for w in chosen if w.protocol not in ("admin", "rpc")})
     rows: list[dict[str, Any]] = []
     gateway = targets.Gateway(scratch / "gateway", protocols, args.config_extra)
     started: list[targets.Target] = []
     try:
         gateway.start()
         started.append(gateway)
+        multi: targets.Target | None = None
+        if args.workers:
+            multi = targets.Gateway(
+                scratch / "gateway-workers", protocols, args.config_extra, workers=args.workers
+            )
+            multi.start()
+            started.append(multi)
         peers: dict[str, targets.Target] = {}
         if args.peer:
             for proto in protocols:
@@ -133,7 +153,14 @@ def main(argv: list[str] | None = None) -> int:
                 peers[proto] = peer
         for w in chosen:
             print(f"{w.name}: {w.description}")
-            rows += run_workload(w, gateway, peers.get(w.protocol), args.runs, scratch / w.name)
+            rows += run_workload(
+                w,
+                gateway,
+                peers.get(w.protocol),
+                args.runs,
+                scratch / w.name,
+                workers=multi if w.protocol != "rpc" else None,
+            )
     finally:
         for t in reversed(started):
             t.stop()

@@ -134,10 +134,16 @@ class Gateway(Target):
 
     name = "gateway"
 
-    def __init__(self, scratch: Path, protocols: list[str], extra: str = "") -> None:
+    def __init__(
+        self, scratch: Path, protocols: list[str], extra: str = "", workers: int = 0
+    ) -> None:
         super().__init__(scratch)
         self.protocols = protocols
         self.extra = extra
+        # cfs-gateway start --workers N: local meta and data servers, N workers.
+        self.workers = workers
+        if workers:
+            self.name = f"gateway-w{workers}"
         # The backend under test: embedded by default; CFS_BENCH_BACKEND=memory
         # measures the front end alone.
         self.backend = os.environ.get("CFS_BENCH_BACKEND", "embedded")
@@ -179,9 +185,10 @@ class Gateway(Target):
         config.write_text(self.config_text(ports))
         exe = shutil.which("cfs-gateway", path=os.path.dirname(sys.executable)) or "cfs-gateway"
         log = open(self.scratch / "gateway.log", "wb")  # noqa: SIM115 - lives as long as the process
-        proc = subprocess.Popen(
-            [exe, "start", "--config", str(config)], stdout=subprocess.PIPE, stderr=log
-        )
+        argv = [exe, "start", "--config", str(config)]
+        if self.workers:
+            argv += ["--workers", str(self.workers)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log)
         self._procs.append(proc)
         assert proc.stdout is not None
         wanted = {"admin"} | set(self.protocols)
@@ -196,7 +203,9 @@ class Gateway(Target):
                 continue
             if event.get("listener") and event.get("port") is not None:
                 seen.add(event["listener"])
-            if wanted <= seen:
+            if (self.workers and event.get("workers") == self.workers) or (
+                not self.workers and wanted <= seen
+            ):
                 watchdog.cancel()
                 break
         else:

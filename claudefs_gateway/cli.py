@@ -5,6 +5,8 @@ C{cfs-gateway}: the operator's command line.
 ::
 
     cfs-gateway start [all|nfs|s3|smb] [--config F] [--bind …] [--export …] …
+    cfs-gateway meta --data-dir D [--listen tcp:7001] [--admin …] [--data-server H:P]…
+    cfs-gateway data --data-dir D [--listen tcp:7002] [--admin …]
     cfs-gateway validate-config --config F
     cfs-gateway health  [--config F | --admin URL]
     cfs-gateway metrics [--config F | --admin URL]
@@ -65,11 +67,69 @@ def cmd_start(argv: list[str]) -> int:
         _print_err(str(e))
         return 2
     assert options.config is not None
-    return run_foreground(options.config, options.protocols)
+    if options["workers"]:
+        return run_supervisor(options, protocol)
+    return run_foreground(options.config, options.protocols, worker=bool(options["worker"]))
+
+
+def run_supervisor(options: Any, protocol: str) -> int:
+    """C{start --workers N}: local meta and data servers and N workers (L{claudefs_gateway.workers})."""
+    from twisted.internet import defer, reactor
+    from twisted.logger import globalLogBeginner
+
+    from claudefs_gateway.core.log import make_observer, set_level
+    from claudefs_gateway.workers import Supervisor
+
+    config = options.config
+    globalLogBeginner.beginLoggingTo(
+        [make_observer(config.log_format, sys.stdout)], redirectStandardIO=False
+    )
+    set_level(config.log_level)
+    try:
+        sup = Supervisor(
+            config,
+            options.config_text,
+            options["workers"],
+            protocol,
+            reactor,
+            overrides=options.overrides(),
+        )
+    except (GatewayError, ValueError) as e:
+        _print_err(str(e))
+        return 1
+    status = [0]
+
+    def started(result: Any) -> None:
+        if isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
+            msg = result.getErrorMessage() if hasattr(result, "getErrorMessage") else str(result)
+            _print_err(f"cannot start: {msg}")
+            status[0] = 1
+            if reactor.running:
+                try:
+                    reactor.stop()
+                except Exception:  # noqa: BLE001 - already stopping
+                    pass
+
+    def run() -> None:
+        d = defer.Deferred.fromCoroutine(sup.start())
+        d.addErrback(started)
+
+    reactor.callWhenRunning(run)
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: defer.Deferred.fromCoroutine(sup.stop())
+    )
+    reactor.run()
+    if sup.failed:
+        _print_err(sup.failed)
+        return 1
+    return status[0]
 
 
 def run_foreground(
-    config: cfg.Config, protocols: list[str] | None, customize: Callable[[Any], None] | None = None
+    config: cfg.Config,
+    protocols: list[str] | None,
+    customize: Callable[[Any], None] | None = None,
+    worker: bool = False,
 ) -> int:
     """
     Run the gateway until a signal stops it; the process's exit status.
@@ -88,7 +148,9 @@ def run_foreground(
         [make_observer(config.log_format, sys.stdout)], redirectStandardIO=False
     )
     try:
-        root = service.build(config, reactor, protocols, strict=protocols is not None)
+        root = service.build(
+            config, reactor, protocols, strict=protocols is not None, worker=worker
+        )
     except GatewayError as e:
         _print_err(str(e))
         return 1
@@ -110,6 +172,46 @@ def run_foreground(
     if fatal:
         _print_err(str(fatal))
         return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# meta / data: the ClaudeFS servers
+
+
+def cmd_server(role: str, argv: list[str]) -> int:
+    """Run C{claudefs-meta} or C{claudefs-data} in the foreground until a signal stops it."""
+    from twisted.application.service import Application, IService
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner
+    from twisted.python import usage
+
+    from claudefs_gateway.core.log import make_observer
+    from claudefs_gateway.servers.service import build_data, build_meta
+    from claudefs_gateway.servers.tap import DataOptions, MetaOptions
+
+    options = MetaOptions() if role == "meta" else DataOptions()
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as e:
+        _print_err(str(e))
+        return 2
+    globalLogBeginner.beginLoggingTo(
+        [make_observer(options["log-format"], sys.stdout)], redirectStandardIO=False
+    )
+    root = (build_meta if role == "meta" else build_data)(options.settings, reactor)
+    app = Application(f"claudefs-{role}")
+    root.setServiceParent(app)
+    svc = IService(app)
+    try:
+        svc.privilegedStartService()
+        svc.startService()
+    except Exception as e:  # noqa: BLE001 - report any start failure plainly, then stop
+        _print_err(f"cannot start: {e}")
+        return 1
+    reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
+    reactor.callWhenRunning(root.serving)
+    reactor.run()
     return 0
 
 
@@ -518,6 +620,15 @@ def _parser() -> argparse.ArgumentParser:
         help="run the gateway in the foreground (see: cfs-gateway start --help)",
         add_help=False,
     )
+    for role, text in (
+        ("meta", "metadata server (port 7001)"),
+        ("data", "data server (port 7002)"),
+    ):
+        sub.add_parser(
+            role,
+            help=f"run a ClaudeFS {text} (see: cfs-gateway {role} --help)",
+            add_help=False,
+        )
     v = sub.add_parser("validate-config", help="check a configuration file; exit 0 if valid")
     v.add_argument("--config", "-c", required=True)
     for name, helptext in (
@@ -588,6 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "start":
         return cmd_start(args_list[1:])
+    if args_list and args_list[0] in ("meta", "data"):
+        return cmd_server(args_list[0], args_list[1:])
     parser = _parser()
     args = parser.parse_args(args_list)
     if args.command is None:

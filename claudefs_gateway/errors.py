@@ -40,6 +40,15 @@ class Throttled(BackendUnavailable):
     """
 
 
+class InFlightLost(BackendUnavailable):
+    """
+    The connection to a backend node went down while a call was in flight.
+
+    Whether the node carried the call out is unknown, so only an idempotent
+    call may be sent again; to a client it is the same try-later answer.
+    """
+
+
 class NotBuilt(GatewayError):
     """
     A component named in the configuration does not exist in this build.

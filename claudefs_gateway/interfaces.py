@@ -36,6 +36,7 @@ from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+    from typing import Any
 
     from twisted.internet.defer import Deferred
 
@@ -64,6 +65,7 @@ __all__ = [
     "IMetadataService",
     "IDataService",
     "IBackend",
+    "ISharedStore",
     "IVFS",
     "IExports",
     "IUserDB",
@@ -254,6 +256,22 @@ class IBackend(IMetadataService, IDataService):
 
     def close() -> Deferred[None]:
         """Flush and close; every change that returned is on disk afterwards."""
+
+
+class ISharedStore(Interface):
+    """
+    A backend other gateways change too (the remote backend): it tells this
+    gateway what they changed, so the vfs drops what it cached of it.
+    """
+
+    def on_change(listener: Callable[[Any], None]) -> None:
+        """
+        Call C{listener(event)} for each change another gateway made; the event
+        has C{ino} (what changed) and C{dir} (the directory whose entries changed, or 0).
+        """
+
+    def on_reset(listener: Callable[[], object]) -> None:
+        """Call C{listener()} when change events may have been missed (a reconnection)."""
 
 
 # ---------------------------------------------------------------------------

@@ -140,6 +140,7 @@ def build(
     *,
     strict: bool = False,
     registry: CollectorRegistry | None = None,
+    worker: bool = False,
 ) -> GatewayService:
     """
     The service tree for C{config}.
@@ -147,6 +148,8 @@ def build(
     @param protocols: front ends to start; L{None} means every enabled one.
     @param strict: a requested front end that is not built raises L{NotBuilt}
         (single-protocol starts); otherwise it is skipped with a warning.
+    @param worker: one of the C{--workers} processes (L{claudefs_gateway.workers}):
+        the data directory is shared, its supervisor holds the lock.
     @raise NotBuilt: see C{strict}.
     """
     log.set_level(config.log_level)
@@ -173,7 +176,7 @@ def build(
     core.health.register("drain", core.drainer.check)
     core.threads.setServiceParent(root)
 
-    datadir = DataDir(config.data_dir)
+    datadir = DataDir(config.data_dir, shared=worker)
     datadir.setServiceParent(root)
     core.extras["datadir"] = datadir
 
@@ -283,7 +286,38 @@ def make_backend(core: Core) -> IBackend:
                 "the embedded backend is not built in this version of claudefs-gateway"
             ) from None
         return EmbeddedBackend(core.config.data_dir, core.reactor, core.threads)
+    if kind == "remote":
+        return _remote_backend(core)
     raise NotBuilt(f"the {kind} backend is not built in this version of claudefs-gateway")
+
+
+def _remote_backend(core: Core) -> IBackend:
+    """
+    The ClaudeFS RPC client (docs/distributed.rst), with the seeds' C{metadata}
+    and C{transport} health checks and TLS material reloaded on SIGHUP.
+    """
+    from claudefs_gateway.backend.remote.client import NodeSpec, RemoteBackend
+    from claudefs_gateway.core.transport import Choices
+    from claudefs_gateway.core.transport.tls import MutualTLS, TLSFiles, install_sighup
+
+    config = core.config
+    tls = None
+    if config.backend.tls is not None:
+        t = config.backend.tls
+        tls = MutualTLS(TLSFiles(t.cert, t.key, t.ca))
+        install_sighup(core.reactor, tls)
+    backend = RemoteBackend(
+        [NodeSpec.from_config(m) for m in config.metadata_servers],
+        core.reactor,
+        config.connection_pool,
+        config.circuit_breaker,
+        metrics=core.metrics,
+        tls=tls,
+        choices=Choices(),
+    )
+    core.health.register("metadata", backend.check_metadata)
+    core.health.register("transport", backend.check_transport)
+    return backend
 
 
 def _compose_vfs(core: Core) -> VFSService | str:

@@ -57,8 +57,9 @@ PROTOCOLS = ("nfs", "s3", "smb")
 MAX_U32 = 2**32 - 1
 MAX_I64 = 2**63 - 1
 
-# Endpoint types a listener may name. rdma comes from our endpoint-parser plugin.
-_ENDPOINT_TYPES = ("tcp", "tcp6", "ssl", "unix", "systemd", "rdma")
+# Endpoint types a listener may name. rdma and mtls come from our endpoint-parser
+# plugins (twisted/plugins/claudefs_endpoints.py): what validates here also starts.
+_ENDPOINT_TYPES = ("tcp", "tcp6", "ssl", "unix", "systemd", "rdma", "mtls", "reuseport")
 _ENDPOINT_RE = re.compile(r"^([a-z][a-z0-9+-]*):")
 
 
@@ -262,7 +263,7 @@ class Listen(Custom):
         kind, args, kwargs = _split_description(raw)
         host: str | None = None
         port: int | None = None
-        if kind in ("tcp", "tcp6", "ssl", "rdma"):
+        if kind in ("tcp", "tcp6", "ssl", "rdma", "mtls", "reuseport"):
             port_s = kwargs.get("port", args[0] if args else None)
             if port_s is None or not port_s.isdigit():
                 b.report(path, where, f"{kind} endpoint needs a numeric port")
@@ -291,6 +292,20 @@ class Listen(Custom):
                     return b.INVALID
             if "privateKey" not in kwargs:
                 b.report(path, where, "ssl endpoint needs privateKey=")
+                return b.INVALID
+        if kind == "mtls":
+            for key in ("certKey", "privateKey", "caCerts"):
+                f = kwargs.get(key)
+                if f is None:
+                    b.report(path, where, f"mtls endpoint needs {key}=")
+                    return b.INVALID
+                if not os.path.exists(f):
+                    b.report(path, where, f"{key} file does not exist")
+                    return b.INVALID
+        if kind == "rdma":
+            unknown = set(kwargs) - {"port", "device", "interface", "backlog"}
+            if unknown:
+                b.report(path, where, f"unknown rdma option {sorted(unknown)[0]!r}")
                 return b.INVALID
         return cls(raw, host, port)
 
@@ -691,13 +706,20 @@ class Smb:
 
 @attrs.frozen(kw_only=True)
 class MetadataServer:
-    address: str = setting(doc="``host:port`` of a ClaudeFS metadata server (port 7001).")
-    transport: Literal["tcp", "rdma"] = setting(
-        "tcp", doc="Transport to this server; RDMA falls back to TCP."
+    address: str = setting(
+        doc="``host:port`` of a ClaudeFS metadata server (port 7001), or ``unix:/path`` "
+        "(what ``--workers`` uses on one machine)."
+    )
+    transport: Literal["tcp", "tls", "rdma"] = setting(
+        "tcp",
+        doc="Transport to this server: ``tcp``, ``tls`` (mutual TLS with ``backend.tls``) "
+        "or ``rdma`` (falls back to TCP when no RDMA device or library is present).",
     )
     device: str | None = setting(None, doc="RDMA device name, e.g. ``mlx5_0``.")
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
+        if self.address.startswith("unix:/"):
+            return
         host, sep, port = self.address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
             b.report(
@@ -818,6 +840,20 @@ class Cache:
 
 
 @attrs.frozen(kw_only=True)
+class BackendTLS:
+    cert: str = setting(doc="PEM certificate this gateway presents to backend nodes.")
+    key: str = setting(doc="PEM private key of ``cert``.")
+    ca: str = setting(
+        doc="PEM certificate of the CA that signs every node's and gateway's certificate."
+    )
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        for key in ("cert", "key", "ca"):
+            if not os.path.isfile(getattr(self, key)):
+                b.report(join(path, key), line_of(raw, key), "file does not exist")
+
+
+@attrs.frozen(kw_only=True)
 class Backend:
     type: Literal["embedded", "memory", "remote"] = setting(
         "embedded",
@@ -829,6 +865,9 @@ class Backend:
         "./cfs-data",
         doc="Where the embedded store, install secret and runtime state live; "
         "relative paths are taken from the current directory.",
+    )
+    tls: BackendTLS | None = setting(
+        None, doc="Mutual-TLS material for ``metadata_servers`` with ``transport: tls``."
     )
 
 
@@ -1009,12 +1048,21 @@ class Config:
     limits: Limits = setting(factory=Limits, doc="Connection and request-rate limits.")
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
-        if self.backend.type == "remote":
+        if self.backend.type == "remote" and not self.metadata_servers:
             b.report(
-                "backend.type",
-                line_of(raw.get("backend", raw), "type"),
-                "the remote backend is not built in this version; use embedded",
+                "metadata_servers",
+                line_of(raw, "metadata_servers")
+                if "metadata_servers" in raw
+                else line_of(raw.get("backend", raw), "type"),
+                "the remote backend needs at least one metadata server",
             )
+        for i, m in enumerate(self.metadata_servers):
+            if m.transport == "tls" and self.backend.tls is None:
+                b.report(
+                    f"metadata_servers[{i}].transport",
+                    line_of(raw, "metadata_servers"),
+                    "transport tls needs backend.tls (cert, key, ca)",
+                )
         seen_paths: dict[str, str] = {}
         seen_names: dict[str, str] = {}
         for i, e in enumerate(self.all_exports()):

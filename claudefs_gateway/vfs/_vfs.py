@@ -224,6 +224,16 @@ class VFS:
             mode=a.mode if change.mode is None else change.mode,
         )
 
+    def forget_changed(self, ino: int, dir_ino: int = 0) -> None:
+        """
+        Another gateway changed C{ino} (and the entries of C{dir_ino}, if not 0):
+        drop what we cache of them (the remote backend's change events).
+        """
+        self.attr_cache.discard(ino)
+        if dir_ino:
+            self.attr_cache.discard(dir_ino)
+            self.name_cache.forget_dir(dir_ino)
+
     def invalidate(self) -> int:
         """Drop every cached attribute and name (C{POST /admin/cache/invalidate})."""
         return self.attr_cache.clear() + self.name_cache.clear()

@@ -21,7 +21,14 @@ from twisted.internet import defer
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.runtime import Core
-from claudefs_gateway.interfaces import IVFS, IBackend, ILeaseManager, ILockTable, IUserDB
+from claudefs_gateway.interfaces import (
+    IVFS,
+    IBackend,
+    ILeaseManager,
+    ILockTable,
+    ISharedStore,
+    IUserDB,
+)
 from claudefs_gateway.vfs._vfs import VFS
 from claudefs_gateway.vfs.handles import load_or_create_secret
 from claudefs_gateway.vfs.identity import User, UserDB
@@ -92,6 +99,12 @@ class VFSService(Service):
                 leases=self.leases,
             )
             core.caches.register("attr", self.vfs.invalidate)
+            # A shared (remote) store tells us what other gateways changed.
+            if ISharedStore.providedBy(self.backend):
+                vfs = self.vfs
+                shared = ISharedStore(self.backend)
+                shared.on_change(lambda ev: vfs.forget_changed(ev.ino, ev.dir))
+                shared.on_reset(vfs.invalidate)
         return self.vfs
 
     def startService(self) -> None:

@@ -93,15 +93,19 @@ class BackendMachine(RuleBasedStateMachine):
         self.clock = 1_700_000_000_000_000_000
         self.model = MemoryBackend(now_ns=self.now)
         self.path = os.path.join(base, str(next(_dirs)))
-        self.real = EmbeddedBackend(
-            self.path, None, inline=True, durable=False, now_ns=self.now, max_fds=2
-        )
+        self.real = self.make_real()
         result(self.real.open())
         self.to_real: dict[int, int] = {}
         self.to_model: dict[int, int] = {}
 
     def now(self) -> int:
         return self.clock
+
+    def make_real(self) -> Any:
+        """The store under test (not opened yet); subclasses test others."""
+        return EmbeddedBackend(
+            self.path, None, inline=True, durable=False, now_ns=self.now, max_fds=2
+        )
 
     def teardown(self) -> None:
         try:

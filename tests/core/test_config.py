@@ -186,10 +186,19 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(path, "s3.enable_versioning")
         self.assertIn("not supported", msg)
 
-    def test_remote_backend_not_built(self) -> None:
+    def test_remote_backend_needs_meta_servers(self) -> None:
         [(path, line, msg)] = problems("backend:\n  type: remote\n")
-        self.assertEqual((path, line), ("backend.type", 2))
-        self.assertIn("not built", msg)
+        self.assertEqual((path, line), ("metadata_servers", 2))
+        self.assertIn("at least one metadata server", msg)
+        c = cfg.loads("backend: {type: remote}\nmetadata_servers: [{address: 'm:7001'}]\n")
+        self.assertEqual(c.metadata_servers[0].address, "m:7001")
+
+    def test_tls_transport_needs_material(self) -> None:
+        [(path, _, msg)] = problems(
+            "backend: {type: remote}\nmetadata_servers: [{address: 'm:7001', transport: tls}]\n"
+        )
+        self.assertEqual(path, "metadata_servers[0].transport")
+        self.assertIn("backend.tls", msg)
 
     def test_tls_pair(self) -> None:
         cert = self.mktemp()
@@ -377,18 +386,18 @@ class NetworkTests(SynchronousTestCase):
         )
 
 
-def uncomment_manhole(text: str) -> str:
+def uncomment(text: str, key: str) -> str:
     """
-    The example configuration with its commented-out C{admin.manhole} block
-    switched on in place of C{manhole: null}.
+    The example configuration with its commented-out C{key} block (the
+    manhole, the backend's TLS files) switched on in place of C{key: null}.
     """
     lines = text.splitlines()
-    start = lines.index("  # manhole:")
+    start = lines.index(f"  # {key}:")
     end = start + 1
     while lines[end].startswith("  #   "):
         end += 1
     block = ["  " + line[4:] for line in lines[start:end]]
-    rest = [line for line in lines[end:] if line != "  manhole: null"]
+    rest = [line for line in lines[end:] if line != f"  {key}: null"]
     return "\n".join(lines[:start] + block + rest) + "\n"
 
 
@@ -406,18 +415,26 @@ class ExampleAndReferenceTests(SynchronousTestCase):
         """
         keys = self.mktemp()
         open(keys, "w").close()
-        text = uncomment_manhole(self.shipped())
+        text = uncomment(uncomment(self.shipped(), "manhole"), "tls")
         path = os.path.join(REPO, "docs", "gateway.example.yaml")
-        c = cfg.loads(text, path, {"admin.manhole.authorized_keys": (keys, "test")})
+        c = cfg.loads(
+            text,
+            path,
+            {
+                "admin.manhole.authorized_keys": (keys, "test"),
+                **{f"backend.tls.{k}": (keys, "test") for k in ("cert", "key", "ca")},
+            },
+        )
         return text, c
 
     def test_example_validates_as_shipped(self) -> None:
         """docs/gateway.example.yaml is valid as it ships: it names no file that does not exist."""
         c = cfg.loads(self.shipped(), "gateway.example.yaml")
         self.assertIsNone(c.admin.manhole)
+        self.assertIsNone(c.backend.tls)
 
     def test_example_validates(self) -> None:
-        """The example with its manhole block switched on is valid (given a real key file)."""
+        """The example with its commented-out blocks switched on is valid (given real files)."""
         _, c = self.example()
         self.assertEqual(c.s3.region, "us-east-1")
         self.assertEqual(c.quota.user_defaults.bytes_hard, 12 * 1024**3)

@@ -973,6 +973,28 @@ class Engine:
             ctx.sync.add(ino)
         return WriteResult(len(data), stable, self._attrs(node), before)
 
+    def op_wrote(self, ctx: _Ctx, ino: int, offset: int, length: int, what: int) -> WriteResult:
+        """
+        The metadata half of a write (C{what} 0), allocate (1) or deallocate
+        (2) whose bytes a data server holds (the meta server's WROTE): the same
+        checks, size, times, change counter and usage as the whole operation,
+        and no data file.
+        """
+        node = self._file(ctx, ino)
+        if offset < 0 or (what != 0 and length <= 0) or length < 0:
+            raise errors.Inval("bad range")
+        end = offset + length
+        if what != 2 and end > MAX_FILE_SIZE:
+            raise errors.FBig("file too large")
+        before = self._attrs(node)
+        if what == 0 and length == 0:
+            return WriteResult(0, True, before, before)
+        if what != 2 and end > node.size:
+            self._account(ctx, node, size=end - node.size)
+            node.size = end
+        self._touch(ctx, node, mtime=what != 1)
+        return WriteResult(length if what == 0 else 0, True, self._attrs(node), before)
+
     def op_commit(self, ctx: _Ctx, ino: int) -> Attributes:
         node = self._file(ctx, ino)
         ctx.sync.add(ino)

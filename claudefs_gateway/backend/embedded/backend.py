@@ -411,6 +411,17 @@ class EmbeddedBackend:
             data = bytes(data)
         return self._submit(Engine.op_write, ino, offset, data, stable, durable=stable, ino=ino)
 
+    def wrote(
+        self, ino: int, offset: int, length: int, what: int, durable: bool = True
+    ) -> defer.Deferred[WriteResult]:
+        """
+        The metadata half of a write (0), allocate (1) or deallocate (2) whose
+        bytes live on a data server (the meta server's WROTE opcode; see
+        L{Engine.op_wrote}). Durable when it fires if C{durable}, else (an
+        unstable write's) by the next commit of the inode, as unstable writes are.
+        """
+        return self._submit(Engine.op_wrote, ino, offset, length, what, durable=durable, ino=ino)
+
     def commit(self, ino: int) -> defer.Deferred[Attributes]:
         return self._submit(Engine.op_commit, ino, ino=ino)
 
