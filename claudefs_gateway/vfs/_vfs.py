@@ -197,6 +197,31 @@ class VFS:
             mode=a.mode if change.mode is None else change.mode,
         )
 
+    @property
+    def store_id(self) -> bytes:
+        """
+        The store's identity: random per store, the same across restarts
+        (NFSv4 names its server owner and scope after it, so clients know
+        a restarted gateway for the same server and reclaim their state).
+        """
+        got = getattr(self.backend, "instance_id", None)
+        return bytes(got) if got else b"\0" * 8
+
+    @deferred
+    async def get_state(self, key: str) -> bytes | None:
+        """
+        A front end's small durable record (NFSv4 client records for
+        reclaim after a restart); L{None} if never set. Keys start with the
+        protocol's name.
+        """
+        got: bytes | None = await self.backend.get_state(key)
+        return got
+
+    @deferred
+    async def set_state(self, key: str, value: bytes | None) -> None:
+        """Store (L{None}: remove) a front end's small durable record."""
+        await self.backend.set_state(key, value)
+
     def invalidate(self) -> int:
         """Drop every cached attribute and name (C{POST /admin/cache/invalidate})."""
         return self.attr_cache.clear() + self.name_cache.clear()
