@@ -212,7 +212,7 @@ _NFS4: dict[int, int] = {
     errno.EXDEV: _v4.NFS4ERR_XDEV,
     errno.EMLINK: _v4.NFS4ERR_MLINK,
     errno.EFBIG: _v4.NFS4ERR_FBIG,
-    errno.ELOOP: _v4.NFS4ERR_INVAL,
+    errno.ELOOP: _v4.NFS4ERR_SYMLINK,
     # RFC 8276 §8.4: a missing extended attribute, one too large.
     errno.ENODATA: _v4.NFS4ERR_NOXATTR,
     errno.ERANGE: _v4.NFS4ERR_XATTR2BIG,

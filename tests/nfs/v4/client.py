@@ -154,6 +154,13 @@ class Result:
         raise KeyError(op)
 
 
+def _then(got: Any, f: Callable[[Any], Any]) -> Any:
+    """Apply C{f} now, or when a Deferred fires."""
+    if isinstance(got, defer.Deferred):
+        return got.addCallback(f)
+    return f(got)
+
+
 class V4Client:
     """
     @param send: (prog, vers, proc, args) to an Unpacker at the results, or
@@ -201,13 +208,17 @@ class V4Client:
 
     def exchange_id(self, owner: bytes = b"", verifier: bytes = b"verifier", flags: int = 0) -> Any:
         owner = owner or b"client-%d" % next(_owners)
-        res = self.raw(
+        got = self.raw(
             [(c.OP_EXCHANGE_ID, ExchangeIdArgs(verifier, owner, flags, Arm(c.SP4_NONE), []))]
         )
-        if res.status == c.NFS4_OK:
-            r = res.last()
-            self.clientid, self.seq = r.clientid, r.sequenceid
-        return res
+
+        def keep(res: Result) -> Result:
+            if res.status == c.NFS4_OK:
+                r = res.last()
+                self.clientid, self.seq = r.clientid, r.sequenceid
+            return res
+
+        return _then(got, keep)
 
     def create_session(
         self, flags: int = c.CREATE_SESSION4_FLAG_CONN_BACK_CHAN, fore: ChannelAttrs = CHANNEL
@@ -221,12 +232,16 @@ class V4Client:
             0x40000000,
             [Arm(c.AUTH_SYS, AuthSysParms(0, b"test", 0, 0, [])), Arm(c.AUTH_NONE)],
         )
-        res = self.raw([(c.OP_CREATE_SESSION, args)])
-        if res.status == c.NFS4_OK:
-            self.sessionid = res.last().sessionid
-            self.seq += 1
-            self.slots = {}
-        return res
+        got = self.raw([(c.OP_CREATE_SESSION, args)])
+
+        def keep(res: Result) -> Result:
+            if res.status == c.NFS4_OK:
+                self.sessionid = res.last().sessionid
+                self.seq += 1
+                self.slots = {}
+            return res
+
+        return _then(got, keep)
 
     def setup(self, owner: bytes = b"", reclaim_complete: bool = True) -> V4Client:
         r = self.exchange_id(owner)

@@ -476,3 +476,20 @@ class MemoryTests(SynchronousTestCase):
         n4 = h.nfs4
         self.assertEqual((len(n4.clients), len(n4.clients.sessions), len(n4.ids)), (0, 0, 0))
         self.assertEqual(h.vfs.locks.records, 0)
+
+
+class MachineDocsTests(SynchronousTestCase):
+    def test_dot_files_current(self) -> None:
+        """docs/nfs4-*.dot are what the machines are (regenerate with to_dot if this fails)."""
+        import os
+
+        from claudefs_gateway.nfs.v4.clients import ClientMachine, SessionMachine
+        from claudefs_gateway.smb.negotiate import to_dot
+
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        for cls, name, path in (
+            (ClientMachine, "nfs4_client", "docs/nfs4-client.dot"),
+            (SessionMachine, "nfs4_session", "docs/nfs4-session.dot"),
+        ):
+            with open(os.path.join(root, path)) as f:
+                self.assertEqual(f.read(), to_dot(cls, name), path)
