@@ -78,7 +78,7 @@ class Slot:
     seqid: int = 0
     busy: bool = False
     reply: bytes | None = None
-    digest: tuple[int, int] | None = None
+    digest: tuple[int, int, int] | None = None
 
 
 class SlotTable:

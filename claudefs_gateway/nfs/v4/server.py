@@ -83,6 +83,7 @@ _RPC_REPLY = 24
 _SEQUENCE_REPLY = _RPC_REPLY + 4 + 4 + 4 + 4 + 4 + 16 + 20
 
 Handler = Callable[[CompoundState, Any], Awaitable[Arm]]
+_DIGEST_BYTES = 512
 
 
 def _pad(n: int) -> int:
@@ -171,7 +172,18 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops):
         await self.records.start(vfs.locks)
 
     def stop(self) -> defer.Deferred[None]:
+        """
+        At shutdown: the lease sweep, background copies, lock notices and
+        callbacks stop; fires when the client records are on disk.
+        """
         self.clients.stop()
+        for client in self.clients:
+            for d in list(client.lock_waits.values()):
+                d.cancel()
+            if client.state is not None:
+                for st in list(client.state.states.values()):
+                    if st.job is not None:
+                        st.job.cancel()
         self.callbacks.close()
         return self.records.flushed()
 
@@ -203,6 +215,11 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops):
         return vfs.users.gid_to_nfs4(gid).encode("utf-8")
 
     def _client_ended(self, client: Client, why: str) -> None:
+        if why == "expired" and client.confirmed:
+            self._log.info(
+                "NFSv4 client {clientid:x} expired: its opens and locks are released",
+                clientid=client.clientid,
+            )
         self.release_client(client)
         if why in ("destroyed", "expired"):
             self.records.forget(client.owner)
@@ -390,7 +407,11 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops):
             return Arm(c.NFS4ERR_BADSLOT)
         slot = s.slots.slots[a.slotid]
         u = h.u
-        digest = (h.count, zlib.crc32(memoryview(u.data)[u.pos : u.end]))
+        # What tells a retry from a different request on the same seqid: the
+        # rest of the COMPOUND's length, operation count and first bytes (a
+        # checksum of a whole 1 MiB WRITE would cost more than it tells).
+        rest = u.end - u.pos
+        digest = (h.count, rest, zlib.crc32(memoryview(u.data)[u.pos : u.pos + _DIGEST_BYTES]))
         if a.sequenceid == slot.seqid and (slot.busy or slot.reply is not None):
             if slot.busy:
                 return Arm(c.NFS4ERR_DELAY)
