@@ -66,6 +66,7 @@ def build(ctx: Context) -> Path:
         raise RuntimeError(f"pynfs snapshot not found at {src}")
     dst = ctx.workdir / "pynfs"
     shutil.copytree(src, dst, symlinks=True)
+    dst.chmod(dst.stat().st_mode | 0o200)
     for p in dst.rglob("*"):
         if not p.is_symlink():
             p.chmod(p.stat().st_mode | 0o200)

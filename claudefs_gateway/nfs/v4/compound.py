@@ -175,16 +175,18 @@ class OpsBase:
                 raise Nfs4Error(c.NFS4ERR_STALE, "pseudo directory gone")
             return FH(handle, node=node)
         try:
-            export_id, ino, gen = vfs.handles.decode(handle)
+            export, a = await vfs.from_handle(handle)
         except errors.BadHandle:
             raise Nfs4Error(c.NFS4ERR_BADHANDLE, "not a handle of ours") from None
-        export = vfs.exports.get(export_id)
-        if export is None or "nfs" not in export.rules.protocols:
-            raise Nfs4Error(c.NFS4ERR_STALE, "export gone")
-        try:
-            _, a = await vfs.from_handle(handle)
         except errors.Stale:
-            return FH(handle, export, None, ino, None)
+            # The file is gone; keep the handle (CLOSE of a removed file still works).
+            export_id, ino, _ = vfs.handles.decode(handle)
+            gone = vfs.exports.get(export_id)
+            if gone is None or "nfs" not in gone.rules.protocols:
+                raise Nfs4Error(c.NFS4ERR_STALE, "export gone") from None
+            return FH(handle, gone, None, ino, None)
+        if "nfs" not in export.rules.protocols:
+            raise Nfs4Error(c.NFS4ERR_STALE, "not an NFS export")
         return FH(handle, export, None, a.ino, a)
 
     # -- the current file handle ---------------------------------------------------------
