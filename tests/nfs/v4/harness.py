@@ -53,7 +53,7 @@ class FakeConn:
 class Harness:
     def __init__(self, config: str = CONFIG, settings: Settings | None = None, **kw: Any) -> None:
         self.clock = Clock()
-        self.m = MemoryVFS(config, clock=self.clock)
+        self.m = MemoryVFS(config, users=kw.pop("users", None), clock=self.clock)
         self.vfs = self.m.vfs
         self.vfs.locks = LockTable(self.clock)
         self.metrics = Metrics()

@@ -587,3 +587,40 @@ class XattrTests(SynchronousTestCase):
         self.assertEqual(
             self._do((c.OP_LISTXATTRS, ListxattrsArgs(0, 20))).status, c.NFS4ERR_TOOSMALL
         )
+
+
+class OwnerNameTests(SynchronousTestCase):
+    """With C{only_numeric_owners: false}, owners are names from the user database."""
+
+    def setUp(self) -> None:
+        from claudefs_gateway.nfs.v4.compound import Settings
+        from claudefs_gateway.vfs.identity import User
+
+        users = [User("alice", 1000, 1000, nfs4_name="alice@example.org"), User("bob", 1001, 1001)]
+        self.h = Harness(settings=Settings(only_numeric_owners=False), users=users)
+        self.cl = self.h.client().setup()
+        self.cl.compound(self.cl.path(b"export") + [self.cl.open_create(b"o")])
+        self.ops = self.cl.path(b"export", b"o")
+
+    def _owner(self) -> bytes:
+        got = attrs_of(self.cl.compound(self.ops + [self.cl.getattr(c.FATTR4_OWNER)]).last())
+        owner: bytes = got[c.FATTR4_OWNER]
+        return owner
+
+    def test_names_both_ways(self) -> None:
+        self.assertEqual(self._owner(), b"0")
+        for given, shown in (
+            (b"alice@example.org", b"alice@example.org"),
+            (b"bob@localdomain", b"bob@localdomain"),
+            (b"1000", b"alice@example.org"),
+        ):
+            r = self.cl.compound(
+                self.ops + [(c.OP_SETATTR, SetattrArgs(ANON, fattr_of({c.FATTR4_OWNER: given})))]
+            )
+            self.assertEqual(r.status, c.NFS4_OK, given)
+            self.assertEqual(self._owner(), shown)
+        r = self.cl.compound(
+            self.ops
+            + [(c.OP_SETATTR, SetattrArgs(ANON, fattr_of({c.FATTR4_OWNER: b"carol@localdomain"})))]
+        )
+        self.assertEqual(r.status, c.NFS4ERR_BADOWNER)
