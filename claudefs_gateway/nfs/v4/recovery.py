@@ -74,6 +74,9 @@ class ClientRecords:
         if owners:
             self._log.info("{n} NFSv4 clients may reclaim their state", n=len(owners))
             self.grace.begin(locks, "nfs4")
+        if self._dirty:
+            # Clients recorded while the store was opening.
+            self._save_soon()
 
     def may_reclaim(self, owner: bytes) -> bool:
         """Whether a client may reclaim now: it had state last run, and it is grace."""
