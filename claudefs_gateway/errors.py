@@ -362,5 +362,12 @@ class LockConflict(Again):
         self.holder = holder
 
 
+class LeaseBreaking(Again):
+    """
+    Other clients' leases or delegations are being broken for this request,
+    which did not ask to wait (NFSv4 answers NFS4ERR_DELAY; the client retries).
+    """
+
+
 class ShareConflict(Busy):
     """An open's access/deny modes conflict with another open (SMB sharing violation)."""

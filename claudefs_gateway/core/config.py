@@ -466,6 +466,64 @@ class NfsExport(ExportRules):
 
 
 @attrs.frozen(kw_only=True)
+class NfsV4:
+    enabled: bool = setting(
+        True, doc="Serve NFSv4.1 and 4.2 (program 100003 version 4) on ``nfs.bind``."
+    )
+    minor_versions: list[Literal[1, 2]] = setting(
+        factory=lambda: [1, 2],
+        doc="Minor versions served; any other (4.0 included) answers NFS4ERR_MINOR_VERS_MISMATCH.",
+    )
+    lease_secs: int = setting(
+        90,
+        min=10,
+        max=3600,
+        doc="Client lease: a client silent this long loses its opens and locks.",
+    )
+    only_numeric_owners: bool = setting(
+        True,
+        doc="Owners as numeric strings (``1000``), as clients without an idmapper want "
+        "(Ganesha's ``Only_Numeric_Owners``); false: ``user@domain`` from the user database.",
+    )
+    domain: str = setting("localdomain", doc="NFSv4 id mapping domain of ``user@domain`` owners.")
+    max_clients: int = setting(
+        1024,
+        min=1,
+        max=1_000_000,
+        doc="Client records at once (Ganesha's ``Max_Client_Ids``); more answer NFS4ERR_DELAY.",
+    )
+    max_sessions_per_client: int = setting(8, min=1, max=256, doc="Sessions one client may hold.")
+    max_slots: int = setting(
+        64, min=1, max=1024, doc="Most slots (concurrent requests) per session."
+    )
+    max_ops_per_compound: int = setting(
+        64, min=16, max=1024, doc="Most operations per COMPOUND a session accepts."
+    )
+    reply_cache_size: int = setting(
+        8192,
+        min=1024,
+        max=1024 * 1024,
+        size=True,
+        doc="Largest reply kept per slot for retries (``ca_maxresponsesize_cached``).",
+    )
+    max_open_states_per_client: int = setting(
+        4096,
+        min=1,
+        max=1_000_000,
+        doc="Opens one client may hold (Ganesha's ``Max_Open_States_Per_Client``).",
+    )
+    max_locks_per_client: int = setting(
+        4096, min=1, max=1_000_000, doc="Lock states (lock-owner, file) one client may hold."
+    )
+    async_copy_min: int = setting(
+        8 * 1024 * 1024,
+        min=0,
+        size=True,
+        doc="Smallest COPY run in the background (answered at once, CB_OFFLOAD when done).",
+    )
+
+
+@attrs.frozen(kw_only=True)
 class Nfs:
     enabled: bool = setting(True, doc="Serve NFSv3 (with MOUNT and NLM) and NFSv4.1/4.2.")
     bind: Listen = setting(
@@ -510,13 +568,26 @@ class Nfs:
         doc="Replies of non-idempotent calls kept for retransmissions (duplicate request "
         "cache); 0 disables it.",
     )
-    nlm_grace_secs: int = setting(
+    grace_secs: int = setting(
         90,
         min=0,
         max=3600,
-        doc="After a restart, how long clients that held NLM locks may reclaim them before "
-        "new locks are granted (only when the previous run had lock clients).",
+        doc="After a restart, how long NLM and NFSv4 clients that held locks or opens may "
+        "reclaim them before new ones are granted (only when the previous run had such "
+        "clients; NFSv4 alone ends it early once all of them reclaimed).",
     )
+    nlm_grace_secs: int | None = setting(
+        None,
+        min=0,
+        max=3600,
+        doc="Deprecated: the older name of ``grace_secs``; when set, it is used instead.",
+    )
+    v4: NfsV4 = setting(factory=NfsV4, doc="NFSv4.1 and 4.2.")
+
+    @property
+    def grace(self) -> int:
+        """The grace period in seconds (``grace_secs``, or the deprecated name)."""
+        return self.grace_secs if self.nlm_grace_secs is None else self.nlm_grace_secs
 
 
 @attrs.frozen(kw_only=True)

@@ -155,9 +155,17 @@ class Program:
         self.name = name
         self.metrics = metrics
         self.versions: dict[int, dict[int, Procedure]] = {}
+        # Versions merged in from another Program keep that program's metrics
+        # (NFSv3 and NFSv4 are one program number, counted apart).
+        self.version_metrics: dict[int, Any] = {}
 
     def add(self, vers: int, number: int, proc: Procedure) -> None:
         self.versions.setdefault(vers, {})[number] = proc
+
+    def metrics_for(self, vers: int) -> Any:
+        if vers in self.version_metrics:
+            return self.version_metrics[vers]
+        return self.metrics
 
     def version_range(self) -> tuple[int, int]:
         return min(self.versions), max(self.versions)
@@ -192,6 +200,7 @@ class RPCServer:
             existing = self.programs[program.number]
             for vers, procs in program.versions.items():
                 existing.versions.setdefault(vers, {}).update(procs)
+                existing.version_metrics[vers] = program.metrics
             return
         self.programs[program.number] = program
 
@@ -239,8 +248,9 @@ class RPCServer:
             args = proc.decode(Unpacker(data, h.args_at))
         except (XDRError, struct.error, ValueError) as e:
             self._bad(peer, f"{program.name} {proc.name}: arguments do not decode", e)
-            if program.metrics is not None:
-                program.metrics.observe(proc.name, 0.0, "GARBAGE_ARGS")
+            metrics = program.metrics_for(h.vers)
+            if metrics is not None:
+                metrics.observe(proc.name, 0.0, "GARBAGE_ARGS")
             return [msg.reply_error(xid, msg.GARBAGE_ARGS)]
         key = None
         if proc.cached:
@@ -309,8 +319,9 @@ class RPCServer:
             return None
         else:
             reply = [msg.reply_success(xid), *result]
-        if program.metrics is not None:
-            program.metrics.observe(proc.name, self.timer() - started, call.status)
+        metrics = program.metrics_for(call.vers)
+        if metrics is not None:
+            metrics.observe(proc.name, self.timer() - started, call.status)
         if key is not None:
             self.drc.finish(key, b"".join(reply))
         return reply
@@ -381,8 +392,15 @@ class RPCStreamProtocol(Protocol):
         self._reading_paused = False
         self._paused_output = False
         self._direct: DirectSender | None = None
+        self._counted = False
         # Calls read but not yet started (see _drain_backlog).
         self.backlog: deque[bytes] = deque()
+        # The connection can also carry calls from the server to the client
+        # (the NFSv4.1 back channel, RFC 8881 §2.10.3.1): their replies go to
+        # reply_sink; without one they are dropped as before.
+        self.reply_sink: Callable[[bytes], None] | None = None
+        # Called with this protocol when the connection closes.
+        self.on_close: list[Callable[[RPCStreamProtocol], None]] = []
 
     def seen(self, program: str, vers: int, uid: int | None) -> None:
         """Note a call of C{program} version C{vers} by C{uid} (None: AUTH_NONE)."""
@@ -421,6 +439,21 @@ class RPCStreamProtocol(Protocol):
         self._direct = DirectSender.for_transport(self.transport)
         self._log.debug("connection {conn_id} from {host}", conn_id=self.conn_id, host=host)
 
+    def _count_as(self, first: bytes) -> None:
+        """Count the connection under the activity of the version its first call speaks."""
+        self._counted = True
+        choose = getattr(getattr(self, "factory", None), "activity_for", None)
+        if choose is None or len(first) < 20 or first[4:8] != b"\0\0\0\0":
+            return
+        prog, vers = struct.unpack_from(">II", first, 12)
+        other = choose(prog, vers)
+        if other is None or other is self.activity:
+            return
+        if self.activity is not None:
+            self.activity.connection_lost(self)
+        self.activity = other
+        other.connection_made(self)
+
     @override
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -435,9 +468,30 @@ class RPCStreamProtocol(Protocol):
             self.transport.loseConnection()
             self.closed = True
             return
+        if records and not self._counted:
+            self._count_as(records[0])
         if records:
+            sink = self.reply_sink
+            if sink is not None:
+                calls = []
+                for r in records:
+                    # msg_type (the second word) REPLY: an answer to a callback.
+                    if r[4:8] == b"\0\0\0\1":
+                        try:
+                            sink(r)
+                        except Exception:
+                            self._log.failure(
+                                "connection {conn_id}: a callback reply", conn_id=self.conn_id
+                            )
+                    else:
+                        calls.append(r)
+                records = calls
             self.backlog.extend(records)
             self._drain_backlog()
+
+    def send_call(self, message: bytes) -> None:
+        """Send a call to the client over this connection (a back-channel callback)."""
+        self.send([message])
 
     def _drain_backlog(self) -> None:
         """
@@ -548,6 +602,12 @@ class RPCStreamProtocol(Protocol):
             d.cancel()
         if self.activity is not None:
             self.activity.connection_lost(self)
+        hooks, self.on_close = self.on_close, []
+        for hook in hooks:
+            try:
+                hook(self)
+            except Exception:
+                self._log.failure("connection {conn_id}: a close hook", conn_id=self.conn_id)
         self._log.debug("connection {conn_id} closed", conn_id=self.conn_id)
 
 
@@ -557,12 +617,22 @@ class RPCStreamFactory(Factory):
     noisy = False
 
     def __init__(
-        self, server: RPCServer, max_record: int, max_in_flight: int = 128, activity: Any = None
+        self,
+        server: RPCServer,
+        max_record: int,
+        max_in_flight: int = 128,
+        activity: Any = None,
+        activity_for: Callable[[int, int], Any] | None = None,
     ) -> None:
         self.server = server
         self.max_record = max_record
         self.max_in_flight = max_in_flight
         self.activity = activity
+        #: C{activity_for(prog, vers)}: the activity a connection is counted
+        #: under once its first call names a program and version (NFSv3 and
+        #: NFSv4 share a port; each connection is counted as the version it
+        #: speaks), or None to keep C{activity}.
+        self.activity_for = activity_for
 
     @override
     def buildProtocol(self, addr: Any) -> RPCStreamProtocol:

@@ -234,6 +234,31 @@ class VFS:
             self.attr_cache.discard(dir_ino)
             self.name_cache.forget_dir(dir_ino)
 
+    @property
+    def store_id(self) -> bytes:
+        """
+        The store's identity: random per store, the same across restarts
+        (NFSv4 names its server owner and scope after it, so clients know
+        a restarted gateway for the same server and reclaim their state).
+        """
+        got = getattr(self.backend, "instance_id", None)
+        return bytes(got) if got else b"\0" * 8
+
+    @deferred
+    async def get_state(self, key: str) -> bytes | None:
+        """
+        A front end's small durable record (NFSv4 client records for
+        reclaim after a restart); L{None} if never set. Keys start with the
+        protocol's name.
+        """
+        got: bytes | None = await self.backend.get_state(key)
+        return got
+
+    @deferred
+    async def set_state(self, key: str, value: bytes | None) -> None:
+        """Store (L{None}: remove) a front end's small durable record."""
+        await self.backend.set_state(key, value)
+
     def invalidate(self) -> int:
         """Drop every cached attribute and name (C{POST /admin/cache/invalidate})."""
         return self.attr_cache.clear() + self.name_cache.clear()
@@ -250,6 +275,10 @@ class VFS:
 
     def handle(self, export: ExportInfo, a: Attributes) -> bytes:
         return self.handles.encode(export.id, a.ino, a.gen)
+
+    def handle_parts(self, handle: bytes) -> tuple[int, int, int]:
+        """The export id, inode and generation of a handle of ours. @raise BadHandle."""
+        return self.handles.decode(handle)
 
     @deferred
     async def from_handle(self, handle: bytes) -> tuple[ExportInfo, Attributes]:
@@ -382,10 +411,11 @@ class VFS:
         modes (C{doing}), byte-range locks (C{span}: start, length, write),
         then break-before-mutate of other holders' leases (C{why}).
         """
-        if doing:
-            self._check_shares(ino, origin, doing)
-        if span is not None:
-            self._check_range(ino, origin, *span)
+        if not origin.bypass:
+            if doing:
+                self._check_shares(ino, origin, doing)
+            if span is not None:
+                self._check_range(ino, origin, *span)
         leases = self.leases
         if leases.busy(ino):
             await leases.recall(ino, why, origin.exempt, wait=origin.wait)

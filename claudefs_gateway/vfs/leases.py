@@ -486,8 +486,8 @@ class LeaseManager:
         @param wait: fire only when every such lease is down to what it may
             keep (acknowledged, released or revoked). With C{wait=False} the
             breaks start and, if any is still outstanding, the Deferred fails
-            at once with L{errors.Again} (NFSv3 answers NFS3ERR_JUKEBOX and
-            the client retries, as knfsd does).
+            at once with L{errors.LeaseBreaking} (NFS4ERR_DELAY; the client
+            retries, as knfsd's clients do).
         @return: fires with None when nothing is left to break.
         """
         keep = KEEP_FOR[why]
@@ -510,7 +510,7 @@ class LeaseManager:
             pending.append(lease._wait(keep))
         if not wait:
             if outstanding:
-                return defer.fail(errors.Again("lease break in progress"))
+                return defer.fail(errors.LeaseBreaking("lease break in progress"))
             return defer.succeed(None)
         if not pending:
             return defer.succeed(None)

@@ -288,6 +288,9 @@ class LockTable:
         self._clients: dict[tuple[str, str | bytes], set[LockOwner]] = {}
         self._records = 0
         self._grace: IDelayedCall | None = None
+        # Deferreds waiting for any lock on an inode to be released
+        # (notify_when_free): NFSv4 CB_NOTIFY_LOCK.
+        self._watchers: dict[int, list[defer.Deferred[None]]] = {}
 
     # ------------------------------------------------------------------
     # Introspection
@@ -628,11 +631,44 @@ class LockTable:
         self._log.debug("released client of {protocol}", protocol=protocol)
         self._finish(dropped, touched)
 
+    def notify_when_free(self, ino: int) -> defer.Deferred[None]:
+        """
+        A Deferred firing (with L{None}) the next time a lock on C{ino} is
+        released or narrowed, so a client refused a lock can be told to try
+        again (NFSv4 CB_NOTIFY_LOCK, RFC 8881 §20.11). It takes nothing: the
+        lock may be taken by someone else first. Cancel it to stop waiting.
+
+        @raise NoLock: C{max_waiters} notifications already wait on C{ino}.
+        """
+        watchers = self._watchers.setdefault(ino, [])
+        if len(watchers) >= self.max_waiters:
+            if not watchers:
+                del self._watchers[ino]
+            raise NoLock(f"too many lock notifications on inode {ino}")
+
+        def cancel(d: defer.Deferred[None]) -> None:
+            got = self._watchers.get(ino)
+            if got is not None and d in got:
+                got.remove(d)
+                if not got:
+                    del self._watchers[ino]
+
+        d: defer.Deferred[None] = defer.Deferred(cancel)
+        watchers.append(d)
+        return d
+
+    def _notify_free(self, ino: int) -> None:
+        watchers = self._watchers.pop(ino, None)
+        for d in watchers or ():
+            d.callback(None)
+
     def release_inode(self, ino: int) -> None:
         """
         Forget C{ino}: the file was deleted. Its locks and share reservations
         go; its waiters fail with L{Stale}.
         """
+        if ino in self._watchers:
+            self._notify_free(ino)
         f = self._files.pop(ino, None)
         if f is None:
             return
@@ -1081,6 +1117,8 @@ class LockTable:
                 f = self._files.get(ino)
                 i = 0
         self._drop_if_empty(ino)
+        if ino in self._watchers:
+            self._notify_free(ino)
 
 
 def _carve(

@@ -47,9 +47,12 @@ def users_path(config: Any) -> Path | None:
 
 def make_users(core: Core) -> UserDB:
     config = core.config
+    domain = config.nfs.v4.domain
     if isinstance(config.users, list):
-        return UserDB(core.reactor, inline=[User.from_config(u) for u in config.users])
-    return UserDB(core.reactor, path=users_path(config))
+        return UserDB(
+            core.reactor, inline=[User.from_config(u) for u in config.users], nfs4_domain=domain
+        )
+    return UserDB(core.reactor, path=users_path(config), nfs4_domain=domain)
 
 
 class VFSService(Service):

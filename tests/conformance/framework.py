@@ -107,9 +107,14 @@ class Context:
     log: Callable[[str], None]
 
     def gateway(
-        self, config: str = "", *, backend: str = "embedded"
+        self, config: str = "", *, backend: str = "embedded", nfs: str = ""
     ) -> AbstractContextManager[Gateway]:
-        return running_gateway(self.workdir, config, backend=backend, log=self.log)
+        """
+        A gateway with C{config} added to its configuration; C{nfs} holds
+        more keys of the ``nfs`` mapping (``"v4: {lease_secs: 20}"``), which
+        the harness writes itself for the listeners.
+        """
+        return running_gateway(self.workdir, config, backend=backend, log=self.log, nfs=nfs)
 
 
 class Gateway:
@@ -150,7 +155,7 @@ class Gateway:
 
 @contextmanager
 def running_gateway(
-    workdir: Path, extra: str, *, backend: str, log: Callable[[str], None]
+    workdir: Path, extra: str, *, backend: str, log: Callable[[str], None], nfs: str = ""
 ) -> Iterator[Gateway]:
     """Start a gateway with every listener on 127.0.0.1 port 0; stop it (SIGTERM) after."""
     data = Path(tempfile.mkdtemp(prefix="data-", dir=workdir))
@@ -159,7 +164,7 @@ def running_gateway(
         f"""log_format: json
 log_level: info
 backend: {{type: {backend}, data_dir: {data}}}
-nfs: {{bind: "127.0.0.1:0", mount_bind: "127.0.0.1:0", portmap_bind: "127.0.0.1:0"}}
+nfs: {{bind: "127.0.0.1:0", mount_bind: "127.0.0.1:0", portmap_bind: "127.0.0.1:0"{", " + nfs if nfs else ""}}}
 s3: {{bind: "127.0.0.1:0"}}
 smb: {{bind: "127.0.0.1:0"}}
 admin: {{bind: "127.0.0.1:0", drain_timeout_secs: 5}}

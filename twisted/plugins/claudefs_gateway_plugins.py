@@ -12,7 +12,7 @@ gateway = ServiceMaker(
 nfs = ServiceMaker(
     "ClaudeFS NFS",
     "claudefs_gateway.nfs.tap",
-    "NFSv3 (+MOUNT, portmapper, NLM) and NFSv4.1 only.",
+    "NFSv3 (+MOUNT, portmapper, NLM) and NFSv4.1/4.2 only.",
     "claudefs-nfs",
 )
 s3 = ServiceMaker("ClaudeFS S3", "claudefs_gateway.s3.tap", "The S3 API only.", "claudefs-s3")
