@@ -3,13 +3,16 @@
 
     python -m bench --list
     python -m bench -w nfs.seq_write,nfs.seq_read --runs 5 --peer --json out.json
+    python -m bench -w nfs.getattr_qd1 --profile
 
 For each workload the gateway and (with --peer) the peer server of
 ``../shared/PEERS.md`` for that protocol run on loopback with fresh scratch
 directories, and the runs interleave A B A B (shared machines are noisy, so the
 ratio of one run's interleaved medians is what means something). Prints
 median/min/max per metric and gateway/peer (> 1 = the gateway is better), and
-writes the same as JSON.
+writes the same as JSON. With --profile, py-spy samples the gateway over each
+workload's timed runs: a flame graph (SVG), the collapsed stacks and a summary
+of the top costs land beside the JSON (bench/profile.py).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import targets
+from bench.profile import Profiler
 from bench.stats import Summary, ratio, table, to_json
 from bench.workloads import Workload, load_all
 
@@ -38,23 +42,35 @@ def run_workload(
     runs: int,
     scratch: Path,
     log: Callable[[str], None] = print,
+    profiler: Profiler | None = None,
 ) -> list[dict[str, Any]]:
-    """Interleaved runs of C{w}; one result row per metric."""
+    """
+    Interleaved runs of C{w}; one result row per metric. C{profiler} (on the
+    gateway) samples from the first timed run to the last.
+    """
     pairs = [(gateway, "gateway")] + ([(peer, "peer")] if peer is not None else [])
     results: dict[str, list[dict[str, float]]] = {"gateway": [], "peer": []}
     for target, role in pairs:
         if w.prepare is not None:
             w.prepare(target.endpoints, scratch / f"{role}-prep")
-    for i in range(runs):
-        for target, role in pairs:
-            where = scratch / f"{role}-{i}"
-            where.mkdir(parents=True, exist_ok=True)
-            got = w.run(target.endpoints, where)
-            log(
-                f"  {w.name} run {i + 1}/{runs} {target.name}: "
-                + ", ".join(f"{k}={v:.4g}" for k, v in got.items())
-            )
-            results[role].append(got)
+    if profiler is not None:
+        profiler.start()
+    try:
+        for i in range(runs):
+            for target, role in pairs:
+                where = scratch / f"{role}-{i}"
+                where.mkdir(parents=True, exist_ok=True)
+                got = w.run(target.endpoints, where)
+                log(
+                    f"  {w.name} run {i + 1}/{runs} {target.name}: "
+                    + ", ".join(f"{k}={v:.4g}" for k, v in got.items())
+                )
+                results[role].append(got)
+    finally:
+        if profiler is not None:
+            text = profiler.stop()
+            log(f"  profile: {profiler.stem}.svg")
+            log("".join(f"    {line}\n" for line in text.splitlines()[:24]).rstrip())
     rows = []
     for m in w.metrics:
         g = [r[m.name] for r in results["gateway"]]
@@ -92,6 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     p.add_argument("--list", action="store_true", help="list workloads and exit")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy flame graph of the gateway per workload (beside the JSON results)",
+    )
+    p.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="with --profile, also sample C frames (sqlite3, ssl, struct)",
+    )
     args = p.parse_args(argv)
 
     if args.list:
@@ -108,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     chosen = [registry[n] for n in names]
 
+    when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    out = args.json or Path(__file__).parent / "results" / (when.replace(":", "") + ".json")
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="cfs-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)
     protocols = sorted({w.protocol for w in chosen if w.protocol != "admin"})
@@ -126,7 +154,21 @@ def main(argv: list[str] | None = None) -> int:
                 peers[proto] = peer
         for w in chosen:
             print(f"{w.name}: {w.description}")
-            rows += run_workload(w, gateway, peers.get(w.protocol), args.runs, scratch / w.name)
+            profiler = None
+            if args.profile:
+                profiler = Profiler(
+                    gateway.endpoints["pid"],
+                    out.with_name(f"{out.stem}-{w.name}"),
+                    native=args.profile_native,
+                )
+            rows += run_workload(
+                w,
+                gateway,
+                peers.get(w.protocol),
+                args.runs,
+                scratch / w.name,
+                profiler=profiler,
+            )
     finally:
         for t in reversed(started):
             t.stop()
@@ -136,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     meta = {
-        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "when": when,
         "runs": args.runs,
         "peer": args.peer,
         "command": " ".join(["python -m bench", *(argv or sys.argv[1:])]),
@@ -144,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
-    out = args.json or Path(__file__).parent / "results" / (meta["when"].replace(":", "") + ".json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(to_json(rows, meta), indent=2) + "\n")
     print(f"\nresults written to {out}")
