@@ -2,7 +2,8 @@
 ``--profile``: a py-spy flame graph of the gateway per workload.
 
 py-spy (``pip install -e '.[bench]'``) samples the running gateway from
-outside (``--nonblocking``: it never pauses the process) over a workload's
+outside (``--nonblocking``: it never pauses the process, except with
+C{native}) over a workload's
 timed runs and writes the collapsed stacks (``<stem>.stacks``). From them
 this module draws the flame graph (``<stem>.svg``, one SVG, no script) and
 the summary the docs quote (``<stem>.txt``): the frames where the samples
@@ -36,7 +37,9 @@ class Profiler:
     py-spy recording one process until L{stop}.
 
     @param stem: output path without suffix (C{.stacks}, C{.svg}, C{.txt} are added).
-    @param native: also sample C frames (sqlite3, the kernel's syscalls stay opaque).
+    @param native: also sample C frames (sqlite3, the kernel's syscalls stay
+        opaque); py-spy then pauses the process for each sample, which costs
+        it more than the default C{--nonblocking} sampling.
     """
 
     def __init__(self, pid: int, stem: Path, rate: int = 250, native: bool = False) -> None:
@@ -68,12 +71,11 @@ class Profiler:
             str(self._path(".stacks")),
             "--rate",
             str(self.rate),
-            "--nonblocking",
             "--threads",
             "--function",
         ]
-        if self.native:
-            argv.append("--native")
+        # C frames need the process paused while its stack is walked.
+        argv.append("--native" if self.native else "--nonblocking")
         self._proc = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )

@@ -656,6 +656,40 @@ class ReadPathTests(StoreCase):
         self.assertEqual((len(got), eof), (64 * 1024 * 1024, False))
 
 
+    async def test_inode_rows_kept_until_a_change(self) -> None:
+        """
+        Reads keep the inode rows they load (no query per read of an idle
+        file) and drop them all when any change is delivered, before its
+        caller or a read queued behind it can see the old ones.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"abc", False)
+        assert b._reader is not None
+        reader = b._reader
+        self.assertEqual(await b.read(f.ino, 0, 10), (b"abc", True))
+        self.assertIn(f.ino, reader._nodes)
+        queries: list[str] = []
+        reader.conn.set_trace_callback(queries.append)
+        self.addCleanup(reader.conn.set_trace_callback, None)
+        self.assertEqual(await b.read(f.ino, 1, 10), (b"bc", True))
+        self.assertEqual(queries, [])
+        # Issued together: the read waits for the write and sees it.
+        w = b.write(f.ino, 3, b"defg", False)
+        r = b.read(f.ino, 0, 10)
+        seen: list[bool] = []
+        w.addCallback(lambda _: seen.append(f.ino in reader._nodes))
+        await w
+        self.assertEqual(seen, [False])
+        self.assertEqual(await r, (b"abcdefg", True))
+        self.assertEqual((await b.getattr(f.ino)).size, 7)
+        # Gone: a read of the freed inode fails, it does not serve the kept row.
+        await b.read(f.ino, 0, 1)
+        await b.unlink(1, b"f")
+        with self.assertRaises(errors.NotFound):
+            await b.read(f.ino, 0, 1)
+
+
 class FilesTests(SynchronousTestCase):
     def test_fan_out(self) -> None:
         """1024 consecutive inodes share a leaf directory; paths map back to inodes."""

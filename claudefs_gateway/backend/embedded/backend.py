@@ -234,6 +234,9 @@ class EmbeddedBackend:
     def _deliver(self, batch: list[Op], freed: list[int]) -> None:
         """On the reactor thread: a batch committed (or failed); fire its Deferreds in order."""
         if self._reader is not None:
+            # Before any caller hears of the batch: inode rows the reader
+            # kept may predate it.
+            self._reader.forget()
             for ino in freed:
                 self._reader.files.forget(ino)
         for op in batch:

@@ -35,6 +35,7 @@ from typing import Any
 from twisted.internet import defer
 
 from claudefs_gateway import errors
+from claudefs_gateway.core.eager import eager
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import MAX_FILE_SIZE, NAME_MAX, Attributes, SetAttrs
 from claudefs_gateway.interfaces import IVFS
@@ -682,7 +683,13 @@ async def _quiet_getattr(
 
 
 def _deferred(method: Any) -> Any:
-    def handle(call: Call, args: Any) -> defer.Deferred[list[bytes]]:
-        return defer.Deferred.fromCoroutine(method(call, args))
+    """
+    The RPC handler for procedure C{method}: run eagerly, so a call whose
+    answer is in memory replies without a Deferred (L{eager}); the RPC server
+    takes results or Deferreds of them alike.
+    """
+
+    def handle(call: Call, args: Any) -> list[bytes] | defer.Deferred[list[bytes]]:
+        return eager(method(call, args))
 
     return handle
