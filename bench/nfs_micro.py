@@ -68,10 +68,14 @@ class Sink(StringTransport):
 class Stack:
     """The gateway's NFS stack over a fresh embedded store, one connection."""
 
-    def __init__(self, reactor: Any, where: Path, durable: bool) -> None:
+    def __init__(
+        self, reactor: Any, where: Path, durable: bool, data_threads: int | None = None
+    ) -> None:
         self.reactor = reactor
         self.where = where
-        self.backend = EmbeddedBackend(where / "store", reactor, durable=durable)
+        self.backend = EmbeddedBackend(
+            where / "store", reactor, durable=durable, data_threads=data_threads
+        )
         self.metrics = Metrics()
         self.xid = 0
 
@@ -135,7 +139,7 @@ _SATTR_MODE = b"\0\0\0\1\0\0\x01\xa4" + b"\0\0\0\0" * 3 + b"\0\0\0\0" * 2
 
 async def run(reactor: Any, args: argparse.Namespace) -> None:
     where = Path(tempfile.mkdtemp(prefix="cfs-micro-", dir=args.dir))
-    s = Stack(reactor, where, args.durable)
+    s = Stack(reactor, where, args.durable, args.data_threads)
     await s.open()
     caller = s.vfs.caller(s.export, "127.0.0.1", _creds(), "nfs3")
     f = await s.vfs.create(caller, s.export.root_ino, b"f", 0o644)
@@ -282,6 +286,7 @@ def main() -> None:
     p.add_argument("--scale", type=int, default=100, help="percent of the default call counts")
     p.add_argument("--durable", action="store_true", help="fsync as in production")
     p.add_argument("--cprofile", action="store_true", help="cProfile each call's loop")
+    p.add_argument("--data-threads", type=int, default=None, help="the store's data writer threads")
     p.add_argument("--top", type=int, default=25, help="rows of the cProfile table")
     args = p.parse_args()
     keep_freed_memory()  # as the NFS service does

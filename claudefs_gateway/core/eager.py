@@ -25,10 +25,11 @@ context variables.)
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 __all__ = ["eager", "eager_deferred"]
 
@@ -60,12 +61,22 @@ def eager(coro: Coroutine[Any, Any, T]) -> T | defer.Deferred[T]:
     return defer.Deferred.fromCoroutine(coro)
 
 
-def eager_deferred(coro: Coroutine[Any, Any, T]) -> defer.Deferred[T]:
-    """Like C{Deferred.fromCoroutine(coro)}, already fired when C{coro} did not wait."""
+def eager_deferred(
+    coro: Coroutine[Any, Any, T], errback: Callable[[Failure], Any] | None = None
+) -> defer.Deferred[T]:
+    """
+    Like C{Deferred.fromCoroutine(coro)}, already fired when C{coro} did not
+    wait; C{errback}, if given, is added as an errback (on the fast path only
+    when the coroutine failed: a success costs no callback).
+    """
     try:
         _first_wait(coro)
     except StopIteration as done:
         return defer.succeed(done.value)
     except BaseException:
-        return defer.fail()
-    return defer.Deferred.fromCoroutine(coro)
+        d: defer.Deferred[T] = defer.fail()
+    else:
+        d = defer.Deferred.fromCoroutine(coro)
+    if errback is not None:
+        d.addErrback(errback)
+    return d

@@ -92,9 +92,7 @@ def deferred(f: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, defer.Deferr
 
     @functools.wraps(f)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> defer.Deferred[T]:
-        d = eager_deferred(f(*args, **kwargs))
-        d.addErrback(args[0]._count_backend_error)  # type: ignore[attr-defined, call-overload]
-        return d
+        return eager_deferred(f(*args, **kwargs), args[0]._count_backend_error)  # type: ignore[attr-defined]
 
     return wrapper
 

@@ -13,6 +13,9 @@ verifiers and cookie values (their order is compared).
 The embedded store runs in its inline mode (every call runs synchronously on
 this thread, so Deferreds have fired when calls return) without fsync: this
 test is about logic; durability and the writer thread have their own tests.
+Every data write goes through the data writers (a helper thread, pieces of 64
+bytes), and the store keeps two descriptors, so their order and evictions are
+exercised on every write.
 """
 
 from __future__ import annotations
@@ -94,8 +97,17 @@ class BackendMachine(RuleBasedStateMachine):
         self.model = MemoryBackend(now_ns=self.now)
         self.path = os.path.join(base, str(next(_dirs)))
         self.real = EmbeddedBackend(
-            self.path, None, inline=True, durable=False, now_ns=self.now, max_fds=2
+            self.path,
+            None,
+            inline=True,
+            durable=False,
+            now_ns=self.now,
+            max_fds=2,
+            data_threads=1,
         )
+        # Every write goes through the data writers, cut in small pieces.
+        self.real._engine.defer_min = 1
+        self.real._engine.data.chunk = 64
         result(self.real.open())
         self.to_real: dict[int, int] = {}
         self.to_model: dict[int, int] = {}

@@ -87,3 +87,20 @@ class EagerDeferredTests(SynchronousTestCase):
         self.assertNoResult(d)
         w.callback(1)
         self.assertEqual(self.successResultOf(d), 2)
+
+    def test_errback_on_failure_only(self) -> None:
+        seen: list[object] = []
+
+        def count(f: object) -> object:
+            seen.append(f)
+            return f
+
+        self.assertEqual(self.successResultOf(eager_deferred(add(defer.succeed(1), 1), count)), 2)
+        self.assertEqual(seen, [])
+        self.failureResultOf(eager_deferred(fail_now(), count), Boom)
+        self.assertEqual(len(seen), 1)
+        w: defer.Deferred[int] = defer.Deferred()
+        d = eager_deferred(add(w, 1), count)
+        w.errback(Boom())
+        self.failureResultOf(d, Boom)
+        self.assertEqual(len(seen), 2)
