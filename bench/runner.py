@@ -43,9 +43,11 @@ def run_workload(
     scratch: Path,
     log: Callable[[str], None] = print,
     profiler: Profiler | None = None,
+    warmup: int = 0,
 ) -> list[dict[str, Any]]:
     """
-    Interleaved runs of C{w}; one result row per metric. C{profiler} (on the
+    Interleaved runs of C{w}; one result row per metric. C{warmup} untimed
+    runs per target come first (interleaved too). C{profiler} (on the
     gateway) samples from the first timed run to the last.
     """
     pairs = [(gateway, "gateway")] + ([(peer, "peer")] if peer is not None else [])
@@ -53,6 +55,12 @@ def run_workload(
     for target, role in pairs:
         if w.prepare is not None:
             w.prepare(target.endpoints, scratch / f"{role}-prep")
+    for i in range(warmup):
+        for target, role in pairs:
+            where = scratch / f"{role}-warmup-{i}"
+            where.mkdir(parents=True, exist_ok=True)
+            w.run(target.endpoints, where)
+            log(f"  {w.name} warm-up {i + 1}/{warmup} {target.name}")
     if profiler is not None:
         profiler.start()
     try:
@@ -97,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("-w", "--workloads", default="", help="comma-separated names (see --list)")
     p.add_argument("-n", "--runs", type=int, default=3, help="timed runs per target (default 3)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed runs per target before the timed ones (default 1: the first run on a"
+        " fresh server, or of a fresh process's memory, is slower for whichever target goes"
+        " first)",
+    )
     p.add_argument(
         "--peer", action="store_true", help="also run the PEERS.md peer for each protocol"
     )
@@ -168,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.runs,
                 scratch / w.name,
                 profiler=profiler,
+                warmup=args.warmup,
             )
     finally:
         for t in reversed(started):
@@ -180,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "when": when,
         "runs": args.runs,
+        "warmup": args.warmup,
         "peer": args.peer,
         "command": " ".join(["python -m bench", *(argv or sys.argv[1:])]),
         "host": platform.node(),

@@ -796,3 +796,51 @@ class FilesTests(SynchronousTestCase):
             os.close(fd)
         with open(path, "rb") as f:
             self.assertEqual(f.read(), b"x" * 100 + bytes(4000) + b"x" * 900)
+
+    def test_syncs_run_together(self) -> None:
+        """
+        A new file's data and the directories naming it are synced in one go
+        through the runner (one journal commit for all), every one of them,
+        before sync returns; without a runner, one after the other.
+        """
+        root = Path(self.mktemp())
+        root.mkdir()
+        lay = Layout(str(root / "data"))
+        os.mkdir(lay.root)
+        synced: list[tuple[str, int]] = []
+        real_fdatasync, real_fsync = os.fdatasync, os.fsync
+        self.patch(
+            _files.os, "fdatasync", lambda fd: (synced.append(("data", fd)), real_fdatasync(fd))
+        )
+        self.patch(_files.os, "fsync", lambda fd: (synced.append(("dir", fd)), real_fsync(fd)))
+        batches: list[int] = []
+
+        def runner(calls: list[Any]) -> None:
+            batches.append(len(calls))
+            for call in calls:
+                call()
+
+        files = _files.WriteFiles(lay)
+        files.runner = runner
+        fd = files.get(5, create=True)
+        assert fd is not None
+        os.pwrite(fd, b"x", 0)
+        files.dirty.add(5)
+        files.sync({5})
+        # data, the leaf directory, and the two fan-out directories made for it.
+        self.assertEqual(batches, [4])
+        self.assertEqual([k for k, _ in synced], ["data", "dir", "dir", "dir"])
+        self.assertFalse(files.needs_sync(5))
+        # Nothing left to sync: nothing runs.
+        files.sync({5})
+        self.assertEqual(batches, [4])
+        # Without a runner, the same syncs, one after the other.
+        synced.clear()
+        files.runner = None
+        fd2 = files.get(6, create=True)
+        assert fd2 is not None
+        os.pwrite(fd2, b"y", 0)
+        files.dirty.add(6)
+        files.sync({6})
+        self.assertEqual([k for k, _ in synced], ["data", "dir"])
+        files.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections.abc import Callable
 
 __all__ = ["DataWriters", "CHUNK", "pwrite_all"]
 
@@ -55,7 +56,10 @@ class _Latch:
                 self.done.set()
 
 
-_Piece = tuple[int, memoryview, int, _Latch]
+# A job: pwrite_all(fd, data, offset), or fn() when data is _NOTHING.
+_NOTHING = memoryview(b"")
+_Job = tuple[Callable[..., object], int, memoryview, int]
+_Piece = tuple[_Job, _Latch]
 
 
 class DataWriters:
@@ -95,13 +99,31 @@ class DataWriters:
 
     @staticmethod
     def _run(piece: _Piece) -> None:
-        fd, data, offset, latch = piece
+        (fn, fd, data, offset), latch = piece
         try:
-            pwrite_all(fd, data, offset)
+            if data is _NOTHING:
+                fn()
+            else:
+                fn(fd, data, offset)
         except BaseException as e:
             latch.finish(e)
         else:
             latch.finish(None)
+
+    def run_all(self, calls: list[Callable[[], object]]) -> None:
+        """
+        Run C{calls} at once on the helpers and this thread (syncs of several
+        files and directories: the file system can then make them durable
+        with one journal commit, where one after the other costs a device
+        flush each); return when all have.
+
+        @raise OSError: the first error any call met (the others still ran).
+        """
+        if len(calls) <= 1 or not self._workers:
+            for call in calls:
+                call()
+            return
+        self._spread([(call, 0, _NOTHING, 0) for call in calls])
 
     def write_all(self, writes: list[tuple[int, memoryview, int]]) -> None:
         """
@@ -127,13 +149,15 @@ class DataWriters:
                 pwrite_all(fd, data, offset)
             return
         self.parallel += 1
-        latch = _Latch(len(pieces))
-        # The helpers take pieces from the queue; this thread takes them too
-        # (the first one directly), so no piece waits for a busy helper.
-        for fd, data, offset in pieces[1:]:
-            self._q.put((fd, data, offset, latch))
-        fd, data, offset = pieces[0]
-        self._run((fd, data, offset, latch))
+        self._spread([(pwrite_all, fd, data, offset) for fd, data, offset in pieces])
+
+    def _spread(self, jobs: list[_Job]) -> None:
+        latch = _Latch(len(jobs))
+        # The helpers take jobs from the queue; this thread takes them too
+        # (the first one directly), so no job waits for a busy helper.
+        for job in jobs[1:]:
+            self._q.put((job, latch))
+        self._run((jobs[0], latch))
         while not latch.done.is_set():
             try:
                 piece = self._q.get_nowait()

@@ -237,6 +237,7 @@ class Engine:
         self._wal_unsynced = False
         self._sync_mode = ""
         self.data = DataWriters(data_threads)
+        self.files.runner = self.data.run_all
         self._defer = data_threads > 0
         self.defer_min = DEFER_MIN
         # Data writes of the running batch not yet written: (ino, data, offset),

@@ -49,6 +49,7 @@ from claudefs_gateway.vfs import Caller, R, W, X
 __all__ = ["NFS3"]
 
 _U32 = struct.Struct(">I")
+_OK = _U32.pack(NFS3_OK)
 _READ_HEAD = struct.Struct(">III")  # count, eof, data length
 _WRITE_TAIL = struct.Struct(">II8s")  # count, committed, verf
 _ENTRY = struct.Struct(">IQI")  # value follows, fileid, name length
@@ -158,7 +159,7 @@ class NFS3:
             vfs, export, a, caller = await self.ctx.file(call, handle)
         except Exception as e:
             return [c.status_only(self._fail(call, e, "GETATTR"))]
-        return [c.status_only(NFS3_OK), c.fattr3(a, export.id)]
+        return [_OK + c.fattr3(a, export.id)]
 
     async def proc_SETATTR(self, call: Call, args: c.SetattrArgs) -> list[bytes]:
         before: Attributes | None = None
@@ -252,12 +253,13 @@ class NFS3:
             return [c.status_post_op(self._fail(call, e, "READ"), a, fsid)]
         data = result.data
         n = len(data)
-        return [
-            c.status_post_op(NFS3_OK, result.attrs, fsid),
-            _READ_HEAD.pack(n, 1 if result.eof else 0, n),
-            data,
-            PADDING[n & 3],
-        ]
+        # Few pieces: the reply goes out in one sendmsg, a piece per iovec.
+        head = c.status_post_op(NFS3_OK, result.attrs, fsid) + _READ_HEAD.pack(
+            n, 1 if result.eof else 0, n
+        )
+        if n & 3:
+            return [head, data, PADDING[n & 3]]
+        return [head, data]
 
     async def proc_WRITE(self, call: Call, args: c.WriteArgs) -> list[bytes]:
         before: Attributes | None = None
@@ -530,6 +532,10 @@ class NFS3:
             if budget < per_entry + 4:
                 raise _TooSmall()
             want = min(max(budget // (per_entry + 4), 1), _MAX_ENTRIES)
+            if plus:
+                # dircount bounds READDIRPLUS too (entry3 bytes, names at
+                # least four): ask the store for no more than can be sent.
+                want = min(want, dircount // (_ENTRY_BASE + 4) + 1)
             start = 0 if cookie < 3 else cookie
             if start and verifier == _NO_VERIFIER:
                 # RFC 1813 lets a client send a zero verifier with a cookie
