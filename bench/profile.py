@@ -42,7 +42,7 @@ class Profiler:
         it more than the default C{--nonblocking} sampling.
     """
 
-    def __init__(self, pid: int, stem: Path, rate: int = 250, native: bool = False) -> None:
+    def __init__(self, pid: int, stem: Path, rate: int = 1000, native: bool = False) -> None:
         self.pid = pid
         self.stem = stem
         self.rate = rate
@@ -120,8 +120,33 @@ def _short(frame: str) -> str:
     return f"{name} ({where.rsplit('/', 1)[-1]})"
 
 
+# Where a thread waits (py-spy's --nonblocking sampling cannot tell an idle
+# thread from a busy one: the wait happens in C, inside these Python frames).
+IDLE_LEAVES = (
+    "EPollReactor.doPoll",  # the reactor in epoll_wait
+    "ThreadWriter._run",  # the store's writer waiting for ops
+    "DataWriters._work",  # data writers waiting for pieces
+    "Condition.wait",  # thread pools waiting for work
+    "Event.wait",
+    "Thread.join",
+    "_worker",
+)
+
+
+def _idle(stack: tuple[str, ...]) -> bool:
+    leaf = stack[-1].partition(" (")[0] if stack else ""
+    return leaf in IDLE_LEAVES
+
+
 def summary(stacks: Stacks, top: int = 25) -> str:
-    """Shares of samples by thread, by self frame, and by inclusive frame of our own code."""
+    """
+    Shares of the busy samples by thread, by self frame, and by inclusive
+    frame. Samples whose innermost frame is a known wait (L{IDLE_LEAVES}) are
+    counted as idle and left out: the C call a frame makes is sampled as the
+    frame itself, so a little real work in those frames goes with them.
+    """
+    idle = sum(n for s, n in stacks.items() if _idle(s))
+    stacks = {s: n for s, n in stacks.items() if not _idle(s)}
     total = sum(stacks.values())
     if not total:
         return "no samples\n"
@@ -136,7 +161,7 @@ def summary(stacks: Stacks, top: int = 25) -> str:
             self_[_short(frames[-1])] += n
         for f in {_short(f) for f in frames}:
             incl[f] += n
-    lines = [f"{total} samples", "", "by thread:"]
+    lines = [f"{total} busy samples ({idle} idle left out)", "", "by thread:"]
     lines += [f"  {n / total:6.1%}  {t}" for t, n in threads.most_common(8)]
     lines += ["", "self (where the samples were):"]
     lines += [f"  {n / total:6.1%}  {f}" for f, n in self_.most_common(top)]

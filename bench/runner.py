@@ -130,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         help="py-spy flame graph of the gateway per workload (beside the JSON results)",
     )
     p.add_argument(
+        "--profile-rate",
+        type=int,
+        default=1000,
+        help="with --profile, samples per second (default 1000)",
+    )
+    p.add_argument(
         "--profile-native",
         action="store_true",
         help="with --profile, also sample C frames (sqlite3, ssl, struct)",
@@ -175,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 profiler = Profiler(
                     gateway.endpoints["pid"],
                     out.with_name(f"{out.stem}-{w.name}"),
+                    rate=args.profile_rate,
                     native=args.profile_native,
                 )
             rows += run_workload(

@@ -586,13 +586,24 @@ class ErrorTests(StoreCase):
 class DataWritersTests(StoreCase):
     """Large data writes of a batch go out on the data writers, in pieces, in parallel."""
 
+    async def test_lone_write_written_whole(self) -> None:
+        """A batch's only write is written as it is (cutting it up costs more than it saves)."""
+        b = await self.store(data_threads=2)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        data = os.urandom(1 << 20)
+        await b.write(f.ino, 0, data, False)
+        self.assertEqual((b._engine.data.pieces, b._engine.data.parallel), (1, 0))
+        self.assertEqual(await b.read(f.ino, 0, len(data)), (data, True))
+
     async def test_large_write(self) -> None:
         b = await self.store(data_threads=2)
+        b._engine.data.split_lone = True
         f = await b.create(1, b"f", REG, 0o644, 0, 0)
         data = os.urandom((1 << 20) + 12345)
         w = await b.write(f.ino, 0, data, False)
         self.assertEqual(b.stats.deferred_writes, 1)
         self.assertEqual(b._engine.data.parallel, 1)
+        self.assertEqual(b._engine.data.pieces, 5)
         # The attributes handed back count the blocks the data now uses.
         self.assertGreaterEqual(w.attrs.used, len(data))
         self.assertEqual(w.attrs.used, os.stat(b._engine.layout.path(f.ino)).st_blocks * 512)

@@ -108,6 +108,7 @@ class BackendMachine(RuleBasedStateMachine):
         # Every write goes through the data writers, cut in small pieces.
         self.real._engine.defer_min = 1
         self.real._engine.data.chunk = 64
+        self.real._engine.data.split_lone = True
         result(self.real.open())
         self.to_real: dict[int, int] = {}
         self.to_model: dict[int, int] = {}

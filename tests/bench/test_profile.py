@@ -41,7 +41,7 @@ class ProfileTests(SynchronousTestCase):
     def test_summary(self) -> None:
         """The summary gives shares by thread, by self frame and by inclusive frame."""
         text = profile.summary(profile.load(self.stacks()))
-        self.assertIn("100 samples", text)
+        self.assertIn("100 busy samples (0 idle left out)", text)
         self.assertIn("60.0%  thread (11): cfs-embedded-writer", text)
         self.assertIn("60.0%  run_batch (_engine.py)", text)
         self.assertIn("30.0%  parse (message.py)", text)
@@ -56,6 +56,12 @@ class ProfileTests(SynchronousTestCase):
         self.assertTrue(svg.rstrip().endswith("</svg>"))
         self.assertEqual(svg.count("<title>"), 7)
         self.assertIn("run_batch (x/_engine.py:9) (60 samples, 60.00%)", svg)
+
+    def test_idle_left_out(self) -> None:
+        stacks = profile.load(self.stacks())
+        stacks[("thread (10): MainThread", "main (cli.py:1)", "EPollReactor.doPoll (x.py:3)")] = 900
+        text = profile.summary(stacks)
+        self.assertIn("100 busy samples (900 idle left out)", text)
 
     def test_empty(self) -> None:
         self.assertEqual(profile.summary({}), "no samples\n")
