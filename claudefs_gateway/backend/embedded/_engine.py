@@ -20,9 +20,12 @@ Physical changes that destroy data the committed metadata still shows - a
 truncation, a punched hole, a freed inode's data file - are not made inside
 the transaction: the op records them in C{pending_io} (in its own
 transaction) and they are applied after the commit, before the op is
-acknowledged. A crash between the two is finished at the next open, which
-replays what is left in C{pending_io}. So every operation is atomic across a
-crash; only a data write in flight may land in part, as on any file system.
+acknowledged - except a freed inode's data file, which nothing can reach once
+the commit is made and which is deleted right after the batch is delivered
+(L{Engine.after_batch}), off the reply's path. A crash between the commit and
+the change is finished at the next open, which replays what is left in
+C{pending_io}. So every operation is atomic across a crash; only a data write
+in flight may land in part, as on any file system.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ class Stats:
         self.last_batch_failed = False
         self.deferred_writes = 0
         self.data_reruns = 0
+        self.free_errors = 0
 
 
 class Op:
@@ -246,6 +250,8 @@ class Engine:
         self._pending_inos: set[int] = set()
         self._pending_bytes = 0
         self._deferred_ops: list[Op] = []
+        # Data files of freed inodes, deleted after delivery: (pending_io row, ino).
+        self._frees: list[tuple[int, int]] = []
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -382,6 +388,7 @@ class Engine:
         if conn is None:
             return
         try:
+            self.after_batch()
             self.files.sync_all()
             self._set_sync("FULL")
             conn.execute("BEGIN IMMEDIATE")
@@ -408,8 +415,8 @@ class Engine:
         Run C{ops} in order in one transaction and commit it once.
 
         Sets the outcome of the ops it ran and returns how many it ran (the
-        rest form the next batch) and the inodes freed (their data files are
-        deleted by now), so the reactor can drop cached descriptors.
+        rest form the next batch) and the inodes freed (their data files go
+        in L{after_batch}), so the reactor can drop cached descriptors.
 
         A batch ends early before an op on a file that has physical changes
         pending in it (a truncate, say, then a write): those changes are
@@ -524,6 +531,13 @@ class Engine:
                 self._wal_unsynced = True
         freed: list[int] = []
         for op, (seq, kind, ino, offset, length) in actions:
+            if kind == "free":
+                # The inode is gone from the committed metadata: nothing can
+                # read or write its data file, so it is deleted after the
+                # batch is delivered (after_batch), not before.
+                freed.append(ino)
+                self._frees.append((seq, ino))
+                continue
             try:
                 self._apply(kind, ino, offset, length)
             except OSError as e:
@@ -533,10 +547,25 @@ class Engine:
                 op.ok, op.value = False, convert_error(e)
                 if not _is_expected(e):
                     op.failure = Failure(e)
-            if kind == "free":
-                freed.append(ino)
             self._done_rows.append(seq)
         return count, freed
+
+    def after_batch(self) -> None:
+        """
+        Delete the data files of the inodes the last batch freed. Run by the
+        writer once it has handed the batch over for delivery; their
+        C{pending_io} rows go with the next transaction, so a crash before
+        that deletes them at the next open.
+        """
+        frees, self._frees = self._frees, []
+        for seq, ino in frees:
+            try:
+                self._unlink_data(ino)
+            except OSError:
+                # Left for the next open's recovery to retry.
+                self.stats.free_errors += 1
+                continue
+            self._done_rows.append(seq)
 
     def _flush_data(self) -> None:
         """
