@@ -73,9 +73,8 @@ class Stack:
     ) -> None:
         self.reactor = reactor
         self.where = where
-        self.backend = EmbeddedBackend(
-            where / "store", reactor, durable=durable, data_threads=data_threads
-        )
+        kw: dict[str, Any] = {} if data_threads is None else {"data_threads": data_threads}
+        self.backend = EmbeddedBackend(where / "store", reactor, durable=durable, **kw)
         self.metrics = Metrics()
         self.xid = 0
 
