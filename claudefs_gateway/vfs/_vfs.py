@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.config import Config, Export
+from claudefs_gateway.core.eager import eager_deferred
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.metrics import Metrics
 from claudefs_gateway.fstypes import (
@@ -71,6 +72,8 @@ _VERIFIER = b"cfs.nfs.create_verifier"
 _WHOLE = EOF - 1
 _READ, _WRITE, _DELETE = frozenset({"read"}), frozenset({"write"}), frozenset({"delete"})
 _REPLACE = frozenset({"write", "delete"})
+#: Verified file handles remembered (cleared when full).
+_VERIFIED_MAX = 16384
 
 
 # Failures that say the backend itself is in trouble (not the caller's request).
@@ -81,13 +84,15 @@ def deferred(f: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, defer.Deferr
     """
     Make an C{async def} method return a Deferred (STYLE.md §4), counting
     backend trouble in C{gateway_backend_errors_total} on the way out.
+
+    The coroutine runs eagerly (L{claudefs_gateway.core.eager}): when all it
+    awaits has fired already (cached attributes, a page-cache read), the
+    Deferred returned has fired too, and no coroutine driver was built.
     """
 
     @functools.wraps(f)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> defer.Deferred[T]:
-        d = defer.Deferred.fromCoroutine(f(*args, **kwargs))
-        d.addErrback(args[0]._count_backend_error)  # type: ignore[attr-defined, call-overload]
-        return d
+        return eager_deferred(f(*args, **kwargs), args[0]._count_backend_error)  # type: ignore[attr-defined]
 
     return wrapper
 
@@ -142,6 +147,9 @@ class VFS:
         self.clock = clock
         self.exports = Exports.from_config(config.all_exports(), s3_root=config.s3.root)
         self.handles = HandleCodec(secret)
+        # Handles whose MAC verified, and what they name: a client sends the
+        # same few handles over and over, and the HMAC is most of decoding.
+        self._verified: dict[bytes, tuple[int, int, int]] = {}
         c = config.cache.nfs_attr_cache
         self.attr_cache = AttrCache(
             c.max_entries, c.default_ttl_secs, c.eviction, clock, metrics, "attr"
@@ -287,7 +295,15 @@ class VFS:
 
         @raise BadHandle: malformed or forged. @raise Stale: the export or file is gone.
         """
-        export_id, ino, gen = self.handles.decode(handle)
+        if type(handle) is not bytes:
+            handle = bytes(handle)
+        got = self._verified.get(handle)
+        if got is None:
+            got = self.handles.decode(handle)
+            if len(self._verified) >= _VERIFIED_MAX:
+                self._verified.clear()
+            self._verified[handle] = got
+        export_id, ino, gen = got
         export = self.exports.get(export_id)
         if export is None:
             raise errors.Stale("export no longer exists")

@@ -53,6 +53,29 @@ class RunnerTests(SynchronousTestCase):
         self.assertEqual(p99["ratio"], 1.0)
         self.assertEqual(ops["gateway_runs"], [10.0, 30.0, 20.0])
 
+    def test_warmup_runs_are_not_counted(self) -> None:
+        """Warm-up runs come first, interleaved, and no metric includes them."""
+        order: list[str] = []
+        values = {"gw": iter([99.0, 1.0, 3.0]), "peer": iter([99.0, 2.0, 2.0])}
+
+        def run(endpoints: dict[str, Any], scratch: Path) -> dict[str, float]:
+            order.append(endpoints["who"])
+            return {"x": next(values[endpoints["who"]])}
+
+        w = Workload("fake.w", "nfs", (Metric("x", "u"),), run)
+        (row,) = runner.run_workload(
+            w,
+            FakeTarget("gw"),
+            FakeTarget("peer"),
+            2,
+            Path(self.mktemp()),
+            log=lambda s: None,
+            warmup=1,
+        )
+        self.assertEqual(order, ["gw", "peer"] * 3)
+        self.assertEqual(row["gateway_runs"], [1.0, 3.0])
+        self.assertEqual(row["peer_runs"], [2.0, 2.0])
+
     def test_ratio_orientation(self) -> None:
         """A ratio above 1 always means the gateway did better."""
         fast, slow = Summary(2, 2, 2, 1), Summary(1, 1, 1, 1)
