@@ -14,6 +14,7 @@ C{cfs-gateway}: the operator's command line.
     cfs-gateway status  [--config F | --admin URL] [--json] [--protocol P]
     cfs-gateway quota set-user|set-group|report …
     cfs-gateway user add|passwd|s3-keys|remove|list …
+    cfs-gateway store export|import DIR (--embedded D [--chunks C] | --config F --chunks C)
 
 C{start} runs the gateway in the foreground, logging to stdout, and stops
 gracefully on SIGTERM or SIGINT (a drain, as C{twistd} does). The admin-API
@@ -609,6 +610,60 @@ def _validate_user(user: Any) -> None:
 
 
 # ---------------------------------------------------------------------------
+# store export | import
+
+
+def _store_side(args: argparse.Namespace) -> Any:
+    from claudefs_gateway.backend.transfer import EmbeddedSide, PostgresSide
+
+    chunks = args.chunks
+    if args.embedded:
+        return EmbeddedSide(args.embedded, chunks)
+    config = cfg.load(args.config)
+    pg = config.meta_store.postgresql
+    if config.meta_store.type != "postgresql" or pg is None:
+        raise GatewayError(f"{args.config}: meta_store.type is not postgresql")
+    return PostgresSide(pg.conninfo(), pg.schema, chunks)
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    """Move a namespace between stores (docs/postgresql.rst "Moving a namespace")."""
+    from claudefs_gateway.backend.datadir import DataDir
+    from claudefs_gateway.backend.transfer import export_namespace, import_namespace
+
+    locks = []
+    try:
+        side = _store_side(args)
+        # The embedded store and the chunk files must not be in use meanwhile.
+        for path in (args.embedded, args.chunks):
+            if path:
+                from pathlib import Path
+
+                Path(path).mkdir(parents=True, exist_ok=True)
+                lock = DataDir(Path(path).absolute())
+                lock.open()
+                locks.append(lock)
+        if args.store_command == "export":
+            counts = export_namespace(side, args.dir)
+            verb = "exported and verified"
+        else:
+            counts = import_namespace(args.dir, side)
+            verb = "imported and verified"
+    except (GatewayError, OSError) as e:
+        _print_err(str(e))
+        return 1
+    finally:
+        for lock in locks:
+            lock.stopService()
+    sys.stdout.write(
+        f"{verb}: {counts.get('inode', 0)} inodes, {counts.get('dirent', 0)} entries, "
+        f"{counts.get('xattr', 0)} xattrs, {counts.get('quota', 0)} quotas, "
+        f"{counts.get('state', 0)} state keys\n"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -690,6 +745,28 @@ def _parser() -> argparse.ArgumentParser:
     rm = usub.add_parser("remove", help="remove a user")
     rm.add_argument("name")
     usub.add_parser("list", help="list users (no secrets)")
+    st = sub.add_parser(
+        "store", help="move a namespace between the embedded store and PostgreSQL (servers stopped)"
+    )
+    stsub = st.add_subparsers(dest="store_command", metavar="STORE_COMMAND", required=True)
+    for name, helptext in (
+        ("export", "write the namespace (rows, file bytes, checksums) to a new directory"),
+        ("import", "load an export into an empty store, then verify every checksum"),
+    ):
+        a = stsub.add_parser(name, help=helptext)
+        a.add_argument("dir", help="the export directory")
+        where = a.add_mutually_exclusive_group(required=True)
+        where.add_argument(
+            "--embedded", metavar="DIR", help="an embedded store's directory (meta.sqlite3)"
+        )
+        where.add_argument(
+            "--config", "-c", metavar="FILE", help="a configuration whose meta_store is postgresql"
+        )
+        a.add_argument(
+            "--chunks",
+            metavar="DIR",
+            help="file bytes in this data server's --data-dir (with --config, required)",
+        )
     for a in usub.choices.values():
         a.add_argument("--config", "-c", help="the gateway configuration (where the users file is)")
     return p
@@ -714,6 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": cmd_status,
         "quota": cmd_quota,
         "user": cmd_user,
+        "store": cmd_store,
     }[args.command]
     return handler(args)
 

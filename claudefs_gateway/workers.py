@@ -140,7 +140,7 @@ def _serving(role: str) -> Callable[[dict[str, Any]], bool]:
 
 
 def _store_open(e: dict[str, Any]) -> bool:
-    return str(e.get("log_format", "")).startswith("embedded store open")
+    return bool(e.get("store_open"))
 
 
 class Supervisor:
@@ -219,6 +219,11 @@ class Supervisor:
         ]
         if role == "meta":
             args += ["--data-server", f"unix:{self.run_dir / 'data.sock'}"]
+            if self.raw.get("meta_store"):
+                path = self.run_dir / "meta.yaml"
+                path.write_text(yaml.safe_dump({"meta_store": self.raw["meta_store"]}))
+                path.chmod(0o600)
+                args += ["--config", str(path)]
         return args
 
     def _listeners(self) -> dict[tuple[str, str], str]:

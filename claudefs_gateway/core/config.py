@@ -943,6 +943,97 @@ class Backend:
 
 
 @attrs.frozen(kw_only=True)
+class PostgreSQL:
+    dsn: str | None = setting(
+        None,
+        secret=True,
+        doc="libpq connection string (``host=/run/postgresql dbname=claudefs user=claudefs``) "
+        "or URI (``postgresql://claudefs@db-1,db-2/claudefs?target_session_attrs=read-write``); "
+        "the parts below, when set, override the same parts of it. Kept out of logs: it may "
+        "hold a password. ``PGPASSFILE``, ``PGSERVICE`` and the other libpq variables apply.",
+    )
+    host: str | None = setting(
+        None, doc="Server host names or a unix-socket directory (libpq ``host``; comma-separated)."
+    )
+    port: int | None = setting(None, min=1, max=65535, doc="Server port (libpq ``port``).")
+    dbname: str | None = setting(None, doc="Database name.")
+    user: str | None = setting(None, doc="Role to connect as.")
+    password: str | None = setting(
+        None, secret=True, doc="Password (prefer a ``.pgpass`` file or ``PGPASSFILE``)."
+    )
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
+        setting(None, doc="libpq ``sslmode``.")
+    )
+    schema: str = setting(
+        "claudefs",
+        doc="PostgreSQL schema holding the namespace's tables (created and migrated at start); "
+        "one database can hold several namespaces in different schemas.",
+    )
+    pool_min: int = setting(2, min=0, max=1000, doc="Connections each meta server keeps open.")
+    pool_max: int = setting(
+        8,
+        min=1,
+        max=1000,
+        doc="Most connections of each meta server, and threads running its statements.",
+    )
+    statement_timeout_ms: int = setting(
+        5000,
+        min=1,
+        max=3_600_000,
+        doc="PostgreSQL ``statement_timeout``: a statement running longer is cancelled and the "
+        "call fails with a try-later error.",
+    )
+    connect_timeout_ms: int = setting(
+        5000, min=1000, max=600_000, doc="Deadline for opening a database connection."
+    )
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        if not self.dsn and not self.host and not self.dbname:
+            b.report(path, line_of(raw, "dsn"), "needs dsn, or host and dbname")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", self.schema):
+            b.report(
+                join(path, "schema"),
+                line_of(raw, "schema"),
+                "must be a lower-case SQL identifier (letters, digits, _; at most 41)",
+            )
+        if self.pool_min > self.pool_max:
+            b.report(
+                join(path, "pool_min"),
+                line_of(raw, "pool_min"),
+                f"must not exceed pool_max ({self.pool_max})",
+            )
+
+    def conninfo(self) -> str:
+        """The libpq connection string: C{dsn} with the parts set here merged in."""
+        from psycopg.conninfo import make_conninfo
+
+        parts = {
+            k: getattr(self, k)
+            for k in ("host", "port", "dbname", "user", "password", "sslmode")
+            if getattr(self, k) is not None
+        }
+        parts.setdefault("application_name", "claudefs-meta")
+        return make_conninfo(self.dsn or "", **parts)
+
+
+@attrs.frozen(kw_only=True)
+class MetaStore:
+    type: Literal["embedded", "postgresql"] = setting(
+        "embedded",
+        doc="Where ``claudefs-meta`` keeps the namespace: ``embedded`` (SQLite under its "
+        "``--data-dir``; one meta server) or ``postgresql`` (several meta servers active at "
+        "once over one database; docs/postgresql.rst).",
+    )
+    postgresql: PostgreSQL | None = setting(None, doc="The database, for ``type: postgresql``.")
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        if self.type == "postgresql" and self.postgresql is None:
+            b.report(
+                join(path, "postgresql"), line_of(raw, "type"), "type postgresql needs this section"
+            )
+
+
+@attrs.frozen(kw_only=True)
 class User:
     name: str = setting(doc="Login name for SMB and the owner name shown by S3.")
     uid: int = setting(min=0, max=MAX_U32 - 1, doc="Numeric user id.")
@@ -1102,6 +1193,11 @@ class Config:
     smb: Smb = setting(factory=Smb, doc="SMB front end.")
     metadata_servers: list[MetadataServer] = setting(
         factory=list, doc="Used by the remote backend."
+    )
+    meta_store: MetaStore = setting(
+        factory=MetaStore,
+        doc="The store of ``claudefs-meta`` (``cfs-gateway meta --config``, and the local meta "
+        "server of ``start --workers``).",
     )
     connection_pool: ConnectionPool = setting(
         factory=ConnectionPool, doc="Backend connection pool."

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.servers.test_meta -*-
 """
-C{claudefs-meta}: the namespace, served from the embedded SQLite store.
+C{claudefs-meta}: the namespace, served from its store (embedded SQLite, or PostgreSQL).
 
 Each metadata opcode is the backend contract's method of the same name on an
 L{EmbeddedBackend} that holds no file bytes (a data server does; see
@@ -36,7 +36,7 @@ DEFAULT_STRIPE = 4 * 1024 * 1024
 
 class MetaHandler:
     """
-    The meta server's opcodes over an open embedded store.
+    The meta server's opcodes over a store: L{EmbeddedBackend} or L{PostgresStore}.
 
     @param publish: C{publish(event_name, value)} pushes an event to every
         subscribed connection (the server factory's L{publish}).
@@ -72,6 +72,7 @@ class MetaHandler:
                     given=",".join(wanted.servers),
                 )
         self.ready = True
+        self._log.info("metadata store ready", store_open=True)
 
     def instance_id(self) -> bytes:
         return bytes(self.backend.instance_id)

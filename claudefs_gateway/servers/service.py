@@ -28,6 +28,7 @@ from twisted.internet import defer
 from claudefs_gateway import __version__
 from claudefs_gateway.admin.web import build_site
 from claudefs_gateway.backend.datadir import DataDir
+from claudefs_gateway.backend.remote import wire
 from claudefs_gateway.backend.remote.protocol import ServerFactory
 from claudefs_gateway.core import log
 from claudefs_gateway.core.caches import Caches
@@ -37,7 +38,7 @@ from claudefs_gateway.core.health import CheckResult, HealthChecks
 from claudefs_gateway.core.listen import ListenerService
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.metrics import Metrics
-from claudefs_gateway.core.threads import ThreadPools
+from claudefs_gateway.core.threads import DEFAULT_SIZES, ThreadPools
 from claudefs_gateway.servers.data import ChunkStore, DataHandler
 from claudefs_gateway.servers.meta import MetaHandler
 
@@ -57,6 +58,8 @@ class ServerSettings:
     log_level: str = "info"
     durable: bool = True
     stall_timeout: float = 30.0
+    #: The C{meta_store} section (None: the embedded store under C{data_dir}).
+    meta_store: Any = None
 
 
 class ServerService(MultiService):
@@ -152,14 +155,18 @@ class _MetaStore(Service):
 
 
 def _common(
-    role: str, settings: ServerSettings, reactor: Any, registry: CollectorRegistry | None
+    role: str,
+    settings: ServerSettings,
+    reactor: Any,
+    registry: CollectorRegistry | None,
+    pools: dict[str, int] | None = None,
 ) -> tuple[ServerService, ThreadPools]:
     log.set_level(settings.log_level)
     metrics = Metrics(registry)
     metrics.add_process_collectors()
     metrics.family("gateway_info").info({"version": __version__, "backend": f"server-{role}"})
     root = ServerService(role, settings, reactor, metrics)
-    threads = ThreadPools(reactor)
+    threads = ThreadPools(reactor, pools)
     threads.setServiceParent(root)
     DataDir(settings.data_dir).setServiceParent(root)
     return root, threads
@@ -188,20 +195,63 @@ def _listeners(root: ServerService, handler: Any, role: str) -> None:
 def build_meta(
     settings: ServerSettings, reactor: Any, registry: CollectorRegistry | None = None
 ) -> ServerService:
-    """The C{claudefs-meta} tree: an embedded store without file bytes, served on the RPC."""
-    from claudefs_gateway.backend.embedded import EmbeddedBackend
+    """
+    The C{claudefs-meta} tree: the namespace without file bytes, served on the RPC,
+    from the embedded store under the data directory or from PostgreSQL
+    (C{settings.meta_store}).
+    """
+    store_config = settings.meta_store
+    pg = store_config.postgresql if store_config and store_config.type == "postgresql" else None
+    pools = None
+    if pg is not None:
+        # One thread per pooled connection, and one for notifications and upkeep.
+        pools = {**DEFAULT_SIZES, "db": pg.pool_max + 1}
+    root, threads = _common("meta", settings, reactor, registry, pools)
+    backend: Any
+    if pg is not None:
+        from claudefs_gateway.backend.postgresql import PgSettings, PostgresStore
 
-    root, threads = _common("meta", settings, reactor, registry)
-    backend = EmbeddedBackend(settings.data_dir, reactor, threads, durable=settings.durable)
-    publish: list[Any] = []
-    handler = MetaHandler(backend, lambda name, value: publish[0](name, value))
+        backend = PostgresStore(
+            PgSettings(
+                pg.conninfo(),
+                pg.schema,
+                pg.pool_min,
+                pg.pool_max,
+                pg.statement_timeout_ms,
+                pg.connect_timeout_ms,
+            ),
+            reactor,
+            threads,
+            data_dir=settings.data_dir,
+        )
+    else:
+        from claudefs_gateway.backend.embedded import EmbeddedBackend
+
+        backend = EmbeddedBackend(settings.data_dir, reactor, threads, durable=settings.durable)
+    factories: list[ServerFactory] = []
+
+    def publish(name: str, value: Any) -> None:
+        factories[0].publish(name, value)
+        if pg is not None and name == "EV_CHANGE":
+            # The gateways of the other meta servers hear of it through the database.
+            backend.notify_change(value.session, value.ino, value.dir)
+
+    handler = MetaHandler(backend, publish)
     store = _MetaStore(handler, list(settings.data_servers), root)
     store.setServiceParent(root)
     root.ready = store.when_open
     root.health.register("store", store.check)
     _listeners(root, handler, "meta")
     assert root.factory is not None
-    publish.append(root.factory.publish)
+    factory = root.factory
+    factories.append(factory)
+    if pg is not None:
+        backend.on_remote_change(
+            lambda c: factory.publish("EV_CHANGE", wire.ChangeEvent(c.session, c.ino, c.dir))
+        )
+        # Other servers' changes may have gone unheard: each subscribed gateway must
+        # drop its whole cache, which it does when its event connection is lost.
+        backend.on_reset(factory.drop_subscribers)
     return root
 
 

@@ -38,6 +38,12 @@ class _ServerOptions(usage.Options):
         ["log-level", None, "info", "debug, info, warn, error, critical."],
         ["log-format", None, "human", "human or json (cfs-gateway meta|data)."],
         [
+            "config",
+            None,
+            None,
+            "meta: a gateway configuration file whose meta_store section names the store.",
+        ],
+        [
             "stall-timeout",
             None,
             "30",
@@ -80,6 +86,14 @@ class _ServerOptions(usage.Options):
             raise usage.UsageError("--stall-timeout takes seconds") from None
         if not 0.1 <= stall <= 3600:
             raise usage.UsageError("--stall-timeout must be between 0.1 and 3600 seconds")
+        meta_store = None
+        if self["config"]:
+            if self.role != "meta":
+                raise usage.UsageError("--config is for the meta server")
+            try:
+                meta_store = cfg.load(self["config"]).meta_store
+            except ConfigError as e:
+                raise usage.UsageError(e.render()) from None
         self.settings = ServerSettings(
             data_dir=Path(self["data-dir"]).absolute(),
             listen=parsed,
@@ -87,13 +101,20 @@ class _ServerOptions(usage.Options):
             data_servers=tuple(self.data_servers),
             log_level=self["log-level"],
             stall_timeout=stall,
+            meta_store=meta_store,
         )
 
 
 class MetaOptions(_ServerOptions):
     role = "meta"
-    synopsis = "--data-dir DIR [--listen tcp:7001] [--admin ENDPOINT] [--data-server HOST:PORT]..."
-    longdesc = "The ClaudeFS metadata server: the namespace, from an embedded SQLite store."
+    synopsis = (
+        "--data-dir DIR [--listen tcp:7001] [--admin ENDPOINT] [--data-server HOST:PORT]..."
+        " [--config FILE]"
+    )
+    longdesc = (
+        "The ClaudeFS metadata server: the namespace, from an embedded SQLite store or, with"
+        " --config naming meta_store.type postgresql, from PostgreSQL."
+    )
 
     def opt_data_server(self, address: str) -> None:
         """A data server (host:port or unix:/path) new namespaces place file bytes on (repeatable)."""

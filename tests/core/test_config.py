@@ -415,7 +415,7 @@ class ExampleAndReferenceTests(SynchronousTestCase):
         """
         keys = self.mktemp()
         open(keys, "w").close()
-        text = uncomment(uncomment(self.shipped(), "manhole"), "tls")
+        text = uncomment(uncomment(uncomment(self.shipped(), "manhole"), "tls"), "postgresql")
         path = os.path.join(REPO, "docs", "gateway.example.yaml")
         c = cfg.loads(
             text,

@@ -542,3 +542,11 @@ class ServerFactory(Factory):
     def close_all(self) -> None:
         for conn in list(self.connections):
             conn.close()
+
+    def drop_subscribers(self) -> None:
+        """
+        Close every subscribed connection: events may have been missed, and a
+        gateway whose event connection is lost drops its whole cache.
+        """
+        for conn in list(self.subscribers):
+            conn.close()

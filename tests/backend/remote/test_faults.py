@@ -73,9 +73,7 @@ class ServerProcess:
         )
         kill_on_cleanup(self.test, proc)
         if self.role == "meta":
-            await proc.wait_for(
-                lambda e: str(e.get("log_format", "")).startswith("embedded store open")
-            )
+            await proc.wait_for(lambda e: bool(e.get("store_open")))
         await proc.wait_for(lambda e: e.get("serving") == self.role)
         self.proc = proc
         return proc
