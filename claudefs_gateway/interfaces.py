@@ -459,6 +459,7 @@ class ILeaseManager(Interface):
     """
 
     recall_timeout: float
+    max_leases: int
 
     def grant(
         ino: int,
@@ -468,8 +469,13 @@ class ILeaseManager(Interface):
         *,
         is_dir: bool = False,
         parent: LeaseKey | None = None,
+        recall_timeout: float | None = None,
     ) -> Lease | None:
-        """Grant as much of C{want} as is compatible now (None: nothing). @raise Inval: key in use elsewhere."""
+        """
+        Grant as much of C{want} as is compatible now (None: nothing); the
+        holder has C{recall_timeout} seconds (default L{recall_timeout}) to
+        answer a break. @raise Inval: key in use elsewhere.
+        """
 
     def grantable(ino: int, key: LeaseKey, want: int, is_dir: bool = False) -> int:
         """What L{grant} would grant now."""
@@ -610,7 +616,12 @@ class IVFS(Interface):
         """A new directory."""
 
     def symlink(
-        caller: Caller, dir_ino: int, name: bytes, target: bytes, mode: int = 0o777
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        target: bytes,
+        mode: int = 0o777,
+        origin: Origin | None = None,
     ) -> Deferred[Attributes]:
         """A new symbolic link."""
 
@@ -700,11 +711,18 @@ class IVFS(Interface):
         """Client extended attribute names."""
 
     def setxattr(
-        caller: Caller, ino: int, name: bytes, value: bytes, create: bool | None = None
+        caller: Caller,
+        ino: int,
+        name: bytes,
+        value: bytes,
+        create: bool | None = None,
+        origin: Origin | None = None,
     ) -> Deferred[None]:
         """Set a client extended attribute."""
 
-    def removexattr(caller: Caller, ino: int, name: bytes) -> Deferred[None]:
+    def removexattr(
+        caller: Caller, ino: int, name: bytes, origin: Origin | None = None
+    ) -> Deferred[None]:
         """Remove a client extended attribute. @raise NoData."""
 
     def meta_get(caller: Caller, ino: int, key: bytes) -> Deferred[bytes | None]:

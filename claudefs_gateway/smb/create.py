@@ -43,6 +43,7 @@ from claudefs_gateway.smb.messages import (
 )
 from claudefs_gateway.smb.state import FileNode, Open, Request
 from claudefs_gateway.vfs import Caller
+from claudefs_gateway.vfs.leases import Why
 from claudefs_gateway.vfs.origin import Origin
 
 __all__ = ["CreateCommands"]
@@ -183,6 +184,17 @@ class CreateCommands(FileBase):
         token = None
         locks = self.locks
         acc, deny = share_modes(granted, body.share_access)
+        if not created and vfs.leases.busy(a.ino):
+            # Break before open (docs/locks.rst "Leases"): another client's
+            # write caching goes on any open, read caching (an NFSv4 read
+            # delegation) on an open that may write or denies others. The
+            # request goes asynchronous (STATUS_PENDING) while it waits.
+            writes = overwrite or "write" in acc or bool(deny & {"read", "write"})
+            why = Why.OPEN_WRITE if writes else Why.OPEN
+            recalled = vfs.leases.recall(a.ino, why)
+            if not recalled.called:
+                recalled = conn.go_async(req, recalled)
+            await recalled
         if locks is not None and acc:
             try:
                 token = locks.open_share(a.ino, owner, acc, deny)

@@ -671,9 +671,17 @@ class VFS:
 
     @deferred
     async def symlink(
-        self, caller: Caller, dir_ino: int, name: bytes, target: bytes, mode: int = 0o777
+        self,
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        target: bytes,
+        mode: int = 0o777,
+        origin: Origin | None = None,
     ) -> Attributes:
-        return await self._make(caller, dir_ino, name, FileType.LNK, mode, target=target)
+        return await self._make(
+            caller, dir_ino, name, FileType.LNK, mode, target=target, origin=origin
+        )
 
     @deferred
     async def mknod(
@@ -1047,24 +1055,32 @@ class VFS:
 
     @deferred
     async def setxattr(
-        self, caller: Caller, ino: int, name: bytes, value: bytes, create: bool | None = None
+        self,
+        caller: Caller,
+        ino: int,
+        name: bytes,
+        value: bytes,
+        create: bool | None = None,
+        origin: Origin | None = None,
     ) -> None:
         self._client_xattr(name)
         self._writable(caller)
         a = await self._getattr(ino)
         perm.check(caller.cred, a, perm.W)
-        await self._before(ino, self._origin(caller, None), Why.SETATTR)
+        await self._before(ino, self._origin(caller, origin), Why.SETATTR)
         await self.backend.setxattr(ino, name, value, create)
         self.attr_cache.discard(ino)
         self._modified(ino, What.XATTR)
 
     @deferred
-    async def removexattr(self, caller: Caller, ino: int, name: bytes) -> None:
+    async def removexattr(
+        self, caller: Caller, ino: int, name: bytes, origin: Origin | None = None
+    ) -> None:
         self._client_xattr(name)
         self._writable(caller)
         a = await self._getattr(ino)
         perm.check(caller.cred, a, perm.W)
-        await self._before(ino, self._origin(caller, None), Why.SETATTR)
+        await self._before(ino, self._origin(caller, origin), Why.SETATTR)
         await self.backend.removexattr(ino, name)
         self.attr_cache.discard(ino)
         self._modified(ino, What.XATTR)

@@ -16,14 +16,17 @@ The rules (docs/locks.rst "Leases"):
  - compatibility: R and H may be held by any number of lease keys at once;
    W only by one key holding the only lease on the file;
  - each operation says which bits other holders may I{keep} (L{KEEP_FOR}):
-   a read by someone else leaves R and H, a write or size change leaves H,
+   a read or an open by someone else leaves R and H, an open for writing
+   and a write or size change leave H, a byte-range lock leaves nothing,
    a rename or link of the file leaves R and W, removing its last name
    leaves nothing, a change inside a directory leaves a directory lease H;
  - a break is sent once per lease; while it is outstanding, further breaks
    only lower its target (MS-SMB2 3.3.4.7). The holder acknowledges (SMB
    LEASE_BREAK ACK, NFSv4 DELEGRETURN) or, after the recall timeout (35 s
    by default, as Samba's C{oplock break wait}; RFC 8881 §10.4.6 and
-   MS-SMB2 3.3.6.5 both let the server revoke then), the lease is revoked;
+   MS-SMB2 3.3.6.5 both let the server revoke then), the lease is revoked.
+   A lease may carry a longer recall time of its own (NFSv4 delegations
+   are never revoked sooner than one NFSv4 lease period);
  - the requester of a change never breaks its own leases (its I{exempt}
    keys: the open it acts through, or every lease of its NFSv4 client).
 
@@ -83,11 +86,17 @@ class Why(enum.Enum):
 
     #: an open of the file by another lease key (SMB CREATE, NFSv4 OPEN)
     OPEN = "open"
+    #: an open for writing (or denying others) by another lease key: read caches
+    #: will soon be stale, and NFSv4 read delegations are recalled at once
+    #: (RFC 8881 §10.4.1; knfsd and Linux's own leases break the same way)
+    OPEN_WRITE = "open_write"
     #: an open that would conflict with a holder's share mode unless it lets go of its handle
     OPEN_CONFLICT = "open_conflict"
     #: a read of the data (another protocol's READ or GET)
     READ = "read"
-    #: a byte-range lock by someone else (a write-caching client may hold locks it has not sent)
+    #: a byte-range lock by someone else: a caching client may hold locks it
+    #: has not sent (NFSv4 clients lock locally under any delegation; Windows
+    #: breaks every oplock on another key's lock, IRP_MJ_LOCK_CONTROL)
     LOCK = "lock"
     #: a write, truncation, allocation or size change
     WRITE = "write"
@@ -106,9 +115,10 @@ class Why(enum.Enum):
 #: What other holders may keep when each operation happens.
 KEEP_FOR: dict[Why, int] = {
     Why.OPEN: R | H,
+    Why.OPEN_WRITE: H,
     Why.OPEN_CONFLICT: R,
     Why.READ: R | H,
-    Why.LOCK: R | H,
+    Why.LOCK: 0,
     Why.WRITE: H,
     Why.SETATTR: H,
     Why.NAMESPACE: R | W,
@@ -155,6 +165,8 @@ class Lease:
     @ivar epoch: grows at every state change (SMB lease v2 epochs).
     @ivar parent: the lease key of the directory lease an SMB v2 lease names
         as its parent; changes made through this lease do not break that one.
+    @ivar recall_timeout: this lease's own recall time, or L{None} for the
+        manager's.
     """
 
     _machine = MethodicalMachine()
@@ -168,8 +180,10 @@ class Lease:
         holder: ILeaseHolder,
         is_dir: bool,
         parent: LeaseKey | None,
+        recall_timeout: float | None = None,
     ) -> None:
         self._manager = manager
+        self.recall_timeout = recall_timeout
         self.ino = ino
         self.key = key
         self.state = state
@@ -376,10 +390,13 @@ class LeaseManager:
         self.max_leases = max_leases
         # Per file, its leases by key (insertion-ordered: oldest first).
         self._by_ino: dict[int, dict[LeaseKey, Lease]] = {}
-        # Breaks awaiting acknowledgement, in deadline order: every break gets
-        # the same recall time, so appending keeps the queue sorted and one
-        # timer serves them all (a storm of 10,000 breaks costs O(1) each).
-        self._deadlines: deque[tuple[float, int, Lease]] = deque()
+        # Breaks awaiting acknowledgement, one queue per recall time, each in
+        # deadline order: the breaks of a queue share its recall time, so
+        # appending keeps it sorted, and one timer (due at the earliest head)
+        # serves them all: a storm of 10,000 breaks costs O(1) each. There
+        # are as many queues as recall times in use (the manager's, and
+        # NFSv4's when its lease is longer).
+        self._queues: dict[float, deque[tuple[float, int, Lease]]] = {}
         self._seq = 0
         self._timer: IDelayedCall | None = None
         self._by_key: dict[LeaseKey, Lease] = {}
@@ -441,6 +458,7 @@ class LeaseManager:
         *,
         is_dir: bool = False,
         parent: LeaseKey | None = None,
+        recall_timeout: float | None = None,
     ) -> Lease | None:
         """
         Grant C{key} as much of C{want} on C{ino} as is compatible with the
@@ -448,6 +466,10 @@ class LeaseManager:
         same file is upgraded (never downgraded here). Nothing is broken:
         the front end recalls first (L{recall} with L{Why.OPEN}) when it
         wants others to make room.
+
+        @param recall_timeout: seconds this lease's holder has to answer a
+            break, if not the manager's L{recall_timeout} (NFSv4: at least
+            one lease period).
 
         @return: the lease, or L{None} when nothing could be granted.
         @raise Inval: C{key} holds a lease on another file (MS-SMB2 3.3.5.9.8:
@@ -463,7 +485,7 @@ class LeaseManager:
             return existing
         if not bits or len(self._by_key) >= self.max_leases:
             return None
-        lease = Lease(self, ino, key, bits, holder, is_dir, parent)
+        lease = Lease(self, ino, key, bits, holder, is_dir, parent, recall_timeout)
         self._by_ino.setdefault(ino, {})[key] = lease
         self._by_key[key] = lease
         if self._held is not None:
@@ -568,7 +590,7 @@ class LeaseManager:
         if not self._by_key:
             # Dicts keep their table when emptied: after a storm, start small again.
             self._by_key, self._by_ino = {}, {}
-            if not self._deadlines and self._timer is not None:
+            if not self._queues and self._timer is not None:
                 if self._timer.active():
                     self._timer.cancel()
                 self._timer = None
@@ -585,36 +607,51 @@ class LeaseManager:
             self._breaks.labels(lease.key.protocol).inc()
 
     def _time_break(self, lease: Lease) -> None:
-        """Revoke C{lease} if its break is not acknowledged within the recall time."""
+        """Revoke C{lease} if its break is not acknowledged within its recall time."""
         self._seq += 1
         lease._break_seq = self._seq
-        self._deadlines.append((self._now() + self.recall_timeout, self._seq, lease))
-        if self._timer is None:
-            self._timer = self._clock.callLater(self.recall_timeout, self._expire_due)
+        timeout = lease.recall_timeout if lease.recall_timeout is not None else self.recall_timeout
+        due = self._now() + timeout
+        self._queues.setdefault(timeout, deque()).append((due, self._seq, lease))
+        timer = self._timer
+        if timer is None:
+            self._timer = self._clock.callLater(timeout, self._expire_due)
+        elif timer.getTime() > due:
+            timer.reset(timeout)
 
     def _expire_due(self) -> None:
         self._timer = None
         now = self._now()
-        queue = self._deadlines
         revoked: dict[str, int] = {}
-        while queue and queue[0][0] <= now:
-            _, seq, lease = queue.popleft()
-            if lease._break_seq == seq and not lease.gone:
-                lease.expire()
-                revoked[lease.key.protocol] = revoked.get(lease.key.protocol, 0) + 1
-        # Entries of breaks already answered are dropped lazily, here.
-        while queue and queue[0][2]._break_seq != queue[0][1]:
-            queue.popleft()
+        secs: set[float] = set()
+        for timeout, queue in list(self._queues.items()):
+            while queue and queue[0][0] <= now:
+                _, seq, lease = queue.popleft()
+                if lease._break_seq == seq and not lease.gone:
+                    lease.expire()
+                    revoked[lease.key.protocol] = revoked.get(lease.key.protocol, 0) + 1
+                    secs.add(timeout)
+        nxt: float | None = None
+        for timeout, queue in list(self._queues.items()):
+            # Entries of breaks already answered are dropped lazily, here.
+            while queue and queue[0][2]._break_seq != queue[0][1]:
+                queue.popleft()
+            if queue:
+                nxt = queue[0][0] if nxt is None else min(nxt, queue[0][0])
+            else:
+                del self._queues[timeout]
         if revoked:
             self._log.warn(
                 "leases revoked: {counts} did not acknowledge a break within {secs}s",
                 counts=", ".join(f"{n} {p}" for p, n in sorted(revoked.items())),
-                secs=self.recall_timeout,
+                secs="/".join(f"{t:g}" for t in sorted(secs)),
             )
-        if queue:
-            self._timer = self._clock.callLater(max(0.0, queue[0][0] - now), self._expire_due)
-        else:
-            self._deadlines = deque()
+        if nxt is not None:
+            # (A revocation's holder may have started a break, and a timer, meanwhile.)
+            if self._timer is None:
+                self._timer = self._clock.callLater(max(0.0, nxt - now), self._expire_due)
+            elif self._timer.getTime() > nxt:
+                self._timer.reset(max(0.0, nxt - now))
 
     def _observe_break(self, lease: Lease, revoked: bool) -> None:
         if revoked:

@@ -7,20 +7,25 @@ through the vfs lock table, CHANGE_NOTIFY, and what other protocols see.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as s
 from twisted.trial.unittest import SynchronousTestCase
 
+from zope.interface import implementer
+
 from claudefs_gateway.errors import ProtocolError
 from claudefs_gateway.fstypes import SetAttrs
+from claudefs_gateway.interfaces import ILeaseHolder
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.constants import FileInfoClass as F
 from claudefs_gateway.smb.errors import SMBError
 from claudefs_gateway.smb.filebase import DOS_KEY, ea_entries, get_ea_names, pack_eas, split_name
 from claudefs_gateway.smb.info import from_filetime, to_filetime
-from claudefs_gateway.vfs import LockOwner
+from claudefs_gateway.vfs import Lease, LeaseKey, LockOwner
+from claudefs_gateway.vfs.leases import H, R, W
 from tests.smb.client import Conn, Wire, parse_names
 
 FILE = c.SMB2_0_INFO_FILE
@@ -810,6 +815,58 @@ class CrossProtocolTests(SynchronousTestCase):
         a = wire.fired(wire.mvfs.vfs.resolve(root, b"t"))
         wire.fired(wire.mvfs.vfs.setattr(root, a.ino, SetAttrs(size=33)))
         self.assertEqual(struct.unpack_from("<q", conn.query_info(fid, FILE, 5).buffer(), 8)[0], 33)
+
+    def _delegated(self, wire: Wire, conn: Conn, bits: int) -> tuple[Any, list[int]]:
+        """An NFSv4 client holds a delegation (a lease of C{bits}) on "deleg"; the breaks it is sent."""
+        fid = conn.open("deleg")
+        conn.close(fid)
+        a = wire.fired(wire.mvfs.vfs.resolve(wire.mvfs.caller(0, 0), b"deleg"))
+        breaks: list[int] = []
+
+        @implementer(ILeaseHolder)
+        class Holder:
+            def lease_break(self, lease: Lease, to: int) -> bool:
+                breaks.append(to)
+                return True
+
+            def lease_revoked(self, lease: Lease) -> None:
+                pass
+
+        leases = wire.mvfs.vfs.leases
+        lease = leases.grant(a.ino, LeaseKey("nfs4", "c", b"d"), bits, Holder())
+        assert lease is not None
+        return lease, breaks
+
+    def test_open_recalls_nfs4_delegations(self) -> None:
+        """
+        An SMB open of a file an NFSv4 client holds a read delegation on leaves
+        it when reading only; an open that may write recalls it: the CREATE goes
+        asynchronous (STATUS_PENDING) and completes once the delegation is back.
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        lease, breaks = self._delegated(wire, conn, R | H)
+        fid = conn.open("deleg", access=c.GENERIC_READ)
+        conn.close(fid)
+        self.assertEqual(breaks, [])
+        interim = conn.create("deleg")
+        self.assertEqual(interim.status, st.STATUS_PENDING)
+        self.assertEqual(breaks, [H])
+        wire.mvfs.vfs.leases.release(lease)
+        [final] = conn.replies()
+        self.assertEqual((final.status, final.header.async_id), (0, interim.header.async_id))
+
+    def test_read_open_recalls_write_delegation(self) -> None:
+        """Any SMB open recalls a write delegation (the NFSv4 client caches writes)."""
+        wire = Wire()
+        conn = conn_for(wire)
+        lease, breaks = self._delegated(wire, conn, R | W | H)
+        interim = conn.create("deleg", access=c.GENERIC_READ)
+        self.assertEqual(interim.status, st.STATUS_PENDING)
+        self.assertEqual(breaks, [R | H])
+        wire.mvfs.vfs.leases.acknowledge(lease, 0)
+        [final] = conn.replies()
+        self.assertEqual(final.status, 0)
 
 
 class ConformanceTests(SynchronousTestCase):

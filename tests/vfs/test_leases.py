@@ -267,6 +267,61 @@ class BreakTests(LeaseTestCase):
         # Its later use is refused: an acknowledgement now is an error.
         self.assertRaises(errors.Inval, self.leases.acknowledge, lease, H)
 
+    def test_own_recall_time(self) -> None:
+        """
+        A lease granted with a longer recall time of its own (an NFSv4
+        delegation: one NFSv4 lease at least) is revoked then, while others
+        keep the manager's; one timer serves both.
+        """
+        short, long_ = Holder(), Holder()
+        a = self.leases.grant(INO, key(1), R | H, short)
+        b = self.leases.grant(INO, key(2, "nfs4"), R | H, long_, recall_timeout=90.0)
+        assert a is not None and b is not None
+        d = self.leases.recall(INO, Why.WRITE)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(35)
+        self.assertEqual(short.revoked, [a])
+        self.assertEqual(long_.revoked, [])
+        self.assertNoResult(d)
+        self.clock.advance(54.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertEqual(long_.revoked, [b])
+        self.successResultOf(d)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_shorter_break_after_longer(self) -> None:
+        """A short-timed break started after a long one still revokes at its own, earlier, time."""
+        long_, short = Holder(), Holder()
+        b = self.leases.grant(1, key(2, "nfs4"), R | H, long_, recall_timeout=90.0)
+        a = self.leases.grant(2, key(1), R | H, short)
+        assert a is not None and b is not None
+        self.leases.recall(1, Why.WRITE)
+        self.clock.advance(10)
+        self.leases.recall(2, Why.WRITE)
+        self.clock.advance(35)
+        self.assertEqual((short.revoked, long_.revoked), ([a], []))
+        self.clock.advance(45)
+        self.assertEqual(long_.revoked, [b])
+
+    def test_open_for_writing_and_locks(self) -> None:
+        """
+        An open for writing by someone else leaves handle caching (so a read
+        delegation, R+H, is recalled); a byte-range lock leaves nothing.
+        """
+        holder = Holder()
+        lease = self.leases.grant(INO, key(1, "nfs4"), R | H, holder)
+        assert lease is not None
+        self.successResultOf(self.leases.recall(INO, Why.OPEN, wait=False))
+        self.assertEqual(holder.breaks, [])
+        self.failureResultOf(self.leases.recall(INO, Why.OPEN_WRITE, wait=False), errors.Again)
+        self.assertEqual(holder.breaks, [(lease, H)])
+        self.leases.release(lease)
+        lease = self.leases.grant(INO, key(1, "nfs4"), R | H, holder)
+        assert lease is not None
+        self.failureResultOf(self.leases.recall(INO, Why.LOCK, wait=False), errors.Again)
+        self.assertEqual(holder.breaks[-1], (lease, 0))
+
     def test_no_wait(self) -> None:
         """With wait=False an outstanding break fails the request with Again (NFS: try later)."""
         holder = Holder()
