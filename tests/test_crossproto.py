@@ -4,7 +4,9 @@ gateway subprocess serves NFS, S3 and SMB over one namespace, and clients
 nobody here wrote act on the same files - smbprotocol and Samba's smbclient
 for SMB, libnfs (through nfs-cp and ctypes) and its raw NLM client for NFS,
 boto3 for S3. The rules they meet are docs/locks.rst's "One file, every
-protocol".
+protocol". An NFSv4.1 delegation holder is the in-tree client (the only v4.1
+client here besides the kernel's): it answers CB_RECALL on its own
+connection, flushes and returns, while the real clients break it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,20 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
+from claudefs_gateway.nfs.v4 import const as v4
+from claudefs_gateway.nfs.v4.codec import (
+    CbSequenceResok,
+    ReclaimCompleteArgs,
+    StateId,
+    StateidArgs,
+    WriteArgs,
+    decode_cb_compound,
+    encode_cb_result,
+)
+from claudefs_gateway.rpc import message as msg
+from claudefs_gateway.rpc.client import connect_tcp
+from claudefs_gateway.rpc.message import AuthSys
+from claudefs_gateway.rpc.xdrtypes import Arm
 from claudefs_gateway.vfs.identity import nt_hash
 from tests.helpers import (
     GatewayProcess,
@@ -27,6 +43,7 @@ from tests.helpers import (
     loopback_config,
     spawn,
 )
+from tests.nfs.v4.client import V4Client
 
 PASSWORD = "Cross-Pass1"
 ACCESS_KEY = "AKIACROSSPROTOCOL01"
@@ -75,6 +92,59 @@ class Actor(GatewayProcess):
         if not answer["ok"]:
             raise AssertionError(f"{op} {fields}: {answer['error']}\n{answer.get('trace', '')}")
         return answer
+
+
+class Holder:
+    """
+    The in-tree NFSv4.1 client as a delegation holder that behaves as the
+    Linux client does: on CB_RECALL it answers NFS4_OK, writes back what it
+    cached (through the delegation stateid) and sends DELEGRETURN.
+    """
+
+    FLUSH = b"FLUSHED-BY-NFS4-HOLDER"
+
+    def __init__(self, cl: V4Client, conn: Any) -> None:
+        self.cl = cl
+        self.conn = conn
+        self.held: dict[bytes, tuple[str, bytes]] = {}
+        self.recalled: list[str] = []
+        self.returns: list[defer.Deferred[None]] = []
+        conn.on_call = self.on_call
+
+    async def delegate(self, name: str) -> None:
+        """Create C{name} with an open for reading and writing: a write delegation, cached data."""
+        cl = self.cl
+        r = await cl.compound(
+            cl.path(b"export")
+            + [
+                cl.open_create(name.encode(), access=v4.OPEN4_SHARE_ACCESS_BOTH),
+                (v4.OP_GETFH, None),
+            ]
+        )
+        assert r.status == v4.NFS4_OK, r
+        deleg = r.last(v4.OP_OPEN).delegation
+        assert deleg.tag == v4.OPEN_DELEGATE_WRITE, deleg
+        self.held[deleg.value.stateid.other] = (name, r.last(v4.OP_GETFH))
+
+    def on_call(self, record: bytes) -> bytes:
+        call = msg.parse_call(record)
+        _, _, _, ops = decode_cb_compound(record[call.args_at :])
+        seq = Arm(0, CbSequenceResok(self.cl.sessionid, ops[0][1].sequenceid, 0, 0, 0))
+        results = [(v4.OP_CB_SEQUENCE, seq)]
+        for op, args in ops[1:]:
+            results.append((op, Arm(v4.NFS4_OK)))
+            if op == v4.OP_CB_RECALL:
+                self.returns.append(defer.Deferred.fromCoroutine(self._return(args.stateid)))
+        return msg.reply_success(call.xid) + encode_cb_result(v4.NFS4_OK, b"", results)
+
+    async def _return(self, sid: StateId) -> None:
+        name, fh = self.held.pop(sid.other)
+        self.recalled.append(name)
+        cl = self.cl
+        flush = (v4.OP_WRITE, WriteArgs(sid, 0, v4.FILE_SYNC4, self.FLUSH))
+        back = (v4.OP_DELEGRETURN, StateidArgs(sid))
+        r = await cl.compound([cl.putfh(fh), flush, back], slot=1)
+        assert r.status == v4.NFS4_OK, r
 
 
 class CrossProtocolTests(TestCase):
@@ -131,7 +201,61 @@ class CrossProtocolTests(TestCase):
         self.assertEqual(status, 0, err + "\n".join(out))
         return [json.loads(line) for line in out if line.startswith("{")]
 
+    async def holder(self) -> Holder:
+        """An NFSv4.1 client (uid 1000) with a session whose back channel is its connection."""
+        conn = await connect_tcp(reactor, "127.0.0.1", self.nfs)
+        self.addCleanup(conn.close)
+        cred = AuthSys(0, b"holder", 1000, 1000, ())
+
+        def send(prog: int, vers: int, proc: int, args: bytes) -> Any:
+            return conn.call(prog, vers, proc, args, cred)
+
+        cl = V4Client(send)
+        self.assertEqual((await cl.exchange_id(b"deleg-holder")).status, v4.NFS4_OK)
+        self.assertEqual((await cl.create_session()).status, v4.NFS4_OK)
+        r = await cl.compound([(v4.OP_RECLAIM_COMPLETE, ReclaimCompleteArgs(False))])
+        self.assertEqual(r.status, v4.NFS4_OK)
+        return Holder(cl, conn)
+
     # -- the scenarios ---------------------------------------------------------------------------
+
+    async def test_nfs4_delegation_recalled_by_every_protocol(self) -> None:
+        """
+        An NFSv4.1 client holds a write delegation and caches a write; an
+        NFSv3 write (libnfs), an S3 PUT (boto3) and an SMB open (smbprotocol)
+        each make the gateway send CB_RECALL and wait: the holder flushes its
+        cached write through the delegation and returns it, and only then
+        does the other protocol's change land (what ends up in the file is
+        the flush overwritten by the breaker, never the reverse).
+        """
+        holder = await self.holder()
+        smb, s3 = await self.smb(), await self.s3()
+        flush = "FLUSHED-BY-NFS4-HOLDER"
+
+        # NFSv3 write over the start of the file.
+        await holder.delegate("v3.txt")
+        [w] = await self.libnfs("write", "/v3.txt", "0", "from v3")
+        self.assertEqual(w["ret"], len("from v3"), w)
+        self.assertEqual(holder.recalled, ["v3.txt"])
+        got = await s3.ok("get", bucket="export", key="v3.txt")
+        self.assertEqual(got["result"], "from v3" + flush[len("from v3") :])
+
+        # S3 PUT replacing the object.
+        await holder.delegate("put.txt")
+        put = await s3.ok("put", bucket="export", key="put.txt", data="from s3")
+        self.assertIn("result", put)
+        self.assertEqual(holder.recalled, ["v3.txt", "put.txt"])
+        self.assertEqual((await s3.ok("get", bucket="export", key="put.txt"))["result"], "from s3")
+
+        # SMB open for reading and writing, then a write through it.
+        await holder.delegate("smb.txt")
+        await smb.ok("open", id="s", path="smb.txt", access="rw", share="rwd")
+        self.assertEqual(holder.recalled, ["v3.txt", "put.txt", "smb.txt"])
+        await smb.ok("write", id="s", data="from smb")
+        await smb.ok("close", id="s")
+        got = await s3.ok("get", bucket="export", key="smb.txt")
+        self.assertEqual(got["result"], "from smb" + flush[len("from smb") :])
+        await defer.gatherResults(holder.returns)
 
     async def test_deny_write_open_refuses_nfs_and_s3(self) -> None:
         """

@@ -521,6 +521,12 @@ class NfsV4:
         size=True,
         doc="Smallest COPY run in the background (answered at once, CB_OFFLOAD when done).",
     )
+    delegations: Literal["read_write", "read", "none"] = setting(
+        "read_write",
+        doc='Delegations granted on OPEN (docs/nfs.rst "Delegations"): read and write, '
+        "read only, or none. A recalled client has ``leases.recall_timeout_secs`` or one "
+        "``lease_secs``, whichever is longer, to return one before it is revoked.",
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -143,6 +143,7 @@ class NFSService(MultiService):
                 max_record=cfg.max_record_size,
                 io_size=self.io_size,
                 async_copy_min=v4.async_copy_min,
+                delegations=v4.delegations,
             )
             self.nfs4 = NFS4(
                 ctx4, core.reactor, settings, RequestMetrics(core.metrics, "nfs4"), self.grace

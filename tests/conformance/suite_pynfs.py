@@ -9,7 +9,9 @@ XDR code with python3-ply) and runs ``nfs4.1/testserver.py
 one result, by its code (``EID1``, ``SEQ6``...); a selected test that did not
 run (a dependency failed) counts as a skip. The gateway runs a 20-second
 lease: pynfs sleeps a lease and more in its expiry tests, so this keeps its
-wall time near two and a half minutes.
+wall time near three and a half minutes (DELEG8 waits out a 35-second
+recall: a delegation is revoked after the longer of the lease and
+``leases.recall_timeout_secs``).
 """
 
 from __future__ import annotations

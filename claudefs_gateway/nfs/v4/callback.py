@@ -8,7 +8,7 @@ client port needs to be reachable.
 Each call is a CB_COMPOUND of CB_SEQUENCE (on back-channel slot 0, one call
 at a time per session) and the callback proper: CB_NOTIFY_LOCK when a lock
 a client waited for may be free, CB_OFFLOAD when an asynchronous COPY ends,
-CB_RECALL once delegations exist. Credentials are the ones the client asked
+CB_RECALL when a delegation must come back. Credentials are the ones the client asked
 for in CREATE_SESSION or BACKCHANNEL_CTL (AUTH_SYS or AUTH_NONE; a client
 that offers only RPCSEC_GSS gets no callbacks). A call unanswered within
 C{timeout} seconds fails, and the session reports a back-channel fault in
@@ -30,6 +30,7 @@ from claudefs_gateway.nfs.v4.codec import (
     AuthSysParms,
     CbSequenceArgs,
     CompoundResult,
+    ReferringCallList,
     decode_cb_result,
     encode_cb_compound,
 )
@@ -38,7 +39,7 @@ from claudefs_gateway.rpc.client import new_xid
 from claudefs_gateway.rpc.message import AuthSys
 from claudefs_gateway.rpc.xdr import Unpacker, XDRError
 
-__all__ = ["Callbacks", "CallbackFailed"]
+__all__ = ["Callbacks", "CallbackFailed", "usable"]
 
 
 class CallbackFailed(Exception):
@@ -54,6 +55,11 @@ def _cred(session: Session) -> tuple[AuthSys | None, bool]:
         if parm.tag == c.AUTH_NONE:
             return None, True
     return None, False
+
+
+def usable(session: Session) -> bool:
+    """Whether callbacks can reach the client on C{session} now (a back channel, credentials we speak)."""
+    return session.alive and session.callbacks_up and _cred(session)[1]
 
 
 class Callbacks:
@@ -93,19 +99,30 @@ class Callbacks:
         d.callback(record)
 
     def call(
-        self, session: Session, ops: Sequence[tuple[int, Any]], tag: bytes = b""
+        self,
+        session: Session,
+        ops: Sequence[tuple[int, Any]],
+        tag: bytes = b"",
+        referring: Sequence[ReferringCallList] = (),
     ) -> defer.Deferred[CompoundResult]:
         """
         Send C{ops} after a CB_SEQUENCE on C{session}'s back channel.
+        C{referring} names the fore-channel requests the callback follows
+        from (RFC 8881 §2.10.6.3: a client that has not seen their replies
+        yet answers NFS4ERR_DELAY rather than miss what they granted).
 
         Fires with the client's CB_COMPOUND4res; fails with
         L{CallbackFailed} (no back channel, no usable credential, an RPC
         error, an undecodable reply) or a timeout.
         """
-        return defer.Deferred.fromCoroutine(self._call(session, list(ops), tag))
+        return defer.Deferred.fromCoroutine(self._call(session, list(ops), tag, list(referring)))
 
     async def _call(
-        self, session: Session, ops: list[tuple[int, Any]], tag: bytes
+        self,
+        session: Session,
+        ops: list[tuple[int, Any]],
+        tag: bytes,
+        referring: list[ReferringCallList],
     ) -> CompoundResult:
         cred, usable = _cred(session)
         if not usable:
@@ -121,7 +138,7 @@ class Callbacks:
             if len(self.pending) >= self.max_pending:
                 raise CallbackFailed("too many callbacks outstanding")
             conn = next(iter(session.back_conns.values()))
-            seq = CbSequenceArgs(session.id, session.cb_seqid, 0, 0, False, [])
+            seq = CbSequenceArgs(session.id, session.cb_seqid, 0, 0, False, referring)
             args = encode_cb_compound(tag, session.minorversion, 0, [(c.OP_CB_SEQUENCE, seq), *ops])
             xid = new_xid()
             message = msg.encode_call(

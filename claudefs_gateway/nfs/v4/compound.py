@@ -29,15 +29,17 @@ from claudefs_gateway.nfs.v4.base import Nfs4Error
 from claudefs_gateway.nfs.v4.callback import Callbacks
 from claudefs_gateway.nfs.v4.clients import Client, ClientTable, Session, Slot
 from claudefs_gateway.nfs.v4.codec import ChangeInfo, StateId
+from claudefs_gateway.nfs.v4.delegations import Delegations
 from claudefs_gateway.nfs.v4.pseudo import PSEUDO_FSID, PseudoFS, PseudoNode, is_pseudo_handle
 from claudefs_gateway.nfs.v4.recovery import ClientRecords
 from claudefs_gateway.nfs.v4.state import (
     ANONYMOUS,
     BYPASS,
     CURRENT,
+    DELEG,
+    LOCK,
     OPEN,
     ClientState,
-    Delegations,
     State,
     StateIds,
 )
@@ -71,6 +73,7 @@ class Settings:
     io_size: int = 1 << 20
     callback_timeout: float = 15.0
     async_copy_min: int = 8 << 20
+    delegations: str = "read_write"
 
 
 @attrs.define(slots=True, eq=False)
@@ -104,6 +107,7 @@ class CompoundState:
     minorversion: int
     session: Session | None = None
     slot: Slot | None = None
+    slotid: int = 0
     cfh: FH | None = None
     sfh: FH | None = None
     cstateid: StateId | None = None
@@ -118,6 +122,12 @@ class CompoundState:
     def client(self) -> Client:
         assert self.session is not None
         return self.session.client
+
+    def request(self) -> tuple[bytes, int, int] | None:
+        """(sessionid, sequenceid, slotid) of this COMPOUND (a callback's referring call)."""
+        if self.session is None or self.slot is None:
+            return None
+        return (self.session.id, self.slot.seqid, self.slotid)
 
 
 class OpsBase:
@@ -309,15 +319,23 @@ class OpsBase:
             return st.cstateid
         return sid
 
-    def find_state(self, st: CompoundState, sid: StateId, kinds: tuple[int, ...]) -> State:
+    def find_state(
+        self,
+        st: CompoundState,
+        sid: StateId,
+        kinds: tuple[int, ...],
+        revoked_ok: bool = False,
+    ) -> State:
         """
         The state a (non-special) stateid names for this client.
 
+        @param revoked_ok: a revoked state is found (FREE_STATEID frees it).
         @raise Nfs4Error: NFS4ERR_STALE_STATEID (an earlier run's),
             NFS4ERR_BAD_STATEID (unknown, another client's, another kind,
             or a seqid from the future), NFS4ERR_OLD_STATEID (an earlier
             seqid; 0 means "the current one", RFC 8881 §8.2.2),
-            NFS4ERR_ADMIN_REVOKED.
+            NFS4ERR_DELEG_REVOKED (a delegation not returned in time),
+            NFS4ERR_ADMIN_REVOKED (any other revoked state).
         """
         sid = self.current_stateid(st, sid)
         state = self.ids.by_other.get(sid.other)
@@ -327,7 +345,9 @@ class OpsBase:
             raise Nfs4Error(c.NFS4ERR_BAD_STATEID)
         if st.session is None or state.client is not st.session.client or state.kind not in kinds:
             raise Nfs4Error(c.NFS4ERR_BAD_STATEID)
-        if state.revoked:
+        if state.revoked and not revoked_ok:
+            if state.kind == DELEG:
+                raise Nfs4Error(c.NFS4ERR_DELEG_REVOKED)
             raise Nfs4Error(c.NFS4ERR_ADMIN_REVOKED)
         if sid.seqid != 0:
             if sid.seqid > state.seqid:
@@ -348,14 +368,42 @@ class OpsBase:
         state = self.io_state(st, sid, fh, write)
         if state is None:
             bypass = self.current_stateid(st, sid) == BYPASS and not write
-            return Origin(wait=False, bypass=bypass)
+            # Anonymous I/O of a client recalls none of its own delegations.
+            own = (LeaseKey("nfs4", st.client.lock_key, None),) if st.session is not None else ()
+            return Origin(wait=False, bypass=bypass, exempt=own)
         opened = state if state.kind == OPEN else state.open
+        share = opened.share if opened is not None and not opened.closed else None
+        if state.kind == DELEG and share is None:
+            share = self._open_share_of(state)
         return Origin(
             owner=state.lock_owner,
-            share=opened.share if opened is not None else None,
+            share=share,
             exempt=(LeaseKey("nfs4", state.client.lock_key, None),),
             wait=False,
         )
+
+    def own_origin(self, st: CompoundState) -> Origin:
+        """
+        A request through no stateid (SETATTR but the size, CREATE, REMOVE,
+        RENAME, LINK, xattrs): it never recalls its own client's
+        delegations, and does not wait for others' (NFS4ERR_DELAY while a
+        recall is out, as knfsd).
+        """
+        return Origin(exempt=(LeaseKey("nfs4", st.client.lock_key, None),), wait=False)
+
+    @staticmethod
+    def _open_share_of(deleg: State) -> Any:
+        """I/O through a delegation stateid acts as one of the client's opens of the file, if any."""
+        cs = deleg.client.state
+        if cs is None:
+            return None
+        best = None
+        for (_, ino), o in cs.opens.items():
+            if ino == deleg.ino and not o.closed and o.share is not None:
+                if o.access & c.OPEN4_SHARE_ACCESS_WRITE:
+                    return o.share
+                best = best or o.share
+        return best
 
     def io_state(self, st: CompoundState, sid: StateId, fh: FH, write: bool) -> State | None:
         """
@@ -377,9 +425,14 @@ class OpsBase:
                         if mode in t.deny:
                             raise Nfs4Error(c.NFS4ERR_LOCKED, f"an open denies {mode}")
             return None
-        state = self.find_state(st, sid, (OPEN, 2))
+        state = self.find_state(st, sid, (OPEN, LOCK, DELEG))
         if state.ino != fh.ino:
             raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "stateid of another file")
+        if state.kind == DELEG:
+            # RFC 8881 §9.1.2, §10.4: a read delegation's stateid reads only.
+            if write and state.deleg_type != c.OPEN_DELEGATE_WRITE:
+                raise Nfs4Error(c.NFS4ERR_OPENMODE, "a read delegation does not write")
+            return state
         opened = state if state.kind == OPEN else state.open
         if opened is None or opened.closed:
             raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "open closed")

@@ -63,13 +63,25 @@ from claudefs_gateway.nfs.v4.codec import (
 from claudefs_gateway.nfs.v4.compound import FH, CompoundState, OpsBase, ok
 from claudefs_gateway.nfs.v4.pseudo import PSEUDO_FSID, PseudoNode
 from claudefs_gateway.rpc.xdrtypes import Arm
-from claudefs_gateway.vfs import ExportInfo, R, W, X
-from claudefs_gateway.vfs.origin import Origin
+from claudefs_gateway.vfs import ExportInfo, LeaseKey, R, W, X
+from claudefs_gateway.vfs.leases import W as WRITE_CACHING
+from claudefs_gateway.vfs.leases import Why
 
 __all__ = ["FileOps", "XATTR_PREFIX"]
 
 XATTR_PREFIX = b"user."
 _PSEUDO_VERF = b"cfspsdv1"
+#: What a client caching writes knows better than the store.
+_WRITER_ATTRS = frozenset(
+    {
+        c.FATTR4_CHANGE,
+        c.FATTR4_SIZE,
+        c.FATTR4_SPACE_USED,
+        c.FATTR4_TIME_ACCESS,
+        c.FATTR4_TIME_METADATA,
+        c.FATTR4_TIME_MODIFY,
+    }
+)
 _ACCESS_ALL = (
     c.ACCESS4_READ
     | c.ACCESS4_LOOKUP
@@ -196,7 +208,26 @@ class FileOps(OpsBase):
         fh = self.cfh(st)
         if fh.node is None:
             self.live(fh)
+            await self._flush_writers(st, fh, a.attr_request)
         return ok(await self.attributes(st, fh, a.attr_request))
+
+    async def _flush_writers(self, st: CompoundState, fh: FH, request: list[int]) -> None:
+        """
+        Another client caching writes (a write delegation, an SMB write
+        lease) knows size, change and times better than the store: they are
+        recalled first (RFC 8881 §10.4.3 lets the server recall rather than
+        CB_GETATTR); NFS4ERR_DELAY meanwhile. The holder's own GETATTRs
+        recall nothing.
+        """
+        vfs = self.ctx.vfs
+        if vfs is None or not vfs.leases.busy(fh.ino):
+            return
+        if not _WRITER_ATTRS.intersection(fattr.bits(request)):
+            return
+        own = LeaseKey("nfs4", st.client.lock_key, None)
+        leases = vfs.leases.leases(fh.ino)
+        if any(x.state & WRITE_CACHING and not own.covers(x.key) for x in leases):
+            await vfs.leases.recall(fh.ino, Why.READ, (own,), wait=False)
 
     async def op_SETATTR(self, st: CompoundState, a: SetattrArgs) -> Arm:
         fh = self.cfh(st)
@@ -209,9 +240,9 @@ class FileOps(OpsBase):
                 raise Nfs4Error(c.NFS4ERR_ISDIR, "size of a directory")
             if not before.is_reg:
                 raise Nfs4Error(c.NFS4ERR_INVAL, "size of a special file")
-            origin: Origin | None = self.io_origin(st, a.stateid, fh, write=True)
+            origin = self.io_origin(st, a.stateid, fh, write=True)
         else:
-            origin = None
+            origin = self.own_origin(st)
         if want.mode_masked is not None:
             value, mask = want.mode_masked
             base = changes.mode if changes.mode is not None else before.mode
@@ -333,12 +364,12 @@ class FileOps(OpsBase):
         vfs = await self.vfs()
         before = await vfs.getattr(caller, d.ino)
         if kind == c.NF4DIR:
-            obj = await vfs.mkdir(caller, d.ino, a.objname, mode)
+            obj = await vfs.mkdir(caller, d.ino, a.objname, mode, self.own_origin(st))
         elif kind == c.NF4LNK:
             target = a.objtype.value
             if not target:
                 raise Nfs4Error(c.NFS4ERR_INVAL, "empty link target")
-            obj = await vfs.symlink(caller, d.ino, a.objname, target)
+            obj = await vfs.symlink(caller, d.ino, a.objname, target, origin=self.own_origin(st))
         else:
             types = {
                 c.NF4BLK: FileType.BLK,
@@ -352,7 +383,7 @@ class FileOps(OpsBase):
             obj = await vfs.mknod(caller, d.ino, a.objname, types[kind], mode, rdev)
         rest = SetAttrs(uid=ch.uid, gid=ch.gid, atime=ch.atime, mtime=ch.mtime, btime=ch.btime)
         if not rest.is_empty():
-            obj = await vfs.setattr(caller, obj.ino, rest)
+            obj = await vfs.setattr(caller, obj.ino, rest, origin=self.own_origin(st))
         after = await vfs.getattr(caller, d.ino)
         fh.attrs = after
         st.cfh = self.child(vfs, fh, obj)
@@ -365,10 +396,11 @@ class FileOps(OpsBase):
         vfs = await self.vfs()
         before = await vfs.getattr(caller, d.ino)
         target = await vfs.lookup(caller, d.ino, a.name)
+        own = self.own_origin(st)
         if target.is_dir:
-            await vfs.rmdir(caller, d.ino, a.name)
+            await vfs.rmdir(caller, d.ino, a.name, own)
         else:
-            await vfs.remove(caller, d.ino, a.name)
+            await vfs.remove(caller, d.ino, a.name, own)
         after = await vfs.getattr(caller, d.ino)
         fh.attrs = after
         return ok(self.cinfo(before, after))
@@ -388,7 +420,7 @@ class FileOps(OpsBase):
         vfs = await self.vfs()
         sb = await vfs.getattr(caller, sd.ino)
         db = sb if dd.ino == sd.ino else await vfs.getattr(caller, dd.ino)
-        await vfs.rename(caller, sd.ino, a.oldname, dd.ino, a.newname)
+        await vfs.rename(caller, sd.ino, a.oldname, dd.ino, a.newname, self.own_origin(st))
         sa = await vfs.getattr(caller, sd.ino)
         da = sa if dd.ino == sd.ino else await vfs.getattr(caller, dd.ino)
         src_fh.attrs, dst_fh.attrs = sa, da
@@ -411,7 +443,7 @@ class FileOps(OpsBase):
         check_name(a.name)
         vfs = await self.vfs()
         before = await vfs.getattr(caller, d.ino)
-        src_fh.attrs = await vfs.link(caller, obj.ino, d.ino, a.name)
+        src_fh.attrs = await vfs.link(caller, obj.ino, d.ino, a.name, self.own_origin(st))
         after = await vfs.getattr(caller, d.ino)
         dst_fh.attrs = after
         return ok(self.cinfo(before, after))
@@ -578,7 +610,7 @@ class FileOps(OpsBase):
         create = {c.SETXATTR4_EITHER: None, c.SETXATTR4_CREATE: True}.get(a.option, False)
         vfs = await self.vfs()
         before = await vfs.getattr(caller, obj.ino)
-        await vfs.setxattr(caller, obj.ino, name, bytes(a.value), create)
+        await vfs.setxattr(caller, obj.ino, name, bytes(a.value), create, self.own_origin(st))
         after = await vfs.getattr(caller, obj.ino)
         fh.attrs = after
         return ok(self.cinfo(before, after))
@@ -588,7 +620,7 @@ class FileOps(OpsBase):
         obj, caller = self.real(st, fh, write=True)
         vfs = await self.vfs()
         before = await vfs.getattr(caller, obj.ino)
-        await vfs.removexattr(caller, obj.ino, _xattr_name(a.name))
+        await vfs.removexattr(caller, obj.ino, _xattr_name(a.name), self.own_origin(st))
         after = await vfs.getattr(caller, obj.ino)
         fh.attrs = after
         return ok(self.cinfo(before, after))

@@ -34,7 +34,7 @@ from claudefs_gateway.nfs.v4.codec import (
     TestStateidArgs,
 )
 from claudefs_gateway.nfs.v4.compound import CompoundState, OpsBase, ok
-from claudefs_gateway.nfs.v4.state import CURRENT, LOCK, OPEN, State
+from claudefs_gateway.nfs.v4.state import COPY, CURRENT, DELEG, LOCK, OPEN, State
 from claudefs_gateway.rpc.xdrtypes import Arm
 
 __all__ = ["SessionOps", "MIN_REQUEST", "MIN_RESPONSE"]
@@ -207,6 +207,7 @@ class SessionOps(OpsBase):
             if back_chan:
                 self.callbacks.attach(conn)
                 flags |= c.CREATE_SESSION4_FLAG_CONN_BACK_CHAN
+                self.delegations.channel_up(client)
         if not client.confirmed:
             client.machine.confirm()
             # RFC 8881 §18.35.4 case 5: the rebooted client's old record goes now.
@@ -261,6 +262,7 @@ class SessionOps(OpsBase):
         self._watch(conn)
         if back:
             self.callbacks.attach(conn)
+            self.delegations.channel_up(s.client)
         return ok(BindConnResok(s.id, dir_, False))
 
     async def op_BACKCHANNEL_CTL(self, st: CompoundState, a: BackchannelCtlArgs) -> Arm:
@@ -270,6 +272,7 @@ class SessionOps(OpsBase):
             raise Nfs4Error(c.NFS4ERR_INVAL, "no callback security the server speaks")
         s.cb_program = a.cb_program
         s.cb_sec = list(a.sec_parms)
+        self.delegations.channel_up(s.client)
         return ok()
 
     async def op_DESTROY_CLIENTID(self, st: CompoundState, a: ClientidArgs) -> Arm:
@@ -299,7 +302,7 @@ class SessionOps(OpsBase):
         if sid.other == bytes(12) or sid.other == b"\xff" * 12 or sid == CURRENT:
             return c.NFS4ERR_BAD_STATEID
         try:
-            self.find_state(st, sid, (OPEN, LOCK, 3))
+            self.find_state(st, sid, (OPEN, LOCK, COPY, DELEG))
         except Nfs4Error as e:
             return e.status
         return c.NFS4_OK
@@ -308,10 +311,16 @@ class SessionOps(OpsBase):
         return ok([self._test(st, sid) for sid in a.stateids])
 
     async def op_FREE_STATEID(self, st: CompoundState, a: StateidArgs) -> Arm:
-        state: State = self.find_state(st, a.stateid, (OPEN, LOCK, 3))
+        state: State = self.find_state(st, a.stateid, (OPEN, LOCK, COPY, DELEG), revoked_ok=True)
         cs = self.client_state(st.client)
         if state.kind == OPEN:
             raise Nfs4Error(c.NFS4ERR_LOCKS_HELD, "the open is still open")
+        if state.kind == DELEG:
+            # RFC 8881 §18.38.3: a delegation still held is returned, not freed.
+            if not state.revoked:
+                raise Nfs4Error(c.NFS4ERR_LOCKS_HELD, "the delegation is held")
+            self.delegations.returned(state)
+            return ok()
         if state.kind == LOCK:
             vfs = await self.vfs()
             if vfs.locks is not None and state.lock_owner is not None:

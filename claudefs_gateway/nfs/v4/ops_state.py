@@ -20,13 +20,19 @@ Choices, where the RFC leaves them:
    within a lease (OPEN answers OPEN4_RESULT_MAY_NOTIFY_LOCK).
  - CLOSE with locks still held answers NFS4ERR_LOCKS_HELD; a successful
    CLOSE answers the invalid special stateid (RFC 8881 §18.2.4).
- - No delegations are granted yet (L{Delegations}); DELEGRETURN of
-   anything is NFS4ERR_BAD_STATEID, DELEGPURGE is NFS4ERR_NOTSUPP,
-   GET_DIR_DELEGATION answers GDD4_UNAVAIL.
+ - Before another client's OPEN, LOCK or LOCKT is decided, the
+   delegations it conflicts with are recalled; while a recall is out it
+   answers NFS4ERR_DELAY (the open is not kept), as knfsd. OPEN and
+   WANT_DELEGATION grant delegations as
+   L{claudefs_gateway.nfs.v4.delegations} decides; CLAIM_DELEGATE_CUR and
+   CLAIM_DELEG_CUR_FH turn a delegation holder's local opens into server
+   opens; CLAIM_DELEGATE_PREV, CLAIM_DELEG_PREV_FH and DELEGPURGE are
+   NFS4ERR_NOTSUPP; GET_DIR_DELEGATION answers GDD4_UNAVAIL.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -58,10 +64,20 @@ from claudefs_gateway.nfs.v4.codec import (
     WantDelegationArgs,
 )
 from claudefs_gateway.nfs.v4.compound import FH, CompoundState, OpsBase, ok
+from claudefs_gateway.nfs.v4.delegations import check_want, no_delegation
 from claudefs_gateway.nfs.v4.ops_fs import require_regular
-from claudefs_gateway.nfs.v4.state import COPY, INVALID, LOCK, OPEN, State, share_modes  # noqa: F401
+from claudefs_gateway.nfs.v4.state import (  # noqa: F401
+    COPY,
+    DELEG,
+    INVALID,
+    LOCK,
+    OPEN,
+    State,
+    share_modes,
+)
 from claudefs_gateway.rpc.xdrtypes import Arm
 from claudefs_gateway.vfs import Caller, LeaseKey, Origin, R, W
+from claudefs_gateway.vfs.leases import Why
 from claudefs_gateway.vfs.locks import Lock, LockOwner
 
 __all__ = ["StateOps", "lock_range"]
@@ -136,11 +152,11 @@ class StateOps(OpsBase):
             raise Nfs4Error(c.NFS4ERR_INVAL, "share access or deny out of range")
         if want & ~_WANT_BITS:
             raise Nfs4Error(c.NFS4ERR_INVAL, "undefined share access bits")
+        check_want(want)
         claim = a.claim.tag
-        if claim in (c.CLAIM_DELEGATE_CUR, c.CLAIM_DELEG_CUR_FH):
-            raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "no delegation is held")
         if claim in (c.CLAIM_DELEGATE_PREV, c.CLAIM_DELEG_PREV_FH):
-            raise Nfs4Error(c.NFS4ERR_NOTSUPP, "delegations are not reclaimed")
+            # Delegations do not outlive a client restart here (as knfsd).
+            raise Nfs4Error(c.NFS4ERR_NOTSUPP, "delegations are not kept across client restarts")
         reclaim = claim == c.CLAIM_PREVIOUS
         creating = a.openhow.tag == c.OPEN4_CREATE
         fh = self.cfh(st)
@@ -150,8 +166,8 @@ class StateOps(OpsBase):
         attrset: list[int] = []
         created = False
         truncate: int | None = None
-        if claim == c.CLAIM_NULL:
-            name = a.claim.value
+        if claim in (c.CLAIM_NULL, c.CLAIM_DELEGATE_CUR):
+            name = a.claim.value if claim == c.CLAIM_NULL else a.claim.value.file
             if fh.node is not None:
                 check_name(name)
                 if creating:
@@ -159,11 +175,15 @@ class StateOps(OpsBase):
                 if self.pseudo(vfs).lookup(fh.node, name, st.call.peer.host) is None:
                     raise Nfs4Error(c.NFS4ERR_NOENT)
                 raise Nfs4Error(c.NFS4ERR_ISDIR)
+            if creating and claim == c.CLAIM_DELEGATE_CUR:
+                raise Nfs4Error(c.NFS4ERR_INVAL, "CLAIM_DELEGATE_CUR cannot create")
             d, caller = self.dir_of(st, fh, write=creating)
             check_name(name)
             before = await vfs.getattr(caller, d.ino)
             if creating:
-                obj, created, attrset, truncate = await self._create(vfs, caller, d.ino, name, a)
+                obj, created, attrset, truncate = await self._create(
+                    vfs, caller, d.ino, name, a, self.own_origin(st)
+                )
             else:
                 obj = await vfs.lookup(caller, d.ino, name)
             after = await vfs.getattr(caller, d.ino) if created else before
@@ -172,7 +192,7 @@ class StateOps(OpsBase):
             target = self.child(vfs, fh, obj)
         else:
             if creating:
-                raise Nfs4Error(c.NFS4ERR_INVAL, "CLAIM_FH and CLAIM_PREVIOUS cannot create")
+                raise Nfs4Error(c.NFS4ERR_INVAL, "only CLAIM_NULL creates")
             obj, caller = self.real(st, fh)
             cinfo = ChangeInfo(False, 0, 0)
             target = fh
@@ -182,35 +202,87 @@ class StateOps(OpsBase):
             raise Nfs4Error(c.NFS4ERR_SYMLINK)
         if not obj.is_reg:
             raise Nfs4Error(c.NFS4ERR_WRONG_TYPE)
+        # CLAIM_DELEGATE_CUR / CLAIM_DELEG_CUR_FH: the holder of a delegation
+        # tells the server of an open it made locally (before DELEGRETURN).
+        deleg: State | None = None
+        if claim in (c.CLAIM_DELEGATE_CUR, c.CLAIM_DELEG_CUR_FH):
+            sid = a.claim.value.delegate_stateid if claim == c.CLAIM_DELEGATE_CUR else a.claim.value
+            deleg = self.find_state(st, sid, (DELEG,))
+            if deleg.ino != obj.ino:
+                raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "delegation of another file")
+            if access & c.OPEN4_SHARE_ACCESS_WRITE and deleg.deleg_type != c.OPEN_DELEGATE_WRITE:
+                raise Nfs4Error(c.NFS4ERR_OPENMODE, "a read delegation covers no write open")
         if not created:
             await self._may_open(vfs, caller, obj, access)
+        if (
+            truncate is not None
+            and obj.size != truncate
+            and not access & c.OPEN4_SHARE_ACCESS_WRITE
+        ):
+            raise Nfs4Error(c.NFS4ERR_INVAL, "truncating open without write access")
         assert target.export is not None
-        state, sid = self._share(
+        state, sid, undo = self._share(
             client, locks, target, access, a.share_deny, a.owner.owner, reclaim
         )
-        if truncate is not None and obj.size != truncate:
-            if not access & c.OPEN4_SHARE_ACCESS_WRITE:
-                raise Nfs4Error(c.NFS4ERR_INVAL, "truncating open without write access")
-            own = Origin(
-                share=state.share,
-                exempt=(LeaseKey("nfs4", client.lock_key, None),),
-                wait=False,
-            )
-            try:
-                target.attrs = await vfs.setattr(
-                    caller, obj.ino, SetAttrs(size=truncate), origin=own
+        try:
+            if deleg is None and not reclaim and not created:
+                await self._recall_for_open(vfs, client, obj.ino, access, a.share_deny)
+            if truncate is not None and obj.size != truncate:
+                own = Origin(
+                    share=state.share,
+                    exempt=(LeaseKey("nfs4", client.lock_key, None),),
+                    wait=False,
                 )
-            except errors.LockConflict:
-                raise Nfs4Error(c.NFS4ERR_LOCKED) from None
-            attrset = fattr.bitmap([c.FATTR4_SIZE])
-        delegation = self.delegations.for_open(want, client, state)
+                try:
+                    target.attrs = await vfs.setattr(
+                        caller, obj.ino, SetAttrs(size=truncate), origin=own
+                    )
+                except errors.LockConflict:
+                    raise Nfs4Error(c.NFS4ERR_LOCKED) from None
+                attrset = fattr.bitmap([c.FATTR4_SIZE])
+            if deleg is not None:
+                delegation = Arm(c.OPEN_DELEGATE_NONE)
+            else:
+                delegation = self.delegations.for_open(
+                    vfs,
+                    client,
+                    want,
+                    state.access,
+                    obj.ino,
+                    target.export.id,
+                    target.handle,
+                    opened=state,
+                    reclaim=a.claim.value if reclaim else None,
+                    granted_by=st.request(),
+                )
+        except BaseException:
+            # The client never hears of this open: take it back.
+            undo()
+            raise
         st.cfh = target
         st.cstateid = sid
         rflags = c.OPEN4_RESULT_LOCKTYPE_POSIX | c.OPEN4_RESULT_MAY_NOTIFY_LOCK
         return ok(OpenResok(sid, cinfo, rflags, attrset, delegation))
 
+    async def _recall_for_open(
+        self, vfs: IVFS, client: Client, ino: int, access: int, deny: int
+    ) -> None:
+        """
+        Before another client's open of C{ino} is granted: delegations it
+        would conflict with are recalled (RFC 8881 §10.4.1: a write open, or
+        an open denying anything, recalls read delegations; any open
+        recalls a write delegation). Fails with L{errors.LeaseBreaking}
+        (NFS4ERR_DELAY) while a recall is out: the client retries.
+        """
+        leases = vfs.leases
+        if not leases.busy(ino):
+            return
+        writes = access & c.OPEN4_SHARE_ACCESS_WRITE or deny != c.OPEN4_SHARE_DENY_NONE
+        why = Why.OPEN_WRITE if writes else Why.OPEN
+        await leases.recall(ino, why, (LeaseKey("nfs4", client.lock_key, None),), wait=False)
+
     async def _create(
-        self, vfs: IVFS, caller: Caller, dir_ino: int, name: bytes, a: OpenArgs
+        self, vfs: IVFS, caller: Caller, dir_ino: int, name: bytes, a: OpenArgs, origin: Origin
     ) -> tuple[Any, bool, list[int], int | None]:
         """OPEN4_CREATE: (object, created now, attrset, size to truncate to)."""
         how = a.openhow.value
@@ -223,7 +295,7 @@ class StateOps(OpsBase):
             if want.umask is not None:
                 mode &= ~want.umask
             try:
-                obj = await vfs.create(caller, dir_ino, name, mode, exclusive=True)
+                obj = await vfs.create(caller, dir_ino, name, mode, exclusive=True, origin=origin)
             except errors.Exists:
                 if mode4 == c.GUARDED4:
                     raise Nfs4Error(c.NFS4ERR_EXIST) from None
@@ -272,17 +344,31 @@ class StateOps(OpsBase):
         deny: int,
         owner: bytes,
         reclaim: bool,
-    ) -> tuple[State, Any]:
-        """The open state of (open-owner, file), made or upgraded (RFC 8881 §18.16.4)."""
+    ) -> tuple[State, Any, Callable[[], None]]:
+        """
+        The open state of (open-owner, file), made or upgraded (RFC 8881
+        §18.16.4), its new stateid, and what undoes it (an OPEN failing
+        after this point must leave nothing the client does not know of).
+        """
         cs = self.client_state(client)
         acc, den = share_modes(access, deny)
         existing = cs.opens.get((owner, target.ino))
         if existing is not None and not existing.closed and existing.share is not None:
-            locks.upgrade_share(existing.share, acc, den, reclaim=reclaim)
+            token = existing.share
+            old = (token.access, token.deny, existing.access, existing.deny, set(existing.opened))
+            seqid = existing.seqid
+            locks.upgrade_share(token, acc, den, reclaim=reclaim)
             existing.access |= access
             existing.deny |= deny
             existing.opened.add((access, deny))
-            return existing, existing.bump()
+
+            def downgrade() -> None:
+                if not token.closed:
+                    locks.downgrade_share(token, old[0], old[1])
+                existing.access, existing.deny, existing.opened = old[2], old[3], old[4]
+                existing.seqid = seqid
+
+            return existing, existing.bump(), downgrade
         assert target.export is not None
         state = cs.new_open(client, target.ino, target.export.id, owner)
         try:
@@ -298,7 +384,13 @@ class StateOps(OpsBase):
             raise
         state.access, state.deny = access, deny
         state.opened.add((access, deny))
-        return state, state.stateid()
+
+        def close() -> None:
+            if state.share is not None:
+                locks.close_share(state.share)
+            cs.forget(state)
+
+        return state, state.stateid(), close
 
     # -- CLOSE and OPEN_DOWNGRADE ------------------------------------------------------------------
 
@@ -383,6 +475,8 @@ class StateOps(OpsBase):
             raise Nfs4Error(c.NFS4ERR_OPENMODE, "open does not allow this lock type")
         assert lstate.lock_owner is not None
         try:
+            if not a.reclaim:
+                await self._recall_for_lock(vfs, client, fh.ino)
             await locks.lock(
                 fh.ino, lstate.lock_owner, a.offset, length, exclusive, reclaim=a.reclaim
             )
@@ -409,6 +503,7 @@ class StateOps(OpsBase):
         locks = self.locks_of(vfs)
         if locks.in_grace:
             raise Nfs4Error(c.NFS4ERR_GRACE)
+        await self._recall_for_lock(vfs, st.client, fh.ino)
         owner = LockOwner("nfs4", st.client.lock_key, b"l:" + a.owner.owner)
         holder = locks.test(
             fh.ino, owner, a.offset, length, a.locktype in (c.WRITE_LT, c.WRITEW_LT)
@@ -430,6 +525,18 @@ class StateOps(OpsBase):
         sid = lstate.bump()
         st.cstateid = sid
         return ok(sid)
+
+    async def _recall_for_lock(self, vfs: IVFS, client: Client, ino: int) -> None:
+        """
+        Others' delegations are recalled before a lock is decided: their
+        clients may hold locks they never sent (the Linux client locks
+        locally under any delegation). NFS4ERR_DELAY while a recall is out.
+        """
+        leases = vfs.leases
+        if leases.busy(ino):
+            await leases.recall(
+                ino, Why.LOCK, (LeaseKey("nfs4", client.lock_key, None),), wait=False
+            )
 
     def _notify_when_free(self, st: CompoundState, fh: FH, owner: bytes) -> None:
         """Tell the client (CB_NOTIFY_LOCK) when a lock on the file is released, within a lease."""
@@ -467,30 +574,65 @@ class StateOps(OpsBase):
     def _callback_failed(self, f: Failure, what: str) -> None:
         self._log.debug("{what} not delivered: {why}", what=what, why=f.getErrorMessage())
 
-    # -- delegations (none granted yet: see the state module) ----------------------------------------
+    # -- delegations (the policy is in the delegations module) ------------------------------------
 
     async def op_DELEGRETURN(self, st: CompoundState, a: StateidArgs) -> Arm:
-        self.cfh(st)
-        sid = self.current_stateid(st, a.stateid)
-        if sid.other != bytes(12) and sid.other in self.ids.by_other:
-            raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "not a delegation")
-        if sid.other != bytes(12) and self.ids.is_stale(sid.other):
-            raise Nfs4Error(c.NFS4ERR_STALE_STATEID)
-        raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "no delegation is held")
+        fh = self.cfh(st)
+        state = self.find_state(st, a.stateid, (DELEG,))
+        if state.ino != fh.ino:
+            raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "delegation of another file")
+        self.delegations.returned(state)
+        return ok()
 
     async def op_DELEGPURGE(self, st: CompoundState, a: ClientidArgs) -> Arm:
-        raise Nfs4Error(c.NFS4ERR_NOTSUPP, "delegations are not reclaimed (CLAIM_DELEGATE_PREV)")
+        # RFC 8881 §18.5.3: for servers that keep delegations across client
+        # restarts (CLAIM_DELEGATE_PREV); none are kept here, as knfsd.
+        raise Nfs4Error(c.NFS4ERR_NOTSUPP, "delegations are not kept across client restarts")
 
     async def op_WANT_DELEGATION(self, st: CompoundState, a: WantDelegationArgs) -> Arm:
         fh = self.cfh(st)
-        if a.claim.tag == c.CLAIM_DELEG_PREV_FH:
-            raise Nfs4Error(c.NFS4ERR_NOTSUPP, "delegations are not reclaimed")
-        if a.claim.tag == c.CLAIM_PREVIOUS:
-            vfs = await self.vfs()
-            self.check_grace(st.client, self.locks_of(vfs), True)
         if a.want & ~_WANT_BITS:
             raise Nfs4Error(c.NFS4ERR_INVAL, "undefined want bits")
-        return ok(self.delegations.for_open(a.want, st.client, None, fh.is_dir))
+        kind = check_want(a.want)
+        if a.claim.tag == c.CLAIM_DELEG_PREV_FH:
+            raise Nfs4Error(c.NFS4ERR_NOTSUPP, "delegations are not kept across client restarts")
+        vfs = await self.vfs()
+        reclaim = None
+        if a.claim.tag == c.CLAIM_PREVIOUS:
+            self.check_grace(st.client, self.locks_of(vfs), True)
+            reclaim = a.claim.value
+        explicit = kind != c.OPEN4_SHARE_ACCESS_WANT_NO_PREFERENCE
+        if kind in (c.OPEN4_SHARE_ACCESS_WANT_NO_DELEG, c.OPEN4_SHARE_ACCESS_WANT_CANCEL):
+            explicit = True
+        elif fh.is_dir:
+            return ok(no_delegation(explicit, c.WND4_IS_DIR))
+        elif not self.live(fh).is_reg:
+            return ok(no_delegation(explicit, c.WND4_NOT_SUPP_FTYPE))
+        if not explicit and reclaim is None:
+            # RFC 8881 §18.49.3 gives no meaning to wanting "no preference".
+            return ok(Arm(c.OPEN_DELEGATE_NONE))
+        # Without an open of its own, the client may have the kind it asked for.
+        cs = self.client_state(st.client)
+        access = 0
+        for (_, ino), o in cs.opens.items():
+            if ino == fh.ino and not o.closed:
+                access |= o.access
+        if not access:
+            access = c.OPEN4_SHARE_ACCESS_BOTH
+        assert fh.export is not None
+        return ok(
+            self.delegations.for_open(
+                vfs,
+                st.client,
+                a.want,
+                access,
+                fh.ino,
+                fh.export.id,
+                fh.handle,
+                reclaim=reclaim,
+                granted_by=st.request(),
+            )
+        )
 
     async def op_GET_DIR_DELEGATION(self, st: CompoundState, a: Any) -> Arm:
         fh = self.cfh(st)
@@ -502,13 +644,16 @@ class StateOps(OpsBase):
     # -- a client's end ---------------------------------------------------------------------------
 
     def release_client(self, client: Client) -> None:
-        """Everything a client held goes: opens, locks, notifications, copies."""
+        """Everything a client held goes: opens, locks, delegations, notifications, copies."""
         for d in list(client.lock_waits.values()):
             d.cancel()
         if client.state is not None:
             for s in client.state.clear():
                 if s.kind == COPY and s.job is not None:
                     s.job.cancel()
+                if s.recalling is not None:
+                    s.recalling.cancel()
         vfs = self.ctx.vfs
         if vfs is not None and vfs.locks is not None:
             vfs.locks.release_client("nfs4", client.lock_key)
+        self.delegations.release_client(client, vfs)

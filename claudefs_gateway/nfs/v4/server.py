@@ -54,12 +54,13 @@ from claudefs_gateway.nfs.v4.codec import (
     read_header,
 )
 from claudefs_gateway.nfs.v4.compound import CompoundState, Settings
+from claudefs_gateway.nfs.v4.delegations import Delegations
 from claudefs_gateway.nfs.v4.ops_fs import FileOps
 from claudefs_gateway.nfs.v4.ops_session import SessionOps
 from claudefs_gateway.nfs.v4.ops_state import StateOps
 from claudefs_gateway.nfs.v4.ops_v42 import V42Ops
 from claudefs_gateway.nfs.v4.recovery import ClientRecords
-from claudefs_gateway.nfs.v4.state import Delegations, StateIds
+from claudefs_gateway.nfs.v4.state import StateIds
 from claudefs_gateway.rpc.server import Call, Procedure, Program, no_args
 from claudefs_gateway.rpc.xdr import PADDING, Packer, XDRError
 from claudefs_gateway.rpc.xdrtypes import Arm
@@ -127,7 +128,15 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops):
         self.ids = StateIds(self.clients.epoch)
         self.callbacks = Callbacks(clock, s.callback_timeout)
         self.records = ClientRecords(self._get_state, self._set_state, self.grace, s.max_clients)
-        self.delegations = Delegations()
+        self.delegations = Delegations(
+            self.ids,
+            self.callbacks,
+            clock,
+            self.client_state,
+            s.lease_secs,
+            s.delegations,
+            s.max_open_states_per_client,
+        )
         self.info = fattr.ServerInfo(
             s.lease_secs, s.io_size, s.io_size, self._uid_name, self._gid_name
         )
@@ -177,6 +186,7 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops):
         callbacks stop; fires when the client records are on disk.
         """
         self.clients.stop()
+        self.delegations.stop()
         for client in self.clients:
             for d in list(client.lock_waits.values()):
                 d.cancel()
@@ -441,6 +451,7 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops):
         client.busy += 1
         st.session = s
         st.slot = slot
+        st.slotid = a.slotid
         self.clients.renew(client)
         st.cachethis = a.cachethis
         st.limit = fore.maxresponsesize_cached if a.cachethis else fore.maxresponsesize
@@ -449,6 +460,9 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops):
             flags |= c.SEQ4_STATUS_CB_PATH_DOWN_SESSION
             if not any(x.callbacks_up for x in client.sessions.values()):
                 flags |= c.SEQ4_STATUS_CB_PATH_DOWN
+        if client.state is not None and client.state.revoked:
+            # RFC 8881 §18.46.3: revoked delegations the client has not freed.
+            flags |= c.SEQ4_STATUS_RECALLABLE_STATE_REVOKED
         return Arm(
             c.NFS4_OK,
             SequenceResok(s.id, a.sequenceid, a.slotid, s.slots.highest, s.slots.highest, flags),

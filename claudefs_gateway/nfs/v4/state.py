@@ -16,9 +16,11 @@ The per-client caps (C{nfs.v4.max_open_states_per_client},
 C{max_locks_per_client}, after Ganesha's C{Max_Open_States_Per_Client})
 bound what one client can make the server hold.
 
-The delegation seam: an OPEN asks L{Delegations.for_open} what to grant;
-until the vfs lease manager arrives it grants nothing (OPEN_DELEGATE_NONE,
-which RFC 8881 §10.4 allows any server), so nothing is ever recalled.
+A delegation is a stateid too (L{DELEG}): what L{claudefs_gateway.nfs.v4.delegations}
+granted one client on one file, backed by a lease in the vfs lease manager.
+A revoked delegation's stateid stays, answering NFS4ERR_DELEG_REVOKED, until
+the client frees it (FREE_STATEID): while any does, SEQUENCE reports
+SEQ4_STATUS_RECALLABLE_STATE_REVOKED (RFC 8881 §18.46.3).
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ import attrs
 from claudefs_gateway.nfs.v4 import const as c
 from claudefs_gateway.nfs.v4.base import Nfs4Error
 from claudefs_gateway.nfs.v4.codec import StateId
-from claudefs_gateway.rpc.xdrtypes import Arm
 from claudefs_gateway.vfs.locks import LockOwner, ShareToken
 
 __all__ = [
     "OPEN",
     "LOCK",
     "COPY",
+    "DELEG",
     "State",
     "ClientState",
     "StateIds",
@@ -47,13 +49,13 @@ __all__ = [
     "CURRENT",
     "INVALID",
     "share_modes",
-    "Delegations",
 ]
 
 OPEN = 1
 LOCK = 2
 COPY = 3
-KIND_NAMES = {OPEN: "open", LOCK: "lock", COPY: "copy"}
+DELEG = 4
+KIND_NAMES = {OPEN: "open", LOCK: "lock", COPY: "copy", DELEG: "delegation"}
 
 _ZERO12 = bytes(12)
 _ONES12 = b"\xff" * 12
@@ -86,7 +88,8 @@ class State:
     """
     One stateid's state.
 
-    @ivar kind: L{OPEN}, L{LOCK} or L{COPY} (an asynchronous COPY's stateid).
+    @ivar kind: L{OPEN}, L{LOCK}, L{COPY} (an asynchronous COPY's stateid)
+        or L{DELEG}.
     @ivar owner: the open-owner or lock-owner (bytes, within the client).
     @ivar share: an open's share reservation in the lock table.
     @ivar access: an open's OPEN4_SHARE_ACCESS bits; C{deny} its DENY bits.
@@ -96,6 +99,16 @@ class State:
     @ivar lock_owner: a lock state's owner in the lock table.
     @ivar locked: a lock state holds (or held) locks.
     @ivar job: an asynchronous COPY's job.
+    @ivar lease: a delegation's lease in the vfs lease manager (L{None}
+        once returned or revoked, or for a reclaimed delegation the server
+        could not honour).
+    @ivar deleg_type: a delegation's OPEN_DELEGATE_READ or _WRITE.
+    @ivar fh: a delegation's file handle (CB_RECALL names it).
+    @ivar granted_by: (sessionid, sequenceid, slotid) of the request that
+        granted a delegation: CB_SEQUENCE's referring call (RFC 8881 §2.10.6.3).
+    @ivar recall_pending: a recall is due but could not be sent (no back
+        channel): sent when one comes up.
+    @ivar recalling: a CB_RECALL is being sent.
     """
 
     kind: int
@@ -115,6 +128,12 @@ class State:
     revoked: bool = False
     closed: bool = False
     job: Any = None
+    lease: Any = None
+    deleg_type: int = 0
+    fh: bytes = b""
+    granted_by: tuple[bytes, int, int] | None = None
+    recall_pending: bool = False
+    recalling: Any = None
 
     def stateid(self) -> StateId:
         return StateId(self.seqid, self.other)
@@ -156,6 +175,8 @@ class ClientState:
     @ivar opens: (open-owner, inode) to its open state.
     @ivar lock_states: (lock-owner, inode) to its lock state.
     @ivar states: every stateid of the client by C{other}.
+    @ivar delegs: inode to the client's delegation on it.
+    @ivar revoked: the C{other} of each revoked delegation not yet freed.
     """
 
     ids: StateIds
@@ -164,6 +185,8 @@ class ClientState:
     opens: dict[tuple[bytes, int], State] = attrs.Factory(dict)
     lock_states: dict[tuple[bytes, int], State] = attrs.Factory(dict)
     states: dict[bytes, State] = attrs.Factory(dict)
+    delegs: dict[int, State] = attrs.Factory(dict)
+    revoked: set[bytes] = attrs.Factory(set)
 
     def _new(self, kind: int, client: Any, ino: int, export_id: int, owner: bytes) -> State:
         st = State(kind, self.ids.new_other(), 1, client, ino, export_id, owner)
@@ -193,6 +216,13 @@ class ClientState:
     def new_copy(self, client: Any, ino: int, export_id: int) -> State:
         return self._new(COPY, client, ino, export_id, b"")
 
+    def new_deleg(self, client: Any, ino: int, export_id: int, deleg_type: int) -> State:
+        """A delegation's stateid (the caller checked the client has none on C{ino})."""
+        st = self._new(DELEG, client, ino, export_id, b"")
+        st.deleg_type = deleg_type
+        self.delegs[ino] = st
+        return st
+
     def forget(self, st: State) -> None:
         """Drop a stateid (its locks and share are the caller's to release)."""
         st.closed = True
@@ -206,6 +236,10 @@ class ClientState:
                 del self.lock_states[(st.owner, st.ino)]
             if st.open is not None and st in st.open.locks:
                 st.open.locks.remove(st)
+        elif st.kind == DELEG:
+            if self.delegs.get(st.ino) is st:
+                del self.delegs[st.ino]
+            self.revoked.discard(st.other)
 
     def clear(self) -> list[State]:
         """Forget everything; the states, for the caller to release."""
@@ -216,38 +250,6 @@ class ClientState:
         self.states.clear()
         self.opens.clear()
         self.lock_states.clear()
+        self.delegs.clear()
+        self.revoked.clear()
         return out
-
-
-class Delegations:
-    """
-    Where OPEN and WANT_DELEGATION ask for delegations: the seam the vfs
-    lease manager plugs into. This build grants none: a client that wants
-    one hears why not (RFC 8881 §18.16.3, OPEN_DELEGATE_NONE_EXT), one
-    that expressed no wish gets OPEN_DELEGATE_NONE.
-    """
-
-    def for_open(self, want: int, client: Any, st: State | None, is_dir: bool = False) -> Arm:
-        """
-        The open_delegation4 for an OPEN (or WANT_DELEGATION) with C{want}
-        (the OPEN4_SHARE_ACCESS_WANT_* bits).
-
-        @raise Nfs4Error: NFS4ERR_INVAL for an undefined want.
-        """
-        kind = want & c.OPEN4_SHARE_ACCESS_WANT_DELEG_MASK
-        if kind == c.OPEN4_SHARE_ACCESS_WANT_NO_PREFERENCE:
-            return Arm(c.OPEN_DELEGATE_NONE)
-        if kind == c.OPEN4_SHARE_ACCESS_WANT_NO_DELEG:
-            return Arm(c.OPEN_DELEGATE_NONE_EXT, Arm(c.WND4_NOT_WANTED))
-        if kind == c.OPEN4_SHARE_ACCESS_WANT_CANCEL:
-            return Arm(c.OPEN_DELEGATE_NONE_EXT, Arm(c.WND4_CANCELLED))
-        if kind in (
-            c.OPEN4_SHARE_ACCESS_WANT_READ_DELEG,
-            c.OPEN4_SHARE_ACCESS_WANT_WRITE_DELEG,
-            c.OPEN4_SHARE_ACCESS_WANT_ANY_DELEG,
-        ):
-            if is_dir:
-                return Arm(c.OPEN_DELEGATE_NONE_EXT, Arm(c.WND4_IS_DIR))
-            # No delegations are granted yet: say so, and promise no signal.
-            return Arm(c.OPEN_DELEGATE_NONE_EXT, Arm(c.WND4_RESOURCE, False))
-        raise Nfs4Error(c.NFS4ERR_INVAL, f"delegation want {kind:#x}")

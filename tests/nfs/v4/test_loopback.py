@@ -143,11 +143,9 @@ class LoopbackTests(TestCase):
 
 
 def cl_open(cl: V4Client, name: bytes, create: bool = True) -> list[tuple[int, Any]]:
-    op = (
-        cl.open_create(name, access=c.OPEN4_SHARE_ACCESS_BOTH)
-        if create
-        else cl.open_existing(name, access=c.OPEN4_SHARE_ACCESS_BOTH)
-    )
+    # No delegations here: the other client's open would recall them.
+    access = c.OPEN4_SHARE_ACCESS_BOTH | c.OPEN4_SHARE_ACCESS_WANT_NO_DELEG
+    op = cl.open_create(name, access=access) if create else cl.open_existing(name, access=access)
     return cl.path(b"export") + [op, (c.OP_GETFH, None)]
 
 

@@ -423,8 +423,11 @@ class DataTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.h = Harness()
         self.cl = self.h.client().setup()
+        # No delegation: a second client reads this file.
+        no_deleg = c.OPEN4_SHARE_ACCESS_BOTH | c.OPEN4_SHARE_ACCESS_WANT_NO_DELEG
         r = self.cl.compound(
-            self.cl.path(b"export") + [self.cl.open_create(b"data"), (c.OP_GETFH, None)]
+            self.cl.path(b"export")
+            + [self.cl.open_create(b"data", access=no_deleg), (c.OP_GETFH, None)]
         )
         self.fh = r.last(c.OP_GETFH)
         self.sid = r.last(c.OP_OPEN).stateid

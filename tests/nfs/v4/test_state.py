@@ -19,10 +19,8 @@ from claudefs_gateway.nfs.v4.codec import (
     OpenDowngradeArgs,
     OpenToLockOwner,
     StateId,
-    StateidArgs,
     StateOwner,
     TestStateidArgs,
-    WantDelegationArgs,
     decode_cb_compound,
 )
 from claudefs_gateway.rpc import message as msg
@@ -33,6 +31,7 @@ from tests.nfs.v4.harness import Harness
 
 CURRENT = StateId(1, bytes(12))
 EVERYTHING = 2**64 - 1
+NO_DELEG = c.OPEN4_SHARE_ACCESS_BOTH | c.OPEN4_SHARE_ACCESS_WANT_NO_DELEG
 
 
 def new_lock(
@@ -82,7 +81,7 @@ class OpenTests(SynchronousTestCase):
         self.assertEqual(share[0].access, frozenset({"read", "write"}))
 
     def test_share_conflicts_between_clients(self) -> None:
-        self._open(self.cl, b"f", b"o", c.OPEN4_SHARE_ACCESS_BOTH, c.OPEN4_SHARE_DENY_WRITE)
+        self._open(self.cl, b"f", b"o", NO_DELEG, c.OPEN4_SHARE_DENY_WRITE)
         other = self.h.client().setup()
         r = self._open(other, b"f", b"o", c.OPEN4_SHARE_ACCESS_WRITE, create=False)
         self.assertEqual(r.status, c.NFS4ERR_SHARE_DENIED)
@@ -198,50 +197,16 @@ class OpenTests(SynchronousTestCase):
         )
         self.assertEqual(self.cl.compound([self.cl.putfh(fh), prev]).status, c.NFS4ERR_NO_GRACE)
 
-    def test_delegation_wants(self) -> None:
-        """No delegation is granted: NONE without a want, NONE_EXT with a reason otherwise."""
-
-        def deleg(want: int, name: bytes) -> Arm:
-            r = self._open(self.cl, name, b"o", c.OPEN4_SHARE_ACCESS_READ | want)
-            delegation: Arm = r.last(c.OP_OPEN).delegation
-            return delegation
-
-        self.assertEqual(deleg(0, b"w0"), Arm(c.OPEN_DELEGATE_NONE))
-        self.assertEqual(
-            deleg(c.OPEN4_SHARE_ACCESS_WANT_NO_DELEG, b"w1"),
-            Arm(c.OPEN_DELEGATE_NONE_EXT, Arm(c.WND4_NOT_WANTED)),
-        )
-        self.assertEqual(
-            deleg(c.OPEN4_SHARE_ACCESS_WANT_READ_DELEG, b"w2"),
-            Arm(c.OPEN_DELEGATE_NONE_EXT, Arm(c.WND4_RESOURCE, False)),
-        )
-        r = self._open(self.cl, b"w3", b"o", c.OPEN4_SHARE_ACCESS_READ | 0x0700)
-        self.assertEqual(r.status, c.NFS4ERR_INVAL)
-        r = self.cl.compound(
-            self.cl.path(b"export", b"w0")
-            + [
-                (
-                    c.OP_WANT_DELEGATION,
-                    WantDelegationArgs(c.OPEN4_SHARE_ACCESS_WANT_READ_DELEG, Arm(c.CLAIM_FH)),
-                )
-            ]
-        )
-        self.assertEqual(r.last().tag, c.OPEN_DELEGATE_NONE_EXT)
-        opened = self._open(self.cl, b"w0", b"o", c.OPEN4_SHARE_ACCESS_READ, create=False)
-        sid = opened.last(c.OP_OPEN).stateid
-        r = self.cl.compound(
-            self.cl.path(b"export", b"w0") + [(c.OP_DELEGRETURN, StateidArgs(sid))]
-        )
-        self.assertEqual(r.status, c.NFS4ERR_BAD_STATEID)
-
 
 class LockTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.h = Harness()
         self.a = self.h.client().setup()
         self.b = self.h.client().setup()
+        # No delegation: these tests are about locks (test_delegations has those).
         r = self.a.compound(
-            self.a.path(b"export") + [self.a.open_create(b"lk"), (c.OP_GETFH, None)]
+            self.a.path(b"export")
+            + [self.a.open_create(b"lk", access=NO_DELEG), (c.OP_GETFH, None)]
         )
         self.fh = r.last(c.OP_GETFH)
         self.sid_a = r.last(c.OP_OPEN).stateid
