@@ -8,7 +8,8 @@ client port needs to be reachable.
 Each call is a CB_COMPOUND of CB_SEQUENCE (on back-channel slot 0, one call
 at a time per session) and the callback proper: CB_NOTIFY_LOCK when a lock
 a client waited for may be free, CB_OFFLOAD when an asynchronous COPY ends,
-CB_RECALL when a delegation must come back. Credentials are the ones the client asked
+CB_RECALL when a delegation must come back, CB_GETATTR when another client
+wants the attributes a write delegation's holder caches. Credentials are the ones the client asked
 for in CREATE_SESSION or BACKCHANNEL_CTL (AUTH_SYS or AUTH_NONE; a client
 that offers only RPCSEC_GSS gets no callbacks). A call unanswered within
 C{timeout} seconds fails, and the session reports a back-channel fault in

@@ -1498,6 +1498,13 @@ class CbRecallArgs:
 
 @xdr_struct
 @attrs.frozen(slots=True)
+class CbGetattrArgs:
+    fh: bytes = field(FH)
+    attr_request: list[int] = field(BITMAP)
+
+
+@xdr_struct
+@attrs.frozen(slots=True)
 class CbNotifyLockArgs:
     fh: bytes = field(FH)
     lock_owner: StateOwner = field(STATE_OWNER)
@@ -1516,6 +1523,7 @@ class CbOffloadArgs:
 
 CB_OPS: dict[int, OpSpec] = {
     c.OP_CB_SEQUENCE: OpSpec("CB_SEQUENCE", _x(CbSequenceArgs), ok(_x(CbSequenceResok))),
+    c.OP_CB_GETATTR: OpSpec("CB_GETATTR", _x(CbGetattrArgs), ok(FATTR)),
     c.OP_CB_RECALL: OpSpec("CB_RECALL", _x(CbRecallArgs), STATUS),
     c.OP_CB_NOTIFY_LOCK: OpSpec("CB_NOTIFY_LOCK", _x(CbNotifyLockArgs), STATUS),
     c.OP_CB_OFFLOAD: OpSpec("CB_OFFLOAD", _x(CbOffloadArgs), STATUS),

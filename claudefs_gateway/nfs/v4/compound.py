@@ -275,9 +275,11 @@ class OpsBase:
             mounted = self._pseudo.mounted_on(fh.export) or a.ino
         return fattr.Source(a, fh.handle, (fh.export.id, 0), mounted)
 
-    async def attributes(self, st: CompoundState, fh: FH, request: list[int]) -> Any:
-        """fattr4 of C{fh} for C{request} (the store's statfs when asked)."""
-        src = self.source(fh)
+    async def attributes(
+        self, st: CompoundState, fh: FH, request: list[int], a: Attributes | None = None
+    ) -> Any:
+        """fattr4 of C{fh} (or of C{a}, as another view of it) for C{request} (statfs when asked)."""
+        src = self.source(fh, a)
         if fattr.wants_statfs(request) and fh.export is not None:
             vfs = await self.vfs()
             src.stat = await vfs.statfs(self.caller(st, fh))

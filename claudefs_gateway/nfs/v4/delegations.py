@@ -46,6 +46,10 @@ type it held; if the lease cannot be had then, the delegation is granted
 with C{recall} set, so the client returns it at once (RFC 8881 §18.16.3).
 Delegations survive neither a client restart (CLAIM_DELEGATE_PREV,
 DELEGPURGE: NFS4ERR_NOTSUPP, as knfsd) nor a server restart beyond grace.
+
+Another client's GETATTR of a file under a write delegation asks the holder
+(CB_GETATTR) for the size and change attribute it has cached rather than
+recall it (RFC 8881 §10.4.3); only if that cannot be done is it recalled.
 """
 
 from __future__ import annotations
@@ -67,14 +71,18 @@ from claudefs_gateway.nfs.v4.base import Nfs4Error
 from claudefs_gateway.nfs.v4.callback import CallbackFailed, Callbacks, usable
 from claudefs_gateway.nfs.v4.clients import Client, Session
 from claudefs_gateway.nfs.v4.codec import (
+    CbGetattrArgs,
     CbRecallArgs,
+    Fattr,
     Nfsace,
     ReadDelegation,
     ReferringCall,
     ReferringCallList,
     WriteDelegation,
 )
+from claudefs_gateway.nfs.v4.fattr import bitmap, bits
 from claudefs_gateway.nfs.v4.state import DELEG, ClientState, State, StateIds
+from claudefs_gateway.rpc.xdr import Unpacker, XDRError
 from claudefs_gateway.rpc.xdrtypes import Arm
 from claudefs_gateway.vfs.leases import RWH, H, Lease, LeaseKey, R
 
@@ -130,6 +138,20 @@ def no_delegation(explicit: bool, why: int) -> Arm:
         # ond_server_will_push_deleg / _signal_avail: never promised.
         return Arm(c.OPEN_DELEGATE_NONE_EXT, Arm(why, False))
     return Arm(c.OPEN_DELEGATE_NONE_EXT, Arm(why))
+
+
+def _change_and_size(f: Fattr) -> tuple[int, int] | None:
+    """(change, size) from a CB_GETATTR answer, or None if it lacks them."""
+    nums = bits(f.mask)
+    if c.FATTR4_CHANGE not in nums or c.FATTR4_SIZE not in nums:
+        return None
+    if any(n < c.FATTR4_CHANGE for n in nums):
+        return None  # values of unasked attributes before ours: not worth parsing
+    u = Unpacker(f.vals)
+    try:
+        return u.u64(), u.u64()
+    except XDRError:
+        return None
 
 
 def _mine(owner: Any, client: Client) -> bool:
@@ -402,8 +424,6 @@ class Delegations:
         st.revoked = True
         st.lease = None
         st.recall_pending = False
-        if st.recalling is not None:
-            st.recalling.cancel()
         cs = st.client.state
         if cs is not None:
             cs.revoked.add(st.other)
@@ -483,13 +503,38 @@ class Delegations:
             if st.recall_pending and self._live(st):
                 self._send(st)
 
+    # -- CB_GETATTR --------------------------------------------------------------------------------
+
+    async def cb_getattr(self, st: State) -> tuple[int, int] | None:
+        """
+        Ask a write delegation's holder for the file's change attribute and
+        size (CB_GETATTR, RFC 8881 §10.4.3): what another client's GETATTR
+        should see. L{None} when it cannot be asked or did not answer
+        usably (the caller recalls instead).
+        """
+        if not self._live(st) or st.deleg_type != c.OPEN_DELEGATE_WRITE:
+            return None
+        session = self.back_channel(st.client)
+        if session is None:
+            return None
+        args = CbGetattrArgs(st.fh, bitmap([c.FATTR4_CHANGE, c.FATTR4_SIZE]))
+        try:
+            result = await self.callbacks.call(session, [(c.OP_CB_GETATTR, args)])
+        except CallbackFailed as e:
+            self._log.debug("CB_GETATTR not delivered: {why}", why=str(e))
+            return None
+        if result.status != c.NFS4_OK or len(result.results) < 2:
+            return None
+        return _change_and_size(result.results[1][1].value)
+
     # -- returning and forgetting -------------------------------------------------------------
 
     def returned(self, st: State) -> None:
         """DELEGRETURN (or a client freeing a revoked one): the lease goes, and the stateid."""
+        # A CB_RECALL still out is left to finish (cancelling it would leave
+        # the back channel's sequence id behind the client's); the recall
+        # loop sees the delegation gone and sends nothing more.
         lease, st.lease = st.lease, None
-        if st.recalling is not None:
-            st.recalling.cancel()
         if lease is not None and not lease.gone and self.leases is not None:
             self.leases.release(lease)
         cs = st.client.state

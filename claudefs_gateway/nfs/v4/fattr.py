@@ -183,6 +183,27 @@ def _pair32(p: Packer, v: tuple[int, int]) -> None:
 
 _NO_STAT = FSStat(0, 0, 0, 0, 0, 0)
 
+#: RFC 9754 open_arguments4: what OPEN accepts, each a bitmap of the values
+#: of its argument: share access READ, WRITE, BOTH; every deny; the wants
+#: ANY_DELEG, NO_DELEG, CANCEL (open_args_share_access_want4; READ and WRITE
+#: delegation wants are served too but have no bit there); the claims but
+#: DELEGATE_PREV and DELEG_PREV_FH; every create mode.
+_OPEN_ARGUMENTS = (
+    bitmap([1, 2, 3]),
+    bitmap([0, 1, 2, 3]),
+    bitmap([3, 4, 5]),
+    bitmap(
+        [c.CLAIM_NULL, c.CLAIM_PREVIOUS, c.CLAIM_DELEGATE_CUR, c.CLAIM_FH, c.CLAIM_DELEG_CUR_FH]
+    ),
+    bitmap([c.UNCHECKED4, c.GUARDED4, c.EXCLUSIVE4, c.EXCLUSIVE4_1]),
+)
+
+
+def _open_arguments(p: Packer) -> None:
+    for words in _OPEN_ARGUMENTS:
+        _bitmap(p, words)
+
+
 Encoder = Callable[[Packer, Source, ServerInfo], None]
 
 _ENCODERS: dict[int, Encoder] = {
@@ -235,6 +256,7 @@ _ENCODERS: dict[int, Encoder] = {
     c.FATTR4_CLONE_BLKSIZE: lambda p, s, i: p.u32(0),
     c.FATTR4_CHANGE_ATTR_TYPE: lambda p, s, i: p.u32(c.NFS4_CHANGE_TYPE_IS_MONOTONIC_INCR),
     c.FATTR4_XATTR_SUPPORT: lambda p, s, i: p.bool(True),
+    c.FATTR4_OPEN_ARGUMENTS: lambda p, s, i: _open_arguments(p),
 }
 
 #: Readable attributes (those with an encoder) and the write-only ones.

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from claudefs_gateway import errors
 from claudefs_gateway.fstypes import MAX_FILE_SIZE, XATTR_SIZE_MAX, Attributes, FileType, SetAttrs
 from claudefs_gateway.interfaces import IVFS
@@ -62,6 +64,7 @@ from claudefs_gateway.nfs.v4.codec import (
 )
 from claudefs_gateway.nfs.v4.compound import FH, CompoundState, OpsBase, ok
 from claudefs_gateway.nfs.v4.pseudo import PSEUDO_FSID, PseudoNode
+from claudefs_gateway.nfs.v4.state import DELEG
 from claudefs_gateway.rpc.xdrtypes import Arm
 from claudefs_gateway.vfs import ExportInfo, LeaseKey, R, W, X
 from claudefs_gateway.vfs.leases import W as WRITE_CACHING
@@ -208,26 +211,58 @@ class FileOps(OpsBase):
         fh = self.cfh(st)
         if fh.node is None:
             self.live(fh)
-            await self._flush_writers(st, fh, a.attr_request)
+            seen = await self._writer_view(st, fh, a.attr_request)
+            if seen is not None:
+                return ok(await self.attributes(st, fh, a.attr_request, seen))
         return ok(await self.attributes(st, fh, a.attr_request))
 
-    async def _flush_writers(self, st: CompoundState, fh: FH, request: list[int]) -> None:
+    async def _writer_view(
+        self, st: CompoundState, fh: FH, request: list[int]
+    ) -> Attributes | None:
         """
         Another client caching writes (a write delegation, an SMB write
-        lease) knows size, change and times better than the store: they are
-        recalled first (RFC 8881 §10.4.3 lets the server recall rather than
-        CB_GETATTR); NFS4ERR_DELAY meanwhile. The holder's own GETATTRs
-        recall nothing.
+        lease) knows size, change and times better than the store. An NFSv4
+        holder is asked (CB_GETATTR, RFC 8881 §10.4.3): if its change
+        attribute is not the store's, it changed the file, and the GETATTR
+        sees its size, a change attribute past the store's and the time it
+        was first found changed. Anyone else, or a holder that cannot be
+        asked, is recalled (NFS4ERR_DELAY meanwhile). The holder's own
+        GETATTRs ask nothing. L{None}: the store's attributes stand.
         """
         vfs = self.ctx.vfs
         if vfs is None or not vfs.leases.busy(fh.ino):
-            return
+            return None
         if not _WRITER_ATTRS.intersection(fattr.bits(request)):
-            return
+            return None
         own = LeaseKey("nfs4", st.client.lock_key, None)
-        leases = vfs.leases.leases(fh.ino)
-        if any(x.state & WRITE_CACHING and not own.covers(x.key) for x in leases):
-            await vfs.leases.recall(fh.ino, Why.READ, (own,), wait=False)
+        writers = [
+            x
+            for x in vfs.leases.leases(fh.ino)
+            if x.state & WRITE_CACHING and not own.covers(x.key)
+        ]
+        if not writers:
+            return None
+        if len(writers) == 1 and writers[0].key.protocol == "nfs4":
+            lease = writers[0]
+            deleg = self.ids.by_other.get(lease.key.key or b"")
+            if deleg is not None and deleg.kind == DELEG and lease.breaking_to is None:
+                got = await self.delegations.cb_getattr(deleg)
+                a = fh.attrs
+                if got is not None and a is not None:
+                    change, size = got
+                    if change == a.change:
+                        return None
+                    if deleg.changed_at is None:
+                        deleg.changed_at = int(self.clients.clock.seconds() * 1e9)
+                    return attrs.evolve(
+                        a,
+                        size=size,
+                        change=a.change + 1,
+                        mtime_ns=max(a.mtime_ns, deleg.changed_at),
+                        ctime_ns=max(a.ctime_ns, deleg.changed_at),
+                    )
+        await vfs.leases.recall(fh.ino, Why.READ, (own,), wait=False)
+        return None
 
     async def op_SETATTR(self, st: CompoundState, a: SetattrArgs) -> Arm:
         fh = self.cfh(st)

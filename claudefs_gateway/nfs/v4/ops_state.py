@@ -83,10 +83,14 @@ from claudefs_gateway.vfs.locks import Lock, LockOwner
 __all__ = ["StateOps", "lock_range"]
 
 _OPEN_ACCESS = (c.OPEN4_SHARE_ACCESS_READ, c.OPEN4_SHARE_ACCESS_WRITE, c.OPEN4_SHARE_ACCESS_BOTH)
+# The signal/push wants are hints never acted on (no delegation is promised
+# for later); delegated timestamps (RFC 9754) are not granted: the server
+# answers a plain delegation, which that RFC allows.
 _WANT_BITS = (
     c.OPEN4_SHARE_ACCESS_WANT_DELEG_MASK
     | c.OPEN4_SHARE_ACCESS_WANT_SIGNAL_DELEG_WHEN_RESRC_AVAIL
     | c.OPEN4_SHARE_ACCESS_WANT_PUSH_DELEG_WHEN_UNCONTENDED
+    | c.OPEN4_SHARE_ACCESS_WANT_DELEG_TIMESTAMPS
 )
 
 

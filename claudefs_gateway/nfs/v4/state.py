@@ -109,6 +109,8 @@ class State:
     @ivar recall_pending: a recall is due but could not be sent (no back
         channel): sent when one comes up.
     @ivar recalling: a CB_RECALL is being sent.
+    @ivar changed_at: when a CB_GETATTR first found the holder had changed
+        the file (nanoseconds): the modify time others see until it flushes.
     """
 
     kind: int
@@ -134,6 +136,7 @@ class State:
     granted_by: tuple[bytes, int, int] | None = None
     recall_pending: bool = False
     recalling: Any = None
+    changed_at: int | None = None
 
     def stateid(self) -> StateId:
         return StateId(self.seqid, self.other)

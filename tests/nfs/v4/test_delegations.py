@@ -15,12 +15,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from claudefs_gateway.core.metrics import RequestMetrics
 from claudefs_gateway.nfs.grace import Grace
 from claudefs_gateway.nfs.v4 import const as c
+from claudefs_gateway.nfs.v4 import fattr
 from claudefs_gateway.nfs.v4.codec import (
     BindConnArgs,
+    CbGetattrArgs,
     CbRecallArgs,
     CbSequenceResok,
     ClaimDelegateCur,
     ClientidArgs,
+    Fattr,
     LockArgs,
     OpenArgs,
     OpenToLockOwner,
@@ -42,10 +45,11 @@ from claudefs_gateway.nfs.v4.delegations import RECALL_TRIES, RECENT_SECS
 from claudefs_gateway.nfs.v4.server import NFS4
 from claudefs_gateway.rpc import message as msg
 from claudefs_gateway.rpc.server import RPCServer
+from claudefs_gateway.rpc.xdr import Unpacker
 from claudefs_gateway.rpc.xdrtypes import Arm
 from claudefs_gateway.vfs.leases import RWH, H, LeaseManager, R
 from claudefs_gateway.vfs.locks import LockOwner, LockTable
-from tests.nfs.v4.client import ANON, V4Client, fattr_of
+from tests.nfs.v4.client import ANON, V4Client, attrs_of, fattr_of
 from tests.nfs.v4.harness import FakeConn, Harness
 
 READ = c.OPEN4_SHARE_ACCESS_READ
@@ -77,12 +81,24 @@ class Back:
     def recalls(self) -> list[CbRecallArgs]:
         return [ops[1][1] for _, ops in self.calls() if ops[1][0] == c.OP_CB_RECALL]
 
-    def answer(self, status: int = c.NFS4_OK) -> None:
-        """Answer the last callback sent: CB_SEQUENCE, then C{status} for the callback."""
+    def answer(self, status: int = c.NFS4_OK, value: Any = None) -> None:
+        """Answer the last callback sent: CB_SEQUENCE, then C{status} (and C{value}) for the callback."""
         xid, ops = self.calls()[-1]
         seq = Arm(0, CbSequenceResok(self.cl.sessionid, ops[0][1].sequenceid, 0, 0, 0))
-        results = [(c.OP_CB_SEQUENCE, seq), (ops[1][0], Arm(status))]
+        results = [(c.OP_CB_SEQUENCE, seq), (ops[1][0], Arm(status, value))]
         self.h.nfs4.callbacks.reply(msg.reply_success(xid) + encode_cb_result(status, b"", results))
+
+    def getattrs(self) -> list[CbGetattrArgs]:
+        return [ops[1][1] for _, ops in self.calls() if ops[1][0] == c.OP_CB_GETATTR]
+
+    def answer_getattr(self, change: int, size: int, extra: bytes = b"") -> None:
+        """Answer CB_GETATTR with a change attribute and size (and a delegated mtime if C{extra})."""
+        nums = [c.FATTR4_CHANGE, c.FATTR4_SIZE]
+        vals = change.to_bytes(8, "big") + size.to_bytes(8, "big")
+        if extra:
+            nums.append(c.FATTR4_TIME_DELEG_MODIFY)
+            vals += extra
+        self.answer(c.NFS4_OK, Fattr(fattr.bitmap(nums), vals))
 
 
 class DelegationTestCase(SynchronousTestCase):
@@ -436,10 +452,10 @@ class RecallTests(DelegationTestCase):
 
         for make in (write, chmod, lock, rename, link, remove):
             self._each(make)
-        # A GETATTR of what a writer caches recalls a write delegation (not a read one).
-        self._each(lambda fh, name: b.compound([b.putfh(fh), b.getattr(c.FATTR4_SIZE)]), BOTH)
+        # A read delegation holder caches no writes: another's GETATTR asks nothing.
         fh, _, _ = self.delegated(b"ga", READ)
         self.assertEqual(b.compound([b.putfh(fh), b.getattr(c.FATTR4_SIZE)]).status, c.NFS4_OK)
+        self.assertEqual(len(self.back.calls()), len(self.back.recalls()))
 
     def test_nfs3_write_waits_for_the_return(self) -> None:
         """An NFSv3 write waits (NFSv3 has no "try later" it likes) until the delegation is back."""
@@ -534,6 +550,96 @@ class RecallTests(DelegationTestCase):
         self.a.raw([(c.OP_DESTROY_CLIENTID, ClientidArgs(self.a.clientid))])
         self.assertEqual(self.leases.leases(self.ino(fh)), [])
         self.assertEqual(len(self.h.vfs.leases), 0)
+
+
+class GetattrTests(DelegationTestCase):
+    """Another client's GETATTR of a file under a write delegation asks the holder (CB_GETATTR)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fh, self.deleg, self.sid = self.delegated(b"g", BOTH)
+        p = self.a.putfh(self.fh)
+        self.a.compound([p, (c.OP_WRITE, WriteArgs(self.sid, 0, c.FILE_SYNC4, b"0123456789"))])
+        self.store = attrs_of(self.a.compound([p, self.a.getattr(c.FATTR4_CHANGE)]).last())
+        # The other client's GETATTRs stay open while the holder is asked.
+        self.twin = self.h.client(deferred=True, conn=self.b.conn)  # type: ignore[attr-defined]
+        self.twin.clientid, self.twin.sessionid = self.b.clientid, self.b.sessionid
+
+    def getattr(self) -> defer.Deferred[Any]:
+        want = self.twin.getattr(c.FATTR4_CHANGE, c.FATTR4_SIZE, c.FATTR4_TIME_MODIFY)
+        d: defer.Deferred[Any] = self.twin.compound([self.twin.putfh(self.fh), want], slot=1)
+        return d
+
+    def test_unchanged(self) -> None:
+        """The holder's change attribute is the store's: the store's attributes stand, no recall."""
+        d = self.getattr()
+        self.assertNoResult(d)
+        [asked] = self.back.getattrs()
+        self.assertEqual(
+            (asked.fh, fattr.bits(asked.attr_request)), (self.fh, [c.FATTR4_CHANGE, c.FATTR4_SIZE])
+        )
+        self.back.answer_getattr(self.store[c.FATTR4_CHANGE], 10)
+        got = attrs_of(self.successResultOf(d).last())
+        self.assertEqual(
+            (got[c.FATTR4_CHANGE], got[c.FATTR4_SIZE]), (self.store[c.FATTR4_CHANGE], 10)
+        )
+        self.assertEqual(self.back.recalls(), [])
+
+    def test_changed_by_the_holder(self) -> None:
+        """
+        The holder changed the file (its change attribute moved): others see
+        its size, a change attribute past the store's, and a modify time of
+        when that was found - the same one next time (pynfs DELEG25).
+        """
+        d = self.getattr()
+        self.back.answer_getattr(self.store[c.FATTR4_CHANGE] + 1, 5, extra=bytes(12))
+        got = attrs_of(self.successResultOf(d).last())
+        self.assertEqual(got[c.FATTR4_SIZE], 5)
+        self.assertGreater(got[c.FATTR4_CHANGE], self.store[c.FATTR4_CHANGE])
+        self.h.clock.advance(3)
+        d = self.getattr()
+        self.back.answer_getattr(self.store[c.FATTR4_CHANGE] + 2, 7)
+        again = attrs_of(self.successResultOf(d).last())
+        self.assertEqual(again[c.FATTR4_SIZE], 7)
+        self.assertEqual(again[c.FATTR4_TIME_MODIFY], got[c.FATTR4_TIME_MODIFY])
+        self.assertEqual(self.back.recalls(), [])
+
+    def test_holder_cannot_say(self) -> None:
+        """A holder that answers CB_GETATTR with an error is recalled instead (NFS4ERR_DELAY)."""
+        d = self.getattr()
+        self.back.answer(c.NFS4ERR_BADHANDLE)
+        self.assertEqual(self.successResultOf(d).status, c.NFS4ERR_DELAY)
+        self.assertEqual([r.stateid for r in self.back.recalls()], [self.deleg.stateid])
+
+    def test_holder_unreachable(self) -> None:
+        """Without a back channel to ask on, the delegation is recalled (sent when one is bound)."""
+        self.back.conn.close()
+        d = self.getattr()
+        self.assertEqual(self.successResultOf(d).status, c.NFS4ERR_DELAY)
+        self.assertEqual(self.back.conn.sent, [])
+
+    def test_holder_asks_nothing(self) -> None:
+        """The holder's own GETATTR is answered from the store, without a callback."""
+        r = self.a.compound([self.a.putfh(self.fh), self.a.getattr(c.FATTR4_SIZE)])
+        self.assertEqual(r.status, c.NFS4_OK)
+        self.assertEqual(self.back.conn.sent, [])
+
+    def test_open_arguments(self) -> None:
+        """RFC 9754's open_arguments names what OPEN takes; the delegated-timestamps want is accepted."""
+        r = self.b.compound([(c.OP_PUTROOTFH, None), self.b.getattr(c.FATTR4_SUPPORTED_ATTRS)])
+        self.assertIn(
+            c.FATTR4_OPEN_ARGUMENTS, fattr.bits(attrs_of(r.last())[c.FATTR4_SUPPORTED_ATTRS])
+        )
+        r = self.b.compound([(c.OP_PUTROOTFH, None), self.b.getattr(c.FATTR4_OPEN_ARGUMENTS)])
+        u = Unpacker(r.last().vals)
+        bitmaps = [fattr.bits(u.array(16, Unpacker.u32)) for _ in range(5)]
+        u.done()
+        self.assertEqual(
+            bitmaps,
+            [[1, 2, 3], [0, 1, 2, 3], [3, 4, 5], [0, 1, 2, 4, 5], [0, 1, 2, 3]],
+        )
+        r = self.open(self.b, b"ts", BOTH | c.OPEN4_SHARE_ACCESS_WANT_DELEG_TIMESTAMPS)
+        self.assertEqual(r.last(c.OP_OPEN).delegation.tag, c.OPEN_DELEGATE_WRITE)
 
 
 class RevocationTests(DelegationTestCase):
