@@ -7,6 +7,7 @@ replaced and its clients land on the others; SIGTERM stops everything.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 
 from twisted.internet import defer, reactor
@@ -58,6 +59,27 @@ class OptionsTests(SynchronousTestCase):
 
         for bad in ("x", "-1", "1000"):
             self.assertRaises(usage.UsageError, Options().parseOptions, ["--workers", bad])
+
+
+class WorkerConfigTests(SynchronousTestCase):
+    def test_no_delegations_across_workers(self) -> None:
+        """
+        With more than one worker no NFSv4 delegation is granted: leases are
+        per worker, so one worker could not recall what another granted.
+        """
+        import yaml
+
+        from claudefs_gateway.core import config as cfg
+        from claudefs_gateway.workers import Supervisor
+
+        text = EXPORTS + "nfs: {v4: {delegations: read_write}}\n"
+        config = cfg.loads(text)
+        for n, want in ((1, "read_write"), (2, "none")):
+            sup = Supervisor(config, text, n, "all", reactor)
+            self.addCleanup(shutil.rmtree, sup.run_dir, True)
+            path = sup._worker_config(0, {})
+            got = yaml.safe_load(path.read_text())["nfs"]["v4"]["delegations"]
+            self.assertEqual(got, want)
 
 
 class WorkersTests(TestCase):
