@@ -67,6 +67,7 @@ __all__ = [
     "IDataService",
     "IBackend",
     "ISharedStore",
+    "IPnfsBackend",
     "IVFS",
     "IExports",
     "IUserDB",
@@ -257,6 +258,40 @@ class IBackend(IMetadataService, IDataService):
 
     def close() -> Deferred[None]:
         """Flush and close; every change that returned is on disk afterwards."""
+
+
+class IPnfsBackend(Interface):
+    """
+    A backend whose file bytes live on data servers that pNFS clients can
+    reach themselves (the remote backend; docs/pnfs.rst). The gateway, as
+    pNFS metadata server, builds layouts from what this says.
+    """
+
+    def pnfs_layout(ino: int) -> Deferred[Any]:
+        """
+        The file's layout (C{wire.Layout}: stripe unit, mirrors, data server
+        addresses). @raise NotFound: no such inode.
+        """
+
+    def pnfs_data_server(address: str) -> Deferred[tuple[bytes, str]]:
+        """
+        (fencing key, NFSv3 C{host:port}) of the data server at C{address};
+        an empty address when it serves no pNFS clients.
+        @raise BackendUnavailable: the data server cannot be reached.
+        """
+
+    def pnfs_fence(address: str, ino: int, epoch: int) -> Deferred[None]:
+        """Make the data server refuse C{ino}'s handles minted below C{epoch}."""
+
+    def pnfs_committed(ino: int, end: int) -> Deferred[Attributes]:
+        """
+        A pNFS client wrote bytes up to C{end} on the data servers
+        (LAYOUTCOMMIT): grow the size to C{end} if it is smaller and set
+        mtime and ctime, durably. Fires with the new attributes.
+        """
+
+    def pnfs_probe(address: str) -> Deferred[None]:
+        """Fires if the data server at C{address} answers; fails otherwise."""
 
 
 class ISharedStore(Interface):
@@ -543,6 +578,7 @@ class IVFS(Interface):
 
     store_id: bytes  # random per store, the same across restarts (NFSv4 server owner)
     clock: IReactorTime  # the time every vfs decision is made by
+    pnfs: Any  # the backend as an IPnfsBackend when pNFS clients can reach its data servers
 
     def invalidate() -> int:
         """Drop every cached attribute and name; returns how many entries went."""
@@ -679,6 +715,14 @@ class IVFS(Interface):
 
     def commit(caller: Caller, ino: int) -> Deferred[Attributes]:
         """Make earlier unstable writes durable."""
+
+    def layout_commit(
+        caller: Caller, ino: int, end: int, origin: Origin | None = None
+    ) -> Deferred[Attributes]:
+        """
+        A pNFS client wrote up to C{end} on the data servers (LAYOUTCOMMIT):
+        grow the size, move mtime/ctime. @raise NotSupp: no data servers.
+        """
 
     def allocate(
         caller: Caller, ino: int, offset: int, length: int, origin: Origin | None = None

@@ -60,6 +60,8 @@ class ServerSettings:
     stall_timeout: float = 30.0
     #: The C{meta_store} section (None: the embedded store under C{data_dir}).
     meta_store: Any = None
+    #: data: the pNFS data server's NFSv3 listener (None: serve no pNFS clients).
+    nfs_listen: Listen | None = None
 
 
 class ServerService(MultiService):
@@ -261,7 +263,33 @@ def build_data(
     """The C{claudefs-data} tree: chunk files under the data directory, served on the RPC."""
     root, threads = _common("data", settings, reactor, registry)
     store = ChunkStore(settings.data_dir, durable=settings.durable)
-    handler = DataHandler(store, lambda fn, *a: threads.run("disk", fn, *a))
+
+    def run(fn: Any, *a: Any) -> defer.Deferred[Any]:
+        return threads.run("disk", fn, *a)  # type: ignore[no-any-return]
+
+    pnfs = None
+    if settings.nfs_listen is not None:
+        from claudefs_gateway.core.metrics import RequestMetrics
+        from claudefs_gateway.rpc.server import RPCServer, RPCStreamFactory
+        from claudefs_gateway.servers.ds_nfs import MAX_IO, DSState, ds_program
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        pnfs = DSState(settings.data_dir, run)
+    handler = DataHandler(store, run, pnfs)
     root.health.register("store", handler.check)
     _listeners(root, handler, "data")
+    if pnfs is not None:
+        assert settings.nfs_listen is not None
+        rpc = RPCServer()
+        rpc.add(ds_program(pnfs, handler, RequestMetrics(root.metrics, "pnfs_ds")))
+        metrics = root.metrics
+        metrics.collect_with(
+            "gateway_pnfs_ds_bytes",
+            lambda: {("read",): pnfs.bytes_read, ("write",): pnfs.bytes_written},
+        )
+        factory = RPCStreamFactory(rpc, MAX_IO + 64 * 1024)
+        listener = ListenerService("server:nfs", "nfs", settings.nfs_listen, factory, reactor)
+        listener.setServiceParent(root)
+        pnfs.listener = listener
+        root.health.register("nfs", listener.check)
     return root

@@ -86,6 +86,14 @@ class _ServerOptions(usage.Options):
             raise usage.UsageError("--stall-timeout takes seconds") from None
         if not 0.1 <= stall <= 3600:
             raise usage.UsageError("--stall-timeout must be between 0.1 and 3600 seconds")
+        nfs_listen = None
+        if self.role == "data" and self["nfs-listen"]:
+            try:
+                nfs_listen = cfg.loads(
+                    f"admin:\n  bind: {self['nfs-listen']!r}\n", "--nfs-listen"
+                ).admin.bind
+            except ConfigError as e:
+                raise usage.UsageError(e.render()) from None
         meta_store = None
         if self["config"]:
             if self.role != "meta":
@@ -102,6 +110,7 @@ class _ServerOptions(usage.Options):
             log_level=self["log-level"],
             stall_timeout=stall,
             meta_store=meta_store,
+            nfs_listen=nfs_listen,
         )
 
 
@@ -123,8 +132,21 @@ class MetaOptions(_ServerOptions):
 
 class DataOptions(_ServerOptions):
     role = "data"
-    synopsis = "--data-dir DIR [--listen tcp:7002] [--admin ENDPOINT]"
-    longdesc = "The ClaudeFS data server: file bytes as chunk files."
+    synopsis = "--data-dir DIR [--listen tcp:7002] [--admin ENDPOINT] [--nfs-listen ENDPOINT]"
+    longdesc = (
+        "The ClaudeFS data server: file bytes as chunk files; with --nfs-listen also a pNFS"
+        " flexfiles data server (NFSv3) for clients of gateways with nfs.pnfs.enabled."
+    )
+    optParameters: list[list[Any]] = [
+        *_ServerOptions.optParameters,
+        [
+            "nfs-listen",
+            None,
+            None,
+            "pNFS: the NFSv3 data-server endpoint (e.g. tcp:20490:interface=127.0.0.1); "
+            "none: no pNFS.",
+        ],
+    ]
 
 
 def makeService(options: _ServerOptions) -> IService:

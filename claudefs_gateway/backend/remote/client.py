@@ -57,7 +57,7 @@ from claudefs_gateway.fstypes import (
     Usage,
     WriteResult,
 )
-from claudefs_gateway.interfaces import IBackend, ISharedStore
+from claudefs_gateway.interfaces import IBackend, IPnfsBackend, ISharedStore
 
 __all__ = ["RemoteBackend", "NodeSpec"]
 
@@ -122,7 +122,7 @@ def _node_connector(
     return connect
 
 
-@implementer(IBackend, ISharedStore)
+@implementer(IBackend, ISharedStore, IPnfsBackend)
 class RemoteBackend:
     """
     @param meta: the meta servers, in order of preference.
@@ -612,6 +612,37 @@ class RemoteBackend:
             await self._type_first(ino, e)
         r: WriteResult = await self._call("WROTE", (ino, offset, length, what, True))
         return r.attrs
+
+    # -- IPnfsBackend ---------------------------------------------------------------------
+
+    def pnfs_layout(self, ino: int) -> defer.Deferred[wire.Layout]:
+        return self._call("LAYOUT_GET", (ino,))
+
+    def pnfs_data_server(self, address: str) -> defer.Deferred[tuple[bytes, str]]:
+        if address not in self._data:
+            return defer.fail(errors.IO("not a data server of this namespace"))
+        d: defer.Deferred[Any] = self._dcall(address, "PNFS_INFO")
+        return d.addCallback(lambda r: (bytes(r[0]), str(r[1])))
+
+    def pnfs_fence(self, address: str, ino: int, epoch: int) -> defer.Deferred[None]:
+        if address not in self._data:
+            return defer.fail(errors.IO("not a data server of this namespace"))
+        return self._dcall(address, "PNFS_FENCE", (ino, epoch))
+
+    def pnfs_committed(self, ino: int, end: int) -> defer.Deferred[Attributes]:
+        return defer.Deferred.fromCoroutine(self._pnfs_committed(ino, end))
+
+    async def _pnfs_committed(self, ino: int, end: int) -> Attributes:
+        # WROTE of the last byte written: the size grows to end if smaller,
+        # mtime and ctime move, durably (stable) - the data is on the data
+        # servers already, committed by the client.
+        r: WriteResult = await self._call("WROTE", (ino, max(0, end - 1), 1 if end else 0, 0, True))
+        return r.attrs
+
+    def pnfs_probe(self, address: str) -> defer.Deferred[None]:
+        if address not in self._data:
+            return defer.fail(errors.IO("not a data server of this namespace"))
+        return self._dcall(address, "HEARTBEAT")
 
 
 def _check_regular(a: Attributes) -> None:

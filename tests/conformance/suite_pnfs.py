@@ -1,0 +1,113 @@
+"""
+pNFS with the Linux kernel client: a gateway on ``backend: remote`` as
+metadata server (``nfs.pnfs.enabled``), a meta server and two data servers
+on this machine, each data server with its NFSv3 listener; the kernel
+client (Debian's, under QEMU, ``../shared/tools/kernel-nfs-client.sh``)
+mounts with ``vers=4.1`` and runs the script's steps (64 MiB written and
+read back, listing, renames, removal). The guest sees this machine as
+10.0.2.2, so the gateway advertises the data servers there.
+
+Besides the script's steps (``v4.1/<step>``), this driver checks where the
+bytes went:
+
+``pnfs/layoutget``
+    the guest's mountstats show LAYOUTGETs (its per-op READ count is no
+    evidence either way: the flexfiles client counts the data servers'
+    READs under the mount too);
+``pnfs/ds-write``, ``pnfs/ds-read``
+    the data servers' own counters (``gateway_pnfs_ds_bytes``) grew by at
+    least the file's size in each direction;
+``pnfs/mds-data``
+    the gateway's NFSv4 READ and WRITE counts stayed near zero (the data
+    did not go through it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from tests.conformance import servers
+from tests.conformance.framework import Context, Results, Suite
+from tests.conformance.suite_kernel_nfs import script
+
+SIZE_MIB = int(os.environ.get("CFS_PNFS_SIZE_MIB", "64"))
+
+CONFIG = """
+exports:
+  - path: /export
+    root_squash: false
+    dir_mode: 0777
+"""
+
+
+def _mds_ops(admin: int, op: str) -> float:
+    return servers.metric(admin, "gateway_requests_total", f'protocol="nfs4",op="{op}"')
+
+
+def run(ctx: Context) -> Results:
+    ds = [servers.start_data(ctx.workdir, name=f"data{i}") for i in range(2)]
+    meta = servers.start_meta(ctx.workdir, [d.address for d in ds])
+    results: dict[str, str] = {}
+    try:
+        before = {d: (_ds_bytes(d, "read"), _ds_bytes(d, "write")) for d in ds}
+        with ctx.gateway(
+            CONFIG + servers.remote_config(meta),
+            backend="remote",
+            nfs="pnfs: {enabled: true, advertise_host: 10.0.2.2}",
+        ) as gw:
+            argv = [
+                "bash",
+                str(script()),
+                "--versions",
+                "4.1",
+                "--nfs-port",
+                str(gw.port("nfs")),
+                "--mount-port",
+                str(gw.port("mount")),
+                "--size-mib",
+                str(SIZE_MIB),
+                "--timeout",
+                "900",
+            ]
+            ctx.log(" ".join(argv))
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
+            admin = gw.port("admin")
+            mds_read = _mds_ops(admin, "READ")
+            mds_write = _mds_ops(admin, "WRITE")
+        out = proc.stdout
+        (ctx.workdir / "kernel-client.out").write_text(out + proc.stderr)
+        for m in re.finditer(r"^CFS-RESULT (\S+) (\S+) (ok|fail)(.*)$", out, re.M):
+            scope, step, outcome, detail = m.groups()
+            results[f"{scope}/{step}"] = "pass" if outcome == "ok" else "fail"
+            ctx.log(f"{scope}/{step} {outcome}{detail}")
+        if not results:
+            raise RuntimeError(f"the kernel client reported no step: {proc.stderr[-1000:]}")
+        size = SIZE_MIB << 20
+        written = sum(_ds_bytes(d, "write") - before[d][1] for d in ds)
+        read = sum(_ds_bytes(d, "read") - before[d][0] for d in ds)
+        per_ds = [int(_ds_bytes(d, "write") - before[d][1]) for d in ds]
+        ctx.log(f"data servers: {written} bytes written ({per_ds} each), {read} read")
+        ctx.log(f"gateway: NFSv4 READ {mds_read:.0f}, WRITE {mds_write:.0f}")
+        m = re.search(r"LAYOUTGET=(\d+) READ-via-MDS=(\d+)", out)
+        lg = int(m.group(1)) if m else 0
+        via = int(m.group(2)) if m else -1
+        ctx.log(f"guest: LAYOUTGET {lg}, READ (data servers and gateway) {via}")
+        results["pnfs/layoutget"] = "pass" if lg > 0 else "fail"
+        results["pnfs/ds-write"] = "pass" if written >= size else "fail"
+        results["pnfs/ds-read"] = "pass" if read >= size else "fail"
+        results["pnfs/ds-striped"] = "pass" if all(w > 0 for w in per_ds) else "fail"
+        results["pnfs/mds-data"] = "pass" if mds_read + mds_write < 16 else "fail"
+    finally:
+        meta.stop()
+        for d in ds:
+            d.stop()
+    return results
+
+
+def _ds_bytes(d: servers.Server, direction: str) -> float:
+    return servers.metric(d.ports["admin"], "gateway_pnfs_ds_bytes", f'direction="{direction}"')
+
+
+SUITE = Suite("pnfs", run, apt=("qemu-system-x86", "busybox-static", "kmod", "cpio"))
