@@ -48,7 +48,7 @@ from zope.interface import implementer
 from claudefs_gateway import errors
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
-from claudefs_gateway.interfaces import ILeaseHolder
+from claudefs_gateway.interfaces import IVFS, ILeaseHolder
 from claudefs_gateway.nfs.pnfs import flexfiles as ff
 from claudefs_gateway.nfs.pnfs import handles
 from claudefs_gateway.vfs.leases import LeaseKey, R, W
@@ -378,7 +378,7 @@ class Layouts:
     def _epoch_key(ino: int) -> str:
         return f"nfs4.pnfs.epoch.{ino}"
 
-    async def epoch(self, vfs: Any, ino: int) -> int:
+    async def epoch(self, vfs: IVFS, ino: int) -> int:
         """The file's current layout epoch (kept in the metadata store, cached)."""
         e = self.epochs.get(ino)
         if e is None:

@@ -34,6 +34,7 @@ from twisted.internet import defer
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.nfs.pnfs import flexfiles as ff
 from claudefs_gateway.nfs.pnfs.mds import (
     ALL,
@@ -337,7 +338,7 @@ class PnfsOps(OpsBase):
         st.cstateid = sid
         return ok(Arm(True, sid))
 
-    def _report(self, mds: Layouts, vfs: Any, body: bytes) -> None:
+    def _report(self, mds: Layouts, vfs: IVFS, body: bytes) -> None:
         """Errors a client met on data servers, sent with LAYOUTRETURN (RFC 8435 §9.2)."""
         try:
             report = ff.decode_return(body)
@@ -349,7 +350,7 @@ class PnfsOps(OpsBase):
                 self._device_error(mds, vfs, err.deviceid, err.status, err.opnum)
 
     def _device_error(
-        self, mds: Layouts, vfs: Any, deviceid: bytes, status: int, opnum: int
+        self, mds: Layouts, vfs: IVFS, deviceid: bytes, status: int, opnum: int
     ) -> None:
         dev = mds.devices.get(deviceid)
         if dev is None:
