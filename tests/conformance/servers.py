@@ -59,6 +59,23 @@ class Server:
         self.ended.set()
         self.ready.set()
 
+    def restart_killed(self) -> Server:
+        """
+        SIGKILL this server and start it again on the same directory and
+        ports (a crash and a restart, as clients see it). The new process
+        is returned once it serves.
+        """
+        self.stop(signal.SIGKILL)
+        argv = [
+            "--listen",
+            f"tcp:{self.ports['rpc']}:interface=127.0.0.1",
+            "--admin",
+            f"tcp:{self.ports['admin']}:interface=127.0.0.1",
+        ]
+        if "nfs" in self.ports:
+            argv += ["--nfs-listen", f"tcp:{self.ports['nfs']}:interface=127.0.0.1"]
+        return Server(self.role, self.data_dir, argv, self.logfile).wait()
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.ports['rpc']}"

@@ -20,13 +20,21 @@ bytes went:
 ``pnfs/mds-data``
     the gateway's NFSv4 READ and WRITE counts stayed near zero (the data
     did not go through it).
+
+Then the script runs again (``kill/v4.1/<step>``) while one data server is
+killed (SIGKILL) once 16 MiB of the write reached it and started again on
+the same directory and ports two seconds later: the client re-lays out or
+falls back to I/O through the gateway, and the readback's md5 shows no
+byte was lost.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
+import threading
 
 from tests.conformance import servers
 from tests.conformance.framework import Context, Results, Suite
@@ -99,11 +107,71 @@ def run(ctx: Context) -> Results:
         results["pnfs/ds-read"] = "pass" if read >= size else "fail"
         results["pnfs/ds-striped"] = "pass" if all(w > 0 for w in per_ds) else "fail"
         results["pnfs/mds-data"] = "pass" if mds_read + mds_write < 16 else "fail"
+        if os.environ.get("CFS_PNFS_KILL", "1") == "1":
+            ds[0] = _killed_run(ctx, ds, meta, results)
     finally:
         meta.stop()
         for d in ds:
             d.stop()
     return results
+
+
+def _killed_run(
+    ctx: Context, ds: list[servers.Server], meta: servers.Server, results: dict[str, str]
+) -> servers.Server:
+    """The script again, with data server 0 killed and restarted during the write."""
+    victim = ds[0]
+    base = _ds_bytes(victim, "write")
+    box: dict[str, servers.Server] = {}
+    done = threading.Event()
+
+    def killer() -> None:
+        while not done.is_set():
+            try:
+                if _ds_bytes(victim, "write") - base >= 16 << 20:
+                    break
+            except OSError:
+                pass
+            done.wait(0.05)
+        else:
+            return
+        ctx.log("killing data server 0 mid-write")
+        victim.stop(signal.SIGKILL)
+        threading.Event().wait(2)  # the crash lasts a moment
+        box["new"] = victim.restart_killed()
+        ctx.log("data server 0 restarted")
+
+    t = threading.Thread(target=killer, daemon=True)
+    with ctx.gateway(
+        CONFIG + servers.remote_config(meta),
+        backend="remote",
+        nfs="pnfs: {enabled: true, advertise_host: 10.0.2.2, probe_interval_secs: 1}",
+    ) as gw:
+        t.start()
+        argv = [
+            "bash",
+            str(script()),
+            "--versions",
+            "4.1",
+            "--nfs-port",
+            str(gw.port("nfs")),
+            "--mount-port",
+            str(gw.port("mount")),
+            "--size-mib",
+            str(SIZE_MIB),
+            "--timeout",
+            "900",
+        ]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
+        done.set()
+        t.join(60)
+    (ctx.workdir / "kernel-client-kill.out").write_text(proc.stdout + proc.stderr)
+    for m in re.finditer(r"^CFS-RESULT (\S+) (\S+) (ok|fail)(.*)$", proc.stdout, re.M):
+        scope, step, outcome, detail = m.groups()
+        results[f"kill/{scope}/{step}"] = "pass" if outcome == "ok" else "fail"
+        ctx.log(f"kill/{scope}/{step} {outcome}{detail}")
+    results["kill/restarted"] = "pass" if "new" in box else "fail"
+    return box.get("new", victim)
 
 
 def _ds_bytes(d: servers.Server, direction: str) -> float:

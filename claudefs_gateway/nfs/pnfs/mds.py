@@ -94,6 +94,7 @@ class Device:
     netaddr: ff.NetAddr
     up: bool = True
     probing: Any = None
+    checking: bool = False
 
     def body(self) -> bytes:
         """ff_device_addr4: one path, NFSv3 (RFC 8435 §5.1: loosely coupled)."""
@@ -312,16 +313,20 @@ class Layouts:
         layouts naming it, and probe again until it is back.
         """
         dev = self.devices.get(deviceid)
-        if dev is None or dev.probing is not None:
+        if dev is None or dev.probing is not None or dev.checking:
             return
-        self._log.info("pNFS: device {node} reported failing: {why}", node=dev.address, why=why)
+        # Clients report every failed I/O; one probe at a time per device.
+        dev.checking = True
+        self._log.debug("pNFS: device {node} reported failing: {why}", node=dev.address, why=why)
         d = pnfs.pnfs_probe(dev.address)
 
         def answered(_: Any) -> None:
             # It answers: the client's trouble was its own (or passing).
+            dev.checking = False
             self._log.debug("pNFS: device {node} answers", node=dev.address)
 
         def silent(f: Failure) -> None:
+            dev.checking = False
             self.mark_down(dev, pnfs, f.getErrorMessage())
 
         d.addCallbacks(answered, silent)
