@@ -293,6 +293,15 @@ class IPnfsBackend(Interface):
     def pnfs_probe(address: str) -> Deferred[None]:
         """Fires if the data server at C{address} answers; fails otherwise."""
 
+    def pnfs_stale(ino: int) -> frozenset[str]:
+        """The data servers whose copy of C{ino} missed writes (mirrors; not to be read)."""
+
+    def pnfs_mark_stale(address: str, ino: int) -> Deferred[None]:
+        """
+        The copy of C{ino} on C{address} will miss writes (a layout without
+        it was handed out): re-silver it later. Fires once that is durable.
+        """
+
 
 class ISharedStore(Interface):
     """

@@ -151,6 +151,9 @@ CATALOGUE: dict[str, Spec] = {
     "gateway_pnfs_layout_ops_total": Spec(
         Counter, "pNFS layout operations answered, by operation and outcome.", ("op", "status")
     ),
+    "gateway_mirror_stale_copies": Spec(
+        Gauge, "Mirror copies of files that missed writes and wait to be re-silvered."
+    ),
     "gateway_pnfs_mirrors_degraded": Spec(
         Gauge, "Files whose layout lacks a mirror (a data server down or being re-silvered)."
     ),

@@ -55,6 +55,8 @@ class ServerSettings:
     listen: Listen
     admin: Listen
     data_servers: tuple[str, ...] = ()
+    #: meta: copies of each stripe a new namespace's layout asks for.
+    mirrors: int = 1
     log_level: str = "info"
     durable: bool = True
     stall_timeout: float = 30.0
@@ -101,9 +103,12 @@ class ServerService(MultiService):
 class _MetaStore(Service):
     name = "server:store"
 
-    def __init__(self, handler: MetaHandler, data_servers: list[str], root: ServerService) -> None:
+    def __init__(
+        self, handler: MetaHandler, data_servers: list[str], root: ServerService, mirrors: int = 1
+    ) -> None:
         self.handler = handler
         self.data_servers = data_servers
+        self.mirrors = mirrors
         self.root = root
         self.error: str | None = None
         self.opened = False
@@ -116,7 +121,7 @@ class _MetaStore(Service):
 
     async def _open(self) -> None:
         try:
-            await self.handler.open(self.data_servers)
+            await self.handler.open(self.data_servers, self.mirrors)
         except Exception as e:
             self.error = f"{e.__class__.__name__}: {e}"
             _log.failure("cannot open the metadata store; stopping")
@@ -239,7 +244,7 @@ def build_meta(
             backend.notify_change(value.session, value.ino, value.dir)
 
     handler = MetaHandler(backend, publish)
-    store = _MetaStore(handler, list(settings.data_servers), root)
+    store = _MetaStore(handler, list(settings.data_servers), root, settings.mirrors)
     store.setServiceParent(root)
     root.ready = store.when_open
     root.health.register("store", store.check)

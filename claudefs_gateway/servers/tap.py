@@ -86,6 +86,14 @@ class _ServerOptions(usage.Options):
             raise usage.UsageError("--stall-timeout takes seconds") from None
         if not 0.1 <= stall <= 3600:
             raise usage.UsageError("--stall-timeout must be between 0.1 and 3600 seconds")
+        mirrors = 1
+        if self.role == "meta":
+            try:
+                mirrors = int(self["mirrors"])
+            except ValueError:
+                raise usage.UsageError("--mirrors takes a number") from None
+            if not 1 <= mirrors <= max(1, len(self.data_servers)):
+                raise usage.UsageError("--mirrors must be between 1 and the number of data servers")
         nfs_listen = None
         if self.role == "data" and self["nfs-listen"]:
             try:
@@ -107,6 +115,7 @@ class _ServerOptions(usage.Options):
             listen=parsed,
             admin=parsed_admin,
             data_servers=tuple(self.data_servers),
+            mirrors=mirrors,
             log_level=self["log-level"],
             stall_timeout=stall,
             meta_store=meta_store,
@@ -118,12 +127,24 @@ class MetaOptions(_ServerOptions):
     role = "meta"
     synopsis = (
         "--data-dir DIR [--listen tcp:7001] [--admin ENDPOINT] [--data-server HOST:PORT]..."
+        " [--mirrors N]"
         " [--config FILE]"
     )
     longdesc = (
         "The ClaudeFS metadata server: the namespace, from an embedded SQLite store or, with"
         " --config naming meta_store.type postgresql, from PostgreSQL."
     )
+
+    optParameters: list[list[Any]] = [
+        *_ServerOptions.optParameters,
+        [
+            "mirrors",
+            None,
+            "1",
+            "Copies of each stripe on consecutive data servers, for new namespaces (pNFS "
+            "mirrors; docs/pnfs.rst).",
+        ],
+    ]
 
     def opt_data_server(self, address: str) -> None:
         """A data server (host:port or unix:/path) new namespaces place file bytes on (repeatable)."""

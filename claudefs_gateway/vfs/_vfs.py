@@ -179,6 +179,11 @@ class VFS:
             metrics.family("gateway_backend_errors_total") if metrics is not None else None
         )
         self._backend_kind = config.backend.type
+        if hasattr(backend, "resilver_guard"):
+            # Mirrors: a copy being re-silvered holds other writers off (vfs/resilver.py).
+            from claudefs_gateway.vfs.resilver import resilver_guard
+
+            backend.resilver_guard = resilver_guard(self.leases)
 
     def _count_backend_error(self, f: Failure) -> Failure:
         if self._backend_errors is not None and f.check(*_BACKEND_TROUBLE):

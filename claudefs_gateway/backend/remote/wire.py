@@ -453,6 +453,13 @@ class Layout:
     def server_for(self, offset: int) -> str:
         return self.servers[(offset // self.stripe_unit) % len(self.servers)]
 
+    def copies_for(self, offset: int) -> tuple[str, ...]:
+        """The servers holding the stripe of byte C{offset}: the first, then its mirrors."""
+        n = len(self.servers)
+        k = offset // self.stripe_unit
+        m = max(1, min(self.mirrors, n))
+        return tuple(self.servers[(k + j) % n] for j in range(m))
+
 
 LAYOUT = Struct(
     Layout, [("stripe_unit", U64), ("mirrors", U32), ("servers", _Tuple(Seq(Text(300), 64)))]

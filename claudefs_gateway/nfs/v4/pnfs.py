@@ -208,10 +208,19 @@ class PnfsOps(OpsBase):
             raise Nfs4Error(c.NFS4ERR_LAYOUTUNAVAILABLE, "no data servers")
         offset, length, k = mds.segment_range(layout, a.offset)
         devices = []
+        left_out = []
+        stale = pnfs.pnfs_stale(fh.ino)
         for address in mds.mirrors_of(layout, k):
-            dev = await mds.device(pnfs, address)
+            # A copy missing writes is not read from, nor written until re-silvered.
+            dev = None if address in stale else await mds.device(pnfs, address)
             if dev is not None:
                 devices.append(dev)
+            elif address not in stale:
+                left_out.append(address)
+        if devices and rw:
+            for address in left_out:
+                # Its copy misses what this layout's holder writes: re-silver it later.
+                await pnfs.pnfs_mark_stale(address, fh.ino)
         if not devices:
             mds.count("LAYOUTGET", "UNAVAILABLE")
             # The client does its I/O through the gateway meanwhile.

@@ -58,6 +58,7 @@ class FakeDataServers:
         self.keys = {a: bytes([i + 1]) * 32 for i, a in enumerate(servers)}
         self.fences: list[tuple[str, int, int]] = []
         self.down: set[str] = set()
+        self.stale: set[tuple[str, int]] = set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -82,6 +83,13 @@ class FakeDataServers:
         if got and got[0].size >= end:
             return self._inner.setattr(ino, SetAttrs())  # type: ignore[no-any-return]
         return self._inner.setattr(ino, SetAttrs(size=end))  # type: ignore[no-any-return]
+
+    def pnfs_stale(self, ino: int) -> frozenset[str]:
+        return frozenset(a for a, i in self.stale if i == ino)
+
+    def pnfs_mark_stale(self, address: str, ino: int) -> defer.Deferred[None]:
+        self.stale.add((address, ino))
+        return defer.succeed(None)
 
     def pnfs_probe(self, address: str) -> defer.Deferred[None]:
         if address in self.down:
@@ -223,6 +231,32 @@ class MdsTests(SynchronousTestCase):
         r = pc.compound(pc.path(b"export") + [pc.open_create(b"f"), (c.OP_GETFH, None)])
         got = pc.compound([pc.putfh(r.last(c.OP_GETFH)), layoutget(r.last(c.OP_OPEN).stateid)])
         self.assertEqual(got.status, c.NFS4ERR_LAYOUTUNAVAILABLE)
+
+    def test_mirrors(self) -> None:
+        """
+        With two copies each segment names both data servers (the client
+        writes every mirror); with one down, a read/write layout leaves it
+        out and its copy is marked stale for re-silvering.
+        """
+        self.ds.layout = Layout(4 * MiB, 2, SERVERS)
+        fh, sid = self.open(self.cl)
+        body = self.get(fh, sid, offset=4 * MiB).last(c.OP_LAYOUTGET).layouts[0].body
+        mirrors = ff.decode_layout(body).mirrors
+        self.assertEqual(
+            [self.mds.devices[m[0].deviceid].address for m in mirrors], [SERVERS[1], SERVERS[0]]
+        )
+        self.assertEqual(self.ds.stale, set())
+        ino = next(iter(self.mds.states.values())).ino
+        self.mds.mark_down(self.mds.by_address[SERVERS[0]], self.ds, "test")
+        self.answer_recall(self.cl.conn, c.NFS4ERR_NOMATCHING_LAYOUT)  # type: ignore[attr-defined]
+        r2 = self.cl.compound(
+            self.cl.path(b"export") + [self.cl.open_existing(b"f", b"x", c.OPEN4_SHARE_ACCESS_BOTH)]
+        )
+        body = self.get(fh, r2.last(c.OP_OPEN).stateid).last(c.OP_LAYOUTGET).layouts[0].body
+        (only,) = ff.decode_layout(body).mirrors
+        self.assertEqual(self.mds.devices[only[0].deviceid].address, SERVERS[1])
+        self.assertEqual(self.ds.stale, {(SERVERS[0], ino)})
+        self.mds.stop()
 
     # -- LAYOUTCOMMIT, LAYOUTRETURN ------------------------------------------------------------
 
