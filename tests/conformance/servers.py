@@ -105,10 +105,10 @@ def start_data(workdir: Path, nfs: bool = True, name: str = "data", port: int = 
     return Server("data", d, argv, d.with_suffix(".log")).wait()
 
 
-def start_meta(workdir: Path, data_servers: list[str]) -> Server:
-    """A meta server placing new namespaces' bytes on C{data_servers}."""
+def start_meta(workdir: Path, data_servers: list[str], mirrors: int = 1) -> Server:
+    """A meta server placing new namespaces' bytes on C{data_servers}, C{mirrors} copies each."""
     d = Path(tempfile.mkdtemp(prefix="meta-", dir=workdir))
-    argv = ["--listen", LOOPBACK, "--admin", LOOPBACK]
+    argv = ["--listen", LOOPBACK, "--admin", LOOPBACK, "--mirrors", str(mirrors)]
     for a in data_servers:
         argv += ["--data-server", a]
     return Server("meta", d, argv, d.with_suffix(".log")).wait()
