@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
+from automat import MethodicalMachine
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
@@ -122,10 +123,14 @@ class Segment:
 
 
 @implementer(ILeaseHolder)
-@attrs.define(eq=False)
+@attrs.define(eq=False, slots=False)
 class LayoutState:
     """
-    One client's layouts of one file (a layout stateid, RFC 8881 §12.5.3).
+    One client's layouts of one file (a layout stateid, RFC 8881 §12.5.3),
+    and its lifecycle, an Automat machine drawn in docs/layout.dot::
+
+        held --recall--> being_recalled --returned--> ended
+        held --returned--> ended    (any) --revoke--> ended, fenced
 
     @ivar client: the NFSv4 client record.
     @ivar fh: the file's NFSv4 handle (CB_LAYOUTRECALL names the file by it).
@@ -163,17 +168,65 @@ class LayoutState:
     def servers(self) -> set[str]:
         return {a for s in self.segments for a in s.servers}
 
+    _machine = MethodicalMachine()
+
+    @_machine.state(initial=True)
+    def held(self) -> None:
+        "The client holds the layout; no recall outstanding."
+
+    @_machine.state()
+    def being_recalled(self) -> None:
+        "CB_LAYOUTRECALL sent; waiting for LAYOUTRETURN (or NOMATCHING) or the recall time."
+
+    @_machine.state()
+    def ended(self) -> None:
+        "Returned, dropped with its client, or revoked and fenced; the stateid is unknown."
+
+    @_machine.input()
+    def recall(self, why: str) -> None:
+        "The layout must change or go (a conflicting change, a data server down)."
+
+    @_machine.input()
+    def returned(self) -> None:
+        "The client holds nothing of it any more (LAYOUTRETURN, NOMATCHING_LAYOUT, client gone)."
+
+    @_machine.input()
+    def revoke(self, why: str) -> None:
+        "Not returned within the recall time, or its client's lease expired."
+
+    @_machine.output()
+    def _start_recall(self, why: str) -> None:
+        self.manager._start_recall(self, why)
+
+    @_machine.output()
+    def _forget(self) -> None:
+        self.manager._forget(self)
+
+    @_machine.output()
+    def _forget_and_fence(self, why: str) -> None:
+        self.manager._fence_state(self, why)
+
+    held.upon(recall, enter=being_recalled, outputs=[_start_recall])
+    held.upon(returned, enter=ended, outputs=[_forget])
+    held.upon(revoke, enter=ended, outputs=[_forget_and_fence])
+    being_recalled.upon(recall, enter=being_recalled, outputs=[])
+    being_recalled.upon(returned, enter=ended, outputs=[_forget])
+    being_recalled.upon(revoke, enter=ended, outputs=[_forget_and_fence])
+    ended.upon(recall, enter=ended, outputs=[])
+    ended.upon(returned, enter=ended, outputs=[])
+    ended.upon(revoke, enter=ended, outputs=[])
+
     # ILeaseHolder: the vfs breaks the lease before a conflicting change.
 
     def lease_break(self, lease: Any, to: int) -> bool:
         need = R | (W if self.writable else 0)
         if not need & ~to:
             return False
-        self.manager.recall(self, "lease break")
+        self.recall("lease break")
         return True
 
     def lease_revoked(self, lease: Any) -> None:
-        self.manager.revoke(self, "not returned within the recall time")
+        self.revoke("not returned within the recall time")
 
 
 def lease_key(client: Any, ino: int) -> LeaseKey:
@@ -436,8 +489,20 @@ class Layouts:
 
     def drop(self, st: LayoutState) -> None:
         """The client holds nothing more under C{st}: forget it and its lease."""
-        if st.gone:
-            return
+        st.returned()
+
+    def recall(self, st: LayoutState, why: str) -> None:
+        """
+        Send CB_LAYOUTRECALL for the whole file (RFC 8881 §20.3) and wait for
+        the client's LAYOUTRETURN; past the recall time, revoke and fence.
+        """
+        st.recall(why)
+
+    def revoke(self, st: LayoutState, why: str) -> None:
+        """The client keeps a layout it must give up: fence the file and forget the state."""
+        st.revoke(why)
+
+    def _forget(self, st: LayoutState) -> None:
         st.gone = True
         st.recalling = False
         if st.timer is not None and st.timer.active():
@@ -451,13 +516,7 @@ class Layouts:
         if lease is not None and not lease.gone and st.leases is not None:
             st.leases.release(lease)
 
-    def recall(self, st: LayoutState, why: str) -> None:
-        """
-        Send CB_LAYOUTRECALL for the whole file (RFC 8881 §20.3) and wait for
-        the client's LAYOUTRETURN; past the recall time, revoke and fence.
-        """
-        if st.gone or st.recalling:
-            return
+    def _start_recall(self, st: LayoutState, why: str) -> None:
         st.recalling = True
         st.bump()
         self._log.debug(
@@ -499,10 +558,7 @@ class Layouts:
 
         d.addCallbacks(answered, failed)
 
-    def revoke(self, st: LayoutState, why: str) -> None:
-        """The client keeps a layout it must give up: fence the file and forget the state."""
-        if st.gone:
-            return
+    def _fence_state(self, st: LayoutState, why: str) -> None:
         servers = st.servers()
         writable = st.writable
         st.revoked = True
@@ -513,7 +569,7 @@ class Layouts:
             why=why,
         )
         self.count("revoke", "revoked")
-        self.drop(st)
+        self._forget(st)
         if writable or servers:
             d = defer.Deferred.fromCoroutine(self.fence(st.ino, servers))
             d.addErrback(lambda f: self._log.failure("fencing inode {ino}", f, ino=st.ino))

@@ -38,7 +38,6 @@ from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.nfs.pnfs import flexfiles as ff
 from claudefs_gateway.nfs.pnfs.mds import (
     ALL,
-    RW,
     Layouts,
     LayoutState,
     PnfsSettings,
@@ -154,7 +153,7 @@ class PnfsOps(OpsBase):
         if a.iomode not in (c.LAYOUTIOMODE4_READ, c.LAYOUTIOMODE4_RW):
             raise Nfs4Error(c.NFS4ERR_BADIOMODE, "iomode")
         if not attrs_.is_reg:
-            raise Nfs4Error(c.NFS4ERR_INVAL if attrs_.is_dir else c.NFS4ERR_INVAL, "not a file")
+            raise Nfs4Error(c.NFS4ERR_INVAL, "layouts are of regular files")
         if a.length == 0 or (a.length != ALL and a.offset + a.length > 2**64):
             raise Nfs4Error(c.NFS4ERR_INVAL, "range")
         rw = a.iomode == c.LAYOUTIOMODE4_RW
@@ -309,9 +308,13 @@ class PnfsOps(OpsBase):
         client = st.client
         kind = a.layoutreturn.tag
         if kind != c.LAYOUTRETURN4_FILE:
-            # FSID or ALL: every layout of the client (one file system per export).
+            # FSID or ALL: the client's layouts of that iomode, of every file
+            # (RFC 8881 §18.44.3; one export is one file system, all are returned).
             for ls in [x for x in mds.states.values() if x.client is client]:
-                if a.iomode == c.LAYOUTIOMODE4_ANY or not ls.writable or a.iomode == RW:
+                ls.segments = [
+                    s for s in ls.segments if a.iomode not in (c.LAYOUTIOMODE4_ANY, s.iomode)
+                ]
+                if not ls.segments:
                     mds.drop(ls)
             mds.count("LAYOUTRETURN", "OK")
             return ok(Arm(False))

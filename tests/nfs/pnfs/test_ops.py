@@ -279,6 +279,18 @@ class MdsTests(SynchronousTestCase):
         self.assertEqual(len(self.h.vfs.leases), 0)
         self.assertEqual(self.mds.states, {})
 
+    def test_return_all(self) -> None:
+        """LAYOUTRETURN4_ALL of iomode READ keeps read/write layouts; ANY returns everything."""
+        fh, sid = self.open(self.cl)
+        self.get(fh, sid)
+        ret = LayoutReturnArgs(False, 4, c.LAYOUTIOMODE4_READ, Arm(c.LAYOUTRETURN4_ALL))
+        self.assertEqual(self.cl.compound([(c.OP_LAYOUTRETURN, ret)]).status, 0)
+        self.assertEqual(len(self.mds.states), 1)
+        ret = LayoutReturnArgs(False, 4, c.LAYOUTIOMODE4_ANY, Arm(c.LAYOUTRETURN4_ALL))
+        self.assertEqual(self.cl.compound([(c.OP_LAYOUTRETURN, ret)]).status, 0)
+        self.assertEqual(self.mds.states, {})
+        self.assertEqual(len(self.h.vfs.leases), 0)
+
     # -- recalls ----------------------------------------------------------------------------------
 
     def _writer(self) -> tuple[bytes, StateId]:
@@ -399,3 +411,16 @@ def _why_write() -> Any:
     from claudefs_gateway.vfs.leases import Why
 
     return Why.WRITE
+
+
+class DrawingTests(SynchronousTestCase):
+    def test_machine_drawing(self) -> None:
+        """docs/layout.dot is what the LayoutState machine is (regenerate with to_dot)."""
+        import os
+
+        from claudefs_gateway.core.machines import to_dot
+        from claudefs_gateway.nfs.pnfs.mds import LayoutState
+        from tests.helpers import REPO
+
+        with open(os.path.join(REPO, "docs", "layout.dot")) as f:
+            self.assertEqual(f.read(), to_dot(LayoutState, "layout"))
