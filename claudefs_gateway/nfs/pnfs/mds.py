@@ -34,7 +34,6 @@ probe finds it back.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -599,11 +598,3 @@ class Layouts:
         n = len(layout.servers)
         m = max(1, min(layout.mirrors, n))
         return [layout.servers[(k + j) % n] for j in range(m)]
-
-
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
