@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from claudefs_gateway.nfs.errors import NFS3ERR
 from claudefs_gateway.nfs.pnfs import handles
 from claudefs_gateway.nfs.v3 import codec as c
+from claudefs_gateway.rpc import message as msg
 from claudefs_gateway.rpc.message import AuthSys
 from claudefs_gateway.rpc.server import Peer, RPCServer
 from claudefs_gateway.servers.data import ChunkStore, DataHandler
@@ -132,3 +135,17 @@ class DataServerTests(SynchronousTestCase):
         plain = DataHandler(self.store, inline)
         self.failureResultOf(plain.op_PNFS_FENCE(None, 1, 1), errors.NotSupp)
         self.assertEqual(plain.op_PNFS_INFO(None), (b"", ""))
+
+    @given(proc=st.integers(0, 25), args=st.binary(max_size=200))
+    @settings(max_examples=300)
+    def test_garbage_arguments(self, proc: int, args: bytes) -> None:
+        """Any procedure with any arguments gets a reply (GARBAGE_ARGS, an error status), never a crash."""
+        peer = Peer("127.0.0.1", 700, "tcp", 1 << 30, None)
+        call = msg.encode_call(7, c.NFS_PROGRAM, 3, proc, args, AuthSys(0, b"g", UID, GID, ()))
+        out = self.server.handle(call, peer)
+        if isinstance(out, defer.Deferred):
+            out = self.successResultOf(out)
+        self.assertIsNotNone(out)
+        reply = b"".join(out)
+        h = msg.parse_reply(reply)
+        self.assertTrue(h.accepted)

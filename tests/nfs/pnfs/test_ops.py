@@ -325,6 +325,41 @@ class MdsTests(SynchronousTestCase):
         self.assertEqual(other.compound([other.putfh(fh), write]).status, 0)
         self.assertEqual(self.ds.fences, [])
 
+    def test_truncate_by_another_protocol_recalls(self) -> None:
+        """
+        An SMB (or S3, NFSv3) truncation of a file a client holds a layout of
+        waits for the layout to come back (CB_LAYOUTRECALL, LAYOUTRETURN),
+        then happens.
+        """
+        fh, lsid = self._writer()
+        ino = next(iter(self.mds.states.values())).ino
+        smb = self.h.m.caller(0, 0, protocol="smb")
+        d = self.h.vfs.setattr(smb, ino, SetAttrs(size=0))
+        self.assertNoResult(d)
+        recall = self.answer_recall(self.cl.conn, 0)  # type: ignore[attr-defined]
+        self.assertNoResult(d)
+        ret = LayoutReturnArgs(
+            False,
+            4,
+            c.LAYOUTIOMODE4_ANY,
+            Arm(1, LayoutReturnFile(0, ALL, recall.recall.value.stateid, b"")),
+        )
+        self.assertEqual(self.cl.compound([self.cl.putfh(fh), (c.OP_LAYOUTRETURN, ret)]).status, 0)
+        self.assertEqual(self.successResultOf(d).size, 0)
+
+    def test_own_writes_do_not_recall(self) -> None:
+        """The layout's own client writing through the gateway recalls nothing."""
+        fh, _ = self.open(self.cl, b"own")
+        r = self.cl.compound(
+            self.cl.path(b"export")
+            + [self.cl.open_existing(b"own", b"x", c.OPEN4_SHARE_ACCESS_BOTH)]
+        )
+        osid = r.last(c.OP_OPEN).stateid
+        self.assertEqual(self.get(fh, osid).status, 0)
+        w = self.cl.compound([self.cl.putfh(fh), (c.OP_WRITE, WriteArgs(osid, 0, 2, b"me"))])
+        self.assertEqual(w.status, 0)
+        self.assertEqual(self.cl.conn.sent, [])  # type: ignore[attr-defined]
+
     def test_nomatching_answer_drops_layout(self) -> None:
         """A client that answers the recall with NOMATCHING_LAYOUT holds nothing: the change goes on."""
         fh, _ = self._writer()
