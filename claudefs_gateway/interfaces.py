@@ -67,6 +67,7 @@ __all__ = [
     "IDataService",
     "IBackend",
     "ISharedStore",
+    "IPnfsBackend",
     "IVFS",
     "IExports",
     "IUserDB",
@@ -257,6 +258,49 @@ class IBackend(IMetadataService, IDataService):
 
     def close() -> Deferred[None]:
         """Flush and close; every change that returned is on disk afterwards."""
+
+
+class IPnfsBackend(Interface):
+    """
+    A backend whose file bytes live on data servers that pNFS clients can
+    reach themselves (the remote backend; docs/pnfs.rst). The gateway, as
+    pNFS metadata server, builds layouts from what this says.
+    """
+
+    def pnfs_layout(ino: int) -> Deferred[Any]:
+        """
+        The file's layout (C{wire.Layout}: stripe unit, mirrors, data server
+        addresses). @raise NotFound: no such inode.
+        """
+
+    def pnfs_data_server(address: str) -> Deferred[tuple[bytes, str]]:
+        """
+        (fencing key, NFSv3 C{host:port}) of the data server at C{address};
+        an empty address when it serves no pNFS clients.
+        @raise BackendUnavailable: the data server cannot be reached.
+        """
+
+    def pnfs_fence(address: str, ino: int, epoch: int) -> Deferred[None]:
+        """Make the data server refuse C{ino}'s handles minted below C{epoch}."""
+
+    def pnfs_committed(ino: int, end: int) -> Deferred[Attributes]:
+        """
+        A pNFS client wrote bytes up to C{end} on the data servers
+        (LAYOUTCOMMIT): grow the size to C{end} if it is smaller and set
+        mtime and ctime, durably. Fires with the new attributes.
+        """
+
+    def pnfs_probe(address: str) -> Deferred[None]:
+        """Fires if the data server at C{address} answers; fails otherwise."""
+
+    def pnfs_stale(ino: int) -> frozenset[str]:
+        """The data servers whose copy of C{ino} missed writes (mirrors; not to be read)."""
+
+    def pnfs_mark_stale(address: str, ino: int) -> Deferred[None]:
+        """
+        The copy of C{ino} on C{address} will miss writes (a layout without
+        it was handed out): re-silver it later. Fires once that is durable.
+        """
 
 
 class ISharedStore(Interface):
@@ -470,6 +514,7 @@ class ILeaseManager(Interface):
         is_dir: bool = False,
         parent: LeaseKey | None = None,
         recall_timeout: float | None = None,
+        family: LeaseKey | None = None,
     ) -> Lease | None:
         """
         Grant as much of C{want} as is compatible now (None: nothing); the
@@ -477,8 +522,10 @@ class ILeaseManager(Interface):
         answer a break. @raise Inval: key in use elsewhere.
         """
 
-    def grantable(ino: int, key: LeaseKey, want: int, is_dir: bool = False) -> int:
-        """What L{grant} would grant now."""
+    def grantable(
+        ino: int, key: LeaseKey, want: int, is_dir: bool = False, family: LeaseKey | None = None
+    ) -> int:
+        """What L{grant} would grant now (C{family}: sibling keys that never conflict)."""
 
     def recall(
         ino: int, why: Why, exempt: Iterable[LeaseKey] = (), *, wait: bool = True
@@ -549,6 +596,7 @@ class IVFS(Interface):
 
     store_id: bytes  # random per store, the same across restarts (NFSv4 server owner)
     clock: IReactorTime  # the time every vfs decision is made by
+    pnfs: Any  # the backend as an IPnfsBackend when pNFS clients can reach its data servers
 
     def invalidate() -> int:
         """Drop every cached attribute and name; returns how many entries went."""
@@ -690,6 +738,14 @@ class IVFS(Interface):
 
     def commit(caller: Caller, ino: int) -> Deferred[Attributes]:
         """Make earlier unstable writes durable."""
+
+    def layout_commit(
+        caller: Caller, ino: int, end: int, origin: Origin | None = None
+    ) -> Deferred[Attributes]:
+        """
+        A pNFS client wrote up to C{end} on the data servers (LAYOUTCOMMIT):
+        grow the size, move mtime/ctime. @raise NotSupp: no data servers.
+        """
 
     def allocate(
         caller: Caller, ino: int, offset: int, length: int, origin: Origin | None = None

@@ -317,6 +317,8 @@ def _remote_backend(core: Core) -> IBackend:
     )
     core.health.register("metadata", backend.check_metadata)
     core.health.register("transport", backend.check_transport)
+    core.health.register("mirrors", backend.check_mirrors)
+    core.metrics.collect_with("gateway_mirror_stale_copies", lambda: float(backend.stale_copies()))
     return backend
 
 

@@ -530,6 +530,79 @@ class NfsV4:
 
 
 @attrs.frozen(kw_only=True)
+class PnfsAdvertise:
+    data_server: str = setting(
+        doc="A data server as the gateway reaches it (``host:port`` of its ClaudeFS RPC, "
+        "as the meta server's layout names it)."
+    )
+    address: str = setting(
+        doc="Its NFSv3 data-server listener as clients reach it: ``ip:port``, or ``ip`` "
+        "to keep the port the data server listens on."
+    )
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        host, sep, port = self.address.rpartition(":")
+        if sep and port.isdigit() and host:
+            candidate = host.strip("[]")
+        else:
+            candidate = self.address.strip("[]")
+        try:
+            ipaddress.ip_address(candidate)
+        except ValueError:
+            b.report(
+                join(path, "address"),
+                line_of(raw, "address"),
+                "must be an IP address (clients get it as a netaddr4), with an optional :port",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class NfsPnfs:
+    enabled: bool = setting(
+        False,
+        doc="Be a pNFS metadata server (flexible file layouts, RFC 8435): NFSv4.1 clients "
+        "read and write file bytes straight to the data servers that run with "
+        "``--nfs-listen``. Only with ``backend: remote``; see docs/pnfs.rst.",
+    )
+    advertise_host: str | None = setting(
+        None,
+        doc="The IP address clients reach every data server at, when it differs from how "
+        "the gateway reaches them (the port stays the data server's); unset: the data "
+        "server's own listening address.",
+    )
+    advertise: list[PnfsAdvertise] = setting(
+        factory=list,
+        doc="Per data server, the NFSv3 address clients reach it at (wins over "
+        "``advertise_host``).",
+    )
+    ds_uid: int = setting(
+        65534,
+        min=0,
+        max=2**32 - 2,
+        doc="The synthetic uid layouts tell clients to send to the data servers "
+        "(RFC 8435 §2.2), which they check against the file handle.",
+    )
+    ds_gid: int = setting(65534, min=0, max=2**32 - 2, doc="The synthetic gid, likewise.")
+    probe_interval_secs: float = setting(
+        5.0,
+        min=0.1,
+        max=3600,
+        doc="How often a data server marked down is probed until it answers again.",
+    )
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        if self.advertise_host:
+            try:
+                ipaddress.ip_address(self.advertise_host)
+            except ValueError:
+                b.report(
+                    join(path, "advertise_host"),
+                    line_of(raw, "advertise_host"),
+                    "must be an IP address (clients get it as a netaddr4)",
+                )
+
+
+@attrs.frozen(kw_only=True)
 class Nfs:
     enabled: bool = setting(True, doc="Serve NFSv3 (with MOUNT and NLM) and NFSv4.1/4.2.")
     bind: Listen = setting(
@@ -589,6 +662,7 @@ class Nfs:
         doc="Deprecated: the older name of ``grace_secs``; when set, it is used instead.",
     )
     v4: NfsV4 = setting(factory=NfsV4, doc="NFSv4.1 and 4.2.")
+    pnfs: NfsPnfs = setting(factory=NfsPnfs, doc="pNFS: the gateway as metadata server.")
 
     @property
     def grace(self) -> int:
@@ -1221,6 +1295,12 @@ class Config:
     limits: Limits = setting(factory=Limits, doc="Connection and request-rate limits.")
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
+        if self.nfs.pnfs.enabled and self.backend.type != "remote":
+            b.report(
+                "nfs.pnfs.enabled",
+                line_of(raw.get("nfs", raw), "pnfs"),
+                "pNFS needs backend: remote (data servers clients can reach)",
+            )
         if self.backend.type == "remote" and not self.metadata_servers:
             b.report(
                 "metadata_servers",

@@ -140,6 +140,23 @@ CATALOGUE: dict[str, Spec] = {
         Gauge, "Size of the file system holding the gateway's data directory."
     ),
     "gateway_info": Spec(Info, "Gateway version and backend type."),
+    "gateway_pnfs_ds_bytes": Spec(
+        Gauge,
+        "Bytes a pNFS data server read and wrote for clients over NFSv3 since it started.",
+        ("direction",),
+    ),
+    "gateway_pnfs_layouts": Spec(
+        Gauge, "pNFS layouts held by clients of this gateway.", ("iomode",)
+    ),
+    "gateway_pnfs_layout_ops_total": Spec(
+        Counter, "pNFS layout operations answered, by operation and outcome.", ("op", "status")
+    ),
+    "gateway_mirror_stale_copies": Spec(
+        Gauge, "Mirror copies of files that missed writes and wait to be re-silvered."
+    ),
+    "gateway_pnfs_mirrors_degraded": Spec(
+        Gauge, "Files whose layout lacks a mirror (a data server down or being re-silvered)."
+    ),
 }
 
 

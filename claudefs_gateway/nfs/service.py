@@ -149,6 +149,23 @@ class NFSService(MultiService):
                 ctx4, core.reactor, settings, RequestMetrics(core.metrics, "nfs4"), self.grace
             )
             self.server.add(self.nfs4.program())
+            pnfs = cfg.pnfs
+            if pnfs.enabled:
+                from claudefs_gateway.nfs.pnfs.mds import PnfsSettings
+
+                layouts = self.nfs4.enable_pnfs(
+                    PnfsSettings(
+                        enabled=True,
+                        advertise_host=pnfs.advertise_host or "",
+                        advertise={a.data_server: a.address for a in pnfs.advertise},
+                        ds_uid=pnfs.ds_uid,
+                        ds_gid=pnfs.ds_gid,
+                        recall_timeout=core.config.leases.recall_timeout_secs,
+                        probe_interval=pnfs.probe_interval_secs,
+                    ),
+                    core.metrics,
+                )
+                core.health.register("pnfs", layouts.check)
         self.portmap = PortmapTable()
         self.udp: dict[str, UDPListener] = {}
 

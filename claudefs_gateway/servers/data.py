@@ -131,6 +131,17 @@ class ChunkStore:
             pos += n
         return end >= held_end, bytes(out)
 
+    def held(self, ino: int) -> int:
+        """The end of the bytes held for C{ino} (0 when none): what a data server calls its size."""
+        chunks = self._chunks(ino)
+        if not chunks:
+            return 0
+        last = chunks[-1]
+        try:
+            return last * CHUNK + os.stat(self._dir(ino) / str(last)).st_size
+        except FileNotFoundError:
+            return last * CHUNK
+
     def write(self, ino: int, offset: int, data: bytes, stable: bool) -> None:
         _check_range(offset, len(data))
         view = memoryview(data)
@@ -266,11 +277,13 @@ class DataHandler:
 
     _log = Logger()
 
-    def __init__(self, store: ChunkStore, run: Callable[..., Any]) -> None:
+    def __init__(self, store: ChunkStore, run: Callable[..., Any], pnfs: Any = None) -> None:
         self.store = store
         self._run = run
         self._tails: dict[int, defer.Deferred[Any]] = {}
         self.failed = False
+        #: The pNFS data server's state (L{claudefs_gateway.servers.ds_nfs.DSState}), if any.
+        self.pnfs = pnfs
 
     def instance_id(self) -> bytes:
         return bytes(8)
@@ -336,7 +349,20 @@ class DataHandler:
         return self._serial(ino, self.store.truncate, ino, size)
 
     def op_FORGET(self, conn: Any, ino: int) -> defer.Deferred[None]:
+        if self.pnfs is not None:
+            self.pnfs.forget(ino)
         return self._serial(ino, self.store.forget, ino)
+
+    def op_PNFS_INFO(self, conn: Any) -> tuple[bytes, str]:
+        # A data server without an NFS listener serves no pNFS client.
+        if self.pnfs is None or not self.pnfs.nfs_address:
+            return b"", ""
+        return self.pnfs.key, self.pnfs.nfs_address
+
+    def op_PNFS_FENCE(self, conn: Any, ino: int, epoch: int) -> defer.Deferred[None]:
+        if self.pnfs is None:
+            return defer.fail(errors.NotSupp("this data server serves no pNFS clients"))
+        return self.pnfs.fence(ino, epoch)  # type: ignore[no-any-return]
 
     def op_DATA_STATFS(self, conn: Any) -> defer.Deferred[FSStat]:
         return self._run(self.store.statfs)  # type: ignore[no-any-return]

@@ -54,22 +54,27 @@ class MetaHandler:
         # (a restarted server accepts connections before its store has recovered).
         self.ready = False
 
-    async def open(self, data_servers: list[str]) -> None:
-        """Open the store and settle the namespace's layout."""
+    async def open(self, data_servers: list[str], mirrors: int = 1) -> None:
+        """Open the store and settle the namespace's layout (C{mirrors} copies of each stripe)."""
         await self.backend.open()
         stored = await self.backend.get_state(LAYOUT_KEY)
-        wanted = wire.Layout(DEFAULT_STRIPE, 1, tuple(data_servers))
+        wanted = wire.Layout(DEFAULT_STRIPE, mirrors, tuple(data_servers))
         if stored is None:
             await self.backend.set_state(LAYOUT_KEY, bytes(wire.encode(wire.LAYOUT, wanted)))
             self.layout = wanted
         else:
             self.layout = wire.decode(wire.LAYOUT, stored)
-            if data_servers and self.layout.servers != wanted.servers:
+            if data_servers and (
+                self.layout.servers != wanted.servers or self.layout.mirrors != mirrors
+            ):
                 # Files already placed stay where they are; moving them is a job of its own.
                 self._log.warn(
-                    "the store's layout names data servers {kept}; --data-server {given} ignored",
+                    "the store's layout names data servers {kept} with {m} copies; "
+                    "--data-server {given} --mirrors {want} ignored",
                     kept=",".join(self.layout.servers),
+                    m=self.layout.mirrors,
                     given=",".join(wanted.servers),
+                    want=mirrors,
                 )
         self.ready = True
         self._log.info("metadata store ready", store_open=True)

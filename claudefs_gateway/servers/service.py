@@ -55,11 +55,15 @@ class ServerSettings:
     listen: Listen
     admin: Listen
     data_servers: tuple[str, ...] = ()
+    #: meta: copies of each stripe a new namespace's layout asks for.
+    mirrors: int = 1
     log_level: str = "info"
     durable: bool = True
     stall_timeout: float = 30.0
     #: The C{meta_store} section (None: the embedded store under C{data_dir}).
     meta_store: Any = None
+    #: data: the pNFS data server's NFSv3 listener (None: serve no pNFS clients).
+    nfs_listen: Listen | None = None
 
 
 class ServerService(MultiService):
@@ -99,9 +103,12 @@ class ServerService(MultiService):
 class _MetaStore(Service):
     name = "server:store"
 
-    def __init__(self, handler: MetaHandler, data_servers: list[str], root: ServerService) -> None:
+    def __init__(
+        self, handler: MetaHandler, data_servers: list[str], root: ServerService, mirrors: int = 1
+    ) -> None:
         self.handler = handler
         self.data_servers = data_servers
+        self.mirrors = mirrors
         self.root = root
         self.error: str | None = None
         self.opened = False
@@ -114,7 +121,7 @@ class _MetaStore(Service):
 
     async def _open(self) -> None:
         try:
-            await self.handler.open(self.data_servers)
+            await self.handler.open(self.data_servers, self.mirrors)
         except Exception as e:
             self.error = f"{e.__class__.__name__}: {e}"
             _log.failure("cannot open the metadata store; stopping")
@@ -237,7 +244,7 @@ def build_meta(
             backend.notify_change(value.session, value.ino, value.dir)
 
     handler = MetaHandler(backend, publish)
-    store = _MetaStore(handler, list(settings.data_servers), root)
+    store = _MetaStore(handler, list(settings.data_servers), root, settings.mirrors)
     store.setServiceParent(root)
     root.ready = store.when_open
     root.health.register("store", store.check)
@@ -261,7 +268,33 @@ def build_data(
     """The C{claudefs-data} tree: chunk files under the data directory, served on the RPC."""
     root, threads = _common("data", settings, reactor, registry)
     store = ChunkStore(settings.data_dir, durable=settings.durable)
-    handler = DataHandler(store, lambda fn, *a: threads.run("disk", fn, *a))
+
+    def run(fn: Any, *a: Any) -> defer.Deferred[Any]:
+        return threads.run("disk", fn, *a)  # type: ignore[no-any-return]
+
+    pnfs = None
+    if settings.nfs_listen is not None:
+        from claudefs_gateway.core.metrics import RequestMetrics
+        from claudefs_gateway.rpc.server import RPCServer, RPCStreamFactory
+        from claudefs_gateway.servers.ds_nfs import MAX_IO, DSState, ds_program
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        pnfs = DSState(settings.data_dir, run)
+    handler = DataHandler(store, run, pnfs)
     root.health.register("store", handler.check)
     _listeners(root, handler, "data")
+    if pnfs is not None:
+        assert settings.nfs_listen is not None
+        rpc = RPCServer()
+        rpc.add(ds_program(pnfs, handler, RequestMetrics(root.metrics, "pnfs_ds")))
+        metrics = root.metrics
+        metrics.collect_with(
+            "gateway_pnfs_ds_bytes",
+            lambda: {("read",): pnfs.bytes_read, ("write",): pnfs.bytes_written},
+        )
+        factory = RPCStreamFactory(rpc, MAX_IO + 64 * 1024)
+        listener = ListenerService("server:nfs", "nfs", settings.nfs_listen, factory, reactor)
+        listener.setServiceParent(root)
+        pnfs.listener = listener
+        root.health.register("nfs", listener.check)
     return root

@@ -86,6 +86,22 @@ class _ServerOptions(usage.Options):
             raise usage.UsageError("--stall-timeout takes seconds") from None
         if not 0.1 <= stall <= 3600:
             raise usage.UsageError("--stall-timeout must be between 0.1 and 3600 seconds")
+        mirrors = 1
+        if self.role == "meta":
+            try:
+                mirrors = int(self["mirrors"])
+            except ValueError:
+                raise usage.UsageError("--mirrors takes a number") from None
+            if not 1 <= mirrors <= max(1, len(self.data_servers)):
+                raise usage.UsageError("--mirrors must be between 1 and the number of data servers")
+        nfs_listen = None
+        if self.role == "data" and self["nfs-listen"]:
+            try:
+                nfs_listen = cfg.loads(
+                    f"admin:\n  bind: {self['nfs-listen']!r}\n", "--nfs-listen"
+                ).admin.bind
+            except ConfigError as e:
+                raise usage.UsageError(e.render()) from None
         meta_store = None
         if self["config"]:
             if self.role != "meta":
@@ -99,9 +115,11 @@ class _ServerOptions(usage.Options):
             listen=parsed,
             admin=parsed_admin,
             data_servers=tuple(self.data_servers),
+            mirrors=mirrors,
             log_level=self["log-level"],
             stall_timeout=stall,
             meta_store=meta_store,
+            nfs_listen=nfs_listen,
         )
 
 
@@ -109,12 +127,24 @@ class MetaOptions(_ServerOptions):
     role = "meta"
     synopsis = (
         "--data-dir DIR [--listen tcp:7001] [--admin ENDPOINT] [--data-server HOST:PORT]..."
+        " [--mirrors N]"
         " [--config FILE]"
     )
     longdesc = (
         "The ClaudeFS metadata server: the namespace, from an embedded SQLite store or, with"
         " --config naming meta_store.type postgresql, from PostgreSQL."
     )
+
+    optParameters: list[list[Any]] = [
+        *_ServerOptions.optParameters,
+        [
+            "mirrors",
+            None,
+            "1",
+            "Copies of each stripe on consecutive data servers, for new namespaces (pNFS "
+            "mirrors; docs/pnfs.rst).",
+        ],
+    ]
 
     def opt_data_server(self, address: str) -> None:
         """A data server (host:port or unix:/path) new namespaces place file bytes on (repeatable)."""
@@ -123,8 +153,21 @@ class MetaOptions(_ServerOptions):
 
 class DataOptions(_ServerOptions):
     role = "data"
-    synopsis = "--data-dir DIR [--listen tcp:7002] [--admin ENDPOINT]"
-    longdesc = "The ClaudeFS data server: file bytes as chunk files."
+    synopsis = "--data-dir DIR [--listen tcp:7002] [--admin ENDPOINT] [--nfs-listen ENDPOINT]"
+    longdesc = (
+        "The ClaudeFS data server: file bytes as chunk files; with --nfs-listen also a pNFS"
+        " flexfiles data server (NFSv3) for clients of gateways with nfs.pnfs.enabled."
+    )
+    optParameters: list[list[Any]] = [
+        *_ServerOptions.optParameters,
+        [
+            "nfs-listen",
+            None,
+            None,
+            "pNFS: the NFSv3 data-server endpoint (e.g. tcp:20490:interface=127.0.0.1); "
+            "none: no pNFS.",
+        ],
+    ]
 
 
 def makeService(options: _ServerOptions) -> IService:

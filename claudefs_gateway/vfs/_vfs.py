@@ -179,6 +179,11 @@ class VFS:
             metrics.family("gateway_backend_errors_total") if metrics is not None else None
         )
         self._backend_kind = config.backend.type
+        if hasattr(backend, "resilver_guard"):
+            # Mirrors: a copy being re-silvered holds other writers off (vfs/resilver.py).
+            from claudefs_gateway.vfs.resilver import resilver_guard
+
+            backend.resilver_guard = resilver_guard(self.leases)
 
     def _count_backend_error(self, f: Failure) -> Failure:
         if self._backend_errors is not None and f.check(*_BACKEND_TROUBLE):
@@ -963,6 +968,50 @@ class VFS:
         if len(data):
             self._modified(ino, What.DATA | (What.SIZE if after.size != before.size else 0))
         return WriteResult(result.count, result.stable, after, before)
+
+    @property
+    def pnfs(self) -> Any:
+        """
+        The backend as an L{IPnfsBackend} when file bytes live on data servers
+        pNFS clients can reach (the remote backend), else L{None}.
+        """
+        from claudefs_gateway.interfaces import IPnfsBackend
+
+        return self.backend if IPnfsBackend.providedBy(self.backend) else None
+
+    @deferred
+    async def layout_commit(
+        self, caller: Caller, ino: int, end: int, origin: Origin | None = None
+    ) -> Attributes:
+        """
+        A pNFS client wrote bytes up to C{end} straight to the data servers
+        (LAYOUTCOMMIT, RFC 8881 §18.42): the size grows to C{end} if smaller,
+        mtime and ctime move, as a write by C{caller} would (quota, leases of
+        others, change events). Fires with the new attributes.
+
+        @raise NotSupp: the backend keeps no bytes on data servers.
+        """
+        pnfs = self.pnfs
+        if pnfs is None:
+            raise errors.NotSupp("no data servers")
+        self._writable(caller)
+        a = await self._getattr(ino)
+        if not a.is_reg:
+            raise errors.Inval("LAYOUTCOMMIT of a non-regular file")
+        if end > MAX_FILE_SIZE:
+            raise errors.FBig("file too large")
+        if self.leases.busy(ino):
+            await self._before(ino, self._origin(caller, origin), Why.WRITE)
+        ticket = self.quotas.admit(a.uid, a.gid, max(0, end - a.size), 0)
+        try:
+            after: Attributes = await pnfs.pnfs_committed(ino, end)
+        except BaseException:
+            self.quotas.settle(ticket)
+            raise
+        self.quotas.settle(ticket, _usage_changes(a, after))
+        self.attr_cache.put(ino, after)
+        self._modified(ino, What.DATA | (What.SIZE if after.size != a.size else 0))
+        return after
 
     @deferred
     async def commit(self, caller: Caller, ino: int) -> Attributes:

@@ -424,23 +424,36 @@ class LeaseManager:
         """The live lease of C{key}, if any (a lease key names one file at a time)."""
         return self._by_key.get(key)
 
-    def grantable(self, ino: int, key: LeaseKey, want: int, is_dir: bool = False) -> int:
+    def grantable(
+        self,
+        ino: int,
+        key: LeaseKey,
+        want: int,
+        is_dir: bool = False,
+        family: LeaseKey | None = None,
+    ) -> int:
         """
         The part of C{want} that C{key} could hold on C{ino} beside the other
         holders as they are now: W only when no other key holds anything, and
         never on a directory (MS-SMB2 3.3.5.9.11: directory leases are R or RH).
+
+        @param family: a key covering C{key}'s siblings (an NFSv4 client's
+            delegation and its layouts of one file): their leases are the
+            same client's caches and never conflict with C{key}.
         """
         if is_dir:
             want &= R | H
         bucket = self._by_ino.get(ino)
         if not bucket:
             return want & RWH
-        others = len(bucket) - (key in bucket)
+        others = [
+            x for x in bucket.values() if x.key != key and not (family and family.covers(x.key))
+        ]
         if not others:
             return want & RWH
-        if others == 1:
+        if len(others) == 1:
             # W is only ever held alone, so only a sole other lease can hold it.
-            (other,) = (x for x in bucket.values() if x.key != key)
+            (other,) = others
             if other.state & W or (other.breaking_to is not None and other.state & W):
                 # A writer is still caching (or being broken): grant nothing
                 # until its break is through; the caller recalls first.
@@ -459,6 +472,7 @@ class LeaseManager:
         is_dir: bool = False,
         parent: LeaseKey | None = None,
         recall_timeout: float | None = None,
+        family: LeaseKey | None = None,
     ) -> Lease | None:
         """
         Grant C{key} as much of C{want} on C{ino} as is compatible with the
@@ -471,6 +485,8 @@ class LeaseManager:
             break, if not the manager's L{recall_timeout} (NFSv4: at least
             one lease period).
 
+        @param family: see L{grantable}.
+
         @return: the lease, or L{None} when nothing could be granted.
         @raise Inval: C{key} holds a lease on another file (MS-SMB2 3.3.5.9.8:
             a lease key names one file).
@@ -478,7 +494,7 @@ class LeaseManager:
         existing = self._by_key.get(key)
         if existing is not None and existing.ino != ino:
             raise errors.Inval("lease key in use on another file")
-        bits = self.grantable(ino, key, want, is_dir)
+        bits = self.grantable(ino, key, want, is_dir, family)
         if existing is not None:
             if existing.breaking_to is None and bits & ~existing.state:
                 existing.upgrade(bits)

@@ -483,6 +483,7 @@ _ELEMENT: dict[str, dict[str, Any]] = {
     "users": {"name": "u", "uid": 1, "gid": 1},
     "smb.interfaces": {"name": "eth0", "ip": "10.0.0.1"},
     "metadata_servers": {"address": "m:7001"},
+    "nfs.pnfs.advertise": {"data_server": "d:7002", "address": "192.0.2.1"},
 }
 
 

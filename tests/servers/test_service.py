@@ -36,6 +36,33 @@ class OptionsTests(SynchronousTestCase):
         d.parseOptions(["--data-dir", "x"])
         self.assertEqual(d.settings.listen.port, 7002)
 
+    def test_mirrors_and_nfs_listen(self) -> None:
+        """--mirrors (meta, at most the data servers) and --nfs-listen (data, pNFS)."""
+        o = MetaOptions()
+        o.parseOptions(
+            ["--data-dir", "x", "--data-server", "a:1", "--data-server", "b:1", "--mirrors", "2"]
+        )
+        self.assertEqual(o.settings.mirrors, 2)
+        for bad in ("3", "0", "two"):
+            argv = [
+                "--data-dir",
+                "x",
+                "--data-server",
+                "a:1",
+                "--data-server",
+                "b:1",
+                "--mirrors",
+                bad,
+            ]
+            self.assertRaises(usage.UsageError, MetaOptions().parseOptions, argv)
+        d = DataOptions()
+        d.parseOptions(["--data-dir", "x", "--nfs-listen", "tcp:20490:interface=127.0.0.1"])
+        assert d.settings.nfs_listen is not None
+        self.assertEqual(d.settings.nfs_listen.port, 20490)
+        d = DataOptions()
+        d.parseOptions(["--data-dir", "x"])
+        self.assertIsNone(d.settings.nfs_listen)
+
     def test_bad_values(self) -> None:
         for argv in (
             ["--data-dir", "x", "--data-server", "nonsense"],

@@ -57,13 +57,17 @@ from claudefs_gateway.fstypes import (
     Usage,
     WriteResult,
 )
-from claudefs_gateway.interfaces import IBackend, ISharedStore
+from claudefs_gateway.interfaces import IBackend, IPnfsBackend, ISharedStore
 
 __all__ = ["RemoteBackend", "NodeSpec"]
 
 _BACKOFF = Backoff()
 #: Type errors the meta server decides, which win over a data server's range errors.
 _TYPE_ERRORS = (errors.NotFound, errors.IsDir, errors.Inval, errors.Stale)
+#: A data server that did not answer (as opposed to one that answered an error).
+_UNREACHABLE = (errors.BackendUnavailable, errors.Timeout, ConnectionError)
+#: How often copies missing writes are looked at for re-silvering (seconds).
+RESILVER_INTERVAL = 5.0
 
 
 class NodeSpec:
@@ -122,7 +126,7 @@ def _node_connector(
     return connect
 
 
-@implementer(IBackend, ISharedStore)
+@implementer(IBackend, ISharedStore, IPnfsBackend)
 class RemoteBackend:
     """
     @param meta: the meta servers, in order of preference.
@@ -175,6 +179,18 @@ class RemoteBackend:
         self._events_loop: defer.Deferred[None] | None = None
         self._state = "new"
         self._background: set[defer.Deferred[Any]] = set()
+        #: Mirrors: per data server, the inodes whose copy there missed writes
+        #: (kept in the meta store, cfs.stale.<server>) until re-silvered.
+        self.stale: dict[str, set[int]] = {}
+        # Per inode, a counter of data changes sent through this gateway (a
+        # re-silver that saw it move copies again).
+        self._wgen: dict[int, int] = {}
+        #: An async context manager factory C{guard(ino)} the vfs installs: holds
+        #: writers of other clients off an inode while it is re-silvered.
+        self.resilver_guard: Any = None
+        self.resilvered = 0
+        self._resilver: Any = None
+        self._resilvering = False
 
     def _spawn(self, coro: Any) -> None:
         """Run C{coro} in the background; close() cancels it."""
@@ -221,7 +237,20 @@ class RemoteBackend:
             node.pool.start()
             self._data_nodes.append(node)
             self._data[address] = Failover([node], self._clock, self._backoff)
+        for address in self.layout.servers:
+            raw = await self._call("GET_STATE", (_stale_key(address),))
+            if raw:
+                self.stale[address] = {int(x) for x in raw.decode().split() if x.isdigit()}
         self._state = "open"
+        if self.layout.mirrors > 1:
+            from twisted.internet import task
+
+            loop = task.LoopingCall(self._resilver_pass)
+            loop.clock = self._clock
+            self._resilver = loop
+            loop.start(RESILVER_INTERVAL, now=False).addErrback(
+                lambda f: self._log.failure("re-silver loop", f)
+            )
         self._events_loop = defer.Deferred.fromCoroutine(self._follow_events())
         self._events_loop.addErrback(self._log_events_failure)
         self._log.info(
@@ -241,6 +270,8 @@ class RemoteBackend:
 
     def close(self) -> defer.Deferred[None]:
         self._state = "closed"
+        if self._resilver is not None and self._resilver.running:
+            self._resilver.stop()
         for d in list(self._background):
             d.cancel()
         if self._events_loop is not None:
@@ -345,21 +376,178 @@ class RemoteBackend:
         op = wire.BY_NAME[name]
         return self._data[address].call(lambda c: c.call(name, args), op.idempotent)  # type: ignore[no-any-return]
 
-    def _pieces(self, offset: int, length: int) -> list[tuple[str, int, int]]:
-        """(server, offset, length) for each stripe of the range."""
+    def _pieces(self, offset: int, length: int) -> list[tuple[tuple[str, ...], int, int]]:
+        """(copies, offset, length) for each stripe of the range (copies: the servers holding it)."""
         layout = self.layout
         if layout is None or not layout.servers:
             raise errors.IO("the namespace has no data server")
         if len(layout.servers) == 1 or length <= 0 or offset < 0:
-            return [(layout.servers[0], offset, length)]
+            return [(layout.copies_for(max(0, offset)), offset, length)]
         out = []
         pos, end = offset, offset + length
         unit = layout.stripe_unit
         while pos < end:
             n = min(unit - pos % unit, end - pos)
-            out.append((layout.server_for(pos), pos, n))
+            out.append((layout.copies_for(pos), pos, n))
             pos += n
         return out
+
+    @property
+    def mirrored(self) -> bool:
+        return self.layout is not None and self.layout.mirrors > 1 and len(self.layout.servers) > 1
+
+    async def _all_copies(self, ino: int, copies: Sequence[str], name: str, args: Any) -> None:
+        """
+        Send C{name} to every copy. With mirrors a copy that cannot be reached
+        is marked stale for C{ino} (durably, before this answers) as long as
+        one copy took the call; an error answered by a server, or no copy
+        reached, fails the call.
+        """
+        if any(ino in s for s in self.stale.values()):
+            # Only inodes being (or to be) re-silvered need telling apart.
+            self._wgen[ino] = self._wgen.get(ino, 0) + 1
+        if len(copies) == 1:
+            await self._dcall(copies[0], name, args)
+            return
+        results = await defer.DeferredList(
+            [self._dcall(a, name, args) for a in copies], consumeErrors=True
+        )
+        missed = []
+        first: Failure | None = None
+        for address, (ok, value) in zip(copies, results, strict=True):
+            if ok:
+                continue
+            if value.check(*_UNREACHABLE):
+                missed.append(address)
+                first = first or value
+            else:
+                value.raiseException()
+        if len(missed) == len(copies):
+            assert first is not None
+            first.raiseException()
+        for address in missed:
+            await self.mark_stale(address, ino)
+
+    async def mark_stale(self, address: str, ino: int) -> None:
+        """The copy of C{ino} on C{address} missed a change: re-silver it (kept durably)."""
+        got = self.stale.setdefault(address, set())
+        if ino in got:
+            return
+        got.add(ino)
+        self._log.warn(
+            "mirror: the copy of inode {ino} on {node} missed a write; it will be re-silvered",
+            ino=ino,
+            node=address,
+        )
+        await self._save_stale(address)
+
+    async def _save_stale(self, address: str) -> None:
+        inos = self.stale.get(address, set())
+        value = " ".join(str(i) for i in sorted(inos)).encode() if inos else None
+        await self._call("SET_STATE", (_stale_key(address), value))
+
+    def stale_copies(self) -> int:
+        return sum(len(v) for v in self.stale.values())
+
+    def check_mirrors(self) -> CheckResult:
+        """Health: degraded while a copy is missing writes (re-silvering pending)."""
+        n = self.stale_copies()
+        if n:
+            return CheckResult.degraded(f"{n} mirror copies missing writes (re-silvering)")
+        return CheckResult.healthy()
+
+    # -- re-silvering ------------------------------------------------------------------------
+
+    def _resilver_pass(self) -> defer.Deferred[None]:
+        if self._resilvering or not self.stale_copies():
+            return defer.succeed(None)
+        self._resilvering = True
+        d = defer.Deferred.fromCoroutine(self.resilver())
+
+        def done(result: Any) -> Any:
+            self._resilvering = False
+            if isinstance(result, Failure) and not result.check(defer.CancelledError):
+                self._log.failure("re-silver pass", result)
+            return None
+
+        return d.addBoth(done)
+
+    async def resilver(self) -> int:
+        """
+        Copy what each stale copy missed from a good copy, for data servers
+        that answer again; fires with the number of copies made whole.
+        """
+        fixed = 0
+        for address in sorted(self.stale):
+            inos = self.stale.get(address)
+            if not inos:
+                continue
+            try:
+                await self._dcall(address, "HEARTBEAT")
+            except errors.GatewayError:
+                continue
+            for ino in sorted(inos):
+                if self._state != "open":
+                    return fixed
+                try:
+                    done = await self._resilver_one(address, ino)
+                except errors.GatewayError as e:
+                    self._log.info(
+                        "mirror: re-silvering inode {ino} on {node} postponed: {why}",
+                        ino=ino,
+                        node=address,
+                        why=str(e),
+                    )
+                    break
+                if done:
+                    self.stale[address].discard(ino)
+                    if not any(ino in s for s in self.stale.values()):
+                        self._wgen.pop(ino, None)
+                    await self._save_stale(address)
+                    fixed += 1
+                    self.resilvered += 1
+        return fixed
+
+    async def _resilver_one(self, address: str, ino: int) -> bool:
+        guard = self.resilver_guard
+        if guard is None:
+            return await self._copy_to(address, ino)
+        async with guard(ino) as held:
+            done = await self._copy_to(address, ino, held)
+        return done
+
+    async def _copy_to(self, address: str, ino: int, held: Any = None) -> bool:
+        """Make C{address}'s copy of C{ino} whole; False if a writer came by meanwhile."""
+        gen = self._wgen.get(ino, 0)
+        try:
+            a: Attributes = await self._call("GETATTR", (ino,))
+        except errors.NotFound:
+            await self._dcall(address, "FORGET", (ino,))
+            return True
+        if a.type is not FileType.REG:
+            return True
+        # The copy may hold bytes the others dropped since (a truncation it missed).
+        await self._dcall(address, "TRUNCATE", (ino, 0))
+        step = 1 << 20
+        for copies, pos, n in self._pieces(0, a.size) if a.size else ():
+            if address not in copies:
+                continue
+            sources = [s for s in copies if s != address and ino not in self.stale.get(s, ())]
+            if not sources:
+                raise errors.BackendUnavailable("no good copy to re-silver from")
+            off = pos
+            while off < pos + n:
+                size = min(step, pos + n - off)
+                _, data = await self._dcall(sources[0], "READ", (ino, off, size))
+                if self._wgen.get(ino, 0) != gen or (held is not None and held.interrupted):
+                    return False
+                await self._dcall(address, "WRITE", (ino, off, False, data))
+                off += size
+        await self._dcall(address, "COMMIT", (ino,))
+        if self._wgen.get(ino, 0) != gen or (held is not None and held.interrupted):
+            return False
+        self._log.info("mirror: inode {ino} re-silvered on {node}", ino=ino, node=address)
+        return True
 
     async def _type_first(self, ino: int, error: Exception) -> None:
         """A data server refused a range; the meta server's word on the inode wins."""
@@ -460,8 +648,12 @@ class RemoteBackend:
         if changes.size is not None:
             # Bytes at and past the new size go (a later extension reads zeros);
             # the meta server answered first, so a refused setattr cuts nothing.
-            for address in self.layout.servers if self.layout else ():
-                await self._dcall(address, "TRUNCATE", (ino, changes.size))
+            servers = tuple(self.layout.servers) if self.layout else ()
+            if self.mirrored:
+                await self._all_copies(ino, servers, "TRUNCATE", (ino, changes.size))
+            else:
+                for address in servers:
+                    await self._dcall(address, "TRUNCATE", (ino, changes.size))
         return a
 
     def readdir(
@@ -544,10 +736,22 @@ class RemoteBackend:
         if n <= 0:
             return b"", True
         parts = []
-        for address, pos, size in self._pieces(offset, n):
-            _, got = await self._dcall(address, "READ", (ino, pos, size))
+        for copies, pos, size in self._pieces(offset, n):
+            got = await self._read_piece(ino, copies, pos, size)
             parts.append(got[:size] if len(got) >= size else got + bytes(size - len(got)))
         return b"".join(parts), offset + n >= a.size
+
+    async def _read_piece(self, ino: int, copies: Sequence[str], pos: int, size: int) -> bytes:
+        """A piece from the first copy that answers and missed no write."""
+        good = [a for a in copies if ino not in self.stale.get(a, ())] or list(copies)
+        for i, address in enumerate(good):
+            try:
+                _, got = await self._dcall(address, "READ", (ino, pos, size))
+                return bytes(got)
+            except _UNREACHABLE:
+                if i == len(good) - 1:
+                    raise
+        raise errors.IO("no copy")  # pragma: no cover - good is never empty
 
     def write(
         self, ino: int, offset: int, data: bytes | memoryview, stable: bool
@@ -557,9 +761,9 @@ class RemoteBackend:
     async def _write(self, ino: int, offset: int, data: bytes, stable: bool) -> WriteResult:
         if data:
             try:
-                for address, pos, size in self._pieces(offset, len(data)):
+                for copies, pos, size in self._pieces(offset, len(data)):
                     piece = data[pos - offset : pos - offset + size]
-                    await self._dcall(address, "WRITE", (ino, pos, stable, piece))
+                    await self._all_copies(ino, copies, "WRITE", (ino, pos, stable, piece))
             except errors.FSError as e:
                 await self._type_first(ino, e)
         try:
@@ -585,7 +789,11 @@ class RemoteBackend:
             await self._forget(ino)
 
     async def _commit_data(self, ino: int) -> None:
-        for address in self.layout.servers if self.layout else ():
+        servers = tuple(self.layout.servers) if self.layout else ()
+        if self.mirrored:
+            await self._all_copies(ino, servers, "COMMIT", (ino,))
+            return
+        for address in servers:
             await self._dcall(address, "COMMIT", (ino,))
 
     def commit(self, ino: int) -> defer.Deferred[Attributes]:
@@ -606,12 +814,53 @@ class RemoteBackend:
 
     async def _ranged(self, ino: int, offset: int, length: int, name: str, what: int) -> Attributes:
         try:
-            for address, pos, size in self._pieces(offset, length):
-                await self._dcall(address, name, (ino, pos, size))
+            for copies, pos, size in self._pieces(offset, length):
+                await self._all_copies(ino, copies, name, (ino, pos, size))
         except errors.FSError as e:
             await self._type_first(ino, e)
         r: WriteResult = await self._call("WROTE", (ino, offset, length, what, True))
         return r.attrs
+
+    # -- IPnfsBackend ---------------------------------------------------------------------
+
+    def pnfs_layout(self, ino: int) -> defer.Deferred[wire.Layout]:
+        return self._call("LAYOUT_GET", (ino,))
+
+    def pnfs_data_server(self, address: str) -> defer.Deferred[tuple[bytes, str]]:
+        if address not in self._data:
+            return defer.fail(errors.IO("not a data server of this namespace"))
+        d: defer.Deferred[Any] = self._dcall(address, "PNFS_INFO")
+        return d.addCallback(lambda r: (bytes(r[0]), str(r[1])))
+
+    def pnfs_fence(self, address: str, ino: int, epoch: int) -> defer.Deferred[None]:
+        if address not in self._data:
+            return defer.fail(errors.IO("not a data server of this namespace"))
+        return self._dcall(address, "PNFS_FENCE", (ino, epoch))
+
+    def pnfs_committed(self, ino: int, end: int) -> defer.Deferred[Attributes]:
+        return defer.Deferred.fromCoroutine(self._pnfs_committed(ino, end))
+
+    async def _pnfs_committed(self, ino: int, end: int) -> Attributes:
+        # WROTE of the last byte written: the size grows to end if smaller,
+        # mtime and ctime move, durably (stable) - the data is on the data
+        # servers already, committed by the client.
+        r: WriteResult = await self._call("WROTE", (ino, max(0, end - 1), 1 if end else 0, 0, True))
+        return r.attrs
+
+    def pnfs_stale(self, ino: int) -> frozenset[str]:
+        return frozenset(a for a, inos in self.stale.items() if ino in inos)
+
+    def pnfs_mark_stale(self, address: str, ino: int) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self.mark_stale(address, ino))
+
+    def pnfs_probe(self, address: str) -> defer.Deferred[None]:
+        if address not in self._data:
+            return defer.fail(errors.IO("not a data server of this namespace"))
+        return self._dcall(address, "HEARTBEAT")
+
+
+def _stale_key(address: str) -> str:
+    return f"cfs.stale.{address}"
 
 
 def _check_regular(a: Attributes) -> None:

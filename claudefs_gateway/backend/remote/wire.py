@@ -453,6 +453,13 @@ class Layout:
     def server_for(self, offset: int) -> str:
         return self.servers[(offset // self.stripe_unit) % len(self.servers)]
 
+    def copies_for(self, offset: int) -> tuple[str, ...]:
+        """The servers holding the stripe of byte C{offset}: the first, then its mirrors."""
+        n = len(self.servers)
+        k = offset // self.stripe_unit
+        m = max(1, min(self.mirrors, n))
+        return tuple(self.servers[(k + j) % n] for j in range(m))
+
 
 LAYOUT = Struct(
     Layout, [("stripe_unit", U64), ("mirrors", U32), ("servers", _Tuple(Seq(Text(300), 64)))]
@@ -612,6 +619,26 @@ OPS: dict[int, Op] = _ops(
     Op(0x35, "TRUNCATE", Tup(U64, BIG), NOTHING, "data", True, doc="drop bytes at and past size"),
     Op(0x36, "FORGET", Tup(U64), NOTHING, "data", True, doc="the inode is gone: free its chunks"),
     Op(0x37, "DATA_STATFS", NOTHING, FSSTAT, "data", True),
+    Op(
+        0x38,
+        "PNFS_INFO",
+        NOTHING,
+        Tup(Blob(64), Text(300)),
+        "data",
+        True,
+        doc="the data server's fencing key and its NFSv3 address (host:port, or empty "
+        "when it serves no pNFS clients)",
+    ),
+    Op(
+        0x39,
+        "PNFS_FENCE",
+        Tup(U64, U32),
+        NOTHING,
+        "data",
+        True,
+        doc="ino, epoch: refuse the inode's data-server handles minted below epoch "
+        "(a revoked layout); durable when it answers",
+    ),
     # -- locks, share reservations, leases (the meta server; milestone 5 serves them)
     Op(
         0x40,

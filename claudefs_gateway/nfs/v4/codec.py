@@ -1219,6 +1219,47 @@ class GetDeviceListResok:
     eof: bool = field(BOOL)
 
 
+@xdr_struct
+@attrs.frozen(slots=True)
+class Layout4:
+    """layout4 (RFC 8881 §3.3.15): one segment and its type-specific body."""
+
+    offset: int = field(U64)
+    length: int = field(U64)
+    iomode: int = field(U32)
+    type: int = field(U32)
+    body: bytes = field(Opaque(ATTRLIST_LIMIT))
+
+
+@xdr_struct
+@attrs.frozen(slots=True)
+class LayoutGetResok:
+    return_on_close: bool = field(BOOL)
+    stateid: StateId = field(STATEID)
+    layouts: list[Layout4] = field(Array(Layout4.XDR, SMALL_ARRAY))  # type: ignore[attr-defined]
+
+
+@xdr_struct
+@attrs.frozen(slots=True)
+class DeviceAddr4:
+    """device_addr4 (RFC 8881 §3.3.14)."""
+
+    type: int = field(U32)
+    body: bytes = field(Opaque(ATTRLIST_LIMIT))
+
+
+@xdr_struct
+@attrs.frozen(slots=True)
+class GetDeviceInfoResok:
+    device: DeviceAddr4 = field(DeviceAddr4.XDR)  # type: ignore[attr-defined]
+    notification: list[int] = field(BITMAP)
+
+
+#: newsize4 and layoutreturn_stateid: a bool, then the value when true.
+NEWSIZE = Union(BOOL, {True: U64, False: VOID}, name="newsize4")
+LAYOUTRETURN_STATEID = Union(BOOL, {True: STATEID, False: VOID}, name="layoutreturn_stateid")
+
+
 # -- the operation table ----------------------------------------------------------------
 
 
@@ -1294,12 +1335,14 @@ OPS: dict[int, OpSpec] = {
     c.OP_GETDEVICEINFO: OpSpec(
         "GETDEVICEINFO",
         _x(GetDeviceInfoArgs),
-        ok(VOID, NFS4ERR_TOOSMALL=U32),
+        ok(_x(GetDeviceInfoResok), NFS4ERR_TOOSMALL=U32),
     ),
     c.OP_GETDEVICELIST: OpSpec("GETDEVICELIST", _x(GetDeviceListArgs), ok(_x(GetDeviceListResok))),
-    c.OP_LAYOUTCOMMIT: OpSpec("LAYOUTCOMMIT", _x(LayoutCommitArgs), ok(VOID)),
-    c.OP_LAYOUTGET: OpSpec("LAYOUTGET", _x(LayoutGetArgs), ok(VOID, NFS4ERR_LAYOUTTRYLATER=BOOL)),
-    c.OP_LAYOUTRETURN: OpSpec("LAYOUTRETURN", _x(LayoutReturnArgs), ok(VOID)),
+    c.OP_LAYOUTCOMMIT: OpSpec("LAYOUTCOMMIT", _x(LayoutCommitArgs), ok(NEWSIZE)),
+    c.OP_LAYOUTGET: OpSpec(
+        "LAYOUTGET", _x(LayoutGetArgs), ok(_x(LayoutGetResok), NFS4ERR_LAYOUTTRYLATER=BOOL)
+    ),
+    c.OP_LAYOUTRETURN: OpSpec("LAYOUTRETURN", _x(LayoutReturnArgs), ok(LAYOUTRETURN_STATEID)),
     c.OP_SECINFO_NO_NAME: OpSpec("SECINFO_NO_NAME", _x(SecinfoNoNameArgs), SECINFO_RES),
     c.OP_SEQUENCE: OpSpec("SEQUENCE", _x(SequenceArgs), ok(_x(SequenceResok))),
     c.OP_SET_SSV: OpSpec("SET_SSV", _x(SetSsvArgs), ok(Opaque(OWNER_LIMIT))),
@@ -1521,7 +1564,46 @@ class CbOffloadArgs:
     info: Arm = field(OFFLOAD_INFO)
 
 
+@xdr_struct
+@attrs.frozen(slots=True)
+class LayoutRecallFile:
+    """layoutrecall_file4."""
+
+    fh: bytes = field(FH)
+    offset: int = field(U64)
+    length: int = field(U64)
+    stateid: StateId = field(STATEID)
+
+
+@xdr_struct
+@attrs.frozen(slots=True)
+class Fsid4:
+    major: int = field(U64)
+    minor: int = field(U64)
+
+
+LAYOUTRECALL = Union(
+    U32,
+    {
+        c.LAYOUTRECALL4_FILE: LayoutRecallFile.XDR,  # type: ignore[attr-defined]
+        c.LAYOUTRECALL4_FSID: Fsid4.XDR,  # type: ignore[attr-defined]
+        c.LAYOUTRECALL4_ALL: VOID,
+    },
+    name="layoutrecall4",
+)
+
+
+@xdr_struct
+@attrs.frozen(slots=True)
+class CbLayoutRecallArgs:
+    type: int = field(U32)
+    iomode: int = field(U32)
+    changed: bool = field(BOOL)
+    recall: Arm = field(LAYOUTRECALL)
+
+
 CB_OPS: dict[int, OpSpec] = {
+    c.OP_CB_LAYOUTRECALL: OpSpec("CB_LAYOUTRECALL", _x(CbLayoutRecallArgs), STATUS),
     c.OP_CB_SEQUENCE: OpSpec("CB_SEQUENCE", _x(CbSequenceArgs), ok(_x(CbSequenceResok))),
     c.OP_CB_GETATTR: OpSpec("CB_GETATTR", _x(CbGetattrArgs), ok(FATTR)),
     c.OP_CB_RECALL: OpSpec("CB_RECALL", _x(CbRecallArgs), STATUS),

@@ -290,7 +290,11 @@ class Delegations:
             c.OPEN4_SHARE_ACCESS_WANT_ANY_DELEG,
             c.OPEN4_SHARE_ACCESS_WANT_NO_PREFERENCE,
         ):
-            if may_write and not (opens or locked) and leases.grantable(ino, key, RWH) == RWH:
+            if (
+                may_write
+                and not (opens or locked)
+                and leases.grantable(ino, key, RWH, family=key) == RWH
+            ):
                 st = self._grant(
                     leases, client, cs, c.OPEN_DELEGATE_WRITE, ino, export_id, handle, opened
                 )
@@ -301,7 +305,7 @@ class Delegations:
                 return no_delegation(True, c.WND4_CONTENTION)
         if not access & c.OPEN4_SHARE_ACCESS_READ or writers or locked:
             return no_delegation(explicit, c.WND4_CONTENTION)
-        if leases.grantable(ino, key, R | H) != R | H:
+        if leases.grantable(ino, key, R | H, family=key) != R | H:
             return no_delegation(explicit, c.WND4_CONTENTION)
         st = self._grant(leases, client, cs, c.OPEN_DELEGATE_READ, ino, export_id, handle, opened)
         if st is None:
@@ -324,7 +328,14 @@ class Delegations:
         bits = RWH if deleg_type == c.OPEN_DELEGATE_WRITE else R | H
         st = cs.new_deleg(client, ino, export_id, deleg_type)
         key = LeaseKey("nfs4", client.lock_key, st.other)
-        lease = leases.grant(ino, key, bits, self, recall_timeout=self.recall_secs(leases))
+        lease = leases.grant(
+            ino,
+            key,
+            bits,
+            self,
+            recall_timeout=self.recall_secs(leases),
+            family=LeaseKey("nfs4", client.lock_key, None),
+        )
         if lease is None or lease.state != bits:
             if lease is not None:
                 leases.release(lease)

@@ -136,6 +136,10 @@ class ServerInfo:
     maxwrite: int
     uid_name: Callable[[int], bytes]
     gid_name: Callable[[int], bytes]
+    #: pNFS: the layout types the gateway hands out (empty: not a metadata server).
+    layout_types: tuple[int, ...] = ()
+    #: pNFS: the preferred I/O block size for layout I/O (RFC 8881 §5.12.4).
+    layout_blksize: int = 0
 
 
 @attrs.define(slots=True)
@@ -169,6 +173,12 @@ def _bitmap(p: Packer, words: list[int]) -> None:
     p.u32(len(words))
     for w in words:
         p.u32(w)
+
+
+def _u32s(p: Packer, v: tuple[int, ...]) -> None:
+    p.u32(len(v))
+    for x in v:
+        p.u32(x)
 
 
 def _pair64(p: Packer, v: tuple[int, int]) -> None:
@@ -257,6 +267,9 @@ _ENCODERS: dict[int, Encoder] = {
     c.FATTR4_CHANGE_ATTR_TYPE: lambda p, s, i: p.u32(c.NFS4_CHANGE_TYPE_IS_MONOTONIC_INCR),
     c.FATTR4_XATTR_SUPPORT: lambda p, s, i: p.bool(True),
     c.FATTR4_OPEN_ARGUMENTS: lambda p, s, i: _open_arguments(p),
+    c.FATTR4_FS_LAYOUT_TYPES: lambda p, s, i: _u32s(p, i.layout_types),
+    c.FATTR4_LAYOUT_TYPES: lambda p, s, i: _u32s(p, i.layout_types if s.a.is_reg else ()),
+    c.FATTR4_LAYOUT_BLKSIZE: lambda p, s, i: p.u32(i.layout_blksize or i.maxwrite),
 }
 
 #: Readable attributes (those with an encoder) and the write-only ones.

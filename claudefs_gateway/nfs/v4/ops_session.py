@@ -115,7 +115,9 @@ class SessionOps(OpsBase):
         return ok(self._eid_result(new, confirmed=False))
 
     def _eid_result(self, client: Client, confirmed: bool) -> ExchangeIdResok:
-        flags = c.EXCHGID4_FLAG_USE_NON_PNFS
+        # RFC 8881 §13.1: a pNFS metadata server says USE_PNFS_MDS instead.
+        pnfs = getattr(self, "pnfs", None) is not None
+        flags = c.EXCHGID4_FLAG_USE_PNFS_MDS if pnfs else c.EXCHGID4_FLAG_USE_NON_PNFS
         if confirmed:
             flags |= c.EXCHGID4_FLAG_CONFIRMED_R
         return ExchangeIdResok(

@@ -59,6 +59,7 @@ from claudefs_gateway.nfs.v4.ops_fs import FileOps
 from claudefs_gateway.nfs.v4.ops_session import SessionOps
 from claudefs_gateway.nfs.v4.ops_state import StateOps
 from claudefs_gateway.nfs.v4.ops_v42 import V42Ops
+from claudefs_gateway.nfs.v4.pnfs import PnfsOps
 from claudefs_gateway.nfs.v4.recovery import ClientRecords
 from claudefs_gateway.nfs.v4.state import StateIds
 from claudefs_gateway.rpc.server import Call, Procedure, Program, no_args
@@ -91,7 +92,7 @@ def _pad(n: int) -> int:
     return n + (-n & 3)
 
 
-class NFS4(SessionOps, FileOps, StateOps, V42Ops):
+class NFS4(SessionOps, FileOps, StateOps, V42Ops, PnfsOps):
     """
     The NFSv4.1/4.2 server (see module docstring).
 
@@ -195,6 +196,8 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops):
                     if st.job is not None:
                         st.job.cancel()
         self.callbacks.close()
+        if self.pnfs is not None:
+            self.pnfs.stop()
         return self.records.flushed()
 
     def _get_state(self, key: str) -> defer.Deferred[bytes | None]:
@@ -231,6 +234,8 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops):
                 clientid=client.clientid,
             )
         self.release_client(client)
+        if self.pnfs is not None:
+            self.pnfs.client_gone(client, why == "expired")
         if why in ("destroyed", "expired"):
             self.records.forget(client.owner)
 

@@ -18,8 +18,11 @@ LOOPBACK = Listen.tcp("127.0.0.1", 0)
 class Cluster:
     """One meta and one data server (started by L{start}), stopped by the test's cleanup."""
 
-    def __init__(self, test: Any, durable: bool = False, meta_store: Any = None) -> None:
+    def __init__(
+        self, test: Any, durable: bool = False, meta_store: Any = None, nfs: bool = False
+    ) -> None:
         self.test = test
+        self.nfs = nfs
         self.base = test.mktemp()
         self.durable = durable
         self.meta_store = meta_store
@@ -28,7 +31,13 @@ class Cluster:
 
     async def start(self) -> None:
         self.data = build_data(
-            ServerSettings(_path(self.base, "data"), LOOPBACK, LOOPBACK, durable=self.durable),
+            ServerSettings(
+                _path(self.base, "data"),
+                LOOPBACK,
+                LOOPBACK,
+                durable=self.durable,
+                nfs_listen=LOOPBACK if self.nfs else None,
+            ),
             reactor,
             CollectorRegistry(),
         )

@@ -1,0 +1,1 @@
+pNFS flexfiles (RFC 8435): with ``nfs.pnfs.enabled`` on ``backend: remote``, NFSv4.1/4.2 clients get layouts and read and write file bytes straight to the data servers, which serve NFSv3 on ``cfs-gateway data --nfs-listen`` with HMAC-fenced file handles; layouts are recalled through the lease manager before conflicting changes (docs/pnfs.rst).
