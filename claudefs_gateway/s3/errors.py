@@ -61,6 +61,7 @@ STATUS: dict[str, int] = {
     "NoSuchBucket": 404,
     "NoSuchKey": 404,
     "NoSuchUpload": 404,
+    "NoSuchVersion": 404,
     "NotImplemented": 501,
     "OperationAborted": 409,
     "PreconditionFailed": 412,
@@ -87,6 +88,7 @@ _MESSAGES: dict[str, str] = {
     "NoSuchKey": "The specified key does not exist.",
     "NoSuchUpload": "The specified upload does not exist. The upload ID may be invalid, "
     "or the upload may have been aborted or completed.",
+    "NoSuchVersion": "The specified version does not exist.",
     "NotImplemented": "A header or operation you provided implies functionality "
     "that is not implemented",
     "OperationAborted": "A conflicting operation is in progress on this object; try again",

@@ -97,7 +97,6 @@ UNSUPPORTED: dict[str, dict[str, dict[str, str]]] = {
             "PUT": "PutBucketIntelligentTieringConfiguration",
             "DELETE": "DeleteBucketIntelligentTieringConfiguration",
         },
-        "versions": {"GET": "ListObjectVersions"},
         "versioning": {"PUT": "PutBucketVersioning"},
         "metadataTable": {"GET": "GetBucketMetadataTableConfiguration"},
     },
@@ -158,6 +157,8 @@ def route(
                 return r("GetBucketLocation")
             if "versioning" in query:
                 return r("GetBucketVersioning")
+            if "versions" in query:
+                return r("ListObjectVersions")
             if "uploads" in query:
                 return r("ListMultipartUploads")
             if query.get("list-type") == "2":

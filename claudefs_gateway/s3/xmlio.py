@@ -181,6 +181,8 @@ class DeleteRequest:
 
     quiet: bool
     keys: list[str]
+    #: The C{VersionId} given with each key (None where none was).
+    versions: list[str | None] = attrs.field(factory=list)
 
 
 def parse_delete(body: bytes) -> DeleteRequest:
@@ -196,10 +198,13 @@ def parse_delete(body: bytes) -> DeleteRequest:
     if not objects or len(objects) > MAX_DELETE_KEYS:
         raise S3Error("MalformedXML", f"a Delete request names 1 to {MAX_DELETE_KEYS} objects")
     keys = []
+    versions = []
     for o in objects:
         key = _one_text(o, "Key")
         keys.append(key or "")
-    return DeleteRequest(quiet, keys)
+        v = _one_text(o, "VersionId", required=False)
+        versions.append(v.strip() if v is not None else None)
+    return DeleteRequest(quiet, keys, versions)
 
 
 def parse_location(body: bytes) -> str | None:

@@ -107,9 +107,14 @@ class Context:
     log: Callable[[str], None]
 
     def gateway(
-        self, config: str = "", *, backend: str = "embedded"
+        self, config: str = "", *, backend: str = "embedded", s3: str = ""
     ) -> AbstractContextManager[Gateway]:
-        return running_gateway(self.workdir, config, backend=backend, log=self.log)
+        """
+        A gateway of this checkout; C{config} is YAML added to the generated
+        file, C{s3} more settings of its C{s3} mapping (flow style:
+        C{"root: /s3, root_mode: 01777"}; the listener itself stays on port 0).
+        """
+        return running_gateway(self.workdir, config, backend=backend, log=self.log, s3=s3)
 
 
 class Gateway:
@@ -150,7 +155,7 @@ class Gateway:
 
 @contextmanager
 def running_gateway(
-    workdir: Path, extra: str, *, backend: str, log: Callable[[str], None]
+    workdir: Path, extra: str, *, backend: str, log: Callable[[str], None], s3: str = ""
 ) -> Iterator[Gateway]:
     """Start a gateway with every listener on 127.0.0.1 port 0; stop it (SIGTERM) after."""
     data = Path(tempfile.mkdtemp(prefix="data-", dir=workdir))
@@ -160,7 +165,7 @@ def running_gateway(
 log_level: info
 backend: {{type: {backend}, data_dir: {data}}}
 nfs: {{bind: "127.0.0.1:0", mount_bind: "127.0.0.1:0", portmap_bind: "127.0.0.1:0"}}
-s3: {{bind: "127.0.0.1:0"}}
+s3: {{bind: "127.0.0.1:0"{", " + s3 if s3 else ""}}}
 smb: {{bind: "127.0.0.1:0"}}
 admin: {{bind: "127.0.0.1:0", drain_timeout_secs: 5}}
 {extra}

@@ -26,6 +26,7 @@ from claudefs_gateway.s3.call import (
 )
 from claudefs_gateway.s3.errors import S3Error, error_fields
 from claudefs_gateway.s3.multipart import Uploads
+from claudefs_gateway.s3.owners import canonical_id
 from claudefs_gateway.s3.tree import STORED_HEADERS, ObjectMeta, Tree
 
 __all__ = ["Operations"]
@@ -109,7 +110,7 @@ class Operations:
     def _owner(self, uid: int) -> list[tuple[str, Any]]:
         u = self.auth.users.by_uid(uid)
         return [
-            ("ID", hashlib.sha256(f"claudefs-uid:{uid}".encode()).hexdigest()),
+            ("ID", canonical_id(uid)),
             ("DisplayName", u.name if u is not None else str(uid)),
         ]
 

@@ -334,18 +334,25 @@ class ObjectOps(Operations):
         self._check_digests(call, body, hashes, raw_sha256=hashlib.sha256(raw).hexdigest())
         req = xmlio.parse_delete(raw)
         results: list[tuple[str, Any]] = []
-        for text in req.keys:
+        for text, vid in zip(req.keys, req.versions, strict=True):
             try:
+                if vid is not None and vid != "null":
+                    raise S3Error("NoSuchVersion", Key=text, VersionId=vid)
                 key = Key(text)
                 await tree.delete(call.caller, bucket, key)
             except (S3Error, errors.FSError):
                 err = from_failure(failure())
-                results.append(
-                    ("Error", [("Key", text), ("Code", err.code), ("Message", err.message)])
-                )
+                error: list[tuple[str, Any]] = [("Key", text)]
+                if vid is not None:
+                    error.append(("VersionId", vid))
+                error += [("Code", err.code), ("Message", err.message)]
+                results.append(("Error", error))
                 continue
             if not req.quiet:
-                results.append(("Deleted", [("Key", text)]))
+                done: list[tuple[str, Any]] = [("Key", text)]
+                if vid is not None:
+                    done.append(("VersionId", vid))
+                results.append(("Deleted", done))
         self._xml(call, xmlio.document("DeleteResult", results))
 
     # -- copies ------------------------------------------------------------------------------
