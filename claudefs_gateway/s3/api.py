@@ -30,6 +30,7 @@ from claudefs_gateway.s3.auth import Authenticator, RequestView
 from claudefs_gateway.s3.body import ClientGone
 from claudefs_gateway.s3.call import Call, Limits, failure
 from claudefs_gateway.s3.errors import S3Error, from_failure
+from claudefs_gateway.s3.headers import refuse
 from claudefs_gateway.s3.multipart import Uploads
 from claudefs_gateway.s3.ops.buckets import BucketOps
 from claudefs_gateway.s3.ops.multipart import MultipartOps
@@ -221,6 +222,8 @@ class S3Api(BucketOps, MultipartOps):
                 f"{r.op} is not implemented by this gateway (see docs/s3.rst)",
                 Operation=r.op,
             )
+        refuse(r.op, call.headers)
+        await self._expected_owner(call, "x-amz-expected-bucket-owner", call.bucket)
         handler = getattr(self, "op_" + r.op)
         await handler(call)
 

@@ -308,8 +308,9 @@ class Authenticator:
             )
         amz_date = req.header("x-amz-date")
         date = req.header("date")
-        when = sg.parse_http_date(amz_date or date or "")
-        if when is None:
+        # x-amz-date, when sent (even empty), is the date that counts (it is the one signed).
+        when = sg.parse_http_date(amz_date if amz_date is not None else (date or ""))
+        if when is None or when < 0:
             raise S3Error(
                 "AccessDenied", "AWS authentication requires a valid Date or x-amz-date header"
             )

@@ -50,6 +50,7 @@ STATUS: dict[str, int] = {
     "InvalidPartOrder": 400,
     "InvalidRange": 416,
     "InvalidRequest": 400,
+    "InvalidStorageClass": 400,
     "KeyConflict": 409,
     "KeyTooLongError": 400,
     "MalformedXML": 400,

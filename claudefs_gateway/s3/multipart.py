@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 
 import attrs
@@ -40,6 +41,8 @@ __all__ = ["Upload", "Uploads", "part_name", "MAX_PART_NUMBER"]
 MPU_DIR = b"mpu"
 MAX_PART_NUMBER = 10000
 STATE_KEY = b"s3.upload"
+#: Completed uploads whose answer is kept for a retried Complete.
+COMPLETED_KEPT = 10000
 
 
 def part_name(number: int) -> bytes:
@@ -83,6 +86,17 @@ class Upload:
         ).encode("utf-8")
 
 
+@attrs.frozen
+class Completed:
+    """A completed upload's answer, for a Complete sent again (its reply was lost)."""
+
+    bucket: str
+    key: str
+    uid: int
+    parts: list[tuple[int, str]]
+    result: bytes
+
+
 class Uploads:
     """
     The multipart uploads of this gateway.
@@ -111,6 +125,7 @@ class Uploads:
         self._on_change = on_change
         self._on_failed = on_failed
         self.uploads: dict[str, Upload] = {}
+        self.completed: OrderedDict[str, Completed] = OrderedDict()
         self.mpu_ino = 0
         self._sweeper: task.LoopingCall | None = None
 
@@ -278,8 +293,15 @@ class Uploads:
         await self._discard(u)
         self._on_failed()
 
-    async def finished(self, u: Upload) -> None:
-        """The upload was completed: remove what is left of it."""
+    async def finished(self, u: Upload, parts: list[tuple[int, str]], result: bytes) -> None:
+        """
+        The upload was completed: remove what is left of it, and remember its
+        answer (C{result}) for a retried Complete with the same C{parts}
+        (number, ETag) - in memory, for the last L{COMPLETED_KEPT} uploads.
+        """
+        self.completed[u.id] = Completed(u.bucket, u.key, u.uid, parts, result)
+        while len(self.completed) > COMPLETED_KEPT:
+            self.completed.popitem(last=False)
         await self._discard(u)
 
     async def _discard(self, u: Upload) -> None:

@@ -19,6 +19,7 @@ import attrs
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring
 
+from claudefs_gateway.s3.conditions import DeleteCondition
 from claudefs_gateway.s3.errors import S3Error
 
 __all__ = [
@@ -183,6 +184,8 @@ class DeleteRequest:
     keys: list[str]
     #: The C{VersionId} given with each key (None where none was).
     versions: list[str | None] = attrs.field(factory=list)
+    #: Each key's conditions: C{ETag}, C{LastModifiedTime}, C{Size} (each None if absent).
+    conditions: list[DeleteCondition | None] = attrs.field(factory=list)
 
 
 def parse_delete(body: bytes) -> DeleteRequest:
@@ -199,12 +202,21 @@ def parse_delete(body: bytes) -> DeleteRequest:
         raise S3Error("MalformedXML", f"a Delete request names 1 to {MAX_DELETE_KEYS} objects")
     keys = []
     versions = []
+    conditions: list[DeleteCondition | None] = []
     for o in objects:
         key = _one_text(o, "Key")
         keys.append(key or "")
         v = _one_text(o, "VersionId", required=False)
         versions.append(v.strip() if v is not None else None)
-    return DeleteRequest(quiet, keys, versions)
+        etag = _one_text(o, "ETag", required=False)
+        mtime = _one_text(o, "LastModifiedTime", required=False)
+        size = _one_text(o, "Size", required=False)
+        conditions.append(
+            None
+            if etag is None and mtime is None and size is None
+            else DeleteCondition(etag, mtime, size)
+        )
+    return DeleteRequest(quiet, keys, versions, conditions)
 
 
 def parse_location(body: bytes) -> str | None:

@@ -32,18 +32,65 @@ class BucketOps(Operations):
     # -- service and buckets ---------------------------------------------------------------
 
     async def op_ListBuckets(self, call: Call) -> None:
+        """
+        The buckets the caller owns or may search, in name order; C{max-buckets}
+        (1-10000), C{continuation-token}, C{prefix} and C{bucket-region} page and
+        filter as AWS does.
+        """
         tree = self._tree()
-        out = []
-        for name, a in await tree.buckets(call.caller):
-            if a.uid != call.caller.cred.uid and not call.caller.cred.is_root:
-                if not await tree.vfs.access(call.caller, a.ino, 0o1):
+        q = call.query
+        mb = q.get("max-buckets")
+        if mb is not None and (not mb.isdigit() or not 1 <= int(mb) <= 10000):
+            raise S3Error(
+                "InvalidArgument",
+                "max-buckets must be an integer between 1 and 10000",
+                ArgumentName="max-buckets",
+                ArgumentValue=mb,
+            )
+        token = q.get("continuation-token")
+        after: str | None = None
+        if token is not None:
+            try:
+                after = base64.urlsafe_b64decode(token.encode("ascii") + b"==").decode("utf-8")
+            except (ValueError, UnicodeError):
+                raise S3Error(
+                    "InvalidArgument", "The continuation token provided is incorrect"
+                ) from None
+        prefix = q.get("prefix", "")
+        region = q.get("bucket-region")
+        out: list[tuple[str, Any]] = []
+        truncated = False
+        if region is None or region == self.region:
+            for name, a in await tree.buckets(call.caller):
+                if not name.startswith(prefix) or (after is not None and name <= after):
                     continue
-            out.append(("Bucket", [("Name", name), ("CreationDate", iso_date(a.btime_ns))]))
-        doc = xmlio.document(
-            "ListAllMyBucketsResult",
-            [("Owner", self._owner(call.caller.cred.uid)), ("Buckets", out)],
-        )
-        self._xml(call, doc)
+                if a.uid != call.caller.cred.uid and not call.caller.cred.is_root:
+                    if not await tree.vfs.access(call.caller, a.ino, 0o1):
+                        continue
+                if mb is not None and len(out) == int(mb):
+                    truncated = True
+                    break
+                out.append(
+                    (
+                        "Bucket",
+                        [
+                            ("Name", name),
+                            ("CreationDate", iso_date(a.btime_ns)),
+                            ("BucketRegion", self.region),
+                        ],
+                    )
+                )
+        fields: list[tuple[str, Any]] = [
+            ("Owner", self._owner(call.caller.cred.uid)),
+            ("Buckets", out),
+        ]
+        if truncated:
+            last = out[-1][1][0][1]
+            token_out = base64.urlsafe_b64encode(last.encode("utf-8")).decode("ascii").rstrip("=")
+            fields.append(("ContinuationToken", token_out))
+        if "prefix" in q:
+            fields.append(("Prefix", prefix))
+        self._xml(call, xmlio.document("ListAllMyBucketsResult", fields))
 
     async def op_CreateBucket(self, call: Call) -> None:
         assert call.bucket is not None
@@ -62,6 +109,11 @@ class BucketOps(Operations):
             )
         try:
             await self._tree().create_bucket(call.caller, call.bucket)
+        except S3Error as e:
+            # us-east-1 answers an owner creating its own bucket again with 200,
+            # changing nothing (every other region: BucketAlreadyOwnedByYou).
+            if e.code != "BucketAlreadyOwnedByYou" or self.region != "us-east-1":
+                raise
         except errors.FSError:
             raise from_failure(failure()) from None
         self._empty(call, 200, {"Location": "/" + call.bucket})
@@ -166,7 +218,12 @@ class BucketOps(Operations):
             entry.append(("StorageClass", "STANDARD"))
             contents.append(("Contents", entry))
         last = page.last.decode("utf-8", "surrogateescape") if page.last is not None else None
-        fields: list[tuple[str, Any]] = [("Name", call.bucket), ("Prefix", k(prefix))]
+        # ListObjects (v1) returns its Prefix as given even with encoding-type=url
+        # (botocore decodes only V2's); ListObjectsV2 encodes it.
+        fields: list[tuple[str, Any]] = [
+            ("Name", call.bucket),
+            ("Prefix", k(prefix) if v2 else prefix),
+        ]
         if v2:
             fields += [("KeyCount", len(page.items))]
             if token is not None:

@@ -25,7 +25,7 @@ from claudefs_gateway.s3.errors import S3Error
 from claudefs_gateway.s3.keys import Key
 from claudefs_gateway.s3.multipart import MAX_PART_NUMBER, Upload, part_name
 from claudefs_gateway.s3.ops.objects import ObjectOps
-from claudefs_gateway.s3.ranges import parse_copy_range
+from claudefs_gateway.s3.ranges import Unsatisfiable, parse_copy_range
 from claudefs_gateway.s3.tree import ObjectMeta, rle
 
 __all__ = ["MultipartOps"]
@@ -157,6 +157,8 @@ class MultipartOps(ObjectOps):
             if rng_text is not None:
                 try:
                     rng = parse_copy_range(rng_text, src.size)
+                except Unsatisfiable as e:
+                    raise S3Error("InvalidRange", str(e)) from None
                 except ValueError as e:
                     raise S3Error(
                         "InvalidArgument", str(e), ArgumentName="x-amz-copy-source-range"
@@ -184,7 +186,13 @@ class MultipartOps(ObjectOps):
     async def op_CompleteMultipartUpload(self, call: Call) -> None:
         assert call.bucket is not None
         uploads = self._uploads()
-        upload = self._upload(call)
+        try:
+            upload = self._upload(call)
+        except S3Error as e:
+            if e.code != "NoSuchUpload":
+                raise
+            await self._complete_again(call, e)
+            return
         tree = self._tree()
         key = self._key(call)
         bucket = await tree.bucket(call.caller, call.bucket)
@@ -200,6 +208,26 @@ class MultipartOps(ObjectOps):
         finally:
             upload.completing = False
         uploads.touch(upload)
+
+    async def _complete_again(self, call: Call, missing: S3Error) -> None:
+        """
+        A CompleteMultipartUpload retried after it succeeded (its answer was
+        lost): AWS answers 200 with the same result, as long as the parts list
+        is the same. Otherwise the upload is no more: C{missing}.
+        """
+        done = self._uploads().completed.get(call.query.get("uploadId", ""))
+        if (
+            done is None
+            or done.bucket != call.bucket
+            or done.key != call.key
+            or call.caller.cred.uid not in (done.uid, 0)
+        ):
+            raise missing
+        raw = await self._read_small(call, COMPLETE_BODY)
+        wanted = xmlio.parse_complete(raw)
+        if [(p.number, unquote_etag(p.etag)) for p in wanted] != done.parts:
+            raise missing
+        self._xml(call, done.result)
 
     async def _complete(
         self, call: Call, upload: Upload, bucket: Attributes, key: Key, wanted: list[Any]
@@ -249,6 +277,14 @@ class MultipartOps(ObjectOps):
                 part_sums.append(checksums.unb64(v) or b"")
             md5s.append(bytes.fromhex(meta.etag or ""))
             sizes.append(a.size)
+        expected = call.header("x-amz-mp-object-size")
+        if expected is not None and (not expected.isdigit() or int(expected) != sum(sizes)):
+            raise S3Error(
+                "InvalidRequest",
+                "The object size of the parts does not match x-amz-mp-object-size",
+                ArgumentName="x-amz-mp-object-size",
+                ArgumentValue=expected,
+            )
         await tree.check_writable(call.caller, bucket, key)
         name = b"assembly"
         stop = self._start_keepalive(call)
@@ -302,7 +338,6 @@ class MultipartOps(ObjectOps):
                 pass
             raise
         stop()
-        await uploads.finished(upload)
         assert call.bucket is not None
         fields: list[tuple[str, Any]] = [
             ("Location", f"/{call.bucket}/{quote(key.text)}"),
@@ -314,7 +349,9 @@ class MultipartOps(ObjectOps):
             fields.append(("Checksum" + algo.upper(), v))
         if meta.checksum_type:
             fields.append(("ChecksumType", meta.checksum_type))
-        self._finish_xml(call, xmlio.document("CompleteMultipartUploadResult", fields))
+        result = xmlio.document("CompleteMultipartUploadResult", fields)
+        await uploads.finished(upload, [(p.number, unquote_etag(p.etag)) for p in wanted], result)
+        self._finish_xml(call, result)
 
     async def op_AbortMultipartUpload(self, call: Call) -> None:
         upload = self._upload(call)

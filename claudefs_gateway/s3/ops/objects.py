@@ -29,6 +29,7 @@ from claudefs_gateway.s3.call import (
     http_date,
     iso_date,
 )
+from claudefs_gateway.s3.conditions import DeleteCondition
 from claudefs_gateway.s3.errors import S3Error, from_failure
 from claudefs_gateway.s3.keys import Key
 from claudefs_gateway.s3.multipart import MAX_PART_NUMBER
@@ -116,8 +117,13 @@ class ObjectOps(Operations):
         if im is not None or inm is not None:
 
             async def precondition(current: Attributes | None) -> None:
-                if inm is not None and current is not None and inm.strip() == "*":
-                    raise S3Error("PreconditionFailed", Condition="If-None-Match")
+                if inm is not None and current is not None and current.is_reg:
+                    # RFC 9110 §13.1.2: "*" or any listed tag matching the current one.
+                    if inm.strip() == "*":
+                        raise S3Error("PreconditionFailed", Condition="If-None-Match")
+                    etag, _ = await self._object_etag(call, current)
+                    if etag_matches(inm, etag):
+                        raise S3Error("PreconditionFailed", Condition="If-None-Match")
                 if im is not None:
                     if current is None or not current.is_reg:
                         raise S3Error("NoSuchKey")
@@ -220,19 +226,12 @@ class ObjectOps(Operations):
             count = meta.part_count()
             if count is None:
                 if n != 1:
-                    raise S3Error(
-                        "InvalidRange",
-                        "The requested partnumber is not satisfiable",
-                        headers={"Content-Range": f"bytes */{size}"},
-                    )
+                    # 400 InvalidPart, as s3-tests expects of every server (RGW does).
+                    raise S3Error("InvalidPart", "The requested part number does not exist")
             else:
                 pr = meta.part_range(n)
                 if pr is None:
-                    raise S3Error(
-                        "InvalidRange",
-                        "The requested partnumber is not satisfiable",
-                        headers={"Content-Range": f"bytes */{size}"},
-                    )
+                    raise S3Error("InvalidPart", "The requested part number does not exist")
                 if size:
                     rng = ByteRange(pr[0], pr[0] + pr[1] - 1, size)
                 headers["x-amz-mp-parts-count"] = str(count)
@@ -301,11 +300,49 @@ class ObjectOps(Operations):
         tree = self._tree()
         bucket = await tree.bucket(call.caller, call.bucket)
         key = self._key(call)
-        try:
-            await tree.delete(call.caller, bucket, key)
-        except errors.FSError:
-            raise from_failure(failure()) from None
+        cond = DeleteCondition(
+            call.header("if-match"),
+            call.header("x-amz-if-match-last-modified-time"),
+            call.header("x-amz-if-match-size"),
+        )
+        await self._delete(call, bucket, key, cond)
         self._empty(call, 204)
+
+    async def _delete(
+        self, call: Call, bucket: Attributes, key: Key, cond: DeleteCondition | None
+    ) -> None:
+        """
+        Delete one object; with conditions (If-Match, x-amz-if-match-last-modified-time,
+        x-amz-if-match-size) only if the object matches them. A missing object is
+        deleted already, whatever the conditions.
+
+        @raise S3Error: PreconditionFailed.
+        """
+        tree = self._tree()
+        assert call.bucket is not None
+        if cond is None or cond.empty:
+            try:
+                await tree.delete(call.caller, bucket, key)
+            except errors.FSError:
+                raise from_failure(failure()) from None
+            return
+        lock = self._lock(call.bucket, key.text)
+        await lock.acquire()
+        try:
+            try:
+                current = await tree.lookup(call.caller, bucket, key)
+            except S3Error as e:
+                if e.code == "NoSuchKey":
+                    return
+                raise
+            etag, _ = await self._object_etag(call, current)
+            cond.check(etag, current)
+            try:
+                await tree.delete(call.caller, bucket, key)
+            except errors.FSError:
+                raise from_failure(failure()) from None
+        finally:
+            self._unlock(call.bucket, key.text, lock)
 
     async def op_DeleteObjects(self, call: Call) -> None:
         assert call.bucket is not None
@@ -334,12 +371,12 @@ class ObjectOps(Operations):
         self._check_digests(call, body, hashes, raw_sha256=hashlib.sha256(raw).hexdigest())
         req = xmlio.parse_delete(raw)
         results: list[tuple[str, Any]] = []
-        for text, vid in zip(req.keys, req.versions, strict=True):
+        for text, vid, cond in zip(req.keys, req.versions, req.conditions, strict=True):
             try:
                 if vid is not None and vid != "null":
                     raise S3Error("NoSuchVersion", Key=text, VersionId=vid)
                 key = Key(text)
-                await tree.delete(call.caller, bucket, key)
+                await self._delete(call, bucket, key, cond)
             except (S3Error, errors.FSError):
                 err = from_failure(failure())
                 error: list[tuple[str, Any]] = [("Key", text)]
@@ -374,6 +411,7 @@ class ObjectOps(Operations):
             if n == b"versionId" and v not in (b"null", b""):
                 raise S3Error("InvalidArgument", "Invalid version id specified")
         tree = self._tree()
+        await self._expected_owner(call, "x-amz-source-expected-bucket-owner", src_bucket)
         sb = await tree.bucket(call.caller, src_bucket)
         key = Key(src_key)
         if key.marker:
