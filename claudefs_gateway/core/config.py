@@ -487,7 +487,9 @@ class S3:
         "us-east-1", doc="Region reported by GetBucketLocation and required in SigV4 scopes."
     )
     enable_versioning: bool = setting(
-        False, doc="Object versioning. Not supported: must stay false."
+        True,
+        doc="Let bucket owners enable versioning (PutBucketVersioning); false refuses it "
+        "with 501 NotImplemented, and buckets already versioned stay so.",
     )
     domain: str | None = setting(
         None,
@@ -558,12 +560,6 @@ class S3:
     )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
-        if self.enable_versioning:
-            b.report(
-                join(path, "enable_versioning"),
-                line_of(raw, "enable_versioning"),
-                "object versioning is not supported by this gateway; set it to false",
-            )
         if (self.tls_cert is None) != (self.tls_key is None):
             b.report(
                 join(path, "tls_cert"),

@@ -34,6 +34,9 @@ from claudefs_gateway.s3.headers import refuse
 from claudefs_gateway.s3.multipart import Uploads
 from claudefs_gateway.s3.ops.buckets import BucketOps
 from claudefs_gateway.s3.ops.multipart import MultipartOps
+from claudefs_gateway.s3.ops.objectlock import LockOps
+from claudefs_gateway.s3.ops.tagging import TaggingOps
+from claudefs_gateway.s3.ops.versioning import VersioningOps
 from claudefs_gateway.s3.routing import (
     UNSUPPORTED,
     UNSUPPORTED_OPS,
@@ -55,7 +58,7 @@ __all__ = [
 ]
 
 
-class S3Api(BucketOps, MultipartOps):
+class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, MultipartOps):
     """
     Every S3 operation, over a L{Tree} and L{Uploads}: the request cycle here,
     the operations in L{claudefs_gateway.s3.ops}.

@@ -47,6 +47,7 @@ class Limits:
     max_object_size: int = MAX_SINGLE_PUT
     multipart_chunk_min: int = 5 * 1024 * 1024
     max_keys: int = 1000
+    versioning: bool = True
 
 
 def http_date(ns: int) -> str:
@@ -119,6 +120,8 @@ class Call:
     auth: AuthResult | None = None
     who: Caller | None = None
     user: Any = None
+    #: The version id the response names (C{x-amz-version-id}), once known.
+    version_id: str | None = None
 
     @property
     def caller(self) -> Caller:

@@ -105,36 +105,6 @@ REFUSALS: list[Refusal] = [
         "NotImplemented",
         _nyi("Bucket ownership controls"),
     ),
-    # Tags.
-    Refusal("x-amz-tagging", WRITES, "NotImplemented", _nyi("Object tagging")),
-    Refusal(
-        "x-amz-tagging-directive",
-        frozenset({"CopyObject"}),
-        "NotImplemented",
-        _nyi("Object tagging"),
-        allowed=frozenset({"copy"}),
-    ),
-    # Object lock: no bucket has it, which is what AWS says.
-    *(
-        Refusal(
-            h,
-            WRITES,
-            "InvalidRequest",
-            "Bucket is missing Object Lock Configuration",
-        )
-        for h in (
-            "x-amz-object-lock-mode",
-            "x-amz-object-lock-retain-until-date",
-            "x-amz-object-lock-legal-hold",
-        )
-    ),
-    Refusal(
-        "x-amz-bucket-object-lock-enabled",
-        frozenset({"CreateBucket"}),
-        "NotImplemented",
-        _nyi("Object lock"),
-        allowed=frozenset({"false"}),
-    ),
     # Every object is stored the same way.
     Refusal(
         "x-amz-storage-class",

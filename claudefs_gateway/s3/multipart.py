@@ -69,6 +69,9 @@ class Upload:
     completing: bool = False
     gone: bool = False
     slots: defer.DeferredSemaphore | None = None
+    #: Tags and object lock the object gets when completed (from the create request).
+    tags: dict[str, str] | None = None
+    lock: bytes | None = None
 
     def state(self) -> bytes:
         return json.dumps(
@@ -81,6 +84,8 @@ class Upload:
                 "m": self.meta.encode().decode("utf-8"),
                 "a": self.algorithm,
                 "ct": self.checksum_type,
+                "tg": self.tags,
+                "lk": self.lock.decode() if self.lock is not None else None,
             },
             ensure_ascii=False,
         ).encode("utf-8")
@@ -171,6 +176,8 @@ class Uploads:
                 algorithm=d.get("a"),
                 checksum_type=d.get("ct"),
                 slots=defer.DeferredSemaphore(self.max_concurrent_parts),
+                tags=d.get("tg"),
+                lock=d["lk"].encode() if d.get("lk") else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -228,6 +235,8 @@ class Uploads:
         meta: ObjectMeta,
         algorithm: str | None,
         checksum_type: str | None,
+        tags: dict[str, str] | None = None,
+        lock: bytes | None = None,
     ) -> Upload:
         upload_id = os.urandom(24).hex()
         rc = self.tree.root_caller
@@ -243,6 +252,8 @@ class Uploads:
             meta=meta,
             algorithm=algorithm,
             checksum_type=checksum_type,
+            tags=tags,
+            lock=lock,
             last_activity=self.clock.seconds(),
             slots=defer.DeferredSemaphore(self.max_concurrent_parts),
         )

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Route", "route", "UNSUPPORTED", "UNSUPPORTED_OTHER", "UNSUPPORTED_OPS"]
+__all__ = ["Route", "route", "SERVED", "UNSUPPORTED", "UNSUPPORTED_OTHER", "UNSUPPORTED_OPS"]
 
 # Sub-resources of operations S3 has and we do not serve: sub-resource → method → operation.
 _B = "Bucket"
@@ -35,11 +35,6 @@ UNSUPPORTED: dict[str, dict[str, dict[str, str]]] = {
             "GET": "GetBucketLifecycleConfiguration",
             "PUT": "PutBucketLifecycleConfiguration",
             "DELETE": "DeleteBucketLifecycle",
-        },
-        "tagging": {
-            "GET": "GetBucketTagging",
-            "PUT": "PutBucketTagging",
-            "DELETE": "DeleteBucketTagging",
         },
         "website": {
             "GET": "GetBucketWebsite",
@@ -61,7 +56,6 @@ UNSUPPORTED: dict[str, dict[str, dict[str, str]]] = {
             "PUT": "PutBucketEncryption",
             "DELETE": "DeleteBucketEncryption",
         },
-        "object-lock": {"GET": "GetObjectLockConfiguration", "PUT": "PutObjectLockConfiguration"},
         "ownershipControls": {
             "GET": "GetBucketOwnershipControls",
             "PUT": "PutBucketOwnershipControls",
@@ -97,18 +91,10 @@ UNSUPPORTED: dict[str, dict[str, dict[str, str]]] = {
             "PUT": "PutBucketIntelligentTieringConfiguration",
             "DELETE": "DeleteBucketIntelligentTieringConfiguration",
         },
-        "versioning": {"PUT": "PutBucketVersioning"},
         "metadataTable": {"GET": "GetBucketMetadataTableConfiguration"},
     },
     "object": {
         "acl": {"GET": "GetObjectAcl", "PUT": "PutObjectAcl"},
-        "tagging": {
-            "GET": "GetObjectTagging",
-            "PUT": "PutObjectTagging",
-            "DELETE": "DeleteObjectTagging",
-        },
-        "retention": {"GET": "GetObjectRetention", "PUT": "PutObjectRetention"},
-        "legal-hold": {"GET": "GetObjectLegalHold", "PUT": "PutObjectLegalHold"},
         "torrent": {"GET": "GetObjectTorrent"},
         "restore": {"POST": "RestoreObject"},
         "select": {"POST": "SelectObjectContent"},
@@ -146,19 +132,17 @@ def route(
         if m in ("GET", "HEAD"):
             return r("ListBuckets")
         return r("MethodNotAllowed")
-    if key is None:
-        for sub, ops in UNSUPPORTED["bucket"].items():
+    level = "bucket" if key is None else "object"
+    for table in (SERVED, UNSUPPORTED):
+        for sub, ops in table[level].items():
             if sub in query and m in ops:
                 return r(ops[m])
+    if key is None:
         if "session" in query:
             return r("CreateSession")
         if m == "GET":
             if "location" in query:
                 return r("GetBucketLocation")
-            if "versioning" in query:
-                return r("GetBucketVersioning")
-            if "versions" in query:
-                return r("ListObjectVersions")
             if "uploads" in query:
                 return r("ListMultipartUploads")
             if query.get("list-type") == "2":
@@ -175,9 +159,6 @@ def route(
                 return r("DeleteObjects")
             return r("PostObject")
         return r("MethodNotAllowed")
-    for sub, ops in UNSUPPORTED["object"].items():
-        if sub in query and m in ops:
-            return r(ops[m])
     copy = headers.get("x-amz-copy-source") is not None
     if m == "PUT":
         if "partNumber" in query and "uploadId" in query:
@@ -201,6 +182,29 @@ def route(
         return r("PostObject")
     return r("MethodNotAllowed")
 
+
+# Sub-resources served: sub-resource → method → operation.
+SERVED: dict[str, dict[str, dict[str, str]]] = {
+    "bucket": {
+        "tagging": {
+            "GET": "GetBucketTagging",
+            "PUT": "PutBucketTagging",
+            "DELETE": "DeleteBucketTagging",
+        },
+        "object-lock": {"GET": "GetObjectLockConfiguration", "PUT": "PutObjectLockConfiguration"},
+        "versioning": {"GET": "GetBucketVersioning", "PUT": "PutBucketVersioning"},
+        "versions": {"GET": "ListObjectVersions"},
+    },
+    "object": {
+        "tagging": {
+            "GET": "GetObjectTagging",
+            "PUT": "PutObjectTagging",
+            "DELETE": "DeleteObjectTagging",
+        },
+        "retention": {"GET": "GetObjectRetention", "PUT": "PutObjectRetention"},
+        "legal-hold": {"GET": "GetObjectLegalHold", "PUT": "PutObjectLegalHold"},
+    },
+}
 
 #: Every operation name that answers 501.
 UNSUPPORTED_OPS = {

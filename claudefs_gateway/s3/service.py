@@ -107,7 +107,12 @@ class S3Service(MultiService):
             cfg.region,
             cfg.domain,
             reactor,
-            Limits(cfg.max_object_size, cfg.multipart_chunk_min, cfg.max_keys),
+            Limits(
+                cfg.max_object_size,
+                cfg.multipart_chunk_min,
+                cfg.max_keys,
+                cfg.enable_versioning,
+            ),
             self.metrics,
             self.activity,
         )

@@ -29,6 +29,11 @@ __all__ = [
     "parse_complete",
     "parse_delete",
     "parse_location",
+    "parse_versioning",
+    "parse_tagging",
+    "parse_retention",
+    "parse_legal_hold",
+    "parse_lock_configuration",
     "CompletePart",
     "DeleteRequest",
     "MAX_DELETE_KEYS",
@@ -217,6 +222,80 @@ def parse_delete(body: bytes) -> DeleteRequest:
             else DeleteCondition(etag, mtime, size)
         )
     return DeleteRequest(quiet, keys, versions, conditions)
+
+
+def parse_versioning(body: bytes) -> tuple[str | None, str | None]:
+    """
+    A PutBucketVersioning body: (Status, MfaDelete), each None if absent.
+
+    @raise S3Error: MalformedXML; IllegalVersioningConfigurationException for a
+        status other than Enabled or Suspended.
+    """
+    el = _parse(body, "VersioningConfiguration")
+    status = _one_text(el, "Status", required=False)
+    mfa = _one_text(el, "MfaDelete", required=False)
+    if status is not None:
+        status = status.strip()
+        if status not in ("Enabled", "Suspended"):
+            raise S3Error(
+                "IllegalVersioningConfigurationException",
+                "The Versioning element must be specified as Enabled or Suspended",
+            )
+    return status, (mfa.strip() if mfa is not None else None)
+
+
+def parse_tagging(body: bytes) -> list[tuple[str, str]]:
+    """A Tagging document's TagSet: (key, value) pairs in order. @raise S3Error: MalformedXML."""
+    el = _parse(body, "Tagging")
+    sets = _children(el, "TagSet")
+    if len(sets) != 1:
+        raise S3Error("MalformedXML", "a Tagging document has one TagSet")
+    out = []
+    for tag in _children(sets[0], "Tag"):
+        out.append((_one_text(tag, "Key") or "", _one_text(tag, "Value") or ""))
+    return out
+
+
+def parse_retention(body: bytes) -> tuple[str | None, str | None]:
+    """A Retention document: (Mode, RetainUntilDate), each None if absent."""
+    el = _parse(body, "Retention")
+    mode = _one_text(el, "Mode", required=False)
+    until = _one_text(el, "RetainUntilDate", required=False)
+    return (mode.strip() if mode is not None else None), (
+        until.strip() if until is not None else None
+    )
+
+
+def parse_legal_hold(body: bytes) -> str:
+    """A LegalHold document's Status. @raise S3Error: MalformedXML (not ON or OFF)."""
+    el = _parse(body, "LegalHold")
+    status = (_one_text(el, "Status") or "").strip()
+    if status not in ("ON", "OFF"):
+        raise S3Error(
+            "MalformedXML", "The XML you provided was not well-formed or did not validate"
+        )
+    return status
+
+
+def parse_lock_configuration(
+    body: bytes,
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """An ObjectLockConfiguration: (ObjectLockEnabled, Mode, Days, Years), each None if absent."""
+    el = _parse(body, "ObjectLockConfiguration")
+    enabled = _one_text(el, "ObjectLockEnabled", required=False)
+    mode = days = years = None
+    rules = _children(el, "Rule")
+    if len(rules) > 1:
+        raise S3Error("MalformedXML", "more than one Rule")
+    if rules:
+        dr = _children(rules[0], "DefaultRetention")
+        if len(dr) != 1:
+            raise S3Error("MalformedXML", "a Rule has one DefaultRetention")
+        mode = _one_text(dr[0], "Mode", required=False)
+        days = _one_text(dr[0], "Days", required=False)
+        years = _one_text(dr[0], "Years", required=False)
+    strip = lambda v: v.strip() if v is not None else None  # noqa: E731
+    return strip(enabled), strip(mode), strip(days), strip(years)
 
 
 def parse_location(body: bytes) -> str | None:

@@ -47,6 +47,9 @@ class Origin:
         the recall timeout); when false the request fails at once with
         L{claudefs_gateway.errors.Again} while a break is outstanding, and
         the client retries (NFSv4 NFS4ERR_DELAY, as knfsd does).
+    @ivar bypass_governance: a delete that may remove a file under governance
+        retention (S3's C{x-amz-bypass-governance-retention}, by someone
+        allowed to; see L{claudefs_gateway.vfs.worm}).
     """
 
     owner: LockOwner | None = None
@@ -54,6 +57,7 @@ class Origin:
     exempt: tuple[LeaseKey, ...] = ()
     strict: bool = False
     wait: bool = True
+    bypass_governance: bool = False
 
     @property
     def lock_owner(self) -> LockOwner:

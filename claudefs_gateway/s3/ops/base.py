@@ -80,8 +80,13 @@ class Operations:
         req.write(body)
         req.finish()
 
+    def _version_header(self, call: Call) -> None:
+        if call.version_id is not None:
+            call.request.setHeader(b"x-amz-version-id", call.version_id.encode("ascii"))
+
     def _xml(self, call: Call, body: bytes, status: int = 200) -> None:
         req = call.request
+        self._version_header(call)
         req.setResponseCode(status)
         req.setHeader(b"Content-Type", b"application/xml")
         req.setHeader(b"Content-Length", str(len(body)).encode())
@@ -90,6 +95,7 @@ class Operations:
 
     def _empty(self, call: Call, status: int = 200, headers: dict[str, str] | None = None) -> None:
         req = call.request
+        self._version_header(call)
         req.setResponseCode(status)
         for k, v in (headers or {}).items():
             req.setHeader(k.encode("latin-1"), v.encode("latin-1"))
@@ -113,6 +119,19 @@ class Operations:
             ("ID", canonical_id(uid)),
             ("DisplayName", u.name if u is not None else str(uid)),
         ]
+
+    async def _owned(self, call: Call) -> Attributes:
+        """
+        The request's bucket, if the caller owns it (or is root): a bucket's
+        settings (versioning, tags, lock, policy...) are its owner's to change.
+
+        @raise S3Error: NoSuchBucket, AccessDenied.
+        """
+        assert call.bucket is not None
+        b = await self._tree().bucket(call.caller, call.bucket)
+        if b.uid != call.caller.cred.uid and not call.caller.cred.is_root:
+            raise S3Error("AccessDenied")
+        return b
 
     async def _expected_owner(self, call: Call, header: str, bucket: str | None) -> None:
         """

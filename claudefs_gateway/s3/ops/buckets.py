@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from claudefs_gateway import errors
 from claudefs_gateway.s3 import xmlio
+from claudefs_gateway.s3.bucketconf import BucketConf
 from claudefs_gateway.s3.call import (
     SMALL_BODY,
     Call,
@@ -107,8 +108,14 @@ class BucketOps(Operations):
                 f"The specified location-constraint is not valid; this gateway serves {self.region}",
                 LocationConstraint=loc,
             )
+        lock = (call.header("x-amz-bucket-object-lock-enabled") or "").strip().lower()
+        if lock not in ("", "true", "false"):
+            raise S3Error(
+                "InvalidArgument", "x-amz-bucket-object-lock-enabled must be true or false"
+            )
+        tree = self._tree()
         try:
-            await self._tree().create_bucket(call.caller, call.bucket)
+            b = await tree.create_bucket(call.caller, call.bucket)
         except S3Error as e:
             # us-east-1 answers an owner creating its own bucket again with 200,
             # changing nothing (every other region: BucketAlreadyOwnedByYou).
@@ -116,6 +123,15 @@ class BucketOps(Operations):
                 raise
         except errors.FSError:
             raise from_failure(failure()) from None
+        else:
+            if lock == "true":
+                # Object lock needs versions: the bucket is versioned from the start.
+                conf = BucketConf(
+                    versioning="Enabled",
+                    versioned_since=int(self.clock.seconds() * 1_000_000_000),
+                    object_lock=True,
+                )
+                await tree.set_bucket_conf(call.caller, b, conf)
         self._empty(call, 200, {"Location": "/" + call.bucket})
 
     async def op_HeadBucket(self, call: Call) -> None:
@@ -139,11 +155,6 @@ class BucketOps(Operations):
         await self._tree().bucket(call.caller, call.bucket)
         region = "" if self.region == "us-east-1" else self.region
         self._xml(call, xmlio.text_document("LocationConstraint", region))
-
-    async def op_GetBucketVersioning(self, call: Call) -> None:
-        assert call.bucket is not None
-        await self._tree().bucket(call.caller, call.bucket)
-        self._xml(call, xmlio.document("VersioningConfiguration", []))
 
     # -- listing ---------------------------------------------------------------------------------
 
@@ -257,96 +268,3 @@ class BucketOps(Operations):
 
     async def op_ListObjectsV2(self, call: Call) -> None:
         await self._list(call, v2=True)
-
-    async def op_ListObjectVersions(self, call: Call) -> None:
-        """
-        Every version of every key. An unversioned bucket has one version per
-        object, C{VersionId} C{null} (as AWS answers for a bucket never
-        versioned): what SDKs and s3-tests use to empty a bucket.
-        """
-        assert call.bucket is not None
-        tree = self._tree()
-        bucket = await tree.bucket(call.caller, call.bucket)
-        q = call.query
-        prefix = q.get("prefix", "")
-        delimiter = q.get("delimiter") or None
-        enc = q.get("encoding-type")
-        if enc is not None and enc != "url":
-            raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request")
-        mk = q.get("max-keys", str(self.limits.max_keys))
-        if not mk.isdigit():
-            raise S3Error(
-                "InvalidArgument", "Provided max-keys not an integer or within integer range"
-            )
-        max_keys = min(int(mk), self.limits.max_keys)
-        key_marker = q.get("key-marker") or None
-        vid_marker = q.get("version-id-marker")
-        if vid_marker and not key_marker:
-            raise S3Error(
-                "InvalidArgument",
-                "A version-id marker cannot be specified without a key marker.",
-                ArgumentName="version-id-marker",
-                ArgumentValue=vid_marker,
-            )
-        if vid_marker and vid_marker != "null":
-            raise S3Error("InvalidArgument", "Invalid version id specified")
-        lister = Lister(tree, call.caller, bucket)
-        try:
-            page = await lister.page(
-                prefix.encode("utf-8", "surrogateescape"),
-                delimiter.encode("utf-8", "surrogateescape") if delimiter else None,
-                key_marker.encode("utf-8", "surrogateescape") if key_marker else None,
-                max_keys,
-            )
-        except errors.FSError:
-            raise from_failure(failure(), missing="NoSuchBucket") from None
-
-        def k(text: str) -> str:
-            return quote(text, safe="/") if enc == "url" else text
-
-        versions: list[tuple[str, Any]] = []
-        prefixes: list[tuple[str, Any]] = []
-        for it in page.items:
-            key = it.key.decode("utf-8", "surrogateescape")
-            if it.prefix:
-                prefixes.append(("CommonPrefixes", [("Prefix", k(key))]))
-                continue
-            a = it.attrs
-            assert a is not None
-            if a.is_dir:
-                etag, size = EMPTY_MD5, 0
-            else:
-                etag, _ = await self._object_etag(call, a)
-                size = a.size
-            versions.append(
-                (
-                    "Version",
-                    [
-                        ("Key", k(key)),
-                        ("VersionId", "null"),
-                        ("IsLatest", True),
-                        ("LastModified", iso_date(a.mtime_ns)),
-                        ("ETag", f'"{etag}"'),
-                        ("Size", size),
-                        ("StorageClass", "STANDARD"),
-                        ("Owner", self._owner(a.uid)),
-                    ],
-                )
-            )
-        fields: list[tuple[str, Any]] = [
-            ("Name", call.bucket),
-            ("Prefix", k(prefix)),
-            ("KeyMarker", k(key_marker or "")),
-            ("VersionIdMarker", vid_marker or ""),
-            ("MaxKeys", max_keys),
-        ]
-        if delimiter:
-            fields.append(("Delimiter", k(delimiter)))
-        if enc:
-            fields.append(("EncodingType", enc))
-        fields.append(("IsTruncated", page.truncated))
-        if page.truncated and page.last is not None:
-            last = page.last.decode("utf-8", "surrogateescape")
-            fields.append(("NextKeyMarker", k(last)))
-            fields.append(("NextVersionIdMarker", "null"))
-        self._xml(call, xmlio.document("ListVersionsResult", fields + versions + prefixes))

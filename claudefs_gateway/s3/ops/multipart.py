@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from claudefs_gateway import errors
 from claudefs_gateway.fstypes import Attributes
-from claudefs_gateway.s3 import checksums, xmlio
+from claudefs_gateway.s3 import checksums, objectlock, xmlio
 from claudefs_gateway.s3.call import (
     COMPLETE_BODY,
     MAX_PART_SIZE,
@@ -27,6 +27,7 @@ from claudefs_gateway.s3.multipart import MAX_PART_NUMBER, Upload, part_name
 from claudefs_gateway.s3.ops.objects import ObjectOps
 from claudefs_gateway.s3.ranges import Unsatisfiable, parse_copy_range
 from claudefs_gateway.s3.tree import ObjectMeta, rle
+from claudefs_gateway.vfs.worm import Retention
 
 __all__ = ["MultipartOps"]
 
@@ -60,7 +61,20 @@ class MultipartOps(ObjectOps):
             ctype = "COMPOSITE"
         if algo is None and ctype is not None:
             raise S3Error("InvalidRequest", "x-amz-checksum-type needs x-amz-checksum-algorithm")
-        upload = await self._uploads().create(call.caller, call.bucket, key.text, meta, algo, ctype)
+        tags = self._request_tags(call)
+        lock = objectlock.from_headers(call.headers, self._now_ns())
+        if lock is not None and not (await tree.bucket_conf(bucket)).object_lock:
+            raise S3Error("InvalidRequest", "Bucket is missing Object Lock Configuration")
+        upload = await self._uploads().create(
+            call.caller,
+            call.bucket,
+            key.text,
+            meta,
+            algo,
+            ctype,
+            tags,
+            lock.encode() if lock is not None else None,
+        )
         headers = {}
         if algo is not None:
             headers["x-amz-checksum-algorithm"] = algo.upper()
@@ -329,7 +343,16 @@ class MultipartOps(ObjectOps):
                         upload.algorithm: checksums.composite(upload.algorithm, part_sums)
                     }
                     meta.checksum_type = "COMPOSITE"
-            await self._commit(call, bucket, key, upload.ino, name, meta)
+            await self._commit(
+                call,
+                bucket,
+                key,
+                upload.ino,
+                name,
+                meta,
+                upload.tags,
+                Retention.decode(upload.lock),
+            )
         except BaseException:
             stop()
             try:
