@@ -26,12 +26,14 @@ from twisted.web import resource, server
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.fstypes import Credentials
 from claudefs_gateway.s3.auth import Authenticator, RequestView
 from claudefs_gateway.s3.body import ClientGone
 from claudefs_gateway.s3.call import Call, Limits, failure
 from claudefs_gateway.s3.errors import S3Error, from_failure
 from claudefs_gateway.s3.headers import refuse
 from claudefs_gateway.s3.multipart import Uploads
+from claudefs_gateway.s3.ops.access import AccessOps
 from claudefs_gateway.s3.ops.buckets import BucketOps
 from claudefs_gateway.s3.ops.multipart import MultipartOps
 from claudefs_gateway.s3.ops.objectlock import LockOps
@@ -58,7 +60,7 @@ __all__ = [
 ]
 
 
-class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, MultipartOps):
+class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, AccessOps, MultipartOps):
     """
     Every S3 operation, over a L{Tree} and L{Uploads}: the request cycle here,
     the operations in L{claudefs_gateway.s3.ops}.
@@ -208,8 +210,15 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, MultipartOps):
         self.tree, self.uploads = tree, uploads
         call.auth = self.auth.authenticate(view)
         call.user = call.auth.user
+        if call.user is None:
+            # Anonymous: the S3 export's anonymous identity, let through only
+            # where a policy or ACL grants everyone (ops/access.py).
+            rules = tree.export.rules
+            cred = Credentials(rules.anonuid, rules.anongid)
+        else:
+            cred = call.user.credentials
         try:
-            call.who = tree.vfs.caller(tree.export, call.source, call.user.credentials, "s3")
+            call.who = tree.vfs.caller(tree.export, call.source, cred, "s3")
         except errors.Access:
             raise S3Error("AccessDenied") from None
         if r.op == "MethodNotAllowed":
@@ -227,6 +236,7 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, MultipartOps):
             )
         refuse(r.op, call.headers)
         await self._expected_owner(call, "x-amz-expected-bucket-owner", call.bucket)
+        await self._authorize(call)
         handler = getattr(self, "op_" + r.op)
         await handler(call)
 

@@ -88,7 +88,7 @@ class ChunkSigner:
 @attrs.frozen
 class AuthResult:
     """
-    @ivar user: the L{claudefs_gateway.vfs.identity.User} who signed.
+    @ivar user: the L{claudefs_gateway.vfs.identity.User} who signed (None: anonymous).
     @ivar scheme: C{v4}, C{v4-query}, C{v2} or C{v2-query} (for logs and metrics).
     @ivar payload: the C{x-amz-content-sha256} mode: a hex digest the body must
         match, C{UNSIGNED-PAYLOAD}, or one of the C{STREAMING-*} modes.
@@ -181,7 +181,9 @@ class Authenticator:
             return self._v4_query(req, query)
         if "Signature" in query and "AWSAccessKeyId" in query:
             return self._v2_query(req, query)
-        raise S3Error("AccessDenied", "Anonymous requests are not accepted: sign your request")
+        # Unsigned: an anonymous request, let through only where a bucket's
+        # ACL or policy grants everyone (docs/s3.rst "Access control").
+        return AuthResult(None, "anonymous", sg.UNSIGNED_PAYLOAD)
 
     def _user(self, access_key: str) -> Any:
         user = self.users.by_access_key(access_key)

@@ -29,6 +29,15 @@ _log = Logger()
 # HTTP status of every code we send (AWS's list, plus our KeyConflict and QuotaExceeded).
 STATUS: dict[str, int] = {
     "AccessDenied": 403,
+    "UnexpectedContent": 400,
+    "UnresolvableGrantByEmailAddress": 400,
+    "OwnershipControlsNotFoundError": 404,
+    "NoSuchPublicAccessBlockConfiguration": 404,
+    "NoSuchBucketPolicy": 404,
+    "PolicyTooLarge": 400,
+    "MalformedPolicy": 400,
+    "MalformedACLError": 400,
+    "AccessControlListNotSupported": 400,
     "AuthorizationHeaderMalformed": 400,
     "AuthorizationQueryParametersError": 400,
     "BadDigest": 400,

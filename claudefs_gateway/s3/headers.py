@@ -87,24 +87,6 @@ REFUSALS: list[Refusal] = [
     Refusal("x-amz-server-side-encryption-aws-kms-key-id", None, "NotImplemented", _nyi(_KMS)),
     Refusal("x-amz-server-side-encryption-context", None, "NotImplemented", _nyi(_KMS)),
     Refusal("x-amz-server-side-encryption-bucket-key-enabled", None, "NotImplemented", _nyi(_KMS)),
-    # ACLs: "private" is what every new bucket and object is (owner only).
-    Refusal(
-        "x-amz-acl",
-        WRITES | {"CreateBucket"},
-        "NotImplemented",
-        _nyi("ACLs other than private"),
-        allowed=frozenset({"private"}),
-    ),
-    *(
-        Refusal(f"x-amz-grant-{g}", WRITES | {"CreateBucket"}, "NotImplemented", _nyi("ACL grants"))
-        for g in ("read", "write", "read-acp", "write-acp", "full-control")
-    ),
-    Refusal(
-        "x-amz-object-ownership",
-        frozenset({"CreateBucket"}),
-        "NotImplemented",
-        _nyi("Bucket ownership controls"),
-    ),
     # Every object is stored the same way.
     Refusal(
         "x-amz-storage-class",

@@ -72,6 +72,8 @@ class Upload:
     #: Tags and object lock the object gets when completed (from the create request).
     tags: dict[str, str] | None = None
     lock: bytes | None = None
+    #: The ACL headers of the create request, applied when completed.
+    acl_headers: dict[str, list[str]] | None = None
 
     def state(self) -> bytes:
         return json.dumps(
@@ -86,6 +88,7 @@ class Upload:
                 "ct": self.checksum_type,
                 "tg": self.tags,
                 "lk": self.lock.decode() if self.lock is not None else None,
+                "acl": self.acl_headers,
             },
             ensure_ascii=False,
         ).encode("utf-8")
@@ -178,6 +181,7 @@ class Uploads:
                 slots=defer.DeferredSemaphore(self.max_concurrent_parts),
                 tags=d.get("tg"),
                 lock=d["lk"].encode() if d.get("lk") else None,
+                acl_headers=d.get("acl"),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -237,6 +241,7 @@ class Uploads:
         checksum_type: str | None,
         tags: dict[str, str] | None = None,
         lock: bytes | None = None,
+        acl_headers: dict[str, list[str]] | None = None,
     ) -> Upload:
         upload_id = os.urandom(24).hex()
         rc = self.tree.root_caller
@@ -254,6 +259,7 @@ class Uploads:
             checksum_type=checksum_type,
             tags=tags,
             lock=lock,
+            acl_headers=acl_headers,
             last_activity=self.clock.seconds(),
             slots=defer.DeferredSemaphore(self.max_concurrent_parts),
         )

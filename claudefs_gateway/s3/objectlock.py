@@ -103,20 +103,17 @@ def check_change(
 ) -> None:
     """
     Whether retention C{old} may become (C{mode}, C{until_ns}): extending is
-    always allowed; shortening or removing compliance retention never;
-    shortening or removing governance retention only with a bypass.
+    always allowed; shortening, removing or changing the mode of compliance
+    retention never; of governance retention only with a bypass.
 
     @raise S3Error: AccessDenied.
     """
     if old is None or not old.retained(now_ns):
         return
     assert old.until_ns is not None
-    weaker = (
-        mode is None
-        or until_ns is None
-        or until_ns < old.until_ns
-        or (old.mode == COMPLIANCE and mode != COMPLIANCE)
-    )
+    # Any change of mode, like any shortening, needs the bypass (and compliance
+    # gives way to none).
+    weaker = mode is None or until_ns is None or until_ns < old.until_ns or mode != old.mode
     if not weaker:
         return
     if old.mode == GOVERNANCE and bypass:

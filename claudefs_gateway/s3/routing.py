@@ -23,13 +23,6 @@ __all__ = ["Route", "route", "SERVED", "UNSUPPORTED", "UNSUPPORTED_OTHER", "UNSU
 _B = "Bucket"
 UNSUPPORTED: dict[str, dict[str, dict[str, str]]] = {
     "bucket": {
-        "acl": {"GET": "GetBucketAcl", "PUT": "PutBucketAcl"},
-        "policy": {
-            "GET": "GetBucketPolicy",
-            "PUT": "PutBucketPolicy",
-            "DELETE": "DeleteBucketPolicy",
-        },
-        "policyStatus": {"GET": "GetBucketPolicyStatus"},
         "cors": {"GET": "GetBucketCors", "PUT": "PutBucketCors", "DELETE": "DeleteBucketCors"},
         "lifecycle": {
             "GET": "GetBucketLifecycleConfiguration",
@@ -55,16 +48,6 @@ UNSUPPORTED: dict[str, dict[str, dict[str, str]]] = {
             "GET": "GetBucketEncryption",
             "PUT": "PutBucketEncryption",
             "DELETE": "DeleteBucketEncryption",
-        },
-        "ownershipControls": {
-            "GET": "GetBucketOwnershipControls",
-            "PUT": "PutBucketOwnershipControls",
-            "DELETE": "DeleteBucketOwnershipControls",
-        },
-        "publicAccessBlock": {
-            "GET": "GetPublicAccessBlock",
-            "PUT": "PutPublicAccessBlock",
-            "DELETE": "DeletePublicAccessBlock",
         },
         "accelerate": {
             "GET": "GetBucketAccelerateConfiguration",
@@ -94,7 +77,6 @@ UNSUPPORTED: dict[str, dict[str, dict[str, str]]] = {
         "metadataTable": {"GET": "GetBucketMetadataTableConfiguration"},
     },
     "object": {
-        "acl": {"GET": "GetObjectAcl", "PUT": "PutObjectAcl"},
         "torrent": {"GET": "GetObjectTorrent"},
         "restore": {"POST": "RestoreObject"},
         "select": {"POST": "SelectObjectContent"},
@@ -194,8 +176,26 @@ SERVED: dict[str, dict[str, dict[str, str]]] = {
         "object-lock": {"GET": "GetObjectLockConfiguration", "PUT": "PutObjectLockConfiguration"},
         "versioning": {"GET": "GetBucketVersioning", "PUT": "PutBucketVersioning"},
         "versions": {"GET": "ListObjectVersions"},
+        "acl": {"GET": "GetBucketAcl", "PUT": "PutBucketAcl"},
+        "policy": {
+            "GET": "GetBucketPolicy",
+            "PUT": "PutBucketPolicy",
+            "DELETE": "DeleteBucketPolicy",
+        },
+        "policyStatus": {"GET": "GetBucketPolicyStatus"},
+        "ownershipControls": {
+            "GET": "GetBucketOwnershipControls",
+            "PUT": "PutBucketOwnershipControls",
+            "DELETE": "DeleteBucketOwnershipControls",
+        },
+        "publicAccessBlock": {
+            "GET": "GetPublicAccessBlock",
+            "PUT": "PutPublicAccessBlock",
+            "DELETE": "DeletePublicAccessBlock",
+        },
     },
     "object": {
+        "acl": {"GET": "GetObjectAcl", "PUT": "PutObjectAcl"},
         "tagging": {
             "GET": "GetObjectTagging",
             "PUT": "PutObjectTagging",

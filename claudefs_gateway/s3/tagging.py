@@ -13,7 +13,7 @@ most 256, no key twice, none starting with C{aws:}.
 from __future__ import annotations
 
 import json
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 from claudefs_gateway.s3.errors import S3Error
 
@@ -26,13 +26,18 @@ MAX_BUCKET_TAGS = 50
 
 def parse_header(value: str) -> list[tuple[str, str]]:
     """C{x-amz-tagging}: a URL-encoded query string C{k1=v1&k2=v2}."""
-    try:
-        pairs = parse_qsl(value, keep_blank_values=True, strict_parsing=bool(value))
-    except ValueError:
-        raise S3Error(
-            "InvalidArgument",
-            "The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL query parameters without tag name duplicates.",
-        ) from None
+    pairs = []
+    for part in value.split("&"):
+        if not part:
+            continue
+        k, _, v = part.partition("=")  # a key without "=" has an empty value
+        try:
+            pairs.append((unquote_plus(k, errors="strict"), unquote_plus(v, errors="strict")))
+        except UnicodeDecodeError:
+            raise S3Error(
+                "InvalidArgument",
+                "The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded",
+            ) from None
     return pairs
 
 

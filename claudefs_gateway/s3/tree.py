@@ -55,9 +55,12 @@ STAGING = b".cfs-s3"
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 ROOT = Credentials(0, 0)
 
-FILE_MODE = 0o644
+# New objects are private (S3's default ACL): their owner alone reads them. A
+# bucket is private too, but keeps other-execute so an object its own ACL
+# opens can be reached without listing the bucket (s3/acl.py).
+FILE_MODE = 0o600
 DIR_MODE = 0o755
-BUCKET_MODE = 0o700
+BUCKET_MODE = 0o711
 HASH_BLOCK = 1024 * 1024
 # Times a commit or directory marker is retried when a concurrent delete prunes
 # a directory it was about to use.

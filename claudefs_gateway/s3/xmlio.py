@@ -34,6 +34,9 @@ __all__ = [
     "parse_retention",
     "parse_legal_hold",
     "parse_lock_configuration",
+    "parse_acl",
+    "parse_flags",
+    "parse_ownership",
     "CompletePart",
     "DeleteRequest",
     "MAX_DELETE_KEYS",
@@ -296,6 +299,38 @@ def parse_lock_configuration(
         years = _one_text(dr[0], "Years", required=False)
     strip = lambda v: v.strip() if v is not None else None  # noqa: E731
     return strip(enabled), strip(mode), strip(days), strip(years)
+
+
+def parse_acl(body: bytes) -> tuple[str | None, list[Any]]:
+    """An AccessControlPolicy: (owner id, grants). @raise S3Error: MalformedACLError."""
+    from claudefs_gateway.s3.acl import parse_policy_xml
+
+    try:
+        el = _parse(body, "AccessControlPolicy")
+    except S3Error:
+        raise S3Error("MalformedACLError", "The XML you provided was not well-formed") from None
+    return parse_policy_xml(el, _local)
+
+
+def parse_flags(body: bytes, root: str, names: Sequence[str]) -> dict[str, bool]:
+    """A document of boolean flags (PublicAccessBlockConfiguration): absent ones are false."""
+    el = _parse(body, root)
+    out = {}
+    for n in names:
+        v = _one_text(el, n, required=False)
+        if v is not None and v.strip().lower() not in ("true", "false"):
+            raise S3Error("MalformedXML", f"{n} must be true or false")
+        out[n] = v is not None and v.strip().lower() == "true"
+    return out
+
+
+def parse_ownership(body: bytes) -> str:
+    """OwnershipControls: its one rule's ObjectOwnership."""
+    el = _parse(body, "OwnershipControls")
+    rules = _children(el, "Rule")
+    if len(rules) != 1:
+        raise S3Error("MalformedXML", "OwnershipControls has one Rule")
+    return (_one_text(rules[0], "ObjectOwnership") or "").strip()
 
 
 def parse_location(body: bytes) -> str | None:

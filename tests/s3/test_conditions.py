@@ -174,7 +174,7 @@ class LiveTests(TestCase):
             if m is None:
                 break
             token = m.group(1).decode()
-        self.assertEqual(names, [b"bkt", b"bkt2", b"bkt3", b"shared"])  # shared: an export
+        self.assertEqual(names, [b"bkt", b"bkt2", b"bkt3"])  # not "shared": root owns that export
 
     async def test_chunked_transfer_encoding_put(self) -> None:
         """A PUT with Transfer-Encoding: chunked and no Content-Length is stored."""

@@ -52,7 +52,9 @@ class SharedTreeTests(TestCase):
         self.assertEqual(r.status, 200, r.body)
         caller = self.nfs(1000)
         a = await self.vfs.resolve(caller, b"dir/obj.bin")
-        self.assertEqual((a.uid, a.gid, a.size, a.mode), (1000, 1000, len(data), 0o644))
+        self.assertEqual(
+            (a.uid, a.gid, a.size, a.mode), (1000, 1000, len(data), 0o600)
+        )  # private, S3's default ACL
         got = b""
         while len(got) < a.size:
             got += (await self.vfs.read(caller, a.ino, len(got), 65536)).data
@@ -167,7 +169,9 @@ class SharedTreeTests(TestCase):
             ),
             1,
         )
-        await self.bob.request("GET", "/", scheme="none")
+        bad = Client(self.port, (BOB[0], "not the secret"))
+        self.addCleanup(bad.close)
+        await bad.request("GET", "/")
         self.assertEqual(reg.get_sample_value("gateway_auth_failures_total", {"protocol": "s3"}), 1)
 
 

@@ -77,7 +77,7 @@ class TreeTests(SynchronousTestCase):
             defer.Deferred.fromCoroutine(self.tree.create_bucket(self.alice, "bkt")), S3Error
         )
         self.assertEqual(f.value.code, "BucketAlreadyOwnedByYou")
-        self.assertEqual((self.bucket.mode, self.bucket.uid), (0o700, 1000))
+        self.assertEqual((self.bucket.mode, self.bucket.uid), (0o711, 1000))
         f = self.failureResultOf(
             defer.Deferred.fromCoroutine(self.tree.bucket(self.alice, ".cfs-s3")), S3Error
         )

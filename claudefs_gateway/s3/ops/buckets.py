@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from claudefs_gateway import errors
-from claudefs_gateway.s3 import xmlio
+from claudefs_gateway.s3 import acl, xmlio
 from claudefs_gateway.s3.bucketconf import BucketConf
 from claudefs_gateway.s3.call import (
     SMALL_BODY,
@@ -22,6 +22,7 @@ from claudefs_gateway.s3.errors import S3Error, from_failure
 from claudefs_gateway.s3.keys import check_new_bucket_name
 from claudefs_gateway.s3.listing import Lister
 from claudefs_gateway.s3.ops.base import Operations
+from claudefs_gateway.s3.owners import canonical_id
 from claudefs_gateway.s3.tree import EMPTY_MD5
 
 __all__ = ["BucketOps"]
@@ -34,7 +35,7 @@ class BucketOps(Operations):
 
     async def op_ListBuckets(self, call: Call) -> None:
         """
-        The buckets the caller owns or may search, in name order; C{max-buckets}
+        The buckets the caller owns (root: every bucket), in name order; C{max-buckets}
         (1-10000), C{continuation-token}, C{prefix} and C{bucket-region} page and
         filter as AWS does.
         """
@@ -66,8 +67,10 @@ class BucketOps(Operations):
                 if not name.startswith(prefix) or (after is not None and name <= after):
                     continue
                 if a.uid != call.caller.cred.uid and not call.caller.cred.is_root:
-                    if not await tree.vfs.access(call.caller, a.ino, 0o1):
-                        continue
+                    # As in S3, ListBuckets lists one's own buckets; others'
+                    # (public ones, directories shared over NFS or SMB) are
+                    # reached by name, as their modes allow.
+                    continue
                 if mb is not None and len(out) == int(mb):
                     truncated = True
                     break
@@ -114,6 +117,19 @@ class BucketOps(Operations):
                 "InvalidArgument", "x-amz-bucket-object-lock-enabled must be true or false"
             )
         tree = self._tree()
+        ownership = call.header("x-amz-object-ownership")
+        if ownership is not None and ownership not in (
+            "BucketOwnerEnforced",
+            "BucketOwnerPreferred",
+            "ObjectWriter",
+        ):
+            raise S3Error("InvalidArgument", "Invalid x-amz-object-ownership header")
+        owner_id = canonical_id(call.caller.cred.uid)
+        grants = acl.from_headers(call.headers, owner_id, owner_id)
+        if grants is not None:
+            self._check_acl_allowed(
+                BucketConf(ownership=ownership), grants, call.headers.get("x-amz-acl")
+            )
         try:
             b = await tree.create_bucket(call.caller, call.bucket)
         except S3Error as e:
@@ -124,14 +140,18 @@ class BucketOps(Operations):
         except errors.FSError:
             raise from_failure(failure()) from None
         else:
+            conf = BucketConf()
             if lock == "true":
                 # Object lock needs versions: the bucket is versioned from the start.
-                conf = BucketConf(
-                    versioning="Enabled",
-                    versioned_since=int(self.clock.seconds() * 1_000_000_000),
-                    object_lock=True,
-                )
+                conf.versioning = "Enabled"
+                conf.versioned_since = int(self.clock.seconds() * 1_000_000_000)
+                conf.object_lock = True
+            if ownership is not None:
+                conf.ownership = ownership
+            if conf != BucketConf():
                 await tree.set_bucket_conf(call.caller, b, conf)
+            if grants is not None:
+                await self._apply_grants(call, b, grants, True)
         self._empty(call, 200, {"Location": "/" + call.bucket})
 
     async def op_HeadBucket(self, call: Call) -> None:

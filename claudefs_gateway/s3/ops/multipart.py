@@ -63,6 +63,9 @@ class MultipartOps(ObjectOps):
             raise S3Error("InvalidRequest", "x-amz-checksum-type needs x-amz-checksum-algorithm")
         tags = self._request_tags(call)
         lock = objectlock.from_headers(call.headers, self._now_ns())
+        await self._grants_for_write(
+            call, call.caller.cred.uid, bucket, await tree.bucket_conf(bucket)
+        )
         if lock is not None and not (await tree.bucket_conf(bucket)).object_lock:
             raise S3Error("InvalidRequest", "Bucket is missing Object Lock Configuration")
         upload = await self._uploads().create(
@@ -74,6 +77,11 @@ class MultipartOps(ObjectOps):
             ctype,
             tags,
             lock.encode() if lock is not None else None,
+            {
+                h: v
+                for h, v in call.headers.items()
+                if h == "x-amz-acl" or h.startswith("x-amz-grant-")
+            },
         )
         headers = {}
         if algo is not None:
@@ -352,6 +360,7 @@ class MultipartOps(ObjectOps):
                 meta,
                 upload.tags,
                 Retention.decode(upload.lock),
+                upload.acl_headers or {},
             )
         except BaseException:
             stop()

@@ -163,12 +163,7 @@ class LockOps(ObjectOps):
             and a.uid != call.caller.cred.uid
         ):
             raise S3Error("AccessDenied")
-        if r is None:
-            raise S3Error(
-                "NoSuchObjectLockConfiguration",
-                "The specified object does not have a ObjectLock configuration",
-            )
-        status = "ON" if r.hold else "OFF"
+        status = "ON" if r is not None and r.hold else "OFF"
         self._xml(call, xmlio.document("LegalHold", [("Status", status)]))
 
     async def op_PutObjectLegalHold(self, call: Call) -> None:

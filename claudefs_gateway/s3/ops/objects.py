@@ -14,7 +14,7 @@ from twisted.internet import defer
 
 from claudefs_gateway import errors
 from claudefs_gateway.fstypes import Attributes
-from claudefs_gateway.s3 import checksums, objectlock, tagging, xmlio
+from claudefs_gateway.s3 import acl, checksums, objectlock, tagging, xmlio
 from claudefs_gateway.s3.body import ClientGone, ObjectProducer, ShortRead
 from claudefs_gateway.s3.bucketconf import BucketConf
 from claudefs_gateway.s3.call import (
@@ -35,6 +35,7 @@ from claudefs_gateway.s3.errors import S3Error, from_failure
 from claudefs_gateway.s3.keys import Key
 from claudefs_gateway.s3.multipart import MAX_PART_NUMBER
 from claudefs_gateway.s3.ops.base import Operations
+from claudefs_gateway.s3.owners import canonical_id
 from claudefs_gateway.s3.ranges import ByteRange, Unsatisfiable, parse_range
 from claudefs_gateway.s3.signing import parse_http_date, parse_query
 from claudefs_gateway.s3.tree import EMPTY_MD5, ObjectMeta
@@ -109,6 +110,7 @@ class ObjectOps(Operations):
         meta: ObjectMeta,
         tags: dict[str, str] | None = None,
         lock: Retention | None = None,
+        acl_headers: dict[str, list[str]] | None = None,
     ) -> Attributes:
         """
         Rename a finished object into place, honouring If-Match/If-None-Match
@@ -131,6 +133,16 @@ class ObjectOps(Operations):
             await tree.vfs.meta_set(
                 tree.root_caller, tmp.ino, tagging.TAGS_KEY, tagging.encode(tags)
             )
+        # The ACL the request asks for becomes the new file's mode (s3/acl.py).
+        headers = acl_headers if acl_headers is not None else call.headers
+        grants = acl.from_headers(
+            headers, canonical_id(call.caller.cred.uid), canonical_id(bucket.uid)
+        )
+        if grants is not None:
+            self._check_acl_allowed(conf, grants, headers.get("x-amz-acl"))
+            tmp = await tree.vfs.lookup(tree.root_caller, tmp_dir, tmp_name)
+            await self._apply_grants(call, tmp, grants, False)
+        give_to = await self._owner_for_new_object(call, bucket, conf)
         state = conf.versioning
         versions = Versions(tree)
         if state is not None:
@@ -169,6 +181,8 @@ class ObjectOps(Operations):
         conditional = im is not None or inm is not None or state is not None
         if not conditional:
             a = await tree.commit(call.caller, bucket, key, tmp_dir, tmp_name, meta)
+            if give_to is not None:
+                await self._give_to(a, give_to)
             if lock is not None:
                 await tree.vfs.meta_set(tree.root_caller, a.ino, WORM_KEY, lock.encode())
             return a
@@ -184,8 +198,11 @@ class ObjectOps(Operations):
                 raise
         finally:
             self._unlock(call.bucket, key.text, key_lock)
-        if state is not None:
-            call.version_id = meta.vid or NULL
+        if state == "Enabled":
+            # A suspended bucket writes the null version and names none (as s3-tests expects).
+            call.version_id = meta.vid
+        if give_to is not None:
+            await self._give_to(a, give_to)
         if lock is not None:
             # Protected from here on, over every protocol (vfs/worm.py).
             await tree.vfs.meta_set(tree.root_caller, a.ino, WORM_KEY, lock.encode())
@@ -343,6 +360,11 @@ class ObjectOps(Operations):
         a, meta, call.version_id = await self._resolve(
             call, bucket, key, call.query.get("versionId")
         )
+        if a.is_reg and a.uid != call.caller.cred.uid:
+            # Read permission is checked before anything is sent (the vfs
+            # checks it again on every read).
+            if not await tree.vfs.access(call.caller, a.ino, 0o4):
+                raise S3Error("AccessDenied")
         etag = await tree.etag(call.caller, a, meta)
         if call.version_id is not None:
             call.request.setHeader(b"x-amz-version-id", call.version_id.encode("ascii"))
@@ -541,9 +563,22 @@ class ObjectOps(Operations):
         if current is not None:
             cur_meta = await tree.meta(tree.root_caller, current)
             cur_vid, cur_time = versions.effective(conf, current, cur_meta)
+        conditional = cond is not None and not cond.empty
         if vid is None:
-            if cond is not None and not cond.empty:
+            if conditional:
+                assert cond is not None
                 if current is None:
+                    # Nothing to delete. Where a delete marker is latest, only
+                    # If-Match: * holds (s3-tests' conditional deletes).
+                    older = await versions.older(parent.ino, key.name)
+                    if (
+                        older
+                        and older[0].delete_marker
+                        and (
+                            cond.etag is None or cond.etag.strip() != "*" or cond.size or cond.mtime
+                        )
+                    ):
+                        raise S3Error("PreconditionFailed", Condition="If-Match")
                     return None, False
                 etag, _ = await self._object_etag(call, current)
                 cond.check(etag, current)
@@ -558,7 +593,8 @@ class ObjectOps(Operations):
         bypass = await self._may_bypass(call)
         origin = Origin(strict=True, bypass_governance=bypass)
         if current is not None and cur_vid == vid:
-            if cond is not None and not cond.empty:
+            if conditional:
+                assert cond is not None
                 etag, _ = await self._object_etag(call, current)
                 cond.check(etag, current)
             await self._check_retention(current, bypass)
@@ -569,6 +605,10 @@ class ObjectOps(Operations):
         target = next((v for v in older if v.vid == vid), None)
         if target is None:
             return vid, False
+        if conditional and not target.delete_marker:
+            assert cond is not None
+            etag = await tree.etag(call.caller, target.attrs, target.meta)
+            cond.check(etag, target.attrs)
         await self._check_retention(target.attrs, bypass)
         await versions.remove(parent.ino, key.name, vid, origin)
         if current is None and older[0].vid == vid:

@@ -14,7 +14,7 @@ __all__ = ["TaggingOps"]
 
 
 def tag_set(tags: dict[str, str]) -> list[tuple[str, Any]]:
-    return [("TagSet", [("Tag", [("Key", k), ("Value", v)]) for k, v in tags.items()])]
+    return [("TagSet", [("Tag", [("Key", k), ("Value", tags[k])]) for k in sorted(tags)])]
 
 
 class TaggingOps(ObjectOps):
