@@ -29,6 +29,8 @@ _log = Logger()
 # HTTP status of every code we send (AWS's list, plus our KeyConflict and QuotaExceeded).
 STATUS: dict[str, int] = {
     "AccessDenied": 403,
+    "ServerSideEncryptionConfigurationNotFoundError": 404,
+    "InvalidEncryptionAlgorithmError": 400,
     "UnexpectedContent": 400,
     "UnresolvableGrantByEmailAddress": 400,
     "OwnershipControlsNotFoundError": 404,

@@ -65,25 +65,13 @@ _SRC_SSE_C = "x-amz-copy-source-server-side-encryption-customer-"
 _KMS = "SSE-KMS (a key-management service)"
 
 REFUSALS: list[Refusal] = [
-    # Server-side encryption: AWS answers 501 for an algorithm it does not offer.
-    Refusal(
-        "x-amz-server-side-encryption",
-        WRITES,
-        "NotImplemented",
-        _nyi("Server-side encryption"),
-    ),
+    # Server-side encryption is s3/sse.py's (SSE-S3 and SSE-C); SSE-KMS is not served.
     Refusal(
         "x-amz-server-side-encryption",
         READS | PARTS | {"CompleteMultipartUpload"},
         "InvalidArgument",
         "x-amz-server-side-encryption is only valid when an object is written",
     ),
-    Refusal(_SSE_C + "algorithm", DATA, "NotImplemented", _nyi("SSE-C")),
-    Refusal(_SSE_C + "key", DATA, "NotImplemented", _nyi("SSE-C")),
-    Refusal(_SSE_C + "key-md5", DATA, "NotImplemented", _nyi("SSE-C")),
-    Refusal(_SRC_SSE_C + "algorithm", None, "NotImplemented", _nyi("SSE-C")),
-    Refusal(_SRC_SSE_C + "key", None, "NotImplemented", _nyi("SSE-C")),
-    Refusal(_SRC_SSE_C + "key-md5", None, "NotImplemented", _nyi("SSE-C")),
     Refusal("x-amz-server-side-encryption-aws-kms-key-id", None, "NotImplemented", _nyi(_KMS)),
     Refusal("x-amz-server-side-encryption-context", None, "NotImplemented", _nyi(_KMS)),
     Refusal("x-amz-server-side-encryption-bucket-key-enabled", None, "NotImplemented", _nyi(_KMS)),

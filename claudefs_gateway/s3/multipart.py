@@ -24,6 +24,7 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.internet import defer, task
@@ -74,6 +75,8 @@ class Upload:
     lock: bytes | None = None
     #: The ACL headers of the create request, applied when completed.
     acl_headers: dict[str, list[str]] | None = None
+    #: How the object is encrypted (s3/sse.py Sse.encode()), if it is.
+    sse: dict[str, Any] | None = None
 
     def state(self) -> bytes:
         return json.dumps(
@@ -89,6 +92,7 @@ class Upload:
                 "tg": self.tags,
                 "lk": self.lock.decode() if self.lock is not None else None,
                 "acl": self.acl_headers,
+                "sse": self.sse,
             },
             ensure_ascii=False,
         ).encode("utf-8")
@@ -182,6 +186,7 @@ class Uploads:
                 tags=d.get("tg"),
                 lock=d["lk"].encode() if d.get("lk") else None,
                 acl_headers=d.get("acl"),
+                sse=d.get("sse"),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -242,6 +247,7 @@ class Uploads:
         tags: dict[str, str] | None = None,
         lock: bytes | None = None,
         acl_headers: dict[str, list[str]] | None = None,
+        sse: dict[str, Any] | None = None,
     ) -> Upload:
         upload_id = os.urandom(24).hex()
         rc = self.tree.root_caller
@@ -260,6 +266,7 @@ class Uploads:
             tags=tags,
             lock=lock,
             acl_headers=acl_headers,
+            sse=sse,
             last_activity=self.clock.seconds(),
             slots=defer.DeferredSemaphore(self.max_concurrent_parts),
         )

@@ -44,11 +44,6 @@ UNSUPPORTED: dict[str, dict[str, dict[str, str]]] = {
             "PUT": "PutBucketReplication",
             "DELETE": "DeleteBucketReplication",
         },
-        "encryption": {
-            "GET": "GetBucketEncryption",
-            "PUT": "PutBucketEncryption",
-            "DELETE": "DeleteBucketEncryption",
-        },
         "accelerate": {
             "GET": "GetBucketAccelerateConfiguration",
             "PUT": "PutBucketAccelerateConfiguration",
@@ -176,6 +171,11 @@ SERVED: dict[str, dict[str, dict[str, str]]] = {
         "object-lock": {"GET": "GetObjectLockConfiguration", "PUT": "PutObjectLockConfiguration"},
         "versioning": {"GET": "GetBucketVersioning", "PUT": "PutBucketVersioning"},
         "versions": {"GET": "ListObjectVersions"},
+        "encryption": {
+            "GET": "GetBucketEncryption",
+            "PUT": "PutBucketEncryption",
+            "DELETE": "DeleteBucketEncryption",
+        },
         "acl": {"GET": "GetBucketAcl", "PUT": "PutBucketAcl"},
         "policy": {
             "GET": "GetBucketPolicy",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 from OpenSSL import SSL
@@ -34,6 +35,7 @@ from claudefs_gateway.s3.auth import Authenticator
 from claudefs_gateway.s3.channel import S3Site
 from claudefs_gateway.s3.errors import S3Error
 from claudefs_gateway.s3.multipart import Uploads
+from claudefs_gateway.s3.sse import KEYRING_FILE, Keyring
 from claudefs_gateway.s3.tree import Tree
 
 __all__ = ["S3Service", "ReloadingTLS"]
@@ -211,6 +213,8 @@ class S3Service(MultiService):
         if self.running:
             uploads.start_expiry()
         self.authenticator.users = vfs.users
+        # SSE-S3 master keys and the SSE-C check secret (s3/sse.py), beside the store.
+        self.api.keyring = Keyring(Path(core.config.data_dir) / KEYRING_FILE)
         self.tree, self.uploads = tree, uploads
         self._opened = (tree, uploads)
         return self._opened

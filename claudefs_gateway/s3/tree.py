@@ -91,6 +91,7 @@ class ObjectMeta:
     @ivar dm: a delete marker (an empty file in a version store).
     @ivar fc: the content was written by a file client (NFS, SMB), not S3: the
         ETag was computed from it, and no S3 version id names it.
+    @ivar sse: how the object is encrypted (L{claudefs_gateway.s3.sse.Sse}), if it is.
     """
 
     etag: str | None = None
@@ -107,6 +108,7 @@ class ObjectMeta:
     vt: int | None = None
     dm: bool = False
     fc: bool = False
+    sse: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         d: dict[str, Any] = {"v": 1}
@@ -125,6 +127,7 @@ class ObjectMeta:
             ("vt", "vt"),
             ("dm", "dm"),
             ("fc", "fc"),
+            ("sse", "x"),
         ):
             v = getattr(self, name)
             if v:
@@ -156,7 +159,14 @@ class ObjectMeta:
             vt=d.get("vt"),
             dm=bool(d.get("dm")),
             fc=bool(d.get("fc")),
+            sse=d.get("x"),
         )
+
+    def plain_size(self, a: Attributes) -> int:
+        """The object's size as S3 shows it (an encrypted file holds more at rest)."""
+        if self.sse:
+            return int(self.sse.get("p", 0))
+        return a.size
 
     def etag_valid(self, a: Attributes) -> bool:
         return self.etag is not None and self.mtime_ns == a.mtime_ns and self.size == a.size

@@ -37,6 +37,7 @@ __all__ = [
     "parse_acl",
     "parse_flags",
     "parse_ownership",
+    "parse_encryption",
     "CompletePart",
     "DeleteRequest",
     "MAX_DELETE_KEYS",
@@ -331,6 +332,18 @@ def parse_ownership(body: bytes) -> str:
     if len(rules) != 1:
         raise S3Error("MalformedXML", "OwnershipControls has one Rule")
     return (_one_text(rules[0], "ObjectOwnership") or "").strip()
+
+
+def parse_encryption(body: bytes) -> str:
+    """A ServerSideEncryptionConfiguration: its rule's SSEAlgorithm."""
+    el = _parse(body, "ServerSideEncryptionConfiguration")
+    rules = _children(el, "Rule")
+    if len(rules) != 1:
+        raise S3Error("MalformedXML", "ServerSideEncryptionConfiguration has one Rule")
+    apply = _children(rules[0], "ApplyServerSideEncryptionByDefault")
+    if len(apply) != 1:
+        raise S3Error("MalformedXML", "a Rule has one ApplyServerSideEncryptionByDefault")
+    return (_one_text(apply[0], "SSEAlgorithm") or "").strip()
 
 
 def parse_location(body: bytes) -> str | None:

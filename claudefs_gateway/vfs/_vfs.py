@@ -55,7 +55,7 @@ from claudefs_gateway.vfs.leases import LeaseManager, Why
 from claudefs_gateway.vfs.locks import EOF, LockTable
 from claudefs_gateway.vfs.origin import Origin, default_origin
 from claudefs_gateway.vfs.quotas import QuotaManager
-from claudefs_gateway.vfs.worm import WORM_KEY, Retention, WormCache
+from claudefs_gateway.vfs.worm import SEAL_KEY, WORM_KEY, Retention, WormCache
 
 __all__ = ["VFS", "INTERNAL_PREFIX", "SYMLOOP_MAX", "PRIVATE_NAMES", "PRIVATE_OWNER"]
 
@@ -172,8 +172,9 @@ class VFS:
         # Where each inode was last seen by name, so a change to its data or
         # attributes can be reported in its directory (see vfs/events.py).
         self._names: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
-        # Retention records (WORM) by inode: vfs/worm.py.
+        # Retention records (WORM) and seals by inode: vfs/worm.py.
         self._worm = WormCache()
+        self._seals: dict[int, bool] = {}
         self._names_max = max(4096, c.max_entries)
         self.root_ino = 0
         self.is_open = False
@@ -315,6 +316,7 @@ class VFS:
             self.name_cache.forget_dir(a.ino)
         self._names.pop(a.ino, None)
         self._worm.drop(a.ino)
+        self._seals.pop(a.ino, None)
         self.locks.release_inode(a.ino)
         self.leases.release_inode(a.ino)
 
@@ -359,6 +361,29 @@ class VFS:
             r = Retention.decode(raw)
             self._worm.put(ino, r)
         return r
+
+    async def _check_sealed(self, caller: Caller, a: Attributes) -> None:
+        """
+        A sealed file's bytes (S3 server-side encryption: ciphertext at rest)
+        are its owning front end's alone: any other protocol's data access is
+        refused rather than handed ciphertext.
+
+        @raise Access: sealed, and the caller is a file client.
+        """
+        if caller.protocol == PRIVATE_OWNER or not a.is_reg:
+            return
+        sealed = self._seals.get(a.ino)
+        if sealed is None:
+            try:
+                await self.backend.getxattr(a.ino, INTERNAL_PREFIX + SEAL_KEY)
+                sealed = True
+            except errors.NoData:
+                sealed = False
+            if len(self._seals) > 65536:
+                self._seals.clear()
+            self._seals[a.ino] = sealed
+        if sealed:
+            raise errors.Access("the file is encrypted by S3 (server-side encryption)")
 
     async def _check_worm(self, a: Attributes, origin: Origin, destroy: bool) -> None:
         """
@@ -504,6 +529,7 @@ class VFS:
                 raise errors.IsDir("size of a directory")
             if size_change > MAX_FILE_SIZE:
                 raise errors.FBig("size too large")
+            await self._check_sealed(caller, a)
             await self._check_worm(a, self._origin(caller, origin), destroy=False)
         new_uid = changes.uid if changes.uid is not None else a.uid
         new_gid = changes.gid if changes.gid is not None else a.gid
@@ -930,6 +956,7 @@ class VFS:
         """
         a = await self._getattr(ino)
         self._data_allowed(caller, a, write=False)
+        await self._check_sealed(caller, a)
         if self.locks.busy(ino) or self.leases.busy(ino):
             span = (offset, min(count, _WHOLE - offset), False) if 0 <= offset < _WHOLE else None
             await self._before(ino, self._origin(caller, origin), Why.READ, _READ, span)
@@ -960,6 +987,7 @@ class VFS:
         end = offset + len(data)
         if end > MAX_FILE_SIZE:
             raise errors.FBig("file too large")
+        await self._check_sealed(caller, a)
         await self._check_worm(a, self._origin(caller, origin), destroy=False)
         if self.locks.busy(ino) or self.leases.busy(ino):
             await self._before(
@@ -991,6 +1019,7 @@ class VFS:
         self._writable(caller)
         a = await self._getattr(ino)
         self._data_allowed(caller, a, write=True)
+        await self._check_sealed(caller, a)
         await self._check_worm(a, self._origin(caller, origin), destroy=False)
         await self._before(
             ino, self._origin(caller, origin), Why.WRITE, _WRITE, (offset, length, True)
@@ -1014,6 +1043,7 @@ class VFS:
         self._writable(caller)
         a = await self._getattr(ino)
         self._data_allowed(caller, a, write=True)
+        await self._check_sealed(caller, a)
         await self._check_worm(a, self._origin(caller, origin), destroy=False)
         await self._before(
             ino, self._origin(caller, origin), Why.WRITE, _WRITE, (offset, length, True)
@@ -1129,6 +1159,8 @@ class VFS:
             await self.backend.setxattr(ino, INTERNAL_PREFIX + key, value)
         if key == WORM_KEY:
             self._worm.drop(ino)
+        if key == SEAL_KEY:
+            self._seals.pop(ino, None)
         self.attr_cache.discard(ino)
         self._modified(ino, What.ATTRIBUTES)
 

@@ -30,9 +30,13 @@ from collections import OrderedDict
 
 import attrs
 
-__all__ = ["Retention", "WORM_KEY", "GOVERNANCE", "COMPLIANCE", "WormCache"]
+__all__ = ["Retention", "WORM_KEY", "SEAL_KEY", "GOVERNANCE", "COMPLIANCE", "WormCache"]
 
 WORM_KEY = b"worm"
+#: A file whose bytes only the front end that wrote them can read (S3
+#: server-side encryption: what is stored is ciphertext). File clients get
+#: EACCES for reads and writes of its data, never the ciphertext.
+SEAL_KEY = b"seal"
 GOVERNANCE = "GOVERNANCE"
 COMPLIANCE = "COMPLIANCE"
 

@@ -210,3 +210,78 @@ class ObjectLockTests(CrossProtocolTestCase):
         # smbclient's del reports nothing; the file is still there, whole.
         r = await self.boto(["get_object", {"Bucket": "lockbkt", "Key": "sealed.txt"}])
         self.assertEqual(r[0]["Body"], "sealed contents")
+
+
+class EncryptionTests(CrossProtocolTestCase):
+    async def test_encrypted_object_refused_to_file_clients(self) -> None:
+        """
+        An SSE-C (or SSE-S3) object's bytes are ciphertext at rest: libnfs and
+        smbclient reads get the protocol's access error, never ciphertext;
+        boto3 with the key reads the plaintext.
+        """
+        key = "0123456789abcdef0123456789abcdef"
+        await self.boto(
+            ["create_bucket", {"Bucket": "encbkt"}],
+            [
+                "put_object",
+                {
+                    "Bucket": "encbkt",
+                    "Key": "c.txt",
+                    "Body": "customer secret",
+                    "SSECustomerAlgorithm": "AES256",
+                    "SSECustomerKey": key,
+                },
+            ],
+            [
+                "put_object",
+                {
+                    "Bucket": "encbkt",
+                    "Key": "s.txt",
+                    "Body": "gateway secret",
+                    "ServerSideEncryption": "AES256",
+                },
+            ],
+        )
+        ops = await self.nfs(
+            "read", "/encbkt/c.txt", "read", "/encbkt/s.txt", "write", "/encbkt/s.txt", "x"
+        )
+        self.assertEqual([op["ret"] < 0 for op in ops], [True, True, True], ops)
+        self.assertTrue(all("secret" not in str(op.get("result")) for op in ops))
+        got = self.local(b"")
+        status, text = await self.smb(f"cd encbkt; get c.txt {got}")
+        self.assertIn("NT_STATUS_ACCESS_DENIED", text)
+        r = await self.boto(
+            [
+                "get_object",
+                {
+                    "Bucket": "encbkt",
+                    "Key": "c.txt",
+                    "SSECustomerAlgorithm": "AES256",
+                    "SSECustomerKey": key,
+                },
+            ],
+            ["get_object", {"Bucket": "encbkt", "Key": "s.txt"}],
+        )
+        self.assertEqual((r[0]["Body"], r[1]["Body"]), ("customer secret", "gateway secret"))
+
+
+class AclTests(CrossProtocolTestCase):
+    async def test_chmod_over_nfs_is_the_acl(self) -> None:
+        """A chmod over NFS is what GetObjectAcl shows next; a public-read ACL is the mode NFS sees."""
+        await self.boto(
+            ["create_bucket", {"Bucket": "aclbkt"}],
+            ["put_object", {"Bucket": "aclbkt", "Key": "f", "Body": "x"}],
+            ["put_object", {"Bucket": "aclbkt", "Key": "pub", "Body": "y", "ACL": "public-read"}],
+        )
+        ops = await self.nfs(
+            "stat", "/aclbkt/f", "stat", "/aclbkt/pub", "chmod", "/aclbkt/f", "644"
+        )
+        self.assertEqual(ops[0]["result"]["mode"] & 0o777, 0o600)
+        self.assertEqual(ops[1]["result"]["mode"] & 0o777, 0o644)
+        self.assertEqual(ops[2]["ret"], 0)
+        r = await self.boto(["get_object_acl", {"Bucket": "aclbkt", "Key": "f"}])
+        grants = {
+            (g["Grantee"].get("URI", g["Grantee"].get("ID")), g["Permission"])
+            for g in r[0]["Grants"]
+        }
+        self.assertIn(("http://acs.amazonaws.com/groups/global/AuthenticatedUsers", "READ"), grants)

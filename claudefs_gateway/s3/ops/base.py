@@ -8,6 +8,9 @@ metadata of a request, per-key serialisation of conditional writes.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -15,7 +18,7 @@ from twisted.internet import defer
 from claudefs_gateway import errors as fs_errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import Attributes, SetAttrs
-from claudefs_gateway.s3 import acl, checksums, xmlio
+from claudefs_gateway.s3 import acl, checksums, sse, xmlio
 from claudefs_gateway.s3.auth import Authenticator
 from claudefs_gateway.s3.body import Body
 from claudefs_gateway.s3.bucketconf import BucketConf
@@ -30,6 +33,7 @@ from claudefs_gateway.s3.errors import S3Error, error_fields
 from claudefs_gateway.s3.multipart import Uploads
 from claudefs_gateway.s3.owners import canonical_id
 from claudefs_gateway.s3.tree import STORED_HEADERS, ObjectMeta, Tree
+from claudefs_gateway.vfs.worm import SEAL_KEY
 
 __all__ = ["Operations"]
 
@@ -48,6 +52,7 @@ class Operations:
     metrics: Any
     tree: Tree | None
     uploads: Uploads | None
+    keyring: sse.Keyring | None = None
     _locks: dict[tuple[str, str], defer.DeferredLock]
 
     # -- responses ---------------------------------------------------------------------------
@@ -331,29 +336,160 @@ class Operations:
         if not lock.locked and not lock.waiting and self._locks.get((bucket, key)) is lock:
             del self._locks[(bucket, key)]
 
-    async def _write_body(self, call: Call, ino: int, body: Body, hashes: dict[str, Any]) -> int:
-        """Stream the request body into file C{ino}, hashing as it goes; the size."""
+    async def _write_body(
+        self,
+        call: Call,
+        ino: int,
+        body: Body,
+        hashes: dict[str, Any],
+        sealer: sse.Sealer | None = None,
+    ) -> int:
+        """
+        Stream the request body into file C{ino}, hashing the plaintext as it
+        goes (and encrypting it with C{sealer}, if given); the plaintext size.
+        """
         tree = self._tree()
         vfs = tree.vfs
-        offset = 0
+        size = 0
+        at = 0
         while True:
             data = await body.read()
             if not data:
                 break
+            stored = sealer.feed(data) if sealer is not None else data
             # Hash and write together: the CPU pool hashes while the store writes.
             work: list[defer.Deferred[Any]] = [
                 defer.ensureDeferred(tree.hash(h, data)) for h in hashes.values()
             ]
-            work.append(vfs.write(call.caller, ino, offset, data, False))
+            if stored:
+                work.append(vfs.write(call.caller, ino, at, stored, False))
             await defer.gatherResults(work, consumeErrors=True).addErrback(first_error)
-            offset += len(data)
+            size += len(data)
+            at += len(stored)
+        if sealer is not None:
+            tail = sealer.finish()
+            if tail:
+                await vfs.write(call.caller, ino, at, tail, False)
         await vfs.commit(call.caller, ino)
-        return offset
+        return size
+
+    # -- server-side encryption (s3/sse.py) --------------------------------------------
+
+    def _keyring(self) -> sse.Keyring:
+        if self.keyring is None:
+            raise S3Error("NotImplemented", "Server-side encryption needs a data directory")
+        return self.keyring
+
+    def _sse_for_write(
+        self, call: Call, default: dict[str, Any] | None
+    ) -> tuple[sse.Sse, bytes] | None:
+        """
+        How a new object is to be encrypted - by SSE-C headers, by
+        C{x-amz-server-side-encryption}, or by the bucket's default - and its
+        base key; None for plaintext.
+
+        @raise S3Error: InvalidArgument (both kinds asked for, an unknown
+            algorithm), NotImplemented (SSE-KMS).
+        """
+        customer = sse.customer_key(call.headers)
+        asked = call.header("x-amz-server-side-encryption")
+        if customer is not None and asked is not None:
+            raise S3Error(
+                "InvalidArgument",
+                "Server Side Encryption with Customer provided key is incompatible with the encryption method specified",
+            )
+        salt = os.urandom(16)
+        if customer is not None:
+            key, md5 = customer
+            return sse.Sse("SSE-C", salt, check=self._keyring().check(key), md5=md5), key
+        if asked is None and default:
+            asked = default.get("algorithm")
+        if asked is None:
+            return None
+        if asked in ("aws:kms", "aws:kms:dsse"):
+            raise S3Error(
+                "NotImplemented", "SSE-KMS is not implemented by this gateway (see docs/s3.rst)"
+            )
+        if asked != "AES256":
+            raise S3Error(
+                "InvalidArgument",
+                "The encryption method specified is not supported",
+                ArgumentName="x-amz-server-side-encryption",
+                ArgumentValue=asked,
+            )
+        data_key = os.urandom(32)
+        kid, wrapped = self._keyring().wrap(data_key)
+        return sse.Sse("AES256", salt, kid=kid, wrapped=wrapped), data_key
+
+    def _sse_key(self, call: Call, info: sse.Sse, copy_source: bool = False) -> bytes:
+        """
+        The base key to read an encrypted object: SSE-S3's unwrapped, or the
+        customer's, which the request must carry and which must be the one the
+        object was written with.
+
+        @raise S3Error: InvalidRequest (no key), AccessDenied (another key).
+        """
+        if info.kind == "AES256":
+            assert info.kid is not None and info.wrapped is not None
+            return self._keyring().unwrap(info.kid, info.wrapped)
+        prefix = (
+            "x-amz-copy-source-server-side-encryption-customer-"
+            if copy_source
+            else "x-amz-server-side-encryption-customer-"
+        )
+        customer = sse.customer_key(call.headers, prefix)
+        if customer is None:
+            raise S3Error(
+                "InvalidRequest",
+                "The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object.",
+            )
+        key, _ = customer
+        if info.check is None or not hmac.compare_digest(self._keyring().check(key), info.check):
+            raise S3Error("AccessDenied", "The provided customer key does not match this object")
+        return key
+
+    def _sse_headers(self, info: sse.Sse | None) -> dict[str, str]:
+        """The encryption headers an answer about the object carries."""
+        if info is None:
+            return {}
+        if info.kind == "AES256":
+            return {"x-amz-server-side-encryption": "AES256"}
+        return {
+            "x-amz-server-side-encryption-customer-algorithm": "AES256",
+            "x-amz-server-side-encryption-customer-key-MD5": info.md5 or "",
+        }
+
+    async def _seal(self, ino: int) -> None:
+        """Keep file clients from an encrypted object's bytes (vfs: a sealed file)."""
+        tree = self._tree()
+        await tree.vfs.meta_set(tree.root_caller, ino, SEAL_KEY, b"1")
+
+    def _plain_reader(
+        self, call: Call, a: Attributes, meta: ObjectMeta, copy_source: bool = False
+    ) -> Callable[[int, int], Any]:
+        """C{read(offset, count)} of an object's plaintext (decrypting if it is encrypted)."""
+        tree = self._tree()
+
+        async def raw(off: int, n: int) -> bytes:
+            r = await tree.vfs.read(call.caller, a.ino, off, n)
+            return r.data
+
+        info = sse.Sse.decode(meta.sse)
+        if info is None:
+            return raw
+        key = self._sse_key(call, info, copy_source)
+        opener = sse.Opener(sse.object_key(key, info.salt), info.segments(), raw)
+        return opener.read
 
     async def _receive(
-        self, call: Call, ino: int, max_size: int, algo: str | None
+        self,
+        call: Call,
+        ino: int,
+        max_size: int,
+        algo: str | None,
+        sealer: sse.Sealer | None = None,
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        """Receive and verify the body into C{ino}: (size, hashes, checksums)."""
+        """Receive and verify the body into C{ino}: (plaintext size, hashes, checksums)."""
         body = self._body(call, max_size)
         assert call.auth is not None
         hashes: dict[str, Any] = {"md5": hashlib.md5()}
@@ -362,7 +498,7 @@ class Operations:
             hashes["sha256-payload"] = hashlib.sha256()
         if algo is not None:
             hashes[algo] = checksums.new(algo)
-        size = await self._write_body(call, ino, body, hashes)
+        size = await self._write_body(call, ino, body, hashes, sealer)
         sums = self._check_digests(call, body, hashes)
         return size, hashes, sums
 

@@ -236,8 +236,8 @@ class BucketOps(Operations):
             if a.is_dir:
                 etag, size = EMPTY_MD5, 0
             else:
-                etag, _ = await self._object_etag(call, a)
-                size = a.size
+                etag, meta = await self._object_etag(call, a)
+                size = meta.plain_size(a)
             entry: list[tuple[str, Any]] = [
                 ("Key", k(key)),
                 ("LastModified", iso_date(a.mtime_ns)),
@@ -288,3 +288,51 @@ class BucketOps(Operations):
 
     async def op_ListObjectsV2(self, call: Call) -> None:
         await self._list(call, v2=True)
+
+    # -- default encryption (s3/sse.py) -----------------------------------------------------
+
+    async def op_GetBucketEncryption(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        conf = await tree.bucket_conf(b)
+        if not conf.encryption:
+            raise S3Error(
+                "ServerSideEncryptionConfigurationNotFoundError",
+                "The server side encryption configuration was not found",
+                BucketName=call.bucket or "",
+            )
+        rule = [
+            (
+                "ApplyServerSideEncryptionByDefault",
+                [("SSEAlgorithm", conf.encryption["algorithm"])],
+            ),
+            ("BucketKeyEnabled", False),
+        ]
+        self._xml(call, xmlio.document("ServerSideEncryptionConfiguration", [("Rule", rule)]))
+
+    async def op_PutBucketEncryption(self, call: Call) -> None:
+        """
+        The default encryption of new objects: AES256 (SSE-S3). SSE-KMS is not
+        served (501).
+        """
+        tree = self._tree()
+        b = await self._owned(call)
+        algorithm = xmlio.parse_encryption(await self._read_small(call, 64 * 1024))
+        if algorithm in ("aws:kms", "aws:kms:dsse"):
+            raise S3Error(
+                "NotImplemented", "SSE-KMS is not implemented by this gateway (see docs/s3.rst)"
+            )
+        if algorithm != "AES256":
+            raise S3Error("MalformedXML", "SSEAlgorithm must be AES256")
+        conf = await tree.bucket_conf(b)
+        conf.encryption = {"algorithm": "AES256"}
+        await tree.set_bucket_conf(call.caller, b, conf)
+        self._empty(call, 200)
+
+    async def op_DeleteBucketEncryption(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        conf = await tree.bucket_conf(b)
+        conf.encryption = None
+        await tree.set_bucket_conf(call.caller, b, conf)
+        self._empty(call, 204)

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from claudefs_gateway import errors
 from claudefs_gateway.fstypes import Attributes
-from claudefs_gateway.s3 import checksums, objectlock, xmlio
+from claudefs_gateway.s3 import checksums, objectlock, sse, xmlio
 from claudefs_gateway.s3.call import (
     COMPLETE_BODY,
     MAX_PART_SIZE,
@@ -68,6 +68,12 @@ class MultipartOps(ObjectOps):
         )
         if lock is not None and not (await tree.bucket_conf(bucket)).object_lock:
             raise S3Error("InvalidRequest", "Bucket is missing Object Lock Configuration")
+        enc = self._sse_for_write(call, (await tree.bucket_conf(bucket)).encryption)
+        if enc is not None and ctype == "FULL_OBJECT":
+            raise S3Error(
+                "NotImplemented",
+                "FULL_OBJECT checksums of encrypted multipart uploads are not implemented by this gateway",
+            )
         upload = await self._uploads().create(
             call.caller,
             call.bucket,
@@ -82,8 +88,9 @@ class MultipartOps(ObjectOps):
                 for h, v in call.headers.items()
                 if h == "x-amz-acl" or h.startswith("x-amz-grant-")
             },
+            enc[0].encode() if enc is not None else None,
         )
-        headers = {}
+        headers = self._sse_headers(enc[0] if enc is not None else None)
         if algo is not None:
             headers["x-amz-checksum-algorithm"] = algo.upper()
             headers["x-amz-checksum-type"] = ctype or "COMPOSITE"
@@ -116,7 +123,10 @@ class MultipartOps(ObjectOps):
     async def _part(
         self, call: Call, fill: Callable[[Upload, int, dict[str, Any]], Any]
     ) -> tuple[ObjectMeta, Attributes]:
-        """Stage one part with C{fill(upload, ino, hashes)} and rename it into place."""
+        """
+        Stage one part with C{fill(upload, ino, hashes)} (which returns the
+        part's checksums and plaintext size) and rename it into place.
+        """
         uploads = self._uploads()
         upload = self._upload(call)
         number = self._part_number(call)
@@ -136,11 +146,13 @@ class MultipartOps(ObjectOps):
                 raise S3Error("NoSuchUpload", UploadId=upload.id) from None
             try:
                 hashes: dict[str, Any] = {"md5": hashlib.md5()}
-                sums = await fill(upload, tmp.ino, hashes)
+                sums, plain = await fill(upload, tmp.ino, hashes)
                 a = await tree.vfs.getattr(call.caller, tmp.ino)
                 meta = ObjectMeta(
                     etag=hashes["md5"].hexdigest(), mtime_ns=a.mtime_ns, size=a.size, checksums=sums
                 )
+                if upload.sse is not None:
+                    meta.sse = {"p": plain}
                 await tree.vfs.meta_set(call.caller, tmp.ino, b"s3", meta.encode())
                 await tree.vfs.rename(call.caller, upload.ino, name, upload.ino, part_name(number))
                 a = await tree.vfs.getattr(call.caller, tmp.ino)
@@ -158,27 +170,48 @@ class MultipartOps(ObjectOps):
             upload.active -= 1
             uploads.touch(upload)
 
+    def _part_sealer(self, call: Call, upload: Upload) -> sse.Sealer | None:
+        """What encrypts a part of an encrypted upload (SSE-C: with the request's key, which must be the upload's)."""
+        info = sse.Sse.decode(upload.sse)
+        if info is None:
+            if sse.customer_key(call.headers) is not None:
+                raise S3Error(
+                    "InvalidRequest", "The upload was not created with customer-provided keys"
+                )
+            return None
+        return sse.Sealer(
+            sse.object_key(self._sse_key(call, info), info.salt), self._part_number(call)
+        )
+
     async def op_UploadPart(self, call: Call) -> None:
-        async def fill(upload: Upload, ino: int, hashes: dict[str, Any]) -> dict[str, str]:
+        async def fill(
+            upload: Upload, ino: int, hashes: dict[str, Any]
+        ) -> tuple[dict[str, str], int]:
             algo = self._wanted_checksum(call, upload.algorithm)
-            _, h, sums = await self._receive(call, ino, MAX_PART_SIZE, algo)
+            sealer = self._part_sealer(call, upload)
+            size, h, sums = await self._receive(call, ino, MAX_PART_SIZE, algo, sealer)
             hashes["md5"] = h["md5"]
-            return sums
+            return sums, size
 
         meta, _ = await self._part(call, fill)
         headers = {"ETag": f'"{meta.etag}"'}
+        headers.update(self._sse_headers(sse.Sse.decode(self._upload(call).sse)))
         for algo, v in meta.checksums.items():
             headers[checksums.header(algo)] = v
         self._empty(call, 200, headers)
 
     async def op_UploadPartCopy(self, call: Call) -> None:
-        src, _, _, _, _ = await self._source(call)
+        src, _, src_meta, _, _ = await self._source(call)
+        read = self._plain_reader(call, src, src_meta, copy_source=True)
+        src_size = src_meta.plain_size(src)
 
-        async def fill(upload: Upload, ino: int, hashes: dict[str, Any]) -> dict[str, str]:
+        async def fill(
+            upload: Upload, ino: int, hashes: dict[str, Any]
+        ) -> tuple[dict[str, str], int]:
             rng_text = call.header("x-amz-copy-source-range")
             if rng_text is not None:
                 try:
-                    rng = parse_copy_range(rng_text, src.size)
+                    rng = parse_copy_range(rng_text, src_size)
                 except Unsatisfiable as e:
                     raise S3Error("InvalidRange", str(e)) from None
                 except ValueError as e:
@@ -187,14 +220,16 @@ class MultipartOps(ObjectOps):
                     ) from None
                 first, length = rng.first, rng.length
             else:
-                first, length = 0, src.size
+                first, length = 0, src_size
             if length > MAX_PART_SIZE:
                 raise S3Error("EntityTooLarge")
             algo = upload.algorithm
             if algo is not None:
                 hashes[algo] = checksums.new(algo)
-            await self._copy_data(call, src, first, length, ino, hashes)
-            return {algo: checksums.b64(hashes[algo].digest())} if algo is not None else {}
+            sealer = self._part_sealer(call, upload)
+            await self._copy_data(call, src, first, length, ino, hashes, read, sealer)
+            sums = {algo: checksums.b64(hashes[algo].digest())} if algo is not None else {}
+            return sums, length
 
         meta, a = await self._part(call, fill)
         fields: list[tuple[str, Any]] = [
@@ -278,11 +313,12 @@ class MultipartOps(ObjectOps):
                     ETag=p.etag,
                 )
             a, meta = got
-            if a.size < self.limits.multipart_chunk_min and i != len(wanted) - 1:
+            plain = int(meta.sse["p"]) if meta.sse else a.size
+            if plain < self.limits.multipart_chunk_min and i != len(wanted) - 1:
                 raise S3Error(
                     "EntityTooSmall",
                     "Your proposed upload is smaller than the minimum allowed object size.",
-                    ProposedSize=str(a.size),
+                    ProposedSize=str(plain),
                     MinSizeAllowed=str(self.limits.multipart_chunk_min),
                     PartNumber=str(p.number),
                     ETag=p.etag,
@@ -298,7 +334,7 @@ class MultipartOps(ObjectOps):
                     )
                 part_sums.append(checksums.unb64(v) or b"")
             md5s.append(bytes.fromhex(meta.etag or ""))
-            sizes.append(a.size)
+            sizes.append(plain)
         expected = call.header("x-amz-mp-object-size")
         if expected is not None and (not expected.isdigit() or int(expected) != sum(sizes)):
             raise S3Error(
@@ -315,7 +351,15 @@ class MultipartOps(ObjectOps):
                 await tree.vfs.remove(call.caller, upload.ino, name)
             except errors.NotFound:
                 pass
-            out = await tree.vfs.create(call.caller, upload.ino, name, 0o644, exclusive=True)
+            out = await tree.vfs.create(call.caller, upload.ino, name, 0o600, exclusive=True)
+            info = sse.Sse.decode(upload.sse)
+            if info is not None:
+                # Encrypted parts are concatenated as stored: each part is its
+                # own segment (s3/sse.py), numbered by its part number.
+                await self._seal(out.ino)
+                info.numbers = [p.number for p in wanted]
+                info.sizes = list(sizes)
+                info.plain = sum(sizes)
             full: Any = None
             if upload.algorithm is not None and upload.checksum_type == "FULL_OBJECT":
                 full = checksums.new(upload.algorithm)
@@ -342,6 +386,8 @@ class MultipartOps(ObjectOps):
                 user=dict(upload.meta.user),
                 parts=rle(sizes),
             )
+            if info is not None:
+                meta.sse = info.encode()
             if upload.algorithm is not None:
                 if full is not None:
                     meta.checksums = {upload.algorithm: checksums.b64(full.digest())}
@@ -382,6 +428,9 @@ class MultipartOps(ObjectOps):
         if meta.checksum_type:
             fields.append(("ChecksumType", meta.checksum_type))
         result = xmlio.document("CompleteMultipartUploadResult", fields)
+        if not call.request.startedWriting:
+            for hname, hvalue in self._sse_headers(sse.Sse.decode(meta.sse)).items():
+                call.request.setHeader(hname.encode(), hvalue.encode())
         await uploads.finished(upload, [(p.number, unquote_etag(p.etag)) for p in wanted], result)
         self._finish_xml(call, result)
 
@@ -424,7 +473,7 @@ class MultipartOps(ObjectOps):
                 ("PartNumber", n),
                 ("LastModified", iso_date(a.mtime_ns)),
                 ("ETag", f'"{meta.etag}"'),
-                ("Size", a.size),
+                ("Size", int(meta.sse["p"]) if meta.sse else a.size),
             ]
             for algo, v in meta.checksums.items():
                 part.append(("Checksum" + algo.upper(), v))

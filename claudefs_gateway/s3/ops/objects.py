@@ -14,7 +14,7 @@ from twisted.internet import defer
 
 from claudefs_gateway import errors
 from claudefs_gateway.fstypes import Attributes
-from claudefs_gateway.s3 import acl, checksums, objectlock, tagging, xmlio
+from claudefs_gateway.s3 import acl, checksums, objectlock, sse, tagging, xmlio
 from claudefs_gateway.s3.body import ClientGone, ObjectProducer, ShortRead
 from claudefs_gateway.s3.bucketconf import BucketConf
 from claudefs_gateway.s3.call import (
@@ -70,20 +70,29 @@ class ObjectOps(Operations):
             await self._put_marker(call, bucket, key, meta)
             return
         await tree.check_writable(call.caller, bucket, key)
+        enc = self._sse_for_write(call, (await tree.bucket_conf(bucket)).encryption)
         tmp_dir, tmp_name, tmp = await tree.temp_file(call.caller)
         try:
+            sealer = None
+            if enc is not None:
+                await self._seal(tmp.ino)
+                sealer = sse.Sealer(sse.object_key(enc[1], enc[0].salt), 0)
             size, hashes, sums = await self._receive(
-                call, tmp.ino, self.limits.max_object_size, algo
+                call, tmp.ino, self.limits.max_object_size, algo, sealer
             )
             meta.etag = hashes["md5"].hexdigest()
             if algo is not None:
                 meta.checksums = {algo: sums[algo]}
                 meta.checksum_type = "FULL_OBJECT"
+            if enc is not None:
+                enc[0].plain, enc[0].sizes = size, [size]
+                meta.sse = enc[0].encode()
             a = await self._commit(call, bucket, key, tmp_dir, tmp_name, meta, tags, lock)
         except BaseException:
             await tree.discard_temp(call.caller, tmp_dir, tmp_name)
             raise
         headers = {"ETag": f'"{meta.etag}"'}
+        headers.update(self._sse_headers(enc[0] if enc is not None else None))
         for algo_name, v in meta.checksums.items():
             headers[checksums.header(algo_name)] = v
         del a
@@ -374,7 +383,16 @@ class ObjectOps(Operations):
         record = Retention.decode(await tree.vfs.meta_get(call.caller, a.ino, WORM_KEY))
         for hname, hvalue in objectlock.lock_headers(record).items():
             call.request.setHeader(hname.encode(), hvalue.encode())
-        size = a.size if a.is_reg else 0
+        info = sse.Sse.decode(meta.sse)
+        if info is None and sse.customer_key(call.headers) is not None:
+            raise S3Error(
+                "InvalidRequest", "The encryption parameters are not applicable to this object."
+            )
+        # Checks the key (SSE-C: the request's must be the object's) before a byte goes out.
+        read = self._plain_reader(call, a, meta) if a.is_reg else None
+        for hname, hvalue in self._sse_headers(info).items():
+            call.request.setHeader(hname.encode(), hvalue.encode())
+        size = meta.plain_size(a) if a.is_reg else 0
         headers = self._object_headers(call, a, etag, meta)
         cond = self._conditions(call, etag, a.mtime_ns)
         if cond == 304:
@@ -432,8 +450,10 @@ class ObjectOps(Operations):
         if head or length == 0:
             req.finish()
             return
+        assert read is not None
+        reader = read
         producer = ObjectProducer(
-            lambda off, n: tree.vfs.read(call.caller, a.ino, off, n).addCallback(lambda r: r.data),
+            lambda off, n: defer.Deferred.fromCoroutine(reader(off, n)),
             req,
             first,
             length,
@@ -755,24 +775,48 @@ class ObjectOps(Operations):
         return a, etag, meta, src_bucket, src_key
 
     async def _copy_data(
-        self, call: Call, src: Attributes, first: int, length: int, dst: int, hashes: dict[str, Any]
+        self,
+        call: Call,
+        src: Attributes,
+        first: int,
+        length: int,
+        dst: int,
+        hashes: dict[str, Any],
+        read: Callable[[int, int], Any] | None = None,
+        sealer: sse.Sealer | None = None,
     ) -> None:
+        """
+        Copy C{length} plaintext bytes of C{src} from C{first} into file C{dst},
+        hashing them; C{read} gives the source's plaintext (decrypting), C{sealer}
+        encrypts what is written.
+        """
         tree = self._tree()
         vfs = tree.vfs
+        if read is None:
+
+            async def read(off: int, n: int) -> bytes:
+                return (await vfs.read(call.caller, src.ino, off, n)).data
+
         offset = 0
+        at = 0
         while offset < length:
-            r = await vfs.read(
-                call.caller, src.ino, first + offset, min(1024 * 1024, length - offset)
-            )
-            if not r.data:
+            data = await read(first + offset, min(1024 * 1024, length - offset))
+            if not data:
                 raise S3Error("InvalidRequest", "The source object changed during the copy")
-            data = r.data[: length - offset]
+            data = data[: length - offset]
+            stored = sealer.feed(data) if sealer is not None else data
             work: list[defer.Deferred[Any]] = [
                 defer.ensureDeferred(tree.hash(h, data)) for h in hashes.values()
             ]
-            work.append(vfs.write(call.caller, dst, offset, data, False))
+            if stored:
+                work.append(vfs.write(call.caller, dst, at, stored, False))
             await defer.gatherResults(work, consumeErrors=True).addErrback(first_error)
             offset += len(data)
+            at += len(stored)
+        if sealer is not None:
+            tail = sealer.finish()
+            if tail:
+                await vfs.write(call.caller, dst, at, tail, False)
         await vfs.commit(call.caller, dst)
 
     def _start_keepalive(self, call: Call) -> Callable[[], None]:
@@ -824,7 +868,14 @@ class ObjectOps(Operations):
         if key.marker:
             raise S3Error("InvalidArgument", "Directory markers cannot be copied to")
         from_version = "versionId=" in (call.header("x-amz-copy-source") or "")
-        if sb == call.bucket and sk == key.text and directive == "COPY" and not from_version:
+        changes_encryption = any(h.startswith("x-amz-server-side-encryption") for h in call.headers)
+        if (
+            sb == call.bucket
+            and sk == key.text
+            and directive == "COPY"
+            and not from_version
+            and not changes_encryption
+        ):
             raise S3Error(
                 "InvalidRequest",
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
@@ -850,13 +901,21 @@ class ObjectOps(Operations):
             tags = tagging.decode(await tree.vfs.meta_get(call.caller, src.ino, tagging.TAGS_KEY))
         lock = objectlock.from_headers(call.headers, self._now_ns())
         await tree.check_writable(call.caller, bucket, key)
+        # The source decrypts with its own key; the copy is encrypted as asked.
+        read = self._plain_reader(call, src, src_meta, copy_source=True)
+        src_size = src_meta.plain_size(src)
+        enc = self._sse_for_write(call, (await tree.bucket_conf(bucket)).encryption)
         tmp_dir, tmp_name, tmp = await tree.temp_file(call.caller)
         stop = self._start_keepalive(call)
         try:
             hashes: dict[str, Any] = {"md5": hashlib.md5()}
             if algo is not None:
                 hashes[algo] = checksums.new(algo)
-            await self._copy_data(call, src, 0, src.size, tmp.ino, hashes)
+            sealer = None
+            if enc is not None:
+                await self._seal(tmp.ino)
+                sealer = sse.Sealer(sse.object_key(enc[1], enc[0].salt), 0)
+            await self._copy_data(call, src, 0, src_size, tmp.ino, hashes, read, sealer)
             if src_meta.parts and src_meta.etag == src_etag:
                 meta.etag, meta.parts = src_etag, src_meta.parts
             else:
@@ -864,12 +923,18 @@ class ObjectOps(Operations):
             if algo is not None:
                 meta.checksums = {algo: checksums.b64(hashes[algo].digest())}
                 meta.checksum_type = "FULL_OBJECT"
+            if enc is not None:
+                enc[0].plain, enc[0].sizes = src_size, [src_size]
+                meta.sse = enc[0].encode()
             a = await self._commit(call, bucket, key, tmp_dir, tmp_name, meta, tags, lock)
         except BaseException:
             stop()
             await tree.discard_temp(call.caller, tmp_dir, tmp_name)
             raise
         stop()
+        for hname, hvalue in self._sse_headers(enc[0] if enc is not None else None).items():
+            if not call.request.startedWriting:
+                call.request.setHeader(hname.encode(), hvalue.encode())
         fields: list[tuple[str, Any]] = [
             ("LastModified", iso_date(a.mtime_ns)),
             ("ETag", f'"{meta.etag}"'),

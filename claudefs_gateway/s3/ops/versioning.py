@@ -206,7 +206,7 @@ class VersioningOps(Operations):
             etag, size = EMPTY_MD5, 0
         else:
             etag = await self._tree().etag(call.caller, a, v.meta)
-            size = a.size
+            size = v.meta.plain_size(a)
         return (
             "Version",
             [
