@@ -517,6 +517,19 @@ class S3:
     max_concurrent_parts: int = setting(
         4, min=1, max=10000, doc="Parts of one upload that may be written at once."
     )
+    lifecycle_interval_secs: float = setting(
+        3600.0,
+        min=1,
+        max=7 * 24 * 3600,
+        doc="How often the lifecycle service applies buckets' lifecycle rules.",
+    )
+    lifecycle_day_secs: float = setting(
+        86400.0,
+        min=1,
+        max=86400,
+        doc="The length of a lifecycle rule's day. Shorter only to test rules (as RGW's "
+        "``rgw_lc_debug_interval``); the ``x-amz-expiration`` header always counts real days.",
+    )
     max_object_size: int = setting(
         5 * 1024**3,
         min=1,

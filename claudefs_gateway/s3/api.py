@@ -37,6 +37,7 @@ from claudefs_gateway.s3.ops.access import AccessOps
 from claudefs_gateway.s3.ops.buckets import BucketOps
 from claudefs_gateway.s3.ops.multipart import MultipartOps
 from claudefs_gateway.s3.ops.objectlock import LockOps
+from claudefs_gateway.s3.ops.post import PostOps
 from claudefs_gateway.s3.ops.tagging import TaggingOps
 from claudefs_gateway.s3.ops.versioning import VersioningOps
 from claudefs_gateway.s3.routing import (
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 
-class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, AccessOps, MultipartOps):
+class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, PostOps, AccessOps, MultipartOps):
     """
     Every S3 operation, over a L{Tree} and L{Uploads}: the request cycle here,
     the operations in L{claudefs_gateway.s3.ops}.
@@ -208,6 +209,11 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, AccessOps, MultipartO
         )
         tree, uploads = await self._ready()
         self.tree, self.uploads = tree, uploads
+        if r.op == "PreflightRequest":
+            # Browsers do not sign preflights: answered from the CORS rules alone.
+            await self.op_PreflightRequest(call)
+            return
+        await self._cors_headers(call)
         call.auth = self.auth.authenticate(view)
         call.user = call.auth.user
         if call.user is None:
@@ -234,8 +240,12 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, AccessOps, MultipartO
                 f"{r.op} is not implemented by this gateway (see docs/s3.rst)",
                 Operation=r.op,
             )
-        refuse(r.op, call.headers)
         await self._expected_owner(call, "x-amz-expected-bucket-owner", call.bucket)
+        if r.op == "PostObject":
+            # Authenticated, refused and authorized from its form's fields (ops/post.py).
+            await self.op_PostObject(call)
+            return
+        refuse(r.op, call.headers)
         await self._authorize(call)
         handler = getattr(self, "op_" + r.op)
         await handler(call)

@@ -29,6 +29,9 @@ _log = Logger()
 # HTTP status of every code we send (AWS's list, plus our KeyConflict and QuotaExceeded).
 STATUS: dict[str, int] = {
     "AccessDenied": 403,
+    "NoSuchLifecycleConfiguration": 404,
+    "NoSuchCORSConfiguration": 404,
+    "AccessForbidden": 403,
     "ServerSideEncryptionConfigurationNotFoundError": 404,
     "InvalidEncryptionAlgorithmError": 400,
     "UnexpectedContent": 400,
@@ -40,6 +43,7 @@ STATUS: dict[str, int] = {
     "MalformedPolicy": 400,
     "MalformedACLError": 400,
     "AccessControlListNotSupported": 400,
+    "InvalidBucketAclWithObjectOwnership": 400,
     "AuthorizationHeaderMalformed": 400,
     "AuthorizationQueryParametersError": 400,
     "BadDigest": 400,
@@ -51,6 +55,9 @@ STATUS: dict[str, int] = {
     "IllegalLocationConstraintException": 400,
     "IllegalVersioningConfigurationException": 400,
     "IncompleteBody": 400,
+    "MalformedPOSTRequest": 400,
+    "InvalidPolicyDocument": 400,
+    "MaxPostPreDataLengthExceeded": 400,
     "InsufficientStorage": 507,
     "InternalError": 500,
     "InvalidAccessKeyId": 403,

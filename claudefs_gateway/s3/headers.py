@@ -25,7 +25,7 @@ from claudefs_gateway.s3.errors import S3Error
 __all__ = ["Refusal", "REFUSALS", "refuse", "WRITES"]
 
 #: Operations that write an object (and so take its headers).
-WRITES = frozenset({"PutObject", "CopyObject", "CreateMultipartUpload"})
+WRITES = frozenset({"PutObject", "PostObject", "CopyObject", "CreateMultipartUpload"})
 READS = frozenset({"GetObject", "HeadObject"})
 PARTS = frozenset({"UploadPart", "UploadPartCopy"})
 #: Operations that read or write an object's data.

@@ -23,12 +23,6 @@ __all__ = ["Route", "route", "SERVED", "UNSUPPORTED", "UNSUPPORTED_OTHER", "UNSU
 _B = "Bucket"
 UNSUPPORTED: dict[str, dict[str, dict[str, str]]] = {
     "bucket": {
-        "cors": {"GET": "GetBucketCors", "PUT": "PutBucketCors", "DELETE": "DeleteBucketCors"},
-        "lifecycle": {
-            "GET": "GetBucketLifecycleConfiguration",
-            "PUT": "PutBucketLifecycleConfiguration",
-            "DELETE": "DeleteBucketLifecycle",
-        },
         "website": {
             "GET": "GetBucketWebsite",
             "PUT": "PutBucketWebsite",
@@ -75,13 +69,11 @@ UNSUPPORTED: dict[str, dict[str, dict[str, str]]] = {
         "torrent": {"GET": "GetObjectTorrent"},
         "restore": {"POST": "RestoreObject"},
         "select": {"POST": "SelectObjectContent"},
-        "attributes": {"GET": "GetObjectAttributes"},
         "renameObject": {"PUT": "RenameObject"},
     },
 }
 # Requests told apart by a header rather than a sub-resource.
 UNSUPPORTED_OTHER = {
-    "PostObject": "POST to a bucket without ?delete or ?uploads (browser form uploads)",
     "WriteGetObjectResponse": "S3 Object Lambda",
     "CreateSession": "S3 Express One Zone sessions (?session)",
 }
@@ -109,6 +101,9 @@ def route(
         if m in ("GET", "HEAD"):
             return r("ListBuckets")
         return r("MethodNotAllowed")
+    if m == "OPTIONS":
+        # A browser's CORS preflight, for a bucket or an object (s3/cors.py).
+        return r("PreflightRequest")
     level = "bucket" if key is None else "object"
     for table in (SERVED, UNSUPPORTED):
         for sub, ops in table[level].items():
@@ -163,6 +158,7 @@ def route(
 # Sub-resources served: sub-resource → method → operation.
 SERVED: dict[str, dict[str, dict[str, str]]] = {
     "bucket": {
+        "cors": {"GET": "GetBucketCors", "PUT": "PutBucketCors", "DELETE": "DeleteBucketCors"},
         "tagging": {
             "GET": "GetBucketTagging",
             "PUT": "PutBucketTagging",
@@ -171,6 +167,11 @@ SERVED: dict[str, dict[str, dict[str, str]]] = {
         "object-lock": {"GET": "GetObjectLockConfiguration", "PUT": "PutObjectLockConfiguration"},
         "versioning": {"GET": "GetBucketVersioning", "PUT": "PutBucketVersioning"},
         "versions": {"GET": "ListObjectVersions"},
+        "lifecycle": {
+            "GET": "GetBucketLifecycleConfiguration",
+            "PUT": "PutBucketLifecycleConfiguration",
+            "DELETE": "DeleteBucketLifecycle",
+        },
         "encryption": {
             "GET": "GetBucketEncryption",
             "PUT": "PutBucketEncryption",
@@ -196,6 +197,7 @@ SERVED: dict[str, dict[str, dict[str, str]]] = {
     },
     "object": {
         "acl": {"GET": "GetObjectAcl", "PUT": "PutObjectAcl"},
+        "attributes": {"GET": "GetObjectAttributes"},
         "tagging": {
             "GET": "GetObjectTagging",
             "PUT": "PutObjectTagging",

@@ -34,6 +34,7 @@ from claudefs_gateway.s3.api import Limits, S3Api, S3Resource
 from claudefs_gateway.s3.auth import Authenticator
 from claudefs_gateway.s3.channel import S3Site
 from claudefs_gateway.s3.errors import S3Error
+from claudefs_gateway.s3.lifecycle import Worker
 from claudefs_gateway.s3.multipart import Uploads
 from claudefs_gateway.s3.sse import KEYRING_FILE, Keyring
 from claudefs_gateway.s3.tree import Tree
@@ -134,6 +135,7 @@ class S3Service(MultiService):
         self.listener = core.listener(self, "proto:s3:listen", "s3", cfg.bind, factory)
         self.tree: Tree | None = None
         self.uploads: Uploads | None = None
+        self.lifecycle: Worker | None = None
         self._opening = False
         self._waiters: list[defer.Deferred[tuple[Tree, Uploads]]] = []
         self._opened: tuple[Tree, Uploads] | None = None
@@ -210,8 +212,17 @@ class S3Service(MultiService):
             on_failed=self._failed.inc,
         )
         await uploads.open()
+        self.lifecycle = Worker(
+            tree,
+            uploads,
+            core.reactor,
+            cfg.lifecycle_interval_secs,
+            cfg.lifecycle_day_secs,
+            core.metrics,
+        )
         if self.running:
             uploads.start_expiry()
+            self.lifecycle.start()
         self.authenticator.users = vfs.users
         # SSE-S3 master keys and the SSE-C check secret (s3/sse.py), beside the store.
         self.api.keyring = Keyring(Path(core.config.data_dir) / KEYRING_FILE)
@@ -246,6 +257,8 @@ class S3Service(MultiService):
             self._prev_hup = None
         if self.uploads is not None:
             self.uploads.stop_expiry()
+        if self.lifecycle is not None:
+            self.lifecycle.stop()
         return super().stopService()
 
 

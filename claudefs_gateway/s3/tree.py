@@ -92,6 +92,7 @@ class ObjectMeta:
     @ivar fc: the content was written by a file client (NFS, SMB), not S3: the
         ETag was computed from it, and no S3 version id names it.
     @ivar sse: how the object is encrypted (L{claudefs_gateway.s3.sse.Sse}), if it is.
+    @ivar part_sums: a multipart object's parts' checksums (base64, in part order).
     """
 
     etag: str | None = None
@@ -109,6 +110,7 @@ class ObjectMeta:
     dm: bool = False
     fc: bool = False
     sse: dict[str, Any] | None = None
+    part_sums: list[str] | None = None
 
     def encode(self) -> bytes:
         d: dict[str, Any] = {"v": 1}
@@ -128,9 +130,11 @@ class ObjectMeta:
             ("dm", "dm"),
             ("fc", "fc"),
             ("sse", "x"),
+            ("part_sums", "pk"),
         ):
             v = getattr(self, name)
-            if v:
+            # Zero is a size and a time (an empty object), not "absent".
+            if v or (v == 0 and name in ("size", "mtime_ns") and v is not None):
                 d[short] = v
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -160,6 +164,7 @@ class ObjectMeta:
             dm=bool(d.get("dm")),
             fc=bool(d.get("fc")),
             sse=d.get("x"),
+            part_sums=d.get("pk"),
         )
 
     def plain_size(self, a: Attributes) -> int:
@@ -555,6 +560,7 @@ class Tree:
         meta = ObjectMeta.decode(await self.vfs.meta_get(self.root_caller, a.ino, META_KEY))
         if meta.mtime_ns is not None and (meta.mtime_ns != a.mtime_ns or meta.size != a.size):
             meta.checksums, meta.checksum_type, meta.parts = {}, None, None
+            meta.part_sums = None
         return meta
 
     async def set_meta(self, caller: Caller, ino: int, meta: ObjectMeta) -> None:
@@ -712,7 +718,8 @@ class Tree:
                     raise
         if not d.is_dir:
             raise S3Error(
-                "KeyConflict", "An object already exists where this key needs a prefix (directory)"
+                "KeyConflict",
+                "An object already exists where this key needs a prefix (directory)",
             )
         meta.dir = "marker"
         await self.set_meta(caller, d.ino, meta)

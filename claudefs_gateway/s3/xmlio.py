@@ -38,6 +38,7 @@ __all__ = [
     "parse_flags",
     "parse_ownership",
     "parse_encryption",
+    "parse_lifecycle",
     "CompletePart",
     "DeleteRequest",
     "MAX_DELETE_KEYS",
@@ -344,6 +345,20 @@ def parse_encryption(body: bytes) -> str:
     if len(apply) != 1:
         raise S3Error("MalformedXML", "a Rule has one ApplyServerSideEncryptionByDefault")
     return (_one_text(apply[0], "SSEAlgorithm") or "").strip()
+
+
+def parse_lifecycle(body: bytes) -> list[dict[str, Any]]:
+    """A LifecycleConfiguration's rules, validated (L{claudefs_gateway.s3.lifecycle.parse_rules})."""
+    from claudefs_gateway.s3.lifecycle import parse_rules
+
+    return parse_rules(_parse(body, "LifecycleConfiguration"), _local)
+
+
+def parse_cors(body: bytes) -> list[dict[str, Any]]:
+    """A CORSConfiguration's rules, validated (L{claudefs_gateway.s3.cors.parse_rules})."""
+    from claudefs_gateway.s3.cors import parse_rules
+
+    return parse_rules(_parse(body, "CORSConfiguration"), _local)
 
 
 def parse_location(body: bytes) -> str | None:

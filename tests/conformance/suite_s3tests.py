@@ -46,6 +46,8 @@ UNUSED = [
 ]
 
 MODULES = ("s3tests/functional/test_s3.py", "s3tests/functional/test_headers.py")
+#: Seconds in a lifecycle day for the run (the gateway's s3.lifecycle_day_secs).
+LC_DAY = 3
 PYTEST_TIMEOUT = int(os.environ.get("CFS_S3TESTS_TIMEOUT", "2400"))
 
 
@@ -83,6 +85,9 @@ def conf(port: int) -> str:
         ]
         if section == "s3 main":
             out.append("api_name = ")
+            # A lifecycle "day" of the suite's rules, in seconds (RGW's debug
+            # interval); the gateway is started with the same day length.
+            out.append(f"lc_debug_interval = {LC_DAY}")
         if section == "s3 tenant":
             out.append("tenant = testx")
         out.append("")
@@ -150,7 +155,10 @@ def run(ctx: Context) -> Results:
     for d in [work, *(p for p in work.rglob("*") if p.is_dir())]:
         d.chmod(0o755)  # the snapshot may be read-only; the copy gets s3tests.conf
     env_dir = venv(src, ctx.log)
-    with ctx.gateway(gateway_users(), s3="root: /s3, root_mode: 01777") as gw:
+    settings = (
+        f"root: /s3, root_mode: 01777, lifecycle_interval_secs: 1, lifecycle_day_secs: {LC_DAY}"
+    )
+    with ctx.gateway(gateway_users(), s3=settings) as gw:
         port = gw.port("s3")
         (work / "s3tests.conf").write_text(conf(port))
         junit = ctx.workdir / "s3tests.xml"

@@ -253,3 +253,16 @@ class LiveTests(TestCase):
             "PUT", "/ownbkt/x", headers={"x-amz-acl": "public-read"}, body=b"x"
         )
         self.assertEqual((r.status, r.code), (400, "AccessControlListNotSupported"))
+        # ACLs are switched off only on a bucket that grants no one else anything.
+        r = await self.c.request("PUT", "/pubbkt", headers={"x-amz-acl": "public-read"})
+        self.assertEqual(r.status, 200)
+        body = (
+            b"<OwnershipControls><Rule><ObjectOwnership>BucketOwnerEnforced</ObjectOwnership>"
+            b"</Rule></OwnershipControls>"
+        )
+        r = await self.c.request("PUT", "/pubbkt", "ownershipControls", body=body)
+        self.assertEqual((r.status, r.code), (400, "InvalidBucketAclWithObjectOwnership"))
+        r = await self.c.request("PUT", "/pubbkt", "acl", headers={"x-amz-acl": "private"})
+        self.assertEqual(r.status, 200)
+        r = await self.c.request("PUT", "/pubbkt", "ownershipControls", body=body)
+        self.assertEqual(r.status, 200, r.body)

@@ -77,6 +77,32 @@ class LiveTests(TestCase):
         r = await self.c.request("DELETE", "/bkt/d", headers={"If-Match": '"bad"'})
         self.assertEqual(r.status, 204)
 
+    async def test_conditional_delete_of_a_version(self) -> None:
+        """Conditions on a DELETE naming a version are checked against that version."""
+        await self.c.request(
+            "PUT",
+            "/bkt",
+            "versioning",
+            body=b"<VersioningConfiguration><Status>Enabled</Status></VersioningConfiguration>",
+        )
+        r = await self.c.request("PUT", "/bkt/v", body=b"")
+        vid = r.header("x-amz-version-id")
+        assert vid is not None
+        for h in ({"If-Match": '"bad"'}, {"x-amz-if-match-size": "9999"}):
+            r = await self.c.request("DELETE", "/bkt/v", {"versionId": vid}, headers=h)
+            self.assertEqual((r.status, r.code), (412, "PreconditionFailed"), h)
+        r = await self.c.request(
+            "DELETE", "/bkt/v", {"versionId": vid}, headers={"x-amz-if-match-size": "0"}
+        )
+        self.assertEqual(r.status, 204)
+        r = await self.c.request("GET", "/bkt", {"versions": ""})
+        self.assertNotIn(b"<Version>", r.body)
+        # Gone already: deleted, whatever the conditions.
+        r = await self.c.request(
+            "DELETE", "/bkt/v", {"versionId": vid}, headers={"If-Match": '"bad"'}
+        )
+        self.assertEqual(r.status, 204)
+
     async def test_conditional_delete_objects(self) -> None:
         """DeleteObjects' ETag and Size per object: a mismatch is that object's PreconditionFailed."""
         etag = _etag(await self.c.request("PUT", "/bkt/a", body=b"aa"))

@@ -14,6 +14,7 @@ from claudefs_gateway.s3.errors import STATUS
 from claudefs_gateway.s3.headers import REFUSALS, Refusal
 from tests.helpers import REPO
 from tests.s3.harness import Client, s3_port, start_gateway
+from tests.s3.test_post import BOUNDARY, form, policy_of, v2_sign
 
 #: A value each refused header may carry that is not honoured.
 BAD_VALUE = {
@@ -48,6 +49,19 @@ class RefusedHeaderTests(TestCase):
         part = {"partNumber": "1", "uploadId": self.upload}
         if op == "PutObject":
             r = await self.c.request("PUT", key, headers=headers, body=b"data")
+        elif op == "PostObject":
+            # A browser form: the header is a field, the policy allows it.
+            conds = [["starts-with", "$key", ""]] + [["starts-with", f"${h}", ""] for h in headers]
+            p = policy_of(conds)
+            fields = [("key", key[5:]), ("AWSAccessKeyId", self.c.key[0]), ("policy", p)]
+            fields += [("signature", v2_sign(p)), *headers.items(), ("file", ("f", b"data"))]
+            r = await self.c.request(
+                "POST",
+                "/bkt",
+                headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+                body=form(fields),
+                scheme="none",
+            )
         elif op == "CopyObject":
             r = await self.c.request("PUT", key, headers={**copy, **headers})
         elif op == "CreateMultipartUpload":
@@ -89,7 +103,7 @@ class RefusedHeaderTests(TestCase):
                 self.assertEqual(status, STATUS[refusal.code], what)
                 if code is not None:
                     self.assertEqual(code, refusal.code, what)
-                if op in ("PutObject", "CopyObject"):
+                if op in ("PutObject", "PostObject", "CopyObject"):
                     r = await self.c.request("HEAD", key)
                     self.assertEqual(r.status, 404, what + ": written anyway")
                 if op == "CreateBucket":

@@ -187,7 +187,20 @@ class LiveTests(TestCase):
             )
             + "</CompleteMultipartUpload>"
         )
+        # Complete carries the upload's key too (AWS: 400 without it, or with another).
         r = await self.c.request("POST", "/encbkt/mp", {"uploadId": upload}, body=body.encode())
+        self.assertEqual((r.status, r.code), (400, "InvalidRequest"))
+        r = await self.c.request(
+            "POST",
+            "/encbkt/mp",
+            {"uploadId": upload},
+            headers=ssec(os.urandom(32)),
+            body=body.encode(),
+        )
+        self.assertEqual((r.status, r.code), (400, "InvalidArgument"))
+        r = await self.c.request(
+            "POST", "/encbkt/mp", {"uploadId": upload}, headers=ssec(key), body=body.encode()
+        )
         self.assertEqual(r.status, 200, r.body)
         r = await self.c.request(
             "GET", "/encbkt/mp", headers={**ssec(key), "Range": "bytes=5242000-5243000"}

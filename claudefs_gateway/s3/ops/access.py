@@ -45,6 +45,7 @@ _PUBLIC_NEEDS = {
     "ListObjectVersions": ("bucket", "READ"),
     "HeadBucket": ("bucket", "READ"),
     "PutObject": ("bucket", "WRITE"),
+    "PostObject": ("bucket", "WRITE"),
     "DeleteObject": ("bucket", "WRITE"),
     "DeleteObjects": ("bucket", "WRITE"),
     "CreateMultipartUpload": ("bucket", "WRITE"),
@@ -91,20 +92,27 @@ class AccessOps(ObjectOps):
         need = _PUBLIC_NEEDS.get(call.op)
         if need is not None and not pab.get("IgnorePublicAcls"):
             level, permission = need
-            if level == "bucket":
-                public = frozenset((conf.acl or {}).get("public") or ())
-            else:
-                public = await self._object_public(call, b)
+            bucket_public = frozenset((conf.acl or {}).get("public") or ())
+            public = bucket_public
+            if level == "object":
+                found = await self._object_public(call, b)
+                # No such object: a caller who may list the bucket may learn
+                # that (404); others get 403, as from AWS.
+                if found is not None:
+                    public = found
+                elif permission != "READ":
+                    public = frozenset()
             if permission in public or "FULL_CONTROL" in public:
                 return
         raise S3Error("AccessDenied")
 
-    async def _object_public(self, call: Call, bucket: Attributes) -> frozenset[str]:
+    async def _object_public(self, call: Call, bucket: Attributes) -> frozenset[str] | None:
+        """What the object's ACL grants everyone (None: there is no such object)."""
         tree = self._tree()
         try:
             a = await tree.lookup(tree.root_caller, bucket, self._key(call))
         except S3Error:
-            return frozenset()
+            return None
         return acl.decode_public(await tree.vfs.meta_get(tree.root_caller, a.ino, acl.ACL_KEY))
 
     def _policy_public(self, conf: BucketConf, bucket: str) -> bool:
@@ -402,6 +410,12 @@ class AccessOps(ObjectOps):
         if value not in _OWNERSHIP:
             raise S3Error("MalformedXML", "ObjectOwnership must be one of " + ", ".join(_OWNERSHIP))
         conf = await tree.bucket_conf(b)
+        if value == "BucketOwnerEnforced" and (b.mode & 0o066 or (conf.acl or {}).get("public")):
+            # As AWS: ACLs are switched off only once the bucket's grants no one else.
+            raise S3Error(
+                "InvalidBucketAclWithObjectOwnership",
+                "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting",
+            )
         conf.ownership = value
         await tree.set_bucket_conf(call.caller, b, conf)
         self._empty(call, 200)

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 
@@ -36,6 +36,14 @@ from claudefs_gateway.s3.tree import STORED_HEADERS, ObjectMeta, Tree
 from claudefs_gateway.vfs.worm import SEAL_KEY
 
 __all__ = ["Operations"]
+
+
+class Readable(Protocol):
+    """A request body as operations read it (L{Body}, or a POST form's file field)."""
+
+    trailers: dict[str, str]
+
+    async def read(self) -> bytes: ...
 
 
 class Operations:
@@ -254,7 +262,7 @@ class Operations:
         return default
 
     def _check_digests(
-        self, call: Call, body: Body, hashes: dict[str, Any], raw_sha256: str | None = None
+        self, call: Call, body: Readable, hashes: dict[str, Any], raw_sha256: str | None = None
     ) -> dict[str, str]:
         """
         Check the body against Content-MD5, x-amz-content-sha256 and x-amz-checksum-*
@@ -340,7 +348,7 @@ class Operations:
         self,
         call: Call,
         ino: int,
-        body: Body,
+        body: Readable,
         hashes: dict[str, Any],
         sealer: sse.Sealer | None = None,
     ) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from claudefs_gateway import errors
-from claudefs_gateway.s3 import acl, xmlio
+from claudefs_gateway.s3 import acl, cors, lifecycle, xmlio
 from claudefs_gateway.s3.bucketconf import BucketConf
 from claudefs_gateway.s3.call import (
     SMALL_BODY,
@@ -336,3 +336,122 @@ class BucketOps(Operations):
         conf.encryption = None
         await tree.set_bucket_conf(call.caller, b, conf)
         self._empty(call, 204)
+
+    # -- lifecycle (s3/lifecycle.py) ----------------------------------------------------------
+
+    async def op_GetBucketLifecycleConfiguration(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        conf = await tree.bucket_conf(b)
+        if not conf.lifecycle:
+            raise S3Error(
+                "NoSuchLifecycleConfiguration",
+                "The lifecycle configuration does not exist",
+                BucketName=call.bucket or "",
+            )
+        self._xml(
+            call, xmlio.document("LifecycleConfiguration", lifecycle.render_rules(conf.lifecycle))
+        )
+
+    async def op_PutBucketLifecycleConfiguration(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        rules = xmlio.parse_lifecycle(await self._read_small(call, 256 * 1024))
+        conf = await tree.bucket_conf(b)
+        conf.lifecycle = rules
+        await tree.set_bucket_conf(call.caller, b, conf)
+        self._empty(call, 200)
+
+    async def op_DeleteBucketLifecycle(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        conf = await tree.bucket_conf(b)
+        conf.lifecycle = None
+        await tree.set_bucket_conf(call.caller, b, conf)
+        self._empty(call, 204)
+
+    # -- CORS (s3/cors.py) ----------------------------------------------------------------
+
+    async def op_GetBucketCors(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        conf = await tree.bucket_conf(b)
+        if not conf.cors:
+            raise S3Error(
+                "NoSuchCORSConfiguration",
+                "The CORS configuration does not exist",
+                BucketName=call.bucket or "",
+            )
+        self._xml(call, xmlio.document("CORSConfiguration", cors.render_rules(conf.cors)))
+
+    async def op_PutBucketCors(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        rules = xmlio.parse_cors(await self._read_small(call, 256 * 1024))
+        conf = await tree.bucket_conf(b)
+        conf.cors = rules
+        await tree.set_bucket_conf(call.caller, b, conf)
+        self._empty(call, 200)
+
+    async def op_DeleteBucketCors(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        conf = await tree.bucket_conf(b)
+        conf.cors = None
+        await tree.set_bucket_conf(call.caller, b, conf)
+        self._empty(call, 204)
+
+    async def op_PreflightRequest(self, call: Call) -> None:
+        """
+        C{OPTIONS}: whether the bucket's CORS rules let a page from C{Origin}
+        send the request it describes. Never authenticated (browsers do not
+        sign preflights); it reveals only what the rules say.
+        """
+        origin = call.header("origin")
+        if origin is None:
+            raise S3Error(
+                "InvalidRequest", "Insufficient information. Origin request header needed."
+            )
+        method = call.header("access-control-request-method")
+        if method is None or method not in cors.METHODS:
+            raise S3Error("InvalidRequest", "Invalid Access-Control-Request-Method")
+        tree = self._tree()
+        assert call.bucket is not None
+        b = await tree.bucket(tree.root_caller, call.bucket)
+        conf = await tree.bucket_conf(b)
+        if not conf.cors:
+            raise S3Error("AccessForbidden", "CORSResponse: CORS is not enabled for this bucket.")
+        wanted = _header_list(call.header("access-control-request-headers"))
+        rule = cors.match(conf.cors, origin, method, wanted)
+        if rule is None:
+            raise S3Error(
+                "AccessForbidden",
+                "CORSResponse: This CORS request is not allowed. This is usually because the "
+                "evalution of Origin, request method / Access-Control-Request-Method or "
+                "Access-Control-Request-Headers are not whitelisted by the resource's CORS spec.",
+            )
+        self._empty(call, 200, cors.response_headers(rule, origin, wanted, True))
+
+    async def _cors_headers(self, call: Call) -> None:
+        """An actual request from a page (C{Origin}): the headers its bucket's CORS rules give it."""
+        origin = call.header("origin")
+        if origin is None or call.bucket is None:
+            return
+        tree = self._tree()
+        try:
+            b = await tree.bucket(tree.root_caller, call.bucket)
+        except S3Error:
+            return
+        conf = await tree.bucket_conf(b)
+        if not conf.cors:
+            return
+        method = call.header("access-control-request-method") or call.method
+        rule = cors.match(conf.cors, origin, method, [])
+        if rule is None:
+            return
+        for k, v in cors.response_headers(rule, origin, [], False).items():
+            call.request.setHeader(k.encode("latin-1"), v.encode("latin-1", "replace"))
+
+
+def _header_list(value: str | None) -> list[str]:
+    return [h.strip().lower() for h in (value or "").split(",") if h.strip()]

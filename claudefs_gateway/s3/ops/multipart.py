@@ -179,9 +179,21 @@ class MultipartOps(ObjectOps):
                     "InvalidRequest", "The upload was not created with customer-provided keys"
                 )
             return None
-        return sse.Sealer(
-            sse.object_key(self._sse_key(call, info), info.salt), self._part_number(call)
-        )
+        key = self._upload_key(call, info)
+        return sse.Sealer(sse.object_key(key, info.salt), self._part_number(call))
+
+    def _upload_key(self, call: Call, info: sse.Sse) -> bytes:
+        """An encrypted upload's base key; for SSE-C the request's, which must be the upload's."""
+        try:
+            return self._sse_key(call, info)
+        except S3Error as e:
+            if e.code != "AccessDenied":
+                raise
+            # Another key than the upload's: AWS's answer is 400.
+            raise S3Error(
+                "InvalidArgument",
+                "The provided encryption parameters did not match the ones used originally.",
+            ) from None
 
     async def op_UploadPart(self, call: Call) -> None:
         async def fill(
@@ -232,6 +244,8 @@ class MultipartOps(ObjectOps):
             return sums, length
 
         meta, a = await self._part(call, fill)
+        for hname, hvalue in self._sse_headers(sse.Sse.decode(self._upload(call).sse)).items():
+            call.request.setHeader(hname.encode(), hvalue.encode())
         fields: list[tuple[str, Any]] = [
             ("LastModified", iso_date(a.mtime_ns)),
             ("ETag", f'"{meta.etag}"'),
@@ -255,6 +269,10 @@ class MultipartOps(ObjectOps):
         bucket = await tree.bucket(call.caller, call.bucket)
         raw = await self._read_small(call, COMPLETE_BODY)
         wanted = xmlio.parse_complete(raw)
+        info = sse.Sse.decode(upload.sse)
+        if info is not None and info.kind != "AES256":
+            # SSE-C: Complete carries the upload's key too (as AWS requires).
+            self._upload_key(call, info)
         if upload.completing:
             raise S3Error("OperationAborted", "The upload is already being completed")
         if upload.active:
@@ -397,6 +415,13 @@ class MultipartOps(ObjectOps):
                         upload.algorithm: checksums.composite(upload.algorithm, part_sums)
                     }
                     meta.checksum_type = "COMPOSITE"
+                meta.part_sums = [checksums.b64(x) for x in part_sums]
+                given = call.header(checksums.header(upload.algorithm))
+                if given is not None and given.strip() != meta.checksums[upload.algorithm]:
+                    raise S3Error(
+                        "BadDigest",
+                        f"The {upload.algorithm.upper()} you specified did not match the calculated checksum.",
+                    )
             await self._commit(
                 call,
                 bucket,

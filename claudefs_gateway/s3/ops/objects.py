@@ -14,7 +14,7 @@ from twisted.internet import defer
 
 from claudefs_gateway import errors
 from claudefs_gateway.fstypes import Attributes
-from claudefs_gateway.s3 import acl, checksums, objectlock, sse, tagging, xmlio
+from claudefs_gateway.s3 import acl, checksums, lifecycle, objectlock, sse, tagging, xmlio
 from claudefs_gateway.s3.body import ClientGone, ObjectProducer, ShortRead
 from claudefs_gateway.s3.bucketconf import BucketConf
 from claudefs_gateway.s3.call import (
@@ -93,9 +93,11 @@ class ObjectOps(Operations):
             raise
         headers = {"ETag": f'"{meta.etag}"'}
         headers.update(self._sse_headers(enc[0] if enc is not None else None))
+        expiry = await self._expiration(bucket, key.text, tags or {}, size, a.mtime_ns)
+        if expiry is not None:
+            headers["x-amz-expiration"] = expiry
         for algo_name, v in meta.checksums.items():
             headers[checksums.header(algo_name)] = v
-        del a
         self._empty(call, 200, headers)
 
     async def _put_marker(self, call: Call, bucket: Attributes, key: Key, meta: ObjectMeta) -> None:
@@ -216,6 +218,15 @@ class ObjectOps(Operations):
             # Protected from here on, over every protocol (vfs/worm.py).
             await tree.vfs.meta_set(tree.root_caller, a.ino, WORM_KEY, lock.encode())
         return a
+
+    async def _expiration(
+        self, bucket: Attributes, key: str, tags: dict[str, str], size: int, mtime_ns: int
+    ) -> str | None:
+        """C{x-amz-expiration}: when a lifecycle rule of the bucket will expire this object."""
+        conf = await self._tree().bucket_conf(bucket)
+        if not conf.lifecycle:
+            return None
+        return lifecycle.expiration_header(conf.lifecycle, key, tags, size, mtime_ns / 1e9)
 
     def _now_ns(self) -> int:
         return int(self.clock.seconds() * 1_000_000_000)
@@ -380,6 +391,10 @@ class ObjectOps(Operations):
         tags = tagging.decode(await tree.vfs.meta_get(call.caller, a.ino, tagging.TAGS_KEY))
         if tags:
             call.request.setHeader(b"x-amz-tagging-count", str(len(tags)).encode())
+        if a.is_reg and call.query.get("versionId") is None:
+            expiry = await self._expiration(bucket, key.text, tags, meta.plain_size(a), a.mtime_ns)
+            if expiry is not None:
+                call.request.setHeader(b"x-amz-expiration", expiry.encode())
         record = Retention.decode(await tree.vfs.meta_get(call.caller, a.ino, WORM_KEY))
         for hname, hvalue in objectlock.lock_headers(record).items():
             call.request.setHeader(hname.encode(), hvalue.encode())
@@ -388,8 +403,6 @@ class ObjectOps(Operations):
             raise S3Error(
                 "InvalidRequest", "The encryption parameters are not applicable to this object."
             )
-        # Checks the key (SSE-C: the request's must be the object's) before a byte goes out.
-        read = self._plain_reader(call, a, meta) if a.is_reg else None
         for hname, hvalue in self._sse_headers(info).items():
             call.request.setHeader(hname.encode(), hvalue.encode())
         size = meta.plain_size(a) if a.is_reg else 0
@@ -423,6 +436,11 @@ class ObjectOps(Operations):
                 if size:
                     rng = ByteRange(pr[0], pr[0] + pr[1] - 1, size)
                 headers["x-amz-mp-parts-count"] = str(count)
+                algo = next(iter(meta.checksums), None)
+                if algo is not None and meta.part_sums and n <= len(meta.part_sums):
+                    # A part's own checksum, as uploaded.
+                    headers[checksums.header(algo)] = meta.part_sums[n - 1]
+                    headers["x-amz-checksum-type"] = meta.checksum_type or "COMPOSITE"
         else:
             try:
                 rng = parse_range(call.header("range"), size)
@@ -439,6 +457,8 @@ class ObjectOps(Operations):
                 headers[checksums.header(algo)] = v
             if meta.checksum_type:
                 headers["x-amz-checksum-type"] = meta.checksum_type
+        # Checks the key (SSE-C: the request's must be the object's) before a byte goes out.
+        read = self._plain_reader(call, a, meta) if a.is_reg else None
         req = call.request
         first, length = (rng.first, rng.length) if rng is not None else (0, size)
         if rng is not None:
@@ -942,3 +962,80 @@ class ObjectOps(Operations):
         for algo_name, v in meta.checksums.items():
             fields.append(("Checksum" + algo_name.upper(), v))
         self._finish_xml(call, xmlio.document("CopyObjectResult", fields))
+
+    # -- attributes ----------------------------------------------------------------------
+
+    async def op_GetObjectAttributes(self, call: Call) -> None:
+        """
+        What S3 knows about an object without its bytes: the attributes named
+        in C{x-amz-object-attributes} (ETag, Checksum, ObjectParts,
+        StorageClass, ObjectSize); parts paged by C{x-amz-max-parts} and
+        C{x-amz-part-number-marker}.
+        """
+        assert call.bucket is not None
+        tree = self._tree()
+        bucket = await tree.bucket(call.caller, call.bucket)
+        wanted = {
+            a.strip()
+            for v in call.headers.get("x-amz-object-attributes", [])
+            for a in v.split(",")
+            if a.strip()
+        }
+        known = {"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"}
+        if not wanted or not wanted <= known:
+            raise S3Error(
+                "InvalidArgument",
+                "Invalid attribute name specified",
+                ArgumentName="x-amz-object-attributes",
+            )
+        a, meta, call.version_id = await self._resolve(
+            call, bucket, self._key(call), call.query.get("versionId")
+        )
+        if a.is_reg and a.uid != call.caller.cred.uid:
+            if not await tree.vfs.access(call.caller, a.ino, 0o4):
+                raise S3Error("AccessDenied")
+        info = sse.Sse.decode(meta.sse)
+        if info is not None and info.kind == "SSE-C":
+            self._sse_key(call, info)  # the customer's key is needed, as for HEAD
+        fields: list[tuple[str, Any]] = []
+        if "ETag" in wanted:
+            fields.append(("ETag", await tree.etag(call.caller, a, meta)))
+        if "Checksum" in wanted and meta.checksums:
+            ck: list[tuple[str, Any]] = [
+                ("Checksum" + algo.upper(), v) for algo, v in meta.checksums.items()
+            ]
+            if meta.checksum_type:
+                ck.append(("ChecksumType", meta.checksum_type))
+            fields.append(("Checksum", ck))
+        count = meta.part_count()
+        if "ObjectParts" in wanted and count is not None:
+            mp = (call.header("x-amz-max-parts") or "1000").strip()
+            marker_text = (call.header("x-amz-part-number-marker") or "0").strip()
+            if not mp.isdigit() or not marker_text.isdigit():
+                raise S3Error(
+                    "InvalidArgument", "max-parts and part-number-marker must be integers"
+                )
+            max_parts, marker = min(int(mp), 1000), int(marker_text)
+            numbers = list(range(marker + 1, count + 1))
+            page = numbers[:max_parts]
+            op: list[tuple[str, Any]] = [
+                ("PartsCount", count),  # botocore's TotalPartsCount
+                ("PartNumberMarker", marker),
+                ("NextPartNumberMarker", page[-1] if page else marker),
+                ("MaxParts", max_parts),
+                ("IsTruncated", len(numbers) > max_parts),
+            ]
+            algo = next(iter(meta.checksums), None)
+            for n in page:
+                rng = meta.part_range(n)
+                part: list[tuple[str, Any]] = [("PartNumber", n), ("Size", rng[1] if rng else 0)]
+                if algo is not None and meta.part_sums and n <= len(meta.part_sums):
+                    part.append(("Checksum" + algo.upper(), meta.part_sums[n - 1]))
+                op.append(("Part", part))
+            fields.append(("ObjectParts", op))
+        if "StorageClass" in wanted:
+            fields.append(("StorageClass", "STANDARD"))
+        if "ObjectSize" in wanted:
+            fields.append(("ObjectSize", meta.plain_size(a) if a.is_reg else 0))
+        call.request.setHeader(b"Last-Modified", http_date(a.mtime_ns).encode())
+        self._xml(call, xmlio.document("GetObjectAttributesResponse", fields))
