@@ -93,6 +93,8 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, PostOps, AccessOps, M
         self.tree: Tree | None = None
         self.uploads: Uploads | None = None
         self._locks: dict[tuple[str, str], defer.DeferredLock] = {}
+        #: gateway_s3_mapping_conflicts_total, when the service has metrics.
+        self.conflicts: Any = None
 
     # -- the request cycle ---------------------------------------------------------------
 
@@ -168,6 +170,7 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, PostOps, AccessOps, M
                 await self._serve(call)
             except S3Error as e:
                 status_code = e.code
+                self._mapping_refused(call, e)
                 self._send_error(call, e)
             except ClientGone:
                 status_code = "ClientGone"
@@ -199,6 +202,19 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, PostOps, AccessOps, M
                     source=call.source,
                     request_id=call.request_id,
                 )
+
+    def _mapping_refused(self, call: Call, e: S3Error) -> None:
+        """Count and log a key the file tree cannot hold (docs/s3.rst, the mapping's limits)."""
+        kind = e.mapping or ("prefix" if e.code == "KeyConflict" else None)
+        if kind is None:
+            return
+        if self.conflicts is not None:
+            self.conflicts.labels(kind).inc()
+        self._log.info(
+            "s3 {op} refused: the key does not fit the file tree ({kind})",
+            op=call.op,
+            kind=kind,
+        )
 
     async def _serve(self, call: Call) -> None:
         self._address(call)

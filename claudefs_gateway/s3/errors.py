@@ -22,7 +22,14 @@ from twisted.python.failure import Failure
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 
-__all__ = ["S3Error", "from_failure", "STATUS", "error_code_for_errno"]
+__all__ = [
+    "S3Error",
+    "from_failure",
+    "STATUS",
+    "error_code_for_errno",
+    "directory_data",
+    "key_conflict",
+]
 
 _log = Logger()
 
@@ -151,9 +158,52 @@ class S3Error(Exception):
         self.headers = headers or {}
         super().__init__(f"{code}: {self.message}")
 
+    #: For a refusal the file-tree mapping forces (docs/s3.rst "The file-tree
+    #: mapping's limits"): C{prefix} or C{dir_data}, the metric's label.
+    mapping: str | None = None
+
     @property
     def status(self) -> int:
         return STATUS[self.code]
+
+
+def key_conflict(object_in_the_way: bool) -> S3Error:
+    """
+    409 KeyConflict: key C{a/b} and key C{a/b/c} cannot both be objects, the
+    first being a file and the second needing it as a directory (docs/s3.rst
+    "The file-tree mapping's limits").
+
+    @param object_in_the_way: an object holds a name the key needs as a
+        prefix (else: objects under the key, as a prefix, hold its name).
+    """
+    if object_in_the_way:
+        msg = (
+            "An object already exists where this key needs a prefix: this gateway stores "
+            "key a/b/c as file c in directory a/b, so objects a/b and a/b/c cannot both exist"
+        )
+    else:
+        msg = (
+            "Other objects exist under this key as a prefix: this gateway stores key a/b/c "
+            "as file c in directory a/b, so objects a/b and a/b/c cannot both exist"
+        )
+    e = S3Error("KeyConflict", msg)
+    e.mapping = "prefix"
+    return e
+
+
+def directory_data(what: str = "hold data") -> S3Error:
+    """
+    A key ending in C{/} is a directory in the file tree: it cannot hold data
+    (docs/s3.rst "The file-tree mapping's limits").
+    """
+    e = S3Error(
+        "InvalidArgument",
+        f"Keys ending in '/' are directories in this gateway and cannot {what}; "
+        "write the object under a key without the trailing '/'",
+        ArgumentName="key",
+    )
+    e.mapping = "dir_data"
+    return e
 
 
 # docs/errors.rst, S3 column. NotFound depends on what was looked for (see from_failure).

@@ -119,6 +119,7 @@ class S3Service(MultiService):
             self.metrics,
             self.activity,
         )
+        self.api.conflicts = core.metrics.family("gateway_s3_mapping_conflicts_total")
         self.site = S3Site(
             S3Resource(self.api),
             reactor,

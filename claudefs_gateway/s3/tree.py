@@ -44,7 +44,7 @@ from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import Attributes, Credentials, FileType, SetAttrs
 from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.s3.bucketconf import BUCKET_KEY, BucketConf
-from claudefs_gateway.s3.errors import S3Error
+from claudefs_gateway.s3.errors import S3Error, key_conflict
 from claudefs_gateway.s3.keys import Key, bucket_name_ok
 from claudefs_gateway.vfs import PRIVATE_NAMES, Caller
 
@@ -463,10 +463,7 @@ class Tree:
             except errors.NotFound:
                 return None
             if not cur.is_dir:
-                raise S3Error(
-                    "KeyConflict",
-                    "An object already exists where this key needs a prefix (directory)",
-                )
+                raise key_conflict(True)
         return cur
 
     async def check_writable(self, caller: Caller, bucket: Attributes, key: Key) -> None:
@@ -492,10 +489,7 @@ class Tree:
             except errors.NotFound:
                 break
             if not nxt.is_dir:
-                raise S3Error(
-                    "KeyConflict",
-                    "An object already exists where this key needs a prefix (directory)",
-                )
+                raise key_conflict(True)
             cur = nxt
         else:
             if not key.marker:
@@ -504,10 +498,7 @@ class Tree:
                 except errors.NotFound:
                     existing = None
                 if existing is not None and existing.is_dir:
-                    raise S3Error(
-                        "KeyConflict",
-                        "Other objects exist under this key as a prefix; it cannot also be an object",
-                    )
+                    raise key_conflict(False)
         granted = await self.vfs.access(caller, cur.ino, 0o3)  # W|X
         if granted != 0o3:
             raise S3Error("AccessDenied")
@@ -534,10 +525,7 @@ class Tree:
                 except errors.Exists:
                     nxt = await self.vfs.lookup(caller, cur.ino, seg)
             if not nxt.is_dir:
-                raise S3Error(
-                    "KeyConflict",
-                    "An object already exists where this key needs a prefix (directory)",
-                )
+                raise key_conflict(True)
             cur = nxt
         return cur
 
@@ -676,10 +664,7 @@ class Tree:
                 try:
                     result = await self.vfs.rename(caller, tmp_dir, tmp_name, parent.ino, key.name)
                 except errors.IsDir:
-                    raise S3Error(
-                        "KeyConflict",
-                        "Other objects exist under this key as a prefix; it cannot also be an object",
-                    ) from None
+                    raise key_conflict(False) from None
                 return result.source
             except (errors.NotFound, errors.Stale):
                 # A directory on the way was removed under us (a concurrent delete
@@ -717,10 +702,7 @@ class Tree:
                 if attempt == RACE_RETRIES - 1:
                     raise
         if not d.is_dir:
-            raise S3Error(
-                "KeyConflict",
-                "An object already exists where this key needs a prefix (directory)",
-            )
+            raise key_conflict(True)
         meta.dir = "marker"
         await self.set_meta(caller, d.ino, meta)
         return await self.vfs.getattr(caller, d.ino)

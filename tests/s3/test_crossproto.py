@@ -285,3 +285,44 @@ class AclTests(CrossProtocolTestCase):
             for g in r[0]["Grants"]
         }
         self.assertIn(("http://acs.amazonaws.com/groups/global/AuthenticatedUsers", "READ"), grants)
+
+
+class MappingLimitsTests(CrossProtocolTestCase):
+    async def test_keys_the_tree_cannot_hold(self) -> None:
+        """
+        foo/bar and foo/bar/xyzzy cannot both be objects, whichever comes first
+        and whoever made the file in the way; a key ending in / holds no data.
+        Each refusal is AWS-shaped, clear, counted by kind, and writes nothing.
+        """
+        r = await self.boto(
+            ["create_bucket", {"Bucket": "tree"}],
+            ["put_object", {"Bucket": "tree", "Key": "foo/bar", "Body": "file"}],
+            ["error", "put_object", {"Bucket": "tree", "Key": "foo/bar/xyzzy", "Body": "x"}],
+            ["put_object", {"Bucket": "tree", "Key": "a/b/c", "Body": "deep"}],
+            ["error", "put_object", {"Bucket": "tree", "Key": "a/b", "Body": "x"}],
+            ["error", "put_object", {"Bucket": "tree", "Key": "dir/", "Body": "data"}],
+            ["error", "create_multipart_upload", {"Bucket": "tree", "Key": "dir/"}],
+            [
+                "error",
+                "copy_object",
+                {"Bucket": "tree", "Key": "foo/bar/copy", "CopySource": "tree/a/b/c"},
+            ],
+            ["put_object", {"Bucket": "tree", "Key": "dir/", "Body": ""}],
+            ["list_objects_v2", {"Bucket": "tree"}],
+        )
+        self.assertEqual(r[2], "KeyConflict")
+        self.assertEqual(r[4], "KeyConflict")
+        self.assertEqual(r[5:8], ["InvalidArgument", "InvalidArgument", "KeyConflict"])
+        self.assertEqual(sorted(o["Key"] for o in r[9]["Contents"]), ["a/b/c", "dir/", "foo/bar"])
+        # A file made over NFS is in the way just the same.
+        ops = await self.nfs("creat", "/tree/nfsfile", "write", "/tree/nfsfile", "made over NFS")
+        self.assertEqual([o["ret"] for o in ops], [0, 0], ops)
+        r = await self.boto(
+            ["error", "put_object", {"Bucket": "tree", "Key": "nfsfile/k", "Body": "x"}],
+            ["get_object", {"Bucket": "tree", "Key": "nfsfile"}],
+        )
+        self.assertEqual((r[0], r[1]["Body"]), ("KeyConflict", "made over NFS"))
+        reg = self.root.core.metrics.registry
+        count = reg.get_sample_value
+        self.assertEqual(count("gateway_s3_mapping_conflicts_total", {"kind": "prefix"}), 4)
+        self.assertEqual(count("gateway_s3_mapping_conflicts_total", {"kind": "dir_data"}), 2)

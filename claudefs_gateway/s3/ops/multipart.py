@@ -21,7 +21,7 @@ from claudefs_gateway.s3.call import (
     iso_date,
     unquote_etag,
 )
-from claudefs_gateway.s3.errors import S3Error
+from claudefs_gateway.s3.errors import S3Error, directory_data
 from claudefs_gateway.s3.keys import Key
 from claudefs_gateway.s3.multipart import MAX_PART_NUMBER, Upload, part_name
 from claudefs_gateway.s3.ops.objects import ObjectOps
@@ -42,10 +42,7 @@ class MultipartOps(ObjectOps):
         tree = self._tree()
         key = self._key(call)
         if key.marker:
-            raise S3Error(
-                "InvalidArgument",
-                "Keys ending in '/' are directories in this gateway and cannot hold data",
-            )
+            raise directory_data()
         bucket = await tree.bucket(call.caller, call.bucket)
         await tree.check_writable(call.caller, bucket, key)
         meta = self._user_meta(call)

@@ -31,7 +31,7 @@ from claudefs_gateway.s3.call import (
     iso_date,
 )
 from claudefs_gateway.s3.conditions import DeleteCondition
-from claudefs_gateway.s3.errors import S3Error, from_failure
+from claudefs_gateway.s3.errors import S3Error, directory_data, from_failure
 from claudefs_gateway.s3.keys import Key
 from claudefs_gateway.s3.multipart import MAX_PART_NUMBER
 from claudefs_gateway.s3.ops.base import Operations
@@ -103,10 +103,7 @@ class ObjectOps(Operations):
     async def _put_marker(self, call: Call, bucket: Attributes, key: Key, meta: ObjectMeta) -> None:
         body = await self._read_small(call, SMALL_BODY)
         if body:
-            raise S3Error(
-                "InvalidArgument",
-                "Keys ending in '/' are directories in this gateway and cannot hold data",
-            )
+            raise directory_data()
         meta.etag = EMPTY_MD5
         await self._tree().put_marker(call.caller, bucket, key, meta)
         self._empty(call, 200, {"ETag": f'"{EMPTY_MD5}"'})
@@ -886,7 +883,7 @@ class ObjectOps(Operations):
         if directive not in ("COPY", "REPLACE"):
             raise S3Error("InvalidArgument", "Unknown metadata directive.")
         if key.marker:
-            raise S3Error("InvalidArgument", "Directory markers cannot be copied to")
+            raise directory_data("be copied to")
         from_version = "versionId=" in (call.header("x-amz-copy-source") or "")
         changes_encryption = any(h.startswith("x-amz-server-side-encryption") for h in call.headers)
         if (

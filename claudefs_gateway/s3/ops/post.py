@@ -21,7 +21,7 @@ from urllib.parse import quote, urlencode
 
 from claudefs_gateway.s3 import checksums, objectlock, sse, xmlio
 from claudefs_gateway.s3.call import Call
-from claudefs_gateway.s3.errors import S3Error
+from claudefs_gateway.s3.errors import S3Error, directory_data
 from claudefs_gateway.s3.headers import refuse
 from claudefs_gateway.s3.keys import Key
 from claudefs_gateway.s3.ops.access import AccessOps
@@ -226,10 +226,7 @@ class PostOps(AccessOps):
         tree = self._tree()
         key = Key(call.key or "")
         if key.marker:
-            raise S3Error(
-                "InvalidArgument",
-                "Keys ending in '/' are directories in this gateway and cannot hold data",
-            )
+            raise directory_data()
         bucket = await tree.bucket(call.caller, call.bucket)
         meta = self._user_meta(call)
         algo = self._wanted_checksum(call)
