@@ -678,7 +678,9 @@ class S3:
         "us-east-1", doc="Region reported by GetBucketLocation and required in SigV4 scopes."
     )
     enable_versioning: bool = setting(
-        False, doc="Object versioning. Not supported: must stay false."
+        True,
+        doc="Let bucket owners enable versioning (PutBucketVersioning); false refuses it "
+        "with 501 NotImplemented, and buckets already versioned stay so.",
     )
     domain: str | None = setting(
         None,
@@ -705,6 +707,19 @@ class S3:
     )
     max_concurrent_parts: int = setting(
         4, min=1, max=10000, doc="Parts of one upload that may be written at once."
+    )
+    lifecycle_interval_secs: float = setting(
+        3600.0,
+        min=1,
+        max=7 * 24 * 3600,
+        doc="How often the lifecycle service applies buckets' lifecycle rules.",
+    )
+    lifecycle_day_secs: float = setting(
+        86400.0,
+        min=1,
+        max=86400,
+        doc="The length of a lifecycle rule's day. Shorter only to test rules (as RGW's "
+        "``rgw_lc_debug_interval``); the ``x-amz-expiration`` header always counts real days.",
     )
     max_object_size: int = setting(
         5 * 1024**3,
@@ -750,12 +765,6 @@ class S3:
     )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
-        if self.enable_versioning:
-            b.report(
-                join(path, "enable_versioning"),
-                line_of(raw, "enable_versioning"),
-                "object versioning is not supported by this gateway; set it to false",
-            )
         if (self.tls_cert is None) != (self.tls_key is None):
             b.report(
                 join(path, "tls_cert"),

@@ -49,6 +49,9 @@ class Origin:
         the client retries (NFSv4 NFS4ERR_DELAY, as knfsd does).
     @ivar bypass: skip share reservations and byte-range locks (a READ with
         NFSv4's READ-bypass stateid, RFC 8881 §8.2.3); leases still break.
+    @ivar bypass_governance: a delete that may remove a file under governance
+        retention (S3's C{x-amz-bypass-governance-retention}, by someone
+        allowed to; see L{claudefs_gateway.vfs.worm}).
     """
 
     owner: LockOwner | None = None
@@ -57,6 +60,7 @@ class Origin:
     strict: bool = False
     wait: bool = True
     bypass: bool = False
+    bypass_governance: bool = False
 
     @property
     def lock_owner(self) -> LockOwner:

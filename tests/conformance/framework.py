@@ -107,14 +107,15 @@ class Context:
     log: Callable[[str], None]
 
     def gateway(
-        self, config: str = "", *, backend: str = "embedded", nfs: str = ""
+        self, config: str = "", *, backend: str = "embedded", nfs: str = "", s3: str = ""
     ) -> AbstractContextManager[Gateway]:
         """
-        A gateway with C{config} added to its configuration; C{nfs} holds
-        more keys of the ``nfs`` mapping (``"v4: {lease_secs: 20}"``), which
-        the harness writes itself for the listeners.
+        A gateway of this checkout; C{config} is YAML added to the generated
+        file; C{nfs} and C{s3} hold more keys of the ``nfs`` and ``s3``
+        mappings, in flow style (``"v4: {lease_secs: 20}"``, ``"root: /s3,
+        root_mode: 01777"``), which the harness writes itself for the listeners.
         """
-        return running_gateway(self.workdir, config, backend=backend, log=self.log, nfs=nfs)
+        return running_gateway(self.workdir, config, backend=backend, log=self.log, nfs=nfs, s3=s3)
 
 
 class Gateway:
@@ -155,7 +156,13 @@ class Gateway:
 
 @contextmanager
 def running_gateway(
-    workdir: Path, extra: str, *, backend: str, log: Callable[[str], None], nfs: str = ""
+    workdir: Path,
+    extra: str,
+    *,
+    backend: str,
+    log: Callable[[str], None],
+    nfs: str = "",
+    s3: str = "",
 ) -> Iterator[Gateway]:
     """Start a gateway with every listener on 127.0.0.1 port 0; stop it (SIGTERM) after."""
     data = Path(tempfile.mkdtemp(prefix="data-", dir=workdir))
@@ -165,7 +172,7 @@ def running_gateway(
 log_level: info
 backend: {{type: {backend}, data_dir: {data}}}
 nfs: {{bind: "127.0.0.1:0", mount_bind: "127.0.0.1:0", portmap_bind: "127.0.0.1:0"{", " + nfs if nfs else ""}}}
-s3: {{bind: "127.0.0.1:0"}}
+s3: {{bind: "127.0.0.1:0"{", " + s3 if s3 else ""}}}
 smb: {{bind: "127.0.0.1:0"}}
 admin: {{bind: "127.0.0.1:0", drain_timeout_secs: 5}}
 {extra}
