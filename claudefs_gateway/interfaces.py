@@ -455,6 +455,9 @@ class ILeaseManager(Interface):
         still outstanding.
         """
 
+    def break_lease(lease: Lease, keep: int) -> Deferred[None]:
+        """Break one lease to no more than C{keep}; fires once it holds no more (or is gone)."""
+
     def acknowledge(lease: Lease, bits: int) -> None:
         """The holder accepted a break, keeping C{bits}. @raise Inval: none outstanding, or too much kept."""
 
@@ -654,11 +657,18 @@ class IVFS(Interface):
         """Client extended attribute names."""
 
     def setxattr(
-        caller: Caller, ino: int, name: bytes, value: bytes, create: bool | None = None
+        caller: Caller,
+        ino: int,
+        name: bytes,
+        value: bytes,
+        create: bool | None = None,
+        origin: Origin | None = None,
     ) -> Deferred[None]:
-        """Set a client extended attribute."""
+        """Set a client extended attribute (through C{origin}'s open, as L{setattr})."""
 
-    def removexattr(caller: Caller, ino: int, name: bytes) -> Deferred[None]:
+    def removexattr(
+        caller: Caller, ino: int, name: bytes, origin: Origin | None = None
+    ) -> Deferred[None]:
         """Remove a client extended attribute. @raise NoData."""
 
     def meta_get(caller: Caller, ino: int, key: bytes) -> Deferred[bytes | None]:

@@ -636,6 +636,11 @@ class Smb:
         "enabled", doc="Encryption: refused, allowed on request, preferred, or demanded."
     )
     guest: bool = setting(False, doc="Allow guest logons (off by default).")
+    directory_leases: bool = setting(
+        False,
+        doc="Offer SMB 3 directory leases (GLOBAL_CAP_DIRECTORY_LEASING); off by default "
+        "because impacket's client cannot open files on a server that offers them.",
+    )
     max_message_size: int = setting(
         8 * 1024 * 1024 + 65536,
         min=65536 + 64,

@@ -33,16 +33,20 @@ from claudefs_gateway.smb.filebase import (
     split_name,
 )
 from claudefs_gateway.smb.info import Stat, dos_attributes, file_times
+from claudefs_gateway.smb.leasing import to_wire
 from claudefs_gateway.smb.messages import (
     CloseRequest,
     CreateContext,
     CreateRequest,
     FileTimes,
+    LeaseRequest,
     pack_close_response,
     pack_create_response,
+    pack_lease_response,
 )
 from claudefs_gateway.smb.state import FileNode, Open, Request
-from claudefs_gateway.vfs import Caller
+from claudefs_gateway.vfs import Caller, LockOwner, ShareToken
+from claudefs_gateway.vfs.leases import LeaseKey, Why
 from claudefs_gateway.vfs.origin import Origin
 
 __all__ = ["CreateCommands"]
@@ -96,6 +100,7 @@ class CreateCommands(FileBase):
         contexts = self._contexts(body.contexts)
         if tree.ipc:
             return await self._create_pipe(conn, req, body)
+        lease_req = self._lease_request(conn, body, contexts)
         caller = tree.caller
         vfs = self.vfs
         parts = split_name(body.name)
@@ -110,6 +115,12 @@ class CreateCommands(FileBase):
             existing, leaf = await self._lookup(caller, parent_ino, parts[-1], dir_parts)
             parts = [*dir_parts, leaf]
         path = "\\".join(p.decode("utf-8", "surrogatepass") for p in parts)
+        if lease_req is not None and self.factory.leasing.key_in_use(
+            conn.client_guid, lease_req.key, existing.ino if existing is not None else None
+        ):
+            # MS-SMB2 3.3.5.9.8: a lease key names one file.
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "lease key in use on another file")
+        dir_origin = Origin(strict=True, exempt=self._parent_exempt(conn, lease_req))
         disp = body.disposition
         action = c.FILE_OPENED
         created = False
@@ -120,9 +131,11 @@ class CreateCommands(FileBase):
             assert parent_ino is not None
             try:
                 if opts & c.FILE_DIRECTORY_FILE:
-                    a = await vfs.mkdir(caller, parent_ino, leaf, 0o755)
+                    a = await vfs.mkdir(caller, parent_ino, leaf, 0o755, origin=dir_origin)
                 else:
-                    a = await vfs.create(caller, parent_ino, leaf, 0o644, exclusive=True)
+                    a = await vfs.create(
+                        caller, parent_ino, leaf, 0o644, exclusive=True, origin=dir_origin
+                    )
                 created = True
                 action = c.FILE_CREATED
             except errors.Exists:
@@ -180,30 +193,55 @@ class CreateCommands(FileBase):
         fid = (self.factory.new_file_id(), 0)
         fid = (fid[0], fid[0])
         owner = self._owner(conn, fid)
-        token = None
         locks = self.locks
-        acc, deny = share_modes(granted, body.share_access)
-        if locks is not None and acc:
-            try:
-                token = locks.open_share(a.ino, owner, acc, deny)
-            except (errors.ShareConflict, errors.Grace):
-                if created:
-                    await self._undo_create(caller, parent_ino, leaf, a)
-                raise SMBError(st.STATUS_SHARING_VIOLATION) from None
+        try:
+            token = await self._reserve(
+                conn, req, a, owner, granted, body, lease_req, overwrite, created
+            )
+        except BaseException:
+            if created:
+                await self._undo_create(caller, parent_ino, leaf, a)
+            raise
         dos = stored
+        # AllocationSize asked for with the create (MS-SMB2 2.2.13.2.3), kept
+        # as a reservation beside the inode; directories have none.
+        alloc_ctx = contexts.get(c.SMB2_CREATE_ALLOCATION_SIZE)
+        alloc = 0
+        if alloc_ctx is not None and not a.is_dir:
+            alloc = struct.unpack("<Q", alloc_ctx)[0]
+        # What this open's own changes run as: its lock owner and share
+        # reservation, never breaking its own lease, nor the SMB caches it broke
+        # to none above without waiting (as Samba and Windows do).
+        own = Origin(
+            owner=owner,
+            share=token,
+            strict=True,
+            exempt=(
+                *self._parent_exempt(conn, lease_req),
+                *(m.key for m in vfs.leases.leases(a.ino) if m.key.protocol == "smb"),
+                *(
+                    (LeaseKey("smb", conn.client_guid, lease_req.key),)
+                    if lease_req is not None
+                    else ()
+                ),
+            ),
+        )
         try:
             if overwrite:
+                # Others' SMB caches were broken to none above without waiting
+                # (as Samba and Windows do); the truncation does not wait again.
+                broken = tuple(m.key for m in vfs.leases.leases(a.ino) if m.key.protocol == "smb")
                 a = await vfs.setattr(
                     caller,
                     a.ino,
                     SetAttrs(size=0),
-                    origin=Origin(owner=owner, share=token, strict=True),
+                    origin=Origin(owner=owner, share=token, strict=True, exempt=broken),
                 )
                 action = c.FILE_SUPERSEDED if disp == c.FILE_SUPERSEDE else c.FILE_OVERWRITTEN
                 dos = (
                     body.file_attributes & ~c.FILE_ATTRIBUTE_SPARSE_FILE
                 ) | c.FILE_ATTRIBUTE_ARCHIVE
-                await self._set_dos(caller, a.ino, dos)
+                await self._set_dos(caller, a.ino, dos, own, alloc)
             elif (
                 created
                 and body.file_attributes & c.STORED_ATTRIBUTES & ~c.FILE_ATTRIBUTE_SPARSE_FILE
@@ -212,11 +250,13 @@ class CreateCommands(FileBase):
                 dos = body.file_attributes & ~c.FILE_ATTRIBUTE_SPARSE_FILE
                 if not a.is_dir:
                     dos |= c.FILE_ATTRIBUTE_ARCHIVE
-                await self._set_dos(caller, a.ino, dos)
+                await self._set_dos(caller, a.ino, dos, own, alloc)
+            elif created and alloc:
+                await self._set_dos(caller, a.ino, None, own, alloc)
             if created or overwrite:
                 ea = contexts.get(c.SMB2_CREATE_EA_BUFFER)
                 if ea:
-                    await self._set_eas(caller, a.ino, ea)
+                    await self._set_eas(caller, a.ino, ea, own)
                 sd = contexts.get(c.SMB2_CREATE_SD_BUFFER)
                 if sd:
                     a = await self._apply_security(
@@ -226,10 +266,14 @@ class CreateCommands(FileBase):
                         c.OWNER_SECURITY_INFORMATION
                         | c.GROUP_SECURITY_INFORMATION
                         | c.DACL_SECURITY_INFORMATION,
+                        own,
                     )
             if created or overwrite:
                 a = await vfs.getattr(caller, a.ino)
-            st_ = Stat(a, dos_attributes(a, dos, leaf))
+                reserved = alloc
+            else:
+                reserved = (await self.stored(caller, a.ino))[1]
+            st_ = Stat(a, dos_attributes(a, dos, leaf), reserved=reserved)
         except BaseException:
             if token is not None:
                 locks.close_share(token)
@@ -252,8 +296,34 @@ class CreateCommands(FileBase):
         )
         node.opens.add(op)
         conn.opens[fid[1]] = op
+        op.conn = conn
+        op.share_access = body.share_access
         req.result_file_id = fid
         answers: list[CreateContext] = []
+        level, sl = self.factory.leasing.grant(
+            conn,
+            op,
+            node.opens,
+            body.oplock if lease_req is None else c.SMB2_OPLOCK_LEVEL_LEASE,
+            lease_req,
+            granted | (c.FILE_WRITE_DATA if overwrite else 0),
+            not created,
+            bool(locks is not None and locks.locks(a.ino)),
+        )
+        if sl is not None:
+            answers.append(
+                CreateContext(
+                    c.SMB2_CREATE_REQUEST_LEASE,
+                    pack_lease_response(
+                        sl.key,
+                        to_wire(sl.state),
+                        sl.flags(),
+                        sl.version,
+                        sl.parent,
+                        sl.epoch if sl.version > 1 else 0,
+                    ),
+                )
+            )
         if c.SMB2_CREATE_QUERY_MAXIMAL_ACCESS_REQUEST in contexts:
             answers.append(
                 CreateContext(
@@ -270,7 +340,110 @@ class CreateCommands(FileBase):
         self._log.debug(
             "smb create {action} ino={ino}", action=action, ino=a.ino, conn_id=conn.conn_id
         )
-        return pack_create_response(action, file_times(st_), fid, answers)
+        return pack_create_response(action, file_times(st_), fid, answers, level)
+
+    async def _reserve(
+        self,
+        conn: Any,
+        req: Request,
+        a: Attributes,
+        owner: LockOwner,
+        granted: int,
+        body: CreateRequest,
+        lease_req: LeaseRequest | None,
+        overwrite: bool,
+        created: bool,
+    ) -> ShareToken | None:
+        """
+        The open's share reservation, after the oplock and lease breaks it
+        needs (MS-SMB2 3.3.5.9, Samba's C{delay_for_oplock}): while a break
+        the open depends on is outstanding, the CREATE goes asynchronous and
+        waits for the acknowledgement (or the recall time), then checks again.
+
+        @raise SMBError: STATUS_SHARING_VIOLATION.
+        """
+        locks = self.locks
+        leasing = self.factory.leasing
+        acc, deny = share_modes(granted, body.share_access)
+        open_access = granted | (c.FILE_WRITE_DATA if overwrite else 0)
+        clock = self.factory.reactor
+        deadline = clock.seconds() + 2 * leasing.recall_timeout
+        first = True
+        while True:
+            token = None
+            violation = False
+            if locks is not None and acc:
+                try:
+                    token = locks.open_share(a.ino, owner, acc, deny)
+                except (errors.ShareConflict, errors.Grace):
+                    violation = True
+            delay = False
+            pending: list[defer.Deferred[None]] = []
+            if not created:
+                delay, pending = leasing.break_for_open(
+                    a.ino, conn.client_guid, lease_req, open_access, violation, overwrite, first
+                )
+                delay = delay or bool(pending)
+            if not delay or clock.seconds() >= deadline:
+                break
+            if token is not None:
+                locks.close_share(token)
+            first = False
+            waits = [leasing.wait_change(a.ino), *pending]
+            done: defer.Deferred[None] = defer.Deferred()
+            over: list[bool] = []
+
+            def fire(_: object, done: defer.Deferred[None] = done, over: list[bool] = over) -> None:
+                # Once the wait is over (or abandoned: a cancelled request, a
+                # connection gone), the waits we drop below must not fire it.
+                if not done.called and not over:
+                    done.callback(None)
+
+            for w in waits:
+                w.addBoth(fire)
+            timer = clock.callLater(max(0.0, deadline - clock.seconds()), fire, None)
+            try:
+                await conn.go_async(req, done)
+            finally:
+                over.append(True)
+                if timer.active():
+                    timer.cancel()
+                for w in waits:
+                    if not w.called:
+                        w.cancel()
+        if violation:
+            raise SMBError(st.STATUS_SHARING_VIOLATION)
+        return token
+
+    def _lease_request(
+        self, conn: Any, body: CreateRequest, contexts: dict[bytes, bytes]
+    ) -> LeaseRequest | None:
+        """
+        The CREATE's lease request, if it makes one (MS-SMB2 3.3.5.9.8,
+        3.3.5.9.11): RequestedOplockLevel LEASE, a lease context, a non-zero
+        key; a v2 context from SMB 3 on. No leases before SMB 2.1.
+
+        @raise SMBError: a lease context of the wrong size (INVALID_PARAMETER).
+        """
+        raw = contexts.get(c.SMB2_CREATE_REQUEST_LEASE)
+        if raw is None or conn.dialect < c.SMB_2_1:
+            return None
+        try:
+            lease = LeaseRequest.parse(raw)
+        except ProtocolError:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "bad lease context") from None
+        if body.oplock != c.SMB2_OPLOCK_LEVEL_LEASE or lease.key == b"\x00" * 16:
+            return None
+        if lease.version == 2 and conn.dialect < c.SMB_3_0:
+            return None
+        return lease
+
+    @staticmethod
+    def _parent_exempt(conn: Any, lease_req: LeaseRequest | None) -> tuple[LeaseKey, ...]:
+        """The directory lease a v2 lease names as its parent: changes through it do not break it."""
+        if lease_req is None or lease_req.parent is None:
+            return ()
+        return (LeaseKey("smb", conn.client_guid, lease_req.parent),)
 
     async def _undo_create(
         self, caller: Caller, parent: int | None, leaf: bytes, a: Attributes
@@ -380,6 +553,16 @@ class CreateCommands(FileBase):
         if node is None:
             return
         node.opens.discard(op)
+        self.factory.leasing.closed(op)
+        leases = self.vfs.leases
+        if op.written and node.parent and leases.busy(node.parent):
+            # Closing a file written through this open updates its last write
+            # time: the directory's leases break, as on Windows (smbtorture
+            # smb2.lease.v2_request).
+            try:
+                await leases.recall(node.parent, Why.DIR_CHANGE, op.exempt)
+            except defer.CancelledError:
+                pass
         if op.delete_on_close:
             node.delete_pending = True
         if node.opens:
@@ -390,9 +573,9 @@ class CreateCommands(FileBase):
             caller = op.tree.caller
             try:
                 if op.is_dir:
-                    await self.vfs.rmdir(caller, node.parent, node.name)
+                    await self.vfs.rmdir(caller, node.parent, node.name, op.origin)
                 else:
-                    await self.vfs.remove(caller, node.parent, node.name)
+                    await self.vfs.remove(caller, node.parent, node.name, op.origin)
             except errors.FSError as e:
                 self._log.info("smb: delete on close failed: {why}", why=str(e))
 

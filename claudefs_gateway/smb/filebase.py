@@ -31,6 +31,7 @@ from claudefs_gateway.smb.names import CaseIndex
 from claudefs_gateway.smb.security import mode_from_dacl, parse_security_descriptor
 from claudefs_gateway.smb.state import FileNode, Open, Request
 from claudefs_gateway.vfs import Caller, LockOwner, R, W, X
+from claudefs_gateway.vfs.origin import Origin
 
 __all__ = ["FileBase", "split_name", "DOS_KEY", "EA_PREFIX"]
 
@@ -210,18 +211,50 @@ class FileBase:
         req.result_file_id = fid
         return op
 
-    async def stored_dos(self, caller: Caller, ino: int) -> int | None:
+    async def stored(self, caller: Caller, ino: int) -> tuple[int | None, int]:
+        """
+        What SMB keeps beside an inode (key C{smb.dosattrib}): the DOS
+        attribute bits a client set (None: never set) and the allocation
+        size it reserved (0: none). Stored as 4 bytes, or 12 with a
+        reservation, so records written before reservations were kept still
+        read.
+        """
         raw = await self.vfs.meta_get(caller, ino, DOS_KEY)
-        if raw is None or len(raw) != 4:
-            return None
-        return int.from_bytes(raw, "little")
+        if raw is None or len(raw) not in (4, 12):
+            return None, 0
+        dos = int.from_bytes(raw[:4], "little")
+        reserved = int.from_bytes(raw[4:], "little") if len(raw) == 12 else 0
+        return dos, reserved
+
+    async def stored_dos(self, caller: Caller, ino: int) -> int | None:
+        return (await self.stored(caller, ino))[0]
 
     async def stat(self, caller: Caller, a: Attributes, name: bytes = b"") -> Stat:
-        stored = await self.stored_dos(caller, a.ino)
-        return Stat(a, dos_attributes(a, stored, name))
+        dos, reserved = await self.stored(caller, a.ino)
+        return Stat(a, dos_attributes(a, dos, name), reserved=reserved)
 
-    async def _set_dos(self, caller: Caller, ino: int, bits: int) -> None:
-        await self.vfs.meta_set(caller, ino, DOS_KEY, struct.pack("<I", bits & c.STORED_ATTRIBUTES))
+    async def _set_dos(
+        self,
+        caller: Caller,
+        ino: int,
+        bits: int | None,
+        origin: Origin | None = None,
+        reserved: int | None = None,
+    ) -> None:
+        """
+        Keep DOS attribute bits (None: leave them) and an allocation
+        reservation (None: leave it; 0: drop it).
+        """
+        if bits is None or reserved is None:
+            old_bits, old_reserved = await self.stored(caller, ino)
+            if bits is None:
+                bits = old_bits if old_bits is not None else 0
+            if reserved is None:
+                reserved = old_reserved
+        raw = struct.pack("<I", bits & c.STORED_ATTRIBUTES)
+        if reserved:
+            raw += struct.pack("<Q", reserved)
+        await self.vfs.meta_set(caller, ino, DOS_KEY, raw, origin)
 
     async def maximal_access(self, caller: Caller, a: Attributes, parent: int | None) -> int:
         """What C{caller} may do to C{a} (and, with its C{parent}, whether it may delete it)."""
@@ -351,7 +384,9 @@ class FileBase:
                     continue
         return [(n, v) for n, v in out if len(v) <= 0xFFFF]
 
-    async def _set_eas(self, caller: Caller, ino: int, data: bytes) -> None:
+    async def _set_eas(
+        self, caller: Caller, ino: int, data: bytes, origin: Origin | None = None
+    ) -> None:
         vfs = self.vfs
         for _flags, name, value in ea_entries(data):
             if (
@@ -362,15 +397,15 @@ class FileBase:
                 raise SMBError(st.STATUS_INVALID_EA_NAME)
             key = EA_PREFIX + name
             if value:
-                await vfs.setxattr(caller, ino, key, value)
+                await vfs.setxattr(caller, ino, key, value, origin=origin)
             else:
                 try:
-                    await vfs.removexattr(caller, ino, key)
+                    await vfs.removexattr(caller, ino, key, origin=origin)
                 except errors.NoData:
                     pass
 
     async def _apply_security(
-        self, caller: Caller, a: Attributes, sd: bytes, parts: int
+        self, caller: Caller, a: Attributes, sd: bytes, parts: int, origin: Origin | None = None
     ) -> Attributes:
         """Map a security descriptor back to owner, group and mode (see L{claudefs_gateway.smb.security})."""
         idmap = self.factory.idmap
@@ -405,7 +440,7 @@ class FileBase:
         changes = SetAttrs(mode=mode, uid=uid, gid=gid)
         if changes.is_empty():
             return a
-        result: Attributes = await self.vfs.setattr(caller, a.ino, changes)
+        result: Attributes = await self.vfs.setattr(caller, a.ino, changes, origin=origin)
         return result
 
     def _end_watch(self, conn: Any, op: Open) -> None:

@@ -172,7 +172,7 @@ class InfoCommands(FileBase):
             if body.additional & c.DACL_SECURITY_INFORMATION and not op.access & c.WRITE_DAC:
                 raise SMBError(st.STATUS_ACCESS_DENIED)
             a = await self.vfs.getattr(caller, op.ino)
-            await self._apply_security(caller, a, buf, body.additional)
+            await self._apply_security(caller, a, buf, body.additional, op.origin)
             return b"\x02\x00"
         if body.info_type == c.SMB2_0_INFO_FILESYSTEM:
             raise SMBError(st.STATUS_ACCESS_DENIED, "file system information cannot be set")
@@ -226,10 +226,12 @@ class InfoCommands(FileBase):
             stored = await self.stored_dos(caller, op.ino)
             # SPARSE_FILE is FSCTL_SET_SPARSE's to change, not SET_INFO's.
             keep = (stored or 0) & c.FILE_ATTRIBUTE_SPARSE_FILE
-            await self._set_dos(caller, op.ino, (attrs_ & ~c.FILE_ATTRIBUTE_SPARSE_FILE) | keep)
+            await self._set_dos(
+                caller, op.ino, (attrs_ & ~c.FILE_ATTRIBUTE_SPARSE_FILE) | keep, op.origin
+            )
         changes = SetAttrs(atime=when(accessed), mtime=when(written), btime=when(created))
         if not changes.is_empty():
-            await self.vfs.setattr(caller, op.ino, changes)
+            await self.vfs.setattr(caller, op.ino, changes, origin=op.origin)
 
     def _name_info(self, buf: bytes) -> tuple[bool, str]:
         """FILE_RENAME_INFORMATION / FILE_LINK_INFORMATION (SMB2 form, MS-FSCC 2.4.37)."""
@@ -256,6 +258,12 @@ class InfoCommands(FileBase):
         caller = op.tree.caller
         vfs = self.vfs
         dst_dir, dir_parts = await self.resolve_dir(caller, parts[:-1])
+        parent = self.nodes.get(dst_dir.ino)
+        if parent is not None and any(o.access & c.DELETE and not o.closed for o in parent.opens):
+            # The directory the name lands in is held open for DELETE: Windows
+            # and Samba refuse the rename (Samba's parent_dirname_compatible_open;
+            # smbtorture smb2.oplock.batch19, batch20, exclusive6).
+            raise SMBError(st.STATUS_SHARING_VIOLATION, "target directory open for delete")
         leaf = parts[-1]
         parts = [*dir_parts, leaf]
         try:
@@ -271,7 +279,7 @@ class InfoCommands(FileBase):
                 raise SMBError(st.STATUS_ACCESS_DENIED, "replacement target is open")
             if stored != leaf:
                 # The name it replaces is spelt otherwise: remove that one, not add a twin.
-                await vfs.remove(caller, dst_dir.ino, stored)
+                await vfs.remove(caller, dst_dir.ino, stored, op.origin)
         if op.is_dir and self._has_open_below(node):
             raise SMBError(st.STATUS_ACCESS_DENIED, "files below the directory are open")
         await vfs.rename(caller, node.parent, node.name, dst_dir.ino, leaf, op.origin)
@@ -304,7 +312,7 @@ class InfoCommands(FileBase):
         if dst is not None:
             if not replace or dst.is_dir:
                 raise SMBError(st.STATUS_OBJECT_NAME_COLLISION)
-            await vfs.remove(caller, dst_dir.ino, stored)
+            await vfs.remove(caller, dst_dir.ino, stored, op.origin)
         await vfs.link(caller, op.ino, dst_dir.ino, parts[-1], op.origin)
 
     async def _set_disposition(self, conn: Any, op: Open, buf: bytes) -> None:
@@ -358,6 +366,10 @@ class InfoCommands(FileBase):
             await self.vfs.setattr(op.tree.caller, op.ino, SetAttrs(size=size), origin=op.origin)
         except errors.LockConflict:
             raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
+        dos, reserved = await self.stored(op.tree.caller, op.ino)
+        if reserved and reserved < size:
+            # The file now uses more than was reserved: nothing is reserved beyond it.
+            await self._set_dos(op.tree.caller, op.ino, dos, op.origin, 0)
 
     async def _set_allocation(self, conn: Any, op: Open, buf: bytes) -> None:
         if len(buf) < 8:
@@ -369,15 +381,18 @@ class InfoCommands(FileBase):
             raise SMBError(st.STATUS_ACCESS_DENIED)
         if size < 0:
             raise SMBError(st.STATUS_INVALID_PARAMETER)
-        a = await self.vfs.getattr(op.tree.caller, op.ino)
-        # MS-FSA 2.1.5.14.1: below the end of file truncates; above it only reserves (not kept).
+        caller = op.tree.caller
+        a = await self.vfs.getattr(caller, op.ino)
+        # MS-FSA 2.1.5.14.1: below the end of file truncates; above it reserves
+        # (kept beside the inode and reported as AllocationSize).
         if size < a.size:
             try:
-                await self.vfs.setattr(
-                    op.tree.caller, op.ino, SetAttrs(size=size), origin=op.origin
-                )
+                await self.vfs.setattr(caller, op.ino, SetAttrs(size=size), origin=op.origin)
             except errors.LockConflict:
                 raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
+        # Setting it (even to what it is) changes the file for others'
+        # caches: level II oplocks and read leases break (smbtorture smb2.oplock.batch12).
+        await self._set_dos(caller, op.ino, None, op.origin, size if size > a.size else 0)
 
     async def _set_position(self, conn: Any, op: Open, buf: bytes) -> None:
         if len(buf) < 8:
@@ -401,4 +416,4 @@ class InfoCommands(FileBase):
     async def _set_ea_info(self, conn: Any, op: Open, buf: bytes) -> None:
         if not op.access & c.FILE_WRITE_EA:
             raise SMBError(st.STATUS_ACCESS_DENIED)
-        await self._set_eas(op.tree.caller, op.ino, buf)
+        await self._set_eas(op.tree.caller, op.ino, buf, op.origin)

@@ -86,6 +86,17 @@ class Stat:
     attrs: Attributes
     dos: int
     name: str = ""
+    # An AllocationSize set by the client (CREATE's AlSi, SET_INFO
+    # FileAllocationInformation) beyond what the file uses (MS-FSA 2.1.5.14.1).
+    reserved: int = 0
+
+    @property
+    def allocation(self) -> int:
+        """AllocationSize: what the file uses, or what was reserved for it, if more."""
+        used = allocation(self.attrs)
+        if self.attrs.is_dir or self.reserved <= used:
+            return used
+        return (self.reserved + CLUSTER - 1) // CLUSTER * CLUSTER
 
     @property
     def times(self) -> tuple[int, int, int, int]:
@@ -103,7 +114,7 @@ class Stat:
 
 
 def file_times(st: Stat) -> FileTimes:
-    return FileTimes(*st.times, allocation(st.attrs), st.eof, st.dos)
+    return FileTimes(*st.times, st.allocation, st.eof, st.dos)
 
 
 # -- directory listings ----------------------------------------------------------------
@@ -132,7 +143,7 @@ def pack_dir_entry(info_class: int, st: Stat, name: str) -> bytes:
         0,
         *st.times,
         st.eof,
-        allocation(a),
+        st.allocation,
         st.dos,
         len(raw),
     )
@@ -208,7 +219,7 @@ def _basic(st: Stat) -> bytes:
 def _standard(st: Stat, delete_pending: bool) -> bytes:
     a = st.attrs
     return struct.pack(
-        "<qqIBBH", allocation(a), st.eof, max(a.nlink, 1), delete_pending, a.is_dir, 0
+        "<qqIBBH", st.allocation, st.eof, max(a.nlink, 1), delete_pending, a.is_dir, 0
     )
 
 
@@ -253,14 +264,14 @@ def pack_stat_info(info_class: int, st: Stat, op: OpenState, ea_size: int = 0) -
             + raw
         )
     if info_class == F.FileNetworkOpenInformation:
-        return struct.pack("<QQQQqqII", *st.times, allocation(a), st.eof, st.dos, 0)
+        return struct.pack("<QQQQqqII", *st.times, st.allocation, st.eof, st.dos, 0)
     if info_class == F.FileAttributeTagInformation:
         return struct.pack("<II", st.dos, 0)
     if info_class == F.FileStreamInformation:
         if a.is_dir:
             return b""
         name = "::$DATA".encode("utf-16-le")
-        return struct.pack("<IIqq", 0, len(name), st.eof, allocation(a)) + name
+        return struct.pack("<IIqq", 0, len(name), st.eof, st.allocation) + name
     if info_class == F.FileCompressionInformation:
         return struct.pack("<qHBBB3s", st.eof, 0, 0, 0, 0, b"")
     if info_class == F.FileIdInformation:

@@ -76,7 +76,7 @@ class IoctlCommands(FileBase):
                 if sparse
                 else bits & ~c.FILE_ATTRIBUTE_SPARSE_FILE
             )
-            await self._set_dos(caller, op.ino, bits)
+            await self._set_dos(caller, op.ino, bits, op.origin)
             return pack_ioctl_response(code, op.file_id, b"")
         if code == c.FSCTL_CREATE_OR_GET_OBJECT_ID:
             oid = struct.pack("<QQ", op.ino, op.tree.export.id)

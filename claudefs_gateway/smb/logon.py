@@ -92,6 +92,9 @@ class SessionSetup:
                     domain=smb.domain,
                     computer=self.factory.computer,
                     guest=smb.guest,
+                    # Re-authenticating as anonymous only narrows what the
+                    # session may do (Windows and Samba accept it).
+                    anonymous=session.valid,
                     now=self.factory.reactor.seconds,
                 )
             )
@@ -160,9 +163,20 @@ class SessionSetup:
         acceptor = session.acceptor
         session.acceptor = None
         if session.valid:
-            # Re-authentication: the same user keeps the session and its keys.
-            if result.user.lower() != session.user.lower() or result.guest != session.guest:
-                raise LogonFailure("re-authentication as another user", result.user)
+            # Re-authentication (MS-SMB2 3.3.5.5.3): the session keeps its keys
+            # and its opens; what it runs as from now on is the new logon's
+            # (anonymous, or another user, as Windows and Samba allow).
+            if result.anonymous or result.guest:
+                session.user, session.uid = "", -1
+                session.creds = Credentials(65534, 65534)
+            else:
+                user = vfs.users.by_name(result.user)
+                if user is None:
+                    raise LogonFailure("user vanished during logon", result.user)
+                session.user, session.uid, session.creds = user.name, user.uid, user.credentials
+            session.anonymous, session.guest = result.anonymous, result.guest
+            for tree in session.trees.values():
+                tree.rebind(vfs, self.peer, session.creds)
             session.machine.leg_completes()
             return 0
         flags = 0

@@ -27,6 +27,7 @@ from claudefs_gateway.smb.messages import (
     pack_write_response,
 )
 from claudefs_gateway.smb.state import Open, Reply, Request
+from claudefs_gateway.vfs.leases import Why
 
 __all__ = ["ReadWriteCommands"]
 
@@ -92,6 +93,7 @@ class ReadWriteCommands(FileBase):
         if length:
             try:
                 await self.vfs.write(caller, op.ino, offset, bytes(body.data), stable, op.origin)
+                op.written = True
             except errors.LockConflict:
                 raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
         return pack_write_response(length)
@@ -137,6 +139,12 @@ class ReadWriteCommands(FileBase):
                 raise SMBError(st.STATUS_INVALID_PARAMETER, "blocking lock in a lock array")
             if e.length and e.offset + e.length > 2**64:
                 raise SMBError(st.STATUS_INVALID_LOCK_RANGE)
+        leases = self.vfs.leases
+        if leases.busy(op.ino):
+            # A byte-range lock ends others' read caching (Samba's
+            # contend_level2_oplocks, MS-FSA 2.1.5.7): level II oplocks and
+            # read leases break to none; this open's own write cache stays.
+            await leases.recall(op.ino, Why.WRITE, op.exempt)
         taken: list[tuple[int, int, bool]] = []
         try:
             for e in elems:

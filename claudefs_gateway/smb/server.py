@@ -116,6 +116,29 @@ _ALLOWED_FLAGS = (
 )
 
 
+def server_capabilities(
+    dialect: int, negotiated: Negotiated | None, directory_leases: bool = False
+) -> int:
+    """
+    The Capabilities of our NEGOTIATE response (MS-SMB2 3.3.5.4): large MTU
+    and leasing from 2.1, directory leasing from 3.0 when configured,
+    encryption for 3.0 and 3.0.2 clients that can (3.1.1 says so with a
+    negotiate context).
+    """
+    caps = 0
+    if dialect not in (c.SMB_2_0_2, c.SMB_2_WILDCARD):
+        caps |= c.SMB2_GLOBAL_CAP_LARGE_MTU | c.SMB2_GLOBAL_CAP_LEASING
+    if dialect >= c.SMB_3_0 and directory_leases:
+        caps |= c.SMB2_GLOBAL_CAP_DIRECTORY_LEASING
+    if (
+        negotiated is not None
+        and negotiated.dialect in (c.SMB_3_0, c.SMB_3_0_2)
+        and negotiated.cipher
+    ):
+        caps |= c.SMB2_GLOBAL_CAP_ENCRYPTION
+    return caps
+
+
 def payload_size(command: int, raw: memoryview) -> int:
     """
     The larger of what a request sends and may receive (MS-SMB2 3.3.5.2.5),
@@ -215,6 +238,7 @@ class SMBFactory(protocol.Factory):
         computer: str | None = None,
     ) -> None:
         from claudefs_gateway.smb.files import FileService
+        from claudefs_gateway.smb.leasing import Leasing
         from claudefs_gateway.smb.security import SID, derive_domain_sid
 
         self.config = config
@@ -240,10 +264,14 @@ class SMBFactory(protocol.Factory):
         self._next_session = int.from_bytes(os.urandom(4), "little") << 16 or 1
         self._next_async = 1
         self._next_file = 1
+        self._next_conn = 0
         self.files = FileService(self)
+        self.leasing = Leasing(self)
 
     def buildProtocol(self, addr: Any) -> SMBConnection:  # type: ignore[override]
         p = SMBConnection(self)
+        self._next_conn += 1
+        p.seq = self._next_conn
         p.factory = self
         return p
 
@@ -272,6 +300,19 @@ class SMBFactory(protocol.Factory):
         if self.vfs is None:
             raise SMBError(st.STATUS_INTERNAL_ERROR, "no vfs yet")
         return self.vfs
+
+    def client_connections(self, client_guid: bytes) -> list[SMBConnection]:
+        """
+        The live connections of one client (by its ClientGuid), oldest first:
+        its lease breaks go to the first (as Samba and Windows send them).
+        """
+        conns = [
+            conn
+            for conn in self.connections
+            if not conn._closing and conn.negotiated is not None and conn.client_guid == client_guid
+        ]
+        conns.sort(key=lambda conn: conn.seq)
+        return conns
 
     def new_session_id(self) -> int:
         self._next_session = (self._next_session + 0x10001) & 0xFFFFFFFFFFFF
@@ -318,9 +359,38 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         self._work: set[defer.Deferred[None]] = set()
         self.peer = ""
         self.conn_id = f"{id(self):x}"
+        self.seq = 0
         self._closing = False
         self._in_flight = 0
         self._paused = False
+
+    @property
+    def client_guid(self) -> bytes:
+        """The ClientGuid the client negotiated with (its leases are scoped by it)."""
+        n = self.negotiated
+        return n.client_guid if n is not None else b""
+
+    @property
+    def dialect(self) -> int:
+        n = self.negotiated
+        return n.dialect if n is not None else 0
+
+    def send_break(self, session_id: int, body: bytes) -> bool:
+        """
+        Send an oplock or lease break notification (MS-SMB2 3.3.4.6, 3.3.4.7):
+        unsolicited, MessageId all ones, no credits, unsigned (as Samba sends
+        them). False if this connection cannot carry it.
+        """
+        if self._closing or self.transport is None or self.negotiated is None:
+            return False
+        header = Header(
+            Command.OPLOCK_BREAK,
+            flags=c.SMB2_FLAGS_SERVER_TO_REDIR,
+            message_id=ALL_ONES,
+            session_id=session_id,
+        )
+        self._write(header.pack() + body)
+        return True
 
     # -- transport ---------------------------------------------------------------
 
@@ -496,12 +566,8 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         mode = c.SMB2_NEGOTIATE_SIGNING_ENABLED
         if smb.signing == "required":
             mode |= c.SMB2_NEGOTIATE_SIGNING_REQUIRED
-        caps = 0
         n = self.negotiated
-        if dialect not in (c.SMB_2_0_2, c.SMB_2_WILDCARD):
-            caps |= c.SMB2_GLOBAL_CAP_LARGE_MTU
-        if n is not None and n.dialect in (c.SMB_3_0, c.SMB_3_0_2) and n.cipher:
-            caps |= c.SMB2_GLOBAL_CAP_ENCRYPTION
+        caps = server_capabilities(dialect, n, smb.directory_leases)
         io = self.factory.max_io if caps & c.SMB2_GLOBAL_CAP_LARGE_MTU else 65536
         return pack_negotiate_response(
             security_mode=mode,
@@ -598,7 +664,6 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         self, items: list[tuple[Header, memoryview]], transform_session: Session | None
     ) -> None:
         chain = Chain()
-        sent = False
         crypt_session: Session | None = transform_session
         for i, (header, raw) in enumerate(items):
             if header.command == Command.CANCEL:
@@ -613,11 +678,8 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                 chain=chain,
             )
             status, body = await self._serve(req)
-            if req.interim_sent:
-                # The chain (with the interim reply) went out already; this is the final reply.
-                self._send([self._response(req, status, body, last=True)], req)
-                sent = True
-                break
+            # (After an interim reply the chain so far went out with it: this
+            # request's final reply starts what is left of the compound.)
             if crypt_session is None and req.session is not None and self._must_encrypt(req):
                 crypt_session = req.session
             chain.responses.append(self._response(req, status, body, last=req.last_in_chain))
@@ -626,7 +688,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                 chain.file_id = req.result_file_id
             if header.command == Command.CREATE:
                 chain.create_error = status if status & 0xC0000000 == 0xC0000000 else 0
-        if not sent and chain.responses:
+        if chain.responses:
             self._send_chain(chain.responses, crypt_session)
 
     def _must_encrypt(self, req: Request) -> bool:
@@ -846,12 +908,13 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         3.3.4.2) and register the AsyncId for CANCEL. Returns C{d}.
         """
         req.waiting = d
-        if d.called or self._closing:
+        if d.called or self._closing or req.interim_sent:
             return d
-        if not req.last_in_chain:
-            # Only the last request of a compound may go asynchronous; Windows
-            # fails one in the middle with STATUS_INTERNAL_ERROR (smbtorture
-            # smb2.compound.interim2 expects that).
+        if not req.last_in_chain and req.header.command != Command.CREATE:
+            # Only the last request of a compound may go asynchronous, and a
+            # CREATE waiting for an oplock break (MS-SMB2 3.3.5.2.7, note <206>);
+            # Windows fails others in the middle with STATUS_INTERNAL_ERROR
+            # (smbtorture smb2.compound.interim2 and compound-break).
             d.cancel()
             d.addErrback(lambda f: f.trap(defer.CancelledError))
             raise SMBError(st.STATUS_INTERNAL_ERROR, "asynchronous request inside a compound")
@@ -904,9 +967,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         smode = c.SMB2_NEGOTIATE_SIGNING_ENABLED
         if self.factory.smb.signing == "required":
             smode |= c.SMB2_NEGOTIATE_SIGNING_REQUIRED
-        scaps = c.SMB2_GLOBAL_CAP_LARGE_MTU if n.dialect >= c.SMB_2_1 else 0
-        if n.dialect in (c.SMB_3_0, c.SMB_3_0_2) and n.cipher:
-            scaps |= c.SMB2_GLOBAL_CAP_ENCRYPTION
+        scaps = server_capabilities(n.dialect, n, self.factory.smb.directory_leases)
         return struct.pack("<I16sHH", scaps, self.factory.server_guid, smode, n.dialect)
 
     def _end_session(self, session: Session) -> None:

@@ -15,12 +15,16 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 
+from claudefs_gateway import errors
+from claudefs_gateway.fstypes import Credentials
+from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.crypto import PreauthHash, Sealer, SessionKeys, Signer
 from claudefs_gateway.smb.errors import SMBError
 from claudefs_gateway.smb.header import Header
 from claudefs_gateway.smb.messages import FileId
 from claudefs_gateway.vfs import Caller, ExportInfo, LockOwner, ShareToken
+from claudefs_gateway.vfs.leases import LeaseKey
 from claudefs_gateway.vfs.origin import Origin
 
 __all__ = ["Session", "Tree", "Open", "FileNode", "Chain", "Request", "Reply", "Watch", "DirScan"]
@@ -86,6 +90,15 @@ class Tree:
         if self._export is None:
             raise SMBError(st.STATUS_INVALID_DEVICE_REQUEST, "not a disk share")
         return self._export
+
+    def rebind(self, vfs: IVFS, peer: str, creds: Credentials) -> None:
+        """The session re-authenticated: run as its new identity on this share from now on."""
+        if self._export is not None:
+            try:
+                self._caller = vfs.caller(self._export, peer, creds, "smb")
+            except errors.Access:
+                # The export refuses the new identity: keep nothing it could use.
+                self._caller = vfs.caller(self._export, peer, Credentials(65534, 65534), "smb")
 
     @property
     def caller(self) -> Caller:
@@ -160,6 +173,19 @@ class Open:
     # FSCTL_SRV_REQUEST_RESUME_KEY: the key server-side copies name this open by.
     resume_key: bytes = b""
     closed: bool = False
+    # Data was written through it (its close breaks the parent's directory leases).
+    written: bool = False
+    # ShareAccess of its CREATE (FILE_SHARE_*).
+    share_access: int = 0
+    # The connection the open was made on (its oplock breaks go there).
+    conn: Any = None
+    # The SMB lease it was opened with (claudefs_gateway.smb.leasing.SMBLease).
+    lease: Any = None
+    # Its oplock level (0: none) and the lease manager's lease behind it.
+    oplock: int = 0
+    oplock_mlease: Any = None
+    # An oplock break awaiting acknowledgement: its level (II), -1 for none, 0 if none sent.
+    oplock_break_sent: int = 0
 
     @property
     def ino(self) -> int:
@@ -173,7 +199,25 @@ class Open:
         reservation, and every lock of others (SMB honours NLM's and NFSv4's
         locks on its I/O, as Samba does with POSIX locks).
         """
-        return Origin(owner=self.lock_owner, share=self.share, strict=True)
+        return Origin(owner=self.lock_owner, share=self.share, strict=True, exempt=self.exempt)
+
+    @property
+    def exempt(self) -> tuple[LeaseKey, ...]:
+        """
+        The lease keys this open's own changes never break: its lease (and
+        the parent directory lease it names), or its oplock when that caches
+        writes; a level II oplock is broken by its own open's writes, as on
+        Windows and Samba.
+        """
+        sl = self.lease
+        if sl is not None:
+            if sl.parent is not None:
+                return (sl.lease_key, LeaseKey("smb", sl.client, sl.parent))
+            return (sl.lease_key,)
+        m = self.oplock_mlease
+        if m is not None and self.oplock in (0x08, 0x09):
+            return (m.key,)
+        return ()
 
 
 @attrs.define

@@ -991,24 +991,32 @@ class VFS:
 
     @deferred
     async def setxattr(
-        self, caller: Caller, ino: int, name: bytes, value: bytes, create: bool | None = None
+        self,
+        caller: Caller,
+        ino: int,
+        name: bytes,
+        value: bytes,
+        create: bool | None = None,
+        origin: Origin | None = None,
     ) -> None:
         self._client_xattr(name)
         self._writable(caller)
         a = await self._getattr(ino)
         perm.check(caller.cred, a, perm.W)
-        await self._before(ino, self._origin(caller, None), Why.SETATTR)
+        await self._before(ino, self._origin(caller, origin), Why.SETATTR)
         await self.backend.setxattr(ino, name, value, create)
         self.attr_cache.discard(ino)
         self._modified(ino, What.XATTR)
 
     @deferred
-    async def removexattr(self, caller: Caller, ino: int, name: bytes) -> None:
+    async def removexattr(
+        self, caller: Caller, ino: int, name: bytes, origin: Origin | None = None
+    ) -> None:
         self._client_xattr(name)
         self._writable(caller)
         a = await self._getattr(ino)
         perm.check(caller.cred, a, perm.W)
-        await self._before(ino, self._origin(caller, None), Why.SETATTR)
+        await self._before(ino, self._origin(caller, origin), Why.SETATTR)
         await self.backend.removexattr(ino, name)
         self.attr_cache.discard(ino)
         self._modified(ino, What.XATTR)

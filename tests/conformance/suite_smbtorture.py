@@ -59,6 +59,8 @@ exports:
     dir_gid: 1000
     dir_mode: 0777
     protocols: [smb, nfs]
+smb:
+  directory_leases: true
 leases:
   recall_timeout_secs: 35
 """

@@ -491,7 +491,7 @@ class SetInfoTests(SynchronousTestCase):
 
     def test_rename(self) -> None:
         conn = conn_for()
-        conn.open("sub", options=c.FILE_DIRECTORY_FILE)
+        conn.close(conn.open("sub", options=c.FILE_DIRECTORY_FILE))
         fid = conn.open("old")
         conn.write(fid, 0, b"content")
         self.assertEqual(
@@ -517,6 +517,25 @@ class SetInfoTests(SynchronousTestCase):
             conn.set_info(ro, FILE, F.FileRenameInformation, rename_info("x")).status,
             st.STATUS_ACCESS_DENIED,
         )
+
+    def test_rename_into_directory_open_for_delete(self) -> None:
+        """
+        A rename into a directory another handle holds open with DELETE access
+        fails with STATUS_SHARING_VIOLATION (Windows and Samba; smbtorture
+        smb2.oplock.batch19); once that handle closes it succeeds.
+        """
+        conn = conn_for()
+        d = conn.open("dir", options=c.FILE_DIRECTORY_FILE)
+        fid = conn.open("dir\\a")
+        r = conn.set_info(fid, FILE, F.FileRenameInformation, rename_info("dir\\b"))
+        self.assertEqual(r.status, st.STATUS_SHARING_VIOLATION)
+        conn.close(d)
+        r = conn.set_info(fid, FILE, F.FileRenameInformation, rename_info("dir\\b"))
+        self.assertEqual(r.status, 0)
+        reader = conn.open("dir", options=c.FILE_DIRECTORY_FILE, access=c.GENERIC_READ)
+        r = conn.set_info(fid, FILE, F.FileRenameInformation, rename_info("dir\\c"))
+        self.assertEqual(r.status, 0)
+        conn.close(reader)
 
     def test_disposition(self) -> None:
         conn = conn_for()

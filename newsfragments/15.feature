@@ -1,0 +1,1 @@
+SMB oplocks (level II, exclusive, batch) and leases (v1 and v2, with epochs, parent lease keys and, with smb.directory_leases, directory leases), through the vfs lease manager: NFS, S3 and other SMB clients' changes break what SMB clients cache.
