@@ -671,6 +671,15 @@ class IVFS(Interface):
     ) -> Deferred[None]:
         """Remove a client extended attribute. @raise NoData."""
 
+    def get_state(key: str) -> Deferred[bytes | None]:
+        """
+        A front end's own small durable value (SMB durable handles kept
+        across a restart), None if unset; keys are the front end's to name.
+        """
+
+    def set_state(key: str, value: bytes | None) -> Deferred[None]:
+        """Store (None: delete) one such value, durably."""
+
     def meta_get(caller: Caller, ino: int, key: bytes) -> Deferred[bytes | None]:
         """A front end's own metadata on an inode (S3 headers, DOS attributes), None if unset."""
 

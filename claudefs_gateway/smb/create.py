@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 
 from claudefs_gateway import errors
@@ -24,6 +25,7 @@ from claudefs_gateway.smb.dcerpc import (
     Share,
     Srvsvc,
 )
+from claudefs_gateway.smb.durable import DurableAsk, parse_durable
 from claudefs_gateway.smb.errors import SMBError
 from claudefs_gateway.smb.filebase import (
     FileBase,
@@ -60,15 +62,38 @@ FILE_ATTRIBUTES_INVALID = 0xFFFF0000 | 0x00000008 | 0x00000040 | 0x00008000
 ACCESS_INVALID = 0x0CE0FE00
 
 
+class _Restart(Exception):
+    """A CREATE must start over: what it looked up changed while it waited."""
+
+
 class CreateCommands(FileBase):
     """CREATE, CLOSE and the end of an open."""
 
     # -- CREATE ------------------------------------------------------------------------------
 
     async def smb_CREATE(self, conn: Any, req: Request) -> bytes:
+        for _ in range(3):
+            try:
+                return await self._create(conn, req)
+            except _Restart:
+                # The file went while this open waited (a disconnected durable
+                # open with delete-on-close closed for it): start over.
+                continue
+        raise SMBError(st.STATUS_SHARING_VIOLATION, "the file keeps changing under the open")
+
+    async def _create(self, conn: Any, req: Request) -> bytes:
         body = CreateRequest.parse(req.raw)
         tree = req.tree
         assert tree is not None and req.session is not None
+        contexts = self._contexts(body.contexts)
+        ask = parse_durable(contexts, bool(req.header.flags & c.SMB2_FLAGS_REPLAY_OPERATION))
+        if ask.reconnect is not None:
+            # MS-SMB2 3.3.5.9.7, 3.3.5.9.12: only the reconnect context counts;
+            # the rest of the request is not even checked (smbtorture
+            # smb2.durable-open.reopen2 sends junk there).
+            if tree.ipc:
+                raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "no durable handles on IPC$")
+            return await self._reconnect(conn, req, body, contexts, ask)
         if body.impersonation > c.SECURITY_DELEGATION:
             raise SMBError(st.STATUS_BAD_IMPERSONATION_LEVEL)
         if body.disposition > c.FILE_OVERWRITE_IF:
@@ -97,7 +122,21 @@ class CreateCommands(FileBase):
             raise SMBError(st.STATUS_CANNOT_DELETE, "delete-on-close of a read-only file")
         if len(conn.opens) >= MAX_OPENS:
             raise SMBError(st.STATUS_INSUFFICIENT_RESOURCES, "too many opens")
-        contexts = self._contexts(body.contexts)
+        durability = self.factory.durability
+        if ask.create_guid is not None:
+            known = durability.by_create_guid.get(ask.create_guid)
+            if known is not None and not known.closed:
+                if not ask.replay:
+                    # MS-SMB2 3.3.5.9.10: a CreateGuid in use, and this is no replay.
+                    raise SMBError(st.STATUS_DUPLICATE_OBJECTID, "CreateGuid in use")
+                if known.session is req.session and not known.disconnected:
+                    return await self._answer_open(conn, req, known, c.FILE_OPENED, [])
+        if ask.app_instance is not None:
+            other = durability.by_app.get(ask.app_instance)
+            if other is not None and not other.closed:
+                # MS-SMB2 3.3.5.9.13: a new open by the same application instance
+                # (after a failover, from another node) ends the old one.
+                await self.close(other.conn, other)
         if tree.ipc:
             return await self._create_pipe(conn, req, body)
         lease_req = self._lease_request(conn, body, contexts)
@@ -112,6 +151,9 @@ class CreateCommands(FileBase):
         else:
             parent, dir_parts = await self.resolve_dir(caller, parts[:-1])
             parent_ino = parent.ino
+            deleting = self.deleting.get(parent_ino)
+            if deleting:
+                await defer.gatherResults(list(deleting))
             existing, leaf = await self._lookup(caller, parent_ino, parts[-1], dir_parts)
             parts = [*dir_parts, leaf]
         path = "\\".join(p.decode("utf-8", "surrogatepass") for p in parts)
@@ -190,13 +232,12 @@ class CreateCommands(FileBase):
                 raise SMBError(st.STATUS_ACCESS_DENIED, "delete-on-close without DELETE")
             if stored is not None and stored & c.FILE_ATTRIBUTE_READONLY:
                 raise SMBError(st.STATUS_CANNOT_DELETE, "read-only file")
-        fid = (self.factory.new_file_id(), 0)
-        fid = (fid[0], fid[0])
+        fid = self.factory.new_file_id()
         owner = self._owner(conn, fid)
         locks = self.locks
         try:
             token = await self._reserve(
-                conn, req, a, owner, granted, body, lease_req, overwrite, created
+                conn, req, a, owner, granted, body, lease_req, overwrite, created, parent_ino
             )
         except BaseException:
             if created:
@@ -229,13 +270,11 @@ class CreateCommands(FileBase):
         try:
             if overwrite:
                 # Others' SMB caches were broken to none above without waiting
-                # (as Samba and Windows do); the truncation does not wait again.
-                broken = tuple(m.key for m in vfs.leases.leases(a.ino) if m.key.protocol == "smb")
+                # (as Samba and Windows do): the truncation does not wait again;
+                # and it goes through others' byte-range locks, as on Windows
+                # (smbtorture smb2.lock.truncate, smb2.create.brlocked).
                 a = await vfs.setattr(
-                    caller,
-                    a.ino,
-                    SetAttrs(size=0),
-                    origin=Origin(owner=owner, share=token, strict=True, exempt=broken),
+                    caller, a.ino, SetAttrs(size=0), origin=attrs.evolve(own, ranges=False)
                 )
                 action = c.FILE_SUPERSEDED if disp == c.FILE_SUPERSEDE else c.FILE_OVERWRITTEN
                 dos = (
@@ -311,19 +350,10 @@ class CreateCommands(FileBase):
             bool(locks is not None and locks.locks(a.ino)),
         )
         if sl is not None:
-            answers.append(
-                CreateContext(
-                    c.SMB2_CREATE_REQUEST_LEASE,
-                    pack_lease_response(
-                        sl.key,
-                        to_wire(sl.state),
-                        sl.flags(),
-                        sl.version,
-                        sl.parent,
-                        sl.epoch if sl.version > 1 else 0,
-                    ),
-                )
-            )
+            answers.append(self._lease_answer(sl))
+        granted_durable = durability.grant(op, ask, req.session.user)
+        if granted_durable is not None:
+            answers.append(CreateContext(*granted_durable))
         if c.SMB2_CREATE_QUERY_MAXIMAL_ACCESS_REQUEST in contexts:
             answers.append(
                 CreateContext(
@@ -342,6 +372,173 @@ class CreateCommands(FileBase):
         )
         return pack_create_response(action, file_times(st_), fid, answers, level)
 
+    async def _answer_open(
+        self, conn: Any, req: Request, op: Open, action: int, answers: list[CreateContext]
+    ) -> bytes:
+        """A CREATE reply for an open that exists already (a replay, a reconnect)."""
+        caller = op.tree.caller
+        a = await self.vfs.getattr(caller, op.ino)
+        assert op.node is not None
+        st_ = await self.stat(caller, a, op.node.name)
+        sl = op.lease
+        level = op.oplock
+        if sl is not None:
+            level = c.SMB2_OPLOCK_LEVEL_LEASE
+            answers = [*answers, self._lease_answer(sl)]
+        req.result_file_id = op.file_id
+        return pack_create_response(action, file_times(st_), op.file_id, answers, level)
+
+    @staticmethod
+    def _lease_answer(sl: Any) -> CreateContext:
+        return CreateContext(
+            c.SMB2_CREATE_REQUEST_LEASE,
+            pack_lease_response(
+                sl.key,
+                to_wire(sl.state),
+                sl.flags(),
+                sl.version,
+                sl.parent,
+                sl.epoch if sl.version > 1 else 0,
+            ),
+        )
+
+    async def _reconnect(
+        self,
+        conn: Any,
+        req: Request,
+        body: CreateRequest,
+        contexts: dict[bytes, bytes],
+        ask: DurableAsk,
+    ) -> bytes:
+        """
+        A durable reconnect (MS-SMB2 3.3.5.9.7, 3.3.5.9.12): the disconnected
+        open, with its share reservation, locks and lease, now on this
+        connection, session and tree. Anything that does not match is
+        STATUS_OBJECT_NAME_NOT_FOUND (an open still connected, another
+        CreateGuid, another lease key or ClientGuid, a share other than its
+        own); another user STATUS_ACCESS_DENIED.
+        """
+        assert ask.reconnect is not None and req.session is not None and req.tree is not None
+        durability = self.factory.durability
+        await durability.load_index()
+        pid = ask.reconnect[0]
+        lease_raw = contexts.get(c.SMB2_CREATE_REQUEST_LEASE)
+        try:
+            lease = LeaseRequest.parse(lease_raw) if lease_raw is not None else None
+        except ProtocolError:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "bad lease context") from None
+        op = durability.by_id.get(pid)
+        if op is None or op.closed:
+            op = await self._restore(conn, req, pid, lease)
+        # A v2 reconnect names the CreateGuid (a v1 open has none: zeros); a v1
+        # reconnect names none, and may reclaim a v2 open (smbtorture
+        # smb2.durable-v2-open.reopen2b, smb2.durable-open.reopen2-lease).
+        if ask.version == 2 and (op.create_guid or b"\x00" * 16) != ask.create_guid:
+            raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "CreateGuid does not match")
+        sl = op.lease
+        if sl is not None:
+            if lease is None or lease.key != sl.key or conn.client_guid != sl.client:
+                raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "lease does not match")
+        elif lease is not None:
+            raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "lease asked of an open without one")
+        if not op.disconnected:
+            raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "the open is still connected")
+        if op.tree.export is not req.tree.export and op.tree.export.name != req.tree.export.name:
+            raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "open of another share")
+        if op.owner.lower() != req.session.user.lower():
+            raise SMBError(st.STATUS_ACCESS_DENIED, "durable handle of another user")
+        if sl is not None and op.node is not None:
+            name = body.name.lower().removesuffix("::$data")
+            if name != op.node.path.lower():
+                # Samba: the name of a reopened leased file must match.
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "name does not match the open")
+        # Reattach: the same persistent id, a new volatile one on this connection.
+        durability.reconnected(op)
+        op.session, op.tree, op.conn = req.session, req.tree, conn
+        op.file_id = (pid, self.factory.new_file_id()[1])
+        conn.opens[op.file_id[1]] = op
+        if sl is not None:
+            sl.conn = conn
+        self._log.debug("smb durable handle reconnected", ino=op.ino, conn_id=conn.conn_id)
+        return await self._answer_open(conn, req, op, c.FILE_OPENED, [])
+
+    async def _restore(self, conn: Any, req: Request, pid: int, lease: LeaseRequest | None) -> Open:
+        """
+        An open a previous run of the gateway left disconnected (its record in
+        the state store), made again: the file by inode, the share
+        reservation, the lease or oplock if they can be granted again.
+
+        @raise SMBError: STATUS_OBJECT_NAME_NOT_FOUND if there is none, it
+            expired, or the file or its share reservation cannot be had.
+        """
+        durability = self.factory.durability
+        try:
+            rec = await durability.stored(pid)
+        except ProtocolError:
+            rec = None
+        if rec is None:
+            raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "no such durable handle")
+        tree = req.tree
+        assert tree is not None and req.session is not None
+        if tree.ipc or tree.export.name != rec["export"]:
+            raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "durable handle of another share")
+        caller = tree.caller
+        try:
+            a = await self.vfs.getattr(caller, int(rec["ino"]))
+        except errors.FSError:
+            durability.forget_record(pid)
+            raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "the file is gone") from None
+        if a.nlink == 0:
+            durability.forget_record(pid)
+            raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "the file is gone")
+        fid = (pid, self.factory.new_file_id()[1])
+        owner = self._owner(conn, fid)
+        access, share = int(rec["access"]), int(rec["share"])
+        acc, deny = share_modes(access, share)
+        token = None
+        if self.locks is not None and acc:
+            try:
+                token = self.locks.open_share(a.ino, owner, acc, deny)
+            except (errors.ShareConflict, errors.Grace):
+                raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "taken meanwhile") from None
+        path = str(rec["path"])
+        node = self.nodes.get(a.ino)
+        if node is None:
+            leaf = path.rsplit("\\", 1)[-1].encode("utf-8", "surrogatepass")
+            parent = (await self.vfs.lookup(caller, a.ino, b"..")).ino if a.is_dir else 0
+            node = FileNode(a.ino, parent, leaf, path)
+            self.nodes[a.ino] = node
+        op = Open(fid, req.session, tree, node, a.is_dir, access, lock_owner=owner, share=token)
+        op.share_access = share
+        op.durable = int(rec["v"])
+        op.durable_timeout = float(rec["timeout"])
+        op.create_guid = bytes.fromhex(rec["create_guid"]) if rec.get("create_guid") else None
+        op.owner = str(rec["user"])
+        op.disconnected = True
+        node.opens.add(op)
+        stored_lease = rec.get("lease")
+        leasing = self.factory.leasing
+        if stored_lease is not None:
+            want = LeaseRequest(
+                bytes.fromhex(stored_lease["key"]),
+                to_wire(int(stored_lease["state"])),
+                0,
+                int(stored_lease["version"]),
+                bytes.fromhex(stored_lease["parent"]) if stored_lease.get("parent") else None,
+                max(0, int(stored_lease["epoch"]) - 1),
+            )
+            leasing.grant(
+                conn, op, node.opens, c.SMB2_OPLOCK_LEVEL_LEASE, want, access, True, False
+            )
+        else:
+            leasing.grant(conn, op, node.opens, int(rec["oplock"]), None, access, True, False)
+        durability.by_id[pid] = op
+        if op.create_guid is not None:
+            durability.by_create_guid[op.create_guid] = op
+        durability.forget_record(pid)
+        self._log.info("smb durable handle restored from the state store", ino=a.ino)
+        return op
+
     async def _reserve(
         self,
         conn: Any,
@@ -353,6 +550,7 @@ class CreateCommands(FileBase):
         lease_req: LeaseRequest | None,
         overwrite: bool,
         created: bool,
+        parent_ino: int | None,
     ) -> ShareToken | None:
         """
         The open's share reservation, after the oplock and lease breaks it
@@ -364,6 +562,8 @@ class CreateCommands(FileBase):
         """
         locks = self.locks
         leasing = self.factory.leasing
+        assert req.tree is not None
+        conn_caller = req.tree.caller
         acc, deny = share_modes(granted, body.share_access)
         open_access = granted | (c.FILE_WRITE_DATA if overwrite else 0)
         clock = self.factory.reactor
@@ -379,17 +579,22 @@ class CreateCommands(FileBase):
                     violation = True
             delay = False
             pending: list[defer.Deferred[None]] = []
+            # Listen before breaking: a break may be over at once (a holder
+            # that needs no acknowledgement, a disconnected durable open closed).
+            changed = leasing.wait_change(a.ino)
             if not created:
                 delay, pending = leasing.break_for_open(
                     a.ino, conn.client_guid, lease_req, open_access, violation, overwrite, first
                 )
                 delay = delay or bool(pending)
             if not delay or clock.seconds() >= deadline:
+                changed.addErrback(lambda f: f.trap(defer.CancelledError))
+                changed.cancel()
                 break
             if token is not None:
                 locks.close_share(token)
             first = False
-            waits = [leasing.wait_change(a.ino), *pending]
+            waits = [changed, *pending]
             done: defer.Deferred[None] = defer.Deferred()
             over: list[bool] = []
 
@@ -404,6 +609,15 @@ class CreateCommands(FileBase):
             timer = clock.callLater(max(0.0, deadline - clock.seconds()), fire, None)
             try:
                 await conn.go_async(req, done)
+                deleting = self.deleting.get(parent_ino) if parent_ino is not None else None
+                if deleting:
+                    await defer.gatherResults(list(deleting))
+                try:
+                    now = await self.vfs.getattr(conn_caller, a.ino)
+                except errors.NotFound:
+                    now = None
+                if now is None or now.nlink == 0:
+                    raise _Restart()
             finally:
                 over.append(True)
                 if timer.active():
@@ -471,11 +685,6 @@ class CreateCommands(FileBase):
                 raise SMBError(st.STATUS_INVALID_PARAMETER, "duplicate create context")
             if name == c.SMB2_CREATE_TIMEWARP_TOKEN:
                 raise SMBError(st.STATUS_NOT_SUPPORTED, "previous versions are not served")
-            if name in (
-                c.SMB2_CREATE_DURABLE_HANDLE_RECONNECT,
-                c.SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2,
-            ):
-                raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "no durable handle to reconnect")
             if name == c.SVHDX_OPEN_DEVICE_CONTEXT:
                 raise SMBError(st.STATUS_NOT_SUPPORTED, "virtual disks are not served")
             if name == c.SMB2_CREATE_QUERY_MAXIMAL_ACCESS_REQUEST and len(ctx.data) not in (0, 8):
@@ -496,8 +705,7 @@ class CreateCommands(FileBase):
             name = name[5:]
         if name != "srvsvc":
             raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "no such pipe")
-        fid = (self.factory.new_file_id(), 0)
-        fid = (fid[0], fid[0])
+        fid = self.factory.new_file_id()
         assert req.session is not None and req.tree is not None
         pipe = Pipe(name, Srvsvc(self._share_list, self.factory.computer, "claudefs-gateway"))
         op = Open(
@@ -542,7 +750,10 @@ class CreateCommands(FileBase):
         if op.closed:
             return
         op.closed = True
-        conn.opens.pop(op.file_id[1], None)
+        conn = conn if conn is not None else op.conn
+        if conn is not None and conn.opens.get(op.file_id[1]) is op:
+            del conn.opens[op.file_id[1]]
+        self.factory.durability.forget(op)
         if op.resume_key:
             self.resume_keys.pop(op.resume_key, None)
         if op.watch is not None:
@@ -571,6 +782,11 @@ class CreateCommands(FileBase):
             del self.nodes[node.ino]
         if node.delete_pending and node.name:
             caller = op.tree.caller
+            # Opens of names in this directory wait until the name is gone
+            # (a connection lost with a delete-on-close open, then an open
+            # of the same name on a new one; smbtorture smb2.durable-open.delete_on_close1).
+            done: defer.Deferred[None] = defer.Deferred()
+            self.deleting.setdefault(node.parent, []).append(done)
             try:
                 if op.is_dir:
                     await self.vfs.rmdir(caller, node.parent, node.name, op.origin)
@@ -578,6 +794,21 @@ class CreateCommands(FileBase):
                     await self.vfs.remove(caller, node.parent, node.name, op.origin)
             except errors.FSError as e:
                 self._log.info("smb: delete on close failed: {why}", why=str(e))
+            finally:
+                waiting = self.deleting.get(node.parent, [])
+                if done in waiting:
+                    waiting.remove(done)
+                if not waiting:
+                    self.deleting.pop(node.parent, None)
+                done.callback(None)
+
+    def disconnect(self, conn: Any, op: Open) -> None:
+        """
+        A durable open loses its connection: what belonged to the connection
+        ends (its CHANGE_NOTIFY watch); the rest stays for a reconnect.
+        """
+        if op.watch is not None:
+            self._end_watch(conn, op)
 
     def close_quietly(self, conn: Any, op: Open) -> None:
         d = defer.Deferred.fromCoroutine(self.close(conn, op))

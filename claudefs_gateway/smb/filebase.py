@@ -16,6 +16,8 @@ import struct
 from collections import OrderedDict
 from typing import Any
 
+from twisted.internet import defer
+
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.errors import ProtocolError
@@ -178,6 +180,8 @@ class FileBase:
         self._case: CaseIndex | None = None
         # Server-side copy: resume key → the open it names.
         self.resume_keys: dict[bytes, Open] = {}
+        # Deletions at close in progress, by parent directory.
+        self.deleting: dict[int, list[defer.Deferred[None]]] = {}
 
     @property
     def vfs(self) -> IVFS:
@@ -248,7 +252,8 @@ class FileBase:
         if bits is None or reserved is None:
             old_bits, old_reserved = await self.stored(caller, ino)
             if bits is None:
-                bits = old_bits if old_bits is not None else 0
+                # Never set: what a new file shows (ARCHIVE), kept as such.
+                bits = old_bits if old_bits is not None else c.FILE_ATTRIBUTE_ARCHIVE
             if reserved is None:
                 reserved = old_reserved
         raw = struct.pack("<I", bits & c.STORED_ATTRIBUTES)

@@ -22,6 +22,9 @@ from claudefs_gateway.smb.state import Open, Reply, Request
 
 __all__ = ["IoctlCommands"]
 
+# Resilient handles: Windows' most (5 minutes) and its default when 0 is asked (2 minutes).
+MAX_RESILIENCY_MS = 300_000
+DEFAULT_RESILIENCY_MS = 120_000
 COPYCHUNK_MAX_CHUNKS = 256
 COPYCHUNK_MAX_CHUNK = 1024 * 1024
 COPYCHUNK_MAX_TOTAL = 16 * 1024 * 1024
@@ -58,6 +61,19 @@ class IoctlCommands(FileBase):
             return pack_ioctl_response(code, op.file_id, op.resume_key + b"\x00" * 8)
         if code in (c.FSCTL_SRV_COPYCHUNK, c.FSCTL_SRV_COPYCHUNK_WRITE):
             return await self._copychunk(op, body)
+        if code == c.FSCTL_LMR_REQUEST_RESILIENCY:
+            # MS-SMB2 3.3.5.15.9: Timeout (ms) and Reserved; not at 2.0.2.
+            if conn.dialect < c.SMB_2_1:
+                raise SMBError(st.STATUS_INVALID_DEVICE_REQUEST, "resiliency needs SMB 2.1")
+            if len(body.input) < 8:
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "resiliency request truncated")
+            (timeout_ms,) = struct.unpack_from("<I", body.input)
+            if timeout_ms > MAX_RESILIENCY_MS:
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "resiliency timeout too long")
+            self.factory.durability.make_resilient(
+                op, (timeout_ms or DEFAULT_RESILIENCY_MS) / 1000.0
+            )
+            return pack_ioctl_response(code, op.file_id, b"")
         if code == c.FSCTL_GET_REPARSE_POINT:
             raise SMBError(st.STATUS_NOT_A_REPARSE_POINT)
         if code == c.FSCTL_SET_SPARSE:

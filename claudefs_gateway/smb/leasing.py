@@ -447,6 +447,12 @@ class Leasing:
         if not break_to & R:
             # A file lease without read caching is none; so is a directory lease.
             break_to = 0
+        if sl.opens and all(o.disconnected for o in sl.opens):
+            # Only disconnected durable opens hold it: nobody to tell, they end
+            # (MS-SMB2 3.3.4.7; smbtorture smb2.durable-open.open2-lease).
+            for o in list(sl.opens):
+                self.factory.files.close_quietly(None, o)
+            return False
         if sl.breaking:
             # An acknowledgement is already owed: the next step goes after it.
             sl.required &= break_to
@@ -469,6 +475,11 @@ class Leasing:
     def break_oplock(self, op: Any, m: Lease, to: int) -> bool:
         """The manager asks an open's oplock to keep no more than C{to}."""
         if op.closed or not op.oplock:
+            return False
+        if op.disconnected:
+            # A durable open without a connection: nobody to tell, so it ends
+            # (MS-SMB2 3.3.4.6; smbtorture smb2.durable-open.open2-oplock).
+            self.factory.files.close_quietly(None, op)
             return False
         if op.oplock_break_sent:
             return True

@@ -140,8 +140,29 @@ class SessionSetup:
                 status = st.STATUS_INVALID_PARAMETER
             raise SMBError(status, reason) from None
         limiter.succeeded(self.peer)
+        previous = body.previous_session_id
+        if previous and previous != session.id and not (session.guest or session.anonymous):
+            self._end_previous(previous, session)
         req.sign_reply = True
         return Reply(pack_session_setup_response(flags, step.token))
+
+    def _end_previous(self, previous: int, session: Session) -> None:
+        """
+        The client names the session it had before (a reconnect): that one
+        ends, on whatever connection it is, if it was the same user's.
+        """
+        for conn in list(self.factory.connections):
+            old = conn.sessions.get(previous)
+            if old is None or old is session or not old.valid:
+                continue
+            if old.user.lower() != session.user.lower():
+                self._log.info(
+                    "smb PreviousSessionId names another user's session; ignored",
+                    peer=self.peer,
+                )
+                return
+            conn.end_previous_session(old)
+            return
 
     def _nt_hash_lookup(self, vfs: IVFS) -> Callable[[str], bytes | None]:
         def lookup(name: str) -> bytes | None:

@@ -125,11 +125,16 @@ class ReadWriteCommands(FileBase):
         if locks is None:
             raise SMBError(st.STATUS_NOT_SUPPORTED, "byte-range locks need the vfs lock manager")
         elems = body.locks
+        replay_index = self._lock_sequence(conn, op, body.sequence)
+        if replay_index is None:
+            # A replay of a LOCK that succeeded already (MS-SMB2 3.3.5.14).
+            return SIMPLE_BODY
         if elems[0].flags == c.SMB2_LOCKFLAG_UNLOCK:
             for e in elems:
                 if e.flags != c.SMB2_LOCKFLAG_UNLOCK:
                     raise SMBError(st.STATUS_INVALID_PARAMETER, "lock in an unlock array")
                 self._unlock(locks, op, e.offset, e.length)
+            self._lock_sequence_done(op, body.sequence, replay_index)
             return SIMPLE_BODY
         for e in elems:
             kind = e.flags & ~c.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
@@ -164,7 +169,38 @@ class ReadWriteCommands(FileBase):
                     st.STATUS_RANGE_NOT_LOCKED, "the open closed while waiting"
                 ) from None
             raise
+        self._lock_sequence_done(op, body.sequence, replay_index)
         return SIMPLE_BODY
+
+    @staticmethod
+    def _lock_sequence(conn: Any, op: Open, sequence: int) -> int | None:
+        """
+        LOCK replay detection (MS-SMB2 3.3.5.14): for a resilient open from
+        2.1, and a durable or resilient one from 3.0, LockSequence names a
+        bucket (1..64) and a number; the same number again in the same bucket
+        is a replay of a request that succeeded.
+
+        @return: the bucket to record into after success (0: none), or None
+            for a replay.
+        """
+        if not (
+            (conn.dialect == c.SMB_2_1 and op.resilient)
+            or (conn.dialect >= c.SMB_3_0 and (op.durable or op.resilient))
+        ):
+            return 0
+        index = (sequence >> 4) & 0x0FFFFFFF
+        number = sequence & 0xF
+        if not 1 <= index <= 64:
+            return 0
+        if op.lock_sequences.get(index) == number:
+            return None
+        op.lock_sequences.pop(index, None)
+        return index
+
+    @staticmethod
+    def _lock_sequence_done(op: Open, sequence: int, index: int) -> None:
+        if index:
+            op.lock_sequences[index] = sequence & 0xF
 
     async def _lock(
         self,

@@ -237,6 +237,7 @@ class SMBFactory(protocol.Factory):
         domain_secret: Callable[[], bytes] | None = None,
         computer: str | None = None,
     ) -> None:
+        from claudefs_gateway.smb.durable import Durability
         from claudefs_gateway.smb.files import FileService
         from claudefs_gateway.smb.leasing import Leasing
         from claudefs_gateway.smb.security import SID, derive_domain_sid
@@ -267,6 +268,7 @@ class SMBFactory(protocol.Factory):
         self._next_conn = 0
         self.files = FileService(self)
         self.leasing = Leasing(self)
+        self.durability = Durability(self)
 
     def buildProtocol(self, addr: Any) -> SMBConnection:  # type: ignore[override]
         p = SMBConnection(self)
@@ -322,9 +324,13 @@ class SMBFactory(protocol.Factory):
         self._next_async += 1
         return self._next_async
 
-    def new_file_id(self) -> int:
+    def new_file_id(self) -> tuple[int, int]:
+        """
+        A FileId: a random persistent part (durable handles outlive this run,
+        so ids must not repeat across runs) and a volatile counter.
+        """
         self._next_file += 1
-        return self._next_file
+        return (self.durability.new_persistent_id(), self._next_file)
 
     def observe(self, op: str, seconds: float, status: int) -> None:
         if self.metrics is not None:
@@ -416,7 +422,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         self._pending.clear()
         self._async.clear()
         for session in list(self.sessions.values()):
-            self._end_session(session)
+            self._end_session(session, keep_durable=True)
         self.sessions.clear()
         self.factory.connections.discard(self)
         if self.factory.activity is not None:
@@ -970,17 +976,36 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         scaps = server_capabilities(n.dialect, n, self.factory.smb.directory_leases)
         return struct.pack("<I16sHH", scaps, self.factory.server_guid, smode, n.dialect)
 
-    def _end_session(self, session: Session) -> None:
+    def _end_session(self, session: Session, keep_durable: bool = False) -> None:
         for tree in list(session.trees.values()):
-            self._end_tree(tree)
+            self._end_tree(tree, keep_durable)
         session.trees.clear()
         if not session.machine.gone:
             session.machine.logoff()
 
-    def _end_tree(self, tree: Tree) -> None:
+    def _end_tree(self, tree: Tree, keep_durable: bool = False) -> None:
+        """
+        Close the tree's opens; with C{keep_durable} (the connection was lost,
+        or a new session took over this one) durable opens are disconnected
+        instead, for a reconnect to claim (claudefs_gateway.smb.durable).
+        """
+        durability = self.factory.durability
         for op in [o for o in self.opens.values() if o.tree is tree]:
-            self.factory.files.close_quietly(self, op)
+            if keep_durable and durability.keeps(op):
+                self.opens.pop(op.file_id[1], None)
+                self.factory.files.disconnect(self, op)
+                durability.disconnect(op)
+            else:
+                self.factory.files.close_quietly(self, op)
         tree.session.trees.pop(tree.id, None)
+
+    def end_previous_session(self, session: Session) -> None:
+        """
+        A new session of the same user named this one as PreviousSessionId
+        (MS-SMB2 3.3.5.5.3): it ends, keeping its durable opens for a reconnect.
+        """
+        self._end_session(session, keep_durable=True)
+        self.sessions.pop(session.id, None)
 
     # -- LOGOFF, TREE_CONNECT, TREE_DISCONNECT, ECHO ------------------------------------
 
@@ -988,7 +1013,9 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         session = req.session
         assert session is not None
         for tree in list(session.trees.values()):
-            self._end_tree(tree)
+            # Durable opens outlive a LOGOFF too, as on Samba (smbtorture
+            # smb2.durable-open.reopen4): a new session may reconnect them.
+            self._end_tree(tree, keep_durable=True)
         # The reply is signed with the session's key; forget it after.
         self.factory.reactor.callLater(0, self._forget_session, session)
         return SIMPLE_BODY

@@ -186,6 +186,20 @@ class Open:
     oplock_mlease: Any = None
     # An oplock break awaiting acknowledgement: its level (II), -1 for none, 0 if none sent.
     oplock_break_sent: int = 0
+    # Durability (claudefs_gateway.smb.durable): 1 or 2 when granted (v1, v2), its
+    # timeout in seconds, the v2 CreateGuid, the AppInstanceId, the user it belongs to.
+    durable: int = 0
+    durable_timeout: float = 0.0
+    create_guid: bytes | None = None
+    app_instance: bytes | None = None
+    owner: str = ""
+    # FSCTL_LMR_REQUEST_RESILIENCY: kept across a lost connection whatever it caches.
+    resilient: bool = False
+    # LOCK replay detection (MS-SMB2 3.3.5.14): LockSequenceIndex 1..64 -> number.
+    lock_sequences: dict[int, int] = attrs.Factory(dict)
+    # Its connection is gone; a reconnect may claim it until the expiry timer closes it.
+    disconnected: bool = False
+    expiry: Any = None
 
     @property
     def ino(self) -> int:

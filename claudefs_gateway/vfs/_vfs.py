@@ -356,6 +356,8 @@ class VFS:
                 )
 
     def _check_range(self, ino: int, origin: Origin, start: int, length: int, write: bool) -> None:
+        if not origin.ranges:
+            return
         if not self.locks.check_io(ino, origin.lock_owner, start, length, write, origin.strict):
             raise errors.LockConflict(None, "a byte-range lock of another owner covers the range")
 
@@ -1020,6 +1022,16 @@ class VFS:
         await self.backend.removexattr(ino, name)
         self.attr_cache.discard(ino)
         self._modified(ino, What.XATTR)
+
+    @deferred
+    async def get_state(self, key: str) -> bytes | None:
+        """A front end's small durable value (the backend's state store, key prefixed C{fe.})."""
+        value: bytes | None = await self.backend.get_state("fe." + key)
+        return value
+
+    @deferred
+    async def set_state(self, key: str, value: bytes | None) -> None:
+        await self.backend.set_state("fe." + key, value)
 
     @deferred
     async def meta_get(self, caller: Caller, ino: int, key: bytes) -> bytes | None:
