@@ -124,7 +124,7 @@ class CreateCommands(FileBase):
             raise SMBError(st.STATUS_INSUFFICIENT_RESOURCES, "too many opens")
         durability = self.factory.durability
         if ask.create_guid is not None:
-            known = durability.by_create_guid.get(ask.create_guid)
+            known = durability.by_create_guid.get((conn.client_guid, ask.create_guid))
             if known is not None and not known.closed:
                 if not ask.replay:
                     # MS-SMB2 3.3.5.9.10: a CreateGuid in use, and this is no replay.
@@ -336,6 +336,7 @@ class CreateCommands(FileBase):
         node.opens.add(op)
         conn.opens[fid[1]] = op
         op.conn = conn
+        op.client_guid = conn.client_guid
         op.share_access = body.share_access
         req.result_file_id = fid
         answers: list[CreateContext] = []
@@ -514,6 +515,7 @@ class CreateCommands(FileBase):
         op.durable_timeout = float(rec["timeout"])
         op.create_guid = bytes.fromhex(rec["create_guid"]) if rec.get("create_guid") else None
         op.owner = str(rec["user"])
+        op.client_guid = bytes.fromhex(str(rec.get("client", ""))) or conn.client_guid
         op.disconnected = True
         node.opens.add(op)
         stored_lease = rec.get("lease")
@@ -534,7 +536,7 @@ class CreateCommands(FileBase):
             leasing.grant(conn, op, node.opens, int(rec["oplock"]), None, access, True, False)
         durability.by_id[pid] = op
         if op.create_guid is not None:
-            durability.by_create_guid[op.create_guid] = op
+            durability.by_create_guid[(op.client_guid, op.create_guid)] = op
         durability.forget_record(pid)
         self._log.info("smb durable handle restored from the state store", ino=a.ino)
         return op
@@ -684,7 +686,11 @@ class CreateCommands(FileBase):
             if name in out:
                 raise SMBError(st.STATUS_INVALID_PARAMETER, "duplicate create context")
             if name == c.SMB2_CREATE_TIMEWARP_TOKEN:
-                raise SMBError(st.STATUS_NOT_SUPPORTED, "previous versions are not served")
+                # No snapshots: a previous version is a name that does not
+                # exist, as Samba answers (smbtorture smb2.create.blob).
+                if len(ctx.data) != 8:
+                    raise SMBError(st.STATUS_INVALID_PARAMETER, "TWrp context size")
+                raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "previous versions are not served")
             if name == c.SVHDX_OPEN_DEVICE_CONTEXT:
                 raise SMBError(st.STATUS_NOT_SUPPORTED, "virtual disks are not served")
             if name == c.SMB2_CREATE_QUERY_MAXIMAL_ACCESS_REQUEST and len(ctx.data) not in (0, 8):

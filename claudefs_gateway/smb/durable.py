@@ -175,7 +175,8 @@ class Durability:
     def __init__(self, factory: Any) -> None:
         self.factory = factory
         self.by_id: dict[int, Any] = {}
-        self.by_create_guid: dict[bytes, Any] = {}
+        # By (ClientGuid, CreateGuid): MS-SMB2 3.3.5.9.10 looks CreateGuids up per client.
+        self.by_create_guid: dict[tuple[bytes, bytes], Any] = {}
         self.by_app: dict[bytes, Any] = {}
         self._writes: set[defer.Deferred[None]] = set()
         self._index: set[int] = set()
@@ -204,7 +205,7 @@ class Durability:
         op.owner = user
         self.by_id[op.file_id[0]] = op
         if ask.create_guid is not None:
-            self.by_create_guid[ask.create_guid] = op
+            self.by_create_guid[(op.client_guid, ask.create_guid)] = op
         return response_context(op)
 
     def make_resilient(self, op: Any, timeout: float) -> None:
@@ -222,11 +223,11 @@ class Durability:
 
     def forget(self, op: Any) -> None:
         """An open ends: it is no longer reachable by any of its names."""
-        pid, guid, app = op.file_id[0], op.create_guid, op.app_instance
+        pid, guid, app, client = op.file_id[0], op.create_guid, op.app_instance, op.client_guid
         if self.by_id.get(pid) is op:
             del self.by_id[pid]
-        if guid is not None and self.by_create_guid.get(guid) is op:
-            del self.by_create_guid[guid]
+        if guid is not None and self.by_create_guid.get((client, guid)) is op:
+            del self.by_create_guid[(client, guid)]
         if app is not None and self.by_app.get(app) is op:
             del self.by_app[app]
         if op.expiry is not None:
@@ -283,6 +284,7 @@ class Durability:
             "share": op.share_access,
             "user": op.owner,
             "create_guid": _hex(op.create_guid),
+            "client": op.client_guid.hex(),
             "timeout": op.durable_timeout,
             "oplock": op.oplock,
             "lease": None

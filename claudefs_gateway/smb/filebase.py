@@ -205,6 +205,12 @@ class FileBase:
         if fid == (ALL_ONES, ALL_ONES) and req.related_file_id is not None:
             fid = req.related_file_id
         op = conn.opens.get(fid[1])
+        if op is None and req.session is not None and len(req.session.channels) > 1:
+            # Multichannel: an open made over another channel of the session.
+            for other in req.session.channels.values():
+                op = other.opens.get(fid[1])
+                if op is not None:
+                    break
         if op is None or op.file_id != fid or op.closed or op.session is not req.session:
             if req.related and req.chain.create_error:
                 # A related request after a failed CREATE fails as the CREATE did.

@@ -268,6 +268,10 @@ def _parse_create_contexts(
         name = r.raw(pos + name_off, name_len)
         if name_off < 16 or pos + name_off + name_len > limit:
             raise ProtocolError("create context name out of bounds")
+        if name_len < 4:
+            # Windows and Samba refuse tags shorter than four bytes
+            # (smbtorture smb2.create.blob).
+            raise ProtocolError("create context name shorter than 4 bytes")
         if data_len:
             if data_off < 16 or pos + data_off + data_len > limit:
                 raise ProtocolError("create context data out of bounds")

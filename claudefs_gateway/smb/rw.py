@@ -31,6 +31,9 @@ from claudefs_gateway.vfs.leases import Why
 
 __all__ = ["ReadWriteCommands"]
 
+#: NTFS's MAXFILESIZE (16 TiB - 64 KiB): Windows refuses writes reaching it.
+MAX_FILE_SIZE = 0xFFFFFFF0000
+
 
 class ReadWriteCommands(FileBase):
     """READ, WRITE, FLUSH and LOCK."""
@@ -63,6 +66,9 @@ class ReadWriteCommands(FileBase):
         data = result.data
         if (body.length and not data) or len(data) < body.minimum:
             raise SMBError(st.STATUS_END_OF_FILE)
+        # The open's position follows its reads, as Samba keeps it
+        # (FilePositionInformation; smbtorture smb2.read.position).
+        op.position = body.offset + len(data)
         return pack_read_response_header(len(data)) + data
 
     async def smb_WRITE(self, conn: Any, req: Request) -> bytes:
@@ -89,6 +95,12 @@ class ReadWriteCommands(FileBase):
             offset = (await self.vfs.getattr(caller, op.ino)).size
         if offset + length > 2**63 - 1:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "write past the largest offset")
+        if length and offset >= MAX_FILE_SIZE:
+            # NTFS's largest file (16 TiB - 64 KiB), which Windows enforces on
+            # writes whatever the store could hold (smbtorture smb2.rw.invalid).
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "write past the largest file")
+        if length and offset + length >= MAX_FILE_SIZE:
+            raise SMBError(st.STATUS_DISK_FULL, "file would reach the largest size")
         stable = op.write_through or bool(body.flags & c.SMB2_WRITEFLAG_WRITE_THROUGH)
         if length:
             try:
@@ -176,7 +188,8 @@ class ReadWriteCommands(FileBase):
     def _lock_sequence(conn: Any, op: Open, sequence: int) -> int | None:
         """
         LOCK replay detection (MS-SMB2 3.3.5.14): for a resilient open from
-        2.1, and a durable or resilient one from 3.0, LockSequence names a
+        2.1, and from 3.0 a durable or resilient one or any on a connection
+        that negotiated multichannel, LockSequence names a
         bucket (1..64) and a number; the same number again in the same bucket
         is a replay of a request that succeeded.
 
@@ -185,7 +198,7 @@ class ReadWriteCommands(FileBase):
         """
         if not (
             (conn.dialect == c.SMB_2_1 and op.resilient)
-            or (conn.dialect >= c.SMB_3_0 and (op.durable or op.resilient))
+            or (conn.dialect >= c.SMB_3_0 and (op.durable or op.resilient or conn.multichannel))
         ):
             return 0
         index = (sequence >> 4) & 0x0FFFFFFF

@@ -30,11 +30,13 @@ Robustness rules this module keeps:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import struct
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -117,7 +119,10 @@ _ALLOWED_FLAGS = (
 
 
 def server_capabilities(
-    dialect: int, negotiated: Negotiated | None, directory_leases: bool = False
+    dialect: int,
+    negotiated: Negotiated | None,
+    directory_leases: bool = False,
+    multichannel: bool = False,
 ) -> int:
     """
     The Capabilities of our NEGOTIATE response (MS-SMB2 3.3.5.4): large MTU
@@ -130,6 +135,8 @@ def server_capabilities(
         caps |= c.SMB2_GLOBAL_CAP_LARGE_MTU | c.SMB2_GLOBAL_CAP_LEASING
     if dialect >= c.SMB_3_0 and directory_leases:
         caps |= c.SMB2_GLOBAL_CAP_DIRECTORY_LEASING
+    if dialect >= c.SMB_3_0 and multichannel:
+        caps |= c.SMB2_GLOBAL_CAP_MULTI_CHANNEL
     if (
         negotiated is not None
         and negotiated.dialect in (c.SMB_3_0, c.SMB_3_0_2)
@@ -137,6 +144,47 @@ def server_capabilities(
     ):
         caps |= c.SMB2_GLOBAL_CAP_ENCRYPTION
     return caps
+
+
+def network_interfaces(smb: Any, local: str, port: int = 0) -> bytes:
+    """
+    FSCTL_QUERY_NETWORK_INTERFACE_INFO's answer (MS-SMB2 2.2.32.5): the
+    interfaces of C{smb.interfaces} (or, with none configured, the address
+    the client reached), ordered by C{smb.multichannel.channel_selection}:
+    C{weighted_by_speed} fastest first, C{prefer_rdma} RDMA-capable first,
+    C{round_robin} as configured; with C{prefer_rdma: true} RDMA-capable ones
+    lead in any order. A client opens its extra channels in that order. The
+    port in each address is the one the client reached (our listener's),
+    so clients that use it find the same service.
+    """
+    mc = smb.multichannel
+    entries: list[tuple[str, int, bool, bool]] = [
+        (i.ip, i.link_speed_mbps, i.capabilities.rdma, i.capabilities.rss) for i in smb.interfaces
+    ]
+    if not entries and local:
+        entries = [(local, 10_000, False, False)]
+    if mc.channel_selection == "weighted_by_speed":
+        entries.sort(key=lambda e: -e[1])
+    if mc.channel_selection == "prefer_rdma" or mc.prefer_rdma:
+        entries.sort(key=lambda e: not e[2])
+    out = bytearray()
+    for index, (ip, mbps, rdma, rss) in enumerate(entries, 1):
+        caps = (0x1 if rss else 0) | (0x2 if rdma else 0)
+        addr = ipaddress.ip_address(ip)
+        if addr.version == 4:
+            sockaddr = struct.pack("<H", 0x0002) + struct.pack(">H", port) + addr.packed
+        else:
+            sockaddr = (
+                struct.pack("<H", 0x0017)
+                + struct.pack(">H", port)
+                + struct.pack("<I16sI", 0, addr.packed, 0)
+            )
+        entry = struct.pack("<IIIIQ", 0, index, caps, 0, mbps * 1_000_000)
+        entry += sockaddr + b"\x00" * (128 - len(sockaddr))
+        if out:
+            struct.pack_into("<I", out, len(out) - 152, 152)
+        out += entry
+    return bytes(out)
 
 
 def payload_size(command: int, raw: memoryview) -> int:
@@ -261,6 +309,12 @@ class SMBFactory(protocol.Factory):
         self._derive_sid = derive_domain_sid
         self.idmap: IdMap | None = None
         self.connections: set[SMBConnection] = set()
+        # Every established session by id, whatever connection it is on
+        # (session binding and PreviousSessionId look them up here).
+        self.sessions: dict[int, Session] = {}
+        # Recently ended sessions' signers by id and channel, so that a signed
+        # request naming one is told USER_SESSION_DELETED signed (clients check).
+        self.ended: OrderedDict[int, dict[int, Any]] = OrderedDict()
         self.max_io = max(4096, min(MAX_IO, (self.smb.max_message_size - 1024) // 4096 * 4096))
         self._next_session = int.from_bytes(os.urandom(4), "little") << 16 or 1
         self._next_async = 1
@@ -381,6 +435,17 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         n = self.negotiated
         return n.dialect if n is not None else 0
 
+    @property
+    def multichannel(self) -> bool:
+        """Connection.SupportsMultiChannel: both sides offered it at SMB 3."""
+        n = self.negotiated
+        return bool(
+            n is not None
+            and n.dialect >= c.SMB_3_0
+            and n.client_capabilities & c.SMB2_GLOBAL_CAP_MULTI_CHANNEL
+            and self.factory.smb.multichannel.enabled
+        )
+
     def send_break(self, session_id: int, body: bytes) -> bool:
         """
         Send an oplock or lease break notification (MS-SMB2 3.3.4.6, 3.3.4.7):
@@ -422,7 +487,8 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         self._pending.clear()
         self._async.clear()
         for session in list(self.sessions.values()):
-            self._end_session(session, keep_durable=True)
+            if not self._fail_over(session):
+                self._end_session(session, keep_durable=True)
         self.sessions.clear()
         self.factory.connections.discard(self)
         if self.factory.activity is not None:
@@ -573,7 +639,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         if smb.signing == "required":
             mode |= c.SMB2_NEGOTIATE_SIGNING_REQUIRED
         n = self.negotiated
-        caps = server_capabilities(dialect, n, smb.directory_leases)
+        caps = server_capabilities(dialect, n, smb.directory_leases, smb.multichannel.enabled)
         io = self.factory.max_io if caps & c.SMB2_GLOBAL_CAP_LARGE_MTU else 65536
         return pack_negotiate_response(
             security_mode=mode,
@@ -797,6 +863,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         else:
             session = self.sessions.get(header.session_id)
             if session is None:
+                self._sign_deleted(req)
                 raise SMBError(st.STATUS_USER_SESSION_DELETED, "no such session")
         if not session.valid:
             raise SMBError(st.STATUS_USER_SESSION_DELETED, "session not authenticated")
@@ -812,12 +879,44 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         if session.encrypt_data and not req.encrypted:
             raise SMBError(st.STATUS_ACCESS_DENIED, "session requires encryption")
 
+    def remember_ended(self, session: Session) -> None:
+        """Keep an ending session's signers for its USER_SESSION_DELETED answers."""
+        if session.signer is None:
+            return
+        signers = {seq: session.signer_for(seq) for seq in session.channels}
+        signers[-1] = session.signer
+        self.factory.ended[session.id] = signers
+        while len(self.factory.ended) > 1024:
+            self.factory.ended.popitem(last=False)
+
+    def _sign_deleted(self, req: Request) -> None:
+        """
+        A signed request names a session this connection does not have: if
+        it is another connection's, or one that just ended, the
+        USER_SESSION_DELETED answer is signed with its key (as Samba's global
+        session lookup does; clients check it).
+        """
+        header = req.header
+        if not header.flags & c.SMB2_FLAGS_SIGNED:
+            return
+        elsewhere = self.factory.sessions.get(header.session_id)
+        if elsewhere is not None:
+            req.session, req.sign_with = elsewhere, elsewhere.signer
+            return
+        ended = self.factory.ended.get(header.session_id)
+        if ended:
+            signer = ended.get(self.seq, ended.get(-1))
+            if signer is not None:
+                req.sign_with = signer
+                req.sign_deleted = True
+
     def _verify(self, req: Request, session: Session) -> None:
         header = req.header
         if req.encrypted:
             return
         if header.flags & c.SMB2_FLAGS_SIGNED:
-            if session.signer is None or not session.signer.verify(
+            signer = session.signer_for(self.seq)
+            if signer is None or not signer.verify(
                 req.raw, cancel=header.command == Command.CANCEL
             ):
                 raise SMBError(st.STATUS_ACCESS_DENIED, "bad signature")
@@ -872,12 +971,14 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         else:
             credits = self.credits.grant(h.credits)
         session = req.session
+        if req.sign_deleted and req.sign_with is not None:
+            flags |= c.SMB2_FLAGS_SIGNED
         sign = (
             session is not None
-            and session.signer is not None
+            and session.signer_for(self.seq) is not None
             and not self._must_encrypt(req)
             and (bool(h.flags & c.SMB2_FLAGS_SIGNED) or session.signing_required or req.sign_reply)
-            and status != st.STATUS_USER_SESSION_DELETED
+            and (status != st.STATUS_USER_SESSION_DELETED or req.sign_with is not None)
             and not req.no_sign
         )
         if sign:
@@ -900,11 +1001,16 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             pad = (-len(msg)) % 8
             msg += b"\x00" * pad
             msg[20:24] = struct.pack("<I", len(msg))
-        if req.preauth_reply is not None:
-            req.preauth_reply.update(msg)
         if sign:
-            assert session is not None and session.signer is not None
-            msg[48:64] = session.signer.sign(msg, response=True)
+            assert session is not None
+            signer = req.sign_with or session.signer_for(self.seq)
+            assert signer is not None
+            msg[48:64] = signer.sign(msg, response=True)
+        elif req.sign_deleted and req.sign_with is not None:
+            msg[48:64] = req.sign_with.sign(msg, response=True)
+        if req.preauth_reply is not None:
+            # The hash takes the message as sent (a binding's replies are signed).
+            req.preauth_reply.update(msg)
         return bytes(msg)
 
     def go_async(self, req: Request, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
@@ -948,6 +1054,15 @@ class SMBConnection(SessionSetup, protocol.Protocol):
 
     # -- NEGOTIATE-related IOCTL ----------------------------------------------------------
 
+    def _local_endpoint(self) -> tuple[str, int]:
+        """The address and port the client reached us at."""
+        if self.transport is None:
+            return "", 0
+        addr = self.transport.getHost()
+        host = getattr(addr, "host", "")
+        port = getattr(addr, "port", 0)
+        return (host if isinstance(host, str) else ""), (port if isinstance(port, int) else 0)
+
     def validate_negotiate(self, req: Request, data: bytes) -> bytes:
         """FSCTL_VALIDATE_NEGOTIATE_INFO (MS-SMB2 3.3.5.15.12)."""
         n = self.negotiated
@@ -973,13 +1088,22 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         smode = c.SMB2_NEGOTIATE_SIGNING_ENABLED
         if self.factory.smb.signing == "required":
             smode |= c.SMB2_NEGOTIATE_SIGNING_REQUIRED
-        scaps = server_capabilities(n.dialect, n, self.factory.smb.directory_leases)
+        smb = self.factory.smb
+        scaps = server_capabilities(n.dialect, n, smb.directory_leases, smb.multichannel.enabled)
         return struct.pack("<I16sHH", scaps, self.factory.server_guid, smode, n.dialect)
 
     def _end_session(self, session: Session, keep_durable: bool = False) -> None:
         for tree in list(session.trees.values()):
             self._end_tree(tree, keep_durable)
         session.trees.clear()
+        if self.factory.sessions.get(session.id) is session:
+            del self.factory.sessions[session.id]
+        self.remember_ended(session)
+        for conn in list(session.channels.values()):
+            if conn is not self and conn.sessions.get(session.id) is session:
+                del conn.sessions[session.id]
+        session.channels.clear()
+        session.channel_signers.clear()
         if not session.machine.gone:
             session.machine.logoff()
 
@@ -990,14 +1114,42 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         instead, for a reconnect to claim (claudefs_gateway.smb.durable).
         """
         durability = self.factory.durability
-        for op in [o for o in self.opens.values() if o.tree is tree]:
-            if keep_durable and durability.keeps(op):
-                self.opens.pop(op.file_id[1], None)
-                self.factory.files.disconnect(self, op)
-                durability.disconnect(op)
-            else:
-                self.factory.files.close_quietly(self, op)
+        conns = [self, *(c for c in tree.session.channels.values() if c is not self)]
+        for conn in conns:
+            for op in [o for o in conn.opens.values() if o.tree is tree]:
+                if keep_durable and durability.keeps(op):
+                    conn.opens.pop(op.file_id[1], None)
+                    self.factory.files.disconnect(conn, op)
+                    durability.disconnect(op)
+                else:
+                    self.factory.files.close_quietly(conn, op)
         tree.session.trees.pop(tree.id, None)
+
+    def _fail_over(self, session: Session) -> bool:
+        """
+        This connection is lost; if the session has other channels, it lives
+        on there: the opens made over this one move to the oldest of them
+        (channel failover, MS-SMB2 3.3.7.1). False if it had no other.
+        """
+        session.channels.pop(self.seq, None)
+        session.channel_signers.pop(self.seq, None)
+        session.binding.pop(self.seq, None)
+        others = session.live_channels()
+        if not others or not session.valid:
+            return False
+        heir = others[0]
+        for op in [o for o in self.opens.values() if o.session is session]:
+            self.opens.pop(op.file_id[1], None)
+            heir.opens[op.file_id[1]] = op
+            op.conn = heir
+        self._log.info("smb channel lost; the session lives on", peer=self.peer)
+        return True
+
+    def end_session_everywhere(self, session: Session) -> None:
+        """The session ends on every channel it has (a failed re-authentication)."""
+        for conn in list(session.channels.values()):
+            conn.sessions.pop(session.id, None)
+        self._end_session(session, keep_durable=True)
 
     def end_previous_session(self, session: Session) -> None:
         """
@@ -1104,5 +1256,14 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         if body.ctl_code in (c.FSCTL_DFS_GET_REFERRALS, c.FSCTL_DFS_GET_REFERRALS_EX):
             raise SMBError(st.STATUS_FS_DRIVER_REQUIRED, "DFS is not served")
         if body.ctl_code == c.FSCTL_QUERY_NETWORK_INTERFACE_INFO:
-            raise SMBError(st.STATUS_NOT_SUPPORTED, "multichannel is not served")
+            if not self.factory.smb.multichannel.enabled or self.dialect < c.SMB_3_0:
+                raise SMBError(st.STATUS_NOT_SUPPORTED, "multichannel is off")
+            if body.file_id != NULL_FILE_ID:
+                # MS-SMB2 3.3.5.15.11: it names no file (smbtorture smb2.ioctl.bug14788).
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "FileId must be all ones")
+            host, port = self._local_endpoint()
+            out = network_interfaces(self.factory.smb, host, port)
+            if len(out) > body.max_output_response:
+                raise SMBError(st.STATUS_BUFFER_TOO_SMALL)
+            return pack_ioctl_response(body.ctl_code, NULL_FILE_ID, out)
         return await self.factory.files.ioctl(self, req, body)

@@ -58,6 +58,16 @@ class Session:
     client_signing_required: bool = False
     trees: dict[int, Tree] = attrs.Factory(dict)
     next_tree: int = 1
+    # What the session was set up with (a channel must match; MS-SMB2 3.3.5.5.2).
+    dialect: int = 0
+    cipher: int = 0
+    signing_alg: int = 0
+    # Multichannel: the connections bound to it, by SMBConnection.seq (the
+    # first included), each bound one's own signer, and binds in progress
+    # (acceptor and 3.1.1 preauth hash per connection).
+    channels: dict[int, Any] = attrs.Factory(dict)
+    channel_signers: dict[int, Signer] = attrs.Factory(dict)
+    binding: dict[int, tuple[Any, PreauthHash | None]] = attrs.Factory(dict)
 
     @property
     def valid(self) -> bool:
@@ -66,6 +76,14 @@ class Session:
     @property
     def can_sign(self) -> bool:
         return self.signer is not None
+
+    def signer_for(self, seq: int) -> Signer | None:
+        """The signer of the channel C{seq} (a bound one's own; else the session's)."""
+        return self.channel_signers.get(seq, self.signer)
+
+    def live_channels(self) -> list[Any]:
+        """The connections bound to the session that are still up, oldest first."""
+        return [c for _, c in sorted(self.channels.items()) if not c._closing]
 
 
 @attrs.define(eq=False)
@@ -193,6 +211,8 @@ class Open:
     create_guid: bytes | None = None
     app_instance: bytes | None = None
     owner: str = ""
+    # The ClientGuid of the client that made it (CreateGuids are per client).
+    client_guid: bytes = b""
     # FSCTL_LMR_REQUEST_RESILIENCY: kept across a lost connection whatever it caches.
     resilient: bool = False
     # LOCK replay detection (MS-SMB2 3.3.5.14): LockSequenceIndex 1..64 -> number.
@@ -292,3 +312,10 @@ class Request:
     no_sign: bool = False
     # 3.1.1: the session's preauth hash takes in this reply.
     preauth_reply: PreauthHash | None = None
+    # Sign the reply with this signer rather than the channel's (a session
+    # binding before the channel has keys of its own).
+    sign_with: Signer | None = None
+    # A re-authentication on a channel other than the session's first.
+    reauth_elsewhere: bool = False
+    # Answer USER_SESSION_DELETED signed with C{sign_with} (a session just ended).
+    sign_deleted: bool = False

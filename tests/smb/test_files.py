@@ -110,7 +110,11 @@ class CreateTests(SynchronousTestCase):
         self.assertEqual(conn.create("ünïcödé").status, 0)
 
     def test_contexts(self) -> None:
-        """MxAc and QFid are answered; durable and lease requests get nothing; TWrp and DHnC are refused."""
+        """
+        MxAc and QFid are answered; a durable request without a batch oplock and
+        a lease context without the LEASE level get nothing; TWrp (no snapshots)
+        and a DHnC of no durable open are OBJECT_NAME_NOT_FOUND.
+        """
         wire = Wire()
         conn = conn_for(wire)
         r = conn.create(
@@ -144,8 +148,13 @@ class CreateTests(SynchronousTestCase):
         self.assertEqual(names, [b"MxAc", b"QFid"])
         self.assertEqual(r.body[2], 0)  # no oplock granted
         self.assertEqual(
-            conn.create("ctx", contexts=[(b"TWrp", b"\x00" * 8)]).status, st.STATUS_NOT_SUPPORTED
+            conn.create("ctx", contexts=[(b"TWrp", b"\x00" * 8)]).status,
+            st.STATUS_OBJECT_NAME_NOT_FOUND,
         )
+        for tag in (b"x", b"xxx"):
+            r = conn.create("ctx", contexts=[(tag, b"")])
+            self.assertEqual(r.status, st.STATUS_INVALID_PARAMETER, tag)
+        self.assertEqual(conn.create("ctx", contexts=[(b"xxxxx", b"")]).status, 0)
         self.assertEqual(
             conn.create("ctx", contexts=[(b"DHnC", b"\x00" * 16)]).status,
             st.STATUS_OBJECT_NAME_NOT_FOUND,
@@ -274,6 +283,31 @@ class DataTests(SynchronousTestCase):
         other = conn_for(conn.wire)
         fid = conn.open("g")
         self.assertEqual(other.read(fid, 0, 1).status, st.STATUS_FILE_CLOSED)
+
+    def test_read_advances_position(self) -> None:
+        """A READ leaves FilePositionInformation after the bytes it returned."""
+        conn = conn_for()
+        fid = conn.open("pos")
+        conn.write(fid, 0, b"0123456789")
+        self.assertEqual(conn.query_info(fid, FILE, 14).buffer(), struct.pack("<Q", 0))
+        self.assertEqual(conn.read_data(conn.read(fid, 2, 5)), b"23456")
+        self.assertEqual(conn.query_info(fid, FILE, 14).buffer(), struct.pack("<Q", 7))
+        conn.read(fid, 8, 100)
+        self.assertEqual(conn.query_info(fid, FILE, 14).buffer(), struct.pack("<Q", 10))
+
+    def test_largest_file(self) -> None:
+        """
+        Writes at or past NTFS's largest file (16 TiB - 64 KiB) are refused,
+        and one reaching it is DISK_FULL; the sparse file stays empty.
+        """
+        conn = conn_for()
+        fid = conn.open("huge")
+        top = 0xFFFFFFF0000
+        self.assertEqual(conn.write(fid, top, b"x").status, st.STATUS_INVALID_PARAMETER)
+        self.assertEqual(conn.write(fid, 16 << 40, b"x").status, st.STATUS_INVALID_PARAMETER)
+        self.assertEqual(conn.write(fid, top - 1, b"x").status, st.STATUS_DISK_FULL)
+        self.assertEqual(struct.unpack_from("<q", conn.query_info(fid, FILE, 5).buffer(), 8)[0], 0)
+        self.assertEqual(conn.write(fid, top - 2, b"x").status, 0)
 
     def test_close_post_query(self) -> None:
         conn = conn_for()
