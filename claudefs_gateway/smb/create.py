@@ -312,7 +312,9 @@ class CreateCommands(FileBase):
                 reserved = alloc
             else:
                 reserved = (await self.stored(caller, a.ino))[1]
-            st_ = Stat(a, dos_attributes(a, dos, leaf), reserved=reserved)
+            st_ = Stat(
+                a, dos_attributes(a, dos, leaf), reserved=reserved, change_time=self.change_time(a)
+            )
         except BaseException:
             if token is not None:
                 locks.close_share(token)
@@ -782,6 +784,12 @@ class CreateCommands(FileBase):
                 pass
         if op.delete_on_close:
             node.delete_pending = True
+        if node.delete_pending:
+            # As Samba at the close that makes a deletion pending: waiting
+            # CHANGE_NOTIFYs on the directory's other handles end.
+            for other in node.opens:
+                if other.watch is not None:
+                    self.watch_deleted(other)
         if node.opens:
             return
         if self.nodes.get(node.ino) is node:

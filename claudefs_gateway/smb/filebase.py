@@ -39,6 +39,8 @@ __all__ = ["FileBase", "split_name", "DOS_KEY", "EA_PREFIX"]
 
 
 DOS_KEY = b"smb.dosattrib"
+#: How many set ChangeTimes are remembered (the oldest go first).
+MAX_CHANGE_TIMES = 4096
 EA_PREFIX = b"user."
 ALL_ONES = 0xFFFFFFFFFFFFFFFF
 _BAD_CHARS = frozenset('"*/:<>?|') | frozenset(chr(i) for i in range(32))
@@ -182,6 +184,9 @@ class FileBase:
         self.resume_keys: dict[bytes, Open] = {}
         # Deletions at close in progress, by parent directory.
         self.deleting: dict[int, list[defer.Deferred[None]]] = {}
+        # ChangeTimes set through SET_INFO: inode -> (FILETIME, the inode's
+        # change counter right after). Shown until the inode changes again.
+        self.change_times: OrderedDict[int, tuple[int, int]] = OrderedDict()
 
     @property
     def vfs(self) -> IVFS:
@@ -241,7 +246,42 @@ class FileBase:
 
     async def stat(self, caller: Caller, a: Attributes, name: bytes = b"") -> Stat:
         dos, reserved = await self.stored(caller, a.ino)
-        return Stat(a, dos_attributes(a, dos, name), reserved=reserved)
+        return Stat(
+            a, dos_attributes(a, dos, name), reserved=reserved, change_time=self.change_time(a)
+        )
+
+    def change_time(self, a: Attributes) -> int | None:
+        """A ChangeTime a client set, while the inode has not changed since."""
+        kept = self.change_times.get(a.ino)
+        if kept is None:
+            return None
+        if kept[1] != a.change:
+            del self.change_times[a.ino]
+            return None
+        return kept[0]
+
+    async def changed_through(self, op: Open) -> None:
+        """
+        A change made through C{op}: a ChangeTime set through it stands
+        (MS-FSA 2.1.5.14.2, Open.UserSetChangeTime).
+        """
+        if op.user_change_time is not None and op.node is not None:
+            self.keep_change_time(
+                await self.vfs.getattr(op.tree.caller, op.ino), op.user_change_time
+            )
+
+    def keep_change_time(self, a: Attributes, filetime: int) -> None:
+        """
+        Show C{filetime} as the ChangeTime of C{a} (its attributes right after
+        the SET_INFO) until the inode changes again. POSIX stores cannot set a
+        ctime, so it lives here (lost at restart, when the real one shows):
+        Windows keeps what FileBasicInformation sets (MS-FSA 2.1.5.14.2;
+        smbtorture smb2.create.open, smb2.timestamps).
+        """
+        self.change_times[a.ino] = (filetime, a.change)
+        self.change_times.move_to_end(a.ino)
+        while len(self.change_times) > MAX_CHANGE_TIMES:
+            self.change_times.popitem(last=False)
 
     async def _set_dos(
         self,
@@ -456,4 +496,8 @@ class FileBase:
 
     def _end_watch(self, conn: Any, op: Open) -> None:
         """End an open's CHANGE_NOTIFY watch (L{claudefs_gateway.smb.listing.DirectoryCommands})."""
+        raise NotImplementedError
+
+    def watch_deleted(self, op: Open) -> None:
+        """The watched directory is going (L{claudefs_gateway.smb.listing.DirectoryCommands})."""
         raise NotImplementedError

@@ -204,6 +204,7 @@ class InfoCommands(FileBase):
             raise SMBError(st.STATUS_INVALID_PARAMETER) from None
         except struct.error:
             raise SMBError(st.STATUS_INFO_LENGTH_MISMATCH) from None
+        await self.changed_through(op)
         return b"\x02\x00"
 
     async def _set_basic(self, conn: Any, op: Open, buf: bytes) -> None:
@@ -211,7 +212,9 @@ class InfoCommands(FileBase):
             raise SMBError(st.STATUS_INFO_LENGTH_MISMATCH)
         if not op.access & c.FILE_WRITE_ATTRIBUTES:
             raise SMBError(st.STATUS_ACCESS_DENIED)
-        created, accessed, written, _changed, attrs_ = struct.unpack_from("<qqqqI", buf)
+        created, accessed, written, changed, attrs_ = struct.unpack_from("<qqqqI", buf)
+        if min(created, accessed, written, changed) < -2:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "time before 1601")  # MS-FSA 2.1.5.14.2
 
         def when(ft: int) -> int | None:
             # 0: leave alone; -1 / -2: stop / resume automatic updates (not kept).
@@ -232,6 +235,8 @@ class InfoCommands(FileBase):
         changes = SetAttrs(atime=when(accessed), mtime=when(written), btime=when(created))
         if not changes.is_empty():
             await self.vfs.setattr(caller, op.ino, changes, origin=op.origin)
+        if changed not in (0, -1, -2):
+            op.user_change_time = changed
 
     def _name_info(self, buf: bytes) -> tuple[bool, str]:
         """FILE_RENAME_INFORMATION / FILE_LINK_INFORMATION (SMB2 form, MS-FSCC 2.4.37)."""

@@ -50,9 +50,17 @@ def to_filetime(ns: int) -> int:
     return max(0, ns // 100 + _EPOCH_AS_FILETIME)
 
 
+#: The times a store holds: signed 64-bit nanoseconds since 1970 (1677 to 2262).
+_TIME_NS_MIN, _TIME_NS_MAX = -(2**63), 2**63 - 1
+
+
 def from_filetime(ft: int) -> int:
-    """FILETIME → nanoseconds since the Unix epoch."""
-    return (ft - _EPOCH_AS_FILETIME) * 100
+    """
+    FILETIME → nanoseconds since the Unix epoch, clamped to what a store
+    holds (as Linux clamps times to a file system's range): FILETIMEs run
+    from 1601 to 30828, a store's nanoseconds from 1677 to 2262.
+    """
+    return min(max((ft - _EPOCH_AS_FILETIME) * 100, _TIME_NS_MIN), _TIME_NS_MAX)
 
 
 def allocation(a: Attributes) -> int:
@@ -89,6 +97,8 @@ class Stat:
     # An AllocationSize set by the client (CREATE's AlSi, SET_INFO
     # FileAllocationInformation) beyond what the file uses (MS-FSA 2.1.5.14.1).
     reserved: int = 0
+    # A ChangeTime (FILETIME) set by the client, while it stands.
+    change_time: int | None = None
 
     @property
     def allocation(self) -> int:
@@ -105,7 +115,7 @@ class Stat:
             to_filetime(a.btime_ns),
             to_filetime(a.atime_ns),
             to_filetime(a.mtime_ns),
-            to_filetime(a.ctime_ns),
+            to_filetime(a.ctime_ns) if self.change_time is None else self.change_time,
         )
 
     @property
@@ -218,9 +228,12 @@ def _basic(st: Stat) -> bytes:
 
 def _standard(st: Stat, delete_pending: bool) -> bytes:
     a = st.attrs
-    return struct.pack(
-        "<qqIBBH", st.allocation, st.eof, max(a.nlink, 1), delete_pending, a.is_dir, 0
-    )
+    # A directory counts one link; a name pending deletion is counted out
+    # already (as Windows and Samba report NumberOfLinks).
+    links = 1 if a.is_dir else max(a.nlink, 1)
+    if delete_pending:
+        links -= 1
+    return struct.pack("<qqIBBH", st.allocation, st.eof, links, delete_pending, a.is_dir, 0)
 
 
 def pack_stat_info(info_class: int, st: Stat, op: OpenState, ea_size: int = 0) -> bytes:

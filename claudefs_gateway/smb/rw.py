@@ -108,6 +108,7 @@ class ReadWriteCommands(FileBase):
                 op.written = True
             except errors.LockConflict:
                 raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
+            await self.changed_through(op)
         return pack_write_response(length)
 
     async def smb_FLUSH(self, conn: Any, req: Request) -> bytes:

@@ -193,6 +193,9 @@ class Open:
     closed: bool = False
     # Data was written through it (its close breaks the parent's directory leases).
     written: bool = False
+    # A ChangeTime set through it (MS-FSA Open.UserSetChangeTime): changes
+    # made through it leave that ChangeTime standing.
+    user_change_time: int | None = None
     # ShareAccess of its CREATE (FILE_SHARE_*).
     share_access: int = 0
     # The connection the open was made on (its oplock breaks go there).

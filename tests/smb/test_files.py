@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 
+import spnego
 from hypothesis import given
 from hypothesis import strategies as s
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,7 +22,7 @@ from claudefs_gateway.smb.errors import SMBError
 from claudefs_gateway.smb.filebase import DOS_KEY, ea_entries, get_ea_names, pack_eas, split_name
 from claudefs_gateway.smb.info import from_filetime, to_filetime
 from claudefs_gateway.vfs import LockOwner
-from tests.smb.client import Conn, Wire, parse_names
+from tests.smb.client import PASSWORD, Conn, Wire, parse_names
 
 FILE = c.SMB2_0_INFO_FILE
 FS = c.SMB2_0_INFO_FILESYSTEM
@@ -511,6 +512,73 @@ class SetInfoTests(SynchronousTestCase):
             st.STATUS_INVALID_PARAMETER,
         )
 
+    def test_change_time_kept(self) -> None:
+        """
+        A ChangeTime set through an open stands through changes made through
+        that open, and gives way to the real one at a change made otherwise.
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        fid = conn.open("ct", access=c.GENERIC_ALL)
+        when = to_filetime(1_400_000_000 * 10**9)
+
+        def change_time() -> int:
+            return struct.unpack_from("<q", conn.query_info(fid, FILE, 4).buffer(), 24)[0]
+
+        data = struct.pack("<qqqqII", 0, 0, 0, when, c.FILE_ATTRIBUTE_NORMAL, 0)
+        self.assertEqual(conn.set_info(fid, FILE, F.FileBasicInformation, data).status, 0)
+        self.assertEqual(change_time(), when)
+        conn.write(fid, 0, b"mine")
+        hidden = struct.pack("<qqqqII", 0, 0, 0, 0, c.FILE_ATTRIBUTE_HIDDEN, 0)
+        conn.set_info(fid, FILE, F.FileBasicInformation, hidden)
+        self.assertEqual(change_time(), when)
+        other = conn_for(wire)
+        other.write(other.open("ct"), 0, b"theirs")
+        self.assertGreater(change_time(), when)
+
+    def test_times_beyond_the_store(self) -> None:
+        """
+        FILETIMEs past 2262 (or before 1677) are clamped to what a store
+        holds (signed 64-bit nanoseconds), not refused; below -2 is refused.
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        fid = conn.open("far", access=c.GENERIC_ALL)
+        seen: list[SetAttrs] = []
+        real = wire.mvfs.vfs.setattr
+
+        def setattr(caller: object, ino: int, changes: SetAttrs, **kw: object) -> object:
+            seen.append(changes)
+            return real(caller, ino, changes, **kw)  # type: ignore[arg-type]
+
+        wire.mvfs.vfs.setattr = setattr  # type: ignore[method-assign]
+        year_2446 = to_filetime(15032385535 * 10**9)
+        data = struct.pack("<qqqqII", year_2446, 0, 0x7FFFFFFFFFFFFFFF, 0, 0, 0)
+        self.assertEqual(conn.set_info(fid, FILE, F.FileBasicInformation, data).status, 0)
+        self.assertEqual((seen[-1].btime, seen[-1].mtime), (2**63 - 1, 2**63 - 1))
+        data = struct.pack("<qqqqII", 0, 1, 0, 0, 0, 0)  # 1601
+        self.assertEqual(conn.set_info(fid, FILE, F.FileBasicInformation, data).status, 0)
+        self.assertEqual(seen[-1].atime, -(2**63))
+        data = struct.pack("<qqqqII", 0, 0, -3, 0, 0, 0)
+        self.assertEqual(
+            conn.set_info(fid, FILE, F.FileBasicInformation, data).status,
+            st.STATUS_INVALID_PARAMETER,
+        )
+
+    def test_links_pending_deletion(self) -> None:
+        """NumberOfLinks counts a name pending deletion out."""
+        conn = conn_for()
+        fid = conn.open("nl", access=c.GENERIC_ALL)
+
+        def links() -> int:
+            return struct.unpack_from("<I", conn.query_info(fid, FILE, 5).buffer(), 16)[0]
+
+        self.assertEqual(links(), 1)
+        conn.set_info(fid, FILE, F.FileDispositionInformation, b"\x01")
+        self.assertEqual(links(), 0)
+        conn.set_info(fid, FILE, F.FileDispositionInformation, b"\x00")
+        self.assertEqual(links(), 1)
+
     def test_readonly_attribute(self) -> None:
         conn = conn_for()
         fid = conn.open("ro", access=c.GENERIC_ALL)
@@ -816,6 +884,95 @@ class NotifyTests(SynchronousTestCase):
         other.close(fid)
         r = conn.notify(d)
         self.assertEqual(notify_changes(r.buffer()), [(4, "n1"), (5, "n2"), (3, "n2"), (2, "n2")])
+
+    def pending(self, conn: Conn, name: str = "", **kw: object) -> tuple[int, int]:
+        d = conn.open(name, access=c.GENERIC_READ, options=c.FILE_DIRECTORY_FILE, **kw)  # type: ignore[arg-type]
+        self.assertEqual(conn.notify(d).status, st.STATUS_PENDING)
+        return d
+
+    def test_logoff_answers_pending(self) -> None:
+        """A LOGOFF answers the session's waiting requests with NOTIFY_CLEANUP."""
+        conn = conn_for()
+        self.pending(conn)
+        conn.send([conn.build(conn.header(c.Command.LOGOFF), b"\x04\x00\x00\x00")])
+        self.assertEqual(sorted(r.status for r in conn.replies()), [0, st.STATUS_NOTIFY_CLEANUP])
+
+    def test_previous_session_answers_pending(self) -> None:
+        """A new session naming the old as PreviousSessionId answers the old one's waiting requests."""
+        wire = Wire()
+        conn = conn_for(wire)
+        self.pending(conn)
+        b = wire.connect()
+        b.negotiate()
+        ctx = spnego.client("alice", PASSWORD, protocol="negotiate")
+        token = ctx.step(None)
+        while True:
+            body = struct.pack("<HBBIIHHQ", 25, 0, 1, 0, 0, 88, len(token), conn.session_id)
+            b.send([b.build(b.header(c.Command.SESSION_SETUP), body + token, sign=False)])
+            r = b.replies()[-1]
+            b.session_id = r.header.session_id
+            if r.status != st.STATUS_MORE_PROCESSING_REQUIRED:
+                break
+            token = ctx.step(r.raw[r.u16(4) : r.u16(4) + r.u16(6)])
+        self.assertEqual(r.status, 0)
+        [final] = conn.replies()
+        self.assertEqual((final.status, final.body[2:8]), (st.STATUS_NOTIFY_CLEANUP, bytes(6)))
+
+    def test_failed_reauth_answers_pending(self) -> None:
+        """A re-authentication that fails ends the session; its waiting requests get NOTIFY_CLEANUP."""
+        wire = Wire()
+        conn = conn_for(wire)
+        self.pending(conn)
+        ctx = spnego.client("alice", "wrong", protocol="negotiate")
+        r, out = conn.session_setup(ctx.step(None))
+        token = ctx.step(out)
+        body = struct.pack("<HBBIIHHQ", 25, 0, 1, 0, 0, 88, len(token), 0) + token
+        conn.send([conn.build(conn.header(c.Command.SESSION_SETUP), body, sign=False)])
+        replies = conn.replies()
+        wire.clock.advance(10)  # failed logons are answered after a pause
+        self.assertEqual(
+            sorted(x.status for x in replies + conn.replies()),
+            [st.STATUS_NOTIFY_CLEANUP, st.STATUS_LOGON_FAILURE],
+        )
+
+    def test_watched_directory_deleted(self) -> None:
+        """
+        Delete-on-close set on the watched directory through another handle,
+        or the directory removed through the vfs (NFS, S3), answers a waiting
+        request with DELETE_PENDING.
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        share = c.FILE_SHARE_READ | c.FILE_SHARE_WRITE | c.FILE_SHARE_DELETE
+        self.pending(conn, "gone", disposition=c.FILE_CREATE, share=share)
+        other = conn_for(wire)
+        fid = other.open("gone", access=c.DELETE, options=c.FILE_DIRECTORY_FILE, share=share)
+        self.assertEqual(other.set_info(fid, FILE, F.FileDispositionInformation, b"\x01").status, 0)
+        self.assertEqual(other.close(fid).status, 0)
+        [final] = conn.replies()
+        self.assertEqual(final.status, st.STATUS_DELETE_PENDING)
+
+        self.pending(conn, "nfs", disposition=c.FILE_CREATE, share=share)
+        vfs, caller = wire.mvfs.vfs, wire.mvfs.caller(0, 0)
+        root = wire.fired(vfs.resolve(caller, b"")).ino
+        wire.fired(vfs.rmdir(caller, root, b"nfs"))
+        [final] = conn.replies()
+        self.assertEqual(final.status, st.STATUS_DELETE_PENDING)
+
+    def test_second_request_filter_zero(self) -> None:
+        """The filter is fixed by the first request: a later one may pass 0."""
+        wire = Wire()
+        conn = conn_for(wire)
+        d = self.pending(conn)
+        conn_for(wire).open("one")
+        [first] = conn.replies()
+        self.assertEqual(notify_changes(first.buffer()), [(1, "one")])
+        self.assertEqual(conn.notify(d, filter=0).status, st.STATUS_PENDING)
+        conn_for(wire).open("two")
+        [second] = conn.replies()
+        self.assertEqual(notify_changes(second.buffer()), [(1, "two")])
+        fresh = conn.open("", access=c.GENERIC_READ)
+        self.assertEqual(conn.notify(fresh, filter=0).status, st.STATUS_INVALID_PARAMETER)
 
     def test_tree_watch(self) -> None:
         """A change below a WATCH_TREE directory says "re-read" (STATUS_NOTIFY_ENUM_DIR)."""
