@@ -51,23 +51,29 @@ def fmt(v: float) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     """A plain-text table: workload, metric, gateway med/min/max, peer med, ratio."""
     header = ["workload", "metric", "gateway median", "min", "max", "peer", "peer median", "ratio"]
+    with_workers = any(r.get("workers") is not None for r in rows)
+    if with_workers:
+        header += ["workers median", "workers/1"]
     lines = [header]
     for r in rows:
         g: Summary = r["gateway"]
         p: Summary | None = r.get("peer")
         rt = r.get("ratio")
-        lines.append(
-            [
-                r["workload"],
-                f"{r['metric'].name} ({r['metric'].unit})",
-                fmt(g.median),
-                fmt(g.min),
-                fmt(g.max),
-                r.get("peer_name") or "-",
-                fmt(p.median) if p else "-",
-                f"{rt:.2f}x" if rt is not None else "n/a",
-            ]
-        )
+        line = [
+            r["workload"],
+            f"{r['metric'].name} ({r['metric'].unit})",
+            fmt(g.median),
+            fmt(g.min),
+            fmt(g.max),
+            r.get("peer_name") or "-",
+            fmt(p.median) if p else "-",
+            f"{rt:.2f}x" if rt is not None else "n/a",
+        ]
+        if with_workers:
+            w: Summary | None = r.get("workers")
+            wr = r.get("workers_ratio")
+            line += [fmt(w.median) if w else "-", f"{wr:.2f}x" if wr is not None else "n/a"]
+        lines.append(line)
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
     out = []
     for i, row in enumerate(lines):
@@ -100,6 +106,10 @@ def to_json(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
                 "peer": summ(r.get("peer")),
                 "peer_runs": r.get("peer_runs"),
                 "ratio": r.get("ratio"),
+                "workers_name": r.get("workers_name"),
+                "workers": summ(r.get("workers")),
+                "workers_runs": r.get("workers_runs"),
+                "workers_ratio": r.get("workers_ratio"),
             }
             for r in rows
         ],

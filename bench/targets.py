@@ -78,6 +78,24 @@ def read_until(stream: IO[bytes], marker: bytes, deadline: float, what: str) -> 
     raise TargetError(f"{what} did not report {marker!r}:\n{tail}")
 
 
+def merge_yaml(base: str, extra: str) -> str:
+    """C{base} YAML with C{extra} YAML merged in, section by section (C{extra} wins)."""
+    import yaml
+
+    if not extra.strip():
+        return base
+
+    def merge(a: Any, b: Any) -> Any:
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = dict(a)
+            for k, v in b.items():
+                out[k] = merge(a.get(k), v) if k in a else v
+            return out
+        return b
+
+    return yaml.safe_dump(merge(yaml.safe_load(base), yaml.safe_load(extra)), sort_keys=False)
+
+
 class Target:
     """A server on loopback. Subclasses fill L{endpoints} in L{start}."""
 
@@ -116,18 +134,23 @@ class Gateway(Target):
 
     name = "gateway"
 
-    def __init__(self, scratch: Path, protocols: list[str], extra: str = "") -> None:
+    def __init__(
+        self, scratch: Path, protocols: list[str], extra: str = "", workers: int = 0
+    ) -> None:
         super().__init__(scratch)
         self.protocols = protocols
         self.extra = extra
+        # cfs-gateway start --workers N: local meta and data servers, N workers.
+        self.workers = workers
+        if workers:
+            self.name = f"gateway-w{workers}"
         # The backend under test: embedded by default; CFS_BENCH_BACKEND=memory
         # measures the front end alone.
         self.backend = os.environ.get("CFS_BENCH_BACKEND", "embedded")
 
     def config_text(self, ports: dict[str, int]) -> str:
         data = self.scratch / "gateway-data"
-        return (
-            textwrap.dedent(f"""
+        base = textwrap.dedent(f"""
             log_format: json
             log_level: info
             backend: {{type: {self.backend}, data_dir: "{data}"}}
@@ -153,8 +176,7 @@ class Gateway(Target):
             admin:
               bind: "127.0.0.1:{ports["admin"]}"
         """)
-            + self.extra
-        )
+        return merge_yaml(base, self.extra)
 
     def start(self) -> None:
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -163,9 +185,10 @@ class Gateway(Target):
         config.write_text(self.config_text(ports))
         exe = shutil.which("cfs-gateway", path=os.path.dirname(sys.executable)) or "cfs-gateway"
         log = open(self.scratch / "gateway.log", "wb")  # noqa: SIM115 - lives as long as the process
-        proc = subprocess.Popen(
-            [exe, "start", "--config", str(config)], stdout=subprocess.PIPE, stderr=log
-        )
+        argv = [exe, "start", "--config", str(config)]
+        if self.workers:
+            argv += ["--workers", str(self.workers)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log)
         self._procs.append(proc)
         assert proc.stdout is not None
         wanted = {"admin"} | set(self.protocols)
@@ -180,7 +203,9 @@ class Gateway(Target):
                 continue
             if event.get("listener") and event.get("port") is not None:
                 seen.add(event["listener"])
-            if wanted <= seen:
+            if (self.workers and event.get("workers") == self.workers) or (
+                not self.workers and wanted <= seen
+            ):
                 watchdog.cancel()
                 break
         else:
@@ -257,22 +282,21 @@ class Ganesha(Target):
         log.touch()
         tail = subprocess.Popen(["tail", "-n", "+1", "-F", str(log)], stdout=subprocess.PIPE)
         try:
-            self._procs.append(
-                subprocess.Popen(
-                    [
-                        "ganesha.nfsd",
-                        "-F",
-                        "-L",
-                        str(log),
-                        "-f",
-                        str(conf),
-                        "-p",
-                        str(self.scratch / "ganesha.pid"),
-                        "-N",
-                        "NIV_EVENT",
-                    ]
-                )
+            ganesha = subprocess.Popen(
+                [
+                    "ganesha.nfsd",
+                    "-F",
+                    "-L",
+                    str(log),
+                    "-f",
+                    str(conf),
+                    "-p",
+                    str(self.scratch / "ganesha.pid"),
+                    "-N",
+                    "NIV_EVENT",
+                ]
             )
+            self._procs.append(ganesha)
             assert tail.stdout is not None
             read_until(tail.stdout, b"NFS SERVER INITIALIZED", 60, "ganesha.nfsd")
         finally:
@@ -284,6 +308,8 @@ class Ganesha(Target):
             "mount_port": mnt_port,
             "export": "/export",
             "local_dir": str(export),
+            # One process, many threads: its CPU clock counts them all.
+            "pid": ganesha.pid,
         }
 
 

@@ -5,12 +5,16 @@ C{cfs-gateway}: the operator's command line.
 ::
 
     cfs-gateway start [all|nfs|s3|smb] [--config F] [--bind …] [--export …] …
+    cfs-gateway meta --data-dir D [--listen tcp:7001] [--admin …] [--data-server H:P]…
+    cfs-gateway data --data-dir D [--listen tcp:7002] [--admin …]
     cfs-gateway validate-config --config F
     cfs-gateway health  [--config F | --admin URL]
     cfs-gateway metrics [--config F | --admin URL]
     cfs-gateway drain   [--config F | --admin URL] [--no-wait]
+    cfs-gateway status  [--config F | --admin URL] [--json] [--protocol P]
     cfs-gateway quota set-user|set-group|report …
     cfs-gateway user add|passwd|s3-keys|remove|list …
+    cfs-gateway store export|import DIR (--embedded D [--chunks C] | --config F --chunks C)
 
 C{start} runs the gateway in the foreground, logging to stdout, and stops
 gracefully on SIGTERM or SIGINT (a drain, as C{twistd} does). The admin-API
@@ -64,11 +68,69 @@ def cmd_start(argv: list[str]) -> int:
         _print_err(str(e))
         return 2
     assert options.config is not None
-    return run_foreground(options.config, options.protocols)
+    if options["workers"]:
+        return run_supervisor(options, protocol)
+    return run_foreground(options.config, options.protocols, worker=bool(options["worker"]))
+
+
+def run_supervisor(options: Any, protocol: str) -> int:
+    """C{start --workers N}: local meta and data servers and N workers (L{claudefs_gateway.workers})."""
+    from twisted.internet import defer, reactor
+    from twisted.logger import globalLogBeginner
+
+    from claudefs_gateway.core.log import make_observer, set_level
+    from claudefs_gateway.workers import Supervisor
+
+    config = options.config
+    globalLogBeginner.beginLoggingTo(
+        [make_observer(config.log_format, sys.stdout)], redirectStandardIO=False
+    )
+    set_level(config.log_level)
+    try:
+        sup = Supervisor(
+            config,
+            options.config_text,
+            options["workers"],
+            protocol,
+            reactor,
+            overrides=options.overrides(),
+        )
+    except (GatewayError, ValueError) as e:
+        _print_err(str(e))
+        return 1
+    status = [0]
+
+    def started(result: Any) -> None:
+        if isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
+            msg = result.getErrorMessage() if hasattr(result, "getErrorMessage") else str(result)
+            _print_err(f"cannot start: {msg}")
+            status[0] = 1
+            if reactor.running:
+                try:
+                    reactor.stop()
+                except Exception:  # noqa: BLE001 - already stopping
+                    pass
+
+    def run() -> None:
+        d = defer.Deferred.fromCoroutine(sup.start())
+        d.addErrback(started)
+
+    reactor.callWhenRunning(run)
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: defer.Deferred.fromCoroutine(sup.stop())
+    )
+    reactor.run()
+    if sup.failed:
+        _print_err(sup.failed)
+        return 1
+    return status[0]
 
 
 def run_foreground(
-    config: cfg.Config, protocols: list[str] | None, customize: Callable[[Any], None] | None = None
+    config: cfg.Config,
+    protocols: list[str] | None,
+    customize: Callable[[Any], None] | None = None,
+    worker: bool = False,
 ) -> int:
     """
     Run the gateway until a signal stops it; the process's exit status.
@@ -87,10 +149,13 @@ def run_foreground(
         [make_observer(config.log_format, sys.stdout)], redirectStandardIO=False
     )
     try:
-        root = service.build(config, reactor, protocols, strict=protocols is not None)
+        root = service.build(
+            config, reactor, protocols, strict=protocols is not None, worker=worker
+        )
     except GatewayError as e:
         _print_err(str(e))
         return 1
+    root.exit_when_drained = True
     if customize is not None:
         customize(root)
     app = Application("claudefs-gateway")
@@ -108,6 +173,46 @@ def run_foreground(
     if fatal:
         _print_err(str(fatal))
         return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# meta / data: the ClaudeFS servers
+
+
+def cmd_server(role: str, argv: list[str]) -> int:
+    """Run C{claudefs-meta} or C{claudefs-data} in the foreground until a signal stops it."""
+    from twisted.application.service import Application, IService
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner
+    from twisted.python import usage
+
+    from claudefs_gateway.core.log import make_observer
+    from claudefs_gateway.servers.service import build_data, build_meta
+    from claudefs_gateway.servers.tap import DataOptions, MetaOptions
+
+    options = MetaOptions() if role == "meta" else DataOptions()
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as e:
+        _print_err(str(e))
+        return 2
+    globalLogBeginner.beginLoggingTo(
+        [make_observer(options["log-format"], sys.stdout)], redirectStandardIO=False
+    )
+    root = (build_meta if role == "meta" else build_data)(options.settings, reactor)
+    app = Application(f"claudefs-{role}")
+    root.setServiceParent(app)
+    svc = IService(app)
+    try:
+        svc.privilegedStartService()
+        svc.startService()
+    except Exception as e:  # noqa: BLE001 - report any start failure plainly, then stop
+        _print_err(f"cannot start: {e}")
+        return 1
+    reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
+    reactor.callWhenRunning(root.serving)
+    reactor.run()
     return 0
 
 
@@ -246,6 +351,82 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return 0 if status in (200, 202) else 1
 
 
+def _duration(secs: float) -> str:
+    s = int(secs)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _address(row: dict[str, Any]) -> str:
+    host, port = str(row.get("address", "?")), row.get("port") or 0
+    if not port:
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def format_status(doc: dict[str, Any], protocol: str | None = None) -> str:
+    """
+    The text C{cfs-gateway status} prints for a C{GET /admin/clients} document:
+    a summary per protocol, one line per connection (as C{smbstatus} lists
+    sessions), then the lock table's clients.
+    """
+    rows = [r for r in doc.get("connections", []) if protocol in (None, r.get("protocol"))]
+    summary = {p: v for p, v in doc.get("summary", {}).items() if protocol in (None, p)}
+    holders = [h for h in doc.get("lock_clients", []) if protocol in (None, h.get("protocol"))]
+    out = [f"{'protocol':10} {'conns':>6} {'opens':>6} {'locks':>6} {'leases':>6}"]
+    for p, v in sorted(summary.items()):
+        out.append(f"{p:10} {v['connections']:>6} {v['opens']:>6} {v['locks']:>6} {v['leases']:>6}")
+    if not summary:
+        out.append("(no client connections)")
+    if rows:
+        out.append("")
+        out.append(
+            f"{'id':>5} {'protocol':9} {'client':28} {'user':14} {'dialect':18} "
+            f"{'opens':>5} {'locks':>5} {'leases':>6}  connected"
+        )
+        for r in rows:
+            user = r.get("user") or (f"uid {r['uid']}" if r.get("uid") is not None else "-")
+            out.append(
+                f"{r['id']:>5} {r['protocol']:9} {_address(r):28} {user:14} "
+                f"{r.get('dialect') or '-':18} {r.get('opens', 0):>5} {r.get('locks', 0):>5} "
+                f"{r.get('leases', 0):>6}  {_duration(r.get('connected_secs', 0))}"
+            )
+    if holders:
+        out.append("")
+        out.append("lock table clients:")
+        out.append(f"{'protocol':10} {'client':36} {'locks':>6} {'shares':>6} {'waiting':>7}")
+        for h in holders:
+            out.append(
+                f"{h['protocol']:10} {str(h['client'])[:36]:36} {h['locks']:>6} "
+                f"{h['shares']:>6} {h['waiting']:>7}"
+            )
+    return "\n".join(out) + "\n"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    r = _admin_cmd(args, "GET", "/admin/clients")
+    if r is None:
+        return 1
+    status, body = r
+    try:
+        doc: Any = json.loads(body)
+    except ValueError:
+        doc = {"error": body.decode("utf-8", "replace")}
+    if status != 200:
+        _print_err(str(doc.get("error", f"HTTP {status}")))
+        return 1
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        sys.stdout.write(format_status(doc, args.protocol))
+    return 0
+
+
 # ---------------------------------------------------------------------------
 # quota
 
@@ -366,10 +547,12 @@ def cmd_user(args: argparse.Namespace) -> int:
             for u in users:
                 groups = ",".join(str(g) for g in u.groups) or "-"
                 flags = [f for f, on in (("smb", u.nt_hash), ("s3", u.s3_access_key)) if on]
+                if u.s3_access_key and u.s3_create_buckets:
+                    flags.append("mb")
                 key = u.s3_access_key or "-"
                 sys.stdout.write(
                     f"{u.name:16} uid={u.uid:<6} gid={u.gid:<6} groups={groups:12} "
-                    f"access={','.join(flags) or '-':7} s3_key={key}\n"
+                    f"access={','.join(flags) or '-':10} s3_key={key}\n"
                 )
             return 0
         name = args.name
@@ -386,6 +569,7 @@ def cmd_user(args: argparse.Namespace) -> int:
                 gids,
                 nt_hash(password) if password is not None else None,
                 nfs4_name=args.nfs4_name,
+                s3_create_buckets=not args.no_create_buckets,
             )
             if args.s3_keys:
                 user = attrs.evolve(
@@ -426,6 +610,60 @@ def _validate_user(user: Any) -> None:
 
 
 # ---------------------------------------------------------------------------
+# store export | import
+
+
+def _store_side(args: argparse.Namespace) -> Any:
+    from claudefs_gateway.backend.transfer import EmbeddedSide, PostgresSide
+
+    chunks = args.chunks
+    if args.embedded:
+        return EmbeddedSide(args.embedded, chunks)
+    config = cfg.load(args.config)
+    pg = config.meta_store.postgresql
+    if config.meta_store.type != "postgresql" or pg is None:
+        raise GatewayError(f"{args.config}: meta_store.type is not postgresql")
+    return PostgresSide(pg.conninfo(), pg.schema, chunks)
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    """Move a namespace between stores (docs/postgresql.rst "Moving a namespace")."""
+    from claudefs_gateway.backend.datadir import DataDir
+    from claudefs_gateway.backend.transfer import export_namespace, import_namespace
+
+    locks = []
+    try:
+        side = _store_side(args)
+        # The embedded store and the chunk files must not be in use meanwhile.
+        for path in (args.embedded, args.chunks):
+            if path:
+                from pathlib import Path
+
+                Path(path).mkdir(parents=True, exist_ok=True)
+                lock = DataDir(Path(path).absolute())
+                lock.open()
+                locks.append(lock)
+        if args.store_command == "export":
+            counts = export_namespace(side, args.dir)
+            verb = "exported and verified"
+        else:
+            counts = import_namespace(args.dir, side)
+            verb = "imported and verified"
+    except (GatewayError, OSError) as e:
+        _print_err(str(e))
+        return 1
+    finally:
+        for lock in locks:
+            lock.stopService()
+    sys.stdout.write(
+        f"{verb}: {counts.get('inode', 0)} inodes, {counts.get('dirent', 0)} entries, "
+        f"{counts.get('xattr', 0)} xattrs, {counts.get('quota', 0)} quotas, "
+        f"{counts.get('state', 0)} state keys\n"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -437,12 +675,22 @@ def _parser() -> argparse.ArgumentParser:
         help="run the gateway in the foreground (see: cfs-gateway start --help)",
         add_help=False,
     )
+    for role, text in (
+        ("meta", "metadata server (port 7001)"),
+        ("data", "data server (port 7002)"),
+    ):
+        sub.add_parser(
+            role,
+            help=f"run a ClaudeFS {text} (see: cfs-gateway {role} --help)",
+            add_help=False,
+        )
     v = sub.add_parser("validate-config", help="check a configuration file; exit 0 if valid")
     v.add_argument("--config", "-c", required=True)
     for name, helptext in (
         ("health", "print the running gateway's /health"),
         ("metrics", "print the running gateway's Prometheus metrics"),
-        ("drain", "stop accepting connections and let requests finish"),
+        ("drain", "stop accepting connections, let requests finish, then exit"),
+        ("status", "who is connected over each protocol, with opens, locks and leases"),
     ):
         a = sub.add_parser(name, help=helptext)
         a.add_argument("--config", "-c", help="find the admin API from this configuration")
@@ -450,6 +698,9 @@ def _parser() -> argparse.ArgumentParser:
         a.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an answer")
         if name == "drain":
             a.add_argument("--no-wait", action="store_true", help="return once the drain has begun")
+        if name == "status":
+            a.add_argument("--json", action="store_true", help="the admin API's document as is")
+            a.add_argument("--protocol", "-p", help="only this protocol (nfs3, mount, s3, smb...)")
     q = sub.add_parser("quota", help="user and group quotas of a running gateway")
     qsub = q.add_subparsers(dest="quota_command", metavar="QUOTA_COMMAND", required=True)
     for name, idflag in (("set-user", "--uid"), ("set-group", "--gid")):
@@ -476,6 +727,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--groups", help="supplementary gids, comma-separated")
     add.add_argument("--nfs4-name", help="NFSv4 owner name, user@domain")
     add.add_argument("--s3-keys", action="store_true", help="generate an S3 access key and secret")
+    add.add_argument(
+        "--no-create-buckets",
+        action="store_true",
+        help="withhold the S3 bucket right (creating buckets then needs write permission "
+        "on s3.root)",
+    )
     add.add_argument("--no-password", action="store_true", help="no SMB password")
     add.add_argument(
         "--password-stdin", action="store_true", help="read the SMB password from stdin"
@@ -488,6 +745,28 @@ def _parser() -> argparse.ArgumentParser:
     rm = usub.add_parser("remove", help="remove a user")
     rm.add_argument("name")
     usub.add_parser("list", help="list users (no secrets)")
+    st = sub.add_parser(
+        "store", help="move a namespace between the embedded store and PostgreSQL (servers stopped)"
+    )
+    stsub = st.add_subparsers(dest="store_command", metavar="STORE_COMMAND", required=True)
+    for name, helptext in (
+        ("export", "write the namespace (rows, file bytes, checksums) to a new directory"),
+        ("import", "load an export into an empty store, then verify every checksum"),
+    ):
+        a = stsub.add_parser(name, help=helptext)
+        a.add_argument("dir", help="the export directory")
+        where = a.add_mutually_exclusive_group(required=True)
+        where.add_argument(
+            "--embedded", metavar="DIR", help="an embedded store's directory (meta.sqlite3)"
+        )
+        where.add_argument(
+            "--config", "-c", metavar="FILE", help="a configuration whose meta_store is postgresql"
+        )
+        a.add_argument(
+            "--chunks",
+            metavar="DIR",
+            help="file bytes in this data server's --data-dir (with --config, required)",
+        )
     for a in usub.choices.values():
         a.add_argument("--config", "-c", help="the gateway configuration (where the users file is)")
     return p
@@ -497,6 +776,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "start":
         return cmd_start(args_list[1:])
+    if args_list and args_list[0] in ("meta", "data"):
+        return cmd_server(args_list[0], args_list[1:])
     parser = _parser()
     args = parser.parse_args(args_list)
     if args.command is None:
@@ -507,8 +788,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "metrics": cmd_metrics,
         "health": cmd_health,
         "drain": cmd_drain,
+        "status": cmd_status,
         "quota": cmd_quota,
         "user": cmd_user,
+        "store": cmd_store,
     }[args.command]
     return handler(args)
 

@@ -31,6 +31,24 @@ class BackendUnavailable(GatewayError):
     """The backend cannot be reached now (circuit open, pool exhausted); try later."""
 
 
+class Throttled(BackendUnavailable):
+    """
+    A client or user is over its request-rate limit (C{limits.per_client},
+    C{limits.per_user}); try later. A L{BackendUnavailable}, so every front end
+    answers it with its own try-later status (NFS3ERR_JUKEBOX, S3 SlowDown,
+    STATUS_IO_TIMEOUT) through the table it already has.
+    """
+
+
+class InFlightLost(BackendUnavailable):
+    """
+    The connection to a backend node went down while a call was in flight.
+
+    Whether the node carried the call out is unknown, so only an idempotent
+    call may be sent again; to a client it is the same try-later answer.
+    """
+
+
 class NotBuilt(GatewayError):
     """
     A component named in the configuration does not exist in this build.
@@ -342,6 +360,13 @@ class LockConflict(Again):
     def __init__(self, holder: object, message: str = "") -> None:
         super().__init__(message or "lock conflict")
         self.holder = holder
+
+
+class LeaseBreaking(Again):
+    """
+    Other clients' leases or delegations are being broken for this request,
+    which did not ask to wait (NFSv4 answers NFS4ERR_DELAY; the client retries).
+    """
 
 
 class ShareConflict(Busy):

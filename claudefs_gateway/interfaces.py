@@ -35,9 +35,11 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any
 
     from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IReactorTime
 
     from claudefs_gateway.fstypes import (
         Attributes,
@@ -64,6 +66,7 @@ __all__ = [
     "IMetadataService",
     "IDataService",
     "IBackend",
+    "ISharedStore",
     "IVFS",
     "IExports",
     "IUserDB",
@@ -256,6 +259,22 @@ class IBackend(IMetadataService, IDataService):
         """Flush and close; every change that returned is on disk afterwards."""
 
 
+class ISharedStore(Interface):
+    """
+    A backend other gateways change too (the remote backend): it tells this
+    gateway what they changed, so the vfs drops what it cached of it.
+    """
+
+    def on_change(listener: Callable[[Any], None]) -> None:
+        """
+        Call C{listener(event)} for each change another gateway made; the event
+        has C{ino} (what changed) and C{dir} (the directory whose entries changed, or 0).
+        """
+
+    def on_reset(listener: Callable[[], object]) -> None:
+        """Call C{listener()} when change events may have been missed (a reconnection)."""
+
+
 # ---------------------------------------------------------------------------
 # Above the vfs: what protocol front ends call.
 
@@ -277,7 +296,7 @@ class IExports(Interface):
     def for_protocol(protocol: str) -> list[ExportInfo]:
         """Every export C{protocol} serves."""
 
-    def __iter__() -> Iterable[ExportInfo]:
+    def __iter__() -> Iterator[ExportInfo]:
         """Every export."""
 
     def __len__() -> int:
@@ -367,6 +386,15 @@ class ILockTable(Interface):
 
     def locks(ino: int) -> list[Lock]:
         """Every lock held on C{ino}."""
+
+    def notify_when_free(ino: int) -> Deferred[None]:
+        """
+        Fires the next time a lock on C{ino} is released or narrowed (NFSv4
+        CB_NOTIFY_LOCK); cancel it to stop waiting. @raise NoLock: too many wait.
+        """
+
+    def totals() -> dict[str, tuple[int, int, int]]:
+        """Per owner protocol: (locks held, share reservations, waiting requests); for metrics."""
 
     def owners_of(ino: int) -> set[LockOwner]:
         """Every owner holding a lock or a share reservation on C{ino}."""
@@ -516,14 +544,35 @@ class IVFS(Interface):
     root_ino: int
     is_open: bool
 
+    store_id: bytes  # random per store, the same across restarts (NFSv4 server owner)
+    clock: IReactorTime  # the time every vfs decision is made by
+
     def invalidate() -> int:
         """Drop every cached attribute and name; returns how many entries went."""
+
+    def forget_changed(ino: int, dir_ino: int = 0) -> None:
+        """Another gateway changed C{ino} (and C{dir_ino}'s entries): drop what is cached of them."""
+
+    def get_state(key: str) -> Deferred[bytes | None]:
+        """
+        A front end's small durable record (NFSv4 client records, SMB durable
+        handles), None if never set; keys start with the protocol's name.
+        """
+
+    def set_state(key: str, value: bytes | None) -> Deferred[None]:
+        """Store (None: remove) a front end's small durable record."""
 
     def caller(export: ExportInfo, client: str, cred: Credentials, protocol: str) -> Caller:
         """The identity a request runs as. @raise Access: the client is not allowed by the export."""
 
     def handle(export: ExportInfo, a: Attributes) -> bytes:
         """An opaque, unforgeable file handle for C{a} within C{export}."""
+
+    def handle_parts(handle: bytes) -> tuple[int, int, int]:
+        """
+        The export id, inode and generation a handle of ours names, whether or
+        not the file still exists (NFSv4 CLOSE of a removed file). @raise BadHandle.
+        """
 
     def from_handle(handle: bytes) -> Deferred[tuple[ExportInfo, Attributes]]:
         """The export and file a handle names. @raise BadHandle: forged. @raise Stale: gone."""
@@ -670,15 +719,6 @@ class IVFS(Interface):
         caller: Caller, ino: int, name: bytes, origin: Origin | None = None
     ) -> Deferred[None]:
         """Remove a client extended attribute. @raise NoData."""
-
-    def get_state(key: str) -> Deferred[bytes | None]:
-        """
-        A front end's own small durable value (SMB durable handles kept
-        across a restart), None if unset; keys are the front end's to name.
-        """
-
-    def set_state(key: str, value: bytes | None) -> Deferred[None]:
-        """Store (None: delete) one such value, durably."""
 
     def meta_get(caller: Caller, ino: int, key: bytes) -> Deferred[bytes | None]:
         """A front end's own metadata on an inode (S3 headers, DOS attributes), None if unset."""

@@ -31,11 +31,13 @@ from claudefs_gateway.admin.web import build_site
 from claudefs_gateway.backend.datadir import DataDir
 from claudefs_gateway.core import log
 from claudefs_gateway.core.caches import Caches
+from claudefs_gateway.core.clients import ClientTable, summarize
 from claudefs_gateway.core.config import PROTOCOLS, Config
 from claudefs_gateway.core.drain import Activity, Drainer, TrackingFactory
 from claudefs_gateway.core.health import CheckResult, HealthChecks
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.metrics import Metrics
+from claudefs_gateway.core.ratelimit import RateLimiter
 from claudefs_gateway.core.runtime import Core
 from claudefs_gateway.core.threads import ThreadPools
 from claudefs_gateway.errors import NotBuilt
@@ -72,7 +74,15 @@ def not_built_message(protocol: str) -> str:
 
 
 class GatewayService(MultiService):
-    """The root of the tree; drains before its children stop."""
+    """
+    The root of the tree; drains before its children stop.
+
+    @ivar exit_when_drained: once a drain started through the admin API
+        (C{cfs-gateway drain}) has finished, stop the reactor, so the process
+        exits (status 0) and lets go of the data directory. Set by the
+        process runners (C{cfs-gateway start}, twistd); left false where the
+        tree shares a reactor it does not own (tests).
+    """
 
     name = "gateway"
 
@@ -80,6 +90,8 @@ class GatewayService(MultiService):
         super().__init__()
         self.core = core
         self.skipped: list[str] = []
+        self.exit_when_drained = False
+        self._stopping = False
 
     def listeners(self) -> dict[str, Any]:
         """Every listener in the tree by health label (tests read bound ports here)."""
@@ -99,8 +111,21 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         super().startService()
         _log.info("claudefs-gateway {version} started", version=__version__)
+        if self.exit_when_drained:
+            self.core.drainer.drained().addCallback(self._drained)
+
+    def _drained(self, _: object) -> None:
+        # A drained gateway serves nothing yet holds the data directory, so the
+        # next start would fail: a drain asked for through the admin API ends
+        # the process, as a drain on SIGTERM does.
+        if self._stopping or not self.running:
+            return
+        _log.info("drained through the admin API: stopping the process")
+        reactor = self.core.reactor
+        reactor.callLater(0, reactor.stop)
 
     def stopService(self) -> defer.Deferred[Any]:
+        self._stopping = True
         deadline = self.core.config.admin.drain_timeout_secs
         d = self.core.drainer.drain(deadline)
         d.addCallback(lambda _: MultiService.stopService(self))
@@ -115,6 +140,7 @@ def build(
     *,
     strict: bool = False,
     registry: CollectorRegistry | None = None,
+    worker: bool = False,
 ) -> GatewayService:
     """
     The service tree for C{config}.
@@ -122,6 +148,8 @@ def build(
     @param protocols: front ends to start; L{None} means every enabled one.
     @param strict: a requested front end that is not built raises L{NotBuilt}
         (single-protocol starts); otherwise it is skipped with a warning.
+    @param worker: one of the C{--workers} processes (L{claudefs_gateway.workers}):
+        the data directory is shared, its supervisor holds the lock.
     @raise NotBuilt: see C{strict}.
     """
     log.set_level(config.log_level)
@@ -129,20 +157,26 @@ def build(
     metrics = Metrics(registry)
     metrics.add_process_collectors()
     metrics.family("gateway_info").info({"version": __version__, "backend": config.backend.type})
+    # Exported from the start so dashboards and alert rules find the family; the
+    # circuit breaker in front of a remote backend sets one child per backend.
+    metrics.family("gateway_circuit_breaker_state")
+    clients = ClientTable(reactor)
     core = Core(
         config=config,
         reactor=reactor,
         metrics=metrics,
         health=HealthChecks(reactor),
-        drainer=Drainer(reactor, metrics),
+        drainer=Drainer(reactor, metrics, config.limits.max_connections, clients),
         caches=Caches(),
         threads=ThreadPools(reactor),
+        limiter=RateLimiter.from_config(reactor, metrics, config.limits),
+        clients=clients,
     )
     root = GatewayService(core)
     core.health.register("drain", core.drainer.check)
     core.threads.setServiceParent(root)
 
-    datadir = DataDir(config.data_dir)
+    datadir = DataDir(config.data_dir, shared=worker)
     datadir.setServiceParent(root)
     core.extras["datadir"] = datadir
 
@@ -173,8 +207,31 @@ def build(
         vfs = vfs_service.vfs if vfs_service is not None else None
         return vfs.quotas if vfs is not None and vfs.is_open else None
 
+    _export_live_figures(core, datadir, quotas, vfs_service)
+
+    def status() -> dict[str, Any]:
+        vfs = vfs_service.vfs if vfs_service is not None else None
+        if vfs is not None and not vfs.is_open:
+            vfs = None
+        locks = getattr(vfs, "locks", None)
+
+        def user_of(uid: int) -> str | None:
+            user = vfs.users.by_uid(uid) if vfs is not None else None
+            return user.name if user is not None else None
+
+        def locks_of(protocol: str, client: Any) -> int | None:
+            return locks.held_by(protocol, client) if locks is not None else None
+
+        rows = clients.snapshot(user_of, locks_of)
+        return {
+            "connections": rows,
+            "summary": summarize(rows),
+            "lock_clients": locks.holders() if locks is not None else [],
+        }
+
     site = build_site(
         quotas=quotas,
+        clients=status,
         health=core.health,
         metrics=metrics,
         drainer=core.drainer,
@@ -229,7 +286,38 @@ def make_backend(core: Core) -> IBackend:
                 "the embedded backend is not built in this version of claudefs-gateway"
             ) from None
         return EmbeddedBackend(core.config.data_dir, core.reactor, core.threads)
+    if kind == "remote":
+        return _remote_backend(core)
     raise NotBuilt(f"the {kind} backend is not built in this version of claudefs-gateway")
+
+
+def _remote_backend(core: Core) -> IBackend:
+    """
+    The ClaudeFS RPC client (docs/distributed.rst), with the seeds' C{metadata}
+    and C{transport} health checks and TLS material reloaded on SIGHUP.
+    """
+    from claudefs_gateway.backend.remote.client import NodeSpec, RemoteBackend
+    from claudefs_gateway.core.transport import Choices
+    from claudefs_gateway.core.transport.tls import MutualTLS, TLSFiles, install_sighup
+
+    config = core.config
+    tls = None
+    if config.backend.tls is not None:
+        t = config.backend.tls
+        tls = MutualTLS(TLSFiles(t.cert, t.key, t.ca))
+        install_sighup(core.reactor, tls)
+    backend = RemoteBackend(
+        [NodeSpec.from_config(m) for m in config.metadata_servers],
+        core.reactor,
+        config.connection_pool,
+        config.circuit_breaker,
+        metrics=core.metrics,
+        tls=tls,
+        choices=Choices(),
+    )
+    core.health.register("metadata", backend.check_metadata)
+    core.health.register("transport", backend.check_transport)
+    return backend
 
 
 def _compose_vfs(core: Core) -> VFSService | str:
@@ -254,6 +342,48 @@ def _compose_vfs(core: Core) -> VFSService | str:
         core.metrics,
     )
     return VFSService(core, backend, make_users(core), LockTable(core.reactor), leases)
+
+
+def _export_live_figures(
+    core: Core, datadir: DataDir, quotas: Any, vfs_service: VFSService | None
+) -> None:
+    """
+    Gauges read at each scrape from where the figures live: open files and
+    leases of connected clients, the lock table, quota pressure, free space
+    (the dashboard's and alert rules' inputs; C{contrib/}).
+    """
+    metrics, drainer, clients = core.metrics, core.drainer, core.clients
+
+    def per_protocol(field: str) -> dict[tuple[str, ...], float]:
+        out: dict[tuple[str, ...], float] = {(a.protocol,): 0 for a in drainer.activities()}
+        for protocol, c in clients.counts().items():
+            out[(protocol,)] = c[field]
+        return out
+
+    def lock_figure(index: int) -> dict[tuple[str, ...], float]:
+        if vfs_service is None:
+            return {}
+        return {(p,): t[index] for p, t in vfs_service.locks.totals().items()}
+
+    def space(index: int) -> float:
+        try:
+            return float(datadir.space()[index])
+        except OSError:
+            return 0.0
+
+    metrics.collect_with("gateway_open_files", lambda: per_protocol("opens"))
+    metrics.collect_with("gateway_locks_held", lambda: lock_figure(0))
+    metrics.collect_with("gateway_share_reservations", lambda: lock_figure(1))
+    metrics.collect_with("gateway_lock_waiters", lambda: lock_figure(2))
+    metrics.collect_with(
+        "gateway_quota_usage_ratio", lambda: q.pressure() if (q := quotas()) is not None else {}
+    )
+    metrics.collect_with(
+        "gateway_quota_over_soft",
+        lambda: {(k,): n for k, n in q.over_soft().items()} if (q := quotas()) is not None else {},
+    )
+    metrics.collect_with("gateway_data_dir_free_bytes", lambda: space(0))
+    metrics.collect_with("gateway_data_dir_size_bytes", lambda: space(1))
 
 
 def _add_manhole(core: Core, root: GatewayService) -> None:

@@ -38,12 +38,17 @@ class Options(usage.Options):
         ["admin-bind", None, None, "Override admin.bind (e.g. 127.0.0.1:8080)."],
         ["log-level", None, None, "Override log_level: debug, info, warn, error, critical."],
         ["log-format", None, None, "Override log_format: human or json."],
+        ["workers", None, "0", "Run N gateway worker processes (and local meta and data servers)."],
+    ]
+    optFlags: list[list[Any]] = [
+        ["worker", None, "Internal: this is one of the --workers processes."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.exports: list[str] = []
         self.config: cfg.Config | None = None
+        self.config_text = ""
 
     def opt_export(self, path: str) -> None:
         """Export a namespace path (repeatable); replaces the configured top-level exports."""
@@ -64,6 +69,19 @@ class Options(usage.Options):
         return out
 
     def postOptions(self) -> None:
+        try:
+            self["workers"] = int(self["workers"])
+        except ValueError:
+            raise usage.UsageError("--workers takes a number") from None
+        if not 0 <= self["workers"] <= 256:
+            raise usage.UsageError("--workers must be between 0 and 256")
+        self.config_text = ""
+        if self["config"]:
+            try:
+                with open(self["config"], encoding="utf-8") as f:
+                    self.config_text = f.read()
+            except OSError:
+                pass  # cfg.load below reports it
         protocol = self.protocol
         if protocol is not None and not service.is_built(protocol):
             raise usage.UsageError(service.not_built_message(protocol))
@@ -147,6 +165,9 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     assert options.config is not None
-    return service.build(
+    root = service.build(
         options.config, reactor, options.protocols, strict=options.protocol is not None
     )
+    # twistd owns the reactor: a drain through the admin API ends the process.
+    root.exit_when_drained = True
+    return root

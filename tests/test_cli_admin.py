@@ -24,6 +24,28 @@ async def run(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
 class UserCommandTests(TestCase):
     timeout = 60
 
+    async def test_bucket_right(self) -> None:
+        """
+        A user added with S3 keys holds the bucket right by default (nothing
+        extra in the users file, "mb" in the list); --no-create-buckets
+        withholds it.
+        """
+        data = os.path.abspath(self.mktemp())
+        config = write_config(self, f"backend: {{data_dir: {data}}}\n")
+        for name, uid, extra in (("ann", "1000", ()), ("ben", "1001", ("--no-create-buckets",))):
+            status, _, err = await run(
+                "user", "add", name, "--uid", uid, "--gid", uid, "--s3-keys", "--no-password",
+                *extra, "--config", config,
+            )  # fmt: skip
+            self.assertEqual(status, 0, err)
+        ann, ben = yaml.safe_load(open(os.path.join(data, "users.yaml")))
+        self.assertNotIn("s3_create_buckets", ann)
+        self.assertIs(ben["s3_create_buckets"], False)
+        status, out, _ = await run("user", "list", "--config", config)
+        lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+        self.assertIn("access=s3,mb ", lines["ann"])
+        self.assertIn("access=s3 ", lines["ben"])
+
     async def test_add_passwd_keys_list_remove(self) -> None:
         data = os.path.abspath(self.mktemp())
         config = write_config(self, f"backend: {{data_dir: {data}}}\n")

@@ -74,3 +74,40 @@ class BuildTests(SynchronousTestCase):
             self.config("admin: {token: abcdefghijklmnopqrstuvwxyz}\n"), MemoryReactorClock(), []
         )
         self.assertEqual(log.scrub({"x": "tok abcdefghijklmnopqrstuvwxyz"})["x"], "tok ***")
+
+
+class ExitWhenDrainedTests(SynchronousTestCase):
+    def start(self, exit_when_drained: bool) -> tuple[MemoryReactorClock, service.GatewayService]:
+        data = os.path.abspath(self.mktemp())
+        reactor = MemoryReactorClock()
+        reactor.running = True
+        root = service.build(
+            cfg.loads(f"backend: {{type: memory, data_dir: {data}}}\n"), reactor, protocols=[]
+        )
+        root.exit_when_drained = exit_when_drained
+        root.privilegedStartService()
+        root.startService()
+        self.addCleanup(lambda: root.stopService() if root.running else None)
+        return reactor, root
+
+    def test_admin_drain_stops_the_reactor(self) -> None:
+        """A drain not started by stopping the tree stops the reactor once it has finished."""
+        reactor, root = self.start(exit_when_drained=True)
+        self.successResultOf(root.core.drainer.drain(1))
+        self.assertFalse(reactor.hasStopped)
+        reactor.advance(0)
+        self.assertTrue(reactor.hasStopped)
+
+    def test_not_when_stopping(self) -> None:
+        """The drain of a stopping tree (SIGTERM) does not stop the reactor a second time."""
+        reactor, root = self.start(exit_when_drained=True)
+        self.successResultOf(root.stopService())
+        reactor.advance(0)
+        self.assertFalse(reactor.hasStopped)
+
+    def test_not_unless_asked(self) -> None:
+        """Trees built for a shared reactor (tests) keep running after a drain."""
+        reactor, root = self.start(exit_when_drained=False)
+        self.successResultOf(root.core.drainer.drain(1))
+        reactor.advance(0)
+        self.assertFalse(reactor.hasStopped)

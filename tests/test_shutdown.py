@@ -102,9 +102,17 @@ class ShutdownTests(TestCase):
         self.assertEqual(drained["abandoned"], 1)
         self.assertNotIn(b"released", client.lines)
 
-    async def test_admin_drain_then_sigterm(self) -> None:
-        """`cfs-gateway drain` drains through the admin API; the process stays up until SIGTERM."""
-        proc, hold_port, admin_port = await self.start_hold_gateway(drain="30")
+    async def test_admin_drain_exits_and_frees_the_data_directory(self) -> None:
+        """
+        `cfs-gateway drain` drains through the admin API, answers once drained,
+        and the process then exits 0 by itself: nothing holds the data
+        directory, so the next gateway on it starts.
+        """
+        config = loopback_config(self, drain="30")
+        proc = spawn([sys.executable, "-m", "tests.hold_gateway", config])
+        kill_on_cleanup(self, proc)
+        hold_port = await proc.wait_listening("hold")
+        admin_port = await proc.wait_listening("admin")
         client = await self.connect(hold_port)
         client.sendLine(b"hold")
         await client.expect(b"held")
@@ -118,9 +126,14 @@ class ShutdownTests(TestCase):
         doc = json.loads("\n".join(drain.text))
         self.assertEqual((doc["state"], doc["in_flight_abandoned"]), ("drained", 0))
         await client.closed
-        self.assertFalse(proc.ended.called)
-        proc.signal("TERM")
         self.assertEqual(await proc.ended, 0)
+        self.assertIn("drained through the admin API: stopping the process", proc.messages())
+
+        again = spawn([bin_path("cfs-gateway"), "start", "--config", config])
+        kill_on_cleanup(self, again)
+        await again.wait_ready()
+        again.signal("TERM")
+        self.assertEqual(await again.ended, 0)
 
 
 class TwistdTests(TestCase):

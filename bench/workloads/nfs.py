@@ -7,6 +7,11 @@ no asynchronous calls). Debian's fio has no NFS engine.
 
 Sizes can be shrunk for a quick look with ``CFS_BENCH_NFS_SEQ_MB`` (default
 1024) and ``CFS_BENCH_NFS_OPS`` (default 5000 random reads or GETATTRs).
+
+Every workload also reports the server's CPU time per operation (or per MiB)
+over its timed part, from the server process's CPU clock
+(bench/serverstat.py): on a shared machine the rates swing with the load, the
+CPU an operation costs much less.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.serverstat import process_cpu
 from bench.stats import Metric
 from bench.workloads import Workload, register
 
@@ -62,6 +68,24 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     return p50 * 1000, p99 * 1000
 
 
+class _CPU:
+    """The server's CPU seconds between L{start} and L{stop} (0 if its pid is unknown)."""
+
+    def __init__(self, e: dict[str, Any]) -> None:
+        self.pid: int | None = e.get("pid")
+        self.t0 = 0.0
+        self.used = 0.0
+
+    def start(self) -> None:
+        if self.pid is not None:
+            self.t0 = process_cpu(self.pid)
+
+    def stop(self) -> float:
+        if self.pid is not None:
+            self.used = process_cpu(self.pid) - self.t0
+        return self.used
+
+
 def _source(scratch: Path) -> Path:
     """A local file of SEQ_MB MiB (random blocks), made once per bench run."""
     src = scratch.parent / f"seq-{SEQ_MB}MiB.bin"
@@ -83,15 +107,32 @@ def _unlink(e: dict[str, Any], name: str) -> None:
     nfs.unlink(name)
 
 
+def _settle(e: dict[str, Any]) -> None:
+    """
+    A namespace change made and undone, so work a server does after replying
+    to earlier calls (the gateway deletes a removed file's data after the
+    REMOVE's reply) is over before the CPU clock starts.
+    """
+    nfs = _binding().NFS(url(e))
+    name = f"/settle-{time.monotonic_ns()}"
+    nfs.mkdir(name)
+    nfs.rmdir(name)
+
+
 def seq_write(e: dict[str, Any], scratch: Path) -> dict[str, float]:
     """nfs-cp a 1 GiB local file to a fresh name on the server."""
     src = _source(scratch)
     name = f"/seqw-{time.monotonic_ns()}.bin"
+    _settle(e)
+    cpu = _CPU(e)
+    cpu.start()
     start = time.perf_counter()
     _nfs_cp(str(src), url(e, name))
     elapsed = time.perf_counter() - start
+    cpu.stop()
     _unlink(e, name)
-    return {"MB/s": src.stat().st_size / elapsed / 1e6}
+    size = src.stat().st_size
+    return {"MB/s": size / elapsed / 1e6, "server CPU ms/MiB": cpu.used * 1e3 / (size / 2**20)}
 
 
 def seq_read_prepare(e: dict[str, Any], scratch: Path) -> None:
@@ -106,14 +147,17 @@ def seq_read_prepare(e: dict[str, Any], scratch: Path) -> None:
 def seq_read(e: dict[str, Any], scratch: Path) -> dict[str, float]:
     """nfs-cp the 1 GiB file from the server to a local file."""
     dst = scratch / "seqr.out"
+    cpu = _CPU(e)
+    cpu.start()
     start = time.perf_counter()
     _nfs_cp(url(e, "/seqr.bin"), str(dst))
     elapsed = time.perf_counter() - start
+    cpu.stop()
     size = dst.stat().st_size
     dst.unlink()
     if size != SEQ_MB << 20:
         raise RuntimeError(f"read {size} bytes, expected {SEQ_MB << 20}")
-    return {"MB/s": size / elapsed / 1e6}
+    return {"MB/s": size / elapsed / 1e6, "server CPU ms/MiB": cpu.used * 1e3 / (size / 2**20)}
 
 
 # -- random reads and GETATTR at queue depth 1 (libnfs binding) ----------------------
@@ -144,6 +188,8 @@ def rand_read_qd1(e: dict[str, Any], scratch: Path) -> dict[str, float]:
     for off in offsets[:200]:  # warm up
         lib.nfs_pread(raw, handle, off, 4096, buf)
     lat = []
+    cpu = _CPU(e)
+    cpu.start()
     start = time.perf_counter()
     for off in offsets:
         t0 = time.perf_counter()
@@ -152,9 +198,10 @@ def rand_read_qd1(e: dict[str, Any], scratch: Path) -> dict[str, float]:
         if n != 4096:
             raise RuntimeError(f"short read: {n}")
     elapsed = time.perf_counter() - start
+    cpu.stop()
     fh.close()
     p50, p99 = _percentiles(lat)
-    return {"IOPS": OPS / elapsed, "p50": p50, "p99": p99}
+    return {"IOPS": OPS / elapsed, "p50": p50, "p99": p99, "server CPU us/op": cpu.used * 1e6 / OPS}
 
 
 def getattr_qd1(e: dict[str, Any], scratch: Path) -> dict[str, float]:
@@ -167,6 +214,8 @@ def getattr_qd1(e: dict[str, Any], scratch: Path) -> dict[str, float]:
     for _ in range(200):
         lib.nfs_fstat64(raw, handle, st)
     lat = []
+    cpu = _CPU(e)
+    cpu.start()
     start = time.perf_counter()
     for _ in range(OPS):
         t0 = time.perf_counter()
@@ -175,9 +224,15 @@ def getattr_qd1(e: dict[str, Any], scratch: Path) -> dict[str, float]:
         if rc != 0:
             raise RuntimeError(f"fstat failed: {rc}")
     elapsed = time.perf_counter() - start
+    cpu.stop()
     fh.close()
     p50, p99 = _percentiles(lat)
-    return {"ops/s": OPS / elapsed, "p50": p50, "p99": p99}
+    return {
+        "ops/s": OPS / elapsed,
+        "p50": p50,
+        "p99": p99,
+        "server CPU us/op": cpu.used * 1e6 / OPS,
+    }
 
 
 # -- random reads at queue depth 16 (libnfs asynchronous API through ctypes) ---------
@@ -249,6 +304,8 @@ def rand_read_qd16(e: dict[str, Any], scratch: Path, depth: int = 16) -> dict[st
             issue()
 
     callback = _CB(on_done)
+    cpu = _CPU(e)
+    cpu.start()
     begin = time.perf_counter()
     for _ in range(depth):
         issue()
@@ -262,12 +319,18 @@ def rand_read_qd16(e: dict[str, Any], scratch: Path, depth: int = 16) -> dict[st
         if lib.nfs_service(nfs, events[0][1]) < 0:
             raise RuntimeError(lib.nfs_get_error(nfs).decode())
     elapsed = time.perf_counter() - begin
+    cpu.stop()
     lib.nfs_close(nfs, fh)
     lib.nfs_destroy_context(nfs)
     if state["errors"]:
         raise RuntimeError(f"{state['errors']} reads failed")
     p50, p99 = _percentiles(lat)
-    return {"IOPS": total / elapsed, "p50": p50, "p99": p99}
+    return {
+        "IOPS": total / elapsed,
+        "p50": p50,
+        "p99": p99,
+        "server CPU us/op": cpu.used * 1e6 / total,
+    }
 
 
 # -- small files ------------------------------------------------------------------------
@@ -281,6 +344,8 @@ def small_files(e: dict[str, Any], scratch: Path) -> dict[str, float]:
     nfs.mkdir(d)
     data = bytearray(os.urandom(4096))
     raw = nfs._nfs
+    cpu = _CPU(e)
+    cpu.start()
     start = time.perf_counter()
     for i in range(SMALL_FILES):
         fh = lib.new_NFSFileHandle()
@@ -291,31 +356,74 @@ def small_files(e: dict[str, Any], scratch: Path) -> dict[str, float]:
         lib.nfs_write(raw, h, 4096, data)
         lib.nfs_close(raw, h)
     created = time.perf_counter() - start
+    cpu_created = cpu.stop()
+    cpu.start()
     start = time.perf_counter()
     names = nfs.listdir(d)
     listed = time.perf_counter() - start
+    cpu_listed = cpu.stop()
     if len([n for n in names if n not in (".", "..")]) != SMALL_FILES:
         raise RuntimeError(f"listed {len(names)} names")
+    cpu.start()
     start = time.perf_counter()
     for i in range(SMALL_FILES):
         nfs.unlink(f"{d}/f{i:05d}")
     removed = time.perf_counter() - start
+    cpu_removed = cpu.stop()
     nfs.rmdir(d)
     return {
         "create/s": SMALL_FILES / created,
         "list entries/s": SMALL_FILES / listed,
         "unlink/s": SMALL_FILES / removed,
+        "server CPU us/create": cpu_created * 1e6 / SMALL_FILES,
+        "server CPU us/entry": cpu_listed * 1e6 / SMALL_FILES,
+        "server CPU us/unlink": cpu_removed * 1e6 / SMALL_FILES,
+    }
+
+
+PARALLEL = int(os.environ.get("CFS_BENCH_NFS_CLIENTS", "4"))
+
+
+def _small_files_one(e: dict[str, Any]) -> tuple[float, float, float, float]:
+    """One client's small_files in a child process: (start, created, listed, removed) times."""
+    t0 = time.time()
+    got = small_files(e, Path("."))
+    return (
+        t0,
+        SMALL_FILES / got["create/s"],
+        SMALL_FILES / got["list entries/s"],
+        SMALL_FILES / got["unlink/s"],
+    )
+
+
+def small_files_parallel(e: dict[str, Any], scratch: Path) -> dict[str, float]:
+    """
+    small_files from PARALLEL client processes at once, each on its own
+    connection (with --workers the kernel spreads them over the workers):
+    aggregate files/s over the slowest client's time for each phase.
+    """
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(PARALLEL) as pool:
+        results = pool.map(_small_files_one, [e] * PARALLEL)
+    total = SMALL_FILES * PARALLEL
+    return {
+        "create/s": total / max(r[1] for r in results),
+        "unlink/s": total / max(r[3] for r in results),
     }
 
 
 HIGHER = True
 LOWER = False
 
+_CPU_MIB = Metric("server CPU ms/MiB", "ms", higher_is_better=False)
+_CPU_OP = Metric("server CPU us/op", "us", higher_is_better=False)
+
 register(
     Workload(
         "nfs.seq_write",
         "nfs",
-        (Metric("MB/s", "MB/s"),),
+        (Metric("MB/s", "MB/s"), _CPU_MIB),
         seq_write,
         description=f"nfs-cp of a {SEQ_MB} MiB local file to the server",
     )
@@ -324,7 +432,7 @@ register(
     Workload(
         "nfs.seq_read",
         "nfs",
-        (Metric("MB/s", "MB/s"),),
+        (Metric("MB/s", "MB/s"), _CPU_MIB),
         seq_read,
         prepare=seq_read_prepare,
         description=f"nfs-cp of a {SEQ_MB} MiB file from the server",
@@ -335,7 +443,7 @@ register(
     Workload(
         "nfs.rand_read_qd1",
         "nfs",
-        (Metric("IOPS", "ops/s"), *_LAT),
+        (Metric("IOPS", "ops/s"), *_LAT, _CPU_OP),
         rand_read_qd1,
         prepare=rand_prepare,
         description="4 KiB random reads, queue depth 1 (libnfs binding)",
@@ -345,7 +453,7 @@ register(
     Workload(
         "nfs.rand_read_qd16",
         "nfs",
-        (Metric("IOPS", "ops/s"), *_LAT),
+        (Metric("IOPS", "ops/s"), *_LAT, _CPU_OP),
         rand_read_qd16,
         prepare=rand_prepare,
         description="4 KiB random reads, queue depth 16 (libnfs async API)",
@@ -355,10 +463,19 @@ register(
     Workload(
         "nfs.getattr_qd1",
         "nfs",
-        (Metric("ops/s", "ops/s"), *_LAT),
+        (Metric("ops/s", "ops/s"), *_LAT, _CPU_OP),
         getattr_qd1,
         prepare=rand_prepare,
         description="GETATTR of an open file, queue depth 1 (libnfs binding)",
+    )
+)
+register(
+    Workload(
+        "nfs.small_files_parallel",
+        "nfs",
+        (Metric("create/s", "files/s"), Metric("unlink/s", "files/s")),
+        small_files_parallel,
+        description=f"nfs.small_files from {PARALLEL} clients at once (aggregate files/s)",
     )
 )
 register(
@@ -369,6 +486,9 @@ register(
             Metric("create/s", "files/s"),
             Metric("list entries/s", "entries/s"),
             Metric("unlink/s", "files/s"),
+            Metric("server CPU us/create", "us", higher_is_better=False),
+            Metric("server CPU us/entry", "us", higher_is_better=False),
+            Metric("server CPU us/unlink", "us", higher_is_better=False),
         ),
         small_files,
         description=f"create+write 4 KiB+close {SMALL_FILES} files, list, unlink (libnfs binding)",

@@ -9,9 +9,9 @@ small next to either server), side by side with Samba's smbd (PEERS.md).
     smbclient session of ``put``), then deleted (one session of ``del``).
 
 Every workload also reports the server's CPU time per MiB or per file, read
-from /proc/<pid>/stat (for Samba, the parent smbd's own time and its reaped
-per-connection children's), since wall time on a shared machine mostly
-measures the machine.
+from the process's CPU clock and /proc/<pid>/stat (for Samba, the parent
+smbd's own time and its reaped per-connection children's: bench/serverstat.py),
+since wall time on a shared machine mostly measures the machine.
 """
 
 from __future__ import annotations
@@ -19,45 +19,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.serverstat import children, family_cpu, settle
 from bench.stats import Metric
 from bench.workloads import Workload, register
 
 BIG = 256 * 1024 * 1024
 SMALL_COUNT = 300
 SMALL_SIZE = 4096
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu(pid: int) -> float:
-    """CPU seconds of C{pid} and its reaped children."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # utime stime cutime cstime are fields 14-17 (1-based); [0] here is field 3.
-    return sum(int(x) for x in fields[11:15]) / _TICK
-
-
-def _children(pid: int) -> int:
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                total += len(f.read().split())
-        except OSError:
-            pass
-    return total
-
-
-def _settle(pid: int, before: int) -> None:
-    """Wait (bounded) until connection children a run started have been reaped."""
-    done = threading.Event()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _children(pid) > before:
-        done.wait(0.02)
 
 
 def _smbclient(
@@ -95,11 +67,11 @@ def _smbclient(
 def _measured(endpoints: dict[str, Any], run: Any) -> tuple[float, float]:
     """(wall seconds, server CPU seconds) of C{run()}."""
     pid = endpoints["pid"]
-    kids = _children(pid)
-    cpu0 = _cpu(pid)
+    kids = children(pid)
+    cpu0 = family_cpu(pid)
     wall = run()
-    _settle(pid, kids)
-    return wall, _cpu(pid) - cpu0
+    settle(pid, kids)
+    return wall, family_cpu(pid) - cpu0
 
 
 def prepare_big(endpoints: dict[str, Any], scratch: Path) -> None:

@@ -33,7 +33,7 @@ from typing_extensions import override
 from claudefs_gateway.core.authlimit import AuthFailureLimiter
 from claudefs_gateway.core.caches import Caches
 from claudefs_gateway.core.drain import Drainer
-from claudefs_gateway.core.health import UNHEALTHY, HealthChecks
+from claudefs_gateway.core.health import SERVING, HealthChecks
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.metrics import Metrics, RequestMetrics
 
@@ -49,6 +49,7 @@ _OPS = {
     b"/admin/drain": "drain",
     b"/admin/cache/invalidate": "cache_invalidate",
     b"/admin/quota": "quota",
+    b"/admin/clients": "clients",
 }
 
 
@@ -223,7 +224,7 @@ class HealthResource(Resource):
         def write(doc: dict[str, Any]) -> None:
             if gone:
                 return
-            code = http.SERVICE_UNAVAILABLE if doc["overall"] == UNHEALTHY else http.OK
+            code = http.OK if doc["overall"] in SERVING else http.SERVICE_UNAVAILABLE
             request.write(_json(request, code, doc))
             request.finish()
 
@@ -373,6 +374,24 @@ class QuotaResource(Resource):
         return NOT_DONE_YET
 
 
+class ClientsResource(Resource):
+    """
+    C{GET /admin/clients}: who is connected over each protocol (client address,
+    user, dialect, opens, locks, leases), a summary per protocol, and every
+    lock client of the lock table (NLM hosts hold locks apart from any one
+    connection). What C{cfs-gateway status} prints.
+    """
+
+    isLeaf = True
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        super().__init__()
+        self._status = status
+
+    def render_GET(self, request: Request) -> bytes:
+        return _json(request, http.OK, self._status())
+
+
 class _Index(Resource):
     def render_GET(self, request: Request) -> bytes:
         return _json(
@@ -385,6 +404,7 @@ class _Index(Resource):
                     "/admin/drain",
                     "/admin/cache/invalidate",
                     "/admin/quota",
+                    "/admin/clients",
                 ]
             },
         )
@@ -398,6 +418,11 @@ class _Index(Resource):
 def build_site(
     *,
     quotas: Callable[[], Any] = lambda: None,
+    clients: Callable[[], dict[str, Any]] = lambda: {
+        "connections": [],
+        "summary": {},
+        "lock_clients": [],
+    },
     health: HealthChecks,
     metrics: Metrics,
     drainer: Drainer,
@@ -416,6 +441,7 @@ def build_site(
     cache.putChild(b"invalidate", CacheInvalidateResource(caches))
     admin.putChild(b"cache", cache)
     admin.putChild(b"quota", QuotaResource(quotas))
+    admin.putChild(b"clients", ClientsResource(clients))
     root.putChild(b"admin", admin)
     return AdminSite(
         root,

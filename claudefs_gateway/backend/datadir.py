@@ -35,9 +35,15 @@ class DataDir(Service):
     name = "core:datadir"
     _log = Logger()
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, shared: bool = False) -> None:
+        """
+        @param shared: a C{--workers} worker: the supervisor holds the lock
+            for all of them; the worker only checks the directory.
+        """
         self.path = path
+        self.shared = shared
         self._lock: IO[bytes] | None = None
+        self._open = False
 
     def privilegedStartService(self) -> None:
         self.open()
@@ -48,9 +54,12 @@ class DataDir(Service):
 
     def open(self) -> None:
         """Create and lock the directory. @raise DataDirLocked: another gateway has it."""
-        if self._lock is not None:
+        if self._lock is not None or self._open:
             return
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.shared:
+            self._open = True
+            return
         f = open(self.path / "gateway.lock", "ab")  # noqa: SIM115 - held for the process lifetime
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -71,8 +80,13 @@ class DataDir(Service):
             self._lock.close()
             self._lock = None
 
+    def space(self) -> tuple[int, int]:
+        """(free bytes for the gateway, file system size) where the data directory lives."""
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
     def check(self) -> CheckResult:
-        if self._lock is None:
+        if self._lock is None and not self._open:
             return CheckResult.unhealthy("data directory not open")
         if not os.access(self.path, os.W_OK):
             return CheckResult.unhealthy("data directory not writable")

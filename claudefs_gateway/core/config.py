@@ -57,9 +57,27 @@ PROTOCOLS = ("nfs", "s3", "smb")
 MAX_U32 = 2**32 - 1
 MAX_I64 = 2**63 - 1
 
-# Endpoint types a listener may name. rdma comes from our endpoint-parser plugin.
-_ENDPOINT_TYPES = ("tcp", "tcp6", "ssl", "unix", "systemd", "rdma")
+# Endpoint types a listener may name. rdma and mtls come from our endpoint-parser
+# plugins (twisted/plugins/claudefs_endpoints.py): what validates here also starts.
+_ENDPOINT_TYPES = ("tcp", "tcp6", "ssl", "unix", "systemd", "rdma", "mtls", "reuseport")
 _ENDPOINT_RE = re.compile(r"^([a-z][a-z0-9+-]*):")
+
+
+def rdma_endpoints_available() -> bool:
+    """
+    Whether an C{rdma:} server endpoint parser is installed (a Twisted
+    C{IStreamServerEndpointStringParser} plugin with prefix C{rdma}).
+
+    C{start} resolves listeners with C{serverFromString}, which finds endpoint
+    types through exactly these plugins, so validation asks the same question
+    and the two cannot disagree about an C{rdma:} listener.
+    """
+    from twisted.internet.interfaces import IStreamServerEndpointStringParser
+    from twisted.plugin import getPlugins
+
+    return any(
+        getattr(p, "prefix", None) == "rdma" for p in getPlugins(IStreamServerEndpointStringParser)
+    )
 
 
 def _split_description(desc: str) -> tuple[str, list[str], dict[str, str]]:
@@ -245,7 +263,7 @@ class Listen(Custom):
         kind, args, kwargs = _split_description(raw)
         host: str | None = None
         port: int | None = None
-        if kind in ("tcp", "tcp6", "ssl", "rdma"):
+        if kind in ("tcp", "tcp6", "ssl", "rdma", "mtls", "reuseport"):
             port_s = kwargs.get("port", args[0] if args else None)
             if port_s is None or not port_s.isdigit():
                 b.report(path, where, f"{kind} endpoint needs a numeric port")
@@ -255,6 +273,14 @@ class Listen(Custom):
                 b.report(path, where, f"port {port} is out of range 0..65535")
                 return b.INVALID
             host = kwargs.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
+        if kind == "rdma" and not rdma_endpoints_available():
+            b.report(
+                path,
+                where,
+                "rdma: listeners are not available in this build (no rdma endpoint parser "
+                "is installed); use a tcp: listener",
+            )
+            return b.INVALID
         if kind == "unix" and not ((args and args[0]) or kwargs.get("address")):
             b.report(path, where, "unix endpoint needs a socket path")
             return b.INVALID
@@ -266,6 +292,20 @@ class Listen(Custom):
                     return b.INVALID
             if "privateKey" not in kwargs:
                 b.report(path, where, "ssl endpoint needs privateKey=")
+                return b.INVALID
+        if kind == "mtls":
+            for key in ("certKey", "privateKey", "caCerts"):
+                f = kwargs.get(key)
+                if f is None:
+                    b.report(path, where, f"mtls endpoint needs {key}=")
+                    return b.INVALID
+                if not os.path.exists(f):
+                    b.report(path, where, f"{key} file does not exist")
+                    return b.INVALID
+        if kind == "rdma":
+            unknown = set(kwargs) - {"port", "device", "interface", "backlog"}
+            if unknown:
+                b.report(path, where, f"unknown rdma option {sorted(unknown)[0]!r}")
                 return b.INVALID
         return cls(raw, host, port)
 
@@ -426,6 +466,64 @@ class NfsExport(ExportRules):
 
 
 @attrs.frozen(kw_only=True)
+class NfsV4:
+    enabled: bool = setting(
+        True, doc="Serve NFSv4.1 and 4.2 (program 100003 version 4) on ``nfs.bind``."
+    )
+    minor_versions: list[Literal[1, 2]] = setting(
+        factory=lambda: [1, 2],
+        doc="Minor versions served; any other (4.0 included) answers NFS4ERR_MINOR_VERS_MISMATCH.",
+    )
+    lease_secs: int = setting(
+        90,
+        min=10,
+        max=3600,
+        doc="Client lease: a client silent this long loses its opens and locks.",
+    )
+    only_numeric_owners: bool = setting(
+        True,
+        doc="Owners as numeric strings (``1000``), as clients without an idmapper want "
+        "(Ganesha's ``Only_Numeric_Owners``); false: ``user@domain`` from the user database.",
+    )
+    domain: str = setting("localdomain", doc="NFSv4 id mapping domain of ``user@domain`` owners.")
+    max_clients: int = setting(
+        1024,
+        min=1,
+        max=1_000_000,
+        doc="Client records at once (Ganesha's ``Max_Client_Ids``); more answer NFS4ERR_DELAY.",
+    )
+    max_sessions_per_client: int = setting(8, min=1, max=256, doc="Sessions one client may hold.")
+    max_slots: int = setting(
+        64, min=1, max=1024, doc="Most slots (concurrent requests) per session."
+    )
+    max_ops_per_compound: int = setting(
+        64, min=16, max=1024, doc="Most operations per COMPOUND a session accepts."
+    )
+    reply_cache_size: int = setting(
+        8192,
+        min=1024,
+        max=1024 * 1024,
+        size=True,
+        doc="Largest reply kept per slot for retries (``ca_maxresponsesize_cached``).",
+    )
+    max_open_states_per_client: int = setting(
+        4096,
+        min=1,
+        max=1_000_000,
+        doc="Opens one client may hold (Ganesha's ``Max_Open_States_Per_Client``).",
+    )
+    max_locks_per_client: int = setting(
+        4096, min=1, max=1_000_000, doc="Lock states (lock-owner, file) one client may hold."
+    )
+    async_copy_min: int = setting(
+        8 * 1024 * 1024,
+        min=0,
+        size=True,
+        doc="Smallest COPY run in the background (answered at once, CB_OFFLOAD when done).",
+    )
+
+
+@attrs.frozen(kw_only=True)
 class Nfs:
     enabled: bool = setting(True, doc="Serve NFSv3 (with MOUNT and NLM) and NFSv4.1/4.2.")
     bind: Listen = setting(
@@ -470,13 +568,26 @@ class Nfs:
         doc="Replies of non-idempotent calls kept for retransmissions (duplicate request "
         "cache); 0 disables it.",
     )
-    nlm_grace_secs: int = setting(
+    grace_secs: int = setting(
         90,
         min=0,
         max=3600,
-        doc="After a restart, how long clients that held NLM locks may reclaim them before "
-        "new locks are granted (only when the previous run had lock clients).",
+        doc="After a restart, how long NLM and NFSv4 clients that held locks or opens may "
+        "reclaim them before new ones are granted (only when the previous run had such "
+        "clients; NFSv4 alone ends it early once all of them reclaimed).",
     )
+    nlm_grace_secs: int | None = setting(
+        None,
+        min=0,
+        max=3600,
+        doc="Deprecated: the older name of ``grace_secs``; when set, it is used instead.",
+    )
+    v4: NfsV4 = setting(factory=NfsV4, doc="NFSv4.1 and 4.2.")
+
+    @property
+    def grace(self) -> int:
+        """The grace period in seconds (``grace_secs``, or the deprecated name)."""
+        return self.grace_secs if self.nlm_grace_secs is None else self.nlm_grace_secs
 
 
 @attrs.frozen(kw_only=True)
@@ -553,8 +664,9 @@ class S3:
         max=0o7777,
         shown_default="left as it is",
         doc="Mode given to the S3 root directory at start, e.g. ``01777`` (octal in YAML) so "
-        "every user may create buckets and only a bucket's owner may delete it. "
-        "Creating a bucket needs write permission on the S3 root, as ``mkdir`` would.",
+        "anyone (over any protocol) may make directories there and only an owner may delete "
+        "one. Not needed for buckets: users holding the bucket right "
+        "(``users[].s3_create_buckets``, the default) create them in a closed root.",
     )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
@@ -678,13 +790,20 @@ class Smb:
 
 @attrs.frozen(kw_only=True)
 class MetadataServer:
-    address: str = setting(doc="``host:port`` of a ClaudeFS metadata server (port 7001).")
-    transport: Literal["tcp", "rdma"] = setting(
-        "tcp", doc="Transport to this server; RDMA falls back to TCP."
+    address: str = setting(
+        doc="``host:port`` of a ClaudeFS metadata server (port 7001), or ``unix:/path`` "
+        "(what ``--workers`` uses on one machine)."
+    )
+    transport: Literal["tcp", "tls", "rdma"] = setting(
+        "tcp",
+        doc="Transport to this server: ``tcp``, ``tls`` (mutual TLS with ``backend.tls``) "
+        "or ``rdma`` (falls back to TCP when no RDMA device or library is present).",
     )
     device: str | None = setting(None, doc="RDMA device name, e.g. ``mlx5_0``.")
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
+        if self.address.startswith("unix:/"):
+            return
         host, sep, port = self.address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
             b.report(
@@ -805,6 +924,20 @@ class Cache:
 
 
 @attrs.frozen(kw_only=True)
+class BackendTLS:
+    cert: str = setting(doc="PEM certificate this gateway presents to backend nodes.")
+    key: str = setting(doc="PEM private key of ``cert``.")
+    ca: str = setting(
+        doc="PEM certificate of the CA that signs every node's and gateway's certificate."
+    )
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        for key in ("cert", "key", "ca"):
+            if not os.path.isfile(getattr(self, key)):
+                b.report(join(path, key), line_of(raw, key), "file does not exist")
+
+
+@attrs.frozen(kw_only=True)
 class Backend:
     type: Literal["embedded", "memory", "remote"] = setting(
         "embedded",
@@ -817,6 +950,100 @@ class Backend:
         doc="Where the embedded store, install secret and runtime state live; "
         "relative paths are taken from the current directory.",
     )
+    tls: BackendTLS | None = setting(
+        None, doc="Mutual-TLS material for ``metadata_servers`` with ``transport: tls``."
+    )
+
+
+@attrs.frozen(kw_only=True)
+class PostgreSQL:
+    dsn: str | None = setting(
+        None,
+        secret=True,
+        doc="libpq connection string (``host=/run/postgresql dbname=claudefs user=claudefs``) "
+        "or URI (``postgresql://claudefs@db-1,db-2/claudefs?target_session_attrs=read-write``); "
+        "the parts below, when set, override the same parts of it. Kept out of logs: it may "
+        "hold a password. ``PGPASSFILE``, ``PGSERVICE`` and the other libpq variables apply.",
+    )
+    host: str | None = setting(
+        None, doc="Server host names or a unix-socket directory (libpq ``host``; comma-separated)."
+    )
+    port: int | None = setting(None, min=1, max=65535, doc="Server port (libpq ``port``).")
+    dbname: str | None = setting(None, doc="Database name.")
+    user: str | None = setting(None, doc="Role to connect as.")
+    password: str | None = setting(
+        None, secret=True, doc="Password (prefer a ``.pgpass`` file or ``PGPASSFILE``)."
+    )
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
+        setting(None, doc="libpq ``sslmode``.")
+    )
+    schema: str = setting(
+        "claudefs",
+        doc="PostgreSQL schema holding the namespace's tables (created and migrated at start); "
+        "one database can hold several namespaces in different schemas.",
+    )
+    pool_min: int = setting(2, min=0, max=1000, doc="Connections each meta server keeps open.")
+    pool_max: int = setting(
+        8,
+        min=1,
+        max=1000,
+        doc="Most connections of each meta server, and threads running its statements.",
+    )
+    statement_timeout_ms: int = setting(
+        5000,
+        min=1,
+        max=3_600_000,
+        doc="PostgreSQL ``statement_timeout``: a statement running longer is cancelled and the "
+        "call fails with a try-later error.",
+    )
+    connect_timeout_ms: int = setting(
+        5000, min=1000, max=600_000, doc="Deadline for opening a database connection."
+    )
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        if not self.dsn and not self.host and not self.dbname:
+            b.report(path, line_of(raw, "dsn"), "needs dsn, or host and dbname")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", self.schema):
+            b.report(
+                join(path, "schema"),
+                line_of(raw, "schema"),
+                "must be a lower-case SQL identifier (letters, digits, _; at most 41)",
+            )
+        if self.pool_min > self.pool_max:
+            b.report(
+                join(path, "pool_min"),
+                line_of(raw, "pool_min"),
+                f"must not exceed pool_max ({self.pool_max})",
+            )
+
+    def conninfo(self) -> str:
+        """The libpq connection string: C{dsn} with the parts set here merged in."""
+        from psycopg.conninfo import make_conninfo
+
+        parts = {
+            k: getattr(self, k)
+            for k in ("host", "port", "dbname", "user", "password", "sslmode")
+            if getattr(self, k) is not None
+        }
+        parts.setdefault("application_name", "claudefs-meta")
+        return make_conninfo(self.dsn or "", **parts)
+
+
+@attrs.frozen(kw_only=True)
+class MetaStore:
+    type: Literal["embedded", "postgresql"] = setting(
+        "embedded",
+        doc="Where ``claudefs-meta`` keeps the namespace: ``embedded`` (SQLite under its "
+        "``--data-dir``; one meta server) or ``postgresql`` (several meta servers active at "
+        "once over one database; docs/postgresql.rst).",
+    )
+    postgresql: PostgreSQL | None = setting(None, doc="The database, for ``type: postgresql``.")
+
+    def check(self, b: Builder, path: str, raw: Any) -> None:
+        if self.type == "postgresql" and self.postgresql is None:
+            b.report(
+                join(path, "postgresql"), line_of(raw, "type"), "type postgresql needs this section"
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -831,6 +1058,13 @@ class User:
     s3_access_key: str | None = setting(None, doc="S3 access key id.")
     s3_secret_key: str | None = setting(None, secret=True, doc="S3 secret access key.")
     nfs4_name: str | None = setting(None, doc="NFSv4 owner name (``user@domain``).")
+    s3_create_buckets: bool = setting(
+        True,
+        doc="The user may create S3 buckets (and delete the ones they own) even without write "
+        "permission on ``s3.root``: the gateway makes the bucket directory and gives it to "
+        "the user, as any AWS account may create buckets, while the S3 root stays as it is "
+        "(root's, ``0755``). False: creating a bucket needs write permission on the S3 root.",
+    )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
         if not re.match(r"^[A-Za-z0-9._-]{1,64}$", self.name):
@@ -882,13 +1116,14 @@ class Manhole:
 @attrs.frozen(kw_only=True)
 class Admin:
     bind: Listen = setting(
-        Listen.tcp("127.0.0.1", 8080), doc="Admin HTTP listener: /health, /metrics, /admin/*."
+        Listen.tcp("127.0.0.1", 8080),
+        doc="Admin HTTP listener: ``/health``, ``/metrics``, ``/admin/*``.",
     )
     token: str | None = setting(
         None,
         secret=True,
         doc="Bearer token. Unset: only loopback clients are served. Set: non-loopback "
-        "clients and every /admin/* call must present it.",
+        "clients and every ``/admin/*`` call must present it.",
     )
     drain_timeout_secs: float = setting(
         30.0, min=0, max=3600, doc="On SIGTERM or drain, how long in-flight requests may run on."
@@ -898,6 +1133,50 @@ class Admin:
     def check(self, b: Builder, path: str, raw: Any) -> None:
         if self.token is not None and len(self.token) < 16:
             b.report(join(path, "token"), line_of(raw, "token"), "must be at least 16 characters")
+
+
+@attrs.frozen(kw_only=True)
+class RateLimit:
+    requests_per_sec: float = setting(
+        0,
+        min=0,
+        max=10_000_000,
+        doc="Sustained requests a second; 0 = no limit.",
+    )
+    burst: int = setting(
+        0,
+        min=0,
+        max=100_000_000,
+        shown_default="0 (one second's worth)",
+        doc="Requests allowed at once above the sustained rate (the bucket's size); "
+        "0 = ``requests_per_sec``.",
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    max_connections: int = setting(
+        0,
+        min=0,
+        max=1_000_000,
+        doc="Most client connections each protocol holds open at once (NFS, MOUNT, the "
+        "portmapper, S3 and SMB are counted apart); one more is closed at once and counted in "
+        '``gateway_rejected_requests_total{reason="max_connections"}``. 0 = no limit. '
+        "Exported as ``gateway_max_connections``.",
+    )
+    per_client: RateLimit = setting(
+        factory=RateLimit,
+        doc="Request rate of each client address, over all its protocols and users. A request "
+        "over it gets the protocol's try-later answer (NFS3ERR_JUKEBOX, S3 ``SlowDown``, "
+        "STATUS_IO_TIMEOUT) and is counted in "
+        '``gateway_rejected_requests_total{reason="client_rate"}``.',
+    )
+    per_user: RateLimit = setting(
+        factory=RateLimit,
+        doc="Request rate of each user (uid: the NFS AUTH_SYS uid, the S3 signer's, the SMB "
+        "session's), over all its protocols and machines; "
+        '``gateway_rejected_requests_total{reason="user_rate"}``.',
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -928,6 +1207,11 @@ class Config:
     metadata_servers: list[MetadataServer] = setting(
         factory=list, doc="Used by the remote backend."
     )
+    meta_store: MetaStore = setting(
+        factory=MetaStore,
+        doc="The store of ``claudefs-meta`` (``cfs-gateway meta --config``, and the local meta "
+        "server of ``start --workers``).",
+    )
     connection_pool: ConnectionPool = setting(
         factory=ConnectionPool, doc="Backend connection pool."
     )
@@ -941,14 +1225,24 @@ class Config:
         doc="Leases of every protocol (SMB oplocks and leases, NFSv4 delegations): docs/locks.rst.",
     )
     admin: Admin = setting(factory=Admin, doc="Admin HTTP and manhole.")
+    limits: Limits = setting(factory=Limits, doc="Connection and request-rate limits.")
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
-        if self.backend.type == "remote":
+        if self.backend.type == "remote" and not self.metadata_servers:
             b.report(
-                "backend.type",
-                line_of(raw.get("backend", raw), "type"),
-                "the remote backend is not built in this version; use embedded",
+                "metadata_servers",
+                line_of(raw, "metadata_servers")
+                if "metadata_servers" in raw
+                else line_of(raw.get("backend", raw), "type"),
+                "the remote backend needs at least one metadata server",
             )
+        for i, m in enumerate(self.metadata_servers):
+            if m.transport == "tls" and self.backend.tls is None:
+                b.report(
+                    f"metadata_servers[{i}].transport",
+                    line_of(raw, "metadata_servers"),
+                    "transport tls needs backend.tls (cert, key, ca)",
+                )
         seen_paths: dict[str, str] = {}
         seen_names: dict[str, str] = {}
         for i, e in enumerate(self.all_exports()):

@@ -54,8 +54,14 @@ class Activity:
         clients to go (HTTP C{Connection: close}) but keep serving requests.
     """
 
-    def __init__(self, protocol: str, metrics: Metrics) -> None:
+    _log = Logger()
+
+    def __init__(
+        self, protocol: str, metrics: Metrics, max_connections: int = 0, clients: Any = None
+    ) -> None:
         self.protocol = protocol
+        self.max_connections = max_connections
+        self._clients = clients
         self.connections: set[Any] = set()
         self.in_flight = 0
         self.draining = False
@@ -65,15 +71,46 @@ class Activity:
         self._flight_gauge = metrics.family("gateway_in_flight_requests").labels(protocol)
         self._conn_gauge.set(0)
         self._flight_gauge.set(0)
+        metrics.family("gateway_max_connections").labels(protocol).set(max_connections)
+        self._refused = metrics.family("gateway_rejected_requests_total").labels(
+            protocol, "max_connections"
+        )
 
     # -- connections ----------------------------------------------------------
 
-    def connection_made(self, proto: Any) -> None:
+    def connection_made(self, proto: Any) -> bool:
+        """
+        Count a new connection; false (and the connection aborted) when the
+        protocol already holds C{max_connections}.
+
+        Callers need not check the result: the abort makes the connection's
+        C{connectionLost} run soon, as for any other closed connection.
+        """
+        if self.max_connections and len(self.connections) >= self.max_connections:
+            self._refused.inc()
+            transport = getattr(proto, "transport", None)
+            peer = getattr(transport.getPeer(), "host", "?") if transport is not None else "?"
+            self._log.warn(
+                "{protocol} connection from {peer} refused: {limit} connections open "
+                "(limits.max_connections)",
+                protocol=self.protocol,
+                peer=peer,
+                limit=self.max_connections,
+            )
+            if transport is not None:
+                abort = getattr(transport, "abortConnection", transport.loseConnection)
+                abort()
+            return False
         self.connections.add(proto)
         self._conn_gauge.set(len(self.connections))
+        if self._clients is not None:
+            self._clients.add(self.protocol, proto)
+        return True
 
     def connection_lost(self, proto: Any) -> None:
         self.connections.discard(proto)
+        if self._clients is not None:
+            self._clients.remove(proto)
         self._conn_gauge.set(len(self.connections))
         if not self.connections:
             waiters, self._closed_waiters = self._closed_waiters, []
@@ -153,14 +190,28 @@ class Drainer:
 
     _log = Logger()
 
-    def __init__(self, clock: IReactorTime, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        metrics: Metrics,
+        max_connections: int = 0,
+        clients: Any = None,
+    ) -> None:
+        """
+        @param max_connections: each protocol's connection limit (0: none).
+        @param clients: a L{claudefs_gateway.core.clients.ClientTable} every
+            protocol's connections are entered in, or None.
+        """
         self._clock = clock
         self._metrics = metrics
+        self._max_connections = max_connections
+        self.clients = clients
         self._listeners: list[IDrainable] = []
         self._activities: dict[str, Activity] = {}
         self.state = "running"
         self._outcome: DrainResult | None = None
         self._waiters: list[defer.Deferred[DrainResult]] = []
+        self._watchers: list[defer.Deferred[DrainResult]] = []
         self._gauge = metrics.family("gateway_draining")
         self._gauge.set(0)
 
@@ -168,7 +219,9 @@ class Drainer:
         """The L{Activity} of C{protocol}, created on first use."""
         act = self._activities.get(protocol)
         if act is None:
-            act = self._activities[protocol] = Activity(protocol, self._metrics)
+            act = self._activities[protocol] = Activity(
+                protocol, self._metrics, self._max_connections, self.clients
+            )
         return act
 
     def activities(self) -> list[Activity]:
@@ -215,10 +268,25 @@ class Drainer:
             run.addErrback(lambda f: self._log.failure("drain failed", f))
         return d
 
+    def drained(self) -> defer.Deferred[DrainResult]:
+        """
+        Fire with the L{DrainResult} once a drain, started by anyone, has
+        finished (after every caller of L{drain} has had its result); this
+        does not start one.
+        """
+        if self._outcome is not None:
+            return defer.succeed(self._outcome)
+        d: defer.Deferred[DrainResult] = defer.Deferred(lambda d: self._watchers.remove(d))
+        self._watchers.append(d)
+        return d
+
     def _finished(self, outcome: DrainResult) -> None:
         self._outcome = outcome
         waiters, self._waiters = self._waiters, []
         for d in waiters:
+            d.callback(outcome)
+        watchers, self._watchers = self._watchers, []
+        for d in watchers:
             d.callback(outcome)
 
     async def _drain(self, deadline: float) -> DrainResult:
@@ -299,6 +367,11 @@ async def _within(d: defer.Deferred[Any], seconds: float, clock: IReactorTime) -
 
 
 class _TrackedProtocol(ProtocolWrapper):
+    def describe(self) -> dict[str, Any]:
+        """What the wrapped protocol says of itself (L{claudefs_gateway.core.clients})."""
+        describe = getattr(self.wrappedProtocol, "describe", None)
+        return describe() if describe is not None else {}
+
     def connectionMade(self) -> None:
         self.factory.activity.connection_made(self)
         super().connectionMade()

@@ -10,7 +10,10 @@ operations runbook gives::
      "checks": [{"name": "backend", "status": "healthy", "message": "", "duration_ms": 1}],
      "timestamp": 1706745600}
 
-C{overall} is the worst status of any check. A check that raises or runs past
+C{overall} is the worst status of any check, in the order C{healthy},
+C{degraded} (still serving), C{starting} (not serving yet: the store is being
+opened and no protocol listener accepts connections until it is) and
+C{unhealthy}. A check that raises or runs past
 its deadline is C{unhealthy}; its message names the exception class only, so no
 path, host or secret leaks through a health probe.
 """
@@ -27,12 +30,24 @@ from twisted.internet.interfaces import IReactorTime
 
 from claudefs_gateway.core.log import Logger
 
-__all__ = ["HEALTHY", "DEGRADED", "UNHEALTHY", "CheckResult", "HealthChecks"]
+__all__ = [
+    "HEALTHY",
+    "DEGRADED",
+    "STARTING",
+    "UNHEALTHY",
+    "SERVING",
+    "CheckResult",
+    "HealthChecks",
+]
 
 HEALTHY = "healthy"
 DEGRADED = "degraded"
+STARTING = "starting"
 UNHEALTHY = "unhealthy"
-_RANK = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2}
+_RANK = {HEALTHY: 0, DEGRADED: 1, STARTING: 2, UNHEALTHY: 3}
+
+#: Overall states in which the gateway serves clients (C{/health} answers 200).
+SERVING = frozenset({HEALTHY, DEGRADED})
 
 
 @attrs.frozen
@@ -49,6 +64,10 @@ class CheckResult:
     @classmethod
     def degraded(cls, message: str) -> CheckResult:
         return cls(DEGRADED, message)
+
+    @classmethod
+    def starting(cls, message: str) -> CheckResult:
+        return cls(STARTING, message)
 
     @classmethod
     def unhealthy(cls, message: str) -> CheckResult:
@@ -123,6 +142,6 @@ class HealthChecks:
         checks = await defer.gatherResults(ds) if ds else []
         overall = HEALTHY
         for c in checks:
-            if _RANK.get(c["status"], 2) > _RANK[overall]:
+            if _RANK.get(c["status"], _RANK[UNHEALTHY]) > _RANK[overall]:
                 overall = c["status"] if c["status"] in _RANK else UNHEALTHY
         return {"overall": overall, "checks": checks, "timestamp": int(self._clock.seconds())}

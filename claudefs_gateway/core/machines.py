@@ -1,21 +1,20 @@
-# -*- test-case-name: tests.vfs.test_leases -*-
-"""
-Drawing the gateway's Automat state machines (STYLE.md §6: every multi-step
-state has a .dot in docs/, which a test keeps in step with the code).
-"""
+# -*- test-case-name: tests.core.test_breaker -*-
+"""Drawing Automat machines for docs/ (STYLE.md §6: every machine has its .dot)."""
 
 from __future__ import annotations
 
 __all__ = ["to_dot"]
 
 
-def to_dot(machine_class: type, name: str) -> str:
+def to_dot(machine_class: type, name: str, attr: str = "_machine") -> str:
     """
-    A Graphviz digraph of an Automat machine's transitions (what the
-    docs/smb-*.dot files hold; Automat's own drawing needs the graphviz
-    package, which we do not depend on).
+    A Graphviz digraph of an Automat MethodicalMachine's transitions.
+
+    Automat's own drawing needs the graphviz package, which we do not depend
+    on; this writes the same graph as text. A test compares each docs/*.dot
+    with this, so the picture cannot drift from the code.
     """
-    automaton = machine_class._machine._automaton  # type: ignore[attr-defined]
+    automaton = getattr(machine_class, attr)._automaton
     lines = [f"digraph {name} {{", "  rankdir=LR;", '  node [shape=ellipse, fontname="sans"];']
     initial = automaton.initialState.method.__name__
     lines.append(f"  {initial} [shape=doublecircle];")

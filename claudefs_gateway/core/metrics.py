@@ -15,12 +15,15 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
+
+from claudefs_gateway.core.log import Logger
 
 __all__ = ["CATALOGUE", "Metrics", "RequestMetrics", "LATENCY_BUCKETS"]
 
@@ -108,6 +111,34 @@ CATALOGUE: dict[str, Spec] = {
         Gauge, "Gateway process CPU use since the last scrape, percent of one core."
     ),
     "gateway_draining": Spec(Gauge, "1 while the gateway drains (no new connections), else 0."),
+    "gateway_open_files": Spec(
+        Gauge, "Files held open by connected clients (SMB opens), by protocol.", ("protocol",)
+    ),
+    "gateway_locks_held": Spec(
+        Gauge,
+        "Byte-range locks in the cross-protocol lock table, by their owner's protocol.",
+        ("protocol",),
+    ),
+    "gateway_share_reservations": Spec(
+        Gauge, "Share reservations (share modes) held, by their owner's protocol.", ("protocol",)
+    ),
+    "gateway_lock_waiters": Spec(
+        Gauge, "Blocked lock requests waiting, by their owner's protocol.", ("protocol",)
+    ),
+    "gateway_quota_usage_ratio": Spec(
+        Gauge,
+        "Highest usage / hard limit of any uid or gid with a hard limit (0: none).",
+        ("kind", "resource"),
+    ),
+    "gateway_quota_over_soft": Spec(
+        Gauge, "Uids or gids over a soft limit (grace period running or past).", ("kind",)
+    ),
+    "gateway_data_dir_free_bytes": Spec(
+        Gauge, "Free space for the gateway in the file system of its data directory."
+    ),
+    "gateway_data_dir_size_bytes": Spec(
+        Gauge, "Size of the file system holding the gateway's data directory."
+    ),
     "gateway_info": Spec(Info, "Gateway version and backend type."),
 }
 
@@ -146,11 +177,63 @@ class Metrics:
     def registered(self) -> list[str]:
         return sorted(self._families)
 
+    def collect_with(
+        self, name: str, values: Callable[[], Mapping[tuple[str, ...], float] | float]
+    ) -> None:
+        """
+        Export gauge C{name} from L{CATALOGUE} with values read at each scrape:
+        C{values()} returns the value (no labels) or a mapping from label
+        values to values. For figures that live elsewhere (the lock table,
+        quotas, free space) and would be stale if copied into a gauge.
+
+        @raise KeyError: C{name} is not in the catalogue.
+        @raise ValueError: C{name} is not a gauge, or is already registered.
+        """
+        spec = CATALOGUE[name]
+        if spec.kind is not Gauge or name in self._families:
+            raise ValueError(f"{name} cannot be collected this way")
+        collector = _Collected(name, spec, values)
+        self.registry.register(collector)
+        self._families[name] = collector
+
     def add_process_collectors(self, clock: Callable[[], float] = time.monotonic) -> None:
         """process_* series and gateway_cpu_usage_percent, owned by the process itself."""
         ProcessCollector(registry=self.registry)
         cpu = CpuUsage(clock)
         self.family("gateway_cpu_usage_percent").set_function(cpu.percent)
+
+
+class _Collected:
+    """A gauge family whose samples C{values()} gives at each scrape (L{Metrics.collect_with})."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        name: str,
+        spec: Spec,
+        values: Callable[[], Mapping[tuple[str, ...], float] | float],
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.values = values
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self.name, self.spec.help, labels=self.spec.labels)]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.name, self.spec.help, labels=self.spec.labels)
+        try:
+            got = self.values()
+        except Exception:
+            self._log.failure("collecting {metric}", metric=self.name)
+            return [family]
+        if isinstance(got, Mapping):
+            for labels, value in sorted(got.items()):
+                family.add_metric(list(labels), float(value))
+        else:
+            family.add_metric([], float(got))
+        return [family]
 
 
 class CpuUsage:

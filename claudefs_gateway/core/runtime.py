@@ -47,7 +47,20 @@ class Core:
     caches: Caches
     threads: ThreadPools
     vfs_service: Opens | None = None
+    #: The request-rate limits (L{claudefs_gateway.core.ratelimit.RateLimiter}):
+    #: front ends call C{limiter.admit(protocol, address, uid)} once per request.
+    limiter: Any = None
+    #: Every client connection (L{claudefs_gateway.core.clients.ClientTable}).
+    clients: Any = None
     extras: dict[str, Any] = attrs.field(factory=dict)
+
+    def admit(self, protocol: str, address: str, uid: int | None = None) -> None:
+        """
+        The per-request rate-limit hook: let the request through or raise
+        L{claudefs_gateway.errors.Throttled} (no limiter: always through).
+        """
+        if self.limiter is not None:
+            self.limiter.admit(protocol, address, uid)
 
     def vfs_ready(self) -> defer.Deferred[IVFS]:
         """
@@ -70,9 +83,16 @@ class Core:
     ) -> ListenerService:
         """
         Add a listener under C{parent}: health check C{label}, and (if
-        C{drainable}) stopped by the drain.
+        C{drainable}) stopped by the drain. A drainable (protocol) listener
+        binds at start but accepts connections only once the store is open
+        (L{ListenerService} C{gate}), so no client is taken in that the
+        gateway cannot serve yet and C{/health} never reports "starting"
+        while a listener accepts.
         """
-        svc = ListenerService(name, label, listen, factory, self.reactor, drainable=drainable)
+        gate = self.vfs_ready if drainable and self.vfs_service is not None else None
+        svc = ListenerService(
+            name, label, listen, factory, self.reactor, drainable=drainable, gate=gate
+        )
         svc.setServiceParent(parent)
         self.health.register(label, svc.check)
         if drainable:

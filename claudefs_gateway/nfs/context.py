@@ -53,6 +53,8 @@ class NFSContext:
         change whenever the gateway restarts (random per process), so clients
         resend writes that were unstable when it went down.
     @param io_size: rtmax and wtmax (FSINFO), the largest READ and WRITE.
+    @param admit: the request-rate hook, C{admit(address, uid)}: returns, or
+        raises L{errors.Throttled} (answered NFS3ERR_JUKEBOX: try later).
     """
 
     def __init__(
@@ -61,8 +63,10 @@ class NFSContext:
         write_verifier: bytes | None = None,
         io_size: int = 1 << 20,
         protocol: str = "nfs3",
+        admit: Callable[[str, int | None], None] | None = None,
     ) -> None:
         self._vfs_ready = vfs_ready
+        self.admit = admit
         self.vfs: IVFS | None = None
         self.write_verifier = write_verifier if write_verifier is not None else os.urandom(8)
         self.io_size = io_size
@@ -110,7 +114,11 @@ class NFSContext:
 
         @raise BadHandle: a handle we did not make. @raise Stale: gone.
         @raise Access: the client may not use the export.
+        @raise Throttled: the client or user is over its request rate.
         """
+        if self.admit is not None and not call.admitted:
+            call.admitted = True
+            self.admit(call.peer.host, call.cred.uid if call.cred is not None else None)
         vfs = self.vfs or await self.ready()
         export, a = await vfs.from_handle(handle)
         return vfs, export, a, self.caller(export, call)

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.nfs.v4 import const as _v4
 
 __all__ = [
     "NFS3_OK",
@@ -25,6 +26,7 @@ __all__ = [
     "mount_status",
     "nlm4_status",
     "NLM4",
+    "nfs4_status",
 ]
 
 _log = Logger()
@@ -186,3 +188,62 @@ def nlm4_status(f: Failure | BaseException, proc: str = "?") -> int:
         "unexpected failure in NLM {proc}", f if isinstance(f, Failure) else Failure(e), proc=proc
     )
     return NLM4.FAILED
+
+
+# NFSv4.1/4.2 (RFC 8881 §15): docs/errors.rst, column "NFSv4.1 / NLM" (the v4 half).
+
+_NFS4: dict[int, int] = {
+    errno.ENOENT: _v4.NFS4ERR_NOENT,
+    errno.EEXIST: _v4.NFS4ERR_EXIST,
+    errno.ENOTDIR: _v4.NFS4ERR_NOTDIR,
+    errno.EISDIR: _v4.NFS4ERR_ISDIR,
+    errno.ENOTEMPTY: _v4.NFS4ERR_NOTEMPTY,
+    errno.EACCES: _v4.NFS4ERR_ACCESS,
+    errno.EPERM: _v4.NFS4ERR_PERM,
+    errno.EROFS: _v4.NFS4ERR_ROFS,
+    errno.ENOSPC: _v4.NFS4ERR_NOSPC,
+    errno.EDQUOT: _v4.NFS4ERR_DQUOT,
+    errno.ESTALE: _v4.NFS4ERR_STALE,
+    521: _v4.NFS4ERR_BADHANDLE,
+    errno.ENAMETOOLONG: _v4.NFS4ERR_NAMETOOLONG,
+    errno.EINVAL: _v4.NFS4ERR_INVAL,
+    errno.EOPNOTSUPP: _v4.NFS4ERR_NOTSUPP,
+    errno.EIO: _v4.NFS4ERR_IO,
+    errno.EXDEV: _v4.NFS4ERR_XDEV,
+    errno.EMLINK: _v4.NFS4ERR_MLINK,
+    errno.EFBIG: _v4.NFS4ERR_FBIG,
+    errno.ELOOP: _v4.NFS4ERR_SYMLINK,
+    # RFC 8276 §8.4: a missing extended attribute, one too large.
+    errno.ENODATA: _v4.NFS4ERR_NOXATTR,
+    errno.ERANGE: _v4.NFS4ERR_XATTR2BIG,
+    errno.EAGAIN: _v4.NFS4ERR_DENIED,
+    errno.EDEADLK: _v4.NFS4ERR_DEADLOCK,
+    # Out of lock records: NFS4ERR_RESOURCE is not a 4.1 error; try later.
+    errno.ENOLCK: _v4.NFS4ERR_DELAY,
+    # A non-share EBUSY is an export root that cannot be removed or replaced.
+    errno.EBUSY: _v4.NFS4ERR_ACCESS,
+    523: _v4.NFS4ERR_BAD_COOKIE,
+}
+
+
+def nfs4_status(f: Failure | BaseException, op: str = "?") -> int:
+    """
+    The nfsstat4 for a failure from the vfs or its lock table (one table;
+    see module docstring). Grace and share conflicts come before their
+    parent classes; unexpected failures are logged and NFS4ERR_SERVERFAULT.
+    """
+    e = f.value if isinstance(f, Failure) else f
+    if isinstance(e, errors.Grace):
+        return _v4.NFS4ERR_GRACE
+    if isinstance(e, errors.ShareConflict):
+        return _v4.NFS4ERR_SHARE_DENIED
+    if isinstance(e, errors.LeaseBreaking):
+        return _v4.NFS4ERR_DELAY
+    if isinstance(e, errors.FSError):
+        return _NFS4.get(e.errno, _v4.NFS4ERR_IO)
+    if isinstance(e, errors.BackendUnavailable | errors.Timeout):
+        return _v4.NFS4ERR_DELAY
+    _log.failure(
+        "unexpected failure in NFSv4 {op}", f if isinstance(f, Failure) else Failure(e), op=op
+    )
+    return _v4.NFS4ERR_SERVERFAULT

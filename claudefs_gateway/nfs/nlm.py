@@ -45,10 +45,12 @@ from twisted.python.failure import Failure
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.interfaces import ILockTable
 from claudefs_gateway.nfs.context import NFSContext
 from claudefs_gateway.nfs.errors import NLM4, nlm4_name, nlm4_status
 from claudefs_gateway.rpc.server import Call, Procedure, Program, no_args
 from claudefs_gateway.rpc.xdr import Packer, Unpacker, XDRError
+from claudefs_gateway.vfs.leases import Why
 from claudefs_gateway.vfs.locks import Lock, LockOwner, ShareToken
 
 __all__ = ["NLM_PROGRAM", "NLM_V4", "NLM", "NlmLock", "encode_lock", "encode_lockargs"]
@@ -343,10 +345,8 @@ class NLM:
             "NLM {what} to {host} failed: {why}", what=what, host=host, why=f.getErrorMessage()
         )
 
-    async def _target(self, call: Call, fh: bytes) -> tuple[Any, int]:
+    async def _target(self, call: Call, fh: bytes) -> tuple[ILockTable, int]:
         vfs, export, a, caller = await self.ctx.file(call, fh)
-        if vfs.locks is None:
-            raise errors.NoLock("no lock manager")
         return vfs.locks, a.ino
 
     def _fail(self, e: BaseException, proc: str) -> int:
@@ -397,6 +397,11 @@ class NLM:
             key = (owner, ino, lk.offset, lk.length, a.exclusive)
             if key in self.pending:
                 return NLM4.BLOCKED, []
+            vfs = self.ctx.vfs
+            if vfs is not None and vfs.leases.busy(ino):
+                # Another client caching writes may hold locks in its cache
+                # too: it flushes them before this lock is decided.
+                await vfs.leases.recall(ino, Why.LOCK)
             d = locks.lock(
                 ino, owner, lk.offset, lk.length, a.exclusive, wait=a.block, reclaim=a.reclaim
             )

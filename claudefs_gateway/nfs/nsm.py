@@ -12,7 +12,7 @@ gateway:
    with the gateway's NSM state number;
  - at start, makes the state number the next odd number, and if the last
    run had lock clients, starts the lock table's grace period
-   (C{nfs.nlm_grace_secs}: only reclaims are granted) and sends each of
+   (C{nfs.grace_secs}, shared with NFSv4: only reclaims are granted) and sends each of
    them SM_NOTIFY (to the NSM service its portmapper names), so they
    reclaim their locks;
  - when a client's own status monitor tells it of the client's restart
@@ -121,11 +121,14 @@ class StatusMonitor:
         callbacks: Any,
         grace_secs: float,
         metrics: Any = None,
+        grace: Any = None,
     ) -> None:
         self.store = store
         self.nlm = nlm
         self.callbacks = callbacks
         self.grace_secs = grace_secs
+        # The grace period NLM shares with NFSv4 (a L{claudefs_gateway.nfs.grace.Grace}).
+        self.grace = grace
         self.metrics = metrics
         self.state = 1
         self.clients: dict[str, dict[str, str | None]] = {}
@@ -210,7 +213,9 @@ class StatusMonitor:
         self._log.info("NSM state {state}", state=self.state)
         if not previous:
             return
-        if self.grace_secs > 0 and locks is not None:
+        if self.grace is not None:
+            self.grace.begin(locks, "nlm")
+        elif self.grace_secs > 0 and locks is not None:
             locks.start_grace(self.grace_secs)
         self._log.info(
             "notifying {n} NLM clients of the restart; reclaims only for {grace}s",

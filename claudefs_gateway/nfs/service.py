@@ -5,14 +5,14 @@ The NFS front end in the service tree: listeners, programs, registration.
 ::
 
     proto:nfs (MultiService)
-      proto:nfs:listen        TCP  nfs.bind        NFSv3, NLM v4, NSM v1   (health: nfs)
+      proto:nfs:listen        TCP  nfs.bind        NFSv3, NFSv4.1/4.2, NLM v4, NSM v1 (health: nfs)
       proto:nfs:nfs-udp       UDP  same port                                (health: nfs-udp)
       proto:nfs:mount         TCP  nfs.mount_bind  MOUNT v1 and v3          (health: mount)
       proto:nfs:mount-udp     UDP  same port                                (health: mount-udp)
       proto:nfs:portmap       TCP  nfs.portmap_bind, embedded portmapper   (health: portmap)
       proto:nfs:portmap-udp   UDP  same port                                (health: portmap-udp)
       proto:nfs:register      puts the bound ports in the portmapper (embedded) or rpcbind (system)
-      proto:nfs:nlm           NLM grace period and SM_NOTIFY after a restart
+      proto:nfs:nlm           the grace period (NLM and NFSv4), SM_NOTIFY, NFSv4 client records
 
 UDP listeners need a TCP-style C{bind} (host and port); with port 0 (tests)
 each takes the port its TCP twin was given. Every listener joins the drain;
@@ -36,11 +36,14 @@ from claudefs_gateway.errors import BackendUnavailable
 from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.nfs.callbacks import RPCCallbacks
 from claudefs_gateway.nfs.context import NFSContext
+from claudefs_gateway.nfs.grace import Grace
 from claudefs_gateway.nfs.mount import MOUNT_PROGRAM, Mount
 from claudefs_gateway.nfs.nlm import NLM, NLM_PROGRAM, NLM_V4
 from claudefs_gateway.nfs.nsm import NSM_PROGRAM, STATE_FILE, FileStore, StatusMonitor
 from claudefs_gateway.nfs.v3.codec import NFS_PROGRAM
 from claudefs_gateway.nfs.v3.procs import NFS3
+from claudefs_gateway.nfs.v4.compound import Settings
+from claudefs_gateway.nfs.v4.server import NFS4
 from claudefs_gateway.rpc.drc import ReplyCache
 from claudefs_gateway.rpc.portmap import (
     PMAP_PROG,
@@ -85,35 +88,92 @@ class NFSService(MultiService):
         super().__init__()
         self.core = core
         cfg = core.config.nfs
-        self.activity = core.drainer.activity("nfs")
+        # Connections are counted under the protocol label the request metrics
+        # use (gateway_active_connections{protocol="nfs3"} beside
+        # gateway_requests_total{protocol="nfs3"}); MOUNT and the portmapper
+        # have listeners, and labels, of their own.
+        self.activity = core.drainer.activity("nfs3")
         self.io_size = io_size(cfg.max_record_size)
-        self.ctx = NFSContext(self._vfs_ready, io_size=self.io_size)
+        self.ctx = NFSContext(
+            self._vfs_ready,
+            io_size=self.io_size,
+            admit=lambda host, uid: core.admit("nfs3", host, uid),
+        )
         self.server = RPCServer(ReplyCache(cfg.drc_entries), self.activity)
         self.nfs3 = NFS3(self.ctx, RequestMetrics(core.metrics, "nfs3"), max_write=self.io_size)
         self.mount = Mount(self.ctx, RequestMetrics(core.metrics, "mount"))
         self.server.add(self.nfs3.program())
         self.server.add(self.mount.program())
         self.callbacks = RPCCallbacks(core.reactor)
+        # One grace period after a restart for NLM and NFSv4 (nfs/grace.py).
+        self.grace = Grace(cfg.grace)
         self.nlm = NLM(self.ctx, self.callbacks, RequestMetrics(core.metrics, "nlm"))
         self.nsm = StatusMonitor(
             FileStore(core.config.data_dir / STATE_FILE, self._disk),
             self.nlm,
             self.callbacks,
-            cfg.nlm_grace_secs,
+            cfg.grace,
             RequestMetrics(core.metrics, "nsm"),
+            grace=self.grace,
         )
         self.server.add(self.nlm.program())
         self.server.add(self.nsm.program())
         self.extra_programs: list[tuple[int, int]] = [(NLM_PROGRAM, NLM_V4), (NSM_PROGRAM, 1)]
+        self.nfs4: NFS4 | None = None
+        v4 = cfg.v4
+        if v4.enabled:
+            ctx4 = NFSContext(
+                self._vfs_ready,
+                write_verifier=self.ctx.write_verifier,
+                io_size=self.io_size,
+                protocol="nfs4",
+            )
+            settings = Settings(
+                minor_versions=frozenset(v4.minor_versions),
+                lease_secs=v4.lease_secs,
+                only_numeric_owners=v4.only_numeric_owners,
+                domain=v4.domain,
+                max_clients=v4.max_clients,
+                max_sessions_per_client=v4.max_sessions_per_client,
+                max_slots=v4.max_slots,
+                max_ops=v4.max_ops_per_compound,
+                reply_cache_size=v4.reply_cache_size,
+                max_open_states_per_client=v4.max_open_states_per_client,
+                max_locks_per_client=v4.max_locks_per_client,
+                max_record=cfg.max_record_size,
+                io_size=self.io_size,
+                async_copy_min=v4.async_copy_min,
+            )
+            self.nfs4 = NFS4(
+                ctx4, core.reactor, settings, RequestMetrics(core.metrics, "nfs4"), self.grace
+            )
+            self.server.add(self.nfs4.program())
         self.portmap = PortmapTable()
         self.udp: dict[str, UDPListener] = {}
 
+        # One port, two versions: a connection is counted as the version its
+        # first call speaks, the label its requests are counted under.
+        v4_activity = core.drainer.activity("nfs4") if self.nfs4 is not None else None
+
+        def activity_for(prog: int, vers: int) -> Any:
+            return v4_activity if prog == NFS_PROGRAM and vers == 4 else None
+
         stream = RPCStreamFactory(
-            self.server, cfg.max_record_size, cfg.max_requests_per_connection, self.activity
+            self.server,
+            cfg.max_record_size,
+            cfg.max_requests_per_connection,
+            self.activity,
+            activity_for,
         )
         self.nfs_listener = core.listener(self, "proto:nfs:listen", "nfs", cfg.bind, stream)
+        mount_stream = RPCStreamFactory(
+            self.server,
+            cfg.max_record_size,
+            cfg.max_requests_per_connection,
+            core.drainer.activity("mount"),
+        )
         self.mount_listener = core.listener(
-            self, "proto:nfs:mount", "mount", cfg.mount_bind, stream
+            self, "proto:nfs:mount", "mount", cfg.mount_bind, mount_stream
         )
         if cfg.udp:
             self._add_udp("nfs", cfg.bind, self.nfs_listener, self.server)
@@ -127,7 +187,7 @@ class NFSService(MultiService):
                     self.portmap, RequestMetrics(core.metrics, "portmap"), local_host=_local_host
                 )
             )
-            pm_stream = RPCStreamFactory(pm_server, 64 * 1024, 16, self.activity)
+            pm_stream = RPCStreamFactory(pm_server, 64 * 1024, 16, core.drainer.activity("portmap"))
             self.portmap_listener = core.listener(
                 self, "proto:nfs:portmap", "portmap", cfg.portmap_bind, pm_stream
             )
@@ -182,12 +242,17 @@ class NFSService(MultiService):
         """What the portmapper should say about this front end's bound ports."""
         out: list[Mapping] = []
 
-        def add(listener: Any, udp: UDPListener | None, programs: list[tuple[int, int]]) -> None:
+        def add(
+            listener: Any,
+            udp: UDPListener | None,
+            programs: list[tuple[int, int]],
+            tcp_only: list[tuple[int, int]] | None = None,
+        ) -> None:
             host = listener.listen.host or "0.0.0.0"
             six = "6" if ":" in host else ""
             port = listener.bound_port
             if port:
-                for prog, vers in programs:
+                for prog, vers in [*programs, *(tcp_only or [])]:
                     out.append(Mapping(prog, vers, "tcp" + six, uaddr(host, port)))
             if udp is not None and udp.bound_port:
                 for prog, vers in programs:
@@ -195,7 +260,9 @@ class NFSService(MultiService):
 
         if self.portmap_listener is not None:
             add(self.portmap_listener, self.udp.get("portmap"), [(PMAP_PROG, v) for v in (4, 3, 2)])
-        add(self.nfs_listener, self.udp.get("nfs"), [(NFS_PROGRAM, 3), *self.extra_programs])
+        # NFSv4.1 needs a transport with congestion control: TCP only (RFC 8881 §2.9.1).
+        v4 = [(NFS_PROGRAM, 4)] if self.nfs4 is not None else []
+        add(self.nfs_listener, self.udp.get("nfs"), [(NFS_PROGRAM, 3), *self.extra_programs], v4)
         add(self.mount_listener, self.udp.get("mount"), [(MOUNT_PROGRAM, 1), (MOUNT_PROGRAM, 3)])
         return out
 
@@ -331,6 +398,8 @@ class LockRecovery(Service):
     async def _start(self) -> None:
         vfs = await self.front.ctx.ready()
         await self.front.nsm.start(vfs.locks)
+        if self.front.nfs4 is not None:
+            await self.front.nfs4.start()
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
@@ -344,4 +413,6 @@ class LockRecovery(Service):
         if vfs is not None and vfs.locks is not None and vfs.locks.in_grace:
             vfs.locks.end_grace()
         await self.front.nsm.flushed()
+        if self.front.nfs4 is not None:
+            await self.front.nfs4.stop()
         await self.front.callbacks.close()

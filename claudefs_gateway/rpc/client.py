@@ -77,6 +77,9 @@ class StreamClient(Protocol):
         self.timeout = timeout
         self.reader = RecordReader(max_record)
         self.waiting: dict[int, defer.Deferred[bytes]] = {}
+        # Answers calls the server makes over this connection (callbacks):
+        # the call message in, a reply message (or None) out.
+        self.on_call: Any = None
         self.connected_d: defer.Deferred[None] = defer.Deferred()
         self.lost: defer.Deferred[None] = defer.Deferred()
         self.replies = 0
@@ -94,6 +97,13 @@ class StreamClient(Protocol):
             self.transport.loseConnection()
             return
         for rec in records:
+            if len(rec) >= 8 and rec[4:8] == b"\0\0\0\0" and self.on_call is not None:
+                # A call from the server over this connection (the NFSv4.1
+                # back channel): the handler's reply message goes back.
+                answer = self.on_call(rec)
+                if answer is not None:
+                    self.transport.writeSequence([record_marker(len(answer)), answer])
+                continue
             self.replies += 1
             if len(rec) < 4:
                 continue

@@ -116,10 +116,31 @@ class RecordReader:
         @raise RecordTooLarge: a fragment header announces more than the
             record may hold; the stream cannot be resynchronised after this.
         """
+        if not self._chunks and self._need < 0 and not self._frags and len(data) >= 4:
+            # At a record boundary with nothing held: take the whole
+            # single-fragment records C{data} holds straight out of it (a
+            # small call arrives whole in one read), keep only the rest.
+            out: list[bytes] = []
+            pos, end = 0, len(data)
+            while end - pos >= 4:
+                (h,) = _unpack_header(data, pos)
+                n = h & 0x7FFFFFFF
+                if n > self.max_record:
+                    raise RecordTooLarge(f"record of at least {n} bytes exceeds {self.max_record}")
+                if not h & LAST_FRAGMENT or end - pos - 4 < n:
+                    break
+                out.append(data[pos + 4 : pos + 4 + n])
+                pos += 4 + n
+            if pos == end:
+                return out
+            if pos:
+                data = data[pos:]
+            if out:
+                return out + self.feed(data)
         if data:
             self._chunks.append(data)
             self._have += len(data)
-        out: list[bytes] = []
+        out = []
         while True:
             if self._need < 0:
                 if self._have < 4:

@@ -34,7 +34,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -42,6 +42,7 @@ from typing_extensions import override
 
 from zope.interface import implementer
 
+from claudefs_gateway.core.directsend import DirectSender
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.rpc import message as msg
 from claudefs_gateway.rpc.drc import BUSY, ReplyCache, call_key
@@ -104,6 +105,8 @@ class Call:
     @ivar cred: the AUTH_SYS credential, or L{None} for AUTH_NONE.
     @ivar status: set by a handler to name the error status it answered with
         (counted in C{gateway_errors_total}); L{None} means success.
+    @ivar admitted: the call has passed the request-rate limits (a program
+        checks once per call however many handles it resolves).
     """
 
     xid: int
@@ -114,6 +117,7 @@ class Call:
     cred: AuthSys | None
     peer: Peer
     status: str | None = None
+    admitted: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -151,9 +155,17 @@ class Program:
         self.name = name
         self.metrics = metrics
         self.versions: dict[int, dict[int, Procedure]] = {}
+        # Versions merged in from another Program keep that program's metrics
+        # (NFSv3 and NFSv4 are one program number, counted apart).
+        self.version_metrics: dict[int, Any] = {}
 
     def add(self, vers: int, number: int, proc: Procedure) -> None:
         self.versions.setdefault(vers, {})[number] = proc
+
+    def metrics_for(self, vers: int) -> Any:
+        if vers in self.version_metrics:
+            return self.version_metrics[vers]
+        return self.metrics
 
     def version_range(self) -> tuple[int, int]:
         return min(self.versions), max(self.versions)
@@ -188,6 +200,7 @@ class RPCServer:
             existing = self.programs[program.number]
             for vers, procs in program.versions.items():
                 existing.versions.setdefault(vers, {}).update(procs)
+                existing.version_metrics[vers] = program.metrics
             return
         self.programs[program.number] = program
 
@@ -235,8 +248,9 @@ class RPCServer:
             args = proc.decode(Unpacker(data, h.args_at))
         except (XDRError, struct.error, ValueError) as e:
             self._bad(peer, f"{program.name} {proc.name}: arguments do not decode", e)
-            if program.metrics is not None:
-                program.metrics.observe(proc.name, 0.0, "GARBAGE_ARGS")
+            metrics = program.metrics_for(h.vers)
+            if metrics is not None:
+                metrics.observe(proc.name, 0.0, "GARBAGE_ARGS")
             return [msg.reply_error(xid, msg.GARBAGE_ARGS)]
         key = None
         if proc.cached:
@@ -249,6 +263,8 @@ class RPCServer:
                 self._log.debug("retransmission of xid {xid} answered from the cache", xid=xid)
                 return [seen]
         call = Call(xid, h.prog, h.vers, h.proc, h.flavor, h.cred, peer)
+        if peer.conn is not None:
+            peer.conn.seen(program.name, h.vers, h.cred.uid if h.cred is not None else None)
         started = self.timer()
         try:
             result = proc.handle(call, args)
@@ -303,8 +319,9 @@ class RPCServer:
             return None
         else:
             reply = [msg.reply_success(xid), *result]
-        if program.metrics is not None:
-            program.metrics.observe(proc.name, self.timer() - started, call.status)
+        metrics = program.metrics_for(call.vers)
+        if metrics is not None:
+            metrics.observe(proc.name, self.timer() - started, call.status)
         if key is not None:
             self.drc.finish(key, b"".join(reply))
         return reply
@@ -318,29 +335,6 @@ class RPCServer:
             transport=peer.transport,
             why=str(e)[:200],
         )
-
-
-def _direct_socket(transport: Any) -> Any:
-    """
-    The socket of a plain TCP transport whose buffer L{RPCStreamProtocol.send}
-    may bypass when it is empty, or L{None} (TLS, tests, other reactors).
-    """
-    # (A TLS connection's socket carries ciphertext: never write to it directly.)
-    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
-        return None
-    if not all(hasattr(transport, a) for a in ("_tempDataLen", "dataBuffer", "offset")):
-        return None
-    sock = getattr(transport, "socket", None)
-    return sock if hasattr(sock, "sendmsg") else None
-
-
-def _skip(parts: list[bytes], n: int) -> list[bytes]:
-    """C{parts} without their first C{n} bytes."""
-    for i, part in enumerate(parts):
-        if n < len(part):
-            return [part[n:], *parts[i + 1 :]]
-        n -= len(part)
-    return []
 
 
 def _shield(d: defer.Deferred[Any]) -> defer.Deferred[Any]:
@@ -391,11 +385,35 @@ class RPCStreamProtocol(Protocol):
         self.peer: Peer | None = None
         self.conn_id = next(_conn_ids)
         self.closed = False
+        # For cfs-gateway status: the programs called over this connection and
+        # the uid of the latest call (see describe).
+        self.programs: dict[str, int] = {}
+        self.uid: int | None = None
         self._reading_paused = False
         self._paused_output = False
-        self._sock: Any = None
+        self._direct: DirectSender | None = None
+        self._counted = False
         # Calls read but not yet started (see _drain_backlog).
         self.backlog: deque[bytes] = deque()
+        # The connection can also carry calls from the server to the client
+        # (the NFSv4.1 back channel, RFC 8881 §2.10.3.1): their replies go to
+        # reply_sink; without one they are dropped as before.
+        self.reply_sink: Callable[[bytes], None] | None = None
+        # Called with this protocol when the connection closes.
+        self.on_close: list[Callable[[RPCStreamProtocol], None]] = []
+
+    def seen(self, program: str, vers: int, uid: int | None) -> None:
+        """Note a call of C{program} version C{vers} by C{uid} (None: AUTH_NONE)."""
+        if self.programs.get(program) != vers and len(self.programs) < 8:
+            self.programs[program] = vers
+        self.uid = uid
+
+    def describe(self) -> dict[str, Any]:
+        """This connection for C{cfs-gateway status} (L{claudefs_gateway.core.clients})."""
+        dialect = "+".join(
+            f"{name.rstrip('0123456789').upper()}v{vers}" for name, vers in self.programs.items()
+        )
+        return {"uid": self.uid, "dialect": dialect or None, "in_flight": len(self.pending)}
 
     @override
     def connectionMade(self) -> None:
@@ -418,10 +436,23 @@ class RPCStreamProtocol(Protocol):
         self.transport.registerProducer(self, True)
         # Twisted sends at most SEND_LIMIT (128 KiB) per reactor turn: a 1 MiB
         # READ reply would take eight turns. Let the kernel take what it can.
-        if hasattr(self.transport, "SEND_LIMIT"):
-            self.transport.SEND_LIMIT = 4 << 20
-        self._sock = _direct_socket(self.transport)
+        self._direct = DirectSender.for_transport(self.transport)
         self._log.debug("connection {conn_id} from {host}", conn_id=self.conn_id, host=host)
+
+    def _count_as(self, first: bytes) -> None:
+        """Count the connection under the activity of the version its first call speaks."""
+        self._counted = True
+        choose = getattr(getattr(self, "factory", None), "activity_for", None)
+        if choose is None or len(first) < 20 or first[4:8] != b"\0\0\0\0":
+            return
+        prog, vers = struct.unpack_from(">II", first, 12)
+        other = choose(prog, vers)
+        if other is None or other is self.activity:
+            return
+        if self.activity is not None:
+            self.activity.connection_lost(self)
+        self.activity = other
+        other.connection_made(self)
 
     @override
     def dataReceived(self, data: bytes) -> None:
@@ -437,9 +468,30 @@ class RPCStreamProtocol(Protocol):
             self.transport.loseConnection()
             self.closed = True
             return
+        if records and not self._counted:
+            self._count_as(records[0])
         if records:
+            sink = self.reply_sink
+            if sink is not None:
+                calls = []
+                for r in records:
+                    # msg_type (the second word) REPLY: an answer to a callback.
+                    if r[4:8] == b"\0\0\0\1":
+                        try:
+                            sink(r)
+                        except Exception:
+                            self._log.failure(
+                                "connection {conn_id}: a callback reply", conn_id=self.conn_id
+                            )
+                    else:
+                        calls.append(r)
+                records = calls
             self.backlog.extend(records)
             self._drain_backlog()
+
+    def send_call(self, message: bytes) -> None:
+        """Send a call to the client over this connection (a back-channel callback)."""
+        self.send([message])
 
     def _drain_backlog(self) -> None:
         """
@@ -522,24 +574,11 @@ class RPCStreamProtocol(Protocol):
         for c in chunks:
             size += len(c)
         parts = [record_marker(size), *chunks]
-        sock = self._sock
-        t = self.transport
-        if (
-            sock is not None
-            and t.connected
-            and not t.disconnecting
-            and not t._tempDataLen
-            and len(t.dataBuffer) == t.offset
-        ):
-            try:
-                sent = sock.sendmsg(parts)
-            except OSError:
-                sent = 0  # EAGAIN, or an error the transport will meet and report
-            if sent == size + 4:
+        if self._direct is not None:
+            parts = self._direct.send(parts, size + 4)
+            if not parts:
                 return
-            if sent:
-                parts = _skip(parts, sent)
-        t.writeSequence(parts)
+        self.transport.writeSequence(parts)
 
     # IPushProducer: the transport tells us when the client is not reading replies.
     def pauseProducing(self) -> None:
@@ -563,6 +602,12 @@ class RPCStreamProtocol(Protocol):
             d.cancel()
         if self.activity is not None:
             self.activity.connection_lost(self)
+        hooks, self.on_close = self.on_close, []
+        for hook in hooks:
+            try:
+                hook(self)
+            except Exception:
+                self._log.failure("connection {conn_id}: a close hook", conn_id=self.conn_id)
         self._log.debug("connection {conn_id} closed", conn_id=self.conn_id)
 
 
@@ -572,12 +617,22 @@ class RPCStreamFactory(Factory):
     noisy = False
 
     def __init__(
-        self, server: RPCServer, max_record: int, max_in_flight: int = 128, activity: Any = None
+        self,
+        server: RPCServer,
+        max_record: int,
+        max_in_flight: int = 128,
+        activity: Any = None,
+        activity_for: Callable[[int, int], Any] | None = None,
     ) -> None:
         self.server = server
         self.max_record = max_record
         self.max_in_flight = max_in_flight
         self.activity = activity
+        #: C{activity_for(prog, vers)}: the activity a connection is counted
+        #: under once its first call names a program and version (NFSv3 and
+        #: NFSv4 share a port; each connection is counted as the version it
+        #: speaks), or None to keep C{activity}.
+        self.activity_for = activity_for
 
     @override
     def buildProtocol(self, addr: Any) -> RPCStreamProtocol:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from claudefs_gateway.errors import ProtocolError
 
@@ -146,6 +146,25 @@ class Unpacker:
 
     # An XDR string is opaque on the wire; names stay bytes all the way down.
     string = opaque
+
+    def opaque_struct(self, limit: int, st: struct.Struct) -> tuple[bytes, tuple[Any, ...]]:
+        """
+        A bounded opaque (a file handle, say) and the fixed-size fields after
+        it, decoded by one precompiled C{st} (big-endian, a multiple of four
+        bytes): the shape of most NFS arguments, at a fraction of the cost of
+        one call per field. Checks as L{opaque} and the fields' size do.
+        """
+        data, p, end = self.data, self.pos, self.end
+        if p + 4 > end:
+            raise XDRError(f"truncated: need 4 bytes at offset {p}, have {end - p}")
+        n = _u32(data, p)[0]
+        if n > limit:
+            raise XDRError(f"opaque of {n} bytes exceeds its bound {limit}")
+        q = p + 4 + n + (-n & 3)
+        if q + st.size > end:
+            raise XDRError(f"truncated: need {q + st.size - p} bytes at offset {p}, have {end - p}")
+        self.pos = q + st.size
+        return bytes(data[p + 4 : p + 4 + n]), st.unpack_from(data, q)
 
     def array(self, limit: int, item: Callable[[Unpacker], T]) -> list[T]:
         """A variable-length array of at most C{limit} items."""

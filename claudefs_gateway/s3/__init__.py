@@ -4,8 +4,10 @@ over the shared namespace. See C{docs/s3.rst}.
 
 Layers, as STYLE.md §1: codecs (L{signing}, L{chunked}, L{ranges}, L{xmlio},
 L{keys}, L{checksums}) → HTTP (L{channel}: twisted.web with streaming request
-bodies) → operations (L{api}) over the file tree (L{tree}, L{listing},
-L{multipart}) → the service (L{service}).
+bodies) → the request cycle (L{api}: authenticate, L{routing}, answer) →
+operations (L{ops}: buckets and listing, objects and copies, multipart
+uploads) over the file tree (L{tree}, L{listing}, L{multipart}) → the
+service (L{service}).
 """
 
 from __future__ import annotations

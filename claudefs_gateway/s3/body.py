@@ -25,11 +25,13 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
 
 from zope.interface import implementer
 
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.errors import ProtocolError
+from claudefs_gateway.s3._web import request_gone
 from claudefs_gateway.s3.auth import ChunkSigner
 from claudefs_gateway.s3.chunked import ChunkDecoder, ChunkEnd, Data, End, Trailer
 from claudefs_gateway.s3.errors import S3Error
@@ -313,12 +315,21 @@ class ObjectProducer:
         self._waiter: defer.Deferred[None] | None = None
 
     def start(self) -> defer.Deferred[None]:
-        """Fires when every byte was written; fails if reading failed or came up short."""
+        """
+        Fires when every byte was written; fails with L{ShortRead} if the object
+        came up short, with the read's failure if reading failed, and with
+        L{ClientGone} if the consumer stopped the producer (its connection closed).
+        """
         self._consumer.registerProducer(self, True)
         d = defer.Deferred.fromCoroutine(self._run())
 
         def done(result: Any) -> Any:
-            self._consumer.unregisterProducer()
+            # A consumer whose connection is gone has nothing left to
+            # unregister from (a twisted.web Request's channel is None then).
+            if not request_gone(self._consumer):
+                self._consumer.unregisterProducer()
+            if self._stopped and not isinstance(result, Failure):
+                raise ClientGone("the connection closed while the object was being sent")
             return result
 
         return d.addBoth(done)

@@ -30,12 +30,13 @@ import io
 import os
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.s3 import _web
 from claudefs_gateway.s3.body import BodyPipe, ClientGone
 
 __all__ = ["S3Channel", "S3Request", "S3Site", "DISCARD_LIMIT"]
@@ -67,6 +68,12 @@ class S3Request(server.Request):
         self.clientproto = version
         self.path, _, self.raw_query = path.partition(b"?")
         self.args = {}
+
+    @property
+    def gone(self) -> bool:
+        """The client went away: nothing more can be sent (see L{_web.request_gone})."""
+        chan = getattr(self, "_chan", None)
+        return _web.request_gone(self) or bool(chan is not None and chan.gone)
 
     @property
     def has_body(self) -> bool:
@@ -122,7 +129,7 @@ class S3Request(server.Request):
         """Tell a client waiting on C{Expect: 100-continue} to send the body (once)."""
         if self.expects_continue and not self._continue_sent and not self.startedWriting:
             self._continue_sent = True
-            if not self._disconnected:
+            if not _web.request_gone(self):
                 self._chan.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     @property
@@ -141,12 +148,39 @@ class S3Channel(http.HTTPChannel):
 
     _log = Logger()
     header_timeout: float = 20.0
+    # Who signed the latest request on this connection (set by the API).
+    user: str | None = None
+    uid: int | None = None
     _header_timer: IDelayedCall | None = None
     _awaiting_headers = True
     _start_pending: S3Request | None = None
+    #: The connection is going away: the transport stopped its producer (it
+    #: does so just before C{connectionLost}), or it was lost.
+    gone = False
+
+    def stopProducing(self) -> None:
+        # The transport calls this as the connection closes, before
+        # connectionLost reaches the requests: from here on nothing may start
+        # the next pipelined request (see requestDone).
+        self.gone = True
+        super().stopProducing()
+
+    def describe(self) -> dict[str, Any]:
+        """This connection for C{cfs-gateway status} (L{claudefs_gateway.core.clients})."""
+        tls = ISSLTransport.providedBy(self.transport)
+        return {
+            "user": self.user,
+            "uid": self.uid,
+            "dialect": "HTTPS/1.1" if tls else "HTTP/1.1",
+            "in_flight": len(self.requests),
+        }
 
     def dataReceived(self, data: bytes) -> None:
-        if self._awaiting_headers and self._header_timer is None and not self._handlingRequest:
+        if (
+            self._awaiting_headers
+            and self._header_timer is None
+            and not _web.handling_request(self)
+        ):
             self._header_timer = self.callLater(self.header_timeout, self._headers_too_slow)
         super().dataReceived(data)
 
@@ -160,14 +194,19 @@ class S3Channel(http.HTTPChannel):
         self._cancel_header_timer()
         self._awaiting_headers = False
         req = self.requests[-1]
-        self.persistent = self.checkPersistence(req, self._version)
+        command, path, version = _web.request_line(self)
+        self.persistent = self.checkPersistence(req, version)
         req.gotLength(self.length)
-        req.headers_received(self._command, self._path, self._version, self)
+        req.headers_received(command, path, version, self)
         if req.has_body:
             # Start once HTTPChannel has switched to reading the body (see lineReceived).
             self._start_pending = req
 
     def requestDone(self, request: S3Request) -> None:  # type: ignore[override]
+        if self.gone:
+            # The client went away: HTTPChannel would go on to parse and serve
+            # the requests it pipelined, writing each response into nothing.
+            self.persistent = False
         pipe = request.pipe
         if pipe is not None and not pipe.complete:
             pipe.discard()
@@ -221,6 +260,7 @@ class S3Channel(http.HTTPChannel):
         self.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.gone = True
         self._cancel_header_timer()
         super().connectionLost(reason)
 
@@ -238,8 +278,7 @@ class S3Channel(http.HTTPChannel):
         self._reject(
             408, b"Request Timeout", "RequestTimeout", "Your request headers took too long"
         )
-        if self.abortTimeout is not None:
-            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        _web.arm_abort(self)
 
 
 class S3Site(server.Site):

@@ -111,6 +111,7 @@ class S3Service(MultiService):
             self.metrics,
             self.activity,
         )
+        self.api.admit = lambda address, uid: core.admit("s3", address, uid)
         self.site = S3Site(
             S3Resource(self.api),
             reactor,

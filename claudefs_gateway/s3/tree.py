@@ -307,10 +307,27 @@ class Tree:
         out.sort(key=lambda t: t[0].encode("utf-8"))
         return out
 
-    async def create_bucket(self, caller: Caller, name: str) -> Attributes:
+    async def create_bucket(self, caller: Caller, name: str, granted: bool = False) -> Attributes:
+        """
+        Make bucket C{name} as C{caller} (a directory at the top of the S3 root).
+
+        @param granted: the user holds the bucket right (C{users[].s3_create_buckets}):
+            without write permission on the S3 root, the gateway makes the
+            directory itself and gives it to the caller, so a first user can
+            create buckets while the root stays closed.
+        """
         raw = name.encode("utf-8")
         try:
-            return await self.vfs.mkdir(caller, self.export.root_ino, raw, BUCKET_MODE)
+            try:
+                return await self.vfs.mkdir(caller, self.export.root_ino, raw, BUCKET_MODE)
+            except errors.Access:
+                if not granted:
+                    raise
+            a = await self.vfs.mkdir(self.root_caller, self.export.root_ino, raw, BUCKET_MODE)
+            cred = caller.cred
+            return await self.vfs.setattr(
+                self.root_caller, a.ino, SetAttrs(uid=cred.uid, gid=cred.gid)
+            )
         except errors.Exists:
             a = await self.vfs.lookup(self.root_caller, self.export.root_ino, raw)
             if a.is_dir and a.uid == caller.cred.uid:
@@ -325,10 +342,22 @@ class Tree:
                 BucketName=name,
             ) from None
 
-    async def delete_bucket(self, caller: Caller, name: str) -> None:
-        await self.bucket(caller, name)
+    async def delete_bucket(self, caller: Caller, name: str, granted: bool = False) -> None:
+        """
+        Remove bucket C{name}.
+
+        @param granted: the user holds the bucket right: a bucket the caller owns
+            may be removed without write permission on the S3 root.
+        """
+        b = await self.bucket(caller, name)
+        raw = name.encode("utf-8")
         try:
-            await self.vfs.rmdir(caller, self.export.root_ino, name.encode("utf-8"))
+            try:
+                await self.vfs.rmdir(caller, self.export.root_ino, raw)
+            except errors.Access:
+                if not (granted and b.uid == caller.cred.uid):
+                    raise
+                await self.vfs.rmdir(self.root_caller, self.export.root_ino, raw)
         except errors.NotEmpty:
             raise S3Error("BucketNotEmpty", BucketName=name) from None
         except errors.Busy:

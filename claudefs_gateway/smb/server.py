@@ -90,6 +90,24 @@ MAX_IN_FLIGHT = 64 * 1024 * 1024
 ALL_ONES = 0xFFFFFFFFFFFFFFFF
 NULL_FILE_ID = (ALL_ONES, ALL_ONES)
 _CREDIT_FREE = frozenset({Command.CANCEL})
+# Requests the rate limits apply to: the work on files. Never NEGOTIATE,
+# SESSION_SETUP, LOGOFF, CANCEL, ECHO, CLOSE or TREE_DISCONNECT: refusing those
+# would keep resources held, not save any.
+_RATE_LIMITED = frozenset(
+    {
+        Command.TREE_CONNECT,
+        Command.CREATE,
+        Command.FLUSH,
+        Command.READ,
+        Command.WRITE,
+        Command.LOCK,
+        Command.IOCTL,
+        Command.QUERY_DIRECTORY,
+        Command.CHANGE_NOTIFY,
+        Command.QUERY_INFO,
+        Command.SET_INFO,
+    }
+)
 _NO_SESSION = frozenset({Command.NEGOTIATE, Command.SESSION_SETUP})
 _SESSION_OPTIONAL = frozenset({Command.ECHO, Command.CANCEL})
 _NEEDS_TREE = frozenset(
@@ -269,6 +287,10 @@ class SMBFactory(protocol.Factory):
     @param activity: connection and request accounting for the drain.
     @param metrics: a L{RequestMetrics} for protocol C{smb}.
     """
+
+    #: The request-rate hook, C{admit(address, uid)}: returns, or raises
+    #: L{errors.Throttled} (answered STATUS_IO_TIMEOUT). Set by the SMB service.
+    admit: Any = None
 
     _log = Logger()
 
@@ -462,6 +484,23 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         )
         self._write(header.pack() + body)
         return True
+
+    def describe(self) -> dict[str, Any]:
+        """This connection for C{cfs-gateway status} (L{claudefs_gateway.core.clients})."""
+        sessions = [s for s in self.sessions.values() if s.valid]
+        users = sorted({s.user for s in sessions if s.user})
+        n = self.negotiated
+        return {
+            "user": ",".join(users) or None,
+            "uid": next((s.uid for s in sessions if s.uid >= 0), None),
+            "dialect": f"SMB {c.DIALECT_NAMES.get(n.dialect, '?')}" if n is not None else None,
+            "opens": len(self.opens),
+            "leases": sum(1 for op in self.opens.values() if op.lease is not None or op.oplock),
+            "lock_client": ["smb", self.conn_id],
+            "sessions": len(sessions),
+            "shares": sorted({t.name for s in sessions for t in s.trees.values()}),
+            "encrypted": any(s.encrypt_data for s in sessions),
+        }
 
     # -- transport ---------------------------------------------------------------
 
@@ -808,6 +847,9 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             self._bind(req)
             if header.command not in _CREDIT_FREE and self.negotiated is not None:
                 self._check_charge(req)
+            if self.factory.admit is not None and header.command in _RATE_LIMITED:
+                uid = req.session.uid if req.session is not None else None
+                self.factory.admit(self.peer, uid if uid is not None and uid >= 0 else None)
             reply = await self._handle(req)
             if isinstance(reply, Reply):
                 status, body = reply.status, reply.body

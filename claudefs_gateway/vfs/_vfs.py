@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.config import Config, Export
+from claudefs_gateway.core.eager import eager_deferred
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.metrics import Metrics
 from claudefs_gateway.fstypes import (
@@ -71,6 +72,8 @@ _VERIFIER = b"cfs.nfs.create_verifier"
 _WHOLE = EOF - 1
 _READ, _WRITE, _DELETE = frozenset({"read"}), frozenset({"write"}), frozenset({"delete"})
 _REPLACE = frozenset({"write", "delete"})
+#: Verified file handles remembered (cleared when full).
+_VERIFIED_MAX = 16384
 
 
 # Failures that say the backend itself is in trouble (not the caller's request).
@@ -81,13 +84,15 @@ def deferred(f: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, defer.Deferr
     """
     Make an C{async def} method return a Deferred (STYLE.md §4), counting
     backend trouble in C{gateway_backend_errors_total} on the way out.
+
+    The coroutine runs eagerly (L{claudefs_gateway.core.eager}): when all it
+    awaits has fired already (cached attributes, a page-cache read), the
+    Deferred returned has fired too, and no coroutine driver was built.
     """
 
     @functools.wraps(f)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> defer.Deferred[T]:
-        d = defer.Deferred.fromCoroutine(f(*args, **kwargs))
-        d.addErrback(args[0]._count_backend_error)  # type: ignore[attr-defined, call-overload]
-        return d
+        return eager_deferred(f(*args, **kwargs), args[0]._count_backend_error)  # type: ignore[attr-defined]
 
     return wrapper
 
@@ -142,6 +147,9 @@ class VFS:
         self.clock = clock
         self.exports = Exports.from_config(config.all_exports(), s3_root=config.s3.root)
         self.handles = HandleCodec(secret)
+        # Handles whose MAC verified, and what they name: a client sends the
+        # same few handles over and over, and the HMAC is most of decoding.
+        self._verified: dict[bytes, tuple[int, int, int]] = {}
         c = config.cache.nfs_attr_cache
         self.attr_cache = AttrCache(
             c.max_entries, c.default_ttl_secs, c.eviction, clock, metrics, "attr"
@@ -224,6 +232,41 @@ class VFS:
             mode=a.mode if change.mode is None else change.mode,
         )
 
+    def forget_changed(self, ino: int, dir_ino: int = 0) -> None:
+        """
+        Another gateway changed C{ino} (and the entries of C{dir_ino}, if not 0):
+        drop what we cache of them (the remote backend's change events).
+        """
+        self.attr_cache.discard(ino)
+        if dir_ino:
+            self.attr_cache.discard(dir_ino)
+            self.name_cache.forget_dir(dir_ino)
+
+    @property
+    def store_id(self) -> bytes:
+        """
+        The store's identity: random per store, the same across restarts
+        (NFSv4 names its server owner and scope after it, so clients know
+        a restarted gateway for the same server and reclaim their state).
+        """
+        got = getattr(self.backend, "instance_id", None)
+        return bytes(got) if got else b"\0" * 8
+
+    @deferred
+    async def get_state(self, key: str) -> bytes | None:
+        """
+        A front end's small durable record (NFSv4 client records for
+        reclaim after a restart, SMB durable handles); L{None} if never set.
+        Keys start with the protocol's name.
+        """
+        got: bytes | None = await self.backend.get_state(key)
+        return got
+
+    @deferred
+    async def set_state(self, key: str, value: bytes | None) -> None:
+        """Store (L{None}: remove) a front end's small durable record."""
+        await self.backend.set_state(key, value)
+
     def invalidate(self) -> int:
         """Drop every cached attribute and name (C{POST /admin/cache/invalidate})."""
         return self.attr_cache.clear() + self.name_cache.clear()
@@ -241,6 +284,10 @@ class VFS:
     def handle(self, export: ExportInfo, a: Attributes) -> bytes:
         return self.handles.encode(export.id, a.ino, a.gen)
 
+    def handle_parts(self, handle: bytes) -> tuple[int, int, int]:
+        """The export id, inode and generation of a handle of ours. @raise BadHandle."""
+        return self.handles.decode(handle)
+
     @deferred
     async def from_handle(self, handle: bytes) -> tuple[ExportInfo, Attributes]:
         """
@@ -248,7 +295,15 @@ class VFS:
 
         @raise BadHandle: malformed or forged. @raise Stale: the export or file is gone.
         """
-        export_id, ino, gen = self.handles.decode(handle)
+        if type(handle) is not bytes:
+            handle = bytes(handle)
+        got = self._verified.get(handle)
+        if got is None:
+            got = self.handles.decode(handle)
+            if len(self._verified) >= _VERIFIED_MAX:
+                self._verified.clear()
+            self._verified[handle] = got
+        export_id, ino, gen = got
         export = self.exports.get(export_id)
         if export is None:
             raise errors.Stale("export no longer exists")
@@ -374,10 +429,11 @@ class VFS:
         modes (C{doing}), byte-range locks (C{span}: start, length, write),
         then break-before-mutate of other holders' leases (C{why}).
         """
-        if doing:
-            self._check_shares(ino, origin, doing)
-        if span is not None:
-            self._check_range(ino, origin, *span)
+        if not origin.bypass:
+            if doing:
+                self._check_shares(ino, origin, doing)
+            if span is not None:
+                self._check_range(ino, origin, *span)
         leases = self.leases
         if leases.busy(ino):
             await leases.recall(ino, why, origin.exempt, wait=origin.wait)
@@ -1022,16 +1078,6 @@ class VFS:
         await self.backend.removexattr(ino, name)
         self.attr_cache.discard(ino)
         self._modified(ino, What.XATTR)
-
-    @deferred
-    async def get_state(self, key: str) -> bytes | None:
-        """A front end's small durable value (the backend's state store, key prefixed C{fe.})."""
-        value: bytes | None = await self.backend.get_state("fe." + key)
-        return value
-
-    @deferred
-    async def set_state(self, key: str, value: bytes | None) -> None:
-        await self.backend.set_state("fe." + key, value)
 
     @deferred
     async def meta_get(self, caller: Caller, ino: int, key: bytes) -> bytes | None:

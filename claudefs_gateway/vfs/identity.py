@@ -79,6 +79,7 @@ class User:
         default=None, repr=lambda v: "None" if v is None else "'***'"
     )
     nfs4_name: str | None = None
+    s3_create_buckets: bool = True
 
     @property
     def credentials(self) -> Credentials:
@@ -96,6 +97,7 @@ class User:
             u.s3_access_key,
             u.s3_secret_key,
             u.nfs4_name,
+            u.s3_create_buckets,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +108,8 @@ class User:
             v = getattr(self, key)
             if v is not None:
                 d[key] = v
+        if not self.s3_create_buckets:
+            d["s3_create_buckets"] = False
         return d
 
 

@@ -87,6 +87,8 @@ class Why(enum.Enum):
     OPEN_CONFLICT = "open_conflict"
     #: a read of the data (another protocol's READ or GET)
     READ = "read"
+    #: a byte-range lock by someone else (a write-caching client may hold locks it has not sent)
+    LOCK = "lock"
     #: a write, truncation, allocation or size change
     WRITE = "write"
     #: an attribute change other than size (times, mode, owner, xattrs)
@@ -106,6 +108,7 @@ KEEP_FOR: dict[Why, int] = {
     Why.OPEN: R | H,
     Why.OPEN_CONFLICT: R,
     Why.READ: R | H,
+    Why.LOCK: R | H,
     Why.WRITE: H,
     Why.SETATTR: H,
     Why.NAMESPACE: R | W,
@@ -492,8 +495,8 @@ class LeaseManager:
         @param wait: fire only when every such lease is down to what it may
             keep (acknowledged, released or revoked). With C{wait=False} the
             breaks start and, if any is still outstanding, the Deferred fails
-            at once with L{errors.Again} (NFSv3 answers NFS3ERR_JUKEBOX and
-            the client retries, as knfsd does).
+            at once with L{errors.LeaseBreaking} (NFS4ERR_DELAY; the client
+            retries, as knfsd's clients do).
         @return: fires with None when nothing is left to break.
         """
         keep = KEEP_FOR[why]
@@ -516,7 +519,7 @@ class LeaseManager:
             pending.append(lease._wait(keep))
         if not wait:
             if outstanding:
-                return defer.fail(errors.Again("lease break in progress"))
+                return defer.fail(errors.LeaseBreaking("lease break in progress"))
             return defer.succeed(None)
         if not pending:
             return defer.succeed(None)

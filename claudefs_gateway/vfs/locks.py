@@ -288,6 +288,9 @@ class LockTable:
         self._clients: dict[tuple[str, str | bytes], set[LockOwner]] = {}
         self._records = 0
         self._grace: IDelayedCall | None = None
+        # Deferreds waiting for any lock on an inode to be released
+        # (notify_when_free): NFSv4 CB_NOTIFY_LOCK.
+        self._watchers: dict[int, list[defer.Deferred[None]]] = {}
 
     # ------------------------------------------------------------------
     # Introspection
@@ -319,6 +322,56 @@ class LockTable:
         if f is None:
             return set()
         return set(f.held) | {t.owner for t in f.shares}
+
+    def holders(self) -> list[dict[str, object]]:
+        """
+        Every lock client with what it holds: C{protocol}, C{client} (text),
+        C{locks}, C{shares} (share reservations) and C{waiting} (blocked
+        requests), for C{cfs-gateway status}. Costs one pass over the owners.
+        """
+        out: list[dict[str, object]] = []
+        for (protocol, client), owners in sorted(
+            self._clients.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))
+        ):
+            locks, shares, waiting = self._counts(owners)
+            name = client.decode("utf-8", "replace") if isinstance(client, bytes) else client
+            out.append(
+                {
+                    "protocol": protocol,
+                    "client": name,
+                    "locks": locks,
+                    "shares": shares,
+                    "waiting": waiting,
+                }
+            )
+        return out
+
+    def held_by(self, protocol: str, client: str | bytes) -> int:
+        """Byte-range locks the lock client C{(protocol, client)} holds."""
+        return self._counts(self._clients.get((protocol, client), ()))[0]
+
+    def totals(self) -> dict[str, tuple[int, int, int]]:
+        """Per lock protocol: (locks, share reservations, blocked requests), for metrics."""
+        out: dict[str, tuple[int, int, int]] = {}
+        for (protocol, _), owners in self._clients.items():
+            counts = self._counts(owners)
+            prev = out.get(protocol, (0, 0, 0))
+            out[protocol] = (prev[0] + counts[0], prev[1] + counts[1], prev[2] + counts[2])
+        return out
+
+    def _counts(self, owners: Iterable[LockOwner]) -> tuple[int, int, int]:
+        locks = shares = waiting = 0
+        for owner in owners:
+            st = self._owners.get(owner)
+            if st is None:
+                continue
+            for ino in st.inodes:
+                f = self._files.get(ino)
+                if f is not None:
+                    locks += len(f.held.get(owner, ()))
+            shares += sum(1 for t in st.shares if not t.closed)
+            waiting += len(st.waiters)
+        return locks, shares, waiting
 
     # ------------------------------------------------------------------
     # Grace period
@@ -578,11 +631,44 @@ class LockTable:
         self._log.debug("released client of {protocol}", protocol=protocol)
         self._finish(dropped, touched)
 
+    def notify_when_free(self, ino: int) -> defer.Deferred[None]:
+        """
+        A Deferred firing (with L{None}) the next time a lock on C{ino} is
+        released or narrowed, so a client refused a lock can be told to try
+        again (NFSv4 CB_NOTIFY_LOCK, RFC 8881 §20.11). It takes nothing: the
+        lock may be taken by someone else first. Cancel it to stop waiting.
+
+        @raise NoLock: C{max_waiters} notifications already wait on C{ino}.
+        """
+        watchers = self._watchers.setdefault(ino, [])
+        if len(watchers) >= self.max_waiters:
+            if not watchers:
+                del self._watchers[ino]
+            raise NoLock(f"too many lock notifications on inode {ino}")
+
+        def cancel(d: defer.Deferred[None]) -> None:
+            got = self._watchers.get(ino)
+            if got is not None and d in got:
+                got.remove(d)
+                if not got:
+                    del self._watchers[ino]
+
+        d: defer.Deferred[None] = defer.Deferred(cancel)
+        watchers.append(d)
+        return d
+
+    def _notify_free(self, ino: int) -> None:
+        watchers = self._watchers.pop(ino, None)
+        for d in watchers or ():
+            d.callback(None)
+
     def release_inode(self, ino: int) -> None:
         """
         Forget C{ino}: the file was deleted. Its locks and share reservations
         go; its waiters fail with L{Stale}.
         """
+        if ino in self._watchers:
+            self._notify_free(ino)
         f = self._files.pop(ino, None)
         if f is None:
             return
@@ -1031,6 +1117,8 @@ class LockTable:
                 f = self._files.get(ino)
                 i = 0
         self._drop_if_empty(ino)
+        if ino in self._watchers:
+            self._notify_free(ino)
 
 
 def _carve(

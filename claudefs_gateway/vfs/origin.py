@@ -50,6 +50,8 @@ class Origin:
         the recall timeout); when false the request fails at once with
         L{claudefs_gateway.errors.Again} while a break is outstanding, and
         the client retries (NFSv4 NFS4ERR_DELAY, as knfsd does).
+    @ivar bypass: skip share reservations and byte-range locks (a READ with
+        NFSv4's READ-bypass stateid, RFC 8881 §8.2.3); leases still break.
     """
 
     owner: LockOwner | None = None
@@ -58,6 +60,7 @@ class Origin:
     strict: bool = False
     wait: bool = True
     ranges: bool = True
+    bypass: bool = False
 
     @property
     def lock_owner(self) -> LockOwner:

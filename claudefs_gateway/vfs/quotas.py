@@ -131,6 +131,28 @@ class QuotaManager:
                 )
         return rows
 
+    def pressure(self) -> dict[tuple[str, str], float]:
+        """
+        For metrics: per (kind, C{bytes}|C{inodes}), the highest usage / hard
+        limit of any id with a hard limit (0 when none has one). Alerting on
+        it warns before anyone's writes start failing with EDQUOT.
+        """
+        out = {(k, r): 0.0 for k in KINDS for r in ("bytes", "inodes")}
+        for row in self.report():
+            for what in ("bytes", "inodes"):
+                hard = row[f"{what}_hard"]
+                if hard and row["id"] != 0:
+                    key = (row["kind"], what)
+                    out[key] = max(out[key], row[what] / hard)
+        return out
+
+    def over_soft(self) -> dict[str, int]:
+        """For metrics: per kind, the ids over a soft limit (their grace clock running)."""
+        out = dict.fromkeys(KINDS, 0)
+        for kind, _ in self._grace:
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
     # -- changing limits ------------------------------------------------------
 
     async def set_limits(self, kind: str, id: int, limits: QuotaLimits | None) -> None:

@@ -2,9 +2,10 @@
 """
 The vfs in the service tree: opens the store at start, closes it at stop.
 
-Listeners may start accepting before the store is open (opening the embedded
-store recovers it, which can take a moment); front ends wait on
-L{VFSService.ready} before serving a request. If the store cannot be opened,
+Opening the embedded store recovers it, which can take a moment: until it is
+open, C{/health} reports C{starting} and no protocol listener accepts
+connections (L{claudefs_gateway.core.runtime.Core.listener}); front ends also
+wait on L{VFSService.ready} before serving a request. If the store cannot be opened,
 the gateway stops: serving clients from a store we could not open would only
 turn one clear error into many confusing ones.
 """
@@ -20,7 +21,14 @@ from twisted.internet import defer
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.runtime import Core
-from claudefs_gateway.interfaces import IVFS, IBackend, ILeaseManager, ILockTable, IUserDB
+from claudefs_gateway.interfaces import (
+    IVFS,
+    IBackend,
+    ILeaseManager,
+    ILockTable,
+    ISharedStore,
+    IUserDB,
+)
 from claudefs_gateway.vfs._vfs import VFS
 from claudefs_gateway.vfs.handles import load_or_create_secret
 from claudefs_gateway.vfs.identity import User, UserDB
@@ -39,9 +47,12 @@ def users_path(config: Any) -> Path | None:
 
 def make_users(core: Core) -> UserDB:
     config = core.config
+    domain = config.nfs.v4.domain
     if isinstance(config.users, list):
-        return UserDB(core.reactor, inline=[User.from_config(u) for u in config.users])
-    return UserDB(core.reactor, path=users_path(config))
+        return UserDB(
+            core.reactor, inline=[User.from_config(u) for u in config.users], nfs4_domain=domain
+        )
+    return UserDB(core.reactor, path=users_path(config), nfs4_domain=domain)
 
 
 class VFSService(Service):
@@ -91,6 +102,12 @@ class VFSService(Service):
                 leases=self.leases,
             )
             core.caches.register("attr", self.vfs.invalidate)
+            # A shared (remote) store tells us what other gateways changed.
+            if ISharedStore.providedBy(self.backend):
+                vfs = self.vfs
+                shared = ISharedStore(self.backend)
+                shared.on_change(lambda ev: vfs.forget_changed(ev.ino, ev.dir))
+                shared.on_reset(vfs.invalidate)
         return self.vfs
 
     def startService(self) -> None:
@@ -134,6 +151,8 @@ class VFSService(Service):
         if self.error is not None:
             return CheckResult.unhealthy("store could not be opened")
         if self.vfs is None or not self.vfs.is_open:
-            return CheckResult.unhealthy("store not open yet")
+            if self.running:
+                return CheckResult.starting("opening the store")
+            return CheckResult.unhealthy("store closed")
         check = getattr(self.backend, "check", None)
         return check() if check is not None else CheckResult.healthy()

@@ -12,7 +12,7 @@ import json
 import os
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -228,7 +228,7 @@ class EndpointTests(SynchronousTestCase):
 
     def test_drain(self) -> None:
         h = SiteHarness()
-        act = h.drainer.activity("nfs")
+        act = h.drainer.activity("nfs3")
         act.begin()
         status, _, body = h.request("POST", "/admin/drain")
         self.assertEqual(status, 202)
@@ -254,6 +254,41 @@ class LiveTests(TestCase):
     """The admin API of a real service tree, over real loopback HTTP."""
 
     timeout = 20
+
+    async def test_no_listener_accepts_while_health_says_starting(self) -> None:
+        """
+        While the store opens, /health answers 503 "starting" (not "unhealthy")
+        and no protocol listener accepts connections; once the store is open,
+        the listeners accept and /health answers 200 from then on.
+        """
+        data = os.path.abspath(self.mktemp())
+        config = cfg.loads(
+            f"backend: {{type: memory, data_dir: {data}}}\n"
+            "admin: {bind: '127.0.0.1:0'}\ns3: {bind: '127.0.0.1:0'}\n"
+        )
+        root = service.build(config, reactor, protocols=["s3"])
+        store: defer.Deferred[None] = defer.Deferred()
+        root.core.vfs_service.backend.open = lambda: store
+        root.privilegedStartService()
+        root.startService()
+        self.addCleanup(root.stopService)
+        listeners = root.listeners()
+        s3 = listeners["s3"]
+        base = f"http://127.0.0.1:{listeners['admin'].bound_port}"
+
+        self.assertNotIn(s3.port, reactor.getReaders())
+        status, _, body = await http_get(base + "/health")
+        doc = json.loads(body)
+        checks = {c["name"]: (c["status"], c["message"]) for c in doc["checks"]}
+        self.assertEqual((status, doc["overall"]), (503, "starting"))
+        self.assertEqual(checks["backend"], ("starting", "opening the store"))
+        self.assertEqual(checks["s3"], ("starting", "waiting for the store to open"))
+
+        store.callback(None)
+        await root.core.vfs_ready()
+        self.assertIn(s3.port, reactor.getReaders())
+        status, _, body = await http_get(base + "/health")
+        self.assertEqual((status, json.loads(body)["overall"]), (200, "healthy"))
 
     async def test_health_and_metrics_over_http(self) -> None:
         data = os.path.abspath(self.mktemp())
@@ -283,6 +318,8 @@ class LiveTests(TestCase):
             "gateway_draining",
             "gateway_info",
             "process_cpu_seconds",
+            "gateway_max_connections",
+            "gateway_circuit_breaker_state",
         ):
             self.assertIn(expected, names)
 

@@ -11,9 +11,10 @@ writer thread, fsync on: the production path) and prints JSON lines, flushed:
    from then on its effect is guaranteed to survive a crash.
 
 Operations run one at a time, except for bursts of 2-4 independent ones
-(creates of fresh names, stable writes to distinct files) issued together so
-that they share batches, as concurrent clients would. An unstable write is
-always followed by a commit of the same file. Each operation also runs on a
+(creates of fresh names, stable writes to distinct files, some large enough
+for the data writers) issued together so that they share batches, as
+concurrent clients would. An unstable write is always followed by a commit of
+the same file. Each operation also runs on a
 L{MemoryBackend} mirror and the two outcomes must agree.
 
 L{apply} is shared with the checker, which replays the acknowledged
@@ -206,7 +207,10 @@ class Writer:
                 by_ino.setdefault(await resolve(self.mirror, f), f)
             targets = list(by_ino.values())
             for f in rng.sample(targets, min(len(targets), rng.randint(2, 4))):
-                op = {"k": "write", "f": f, "off": 0, "len": rng.randint(1, 20000), "stable": True}
+                # Some large enough for the data writers (written in pieces,
+                # in parallel, before the batch's sync and commit).
+                length = rng.choice([rng.randint(1, 20000), rng.randint(64 * 1024, 300_000)])
+                op = {"k": "write", "f": f, "off": 0, "len": length, "stable": True}
                 ds.append(self.issue(op))
         else:
             d = rng.choice(dirs)

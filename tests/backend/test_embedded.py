@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from claudefs_gateway import errors
 from claudefs_gateway.backend.embedded import EmbeddedBackend, _files
+from claudefs_gateway.backend.embedded import _engine as engine_module
 from claudefs_gateway.backend.embedded import backend as backend_module
 from claudefs_gateway.backend.embedded._engine import Engine
 from claudefs_gateway.backend.embedded._files import Layout
@@ -582,6 +583,99 @@ class ErrorTests(StoreCase):
             await b.setattr(1, SetAttrs(mtime=2**64))
 
 
+class DataWritersTests(StoreCase):
+    """Large data writes of a batch go out on the data writers, in pieces, in parallel."""
+
+    async def test_lone_write_written_whole(self) -> None:
+        """A batch's only write is written as it is (cutting it up costs more than it saves)."""
+        b = await self.store(data_threads=2)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        data = os.urandom(1 << 20)
+        await b.write(f.ino, 0, data, False)
+        self.assertEqual((b._engine.data.pieces, b._engine.data.parallel), (1, 0))
+        self.assertEqual(await b.read(f.ino, 0, len(data)), (data, True))
+
+    async def test_large_write(self) -> None:
+        b = await self.store(data_threads=2)
+        b._engine.data.split_lone = True
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        data = os.urandom((1 << 20) + 12345)
+        w = await b.write(f.ino, 0, data, False)
+        self.assertEqual(b.stats.deferred_writes, 1)
+        self.assertEqual(b._engine.data.parallel, 1)
+        self.assertEqual(b._engine.data.pieces, 5)
+        # The attributes handed back count the blocks the data now uses.
+        self.assertGreaterEqual(w.attrs.used, len(data))
+        self.assertEqual(w.attrs.used, os.stat(b._engine.layout.path(f.ino)).st_blocks * 512)
+        self.assertEqual(await b.read(f.ino, 0, len(data) + 10), (data, True))
+
+    async def test_batch_of_writes_and_other_changes(self) -> None:
+        """
+        Large writes to several files, a write-truncate-write of one file and
+        creates among them, all in one batch, apply in call order.
+        """
+        b = await self.store(data_threads=2)
+        files = [(await b.create(1, b"f%d" % i, REG, 0o644, 0, 0)).ino for i in range(4)]
+        blobs = [os.urandom(300_000 + i) for i in range(4)]
+        ev, held = await self.gate(b)
+        ds: list[defer.Deferred[Any]] = [
+            b.write(ino, 100, blob, stable=i % 2 == 0)
+            for i, (ino, blob) in enumerate(zip(files, blobs, strict=True))
+        ]
+        ds.append(b.create(1, b"new", REG, 0o644, 0, 0))
+        ds.append(b.setattr(files[0], SetAttrs(size=1000)))
+        ds.append(b.write(files[0], 2000, blobs[3], False))
+        reads = [b.read(ino, 0, 1 << 20) for ino in files]
+        ev.set()
+        await held
+        await defer.gatherResults(ds)
+        # The write after the truncation starts the next batch (see run_batch).
+        self.assertEqual(b.stats.largest_batch, 6)
+        self.assertGreaterEqual(b.stats.deferred_writes, 5)
+        got = [data for data, _ in await defer.gatherResults(reads)]
+        self.assertEqual(got[0], bytes(100) + blobs[0][:900] + bytes(1000) + blobs[3])
+        for i in (1, 2, 3):
+            self.assertEqual(got[i], bytes(100) + blobs[i])
+
+    async def test_failed_data_write_fails_alone(self) -> None:
+        """
+        A data write that fails on the data writers makes the batch run again
+        with every write inline: the write whose data cannot be written fails
+        (NoSpace), the other changes of its batch commit.
+        """
+        b = await self.store(data_threads=2)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        g = await b.create(1, b"g", REG, 0o644, 0, 0)
+        real_pwrite_all = engine_module.pwrite_all
+
+        def no_space_for_f(fd: int, data: memoryview, offset: int) -> None:
+            if os.fstat(fd).st_ino == os.stat(b._engine.layout.path(f.ino)).st_ino:
+                raise OSError(errno.ENOSPC, "no space")
+            real_pwrite_all(fd, data, offset)
+
+        def pool_fails(writes: Any) -> None:
+            raise OSError(errno.ENOSPC, "no space")
+
+        # Make f's data file exist, so the check above can find it.
+        await b.write(f.ino, 0, b"x", True)
+        self.patch(engine_module, "pwrite_all", no_space_for_f)
+        self.patch(b._engine.data, "write_all", pool_fails)
+        ev, held = await self.gate(b)
+        w_f = b.write(f.ino, 0, os.urandom(200_000), False)
+        w_g = b.write(g.ino, 0, b"g" * 200_000, False)
+        made = b.create(1, b"h", REG, 0o644, 0, 0)
+        ev.set()
+        await held
+        with self.assertRaises(errors.NoSpace):
+            await w_f
+        self.assertEqual((await w_g).count, 200_000)
+        await made
+        self.assertEqual(b.stats.data_reruns, 1)
+        self.assertEqual((await b.getattr(f.ino)).size, 1)
+        self.assertEqual((await b.read(g.ino, 0, 10))[0], b"g" * 10)
+        await b.lookup(1, b"h")
+
+
 class ReadPathTests(StoreCase):
     """Reads the page cache cannot serve at once finish in a thread pool."""
 
@@ -637,7 +731,11 @@ class ReadPathTests(StoreCase):
         self.assertIn(ino, b._reader.files._fds)
         await b.unlink(1, b"f")
         self.assertNotIn(ino, b._reader.files._fds)
+        # The data file goes right after the batch is handed over for
+        # delivery: by the time a later call on the writer runs, it is gone.
+        await b._writer.call(lambda: None)
         self.assertFalse(os.path.exists(b._engine.layout.path(ino)))
+        self.assertEqual(b.stats.free_errors, 0)
 
     async def test_sparse_file_uses_little_space(self) -> None:
         b = await self.store()
@@ -654,6 +752,39 @@ class ReadPathTests(StoreCase):
         await b.setattr(f.ino, SetAttrs(size=2**40))
         got, eof = await b.read(f.ino, 0, 2**40)
         self.assertEqual((len(got), eof), (64 * 1024 * 1024, False))
+
+    async def test_inode_rows_kept_until_a_change(self) -> None:
+        """
+        Reads keep the inode rows they load (no query per read of an idle
+        file) and drop them all when any change is delivered, before its
+        caller or a read queued behind it can see the old ones.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"abc", False)
+        assert b._reader is not None
+        reader = b._reader
+        self.assertEqual(await b.read(f.ino, 0, 10), (b"abc", True))
+        self.assertIn(f.ino, reader._nodes)
+        queries: list[str] = []
+        reader.conn.set_trace_callback(queries.append)
+        self.addCleanup(reader.conn.set_trace_callback, None)
+        self.assertEqual(await b.read(f.ino, 1, 10), (b"bc", True))
+        self.assertEqual(queries, [])
+        # Issued together: the read waits for the write and sees it.
+        w = b.write(f.ino, 3, b"defg", False)
+        r = b.read(f.ino, 0, 10)
+        seen: list[bool] = []
+        w.addCallback(lambda _: seen.append(f.ino in reader._nodes))
+        await w
+        self.assertEqual(seen, [False])
+        self.assertEqual(await r, (b"abcdefg", True))
+        self.assertEqual((await b.getattr(f.ino)).size, 7)
+        # Gone: a read of the freed inode fails, it does not serve the kept row.
+        await b.read(f.ino, 0, 1)
+        await b.unlink(1, b"f")
+        with self.assertRaises(errors.NotFound):
+            await b.read(f.ino, 0, 1)
 
 
 class FilesTests(SynchronousTestCase):
@@ -680,3 +811,51 @@ class FilesTests(SynchronousTestCase):
             os.close(fd)
         with open(path, "rb") as f:
             self.assertEqual(f.read(), b"x" * 100 + bytes(4000) + b"x" * 900)
+
+    def test_syncs_run_together(self) -> None:
+        """
+        A new file's data and the directories naming it are synced in one go
+        through the runner (one journal commit for all), every one of them,
+        before sync returns; without a runner, one after the other.
+        """
+        root = Path(self.mktemp())
+        root.mkdir()
+        lay = Layout(str(root / "data"))
+        os.mkdir(lay.root)
+        synced: list[tuple[str, int]] = []
+        real_fdatasync, real_fsync = os.fdatasync, os.fsync
+        self.patch(
+            _files.os, "fdatasync", lambda fd: (synced.append(("data", fd)), real_fdatasync(fd))
+        )
+        self.patch(_files.os, "fsync", lambda fd: (synced.append(("dir", fd)), real_fsync(fd)))
+        batches: list[int] = []
+
+        def runner(calls: list[Any]) -> None:
+            batches.append(len(calls))
+            for call in calls:
+                call()
+
+        files = _files.WriteFiles(lay)
+        files.runner = runner
+        fd = files.get(5, create=True)
+        assert fd is not None
+        os.pwrite(fd, b"x", 0)
+        files.dirty.add(5)
+        files.sync({5})
+        # data, the leaf directory, and the two fan-out directories made for it.
+        self.assertEqual(batches, [4])
+        self.assertEqual([k for k, _ in synced], ["data", "dir", "dir", "dir"])
+        self.assertFalse(files.needs_sync(5))
+        # Nothing left to sync: nothing runs.
+        files.sync({5})
+        self.assertEqual(batches, [4])
+        # Without a runner, the same syncs, one after the other.
+        synced.clear()
+        files.runner = None
+        fd2 = files.get(6, create=True)
+        assert fd2 is not None
+        os.pwrite(fd2, b"y", 0)
+        files.dirty.add(6)
+        files.sync({6})
+        self.assertEqual([k for k, _ in synced], ["data", "dir"])
+        files.close()

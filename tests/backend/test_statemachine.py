@@ -13,6 +13,9 @@ verifiers and cookie values (their order is compared).
 The embedded store runs in its inline mode (every call runs synchronously on
 this thread, so Deferreds have fired when calls return) without fsync: this
 test is about logic; durability and the writer thread have their own tests.
+Every data write goes through the data writers (a helper thread, pieces of 64
+bytes), and the store keeps two descriptors, so their order and evictions are
+exercised on every write.
 """
 
 from __future__ import annotations
@@ -93,15 +96,32 @@ class BackendMachine(RuleBasedStateMachine):
         self.clock = 1_700_000_000_000_000_000
         self.model = MemoryBackend(now_ns=self.now)
         self.path = os.path.join(base, str(next(_dirs)))
-        self.real = EmbeddedBackend(
-            self.path, None, inline=True, durable=False, now_ns=self.now, max_fds=2
-        )
+        self.real = self.make_real()
         result(self.real.open())
         self.to_real: dict[int, int] = {}
         self.to_model: dict[int, int] = {}
 
     def now(self) -> int:
         return self.clock
+
+    def make_real(self) -> Any:
+        """
+        The store under test (not opened yet); subclasses test others. Every
+        write goes through the embedded store's data writers, cut in small pieces.
+        """
+        real = EmbeddedBackend(
+            self.path,
+            None,
+            inline=True,
+            durable=False,
+            now_ns=self.now,
+            max_fds=2,
+            data_threads=1,
+        )
+        real._engine.defer_min = 1
+        real._engine.data.chunk = 64
+        real._engine.data.split_lone = True
+        return real
 
     def teardown(self) -> None:
         try:

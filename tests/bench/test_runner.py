@@ -53,6 +53,29 @@ class RunnerTests(SynchronousTestCase):
         self.assertEqual(p99["ratio"], 1.0)
         self.assertEqual(ops["gateway_runs"], [10.0, 30.0, 20.0])
 
+    def test_warmup_runs_are_not_counted(self) -> None:
+        """Warm-up runs come first, interleaved, and no metric includes them."""
+        order: list[str] = []
+        values = {"gw": iter([99.0, 1.0, 3.0]), "peer": iter([99.0, 2.0, 2.0])}
+
+        def run(endpoints: dict[str, Any], scratch: Path) -> dict[str, float]:
+            order.append(endpoints["who"])
+            return {"x": next(values[endpoints["who"]])}
+
+        w = Workload("fake.w", "nfs", (Metric("x", "u"),), run)
+        (row,) = runner.run_workload(
+            w,
+            FakeTarget("gw"),
+            FakeTarget("peer"),
+            2,
+            Path(self.mktemp()),
+            log=lambda s: None,
+            warmup=1,
+        )
+        self.assertEqual(order, ["gw", "peer"] * 3)
+        self.assertEqual(row["gateway_runs"], [1.0, 3.0])
+        self.assertEqual(row["peer_runs"], [2.0, 2.0])
+
     def test_ratio_orientation(self) -> None:
         """A ratio above 1 always means the gateway did better."""
         fast, slow = Summary(2, 2, 2, 1), Summary(1, 1, 1, 1)
@@ -88,3 +111,19 @@ class RunnerTests(SynchronousTestCase):
     def test_unknown_workload_is_an_error(self) -> None:
         with self.assertRaises(SystemExit):
             runner.main(["-w", "no.such"])
+
+
+class ConfigExtraTests(SynchronousTestCase):
+    def test_merged_section_by_section(self) -> None:
+        """--config-extra merges into the gateway's configuration; what it names wins."""
+        from pathlib import Path
+
+        from bench.targets import Gateway
+        from claudefs_gateway.core import config as cfg
+
+        extra = "nfs: {max_requests_per_connection: 1}\ncache: {nfs_attr_cache: {max_entries: 0}}"
+        g = Gateway(Path(self.mktemp()), ["nfs"], extra)
+        c = cfg.loads(g.config_text(dict.fromkeys(("nfs", "mount", "s3", "smb", "admin"), 1)))
+        self.assertEqual(c.nfs.max_requests_per_connection, 1)
+        self.assertEqual(c.cache.nfs_attr_cache.max_entries, 0)
+        self.assertEqual(c.nfs.bind.port, 1)

@@ -109,9 +109,14 @@ class Context:
     log: Callable[[str], None]
 
     def gateway(
-        self, config: str = "", *, backend: str = "embedded"
+        self, config: str = "", *, backend: str = "embedded", nfs: str = ""
     ) -> AbstractContextManager[Gateway]:
-        return running_gateway(self.workdir, config, backend=backend, log=self.log)
+        """
+        A gateway with C{config} added to its configuration; C{nfs} holds
+        more keys of the ``nfs`` mapping (``"v4: {lease_secs: 20}"``), which
+        the harness writes itself for the listeners.
+        """
+        return running_gateway(self.workdir, config, backend=backend, log=self.log, nfs=nfs)
 
 
 class Gateway:
@@ -152,7 +157,7 @@ class Gateway:
 
 @contextmanager
 def running_gateway(
-    workdir: Path, extra: str, *, backend: str, log: Callable[[str], None]
+    workdir: Path, extra: str, *, backend: str, log: Callable[[str], None], nfs: str = ""
 ) -> Iterator[Gateway]:
     """Start a gateway with every listener on 127.0.0.1 port 0; stop it (SIGTERM) after."""
     data = Path(tempfile.mkdtemp(prefix="data-", dir=workdir))
@@ -170,6 +175,8 @@ def running_gateway(
         "smb": {"bind": "127.0.0.1:0"},
         "admin": {"bind": "127.0.0.1:0", "drain_timeout_secs": 5},
     }
+    if nfs:
+        config["nfs"].update(yaml.safe_load("{" + nfs + "}"))
     # A suite's own settings join these (its section of a protocol merges
     # into the listener settings above).
     for key, value in (yaml.safe_load(extra) or {}).items():

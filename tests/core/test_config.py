@@ -186,10 +186,19 @@ class LoadTests(SynchronousTestCase):
         self.assertEqual(path, "s3.enable_versioning")
         self.assertIn("not supported", msg)
 
-    def test_remote_backend_not_built(self) -> None:
+    def test_remote_backend_needs_meta_servers(self) -> None:
         [(path, line, msg)] = problems("backend:\n  type: remote\n")
-        self.assertEqual((path, line), ("backend.type", 2))
-        self.assertIn("not built", msg)
+        self.assertEqual((path, line), ("metadata_servers", 2))
+        self.assertIn("at least one metadata server", msg)
+        c = cfg.loads("backend: {type: remote}\nmetadata_servers: [{address: 'm:7001'}]\n")
+        self.assertEqual(c.metadata_servers[0].address, "m:7001")
+
+    def test_tls_transport_needs_material(self) -> None:
+        [(path, _, msg)] = problems(
+            "backend: {type: remote}\nmetadata_servers: [{address: 'm:7001', transport: tls}]\n"
+        )
+        self.assertEqual(path, "metadata_servers[0].transport")
+        self.assertIn("backend.tls", msg)
 
     def test_tls_pair(self) -> None:
         cert = self.mktemp()
@@ -307,6 +316,39 @@ class ListenTests(SynchronousTestCase):
         got = problems("s3: {bind: 'ssl:9000:privateKey=/nonexistent.pem'}\n")
         self.assertIn("privateKey file does not exist", got[0][2])
 
+    def test_rdma_refused_without_a_parser(self) -> None:
+        """
+        An rdma: listener is refused by validation, naming the key, when no rdma
+        endpoint parser is installed (start resolves listeners through those
+        same plugins, so it would refuse it too).
+        """
+        self.patch(cfg, "rdma_endpoints_available", lambda: False)
+        got = problems("nfs: {bind: 'rdma:20049:device=mlx5_0'}\n")
+        self.assertEqual(len(got), 1)
+        self.assertEqual(got[0][0], "nfs.bind")
+        self.assertIn("rdma: listeners are not available in this build", got[0][2])
+
+    def test_rdma_accepted_with_a_parser(self) -> None:
+        """Once an rdma endpoint parser plugin is installed, an rdma: listener validates."""
+        self.patch(cfg, "rdma_endpoints_available", lambda: True)
+        c = cfg.loads("nfs: {bind: 'rdma:20049:device=mlx5_0'}\n")
+        self.assertEqual(
+            (c.nfs.bind.description, c.nfs.bind.port), ("rdma:20049:device=mlx5_0", 20049)
+        )
+
+    def test_rdma_availability_follows_the_plugins(self) -> None:
+        """rdma_endpoints_available asks the plugin system serverFromString uses."""
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.testing import MemoryReactor
+
+        try:
+            serverFromString(MemoryReactor(), "rdma:20049")
+        except ValueError:
+            parses = False
+        else:
+            parses = True
+        self.assertEqual(cfg.rdma_endpoints_available(), parses)
+
     def test_loopback(self) -> None:
         self.assertTrue(Listen.tcp("127.0.0.1", 1).is_loopback)
         self.assertTrue(Listen.tcp("::1", 1).is_loopback)
@@ -344,23 +386,60 @@ class NetworkTests(SynchronousTestCase):
         )
 
 
+def uncomment(text: str, key: str) -> str:
+    """
+    The example configuration with its commented-out C{key} block (the
+    manhole, the backend's TLS files) switched on in place of C{key: null}.
+    """
+    lines = text.splitlines()
+    start = lines.index(f"  # {key}:")
+    end = start + 1
+    while lines[end].startswith("  #   "):
+        end += 1
+    block = ["  " + line[4:] for line in lines[start:end]]
+    rest = [line for line in lines[end:] if line != f"  {key}: null"]
+    return "\n".join(lines[:start] + block + rest) + "\n"
+
+
 class ExampleAndReferenceTests(SynchronousTestCase):
     """docs/ stays in step with the schema."""
 
+    def shipped(self) -> str:
+        with open(os.path.join(REPO, "docs", "gateway.example.yaml")) as f:
+            return f.read()
+
     def example(self) -> tuple[str, Config]:
-        path = os.path.join(REPO, "docs", "gateway.example.yaml")
+        """
+        The example with its commented-out manhole block switched on (and its
+        key file swapped for one that exists): every key of the schema.
+        """
         keys = self.mktemp()
         open(keys, "w").close()
-        with open(path) as f:
-            text = f.read()
-        c = cfg.loads(text, path, {"admin.manhole.authorized_keys": (keys, "test")})
+        text = uncomment(uncomment(uncomment(self.shipped(), "manhole"), "tls"), "postgresql")
+        path = os.path.join(REPO, "docs", "gateway.example.yaml")
+        c = cfg.loads(
+            text,
+            path,
+            {
+                "admin.manhole.authorized_keys": (keys, "test"),
+                **{f"backend.tls.{k}": (keys, "test") for k in ("cert", "key", "ca")},
+            },
+        )
         return text, c
 
+    def test_example_validates_as_shipped(self) -> None:
+        """docs/gateway.example.yaml is valid as it ships: it names no file that does not exist."""
+        c = cfg.loads(self.shipped(), "gateway.example.yaml")
+        self.assertIsNone(c.admin.manhole)
+        self.assertIsNone(c.backend.tls)
+
     def test_example_validates(self) -> None:
-        """docs/gateway.example.yaml is a valid configuration (its manhole key file swapped for a real one)."""
+        """The example with its commented-out blocks switched on is valid (given real files)."""
         _, c = self.example()
         self.assertEqual(c.s3.region, "us-east-1")
         self.assertEqual(c.quota.user_defaults.bytes_hard, 12 * 1024**3)
+        assert c.admin.manhole is not None
+        self.assertEqual(c.admin.manhole.bind.port, 2222)
 
     def test_example_has_every_key(self) -> None:
         """Every key of the schema appears in docs/gateway.example.yaml."""

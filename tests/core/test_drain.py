@@ -50,7 +50,7 @@ class DrainerTests(SynchronousTestCase):
         self.drainer = Drainer(self.clock, self.metrics)
         self.listener = FakeListener()
         self.drainer.add_listener(self.listener)
-        self.act = self.drainer.activity("nfs")
+        self.act = self.drainer.activity("nfs3")
 
     def test_idle_gateway_drains_at_once(self) -> None:
         d = self.drainer.drain(30)
@@ -107,6 +107,19 @@ class DrainerTests(SynchronousTestCase):
         self.assertIs(self.successResultOf(d2), first)
         self.assertIs(self.successResultOf(self.drainer.drain(0)), first)
 
+    def test_drained_watches_without_starting(self) -> None:
+        """drained() fires after the drain's own callers, and does not start a drain."""
+        order: list[str] = []
+        watched = self.drainer.drained()
+        watched.addCallback(lambda r: order.append("watcher"))
+        self.assertEqual(self.drainer.state, "running")
+        self.act.begin()
+        d = self.drainer.drain(30)
+        d.addCallback(lambda r: order.append("caller"))
+        self.act.end()
+        self.assertEqual(order, ["caller", "watcher"])
+        self.assertEqual(self.successResultOf(self.drainer.drained()).in_flight_abandoned, 0)
+
     def test_track_deferred(self) -> None:
         d: defer.Deferred[int] = defer.Deferred()
         self.assertIs(self.act.track(d), d)
@@ -124,8 +137,43 @@ class DrainerTests(SynchronousTestCase):
         self.drainer.drain(30)
         reg = self.metrics.registry
         self.assertEqual(reg.get_sample_value("gateway_draining"), 1)
-        self.assertEqual(reg.get_sample_value("gateway_in_flight_requests", {"protocol": "nfs"}), 1)
-        self.assertEqual(reg.get_sample_value("gateway_active_connections", {"protocol": "nfs"}), 1)
+        self.assertEqual(
+            reg.get_sample_value("gateway_in_flight_requests", {"protocol": "nfs3"}), 1
+        )
+        self.assertEqual(
+            reg.get_sample_value("gateway_active_connections", {"protocol": "nfs3"}), 1
+        )
+
+    def test_max_connections(self) -> None:
+        """
+        With max_connections, one connection more than the limit is aborted at
+        once, never counted as open, and counted as rejected; the limit is
+        exported as gateway_max_connections.
+        """
+        drainer = Drainer(self.clock, self.metrics, max_connections=2)
+        act = drainer.activity("smb")
+        first, second = Conn(act), Conn(act)
+        third = Conn(act)
+        self.assertTrue(third.aborted)
+        self.assertEqual(act.connections, {first, second})
+        reg = self.metrics.registry
+        self.assertEqual(reg.get_sample_value("gateway_max_connections", {"protocol": "smb"}), 2)
+        self.assertEqual(reg.get_sample_value("gateway_active_connections", {"protocol": "smb"}), 2)
+        self.assertEqual(
+            reg.get_sample_value(
+                "gateway_rejected_requests_total", {"protocol": "smb", "reason": "max_connections"}
+            ),
+            1,
+        )
+        first.transport.loseConnection()
+        self.assertFalse(Conn(act).aborted)
+
+    def test_no_limit_by_default(self) -> None:
+        """max_connections 0 (the default) is no limit, exported as 0."""
+        conns = [Conn(self.act) for _ in range(50)]
+        self.assertFalse(any(c.aborted for c in conns))
+        reg = self.metrics.registry
+        self.assertEqual(reg.get_sample_value("gateway_max_connections", {"protocol": "nfs3"}), 0)
 
     def test_failing_listener_does_not_stop_drain(self) -> None:
         class Broken(FakeListener):

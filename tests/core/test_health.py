@@ -42,6 +42,14 @@ class HealthChecksTests(SynchronousTestCase):
         self.health.unregister("c")
         self.assertEqual(self.document()["overall"], "degraded")
 
+    def test_starting_ranks_between_degraded_and_unhealthy(self) -> None:
+        """A starting check makes the gateway starting (not unhealthy), unless something is unhealthy."""
+        self.health.register("a", lambda: CheckResult.degraded("slow"))
+        self.health.register("b", lambda: CheckResult.starting("opening the store"))
+        self.assertEqual(self.document()["overall"], "starting")
+        self.health.register("c", lambda: CheckResult.unhealthy("down"))
+        self.assertEqual(self.document()["overall"], "unhealthy")
+
     def test_no_checks_is_healthy(self) -> None:
         self.assertEqual(self.document()["overall"], "healthy")
 

@@ -50,6 +50,28 @@ class MetricsTests(SynchronousTestCase):
     def test_unknown_name(self) -> None:
         self.assertRaises(KeyError, Metrics().family, "gateway_made_up")
 
+    def test_collect_with(self) -> None:
+        """A collected gauge is read at each scrape; a failing reader leaves it empty, logged."""
+        m = Metrics()
+        figures = {("nlm",): 2.0}
+        m.collect_with("gateway_locks_held", lambda: figures)
+        m.collect_with("gateway_data_dir_free_bytes", lambda: 123)
+        reg = m.registry
+        self.assertEqual(reg.get_sample_value("gateway_locks_held", {"protocol": "nlm"}), 2)
+        self.assertEqual(reg.get_sample_value("gateway_data_dir_free_bytes"), 123)
+        figures[("smb",)] = 1.0
+        self.assertEqual(reg.get_sample_value("gateway_locks_held", {"protocol": "smb"}), 1)
+        self.assertIn("gateway_locks_held", m.registered())
+        self.assertRaises(ValueError, m.collect_with, "gateway_locks_held", lambda: {})
+        self.assertRaises(ValueError, m.collect_with, "gateway_requests_total", lambda: {})
+
+        def broken() -> float:
+            raise RuntimeError("gone")
+
+        m.collect_with("gateway_data_dir_size_bytes", broken)
+        self.assertIn("# TYPE gateway_data_dir_size_bytes gauge", generate_latest(reg).decode())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
 
 class RequestMetricsTests(SynchronousTestCase):
     def test_observe(self) -> None:

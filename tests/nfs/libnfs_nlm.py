@@ -7,9 +7,10 @@ over libnfs's connection to the NFS port (the gateway serves NLM there too).
 Run as a child process::
 
     python -m tests.nfs.libnfs_nlm URL /file CALLER  lock SVID OFFSET LEN EXCL  test SVID OFFSET LEN EXCL
-        unlock SVID OFFSET LEN  cancel SVID OFFSET LEN EXCL
+        unlock SVID OFFSET LEN  cancel SVID OFFSET LEN EXCL  hold
 
-Prints one JSON object per call: {"op", "status", "holder"}.
+Prints one JSON object per call: {"op", "status", "holder"}. ``hold`` prints
+{"op": "hold"} and keeps the connection open until standard input closes.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class Url(ctypes.Structure):
 
 
 RPC_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
-ARITY = {"lock": 5, "test": 4, "unlock": 3, "cancel": 4}
+ARITY = {"lock": 5, "test": 4, "unlock": 3, "cancel": 4, "hold": 0}
 
 
 def main(argv: list[str]) -> int:
@@ -177,6 +178,10 @@ def main(argv: list[str]) -> int:
         op = ops.pop(0)
         p = [int(ops.pop(0)) for _ in range(ARITY[op])]
         ck = Buf(6, ctypes.cast(cookie, vp))
+        if op == "hold":
+            print(json.dumps({"op": "hold"}), flush=True)
+            sys.stdin.read()
+            continue
         if op == "lock":
             args: Any = LockArgs(ck, p[4], p[3], lock_of(p[0], p[1], p[2]), 0, 1)
             status, holder = call(lib.rpc_nlm4_lock_async, args, Res)

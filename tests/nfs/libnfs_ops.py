@@ -1,7 +1,8 @@
 """
 Drive libnfs (Debian's libnfs13, the library under nfs-cp and nfs-ls) through
 ctypes, for the NFS operations libnfs-utils has no command for: mkdir, rmdir,
-rename, symlink, readlink, link, unlink, stat, chmod, listdir.
+rename, symlink, readlink, link, unlink, stat, chmod, listdir, and
+``write PATH OFFSET TEXT`` / ``read PATH OFFSET COUNT`` at an offset.
 
 Run as a child process (never in the test's reactor)::
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import select
 import sys
 from typing import Any
 
@@ -31,6 +33,8 @@ ARITY = {
     "link": 2,
     "chmod": 2,
     "creat": 1,
+    "write": 3,
+    "read": 3,
 }
 
 
@@ -58,6 +62,43 @@ DirEnt._fields_ = [
 
 class Url(ctypes.Structure):
     _fields_ = [("server", ctypes.c_char_p), ("path", ctypes.c_char_p), ("file", ctypes.c_char_p)]
+
+
+NFS_CB = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+
+
+def _write_async(lib: Any, nfs: int, fh: Any, offset: int, data: bytes) -> tuple[int, str]:
+    """nfs_pwrite_async and the libnfs event loop; (status, libnfs's error text at the callback)."""
+    done: list[tuple[int, str]] = []
+
+    def cb(status: int, ctx: Any, _data: Any, _private: Any) -> None:
+        text = lib.nfs_get_error(ctx) if status < 0 else b""
+        done.append((status, (text or b"").decode("utf-8", "replace")))
+
+    callback = NFS_CB(cb)
+    lib.nfs_which_events.argtypes = [ctypes.c_void_p]
+    lib.nfs_get_fd.argtypes = [ctypes.c_void_p]
+    lib.nfs_service.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    ret = lib.nfs_pwrite_async(
+        ctypes.c_void_p(nfs),
+        fh,
+        ctypes.c_uint64(offset),
+        ctypes.c_uint64(len(data)),
+        data,
+        callback,
+        None,
+    )
+    if ret != 0:
+        return ret, (lib.nfs_get_error(nfs) or b"").decode("utf-8", "replace")
+    poller = select.poll()
+    while not done:
+        poller.register(lib.nfs_get_fd(nfs), lib.nfs_which_events(nfs))
+        events = poller.poll(30_000)
+        if not events:
+            return -110, "timed out"
+        if lib.nfs_service(ctypes.c_void_p(nfs), events[0][1]) < 0:
+            return -5, (lib.nfs_get_error(nfs) or b"").decode("utf-8", "replace")
+    return done[0]
 
 
 def main(argv: list[str]) -> int:
@@ -95,7 +136,14 @@ def main(argv: list[str]) -> int:
         elif op == "stat":
             st = Stat64()
             ret = lib.nfs_stat64(ctypes.c_void_p(nfs), b[0], ctypes.byref(st))
-            result = {"mode": st.mode, "size": st.size, "nlink": st.nlink, "ino": st.ino}
+            result = {
+                "mode": st.mode,
+                "size": st.size,
+                "nlink": st.nlink,
+                "ino": st.ino,
+                "uid": st.uid,
+                "gid": st.gid,
+            }
         elif op == "listdir":
             d = ctypes.c_void_p()
             ret = lib.nfs_opendir(ctypes.c_void_p(nfs), b[0], ctypes.byref(d))
@@ -110,6 +158,34 @@ def main(argv: list[str]) -> int:
             result = names
         elif op == "chmod":
             ret = lib.nfs_chmod(ctypes.c_void_p(nfs), b[0], int(params[1], 8))
+        elif op == "write" and len(b[2]) <= 65536:
+            # One WRITE call, asynchronously: the synchronous wrapper replaces
+            # the server's status with a generic message, the callback sees it.
+            fh = ctypes.c_void_p()
+            ret = lib.nfs_open(ctypes.c_void_p(nfs), b[0], 1, ctypes.byref(fh))
+            if ret == 0:
+                ret, error = _write_async(lib, nfs, fh, int(params[1]), b[2])
+                if error:
+                    out["server_error"] = error
+                lib.nfs_close(ctypes.c_void_p(nfs), fh)
+        elif op in ("write", "read"):
+            # libnfs 4.0: nfs_pwrite/nfs_pread(nfs, fh, offset, count, buf)
+            fh = ctypes.c_void_p()
+            flags = 1 if op == "write" else 0  # O_WRONLY / O_RDONLY
+            ret = lib.nfs_open(ctypes.c_void_p(nfs), b[0], flags, ctypes.byref(fh))
+            if ret == 0:
+                offset = ctypes.c_uint64(int(params[1]))
+                if op == "write":
+                    data = b[2]
+                    ret = lib.nfs_pwrite(
+                        ctypes.c_void_p(nfs), fh, offset, ctypes.c_uint64(len(data)), data
+                    )
+                else:
+                    n = int(params[2])
+                    buf = ctypes.create_string_buffer(n)
+                    ret = lib.nfs_pread(ctypes.c_void_p(nfs), fh, offset, ctypes.c_uint64(n), buf)
+                    result = buf.raw[: max(ret, 0)].decode("latin-1")
+                lib.nfs_close(ctypes.c_void_p(nfs), fh)
         elif op == "creat":
             fh = ctypes.c_void_p()
             ret = lib.nfs_creat(ctypes.c_void_p(nfs), b[0], 0o644, ctypes.byref(fh))

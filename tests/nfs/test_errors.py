@@ -61,3 +61,40 @@ class TableTests(SynchronousTestCase):
         self.assertEqual(nlm4_status(errors.Stale()), NLM4.STALE_FH)
         self.assertEqual(nlm4_status(errors.ReadOnly()), NLM4.ROFS)
         self.assertEqual(nlm4_status(errors.Inval()), NLM4.FAILED)
+
+
+class NFS4TableTests(SynchronousTestCase):
+    def test_every_fs_error_has_a_status(self) -> None:
+        """Every FSError maps to a defined nfsstat4 without logging an unexpected failure."""
+        from claudefs_gateway.nfs.errors import nfs4_status
+        from claudefs_gateway.nfs.v4 import const as c
+
+        for cls in errors.FS_ERRORS:
+            code = nfs4_status(cls("x"))
+            self.assertTrue(c.status_name(code).startswith("NFS4ERR_"), cls)
+            self.assertNotEqual(code, c.NFS4ERR_SERVERFAULT, cls)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_documented_rows(self) -> None:
+        """Spot checks of docs/errors.rst's NFSv4.1 column."""
+        from claudefs_gateway.nfs.errors import nfs4_status
+        from claudefs_gateway.nfs.v4 import const as c
+
+        rows = {
+            errors.NotFound: c.NFS4ERR_NOENT,
+            errors.Loop: c.NFS4ERR_SYMLINK,
+            errors.NoData: c.NFS4ERR_NOXATTR,
+            errors.Range: c.NFS4ERR_XATTR2BIG,
+            errors.Grace: c.NFS4ERR_GRACE,
+            errors.NoLock: c.NFS4ERR_DELAY,
+            errors.ShareConflict: c.NFS4ERR_SHARE_DENIED,
+            errors.Busy: c.NFS4ERR_ACCESS,
+            errors.Deadlock: c.NFS4ERR_DEADLOCK,
+            errors.BadCookie: c.NFS4ERR_BAD_COOKIE,
+            errors.BackendUnavailable: c.NFS4ERR_DELAY,
+        }
+        for cls, code in rows.items():
+            self.assertEqual(nfs4_status(cls()), code, cls)
+        self.assertEqual(nfs4_status(errors.LockConflict(None)), c.NFS4ERR_DENIED)
+        self.assertEqual(nfs4_status(RuntimeError("bug")), c.NFS4ERR_SERVERFAULT)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -128,6 +128,33 @@ class LoopbackTests(TestCase):
         )
         self.assertIn((100005, 1, 17, ports["mount"]), got)
 
+    async def test_connection_gauge_labels_match_request_metrics(self) -> None:
+        """
+        A TCP connection to the NFS port is counted in gateway_active_connections
+        under the label its calls are counted under in gateway_requests_total
+        (nfs3), and a MOUNT connection under mount.
+        """
+        registry = CollectorRegistry()
+        root, nfs = await self.start(registry=registry)
+        ports = {label: svc.bound_port for label, svc in root.listeners().items()}
+        conn = await connect_tcp(reactor, "127.0.0.1", ports["nfs"])
+        self.addCleanup(conn.close)
+        await conn.call(100003, 3, 0)  # NFSv3 NULL
+        mount = await connect_tcp(reactor, "127.0.0.1", ports["mount"])
+        self.addCleanup(mount.close)
+        await mount.call(100005, 3, 0)  # MOUNT NULL
+
+        def value(name: str, protocol: str) -> float | None:
+            return registry.get_sample_value(name, {"protocol": protocol})
+
+        self.assertEqual(
+            registry.get_sample_value("gateway_requests_total", {"protocol": "nfs3", "op": "NULL"}),
+            1.0,
+        )
+        self.assertEqual(value("gateway_active_connections", "nfs3"), 1.0)
+        self.assertEqual(value("gateway_active_connections", "mount"), 1.0)
+        self.assertIsNone(value("gateway_active_connections", "nfs"))
+
     async def test_drain_stops_udp(self) -> None:
         root, nfs = await self.start()
         await nfs.core.drainer.drain(1)

@@ -60,3 +60,41 @@ class RecordReaderTests(SynchronousTestCase):
         reader.feed(b"\x80\x00\x03\xe8" + b"x" * 999)
         self.assertLessEqual(reader.buffered, 1004)
         self.assertEqual(reader.feed(b"y"), [b"x" * 999 + b"y"])
+
+    @given(
+        records=st.lists(st.binary(max_size=200), min_size=1, max_size=6),
+        cuts=st.lists(st.integers(0, 2000), max_size=6),
+        oversize=st.booleans(),
+    )
+    def test_whole_records_in_one_read(
+        self, records: list[bytes], cuts: list[int], oversize: bool
+    ) -> None:
+        """
+        Single-fragment records, several to a read and cut anywhere (the path
+        that takes whole records straight out of a read), come out whole and
+        in order; a record over the maximum among them still fails.
+        """
+        limit = 150 if oversize else 1000
+        stream = b"".join(encode_record(r) for r in records)
+        reader = RecordReader(limit)
+        got: list[bytes] = []
+        try:
+            for chunk in split_at(stream, cuts):
+                got.extend(reader.feed(chunk))
+        except RecordTooLarge:
+            self.assertTrue(any(len(r) > limit for r in records))
+            first_big = next(i for i, r in enumerate(records) if len(r) > limit)
+            self.assertEqual(got, records[: len(got)])
+            self.assertLessEqual(len(got), first_big)
+            return
+        self.assertEqual(got, records)
+        self.assertEqual(reader.buffered, 0)
+
+    def test_several_records_and_a_tail(self) -> None:
+        """Whole records first, then a partial one is held until the rest arrives."""
+        reader = RecordReader(100)
+        a, b, c = encode_record(b"one"), encode_record(b"two"), encode_record(b"three")
+        self.assertEqual(reader.feed(a + b + c[:5]), [b"one", b"two"])
+        self.assertLessEqual(reader.buffered, 5)
+        self.assertEqual(reader.feed(c[5:] + a), [b"three", b"one"])
+        self.assertEqual(reader.buffered, 0)

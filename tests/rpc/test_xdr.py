@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import tracemalloc
 
 from hypothesis import given
@@ -109,3 +110,44 @@ class BoundTests(SynchronousTestCase):
             u.string(255)
         except XDRError:
             pass
+
+
+class OpaqueStructTests(SynchronousTestCase):
+    """L{Unpacker.opaque_struct} decodes exactly as L{Unpacker.opaque} then the fields would."""
+
+    @given(
+        data=st.binary(max_size=120),
+        pos=st.integers(0, 8),
+        limit=st.integers(0, 80),
+        fmt=st.sampled_from([">I", ">QI", ">QII", ">Q8sI", ">Q8sII"]),
+    )
+    def test_same_as_field_by_field(self, data: bytes, pos: int, limit: int, fmt: str) -> None:
+        st_ = struct.Struct(fmt)
+        slow = Unpacker(data, min(pos, len(data)))
+        fast = Unpacker(data, min(pos, len(data)))
+        try:
+            handle = slow.opaque(limit)
+            at = slow.advance(st_.size)
+            want: object = (handle, st_.unpack_from(data, at))
+        except XDRError:
+            want = XDRError
+        try:
+            got: object = fast.opaque_struct(limit, st_)
+        except XDRError:
+            got = XDRError
+        self.assertEqual(got, want)
+        if want is not XDRError:
+            self.assertEqual(fast.pos, slow.pos)
+
+    def test_example(self) -> None:
+        p = Packer()
+        p.opaque(b"handle")
+        p.u64(7)
+        p.u32(9)
+        u = Unpacker(p.bytes())
+        self.assertEqual(u.opaque_struct(64, struct.Struct(">QI")), (b"handle", (7, 9)))
+        u.done()
+        self.assertRaises(XDRError, Unpacker(p.bytes()).opaque_struct, 5, struct.Struct(">QI"))
+        self.assertRaises(
+            XDRError, Unpacker(p.bytes()[:-1]).opaque_struct, 64, struct.Struct(">QI")
+        )

@@ -151,3 +151,55 @@ class ShortReadTests(SynchronousTestCase):
         self.failureResultOf(d, ShortRead)
         self.assertEqual(b"".join(c.data), b"x" * 1000)
         self.assertIsNone(c.producer)
+
+
+class GoneRequest(Consumer):
+    """A consumer that behaves as a twisted.web Request whose connection was lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.channel: object = object()
+        self._disconnected = False
+
+    def lose(self) -> None:
+        self.channel = None
+        self._disconnected = True
+
+    def unregisterProducer(self) -> None:
+        if self.channel is None:
+            raise AttributeError("'NoneType' object has no attribute 'unregisterProducer'")
+        super().unregisterProducer()
+
+
+class ClientGoneTests(SynchronousTestCase):
+    def test_stopped_while_a_read_is_pending(self) -> None:
+        """
+        The connection closes while a block is being read from the store: when
+        the read returns, the producer neither writes nor unregisters from the
+        dead request, and fails with ClientGone (logged at debug, never an error).
+        """
+        reads: list[defer.Deferred[bytes]] = []
+
+        def read(off: int, n: int) -> defer.Deferred[bytes]:
+            d: defer.Deferred[bytes] = defer.Deferred()
+            reads.append(d)
+            return d
+
+        c = GoneRequest()
+        prod = ObjectProducer(read, c, 0, 5000, block=1000)
+        done = prod.start()
+        prod.stopProducing()  # the transport, as the connection closes
+        c.lose()  # then the request's connectionLost
+        reads[0].callback(b"x" * 1000)
+        self.failureResultOf(done, ClientGone)
+        self.assertEqual(c.data, [])
+
+    def test_stopped_while_paused(self) -> None:
+        """Stopped while paused with the request still attached: it unregisters, then ClientGone."""
+        c = GoneRequest()
+        prod = ObjectProducer(lambda off, n: defer.succeed(b"y" * n), c, 0, 5000, block=1000)
+        prod.pauseProducing()
+        done = prod.start()
+        prod.stopProducing()
+        self.failureResultOf(done, ClientGone)
+        self.assertIsNone(c.producer)

@@ -5,6 +5,8 @@ crash, no hang - over real loopback connections to a live gateway.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -214,6 +216,58 @@ class HostileTests(TestCase):
         rs = conn.responses()
         self.assertEqual((rs[0][0], rs[1][0]), (404, 200))
         self.assertIn(b"NoSuchBucket", rs[0][2])
+
+    async def test_pipelined_gets_then_gone_logs_nothing_above_info(self) -> None:
+        """
+        50 pipelined GETs of a 16 MiB object, left unread, then the client hangs
+        up: the gateway logs nothing above info (a client going away is not a
+        fault), and the connection's work ends.
+        """
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        body = bytes(range(256)) * (16 * 4096)
+        r = await self.c.request("PUT", "/bkt/big", body=body)
+        self.assertEqual(r.status, 200)
+        events: list[dict] = []
+
+        def observe(e: dict) -> None:
+            if e.get("log_level", LogLevel.debug) > LogLevel.info:
+                events.append(e)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        reqs = b""
+        for _ in range(50):
+            url, headers = self.c.sign("GET", self.c.url("/bkt/big"))
+            reqs += raw_request("GET", url, headers)
+        conn = await raw_connect(self.port)
+        conn.transport.pauseProducing()  # never read: the gateway's writes back up
+        conn.transport.write(reqs)
+        activity = self.s3.activity
+        mine = conn.transport.getHost().port
+        server = [p for p in activity.connections if p.transport.getPeer().port == mine]
+        await until(lambda: server[0].transport.producerPaused)
+        gets = self.s3.metrics._requests.labels("s3", "GetObject")
+        served = gets._value.get()
+        conn.transport.abortConnection()
+        await conn.closed
+        await activity.idle()
+        self.assertEqual(
+            [(e.get("log_level"), e.get("log_format")) for e in events], [], "logged above info"
+        )
+        # The requests it pipelined were not served into a closed connection.
+        self.assertLessEqual(gets._value.get() - served, 1)
+        # The gateway still serves.
+        r = await self.c.request("HEAD", "/bkt/big")
+        self.assertEqual(r.status, 200)
+
+
+async def until(pred: Callable[[], object]) -> None:
+    """Wait (a reactor turn at a time, never a fixed time) until C{pred()} holds."""
+    from twisted.internet import reactor, task
+
+    while not pred():
+        await task.deferLater(reactor, 0.001, lambda: None)
 
 
 def _responses(data: bytes) -> list:

@@ -1331,3 +1331,37 @@ class PropertyTests(SynchronousTestCase):
             table.release_owner(who)
         self.assertEqual(table.records, 0)
         self.assertEqual(table._files, {})
+
+
+class NotifyWhenFreeTests(TableTestCase):
+    """L{LockTable.notify_when_free}: NFSv4's CB_NOTIFY_LOCK trigger."""
+
+    def test_fires_on_unlock_not_before(self) -> None:
+        nlm = owner("nlm")
+        self.grant(nlm, 0, 10, True)
+        d = self.table.notify_when_free(INO)
+        self.grant(owner("smb"), 100, 1, True)
+        self.assertNoResult(d)
+        self.table.unlock(INO, nlm, 0, 10)
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_fires_on_release_and_inode_end(self) -> None:
+        nlm = owner("nlm")
+        self.grant(nlm, 0, 10, True)
+        d1 = self.table.notify_when_free(INO)
+        self.table.release_client("nlm", nlm.client)
+        self.successResultOf(d1)
+        self.grant(nlm, 0, 10, True)
+        d2 = self.table.notify_when_free(INO)
+        self.table.release_inode(INO)
+        self.successResultOf(d2)
+
+    def test_cancel_and_bound(self) -> None:
+        """A cancelled notice is gone; at most max_waiters wait on one inode."""
+        table = LockTable(self.clock, max_waiters=2)
+        d = table.notify_when_free(INO)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        table.notify_when_free(INO)
+        table.notify_when_free(INO)
+        self.assertRaises(NoLock, table.notify_when_free, INO)

@@ -85,6 +85,17 @@ class QuotaTests(SynchronousTestCase):
         stored = self.successResultOf(self.m.backend.get_state("quota.grace"))
         self.assertIn(b"user:1000", stored)
 
+    def test_pressure_and_over_soft(self) -> None:
+        """For metrics: the highest usage/hard ratio per kind and resource, and ids over a soft limit."""
+        q = self.vfs.quotas
+        self.assertEqual(q.over_soft(), {"user": 0, "group": 0})
+        f = self.mkfile(b"f")
+        self.successResultOf(self.write(f, 0, b"x" * 75))
+        pressure = q.pressure()
+        self.assertAlmostEqual(pressure[("user", "bytes")], 0.75)
+        self.assertAlmostEqual(pressure[("user", "inodes")], 1 / 3)
+        self.assertEqual(q.over_soft()["user"], 1)
+
     def test_grace_expiry_on_clock(self) -> None:
         """Past the grace period, the soft limit refuses growth like a hard one."""
         f = self.mkfile(b"f")

@@ -12,8 +12,20 @@ gateway = ServiceMaker(
 nfs = ServiceMaker(
     "ClaudeFS NFS",
     "claudefs_gateway.nfs.tap",
-    "NFSv3 (+MOUNT, portmapper, NLM) and NFSv4.1 only.",
+    "NFSv3 (+MOUNT, portmapper, NLM) and NFSv4.1/4.2 only.",
     "claudefs-nfs",
 )
 s3 = ServiceMaker("ClaudeFS S3", "claudefs_gateway.s3.tap", "The S3 API only.", "claudefs-s3")
 smb = ServiceMaker("ClaudeFS SMB", "claudefs_gateway.smb.tap", "SMB3 only.", "claudefs-smb")
+meta = ServiceMaker(
+    "ClaudeFS metadata server",
+    "claudefs_gateway.servers.meta_tap",
+    "The namespace over the ClaudeFS RPC (port 7001).",
+    "claudefs-meta",
+)
+data = ServiceMaker(
+    "ClaudeFS data server",
+    "claudefs_gateway.servers.data_tap",
+    "File bytes as chunk files over the ClaudeFS RPC (port 7002).",
+    "claudefs-data",
+)

@@ -20,9 +20,12 @@ Physical changes that destroy data the committed metadata still shows - a
 truncation, a punched hole, a freed inode's data file - are not made inside
 the transaction: the op records them in C{pending_io} (in its own
 transaction) and they are applied after the commit, before the op is
-acknowledged. A crash between the two is finished at the next open, which
-replays what is left in C{pending_io}. So every operation is atomic across a
-crash; only a data write in flight may land in part, as on any file system.
+acknowledged - except a freed inode's data file, which nothing can reach once
+the commit is made and which is deleted right after the batch is delivered
+(L{Engine.after_batch}), off the reply's path. A crash between the commit and
+the change is finished at the next open, which replays what is left in
+C{pending_io}. So every operation is atomic across a crash; only a data write
+in flight may land in part, as on any file system.
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.python.failure import Failure
 
 from claudefs_gateway import errors
+from claudefs_gateway.backend.embedded._datawriters import DataWriters, pwrite_all
 from claudefs_gateway.backend.embedded._files import Layout, WriteFiles, punch_hole
 from claudefs_gateway.backend.embedded._schema import (
     INSERT_NODE,
@@ -66,6 +71,14 @@ __all__ = ["Engine", "Op", "Stats", "convert_error"]
 
 _SQLITE_FULL = 13
 
+# Writes at least this large are handed to the data writers (the rest are
+# written at once: cutting them up would cost more than it saves).
+DEFER_MIN = 64 * 1024
+# A batch writes out what it deferred once this much, or this many files, is
+# waiting (descriptors must stay open, and memory held by the queue bounded).
+DEFER_MAX_BYTES = 32 << 20
+DEFER_MAX_FILES = 16
+
 
 class Stats:
     """
@@ -86,6 +99,9 @@ class Stats:
         self.largest_batch = 0
         self.splits = 0
         self.last_batch_failed = False
+        self.deferred_writes = 0
+        self.data_reruns = 0
+        self.free_errors = 0
 
 
 class Op:
@@ -126,7 +142,18 @@ class Op:
 class _Ctx:
     """What one operation loaded and changed, applied only if it succeeds."""
 
-    __slots__ = ("now", "nodes", "dirty", "new", "dropped", "usage", "sync", "phys", "actions")
+    __slots__ = (
+        "now",
+        "nodes",
+        "dirty",
+        "new",
+        "dropped",
+        "usage",
+        "sync",
+        "phys",
+        "actions",
+        "deferred",
+    )
 
     def __init__(self, now: int) -> None:
         self.now = now
@@ -140,10 +167,16 @@ class _Ctx:
         # pending_io row numbers once written.
         self.phys: list[tuple[str, int, int, int]] = []
         self.actions: list[tuple[int, str, int, int, int]] = []
+        # The op's data write waits in Engine._pending (see _flush_data).
+        self.deferred = False
 
 
 class _BatchAborted(Exception):
     """SQLite rolled the whole transaction back (disk full, I/O error)."""
+
+
+class _DataWriteFailed(Exception):
+    """A deferred data write failed: the batch runs again, writing inline."""
 
 
 def convert_error(e: BaseException | None) -> errors.FSError:
@@ -178,6 +211,8 @@ class Engine:
     @param data_dir: the store's directory (C{meta.sqlite3} and C{data/} inside).
     @param now_ns: the clock (tests inject one).
     @param durable: False skips every fsync (tests and throwaway stores only).
+    @param data_threads: threads that help write large data writes (0: the
+        writer thread writes everything itself; see L{DataWriters}).
     """
 
     def __init__(
@@ -186,6 +221,7 @@ class Engine:
         now_ns: Callable[[], int] = time.time_ns,
         durable: bool = True,
         max_fds: int = 128,
+        data_threads: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.db_path = self.data_dir / "meta.sqlite3"
@@ -204,6 +240,18 @@ class Engine:
         self._done_rows: list[int] = []
         self._wal_unsynced = False
         self._sync_mode = ""
+        self.data = DataWriters(data_threads)
+        self.files.runner = self.data.run_all
+        self._defer = data_threads > 0
+        self.defer_min = DEFER_MIN
+        # Data writes of the running batch not yet written: (ino, data, offset),
+        # and the ops whose results wait for them.
+        self._pending: list[tuple[int, memoryview, int]] = []
+        self._pending_inos: set[int] = set()
+        self._pending_bytes = 0
+        self._deferred_ops: list[Op] = []
+        # Data files of freed inodes, deleted after delivery: (pending_io row, ino).
+        self._frees: list[tuple[int, int]] = []
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -283,6 +331,7 @@ class Engine:
         reader.execute("PRAGMA query_only = 1")
         reader.execute("PRAGMA busy_timeout = 10000")
         reader.execute("PRAGMA cache_size = -32768")
+        self.data.start()
         return self.instance_id, reader, len(pending)
 
     def _create(self, conn: sqlite3.Connection) -> None:
@@ -339,6 +388,7 @@ class Engine:
         if conn is None:
             return
         try:
+            self.after_batch()
             self.files.sync_all()
             self._set_sync("FULL")
             conn.execute("BEGIN IMMEDIATE")
@@ -353,6 +403,7 @@ class Engine:
             self._wal_unsynced = False
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
+            self.data.stop()
             self.files.close()
             conn.close()
             self.conn = None
@@ -364,8 +415,8 @@ class Engine:
         Run C{ops} in order in one transaction and commit it once.
 
         Sets the outcome of the ops it ran and returns how many it ran (the
-        rest form the next batch) and the inodes freed (their data files are
-        deleted by now), so the reactor can drop cached descriptors.
+        rest form the next batch) and the inodes freed (their data files go
+        in L{after_batch}), so the reactor can drop cached descriptors.
 
         A batch ends early before an op on a file that has physical changes
         pending in it (a truncate, say, then a write): those changes are
@@ -386,19 +437,30 @@ class Engine:
         done_rows, self._done_rows = self._done_rows, []
         before = conn.total_changes
         count = len(ops)
+        start_counters = (self.next_ino, self.next_cookie)
         try:
             self._set_sync("FULL" if durable else "NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             if done_rows:
                 conn.executemany("DELETE FROM pending_io WHERE seq = ?", [(i,) for i in done_rows])
-            start_counters = (self.next_ino, self.next_cookie)
             for i, op in enumerate(ops):
                 if i and op.ino is not None and op.ino in touched:
                     count = i
                     st.splits += 1
                     break
+                if self._pending and (op.ino is None or op.ino in self._pending_inos):
+                    # Whatever this op does to a file, or reads of one, comes
+                    # after the data written before it.
+                    self._flush_data()
                 ctx = self._run_op(op)
                 if ctx is not None:
+                    if ctx.deferred:
+                        self._deferred_ops.append(op)
+                        if (
+                            self._pending_bytes >= DEFER_MAX_BYTES
+                            or len(self._pending_inos) >= DEFER_MAX_FILES
+                        ):
+                            self._flush_data()
                     sync |= ctx.sync
                     for action in ctx.actions:
                         actions.append((op, action))
@@ -407,6 +469,8 @@ class Engine:
                         u = self._batch_usage.setdefault(key, [0, 0])
                         u[0] += b
                         u[1] += n
+            if self._pending:
+                self._flush_data()
             self._flush_usage(conn)
             if (self.next_ino, self.next_cookie) != start_counters:
                 conn.executemany(
@@ -431,7 +495,27 @@ class Engine:
                     conn.execute("UPDATE meta SET v = v + 1 WHERE k = 'syncs'")
             changed = conn.total_changes != before
             conn.execute("COMMIT")
+        except _DataWriteFailed:
+            # Run the batch again with every write inline, so the op whose
+            # data could not be written fails alone (as it would have), and
+            # the others commit. What the first attempt wrote is written again
+            # or lies beyond the committed size, where reads never look.
+            self._clear_pending()
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self.next_ino, self.next_cookie = start_counters
+            self._done_rows = done_rows + self._done_rows
+            st.data_reruns += 1
+            self._defer = False
+            try:
+                return self.run_batch(ops)
+            finally:
+                self._defer = self.data.threads > 0
         except BaseException as e:
+            self._clear_pending()
             self._abort(conn, ops[:count], e)
             self._done_rows = done_rows + self._done_rows
             return count, []
@@ -447,6 +531,13 @@ class Engine:
                 self._wal_unsynced = True
         freed: list[int] = []
         for op, (seq, kind, ino, offset, length) in actions:
+            if kind == "free":
+                # The inode is gone from the committed metadata: nothing can
+                # read or write its data file, so it is deleted after the
+                # batch is delivered (after_batch), not before.
+                freed.append(ino)
+                self._frees.append((seq, ino))
+                continue
             try:
                 self._apply(kind, ino, offset, length)
             except OSError as e:
@@ -456,10 +547,57 @@ class Engine:
                 op.ok, op.value = False, convert_error(e)
                 if not _is_expected(e):
                     op.failure = Failure(e)
-            if kind == "free":
-                freed.append(ino)
             self._done_rows.append(seq)
         return count, freed
+
+    def after_batch(self) -> None:
+        """
+        Delete the data files of the inodes the last batch freed. Run by the
+        writer once it has handed the batch over for delivery; their
+        C{pending_io} rows go with the next transaction, so a crash before
+        that deletes them at the next open.
+        """
+        frees, self._frees = self._frees, []
+        for seq, ino in frees:
+            try:
+                self._unlink_data(ino)
+            except OSError:
+                # Left for the next open's recovery to retry.
+                self.stats.free_errors += 1
+                continue
+            self._done_rows.append(seq)
+
+    def _flush_data(self) -> None:
+        """
+        Write what the batch deferred, in parallel, then give the ops that
+        deferred their attributes as they are with the data in place.
+
+        @raise _DataWriteFailed: a write failed (the batch is run again).
+        """
+        writes = []
+        for ino, data, offset in self._pending:
+            fd = self.files.get(ino, create=True)
+            assert fd is not None
+            self.files.dirty.add(ino)
+            writes.append((fd, data, offset))
+        ops = self._deferred_ops
+        self._clear_pending()
+        try:
+            self.data.write_all(writes)
+        except OSError as e:
+            raise _DataWriteFailed() from e
+        for op in ops:
+            if op.ok and isinstance(op.value, WriteResult):
+                a = op.value.attrs
+                op.value = attrs.evolve(
+                    op.value, attrs=attrs.evolve(a, used=self.files.used(a.ino))
+                )
+
+    def _clear_pending(self) -> None:
+        self._pending = []
+        self._pending_inos = set()
+        self._pending_bytes = 0
+        self._deferred_ops = []
 
     def _apply(self, kind: str, ino: int, offset: int, length: int) -> None:
         """Make one recorded physical change (idempotent: recovery may repeat it)."""
@@ -961,10 +1099,17 @@ class Engine:
         if offset > node.size:
             self._trim(fd, node.size)
         view = memoryview(data)
-        pos = 0
         self.files.dirty.add(ino)
-        while pos < len(view):
-            pos += os.pwrite(fd, view[pos:], offset + pos)
+        if self._defer and len(view) >= self.defer_min:
+            # Written with the batch's other large writes, on several threads
+            # (see _flush_data), before anything else touches this file.
+            self._pending.append((ino, view, offset))
+            self._pending_inos.add(ino)
+            self._pending_bytes += len(view)
+            self.stats.deferred_writes += 1
+            ctx.deferred = True
+        else:
+            pwrite_all(fd, view, offset)
         if end > node.size:
             self._account(ctx, node, size=end - node.size)
             node.size = end
@@ -972,6 +1117,28 @@ class Engine:
         if stable:
             ctx.sync.add(ino)
         return WriteResult(len(data), stable, self._attrs(node), before)
+
+    def op_wrote(self, ctx: _Ctx, ino: int, offset: int, length: int, what: int) -> WriteResult:
+        """
+        The metadata half of a write (C{what} 0), allocate (1) or deallocate
+        (2) whose bytes a data server holds (the meta server's WROTE): the same
+        checks, size, times, change counter and usage as the whole operation,
+        and no data file.
+        """
+        node = self._file(ctx, ino)
+        if offset < 0 or (what != 0 and length <= 0) or length < 0:
+            raise errors.Inval("bad range")
+        end = offset + length
+        if what != 2 and end > MAX_FILE_SIZE:
+            raise errors.FBig("file too large")
+        before = self._attrs(node)
+        if what == 0 and length == 0:
+            return WriteResult(0, True, before, before)
+        if what != 2 and end > node.size:
+            self._account(ctx, node, size=end - node.size)
+            node.size = end
+        self._touch(ctx, node, mtime=what != 1)
+        return WriteResult(length if what == 0 else 0, True, self._attrs(node), before)
 
     def op_commit(self, ctx: _Ctx, ino: int) -> Attributes:
         node = self._file(ctx, ino)

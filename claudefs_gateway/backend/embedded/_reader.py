@@ -10,6 +10,11 @@ on a primary key or an index range - a few microseconds - which is why they
 run inline rather than paying a thread hop (see docs/backend.rst for the
 numbers).
 
+Inode rows read are kept (L{Reader.forget}) until the next batch of changes
+is delivered, so a read-mostly workload (random reads, GETATTRs of files the
+vfs cache let go) costs no query per call; any delivered change drops them
+all before anyone can observe it.
+
 File data is read with C{preadv(RWF_NOWAIT)}: served from the page cache
 without blocking, or refused (C{EAGAIN}), in which case the rest of the read
 goes to the disk thread pool on a duplicated descriptor.
@@ -61,6 +66,8 @@ _I64 = 2**63 - 1
 
 # Reads up to this size try the page cache on the reactor thread first.
 FAST_READ = 1024 * 1024
+# Inode rows kept between changes (dropped all at once when full).
+NODE_CACHE = 4096
 
 
 class PendingRead:
@@ -90,16 +97,30 @@ class Reader:
         self._iid = int.from_bytes(instance_id, "big")
         self.nowait = hasattr(os, "RWF_NOWAIT")
         self._scratch: memoryview | None = None
+        self._nodes: dict[int, Node] = {}
 
     def close(self) -> None:
         self.files.close()
         self.conn.close()
 
+    def forget(self) -> None:
+        """Changes were delivered: the kept inode rows may be out of date."""
+        if self._nodes:
+            self._nodes.clear()
+
     def _node(self, ino: int) -> Node:
+        node = self._nodes.get(ino)
+        if node is not None:
+            return node
         row = self.conn.execute(SELECT_NODE, (ino,)).fetchone() if 0 < ino <= _I64 else None
         if row is None:
             raise errors.NotFound(f"inode {ino}")
-        return Node(row)
+        node = Node(row)
+        nodes = self._nodes
+        if len(nodes) >= NODE_CACHE:
+            nodes.clear()
+        nodes[ino] = node
+        return node
 
     def _dir(self, ino: int) -> Node:
         node = self._node(ino)

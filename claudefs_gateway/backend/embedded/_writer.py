@@ -132,6 +132,8 @@ class ThreadWriter:
                 batch[0].failure = failure
             carry = batch[count:]
             self.reactor.callFromThread(self.deliver, batch[:count], freed)
+            # Work that no reply waits for (deleting freed inodes' data files).
+            self.engine.after_batch()
 
     def _run_call(self, c: _Call) -> bool:
         try:
@@ -163,6 +165,7 @@ class InlineWriter:
     def submit(self, op: Op) -> None:
         _, freed = self.engine.run_batch([op])
         self.deliver([op], freed)
+        self.engine.after_batch()
 
     def call(self, fn: Callable[..., Any], *args: Any, stop: bool = False) -> defer.Deferred[Any]:
         try:

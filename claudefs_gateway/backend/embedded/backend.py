@@ -81,6 +81,9 @@ class EmbeddedBackend:
         offline tools: it blocks).
     @param max_batch: most changes committed in one transaction.
     @param max_fds: data-file descriptors each side keeps open.
+    @param data_threads: threads that write large data writes alongside the
+        writer thread (L{DataWriters}); by default one fewer than the CPUs,
+        at most three (none when C{inline}).
     """
 
     _log = Logger()
@@ -96,6 +99,7 @@ class EmbeddedBackend:
         inline: bool = False,
         max_batch: int = 256,
         max_fds: int = 128,
+        data_threads: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.instance_id = bytes(8)
@@ -103,7 +107,9 @@ class EmbeddedBackend:
         self._threads = threads
         self._inline = inline
         self._max_fds = max_fds
-        self._engine = Engine(self.data_dir, now_ns, durable, max_fds)
+        if data_threads is None:
+            data_threads = 0 if inline else max(1, min(3, (os.cpu_count() or 2) - 1))
+        self._engine = Engine(self.data_dir, now_ns, durable, max_fds, data_threads)
         self._writer: ThreadWriter | InlineWriter
         if inline:
             self._writer = InlineWriter(self._engine, self._deliver)
@@ -234,6 +240,9 @@ class EmbeddedBackend:
     def _deliver(self, batch: list[Op], freed: list[int]) -> None:
         """On the reactor thread: a batch committed (or failed); fire its Deferreds in order."""
         if self._reader is not None:
+            # Before any caller hears of the batch: inode rows the reader
+            # kept may predate it.
+            self._reader.forget()
             for ino in freed:
                 self._reader.files.forget(ino)
         for op in batch:
@@ -410,6 +419,17 @@ class EmbeddedBackend:
         if not isinstance(data, bytes):
             data = bytes(data)
         return self._submit(Engine.op_write, ino, offset, data, stable, durable=stable, ino=ino)
+
+    def wrote(
+        self, ino: int, offset: int, length: int, what: int, durable: bool = True
+    ) -> defer.Deferred[WriteResult]:
+        """
+        The metadata half of a write (0), allocate (1) or deallocate (2) whose
+        bytes live on a data server (the meta server's WROTE opcode; see
+        L{Engine.op_wrote}). Durable when it fires if C{durable}, else (an
+        unstable write's) by the next commit of the inode, as unstable writes are.
+        """
+        return self._submit(Engine.op_wrote, ino, offset, length, what, durable=durable, ino=ino)
 
     def commit(self, ino: int) -> defer.Deferred[Attributes]:
         return self._submit(Engine.op_commit, ino, ino=ino)

@@ -117,8 +117,7 @@ _NS = 1_000_000_000
 # fattr3: type mode nlink uid gid size used rdev(2) fsid fileid atime(2) mtime(2) ctime(2)
 _FATTR = "IIIIIQQIIQQIIIIII"
 FATTR3 = struct.Struct(">" + _FATTR)
-_POST = struct.Struct(">I" + _FATTR)  # post_op_attr, attributes_follow = TRUE
-_STATUS_POST = struct.Struct(">II" + _FATTR)  # status + post_op_attr TRUE
+_STATUS_TRUE = struct.Struct(">II")  # status, then attributes_follow = TRUE
 _PRE = struct.Struct(">IQIIII")  # pre_op_attr TRUE: size, mtime, ctime
 _STATUS = struct.Struct(">I")
 POST_NONE = b"\0\0\0\0"
@@ -160,21 +159,36 @@ def _fields(a: Attributes, fsid: int) -> tuple[int, ...]:
     )
 
 
+# The encoded fattr3 of recently encoded Attributes, by object identity. An
+# attribute-cache hit hands out the same (frozen) object call after call, so a
+# client polling one file pays for its fattr3 once. Each entry keeps its
+# object alive, so an id is never reused while it is in here.
+_ENCODED: dict[int, tuple[Attributes, int, bytes]] = {}
+_ENCODED_MAX = 4096
+
+
 def fattr3(a: Attributes, fsid: int) -> bytes:
-    return FATTR3.pack(*_fields(a, fsid))
+    hit = _ENCODED.get(id(a))
+    if hit is not None and hit[0] is a and hit[1] == fsid:
+        return hit[2]
+    out = FATTR3.pack(*_fields(a, fsid))
+    if len(_ENCODED) >= _ENCODED_MAX:
+        _ENCODED.clear()
+    _ENCODED[id(a)] = (a, fsid, out)
+    return out
 
 
 def post_op_attr(a: Attributes | None, fsid: int) -> bytes:
     if a is None:
         return POST_NONE
-    return _POST.pack(1, *_fields(a, fsid))
+    return TRUE + fattr3(a, fsid)
 
 
 def status_post_op(status: int, a: Attributes | None, fsid: int) -> bytes:
     """An nfsstat3 followed by a post_op_attr: the start of most replies."""
     if a is None:
         return _STATUS.pack(status) + POST_NONE
-    return _STATUS_POST.pack(status, 1, *_fields(a, fsid))
+    return _STATUS_TRUE.pack(status, 1) + fattr3(a, fsid)
 
 
 def pre_op_attr(a: Attributes | None) -> bytes:
@@ -280,12 +294,22 @@ def dec_setattr(u: Unpacker) -> SetattrArgs:
     return SetattrArgs(handle, changes, guard)
 
 
+# The fixed fields after the handle, one precompiled Struct each.
+_ACCESS_ARGS = struct.Struct(">I")  # access
+_READ_ARGS = struct.Struct(">QI")  # offset, count (COMMIT's too)
+_WRITE_ARGS = struct.Struct(">QII")  # offset, count, stable
+_READDIR_ARGS = struct.Struct(">Q8sI")  # cookie, cookieverf, count
+_READDIRPLUS_ARGS = struct.Struct(">Q8sII")  # cookie, cookieverf, dircount, maxcount
+
+
 def dec_access(u: Unpacker) -> tuple[bytes, int]:
-    return dec_fh(u), u.u32()
+    handle, (access,) = u.opaque_struct(FHSIZE, _ACCESS_ARGS)
+    return handle, access
 
 
 def dec_read(u: Unpacker) -> tuple[bytes, int, int]:
-    return dec_fh(u), u.u64(), u.u32()
+    handle, (offset, count) = u.opaque_struct(FHSIZE, _READ_ARGS)
+    return handle, offset, count
 
 
 @attrs.frozen(slots=True)
@@ -303,10 +327,7 @@ def make_write_decoder(limit: int) -> Any:
     """A WRITE decoder accepting at most C{limit} bytes of data."""
 
     def dec_write(u: Unpacker) -> WriteArgs:
-        handle = dec_fh(u)
-        offset = u.u64()
-        count = u.u32()
-        stable = u.u32()
+        handle, (offset, count, stable) = u.opaque_struct(FHSIZE, _WRITE_ARGS)
         if stable > FILE_SYNC:
             raise XDRError(f"stable_how {stable}")
         # A view into the record, not a copy: the data goes straight to the store.
@@ -384,15 +405,18 @@ def dec_link(u: Unpacker) -> tuple[bytes, bytes, bytes]:
 
 
 def dec_readdir(u: Unpacker) -> tuple[bytes, int, bytes, int]:
-    return dec_fh(u), u.u64(), u.fixed(COOKIEVERF), u.u32()
+    handle, (cookie, verifier, count) = u.opaque_struct(FHSIZE, _READDIR_ARGS)
+    return handle, cookie, verifier, count
 
 
 def dec_readdirplus(u: Unpacker) -> tuple[bytes, int, bytes, int, int]:
-    return dec_fh(u), u.u64(), u.fixed(COOKIEVERF), u.u32(), u.u32()
+    handle, (cookie, verifier, dircount, maxcount) = u.opaque_struct(FHSIZE, _READDIRPLUS_ARGS)
+    return handle, cookie, verifier, dircount, maxcount
 
 
 def dec_commit(u: Unpacker) -> tuple[bytes, int, int]:
-    return dec_fh(u), u.u64(), u.u32()
+    handle, (offset, count) = u.opaque_struct(FHSIZE, _READ_ARGS)
+    return handle, offset, count
 
 
 # -- result decoders (the client side, for tests and tools) ----------------------

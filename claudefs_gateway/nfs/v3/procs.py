@@ -35,6 +35,7 @@ from typing import Any
 from twisted.internet import defer
 
 from claudefs_gateway import errors
+from claudefs_gateway.core.eager import eager
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import MAX_FILE_SIZE, NAME_MAX, Attributes, SetAttrs
 from claudefs_gateway.interfaces import IVFS
@@ -48,6 +49,7 @@ from claudefs_gateway.vfs import Caller, R, W, X
 __all__ = ["NFS3"]
 
 _U32 = struct.Struct(">I")
+_OK = _U32.pack(NFS3_OK)
 _READ_HEAD = struct.Struct(">III")  # count, eof, data length
 _WRITE_TAIL = struct.Struct(">II8s")  # count, committed, verf
 _ENTRY = struct.Struct(">IQI")  # value follows, fileid, name length
@@ -157,7 +159,7 @@ class NFS3:
             vfs, export, a, caller = await self.ctx.file(call, handle)
         except Exception as e:
             return [c.status_only(self._fail(call, e, "GETATTR"))]
-        return [c.status_only(NFS3_OK), c.fattr3(a, export.id)]
+        return [_OK + c.fattr3(a, export.id)]
 
     async def proc_SETATTR(self, call: Call, args: c.SetattrArgs) -> list[bytes]:
         before: Attributes | None = None
@@ -251,12 +253,13 @@ class NFS3:
             return [c.status_post_op(self._fail(call, e, "READ"), a, fsid)]
         data = result.data
         n = len(data)
-        return [
-            c.status_post_op(NFS3_OK, result.attrs, fsid),
-            _READ_HEAD.pack(n, 1 if result.eof else 0, n),
-            data,
-            PADDING[n & 3],
-        ]
+        # Few pieces: the reply goes out in one sendmsg, a piece per iovec.
+        head = c.status_post_op(NFS3_OK, result.attrs, fsid) + _READ_HEAD.pack(
+            n, 1 if result.eof else 0, n
+        )
+        if n & 3:
+            return [head, data, PADDING[n & 3]]
+        return [head, data]
 
     async def proc_WRITE(self, call: Call, args: c.WriteArgs) -> list[bytes]:
         before: Attributes | None = None
@@ -529,6 +532,10 @@ class NFS3:
             if budget < per_entry + 4:
                 raise _TooSmall()
             want = min(max(budget // (per_entry + 4), 1), _MAX_ENTRIES)
+            if plus:
+                # dircount bounds READDIRPLUS too (entry3 bytes, names at
+                # least four): ask the store for no more than can be sent.
+                want = min(want, dircount // (_ENTRY_BASE + 4) + 1)
             start = 0 if cookie < 3 else cookie
             if start and verifier == _NO_VERIFIER:
                 # RFC 1813 lets a client send a zero verifier with a cookie
@@ -682,7 +689,13 @@ async def _quiet_getattr(
 
 
 def _deferred(method: Any) -> Any:
-    def handle(call: Call, args: Any) -> defer.Deferred[list[bytes]]:
-        return defer.Deferred.fromCoroutine(method(call, args))
+    """
+    The RPC handler for procedure C{method}: run eagerly, so a call whose
+    answer is in memory replies without a Deferred (L{eager}); the RPC server
+    takes results or Deferreds of them alike.
+    """
+
+    def handle(call: Call, args: Any) -> list[bytes] | defer.Deferred[list[bytes]]:
+        return eager(method(call, args))
 
     return handle

@@ -1,0 +1,70 @@
+"""
+GETATTR round trips through the remote backend, one at a time.
+
+    python -m bench.rpc_client --address HOST:PORT|unix:/path --ops N
+
+Prints one JSON object: p50 and p99 in microseconds and calls per second. Runs
+in its own process with its own reactor (the bench runner is synchronous).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from twisted.internet import defer, reactor
+
+from claudefs_gateway.backend.remote.client import NodeSpec, RemoteBackend
+from claudefs_gateway.core import config as cfg
+
+
+async def measure(address: str, ops: int) -> dict[str, Any]:
+    c = cfg.default_config()
+    backend = RemoteBackend([NodeSpec(address)], reactor, c.connection_pool, c.circuit_breaker)
+    await backend.open()
+    try:
+        root = (await backend.root()).ino
+        for _ in range(500):
+            await backend.getattr(root)
+        lat = []
+        start = time.perf_counter()
+        for _ in range(ops):
+            t0 = time.perf_counter()
+            await backend.getattr(root)
+            lat.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - start
+    finally:
+        await backend.close()
+    lat.sort()
+    return {
+        "p50_us": lat[len(lat) // 2] * 1e6,
+        "p99_us": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6,
+        "calls/s": ops / elapsed,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--address", required=True)
+    p.add_argument("--ops", type=int, default=5000)
+    args = p.parse_args()
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        d = defer.Deferred.fromCoroutine(measure(args.address, args.ops))
+        d.addCallback(out.update)
+        d.addErrback(lambda f: out.update(error=f.getErrorMessage()))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(run)
+    reactor.run()
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+    sys.exit(1 if "error" in out else 0)
+
+
+if __name__ == "__main__":
+    main()

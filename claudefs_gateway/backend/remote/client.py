@@ -1,0 +1,656 @@
+# -*- test-case-name: tests.backend.remote.test_contract -*-
+"""
+L{RemoteBackend}: the backend contract over the ClaudeFS RPC (``backend: remote``).
+
+Metadata goes to the meta servers of C{metadata_servers} (through a
+L{Failover} over one pool and breaker per server: C{connection_pool},
+C{circuit_breaker}); file bytes go to the data servers the namespace's
+layout names (learnt from the meta server at open), each with its own pool
+and breaker. A server that cannot be reached gives L{BackendUnavailable}
+(circuit open, no connection) or L{Timeout} (no answer in C{timeout_ms}),
+which the front ends answer with their try-later status; never a hang.
+
+How each data operation is split between the servers is in docs/rpc.rst
+("How a gateway uses them"). Errors keep the contract's precedence: when a
+data server refuses a range, the meta server's word on the inode's type
+(NotFound, IsDir, Inval) comes first, as in the embedded store.
+
+A dedicated connection subscribes to the meta server's change events
+(reconnecting with back-off); L{on_change} listeners hear every change
+made by I{other} gateways (the vfs drops those cache entries), and
+L{on_reset} listeners hear when events may have been missed (the vfs drops
+its whole cache).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from zope.interface import implementer
+
+from claudefs_gateway import errors
+from claudefs_gateway.backend.remote import wire
+from claudefs_gateway.backend.remote.protocol import ClientConnection
+from claudefs_gateway.core.breaker import CLOSED, Breaker
+from claudefs_gateway.core.health import CheckResult
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.core.pool import Pool
+from claudefs_gateway.core.retry import Backoff, Failover, Node
+from claudefs_gateway.core.transport import Choices, client_endpoint
+from claudefs_gateway.fstypes import (
+    Attributes,
+    DirPage,
+    FileType,
+    FSStat,
+    QuotaLimits,
+    RenameResult,
+    SetAttrs,
+    Usage,
+    WriteResult,
+)
+from claudefs_gateway.interfaces import IBackend, ISharedStore
+
+__all__ = ["RemoteBackend", "NodeSpec"]
+
+_BACKOFF = Backoff()
+#: Type errors the meta server decides, which win over a data server's range errors.
+_TYPE_ERRORS = (errors.NotFound, errors.IsDir, errors.Inval, errors.Stale)
+
+
+class NodeSpec:
+    """How to reach one server: address, transport, RDMA device."""
+
+    def __init__(self, address: str, transport: str = "tcp", device: str | None = None) -> None:
+        self.address = address
+        self.transport = transport
+        self.device = device
+
+    @classmethod
+    def from_config(cls, m: Any) -> NodeSpec:
+        return cls(m.address, m.transport, m.device)
+
+
+class _OneShot(Factory):
+    """Hands one prepared connection to an endpoint (quietly: one per pooled connection)."""
+
+    noisy = False
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+
+    def buildProtocol(self, addr: Any) -> ClientConnection:
+        return self.conn
+
+
+def _node_connector(
+    reactor: Any,
+    spec: NodeSpec,
+    session: int,
+    tls: Any,
+    choices: Choices,
+    connect_timeout: float,
+    endpoint_factory: Callable[[NodeSpec], Any] | None,
+    on_event: Callable[[str, Any], None] | None = None,
+) -> Callable[[], defer.Deferred[ClientConnection]]:
+    def connect() -> defer.Deferred[ClientConnection]:
+        if endpoint_factory is not None:
+            ep = endpoint_factory(spec)
+        else:
+            ep = client_endpoint(
+                reactor,
+                spec.address,
+                spec.transport,
+                tls=tls,
+                device=spec.device,
+                choices=choices,
+                connect_timeout=connect_timeout,
+            )
+        conn = ClientConnection(session, on_event)
+        d = ep.connect(_OneShot(conn))
+        d.addCallback(lambda c: c.ready.addCallback(lambda _: c))
+        return d
+
+    return connect
+
+
+@implementer(IBackend, ISharedStore)
+class RemoteBackend:
+    """
+    @param meta: the meta servers, in order of preference.
+    @param pool_settings: the C{connection_pool} section.
+    @param breaker_settings: the C{circuit_breaker} section.
+    @param tls: a L{MutualTLS} for nodes with transport C{tls}.
+    @param endpoint_factory: tests: builds the client endpoint for a node.
+    @param clock: for pools, breakers and retries (default: C{reactor}).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        meta: Sequence[NodeSpec],
+        reactor: Any,
+        pool_settings: Any,
+        breaker_settings: Any,
+        *,
+        metrics: Any = None,
+        tls: Any = None,
+        choices: Choices | None = None,
+        endpoint_factory: Callable[[NodeSpec], Any] | None = None,
+        clock: Any = None,
+        backoff: Backoff = _BACKOFF,
+        session: int | None = None,
+    ) -> None:
+        if not meta:
+            raise errors.ConfigError([errors.Problem("metadata_servers", None, "no meta server")])
+        self.meta_specs = list(meta)
+        self.instance_id = bytes(8)
+        self.session = session if session is not None else struct.unpack("<Q", os.urandom(8))[0]
+        self.choices = choices if choices is not None else Choices()
+        self.layout: wire.Layout | None = None
+        self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
+        self._pool_settings = pool_settings
+        self._breaker_settings = breaker_settings
+        self._metrics = metrics
+        self._tls = tls
+        self._endpoint_factory = endpoint_factory
+        self._backoff = backoff
+        self._meta_nodes = [self._node(s, "meta") for s in self.meta_specs]
+        self._meta = Failover(self._meta_nodes, self._clock, backoff)
+        self._data: dict[str, Failover] = {}
+        self._data_nodes: list[Node] = []
+        self._change_listeners: list[Callable[[wire.ChangeEvent], None]] = []
+        self._reset_listeners: list[Callable[[], object]] = []
+        self._events: ClientConnection | None = None
+        self._events_loop: defer.Deferred[None] | None = None
+        self._state = "new"
+        self._background: set[defer.Deferred[Any]] = set()
+
+    def _spawn(self, coro: Any) -> None:
+        """Run C{coro} in the background; close() cancels it."""
+        d = defer.Deferred.fromCoroutine(coro)
+        self._background.add(d)
+
+        def done(_: Any) -> None:
+            self._background.discard(d)
+
+        d.addBoth(done)
+
+    def _node(self, spec: NodeSpec, role: str) -> Node:
+        connect = _node_connector(
+            self._reactor,
+            spec,
+            self.session,
+            self._tls,
+            self.choices,
+            self._pool_settings.connect_timeout_ms / 1000.0,
+            self._endpoint_factory,
+        )
+        pool = Pool(spec.address, connect, self._pool_settings, self._clock)
+        breaker = Breaker(spec.address, self._breaker_settings, self._clock, self._metrics)
+        return Node(spec.address, pool, breaker)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def open(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._open())
+
+    async def _open(self) -> None:
+        if self._state != "new":
+            raise errors.IO("backend already opened")
+        self._state = "opening"
+        for node in self._meta_nodes:
+            node.pool.start()
+        hello: wire.Hello = await self._meta.call(lambda c: defer.succeed(c.server), True)
+        self.instance_id = hello.instance_id
+        root: Attributes = await self._call("ROOT")
+        self.layout = await self._call("LAYOUT_GET", (root.ino,))
+        for address in self.layout.servers:
+            spec = self._data_spec(address)
+            node = self._node(spec, "data")
+            node.pool.start()
+            self._data_nodes.append(node)
+            self._data[address] = Failover([node], self._clock, self._backoff)
+        self._state = "open"
+        self._events_loop = defer.Deferred.fromCoroutine(self._follow_events())
+        self._events_loop.addErrback(self._log_events_failure)
+        self._log.info(
+            "remote backend open: meta {meta}; data {data}",
+            meta=",".join(s.address for s in self.meta_specs),
+            data=",".join(self.layout.servers) or "(none)",
+        )
+
+    def _data_spec(self, address: str) -> NodeSpec:
+        # Data servers use the transport of the first meta server (one network).
+        first = self.meta_specs[0]
+        return NodeSpec(address, first.transport, first.device)
+
+    def _log_events_failure(self, f: Failure) -> None:
+        if not f.check(defer.CancelledError):
+            self._log.failure("change-event subscription stopped", f)
+
+    def close(self) -> defer.Deferred[None]:
+        self._state = "closed"
+        for d in list(self._background):
+            d.cancel()
+        if self._events_loop is not None:
+            self._events_loop.cancel()
+            self._events_loop = None
+        if self._events is not None:
+            self._events.close()
+        for node in self._meta_nodes + self._data_nodes:
+            node.pool.stop()
+            node.breaker.stop()
+        return defer.succeed(None)
+
+    # -- change events -----------------------------------------------------------------
+
+    def on_change(self, listener: Callable[[wire.ChangeEvent], None]) -> None:
+        """Call C{listener(event)} for each change another gateway made."""
+        self._change_listeners.append(listener)
+
+    def on_reset(self, listener: Callable[[], object]) -> None:
+        """Call C{listener()} when change events may have been missed."""
+        self._reset_listeners.append(listener)
+
+    def _event(self, name: str, value: Any) -> None:
+        if name != "EV_CHANGE" or value.session == self.session:
+            return
+        for listener in list(self._change_listeners):
+            listener(value)
+
+    def _reset(self) -> None:
+        for listener in list(self._reset_listeners):
+            try:
+                listener()
+            except Exception:
+                self._log.failure("cache reset listener failed")
+
+    async def _follow_events(self) -> None:
+        """Keep one subscribed connection to a meta server, reconnecting with back-off."""
+        attempt = 0
+        rng = random.random
+        while self._state == "open":
+            spec = self.meta_specs[attempt % len(self.meta_specs)]
+            connect = _node_connector(
+                self._reactor,
+                spec,
+                self.session,
+                self._tls,
+                self.choices,
+                self._pool_settings.connect_timeout_ms / 1000.0,
+                self._endpoint_factory,
+                on_event=self._event,
+            )
+            try:
+                conn = await connect()
+                await conn.call("SUBSCRIBE", True)
+            except defer.CancelledError:
+                return
+            except (errors.GatewayError, OSError, ConnectionError, defer.TimeoutError) as e:
+                if self._state != "open":
+                    return
+                attempt += 1
+                delay = min(5.0, 0.1 * 2 ** min(attempt, 6)) * (0.5 + rng() / 2)
+                self._log.debug(
+                    "event subscription to {node} failed: {why}", node=spec.address, why=str(e)
+                )
+                await _sleep(self._clock, delay)
+                continue
+            except Exception as e:  # a connect error of a kind we did not foresee
+                if self._state != "open":
+                    return
+                attempt += 1
+                self._log.warn(
+                    "event subscription to {node} failed: {why}", node=spec.address, why=repr(e)
+                )
+                await _sleep(self._clock, 1.0)
+                continue
+            self._events = conn
+            if attempt:
+                # Reconnected: whatever changed meanwhile went unheard.
+                self._reset()
+            attempt = 0
+            lost: defer.Deferred[None] = defer.Deferred()
+            conn.notify_lost(functools.partial(_fire, lost))
+            try:
+                await lost
+            finally:
+                self._events = None
+            if self._state == "open":
+                self._reset()
+                attempt = 1
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _call(self, name: str, args: Any = None) -> defer.Deferred[Any]:
+        if self._state not in ("open", "opening"):
+            return defer.fail(errors.IO("backend is not open"))
+        op = wire.BY_NAME[name]
+        return self._meta.call(lambda c: c.call(name, args), op.idempotent)  # type: ignore[no-any-return]
+
+    def _dcall(self, address: str, name: str, args: Any = None) -> defer.Deferred[Any]:
+        if self._state != "open":
+            return defer.fail(errors.IO("backend is not open"))
+        op = wire.BY_NAME[name]
+        return self._data[address].call(lambda c: c.call(name, args), op.idempotent)  # type: ignore[no-any-return]
+
+    def _pieces(self, offset: int, length: int) -> list[tuple[str, int, int]]:
+        """(server, offset, length) for each stripe of the range."""
+        layout = self.layout
+        if layout is None or not layout.servers:
+            raise errors.IO("the namespace has no data server")
+        if len(layout.servers) == 1 or length <= 0 or offset < 0:
+            return [(layout.servers[0], offset, length)]
+        out = []
+        pos, end = offset, offset + length
+        unit = layout.stripe_unit
+        while pos < end:
+            n = min(unit - pos % unit, end - pos)
+            out.append((layout.server_for(pos), pos, n))
+            pos += n
+        return out
+
+    async def _type_first(self, ino: int, error: Exception) -> None:
+        """A data server refused a range; the meta server's word on the inode wins."""
+        if isinstance(error, (errors.Inval, errors.FBig)):
+            a = await self._call("GETATTR", (ino,))
+            _check_regular(a)
+        raise error
+
+    async def _forget(self, ino: int) -> None:
+        if self.layout is None:
+            return
+        for address in self.layout.servers:
+            try:
+                await self._dcall(address, "FORGET", (ino,))
+            except errors.GatewayError as e:
+                # The chunks stay behind (space, not data, is lost): logged for an operator.
+                self._log.warn(
+                    "could not free the data of inode {ino} on {node}: {why}",
+                    ino=ino,
+                    node=address,
+                    why=str(e),
+                )
+
+    def _gone(self, a: Attributes | None) -> None:
+        if a is not None and a.nlink == 0 and a.type is FileType.REG:
+            self._spawn(self._forget(a.ino))
+
+    # -- health ---------------------------------------------------------------------------
+
+    def check_metadata(self) -> CheckResult:
+        """Health of the meta servers: every breaker closed and a connection possible."""
+        return _nodes_check(self._meta_nodes, "meta server")
+
+    def check_transport(self) -> CheckResult:
+        """Health of the data servers and which transport each node uses."""
+        if self._state != "open":
+            return CheckResult.unhealthy("backend not open")
+        result = _nodes_check(self._data_nodes, "data server")
+        chosen = self.choices.check().message
+        return CheckResult(result.status, "; ".join(m for m in (result.message, chosen) if m))
+
+    def check(self) -> CheckResult:
+        if self._state != "open":
+            return CheckResult.unhealthy("backend not open")
+        return self.check_metadata()
+
+    # -- IMetadataService -------------------------------------------------------------------
+
+    def root(self) -> defer.Deferred[Attributes]:
+        return self._call("ROOT")
+
+    def getattr(self, ino: int) -> defer.Deferred[Attributes]:
+        return self._call("GETATTR", (ino,))
+
+    def lookup(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
+        return self._call("LOOKUP", (parent, bytes(name)))
+
+    def create(
+        self,
+        parent: int,
+        name: bytes,
+        type: FileType,
+        mode: int,
+        uid: int,
+        gid: int,
+        rdev: tuple[int, int] = (0, 0),
+    ) -> defer.Deferred[Attributes]:
+        return self._call("CREATE", (parent, bytes(name), type, mode, uid, gid, tuple(rdev)))
+
+    def symlink(
+        self, parent: int, name: bytes, target: bytes, mode: int, uid: int, gid: int
+    ) -> defer.Deferred[Attributes]:
+        return self._call("SYMLINK", (parent, bytes(name), bytes(target), mode, uid, gid))
+
+    def link(self, ino: int, parent: int, name: bytes) -> defer.Deferred[Attributes]:
+        return self._call("LINK", (ino, parent, bytes(name)))
+
+    def unlink(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
+        d = self._call("UNLINK", (parent, bytes(name)))
+        return d.addCallback(_tap(self._gone))
+
+    def rmdir(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
+        return self._call("RMDIR", (parent, bytes(name)))
+
+    def rename(
+        self, src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
+    ) -> defer.Deferred[RenameResult]:
+        d = self._call("RENAME", (src_parent, bytes(src_name), dst_parent, bytes(dst_name)))
+        return d.addCallback(_tap(lambda r: self._gone(r.replaced)))
+
+    def setattr(
+        self, ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None
+    ) -> defer.Deferred[Attributes]:
+        return defer.Deferred.fromCoroutine(self._setattr(ino, changes, guard_ctime_ns))
+
+    async def _setattr(self, ino: int, changes: SetAttrs, guard: int | None) -> Attributes:
+        a: Attributes = await self._call("SETATTR", (ino, changes, guard))
+        if changes.size is not None:
+            # Bytes at and past the new size go (a later extension reads zeros);
+            # the meta server answered first, so a refused setattr cuts nothing.
+            for address in self.layout.servers if self.layout else ():
+                await self._dcall(address, "TRUNCATE", (ino, changes.size))
+        return a
+
+    def readdir(
+        self, dir: int, cookie: int, verifier: bytes, count: int, with_attrs: bool = False
+    ) -> defer.Deferred[DirPage]:
+        count = max(0, min(count, 2**32 - 1))
+        return self._call("READDIR", (dir, cookie, bytes(verifier), count, with_attrs))
+
+    def readlink(self, ino: int) -> defer.Deferred[bytes]:
+        return self._call("READLINK", (ino,))
+
+    def statfs(self) -> defer.Deferred[FSStat]:
+        return defer.Deferred.fromCoroutine(self._statfs())
+
+    async def _statfs(self) -> FSStat:
+        meta: FSStat = await self._call("STATFS")
+        if not self.layout or not self.layout.servers:
+            return meta
+        total = free = avail = 0
+        for address in self.layout.servers:
+            s: FSStat = await self._dcall(address, "DATA_STATFS")
+            total, free, avail = total + s.total_bytes, free + s.free_bytes, avail + s.avail_bytes
+        return FSStat(
+            total,
+            free,
+            avail,
+            meta.total_files,
+            meta.free_files,
+            meta.avail_files,
+            meta.block_size,
+            meta.name_max,
+        )
+
+    def getxattr(self, ino: int, name: bytes) -> defer.Deferred[bytes]:
+        return self._call("GETXATTR", (ino, bytes(name)))
+
+    def setxattr(
+        self, ino: int, name: bytes, value: bytes, create: bool | None = None
+    ) -> defer.Deferred[None]:
+        return self._call("SETXATTR", (ino, bytes(name), bytes(value), create))
+
+    def listxattr(self, ino: int) -> defer.Deferred[list[bytes]]:
+        return self._call("LISTXATTR", (ino,))
+
+    def removexattr(self, ino: int, name: bytes) -> defer.Deferred[None]:
+        return self._call("REMOVEXATTR", (ino, bytes(name)))
+
+    def usage(self, kind: str, id: int) -> defer.Deferred[Usage]:
+        return self._call("USAGE", (kind, id))
+
+    def all_usage(self, kind: str) -> defer.Deferred[dict[int, Usage]]:
+        return self._call("ALL_USAGE", (kind,))
+
+    def get_quota(self, kind: str, id: int) -> defer.Deferred[QuotaLimits | None]:
+        return self._call("GET_QUOTA", (kind, id))
+
+    def set_quota(self, kind: str, id: int, limits: QuotaLimits | None) -> defer.Deferred[None]:
+        return self._call("SET_QUOTA", (kind, id, limits))
+
+    def list_quotas(self, kind: str) -> defer.Deferred[dict[int, QuotaLimits]]:
+        return self._call("LIST_QUOTAS", (kind,))
+
+    def get_state(self, key: str) -> defer.Deferred[bytes | None]:
+        return self._call("GET_STATE", (key,))
+
+    def set_state(self, key: str, value: bytes | None) -> defer.Deferred[None]:
+        return self._call("SET_STATE", (key, None if value is None else bytes(value)))
+
+    # -- IDataService ----------------------------------------------------------------------
+
+    def read(self, ino: int, offset: int, length: int) -> defer.Deferred[tuple[bytes, bool]]:
+        return defer.Deferred.fromCoroutine(self._read(ino, offset, length))
+
+    async def _read(self, ino: int, offset: int, length: int) -> tuple[bytes, bool]:
+        a: Attributes = await self._call("GETATTR", (ino,))
+        _check_regular(a)
+        if offset < 0 or length < 0:
+            raise errors.Inval("negative offset or length")
+        n = min(length, a.size - offset)
+        if n <= 0:
+            return b"", True
+        parts = []
+        for address, pos, size in self._pieces(offset, n):
+            _, got = await self._dcall(address, "READ", (ino, pos, size))
+            parts.append(got[:size] if len(got) >= size else got + bytes(size - len(got)))
+        return b"".join(parts), offset + n >= a.size
+
+    def write(
+        self, ino: int, offset: int, data: bytes | memoryview, stable: bool
+    ) -> defer.Deferred[WriteResult]:
+        return defer.Deferred.fromCoroutine(self._write(ino, offset, bytes(data), stable))
+
+    async def _write(self, ino: int, offset: int, data: bytes, stable: bool) -> WriteResult:
+        if data:
+            try:
+                for address, pos, size in self._pieces(offset, len(data)):
+                    piece = data[pos - offset : pos - offset + size]
+                    await self._dcall(address, "WRITE", (ino, pos, stable, piece))
+            except errors.FSError as e:
+                await self._type_first(ino, e)
+        try:
+            r: WriteResult = await self._call("WROTE", (ino, offset, len(data), 0, stable))
+        except _TYPE_ERRORS:
+            if data:
+                self._spawn(self._forget_if_not_file(ino))
+            raise
+        if not data and stable:
+            await self._call("COMMIT_META", (ino,))
+            await self._commit_data(ino)
+        return WriteResult(r.count, stable, r.attrs, r.before)
+
+    async def _forget_if_not_file(self, ino: int) -> None:
+        try:
+            a = await self._call("GETATTR", (ino,))
+        except errors.NotFound:
+            await self._forget(ino)
+            return
+        except errors.GatewayError:
+            return
+        if a.type is not FileType.REG:
+            await self._forget(ino)
+
+    async def _commit_data(self, ino: int) -> None:
+        for address in self.layout.servers if self.layout else ():
+            await self._dcall(address, "COMMIT", (ino,))
+
+    def commit(self, ino: int) -> defer.Deferred[Attributes]:
+        return defer.Deferred.fromCoroutine(self._commit(ino))
+
+    async def _commit(self, ino: int) -> Attributes:
+        # The meta server checks the type (IsDir, Inval) and syncs the
+        # metadata of earlier unstable writes; then the data server syncs bytes.
+        a: Attributes = await self._call("COMMIT_META", (ino,))
+        await self._commit_data(ino)
+        return a
+
+    def allocate(self, ino: int, offset: int, length: int) -> defer.Deferred[Attributes]:
+        return defer.Deferred.fromCoroutine(self._ranged(ino, offset, length, "ALLOCATE", 1))
+
+    def deallocate(self, ino: int, offset: int, length: int) -> defer.Deferred[Attributes]:
+        return defer.Deferred.fromCoroutine(self._ranged(ino, offset, length, "DEALLOCATE", 2))
+
+    async def _ranged(self, ino: int, offset: int, length: int, name: str, what: int) -> Attributes:
+        try:
+            for address, pos, size in self._pieces(offset, length):
+                await self._dcall(address, name, (ino, pos, size))
+        except errors.FSError as e:
+            await self._type_first(ino, e)
+        r: WriteResult = await self._call("WROTE", (ino, offset, length, what, True))
+        return r.attrs
+
+
+def _check_regular(a: Attributes) -> None:
+    if a.type is FileType.DIR:
+        raise errors.IsDir("is a directory")
+    if a.type is not FileType.REG:
+        raise errors.Inval("not a regular file")
+
+
+def _tap(fn: Callable[[Any], None]) -> Callable[[Any], Any]:
+    def run(result: Any) -> Any:
+        fn(result)
+        return result
+
+    return run
+
+
+def _nodes_check(nodes: Sequence[Node], what: str) -> CheckResult:
+    if not nodes:
+        return CheckResult.healthy(f"no {what}")
+    down = [n.name for n in nodes if n.breaker.state != CLOSED]
+    unreachable = [n.name for n in nodes if n.pool.check().status == "unhealthy"]
+    if len(down) == len(nodes):
+        return CheckResult.unhealthy(
+            f"every {what} unavailable: circuit open for {', '.join(down)}"
+        )
+    if down or unreachable:
+        bad = sorted(set(down + unreachable))
+        return CheckResult.degraded(f"{what} {', '.join(bad)} unavailable")
+    return CheckResult.healthy()
+
+
+def _fire(d: defer.Deferred[None]) -> None:
+    if not d.called:
+        d.callback(None)
+
+
+def _sleep(clock: Any, seconds: float) -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    call = clock.callLater(seconds, d.callback, None)
+    d.addErrback(lambda f: (call.cancel() if call.active() else None, f)[1])
+    return d

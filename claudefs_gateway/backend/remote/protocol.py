@@ -1,0 +1,552 @@
+# -*- test-case-name: tests.backend.remote.test_protocol -*-
+"""
+ClaudeFS RPC connections: framing, request-id multiplexing, server-pushed events.
+
+L{FrameProtocol} cuts the byte stream into frames, incrementally and bounded:
+a length outside [16, max_frame], an unknown kind or reserved bits set is a
+protocol error; the connection is closed (after an ERROR frame saying why,
+on the server side) and the partial frame is dropped, so a hostile length
+costs no memory.
+
+L{ClientConnection} is one multiplexed client connection: any number of
+calls in flight, each with its own request id; replies may come in any
+order; EVENT frames (change events, lease breaks, lock grants) arrive on the
+same connection and go to C{on_event}. Losing the connection fails every
+call in flight with L{InFlightLost} (whether the server ran it is unknown).
+
+L{ServerConnection} serves one client: the first frame must be HELLO; each
+CALL runs C{handler.op_<NAME>(conn, *args)} (a value or a Deferred); at most
+C{MAX_IN_FLIGHT} calls run at once per connection (reading pauses beyond);
+a peer that stops reading its replies pauses us too, and one that stays
+paused for C{stall_timeout} seconds is cut off, so replies never pile up
+without bound. Unknown opcodes, undecodable arguments and frames a client
+may not send get an ERROR frame and a closed connection.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from zope.interface import implementer
+
+from claudefs_gateway import errors
+from claudefs_gateway.backend.remote import wire
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.errors import InFlightLost, ProtocolError
+
+__all__ = [
+    "FrameProtocol",
+    "ClientConnection",
+    "ServerConnection",
+    "ServerFactory",
+    "MAX_IN_FLIGHT",
+]
+
+#: Calls one server connection runs at once before it stops reading more.
+MAX_IN_FLIGHT = 128
+#: Reply bytes one connection's calls in flight may produce (READs count their
+#: length) before it stops reading more: with a peer that does not read, what
+#: the server holds for it stays near this, however many calls it sends.
+MAX_IN_FLIGHT_BYTES = 32 * 1024 * 1024
+_SMALL_REPLY = 4096
+#: Events queued for a subscriber that is not reading before it is cut off.
+MAX_PENDING_EVENTS = 10000
+
+_HEAD = wire.HEADER + 4
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+
+def _no_delay(transport: Any) -> None:
+    """Small calls and replies go out at once (no Nagle wait behind a delayed ACK)."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass  # not TCP after all (a unix socket behind a TCP-like transport)
+
+
+class FrameProtocol(Protocol):
+    """Frames in, frames out. Subclasses implement L{frame_received} and L{protocol_error}."""
+
+    max_frame = wire.MAX_FRAME
+    _log = Logger()
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._closing = False
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        buf = self._buf
+        buf += data
+        while len(buf) >= _HEAD and not self.holding():
+            try:
+                length, opcode, kind, rid = wire.decode_header(buf, self.max_frame)
+            except ProtocolError as e:
+                self._buf = bytearray()
+                self.protocol_error(e)
+                return
+            total = 4 + length
+            if len(buf) < total:
+                return
+            payload = bytes(buf[_HEAD:total])
+            del buf[:total]
+            self.frame_received(opcode, kind, rid, payload)
+            if self._closing:
+                self._buf = bytearray()
+                return
+
+    def holding(self) -> bool:
+        """True while frames already received must wait (the server's back-pressure)."""
+        return False
+
+    def send(
+        self, opcode: int, kind: int, rid: int, payload: bytes | bytearray | memoryview
+    ) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.writeSequence(wire.encode_frame(opcode, kind, rid, payload))  # type: ignore[arg-type]
+
+    def frame_received(
+        self, opcode: int, kind: int, rid: int, payload: bytes
+    ) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def protocol_error(self, e: ProtocolError) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+# ---------------------------------------------------------------------------
+# Client side.
+
+
+class ClientConnection(FrameProtocol):
+    """
+    One connection to a meta or data server.
+
+    @param session: this client's session id (HELLO; events it caused carry it).
+    @param on_event: called with (op name, value) for every EVENT frame.
+    @ivar ready: fires with the server's L{wire.Hello} once the HELLO answer
+        arrives; fails if the connection is lost first or the server refuses.
+    """
+
+    def __init__(
+        self, session: int = 0, on_event: Callable[[str, Any], None] | None = None
+    ) -> None:
+        super().__init__()
+        self.session = session
+        self.on_event = on_event
+        self.connected = False
+        self.server: wire.Hello | None = None
+        self.ready: defer.Deferred[wire.Hello] = defer.Deferred()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[wire.Op, defer.Deferred[Any]]] = {}
+        self._lost: list[Callable[[], None]] = []
+
+    @override
+    def connectionMade(self) -> None:
+        self.connected = True
+        _no_delay(self.transport)
+        hello = wire.Hello(wire.PROTOCOL_VERSION, "gateway", self.session, bytes(8))
+        self.call("HELLO", hello).addCallbacks(self._hello, self._no_hello)
+
+    def _hello(self, hello: wire.Hello) -> None:
+        self.server = hello
+        self.ready.callback(hello)
+
+    def _no_hello(self, f: Failure) -> None:
+        if not self.ready.called:
+            self.ready.errback(f)
+        self.close()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def notify_lost(self, callback: Callable[[], None]) -> None:
+        """Call C{callback()} once when the connection is lost (the pool's hook)."""
+        if not self.connected and self.transport is not None:
+            callback()
+        else:
+            self._lost.append(callback)
+
+    def call(self, name: str, args: Any = None) -> defer.Deferred[Any]:
+        """
+        Send one CALL; a Deferred firing with the decoded result.
+
+        @return: fails with the server's error (an L{FSError}, L{BackendUnavailable}...),
+            with L{InFlightLost} if the connection goes first, with
+            L{BackendUnavailable} if it is already gone. Cancelling it forgets
+            the call (a late reply is dropped).
+        """
+        op = wire.BY_NAME[name]
+        if not self.connected or self._closing:
+            return defer.fail(errors.BackendUnavailable("connection closed"))
+        try:
+            payload = wire.encode(op.args, args)
+        except (ValueError, TypeError, OverflowError, AttributeError) as e:
+            return defer.fail(errors.Inval(f"{name}: argument out of range ({e})"))
+        rid = next(self._ids)
+
+        def cancel(_: Any) -> None:
+            self._pending.pop(rid, None)
+
+        d: defer.Deferred[Any] = defer.Deferred(cancel)
+        self._pending[rid] = (op, d)
+        self.send(op.code, wire.CALL, rid, payload)
+        return d
+
+    def ping(self) -> defer.Deferred[Any]:
+        return self.call("HEARTBEAT")
+
+    def frame_received(self, opcode: int, kind: int, rid: int, payload: bytes) -> None:
+        if kind == wire.EVENT:
+            op = wire.OPS.get(opcode)
+            if op is None:
+                self._log.debug("unknown event {opcode} ignored", opcode=opcode)
+                return
+            try:
+                value = wire.decode(op.result, payload)
+            except ProtocolError as e:
+                self.protocol_error(e)
+                return
+            if self.on_event is not None:
+                try:
+                    self.on_event(op.name, value)
+                except Exception:
+                    self._log.failure("event handler failed for {event}", event=op.name)
+            return
+        if kind not in (wire.REPLY, wire.ERROR):
+            self.protocol_error(ProtocolError(f"server sent frame kind {kind}"))
+            return
+        entry = self._pending.pop(rid, None)
+        if entry is None:
+            return  # a call we cancelled
+        op, d = entry
+        try:
+            if kind == wire.REPLY:
+                value = wire.decode(op.result, payload)
+            else:
+                err = wire.decode_error(payload)
+        except ProtocolError as e:
+            d.errback(errors.IO(f"undecodable reply to {op.name}"))
+            self.protocol_error(e)
+            return
+        if kind == wire.REPLY:
+            d.callback(value)
+        else:
+            d.errback(err)
+
+    def protocol_error(self, e: ProtocolError) -> None:
+        self._log.warn("protocol error from server: {why}; closing", why=str(e))
+        self.close()
+
+    @override
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        self.connected = False
+        self._closing = True
+        pending, self._pending = self._pending, {}
+        for op, d in pending.values():
+            d.errback(InFlightLost(f"connection lost with {op.name} in flight"))
+        if not self.ready.called:
+            self.ready.errback(errors.BackendUnavailable("connection lost before HELLO"))
+        lost, self._lost = self._lost, []
+        for cb in lost:
+            cb()
+
+
+# ---------------------------------------------------------------------------
+# Server side.
+
+
+@implementer(IPushProducer)
+class ServerConnection(FrameProtocol):
+    """One client of a meta or data server (see the module docstring)."""
+
+    def __init__(self, factory: ServerFactory) -> None:
+        super().__init__()
+        self.factory = factory
+        self.session = 0
+        self.greeted = False
+        self.subscribed = False
+        self._in_flight: dict[int, defer.Deferred[Any]] = {}
+        self._cost: dict[int, int] = {}
+        self._in_flight_bytes = 0
+        self._reading_paused = False
+        self._draining = False
+        self._writes_paused = False
+        self._stall: IDelayedCall | None = None
+        self._queued_events = 0
+
+    @override
+    def connectionMade(self) -> None:
+        _no_delay(self.transport)
+        self.factory.connections.add(self)
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+
+    @override
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        self._closing = True
+        self.factory.connections.discard(self)
+        self.factory.subscribers.discard(self)
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        for d in list(self._in_flight.values()):
+            d.cancel()
+
+    # -- IPushProducer: the transport's word on our writes ------------------------------
+
+    def pauseProducing(self) -> None:
+        self._writes_paused = True
+        self._update_reading()
+        if self._stall is None:
+            self._stall = self.factory.clock.callLater(self.factory.stall_timeout, self._stalled)
+
+    def resumeProducing(self) -> None:
+        self._writes_paused = False
+        self._queued_events = 0
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
+        self._update_reading()
+
+    def stopProducing(self) -> None:
+        self._closing = True
+
+    def _stalled(self) -> None:
+        self._stall = None
+        self._log.warn(
+            "client {peer} stopped reading for {secs}s; closing",
+            peer=str(self.transport.getPeer()) if self.transport else "?",
+            secs=self.factory.stall_timeout,
+        )
+        self._abort()
+
+    def _abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _update_reading(self) -> None:
+        want_pause = (
+            self._writes_paused
+            or len(self._in_flight) >= MAX_IN_FLIGHT
+            or self._in_flight_bytes >= MAX_IN_FLIGHT_BYTES
+        )
+        if want_pause and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        elif not want_pause and self._reading_paused and not self._closing:
+            self._reading_paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+            if len(self._buf) >= _HEAD and not self._draining:
+                # Frames that arrived with the ones that filled the budget.
+                self._draining = True
+                try:
+                    self.dataReceived(b"")
+                finally:
+                    self._draining = False
+
+    def holding(self) -> bool:
+        return self._reading_paused
+
+    # -- frames ------------------------------------------------------------------------
+
+    def protocol_error(self, e: ProtocolError, opcode: int = 0, rid: int = 0) -> None:
+        self._log.warn(
+            "protocol error from {peer}: {why}; closing",
+            peer=str(self.transport.getPeer()) if self.transport else "?",
+            why=str(e),
+        )
+        self.send(opcode, wire.ERROR, rid, wire.encode_error(e))
+        self.close()
+
+    def frame_received(self, opcode: int, kind: int, rid: int, payload: bytes) -> None:
+        if kind != wire.CALL:
+            self.protocol_error(
+                ProtocolError(f"clients send CALL frames, not kind {kind}"), opcode, rid
+            )
+            return
+        op = wire.OPS.get(opcode)
+        if op is None:
+            self.protocol_error(ProtocolError(f"unknown opcode {opcode:#x}"), opcode, rid)
+            return
+        if not self.greeted and op.name != "HELLO":
+            self.protocol_error(ProtocolError("HELLO must come first"), opcode, rid)
+            return
+        if rid in self._in_flight:
+            self.protocol_error(ProtocolError(f"request id {rid} already in flight"), opcode, rid)
+            return
+        try:
+            args = wire.decode(op.args, payload)
+        except ProtocolError as e:
+            self.protocol_error(e, opcode, rid)
+            return
+        self.factory.calls += 1
+        if op.name == "HELLO":
+            self._hello(rid, args)
+            return
+        method = None
+        if op.served and op.server in ("any", self.factory.role) and not op.name.startswith("EV_"):
+            method = getattr(self.factory.handler, "op_" + op.name, None)
+        if method is None:
+            self.send(
+                opcode,
+                wire.ERROR,
+                rid,
+                wire.encode_error(errors.NotSupp(f"{op.name} is not served here")),
+            )
+            return
+        if not getattr(self.factory.handler, "ready", True):
+            # The store is still opening (a restarted server) or already
+            # closing: the call never reached it, and any node may take it.
+            self.send(
+                opcode,
+                wire.ERROR,
+                rid,
+                wire.encode_error(errors.BackendUnavailable("the store is not open")),
+            )
+            return
+        try:
+            if isinstance(op.args, wire.Tup):
+                result = method(self, *args)
+            elif args is None:
+                result = method(self)
+            else:
+                result = method(self, args)
+        except Exception:
+            result = defer.fail()
+        if not isinstance(result, defer.Deferred):
+            self._reply(op, rid, result)
+            return
+        self._in_flight[rid] = result
+        cost = _SMALL_REPLY
+        if op.name == "READ":
+            cost += max(0, min(int(args[2]), wire.MAX_DATA))
+        self._cost[rid] = cost
+        self._in_flight_bytes += cost
+        self._update_reading()
+        result.addBoth(self._finished, op, rid)
+
+    def _hello(self, rid: int, hello: wire.Hello) -> None:
+        if hello.version != wire.PROTOCOL_VERSION:
+            self.protocol_error(
+                ProtocolError(f"protocol version {hello.version} not spoken"), 0x01, rid
+            )
+            return
+        self.greeted = True
+        self.session = hello.session
+        mine = wire.Hello(wire.PROTOCOL_VERSION, self.factory.role, 0, self.factory.instance_id())
+        self.send(0x01, wire.REPLY, rid, wire.encode(wire.HELLO, mine))
+
+    def _finished(self, result: Any, op: wire.Op, rid: int) -> None:
+        self._in_flight.pop(rid, None)
+        self._in_flight_bytes -= self._cost.pop(rid, 0)
+        if self._closing:
+            if isinstance(result, Failure) and not result.check(
+                defer.CancelledError, errors.FSError
+            ):
+                self._log.failure("{op} failed as the client left", result, op=op.name)
+            return
+        self._reply(op, rid, result)
+        self._update_reading()
+
+    def _reply(self, op: wire.Op, rid: int, result: Any) -> None:
+        if isinstance(result, Failure):
+            if not result.check(errors.GatewayError):
+                self._log.failure("{op} failed", result, op=op.name)
+                self.send(op.code, wire.ERROR, rid, wire.encode_error(errors.IO("server error")))
+                return
+            self.send(op.code, wire.ERROR, rid, wire.encode_error(result.value or errors.IO()))
+            return
+        try:
+            payload = wire.encode(op.result, result)
+        except Exception:
+            self._log.failure("cannot encode the {op} result", op=op.name)
+            self.send(op.code, wire.ERROR, rid, wire.encode_error(errors.IO("server error")))
+            return
+        self.send(op.code, wire.REPLY, rid, payload)
+
+    def push(self, name: str, value: Any) -> None:
+        """Send one EVENT frame; a subscriber that will not read is cut off."""
+        if self._closing:
+            return
+        if self._writes_paused:
+            self._queued_events += 1
+            if self._queued_events > MAX_PENDING_EVENTS:
+                self._log.warn("subscriber is not reading its events; closing")
+                self._abort()
+                return
+        op = wire.BY_NAME[name]
+        self.send(op.code, wire.EVENT, 0, wire.encode(op.result, value))
+
+
+class ServerFactory(Factory):
+    """
+    The shared side of a server: its handler, role and live connections.
+
+    @param handler: has C{op_<NAME>(conn, *args)} for each opcode it serves,
+        and C{instance_id()}.
+    @param role: C{"meta"} or C{"data"}: opcodes of the other role get NotSupp.
+    """
+
+    def __init__(
+        self,
+        handler: Any,
+        role: str,
+        clock: IReactorTime,
+        stall_timeout: float = 30.0,
+        max_frame: int = wire.MAX_FRAME,
+    ) -> None:
+        self.handler = handler
+        self.role = role
+        self.clock = clock
+        self.stall_timeout = stall_timeout
+        self.max_frame = max_frame
+        self.connections: set[ServerConnection] = set()
+        self.subscribers: set[ServerConnection] = set()
+        self.calls = 0
+
+    def instance_id(self) -> bytes:
+        iid = getattr(self.handler, "instance_id", None)
+        value = iid() if callable(iid) else iid
+        return bytes(value or bytes(8))[:8].ljust(8, b"\0")
+
+    @override
+    def buildProtocol(self, addr: Any) -> ServerConnection:
+        p = ServerConnection(self)
+        p.max_frame = self.max_frame
+        return p
+
+    def publish(self, name: str, value: Any) -> None:
+        """Push one event to every subscribed connection."""
+        for conn in list(self.subscribers):
+            conn.push(name, value)
+
+    def close_all(self) -> None:
+        for conn in list(self.connections):
+            conn.close()
+
+    def drop_subscribers(self) -> None:
+        """
+        Close every subscribed connection: events may have been missed, and a
+        gateway whose event connection is lost drops its whole cache.
+        """
+        for conn in list(self.subscribers):
+            conn.close()

@@ -1,0 +1,514 @@
+# -*- test-case-name: tests.nfs.v4.test_state -*-
+"""
+NFSv4 state operations (RFC 8881 §18.10-18.18, §18.39, §18.49): OPEN and
+its share reservations, CLOSE, OPEN_DOWNGRADE, byte-range locks (LOCK,
+LOCKT, LOCKU) and the delegation operations, over the vfs lock table.
+
+Choices, where the RFC leaves them:
+
+ - A client must send RECLAIM_COMPLETE before it opens or locks anything
+   new (NFS4ERR_GRACE before, as knfsd); reclaims (CLAIM_PREVIOUS, LOCK
+   with reclaim) are for the last run's clients during grace only, else
+   NFS4ERR_NO_GRACE.
+ - OPEN of an existing file checks the caller may read and write it as
+   asked, with the owner always allowed (knfsd's owner override); the
+   creator of a file may open it whatever its mode.
+ - A READ lock needs an open with read access, a WRITE lock one with write
+   access (NFS4ERR_OPENMODE). Locks have POSIX semantics per lock-owner.
+ - A refused blocking lock (READW_LT, WRITEW_LT) is not queued: the client
+   polls, and is sent CB_NOTIFY_LOCK when a lock on the file is released
+   within a lease (OPEN answers OPEN4_RESULT_MAY_NOTIFY_LOCK).
+ - CLOSE with locks still held answers NFS4ERR_LOCKS_HELD; a successful
+   CLOSE answers the invalid special stateid (RFC 8881 §18.2.4).
+ - No delegations are granted yet (L{Delegations}); DELEGRETURN of
+   anything is NFS4ERR_BAD_STATEID, DELEGPURGE is NFS4ERR_NOTSUPP,
+   GET_DIR_DELEGATION answers GDD4_UNAVAIL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from claudefs_gateway import errors
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.fstypes import SetAttrs
+from claudefs_gateway.interfaces import IVFS, ILockTable
+from claudefs_gateway.nfs.v4 import const as c
+from claudefs_gateway.nfs.v4 import fattr
+from claudefs_gateway.nfs.v4.base import Nfs4Error, check_name
+from claudefs_gateway.nfs.v4.clients import Client
+from claudefs_gateway.nfs.v4.codec import (
+    CbNotifyLockArgs,
+    ChangeInfo,
+    ClientidArgs,
+    CloseArgs,
+    CreatVerfAttr,
+    LockArgs,
+    LockDenied,
+    LocktArgs,
+    LockuArgs,
+    OpenArgs,
+    OpenDowngradeArgs,
+    OpenResok,
+    StateidArgs,
+    StateOwner,
+    WantDelegationArgs,
+)
+from claudefs_gateway.nfs.v4.compound import FH, CompoundState, OpsBase, ok
+from claudefs_gateway.nfs.v4.ops_fs import require_regular
+from claudefs_gateway.nfs.v4.state import COPY, INVALID, LOCK, OPEN, State, share_modes  # noqa: F401
+from claudefs_gateway.rpc.xdrtypes import Arm
+from claudefs_gateway.vfs import Caller, LeaseKey, Origin, R, W
+from claudefs_gateway.vfs.locks import Lock, LockOwner
+
+__all__ = ["StateOps", "lock_range"]
+
+_OPEN_ACCESS = (c.OPEN4_SHARE_ACCESS_READ, c.OPEN4_SHARE_ACCESS_WRITE, c.OPEN4_SHARE_ACCESS_BOTH)
+_WANT_BITS = (
+    c.OPEN4_SHARE_ACCESS_WANT_DELEG_MASK
+    | c.OPEN4_SHARE_ACCESS_WANT_SIGNAL_DELEG_WHEN_RESRC_AVAIL
+    | c.OPEN4_SHARE_ACCESS_WANT_PUSH_DELEG_WHEN_UNCONTENDED
+)
+
+
+def lock_range(offset: int, length: int) -> int:
+    """
+    The lock table's length for an NFSv4 range (0: to end of file).
+
+    @raise Nfs4Error: NFS4ERR_INVAL for length 0 or a range past 2**64
+        (RFC 8881 §18.10.4).
+    """
+    if length == 0:
+        raise Nfs4Error(c.NFS4ERR_INVAL, "lock of length 0")
+    if length == c.NFS4_UINT64_MAX:
+        return 0
+    if offset + length > 2**64:
+        raise Nfs4Error(c.NFS4ERR_INVAL, "lock range past the last offset")
+    if offset + length == 2**64:
+        return 0
+    return length
+
+
+def _denied(holder: Any) -> LockDenied:
+    """LOCK4denied for the lock in the way (another protocol's owner shows as such)."""
+    if not isinstance(holder, Lock):
+        return LockDenied(0, c.NFS4_UINT64_MAX, c.WRITE_LT, StateOwner(0, b""))
+    o = holder.owner
+    if o.protocol == "nfs4" and isinstance(o.client, str):
+        try:
+            clientid = int(o.client, 16)
+        except ValueError:
+            clientid = 0
+        owner = StateOwner(clientid, o.owner[2:])
+    else:
+        owner = StateOwner(0, o.protocol.encode())
+    length = c.NFS4_UINT64_MAX if holder.length == 0 else holder.length
+    return LockDenied(holder.start, length, c.WRITE_LT if holder.exclusive else c.READ_LT, owner)
+
+
+class StateOps(OpsBase):
+    """Opens, locks and the delegation operations."""
+
+    _log = Logger()
+
+    def locks_of(self, vfs: IVFS) -> ILockTable:
+        return vfs.locks
+
+    def check_grace(self, client: Client, locks: ILockTable, reclaim: bool) -> None:
+        """RFC 8881 §8.4.2 and §18.51.3: who may reclaim, and who must wait."""
+        if reclaim:
+            if client.reclaim_complete or not self.records.may_reclaim(client.owner):
+                raise Nfs4Error(c.NFS4ERR_NO_GRACE)
+            return
+        if not client.reclaim_complete or locks.in_grace:
+            raise Nfs4Error(c.NFS4ERR_GRACE)
+
+    # -- OPEN ---------------------------------------------------------------------------------
+
+    async def op_OPEN(self, st: CompoundState, a: OpenArgs) -> Arm:
+        client = st.client
+        access = a.share_access & 0xFF
+        want = a.share_access & ~0xFF
+        if access not in _OPEN_ACCESS or a.share_deny > c.OPEN4_SHARE_DENY_BOTH:
+            raise Nfs4Error(c.NFS4ERR_INVAL, "share access or deny out of range")
+        if want & ~_WANT_BITS:
+            raise Nfs4Error(c.NFS4ERR_INVAL, "undefined share access bits")
+        claim = a.claim.tag
+        if claim in (c.CLAIM_DELEGATE_CUR, c.CLAIM_DELEG_CUR_FH):
+            raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "no delegation is held")
+        if claim in (c.CLAIM_DELEGATE_PREV, c.CLAIM_DELEG_PREV_FH):
+            raise Nfs4Error(c.NFS4ERR_NOTSUPP, "delegations are not reclaimed")
+        reclaim = claim == c.CLAIM_PREVIOUS
+        creating = a.openhow.tag == c.OPEN4_CREATE
+        fh = self.cfh(st)
+        vfs = await self.vfs()
+        locks = self.locks_of(vfs)
+        self.check_grace(client, locks, reclaim)
+        attrset: list[int] = []
+        created = False
+        truncate: int | None = None
+        if claim == c.CLAIM_NULL:
+            name = a.claim.value
+            if fh.node is not None:
+                check_name(name)
+                if creating:
+                    raise Nfs4Error(c.NFS4ERR_ROFS, "pseudo directory")
+                if self.pseudo(vfs).lookup(fh.node, name, st.call.peer.host) is None:
+                    raise Nfs4Error(c.NFS4ERR_NOENT)
+                raise Nfs4Error(c.NFS4ERR_ISDIR)
+            d, caller = self.dir_of(st, fh, write=creating)
+            check_name(name)
+            before = await vfs.getattr(caller, d.ino)
+            if creating:
+                obj, created, attrset, truncate = await self._create(vfs, caller, d.ino, name, a)
+            else:
+                obj = await vfs.lookup(caller, d.ino, name)
+            after = await vfs.getattr(caller, d.ino) if created else before
+            fh.attrs = after
+            cinfo = self.cinfo(before, after)
+            target = self.child(vfs, fh, obj)
+        else:
+            if creating:
+                raise Nfs4Error(c.NFS4ERR_INVAL, "CLAIM_FH and CLAIM_PREVIOUS cannot create")
+            obj, caller = self.real(st, fh)
+            cinfo = ChangeInfo(False, 0, 0)
+            target = fh
+        if obj.is_dir:
+            raise Nfs4Error(c.NFS4ERR_ISDIR)
+        if obj.is_link:
+            raise Nfs4Error(c.NFS4ERR_SYMLINK)
+        if not obj.is_reg:
+            raise Nfs4Error(c.NFS4ERR_WRONG_TYPE)
+        if not created:
+            await self._may_open(vfs, caller, obj, access)
+        assert target.export is not None
+        state, sid = self._share(
+            client, locks, target, access, a.share_deny, a.owner.owner, reclaim
+        )
+        if truncate is not None and obj.size != truncate:
+            if not access & c.OPEN4_SHARE_ACCESS_WRITE:
+                raise Nfs4Error(c.NFS4ERR_INVAL, "truncating open without write access")
+            own = Origin(
+                share=state.share,
+                exempt=(LeaseKey("nfs4", client.lock_key, None),),
+                wait=False,
+            )
+            try:
+                target.attrs = await vfs.setattr(
+                    caller, obj.ino, SetAttrs(size=truncate), origin=own
+                )
+            except errors.LockConflict:
+                raise Nfs4Error(c.NFS4ERR_LOCKED) from None
+            attrset = fattr.bitmap([c.FATTR4_SIZE])
+        delegation = self.delegations.for_open(want, client, state)
+        st.cfh = target
+        st.cstateid = sid
+        rflags = c.OPEN4_RESULT_LOCKTYPE_POSIX | c.OPEN4_RESULT_MAY_NOTIFY_LOCK
+        return ok(OpenResok(sid, cinfo, rflags, attrset, delegation))
+
+    async def _create(
+        self, vfs: IVFS, caller: Caller, dir_ino: int, name: bytes, a: OpenArgs
+    ) -> tuple[Any, bool, list[int], int | None]:
+        """OPEN4_CREATE: (object, created now, attrset, size to truncate to)."""
+        how = a.openhow.value
+        mode4 = how.tag
+        truncate = None
+        if mode4 in (c.UNCHECKED4, c.GUARDED4):
+            want = fattr.decode_settable(how.value, self.uid_of, self.gid_of)
+            ch = want.changes
+            mode = ch.mode if ch.mode is not None else 0o644
+            if want.umask is not None:
+                mode &= ~want.umask
+            try:
+                obj = await vfs.create(caller, dir_ino, name, mode, exclusive=True)
+            except errors.Exists:
+                if mode4 == c.GUARDED4:
+                    raise Nfs4Error(c.NFS4ERR_EXIST) from None
+                obj = await vfs.lookup(caller, dir_ino, name)
+                return obj, False, [], ch.size
+            rest = SetAttrs(
+                uid=ch.uid, gid=ch.gid, size=ch.size, atime=ch.atime, mtime=ch.mtime, btime=ch.btime
+            )
+            if not rest.is_empty():
+                obj = await vfs.setattr(caller, obj.ino, rest)
+            return obj, True, want.mask, truncate
+        if mode4 == c.EXCLUSIVE4:
+            obj = await vfs.create_exclusive(caller, dir_ino, name, bytes(how.value), 0o644)
+            return obj, True, [], None
+        cva: CreatVerfAttr = how.value
+        want = fattr.decode_settable(cva.attrs, self.uid_of, self.gid_of, fattr.EXCLCREAT)
+        ch = want.changes
+        mode = ch.mode if ch.mode is not None else 0o644
+        if want.umask is not None:
+            mode &= ~want.umask
+        obj = await vfs.create_exclusive(caller, dir_ino, name, bytes(cva.verf), mode)
+        rest = SetAttrs(
+            uid=ch.uid, gid=ch.gid, size=ch.size, atime=ch.atime, mtime=ch.mtime, btime=ch.btime
+        )
+        if not rest.is_empty():
+            obj = await vfs.setattr(caller, obj.ino, rest)
+        return obj, True, want.mask, None
+
+    async def _may_open(self, vfs: IVFS, caller: Caller, obj: Any, access: int) -> None:
+        write = bool(access & c.OPEN4_SHARE_ACCESS_WRITE)
+        if write and caller.read_only:
+            raise Nfs4Error(c.NFS4ERR_ROFS)
+        if caller.cred.uid == obj.uid:
+            return
+        need = (R if access & c.OPEN4_SHARE_ACCESS_READ else 0) | (W if write else 0)
+        held = await vfs.access(caller, obj.ino, need)
+        if held != need:
+            raise Nfs4Error(c.NFS4ERR_ACCESS)
+
+    def _share(
+        self,
+        client: Client,
+        locks: ILockTable,
+        target: FH,
+        access: int,
+        deny: int,
+        owner: bytes,
+        reclaim: bool,
+    ) -> tuple[State, Any]:
+        """The open state of (open-owner, file), made or upgraded (RFC 8881 §18.16.4)."""
+        cs = self.client_state(client)
+        acc, den = share_modes(access, deny)
+        existing = cs.opens.get((owner, target.ino))
+        if existing is not None and not existing.closed and existing.share is not None:
+            locks.upgrade_share(existing.share, acc, den, reclaim=reclaim)
+            existing.access |= access
+            existing.deny |= deny
+            existing.opened.add((access, deny))
+            return existing, existing.bump()
+        assert target.export is not None
+        state = cs.new_open(client, target.ino, target.export.id, owner)
+        try:
+            state.share = locks.open_share(
+                target.ino,
+                LockOwner("nfs4", client.lock_key, b"o:" + owner),
+                acc,
+                den,
+                reclaim=reclaim,
+            )
+        except BaseException:
+            cs.forget(state)
+            raise
+        state.access, state.deny = access, deny
+        state.opened.add((access, deny))
+        return state, state.stateid()
+
+    # -- CLOSE and OPEN_DOWNGRADE ------------------------------------------------------------------
+
+    def _open_state(self, st: CompoundState, sid: Any) -> State:
+        fh = self.cfh(st)
+        state = self.find_state(st, sid, (OPEN,))
+        if state.ino != fh.ino:
+            raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "stateid of another file")
+        return state
+
+    async def op_CLOSE(self, st: CompoundState, a: CloseArgs) -> Arm:
+        state = self._open_state(st, a.open_stateid)
+        vfs = await self.vfs()
+        locks = self.locks_of(vfs)
+        held = {lk.owner for lk in locks.locks(state.ino)}
+        if any(ls.lock_owner in held for ls in state.locks):
+            raise Nfs4Error(c.NFS4ERR_LOCKS_HELD)
+        cs = self.client_state(st.client)
+        if state.share is not None:
+            locks.close_share(state.share)
+        for ls in list(state.locks):
+            cs.forget(ls)
+        cs.forget(state)
+        st.cstateid = INVALID
+        return ok(INVALID)
+
+    async def op_OPEN_DOWNGRADE(self, st: CompoundState, a: OpenDowngradeArgs) -> Arm:
+        state = self._open_state(st, a.open_stateid)
+        access = a.share_access & 0xFF
+        if access not in _OPEN_ACCESS or a.share_deny > c.OPEN4_SHARE_DENY_BOTH:
+            raise Nfs4Error(c.NFS4ERR_INVAL, "share access or deny out of range")
+        if access & ~state.access or a.share_deny & ~state.deny:
+            raise Nfs4Error(c.NFS4ERR_INVAL, "not a downgrade")
+        vfs = await self.vfs()
+        locks = self.locks_of(vfs)
+        if state.share is None or state.share.closed:
+            raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "open released")
+        acc, den = share_modes(access, a.share_deny)
+        locks.downgrade_share(state.share, acc, den)
+        state.access, state.deny = access, a.share_deny
+        state.opened = {(access, a.share_deny)}
+        sid = state.bump()
+        st.cstateid = sid
+        return ok(sid)
+
+    # -- byte-range locks --------------------------------------------------------------------------
+
+    async def op_LOCK(self, st: CompoundState, a: LockArgs) -> Arm:
+        fh = self.cfh(st)
+        obj, _ = self.real(st, fh)
+        require_regular(obj)
+        length = lock_range(a.offset, a.length)
+        client = st.client
+        vfs = await self.vfs()
+        locks = self.locks_of(vfs)
+        self.check_grace(client, locks, a.reclaim)
+        cs = self.client_state(client)
+        made: State | None = None
+        if a.locker.tag:
+            otlo = a.locker.value
+            opened = self.find_state(st, otlo.open_stateid, (OPEN,))
+            if opened.ino != fh.ino:
+                raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "open stateid of another file")
+            owner = otlo.lock_owner.owner
+            lstate = cs.lock_states.get((owner, fh.ino))
+            if lstate is None or lstate.closed:
+                lstate = made = cs.new_lock(
+                    client, opened, owner, LockOwner("nfs4", client.lock_key, b"l:" + owner)
+                )
+        else:
+            lstate = self.find_state(st, a.locker.value.lock_stateid, (LOCK,))
+            if lstate.ino != fh.ino:
+                raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "lock stateid of another file")
+        its_open = lstate.open
+        exclusive = a.locktype in (c.WRITE_LT, c.WRITEW_LT)
+        if its_open is None or its_open.closed:
+            raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "open closed")
+        need = c.OPEN4_SHARE_ACCESS_WRITE if exclusive else c.OPEN4_SHARE_ACCESS_READ
+        if not its_open.access & need:
+            if made is not None:
+                cs.forget(made)
+            raise Nfs4Error(c.NFS4ERR_OPENMODE, "open does not allow this lock type")
+        assert lstate.lock_owner is not None
+        try:
+            await locks.lock(
+                fh.ino, lstate.lock_owner, a.offset, length, exclusive, reclaim=a.reclaim
+            )
+        except errors.LockConflict as e:
+            if made is not None:
+                cs.forget(made)
+            if a.locktype in (c.READW_LT, c.WRITEW_LT):
+                self._notify_when_free(st, fh, lstate.owner)
+            raise Nfs4Error(c.NFS4ERR_DENIED, body=_denied(e.holder)) from None
+        except BaseException:
+            if made is not None:
+                cs.forget(made)
+            raise
+        sid = lstate.stateid() if made is not None else lstate.bump()
+        st.cstateid = sid
+        return ok(sid)
+
+    async def op_LOCKT(self, st: CompoundState, a: LocktArgs) -> Arm:
+        fh = self.cfh(st)
+        obj, _ = self.real(st, fh)
+        require_regular(obj)
+        length = lock_range(a.offset, a.length)
+        vfs = await self.vfs()
+        locks = self.locks_of(vfs)
+        if locks.in_grace:
+            raise Nfs4Error(c.NFS4ERR_GRACE)
+        owner = LockOwner("nfs4", st.client.lock_key, b"l:" + a.owner.owner)
+        holder = locks.test(
+            fh.ino, owner, a.offset, length, a.locktype in (c.WRITE_LT, c.WRITEW_LT)
+        )
+        if holder is not None:
+            raise Nfs4Error(c.NFS4ERR_DENIED, body=_denied(holder))
+        return ok()
+
+    async def op_LOCKU(self, st: CompoundState, a: LockuArgs) -> Arm:
+        fh = self.cfh(st)
+        lstate = self.find_state(st, a.lock_stateid, (LOCK,))
+        if lstate.ino != fh.ino:
+            raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "lock stateid of another file")
+        length = lock_range(a.offset, a.length)
+        vfs = await self.vfs()
+        locks = self.locks_of(vfs)
+        assert lstate.lock_owner is not None
+        locks.unlock(fh.ino, lstate.lock_owner, a.offset, length)
+        sid = lstate.bump()
+        st.cstateid = sid
+        return ok(sid)
+
+    def _notify_when_free(self, st: CompoundState, fh: FH, owner: bytes) -> None:
+        """Tell the client (CB_NOTIFY_LOCK) when a lock on the file is released, within a lease."""
+        session = st.session
+        vfs = self.ctx.vfs
+        if session is None or vfs is None or vfs.locks is None or not session.callbacks_up:
+            return
+        client = session.client
+        waits = client.lock_waits
+        key = (owner, fh.ino)
+        if key in waits or len(waits) >= self.settings.max_locks_per_client:
+            return
+        try:
+            d = vfs.locks.notify_when_free(fh.ino)
+        except errors.NoLock:
+            return
+        waits[key] = d
+        d.addTimeout(self.settings.lease_secs, self.clients.clock)
+
+        def fire(_: object) -> None:
+            waits.pop(key, None)
+            for s in list(client.sessions.values()):
+                if s.callbacks_up:
+                    args = CbNotifyLockArgs(fh.handle, StateOwner(client.clientid, owner))
+                    cb = self.callbacks.call(s, [(c.OP_CB_NOTIFY_LOCK, args)])
+                    cb.addErrback(self._callback_failed, "CB_NOTIFY_LOCK")
+                    return
+
+        def gone(f: Failure) -> None:
+            waits.pop(key, None)
+            f.trap(defer.CancelledError, defer.TimeoutError)
+
+        d.addCallbacks(fire, gone)
+
+    def _callback_failed(self, f: Failure, what: str) -> None:
+        self._log.debug("{what} not delivered: {why}", what=what, why=f.getErrorMessage())
+
+    # -- delegations (none granted yet: see the state module) ----------------------------------------
+
+    async def op_DELEGRETURN(self, st: CompoundState, a: StateidArgs) -> Arm:
+        self.cfh(st)
+        sid = self.current_stateid(st, a.stateid)
+        if sid.other != bytes(12) and sid.other in self.ids.by_other:
+            raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "not a delegation")
+        if sid.other != bytes(12) and self.ids.is_stale(sid.other):
+            raise Nfs4Error(c.NFS4ERR_STALE_STATEID)
+        raise Nfs4Error(c.NFS4ERR_BAD_STATEID, "no delegation is held")
+
+    async def op_DELEGPURGE(self, st: CompoundState, a: ClientidArgs) -> Arm:
+        raise Nfs4Error(c.NFS4ERR_NOTSUPP, "delegations are not reclaimed (CLAIM_DELEGATE_PREV)")
+
+    async def op_WANT_DELEGATION(self, st: CompoundState, a: WantDelegationArgs) -> Arm:
+        fh = self.cfh(st)
+        if a.claim.tag == c.CLAIM_DELEG_PREV_FH:
+            raise Nfs4Error(c.NFS4ERR_NOTSUPP, "delegations are not reclaimed")
+        if a.claim.tag == c.CLAIM_PREVIOUS:
+            vfs = await self.vfs()
+            self.check_grace(st.client, self.locks_of(vfs), True)
+        if a.want & ~_WANT_BITS:
+            raise Nfs4Error(c.NFS4ERR_INVAL, "undefined want bits")
+        return ok(self.delegations.for_open(a.want, st.client, None, fh.is_dir))
+
+    async def op_GET_DIR_DELEGATION(self, st: CompoundState, a: Any) -> Arm:
+        fh = self.cfh(st)
+        if not fh.is_dir:
+            raise Nfs4Error(c.NFS4ERR_NOTDIR)
+        # RFC 8881 §18.39.3: "unavailable" is a successful answer.
+        return ok(Arm(1, False))
+
+    # -- a client's end ---------------------------------------------------------------------------
+
+    def release_client(self, client: Client) -> None:
+        """Everything a client held goes: opens, locks, notifications, copies."""
+        for d in list(client.lock_waits.values()):
+            d.cancel()
+        if client.state is not None:
+            for s in client.state.clear():
+                if s.kind == COPY and s.job is not None:
+                    s.job.cancel()
+        vfs = self.ctx.vfs
+        if vfs is not None and vfs.locks is not None:
+            vfs.locks.release_client("nfs4", client.lock_key)

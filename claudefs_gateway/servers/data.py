@@ -1,0 +1,353 @@
+# -*- test-case-name: tests.servers.test_data -*-
+"""
+C{claudefs-data}: file bytes as chunk files on this server's disk.
+
+Each inode's bytes are cut into L{CHUNK}-byte chunks at their logical
+offsets; chunk C{i} of inode C{n} is the sparse file
+C{<dir>/chunks/<n % 256:02x>/<n>/<i>}, absent while it holds nothing. The
+data server knows no sizes, owners or times: the meta server does, and the
+gateway clips what it reads here to the size the meta server gives. So a
+read returns the bytes this server holds from the offset, up to the length or
+the end of the last chunk, whichever comes first (holes read as zeros).
+
+Disk work runs in the C{disk} thread pool; the operations on one inode run
+one at a time in arrival order (a read sent after a write sees it). A
+stable write and a commit fdatasync the chunk files written since the last
+commit (and their directories when new) before they answer.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from twisted._threads import AlreadyQuit
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from claudefs_gateway import errors
+from claudefs_gateway.backend.embedded._files import punch_hole
+from claudefs_gateway.core.health import CheckResult
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.fstypes import MAX_FILE_SIZE, FSStat
+
+__all__ = ["CHUNK", "ChunkStore", "DataHandler"]
+
+T = TypeVar("T")
+
+#: Bytes per chunk file.
+CHUNK = 4 * 1024 * 1024
+
+
+def _check_range(offset: int, length: int, allow_empty: bool = True) -> None:
+    if offset < 0 or length < 0 or (not allow_empty and length == 0):
+        raise errors.Inval("bad range")
+    if offset + length > MAX_FILE_SIZE:
+        raise errors.FBig("file too large")
+
+
+def _convert(e: OSError) -> errors.FSError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errors.NoSpace("data server disk full")
+    if e.errno == errno.EFBIG:
+        return errors.FBig("file too large")
+    return errors.IO(f"data server I/O error: {e.strerror}")
+
+
+class ChunkStore:
+    """
+    The chunk files under C{root}; blocking methods, called from the disk pool.
+
+    @param durable: False skips every fsync (tests).
+    """
+
+    def __init__(self, root: Path, durable: bool = True) -> None:
+        self.root = Path(root)
+        self.durable = durable
+        self._dirty: dict[int, set[int]] = {}
+
+    def _dir(self, ino: int) -> Path:
+        return self.root / "chunks" / f"{ino % 256:02x}" / str(ino)
+
+    def _chunks(self, ino: int) -> list[int]:
+        try:
+            return sorted(int(n) for n in os.listdir(self._dir(ino)) if n.isdigit())
+        except FileNotFoundError:
+            return []
+
+    def _open(self, ino: int, idx: int, create: bool) -> int | None:
+        d = self._dir(ino)
+        path = d / str(idx)
+        try:
+            return os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            if not create:
+                return None
+        new_dir = not d.exists()
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if self.durable:
+            _fsync_dir(d)
+            if new_dir:
+                _fsync_dir(d.parent)
+        return fd
+
+    def read(self, ino: int, offset: int, length: int) -> tuple[bool, bytes]:
+        """(reached the end of what is held, bytes from C{offset})."""
+        if offset < 0 or length < 0:
+            raise errors.Inval("negative offset or length")
+        chunks = self._chunks(ino)
+        if not chunks:
+            return True, b""
+        last = chunks[-1]
+        fd = self._open(ino, last, False)
+        held_end = last * CHUNK + (os.fstat(fd).st_size if fd is not None else 0)
+        if fd is not None:
+            os.close(fd)
+        end = min(offset + length, held_end)
+        if end <= offset:
+            return True, b""
+        out = bytearray()
+        pos = offset
+        present = set(chunks)
+        while pos < end:
+            idx, within = divmod(pos, CHUNK)
+            n = min(CHUNK - within, end - pos)
+            fd = self._open(ino, idx, False) if idx in present else None
+            if fd is None:
+                out += bytes(n)
+            else:
+                try:
+                    got = os.pread(fd, n, within)
+                finally:
+                    os.close(fd)
+                out += got
+                if len(got) < n:
+                    out += bytes(n - len(got))
+            pos += n
+        return end >= held_end, bytes(out)
+
+    def write(self, ino: int, offset: int, data: bytes, stable: bool) -> None:
+        _check_range(offset, len(data))
+        view = memoryview(data)
+        pos = offset
+        dirty = self._dirty.setdefault(ino, set())
+        while view:
+            idx, within = divmod(pos, CHUNK)
+            n = min(CHUNK - within, len(view))
+            fd = self._open(ino, idx, True)
+            assert fd is not None
+            try:
+                done = 0
+                while done < n:
+                    done += os.pwrite(fd, view[done:n], within + done)
+            finally:
+                os.close(fd)
+            dirty.add(idx)
+            view = view[n:]
+            pos += n
+        if stable:
+            self.commit(ino)
+
+    def commit(self, ino: int) -> None:
+        for idx in sorted(self._dirty.pop(ino, ())):
+            fd = self._open(ino, idx, False)
+            if fd is not None:
+                try:
+                    if self.durable:
+                        os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+
+    def allocate(self, ino: int, offset: int, length: int) -> None:
+        _check_range(offset, length, allow_empty=False)
+        pos, end = offset, offset + length
+        while pos < end:
+            idx, within = divmod(pos, CHUNK)
+            n = min(CHUNK - within, end - pos)
+            fd = self._open(ino, idx, True)
+            assert fd is not None
+            try:
+                os.posix_fallocate(fd, within, n)
+                if self.durable:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            pos += n
+
+    def deallocate(self, ino: int, offset: int, length: int) -> None:
+        _check_range(offset, length, allow_empty=False)
+        end = offset + length
+        for idx in self._chunks(ino):
+            lo, hi = idx * CHUNK, (idx + 1) * CHUNK
+            if hi <= offset or lo >= end:
+                continue
+            if offset <= lo and end >= hi:
+                os.unlink(self._dir(ino) / str(idx))
+                continue
+            fd = self._open(ino, idx, False)
+            if fd is None:
+                continue
+            try:
+                a, b = max(offset, lo) - lo, min(end, hi) - lo
+                size = os.fstat(fd).st_size
+                if b > size:
+                    b = size
+                if b > a:
+                    punch_hole(fd, a, b - a)
+                    if self.durable:
+                        os.fdatasync(fd)
+            finally:
+                os.close(fd)
+
+    def truncate(self, ino: int, size: int) -> None:
+        """Drop every byte at and past C{size}."""
+        if size < 0:
+            raise errors.Inval("negative size")
+        for idx in self._chunks(ino):
+            lo = idx * CHUNK
+            if lo >= size:
+                os.unlink(self._dir(ino) / str(idx))
+            elif lo + CHUNK > size:
+                fd = self._open(ino, idx, False)
+                if fd is not None:
+                    try:
+                        if os.fstat(fd).st_size > size - lo:
+                            os.ftruncate(fd, size - lo)
+                            if self.durable:
+                                os.fdatasync(fd)
+                    finally:
+                        os.close(fd)
+        dirty = self._dirty.get(ino)
+        if dirty is not None:
+            dirty.intersection_update(range(0, size // CHUNK + 1))
+
+    def forget(self, ino: int) -> None:
+        self._dirty.pop(ino, None)
+        shutil.rmtree(self._dir(ino), ignore_errors=True)
+
+    def statfs(self) -> FSStat:
+        st = os.statvfs(self.root)
+        return FSStat(
+            st.f_blocks * st.f_frsize,
+            st.f_bfree * st.f_frsize,
+            st.f_bavail * st.f_frsize,
+            st.f_files,
+            st.f_ffree,
+            st.f_favail,
+            st.f_frsize,
+        )
+
+
+def _pass_on(result: Any, gate: defer.Deferred[None]) -> Any:
+    gate.callback(None)
+    return result
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DataHandler:
+    """
+    The data server's opcodes over a L{ChunkStore}.
+
+    @param run: runs a blocking callable off the reactor; a Deferred (the
+        service passes the C{disk} pool; tests may run inline).
+    """
+
+    _log = Logger()
+
+    def __init__(self, store: ChunkStore, run: Callable[..., Any]) -> None:
+        self.store = store
+        self._run = run
+        self._tails: dict[int, defer.Deferred[Any]] = {}
+        self.failed = False
+
+    def instance_id(self) -> bytes:
+        return bytes(8)
+
+    def _serial(self, ino: int, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """Run C{fn(*args)} after every earlier operation on C{ino}."""
+        prev = self._tails.get(ino)
+        d: defer.Deferred[T] = defer.Deferred()
+
+        def start(_: Any = None) -> None:
+            try:
+                work = self._run(fn, *args)
+            except AlreadyQuit:
+                work = defer.fail(errors.BackendUnavailable("data server stopping"))
+            except Exception:
+                work = defer.fail()
+            work.addBoth(finish)
+
+        def finish(result: Any) -> None:
+            if self._tails.get(ino) is d:
+                del self._tails[ino]
+            if isinstance(result, Failure):
+                e = result.value
+                if isinstance(e, OSError):
+                    self.failed = e.errno not in (errno.ENOSPC, errno.EDQUOT)
+                    self._log.failure("data server I/O on inode {ino}", result, ino=ino)
+                    result = Failure(_convert(e))
+                d.errback(result)
+            else:
+                d.callback(result)
+
+        self._tails[ino] = d
+        if prev is None:
+            start()
+        else:
+            # Wait for prev without taking its result from its own caller.
+            gate: defer.Deferred[None] = defer.Deferred()
+            gate.addCallback(start)
+            prev.addBoth(_pass_on, gate)
+        return d
+
+    def op_HEARTBEAT(self, conn: Any) -> None:
+        return None
+
+    def op_READ(self, conn: Any, ino: int, offset: int, length: int) -> defer.Deferred[Any]:
+        return self._serial(ino, self.store.read, ino, offset, length)
+
+    def op_WRITE(
+        self, conn: Any, ino: int, offset: int, stable: bool, data: bytes
+    ) -> defer.Deferred[None]:
+        return self._serial(ino, self.store.write, ino, offset, data, stable)
+
+    def op_COMMIT(self, conn: Any, ino: int) -> defer.Deferred[None]:
+        return self._serial(ino, self.store.commit, ino)
+
+    def op_ALLOCATE(self, conn: Any, ino: int, offset: int, length: int) -> defer.Deferred[None]:
+        return self._serial(ino, self.store.allocate, ino, offset, length)
+
+    def op_DEALLOCATE(self, conn: Any, ino: int, offset: int, length: int) -> defer.Deferred[None]:
+        return self._serial(ino, self.store.deallocate, ino, offset, length)
+
+    def op_TRUNCATE(self, conn: Any, ino: int, size: int) -> defer.Deferred[None]:
+        return self._serial(ino, self.store.truncate, ino, size)
+
+    def op_FORGET(self, conn: Any, ino: int) -> defer.Deferred[None]:
+        return self._serial(ino, self.store.forget, ino)
+
+    def op_DATA_STATFS(self, conn: Any) -> defer.Deferred[FSStat]:
+        return self._run(self.store.statfs)  # type: ignore[no-any-return]
+
+    def check(self) -> CheckResult:
+        if self.failed:
+            return CheckResult.unhealthy("data disk I/O errors")
+        try:
+            st = os.statvfs(self.store.root)
+        except OSError:
+            return CheckResult.unhealthy("data directory unreadable")
+        if st.f_bavail * st.f_frsize < 64 * 1024 * 1024:
+            return CheckResult.degraded("data disk nearly full")
+        return CheckResult.healthy()

@@ -1,0 +1,230 @@
+# -*- test-case-name: tests.servers.test_meta -*-
+"""
+C{claudefs-meta}: the namespace, served from its store (embedded SQLite, or PostgreSQL).
+
+Each metadata opcode is the backend contract's method of the same name on an
+L{EmbeddedBackend} that holds no file bytes (a data server does; see
+C{docs/rpc.rst} for how a write is split between them, and
+L{EmbeddedBackend.wrote} for the metadata half). After every change the
+server pushes C{EV_CHANGE} to the subscribed gateways, tagged with the
+session that made it, so their attribute and name caches drop what changed.
+
+The namespace's layout (which data servers hold a file's bytes, with what
+stripe unit and how many mirrors) is chosen when the store is first served,
+from C{--data-server}, kept in the store, and handed out by C{LAYOUT_GET}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+
+from claudefs_gateway import errors
+from claudefs_gateway.backend.remote import wire
+from claudefs_gateway.core.health import CheckResult
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.fstypes import RenameResult, WriteResult
+
+__all__ = ["MetaHandler", "LAYOUT_KEY", "DEFAULT_STRIPE"]
+
+LAYOUT_KEY = "cfs.layout"
+#: Stripe unit of a new namespace: one data server's chunk.
+DEFAULT_STRIPE = 4 * 1024 * 1024
+
+
+class MetaHandler:
+    """
+    The meta server's opcodes over a store: L{EmbeddedBackend} or L{PostgresStore}.
+
+    @param publish: C{publish(event_name, value)} pushes an event to every
+        subscribed connection (the server factory's L{publish}).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self, backend: Any, publish: Callable[[str, Any], None], layout: wire.Layout | None = None
+    ) -> None:
+        self.backend = backend
+        self._publish = publish
+        self.layout = layout or wire.Layout(DEFAULT_STRIPE, 1, ())
+        # False until the store is open: calls meanwhile are told to try later
+        # (a restarted server accepts connections before its store has recovered).
+        self.ready = False
+
+    async def open(self, data_servers: list[str]) -> None:
+        """Open the store and settle the namespace's layout."""
+        await self.backend.open()
+        stored = await self.backend.get_state(LAYOUT_KEY)
+        wanted = wire.Layout(DEFAULT_STRIPE, 1, tuple(data_servers))
+        if stored is None:
+            await self.backend.set_state(LAYOUT_KEY, bytes(wire.encode(wire.LAYOUT, wanted)))
+            self.layout = wanted
+        else:
+            self.layout = wire.decode(wire.LAYOUT, stored)
+            if data_servers and self.layout.servers != wanted.servers:
+                # Files already placed stay where they are; moving them is a job of its own.
+                self._log.warn(
+                    "the store's layout names data servers {kept}; --data-server {given} ignored",
+                    kept=",".join(self.layout.servers),
+                    given=",".join(wanted.servers),
+                )
+        self.ready = True
+        self._log.info("metadata store ready", store_open=True)
+
+    def instance_id(self) -> bytes:
+        return bytes(self.backend.instance_id)
+
+    def check(self) -> CheckResult:
+        check = getattr(self.backend, "check", None)
+        return check() if check is not None else CheckResult.healthy()
+
+    def _changed(self, conn: Any, ino: int, dir: int = 0) -> None:
+        self._publish("EV_CHANGE", wire.ChangeEvent(getattr(conn, "session", 0), ino, dir))
+
+    def _then(self, d: defer.Deferred[Any], fn: Callable[[Any], None]) -> defer.Deferred[Any]:
+        def after(result: Any) -> Any:
+            fn(result)
+            return result
+
+        return d.addCallback(after)
+
+    # -- session --------------------------------------------------------------------
+
+    def op_HEARTBEAT(self, conn: Any) -> None:
+        return None
+
+    def op_SUBSCRIBE(self, conn: Any, on: bool) -> None:
+        subs = conn.factory.subscribers
+        if on:
+            subs.add(conn)
+        else:
+            subs.discard(conn)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def op_ROOT(self, conn: Any) -> Any:
+        return self.backend.root()
+
+    def op_GETATTR(self, conn: Any, ino: int) -> Any:
+        return self.backend.getattr(ino)
+
+    def op_LOOKUP(self, conn: Any, parent: int, name: bytes) -> Any:
+        return self.backend.lookup(parent, name)
+
+    def op_READDIR(
+        self, conn: Any, dir: int, cookie: int, verifier: bytes, count: int, with_attrs: bool
+    ) -> Any:
+        return self.backend.readdir(dir, cookie, verifier, count, with_attrs)
+
+    def op_READLINK(self, conn: Any, ino: int) -> Any:
+        return self.backend.readlink(ino)
+
+    def op_STATFS(self, conn: Any) -> Any:
+        return self.backend.statfs()
+
+    def op_GETXATTR(self, conn: Any, ino: int, name: bytes) -> Any:
+        return self.backend.getxattr(ino, name)
+
+    def op_LISTXATTR(self, conn: Any, ino: int) -> Any:
+        return self.backend.listxattr(ino)
+
+    def op_USAGE(self, conn: Any, kind: str, id: int) -> Any:
+        return self.backend.usage(kind, id)
+
+    def op_ALL_USAGE(self, conn: Any, kind: str) -> Any:
+        return self.backend.all_usage(kind)
+
+    def op_GET_QUOTA(self, conn: Any, kind: str, id: int) -> Any:
+        return self.backend.get_quota(kind, id)
+
+    def op_LIST_QUOTAS(self, conn: Any, kind: str) -> Any:
+        return self.backend.list_quotas(kind)
+
+    def op_GET_STATE(self, conn: Any, key: str) -> Any:
+        return self.backend.get_state(key)
+
+    def op_LAYOUT_GET(self, conn: Any, ino: int) -> Any:
+        # One layout for the namespace in this version; per-file layouts
+        # (pNFS striping) would be kept per inode and returned here.
+        return self.backend.getattr(ino).addCallback(lambda _: self.layout)
+
+    # -- changes ----------------------------------------------------------------------
+
+    def op_CREATE(
+        self,
+        conn: Any,
+        parent: int,
+        name: bytes,
+        type: Any,
+        mode: int,
+        uid: int,
+        gid: int,
+        rdev: tuple[int, int],
+    ) -> Any:
+        d = self.backend.create(parent, name, type, mode, uid, gid, tuple(rdev))
+        return self._then(d, lambda a: self._changed(conn, a.ino, parent))
+
+    def op_SYMLINK(
+        self, conn: Any, parent: int, name: bytes, target: bytes, mode: int, uid: int, gid: int
+    ) -> Any:
+        d = self.backend.symlink(parent, name, target, mode, uid, gid)
+        return self._then(d, lambda a: self._changed(conn, a.ino, parent))
+
+    def op_LINK(self, conn: Any, ino: int, parent: int, name: bytes) -> Any:
+        d = self.backend.link(ino, parent, name)
+        return self._then(d, lambda a: self._changed(conn, a.ino, parent))
+
+    def op_UNLINK(self, conn: Any, parent: int, name: bytes) -> Any:
+        d = self.backend.unlink(parent, name)
+        return self._then(d, lambda a: self._changed(conn, a.ino, parent))
+
+    def op_RMDIR(self, conn: Any, parent: int, name: bytes) -> Any:
+        d = self.backend.rmdir(parent, name)
+        return self._then(d, lambda a: self._changed(conn, a.ino, parent))
+
+    def op_RENAME(
+        self, conn: Any, src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
+    ) -> Any:
+        d = self.backend.rename(src_parent, src_name, dst_parent, dst_name)
+
+        def changed(r: RenameResult) -> None:
+            self._changed(conn, r.source.ino, src_parent)
+            if dst_parent != src_parent or r.replaced is not None:
+                self._changed(conn, r.replaced.ino if r.replaced else r.source.ino, dst_parent)
+
+        return self._then(d, changed)
+
+    def op_SETATTR(self, conn: Any, ino: int, changes: Any, guard: int | None) -> Any:
+        d = self.backend.setattr(ino, changes, guard)
+        return self._then(d, lambda a: self._changed(conn, ino))
+
+    def op_SETXATTR(
+        self, conn: Any, ino: int, name: bytes, value: bytes, create: bool | None
+    ) -> Any:
+        d = self.backend.setxattr(ino, name, value, create)
+        return self._then(d, lambda _: self._changed(conn, ino))
+
+    def op_REMOVEXATTR(self, conn: Any, ino: int, name: bytes) -> Any:
+        d = self.backend.removexattr(ino, name)
+        return self._then(d, lambda _: self._changed(conn, ino))
+
+    def op_COMMIT_META(self, conn: Any, ino: int) -> Any:
+        return self.backend.commit(ino)
+
+    def op_SET_QUOTA(self, conn: Any, kind: str, id: int, limits: Any) -> Any:
+        return self.backend.set_quota(kind, id, limits)
+
+    def op_SET_STATE(self, conn: Any, key: str, value: bytes | None) -> Any:
+        return self.backend.set_state(key, value)
+
+    def op_WROTE(
+        self, conn: Any, ino: int, offset: int, length: int, what: int, stable: bool
+    ) -> Any:
+        if what not in (0, 1, 2):
+            return defer.fail(errors.Inval("WROTE kind must be 0, 1 or 2"))
+        durable = stable or what != 0
+        d: defer.Deferred[WriteResult] = self.backend.wrote(ino, offset, length, what, durable)
+        return self._then(d, lambda r: self._changed(conn, ino))

@@ -1,0 +1,347 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+C{cfs-gateway start --workers N}: one machine, every core.
+
+The supervisor (this process) starts, under the gateway's data directory
+(which it locks for all of them):
+
+ - a C{claudefs-data} server on a unix socket (file bytes in C{<data_dir>/data}),
+ - a C{claudefs-meta} server on a unix socket (the namespace in
+   C{<data_dir>/meta}), placing files on that data server,
+ - N gateway workers, each running every enabled front end on
+   C{backend: remote} against them. Each worker binds every TCP listener of
+   the configuration itself with SO_REUSEPORT (the C{reuseport:} endpoint),
+   so the kernel spreads new connections across the workers. The supervisor
+   first binds (without listening) one socket per listener, which turns a
+   port 0 into one concrete port and keeps it reserved while a worker
+   restarts. UDP (NFSv3, MOUNT, NLM, portmapper) is served by worker 0 only.
+
+Workers share the data directory (the handle secret, so a file handle from
+one worker is good at every other, and the users file). What must be one
+across workers lives in the meta server (the namespace, usage, quota limits,
+durable state); docs/workers.rst says what does not yet.
+
+Every child logs JSON lines to the supervisor, which re-publishes each event
+(with C{process} naming its origin) through its own log observer. A worker
+that exits unexpectedly is started again after a second; its clients
+reconnect and land on the others meanwhile. SIGTERM or SIGINT stops the
+workers (each drains), then the meta server, then the data server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from twisted.internet import defer, protocol
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.logger import eventFromJSON, globalLogPublisher
+from twisted.python.failure import Failure
+
+from claudefs_gateway.backend.datadir import DataDir
+from claudefs_gateway.core.config import Config, _split_description
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.core.transport.reuseport import reserve
+from claudefs_gateway.errors import GatewayError
+from claudefs_gateway.vfs.handles import load_or_create_secret
+
+__all__ = ["Supervisor", "LISTENERS"]
+
+#: Every listener a worker may open: (section, key, protocol or None for admin).
+LISTENERS = (
+    ("nfs", "bind", "nfs"),
+    ("nfs", "mount_bind", "nfs"),
+    ("nfs", "portmap_bind", "nfs"),
+    ("s3", "bind", "s3"),
+    ("smb", "bind", "smb"),
+    ("admin", "bind", None),
+)
+
+RESTART_DELAY = 1.0
+
+
+class Child(protocol.ProcessProtocol):
+    """One child process whose stdout is JSON log lines."""
+
+    _log = Logger()
+
+    def __init__(self, name: str, on_exit: Callable[[Child, int], None]) -> None:
+        self.name = name
+        self.on_exit = on_exit
+        self.ended: defer.Deferred[int] = defer.Deferred()
+        self._buf = b""
+        self._err = b""
+        self._waiters: list[tuple[Callable[[dict[str, Any]], bool], defer.Deferred[None]]] = []
+        self.stopping = False
+
+    def outReceived(self, data: bytes) -> None:
+        self._buf += data
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            self._line(line.decode("utf-8", "replace"))
+
+    def errReceived(self, data: bytes) -> None:
+        self._err = (self._err + data)[-4096:]
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                self._log.warn("{process}: {line}", process=self.name, line=line)
+
+    def _line(self, text: str) -> None:
+        try:
+            event = eventFromJSON(text)
+        except (ValueError, TypeError):
+            if text.strip():
+                self._log.info("{process}: {line}", process=self.name, line=text)
+            return
+        if not isinstance(event, dict):
+            return
+        event["process"] = self.name
+        event["log_namespace"] = f"{self.name}:{event.get('log_namespace', '-')}"
+        for pred, d in list(self._waiters):
+            if pred(event):
+                self._waiters.remove((pred, d))
+                d.callback(None)
+        globalLogPublisher(event)
+
+    def wait_for(self, pred: Callable[[dict[str, Any]], bool]) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append((pred, d))
+        return d
+
+    def signal(self, sig: str) -> None:
+        try:
+            self.transport.signalProcess(sig)  # type: ignore[union-attr]
+        except Exception:
+            pass
+
+    def processEnded(self, reason: Failure) -> None:
+        v = reason.value
+        status = 0
+        if isinstance(v, ProcessTerminated):
+            status = -v.signal if v.signal is not None else (v.exitCode or 1)
+        elif not isinstance(v, ProcessDone):
+            status = 1
+        for _, d in self._waiters:
+            d.errback(GatewayError(f"{self.name} exited ({status}) before it was ready"))
+        self._waiters = []
+        self.ended.callback(status)
+        self.on_exit(self, status)
+
+
+def _serving(role: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e.get("serving") == role
+
+
+def _store_open(e: dict[str, Any]) -> bool:
+    return bool(e.get("store_open"))
+
+
+class Supervisor:
+    """
+    Runs the servers and workers of C{start --workers N} until stopped.
+
+    @param config_text: the configuration file's text ("" for every default).
+    @param protocol: C{"all"}, or one front end.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        config_text: str,
+        workers: int,
+        protocol: str,
+        reactor: Any,
+        python: str = sys.executable,
+        overrides: dict[str, tuple[Any, str]] | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("at least one worker")
+        self.config = config
+        self.raw = yaml.safe_load(config_text) or {}
+        for path, (value, _) in (overrides or {}).items():
+            node = self.raw
+            parts = path.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+        self.workers = workers
+        self.protocol = protocol
+        self.reactor = reactor
+        self.python = python
+        self.run_dir = Path(tempfile.mkdtemp(prefix="cfs-run-"))
+        self.children: dict[str, Child] = {}
+        self.reserved: list[socket.socket] = []
+        self.stopping = False
+        self.datadir = DataDir(config.data_dir)
+        self.failed: str | None = None
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> Child:
+        child = Child(name, self._exited)
+        argv = [self.python, "-m", "claudefs_gateway.cli", *args]
+        env = dict(os.environ)
+        transport = self.reactor.spawnProcess(
+            child, argv[0], argv, env=env, childFDs={0: "w", 1: "r", 2: "r"}
+        )
+        self.children[name] = child
+        kind = "worker" if name.startswith("worker-") else "server"
+        self._log.info(
+            kind + " process {process} started, pid {pid}",
+            process=name,
+            pid=getattr(transport, "pid", None),
+        )
+        return child
+
+    def _server_args(self, role: str) -> list[str]:
+        sock = self.run_dir / f"{role}.sock"
+        args = [
+            role,
+            "--data-dir",
+            str(self.config.data_dir / role),
+            "--listen",
+            f"unix:{sock}:mode=600",
+            "--admin",
+            f"unix:{self.run_dir / (role + '-admin.sock')}:mode=600",
+            "--log-format",
+            "json",
+            "--log-level",
+            self.config.log_level,
+        ]
+        if role == "meta":
+            args += ["--data-server", f"unix:{self.run_dir / 'data.sock'}"]
+            if self.raw.get("meta_store"):
+                path = self.run_dir / "meta.yaml"
+                path.write_text(yaml.safe_dump({"meta_store": self.raw["meta_store"]}))
+                path.chmod(0o600)
+                args += ["--config", str(path)]
+        return args
+
+    def _listeners(self) -> dict[tuple[str, str], str]:
+        """Reserve each TCP listener's port; the reuseport: description for the workers."""
+        wanted = self.config.enabled_protocols() if self.protocol == "all" else [self.protocol]
+        out: dict[tuple[str, str], str] = {}
+        for section, key, proto in LISTENERS:
+            if proto is not None and proto not in wanted:
+                continue
+            if (
+                section == "nfs"
+                and key == "portmap_bind"
+                and self.config.nfs.portmapper != "embedded"
+            ):
+                continue
+            listen = getattr(getattr(self.config, section), key)
+            kind, _, _ = _split_description(listen.description)
+            if kind not in ("tcp", "tcp6") or listen.host is None or listen.port is None:
+                raise GatewayError(
+                    f"--workers needs TCP listeners; {section}.{key} is {listen.description}"
+                )
+            s = reserve(listen.host, listen.port)
+            self.reserved.append(s)
+            port = s.getsockname()[1]
+            host = listen.host.replace(":", "\\:")
+            out[(section, key)] = f"reuseport:port={port}:interface={host}"
+        return out
+
+    def _worker_config(self, index: int, listeners: dict[tuple[str, str], str]) -> Path:
+        raw = dict(self.raw)
+        backend = dict(raw.get("backend") or {})
+        backend.update(type="remote", data_dir=str(self.config.data_dir))
+        backend.pop("tls", None)
+        raw["backend"] = backend
+        raw["metadata_servers"] = [{"address": f"unix:{self.run_dir / 'meta.sock'}"}]
+        raw["log_format"] = "json"
+        for (section, key), desc in listeners.items():
+            sect = dict(raw.get(section) or {})
+            sect[key] = desc
+            raw[section] = sect
+        if index > 0:
+            nfs = dict(raw.get("nfs") or {})
+            nfs["udp"] = False
+            raw["nfs"] = nfs
+        path = self.run_dir / f"worker-{index}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    def _worker_args(self, index: int) -> list[str]:
+        args = ["start"]
+        if self.protocol != "all":
+            args.append(self.protocol)
+        return [*args, "--config", str(self.run_dir / f"worker-{index}.yaml"), "--worker"]
+
+    async def start(self) -> None:
+        """Lock the data directory, start the servers, then the workers."""
+        self.datadir.open()
+        load_or_create_secret(self.config.data_dir)
+        listeners = self._listeners()
+        data = self._spawn("data", self._server_args("data"))
+        await data.wait_for(_serving("data"))
+        meta = self._spawn("meta", self._server_args("meta"))
+        await meta.wait_for(_store_open)
+        for i in range(self.workers):
+            self._worker_config(i, listeners)
+        ready = []
+        for i in range(self.workers):
+            child = self._spawn(f"worker-{i}", self._worker_args(i))
+            ready.append(
+                child.wait_for(lambda e: str(e.get("log_format", "")).startswith("vfs open"))
+            )
+        await defer.gatherResults(ready)
+        self._log.info(
+            "claudefs-gateway supervisor: {n} workers serving", n=self.workers, workers=self.workers
+        )
+
+    # -- running ------------------------------------------------------------------------
+
+    def _exited(self, child: Child, status: int) -> None:
+        if self.stopping:
+            return
+        if child.name.startswith("worker-"):
+            self._log.warn(
+                "{process} exited ({status}); starting it again", process=child.name, status=status
+            )
+            index = int(child.name.split("-", 1)[1])
+            self.reactor.callLater(RESTART_DELAY, self._restart, index)
+            return
+        self.failed = f"{child.name} server exited ({status})"
+        self._log.critical(
+            "{process} server exited ({status}); stopping", process=child.name, status=status
+        )
+        if getattr(self.reactor, "running", False) and not self.stopping:
+            self.stopping_requested = True
+            try:
+                self.reactor.stop()
+            except Exception:  # already stopping
+                pass
+
+    def _restart(self, index: int) -> None:
+        if not self.stopping:
+            self._spawn(f"worker-{index}", self._worker_args(index))
+
+    async def stop(self) -> None:
+        """Workers first (they drain), then meta, then data."""
+        self.stopping = True
+        for group in (
+            [c for n, c in self.children.items() if n.startswith("worker-")],
+            [c for n, c in self.children.items() if n == "meta"],
+            [c for n, c in self.children.items() if n == "data"],
+        ):
+            live = [c for c in group if not c.ended.called]
+            for c in live:
+                c.signal("TERM")
+            if live:
+                await defer.gatherResults([c.ended for c in live])
+        for s in self.reserved:
+            s.close()
+        self.datadir.stopService()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self._log.info("claudefs-gateway supervisor stopped")

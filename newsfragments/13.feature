@@ -1,0 +1,1 @@
+claudefs-meta can keep the namespace in PostgreSQL (``meta_store.type: postgresql``, through psycopg 3 and its pool): several meta servers serve one database at once, each change one transaction, the schema migrated at start, and changes made through one server reach the gateways of the others through LISTEN/NOTIFY.

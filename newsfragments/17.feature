@@ -1,0 +1,1 @@
+New ``limits.max_connections`` caps the client connections each protocol holds open (refused ones are counted in ``gateway_rejected_requests_total{reason="max_connections"}``); ``gateway_max_connections`` and ``gateway_circuit_breaker_state`` are now exported.

@@ -1,0 +1,1 @@
+``python -m bench`` prints the server's CPU time per operation for every NFS workload and for NFS-Ganesha, and ``--profile`` writes a py-spy flame graph, collapsed stacks and a summary of the top costs per workload; ``python -m bench.nfs_micro`` times each NFSv3 call in process.

@@ -1,0 +1,57 @@
+"""NFSv3 codec (L{claudefs_gateway.nfs.v3.codec}): what the procedure tests do not reach."""
+
+from __future__ import annotations
+
+import attrs
+from twisted.trial.unittest import SynchronousTestCase
+
+from claudefs_gateway.fstypes import Attributes, FileType
+from claudefs_gateway.nfs.v3 import codec as c
+from claudefs_gateway.rpc.xdr import Unpacker
+
+ATTRS = Attributes(
+    ino=5,
+    gen=1,
+    type=FileType.REG,
+    mode=0o644,
+    nlink=1,
+    uid=1,
+    gid=2,
+    size=10,
+    used=4096,
+    rdev=(0, 0),
+    atime_ns=1_700_000_000_123_456_789,
+    mtime_ns=1_700_000_001_000_000_000,
+    ctime_ns=1_700_000_002_000_000_001,
+    btime_ns=0,
+    change=3,
+)
+
+
+class EncodedAttributesTests(SynchronousTestCase):
+    def test_remembered_per_object_and_fsid(self) -> None:
+        """fattr3 of the same object is encoded once; another object or fsid is encoded anew."""
+        a = ATTRS
+        first = c.fattr3(a, 7)
+        self.assertIs(c.fattr3(a, 7), first)
+        other_fsid = c.dec_fattr3(Unpacker(c.fattr3(a, 8)))
+        self.assertEqual(other_fsid.fsid, 8)
+        b = attrs.evolve(a, size=11)
+        self.assertEqual(c.dec_fattr3(Unpacker(c.fattr3(b, 7))).size, 11)
+        self.assertEqual(c.dec_fattr3(Unpacker(first)).size, 10)
+
+    def test_decodes_to_the_attributes(self) -> None:
+        f = c.dec_fattr3(Unpacker(c.fattr3(ATTRS, 7)))
+        self.assertEqual(
+            (f.type, f.mode, f.nlink, f.uid, f.gid, f.size, f.used, f.fsid, f.fileid),
+            (c.NF3.REG, 0o644, 1, 1, 2, 10, 4096, 7, 5),
+        )
+        self.assertEqual(f.atime, (1_700_000_000, 123_456_789))
+        self.assertEqual(f.ctime, (1_700_000_002, 1))
+
+    def test_post_op_forms(self) -> None:
+        first = c.fattr3(ATTRS, 7)
+        self.assertEqual(c.post_op_attr(ATTRS, 7), c.TRUE + first)
+        self.assertEqual(c.post_op_attr(None, 7), c.FALSE)
+        self.assertEqual(c.status_post_op(3, ATTRS, 7), b"\0\0\0\3" + c.TRUE + first)
+        self.assertEqual(c.status_post_op(3, None, 7), b"\0\0\0\3" + c.FALSE)

@@ -1,0 +1,236 @@
+"""
+One file, every protocol, with real clients on both sides (issue 10): a
+gateway subprocess serves NFS, S3 and SMB over one namespace, and clients
+nobody here wrote act on the same files - smbprotocol and Samba's smbclient
+for SMB, libnfs (through nfs-cp and ctypes) and its raw NLM client for NFS,
+boto3 for S3. The rules they meet are docs/locks.rst's "One file, every
+protocol".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from claudefs_gateway.vfs.identity import nt_hash
+from tests.helpers import (
+    GatewayProcess,
+    bin_path,
+    child_env,
+    kill_on_cleanup,
+    loopback_config,
+    spawn,
+)
+
+PASSWORD = "Cross-Pass1"
+ACCESS_KEY = "AKIACROSSPROTOCOL01"
+SECRET_KEY = "cross-protocol-secret-key-0123456789"
+
+CONFIG = f"""
+exports:
+  - {{path: /export, name: share, root_squash: false, dir_uid: 1000, dir_gid: 1000, dir_mode: 0777}}
+users:
+  - name: alice
+    uid: 1000
+    gid: 1000
+    nt_hash: {nt_hash(PASSWORD)}
+    s3_access_key: {ACCESS_KEY}
+    s3_secret_key: {SECRET_KEY}
+leases:
+  recall_timeout_secs: 5
+"""
+
+STATUS_FILE_LOCK_CONFLICT = 0xC0000054
+# FILE_ACTION_* (MS-FSCC 2.4.42)
+ADDED, REMOVED, MODIFIED = 1, 2, 3
+
+
+async def run(argv: list[str]) -> tuple[int, list[str], str]:
+    proc = spawn(argv)
+    status = await proc.ended
+    return status, proc.text, proc.stderr.decode("utf-8", "replace")
+
+
+class Actor(GatewayProcess):
+    """A real client in a child process (L{tests.xproto_actor}) taking one order at a time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seq = 0
+
+    async def do(self, op: str, **fields: Any) -> dict[str, Any]:
+        self._seq += 1
+        seq = self._seq
+        self.transport.write(json.dumps({"seq": seq, "op": op, **fields}).encode() + b"\n")
+        return await self.wait_for(lambda e: e.get("seq") == seq)
+
+    async def ok(self, op: str, **fields: Any) -> dict[str, Any]:
+        answer = await self.do(op, **fields)
+        if not answer["ok"]:
+            raise AssertionError(f"{op} {fields}: {answer['error']}\n{answer.get('trace', '')}")
+        return answer
+
+
+class CrossProtocolTests(TestCase):
+    timeout = 180
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        config = loopback_config(self, CONFIG)
+        proc = spawn([bin_path("cfs-gateway"), "start", "--config", config])
+        kill_on_cleanup(self, proc)
+        self.nfs = await proc.wait_listening("nfs")
+        self.mount = await proc.wait_listening("mount")
+        self.s3port = await proc.wait_listening("s3")
+        self.smbport = await proc.wait_listening("smb")
+        await proc.wait_ready()
+        self.gateway = proc
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    async def actor(self, *args: str) -> Actor:
+        proto = Actor()
+        argv = [sys.executable, "-m", "tests.xproto_actor", *args]
+        reactor.spawnProcess(proto, argv[0], argv, env=child_env())
+
+        def stop() -> defer.Deferred[Any] | None:
+            if proto.ended.called:
+                return None
+            proto.transport.signalProcess("KILL")
+            return proto.ended.addErrback(lambda _: None)
+
+        self.addCleanup(stop)
+        await proto.wait_for(lambda e: e.get("event") == "ready")
+        return proto
+
+    async def smb(self) -> Actor:
+        return await self.actor("smb", "127.0.0.1", str(self.smbport), "share", "alice", PASSWORD)
+
+    async def s3(self) -> Actor:
+        return await self.actor("s3", f"http://127.0.0.1:{self.s3port}", ACCESS_KEY, SECRET_KEY)
+
+    def url(self) -> str:
+        return f"nfs://127.0.0.1/export?version=3&nfsport={self.nfs}&mountport={self.mount}"
+
+    async def libnfs(self, *ops: str) -> list[dict[str, Any]]:
+        """libnfs as uid 1000 (the NFS client is alice too)."""
+        url = self.url() + "&uid=1000&gid=1000"
+        status, out, err = await run([sys.executable, "-m", "tests.nfs.libnfs_ops", url, *ops])
+        self.assertEqual(status, 0, err + "\n".join(out))
+        return [json.loads(line) for line in out if line.startswith("{")]
+
+    async def nlm(self, caller: str, *ops: str) -> list[dict[str, Any]]:
+        status, out, err = await run(
+            [sys.executable, "-m", "tests.nfs.libnfs_nlm", self.url(), "/locked.bin", caller, *ops]
+        )
+        self.assertEqual(status, 0, err + "\n".join(out))
+        return [json.loads(line) for line in out if line.startswith("{")]
+
+    # -- the scenarios ---------------------------------------------------------------------------
+
+    async def test_deny_write_open_refuses_nfs_and_s3(self) -> None:
+        """
+        smbprotocol holds an open that denies writing: an NFS write (libnfs)
+        gets NFS3ERR_ACCES and an S3 PUT over the object gets 409
+        OperationAborted; once the open closes, both go through.
+        """
+        smb, s3 = await self.smb(), await self.s3()
+        await smb.ok("open", id="h", path="held.txt", access="rw", share="r")
+        await smb.ok("write", id="h", data="held by smb")
+        [nfs_write] = await self.libnfs("write", "/held.txt", "0", "from nfs")
+        self.assertLess(nfs_write["ret"], 0, nfs_write)
+        self.assertIn("NFS3ERR_ACCES", nfs_write["server_error"], nfs_write)
+        put = await s3.ok("put", bucket="export", key="held.txt", data="from s3")
+        self.assertEqual((put.get("status"), put.get("code")), (409, "OperationAborted"), put)
+        got = await s3.ok("get", bucket="export", key="held.txt")
+        self.assertEqual(got["result"], "held by smb")
+        await smb.ok("close", id="h")
+        [nfs_write] = await self.libnfs("write", "/held.txt", "0", "from nfs")
+        self.assertEqual(nfs_write["ret"], len("from nfs"), nfs_write)
+        put = await s3.ok("put", bucket="export", key="held.txt", data="from s3")
+        self.assertIn("result", put)
+        self.assertEqual((await s3.ok("get", bucket="export", key="held.txt"))["result"], "from s3")
+
+    async def test_nlm_lock_blocks_smb_write(self) -> None:
+        """An NLM lock taken by libnfs's NLM client refuses an SMB write to its bytes."""
+        [created] = await self.libnfs("creat", "/locked.bin")
+        self.assertEqual(created["ret"], 0)
+        [locked] = await self.nlm("host-a", "lock", "100", "0", "10", "1", "0")
+        self.assertEqual(locked["status"], 0)
+        smb = await self.smb()
+        await smb.ok("open", id="f", path="locked.bin", access="rw", share="rwd")
+        refused = await smb.do("write", id="f", data="x", offset=2)
+        self.assertFalse(refused["ok"])
+        self.assertIn(str(STATUS_FILE_LOCK_CONFLICT), refused["error"])
+        # Past the locked bytes, and after the unlock, the write lands.
+        await smb.ok("write", id="f", data="y", offset=20)
+        [unlocked] = await self.nlm("host-a", "unlock", "100", "0", "10")
+        self.assertEqual(unlocked["status"], 0)
+        await smb.ok("write", id="f", data="x", offset=2)
+
+    async def test_s3_object_identical_over_nfs_and_smb(self) -> None:
+        """An object written by boto3 reads back byte-identical through nfs-cp and smbclient, owned by alice."""
+        s3 = await self.s3()
+        data = "".join(chr(32 + (i * 7) % 90) for i in range(300_000))
+        await s3.ok("put", bucket="export", key="dir/obj.bin", data=data)
+        want = hashlib.sha256(data.encode()).hexdigest()
+        over_nfs = os.path.abspath(self.mktemp())
+        status, out, err = await run(
+            [bin_path("nfs-cp"), self.url().replace("/export?", "/export/dir/obj.bin?"), over_nfs]
+        )
+        self.assertEqual(status, 0, err)
+        with open(over_nfs, "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).hexdigest(), want)
+        local = os.path.abspath(self.mktemp())
+        status, out, err = await run(
+            [
+                bin_path("smbclient"),
+                "//127.0.0.1/share",
+                "-p",
+                str(self.smbport),
+                "-U",
+                f"alice%{PASSWORD}",
+                "-m",
+                "SMB3",
+                "-c",
+                f"get dir\\obj.bin {local}",
+            ]
+        )
+        self.assertEqual(status, 0, err + "\n".join(out))
+        with open(local, "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).hexdigest(), want)
+        [st] = await self.libnfs("stat", "/dir/obj.bin")
+        self.assertEqual(st["result"]["size"], len(data))
+        self.assertEqual(st["result"]["uid"], 1000)  # the S3 user's uid
+
+    async def test_nfs_write_and_s3_delete_wake_smb_watcher(self) -> None:
+        """An NFS write wakes an SMB CHANGE_NOTIFY with MODIFIED; an S3 DELETE with REMOVED."""
+        s3, smb = await self.s3(), await self.smb()
+        await s3.ok("put", bucket="export", key="watched/f.txt", data="v1")
+        await smb.ok("open", id="d", path="watched", dir=True, share="rwd")
+        await smb.ok("watch", id="d")
+        [w] = await self.libnfs("write", "/watched/f.txt", "0", "v2 from nfs")
+        self.assertGreater(w["ret"], 0, w)
+        note = await smb.wait_for(lambda e: e.get("event") == "notify" and e.get("id") == "d")
+        self.assertIn([MODIFIED, "f.txt"], note["changes"], note)
+        await smb.ok("watch", id="d")
+        await s3.ok("delete", bucket="export", key="watched/f.txt")
+        note = await smb.wait_for(
+            lambda e: e.get("event") == "notify" and e is not note and e.get("id") == "d"
+        )
+        self.assertIn([REMOVED, "f.txt"], note["changes"], note)
+
+    async def test_smb_rename_seen_by_s3_and_nfs(self) -> None:
+        """A rename over SMB is what the next S3 listing and NFS READDIR show."""
+        s3, smb = await self.s3(), await self.smb()
+        await s3.ok("put", bucket="export", key="ren/a.txt", data="a")
+        await smb.ok("rename", src="ren\\a.txt", dst="ren\\b.txt")
+        listing = await s3.ok("list", bucket="export", prefix="ren/")
+        self.assertEqual(listing["result"], ["ren/b.txt"])
+        [names] = await self.libnfs("listdir", "/ren")
+        self.assertEqual(sorted(n for n in names["result"] if n not in (".", "..")), ["b.txt"])

@@ -1,0 +1,137 @@
+"""
+C{cfs-gateway start --workers N}: a supervisor, local meta and data servers,
+N workers sharing every port (SO_REUSEPORT); real clients; a killed worker is
+replaced and its clients land on the others; SIGTERM stops everything.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from claudefs_gateway.core.transport.reuseport import ReusePortEndpoint, reserve
+from tests.helpers import bin_path, http_get, kill_on_cleanup, loopback_config, spawn
+
+EXPORTS = """
+exports:
+  - {path: /export, root_squash: false}
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class ReusePortTests(TestCase):
+    timeout = 10
+
+    async def test_two_listeners_one_port(self) -> None:
+        """Two reuseport listeners bind one port a reserved socket holds."""
+        held = reserve("127.0.0.1", 0)
+        self.addCleanup(held.close)
+        port = held.getsockname()[1]
+        ports = []
+        for _ in range(2):
+            p = await ReusePortEndpoint(reactor, port, "127.0.0.1").listen(
+                Factory.forProtocol(Protocol)
+            )
+            self.addCleanup(p.stopListening)
+            ports.append(p.getHost().port)
+        self.assertEqual(ports, [port, port])
+        s = socket.create_connection(("127.0.0.1", port))
+        s.close()
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_workers_number(self) -> None:
+        from twisted.python import usage
+
+        from claudefs_gateway.tap import Options
+
+        for bad in ("x", "-1", "1000"):
+            self.assertRaises(usage.UsageError, Options().parseOptions, ["--workers", bad])
+
+
+class WorkersTests(TestCase):
+    timeout = 120
+
+    async def test_workers_serve_share_ports_and_survive_a_kill(self) -> None:
+        config = loopback_config(self, EXPORTS)
+        proc = spawn([bin_path("cfs-gateway"), "start", "--config", config, "--workers", "2"])
+        kill_on_cleanup(self, proc)
+        await proc.wait_for(lambda e: e.get("workers") == 2)
+        ports = {
+            e["process"]: e["port"]
+            for e in proc.events
+            if e.get("listener") == "nfs" and e.get("port") is not None
+        }
+        self.assertEqual(set(ports), {"worker-0", "worker-1"})
+        self.assertEqual(len(set(ports.values())), 1)  # one port, two processes
+        nfs = ports["worker-0"]
+        mount = next(e["port"] for e in proc.events if e.get("listener") == "mount")
+        admin = next(
+            e["port"]
+            for e in proc.events
+            if e.get("listener") == "admin" and e.get("process") == "worker-0"
+        )
+
+        status, _, body = await http_get(f"http://127.0.0.1:{admin}/health")
+        self.assertEqual(status, 200, body)
+        self.assertIn(b'"metadata"', body)
+        self.assertIn(b'"transport"', body)
+
+        url = f"nfs://127.0.0.1/export/f.bin?version=3&nfsport={nfs}&mountport={mount}"
+        data = os.urandom(3 * 1024 * 1024 + 7)
+        src = os.path.abspath(self.mktemp())
+        with open(src, "wb") as f:
+            f.write(data)
+        self.assertEqual(await spawn([bin_path("nfs-cp"), src, url]).ended, 0)
+
+        async def read_back() -> None:
+            dst = os.path.abspath(self.mktemp())
+            self.assertEqual(await spawn([bin_path("nfs-cp"), url, dst]).ended, 0)
+            with open(dst, "rb") as f:
+                self.assertEqual(f.read(), data)
+
+        # Several connections: the kernel spreads them; every worker sees the one namespace.
+        await defer.gatherResults([defer.Deferred.fromCoroutine(read_back()) for _ in range(4)])
+
+        pids = {
+            e["process"]: e.get("pid")
+            for e in proc.events
+            if str(e.get("log_format", "")).startswith("worker process")
+        }
+        victim = pids.get("worker-1")
+        self.assertIsNotNone(victim, pids)
+        os.kill(victim, 9)
+        await proc.wait_for(lambda e: "starting it again" in str(e.get("log_format", "")))
+        await read_back()  # served by the other worker meanwhile
+
+        def vfs_opens(name: str) -> int:
+            return sum(
+                1
+                for e in proc.events
+                if e.get("process") == name and str(e.get("log_format", "")).startswith("vfs open")
+            )
+
+        await proc.wait_for(lambda e: vfs_opens("worker-1") >= 2)  # its replacement is serving
+        await read_back()
+        children = [p for p in self._child_pids(proc) if p]
+        proc.signal("TERM")
+        self.assertEqual(await proc.ended, 0)
+        self.assertEqual([p for p in children if alive(p)], [])
+
+    def _child_pids(self, proc: object) -> list[int]:
+        return [
+            e["pid"]
+            for e in getattr(proc, "events", [])
+            if str(e.get("log_format", "")).startswith("worker process") and e.get("pid")
+        ]
