@@ -306,6 +306,7 @@ class CreateCommands(FileBase):
                         | c.GROUP_SECURITY_INFORMATION
                         | c.DACL_SECURITY_INFORMATION,
                         own,
+                        create=True,
                     )
             if created or overwrite:
                 a = await vfs.getattr(caller, a.ino)

@@ -16,12 +16,13 @@ import struct
 from collections import OrderedDict
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.errors import ProtocolError
-from claudefs_gateway.fstypes import Attributes, SetAttrs
+from claudefs_gateway.fstypes import Attributes, Credentials, SetAttrs
 from claudefs_gateway.interfaces import IVFS, ILockTable
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
@@ -30,7 +31,18 @@ from claudefs_gateway.smb.header import Reader
 from claudefs_gateway.smb.info import Stat, dos_attributes
 from claudefs_gateway.smb.messages import FileId
 from claudefs_gateway.smb.names import CaseIndex
-from claudefs_gateway.smb.security import mode_from_dacl, parse_security_descriptor
+from claudefs_gateway.smb.security import (
+    ANONYMOUS,
+    AUTHENTICATED_USERS,
+    EVERYONE,
+    SID,
+    ParsedDescriptor,
+    dacl_access,
+    mode_descriptor,
+    mode_from_dacl,
+    pack_descriptor,
+    parse_security_descriptor,
+)
 from claudefs_gateway.smb.state import FileNode, Open, Request
 from claudefs_gateway.vfs import Caller, LockOwner, R, W, X
 from claudefs_gateway.vfs.origin import Origin
@@ -39,6 +51,14 @@ __all__ = ["FileBase", "split_name", "DOS_KEY", "EA_PREFIX"]
 
 
 DOS_KEY = b"smb.dosattrib"
+#: An NT security descriptor a client set, kept beside the inode (as Samba's
+#: acl_xattr keeps it): version 1, the uid, gid and mode it mapped to, then
+#: the self-relative descriptor.
+NTACL_KEY = b"smb.ntacl"
+_NTACL_HEAD = struct.Struct("<BQQI")
+_ALL_PARTS = (
+    c.OWNER_SECURITY_INFORMATION | c.GROUP_SECURITY_INFORMATION | c.DACL_SECURITY_INFORMATION
+)
 #: How many set ChangeTimes are remembered (the oldest go first).
 MAX_CHANGE_TIMES = 4096
 EA_PREFIX = b"user."
@@ -324,6 +344,12 @@ class FileBase:
         cred = caller.cred
         if cred.is_root or cred.uid == a.uid:
             mask |= c.WRITE_DAC | c.WRITE_OWNER | c.FILE_WRITE_ATTRIBUTES | c.FILE_WRITE_EA
+        if not cred.is_root:
+            # A DACL a client set narrows what the mode grants (never widens it:
+            # NFS and S3 check the mode alone).
+            sd = await self.stored_descriptor(caller, a)
+            if sd is not None:
+                mask &= dacl_access(sd.dacl, self.token(caller), cred.uid == a.uid) | c.SYNCHRONIZE
         if parent is not None:
             pbits = await vfs.access(caller, parent, W | X)
             if pbits == W | X:
@@ -455,10 +481,58 @@ class FileBase:
                 except errors.NoData:
                     pass
 
+    async def descriptor(self, caller: Caller, a: Attributes) -> ParsedDescriptor:
+        """
+        The security descriptor of C{a}: the one a client set, while the
+        owner, group and mode are still what it mapped to (a chmod or chown
+        through NFS or S3 since makes it stale, as Samba's acl_xattr finds by
+        its hash), else the one the mode bits stand for.
+        """
+        stored = await self.stored_descriptor(caller, a)
+        if stored is not None:
+            return stored
+        return mode_descriptor(self.factory.idmap, a.uid, a.gid, a.mode, a.is_dir)
+
+    async def stored_descriptor(self, caller: Caller, a: Attributes) -> ParsedDescriptor | None:
+        raw = await self.vfs.meta_get(caller, a.ino, NTACL_KEY)
+        if raw is None or len(raw) < _NTACL_HEAD.size:
+            return None
+        version, uid, gid, mode = _NTACL_HEAD.unpack_from(raw)
+        if version != 1 or (uid, gid, mode) != (a.uid, a.gid, a.mode & 0o7777):
+            return None
+        try:
+            return parse_security_descriptor(raw[_NTACL_HEAD.size :])
+        except ProtocolError:
+            return None
+
+    def token(self, caller: Caller) -> frozenset[SID]:
+        """The SIDs a caller's DACL checks run with: its user, its groups, and the well-known ones."""
+        idmap = self.factory.idmap
+        cred = caller.cred
+        rules = caller.export.rules
+        sids = {idmap.uid_sid(cred.uid), EVERYONE}
+        sids.update(idmap.gid_sid(g) for g in (cred.gid, *cred.groups))
+        sids.add(ANONYMOUS if cred.uid == rules.anonuid else AUTHENTICATED_USERS)
+        return frozenset(sids)
+
     async def _apply_security(
-        self, caller: Caller, a: Attributes, sd: bytes, parts: int, origin: Origin | None = None
+        self,
+        caller: Caller,
+        a: Attributes,
+        sd: bytes,
+        parts: int,
+        origin: Origin | None = None,
+        create: bool = False,
     ) -> Attributes:
-        """Map a security descriptor back to owner, group and mode (see L{claudefs_gateway.smb.security})."""
+        """
+        Set the parts C{parts} names of a security descriptor: owner and group
+        SIDs become a chown (a SID that maps to no uid or gid leaves it, the
+        SID kept, as Samba with ``force unknown acl user``), the DACL the mode
+        bits (L{mode_from_dacl}); the whole descriptor is kept beside the
+        inode (L{NTACL_KEY}). DACL_SECURITY_INFORMATION without
+        SE_DACL_PRESENT sets a NULL DACL, except at CREATE, where a missing
+        DACL leaves the default (MS-DTYP 2.4.6; smbtorture smb2.create.nulldacl).
+        """
         idmap = self.factory.idmap
         try:
             parsed = parse_security_descriptor(sd)
@@ -466,33 +540,53 @@ class FileBase:
             raise SMBError(
                 st.STATUS_INVALID_SECURITY_DESCR, "unreadable security descriptor"
             ) from None
+        if create:
+            parts &= ~(
+                (0 if parsed.owner else c.OWNER_SECURITY_INFORMATION)
+                | (0 if parsed.group else c.GROUP_SECURITY_INFORMATION)
+                | (0 if parsed.dacl_present else c.DACL_SECURITY_INFORMATION)
+            )
+        parts &= _ALL_PARTS
+        if not parts:
+            return a
+        current = await self.descriptor(caller, a)
+        owner, group = current.owner, current.group
         uid = gid = None
         if parts & c.OWNER_SECURITY_INFORMATION and parsed.owner is not None:
+            owner = parsed.owner
             m = idmap.to_unix(parsed.owner)
-            if m is None or m[0] != "uid":
-                raise SMBError(st.STATUS_INVALID_OWNER, "owner SID maps to no uid")
-            uid = m[1] if m[1] != a.uid else None
+            if m is not None and m[0] == "uid" and m[1] != a.uid:
+                uid = m[1]
         if parts & c.GROUP_SECURITY_INFORMATION and parsed.group is not None:
+            group = parsed.group
             m = idmap.to_unix(parsed.group)
-            if m is None or m[0] != "gid":
-                raise SMBError(st.STATUS_INVALID_PRIMARY_GROUP, "group SID maps to no gid")
-            gid = m[1] if m[1] != a.gid else None
+            if m is not None and m[0] == "gid" and m[1] != a.gid:
+                gid = m[1]
+        dacl, control = current.dacl, current.control
         mode = None
-        if parts & c.DACL_SECURITY_INFORMATION and parsed.dacl is not None:
-            owner = idmap.uid_sid(uid if uid is not None else a.uid)
-            group = idmap.gid_sid(gid if gid is not None else a.gid)
-            try:
-                new = mode_from_dacl(parsed.dacl, owner, group, a.mode)
-            except ProtocolError:
-                raise SMBError(
-                    st.STATUS_INVALID_PARAMETER, "DACL cannot be kept in mode bits"
-                ) from None
+        if parts & c.DACL_SECURITY_INFORMATION:
+            dacl = parsed.dacl if parsed.dacl_present else None
+            control = parsed.control | 0x0004  # SE_DACL_PRESENT: absent means NULL here
+            new = mode_from_dacl(
+                dacl,
+                idmap.uid_sid(uid if uid is not None else a.uid),
+                idmap.gid_sid(gid if gid is not None else a.gid),
+                a.mode,
+            )
             mode = new if new != a.mode else None
-        changes = SetAttrs(mode=mode, uid=uid, gid=gid)
-        if changes.is_empty():
-            return a
-        result: Attributes = await self.vfs.setattr(caller, a.ino, changes, origin=origin)
-        return result
+        if uid is not None or gid is not None:
+            a = await self.vfs.setattr(caller, a.ino, SetAttrs(uid=uid, gid=gid), origin=origin)
+        # The mode and the kept descriptor are written as the owner: the open's
+        # WRITE_DAC, granted at CREATE to the owner (or root), is the authority,
+        # as on Windows, even after the session re-authenticated as someone
+        # else (smbtorture smb2.session.reauth4).
+        as_owner = attrs.evolve(caller, cred=Credentials(a.uid, a.gid))
+        if mode is not None:
+            a = await self.vfs.setattr(as_owner, a.ino, SetAttrs(mode=mode), origin=origin)
+        kept = ParsedDescriptor(owner, group, dacl, True, control)
+        raw = _NTACL_HEAD.pack(1, a.uid, a.gid, a.mode & 0o7777) + pack_descriptor(kept, _ALL_PARTS)
+        await self.vfs.meta_set(as_owner, a.ino, NTACL_KEY, raw, origin)
+        return a
 
     def _end_watch(self, conn: Any, op: Open) -> None:
         """End an open's CHANGE_NOTIFY watch (L{claudefs_gateway.smb.listing.DirectoryCommands})."""

@@ -21,7 +21,7 @@ from claudefs_gateway.smb.filebase import FileBase, get_ea_names, pack_eas, spli
 from claudefs_gateway.smb.header import Reader, error_body
 from claudefs_gateway.smb.info import OpenState, Volume, from_filetime, fs_info, pack_stat_info
 from claudefs_gateway.smb.messages import QueryInfoRequest, SetInfoRequest, pack_buffer_response
-from claudefs_gateway.smb.security import security_descriptor
+from claudefs_gateway.smb.security import pack_descriptor
 from claudefs_gateway.smb.state import FileNode, Open, Reply, Request
 
 __all__ = ["InfoCommands"]
@@ -107,8 +107,7 @@ class InfoCommands(FileBase):
             if body.additional & c.SACL_SECURITY_INFORMATION:
                 raise SMBError(st.STATUS_PRIVILEGE_NOT_HELD, "SACL")
             a = await vfs.getattr(caller, op.ino)
-            idmap = self.factory.idmap
-            sd = security_descriptor(idmap, a.uid, a.gid, a.mode, a.is_dir, body.additional)
+            sd = pack_descriptor(await self.descriptor(caller, a), body.additional)
             if len(sd) > limit:
                 raise SMBError(
                     st.STATUS_BUFFER_TOO_SMALL, body=error_body(struct.pack("<I", len(sd)))

@@ -21,6 +21,13 @@ from claudefs_gateway.smb.constants import FileInfoClass as F
 from claudefs_gateway.smb.errors import SMBError
 from claudefs_gateway.smb.filebase import DOS_KEY, ea_entries, get_ea_names, pack_eas, split_name
 from claudefs_gateway.smb.info import from_filetime, to_filetime
+from claudefs_gateway.smb.security import (
+    AUTHENTICATED_USERS,
+    EVERYONE,
+    ParsedDescriptor,
+    pack_descriptor,
+    parse_security_descriptor,
+)
 from claudefs_gateway.vfs import LockOwner
 from tests.smb.client import PASSWORD, Conn, Wire, parse_names
 
@@ -467,6 +474,100 @@ class InfoTests(SynchronousTestCase):
         wire = conn.wire
         a = wire.fired(wire.mvfs.vfs.resolve(wire.mvfs.caller(0, 0), b"sd"))
         self.assertEqual(a.mode, 0o600)
+
+    def test_descriptor_kept_beside_the_mode(self) -> None:
+        """
+        A DACL with an ACE mode bits cannot hold is kept and shown as set; the
+        mode follows the owner's, group's and Everyone's ACEs (what NFS checks);
+        a chmod through another protocol makes the kept one stale.
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        fid = conn.open("acl", access=c.GENERIC_ALL)
+        sd = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        assert sd.dacl is not None and sd.owner is not None
+        owner_ace = (0, 0, c.FILE_GENERIC_READ | c.FILE_GENERIC_WRITE, sd.owner)
+        extra = (0, 0, c.FILE_ALL_ACCESS, AUTHENTICATED_USERS)
+        new = ParsedDescriptor(sd.owner, sd.group, (owner_ace, extra), True, 0x8004)
+        raw = pack_descriptor(new, 4)
+        self.assertEqual(conn.set_info(fid, SEC, 0, raw, additional=4).status, 0)
+        got = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        self.assertEqual(got.dacl, (owner_ace, extra))
+        self.assertEqual((got.owner, got.group), (sd.owner, sd.group))
+        vfs, root = wire.mvfs.vfs, wire.mvfs.caller(0, 0)
+        a = wire.fired(vfs.resolve(root, b"acl"))
+        self.assertEqual(a.mode & 0o777, 0o600)
+        wire.fired(vfs.setattr(root, a.ino, SetAttrs(mode=0o640)))
+        got = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        assert got.dacl is not None
+        self.assertEqual(len(got.dacl), 3)
+        self.assertNotIn(AUTHENTICATED_USERS, [ace[3] for ace in got.dacl])
+
+    def test_null_and_empty_dacl(self) -> None:
+        """
+        A NULL DACL (DACL_SECURITY_INFORMATION without SE_DACL_PRESENT) lets
+        everyone in (mode 0777); an empty one lets no one but the owner read
+        and change the descriptor (mode 0).
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        fid = conn.open("null", access=c.GENERIC_ALL)
+        nothing = pack_descriptor(ParsedDescriptor(None, None, None, False, 0x8000), 4)
+        self.assertEqual(conn.set_info(fid, SEC, 0, nothing, additional=4).status, 0)
+        got = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        self.assertEqual((got.dacl_present, got.dacl), (True, None))
+        a = wire.fired(wire.mvfs.vfs.resolve(wire.mvfs.caller(0, 0), b"null"))
+        self.assertEqual(a.mode & 0o777, 0o777)
+        self.assertEqual(conn_for(wire, "bob").create("null", access=c.FILE_WRITE_DATA).status, 0)
+        empty = pack_descriptor(ParsedDescriptor(None, None, (), True, 0x8004), 4)
+        self.assertEqual(conn.set_info(fid, SEC, 0, empty, additional=4).status, 0)
+        got = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        self.assertEqual((got.dacl_present, got.dacl), (True, ()))
+        self.assertEqual(conn.create("null", access=c.READ_CONTROL).status, 0)
+        self.assertEqual(
+            conn.create("null", access=c.FILE_READ_DATA).status, st.STATUS_ACCESS_DENIED
+        )
+
+    def test_deny_ace_narrows_smb_access(self) -> None:
+        """
+        A deny ACE for a user the mode lets in keeps that user out over SMB
+        (the DACL narrows what the mode grants, never widens it).
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        fid = conn.open("deny", access=c.GENERIC_ALL)
+        sd = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        assert sd.dacl is not None
+        bob = conn_for(wire, "bob")
+        bob_sid = wire.factory.idmap.uid_sid(1001)
+        everyone_rw = (0, 0, c.FILE_GENERIC_READ | c.FILE_GENERIC_WRITE, EVERYONE)
+        deny = (1, 0, c.FILE_WRITE_DATA, bob_sid)
+        dacl = (deny, *sd.dacl[:2], everyone_rw)
+        raw = pack_descriptor(ParsedDescriptor(None, None, dacl, True, 0x8004), 4)
+        self.assertEqual(conn.set_info(fid, SEC, 0, raw, additional=4).status, 0)
+        self.assertEqual(bob.create("deny", access=c.FILE_READ_DATA).status, 0)
+        self.assertEqual(
+            bob.create("deny", access=c.FILE_WRITE_DATA).status, st.STATUS_ACCESS_DENIED
+        )
+        self.assertEqual(conn.create("deny", access=c.FILE_WRITE_DATA).status, 0)
+
+    def test_descriptor_at_create(self) -> None:
+        """A CREATE's SD context without a DACL leaves the default; one with a DACL keeps it."""
+        conn = conn_for()
+        nothing = pack_descriptor(ParsedDescriptor(None, None, None, False, 0x8000), 7)
+        conn.close(conn.open("plain", contexts=[(b"SecD", nothing)]))
+        fid = conn.open("plain")
+        got = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        assert got.dacl is not None
+        self.assertEqual(len(got.dacl), 3)
+        dacl = (
+            (0, 0, c.FILE_ALL_ACCESS, EVERYONE),
+            (0, 3, c.FILE_GENERIC_READ, AUTHENTICATED_USERS),
+        )
+        sd = pack_descriptor(ParsedDescriptor(EVERYONE, None, dacl, True, 0x8004), 7)
+        fid = conn.open("given", contexts=[(b"SecD", sd)])
+        got = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        self.assertEqual((got.owner, got.dacl), (EVERYONE, dacl))
 
     def test_eas(self) -> None:
         conn = conn_for()
