@@ -244,6 +244,14 @@ class IDataService(Interface):
     def deallocate(ino: int, offset: int, length: int) -> Deferred[Attributes]:
         """Punch a hole: the range reads as zeros afterwards; size is unchanged."""
 
+    def data_ranges(ino: int, offset: int, length: int) -> Deferred[list[tuple[int, int]]]:
+        """
+        The parts of [offset, offset + length), cut at the size, that hold data
+        rather than holes: (offset, length) pairs in order. A store may answer
+        data where there is a hole (one that keeps no map of them answers the
+        whole range), never a hole where data was written.
+        """
+
 
 class IBackend(IMetadataService, IDataService):
     """A whole store: both services plus its lifecycle."""
@@ -695,6 +703,11 @@ class IVFS(Interface):
         caller: Caller, ino: int, offset: int, length: int, origin: Origin | None = None
     ) -> Deferred[Attributes]:
         """Punch a hole."""
+
+    def data_ranges(
+        caller: Caller, ino: int, offset: int, length: int
+    ) -> Deferred[list[tuple[int, int]]]:
+        """Where a file holds data, not holes (the caller must be allowed to read it)."""
 
     def statfs(caller: Caller) -> Deferred[FSStat]:
         """Space and inodes, bounded by the caller's quota."""

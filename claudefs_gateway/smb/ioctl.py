@@ -112,10 +112,24 @@ class IoctlCommands(FileBase):
             if off < 0 or length < 0:
                 raise SMBError(st.STATUS_INVALID_PARAMETER)
             a = await vfs.getattr(caller, op.ino)
-            end = min(off + length, a.size)
-            out = struct.pack("<qq", off, end - off) if end > off else b""
+            stored = await self.stored_dos(caller, op.ino)
+            if stored is not None and stored & c.FILE_ATTRIBUTE_SPARSE_FILE:
+                # A sparse file's holes are left out (MS-FSA 2.1.5.10.22), as the
+                # store finds them (SEEK_DATA on the embedded store's files).
+                ranges = await vfs.data_ranges(caller, op.ino, off, length)
+            else:
+                # A file not marked sparse is allocated throughout, as on NTFS.
+                end = min(off + length, a.size)
+                ranges = [(off, end - off)] if end > off else []
+            out = b"".join(struct.pack("<qq", start, n) for start, n in ranges)
             if len(out) > limit:
-                raise SMBError(st.STATUS_BUFFER_TOO_SMALL)
+                if limit < 16:
+                    raise SMBError(st.STATUS_BUFFER_TOO_SMALL)
+                # As many whole ranges as fit, and BUFFER_OVERFLOW (2.1.5.10.22).
+                return Reply(
+                    pack_ioctl_response(code, op.file_id, out[: limit // 16 * 16]),
+                    st.STATUS_BUFFER_OVERFLOW,
+                )
             return pack_ioctl_response(code, op.file_id, out)
         if code == c.FSCTL_SET_ZERO_DATA:
             if len(body.input) < 16:

@@ -1002,6 +1002,18 @@ class VFS:
         return after
 
     @deferred
+    async def data_ranges(
+        self, caller: Caller, ino: int, offset: int, length: int
+    ) -> list[tuple[int, int]]:
+        """Where the file holds data (L{IDataService.data_ranges}); SMB's allocated ranges."""
+        a = await self._getattr(ino)
+        self._data_allowed(caller, a, write=False)
+        if offset < 0 or length < 0:
+            raise errors.Inval("negative offset or length")
+        ranges: list[tuple[int, int]] = await self.backend.data_ranges(ino, offset, length)
+        return ranges
+
+    @deferred
     async def statfs(self, caller: Caller) -> FSStat:
         """The store's statfs, bounded by the caller's own quota (as a user sees from df)."""
         s = await self.backend.statfs()

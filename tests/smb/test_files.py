@@ -7,6 +7,7 @@ through the vfs lock table, CHANGE_NOTIFY, and what other protocols see.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import spnego
 from hypothesis import given
@@ -1254,6 +1255,37 @@ class ParserFuzzTests(SynchronousTestCase):
         for p in parts:
             self.assertTrue(0 < len(p) <= 255)
             self.assertNotIn(p, (b".", b".."))
+
+
+class SparseTests(SynchronousTestCase):
+    def ranges(self, r: Any) -> list[tuple[int, int]]:
+        buf = r.raw[r.u32(32) : r.u32(32) + r.u32(36)]
+        return [struct.unpack_from("<qq", buf, i) for i in range(0, len(buf), 16)]
+
+    def test_holes_after_zero_data(self) -> None:
+        """
+        FSCTL_SET_ZERO_DATA on a sparse file leaves a hole that
+        QUERY_ALLOCATED_RANGES leaves out; a file not marked sparse is
+        allocated throughout; a buffer too small for every range gets the
+        ranges that fit and BUFFER_OVERFLOW.
+        """
+        conn = conn_for()
+        fid = conn.open("sparse", access=c.GENERIC_ALL)
+        block = 64 * 1024
+        conn.call(c.Command.ECHO, b"\x04\x00\x00\x00", credits=64)
+        conn.write(fid, 0, b"x" * (3 * block))
+        whole = struct.pack("<qq", 0, 3 * block)
+        zero = struct.pack("<qq", block, 2 * block)
+        self.assertEqual(conn.ioctl(fid, c.FSCTL_SET_ZERO_DATA, zero).status, 0)
+        r = conn.ioctl(fid, c.FSCTL_QUERY_ALLOCATED_RANGES, whole)
+        self.assertEqual(self.ranges(r), [(0, 3 * block)])
+        self.assertEqual(conn.ioctl(fid, c.FSCTL_SET_SPARSE, b"\x01").status, 0)
+        self.assertEqual(conn.ioctl(fid, c.FSCTL_SET_ZERO_DATA, zero).status, 0)
+        r = conn.ioctl(fid, c.FSCTL_QUERY_ALLOCATED_RANGES, whole)
+        self.assertEqual(self.ranges(r), [(0, block), (2 * block, block)])
+        r = conn.ioctl(fid, c.FSCTL_QUERY_ALLOCATED_RANGES, whole, max_out=16)
+        self.assertEqual((r.status, self.ranges(r)), (st.STATUS_BUFFER_OVERFLOW, [(0, block)]))
+        self.assertEqual(conn.read_data(conn.read(fid, block - 1, 2)), b"x\x00")
 
 
 class ServerSideCopyTests(SynchronousTestCase):
