@@ -14,7 +14,7 @@ from twisted.internet import defer
 
 from claudefs_gateway import errors
 from claudefs_gateway.errors import ProtocolError
-from claudefs_gateway.fstypes import Attributes, SetAttrs
+from claudefs_gateway.fstypes import Attributes, FileType, SetAttrs
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.dcerpc import (
@@ -33,6 +33,8 @@ from claudefs_gateway.smb.filebase import (
     generic_rights,
     share_modes,
     split_name,
+    split_stream,
+    stream_id,
 )
 from claudefs_gateway.smb.info import Stat, dos_attributes, file_times
 from claudefs_gateway.smb.leasing import to_wire
@@ -142,7 +144,12 @@ class CreateCommands(FileBase):
         lease_req = self._lease_request(conn, body, contexts)
         caller = tree.caller
         vfs = self.vfs
-        parts = split_name(body.name)
+        path_name, stream = split_stream(body.name)
+        parts = split_name(path_name)
+        if stream is not None:
+            return await self._create_stream(
+                conn, req, body, contexts, lease_req, parts, stream, ask
+            )
         root = tree.export.root_ino
         if not parts:
             parent_ino: int | None = None
@@ -376,6 +383,171 @@ class CreateCommands(FileBase):
         )
         return pack_create_response(action, file_times(st_), fid, answers, level)
 
+    async def _create_stream(
+        self,
+        conn: Any,
+        req: Request,
+        body: CreateRequest,
+        contexts: dict[bytes, bytes],
+        lease_req: LeaseRequest | None,
+        parts: list[bytes],
+        stream: str,
+        ask: DurableAsk,
+    ) -> bytes:
+        """
+        An open of a named stream (MS-FSCC 2.1.5.1): a file of its own as far
+        as share modes, oplocks, leases and locks go (as on NTFS), its data
+        kept beside the file (L{FileBase.write_stream}). The file is made
+        first if it is missing and the disposition creates. Not made durable.
+        """
+        tree = req.tree
+        session = req.session
+        assert tree is not None and session is not None
+        caller = tree.caller
+        vfs = self.vfs
+        opts = body.options
+        disp = body.disposition
+        if opts & c.FILE_DIRECTORY_FILE:
+            raise SMBError(st.STATUS_NOT_A_DIRECTORY, "a named stream is no directory")
+        if not parts:
+            raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "streams of the share's root")
+        parent, dir_parts = await self.resolve_dir(caller, parts[:-1])
+        parent_ino = parent.ino
+        base, leaf = await self._lookup(caller, parent_ino, parts[-1], dir_parts)
+        created_base = False
+        if base is None:
+            if disp in (c.FILE_OPEN, c.FILE_OVERWRITE):
+                raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "no such file")
+            dir_origin = Origin(strict=True, exempt=self._parent_exempt(conn, lease_req))
+            try:
+                base = await vfs.create(
+                    caller, parent_ino, leaf, 0o644, exclusive=True, origin=dir_origin
+                )
+                created_base = True
+            except errors.Exists:
+                base, leaf = await self._lookup(caller, parent_ino, leaf, dir_parts)
+                if base is None:
+                    raise SMBError(st.STATUS_OBJECT_NAME_COLLISION) from None
+        if not (base.is_reg or base.is_dir):
+            raise SMBError(st.STATUS_ACCESS_DENIED, "not a regular file or directory")
+        path = "\\".join(p.decode("utf-8", "surrogatepass") for p in [*dir_parts, leaf])
+        name = None if created_base else await self.find_stream(caller, base.ino, stream)
+        exists = name is not None
+        name = name or stream
+        if exists and disp == c.FILE_CREATE:
+            raise SMBError(st.STATUS_OBJECT_NAME_COLLISION, "the stream exists")
+        if not exists and disp in (c.FILE_OPEN, c.FILE_OVERWRITE):
+            raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "no such stream")
+        created = not exists
+        overwrite = exists and disp in (c.FILE_SUPERSEDE, c.FILE_OVERWRITE, c.FILE_OVERWRITE_IF)
+        desired = generic_rights(body.desired_access)
+        maximal = await self.maximal_access(caller, base, parent_ino)
+        if created_base:
+            maximal |= c.FILE_ALL_ACCESS & ~(c.MODIFY_ACCESS if caller.read_only else 0)
+        if desired & c.MAXIMUM_ALLOWED:
+            granted = maximal | (desired & ~c.MAXIMUM_ALLOWED & maximal)
+        else:
+            if desired & ~maximal & c.FILE_ALL_ACCESS:
+                raise SMBError(st.STATUS_ACCESS_DENIED, "access not granted")
+            granted = desired
+        if (created or overwrite) and not maximal & c.FILE_WRITE_DATA:
+            raise SMBError(st.STATUS_ACCESS_DENIED, "a stream is written with write access")
+        if opts & c.FILE_DELETE_ON_CLOSE and not granted & c.DELETE:
+            raise SMBError(st.STATUS_ACCESS_DENIED, "delete-on-close without DELETE")
+        sid = stream_id(base.ino, name)
+        node = self.nodes.get(sid)
+        if node is not None and node.delete_pending and not created:
+            raise SMBError(st.STATUS_DELETE_PENDING)
+        size = 0 if created or overwrite else len(await self.read_stream(caller, base.ino, name))
+        seen = attrs.evolve(base, ino=sid, type=FileType.REG, size=size, used=size)
+        fid = self.factory.new_file_id()
+        owner = self._owner(conn, fid)
+        try:
+            token = await self._reserve(
+                conn,
+                req,
+                seen,
+                owner,
+                granted,
+                body,
+                lease_req,
+                overwrite,
+                created,
+                parent_ino,
+                file_ino=base.ino,
+            )
+        except BaseException:
+            if created_base:
+                await self._undo_create(caller, parent_ino, leaf, base)
+            raise
+        try:
+            if created or overwrite:
+                origin = self.stream_origin(base.ino, owner)
+                await self.write_stream(caller, base.ino, name, b"", origin)
+        except BaseException:
+            if token is not None:
+                self.locks.close_share(token)
+            raise
+        node = self.nodes.get(sid)
+        if node is None:
+            node = FileNode(sid, parent_ino, leaf, f"{path}:{name}", stream=name, base=base.ino)
+            self.nodes[sid] = node
+        op = Open(
+            fid,
+            session,
+            tree,
+            node,
+            False,
+            granted,
+            lock_owner=owner,
+            share=token,
+            delete_on_close=bool(opts & c.FILE_DELETE_ON_CLOSE),
+            write_through=bool(opts & c.FILE_WRITE_THROUGH),
+            mode=opts & c.FILE_MODE_SETTABLE,
+        )
+        node.opens.add(op)
+        conn.opens[fid[1]] = op
+        op.conn = conn
+        op.client_guid = conn.client_guid
+        op.share_access = body.share_access
+        req.result_file_id = fid
+        answers: list[CreateContext] = []
+        locks = self.locks
+        level, sl = self.factory.leasing.grant(
+            conn,
+            op,
+            node.opens,
+            body.oplock if lease_req is None else c.SMB2_OPLOCK_LEVEL_LEASE,
+            lease_req,
+            granted | (c.FILE_WRITE_DATA if overwrite else 0),
+            not created,
+            bool(locks is not None and locks.locks(sid)),
+        )
+        if sl is not None:
+            answers.append(self._lease_answer(sl))
+        self.factory.durability.grant(op, ask, session.user)
+        if c.SMB2_CREATE_QUERY_MAXIMAL_ACCESS_REQUEST in contexts:
+            answers.append(
+                CreateContext(
+                    c.SMB2_CREATE_QUERY_MAXIMAL_ACCESS_REQUEST, struct.pack("<II", 0, maximal)
+                )
+            )
+        if c.SMB2_CREATE_QUERY_ON_DISK_ID in contexts:
+            answers.append(
+                CreateContext(
+                    c.SMB2_CREATE_QUERY_ON_DISK_ID,
+                    struct.pack("<QQ16s", base.ino, tree.export.id, b""),
+                )
+            )
+        st_ = await self.stream_stat(caller, op)
+        if created:
+            action = c.FILE_CREATED
+        elif overwrite:
+            action = c.FILE_SUPERSEDED if disp == c.FILE_SUPERSEDE else c.FILE_OVERWRITTEN
+        else:
+            action = c.FILE_OPENED
+        return pack_create_response(action, file_times(st_), fid, answers, level)
+
     async def _answer_open(
         self, conn: Any, req: Request, op: Open, action: int, answers: list[CreateContext]
     ) -> bytes:
@@ -556,6 +728,7 @@ class CreateCommands(FileBase):
         overwrite: bool,
         created: bool,
         parent_ino: int | None,
+        file_ino: int | None = None,
     ) -> ShareToken | None:
         """
         The open's share reservation, after the oplock and lease breaks it
@@ -618,7 +791,9 @@ class CreateCommands(FileBase):
                 if deleting:
                     await defer.gatherResults(list(deleting))
                 try:
-                    now = await self.vfs.getattr(conn_caller, a.ino)
+                    now = await self.vfs.getattr(
+                        conn_caller, a.ino if file_ino is None else file_ino
+                    )
                 except errors.NotFound:
                     now = None
                 if now is None or now.nlink == 0:
@@ -795,6 +970,14 @@ class CreateCommands(FileBase):
             return
         if self.nodes.get(node.ino) is node:
             del self.nodes[node.ino]
+        if node.delete_pending and node.stream is not None:
+            try:
+                await self.remove_stream(
+                    op.tree.caller, node.base, node.stream, self.stream_origin(node.base)
+                )
+            except errors.FSError as e:
+                self._log.info("smb: deleting a stream at close failed: {why}", why=str(e))
+            return
         if node.delete_pending and node.name:
             caller = op.tree.caller
             # Opens of names in this directory wait until the name is gone

@@ -141,7 +141,13 @@ def parse_durable(contexts: dict[bytes, bytes], replay: bool) -> DurableAsk:
 
 
 def can_be_durable(op: Any) -> bool:
-    """A batch oplock or a lease with handle caching (MS-SMB2 3.3.5.9.6, 3.3.5.9.10)."""
+    """
+    A batch oplock or a lease with handle caching (MS-SMB2 3.3.5.9.6,
+    3.3.5.9.10); not a named stream's open (its state is not kept for a
+    reconnect).
+    """
+    if op.stream is not None:
+        return False
     if op.lease is not None:
         return bool(op.lease.state & H)
     return op.oplock == c.SMB2_OPLOCK_LEVEL_BATCH

@@ -12,6 +12,7 @@ table, the case index, server-side copy resume keys.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections import OrderedDict
 from typing import Any
@@ -22,7 +23,13 @@ from twisted.internet import defer
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.errors import ProtocolError
-from claudefs_gateway.fstypes import Attributes, Credentials, SetAttrs
+from claudefs_gateway.fstypes import (
+    XATTR_SIZE_MAX,
+    Attributes,
+    Credentials,
+    FileType,
+    SetAttrs,
+)
 from claudefs_gateway.interfaces import IVFS, ILockTable
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
@@ -45,6 +52,7 @@ from claudefs_gateway.smb.security import (
 )
 from claudefs_gateway.smb.state import FileNode, Open, Request
 from claudefs_gateway.vfs import Caller, LockOwner, R, W, X
+from claudefs_gateway.vfs.leases import Why
 from claudefs_gateway.vfs.origin import Origin
 
 __all__ = ["FileBase", "split_name", "DOS_KEY", "EA_PREFIX"]
@@ -61,6 +69,8 @@ _ALL_PARTS = (
 )
 #: How many set ChangeTimes are remembered (the oldest go first).
 MAX_CHANGE_TIMES = 4096
+#: Named streams one file may have.
+MAX_STREAMS = 256
 EA_PREFIX = b"user."
 ALL_ONES = 0xFFFFFFFFFFFFFFFF
 _BAD_CHARS = frozenset('"*/:<>?|') | frozenset(chr(i) for i in range(32))
@@ -96,6 +106,53 @@ def split_name(name: str) -> list[bytes]:
             raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "name component too long")
         out.append(raw)
     return out
+
+
+#: Named streams (MS-FSCC 2.1.5.1), kept as Samba's streams_xattr keeps them
+#: but hidden from other protocols: the names (as created) in one record, each
+#: stream's data in its own, keyed by a hash of the name in lower case.
+STREAMS_KEY = b"smb.streams"
+_STREAM_BAD = frozenset("\\/:") | frozenset(chr(i) for i in range(32))
+
+
+def stream_key(name: str) -> bytes:
+    digest = hashlib.sha256(name.lower().encode("utf-8", "surrogatepass")).hexdigest()
+    return b"smb.stream." + digest[:40].encode()
+
+
+def stream_id(ino: int, name: str) -> int:
+    """A named stream's key for share modes, leases and locks: negative, never an inode."""
+    h = hashlib.sha256(b"%d:" % ino + name.lower().encode("utf-8", "surrogatepass"))
+    return -1 - (int.from_bytes(h.digest()[:8], "little") >> 2)
+
+
+def split_stream(name: str) -> tuple[str, str | None]:
+    """
+    A CREATE name's path and named stream (C{file:stream}, C{file:stream:$DATA});
+    the default stream (C{file::$DATA}) is no stream.
+
+    @raise SMBError: a colon before the last component, a stream type other
+        than $DATA, or a bad stream name (STATUS_OBJECT_NAME_INVALID).
+    """
+    head, sep, last = name.rpartition("\\")
+    if ":" not in last:
+        return name, None
+    if ":" in head:
+        raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "a stream in a directory component")
+    base, _, rest = last.partition(":")
+    stream, colon, kind = rest.partition(":")
+    if colon and kind.upper() != "$DATA":
+        raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "stream type other than $DATA")
+    if not stream:
+        if not colon:
+            raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "empty stream name")
+        return head + sep + base, None
+    if (
+        any(ch in _STREAM_BAD for ch in stream)
+        or len(stream.encode("utf-8", "surrogatepass")) > 255
+    ):
+        raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "bad stream name")
+    return head + sep + base, stream
 
 
 def decode_name(name: bytes) -> str | None:
@@ -264,6 +321,106 @@ class FileBase:
     async def stored_dos(self, caller: Caller, ino: int) -> int | None:
         return (await self.stored(caller, ino))[0]
 
+    # -- named streams -------------------------------------------------------------------
+
+    async def stream_names(self, caller: Caller, ino: int) -> list[str]:
+        """The file's named streams, as created."""
+        raw = await self.vfs.meta_get(caller, ino, STREAMS_KEY)
+        if not raw:
+            return []
+        return [n for n in raw.decode("utf-8", "surrogatepass").split("\x00") if n]
+
+    async def find_stream(self, caller: Caller, ino: int, name: str) -> str | None:
+        """The stream's name as created, matched case-insensitively; None if it has none."""
+        low = name.lower()
+        for n in await self.stream_names(caller, ino):
+            if n.lower() == low:
+                return n
+        return None
+
+    async def read_stream(self, caller: Caller, ino: int, name: str) -> bytes:
+        return await self.vfs.meta_get(caller, ino, stream_key(name)) or b""
+
+    async def write_stream(
+        self, caller: Caller, ino: int, name: str, data: bytes, origin: Origin | None = None
+    ) -> None:
+        """
+        Set a stream's data, making the stream if it is new.
+
+        @raise SMBError: STATUS_DISK_FULL past what a stream holds (64 KiB,
+            the size of one extended attribute, as with Samba's streams_xattr).
+        """
+        if len(data) > XATTR_SIZE_MAX:
+            raise SMBError(st.STATUS_DISK_FULL, "a named stream holds 64 KiB")
+        names = await self.stream_names(caller, ino)
+        if not any(n.lower() == name.lower() for n in names):
+            if len(names) >= MAX_STREAMS:
+                raise SMBError(st.STATUS_INSUFFICIENT_RESOURCES, "too many streams")
+            index = "\x00".join([*names, name]).encode("utf-8", "surrogatepass")
+            if len(index) > XATTR_SIZE_MAX:
+                raise SMBError(st.STATUS_INSUFFICIENT_RESOURCES, "too many streams")
+            await self.vfs.meta_set(caller, ino, STREAMS_KEY, index, origin)
+        await self.vfs.meta_set(caller, ino, stream_key(name), data, origin)
+
+    async def remove_stream(
+        self, caller: Caller, ino: int, name: str, origin: Origin | None = None
+    ) -> None:
+        names = [n for n in await self.stream_names(caller, ino) if n.lower() != name.lower()]
+        await self.vfs.meta_set(caller, ino, stream_key(name), None, origin)
+        index = "\x00".join(names).encode("utf-8", "surrogatepass")
+        await self.vfs.meta_set(caller, ino, STREAMS_KEY, index or None, origin)
+
+    def stream_origin(self, base_ino: int, owner: LockOwner | None = None) -> Origin:
+        """
+        What a stream's change runs as: it breaks no lease on the file (other
+        protocols do not see streams; the stream's own leases are broken by
+        L{write_stream_at} and at CREATE).
+        """
+        keys = tuple(m.key for m in self.vfs.leases.leases(base_ino))
+        return Origin(owner=owner, strict=True, exempt=keys)
+
+    async def write_stream_at(self, op: Open, offset: int, data: bytes) -> None:
+        """A WRITE to a stream open: others' caching of the stream breaks, then read, change, write."""
+        assert op.stream is not None
+        leases = self.vfs.leases
+        if leases.busy(op.ino):
+            await leases.recall(op.ino, Why.WRITE, op.exempt)
+        caller = op.tree.caller
+        whole = bytearray(await self.read_stream(caller, op.file_ino, op.stream))
+        if offset + len(data) > XATTR_SIZE_MAX:
+            raise SMBError(st.STATUS_DISK_FULL, "a named stream holds 64 KiB")
+        if offset > len(whole):
+            whole.extend(bytes(offset - len(whole)))
+        whole[offset : offset + len(data)] = data
+        await self.write_stream(
+            caller, op.file_ino, op.stream, bytes(whole), self.stream_origin(op.file_ino)
+        )
+        op.written = True
+
+    async def set_stream_size(self, op: Open, size: int) -> None:
+        """SET_INFO FileEndOfFileInformation on a stream open."""
+        assert op.stream is not None
+        if size > XATTR_SIZE_MAX:
+            raise SMBError(st.STATUS_DISK_FULL, "a named stream holds 64 KiB")
+        leases = self.vfs.leases
+        if leases.busy(op.ino):
+            await leases.recall(op.ino, Why.WRITE, op.exempt)
+        caller = op.tree.caller
+        whole = await self.read_stream(caller, op.file_ino, op.stream)
+        whole = whole[:size] + bytes(max(0, size - len(whole)))
+        await self.write_stream(
+            caller, op.file_ino, op.stream, whole, self.stream_origin(op.file_ino)
+        )
+
+    async def stream_stat(self, caller: Caller, op: Open) -> Stat:
+        """The file's Stat with a stream open's size."""
+        assert op.stream is not None and op.node is not None
+        a = await self.vfs.getattr(caller, op.file_ino)
+        size = len(await self.read_stream(caller, op.file_ino, op.stream))
+        return await self.stat(
+            caller, attrs.evolve(a, type=FileType.REG, size=size, used=size), op.node.name
+        )
+
     async def stat(self, caller: Caller, a: Attributes, name: bytes = b"") -> Stat:
         dos, reserved = await self.stored(caller, a.ino)
         return Stat(
@@ -287,7 +444,7 @@ class FileBase:
         """
         if op.user_change_time is not None and op.node is not None:
             self.keep_change_time(
-                await self.vfs.getattr(op.tree.caller, op.ino), op.user_change_time
+                await self.vfs.getattr(op.tree.caller, op.file_ino), op.user_change_time
             )
 
     def keep_change_time(self, a: Attributes, filetime: int) -> None:

@@ -23,6 +23,7 @@ from claudefs_gateway.smb.info import OpenState, Volume, from_filetime, fs_info,
 from claudefs_gateway.smb.messages import QueryInfoRequest, SetInfoRequest, pack_buffer_response
 from claudefs_gateway.smb.security import pack_descriptor
 from claudefs_gateway.smb.state import FileNode, Open, Reply, Request
+from claudefs_gateway.vfs import Caller
 
 __all__ = ["InfoCommands"]
 
@@ -69,12 +70,17 @@ class InfoCommands(FileBase):
                     and body.info_class != F.FileEaInformation
                 ):
                     raise SMBError(st.STATUS_ACCESS_DENIED)
-            a = await vfs.getattr(caller, op.ino)
             assert op.node is not None
-            st_ = await self.stat(caller, a, op.node.name)
+            if op.stream is not None:
+                st_ = await self.stream_stat(caller, op)
+            else:
+                st_ = await self.stat(caller, await vfs.getattr(caller, op.file_ino), op.node.name)
+            if body.info_class == F.FileStreamInformation:
+                data = await self._stream_info(caller, op)
+                return self._fit(VARIABLE_FILE_CLASSES[F.FileStreamInformation], data, limit)
             ea_size = 0
             if body.info_class in (F.FileEaInformation, F.FileAllInformation):
-                ea_size = len(pack_eas(await self._eas(caller, op.ino)))
+                ea_size = len(pack_eas(await self._eas(caller, op.file_ino)))
             if body.info_class == F.FileNormalizedNameInformation:
                 n = conn.negotiated
                 if n is None or n.dialect < c.SMB_3_1_1:
@@ -106,7 +112,7 @@ class InfoCommands(FileBase):
                 raise SMBError(st.STATUS_ACCESS_DENIED)
             if body.additional & c.SACL_SECURITY_INFORMATION:
                 raise SMBError(st.STATUS_PRIVILEGE_NOT_HELD, "SACL")
-            a = await vfs.getattr(caller, op.ino)
+            a = await vfs.getattr(caller, op.file_ino)
             sd = pack_descriptor(await self.descriptor(caller, a), body.additional)
             if len(sd) > limit:
                 raise SMBError(
@@ -116,6 +122,32 @@ class InfoCommands(FileBase):
         if body.info_type == c.SMB2_0_INFO_QUOTA:
             raise SMBError(st.STATUS_NOT_SUPPORTED, "quota queries")
         raise SMBError(st.STATUS_INVALID_PARAMETER, "bad InfoType")
+
+    async def _stream_info(self, caller: Caller, op: Open) -> bytes:
+        """
+        FileStreamInformation (MS-FSCC 2.4.44): the default stream of a file
+        (not of a directory), then each named stream, with their sizes.
+        """
+        ino = op.file_ino
+        a = await self.vfs.getattr(caller, ino)
+        entries: list[tuple[str, int, int]] = []
+        if not a.is_dir:
+            st_ = await self.stat(caller, a)
+            entries.append(("::$DATA", st_.eof, st_.allocation))
+        for name in await self.stream_names(caller, ino):
+            size = len(await self.read_stream(caller, ino, name))
+            entries.append((f":{name}:$DATA", size, (size + 4095) // 4096 * 4096))
+        out = bytearray()
+        last = -1
+        for name, size, alloc in entries:
+            raw = name.encode("utf-16-le")
+            start = (len(out) + 7) & ~7
+            if last >= 0:
+                out += b"\x00" * (start - len(out))
+                struct.pack_into("<I", out, last, start - last)
+            last = len(out)
+            out += struct.pack("<IIqq", 0, len(raw), size, alloc) + raw
+        return bytes(out)
 
     def _fit(self, fixed: int | None, data: bytes, limit: int) -> Reply | bytes:
         """
@@ -140,7 +172,7 @@ class InfoCommands(FileBase):
         if not op.access & c.FILE_READ_EA:
             raise SMBError(st.STATUS_ACCESS_DENIED)
         caller = op.tree.caller
-        eas = await self._eas(caller, op.ino)
+        eas = await self._eas(caller, op.file_ino)
         if body.input:
             try:
                 wanted = get_ea_names(body.input)
@@ -170,7 +202,7 @@ class InfoCommands(FileBase):
                     raise SMBError(st.STATUS_ACCESS_DENIED)
             if body.additional & c.DACL_SECURITY_INFORMATION and not op.access & c.WRITE_DAC:
                 raise SMBError(st.STATUS_ACCESS_DENIED)
-            a = await self.vfs.getattr(caller, op.ino)
+            a = await self.vfs.getattr(caller, op.file_ino)
             await self._apply_security(caller, a, buf, body.additional, op.origin)
             return b"\x02\x00"
         if body.info_type == c.SMB2_0_INFO_FILESYSTEM:
@@ -225,15 +257,15 @@ class InfoCommands(FileBase):
                 raise SMBError(st.STATUS_INVALID_PARAMETER, "DIRECTORY attribute on a file")
             if attrs_ & c.FILE_ATTRIBUTE_TEMPORARY and op.is_dir:
                 raise SMBError(st.STATUS_INVALID_PARAMETER, "TEMPORARY attribute on a directory")
-            stored = await self.stored_dos(caller, op.ino)
+            stored = await self.stored_dos(caller, op.file_ino)
             # SPARSE_FILE is FSCTL_SET_SPARSE's to change, not SET_INFO's.
             keep = (stored or 0) & c.FILE_ATTRIBUTE_SPARSE_FILE
             await self._set_dos(
-                caller, op.ino, (attrs_ & ~c.FILE_ATTRIBUTE_SPARSE_FILE) | keep, op.origin
+                caller, op.file_ino, (attrs_ & ~c.FILE_ATTRIBUTE_SPARSE_FILE) | keep, op.origin
             )
         changes = SetAttrs(atime=when(accessed), mtime=when(written), btime=when(created))
         if not changes.is_empty():
-            await self.vfs.setattr(caller, op.ino, changes, origin=op.origin)
+            await self.vfs.setattr(caller, op.file_ino, changes, origin=op.origin)
         if changed not in (0, -1, -2):
             op.user_change_time = changed
 
@@ -250,6 +282,8 @@ class InfoCommands(FileBase):
 
     async def _set_rename(self, conn: Any, op: Open, buf: bytes) -> None:
         replace, name = self._name_info(buf)
+        if op.stream is not None:
+            raise SMBError(st.STATUS_NOT_SUPPORTED, "renaming a named stream")
         if not op.access & c.DELETE:
             raise SMBError(st.STATUS_ACCESS_DENIED, "rename without DELETE access")
         node = op.node
@@ -301,6 +335,8 @@ class InfoCommands(FileBase):
 
     async def _set_link(self, conn: Any, op: Open, buf: bytes) -> None:
         replace, name = self._name_info(buf)
+        if op.stream is not None:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "a hard link to a named stream")
         if op.is_dir:
             raise SMBError(st.STATUS_FILE_IS_A_DIRECTORY)
         parts = split_name(name)
@@ -317,7 +353,7 @@ class InfoCommands(FileBase):
             if not replace or dst.is_dir:
                 raise SMBError(st.STATUS_OBJECT_NAME_COLLISION)
             await vfs.remove(caller, dst_dir.ino, stored, op.origin)
-        await vfs.link(caller, op.ino, dst_dir.ino, parts[-1], op.origin)
+        await vfs.link(caller, op.file_ino, dst_dir.ino, parts[-1], op.origin)
 
     async def _set_disposition(self, conn: Any, op: Open, buf: bytes) -> None:
         if len(buf) < 1:
@@ -344,11 +380,11 @@ class InfoCommands(FileBase):
             raise SMBError(st.STATUS_CANNOT_DELETE, "the share root cannot be deleted")
         caller = op.tree.caller
         if delete:
-            stored = await self.stored_dos(caller, op.ino)
+            stored = await self.stored_dos(caller, op.file_ino)
             if stored is not None and stored & c.FILE_ATTRIBUTE_READONLY and not ignore_ro:
                 raise SMBError(st.STATUS_CANNOT_DELETE, "read-only file")
             if op.is_dir:
-                page = await self.vfs.readdir(caller, op.ino, 0, b"\x00" * 8, 1, False)
+                page = await self.vfs.readdir(caller, op.file_ino, 0, b"\x00" * 8, 1, False)
                 if page.entries:
                     raise SMBError(st.STATUS_DIRECTORY_NOT_EMPTY)
         if on_close:
@@ -366,14 +402,19 @@ class InfoCommands(FileBase):
             raise SMBError(st.STATUS_ACCESS_DENIED)
         if size < 0:
             raise SMBError(st.STATUS_INVALID_PARAMETER)
+        if op.stream is not None:
+            await self.set_stream_size(op, size)
+            return
         try:
-            await self.vfs.setattr(op.tree.caller, op.ino, SetAttrs(size=size), origin=op.origin)
+            await self.vfs.setattr(
+                op.tree.caller, op.file_ino, SetAttrs(size=size), origin=op.origin
+            )
         except errors.LockConflict:
             raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
-        dos, reserved = await self.stored(op.tree.caller, op.ino)
+        dos, reserved = await self.stored(op.tree.caller, op.file_ino)
         if reserved and reserved < size:
             # The file now uses more than was reserved: nothing is reserved beyond it.
-            await self._set_dos(op.tree.caller, op.ino, dos, op.origin, 0)
+            await self._set_dos(op.tree.caller, op.file_ino, dos, op.origin, 0)
 
     async def _set_allocation(self, conn: Any, op: Open, buf: bytes) -> None:
         if len(buf) < 8:
@@ -386,17 +427,23 @@ class InfoCommands(FileBase):
         if size < 0:
             raise SMBError(st.STATUS_INVALID_PARAMETER)
         caller = op.tree.caller
-        a = await self.vfs.getattr(caller, op.ino)
+        if op.stream is not None:
+            # A stream keeps no reservation; below its end it is cut there.
+            current = len(await self.read_stream(caller, op.file_ino, op.stream))
+            if size < current:
+                await self.set_stream_size(op, size)
+            return
+        a = await self.vfs.getattr(caller, op.file_ino)
         # MS-FSA 2.1.5.14.1: below the end of file truncates; above it reserves
         # (kept beside the inode and reported as AllocationSize).
         if size < a.size:
             try:
-                await self.vfs.setattr(caller, op.ino, SetAttrs(size=size), origin=op.origin)
+                await self.vfs.setattr(caller, op.file_ino, SetAttrs(size=size), origin=op.origin)
             except errors.LockConflict:
                 raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
         # Setting it (even to what it is) changes the file for others'
         # caches: level II oplocks and read leases break (smbtorture smb2.oplock.batch12).
-        await self._set_dos(caller, op.ino, None, op.origin, size if size > a.size else 0)
+        await self._set_dos(caller, op.file_ino, None, op.origin, size if size > a.size else 0)
 
     async def _set_position(self, conn: Any, op: Open, buf: bytes) -> None:
         if len(buf) < 8:
@@ -420,4 +467,4 @@ class InfoCommands(FileBase):
     async def _set_ea_info(self, conn: Any, op: Open, buf: bytes) -> None:
         if not op.access & c.FILE_WRITE_EA:
             raise SMBError(st.STATUS_ACCESS_DENIED)
-        await self._set_eas(op.tree.caller, op.ino, buf, op.origin)
+        await self._set_eas(op.tree.caller, op.file_ino, buf, op.origin)

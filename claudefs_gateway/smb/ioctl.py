@@ -84,18 +84,18 @@ class IoctlCommands(FileBase):
             if not op.access & (c.FILE_WRITE_DATA | c.FILE_WRITE_ATTRIBUTES | c.FILE_APPEND_DATA):
                 raise SMBError(st.STATUS_ACCESS_DENIED)
             sparse = not body.input or body.input[0] != 0
-            stored = await self.stored_dos(caller, op.ino)
-            a = await vfs.getattr(caller, op.ino)
+            stored = await self.stored_dos(caller, op.file_ino)
+            a = await vfs.getattr(caller, op.file_ino)
             bits = dos_attributes(a, stored) & ~c.FILE_ATTRIBUTE_NORMAL
             bits = (
                 bits | c.FILE_ATTRIBUTE_SPARSE_FILE
                 if sparse
                 else bits & ~c.FILE_ATTRIBUTE_SPARSE_FILE
             )
-            await self._set_dos(caller, op.ino, bits, op.origin)
+            await self._set_dos(caller, op.file_ino, bits, op.origin)
             return pack_ioctl_response(code, op.file_id, b"")
         if code == c.FSCTL_CREATE_OR_GET_OBJECT_ID:
-            oid = struct.pack("<QQ", op.ino, op.tree.export.id)
+            oid = struct.pack("<QQ", op.file_ino, op.tree.export.id)
             return pack_ioctl_response(code, op.file_id, oid + b"\x00" * 48)
         if code == c.FSCTL_GET_COMPRESSION:
             return pack_ioctl_response(code, op.file_id, b"\x00\x00")
@@ -111,12 +111,12 @@ class IoctlCommands(FileBase):
             off, length = struct.unpack_from("<qq", body.input)
             if off < 0 or length < 0:
                 raise SMBError(st.STATUS_INVALID_PARAMETER)
-            a = await vfs.getattr(caller, op.ino)
-            stored = await self.stored_dos(caller, op.ino)
+            a = await vfs.getattr(caller, op.file_ino)
+            stored = await self.stored_dos(caller, op.file_ino)
             if stored is not None and stored & c.FILE_ATTRIBUTE_SPARSE_FILE:
                 # A sparse file's holes are left out (MS-FSA 2.1.5.10.22), as the
                 # store finds them (SEEK_DATA on the embedded store's files).
-                ranges = await vfs.data_ranges(caller, op.ino, off, length)
+                ranges = await vfs.data_ranges(caller, op.file_ino, off, length)
             else:
                 # A file not marked sparse is allocated throughout, as on NTFS.
                 end = min(off + length, a.size)
@@ -141,7 +141,7 @@ class IoctlCommands(FileBase):
                 raise SMBError(st.STATUS_INVALID_PARAMETER)
             if beyond > start:
                 try:
-                    await vfs.deallocate(caller, op.ino, start, beyond - start, op.origin)
+                    await vfs.deallocate(caller, op.file_ino, start, beyond - start, op.origin)
                 except errors.LockConflict:
                     raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
             return pack_ioctl_response(code, op.file_id, b"")

@@ -57,6 +57,14 @@ class ReadWriteCommands(FileBase):
             raise SMBError(st.STATUS_ACCESS_DENIED, "no read access")
         if body.offset + body.length > 2**63 - 1:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "read past the largest offset")
+        if op.stream is not None:
+            assert op.node is not None
+            whole = await self.read_stream(op.tree.caller, op.file_ino, op.stream)
+            data = whole[body.offset : body.offset + body.length]
+            if (body.length and not data) or len(data) < body.minimum:
+                raise SMBError(st.STATUS_END_OF_FILE)
+            op.position = body.offset + len(data)
+            return pack_read_response_header(len(data)) + data
         try:
             result = await self.vfs.read(
                 op.tree.caller, op.ino, body.offset, body.length, op.origin
@@ -92,7 +100,10 @@ class ReadWriteCommands(FileBase):
                 raise SMBError(st.STATUS_ACCESS_DENIED, "no write access")
             # An append-only open writes at the end whatever the offset
             # (MS-SMB2 3.3.5.13 spells it 0xFFFFFFFFFFFFFFFF).
-            offset = (await self.vfs.getattr(caller, op.ino)).size
+            if op.stream is not None:
+                offset = len(await self.read_stream(caller, op.file_ino, op.stream))
+            else:
+                offset = (await self.vfs.getattr(caller, op.ino)).size
         if offset + length > 2**63 - 1:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "write past the largest offset")
         if length and offset >= MAX_FILE_SIZE:
@@ -101,6 +112,10 @@ class ReadWriteCommands(FileBase):
             raise SMBError(st.STATUS_INVALID_PARAMETER, "write past the largest file")
         if length and offset + length >= MAX_FILE_SIZE:
             raise SMBError(st.STATUS_DISK_FULL, "file would reach the largest size")
+        if op.stream is not None:
+            if length:
+                await self.write_stream_at(op, offset, bytes(body.data))
+            return pack_write_response(length)
         stable = op.write_through or bool(body.flags & c.SMB2_WRITEFLAG_WRITE_THROUGH)
         if length:
             try:
@@ -118,7 +133,7 @@ class ReadWriteCommands(FileBase):
             return SIMPLE_BODY
         if not op.access & (c.FILE_WRITE_DATA | c.FILE_APPEND_DATA):
             raise SMBError(st.STATUS_ACCESS_DENIED, "flush without write access")
-        if not op.is_dir:
+        if not op.is_dir and op.stream is None:
             await self.vfs.commit(op.tree.caller, op.ino)
         return SIMPLE_BODY
 

@@ -793,7 +793,9 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             # request's final reply starts what is left of the compound.)
             if crypt_session is None and req.session is not None and self._must_encrypt(req):
                 crypt_session = req.session
-            chain.responses.append(self._response(req, status, body, last=req.last_in_chain))
+            chain.responses.append(
+                self._response(req, status, body, last=req.last_in_chain, pad=len(items) > 1)
+            )
             chain.session, chain.tree = req.session, req.tree
             if req.result_file_id is not None:
                 chain.file_id = req.result_file_id
@@ -1001,8 +1003,18 @@ class SMBConnection(SessionSetup, protocol.Protocol):
     # -- responses -----------------------------------------------------------------------
 
     def _response(
-        self, req: Request, status: int, body: bytes | bytearray | memoryview, *, last: bool
+        self,
+        req: Request,
+        status: int,
+        body: bytes | bytearray | memoryview,
+        *,
+        last: bool,
+        pad: bool = False,
     ) -> bytes:
+        """
+        One response; every response of a compound is padded to 8 bytes, the
+        last one too, as Samba pads them (smbtorture smb2.compound.compound-padding).
+        """
         h = req.header
         flags = c.SMB2_FLAGS_SERVER_TO_REDIR | (h.flags & c.SMB2_FLAGS_RELATED_OPERATIONS)
         if h.flags & c.SMB2_FLAGS_PRIORITY_MASK:
@@ -1039,9 +1051,9 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         )
         msg = bytearray(header.pack())
         msg += body
+        if not last or pad:
+            msg += b"\x00" * ((-len(msg)) % 8)
         if not last:
-            pad = (-len(msg)) % 8
-            msg += b"\x00" * pad
             msg[20:24] = struct.pack("<I", len(msg))
         if sign:
             assert session is not None

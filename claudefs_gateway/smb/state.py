@@ -139,6 +139,10 @@ class FileNode:
     path: str
     opens: set[Open] = attrs.Factory(set)
     delete_pending: bool = False
+    # A named stream (file:stream:$DATA): its name, and the file's inode
+    # (C{ino} is then the stream's own key for share modes, leases and locks).
+    stream: str | None = None
+    base: int = 0
 
 
 @attrs.define(eq=False)
@@ -226,8 +230,19 @@ class Open:
 
     @property
     def ino(self) -> int:
+        """What share modes, leases and locks know the open's file by (a stream has its own)."""
         assert self.node is not None
         return self.node.ino
+
+    @property
+    def file_ino(self) -> int:
+        """The inode, for the vfs: a stream's file's."""
+        assert self.node is not None
+        return self.node.base if self.node.stream is not None else self.node.ino
+
+    @property
+    def stream(self) -> str | None:
+        return self.node.stream if self.node is not None else None
 
     @property
     def origin(self) -> Origin:

@@ -110,7 +110,7 @@ class CreateTests(SynchronousTestCase):
         conn.open("a", options=c.FILE_DIRECTORY_FILE)
         self.assertEqual(conn.create("a\\b\\c").status, st.STATUS_OBJECT_PATH_NOT_FOUND)
         self.assertEqual(conn.create("\\lead").status, st.STATUS_INVALID_PARAMETER)
-        for bad in ("x*", "x:stream", "a\\\\b"):
+        for bad in ("x*", "x:stream:$BAD", "a:s\\x", "x:", "x:a/b", "a\\\\b"):
             self.assertEqual(conn.create(bad).status, st.STATUS_OBJECT_NAME_INVALID, bad)
         for bad in ("a\\..\\x", ".", "..\\..\\.."):
             self.assertEqual(conn.create(bad).status, st.STATUS_OBJECT_PATH_SYNTAX_BAD, bad)
@@ -1255,6 +1255,85 @@ class ParserFuzzTests(SynchronousTestCase):
         for p in parts:
             self.assertTrue(0 < len(p) <= 255)
             self.assertNotIn(p, (b".", b".."))
+
+
+class StreamTests(SynchronousTestCase):
+    def streams(self, conn: Conn, fid: tuple[int, int]) -> list[tuple[str, int]]:
+        buf = conn.query_info(fid, FILE, F.FileStreamInformation).buffer()
+        out = []
+        pos = 0
+        while buf:
+            nxt, n, size = struct.unpack_from("<IIq", buf, pos)
+            out.append((buf[pos + 24 : pos + 24 + n].decode("utf-16-le"), size))
+            if not nxt:
+                break
+            pos += nxt
+        return out
+
+    def test_named_streams(self) -> None:
+        """
+        A stream made with the file, written and read on its own open, listed
+        by FileStreamInformation, matched without regard to case, deleted
+        on close; kept beside the file, where NFS sees no trace of it.
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        s = conn.open("f.txt:Zone.Identifier", disposition=c.FILE_CREATE)
+        self.assertEqual(conn.write(s, 0, b"[ZoneTransfer]").status, 0)
+        self.assertEqual(conn.write(s, 20, b"x").status, 0)
+        self.assertEqual(conn.read_data(conn.read(s, 0, 100)), b"[ZoneTransfer]" + bytes(6) + b"x")
+        self.assertEqual(struct.unpack_from("<q", conn.query_info(s, FILE, 5).buffer(), 8)[0], 21)
+        f = conn.open("f.txt")
+        conn.write(f, 0, b"main")
+        self.assertEqual(self.streams(conn, f), [("::$DATA", 4), (":Zone.Identifier:$DATA", 21)])
+        again = conn.open("F.TXT:zone.identifier:$DATA", disposition=c.FILE_OPEN)
+        self.assertEqual(conn.read_data(conn.read(again, 0, 14)), b"[ZoneTransfer]")
+        self.assertEqual(conn.read_data(conn.read(f, 0, 10)), b"main")
+        self.assertEqual(
+            conn.create("f.txt:Zone.Identifier", disposition=c.FILE_CREATE).status,
+            st.STATUS_OBJECT_NAME_COLLISION,
+        )
+        self.assertEqual(
+            conn.create("f.txt:other", disposition=c.FILE_OPEN).status,
+            st.STATUS_OBJECT_NAME_NOT_FOUND,
+        )
+        eof = struct.pack("<q", 3)
+        self.assertEqual(conn.set_info(again, FILE, F.FileEndOfFileInformation, eof).status, 0)
+        self.assertEqual(conn.read_data(conn.read(s, 0, 100)), b"[Zo")
+        vfs, root = wire.mvfs.vfs, wire.mvfs.caller(0, 0)
+        a = wire.fired(vfs.resolve(root, b"f.txt"))
+        self.assertEqual((a.size, wire.fired(vfs.listxattr(root, a.ino))), (4, []))
+        conn.set_info(again, FILE, F.FileDispositionInformation, b"\x01")
+        conn.close(again)
+        conn.close(s)
+        self.assertEqual(self.streams(conn, f), [("::$DATA", 4)])
+        self.assertEqual(conn.read_data(conn.read(f, 0, 10)), b"main")
+
+    def test_streams_have_their_own_oplocks(self) -> None:
+        """A batch oplock on a file and another on its stream are both granted (as on NTFS)."""
+        wire = Wire()
+        a, b = conn_for(wire), conn_for(wire)
+        r = a.create("o.txt:s", oplock=c.SMB2_OPLOCK_LEVEL_BATCH)
+        self.assertEqual(r.body[2], c.SMB2_OPLOCK_LEVEL_BATCH)
+        r = b.create("o.txt", oplock=c.SMB2_OPLOCK_LEVEL_BATCH)
+        self.assertEqual(r.body[2], c.SMB2_OPLOCK_LEVEL_BATCH)
+        self.assertEqual(a.replies(), [])
+
+    def test_stream_share_modes(self) -> None:
+        """Share modes hold per stream: a stream open denying writes refuses the stream, not the file."""
+        wire = Wire()
+        a, b = conn_for(wire), conn_for(wire)
+        a.open("sm.txt:s", share=c.FILE_SHARE_READ)
+        self.assertEqual(b.create("sm.txt:s").status, st.STATUS_SHARING_VIOLATION)
+        self.assertEqual(b.create("sm.txt").status, 0)
+
+    def test_bad_stream_names(self) -> None:
+        conn = conn_for()
+        for bad in ("f:s:$INDEX_ALLOCATION", "d:x\\f", "f:a:b:$DATA"):
+            self.assertEqual(conn.create(bad).status, st.STATUS_OBJECT_NAME_INVALID, bad)
+        self.assertEqual(
+            conn.create("f:s", options=c.FILE_DIRECTORY_FILE).status, st.STATUS_NOT_A_DIRECTORY
+        )
 
 
 class SparseTests(SynchronousTestCase):
