@@ -194,12 +194,20 @@ class IoctlCommands(FileBase):
 
         for src_off, dst_off, length in chunks:
             try:
-                got = (await vfs.read(src.tree.caller, src.ino, src_off, length, src.origin)).data
+                if src.stream is not None:
+                    whole = await self.read_stream(src.tree.caller, src.file_ino, src.stream)
+                    got = whole[src_off : src_off + length]
+                else:
+                    read = await vfs.read(src.tree.caller, src.ino, src_off, length, src.origin)
+                    got = read.data
                 if len(got) < length:
                     raise stop(st.STATUS_INVALID_VIEW_SIZE, "copy source range past its end")
-                await vfs.write(
-                    dst.tree.caller, dst.ino, dst_off, got, dst.write_through, dst.origin
-                )
+                if dst.stream is not None:
+                    await self.write_stream_at(dst, dst_off, got)
+                else:
+                    await vfs.write(
+                        dst.tree.caller, dst.ino, dst_off, got, dst.write_through, dst.origin
+                    )
             except errors.LockConflict:
                 raise stop(st.STATUS_FILE_LOCK_CONFLICT, "copy across a locked range") from None
             written += 1
