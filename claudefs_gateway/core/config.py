@@ -802,9 +802,17 @@ class Interface:
 
 @attrs.frozen(kw_only=True)
 class Multichannel:
-    enabled: bool = setting(False, doc="Offer SMB3 multichannel.")
+    enabled: bool = setting(
+        False, doc="Offer SMB3 multichannel: session binding and the interface list."
+    )
     max_channels: int = setting(8, min=1, max=32, doc="Most channels one session may bind.")
-    min_channels: int = setting(2, min=1, max=32, doc="Channels a client is steered to open.")
+    min_channels: int = setting(
+        2,
+        min=1,
+        max=32,
+        doc="Kept from the design documents and validated; not acted on: clients choose how "
+        "many channels to open per interface (Windows: up to 4 per RSS-capable one).",
+    )
     prefer_rdma: bool = setting(True, doc="Advertise RDMA-capable interfaces first.")
     channel_selection: Literal["round_robin", "weighted_by_speed", "prefer_rdma"] = setting(
         "weighted_by_speed", doc="How interfaces are ordered for clients."
@@ -837,6 +845,11 @@ class Smb:
         "enabled", doc="Encryption: refused, allowed on request, preferred, or demanded."
     )
     guest: bool = setting(False, doc="Allow guest logons (off by default).")
+    directory_leases: bool = setting(
+        False,
+        doc="Offer SMB 3 directory leases (GLOBAL_CAP_DIRECTORY_LEASING); off by default "
+        "because impacket's client cannot open files on a server that offers them.",
+    )
     max_message_size: int = setting(
         8 * 1024 * 1024 + 65536,
         min=65536 + 64,

@@ -272,8 +272,8 @@ class VFS:
     async def get_state(self, key: str) -> bytes | None:
         """
         A front end's small durable record (NFSv4 client records for
-        reclaim after a restart); L{None} if never set. Keys start with the
-        protocol's name.
+        reclaim after a restart, SMB durable handles); L{None} if never set.
+        Keys start with the protocol's name.
         """
         got: bytes | None = await self.backend.get_state(key)
         return got
@@ -484,6 +484,8 @@ class VFS:
                 )
 
     def _check_range(self, ino: int, origin: Origin, start: int, length: int, write: bool) -> None:
+        if not origin.ranges:
+            return
         if not self.locks.check_io(ino, origin.lock_owner, start, length, write, origin.strict):
             raise errors.LockConflict(None, "a byte-range lock of another owner covers the range")
 
@@ -1165,6 +1167,18 @@ class VFS:
         self.attr_cache.put(ino, after)
         self._modified(ino, What.DATA)
         return after
+
+    @deferred
+    async def data_ranges(
+        self, caller: Caller, ino: int, offset: int, length: int
+    ) -> list[tuple[int, int]]:
+        """Where the file holds data (L{IDataService.data_ranges}); SMB's allocated ranges."""
+        a = await self._getattr(ino)
+        self._data_allowed(caller, a, write=False)
+        if offset < 0 or length < 0:
+            raise errors.Inval("negative offset or length")
+        ranges: list[tuple[int, int]] = await self.backend.data_ranges(ino, offset, length)
+        return ranges
 
     @deferred
     async def statfs(self, caller: Caller) -> FSStat:

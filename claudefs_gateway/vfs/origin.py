@@ -43,6 +43,9 @@ class Origin:
         Windows (mandatory) ones: SMB does, as Samba does with its own and
         POSIX locks; S3 does, since a PUT replaces the whole object. NFS I/O
         does not, as on Linux, where POSIX locks are advisory.
+    @ivar ranges: check byte-range locks at all; false for the truncation of
+        an SMB CREATE that overwrites a file, which Windows lets through
+        others' locks (MS-FSA 2.1.5.1.2.1; smbtorture smb2.lock.truncate).
     @ivar wait: wait for other holders to acknowledge lease breaks (up to
         the recall timeout); when false the request fails at once with
         L{claudefs_gateway.errors.Again} while a break is outstanding, and
@@ -59,6 +62,7 @@ class Origin:
     exempt: tuple[LeaseKey, ...] = ()
     strict: bool = False
     wait: bool = True
+    ranges: bool = True
     bypass: bool = False
     bypass_governance: bool = False
 
