@@ -315,6 +315,21 @@ class ContractMixin:
         a = await self.backend.setattr(f.ino, SetAttrs(atime=NOW, btime=123))
         self.assertEqual(a.btime_ns, 123)
 
+    async def test_setattr_same_size_alone_changes_nothing(self) -> None:
+        """
+        POSIX ftruncate marks the times only if the size changes (RFC 5661
+        18.30.4 likewise): a SETATTR of the current size, and nothing else,
+        leaves the file as it was, in every backend.
+        """
+        await self.setup()
+        f = await self.mkfile(b"f", data=b"0123")
+        a = await self.backend.setattr(f.ino, SetAttrs(size=4))
+        self.assertEqual(
+            (a.size, a.mtime_ns, a.ctime_ns, a.change), (4, f.mtime_ns, f.ctime_ns, f.change)
+        )
+        b = await self.backend.setattr(f.ino, SetAttrs(size=4, mode=0o600))
+        self.assertGreater(b.change, f.change)
+
     async def test_setattr_guard(self) -> None:
         await self.setup()
         f = await self.mkfile(b"f")

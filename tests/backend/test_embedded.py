@@ -113,6 +113,29 @@ class GroupCommitTests(StoreCase):
             await b.create(1, b"f%d" % i, REG, 0o644, 0, 0)
         self.assertEqual(b.stats.durable_commits - before, 5)
 
+    async def test_truncate_to_same_size_writes_nothing(self) -> None:
+        """
+        SETATTR of the size a file already has, and nothing else (libnfs sends
+        one after every O_TRUNC create), changes nothing and costs no commit;
+        with a real change beside it, it commits as before.
+        """
+        b = await self.store()
+        a = await b.create(1, b"f", REG, 0o644, 0, 0)
+        before = b.stats.durable_commits
+        same = await b.setattr(a.ino, SetAttrs(size=0))
+        self.assertEqual(b.stats.durable_commits, before)
+        self.assertEqual(
+            (same.size, same.ctime_ns, same.mtime_ns, same.change),
+            (0, a.ctime_ns, a.mtime_ns, a.change),
+        )
+        moded = await b.setattr(a.ino, SetAttrs(size=0, mode=0o600))
+        self.assertEqual(b.stats.durable_commits, before + 1)
+        self.assertEqual(moded.mode & 0o7777, 0o600)
+        self.assertGreater(moded.change, a.change)
+        grown = await b.setattr(a.ino, SetAttrs(size=5))
+        self.assertEqual(b.stats.durable_commits, before + 2)
+        self.assertEqual(grown.size, 5)
+
     async def test_file_change_after_truncate_gets_its_own_batch(self) -> None:
         """
         A truncation is applied to the file after its commit, so a write to

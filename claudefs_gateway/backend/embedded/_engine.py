@@ -969,6 +969,15 @@ class Engine:
                 raise errors.Inval("size of a non-regular file")
             if not 0 <= changes.size <= MAX_FILE_SIZE:
                 raise errors.FBig("size too large")
+            if changes.size == node.size and changes == SetAttrs(size=changes.size):
+                # A truncation to the size the file already has, and nothing
+                # else: POSIX ftruncate marks the times only "if the file size
+                # is changed", and RFC 1813 (SETATTR) and RFC 5661 18.30.4 tie
+                # the modify time and change attribute to the size changing.
+                # Nothing changes, so nothing is written and the commit costs
+                # no flush: libnfs sends this after every O_TRUNC create
+                # (CREATE, then SETATTR size 0 of the empty file).
+                return self._attrs(node)
         now = ctx.now
         if changes.uid is not None or changes.gid is not None:
             size = node.size if node.type is FileType.REG else 0

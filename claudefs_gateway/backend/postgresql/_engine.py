@@ -705,6 +705,10 @@ class PgEngine:
                 raise errors.Inval("size of a non-regular file")
             if not 0 <= changes.size <= MAX_FILE_SIZE:
                 raise errors.FBig("size too large")
+            if changes.size == node.size and changes == SetAttrs(size=changes.size):
+                # Truncating to the current size alone changes nothing (POSIX
+                # ftruncate; RFC 5661 18.30.4): no row is written.
+                return self._attrs(node)
         now = tx.now
         if changes.uid is not None or changes.gid is not None:
             size = node.size if node.type is FileType.REG else 0
