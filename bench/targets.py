@@ -18,6 +18,9 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -58,6 +61,22 @@ def wait_port(port: int, deadline: float = 30.0, host: str = "127.0.0.1") -> Non
         raise TargetError(f"nothing listening on {host}:{port} after {deadline}s")
     finally:
         timer.cancel()
+
+
+def wait_healthy(port: int, deadline: float = 60.0) -> None:
+    """Wait until the gateway's admin /health answers 200 (bench processes may block)."""
+    pause = threading.Event()
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > end:
+            raise TargetError(f"gateway not healthy after {deadline:.0f}s")
+        pause.wait(0.1)
 
 
 def read_until(stream: IO[bytes], marker: bytes, deadline: float, what: str) -> list[bytes]:
@@ -215,6 +234,11 @@ class Gateway(Target):
                 f"gateway exited: {(self.scratch / 'gateway.log').read_text()[-3000:]}"
             )
         threading.Thread(target=_drain_pipe, args=(proc.stdout, log), daemon=True).start()
+        if not self.workers:
+            # Listeners bind at start but accept only once the store is open
+            # (/health is 200 from then on): on a loaded machine a client
+            # that connects before that waits, and libnfs gives up (EIO).
+            wait_healthy(ports["admin"])
         self.endpoints = {
             "host": "127.0.0.1",
             "nfs_port": ports["nfs"],

@@ -70,6 +70,15 @@ class RecordReader:
         self._last = False
 
     @property
+    def missing(self) -> int:
+        """
+        Bytes of the current fragment that have not arrived yet (0 between
+        fragments): how much the next socket read may usefully ask for.
+        """
+        need = self._need
+        return need - self._have if need > self._have else 0
+
+    @property
     def buffered(self) -> int:
         """Bytes held now (for tests that check the bound)."""
         return self._have + self._size

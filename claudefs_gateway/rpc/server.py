@@ -66,6 +66,11 @@ __all__ = [
 
 # The largest reply a UDP datagram carries (IPv4: 65535 - 20 - 8).
 UDP_MAX_REPLY = 65507
+# Socket reads: Twisted's 64 KiB, or while a large record (a 1 MiB WRITE) is
+# arriving, up to what it still lacks (at most READ_MAX): four reactor turns
+# and four chunks to join per MiB instead of sixteen.
+READ_DEFAULT = 1 << 16
+READ_MAX = 1 << 18
 
 Results = list[bytes]
 Handler = Callable[["Call", Any], "Results | defer.Deferred[Results] | None"]
@@ -379,6 +384,7 @@ class RPCStreamProtocol(Protocol):
     ) -> None:
         self.server = server
         self.reader = RecordReader(max_record)
+        self._read_size = READ_DEFAULT
         self.max_in_flight = max_in_flight
         self.activity = activity
         self.pending: set[defer.Deferred[Any]] = set()
@@ -468,6 +474,11 @@ class RPCStreamProtocol(Protocol):
             self.transport.loseConnection()
             self.closed = True
             return
+        missing = self.reader.missing
+        if missing > READ_DEFAULT or self._read_size != READ_DEFAULT:
+            size = READ_DEFAULT if missing <= READ_DEFAULT else min(missing, READ_MAX)
+            if size != self._read_size and hasattr(self.transport, "bufferSize"):
+                self._read_size = self.transport.bufferSize = size
         if records and not self._counted:
             self._count_as(records[0])
         if records:

@@ -13,6 +13,7 @@ it fires, before any caller's callback can send a reply.
 
 from __future__ import annotations
 
+import errno
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
+from claudefs_gateway import errors
 from claudefs_gateway.backend.embedded import EmbeddedBackend
 from claudefs_gateway.backend.embedded._engine import Op
 from claudefs_gateway.fstypes import FileType, SetAttrs
@@ -153,3 +155,88 @@ class GroupCommitReplyTests(TestCase):
         op.d.addBoth(lambda r: early.append(op) if id(op) not in watched.durable else None)
         op.d.callback(None)
         self.assertEqual(early, [op])
+
+
+class CommitSyncTests(TestCase):
+    """A COMMIT's file syncs run while its transaction commits, and it answers after both."""
+
+    timeout = 60
+
+    async def store(self) -> EmbeddedBackend:
+        store = EmbeddedBackend(Path(self.mktemp()), reactor, durable=True)
+        await store.open()
+        self.addCleanup(store.close)
+        return store
+
+    def watch(self, store: EmbeddedBackend, fail: BaseException | None = None) -> list[str]:
+        """Record the order of sync start, SQL COMMIT and sync wait; optionally fail the syncs."""
+        engine = store._engine
+        events: list[str] = []
+        files = engine.files
+        start, wait = files.starter, files.waiter
+        assert start is not None and wait is not None
+
+        def starter(calls: list[Any]) -> object | None:
+            events.append(f"start {len(calls)}")
+            return start(calls)
+
+        def waiter(handle: object) -> BaseException | None:
+            got = wait(handle)
+            events.append("synced")
+            return fail if fail is not None else got
+
+        files.starter, files.waiter = starter, waiter
+
+        class Conn(_WatchedConnection):
+            def execute(self, sql: str, *args: Any) -> Any:
+                if sql.strip().upper() == "COMMIT":
+                    events.append("COMMIT")
+                return self._conn.execute(sql, *args)
+
+        engine.conn = Conn(engine.conn, engine, threading.Event())
+        return events
+
+    async def test_commit_syncs_beside_the_transaction(self) -> None:
+        store = await self.store()
+        f = await store.create(ROOT, b"f", FileType.REG, 0o644, 0, 0)
+        await store.write(f.ino, 0, b"x" * 4096, False)
+        events = self.watch(store)
+        d = store.commit(f.ino)
+        d.addCallback(lambda a: events.append("answered") or a)
+        a = await d
+        self.assertEqual(a.size, 4096)
+        # The data file and the directories made for it (leaf and fan-out),
+        # started before the commit; the answer only after both.
+        self.assertEqual(events[1:], ["COMMIT", "synced", "answered"])
+        self.assertGreaterEqual(int(events[0].split()[1]), 2)
+        with open(store._engine.layout.path(f.ino), "rb") as fh:
+            self.assertEqual(fh.read(), b"x" * 4096)
+
+    async def test_stable_write_still_syncs_before_the_commit(self) -> None:
+        """FILE_SYNC data goes to disk before the metadata that shows it."""
+        store = await self.store()
+        f = await store.create(ROOT, b"f", FileType.REG, 0o644, 0, 0)
+        events = self.watch(store)
+        await store.write(f.ino, 0, b"y" * 100, True)
+        self.assertEqual(events, ["COMMIT"])
+
+    async def test_failed_commit_sync_fails_only_the_commit(self) -> None:
+        """
+        The transaction committed but the COMMIT's data may not be durable:
+        the COMMIT fails (the client keeps its writes); a CREATE sharing the
+        batch stands.
+        """
+        store = await self.store()
+        f = await store.create(ROOT, b"f", FileType.REG, 0o644, 0, 0)
+        await store.write(f.ino, 0, b"z" * 4096, False)
+        self.watch(store, fail=OSError(errno.EIO, "injected"))
+        gate = threading.Event()
+        held = store._submit(lambda engine, ctx: gate.wait(30))
+        commit = store.commit(f.ino)
+        create = store.create(ROOT, b"g", FileType.REG, 0o644, 0, 0)
+        gate.set()
+        await held
+        await self.assertFailure(commit, errors.IO)
+        g = await create
+        self.assertEqual((await store.lookup(ROOT, b"g")).ino, g.ino)
+        self.flushLoggedErrors(OSError)

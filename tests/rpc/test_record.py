@@ -51,6 +51,19 @@ class RecordReaderTests(SynchronousTestCase):
         reader = RecordReader(100)
         self.assertEqual(reader.feed(encode_record(b"b" * 100, 30)), [b"b" * 100])
 
+    def test_missing_is_what_the_fragment_still_lacks(self) -> None:
+        """C{missing} says how much of the current fragment is still to come (0 between)."""
+        reader = RecordReader(1 << 20)
+        self.assertEqual(reader.missing, 0)
+        self.assertEqual(reader.feed(b"\x80\x00\x03\xe8" + b"x" * 100), [])
+        self.assertEqual(reader.missing, 900)
+        self.assertEqual(reader.feed(b"x" * 899), [])
+        self.assertEqual(reader.missing, 1)
+        self.assertEqual(reader.feed(b"x" + b"\x80\x00"), [b"x" * 1000])
+        self.assertEqual(reader.missing, 0)
+        self.assertEqual(reader.feed(b"\x00\x02ab"), [b"ab"])
+        self.assertEqual(reader.missing, 0)
+
     def test_empty_record(self) -> None:
         self.assertEqual(RecordReader(10).feed(b"\x80\0\0\0"), [b""])
 

@@ -15,6 +15,8 @@ from claudefs_gateway.rpc.drc import ReplyCache
 from claudefs_gateway.rpc.message import AuthSys, encode_call, parse_reply
 from claudefs_gateway.rpc.record import RecordReader, encode_record
 from claudefs_gateway.rpc.server import (
+    READ_DEFAULT,
+    READ_MAX,
     AuthError,
     Call,
     Peer,
@@ -281,6 +283,29 @@ class StreamTests(SynchronousTestCase):
         out = self.server.handle(encode_call(2, PROG, 1, 6), self.proto.peer)
         self.assertIsInstance(out, list)
         self.assertEqual(self.activity.in_flight, 0)
+
+    def test_reads_grow_for_a_large_record_only(self) -> None:
+        """
+        While a large record arrives, the socket reads ask for what it still
+        lacks (at most READ_MAX); between records, Twisted's 64 KiB again.
+        """
+        factory = RPCStreamFactory(self.server, 1 << 20, max_in_flight=3, activity=self.activity)
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        transport.bufferSize = READ_DEFAULT  # type: ignore[attr-defined]
+        proto.makeConnection(transport)
+        call = encode_call(9, PROG, 1, 1, echo_args(b"e" * 600_000))
+        rec = encode_record(call)
+        proto.dataReceived(rec[:1000])
+        self.assertEqual(transport.bufferSize, READ_MAX)  # type: ignore[attr-defined]
+        proto.dataReceived(rec[1000 : len(rec) - 100_000])
+        self.assertEqual(transport.bufferSize, 100_000)  # type: ignore[attr-defined]
+        proto.dataReceived(rec[len(rec) - 100_000 : len(rec) - 10])
+        self.assertEqual(transport.bufferSize, READ_DEFAULT)  # type: ignore[attr-defined]
+        proto.dataReceived(rec[len(rec) - 10 :])
+        self.assertEqual(transport.bufferSize, READ_DEFAULT)  # type: ignore[attr-defined]
+        got = records(transport)
+        self.assertEqual([parse_reply(r).xid for r in got], [9])
 
     def test_garbage_stream_does_not_escape(self) -> None:
         self.proto.dataReceived(encode_record(b"\x00" * 3))

@@ -131,6 +131,30 @@ class DataWriters:
             return
         self._spread([(call, 0, _NOTHING, 0) for call in calls])
 
+    def start_all(self, calls: list[Callable[[], object]]) -> object | None:
+        """
+        Start C{calls} on the helpers and return at once, with a handle for
+        L{wait}; without helpers, run them here and return None (the first
+        error raised). The caller does other work meanwhile (the commit).
+        """
+        if not self._workers:
+            for call in calls:
+                call()
+            return None
+        latch = _Latch(len(calls))
+        for call in calls:
+            self._q.put(((call, 0, _NOTHING, 0), latch))
+        return latch
+
+    @staticmethod
+    def wait(handle: object) -> BaseException | None:
+        """Wait for what L{start_all} started; the first error any call met."""
+        if handle is None:
+            return None
+        assert isinstance(handle, _Latch)
+        handle.done.wait()
+        return handle.error
+
     def write_all(self, writes: list[tuple[int, memoryview, int]]) -> None:
         """
         Write every C{(fd, data, offset)}; return once all of it is written.

@@ -157,6 +157,10 @@ class WriteFiles:
         self.dir_syncs = 0
         # Runs a list of syncs at once (the engine's data writers), if set.
         self.runner: Callable[[list[Callable[[], object]]], None] | None = None
+        # Starts a list of syncs on other threads and returns a handle, and
+        # waits for one (the data writers' start_all and wait), if set.
+        self.starter: Callable[[list[Callable[[], object]]], object | None] | None = None
+        self.waiter: Callable[[object], BaseException | None] | None = None
 
     def get(self, ino: int, create: bool) -> int | None:
         """A descriptor for C{ino}'s data file, or None if it has none and C{create} is false."""
@@ -211,15 +215,8 @@ class WriteFiles:
     def needs_sync(self, ino: int) -> bool:
         return ino in self.dirty or ino in self._new_entries
 
-    def sync(self, inos: set[int]) -> None:
-        """
-        Make the data of C{inos} durable, and the directory entries naming
-        their data files. With a L{runner}, the syncs run at once: a journaling
-        file system then makes them durable with one commit and one device
-        flush, where each sync after the first would otherwise cost a flush of
-        its own (a new file's data, then its directory). All are done when
-        this returns, whatever the order they finished in.
-        """
+    def _sync_calls(self, inos: set[int]) -> list[Callable[[], object]]:
+        """The syncs C{inos} need (their data, their new entries); forgets them as needed."""
         fds: list[int] = []
         dirs: set[str] = set()
         for ino in sorted(inos):
@@ -232,9 +229,42 @@ class WriteFiles:
         self.syncs += len(fds)
         self.dir_syncs += len(dirs)
         if not self.durable:
-            return
+            return []
         calls: list[Callable[[], object]] = [functools.partial(os.fdatasync, fd) for fd in fds]
         calls += [functools.partial(_fsync_dir, d) for d in sorted(dirs, key=len, reverse=True)]
+        return calls
+
+    def sync_start(self, inos: set[int]) -> object | None:
+        """
+        Start making C{inos} durable (as L{sync}) on the L{starter}'s threads
+        and return a handle for L{sync_wait}; without a starter, sync them now
+        and return None. The caller must not close or evict descriptors until
+        it waited (the writer thread does nothing else meanwhile).
+        """
+        calls = self._sync_calls(inos)
+        if not calls:
+            return None
+        if self.starter is None:
+            for call in calls:
+                call()
+            return None
+        return self.starter(calls)
+
+    def sync_wait(self, handle: object) -> BaseException | None:
+        """Wait for the syncs L{sync_start} started; the first error, if any."""
+        assert self.waiter is not None
+        return self.waiter(handle)
+
+    def sync(self, inos: set[int]) -> None:
+        """
+        Make the data of C{inos} durable, and the directory entries naming
+        their data files. With a L{runner}, the syncs run at once: a journaling
+        file system then makes them durable with one commit and one device
+        flush, where each sync after the first would otherwise cost a flush of
+        its own (a new file's data, then its directory). All are done when
+        this returns, whatever the order they finished in.
+        """
+        calls = self._sync_calls(inos)
         if len(calls) > 1 and self.runner is not None:
             self.runner(calls)
         else:
