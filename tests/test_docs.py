@@ -143,9 +143,9 @@ class DocsTests(SynchronousTestCase):
                 unit = f.read()
             var = f"CLAUDEFS_{role.upper()}_ARGS"
             example = re.search(rf"^#\s+{var}=(.*)$", unit, re.M)
-            assert example is not None, role
+            assert example is not None, f"claudefs-{role}.service: no '# {var}=' example"
             exec_start = re.search(r"^ExecStart=(\S+) (.*)$", unit, re.M)
-            assert exec_start is not None, role
+            assert exec_start is not None, f"claudefs-{role}.service: no ExecStart"
             self.assertEqual(exec_start.group(1), "/usr/local/bin/cfs-gateway")
             words = exec_start.group(2).split()
             self.assertEqual(words[0], role)
