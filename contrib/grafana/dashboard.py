@@ -334,7 +334,8 @@ def build() -> dict[str, Any]:
     b.panel(
         "Leases, oplocks, delegations by protocol",
         [(f"sum by (protocol) (gateway_leases_held{{{SEL}}})", "{{protocol}}")],
-        description="None is granted yet (docs/unsupported.rst); the panel is ready for them.",
+        description="gateway_leases_held: SMB leases and oplocks (smb), NFSv4 delegations and pNFS "
+        "layouts (nfs4), in this gateway process's lease manager (docs/locks.rst).",
     )
     return {
         "__inputs": [
