@@ -236,6 +236,7 @@ def build() -> dict[str, Any]:
         unit="reqps",
         width=12,
     )
+    protocol_row(b, "NFSv4.1/4.2", "nfs4", "(ops are the COMPOUND operations)")
     protocol_row(b, "S3", "s3", "(ops are the S3 API names)")
     b.panel(
         "Multipart uploads in progress",
