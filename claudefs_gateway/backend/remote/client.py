@@ -104,6 +104,7 @@ def _node_connector(
     connect_timeout: float,
     endpoint_factory: Callable[[NodeSpec], Any] | None,
     on_event: Callable[[str, Any], None] | None = None,
+    on_hello: Callable[[str, wire.Hello], None] | None = None,
 ) -> Callable[[], defer.Deferred[ClientConnection]]:
     def connect() -> defer.Deferred[ClientConnection]:
         if endpoint_factory is not None:
@@ -120,7 +121,13 @@ def _node_connector(
             )
         conn = ClientConnection(session, on_event)
         d = ep.connect(_OneShot(conn))
-        d.addCallback(lambda c: c.ready.addCallback(lambda _: c))
+
+        def greeted(hello: wire.Hello, c: ClientConnection) -> ClientConnection:
+            if on_hello is not None:
+                on_hello(spec.address, hello)
+            return c
+
+        d.addCallback(lambda c: c.ready.addCallback(greeted, c))
         return d
 
     return connect
@@ -191,6 +198,12 @@ class RemoteBackend:
         self.resilvered = 0
         self._resilver: Any = None
         self._resilvering = False
+        #: Each server's boot id, as its latest HELLO gave it.
+        self._boots: dict[str, bytes] = {}
+        #: How many server restarts this gateway has seen (a boot id that
+        #: changed): the NFS write verifier folds it in, so clients resend
+        #: unstable writes a restarted server may have lost.
+        self.restarts = 0
 
     def _spawn(self, coro: Any) -> None:
         """Run C{coro} in the background; close() cancels it."""
@@ -211,10 +224,26 @@ class RemoteBackend:
             self.choices,
             self._pool_settings.connect_timeout_ms / 1000.0,
             self._endpoint_factory,
+            on_hello=self._greeted,
         )
         pool = Pool(spec.address, connect, self._pool_settings, self._clock)
         breaker = Breaker(spec.address, self._breaker_settings, self._clock, self._metrics)
         return Node(spec.address, pool, breaker)
+
+    def _greeted(self, address: str, hello: wire.Hello) -> None:
+        """A connection to C{address} said HELLO: note a restart (a new boot id)."""
+        boot = bytes(hello.boot)
+        before = self._boots.get(address)
+        self._boots[address] = boot
+        if before is not None and before != boot:
+            self.restarts += 1
+            self._log.warn(
+                "{role} server {node} restarted: unstable writes sent before may be lost; "
+                "write verifier changed",
+                role=hello.role,
+                node=address,
+                restarts=self.restarts,
+            )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -322,6 +351,7 @@ class RemoteBackend:
                 self._pool_settings.connect_timeout_ms / 1000.0,
                 self._endpoint_factory,
                 on_event=self._event,
+                on_hello=self._greeted,
             )
             try:
                 conn = await connect()

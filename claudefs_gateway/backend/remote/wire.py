@@ -65,7 +65,7 @@ __all__ = [
 
 CALL, REPLY, ERROR, EVENT = 0, 1, 2, 3
 KINDS = (CALL, REPLY, ERROR, EVENT)
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 _HDR = struct.Struct("<IIBBHQ")  # length, opcode, kind, flags, pad, id
 HEADER = _HDR.size - 4  # 16: what length counts besides the payload
@@ -474,10 +474,22 @@ class Hello:
     role: str  # "gateway" (client), "meta", "data"
     session: int  # the client's random session id (events it caused carry it)
     instance_id: bytes  # the store's 8-byte instance id (meta), else 8 zero bytes
+    #: The server process's random boot id (8 bytes, new at every start; a
+    #: client sends 8 zero bytes). A gateway that sees it change for a server
+    #: knows unstable writes acknowledged there may be gone, and changes the
+    #: NFS write verifier its clients see.
+    boot: bytes = bytes(8)
 
 
 HELLO = Struct(
-    Hello, [("version", U32), ("role", Text(16)), ("session", U64), ("instance_id", VERIFIER)]
+    Hello,
+    [
+        ("version", U32),
+        ("role", Text(16)),
+        ("session", U64),
+        ("instance_id", VERIFIER),
+        ("boot", VERIFIER),
+    ],
 )
 
 
