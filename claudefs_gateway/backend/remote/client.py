@@ -181,8 +181,11 @@ class RemoteBackend:
         self._data: dict[str, Failover] = {}
         self._data_nodes: list[Node] = []
         self._change_listeners: list[Callable[[wire.ChangeEvent], None]] = []
+        self._shared_listeners: list[Callable[[str, Any], None]] = []
+        self._subscribed_listeners: list[Callable[[bool], None]] = []
         self._reset_listeners: list[Callable[[], object]] = []
         self._events: ClientConnection | None = None
+        self._subscribed_before = False
         self._events_loop: defer.Deferred[None] | None = None
         self._state = "new"
         self._background: set[defer.Deferred[Any]] = set()
@@ -303,11 +306,13 @@ class RemoteBackend:
             self._resilver.stop()
         for d in list(self._background):
             d.cancel()
+        # Cancelling the loop forgets the connection; close it all the same.
+        events, self._events = self._events, None
         if self._events_loop is not None:
             self._events_loop.cancel()
             self._events_loop = None
-        if self._events is not None:
-            self._events.close()
+        if events is not None:
+            events.close()
         for node in self._meta_nodes + self._data_nodes:
             node.pool.stop()
             node.breaker.stop()
@@ -323,8 +328,27 @@ class RemoteBackend:
         """Call C{listener()} when change events may have been missed."""
         self._reset_listeners.append(listener)
 
+    def on_shared_event(self, listener: Callable[[str, Any], None]) -> None:
+        """Call C{listener(name, value)} for each shared-state event (EV_LOCKS, EV_LEASES...)."""
+        self._shared_listeners.append(listener)
+
+    def on_subscribed(self, listener: Callable[[bool], None]) -> None:
+        """Call C{listener(first)} each time the event subscription is (re)made."""
+        self._subscribed_listeners.append(listener)
+
+    def shared_call(self, name: str, args: Any = None) -> defer.Deferred[Any]:
+        """One shared-state call (locks, shares, leases) to a meta server."""
+        return self._call(name, args)
+
     def _event(self, name: str, value: Any) -> None:
-        if name != "EV_CHANGE" or value.session == self.session:
+        if name != "EV_CHANGE":
+            for shared in list(self._shared_listeners):
+                try:
+                    shared(name, value)
+                except Exception:
+                    self._log.failure("{event} listener failed", event=name)
+            return
+        if value.session == self.session:
             return
         for listener in list(self._change_listeners):
             listener(value)
@@ -378,6 +402,13 @@ class RemoteBackend:
                 await _sleep(self._clock, 1.0)
                 continue
             self._events = conn
+            first = not self._subscribed_before
+            self._subscribed_before = True
+            for subscribed in list(self._subscribed_listeners):
+                try:
+                    subscribed(first)
+                except Exception:
+                    self._log.failure("subscription listener failed")
             if attempt:
                 # Reconnected: whatever changed meanwhile went unheard.
                 self._reset()

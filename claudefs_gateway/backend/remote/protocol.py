@@ -310,6 +310,12 @@ class ServerConnection(FrameProtocol):
             self._stall.cancel()
         for d in list(self._in_flight.values()):
             d.cancel()
+        lost = getattr(self.factory.handler, "connection_lost", None)
+        if lost is not None:
+            try:
+                lost(self)
+            except Exception:
+                self._log.failure("connection_lost hook failed")
 
     # -- IPushProducer: the transport's word on our writes ------------------------------
 
