@@ -602,6 +602,23 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sse_key(args: argparse.Namespace) -> int:
+    """
+    C{sse-key rotate}: a new current SSE-S3 master key (new objects use it;
+    the old ones stay, to read what was written under them). A running
+    gateway picks it up at once (it re-reads the keyring when it changes).
+    """
+    from pathlib import Path
+
+    from claudefs_gateway.s3.sse import KEYRING_FILE, Keyring
+
+    config = cfg.load(args.config) if args.config else cfg.default_config()
+    ring = Keyring(Path(config.data_dir) / KEYRING_FILE)
+    kid = ring.rotate()
+    print(f"SSE-S3 master key {kid} is current ({ring.path})")
+    return 0
+
+
 def _validate_user(user: Any) -> None:
     """Check a new user against the configuration schema's rules."""
     import yaml
@@ -769,6 +786,10 @@ def _parser() -> argparse.ArgumentParser:
         )
     for a in usub.choices.values():
         a.add_argument("--config", "-c", help="the gateway configuration (where the users file is)")
+    k = sub.add_parser("sse-key", help="the S3 server-side encryption master keys")
+    ksub = k.add_subparsers(dest="sse_command", metavar="SSE_COMMAND", required=True)
+    rot = ksub.add_parser("rotate", help="make a new SSE-S3 master key current (old ones stay)")
+    rot.add_argument("--config", "-c", help="the gateway configuration (where the data is)")
     return p
 
 
@@ -792,6 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quota": cmd_quota,
         "user": cmd_user,
         "store": cmd_store,
+        "sse-key": cmd_sse_key,
     }[args.command]
     return handler(args)
 

@@ -245,6 +245,14 @@ class IDataService(Interface):
     def deallocate(ino: int, offset: int, length: int) -> Deferred[Attributes]:
         """Punch a hole: the range reads as zeros afterwards; size is unchanged."""
 
+    def data_ranges(ino: int, offset: int, length: int) -> Deferred[list[tuple[int, int]]]:
+        """
+        The parts of [offset, offset + length), cut at the size, that hold data
+        rather than holes: (offset, length) pairs in order. A store may answer
+        data where there is a hole (one that keeps no map of them answers the
+        whole range), never a hole where data was written.
+        """
+
 
 class IBackend(IMetadataService, IDataService):
     """A whole store: both services plus its lifecycle."""
@@ -536,6 +544,9 @@ class ILeaseManager(Interface):
         still outstanding.
         """
 
+    def break_lease(lease: Lease, keep: int) -> Deferred[None]:
+        """Break one lease to no more than C{keep}; fires once it holds no more (or is gone)."""
+
     def acknowledge(lease: Lease, bits: int) -> None:
         """The holder accepted a break, keeping C{bits}. @raise Inval: none outstanding, or too much kept."""
 
@@ -606,7 +617,10 @@ class IVFS(Interface):
         """Another gateway changed C{ino} (and C{dir_ino}'s entries): drop what is cached of them."""
 
     def get_state(key: str) -> Deferred[bytes | None]:
-        """A front end's small durable record (NFSv4 client records), None if never set."""
+        """
+        A front end's small durable record (NFSv4 client records, SMB durable
+        handles), None if never set; keys start with the protocol's name.
+        """
 
     def set_state(key: str, value: bytes | None) -> Deferred[None]:
         """Store (None: remove) a front end's small durable record."""
@@ -758,6 +772,11 @@ class IVFS(Interface):
     ) -> Deferred[Attributes]:
         """Punch a hole."""
 
+    def data_ranges(
+        caller: Caller, ino: int, offset: int, length: int
+    ) -> Deferred[list[tuple[int, int]]]:
+        """Where a file holds data, not holes (the caller must be allowed to read it)."""
+
     def statfs(caller: Caller) -> Deferred[FSStat]:
         """Space and inodes, bounded by the caller's quota."""
 
@@ -775,7 +794,7 @@ class IVFS(Interface):
         create: bool | None = None,
         origin: Origin | None = None,
     ) -> Deferred[None]:
-        """Set a client extended attribute."""
+        """Set a client extended attribute (through C{origin}'s open, as L{setattr})."""
 
     def removexattr(
         caller: Caller, ino: int, name: bytes, origin: Origin | None = None

@@ -176,3 +176,25 @@ class QuotaCommandTests(TestCase):
         self.assertFalse(json.loads(out)["quota"] and json.loads(out)["quota"]["own_limits"])
         proc.signal("TERM")
         self.assertEqual(await proc.ended, 0)
+
+
+class SseKeyCommandTests(TestCase):
+    timeout = 60
+
+    async def test_rotate(self) -> None:
+        """sse-key rotate makes a keyring (mode 600) and each rotation adds a current key, keeping the old."""
+        data = os.path.abspath(self.mktemp())
+        os.makedirs(data)
+        config = write_config(self, f"backend: {{data_dir: {data}}}\n")
+        status, out, err = await run("sse-key", "rotate", "--config", config)
+        self.assertEqual(status, 0, err)
+        ring = os.path.join(data, "s3-sse-keys.json")
+        self.assertEqual(os.stat(ring).st_mode & 0o777, 0o600)
+        first = json.load(open(ring))["current"]
+        self.assertIn(first, out)
+        status, out, err = await run("sse-key", "rotate", "--config", config)
+        d = json.load(open(ring))
+        self.assertNotEqual(d["current"], first)
+        self.assertEqual(set(d["keys"]), {first, d["current"]})
+        for key in d["keys"].values():
+            self.assertNotIn(key, out + err)

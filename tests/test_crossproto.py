@@ -64,6 +64,7 @@ leases:
 """
 
 STATUS_FILE_LOCK_CONFLICT = 0xC0000054
+STATUS_LOCK_NOT_GRANTED = 0xC0000055
 # FILE_ACTION_* (MS-FSCC 2.4.42)
 ADDED, REMOVED, MODIFIED = 1, 2, 3
 
@@ -358,3 +359,64 @@ class CrossProtocolTests(TestCase):
         self.assertEqual(listing["result"], ["ren/b.txt"])
         [names] = await self.libnfs("listdir", "/ren")
         self.assertEqual(sorted(n for n in names["result"] if n not in (".", "..")), ["b.txt"])
+
+    # -- leases and durable handles (issue 15) ---------------------------------------------------
+
+    async def test_nfs_write_breaks_smb_lease(self) -> None:
+        """
+        smbprotocol holds an RWH lease and has written through it: a libnfs
+        WRITE breaks the lease (a LEASE_BREAK with an acknowledgement due),
+        waits for the acknowledgement, and lands on what SMB wrote.
+        """
+        smb = await self.smb()
+        opened = await smb.ok("open", id="f", path="leased.txt", access="rw", lease="rwh")
+        self.assertEqual(opened["lease"], "rwh")
+        await smb.ok("write", id="f", data="cached by smb")
+        nfs = defer.ensureDeferred(self.libnfs("write", "/leased.txt", "0", "from nfs"))
+        brk = await smb.wait_for(lambda e: e.get("event") == "break")
+        self.assertEqual((brk["kind"], brk["from"], brk["ack_required"]), ("lease", "rwh", True))
+        self.assertNotIn("w", brk["to"])
+        self.assertFalse(nfs.called, "the NFS write went through before the acknowledgement")
+        await smb.ok("ack", id="f", to=brk["to"])
+        [written] = await nfs
+        self.assertEqual(written["ret"], len("from nfs"), written)
+        got = await smb.ok("read", id="f", length=13)
+        self.assertEqual(got["data"], "from nfsy smb")
+
+    async def test_s3_put_breaks_smb_lease(self) -> None:
+        """An S3 PUT over a file an SMB client leases (RWH) breaks the lease and waits for the ack."""
+        smb, s3 = await self.smb(), await self.s3()
+        opened = await smb.ok("open", id="f", path="leased-s3.txt", access="rw", lease="rwh")
+        self.assertEqual(opened["lease"], "rwh")
+        await smb.ok("write", id="f", data="cached by smb")
+        put = defer.ensureDeferred(s3.ok("put", bucket="export", key="leased-s3.txt", data="s3"))
+        brk = await smb.wait_for(lambda e: e.get("event") == "break")
+        self.assertEqual((brk["from"], brk["ack_required"]), ("rwh", True))
+        self.assertFalse(put.called, "the PUT went through before the acknowledgement")
+        await smb.ok("ack", id="f", to=brk["to"])
+        self.assertIn("result", await put)
+        self.assertEqual((await s3.ok("get", bucket="export", key="leased-s3.txt"))["result"], "s3")
+
+    async def test_durable_open_reclaimed_after_tcp_cut(self) -> None:
+        """
+        smbprotocol opens a file durably (DH2Q, RWH lease), writes and locks,
+        then its TCP connection is cut (no CLOSE, no LOGOFF): a new connection
+        reclaims the open with a DH2C - the same FileId, its data, its lock.
+        """
+        smb = await self.smb()
+        opened = await smb.ok(
+            "open", id="d", path="durable.txt", access="rw", lease="rwh", durable=True
+        )
+        self.assertEqual((opened.get("durable"), opened["lease"]), (True, "rwh"))
+        await smb.ok("write", id="d", data="kept across the cut")
+        await smb.ok("lock", id="d", offset=0, length=4)
+        await smb.ok("cut")
+        back = await smb.ok("reconnect")
+        self.assertEqual((back["reclaimed"], back["same_ids"]), (["d"], True))
+        got = await smb.ok("read", id="d", length=19)
+        self.assertEqual(got["data"], "kept across the cut")
+        # The open's exclusive lock survived: the same open cannot take it twice.
+        again = await smb.do("lock", id="d", offset=0, length=4)
+        self.assertFalse(again["ok"])
+        self.assertIn(str(STATUS_LOCK_NOT_GRANTED), again["error"])
+        await smb.ok("close", id="d")

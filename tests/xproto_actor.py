@@ -17,6 +17,7 @@ notifications arrive on their own: ``{"event": "notify", "id": ...,
 from __future__ import annotations
 
 import json
+import struct
 import sys
 import threading
 import traceback
@@ -60,6 +61,14 @@ def serve(handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]]
 def smb(host: str, port: str, share: str, user: str, password: str) -> int:
     from smbprotocol.change_notify import CompletionFilter, FileSystemWatcher
     from smbprotocol.connection import Connection
+    from smbprotocol.create_contexts import (
+        CreateContextName,
+        SMB2CreateDurableHandleReconnectV2,
+        SMB2CreateDurableHandleRequestV2,
+        SMB2CreateDurableHandleResponseV2,
+        SMB2CreateRequestLeaseV2,
+        SMB2CreateResponseLeaseV2,
+    )
     from smbprotocol.open import (
         CreateDisposition,
         CreateOptions,
@@ -73,14 +82,28 @@ def smb(host: str, port: str, share: str, user: str, password: str) -> int:
     from smbprotocol.session import Session
     from smbprotocol.tree import TreeConnect
 
-    conn = Connection(uuid.uuid4(), host, int(port))
-    conn.connect()
-    session = Session(conn, user, password)
-    session.connect()
-    tree = TreeConnect(session, rf"\\{host}\{share}")
-    tree.connect()
+    client_guid = uuid.uuid4()
+    link: dict[str, Any] = {}
+
+    def connect() -> None:
+        """A connection, session and tree; oplock and lease breaks reported as events."""
+        conn = Connection(client_guid, host, int(port))
+        conn.connect()
+        # smbprotocol has no handler for what the server sends unasked (MessageId
+        # all ones: oplock and lease breaks, MS-SMB2 3.3.4.6 and 3.3.4.7): its
+        # receive thread looks the id up among its requests. A table answering
+        # that id with a sink turns each into an event instead.
+        conn.outstanding_requests = _BreakTable(conn.outstanding_requests)
+        session = Session(conn, user, password)
+        session.connect()
+        tree = TreeConnect(session, rf"\\{host}\{share}")
+        tree.connect()
+        link.update(conn=conn, session=session, tree=tree)
+
+    connect()
     opens: dict[str, Any] = {}
     watchers: dict[str, Any] = {}
+    durable: dict[str, tuple[bytes, Any]] = {}  # open id -> (FileId, CreateGuid)
 
     def share_bits(text: str) -> int:
         bits = 0
@@ -94,14 +117,29 @@ def smb(host: str, port: str, share: str, user: str, password: str) -> int:
         return bits
 
     def open_(o: dict[str, Any]) -> dict[str, Any]:
-        f = Open(tree, o["path"])
+        f = Open(link["tree"], o["path"])
         is_dir = o.get("dir", False)
         access = 0x80000000 | 0x00100000  # GENERIC_READ | SYNCHRONIZE
         if "w" in o.get("access", "r"):
             access |= 0x40000000  # GENERIC_WRITE
         if "d" in o.get("access", "r"):
             access |= 0x00010000  # DELETE
-        f.create(
+        contexts = []
+        if "lease" in o:
+            lease = SMB2CreateRequestLeaseV2()
+            lease["lease_key"] = _lease_key(o["id"])
+            lease["lease_state"] = _lease_bits(o["lease"])
+            lease["parent_lease_key"] = b"\x00" * 16
+            lease["epoch"] = b"\x00\x00"
+            contexts.append(_context(CreateContextName.SMB2_CREATE_REQUEST_LEASE_V2, lease))
+        guid = None
+        if o.get("durable"):
+            guid = uuid.uuid4()
+            dh2q = SMB2CreateDurableHandleRequestV2()
+            dh2q["timeout"] = 60_000
+            dh2q["create_guid"] = guid
+            contexts.append(_context(CreateContextName.SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2, dh2q))
+        answer = f.create(
             ImpersonationLevel.Impersonation,
             access,
             FileAttributes.FILE_ATTRIBUTE_DIRECTORY
@@ -110,9 +148,66 @@ def smb(host: str, port: str, share: str, user: str, password: str) -> int:
             share_bits(o.get("share", "rwd")),
             CreateDisposition.FILE_OPEN_IF if not is_dir else CreateDisposition.FILE_OPEN,
             CreateOptions.FILE_DIRECTORY_FILE if is_dir else CreateOptions.FILE_NON_DIRECTORY_FILE,
+            create_contexts=contexts or None,
+            oplock_level=0xFF if "lease" in o else 0,
         )
         opens[o["id"]] = f
+        out: dict[str, Any] = {"oplock": f.oplock_level}
+        for ctx in answer or []:
+            if isinstance(ctx, SMB2CreateResponseLeaseV2):
+                out["lease"] = _lease_text(ctx["lease_state"].get_value())
+            elif isinstance(ctx, SMB2CreateDurableHandleResponseV2) and guid is not None:
+                out["durable"] = True
+                durable[o["id"]] = (f.file_id, guid)
+        return out
+
+    def ack(o: dict[str, Any]) -> dict[str, Any]:
+        """A LEASE_BREAK_ACKNOWLEDGMENT (MS-SMB2 2.2.24.2) of the state the break went to."""
+        msg = _LeaseBreakAck()
+        msg["lease_key"] = _lease_key(o["id"])
+        msg["lease_state"] = _lease_bits(o["to"])
+        conn, session, tree = link["conn"], link["session"], link["tree"]
+        request = conn.send(msg, session.session_id, tree.tree_connect_id)
+        response = conn.receive(request)
+        state = struct.unpack_from("<I", response["data"].get_value(), 24)[0]
+        return {"lease": _lease_text(state)}
+
+    def cut(o: dict[str, Any]) -> dict[str, Any]:
+        """Drop the TCP connection: no CLOSE, no LOGOFF, as a network failure does."""
+        link["conn"].disconnect(close=False)
         return {}
+
+    def reconnect(o: dict[str, Any]) -> dict[str, Any]:
+        """A new connection and session; each durable open reclaimed with a DH2C (and its lease)."""
+        connect()
+        for ident, (file_id, guid) in durable.items():
+            old = opens[ident]
+            f = Open(link["tree"], old.file_name)
+            dh2c = SMB2CreateDurableHandleReconnectV2()
+            dh2c["file_id"] = file_id
+            dh2c["create_guid"] = guid
+            contexts = [_context(CreateContextName.SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2, dh2c)]
+            if old.oplock_level == 0xFF:
+                lease = SMB2CreateRequestLeaseV2()
+                lease["lease_key"] = _lease_key(ident)
+                lease["lease_state"] = _lease_bits("rwh")
+                lease["parent_lease_key"] = b"\x00" * 16
+                lease["epoch"] = b"\x00\x00"
+                contexts.append(_context(CreateContextName.SMB2_CREATE_REQUEST_LEASE_V2, lease))
+            f.create(
+                ImpersonationLevel.Impersonation,
+                old.desired_access,
+                old.file_attributes,
+                old.share_mode,
+                CreateDisposition.FILE_OPEN,
+                old.create_options,
+                create_contexts=contexts,
+                oplock_level=old.oplock_level,
+            )
+            opens[ident] = f
+        # The persistent half of the FileId is the open's (MS-SMB2 3.3.5.9.12).
+        same = all(opens[i].file_id[:8] == fid[:8] for i, (fid, _) in durable.items())
+        return {"reclaimed": sorted(durable), "same_ids": same}
 
     def write(o: dict[str, Any]) -> dict[str, Any]:
         n = opens[o["id"]].write(o["data"].encode(), o.get("offset", 0))
@@ -184,8 +279,114 @@ def smb(host: str, port: str, share: str, user: str, password: str) -> int:
             "close": close,
             "watch": watch,
             "rename": rename,
+            "ack": ack,
+            "cut": cut,
+            "reconnect": reconnect,
         }
     )
+
+
+def _lease_key(ident: str) -> bytes:
+    return uuid.uuid5(uuid.NAMESPACE_URL, "lease:" + ident).bytes
+
+
+_LEASE_BITS = {"r": 0x01, "h": 0x02, "w": 0x04}
+
+
+def _lease_bits(text: str) -> int:
+    return sum(_LEASE_BITS[ch] for ch in text)
+
+
+def _lease_text(bits: int) -> str:
+    return "".join(ch for ch in "rwh" if bits & _LEASE_BITS[ch])
+
+
+def _context(name: bytes, data: Any) -> Any:
+    from smbprotocol.create_contexts import SMB2CreateContextRequest
+
+    ctx = SMB2CreateContextRequest()
+    ctx["buffer_name"] = name
+    ctx["buffer_data"] = data
+    return ctx
+
+
+class _Zero:
+    @staticmethod
+    def get_value() -> int:
+        return 0
+
+
+class _BreakSink:
+    """
+    Stands for a request the receive thread can hand a server-initiated
+    message to: the message is reported as an event (see L{_BreakTable}).
+    """
+
+    session_id = None
+    message = {"reserved": _Zero()}
+
+    def __init__(self) -> None:
+        self.async_id = None
+        self.response: Any = None
+        self.response_event_lock = threading.Lock()
+        self.response_event = self
+
+    def set(self) -> None:
+        body = self.response["data"].get_value()
+        size = struct.unpack_from("<H", body)[0]
+        if size == 44:  # lease break notification (MS-SMB2 2.2.23.2)
+            epoch, flags, key, current, new, reason = struct.unpack_from("<HI16sIII", body, 2)
+            emit(
+                {
+                    "event": "break",
+                    "kind": "lease",
+                    "key": key.hex(),
+                    "from": _lease_text(current),
+                    "to": _lease_text(new),
+                    "ack_required": bool(flags & 0x01),
+                    "epoch": epoch,
+                }
+            )
+        else:  # oplock break notification (2.2.23.1)
+            emit({"event": "break", "kind": "oplock", "level": body[2]})
+
+
+class _BreakTable(dict):  # type: ignore[type-arg]
+    """smbprotocol's outstanding-request table, answering MessageId all ones with a sink."""
+
+    def __getitem__(self, key: int) -> Any:
+        if key == 0xFFFFFFFFFFFFFFFF:
+            return _BreakSink()
+        return super().__getitem__(key)
+
+
+def _lease_break_ack_type() -> Any:
+    from collections import OrderedDict
+
+    from smbprotocol.header import Commands
+    from smbprotocol.structure import BytesField, IntField, Structure
+
+    class LeaseBreakAck(Structure):
+        COMMAND = Commands.SMB2_OPLOCK_BREAK
+
+        def __init__(self) -> None:
+            self.fields = OrderedDict(
+                [
+                    ("structure_size", IntField(size=2, default=36)),
+                    ("reserved", IntField(size=2)),
+                    ("flags", IntField(size=4)),
+                    ("lease_key", BytesField(size=16)),
+                    ("lease_state", IntField(size=4)),
+                    ("lease_duration", IntField(size=8)),
+                ]
+            )
+            super().__init__()
+
+    return LeaseBreakAck
+
+
+def _LeaseBreakAck() -> Any:  # noqa: N802 - stands for the class
+    return _lease_break_ack_type()()
 
 
 # -- S3: boto3 ------------------------------------------------------------------------------------

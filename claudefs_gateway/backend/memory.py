@@ -633,6 +633,26 @@ class MemoryBackend:
         return node.attributes()
 
     @_wrap
+    def data_ranges(self, ino: int, offset: int, length: int) -> list[tuple[int, int]]:
+        """The chunks written to (a chunk punched whole is gone: a hole)."""
+        node = self._file(ino)
+        if offset < 0 or length < 0:
+            raise errors.Inval("negative offset or length")
+        end = min(offset + length, node.size)
+        out: list[tuple[int, int]] = []
+        pos = offset
+        while pos < end:
+            idx = pos // CHUNK
+            stop = min((idx + 1) * CHUNK, end)
+            if idx in node.chunks:
+                if out and out[-1][0] + out[-1][1] == pos:
+                    out[-1] = (out[-1][0], stop - out[-1][0])
+                else:
+                    out.append((pos, stop - pos))
+            pos = stop
+        return out
+
+    @_wrap
     def deallocate(self, ino: int, offset: int, length: int) -> Attributes:
         node = self._file(ino)
         if offset < 0 or length <= 0:

@@ -678,7 +678,9 @@ class S3:
         "us-east-1", doc="Region reported by GetBucketLocation and required in SigV4 scopes."
     )
     enable_versioning: bool = setting(
-        False, doc="Object versioning. Not supported: must stay false."
+        True,
+        doc="Let bucket owners enable versioning (PutBucketVersioning); false refuses it "
+        "with 501 NotImplemented, and buckets already versioned stay so.",
     )
     domain: str | None = setting(
         None,
@@ -705,6 +707,19 @@ class S3:
     )
     max_concurrent_parts: int = setting(
         4, min=1, max=10000, doc="Parts of one upload that may be written at once."
+    )
+    lifecycle_interval_secs: float = setting(
+        3600.0,
+        min=1,
+        max=7 * 24 * 3600,
+        doc="How often the lifecycle service applies buckets' lifecycle rules.",
+    )
+    lifecycle_day_secs: float = setting(
+        86400.0,
+        min=1,
+        max=86400,
+        doc="The length of a lifecycle rule's day. Shorter only to test rules (as RGW's "
+        "``rgw_lc_debug_interval``); the ``x-amz-expiration`` header always counts real days.",
     )
     max_object_size: int = setting(
         5 * 1024**3,
@@ -750,12 +765,6 @@ class S3:
     )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
-        if self.enable_versioning:
-            b.report(
-                join(path, "enable_versioning"),
-                line_of(raw, "enable_versioning"),
-                "object versioning is not supported by this gateway; set it to false",
-            )
         if (self.tls_cert is None) != (self.tls_key is None):
             b.report(
                 join(path, "tls_cert"),
@@ -793,9 +802,17 @@ class Interface:
 
 @attrs.frozen(kw_only=True)
 class Multichannel:
-    enabled: bool = setting(False, doc="Offer SMB3 multichannel.")
+    enabled: bool = setting(
+        False, doc="Offer SMB3 multichannel: session binding and the interface list."
+    )
     max_channels: int = setting(8, min=1, max=32, doc="Most channels one session may bind.")
-    min_channels: int = setting(2, min=1, max=32, doc="Channels a client is steered to open.")
+    min_channels: int = setting(
+        2,
+        min=1,
+        max=32,
+        doc="Kept from the design documents and validated; not acted on: clients choose how "
+        "many channels to open per interface (Windows: up to 4 per RSS-capable one).",
+    )
     prefer_rdma: bool = setting(True, doc="Advertise RDMA-capable interfaces first.")
     channel_selection: Literal["round_robin", "weighted_by_speed", "prefer_rdma"] = setting(
         "weighted_by_speed", doc="How interfaces are ordered for clients."
@@ -828,6 +845,11 @@ class Smb:
         "enabled", doc="Encryption: refused, allowed on request, preferred, or demanded."
     )
     guest: bool = setting(False, doc="Allow guest logons (off by default).")
+    directory_leases: bool = setting(
+        False,
+        doc="Offer SMB 3 directory leases (GLOBAL_CAP_DIRECTORY_LEASING); off by default "
+        "because impacket's client cannot open files on a server that offers them.",
+    )
     max_message_size: int = setting(
         8 * 1024 * 1024 + 65536,
         min=65536 + 64,

@@ -107,6 +107,20 @@ CATALOGUE: dict[str, Spec] = {
     ),
     "gateway_s3_multipart_active": Spec(Gauge, "Multipart uploads in progress."),
     "gateway_s3_multipart_failed_total": Spec(Counter, "Multipart uploads aborted or expired."),
+    "gateway_s3_lifecycle_runs_total": Spec(Counter, "Passes of the S3 lifecycle service."),
+    "gateway_s3_lifecycle_actions_total": Spec(
+        Counter,
+        "What the S3 lifecycle service did: expire (current versions), noncurrent, "
+        "delete_marker, abort_upload.",
+        ("action",),
+    ),
+    "gateway_s3_lifecycle_seconds": Spec(Histogram, "Duration of an S3 lifecycle pass."),
+    "gateway_s3_mapping_conflicts_total": Spec(
+        Counter,
+        "S3 writes refused because the file tree cannot hold the key (a key that is also "
+        "a prefix; data under a key ending in /).",
+        ("kind",),
+    ),
     "gateway_cpu_usage_percent": Spec(
         Gauge, "Gateway process CPU use since the last scrape, percent of one core."
     ),

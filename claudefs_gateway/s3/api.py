@@ -26,13 +26,20 @@ from twisted.web import resource, server
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.fstypes import Credentials
 from claudefs_gateway.s3.auth import Authenticator, RequestView
 from claudefs_gateway.s3.body import ClientGone
 from claudefs_gateway.s3.call import Call, Limits, failure
 from claudefs_gateway.s3.errors import S3Error, from_failure
+from claudefs_gateway.s3.headers import refuse
 from claudefs_gateway.s3.multipart import Uploads
+from claudefs_gateway.s3.ops.access import AccessOps
 from claudefs_gateway.s3.ops.buckets import BucketOps
 from claudefs_gateway.s3.ops.multipart import MultipartOps
+from claudefs_gateway.s3.ops.objectlock import LockOps
+from claudefs_gateway.s3.ops.post import PostOps
+from claudefs_gateway.s3.ops.tagging import TaggingOps
+from claudefs_gateway.s3.ops.versioning import VersioningOps
 from claudefs_gateway.s3.routing import (
     UNSUPPORTED,
     UNSUPPORTED_OPS,
@@ -61,7 +68,7 @@ def _note_user(request: Any, user: Any) -> None:
         channel.user, channel.uid = user.name, user.uid
 
 
-class S3Api(BucketOps, MultipartOps):
+class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, PostOps, AccessOps, MultipartOps):
     """
     Every S3 operation, over a L{Tree} and L{Uploads}: the request cycle here,
     the operations in L{claudefs_gateway.s3.ops}.
@@ -96,6 +103,8 @@ class S3Api(BucketOps, MultipartOps):
         # The request-rate hook, admit(address, uid): returns or raises Throttled
         # (answered SlowDown, 503). Set by the S3 service.
         self.admit: Callable[[str, int], None] | None = None
+        #: gateway_s3_mapping_conflicts_total, when the service has metrics.
+        self.conflicts: Any = None
 
     # -- the request cycle ---------------------------------------------------------------
 
@@ -171,6 +180,7 @@ class S3Api(BucketOps, MultipartOps):
                 await self._serve(call)
             except S3Error as e:
                 status_code = e.code
+                self._mapping_refused(call, e)
                 self._send_error(call, e)
             except ClientGone:
                 status_code = "ClientGone"
@@ -203,6 +213,19 @@ class S3Api(BucketOps, MultipartOps):
                     request_id=call.request_id,
                 )
 
+    def _mapping_refused(self, call: Call, e: S3Error) -> None:
+        """Count and log a key the file tree cannot hold (docs/s3.rst, the mapping's limits)."""
+        kind = e.mapping or ("prefix" if e.code == "KeyConflict" else None)
+        if kind is None:
+            return
+        if self.conflicts is not None:
+            self.conflicts.labels(kind).inc()
+        self._log.info(
+            "s3 {op} refused: the key does not fit the file tree ({kind})",
+            op=call.op,
+            kind=kind,
+        )
+
     async def _serve(self, call: Call) -> None:
         self._address(call)
         r = route(call.method, call.bucket, call.key, call.query, call.headers)
@@ -212,13 +235,25 @@ class S3Api(BucketOps, MultipartOps):
         )
         tree, uploads = await self._ready()
         self.tree, self.uploads = tree, uploads
+        if r.op == "PreflightRequest":
+            # Browsers do not sign preflights: answered from the CORS rules alone.
+            await self.op_PreflightRequest(call)
+            return
+        await self._cors_headers(call)
         call.auth = self.auth.authenticate(view)
         call.user = call.auth.user
-        _note_user(call.request, call.user)
+        if call.user is None:
+            # Anonymous: the S3 export's anonymous identity, let through only
+            # where a policy or ACL grants everyone (ops/access.py).
+            rules = tree.export.rules
+            cred = Credentials(rules.anonuid, rules.anongid)
+        else:
+            cred = call.user.credentials
+            _note_user(call.request, call.user)
         if self.admit is not None:
-            self.admit(call.source, call.user.uid)
+            self.admit(call.source, cred.uid)
         try:
-            call.who = tree.vfs.caller(tree.export, call.source, call.user.credentials, "s3")
+            call.who = tree.vfs.caller(tree.export, call.source, cred, "s3")
         except errors.Access:
             raise S3Error("AccessDenied") from None
         if r.op == "MethodNotAllowed":
@@ -234,6 +269,13 @@ class S3Api(BucketOps, MultipartOps):
                 f"{r.op} is not implemented by this gateway (see docs/s3.rst)",
                 Operation=r.op,
             )
+        await self._expected_owner(call, "x-amz-expected-bucket-owner", call.bucket)
+        if r.op == "PostObject":
+            # Authenticated, refused and authorized from its form's fields (ops/post.py).
+            await self.op_PostObject(call)
+            return
+        refuse(r.op, call.headers)
+        await self._authorize(call)
         handler = getattr(self, "op_" + r.op)
         await handler(call)
 

@@ -88,7 +88,7 @@ class ChunkSigner:
 @attrs.frozen
 class AuthResult:
     """
-    @ivar user: the L{claudefs_gateway.vfs.identity.User} who signed.
+    @ivar user: the L{claudefs_gateway.vfs.identity.User} who signed (None: anonymous).
     @ivar scheme: C{v4}, C{v4-query}, C{v2} or C{v2-query} (for logs and metrics).
     @ivar payload: the C{x-amz-content-sha256} mode: a hex digest the body must
         match, C{UNSIGNED-PAYLOAD}, or one of the C{STREAMING-*} modes.
@@ -144,7 +144,24 @@ class Authenticator:
             InvalidAccessKeyId, SignatureDoesNotMatch, RequestTimeTooSkewed,
             AuthorizationHeaderMalformed, AuthorizationQueryParametersError...
         """
-        if self.limiter.blocked(req.source):
+        return self._guarded(req.source, lambda: self._authenticate(req))
+
+    def authenticate_form(self, source: str, fields: Mapping[str, str]) -> AuthResult:
+        """
+        Who signed a browser form (POST object): its policy signed with SigV2
+        (C{AWSAccessKeyId}, C{signature}: base64 HMAC-SHA1 of the policy) or
+        SigV4 (C{x-amz-credential}, C{x-amz-date}, C{x-amz-algorithm},
+        C{x-amz-signature}: hex HMAC-SHA256 of the policy with the signing
+        key); anonymous when the form carries neither. C{fields} are by
+        lower-case name.
+
+        @raise S3Error: InvalidArgument (a credential without its signature or
+            policy), InvalidAccessKeyId, SignatureDoesNotMatch, AccessDenied.
+        """
+        return self._guarded(source, lambda: self._form(fields))
+
+    def _guarded(self, source: str, check: Any) -> AuthResult:
+        if self.limiter.blocked(source):
             if self.metrics is not None:
                 self.metrics.rejected("auth_locked")
             raise S3Error(
@@ -152,18 +169,64 @@ class Authenticator:
                 "Too many failed authentication attempts from your address; try again later",
             )
         try:
-            result = self._authenticate(req)
+            result: AuthResult = check()
         except S3Error as e:
             if self.metrics is not None:
                 self.metrics.auth_failed()
             if e.code in ("SignatureDoesNotMatch", "InvalidAccessKeyId"):
-                self.limiter.failed(req.source)
+                self.limiter.failed(source)
             self._log.info(
-                "s3 authentication failed from {source}: {code}", source=req.source, code=e.code
+                "s3 authentication failed from {source}: {code}", source=source, code=e.code
             )
             raise
-        self.limiter.succeeded(req.source)
+        self.limiter.succeeded(source)
         return result
+
+    def _form(self, fields: Mapping[str, str]) -> AuthResult:
+        policy = fields.get("policy")
+        if "x-amz-signature" in fields or "x-amz-credential" in fields:
+            for name in ("x-amz-algorithm", "x-amz-credential", "x-amz-date", "x-amz-signature"):
+                if name not in fields:
+                    raise S3Error(
+                        "InvalidArgument",
+                        f"Bucket POST must contain a field named '{name}'.",
+                        ArgumentName=name,
+                    )
+            if policy is None:
+                raise S3Error(
+                    "InvalidArgument",
+                    "Bucket POST must contain a field named 'policy'.",
+                    ArgumentName="policy",
+                )
+            if fields["x-amz-algorithm"] != sg.ALGORITHM:
+                raise S3Error(
+                    "InvalidArgument",
+                    "Only AWS4-HMAC-SHA256 is supported for x-amz-algorithm",
+                    ArgumentName="x-amz-algorithm",
+                )
+            cred = sg.Credential.parse(fields["x-amz-credential"], "InvalidArgument")
+            amz_date = fields["x-amz-date"]
+            sg.parse_amz_date(amz_date, "InvalidArgument")
+            self._check_scope(cred, amz_date, "InvalidArgument")
+            user = self._user(cred.access_key)
+            key = self._signing_key(user.s3_secret_key, cred.date)
+            self._compare(sg.sign(key, policy), fields["x-amz-signature"], user, policy)
+            return AuthResult(user, "v4-form", sg.UNSIGNED_PAYLOAD)
+        if "awsaccesskeyid" in fields or "signature" in fields:
+            for name in ("awsaccesskeyid", "signature", "policy"):
+                if name not in fields:
+                    shown = "AWSAccessKeyId" if name == "awsaccesskeyid" else name
+                    raise S3Error(
+                        "InvalidArgument",
+                        f"Bucket POST must contain a field named '{shown}'.",
+                        ArgumentName=shown,
+                    )
+            assert policy is not None
+            user = self._user(fields["awsaccesskeyid"])
+            want = sg.v2_sign(user.s3_secret_key, policy)
+            self._compare(want, fields["signature"], user, policy)
+            return AuthResult(user, "v2-form", sg.UNSIGNED_PAYLOAD)
+        return AuthResult(None, "anonymous", sg.UNSIGNED_PAYLOAD)
 
     def _authenticate(self, req: RequestView) -> AuthResult:
         authz = req.header("authorization")
@@ -181,7 +244,9 @@ class Authenticator:
             return self._v4_query(req, query)
         if "Signature" in query and "AWSAccessKeyId" in query:
             return self._v2_query(req, query)
-        raise S3Error("AccessDenied", "Anonymous requests are not accepted: sign your request")
+        # Unsigned: an anonymous request, let through only where a bucket's
+        # ACL or policy grants everyone (docs/s3.rst "Access control").
+        return AuthResult(None, "anonymous", sg.UNSIGNED_PAYLOAD)
 
     def _user(self, access_key: str) -> Any:
         user = self.users.by_access_key(access_key)
@@ -308,8 +373,9 @@ class Authenticator:
             )
         amz_date = req.header("x-amz-date")
         date = req.header("date")
-        when = sg.parse_http_date(amz_date or date or "")
-        if when is None:
+        # x-amz-date, when sent (even empty), is the date that counts (it is the one signed).
+        when = sg.parse_http_date(amz_date if amz_date is not None else (date or ""))
+        if when is None or when < 0:
             raise S3Error(
                 "AccessDenied", "AWS authentication requires a valid Date or x-amz-date header"
             )

@@ -22,6 +22,7 @@ __all__ = [
     "Limits",
     "http_date",
     "iso_date",
+    "parse_iso_date",
     "etag_matches",
     "unquote_etag",
     "header_bytes",
@@ -46,6 +47,7 @@ class Limits:
     max_object_size: int = MAX_SINGLE_PUT
     multipart_chunk_min: int = 5 * 1024 * 1024
     max_keys: int = 1000
+    versioning: bool = True
 
 
 def http_date(ns: int) -> str:
@@ -57,6 +59,29 @@ def iso_date(ns: int) -> str:
     """ISO 8601 with milliseconds and Z, as S3's XML writes times."""
     t = time.gmtime(ns // 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{(ns // 1_000_000) % 1000:03d}Z"
+
+
+def parse_iso_date(text: str) -> float | None:
+    """
+    Seconds since the epoch of an ISO 8601 time as S3's XML and headers write
+    them (C{2026-01-01T00:00:00Z}, C{...00.123Z}, C{...+02:00}); None if it is
+    not one. A time without a zone is UTC.
+    """
+    import datetime
+
+    t = text.strip()
+    if t.endswith(("Z", "z")):
+        t = t[:-1] + "+00:00"
+    try:
+        d = datetime.datetime.fromisoformat(t)
+    except ValueError:
+        return None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=datetime.UTC)
+    try:
+        return d.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def unquote_etag(v: str) -> str:
@@ -95,6 +120,8 @@ class Call:
     auth: AuthResult | None = None
     who: Caller | None = None
     user: Any = None
+    #: The version id the response names (C{x-amz-version-id}), once known.
+    version_id: str | None = None
 
     @property
     def caller(self) -> Caller:

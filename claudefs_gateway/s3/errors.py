@@ -22,13 +22,35 @@ from twisted.python.failure import Failure
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 
-__all__ = ["S3Error", "from_failure", "STATUS", "error_code_for_errno"]
+__all__ = [
+    "S3Error",
+    "from_failure",
+    "STATUS",
+    "error_code_for_errno",
+    "directory_data",
+    "key_conflict",
+]
 
 _log = Logger()
 
 # HTTP status of every code we send (AWS's list, plus our KeyConflict and QuotaExceeded).
 STATUS: dict[str, int] = {
     "AccessDenied": 403,
+    "NoSuchLifecycleConfiguration": 404,
+    "NoSuchCORSConfiguration": 404,
+    "AccessForbidden": 403,
+    "ServerSideEncryptionConfigurationNotFoundError": 404,
+    "InvalidEncryptionAlgorithmError": 400,
+    "UnexpectedContent": 400,
+    "UnresolvableGrantByEmailAddress": 400,
+    "OwnershipControlsNotFoundError": 404,
+    "NoSuchPublicAccessBlockConfiguration": 404,
+    "NoSuchBucketPolicy": 404,
+    "PolicyTooLarge": 400,
+    "MalformedPolicy": 400,
+    "MalformedACLError": 400,
+    "AccessControlListNotSupported": 400,
+    "InvalidBucketAclWithObjectOwnership": 400,
     "AuthorizationHeaderMalformed": 400,
     "AuthorizationQueryParametersError": 400,
     "BadDigest": 400,
@@ -38,18 +60,26 @@ STATUS: dict[str, int] = {
     "EntityTooLarge": 400,
     "EntityTooSmall": 400,
     "IllegalLocationConstraintException": 400,
+    "IllegalVersioningConfigurationException": 400,
     "IncompleteBody": 400,
+    "MalformedPOSTRequest": 400,
+    "InvalidPolicyDocument": 400,
+    "MaxPostPreDataLengthExceeded": 400,
     "InsufficientStorage": 507,
     "InternalError": 500,
     "InvalidAccessKeyId": 403,
     "InvalidArgument": 400,
     "InvalidBucketName": 400,
+    "InvalidBucketState": 409,
     "InvalidDigest": 400,
     "InvalidLocationConstraint": 400,
     "InvalidPart": 400,
     "InvalidPartOrder": 400,
     "InvalidRange": 416,
     "InvalidRequest": 400,
+    "InvalidStorageClass": 400,
+    "InvalidRetentionPeriod": 400,
+    "InvalidTag": 400,
     "KeyConflict": 409,
     "KeyTooLongError": 400,
     "MalformedXML": 400,
@@ -60,7 +90,11 @@ STATUS: dict[str, int] = {
     "MissingSecurityHeader": 400,
     "NoSuchBucket": 404,
     "NoSuchKey": 404,
+    "NoSuchObjectLockConfiguration": 404,
+    "NoSuchTagSet": 404,
+    "ObjectLockConfigurationNotFoundError": 404,
     "NoSuchUpload": 404,
+    "NoSuchVersion": 404,
     "NotImplemented": 501,
     "OperationAborted": 409,
     "PreconditionFailed": 412,
@@ -87,6 +121,7 @@ _MESSAGES: dict[str, str] = {
     "NoSuchKey": "The specified key does not exist.",
     "NoSuchUpload": "The specified upload does not exist. The upload ID may be invalid, "
     "or the upload may have been aborted or completed.",
+    "NoSuchVersion": "The specified version does not exist.",
     "NotImplemented": "A header or operation you provided implies functionality "
     "that is not implemented",
     "OperationAborted": "A conflicting operation is in progress on this object; try again",
@@ -123,9 +158,52 @@ class S3Error(Exception):
         self.headers = headers or {}
         super().__init__(f"{code}: {self.message}")
 
+    #: For a refusal the file-tree mapping forces (docs/s3.rst "The file-tree
+    #: mapping's limits"): C{prefix} or C{dir_data}, the metric's label.
+    mapping: str | None = None
+
     @property
     def status(self) -> int:
         return STATUS[self.code]
+
+
+def key_conflict(object_in_the_way: bool) -> S3Error:
+    """
+    409 KeyConflict: key C{a/b} and key C{a/b/c} cannot both be objects, the
+    first being a file and the second needing it as a directory (docs/s3.rst
+    "The file-tree mapping's limits").
+
+    @param object_in_the_way: an object holds a name the key needs as a
+        prefix (else: objects under the key, as a prefix, hold its name).
+    """
+    if object_in_the_way:
+        msg = (
+            "An object already exists where this key needs a prefix: this gateway stores "
+            "key a/b/c as file c in directory a/b, so objects a/b and a/b/c cannot both exist"
+        )
+    else:
+        msg = (
+            "Other objects exist under this key as a prefix: this gateway stores key a/b/c "
+            "as file c in directory a/b, so objects a/b and a/b/c cannot both exist"
+        )
+    e = S3Error("KeyConflict", msg)
+    e.mapping = "prefix"
+    return e
+
+
+def directory_data(what: str = "hold data") -> S3Error:
+    """
+    A key ending in C{/} is a directory in the file tree: it cannot hold data
+    (docs/s3.rst "The file-tree mapping's limits").
+    """
+    e = S3Error(
+        "InvalidArgument",
+        f"Keys ending in '/' are directories in this gateway and cannot {what}; "
+        "write the object under a key without the trailing '/'",
+        ArgumentName="key",
+    )
+    e.mapping = "dir_data"
+    return e
 
 
 # docs/errors.rst, S3 column. NotFound depends on what was looked for (see from_failure).

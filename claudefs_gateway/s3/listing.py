@@ -25,6 +25,7 @@ import attrs
 
 from claudefs_gateway import errors
 from claudefs_gateway.fstypes import Attributes, FileType
+from claudefs_gateway.s3.versions import Versions
 from claudefs_gateway.vfs import Caller
 
 __all__ = ["Item", "Page", "Lister"]
@@ -32,11 +33,31 @@ __all__ = ["Item", "Page", "Lister"]
 
 @attrs.frozen
 class Item:
-    """A key (with its file or directory attributes) or a common prefix."""
+    """
+    A key (with its file or directory attributes) or a common prefix.
+
+    @ivar parent: the directory holding the key's file (for its older versions).
+    @ivar current: the key has a file now; false for a key with only older
+        versions or delete markers (listed only with versions).
+    """
 
     key: bytes
     attrs: Attributes | None = None
     prefix: bool = False
+    parent: int = 0
+    current: bool = True
+
+
+@attrs.frozen
+class _Entry:
+    """A directory entry as the walk sees it (a versions-only name has no file)."""
+
+    name: bytes
+    ino: int
+    type: FileType
+    attrs: Attributes | None
+    parent: int
+    current: bool = True
 
 
 @attrs.frozen
@@ -57,11 +78,14 @@ class Lister:
     @param caller: who lists (needs read and search permission on each directory).
     """
 
-    def __init__(self, tree: Any, caller: Caller, bucket: Attributes) -> None:
+    def __init__(
+        self, tree: Any, caller: Caller, bucket: Attributes, with_versions: bool = False
+    ) -> None:
         self.tree = tree
         self.vfs = tree.vfs
         self.caller = caller
         self.bucket = bucket
+        self.with_versions = with_versions
 
     async def page(
         self, prefix: bytes, delimiter: bytes | None, marker: bytes | None, max_keys: int
@@ -118,11 +142,18 @@ class Lister:
     async def _sorted(self, ino: int) -> list[tuple[bytes, bytes, Any]]:
         entries = await self.tree.read_dir(self.caller, ino)
         out = []
+        files = set()
         for name, e in entries:
             if e.type is FileType.DIR:
-                out.append((name + b"/", name, e))
+                out.append((name + b"/", name, _Entry(name, e.ino, e.type, e.attrs, ino)))
             elif e.type is FileType.REG:
-                out.append((name, name, e))
+                files.add(name)
+                out.append((name, name, _Entry(name, e.ino, e.type, e.attrs, ino)))
+        if self.with_versions:
+            # Keys with older versions but no file now (deleted: a delete marker is latest).
+            for name in await Versions(self.tree).names(ino):
+                if name not in files:
+                    out.append((name, name, _Entry(name, 0, FileType.REG, None, ino, False)))
         out.sort(key=lambda t: t[0])
         return out
 
@@ -160,7 +191,7 @@ class Lister:
             full = dir_key + name
             if e.type is FileType.REG:
                 if marker is None or full > marker:
-                    yield Item(full, e.attrs)
+                    yield Item(full, e.attrs, parent=e.parent, current=e.current)
                 continue
             dkey = full + b"/"
             inside = marker is not None and marker.startswith(dkey)

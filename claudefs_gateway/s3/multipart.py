@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.internet import defer, task
@@ -40,6 +42,8 @@ __all__ = ["Upload", "Uploads", "part_name", "MAX_PART_NUMBER"]
 MPU_DIR = b"mpu"
 MAX_PART_NUMBER = 10000
 STATE_KEY = b"s3.upload"
+#: Completed uploads whose answer is kept for a retried Complete.
+COMPLETED_KEPT = 10000
 
 
 def part_name(number: int) -> bytes:
@@ -66,6 +70,13 @@ class Upload:
     completing: bool = False
     gone: bool = False
     slots: defer.DeferredSemaphore | None = None
+    #: Tags and object lock the object gets when completed (from the create request).
+    tags: dict[str, str] | None = None
+    lock: bytes | None = None
+    #: The ACL headers of the create request, applied when completed.
+    acl_headers: dict[str, list[str]] | None = None
+    #: How the object is encrypted (s3/sse.py Sse.encode()), if it is.
+    sse: dict[str, Any] | None = None
 
     def state(self) -> bytes:
         return json.dumps(
@@ -78,9 +89,24 @@ class Upload:
                 "m": self.meta.encode().decode("utf-8"),
                 "a": self.algorithm,
                 "ct": self.checksum_type,
+                "tg": self.tags,
+                "lk": self.lock.decode() if self.lock is not None else None,
+                "acl": self.acl_headers,
+                "sse": self.sse,
             },
             ensure_ascii=False,
         ).encode("utf-8")
+
+
+@attrs.frozen
+class Completed:
+    """A completed upload's answer, for a Complete sent again (its reply was lost)."""
+
+    bucket: str
+    key: str
+    uid: int
+    parts: list[tuple[int, str]]
+    result: bytes
 
 
 class Uploads:
@@ -111,6 +137,7 @@ class Uploads:
         self._on_change = on_change
         self._on_failed = on_failed
         self.uploads: dict[str, Upload] = {}
+        self.completed: OrderedDict[str, Completed] = OrderedDict()
         self.mpu_ino = 0
         self._sweeper: task.LoopingCall | None = None
 
@@ -156,6 +183,10 @@ class Uploads:
                 algorithm=d.get("a"),
                 checksum_type=d.get("ct"),
                 slots=defer.DeferredSemaphore(self.max_concurrent_parts),
+                tags=d.get("tg"),
+                lock=d["lk"].encode() if d.get("lk") else None,
+                acl_headers=d.get("acl"),
+                sse=d.get("sse"),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -213,6 +244,10 @@ class Uploads:
         meta: ObjectMeta,
         algorithm: str | None,
         checksum_type: str | None,
+        tags: dict[str, str] | None = None,
+        lock: bytes | None = None,
+        acl_headers: dict[str, list[str]] | None = None,
+        sse: dict[str, Any] | None = None,
     ) -> Upload:
         upload_id = os.urandom(24).hex()
         rc = self.tree.root_caller
@@ -228,6 +263,10 @@ class Uploads:
             meta=meta,
             algorithm=algorithm,
             checksum_type=checksum_type,
+            tags=tags,
+            lock=lock,
+            acl_headers=acl_headers,
+            sse=sse,
             last_activity=self.clock.seconds(),
             slots=defer.DeferredSemaphore(self.max_concurrent_parts),
         )
@@ -278,8 +317,15 @@ class Uploads:
         await self._discard(u)
         self._on_failed()
 
-    async def finished(self, u: Upload) -> None:
-        """The upload was completed: remove what is left of it."""
+    async def finished(self, u: Upload, parts: list[tuple[int, str]], result: bytes) -> None:
+        """
+        The upload was completed: remove what is left of it, and remember its
+        answer (C{result}) for a retried Complete with the same C{parts}
+        (number, ETag) - in memory, for the last L{COMPLETED_KEPT} uploads.
+        """
+        self.completed[u.id] = Completed(u.bucket, u.key, u.uid, parts, result)
+        while len(self.completed) > COMPLETED_KEPT:
+            self.completed.popitem(last=False)
         await self._discard(u)
 
     async def _discard(self, u: Upload) -> None:

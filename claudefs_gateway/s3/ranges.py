@@ -75,12 +75,15 @@ def parse_copy_range(header: str, size: int) -> ByteRange:
     C{x-amz-copy-source-range: bytes=first-last} of UploadPartCopy: both ends
     required and inside the source.
 
-    @raise ValueError: malformed or outside the source.
+    @raise Unsatisfiable: outside the source.
+    @raise ValueError: malformed.
     """
     m = _SPEC.match(header.strip())
     if m is None or m.group(1) == "" or m.group(2) == "":
         raise ValueError("The x-amz-copy-source-range value must be of the form bytes=first-last")
     first, last = int(m.group(1)), int(m.group(2))
-    if last < first or last >= size:
-        raise ValueError("Range specified is not valid for source object of size: " + str(size))
+    if last < first:
+        raise ValueError("The x-amz-copy-source-range value must be of the form bytes=first-last")
+    if last >= size:
+        raise Unsatisfiable("Range specified is not valid for source object of size: " + str(size))
     return ByteRange(first, last, size)

@@ -17,30 +17,12 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Route", "route", "UNSUPPORTED", "UNSUPPORTED_OTHER", "UNSUPPORTED_OPS"]
+__all__ = ["Route", "route", "SERVED", "UNSUPPORTED", "UNSUPPORTED_OTHER", "UNSUPPORTED_OPS"]
 
 # Sub-resources of operations S3 has and we do not serve: sub-resource → method → operation.
 _B = "Bucket"
 UNSUPPORTED: dict[str, dict[str, dict[str, str]]] = {
     "bucket": {
-        "acl": {"GET": "GetBucketAcl", "PUT": "PutBucketAcl"},
-        "policy": {
-            "GET": "GetBucketPolicy",
-            "PUT": "PutBucketPolicy",
-            "DELETE": "DeleteBucketPolicy",
-        },
-        "policyStatus": {"GET": "GetBucketPolicyStatus"},
-        "cors": {"GET": "GetBucketCors", "PUT": "PutBucketCors", "DELETE": "DeleteBucketCors"},
-        "lifecycle": {
-            "GET": "GetBucketLifecycleConfiguration",
-            "PUT": "PutBucketLifecycleConfiguration",
-            "DELETE": "DeleteBucketLifecycle",
-        },
-        "tagging": {
-            "GET": "GetBucketTagging",
-            "PUT": "PutBucketTagging",
-            "DELETE": "DeleteBucketTagging",
-        },
         "website": {
             "GET": "GetBucketWebsite",
             "PUT": "PutBucketWebsite",
@@ -55,22 +37,6 @@ UNSUPPORTED: dict[str, dict[str, dict[str, str]]] = {
             "GET": "GetBucketReplication",
             "PUT": "PutBucketReplication",
             "DELETE": "DeleteBucketReplication",
-        },
-        "encryption": {
-            "GET": "GetBucketEncryption",
-            "PUT": "PutBucketEncryption",
-            "DELETE": "DeleteBucketEncryption",
-        },
-        "object-lock": {"GET": "GetObjectLockConfiguration", "PUT": "PutObjectLockConfiguration"},
-        "ownershipControls": {
-            "GET": "GetBucketOwnershipControls",
-            "PUT": "PutBucketOwnershipControls",
-            "DELETE": "DeleteBucketOwnershipControls",
-        },
-        "publicAccessBlock": {
-            "GET": "GetPublicAccessBlock",
-            "PUT": "PutPublicAccessBlock",
-            "DELETE": "DeletePublicAccessBlock",
         },
         "accelerate": {
             "GET": "GetBucketAccelerateConfiguration",
@@ -97,29 +63,17 @@ UNSUPPORTED: dict[str, dict[str, dict[str, str]]] = {
             "PUT": "PutBucketIntelligentTieringConfiguration",
             "DELETE": "DeleteBucketIntelligentTieringConfiguration",
         },
-        "versions": {"GET": "ListObjectVersions"},
-        "versioning": {"PUT": "PutBucketVersioning"},
         "metadataTable": {"GET": "GetBucketMetadataTableConfiguration"},
     },
     "object": {
-        "acl": {"GET": "GetObjectAcl", "PUT": "PutObjectAcl"},
-        "tagging": {
-            "GET": "GetObjectTagging",
-            "PUT": "PutObjectTagging",
-            "DELETE": "DeleteObjectTagging",
-        },
-        "retention": {"GET": "GetObjectRetention", "PUT": "PutObjectRetention"},
-        "legal-hold": {"GET": "GetObjectLegalHold", "PUT": "PutObjectLegalHold"},
         "torrent": {"GET": "GetObjectTorrent"},
         "restore": {"POST": "RestoreObject"},
         "select": {"POST": "SelectObjectContent"},
-        "attributes": {"GET": "GetObjectAttributes"},
         "renameObject": {"PUT": "RenameObject"},
     },
 }
 # Requests told apart by a header rather than a sub-resource.
 UNSUPPORTED_OTHER = {
-    "PostObject": "POST to a bucket without ?delete or ?uploads (browser form uploads)",
     "WriteGetObjectResponse": "S3 Object Lambda",
     "CreateSession": "S3 Express One Zone sessions (?session)",
 }
@@ -147,17 +101,20 @@ def route(
         if m in ("GET", "HEAD"):
             return r("ListBuckets")
         return r("MethodNotAllowed")
-    if key is None:
-        for sub, ops in UNSUPPORTED["bucket"].items():
+    if m == "OPTIONS":
+        # A browser's CORS preflight, for a bucket or an object (s3/cors.py).
+        return r("PreflightRequest")
+    level = "bucket" if key is None else "object"
+    for table in (SERVED, UNSUPPORTED):
+        for sub, ops in table[level].items():
             if sub in query and m in ops:
                 return r(ops[m])
+    if key is None:
         if "session" in query:
             return r("CreateSession")
         if m == "GET":
             if "location" in query:
                 return r("GetBucketLocation")
-            if "versioning" in query:
-                return r("GetBucketVersioning")
             if "uploads" in query:
                 return r("ListMultipartUploads")
             if query.get("list-type") == "2":
@@ -174,9 +131,6 @@ def route(
                 return r("DeleteObjects")
             return r("PostObject")
         return r("MethodNotAllowed")
-    for sub, ops in UNSUPPORTED["object"].items():
-        if sub in query and m in ops:
-            return r(ops[m])
     copy = headers.get("x-amz-copy-source") is not None
     if m == "PUT":
         if "partNumber" in query and "uploadId" in query:
@@ -200,6 +154,59 @@ def route(
         return r("PostObject")
     return r("MethodNotAllowed")
 
+
+# Sub-resources served: sub-resource → method → operation.
+SERVED: dict[str, dict[str, dict[str, str]]] = {
+    "bucket": {
+        "cors": {"GET": "GetBucketCors", "PUT": "PutBucketCors", "DELETE": "DeleteBucketCors"},
+        "tagging": {
+            "GET": "GetBucketTagging",
+            "PUT": "PutBucketTagging",
+            "DELETE": "DeleteBucketTagging",
+        },
+        "object-lock": {"GET": "GetObjectLockConfiguration", "PUT": "PutObjectLockConfiguration"},
+        "versioning": {"GET": "GetBucketVersioning", "PUT": "PutBucketVersioning"},
+        "versions": {"GET": "ListObjectVersions"},
+        "lifecycle": {
+            "GET": "GetBucketLifecycleConfiguration",
+            "PUT": "PutBucketLifecycleConfiguration",
+            "DELETE": "DeleteBucketLifecycle",
+        },
+        "encryption": {
+            "GET": "GetBucketEncryption",
+            "PUT": "PutBucketEncryption",
+            "DELETE": "DeleteBucketEncryption",
+        },
+        "acl": {"GET": "GetBucketAcl", "PUT": "PutBucketAcl"},
+        "policy": {
+            "GET": "GetBucketPolicy",
+            "PUT": "PutBucketPolicy",
+            "DELETE": "DeleteBucketPolicy",
+        },
+        "policyStatus": {"GET": "GetBucketPolicyStatus"},
+        "ownershipControls": {
+            "GET": "GetBucketOwnershipControls",
+            "PUT": "PutBucketOwnershipControls",
+            "DELETE": "DeleteBucketOwnershipControls",
+        },
+        "publicAccessBlock": {
+            "GET": "GetPublicAccessBlock",
+            "PUT": "PutPublicAccessBlock",
+            "DELETE": "DeletePublicAccessBlock",
+        },
+    },
+    "object": {
+        "acl": {"GET": "GetObjectAcl", "PUT": "PutObjectAcl"},
+        "attributes": {"GET": "GetObjectAttributes"},
+        "tagging": {
+            "GET": "GetObjectTagging",
+            "PUT": "PutObjectTagging",
+            "DELETE": "DeleteObjectTagging",
+        },
+        "retention": {"GET": "GetObjectRetention", "PUT": "PutObjectRetention"},
+        "legal-hold": {"GET": "GetObjectLegalHold", "PUT": "PutObjectLegalHold"},
+    },
+}
 
 #: Every operation name that answers 501.
 UNSUPPORTED_OPS = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 from OpenSSL import SSL
@@ -33,7 +34,9 @@ from claudefs_gateway.s3.api import Limits, S3Api, S3Resource
 from claudefs_gateway.s3.auth import Authenticator
 from claudefs_gateway.s3.channel import S3Site
 from claudefs_gateway.s3.errors import S3Error
+from claudefs_gateway.s3.lifecycle import Worker
 from claudefs_gateway.s3.multipart import Uploads
+from claudefs_gateway.s3.sse import KEYRING_FILE, Keyring
 from claudefs_gateway.s3.tree import Tree
 
 __all__ = ["S3Service", "ReloadingTLS"]
@@ -107,11 +110,17 @@ class S3Service(MultiService):
             cfg.region,
             cfg.domain,
             reactor,
-            Limits(cfg.max_object_size, cfg.multipart_chunk_min, cfg.max_keys),
+            Limits(
+                cfg.max_object_size,
+                cfg.multipart_chunk_min,
+                cfg.max_keys,
+                cfg.enable_versioning,
+            ),
             self.metrics,
             self.activity,
         )
         self.api.admit = lambda address, uid: core.admit("s3", address, uid)
+        self.api.conflicts = core.metrics.family("gateway_s3_mapping_conflicts_total")
         self.site = S3Site(
             S3Resource(self.api),
             reactor,
@@ -128,6 +137,7 @@ class S3Service(MultiService):
         self.listener = core.listener(self, "proto:s3:listen", "s3", cfg.bind, factory)
         self.tree: Tree | None = None
         self.uploads: Uploads | None = None
+        self.lifecycle: Worker | None = None
         self._opening = False
         self._waiters: list[defer.Deferred[tuple[Tree, Uploads]]] = []
         self._opened: tuple[Tree, Uploads] | None = None
@@ -204,9 +214,20 @@ class S3Service(MultiService):
             on_failed=self._failed.inc,
         )
         await uploads.open()
+        self.lifecycle = Worker(
+            tree,
+            uploads,
+            core.reactor,
+            cfg.lifecycle_interval_secs,
+            cfg.lifecycle_day_secs,
+            core.metrics,
+        )
         if self.running:
             uploads.start_expiry()
+            self.lifecycle.start()
         self.authenticator.users = vfs.users
+        # SSE-S3 master keys and the SSE-C check secret (s3/sse.py), beside the store.
+        self.api.keyring = Keyring(Path(core.config.data_dir) / KEYRING_FILE)
         self.tree, self.uploads = tree, uploads
         self._opened = (tree, uploads)
         return self._opened
@@ -238,6 +259,8 @@ class S3Service(MultiService):
             self._prev_hup = None
         if self.uploads is not None:
             self.uploads.stop_expiry()
+        if self.lifecycle is not None:
+            self.lifecycle.stop()
         return super().stopService()
 
 

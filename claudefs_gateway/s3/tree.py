@@ -43,9 +43,10 @@ from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import Attributes, Credentials, FileType, SetAttrs
 from claudefs_gateway.interfaces import IVFS
-from claudefs_gateway.s3.errors import S3Error
+from claudefs_gateway.s3.bucketconf import BUCKET_KEY, BucketConf
+from claudefs_gateway.s3.errors import S3Error, key_conflict
 from claudefs_gateway.s3.keys import Key, bucket_name_ok
-from claudefs_gateway.vfs import Caller
+from claudefs_gateway.vfs import PRIVATE_NAMES, Caller
 
 __all__ = ["Tree", "ObjectMeta", "META_KEY", "STAGING", "EMPTY_MD5"]
 
@@ -54,9 +55,12 @@ STAGING = b".cfs-s3"
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 ROOT = Credentials(0, 0)
 
-FILE_MODE = 0o644
+# New objects are private (S3's default ACL): their owner alone reads them. A
+# bucket is private too, but keeps other-execute so an object its own ACL
+# opens can be reached without listing the bucket (s3/acl.py).
+FILE_MODE = 0o600
 DIR_MODE = 0o755
-BUCKET_MODE = 0o700
+BUCKET_MODE = 0o711
 HASH_BLOCK = 1024 * 1024
 # Times a commit or directory marker is retried when a concurrent delete prunes
 # a directory it was about to use.
@@ -82,6 +86,13 @@ class ObjectMeta:
     @ivar parts: multipart objects: part sizes, run-length encoded [[size, count], …].
     @ivar dir: for directories: C{marker} (an S3 C{key/} object) or C{auto}
         (made by the gateway for nested keys; removed again when empty).
+    @ivar vid: the version id S3 gave this content (None: the C{null} version).
+    @ivar vt: when that version was made (ns).
+    @ivar dm: a delete marker (an empty file in a version store).
+    @ivar fc: the content was written by a file client (NFS, SMB), not S3: the
+        ETag was computed from it, and no S3 version id names it.
+    @ivar sse: how the object is encrypted (L{claudefs_gateway.s3.sse.Sse}), if it is.
+    @ivar part_sums: a multipart object's parts' checksums (base64, in part order).
     """
 
     etag: str | None = None
@@ -94,6 +105,12 @@ class ObjectMeta:
     checksum_type: str | None = None
     parts: list[list[int]] | None = None
     dir: str | None = None
+    vid: str | None = None
+    vt: int | None = None
+    dm: bool = False
+    fc: bool = False
+    sse: dict[str, Any] | None = None
+    part_sums: list[str] | None = None
 
     def encode(self) -> bytes:
         d: dict[str, Any] = {"v": 1}
@@ -108,9 +125,16 @@ class ObjectMeta:
             ("checksum_type", "cty"),
             ("parts", "p"),
             ("dir", "d"),
+            ("vid", "vi"),
+            ("vt", "vt"),
+            ("dm", "dm"),
+            ("fc", "fc"),
+            ("sse", "x"),
+            ("part_sums", "pk"),
         ):
             v = getattr(self, name)
-            if v:
+            # Zero is a size and a time (an empty object), not "absent".
+            if v or (v == 0 and name in ("size", "mtime_ns") and v is not None):
                 d[short] = v
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -135,7 +159,19 @@ class ObjectMeta:
             checksum_type=d.get("cty"),
             parts=d.get("p"),
             dir=d.get("d"),
+            vid=d.get("vi"),
+            vt=d.get("vt"),
+            dm=bool(d.get("dm")),
+            fc=bool(d.get("fc")),
+            sse=d.get("x"),
+            part_sums=d.get("pk"),
         )
+
+    def plain_size(self, a: Attributes) -> int:
+        """The object's size as S3 shows it (an encrypted file holds more at rest)."""
+        if self.sse:
+            return int(self.sse.get("p", 0))
+        return a.size
 
     def etag_valid(self, a: Attributes) -> bool:
         return self.etag is not None and self.mtime_ns == a.mtime_ns and self.size == a.size
@@ -344,26 +380,80 @@ class Tree:
 
     async def delete_bucket(self, caller: Caller, name: str, granted: bool = False) -> None:
         """
-        Remove bucket C{name}.
+        Remove an empty bucket. Scaffolding the gateway made and left empty
+        (directories it made for keys, empty version stores) does not make a
+        bucket non-empty: it is swept first, as S3 lists none of it.
 
         @param granted: the user holds the bucket right: a bucket the caller owns
             may be removed without write permission on the S3 root.
         """
         b = await self.bucket(caller, name)
         raw = name.encode("utf-8")
-        try:
+
+        async def rmdir() -> None:
             try:
                 await self.vfs.rmdir(caller, self.export.root_ino, raw)
             except errors.Access:
                 if not (granted and b.uid == caller.cred.uid):
                     raise
                 await self.vfs.rmdir(self.root_caller, self.export.root_ino, raw)
+
+        try:
+            await rmdir()
         except errors.NotEmpty:
-            raise S3Error("BucketNotEmpty", BucketName=name) from None
+            if not await self._sweep(b.ino):
+                raise S3Error("BucketNotEmpty", BucketName=name) from None
+            try:
+                await rmdir()
+            except errors.NotEmpty:
+                raise S3Error("BucketNotEmpty", BucketName=name) from None
         except errors.Busy:
             raise S3Error(
                 "AccessDenied", "This bucket is an export's root and cannot be deleted"
             ) from None
+
+    async def _sweep(self, ino: int, in_store: bool = False, depth: int = 0) -> bool:
+        """
+        Remove empty gateway-made directories under C{ino} (C{auto} ones, and
+        private version stores and their per-key directories once empty);
+        whether nothing else is left in it.
+
+        @param in_store: C{ino} is a private version store (its directories
+            are per-key stores, gateway-made).
+        """
+        rc = self.root_caller
+        if depth > 64:
+            return False
+        entries = [(name, e.ino, e.type, False) for name, e in await self.read_dir(rc, ino)]
+        for private in PRIVATE_NAMES:
+            try:
+                a = await self.vfs.lookup(rc, ino, private)
+                entries.append((private, a.ino, a.type, True))
+            except errors.NotFound:
+                pass
+        empty = True
+        for name, child_ino, kind, store in entries:
+            if kind is not FileType.DIR:
+                empty = False
+                continue
+            child = await self.vfs.getattr(rc, child_ino)
+            scaffold = store or in_store or (await self.meta(rc, child)).dir == "auto"
+            if not scaffold or not await self._sweep(child_ino, store, depth + 1):
+                empty = False
+                continue
+            try:
+                await self.vfs.rmdir(rc, ino, name)
+            except (errors.NotEmpty, errors.NotFound):
+                empty = False
+        return empty
+
+    async def bucket_conf(self, bucket: Attributes) -> BucketConf:
+        """The bucket's S3 settings (versioning, lock, tags, ACL...)."""
+        return BucketConf.decode(await self.vfs.meta_get(self.root_caller, bucket.ino, BUCKET_KEY))
+
+    async def set_bucket_conf(self, caller: Caller, bucket: Attributes, conf: BucketConf) -> None:
+        """Store the bucket's S3 settings (as the caller: its owner, or root)."""
+        await self.vfs.meta_set(caller, bucket.ino, BUCKET_KEY, conf.encode())
 
     # -- objects: lookup -------------------------------------------------------------------
 
@@ -402,10 +492,7 @@ class Tree:
             except errors.NotFound:
                 return None
             if not cur.is_dir:
-                raise S3Error(
-                    "KeyConflict",
-                    "An object already exists where this key needs a prefix (directory)",
-                )
+                raise key_conflict(True)
         return cur
 
     async def check_writable(self, caller: Caller, bucket: Attributes, key: Key) -> None:
@@ -431,10 +518,7 @@ class Tree:
             except errors.NotFound:
                 break
             if not nxt.is_dir:
-                raise S3Error(
-                    "KeyConflict",
-                    "An object already exists where this key needs a prefix (directory)",
-                )
+                raise key_conflict(True)
             cur = nxt
         else:
             if not key.marker:
@@ -443,10 +527,7 @@ class Tree:
                 except errors.NotFound:
                     existing = None
                 if existing is not None and existing.is_dir:
-                    raise S3Error(
-                        "KeyConflict",
-                        "Other objects exist under this key as a prefix; it cannot also be an object",
-                    )
+                    raise key_conflict(False)
         granted = await self.vfs.access(caller, cur.ino, 0o3)  # W|X
         if granted != 0o3:
             raise S3Error("AccessDenied")
@@ -473,10 +554,7 @@ class Tree:
                 except errors.Exists:
                     nxt = await self.vfs.lookup(caller, cur.ino, seg)
             if not nxt.is_dir:
-                raise S3Error(
-                    "KeyConflict",
-                    "An object already exists where this key needs a prefix (directory)",
-                )
+                raise key_conflict(True)
             cur = nxt
         return cur
 
@@ -490,7 +568,17 @@ class Tree:
     # -- metadata and ETags ---------------------------------------------------------------
 
     async def meta(self, caller: Caller, a: Attributes) -> ObjectMeta:
-        return ObjectMeta.decode(await self.vfs.meta_get(self.root_caller, a.ino, META_KEY))
+        """
+        The S3 metadata of a file. If a file client changed the file since S3
+        wrote it (its modification time or size moved), what described the
+        old bytes - checksums, part sizes - is dropped; the ETag is recomputed
+        when asked for (L{etag}).
+        """
+        meta = ObjectMeta.decode(await self.vfs.meta_get(self.root_caller, a.ino, META_KEY))
+        if meta.mtime_ns is not None and (meta.mtime_ns != a.mtime_ns or meta.size != a.size):
+            meta.checksums, meta.checksum_type, meta.parts = {}, None, None
+            meta.part_sums = None
+        return meta
 
     async def set_meta(self, caller: Caller, ino: int, meta: ObjectMeta) -> None:
         raw = meta.encode()
@@ -547,8 +635,12 @@ class Tree:
                 cur = await self.vfs.getattr(self.root_caller, a.ino)
                 if cur.mtime_ns == a.mtime_ns and cur.size == a.size:
                     fresh = await self.meta(caller, cur)
+                    stale = fresh.mtime_ns != a.mtime_ns or fresh.size != a.size
                     fresh.etag, fresh.mtime_ns, fresh.size = etag, a.mtime_ns, a.size
                     fresh.parts = None
+                    fresh.checksums, fresh.checksum_type = {}, None
+                    if stale:
+                        fresh.vid, fresh.vt, fresh.fc = None, None, True
                     await self.vfs.meta_set(self.root_caller, a.ino, META_KEY, fresh.encode())
             except errors.FSError:
                 pass
@@ -571,13 +663,14 @@ class Tree:
         tmp_dir: int,
         tmp_name: bytes,
         meta: ObjectMeta,
-        precondition: Callable[[Attributes | None], Any] | None = None,
+        precondition: Callable[[Attributes | None, Attributes], Any] | None = None,
     ) -> Attributes:
         """
         Give the finished temporary file its metadata and rename it over the key.
 
-        @param precondition: called with the object now at the key (or None) just
-            before the rename; raises to refuse (conditional writes).
+        @param precondition: called with the object now at the key (or None) and
+            the directory it is in, just before the rename; raises to refuse
+            (conditional writes), or keeps the current object (versioning).
         """
         tmp = await self.vfs.lookup(self.root_caller, tmp_dir, tmp_name)
         meta.mtime_ns, meta.size = tmp.mtime_ns, tmp.size
@@ -596,14 +689,11 @@ class Tree:
                         )
                     except errors.NotFound:
                         current = None
-                    await precondition(current)
+                    await precondition(current, parent)
                 try:
                     result = await self.vfs.rename(caller, tmp_dir, tmp_name, parent.ino, key.name)
                 except errors.IsDir:
-                    raise S3Error(
-                        "KeyConflict",
-                        "Other objects exist under this key as a prefix; it cannot also be an object",
-                    ) from None
+                    raise key_conflict(False) from None
                 return result.source
             except (errors.NotFound, errors.Stale):
                 # A directory on the way was removed under us (a concurrent delete
@@ -641,9 +731,7 @@ class Tree:
                 if attempt == RACE_RETRIES - 1:
                     raise
         if not d.is_dir:
-            raise S3Error(
-                "KeyConflict", "An object already exists where this key needs a prefix (directory)"
-            )
+            raise key_conflict(True)
         meta.dir = "marker"
         await self.set_meta(caller, d.ino, meta)
         return await self.vfs.getattr(caller, d.ino)
@@ -690,6 +778,20 @@ class Tree:
                 return
             names = names[:-1]
         await self.prune(caller, chain, names)
+
+    async def prune_key(self, bucket: Attributes, key: Key) -> None:
+        """Remove the emptied C{auto} directories above a key (after a versioned delete)."""
+        chain = [bucket]
+        rc = self.root_caller
+        try:
+            for seg in key.parents:
+                nxt = await self.vfs.lookup(rc, chain[-1].ino, seg)
+                if not nxt.is_dir:
+                    return
+                chain.append(nxt)
+        except (errors.NotFound, errors.NotDir):
+            return
+        await self.prune(rc, chain, list(key.parents))
 
     async def prune(self, caller: Caller, chain: list[Attributes], names: list[bytes]) -> None:
         """Remove emptied C{auto} directories from the deepest up (never the bucket)."""

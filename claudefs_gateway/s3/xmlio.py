@@ -19,6 +19,7 @@ import attrs
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring
 
+from claudefs_gateway.s3.conditions import DeleteCondition
 from claudefs_gateway.s3.errors import S3Error
 
 __all__ = [
@@ -28,6 +29,16 @@ __all__ = [
     "parse_complete",
     "parse_delete",
     "parse_location",
+    "parse_versioning",
+    "parse_tagging",
+    "parse_retention",
+    "parse_legal_hold",
+    "parse_lock_configuration",
+    "parse_acl",
+    "parse_flags",
+    "parse_ownership",
+    "parse_encryption",
+    "parse_lifecycle",
     "CompletePart",
     "DeleteRequest",
     "MAX_DELETE_KEYS",
@@ -181,6 +192,10 @@ class DeleteRequest:
 
     quiet: bool
     keys: list[str]
+    #: The C{VersionId} given with each key (None where none was).
+    versions: list[str | None] = attrs.field(factory=list)
+    #: Each key's conditions: C{ETag}, C{LastModifiedTime}, C{Size} (each None if absent).
+    conditions: list[DeleteCondition | None] = attrs.field(factory=list)
 
 
 def parse_delete(body: bytes) -> DeleteRequest:
@@ -196,10 +211,154 @@ def parse_delete(body: bytes) -> DeleteRequest:
     if not objects or len(objects) > MAX_DELETE_KEYS:
         raise S3Error("MalformedXML", f"a Delete request names 1 to {MAX_DELETE_KEYS} objects")
     keys = []
+    versions = []
+    conditions: list[DeleteCondition | None] = []
     for o in objects:
         key = _one_text(o, "Key")
         keys.append(key or "")
-    return DeleteRequest(quiet, keys)
+        v = _one_text(o, "VersionId", required=False)
+        versions.append(v.strip() if v is not None else None)
+        etag = _one_text(o, "ETag", required=False)
+        mtime = _one_text(o, "LastModifiedTime", required=False)
+        size = _one_text(o, "Size", required=False)
+        conditions.append(
+            None
+            if etag is None and mtime is None and size is None
+            else DeleteCondition(etag, mtime, size)
+        )
+    return DeleteRequest(quiet, keys, versions, conditions)
+
+
+def parse_versioning(body: bytes) -> tuple[str | None, str | None]:
+    """
+    A PutBucketVersioning body: (Status, MfaDelete), each None if absent.
+
+    @raise S3Error: MalformedXML; IllegalVersioningConfigurationException for a
+        status other than Enabled or Suspended.
+    """
+    el = _parse(body, "VersioningConfiguration")
+    status = _one_text(el, "Status", required=False)
+    mfa = _one_text(el, "MfaDelete", required=False)
+    if status is not None:
+        status = status.strip()
+        if status not in ("Enabled", "Suspended"):
+            raise S3Error(
+                "IllegalVersioningConfigurationException",
+                "The Versioning element must be specified as Enabled or Suspended",
+            )
+    return status, (mfa.strip() if mfa is not None else None)
+
+
+def parse_tagging(body: bytes) -> list[tuple[str, str]]:
+    """A Tagging document's TagSet: (key, value) pairs in order. @raise S3Error: MalformedXML."""
+    el = _parse(body, "Tagging")
+    sets = _children(el, "TagSet")
+    if len(sets) != 1:
+        raise S3Error("MalformedXML", "a Tagging document has one TagSet")
+    out = []
+    for tag in _children(sets[0], "Tag"):
+        out.append((_one_text(tag, "Key") or "", _one_text(tag, "Value") or ""))
+    return out
+
+
+def parse_retention(body: bytes) -> tuple[str | None, str | None]:
+    """A Retention document: (Mode, RetainUntilDate), each None if absent."""
+    el = _parse(body, "Retention")
+    mode = _one_text(el, "Mode", required=False)
+    until = _one_text(el, "RetainUntilDate", required=False)
+    return (mode.strip() if mode is not None else None), (
+        until.strip() if until is not None else None
+    )
+
+
+def parse_legal_hold(body: bytes) -> str:
+    """A LegalHold document's Status. @raise S3Error: MalformedXML (not ON or OFF)."""
+    el = _parse(body, "LegalHold")
+    status = (_one_text(el, "Status") or "").strip()
+    if status not in ("ON", "OFF"):
+        raise S3Error(
+            "MalformedXML", "The XML you provided was not well-formed or did not validate"
+        )
+    return status
+
+
+def parse_lock_configuration(
+    body: bytes,
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """An ObjectLockConfiguration: (ObjectLockEnabled, Mode, Days, Years), each None if absent."""
+    el = _parse(body, "ObjectLockConfiguration")
+    enabled = _one_text(el, "ObjectLockEnabled", required=False)
+    mode = days = years = None
+    rules = _children(el, "Rule")
+    if len(rules) > 1:
+        raise S3Error("MalformedXML", "more than one Rule")
+    if rules:
+        dr = _children(rules[0], "DefaultRetention")
+        if len(dr) != 1:
+            raise S3Error("MalformedXML", "a Rule has one DefaultRetention")
+        mode = _one_text(dr[0], "Mode", required=False)
+        days = _one_text(dr[0], "Days", required=False)
+        years = _one_text(dr[0], "Years", required=False)
+    strip = lambda v: v.strip() if v is not None else None  # noqa: E731
+    return strip(enabled), strip(mode), strip(days), strip(years)
+
+
+def parse_acl(body: bytes) -> tuple[str | None, list[Any]]:
+    """An AccessControlPolicy: (owner id, grants). @raise S3Error: MalformedACLError."""
+    from claudefs_gateway.s3.acl import parse_policy_xml
+
+    try:
+        el = _parse(body, "AccessControlPolicy")
+    except S3Error:
+        raise S3Error("MalformedACLError", "The XML you provided was not well-formed") from None
+    return parse_policy_xml(el, _local)
+
+
+def parse_flags(body: bytes, root: str, names: Sequence[str]) -> dict[str, bool]:
+    """A document of boolean flags (PublicAccessBlockConfiguration): absent ones are false."""
+    el = _parse(body, root)
+    out = {}
+    for n in names:
+        v = _one_text(el, n, required=False)
+        if v is not None and v.strip().lower() not in ("true", "false"):
+            raise S3Error("MalformedXML", f"{n} must be true or false")
+        out[n] = v is not None and v.strip().lower() == "true"
+    return out
+
+
+def parse_ownership(body: bytes) -> str:
+    """OwnershipControls: its one rule's ObjectOwnership."""
+    el = _parse(body, "OwnershipControls")
+    rules = _children(el, "Rule")
+    if len(rules) != 1:
+        raise S3Error("MalformedXML", "OwnershipControls has one Rule")
+    return (_one_text(rules[0], "ObjectOwnership") or "").strip()
+
+
+def parse_encryption(body: bytes) -> str:
+    """A ServerSideEncryptionConfiguration: its rule's SSEAlgorithm."""
+    el = _parse(body, "ServerSideEncryptionConfiguration")
+    rules = _children(el, "Rule")
+    if len(rules) != 1:
+        raise S3Error("MalformedXML", "ServerSideEncryptionConfiguration has one Rule")
+    apply = _children(rules[0], "ApplyServerSideEncryptionByDefault")
+    if len(apply) != 1:
+        raise S3Error("MalformedXML", "a Rule has one ApplyServerSideEncryptionByDefault")
+    return (_one_text(apply[0], "SSEAlgorithm") or "").strip()
+
+
+def parse_lifecycle(body: bytes) -> list[dict[str, Any]]:
+    """A LifecycleConfiguration's rules, validated (L{claudefs_gateway.s3.lifecycle.parse_rules})."""
+    from claudefs_gateway.s3.lifecycle import parse_rules
+
+    return parse_rules(_parse(body, "LifecycleConfiguration"), _local)
+
+
+def parse_cors(body: bytes) -> list[dict[str, Any]]:
+    """A CORSConfiguration's rules, validated (L{claudefs_gateway.s3.cors.parse_rules})."""
+    from claudefs_gateway.s3.cors import parse_rules
+
+    return parse_rules(_parse(body, "CORSConfiguration"), _local)
 
 
 def parse_location(body: bytes) -> str | None:

@@ -151,6 +151,8 @@ class NTLMAcceptor:
     @param lookup: user name → NT hash (16 bytes), or None for an unknown user.
     @param guest: unknown users (and the anonymous logon) become guests
         instead of failing.
+    @param anonymous: the anonymous logon is accepted (re-authenticating an
+        existing session, which it only narrows).
     @param now: seconds since the epoch, for the challenge's timestamp.
     """
 
@@ -161,6 +163,7 @@ class NTLMAcceptor:
         domain: str,
         computer: str,
         guest: bool = False,
+        anonymous: bool = False,
         now: Callable[[], float] | None = None,
         challenge: bytes | None = None,
     ) -> None:
@@ -168,6 +171,7 @@ class NTLMAcceptor:
         self._domain = domain.upper()
         self._computer = computer.upper()[:15]
         self._guest = guest
+        self._anonymous = anonymous or guest
         self._now = now
         self._server_challenge = challenge or os.urandom(8)
         self._negotiate_raw: bytes | None = None
@@ -244,7 +248,7 @@ class NTLMAcceptor:
         except Exception:
             raise ProtocolError("malformed NTLM AUTHENTICATE") from None
         if not user and not nt_response and lm_response in (b"", b"\x00"):
-            if not self._guest:
+            if not self._anonymous:
                 raise LogonFailure("anonymous logon refused")
             self.result = AuthResult("", domain, b"", anonymous=True)
             return self.result

@@ -12,14 +12,24 @@ table, the case index, server-side copy resume keys.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections import OrderedDict
 from typing import Any
 
+import attrs
+from twisted.internet import defer
+
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.errors import ProtocolError
-from claudefs_gateway.fstypes import Attributes, SetAttrs
+from claudefs_gateway.fstypes import (
+    XATTR_SIZE_MAX,
+    Attributes,
+    Credentials,
+    FileType,
+    SetAttrs,
+)
 from claudefs_gateway.interfaces import IVFS, ILockTable
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
@@ -28,14 +38,39 @@ from claudefs_gateway.smb.header import Reader
 from claudefs_gateway.smb.info import Stat, dos_attributes
 from claudefs_gateway.smb.messages import FileId
 from claudefs_gateway.smb.names import CaseIndex
-from claudefs_gateway.smb.security import mode_from_dacl, parse_security_descriptor
+from claudefs_gateway.smb.security import (
+    ANONYMOUS,
+    AUTHENTICATED_USERS,
+    EVERYONE,
+    SID,
+    ParsedDescriptor,
+    dacl_access,
+    mode_descriptor,
+    mode_from_dacl,
+    pack_descriptor,
+    parse_security_descriptor,
+)
 from claudefs_gateway.smb.state import FileNode, Open, Request
 from claudefs_gateway.vfs import Caller, LockOwner, R, W, X
+from claudefs_gateway.vfs.leases import Why
+from claudefs_gateway.vfs.origin import Origin
 
 __all__ = ["FileBase", "split_name", "DOS_KEY", "EA_PREFIX"]
 
 
 DOS_KEY = b"smb.dosattrib"
+#: An NT security descriptor a client set, kept beside the inode (as Samba's
+#: acl_xattr keeps it): version 1, the uid, gid and mode it mapped to, then
+#: the self-relative descriptor.
+NTACL_KEY = b"smb.ntacl"
+_NTACL_HEAD = struct.Struct("<BQQI")
+_ALL_PARTS = (
+    c.OWNER_SECURITY_INFORMATION | c.GROUP_SECURITY_INFORMATION | c.DACL_SECURITY_INFORMATION
+)
+#: How many set ChangeTimes are remembered (the oldest go first).
+MAX_CHANGE_TIMES = 4096
+#: Named streams one file may have.
+MAX_STREAMS = 256
 EA_PREFIX = b"user."
 ALL_ONES = 0xFFFFFFFFFFFFFFFF
 _BAD_CHARS = frozenset('"*/:<>?|') | frozenset(chr(i) for i in range(32))
@@ -71,6 +106,53 @@ def split_name(name: str) -> list[bytes]:
             raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "name component too long")
         out.append(raw)
     return out
+
+
+#: Named streams (MS-FSCC 2.1.5.1), kept as Samba's streams_xattr keeps them
+#: but hidden from other protocols: the names (as created) in one record, each
+#: stream's data in its own, keyed by a hash of the name in lower case.
+STREAMS_KEY = b"smb.streams"
+_STREAM_BAD = frozenset("\\/:") | frozenset(chr(i) for i in range(32))
+
+
+def stream_key(name: str) -> bytes:
+    digest = hashlib.sha256(name.lower().encode("utf-8", "surrogatepass")).hexdigest()
+    return b"smb.stream." + digest[:40].encode()
+
+
+def stream_id(ino: int, name: str) -> int:
+    """A named stream's key for share modes, leases and locks: negative, never an inode."""
+    h = hashlib.sha256(b"%d:" % ino + name.lower().encode("utf-8", "surrogatepass"))
+    return -1 - (int.from_bytes(h.digest()[:8], "little") >> 2)
+
+
+def split_stream(name: str) -> tuple[str, str | None]:
+    """
+    A CREATE name's path and named stream (C{file:stream}, C{file:stream:$DATA});
+    the default stream (C{file::$DATA}) is no stream.
+
+    @raise SMBError: a colon before the last component, a stream type other
+        than $DATA, or a bad stream name (STATUS_OBJECT_NAME_INVALID).
+    """
+    head, sep, last = name.rpartition("\\")
+    if ":" not in last:
+        return name, None
+    if ":" in head:
+        raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "a stream in a directory component")
+    base, _, rest = last.partition(":")
+    stream, colon, kind = rest.partition(":")
+    if colon and kind.upper() != "$DATA":
+        raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "stream type other than $DATA")
+    if not stream:
+        if not colon:
+            raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "empty stream name")
+        return head + sep + base, None
+    if (
+        any(ch in _STREAM_BAD for ch in stream)
+        or len(stream.encode("utf-8", "surrogatepass")) > 255
+    ):
+        raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "bad stream name")
+    return head + sep + base, stream
 
 
 def decode_name(name: bytes) -> str | None:
@@ -177,6 +259,11 @@ class FileBase:
         self._case: CaseIndex | None = None
         # Server-side copy: resume key → the open it names.
         self.resume_keys: dict[bytes, Open] = {}
+        # Deletions at close in progress, by parent directory.
+        self.deleting: dict[int, list[defer.Deferred[None]]] = {}
+        # ChangeTimes set through SET_INFO: inode -> (FILETIME, the inode's
+        # change counter right after). Shown until the inode changes again.
+        self.change_times: OrderedDict[int, tuple[int, int]] = OrderedDict()
 
     @property
     def vfs(self) -> IVFS:
@@ -200,6 +287,12 @@ class FileBase:
         if fid == (ALL_ONES, ALL_ONES) and req.related_file_id is not None:
             fid = req.related_file_id
         op = conn.opens.get(fid[1])
+        if op is None and req.session is not None and len(req.session.channels) > 1:
+            # Multichannel: an open made over another channel of the session.
+            for other in req.session.channels.values():
+                op = other.opens.get(fid[1])
+                if op is not None:
+                    break
         if op is None or op.file_id != fid or op.closed or op.session is not req.session:
             if req.related and req.chain.create_error:
                 # A related request after a failed CREATE fails as the CREATE did.
@@ -210,18 +303,186 @@ class FileBase:
         req.result_file_id = fid
         return op
 
-    async def stored_dos(self, caller: Caller, ino: int) -> int | None:
+    async def stored(self, caller: Caller, ino: int) -> tuple[int | None, int]:
+        """
+        What SMB keeps beside an inode (key C{smb.dosattrib}): the DOS
+        attribute bits a client set (None: never set) and the allocation
+        size it reserved (0: none). Stored as 4 bytes, or 12 with a
+        reservation, so records written before reservations were kept still
+        read.
+        """
         raw = await self.vfs.meta_get(caller, ino, DOS_KEY)
-        if raw is None or len(raw) != 4:
-            return None
-        return int.from_bytes(raw, "little")
+        if raw is None or len(raw) not in (4, 12):
+            return None, 0
+        dos = int.from_bytes(raw[:4], "little")
+        reserved = int.from_bytes(raw[4:], "little") if len(raw) == 12 else 0
+        return dos, reserved
+
+    async def stored_dos(self, caller: Caller, ino: int) -> int | None:
+        return (await self.stored(caller, ino))[0]
+
+    # -- named streams -------------------------------------------------------------------
+
+    async def stream_names(self, caller: Caller, ino: int) -> list[str]:
+        """The file's named streams, as created."""
+        raw = await self.vfs.meta_get(caller, ino, STREAMS_KEY)
+        if not raw:
+            return []
+        return [n for n in raw.decode("utf-8", "surrogatepass").split("\x00") if n]
+
+    async def find_stream(self, caller: Caller, ino: int, name: str) -> str | None:
+        """The stream's name as created, matched case-insensitively; None if it has none."""
+        low = name.lower()
+        for n in await self.stream_names(caller, ino):
+            if n.lower() == low:
+                return n
+        return None
+
+    async def read_stream(self, caller: Caller, ino: int, name: str) -> bytes:
+        return await self.vfs.meta_get(caller, ino, stream_key(name)) or b""
+
+    async def write_stream(
+        self, caller: Caller, ino: int, name: str, data: bytes, origin: Origin | None = None
+    ) -> None:
+        """
+        Set a stream's data, making the stream if it is new.
+
+        @raise SMBError: STATUS_DISK_FULL past what a stream holds (64 KiB,
+            the size of one extended attribute, as with Samba's streams_xattr).
+        """
+        if len(data) > XATTR_SIZE_MAX:
+            raise SMBError(st.STATUS_DISK_FULL, "a named stream holds 64 KiB")
+        names = await self.stream_names(caller, ino)
+        if not any(n.lower() == name.lower() for n in names):
+            if len(names) >= MAX_STREAMS:
+                raise SMBError(st.STATUS_INSUFFICIENT_RESOURCES, "too many streams")
+            index = "\x00".join([*names, name]).encode("utf-8", "surrogatepass")
+            if len(index) > XATTR_SIZE_MAX:
+                raise SMBError(st.STATUS_INSUFFICIENT_RESOURCES, "too many streams")
+            await self.vfs.meta_set(caller, ino, STREAMS_KEY, index, origin)
+        await self.vfs.meta_set(caller, ino, stream_key(name), data, origin)
+
+    async def remove_stream(
+        self, caller: Caller, ino: int, name: str, origin: Origin | None = None
+    ) -> None:
+        names = [n for n in await self.stream_names(caller, ino) if n.lower() != name.lower()]
+        await self.vfs.meta_set(caller, ino, stream_key(name), None, origin)
+        index = "\x00".join(names).encode("utf-8", "surrogatepass")
+        await self.vfs.meta_set(caller, ino, STREAMS_KEY, index or None, origin)
+
+    def stream_origin(self, base_ino: int, owner: LockOwner | None = None) -> Origin:
+        """
+        What a stream's change runs as: it breaks no lease on the file (other
+        protocols do not see streams; the stream's own leases are broken by
+        L{write_stream_at} and at CREATE).
+        """
+        keys = tuple(m.key for m in self.vfs.leases.leases(base_ino))
+        return Origin(owner=owner, strict=True, exempt=keys)
+
+    async def write_stream_at(self, op: Open, offset: int, data: bytes) -> None:
+        """A WRITE to a stream open: others' caching of the stream breaks, then read, change, write."""
+        assert op.stream is not None
+        leases = self.vfs.leases
+        if leases.busy(op.ino):
+            await leases.recall(op.ino, Why.WRITE, op.exempt)
+        caller = op.tree.caller
+        whole = bytearray(await self.read_stream(caller, op.file_ino, op.stream))
+        if offset + len(data) > XATTR_SIZE_MAX:
+            raise SMBError(st.STATUS_DISK_FULL, "a named stream holds 64 KiB")
+        if offset > len(whole):
+            whole.extend(bytes(offset - len(whole)))
+        whole[offset : offset + len(data)] = data
+        await self.write_stream(
+            caller, op.file_ino, op.stream, bytes(whole), self.stream_origin(op.file_ino)
+        )
+        op.written = True
+
+    async def set_stream_size(self, op: Open, size: int) -> None:
+        """SET_INFO FileEndOfFileInformation on a stream open."""
+        assert op.stream is not None
+        if size > XATTR_SIZE_MAX:
+            raise SMBError(st.STATUS_DISK_FULL, "a named stream holds 64 KiB")
+        leases = self.vfs.leases
+        if leases.busy(op.ino):
+            await leases.recall(op.ino, Why.WRITE, op.exempt)
+        caller = op.tree.caller
+        whole = await self.read_stream(caller, op.file_ino, op.stream)
+        whole = whole[:size] + bytes(max(0, size - len(whole)))
+        await self.write_stream(
+            caller, op.file_ino, op.stream, whole, self.stream_origin(op.file_ino)
+        )
+
+    async def stream_stat(self, caller: Caller, op: Open) -> Stat:
+        """The file's Stat with a stream open's size."""
+        assert op.stream is not None and op.node is not None
+        a = await self.vfs.getattr(caller, op.file_ino)
+        size = len(await self.read_stream(caller, op.file_ino, op.stream))
+        return await self.stat(
+            caller, attrs.evolve(a, type=FileType.REG, size=size, used=size), op.node.name
+        )
 
     async def stat(self, caller: Caller, a: Attributes, name: bytes = b"") -> Stat:
-        stored = await self.stored_dos(caller, a.ino)
-        return Stat(a, dos_attributes(a, stored, name))
+        dos, reserved = await self.stored(caller, a.ino)
+        return Stat(
+            a, dos_attributes(a, dos, name), reserved=reserved, change_time=self.change_time(a)
+        )
 
-    async def _set_dos(self, caller: Caller, ino: int, bits: int) -> None:
-        await self.vfs.meta_set(caller, ino, DOS_KEY, struct.pack("<I", bits & c.STORED_ATTRIBUTES))
+    def change_time(self, a: Attributes) -> int | None:
+        """A ChangeTime a client set, while the inode has not changed since."""
+        kept = self.change_times.get(a.ino)
+        if kept is None:
+            return None
+        if kept[1] != a.change:
+            del self.change_times[a.ino]
+            return None
+        return kept[0]
+
+    async def changed_through(self, op: Open) -> None:
+        """
+        A change made through C{op}: a ChangeTime set through it stands
+        (MS-FSA 2.1.5.14.2, Open.UserSetChangeTime).
+        """
+        if op.user_change_time is not None and op.node is not None:
+            self.keep_change_time(
+                await self.vfs.getattr(op.tree.caller, op.file_ino), op.user_change_time
+            )
+
+    def keep_change_time(self, a: Attributes, filetime: int) -> None:
+        """
+        Show C{filetime} as the ChangeTime of C{a} (its attributes right after
+        the SET_INFO) until the inode changes again. POSIX stores cannot set a
+        ctime, so it lives here (lost at restart, when the real one shows):
+        Windows keeps what FileBasicInformation sets (MS-FSA 2.1.5.14.2;
+        smbtorture smb2.create.open, smb2.timestamps).
+        """
+        self.change_times[a.ino] = (filetime, a.change)
+        self.change_times.move_to_end(a.ino)
+        while len(self.change_times) > MAX_CHANGE_TIMES:
+            self.change_times.popitem(last=False)
+
+    async def _set_dos(
+        self,
+        caller: Caller,
+        ino: int,
+        bits: int | None,
+        origin: Origin | None = None,
+        reserved: int | None = None,
+    ) -> None:
+        """
+        Keep DOS attribute bits (None: leave them) and an allocation
+        reservation (None: leave it; 0: drop it).
+        """
+        if bits is None or reserved is None:
+            old_bits, old_reserved = await self.stored(caller, ino)
+            if bits is None:
+                # Never set: what a new file shows (ARCHIVE), kept as such.
+                bits = old_bits if old_bits is not None else c.FILE_ATTRIBUTE_ARCHIVE
+            if reserved is None:
+                reserved = old_reserved
+        raw = struct.pack("<I", bits & c.STORED_ATTRIBUTES)
+        if reserved:
+            raw += struct.pack("<Q", reserved)
+        await self.vfs.meta_set(caller, ino, DOS_KEY, raw, origin)
 
     async def maximal_access(self, caller: Caller, a: Attributes, parent: int | None) -> int:
         """What C{caller} may do to C{a} (and, with its C{parent}, whether it may delete it)."""
@@ -240,6 +501,12 @@ class FileBase:
         cred = caller.cred
         if cred.is_root or cred.uid == a.uid:
             mask |= c.WRITE_DAC | c.WRITE_OWNER | c.FILE_WRITE_ATTRIBUTES | c.FILE_WRITE_EA
+        if not cred.is_root:
+            # A DACL a client set narrows what the mode grants (never widens it:
+            # NFS and S3 check the mode alone).
+            sd = await self.stored_descriptor(caller, a)
+            if sd is not None:
+                mask &= dacl_access(sd.dacl, self.token(caller), cred.uid == a.uid) | c.SYNCHRONIZE
         if parent is not None:
             pbits = await vfs.access(caller, parent, W | X)
             if pbits == W | X:
@@ -351,7 +618,9 @@ class FileBase:
                     continue
         return [(n, v) for n, v in out if len(v) <= 0xFFFF]
 
-    async def _set_eas(self, caller: Caller, ino: int, data: bytes) -> None:
+    async def _set_eas(
+        self, caller: Caller, ino: int, data: bytes, origin: Origin | None = None
+    ) -> None:
         vfs = self.vfs
         for _flags, name, value in ea_entries(data):
             if (
@@ -362,17 +631,65 @@ class FileBase:
                 raise SMBError(st.STATUS_INVALID_EA_NAME)
             key = EA_PREFIX + name
             if value:
-                await vfs.setxattr(caller, ino, key, value)
+                await vfs.setxattr(caller, ino, key, value, origin=origin)
             else:
                 try:
-                    await vfs.removexattr(caller, ino, key)
+                    await vfs.removexattr(caller, ino, key, origin=origin)
                 except errors.NoData:
                     pass
 
+    async def descriptor(self, caller: Caller, a: Attributes) -> ParsedDescriptor:
+        """
+        The security descriptor of C{a}: the one a client set, while the
+        owner, group and mode are still what it mapped to (a chmod or chown
+        through NFS or S3 since makes it stale, as Samba's acl_xattr finds by
+        its hash), else the one the mode bits stand for.
+        """
+        stored = await self.stored_descriptor(caller, a)
+        if stored is not None:
+            return stored
+        return mode_descriptor(self.factory.idmap, a.uid, a.gid, a.mode, a.is_dir)
+
+    async def stored_descriptor(self, caller: Caller, a: Attributes) -> ParsedDescriptor | None:
+        raw = await self.vfs.meta_get(caller, a.ino, NTACL_KEY)
+        if raw is None or len(raw) < _NTACL_HEAD.size:
+            return None
+        version, uid, gid, mode = _NTACL_HEAD.unpack_from(raw)
+        if version != 1 or (uid, gid, mode) != (a.uid, a.gid, a.mode & 0o7777):
+            return None
+        try:
+            return parse_security_descriptor(raw[_NTACL_HEAD.size :])
+        except ProtocolError:
+            return None
+
+    def token(self, caller: Caller) -> frozenset[SID]:
+        """The SIDs a caller's DACL checks run with: its user, its groups, and the well-known ones."""
+        idmap = self.factory.idmap
+        cred = caller.cred
+        rules = caller.export.rules
+        sids = {idmap.uid_sid(cred.uid), EVERYONE}
+        sids.update(idmap.gid_sid(g) for g in (cred.gid, *cred.groups))
+        sids.add(ANONYMOUS if cred.uid == rules.anonuid else AUTHENTICATED_USERS)
+        return frozenset(sids)
+
     async def _apply_security(
-        self, caller: Caller, a: Attributes, sd: bytes, parts: int
+        self,
+        caller: Caller,
+        a: Attributes,
+        sd: bytes,
+        parts: int,
+        origin: Origin | None = None,
+        create: bool = False,
     ) -> Attributes:
-        """Map a security descriptor back to owner, group and mode (see L{claudefs_gateway.smb.security})."""
+        """
+        Set the parts C{parts} names of a security descriptor: owner and group
+        SIDs become a chown (a SID that maps to no uid or gid leaves it, the
+        SID kept, as Samba with ``force unknown acl user``), the DACL the mode
+        bits (L{mode_from_dacl}); the whole descriptor is kept beside the
+        inode (L{NTACL_KEY}). DACL_SECURITY_INFORMATION without
+        SE_DACL_PRESENT sets a NULL DACL, except at CREATE, where a missing
+        DACL leaves the default (MS-DTYP 2.4.6; smbtorture smb2.create.nulldacl).
+        """
         idmap = self.factory.idmap
         try:
             parsed = parse_security_descriptor(sd)
@@ -380,34 +697,58 @@ class FileBase:
             raise SMBError(
                 st.STATUS_INVALID_SECURITY_DESCR, "unreadable security descriptor"
             ) from None
+        if create:
+            parts &= ~(
+                (0 if parsed.owner else c.OWNER_SECURITY_INFORMATION)
+                | (0 if parsed.group else c.GROUP_SECURITY_INFORMATION)
+                | (0 if parsed.dacl_present else c.DACL_SECURITY_INFORMATION)
+            )
+        parts &= _ALL_PARTS
+        if not parts:
+            return a
+        current = await self.descriptor(caller, a)
+        owner, group = current.owner, current.group
         uid = gid = None
         if parts & c.OWNER_SECURITY_INFORMATION and parsed.owner is not None:
+            owner = parsed.owner
             m = idmap.to_unix(parsed.owner)
-            if m is None or m[0] != "uid":
-                raise SMBError(st.STATUS_INVALID_OWNER, "owner SID maps to no uid")
-            uid = m[1] if m[1] != a.uid else None
+            if m is not None and m[0] == "uid" and m[1] != a.uid:
+                uid = m[1]
         if parts & c.GROUP_SECURITY_INFORMATION and parsed.group is not None:
+            group = parsed.group
             m = idmap.to_unix(parsed.group)
-            if m is None or m[0] != "gid":
-                raise SMBError(st.STATUS_INVALID_PRIMARY_GROUP, "group SID maps to no gid")
-            gid = m[1] if m[1] != a.gid else None
+            if m is not None and m[0] == "gid" and m[1] != a.gid:
+                gid = m[1]
+        dacl, control = current.dacl, current.control
         mode = None
-        if parts & c.DACL_SECURITY_INFORMATION and parsed.dacl is not None:
-            owner = idmap.uid_sid(uid if uid is not None else a.uid)
-            group = idmap.gid_sid(gid if gid is not None else a.gid)
-            try:
-                new = mode_from_dacl(parsed.dacl, owner, group, a.mode)
-            except ProtocolError:
-                raise SMBError(
-                    st.STATUS_INVALID_PARAMETER, "DACL cannot be kept in mode bits"
-                ) from None
+        if parts & c.DACL_SECURITY_INFORMATION:
+            dacl = parsed.dacl if parsed.dacl_present else None
+            control = parsed.control | 0x0004  # SE_DACL_PRESENT: absent means NULL here
+            new = mode_from_dacl(
+                dacl,
+                idmap.uid_sid(uid if uid is not None else a.uid),
+                idmap.gid_sid(gid if gid is not None else a.gid),
+                a.mode,
+            )
             mode = new if new != a.mode else None
-        changes = SetAttrs(mode=mode, uid=uid, gid=gid)
-        if changes.is_empty():
-            return a
-        result: Attributes = await self.vfs.setattr(caller, a.ino, changes)
-        return result
+        if uid is not None or gid is not None:
+            a = await self.vfs.setattr(caller, a.ino, SetAttrs(uid=uid, gid=gid), origin=origin)
+        # The mode and the kept descriptor are written as the owner: the open's
+        # WRITE_DAC, granted at CREATE to the owner (or root), is the authority,
+        # as on Windows, even after the session re-authenticated as someone
+        # else (smbtorture smb2.session.reauth4).
+        as_owner = attrs.evolve(caller, cred=Credentials(a.uid, a.gid))
+        if mode is not None:
+            a = await self.vfs.setattr(as_owner, a.ino, SetAttrs(mode=mode), origin=origin)
+        kept = ParsedDescriptor(owner, group, dacl, True, control)
+        raw = _NTACL_HEAD.pack(1, a.uid, a.gid, a.mode & 0o7777) + pack_descriptor(kept, _ALL_PARTS)
+        await self.vfs.meta_set(as_owner, a.ino, NTACL_KEY, raw, origin)
+        return a
 
     def _end_watch(self, conn: Any, op: Open) -> None:
         """End an open's CHANGE_NOTIFY watch (L{claudefs_gateway.smb.listing.DirectoryCommands})."""
+        raise NotImplementedError
+
+    def watch_deleted(self, op: Open) -> None:
+        """The watched directory is going (L{claudefs_gateway.smb.listing.DirectoryCommands})."""
         raise NotImplementedError

@@ -21,8 +21,9 @@ from claudefs_gateway.smb.filebase import FileBase, get_ea_names, pack_eas, spli
 from claudefs_gateway.smb.header import Reader, error_body
 from claudefs_gateway.smb.info import OpenState, Volume, from_filetime, fs_info, pack_stat_info
 from claudefs_gateway.smb.messages import QueryInfoRequest, SetInfoRequest, pack_buffer_response
-from claudefs_gateway.smb.security import security_descriptor
+from claudefs_gateway.smb.security import pack_descriptor
 from claudefs_gateway.smb.state import FileNode, Open, Reply, Request
+from claudefs_gateway.vfs import Caller
 
 __all__ = ["InfoCommands"]
 
@@ -69,12 +70,17 @@ class InfoCommands(FileBase):
                     and body.info_class != F.FileEaInformation
                 ):
                     raise SMBError(st.STATUS_ACCESS_DENIED)
-            a = await vfs.getattr(caller, op.ino)
             assert op.node is not None
-            st_ = await self.stat(caller, a, op.node.name)
+            if op.stream is not None:
+                st_ = await self.stream_stat(caller, op)
+            else:
+                st_ = await self.stat(caller, await vfs.getattr(caller, op.file_ino), op.node.name)
+            if body.info_class == F.FileStreamInformation:
+                data = await self._stream_info(caller, op)
+                return self._fit(VARIABLE_FILE_CLASSES[F.FileStreamInformation], data, limit)
             ea_size = 0
             if body.info_class in (F.FileEaInformation, F.FileAllInformation):
-                ea_size = len(pack_eas(await self._eas(caller, op.ino)))
+                ea_size = len(pack_eas(await self._eas(caller, op.file_ino)))
             if body.info_class == F.FileNormalizedNameInformation:
                 n = conn.negotiated
                 if n is None or n.dialect < c.SMB_3_1_1:
@@ -106,9 +112,8 @@ class InfoCommands(FileBase):
                 raise SMBError(st.STATUS_ACCESS_DENIED)
             if body.additional & c.SACL_SECURITY_INFORMATION:
                 raise SMBError(st.STATUS_PRIVILEGE_NOT_HELD, "SACL")
-            a = await vfs.getattr(caller, op.ino)
-            idmap = self.factory.idmap
-            sd = security_descriptor(idmap, a.uid, a.gid, a.mode, a.is_dir, body.additional)
+            a = await vfs.getattr(caller, op.file_ino)
+            sd = pack_descriptor(await self.descriptor(caller, a), body.additional)
             if len(sd) > limit:
                 raise SMBError(
                     st.STATUS_BUFFER_TOO_SMALL, body=error_body(struct.pack("<I", len(sd)))
@@ -117,6 +122,32 @@ class InfoCommands(FileBase):
         if body.info_type == c.SMB2_0_INFO_QUOTA:
             raise SMBError(st.STATUS_NOT_SUPPORTED, "quota queries")
         raise SMBError(st.STATUS_INVALID_PARAMETER, "bad InfoType")
+
+    async def _stream_info(self, caller: Caller, op: Open) -> bytes:
+        """
+        FileStreamInformation (MS-FSCC 2.4.44): the default stream of a file
+        (not of a directory), then each named stream, with their sizes.
+        """
+        ino = op.file_ino
+        a = await self.vfs.getattr(caller, ino)
+        entries: list[tuple[str, int, int]] = []
+        if not a.is_dir:
+            st_ = await self.stat(caller, a)
+            entries.append(("::$DATA", st_.eof, st_.allocation))
+        for name in await self.stream_names(caller, ino):
+            size = len(await self.read_stream(caller, ino, name))
+            entries.append((f":{name}:$DATA", size, (size + 4095) // 4096 * 4096))
+        out = bytearray()
+        last = -1
+        for name, size, alloc in entries:
+            raw = name.encode("utf-16-le")
+            start = (len(out) + 7) & ~7
+            if last >= 0:
+                out += b"\x00" * (start - len(out))
+                struct.pack_into("<I", out, last, start - last)
+            last = len(out)
+            out += struct.pack("<IIqq", 0, len(raw), size, alloc) + raw
+        return bytes(out)
 
     def _fit(self, fixed: int | None, data: bytes, limit: int) -> Reply | bytes:
         """
@@ -141,7 +172,7 @@ class InfoCommands(FileBase):
         if not op.access & c.FILE_READ_EA:
             raise SMBError(st.STATUS_ACCESS_DENIED)
         caller = op.tree.caller
-        eas = await self._eas(caller, op.ino)
+        eas = await self._eas(caller, op.file_ino)
         if body.input:
             try:
                 wanted = get_ea_names(body.input)
@@ -171,8 +202,8 @@ class InfoCommands(FileBase):
                     raise SMBError(st.STATUS_ACCESS_DENIED)
             if body.additional & c.DACL_SECURITY_INFORMATION and not op.access & c.WRITE_DAC:
                 raise SMBError(st.STATUS_ACCESS_DENIED)
-            a = await self.vfs.getattr(caller, op.ino)
-            await self._apply_security(caller, a, buf, body.additional)
+            a = await self.vfs.getattr(caller, op.file_ino)
+            await self._apply_security(caller, a, buf, body.additional, op.origin)
             return b"\x02\x00"
         if body.info_type == c.SMB2_0_INFO_FILESYSTEM:
             raise SMBError(st.STATUS_ACCESS_DENIED, "file system information cannot be set")
@@ -204,6 +235,7 @@ class InfoCommands(FileBase):
             raise SMBError(st.STATUS_INVALID_PARAMETER) from None
         except struct.error:
             raise SMBError(st.STATUS_INFO_LENGTH_MISMATCH) from None
+        await self.changed_through(op)
         return b"\x02\x00"
 
     async def _set_basic(self, conn: Any, op: Open, buf: bytes) -> None:
@@ -211,7 +243,9 @@ class InfoCommands(FileBase):
             raise SMBError(st.STATUS_INFO_LENGTH_MISMATCH)
         if not op.access & c.FILE_WRITE_ATTRIBUTES:
             raise SMBError(st.STATUS_ACCESS_DENIED)
-        created, accessed, written, _changed, attrs_ = struct.unpack_from("<qqqqI", buf)
+        created, accessed, written, changed, attrs_ = struct.unpack_from("<qqqqI", buf)
+        if min(created, accessed, written, changed) < -2:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "time before 1601")  # MS-FSA 2.1.5.14.2
 
         def when(ft: int) -> int | None:
             # 0: leave alone; -1 / -2: stop / resume automatic updates (not kept).
@@ -223,13 +257,17 @@ class InfoCommands(FileBase):
                 raise SMBError(st.STATUS_INVALID_PARAMETER, "DIRECTORY attribute on a file")
             if attrs_ & c.FILE_ATTRIBUTE_TEMPORARY and op.is_dir:
                 raise SMBError(st.STATUS_INVALID_PARAMETER, "TEMPORARY attribute on a directory")
-            stored = await self.stored_dos(caller, op.ino)
+            stored = await self.stored_dos(caller, op.file_ino)
             # SPARSE_FILE is FSCTL_SET_SPARSE's to change, not SET_INFO's.
             keep = (stored or 0) & c.FILE_ATTRIBUTE_SPARSE_FILE
-            await self._set_dos(caller, op.ino, (attrs_ & ~c.FILE_ATTRIBUTE_SPARSE_FILE) | keep)
+            await self._set_dos(
+                caller, op.file_ino, (attrs_ & ~c.FILE_ATTRIBUTE_SPARSE_FILE) | keep, op.origin
+            )
         changes = SetAttrs(atime=when(accessed), mtime=when(written), btime=when(created))
         if not changes.is_empty():
-            await self.vfs.setattr(caller, op.ino, changes)
+            await self.vfs.setattr(caller, op.file_ino, changes, origin=op.origin)
+        if changed not in (0, -1, -2):
+            op.user_change_time = changed
 
     def _name_info(self, buf: bytes) -> tuple[bool, str]:
         """FILE_RENAME_INFORMATION / FILE_LINK_INFORMATION (SMB2 form, MS-FSCC 2.4.37)."""
@@ -244,6 +282,8 @@ class InfoCommands(FileBase):
 
     async def _set_rename(self, conn: Any, op: Open, buf: bytes) -> None:
         replace, name = self._name_info(buf)
+        if op.stream is not None:
+            raise SMBError(st.STATUS_NOT_SUPPORTED, "renaming a named stream")
         if not op.access & c.DELETE:
             raise SMBError(st.STATUS_ACCESS_DENIED, "rename without DELETE access")
         node = op.node
@@ -256,6 +296,12 @@ class InfoCommands(FileBase):
         caller = op.tree.caller
         vfs = self.vfs
         dst_dir, dir_parts = await self.resolve_dir(caller, parts[:-1])
+        parent = self.nodes.get(dst_dir.ino)
+        if parent is not None and any(o.access & c.DELETE and not o.closed for o in parent.opens):
+            # The directory the name lands in is held open for DELETE: Windows
+            # and Samba refuse the rename (Samba's parent_dirname_compatible_open;
+            # smbtorture smb2.oplock.batch19, batch20, exclusive6).
+            raise SMBError(st.STATUS_SHARING_VIOLATION, "target directory open for delete")
         leaf = parts[-1]
         parts = [*dir_parts, leaf]
         try:
@@ -271,7 +317,7 @@ class InfoCommands(FileBase):
                 raise SMBError(st.STATUS_ACCESS_DENIED, "replacement target is open")
             if stored != leaf:
                 # The name it replaces is spelt otherwise: remove that one, not add a twin.
-                await vfs.remove(caller, dst_dir.ino, stored)
+                await vfs.remove(caller, dst_dir.ino, stored, op.origin)
         if op.is_dir and self._has_open_below(node):
             raise SMBError(st.STATUS_ACCESS_DENIED, "files below the directory are open")
         await vfs.rename(caller, node.parent, node.name, dst_dir.ino, leaf, op.origin)
@@ -289,6 +335,8 @@ class InfoCommands(FileBase):
 
     async def _set_link(self, conn: Any, op: Open, buf: bytes) -> None:
         replace, name = self._name_info(buf)
+        if op.stream is not None:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "a hard link to a named stream")
         if op.is_dir:
             raise SMBError(st.STATUS_FILE_IS_A_DIRECTORY)
         parts = split_name(name)
@@ -304,8 +352,8 @@ class InfoCommands(FileBase):
         if dst is not None:
             if not replace or dst.is_dir:
                 raise SMBError(st.STATUS_OBJECT_NAME_COLLISION)
-            await vfs.remove(caller, dst_dir.ino, stored)
-        await vfs.link(caller, op.ino, dst_dir.ino, parts[-1], op.origin)
+            await vfs.remove(caller, dst_dir.ino, stored, op.origin)
+        await vfs.link(caller, op.file_ino, dst_dir.ino, parts[-1], op.origin)
 
     async def _set_disposition(self, conn: Any, op: Open, buf: bytes) -> None:
         if len(buf) < 1:
@@ -332,11 +380,11 @@ class InfoCommands(FileBase):
             raise SMBError(st.STATUS_CANNOT_DELETE, "the share root cannot be deleted")
         caller = op.tree.caller
         if delete:
-            stored = await self.stored_dos(caller, op.ino)
+            stored = await self.stored_dos(caller, op.file_ino)
             if stored is not None and stored & c.FILE_ATTRIBUTE_READONLY and not ignore_ro:
                 raise SMBError(st.STATUS_CANNOT_DELETE, "read-only file")
             if op.is_dir:
-                page = await self.vfs.readdir(caller, op.ino, 0, b"\x00" * 8, 1, False)
+                page = await self.vfs.readdir(caller, op.file_ino, 0, b"\x00" * 8, 1, False)
                 if page.entries:
                     raise SMBError(st.STATUS_DIRECTORY_NOT_EMPTY)
         if on_close:
@@ -354,10 +402,19 @@ class InfoCommands(FileBase):
             raise SMBError(st.STATUS_ACCESS_DENIED)
         if size < 0:
             raise SMBError(st.STATUS_INVALID_PARAMETER)
+        if op.stream is not None:
+            await self.set_stream_size(op, size)
+            return
         try:
-            await self.vfs.setattr(op.tree.caller, op.ino, SetAttrs(size=size), origin=op.origin)
+            await self.vfs.setattr(
+                op.tree.caller, op.file_ino, SetAttrs(size=size), origin=op.origin
+            )
         except errors.LockConflict:
             raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
+        dos, reserved = await self.stored(op.tree.caller, op.file_ino)
+        if reserved and reserved < size:
+            # The file now uses more than was reserved: nothing is reserved beyond it.
+            await self._set_dos(op.tree.caller, op.file_ino, dos, op.origin, 0)
 
     async def _set_allocation(self, conn: Any, op: Open, buf: bytes) -> None:
         if len(buf) < 8:
@@ -369,15 +426,24 @@ class InfoCommands(FileBase):
             raise SMBError(st.STATUS_ACCESS_DENIED)
         if size < 0:
             raise SMBError(st.STATUS_INVALID_PARAMETER)
-        a = await self.vfs.getattr(op.tree.caller, op.ino)
-        # MS-FSA 2.1.5.14.1: below the end of file truncates; above it only reserves (not kept).
+        caller = op.tree.caller
+        if op.stream is not None:
+            # A stream keeps no reservation; below its end it is cut there.
+            current = len(await self.read_stream(caller, op.file_ino, op.stream))
+            if size < current:
+                await self.set_stream_size(op, size)
+            return
+        a = await self.vfs.getattr(caller, op.file_ino)
+        # MS-FSA 2.1.5.14.1: below the end of file truncates; above it reserves
+        # (kept beside the inode and reported as AllocationSize).
         if size < a.size:
             try:
-                await self.vfs.setattr(
-                    op.tree.caller, op.ino, SetAttrs(size=size), origin=op.origin
-                )
+                await self.vfs.setattr(caller, op.file_ino, SetAttrs(size=size), origin=op.origin)
             except errors.LockConflict:
                 raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
+        # Setting it (even to what it is) changes the file for others'
+        # caches: level II oplocks and read leases break (smbtorture smb2.oplock.batch12).
+        await self._set_dos(caller, op.file_ino, None, op.origin, size if size > a.size else 0)
 
     async def _set_position(self, conn: Any, op: Open, buf: bytes) -> None:
         if len(buf) < 8:
@@ -401,4 +467,4 @@ class InfoCommands(FileBase):
     async def _set_ea_info(self, conn: Any, op: Open, buf: bytes) -> None:
         if not op.access & c.FILE_WRITE_EA:
             raise SMBError(st.STATUS_ACCESS_DENIED)
-        await self._set_eas(op.tree.caller, op.ino, buf)
+        await self._set_eas(op.tree.caller, op.file_ino, buf, op.origin)

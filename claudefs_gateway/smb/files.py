@@ -35,8 +35,15 @@ from claudefs_gateway.smb.create import CreateCommands
 from claudefs_gateway.smb.errors import SMBError
 from claudefs_gateway.smb.filebase import DOS_KEY, split_name
 from claudefs_gateway.smb.fileinfo import InfoCommands
+from claudefs_gateway.smb.header import Reader
 from claudefs_gateway.smb.ioctl import IoctlCommands
 from claudefs_gateway.smb.listing import DirectoryCommands
+from claudefs_gateway.smb.messages import (
+    LeaseBreakAck,
+    OplockBreakAck,
+    pack_lease_break_ack_response,
+    pack_oplock_break,
+)
 from claudefs_gateway.smb.rw import ReadWriteCommands
 from claudefs_gateway.smb.state import Request
 
@@ -51,5 +58,19 @@ class FileService(
     # -- OPLOCK_BREAK -----------------------------------------------------------------------------
 
     async def smb_OPLOCK_BREAK(self, conn: Any, req: Request) -> bytes:
-        # No oplock or lease is ever granted, so there is nothing to acknowledge.
-        raise SMBError(st.STATUS_INVALID_OPLOCK_PROTOCOL, "no oplock was granted")
+        """
+        An oplock or lease break acknowledgment (MS-SMB2 3.3.5.22), told
+        apart by StructureSize (24: oplock, 36: lease), as Samba does.
+        """
+        size = Reader(req.raw).u16(64)
+        leasing = self.factory.leasing
+        if size == 36:
+            ack = LeaseBreakAck.parse(req.raw)
+            state = leasing.ack_lease(conn, ack.key, ack.state)
+            return pack_lease_break_ack_response(ack.key, state)
+        if size != 24:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "not an oplock or lease acknowledgment")
+        body = OplockBreakAck.parse(req.raw)
+        op = self.lookup_open(conn, req, body.file_id)
+        level = leasing.ack_oplock(op, body.level)
+        return pack_oplock_break(level, op.file_id)

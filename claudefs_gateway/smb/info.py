@@ -50,9 +50,17 @@ def to_filetime(ns: int) -> int:
     return max(0, ns // 100 + _EPOCH_AS_FILETIME)
 
 
+#: The times a store holds: signed 64-bit nanoseconds since 1970 (1677 to 2262).
+_TIME_NS_MIN, _TIME_NS_MAX = -(2**63), 2**63 - 1
+
+
 def from_filetime(ft: int) -> int:
-    """FILETIME → nanoseconds since the Unix epoch."""
-    return (ft - _EPOCH_AS_FILETIME) * 100
+    """
+    FILETIME → nanoseconds since the Unix epoch, clamped to what a store
+    holds (as Linux clamps times to a file system's range): FILETIMEs run
+    from 1601 to 30828, a store's nanoseconds from 1677 to 2262.
+    """
+    return min(max((ft - _EPOCH_AS_FILETIME) * 100, _TIME_NS_MIN), _TIME_NS_MAX)
 
 
 def allocation(a: Attributes) -> int:
@@ -86,6 +94,19 @@ class Stat:
     attrs: Attributes
     dos: int
     name: str = ""
+    # An AllocationSize set by the client (CREATE's AlSi, SET_INFO
+    # FileAllocationInformation) beyond what the file uses (MS-FSA 2.1.5.14.1).
+    reserved: int = 0
+    # A ChangeTime (FILETIME) set by the client, while it stands.
+    change_time: int | None = None
+
+    @property
+    def allocation(self) -> int:
+        """AllocationSize: what the file uses, or what was reserved for it, if more."""
+        used = allocation(self.attrs)
+        if self.attrs.is_dir or self.reserved <= used:
+            return used
+        return (self.reserved + CLUSTER - 1) // CLUSTER * CLUSTER
 
     @property
     def times(self) -> tuple[int, int, int, int]:
@@ -94,7 +115,7 @@ class Stat:
             to_filetime(a.btime_ns),
             to_filetime(a.atime_ns),
             to_filetime(a.mtime_ns),
-            to_filetime(a.ctime_ns),
+            to_filetime(a.ctime_ns) if self.change_time is None else self.change_time,
         )
 
     @property
@@ -103,7 +124,7 @@ class Stat:
 
 
 def file_times(st: Stat) -> FileTimes:
-    return FileTimes(*st.times, allocation(st.attrs), st.eof, st.dos)
+    return FileTimes(*st.times, st.allocation, st.eof, st.dos)
 
 
 # -- directory listings ----------------------------------------------------------------
@@ -132,7 +153,7 @@ def pack_dir_entry(info_class: int, st: Stat, name: str) -> bytes:
         0,
         *st.times,
         st.eof,
-        allocation(a),
+        st.allocation,
         st.dos,
         len(raw),
     )
@@ -207,9 +228,12 @@ def _basic(st: Stat) -> bytes:
 
 def _standard(st: Stat, delete_pending: bool) -> bytes:
     a = st.attrs
-    return struct.pack(
-        "<qqIBBH", allocation(a), st.eof, max(a.nlink, 1), delete_pending, a.is_dir, 0
-    )
+    # A directory counts one link; a name pending deletion is counted out
+    # already (as Windows and Samba report NumberOfLinks).
+    links = 1 if a.is_dir else max(a.nlink, 1)
+    if delete_pending:
+        links -= 1
+    return struct.pack("<qqIBBH", st.allocation, st.eof, links, delete_pending, a.is_dir, 0)
 
 
 def pack_stat_info(info_class: int, st: Stat, op: OpenState, ea_size: int = 0) -> bytes:
@@ -253,14 +277,14 @@ def pack_stat_info(info_class: int, st: Stat, op: OpenState, ea_size: int = 0) -
             + raw
         )
     if info_class == F.FileNetworkOpenInformation:
-        return struct.pack("<QQQQqqII", *st.times, allocation(a), st.eof, st.dos, 0)
+        return struct.pack("<QQQQqqII", *st.times, st.allocation, st.eof, st.dos, 0)
     if info_class == F.FileAttributeTagInformation:
         return struct.pack("<II", st.dos, 0)
     if info_class == F.FileStreamInformation:
         if a.is_dir:
             return b""
         name = "::$DATA".encode("utf-16-le")
-        return struct.pack("<IIqq", 0, len(name), st.eof, allocation(a)) + name
+        return struct.pack("<IIqq", 0, len(name), st.eof, st.allocation) + name
     if info_class == F.FileCompressionInformation:
         return struct.pack("<qHBBB3s", st.eof, 0, 0, 0, 0, b"")
     if info_class == F.FileIdInformation:

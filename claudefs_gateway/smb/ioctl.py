@@ -22,6 +22,9 @@ from claudefs_gateway.smb.state import Open, Reply, Request
 
 __all__ = ["IoctlCommands"]
 
+# Resilient handles: Windows' most (5 minutes) and its default when 0 is asked (2 minutes).
+MAX_RESILIENCY_MS = 300_000
+DEFAULT_RESILIENCY_MS = 120_000
 COPYCHUNK_MAX_CHUNKS = 256
 COPYCHUNK_MAX_CHUNK = 1024 * 1024
 COPYCHUNK_MAX_TOTAL = 16 * 1024 * 1024
@@ -58,6 +61,19 @@ class IoctlCommands(FileBase):
             return pack_ioctl_response(code, op.file_id, op.resume_key + b"\x00" * 8)
         if code in (c.FSCTL_SRV_COPYCHUNK, c.FSCTL_SRV_COPYCHUNK_WRITE):
             return await self._copychunk(op, body)
+        if code == c.FSCTL_LMR_REQUEST_RESILIENCY:
+            # MS-SMB2 3.3.5.15.9: Timeout (ms) and Reserved; not at 2.0.2.
+            if conn.dialect < c.SMB_2_1:
+                raise SMBError(st.STATUS_INVALID_DEVICE_REQUEST, "resiliency needs SMB 2.1")
+            if len(body.input) < 8:
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "resiliency request truncated")
+            (timeout_ms,) = struct.unpack_from("<I", body.input)
+            if timeout_ms > MAX_RESILIENCY_MS:
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "resiliency timeout too long")
+            self.factory.durability.make_resilient(
+                op, (timeout_ms or DEFAULT_RESILIENCY_MS) / 1000.0
+            )
+            return pack_ioctl_response(code, op.file_id, b"")
         if code == c.FSCTL_GET_REPARSE_POINT:
             raise SMBError(st.STATUS_NOT_A_REPARSE_POINT)
         if code == c.FSCTL_SET_SPARSE:
@@ -68,18 +84,18 @@ class IoctlCommands(FileBase):
             if not op.access & (c.FILE_WRITE_DATA | c.FILE_WRITE_ATTRIBUTES | c.FILE_APPEND_DATA):
                 raise SMBError(st.STATUS_ACCESS_DENIED)
             sparse = not body.input or body.input[0] != 0
-            stored = await self.stored_dos(caller, op.ino)
-            a = await vfs.getattr(caller, op.ino)
+            stored = await self.stored_dos(caller, op.file_ino)
+            a = await vfs.getattr(caller, op.file_ino)
             bits = dos_attributes(a, stored) & ~c.FILE_ATTRIBUTE_NORMAL
             bits = (
                 bits | c.FILE_ATTRIBUTE_SPARSE_FILE
                 if sparse
                 else bits & ~c.FILE_ATTRIBUTE_SPARSE_FILE
             )
-            await self._set_dos(caller, op.ino, bits)
+            await self._set_dos(caller, op.file_ino, bits, op.origin)
             return pack_ioctl_response(code, op.file_id, b"")
         if code == c.FSCTL_CREATE_OR_GET_OBJECT_ID:
-            oid = struct.pack("<QQ", op.ino, op.tree.export.id)
+            oid = struct.pack("<QQ", op.file_ino, op.tree.export.id)
             return pack_ioctl_response(code, op.file_id, oid + b"\x00" * 48)
         if code == c.FSCTL_GET_COMPRESSION:
             return pack_ioctl_response(code, op.file_id, b"\x00\x00")
@@ -95,11 +111,25 @@ class IoctlCommands(FileBase):
             off, length = struct.unpack_from("<qq", body.input)
             if off < 0 or length < 0:
                 raise SMBError(st.STATUS_INVALID_PARAMETER)
-            a = await vfs.getattr(caller, op.ino)
-            end = min(off + length, a.size)
-            out = struct.pack("<qq", off, end - off) if end > off else b""
+            a = await vfs.getattr(caller, op.file_ino)
+            stored = await self.stored_dos(caller, op.file_ino)
+            if stored is not None and stored & c.FILE_ATTRIBUTE_SPARSE_FILE:
+                # A sparse file's holes are left out (MS-FSA 2.1.5.10.22), as the
+                # store finds them (SEEK_DATA on the embedded store's files).
+                ranges = await vfs.data_ranges(caller, op.file_ino, off, length)
+            else:
+                # A file not marked sparse is allocated throughout, as on NTFS.
+                end = min(off + length, a.size)
+                ranges = [(off, end - off)] if end > off else []
+            out = b"".join(struct.pack("<qq", start, n) for start, n in ranges)
             if len(out) > limit:
-                raise SMBError(st.STATUS_BUFFER_TOO_SMALL)
+                if limit < 16:
+                    raise SMBError(st.STATUS_BUFFER_TOO_SMALL)
+                # As many whole ranges as fit, and BUFFER_OVERFLOW (2.1.5.10.22).
+                return Reply(
+                    pack_ioctl_response(code, op.file_id, out[: limit // 16 * 16]),
+                    st.STATUS_BUFFER_OVERFLOW,
+                )
             return pack_ioctl_response(code, op.file_id, out)
         if code == c.FSCTL_SET_ZERO_DATA:
             if len(body.input) < 16:
@@ -111,7 +141,7 @@ class IoctlCommands(FileBase):
                 raise SMBError(st.STATUS_INVALID_PARAMETER)
             if beyond > start:
                 try:
-                    await vfs.deallocate(caller, op.ino, start, beyond - start, op.origin)
+                    await vfs.deallocate(caller, op.file_ino, start, beyond - start, op.origin)
                 except errors.LockConflict:
                     raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
             return pack_ioctl_response(code, op.file_id, b"")
@@ -164,12 +194,20 @@ class IoctlCommands(FileBase):
 
         for src_off, dst_off, length in chunks:
             try:
-                got = (await vfs.read(src.tree.caller, src.ino, src_off, length, src.origin)).data
+                if src.stream is not None:
+                    whole = await self.read_stream(src.tree.caller, src.file_ino, src.stream)
+                    got = whole[src_off : src_off + length]
+                else:
+                    read = await vfs.read(src.tree.caller, src.ino, src_off, length, src.origin)
+                    got = read.data
                 if len(got) < length:
                     raise stop(st.STATUS_INVALID_VIEW_SIZE, "copy source range past its end")
-                await vfs.write(
-                    dst.tree.caller, dst.ino, dst_off, got, dst.write_through, dst.origin
-                )
+                if dst.stream is not None:
+                    await self.write_stream_at(dst, dst_off, got)
+                else:
+                    await vfs.write(
+                        dst.tree.caller, dst.ino, dst_off, got, dst.write_through, dst.origin
+                    )
             except errors.LockConflict:
                 raise stop(st.STATUS_FILE_LOCK_CONFLICT, "copy across a locked range") from None
             written += 1

@@ -209,9 +209,10 @@ class DirectoryCommands(FileBase):
             raise SMBError(st.STATUS_INVALID_PARAMETER, "CHANGE_NOTIFY on a file")
         if not op.access & c.FILE_LIST_DIRECTORY:
             raise SMBError(st.STATUS_ACCESS_DENIED)
-        if body.completion_filter == 0:
-            raise SMBError(st.STATUS_INVALID_PARAMETER, "empty CompletionFilter")
         watch = op.watch
+        if body.completion_filter == 0 and watch is None:
+            # Only the first request fixes the filter: later ones may pass 0.
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "empty CompletionFilter")
         if body.output_length > self.factory.max_io:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "OutputBufferLength over MaxTransactSize")
         if watch is None:
@@ -259,6 +260,12 @@ class DirectoryCommands(FileBase):
     def _changed(self, conn: Any, op: Open, change: Change) -> None:
         watch = op.watch
         if watch is None or op.closed:
+            return
+        if change.ino == op.ino and change.dir != op.ino:
+            # The watched directory itself went (removed through another
+            # protocol, or renamed over).
+            if change.action is Action.REMOVED:
+                self.watch_deleted(op)
             return
         if change.action in (Action.REMOVED, Action.RENAMED_FROM):
             self._parents.pop(change.ino, None)
@@ -326,6 +333,19 @@ class DirectoryCommands(FileBase):
             # (as Windows does: smbtorture smb2.notify.valid-req).
             d, limit = watch.waiting.popleft()
             d.callback(self._notify_reply(watch, limit))
+
+    def watch_deleted(self, op: Open) -> None:
+        """
+        The watched directory is to be deleted (delete-on-close set and its
+        handle closed) or is gone: waiting requests get DELETE_PENDING, as
+        from Windows and Samba (smbtorture smb2.notify.rmdir1-4); the watch stays.
+        """
+        watch = op.watch
+        if watch is None:
+            return
+        while watch.waiting:
+            d, _ = watch.waiting.popleft()
+            d.callback(Reply(pack_buffer_response(b""), st.STATUS_DELETE_PENDING))
 
     def _end_watch(self, conn: Any, op: Open) -> None:
         watch = op.watch

@@ -52,6 +52,13 @@ __all__ = [
     "SIMPLE_BODY",
     "check_size",
     "FileId",
+    "LeaseRequest",
+    "pack_lease_response",
+    "OplockBreakAck",
+    "LeaseBreakAck",
+    "pack_oplock_break",
+    "pack_lease_break",
+    "pack_lease_break_ack_response",
 ]
 
 B = HEADER_SIZE  # where every body starts
@@ -261,6 +268,10 @@ def _parse_create_contexts(
         name = r.raw(pos + name_off, name_len)
         if name_off < 16 or pos + name_off + name_len > limit:
             raise ProtocolError("create context name out of bounds")
+        if name_len < 4:
+            # Windows and Samba refuse tags shorter than four bytes
+            # (smbtorture smb2.create.blob).
+            raise ProtocolError("create context name shorter than 4 bytes")
         if data_len:
             if data_off < 16 or pos + data_off + data_len > limit:
                 raise ProtocolError("create context data out of bounds")
@@ -340,13 +351,17 @@ class FileTimes:
 
 
 def pack_create_response(
-    action: int, times: FileTimes, file_id: FileId, contexts: list[CreateContext]
+    action: int,
+    times: FileTimes,
+    file_id: FileId,
+    contexts: list[CreateContext],
+    oplock_level: int = 0,
 ) -> bytes:
     ctx = pack_create_contexts(contexts)
     fixed = struct.pack(
         "<HBBIQQQQQQII16sII",
         89,
-        0,  # OplockLevel: none (leases come with a later issue)
+        oplock_level,
         0,
         action,
         times.creation,
@@ -362,6 +377,86 @@ def pack_create_response(
         len(ctx),
     )
     return fixed + ctx
+
+
+@attrs.frozen
+class LeaseRequest:
+    """
+    SMB2_CREATE_REQUEST_LEASE (v1, 32 bytes) or _V2 (52 bytes), MS-SMB2
+    2.2.13.2.8 and 2.2.13.2.10. C{state} is in wire bits.
+    """
+
+    key: bytes
+    state: int
+    flags: int
+    version: int
+    parent: bytes | None = None
+    epoch: int = 0
+
+    @classmethod
+    def parse(cls, data: bytes) -> LeaseRequest:
+        """@raise ProtocolError: neither size (Samba and Windows: INVALID_PARAMETER)."""
+        if len(data) == 32:
+            key, state, flags = struct.unpack_from("<16sII", data)
+            return cls(key, state, flags, 1)
+        if len(data) == 52:
+            key, state, flags, _duration, parent, epoch = struct.unpack_from("<16sIIQ16sH", data)
+            has_parent = bool(flags & 0x4) and parent != b"\x00" * 16
+            return cls(key, state, flags, 2, parent if has_parent else None, epoch)
+        raise ProtocolError(f"lease context of {len(data)} bytes")
+
+
+def pack_lease_response(
+    key: bytes, state: int, flags: int, version: int, parent: bytes | None = None, epoch: int = 0
+) -> bytes:
+    """The RqLs create context answer (v1: 32 bytes; v2: 52 bytes with the epoch)."""
+    if version == 1:
+        return struct.pack("<16sIIQ", key, state, flags, 0)
+    return struct.pack("<16sIIQ16sHH", key, state, flags, 0, parent or b"\x00" * 16, epoch, 0)
+
+
+@attrs.frozen
+class OplockBreakAck:
+    """OPLOCK_BREAK acknowledgment (2.2.24.1), 24 bytes."""
+
+    level: int
+    file_id: FileId
+
+    @classmethod
+    def parse(cls, data: bytes | memoryview) -> OplockBreakAck:
+        r = Reader(data)
+        check_size(r, 24)
+        return cls(r.u8(B + 2), _file_id(r, B + 8))
+
+
+@attrs.frozen
+class LeaseBreakAck:
+    """LEASE_BREAK acknowledgment (2.2.24.2), 36 bytes; C{state} in wire bits."""
+
+    flags: int
+    key: bytes
+    state: int
+
+    @classmethod
+    def parse(cls, data: bytes | memoryview) -> LeaseBreakAck:
+        r = Reader(data)
+        check_size(r, 36)
+        return cls(r.u32(B + 4), r.raw(B + 8, 16), r.u32(B + 24))
+
+
+def pack_oplock_break(level: int, file_id: FileId) -> bytes:
+    """An oplock break notification or acknowledgment response (2.2.23.1, 2.2.25.1)."""
+    return struct.pack("<HBBI", 24, level, 0, 0) + _pack_file_id(file_id)
+
+
+def pack_lease_break(epoch: int, flags: int, key: bytes, current: int, new: int) -> bytes:
+    """A lease break notification (2.2.23.2): states in wire bits; reason and hints 0."""
+    return struct.pack("<HHI16sIIIII", 44, epoch, flags, key, current, new, 0, 0, 0)
+
+
+def pack_lease_break_ack_response(key: bytes, state: int) -> bytes:
+    """The lease break acknowledgment response (2.2.25.2)."""
+    return struct.pack("<HHI16sIQ", 36, 0, 0, key, state, 0)
 
 
 # -- CLOSE, FLUSH (2.2.15-2.2.18) ------------------------------------------------------

@@ -27,8 +27,12 @@ from claudefs_gateway.smb.messages import (
     pack_write_response,
 )
 from claudefs_gateway.smb.state import Open, Reply, Request
+from claudefs_gateway.vfs.leases import Why
 
 __all__ = ["ReadWriteCommands"]
+
+#: NTFS's MAXFILESIZE (16 TiB - 64 KiB): Windows refuses writes reaching it.
+MAX_FILE_SIZE = 0xFFFFFFF0000
 
 
 class ReadWriteCommands(FileBase):
@@ -53,6 +57,14 @@ class ReadWriteCommands(FileBase):
             raise SMBError(st.STATUS_ACCESS_DENIED, "no read access")
         if body.offset + body.length > 2**63 - 1:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "read past the largest offset")
+        if op.stream is not None:
+            assert op.node is not None
+            whole = await self.read_stream(op.tree.caller, op.file_ino, op.stream)
+            data = whole[body.offset : body.offset + body.length]
+            if (body.length and not data) or len(data) < body.minimum:
+                raise SMBError(st.STATUS_END_OF_FILE)
+            op.position = body.offset + len(data)
+            return pack_read_response_header(len(data)) + data
         try:
             result = await self.vfs.read(
                 op.tree.caller, op.ino, body.offset, body.length, op.origin
@@ -62,6 +74,9 @@ class ReadWriteCommands(FileBase):
         data = result.data
         if (body.length and not data) or len(data) < body.minimum:
             raise SMBError(st.STATUS_END_OF_FILE)
+        # The open's position follows its reads, as Samba keeps it
+        # (FilePositionInformation; smbtorture smb2.read.position).
+        op.position = body.offset + len(data)
         return pack_read_response_header(len(data)) + data
 
     async def smb_WRITE(self, conn: Any, req: Request) -> bytes:
@@ -85,15 +100,30 @@ class ReadWriteCommands(FileBase):
                 raise SMBError(st.STATUS_ACCESS_DENIED, "no write access")
             # An append-only open writes at the end whatever the offset
             # (MS-SMB2 3.3.5.13 spells it 0xFFFFFFFFFFFFFFFF).
-            offset = (await self.vfs.getattr(caller, op.ino)).size
+            if op.stream is not None:
+                offset = len(await self.read_stream(caller, op.file_ino, op.stream))
+            else:
+                offset = (await self.vfs.getattr(caller, op.ino)).size
         if offset + length > 2**63 - 1:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "write past the largest offset")
+        if length and offset >= MAX_FILE_SIZE:
+            # NTFS's largest file (16 TiB - 64 KiB), which Windows enforces on
+            # writes whatever the store could hold (smbtorture smb2.rw.invalid).
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "write past the largest file")
+        if length and offset + length >= MAX_FILE_SIZE:
+            raise SMBError(st.STATUS_DISK_FULL, "file would reach the largest size")
+        if op.stream is not None:
+            if length:
+                await self.write_stream_at(op, offset, bytes(body.data))
+            return pack_write_response(length)
         stable = op.write_through or bool(body.flags & c.SMB2_WRITEFLAG_WRITE_THROUGH)
         if length:
             try:
                 await self.vfs.write(caller, op.ino, offset, bytes(body.data), stable, op.origin)
+                op.written = True
             except errors.LockConflict:
                 raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None
+            await self.changed_through(op)
         return pack_write_response(length)
 
     async def smb_FLUSH(self, conn: Any, req: Request) -> bytes:
@@ -103,7 +133,7 @@ class ReadWriteCommands(FileBase):
             return SIMPLE_BODY
         if not op.access & (c.FILE_WRITE_DATA | c.FILE_APPEND_DATA):
             raise SMBError(st.STATUS_ACCESS_DENIED, "flush without write access")
-        if not op.is_dir:
+        if not op.is_dir and op.stream is None:
             await self.vfs.commit(op.tree.caller, op.ino)
         return SIMPLE_BODY
 
@@ -123,11 +153,16 @@ class ReadWriteCommands(FileBase):
         if locks is None:
             raise SMBError(st.STATUS_NOT_SUPPORTED, "byte-range locks need the vfs lock manager")
         elems = body.locks
+        replay_index = self._lock_sequence(conn, op, body.sequence)
+        if replay_index is None:
+            # A replay of a LOCK that succeeded already (MS-SMB2 3.3.5.14).
+            return SIMPLE_BODY
         if elems[0].flags == c.SMB2_LOCKFLAG_UNLOCK:
             for e in elems:
                 if e.flags != c.SMB2_LOCKFLAG_UNLOCK:
                     raise SMBError(st.STATUS_INVALID_PARAMETER, "lock in an unlock array")
                 self._unlock(locks, op, e.offset, e.length)
+            self._lock_sequence_done(op, body.sequence, replay_index)
             return SIMPLE_BODY
         for e in elems:
             kind = e.flags & ~c.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
@@ -137,6 +172,12 @@ class ReadWriteCommands(FileBase):
                 raise SMBError(st.STATUS_INVALID_PARAMETER, "blocking lock in a lock array")
             if e.length and e.offset + e.length > 2**64:
                 raise SMBError(st.STATUS_INVALID_LOCK_RANGE)
+        leases = self.vfs.leases
+        if leases.busy(op.ino):
+            # A byte-range lock ends others' read caching (Samba's
+            # contend_level2_oplocks, MS-FSA 2.1.5.7): level II oplocks and
+            # read leases break to none; this open's own write cache stays.
+            await leases.recall(op.ino, Why.WRITE, op.exempt)
         taken: list[tuple[int, int, bool]] = []
         try:
             for e in elems:
@@ -156,7 +197,39 @@ class ReadWriteCommands(FileBase):
                     st.STATUS_RANGE_NOT_LOCKED, "the open closed while waiting"
                 ) from None
             raise
+        self._lock_sequence_done(op, body.sequence, replay_index)
         return SIMPLE_BODY
+
+    @staticmethod
+    def _lock_sequence(conn: Any, op: Open, sequence: int) -> int | None:
+        """
+        LOCK replay detection (MS-SMB2 3.3.5.14): for a resilient open from
+        2.1, and from 3.0 a durable or resilient one or any on a connection
+        that negotiated multichannel, LockSequence names a
+        bucket (1..64) and a number; the same number again in the same bucket
+        is a replay of a request that succeeded.
+
+        @return: the bucket to record into after success (0: none), or None
+            for a replay.
+        """
+        if not (
+            (conn.dialect == c.SMB_2_1 and op.resilient)
+            or (conn.dialect >= c.SMB_3_0 and (op.durable or op.resilient or conn.multichannel))
+        ):
+            return 0
+        index = (sequence >> 4) & 0x0FFFFFFF
+        number = sequence & 0xF
+        if not 1 <= index <= 64:
+            return 0
+        if op.lock_sequences.get(index) == number:
+            return None
+        op.lock_sequences.pop(index, None)
+        return index
+
+    @staticmethod
+    def _lock_sequence_done(op: Open, sequence: int, index: int) -> None:
+        if index:
+            op.lock_sequences[index] = sequence & 0xF
 
     async def _lock(
         self,

@@ -14,11 +14,15 @@ Mapping (what Samba calls an algorithmic RID mapping, with its Unix fallback):
 The domain SID is C{smb.domain_sid}, or derived from the gateway's install
 secret so it is stable for one installation and differs between them.
 
-A descriptor's DACL says what the mode bits say: allow ACEs for the owner,
-the group and Everyone with the rights rwx grant. Setting one maps it back:
-owner and group SIDs become a chown, the three ACEs' rights become rwx bits;
-ACEs for anyone else cannot be kept in mode bits and are left out (see
-L{mode_from_dacl}): there are no ACLs beyond the mode.
+A file nobody set a descriptor on shows one made from its mode bits: allow
+ACEs for the owner, the group and Everyone with the rights rwx grant.
+Setting one maps it to the mode (L{mode_from_dacl}): owner and group SIDs
+become a chown, the ACEs for the owner, the group and Everyone become rwx
+bits, which NFS and S3 check. The descriptor itself is kept beside the
+inode as Samba's acl_xattr keeps it (L{claudefs_gateway.smb.filebase}),
+with every ACE, and shown as set while the owner, group and mode are still
+what it mapped to; SMB access checks then honour both the mode and the
+DACL (L{dacl_access}).
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ from claudefs_gateway.smb import constants as c
 
 __all__ = [
     "SID",
+    "Ace",
+    "ParsedDescriptor",
+    "mode_descriptor",
+    "pack_descriptor",
+    "dacl_access",
+    "map_generic",
     "IdMap",
     "EVERYONE",
     "security_descriptor",
@@ -92,6 +102,8 @@ class SID:
 
 
 EVERYONE = SID(1, (0,))
+AUTHENTICATED_USERS = SID(5, (11,))
+ANONYMOUS = SID(5, (7,))
 UNIX_USERS = SID(22, (1,))
 UNIX_GROUPS = SID(22, (2,))
 _USER_RID_BASE = 1000
@@ -186,7 +198,12 @@ def _bits_for_access(mask: int) -> int:
 # -- descriptors ----------------------------------------------------------------------------
 
 SE_DACL_PRESENT = 0x0004
+SE_SACL_PRESENT = 0x0010
+SE_SACL_AUTO_INHERITED = 0x0800
+SE_SACL_PROTECTED = 0x2000
 SE_SELF_RELATIVE = 0x8000
+#: Control bits that belong to the SACL (never kept: SACLs are not served).
+_SACL_CONTROL = SE_SACL_PRESENT | 0x0020 | SE_SACL_AUTO_INHERITED | SE_SACL_PROTECTED
 ACCESS_ALLOWED_ACE_TYPE = 0x00
 ACCESS_DENIED_ACE_TYPE = 0x01
 _INHERIT_FLAGS = 0x1F  # object/container inherit, no-propagate, inherit-only, inherited
@@ -197,43 +214,73 @@ def _ace(kind: int, flags: int, mask: int, sid: SID) -> bytes:
     return struct.pack("<BBH", kind, flags, 4 + len(body)) + body
 
 
-def security_descriptor(
-    idmap: IdMap, uid: int, gid: int, mode: int, is_dir: bool, wanted: int
-) -> bytes:
-    """
-    A self-relative security descriptor for a file (MS-DTYP 2.4.6), holding
-    the parts C{wanted} (OWNER/GROUP/DACL_SECURITY_INFORMATION) names.
-    """
-    owner = idmap.uid_sid(uid).pack() if wanted & c.OWNER_SECURITY_INFORMATION else b""
-    group = idmap.gid_sid(gid).pack() if wanted & c.GROUP_SECURITY_INFORMATION else b""
-    dacl = b""
-    control = SE_SELF_RELATIVE
-    if wanted & c.DACL_SECURITY_INFORMATION:
-        aces = [
-            _ace(0, 0, access_for_mode((mode >> 6) & 7, is_dir, True), idmap.uid_sid(uid)),
-            _ace(0, 0, access_for_mode((mode >> 3) & 7, is_dir, False), idmap.gid_sid(gid)),
-            _ace(0, 0, access_for_mode(mode & 7, is_dir, False), EVERYONE),
-        ]
-        body = b"".join(aces)
-        dacl = struct.pack("<BBHHH", 2, 0, 8 + len(body), len(aces), 0) + body
-        control |= SE_DACL_PRESENT
-    offset = 20
-    parts = []
-    offsets = []
-    for part in (owner, group, dacl):
-        offsets.append(offset if part else 0)
-        parts.append(part)
-        offset += len(part)
-    header = struct.pack("<BBHIIII", 1, 0, control, offsets[0], offsets[1], 0, offsets[2])
-    return header + b"".join(parts)
+Ace = tuple[int, int, int, SID]  # (type, flags, mask, sid)
 
 
 @attrs.frozen
 class ParsedDescriptor:
+    """
+    @ivar dacl: the ACEs; None for no DACL, which with C{dacl_present} is a
+        NULL DACL (everyone may do everything) and without it says nothing.
+    @ivar control: the descriptor's control bits (SE_DACL_PROTECTED and the
+        like), as the client set them.
+    """
+
     owner: SID | None
     group: SID | None
-    # (type, flags, mask, sid) for each ACE; None when no DACL is present.
-    dacl: tuple[tuple[int, int, int, SID], ...] | None
+    dacl: tuple[Ace, ...] | None
+    dacl_present: bool = False
+    control: int = SE_SELF_RELATIVE
+
+
+def mode_descriptor(idmap: IdMap, uid: int, gid: int, mode: int, is_dir: bool) -> ParsedDescriptor:
+    """The descriptor the mode bits stand for (see the module docstring)."""
+    aces = (
+        (0, 0, access_for_mode((mode >> 6) & 7, is_dir, True), idmap.uid_sid(uid)),
+        (0, 0, access_for_mode((mode >> 3) & 7, is_dir, False), idmap.gid_sid(gid)),
+        (0, 0, access_for_mode(mode & 7, is_dir, False), EVERYONE),
+    )
+    return ParsedDescriptor(
+        idmap.uid_sid(uid), idmap.gid_sid(gid), aces, True, SE_SELF_RELATIVE | SE_DACL_PRESENT
+    )
+
+
+def pack_descriptor(sd: ParsedDescriptor, wanted: int) -> bytes:
+    """
+    A self-relative security descriptor (MS-DTYP 2.4.6) holding the parts
+    C{wanted} (OWNER/GROUP/DACL_SECURITY_INFORMATION) names.
+    """
+    owner = sd.owner.pack() if wanted & c.OWNER_SECURITY_INFORMATION and sd.owner else b""
+    group = sd.group.pack() if wanted & c.GROUP_SECURITY_INFORMATION and sd.group else b""
+    dacl = b""
+    control = (sd.control & ~(SE_DACL_PRESENT | _SACL_CONTROL)) | SE_SELF_RELATIVE
+    if not wanted & c.DACL_SECURITY_INFORMATION:
+        control &= ~_DACL_CONTROL
+    elif sd.dacl_present:
+        control |= SE_DACL_PRESENT
+        if sd.dacl is not None:
+            body = b"".join(_ace(kind, flags, mask, sid) for kind, flags, mask, sid in sd.dacl)
+            dacl = struct.pack("<BBHHH", 2, 0, 8 + len(body), len(sd.dacl), 0) + body
+    offset = 20
+    offsets = []
+    for part in (owner, group, dacl):
+        offsets.append(offset if part else 0)
+        offset += len(part)
+    header = struct.pack("<BBHIIII", 1, 0, control, offsets[0], offsets[1], 0, offsets[2])
+    return header + owner + group + dacl
+
+
+def security_descriptor(
+    idmap: IdMap, uid: int, gid: int, mode: int, is_dir: bool, wanted: int
+) -> bytes:
+    """The self-relative descriptor the mode bits stand for, the parts C{wanted} names."""
+    return pack_descriptor(mode_descriptor(idmap, uid, gid, mode, is_dir), wanted)
+
+
+#: Control bits that belong to the DACL.
+_DACL_CONTROL = (
+    0x0008 | 0x0100 | 0x0400 | 0x1000
+)  # defaulted, inherit req, auto-inherited, protected
 
 
 def parse_security_descriptor(data: bytes) -> ParsedDescriptor:
@@ -245,7 +292,7 @@ def parse_security_descriptor(data: bytes) -> ParsedDescriptor:
         raise ProtocolError("not a self-relative security descriptor")
     owner = SID.unpack(data, o_owner)[0] if o_owner else None
     group = SID.unpack(data, o_group)[0] if o_group else None
-    dacl: tuple[tuple[int, int, int, SID], ...] | None = None
+    dacl: tuple[Ace, ...] | None = None
     if control & SE_DACL_PRESENT and o_dacl:
         if o_dacl + 8 > len(data):
             raise ProtocolError("ACL truncated")
@@ -269,20 +316,21 @@ def parse_security_descriptor(data: bytes) -> ParsedDescriptor:
                 raise ProtocolError(f"ACE type {kind} cannot be kept")
             pos += ace_size
         dacl = tuple(aces)
-    return ParsedDescriptor(owner, group, dacl)
+    return ParsedDescriptor(owner, group, dacl, bool(control & SE_DACL_PRESENT), control)
 
 
-def mode_from_dacl(
-    dacl: tuple[tuple[int, int, int, SID], ...], owner: SID, group: SID, old_mode: int
-) -> int:
+def mode_from_dacl(dacl: tuple[Ace, ...] | None, owner: SID, group: SID, old_mode: int) -> int:
     """
     The mode a DACL stands for. Allow ACEs for the owner, the group and
     Everyone set the rwx bits; deny ACEs for them take bits away;
     inherit-only ACEs (for children) add nothing now. ACEs for any other SID
-    cannot be kept in mode bits and are left out (Windows clients add ones
-    for SYSTEM and Administrators to everything they copy: refusing those
-    would refuse the copy). Setuid, setgid and sticky bits are kept.
+    cannot be held in mode bits and add nothing to them (Windows clients add
+    ones for SYSTEM and Administrators to everything they copy; the
+    descriptor keeps them). A NULL DACL (None) lets everyone do everything:
+    rwx for all. Setuid, setgid and sticky bits are kept.
     """
+    if dacl is None:
+        return (old_mode & 0o7000) | 0o777
     grants = {owner: 0, group: 0, EVERYONE: 0}
     denies = {owner: 0, group: 0, EVERYONE: 0}
     for kind, flags, mask, sid in dacl:
@@ -295,3 +343,44 @@ def mode_from_dacl(
         return grants[sid] & ~denies[sid]
 
     return (old_mode & 0o7000) | bits(owner) << 6 | bits(group) << 3 | bits(EVERYONE)
+
+
+# -- access checks against a DACL -------------------------------------------------------------
+
+_GENERIC = (
+    (c.GENERIC_READ, c.FILE_GENERIC_READ),
+    (c.GENERIC_WRITE, c.FILE_GENERIC_WRITE),
+    (c.GENERIC_EXECUTE, c.FILE_GENERIC_EXECUTE),
+    (c.GENERIC_ALL, c.FILE_ALL_ACCESS),
+)
+
+
+def map_generic(mask: int) -> int:
+    """An access mask with its generic rights mapped to the file rights (MS-DTYP 2.4.3)."""
+    for generic, specific in _GENERIC:
+        if mask & generic:
+            mask = (mask & ~generic) | specific
+    return mask
+
+
+def dacl_access(dacl: tuple[Ace, ...] | None, token: frozenset[SID], owner: bool) -> int:
+    """
+    What a DACL grants someone whose token holds C{token} (MS-DTYP 2.5.3.2,
+    the MAXIMUM_ALLOWED walk): ACEs in order, a deny taking away what no
+    earlier allow gave. A NULL DACL grants everything; the owner may always
+    read and change the descriptor (READ_CONTROL, WRITE_DAC).
+    """
+    if dacl is None:
+        return c.FILE_ALL_ACCESS
+    granted = denied = 0
+    for kind, flags, mask, sid in dacl:
+        if flags & 0x08 or sid not in token:  # INHERIT_ONLY: for children
+            continue
+        mask = map_generic(mask)
+        if kind == ACCESS_ALLOWED_ACE_TYPE:
+            granted |= mask & ~denied
+        else:
+            denied |= mask & ~granted
+    if owner:
+        granted |= c.READ_CONTROL | c.WRITE_DAC
+    return granted

@@ -30,11 +30,13 @@ Robustness rules this module keeps:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import struct
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -132,6 +134,75 @@ _ALLOWED_FLAGS = (
     | c.SMB2_FLAGS_DFS_OPERATIONS
     | c.SMB2_FLAGS_REPLAY_OPERATION
 )
+
+
+def server_capabilities(
+    dialect: int,
+    negotiated: Negotiated | None,
+    directory_leases: bool = False,
+    multichannel: bool = False,
+) -> int:
+    """
+    The Capabilities of our NEGOTIATE response (MS-SMB2 3.3.5.4): large MTU
+    and leasing from 2.1, directory leasing from 3.0 when configured,
+    encryption for 3.0 and 3.0.2 clients that can (3.1.1 says so with a
+    negotiate context).
+    """
+    caps = 0
+    if dialect not in (c.SMB_2_0_2, c.SMB_2_WILDCARD):
+        caps |= c.SMB2_GLOBAL_CAP_LARGE_MTU | c.SMB2_GLOBAL_CAP_LEASING
+    if dialect >= c.SMB_3_0 and directory_leases:
+        caps |= c.SMB2_GLOBAL_CAP_DIRECTORY_LEASING
+    if dialect >= c.SMB_3_0 and multichannel:
+        caps |= c.SMB2_GLOBAL_CAP_MULTI_CHANNEL
+    if (
+        negotiated is not None
+        and negotiated.dialect in (c.SMB_3_0, c.SMB_3_0_2)
+        and negotiated.cipher
+    ):
+        caps |= c.SMB2_GLOBAL_CAP_ENCRYPTION
+    return caps
+
+
+def network_interfaces(smb: Any, local: str, port: int = 0) -> bytes:
+    """
+    FSCTL_QUERY_NETWORK_INTERFACE_INFO's answer (MS-SMB2 2.2.32.5): the
+    interfaces of C{smb.interfaces} (or, with none configured, the address
+    the client reached), ordered by C{smb.multichannel.channel_selection}:
+    C{weighted_by_speed} fastest first, C{prefer_rdma} RDMA-capable first,
+    C{round_robin} as configured; with C{prefer_rdma: true} RDMA-capable ones
+    lead in any order. A client opens its extra channels in that order. The
+    port in each address is the one the client reached (our listener's),
+    so clients that use it find the same service.
+    """
+    mc = smb.multichannel
+    entries: list[tuple[str, int, bool, bool]] = [
+        (i.ip, i.link_speed_mbps, i.capabilities.rdma, i.capabilities.rss) for i in smb.interfaces
+    ]
+    if not entries and local:
+        entries = [(local, 10_000, False, False)]
+    if mc.channel_selection == "weighted_by_speed":
+        entries.sort(key=lambda e: -e[1])
+    if mc.channel_selection == "prefer_rdma" or mc.prefer_rdma:
+        entries.sort(key=lambda e: not e[2])
+    out = bytearray()
+    for index, (ip, mbps, rdma, rss) in enumerate(entries, 1):
+        caps = (0x1 if rss else 0) | (0x2 if rdma else 0)
+        addr = ipaddress.ip_address(ip)
+        if addr.version == 4:
+            sockaddr = struct.pack("<H", 0x0002) + struct.pack(">H", port) + addr.packed
+        else:
+            sockaddr = (
+                struct.pack("<H", 0x0017)
+                + struct.pack(">H", port)
+                + struct.pack("<I16sI", 0, addr.packed, 0)
+            )
+        entry = struct.pack("<IIIIQ", 0, index, caps, 0, mbps * 1_000_000)
+        entry += sockaddr + b"\x00" * (128 - len(sockaddr))
+        if out:
+            struct.pack_into("<I", out, len(out) - 152, 152)
+        out += entry
+    return bytes(out)
 
 
 def payload_size(command: int, raw: memoryview) -> int:
@@ -236,7 +307,9 @@ class SMBFactory(protocol.Factory):
         domain_secret: Callable[[], bytes] | None = None,
         computer: str | None = None,
     ) -> None:
+        from claudefs_gateway.smb.durable import Durability
         from claudefs_gateway.smb.files import FileService
+        from claudefs_gateway.smb.leasing import Leasing
         from claudefs_gateway.smb.security import SID, derive_domain_sid
 
         self.config = config
@@ -258,14 +331,25 @@ class SMBFactory(protocol.Factory):
         self._derive_sid = derive_domain_sid
         self.idmap: IdMap | None = None
         self.connections: set[SMBConnection] = set()
+        # Every established session by id, whatever connection it is on
+        # (session binding and PreviousSessionId look them up here).
+        self.sessions: dict[int, Session] = {}
+        # Recently ended sessions' signers by id and channel, so that a signed
+        # request naming one is told USER_SESSION_DELETED signed (clients check).
+        self.ended: OrderedDict[int, dict[int, Any]] = OrderedDict()
         self.max_io = max(4096, min(MAX_IO, (self.smb.max_message_size - 1024) // 4096 * 4096))
         self._next_session = int.from_bytes(os.urandom(4), "little") << 16 or 1
         self._next_async = 1
         self._next_file = 1
+        self._next_conn = 0
         self.files = FileService(self)
+        self.leasing = Leasing(self)
+        self.durability = Durability(self)
 
     def buildProtocol(self, addr: Any) -> SMBConnection:  # type: ignore[override]
         p = SMBConnection(self)
+        self._next_conn += 1
+        p.seq = self._next_conn
         p.factory = self
         return p
 
@@ -295,6 +379,19 @@ class SMBFactory(protocol.Factory):
             raise SMBError(st.STATUS_INTERNAL_ERROR, "no vfs yet")
         return self.vfs
 
+    def client_connections(self, client_guid: bytes) -> list[SMBConnection]:
+        """
+        The live connections of one client (by its ClientGuid), oldest first:
+        its lease breaks go to the first (as Samba and Windows send them).
+        """
+        conns = [
+            conn
+            for conn in self.connections
+            if not conn._closing and conn.negotiated is not None and conn.client_guid == client_guid
+        ]
+        conns.sort(key=lambda conn: conn.seq)
+        return conns
+
     def new_session_id(self) -> int:
         self._next_session = (self._next_session + 0x10001) & 0xFFFFFFFFFFFF
         return self._next_session or 1
@@ -303,9 +400,13 @@ class SMBFactory(protocol.Factory):
         self._next_async += 1
         return self._next_async
 
-    def new_file_id(self) -> int:
+    def new_file_id(self) -> tuple[int, int]:
+        """
+        A FileId: a random persistent part (durable handles outlive this run,
+        so ids must not repeat across runs) and a volatile counter.
+        """
         self._next_file += 1
-        return self._next_file
+        return (self.durability.new_persistent_id(), self._next_file)
 
     def observe(self, op: str, seconds: float, status: int) -> None:
         if self.metrics is not None:
@@ -340,9 +441,49 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         self._work: set[defer.Deferred[None]] = set()
         self.peer = ""
         self.conn_id = f"{id(self):x}"
+        self.seq = 0
         self._closing = False
         self._in_flight = 0
         self._paused = False
+
+    @property
+    def client_guid(self) -> bytes:
+        """The ClientGuid the client negotiated with (its leases are scoped by it)."""
+        n = self.negotiated
+        return n.client_guid if n is not None else b""
+
+    @property
+    def dialect(self) -> int:
+        n = self.negotiated
+        return n.dialect if n is not None else 0
+
+    @property
+    def multichannel(self) -> bool:
+        """Connection.SupportsMultiChannel: both sides offered it at SMB 3."""
+        n = self.negotiated
+        return bool(
+            n is not None
+            and n.dialect >= c.SMB_3_0
+            and n.client_capabilities & c.SMB2_GLOBAL_CAP_MULTI_CHANNEL
+            and self.factory.smb.multichannel.enabled
+        )
+
+    def send_break(self, session_id: int, body: bytes) -> bool:
+        """
+        Send an oplock or lease break notification (MS-SMB2 3.3.4.6, 3.3.4.7):
+        unsolicited, MessageId all ones, no credits, unsigned (as Samba sends
+        them). False if this connection cannot carry it.
+        """
+        if self._closing or self.transport is None or self.negotiated is None:
+            return False
+        header = Header(
+            Command.OPLOCK_BREAK,
+            flags=c.SMB2_FLAGS_SERVER_TO_REDIR,
+            message_id=ALL_ONES,
+            session_id=session_id,
+        )
+        self._write(header.pack() + body)
+        return True
 
     def describe(self) -> dict[str, Any]:
         """This connection for C{cfs-gateway status} (L{claudefs_gateway.core.clients})."""
@@ -354,7 +495,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             "uid": next((s.uid for s in sessions if s.uid >= 0), None),
             "dialect": f"SMB {c.DIALECT_NAMES.get(n.dialect, '?')}" if n is not None else None,
             "opens": len(self.opens),
-            "leases": 0,  # no lease or oplock is granted (docs/smb.rst)
+            "leases": sum(1 for op in self.opens.values() if op.lease is not None or op.oplock),
             "lock_client": ["smb", self.conn_id],
             "sessions": len(sessions),
             "shares": sorted({t.name for s in sessions for t in s.trees.values()}),
@@ -385,7 +526,8 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         self._pending.clear()
         self._async.clear()
         for session in list(self.sessions.values()):
-            self._end_session(session)
+            if not self._fail_over(session):
+                self._end_session(session, keep_durable=True)
         self.sessions.clear()
         self.factory.connections.discard(self)
         if self.factory.activity is not None:
@@ -535,12 +677,8 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         mode = c.SMB2_NEGOTIATE_SIGNING_ENABLED
         if smb.signing == "required":
             mode |= c.SMB2_NEGOTIATE_SIGNING_REQUIRED
-        caps = 0
         n = self.negotiated
-        if dialect not in (c.SMB_2_0_2, c.SMB_2_WILDCARD):
-            caps |= c.SMB2_GLOBAL_CAP_LARGE_MTU
-        if n is not None and n.dialect in (c.SMB_3_0, c.SMB_3_0_2) and n.cipher:
-            caps |= c.SMB2_GLOBAL_CAP_ENCRYPTION
+        caps = server_capabilities(dialect, n, smb.directory_leases, smb.multichannel.enabled)
         io = self.factory.max_io if caps & c.SMB2_GLOBAL_CAP_LARGE_MTU else 65536
         return pack_negotiate_response(
             security_mode=mode,
@@ -637,7 +775,6 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         self, items: list[tuple[Header, memoryview]], transform_session: Session | None
     ) -> None:
         chain = Chain()
-        sent = False
         crypt_session: Session | None = transform_session
         for i, (header, raw) in enumerate(items):
             if header.command == Command.CANCEL:
@@ -652,20 +789,19 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                 chain=chain,
             )
             status, body = await self._serve(req)
-            if req.interim_sent:
-                # The chain (with the interim reply) went out already; this is the final reply.
-                self._send([self._response(req, status, body, last=True)], req)
-                sent = True
-                break
+            # (After an interim reply the chain so far went out with it: this
+            # request's final reply starts what is left of the compound.)
             if crypt_session is None and req.session is not None and self._must_encrypt(req):
                 crypt_session = req.session
-            chain.responses.append(self._response(req, status, body, last=req.last_in_chain))
+            chain.responses.append(
+                self._response(req, status, body, last=req.last_in_chain, pad=len(items) > 1)
+            )
             chain.session, chain.tree = req.session, req.tree
             if req.result_file_id is not None:
                 chain.file_id = req.result_file_id
             if header.command == Command.CREATE:
                 chain.create_error = status if status & 0xC0000000 == 0xC0000000 else 0
-        if not sent and chain.responses:
+        if chain.responses:
             self._send_chain(chain.responses, crypt_session)
 
     def _must_encrypt(self, req: Request) -> bool:
@@ -771,6 +907,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         else:
             session = self.sessions.get(header.session_id)
             if session is None:
+                self._sign_deleted(req)
                 raise SMBError(st.STATUS_USER_SESSION_DELETED, "no such session")
         if not session.valid:
             raise SMBError(st.STATUS_USER_SESSION_DELETED, "session not authenticated")
@@ -786,12 +923,44 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         if session.encrypt_data and not req.encrypted:
             raise SMBError(st.STATUS_ACCESS_DENIED, "session requires encryption")
 
+    def remember_ended(self, session: Session) -> None:
+        """Keep an ending session's signers for its USER_SESSION_DELETED answers."""
+        if session.signer is None:
+            return
+        signers = {seq: session.signer_for(seq) for seq in session.channels}
+        signers[-1] = session.signer
+        self.factory.ended[session.id] = signers
+        while len(self.factory.ended) > 1024:
+            self.factory.ended.popitem(last=False)
+
+    def _sign_deleted(self, req: Request) -> None:
+        """
+        A signed request names a session this connection does not have: if
+        it is another connection's, or one that just ended, the
+        USER_SESSION_DELETED answer is signed with its key (as Samba's global
+        session lookup does; clients check it).
+        """
+        header = req.header
+        if not header.flags & c.SMB2_FLAGS_SIGNED:
+            return
+        elsewhere = self.factory.sessions.get(header.session_id)
+        if elsewhere is not None:
+            req.session, req.sign_with = elsewhere, elsewhere.signer
+            return
+        ended = self.factory.ended.get(header.session_id)
+        if ended:
+            signer = ended.get(self.seq, ended.get(-1))
+            if signer is not None:
+                req.sign_with = signer
+                req.sign_deleted = True
+
     def _verify(self, req: Request, session: Session) -> None:
         header = req.header
         if req.encrypted:
             return
         if header.flags & c.SMB2_FLAGS_SIGNED:
-            if session.signer is None or not session.signer.verify(
+            signer = session.signer_for(self.seq)
+            if signer is None or not signer.verify(
                 req.raw, cancel=header.command == Command.CANCEL
             ):
                 raise SMBError(st.STATUS_ACCESS_DENIED, "bad signature")
@@ -834,8 +1003,18 @@ class SMBConnection(SessionSetup, protocol.Protocol):
     # -- responses -----------------------------------------------------------------------
 
     def _response(
-        self, req: Request, status: int, body: bytes | bytearray | memoryview, *, last: bool
+        self,
+        req: Request,
+        status: int,
+        body: bytes | bytearray | memoryview,
+        *,
+        last: bool,
+        pad: bool = False,
     ) -> bytes:
+        """
+        One response; every response of a compound is padded to 8 bytes, the
+        last one too, as Samba pads them (smbtorture smb2.compound.compound-padding).
+        """
         h = req.header
         flags = c.SMB2_FLAGS_SERVER_TO_REDIR | (h.flags & c.SMB2_FLAGS_RELATED_OPERATIONS)
         if h.flags & c.SMB2_FLAGS_PRIORITY_MASK:
@@ -846,12 +1025,14 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         else:
             credits = self.credits.grant(h.credits)
         session = req.session
+        if req.sign_deleted and req.sign_with is not None:
+            flags |= c.SMB2_FLAGS_SIGNED
         sign = (
             session is not None
-            and session.signer is not None
+            and session.signer_for(self.seq) is not None
             and not self._must_encrypt(req)
             and (bool(h.flags & c.SMB2_FLAGS_SIGNED) or session.signing_required or req.sign_reply)
-            and status != st.STATUS_USER_SESSION_DELETED
+            and (status != st.STATUS_USER_SESSION_DELETED or req.sign_with is not None)
             and not req.no_sign
         )
         if sign:
@@ -870,15 +1051,20 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         )
         msg = bytearray(header.pack())
         msg += body
+        if not last or pad:
+            msg += b"\x00" * ((-len(msg)) % 8)
         if not last:
-            pad = (-len(msg)) % 8
-            msg += b"\x00" * pad
             msg[20:24] = struct.pack("<I", len(msg))
-        if req.preauth_reply is not None:
-            req.preauth_reply.update(msg)
         if sign:
-            assert session is not None and session.signer is not None
-            msg[48:64] = session.signer.sign(msg, response=True)
+            assert session is not None
+            signer = req.sign_with or session.signer_for(self.seq)
+            assert signer is not None
+            msg[48:64] = signer.sign(msg, response=True)
+        elif req.sign_deleted and req.sign_with is not None:
+            msg[48:64] = req.sign_with.sign(msg, response=True)
+        if req.preauth_reply is not None:
+            # The hash takes the message as sent (a binding's replies are signed).
+            req.preauth_reply.update(msg)
         return bytes(msg)
 
     def go_async(self, req: Request, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
@@ -888,12 +1074,13 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         3.3.4.2) and register the AsyncId for CANCEL. Returns C{d}.
         """
         req.waiting = d
-        if d.called or self._closing:
+        if d.called or self._closing or req.interim_sent:
             return d
-        if not req.last_in_chain:
-            # Only the last request of a compound may go asynchronous; Windows
-            # fails one in the middle with STATUS_INTERNAL_ERROR (smbtorture
-            # smb2.compound.interim2 expects that).
+        if not req.last_in_chain and req.header.command != Command.CREATE:
+            # Only the last request of a compound may go asynchronous, and a
+            # CREATE waiting for an oplock break (MS-SMB2 3.3.5.2.7, note <206>);
+            # Windows fails others in the middle with STATUS_INTERNAL_ERROR
+            # (smbtorture smb2.compound.interim2 and compound-break).
             d.cancel()
             d.addErrback(lambda f: f.trap(defer.CancelledError))
             raise SMBError(st.STATUS_INTERNAL_ERROR, "asynchronous request inside a compound")
@@ -921,6 +1108,15 @@ class SMBConnection(SessionSetup, protocol.Protocol):
 
     # -- NEGOTIATE-related IOCTL ----------------------------------------------------------
 
+    def _local_endpoint(self) -> tuple[str, int]:
+        """The address and port the client reached us at."""
+        if self.transport is None:
+            return "", 0
+        addr = self.transport.getHost()
+        host = getattr(addr, "host", "")
+        port = getattr(addr, "port", 0)
+        return (host if isinstance(host, str) else ""), (port if isinstance(port, int) else 0)
+
     def validate_negotiate(self, req: Request, data: bytes) -> bytes:
         """FSCTL_VALIDATE_NEGOTIATE_INFO (MS-SMB2 3.3.5.15.12)."""
         n = self.negotiated
@@ -946,22 +1142,76 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         smode = c.SMB2_NEGOTIATE_SIGNING_ENABLED
         if self.factory.smb.signing == "required":
             smode |= c.SMB2_NEGOTIATE_SIGNING_REQUIRED
-        scaps = c.SMB2_GLOBAL_CAP_LARGE_MTU if n.dialect >= c.SMB_2_1 else 0
-        if n.dialect in (c.SMB_3_0, c.SMB_3_0_2) and n.cipher:
-            scaps |= c.SMB2_GLOBAL_CAP_ENCRYPTION
+        smb = self.factory.smb
+        scaps = server_capabilities(n.dialect, n, smb.directory_leases, smb.multichannel.enabled)
         return struct.pack("<I16sHH", scaps, self.factory.server_guid, smode, n.dialect)
 
-    def _end_session(self, session: Session) -> None:
+    def _end_session(self, session: Session, keep_durable: bool = False) -> None:
         for tree in list(session.trees.values()):
-            self._end_tree(tree)
+            self._end_tree(tree, keep_durable)
         session.trees.clear()
+        if self.factory.sessions.get(session.id) is session:
+            del self.factory.sessions[session.id]
+        self.remember_ended(session)
+        for conn in list(session.channels.values()):
+            if conn is not self and conn.sessions.get(session.id) is session:
+                del conn.sessions[session.id]
+        session.channels.clear()
+        session.channel_signers.clear()
         if not session.machine.gone:
             session.machine.logoff()
 
-    def _end_tree(self, tree: Tree) -> None:
-        for op in [o for o in self.opens.values() if o.tree is tree]:
-            self.factory.files.close_quietly(self, op)
+    def _end_tree(self, tree: Tree, keep_durable: bool = False) -> None:
+        """
+        Close the tree's opens; with C{keep_durable} (the connection was lost,
+        or a new session took over this one) durable opens are disconnected
+        instead, for a reconnect to claim (claudefs_gateway.smb.durable).
+        """
+        durability = self.factory.durability
+        conns = [self, *(c for c in tree.session.channels.values() if c is not self)]
+        for conn in conns:
+            for op in [o for o in conn.opens.values() if o.tree is tree]:
+                if keep_durable and durability.keeps(op):
+                    conn.opens.pop(op.file_id[1], None)
+                    self.factory.files.disconnect(conn, op)
+                    durability.disconnect(op)
+                else:
+                    self.factory.files.close_quietly(conn, op)
         tree.session.trees.pop(tree.id, None)
+
+    def _fail_over(self, session: Session) -> bool:
+        """
+        This connection is lost; if the session has other channels, it lives
+        on there: the opens made over this one move to the oldest of them
+        (channel failover, MS-SMB2 3.3.7.1). False if it had no other.
+        """
+        session.channels.pop(self.seq, None)
+        session.channel_signers.pop(self.seq, None)
+        session.binding.pop(self.seq, None)
+        others = session.live_channels()
+        if not others or not session.valid:
+            return False
+        heir = others[0]
+        for op in [o for o in self.opens.values() if o.session is session]:
+            self.opens.pop(op.file_id[1], None)
+            heir.opens[op.file_id[1]] = op
+            op.conn = heir
+        self._log.info("smb channel lost; the session lives on", peer=self.peer)
+        return True
+
+    def end_session_everywhere(self, session: Session) -> None:
+        """The session ends on every channel it has (a failed re-authentication)."""
+        for conn in list(session.channels.values()):
+            conn.sessions.pop(session.id, None)
+        self._end_session(session, keep_durable=True)
+
+    def end_previous_session(self, session: Session) -> None:
+        """
+        A new session of the same user named this one as PreviousSessionId
+        (MS-SMB2 3.3.5.5.3): it ends, keeping its durable opens for a reconnect.
+        """
+        self._end_session(session, keep_durable=True)
+        self.sessions.pop(session.id, None)
 
     # -- LOGOFF, TREE_CONNECT, TREE_DISCONNECT, ECHO ------------------------------------
 
@@ -969,7 +1219,9 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         session = req.session
         assert session is not None
         for tree in list(session.trees.values()):
-            self._end_tree(tree)
+            # Durable opens outlive a LOGOFF too, as on Samba (smbtorture
+            # smb2.durable-open.reopen4): a new session may reconnect them.
+            self._end_tree(tree, keep_durable=True)
         # The reply is signed with the session's key; forget it after.
         self.factory.reactor.callLater(0, self._forget_session, session)
         return SIMPLE_BODY
@@ -1058,5 +1310,14 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         if body.ctl_code in (c.FSCTL_DFS_GET_REFERRALS, c.FSCTL_DFS_GET_REFERRALS_EX):
             raise SMBError(st.STATUS_FS_DRIVER_REQUIRED, "DFS is not served")
         if body.ctl_code == c.FSCTL_QUERY_NETWORK_INTERFACE_INFO:
-            raise SMBError(st.STATUS_NOT_SUPPORTED, "multichannel is not served")
+            if not self.factory.smb.multichannel.enabled or self.dialect < c.SMB_3_0:
+                raise SMBError(st.STATUS_NOT_SUPPORTED, "multichannel is off")
+            if body.file_id != NULL_FILE_ID:
+                # MS-SMB2 3.3.5.15.11: it names no file (smbtorture smb2.ioctl.bug14788).
+                raise SMBError(st.STATUS_INVALID_PARAMETER, "FileId must be all ones")
+            host, port = self._local_endpoint()
+            out = network_interfaces(self.factory.smb, host, port)
+            if len(out) > body.max_output_response:
+                raise SMBError(st.STATUS_BUFFER_TOO_SMALL)
+            return pack_ioctl_response(body.ctl_code, NULL_FILE_ID, out)
         return await self.factory.files.ioctl(self, req, body)

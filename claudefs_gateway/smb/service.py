@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService, MultiService
+from twisted.internet import defer
 
 from claudefs_gateway.core.authlimit import AuthFailureLimiter
 from claudefs_gateway.core.metrics import RequestMetrics
@@ -22,7 +23,7 @@ def make_service(core: Any) -> IService:
     from claudefs_gateway.smb.server import SMBFactory
     from claudefs_gateway.vfs.handles import load_or_create_secret
 
-    svc = MultiService()
+    svc = _SMBService()
     svc.setName("proto:smb")
     config = core.config
 
@@ -37,4 +38,22 @@ def make_service(core: Any) -> IService:
     )
     factory.admit = lambda address, uid: core.admit("smb", address, uid)
     core.listener(svc, "proto:smb:listen", "smb", config.smb.bind, factory)
+    svc.factory = factory
     return svc
+
+
+class _SMBService(MultiService):
+    """
+    C{proto:smb}: stops after the connections closed (the drain) and the
+    durable handles they left are written to the state store, so a restarted
+    gateway can honour their reconnects.
+    """
+
+    factory: Any = None
+
+    def stopService(self) -> defer.Deferred[Any]:  # type: ignore[override]
+        d = defer.maybeDeferred(MultiService.stopService, self)
+        if self.factory is not None:
+            factory = self.factory
+            d.addCallback(lambda _: factory.durability.flush())
+        return d

@@ -15,12 +15,16 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 
+from claudefs_gateway import errors
+from claudefs_gateway.fstypes import Credentials
+from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.crypto import PreauthHash, Sealer, SessionKeys, Signer
 from claudefs_gateway.smb.errors import SMBError
 from claudefs_gateway.smb.header import Header
 from claudefs_gateway.smb.messages import FileId
 from claudefs_gateway.vfs import Caller, ExportInfo, LockOwner, ShareToken
+from claudefs_gateway.vfs.leases import LeaseKey
 from claudefs_gateway.vfs.origin import Origin
 
 __all__ = ["Session", "Tree", "Open", "FileNode", "Chain", "Request", "Reply", "Watch", "DirScan"]
@@ -54,6 +58,16 @@ class Session:
     client_signing_required: bool = False
     trees: dict[int, Tree] = attrs.Factory(dict)
     next_tree: int = 1
+    # What the session was set up with (a channel must match; MS-SMB2 3.3.5.5.2).
+    dialect: int = 0
+    cipher: int = 0
+    signing_alg: int = 0
+    # Multichannel: the connections bound to it, by SMBConnection.seq (the
+    # first included), each bound one's own signer, and binds in progress
+    # (acceptor and 3.1.1 preauth hash per connection).
+    channels: dict[int, Any] = attrs.Factory(dict)
+    channel_signers: dict[int, Signer] = attrs.Factory(dict)
+    binding: dict[int, tuple[Any, PreauthHash | None]] = attrs.Factory(dict)
 
     @property
     def valid(self) -> bool:
@@ -62,6 +76,14 @@ class Session:
     @property
     def can_sign(self) -> bool:
         return self.signer is not None
+
+    def signer_for(self, seq: int) -> Signer | None:
+        """The signer of the channel C{seq} (a bound one's own; else the session's)."""
+        return self.channel_signers.get(seq, self.signer)
+
+    def live_channels(self) -> list[Any]:
+        """The connections bound to the session that are still up, oldest first."""
+        return [c for _, c in sorted(self.channels.items()) if not c._closing]
 
 
 @attrs.define(eq=False)
@@ -87,6 +109,15 @@ class Tree:
             raise SMBError(st.STATUS_INVALID_DEVICE_REQUEST, "not a disk share")
         return self._export
 
+    def rebind(self, vfs: IVFS, peer: str, creds: Credentials) -> None:
+        """The session re-authenticated: run as its new identity on this share from now on."""
+        if self._export is not None:
+            try:
+                self._caller = vfs.caller(self._export, peer, creds, "smb")
+            except errors.Access:
+                # The export refuses the new identity: keep nothing it could use.
+                self._caller = vfs.caller(self._export, peer, Credentials(65534, 65534), "smb")
+
     @property
     def caller(self) -> Caller:
         """Who the session runs as on this share."""
@@ -108,6 +139,10 @@ class FileNode:
     path: str
     opens: set[Open] = attrs.Factory(set)
     delete_pending: bool = False
+    # A named stream (file:stream:$DATA): its name, and the file's inode
+    # (C{ino} is then the stream's own key for share modes, leases and locks).
+    stream: str | None = None
+    base: int = 0
 
 
 @attrs.define(eq=False)
@@ -160,11 +195,54 @@ class Open:
     # FSCTL_SRV_REQUEST_RESUME_KEY: the key server-side copies name this open by.
     resume_key: bytes = b""
     closed: bool = False
+    # Data was written through it (its close breaks the parent's directory leases).
+    written: bool = False
+    # A ChangeTime set through it (MS-FSA Open.UserSetChangeTime): changes
+    # made through it leave that ChangeTime standing.
+    user_change_time: int | None = None
+    # ShareAccess of its CREATE (FILE_SHARE_*).
+    share_access: int = 0
+    # The connection the open was made on (its oplock breaks go there).
+    conn: Any = None
+    # The SMB lease it was opened with (claudefs_gateway.smb.leasing.SMBLease).
+    lease: Any = None
+    # Its oplock level (0: none) and the lease manager's lease behind it.
+    oplock: int = 0
+    oplock_mlease: Any = None
+    # An oplock break awaiting acknowledgement: its level (II), -1 for none, 0 if none sent.
+    oplock_break_sent: int = 0
+    # Durability (claudefs_gateway.smb.durable): 1 or 2 when granted (v1, v2), its
+    # timeout in seconds, the v2 CreateGuid, the AppInstanceId, the user it belongs to.
+    durable: int = 0
+    durable_timeout: float = 0.0
+    create_guid: bytes | None = None
+    app_instance: bytes | None = None
+    owner: str = ""
+    # The ClientGuid of the client that made it (CreateGuids are per client).
+    client_guid: bytes = b""
+    # FSCTL_LMR_REQUEST_RESILIENCY: kept across a lost connection whatever it caches.
+    resilient: bool = False
+    # LOCK replay detection (MS-SMB2 3.3.5.14): LockSequenceIndex 1..64 -> number.
+    lock_sequences: dict[int, int] = attrs.Factory(dict)
+    # Its connection is gone; a reconnect may claim it until the expiry timer closes it.
+    disconnected: bool = False
+    expiry: Any = None
 
     @property
     def ino(self) -> int:
+        """What share modes, leases and locks know the open's file by (a stream has its own)."""
         assert self.node is not None
         return self.node.ino
+
+    @property
+    def file_ino(self) -> int:
+        """The inode, for the vfs: a stream's file's."""
+        assert self.node is not None
+        return self.node.base if self.node.stream is not None else self.node.ino
+
+    @property
+    def stream(self) -> str | None:
+        return self.node.stream if self.node is not None else None
 
     @property
     def origin(self) -> Origin:
@@ -173,7 +251,25 @@ class Open:
         reservation, and every lock of others (SMB honours NLM's and NFSv4's
         locks on its I/O, as Samba does with POSIX locks).
         """
-        return Origin(owner=self.lock_owner, share=self.share, strict=True)
+        return Origin(owner=self.lock_owner, share=self.share, strict=True, exempt=self.exempt)
+
+    @property
+    def exempt(self) -> tuple[LeaseKey, ...]:
+        """
+        The lease keys this open's own changes never break: its lease (and
+        the parent directory lease it names), or its oplock when that caches
+        writes; a level II oplock is broken by its own open's writes, as on
+        Windows and Samba.
+        """
+        sl = self.lease
+        if sl is not None:
+            if sl.parent is not None:
+                return (sl.lease_key, LeaseKey("smb", sl.client, sl.parent))
+            return (sl.lease_key,)
+        m = self.oplock_mlease
+        if m is not None and self.oplock in (0x08, 0x09):
+            return (m.key,)
+        return ()
 
 
 @attrs.define
@@ -234,3 +330,10 @@ class Request:
     no_sign: bool = False
     # 3.1.1: the session's preauth hash takes in this reply.
     preauth_reply: PreauthHash | None = None
+    # Sign the reply with this signer rather than the channel's (a session
+    # binding before the channel has keys of its own).
+    sign_with: Signer | None = None
+    # A re-authentication on a channel other than the session's first.
+    reauth_elsewhere: bool = False
+    # Answer USER_SESSION_DELETED signed with C{sign_with} (a session just ended).
+    sign_deleted: bool = False

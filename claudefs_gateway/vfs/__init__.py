@@ -8,7 +8,7 @@ events all live behind L{VFS}, which front ends see as
 L{claudefs_gateway.interfaces.IVFS}.
 """
 
-from claudefs_gateway.vfs._vfs import INTERNAL_PREFIX, VFS
+from claudefs_gateway.vfs._vfs import INTERNAL_PREFIX, PRIVATE_NAMES, VFS
 from claudefs_gateway.vfs.events import Action, Change
 from claudefs_gateway.vfs.exports import Caller, ExportInfo
 from claudefs_gateway.vfs.identity import User, UserDB
@@ -26,6 +26,7 @@ __all__ = [
     "Action",
     "Change",
     "INTERNAL_PREFIX",
+    "PRIVATE_NAMES",
     "R",
     "W",
     "X",

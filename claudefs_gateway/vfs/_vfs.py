@@ -56,8 +56,9 @@ from claudefs_gateway.vfs.leases import LeaseManager, Why
 from claudefs_gateway.vfs.locks import EOF, LockTable
 from claudefs_gateway.vfs.origin import Origin, default_origin
 from claudefs_gateway.vfs.quotas import QuotaManager
+from claudefs_gateway.vfs.worm import SEAL_KEY, WORM_KEY, Retention, WormCache
 
-__all__ = ["VFS", "INTERNAL_PREFIX", "SYMLOOP_MAX"]
+__all__ = ["VFS", "INTERNAL_PREFIX", "SYMLOOP_MAX", "PRIVATE_NAMES", "PRIVATE_OWNER"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -67,6 +68,13 @@ T = TypeVar("T")
 # through meta_get/meta_set.
 INTERNAL_PREFIX = b"cfs."
 SYMLOOP_MAX = 40
+#: Directory entries the gateway keeps for its own use inside client-visible
+#: directories: S3's per-directory store of older object versions
+#: (docs/s3.rst "Versioning"). No listing shows them; no client of any
+#: protocol can look them up, make, remove or rename them; only the front end
+#: that owns them (PRIVATE_OWNER) reaches them, through lookup.
+PRIVATE_NAMES = frozenset({b".cfs-versions"})
+PRIVATE_OWNER = "s3"
 _VERIFIER = b"cfs.nfs.create_verifier"
 #: The whole of a file, as a byte-range lock check sees it.
 _WHOLE = EOF - 1
@@ -172,6 +180,9 @@ class VFS:
         # Where each inode was last seen by name, so a change to its data or
         # attributes can be reported in its directory (see vfs/events.py).
         self._names: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
+        # Retention records (WORM) and seals by inode: vfs/worm.py.
+        self._worm = WormCache()
+        self._seals: dict[int, bool] = {}
         self._names_max = max(4096, c.max_entries)
         self.root_ino = 0
         self.is_open = False
@@ -270,8 +281,8 @@ class VFS:
     async def get_state(self, key: str) -> bytes | None:
         """
         A front end's small durable record (NFSv4 client records for
-        reclaim after a restart); L{None} if never set. Keys start with the
-        protocol's name.
+        reclaim after a restart, SMB durable handles); L{None} if never set.
+        Keys start with the protocol's name.
         """
         got: bytes | None = await self.backend.get_state(key)
         return got
@@ -373,6 +384,8 @@ class VFS:
         if a.is_dir:
             self.name_cache.forget_dir(a.ino)
         self._names.pop(a.ino, None)
+        self._worm.drop(a.ino)
+        self._seals.pop(a.ino, None)
         self.locks.release_inode(a.ino)
         self.leases.release_inode(a.ino)
 
@@ -405,6 +418,61 @@ class VFS:
         if where is not None:
             self._emit(where[0], Action.MODIFIED, where[1], ino, what)
 
+    # -- write once, read many (vfs/worm.py) -------------------------------------
+
+    async def _protection(self, ino: int) -> Retention | None:
+        known, r = self._worm.get(ino)
+        if not known:
+            try:
+                raw: bytes | None = await self.backend.getxattr(ino, INTERNAL_PREFIX + WORM_KEY)
+            except errors.NoData:
+                raw = None
+            r = Retention.decode(raw)
+            self._worm.put(ino, r)
+        return r
+
+    async def _check_sealed(self, caller: Caller, a: Attributes) -> None:
+        """
+        A sealed file's bytes (S3 server-side encryption: ciphertext at rest)
+        are its owning front end's alone: any other protocol's data access is
+        refused rather than handed ciphertext.
+
+        @raise Access: sealed, and the caller is a file client.
+        """
+        if caller.protocol == PRIVATE_OWNER or not a.is_reg:
+            return
+        sealed = self._seals.get(a.ino)
+        if sealed is None:
+            try:
+                await self.backend.getxattr(a.ino, INTERNAL_PREFIX + SEAL_KEY)
+                sealed = True
+            except errors.NoData:
+                sealed = False
+            if len(self._seals) > 65536:
+                self._seals.clear()
+            self._seals[a.ino] = sealed
+        if sealed:
+            raise errors.Access("the file is encrypted by S3 (server-side encryption)")
+
+    async def _check_worm(self, a: Attributes, origin: Origin, destroy: bool) -> None:
+        """
+        Refuse to change (or, C{destroy}, to remove the last name of) a file
+        under retention or legal hold, whatever the protocol.
+
+        @raise Perm: it is protected.
+        """
+        if not a.is_reg:
+            return
+        r = await self._protection(a.ino)
+        if r is None:
+            return
+        now = int(self.clock.seconds() * 1_000_000_000)
+        if not r.active(now):
+            return
+        if destroy and origin.bypass_governance and r.bypassable(now):
+            return
+        raise errors.Perm("the file is under object lock (retention or legal hold)")
+
     # -- locks, share modes and leases (docs/locks.rst "One file, every protocol") -
 
     def _origin(self, caller: Caller, origin: Origin | None) -> Origin:
@@ -425,6 +493,8 @@ class VFS:
                 )
 
     def _check_range(self, ino: int, origin: Origin, start: int, length: int, write: bool) -> None:
+        if not origin.ranges:
+            return
         if not self.locks.check_io(ino, origin.lock_owner, start, length, write, origin.strict):
             raise errors.LockConflict(None, "a byte-range lock of another owner covers the range")
 
@@ -531,6 +601,8 @@ class VFS:
                 raise errors.IsDir("size of a directory")
             if size_change > MAX_FILE_SIZE:
                 raise errors.FBig("size too large")
+            await self._check_sealed(caller, a)
+            await self._check_worm(a, self._origin(caller, origin), destroy=False)
         new_uid = changes.uid if changes.uid is not None else a.uid
         new_gid = changes.gid if changes.gid is not None else a.gid
         new_size = (
@@ -576,10 +648,21 @@ class VFS:
 
     # -- names ----------------------------------------------------------------
 
+    def _private(self, caller: Caller, name: bytes) -> None:
+        """A client naming one of the gateway's private entries finds nothing there."""
+        if name in PRIVATE_NAMES and caller.protocol != PRIVATE_OWNER:
+            raise errors.NotFound("no such entry")
+
+    def _reserved(self, caller: Caller, name: bytes) -> None:
+        """A client may not make, remove or rename one of the gateway's private entries."""
+        if name in PRIVATE_NAMES and caller.protocol != PRIVATE_OWNER:
+            raise errors.Access("the name is reserved by the gateway")
+
     @deferred
     async def lookup(self, caller: Caller, dir_ino: int, name: bytes) -> Attributes:
         d = await self._dir(dir_ino)
         perm.check(caller.cred, d, perm.X)
+        self._private(caller, name)
         if name == b".":
             return d
         if name == b"..":
@@ -605,6 +688,7 @@ class VFS:
         target: bytes | None = None,
         origin: Origin | None = None,
     ) -> Attributes:
+        self._reserved(caller, name)
         d = await self._prepare_new(caller, dir_ino)
         uid, gid = perm.new_owner(caller.cred, d)
         mode = perm.new_mode(caller.cred, d, mode, type, gid)
@@ -719,6 +803,7 @@ class VFS:
     async def link(
         self, caller: Caller, ino: int, dir_ino: int, name: bytes, origin: Origin | None = None
     ) -> Attributes:
+        self._reserved(caller, name)
         await self._prepare_new(caller, dir_ino)
         org = self._origin(caller, origin)
         await self._before(ino, org, Why.NAMESPACE)
@@ -739,6 +824,7 @@ class VFS:
         perm.check(caller.cred, d, perm.W | perm.X)
         if name in (b".", b".."):
             raise errors.Inval("cannot remove . or ..")
+        self._private(caller, name)
         a = await self._lookup_raw(dir_ino, name)
         perm.check_sticky(caller.cred, d, a)
         return d, a
@@ -762,6 +848,8 @@ class VFS:
         if a.is_dir:
             raise errors.IsDir("is a directory")
         org = self._origin(caller, origin)
+        if a.nlink <= 1:
+            await self._check_worm(a, org, destroy=True)
         await self._before_unlink(a, org, _DELETE)
         await self._dir_change(dir_ino, org)
         after = await self.backend.unlink(dir_ino, name)
@@ -823,6 +911,7 @@ class VFS:
         for n in (src_name, dst_name):
             if n in (b".", b".."):
                 raise errors.Inval("cannot rename . or ..")
+            self._reserved(caller, n)
         src = await self._lookup_raw(src_dir, src_name)
         perm.check_sticky(caller.cred, sd, src)
         if src.ino in {e.root_ino for e in self.exports}:
@@ -840,6 +929,11 @@ class VFS:
             perm.check(caller.cred, src, perm.W)
         org = self._origin(caller, origin)
         if dst is None or dst.ino != src.ino:
+            if caller.protocol != PRIVATE_OWNER:
+                # A file client renaming a protected file would change its key.
+                await self._check_worm(src, org, destroy=False)
+            if dst is not None and dst.nlink <= 1:
+                await self._check_worm(dst, org, destroy=True)
             await self._before(
                 src.ino, org, Why.DIR_NAMESPACE if src.is_dir else Why.NAMESPACE, _DELETE
             )
@@ -891,6 +985,17 @@ class VFS:
         perm.check(caller.cred, d, perm.R)
         with_attrs = with_attrs and perm.may(caller.cred, d, perm.X)
         page = await self.backend.readdir(dir_ino, cookie, verifier, count, with_attrs)
+        if any(e.name in PRIVATE_NAMES for e in page.entries):
+            # The gateway's private entries are listed to nobody. A page left
+            # empty but not the last is followed on, so a client never sees an
+            # empty page that is not the end (it would ask again forever).
+            kept = tuple(e for e in page.entries if e.name not in PRIVATE_NAMES)
+            while not kept and not page.eof and page.entries:
+                page = await self.backend.readdir(
+                    dir_ino, page.entries[-1].cookie, page.verifier, count, with_attrs
+                )
+                kept = tuple(e for e in page.entries if e.name not in PRIVATE_NAMES)
+            page = DirPage(kept, page.verifier, page.eof)
         for e in page.entries:
             if e.attrs is not None:
                 self.attr_cache.put(e.ino, e.attrs)
@@ -931,6 +1036,7 @@ class VFS:
         """
         a = await self._getattr(ino)
         self._data_allowed(caller, a, write=False)
+        await self._check_sealed(caller, a)
         if self.locks.busy(ino) or self.leases.busy(ino):
             span = (offset, min(count, _WHOLE - offset), False) if 0 <= offset < _WHOLE else None
             await self._before(ino, self._origin(caller, origin), Why.READ, _READ, span)
@@ -961,6 +1067,8 @@ class VFS:
         end = offset + len(data)
         if end > MAX_FILE_SIZE:
             raise errors.FBig("file too large")
+        await self._check_sealed(caller, a)
+        await self._check_worm(a, self._origin(caller, origin), destroy=False)
         if self.locks.busy(ino) or self.leases.busy(ino):
             await self._before(
                 ino, self._origin(caller, origin), Why.WRITE, _WRITE, (offset, len(data), True)
@@ -1035,6 +1143,8 @@ class VFS:
         self._writable(caller)
         a = await self._getattr(ino)
         self._data_allowed(caller, a, write=True)
+        await self._check_sealed(caller, a)
+        await self._check_worm(a, self._origin(caller, origin), destroy=False)
         await self._before(
             ino, self._origin(caller, origin), Why.WRITE, _WRITE, (offset, length, True)
         )
@@ -1057,6 +1167,8 @@ class VFS:
         self._writable(caller)
         a = await self._getattr(ino)
         self._data_allowed(caller, a, write=True)
+        await self._check_sealed(caller, a)
+        await self._check_worm(a, self._origin(caller, origin), destroy=False)
         await self._before(
             ino, self._origin(caller, origin), Why.WRITE, _WRITE, (offset, length, True)
         )
@@ -1064,6 +1176,18 @@ class VFS:
         self.attr_cache.put(ino, after)
         self._modified(ino, What.DATA)
         return after
+
+    @deferred
+    async def data_ranges(
+        self, caller: Caller, ino: int, offset: int, length: int
+    ) -> list[tuple[int, int]]:
+        """Where the file holds data (L{IDataService.data_ranges}); SMB's allocated ranges."""
+        a = await self._getattr(ino)
+        self._data_allowed(caller, a, write=False)
+        if offset < 0 or length < 0:
+            raise errors.Inval("negative offset or length")
+        ranges: list[tuple[int, int]] = await self.backend.data_ranges(ino, offset, length)
+        return ranges
 
     @deferred
     async def statfs(self, caller: Caller) -> FSStat:
@@ -1177,6 +1301,10 @@ class VFS:
                 pass
         else:
             await self.backend.setxattr(ino, INTERNAL_PREFIX + key, value)
+        if key == WORM_KEY:
+            self._worm.drop(ino)
+        if key == SEAL_KEY:
+            self._seals.pop(ino, None)
         self.attr_cache.discard(ino)
         self._modified(ino, What.ATTRIBUTES)
 
@@ -1208,6 +1336,7 @@ class VFS:
             if part == b"..":
                 nxt = cur if cur.ino == root else await self._lookup_raw(cur.ino, b"..")
             else:
+                self._private(caller, part)
                 nxt = await self._lookup_raw(cur.ino, part)
             if nxt.is_link and (follow or not last):
                 hops[0] += 1

@@ -8,7 +8,9 @@ vfs's own drop entries on them). Delivery is synchronous and in order,
 right after the change is durable; a subscriber that raises is logged and
 kept.
 
-A change names the directory it happened in and the entry's name there. For
+A change names the directory it happened in and the entry's name there. The
+listeners of a directory that is removed hear of its removal too (a change
+whose C{ino} is the directory they watch). For
 changes to a file's data or attributes the vfs names the directory and name
 it last saw the file under (L{claudefs_gateway.interfaces.IVFS.name_of}); a
 change to a file this gateway has not seen by name since it started (an NFS
@@ -108,6 +110,11 @@ class ChangeEvents:
 
     def emit(self, change: Change) -> None:
         listeners = self._by_dir.get(change.dir)
+        if change.action is Action.REMOVED and change.ino != change.dir:
+            # A removed directory's own listeners hear of its removal too.
+            itself = self._by_dir.get(change.ino)
+            if itself:
+                listeners = [*(listeners or ()), *itself]
         if not listeners and not self._everything:
             return
         for listener in [*(listeners or ()), *self._everything]:

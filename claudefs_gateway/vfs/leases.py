@@ -200,6 +200,15 @@ class Lease:
         self._waiters: list[tuple[int, defer.Deferred[None]]] = []
         self._break_started = 0.0
 
+    @property
+    def target(self) -> int | None:
+        """
+        While a break is outstanding, the least the holder must come down
+        to: L{breaking_to}, or lower if a later break asked for less (it is
+        sent once this one is acknowledged). L{None} when not breaking.
+        """
+        return self._target
+
     def __repr__(self) -> str:
         return (
             f"<Lease {self.key.protocol} ino={self.ino} {bits_text(self.state)}"
@@ -556,6 +565,21 @@ class LeaseManager:
             return pending[0]
         gathered = defer.gatherResults(pending, consumeErrors=True)
         return gathered.addCallbacks(lambda _: None, _first_failure)
+
+    def break_lease(self, lease: Lease, keep: int) -> defer.Deferred[None]:
+        """
+        Break one lease to no more than C{keep}, whatever the operation: for a
+        front end that computes its own break targets (SMB CREATE, as MS-SMB2
+        3.3.5.9 and MS-FSA 2.1.5.1.2 spell them per open) rather than through
+        L{recall}'s per-operation table.
+
+        @return: fires once the lease holds nothing beyond C{keep}
+            (acknowledged, released or revoked); cancellable.
+        """
+        if lease.gone or not lease.state & ~keep:
+            return defer.succeed(None)
+        lease.request_break(keep)
+        return lease._wait(keep)
 
     def acknowledge(self, lease: Lease, bits: int) -> None:
         """

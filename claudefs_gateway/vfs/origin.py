@@ -43,12 +43,18 @@ class Origin:
         Windows (mandatory) ones: SMB does, as Samba does with its own and
         POSIX locks; S3 does, since a PUT replaces the whole object. NFS I/O
         does not, as on Linux, where POSIX locks are advisory.
+    @ivar ranges: check byte-range locks at all; false for the truncation of
+        an SMB CREATE that overwrites a file, which Windows lets through
+        others' locks (MS-FSA 2.1.5.1.2.1; smbtorture smb2.lock.truncate).
     @ivar wait: wait for other holders to acknowledge lease breaks (up to
         the recall timeout); when false the request fails at once with
         L{claudefs_gateway.errors.Again} while a break is outstanding, and
         the client retries (NFSv4 NFS4ERR_DELAY, as knfsd does).
     @ivar bypass: skip share reservations and byte-range locks (a READ with
         NFSv4's READ-bypass stateid, RFC 8881 §8.2.3); leases still break.
+    @ivar bypass_governance: a delete that may remove a file under governance
+        retention (S3's C{x-amz-bypass-governance-retention}, by someone
+        allowed to; see L{claudefs_gateway.vfs.worm}).
     """
 
     owner: LockOwner | None = None
@@ -56,7 +62,9 @@ class Origin:
     exempt: tuple[LeaseKey, ...] = ()
     strict: bool = False
     wait: bool = True
+    ranges: bool = True
     bypass: bool = False
+    bypass_governance: bool = False
 
     @property
     def lock_owner(self) -> LockOwner:

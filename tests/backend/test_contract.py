@@ -389,6 +389,26 @@ class ContractMixin:
         a = await self.backend.allocate(f.ino, 0, 300000)
         self.assertEqual(a.size, 300000)
 
+    async def test_data_ranges(self) -> None:
+        """
+        Written data is always reported, nothing past the size is; a hole
+        punched over whole 64 KiB blocks may be reported as one.
+        """
+        await self.setup()
+        block = 64 * 1024
+        f = await self.mkfile(b"f", data=b"x" * (3 * block))
+        self.assertEqual(await self.backend.data_ranges(f.ino, 0, 10 * block), [(0, 3 * block)])
+        self.assertEqual(await self.backend.data_ranges(f.ino, 5, 10), [(5, 10)])
+        await self.backend.deallocate(f.ino, block, block)
+        got = await self.backend.data_ranges(f.ino, 0, 3 * block)
+        self.assertIn(got, ([(0, 3 * block)], [(0, block), (2 * block, block)]))
+        self.assertEqual(await self.backend.data_ranges(f.ino, 3 * block, 10), [])
+        empty = await self.mkfile(b"e")
+        await self.backend.setattr(empty.ino, SetAttrs(size=block))
+        self.assertIn(await self.backend.data_ranges(empty.ino, 0, block), ([], [(0, block)]))
+        d = await self.backend.create(self.root, b"d", DIR, 0o755, 0, 0)
+        await self.fails(self.backend.data_ranges(d.ino, 0, 1), errors.IsDir)
+
     async def test_data_on_non_files(self) -> None:
         await self.setup()
         d = await self.backend.create(self.root, b"d", DIR, 0o755, 0, 0)

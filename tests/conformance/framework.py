@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 EXPECTED = HERE / "expected"
@@ -107,14 +109,15 @@ class Context:
     log: Callable[[str], None]
 
     def gateway(
-        self, config: str = "", *, backend: str = "embedded", nfs: str = ""
+        self, config: str = "", *, backend: str = "embedded", nfs: str = "", s3: str = ""
     ) -> AbstractContextManager[Gateway]:
         """
-        A gateway with C{config} added to its configuration; C{nfs} holds
-        more keys of the ``nfs`` mapping (``"v4: {lease_secs: 20}"``), which
-        the harness writes itself for the listeners.
+        A gateway of this checkout; C{config} is YAML added to the generated
+        file; C{nfs} and C{s3} hold more keys of the ``nfs`` and ``s3``
+        mappings, in flow style (``"v4: {lease_secs: 20}"``, ``"root: /s3,
+        root_mode: 01777"``), which the harness writes itself for the listeners.
         """
-        return running_gateway(self.workdir, config, backend=backend, log=self.log, nfs=nfs)
+        return running_gateway(self.workdir, config, backend=backend, log=self.log, nfs=nfs, s3=s3)
 
 
 class Gateway:
@@ -155,22 +158,42 @@ class Gateway:
 
 @contextmanager
 def running_gateway(
-    workdir: Path, extra: str, *, backend: str, log: Callable[[str], None], nfs: str = ""
+    workdir: Path,
+    extra: str,
+    *,
+    backend: str,
+    log: Callable[[str], None],
+    nfs: str = "",
+    s3: str = "",
 ) -> Iterator[Gateway]:
     """Start a gateway with every listener on 127.0.0.1 port 0; stop it (SIGTERM) after."""
     data = Path(tempfile.mkdtemp(prefix="data-", dir=workdir))
     cfg = data.with_suffix(".yaml")
-    cfg.write_text(
-        f"""log_format: json
-log_level: info
-backend: {{type: {backend}, data_dir: {data}}}
-nfs: {{bind: "127.0.0.1:0", mount_bind: "127.0.0.1:0", portmap_bind: "127.0.0.1:0"{", " + nfs if nfs else ""}}}
-s3: {{bind: "127.0.0.1:0"}}
-smb: {{bind: "127.0.0.1:0"}}
-admin: {{bind: "127.0.0.1:0", drain_timeout_secs: 5}}
-{extra}
-"""
-    )
+    config: dict[str, Any] = {
+        "log_format": "json",
+        "log_level": "info",
+        "backend": {"type": backend, "data_dir": str(data)},
+        "nfs": {
+            "bind": "127.0.0.1:0",
+            "mount_bind": "127.0.0.1:0",
+            "portmap_bind": "127.0.0.1:0",
+        },
+        "s3": {"bind": "127.0.0.1:0"},
+        "smb": {"bind": "127.0.0.1:0"},
+        "admin": {"bind": "127.0.0.1:0", "drain_timeout_secs": 5},
+    }
+    if nfs:
+        config["nfs"].update(yaml.safe_load("{" + nfs + "}"))
+    if s3:
+        config["s3"].update(yaml.safe_load("{" + s3 + "}"))
+    # A suite's own settings join these (its section of a protocol merges
+    # into the listener settings above).
+    for key, value in (yaml.safe_load(extra) or {}).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
     exe = Path(sys.executable).with_name("cfs-gateway")
     argv = [str(exe), "start", "--config", str(cfg)]
     env = dict(os.environ, PYTHONPATH=str(REPO))

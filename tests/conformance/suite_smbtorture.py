@@ -59,6 +59,18 @@ exports:
     dir_gid: 1000
     dir_mode: 0777
     protocols: [smb, nfs]
+  # A share the users may connect to but not use (smbtorture's torture:noperm_share).
+  - path: /noperm
+    name: noperm
+    dir_uid: 0
+    dir_gid: 0
+    dir_mode: 0
+    protocols: [smb]
+smb:
+  directory_leases: true
+  multichannel:
+    enabled: true
+    max_channels: 32
 leases:
   recall_timeout_secs: 35
 """
@@ -127,6 +139,7 @@ def run(ctx: Context) -> Results:
                 "--format=subunit",
                 f"--option=torture:user2name={USER2}",
                 f"--option=torture:user2password={PASSWORD2}",
+                "--option=torture:noperm_share=noperm",
                 suite,
             ]
             proc = subprocess.run(argv, capture_output=True, timeout=PER_SUITE_TIMEOUT + 60)

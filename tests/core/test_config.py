@@ -181,10 +181,10 @@ class LoadTests(SynchronousTestCase):
             },
         )
 
-    def test_versioning_not_supported(self) -> None:
-        [(path, _, msg)] = problems("s3: {enable_versioning: true}\n")
-        self.assertEqual(path, "s3.enable_versioning")
-        self.assertIn("not supported", msg)
+    def test_versioning_setting(self) -> None:
+        """s3.enable_versioning is an ordinary switch now: either value validates."""
+        self.assertTrue(cfg.loads("s3: {enable_versioning: true}\n").s3.enable_versioning)
+        self.assertFalse(cfg.loads("s3: {enable_versioning: false}\n").s3.enable_versioning)
 
     def test_remote_backend_needs_meta_servers(self) -> None:
         [(path, line, msg)] = problems("backend:\n  type: remote\n")

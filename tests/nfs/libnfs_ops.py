@@ -2,7 +2,9 @@
 Drive libnfs (Debian's libnfs13, the library under nfs-cp and nfs-ls) through
 ctypes, for the NFS operations libnfs-utils has no command for: mkdir, rmdir,
 rename, symlink, readlink, link, unlink, stat, chmod, listdir, and
-``write PATH OFFSET TEXT`` / ``read PATH OFFSET COUNT`` at an offset.
+``write PATH OFFSET TEXT`` / ``read PATH OFFSET COUNT`` at an offset;
+``overwrite PATH TEXT`` (open with O_TRUNC, write, close), ``truncate PATH SIZE``
+and ``readall PATH``.
 
 Run as a child process (never in the test's reactor)::
 
@@ -35,6 +37,9 @@ ARITY = {
     "creat": 1,
     "write": 3,
     "read": 3,
+    "overwrite": 2,
+    "truncate": 2,
+    "readall": 1,
 }
 
 
@@ -186,6 +191,26 @@ def main(argv: list[str]) -> int:
                     ret = lib.nfs_pread(ctypes.c_void_p(nfs), fh, offset, ctypes.c_uint64(n), buf)
                     result = buf.raw[: max(ret, 0)].decode("latin-1")
                 lib.nfs_close(ctypes.c_void_p(nfs), fh)
+        elif op == "overwrite":
+            # Overwrite in place: open O_WRONLY|O_TRUNC, write, close.
+            fh = ctypes.c_void_p()
+            ret = lib.nfs_open(ctypes.c_void_p(nfs), b[0], 0o1 | 0o1000, ctypes.byref(fh))
+            if ret == 0:
+                data = params[1].encode()
+                ret = lib.nfs_write(ctypes.c_void_p(nfs), fh, len(data), data)
+                lib.nfs_close(ctypes.c_void_p(nfs), fh)
+                ret = min(ret, 0)
+        elif op == "truncate":
+            ret = lib.nfs_truncate(ctypes.c_void_p(nfs), b[0], ctypes.c_uint64(int(params[1])))
+        elif op == "readall":
+            fh = ctypes.c_void_p()
+            ret = lib.nfs_open(ctypes.c_void_p(nfs), b[0], 0, ctypes.byref(fh))
+            if ret == 0:
+                buf = ctypes.create_string_buffer(65536)
+                ret = lib.nfs_read(ctypes.c_void_p(nfs), fh, 65536, buf)
+                result = buf.raw[: max(ret, 0)].decode("utf-8", "replace")
+                lib.nfs_close(ctypes.c_void_p(nfs), fh)
+                ret = min(ret, 0)
         elif op == "creat":
             fh = ctypes.c_void_p()
             ret = lib.nfs_creat(ctypes.c_void_p(nfs), b[0], 0o644, ctypes.byref(fh))

@@ -77,7 +77,7 @@ class TreeTests(SynchronousTestCase):
             defer.Deferred.fromCoroutine(self.tree.create_bucket(self.alice, "bkt")), S3Error
         )
         self.assertEqual(f.value.code, "BucketAlreadyOwnedByYou")
-        self.assertEqual((self.bucket.mode, self.bucket.uid), (0o700, 1000))
+        self.assertEqual((self.bucket.mode, self.bucket.uid), (0o711, 1000))
         f = self.failureResultOf(
             defer.Deferred.fromCoroutine(self.tree.bucket(self.alice, ".cfs-s3")), S3Error
         )
@@ -94,3 +94,12 @@ def _mode(mode: int) -> Any:
     from claudefs_gateway.fstypes import SetAttrs
 
     return SetAttrs(mode=mode)
+
+
+class ObjectMetaTests(SynchronousTestCase):
+    def test_empty_object_round_trip(self) -> None:
+        """An empty object's size and time survive encoding (0 is not "absent")."""
+        m = ObjectMeta(etag="e", mtime_ns=0, size=0, vid="v")
+        back = ObjectMeta.decode(m.encode())
+        self.assertEqual((back.size, back.mtime_ns, back.vid), (0, 0, "v"))
+        self.assertIsNone(ObjectMeta.decode(ObjectMeta(etag="e").encode()).size)

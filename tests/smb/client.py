@@ -139,6 +139,8 @@ class Conn:
         self.preauth: PreauthHash | None = None
         self.session_key = b""
         self.credits = 1
+        # The ClientGuid of NEGOTIATE (leases are scoped by it).
+        self.client_guid = b"G" * 16
 
     # -- raw I/O ------------------------------------------------------------------------
 
@@ -295,7 +297,9 @@ class Conn:
         else:
             tail = b"\x00" * 8
         body = (
-            struct.pack("<HHHHI16s", 36, len(dialects), security_mode, 0, capabilities, b"G" * 16)
+            struct.pack(
+                "<HHHHI16s", 36, len(dialects), security_mode, 0, capabilities, self.client_guid
+            )
             + tail
             + dial
             + ctx_blob
@@ -406,6 +410,7 @@ class Conn:
         share: int = c.FILE_SHARE_READ | c.FILE_SHARE_WRITE | c.FILE_SHARE_DELETE,
         attributes: int = 0,
         contexts: list[tuple[bytes, bytes]] | None = None,
+        oplock: int = 0,
     ) -> bytes:
         raw = name.encode("utf-16-le")
         ctx = b""
@@ -429,7 +434,7 @@ class Conn:
                 "<HBBIQQIIIIIHHII",
                 57,
                 0,
-                0,
+                oplock,
                 2,
                 0,
                 0,

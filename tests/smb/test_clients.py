@@ -216,7 +216,9 @@ class SmbclientTests(TestCase):
         self.assertEqual(a.uid, 1000)
         status, text = await smbclient(self, port, "del d1\\moved.bin; rmdir d1; ls", protection)
         self.assertEqual(status, 0, text)
-        self.assertNotIn("d1", text)
+        # (A listing line, not the text at large: smbclient's warnings name
+        # its temporary config, whose random path may hold "d1".)
+        self.assertNotIn("d1", [line.split()[0] for line in text.splitlines() if line.strip()])
         got = {(e["dialect"], e["signing"], e["encryption"]) for e in server.sessions}
         got.add(("encrypted requests", str(server.decrypted > 0), ""))
         return got

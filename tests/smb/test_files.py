@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import spnego
 from hypothesis import given
 from hypothesis import strategies as s
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,9 +25,16 @@ from claudefs_gateway.smb.constants import FileInfoClass as F
 from claudefs_gateway.smb.errors import SMBError
 from claudefs_gateway.smb.filebase import DOS_KEY, ea_entries, get_ea_names, pack_eas, split_name
 from claudefs_gateway.smb.info import from_filetime, to_filetime
+from claudefs_gateway.smb.security import (
+    AUTHENTICATED_USERS,
+    EVERYONE,
+    ParsedDescriptor,
+    pack_descriptor,
+    parse_security_descriptor,
+)
 from claudefs_gateway.vfs import Lease, LeaseKey, LockOwner
 from claudefs_gateway.vfs.leases import H, R, W
-from tests.smb.client import Conn, Wire, parse_names
+from tests.smb.client import PASSWORD, Conn, Wire, parse_names
 
 FILE = c.SMB2_0_INFO_FILE
 FS = c.SMB2_0_INFO_FILESYSTEM
@@ -106,7 +114,7 @@ class CreateTests(SynchronousTestCase):
         conn.open("a", options=c.FILE_DIRECTORY_FILE)
         self.assertEqual(conn.create("a\\b\\c").status, st.STATUS_OBJECT_PATH_NOT_FOUND)
         self.assertEqual(conn.create("\\lead").status, st.STATUS_INVALID_PARAMETER)
-        for bad in ("x*", "x:stream", "a\\\\b"):
+        for bad in ("x*", "x:stream:$BAD", "a:s\\x", "x:", "x:a/b", "a\\\\b"):
             self.assertEqual(conn.create(bad).status, st.STATUS_OBJECT_NAME_INVALID, bad)
         for bad in ("a\\..\\x", ".", "..\\..\\.."):
             self.assertEqual(conn.create(bad).status, st.STATUS_OBJECT_PATH_SYNTAX_BAD, bad)
@@ -115,7 +123,11 @@ class CreateTests(SynchronousTestCase):
         self.assertEqual(conn.create("ünïcödé").status, 0)
 
     def test_contexts(self) -> None:
-        """MxAc and QFid are answered; durable and lease requests get nothing; TWrp and DHnC are refused."""
+        """
+        MxAc and QFid are answered; a durable request without a batch oplock and
+        a lease context without the LEASE level get nothing; TWrp (no snapshots)
+        and a DHnC of no durable open are OBJECT_NAME_NOT_FOUND.
+        """
         wire = Wire()
         conn = conn_for(wire)
         r = conn.create(
@@ -149,8 +161,13 @@ class CreateTests(SynchronousTestCase):
         self.assertEqual(names, [b"MxAc", b"QFid"])
         self.assertEqual(r.body[2], 0)  # no oplock granted
         self.assertEqual(
-            conn.create("ctx", contexts=[(b"TWrp", b"\x00" * 8)]).status, st.STATUS_NOT_SUPPORTED
+            conn.create("ctx", contexts=[(b"TWrp", b"\x00" * 8)]).status,
+            st.STATUS_OBJECT_NAME_NOT_FOUND,
         )
+        for tag in (b"x", b"xxx"):
+            r = conn.create("ctx", contexts=[(tag, b"")])
+            self.assertEqual(r.status, st.STATUS_INVALID_PARAMETER, tag)
+        self.assertEqual(conn.create("ctx", contexts=[(b"xxxxx", b"")]).status, 0)
         self.assertEqual(
             conn.create("ctx", contexts=[(b"DHnC", b"\x00" * 16)]).status,
             st.STATUS_OBJECT_NAME_NOT_FOUND,
@@ -279,6 +296,31 @@ class DataTests(SynchronousTestCase):
         other = conn_for(conn.wire)
         fid = conn.open("g")
         self.assertEqual(other.read(fid, 0, 1).status, st.STATUS_FILE_CLOSED)
+
+    def test_read_advances_position(self) -> None:
+        """A READ leaves FilePositionInformation after the bytes it returned."""
+        conn = conn_for()
+        fid = conn.open("pos")
+        conn.write(fid, 0, b"0123456789")
+        self.assertEqual(conn.query_info(fid, FILE, 14).buffer(), struct.pack("<Q", 0))
+        self.assertEqual(conn.read_data(conn.read(fid, 2, 5)), b"23456")
+        self.assertEqual(conn.query_info(fid, FILE, 14).buffer(), struct.pack("<Q", 7))
+        conn.read(fid, 8, 100)
+        self.assertEqual(conn.query_info(fid, FILE, 14).buffer(), struct.pack("<Q", 10))
+
+    def test_largest_file(self) -> None:
+        """
+        Writes at or past NTFS's largest file (16 TiB - 64 KiB) are refused,
+        and one reaching it is DISK_FULL; the sparse file stays empty.
+        """
+        conn = conn_for()
+        fid = conn.open("huge")
+        top = 0xFFFFFFF0000
+        self.assertEqual(conn.write(fid, top, b"x").status, st.STATUS_INVALID_PARAMETER)
+        self.assertEqual(conn.write(fid, 16 << 40, b"x").status, st.STATUS_INVALID_PARAMETER)
+        self.assertEqual(conn.write(fid, top - 1, b"x").status, st.STATUS_DISK_FULL)
+        self.assertEqual(struct.unpack_from("<q", conn.query_info(fid, FILE, 5).buffer(), 8)[0], 0)
+        self.assertEqual(conn.write(fid, top - 2, b"x").status, 0)
 
     def test_close_post_query(self) -> None:
         conn = conn_for()
@@ -438,6 +480,100 @@ class InfoTests(SynchronousTestCase):
         a = wire.fired(wire.mvfs.vfs.resolve(wire.mvfs.caller(0, 0), b"sd"))
         self.assertEqual(a.mode, 0o600)
 
+    def test_descriptor_kept_beside_the_mode(self) -> None:
+        """
+        A DACL with an ACE mode bits cannot hold is kept and shown as set; the
+        mode follows the owner's, group's and Everyone's ACEs (what NFS checks);
+        a chmod through another protocol makes the kept one stale.
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        fid = conn.open("acl", access=c.GENERIC_ALL)
+        sd = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        assert sd.dacl is not None and sd.owner is not None
+        owner_ace = (0, 0, c.FILE_GENERIC_READ | c.FILE_GENERIC_WRITE, sd.owner)
+        extra = (0, 0, c.FILE_ALL_ACCESS, AUTHENTICATED_USERS)
+        new = ParsedDescriptor(sd.owner, sd.group, (owner_ace, extra), True, 0x8004)
+        raw = pack_descriptor(new, 4)
+        self.assertEqual(conn.set_info(fid, SEC, 0, raw, additional=4).status, 0)
+        got = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        self.assertEqual(got.dacl, (owner_ace, extra))
+        self.assertEqual((got.owner, got.group), (sd.owner, sd.group))
+        vfs, root = wire.mvfs.vfs, wire.mvfs.caller(0, 0)
+        a = wire.fired(vfs.resolve(root, b"acl"))
+        self.assertEqual(a.mode & 0o777, 0o600)
+        wire.fired(vfs.setattr(root, a.ino, SetAttrs(mode=0o640)))
+        got = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        assert got.dacl is not None
+        self.assertEqual(len(got.dacl), 3)
+        self.assertNotIn(AUTHENTICATED_USERS, [ace[3] for ace in got.dacl])
+
+    def test_null_and_empty_dacl(self) -> None:
+        """
+        A NULL DACL (DACL_SECURITY_INFORMATION without SE_DACL_PRESENT) lets
+        everyone in (mode 0777); an empty one lets no one but the owner read
+        and change the descriptor (mode 0).
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        fid = conn.open("null", access=c.GENERIC_ALL)
+        nothing = pack_descriptor(ParsedDescriptor(None, None, None, False, 0x8000), 4)
+        self.assertEqual(conn.set_info(fid, SEC, 0, nothing, additional=4).status, 0)
+        got = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        self.assertEqual((got.dacl_present, got.dacl), (True, None))
+        a = wire.fired(wire.mvfs.vfs.resolve(wire.mvfs.caller(0, 0), b"null"))
+        self.assertEqual(a.mode & 0o777, 0o777)
+        self.assertEqual(conn_for(wire, "bob").create("null", access=c.FILE_WRITE_DATA).status, 0)
+        empty = pack_descriptor(ParsedDescriptor(None, None, (), True, 0x8004), 4)
+        self.assertEqual(conn.set_info(fid, SEC, 0, empty, additional=4).status, 0)
+        got = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        self.assertEqual((got.dacl_present, got.dacl), (True, ()))
+        self.assertEqual(conn.create("null", access=c.READ_CONTROL).status, 0)
+        self.assertEqual(
+            conn.create("null", access=c.FILE_READ_DATA).status, st.STATUS_ACCESS_DENIED
+        )
+
+    def test_deny_ace_narrows_smb_access(self) -> None:
+        """
+        A deny ACE for a user the mode lets in keeps that user out over SMB
+        (the DACL narrows what the mode grants, never widens it).
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        fid = conn.open("deny", access=c.GENERIC_ALL)
+        sd = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        assert sd.dacl is not None
+        bob = conn_for(wire, "bob")
+        bob_sid = wire.factory.idmap.uid_sid(1001)
+        everyone_rw = (0, 0, c.FILE_GENERIC_READ | c.FILE_GENERIC_WRITE, EVERYONE)
+        deny = (1, 0, c.FILE_WRITE_DATA, bob_sid)
+        dacl = (deny, *sd.dacl[:2], everyone_rw)
+        raw = pack_descriptor(ParsedDescriptor(None, None, dacl, True, 0x8004), 4)
+        self.assertEqual(conn.set_info(fid, SEC, 0, raw, additional=4).status, 0)
+        self.assertEqual(bob.create("deny", access=c.FILE_READ_DATA).status, 0)
+        self.assertEqual(
+            bob.create("deny", access=c.FILE_WRITE_DATA).status, st.STATUS_ACCESS_DENIED
+        )
+        self.assertEqual(conn.create("deny", access=c.FILE_WRITE_DATA).status, 0)
+
+    def test_descriptor_at_create(self) -> None:
+        """A CREATE's SD context without a DACL leaves the default; one with a DACL keeps it."""
+        conn = conn_for()
+        nothing = pack_descriptor(ParsedDescriptor(None, None, None, False, 0x8000), 7)
+        conn.close(conn.open("plain", contexts=[(b"SecD", nothing)]))
+        fid = conn.open("plain")
+        got = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        assert got.dacl is not None
+        self.assertEqual(len(got.dacl), 3)
+        dacl = (
+            (0, 0, c.FILE_ALL_ACCESS, EVERYONE),
+            (0, 3, c.FILE_GENERIC_READ, AUTHENTICATED_USERS),
+        )
+        sd = pack_descriptor(ParsedDescriptor(EVERYONE, None, dacl, True, 0x8004), 7)
+        fid = conn.open("given", contexts=[(b"SecD", sd)])
+        got = parse_security_descriptor(conn.query_info(fid, SEC, 0, additional=7).buffer())
+        self.assertEqual((got.owner, got.dacl), (EVERYONE, dacl))
+
     def test_eas(self) -> None:
         conn = conn_for()
         fid = conn.open("ea", access=c.GENERIC_ALL)
@@ -482,6 +618,73 @@ class SetInfoTests(SynchronousTestCase):
             st.STATUS_INVALID_PARAMETER,
         )
 
+    def test_change_time_kept(self) -> None:
+        """
+        A ChangeTime set through an open stands through changes made through
+        that open, and gives way to the real one at a change made otherwise.
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        fid = conn.open("ct", access=c.GENERIC_ALL)
+        when = to_filetime(1_400_000_000 * 10**9)
+
+        def change_time() -> int:
+            return struct.unpack_from("<q", conn.query_info(fid, FILE, 4).buffer(), 24)[0]
+
+        data = struct.pack("<qqqqII", 0, 0, 0, when, c.FILE_ATTRIBUTE_NORMAL, 0)
+        self.assertEqual(conn.set_info(fid, FILE, F.FileBasicInformation, data).status, 0)
+        self.assertEqual(change_time(), when)
+        conn.write(fid, 0, b"mine")
+        hidden = struct.pack("<qqqqII", 0, 0, 0, 0, c.FILE_ATTRIBUTE_HIDDEN, 0)
+        conn.set_info(fid, FILE, F.FileBasicInformation, hidden)
+        self.assertEqual(change_time(), when)
+        other = conn_for(wire)
+        other.write(other.open("ct"), 0, b"theirs")
+        self.assertGreater(change_time(), when)
+
+    def test_times_beyond_the_store(self) -> None:
+        """
+        FILETIMEs past 2262 (or before 1677) are clamped to what a store
+        holds (signed 64-bit nanoseconds), not refused; below -2 is refused.
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        fid = conn.open("far", access=c.GENERIC_ALL)
+        seen: list[SetAttrs] = []
+        real = wire.mvfs.vfs.setattr
+
+        def setattr(caller: object, ino: int, changes: SetAttrs, **kw: object) -> object:
+            seen.append(changes)
+            return real(caller, ino, changes, **kw)  # type: ignore[arg-type]
+
+        wire.mvfs.vfs.setattr = setattr  # type: ignore[method-assign]
+        year_2446 = to_filetime(15032385535 * 10**9)
+        data = struct.pack("<qqqqII", year_2446, 0, 0x7FFFFFFFFFFFFFFF, 0, 0, 0)
+        self.assertEqual(conn.set_info(fid, FILE, F.FileBasicInformation, data).status, 0)
+        self.assertEqual((seen[-1].btime, seen[-1].mtime), (2**63 - 1, 2**63 - 1))
+        data = struct.pack("<qqqqII", 0, 1, 0, 0, 0, 0)  # 1601
+        self.assertEqual(conn.set_info(fid, FILE, F.FileBasicInformation, data).status, 0)
+        self.assertEqual(seen[-1].atime, -(2**63))
+        data = struct.pack("<qqqqII", 0, 0, -3, 0, 0, 0)
+        self.assertEqual(
+            conn.set_info(fid, FILE, F.FileBasicInformation, data).status,
+            st.STATUS_INVALID_PARAMETER,
+        )
+
+    def test_links_pending_deletion(self) -> None:
+        """NumberOfLinks counts a name pending deletion out."""
+        conn = conn_for()
+        fid = conn.open("nl", access=c.GENERIC_ALL)
+
+        def links() -> int:
+            return struct.unpack_from("<I", conn.query_info(fid, FILE, 5).buffer(), 16)[0]
+
+        self.assertEqual(links(), 1)
+        conn.set_info(fid, FILE, F.FileDispositionInformation, b"\x01")
+        self.assertEqual(links(), 0)
+        conn.set_info(fid, FILE, F.FileDispositionInformation, b"\x00")
+        self.assertEqual(links(), 1)
+
     def test_readonly_attribute(self) -> None:
         conn = conn_for()
         fid = conn.open("ro", access=c.GENERIC_ALL)
@@ -496,7 +699,7 @@ class SetInfoTests(SynchronousTestCase):
 
     def test_rename(self) -> None:
         conn = conn_for()
-        conn.open("sub", options=c.FILE_DIRECTORY_FILE)
+        conn.close(conn.open("sub", options=c.FILE_DIRECTORY_FILE))
         fid = conn.open("old")
         conn.write(fid, 0, b"content")
         self.assertEqual(
@@ -522,6 +725,25 @@ class SetInfoTests(SynchronousTestCase):
             conn.set_info(ro, FILE, F.FileRenameInformation, rename_info("x")).status,
             st.STATUS_ACCESS_DENIED,
         )
+
+    def test_rename_into_directory_open_for_delete(self) -> None:
+        """
+        A rename into a directory another handle holds open with DELETE access
+        fails with STATUS_SHARING_VIOLATION (Windows and Samba; smbtorture
+        smb2.oplock.batch19); once that handle closes it succeeds.
+        """
+        conn = conn_for()
+        d = conn.open("dir", options=c.FILE_DIRECTORY_FILE)
+        fid = conn.open("dir\\a")
+        r = conn.set_info(fid, FILE, F.FileRenameInformation, rename_info("dir\\b"))
+        self.assertEqual(r.status, st.STATUS_SHARING_VIOLATION)
+        conn.close(d)
+        r = conn.set_info(fid, FILE, F.FileRenameInformation, rename_info("dir\\b"))
+        self.assertEqual(r.status, 0)
+        reader = conn.open("dir", options=c.FILE_DIRECTORY_FILE, access=c.GENERIC_READ)
+        r = conn.set_info(fid, FILE, F.FileRenameInformation, rename_info("dir\\c"))
+        self.assertEqual(r.status, 0)
+        conn.close(reader)
 
     def test_disposition(self) -> None:
         conn = conn_for()
@@ -769,6 +991,95 @@ class NotifyTests(SynchronousTestCase):
         r = conn.notify(d)
         self.assertEqual(notify_changes(r.buffer()), [(4, "n1"), (5, "n2"), (3, "n2"), (2, "n2")])
 
+    def pending(self, conn: Conn, name: str = "", **kw: object) -> tuple[int, int]:
+        d = conn.open(name, access=c.GENERIC_READ, options=c.FILE_DIRECTORY_FILE, **kw)  # type: ignore[arg-type]
+        self.assertEqual(conn.notify(d).status, st.STATUS_PENDING)
+        return d
+
+    def test_logoff_answers_pending(self) -> None:
+        """A LOGOFF answers the session's waiting requests with NOTIFY_CLEANUP."""
+        conn = conn_for()
+        self.pending(conn)
+        conn.send([conn.build(conn.header(c.Command.LOGOFF), b"\x04\x00\x00\x00")])
+        self.assertEqual(sorted(r.status for r in conn.replies()), [0, st.STATUS_NOTIFY_CLEANUP])
+
+    def test_previous_session_answers_pending(self) -> None:
+        """A new session naming the old as PreviousSessionId answers the old one's waiting requests."""
+        wire = Wire()
+        conn = conn_for(wire)
+        self.pending(conn)
+        b = wire.connect()
+        b.negotiate()
+        ctx = spnego.client("alice", PASSWORD, protocol="negotiate")
+        token = ctx.step(None)
+        while True:
+            body = struct.pack("<HBBIIHHQ", 25, 0, 1, 0, 0, 88, len(token), conn.session_id)
+            b.send([b.build(b.header(c.Command.SESSION_SETUP), body + token, sign=False)])
+            r = b.replies()[-1]
+            b.session_id = r.header.session_id
+            if r.status != st.STATUS_MORE_PROCESSING_REQUIRED:
+                break
+            token = ctx.step(r.raw[r.u16(4) : r.u16(4) + r.u16(6)])
+        self.assertEqual(r.status, 0)
+        [final] = conn.replies()
+        self.assertEqual((final.status, final.body[2:8]), (st.STATUS_NOTIFY_CLEANUP, bytes(6)))
+
+    def test_failed_reauth_answers_pending(self) -> None:
+        """A re-authentication that fails ends the session; its waiting requests get NOTIFY_CLEANUP."""
+        wire = Wire()
+        conn = conn_for(wire)
+        self.pending(conn)
+        ctx = spnego.client("alice", "wrong", protocol="negotiate")
+        r, out = conn.session_setup(ctx.step(None))
+        token = ctx.step(out)
+        body = struct.pack("<HBBIIHHQ", 25, 0, 1, 0, 0, 88, len(token), 0) + token
+        conn.send([conn.build(conn.header(c.Command.SESSION_SETUP), body, sign=False)])
+        replies = conn.replies()
+        wire.clock.advance(10)  # failed logons are answered after a pause
+        self.assertEqual(
+            sorted(x.status for x in replies + conn.replies()),
+            [st.STATUS_NOTIFY_CLEANUP, st.STATUS_LOGON_FAILURE],
+        )
+
+    def test_watched_directory_deleted(self) -> None:
+        """
+        Delete-on-close set on the watched directory through another handle,
+        or the directory removed through the vfs (NFS, S3), answers a waiting
+        request with DELETE_PENDING.
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        share = c.FILE_SHARE_READ | c.FILE_SHARE_WRITE | c.FILE_SHARE_DELETE
+        self.pending(conn, "gone", disposition=c.FILE_CREATE, share=share)
+        other = conn_for(wire)
+        fid = other.open("gone", access=c.DELETE, options=c.FILE_DIRECTORY_FILE, share=share)
+        self.assertEqual(other.set_info(fid, FILE, F.FileDispositionInformation, b"\x01").status, 0)
+        self.assertEqual(other.close(fid).status, 0)
+        [final] = conn.replies()
+        self.assertEqual(final.status, st.STATUS_DELETE_PENDING)
+
+        self.pending(conn, "nfs", disposition=c.FILE_CREATE, share=share)
+        vfs, caller = wire.mvfs.vfs, wire.mvfs.caller(0, 0)
+        root = wire.fired(vfs.resolve(caller, b"")).ino
+        wire.fired(vfs.rmdir(caller, root, b"nfs"))
+        [final] = conn.replies()
+        self.assertEqual(final.status, st.STATUS_DELETE_PENDING)
+
+    def test_second_request_filter_zero(self) -> None:
+        """The filter is fixed by the first request: a later one may pass 0."""
+        wire = Wire()
+        conn = conn_for(wire)
+        d = self.pending(conn)
+        conn_for(wire).open("one")
+        [first] = conn.replies()
+        self.assertEqual(notify_changes(first.buffer()), [(1, "one")])
+        self.assertEqual(conn.notify(d, filter=0).status, st.STATUS_PENDING)
+        conn_for(wire).open("two")
+        [second] = conn.replies()
+        self.assertEqual(notify_changes(second.buffer()), [(1, "two")])
+        fresh = conn.open("", access=c.GENERIC_READ)
+        self.assertEqual(conn.notify(fresh, filter=0).status, st.STATUS_INVALID_PARAMETER)
+
     def test_tree_watch(self) -> None:
         """A change below a WATCH_TREE directory says "re-read" (STATUS_NOTIFY_ENUM_DIR)."""
         wire = Wire()
@@ -1000,6 +1311,116 @@ class ParserFuzzTests(SynchronousTestCase):
         for p in parts:
             self.assertTrue(0 < len(p) <= 255)
             self.assertNotIn(p, (b".", b".."))
+
+
+class StreamTests(SynchronousTestCase):
+    def streams(self, conn: Conn, fid: tuple[int, int]) -> list[tuple[str, int]]:
+        buf = conn.query_info(fid, FILE, F.FileStreamInformation).buffer()
+        out = []
+        pos = 0
+        while buf:
+            nxt, n, size = struct.unpack_from("<IIq", buf, pos)
+            out.append((buf[pos + 24 : pos + 24 + n].decode("utf-16-le"), size))
+            if not nxt:
+                break
+            pos += nxt
+        return out
+
+    def test_named_streams(self) -> None:
+        """
+        A stream made with the file, written and read on its own open, listed
+        by FileStreamInformation, matched without regard to case, deleted
+        on close; kept beside the file, where NFS sees no trace of it.
+        """
+        wire = Wire()
+        conn = conn_for(wire)
+        s = conn.open("f.txt:Zone.Identifier", disposition=c.FILE_CREATE)
+        self.assertEqual(conn.write(s, 0, b"[ZoneTransfer]").status, 0)
+        self.assertEqual(conn.write(s, 20, b"x").status, 0)
+        self.assertEqual(conn.read_data(conn.read(s, 0, 100)), b"[ZoneTransfer]" + bytes(6) + b"x")
+        self.assertEqual(struct.unpack_from("<q", conn.query_info(s, FILE, 5).buffer(), 8)[0], 21)
+        f = conn.open("f.txt")
+        conn.write(f, 0, b"main")
+        self.assertEqual(self.streams(conn, f), [("::$DATA", 4), (":Zone.Identifier:$DATA", 21)])
+        again = conn.open("F.TXT:zone.identifier:$DATA", disposition=c.FILE_OPEN)
+        self.assertEqual(conn.read_data(conn.read(again, 0, 14)), b"[ZoneTransfer]")
+        self.assertEqual(conn.read_data(conn.read(f, 0, 10)), b"main")
+        self.assertEqual(
+            conn.create("f.txt:Zone.Identifier", disposition=c.FILE_CREATE).status,
+            st.STATUS_OBJECT_NAME_COLLISION,
+        )
+        self.assertEqual(
+            conn.create("f.txt:other", disposition=c.FILE_OPEN).status,
+            st.STATUS_OBJECT_NAME_NOT_FOUND,
+        )
+        eof = struct.pack("<q", 3)
+        self.assertEqual(conn.set_info(again, FILE, F.FileEndOfFileInformation, eof).status, 0)
+        self.assertEqual(conn.read_data(conn.read(s, 0, 100)), b"[Zo")
+        vfs, root = wire.mvfs.vfs, wire.mvfs.caller(0, 0)
+        a = wire.fired(vfs.resolve(root, b"f.txt"))
+        self.assertEqual((a.size, wire.fired(vfs.listxattr(root, a.ino))), (4, []))
+        conn.set_info(again, FILE, F.FileDispositionInformation, b"\x01")
+        conn.close(again)
+        conn.close(s)
+        self.assertEqual(self.streams(conn, f), [("::$DATA", 4)])
+        self.assertEqual(conn.read_data(conn.read(f, 0, 10)), b"main")
+
+    def test_streams_have_their_own_oplocks(self) -> None:
+        """A batch oplock on a file and another on its stream are both granted (as on NTFS)."""
+        wire = Wire()
+        a, b = conn_for(wire), conn_for(wire)
+        r = a.create("o.txt:s", oplock=c.SMB2_OPLOCK_LEVEL_BATCH)
+        self.assertEqual(r.body[2], c.SMB2_OPLOCK_LEVEL_BATCH)
+        r = b.create("o.txt", oplock=c.SMB2_OPLOCK_LEVEL_BATCH)
+        self.assertEqual(r.body[2], c.SMB2_OPLOCK_LEVEL_BATCH)
+        self.assertEqual(a.replies(), [])
+
+    def test_stream_share_modes(self) -> None:
+        """Share modes hold per stream: a stream open denying writes refuses the stream, not the file."""
+        wire = Wire()
+        a, b = conn_for(wire), conn_for(wire)
+        a.open("sm.txt:s", share=c.FILE_SHARE_READ)
+        self.assertEqual(b.create("sm.txt:s").status, st.STATUS_SHARING_VIOLATION)
+        self.assertEqual(b.create("sm.txt").status, 0)
+
+    def test_bad_stream_names(self) -> None:
+        conn = conn_for()
+        for bad in ("f:s:$INDEX_ALLOCATION", "d:x\\f", "f:a:b:$DATA"):
+            self.assertEqual(conn.create(bad).status, st.STATUS_OBJECT_NAME_INVALID, bad)
+        self.assertEqual(
+            conn.create("f:s", options=c.FILE_DIRECTORY_FILE).status, st.STATUS_NOT_A_DIRECTORY
+        )
+
+
+class SparseTests(SynchronousTestCase):
+    def ranges(self, r: Any) -> list[tuple[int, int]]:
+        buf = r.raw[r.u32(32) : r.u32(32) + r.u32(36)]
+        return [struct.unpack_from("<qq", buf, i) for i in range(0, len(buf), 16)]
+
+    def test_holes_after_zero_data(self) -> None:
+        """
+        FSCTL_SET_ZERO_DATA on a sparse file leaves a hole that
+        QUERY_ALLOCATED_RANGES leaves out; a file not marked sparse is
+        allocated throughout; a buffer too small for every range gets the
+        ranges that fit and BUFFER_OVERFLOW.
+        """
+        conn = conn_for()
+        fid = conn.open("sparse", access=c.GENERIC_ALL)
+        block = 64 * 1024
+        conn.call(c.Command.ECHO, b"\x04\x00\x00\x00", credits=64)
+        conn.write(fid, 0, b"x" * (3 * block))
+        whole = struct.pack("<qq", 0, 3 * block)
+        zero = struct.pack("<qq", block, 2 * block)
+        self.assertEqual(conn.ioctl(fid, c.FSCTL_SET_ZERO_DATA, zero).status, 0)
+        r = conn.ioctl(fid, c.FSCTL_QUERY_ALLOCATED_RANGES, whole)
+        self.assertEqual(self.ranges(r), [(0, 3 * block)])
+        self.assertEqual(conn.ioctl(fid, c.FSCTL_SET_SPARSE, b"\x01").status, 0)
+        self.assertEqual(conn.ioctl(fid, c.FSCTL_SET_ZERO_DATA, zero).status, 0)
+        r = conn.ioctl(fid, c.FSCTL_QUERY_ALLOCATED_RANGES, whole)
+        self.assertEqual(self.ranges(r), [(0, block), (2 * block, block)])
+        r = conn.ioctl(fid, c.FSCTL_QUERY_ALLOCATED_RANGES, whole, max_out=16)
+        self.assertEqual((r.status, self.ranges(r)), (st.STATUS_BUFFER_OVERFLOW, [(0, block)]))
+        self.assertEqual(conn.read_data(conn.read(fid, block - 1, 2)), b"x\x00")
 
 
 class ServerSideCopyTests(SynchronousTestCase):

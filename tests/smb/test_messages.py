@@ -204,7 +204,7 @@ class ResponsesToSmbprotocolTests(SynchronousTestCase):
 class ContextTests(SynchronousTestCase):
     @given(
         s.lists(
-            s.tuples(s.binary(min_size=1, max_size=20), s.binary(max_size=40)),
+            s.tuples(s.binary(min_size=4, max_size=20), s.binary(max_size=40)),
             min_size=1,
             max_size=5,
         )

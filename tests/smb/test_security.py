@@ -12,15 +12,24 @@ from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb.security import (
     EVERYONE,
     SID,
+    Ace,
     IdMap,
+    ParsedDescriptor,
+    dacl_access,
     derive_domain_sid,
     mode_from_dacl,
+    pack_descriptor,
     parse_security_descriptor,
     security_descriptor,
 )
 
 DOMAIN = SID.parse("S-1-5-21-11-22-33")
 ALL = c.OWNER_SECURITY_INFORMATION | c.GROUP_SECURITY_INFORMATION | c.DACL_SECURITY_INFORMATION
+
+
+SIDS = s.builds(
+    SID, s.integers(0, 2**48 - 1), s.lists(s.integers(0, 2**32 - 1), max_size=15).map(tuple)
+)
 
 
 def idmap() -> IdMap:
@@ -120,6 +129,41 @@ class DescriptorTests(SynchronousTestCase):
         both = ((0, 0, 0x1F01FF, EVERYONE), (1, 0, 2, EVERYONE))
         self.assertEqual(mode_from_dacl(both, owner, group, 0), 0o5)
         self.assertEqual(mode_from_dacl(((0, 0x0B, 0x1F01FF, owner),), owner, group, 0), 0)
+
+    @given(
+        s.one_of(s.none(), SIDS),
+        s.one_of(
+            s.none(),
+            s.lists(
+                s.tuples(
+                    s.sampled_from([0, 1]), s.integers(0, 255), s.integers(0, 2**32 - 1), SIDS
+                ),
+                max_size=8,
+            ).map(tuple),
+        ),
+        s.booleans(),
+    )
+    def test_descriptor_round_trip(
+        self, owner: SID | None, dacl: tuple[Ace, ...] | None, present: bool
+    ) -> None:
+        """What pack_descriptor packs, parse_security_descriptor reads back."""
+        sd = ParsedDescriptor(
+            owner, None, dacl if present else None, present, 0x8000 | (4 if present else 0)
+        )
+        got = parse_security_descriptor(pack_descriptor(sd, ALL))
+        self.assertEqual((got.owner, got.dacl, got.dacl_present), (owner, sd.dacl, present))
+
+    def test_dacl_access(self) -> None:
+        """Deny before allow wins; allow before deny wins; generic rights map; NULL grants all."""
+        me = SID.parse("S-1-22-1-7")
+        token = frozenset({me, EVERYONE})
+        dacl = ((1, 0, c.FILE_WRITE_DATA, me), (0, 0, c.GENERIC_ALL, EVERYONE))
+        self.assertEqual(dacl_access(dacl, token, False), c.FILE_ALL_ACCESS & ~c.FILE_WRITE_DATA)
+        dacl = ((0, 0, c.FILE_WRITE_DATA, me), (1, 0, c.FILE_WRITE_DATA, EVERYONE))
+        self.assertEqual(dacl_access(dacl, token, False), c.FILE_WRITE_DATA)
+        self.assertEqual(dacl_access((), token, True), c.READ_CONTROL | c.WRITE_DAC)
+        self.assertEqual(dacl_access(((0, 0x08, c.GENERIC_ALL, me),), token, False), 0)
+        self.assertEqual(dacl_access(None, token, False), c.FILE_ALL_ACCESS)
 
     @given(s.binary(max_size=200))
     def test_garbage(self, data: bytes) -> None:

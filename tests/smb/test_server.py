@@ -443,6 +443,18 @@ class CompoundTests(SynchronousTestCase):
         for r in replies:
             self.assertTrue(conn.signer.verify(r.raw, response=True))
 
+    def test_every_response_padded(self) -> None:
+        """In a compound every response is padded to 8 bytes, the last one too; alone, none is."""
+        conn = Wire().connect()
+        conn.setup()
+        conn.send([echo(conn), echo(conn)])
+        [frame] = conn.frames()
+        first = struct.unpack_from("<I", frame, 20)[0]
+        self.assertEqual((first, len(frame) - first), (72, 72))
+        conn.send([echo(conn)])
+        [frame] = conn.frames()
+        self.assertEqual(len(frame), 68)
+
     def test_related_after_failure(self) -> None:
         """A related request after a failed CREATE fails with the CREATE's status."""
         conn = Wire().connect()

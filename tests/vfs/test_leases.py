@@ -24,6 +24,7 @@ from claudefs_gateway.vfs.leases import (
     LeaseKey,
     LeaseManager,
     R,
+    W,
     Why,
     bits_text,
 )
@@ -162,6 +163,30 @@ class BreakTests(LeaseTestCase):
         self.assertEqual(holder.breaks, [(lease, R | H)])
         self.leases.acknowledge(lease, R | H)
         self.successResultOf(d)
+
+    def test_break_lease_to_a_target(self) -> None:
+        """
+        break_lease breaks one lease to what the caller says (SMB CREATE's own
+        rules), fires once the holder is down to it, and the target only
+        lowers while a break is outstanding.
+        """
+        holder = Holder()
+        lease = self.leases.grant(INO, key(1), RWH, holder)
+        assert lease is not None
+        d = self.leases.break_lease(lease, R | W)
+        self.assertEqual(holder.breaks, [(lease, R | W)])
+        self.assertEqual(lease.target, R | W)
+        d2 = self.leases.break_lease(lease, R)
+        self.assertEqual(lease.target, R)
+        self.assertEqual(len(holder.breaks), 1)
+        self.leases.acknowledge(lease, R | W)
+        self.successResultOf(d)
+        self.assertEqual(holder.breaks[-1], (lease, R))
+        self.assertNoResult(d2)
+        self.leases.acknowledge(lease, R)
+        self.successResultOf(d2)
+        self.assertIsNone(lease.target)
+        self.successResultOf(self.leases.break_lease(lease, R | H))
 
     def test_nothing_to_break(self) -> None:
         """A holder already within what it may keep gets no break; the recall fires at once."""

@@ -242,6 +242,18 @@ class VFSTests(SynchronousTestCase):
             ],
         )
 
+    def test_removed_directory_hears_of_it(self) -> None:
+        """Listeners of a directory hear of its own removal (SMB answers a watch on it)."""
+        d = self.ok(self.vfs.mkdir(self.alice, self.pub, b"d", 0o755))
+        inside, parent = [], []
+        self.vfs.events.subscribe(d.ino, inside.append)
+        self.vfs.events.subscribe(self.pub, parent.append)
+        self.ok(self.vfs.rmdir(self.alice, self.pub, b"d"))
+        self.assertEqual(
+            [(c.action, c.dir, c.ino) for c in inside], [(Action.REMOVED, self.pub, d.ino)]
+        )
+        self.assertEqual(inside, parent)
+
     def test_failing_listener_does_not_break_changes(self) -> None:
         def boom(_: object) -> None:
             raise RuntimeError("listener bug")

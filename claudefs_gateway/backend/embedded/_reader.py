@@ -241,6 +241,44 @@ class Reader:
 
     # -- data -----------------------------------------------------------------------
 
+    def data_ranges(self, ino: int, offset: int, length: int) -> list[tuple[int, int]]:
+        """
+        Where the data file holds data (SEEK_DATA / SEEK_HOLE, at the file
+        system's block size), cut at the size; none without a data file, and
+        none past its physical end (a size set by setattr is a hole).
+        """
+        node = self._node(ino)
+        if node.type is FileType.DIR:
+            raise errors.IsDir("is a directory")
+        if node.type is not FileType.REG:
+            raise errors.Inval("not a regular file")
+        if offset < 0 or length < 0:
+            raise errors.Inval("negative offset or length")
+        end = min(offset + length, node.size)
+        fd = self.files.get(ino)
+        if fd is None or offset >= end:
+            return []
+        out: list[tuple[int, int]] = []
+        pos = offset
+        try:
+            while pos < end:
+                try:
+                    start = os.lseek(fd, pos, os.SEEK_DATA)
+                except OSError as e:
+                    if e.errno == errno.ENXIO:  # no data at or after pos
+                        break
+                    raise
+                if start >= end:
+                    break
+                stop = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+                out.append((start, stop - start))
+                pos = stop
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            return [(offset, end - offset)]  # no SEEK_DATA here: all of it
+        return out
+
     def read(self, ino: int, offset: int, length: int) -> tuple[bytes, bool] | PendingRead:
         """
         The bytes at C{offset}, or a L{PendingRead} for the part that would block.

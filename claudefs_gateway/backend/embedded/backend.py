@@ -439,3 +439,8 @@ class EmbeddedBackend:
 
     def deallocate(self, ino: int, offset: int, length: int) -> defer.Deferred[Attributes]:
         return self._submit(Engine.op_deallocate, ino, offset, length, ino=ino)
+
+    def data_ranges(
+        self, ino: int, offset: int, length: int
+    ) -> defer.Deferred[list[tuple[int, int]]]:
+        return self._read(Reader.data_ranges, ino, offset, length)

@@ -873,6 +873,18 @@ class RemoteBackend:
     def deallocate(self, ino: int, offset: int, length: int) -> defer.Deferred[Attributes]:
         return defer.Deferred.fromCoroutine(self._ranged(ino, offset, length, "DEALLOCATE", 2))
 
+    def data_ranges(
+        self, ino: int, offset: int, length: int
+    ) -> defer.Deferred[list[tuple[int, int]]]:
+        """The data servers keep no map of holes here: the whole range, cut at the size."""
+        return defer.Deferred.fromCoroutine(self._data_ranges(ino, offset, length))
+
+    async def _data_ranges(self, ino: int, offset: int, length: int) -> list[tuple[int, int]]:
+        a: Attributes = await self._call("GETATTR", (ino,))
+        _check_regular(a)
+        end = min(offset + length, a.size)
+        return [(offset, end - offset)] if end > offset else []
+
     async def _ranged(self, ino: int, offset: int, length: int, name: str, what: int) -> Attributes:
         try:
             for copies, pos, size in self._pieces(offset, length):

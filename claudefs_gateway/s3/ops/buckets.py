@@ -10,7 +10,8 @@ from typing import Any
 from urllib.parse import quote
 
 from claudefs_gateway import errors
-from claudefs_gateway.s3 import xmlio
+from claudefs_gateway.s3 import acl, cors, lifecycle, xmlio
+from claudefs_gateway.s3.bucketconf import BucketConf
 from claudefs_gateway.s3.call import (
     SMALL_BODY,
     Call,
@@ -21,6 +22,7 @@ from claudefs_gateway.s3.errors import S3Error, from_failure
 from claudefs_gateway.s3.keys import check_new_bucket_name
 from claudefs_gateway.s3.listing import Lister
 from claudefs_gateway.s3.ops.base import Operations
+from claudefs_gateway.s3.owners import canonical_id
 from claudefs_gateway.s3.tree import EMPTY_MD5
 
 __all__ = ["BucketOps"]
@@ -32,18 +34,67 @@ class BucketOps(Operations):
     # -- service and buckets ---------------------------------------------------------------
 
     async def op_ListBuckets(self, call: Call) -> None:
+        """
+        The buckets the caller owns (root: every bucket), in name order; C{max-buckets}
+        (1-10000), C{continuation-token}, C{prefix} and C{bucket-region} page and
+        filter as AWS does.
+        """
         tree = self._tree()
-        out = []
-        for name, a in await tree.buckets(call.caller):
-            if a.uid != call.caller.cred.uid and not call.caller.cred.is_root:
-                if not await tree.vfs.access(call.caller, a.ino, 0o1):
+        q = call.query
+        mb = q.get("max-buckets")
+        if mb is not None and (not mb.isdigit() or not 1 <= int(mb) <= 10000):
+            raise S3Error(
+                "InvalidArgument",
+                "max-buckets must be an integer between 1 and 10000",
+                ArgumentName="max-buckets",
+                ArgumentValue=mb,
+            )
+        token = q.get("continuation-token")
+        after: str | None = None
+        if token is not None:
+            try:
+                after = base64.urlsafe_b64decode(token.encode("ascii") + b"==").decode("utf-8")
+            except (ValueError, UnicodeError):
+                raise S3Error(
+                    "InvalidArgument", "The continuation token provided is incorrect"
+                ) from None
+        prefix = q.get("prefix", "")
+        region = q.get("bucket-region")
+        out: list[tuple[str, Any]] = []
+        truncated = False
+        if region is None or region == self.region:
+            for name, a in await tree.buckets(call.caller):
+                if not name.startswith(prefix) or (after is not None and name <= after):
                     continue
-            out.append(("Bucket", [("Name", name), ("CreationDate", iso_date(a.btime_ns))]))
-        doc = xmlio.document(
-            "ListAllMyBucketsResult",
-            [("Owner", self._owner(call.caller.cred.uid)), ("Buckets", out)],
-        )
-        self._xml(call, doc)
+                if a.uid != call.caller.cred.uid and not call.caller.cred.is_root:
+                    # As in S3, ListBuckets lists one's own buckets; others'
+                    # (public ones, directories shared over NFS or SMB) are
+                    # reached by name, as their modes allow.
+                    continue
+                if mb is not None and len(out) == int(mb):
+                    truncated = True
+                    break
+                out.append(
+                    (
+                        "Bucket",
+                        [
+                            ("Name", name),
+                            ("CreationDate", iso_date(a.btime_ns)),
+                            ("BucketRegion", self.region),
+                        ],
+                    )
+                )
+        fields: list[tuple[str, Any]] = [
+            ("Owner", self._owner(call.caller.cred.uid)),
+            ("Buckets", out),
+        ]
+        if truncated:
+            last = out[-1][1][0][1]
+            token_out = base64.urlsafe_b64encode(last.encode("utf-8")).decode("ascii").rstrip("=")
+            fields.append(("ContinuationToken", token_out))
+        if "prefix" in q:
+            fields.append(("Prefix", prefix))
+        self._xml(call, xmlio.document("ListAllMyBucketsResult", fields))
 
     async def op_CreateBucket(self, call: Call) -> None:
         assert call.bucket is not None
@@ -60,12 +111,51 @@ class BucketOps(Operations):
                 f"The specified location-constraint is not valid; this gateway serves {self.region}",
                 LocationConstraint=loc,
             )
-        try:
-            await self._tree().create_bucket(
-                call.caller, call.bucket, granted=call.user.s3_create_buckets
+        lock = (call.header("x-amz-bucket-object-lock-enabled") or "").strip().lower()
+        if lock not in ("", "true", "false"):
+            raise S3Error(
+                "InvalidArgument", "x-amz-bucket-object-lock-enabled must be true or false"
             )
+        tree = self._tree()
+        ownership = call.header("x-amz-object-ownership")
+        if ownership is not None and ownership not in (
+            "BucketOwnerEnforced",
+            "BucketOwnerPreferred",
+            "ObjectWriter",
+        ):
+            raise S3Error("InvalidArgument", "Invalid x-amz-object-ownership header")
+        owner_id = canonical_id(call.caller.cred.uid)
+        grants = acl.from_headers(call.headers, owner_id, owner_id)
+        if grants is not None:
+            self._check_acl_allowed(
+                BucketConf(ownership=ownership), grants, call.headers.get("x-amz-acl")
+            )
+        try:
+            b = await tree.create_bucket(
+                call.caller,
+                call.bucket,
+                granted=call.user is not None and call.user.s3_create_buckets,
+            )
+        except S3Error as e:
+            # us-east-1 answers an owner creating its own bucket again with 200,
+            # changing nothing (every other region: BucketAlreadyOwnedByYou).
+            if e.code != "BucketAlreadyOwnedByYou" or self.region != "us-east-1":
+                raise
         except errors.FSError:
             raise from_failure(failure()) from None
+        else:
+            conf = BucketConf()
+            if lock == "true":
+                # Object lock needs versions: the bucket is versioned from the start.
+                conf.versioning = "Enabled"
+                conf.versioned_since = int(self.clock.seconds() * 1_000_000_000)
+                conf.object_lock = True
+            if ownership is not None:
+                conf.ownership = ownership
+            if conf != BucketConf():
+                await tree.set_bucket_conf(call.caller, b, conf)
+            if grants is not None:
+                await self._apply_grants(call, b, grants, True)
         self._empty(call, 200, {"Location": "/" + call.bucket})
 
     async def op_HeadBucket(self, call: Call) -> None:
@@ -80,7 +170,9 @@ class BucketOps(Operations):
         assert call.bucket is not None
         try:
             await self._tree().delete_bucket(
-                call.caller, call.bucket, granted=call.user.s3_create_buckets
+                call.caller,
+                call.bucket,
+                granted=call.user is not None and call.user.s3_create_buckets,
             )
         except errors.FSError:
             raise from_failure(failure(), missing="NoSuchBucket") from None
@@ -91,11 +183,6 @@ class BucketOps(Operations):
         await self._tree().bucket(call.caller, call.bucket)
         region = "" if self.region == "us-east-1" else self.region
         self._xml(call, xmlio.text_document("LocationConstraint", region))
-
-    async def op_GetBucketVersioning(self, call: Call) -> None:
-        assert call.bucket is not None
-        await self._tree().bucket(call.caller, call.bucket)
-        self._xml(call, xmlio.document("VersioningConfiguration", []))
 
     # -- listing ---------------------------------------------------------------------------------
 
@@ -157,8 +244,8 @@ class BucketOps(Operations):
             if a.is_dir:
                 etag, size = EMPTY_MD5, 0
             else:
-                etag, _ = await self._object_etag(call, a)
-                size = a.size
+                etag, meta = await self._object_etag(call, a)
+                size = meta.plain_size(a)
             entry: list[tuple[str, Any]] = [
                 ("Key", k(key)),
                 ("LastModified", iso_date(a.mtime_ns)),
@@ -170,7 +257,12 @@ class BucketOps(Operations):
             entry.append(("StorageClass", "STANDARD"))
             contents.append(("Contents", entry))
         last = page.last.decode("utf-8", "surrogateescape") if page.last is not None else None
-        fields: list[tuple[str, Any]] = [("Name", call.bucket), ("Prefix", k(prefix))]
+        # ListObjects (v1) returns its Prefix as given even with encoding-type=url
+        # (botocore decodes only V2's); ListObjectsV2 encodes it.
+        fields: list[tuple[str, Any]] = [
+            ("Name", call.bucket),
+            ("Prefix", k(prefix) if v2 else prefix),
+        ]
         if v2:
             fields += [("KeyCount", len(page.items))]
             if token is not None:
@@ -204,3 +296,170 @@ class BucketOps(Operations):
 
     async def op_ListObjectsV2(self, call: Call) -> None:
         await self._list(call, v2=True)
+
+    # -- default encryption (s3/sse.py) -----------------------------------------------------
+
+    async def op_GetBucketEncryption(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        conf = await tree.bucket_conf(b)
+        if not conf.encryption:
+            raise S3Error(
+                "ServerSideEncryptionConfigurationNotFoundError",
+                "The server side encryption configuration was not found",
+                BucketName=call.bucket or "",
+            )
+        rule = [
+            (
+                "ApplyServerSideEncryptionByDefault",
+                [("SSEAlgorithm", conf.encryption["algorithm"])],
+            ),
+            ("BucketKeyEnabled", False),
+        ]
+        self._xml(call, xmlio.document("ServerSideEncryptionConfiguration", [("Rule", rule)]))
+
+    async def op_PutBucketEncryption(self, call: Call) -> None:
+        """
+        The default encryption of new objects: AES256 (SSE-S3). SSE-KMS is not
+        served (501).
+        """
+        tree = self._tree()
+        b = await self._owned(call)
+        algorithm = xmlio.parse_encryption(await self._read_small(call, 64 * 1024))
+        if algorithm in ("aws:kms", "aws:kms:dsse"):
+            raise S3Error(
+                "NotImplemented", "SSE-KMS is not implemented by this gateway (see docs/s3.rst)"
+            )
+        if algorithm != "AES256":
+            raise S3Error("MalformedXML", "SSEAlgorithm must be AES256")
+        conf = await tree.bucket_conf(b)
+        conf.encryption = {"algorithm": "AES256"}
+        await tree.set_bucket_conf(call.caller, b, conf)
+        self._empty(call, 200)
+
+    async def op_DeleteBucketEncryption(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        conf = await tree.bucket_conf(b)
+        conf.encryption = None
+        await tree.set_bucket_conf(call.caller, b, conf)
+        self._empty(call, 204)
+
+    # -- lifecycle (s3/lifecycle.py) ----------------------------------------------------------
+
+    async def op_GetBucketLifecycleConfiguration(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        conf = await tree.bucket_conf(b)
+        if not conf.lifecycle:
+            raise S3Error(
+                "NoSuchLifecycleConfiguration",
+                "The lifecycle configuration does not exist",
+                BucketName=call.bucket or "",
+            )
+        self._xml(
+            call, xmlio.document("LifecycleConfiguration", lifecycle.render_rules(conf.lifecycle))
+        )
+
+    async def op_PutBucketLifecycleConfiguration(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        rules = xmlio.parse_lifecycle(await self._read_small(call, 256 * 1024))
+        conf = await tree.bucket_conf(b)
+        conf.lifecycle = rules
+        await tree.set_bucket_conf(call.caller, b, conf)
+        self._empty(call, 200)
+
+    async def op_DeleteBucketLifecycle(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        conf = await tree.bucket_conf(b)
+        conf.lifecycle = None
+        await tree.set_bucket_conf(call.caller, b, conf)
+        self._empty(call, 204)
+
+    # -- CORS (s3/cors.py) ----------------------------------------------------------------
+
+    async def op_GetBucketCors(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        conf = await tree.bucket_conf(b)
+        if not conf.cors:
+            raise S3Error(
+                "NoSuchCORSConfiguration",
+                "The CORS configuration does not exist",
+                BucketName=call.bucket or "",
+            )
+        self._xml(call, xmlio.document("CORSConfiguration", cors.render_rules(conf.cors)))
+
+    async def op_PutBucketCors(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        rules = xmlio.parse_cors(await self._read_small(call, 256 * 1024))
+        conf = await tree.bucket_conf(b)
+        conf.cors = rules
+        await tree.set_bucket_conf(call.caller, b, conf)
+        self._empty(call, 200)
+
+    async def op_DeleteBucketCors(self, call: Call) -> None:
+        tree = self._tree()
+        b = await self._owned(call)
+        conf = await tree.bucket_conf(b)
+        conf.cors = None
+        await tree.set_bucket_conf(call.caller, b, conf)
+        self._empty(call, 204)
+
+    async def op_PreflightRequest(self, call: Call) -> None:
+        """
+        C{OPTIONS}: whether the bucket's CORS rules let a page from C{Origin}
+        send the request it describes. Never authenticated (browsers do not
+        sign preflights); it reveals only what the rules say.
+        """
+        origin = call.header("origin")
+        if origin is None:
+            raise S3Error(
+                "InvalidRequest", "Insufficient information. Origin request header needed."
+            )
+        method = call.header("access-control-request-method")
+        if method is None or method not in cors.METHODS:
+            raise S3Error("InvalidRequest", "Invalid Access-Control-Request-Method")
+        tree = self._tree()
+        assert call.bucket is not None
+        b = await tree.bucket(tree.root_caller, call.bucket)
+        conf = await tree.bucket_conf(b)
+        if not conf.cors:
+            raise S3Error("AccessForbidden", "CORSResponse: CORS is not enabled for this bucket.")
+        wanted = _header_list(call.header("access-control-request-headers"))
+        rule = cors.match(conf.cors, origin, method, wanted)
+        if rule is None:
+            raise S3Error(
+                "AccessForbidden",
+                "CORSResponse: This CORS request is not allowed. This is usually because the "
+                "evalution of Origin, request method / Access-Control-Request-Method or "
+                "Access-Control-Request-Headers are not whitelisted by the resource's CORS spec.",
+            )
+        self._empty(call, 200, cors.response_headers(rule, origin, wanted, True))
+
+    async def _cors_headers(self, call: Call) -> None:
+        """An actual request from a page (C{Origin}): the headers its bucket's CORS rules give it."""
+        origin = call.header("origin")
+        if origin is None or call.bucket is None:
+            return
+        tree = self._tree()
+        try:
+            b = await tree.bucket(tree.root_caller, call.bucket)
+        except S3Error:
+            return
+        conf = await tree.bucket_conf(b)
+        if not conf.cors:
+            return
+        method = call.header("access-control-request-method") or call.method
+        rule = cors.match(conf.cors, origin, method, [])
+        if rule is None:
+            return
+        for k, v in cors.response_headers(rule, origin, [], False).items():
+            call.request.setHeader(k.encode("latin-1"), v.encode("latin-1", "replace"))
+
+
+def _header_list(value: str | None) -> list[str]:
+    return [h.strip().lower() for h in (value or "").split(",") if h.strip()]

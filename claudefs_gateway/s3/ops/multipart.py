@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from claudefs_gateway import errors
 from claudefs_gateway.fstypes import Attributes
-from claudefs_gateway.s3 import checksums, xmlio
+from claudefs_gateway.s3 import checksums, objectlock, sse, xmlio
 from claudefs_gateway.s3.call import (
     COMPLETE_BODY,
     MAX_PART_SIZE,
@@ -21,12 +21,13 @@ from claudefs_gateway.s3.call import (
     iso_date,
     unquote_etag,
 )
-from claudefs_gateway.s3.errors import S3Error
+from claudefs_gateway.s3.errors import S3Error, directory_data
 from claudefs_gateway.s3.keys import Key
 from claudefs_gateway.s3.multipart import MAX_PART_NUMBER, Upload, part_name
 from claudefs_gateway.s3.ops.objects import ObjectOps
-from claudefs_gateway.s3.ranges import parse_copy_range
+from claudefs_gateway.s3.ranges import Unsatisfiable, parse_copy_range
 from claudefs_gateway.s3.tree import ObjectMeta, rle
+from claudefs_gateway.vfs.worm import Retention
 
 __all__ = ["MultipartOps"]
 
@@ -41,10 +42,7 @@ class MultipartOps(ObjectOps):
         tree = self._tree()
         key = self._key(call)
         if key.marker:
-            raise S3Error(
-                "InvalidArgument",
-                "Keys ending in '/' are directories in this gateway and cannot hold data",
-            )
+            raise directory_data()
         bucket = await tree.bucket(call.caller, call.bucket)
         await tree.check_writable(call.caller, bucket, key)
         meta = self._user_meta(call)
@@ -60,8 +58,36 @@ class MultipartOps(ObjectOps):
             ctype = "COMPOSITE"
         if algo is None and ctype is not None:
             raise S3Error("InvalidRequest", "x-amz-checksum-type needs x-amz-checksum-algorithm")
-        upload = await self._uploads().create(call.caller, call.bucket, key.text, meta, algo, ctype)
-        headers = {}
+        tags = self._request_tags(call)
+        lock = objectlock.from_headers(call.headers, self._now_ns())
+        await self._grants_for_write(
+            call, call.caller.cred.uid, bucket, await tree.bucket_conf(bucket)
+        )
+        if lock is not None and not (await tree.bucket_conf(bucket)).object_lock:
+            raise S3Error("InvalidRequest", "Bucket is missing Object Lock Configuration")
+        enc = self._sse_for_write(call, (await tree.bucket_conf(bucket)).encryption)
+        if enc is not None and ctype == "FULL_OBJECT":
+            raise S3Error(
+                "NotImplemented",
+                "FULL_OBJECT checksums of encrypted multipart uploads are not implemented by this gateway",
+            )
+        upload = await self._uploads().create(
+            call.caller,
+            call.bucket,
+            key.text,
+            meta,
+            algo,
+            ctype,
+            tags,
+            lock.encode() if lock is not None else None,
+            {
+                h: v
+                for h, v in call.headers.items()
+                if h == "x-amz-acl" or h.startswith("x-amz-grant-")
+            },
+            enc[0].encode() if enc is not None else None,
+        )
+        headers = self._sse_headers(enc[0] if enc is not None else None)
         if algo is not None:
             headers["x-amz-checksum-algorithm"] = algo.upper()
             headers["x-amz-checksum-type"] = ctype or "COMPOSITE"
@@ -94,7 +120,10 @@ class MultipartOps(ObjectOps):
     async def _part(
         self, call: Call, fill: Callable[[Upload, int, dict[str, Any]], Any]
     ) -> tuple[ObjectMeta, Attributes]:
-        """Stage one part with C{fill(upload, ino, hashes)} and rename it into place."""
+        """
+        Stage one part with C{fill(upload, ino, hashes)} (which returns the
+        part's checksums and plaintext size) and rename it into place.
+        """
         uploads = self._uploads()
         upload = self._upload(call)
         number = self._part_number(call)
@@ -114,11 +143,13 @@ class MultipartOps(ObjectOps):
                 raise S3Error("NoSuchUpload", UploadId=upload.id) from None
             try:
                 hashes: dict[str, Any] = {"md5": hashlib.md5()}
-                sums = await fill(upload, tmp.ino, hashes)
+                sums, plain = await fill(upload, tmp.ino, hashes)
                 a = await tree.vfs.getattr(call.caller, tmp.ino)
                 meta = ObjectMeta(
                     etag=hashes["md5"].hexdigest(), mtime_ns=a.mtime_ns, size=a.size, checksums=sums
                 )
+                if upload.sse is not None:
+                    meta.sse = {"p": plain}
                 await tree.vfs.meta_set(call.caller, tmp.ino, b"s3", meta.encode())
                 await tree.vfs.rename(call.caller, upload.ino, name, upload.ino, part_name(number))
                 a = await tree.vfs.getattr(call.caller, tmp.ino)
@@ -136,43 +167,82 @@ class MultipartOps(ObjectOps):
             upload.active -= 1
             uploads.touch(upload)
 
+    def _part_sealer(self, call: Call, upload: Upload) -> sse.Sealer | None:
+        """What encrypts a part of an encrypted upload (SSE-C: with the request's key, which must be the upload's)."""
+        info = sse.Sse.decode(upload.sse)
+        if info is None:
+            if sse.customer_key(call.headers) is not None:
+                raise S3Error(
+                    "InvalidRequest", "The upload was not created with customer-provided keys"
+                )
+            return None
+        key = self._upload_key(call, info)
+        return sse.Sealer(sse.object_key(key, info.salt), self._part_number(call))
+
+    def _upload_key(self, call: Call, info: sse.Sse) -> bytes:
+        """An encrypted upload's base key; for SSE-C the request's, which must be the upload's."""
+        try:
+            return self._sse_key(call, info)
+        except S3Error as e:
+            if e.code != "AccessDenied":
+                raise
+            # Another key than the upload's: AWS's answer is 400.
+            raise S3Error(
+                "InvalidArgument",
+                "The provided encryption parameters did not match the ones used originally.",
+            ) from None
+
     async def op_UploadPart(self, call: Call) -> None:
-        async def fill(upload: Upload, ino: int, hashes: dict[str, Any]) -> dict[str, str]:
+        async def fill(
+            upload: Upload, ino: int, hashes: dict[str, Any]
+        ) -> tuple[dict[str, str], int]:
             algo = self._wanted_checksum(call, upload.algorithm)
-            _, h, sums = await self._receive(call, ino, MAX_PART_SIZE, algo)
+            sealer = self._part_sealer(call, upload)
+            size, h, sums = await self._receive(call, ino, MAX_PART_SIZE, algo, sealer)
             hashes["md5"] = h["md5"]
-            return sums
+            return sums, size
 
         meta, _ = await self._part(call, fill)
         headers = {"ETag": f'"{meta.etag}"'}
+        headers.update(self._sse_headers(sse.Sse.decode(self._upload(call).sse)))
         for algo, v in meta.checksums.items():
             headers[checksums.header(algo)] = v
         self._empty(call, 200, headers)
 
     async def op_UploadPartCopy(self, call: Call) -> None:
-        src, _, _, _, _ = await self._source(call)
+        src, _, src_meta, _, _ = await self._source(call)
+        read = self._plain_reader(call, src, src_meta, copy_source=True)
+        src_size = src_meta.plain_size(src)
 
-        async def fill(upload: Upload, ino: int, hashes: dict[str, Any]) -> dict[str, str]:
+        async def fill(
+            upload: Upload, ino: int, hashes: dict[str, Any]
+        ) -> tuple[dict[str, str], int]:
             rng_text = call.header("x-amz-copy-source-range")
             if rng_text is not None:
                 try:
-                    rng = parse_copy_range(rng_text, src.size)
+                    rng = parse_copy_range(rng_text, src_size)
+                except Unsatisfiable as e:
+                    raise S3Error("InvalidRange", str(e)) from None
                 except ValueError as e:
                     raise S3Error(
                         "InvalidArgument", str(e), ArgumentName="x-amz-copy-source-range"
                     ) from None
                 first, length = rng.first, rng.length
             else:
-                first, length = 0, src.size
+                first, length = 0, src_size
             if length > MAX_PART_SIZE:
                 raise S3Error("EntityTooLarge")
             algo = upload.algorithm
             if algo is not None:
                 hashes[algo] = checksums.new(algo)
-            await self._copy_data(call, src, first, length, ino, hashes)
-            return {algo: checksums.b64(hashes[algo].digest())} if algo is not None else {}
+            sealer = self._part_sealer(call, upload)
+            await self._copy_data(call, src, first, length, ino, hashes, read, sealer)
+            sums = {algo: checksums.b64(hashes[algo].digest())} if algo is not None else {}
+            return sums, length
 
         meta, a = await self._part(call, fill)
+        for hname, hvalue in self._sse_headers(sse.Sse.decode(self._upload(call).sse)).items():
+            call.request.setHeader(hname.encode(), hvalue.encode())
         fields: list[tuple[str, Any]] = [
             ("LastModified", iso_date(a.mtime_ns)),
             ("ETag", f'"{meta.etag}"'),
@@ -184,12 +254,22 @@ class MultipartOps(ObjectOps):
     async def op_CompleteMultipartUpload(self, call: Call) -> None:
         assert call.bucket is not None
         uploads = self._uploads()
-        upload = self._upload(call)
+        try:
+            upload = self._upload(call)
+        except S3Error as e:
+            if e.code != "NoSuchUpload":
+                raise
+            await self._complete_again(call, e)
+            return
         tree = self._tree()
         key = self._key(call)
         bucket = await tree.bucket(call.caller, call.bucket)
         raw = await self._read_small(call, COMPLETE_BODY)
         wanted = xmlio.parse_complete(raw)
+        info = sse.Sse.decode(upload.sse)
+        if info is not None and info.kind != "AES256":
+            # SSE-C: Complete carries the upload's key too (as AWS requires).
+            self._upload_key(call, info)
         if upload.completing:
             raise S3Error("OperationAborted", "The upload is already being completed")
         if upload.active:
@@ -200,6 +280,26 @@ class MultipartOps(ObjectOps):
         finally:
             upload.completing = False
         uploads.touch(upload)
+
+    async def _complete_again(self, call: Call, missing: S3Error) -> None:
+        """
+        A CompleteMultipartUpload retried after it succeeded (its answer was
+        lost): AWS answers 200 with the same result, as long as the parts list
+        is the same. Otherwise the upload is no more: C{missing}.
+        """
+        done = self._uploads().completed.get(call.query.get("uploadId", ""))
+        if (
+            done is None
+            or done.bucket != call.bucket
+            or done.key != call.key
+            or call.caller.cred.uid not in (done.uid, 0)
+        ):
+            raise missing
+        raw = await self._read_small(call, COMPLETE_BODY)
+        wanted = xmlio.parse_complete(raw)
+        if [(p.number, unquote_etag(p.etag)) for p in wanted] != done.parts:
+            raise missing
+        self._xml(call, done.result)
 
     async def _complete(
         self, call: Call, upload: Upload, bucket: Attributes, key: Key, wanted: list[Any]
@@ -228,11 +328,12 @@ class MultipartOps(ObjectOps):
                     ETag=p.etag,
                 )
             a, meta = got
-            if a.size < self.limits.multipart_chunk_min and i != len(wanted) - 1:
+            plain = int(meta.sse["p"]) if meta.sse else a.size
+            if plain < self.limits.multipart_chunk_min and i != len(wanted) - 1:
                 raise S3Error(
                     "EntityTooSmall",
                     "Your proposed upload is smaller than the minimum allowed object size.",
-                    ProposedSize=str(a.size),
+                    ProposedSize=str(plain),
                     MinSizeAllowed=str(self.limits.multipart_chunk_min),
                     PartNumber=str(p.number),
                     ETag=p.etag,
@@ -248,7 +349,15 @@ class MultipartOps(ObjectOps):
                     )
                 part_sums.append(checksums.unb64(v) or b"")
             md5s.append(bytes.fromhex(meta.etag or ""))
-            sizes.append(a.size)
+            sizes.append(plain)
+        expected = call.header("x-amz-mp-object-size")
+        if expected is not None and (not expected.isdigit() or int(expected) != sum(sizes)):
+            raise S3Error(
+                "InvalidRequest",
+                "The object size of the parts does not match x-amz-mp-object-size",
+                ArgumentName="x-amz-mp-object-size",
+                ArgumentValue=expected,
+            )
         await tree.check_writable(call.caller, bucket, key)
         name = b"assembly"
         stop = self._start_keepalive(call)
@@ -257,7 +366,15 @@ class MultipartOps(ObjectOps):
                 await tree.vfs.remove(call.caller, upload.ino, name)
             except errors.NotFound:
                 pass
-            out = await tree.vfs.create(call.caller, upload.ino, name, 0o644, exclusive=True)
+            out = await tree.vfs.create(call.caller, upload.ino, name, 0o600, exclusive=True)
+            info = sse.Sse.decode(upload.sse)
+            if info is not None:
+                # Encrypted parts are concatenated as stored: each part is its
+                # own segment (s3/sse.py), numbered by its part number.
+                await self._seal(out.ino)
+                info.numbers = [p.number for p in wanted]
+                info.sizes = list(sizes)
+                info.plain = sum(sizes)
             full: Any = None
             if upload.algorithm is not None and upload.checksum_type == "FULL_OBJECT":
                 full = checksums.new(upload.algorithm)
@@ -284,6 +401,8 @@ class MultipartOps(ObjectOps):
                 user=dict(upload.meta.user),
                 parts=rle(sizes),
             )
+            if info is not None:
+                meta.sse = info.encode()
             if upload.algorithm is not None:
                 if full is not None:
                     meta.checksums = {upload.algorithm: checksums.b64(full.digest())}
@@ -293,7 +412,24 @@ class MultipartOps(ObjectOps):
                         upload.algorithm: checksums.composite(upload.algorithm, part_sums)
                     }
                     meta.checksum_type = "COMPOSITE"
-            await self._commit(call, bucket, key, upload.ino, name, meta)
+                meta.part_sums = [checksums.b64(x) for x in part_sums]
+                given = call.header(checksums.header(upload.algorithm))
+                if given is not None and given.strip() != meta.checksums[upload.algorithm]:
+                    raise S3Error(
+                        "BadDigest",
+                        f"The {upload.algorithm.upper()} you specified did not match the calculated checksum.",
+                    )
+            await self._commit(
+                call,
+                bucket,
+                key,
+                upload.ino,
+                name,
+                meta,
+                upload.tags,
+                Retention.decode(upload.lock),
+                upload.acl_headers or {},
+            )
         except BaseException:
             stop()
             try:
@@ -302,7 +438,6 @@ class MultipartOps(ObjectOps):
                 pass
             raise
         stop()
-        await uploads.finished(upload)
         assert call.bucket is not None
         fields: list[tuple[str, Any]] = [
             ("Location", f"/{call.bucket}/{quote(key.text)}"),
@@ -314,7 +449,12 @@ class MultipartOps(ObjectOps):
             fields.append(("Checksum" + algo.upper(), v))
         if meta.checksum_type:
             fields.append(("ChecksumType", meta.checksum_type))
-        self._finish_xml(call, xmlio.document("CompleteMultipartUploadResult", fields))
+        result = xmlio.document("CompleteMultipartUploadResult", fields)
+        if not call.request.startedWriting:
+            for hname, hvalue in self._sse_headers(sse.Sse.decode(meta.sse)).items():
+                call.request.setHeader(hname.encode(), hvalue.encode())
+        await uploads.finished(upload, [(p.number, unquote_etag(p.etag)) for p in wanted], result)
+        self._finish_xml(call, result)
 
     async def op_AbortMultipartUpload(self, call: Call) -> None:
         upload = self._upload(call)
@@ -355,7 +495,7 @@ class MultipartOps(ObjectOps):
                 ("PartNumber", n),
                 ("LastModified", iso_date(a.mtime_ns)),
                 ("ETag", f'"{meta.etag}"'),
-                ("Size", a.size),
+                ("Size", int(meta.sse["p"]) if meta.sse else a.size),
             ]
             for algo, v in meta.checksums.items():
                 part.append(("Checksum" + algo.upper(), v))

@@ -1,0 +1,399 @@
+# -*- test-case-name: tests.smb.test_durable -*-
+"""
+Durable handles (MS-SMB2 3.3.5.9.6, 3.3.5.9.7, 3.3.5.9.10, 3.3.5.9.12):
+opens that outlive their connection.
+
+An open asked for durability (DHnQ, or DH2Q with a CreateGuid) gets it when
+it holds a batch oplock or a lease with handle caching, as on Windows and
+Samba. When its connection drops, or a new session of its user names the old
+one as PreviousSessionId, such an open is *disconnected*, not closed: it keeps
+its share reservation, its byte-range locks and its lease, for its timeout
+(v1: 16 minutes, as Samba; v2: what the client asked, at most 300 s, 60 s if
+it asked 0). A reconnect (DHnC, DH2C with the same CreateGuid) by the same
+user reclaims all of that; an open of the file by someone else that would
+break the disconnected open's caching or meet its share mode closes it
+instead (there is nobody to send a break to). LOGOFF and TREE_DISCONNECT
+close durable opens like any other.
+
+A disconnected open is written to the backend's state store (C{vfs.set_state},
+key C{smb.durable.<persistent id>}), with an index, so that a gateway
+restarted within the timeout still honours the reconnect: the open is made
+again from the record (the file by inode, the share reservation, the lease or
+oplock if they can be granted again). What a restart loses: byte-range locks
+(the lock table starts empty) and a lease another client took meanwhile.
+Persistent (continuously available) handles are not offered: their state
+would have to live in a metadata service shared by several gateways.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.errors import ProtocolError
+from claudefs_gateway.smb import constants as c
+from claudefs_gateway.smb import ntstatus as st
+from claudefs_gateway.smb.errors import SMBError
+from claudefs_gateway.vfs.leases import H
+
+__all__ = [
+    "DurableAsk",
+    "Durability",
+    "parse_durable",
+    "V1_TIMEOUT",
+    "V2_DEFAULT_TIMEOUT",
+    "V2_MAX_TIMEOUT",
+]
+
+#: Seconds a v1 durable open survives its connection (Samba's choice; MS-SMB2 leaves it open).
+V1_TIMEOUT = 16 * 60.0
+#: A v2 request with Timeout 0 gets this (Windows Server 2012's default).
+V2_DEFAULT_TIMEOUT = 60.0
+#: The most a v2 request gets (Samba's and Windows' cap).
+V2_MAX_TIMEOUT = 300.0
+SMB2_DHANDLE_FLAG_PERSISTENT = 0x00000002
+_INDEX_KEY = "smb.durable.index"
+
+
+@attrs.frozen
+class DurableAsk:
+    """
+    What a CREATE asks about durability.
+
+    @ivar version: 1 (DHnQ/DHnC), 2 (DH2Q/DH2C) or 0 (nothing).
+    @ivar reconnect: the FileId of the open to reconnect to (DHnC, DH2C).
+    @ivar timeout: the v2 timeout asked for, in seconds.
+    @ivar create_guid: the v2 CreateGuid.
+    @ivar replay: a v2 request flagged REPLAY_OPERATION.
+    @ivar app_instance: SMB2_CREATE_APP_INSTANCE_ID's GUID.
+    """
+
+    version: int = 0
+    reconnect: tuple[int, int] | None = None
+    timeout: float = 0.0
+    create_guid: bytes | None = None
+    replay: bool = False
+    app_instance: bytes | None = None
+
+
+def parse_durable(contexts: dict[bytes, bytes], replay: bool) -> DurableAsk:
+    """
+    The durability a CREATE's contexts ask for, with MS-SMB2's rules on
+    which go together (3.3.5.9.6-3.3.5.9.12, as Samba checks them).
+
+    @raise SMBError: a context of the wrong size or a combination that is
+        refused (STATUS_INVALID_PARAMETER); other contexts beside a reconnect
+        (STATUS_OBJECT_NAME_NOT_FOUND).
+    """
+    dhnq = contexts.get(c.SMB2_CREATE_DURABLE_HANDLE_REQUEST)
+    dhnc = contexts.get(c.SMB2_CREATE_DURABLE_HANDLE_RECONNECT)
+    dh2q = contexts.get(c.SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2)
+    dh2c = contexts.get(c.SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2)
+    app = contexts.get(c.SMB2_CREATE_APP_INSTANCE_ID)
+    if (
+        (dhnc is not None and dh2c is not None)
+        or (dhnc is not None and dh2q is not None)
+        or (dh2c is not None and dhnq is not None)
+        or (dh2q is not None and dh2c is not None)
+        or (dhnq is not None and dh2q is not None)
+    ):
+        raise SMBError(st.STATUS_INVALID_PARAMETER, "conflicting durable handle contexts")
+    app_instance = None
+    if app is not None:
+        if len(app) != 20 or struct.unpack_from("<H", app)[0] != 20:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "bad AppInstanceId context")
+        app_instance = app[4:20]
+    others = set(contexts) - {c.SMB2_CREATE_REQUEST_LEASE}
+    if dhnc is not None:
+        if len(dhnc) != 16:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "DHnC size")
+        if others - {c.SMB2_CREATE_DURABLE_HANDLE_RECONNECT, c.SMB2_CREATE_DURABLE_HANDLE_REQUEST}:
+            # MS-SMB2 3.3.5.9.7: only a DHnQ (ignored) and a lease may go with it.
+            raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "other contexts with DHnC")
+        return DurableAsk(1, struct.unpack("<QQ", dhnc), app_instance=app_instance)
+    if dh2c is not None:
+        if len(dh2c) != 36:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "DH2C size")
+        if others - {c.SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2}:
+            raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "other contexts with DH2C")
+        fid = struct.unpack_from("<QQ", dh2c)
+        return DurableAsk(2, fid, create_guid=dh2c[16:32], app_instance=app_instance)
+    if dhnq is not None:
+        if len(dhnq) != 16:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "DHnQ size")
+        return DurableAsk(1, timeout=V1_TIMEOUT, app_instance=app_instance)
+    if dh2q is not None:
+        if len(dh2q) != 32:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, "DH2Q size")
+        timeout_ms, _flags = struct.unpack_from("<II", dh2q)
+        timeout = min(timeout_ms / 1000.0, V2_MAX_TIMEOUT) or V2_DEFAULT_TIMEOUT
+        return DurableAsk(
+            2, timeout=timeout, create_guid=dh2q[16:32], replay=replay, app_instance=app_instance
+        )
+    return DurableAsk(app_instance=app_instance)
+
+
+def can_be_durable(op: Any) -> bool:
+    """
+    A batch oplock or a lease with handle caching (MS-SMB2 3.3.5.9.6,
+    3.3.5.9.10); not a named stream's open (its state is not kept for a
+    reconnect).
+    """
+    if op.stream is not None:
+        return False
+    if op.lease is not None:
+        return bool(op.lease.state & H)
+    return op.oplock == c.SMB2_OPLOCK_LEVEL_BATCH
+
+
+def response_context(op: Any) -> tuple[bytes, bytes]:
+    """The DHnQ or DH2Q answer for an open granted durability."""
+    if op.durable == 1:
+        return c.SMB2_CREATE_DURABLE_HANDLE_REQUEST, b"\x00" * 8
+    return c.SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2, struct.pack(
+        "<II", int(op.durable_timeout * 1000), 0
+    )
+
+
+def _hex(b: bytes | None) -> str | None:
+    return b.hex() if b is not None else None
+
+
+def _unhex(s: str | None) -> bytes | None:
+    return bytes.fromhex(s) if s is not None else None
+
+
+class Durability:
+    """
+    The server's durable opens: by persistent FileId, by CreateGuid and by
+    AppInstanceId; disconnecting, timing out, persisting and finding them.
+    """
+
+    _log = Logger()
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+        self.by_id: dict[int, Any] = {}
+        # By (ClientGuid, CreateGuid): MS-SMB2 3.3.5.9.10 looks CreateGuids up per client.
+        self.by_create_guid: dict[tuple[bytes, bytes], Any] = {}
+        self.by_app: dict[bytes, Any] = {}
+        self._writes: set[defer.Deferred[None]] = set()
+        self._index: set[int] = set()
+        self._index_loaded = False
+        self.started = factory.reactor.seconds()
+
+    @staticmethod
+    def new_persistent_id() -> int:
+        """Random, so ids of a previous run (kept for reconnects) are not reused."""
+        return int.from_bytes(os.urandom(8), "little") >> 1 or 1
+
+    # -- granting ----------------------------------------------------------------------
+
+    def grant(self, op: Any, ask: DurableAsk, user: str) -> tuple[bytes, bytes] | None:
+        """
+        Make C{op} durable if it may be; @return: the response context, or None.
+        """
+        op.app_instance = ask.app_instance
+        if ask.app_instance is not None:
+            self.by_app[ask.app_instance] = op
+        if not ask.version or not can_be_durable(op):
+            return None
+        op.durable = ask.version
+        op.durable_timeout = ask.timeout
+        op.create_guid = ask.create_guid
+        op.owner = user
+        self.by_id[op.file_id[0]] = op
+        if ask.create_guid is not None:
+            self.by_create_guid[(op.client_guid, ask.create_guid)] = op
+        return response_context(op)
+
+    def make_resilient(self, op: Any, timeout: float) -> None:
+        """
+        FSCTL_LMR_REQUEST_RESILIENCY (MS-SMB2 3.3.5.15.9): the open survives
+        a lost connection for C{timeout} whatever it caches, and is
+        reclaimed with a v1 reconnect.
+        """
+        op.resilient = True
+        if not op.durable:
+            op.durable = 1
+            op.owner = op.session.user
+        op.durable_timeout = timeout
+        self.by_id[op.file_id[0]] = op
+
+    def forget(self, op: Any) -> None:
+        """An open ends: it is no longer reachable by any of its names."""
+        pid, guid, app, client = op.file_id[0], op.create_guid, op.app_instance, op.client_guid
+        if self.by_id.get(pid) is op:
+            del self.by_id[pid]
+        if guid is not None and self.by_create_guid.get((client, guid)) is op:
+            del self.by_create_guid[(client, guid)]
+        if app is not None and self.by_app.get(app) is op:
+            del self.by_app[app]
+        if op.expiry is not None:
+            if op.expiry.active():
+                op.expiry.cancel()
+            op.expiry = None
+        if op.file_id[0] in self._index:
+            self._drop_record(op.file_id[0])
+
+    # -- disconnecting ---------------------------------------------------------------------
+
+    def keeps(self, op: Any) -> bool:
+        """Whether C{op} survives its connection (still durable, still caching handles)."""
+        if op.closed or not op.durable:
+            return False
+        return op.resilient or can_be_durable(op)
+
+    def disconnect(self, op: Any) -> None:
+        """
+        C{op}'s connection or session is gone: keep it for its timeout, and
+        write it down for a restarted gateway.
+        """
+        op.disconnected = True
+        op.conn = None
+        op.expiry = self.factory.reactor.callLater(op.durable_timeout, self._expired, op)
+        self._write_record(op)
+
+    def _expired(self, op: Any) -> None:
+        op.expiry = None
+        if op.disconnected and not op.closed:
+            self._log.info("smb durable handle not reclaimed in time: closed", ino=op.ino)
+            self.factory.files.close_quietly(None, op)
+
+    def reconnected(self, op: Any) -> None:
+        op.disconnected = False
+        if op.expiry is not None:
+            if op.expiry.active():
+                op.expiry.cancel()
+            op.expiry = None
+        if op.file_id[0] in self._index:
+            self._drop_record(op.file_id[0])
+
+    # -- the state store ---------------------------------------------------------------------
+
+    def _record(self, op: Any) -> dict[str, Any]:
+        sl = op.lease
+        return {
+            "v": op.durable,
+            "ino": op.ino,
+            "export": op.tree.export.name,
+            "path": op.node.path if op.node is not None else "",
+            "is_dir": op.is_dir,
+            "access": op.access,
+            "share": op.share_access,
+            "user": op.owner,
+            "create_guid": _hex(op.create_guid),
+            "client": op.client_guid.hex(),
+            "timeout": op.durable_timeout,
+            "oplock": op.oplock,
+            "lease": None
+            if sl is None
+            else {
+                "client": sl.client.hex(),
+                "key": sl.key.hex(),
+                "state": sl.state,
+                "version": sl.version,
+                "epoch": sl.epoch,
+                "parent": _hex(sl.parent),
+            },
+        }
+
+    def _key(self, pid: int) -> str:
+        return f"smb.durable.{pid:016x}"
+
+    def _track(self, d: defer.Deferred[None]) -> None:
+        self._writes.add(d)
+
+        def done(result: Any) -> None:
+            self._writes.discard(d)
+            if isinstance(result, Failure):
+                self._log.failure("smb: keeping durable handle state failed", result)
+
+        d.addBoth(done)
+
+    def _write_record(self, op: Any) -> None:
+        vfs = self.factory.vfs
+        if vfs is None:
+            return
+        pid = op.file_id[0]
+        self._index.add(pid)
+        self._track(vfs.set_state(self._key(pid), json.dumps(self._record(op)).encode()))
+        self._write_index()
+
+    def _drop_record(self, pid: int) -> None:
+        vfs = self.factory.vfs
+        self._index.discard(pid)
+        if vfs is None:
+            return
+        self._track(vfs.set_state(self._key(pid), None))
+        self._write_index()
+
+    def _write_index(self) -> None:
+        vfs = self.factory.vfs
+        if vfs is not None:
+            blob = json.dumps(sorted(self._index)).encode()
+            self._track(vfs.set_state(_INDEX_KEY, blob))
+
+    def flush(self) -> defer.Deferred[Any]:
+        """Fires once every state write issued so far is done (the service waits at stop)."""
+        return defer.gatherResults(list(self._writes), consumeErrors=True).addErrback(
+            lambda _: None
+        )
+
+    async def load_index(self) -> None:
+        """
+        At the first request after a start: the records a previous run left.
+        Those nobody reclaims within their timeout are dropped then.
+        """
+        if self._index_loaded:
+            return
+        self._index_loaded = True
+        vfs = self.factory.vfs
+        if vfs is None:
+            return
+        try:
+            raw = await vfs.get_state(_INDEX_KEY)
+            pids = [int(p) for p in json.loads(raw)] if raw else []
+        except (ValueError, TypeError):
+            self._log.warn("smb: unreadable durable handle index; ignored")
+            pids = []
+        longest = V1_TIMEOUT
+        for pid in pids:
+            if pid not in self.by_id:
+                self._index.add(pid)
+        if pids:
+            self.factory.reactor.callLater(longest, self._sweep, set(pids))
+
+    def _sweep(self, pids: set[int]) -> None:
+        for pid in pids:
+            if pid in self._index and pid not in self.by_id:
+                self._drop_record(pid)
+
+    async def stored(self, pid: int) -> dict[str, Any] | None:
+        """The record a previous run left for C{pid}, if it is still within its timeout."""
+        vfs = self.factory.vfs
+        if vfs is None or pid not in self._index:
+            return None
+        raw = await vfs.get_state(self._key(pid))
+        if raw is None:
+            return None
+        try:
+            rec: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            raise ProtocolError("unreadable durable handle record") from None
+        # Disconnected at the latest when this run started.
+        if self.factory.reactor.seconds() > self.started + float(rec.get("timeout", 0)):
+            self._drop_record(pid)
+            return None
+        return rec
+
+    def forget_record(self, pid: int) -> None:
+        if pid in self._index:
+            self._drop_record(pid)

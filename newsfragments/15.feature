@@ -1,0 +1,2 @@
+SMB oplocks (level II, exclusive, batch) and leases (v1 and v2, with epochs, parent lease keys and, with smb.directory_leases, directory leases), through the vfs lease manager: NFS, S3 and other SMB clients' changes break what SMB clients cache.
+SMB durable handles (v1 and v2, with CreateGuid, timeouts and AppInstanceId) and resilient handles: a client whose connection drops, or that logs on again, reclaims its open with its locks and lease; disconnected opens are kept in the state store so a restarted gateway honours them within their timeout.

@@ -1,0 +1,1 @@
+Ceph's s3-tests (test_s3.py and test_headers.py) run in CI against the gateway, with every expected failure listed with its reason; ListObjectVersions answers on every bucket (each object once, VersionId null) so SDK and s3-tests bucket clean-up works.
