@@ -170,3 +170,22 @@ class TwoGatewaysTests(TestCase):
         self.assertEqual(holder.recalled, ["put.txt"])
         await defer.gatherResults(holder.returns)
         self.assertEqual((await s3.ok("get", bucket="export", key="put.txt"))["result"], "from s3")
+
+    async def test_s3_put_through_b_breaks_smb_lease_through_a(self) -> None:
+        """
+        smbprotocol holds an RWH lease through A and has written through it;
+        boto3's PUT through B makes A send the LEASE_BREAK, and the PUT waits
+        for smbprotocol's acknowledgement to A before it lands.
+        """
+        smb, s3 = await self.smb(self.a), await self.s3(self.b)
+        opened = await smb.ok("open", id="f", path="leased.txt", access="rw", lease="rwh")
+        self.assertEqual(opened["lease"], "rwh")
+        await smb.ok("write", id="f", data="cached by smb")
+        put = defer.ensureDeferred(s3.ok("put", bucket="export", key="leased.txt", data="s3"))
+        brk = await smb.wait_for(lambda e: e.get("event") == "break")
+        self.assertEqual((brk["kind"], brk["from"], brk["ack_required"]), ("lease", "rwh", True))
+        self.assertNotIn("w", brk["to"])
+        self.assertFalse(put.called, "the PUT through B went through before the acknowledgement")
+        await smb.ok("ack", id="f", to=brk["to"])
+        self.assertIn("result", await put)
+        self.assertEqual((await s3.ok("get", bucket="export", key="leased.txt"))["result"], "s3")
