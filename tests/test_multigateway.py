@@ -189,3 +189,17 @@ class TwoGatewaysTests(TestCase):
         await smb.ok("ack", id="f", to=brk["to"])
         self.assertIn("result", await put)
         self.assertEqual((await s3.ok("get", bucket="export", key="leased.txt"))["result"], "s3")
+
+    async def test_smb_open_through_b_breaks_smb_lease_through_a(self) -> None:
+        """Two smbprotocol clients, one per gateway: B's open breaks A's RWH lease and gets no W."""
+        one, two = await self.smb(self.a), await self.smb(self.b)
+        first = await one.ok("open", id="f", path="two.txt", access="rw", lease="rwh")
+        self.assertEqual(first["lease"], "rwh")
+        second = defer.ensureDeferred(
+            two.ok("open", id="g", path="two.txt", access="rw", lease="rwh")
+        )
+        brk = await one.wait_for(lambda e: e.get("event") == "break")
+        self.assertNotIn("w", brk["to"])
+        await one.ok("ack", id="f", to=brk["to"])
+        got = await second
+        self.assertNotIn("w", got.get("lease", ""))

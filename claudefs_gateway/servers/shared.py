@@ -291,9 +291,17 @@ class SharedState:
 
     def unsubscribed(self, session: int) -> None:
         """The session's last event subscription went: drop it unless it comes back soon."""
-        if session in self._gone or self._stopped:
+        if session in self._gone or self._stopped or not self._holds(session):
             return
         self._gone[session] = self.clock.callLater(self.linger, self._expire, session)
+
+    def _holds(self, session: int) -> bool:
+        """Whether C{session} holds anything here (locks, shares, leases, awaited breaks)."""
+        return (
+            bool(self._touched.get(session))
+            or any(session in held for held in self.leases.values())
+            or any(session in waiting for waiting, _, _ in self._breaks.values())
+        )
 
     def _expire(self, session: int) -> None:
         self._gone.pop(session, None)

@@ -569,6 +569,16 @@ class SharedLeaseManager:
         d = defer.gatherResults([local, remote], consumeErrors=True)
         return d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
 
+    def foreign_recall(self, ino: int, why: Why) -> defer.Deferred[None] | None:
+        """
+        Have other gateways break what C{why} does not let them keep on C{ino}
+        (for front ends that break their own leases themselves, as SMB CREATE
+        does); None when they hold nothing that needs it.
+        """
+        if not self.foreign.get(ino, 0) & ~KEEP_FOR[why]:
+            return None
+        return self._remote_recall(ino, why)
+
     def _synced(self, result: Any, ino: int) -> Any:
         self._sync(ino)
         return result
