@@ -207,9 +207,23 @@ class StatusMonitor:
         previous = doc.get("clients", {})
         if not isinstance(previous, dict):
             previous = {}
-        self.clients = {}
+        # Clients noted while the record loaded are this run's (the listeners
+        # serve NLM before the record is read): keep them, so they are saved
+        # for the next restart's SM_NOTIFY and shown by cfs-gateway status.
         self.started = True
-        await self.store.save(self._doc())
+        # The first save holds the save slot: a note made meanwhile only marks
+        # the record dirty, and is saved after it (two saves at once would
+        # race on the file's temporary copy).
+        gate: defer.Deferred[None] = defer.Deferred()
+        self._saving = gate
+        self._dirty = False
+        try:
+            await self.store.save(self._doc())
+        finally:
+            self._saving = None
+            gate.callback(None)
+            if self._dirty:
+                self._save_soon()
         self._log.info("NSM state {state}", state=self.state)
         if not previous:
             return
