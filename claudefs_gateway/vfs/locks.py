@@ -350,6 +350,13 @@ class LockTable:
         """Byte-range locks the lock client C{(protocol, client)} holds."""
         return self._counts(self._clients.get((protocol, client), ()))[0]
 
+    def counts_of(self, protocol: str, client: str | bytes) -> tuple[int, int, int]:
+        """
+        What the lock client C{(protocol, client)} holds: (byte-range locks,
+        share reservations, blocked requests).
+        """
+        return self._counts(self._clients.get((protocol, client), ()))
+
     def totals(self) -> dict[str, tuple[int, int, int]]:
         """Per lock protocol: (locks, share reservations, blocked requests), for metrics."""
         out: dict[str, tuple[int, int, int]] = {}
