@@ -84,7 +84,7 @@ class DocsTests(SynchronousTestCase):
         """
         The README names what is not built as not built, and nothing built as
         missing: NFSv4.0, directory delegations, Kerberos, SMB persistent
-        handles, the RDMA data path and locks shared across gateways are in
+        handles, the RDMA data path and lock state across meta servers are in
         its "Not built" paragraph and its Limitations, never claimed as
         served; what wave 2 built (NFSv4.1/4.2, pNFS, the remote backend,
         workers, PostgreSQL, SMB leases/durable handles/multichannel, S3
@@ -105,13 +105,13 @@ class DocsTests(SynchronousTestCase):
             "Kerberos",
             "SMB persistent handles",
             "RDMA data path",
-            "locks and leases shared across gateways",
+            "lock state shared across meta servers",
         ):
             self.assertTrue(thing in not_built, f"README's 'Not built' omits {thing!r}")
         for thing in ("NFSv4.0", "directory delegations", "Kerberos", "persistent handles"):
             self.assertIn(thing, limitations)
         self.assertIn("verbs data path is not built", limitations)
-        self.assertIn("a lock taken through one does not hold against another", limitations)
+        self.assertIn("several meta servers over PostgreSQL do not share it", limitations)
         served = flat.replace(not_built, "").replace(limitations, "").replace(roadmap, "")
         for claim in ("NFSv4.0 ", "directory delegations", "persistent handles"):
             self.assertFalse(claim in served, f"README claims {claim!r} outside its limits")
