@@ -251,8 +251,8 @@ def build() -> dict[str, Any]:
     )
     protocol_row(b, "SMB", "smb", "(ops are the SMB2 commands)")
     b.panel(
-        "Open files (SMB)",
-        [(f'sum(gateway_open_files{{{SEL}, protocol="smb"}})', "open files")],
+        "Open files by protocol (SMB, NFSv4)",
+        [(f"sum by (protocol) (gateway_open_files{{{SEL}}})", "{{protocol}}")],
         width=12,
     )
     b.row("Backend")
