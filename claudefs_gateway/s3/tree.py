@@ -674,39 +674,55 @@ class Tree:
         """
         tmp = await self.vfs.lookup(self.root_caller, tmp_dir, tmp_name)
         meta.mtime_ns, meta.size = tmp.mtime_ns, tmp.size
-        await self.set_meta(caller, tmp.ino, meta)
-        for attempt in range(RACE_RETRIES):
-            made: list[tuple[int, bytes]] = []
-            try:
-                parent = await self.make_parents(caller, bucket, key.parents, made)
-                if parent.mode & 0o2000 and tmp.gid != parent.gid:
-                    # A setgid directory gives new entries its group, as a local create would.
-                    await self.vfs.setattr(self.root_caller, tmp.ino, SetAttrs(gid=parent.gid))
-                if precondition is not None:
-                    try:
-                        current: Attributes | None = await self.vfs.lookup(
-                            caller, parent.ino, key.name
-                        )
-                    except errors.NotFound:
-                        current = None
-                    await precondition(current, parent)
+        # The metadata is stored while the key's directories are found or made
+        # (the store commits both in one transaction when they meet in its
+        # queue); it must be in place before the rename publishes the object.
+        stored: defer.Deferred[None] | None = defer.Deferred.fromCoroutine(
+            self.set_meta(caller, tmp.ino, meta)
+        )
+        try:
+            for attempt in range(RACE_RETRIES):
+                made: list[tuple[int, bytes]] = []
                 try:
-                    result = await self.vfs.rename(caller, tmp_dir, tmp_name, parent.ino, key.name)
-                except errors.IsDir:
-                    raise key_conflict(False) from None
-                return result.source
-            except (errors.NotFound, errors.Stale):
-                # A directory on the way was removed under us (a concurrent delete
-                # pruning its emptied prefix): make the path again and retry. If
-                # the staged file itself is gone, that is the error.
-                await self.unmake(caller, made)
-                await self.vfs.lookup(self.root_caller, tmp_dir, tmp_name)
-                if attempt == RACE_RETRIES - 1:
+                    parent = await self.make_parents(caller, bucket, key.parents, made)
+                    if stored is not None:
+                        d, stored = stored, None
+                        await d
+                    if parent.mode & 0o2000 and tmp.gid != parent.gid:
+                        # A setgid directory gives new entries its group, as a local create would.
+                        await self.vfs.setattr(self.root_caller, tmp.ino, SetAttrs(gid=parent.gid))
+                    if precondition is not None:
+                        try:
+                            current: Attributes | None = await self.vfs.lookup(
+                                caller, parent.ino, key.name
+                            )
+                        except errors.NotFound:
+                            current = None
+                        await precondition(current, parent)
+                    try:
+                        result = await self.vfs.rename(
+                            caller, tmp_dir, tmp_name, parent.ino, key.name
+                        )
+                    except errors.IsDir:
+                        raise key_conflict(False) from None
+                    return result.source
+                except (errors.NotFound, errors.Stale):
+                    # A directory on the way was removed under us (a concurrent delete
+                    # pruning its emptied prefix): make the path again and retry. If
+                    # the staged file itself is gone, that is the error.
+                    await self.unmake(caller, made)
+                    await self.vfs.lookup(self.root_caller, tmp_dir, tmp_name)
+                    if attempt == RACE_RETRIES - 1:
+                        raise
+                    self._log.debug("a directory vanished during an S3 commit; retrying")
+                except BaseException:
+                    await self.unmake(caller, made)
                     raise
-                self._log.debug("a directory vanished during an S3 commit; retrying")
-            except BaseException:
-                await self.unmake(caller, made)
-                raise
+        finally:
+            if stored is not None:
+                # make_parents failed first: wait for the metadata write (its
+                # outcome no longer matters, the temporary file is discarded).
+                await stored.addErrback(lambda f: None)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def put_marker(
