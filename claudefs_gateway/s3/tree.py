@@ -65,6 +65,8 @@ HASH_BLOCK = 1024 * 1024
 # Times a commit or directory marker is retried when a concurrent delete prunes
 # a directory it was about to use.
 RACE_RETRIES = 5
+# Buckets whose stored settings are kept (bucket_conf); past this, all are dropped.
+CONF_CACHE = 4096
 
 # Response headers S3 stores with an object and returns on GET/HEAD.
 STORED_HEADERS = (
@@ -228,6 +230,8 @@ class Tree:
         self.staging_ino = 0
         self._user_dirs: dict[int, int] = {}
         self._etags: dict[tuple[int, int, int], list[defer.Deferred[str]]] = {}
+        # bucket inode -> ((gen, change), stored settings): see bucket_conf.
+        self._confs: dict[int, tuple[tuple[int, int], bytes | None]] = {}
 
     # -- setup ------------------------------------------------------------------------
 
@@ -448,12 +452,34 @@ class Tree:
         return empty
 
     async def bucket_conf(self, bucket: Attributes) -> BucketConf:
-        """The bucket's S3 settings (versioning, lock, tags, ACL...)."""
-        return BucketConf.decode(await self.vfs.meta_get(self.root_caller, bucket.ino, BUCKET_KEY))
+        """
+        The bucket's S3 settings (versioning, lock, tags, ACL...): a fresh
+        object the caller may change.
+
+        Every request reads them, a PUT three times; the stored bytes are
+        kept per bucket with the inode's change counter they were read at
+        (every store bumps it when an attribute is set), so an unchanged
+        bucket costs no store read. C{bucket} comes from the vfs, whose
+        attribute cache follows every change, this process's or (through the
+        shared store's events) another worker's.
+        """
+        stamp = (bucket.gen, bucket.change)
+        hit = self._confs.get(bucket.ino)
+        if hit is not None and hit[0] == stamp:
+            return BucketConf.decode(hit[1])
+        raw = await self.vfs.meta_get(self.root_caller, bucket.ino, BUCKET_KEY)
+        if len(self._confs) >= CONF_CACHE:
+            self._confs.clear()
+        self._confs[bucket.ino] = (stamp, raw)
+        return BucketConf.decode(raw)
 
     async def set_bucket_conf(self, caller: Caller, bucket: Attributes, conf: BucketConf) -> None:
         """Store the bucket's S3 settings (as the caller: its owner, or root)."""
-        await self.vfs.meta_set(caller, bucket.ino, BUCKET_KEY, conf.encode())
+        self._confs.pop(bucket.ino, None)
+        try:
+            await self.vfs.meta_set(caller, bucket.ino, BUCKET_KEY, conf.encode())
+        finally:
+            self._confs.pop(bucket.ino, None)
 
     # -- objects: lookup -------------------------------------------------------------------
 
