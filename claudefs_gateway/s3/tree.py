@@ -282,16 +282,24 @@ class Tree:
         return a.ino
 
     async def temp_file(self, caller: Caller) -> tuple[int, bytes, Attributes]:
-        """A new empty file in the caller's staging directory: (dir, name, attrs)."""
+        """
+        A new empty file in the caller's staging directory: (dir, name, attrs).
+
+        Made without waiting for stable storage: a staging file matters only
+        once the object is renamed into place, and that rename is durable
+        (with the store's ordered log, it makes this create durable too; a
+        crash before it leaves at most a stray staging file, cleared by
+        L{open}).
+        """
         d = await self.user_dir(caller)
         name = b"t-" + os.urandom(12).hex().encode()
         try:
-            a = await self.vfs.create(caller, d, name, FILE_MODE, exclusive=True)
+            a = await self.vfs.create(caller, d, name, FILE_MODE, exclusive=True, durable=False)
         except errors.NotFound:
             # The staging directory went away (removed by hand): make it again.
             self._user_dirs.pop(caller.cred.uid, None)
             d = await self.user_dir(caller)
-            a = await self.vfs.create(caller, d, name, FILE_MODE, exclusive=True)
+            a = await self.vfs.create(caller, d, name, FILE_MODE, exclusive=True, durable=False)
         return d, name, a
 
     async def discard_temp(self, caller: Caller, d: int, name: bytes) -> None:
@@ -565,17 +573,27 @@ class Tree:
         parents: list[bytes],
         made: list[tuple[int, bytes]],
     ) -> Attributes:
-        """C{mkdir -p} of a key's directories as the caller; records what it made in C{made}."""
+        """
+        C{mkdir -p} of a key's directories as the caller; records what it made in C{made}.
+
+        The directories are made without waiting for stable storage: both
+        callers end with a durable change (the object's rename, the marker's
+        metadata) that makes them durable with it.
+        """
         cur = bucket
         for seg in parents:
             try:
                 nxt = await self.vfs.lookup(caller, cur.ino, seg)
             except errors.NotFound:
                 try:
-                    nxt = await self.vfs.mkdir(caller, cur.ino, seg, DIR_MODE)
+                    nxt = await self.vfs.mkdir(caller, cur.ino, seg, DIR_MODE, durable=False)
                     made.append((cur.ino, seg))
                     await self.vfs.meta_set(
-                        caller, nxt.ino, META_KEY, ObjectMeta(dir="auto").encode()
+                        caller,
+                        nxt.ino,
+                        META_KEY,
+                        ObjectMeta(dir="auto").encode(),
+                        durable=False,
                     )
                 except errors.Exists:
                     nxt = await self.vfs.lookup(caller, cur.ino, seg)
@@ -606,11 +624,13 @@ class Tree:
             meta.part_sums = None
         return meta
 
-    async def set_meta(self, caller: Caller, ino: int, meta: ObjectMeta) -> None:
+    async def set_meta(
+        self, caller: Caller, ino: int, meta: ObjectMeta, durable: bool = True
+    ) -> None:
         raw = meta.encode()
         if len(raw) > 60 * 1024:
             raise S3Error("MetadataTooLarge")
-        await self.vfs.meta_set(caller, ino, META_KEY, raw)
+        await self.vfs.meta_set(caller, ino, META_KEY, raw, durable=durable)
 
     async def etag(self, caller: Caller, a: Attributes, meta: ObjectMeta) -> str:
         """The object's ETag (unquoted): cached, or the MD5 of the content computed now."""
@@ -703,8 +723,9 @@ class Tree:
         # The metadata is stored while the key's directories are found or made
         # (the store commits both in one transaction when they meet in its
         # queue); it must be in place before the rename publishes the object.
+        # Not durable by itself: the rename after it is (see temp_file).
         stored: defer.Deferred[None] | None = defer.Deferred.fromCoroutine(
-            self.set_meta(caller, tmp.ino, meta)
+            self.set_meta(caller, tmp.ino, meta, durable=False)
         )
         try:
             for attempt in range(RACE_RETRIES):
@@ -836,14 +857,20 @@ class Tree:
         await self.prune(rc, chain, list(key.parents))
 
     async def prune(self, caller: Caller, chain: list[Attributes], names: list[bytes]) -> None:
-        """Remove emptied C{auto} directories from the deepest up (never the bucket)."""
+        """
+        Remove emptied C{auto} directories from the deepest up (never the bucket).
+
+        Without waiting for stable storage: a crash may bring an emptied
+        directory back, the state a crash between the delete and its pruning
+        always could leave, and one the next delete below it prunes.
+        """
         while len(chain) > 1:
             d = chain[-1]
             try:
                 m = await self.meta(caller, d)
                 if m.dir != "auto" or not await self.is_empty(caller, d.ino):
                     return
-                await self.vfs.rmdir(caller, chain[-2].ino, names[-1])
+                await self.vfs.rmdir(caller, chain[-2].ino, names[-1], durable=False)
             except errors.FSError:
                 return
             chain.pop()
