@@ -160,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --profile, also sample C frames (sqlite3, ssl, struct)",
     )
+    p.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile, sample only the thread holding the GIL (Python CPU, no syscalls)",
+    )
     args = p.parse_args(argv)
 
     if args.list:
@@ -210,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                     out.with_name(f"{out.stem}-{w.name}"),
                     rate=args.profile_rate,
                     native=args.profile_native,
+                    gil=args.profile_gil,
                 )
             rows += run_workload(
                 w,

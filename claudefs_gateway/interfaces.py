@@ -98,12 +98,21 @@ class IMetadataService(Interface):
         uid: int,
         gid: int,
         rdev: tuple[int, int] = (0, 0),
+        durable: bool = True,
     ) -> Deferred[Attributes]:
         """
         Make a new regular file, directory, device, fifo or socket (not a symlink).
 
         Times are set to now; a directory gets nlink 2 and its parent's nlink
         grows by one. @raise Exists: the name is taken (whatever its type).
+
+        C{durable=False} (here, in L{setxattr} and L{rmdir}) lets the store
+        fire before the change is on stable storage: for a step a later
+        durable change of the same caller completes (S3's staging file and
+        the directories of its key, made before the rename that publishes
+        the object). A store that keeps changes in one ordered log makes
+        such a change durable with the next durable one; a store may always
+        treat it as durable.
         """
 
     def symlink(
@@ -127,8 +136,8 @@ class IMetadataService(Interface):
         @raise IsDir: the name is a directory (use rmdir).
         """
 
-    def rmdir(parent: int, name: bytes) -> Deferred[Attributes]:
-        """Remove an empty directory. @raise NotEmpty, NotDir."""
+    def rmdir(parent: int, name: bytes, durable: bool = True) -> Deferred[Attributes]:
+        """Remove an empty directory. @raise NotEmpty, NotDir. (C{durable}: see L{create}.)"""
 
     def rename(
         src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
@@ -178,10 +187,12 @@ class IMetadataService(Interface):
     def getxattr(ino: int, name: bytes) -> Deferred[bytes]:
         """@raise NoData: no such attribute."""
 
-    def setxattr(ino: int, name: bytes, value: bytes, create: bool | None = None) -> Deferred[None]:
+    def setxattr(
+        ino: int, name: bytes, value: bytes, create: bool | None = None, durable: bool = True
+    ) -> Deferred[None]:
         """
         Set an extended attribute. C{create=True}: must not exist (L{Exists});
-        C{False}: must exist (L{NoData}); L{None}: either.
+        C{False}: must exist (L{NoData}); L{None}: either. (C{durable}: see L{create}.)
         @raise Range: name over 255 bytes or value over 64 KiB.
         """
 
@@ -665,8 +676,12 @@ class IVFS(Interface):
         mode: int,
         exclusive: bool = True,
         origin: Origin | None = None,
+        durable: bool = True,
     ) -> Deferred[Attributes]:
-        """A new regular file (or, not exclusive, the existing one)."""
+        """
+        A new regular file (or, not exclusive, the existing one). C{durable=False}:
+        see L{IMetadataService.create} (also for L{mkdir}, L{rmdir}, L{meta_set}).
+        """
 
     def create_exclusive(
         caller: Caller, dir_ino: int, name: bytes, verifier: bytes, mode: int = 0o600
@@ -674,7 +689,12 @@ class IVFS(Interface):
         """An NFS EXCLUSIVE create: a retransmission with the same verifier gets the same file."""
 
     def mkdir(
-        caller: Caller, dir_ino: int, name: bytes, mode: int, origin: Origin | None = None
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        mode: int,
+        origin: Origin | None = None,
+        durable: bool = True,
     ) -> Deferred[Attributes]:
         """A new directory."""
 
@@ -709,7 +729,11 @@ class IVFS(Interface):
         """Unlink a non-directory; fires with its attributes after (nlink 0: gone)."""
 
     def rmdir(
-        caller: Caller, dir_ino: int, name: bytes, origin: Origin | None = None
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        origin: Origin | None = None,
+        durable: bool = True,
     ) -> Deferred[Attributes]:
         """Remove an empty directory."""
 
@@ -805,7 +829,12 @@ class IVFS(Interface):
         """A front end's own metadata on an inode (S3 headers, DOS attributes), None if unset."""
 
     def meta_set(
-        caller: Caller, ino: int, key: bytes, value: bytes | None, origin: Origin | None = None
+        caller: Caller,
+        ino: int,
+        key: bytes,
+        value: bytes | None,
+        origin: Origin | None = None,
+        durable: bool = True,
     ) -> Deferred[None]:
         """Set (None: remove) a front end's own metadata."""
 

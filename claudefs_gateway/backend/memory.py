@@ -255,6 +255,7 @@ class MemoryBackend:
         uid: int,
         gid: int,
         rdev: tuple[int, int] = (0, 0),
+        durable: bool = True,
     ) -> Attributes:
         d = self._dir(parent)
         check_name(name)
@@ -329,7 +330,7 @@ class MemoryBackend:
         return after
 
     @_wrap
-    def rmdir(self, parent: int, name: bytes) -> Attributes:
+    def rmdir(self, parent: int, name: bytes, durable: bool = True) -> Attributes:
         d = self._dir(parent)
         node = self._entry(d, name)
         if node.type is not FileType.DIR:
@@ -505,7 +506,14 @@ class MemoryBackend:
             raise errors.NoData("no such xattr") from None
 
     @_wrap
-    def setxattr(self, ino: int, name: bytes, value: bytes, create: bool | None = None) -> None:
+    def setxattr(
+        self,
+        ino: int,
+        name: bytes,
+        value: bytes,
+        create: bool | None = None,
+        durable: bool = True,
+    ) -> None:
         node = self._get(ino)
         self._check_xattr_name(name)
         if len(value) > XATTR_SIZE_MAX:

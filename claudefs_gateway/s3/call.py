@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 SMALL_BODY = 64 * 1024
+#: Object bodies up to this size are held in memory and written in one stable write.
+SMALL_WRITE = 256 * 1024
 DELETE_BODY = 2 * 1024 * 1024
 COMPLETE_BODY = 4 * 1024 * 1024
 MAX_USER_META = 2048

@@ -65,6 +65,8 @@ HASH_BLOCK = 1024 * 1024
 # Times a commit or directory marker is retried when a concurrent delete prunes
 # a directory it was about to use.
 RACE_RETRIES = 5
+# Buckets whose stored settings are kept (bucket_conf); past this, all are dropped.
+CONF_CACHE = 4096
 
 # Response headers S3 stores with an object and returns on GET/HEAD.
 STORED_HEADERS = (
@@ -228,6 +230,8 @@ class Tree:
         self.staging_ino = 0
         self._user_dirs: dict[int, int] = {}
         self._etags: dict[tuple[int, int, int], list[defer.Deferred[str]]] = {}
+        # bucket inode -> ((gen, change), stored settings): see bucket_conf.
+        self._confs: dict[int, tuple[tuple[int, int], bytes | None]] = {}
 
     # -- setup ------------------------------------------------------------------------
 
@@ -278,16 +282,24 @@ class Tree:
         return a.ino
 
     async def temp_file(self, caller: Caller) -> tuple[int, bytes, Attributes]:
-        """A new empty file in the caller's staging directory: (dir, name, attrs)."""
+        """
+        A new empty file in the caller's staging directory: (dir, name, attrs).
+
+        Made without waiting for stable storage: a staging file matters only
+        once the object is renamed into place, and that rename is durable
+        (with the store's ordered log, it makes this create durable too; a
+        crash before it leaves at most a stray staging file, cleared by
+        L{open}).
+        """
         d = await self.user_dir(caller)
         name = b"t-" + os.urandom(12).hex().encode()
         try:
-            a = await self.vfs.create(caller, d, name, FILE_MODE, exclusive=True)
+            a = await self.vfs.create(caller, d, name, FILE_MODE, exclusive=True, durable=False)
         except errors.NotFound:
             # The staging directory went away (removed by hand): make it again.
             self._user_dirs.pop(caller.cred.uid, None)
             d = await self.user_dir(caller)
-            a = await self.vfs.create(caller, d, name, FILE_MODE, exclusive=True)
+            a = await self.vfs.create(caller, d, name, FILE_MODE, exclusive=True, durable=False)
         return d, name, a
 
     async def discard_temp(self, caller: Caller, d: int, name: bytes) -> None:
@@ -448,12 +460,34 @@ class Tree:
         return empty
 
     async def bucket_conf(self, bucket: Attributes) -> BucketConf:
-        """The bucket's S3 settings (versioning, lock, tags, ACL...)."""
-        return BucketConf.decode(await self.vfs.meta_get(self.root_caller, bucket.ino, BUCKET_KEY))
+        """
+        The bucket's S3 settings (versioning, lock, tags, ACL...): a fresh
+        object the caller may change.
+
+        Every request reads them, a PUT three times; the stored bytes are
+        kept per bucket with the inode's change counter they were read at
+        (every store bumps it when an attribute is set), so an unchanged
+        bucket costs no store read. C{bucket} comes from the vfs, whose
+        attribute cache follows every change, this process's or (through the
+        shared store's events) another worker's.
+        """
+        stamp = (bucket.gen, bucket.change)
+        hit = self._confs.get(bucket.ino)
+        if hit is not None and hit[0] == stamp:
+            return BucketConf.decode(hit[1])
+        raw = await self.vfs.meta_get(self.root_caller, bucket.ino, BUCKET_KEY)
+        if len(self._confs) >= CONF_CACHE:
+            self._confs.clear()
+        self._confs[bucket.ino] = (stamp, raw)
+        return BucketConf.decode(raw)
 
     async def set_bucket_conf(self, caller: Caller, bucket: Attributes, conf: BucketConf) -> None:
         """Store the bucket's S3 settings (as the caller: its owner, or root)."""
-        await self.vfs.meta_set(caller, bucket.ino, BUCKET_KEY, conf.encode())
+        self._confs.pop(bucket.ino, None)
+        try:
+            await self.vfs.meta_set(caller, bucket.ino, BUCKET_KEY, conf.encode())
+        finally:
+            self._confs.pop(bucket.ino, None)
 
     # -- objects: lookup -------------------------------------------------------------------
 
@@ -539,17 +573,27 @@ class Tree:
         parents: list[bytes],
         made: list[tuple[int, bytes]],
     ) -> Attributes:
-        """C{mkdir -p} of a key's directories as the caller; records what it made in C{made}."""
+        """
+        C{mkdir -p} of a key's directories as the caller; records what it made in C{made}.
+
+        The directories are made without waiting for stable storage: both
+        callers end with a durable change (the object's rename, the marker's
+        metadata) that makes them durable with it.
+        """
         cur = bucket
         for seg in parents:
             try:
                 nxt = await self.vfs.lookup(caller, cur.ino, seg)
             except errors.NotFound:
                 try:
-                    nxt = await self.vfs.mkdir(caller, cur.ino, seg, DIR_MODE)
+                    nxt = await self.vfs.mkdir(caller, cur.ino, seg, DIR_MODE, durable=False)
                     made.append((cur.ino, seg))
                     await self.vfs.meta_set(
-                        caller, nxt.ino, META_KEY, ObjectMeta(dir="auto").encode()
+                        caller,
+                        nxt.ino,
+                        META_KEY,
+                        ObjectMeta(dir="auto").encode(),
+                        durable=False,
                     )
                 except errors.Exists:
                     nxt = await self.vfs.lookup(caller, cur.ino, seg)
@@ -580,11 +624,13 @@ class Tree:
             meta.part_sums = None
         return meta
 
-    async def set_meta(self, caller: Caller, ino: int, meta: ObjectMeta) -> None:
+    async def set_meta(
+        self, caller: Caller, ino: int, meta: ObjectMeta, durable: bool = True
+    ) -> None:
         raw = meta.encode()
         if len(raw) > 60 * 1024:
             raise S3Error("MetadataTooLarge")
-        await self.vfs.meta_set(caller, ino, META_KEY, raw)
+        await self.vfs.meta_set(caller, ino, META_KEY, raw, durable=durable)
 
     async def etag(self, caller: Caller, a: Attributes, meta: ObjectMeta) -> str:
         """The object's ETag (unquoted): cached, or the MD5 of the content computed now."""
@@ -674,39 +720,56 @@ class Tree:
         """
         tmp = await self.vfs.lookup(self.root_caller, tmp_dir, tmp_name)
         meta.mtime_ns, meta.size = tmp.mtime_ns, tmp.size
-        await self.set_meta(caller, tmp.ino, meta)
-        for attempt in range(RACE_RETRIES):
-            made: list[tuple[int, bytes]] = []
-            try:
-                parent = await self.make_parents(caller, bucket, key.parents, made)
-                if parent.mode & 0o2000 and tmp.gid != parent.gid:
-                    # A setgid directory gives new entries its group, as a local create would.
-                    await self.vfs.setattr(self.root_caller, tmp.ino, SetAttrs(gid=parent.gid))
-                if precondition is not None:
-                    try:
-                        current: Attributes | None = await self.vfs.lookup(
-                            caller, parent.ino, key.name
-                        )
-                    except errors.NotFound:
-                        current = None
-                    await precondition(current, parent)
+        # The metadata is stored while the key's directories are found or made
+        # (the store commits both in one transaction when they meet in its
+        # queue); it must be in place before the rename publishes the object.
+        # Not durable by itself: the rename after it is (see temp_file).
+        stored: defer.Deferred[None] | None = defer.Deferred.fromCoroutine(
+            self.set_meta(caller, tmp.ino, meta, durable=False)
+        )
+        try:
+            for attempt in range(RACE_RETRIES):
+                made: list[tuple[int, bytes]] = []
                 try:
-                    result = await self.vfs.rename(caller, tmp_dir, tmp_name, parent.ino, key.name)
-                except errors.IsDir:
-                    raise key_conflict(False) from None
-                return result.source
-            except (errors.NotFound, errors.Stale):
-                # A directory on the way was removed under us (a concurrent delete
-                # pruning its emptied prefix): make the path again and retry. If
-                # the staged file itself is gone, that is the error.
-                await self.unmake(caller, made)
-                await self.vfs.lookup(self.root_caller, tmp_dir, tmp_name)
-                if attempt == RACE_RETRIES - 1:
+                    parent = await self.make_parents(caller, bucket, key.parents, made)
+                    if stored is not None:
+                        d, stored = stored, None
+                        await d
+                    if parent.mode & 0o2000 and tmp.gid != parent.gid:
+                        # A setgid directory gives new entries its group, as a local create would.
+                        await self.vfs.setattr(self.root_caller, tmp.ino, SetAttrs(gid=parent.gid))
+                    if precondition is not None:
+                        try:
+                            current: Attributes | None = await self.vfs.lookup(
+                                caller, parent.ino, key.name
+                            )
+                        except errors.NotFound:
+                            current = None
+                        await precondition(current, parent)
+                    try:
+                        result = await self.vfs.rename(
+                            caller, tmp_dir, tmp_name, parent.ino, key.name
+                        )
+                    except errors.IsDir:
+                        raise key_conflict(False) from None
+                    return result.source
+                except (errors.NotFound, errors.Stale):
+                    # A directory on the way was removed under us (a concurrent delete
+                    # pruning its emptied prefix): make the path again and retry. If
+                    # the staged file itself is gone, that is the error.
+                    await self.unmake(caller, made)
+                    await self.vfs.lookup(self.root_caller, tmp_dir, tmp_name)
+                    if attempt == RACE_RETRIES - 1:
+                        raise
+                    self._log.debug("a directory vanished during an S3 commit; retrying")
+                except BaseException:
+                    await self.unmake(caller, made)
                     raise
-                self._log.debug("a directory vanished during an S3 commit; retrying")
-            except BaseException:
-                await self.unmake(caller, made)
-                raise
+        finally:
+            if stored is not None:
+                # make_parents failed first: wait for the metadata write (its
+                # outcome no longer matters, the temporary file is discarded).
+                await stored.addErrback(lambda f: None)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def put_marker(
@@ -794,14 +857,20 @@ class Tree:
         await self.prune(rc, chain, list(key.parents))
 
     async def prune(self, caller: Caller, chain: list[Attributes], names: list[bytes]) -> None:
-        """Remove emptied C{auto} directories from the deepest up (never the bucket)."""
+        """
+        Remove emptied C{auto} directories from the deepest up (never the bucket).
+
+        Without waiting for stable storage: a crash may bring an emptied
+        directory back, the state a crash between the delete and its pruning
+        always could leave, and one the next delete below it prunes.
+        """
         while len(chain) > 1:
             d = chain[-1]
             try:
                 m = await self.meta(caller, d)
                 if m.dir != "auto" or not await self.is_empty(caller, d.ino):
                     return
-                await self.vfs.rmdir(caller, chain[-2].ino, names[-1])
+                await self.vfs.rmdir(caller, chain[-2].ino, names[-1], durable=False)
             except errors.FSError:
                 return
             chain.pop()

@@ -687,6 +687,7 @@ class VFS:
         rdev: tuple[int, int] = (0, 0),
         target: bytes | None = None,
         origin: Origin | None = None,
+        durable: bool = True,
     ) -> Attributes:
         self._reserved(caller, name)
         d = await self._prepare_new(caller, dir_ino)
@@ -698,7 +699,9 @@ class VFS:
             if target is not None:
                 a = await self.backend.symlink(dir_ino, name, target, mode, uid, gid)
             else:
-                a = await self.backend.create(dir_ino, name, type, mode, uid, gid, rdev)
+                a = await self.backend.create(
+                    dir_ino, name, type, mode, uid, gid, rdev, durable=durable
+                )
         except BaseException:
             self.quotas.settle(ticket)
             raise
@@ -719,17 +722,20 @@ class VFS:
         mode: int,
         exclusive: bool = True,
         origin: Origin | None = None,
+        durable: bool = True,
     ) -> Attributes:
         """
         A new regular file. With C{exclusive=False} an existing regular file of
         that name is returned instead (NFSv3 UNCHECKED; the caller may then
-        truncate it).
+        truncate it). C{durable=False}: see L{IMetadataService.create}.
 
         @raise Exists: the name is taken (by anything, when exclusive; by a
             non-file, when not).
         """
         try:
-            return await self._make(caller, dir_ino, name, FileType.REG, mode, origin=origin)
+            return await self._make(
+                caller, dir_ino, name, FileType.REG, mode, origin=origin, durable=durable
+            )
         except errors.Exists:
             if exclusive:
                 raise
@@ -763,9 +769,17 @@ class VFS:
 
     @deferred
     async def mkdir(
-        self, caller: Caller, dir_ino: int, name: bytes, mode: int, origin: Origin | None = None
+        self,
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        mode: int,
+        origin: Origin | None = None,
+        durable: bool = True,
     ) -> Attributes:
-        return await self._make(caller, dir_ino, name, FileType.DIR, mode, origin=origin)
+        return await self._make(
+            caller, dir_ino, name, FileType.DIR, mode, origin=origin, durable=durable
+        )
 
     @deferred
     async def symlink(
@@ -858,7 +872,12 @@ class VFS:
 
     @deferred
     async def rmdir(
-        self, caller: Caller, dir_ino: int, name: bytes, origin: Origin | None = None
+        self,
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        origin: Origin | None = None,
+        durable: bool = True,
     ) -> Attributes:
         _, a = await self._prepare_remove(caller, dir_ino, name)
         if not a.is_dir:
@@ -868,7 +887,7 @@ class VFS:
         org = self._origin(caller, origin)
         await self._before(a.ino, org, Why.DIR_NAMESPACE, _DELETE)
         await self._dir_change(dir_ino, org)
-        after = await self.backend.rmdir(dir_ino, name)
+        after = await self.backend.rmdir(dir_ino, name, durable=durable)
         self._after_remove(dir_ino, name, a, after)
         return after
 
@@ -1283,6 +1302,7 @@ class VFS:
         key: bytes,
         value: bytes | None,
         origin: Origin | None = None,
+        durable: bool = True,
     ) -> None:
         """
         Set (None: remove) a front end's own metadata; the caller must be
@@ -1300,7 +1320,7 @@ class VFS:
             except errors.NoData:
                 pass
         else:
-            await self.backend.setxattr(ino, INTERNAL_PREFIX + key, value)
+            await self.backend.setxattr(ino, INTERNAL_PREFIX + key, value, durable=durable)
         if key == WORM_KEY:
             self._worm.drop(ino)
         if key == SEAL_KEY:

@@ -287,6 +287,28 @@ class DurabilityTests(StoreCase):
         await b.setxattr(1, b"user.x", b"1")
         self.assertEqual(b.stats.durable_commits - before, 2)
 
+    async def test_not_durable_changes_wait_for_the_next_durable_one(self) -> None:
+        """
+        create, setxattr and rmdir with durable=False commit without a flush;
+        the next durable change's commit flushes them with it (one ordered WAL).
+        """
+        b = await self.store()
+        durable, lazy = b.stats.durable_commits, b.stats.commits
+        d = await b.create(1, b"d", DIR, 0o755, 0, 0, durable=False)
+        await b.setxattr(d.ino, b"user.x", b"1", durable=False)
+        await b.create(d.ino, b"f", REG, 0o644, 0, 0, durable=False)
+        await b.create(1, b"gone", DIR, 0o755, 0, 0, durable=False)
+        await b.rmdir(1, b"gone", durable=False)
+        self.assertEqual(b.stats.durable_commits, durable)
+        self.assertEqual(b.stats.commits, lazy + 5)
+        # A durable change: its commit covers the five before it.
+        await b.rename(d.ino, b"f", 1, b"f")
+        self.assertEqual(b.stats.durable_commits, durable + 1)
+        self.assertEqual((await b.lookup(1, b"f")).type, REG)
+        self.assertEqual(await b.getxattr(d.ino, b"user.x"), b"1")
+        with self.assertRaises(errors.NotFound):
+            await b.lookup(1, b"gone")
+
     async def test_evicting_a_dirty_descriptor_syncs_it(self) -> None:
         """Unstable data is never orphaned by the descriptor cache: eviction syncs first."""
         b = await self.store(max_fds=2)

@@ -331,8 +331,13 @@ class EmbeddedBackend:
         uid: int,
         gid: int,
         rdev: tuple[int, int] = (0, 0),
+        durable: bool = True,
     ) -> defer.Deferred[Attributes]:
-        return self._submit(Engine.op_create, parent, bytes(name), type, mode, uid, gid, rdev)
+        # Not durable: committed without a flush; the WAL is one ordered log,
+        # so the next durable commit makes this one durable too.
+        return self._submit(
+            Engine.op_create, parent, bytes(name), type, mode, uid, gid, rdev, durable=durable
+        )
 
     def symlink(
         self, parent: int, name: bytes, target: bytes, mode: int, uid: int, gid: int
@@ -345,8 +350,8 @@ class EmbeddedBackend:
     def unlink(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
         return self._submit(Engine.op_unlink, parent, bytes(name))
 
-    def rmdir(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
-        return self._submit(Engine.op_rmdir, parent, bytes(name))
+    def rmdir(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
+        return self._submit(Engine.op_rmdir, parent, bytes(name), durable=durable)
 
     def rename(
         self, src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
@@ -375,9 +380,16 @@ class EmbeddedBackend:
         return self._read(Reader.getxattr, ino, name)
 
     def setxattr(
-        self, ino: int, name: bytes, value: bytes, create: bool | None = None
+        self,
+        ino: int,
+        name: bytes,
+        value: bytes,
+        create: bool | None = None,
+        durable: bool = True,
     ) -> defer.Deferred[None]:
-        return self._submit(Engine.op_setxattr, ino, bytes(name), bytes(value), create)
+        return self._submit(
+            Engine.op_setxattr, ino, bytes(name), bytes(value), create, durable=durable
+        )
 
     def listxattr(self, ino: int) -> defer.Deferred[list[bytes]]:
         return self._read(Reader.listxattr, ino)

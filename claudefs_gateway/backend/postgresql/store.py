@@ -507,7 +507,9 @@ class PostgresStore:
         uid: int,
         gid: int,
         rdev: tuple[int, int] = (0, 0),
+        durable: bool = True,
     ) -> defer.Deferred[Attributes]:
+        # Always durable (the flag is a hint: interfaces.IMetadataService.create).
         return self._change(PgEngine.op_create, parent, bytes(name), type, mode, uid, gid, rdev)
 
     def symlink(
@@ -521,7 +523,7 @@ class PostgresStore:
     def unlink(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
         return self._change(PgEngine.op_unlink, parent, bytes(name))
 
-    def rmdir(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
+    def rmdir(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
         return self._change(PgEngine.op_rmdir, parent, bytes(name))
 
     def rename(
@@ -551,7 +553,12 @@ class PostgresStore:
         return self._read(self.engine.getxattr, ino, bytes(name))
 
     def setxattr(
-        self, ino: int, name: bytes, value: bytes, create: bool | None = None
+        self,
+        ino: int,
+        name: bytes,
+        value: bytes,
+        create: bool | None = None,
+        durable: bool = True,
     ) -> defer.Deferred[None]:
         return self._change(PgEngine.op_setxattr, ino, bytes(name), bytes(value), create)
 

@@ -675,7 +675,9 @@ class RemoteBackend:
         uid: int,
         gid: int,
         rdev: tuple[int, int] = (0, 0),
+        durable: bool = True,
     ) -> defer.Deferred[Attributes]:
+        # Always durable (the flag is a hint: interfaces.IMetadataService.create).
         return self._call("CREATE", (parent, bytes(name), type, mode, uid, gid, tuple(rdev)))
 
     def symlink(
@@ -690,7 +692,7 @@ class RemoteBackend:
         d = self._call("UNLINK", (parent, bytes(name)))
         return d.addCallback(_tap(self._gone))
 
-    def rmdir(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
+    def rmdir(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
         return self._call("RMDIR", (parent, bytes(name)))
 
     def rename(
@@ -752,7 +754,12 @@ class RemoteBackend:
         return self._call("GETXATTR", (ino, bytes(name)))
 
     def setxattr(
-        self, ino: int, name: bytes, value: bytes, create: bool | None = None
+        self,
+        ino: int,
+        name: bytes,
+        value: bytes,
+        create: bool | None = None,
+        durable: bool = True,
     ) -> defer.Deferred[None]:
         return self._call("SETXATTR", (ino, bytes(name), bytes(value), create))
 

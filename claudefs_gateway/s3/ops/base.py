@@ -25,6 +25,7 @@ from claudefs_gateway.s3.bucketconf import BucketConf
 from claudefs_gateway.s3.call import (
     DEFAULT_CONTENT_TYPE,
     MAX_USER_META,
+    SMALL_WRITE,
     Call,
     Limits,
     first_error,
@@ -355,15 +356,39 @@ class Operations:
         """
         Stream the request body into file C{ino}, hashing the plaintext as it
         goes (and encrypting it with C{sealer}, if given); the plaintext size.
+
+        A body of at most L{SMALL_WRITE} bytes (the 4 KiB PUT most clients
+        send) is kept in memory until it is complete and written with one
+        stable write: one store transaction and one flush instead of a write
+        and a commit. Larger bodies stream in unstable writes, committed at
+        the end.
         """
         tree = self._tree()
         vfs = tree.vfs
         size = 0
         at = 0
+        held: list[bytes] = []
+        held_size = 0
+        streaming = sealer is not None
         while True:
             data = await body.read()
             if not data:
                 break
+            if not streaming:
+                if held_size + len(data) <= SMALL_WRITE:
+                    for h in hashes.values():
+                        h.update(data)
+                    held.append(data)
+                    held_size += len(data)
+                    size += len(data)
+                    continue
+                # Too large for one write: what was held goes first, then stream.
+                streaming = True
+                if held:
+                    first = b"".join(held)
+                    held = []
+                    await vfs.write(call.caller, ino, 0, first, False)
+                    at = len(first)
             stored = sealer.feed(data) if sealer is not None else data
             # Hash and write together: the CPU pool hashes while the store writes.
             work: list[defer.Deferred[Any]] = [
@@ -374,6 +399,11 @@ class Operations:
             await defer.gatherResults(work, consumeErrors=True).addErrback(first_error)
             size += len(data)
             at += len(stored)
+        if not streaming:
+            if held:
+                # Stable: data and size on disk when it fires, as commit would make them.
+                await vfs.write(call.caller, ino, 0, b"".join(held), True)
+            return size
         if sealer is not None:
             tail = sealer.finish()
             if tail:

@@ -1,0 +1,109 @@
+"""
+What a small S3 request costs the store (issue 18): flushes per PUT and
+DELETE, and the bucket settings read once per change, not once per request.
+
+These count the embedded store's commits (its own statistics), so they run on
+it whatever C{CFS_S3_TEST_BACKEND} says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from claudefs_gateway import service
+from claudefs_gateway.core import config as cfg
+from tests.s3.harness import Client, gateway_yaml, s3_port
+
+BODY = os.urandom(4096)
+
+
+class SmallObjectCostTests(TestCase):
+    async def setUp(self) -> None:
+        data = os.path.abspath(self.mktemp())
+        root = service.build(cfg.loads(gateway_yaml(data, backend="embedded")), reactor, ["s3"])
+        root.privilegedStartService()
+        root.startService()
+        self.addCleanup(root.stopService)
+        self.s3 = root.getServiceNamed("proto:s3")
+        await self.s3.ready()
+        self.client = Client(s3_port(root))
+        self.addCleanup(self.client.close)
+        self.stats = self.s3.tree.vfs.backend.stats
+        r = await self.client.request("PUT", "/bkt")
+        self.assertEqual(r.status, 200)
+
+    async def put(self, key: str, body: bytes = BODY) -> Any:
+        r = await self.client.request("PUT", f"/bkt/{key}", body=body)
+        self.assertEqual(r.status, 200, r.body)
+        return r
+
+    async def test_put_flushes_twice(self) -> None:
+        """
+        A 4 KiB PUT flushes the store twice: its data (one stable write), then
+        the rename that publishes it. The staging file, its metadata and the
+        key's new directories ride on the rename's flush.
+        """
+        await self.put("warm/x")  # the user's staging directory is made once
+        for key in ("a/b/c/new", "a/b/c/second", "flat"):
+            before = self.stats.durable_commits
+            r = await self.put(key)
+            self.assertEqual(self.stats.durable_commits - before, 2, key)
+            self.assertEqual(r.header("etag"), f'"{hashlib.md5(BODY).hexdigest()}"')
+            got = await self.client.request("GET", f"/bkt/{key}")
+            self.assertEqual(got.body, BODY)
+
+    async def test_large_put_still_streams(self) -> None:
+        """A body past the small-write size is streamed and committed, and reads back whole."""
+        body = os.urandom(600 * 1024)
+        r = await self.put("big", body)
+        self.assertEqual(r.header("etag"), f'"{hashlib.md5(body).hexdigest()}"')
+        got = await self.client.request("GET", "/bkt/big")
+        self.assertEqual(got.body, body)
+
+    async def test_delete_flushes_once(self) -> None:
+        """A DELETE flushes once; pruning the emptied directories above it does not add flushes."""
+        await self.put("p/q/obj")
+        before = self.stats.durable_commits
+        r = await self.client.request("DELETE", "/bkt/p/q/obj")
+        self.assertEqual(r.status, 204)
+        self.assertEqual(self.stats.durable_commits - before, 1)
+        listing = await self.client.request("GET", "/bkt", query={"list-type": "2"})
+        self.assertNotIn(b"<Key>", listing.body)
+        self.assertNotIn(b"<Prefix>p/", listing.body)
+
+    async def test_bucket_settings_read_once_per_change(self) -> None:
+        """
+        Settings are read from the store once per change of the bucket's
+        inode, and a change is seen. (Names added to the bucket's own
+        directory change it too: keys under a prefix do not.)
+        """
+        await self.put("d/k0")  # makes d/: a change of the bucket's directory
+        await self.put("d/k0")  # reads the settings as they are since
+        reads = []
+        vfs = self.s3.tree.vfs
+        real = vfs.meta_get
+
+        def counting(caller: Any, ino: int, key: bytes) -> Any:
+            reads.append(key)
+            return real(caller, ino, key)
+
+        self.patch(vfs, "meta_get", counting)
+        await self.put("d/k1")
+        await self.client.request("GET", "/bkt/d/k1")
+        await self.client.request("DELETE", "/bkt/d/k1")
+        self.assertEqual(reads.count(b"s3.bucket"), 0)
+        r = await self.client.request(
+            "PUT",
+            "/bkt",
+            query="versioning",
+            body=b'<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            b"<Status>Enabled</Status></VersioningConfiguration>",
+        )
+        self.assertEqual(r.status, 200, r.body)
+        r = await self.put("d/k3")
+        self.assertIsNotNone(r.header("x-amz-version-id"))
