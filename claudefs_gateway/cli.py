@@ -386,15 +386,51 @@ def format_status(doc: dict[str, Any], protocol: str | None = None) -> str:
     if rows:
         out.append("")
         out.append(
-            f"{'id':>5} {'protocol':9} {'client':28} {'user':14} {'dialect':18} "
+            f"{'id':>5} {'protocol':9} {'client':28} {'user':14} {'dialect':20} "
             f"{'opens':>5} {'locks':>5} {'leases':>6}  connected"
         )
         for r in rows:
             user = r.get("user") or (f"uid {r['uid']}" if r.get("uid") is not None else "-")
             out.append(
                 f"{r['id']:>5} {r['protocol']:9} {_address(r):28} {user:14} "
-                f"{r.get('dialect') or '-':18} {r.get('opens', 0):>5} {r.get('locks', 0):>5} "
+                f"{r.get('dialect') or '-':20} {r.get('opens', 0):>5} {r.get('locks', 0):>5} "
                 f"{r.get('leases', 0):>6}  {_duration(r.get('connected_secs', 0))}"
+            )
+    v4 = [(r, c) for r in rows for c in r.get("nfs4_clients") or ()]
+    if v4:
+        # As ganesha_mgr lists clients: who each is and the state it holds.
+        out.append("")
+        out.append("NFSv4 clients:")
+        out.append(
+            f"{'conn':>5} {'clientid':16} {'owner':32} {'uid':>6} {'sess':>4} {'opens':>5} "
+            f"{'locks':>5} {'deleg r/w':>9} {'layouts':>7}  lease left"
+        )
+        seen: set[tuple[int, str]] = set()
+        for r, cl in v4:
+            if (r["id"], cl["clientid"]) in seen:
+                continue
+            seen.add((r["id"], cl["clientid"]))
+            d, lay = cl.get("delegations") or {}, cl.get("layouts") or {}
+            deleg = f"{d.get('read', 0)}/{d.get('write', 0)}"
+            out.append(
+                f"{r['id']:>5} {cl['clientid']:16} {str(cl.get('owner', ''))[:32]:32} "
+                f"{cl.get('uid', '-'):>6} {len(cl.get('sessions') or ()):>4} "
+                f"{cl.get('opens', 0):>5} {cl.get('locks', 0):>5} {deleg:>9} "
+                f"{lay.get('read', 0) + lay.get('rw', 0):>7}  "
+                f"{_duration(cl.get('lease_left_secs', 0))}"
+            )
+    nlm = [(r, c) for r in rows for c in r.get("nlm_clients") or ()]
+    if nlm:
+        out.append("")
+        out.append("NLM lock clients by connection (the client host's NFSv3 locks):")
+        out.append(
+            f"{'conn':>5} {'client':28} {'caller_name':30} {'locks':>6} {'shares':>6} "
+            f"{'waiting':>7}"
+        )
+        for r, cl in nlm:
+            out.append(
+                f"{r['id']:>5} {_address(r):28} {str(cl['caller_name'])[:30]:30} "
+                f"{cl['locks']:>6} {cl['shares']:>6} {cl['waiting']:>7}"
             )
     if holders:
         out.append("")

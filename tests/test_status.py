@@ -1,7 +1,8 @@
 """
 ``cfs-gateway status``: who is connected over each protocol, from a running
 gateway's admin API (``GET /admin/clients``), with real clients holding
-connections, opens and locks: smbprotocol (SMB), libnfs (NFSv3 + NLM), boto3 (S3).
+connections, opens and locks: smbprotocol (SMB), libnfs (NFSv3 + NLM: the lock
+shows on the NFSv3 connection of its host), boto3 (S3).
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ class StatusTests(TestCase):
         nfs = [r for r in by_protocol["nfs3"] if "NLMv4" in str(r["dialect"])]
         self.assertEqual(len(nfs), 1, by_protocol["nfs3"])
         self.assertIn("NFSv3", str(nfs[0]["dialect"]))
+        # The NFSv3 connection shows its host's NLM lock (libnfs's caller_name).
+        self.assertEqual(nfs[0]["locks"], 1)
+        self.assertEqual(
+            nfs[0]["nlm_clients"],
+            [{"caller_name": "statushost", "locks": 1, "shares": 0, "waiting": 0}],
+        )
+        self.assertEqual(doc["summary"]["nfs3"]["locks"], 1)
         self.assertEqual(
             doc["summary"]["smb"], {"connections": 1, "opens": 1, "locks": 1, "leases": 0}
         )
@@ -97,6 +105,12 @@ class StatusTests(TestCase):
         text = "\n".join(proc.text)
         for expected in ("alice", "SMB 3.1.1", "HTTP/1.1", "NFSv3", "statushost", "lock table"):
             self.assertIn(expected, text)
+        [line] = [ln for ln in text.splitlines() if "NFSv3" in ln and "NLMv4" in ln]
+        after = line.split()
+        after = after[after.index("NFSv3+NLMv4") + 1 :]
+        self.assertEqual(after[:3], ["0", "1", "0"])  # opens, locks, leases
+        [line] = [ln for ln in text.splitlines() if "statushost" in ln and ln.split()[0].isdigit()]
+        self.assertEqual(line.split()[2:], ["statushost", "1", "0", "0"])
         proc = spawn([bin_path("cfs-gateway"), "status", "--admin", admin, "--protocol", "s3"])
         self.assertEqual(await proc.ended, 0, proc.stderr)
         self.assertNotIn("SMB 3.1.1", "\n".join(proc.text))

@@ -22,6 +22,10 @@ with any of::
     leases      leases, oplocks or delegations held
     lock_client [protocol, client]: the lock table's name for this client, so
                 its locks can be counted when the front end does not count them
+    state_of    the holder of the opens, locks and leases the row shows, when
+                several connections show the same ones (an NFSv4 client over
+                several connections, an NFSv3 host's NFS and NLM connections):
+                the per-protocol totals count each holder once
 
 plus any other short facts (they are passed through). C{describe} is called
 only when someone asks for the table, never per request; it must be cheap and
@@ -104,6 +108,7 @@ class ClientTable:
     def counts(self) -> dict[str, dict[str, int]]:
         """Per protocol, the C{opens} and C{leases} connections report (for metrics)."""
         out: dict[str, dict[str, int]] = {}
+        counted: set[tuple[str, str]] = set()
         for row in self._rows.values():
             c = out.setdefault(row.protocol, {"opens": 0, "leases": 0})
             describe = getattr(row.proto, "describe", None)
@@ -113,6 +118,11 @@ class ClientTable:
                 facts = describe()
             except Exception:
                 continue
+            holder = facts.get("state_of")
+            if isinstance(holder, str):
+                if (row.protocol, holder) in counted:
+                    continue
+                counted.add((row.protocol, holder))
             for k in ("opens", "leases"):
                 v = facts.get(k)
                 if isinstance(v, int):
@@ -171,11 +181,20 @@ class ClientTable:
 
 
 def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Per protocol: connections, opens, locks and leases (for the status header)."""
+    """
+    Per protocol: connections, opens, locks and leases (for the status header);
+    rows naming the same C{state_of} holder count its opens, locks and leases once.
+    """
     out: dict[str, dict[str, int]] = {}
+    counted: set[tuple[str, str]] = set()
     for r in rows:
         s = out.setdefault(r["protocol"], {"connections": 0, "opens": 0, "locks": 0, "leases": 0})
         s["connections"] += 1
+        holder = r.get("state_of")
+        if isinstance(holder, str):
+            if (r["protocol"], holder) in counted:
+                continue
+            counted.add((r["protocol"], holder))
         for k in ("opens", "locks", "leases"):
             v = r.get(k)
             if isinstance(v, int):

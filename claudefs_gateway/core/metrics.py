@@ -126,7 +126,9 @@ CATALOGUE: dict[str, Spec] = {
     ),
     "gateway_draining": Spec(Gauge, "1 while the gateway drains (no new connections), else 0."),
     "gateway_open_files": Spec(
-        Gauge, "Files held open by connected clients (SMB opens), by protocol.", ("protocol",)
+        Gauge,
+        "Files held open by connected clients (SMB opens, NFSv4 open states), by protocol.",
+        ("protocol",),
     ),
     "gateway_locks_held": Spec(
         Gauge,

@@ -156,6 +156,51 @@ class StatusMonitor:
         self.clients[key] = info
         self._save_soon()
 
+    def describe_connection(self, conn: Any) -> dict[str, Any]:
+        """
+        For C{cfs-gateway status}: the NLM lock clients whose locks were last
+        asked for from the host of an NFSv3 or NLM connection (NLM names a
+        client by its caller_name, and its calls may come over a connection
+        of their own, so the link is the client address this record keeps),
+        with the locks, share reservations and blocked requests each holds.
+        C{state_of} names the host, so the summary counts its locks once
+        however many of its connections show them. One pass over the record
+        (at most C{MAX_CLIENTS}), only when asked.
+        """
+        programs = getattr(conn, "programs", None) or {}
+        if "nlm" not in programs and not any(
+            name.rstrip("0123456789") == "nfs" and vers == 3 for name, vers in programs.items()
+        ):
+            return {}
+        peer = getattr(conn, "peer", None)
+        host = getattr(peer, "host", None)
+        names = sorted(k for k, info in self.clients.items() if host and info.get("addr") == host)
+        if not names:
+            return {}
+        vfs = self.nlm.ctx.vfs
+        locks = getattr(vfs, "locks", None) if vfs is not None else None
+        rows = []
+        total = 0
+        for name in names:
+            held, shares, waiting = (
+                locks.counts_of("nlm", name.encode("utf-8", "surrogateescape"))
+                if locks is not None
+                else (0, 0, 0)
+            )
+            total += held
+            rows.append(
+                {
+                    "caller_name": "".join(
+                        ch if ch.isprintable() else "?"
+                        for ch in name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                    ),
+                    "locks": held,
+                    "shares": shares,
+                    "waiting": waiting,
+                }
+            )
+        return {"locks": total, "state_of": f"nlm:{host}", "nlm_clients": rows}
+
     def forget(self, name: str) -> None:
         if self.clients.pop(name, None) is not None:
             self._save_soon()
@@ -207,9 +252,23 @@ class StatusMonitor:
         previous = doc.get("clients", {})
         if not isinstance(previous, dict):
             previous = {}
-        self.clients = {}
+        # Clients noted while the record loaded are this run's (the listeners
+        # serve NLM before the record is read): keep them, so they are saved
+        # for the next restart's SM_NOTIFY and shown by cfs-gateway status.
         self.started = True
-        await self.store.save(self._doc())
+        # The first save holds the save slot: a note made meanwhile only marks
+        # the record dirty, and is saved after it (two saves at once would
+        # race on the file's temporary copy).
+        gate: defer.Deferred[None] = defer.Deferred()
+        self._saving = gate
+        self._dirty = False
+        try:
+            await self.store.save(self._doc())
+        finally:
+            self._saving = None
+            gate.callback(None)
+            if self._dirty:
+                self._save_soon()
         self._log.info("NSM state {state}", state=self.state)
         if not previous:
             return

@@ -118,13 +118,15 @@ class NFSService(MultiService):
         )
         self.server.add(self.nlm.program())
         self.server.add(self.nsm.program())
+        # cfs-gateway status: the NLM locks of an NFSv3 connection's client host.
+        self.server.describers.append(self.nsm.describe_connection)
         self.extra_programs: list[tuple[int, int]] = [(NLM_PROGRAM, NLM_V4), (NSM_PROGRAM, 1)]
         self.nfs4: NFS4 | None = None
         v4 = cfg.v4
         if v4.enabled:
             ctx4 = NFSContext(
                 self._vfs_ready,
-                write_verifier=self.ctx.write_verifier,
+                write_verifier=self.ctx.boot_verifier,
                 io_size=self.io_size,
                 protocol="nfs4",
             )
@@ -149,6 +151,7 @@ class NFSService(MultiService):
                 ctx4, core.reactor, settings, RequestMetrics(core.metrics, "nfs4"), self.grace
             )
             self.server.add(self.nfs4.program())
+            self.server.describers.append(self.nfs4.describe_connection)
             pnfs = cfg.pnfs
             if pnfs.enabled:
                 from claudefs_gateway.nfs.pnfs.mds import PnfsSettings

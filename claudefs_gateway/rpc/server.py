@@ -194,6 +194,10 @@ class RPCServer:
         self.activity = activity
         self.timer = timer
         self.garbage = 0
+        # What the programs know of a connection, for cfs-gateway status: each
+        # is called with an RPCStreamProtocol only when the status is asked for
+        # and returns more facts for its row (see RPCStreamProtocol.describe).
+        self.describers: list[Callable[[Any], dict[str, Any]]] = []
 
     def add(self, program: Program) -> None:
         if program.number in self.programs:
@@ -409,11 +413,38 @@ class RPCStreamProtocol(Protocol):
         self.uid = uid
 
     def describe(self) -> dict[str, Any]:
-        """This connection for C{cfs-gateway status} (L{claudefs_gateway.core.clients})."""
-        dialect = "+".join(
-            f"{name.rstrip('0123456789').upper()}v{vers}" for name, vers in self.programs.items()
-        )
-        return {"uid": self.uid, "dialect": dialect or None, "in_flight": len(self.pending)}
+        """
+        This connection for C{cfs-gateway status} (L{claudefs_gateway.core.clients}):
+        uid, dialect and calls in flight, and what each of the server's
+        L{RPCServer.describers} adds (NFSv4 clients and their state, NLM
+        locks of the client host). Counts (C{opens}, C{locks}, C{leases})
+        from several describers add up; a describer may name the NFS minor
+        version (C{nfs_minor}) shown in the dialect ("NFSv4.2").
+        """
+        doc: dict[str, Any] = {"uid": self.uid, "in_flight": len(self.pending)}
+        minor: int | None = None
+        for describer in self.server.describers:
+            try:
+                facts = describer(self)
+            except Exception:
+                self._log.failure("describing connection {conn_id}", conn_id=self.conn_id)
+                continue
+            for k, v in facts.items():
+                if k == "nfs_minor":
+                    minor = v
+                elif k in ("opens", "locks", "leases") and isinstance(doc.get(k), int):
+                    doc[k] += v
+                else:
+                    doc[k] = v
+        parts = []
+        for name, vers in self.programs.items():
+            base = name.rstrip("0123456789")
+            label = f"{base.upper()}v{vers}"
+            if base == "nfs" and vers == 4 and minor is not None:
+                label += f".{minor}"
+            parts.append(label)
+        doc["dialect"] = "+".join(parts) or None
+        return doc
 
     @override
     def connectionMade(self) -> None:

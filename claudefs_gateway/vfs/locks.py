@@ -331,10 +331,10 @@ class LockTable:
         """
         out: list[dict[str, object]] = []
         for (protocol, client), owners in sorted(
-            self._clients.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))
+            self._clients.items(), key=lambda kv: (kv[0][0], _text(kv[0][1]))
         ):
             locks, shares, waiting = self._counts(owners)
-            name = client.decode("utf-8", "replace") if isinstance(client, bytes) else client
+            name = _text(client)
             out.append(
                 {
                     "protocol": protocol,
@@ -349,6 +349,13 @@ class LockTable:
     def held_by(self, protocol: str, client: str | bytes) -> int:
         """Byte-range locks the lock client C{(protocol, client)} holds."""
         return self._counts(self._clients.get((protocol, client), ()))[0]
+
+    def counts_of(self, protocol: str, client: str | bytes) -> tuple[int, int, int]:
+        """
+        What the lock client C{(protocol, client)} holds: (byte-range locks,
+        share reservations, blocked requests).
+        """
+        return self._counts(self._clients.get((protocol, client), ()))
 
     def totals(self) -> dict[str, tuple[int, int, int]]:
         """Per lock protocol: (locks, share reservations, blocked requests), for metrics."""
@@ -1152,3 +1159,10 @@ def _carve(
         out.append(_make(owner, new_start, new_end, exclusive))
     out.sort(key=lambda lk: lk.start)
     return out
+
+
+def _text(client: object) -> str:
+    """A lock client's name as text (NLM names are bytes; str() of bytes warns under -b)."""
+    if isinstance(client, bytes):
+        return client.decode("utf-8", "replace")
+    return str(client)

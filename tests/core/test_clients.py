@@ -122,6 +122,77 @@ class ClientTableTests(SynchronousTestCase):
         self.assertNotIn("host7", only)
         self.assertIn("(no client connections)", format_status({"connections": []}))
 
+    def test_shared_state_counted_once(self) -> None:
+        """
+        Rows naming the same C{state_of} (one NFSv4 client over two
+        connections) show its opens, locks and leases each, and the summary
+        and the metrics figures count them once.
+        """
+        facts = {"opens": 2, "locks": 1, "leases": 1, "state_of": "nfs4:00000001"}
+        for port in (1, 2):
+            self.table.add("nfs4", Conn(IPv4Address("TCP", "10.0.0.5", port), dict(facts)))
+        other = {"opens": 1, "locks": 0, "leases": 0, "state_of": "nfs4:00000002"}
+        self.table.add("nfs4", Conn(IPv4Address("TCP", "10.0.0.6", 3), other))
+        rows = self.table.snapshot()
+        self.assertEqual([r["locks"] for r in rows], [1, 1, 0])
+        self.assertEqual(
+            summarize(rows)["nfs4"], {"connections": 3, "opens": 3, "locks": 1, "leases": 1}
+        )
+        self.assertEqual(self.table.counts()["nfs4"], {"opens": 3, "leases": 1})
+
+    def test_nfs_sections_of_the_text(self) -> None:
+        """
+        NFSv4 clients (as ganesha_mgr lists them) and the NLM clients of each
+        NFSv3 connection's host get a section each; a client shown by two
+        connections of one row appears once per connection.
+        """
+        v4 = {
+            "clientid": "5f3a1c2e00000001",
+            "owner": "Linux NFSv4.2 client1",
+            "uid": 1000,
+            "sessions": [{"id_prefix": "0a1b2c3d"}],
+            "opens": 2,
+            "locks": 1,
+            "delegations": {"read": 1, "write": 0},
+            "layouts": {"read": 0, "rw": 1},
+            "lease_left_secs": 75,
+        }
+        doc = {
+            "connections": [
+                {
+                    "id": 4,
+                    "protocol": "nfs4",
+                    "address": "10.0.0.7",
+                    "port": 801,
+                    "dialect": "NFSv4.2",
+                    "nfs4_clients": [v4],
+                },
+                {
+                    "id": 5,
+                    "protocol": "nfs3",
+                    "address": "10.0.0.8",
+                    "port": 802,
+                    "dialect": "NFSv3+NLMv4",
+                    "locks": 2,
+                    "nlm_clients": [
+                        {"caller_name": "client2", "locks": 2, "shares": 0, "waiting": 1}
+                    ],
+                },
+            ],
+            "summary": {},
+        }
+        text = format_status(doc)
+        self.assertIn("NFSv4 clients:", text)
+        [line] = [ln for ln in text.splitlines() if "5f3a1c2e00000001" in ln]
+        self.assertEqual(
+            line.split(),
+            ["4", "5f3a1c2e00000001", "Linux", "NFSv4.2", "client1", "1000"]
+            + ["1", "2", "1", "1/0", "1", "1m15s"],
+        )
+        [line] = [ln for ln in text.splitlines() if "client2" in ln]
+        self.assertEqual(line.split(), ["5", "10.0.0.8:802", "client2", "2", "0", "1"])
+        self.assertNotIn("client2", format_status(doc, "nfs4"))
+
 
 class ActivityEntersTableTests(SynchronousTestCase):
     def test_activity_adds_and_removes(self) -> None:

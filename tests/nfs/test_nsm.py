@@ -92,6 +92,51 @@ class StartTests(SynchronousTestCase):
         self.assertEqual(mon.state, 1)
         self.assertFalse(locks.in_grace)
 
+    def test_notes_while_loading_kept(self) -> None:
+        """
+        A client that locks while the record is still loading (NLM is served
+        from the first moment) is kept and saved, not lost when the load ends.
+        """
+        loaded: defer.Deferred[dict[str, Any] | None] = defer.Deferred()
+        store = MemoryStore({"state": 2, "clients": {}})
+        store.load = lambda: loaded  # type: ignore[method-assign]
+        mon = StatusMonitor(store, RecordingNLM(), Callbacks(), 45)  # type: ignore[arg-type]
+        started = defer.Deferred.fromCoroutine(mon.start(LockTable(Clock())))
+        mon.note(b"early", "10.0.0.9", None)
+        loaded.callback({"state": 2, "clients": {}})
+        self.successResultOf(started)
+        self.assertEqual(mon.clients, {"early": {"addr": "10.0.0.9", "server": None}})
+        self.assertEqual(store.doc, {"state": 3, "clients": mon.clients})
+
+    def test_note_during_first_save_waits_for_it(self) -> None:
+        """
+        A note made while start's save is under way starts no second save at
+        the same time (both would write the same temporary file); it is saved
+        right after, and flushed() waits for the save under way.
+        """
+        saving: list[defer.Deferred[None]] = []
+        docs: list[dict[str, Any]] = []
+
+        class SlowStore(MemoryStore):
+            def save(self, doc: dict[str, Any]) -> defer.Deferred[None]:
+                docs.append(json.loads(json.dumps(doc)))
+                saving.append(defer.Deferred())
+                return saving[-1]
+
+        mon = StatusMonitor(SlowStore(None), RecordingNLM(), Callbacks(), 45)  # type: ignore[arg-type]
+        started = defer.Deferred.fromCoroutine(mon.start(LockTable(Clock())))
+        mon.note(b"h", "10.0.0.5", None)
+        self.assertEqual(len(saving), 1)
+        flushed = mon.flushed()
+        saving[0].callback(None)
+        self.successResultOf(started)
+        self.assertEqual(len(saving), 2)
+        self.assertEqual(docs[1]["clients"], {"h": {"addr": "10.0.0.5", "server": None}})
+        self.assertNoResult(mon.flushed())
+        saving[1].callback(None)
+        self.successResultOf(mon.flushed())
+        self.successResultOf(flushed)
+
     def test_notes_saved_after_start(self) -> None:
         mon, _, _, store = self.start(None)
         mon.note(b"h", "10.0.0.5", "10.0.0.100")

@@ -371,3 +371,37 @@ class BackPressureTests(SynchronousTestCase):
         proto.resumeProducing()
         self.assertEqual(served, list(range(100)))
         self.assertEqual(transport.producerState, "producing")
+
+
+class DescribeTests(SynchronousTestCase):
+    def test_describers_add_facts(self) -> None:
+        """
+        What the server's describers say of a connection joins its row for
+        cfs-gateway status: counts add up, the NFS minor version shows in
+        the dialect, and a describer that fails is skipped (and logged).
+        """
+        server = RPCServer()
+        server.describers += [
+            lambda conn: {"locks": 2, "nfs_minor": 2, "nfs4_clients": ["c"]},
+            lambda conn: {"locks": 1, "state_of": "x"},
+            lambda conn: 1 / 0,  # type: ignore[dict-item]
+        ]
+        proto = RPCStreamFactory(server, 4096, 16).buildProtocol(None)
+        proto.makeConnection(StringTransport())
+        proto.seen("nfs3", 4, 1000)
+        doc = proto.describe()
+        self.assertEqual(
+            doc,
+            {
+                "uid": 1000,
+                "in_flight": 0,
+                "locks": 3,
+                "nfs4_clients": ["c"],
+                "state_of": "x",
+                "dialect": "NFSv4.2",
+            },
+        )
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        proto.programs = {"mount": 3, "nfs3": 3}
+        server.describers.clear()
+        self.assertEqual(proto.describe()["dialect"], "MOUNTv3+NFSv3")

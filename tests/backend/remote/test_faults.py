@@ -101,11 +101,15 @@ def pause(seconds: float) -> defer.Deferred[None]:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
+#: SIGKILLs per run; CI runs three, ``CFS_KILL_TRIALS=100`` the issue's hundred.
+KILL_TRIALS = int(os.environ.get("CFS_KILL_TRIALS", "3"))
+
+
 class KillMetaTests(TestCase):
-    timeout = 180
+    timeout = 120 + 10 * KILL_TRIALS
 
     async def test_kill_meta_under_load(self) -> None:
-        """Three SIGKILLs of the meta server under writes: try-later errors, fast breaker, no lost write."""
+        """SIGKILLs of the meta server under writes: try-later errors, fast breaker, no lost write."""
         data = ServerProcess(self, "data")
         await data.start()
         meta = ServerProcess(self, "meta", ["--data-server", data.address])
@@ -144,7 +148,7 @@ class KillMetaTests(TestCase):
                 seq += 1
 
         loops = [defer.Deferred.fromCoroutine(writer(f.ino)) for f in files]
-        for trial in range(3):
+        for trial in range(KILL_TRIALS):
             await pause(0.3)  # load runs
             before = sum(len(v) for v in acked.values())
             opened: defer.Deferred[float] = defer.Deferred()
@@ -264,7 +268,10 @@ def frame(name_or_code: str | int, payload: bytes, rid: int = 1, kind: int = wir
     return b"".join(bytes(p) for p in wire.encode_frame(code, kind, rid, payload))
 
 
-HELLO = frame("HELLO", bytes(wire.encode(wire.HELLO, wire.Hello(1, "gateway", 9, bytes(8)))))
+HELLO = frame(
+    "HELLO",
+    bytes(wire.encode(wire.HELLO, wire.Hello(wire.PROTOCOL_VERSION, "gateway", 9, bytes(8)))),
+)
 
 
 def first_error(data: bytes) -> Exception:

@@ -202,6 +202,26 @@ class MdsTests(SynchronousTestCase):
         (seg,) = self.get(fh, sid, offset=9 * MiB).last(c.OP_LAYOUTGET).layouts
         self.assertEqual((seg.offset, seg.length), (0, ALL))
 
+    def test_status_counts_layouts(self) -> None:
+        """
+        cfs-gateway status shows the client's layouts on its connection: one
+        per file however many segments, read or read-write; none for another
+        client.
+        """
+        fh, sid = self.open(self.cl)
+        r = self.get(fh, sid)
+        self.assertEqual(r.status, 0, r)
+        self.get(fh, r.last(c.OP_LAYOUTGET).stateid, offset=4 * MiB)
+        rfh, rsid = self.open(self.cl, b"ro", c.OPEN4_SHARE_ACCESS_READ)
+        self.assertEqual(self.get(rfh, rsid, iomode=c.LAYOUTIOMODE4_READ).status, 0)
+        facts = self.h.nfs4.describe_connection(self.cl.conn)  # type: ignore[attr-defined]
+        [client] = facts["nfs4_clients"]
+        self.assertEqual(client["layouts"], {"read": 1, "rw": 1, "recalling": 0})
+        self.assertEqual(client["opens"], 2)
+        other = self.h.client().setup()
+        facts = self.h.nfs4.describe_connection(other.conn)  # type: ignore[attr-defined]
+        self.assertEqual(facts["nfs4_clients"][0]["layouts"], {"read": 0, "rw": 0, "recalling": 0})
+
     def test_getdeviceinfo(self) -> None:
         """The device's netaddr4 is the advertised host with the data server's NFS port."""
         fh, sid = self.open(self.cl)
