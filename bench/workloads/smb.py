@@ -8,10 +8,16 @@ small next to either server), side by side with Samba's smbd (PEERS.md).
   - ``smb.small_files``: 300 files of 4 KiB created and written (one
     smbclient session of ``put``), then deleted (one session of ``del``).
 
+  - ``smb.small_files_leases``: 200 files created with an RWH lease (v2),
+    written and closed, then each opened again with the lease and its
+    FileBasicInformation queried, over one smbprotocol session.
+
 Every workload also reports the server's CPU time per MiB or per file, read
 from the process's CPU clock and /proc/<pid>/stat (for Samba, the parent
-smbd's own time and its reaped per-connection children's: bench/serverstat.py),
-since wall time on a shared machine mostly measures the machine.
+smbd's own time, its live children's (the connection's smbd, which a
+workload holding one session open keeps alive) and its reaped ones':
+bench/serverstat.py), since wall time on a shared machine mostly measures
+the machine.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.serverstat import children, family_cpu, settle
+from bench.serverstat import children, settle, tree_cpu
 from bench.stats import Metric
 from bench.workloads import Workload, register
 
@@ -68,10 +74,10 @@ def _measured(endpoints: dict[str, Any], run: Any) -> tuple[float, float]:
     """(wall seconds, server CPU seconds) of C{run()}."""
     pid = endpoints["pid"]
     kids = children(pid)
-    cpu0 = family_cpu(pid)
+    cpu0 = tree_cpu(pid)
     wall = run()
     settle(pid, kids)
-    return wall, family_cpu(pid) - cpu0
+    return wall, tree_cpu(pid) - cpu0
 
 
 def prepare_big(endpoints: dict[str, Any], scratch: Path) -> None:
@@ -182,5 +188,158 @@ register(
         ),
         run=small_files,
         description=f"{SMALL_COUNT} x 4 KiB files put, then deleted, one smbclient session each",
+    )
+)
+
+
+# -- leases: small files through smbprotocol, each open asking for an RWH lease ----------------
+
+LEASE_FILES = int(os.environ.get("CFS_BENCH_SMB_LEASE_FILES", "200"))
+
+
+def _lease_session(endpoints: dict[str, Any]) -> tuple[Any, Any, Any]:
+    import uuid
+
+    from smbprotocol.connection import Connection
+    from smbprotocol.session import Session
+    from smbprotocol.tree import TreeConnect
+
+    conn = Connection(uuid.uuid4(), endpoints["host"], int(endpoints["smb_port"]))
+    conn.connect()
+    session = Session(conn, endpoints["user"], endpoints["password"])
+    session.connect()
+    tree = TreeConnect(session, rf"\\{endpoints['host']}\{endpoints['share']}")
+    tree.connect()
+    return conn, session, tree
+
+
+def _leased_open(tree: Any, path: str, key: bytes, disposition: int) -> Any:
+    """An open asking for an RWH lease (v2); fails unless the server grants one."""
+    from smbprotocol.create_contexts import (
+        CreateContextName,
+        SMB2CreateContextRequest,
+        SMB2CreateRequestLeaseV2,
+        SMB2CreateResponseLeaseV2,
+    )
+    from smbprotocol.open import CreateOptions, FileAttributes, ImpersonationLevel, Open
+
+    lease = SMB2CreateRequestLeaseV2()
+    lease["lease_key"] = key
+    lease["lease_state"] = 0x07
+    lease["parent_lease_key"] = b"\x00" * 16
+    lease["epoch"] = b"\x00\x00"
+    ctx = SMB2CreateContextRequest()
+    ctx["buffer_name"] = CreateContextName.SMB2_CREATE_REQUEST_LEASE_V2
+    ctx["buffer_data"] = lease
+    f = Open(tree, path)
+    answers = f.create(
+        ImpersonationLevel.Impersonation,
+        0x0012019F,  # read, write, attributes
+        FileAttributes.FILE_ATTRIBUTE_NORMAL,
+        0x07,
+        disposition,
+        CreateOptions.FILE_NON_DIRECTORY_FILE,
+        create_contexts=[ctx],
+        oplock_level=0xFF,
+    )
+    leases = [a for a in answers or [] if isinstance(a, SMB2CreateResponseLeaseV2)]
+    if not leases:
+        raise RuntimeError("no lease granted: is the server's lease support on?")
+    if leases[0]["lease_state"].get_value() & 0x07 != 0x07:
+        # Both servers grant RWH to a lone client; anything less is not the workload.
+        raise RuntimeError(f"lease granted {leases[0]['lease_state'].get_value():#x}, not RWH")
+    return f
+
+
+def _query_basic(f: Any) -> None:
+    """QUERY_INFO FileBasicInformation on an open (smbprotocol's message types)."""
+    from smbprotocol.file_info import FileBasicInformation
+    from smbprotocol.open import SMB2QueryInfoRequest, SMB2QueryInfoResponse
+
+    req = SMB2QueryInfoRequest()
+    req["info_type"] = FileBasicInformation.INFO_TYPE
+    req["file_info_class"] = FileBasicInformation.INFO_CLASS
+    req["file_id"] = f.file_id
+    req["output_buffer_length"] = 40
+    sent = f.connection.send(req, f.tree_connect.session.session_id, f.tree_connect.tree_connect_id)
+    resp = SMB2QueryInfoResponse()
+    resp.unpack(f.connection.receive(sent)["data"].get_value())
+
+
+def small_files_leases(endpoints: dict[str, Any], scratch: Path) -> dict[str, float]:
+    """
+    Over one smbprotocol session: LEASE_FILES files created with an RWH
+    lease, written (4 KiB) and closed; then each opened again with a lease
+    and its FileBasicInformation queried. Both sides grant the leases.
+    """
+    import hashlib
+
+    from smbprotocol.open import CreateDisposition
+
+    data = os.urandom(SMALL_SIZE)
+    conn, session, tree = _lease_session(endpoints)
+    d = f"leases-{scratch.name}"
+    try:
+        names = [f"{d}-f{i:04d}" for i in range(LEASE_FILES)]
+
+        def key(name: str) -> bytes:
+            return hashlib.md5(name.encode()).digest()  # noqa: S324 - a lease key, not security
+
+        def create() -> float:
+            t0 = time.perf_counter()
+            for name in names:
+                f = _leased_open(tree, name, key(name), CreateDisposition.FILE_CREATE)
+                f.write(data, 0)
+                f.close()
+            return time.perf_counter() - t0
+
+        def stat() -> float:
+            t0 = time.perf_counter()
+            for name in names:
+                f = _leased_open(tree, name, key(name), CreateDisposition.FILE_OPEN)
+                _query_basic(f)
+                f.close()
+            return time.perf_counter() - t0
+
+        wall_c, cpu_c = _measured(endpoints, create)
+        wall_s, cpu_s = _measured(endpoints, stat)
+        from smbprotocol.open import CreateOptions, FileAttributes, ImpersonationLevel, Open
+
+        for name in names:
+            f = Open(tree, name)
+            f.create(
+                ImpersonationLevel.Impersonation,
+                0x00010000,  # DELETE
+                FileAttributes.FILE_ATTRIBUTE_NORMAL,
+                0x07,
+                CreateDisposition.FILE_OPEN,
+                CreateOptions.FILE_NON_DIRECTORY_FILE | CreateOptions.FILE_DELETE_ON_CLOSE,
+            )
+            f.close()
+    finally:
+        conn.disconnect()
+    return {
+        "creates/s": LEASE_FILES / wall_c,
+        "stats/s": LEASE_FILES / wall_s,
+        "server CPU us/create": cpu_c * 1e6 / LEASE_FILES,
+        "server CPU us/stat": cpu_s * 1e6 / LEASE_FILES,
+    }
+
+
+register(
+    Workload(
+        name="smb.small_files_leases",
+        protocol="smb",
+        metrics=(
+            Metric("creates/s", "files/s"),
+            Metric("stats/s", "files/s"),
+            Metric("server CPU us/create", "us", higher_is_better=False),
+            Metric("server CPU us/stat", "us", higher_is_better=False),
+        ),
+        run=small_files_leases,
+        description=(
+            f"{LEASE_FILES} x 4 KiB files created with an RWH lease, then opened with one and "
+            "stat'ed (smbprotocol, one session)"
+        ),
     )
 )

@@ -766,8 +766,8 @@ class CreateCommands(FileBase):
                 )
                 delay = delay or bool(pending)
             if not delay or clock.seconds() >= deadline:
-                changed.addErrback(lambda f: f.trap(defer.CancelledError))
-                changed.cancel()
+                # Dropped unfired rather than cancelled: no Failure per CREATE.
+                leasing.stop_waiting(a.ino, changed)
                 break
             if token is not None:
                 locks.close_share(token)

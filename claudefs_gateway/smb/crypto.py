@@ -188,8 +188,14 @@ class HmacSha256Signer(Signer):
 class CmacSigner(Signer):
     algorithm = AES_CMAC
 
+    def __init__(self, key: bytes) -> None:
+        super().__init__(key)
+        # Keyed once; each message's MAC starts from a copy (building the
+        # cipher per message was most of signing a small reply).
+        self._base = cmac.CMAC(algorithms.AES(key))
+
     def _mac(self, pieces: tuple[memoryview | bytes, ...], message_id: int, flags: int) -> bytes:
-        c = cmac.CMAC(algorithms.AES(self._key))
+        c = self._base.copy()
         for p in pieces:
             c.update(p)  # type: ignore[arg-type]  # any buffer will do
         return c.finalize()
@@ -204,13 +210,25 @@ class GmacSigner(Signer):
 
     algorithm = AES_GMAC
 
+    def __init__(self, key: bytes) -> None:
+        super().__init__(key)
+        self._gcm = AESGCM(key)
+
     def _mac(self, pieces: tuple[memoryview | bytes, ...], message_id: int, flags: int) -> bytes:
         nonce = struct.pack("<QI", message_id, flags)
+        if sum(len(p) for p in pieces) <= _GMAC_JOIN_MAX:
+            # One call into the keyed AEAD (a fifth of the cost of a cipher
+            # context per message); large messages are not copied to join them.
+            return self._gcm.encrypt(nonce, b"", b"".join(pieces))
         enc = _Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
         for p in pieces:
             enc.authenticate_additional_data(p)
         enc.finalize()
         return enc.tag
+
+
+# Messages up to this size are joined and MACed in one call.
+_GMAC_JOIN_MAX = 64 * 1024
 
 
 def make_signer(algorithm: int, key: bytes) -> Signer:

@@ -229,6 +229,14 @@ class Leasing:
         self._waiters.setdefault(ino, []).append(d)
         return d
 
+    def stop_waiting(self, ino: int, d: defer.Deferred[None]) -> None:
+        """Forget a L{wait_change} Deferred without firing it (its waiter has moved on)."""
+        waiting = self._waiters.get(ino)
+        if waiting is not None and d in waiting:
+            waiting.remove(d)
+            if not waiting:
+                del self._waiters[ino]
+
     # -- CREATE: what an open breaks, and waits for ------------------------------------
 
     def break_for_open(

@@ -17,7 +17,7 @@ from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.errors import SMBError
 from claudefs_gateway.smb.filebase import FileBase, decode_name
-from claudefs_gateway.smb.info import DIRECTORY_CLASSES, matches, pack_dir_entry, pattern_matcher
+from claudefs_gateway.smb.info import DIRECTORY_CLASSES, matches, pack_dir_entry
 from claudefs_gateway.smb.messages import (
     ChangeNotifyRequest,
     QueryDirectoryRequest,
@@ -124,9 +124,8 @@ class DirectoryCommands(FileBase):
         scan.started = True
         if not scan.dots_done:
             scan.dots_done = True
-            if pattern_matcher(scan.pattern) is not None and not any(
-                ch in scan.pattern for ch in '*?<>"'
-            ):
+            # (Wildcards looked for first: a regex per exact name is not compiled.)
+            if scan.pattern and not any(ch in scan.pattern for ch in '*?<>"'):
                 # An exact name: one lookup instead of a scan (Windows asks this way a lot).
                 scan.eof = True
                 name = scan.pattern

@@ -48,7 +48,7 @@ from claudefs_gateway.fstypes import (
 )
 from claudefs_gateway.interfaces import IVFS, IBackend, ILeaseManager, ILockTable, IUserDB
 from claudefs_gateway.vfs import permissions as perm
-from claudefs_gateway.vfs.cache import AttrCache, NameCache
+from claudefs_gateway.vfs.cache import AttrCache, BoundedCache, NameCache
 from claudefs_gateway.vfs.events import Action, Change, ChangeEvents, What
 from claudefs_gateway.vfs.exports import Caller, ExportInfo, Exports
 from claudefs_gateway.vfs.handles import HandleCodec
@@ -163,6 +163,18 @@ class VFS:
             c.max_entries, c.default_ttl_secs, c.eviction, clock, metrics, "attr"
         )
         self.name_cache = NameCache(c.max_entries, c.default_ttl_secs, c.eviction, clock, metrics)
+        # Front ends' own metadata (L{meta_get}) by inode: key -> value (None:
+        # unset); the key C{b""} present means every other key is unset (an
+        # inode made here). Bounded like the attribute cache, and like it
+        # replaced on every change made here and dropped on others' (an SMB
+        # CREATE reads DOS attributes and the security descriptor, a WRITE
+        # the seal and retention: each a store round trip otherwise).
+        self.meta_cache: BoundedCache[int, dict[bytes, bytes | None]] = BoundedCache(
+            c.max_entries, c.default_ttl_secs, c.eviction, clock
+        )
+        # Bumped whenever a cached record may be out of date, so a read that
+        # was under way then does not store what it read.
+        self._meta_gen = 0
         self.quotas = QuotaManager(backend, config.quota, clock)
         self.users = users
         self.events = ChangeEvents()
@@ -254,6 +266,7 @@ class VFS:
         drop what we cache of them (the remote backend's change events).
         """
         self.attr_cache.discard(ino)
+        self._meta_forget(ino)
         if dir_ino:
             self.attr_cache.discard(dir_ino)
             self.name_cache.forget_dir(dir_ino)
@@ -294,6 +307,9 @@ class VFS:
 
     def invalidate(self) -> int:
         """Drop every cached attribute and name (C{POST /admin/cache/invalidate})."""
+        self._meta_gen += 1
+        self.meta_cache.clear()
+        self._seals.clear()
         return self.attr_cache.clear() + self.name_cache.clear()
 
     # -- identity and handles -------------------------------------------------
@@ -386,6 +402,7 @@ class VFS:
         self._names.pop(a.ino, None)
         self._worm.drop(a.ino)
         self._seals.pop(a.ino, None)
+        self._meta_forget(a.ino)
         self.locks.release_inode(a.ino)
         self.leases.release_inode(a.ino)
 
@@ -708,6 +725,14 @@ class VFS:
         self.quotas.settle(ticket, [(uid, gid, 0, 1)])
         self.attr_cache.put(a.ino, a)
         self.name_cache.put((dir_ino, name), a.ino)
+        # A new inode has no metadata of its own: no seal, no retention, no
+        # front end's records, until they are set through this vfs.
+        self._meta_forget(a.ino)
+        self.meta_cache.put(a.ino, {b"": None})
+        self._worm.put(a.ino, None)
+        if len(self._seals) > 65536:
+            self._seals.clear()
+        self._seals[a.ino] = False
         self._seen(dir_ino, name, a.ino)
         self._dir_changed(dir_ino)
         self._emit(dir_ino, Action.ADDED, name, a.ino)
@@ -765,6 +790,7 @@ class VFS:
                 raise
             return a
         await self.backend.setxattr(a.ino, _VERIFIER, verifier)
+        self._meta_forget(a.ino)
         return a
 
     @deferred
@@ -1286,13 +1312,34 @@ class VFS:
         self.attr_cache.discard(ino)
         self._modified(ino, What.XATTR)
 
+    def _meta_forget(self, ino: int) -> None:
+        self._meta_gen += 1
+        self.meta_cache.discard(ino)
+
     @deferred
     async def meta_get(self, caller: Caller, ino: int, key: bytes) -> bytes | None:
-        """A front end's own metadata on an inode (S3 headers, DOS attributes); None if unset."""
+        """
+        A front end's own metadata on an inode (S3 headers, DOS attributes);
+        None if unset. Answered from L{meta_cache} when it knows.
+        """
+        known = self.meta_cache.get(ino)
+        if known is not None:
+            if key in known:
+                return known[key]
+            if b"" in known:
+                return None
+        gen = self._meta_gen
         try:
-            return await self.backend.getxattr(ino, INTERNAL_PREFIX + key)
+            value: bytes | None = await self.backend.getxattr(ino, INTERNAL_PREFIX + key)
         except errors.NoData:
-            return None
+            value = None
+        if gen == self._meta_gen:
+            known = self.meta_cache.get(ino)
+            if known is None:
+                self.meta_cache.put(ino, {key: value})
+            else:
+                known[key] = value
+        return value
 
     @deferred
     async def meta_set(
@@ -1314,13 +1361,27 @@ class VFS:
         if caller.cred.uid != a.uid:
             perm.check(caller.cred, a, perm.W)
         await self._before(ino, self._origin(caller, origin), Why.SETATTR)
-        if value is None:
-            try:
-                await self.backend.removexattr(ino, INTERNAL_PREFIX + key)
-            except errors.NoData:
-                pass
+        self._meta_gen += 1
+        known = self.meta_cache.get(ino)
+        try:
+            if value is None:
+                try:
+                    await self.backend.removexattr(ino, INTERNAL_PREFIX + key)
+                except errors.NoData:
+                    pass
+            else:
+                await self.backend.setxattr(ino, INTERNAL_PREFIX + key, value, durable=durable)
+        except BaseException:
+            self._meta_forget(ino)
+            raise
+        # What is known of the other keys still holds; this one is now known
+        # (unless the record was replaced meanwhile, perhaps by a read that
+        # raced this change: then it goes).
+        self._meta_gen += 1
+        if known is not None and self.meta_cache.get(ino) is known:
+            known[key] = value
         else:
-            await self.backend.setxattr(ino, INTERNAL_PREFIX + key, value, durable=durable)
+            self.meta_cache.discard(ino)
         if key == WORM_KEY:
             self._worm.drop(ino)
         if key == SEAL_KEY:

@@ -120,3 +120,30 @@ class ServerStatTests(SynchronousTestCase):
         result, used = serverstat.measured(os.getpid(), lambda: sum(range(200_000)))
         self.assertEqual(result, sum(range(200_000)))
         self.assertGreaterEqual(used, 0.0)
+
+    def test_tree_cpu_counts_live_children(self) -> None:
+        """
+        A live child's CPU is in L{serverstat.tree_cpu} (smbd's connection
+        process, alive while a workload holds its session), not in
+        L{serverstat.family_cpu} until it is reaped.
+        """
+        import subprocess
+        import sys
+
+        code = "import sys; sum(range(2_000_000)); print('done', flush=True); sys.stdin.read()"
+        child = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        try:
+            assert child.stdout is not None
+            self.assertEqual(child.stdout.readline(), b"done\n")
+            # The child now waits on its stdin: its CPU time stays put.
+            spent = serverstat.process_cpu(child.pid)
+            self.assertGreater(spent, 0.0)
+            own = serverstat.family_cpu(os.getpid())
+            tree = serverstat.tree_cpu(os.getpid())
+            self.assertGreaterEqual(tree - own, spent)
+        finally:
+            assert child.stdin is not None
+            child.stdin.close()
+            child.wait()

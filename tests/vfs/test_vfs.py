@@ -199,6 +199,81 @@ class VFSTests(SynchronousTestCase):
         self.ok(self.vfs.meta_set(self.alice, f, b"s3.etag", None))
         self.assertIsNone(self.ok(self.vfs.meta_get(self.alice, f, b"s3.etag")))
 
+    def _count_getxattr(self) -> list[bytes]:
+        """Record the store's getxattr calls from now on."""
+        seen: list[bytes] = []
+        real = self.m.backend.getxattr
+
+        def counting(ino: int, name: bytes) -> defer.Deferred[bytes]:
+            seen.append(name)
+            return real(ino, name)
+
+        self.m.backend.getxattr = counting  # type: ignore[method-assign]
+        return seen
+
+    def test_meta_of_a_new_file_known(self) -> None:
+        """A file made here has no metadata of its own: no store read asks (issue 18)."""
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644)).ino
+        seen = self._count_getxattr()
+        self.assertIsNone(self.ok(self.vfs.meta_get(self.alice, f, b"smb.dosattrib")))
+        self.ok(self.vfs.write(self.alice, f, 0, b"x", stable=True))
+        self.assertEqual(seen, [])
+        self.ok(self.vfs.meta_set(self.alice, f, b"smb.dosattrib", b"\x20\0\0\0"))
+        got = self.ok(self.vfs.meta_get(self.alice, f, b"smb.dosattrib"))
+        self.assertEqual(got, b"\x20\0\0\0")
+        self.assertIsNone(self.ok(self.vfs.meta_get(self.alice, f, b"smb.ntacl")))
+        self.assertEqual(seen, [])
+
+    def test_meta_cache_read_once(self) -> None:
+        """An inode's metadata is read from the store once, then answered from memory."""
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644)).ino
+        self.ok(self.vfs.meta_set(self.alice, f, b"s3.etag", b"abc"))
+        self.vfs.forget_changed(f)  # as if another gateway had changed it
+        seen = self._count_getxattr()
+        for _ in range(3):
+            self.assertEqual(self.ok(self.vfs.meta_get(self.alice, f, b"s3.etag")), b"abc")
+            self.assertIsNone(self.ok(self.vfs.meta_get(self.alice, f, b"nope")))
+        self.assertEqual(seen, [b"cfs.s3.etag", b"cfs.nope"])
+        # Another gateway's change: read again.
+        self.successResultOf(self.m.backend.setxattr(f, b"cfs.s3.etag", b"def"))
+        self.vfs.forget_changed(f)
+        self.assertEqual(self.ok(self.vfs.meta_get(self.alice, f, b"s3.etag")), b"def")
+        self.vfs.invalidate()
+        self.assertEqual(self.ok(self.vfs.meta_get(self.alice, f, b"s3.etag")), b"def")
+        self.assertEqual(len(seen), 4)
+
+    def test_meta_cache_read_racing_a_change(self) -> None:
+        """A read under way while the record changes does not leave the old value cached."""
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644)).ino
+        self.ok(self.vfs.meta_set(self.alice, f, b"k", b"old"))
+        self.vfs.forget_changed(f)
+        held: list[defer.Deferred[bytes]] = []
+        real = self.m.backend.getxattr
+
+        def slow(ino: int, name: bytes) -> defer.Deferred[bytes]:
+            d: defer.Deferred[bytes] = defer.Deferred()
+            held.append(d)
+            return d
+
+        self.m.backend.getxattr = slow  # type: ignore[method-assign]
+        reading = self.vfs.meta_get(self.alice, f, b"k")
+        self.m.backend.getxattr = real  # type: ignore[method-assign]
+        self.ok(self.vfs.meta_set(self.alice, f, b"k", b"new"))
+        held[0].callback(b"old")  # what the store held when the read was made
+        self.assertEqual(self.ok(reading), b"old")
+        self.assertEqual(self.ok(self.vfs.meta_get(self.alice, f, b"k")), b"new")
+
+    def test_meta_cache_off(self) -> None:
+        """With the attribute cache off (max_entries 0) every read goes to the store."""
+        m = MemoryVFS(CONFIG + "cache: {nfs_attr_cache: {max_entries: 0}}\n")
+        alice = m.caller(1000, 1000)
+        top = m.root()
+        self.successResultOf(m.vfs.setattr(m.caller(0, 0), top, SetAttrs(mode=0o777)))
+        f = self.successResultOf(m.vfs.create(alice, top, b"f", 0o644)).ino
+        self.successResultOf(m.vfs.meta_set(alice, f, b"k", b"v"))
+        self.successResultOf(m.backend.setxattr(f, b"cfs.k", b"w"))
+        self.assertEqual(self.successResultOf(m.vfs.meta_get(alice, f, b"k")), b"w")
+
     # -- paths ------------------------------------------------------------------------
 
     def test_resolve_follows_symlinks(self) -> None:
