@@ -52,6 +52,8 @@ class Core:
     limiter: Any = None
     #: Every client connection (L{claudefs_gateway.core.clients.ClientTable}).
     clients: Any = None
+    #: The gateway-wide memory budget (L{claudefs_gateway.core.budget.MemoryBudget}).
+    budget: Any = None
     extras: dict[str, Any] = attrs.field(factory=dict)
 
     def admit(self, protocol: str, address: str, uid: int | None = None) -> None:

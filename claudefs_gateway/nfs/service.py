@@ -182,6 +182,10 @@ class NFSService(MultiService):
             cfg.max_requests_per_connection,
             self.activity,
             activity_for,
+            clock=core.reactor,
+            idle_timeout=cfg.idle_timeout_secs,
+            partial_timeout=cfg.partial_record_timeout_secs,
+            metrics=RequestMetrics(core.metrics, "nfs"),
         )
         self.nfs_listener = core.listener(self, "proto:nfs:listen", "nfs", cfg.bind, stream)
         mount_stream = RPCStreamFactory(
@@ -189,6 +193,10 @@ class NFSService(MultiService):
             cfg.max_record_size,
             cfg.max_requests_per_connection,
             core.drainer.activity("mount"),
+            clock=core.reactor,
+            idle_timeout=cfg.idle_timeout_secs,
+            partial_timeout=cfg.partial_record_timeout_secs,
+            metrics=RequestMetrics(core.metrics, "mount"),
         )
         self.mount_listener = core.listener(
             self, "proto:nfs:mount", "mount", cfg.mount_bind, mount_stream

@@ -401,6 +401,12 @@ class RPCStreamProtocol(Protocol):
         self.reply_sink: Callable[[bytes], None] | None = None
         # Called with this protocol when the connection closes.
         self.on_close: list[Callable[[RPCStreamProtocol], None]] = []
+        # Timeouts (issue 19): when the last call arrived, since when a
+        # record has been half-received, and the timer checking both.
+        self._last_active = 0.0
+        self._partial_since: float | None = None
+        self._watch: Any = None
+        self._clock: Any = None
 
     def seen(self, program: str, vers: int, uid: int | None) -> None:
         """Note a call of C{program} version C{vers} by C{uid} (None: AUTH_NONE)."""
@@ -438,6 +444,53 @@ class RPCStreamProtocol(Protocol):
         # READ reply would take eight turns. Let the kernel take what it can.
         self._direct = DirectSender.for_transport(self.transport)
         self._log.debug("connection {conn_id} from {host}", conn_id=self.conn_id, host=host)
+        factory = getattr(self, "factory", None)
+        self._clock = getattr(factory, "clock", None)
+        if self._clock is not None:
+            self._last_active = self._clock.seconds()
+            self._arm_watch()
+
+    def _timeouts(self) -> tuple[float, float]:
+        factory = getattr(self, "factory", None)
+        return (getattr(factory, "idle_timeout", 0.0), getattr(factory, "partial_timeout", 0.0))
+
+    def _arm_watch(self) -> None:
+        steps = [t for t in self._timeouts() if t > 0]
+        if steps and not self.closed and self._clock is not None:
+            # Checked at a tenth of the shortest timeout: each is kept within 10 %.
+            self._watch = self._clock.callLater(max(min(steps) / 10, 0.5), self._check)
+
+    def _check(self) -> None:
+        """
+        Close a connection idle for the factory's C{idle_timeout} (no call
+        arriving, none in flight: knfsd closes such connections after about 6
+        minutes and clients reconnect) or holding a half-received record for
+        C{partial_timeout} (a half-open or dribbling client).
+        """
+        self._watch = None
+        if self.closed:
+            return
+        idle, partial = self._timeouts()
+        now = self._clock.seconds()
+        why = None
+        if partial > 0 and self._partial_since is not None and now - self._partial_since >= partial:
+            why = "a record left incomplete"
+        elif idle > 0 and now - self._last_active >= idle and not self.pending and not self.backlog:
+            why = "idle"
+        if why is None:
+            self._arm_watch()
+            return
+        self._log.info(
+            "connection {conn_id} from {host}: closing, {why} (timeout)",
+            conn_id=self.conn_id,
+            host=self.peer.host if self.peer else "?",
+            why=why,
+        )
+        metrics = getattr(getattr(self, "factory", None), "metrics", None)
+        if metrics is not None:
+            metrics.rejected("timeout")
+        self.closed = True
+        self.transport.abortConnection()
 
     def _count_as(self, first: bytes) -> None:
         """Count the connection under the activity of the version its first call speaks."""
@@ -468,6 +521,14 @@ class RPCStreamProtocol(Protocol):
             self.transport.loseConnection()
             self.closed = True
             return
+        if self._clock is not None:
+            if records:
+                self._last_active = self._clock.seconds()
+            if self.reader.buffered:
+                if self._partial_since is None or records:
+                    self._partial_since = self._clock.seconds()
+            else:
+                self._partial_since = None
         if records and not self._counted:
             self._count_as(records[0])
         if records:
@@ -595,6 +656,9 @@ class RPCStreamProtocol(Protocol):
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
+        w, self._watch = self._watch, None
+        if w is not None and w.active():
+            w.cancel()
         # Reads are abandoned; calls that change things run to the end (the
         # server shields them), so their replies reach the reply cache for the
         # client's retransmission.
@@ -623,8 +687,22 @@ class RPCStreamFactory(Factory):
         max_in_flight: int = 128,
         activity: Any = None,
         activity_for: Callable[[int, int], Any] | None = None,
+        *,
+        clock: Any = None,
+        idle_timeout: float = 0.0,
+        partial_timeout: float = 0.0,
+        metrics: Any = None,
     ) -> None:
+        """
+        @param clock: what times C{idle_timeout} and C{partial_timeout}
+            (seconds; 0 = never); without one neither applies.
+        @param metrics: a L{RequestMetrics}: timeouts counted as rejections.
+        """
         self.server = server
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.partial_timeout = partial_timeout
+        self.metrics = metrics
         self.max_record = max_record
         self.max_in_flight = max_in_flight
         self.activity = activity
