@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.errors import Overloaded
 
 __all__ = ["MemoryBudget"]
 
@@ -47,32 +48,52 @@ class MemoryBudget:
             self._used_gauge.set(0)
         self._warned = False
 
+    def check(self, protocol: str) -> None:
+        """
+        For front ends that account bytes as they arrive (L{hold}): refuse a
+        new request while what is held is over the limit.
+
+        @raise Overloaded: the budget is spent (counted under C{protocol}).
+        """
+        if self.limit and self.used > self.limit:
+            self._refuse(protocol)
+            raise Overloaded("the gateway is short of memory; try later")
+
+    def hold(self, n: int) -> None:
+        """Count C{n} bytes that are in memory already (a request read, a reply queued)."""
+        self.used += n
+        if self._used_gauge is not None:
+            self._used_gauge.set(self.used)
+
     def reserve(self, n: int, protocol: str) -> bool:
         """
         Reserve C{n} bytes for a request of C{protocol}; False (and counted) if
         that would pass the limit while other requests hold some.
         """
         if self.limit and self.used and self.used + n > self.limit:
-            child = self._rejected.get(protocol)
-            if child is None and self._metrics is not None:
-                child = self._rejected[protocol] = self._metrics.family(
-                    "gateway_rejected_requests_total"
-                ).labels(protocol, "memory")
-            if child is not None:
-                child.inc()
-            if not self._warned:
-                # Once per episode: the refusals themselves are counted, not logged.
-                self._warned = True
-                self._log.warn(
-                    "memory budget of {limit} bytes spent: refusing requests with the "
-                    "protocol's busy status (limits.memory_budget)",
-                    limit=self.limit,
-                )
+            self._refuse(protocol)
             return False
         self.used += n
         if self._used_gauge is not None:
             self._used_gauge.set(self.used)
         return True
+
+    def _refuse(self, protocol: str) -> None:
+        child = self._rejected.get(protocol)
+        if child is None and self._metrics is not None:
+            child = self._rejected[protocol] = self._metrics.family(
+                "gateway_rejected_requests_total"
+            ).labels(protocol, "memory")
+        if child is not None:
+            child.inc()
+        if not self._warned:
+            # Once per episode: the refusals themselves are counted, not logged.
+            self._warned = True
+            self._log.warn(
+                "memory budget of {limit} bytes spent: refusing requests with the "
+                "protocol's busy status (limits.memory_budget)",
+                limit=self.limit,
+            )
 
     def release(self, n: int) -> None:
         """Give back C{n} bytes reserved earlier."""

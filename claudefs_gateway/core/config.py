@@ -1316,10 +1316,11 @@ class Limits:
         min=0,
         max=1 << 40,
         size=True,
-        doc="Bytes all connections together may hold in requests being served (request "
-        "bodies and what replies may carry: an SMB READ counts its length). A request that "
-        "would pass it gets the protocol's busy status (SMB STATUS_INSUFFICIENT_RESOURCES, "
-        "NFS3ERR_JUKEBOX, NFS4ERR_DELAY) and is counted in "
+        doc="Bytes all connections together may hold in requests being served and replies "
+        "queued unread (NFS call records and queued replies, S3 request bodies buffered, SMB "
+        "requests and what their replies may carry: a READ counts its length). A request "
+        "over it gets the protocol's busy status (NFS3ERR_JUKEBOX, NFS4ERR_DELAY, S3 "
+        "``SlowDown`` 503, SMB STATUS_INSUFFICIENT_RESOURCES) and is counted in "
         '``gateway_rejected_requests_total{reason="memory"}``; usage is '
         "``gateway_memory_budget_bytes``. 0 = no limit.",
     )

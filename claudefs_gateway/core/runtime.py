@@ -58,9 +58,13 @@ class Core:
 
     def admit(self, protocol: str, address: str, uid: int | None = None) -> None:
         """
-        The per-request rate-limit hook: let the request through or raise
-        L{claudefs_gateway.errors.Throttled} (no limiter: always through).
+        The per-request hook of the rate limits and the memory budget: let the
+        request through or raise L{claudefs_gateway.errors.Throttled} (over a
+        rate) or L{claudefs_gateway.errors.Overloaded} (the memory budget is
+        spent by what is in flight and queued).
         """
+        if self.budget is not None:
+            self.budget.check(protocol)
         if self.limiter is not None:
             self.limiter.admit(protocol, address, uid)
 

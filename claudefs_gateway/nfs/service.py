@@ -148,6 +148,7 @@ class NFSService(MultiService):
             self.nfs4 = NFS4(
                 ctx4, core.reactor, settings, RequestMetrics(core.metrics, "nfs4"), self.grace
             )
+            self.nfs4.budget = core.budget
             self.server.add(self.nfs4.program())
             pnfs = cfg.pnfs
             if pnfs.enabled:
@@ -186,6 +187,7 @@ class NFSService(MultiService):
             idle_timeout=cfg.idle_timeout_secs,
             partial_timeout=cfg.partial_record_timeout_secs,
             metrics=RequestMetrics(core.metrics, "nfs"),
+            budget=core.budget,
         )
         self.nfs_listener = core.listener(self, "proto:nfs:listen", "nfs", cfg.bind, stream)
         mount_stream = RPCStreamFactory(

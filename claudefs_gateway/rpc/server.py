@@ -407,6 +407,9 @@ class RPCStreamProtocol(Protocol):
         self._partial_since: float | None = None
         self._watch: Any = None
         self._clock: Any = None
+        # Bytes counted in the memory budget: calls being served, replies queued.
+        self._budget: Any = None
+        self._queued = 0
 
     def seen(self, program: str, vers: int, uid: int | None) -> None:
         """Note a call of C{program} version C{vers} by C{uid} (None: AUTH_NONE)."""
@@ -445,6 +448,7 @@ class RPCStreamProtocol(Protocol):
         self._direct = DirectSender.for_transport(self.transport)
         self._log.debug("connection {conn_id} from {host}", conn_id=self.conn_id, host=host)
         factory = getattr(self, "factory", None)
+        self._budget = getattr(factory, "budget", None)
         self._clock = getattr(factory, "clock", None)
         if self._clock is not None:
             self._last_active = self._clock.seconds()
@@ -594,7 +598,18 @@ class RPCStreamProtocol(Protocol):
 
     def _serve(self, record: bytes) -> None:
         assert self.peer is not None
-        result = self.server.handle(record, self.peer)
+        budget = self._budget
+        if budget is not None:
+            budget.hold(len(record))
+        try:
+            result = self.server.handle(record, self.peer)
+        except BaseException:
+            if budget is not None:
+                budget.release(len(record))
+            raise
+        if result is None or not isinstance(result, defer.Deferred) or result.called:
+            if budget is not None:
+                budget.release(len(record))
         if result is None:
             return
         if not isinstance(result, defer.Deferred):
@@ -608,10 +623,14 @@ class RPCStreamProtocol(Protocol):
                 self.send(out[0])
             return
         self.pending.add(result)
-        result.addBoth(self._done, result)
+        result.addBoth(self._done, result, len(record))
 
-    def _done(self, result: Results | Failure | None, d: defer.Deferred[Any]) -> None:
+    def _done(
+        self, result: Results | Failure | None, d: defer.Deferred[Any], size: int = 0
+    ) -> None:
         self.pending.discard(d)
+        if self._budget is not None:
+            self._budget.release(size)
         if isinstance(result, list):
             self.send(result)
         elif isinstance(result, Failure) and not result.check(defer.CancelledError):
@@ -639,7 +658,17 @@ class RPCStreamProtocol(Protocol):
             parts = self._direct.send(parts, size + 4)
             if not parts:
                 return
+        if self._paused_output and self._budget is not None:
+            # Queued behind replies the client has not read: counted until it
+            # reads them (the transport resumes us once its buffer is empty).
+            self._queued += size + 4
+            self._budget.hold(size + 4)
         self.transport.writeSequence(parts)
+
+    def _release_queued(self) -> None:
+        n, self._queued = self._queued, 0
+        if n and self._budget is not None:
+            self._budget.release(n)
 
     # IPushProducer: the transport tells us when the client is not reading replies.
     def pauseProducing(self) -> None:
@@ -648,10 +677,12 @@ class RPCStreamProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self._paused_output = False
+        self._release_queued()
         self._drain_backlog()
 
     def stopProducing(self) -> None:
         self.closed = True
+        self._release_queued()
 
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -659,6 +690,7 @@ class RPCStreamProtocol(Protocol):
         w, self._watch = self._watch, None
         if w is not None and w.active():
             w.cancel()
+        self._release_queued()
         # Reads are abandoned; calls that change things run to the end (the
         # server shields them), so their replies reach the reply cache for the
         # client's retransmission.
@@ -692,12 +724,17 @@ class RPCStreamFactory(Factory):
         idle_timeout: float = 0.0,
         partial_timeout: float = 0.0,
         metrics: Any = None,
+        budget: Any = None,
     ) -> None:
         """
         @param clock: what times C{idle_timeout} and C{partial_timeout}
             (seconds; 0 = never); without one neither applies.
         @param metrics: a L{RequestMetrics}: timeouts counted as rejections.
+        @param budget: the gateway-wide L{claudefs_gateway.core.budget.MemoryBudget}:
+            calls being served and replies queued unread count in it (the
+            programs refuse new calls while it is spent).
         """
+        self.budget = budget
         self.server = server
         self.clock = clock
         self.idle_timeout = idle_timeout

@@ -439,3 +439,45 @@ class TimeoutTests(SynchronousTestCase):
         self.clock.pump([1000] * 10)
         self.assertFalse(transport.disconnecting)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class BudgetTests(SynchronousTestCase):
+    """Calls being served and replies queued unread count in the memory budget (issue 19)."""
+
+    def setUp(self) -> None:
+        from claudefs_gateway.core.budget import MemoryBudget
+
+        self.toy = Toy()
+        self.activity = Activity("toy", Metrics())
+        self.server = RPCServer(ReplyCache(16), self.activity)
+        self.server.add(self.toy.program())
+        self.budget = MemoryBudget(1 << 20)
+        self.factory = RPCStreamFactory(
+            self.server, 4096, activity=self.activity, budget=self.budget
+        )
+        self.proto = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def test_call_held_while_served(self) -> None:
+        record = encode_call(1, PROG, 1, 2)
+        self.proto.dataReceived(encode_record(record))
+        self.assertEqual(self.budget.used, len(record))
+        self.toy.waiting[0].callback([])
+        self.assertEqual(self.budget.used, 0)
+
+    def test_queued_replies_held_until_read(self) -> None:
+        """Replies written while the client reads nothing count until it reads them."""
+        self.proto.dataReceived(encode_record(encode_call(1, PROG, 1, 2)))
+        self.proto.pauseProducing()
+        self.toy.waiting[0].callback([b"x" * 100])
+        self.assertGreater(self.budget.used, 100)
+        self.proto.resumeProducing()
+        self.assertEqual(self.budget.used, 0)
+
+    def test_queued_replies_released_when_gone(self) -> None:
+        self.proto.dataReceived(encode_record(encode_call(1, PROG, 1, 2)))
+        self.proto.pauseProducing()
+        self.toy.waiting[0].callback([b"x" * 100])
+        self.proto.connectionLost(None)  # type: ignore[arg-type]
+        self.assertEqual(self.budget.used, 0)
