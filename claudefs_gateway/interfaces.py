@@ -606,6 +606,7 @@ class IVFS(Interface):
     is_open: bool
 
     store_id: bytes  # random per store, the same across restarts (NFSv4 server owner)
+    server_restarts: int  # restarts of remote meta/data servers seen (NFS write verifier)
     clock: IReactorTime  # the time every vfs decision is made by
     pnfs: Any  # the backend as an IPnfsBackend when pNFS clients can reach its data servers
 

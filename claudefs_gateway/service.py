@@ -351,7 +351,14 @@ def _compose_vfs(core: Core) -> VFSService | str:
         config.leases.max_leases,
         core.metrics,
     )
-    return VFSService(core, backend, make_users(core), LockTable(core.reactor), leases)
+    locks: Any = LockTable(core.reactor)
+    if hasattr(backend, "on_shared_event"):
+        # Several gateways on one meta server: locks, shares and lease breaks
+        # cross them through it (vfs/shared.py); one process needs no RPC.
+        from claudefs_gateway.vfs.shared import wire_up
+
+        locks, leases = wire_up(backend, locks, leases, core.reactor)  # type: ignore[assignment]
+    return VFSService(core, backend, make_users(core), locks, leases)
 
 
 def _export_live_figures(

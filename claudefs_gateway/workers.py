@@ -268,20 +268,6 @@ class Supervisor:
             nfs = dict(raw.get("nfs") or {})
             nfs["udp"] = False
             raw["nfs"] = nfs
-        if self.workers > 1:
-            # Leases live in each worker's memory (docs/workers.rst): a
-            # delegation granted by one worker could not be recalled by a
-            # change another serves, so none is granted.
-            nfs = dict(raw.get("nfs") or {})
-            v4 = dict(nfs.get("v4") or {})
-            if v4.get("delegations", "read_write") != "none" and index == 0:
-                self._log.warn(
-                    "NFSv4 delegations are off with {n} workers (their leases are per worker)",
-                    n=self.workers,
-                )
-            v4["delegations"] = "none"
-            nfs["v4"] = v4
-            raw["nfs"] = nfs
         path = self.run_dir / f"worker-{index}.yaml"
         path.write_text(yaml.safe_dump(raw))
         return path

@@ -136,7 +136,7 @@ class DashboardTests(SynchronousTestCase):
         rows = [p["title"] for p in doc["panels"] if p["type"] == "row"]
         self.assertEqual(
             rows,
-            ["Overview", "NFS", "S3", "SMB", "Backend", "Circuit breaker", "Quotas",
+            ["Overview", "NFS", "NFSv4.1/4.2", "S3", "SMB", "Backend", "Circuit breaker", "Quotas",
              "Locks and leases"],
         )  # fmt: skip
         ids = [p["id"] for p in doc["panels"]]
@@ -162,13 +162,14 @@ class SystemdTests(TestCase):
 
     def staged(self) -> str:
         """
-        The units, with /usr/local/bin pointing at stand-ins: systemd-analyze
-        checks that each command exists, and cfs-meta and cfs-data are not built.
+        The units, with /usr/local/bin pointing at a stand-in: systemd-analyze
+        checks that each command exists, and the package is not installed there
+        (test_server_units_run_what_exists runs the real parsers).
         """
         where = os.path.abspath(self.mktemp())
         bindir = os.path.join(where, "bin")
         os.makedirs(bindir)
-        for name in ("cfs-gateway", "cfs-meta", "cfs-data"):
+        for name in ("cfs-gateway",):
             path = os.path.join(bindir, name)
             with open(path, "w") as f:
                 f.write("#!/bin/sh\nexit 0\n")

@@ -62,10 +62,11 @@ class OptionsTests(SynchronousTestCase):
 
 
 class WorkerConfigTests(SynchronousTestCase):
-    def test_no_delegations_across_workers(self) -> None:
+    def test_delegations_across_workers(self) -> None:
         """
-        With more than one worker no NFSv4 delegation is granted: leases are
-        per worker, so one worker could not recall what another granted.
+        Delegations stay on with several workers: a change served by one
+        worker recalls what another granted through the meta server
+        (docs/rpc.rst "Shared state"; tests/test_multigateway.py).
         """
         import yaml
 
@@ -74,7 +75,7 @@ class WorkerConfigTests(SynchronousTestCase):
 
         text = EXPORTS + "nfs: {v4: {delegations: read_write}}\n"
         config = cfg.loads(text)
-        for n, want in ((1, "read_write"), (2, "none")):
+        for n, want in ((1, "read_write"), (2, "read_write")):
             sup = Supervisor(config, text, n, "all", reactor)
             self.addCleanup(shutil.rmtree, sup.run_dir, True)
             path = sup._worker_config(0, {})

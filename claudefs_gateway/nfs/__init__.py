@@ -1,6 +1,10 @@
 """
-The NFS front end: NFSv3 with MOUNT, the portmapper and NLM/NSM, over ONC RPC
-(TCP and UDP). NFSv4.1 is a later issue.
+The NFS front end: NFSv3 with MOUNT, the portmapper and NLM/NSM, and
+NFSv4.1/4.2 with pNFS flexfiles, over ONC RPC.
+
+NFSv3, MOUNT, NLM and the portmapper over TCP and UDP; NFSv4.1 and 4.2
+(L{claudefs_gateway.nfs.v4}) over TCP, with the pNFS metadata server
+(L{claudefs_gateway.nfs.pnfs}) when C{nfs.pnfs.enabled}.
 
 L{make_service} builds the C{proto:nfs} service (see
 L{claudefs_gateway.nfs.service}); C{docs/nfs.rst} says what is served and how.

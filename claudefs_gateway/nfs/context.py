@@ -18,6 +18,7 @@ AUTH_ERROR).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -49,9 +50,13 @@ class NFSContext:
     Shared state of the NFS front end.
 
     @param vfs_ready: returns a Deferred firing with the open vfs.
-    @param write_verifier: the NFSv3 WRITE/COMMIT verifier: eight bytes that
-        change whenever the gateway restarts (random per process), so clients
-        resend writes that were unstable when it went down.
+    @param write_verifier: the gateway's boot verifier: eight bytes that
+        change whenever the gateway restarts (random per process). The
+        WRITE/COMMIT verifier clients see (L{write_verifier}) is this one
+        folded with the number of restarts of remote meta and data servers
+        the vfs has seen, so clients resend writes that were unstable when
+        the gateway I{or a server under it} went down (RFC 1813 section
+        3.3.7, RFC 8881 section 18.32.3).
     @param io_size: rtmax and wtmax (FSINFO), the largest READ and WRITE.
     @param admit: the request-rate hook, C{admit(address, uid)}: returns, or
         raises L{errors.Throttled} (answered NFS3ERR_JUKEBOX: try later).
@@ -68,10 +73,31 @@ class NFSContext:
         self._vfs_ready = vfs_ready
         self.admit = admit
         self.vfs: IVFS | None = None
-        self.write_verifier = write_verifier if write_verifier is not None else os.urandom(8)
+        self.boot_verifier = write_verifier if write_verifier is not None else os.urandom(8)
+        self._verf_restarts = 0
+        self._verf = self.boot_verifier
         self.io_size = io_size
         self.protocol = protocol
         self._callers: dict[tuple[Any, ...], Caller | errors.FSError] = {}
+
+    @property
+    def write_verifier(self) -> bytes:
+        """
+        The WRITE/COMMIT verifier now: the boot verifier while no server
+        under the vfs restarted, else a hash of it and the restart count.
+        Read it I{after} the write or commit it answers, so that a server
+        restart the call itself discovered already shows.
+        """
+        vfs = self.vfs
+        n = vfs.server_restarts if vfs is not None else 0
+        if n != self._verf_restarts:
+            self._verf_restarts = n
+            self._verf = (
+                hashlib.blake2b(self.boot_verifier + n.to_bytes(8, "big"), digest_size=8).digest()
+                if n
+                else self.boot_verifier
+            )
+        return self._verf
 
     async def ready(self) -> IVFS:
         """The open vfs (waiting for the store to open on the first calls)."""

@@ -124,7 +124,7 @@ class NFSService(MultiService):
         if v4.enabled:
             ctx4 = NFSContext(
                 self._vfs_ready,
-                write_verifier=self.ctx.write_verifier,
+                write_verifier=self.ctx.boot_verifier,
                 io_size=self.io_size,
                 protocol="nfs4",
             )

@@ -1,6 +1,8 @@
 """
-The S3 front end: the S3 REST API (SigV4/SigV2, streaming uploads, multipart)
-over the shared namespace. See C{docs/s3.rst}.
+The S3 front end: the S3 REST API (SigV4/SigV2, multipart, versioning,
+object lock, ACLs, policies, SSE) over the shared namespace.
+
+Also tagging, lifecycle, CORS, POST uploads and checksums; see C{docs/s3.rst}.
 
 Layers, as STYLE.md §1: codecs (L{signing}, L{chunked}, L{ranges}, L{xmlio},
 L{keys}, L{checksums}) → HTTP (L{channel}: twisted.web with streaming request

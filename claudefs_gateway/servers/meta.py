@@ -26,6 +26,7 @@ from claudefs_gateway.backend.remote import wire
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import RenameResult, WriteResult
+from claudefs_gateway.servers.shared import SharedState
 
 __all__ = ["MetaHandler", "LAYOUT_KEY", "DEFAULT_STRIPE"]
 
@@ -45,11 +46,22 @@ class MetaHandler:
     _log = Logger()
 
     def __init__(
-        self, backend: Any, publish: Callable[[str, Any], None], layout: wire.Layout | None = None
+        self,
+        backend: Any,
+        publish: Callable[[str, Any], None],
+        layout: wire.Layout | None = None,
+        *,
+        clock: Any = None,
+        push: Callable[[int, str, Any], bool] | None = None,
     ) -> None:
         self.backend = backend
         self._publish = publish
         self.layout = layout or wire.Layout(DEFAULT_STRIPE, 1, ())
+        if clock is None:
+            from twisted.internet import reactor as clock
+        #: Locks, share reservations and lease holdings of every gateway (servers/shared.py).
+        self.shared = SharedState(clock, push or self._push_via_subscribers, publish)
+        self._subscribers: Any = None
         # False until the store is open: calls meanwhile are told to try later
         # (a restarted server accepts connections before its store has recovered).
         self.ready = False
@@ -103,10 +115,94 @@ class MetaHandler:
 
     def op_SUBSCRIBE(self, conn: Any, on: bool) -> None:
         subs = conn.factory.subscribers
+        self._subscribers = subs
+        session = getattr(conn, "session", 0)
         if on:
             subs.add(conn)
+            conn.subscribed_once = True
+            self.shared.subscribed(session)
+            # What is held now, so a gateway that joins late knows the others' state.
+            for ino in self.shared.snapshot_inodes():
+                self.shared.push_state(conn.push, ino)
         else:
             subs.discard(conn)
+            self._maybe_gone(subs, session)
+
+    def connection_lost(self, conn: Any) -> None:
+        """A connection closed: a session without a subscription left may be gone."""
+        if getattr(conn, "subscribed_once", False):
+            self._maybe_gone(conn.factory.subscribers, conn.session)
+
+    def _maybe_gone(self, subs: Any, session: int) -> None:
+        if not any(c.session == session for c in subs):
+            self.shared.unsubscribed(session)
+
+    def _push_via_subscribers(self, session: int, name: str, value: Any) -> bool:
+        sent = False
+        for c in list(self._subscribers or ()):
+            if c.session == session:
+                c.push(name, value)
+                sent = True
+                break
+        return sent
+
+    # -- shared state: locks, share reservations, leases -------------------------------
+
+    def op_LOCK(
+        self,
+        conn: Any,
+        ino: int,
+        owner: Any,
+        start: int,
+        length: int,
+        exclusive: bool,
+        reclaim: bool,
+    ) -> Any:
+        return defer.Deferred.fromCoroutine(
+            self.shared.lock(conn.session, ino, owner, start, length, exclusive, reclaim)
+        )
+
+    def op_UNLOCK(self, conn: Any, ino: int, owner: Any, start: int, length: int) -> None:
+        self.shared.unlock(conn.session, ino, owner, start, length)
+
+    def op_RELEASE_OWNER(self, conn: Any, owner: Any) -> None:
+        self.shared.release_owner(conn.session, owner)
+
+    def op_RELEASE_INODE(self, conn: Any, ino: int) -> None:
+        self.shared.release_inode(ino)
+
+    def op_RELEASE_CLIENT(self, conn: Any, protocol: str, client: bytes) -> None:
+        self.shared.release_client(conn.session, protocol, client)
+
+    def op_SHARE_OPEN(
+        self,
+        conn: Any,
+        ino: int,
+        owner: Any,
+        sid: int,
+        access: int,
+        deny: int,
+        reclaim: bool,
+    ) -> None:
+        self.shared.share_open(conn.session, ino, owner, sid, access, deny, reclaim)
+
+    def op_SHARE_SET(self, conn: Any, sid: int, access: int, deny: int) -> None:
+        self.shared.share_set(conn.session, sid, access, deny)
+
+    def op_SHARE_CLOSE(self, conn: Any, sid: int) -> None:
+        self.shared.share_close(conn.session, sid)
+
+    def op_LEASE_HOLD(self, conn: Any, ino: int, bits: int) -> None:
+        self.shared.lease_hold(conn.session, ino, bits)
+
+    def op_LEASE_RECALL(self, conn: Any, ino: int, why: str) -> Any:
+        return self.shared.lease_recall(conn.session, ino, why)
+
+    def op_LEASE_BREAK_ACK(self, conn: Any, bid: int) -> None:
+        self.shared.lease_break_ack(conn.session, bid)
+
+    def op_SESSION_RESET(self, conn: Any) -> None:
+        self.shared.reset(conn.session)
 
     # -- reads ------------------------------------------------------------------------
 

@@ -148,6 +148,7 @@ class _MetaStore(Service):
     async def _close(self) -> None:
         if self._opening is not None and not self._opening.called:
             await self._opening
+        self.handler.shared.stop()
         if self.opened:
             self.opened = False
             self.handler.ready = False
@@ -243,7 +244,7 @@ def build_meta(
             # The gateways of the other meta servers hear of it through the database.
             backend.notify_change(value.session, value.ino, value.dir)
 
-    handler = MetaHandler(backend, publish)
+    handler = MetaHandler(backend, publish, clock=reactor)
     store = _MetaStore(handler, list(settings.data_servers), root, settings.mirrors)
     store.setServiceParent(root)
     root.ready = store.when_open

@@ -54,7 +54,7 @@ from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.errors import SMBError
 from claudefs_gateway.smb.messages import LeaseRequest, pack_lease_break, pack_oplock_break
-from claudefs_gateway.vfs.leases import RWH, H, Lease, LeaseKey, R, W
+from claudefs_gateway.vfs.leases import RWH, H, Lease, LeaseKey, R, W, Why
 
 __all__ = [
     "SMBLease",
@@ -295,6 +295,18 @@ class Leasing:
                 delay = True
             if breaking and not first:
                 delay = True
+        # Leases held through other gateways on one meta server (vfs/shared.py).
+        foreign_recall = getattr(self.manager, "foreign_recall", None)
+        if foreign_recall is not None:
+            if overwrite:
+                why = Why.UNLINK
+            elif violation:
+                why = Why.OPEN_CONFLICT
+            else:
+                why = Why.OPEN
+            d = foreign_recall(ino, why)
+            if d is not None and not d.called:
+                pending.append(d)
         return delay, pending
 
     # -- CREATE: what an open is granted -----------------------------------------------

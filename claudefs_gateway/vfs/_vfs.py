@@ -268,6 +268,15 @@ class VFS:
         got = getattr(self.backend, "instance_id", None)
         return bytes(got) if got else b"\0" * 8
 
+    @property
+    def server_restarts(self) -> int:
+        """
+        How many restarts of the servers holding its data (meta or data
+        servers, C{backend: remote}) the backend has seen; 0 for a store in
+        this process. NFS folds it into its write verifier.
+        """
+        return int(getattr(self.backend, "restarts", 0))
+
     @deferred
     async def get_state(self, key: str) -> bytes | None:
         """

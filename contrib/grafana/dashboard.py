@@ -236,6 +236,7 @@ def build() -> dict[str, Any]:
         unit="reqps",
         width=12,
     )
+    protocol_row(b, "NFSv4.1/4.2", "nfs4", "(ops are the COMPOUND operations)")
     protocol_row(b, "S3", "s3", "(ops are the S3 API names)")
     b.panel(
         "Multipart uploads in progress",
@@ -334,7 +335,8 @@ def build() -> dict[str, Any]:
     b.panel(
         "Leases, oplocks, delegations by protocol",
         [(f"sum by (protocol) (gateway_leases_held{{{SEL}}})", "{{protocol}}")],
-        description="None is granted yet (docs/unsupported.rst); the panel is ready for them.",
+        description="gateway_leases_held: SMB leases and oplocks (smb), NFSv4 delegations and pNFS "
+        "layouts (nfs4), in this gateway process's lease manager (docs/locks.rst).",
     )
     return {
         "__inputs": [

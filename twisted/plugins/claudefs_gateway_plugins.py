@@ -16,7 +16,9 @@ nfs = ServiceMaker(
     "claudefs-nfs",
 )
 s3 = ServiceMaker("ClaudeFS S3", "claudefs_gateway.s3.tap", "The S3 API only.", "claudefs-s3")
-smb = ServiceMaker("ClaudeFS SMB", "claudefs_gateway.smb.tap", "SMB3 only.", "claudefs-smb")
+smb = ServiceMaker(
+    "ClaudeFS SMB", "claudefs_gateway.smb.tap", "SMB 2 and 3 (2.0.2 to 3.1.1) only.", "claudefs-smb"
+)
 meta = ServiceMaker(
     "ClaudeFS metadata server",
     "claudefs_gateway.servers.meta_tap",

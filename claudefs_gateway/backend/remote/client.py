@@ -104,6 +104,7 @@ def _node_connector(
     connect_timeout: float,
     endpoint_factory: Callable[[NodeSpec], Any] | None,
     on_event: Callable[[str, Any], None] | None = None,
+    on_hello: Callable[[str, wire.Hello], None] | None = None,
 ) -> Callable[[], defer.Deferred[ClientConnection]]:
     def connect() -> defer.Deferred[ClientConnection]:
         if endpoint_factory is not None:
@@ -120,7 +121,13 @@ def _node_connector(
             )
         conn = ClientConnection(session, on_event)
         d = ep.connect(_OneShot(conn))
-        d.addCallback(lambda c: c.ready.addCallback(lambda _: c))
+
+        def greeted(hello: wire.Hello, c: ClientConnection) -> ClientConnection:
+            if on_hello is not None:
+                on_hello(spec.address, hello)
+            return c
+
+        d.addCallback(lambda c: c.ready.addCallback(greeted, c))
         return d
 
     return connect
@@ -174,8 +181,11 @@ class RemoteBackend:
         self._data: dict[str, Failover] = {}
         self._data_nodes: list[Node] = []
         self._change_listeners: list[Callable[[wire.ChangeEvent], None]] = []
+        self._shared_listeners: list[Callable[[str, Any], None]] = []
+        self._subscribed_listeners: list[Callable[[bool], None]] = []
         self._reset_listeners: list[Callable[[], object]] = []
         self._events: ClientConnection | None = None
+        self._subscribed_before = False
         self._events_loop: defer.Deferred[None] | None = None
         self._state = "new"
         self._background: set[defer.Deferred[Any]] = set()
@@ -191,6 +201,12 @@ class RemoteBackend:
         self.resilvered = 0
         self._resilver: Any = None
         self._resilvering = False
+        #: Each server's boot id, as its latest HELLO gave it.
+        self._boots: dict[str, bytes] = {}
+        #: How many server restarts this gateway has seen (a boot id that
+        #: changed): the NFS write verifier folds it in, so clients resend
+        #: unstable writes a restarted server may have lost.
+        self.restarts = 0
 
     def _spawn(self, coro: Any) -> None:
         """Run C{coro} in the background; close() cancels it."""
@@ -211,10 +227,26 @@ class RemoteBackend:
             self.choices,
             self._pool_settings.connect_timeout_ms / 1000.0,
             self._endpoint_factory,
+            on_hello=self._greeted,
         )
         pool = Pool(spec.address, connect, self._pool_settings, self._clock)
         breaker = Breaker(spec.address, self._breaker_settings, self._clock, self._metrics)
         return Node(spec.address, pool, breaker)
+
+    def _greeted(self, address: str, hello: wire.Hello) -> None:
+        """A connection to C{address} said HELLO: note a restart (a new boot id)."""
+        boot = bytes(hello.boot)
+        before = self._boots.get(address)
+        self._boots[address] = boot
+        if before is not None and before != boot:
+            self.restarts += 1
+            self._log.warn(
+                "{role} server {node} restarted: unstable writes sent before may be lost; "
+                "write verifier changed",
+                role=hello.role,
+                node=address,
+                restarts=self.restarts,
+            )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -274,11 +306,13 @@ class RemoteBackend:
             self._resilver.stop()
         for d in list(self._background):
             d.cancel()
+        # Cancelling the loop forgets the connection; close it all the same.
+        events, self._events = self._events, None
         if self._events_loop is not None:
             self._events_loop.cancel()
             self._events_loop = None
-        if self._events is not None:
-            self._events.close()
+        if events is not None:
+            events.close()
         for node in self._meta_nodes + self._data_nodes:
             node.pool.stop()
             node.breaker.stop()
@@ -294,8 +328,27 @@ class RemoteBackend:
         """Call C{listener()} when change events may have been missed."""
         self._reset_listeners.append(listener)
 
+    def on_shared_event(self, listener: Callable[[str, Any], None]) -> None:
+        """Call C{listener(name, value)} for each shared-state event (EV_LOCKS, EV_LEASES...)."""
+        self._shared_listeners.append(listener)
+
+    def on_subscribed(self, listener: Callable[[bool], None]) -> None:
+        """Call C{listener(first)} each time the event subscription is (re)made."""
+        self._subscribed_listeners.append(listener)
+
+    def shared_call(self, name: str, args: Any = None) -> defer.Deferred[Any]:
+        """One shared-state call (locks, shares, leases) to a meta server."""
+        return self._call(name, args)
+
     def _event(self, name: str, value: Any) -> None:
-        if name != "EV_CHANGE" or value.session == self.session:
+        if name != "EV_CHANGE":
+            for shared in list(self._shared_listeners):
+                try:
+                    shared(name, value)
+                except Exception:
+                    self._log.failure("{event} listener failed", event=name)
+            return
+        if value.session == self.session:
             return
         for listener in list(self._change_listeners):
             listener(value)
@@ -322,6 +375,7 @@ class RemoteBackend:
                 self._pool_settings.connect_timeout_ms / 1000.0,
                 self._endpoint_factory,
                 on_event=self._event,
+                on_hello=self._greeted,
             )
             try:
                 conn = await connect()
@@ -348,6 +402,13 @@ class RemoteBackend:
                 await _sleep(self._clock, 1.0)
                 continue
             self._events = conn
+            first = not self._subscribed_before
+            self._subscribed_before = True
+            for subscribed in list(self._subscribed_listeners):
+                try:
+                    subscribed(first)
+                except Exception:
+                    self._log.failure("subscription listener failed")
             if attempt:
                 # Reconnected: whatever changed meanwhile went unheard.
                 self._reset()

@@ -26,6 +26,7 @@ may not send get an ERROR frame and a closed connection.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -309,6 +310,12 @@ class ServerConnection(FrameProtocol):
             self._stall.cancel()
         for d in list(self._in_flight.values()):
             d.cancel()
+        lost = getattr(self.factory.handler, "connection_lost", None)
+        if lost is not None:
+            try:
+                lost(self)
+            except Exception:
+                self._log.failure("connection_lost hook failed")
 
     # -- IPushProducer: the transport's word on our writes ------------------------------
 
@@ -452,7 +459,13 @@ class ServerConnection(FrameProtocol):
             return
         self.greeted = True
         self.session = hello.session
-        mine = wire.Hello(wire.PROTOCOL_VERSION, self.factory.role, 0, self.factory.instance_id())
+        mine = wire.Hello(
+            wire.PROTOCOL_VERSION,
+            self.factory.role,
+            0,
+            self.factory.instance_id(),
+            self.factory.boot,
+        )
         self.send(0x01, wire.REPLY, rid, wire.encode(wire.HELLO, mine))
 
     def _finished(self, result: Any, op: wire.Op, rid: int) -> None:
@@ -522,6 +535,9 @@ class ServerFactory(Factory):
         self.connections: set[ServerConnection] = set()
         self.subscribers: set[ServerConnection] = set()
         self.calls = 0
+        #: This server's boot id (HELLO): new for every start, so a gateway
+        #: tells a restarted server (whose unsynced writes may be gone) apart.
+        self.boot = os.urandom(8)
 
     def instance_id(self) -> bytes:
         iid = getattr(self.handler, "instance_id", None)

@@ -65,7 +65,7 @@ __all__ = [
 
 CALL, REPLY, ERROR, EVENT = 0, 1, 2, 3
 KINDS = (CALL, REPLY, ERROR, EVENT)
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 _HDR = struct.Struct("<IIBBHQ")  # length, opcode, kind, flags, pad, id
 HEADER = _HDR.size - 4  # 16: what length counts besides the payload
@@ -474,10 +474,22 @@ class Hello:
     role: str  # "gateway" (client), "meta", "data"
     session: int  # the client's random session id (events it caused carry it)
     instance_id: bytes  # the store's 8-byte instance id (meta), else 8 zero bytes
+    #: The server process's random boot id (8 bytes, new at every start; a
+    #: client sends 8 zero bytes). A gateway that sees it change for a server
+    #: knows unstable writes acknowledged there may be gone, and changes the
+    #: NFS write verifier its clients see.
+    boot: bytes = bytes(8)
 
 
 HELLO = Struct(
-    Hello, [("version", U32), ("role", Text(16)), ("session", U64), ("instance_id", VERIFIER)]
+    Hello,
+    [
+        ("version", U32),
+        ("role", Text(16)),
+        ("session", U64),
+        ("instance_id", VERIFIER),
+        ("boot", VERIFIER),
+    ],
 )
 
 
@@ -639,62 +651,87 @@ OPS: dict[int, Op] = _ops(
         doc="ino, epoch: refuse the inode's data-server handles minted below epoch "
         "(a revoked layout); durable when it answers",
     ),
-    # -- locks, share reservations, leases (the meta server; milestone 5 serves them)
+    # -- locks, share reservations, leases: the shared state (the meta server)
     Op(
         0x40,
         "LOCK",
-        Tup(U64, OWNER, BIG, BIG, BOOL, BOOL, BOOL),
+        Tup(U64, OWNER, BIG, BIG, BOOL, BOOL),
         NOTHING,
         "meta",
         False,
-        served=False,
-        doc="ino, owner, start, length, exclusive, wait, reclaim; a waiting lock is granted "
-        "later by an EV_LOCK_GRANTED event carrying this call's request id",
+        doc="ino, owner, start, length, exclusive, reclaim: take a byte-range lock or fail "
+        "at once with LockConflict (a gateway waits for EV_LOCKS of the inode and asks again)",
     ),
-    Op(0x41, "UNLOCK", Tup(U64, OWNER, BIG, BIG), NOTHING, "meta", True, served=False),
+    Op(0x41, "UNLOCK", Tup(U64, OWNER, BIG, BIG), NOTHING, "meta", True),
     Op(
         0x42,
-        "LOCK_TEST",
-        Tup(U64, OWNER, BIG, BIG, BOOL),
-        Opt(Tup(OWNER, BIG, BIG, BOOL)),
+        "RELEASE_OWNER",
+        Tup(OWNER),
+        NOTHING,
         "meta",
         True,
-        served=False,
-        doc="the conflicting lock, if any",
+        doc="an owner's locks and shares go",
     ),
-    Op(0x43, "LOCK_CANCEL", Tup(U64, OWNER), NOTHING, "meta", True, served=False),
+    Op(0x43, "RELEASE_INODE", Tup(U64), NOTHING, "meta", True, doc="the file is gone"),
     Op(
         0x44,
         "SHARE_OPEN",
-        Tup(U64, OWNER, Seq(Text(8), 3), Seq(Text(8), 3)),
-        U64,
+        Tup(U64, OWNER, U64, U8, U8, BOOL),
+        NOTHING,
         "meta",
         False,
-        served=False,
-        doc="ino, owner, access, deny; a share token",
+        doc="ino, owner, share id (the gateway's), access, deny (bits: read 1, write 2, "
+        "delete 4), reclaim: reserve an open, or fail with ShareConflict",
     ),
-    Op(0x45, "SHARE_CLOSE", Tup(U64), NOTHING, "meta", True, served=False),
+    Op(0x45, "SHARE_CLOSE", Tup(U64), NOTHING, "meta", True, doc="share id"),
     Op(
         0x46,
-        "LEASE_ACQUIRE",
-        Tup(U64, OWNER, U8),
-        U64,
+        "SHARE_SET",
+        Tup(U64, U8, U8),
+        NOTHING,
         "meta",
         False,
-        served=False,
-        doc="ino, owner, state bits (read 1, write 2, handle 4); a lease id",
+        doc="share id, access, deny: an open's modes upgraded or downgraded",
     ),
-    Op(0x47, "LEASE_RELEASE", Tup(U64), NOTHING, "meta", True, served=False),
-    Op(0x48, "LEASE_BREAK_ACK", Tup(U64, U8), NOTHING, "meta", True, served=False),
     Op(
-        0x49,
+        0x47,
+        "LEASE_HOLD",
+        Tup(U64, U8),
+        NOTHING,
+        "meta",
+        True,
+        doc="ino, bits (R 1, W 2, H 4): what this gateway's clients hold on the inode "
+        "altogether now (0: nothing)",
+    ),
+    Op(
+        0x48,
+        "LEASE_RECALL",
+        Tup(U64, Text(16)),
+        NOTHING,
+        "meta",
+        True,
+        doc="ino, why (vfs.leases.Why): answers once every other gateway holding more "
+        "than why lets others keep has broken its holders (EV_LEASE_BREAK, LEASE_BREAK_ACK) "
+        "or the recall timed out",
+    ),
+    Op(0x49, "LEASE_BREAK_ACK", Tup(U64), NOTHING, "meta", True, doc="break id: done"),
+    Op(
+        0x4A,
         "RELEASE_CLIENT",
         Tup(Text(16), Blob(1024)),
         NOTHING,
         "meta",
         True,
-        served=False,
-        doc="protocol, client: drop every lock, share and lease of a client",
+        doc="protocol, client: drop every lock and share of a client",
+    ),
+    Op(
+        0x4B,
+        "SESSION_RESET",
+        NOTHING,
+        NOTHING,
+        "meta",
+        True,
+        doc="drop everything this session holds (a gateway that will send its state again)",
     ),
     # -- events (EVENT frames, server to client)
     Op(0x50, "EV_CHANGE", NOTHING, CHANGE, "meta", True, doc="an inode changed"),
@@ -702,21 +739,29 @@ OPS: dict[int, Op] = _ops(
         0x51,
         "EV_LEASE_BREAK",
         NOTHING,
-        Tup(U64, U8),
+        Tup(U64, U64, Text(16)),
         "meta",
         True,
-        served=False,
-        doc="lease id, the state it must break to",
+        doc="break id, ino, why: break your holders on ino, then LEASE_BREAK_ACK",
     ),
     Op(
-        0x52,
-        "EV_LOCK_GRANTED",
+        0x53,
+        "EV_LOCKS",
         NOTHING,
-        Tup(U64),
+        Tup(U64, Seq(Tup(U64, OWNER, BIG, BIG, BOOL)), Seq(Tup(U64, OWNER, U8, U8))),
         "meta",
         True,
-        served=False,
-        doc="the request id of the waiting LOCK call now granted",
+        doc="ino, every lock (session, owner, start, length, exclusive) and share "
+        "(session, owner, access, deny) held on it now",
+    ),
+    Op(
+        0x54,
+        "EV_LEASES",
+        NOTHING,
+        Tup(U64, Seq(Tup(U64, U8))),
+        "meta",
+        True,
+        doc="ino, every (session, bits) holding leases on it now",
     ),
 )
 

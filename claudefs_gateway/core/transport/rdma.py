@@ -15,7 +15,7 @@ the log and in C{/health} (check C{transport}; see L{RDMA_CHOICES}).
 What this version does with a device present: the RDMA data path (queue
 pairs carrying the ClaudeFS RPC frames) is not built yet, so even then the
 endpoint uses TCP, and says so ("device present; verbs data path not built").
-docs/transport.rst says what was tested and how: these machines have no RDMA
+docs/distributed.rst ("Transports") says what was tested and how: these machines have no RDMA
 hardware and their kernel has no RDMA core (soft-RoCE, rdma_rxe, cannot be
 loaded), so the probe is tested against a fake verbs library with pyverbs's
 interface (C{device.get_device_list()} returning devices with a C{name}).

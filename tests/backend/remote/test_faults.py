@@ -264,7 +264,10 @@ def frame(name_or_code: str | int, payload: bytes, rid: int = 1, kind: int = wir
     return b"".join(bytes(p) for p in wire.encode_frame(code, kind, rid, payload))
 
 
-HELLO = frame("HELLO", bytes(wire.encode(wire.HELLO, wire.Hello(1, "gateway", 9, bytes(8)))))
+HELLO = frame(
+    "HELLO",
+    bytes(wire.encode(wire.HELLO, wire.Hello(wire.PROTOCOL_VERSION, "gateway", 9, bytes(8)))),
+)
 
 
 def first_error(data: bytes) -> Exception:

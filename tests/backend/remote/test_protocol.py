@@ -88,7 +88,7 @@ class PairTests(SynchronousTestCase):
 
     def test_not_served_is_notsupp(self) -> None:
         """An opcode of the other server role, or one not served yet, is NotSupp; the connection stays."""
-        for name, args in (("READ", (1, 0, 10)), ("LOCK_CANCEL", (1, ("nlm", b"c", b"o")))):
+        for name, args in (("READ", (1, 0, 10)), ("RELEASE_OWNER", (("nlm", b"c", b"o"),))):
             d = self.client.call(name, args)
             self.pump.flush()
             self.failureResultOf(d, errors.NotSupp)

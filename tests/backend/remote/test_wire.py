@@ -62,9 +62,9 @@ OPS = sorted(wire.OPS.values(), key=lambda o: o.code)
 
 class CodecTests(SynchronousTestCase):
     def test_opcode_table(self) -> None:
-        """Codes are unique u32s, names unique; the lock/lease opcodes are designed."""
+        """Codes are unique u32s, names unique; the shared-state opcodes are there."""
         self.assertEqual(len(wire.BY_NAME), len(wire.OPS))
-        for name in ("LOCK", "UNLOCK", "LEASE_ACQUIRE", "EV_LEASE_BREAK", "EV_LOCK_GRANTED"):
+        for name in ("LOCK", "UNLOCK", "SHARE_OPEN", "LEASE_RECALL", "EV_LEASE_BREAK", "EV_LOCKS"):
             self.assertIn(name, wire.BY_NAME)
 
     @given(data=st.data())

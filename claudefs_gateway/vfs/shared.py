@@ -1,0 +1,672 @@
+# -*- test-case-name: tests.vfs.test_shared -*-
+"""
+Locks, share reservations and leases shared by every gateway on one meta
+server (C{backend: remote}; docs/rpc.rst "Shared state").
+
+L{SharedLockTable} and L{SharedLeaseManager} stand where the vfs expects
+its L{ILockTable} and L{ILeaseManager}. Each keeps this gateway's own
+table and lease manager (its clients' locks and leases, exactly as in one
+process) and adds what the meta server says about the others:
+
+ - a byte-range lock is taken at the meta server first (authoritative over
+   every gateway), then in the local table; a waiting lock asks again each
+   time the inode's state changes;
+ - the synchronous questions (may this I/O pass, which opens deny a write,
+   is anything held here) are answered from the local table and a replica of
+   the other gateways' locks and shares, which the meta server keeps current
+   with C{EV_LOCKS};
+ - a share reservation is checked against both at once and registered at the
+   meta server, which refuses it if another gateway's open got there first
+   in the moment before its C{EV_LOCKS} arrived (logged; see docs);
+ - leases are granted here, never with W while another gateway holds any
+   lease on the file; what this gateway's clients hold per inode is told to
+   the meta server (C{LEASE_HOLD}); a recall that finds other gateways
+   holding too much asks the meta server (C{LEASE_RECALL}), which has them
+   break their holders (C{EV_LEASE_BREAK}) and answers when they have.
+
+Nothing here is used by the embedded store: one process needs no RPC.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from zope.interface import implementer
+
+from claudefs_gateway import errors
+from claudefs_gateway.core.log import Logger
+from claudefs_gateway.interfaces import ILeaseHolder, ILeaseManager, ILockTable
+from claudefs_gateway.vfs.leases import KEEP_FOR, Lease, LeaseKey, LeaseManager, W, Why
+from claudefs_gateway.vfs.locks import Lock, LockOwner, LockTable, ShareToken
+
+__all__ = [
+    "SharedLockTable",
+    "SharedLeaseManager",
+    "Link",
+    "owner_to_wire",
+    "owner_from_wire",
+    "modes_to_bits",
+    "modes_from_bits",
+]
+
+_MODE_BITS = {"read": 1, "write": 2, "delete": 4}
+
+
+def modes_to_bits(modes: Iterable[str]) -> int:
+    """Share modes as wire bits (read 1, write 2, delete 4)."""
+    return sum(_MODE_BITS[m] for m in set(modes))
+
+
+def modes_from_bits(bits: int) -> frozenset[str]:
+    return frozenset(m for m, b in _MODE_BITS.items() if bits & b)
+
+
+def owner_to_wire(owner: LockOwner) -> tuple[str, bytes, bytes]:
+    """A L{LockOwner} as the RPC's Owner: the client tagged s: (str) or b: (bytes)."""
+    c = owner.client
+    client = b"s:" + c.encode() if isinstance(c, str) else b"b:" + c
+    return (owner.protocol, client, bytes(owner.owner))
+
+
+def owner_from_wire(value: Any) -> LockOwner:
+    protocol, client, owner = value
+    client = bytes(client)
+    if client.startswith(b"s:"):
+        return LockOwner(protocol, client[2:].decode("utf-8", "replace"), bytes(owner))
+    return LockOwner(protocol, client[2:] if client.startswith(b"b:") else client, bytes(owner))
+
+
+def _client_to_wire(client: str | bytes) -> bytes:
+    return b"s:" + client.encode() if isinstance(client, str) else b"b:" + client
+
+
+class Link:
+    """
+    This gateway's side of the shared state: calls to the meta server, in
+    the order they were made (one at a time, so the meta server sees an
+    unlock before the lock that follows it), and its events.
+
+    @param backend: the L{RemoteBackend}: C{session}, C{shared_call(name,
+        args)}, C{on_shared_event(listener)}, C{on_subscribed(listener)}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.session: int = backend.session
+        self._tail: defer.Deferred[None] = defer.succeed(None)
+
+    def call(self, name: str, args: Any = None) -> defer.Deferred[Any]:
+        """Send C{name} after every call sent before; fires with its result."""
+        result: defer.Deferred[Any] = defer.Deferred()
+
+        def run(_: Any) -> defer.Deferred[None]:
+            d = self.backend.shared_call(name, args)
+            d.chainDeferred(result)
+            return d.addBoth(lambda _: None)
+
+        self._tail = self._tail.addCallback(run)
+        return result
+
+    def send(self, name: str, args: Any = None) -> None:
+        """L{call} whose failure is only logged (the meta server will be told again on reset)."""
+
+        def failed(f: Failure) -> None:
+            if not f.check(errors.GatewayError, ConnectionError):
+                self._log.failure("shared state: {op} failed", f, op=name)
+            else:
+                self._log.debug("shared state: {op}: {why}", op=name, why=str(f.value))
+
+        self.call(name, args).addErrback(failed)
+
+
+@implementer(ILockTable)
+class SharedLockTable:
+    """
+    An L{ILockTable} over this gateway's L{LockTable} (C{local}) and the meta
+    server's word on every other gateway's (C{view}: a replica, never in grace).
+    """
+
+    _log = Logger()
+
+    def __init__(self, local: LockTable, link: Link, clock: Any) -> None:
+        self.local = local
+        self.link = link
+        self.view = LockTable(clock)
+        self._sids: dict[int, tuple[ShareToken, int]] = {}  # id(token) -> (token, share id)
+        self._ids = itertools.count(1)
+        self._changes: dict[int, list[defer.Deferred[None]]] = {}
+        self._probe = LockOwner("shared-probe", b"", b"")
+
+    def __getattr__(self, name: str) -> Any:
+        # Admin and metrics helpers (records, holders, waiting...) are about this gateway.
+        return getattr(self.local, name)
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def on_locks(self, ino: int, locks: list[Any], shares: list[Any]) -> None:
+        """EV_LOCKS: the inode's state at the meta server; keep the others' part."""
+        view = self.view
+        view.release_inode(ino)
+        mine = self.link.session
+        for session, owner, start, length, exclusive in locks:
+            if session == mine:
+                continue
+            o = _foreign(session, owner)
+            d = view.lock(ino, o, start, length, exclusive, wait=False, reclaim=True)
+            d.addErrback(lambda f: self._log.warn("replica lock refused: {why}", why=str(f.value)))
+        for session, owner, access, deny in shares:
+            if session == mine:
+                continue
+            try:
+                view.open_share(
+                    ino,
+                    _foreign(session, owner),
+                    modes_from_bits(access),
+                    modes_from_bits(deny),
+                    reclaim=True,
+                )
+            except errors.FSError as e:
+                self._log.warn("replica share refused: {why}", why=str(e))
+        for waiter in self._changes.pop(ino, []):
+            if not waiter.called:
+                waiter.callback(None)
+
+    def _changed(self, ino: int) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self._changes.setdefault(ino, []).append(d)
+        return d
+
+    def resync(self) -> None:
+        """The meta server may have forgotten us: tell it everything again."""
+        self.link.send("SESSION_RESET")
+        for ino in list(self.local._files):  # noqa: SLF001 - the table is ours
+            for lk in self.local.locks(ino):
+                self.link.send(
+                    "LOCK",
+                    (ino, owner_to_wire(lk.owner), lk.start, lk.length, lk.exclusive, True),
+                )
+            for t in self.local.shares(ino):
+                sid = self._sid(t)
+                self.link.send(
+                    "SHARE_OPEN",
+                    (
+                        ino,
+                        owner_to_wire(t.owner),
+                        sid,
+                        modes_to_bits(t.access),
+                        modes_to_bits(t.deny),
+                        True,
+                    ),
+                )
+
+    # -- grace ----------------------------------------------------------------------------------
+
+    @property
+    def in_grace(self) -> bool:
+        return self.local.in_grace
+
+    def start_grace(self, seconds: float) -> None:
+        self.local.start_grace(seconds)
+
+    def end_grace(self) -> None:
+        self.local.end_grace()
+
+    # -- locks ----------------------------------------------------------------------------------
+
+    def lock(
+        self,
+        ino: int,
+        owner: LockOwner,
+        start: int,
+        length: int,
+        exclusive: bool,
+        *,
+        wait: bool = False,
+        reclaim: bool = False,
+    ) -> defer.Deferred[Lock]:
+        return defer.Deferred.fromCoroutine(
+            self._lock(ino, owner, start, length, exclusive, wait, reclaim)
+        )
+
+    async def _lock(
+        self,
+        ino: int,
+        owner: LockOwner,
+        start: int,
+        length: int,
+        exclusive: bool,
+        wait: bool,
+        reclaim: bool,
+    ) -> Lock:
+        if self.local.in_grace and not reclaim:
+            raise errors.Grace("lock refused: grace period")
+        args = (ino, owner_to_wire(owner), start, length, exclusive, reclaim)
+        while True:
+            # Conflicts this gateway can see are settled here, waiting as one process would.
+            if wait and self.local.test(ino, owner, start, length, exclusive) is not None:
+                await self.local.notify_when_free(ino)
+                continue
+            changed = self._changed(ino)
+            try:
+                await self.link.call("LOCK", args)
+            except errors.LockConflict:
+                holder = self.test(ino, owner, start, length, exclusive)
+                if not wait:
+                    raise errors.LockConflict(holder, "a lock through another gateway") from None
+                # Ask again when the meta server says the inode's locks changed.
+                await changed
+                continue
+            break
+        try:
+            got: Lock = await self.local.lock(
+                ino, owner, start, length, exclusive, wait=False, reclaim=True
+            )
+        except BaseException:
+            self.link.send("UNLOCK", (ino, owner_to_wire(owner), start, length))
+            raise
+        return got
+
+    def test(
+        self, ino: int, owner: LockOwner, start: int, length: int, exclusive: bool
+    ) -> Lock | None:
+        got = self.local.test(ino, owner, start, length, exclusive)
+        if got is None:
+            got = self.view.test(ino, owner, start, length, exclusive)
+        return got
+
+    def unlock(self, ino: int, owner: LockOwner, start: int, length: int) -> None:
+        self.local.unlock(ino, owner, start, length)
+        self.link.send("UNLOCK", (ino, owner_to_wire(owner), start, length))
+
+    def check_io(
+        self, ino: int, owner: LockOwner, start: int, length: int, write: bool, strict: bool = True
+    ) -> bool:
+        return self.local.check_io(ino, owner, start, length, write, strict) and self.view.check_io(
+            ino, owner, start, length, write, strict
+        )
+
+    def busy(self, ino: int) -> bool:
+        return self.local.busy(ino) or self.view.busy(ino)
+
+    def locks(self, ino: int) -> list[Lock]:
+        return self.local.locks(ino) + self.view.locks(ino)
+
+    def notify_when_free(self, ino: int) -> defer.Deferred[None]:
+        if not self.view.busy(ino):
+            return self.local.notify_when_free(ino)
+        mine = self.local.notify_when_free(ino)
+        theirs = self._changed(ino)
+        d = defer.DeferredList([mine, theirs], fireOnOneCallback=True, consumeErrors=True)
+
+        def first(_: Any) -> None:
+            for x in (mine, theirs):
+                if not x.called:
+                    x.cancel()
+
+        return d.addCallback(first)
+
+    def totals(self) -> dict[str, tuple[int, int, int]]:
+        return self.local.totals()
+
+    def owners_of(self, ino: int) -> set[LockOwner]:
+        return self.local.owners_of(ino) | self.view.owners_of(ino)
+
+    def release_owner(self, owner: LockOwner) -> None:
+        self.local.release_owner(owner)
+        self._forget_closed()
+        self.link.send("RELEASE_OWNER", (owner_to_wire(owner),))
+
+    def release_client(self, protocol: str, client: str | bytes) -> None:
+        self.local.release_client(protocol, client)
+        self._forget_closed()
+        self.link.send("RELEASE_CLIENT", (protocol, _client_to_wire(client)))
+
+    def release_inode(self, ino: int) -> None:
+        self.local.release_inode(ino)
+        self._forget_closed()
+        self.link.send("RELEASE_INODE", (ino,))
+
+    # -- shares ---------------------------------------------------------------------------------
+
+    def _sid(self, token: ShareToken) -> int:
+        got = self._sids.get(id(token))
+        if got is None or got[0] is not token:
+            got = (token, next(self._ids))
+            self._sids[id(token)] = got
+        return got[1]
+
+    def _forget_closed(self) -> None:
+        for k in [k for k, (t, _) in self._sids.items() if t.closed]:
+            del self._sids[k]
+
+    def _check_view(self, ino: int, access: frozenset[str], deny: frozenset[str]) -> None:
+        if not self.view.shares(ino):
+            return
+        probe = self.view.open_share(ino, self._probe, access, deny, reclaim=True)
+        self.view.close_share(probe)
+
+    def open_share(
+        self,
+        ino: int,
+        owner: LockOwner,
+        access: Iterable[str],
+        deny: Iterable[str],
+        *,
+        reclaim: bool = False,
+    ) -> ShareToken:
+        acc, den = frozenset(access), frozenset(deny)
+        self._check_view(ino, acc, den)
+        token = self.local.open_share(ino, owner, acc, den, reclaim=reclaim)
+        sid = self._sid(token)
+        args = (ino, owner_to_wire(owner), sid, modes_to_bits(acc), modes_to_bits(den), reclaim)
+
+        def lost_race(f: Failure) -> None:
+            if f.check(errors.ShareConflict):
+                self._log.warn(
+                    "share reservation on inode {ino} conflicts with another gateway's open "
+                    "made at the same moment",
+                    ino=ino,
+                )
+            elif not f.check(errors.GatewayError, ConnectionError):
+                self._log.failure("SHARE_OPEN failed", f)
+
+        self.link.call("SHARE_OPEN", args).addErrback(lost_race)
+        return token
+
+    def upgrade_share(
+        self,
+        token: ShareToken,
+        access: Iterable[str],
+        deny: Iterable[str],
+        *,
+        reclaim: bool = False,
+    ) -> None:
+        acc, den = frozenset(access) | token.access, frozenset(deny) | token.deny
+        self._check_view(token.ino, acc, den)
+        self.local.upgrade_share(token, access, deny, reclaim=reclaim)
+        self._share_set(token)
+
+    def downgrade_share(
+        self, token: ShareToken, access: Iterable[str], deny: Iterable[str]
+    ) -> None:
+        self.local.downgrade_share(token, access, deny)
+        self._share_set(token)
+
+    def _share_set(self, token: ShareToken) -> None:
+        self.link.send(
+            "SHARE_SET", (self._sid(token), modes_to_bits(token.access), modes_to_bits(token.deny))
+        )
+
+    def close_share(self, token: ShareToken) -> None:
+        was_open = not token.closed
+        self.local.close_share(token)
+        got = self._sids.pop(id(token), None)
+        if was_open and got is not None and got[0] is token:
+            self.link.send("SHARE_CLOSE", (got[1],))
+
+    def shares(self, ino: int) -> list[ShareToken]:
+        return self.local.shares(ino) + self.view.shares(ino)
+
+
+def _foreign(session: int, owner: Any) -> LockOwner:
+    """Another gateway's owner, kept apart from ours (their client ids are theirs)."""
+    o = owner_from_wire(owner)
+    client = o.client.encode() if isinstance(o.client, str) else o.client
+    return LockOwner(o.protocol, b"%x/" % session + client, o.owner)
+
+
+@implementer(ILeaseManager)
+class SharedLeaseManager:
+    """
+    An L{ILeaseManager} over this gateway's L{LeaseManager} (C{local}), which
+    knows from the meta server which bits other gateways hold per inode.
+    """
+
+    _log = Logger()
+
+    def __init__(self, local: LeaseManager, link: Link) -> None:
+        self.local = local
+        self.link = link
+        self.foreign: dict[int, int] = {}  # ino -> bits other gateways hold
+        self._told: dict[int, int] = {}  # ino -> bits we told the meta server we hold
+        self._recalls: dict[tuple[int, str], defer.Deferred[None]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.local, name)
+
+    @property
+    def recall_timeout(self) -> float:
+        return self.local.recall_timeout
+
+    @property
+    def max_leases(self) -> int:
+        return self.local.max_leases
+
+    # -- what we hold ---------------------------------------------------------------------------
+
+    def _sync(self, ino: int) -> None:
+        bits = 0
+        for lease in self.local.leases(ino):
+            if not lease.gone:
+                bits |= lease.state
+        if bits != self._told.get(ino, 0):
+            if bits:
+                self._told[ino] = bits
+            else:
+                self._told.pop(ino, None)
+            self.link.send("LEASE_HOLD", (ino, bits))
+
+    def _sync_all(self) -> None:
+        for ino in list(self._told):
+            self._sync(ino)
+
+    def resync(self) -> None:
+        """After SESSION_RESET: tell the meta server again what we hold."""
+        told, self._told = self._told, {}
+        for ino in told:
+            self._sync(ino)
+
+    def on_leases(self, ino: int, held: list[Any]) -> None:
+        """EV_LEASES: who holds what on C{ino}."""
+        bits = 0
+        for session, b in held:
+            if session != self.link.session:
+                bits |= b
+        if bits:
+            self.foreign[ino] = bits
+        else:
+            self.foreign.pop(ino, None)
+
+    def on_break(self, bid: int, ino: int, why: str) -> None:
+        """EV_LEASE_BREAK: another gateway's change needs our holders broken."""
+        try:
+            reason = Why(why)
+        except ValueError:
+            reason = Why.UNLINK
+        if self.local.busy(ino):
+            d = self.local.recall(ino, reason, (), wait=True)
+        else:
+            d = defer.succeed(None)
+
+        def done(result: Any) -> None:
+            if isinstance(result, Failure):
+                self._log.failure("breaking leases for another gateway", result)
+            self._sync(ino)
+            self.link.send("LEASE_BREAK_ACK", (bid,))
+
+        d.addBoth(done)
+
+    # -- ILeaseManager --------------------------------------------------------------------------
+
+    def _allowed(self, ino: int, want: int) -> int:
+        theirs = self.foreign.get(ino, 0)
+        if theirs & W:
+            return 0
+        if theirs:
+            return want & ~W
+        return want
+
+    def grant(
+        self,
+        ino: int,
+        key: LeaseKey,
+        want: int,
+        holder: ILeaseHolder,
+        *,
+        is_dir: bool = False,
+        parent: LeaseKey | None = None,
+        recall_timeout: float | None = None,
+        family: LeaseKey | None = None,
+    ) -> Lease | None:
+        allowed = self._allowed(ino, want)
+        if not allowed:
+            return None
+        lease = self.local.grant(
+            ino,
+            key,
+            allowed,
+            holder,
+            is_dir=is_dir,
+            parent=parent,
+            recall_timeout=recall_timeout,
+            family=family,
+        )
+        self._sync(ino)
+        return lease
+
+    def grantable(
+        self,
+        ino: int,
+        key: LeaseKey,
+        want: int,
+        is_dir: bool = False,
+        family: LeaseKey | None = None,
+    ) -> int:
+        return self.local.grantable(ino, key, self._allowed(ino, want), is_dir, family)
+
+    def recall(
+        self, ino: int, why: Why, exempt: Iterable[LeaseKey] = (), *, wait: bool = True
+    ) -> defer.Deferred[None]:
+        local = (
+            self.local.recall(ino, why, exempt, wait=wait)
+            if self.local.busy(ino)
+            else defer.succeed(None)
+        )
+        local.addBoth(self._synced, ino)
+        if not self.foreign.get(ino, 0) & ~KEEP_FOR[why]:
+            return local
+        remote = self._remote_recall(ino, why)
+        if not wait and not remote.called:
+            local.addErrback(lambda _: None)
+            return defer.fail(errors.LeaseBreaking("lease break in progress at another gateway"))
+        d = defer.gatherResults([local, remote], consumeErrors=True)
+        return d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
+
+    def foreign_recall(self, ino: int, why: Why) -> defer.Deferred[None] | None:
+        """
+        Have other gateways break what C{why} does not let them keep on C{ino}
+        (for front ends that break their own leases themselves, as SMB CREATE
+        does); None when they hold nothing that needs it.
+        """
+        if not self.foreign.get(ino, 0) & ~KEEP_FOR[why]:
+            return None
+        return self._remote_recall(ino, why)
+
+    def _synced(self, result: Any, ino: int) -> Any:
+        self._sync(ino)
+        return result
+
+    def _remote_recall(self, ino: int, why: Why) -> defer.Deferred[None]:
+        key = (ino, why.value)
+        pending = self._recalls.get(key)
+        if pending is None:
+            pending = self.link.call("LEASE_RECALL", (ino, why.value))
+            self._recalls[key] = pending
+
+            def over(result: Any) -> Any:
+                self._recalls.pop(key, None)
+                if not isinstance(result, Failure):
+                    # The meta server settled it; its EV_LEASES may still be on the way.
+                    keep = KEEP_FOR[why]
+                    if ino in self.foreign:
+                        self.foreign[ino] &= keep
+                        if not self.foreign[ino]:
+                            del self.foreign[ino]
+                return result
+
+            pending.addBoth(over)
+        out: defer.Deferred[None] = defer.Deferred()
+        pending.addBoth(_pass_to, out)
+        return out
+
+    def acknowledge(self, lease: Lease, bits: int) -> None:
+        self.local.acknowledge(lease, bits)
+        self._sync(lease.ino)
+
+    def release(self, lease: Lease) -> None:
+        self.local.release(lease)
+        self._sync(lease.ino)
+
+    def release_client(self, protocol: str, client: str | bytes) -> None:
+        self.local.release_client(protocol, client)
+        self._sync_all()
+
+    def release_inode(self, ino: int) -> None:
+        self.local.release_inode(ino)
+        self._sync(ino)
+
+    def leases(self, ino: int) -> list[Lease]:
+        return self.local.leases(ino)
+
+    def find(self, key: LeaseKey) -> Lease | None:
+        return self.local.find(key)
+
+    def busy(self, ino: int) -> bool:
+        return self.local.busy(ino) or ino in self.foreign
+
+    def describe(self) -> list[dict[str, object]]:
+        return self.local.describe()
+
+
+def _pass_to(result: Any, d: defer.Deferred[Any]) -> Any:
+    if isinstance(result, Failure):
+        d.errback(result)
+        return None
+    d.callback(result)
+    return result
+
+
+def wire_up(
+    backend: Any, locks: LockTable, leases: LeaseManager, clock: Any
+) -> tuple[SharedLockTable, SharedLeaseManager]:
+    """
+    The shared lock table and lease manager of a gateway on C{backend}, its
+    events routed to them and its state sent again on every (re)subscription.
+    """
+    link = Link(backend)
+    table = SharedLockTable(locks, link, clock)
+    manager = SharedLeaseManager(leases, link)
+
+    def event(name: str, value: Any) -> None:
+        if name == "EV_LOCKS":
+            table.on_locks(*value)
+        elif name == "EV_LEASES":
+            manager.on_leases(*value)
+        elif name == "EV_LEASE_BREAK":
+            manager.on_break(*value)
+
+    def subscribed(first: bool) -> None:
+        if not first:
+            table.resync()
+            manager.resync()
+
+    backend.on_shared_event(event)
+    backend.on_subscribed(subscribed)
+    return table, manager

@@ -1,0 +1,191 @@
+"""
+Shared state across gateways (vfs/shared.py, servers/shared.py): two remote
+backends on one meta server, each with its own local lock table and lease
+manager wired through the meta server, as two gateway processes are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import TestCase
+
+from zope.interface import implementer
+
+from claudefs_gateway import errors
+from claudefs_gateway.interfaces import ILeaseHolder
+from claudefs_gateway.vfs.leases import RWH, H, Lease, LeaseKey, LeaseManager, Why
+from claudefs_gateway.vfs.locks import LockOwner, LockTable
+from claudefs_gateway.vfs.shared import (
+    SharedLeaseManager,
+    SharedLockTable,
+    modes_from_bits,
+    modes_to_bits,
+    owner_from_wire,
+    owner_to_wire,
+    wire_up,
+)
+from tests.backend.remote.harness import Cluster
+
+SETTINGS = """
+connection_pool: {min_per_node: 1, max_per_node: 4, connect_timeout_ms: 2000}
+circuit_breaker: {failure_threshold: 3, open_duration_ms: 500, timeout_ms: 5000}
+"""
+
+
+def pause(seconds: float = 0.01) -> defer.Deferred[None]:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+async def until(cond: Any, what: str) -> None:
+    for _ in range(500):
+        if cond():
+            return
+        await pause()
+    raise AssertionError(f"never: {what}")
+
+
+@implementer(ILeaseHolder)
+class Holder:
+    def __init__(self) -> None:
+        self.breaks: list[tuple[Lease, int]] = []
+
+    def lease_break(self, lease: Lease, to: int) -> bool:
+        self.breaks.append((lease, to))
+        return True
+
+    def lease_revoked(self, lease: Lease) -> None:
+        pass
+
+
+class Gateway:
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.locks: SharedLockTable
+        self.leases: SharedLeaseManager
+        self.locks, self.leases = wire_up(
+            backend, LockTable(reactor), LeaseManager(reactor, 5.0), reactor
+        )
+
+    def stop(self) -> None:
+        timer = self.leases.local._timer
+        if timer is not None and timer.active():
+            timer.cancel()
+
+
+class CodecTests(TestCase):
+    def test_owner_round_trip(self) -> None:
+        for o in (LockOwner("nlm", "host-a", b"\x01"), LockOwner("smb", b"\x00\x01", b"fid")):
+            self.assertEqual(owner_from_wire(owner_to_wire(o)), o)
+
+    def test_modes(self) -> None:
+        for m in (set(), {"read"}, {"read", "write", "delete"}):
+            self.assertEqual(modes_from_bits(modes_to_bits(m)), frozenset(m))
+
+
+class SharedStateTests(TestCase):
+    timeout = 60
+
+    async def gateways(self) -> tuple[Cluster, Gateway, Gateway]:
+        cluster = Cluster(self)
+        await cluster.start()
+        out = []
+        for _ in range(2):
+            b = cluster.backend(SETTINGS)
+            gw = Gateway(b)
+            self.addCleanup(gw.stop)
+            await b.open()
+            self.addCleanup(b.close)
+            await until(lambda b=b: b._events is not None, "subscribed")
+            out.append(gw)
+        return cluster, out[0], out[1]
+
+    async def test_lock_through_a_refuses_b(self) -> None:
+        """A lock through A: B's conflicting lock fails, B's I/O check fails, and B waits for it."""
+        _, a, b = await self.gateways()
+        nlm = LockOwner("nlm", "host-a", b"1")
+        smb = LockOwner("smb", b"sess", b"fid")
+        await a.locks.lock(7, nlm, 0, 10, True)
+        with self.assertRaises(errors.LockConflict):
+            await b.locks.lock(7, smb, 5, 1, True)
+        await until(lambda: b.locks.busy(7), "B hears of A's lock")
+        self.assertFalse(b.locks.check_io(7, smb, 2, 1, True, True))
+        self.assertTrue(b.locks.check_io(7, smb, 20, 1, True, True))
+        self.assertIsNotNone(b.locks.test(7, smb, 0, 1, True))
+        waiting = b.locks.lock(7, smb, 5, 1, True, wait=True)
+        await pause(0.05)
+        self.assertFalse(waiting.called)
+        a.locks.unlock(7, nlm, 0, 10)
+        got = await waiting
+        self.assertEqual((got.start, got.length), (5, 1))
+        await until(lambda: a.locks.busy(7) and not a.locks.check_io(7, nlm, 5, 1, True), "A hears")
+
+    async def test_share_reservation_crosses(self) -> None:
+        """An open through A that denies writing refuses a writing open through B."""
+        _, a, b = await self.gateways()
+        t = a.locks.open_share(9, LockOwner("smb", b"s", b"1"), {"read", "write"}, {"write"})
+        await until(lambda: b.locks.shares(9), "B hears of A's open")
+        with self.assertRaises(errors.ShareConflict):
+            b.locks.open_share(9, LockOwner("nfs4", "c", b"o"), {"write"}, set())
+        b.locks.open_share(9, LockOwner("nfs4", "c", b"r"), {"read"}, set())
+        a.locks.close_share(t)
+        await until(lambda: len(b.locks.shares(9)) == 1, "B hears of the close")
+        b.locks.open_share(9, LockOwner("nfs4", "c", b"o"), {"write"}, set())
+
+    async def test_lease_break_crosses(self) -> None:
+        """B's write recalls A's lease: A's holder is told, and B waits for its acknowledgement."""
+        _, a, b = await self.gateways()
+        holder = Holder()
+        lease = a.leases.grant(11, LeaseKey("smb", b"c", b"k"), RWH, holder)
+        assert lease is not None
+        self.assertEqual(lease.state, RWH)
+        await until(lambda: b.leases.busy(11), "B hears of A's lease")
+        # B may not take W while A holds a lease.
+        self.assertEqual(b.leases.grantable(11, LeaseKey("smb", b"d", b"k"), RWH) & 2, 0)
+        recall = b.leases.recall(11, Why.WRITE)
+        await until(lambda: holder.breaks, "A's holder is told")
+        self.assertEqual(holder.breaks[0][1], H)
+        await pause(0.05)
+        self.assertFalse(recall.called, "B's change waits for A's holder")
+        a.leases.acknowledge(lease, H)
+        await recall
+        # wait=False: nothing left to break at A now (H may stay).
+        await b.leases.recall(11, Why.WRITE, wait=False)
+
+    async def test_recall_without_wait_answers_delay(self) -> None:
+        """wait=False (NFS4ERR_DELAY, S3 503): LeaseBreaking while A's holder has not answered."""
+        _, a, b = await self.gateways()
+        holder = Holder()
+        lease = a.leases.grant(12, LeaseKey("nfs4", "c", b"d"), RWH, holder)
+        assert lease is not None
+        await until(lambda: b.leases.busy(12), "B hears of A's lease")
+        with self.assertRaises(errors.LeaseBreaking):
+            await b.leases.recall(12, Why.WRITE, wait=False)
+        await until(lambda: holder.breaks, "A's holder is told")
+        a.leases.acknowledge(lease, 0)
+        await until(lambda: not b.leases.busy(12), "B hears A let go")
+        await b.leases.recall(12, Why.WRITE, wait=False)
+
+    async def test_gone_gateway_releases(self) -> None:
+        """A gateway that goes away (its subscription lost) loses its locks after the linger time."""
+        cluster, a, b = await self.gateways()
+        assert cluster.meta is not None and cluster.meta.factory is not None
+        cluster.meta.factory.handler.shared.linger = 0.1
+        await a.locks.lock(3, LockOwner("nlm", "h", b"1"), 0, 0, True)
+        await until(lambda: b.locks.busy(3), "B hears of A's lock")
+        await a.backend.close()
+        await until(lambda: not b.locks.busy(3), "A's lock released")
+        await b.locks.lock(3, LockOwner("nlm", "h2", b"1"), 0, 0, True)
+
+    async def test_late_gateway_learns_state(self) -> None:
+        """A gateway that subscribes after a lock was taken hears of it at once."""
+        cluster, a, _ = await self.gateways()
+        await a.locks.lock(4, LockOwner("nlm", "h", b"1"), 0, 0, True)
+        late = cluster.backend(SETTINGS)
+        c = Gateway(late)
+        self.addCleanup(c.stop)
+        await late.open()
+        self.addCleanup(late.close)
+        await until(lambda: c.locks.busy(4), "the late gateway hears of the lock")
+        self.assertFalse(c.locks.check_io(4, LockOwner("smb", b"x", b"y"), 0, 1, False))

@@ -1,0 +1,205 @@
+"""
+Two gateway processes on one claudefs-meta and one claudefs-data, real
+clients on each (docs/rpc.rst "Shared state"): a lock taken through gateway
+A holds against a write through gateway B, an open through A that denies
+writing refuses a write through B, and a change through B has what A's
+clients cache recalled first.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from claudefs_gateway.nfs.v4 import const as v4
+from claudefs_gateway.nfs.v4.codec import ReclaimCompleteArgs
+from claudefs_gateway.rpc.client import connect_tcp
+from claudefs_gateway.rpc.message import AuthSys
+from tests.backend.remote.test_faults import ServerProcess
+from tests.helpers import bin_path, child_env, kill_on_cleanup, loopback_config, spawn
+from tests.nfs.v4.client import V4Client
+from tests.test_crossproto import (
+    ACCESS_KEY,
+    CONFIG,
+    PASSWORD,
+    SECRET_KEY,
+    STATUS_FILE_LOCK_CONFLICT,
+    Actor,
+    Holder,
+    run,
+)
+
+
+class Gateway:
+    """One gateway process's ports."""
+
+    def __init__(self, proc: Any, nfs: int, mount: int, s3: int, smb: int) -> None:
+        self.proc = proc
+        self.nfs, self.mount, self.s3, self.smb = nfs, mount, s3, smb
+
+    def url(self) -> str:
+        return f"nfs://127.0.0.1/export?version=3&nfsport={self.nfs}&mountport={self.mount}"
+
+
+class TwoGatewaysTests(TestCase):
+    timeout = 180
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        data = ServerProcess(self, "data")
+        await data.start()
+        meta = ServerProcess(self, "meta", ["--data-server", data.address])
+        await meta.start()
+        extra = CONFIG + f'metadata_servers: [{{address: "{meta.address}"}}]\n'
+        self.a = await self.gateway(extra)
+        self.b = await self.gateway(extra)
+
+    async def gateway(self, extra: str) -> Gateway:
+        config = loopback_config(self, extra, backend="remote")
+        proc = spawn([bin_path("cfs-gateway"), "start", "--config", config])
+        kill_on_cleanup(self, proc)
+        ports = [await proc.wait_listening(p) for p in ("nfs", "mount", "s3", "smb")]
+        await proc.wait_ready()
+        return Gateway(proc, *ports)
+
+    async def actor(self, *args: str) -> Actor:
+        proto = Actor()
+        argv = [sys.executable, "-m", "tests.xproto_actor", *args]
+        reactor.spawnProcess(proto, argv[0], argv, env=child_env())
+
+        def stop() -> defer.Deferred[Any] | None:
+            if proto.ended.called:
+                return None
+            proto.transport.signalProcess("KILL")
+            return proto.ended.addErrback(lambda _: None)
+
+        self.addCleanup(stop)
+        await proto.wait_for(lambda e: e.get("event") == "ready")
+        return proto
+
+    async def smb(self, gw: Gateway) -> Actor:
+        return await self.actor("smb", "127.0.0.1", str(gw.smb), "share", "alice", PASSWORD)
+
+    async def s3(self, gw: Gateway) -> Actor:
+        return await self.actor("s3", f"http://127.0.0.1:{gw.s3}", ACCESS_KEY, SECRET_KEY)
+
+    async def nlm(self, gw: Gateway, caller: str, *ops: str) -> list[dict[str, Any]]:
+        import json
+
+        status, out, err = await run(
+            [sys.executable, "-m", "tests.nfs.libnfs_nlm", gw.url(), "/locked.bin", caller, *ops]
+        )
+        self.assertEqual(status, 0, err + "\n".join(out))
+        return [json.loads(line) for line in out if line.startswith("{")]
+
+    async def holder(self, gw: Gateway) -> Holder:
+        conn = await connect_tcp(reactor, "127.0.0.1", gw.nfs)
+        self.addCleanup(conn.close)
+        cred = AuthSys(0, b"holder", 1000, 1000, ())
+
+        def send(prog: int, vers: int, proc: int, args: bytes) -> Any:
+            return conn.call(prog, vers, proc, args, cred)
+
+        cl = V4Client(send)
+        self.assertEqual((await cl.exchange_id(b"deleg-holder")).status, v4.NFS4_OK)
+        self.assertEqual((await cl.create_session()).status, v4.NFS4_OK)
+        r = await cl.compound([(v4.OP_RECLAIM_COMPLETE, ReclaimCompleteArgs(False))])
+        self.assertEqual(r.status, v4.NFS4_OK)
+        return Holder(cl, conn)
+
+    async def test_nlm_lock_through_a_blocks_smb_write_through_b(self) -> None:
+        """libnfs's NLM client locks through A; smbprotocol's write through B is refused, then lands."""
+        maker = await self.smb(self.a)
+        await maker.ok("open", id="m", path="locked.bin", access="rw", share="rwd")
+        await maker.ok("write", id="m", data="0123456789" * 3)
+        await maker.ok("close", id="m")
+        [locked] = await self.nlm(self.a, "host-a", "lock", "100", "0", "10", "1", "0")
+        self.assertEqual(locked["status"], 0)
+        # A second NLM client through B is refused too (NLM4_DENIED).
+        [denied] = await self.nlm(self.b, "host-b", "lock", "200", "5", "1", "1", "0")
+        self.assertEqual(denied["status"], 1)
+        smb = await self.smb(self.b)
+        await smb.ok("open", id="f", path="locked.bin", access="rw", share="rwd")
+        refused = await smb.do("write", id="f", data="x", offset=2)
+        self.assertFalse(refused["ok"])
+        self.assertIn(str(STATUS_FILE_LOCK_CONFLICT), refused["error"])
+        await smb.ok("write", id="f", data="y", offset=20)
+        [unlocked] = await self.nlm(self.a, "host-a", "unlock", "100", "0", "10")
+        self.assertEqual(unlocked["status"], 0)
+        # B hears of the unlock from the meta server (EV_LOCKS); the write then lands.
+        for _ in range(100):
+            answer = await smb.do("write", id="f", data="x", offset=2)
+            if answer["ok"]:
+                break
+        else:
+            self.fail("the SMB write through B stayed refused after the unlock")
+        got = await smb.ok("read", id="f", offset=0, length=30)
+        self.assertEqual(got["data"][:3], "01x")
+        await smb.ok("close", id="f")
+
+    async def test_deny_write_open_through_a_refuses_s3_through_b(self) -> None:
+        """smbprotocol's open through A denying writes: boto3's PUT through B gets 409 until it closes."""
+        smb = await self.smb(self.a)
+        s3 = await self.s3(self.b)
+        await smb.ok("open", id="h", path="held.txt", access="rw", share="r")
+        await smb.ok("write", id="h", data="held by smb")
+        put = await s3.ok("put", bucket="export", key="held.txt", data="from s3")
+        self.assertEqual((put.get("status"), put.get("code")), (409, "OperationAborted"), put)
+        await smb.ok("close", id="h")
+        for _ in range(100):
+            put = await s3.ok("put", bucket="export", key="held.txt", data="from s3")
+            if "result" in put:
+                break
+        else:
+            self.fail("the PUT through B stayed refused after the close")
+        self.assertEqual((await s3.ok("get", bucket="export", key="held.txt"))["result"], "from s3")
+
+    async def test_s3_put_through_b_recalls_delegation_through_a(self) -> None:
+        """
+        An NFSv4.1 client holds a write delegation through A with a cached
+        write; boto3's PUT through B makes A send CB_RECALL, the holder
+        flushes and returns it, and only then does the PUT land.
+        """
+        holder = await self.holder(self.a)
+        s3 = await self.s3(self.b)
+        await holder.delegate("put.txt")
+        put = await s3.ok("put", bucket="export", key="put.txt", data="from s3")
+        self.assertIn("result", put)
+        self.assertEqual(holder.recalled, ["put.txt"])
+        await defer.gatherResults(holder.returns)
+        self.assertEqual((await s3.ok("get", bucket="export", key="put.txt"))["result"], "from s3")
+
+    async def test_s3_put_through_b_breaks_smb_lease_through_a(self) -> None:
+        """
+        smbprotocol holds an RWH lease through A and has written through it;
+        boto3's PUT through B makes A send the LEASE_BREAK, and the PUT waits
+        for smbprotocol's acknowledgement to A before it lands.
+        """
+        smb, s3 = await self.smb(self.a), await self.s3(self.b)
+        opened = await smb.ok("open", id="f", path="leased.txt", access="rw", lease="rwh")
+        self.assertEqual(opened["lease"], "rwh")
+        await smb.ok("write", id="f", data="cached by smb")
+        put = defer.ensureDeferred(s3.ok("put", bucket="export", key="leased.txt", data="s3"))
+        brk = await smb.wait_for(lambda e: e.get("event") == "break")
+        self.assertEqual((brk["kind"], brk["from"], brk["ack_required"]), ("lease", "rwh", True))
+        self.assertNotIn("w", brk["to"])
+        self.assertFalse(put.called, "the PUT through B went through before the acknowledgement")
+        await smb.ok("ack", id="f", to=brk["to"])
+        self.assertIn("result", await put)
+        self.assertEqual((await s3.ok("get", bucket="export", key="leased.txt"))["result"], "s3")
+
+    async def test_smb_open_through_b_breaks_smb_lease_through_a(self) -> None:
+        """Two smbprotocol clients, one per gateway: B's open breaks A's RWH lease and gets no W."""
+        one, two = await self.smb(self.a), await self.smb(self.b)
+        first = await one.ok("open", id="f", path="two.txt", access="rw", lease="rwh")
+        self.assertEqual(first["lease"], "rwh")
+        second = defer.ensureDeferred(
+            two.ok("open", id="g", path="two.txt", access="rw", lease="rwh")
+        )
+        brk = await one.wait_for(lambda e: e.get("event") == "break")
+        self.assertNotIn("w", brk["to"])
+        await one.ok("ack", id="f", to=brk["to"])
+        got = await second
+        self.assertNotIn("w", got.get("lease", ""))
