@@ -14,6 +14,7 @@ Each returns an object with C{close()}; nothing here is a unit test.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import struct
@@ -22,6 +23,8 @@ import uuid
 from typing import Any
 
 KiB = 1024
+_names = itertools.count()
+S3_KEY = ("benchkey", "benchsecret")
 
 
 class Held:
@@ -131,10 +134,9 @@ def smb_non_reader(ep: dict[str, Any], reads: int = 1000, size: int = 64 * KiB) 
 
 
 def _rpc_call(xid: int, prog: int, vers: int, proc: int, args: bytes, uid: int = 0) -> bytes:
-    cred = struct.pack(">IIIII", 0, len("abuse"), 0, 0, 0)  # placeholder, replaced below
-    stamp = 0
+    """One ONC RPC call record, AUTH_SYS as C{uid} (RFC 5531)."""
     mach = b"abuse\0\0\0"
-    body = struct.pack(">I", stamp) + struct.pack(">I", 5) + mach + struct.pack(">III", uid, uid, 0)
+    body = struct.pack(">II", 0, 5) + mach + struct.pack(">III", uid, uid, 0)
     cred = struct.pack(">II", 1, len(body)) + body
     verf = struct.pack(">II", 0, 0)
     msg = struct.pack(">IIIIII", xid, 0, 2, prog, vers, proc) + cred + verf + args
@@ -187,6 +189,79 @@ def nfs_non_reader(ep: dict[str, Any], calls: int = 1000, size: int = 1024 * KiB
         except BlockingIOError:
             break
     return Held([s], keep=sent)
+
+
+def rpc(s: socket.socket, xid: int, proc: int, args: bytes, prog: int = 100003) -> bytes:
+    s.sendall(_rpc_call(xid, prog, 3, proc, args))
+    out = b""
+    while True:
+        hdr = _recv_exact(s, 4)
+        (mark,) = struct.unpack(">I", hdr)
+        out += _recv_exact(s, mark & 0x7FFFFFFF)
+        if mark & 0x80000000:
+            return out[24:]  # past xid, REPLY, ACCEPTED, verf, SUCCESS
+
+
+def opaque(b: bytes) -> bytes:
+    return struct.pack(">I", len(b)) + b + b"\0" * (-len(b) % 4)
+
+
+def nfs_file(host: str, port: int, mount_port: int) -> tuple[socket.socket, bytes]:
+    """A connection and the handle of a 1 MiB file it wrote (NFSv3 CREATE, WRITE)."""
+    root = nfs_root_handle(host, mount_port, "/export")
+    s = socket.create_connection((host, port))
+    name = f"f{os.getpid()}-{next(_names)}".encode()
+    # CREATE3args: dirop (dir, name), createhow UNCHECKED + sattr3 (nothing set).
+    res = rpc(s, 1, 8, opaque(root) + opaque(name) + struct.pack(">I", 0) + b"\0" * 24)
+    status, follows, n = struct.unpack_from(">III", res, 0)
+    assert status == 0 and follows, (status, follows)
+    fh = res[12 : 12 + n]
+    data = b"x" * (1 << 20)
+    res = rpc(s, 2, 7, opaque(fh) + struct.pack(">QII", 0, len(data), 2) + opaque(data))
+    assert struct.unpack_from(">I", res)[0] == 0
+    return s, fh
+
+
+def s3_sign(host: str, port: int, method: str, path: str, body: bytes = b"") -> dict[str, str]:
+    """SigV4 headers (botocore's signer) for one request with C{body}."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    req = AWSRequest(method=method, url=f"http://{host}:{port}{path}", data=body)
+    S3SigV4Auth(Credentials(*S3_KEY), "s3", "us-east-1").add_auth(req)
+    return dict(req.headers.items()) | {"Host": f"{host}:{port}"}
+
+
+def s3_request(
+    s: socket.socket, host: str, port: int, method: str, path: str, body: bytes = b""
+) -> int:
+    hdrs = s3_sign(host, port, method, path, body)
+    hdrs["Content-Length"] = str(len(body))
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
+    s.sendall(head.encode() + b"\r\n" + body)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    head_b, _, rest = buf.partition(b"\r\n\r\n")
+    status = int(head_b.split()[1])
+    length = 0
+    chunked = False
+    for line in head_b.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v)
+        if k.strip().lower() == b"transfer-encoding" and b"chunked" in v.lower():
+            chunked = True
+    if method == "HEAD":
+        return status
+    if chunked:
+        while not rest.endswith(b"0\r\n\r\n"):
+            rest += s.recv(65536)
+        return status
+    while len(rest) < length:
+        rest += s.recv(65536)
+    return status
 
 
 # -- S3 (raw HTTP) -----------------------------------------------------------------------------
