@@ -100,8 +100,32 @@ class NonReadingClientTests(TestCase):
                 await f.ended
 
         self.addCleanup(lambda: defer.Deferred.fromCoroutine(stop()))
+        self.stop_flood = stop
         await f.ready
         return f
+
+    async def gone_quietly(self, label: str) -> None:
+        """
+        The flooding client goes away with its requests unanswered: its
+        connection closes and nothing is logged above info (a client going
+        away is not a fault).
+        """
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        loud: list[dict[str, Any]] = []
+
+        def observe(e: dict[str, Any]) -> None:
+            if e.get("log_level", LogLevel.debug) > LogLevel.info:
+                loud.append(e)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        activity = self.root.core.drainer.activity(label)
+        before = len(activity.connections)
+        await self.stop_flood()
+        await until(lambda: len(activity.connections) < before)
+        await activity.idle()
+        self.assertEqual([e.get("log_format") for e in loud], [])
 
     async def good_worst(self, proto: str) -> float:
         out, err, code = await getProcessOutputAndValue(
@@ -127,6 +151,7 @@ class NonReadingClientTests(TestCase):
             conn._in_flight, smb.max_queued_bytes_per_connection + smb.max_message_size
         )
         self.assertLess(await self.good_worst("smb"), 1.0)
+        await self.gone_quietly("smb")
 
     async def test_nfs(self) -> None:
         await self.flood("nfs")
@@ -138,6 +163,7 @@ class NonReadingClientTests(TestCase):
         [conn] = throttled()
         self.assertLessEqual(len(conn.pending), conn.max_in_flight)
         self.assertLess(await self.good_worst("nfs"), 1.0)
+        await self.gone_quietly("nfs3")
 
 
 class S3NonReadingClientTests(TestCase):
