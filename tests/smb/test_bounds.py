@@ -205,3 +205,28 @@ class TimeoutTests(SynchronousTestCase):
         wire.clock.pump([100] * 100)
         self.assertFalse(conn.transport.disconnecting)
         self.assertEqual(wire.clock.getDelayedCalls(), [])
+
+
+class IdleDurableTests(SynchronousTestCase):
+    def test_durable_handle_survives_idle_close(self) -> None:
+        """
+        A connection whose only opens are durable is closed when idle; the
+        open is reclaimed on a new connection (DHnC), as after any disconnect.
+        """
+        from twisted.python.failure import Failure
+
+        from tests.smb.test_durable import BATCH, DHNQ, dhnc
+
+        wire = Wire(CONFIG + "smb: {idle_timeout_secs: 60}\n")
+        a = wire.connect().setup()
+        r = a.create("d", oplock=BATCH, contexts=[DHNQ])
+        self.assertEqual(r.status, 0)
+        fid = r.file_id()
+        self.assertEqual(a.write(fid, 0, b"kept").status, 0)
+        wire.clock.pump([6] * 12)
+        self.assertTrue(a.transport.disconnecting)
+        a.proto.connectionLost(Failure(ConnectionError("closed")))
+        b = wire.connect().setup()
+        r = b.create("d", contexts=[dhnc(fid)])
+        self.assertEqual(r.status, 0)
+        self.assertEqual(b.read_data(b.read(r.file_id(), 0, 4)), b"kept")
