@@ -53,6 +53,18 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def sockets(pid: int) -> int:
+    """Open descriptors that are sockets (the rest: the store's files and its fd caches)."""
+    n = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
 class Stats:
     def __init__(self) -> None:
         self.ops = 0
@@ -176,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         ep = gw.endpoints
         pid = ep["pid"]
         fd_base = fds(pid)
+        sock_base = sockets(pid)
         rss_boot = rss_mib(pid)
         # The object the S3 non-readers ask for.
         c = socket.create_connection((ep["host"], ep["s3_port"]))
@@ -234,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         # Everyone left: wait for the idle and half-open timeouts (20 s + 10 %).
         threading.Event().wait(30)
         fd_end = fds(pid)
+        sock_end = sockets(pid)
         rss_end = rss_mib(pid)
         warm = [s for s in samples if s[0] >= args.warmup] or samples
         rss_start = warm[0][1]
@@ -270,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             "fds_baseline": fd_base,
             "fds_peak": max(s[2] for s in samples),
             "fds_end": fd_end,
+            "sockets_baseline": sock_base,
+            "sockets_end": sock_end,
             "warn_lines": warns,
             "error_lines": len(errors),
         }
