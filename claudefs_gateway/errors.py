@@ -40,6 +40,15 @@ class Throttled(BackendUnavailable):
     """
 
 
+class Overloaded(Throttled):
+    """
+    The gateway's memory budget (C{limits.memory_budget}) is spent by requests
+    in flight and replies queued; try later. Answered with each protocol's busy
+    status: NFS3ERR_JUKEBOX, NFS4ERR_DELAY, S3 SlowDown (503), SMB
+    STATUS_INSUFFICIENT_RESOURCES.
+    """
+
+
 class InFlightLost(BackendUnavailable):
     """
     The connection to a backend node went down while a call was in flight.

@@ -30,6 +30,7 @@ from claudefs_gateway import __version__
 from claudefs_gateway.admin.web import build_site
 from claudefs_gateway.backend.datadir import DataDir
 from claudefs_gateway.core import log
+from claudefs_gateway.core.budget import MemoryBudget
 from claudefs_gateway.core.caches import Caches
 from claudefs_gateway.core.clients import ClientTable, summarize
 from claudefs_gateway.core.config import PROTOCOLS, Config
@@ -166,11 +167,18 @@ def build(
         reactor=reactor,
         metrics=metrics,
         health=HealthChecks(reactor),
-        drainer=Drainer(reactor, metrics, config.limits.max_connections, clients),
+        drainer=Drainer(
+            reactor,
+            metrics,
+            config.limits.max_connections,
+            clients,
+            max_per_client=config.limits.max_connections_per_client,
+        ),
         caches=Caches(),
         threads=ThreadPools(reactor),
         limiter=RateLimiter.from_config(reactor, metrics, config.limits),
         clients=clients,
+        budget=MemoryBudget(config.limits.memory_budget, metrics),
     )
     root = GatewayService(core)
     core.health.register("drain", core.drainer.check)

@@ -640,6 +640,22 @@ class Nfs:
         doc="Calls one connection may have in flight; beyond it the gateway stops reading "
         "from that connection until some finish.",
     )
+    idle_timeout_secs: float = setting(
+        360.0,
+        min=0,
+        max=7 * 86400,
+        doc="A TCP connection (NFS or MOUNT) with no call arriving and none in flight for this "
+        "long is closed, as knfsd closes idle connections after about 6 minutes; clients "
+        "reconnect when they next need to (an NFSv4.1 client renews its lease well within "
+        "it). 0 = never.",
+    )
+    partial_record_timeout_secs: float = setting(
+        60.0,
+        min=0,
+        max=3600,
+        doc="A TCP connection holding a record begun but not completed for this long "
+        "(half-open or dribbling clients) is closed. 0 = never.",
+    )
     drc_entries: int = setting(
         4096,
         min=0,
@@ -856,6 +872,39 @@ class Smb:
         max=16 * 1024 * 1024 + 65536,
         size=True,
         doc="Largest SMB2 message accepted on the wire.",
+    )
+    max_requests_per_connection: int = setting(
+        512,
+        min=1,
+        max=65536,
+        doc="Requests one connection may have being served at once (a request that went "
+        "asynchronous, such as CHANGE_NOTIFY or a blocking lock, no longer counts); beyond it "
+        "the gateway stops reading from that connection until some finish.",
+    )
+    max_queued_bytes_per_connection: int = setting(
+        32 * 1024 * 1024,
+        min=1024 * 1024,
+        max=1024 * 1024 * 1024,
+        size=True,
+        doc="Bytes one connection may hold in requests being served plus the replies they may "
+        "return (a READ counts its length); beyond it, or while the client leaves replies "
+        "unread, the gateway stops reading from it (TCP back-pressure) and grants no new "
+        "credits until it drains.",
+    )
+    idle_timeout_secs: float = setting(
+        900.0,
+        min=0,
+        max=7 * 86400,
+        doc="A connection with no request for this long and no open files is closed (Samba's "
+        "``deadtime``); durable handles survive it as any disconnect. 0 = never.",
+    )
+    setup_timeout_secs: float = setting(
+        60.0,
+        min=0,
+        max=3600,
+        doc="Half-open connections: one without an authenticated session this long after it "
+        "was made, or with a message begun but not completed for this long, is closed. "
+        "0 = never.",
     )
     multichannel: Multichannel = setting(factory=Multichannel, doc="SMB3 multichannel.")
     interfaces: list[Interface] = setting(
@@ -1252,6 +1301,28 @@ class Limits:
         "portmapper, S3 and SMB are counted apart); one more is closed at once and counted in "
         '``gateway_rejected_requests_total{reason="max_connections"}``. 0 = no limit. '
         "Exported as ``gateway_max_connections``.",
+    )
+    max_connections_per_client: int = setting(
+        0,
+        min=0,
+        max=1_000_000,
+        doc="Most connections one client address holds open at once to each protocol; one "
+        "more is closed at once and counted in "
+        '``gateway_rejected_requests_total{reason="max_connections_per_client"}``. 0 = no '
+        "limit. Exported as ``gateway_max_connections_per_client``.",
+    )
+    memory_budget: int = setting(
+        256 * 1024 * 1024,
+        min=0,
+        max=1 << 40,
+        size=True,
+        doc="Bytes all connections together may hold in requests being served and replies "
+        "queued unread (NFS call records and queued replies, S3 request bodies buffered, SMB "
+        "requests and what their replies may carry: a READ counts its length). A request "
+        "over it gets the protocol's busy status (NFS3ERR_JUKEBOX, NFS4ERR_DELAY, S3 "
+        "``SlowDown`` 503, SMB STATUS_INSUFFICIENT_RESOURCES) and is counted in "
+        '``gateway_rejected_requests_total{reason="memory"}``; usage is '
+        "``gateway_memory_budget_bytes``. 0 = no limit.",
     )
     per_client: RateLimit = setting(
         factory=RateLimit,

@@ -57,10 +57,19 @@ class Activity:
     _log = Logger()
 
     def __init__(
-        self, protocol: str, metrics: Metrics, max_connections: int = 0, clients: Any = None
+        self,
+        protocol: str,
+        metrics: Metrics,
+        max_connections: int = 0,
+        clients: Any = None,
+        max_per_client: int = 0,
     ) -> None:
         self.protocol = protocol
         self.max_connections = max_connections
+        self.max_per_client = max_per_client
+        # Open connections by client address (for max_per_client).
+        self._by_host: dict[str, int] = {}
+        self._host_of: dict[int, str] = {}
         self._clients = clients
         self.connections: set[Any] = set()
         self.in_flight = 0
@@ -75,6 +84,10 @@ class Activity:
         self._refused = metrics.family("gateway_rejected_requests_total").labels(
             protocol, "max_connections"
         )
+        metrics.family("gateway_max_connections_per_client").labels(protocol).set(max_per_client)
+        self._refused_client = metrics.family("gateway_rejected_requests_total").labels(
+            protocol, "max_connections_per_client"
+        )
 
     # -- connections ----------------------------------------------------------
 
@@ -86,10 +99,10 @@ class Activity:
         Callers need not check the result: the abort makes the connection's
         C{connectionLost} run soon, as for any other closed connection.
         """
+        transport = getattr(proto, "transport", None)
+        peer = getattr(transport.getPeer(), "host", "?") if transport is not None else "?"
         if self.max_connections and len(self.connections) >= self.max_connections:
             self._refused.inc()
-            transport = getattr(proto, "transport", None)
-            peer = getattr(transport.getPeer(), "host", "?") if transport is not None else "?"
             self._log.warn(
                 "{protocol} connection from {peer} refused: {limit} connections open "
                 "(limits.max_connections)",
@@ -97,17 +110,43 @@ class Activity:
                 peer=peer,
                 limit=self.max_connections,
             )
-            if transport is not None:
-                abort = getattr(transport, "abortConnection", transport.loseConnection)
-                abort()
+            self._abort(transport)
             return False
+        if self.max_per_client and self._by_host.get(peer, 0) >= self.max_per_client:
+            self._refused_client.inc()
+            # A client's own behaviour: info, not warn (it may retry in a loop).
+            self._log.info(
+                "{protocol} connection from {peer} refused: it holds {limit} connections "
+                "(limits.max_connections_per_client)",
+                protocol=self.protocol,
+                peer=peer,
+                limit=self.max_per_client,
+            )
+            self._abort(transport)
+            return False
+        if proto not in self.connections:
+            self._by_host[peer] = self._by_host.get(peer, 0) + 1
+            self._host_of[id(proto)] = peer
         self.connections.add(proto)
         self._conn_gauge.set(len(self.connections))
         if self._clients is not None:
             self._clients.add(self.protocol, proto)
         return True
 
+    @staticmethod
+    def _abort(transport: Any) -> None:
+        if transport is not None:
+            abort = getattr(transport, "abortConnection", transport.loseConnection)
+            abort()
+
     def connection_lost(self, proto: Any) -> None:
+        host = self._host_of.pop(id(proto), None)
+        if host is not None:
+            left = self._by_host.get(host, 1) - 1
+            if left > 0:
+                self._by_host[host] = left
+            else:
+                self._by_host.pop(host, None)
         self.connections.discard(proto)
         if self._clients is not None:
             self._clients.remove(proto)
@@ -196,15 +235,18 @@ class Drainer:
         metrics: Metrics,
         max_connections: int = 0,
         clients: Any = None,
+        max_per_client: int = 0,
     ) -> None:
         """
         @param max_connections: each protocol's connection limit (0: none).
+        @param max_per_client: each protocol's limit per client address (0: none).
         @param clients: a L{claudefs_gateway.core.clients.ClientTable} every
             protocol's connections are entered in, or None.
         """
         self._clock = clock
         self._metrics = metrics
         self._max_connections = max_connections
+        self._max_per_client = max_per_client
         self.clients = clients
         self._listeners: list[IDrainable] = []
         self._activities: dict[str, Activity] = {}
@@ -220,7 +262,11 @@ class Drainer:
         act = self._activities.get(protocol)
         if act is None:
             act = self._activities[protocol] = Activity(
-                protocol, self._metrics, self._max_connections, self.clients
+                protocol,
+                self._metrics,
+                self._max_connections,
+                self.clients,
+                self._max_per_client,
             )
         return act
 

@@ -75,6 +75,16 @@ CATALOGUE: dict[str, Spec] = {
         Gauge, "Most client connections accepted at once (0 = unlimited).", ("protocol",)
     ),
     "gateway_in_flight_requests": Spec(Gauge, "Requests being served now.", ("protocol",)),
+    "gateway_max_connections_per_client": Spec(
+        Gauge,
+        "Most connections one client address may hold open at once (0 = unlimited).",
+        ("protocol",),
+    ),
+    "gateway_memory_budget_bytes": Spec(
+        Gauge,
+        "The gateway-wide memory budget of requests in flight: its limit and what is used.",
+        ("kind",),
+    ),
     "gateway_rejected_requests_total": Spec(
         Counter,
         "Requests refused without being served (circuit open, draining, overload).",

@@ -52,13 +52,19 @@ class Core:
     limiter: Any = None
     #: Every client connection (L{claudefs_gateway.core.clients.ClientTable}).
     clients: Any = None
+    #: The gateway-wide memory budget (L{claudefs_gateway.core.budget.MemoryBudget}).
+    budget: Any = None
     extras: dict[str, Any] = attrs.field(factory=dict)
 
     def admit(self, protocol: str, address: str, uid: int | None = None) -> None:
         """
-        The per-request rate-limit hook: let the request through or raise
-        L{claudefs_gateway.errors.Throttled} (no limiter: always through).
+        The per-request hook of the rate limits and the memory budget: let the
+        request through or raise L{claudefs_gateway.errors.Throttled} (over a
+        rate) or L{claudefs_gateway.errors.Overloaded} (the memory budget is
+        spent by what is in flight and queued).
         """
+        if self.budget is not None:
+            self.budget.check(protocol)
         if self.limiter is not None:
             self.limiter.admit(protocol, address, uid)
 

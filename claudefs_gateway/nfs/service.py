@@ -150,6 +150,7 @@ class NFSService(MultiService):
             self.nfs4 = NFS4(
                 ctx4, core.reactor, settings, RequestMetrics(core.metrics, "nfs4"), self.grace
             )
+            self.nfs4.budget = core.budget
             self.server.add(self.nfs4.program())
             self.server.describers.append(self.nfs4.describe_connection)
             pnfs = cfg.pnfs
@@ -185,6 +186,11 @@ class NFSService(MultiService):
             cfg.max_requests_per_connection,
             self.activity,
             activity_for,
+            clock=core.reactor,
+            idle_timeout=cfg.idle_timeout_secs,
+            partial_timeout=cfg.partial_record_timeout_secs,
+            metrics=RequestMetrics(core.metrics, "nfs"),
+            budget=core.budget,
         )
         self.nfs_listener = core.listener(self, "proto:nfs:listen", "nfs", cfg.bind, stream)
         mount_stream = RPCStreamFactory(
@@ -192,6 +198,10 @@ class NFSService(MultiService):
             cfg.max_record_size,
             cfg.max_requests_per_connection,
             core.drainer.activity("mount"),
+            clock=core.reactor,
+            idle_timeout=cfg.idle_timeout_secs,
+            partial_timeout=cfg.partial_record_timeout_secs,
+            metrics=RequestMetrics(core.metrics, "mount"),
         )
         self.mount_listener = core.listener(
             self, "proto:nfs:mount", "mount", cfg.mount_bind, mount_stream

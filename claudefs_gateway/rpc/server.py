@@ -411,6 +411,15 @@ class RPCStreamProtocol(Protocol):
         self.reply_sink: Callable[[bytes], None] | None = None
         # Called with this protocol when the connection closes.
         self.on_close: list[Callable[[RPCStreamProtocol], None]] = []
+        # Timeouts (issue 19): when the last call arrived, since when a
+        # record has been half-received, and the timer checking both.
+        self._last_active = 0.0
+        self._partial_since: float | None = None
+        self._watch: Any = None
+        self._clock: Any = None
+        # Bytes counted in the memory budget: calls being served, replies queued.
+        self._budget: Any = None
+        self._queued = 0
 
     def seen(self, program: str, vers: int, uid: int | None) -> None:
         """Note a call of C{program} version C{vers} by C{uid} (None: AUTH_NONE)."""
@@ -475,6 +484,54 @@ class RPCStreamProtocol(Protocol):
         # READ reply would take eight turns. Let the kernel take what it can.
         self._direct = DirectSender.for_transport(self.transport)
         self._log.debug("connection {conn_id} from {host}", conn_id=self.conn_id, host=host)
+        factory = getattr(self, "factory", None)
+        self._budget = getattr(factory, "budget", None)
+        self._clock = getattr(factory, "clock", None)
+        if self._clock is not None:
+            self._last_active = self._clock.seconds()
+            self._arm_watch()
+
+    def _timeouts(self) -> tuple[float, float]:
+        factory = getattr(self, "factory", None)
+        return (getattr(factory, "idle_timeout", 0.0), getattr(factory, "partial_timeout", 0.0))
+
+    def _arm_watch(self) -> None:
+        steps = [t for t in self._timeouts() if t > 0]
+        if steps and not self.closed and self._clock is not None:
+            # Checked at a tenth of the shortest timeout: each is kept within 10 %.
+            self._watch = self._clock.callLater(max(min(steps) / 10, 0.5), self._check)
+
+    def _check(self) -> None:
+        """
+        Close a connection idle for the factory's C{idle_timeout} (no call
+        arriving, none in flight: knfsd closes such connections after about 6
+        minutes and clients reconnect) or holding a half-received record for
+        C{partial_timeout} (a half-open or dribbling client).
+        """
+        self._watch = None
+        if self.closed:
+            return
+        idle, partial = self._timeouts()
+        now = self._clock.seconds()
+        why = None
+        if partial > 0 and self._partial_since is not None and now - self._partial_since >= partial:
+            why = "a record left incomplete"
+        elif idle > 0 and now - self._last_active >= idle and not self.pending and not self.backlog:
+            why = "idle"
+        if why is None:
+            self._arm_watch()
+            return
+        self._log.info(
+            "connection {conn_id} from {host}: closing, {why} (timeout)",
+            conn_id=self.conn_id,
+            host=self.peer.host if self.peer else "?",
+            why=why,
+        )
+        metrics = getattr(getattr(self, "factory", None), "metrics", None)
+        if metrics is not None:
+            metrics.rejected("timeout")
+        self.closed = True
+        self.transport.abortConnection()
 
     def _count_as(self, first: bytes) -> None:
         """Count the connection under the activity of the version its first call speaks."""
@@ -510,6 +567,14 @@ class RPCStreamProtocol(Protocol):
             size = READ_DEFAULT if missing <= READ_DEFAULT else min(missing, READ_MAX)
             if size != self._read_size and hasattr(self.transport, "bufferSize"):
                 self._read_size = self.transport.bufferSize = size
+        if self._clock is not None:
+            if records:
+                self._last_active = self._clock.seconds()
+            if self.reader.buffered:
+                if self._partial_since is None or records:
+                    self._partial_since = self._clock.seconds()
+            else:
+                self._partial_since = None
         if records and not self._counted:
             self._count_as(records[0])
         if records:
@@ -575,7 +640,18 @@ class RPCStreamProtocol(Protocol):
 
     def _serve(self, record: bytes) -> None:
         assert self.peer is not None
-        result = self.server.handle(record, self.peer)
+        budget = self._budget
+        if budget is not None:
+            budget.hold(len(record))
+        try:
+            result = self.server.handle(record, self.peer)
+        except BaseException:
+            if budget is not None:
+                budget.release(len(record))
+            raise
+        if result is None or not isinstance(result, defer.Deferred) or result.called:
+            if budget is not None:
+                budget.release(len(record))
         if result is None:
             return
         if not isinstance(result, defer.Deferred):
@@ -589,10 +665,14 @@ class RPCStreamProtocol(Protocol):
                 self.send(out[0])
             return
         self.pending.add(result)
-        result.addBoth(self._done, result)
+        result.addBoth(self._done, result, len(record))
 
-    def _done(self, result: Results | Failure | None, d: defer.Deferred[Any]) -> None:
+    def _done(
+        self, result: Results | Failure | None, d: defer.Deferred[Any], size: int = 0
+    ) -> None:
         self.pending.discard(d)
+        if self._budget is not None:
+            self._budget.release(size)
         if isinstance(result, list):
             self.send(result)
         elif isinstance(result, Failure) and not result.check(defer.CancelledError):
@@ -620,7 +700,17 @@ class RPCStreamProtocol(Protocol):
             parts = self._direct.send(parts, size + 4)
             if not parts:
                 return
+        if self._paused_output and self._budget is not None:
+            # Queued behind replies the client has not read: counted until it
+            # reads them (the transport resumes us once its buffer is empty).
+            self._queued += size + 4
+            self._budget.hold(size + 4)
         self.transport.writeSequence(parts)
+
+    def _release_queued(self) -> None:
+        n, self._queued = self._queued, 0
+        if n and self._budget is not None:
+            self._budget.release(n)
 
     # IPushProducer: the transport tells us when the client is not reading replies.
     def pauseProducing(self) -> None:
@@ -629,14 +719,20 @@ class RPCStreamProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self._paused_output = False
+        self._release_queued()
         self._drain_backlog()
 
     def stopProducing(self) -> None:
         self.closed = True
+        self._release_queued()
 
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
+        w, self._watch = self._watch, None
+        if w is not None and w.active():
+            w.cancel()
+        self._release_queued()
         # Reads are abandoned; calls that change things run to the end (the
         # server shields them), so their replies reach the reply cache for the
         # client's retransmission.
@@ -665,8 +761,27 @@ class RPCStreamFactory(Factory):
         max_in_flight: int = 128,
         activity: Any = None,
         activity_for: Callable[[int, int], Any] | None = None,
+        *,
+        clock: Any = None,
+        idle_timeout: float = 0.0,
+        partial_timeout: float = 0.0,
+        metrics: Any = None,
+        budget: Any = None,
     ) -> None:
+        """
+        @param clock: what times C{idle_timeout} and C{partial_timeout}
+            (seconds; 0 = never); without one neither applies.
+        @param metrics: a L{RequestMetrics}: timeouts counted as rejections.
+        @param budget: the gateway-wide L{claudefs_gateway.core.budget.MemoryBudget}:
+            calls being served and replies queued unread count in it (the
+            programs refuse new calls while it is spent).
+        """
+        self.budget = budget
         self.server = server
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.partial_timeout = partial_timeout
+        self.metrics = metrics
         self.max_record = max_record
         self.max_in_flight = max_in_flight
         self.activity = activity

@@ -56,6 +56,8 @@ class BodyPipe:
     @param producer: what to pause and resume (the connection's transport).
     @param on_first_read: called once, when the reader first asks for data
         (sends C{100 Continue} if the client is waiting for it).
+    @param budget: the gateway-wide L{claudefs_gateway.core.budget.MemoryBudget}:
+        the bytes buffered count in it until read or dropped.
     """
 
     def __init__(
@@ -64,7 +66,9 @@ class BodyPipe:
         on_first_read: Callable[[], None] | None = None,
         high: int = HIGH_WATER,
         low: int = LOW_WATER,
+        budget: Any = None,
     ) -> None:
+        self._budget = budget
         self._producer = producer
         self._on_first_read = on_first_read
         self._high = high
@@ -91,6 +95,8 @@ class BodyPipe:
             return
         self._chunks.append(data)
         self.buffered += len(data)
+        if self._budget is not None:
+            self._budget.hold(len(data))
         if self.buffered > self._high:
             # Re-pause on every arrival above the mark: a resume from elsewhere
             # (the channel's own write-side flow control) cannot unbound us.
@@ -105,14 +111,21 @@ class BodyPipe:
     def fail(self, reason: BaseException) -> None:
         if not self.complete and self._error is None:
             self._error = reason
+        self.release()
         self._wake()
+
+    def release(self) -> None:
+        """Drop what is buffered (the request ended or failed); its bytes leave the budget."""
+        if self.buffered and self._budget is not None:
+            self._budget.release(self.buffered)
+        self._chunks.clear()
+        self.buffered = 0
 
     def discard(self) -> None:
         """Drop what is buffered and whatever still arrives (the request was refused)."""
         self.discarding = True
         self.discarded += self.buffered
-        self._chunks.clear()
-        self.buffered = 0
+        self.release()
         self._resume()
 
     # -- reader side ------------------------------------------------------------------
@@ -150,6 +163,8 @@ class BodyPipe:
                 self._chunks[0] = c[take:]
                 got += take
         self.buffered -= got
+        if self._budget is not None:
+            self._budget.release(got)
         if self.buffered <= self._low:
             self._resume()
         return out[0] if len(out) == 1 else b"".join(out)

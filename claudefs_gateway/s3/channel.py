@@ -83,7 +83,10 @@ class S3Request(server.Request):
         """The headers are complete: make the body pipe; body requests start now."""
         self._chan = channel
         self._set_request_line(command, path, version)
-        self.pipe = BodyPipe(channel.transport, self.send_continue)
+        site = getattr(channel, "site", None)
+        self.pipe = BodyPipe(
+            channel.transport, self.send_continue, budget=getattr(site, "budget", None)
+        )
 
     def start(self) -> None:
         if not self._started:
@@ -203,6 +206,9 @@ class S3Channel(http.HTTPChannel):
             self._start_pending = req
 
     def requestDone(self, request: S3Request) -> None:  # type: ignore[override]
+        if request.pipe is not None and request.pipe.complete:
+            # Answered: whatever of its body was never read leaves the memory budget.
+            request.pipe.release()
         if self.gone:
             # The client went away: HTTPChannel would go on to parse and serve
             # the requests it pipelined, writing each response into nothing.
@@ -290,6 +296,8 @@ class S3Site(server.Site):
     protocol = S3Channel  # type: ignore[assignment]
     requestFactory = S3Request
     noisy = False
+    #: The gateway-wide memory budget request bodies count in, or None.
+    budget: Any = None
 
     def __init__(
         self,

@@ -129,6 +129,7 @@ class S3Service(MultiService):
             cfg.max_header_bytes,
             on_header_timeout=self._slow_headers,
         )
+        self.site.budget = core.budget
         factory: Any = TrackingFactory(self.site, self.activity)
         self.tls: ReloadingTLS | None = None
         if cfg.tls_cert and cfg.tls_key:

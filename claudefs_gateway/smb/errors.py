@@ -82,6 +82,8 @@ def status_for(reason: Failure | BaseException, op: str = "") -> int:
             if status is not None:
                 return status
         return st.STATUS_UNEXPECTED_IO_ERROR
+    if isinstance(e, errors.Overloaded):
+        return st.STATUS_INSUFFICIENT_RESOURCES
     if isinstance(e, errors.BackendUnavailable | errors.Timeout):
         return st.STATUS_IO_TIMEOUT
     if isinstance(e, CancelledError):

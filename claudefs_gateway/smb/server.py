@@ -45,6 +45,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from zope.interface import implementer
+
 from claudefs_gateway import errors
 from claudefs_gateway.core.authlimit import AuthFailureLimiter
 from claudefs_gateway.core.directsend import DirectSender
@@ -86,8 +88,19 @@ __all__ = ["SMBFactory", "SMBConnection", "MAX_CREDITS", "MAX_IO"]
 MAX_IO = 8 * 1024 * 1024
 # Samba's "smb2 max credits"; what a client may have outstanding.
 MAX_CREDITS = 8192
-# Request bytes being served at once on one connection before reading pauses.
-MAX_IN_FLIGHT = 64 * 1024 * 1024
+# Commands whose reply carries (up to) the payload size the request names: what
+# they may return counts against the connection's queued bytes before it is served.
+_REPLY_PAYLOAD = frozenset(
+    {
+        Command.READ,
+        Command.IOCTL,
+        Command.QUERY_DIRECTORY,
+        Command.CHANGE_NOTIFY,
+        Command.QUERY_INFO,
+    }
+)
+# Header and fixed part of any reply, counted for every request.
+_REPLY_OVERHEAD = 128
 ALL_ONES = 0xFFFFFFFFFFFFFFFF
 NULL_FILE_ID = (ALL_ONES, ALL_ONES)
 _CREDIT_FREE = frozenset({Command.CANCEL})
@@ -289,6 +302,9 @@ class SMBFactory(protocol.Factory):
     @param metrics: a L{RequestMetrics} for protocol C{smb}.
     """
 
+    #: The gateway-wide L{claudefs_gateway.core.budget.MemoryBudget}, or None.
+    budget: Any = None
+
     #: The request-rate hook, C{admit(address, uid)}: returns, or raises
     #: L{errors.Throttled} (answered STATUS_IO_TIMEOUT). Set by the SMB service.
     admit: Any = None
@@ -422,8 +438,32 @@ class SMBFactory(protocol.Factory):
             self.metrics.observe(op, seconds, st.name(status) if failed else None)
 
 
+class _Flight:
+    """What one compound holds of its connection's bounds until it is answered or goes async."""
+
+    __slots__ = ("size", "held")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.held = True
+
+
+@implementer(IPushProducer)
 class SMBConnection(SessionSetup, protocol.Protocol):
-    """One SMB client connection (see module docstring)."""
+    """
+    One SMB client connection (see module docstring).
+
+    Bounds (issue 19): the connection is the transport's push producer, so it
+    learns when the client leaves replies unread; it then stops reading
+    requests (TCP back-pressure), as it does when C{smb.max_requests_per_connection}
+    requests are being served or C{smb.max_queued_bytes_per_connection} bytes
+    of requests and the replies they may return are held. While backed up it
+    grants no new credits (only the one a client must never lack). A
+    connection without a session after C{smb.setup_timeout_secs}, or with a
+    message left half-sent that long, is closed; so is one idle for
+    C{smb.idle_timeout_secs} holding no open file but durable ones (Samba's
+    C{deadtime}; durable handles survive the disconnect, MS-SMB2 3.3.7.1).
+    """
 
     _log = Logger()
     factory: SMBFactory
@@ -451,8 +491,18 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         self.conn_id = f"{id(self):x}"
         self.seq = 0
         self._closing = False
-        self._in_flight = 0
-        self._paused = False
+        # Flow control (see the class docstring).
+        self._in_flight = 0  # bytes held by compounds being served
+        self._requests = 0  # compounds being served (not gone asynchronous)
+        self._output_paused = False  # the client leaves replies unread
+        self._reading_paused = False
+        self._budgeted = 0  # bytes reserved in the gateway-wide memory budget
+        # Timeouts: when the connection was made, last had a request, and
+        # since when a message has been half-received.
+        self._made_at = 0.0
+        self._last_active = 0.0
+        self._partial_since: float | None = None
+        self._watch: Any = None
 
     @property
     def client_guid(self) -> bytes:
@@ -521,11 +571,18 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         self._direct = DirectSender.for_transport(self.transport)
         if self.factory.activity is not None:
             self.factory.activity.connection_made(self)
+        transport: Any = self.transport
+        transport.registerProducer(self, True)
+        self._made_at = self._last_active = self.factory.reactor.seconds()
+        self._arm_watch()
         self._log.debug("smb connection from {peer}", peer=self.peer, conn_id=self.conn_id)
 
     @override
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._closing = True
+        w, self._watch = self._watch, None
+        if w is not None and w.active():
+            w.cancel()
         self.machine.lost()
         for d in list(self._work):
             d.cancel()
@@ -556,8 +613,16 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             return
         buf = self._buf
         buf += data
+        self._take_frames()
+
+    def _take_frames(self) -> None:
+        """Serve the complete messages buffered, while the connection's bounds allow."""
+        buf = self._buf
         limit = self.factory.smb.max_message_size
         while len(buf) >= 4 and not self._closing:
+            if self._backed_up():
+                self._pause_reading()
+                return
             kind = buf[0]
             length = int.from_bytes(buf[1:4], "big")
             if kind == 0x85 and length == 0:  # NetBIOS keep-alive
@@ -570,10 +635,126 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                 self.machine.violation(f"message of {length} bytes exceeds max_message_size")
                 return
             if len(buf) < 4 + length:
-                return
+                break
             frame = bytes(buf[4 : 4 + length])
             del buf[: 4 + length]
+            self._last_active = self.factory.reactor.seconds()
             self._frame(frame)
+        if buf:
+            if self._partial_since is None:
+                self._partial_since = self.factory.reactor.seconds()
+        else:
+            self._partial_since = None
+        if self._backed_up():
+            self._pause_reading()
+        else:
+            self._resume_reading()
+
+    # -- bounds ---------------------------------------------------------------------------
+
+    def _backed_up(self) -> bool:
+        """Whether to stop taking requests: the client is not reading, or a bound is reached."""
+        smb = self.factory.smb
+        return (
+            self._output_paused
+            or self._requests >= smb.max_requests_per_connection
+            or self._in_flight >= smb.max_queued_bytes_per_connection
+        )
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and not self._closing and self.transport is not None:
+            self._reading_paused = True
+            IPushProducer(self.transport).pauseProducing()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self._closing and self.transport is not None:
+            self._reading_paused = False
+            IPushProducer(self.transport).resumeProducing()
+
+    def _drained(self) -> None:
+        """A bound eased: serve what is buffered, and read again if nothing holds us."""
+        if self._closing:
+            return
+        if self._buf:
+            self._take_frames()
+        elif not self._backed_up():
+            self._resume_reading()
+
+    def _land(self, flight: _Flight) -> None:
+        """Give back what a compound held (when answered, or once it went asynchronous)."""
+        if not flight.held:
+            return
+        flight.held = False
+        self._requests -= 1
+        self._in_flight -= flight.size
+        if self._budgeted:
+            budget = self.factory.budget
+            n = min(self._budgeted, flight.size)
+            self._budgeted -= n
+            if budget is not None:
+                budget.release(n)
+        self._drained()
+
+    # IPushProducer: the transport says when the client stops and starts reading replies.
+    def pauseProducing(self) -> None:
+        self._output_paused = True
+        self._pause_reading()
+
+    def resumeProducing(self) -> None:
+        self._output_paused = False
+        self._drained()
+
+    def stopProducing(self) -> None:
+        self._closing = True
+
+    # -- timeouts ---------------------------------------------------------------------------
+
+    def _arm_watch(self) -> None:
+        smb = self.factory.smb
+        steps = [t for t in (smb.setup_timeout_secs, smb.idle_timeout_secs) if t > 0]
+        if not steps or self._closing:
+            return
+        # Check at a tenth of the shortest timeout: a deadline is kept within 10 %.
+        self._watch = self.factory.reactor.callLater(max(min(steps) / 10, 0.5), self._check)
+
+    def _check(self) -> None:
+        self._watch = None
+        if self._closing:
+            return
+        smb = self.factory.smb
+        now = self.factory.reactor.seconds()
+        why = None
+        setup = smb.setup_timeout_secs
+        if setup > 0:
+            if now - self._made_at >= setup and not any(s.valid for s in self.sessions.values()):
+                why = "no session"
+            elif self._partial_since is not None and now - self._partial_since >= setup:
+                why = "a message left incomplete"
+        idle = smb.idle_timeout_secs
+        if (
+            why is None
+            and idle > 0
+            and now - self._last_active >= idle
+            and not self._requests
+            and not self._async
+            and all(getattr(op, "durable", False) for op in self.opens.values())
+        ):
+            why = "idle"
+        if why is None:
+            self._arm_watch()
+            return
+        self._log.info(
+            "smb: closing connection from {peer}: {why} (timeout)",
+            peer=self.peer,
+            why=why,
+            conn_id=self.conn_id,
+        )
+        if self.factory.metrics is not None:
+            self.factory.metrics.rejected("timeout")
+        self._closing = True
+        assert self.transport is not None
+        abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+        abort()
 
     def drop(self, why: str) -> None:
         """Close the connection after a protocol violation (logged with the peer)."""
@@ -764,31 +945,84 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                     f"MessageId {header.message_id} (charge {charge}) outside the credit window"
                 )
                 return
-        size = sum(len(raw) for _, raw in items)
+        # Credits bound requests, not bytes: the compound holds its own bytes
+        # and what its replies may carry until it is answered.
+        size = 0
+        for header, raw in items:
+            size += len(raw) + _REPLY_OVERHEAD
+            if header.command in _REPLY_PAYLOAD:
+                size += payload_size(header.command, raw)
+        chain = Chain()
+        flight = chain.flight = _Flight(size)
+        budget = self.factory.budget
+        if budget is not None:
+            if not budget.reserve(size, "smb"):
+                # The gateway-wide memory budget is spent: refuse, do not queue.
+                self._refuse_busy(items, transform_session)
+                return
+            self._budgeted += size
+        self._requests += 1
         self._in_flight += size
-        if self._in_flight > MAX_IN_FLIGHT and not self._paused and self.transport is not None:
-            # Credits bound requests, not bytes: stop reading until these are served.
-            self._paused = True
-            IPushProducer(self.transport).pauseProducing()
-        d = defer.Deferred.fromCoroutine(self._serve_chain(items, transform_session))
+        d = defer.Deferred.fromCoroutine(self._serve_chain(items, transform_session, chain))
         self._work.add(d)
 
         def done(result: Any) -> None:
             self._work.discard(d)
-            self._in_flight -= size
-            if self._paused and self._in_flight <= MAX_IN_FLIGHT // 2 and not self._closing:
-                self._paused = False
-                if self.transport is not None:
-                    IPushProducer(self.transport).resumeProducing()
+            self._land(flight)
             if isinstance(result, Failure) and not result.check(defer.CancelledError):
                 self._log.failure("smb: request chain failed", result)
 
         d.addBoth(done)
 
-    async def _serve_chain(
+    def _refuse_busy(
         self, items: list[tuple[Header, memoryview]], transform_session: Session | None
     ) -> None:
+        """
+        Answer every request of a compound STATUS_INSUFFICIENT_RESOURCES unserved
+        (the gateway's memory budget is spent; the client retries), signed or
+        sealed as its session asks.
+        """
         chain = Chain()
+        crypt: Session | None = transform_session
+        for i, (header, raw) in enumerate(items):
+            if header.command == Command.CANCEL:
+                continue
+            req = Request(
+                header,
+                raw,
+                encrypted=transform_session is not None,
+                last_in_chain=i == len(items) - 1,
+                related=bool(header.flags & c.SMB2_FLAGS_RELATED_OPERATIONS),
+                chain=chain,
+            )
+            try:
+                self._bind(req)
+            except SMBError:
+                pass
+            if crypt is None and req.session is not None and self._must_encrypt(req):
+                crypt = req.session
+            chain.responses.append(
+                self._response(
+                    req,
+                    st.STATUS_INSUFFICIENT_RESOURCES,
+                    error_body(),
+                    last=req.last_in_chain,
+                    pad=len(items) > 1,
+                )
+            )
+            chain.session = req.session
+            self.factory.observe(
+                _OP_NAMES.get(header.command, "unknown"), 0.0, st.STATUS_INSUFFICIENT_RESOURCES
+            )
+        if chain.responses:
+            self._send_chain(chain.responses, crypt)
+
+    async def _serve_chain(
+        self,
+        items: list[tuple[Header, memoryview]],
+        transform_session: Session | None,
+        chain: Chain,
+    ) -> None:
         crypt_session: Session | None = transform_session
         for i, (header, raw) in enumerate(items):
             if header.command == Command.CANCEL:
@@ -1035,9 +1269,9 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             flags |= h.flags & c.SMB2_FLAGS_PRIORITY_MASK
         if req.async_id:
             flags |= c.SMB2_FLAGS_ASYNC_COMMAND
-            credits = 0 if req.interim_sent else self.credits.grant(h.credits)
+            credits = 0 if req.interim_sent else self._grant(h.credits)
         else:
-            credits = self.credits.grant(h.credits)
+            credits = self._grant(h.credits)
         session = req.session
         if req.sign_deleted and req.sign_with is not None:
             flags |= c.SMB2_FLAGS_SIGNED
@@ -1081,6 +1315,17 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             req.preauth_reply.update(msg)
         return bytes(msg)
 
+    def _grant(self, requested: int) -> int:
+        """
+        Credits for a reply, scaled to what the connection drains: while the
+        client leaves replies unread or a bound holds reading, none beyond the
+        one it must never lack (MS-SMB2 3.3.1.2), so the window shrinks as it
+        spends credits; the full window again once it reads.
+        """
+        if self._backed_up():
+            return self.credits.grant(min(requested, max(1 - self.credits.outstanding, 0)))
+        return self.credits.grant(requested)
+
     def go_async(self, req: Request, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
         """
         Wait for C{d} on behalf of C{req}: if it has not fired and the request
@@ -1105,6 +1350,11 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         req.interim_sent = True
         self._send_chain(list(chain), req.session if self._must_encrypt(req) else None)
         chain.clear()
+        # A request waiting for an event (a notify, a lock, a lease break the
+        # same client must acknowledge) must not hold the connection's bounds:
+        # reading would stop with the acknowledgement unread.
+        if req.chain.flight is not None:
+            self._land(req.chain.flight)
         return d
 
     def _cancel(self, header: Header, raw: memoryview) -> None:

@@ -37,6 +37,7 @@ def make_service(core: Any) -> IService:
         domain_secret=lambda: load_or_create_secret(config.data_dir),
     )
     factory.admit = lambda address, uid: core.admit("smb", address, uid)
+    factory.budget = core.budget
     core.listener(svc, "proto:smb:listen", "smb", config.smb.bind, factory)
     svc.factory = factory
     return svc

@@ -295,6 +295,8 @@ class Chain:
     tree: Tree | None = None
     file_id: FileId | None = None
     create_error: int = 0
+    #: What the compound holds of the connection's bounds (the server's C{_Flight}).
+    flight: Any = None
 
 
 @attrs.define(eq=False)

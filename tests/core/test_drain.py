@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from claudefs_gateway.core.drain import CLOSE_GRACE, Drainer, TrackingFactory
+from claudefs_gateway.core.drain import CLOSE_GRACE, Activity, Drainer, TrackingFactory
 from claudefs_gateway.core.metrics import Metrics
 
 
@@ -167,6 +167,44 @@ class DrainerTests(SynchronousTestCase):
         )
         first.transport.loseConnection()
         self.assertFalse(Conn(act).aborted)
+
+    def test_max_connections_per_client(self) -> None:
+        """
+        With max_per_client, a client address holding that many connections
+        has its next one aborted and counted; other addresses are unaffected,
+        and a closed connection frees its place.
+        """
+        from twisted.internet.address import IPv4Address
+
+        def conn(act: Activity, host: str) -> Conn:
+            c = Conn.__new__(Conn)
+            c.activity, c.obeys, c.aborted = act, True, False
+            c.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 1000))
+            c.transport.loseConnection = c._lose  # type: ignore[method-assign]
+            c.transport.abortConnection = c._abort  # type: ignore[attr-defined]
+            act.connection_made(c)
+            return c
+
+        drainer = Drainer(self.clock, self.metrics, max_per_client=2)
+        act = drainer.activity("nfs")
+        a1, a2 = conn(act, "10.0.0.1"), conn(act, "10.0.0.1")
+        self.assertTrue(conn(act, "10.0.0.1").aborted)
+        self.assertFalse(conn(act, "10.0.0.2").aborted)
+        reg = self.metrics.registry
+        self.assertEqual(
+            reg.get_sample_value(
+                "gateway_rejected_requests_total",
+                {"protocol": "nfs", "reason": "max_connections_per_client"},
+            ),
+            1,
+        )
+        self.assertEqual(
+            reg.get_sample_value("gateway_max_connections_per_client", {"protocol": "nfs"}), 2
+        )
+        a1.transport.loseConnection()
+        self.assertFalse(conn(act, "10.0.0.1").aborted)
+        self.assertEqual(len(act.connections), 3)
+        del a2
 
     def test_no_limit_by_default(self) -> None:
         """max_connections 0 (the default) is no limit, exported as 0."""

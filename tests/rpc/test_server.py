@@ -430,3 +430,113 @@ class DescribeTests(SynchronousTestCase):
         proto.programs = {"mount": 3, "nfs3": 3}
         server.describers.clear()
         self.assertEqual(proto.describe()["dialect"], "MOUNTv3+NFSv3")
+
+
+class TimeoutTests(SynchronousTestCase):
+    """Idle and half-open TCP connections are closed (issue 19), timed on a Clock."""
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.toy = Toy()
+        self.metrics = Metrics()
+        self.activity = Activity("toy", self.metrics)
+        self.server = RPCServer(ReplyCache(16), self.activity)
+        self.server.add(self.toy.program())
+        self.factory = RPCStreamFactory(
+            self.server,
+            4096,
+            activity=self.activity,
+            clock=self.clock,
+            idle_timeout=360,
+            partial_timeout=60,
+            metrics=RequestMetrics(self.metrics, "toy"),
+        )
+        self.proto = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def timeouts(self) -> float | None:
+        return self.metrics.registry.get_sample_value(
+            "gateway_rejected_requests_total", {"protocol": "toy", "reason": "timeout"}
+        )
+
+    def test_idle_closed(self) -> None:
+        """No call for idle_timeout seconds closes the connection; a call resets the count."""
+        self.clock.pump([10] * 30)
+        self.proto.dataReceived(encode_record(encode_call(1, PROG, 1, 1, echo_args(b"e"))))
+        self.clock.pump([10] * 35)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.pump([10] * 6)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.timeouts(), 1)
+
+    def test_call_in_flight_is_not_idle(self) -> None:
+        """A connection waiting on its own call (a blocking lock, say) is not idle."""
+        self.proto.dataReceived(encode_record(encode_call(1, PROG, 1, 2)))
+        self.clock.pump([60] * 20)
+        self.assertFalse(self.transport.disconnecting)
+        self.toy.waiting[0].callback([])
+        self.clock.pump([60] * 7)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_half_sent_record_closed(self) -> None:
+        """A record begun and not completed within partial_timeout closes the connection."""
+        self.proto.dataReceived(b"\x80\x00\x01\x00" + b"\0" * 20)
+        self.clock.pump([6] * 9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.pump([6] * 2)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_off_without_timeouts(self) -> None:
+        factory = RPCStreamFactory(self.server, 4096, activity=self.activity, clock=self.clock)
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        self.proto.connectionLost(None)  # type: ignore[arg-type]
+        self.clock.pump([1000] * 10)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class BudgetTests(SynchronousTestCase):
+    """Calls being served and replies queued unread count in the memory budget (issue 19)."""
+
+    def setUp(self) -> None:
+        from claudefs_gateway.core.budget import MemoryBudget
+
+        self.toy = Toy()
+        self.activity = Activity("toy", Metrics())
+        self.server = RPCServer(ReplyCache(16), self.activity)
+        self.server.add(self.toy.program())
+        self.budget = MemoryBudget(1 << 20)
+        self.factory = RPCStreamFactory(
+            self.server, 4096, activity=self.activity, budget=self.budget
+        )
+        self.proto = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def test_call_held_while_served(self) -> None:
+        record = encode_call(1, PROG, 1, 2)
+        self.proto.dataReceived(encode_record(record))
+        self.assertEqual(self.budget.used, len(record))
+        self.toy.waiting[0].callback([])
+        self.assertEqual(self.budget.used, 0)
+
+    def test_queued_replies_held_until_read(self) -> None:
+        """Replies written while the client reads nothing count until it reads them."""
+        self.proto.dataReceived(encode_record(encode_call(1, PROG, 1, 2)))
+        self.proto.pauseProducing()
+        self.toy.waiting[0].callback([b"x" * 100])
+        self.assertGreater(self.budget.used, 100)
+        self.proto.resumeProducing()
+        self.assertEqual(self.budget.used, 0)
+
+    def test_queued_replies_released_when_gone(self) -> None:
+        self.proto.dataReceived(encode_record(encode_call(1, PROG, 1, 2)))
+        self.proto.pauseProducing()
+        self.toy.waiting[0].callback([b"x" * 100])
+        self.proto.connectionLost(None)  # type: ignore[arg-type]
+        self.assertEqual(self.budget.used, 0)

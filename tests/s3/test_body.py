@@ -203,3 +203,37 @@ class ClientGoneTests(SynchronousTestCase):
         prod.stopProducing()
         self.failureResultOf(done, ClientGone)
         self.assertIsNone(c.producer)
+
+
+class BudgetTests(SynchronousTestCase):
+    """Request body bytes buffered count in the memory budget until read or dropped (issue 19)."""
+
+    def setUp(self) -> None:
+        from claudefs_gateway.core.budget import MemoryBudget
+
+        self.budget = MemoryBudget(1 << 20)
+        self.pipe = BodyPipe(FakeProducer(), budget=self.budget)
+
+    def test_read_releases(self) -> None:
+        self.pipe.feed(b"a" * 100)
+        self.pipe.feed(b"b" * 50)
+        self.assertEqual(self.budget.used, 150)
+        got = self.successResultOf(defer.Deferred.fromCoroutine(self.pipe.read(120)))
+        self.assertEqual(len(got), 120)
+        self.assertEqual(self.budget.used, 30)
+
+    def test_discard_and_fail_release(self) -> None:
+        self.pipe.feed(b"a" * 100)
+        self.pipe.discard()
+        self.pipe.feed(b"a" * 100)  # dropped as it arrives
+        self.assertEqual(self.budget.used, 0)
+        other = BodyPipe(FakeProducer(), budget=self.budget)
+        other.feed(b"x" * 70)
+        other.fail(ClientGone("gone"))
+        self.assertEqual(self.budget.used, 0)
+
+    def test_release_after_answer(self) -> None:
+        self.pipe.feed(b"a" * 100)
+        self.pipe.finish()
+        self.pipe.release()
+        self.assertEqual(self.budget.used, 0)

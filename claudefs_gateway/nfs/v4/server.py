@@ -35,6 +35,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
+from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.nfs.context import NFSContext
 from claudefs_gateway.nfs.errors import nfs4_status
@@ -122,6 +123,9 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops, PnfsOps):
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.ctx = ctx
+        #: The gateway-wide memory budget (L{claudefs_gateway.core.budget.MemoryBudget}),
+        #: or None: while it is spent, a COMPOUND is refused with NFS4ERR_DELAY.
+        self.budget: Any = None
         self.settings = s = settings or Settings()
         self.metrics = metrics
         self.timer = timer
@@ -365,6 +369,18 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops, PnfsOps):
             return self._reply(c.NFS4ERR_INVAL, tag, 0, [])
         if h.minorversion not in self.settings.minor_versions:
             return self._reply(c.NFS4ERR_MINOR_VERS_MISMATCH, tag, 0, [])
+        if self.budget is not None and h.count:
+            try:
+                self.budget.check("nfs4")
+            except errors.Overloaded:
+                # RFC 8881 §15.1.1.3: NFS4ERR_DELAY, before any operation ran
+                # (SEQUENCE included: the slot is untouched, the client retries).
+                try:
+                    op = h.u.u32()
+                except XDRError:
+                    op = c.OP_ILLEGAL
+                res = op.to_bytes(4, "big") + c.NFS4ERR_DELAY.to_bytes(4, "big")
+                return self._reply(c.NFS4ERR_DELAY, tag, 1, [res])
         st = CompoundState(call, h.minorversion, count=h.count)
         base = _RPC_REPLY + 4 + 4 + _pad(len(tag)) + 4
         st.limit = self.settings.max_record

@@ -1,0 +1,299 @@
+"""
+``python -m bench.soak [--minutes M] [--connections N]``: the soak and abuse
+workload of issue 19 (not a unit test, not a benchmark with a peer).
+
+One gateway (``cfs-gateway start``, NFS+S3+SMB, the embedded backend, short
+idle timeouts so descriptors come back within the run) under mixed load from
+N well-behaved connections (NFSv3 READ/WRITE/GETATTR over raw RPC, S3
+PUT/GET over keep-alive HTTP with SigV4, SMB write/read with smbprotocol),
+while, in rounds, hostile clients come and go: non-readers of every protocol
+(bench/abuse.py), idle connections, half-sent messages, and a stream of
+malformed frames. Every 5 s it samples the gateway's RSS and open descriptors;
+at the end it prints RSS at start (after the warm-up), peak and end, the
+descriptors at the start and after everyone left, the well-behaved clients'
+operations and errors, and every log line at error level or above.
+
+Targets (issue 19): RSS flat within ±10 % after warm-up and below 512 MiB,
+descriptors back to the baseline, no error-level line caused by clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import struct
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import abuse
+from bench.targets import Gateway
+
+EXTRA = """
+nfs: {idle_timeout_secs: 20, partial_record_timeout_secs: 10}
+smb: {idle_timeout_secs: 20, setup_timeout_secs: 10}
+s3: {idle_timeout_secs: 20, header_timeout_secs: 10}
+"""
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def sockets(pid: int) -> int:
+    """Open descriptors that are sockets (the rest: the store's files and its fd caches)."""
+    n = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.ops = 0
+        self.errors = 0
+        self.lock = threading.Lock()
+
+    def done(self, ok: bool) -> None:
+        with self.lock:
+            if ok:
+                self.ops += 1
+            else:
+                self.errors += 1
+
+
+def nfs_worker(ep: dict[str, Any], stop: threading.Event, st: Stats) -> None:
+    try:
+        s, fh = abuse.nfs_file(ep["host"], ep["nfs_port"], ep["mount_port"])
+    except (OSError, AssertionError):
+        st.done(False)
+        return
+    s.settimeout(60)
+    x = 1000
+    block = os.urandom(64 * 1024)
+    while not stop.is_set():
+        x += 1
+        try:
+            if x % 3 == 0:
+                args = abuse.opaque(fh) + struct.pack(">QII", (x % 16) * len(block), len(block), 0)
+                res = abuse.rpc(s, x, 7, args + abuse.opaque(block))
+            elif x % 3 == 1:
+                res = abuse.rpc(s, x, 6, abuse.opaque(fh) + struct.pack(">QI", 0, 128 * 1024))
+            else:
+                res = abuse.rpc(s, x, 1, abuse.opaque(fh))
+            st.done(struct.unpack_from(">I", res)[0] == 0)
+        except (OSError, ConnectionError):
+            st.done(False)
+            return
+        stop.wait(0.2)
+    s.close()
+
+
+def s3_worker(ep: dict[str, Any], stop: threading.Event, st: Stats, n: int) -> None:
+    host, port = ep["host"], ep["s3_port"]
+    s = socket.create_connection((host, port))
+    body = os.urandom(256 * 1024)
+    s.settimeout(60)
+    try:
+        abuse.s3_request(s, host, port, "PUT", f"/soak{n % 4}")
+        i = 0
+        while not stop.is_set():
+            i += 1
+            key = f"/soak{n % 4}/o{n}-{i % 8}"
+            st.done(abuse.s3_request(s, host, port, "PUT", key, body) == 200)
+            st.done(abuse.s3_request(s, host, port, "GET", key) == 200)
+            stop.wait(0.3)
+    except (OSError, ValueError):
+        st.done(False)
+    finally:
+        s.close()
+
+
+def smb_worker(ep: dict[str, Any], stop: threading.Event, st: Stats) -> None:
+    try:
+        conn, sess, tree, f = abuse.smb_session(ep, file_size=256 * 1024)
+        while not stop.is_set():
+            f.write(os.urandom(64 * 1024), 0)
+            data = f.read(0, 64 * 1024)
+            st.done(len(data) == 64 * 1024)
+            stop.wait(0.3)
+        f.close()
+        conn.disconnect()
+    except Exception:
+        st.done(False)
+
+
+def abuse_round(ep: dict[str, Any], rng: random.Random) -> list[abuse.Held]:
+    """One round of hostile clients; they stay until the next round."""
+    host = ep["host"]
+    held: list[abuse.Held] = []
+    held.append(abuse.smb_non_reader(ep, reads=1000))
+    _, fh = abuse.nfs_file(host, ep["nfs_port"], ep["mount_port"])
+    s = abuse._connect(host, ep["nfs_port"])
+    s.setblocking(False)
+    args = abuse.opaque(fh) + struct.pack(">QI", 0, 1 << 20)
+    for i in range(300):
+        try:
+            s.send(abuse._rpc_call(5000 + i, 100003, 3, 6, args))
+        except BlockingIOError:
+            break
+    held.append(abuse.Held([s]))
+    held.append(
+        abuse.s3_non_reader(
+            ep, "/soak0/big", lambda: abuse.s3_sign(host, ep["s3_port"], "GET", "/soak0/big")
+        )
+    )
+    for proto, port in (("smb", ep["smb_port"]), ("nfs", ep["nfs_port"]), ("s3", ep["s3_port"])):
+        held.append(abuse.idle(host, port, 50))
+        held.append(abuse.half_sent(host, port, proto, 20))
+    return held
+
+
+def malformed_stream(ep: dict[str, Any], stop: threading.Event, counter: list[int]) -> None:
+    rng = random.Random(19)
+    ports = {"smb": ep["smb_port"], "nfs": ep["nfs_port"], "s3": ep["s3_port"]}
+    while not stop.is_set():
+        proto = rng.choice(list(ports))
+        abuse.malformed(ep["host"], ports[proto], proto, rng)
+        counter[0] += 1
+        stop.wait(0.1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--connections", type=int, default=200)
+    ap.add_argument("--warmup", type=float, default=60.0, help="seconds before RSS start is taken")
+    ap.add_argument("--round", type=float, default=60.0, help="seconds between abuse rounds")
+    args = ap.parse_args(argv)
+    scratch = Path(tempfile.mkdtemp(prefix="cfs-soak-"))
+    with Gateway(scratch, ["nfs", "s3", "smb"], extra=EXTRA) as gw:
+        ep = gw.endpoints
+        pid = ep["pid"]
+        fd_base = fds(pid)
+        sock_base = sockets(pid)
+        rss_boot = rss_mib(pid)
+        # The object the S3 non-readers ask for.
+        c = socket.create_connection((ep["host"], ep["s3_port"]))
+        abuse.s3_request(c, ep["host"], ep["s3_port"], "PUT", "/soak0")
+        big = abuse.s3_request(c, ep["host"], ep["s3_port"], "PUT", "/soak0/big", b"z" * (16 << 20))
+        assert big == 200, big
+        c.close()
+        stop = threading.Event()
+        st = Stats()
+        threads = []
+        n = args.connections
+        for i in range(n):
+            kind = i % 10
+            if kind < 3:
+                t = threading.Thread(target=nfs_worker, args=(ep, stop, st), daemon=True)
+            elif kind < 7:
+                t = threading.Thread(target=s3_worker, args=(ep, stop, st, i), daemon=True)
+            else:
+                t = threading.Thread(target=smb_worker, args=(ep, stop, st), daemon=True)
+            t.start()
+            threads.append(t)
+        bad = [0]
+        threading.Thread(target=malformed_stream, args=(ep, stop, bad), daemon=True).start()
+        rng = random.Random(1)
+        samples: list[tuple[float, float, int]] = []
+        t0 = time.monotonic()
+        end = t0 + args.minutes * 60
+        next_round = t0
+        held: list[abuse.Held] = []
+        rounds = 0
+        while time.monotonic() < end:
+            now = time.monotonic()
+            if now >= next_round:
+                for h in held:
+                    h.close()
+                try:
+                    held = abuse_round(ep, rng)
+                    rounds += 1
+                except Exception as e:  # a refused abuser is fine; say so
+                    print(f"abuse round failed: {e!r}", flush=True)
+                    held = []
+                next_round = now + args.round
+            samples.append((now - t0, rss_mib(pid), fds(pid)))
+            print(
+                f"t={now - t0:6.0f}s rss={samples[-1][1]:7.1f} MiB fds={samples[-1][2]:5d} "
+                f"ops={st.ops} errors={st.errors} malformed={bad[0]} rounds={rounds}",
+                flush=True,
+            )
+            stop.wait(5)
+        stop.set()
+        for h in held:
+            h.close()
+        deadline = time.monotonic() + 30
+        for t in threads:
+            t.join(timeout=max(deadline - time.monotonic(), 0.1))
+        # Everyone left: wait for the idle and half-open timeouts (20 s + 10 %).
+        threading.Event().wait(30)
+        fd_end = fds(pid)
+        sock_end = sockets(pid)
+        rss_end = rss_mib(pid)
+        warm = [s for s in samples if s[0] >= args.warmup] or samples
+        rss_start = warm[0][1]
+        rss_peak = max(s[1] for s in samples)
+        steady = [s[1] for s in warm]
+        errors = []
+        warns = 0
+        for line in (scratch / "gateway.log").read_text(errors="replace").splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            level = (
+                str(ev.get("log_level", {}).get("name", ""))
+                if isinstance(ev.get("log_level"), dict)
+                else str(ev.get("log_level", ""))
+            )
+            if level in ("error", "critical"):
+                errors.append(line[:400])
+            elif level == "warn":
+                warns += 1
+        report = {
+            "minutes": args.minutes,
+            "connections": n,
+            "abuse_rounds": rounds,
+            "malformed_connections": bad[0],
+            "ops": st.ops,
+            "client_errors": st.errors,
+            "rss_boot_mib": round(rss_boot, 1),
+            "rss_start_mib": round(rss_start, 1),
+            "rss_peak_mib": round(rss_peak, 1),
+            "rss_steady_min_max_mib": [round(min(steady), 1), round(max(steady), 1)],
+            "rss_end_mib": round(rss_end, 1),
+            "fds_baseline": fd_base,
+            "fds_peak": max(s[2] for s in samples),
+            "fds_end": fd_end,
+            "sockets_baseline": sock_base,
+            "sockets_end": sock_end,
+            "warn_lines": warns,
+            "error_lines": len(errors),
+        }
+        print(json.dumps(report, indent=2))
+        for e in errors[:50]:
+            print("ERROR LINE:", e)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
