@@ -14,7 +14,9 @@ applies them to Twisted's own events as well.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
 from typing import IO, Any
 
 from twisted.logger import (
@@ -44,6 +46,7 @@ __all__ = [
     "human_stdout",
     "json_stdout",
     "scrub",
+    "Sampler",
 ]
 
 LEVELS: dict[str, LogLevel] = {
@@ -219,3 +222,44 @@ def json_stdout() -> ILogObserver:
 def format_event(event: dict[str, Any]) -> str:
     """One event as a classic text line (used by tests and the CLI)."""
     return formatEventAsClassicLogText(scrub(event)) or ""
+
+
+class Sampler:
+    """
+    Let a repeated event through at most once per C{interval} per key (a
+    client's address), so a hostile or broken client's flood of bad input
+    costs the log a line a minute, not a line a frame. Every event is still
+    counted by the caller's metric.
+
+    @param clock: seconds, monotonic (a Clock's C{seconds} in tests).
+    @param max_keys: keys remembered; the oldest is forgotten first, so
+        memory stays bounded whoever sends.
+    """
+
+    def __init__(
+        self,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 4096,
+    ) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.max_keys = max_keys
+        self._seen: OrderedDict[Hashable, list[float]] = OrderedDict()
+
+    def admit(self, key: Hashable) -> int | None:
+        """
+        Whether to log this event now: None to hold it back, else how many
+        events of C{key} were held back since the last one logged.
+        """
+        now = self.clock()
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return None
+        held = int(entry[1]) if entry is not None else 0
+        self._seen[key] = [now, 0]
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.max_keys:
+            self._seen.popitem(last=False)
+        return held

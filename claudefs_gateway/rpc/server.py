@@ -43,7 +43,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from claudefs_gateway.core.directsend import DirectSender
-from claudefs_gateway.core.log import Logger
+from claudefs_gateway.core.log import Logger, Sampler
 from claudefs_gateway.rpc import message as msg
 from claudefs_gateway.rpc.drc import BUSY, ReplyCache, call_key
 from claudefs_gateway.rpc.message import AuthSys
@@ -199,6 +199,8 @@ class RPCServer:
         self.activity = activity
         self.timer = timer
         self.garbage = 0
+        #: Bad input is logged at most once a minute per client host (counted always).
+        self.bad_input_log = Sampler()
         # What the programs know of a connection, for cfs-gateway status: each
         # is called with an RPCStreamProtocol only when the status is asked for
         # and returns more facts for its row (see RPCStreamProtocol.describe).
@@ -337,12 +339,17 @@ class RPCServer:
 
     def _bad(self, peer: Peer, what: str, e: Exception) -> None:
         self.garbage += 1
+        held = self.bad_input_log.admit(peer.host)
+        if held is None:
+            return
         self._log.warn(
-            "{what} from {host} over {transport}: {why}",
+            "{what} from {host} over {transport}: {why}"
+            " ({held} more from this host since the last such line; at most one a minute)",
             what=what,
             host=peer.host,
             transport=peer.transport,
             why=str(e)[:200],
+            held=held,
         )
 
 
@@ -553,12 +560,18 @@ class RPCStreamProtocol(Protocol):
         try:
             records = self.reader.feed(data)
         except RecordTooLarge as e:
-            self._log.warn(
-                "connection {conn_id} from {host}: {why}; closing",
-                conn_id=self.conn_id,
-                host=self.peer.host if self.peer else "?",
-                why=str(e),
-            )
+            host = self.peer.host if self.peer else "?"
+            self.server.garbage += 1
+            held = self.server.bad_input_log.admit(host)
+            if held is not None:
+                self._log.warn(
+                    "connection {conn_id} from {host}: {why}; closing"
+                    " ({held} more from this host since the last such line; at most one a minute)",
+                    conn_id=self.conn_id,
+                    host=host,
+                    why=str(e),
+                    held=held,
+                )
             self.transport.loseConnection()
             self.closed = True
             return

@@ -50,7 +50,7 @@ from zope.interface import implementer
 from claudefs_gateway import errors
 from claudefs_gateway.core.authlimit import AuthFailureLimiter
 from claudefs_gateway.core.directsend import DirectSender
-from claudefs_gateway.core.log import Logger
+from claudefs_gateway.core.log import Logger, Sampler
 from claudefs_gateway.errors import ProtocolError
 from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.smb import constants as c
@@ -337,6 +337,8 @@ class SMBFactory(protocol.Factory):
         self.metrics = metrics
         self.activity = activity
         self.limiter = limiter or AuthFailureLimiter(reactor)
+        #: Protocol violations are logged at most once a minute per client host.
+        self.bad_input_log = Sampler(clock=reactor.seconds)
         self.server_guid = uuid.uuid4().bytes_le
         self.start_time = to_filetime(int(reactor.seconds() * 1e9))
         self.computer = (computer or socket.gethostname().split(".")[0] or "CLAUDEFS").upper()[:15]
@@ -759,7 +761,15 @@ class SMBConnection(SessionSetup, protocol.Protocol):
     def drop(self, why: str) -> None:
         """Close the connection after a protocol violation (logged with the peer)."""
         if not self._closing:
-            self._log.warn("smb: closing connection from {peer}: {why}", peer=self.peer, why=why)
+            held = self.factory.bad_input_log.admit(self.peer)
+            if held is not None:
+                self._log.warn(
+                    "smb: closing connection from {peer}: {why}"
+                    " ({held} more from this host since the last such line; at most one a minute)",
+                    peer=self.peer,
+                    why=why,
+                    held=held,
+                )
             if self.factory.metrics is not None:
                 self.factory.metrics.rejected("protocol")
         self._closing = True

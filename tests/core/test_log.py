@@ -124,3 +124,26 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(out.getvalue(), "")
         obs(self.event(LogLevel.critical))
         self.assertIn("hello world", out.getvalue())
+
+
+class SamplerTests(SynchronousTestCase):
+    """Bad input from one client is logged at most once a minute per client."""
+
+    def test_once_per_interval_per_key(self) -> None:
+        now = [0.0]
+        s = log.Sampler(interval=60.0, clock=lambda: now[0])
+        self.assertEqual(s.admit("10.0.0.1"), 0)
+        self.assertIsNone(s.admit("10.0.0.1"))
+        self.assertIsNone(s.admit("10.0.0.1"))
+        self.assertEqual(s.admit("10.0.0.2"), 0)  # another client is not held back
+        now[0] = 59.9
+        self.assertIsNone(s.admit("10.0.0.1"))
+        now[0] = 60.0
+        self.assertEqual(s.admit("10.0.0.1"), 3)  # the three held back are told
+        self.assertIsNone(s.admit("10.0.0.1"))
+
+    def test_memory_bounded(self) -> None:
+        s = log.Sampler(max_keys=10, clock=lambda: 0.0)
+        for i in range(1000):
+            self.assertEqual(s.admit(i), 0)
+        self.assertEqual(len(s._seen), 10)

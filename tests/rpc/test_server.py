@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from claudefs_gateway.core.drain import Activity
@@ -132,6 +133,21 @@ class DispatchTests(SynchronousTestCase):
         self.assertEqual(h.stat, msg.GARBAGE_ARGS)
         h = self.reply(encode_call(7, PROG, 1, 1, b"\0\0"))
         self.assertEqual(h.stat, msg.GARBAGE_ARGS)
+
+    def test_garbage_flood_logs_one_line(self) -> None:
+        """
+        A flood of undecodable calls from one host is answered GARBAGE_ARGS
+        every time and counted, but logged once (at most once a minute).
+        """
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for xid in range(100):
+            h = self.reply(encode_call(xid, PROG, 1, 1, b"\0\0"))
+            self.assertEqual(h.stat, msg.GARBAGE_ARGS)
+        self.assertEqual(self.server.garbage, 100)
+        lines = [e for e in events if "over" in e.get("log_format", "") and "what" in e]
+        self.assertEqual(len(lines), 1)
 
     def test_rpc_mismatch(self) -> None:
         bad = bytearray(encode_call(5, PROG, 1, 0))

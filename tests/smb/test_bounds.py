@@ -230,3 +230,33 @@ class IdleDurableTests(SynchronousTestCase):
         r = b.create("d", contexts=[dhnc(fid)])
         self.assertEqual(r.status, 0)
         self.assertEqual(b.read_data(b.read(r.file_id(), 0, 4)), b"kept")
+
+
+class BadInputLogTests(SynchronousTestCase):
+    def test_flood_of_bad_frames_logs_once_a_minute(self) -> None:
+        """
+        Connections from one host that each send a frame that is not SMB are
+        each closed and counted, but logged at most once a minute (with the
+        number held back), so a hostile client cannot flood the log.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        wire = Wire()
+
+        def bad() -> Conn:
+            conn = wire.connect()
+            conn.proto.dataReceived(struct.pack(">I", 8) + b"NOTSMB!!")
+            self.assertTrue(conn.transport.disconnecting)
+            return conn
+
+        for _ in range(50):
+            bad()
+        lines = [e for e in events if "closing connection from" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        wire.clock.advance(61)
+        bad()
+        lines = [e for e in events if "closing connection from" in e.get("log_format", "")]
+        self.assertEqual([e["held"] for e in lines], [0, 49])
