@@ -343,12 +343,7 @@ class CreateCommands(FileBase):
             write_through=bool(opts & c.FILE_WRITE_THROUGH),
             mode=opts & c.FILE_MODE_SETTABLE,
         )
-        node.opens.add(op)
-        conn.opens[fid[1]] = op
-        op.conn = conn
-        op.client_guid = conn.client_guid
-        op.share_access = body.share_access
-        req.result_file_id = fid
+        self._register(conn, req, node, op, fid, body.share_access)
         answers: list[CreateContext] = []
         level, sl = self.factory.leasing.grant(
             conn,
@@ -505,12 +500,7 @@ class CreateCommands(FileBase):
             write_through=bool(opts & c.FILE_WRITE_THROUGH),
             mode=opts & c.FILE_MODE_SETTABLE,
         )
-        node.opens.add(op)
-        conn.opens[fid[1]] = op
-        op.conn = conn
-        op.client_guid = conn.client_guid
-        op.share_access = body.share_access
-        req.result_file_id = fid
+        self._register(conn, req, node, op, fid, body.share_access)
         answers: list[CreateContext] = []
         locks = self.locks
         level, sl = self.factory.leasing.grant(
@@ -715,6 +705,18 @@ class CreateCommands(FileBase):
         durability.forget_record(pid)
         self._log.info("smb durable handle restored from the state store", ino=a.ino)
         return op
+
+    @staticmethod
+    def _register(
+        conn: Any, req: Request, node: FileNode, op: Open, fid: Any, share_access: int
+    ) -> None:
+        """Make a new open known to its file, its connection and the reply (file and stream opens)."""
+        node.opens.add(op)
+        conn.opens[fid[1]] = op
+        op.conn = conn
+        op.client_guid = conn.client_guid
+        op.share_access = share_access
+        req.result_file_id = fid
 
     async def _reserve(
         self,
