@@ -75,6 +75,7 @@ __all__ = [
     "ILeaseManager",
     "ILeaseHolder",
     "IChangeEvents",
+    "ISharedState",
 ]
 
 
@@ -846,3 +847,70 @@ class IVFS(Interface):
 
     def name_of(ino: int) -> tuple[int, bytes] | None:
         """A directory and name this gateway last saw C{ino} under (for change events), if any."""
+
+
+class ISharedState(Interface):
+    """
+    Locks, share reservations and lease holdings of every gateway session, as
+    the meta server's opcodes (servers/shared.py) of the same names use them (docs/rpc.rst). Each
+    change fails with the vfs error a local table would raise (L{LockConflict},
+    L{ShareConflict}, L{NoLock}...), directly or through its Deferred.
+    """
+
+    def start() -> None:
+        """The store is open: begin (liveness, upkeep)."""
+
+    def stop() -> None:
+        """The server stops: cancel timers, answer waiting recalls."""
+
+    def lock(
+        session: int, ino: int, owner: Any, start: int, length: int, exclusive: bool, reclaim: bool
+    ) -> Any:
+        """LOCK (never waits: a conflict fails at once)."""
+
+    def unlock(session: int, ino: int, owner: Any, start: int, length: int) -> Any:
+        """UNLOCK."""
+
+    def release_owner(session: int, owner: Any) -> Any:
+        """RELEASE_OWNER: every lock and share of one owner."""
+
+    def release_client(session: int, protocol: str, client: bytes) -> Any:
+        """RELEASE_CLIENT: every lock and share of one client."""
+
+    def release_inode(ino: int) -> Any:
+        """RELEASE_INODE: the file is gone."""
+
+    def share_open(
+        session: int, ino: int, owner: Any, sid: int, access: int, deny: int, reclaim: bool
+    ) -> Any:
+        """SHARE_OPEN: check and register one share reservation, atomically."""
+
+    def share_set(session: int, sid: int, access: int, deny: int) -> Any:
+        """SHARE_SET: upgrade or downgrade one."""
+
+    def share_close(session: int, sid: int) -> Any:
+        """SHARE_CLOSE."""
+
+    def lease_hold(session: int, ino: int, bits: int) -> Any:
+        """LEASE_HOLD: what the session's clients hold on C{ino} now (0: nothing)."""
+
+    def lease_recall(session: int, ino: int, why: str) -> Deferred[None]:
+        """LEASE_RECALL: fires once every other holder broke what C{why} forbids, or timed out."""
+
+    def lease_break_ack(session: int, bid: int) -> None:
+        """LEASE_BREAK_ACK."""
+
+    def send_snapshot(push: Callable[[str, Any], None]) -> None:
+        """Send every inode's state (EV_LOCKS, EV_LEASES) through C{push}: a new subscriber."""
+
+    def subscribed(session: int) -> None:
+        """The session has an event subscription here."""
+
+    def unsubscribed(session: int) -> None:
+        """The session's last subscription here went: drop it unless it comes back soon."""
+
+    def reset(session: int) -> Any:
+        """SESSION_RESET: drop everything of the session."""
+
+    def sessions() -> dict[str, int]:
+        """Counts for /health and tests."""

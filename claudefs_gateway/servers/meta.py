@@ -26,7 +26,7 @@ from claudefs_gateway.backend.remote import wire
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import RenameResult, WriteResult
-from claudefs_gateway.servers.shared import SharedState
+from claudefs_gateway.servers.shared import ISharedState, SharedState
 
 __all__ = ["MetaHandler", "LAYOUT_KEY", "DEFAULT_STRIPE"]
 
@@ -53,14 +53,17 @@ class MetaHandler:
         *,
         clock: Any = None,
         push: Callable[[int, str, Any], bool] | None = None,
+        shared: Callable[..., ISharedState] | None = None,
     ) -> None:
         self.backend = backend
         self._publish = publish
         self.layout = layout or wire.Layout(DEFAULT_STRIPE, 1, ())
         if clock is None:
             from twisted.internet import reactor as clock
-        #: Locks, share reservations and lease holdings of every gateway (servers/shared.py).
-        self.shared = SharedState(clock, push or self._push_via_subscribers, publish)
+        #: Locks, share reservations and lease holdings of every gateway (servers/shared.py):
+        #: in memory, or, given C{shared} (a factory called as SharedState is), elsewhere.
+        make = shared or SharedState
+        self.shared: ISharedState = make(clock, push or self._push_via_subscribers, publish)
         self._subscribers: Any = None
         # False until the store is open: calls meanwhile are told to try later
         # (a restarted server accepts connections before its store has recovered).
@@ -88,6 +91,7 @@ class MetaHandler:
                     given=",".join(wanted.servers),
                     want=mirrors,
                 )
+        self.shared.start()
         self.ready = True
         self._log.info("metadata store ready", store_open=True)
 
@@ -122,8 +126,7 @@ class MetaHandler:
             conn.subscribed_once = True
             self.shared.subscribed(session)
             # What is held now, so a gateway that joins late knows the others' state.
-            for ino in self.shared.snapshot_inodes():
-                self.shared.push_state(conn.push, ino)
+            self.shared.send_snapshot(conn.push)
         else:
             subs.discard(conn)
             self._maybe_gone(subs, session)
@@ -158,21 +161,22 @@ class MetaHandler:
         exclusive: bool,
         reclaim: bool,
     ) -> Any:
-        return defer.Deferred.fromCoroutine(
+        # A coroutine (in memory) or a Deferred (PostgreSQL).
+        return defer.ensureDeferred(
             self.shared.lock(conn.session, ino, owner, start, length, exclusive, reclaim)
         )
 
-    def op_UNLOCK(self, conn: Any, ino: int, owner: Any, start: int, length: int) -> None:
-        self.shared.unlock(conn.session, ino, owner, start, length)
+    def op_UNLOCK(self, conn: Any, ino: int, owner: Any, start: int, length: int) -> Any:
+        return self.shared.unlock(conn.session, ino, owner, start, length)
 
-    def op_RELEASE_OWNER(self, conn: Any, owner: Any) -> None:
-        self.shared.release_owner(conn.session, owner)
+    def op_RELEASE_OWNER(self, conn: Any, owner: Any) -> Any:
+        return self.shared.release_owner(conn.session, owner)
 
-    def op_RELEASE_INODE(self, conn: Any, ino: int) -> None:
-        self.shared.release_inode(ino)
+    def op_RELEASE_INODE(self, conn: Any, ino: int) -> Any:
+        return self.shared.release_inode(ino)
 
-    def op_RELEASE_CLIENT(self, conn: Any, protocol: str, client: bytes) -> None:
-        self.shared.release_client(conn.session, protocol, client)
+    def op_RELEASE_CLIENT(self, conn: Any, protocol: str, client: bytes) -> Any:
+        return self.shared.release_client(conn.session, protocol, client)
 
     def op_SHARE_OPEN(
         self,
@@ -183,26 +187,26 @@ class MetaHandler:
         access: int,
         deny: int,
         reclaim: bool,
-    ) -> None:
-        self.shared.share_open(conn.session, ino, owner, sid, access, deny, reclaim)
+    ) -> Any:
+        return self.shared.share_open(conn.session, ino, owner, sid, access, deny, reclaim)
 
-    def op_SHARE_SET(self, conn: Any, sid: int, access: int, deny: int) -> None:
-        self.shared.share_set(conn.session, sid, access, deny)
+    def op_SHARE_SET(self, conn: Any, sid: int, access: int, deny: int) -> Any:
+        return self.shared.share_set(conn.session, sid, access, deny)
 
-    def op_SHARE_CLOSE(self, conn: Any, sid: int) -> None:
-        self.shared.share_close(conn.session, sid)
+    def op_SHARE_CLOSE(self, conn: Any, sid: int) -> Any:
+        return self.shared.share_close(conn.session, sid)
 
-    def op_LEASE_HOLD(self, conn: Any, ino: int, bits: int) -> None:
-        self.shared.lease_hold(conn.session, ino, bits)
+    def op_LEASE_HOLD(self, conn: Any, ino: int, bits: int) -> Any:
+        return self.shared.lease_hold(conn.session, ino, bits)
 
     def op_LEASE_RECALL(self, conn: Any, ino: int, why: str) -> Any:
         return self.shared.lease_recall(conn.session, ino, why)
 
-    def op_LEASE_BREAK_ACK(self, conn: Any, bid: int) -> None:
-        self.shared.lease_break_ack(conn.session, bid)
+    def op_LEASE_BREAK_ACK(self, conn: Any, bid: int) -> Any:
+        return self.shared.lease_break_ack(conn.session, bid)
 
-    def op_SESSION_RESET(self, conn: Any) -> None:
-        self.shared.reset(conn.session)
+    def op_SESSION_RESET(self, conn: Any) -> Any:
+        return self.shared.reset(conn.session)
 
     # -- reads ------------------------------------------------------------------------
 

@@ -244,7 +244,15 @@ def build_meta(
             # The gateways of the other meta servers hear of it through the database.
             backend.notify_change(value.session, value.ino, value.dir)
 
-    handler = MetaHandler(backend, publish, clock=reactor)
+    shared = None
+    if pg is not None:
+        from claudefs_gateway.servers.shared_pg import PgSharedState
+
+        def shared(clock: Any, push: Any, publish: Any) -> Any:
+            # Several meta servers over one database share the gateways' locks and leases.
+            return PgSharedState(clock, backend, push, publish)
+
+    handler = MetaHandler(backend, publish, clock=reactor, shared=shared)
     store = _MetaStore(handler, list(settings.data_servers), root, settings.mirrors)
     store.setServiceParent(root)
     root.ready = store.when_open

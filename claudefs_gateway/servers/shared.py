@@ -21,6 +21,12 @@ A session whose event subscription is lost and not renewed within
 L{LINGER} seconds is gone: its locks, shares and lease holdings go, as a
 client's do when it reboots. A gateway that subscribes again sends
 C{SESSION_RESET} and then all it holds.
+
+L{ISharedState} is what the meta server's opcodes need of this state;
+L{SharedState} keeps it in this server's memory (the embedded store, one
+meta server), L{claudefs_gateway.servers.shared_pg.PgSharedState} in
+PostgreSQL, shared by every meta server on the database. A method may answer
+at once (None) or with a Deferred.
 """
 
 from __future__ import annotations
@@ -32,8 +38,11 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from zope.interface import implementer
+
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.interfaces import ISharedState
 from claudefs_gateway.vfs.leases import KEEP_FOR, Why
 from claudefs_gateway.vfs.locks import LockOwner, LockTable, ShareToken
 from claudefs_gateway.vfs.shared import (
@@ -43,7 +52,7 @@ from claudefs_gateway.vfs.shared import (
     owner_to_wire,
 )
 
-__all__ = ["SharedState", "LINGER", "RECALL_TIMEOUT"]
+__all__ = ["ISharedState", "SharedState", "LINGER", "RECALL_TIMEOUT"]
 
 #: Seconds a session's state outlives its lost event subscription.
 LINGER = 10.0
@@ -52,6 +61,7 @@ LINGER = 10.0
 RECALL_TIMEOUT = 45.0
 
 
+@implementer(ISharedState)
 class SharedState:
     """
     @param push: C{push(session, event_name, value)} sends one event to the
@@ -103,6 +113,13 @@ class SharedState:
     def snapshot_inodes(self) -> set[int]:
         """Every inode with locks, shares or lease holdings now."""
         return {i for i in self._all_inos() if self.table.busy(i)} | set(self.leases)
+
+    def send_snapshot(self, push: Callable[[str, Any], None]) -> None:
+        for ino in self.snapshot_inodes():
+            self.push_state(push, ino)
+
+    def start(self) -> None:
+        pass
 
     def push_state(self, push: Callable[[str, Any], None], ino: int) -> None:
         """Send C{ino}'s state (EV_LOCKS, EV_LEASES) through C{push} alone."""

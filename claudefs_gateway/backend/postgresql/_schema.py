@@ -28,8 +28,17 @@ C{backend/embedded/_schema.py}):
 
 Version 2, the shared state a later step moves into the meta server
 (docs/postgresql.rst "Shared state"): C{client_record}, C{lock_range},
-C{lock_waiter}, C{share_reservation}, C{lease}, C{grace}. Created now so that
-the step needs no migration of a running cluster; nothing reads them yet.
+C{lock_waiter}, C{share_reservation}, C{lease}, C{grace}. Created then so that
+the step would need no migration of a running cluster; nothing ever wrote them.
+
+Version 3, the shared state of several meta servers (L{claudefs_gateway.servers.shared_pg}):
+C{lock_range}, C{share_reservation} and C{lease} of version 2 are made again in
+the shape the meta servers' shared state has (gateway sessions, the meta server
+that wrote each row; no client records, which stay with each gateway), with
+C{shared_inode} (one row per inode with locks or shares: the row a change of
+that inode's locks takes C{FOR UPDATE}) and C{meta_server} (each running meta
+server's boot id and when it was last seen, so the others can reap the rows of
+one that died).
 """
 
 from __future__ import annotations
@@ -192,10 +201,62 @@ CREATE TABLE grace (
 );
 """
 
+_V3 = """
+DROP TABLE lock_range;
+DROP TABLE share_reservation;
+DROP TABLE lease;
+CREATE TABLE meta_server (
+    boot text PRIMARY KEY,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    seen_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE shared_inode (ino bigint PRIMARY KEY);
+CREATE TABLE lock_range (
+    id bigserial PRIMARY KEY,
+    ino bigint NOT NULL,
+    session bigint NOT NULL,
+    protocol text NOT NULL,
+    client bytea NOT NULL,
+    owner bytea NOT NULL,
+    start_off numeric NOT NULL,
+    length numeric NOT NULL,
+    exclusive boolean NOT NULL,
+    server text NOT NULL
+);
+CREATE INDEX lock_range_ino ON lock_range (ino);
+CREATE INDEX lock_range_session ON lock_range (session);
+CREATE INDEX lock_range_server ON lock_range (server);
+CREATE TABLE share_reservation (
+    id bigserial PRIMARY KEY,
+    ino bigint NOT NULL,
+    session bigint NOT NULL,
+    sid bigint NOT NULL,
+    protocol text NOT NULL,
+    client bytea NOT NULL,
+    owner bytea NOT NULL,
+    access smallint NOT NULL,
+    deny smallint NOT NULL,
+    server text NOT NULL,
+    UNIQUE (session, sid)
+);
+CREATE INDEX share_reservation_ino ON share_reservation (ino);
+CREATE INDEX share_reservation_server ON share_reservation (server);
+CREATE TABLE lease (
+    ino bigint NOT NULL,
+    session bigint NOT NULL,
+    bits integer NOT NULL,
+    server text NOT NULL,
+    PRIMARY KEY (ino, session)
+);
+CREATE INDEX lease_session ON lease (session);
+CREATE INDEX lease_server ON lease (server);
+"""
+
 #: (version, what it does, SQL). Never edit a released one: add the next.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "namespace: inodes, entries, xattrs, usage, quotas, state", _V1),
     (2, "shared state: client records, locks, waiters, shares, leases, grace", _V2),
+    (3, "shared state of several meta servers: locks, shares, leases, live servers", _V3),
 )
 LATEST = MIGRATIONS[-1][0]
 

@@ -103,6 +103,11 @@ class PgSettings:
         """The LISTEN/NOTIFY channel of this namespace (one per schema)."""
         return f"cfs_change_{self.schema}"[:63]
 
+    @property
+    def shared_channel(self) -> str:
+        """The channel of shared-state events (servers/shared_pg.py) of this namespace."""
+        return f"cfs_shared_{self.schema}"[:63]
+
 
 @attrs.frozen
 class RemoteChange:
@@ -148,6 +153,7 @@ class PostgresStore:
         self._state = "new"
         self._error: str | None = None
         self._change_listeners: list[Callable[[RemoteChange], None]] = []
+        self._shared_listeners: list[Callable[[str], None]] = []
         self._reset_listeners: list[Callable[[], object]] = []
         self._outbox: list[tuple[int, int, int]] = []
         self._flushing = False
@@ -339,6 +345,32 @@ class PostgresStore:
         """Call C{listener} (on the reactor thread) for each change another meta server made."""
         self._change_listeners.append(listener)
 
+    def on_shared_event(self, listener: Callable[[str], None]) -> None:
+        """
+        Call C{listener(payload)} (on the reactor thread) for each notification
+        on L{PgSettings.shared_channel} another meta server sent.
+        """
+        self._shared_listeners.append(listener)
+
+    def transaction(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """
+        Run C{fn(conn, *args)} in one transaction (READ COMMITTED) on a pooled
+        connection, in the C{db} thread pool; retried on another connection
+        only if it failed before the transaction began. Fires with C{fn}'s
+        result; fails with L{errors.GatewayError} (the database's errors converted).
+        """
+        if self._state != "open":
+            return defer.fail(errors.IO("store is not open"))
+        begun: list[bool] = []
+
+        def run(conn: Any) -> T:
+            del begun[:]
+            with conn.transaction():
+                begun.append(True)
+                return fn(conn, *args)
+
+        return self._run(self._with_conn, run, (), False, begun)
+
     def on_reset(self, listener: Callable[[], object]) -> None:
         """Call C{listener} when other servers' changes may have been missed."""
         self._reset_listeners.append(listener)
@@ -409,6 +441,9 @@ class PostgresStore:
                 delay = min(delay * 2, 5.0)
                 continue
             try:
+                conn.execute(
+                    sql.SQL("LISTEN {}").format(sql.Identifier(self.settings.shared_channel))
+                )
                 conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.settings.channel)))
                 self._listening = True
                 delay = 0.1
@@ -417,13 +452,18 @@ class PostgresStore:
                     self._reactor.callFromThread(self._reset)
                 first = False
                 while not self._stop.is_set():
-                    got = [
-                        n.payload
-                        for n in conn.notifies(timeout=0.5)
-                        if not n.payload.startswith(self.server_id)
-                    ]
+                    got: list[str] = []
+                    shared: list[str] = []
+                    for n in conn.notifies(timeout=0.5):
+                        if n.payload.startswith(self.server_id):
+                            continue
+                        (shared if n.channel == self.settings.shared_channel else got).append(
+                            n.payload
+                        )
                     if got:
                         self._reactor.callFromThread(self._deliver, got)
+                    if shared:
+                        self._reactor.callFromThread(self._deliver_shared, shared)
             except psycopg.Error as e:
                 self._listening = False
                 if not self._stop.is_set():
@@ -447,6 +487,14 @@ class PostgresStore:
                         listener(change)
                     except Exception:
                         self._log.failure("remote change listener failed")
+
+    def _deliver_shared(self, payloads: list[str]) -> None:
+        for payload in payloads:
+            for listener in list(self._shared_listeners):
+                try:
+                    listener(payload)
+                except Exception:
+                    self._log.failure("shared-state listener failed")
 
     def _reset(self) -> None:
         for listener in list(self._reset_listeners):

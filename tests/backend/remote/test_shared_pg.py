@@ -1,0 +1,107 @@
+"""
+The shared state of gateways on I{different} meta servers over one PostgreSQL
+(servers/shared_pg.py): every test of C{test_shared.py} with gateway A on one
+meta server and B on another, plus what only several servers have: races
+decided in the database, a dead server's rows reaped, a gateway failing over
+keeps what it holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+
+from claudefs_gateway import errors
+from claudefs_gateway.vfs.locks import LockOwner
+from tests.backend import postgres
+from tests.backend.remote import test_shared as base
+from tests.backend.remote.harness import Cluster
+from tests.backend.remote.test_shared import SETTINGS, Gateway, pause, until
+
+
+class TwoServersSharedStateTests(base.SharedStateTests):
+    """test_shared.py's tests, A's gateway on meta server 1 and B's on meta server 2."""
+
+    async def gateways(self) -> tuple[Cluster, Gateway, Gateway]:
+        cluster = Cluster(self, meta_store=postgres.meta_store_config(postgres.new_schema(self)))
+        await cluster.start()
+        m1 = cluster.meta
+        m2 = await cluster.start_meta(name="meta2")
+        self.servers = (m1, m2)
+        out = []
+        for m in (m1, m2):
+            b = cluster.backend(SETTINGS, metas=[m])
+            gw = Gateway(b)
+            self.addCleanup(gw.stop)
+            await b.open()
+            self.addCleanup(b.close)
+            await until(lambda b=b: b._events is not None, "subscribed")
+            out.append(gw)
+        # Tests that reach for cluster.meta (linger, a late gateway) mean A's server.
+        cluster.meta = m1
+        return cluster, out[0], out[1]
+
+    def shared(self, i: int) -> Any:
+        return self.servers[i].factory.handler.shared
+
+    async def test_race_decided_once(self) -> None:
+        """Conflicting locks sent at once through both servers: exactly one wins per file."""
+        _, a, b = await self.gateways()
+        inos = list(range(100, 120))
+        tries = []
+        for ino in inos:
+            tries.append(a.locks.lock(ino, LockOwner("nlm", "ha", b"1"), 0, 0, True))
+            tries.append(b.locks.lock(ino, LockOwner("smb", b"sb", b"f"), 0, 0, True))
+        got = await defer.DeferredList(tries, consumeErrors=True)
+        for i in range(len(inos)):
+            wins = [ok for ok, _ in got[2 * i : 2 * i + 2]]
+            self.assertEqual(sorted(wins), [False, True], f"inode {inos[i]}")
+            for ok, value in got[2 * i : 2 * i + 2]:
+                if not ok:
+                    value.trap(errors.LockConflict)
+
+    async def test_share_reservation_atomic(self) -> None:
+        """Opens denying each other, sent at once through both servers: one is refused."""
+        _, a, b = await self.gateways()
+        sa = a.backend.shared_call("SHARE_OPEN", (50, ("smb", b"b:x", b"1"), 1, 3, 3, False))
+        sb = b.backend.shared_call("SHARE_OPEN", (50, ("smb", b"b:y", b"1"), 1, 3, 3, False))
+        got = await defer.DeferredList([sa, sb], consumeErrors=True)
+        self.assertEqual(sorted(ok for ok, _ in got), [False, True])
+
+    async def test_dead_server_reaped(self) -> None:
+        """A meta server that stops renewing its row loses its gateways' locks and leases."""
+        _, a, b = await self.gateways()
+        await a.locks.lock(21, LockOwner("nlm", "h", b"1"), 0, 0, True)
+        await until(lambda: b.locks.busy(21), "B hears of A's lock")
+        s2 = self.shared(1)
+        s2.dead_after = 0.5
+        s2.heartbeat = 0.1
+        # Server 1 goes (its gateway cannot fail over: it knows no other).
+        await self.servers[0].stopService()
+        await until(lambda: not b.locks.busy(21), "server 1's locks reaped")
+        await b.locks.lock(21, LockOwner("nlm", "h2", b"1"), 0, 0, True)
+
+    async def test_failover_keeps_locks(self) -> None:
+        """A gateway on [1, 2] whose server 1 goes holds its lock through server 2."""
+        cluster, _, b = await self.gateways()
+        m1, m2 = self.servers
+        c = Gateway(cluster.backend(SETTINGS, metas=[m1, m2]))
+        self.addCleanup(c.stop)
+        await c.backend.open()
+        self.addCleanup(c.backend.close)
+        await until(lambda: c.backend._events is not None, "subscribed")
+        owner = LockOwner("nlm", "hc", b"1")
+        await c.locks.lock(31, owner, 0, 0, True)
+        await until(lambda: b.locks.busy(31), "B hears of C's lock")
+        s2 = self.shared(1)
+        s2.dead_after = 0.5
+        s2.heartbeat = 0.1
+        gone = self.shared(0).boot
+        await m1.stopService()
+        # C fails over to server 2 and tells it all it holds again; server 1's rows are reaped.
+        await until(lambda: gone in s2.reaped, "server 1 reaped")
+        await pause(0.2)
+        with self.assertRaises(errors.LockConflict):
+            await b.locks.lock(31, LockOwner("nlm", "hb", b"1"), 0, 0, True)
+        self.assertTrue(c.locks.check_io(31, owner, 0, 1, True))
