@@ -4,14 +4,20 @@ clients on each (docs/rpc.rst "Shared state"): a lock taken through gateway
 A holds against a write through gateway B, an open through A that denies
 writing refuses a write through B, and a change through B has what A's
 clients cache recalled first.
+
+L{TwoMetaServersTests}: the same tests with A on one claudefs-meta and B on
+another, both over one PostgreSQL (servers/shared_pg.py): the locks, share
+reservations and lease breaks cross between meta servers through the database.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from claudefs_gateway.nfs.v4 import const as v4
@@ -55,6 +61,25 @@ class TwoGatewaysTests(TestCase):
         extra = CONFIG + f'metadata_servers: [{{address: "{meta.address}"}}]\n'
         self.a = await self.gateway(extra)
         self.b = await self.gateway(extra)
+
+    async def meta_servers(self, n: int) -> list[ServerProcess]:
+        """A data server and C{n} meta servers on one PostgreSQL schema of the scratch server."""
+        from tests.backend import postgres
+
+        conf = os.path.abspath(self.mktemp())
+        self.schema = postgres.new_schema(self)
+        with open(conf, "w") as f:
+            f.write(postgres.meta_store_yaml(self.schema))
+        data = ServerProcess(self, "data")
+        await data.start()
+        metas = [
+            ServerProcess(self, "meta", ["--data-server", data.address, "--config", conf])
+            for _ in range(n)
+        ]
+        for m in metas:
+            await m.start()
+
+        return metas
 
     async def gateway(self, extra: str) -> Gateway:
         config = loopback_config(self, extra, backend="remote")
@@ -108,6 +133,13 @@ class TwoGatewaysTests(TestCase):
         r = await cl.compound([(v4.OP_RECLAIM_COMPLETE, ReclaimCompleteArgs(False))])
         self.assertEqual(r.status, v4.NFS4_OK)
         return Holder(cl, conn)
+
+    async def lease_registered(self) -> None:
+        """
+        Between meta servers: wait until A's LEASE_HOLD is in the database. A gateway
+        grants a lease before the meta server has it (vfs/shared.py), and another
+        gateway learns of it a NOTIFY later (docs/postgresql.rst "Shared state").
+        """
 
     async def test_nlm_lock_through_a_blocks_smb_write_through_b(self) -> None:
         """libnfs's NLM client locks through A; smbprotocol's write through B is refused, then lands."""
@@ -165,6 +197,7 @@ class TwoGatewaysTests(TestCase):
         holder = await self.holder(self.a)
         s3 = await self.s3(self.b)
         await holder.delegate("put.txt")
+        await self.lease_registered()
         put = await s3.ok("put", bucket="export", key="put.txt", data="from s3")
         self.assertIn("result", put)
         self.assertEqual(holder.recalled, ["put.txt"])
@@ -203,3 +236,28 @@ class TwoGatewaysTests(TestCase):
         await one.ok("ack", id="f", to=brk["to"])
         got = await second
         self.assertNotIn("w", got.get("lease", ""))
+
+
+class TwoMetaServersTests(TwoGatewaysTests):
+    """Every test above, gateway A on meta server 1 and B on meta server 2, over one PostgreSQL."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        one, two = await self.meta_servers(2)
+        self.a = await self.gateway(CONFIG + f'metadata_servers: [{{address: "{one.address}"}}]\n')
+        self.b = await self.gateway(CONFIG + f'metadata_servers: [{{address: "{two.address}"}}]\n')
+
+    async def lease_registered(self) -> None:
+        import psycopg
+
+        from tests.backend import postgres
+
+        def held() -> bool:
+            with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+                q = f"SELECT count(*) FROM {self.schema}.lease"
+                return bool(conn.execute(q).fetchone()[0])  # type: ignore[index]
+
+        for _ in range(500):
+            if held():
+                return
+            await deferLater(reactor, 0.01, lambda: None)
+        self.fail("A's lease never reached the database")

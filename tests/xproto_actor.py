@@ -213,6 +213,10 @@ def smb(host: str, port: str, share: str, user: str, password: str) -> int:
         n = opens[o["id"]].write(o["data"].encode(), o.get("offset", 0))
         return {"written": n}
 
+    def flush(o: dict[str, Any]) -> dict[str, Any]:
+        opens[o["id"]].flush()
+        return {}
+
     def read(o: dict[str, Any]) -> dict[str, Any]:
         data = opens[o["id"]].read(o.get("offset", 0), o["length"])
         return {"data": data.decode("latin-1")}
@@ -275,6 +279,7 @@ def smb(host: str, port: str, share: str, user: str, password: str) -> int:
             "open": open_,
             "write": write,
             "read": read,
+            "flush": flush,
             "lock": lock,
             "close": close,
             "watch": watch,

@@ -3,8 +3,8 @@ Drive libnfs (Debian's libnfs13, the library under nfs-cp and nfs-ls) through
 ctypes, for the NFS operations libnfs-utils has no command for: mkdir, rmdir,
 rename, symlink, readlink, link, unlink, stat, chmod, listdir, and
 ``write PATH OFFSET TEXT`` / ``read PATH OFFSET COUNT`` at an offset;
-``overwrite PATH TEXT`` (open with O_TRUNC, write, close), ``truncate PATH SIZE``
-and ``readall PATH``.
+``overwrite PATH TEXT`` (open with O_TRUNC, write, close), ``truncate PATH SIZE``,
+``readall PATH`` and ``writecommit PATH TEXT`` (create, write, fsync: COMMIT, close).
 
 Run as a child process (never in the test's reactor)::
 
@@ -40,6 +40,7 @@ ARITY = {
     "overwrite": 2,
     "truncate": 2,
     "readall": 1,
+    "writecommit": 2,
 }
 
 
@@ -211,6 +212,19 @@ def main(argv: list[str]) -> int:
                 result = buf.raw[: max(ret, 0)].decode("utf-8", "replace")
                 lib.nfs_close(ctypes.c_void_p(nfs), fh)
                 ret = min(ret, 0)
+        elif op == "writecommit":
+            fh = ctypes.c_void_p()
+            ret = lib.nfs_creat(ctypes.c_void_p(nfs), b[0], 0o644, ctypes.byref(fh))
+            if ret == 0:
+                data = b[1]
+                ret = lib.nfs_pwrite(
+                    ctypes.c_void_p(nfs), fh, ctypes.c_uint64(0), ctypes.c_uint64(len(data)), data
+                )
+                if ret == len(data):
+                    ret = lib.nfs_fsync(ctypes.c_void_p(nfs), fh)
+                elif ret >= 0:
+                    ret = -5
+                lib.nfs_close(ctypes.c_void_p(nfs), fh)
         elif op == "creat":
             fh = ctypes.c_void_p()
             ret = lib.nfs_creat(ctypes.c_void_p(nfs), b[0], 0o644, ctypes.byref(fh))

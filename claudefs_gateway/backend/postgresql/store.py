@@ -452,18 +452,15 @@ class PostgresStore:
                     self._reactor.callFromThread(self._reset)
                 first = False
                 while not self._stop.is_set():
-                    got: list[str] = []
-                    shared: list[str] = []
+                    # Each as it comes: the generator ends only at the timeout, and a
+                    # lock or lease another gateway waits to hear of must not wait for it.
                     for n in conn.notifies(timeout=0.5):
                         if n.payload.startswith(self.server_id):
                             continue
-                        (shared if n.channel == self.settings.shared_channel else got).append(
-                            n.payload
-                        )
-                    if got:
-                        self._reactor.callFromThread(self._deliver, got)
-                    if shared:
-                        self._reactor.callFromThread(self._deliver_shared, shared)
+                        if n.channel == self.settings.shared_channel:
+                            self._reactor.callFromThread(self._deliver_shared, [n.payload])
+                        else:
+                            self._reactor.callFromThread(self._deliver, [n.payload])
             except psycopg.Error as e:
                 self._listening = False
                 if not self._stop.is_set():
