@@ -98,6 +98,10 @@ class MetaHandler:
     def instance_id(self) -> bytes:
         return bytes(self.backend.instance_id)
 
+    def boot_salt(self) -> bytes:
+        """What of the store's own life goes into the boot id (HELLO): PostgreSQL's start."""
+        return bytes(getattr(self.backend, "db_boot", b""))
+
     def check(self) -> CheckResult:
         check = getattr(self.backend, "check", None)
         return check() if check is not None else CheckResult.healthy()

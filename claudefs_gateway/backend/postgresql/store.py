@@ -154,6 +154,12 @@ class PostgresStore:
         self._error: str | None = None
         self._change_listeners: list[Callable[[RemoteChange], None]] = []
         self._shared_listeners: list[Callable[[str], None]] = []
+        #: PostgreSQL's start time (pg_postmaster_start_time), as text: a database
+        #: restart may lose commits made with synchronous_commit off (unstable
+        #: writes), so it goes into the meta server's boot id and the NFS write
+        #: verifier changes (RFC 1813 section 3.3.7). Read at open and whenever
+        #: the LISTEN connection is made again.
+        self.db_boot = b""
         self._reset_listeners: list[Callable[[], object]] = []
         self._outbox: list[tuple[int, int, int]] = []
         self._flushing = False
@@ -218,6 +224,7 @@ class PostgresStore:
                     version=applied[-1],
                 )
             self._configure(conn)
+            self.db_boot = _postmaster_start(conn)
             return self.engine.open(conn)
 
     def _reconnect_failed(self, pool: Any) -> None:
@@ -441,6 +448,9 @@ class PostgresStore:
                 delay = min(delay * 2, 5.0)
                 continue
             try:
+                # Before the reset below: gateways reconnect then, and their HELLO must
+                # carry the new boot id if the database restarted.
+                self.db_boot = _postmaster_start(conn)
                 conn.execute(
                     sql.SQL("LISTEN {}").format(sql.Identifier(self.settings.shared_channel))
                 )
@@ -653,6 +663,11 @@ class PostgresStore:
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run C{fn(conn, *args)} now on the caller's thread (offline tools only)."""
         return self._with_conn(fn, args, False)
+
+
+def _postmaster_start(conn: Any) -> bytes:
+    row = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()
+    return str(row[0]).encode() if row else b""
 
 
 def _no_pool(e: BaseException) -> bool:

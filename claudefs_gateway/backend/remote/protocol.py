@@ -25,6 +25,7 @@ may not send get an ERROR frame and a closed connection.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 from collections.abc import Callable
@@ -535,9 +536,23 @@ class ServerFactory(Factory):
         self.connections: set[ServerConnection] = set()
         self.subscribers: set[ServerConnection] = set()
         self.calls = 0
-        #: This server's boot id (HELLO): new for every start, so a gateway
-        #: tells a restarted server (whose unsynced writes may be gone) apart.
-        self.boot = os.urandom(8)
+        #: This process's part of the boot id: new for every start.
+        self._boot = os.urandom(8)
+
+    @property
+    def boot(self) -> bytes:
+        """
+        This server's boot id (HELLO): new for every start, so a gateway tells
+        a restarted server (whose unsynced writes may be gone) apart. A handler
+        whose store can lose unsynced commits without this process restarting
+        (PostgreSQL restarted under it) folds that store's own start in
+        (C{boot_salt()}): the id changes then too.
+        """
+        salt = getattr(self.handler, "boot_salt", None)
+        extra = salt() if callable(salt) else b""
+        if not extra:
+            return self._boot
+        return hashlib.sha256(self._boot + extra).digest()[:8]
 
     def instance_id(self) -> bytes:
         iid = getattr(self.handler, "instance_id", None)

@@ -120,6 +120,37 @@ class TwoMetaServersTests(TestCase):
         await until(lambda: resets, "the gateway's cache reset")
         await until(lambda: store._listening, "LISTEN again")
 
+    async def test_database_restart_changes_boot_id(self) -> None:
+        """
+        A PostgreSQL that started again (found when the LISTEN connection is made
+        again) may have lost commits made with synchronous_commit off: the meta
+        server's boot id changes, so its gateways count a restart and the NFS
+        write verifier changes (RFC 1813 section 3.3.7). The restart is simulated:
+        the scratch server is shared by every test.
+        """
+        import psycopg
+
+        from claudefs_gateway.backend.postgresql import store as store_module
+
+        cluster, m1, _ = await self.start()
+        a = cluster.backend(metas=[m1])
+        await a.open()
+        self.addCleanup(a.close)
+        store = m1.getServiceNamed("server:store").handler.backend
+        await until(lambda: store._listening and a._events is not None, "LISTEN and events")
+        self.assertNotEqual(store.db_boot, b"")
+        before = m1.factory.boot
+        self.assertEqual(a.restarts, 0)
+        real = store_module._postmaster_start
+        self.patch(store_module, "_postmaster_start", lambda conn: real(conn) + b" again")
+        with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE %s",
+                (f'LISTEN "{store.settings.channel}"',),
+            )
+        await until(lambda: a.restarts == 1, "the gateway to see a new boot id")
+        self.assertNotEqual(m1.factory.boot, before)
+
 
 SETTINGS = """
 connection_pool: {min_per_node: 1, max_per_node: 8, connect_timeout_ms: 500}
