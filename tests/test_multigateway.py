@@ -213,6 +213,7 @@ class TwoGatewaysTests(TestCase):
         smb, s3 = await self.smb(self.a), await self.s3(self.b)
         opened = await smb.ok("open", id="f", path="leased.txt", access="rw", lease="rwh")
         self.assertEqual(opened["lease"], "rwh")
+        await self.lease_registered()
         await smb.ok("write", id="f", data="cached by smb")
         put = defer.ensureDeferred(s3.ok("put", bucket="export", key="leased.txt", data="s3"))
         brk = await smb.wait_for(lambda e: e.get("event") == "break")
@@ -228,6 +229,7 @@ class TwoGatewaysTests(TestCase):
         one, two = await self.smb(self.a), await self.smb(self.b)
         first = await one.ok("open", id="f", path="two.txt", access="rw", lease="rwh")
         self.assertEqual(first["lease"], "rwh")
+        await self.lease_registered()
         second = defer.ensureDeferred(
             two.ok("open", id="g", path="two.txt", access="rw", lease="rwh")
         )

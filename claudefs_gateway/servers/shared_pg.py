@@ -211,7 +211,8 @@ class PgSharedState:
         self.dead_after = dead_after
         self.heartbeat = heartbeat
         self._breaks: dict[int, tuple[set[int], defer.Deferred[None], IDelayedCall]] = {}
-        self._forwarded: dict[int, str] = {}  # break id -> the meta server that asked
+        # (break id, session) -> the meta server that asked
+        self._forwarded: dict[tuple[int, int], str] = {}
         # Break ids unique across meta servers: a random high half, a counter below.
         self._ids = itertools.count((int.from_bytes(os.urandom(4), "big") >> 1) << 32 | 1)
         self._gone: dict[int, IDelayedCall] = {}
@@ -515,7 +516,7 @@ class PgSharedState:
     def _break_here(self, bid: int, session: int, ino: int, why: str, origin: str) -> None:
         """Send EV_LEASE_BREAK to one of our sessions, or drop its lease if it has none here."""
         if origin != self.boot:
-            self._forwarded[bid] = origin
+            self._forwarded[(bid, session)] = origin
         if not self._push(session, "EV_LEASE_BREAK", (bid, ino, why)):
             # Nobody to tell: the session is gone, and so are its leases.
             d = self.lease_hold(session, ino, 0)
@@ -523,7 +524,7 @@ class PgSharedState:
             d.addBoth(lambda _: self.lease_break_ack(session, bid))
 
     def lease_break_ack(self, session: int, bid: int) -> None:
-        origin = self._forwarded.pop(bid, None)
+        origin = self._forwarded.pop((bid, session), None)
         if origin is not None:
             self._tell(("A", origin, f"{bid:x}", f"{session:x}"))
         else:

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet import defer
 
 from claudefs_gateway import errors
+from claudefs_gateway.vfs.leases import H, LeaseKey, R, Why
 from claudefs_gateway.vfs.locks import LockOwner
 from tests.backend import postgres
 from tests.backend.remote import test_shared as base
@@ -40,6 +41,13 @@ class TwoServersSharedStateTests(base.SharedStateTests):
             out.append(gw)
         # Tests that reach for cluster.meta (linger, a late gateway) mean A's server.
         cluster.meta = m1
+
+        async def settle() -> None:
+            # Calls a test's last step sent (acknowledgements, holdings) answered before
+            # the backends close: a meta server on PostgreSQL answers a little later.
+            await until(lambda: all(g.locks.link._tail.called for g in out), "links idle")
+
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(settle()))
         return cluster, out[0], out[1]
 
     def shared(self, i: int) -> Any:
@@ -105,3 +113,26 @@ class TwoServersSharedStateTests(base.SharedStateTests):
         with self.assertRaises(errors.LockConflict):
             await b.locks.lock(31, LockOwner("nlm", "hb", b"1"), 0, 0, True)
         self.assertTrue(c.locks.check_io(31, owner, 0, 1, True))
+
+    async def test_recall_of_two_sessions_on_another_server(self) -> None:
+        """B's recall reaches two gateways of server 1; both acknowledgements come back."""
+        cluster, a, b = await self.gateways()
+        c = Gateway(cluster.backend(base.SETTINGS, metas=[self.servers[0]]))
+        self.addCleanup(c.stop)
+        await c.backend.open()
+        self.addCleanup(c.backend.close)
+        await until(lambda: c.backend._events is not None, "subscribed")
+        ha, hc = base.Holder(), base.Holder()
+        la = a.leases.grant(41, LeaseKey("smb", b"a", b"k"), R | H, ha)
+        await until(lambda: c.leases.busy(41), "C hears of A's lease")
+        lc = c.leases.grant(41, LeaseKey("smb", b"c", b"k"), R | H, hc)
+        assert la is not None and lc is not None
+        await until(lambda: b.leases.busy(41) and len(b.leases.foreign) == 1, "B hears")
+        # A byte-range lock lets others keep nothing: both breaks want an acknowledgement.
+        recall = b.leases.recall(41, Why.LOCK)
+        await until(lambda: ha.breaks and hc.breaks, "both holders told")
+        self.assertFalse(recall.called)
+        for gw, lease, holder in ((a, la, ha), (c, lc, hc)):
+            if lease.breaking_to is not None:  # else the break needed no answer
+                gw.leases.acknowledge(lease, holder.breaks[-1][1])
+        await until(lambda: recall.called, "the recall answered by both acknowledgements")
