@@ -10,6 +10,8 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
+from claudefs_gateway.fstypes import FileType
+from claudefs_gateway.servers.data import ChunkStore, DataHandler
 from tests.backend.remote.harness import Cluster
 from tests.backend.test_contract import ContractMixin
 
@@ -24,3 +26,72 @@ class RemoteContractTests(ContractMixin, TestCase):
         await backend.open()
         self.addCleanup(backend.close)
         return backend
+
+
+class ShortCircuitContractTests(ContractMixin, TestCase):
+    """
+    The same contract with the short-circuit local data path on: the gateway
+    reads and writes the data server's chunk files itself.
+    """
+
+    timeout = 30
+
+    async def make_backend(self) -> Any:
+        cluster = Cluster(self)
+        await cluster.start()
+        backend = cluster.backend(short_circuit=ChunkStore(cluster.data_dir, durable=False))
+        await backend.open()
+        self.addCleanup(backend.close)
+        self.assertTrue(backend.short_circuited)
+        return backend
+
+
+class ShortCircuitTests(TestCase):
+    """The local path skips the data server, and its bytes are the data server's."""
+
+    timeout = 30
+
+    async def test_bytes_are_shared_and_the_data_server_is_skipped(self) -> None:
+        cluster = Cluster(self)
+        await cluster.start()
+        local = cluster.backend(short_circuit=ChunkStore(cluster.data_dir, durable=True))
+        plain = cluster.backend()
+        for b in (local, plain):
+            await b.open()
+            self.addCleanup(b.close)
+        root = (await local.root()).ino
+        a = await local.create(root, b"f", FileType.REG, 0o644, 0, 0)
+        # Count what reaches the data server: the local path sends it nothing.
+        calls: list[str] = []
+        for name in ("op_READ", "op_WRITE", "op_COMMIT"):
+            self.patch(DataHandler, name, _counting(calls, name, getattr(DataHandler, name)))
+        await local.write(a.ino, 0, b"hello", stable=False)
+        await local.write(a.ino, 5, memoryview(b" world"), stable=True)
+        await local.commit(a.ino)
+        self.assertEqual(await local.read(a.ino, 0, 100), (b"hello world", True))
+        self.assertEqual(calls, [])
+        # A gateway without the local path reads the same bytes from the data server.
+        self.assertEqual(await plain.read(a.ino, 0, 100), (b"hello world", True))
+        self.assertEqual(calls, ["op_READ"])
+        # And the local path reads what the data server wrote.
+        await plain.write(a.ino, 0, b"HELLO", stable=True)
+        self.assertEqual(await local.read(a.ino, 0, 5), (b"HELLO", False))
+
+    async def test_not_with_several_data_servers(self) -> None:
+        cluster = Cluster(self)
+        await cluster.start()
+        assert cluster.data is not None and cluster.data.rpc is not None
+        dport = cluster.data.rpc.bound_port
+        await cluster.start_meta([f"127.0.0.1:{dport}", f"127.0.0.1:{dport}"], name="meta2")
+        b = cluster.backend(short_circuit=ChunkStore(cluster.data_dir, durable=False))
+        await b.open()
+        self.addCleanup(b.close)
+        self.assertFalse(b.short_circuited)
+
+
+def _counting(calls: list[str], name: str, real: Any) -> Any:
+    def op(*a: Any) -> Any:
+        calls.append(name)
+        return real(*a)
+
+    return op
