@@ -739,7 +739,12 @@ class RemoteBackend:
             # Bytes at and past the new size go (a later extension reads zeros);
             # the meta server answered first, so a refused setattr cuts nothing.
             servers = tuple(self.layout.servers) if self.layout else ()
-            if self.mirrored:
+            if self.short_circuited:
+                # Nothing held: nothing to cut (a file created with O_TRUNC), and
+                # no thread or data server needed to say so.
+                if self._local.held(ino) > changes.size:
+                    await self._local_run(self._local.truncate, ino, changes.size)
+            elif self.mirrored:
                 await self._all_copies(ino, servers, "TRUNCATE", (ino, changes.size))
             else:
                 for address in servers:
@@ -910,12 +915,14 @@ class RemoteBackend:
             await self._local_sync(ino, touched)
 
     async def _local_sync(self, ino: int, chunks: list[int] | None) -> None:
+        await self._local_run(self._local.sync, ino, chunks)
+
+    async def _local_run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """C{fn(*args)} on the chunk store, on a thread (it syncs: that may take a while)."""
         from twisted.internet.threads import deferToThreadPool
 
         try:
-            await deferToThreadPool(
-                self._reactor, self._reactor.getThreadPool(), self._local.sync, ino, chunks
-            )
+            return await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
         except OSError as e:
             raise _local_error(e) from None
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from claudefs_gateway.fstypes import FileType
+from claudefs_gateway.fstypes import FileType, SetAttrs
 from claudefs_gateway.servers.data import ChunkStore, DataHandler
 from tests.backend.remote.harness import Cluster
 from tests.backend.test_contract import ContractMixin
@@ -63,12 +63,18 @@ class ShortCircuitTests(TestCase):
         a = await local.create(root, b"f", FileType.REG, 0o644, 0, 0)
         # Count what reaches the data server: the local path sends it nothing.
         calls: list[str] = []
-        for name in ("op_READ", "op_WRITE", "op_COMMIT"):
+        for name in ("op_READ", "op_WRITE", "op_COMMIT", "op_TRUNCATE"):
             self.patch(DataHandler, name, _counting(calls, name, getattr(DataHandler, name)))
         await local.write(a.ino, 0, b"hello", stable=False)
         await local.write(a.ino, 5, memoryview(b" world"), stable=True)
         await local.commit(a.ino)
         self.assertEqual(await local.read(a.ino, 0, 100), (b"hello world", True))
+        # A shrink cuts the chunk files here; an extension then reads zeros.
+        await local.setattr(a.ino, SetAttrs(size=11))  # nothing past 11 held: nothing to do
+        await local.setattr(a.ino, SetAttrs(size=4))
+        await local.setattr(a.ino, SetAttrs(size=11))
+        self.assertEqual(await local.read(a.ino, 0, 100), (b"hell" + bytes(7), True))
+        await local.write(a.ino, 4, b"o world", stable=True)
         self.assertEqual(calls, [])
         # A gateway without the local path reads the same bytes from the data server.
         self.assertEqual(await plain.read(a.ino, 0, 100), (b"hello world", True))
