@@ -956,6 +956,18 @@ class RemoteBackend:
     async def _commit(self, ino: int) -> Attributes:
         # The meta server checks the type (IsDir, Inval) and syncs the
         # metadata of earlier unstable writes; then the data server syncs bytes.
+        if self.short_circuited:
+            # Both at once: the reply waits for both either way, and a crash
+            # half-way leaves what the one-after-the-other order could leave
+            # (metadata synced before the bytes). The meta server's errors win.
+            meta = self._call("COMMIT_META", (ino,))
+            data = defer.Deferred.fromCoroutine(self._commit_data(ino))
+            results = await defer.DeferredList([meta, data], consumeErrors=True)
+            for ok, value in results:
+                if not ok:
+                    value.raiseException()
+            committed: Attributes = results[0][1]
+            return committed
         a: Attributes = await self._call("COMMIT_META", (ino,))
         await self._commit_data(ino)
         return a
