@@ -647,6 +647,12 @@ class RemoteBackend:
     async def _forget(self, ino: int) -> None:
         if self.layout is None:
             return
+        if self.short_circuited:
+            try:
+                await self._local_run(self._local.forget, ino)
+            except errors.GatewayError as e:
+                self._log.warn("could not free the data of inode {ino}: {why}", ino=ino, why=str(e))
+            return
         for address in self.layout.servers:
             try:
                 await self._dcall(address, "FORGET", (ino,))

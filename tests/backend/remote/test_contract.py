@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from claudefs_gateway.fstypes import FileType, SetAttrs
@@ -63,7 +64,7 @@ class ShortCircuitTests(TestCase):
         a = await local.create(root, b"f", FileType.REG, 0o644, 0, 0)
         # Count what reaches the data server: the local path sends it nothing.
         calls: list[str] = []
-        for name in ("op_READ", "op_WRITE", "op_COMMIT", "op_TRUNCATE"):
+        for name in ("op_READ", "op_WRITE", "op_COMMIT", "op_TRUNCATE", "op_FORGET"):
             self.patch(DataHandler, name, _counting(calls, name, getattr(DataHandler, name)))
         await local.write(a.ino, 0, b"hello", stable=False)
         await local.write(a.ino, 5, memoryview(b" world"), stable=True)
@@ -82,6 +83,14 @@ class ShortCircuitTests(TestCase):
         # And the local path reads what the data server wrote.
         await plain.write(a.ino, 0, b"HELLO", stable=True)
         self.assertEqual(await local.read(a.ino, 0, 5), (b"HELLO", False))
+        # The last link gone, the chunks go, here too.
+        chunks = cluster.data_dir / "chunks" / f"{a.ino % 256:02x}" / str(a.ino)
+        self.assertTrue(chunks.exists())
+        await local.unlink(root, b"f")
+        while local._background:
+            await defer.gatherResults(list(local._background))
+        self.assertFalse(chunks.exists())
+        self.assertEqual(calls, ["op_READ", "op_WRITE"])
 
     async def test_not_with_several_data_servers(self) -> None:
         cluster = Cluster(self)
