@@ -748,7 +748,11 @@ class RemoteBackend:
             if self.short_circuited:
                 # Nothing held: nothing to cut (a file created with O_TRUNC), and
                 # no thread or data server needed to say so.
-                if self._local.held(ino) > changes.size:
+                try:
+                    held = self._local.held(ino)
+                except OSError as e:
+                    raise self._local_failed(e) from None
+                if held > changes.size:
                     await self._local_run(self._local.truncate, ino, changes.size)
             elif self.mirrored:
                 await self._all_copies(ino, servers, "TRUNCATE", (ino, changes.size))
@@ -859,7 +863,7 @@ class RemoteBackend:
         try:
             _, got = self._local.read(ino, offset, n)
         except OSError as e:
-            raise _local_error(e) from None
+            raise self._local_failed(e) from None
         return got if len(got) >= n else got + bytes(n - len(got))
 
     async def _read_piece(self, ino: int, copies: Sequence[str], pos: int, size: int) -> bytes:
@@ -916,7 +920,7 @@ class RemoteBackend:
         try:
             touched = self._local.put(ino, offset, data)
         except OSError as e:
-            raise _local_error(e) from None
+            raise self._local_failed(e) from None
         if stable:
             await self._local_sync(ino, touched)
 
@@ -930,7 +934,18 @@ class RemoteBackend:
         try:
             return await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
         except OSError as e:
-            raise _local_error(e) from None
+            raise self._local_failed(e) from None
+
+    def _local_failed(self, e: OSError) -> errors.FSError:
+        """An I/O error on the local path: logged, and answered as the data server would."""
+        from claudefs_gateway.servers.data import _convert
+
+        self._log.warn(
+            "local data path: I/O error in {path}: {why}",
+            path=str(self._local.root),
+            why=str(e),
+        )
+        return _convert(e)
 
     async def _forget_if_not_file(self, ino: int) -> None:
         try:
@@ -1041,13 +1056,6 @@ class RemoteBackend:
         if address not in self._data:
             return defer.fail(errors.IO("not a data server of this namespace"))
         return self._dcall(address, "HEARTBEAT")
-
-
-def _local_error(e: OSError) -> errors.FSError:
-    """An I/O error on the short-circuit path, as the data server would have answered it."""
-    from claudefs_gateway.servers.data import _convert
-
-    return _convert(e)
 
 
 def _stale_key(address: str) -> str:

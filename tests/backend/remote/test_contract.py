@@ -6,11 +6,14 @@ port 0, reached over real TCP through the pool and the breaker.
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
+from claudefs_gateway import errors
 from claudefs_gateway.fstypes import FileType, SetAttrs
 from claudefs_gateway.servers.data import ChunkStore, DataHandler
 from tests.backend.remote.harness import Cluster
@@ -91,6 +94,22 @@ class ShortCircuitTests(TestCase):
             await defer.gatherResults(list(local._background))
         self.assertFalse(chunks.exists())
         self.assertEqual(calls, ["op_READ", "op_WRITE"])
+
+    async def test_io_errors_are_the_data_servers_errors(self) -> None:
+        cluster = Cluster(self)
+        await cluster.start()
+        b = cluster.backend(short_circuit=ChunkStore(cluster.data_dir, durable=False))
+        await b.open()
+        self.addCleanup(b.close)
+        a = await b.create((await b.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+
+        def fail(*args: Any) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(os, "pwrite", fail)
+        with self.assertRaises(errors.NoSpace):
+            await b.write(a.ino, 0, b"x", stable=False)
+        self.assertEqual((await b.getattr(a.ino)).size, 0)
 
     async def test_not_with_several_data_servers(self) -> None:
         cluster = Cluster(self)
