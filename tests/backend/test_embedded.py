@@ -899,6 +899,31 @@ class ReactorRunTests(StoreCase):
         self.assertFalse(d.called)
         self.assertTrue((await d).stable)
 
+    async def test_views_of_bytes_not_copied(self) -> None:
+        """
+        A read-only view of bytes (an NFS WRITE's data inside its record)
+        reaches the writer as it is; a view of a mutable buffer is copied.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        sent: list[Any] = []
+        submit = b._writer.submit
+
+        def spy(op: Any) -> None:
+            sent.append(op.args[2])
+            submit(op)
+
+        self.patch(b._writer, "submit", spy)
+        record = os.urandom(backend_module.INLINE_WRITE_MAX + 100)
+        view = memoryview(record)[10:]
+        await b.write(f.ino, 0, view, False)
+        self.assertIs(sent[-1], view)
+        mutable = bytearray(record)
+        await b.write(f.ino, 0, memoryview(mutable)[10:], False)
+        self.assertIs(type(sent[-1]), bytes)
+        mutable[10:20] = bytes(10)
+        self.assertEqual(await b.read(f.ino, 0, 10), (record[10:20], False))
+
     async def test_same_size_setattr_answers_at_once(self) -> None:
         """Nothing to change: answered from the reader, no batch, no commit."""
         b = await self.store()

@@ -507,8 +507,12 @@ class EmbeddedBackend:
             if d is not None:
                 return d
         # The write runs later on another thread: a mutable buffer the caller
-        # may reuse is copied now; bytes (the contract's type) are not.
-        if not isinstance(data, bytes):
+        # may reuse is copied now; bytes (the contract's type) are not, nor a
+        # read-only view of bytes (an NFS WRITE's data in its call's record:
+        # a 1 MiB copy per 1 MiB WRITE otherwise).
+        if not isinstance(data, bytes) and not (
+            isinstance(data, memoryview) and data.readonly and type(data.obj) is bytes
+        ):
             data = bytes(data)
         return self._submit(Engine.op_write, ino, offset, data, stable, durable=stable, ino=ino)
 
