@@ -1091,6 +1091,14 @@ class Backend:
     tls: BackendTLS | None = setting(
         None, doc="Mutual-TLS material for ``metadata_servers`` with ``transport: tls``."
     )
+    short_circuit: str | None = setting(
+        None,
+        doc="``remote`` only: the data directory of the namespace's only data server, when it "
+        "is on this host and this gateway may open its files (``cfs-gateway data "
+        "--data-dir``): reads and writes then use its chunk files directly instead of a call "
+        "to it (metadata still goes to the meta server). Ignored unless the layout has one "
+        "data server and one copy. ``--workers`` sets it for its workers.",
+    )
 
 
 @attrs.frozen(kw_only=True)
