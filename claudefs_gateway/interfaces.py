@@ -492,6 +492,17 @@ class ILockTable(Interface):
     def close_share(token: ShareToken) -> None:
         """End an open's reservation (harmless twice)."""
 
+    def settle_share(token: ShareToken) -> Deferred[None]:
+        """
+        Wait until C{token}'s last L{open_share} or L{upgrade_share} is
+        authoritative. One process: already fired. Several gateways: fires
+        when the meta server has registered it; fails with L{ShareConflict}
+        if another gateway's open got there first (or with the backend's
+        error if the meta server cannot be asked), after which the caller
+        undoes the open or upgrade as for any later failure of its request.
+        A front end awaits this before it answers OPEN, CREATE or SHARE.
+        """
+
     def shares(ino: int) -> list[ShareToken]:
         """The open reservations on C{ino}."""
 
@@ -557,6 +568,16 @@ class ILeaseManager(Interface):
 
     def break_lease(lease: Lease, keep: int) -> Deferred[None]:
         """Break one lease to no more than C{keep}; fires once it holds no more (or is gone)."""
+
+    def settle_lease(lease: Lease) -> Deferred[None]:
+        """
+        Wait until what L{grant} just gave C{lease} is authoritative. One
+        process: already fired. Several gateways: fires once the meta server
+        has answered; what it refused (another gateway's grant got there
+        first) is taken back first, without a break, so the front end
+        answers the client from C{lease.state} (and C{lease.gone}) after it.
+        Never fails.
+        """
 
     def acknowledge(lease: Lease, bits: int) -> None:
         """The holder accepted a break, keeping C{bits}. @raise Inval: none outstanding, or too much kept."""

@@ -26,6 +26,7 @@ from claudefs_gateway.backend.remote import wire
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import RenameResult, WriteResult
+from claudefs_gateway.servers.clients import ClientRegistry
 from claudefs_gateway.servers.shared import SharedState
 
 __all__ = ["MetaHandler", "LAYOUT_KEY", "DEFAULT_STRIPE"]
@@ -61,6 +62,9 @@ class MetaHandler:
             from twisted.internet import reactor as clock
         #: Locks, share reservations and lease holdings of every gateway (servers/shared.py).
         self.shared = SharedState(clock, push or self._push_via_subscribers, publish)
+        #: NFSv4 and NLM client records of every gateway, and their grace (servers/clients.py).
+        self.clients = ClientRegistry(clock, publish)
+        self.shared.clients = self.clients
         self._subscribers: Any = None
         # False until the store is open: calls meanwhile are told to try later
         # (a restarted server accepts connections before its store has recovered).
@@ -124,6 +128,8 @@ class MetaHandler:
             # What is held now, so a gateway that joins late knows the others' state.
             for ino in self.shared.snapshot_inodes():
                 self.shared.push_state(conn.push, ino)
+            if self.clients.worth_telling:
+                conn.push("EV_GRACE", self.clients.event())
         else:
             subs.discard(conn)
             self._maybe_gone(subs, session)
@@ -195,11 +201,23 @@ class MetaHandler:
     def op_LEASE_HOLD(self, conn: Any, ino: int, bits: int) -> None:
         self.shared.lease_hold(conn.session, ino, bits)
 
+    def op_LEASE_GRANT(self, conn: Any, ino: int, bits: int) -> int:
+        return self.shared.lease_grant(conn.session, ino, bits)
+
     def op_LEASE_RECALL(self, conn: Any, ino: int, why: str) -> Any:
         return self.shared.lease_recall(conn.session, ino, why)
 
     def op_LEASE_BREAK_ACK(self, conn: Any, bid: int) -> None:
         self.shared.lease_break_ack(conn.session, bid)
+
+    def op_CLIENT_NOTE(self, conn: Any, protocol: str, owner: bytes) -> None:
+        self.clients.note(conn.session, protocol, owner)
+
+    def op_CLIENT_FORGET(self, conn: Any, protocol: str, owner: bytes) -> None:
+        self.clients.forget(conn.session, protocol, owner)
+
+    def op_CLIENT_RECLAIMED(self, conn: Any, protocol: str, owner: bytes) -> None:
+        self.clients.reclaimed(conn.session, protocol, owner)
 
     def op_SESSION_RESET(self, conn: Any) -> None:
         self.shared.reset(conn.session)

@@ -149,6 +149,7 @@ class _MetaStore(Service):
         if self._opening is not None and not self._opening.called:
             await self._opening
         self.handler.shared.stop()
+        self.handler.clients.stop()
         if self.opened:
             self.opened = False
             self.handler.ready = False

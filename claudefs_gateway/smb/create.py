@@ -355,6 +355,7 @@ class CreateCommands(FileBase):
             not created,
             bool(locks is not None and locks.locks(a.ino)),
         )
+        level = await self.factory.leasing.settle(op, level)
         if sl is not None:
             answers.append(self._lease_answer(sl))
         granted_durable = durability.grant(op, ask, req.session.user)
@@ -513,6 +514,7 @@ class CreateCommands(FileBase):
             not created,
             bool(locks is not None and locks.locks(sid)),
         )
+        level = await self.factory.leasing.settle(op, level)
         if sl is not None:
             answers.append(self._lease_answer(sl))
         self.factory.durability.grant(op, ask, session.user)
@@ -667,6 +669,14 @@ class CreateCommands(FileBase):
                 token = self.locks.open_share(a.ino, owner, acc, deny)
             except (errors.ShareConflict, errors.Grace):
                 raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "taken meanwhile") from None
+            try:
+                await self.locks.settle_share(token)
+            except errors.ShareConflict:
+                self.locks.close_share(token)
+                raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "taken meanwhile") from None
+            except BaseException:
+                self.locks.close_share(token)
+                raise
         path = str(rec["path"])
         node = self.nodes.get(a.ino)
         if node is None:
@@ -699,6 +709,7 @@ class CreateCommands(FileBase):
             )
         else:
             leasing.grant(conn, op, node.opens, int(rec["oplock"]), None, access, True, False)
+        await leasing.settle(op, op.oplock)
         durability.by_id[pid] = op
         if op.create_guid is not None:
             durability.by_create_guid[(op.client_guid, op.create_guid)] = op
@@ -809,6 +820,17 @@ class CreateCommands(FileBase):
                         w.cancel()
         if violation:
             raise SMBError(st.STATUS_SHARING_VIOLATION)
+        if token is not None and locks is not None:
+            # Several gateways: the meta server's word (another gateway's open
+            # may have got there first, in the moment before we heard of it).
+            try:
+                await locks.settle_share(token)
+            except errors.ShareConflict:
+                locks.close_share(token)
+                raise SMBError(st.STATUS_SHARING_VIOLATION) from None
+            except BaseException:
+                locks.close_share(token)
+                raise
         return token
 
     def _lease_request(
