@@ -11,13 +11,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from claudefs_gateway.nfs.v4 import const as v4
-from claudefs_gateway.nfs.v4.codec import ReclaimCompleteArgs
+from claudefs_gateway.nfs.v4.codec import OpenArgs, ReclaimCompleteArgs, StateOwner
 from claudefs_gateway.rpc.client import connect_tcp
 from claudefs_gateway.rpc.message import AuthSys
+from claudefs_gateway.rpc.xdrtypes import Arm
 from tests.backend.remote.test_faults import ServerProcess
 from tests.helpers import bin_path, child_env, kill_on_cleanup, loopback_config, spawn
 from tests.nfs.v4.client import V4Client
@@ -203,3 +204,68 @@ class TwoGatewaysTests(TestCase):
         await one.ok("ack", id="f", to=brk["to"])
         got = await second
         self.assertNotIn("w", got.get("lease", ""))
+
+    async def v4(self, gw: Gateway, owner: bytes, complete: bool = True) -> V4Client:
+        conn = await connect_tcp(reactor, "127.0.0.1", gw.nfs)
+        self.addCleanup(conn.close)
+        cred = AuthSys(0, b"reclaimer", 0, 0, ())
+
+        def send(prog: int, vers: int, proc: int, args: bytes) -> Any:
+            return conn.call(prog, vers, proc, args, cred)
+
+        cl = V4Client(send)
+        self.assertEqual((await cl.exchange_id(owner)).status, v4.NFS4_OK)
+        self.assertEqual((await cl.create_session()).status, v4.NFS4_OK)
+        if complete:
+            r = await cl.compound([(v4.OP_RECLAIM_COMPLETE, ReclaimCompleteArgs(False))])
+            self.assertEqual(r.status, v4.NFS4_OK)
+        return cl
+
+    async def test_nfs4_client_reclaims_through_b_after_a_is_killed(self) -> None:
+        """
+        An NFSv4.1 client's deny-write open through A; A is killed (-9). The
+        client comes back through B: told to wait (NFS4ERR_DELAY) until the
+        meta server declares A gone, then it reclaims its open (CLAIM_PREVIOUS)
+        while B refuses another client's open (NFS4ERR_GRACE); its
+        RECLAIM_COMPLETE ends the grace, and its open denies the other writes.
+        """
+        both = v4.OPEN4_SHARE_ACCESS_BOTH
+        deny_write = v4.OPEN4_SHARE_DENY_WRITE
+        one = await self.v4(self.a, b"client-one")
+        r = await one.compound(
+            one.path(b"export") + [one.open_create(b"kept.bin", b"o", both, deny_write)]
+        )
+        self.assertEqual(r.status, v4.NFS4_OK)
+        self.a.proc.signal("KILL")
+        await self.a.proc.ended
+
+        back = await self.v4(self.b, b"client-one", complete=False)
+        reclaim = OpenArgs(
+            0,
+            both,
+            deny_write,
+            StateOwner(0, b"o"),
+            Arm(v4.OPEN4_NOCREATE),
+            Arm(v4.CLAIM_PREVIOUS, v4.OPEN_DELEGATE_NONE),
+        )
+        seen = set()
+        for _ in range(2000):
+            r = await back.compound(back.path(b"export", b"kept.bin") + [(v4.OP_OPEN, reclaim)])
+            seen.add(r.status)
+            if r.status != v4.NFS4ERR_DELAY:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(r.status, v4.NFS4_OK, seen)
+
+        two = await self.v4(self.b, b"client-two")
+        r = await two.compound(two.path(b"export") + [two.open_existing(b"kept.bin", b"p", both)])
+        self.assertEqual(r.status, v4.NFS4ERR_GRACE)
+        r = await back.compound([(v4.OP_RECLAIM_COMPLETE, ReclaimCompleteArgs(False))])
+        self.assertEqual(r.status, v4.NFS4_OK)
+        for _ in range(100):
+            r = await two.compound(
+                two.path(b"export") + [two.open_existing(b"kept.bin", b"p", both)]
+            )
+            if r.status != v4.NFS4ERR_GRACE:
+                break
+        self.assertEqual(r.status, v4.NFS4ERR_SHARE_DENIED)
