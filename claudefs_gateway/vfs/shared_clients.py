@@ -96,6 +96,12 @@ class ClusterClients:
         self.link.send("CLIENT_RECLAIMED", key)
 
     def resync(self) -> None:
-        """The meta server may have forgotten us (it restarted): note every client again."""
+        """
+        Subscribed again: the meta server may have forgotten us (it restarted)
+        or declared us gone (a cut longer than its linger time) while our
+        clients kept their state here, which the lock table sends again. Each
+        client is the meta server's as reclaimed through us: recorded if it
+        was forgotten, no longer awaited if it was made reclaimable.
+        """
         for key in sorted(self.noted):
-            self.link.send("CLIENT_NOTE", key)
+            self.link.send("CLIENT_RECLAIMED", key)

@@ -131,3 +131,38 @@ class ReclaimAcrossGatewaysTests(TestCase):
             two.path(b"export") + [two.open_existing(b"kept", b"p", c.OPEN4_SHARE_ACCESS_READ)]
         )
         self.assertEqual(r.status, c.NFS4_OK)
+
+
+class ResubscribeTests(TestCase):
+    timeout = 30
+
+    async def test_gateway_back_after_declared_gone_ends_grace(self) -> None:
+        """
+        A gateway cut off longer than the linger time keeps its clients' state;
+        when it subscribes again, it sends that state and its clients, and the
+        grace its loss started ends at once.
+        """
+        from tests.backend.remote.test_shared import SETTINGS, Gateway
+
+        cluster = Cluster(self)
+        await cluster.start()
+        assert cluster.meta is not None and cluster.meta.factory is not None
+        handler = cluster.meta.factory.handler
+        handler.shared.linger = 0.05
+        backend = cluster.backend(SETTINGS)
+        gw = Gateway(backend)
+        self.addCleanup(gw.stop)
+        await backend.open()
+        self.addCleanup(backend.close)
+        await until(lambda: backend._events is not None, "subscribed")
+        clients = gw.locks.clients
+        assert clients is not None
+        clients.note("nfs4", b"alice")
+        await until(lambda: ("nfs4", b"alice") in handler.clients.records, "recorded")
+        # The meta server declares the session gone (as after a long cut)...
+        handler.shared._expire(backend.session)
+        self.assertTrue(handler.clients.in_grace)
+        # ...and the gateway, subscribing again, says its client is still its own.
+        clients.resync()
+        await until(lambda: not handler.clients.in_grace, "grace over")
+        self.assertEqual(handler.clients.records[("nfs4", b"alice")].session, backend.session)
