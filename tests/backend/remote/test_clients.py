@@ -22,6 +22,7 @@ from claudefs_gateway.rpc.message import AuthSys
 from claudefs_gateway.rpc.xdrtypes import Arm
 from tests.backend.remote.harness import Cluster
 from tests.backend.remote.test_gateway import start_in_process
+from tests.backend.remote.test_races import serving
 from tests.backend.remote.test_shared import until
 from tests.nfs.v4.client import V4Client
 
@@ -73,8 +74,8 @@ class ReclaimAcrossGatewaysTests(TestCase):
         # The linger time is ended below, by hand, once the pending state was seen.
         handler.shared.linger = 60.0
         handler.clients.grace = 30.0
-        a = await start_in_process(self, cluster, ["nfs"])
-        b = await start_in_process(self, cluster, ["nfs"])
+        a = await serving(await start_in_process(self, cluster, ["nfs"]))
+        b = await serving(await start_in_process(self, cluster, ["nfs"]))
         backend = a.core.vfs_service.backend
         export = await backend.lookup(a.core.vfs_service.vfs.root_ino, b"export")
         await backend.create(export.ino, b"kept", FileType.REG, 0o666, 0, 0)

@@ -22,10 +22,21 @@ from claudefs_gateway.rpc.client import connect_tcp
 from claudefs_gateway.rpc.message import AuthSys
 from tests.backend.remote.harness import Cluster
 from tests.backend.remote.test_gateway import start_in_process
+from tests.nfs.test_service import nfs_of
 from tests.nfs.v4.client import V4Client
 
 BOTH = c.OPEN4_SHARE_ACCESS_BOTH
 DENY_WRITE = c.OPEN4_SHARE_DENY_WRITE
+
+
+async def serving(root: Any) -> Any:
+    """C{root} once its NFS service has started (NSM's record written: no disk I/O left)."""
+    nfs = nfs_of(root)
+    recovery = nfs.getServiceNamed("proto:nfs:nlm")
+    if recovery.starting is not None:
+        await recovery.starting
+    await nfs.nsm.flushed()
+    return root
 
 
 class HeldBack:
@@ -65,8 +76,8 @@ class OpenRaceTests(TestCase):
     async def gateways(self) -> tuple[Any, Any]:
         cluster = Cluster(self)
         await cluster.start()
-        a = await start_in_process(self, cluster, ["nfs"])
-        b = await start_in_process(self, cluster, ["nfs"])
+        a = await serving(await start_in_process(self, cluster, ["nfs"]))
+        b = await serving(await start_in_process(self, cluster, ["nfs"]))
         backend = a.core.vfs_service.backend
         root = a.core.vfs_service.vfs.root_ino
         export = await backend.lookup(root, b"export")
