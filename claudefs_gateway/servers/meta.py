@@ -168,6 +168,14 @@ class MetaHandler:
             self.shared.lock(conn.session, ino, owner, start, length, exclusive, reclaim)
         )
 
+    def op_LOCK_WAIT(
+        self, conn: Any, ino: int, owner: Any, start: int, length: int, exclusive: bool
+    ) -> None:
+        self.shared.lock_wait(conn.session, ino, owner, start, length, exclusive)
+
+    def op_LOCK_UNWAIT(self, conn: Any, owner: Any) -> None:
+        self.shared.lock_unwait(conn.session, owner)
+
     def op_UNLOCK(self, conn: Any, ino: int, owner: Any, start: int, length: int) -> None:
         self.shared.unlock(conn.session, ino, owner, start, length)
 

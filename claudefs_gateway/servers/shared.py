@@ -34,6 +34,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.servers.deadlocks import WaitGraph
 from claudefs_gateway.vfs.leases import KEEP_FOR, W, Why
 from claudefs_gateway.vfs.locks import LockOwner, LockTable, ShareToken
 from claudefs_gateway.vfs.shared import (
@@ -87,6 +88,8 @@ class SharedState:
         self._stopped = False
         #: The client records and their grace (servers/clients.ClientRegistry), if kept.
         self.clients: Any = None
+        #: Every gateway's blocked lock requests, for deadlocks across gateways.
+        self.waits = WaitGraph(self.table)
 
     # -- owners ---------------------------------------------------------------------------
 
@@ -157,6 +160,15 @@ class SharedState:
         await self.table.lock(ino, mo, start, length, exclusive, wait=False, reclaim=reclaim)
         self._touch(session, ino)
         self._changed([ino])
+
+    def lock_wait(
+        self, session: int, ino: int, owner: Any, start: int, length: int, exclusive: bool
+    ) -> None:
+        """A gateway's request waits (LOCK_WAIT); @raise Deadlock: it would wait forever."""
+        self.waits.wait(session, self._owner(session, owner), ino, start, length, exclusive)
+
+    def lock_unwait(self, session: int, owner: Any) -> None:
+        self.waits.unwait(self._owner(session, owner))
 
     def _check_grace(self, reclaim: bool) -> None:
         if not reclaim and self.clients is not None and self.clients.in_grace:
@@ -356,6 +368,7 @@ class SharedState:
     def reset(self, session: int) -> None:
         """Drop everything of C{session} (SESSION_RESET, or the session is gone)."""
         inos = self._touched.pop(session, set())
+        self.waits.drop_session(session)
         for mo, (s, _) in list(self._owners.items()):
             if s == session:
                 self.table.release_owner(mo)

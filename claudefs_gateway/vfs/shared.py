@@ -257,23 +257,35 @@ class SharedLockTable:
     ) -> Lock:
         if self.in_grace and not reclaim:
             raise errors.Grace("lock refused: grace period")
-        args = (ino, owner_to_wire(owner), start, length, exclusive, reclaim)
-        while True:
-            # Conflicts this gateway can see are settled here, waiting as one process would.
-            if wait and self.local.test(ino, owner, start, length, exclusive) is not None:
-                await self.local.notify_when_free(ino)
-                continue
-            changed = self._changed(ino)
-            try:
-                await self.link.call("LOCK", args)
-            except errors.LockConflict:
-                holder = self.test(ino, owner, start, length, exclusive)
-                if not wait:
-                    raise errors.LockConflict(holder, "a lock through another gateway") from None
-                # Ask again when the meta server says the inode's locks changed.
-                await changed
-                continue
-            break
+        wired = owner_to_wire(owner)
+        args = (ino, wired, start, length, exclusive, reclaim)
+        waiting = False
+        try:
+            while True:
+                # Conflicts this gateway can see are settled here, waiting as one process would.
+                if wait and self.local.test(ino, owner, start, length, exclusive) is not None:
+                    if not waiting:
+                        waiting = await self._wait_at_meta(ino, wired, start, length, exclusive)
+                    await self.local.notify_when_free(ino)
+                    continue
+                changed = self._changed(ino)
+                try:
+                    await self.link.call("LOCK", args)
+                except errors.LockConflict:
+                    holder = self.test(ino, owner, start, length, exclusive)
+                    if not wait:
+                        raise errors.LockConflict(
+                            holder, "a lock through another gateway"
+                        ) from None
+                    if not waiting:
+                        waiting = await self._wait_at_meta(ino, wired, start, length, exclusive)
+                    # Ask again when the meta server says the inode's locks changed.
+                    await changed
+                    continue
+                break
+        finally:
+            if waiting:
+                self.link.send("LOCK_UNWAIT", (wired,))
         try:
             got: Lock = await self.local.lock(
                 ino, owner, start, length, exclusive, wait=False, reclaim=True
@@ -282,6 +294,16 @@ class SharedLockTable:
             self.link.send("UNLOCK", (ino, owner_to_wire(owner), start, length))
             raise
         return got
+
+    async def _wait_at_meta(
+        self, ino: int, wired: Any, start: int, length: int, exclusive: bool
+    ) -> bool:
+        """
+        Tell the meta server this request waits (LOCK_WAIT), so a cycle of
+        waiters through several gateways is refused (@raise Deadlock).
+        """
+        await self.link.call("LOCK_WAIT", (ino, wired, start, length, exclusive))
+        return True
 
     def test(
         self, ino: int, owner: LockOwner, start: int, length: int, exclusive: bool

@@ -747,6 +747,18 @@ OPS: dict[int, Op] = _ops(
         "(one writer, and a writer alone, over every gateway; less while another "
         "gateway's recall of the inode is out), then counted as held (EV_LEASES)",
     ),
+    Op(
+        0x4D,
+        "LOCK_WAIT",
+        Tup(U64, OWNER, BIG, BIG, BOOL),
+        NOTHING,
+        "meta",
+        True,
+        doc="ino, owner, start, length, exclusive: this owner's blocking request waits "
+        "(after LockConflict); fails with Deadlock if the holders it waits for wait, in "
+        "turn, for it (servers/deadlocks.py)",
+    ),
+    Op(0x4E, "LOCK_UNWAIT", Tup(OWNER), NOTHING, "meta", True, doc="the owner waits no more"),
     # -- client records and grace (servers/clients.py)
     Op(
         0x60,

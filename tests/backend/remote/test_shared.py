@@ -305,3 +305,33 @@ class MetaLeaseGrantTests(TestCase):
         st.lease_break_ack(1, 1)
         self.assertTrue(recall.called)
         self.assertEqual(st.lease_grant(4, 7, R | H), R | H, "the recall is over")
+
+
+class CrossGatewayDeadlockTests(TestCase):
+    timeout = 60
+
+    gateways = SharedStateTests.gateways
+
+    async def test_cycle_through_two_gateways_refused(self) -> None:
+        """
+        An NLM owner through A holds file 41 and waits for file 42, held by an
+        SMB owner through B, whose own blocking request for 41 would wait
+        forever: it is refused with Deadlock; A's waiter is granted once B's
+        owner lets 42 go.
+        """
+        cluster, a, b = await self.gateways()
+        assert cluster.meta is not None and cluster.meta.factory is not None
+        waits = cluster.meta.factory.handler.shared.waits.waits
+        nlm = LockOwner("nlm", "host-a", b"1")
+        smb = LockOwner("smb", b"sess", b"fid")
+        await a.locks.lock(41, nlm, 0, 10, True)
+        await b.locks.lock(42, smb, 0, 10, True)
+        waiting = a.locks.lock(42, nlm, 0, 10, True, wait=True)
+        await until(lambda: waits, "A's wait registered at the meta server")
+        self.assertFalse(waiting.called)
+        with self.assertRaises(errors.Deadlock):
+            await b.locks.lock(41, smb, 5, 1, True, wait=True)
+        b.locks.unlock(42, smb, 0, 10)
+        got = await waiting
+        self.assertEqual((got.start, got.length), (0, 10))
+        await until(lambda: not waits, "A's wait over at the meta server")
