@@ -269,3 +269,30 @@ class TwoGatewaysTests(TestCase):
             if r.status != v4.NFS4ERR_GRACE:
                 break
         self.assertEqual(r.status, v4.NFS4ERR_SHARE_DENIED)
+
+    async def test_nlm_client_reclaims_through_b_after_a_is_killed(self) -> None:
+        """
+        libnfs's NLM client locks through A; A is killed (-9). Once the meta
+        server declares A gone, B refuses another host's lock with
+        NLM4_DENIED_GRACE_PERIOD and grants the first host's reclaim.
+        """
+        maker = await self.smb(self.a)
+        await maker.ok("open", id="m", path="locked.bin", access="rw", share="rwd")
+        await maker.ok("write", id="m", data="0123456789" * 3)
+        await maker.ok("close", id="m")
+        [locked] = await self.nlm(self.a, "host-a", "lock", "100", "0", "10", "1", "0")
+        self.assertEqual(locked["status"], 0)
+        self.a.proc.signal("KILL")
+        await self.a.proc.ended
+        seen = []
+        for _ in range(400):
+            [other] = await self.nlm(self.b, "host-b", "lock", "200", "5", "1", "1", "0")
+            seen.append(other["status"])
+            if other["status"] != 1:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        # NLM4_DENIED while A's lock lingers at the meta server, then
+        # NLM4_DENIED_GRACE_PERIOD: never granted meanwhile.
+        self.assertEqual(seen[-1], 4, seen)
+        [back] = await self.nlm(self.b, "host-a", "reclaim", "100", "0", "10", "1", "0")
+        self.assertEqual(back["status"], 0)

@@ -136,6 +136,8 @@ class StatusMonitor:
         self._saving: defer.Deferred[None] | None = None
         self._dirty = False
         self.started = False
+        #: Several gateways: the meta server's client records (vfs/shared_clients.py).
+        self.cluster: Any = None
         nlm.monitor = self.note
         nlm.forgotten = lambda name: self.forget(_name(name))
 
@@ -154,6 +156,8 @@ class StatusMonitor:
             self._log.warn("too many NLM clients to monitor; {name} not recorded", name=key)
             return
         self.clients[key] = info
+        if self.cluster is not None:
+            self.cluster.note("nlm", key.encode("utf-8", "surrogateescape"))
         self._save_soon()
 
     def describe_connection(self, conn: Any) -> dict[str, Any]:
@@ -203,6 +207,8 @@ class StatusMonitor:
 
     def forget(self, name: str) -> None:
         if self.clients.pop(name, None) is not None:
+            if self.cluster is not None:
+                self.cluster.forget("nlm", name.encode("utf-8", "surrogateescape"))
             self._save_soon()
 
     def _save_soon(self) -> None:
@@ -244,6 +250,12 @@ class StatusMonitor:
         Load the record, move to the next odd state, and if the last run had
         lock clients start the grace period and notify them.
         """
+        # Several gateways: this gateway's NLM clients are recorded at the meta
+        # server too, so that if it goes, every gateway holds grace for them.
+        self.cluster = getattr(locks, "clients", None)
+        if self.cluster is not None:
+            for key in sorted(self.clients):
+                self.cluster.note("nlm", key.encode("utf-8", "surrogateescape"))
         doc = await self.store.load() or {}
         old_state = doc.get("state", 0)
         if not isinstance(old_state, int):
