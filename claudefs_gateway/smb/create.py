@@ -179,12 +179,25 @@ class CreateCommands(FileBase):
                 raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "no such file")
             assert parent_ino is not None
             try:
+                # Durable at the next FLUSH, write-through or background
+                # flush, as on Samba (FileBase.meta_durable).
+                durable = self.meta_durable
                 if opts & c.FILE_DIRECTORY_FILE:
-                    a = await vfs.mkdir(caller, parent_ino, leaf, 0o755, origin=dir_origin)
+                    a = await vfs.mkdir(
+                        caller, parent_ino, leaf, 0o755, origin=dir_origin, durable=durable
+                    )
                 else:
                     a = await vfs.create(
-                        caller, parent_ino, leaf, 0o644, exclusive=True, origin=dir_origin
+                        caller,
+                        parent_ino,
+                        leaf,
+                        0o644,
+                        exclusive=True,
+                        origin=dir_origin,
+                        durable=durable,
                     )
+                if not durable:
+                    self.meta_changed()
                 created = True
                 action = c.FILE_CREATED
             except errors.Exists:
@@ -281,8 +294,13 @@ class CreateCommands(FileBase):
                 # and it goes through others' byte-range locks, as on Windows
                 # (smbtorture smb2.lock.truncate, smb2.create.brlocked).
                 a = await vfs.setattr(
-                    caller, a.ino, SetAttrs(size=0), origin=attrs.evolve(own, ranges=False)
+                    caller,
+                    a.ino,
+                    SetAttrs(size=0),
+                    origin=attrs.evolve(own, ranges=False),
+                    durable=self.meta_durable,
                 )
+                self.meta_changed()
                 action = c.FILE_SUPERSEDED if disp == c.FILE_SUPERSEDE else c.FILE_OVERWRITTEN
                 dos = (
                     body.file_attributes & ~c.FILE_ATTRIBUTE_SPARSE_FILE
@@ -323,6 +341,9 @@ class CreateCommands(FileBase):
             st_ = Stat(
                 a, dos_attributes(a, dos, leaf), reserved=reserved, change_time=self.change_time(a)
             )
+            if opts & c.FILE_WRITE_THROUGH and (created or overwrite):
+                # A write-through open's creation is durable before the reply.
+                await self.meta_sync()
         except BaseException:
             if token is not None:
                 locks.close_share(token)
@@ -416,8 +437,15 @@ class CreateCommands(FileBase):
             dir_origin = Origin(strict=True, exempt=self._parent_exempt(conn, lease_req))
             try:
                 base = await vfs.create(
-                    caller, parent_ino, leaf, 0o644, exclusive=True, origin=dir_origin
+                    caller,
+                    parent_ino,
+                    leaf,
+                    0o644,
+                    exclusive=True,
+                    origin=dir_origin,
+                    durable=self.meta_durable,
                 )
+                self.meta_changed()
                 created_base = True
             except errors.Exists:
                 base, leaf = await self._lookup(caller, parent_ino, leaf, dir_parts)
@@ -988,10 +1016,14 @@ class CreateCommands(FileBase):
             done: defer.Deferred[None] = defer.Deferred()
             self.deleting.setdefault(node.parent, []).append(done)
             try:
+                durable = self.meta_durable
                 if op.is_dir:
-                    await self.vfs.rmdir(caller, node.parent, node.name, op.origin)
+                    await self.vfs.rmdir(caller, node.parent, node.name, op.origin, durable)
                 else:
-                    await self.vfs.remove(caller, node.parent, node.name, op.origin)
+                    await self.vfs.remove(caller, node.parent, node.name, op.origin, durable)
+                self.meta_changed()
+                if op.write_through:
+                    await self.meta_sync()
             except errors.FSError as e:
                 self._log.info("smb: delete on close failed: {why}", why=str(e))
             finally:

@@ -264,6 +264,9 @@ class FileBase:
         # ChangeTimes set through SET_INFO: inode -> (FILETIME, the inode's
         # change counter right after). Shown until the inode changes again.
         self.change_times: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        # The background flush of metadata changes made without a sync
+        # (L{meta_changed}), while one is due.
+        self._meta_flush: Any = None
 
     @property
     def vfs(self) -> IVFS:
@@ -273,6 +276,61 @@ class FileBase:
     @property
     def locks(self) -> ILockTable:
         return self.vfs.locks
+
+    # -- metadata durability --------------------------------------------------------------
+    #
+    # SMB promises durability only on FLUSH and write-through (MS-SMB2
+    # 3.3.5.11, FILE_WRITE_THROUGH; Samba syncs nothing at CREATE, close or
+    # delete): metadata changes (create, overwrite, DOS attributes and
+    # times, delete on close, rename) go to the store with durable=False,
+    # its ordered log (a kill -9 loses none of them; the next durable
+    # commit of anyone makes them durable), and a bounded background flush
+    # syncs them at most smb.metadata_flush_interval_ms after they were
+    # answered. Interval 0: every change durable before its reply.
+
+    @property
+    def meta_durable(self) -> bool:
+        """What the metadata changes of SMB pass as C{durable} (see above)."""
+        return not self.factory.smb.metadata_flush_interval_ms
+
+    def meta_changed(self) -> None:
+        """A metadata change was answered without a sync: flush within the interval."""
+        interval = self.factory.smb.metadata_flush_interval_ms
+        if interval and self._meta_flush is None:
+            self._meta_flush = self.factory.reactor.callLater(interval / 1000, self._flush_meta)
+
+    def _flush_meta(self) -> None:
+        self._meta_flush = None
+        vfs = self.factory.vfs
+        if vfs is None:
+            return
+        d = vfs.sync()
+        d.addErrback(lambda f: self._log.failure("smb: background metadata flush failed", f))
+
+    async def meta_sync(self) -> None:
+        """
+        Make every metadata change so far durable now (FLUSH, write-through).
+        A background flush still due stays due: it costs nothing if this one
+        covered everything.
+        """
+        if not self.meta_durable:
+            await self.vfs.sync()
+
+    def stop_flushing(self) -> defer.Deferred[None]:
+        """
+        The server stops: the background flush due runs now. Fires once the
+        metadata changes so far are durable.
+        """
+        call, self._meta_flush = self._meta_flush, None
+        if call is None or not call.active():
+            return defer.succeed(None)
+        call.cancel()
+        vfs = self.factory.vfs
+        if vfs is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = vfs.sync()
+        d.addErrback(lambda f: self._log.failure("smb: final metadata flush failed", f))
+        return d
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -482,7 +540,10 @@ class FileBase:
         raw = struct.pack("<I", bits & c.STORED_ATTRIBUTES)
         if reserved:
             raw += struct.pack("<Q", reserved)
-        await self.vfs.meta_set(caller, ino, DOS_KEY, raw, origin)
+        durable = self.meta_durable
+        await self.vfs.meta_set(caller, ino, DOS_KEY, raw, origin, durable)
+        if not durable:
+            self.meta_changed()
 
     async def maximal_access(self, caller: Caller, a: Attributes, parent: int | None) -> int:
         """What C{caller} may do to C{a} (and, with its C{parent}, whether it may delete it)."""
