@@ -744,6 +744,9 @@ class CreateCommands(FileBase):
         op.conn = conn
         op.client_guid = conn.client_guid
         op.share_access = share_access
+        if conn.dialect >= c.SMB_3_0:
+            # MS-SMB2 3.3.5.9: Open.ChannelSequence from the CREATE's header.
+            op.channel_sequence = req.header.status & 0xFFFF
         req.result_file_id = fid
 
     async def _reserve(

@@ -247,6 +247,10 @@ def get_ea_names(data: bytes) -> list[bytes]:
     return out
 
 
+#: The requests a stale ChannelSequence refuses (MS-SMB2 3.3.5.2.10).
+_MODIFYING = frozenset({c.Command.WRITE, c.Command.SET_INFO, c.Command.IOCTL})
+
+
 class FileBase:
     """The state and helpers every file command family uses."""
 
@@ -358,8 +362,57 @@ class FileBase:
             raise SMBError(st.STATUS_FILE_CLOSED, "no such open")
         if req.tree is not None and op.tree is not req.tree:
             raise SMBError(st.STATUS_FILE_CLOSED, "open of another tree")
+        if req.channel_open is None and conn.dialect >= c.SMB_3_0:
+            self._channel_sequence(req, op)
         req.result_file_id = fid
         return op
+
+    @staticmethod
+    def _channel_sequence(req: Request, op: Open) -> None:
+        """
+        Verify the request's ChannelSequence (MS-SMB2 3.3.5.2.10; SMB 3.x: the
+        first two bytes of the request header's Status field) against the
+        open's. Equal: the request is counted outstanding. Newer (a 16-bit
+        difference of at most 0x7FFF): the client failed over to another
+        channel; the requests still outstanding become "pre" ones and the
+        open takes the new number. A replay (SMB2_FLAGS_REPLAY_OPERATION) does
+        either only while no request of an older number is outstanding.
+        Otherwise (stale, or a replay racing older requests) WRITE, SET_INFO
+        and IOCTL fail with STATUS_FILE_NOT_AVAILABLE, so a request the
+        client retried elsewhere cannot land after its replay; others go on
+        uncounted (as Samba does; the spec leaves them open).
+
+        @raise SMBError: STATUS_FILE_NOT_AVAILABLE, as above.
+        """
+        header = req.header
+        seq = header.status & 0xFFFF
+        diff = (seq - op.channel_sequence) & 0xFFFF
+        racing = bool(header.flags & c.SMB2_FLAGS_REPLAY_OPERATION) and op.pre_outstanding > 0
+        if diff == 0 and not racing:
+            op.outstanding += 1
+        elif 0 < diff <= 0x7FFF and not racing:
+            op.pre_outstanding += op.outstanding
+            op.outstanding = 1
+            op.channel_sequence = seq
+            op.channel_generation += 1
+        elif header.command in _MODIFYING:
+            raise SMBError(st.STATUS_FILE_NOT_AVAILABLE, "stale ChannelSequence")
+        else:
+            return
+        req.channel_open = op
+        req.channel_generation = op.channel_generation
+
+    @staticmethod
+    def request_done(req: Request) -> None:
+        """The request is answered: it no longer counts as outstanding on its open."""
+        op = req.channel_open
+        if op is None:
+            return
+        req.channel_open = None
+        if req.channel_generation == op.channel_generation:
+            op.outstanding = max(0, op.outstanding - 1)
+        else:
+            op.pre_outstanding = max(0, op.pre_outstanding - 1)
 
     async def stored(self, caller: Caller, ino: int) -> tuple[int | None, int]:
         """
