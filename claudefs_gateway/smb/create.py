@@ -224,9 +224,13 @@ class CreateCommands(FileBase):
         if node is not None and node.delete_pending and not created:
             raise SMBError(st.STATUS_DELETE_PENDING)
         stored = None if created else await self.stored_dos(caller, a.ino)
-        maximal = await self.maximal_access(caller, a, parent_ino)
         if created:
-            maximal |= c.FILE_ALL_ACCESS & ~(c.MODIFY_ACCESS if caller.read_only else 0)
+            # The creator may do anything to what it just made (what
+            # maximal_access would find is within this: no DACL yet, and
+            # the create itself proved write and search on the parent).
+            maximal = c.FILE_ALL_ACCESS & ~(c.MODIFY_ACCESS if caller.read_only else 0)
+        else:
+            maximal = await self.maximal_access(caller, a, parent_ino)
         if desired & c.MAXIMUM_ALLOWED:
             granted = maximal | (desired & ~c.MAXIMUM_ALLOWED & maximal)
         else:
@@ -333,8 +337,20 @@ class CreateCommands(FileBase):
                         own,
                         create=True,
                     )
-            if created or overwrite:
+            if overwrite or (
+                created
+                and (
+                    dos is not None
+                    or alloc
+                    or c.SMB2_CREATE_EA_BUFFER in contexts
+                    or c.SMB2_CREATE_SD_BUFFER in contexts
+                )
+            ):
+                # What the steps after the create changed (ctime, mode, owner).
                 a = await vfs.getattr(caller, a.ino)
+                reserved = alloc
+            elif created:
+                # Nothing changed it since the create: its attributes stand.
                 reserved = alloc
             else:
                 reserved = (await self.stored(caller, a.ino))[1]
