@@ -665,6 +665,12 @@ class CreateCommands(FileBase):
         # Reattach: the same persistent id, a new volatile one on this connection.
         durability.reconnected(op)
         op.session, op.tree, op.conn = req.session, req.tree, conn
+        if conn.dialect >= c.SMB_3_0:
+            # The reconnect starts the open's channel over (MS-SMB2 3.3.5.2.10):
+            # its ChannelSequence is the reconnect's, nothing is outstanding.
+            op.channel_sequence = req.header.status & 0xFFFF
+            op.outstanding = op.pre_outstanding = 0
+            op.channel_generation += 1
         op.file_id = (pid, self.factory.new_file_id()[1])
         conn.opens[op.file_id[1]] = op
         if sl is not None:
