@@ -309,6 +309,69 @@ class DurabilityTests(StoreCase):
         with self.assertRaises(errors.NotFound):
             await b.lookup(1, b"gone")
 
+    async def test_not_durable_namespace_changes_and_sync(self) -> None:
+        """
+        unlink, rename and setattr with durable=False commit without a flush
+        too (SMB's metadata changes); sync() flushes them with one commit, and
+        costs nothing when nothing waits.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
+        await b.setattr(f.ino, SetAttrs(mode=0o600), durable=False)
+        await b.rename(1, b"f", 1, b"g", durable=False)
+        await b.create(1, b"h", REG, 0o644, 0, 0, durable=False)
+        durable = b.stats.durable_commits
+        await b.unlink(1, b"h", durable=False)
+        self.assertEqual(b.stats.durable_commits, durable)
+        await b.sync()
+        self.assertEqual(b.stats.durable_commits, durable + 1)
+        # (The next batch drops the freed file's recovery row, whatever it is.)
+        await b.sync()
+        settled = b.stats.durable_commits
+        await b.sync()
+        self.assertEqual(b.stats.durable_commits, settled)
+        self.assertEqual((await b.lookup(1, b"g")).mode & 0o777, 0o600)
+
+    async def test_size_change_is_durable_whatever_is_asked(self) -> None:
+        """
+        A truncation cuts the data file right after its commit: one that cuts
+        below the committed size is durable even when asked not to be, so no
+        crash can pair the old size with cut data; growing, or emptying an
+        empty file (an SMB overwrite of a new file), is not.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"data", True)
+        before = b.stats.durable_commits
+        await b.setattr(f.ino, SetAttrs(size=8), durable=False)
+        self.assertEqual(b.stats.durable_commits, before)
+        await b.setattr(f.ino, SetAttrs(size=1), durable=False)
+        self.assertEqual(b.stats.durable_commits, before + 1)
+        e = await b.create(1, b"e", REG, 0o644, 0, 0, durable=False)
+        await b.setattr(e.ino, SetAttrs(size=0), durable=False)
+        self.assertEqual(b.stats.durable_commits, before + 1)
+
+    async def test_not_durable_unlink_keeps_the_data_until_durable(self) -> None:
+        """
+        A file freed by a commit not yet durable keeps its data file until a
+        durable commit covers the unlink: a power loss taking the log's tail
+        would otherwise bring the name back without its bytes.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"data", True)
+        data = Path(b._engine.layout.path(f.ino))
+        gone = await b.unlink(1, b"f", durable=False)
+        self.assertEqual(gone.nlink, 0)
+        await b.create(1, b"other", REG, 0o644, 0, 0, durable=False)
+        self.assertTrue(data.exists())
+        with self.assertRaises(errors.NotFound):
+            await b.getattr(f.ino)
+        await b.sync()
+        # Deleted once the batch after the durable one ran (after_batch).
+        await b.sync()
+        self.assertFalse(data.exists())
+
     async def test_evicting_a_dirty_descriptor_syncs_it(self) -> None:
         """Unstable data is never orphaned by the descriptor cache: eviction syncs first."""
         b = await self.store(max_fds=2)

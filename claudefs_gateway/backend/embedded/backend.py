@@ -387,26 +387,53 @@ class EmbeddedBackend:
     def link(self, ino: int, parent: int, name: bytes) -> defer.Deferred[Attributes]:
         return self._submit(Engine.op_link, ino, parent, bytes(name))
 
-    def unlink(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
-        return self._submit(Engine.op_unlink, parent, bytes(name))
+    def unlink(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
+        # Not durable: a freed file's data goes only once a durable commit
+        # covers the unlink (Engine.run_batch), so a lost log tail cannot
+        # leave a name whose data is gone.
+        return self._submit(Engine.op_unlink, parent, bytes(name), durable=durable)
 
     def rmdir(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
         return self._submit(Engine.op_rmdir, parent, bytes(name), durable=durable)
 
     def rename(
-        self, src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
+        self,
+        src_parent: int,
+        src_name: bytes,
+        dst_parent: int,
+        dst_name: bytes,
+        durable: bool = True,
     ) -> defer.Deferred[RenameResult]:
         return self._submit(
-            Engine.op_rename, src_parent, bytes(src_name), dst_parent, bytes(dst_name)
+            Engine.op_rename,
+            src_parent,
+            bytes(src_name),
+            dst_parent,
+            bytes(dst_name),
+            durable=durable,
         )
 
     def setattr(
-        self, ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None
+        self,
+        ino: int,
+        changes: SetAttrs,
+        guard_ctime_ns: int | None = None,
+        durable: bool = True,
     ) -> defer.Deferred[Attributes]:
         same = self._same_size(ino, changes, guard_ctime_ns)
         if same is not None:
             return defer.succeed(same)
-        return self._submit(Engine.op_setattr, ino, changes, guard_ctime_ns, ino=ino)
+        # Not durable: still durable if it cuts data (Engine.run_batch).
+        return self._submit(
+            Engine.op_setattr, ino, changes, guard_ctime_ns, durable=durable, ino=ino
+        )
+
+    def sync(self) -> defer.Deferred[None]:
+        """
+        Make every change committed so far durable (one fsync of the log if
+        any change was committed without; none otherwise). Fires once done.
+        """
+        return self._submit(Engine.op_sync)
 
     def _same_size(
         self, ino: int, changes: SetAttrs, guard_ctime_ns: int | None
