@@ -111,8 +111,15 @@ class IMetadataService(Interface):
         durable change of the same caller completes (S3's staging file and
         the directories of its key, made before the rename that publishes
         the object). A store that keeps changes in one ordered log makes
-        such a change durable with the next durable one; a store may always
-        treat it as durable.
+        such a change durable with the next durable one (or L{sync}); a
+        store may always treat it as durable.
+        """
+
+    def sync() -> Deferred[None]:
+        """
+        Make every change answered so far durable, the C{durable=False} ones
+        included (SMB FLUSH of a directory, and SMB's bounded background
+        flush). Cheap when nothing is pending; fires once done.
         """
 
     def symlink(
@@ -128,22 +135,23 @@ class IMetadataService(Interface):
         @raise MLink: C{ino} already has 65000 links.
         """
 
-    def unlink(parent: int, name: bytes) -> Deferred[Attributes]:
+    def unlink(parent: int, name: bytes, durable: bool = True) -> Deferred[Attributes]:
         """
         Remove a non-directory name; fires with the inode's attributes after
         (nlink 0 means the inode is gone: its data is freed and getattr fails).
 
-        @raise IsDir: the name is a directory (use rmdir).
+        @raise IsDir: the name is a directory (use rmdir). (C{durable}: see L{create}.)
         """
 
     def rmdir(parent: int, name: bytes, durable: bool = True) -> Deferred[Attributes]:
         """Remove an empty directory. @raise NotEmpty, NotDir. (C{durable}: see L{create}.)"""
 
     def rename(
-        src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
+        src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes, durable: bool = True
     ) -> Deferred[RenameResult]:
         """
         POSIX rename, atomic: the destination, if it exists, is replaced.
+        (C{durable}: see L{create}.)
 
         Renaming a name onto itself (or onto another name of the same inode) is
         a successful no-op. A directory may replace only an empty directory,
@@ -155,10 +163,12 @@ class IMetadataService(Interface):
         """
 
     def setattr(
-        ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None
+        ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None, durable: bool = True
     ) -> Deferred[Attributes]:
         """
         Apply C{changes}; ctime becomes now (and mtime too when size changes).
+        (C{durable}: see L{create}; a store may keep a size change durable
+        whatever is asked, as the embedded one does with one that cuts data.)
 
         A size change truncates or extends the data (extension reads as zeros).
         @raise Inval: C{guard_ctime_ns} is given and differs from the inode's ctime
@@ -684,8 +694,13 @@ class IVFS(Interface):
         changes: SetAttrs,
         guard_ctime_ns: int | None = None,
         origin: Origin | None = None,
+        durable: bool = True,
     ) -> Deferred[Attributes]:
-        """Change attributes (Linux rules; owner may truncate whatever the mode)."""
+        """
+        Change attributes (Linux rules; owner may truncate whatever the mode).
+        C{durable=False}: see L{IMetadataService.create} (also for L{remove}
+        and L{rename}; made durable by L{sync} or any later durable change).
+        """
 
     def lookup(
         caller: Caller, dir_ino: int, name: bytes, fresh: bool = False
@@ -750,7 +765,11 @@ class IVFS(Interface):
         """A new name for a file."""
 
     def remove(
-        caller: Caller, dir_ino: int, name: bytes, origin: Origin | None = None
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        origin: Origin | None = None,
+        durable: bool = True,
     ) -> Deferred[Attributes]:
         """Unlink a non-directory; fires with its attributes after (nlink 0: gone)."""
 
@@ -770,6 +789,7 @@ class IVFS(Interface):
         dst_dir: int,
         dst_name: bytes,
         origin: Origin | None = None,
+        durable: bool = True,
     ) -> Deferred[RenameResult]:
         """POSIX rename (atomic, replaces) under permission, sticky-bit and share rules."""
 
@@ -803,6 +823,9 @@ class IVFS(Interface):
 
     def commit(caller: Caller, ino: int) -> Deferred[Attributes]:
         """Make earlier unstable writes durable."""
+
+    def sync() -> Deferred[None]:
+        """Make every change answered so far durable (L{IMetadataService.sync})."""
 
     def layout_commit(
         caller: Caller, ino: int, end: int, origin: Origin | None = None

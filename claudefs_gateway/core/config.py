@@ -906,6 +906,16 @@ class Smb:
         "was made, or with a message begun but not completed for this long, is closed. "
         "0 = never.",
     )
+    metadata_flush_interval_ms: int = setting(
+        1000,
+        min=0,
+        max=60000,
+        doc="SMB metadata changes (create, overwrite, attributes and times, delete on close, "
+        "rename) are answered once in the store's ordered log, which survives a crash of the "
+        "gateway, and made durable against power loss by FLUSH, by write-through opens, by "
+        "any later durable change, and at most this long after they were answered (Samba "
+        "syncs none of them). 0 = each one durable before its reply.",
+    )
     multichannel: Multichannel = setting(factory=Multichannel, doc="SMB3 multichannel.")
     interfaces: list[Interface] = setting(
         factory=list, doc="Interfaces advertised for multichannel."
@@ -1090,6 +1100,14 @@ class Backend:
     )
     tls: BackendTLS | None = setting(
         None, doc="Mutual-TLS material for ``metadata_servers`` with ``transport: tls``."
+    )
+    short_circuit: str | None = setting(
+        None,
+        doc="``remote`` only: the data directory of the namespace's only data server, when it "
+        "is on this host and this gateway may open its files (``cfs-gateway data "
+        "--data-dir``): reads and writes then use its chunk files directly instead of a call "
+        "to it (metadata still goes to the meta server). Ignored unless the layout has one "
+        "data server and one copy. ``--workers`` sets it for its workers.",
     )
 
 

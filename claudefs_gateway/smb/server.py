@@ -1138,6 +1138,8 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                 )
         finally:
             self._pending.pop(header.message_id, None)
+            if req.channel_open is not None:
+                self.factory.files.request_done(req)
             if req.async_id:
                 self._async.pop(req.async_id, None)
             if activity is not None:

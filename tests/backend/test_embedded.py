@@ -309,6 +309,69 @@ class DurabilityTests(StoreCase):
         with self.assertRaises(errors.NotFound):
             await b.lookup(1, b"gone")
 
+    async def test_not_durable_namespace_changes_and_sync(self) -> None:
+        """
+        unlink, rename and setattr with durable=False commit without a flush
+        too (SMB's metadata changes); sync() flushes them with one commit, and
+        costs nothing when nothing waits.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
+        await b.setattr(f.ino, SetAttrs(mode=0o600), durable=False)
+        await b.rename(1, b"f", 1, b"g", durable=False)
+        await b.create(1, b"h", REG, 0o644, 0, 0, durable=False)
+        durable = b.stats.durable_commits
+        await b.unlink(1, b"h", durable=False)
+        self.assertEqual(b.stats.durable_commits, durable)
+        await b.sync()
+        self.assertEqual(b.stats.durable_commits, durable + 1)
+        # (The next batch drops the freed file's recovery row, whatever it is.)
+        await b.sync()
+        settled = b.stats.durable_commits
+        await b.sync()
+        self.assertEqual(b.stats.durable_commits, settled)
+        self.assertEqual((await b.lookup(1, b"g")).mode & 0o777, 0o600)
+
+    async def test_size_change_is_durable_whatever_is_asked(self) -> None:
+        """
+        A truncation cuts the data file right after its commit: one that cuts
+        below the committed size is durable even when asked not to be, so no
+        crash can pair the old size with cut data; growing, or emptying an
+        empty file (an SMB overwrite of a new file), is not.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"data", True)
+        before = b.stats.durable_commits
+        await b.setattr(f.ino, SetAttrs(size=8), durable=False)
+        self.assertEqual(b.stats.durable_commits, before)
+        await b.setattr(f.ino, SetAttrs(size=1), durable=False)
+        self.assertEqual(b.stats.durable_commits, before + 1)
+        e = await b.create(1, b"e", REG, 0o644, 0, 0, durable=False)
+        await b.setattr(e.ino, SetAttrs(size=0), durable=False)
+        self.assertEqual(b.stats.durable_commits, before + 1)
+
+    async def test_not_durable_unlink_keeps_the_data_until_durable(self) -> None:
+        """
+        A file freed by a commit not yet durable keeps its data file until a
+        durable commit covers the unlink: a power loss taking the log's tail
+        would otherwise bring the name back without its bytes.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"data", True)
+        data = Path(b._engine.layout.path(f.ino))
+        gone = await b.unlink(1, b"f", durable=False)
+        self.assertEqual(gone.nlink, 0)
+        await b.create(1, b"other", REG, 0o644, 0, 0, durable=False)
+        self.assertTrue(data.exists())
+        with self.assertRaises(errors.NotFound):
+            await b.getattr(f.ino)
+        await b.sync()
+        # Deleted once the batch after the durable one ran (after_batch).
+        await b.sync()
+        self.assertFalse(data.exists())
+
     async def test_evicting_a_dirty_descriptor_syncs_it(self) -> None:
         """Unstable data is never orphaned by the descriptor cache: eviction syncs first."""
         b = await self.store(max_fds=2)
@@ -816,8 +879,10 @@ class ReadPathTests(StoreCase):
         self.addCleanup(reader.conn.set_trace_callback, None)
         self.assertEqual(await b.read(f.ino, 1, 10), (b"bc", True))
         self.assertEqual(queries, [])
-        # Issued together: the read waits for the write and sees it.
-        w = b.write(f.ino, 3, b"defg", False)
+        # Issued together: the read waits for the write and sees it (a
+        # stable write: an unstable one with the writer idle would run at
+        # once, see ReactorRunTests).
+        w = b.write(f.ino, 3, b"defg", True)
         r = b.read(f.ino, 0, 10)
         seen: list[bool] = []
         w.addCallback(lambda _: seen.append(f.ino in reader._nodes))
@@ -830,6 +895,143 @@ class ReadPathTests(StoreCase):
         await b.unlink(1, b"f")
         with self.assertRaises(errors.NotFound):
             await b.read(f.ino, 0, 1)
+
+
+class ReactorRunTests(StoreCase):
+    """
+    Ops that need no round trip through the writer thread: an unstable write
+    while the writer is idle, a SETATTR of the size a file already has.
+    """
+
+    async def test_unstable_write_runs_at_once(self) -> None:
+        """With the writer idle, an unstable write has committed when write() returns."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        batches, durable = b.stats.batches, b.stats.durable_commits
+        view = memoryview(bytearray(b"hello"))
+        d = b.write(f.ino, 0, view, False)
+        self.assertTrue(d.called)
+        view[:] = b"XXXXX"  # the caller may reuse its buffer once it returned
+        result = await d
+        self.assertEqual((result.count, result.stable, result.attrs.size), (5, False, 5))
+        self.assertEqual(b.stats.batches, batches + 1)
+        self.assertEqual(await b.read(f.ino, 0, 10), (b"hello", True))
+        # Not durable: COMMIT's durable commit syncs its WAL frames.
+        self.assertEqual(b.stats.durable_commits, durable)
+        await b.commit(f.ino)
+        self.assertEqual(b.stats.durable_commits, durable + 1)
+
+    async def test_queued_behind_the_writer(self) -> None:
+        """An unstable write issued while the writer is busy waits its turn, in order."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        ev, held = await self.gate(b)
+        order: list[str] = []
+        t = b.setattr(f.ino, SetAttrs(size=2)).addCallback(lambda a: order.append("trunc"))
+        w = b.write(f.ino, 0, b"abcd", False)
+        w.addCallback(lambda r: order.append("write"))
+        self.assertFalse(w.called)
+        ev.set()
+        await held
+        await defer.gatherResults([t, w])
+        self.assertEqual(order, ["trunc", "write"])
+        self.assertEqual((await b.getattr(f.ino)).size, 4)
+
+    async def test_waits_for_undelivered_ops(self) -> None:
+        """
+        A change submitted earlier and not yet delivered (its reply pending)
+        keeps a later unstable write off the reactor's own run, so callers
+        hear of them in the order they called.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        order: list[str] = []
+        c = b.create(1, b"g", REG, 0o644, 0, 0).addCallback(lambda a: order.append("create"))
+        w = b.write(f.ino, 0, b"x", False).addCallback(lambda r: order.append("write"))
+        await defer.gatherResults([c, w])
+        self.assertEqual(order, ["create", "write"])
+
+    async def test_large_or_stable_writes_go_to_the_writer(self) -> None:
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        big = os.urandom(backend_module.INLINE_WRITE_MAX + 1)
+        d = b.write(f.ino, 0, big, False)
+        self.assertFalse(d.called)
+        await d
+        d = b.write(f.ino, 0, b"abc", True)
+        self.assertFalse(d.called)
+        self.assertTrue((await d).stable)
+
+    async def test_views_of_bytes_not_copied(self) -> None:
+        """
+        A read-only view of bytes (an NFS WRITE's data inside its record)
+        reaches the writer as it is; a view of a mutable buffer is copied.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        sent: list[Any] = []
+        submit = b._writer.submit
+
+        def spy(op: Any) -> None:
+            sent.append(op.args[2])
+            submit(op)
+
+        self.patch(b._writer, "submit", spy)
+        record = os.urandom(backend_module.INLINE_WRITE_MAX + 100)
+        view = memoryview(record)[10:]
+        await b.write(f.ino, 0, view, False)
+        self.assertIs(sent[-1], view)
+        mutable = bytearray(record)
+        await b.write(f.ino, 0, memoryview(mutable)[10:], False)
+        self.assertIs(type(sent[-1]), bytes)
+        mutable[10:20] = bytes(10)
+        self.assertEqual(await b.read(f.ino, 0, 10), (record[10:20], False))
+
+    async def test_same_size_setattr_answers_at_once(self) -> None:
+        """Nothing to change: answered from the reader, no batch, no commit."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"abc", True)
+        before = await b.getattr(f.ino)
+        batches, commits = b.stats.batches, b.stats.commits
+        d = b.setattr(f.ino, SetAttrs(size=3))
+        self.assertTrue(d.called)
+        self.assertEqual(await d, before)
+        d = b.setattr(f.ino, SetAttrs(size=3), guard_ctime_ns=before.ctime_ns)
+        self.assertTrue(d.called)
+        self.assertEqual(await d, before)
+        self.assertEqual((b.stats.batches, b.stats.commits), (batches, commits))
+
+    async def test_other_setattrs_go_to_the_writer(self) -> None:
+        """A new size, another attribute, a guard that fails, a directory: the writer decides."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        a = await b.getattr(f.ino)
+        for changes, guard in [
+            (SetAttrs(size=1), None),
+            (SetAttrs(size=0, mode=0o600), None),
+            (SetAttrs(size=0), a.ctime_ns + 1),
+        ]:
+            d = b.setattr(f.ino, changes, guard_ctime_ns=guard)
+            self.assertFalse(d.called)
+            await d.addErrback(lambda f: f.trap(errors.Inval))
+        with self.assertRaises(errors.IsDir):
+            await b.setattr(1, SetAttrs(size=0))
+        with self.assertRaises(errors.NotFound):
+            await b.setattr(987654, SetAttrs(size=0))
+
+    async def test_same_size_setattr_waits_for_changes_in_flight(self) -> None:
+        """A truncation to size 0 issued behind a write that grows the file still truncates."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        ev, held = await self.gate(b)
+        w = b.write(f.ino, 0, b"abcd", True)
+        t = b.setattr(f.ino, SetAttrs(size=0))
+        self.assertFalse(t.called)
+        ev.set()
+        await held
+        await w
+        self.assertEqual((await t).size, 0)
 
 
 class FilesTests(SynchronousTestCase):
