@@ -191,6 +191,7 @@ class NFSService(MultiService):
             partial_timeout=cfg.partial_record_timeout_secs,
             metrics=RequestMetrics(core.metrics, "nfs"),
             budget=core.budget,
+            max_queued_bytes=cfg.max_queued_bytes_per_connection,
         )
         self.nfs_listener = core.listener(self, "proto:nfs:listen", "nfs", cfg.bind, stream)
         mount_stream = RPCStreamFactory(
@@ -202,6 +203,7 @@ class NFSService(MultiService):
             idle_timeout=cfg.idle_timeout_secs,
             partial_timeout=cfg.partial_record_timeout_secs,
             metrics=RequestMetrics(core.metrics, "mount"),
+            max_queued_bytes=cfg.max_queued_bytes_per_connection,
         )
         self.mount_listener = core.listener(
             self, "proto:nfs:mount", "mount", cfg.mount_bind, mount_stream

@@ -21,6 +21,8 @@ off: see L{WriteFiles.trim}).
 
 The writer thread owns L{WriteFiles}; the reactor thread owns L{ReadFiles}.
 Nothing is shared between them but the file system, so neither needs a lock.
+Each closes descriptors unused for a while when asked (C{close_idle}, on its
+own thread), so a burst of activity leaves no descriptors behind it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import ctypes.util
 import errno
 import functools
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -144,13 +147,23 @@ class WriteFiles:
     writeback is reported to the descriptors open at the time.
 
     @param durable: False skips every fsync (tests and throwaway stores).
+    @param now: monotonic seconds, when each descriptor was last used (L{close_idle}).
     """
 
-    def __init__(self, layout: Layout, durable: bool = True, capacity: int = 128) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        durable: bool = True,
+        capacity: int = 128,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.layout = layout
         self.durable = durable
         self.capacity = capacity
+        self.now = now
+        # Least recently used first; _last holds when each was last handed out.
         self._fds: OrderedDict[int, int] = OrderedDict()
+        self._last: dict[int, float] = {}
         self.dirty: set[int] = set()
         self._new_entries: dict[int, list[str]] = {}
         self.syncs = 0
@@ -167,6 +180,7 @@ class WriteFiles:
         fd = self._fds.get(ino)
         if fd is not None:
             self._fds.move_to_end(ino)
+            self._last[ino] = self.now()
             return fd
         path = self.layout.path(ino)
         try:
@@ -176,6 +190,7 @@ class WriteFiles:
                 return None
             fd = self._create(ino, path)
         self._fds[ino] = fd
+        self._last[ino] = self.now()
         if len(self._fds) > self.capacity:
             self._evict()
         return fd
@@ -204,13 +219,40 @@ class WriteFiles:
         newest = next(reversed(self._fds))
         for ino in self._fds:
             if ino != newest and ino not in self.dirty:
-                os.close(self._fds.pop(ino))
+                self._close(ino)
                 return
         # Every cached descriptor is dirty: sync the oldest (its data and the
         # entries naming it, so nothing is left to track) and close it.
         ino = next(iter(self._fds))
         self.sync({ino})
+        self._close(ino)
+
+    def _close(self, ino: int) -> None:
+        self._last.pop(ino, None)
         os.close(self._fds.pop(ino))
+
+    def close_idle(self, idle: float) -> int:
+        """
+        Close the descriptors not handed out for C{idle} seconds, but those
+        with unsynced data (closed once a commit synced them: an error in
+        writeback is reported to the descriptors open at the time). Called on
+        the writer thread between batches, when no data writer holds one of
+        them (L{sync_start}'s rule). Returns how many were closed.
+        """
+        cutoff = self.now() - idle
+        closed = 0
+        for ino in list(self._fds):
+            if self._last.get(ino, 0.0) > cutoff:
+                break  # least recently used first: the rest are newer
+            if ino in self.dirty:
+                continue
+            self._close(ino)
+            closed += 1
+        return closed
+
+    def __len__(self) -> int:
+        """Descriptors open."""
+        return len(self._fds)
 
     def needs_sync(self, ino: int) -> bool:
         return ino in self.dirty or ino in self._new_entries
@@ -277,6 +319,7 @@ class WriteFiles:
     def forget(self, ino: int) -> None:
         """The inode is gone: drop its descriptor without syncing."""
         fd = self._fds.pop(ino, None)
+        self._last.pop(ino, None)
         if fd is not None:
             os.close(fd)
         self.dirty.discard(ino)
@@ -295,6 +338,7 @@ class WriteFiles:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._last.clear()
 
 
 class ReadFiles:
@@ -302,27 +346,55 @@ class ReadFiles:
     The reactor thread's read-only descriptors.
 
     A descriptor handed to a pool thread is a C{dup}, so closing the cached one
-    (eviction, or the inode being freed) never pulls it from under a read.
+    (eviction, the inode being freed, or L{close_idle}) never pulls it from
+    under a read; every other use is on the reactor thread, which also runs
+    L{close_idle}.
+
+    @param now: monotonic seconds, when each descriptor was last used.
     """
 
-    def __init__(self, layout: Layout, capacity: int = 128) -> None:
+    def __init__(
+        self, layout: Layout, capacity: int = 128, now: Callable[[], float] = time.monotonic
+    ) -> None:
         self.layout = layout
         self.capacity = capacity
+        self.now = now
         self._fds: OrderedDict[int, int] = OrderedDict()
+        self._last: dict[int, float] = {}
 
     def get(self, ino: int) -> int | None:
         fd = self._fds.get(ino)
         if fd is not None:
             self._fds.move_to_end(ino)
+            self._last[ino] = self.now()
             return fd
         try:
             fd = os.open(self.layout.path(ino), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         self._fds[ino] = fd
+        self._last[ino] = self.now()
         if len(self._fds) > self.capacity:
-            os.close(self._fds.popitem(last=False)[1])
+            old, old_fd = self._fds.popitem(last=False)
+            self._last.pop(old, None)
+            os.close(old_fd)
         return fd
+
+    def close_idle(self, idle: float) -> int:
+        """Close the descriptors not handed out for C{idle} seconds; how many were closed."""
+        cutoff = self.now() - idle
+        closed = 0
+        for ino in list(self._fds):
+            if self._last.get(ino, 0.0) > cutoff:
+                break  # least recently used first: the rest are newer
+            self._last.pop(ino, None)
+            os.close(self._fds.pop(ino))
+            closed += 1
+        return closed
+
+    def __len__(self) -> int:
+        """Descriptors open."""
+        return len(self._fds)
 
     def used(self, ino: int) -> int:
         fd = self._fds.get(ino)
@@ -334,6 +406,7 @@ class ReadFiles:
 
     def forget(self, ino: int) -> None:
         fd = self._fds.pop(ino, None)
+        self._last.pop(ino, None)
         if fd is not None:
             os.close(fd)
 
@@ -341,3 +414,4 @@ class ReadFiles:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._last.clear()

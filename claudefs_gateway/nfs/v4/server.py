@@ -53,6 +53,7 @@ from claudefs_gateway.nfs.v4.codec import (
     SequenceArgs,
     SequenceResok,
     read_header,
+    reply_size,
 )
 from claudefs_gateway.nfs.v4.compound import CompoundState, Settings
 from claudefs_gateway.nfs.v4.delegations import Delegations
@@ -183,6 +184,8 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops, PnfsOps):
                 # A COMPOUND may change things: it runs to its end (and into
                 # its slot's reply cache) even if the connection goes.
                 cancel_on_close=False,
+                # A reply never exceeds the largest record (st.limit below).
+                reply_size=lambda h: min(reply_size(h), self.settings.max_record),
             ),
         )
         return prog
