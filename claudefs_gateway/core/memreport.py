@@ -92,7 +92,8 @@ def report(top: int = 15) -> dict[str, Any]:
     The report: RSS, glibc's heap totals, threads, the C{top} most numerous
     object types the garbage collector tracks, and, while tracemalloc runs,
     the traced total and the C{top} allocation sites that grew most since the
-    previous report (or the largest, the first time).
+    previous report (or the largest, the first time); then a full garbage
+    collection, what it found and the RSS and heap in use after it.
     """
     global _last
     counts: Counter[str] = Counter(type(o).__name__ for o in gc.get_objects())
@@ -120,6 +121,13 @@ def report(top: int = 15) -> dict[str, Any]:
                 (str(s.traceback[0]), s.size // 1024) for s in snap.statistics("lineno")[:top]
             ]
         _last = snap
+    # Garbage in reference cycles (a Failure's traceback holding a READ's
+    # data...) waits for a full collection, which an idle process may not run
+    # for a long time: collect now and say what that freed.
+    out["gc_collected"] = gc.collect()
+    out["rss_after_collect_mib"] = _rss_mib()
+    after = _mallinfo()
+    out["in_use_after_collect_mib"] = after["in_use_mib"] if after is not None else None
     return out
 
 
