@@ -666,8 +666,13 @@ class IVFS(Interface):
     ) -> Deferred[Attributes]:
         """Change attributes (Linux rules; owner may truncate whatever the mode)."""
 
-    def lookup(caller: Caller, dir_ino: int, name: bytes) -> Deferred[Attributes]:
-        """A name in a directory (C{.} and C{..} included; C{..} stops at the export root)."""
+    def lookup(
+        caller: Caller, dir_ino: int, name: bytes, fresh: bool = False
+    ) -> Deferred[Attributes]:
+        """
+        A name in a directory (C{.} and C{..} included; C{..} stops at the export
+        root). C{fresh}: past the caches when other gateways share the store.
+        """
 
     def create(
         caller: Caller,

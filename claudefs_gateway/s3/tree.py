@@ -498,11 +498,14 @@ class Tree:
         @raise S3Error: NoSuchKey.
         """
         cur = bucket
+        last = len(key.segments) - 1
         try:
-            for seg in key.segments:
+            for i, seg in enumerate(key.segments):
                 if not cur.is_dir:
                     raise S3Error("NoSuchKey")
-                cur = await self.vfs.lookup(caller, cur.ino, seg)
+                # The object itself is read fresh: another gateway's PUT a moment
+                # ago may not have reached our caches yet (read-after-write).
+                cur = await self.vfs.lookup(caller, cur.ino, seg, fresh=i == last)
                 if cur.is_link:
                     # Symbolic links made over NFS/SMB are not objects (see docs/s3.rst).
                     raise S3Error("NoSuchKey")

@@ -525,22 +525,24 @@ class FileBase:
         return self._case
 
     async def lookup_name(
-        self, caller: Caller, dir_ino: int, name: bytes
+        self, caller: Caller, dir_ino: int, name: bytes, fresh: bool = False
     ) -> tuple[Attributes, bytes]:
         """
         An entry of C{dir_ino} matched case-insensitively (see
-        L{claudefs_gateway.smb.names}), and its stored name.
+        L{claudefs_gateway.smb.names}), and its stored name. C{fresh}: past the
+        vfs caches when other gateways share the store (an open sees their
+        latest change, as it would on one server).
 
         @raise NotFound: no entry matches.
         """
         vfs = self.vfs
         try:
-            return await vfs.lookup(caller, dir_ino, name), name
+            return await vfs.lookup(caller, dir_ino, name, fresh=fresh), name
         except errors.NotFound:
             real = await self.case.find(caller, dir_ino, name)
             if real is None or real == name:
                 raise
-            return await vfs.lookup(caller, dir_ino, real), real
+            return await vfs.lookup(caller, dir_ino, real, fresh=fresh), real
 
     async def resolve_dir(
         self, caller: Caller, parts: list[bytes]
@@ -593,7 +595,7 @@ class FileBase:
         """
         vfs = self.vfs
         try:
-            a, leaf = await self.lookup_name(caller, parent, leaf)
+            a, leaf = await self.lookup_name(caller, parent, leaf, fresh=True)
         except errors.NotFound:
             return None, leaf
         if a.is_link:

@@ -46,7 +46,14 @@ from claudefs_gateway.fstypes import (
     SetAttrs,
     WriteResult,
 )
-from claudefs_gateway.interfaces import IVFS, IBackend, ILeaseManager, ILockTable, IUserDB
+from claudefs_gateway.interfaces import (
+    IVFS,
+    IBackend,
+    ILeaseManager,
+    ILockTable,
+    ISharedStore,
+    IUserDB,
+)
 from claudefs_gateway.vfs import permissions as perm
 from claudefs_gateway.vfs.cache import AttrCache, BoundedCache, NameCache
 from claudefs_gateway.vfs.events import Action, Change, ChangeEvents, What
@@ -196,6 +203,10 @@ class VFS:
         self._worm = WormCache()
         self._seals: dict[int, bool] = {}
         self._names_max = max(4096, c.max_entries)
+        # Other gateways change this store too: what we cache of it may be a
+        # change event behind, so reads that promise read-after-write (an S3
+        # GET after another gateway's PUT) ask the store (L{lookup} fresh=).
+        self.shared = bool(ISharedStore.providedBy(backend))
         self.root_ino = 0
         self.is_open = False
         self._backend_errors = (
@@ -676,7 +687,16 @@ class VFS:
             raise errors.Access("the name is reserved by the gateway")
 
     @deferred
-    async def lookup(self, caller: Caller, dir_ino: int, name: bytes) -> Attributes:
+    async def lookup(
+        self, caller: Caller, dir_ino: int, name: bytes, fresh: bool = False
+    ) -> Attributes:
+        """
+        The entry C{name} of C{dir_ino}. C{fresh}: on a store other gateways
+        change too (L{shared}), ask the store rather than the caches, which may
+        be a change event behind (S3 promises read-after-write across every
+        gateway; the object's stored metadata, such as its checksums, is
+        dropped from the cache when the inode changed meanwhile).
+        """
         d = await self._dir(dir_ino)
         perm.check(caller.cred, d, perm.X)
         self._private(caller, name)
@@ -686,7 +706,23 @@ class VFS:
             if dir_ino == caller.export.root_ino:
                 return d
             return await self._lookup_raw(dir_ino, name)
+        if fresh and self.shared:
+            return await self._lookup_fresh(dir_ino, name)
         return await self._lookup_raw(dir_ino, name)
+
+    async def _lookup_fresh(self, dir_ino: int, name: bytes) -> Attributes:
+        try:
+            a = await self.backend.lookup(dir_ino, name)
+        except errors.NotFound:
+            self.name_cache.discard((dir_ino, name))
+            raise
+        old = self.attr_cache.get(a.ino)
+        if old is None or old.change != a.change or old.gen != a.gen:
+            self._meta_forget(a.ino)
+        self.name_cache.put((dir_ino, name), a.ino)
+        self.attr_cache.put(a.ino, a)
+        self._seen(dir_ino, name, a.ino)
+        return a
 
     async def _prepare_new(self, caller: Caller, dir_ino: int) -> Attributes:
         self._writable(caller)

@@ -242,6 +242,30 @@ class VFSTests(SynchronousTestCase):
         self.assertEqual(self.ok(self.vfs.meta_get(self.alice, f, b"s3.etag")), b"def")
         self.assertEqual(len(seen), 4)
 
+    def test_fresh_lookup_on_a_shared_store(self) -> None:
+        """
+        Another gateway's change not yet announced: a fresh lookup sees it,
+        metadata included (an S3 GET must not pair new bytes with an old checksum).
+        """
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644)).ino
+        self.ok(self.vfs.meta_set(self.alice, f, b"s3.sum", b"old"))
+        self.assertEqual(self.ok(self.vfs.lookup(self.alice, self.pub, b"f")).size, 0)
+        # "Another gateway": straight to the store, no change event.
+        self.successResultOf(self.m.backend.write(f, 0, b"12345", True))
+        self.successResultOf(self.m.backend.setxattr(f, b"cfs.s3.sum", b"new"))
+        # Not shared (one gateway owns the store): the caches are the truth.
+        self.assertEqual(self.ok(self.vfs.lookup(self.alice, self.pub, b"f", fresh=True)).size, 0)
+        self.vfs.shared = True
+        self.assertEqual(self.ok(self.vfs.lookup(self.alice, self.pub, b"f")).size, 0)
+        got = self.ok(self.vfs.lookup(self.alice, self.pub, b"f", fresh=True))
+        self.assertEqual(got.size, 5)
+        self.assertEqual(self.ok(self.vfs.meta_get(self.alice, f, b"s3.sum")), b"new")
+        self.assertEqual(self.ok(self.vfs.getattr(self.alice, f)).size, 5)
+        # Removed elsewhere: NotFound, and the cached name goes.
+        self.successResultOf(self.m.backend.unlink(self.pub, b"f"))
+        self.bad(self.vfs.lookup(self.alice, self.pub, b"f", fresh=True), errors.NotFound)
+        self.bad(self.vfs.lookup(self.alice, self.pub, b"f"), errors.NotFound)
+
     def test_meta_cache_read_racing_a_change(self) -> None:
         """A read under way while the record changes does not leave the old value cached."""
         f = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644)).ino

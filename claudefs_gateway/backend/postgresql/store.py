@@ -188,6 +188,7 @@ class PostgresStore:
         return d  # type: ignore[return-value]
 
     def _open_sync(self) -> bytes:
+        from psycopg import sql
         from psycopg_pool import ConnectionPool
 
         s = self.settings
@@ -204,6 +205,10 @@ class PostgresStore:
         )
         self._pool.open(wait=True, timeout=s.connect_timeout_ms / 1000.0)
         with self._pool.connection() as conn:
+            # Start-up work (migrations, the root, the epoch bump) may wait on another
+            # server's migration lock or a large table: statement_timeout bounds client
+            # requests, not this, so it is lifted here and restored by _configure below.
+            conn.execute("SET statement_timeout = 0")
             applied = apply_migrations(conn, s.schema)
             if applied:
                 self._log.info(
@@ -211,8 +216,12 @@ class PostgresStore:
                     schema=s.schema,
                     version=applied[-1],
                 )
+            conn.execute(
+                sql.SQL("SET search_path TO {}").format(sql.Identifier(self.settings.schema))
+            )
+            iid = self.engine.open(conn)
             self._configure(conn)
-            return self.engine.open(conn)
+            return iid
 
     def _reconnect_failed(self, pool: Any) -> None:
         self._log.warn("the metadata database could not be reached for a while; still trying")

@@ -189,7 +189,8 @@ class StateOps(OpsBase):
                     vfs, caller, d.ino, name, a, self.own_origin(st)
                 )
             else:
-                obj = await vfs.lookup(caller, d.ino, name)
+                # Close-to-open: the open sees other gateways' latest change.
+                obj = await vfs.lookup(caller, d.ino, name, fresh=True)
             after = await vfs.getattr(caller, d.ino) if created else before
             fh.attrs = after
             cinfo = self.cinfo(before, after)
@@ -303,7 +304,7 @@ class StateOps(OpsBase):
             except errors.Exists:
                 if mode4 == c.GUARDED4:
                     raise Nfs4Error(c.NFS4ERR_EXIST) from None
-                obj = await vfs.lookup(caller, dir_ino, name)
+                obj = await vfs.lookup(caller, dir_ino, name, fresh=True)
                 return obj, False, [], ch.size
             rest = SetAttrs(
                 uid=ch.uid, gid=ch.gid, size=ch.size, atime=ch.atime, mtime=ch.mtime, btime=ch.btime
