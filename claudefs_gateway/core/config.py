@@ -1108,8 +1108,8 @@ class Backend:
         max=86400,
         doc="Embedded store: a data file's descriptor (the writer and the reader each cache up "
         "to 128) unused for this long is closed, checked every half of it, so open "
-        "descriptors return to the baseline after a burst; one with unsynced data waits for "
-        "the next commit. 0 = kept until evicted.",
+        "descriptors return to the baseline after a burst; one with unsynced data is synced "
+        "first. 0 = kept until evicted.",
     )
 
 

@@ -917,27 +917,30 @@ class IdleDescriptorTests(SynchronousTestCase):
         os.mkdir(lay.root)
         return lay
 
-    def test_writer_closes_idle_not_dirty(self) -> None:
+    def test_writer_closes_idle(self) -> None:
         """
         The writer's descriptors unused for the idle time are closed, least
-        recently used first; one with unsynced data stays until synced.
+        recently used first; one with unsynced data is synced first.
         """
         clock = Clock()
-        files = _files.WriteFiles(self.layout(), durable=False, now=clock.seconds)
+        files = _files.WriteFiles(self.layout(), durable=True, now=clock.seconds)
         self.addCleanup(files.close)
         for ino in (1, 2, 3):
-            files.get(ino, create=True)
+            fd = files.get(ino, create=True)
+            assert fd is not None
+            os.pwrite(fd, b"x", 0)
+        files.sync({1, 2, 3})
         files.dirty.add(3)
         clock.advance(10)
         files.get(2, create=False)
         clock.advance(19)
         self.assertEqual(files.close_idle(30), 0)
         clock.advance(5)
-        # 1 idle 34 s: closed; 3 idle as long but dirty; 2 used 24 s ago.
-        self.assertEqual(files.close_idle(30), 1)
-        self.assertEqual(len(files), 2)
-        files.sync({3})
-        self.assertEqual(files.close_idle(30), 1)
+        # 1 and 3 idle 34 s: closed, 3 synced first; 2 used 24 s ago.
+        syncs = files.syncs
+        self.assertEqual(files.close_idle(30), 2)
+        self.assertEqual(files.syncs, syncs + 1)
+        self.assertFalse(files.needs_sync(3))
         self.assertEqual(len(files), 1)
         clock.advance(10)
         self.assertEqual(files.close_idle(30), 1)
@@ -945,7 +948,34 @@ class IdleDescriptorTests(SynchronousTestCase):
         # Used again: opened again, the data still there.
         fd = files.get(1, create=False)
         assert fd is not None
-        self.assertEqual(len(files), 1)
+        self.assertEqual(os.pread(fd, 1, 0), b"x")
+
+    def test_writeback_error_kept_for_the_commit(self) -> None:
+        """
+        A writeback error met syncing an idle descriptor before closing it is
+        raised by the next sync of that inode (its COMMIT fails), once.
+        """
+        clock = Clock()
+        files = _files.WriteFiles(self.layout(), durable=True, now=clock.seconds)
+        self.addCleanup(files.close)
+        fd = files.get(4, create=True)
+        assert fd is not None
+        os.pwrite(fd, b"x", 0)
+        files.sync({4})
+        files.dirty.add(4)
+        clock.advance(31)
+
+        def eio(fd: int) -> None:
+            raise OSError(errno.EIO, "writeback failed")
+
+        self.patch(_files.os, "fdatasync", eio)
+        self.assertEqual(files.close_idle(30), 1)
+        self.assertEqual(len(files), 0)
+        self.assertTrue(files.needs_sync(4))
+        e = self.assertRaises(OSError, files.sync, {4})
+        self.assertEqual(e.errno, errno.EIO)
+        files.sync({4})
+        self.assertFalse(files.needs_sync(4))
 
     def test_reader_closes_idle_not_under_a_read(self) -> None:
         """

@@ -108,6 +108,10 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         offset += n
 
 
+def _reraise(e: OSError) -> None:
+    raise e
+
+
 def _fsync_dir(path: str) -> None:
     dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -164,6 +168,9 @@ class WriteFiles:
         # Least recently used first; _last holds when each was last handed out.
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._last: dict[int, float] = {}
+        # Writeback errors met syncing idle descriptors before closing them,
+        # raised by the next sync of the inode (see close_idle).
+        self._failed: dict[int, OSError] = {}
         self.dirty: set[int] = set()
         self._new_entries: dict[int, list[str]] = {}
         self.syncs = 0
@@ -233,35 +240,48 @@ class WriteFiles:
 
     def close_idle(self, idle: float) -> int:
         """
-        Close the descriptors not handed out for C{idle} seconds, but those
-        with unsynced data (closed once a commit synced them: an error in
-        writeback is reported to the descriptors open at the time). Called on
-        the writer thread between batches, when no data writer holds one of
-        them (L{sync_start}'s rule). Returns how many were closed.
+        Close the descriptors not handed out for C{idle} seconds. Those with
+        unsynced data (unstable NFS writes never committed, SMB writes never
+        flushed) are synced first, all at once as L{sync} does: a writeback
+        error is reported to the descriptors open at the time, so it is kept
+        and raised by the next sync of that inode (the client's COMMIT or
+        FLUSH fails, and it writes again). Called on the writer thread between
+        batches, when no data writer holds one of them (L{sync_start}'s rule).
+        Returns how many were closed.
         """
         cutoff = self.now() - idle
-        closed = 0
-        for ino in list(self._fds):
+        idle_inos = []
+        for ino in self._fds:
             if self._last.get(ino, 0.0) > cutoff:
                 break  # least recently used first: the rest are newer
-            if ino in self.dirty:
-                continue
+            idle_inos.append(ino)
+        dirty = {ino for ino in idle_inos if ino in self.dirty}
+        if dirty:
+            try:
+                self.sync(dirty)
+            except OSError as e:
+                for ino in dirty:
+                    self._failed[ino] = e
+        for ino in idle_inos:
             self._close(ino)
-            closed += 1
-        return closed
+        return len(idle_inos)
 
     def __len__(self) -> int:
         """Descriptors open."""
         return len(self._fds)
 
     def needs_sync(self, ino: int) -> bool:
-        return ino in self.dirty or ino in self._new_entries
+        return ino in self.dirty or ino in self._new_entries or ino in self._failed
 
     def _sync_calls(self, inos: set[int]) -> list[Callable[[], object]]:
         """The syncs C{inos} need (their data, their new entries); forgets them as needed."""
         fds: list[int] = []
         dirs: set[str] = set()
+        failed: list[Callable[[], object]] = []
         for ino in sorted(inos):
+            err = self._failed.pop(ino, None)
+            if err is not None:
+                failed.append(functools.partial(_reraise, err))
             if ino in self.dirty:
                 fd = self._fds.get(ino)
                 if fd is not None:
@@ -271,8 +291,8 @@ class WriteFiles:
         self.syncs += len(fds)
         self.dir_syncs += len(dirs)
         if not self.durable:
-            return []
-        calls: list[Callable[[], object]] = [functools.partial(os.fdatasync, fd) for fd in fds]
+            return failed
+        calls = failed + [functools.partial(os.fdatasync, fd) for fd in fds]
         calls += [functools.partial(_fsync_dir, d) for d in sorted(dirs, key=len, reverse=True)]
         return calls
 
@@ -320,6 +340,7 @@ class WriteFiles:
         """The inode is gone: drop its descriptor without syncing."""
         fd = self._fds.pop(ino, None)
         self._last.pop(ino, None)
+        self._failed.pop(ino, None)
         if fd is not None:
             os.close(fd)
         self.dirty.discard(ino)

@@ -249,7 +249,8 @@ class EmbeddedBackend:
         Close the data-file descriptors unused for C{idle_fd_secs}: the
         reader's here, on the reactor thread that owns them (reads in pool
         threads hold a C{dup}); the writer's on the writer thread, between
-        batches, when no data writer uses one (one such call queued at a time).
+        batches, when no data writer uses one, syncing those with unsynced
+        data first (one such call queued at a time).
         """
         if self._state != "open":
             return
