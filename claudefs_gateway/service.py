@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -327,12 +328,22 @@ def _remote_backend(core: Core) -> IBackend:
         metrics=core.metrics,
         tls=tls,
         choices=Choices(),
+        short_circuit=_short_circuit(config.backend.short_circuit),
     )
     core.health.register("metadata", backend.check_metadata)
     core.health.register("transport", backend.check_transport)
     core.health.register("mirrors", backend.check_mirrors)
     core.metrics.collect_with("gateway_mirror_stale_copies", lambda: float(backend.stale_copies()))
     return backend
+
+
+def _short_circuit(path: str | None) -> Any:
+    """The local data server's chunk store (C{backend.short_circuit}), if any."""
+    if path is None:
+        return None
+    from claudefs_gateway.servers.data import ChunkStore
+
+    return ChunkStore(Path(path).absolute())
 
 
 def _compose_vfs(core: Core) -> VFSService | str:

@@ -218,7 +218,12 @@ class Supervisor:
             self.config.log_level,
         ]
         if role == "meta":
-            args += ["--data-server", f"unix:{self.run_dir / 'data.sock'}"]
+            # The socket is new at each start: the stored layout follows it.
+            args += [
+                "--data-server",
+                f"unix:{self.run_dir / 'data.sock'}",
+                "--data-servers-moved",
+            ]
             if self.raw.get("meta_store"):
                 path = self.run_dir / "meta.yaml"
                 path.write_text(yaml.safe_dump({"meta_store": self.raw["meta_store"]}))
@@ -255,7 +260,13 @@ class Supervisor:
     def _worker_config(self, index: int, listeners: dict[tuple[str, str], str]) -> Path:
         raw = dict(self.raw)
         backend = dict(raw.get("backend") or {})
-        backend.update(type="remote", data_dir=str(self.config.data_dir))
+        # The data server's chunk files are on this host: the workers read and
+        # write them directly (docs/workers.rst, "The local data path").
+        backend.update(
+            type="remote",
+            data_dir=str(self.config.data_dir),
+            short_circuit=str(self.config.data_dir / "data"),
+        )
         backend.pop("tls", None)
         raw["backend"] = backend
         raw["metadata_servers"] = [{"address": f"unix:{self.run_dir / 'meta.sock'}"}]

@@ -147,10 +147,41 @@ class WorkersTests(TestCase):
 
         await proc.wait_for(lambda e: vfs_opens("worker-1") >= 2)  # its replacement is serving
         await read_back()
+        # Every worker reads and writes the data server's chunk files itself.
+        self.assertEqual(
+            {
+                e["process"]
+                for e in proc.events
+                if "chunk files directly" in str(e.get("log_format", ""))
+            },
+            {"worker-0", "worker-1"},
+        )
         children = [p for p in self._child_pids(proc) if p]
         proc.signal("TERM")
         self.assertEqual(await proc.ended, 0)
         self.assertEqual([p for p in children if alive(p)], [])
+
+        # Started again on the same data directory: the data server's socket
+        # is new, and the stored layout follows it.
+        proc = spawn([bin_path("cfs-gateway"), "start", "--config", config, "--workers", "2"])
+        kill_on_cleanup(self, proc)
+        await proc.wait_for(lambda e: e.get("workers") == 2)
+        nfs = next(e["port"] for e in proc.events if e.get("listener") == "nfs")
+        mount = next(e["port"] for e in proc.events if e.get("listener") == "mount")
+        url = f"nfs://127.0.0.1/export/f.bin?version=3&nfsport={nfs}&mountport={mount}"
+        self.assertTrue(
+            any("are now at" in str(e.get("log_format", "")) for e in proc.events),
+            "the meta server kept the old data server address",
+        )
+        await read_back()
+        url = url.replace("/f.bin", "/g.bin")
+        data = os.urandom(1024 * 1024 + 3)
+        with open(src, "wb") as f:
+            f.write(data)
+        self.assertEqual(await spawn([bin_path("nfs-cp"), src, url]).ended, 0)
+        await read_back()
+        proc.signal("TERM")
+        self.assertEqual(await proc.ended, 0)
 
     def _child_pids(self, proc: object) -> list[int]:
         return [

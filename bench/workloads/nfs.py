@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.serverstat import process_cpu
+from bench.serverstat import tree_cpu
 from bench.stats import Metric
 from bench.workloads import Workload, register
 
@@ -69,7 +69,11 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 class _CPU:
-    """The server's CPU seconds between L{start} and L{stop} (0 if its pid is unknown)."""
+    """
+    The server's CPU seconds between L{start} and L{stop} (0 if its pid is
+    unknown): its process tree's, so with C{--workers} the workers', the meta
+    and the data server's CPU count too.
+    """
 
     def __init__(self, e: dict[str, Any]) -> None:
         self.pid: int | None = e.get("pid")
@@ -78,11 +82,11 @@ class _CPU:
 
     def start(self) -> None:
         if self.pid is not None:
-            self.t0 = process_cpu(self.pid)
+            self.t0 = tree_cpu(self.pid)
 
     def stop(self) -> float:
         if self.pid is not None:
-            self.used = process_cpu(self.pid) - self.t0
+            self.used = tree_cpu(self.pid) - self.t0
         return self.used
 
 

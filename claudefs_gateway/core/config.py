@@ -1111,6 +1111,14 @@ class Backend:
         "descriptors return to the baseline after a burst; one with unsynced data is synced "
         "first. 0 = kept until evicted.",
     )
+    short_circuit: str | None = setting(
+        None,
+        doc="``remote`` only: the data directory of the namespace's only data server, when it "
+        "is on this host and this gateway may open its files (``cfs-gateway data "
+        "--data-dir``): reads and writes then use its chunk files directly instead of a call "
+        "to it (metadata still goes to the meta server). Ignored unless the layout has one "
+        "data server and one copy. ``--workers`` sets it for its workers.",
+    )
 
 
 @attrs.frozen(kw_only=True)

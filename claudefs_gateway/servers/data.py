@@ -79,7 +79,7 @@ class ChunkStore:
         except FileNotFoundError:
             return []
 
-    def _open(self, ino: int, idx: int, create: bool) -> int | None:
+    def _open(self, ino: int, idx: int, create: bool, sync_dirs: bool = True) -> int | None:
         d = self._dir(ino)
         path = d / str(idx)
         try:
@@ -90,7 +90,7 @@ class ChunkStore:
         new_dir = not d.exists()
         d.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        if self.durable:
+        if self.durable and sync_dirs:
             _fsync_dir(d)
             if new_dir:
                 _fsync_dir(d.parent)
@@ -143,14 +143,26 @@ class ChunkStore:
             return last * CHUNK
 
     def write(self, ino: int, offset: int, data: bytes, stable: bool) -> None:
+        self._dirty.setdefault(ino, set()).update(self.put(ino, offset, data, sync_dirs=True))
+        if stable:
+            self.commit(ino)
+
+    def put(
+        self, ino: int, offset: int, data: bytes | memoryview, sync_dirs: bool = False
+    ) -> list[int]:
+        """
+        Write C{data} at C{offset} (into the page cache: nothing is synced,
+        and with C{sync_dirs} False neither are the directories of new chunk
+        files, which L{sync} then does); the indices of the chunks written.
+        """
         _check_range(offset, len(data))
         view = memoryview(data)
         pos = offset
-        dirty = self._dirty.setdefault(ino, set())
+        touched = []
         while view:
             idx, within = divmod(pos, CHUNK)
             n = min(CHUNK - within, len(view))
-            fd = self._open(ino, idx, True)
+            fd = self._open(ino, idx, True, sync_dirs)
             assert fd is not None
             try:
                 done = 0
@@ -158,11 +170,31 @@ class ChunkStore:
                     done += os.pwrite(fd, view[done:n], within + done)
             finally:
                 os.close(fd)
-            dirty.add(idx)
+            touched.append(idx)
             view = view[n:]
             pos += n
-        if stable:
-            self.commit(ino)
+        return touched
+
+    def sync(self, ino: int, chunks: list[int] | None = None) -> None:
+        """
+        Make C{chunks} of C{ino} (None: every chunk it has) durable, with the
+        directory entries that name them: what a writer that used L{put} (a
+        gateway on the short-circuit path, which cannot know which chunks
+        another process wrote) does for a stable write or a commit.
+        """
+        if not self.durable:
+            return
+        for idx in self._chunks(ino) if chunks is None else sorted(set(chunks)):
+            fd = self._open(ino, idx, False)
+            if fd is not None:
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+        d = self._dir(ino)
+        if d.exists():
+            _fsync_dir(d)
+            _fsync_dir(d.parent)
 
     def commit(self, ino: int) -> None:
         for idx in sorted(self._dirty.pop(ino, ())):

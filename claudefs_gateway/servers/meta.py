@@ -66,8 +66,13 @@ class MetaHandler:
         # (a restarted server accepts connections before its store has recovered).
         self.ready = False
 
-    async def open(self, data_servers: list[str], mirrors: int = 1) -> None:
-        """Open the store and settle the namespace's layout (C{mirrors} copies of each stripe)."""
+    async def open(self, data_servers: list[str], mirrors: int = 1, moved: bool = False) -> None:
+        """
+        Open the store and settle the namespace's layout (C{mirrors} copies of
+        each stripe). With C{moved}, a stored layout with as many data servers
+        takes the addresses of C{data_servers} (the same servers, moved: what
+        C{--workers} does, its sockets being new at each start).
+        """
         await self.backend.open()
         stored = await self.backend.get_state(LAYOUT_KEY)
         wanted = wire.Layout(DEFAULT_STRIPE, mirrors, tuple(data_servers))
@@ -76,6 +81,23 @@ class MetaHandler:
             self.layout = wanted
         else:
             self.layout = wire.decode(wire.LAYOUT, stored)
+            if (
+                moved
+                and data_servers
+                and len(data_servers) == len(self.layout.servers)
+                and self.layout.servers != wanted.servers
+            ):
+                self._log.info(
+                    "the store's data servers {kept} are now at {given}",
+                    kept=",".join(self.layout.servers),
+                    given=",".join(wanted.servers),
+                )
+                self.layout = wire.Layout(
+                    self.layout.stripe_unit, self.layout.mirrors, wanted.servers
+                )
+                await self.backend.set_state(
+                    LAYOUT_KEY, bytes(wire.encode(wire.LAYOUT, self.layout))
+                )
             if data_servers and (
                 self.layout.servers != wanted.servers or self.layout.mirrors != mirrors
             ):

@@ -57,6 +57,8 @@ class ServerSettings:
     data_servers: tuple[str, ...] = ()
     #: meta: copies of each stripe a new namespace's layout asks for.
     mirrors: int = 1
+    #: meta: the stored layout's data servers are now at C{data_servers}.
+    data_servers_moved: bool = False
     log_level: str = "info"
     durable: bool = True
     stall_timeout: float = 30.0
@@ -104,11 +106,17 @@ class _MetaStore(Service):
     name = "server:store"
 
     def __init__(
-        self, handler: MetaHandler, data_servers: list[str], root: ServerService, mirrors: int = 1
+        self,
+        handler: MetaHandler,
+        data_servers: list[str],
+        root: ServerService,
+        mirrors: int = 1,
+        moved: bool = False,
     ) -> None:
         self.handler = handler
         self.data_servers = data_servers
         self.mirrors = mirrors
+        self.moved = moved
         self.root = root
         self.error: str | None = None
         self.opened = False
@@ -121,7 +129,7 @@ class _MetaStore(Service):
 
     async def _open(self) -> None:
         try:
-            await self.handler.open(self.data_servers, self.mirrors)
+            await self.handler.open(self.data_servers, self.mirrors, self.moved)
         except Exception as e:
             self.error = f"{e.__class__.__name__}: {e}"
             _log.failure("cannot open the metadata store; stopping")
@@ -245,7 +253,13 @@ def build_meta(
             backend.notify_change(value.session, value.ino, value.dir)
 
     handler = MetaHandler(backend, publish, clock=reactor)
-    store = _MetaStore(handler, list(settings.data_servers), root, settings.mirrors)
+    store = _MetaStore(
+        handler,
+        list(settings.data_servers),
+        root,
+        settings.mirrors,
+        settings.data_servers_moved,
+    )
     store.setServiceParent(root)
     root.ready = store.when_open
     root.health.register("store", store.check)

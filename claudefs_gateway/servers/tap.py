@@ -116,6 +116,7 @@ class _ServerOptions(usage.Options):
             admin=parsed_admin,
             data_servers=tuple(self.data_servers),
             mirrors=mirrors,
+            data_servers_moved=bool(self.role == "meta" and self["data-servers-moved"]),
             log_level=self["log-level"],
             stall_timeout=stall,
             meta_store=meta_store,
@@ -143,6 +144,15 @@ class MetaOptions(_ServerOptions):
             "1",
             "Copies of each stripe on consecutive data servers, for new namespaces (pNFS "
             "mirrors; docs/pnfs.rst).",
+        ],
+    ]
+    optFlags: list[list[Any]] = [
+        [
+            "data-servers-moved",
+            None,
+            "The data servers of the stored layout are now at the --data-server addresses "
+            "(the same servers, in the same order): the layout takes the new addresses. "
+            "--workers passes it, its unix sockets being new at each start.",
         ],
     ]
 

@@ -817,8 +817,10 @@ class ReadPathTests(StoreCase):
         self.addCleanup(reader.conn.set_trace_callback, None)
         self.assertEqual(await b.read(f.ino, 1, 10), (b"bc", True))
         self.assertEqual(queries, [])
-        # Issued together: the read waits for the write and sees it.
-        w = b.write(f.ino, 3, b"defg", False)
+        # Issued together: the read waits for the write and sees it (a
+        # stable write: an unstable one with the writer idle would run at
+        # once, see ReactorRunTests).
+        w = b.write(f.ino, 3, b"defg", True)
         r = b.read(f.ino, 0, 10)
         seen: list[bool] = []
         w.addCallback(lambda _: seen.append(f.ino in reader._nodes))
@@ -831,6 +833,143 @@ class ReadPathTests(StoreCase):
         await b.unlink(1, b"f")
         with self.assertRaises(errors.NotFound):
             await b.read(f.ino, 0, 1)
+
+
+class ReactorRunTests(StoreCase):
+    """
+    Ops that need no round trip through the writer thread: an unstable write
+    while the writer is idle, a SETATTR of the size a file already has.
+    """
+
+    async def test_unstable_write_runs_at_once(self) -> None:
+        """With the writer idle, an unstable write has committed when write() returns."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        batches, durable = b.stats.batches, b.stats.durable_commits
+        view = memoryview(bytearray(b"hello"))
+        d = b.write(f.ino, 0, view, False)
+        self.assertTrue(d.called)
+        view[:] = b"XXXXX"  # the caller may reuse its buffer once it returned
+        result = await d
+        self.assertEqual((result.count, result.stable, result.attrs.size), (5, False, 5))
+        self.assertEqual(b.stats.batches, batches + 1)
+        self.assertEqual(await b.read(f.ino, 0, 10), (b"hello", True))
+        # Not durable: COMMIT's durable commit syncs its WAL frames.
+        self.assertEqual(b.stats.durable_commits, durable)
+        await b.commit(f.ino)
+        self.assertEqual(b.stats.durable_commits, durable + 1)
+
+    async def test_queued_behind_the_writer(self) -> None:
+        """An unstable write issued while the writer is busy waits its turn, in order."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        ev, held = await self.gate(b)
+        order: list[str] = []
+        t = b.setattr(f.ino, SetAttrs(size=2)).addCallback(lambda a: order.append("trunc"))
+        w = b.write(f.ino, 0, b"abcd", False)
+        w.addCallback(lambda r: order.append("write"))
+        self.assertFalse(w.called)
+        ev.set()
+        await held
+        await defer.gatherResults([t, w])
+        self.assertEqual(order, ["trunc", "write"])
+        self.assertEqual((await b.getattr(f.ino)).size, 4)
+
+    async def test_waits_for_undelivered_ops(self) -> None:
+        """
+        A change submitted earlier and not yet delivered (its reply pending)
+        keeps a later unstable write off the reactor's own run, so callers
+        hear of them in the order they called.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        order: list[str] = []
+        c = b.create(1, b"g", REG, 0o644, 0, 0).addCallback(lambda a: order.append("create"))
+        w = b.write(f.ino, 0, b"x", False).addCallback(lambda r: order.append("write"))
+        await defer.gatherResults([c, w])
+        self.assertEqual(order, ["create", "write"])
+
+    async def test_large_or_stable_writes_go_to_the_writer(self) -> None:
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        big = os.urandom(backend_module.INLINE_WRITE_MAX + 1)
+        d = b.write(f.ino, 0, big, False)
+        self.assertFalse(d.called)
+        await d
+        d = b.write(f.ino, 0, b"abc", True)
+        self.assertFalse(d.called)
+        self.assertTrue((await d).stable)
+
+    async def test_views_of_bytes_not_copied(self) -> None:
+        """
+        A read-only view of bytes (an NFS WRITE's data inside its record)
+        reaches the writer as it is; a view of a mutable buffer is copied.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        sent: list[Any] = []
+        submit = b._writer.submit
+
+        def spy(op: Any) -> None:
+            sent.append(op.args[2])
+            submit(op)
+
+        self.patch(b._writer, "submit", spy)
+        record = os.urandom(backend_module.INLINE_WRITE_MAX + 100)
+        view = memoryview(record)[10:]
+        await b.write(f.ino, 0, view, False)
+        self.assertIs(sent[-1], view)
+        mutable = bytearray(record)
+        await b.write(f.ino, 0, memoryview(mutable)[10:], False)
+        self.assertIs(type(sent[-1]), bytes)
+        mutable[10:20] = bytes(10)
+        self.assertEqual(await b.read(f.ino, 0, 10), (record[10:20], False))
+
+    async def test_same_size_setattr_answers_at_once(self) -> None:
+        """Nothing to change: answered from the reader, no batch, no commit."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"abc", True)
+        before = await b.getattr(f.ino)
+        batches, commits = b.stats.batches, b.stats.commits
+        d = b.setattr(f.ino, SetAttrs(size=3))
+        self.assertTrue(d.called)
+        self.assertEqual(await d, before)
+        d = b.setattr(f.ino, SetAttrs(size=3), guard_ctime_ns=before.ctime_ns)
+        self.assertTrue(d.called)
+        self.assertEqual(await d, before)
+        self.assertEqual((b.stats.batches, b.stats.commits), (batches, commits))
+
+    async def test_other_setattrs_go_to_the_writer(self) -> None:
+        """A new size, another attribute, a guard that fails, a directory: the writer decides."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        a = await b.getattr(f.ino)
+        for changes, guard in [
+            (SetAttrs(size=1), None),
+            (SetAttrs(size=0, mode=0o600), None),
+            (SetAttrs(size=0), a.ctime_ns + 1),
+        ]:
+            d = b.setattr(f.ino, changes, guard_ctime_ns=guard)
+            self.assertFalse(d.called)
+            await d.addErrback(lambda f: f.trap(errors.Inval))
+        with self.assertRaises(errors.IsDir):
+            await b.setattr(1, SetAttrs(size=0))
+        with self.assertRaises(errors.NotFound):
+            await b.setattr(987654, SetAttrs(size=0))
+
+    async def test_same_size_setattr_waits_for_changes_in_flight(self) -> None:
+        """A truncation to size 0 issued behind a write that grows the file still truncates."""
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        ev, held = await self.gate(b)
+        w = b.write(f.ino, 0, b"abcd", True)
+        t = b.setattr(f.ino, SetAttrs(size=0))
+        self.assertFalse(t.called)
+        ev.set()
+        await held
+        await w
+        self.assertEqual((await t).size, 0)
 
 
 class FilesTests(SynchronousTestCase):

@@ -100,3 +100,42 @@ class SerialTests(SynchronousTestCase):
         handler = DataHandler(ChunkStore(Path(self.mktemp())), run)
         self.failureResultOf(handler.op_WRITE(None, 1, 0, True, b"x"), errors.NoSpace)
         self.flushLoggedErrors(OSError)
+
+
+class PutSyncTests(SynchronousTestCase):
+    """L{ChunkStore.put} and L{ChunkStore.sync}: the short-circuit path's half."""
+
+    def setUp(self) -> None:
+        self.store = ChunkStore(Path(self.mktemp()), durable=True)
+        self.store.root.mkdir()
+        self.synced: list[Any] = []
+        real = os.fdatasync
+
+        def fdatasync(fd: int) -> None:
+            self.synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real(fd)
+
+        self.patch(os, "fdatasync", fdatasync)
+
+    def test_put_syncs_nothing_and_names_its_chunks(self) -> None:
+        self.assertEqual(self.store.put(3, CHUNK - 1, b"ab"), [0, 1])
+        self.assertEqual(self.synced, [])
+        self.assertEqual(self.store.read(3, CHUNK - 1, 2), (True, b"ab"))
+        self.assertEqual(self.store._dirty, {})
+
+    def test_sync_of_named_chunks(self) -> None:
+        self.store.put(3, 0, b"a")
+        self.store.put(3, 2 * CHUNK, b"b")
+        self.store.sync(3, [2])
+        self.assertEqual([p.rsplit("/", 1)[1] for p in self.synced], ["2"])
+
+    def test_sync_of_every_chunk(self) -> None:
+        # Another process wrote chunk 0: a commit here still syncs it.
+        ChunkStore(self.store.root, durable=True).put(3, 0, b"a")
+        self.store.put(3, CHUNK, b"b")
+        self.store.sync(3)
+        self.assertEqual(sorted(p.rsplit("/", 1)[1] for p in self.synced), ["0", "1"])
+
+    def test_sync_of_nothing_held(self) -> None:
+        self.store.sync(42)
+        self.assertEqual(self.synced, [])

@@ -142,6 +142,11 @@ class RemoteBackend:
     @param tls: a L{MutualTLS} for nodes with transport C{tls}.
     @param endpoint_factory: tests: builds the client endpoint for a node.
     @param clock: for pools, breakers and retries (default: C{reactor}).
+    @param short_circuit: the chunk store (a L{ChunkStore}) of the namespace's
+        only data server when its chunk files are on this host
+        (C{backend.short_circuit}, which C{--workers} sets): reads and
+        writes then use the chunk files directly instead of a call to the
+        data server (docs/workers.rst, "The local data path").
     """
 
     _log = Logger()
@@ -160,6 +165,7 @@ class RemoteBackend:
         clock: Any = None,
         backoff: Backoff = _BACKOFF,
         session: int | None = None,
+        short_circuit: Any = None,
     ) -> None:
         if not meta:
             raise errors.ConfigError([errors.Problem("metadata_servers", None, "no meta server")])
@@ -207,6 +213,9 @@ class RemoteBackend:
         #: changed): the NFS write verifier folds it in, so clients resend
         #: unstable writes a restarted server may have lost.
         self.restarts = 0
+        self._local = short_circuit
+        #: True once open() found the layout the short-circuit path serves.
+        self.short_circuited = False
 
     def _spawn(self, coro: Any) -> None:
         """Run C{coro} in the background; close() cancels it."""
@@ -274,6 +283,24 @@ class RemoteBackend:
             if raw:
                 self.stale[address] = {int(x) for x in raw.decode().split() if x.isdigit()}
         self._state = "open"
+        if self._local is not None:
+            # One data server holding the only copy: its chunk files are the
+            # file bytes. Mirrors or stripes over several servers need the
+            # data servers (stale copies, re-silvering), so no short circuit.
+            self.short_circuited = len(self.layout.servers) == 1 and self.layout.mirrors <= 1
+            if self.short_circuited:
+                self._log.info(
+                    "remote backend: reading and writing {node}'s chunk files directly in {path}",
+                    node=self.layout.servers[0],
+                    path=str(self._local.root),
+                )
+            else:
+                self._log.warn(
+                    "remote backend: backend.short_circuit ignored: the layout has {n} data "
+                    "servers and {m} copies (the local path needs one of each)",
+                    n=len(self.layout.servers),
+                    m=self.layout.mirrors,
+                )
         if self.layout.mirrors > 1:
             from twisted.internet import task
 
@@ -620,6 +647,12 @@ class RemoteBackend:
     async def _forget(self, ino: int) -> None:
         if self.layout is None:
             return
+        if self.short_circuited:
+            try:
+                await self._local_run(self._local.forget, ino)
+            except errors.GatewayError as e:
+                self._log.warn("could not free the data of inode {ino}: {why}", ino=ino, why=str(e))
+            return
         for address in self.layout.servers:
             try:
                 await self._dcall(address, "FORGET", (ino,))
@@ -712,7 +745,16 @@ class RemoteBackend:
             # Bytes at and past the new size go (a later extension reads zeros);
             # the meta server answered first, so a refused setattr cuts nothing.
             servers = tuple(self.layout.servers) if self.layout else ()
-            if self.mirrored:
+            if self.short_circuited:
+                # Nothing held: nothing to cut (a file created with O_TRUNC), and
+                # no thread or data server needed to say so.
+                try:
+                    held = self._local.held(ino)
+                except OSError as e:
+                    raise self._local_failed(e) from None
+                if held > changes.size:
+                    await self._local_run(self._local.truncate, ino, changes.size)
+            elif self.mirrored:
                 await self._all_copies(ino, servers, "TRUNCATE", (ino, changes.size))
             else:
                 for address in servers:
@@ -803,11 +845,26 @@ class RemoteBackend:
         n = min(length, a.size - offset)
         if n <= 0:
             return b"", True
+        if self.short_circuited:
+            got = self._local_read(ino, offset, n)
+            return got, offset + n >= a.size
         parts = []
         for copies, pos, size in self._pieces(offset, n):
             got = await self._read_piece(ino, copies, pos, size)
             parts.append(got[:size] if len(got) >= size else got + bytes(size - len(got)))
         return b"".join(parts), offset + n >= a.size
+
+    def _local_read(self, ino: int, offset: int, n: int) -> bytes:
+        """
+        C{n} bytes at C{offset} from the chunk files, on the reactor thread: a
+        read from the page cache costs less than a thread hop, let alone a
+        call to the data server.
+        """
+        try:
+            _, got = self._local.read(ino, offset, n)
+        except OSError as e:
+            raise self._local_failed(e) from None
+        return got if len(got) >= n else got + bytes(n - len(got))
 
     async def _read_piece(self, ino: int, copies: Sequence[str], pos: int, size: int) -> bytes:
         """A piece from the first copy that answers and missed no write."""
@@ -824,14 +881,21 @@ class RemoteBackend:
     def write(
         self, ino: int, offset: int, data: bytes | memoryview, stable: bool
     ) -> defer.Deferred[WriteResult]:
-        return defer.Deferred.fromCoroutine(self._write(ino, offset, bytes(data), stable))
+        return defer.Deferred.fromCoroutine(self._write(ino, offset, data, stable))
 
-    async def _write(self, ino: int, offset: int, data: bytes, stable: bool) -> WriteResult:
+    async def _write(
+        self, ino: int, offset: int, data: bytes | memoryview, stable: bool
+    ) -> WriteResult:
         if data:
             try:
-                for copies, pos, size in self._pieces(offset, len(data)):
-                    piece = data[pos - offset : pos - offset + size]
-                    await self._all_copies(ino, copies, "WRITE", (ino, pos, stable, piece))
+                if self.short_circuited:
+                    # No copy: the bytes go from the request's buffer to pwrite.
+                    await self._local_write(ino, offset, data, stable)
+                else:
+                    data = bytes(data)
+                    for copies, pos, size in self._pieces(offset, len(data)):
+                        piece = data[pos - offset : pos - offset + size]
+                        await self._all_copies(ino, copies, "WRITE", (ino, pos, stable, piece))
             except errors.FSError as e:
                 await self._type_first(ino, e)
         try:
@@ -845,6 +909,44 @@ class RemoteBackend:
             await self._commit_data(ino)
         return WriteResult(r.count, stable, r.attrs, r.before)
 
+    async def _local_write(
+        self, ino: int, offset: int, data: bytes | memoryview, stable: bool
+    ) -> None:
+        """
+        Write into the chunk files on the reactor thread (a write into the
+        page cache); a stable write then syncs the chunks it wrote, and
+        their directories, on a thread before it answers.
+        """
+        try:
+            touched = self._local.put(ino, offset, data)
+        except OSError as e:
+            raise self._local_failed(e) from None
+        if stable:
+            await self._local_sync(ino, touched)
+
+    async def _local_sync(self, ino: int, chunks: list[int] | None) -> None:
+        await self._local_run(self._local.sync, ino, chunks)
+
+    async def _local_run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """C{fn(*args)} on the chunk store, on a thread (it syncs: that may take a while)."""
+        from twisted.internet.threads import deferToThreadPool
+
+        try:
+            return await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+        except OSError as e:
+            raise self._local_failed(e) from None
+
+    def _local_failed(self, e: OSError) -> errors.FSError:
+        """An I/O error on the local path: logged, and answered as the data server would."""
+        from claudefs_gateway.servers.data import _convert
+
+        self._log.warn(
+            "local data path: I/O error in {path}: {why}",
+            path=str(self._local.root),
+            why=str(e),
+        )
+        return _convert(e)
+
     async def _forget_if_not_file(self, ino: int) -> None:
         try:
             a = await self._call("GETATTR", (ino,))
@@ -857,6 +959,11 @@ class RemoteBackend:
             await self._forget(ino)
 
     async def _commit_data(self, ino: int) -> None:
+        if self.short_circuited:
+            # Every chunk of the inode: unstable writes to it may have come
+            # through another worker, whose dirty set this one cannot see.
+            await self._local_sync(ino, None)
+            return
         servers = tuple(self.layout.servers) if self.layout else ()
         if self.mirrored:
             await self._all_copies(ino, servers, "COMMIT", (ino,))
@@ -870,6 +977,18 @@ class RemoteBackend:
     async def _commit(self, ino: int) -> Attributes:
         # The meta server checks the type (IsDir, Inval) and syncs the
         # metadata of earlier unstable writes; then the data server syncs bytes.
+        if self.short_circuited:
+            # Both at once: the reply waits for both either way, and a crash
+            # half-way leaves what the one-after-the-other order could leave
+            # (metadata synced before the bytes). The meta server's errors win.
+            meta = self._call("COMMIT_META", (ino,))
+            data = defer.Deferred.fromCoroutine(self._commit_data(ino))
+            results = await defer.DeferredList([meta, data], consumeErrors=True)
+            for ok, value in results:
+                if not ok:
+                    value.raiseException()
+            committed: Attributes = results[0][1]
+            return committed
         a: Attributes = await self._call("COMMIT_META", (ino,))
         await self._commit_data(ino)
         return a

@@ -73,6 +73,11 @@ class Cluster:
         return meta
 
     @property
+    def data_dir(self) -> Any:
+        """The data server's directory (its chunk store's root)."""
+        return _path(self.base, "data")
+
+    @property
     def meta_address(self) -> str:
         assert self.meta is not None and self.meta.rpc is not None
         return f"127.0.0.1:{self.meta.rpc.bound_port}"
