@@ -168,6 +168,10 @@ def run_foreground(
         _print_err(f"cannot start: {e}")
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
+    # SIGUSR2 logs where memory is, when CFS_MEMORY_REPORT asks (off by default).
+    from claudefs_gateway.core import memreport
+
+    memreport.install(reactor)
     reactor.run()
     fatal = root.core.extras.get("fatal")
     if fatal:

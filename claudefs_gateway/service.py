@@ -294,7 +294,12 @@ def make_backend(core: Core) -> IBackend:
             raise NotBuilt(
                 "the embedded backend is not built in this version of claudefs-gateway"
             ) from None
-        return EmbeddedBackend(core.config.data_dir, core.reactor, core.threads)
+        return EmbeddedBackend(
+            core.config.data_dir,
+            core.reactor,
+            core.threads,
+            idle_fd_secs=core.config.backend.idle_fd_secs,
+        )
     if kind == "remote":
         return _remote_backend(core)
     raise NotBuilt(f"the {kind} backend is not built in this version of claudefs-gateway")

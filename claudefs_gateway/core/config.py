@@ -640,6 +640,17 @@ class Nfs:
         doc="Calls one connection may have in flight; beyond it the gateway stops reading "
         "from that connection until some finish.",
     )
+    max_queued_bytes_per_connection: int = setting(
+        32 * 1024 * 1024,
+        min=1024 * 1024,
+        max=1024 * 1024 * 1024,
+        size=True,
+        doc="Bytes one TCP connection may hold in calls being served plus the replies they may "
+        "return (a READ or READDIR counts its count, a COMPOUND its READs' and READDIRs') plus "
+        "replies queued unread; beyond it, or while the client leaves replies unread, the "
+        "gateway stops reading from that connection (TCP back-pressure) until it drains. "
+        "A single call larger than this still runs, alone.",
+    )
     idle_timeout_secs: float = setting(
         360.0,
         min=0,
@@ -1100,6 +1111,15 @@ class Backend:
     )
     tls: BackendTLS | None = setting(
         None, doc="Mutual-TLS material for ``metadata_servers`` with ``transport: tls``."
+    )
+    idle_fd_secs: float = setting(
+        30.0,
+        min=0,
+        max=86400,
+        doc="Embedded store: a data file's descriptor (the writer and the reader each cache up "
+        "to 128) unused for this long is closed, checked every half of it, so open "
+        "descriptors return to the baseline after a burst; one with unsynced data is synced "
+        "first. 0 = kept until evicted.",
     )
     short_circuit: str | None = setting(
         None,

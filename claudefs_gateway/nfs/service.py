@@ -151,6 +151,14 @@ class NFSService(MultiService):
                 ctx4, core.reactor, settings, RequestMetrics(core.metrics, "nfs4"), self.grace
             )
             self.nfs4.budget = core.budget
+
+            # The request-rate limits NFSv3 calls go through (core.admit without
+            # the budget, which compound checks itself), counted as nfs4.
+            def admit4(host: str, uid: int | None) -> None:
+                if core.limiter is not None:
+                    core.limiter.admit("nfs4", host, uid)
+
+            self.nfs4.admit = admit4
             self.server.add(self.nfs4.program())
             self.server.describers.append(self.nfs4.describe_connection)
             pnfs = cfg.pnfs
@@ -191,6 +199,7 @@ class NFSService(MultiService):
             partial_timeout=cfg.partial_record_timeout_secs,
             metrics=RequestMetrics(core.metrics, "nfs"),
             budget=core.budget,
+            max_queued_bytes=cfg.max_queued_bytes_per_connection,
         )
         self.nfs_listener = core.listener(self, "proto:nfs:listen", "nfs", cfg.bind, stream)
         mount_stream = RPCStreamFactory(
@@ -202,6 +211,7 @@ class NFSService(MultiService):
             idle_timeout=cfg.idle_timeout_secs,
             partial_timeout=cfg.partial_record_timeout_secs,
             metrics=RequestMetrics(core.metrics, "mount"),
+            max_queued_bytes=cfg.max_queued_bytes_per_connection,
         )
         self.mount_listener = core.listener(
             self, "proto:nfs:mount", "mount", cfg.mount_bind, mount_stream
