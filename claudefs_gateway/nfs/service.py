@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
-from claudefs_gateway.core.malloc import keep_freed_memory
+from claudefs_gateway.core.malloc import HeapTrimmer, keep_freed_memory
 from claudefs_gateway.core.metrics import RequestMetrics
 from claudefs_gateway.errors import BackendUnavailable
 from claudefs_gateway.interfaces import IVFS
@@ -237,6 +237,8 @@ class NFSService(MultiService):
         self.registrar = Registration(self)
         self.registrar.setServiceParent(self)
         LockRecovery(self).setServiceParent(self)
+        # What keep_freed_memory keeps is handed back once a minute (core/malloc.py).
+        HeapTrimmer(core.reactor).setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         # READ and WRITE move buffers of up to rtmax per call: keep freed heap
