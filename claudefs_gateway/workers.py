@@ -17,7 +17,8 @@ The supervisor (this process) starts, under the gateway's data directory
    restarts. UDP (NFSv3, MOUNT, NLM, portmapper) is served by worker 0 only.
 
 Workers share the data directory (the handle secret, so a file handle from
-one worker is good at every other, and the users file). What must be one
+one worker is good at every other, and the users file), except each
+worker's NSM record (C{nsm-worker-<index>.json}, nfs/nsm.py C{state_file}). What must be one
 across workers lives in the meta server (the namespace, usage, quota limits,
 durable state); docs/workers.rst says what does not yet.
 
@@ -287,7 +288,17 @@ class Supervisor:
         args = ["start"]
         if self.protocol != "all":
             args.append(self.protocol)
-        return [*args, "--config", str(self.run_dir / f"worker-{index}.yaml"), "--worker"]
+        # The index names what a worker keeps for itself in the shared data
+        # directory (its NSM record: nfs/nsm.py state_file); a restarted
+        # worker gets its predecessor's index.
+        return [
+            *args,
+            "--config",
+            str(self.run_dir / f"worker-{index}.yaml"),
+            "--worker",
+            "--worker-index",
+            str(index),
+        ]
 
     async def start(self) -> None:
         """Lock the data directory, start the servers, then the workers."""

@@ -82,6 +82,41 @@ class WorkerConfigTests(SynchronousTestCase):
             got = yaml.safe_load(path.read_text())["nfs"]["v4"]["delegations"]
             self.assertEqual(got, want)
 
+    def test_each_worker_has_its_own_nsm_record(self) -> None:
+        """
+        Each worker is told its index, which names its NSM record in the
+        shared data directory (nfs/nsm.py state_file), and the index reaches
+        the NFS front end.
+        """
+        from claudefs_gateway import service
+        from claudefs_gateway.core import config as cfg
+        from claudefs_gateway.tap import Options
+        from claudefs_gateway.workers import Supervisor
+
+        text = EXPORTS
+        config = cfg.loads(text)
+        sup = Supervisor(config, text, 2, "all", reactor)
+        self.addCleanup(shutil.rmtree, sup.run_dir, True)
+        for i in (0, 1):
+            args = sup._worker_args(i)
+            self.assertEqual(args[args.index("--worker-index") + 1], str(i))
+            opts = Options()
+            opts.parseOptions(["--worker", "--worker-index", str(i)])
+            self.assertEqual(opts["worker-index"], i)
+        from twisted.python import usage
+
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--worker-index", "x"])
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--worker-index", "-1"])
+        data = self.mktemp()
+        config = cfg.loads(EXPORTS + f"backend: {{data_dir: {os.path.abspath(data)}}}\n")
+        from twisted.internet.testing import MemoryReactorClock
+
+        root = service.build(config, MemoryReactorClock(), ["nfs"], worker_index=1)
+        nfs = root.getServiceNamed("proto:nfs")
+        self.assertEqual(nfs.nsm.store.path.name, "nsm-worker-1.json")
+        root = service.build(config, MemoryReactorClock(), ["nfs"])
+        self.assertEqual(root.getServiceNamed("proto:nfs").nsm.store.path.name, "nsm.json")
+
 
 class WorkersTests(TestCase):
     timeout = 120
