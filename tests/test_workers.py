@@ -15,7 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from claudefs_gateway.core.transport.reuseport import ReusePortEndpoint, reserve
-from tests.helpers import bin_path, http_get, kill_on_cleanup, loopback_config, spawn
+from tests.helpers import bin_path, http_get, kill_group, kill_on_cleanup, loopback_config, spawn
 
 EXPORTS = """
 exports:
@@ -24,11 +24,28 @@ exports:
 
 
 def alive(pid: int) -> bool:
+    """Whether C{pid} runs (a zombie, killed and not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+async def gone(pids: list[int], within: float = 10.0) -> list[int]:
+    """The C{pids} still running after up to C{within} seconds (SIGKILL is asynchronous)."""
+    from twisted.internet.task import deferLater
+
+    waited = 0.0
+    while [p for p in pids if alive(p)] and waited < within:
+        await deferLater(reactor, 0.05, lambda: None)
+        waited += 0.05
+    return [p for p in pids if alive(p)]
 
 
 class ReusePortTests(TestCase):
@@ -123,7 +140,10 @@ class WorkersTests(TestCase):
 
     async def test_workers_serve_share_ports_and_survive_a_kill(self) -> None:
         config = loopback_config(self, EXPORTS)
-        proc = spawn([bin_path("cfs-gateway"), "start", "--config", config, "--workers", "2"])
+        proc = spawn(
+            [bin_path("cfs-gateway"), "start", "--config", config, "--workers", "2"],
+            new_session=True,
+        )
         kill_on_cleanup(self, proc)
         await proc.wait_for(lambda e: e.get("workers") == 2)
         ports = {
@@ -194,11 +214,14 @@ class WorkersTests(TestCase):
         children = [p for p in self._child_pids(proc) if p]
         proc.signal("TERM")
         self.assertEqual(await proc.ended, 0)
-        self.assertEqual([p for p in children if alive(p)], [])
+        self.assertEqual(await gone(children), [])
 
         # Started again on the same data directory: the data server's socket
         # is new, and the stored layout follows it.
-        proc = spawn([bin_path("cfs-gateway"), "start", "--config", config, "--workers", "2"])
+        proc = spawn(
+            [bin_path("cfs-gateway"), "start", "--config", config, "--workers", "2"],
+            new_session=True,
+        )
         kill_on_cleanup(self, proc)
         await proc.wait_for(lambda e: e.get("workers") == 2)
         nfs = next(e["port"] for e in proc.events if e.get("listener") == "nfs")
@@ -217,6 +240,32 @@ class WorkersTests(TestCase):
         await read_back()
         proc.signal("TERM")
         self.assertEqual(await proc.ended, 0)
+
+    async def test_cleanup_kills_every_child(self) -> None:
+        """
+        A test that fails partway leaves no process behind: the supervisor
+        leads a process group of its own, and the clean-up kills the group
+        (its servers and workers with it), not the supervisor alone.
+        """
+        config = loopback_config(self, EXPORTS)
+        proc = spawn(
+            [bin_path("cfs-gateway"), "start", "--config", config, "--workers", "1"],
+            new_session=True,
+        )
+        kill_on_cleanup(self, proc)
+        await proc.wait_for(lambda e: e.get("workers") == 1)
+        assert proc.pid is not None
+        self.assertEqual(os.getpgid(proc.pid), proc.pid)
+        children = [
+            e["pid"]
+            for e in proc.events
+            if str(e.get("log_format", "")).endswith("started, pid {pid}") and e.get("pid")
+        ]
+        self.assertEqual(len(children), 3, children)  # data, meta, worker-0
+        for pid in children:
+            self.assertEqual(os.getpgid(pid), proc.pid)
+        await kill_group(proc)
+        self.assertEqual(await gone(children), [])
 
     def _child_pids(self, proc: object) -> list[int]:
         return [
