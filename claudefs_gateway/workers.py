@@ -225,11 +225,14 @@ class Supervisor:
                 f"unix:{self.run_dir / 'data.sock'}",
                 "--data-servers-moved",
             ]
-            if self.raw.get("meta_store"):
-                path = self.run_dir / "meta.yaml"
-                path.write_text(yaml.safe_dump({"meta_store": self.raw["meta_store"]}))
-                path.chmod(0o600)
-                args += ["--config", str(path)]
+            # The cross-gateway grace follows the gateway's own (nfs.grace_secs)
+            # unless meta_store.grace_secs says otherwise.
+            store = dict(self.raw.get("meta_store") or {})
+            store.setdefault("grace_secs", self.config.nfs.grace)
+            path = self.run_dir / "meta.yaml"
+            path.write_text(yaml.safe_dump({"meta_store": store}))
+            path.chmod(0o600)
+            args += ["--config", str(path)]
         return args
 
     def _listeners(self) -> dict[tuple[str, str], str]:
