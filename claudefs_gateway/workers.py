@@ -51,6 +51,7 @@ from claudefs_gateway.core.config import Config, _split_description
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.transport.reuseport import reserve
 from claudefs_gateway.errors import GatewayError
+from claudefs_gateway.nfs.nsm import adopt_records, state_file
 from claudefs_gateway.vfs.handles import load_or_create_secret
 
 __all__ = ["Supervisor", "LISTENERS"]
@@ -303,10 +304,28 @@ class Supervisor:
             str(index),
         ]
 
+    def _adopt_nsm_records(self) -> list[str]:
+        """
+        NSM records no worker keeps (an earlier run with more workers, or a
+        single gateway's nsm.json) go to worker 0, which notifies their
+        clients as it starts (nfs/nsm.py adopt_records); the names taken.
+        """
+        adopted = adopt_records(
+            self.config.data_dir,
+            state_file(0),
+            {state_file(i) for i in range(self.workers)},
+        )
+        if adopted:
+            self._log.info(
+                "NSM records {records} taken over by worker-0", records=",".join(adopted)
+            )
+        return adopted
+
     async def start(self) -> None:
         """Lock the data directory, start the servers, then the workers."""
         self.datadir.open()
         load_or_create_secret(self.config.data_dir)
+        self._adopt_nsm_records()
         listeners = self._listeners()
         data = self._spawn("data", self._server_args("data"))
         await data.wait_for(_serving("data"))

@@ -134,6 +134,31 @@ class WorkerConfigTests(SynchronousTestCase):
         root = service.build(config, MemoryReactorClock(), ["nfs"])
         self.assertEqual(root.getServiceNamed("proto:nfs").nsm.store.path.name, "nsm.json")
 
+    def test_records_no_worker_keeps_go_to_worker_0(self) -> None:
+        """An earlier run's extra workers' (or single gateway's) NSM clients are not lost."""
+        import json
+
+        from claudefs_gateway.core import config as cfg
+        from claudefs_gateway.workers import Supervisor
+
+        data = os.path.abspath(self.mktemp())
+        os.makedirs(data)
+        for name, client in (
+            ("nsm-worker-0.json", "a"),
+            ("nsm-worker-1.json", "b"),
+            ("nsm-worker-2.json", "c"),
+            ("nsm.json", "d"),
+        ):
+            with open(os.path.join(data, name), "w") as f:
+                json.dump({"state": 3, "clients": {client: {"addr": "10.0.0.1"}}}, f)
+        text = EXPORTS + f"backend: {{data_dir: {data}}}\n"
+        sup = Supervisor(cfg.loads(text), text, 2, "all", reactor)
+        self.addCleanup(shutil.rmtree, sup.run_dir, True)
+        self.assertEqual(sup._adopt_nsm_records(), ["nsm-worker-2.json", "nsm.json"])
+        self.assertEqual(sorted(os.listdir(data)), ["nsm-worker-0.json", "nsm-worker-1.json"])
+        with open(os.path.join(data, "nsm-worker-0.json")) as f:
+            self.assertEqual(sorted(json.load(f)["clients"]), ["a", "c", "d"])
+
 
 class WorkersTests(TestCase):
     timeout = 120

@@ -39,7 +39,14 @@ from claudefs_gateway.nfs.nlm import NLM
 from claudefs_gateway.rpc.server import Call, Procedure, Program, no_args
 from claudefs_gateway.rpc.xdr import Packer, Unpacker
 
-__all__ = ["NSM_PROGRAM", "StatusMonitor", "FileStore", "MemoryStore", "state_file"]
+__all__ = [
+    "NSM_PROGRAM",
+    "StatusMonitor",
+    "FileStore",
+    "MemoryStore",
+    "adopt_records",
+    "state_file",
+]
 
 NSM_PROGRAM = 100024
 NSM_V1 = 1
@@ -94,14 +101,21 @@ class FileStore:
     (each is replaced by rename, so a read sees a whole file).
     """
 
-    def __init__(self, path: Path, run: Callable[..., defer.Deferred[Any]]) -> None:
+    def __init__(
+        self, path: Path, run: Callable[..., defer.Deferred[Any]], adopt: bool = False
+    ) -> None:
         self.path = path
         self._run = run
+        #: The single process of a data directory: take over the records its
+        #: workers left (L{adopt_records}) when it loads.
+        self.adopt = adopt
 
     def load(self) -> defer.Deferred[dict[str, Any] | None]:
         return self._run(self._load)
 
     def _load(self) -> dict[str, Any] | None:
+        if self.adopt:
+            adopt_records(self.path.parent, self.path.name, {self.path.name})
         doc = self._read(self.path)
         highest = max(
             (
@@ -131,13 +145,55 @@ class FileStore:
         return self._run(self._save, json.dumps(doc, sort_keys=True))
 
     def _save(self, text: str) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        _write(self.path, text)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def adopt_records(directory: Path, into: str, keep: set[str]) -> list[str]:
+    """
+    Merge the lock clients of every NSM record in C{directory} that no process
+    will keep (not named in C{keep}) into the record C{into}, then remove
+    them; the names of the records taken over. Blocking; called before any
+    process of the data directory serves NLM (the supervisor before it starts
+    its workers, a single gateway as it loads its record).
+
+    Without it the clients of a record nobody keeps (C{start --workers 4}
+    then C{--workers 2}, or a single gateway after C{--workers}, or back)
+    would never get SM_NOTIFY. The merged record is written (fsync, rename)
+    before the others are removed: a crash between leaves clients in two
+    records, notified twice, never none.
+    """
+    target = directory / into
+    orphans = sorted(
+        p for p in directory.glob("nsm*.json") if p.name not in keep and p.name != into
+    )
+    if not orphans:
+        return []
+    doc = FileStore._read(target) or {}
+    clients = doc.get("clients")
+    merged: dict[str, Any] = dict(clients) if isinstance(clients, dict) else {}
+    state = _state_of(doc)
+    for p in orphans:
+        other = FileStore._read(p) or {}
+        state = max(state, _state_of(other))
+        theirs = other.get("clients")
+        if isinstance(theirs, dict):
+            for name, info in theirs.items():
+                if isinstance(info, dict) and len(merged) < MAX_CLIENTS:
+                    merged.setdefault(name, info)
+    _write(target, json.dumps({"state": state, "clients": merged}, sort_keys=True))
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return [p.name for p in orphans]
 
 
 def _state_of(doc: dict[str, Any] | None) -> int:

@@ -109,9 +109,11 @@ class NFSService(MultiService):
         self.grace = Grace(cfg.grace)
         self.nlm = NLM(self.ctx, self.callbacks, RequestMetrics(core.metrics, "nlm"))
         # Each --workers worker keeps its own record (nsm.state_file).
-        nsm_file = state_file(core.extras.get("worker_index"))
+        # A single gateway takes over the records --workers workers left.
+        worker_index = core.extras.get("worker_index")
+        nsm_file = state_file(worker_index)
         self.nsm = StatusMonitor(
-            FileStore(core.config.data_dir / nsm_file, self._disk),
+            FileStore(core.config.data_dir / nsm_file, self._disk, adopt=worker_index is None),
             self.nlm,
             self.callbacks,
             cfg.grace,

@@ -17,6 +17,7 @@ from claudefs_gateway.nfs.nsm import (
     FileStore,
     MemoryStore,
     StatusMonitor,
+    adopt_records,
     state_file,
 )
 from claudefs_gateway.rpc.xdr import Unpacker
@@ -226,3 +227,62 @@ class WorkerRecordTests(SynchronousTestCase):
         self.assertEqual(json.loads((path / "nsm-worker-1.json").read_text())["state"], 43)
         # The other records are only read.
         self.assertEqual(json.loads((path / "nsm-worker-0.json").read_text())["state"], 41)
+
+    def write(self, path: Path, name: str, state: int, *clients: str) -> None:
+        doc = {
+            "state": state,
+            "clients": {
+                c: {"addr": f"10.0.0.{i + 1}", "server": None} for i, c in enumerate(clients)
+            },
+        }
+        (path / name).write_text(json.dumps(doc))
+
+    def test_records_nobody_keeps_are_adopted(self) -> None:
+        """
+        --workers 3 then --workers 1 (and a single gateway's record): the
+        supervisor gives worker 0 the clients of records no worker keeps, so
+        they are still notified; the others are removed once it is written.
+        """
+        path = Path(self.mktemp())
+        os.makedirs(path)
+        self.write(path, "nsm-worker-0.json", 5, "a")
+        self.write(path, "nsm-worker-1.json", 9, "b")
+        self.write(path, "nsm-worker-2.json", 7, "c", "a")
+        self.write(path, "nsm.json", 3, "d")
+        keep = {state_file(0)}
+        taken = adopt_records(path, state_file(0), keep)
+        self.assertEqual(taken, ["nsm-worker-1.json", "nsm-worker-2.json", "nsm.json"])
+        self.assertEqual(sorted(p.name for p in path.iterdir()), ["nsm-worker-0.json"])
+        doc = json.loads((path / "nsm-worker-0.json").read_text())
+        self.assertEqual(sorted(doc["clients"]), ["a", "b", "c", "d"])
+        self.assertEqual(doc["clients"]["a"]["addr"], "10.0.0.1")  # its own entry wins
+        self.assertEqual(doc["state"], 9)
+        cb = Callbacks()
+        mon = self.monitor(path, 0, cb)
+        self.assertEqual(sorted(mon.notified), ["a", "b", "c", "d"])
+        self.assertEqual(mon.state, 11)
+        # Nothing to take over: nothing written.
+        before = (path / "nsm-worker-0.json").stat().st_mtime_ns
+        self.assertEqual(adopt_records(path, state_file(0), keep), [])
+        self.assertEqual((path / "nsm-worker-0.json").stat().st_mtime_ns, before)
+
+    def test_single_gateway_adopts_the_workers_records(self) -> None:
+        path = Path(self.mktemp())
+        os.makedirs(path)
+        self.write(path, "nsm-worker-0.json", 5, "a")
+        self.write(path, "nsm-worker-1.json", 7, "b")
+        cb = Callbacks()
+        store = FileStore(path / "nsm.json", lambda f, *a: defer.maybeDeferred(f, *a), adopt=True)
+        mon = StatusMonitor(store, RecordingNLM(), cb, 45)  # type: ignore[arg-type]
+        self.successResultOf(defer.Deferred.fromCoroutine(mon.start(LockTable(Clock()))))
+        self.assertEqual(sorted(mon.notified), ["a", "b"])
+        self.assertEqual(mon.state, 9)
+        self.assertEqual(sorted(p.name for p in path.iterdir()), ["nsm.json"])
+
+    def test_a_worker_adopts_nothing(self) -> None:
+        path = Path(self.mktemp())
+        os.makedirs(path)
+        self.write(path, "nsm-worker-1.json", 7, "b")
+        mon = self.monitor(path, 0, Callbacks())
+        self.assertEqual(mon.notified, [])
+        self.assertTrue((path / "nsm-worker-1.json").exists())
