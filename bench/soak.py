@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import socket
 import struct
 import tempfile
@@ -35,6 +36,7 @@ from bench import abuse
 from bench.targets import Gateway
 
 EXTRA = """
+backend: {idle_fd_secs: 10}
 nfs: {idle_timeout_secs: 20, partial_record_timeout_secs: 10}
 smb: {idle_timeout_secs: 20, setup_timeout_secs: 10}
 s3: {idle_timeout_secs: 20, header_timeout_secs: 10}
@@ -182,8 +184,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=200)
     ap.add_argument("--warmup", type=float, default=60.0, help="seconds before RSS start is taken")
     ap.add_argument("--round", type=float, default=60.0, help="seconds between abuse rounds")
+    ap.add_argument(
+        "--memory-report",
+        choices=["off", "counts", "trace"],
+        default="counts",
+        help="have the gateway log where its memory is (claudefs_gateway.core.memreport) after "
+        "the warm-up, every --report-every seconds and at the end; trace also runs tracemalloc "
+        "(slower) to name the allocation sites that grew",
+    )
+    ap.add_argument("--report-every", type=float, default=300.0)
     args = ap.parse_args(argv)
     scratch = Path(tempfile.mkdtemp(prefix="cfs-soak-"))
+    if args.memory_report != "off":
+        os.environ["CFS_MEMORY_REPORT"] = "1" if args.memory_report == "counts" else "trace"
     with Gateway(scratch, ["nfs", "s3", "smb"], extra=EXTRA) as gw:
         ep = gw.endpoints
         pid = ep["pid"]
@@ -219,8 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         next_round = t0
         held: list[abuse.Held] = []
         rounds = 0
+        next_report = t0 + args.warmup
+
+        def memory_report() -> None:
+            if args.memory_report != "off":
+                os.kill(pid, signal.SIGUSR2)
+
         while time.monotonic() < end:
             now = time.monotonic()
+            if now >= next_report:
+                memory_report()
+                next_report = now + args.report_every
             if now >= next_round:
                 for h in held:
                     h.close()
@@ -249,12 +271,15 @@ def main(argv: list[str] | None = None) -> int:
         fd_end = fds(pid)
         sock_end = sockets(pid)
         rss_end = rss_mib(pid)
+        memory_report()
+        threading.Event().wait(10)
         warm = [s for s in samples if s[0] >= args.warmup] or samples
         rss_start = warm[0][1]
         rss_peak = max(s[1] for s in samples)
         steady = [s[1] for s in warm]
         errors = []
         warns = 0
+        reports = []
         for line in (scratch / "gateway.log").read_text(errors="replace").splitlines():
             try:
                 ev = json.loads(line)
@@ -265,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                 if isinstance(ev.get("log_level"), dict)
                 else str(ev.get("log_level", ""))
             )
+            if str(ev.get("log_format", "")).startswith("memory report"):
+                reports.append(ev.get("report"))
             if level in ("error", "critical"):
                 errors.append(line[:400])
             elif level == "warn":
@@ -290,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             "error_lines": len(errors),
         }
         print(json.dumps(report, indent=2))
+        for r in reports:
+            print("MEMORY REPORT:", json.dumps(r, default=str))
         for e in errors[:50]:
             print("ERROR LINE:", e)
     return 0

@@ -112,8 +112,15 @@ class IMetadataService(Interface):
         durable change of the same caller completes (S3's staging file and
         the directories of its key, made before the rename that publishes
         the object). A store that keeps changes in one ordered log makes
-        such a change durable with the next durable one; a store may always
-        treat it as durable.
+        such a change durable with the next durable one (or L{sync}); a
+        store may always treat it as durable.
+        """
+
+    def sync() -> Deferred[None]:
+        """
+        Make every change answered so far durable, the C{durable=False} ones
+        included (SMB FLUSH of a directory, and SMB's bounded background
+        flush). Cheap when nothing is pending; fires once done.
         """
 
     def symlink(
@@ -129,22 +136,23 @@ class IMetadataService(Interface):
         @raise MLink: C{ino} already has 65000 links.
         """
 
-    def unlink(parent: int, name: bytes) -> Deferred[Attributes]:
+    def unlink(parent: int, name: bytes, durable: bool = True) -> Deferred[Attributes]:
         """
         Remove a non-directory name; fires with the inode's attributes after
         (nlink 0 means the inode is gone: its data is freed and getattr fails).
 
-        @raise IsDir: the name is a directory (use rmdir).
+        @raise IsDir: the name is a directory (use rmdir). (C{durable}: see L{create}.)
         """
 
     def rmdir(parent: int, name: bytes, durable: bool = True) -> Deferred[Attributes]:
         """Remove an empty directory. @raise NotEmpty, NotDir. (C{durable}: see L{create}.)"""
 
     def rename(
-        src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
+        src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes, durable: bool = True
     ) -> Deferred[RenameResult]:
         """
         POSIX rename, atomic: the destination, if it exists, is replaced.
+        (C{durable}: see L{create}.)
 
         Renaming a name onto itself (or onto another name of the same inode) is
         a successful no-op. A directory may replace only an empty directory,
@@ -156,10 +164,12 @@ class IMetadataService(Interface):
         """
 
     def setattr(
-        ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None
+        ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None, durable: bool = True
     ) -> Deferred[Attributes]:
         """
         Apply C{changes}; ctime becomes now (and mtime too when size changes).
+        (C{durable}: see L{create}; a store may keep a size change durable
+        whatever is asked, as the embedded one does with one that cuts data.)
 
         A size change truncates or extends the data (extension reads as zeros).
         @raise Inval: C{guard_ctime_ns} is given and differs from the inode's ctime
@@ -493,6 +503,17 @@ class ILockTable(Interface):
     def close_share(token: ShareToken) -> None:
         """End an open's reservation (harmless twice)."""
 
+    def settle_share(token: ShareToken) -> Deferred[None]:
+        """
+        Wait until C{token}'s last L{open_share} or L{upgrade_share} is
+        authoritative. One process: already fired. Several gateways: fires
+        when the meta server has registered it; fails with L{ShareConflict}
+        if another gateway's open got there first (or with the backend's
+        error if the meta server cannot be asked), after which the caller
+        undoes the open or upgrade as for any later failure of its request.
+        A front end awaits this before it answers OPEN, CREATE or SHARE.
+        """
+
     def shares(ino: int) -> list[ShareToken]:
         """The open reservations on C{ino}."""
 
@@ -558,6 +579,16 @@ class ILeaseManager(Interface):
 
     def break_lease(lease: Lease, keep: int) -> Deferred[None]:
         """Break one lease to no more than C{keep}; fires once it holds no more (or is gone)."""
+
+    def settle_lease(lease: Lease) -> Deferred[None]:
+        """
+        Wait until what L{grant} just gave C{lease} is authoritative. One
+        process: already fired. Several gateways: fires once the meta server
+        has answered; what it refused (another gateway's grant got there
+        first) is taken back first, without a break, so the front end
+        answers the client from C{lease.state} (and C{lease.gone}) after it.
+        Never fails.
+        """
 
     def acknowledge(lease: Lease, bits: int) -> None:
         """The holder accepted a break, keeping C{bits}. @raise Inval: none outstanding, or too much kept."""
@@ -664,8 +695,13 @@ class IVFS(Interface):
         changes: SetAttrs,
         guard_ctime_ns: int | None = None,
         origin: Origin | None = None,
+        durable: bool = True,
     ) -> Deferred[Attributes]:
-        """Change attributes (Linux rules; owner may truncate whatever the mode)."""
+        """
+        Change attributes (Linux rules; owner may truncate whatever the mode).
+        C{durable=False}: see L{IMetadataService.create} (also for L{remove}
+        and L{rename}; made durable by L{sync} or any later durable change).
+        """
 
     def lookup(
         caller: Caller, dir_ino: int, name: bytes, fresh: bool = False
@@ -730,7 +766,11 @@ class IVFS(Interface):
         """A new name for a file."""
 
     def remove(
-        caller: Caller, dir_ino: int, name: bytes, origin: Origin | None = None
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        origin: Origin | None = None,
+        durable: bool = True,
     ) -> Deferred[Attributes]:
         """Unlink a non-directory; fires with its attributes after (nlink 0: gone)."""
 
@@ -750,6 +790,7 @@ class IVFS(Interface):
         dst_dir: int,
         dst_name: bytes,
         origin: Origin | None = None,
+        durable: bool = True,
     ) -> Deferred[RenameResult]:
         """POSIX rename (atomic, replaces) under permission, sticky-bit and share rules."""
 
@@ -783,6 +824,9 @@ class IVFS(Interface):
 
     def commit(caller: Caller, ino: int) -> Deferred[Attributes]:
         """Make earlier unstable writes durable."""
+
+    def sync() -> Deferred[None]:
+        """Make every change answered so far durable (L{IMetadataService.sync})."""
 
     def layout_commit(
         caller: Caller, ino: int, end: int, origin: Origin | None = None
@@ -862,6 +906,9 @@ class ISharedState(Interface):
     L{ShareConflict}, L{NoLock}...), directly or through its Deferred.
     """
 
+    clients = Attribute("The ClientRegistry (servers/clients.py) the meta server sets, or None.")
+    waits = Attribute("The WaitGraph of blocked lock requests (servers/deadlocks.py).")
+
     def start() -> None:
         """The store is open: begin (liveness, upkeep)."""
 
@@ -872,6 +919,14 @@ class ISharedState(Interface):
         session: int, ino: int, owner: Any, start: int, length: int, exclusive: bool, reclaim: bool
     ) -> Any:
         """LOCK (never waits: a conflict fails at once)."""
+
+    def lock_wait(
+        session: int, ino: int, owner: Any, start: int, length: int, exclusive: bool
+    ) -> Any:
+        """LOCK_WAIT: a gateway's request waits; fails with L{Deadlock} if forever."""
+
+    def lock_unwait(session: int, owner: Any) -> Any:
+        """LOCK_UNWAIT: it waits no more."""
 
     def unlock(session: int, ino: int, owner: Any, start: int, length: int) -> Any:
         """UNLOCK."""
@@ -898,6 +953,9 @@ class ISharedState(Interface):
 
     def lease_hold(session: int, ino: int, bits: int) -> Any:
         """LEASE_HOLD: what the session's clients hold on C{ino} now (0: nothing)."""
+
+    def lease_grant(session: int, ino: int, bits: int) -> Any:
+        """LEASE_GRANT: the part of C{bits} the session may keep (W for one only), now held."""
 
     def lease_recall(session: int, ino: int, why: str) -> Deferred[None]:
         """LEASE_RECALL: fires once every other holder broke what C{why} forbids, or timed out."""

@@ -162,6 +162,11 @@ class NonReadingClientTests(TestCase):
         await until(lambda: throttled())
         [conn] = throttled()
         self.assertLessEqual(len(conn.pending), conn.max_in_flight)
+        # The byte bound (nfs.max_queued_bytes_per_connection) bites before
+        # max_in_flight: each 1 MiB READ counts its count, so at most one
+        # call beyond it runs, and what runs plus what is queued stays there.
+        self.assertLessEqual(len(conn.pending), conn.max_queued_bytes // (1 << 20) + 1)
+        self.assertLessEqual(conn._held + conn._queued, conn.max_queued_bytes + (2 << 20))
         self.assertLess(await self.good_worst("nfs"), 1.0)
         await self.gone_quietly("nfs3")
 

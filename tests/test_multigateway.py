@@ -16,14 +16,15 @@ import os
 import sys
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from claudefs_gateway.nfs.v4 import const as v4
-from claudefs_gateway.nfs.v4.codec import ReclaimCompleteArgs
+from claudefs_gateway.nfs.v4.codec import OpenArgs, ReclaimCompleteArgs, StateOwner
 from claudefs_gateway.rpc.client import connect_tcp
 from claudefs_gateway.rpc.message import AuthSys
+from claudefs_gateway.rpc.xdrtypes import Arm
 from tests.backend.remote.test_faults import ServerProcess
 from tests.helpers import bin_path, child_env, kill_on_cleanup, loopback_config, spawn
 from tests.nfs.v4.client import V4Client
@@ -136,9 +137,9 @@ class TwoGatewaysTests(TestCase):
 
     async def lease_registered(self) -> None:
         """
-        Between meta servers: wait until A's LEASE_HOLD is in the database. A gateway
-        grants a lease before the meta server has it (vfs/shared.py), and another
-        gateway learns of it a NOTIFY later (docs/postgresql.rst "Shared state").
+        Between meta servers: wait until A's lease is in the database. The meta server
+        decides a grant (LEASE_GRANT) before the client has it, but the holder's
+        gateway may answer its client a moment before B's test step starts.
         """
 
     async def test_nlm_lock_through_a_blocks_smb_write_through_b(self) -> None:
@@ -239,12 +240,105 @@ class TwoGatewaysTests(TestCase):
         got = await second
         self.assertNotIn("w", got.get("lease", ""))
 
+    async def v4(self, gw: Gateway, owner: bytes, complete: bool = True) -> V4Client:
+        conn = await connect_tcp(reactor, "127.0.0.1", gw.nfs)
+        self.addCleanup(conn.close)
+        cred = AuthSys(0, b"reclaimer", 0, 0, ())
+
+        def send(prog: int, vers: int, proc: int, args: bytes) -> Any:
+            return conn.call(prog, vers, proc, args, cred)
+
+        cl = V4Client(send)
+        self.assertEqual((await cl.exchange_id(owner)).status, v4.NFS4_OK)
+        self.assertEqual((await cl.create_session()).status, v4.NFS4_OK)
+        if complete:
+            r = await cl.compound([(v4.OP_RECLAIM_COMPLETE, ReclaimCompleteArgs(False))])
+            self.assertEqual(r.status, v4.NFS4_OK)
+        return cl
+
+    async def test_nfs4_client_reclaims_through_b_after_a_is_killed(self) -> None:
+        """
+        An NFSv4.1 client's deny-write open through A; A is killed (-9). The
+        client comes back through B: told to wait (NFS4ERR_DELAY) until the
+        meta server declares A gone, then it reclaims its open (CLAIM_PREVIOUS)
+        while B refuses another client's open (NFS4ERR_GRACE); its
+        RECLAIM_COMPLETE ends the grace, and its open denies the other writes.
+        """
+        both = v4.OPEN4_SHARE_ACCESS_BOTH
+        deny_write = v4.OPEN4_SHARE_DENY_WRITE
+        one = await self.v4(self.a, b"client-one")
+        r = await one.compound(
+            one.path(b"export") + [one.open_create(b"kept.bin", b"o", both, deny_write)]
+        )
+        self.assertEqual(r.status, v4.NFS4_OK)
+        self.a.proc.signal("KILL")
+        await self.a.proc.ended
+
+        back = await self.v4(self.b, b"client-one", complete=False)
+        reclaim = OpenArgs(
+            0,
+            both,
+            deny_write,
+            StateOwner(0, b"o"),
+            Arm(v4.OPEN4_NOCREATE),
+            Arm(v4.CLAIM_PREVIOUS, v4.OPEN_DELEGATE_NONE),
+        )
+        seen = set()
+        for _ in range(2000):
+            r = await back.compound(back.path(b"export", b"kept.bin") + [(v4.OP_OPEN, reclaim)])
+            seen.add(r.status)
+            if r.status != v4.NFS4ERR_DELAY:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(r.status, v4.NFS4_OK, seen)
+
+        two = await self.v4(self.b, b"client-two")
+        r = await two.compound(two.path(b"export") + [two.open_existing(b"kept.bin", b"p", both)])
+        self.assertEqual(r.status, v4.NFS4ERR_GRACE)
+        r = await back.compound([(v4.OP_RECLAIM_COMPLETE, ReclaimCompleteArgs(False))])
+        self.assertEqual(r.status, v4.NFS4_OK)
+        for _ in range(100):
+            r = await two.compound(
+                two.path(b"export") + [two.open_existing(b"kept.bin", b"p", both)]
+            )
+            if r.status != v4.NFS4ERR_GRACE:
+                break
+        self.assertEqual(r.status, v4.NFS4ERR_SHARE_DENIED)
+
+    async def test_nlm_client_reclaims_through_b_after_a_is_killed(self) -> None:
+        """
+        libnfs's NLM client locks through A; A is killed (-9). Once the meta
+        server declares A gone, B refuses another host's lock with
+        NLM4_DENIED_GRACE_PERIOD and grants the first host's reclaim.
+        """
+        maker = await self.smb(self.a)
+        await maker.ok("open", id="m", path="locked.bin", access="rw", share="rwd")
+        await maker.ok("write", id="m", data="0123456789" * 3)
+        await maker.ok("close", id="m")
+        [locked] = await self.nlm(self.a, "host-a", "lock", "100", "0", "10", "1", "0")
+        self.assertEqual(locked["status"], 0)
+        self.a.proc.signal("KILL")
+        await self.a.proc.ended
+        seen = []
+        for _ in range(400):
+            [other] = await self.nlm(self.b, "host-b", "lock", "200", "5", "1", "1", "0")
+            seen.append(other["status"])
+            if other["status"] != 1:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        # NLM4_DENIED while A's lock lingers at the meta server, then
+        # NLM4_DENIED_GRACE_PERIOD: never granted meanwhile.
+        self.assertEqual(seen[-1], 4, seen)
+        [back] = await self.nlm(self.b, "host-a", "reclaim", "100", "0", "10", "1", "0")
+        self.assertEqual(back["status"], 0)
+
 
 class TwoMetaServersTests(TwoGatewaysTests):
     """Every test above, gateway A on meta server 1 and B on meta server 2, over one PostgreSQL."""
 
     async def setUp(self) -> None:  # type: ignore[override]
         one, two = await self.meta_servers(2)
+        self.one = one
         self.a = await self.gateway(CONFIG + f'metadata_servers: [{{address: "{one.address}"}}]\n')
         self.b = await self.gateway(CONFIG + f'metadata_servers: [{{address: "{two.address}"}}]\n')
 
@@ -263,3 +357,16 @@ class TwoMetaServersTests(TwoGatewaysTests):
                 return
             await deferLater(reactor, 0.01, lambda: None)
         self.fail("A's lease never reached the database")
+
+    # Client records and grace stay per meta server over PostgreSQL (docs/postgresql.rst):
+    # these run with B on A's meta server, through PgSharedState's client hooks.
+
+    async def test_nfs4_client_reclaims_through_b_after_a_is_killed(self) -> None:
+        addr = self.one.address
+        self.b = await self.gateway(CONFIG + f'metadata_servers: [{{address: "{addr}"}}]\n')
+        await super().test_nfs4_client_reclaims_through_b_after_a_is_killed()
+
+    async def test_nlm_client_reclaims_through_b_after_a_is_killed(self) -> None:
+        addr = self.one.address
+        self.b = await self.gateway(CONFIG + f'metadata_servers: [{{address: "{addr}"}}]\n')
+        await super().test_nlm_client_reclaims_through_b_after_a_is_killed()

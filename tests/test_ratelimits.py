@@ -67,6 +67,69 @@ class NFSTests(SynchronousTestCase):
         self.assertEqual(c.rename(self.fh, b"a", self.fh, b"b").status, 0)
 
 
+class NFS4Tests(SynchronousTestCase):
+    """NFSv4 COMPOUNDs go through the same limits as NFSv3 calls (issue 19)."""
+
+    def setUp(self) -> None:
+        from tests.nfs.v4.harness import Harness
+
+        self.h = Harness()
+        self.cl = self.h.client().setup()
+        self.clock = Clock()
+        self.metrics = Metrics()
+
+    def limit(self, **kw: Any) -> None:
+        limiter = RateLimiter(self.clock, self.metrics, **kw)
+        self.h.nfs4.admit = lambda host, uid: limiter.admit("nfs4", host, uid)
+
+    def test_client_over_its_rate_gets_delay(self) -> None:
+        """
+        COMPOUNDs over the client's rate get NFS4ERR_DELAY before SEQUENCE
+        touches its slot (the same seqid is served later); a SEQUENCE alone
+        (a lease renewal) is never refused.
+        """
+        from claudefs_gateway.nfs.v4 import const as c
+
+        self.limit(per_client=(1, 2))
+        statuses = [self.cl.compound([(c.OP_PUTROOTFH, None)]).status for _ in range(3)]
+        self.assertEqual(statuses, [c.NFS4_OK, c.NFS4_OK, c.NFS4ERR_DELAY])
+        self.assertEqual(rejected(self.metrics, "nfs4", "client_rate"), 1)
+        self.assertEqual(self.cl.compound([]).status, c.NFS4_OK)
+        self.clock.advance(1)
+        self.assertEqual(self.cl.compound([(c.OP_PUTROOTFH, None)]).status, c.NFS4_OK)
+
+    def test_user_rate_follows_the_uid(self) -> None:
+        from claudefs_gateway.nfs.v4 import const as c
+
+        self.limit(per_user=(1, 1))
+        self.assertEqual(self.cl.compound([(c.OP_PUTROOTFH, None)]).status, c.NFS4_OK)
+        r = self.cl.compound([(c.OP_PUTROOTFH, None)])
+        self.assertEqual((r.status, r.results[0][0]), (c.NFS4ERR_DELAY, c.OP_SEQUENCE))
+        self.assertEqual(rejected(self.metrics, "nfs4", "user_rate"), 1)
+
+    def test_wired_by_the_service(self) -> None:
+        """The NFS service hands NFSv4 the gateway's limiter, under protocol nfs4."""
+        from claudefs_gateway import service
+        from claudefs_gateway.core import config as cfg
+
+        root = service.build(
+            cfg.loads(
+                "backend: {type: memory}\n"
+                "limits: {per_client: {requests_per_sec: 1, burst: 1}}\n"
+                'nfs: {bind: "127.0.0.1:0", mount_bind: "127.0.0.1:0", portmapper: "off"}\n'
+            ),
+            self.clock,
+            protocols=["nfs"],
+        )
+        nfs4 = root.getServiceNamed("proto:nfs").nfs4
+        assert nfs4 is not None and nfs4.admit is not None
+        nfs4.admit("10.0.0.1", 0)
+        from claudefs_gateway import errors
+
+        self.assertRaises(errors.Throttled, nfs4.admit, "10.0.0.1", 0)
+        self.assertEqual(rejected(root.core.metrics, "nfs4", "client_rate"), 1)
+
+
 class SMBTests(SynchronousTestCase):
     def test_over_the_user_rate(self) -> None:
         """

@@ -315,7 +315,7 @@ class MemoryBackend:
         return self._get(entry[0])
 
     @_wrap
-    def unlink(self, parent: int, name: bytes) -> Attributes:
+    def unlink(self, parent: int, name: bytes, durable: bool = True) -> Attributes:
         d = self._dir(parent)
         node = self._entry(d, name)
         if node.type is FileType.DIR:
@@ -355,7 +355,12 @@ class MemoryBackend:
 
     @_wrap
     def rename(
-        self, src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
+        self,
+        src_parent: int,
+        src_name: bytes,
+        dst_parent: int,
+        dst_name: bytes,
+        durable: bool = True,
     ) -> RenameResult:
         sd = self._dir(src_parent)
         dd = self._dir(dst_parent)
@@ -403,7 +408,13 @@ class MemoryBackend:
         return now if t is NOW else int(t)
 
     @_wrap
-    def setattr(self, ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None) -> Attributes:
+    def setattr(
+        self,
+        ino: int,
+        changes: SetAttrs,
+        guard_ctime_ns: int | None = None,
+        durable: bool = True,
+    ) -> Attributes:
         node = self._get(ino)
         if guard_ctime_ns is not None and guard_ctime_ns != node.ctime:
             raise errors.Inval("ctime guard mismatch")
@@ -626,6 +637,10 @@ class MemoryBackend:
             node.size = offset + len(data)
         self._touch(node)
         return WriteResult(len(data), stable, node.attributes(), before)
+
+    @_wrap
+    def sync(self) -> None:
+        """Nothing to make durable: a memory store loses everything when it stops."""
 
     @_wrap
     def commit(self, ino: int) -> Attributes:

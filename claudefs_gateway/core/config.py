@@ -640,6 +640,17 @@ class Nfs:
         doc="Calls one connection may have in flight; beyond it the gateway stops reading "
         "from that connection until some finish.",
     )
+    max_queued_bytes_per_connection: int = setting(
+        32 * 1024 * 1024,
+        min=1024 * 1024,
+        max=1024 * 1024 * 1024,
+        size=True,
+        doc="Bytes one TCP connection may hold in calls being served plus the replies they may "
+        "return (a READ or READDIR counts its count, a COMPOUND its READs' and READDIRs') plus "
+        "replies queued unread; beyond it, or while the client leaves replies unread, the "
+        "gateway stops reading from that connection (TCP back-pressure) until it drains. "
+        "A single call larger than this still runs, alone.",
+    )
     idle_timeout_secs: float = setting(
         360.0,
         min=0,
@@ -906,6 +917,16 @@ class Smb:
         "was made, or with a message begun but not completed for this long, is closed. "
         "0 = never.",
     )
+    metadata_flush_interval_ms: int = setting(
+        1000,
+        min=0,
+        max=60000,
+        doc="SMB metadata changes (create, overwrite, attributes and times, delete on close, "
+        "rename) are answered once in the store's ordered log, which survives a crash of the "
+        "gateway, and made durable against power loss by FLUSH, by write-through opens, by "
+        "any later durable change, and at most this long after they were answered (Samba "
+        "syncs none of them). 0 = each one durable before its reply.",
+    )
     multichannel: Multichannel = setting(factory=Multichannel, doc="SMB3 multichannel.")
     interfaces: list[Interface] = setting(
         factory=list, doc="Interfaces advertised for multichannel."
@@ -1091,6 +1112,15 @@ class Backend:
     tls: BackendTLS | None = setting(
         None, doc="Mutual-TLS material for ``metadata_servers`` with ``transport: tls``."
     )
+    idle_fd_secs: float = setting(
+        30.0,
+        min=0,
+        max=86400,
+        doc="Embedded store: a data file's descriptor (the writer and the reader each cache up "
+        "to 128) unused for this long is closed, checked every half of it, so open "
+        "descriptors return to the baseline after a burst; one with unsynced data is synced "
+        "first. 0 = kept until evicted.",
+    )
     short_circuit: str | None = setting(
         None,
         doc="``remote`` only: the data directory of the namespace's only data server, when it "
@@ -1184,6 +1214,24 @@ class MetaStore:
         "once over one database; docs/postgresql.rst).",
     )
     postgresql: PostgreSQL | None = setting(None, doc="The database, for ``type: postgresql``.")
+    grace_secs: int = setting(
+        90,
+        min=0,
+        max=3600,
+        doc="The cross-gateway grace: once a gateway that had NFSv4 or NLM clients is "
+        "declared gone, how long every gateway lets those clients reclaim their state, "
+        "refusing new opens and locks (NFSv4 ends it early once all of them reclaimed). "
+        "``start --workers`` passes its ``nfs.grace_secs`` unless this is set.",
+    )
+    linger_secs: int = setting(
+        10,
+        min=1,
+        max=3600,
+        doc="How long a gateway whose event subscription is lost may take to subscribe "
+        "again before the meta server declares it gone (its locks, shares and lease "
+        "holdings released, the cross-gateway grace begun). Shorter frees a dead "
+        "gateway's locks sooner; longer rides out longer network cuts.",
+    )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
         if self.type == "postgresql" and self.postgresql is None:

@@ -533,6 +533,13 @@ class NLM:
             )
         except Exception as e:
             return self._share_res(call, a.cookie, self._fail(e, "SHARE"))
+        try:
+            # Several gateways: the meta server decides (NLM4_DENIED if another
+            # gateway's open got there first).
+            await locks.settle_share(token)
+        except Exception as e:
+            locks.close_share(token)
+            return self._share_res(call, a.cookie, self._fail(e, "SHARE"))
         tokens = self.shares.setdefault((owner, ino), [])
         tokens[:] = [t for t in tokens if not t.closed]
         tokens.append(token)

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
-from claudefs_gateway.core.malloc import keep_freed_memory
+from claudefs_gateway.core.malloc import HeapTrimmer, keep_freed_memory
 from claudefs_gateway.core.metrics import RequestMetrics
 from claudefs_gateway.errors import BackendUnavailable
 from claudefs_gateway.interfaces import IVFS
@@ -39,7 +39,7 @@ from claudefs_gateway.nfs.context import NFSContext
 from claudefs_gateway.nfs.grace import Grace
 from claudefs_gateway.nfs.mount import MOUNT_PROGRAM, Mount
 from claudefs_gateway.nfs.nlm import NLM, NLM_PROGRAM, NLM_V4
-from claudefs_gateway.nfs.nsm import NSM_PROGRAM, STATE_FILE, FileStore, StatusMonitor
+from claudefs_gateway.nfs.nsm import NSM_PROGRAM, FileStore, StatusMonitor, state_file
 from claudefs_gateway.nfs.v3.codec import NFS_PROGRAM
 from claudefs_gateway.nfs.v3.procs import NFS3
 from claudefs_gateway.nfs.v4.compound import Settings
@@ -108,8 +108,12 @@ class NFSService(MultiService):
         # One grace period after a restart for NLM and NFSv4 (nfs/grace.py).
         self.grace = Grace(cfg.grace)
         self.nlm = NLM(self.ctx, self.callbacks, RequestMetrics(core.metrics, "nlm"))
+        # Each --workers worker keeps its own record (nsm.state_file).
+        # A single gateway takes over the records --workers workers left.
+        worker_index = core.extras.get("worker_index")
+        nsm_file = state_file(worker_index)
         self.nsm = StatusMonitor(
-            FileStore(core.config.data_dir / STATE_FILE, self._disk),
+            FileStore(core.config.data_dir / nsm_file, self._disk, adopt=worker_index is None),
             self.nlm,
             self.callbacks,
             cfg.grace,
@@ -151,6 +155,14 @@ class NFSService(MultiService):
                 ctx4, core.reactor, settings, RequestMetrics(core.metrics, "nfs4"), self.grace
             )
             self.nfs4.budget = core.budget
+
+            # The request-rate limits NFSv3 calls go through (core.admit without
+            # the budget, which compound checks itself), counted as nfs4.
+            def admit4(host: str, uid: int | None) -> None:
+                if core.limiter is not None:
+                    core.limiter.admit("nfs4", host, uid)
+
+            self.nfs4.admit = admit4
             self.server.add(self.nfs4.program())
             self.server.describers.append(self.nfs4.describe_connection)
             pnfs = cfg.pnfs
@@ -191,6 +203,7 @@ class NFSService(MultiService):
             partial_timeout=cfg.partial_record_timeout_secs,
             metrics=RequestMetrics(core.metrics, "nfs"),
             budget=core.budget,
+            max_queued_bytes=cfg.max_queued_bytes_per_connection,
         )
         self.nfs_listener = core.listener(self, "proto:nfs:listen", "nfs", cfg.bind, stream)
         mount_stream = RPCStreamFactory(
@@ -202,6 +215,7 @@ class NFSService(MultiService):
             idle_timeout=cfg.idle_timeout_secs,
             partial_timeout=cfg.partial_record_timeout_secs,
             metrics=RequestMetrics(core.metrics, "mount"),
+            max_queued_bytes=cfg.max_queued_bytes_per_connection,
         )
         self.mount_listener = core.listener(
             self, "proto:nfs:mount", "mount", cfg.mount_bind, mount_stream
@@ -227,6 +241,8 @@ class NFSService(MultiService):
         self.registrar = Registration(self)
         self.registrar.setServiceParent(self)
         LockRecovery(self).setServiceParent(self)
+        # What keep_freed_memory keeps is handed back once a minute (core/malloc.py).
+        HeapTrimmer(core.reactor).setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         # READ and WRITE move buffers of up to rtmax per call: keep freed heap

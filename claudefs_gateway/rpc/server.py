@@ -13,9 +13,11 @@ cache (L{claudefs_gateway.rpc.drc}).
 
 L{RPCStreamProtocol} frames calls with record marking and keeps many calls in
 flight per connection, replying in whatever order they finish (clients match
-replies by XID). It stops reading when C{max_in_flight} calls are running or
-when the client stops reading replies (it is the transport's producer), so a
-client cannot make it hold unbounded work or output. L{RPCDatagramProtocol}
+replies by XID). It stops reading when C{max_in_flight} calls are running,
+when the calls running and the replies queued unread hold C{max_queued_bytes}
+(a call counts the reply its procedure says it may return: a READ its
+count), or when the client stops reading replies (it is the transport's
+producer), so a client cannot make it hold unbounded work or output. L{RPCDatagramProtocol}
 serves one call per datagram.
 
 A program is a table of L{Procedure}s per version; each procedure has a pure
@@ -71,6 +73,8 @@ UDP_MAX_REPLY = 65507
 # and four chunks to join per MiB instead of sixteen.
 READ_DEFAULT = 1 << 16
 READ_MAX = 1 << 18
+# nfs.max_queued_bytes_per_connection's default.
+DEFAULT_MAX_QUEUED_BYTES = 32 * 1024 * 1024
 
 Results = list[bytes]
 Handler = Callable[["Call", Any], "Results | defer.Deferred[Results] | None"]
@@ -135,6 +139,9 @@ class Procedure:
     @ivar cached: non-idempotent: replies go through the duplicate request cache.
     @ivar cancel_on_close: cancel the call if its connection closes (reads);
         false for calls whose effect must complete (writes).
+    @ivar reply_size: from the decoded arguments, how large the reply may
+        grow (a READ's count), so a connection counts the reply against its
+        byte bound before the call runs (L{RPCStreamProtocol}); L{None}: small.
     """
 
     name: str
@@ -142,6 +149,7 @@ class Procedure:
     handle: Handler
     cached: bool = False
     cancel_on_close: bool = True
+    reply_size: Callable[[Any], int] | None = None
 
 
 def no_args(u: Unpacker) -> None:
@@ -276,6 +284,11 @@ class RPCServer:
         call = Call(xid, h.prog, h.vers, h.proc, h.flavor, h.cred, peer)
         if peer.conn is not None:
             peer.conn.seen(program.name, h.vers, h.cred.uid if h.cred is not None else None)
+            if proc.reply_size is not None:
+                try:
+                    peer.conn.expect(proc.reply_size(args))
+                except Exception:  # an estimate only: a call that will fail anyway
+                    pass
         started = self.timer()
         try:
             result = proc.handle(call, args)
@@ -391,12 +404,23 @@ class RPCStreamProtocol(Protocol):
     _log = Logger()
 
     def __init__(
-        self, server: RPCServer, max_record: int, max_in_flight: int, activity: Any
+        self,
+        server: RPCServer,
+        max_record: int,
+        max_in_flight: int,
+        activity: Any,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
         self.server = server
         self.reader = RecordReader(max_record)
         self._read_size = READ_DEFAULT
         self.max_in_flight = max_in_flight
+        self.max_queued_bytes = max_queued_bytes
+        # Bytes held by calls being served: each record plus the reply its
+        # procedure may return (see expect); with _queued, bounded by
+        # max_queued_bytes (issue 19).
+        self._held = 0
+        self._expected = 0
         self.activity = activity
         self.pending: set[defer.Deferred[Any]] = set()
         self.peer: Peer | None = None
@@ -427,6 +451,14 @@ class RPCStreamProtocol(Protocol):
         # Bytes counted in the memory budget: calls being served, replies queued.
         self._budget: Any = None
         self._queued = 0
+
+    def expect(self, size: int) -> None:
+        """
+        The call being started may reply with up to C{size} bytes (called by
+        L{RPCServer.handle} from the procedure's C{reply_size}): counted
+        against C{max_queued_bytes} until the call finishes.
+        """
+        self._expected = max(int(size), 0)
 
     def seen(self, program: str, vers: int, uid: int | None) -> None:
         """Note a call of C{program} version C{vers} by C{uid} (None: AUTH_NONE)."""
@@ -613,24 +645,40 @@ class RPCStreamProtocol(Protocol):
         """Send a call to the client over this connection (a back-channel callback)."""
         self.send([message])
 
+    def _full(self) -> bool:
+        """
+        No more work for now: the client leaves replies unread, or
+        C{max_in_flight} calls are running, or the calls running (with the
+        replies they may return) and the replies queued unread hold
+        C{max_queued_bytes}.
+        """
+        return (
+            self._paused_output
+            or len(self.pending) >= self.max_in_flight
+            or self._held + self._queued >= self.max_queued_bytes
+        )
+
     def _drain_backlog(self) -> None:
         """
-        Serve queued calls while the connection may take more work: not at
-        C{max_in_flight}, and not while the client leaves replies unread (a
-        client that sends 64 KiB of 1 MiB READs and reads nothing must not
-        make the gateway hold 500 MiB of replies). Reading from the socket is
-        paused meanwhile, so the backlog holds at most one read's worth.
+        Serve queued calls while the connection may take more work (see
+        L{_full}): a client that sends 64 KiB of 1 MiB READs and reads
+        nothing must not make the gateway hold 500 MiB of replies, nor the
+        128 calls already running when it stopped reading 128 MiB. The byte
+        bound is checked before each call, so it is exceeded by one call at
+        most (a call larger than the bound still runs, alone). Reading from
+        the socket is paused meanwhile, so the backlog holds at most one
+        read's worth.
         """
         backlog = self.backlog
         while backlog and not self.closed:
-            if self._paused_output or len(self.pending) >= self.max_in_flight:
+            if self._full():
                 self._pause_reading()
                 return
             try:
                 self._serve(backlog.popleft())
             except Exception:
                 self._log.failure("connection {conn_id}: serving a call", conn_id=self.conn_id)
-        if self._paused_output or len(self.pending) >= self.max_in_flight:
+        if self._full():
             self._pause_reading()
         else:
             self._resume_reading()
@@ -641,13 +689,7 @@ class RPCStreamProtocol(Protocol):
             self.transport.pauseProducing()
 
     def _resume_reading(self) -> None:
-        if (
-            self._reading_paused
-            and not self.closed
-            and not self.backlog
-            and not self._paused_output
-            and len(self.pending) < self.max_in_flight
-        ):
+        if self._reading_paused and not self.closed and not self.backlog and not self._full():
             self._reading_paused = False
             self.transport.resumeProducing()
 
@@ -656,6 +698,7 @@ class RPCStreamProtocol(Protocol):
         budget = self._budget
         if budget is not None:
             budget.hold(len(record))
+        self._expected = 0
         try:
             result = self.server.handle(record, self.peer)
         except BaseException:
@@ -678,12 +721,19 @@ class RPCStreamProtocol(Protocol):
                 self.send(out[0])
             return
         self.pending.add(result)
-        result.addBoth(self._done, result, len(record))
+        held = len(record) + self._expected
+        self._held += held
+        result.addBoth(self._done, result, len(record), held)
 
     def _done(
-        self, result: Results | Failure | None, d: defer.Deferred[Any], size: int = 0
+        self,
+        result: Results | Failure | None,
+        d: defer.Deferred[Any],
+        size: int = 0,
+        held: int = 0,
     ) -> None:
         self.pending.discard(d)
+        self._held -= held
         if self._budget is not None:
             self._budget.release(size)
         if isinstance(result, list):
@@ -713,11 +763,13 @@ class RPCStreamProtocol(Protocol):
             parts = self._direct.send(parts, size + 4)
             if not parts:
                 return
-        if self._paused_output and self._budget is not None:
-            # Queued behind replies the client has not read: counted until it
-            # reads them (the transport resumes us once its buffer is empty).
+        if self._paused_output:
+            # Queued behind replies the client has not read: counted (in
+            # max_queued_bytes and the memory budget) until it reads them
+            # (the transport resumes us once its buffer is empty).
             self._queued += size + 4
-            self._budget.hold(size + 4)
+            if self._budget is not None:
+                self._budget.hold(size + 4)
         self.transport.writeSequence(parts)
 
     def _release_queued(self) -> None:
@@ -780,8 +832,12 @@ class RPCStreamFactory(Factory):
         partial_timeout: float = 0.0,
         metrics: Any = None,
         budget: Any = None,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
         """
+        @param max_queued_bytes: what one connection's calls running (each
+            with the reply its procedure may return) and replies queued
+            unread may hold before it stops reading (C{nfs.max_queued_bytes_per_connection}).
         @param clock: what times C{idle_timeout} and C{partial_timeout}
             (seconds; 0 = never); without one neither applies.
         @param metrics: a L{RequestMetrics}: timeouts counted as rejections.
@@ -790,6 +846,7 @@ class RPCStreamFactory(Factory):
             programs refuse new calls while it is spent).
         """
         self.budget = budget
+        self.max_queued_bytes = max_queued_bytes
         self.server = server
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -806,7 +863,9 @@ class RPCStreamFactory(Factory):
 
     @override
     def buildProtocol(self, addr: Any) -> RPCStreamProtocol:
-        p = RPCStreamProtocol(self.server, self.max_record, self.max_in_flight, self.activity)
+        p = RPCStreamProtocol(
+            self.server, self.max_record, self.max_in_flight, self.activity, self.max_queued_bytes
+        )
         p.factory = self
         return p
 

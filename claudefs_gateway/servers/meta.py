@@ -26,7 +26,8 @@ from claudefs_gateway.backend.remote import wire
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import RenameResult, WriteResult
-from claudefs_gateway.servers.shared import ISharedState, SharedState
+from claudefs_gateway.servers.clients import GRACE, ClientRegistry
+from claudefs_gateway.servers.shared import LINGER, ISharedState, SharedState
 
 __all__ = ["MetaHandler", "LAYOUT_KEY", "DEFAULT_STRIPE"]
 
@@ -41,6 +42,9 @@ class MetaHandler:
 
     @param publish: C{publish(event_name, value)} pushes an event to every
         subscribed connection (the server factory's L{publish}).
+    @param grace: seconds of cross-gateway grace (C{meta_store.grace_secs}).
+    @param linger: seconds a gateway's lost subscription may take to come
+        back before it is gone (C{meta_store.linger_secs}).
     """
 
     _log = Logger()
@@ -54,6 +58,8 @@ class MetaHandler:
         clock: Any = None,
         push: Callable[[int, str, Any], bool] | None = None,
         shared: Callable[..., ISharedState] | None = None,
+        grace: float = GRACE,
+        linger: float = LINGER,
     ) -> None:
         self.backend = backend
         self._publish = publish
@@ -63,7 +69,13 @@ class MetaHandler:
         #: Locks, share reservations and lease holdings of every gateway (servers/shared.py):
         #: in memory, or, given C{shared} (a factory called as SharedState is), elsewhere.
         make = shared or SharedState
-        self.shared: ISharedState = make(clock, push or self._push_via_subscribers, publish)
+        self.shared: ISharedState = make(
+            clock, push or self._push_via_subscribers, publish, linger=linger
+        )
+        #: NFSv4 and NLM client records of every gateway, and their grace (servers/clients.py);
+        #: this meta server's alone, also over PostgreSQL (docs/postgresql.rst).
+        self.clients = ClientRegistry(clock, publish, grace=grace)
+        self.shared.clients = self.clients
         self._subscribers: Any = None
         # False until the store is open: calls meanwhile are told to try later
         # (a restarted server accepts connections before its store has recovered).
@@ -153,6 +165,8 @@ class MetaHandler:
             self.shared.subscribed(session)
             # What is held now, so a gateway that joins late knows the others' state.
             self.shared.send_snapshot(conn.push)
+            if self.clients.worth_telling:
+                conn.push("EV_GRACE", self.clients.event())
         else:
             subs.discard(conn)
             self._maybe_gone(subs, session)
@@ -192,6 +206,14 @@ class MetaHandler:
             self.shared.lock(conn.session, ino, owner, start, length, exclusive, reclaim)
         )
 
+    def op_LOCK_WAIT(
+        self, conn: Any, ino: int, owner: Any, start: int, length: int, exclusive: bool
+    ) -> Any:
+        return self.shared.lock_wait(conn.session, ino, owner, start, length, exclusive)
+
+    def op_LOCK_UNWAIT(self, conn: Any, owner: Any) -> Any:
+        return self.shared.lock_unwait(conn.session, owner)
+
     def op_UNLOCK(self, conn: Any, ino: int, owner: Any, start: int, length: int) -> Any:
         return self.shared.unlock(conn.session, ino, owner, start, length)
 
@@ -225,11 +247,23 @@ class MetaHandler:
     def op_LEASE_HOLD(self, conn: Any, ino: int, bits: int) -> Any:
         return self.shared.lease_hold(conn.session, ino, bits)
 
+    def op_LEASE_GRANT(self, conn: Any, ino: int, bits: int) -> Any:
+        return self.shared.lease_grant(conn.session, ino, bits)
+
     def op_LEASE_RECALL(self, conn: Any, ino: int, why: str) -> Any:
         return self.shared.lease_recall(conn.session, ino, why)
 
     def op_LEASE_BREAK_ACK(self, conn: Any, bid: int) -> Any:
         return self.shared.lease_break_ack(conn.session, bid)
+
+    def op_CLIENT_NOTE(self, conn: Any, protocol: str, owner: bytes) -> None:
+        self.clients.note(conn.session, protocol, owner)
+
+    def op_CLIENT_FORGET(self, conn: Any, protocol: str, owner: bytes) -> None:
+        self.clients.forget(conn.session, protocol, owner)
+
+    def op_CLIENT_RECLAIMED(self, conn: Any, protocol: str, owner: bytes) -> None:
+        self.clients.reclaimed(conn.session, protocol, owner)
 
     def op_SESSION_RESET(self, conn: Any) -> Any:
         return self.shared.reset(conn.session)

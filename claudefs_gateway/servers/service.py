@@ -157,6 +157,7 @@ class _MetaStore(Service):
         if self._opening is not None and not self._opening.called:
             await self._opening
         self.handler.shared.stop()
+        self.handler.clients.stop()
         if self.opened:
             self.opened = False
             self.handler.ready = False
@@ -256,11 +257,14 @@ def build_meta(
     if pg is not None:
         from claudefs_gateway.servers.shared_pg import PgSharedState
 
-        def shared(clock: Any, push: Any, publish: Any) -> Any:
+        def shared(clock: Any, push: Any, publish: Any, linger: float) -> Any:
             # Several meta servers over one database share the gateways' locks and leases.
-            return PgSharedState(clock, backend, push, publish)
+            return PgSharedState(clock, backend, push, publish, linger=linger, dead_after=linger)
 
-    handler = MetaHandler(backend, publish, clock=reactor, shared=shared)
+    timing = {}
+    if store_config is not None:
+        timing = {"grace": store_config.grace_secs, "linger": store_config.linger_secs}
+    handler = MetaHandler(backend, publish, clock=reactor, shared=shared, **timing)
     store = _MetaStore(
         handler,
         list(settings.data_servers),

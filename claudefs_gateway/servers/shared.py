@@ -43,7 +43,8 @@ from zope.interface import implementer
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.interfaces import ISharedState
-from claudefs_gateway.vfs.leases import KEEP_FOR, Why
+from claudefs_gateway.servers.deadlocks import WaitGraph
+from claudefs_gateway.vfs.leases import KEEP_FOR, W, Why
 from claudefs_gateway.vfs.locks import LockOwner, LockTable, ShareToken
 from claudefs_gateway.vfs.shared import (
     modes_from_bits,
@@ -55,6 +56,7 @@ from claudefs_gateway.vfs.shared import (
 __all__ = ["ISharedState", "SharedState", "LINGER", "RECALL_TIMEOUT"]
 
 #: Seconds a session's state outlives its lost event subscription.
+#: C{meta_store.linger_secs} sets it (servers/service.py build_meta).
 LINGER = 10.0
 #: Seconds a LEASE_RECALL waits for other gateways (their own recall timeout,
 #: 35 s by default, plus slack: they revoke, then acknowledge).
@@ -91,9 +93,14 @@ class SharedState:
         self._touched: dict[int, set[int]] = {}  # session -> inodes it locked or reserved
         self.leases: dict[int, dict[int, int]] = {}  # ino -> session -> bits
         self._breaks: dict[int, tuple[set[int], defer.Deferred[None], IDelayedCall]] = {}
+        self._recalling: dict[int, tuple[int, int, int]] = {}  # bid -> (session, ino, keep)
         self._ids = itertools.count(1)
         self._gone: dict[int, IDelayedCall] = {}
         self._stopped = False
+        #: The client records and their grace (servers/clients.ClientRegistry), if kept.
+        self.clients: Any = None
+        #: Every gateway's blocked lock requests, for deadlocks across gateways.
+        self.waits = WaitGraph(self.table)
 
     # -- owners ---------------------------------------------------------------------------
 
@@ -166,10 +173,25 @@ class SharedState:
         exclusive: bool,
         reclaim: bool,
     ) -> None:
+        self._check_grace(reclaim)
         mo = self._owner(session, owner)
         await self.table.lock(ino, mo, start, length, exclusive, wait=False, reclaim=reclaim)
         self._touch(session, ino)
         self._changed([ino])
+
+    def lock_wait(
+        self, session: int, ino: int, owner: Any, start: int, length: int, exclusive: bool
+    ) -> None:
+        """A gateway's request waits (LOCK_WAIT); @raise Deadlock: it would wait forever."""
+        self.waits.wait(session, self._owner(session, owner), ino, start, length, exclusive)
+
+    def lock_unwait(self, session: int, owner: Any) -> None:
+        self.waits.unwait(self._owner(session, owner))
+
+    def _check_grace(self, reclaim: bool) -> None:
+        if not reclaim and self.clients is not None and self.clients.in_grace:
+            # RFC 8881 §8.4.2: while another gateway's clients reclaim, nothing new.
+            raise errors.Grace("another gateway's clients are reclaiming")
 
     def unlock(self, session: int, ino: int, owner: Any, start: int, length: int) -> None:
         self.table.unlock(ino, self._owner(session, owner), start, length)
@@ -205,6 +227,7 @@ class SharedState:
         deny: int,
         reclaim: bool,
     ) -> None:
+        self._check_grace(reclaim)
         mo = self._owner(session, owner)
         old = self._shares.pop((session, sid), None)
         if old is not None:
@@ -249,6 +272,28 @@ class SharedState:
             del self.leases[ino]
         self._publish_leases(ino)
 
+    def lease_grant(self, session: int, ino: int, bits: int) -> int:
+        """
+        A lease C{session} is granting on C{ino}: the part of C{bits} it may
+        keep, now counted as held. The meta server is the one place two
+        gateways' grants meet: W only while no other session holds anything,
+        nothing while another holds W, and no more than an outstanding recall
+        of the inode lets others keep.
+        """
+        others = 0
+        for s, held_bits in self.leases.get(ino, {}).items():
+            if s != session:
+                others |= held_bits
+        granted = 0 if others & W else bits & ~W if others else bits
+        for recaller, rino, keep in self._recalling.values():
+            if rino == ino and recaller != session:
+                granted &= keep
+        if granted:
+            held = self.leases.setdefault(ino, {})
+            held[session] = held.get(session, 0) | granted
+            self._publish_leases(ino)
+        return granted
+
     def _publish_leases(self, ino: int) -> None:
         held = self.leases.get(ino, {})
         self._publish("EV_LEASES", (ino, sorted(held.items())))
@@ -267,12 +312,18 @@ class SharedState:
         done: defer.Deferred[None] = defer.Deferred()
         timer = self.clock.callLater(self.recall_timeout, self._break_timed_out, bid)
         self._breaks[bid] = (targets, done, timer)
+        self._recalling[bid] = (session, ino, keep)
+        done.addBoth(self._recalled, bid)
         for s in list(targets):
             if not self._push(s, "EV_LEASE_BREAK", (bid, ino, why)):
                 # Nobody to tell: the session is gone, and so are its leases.
                 self.lease_hold(s, ino, 0)
                 self._acked(bid, s)
         return done
+
+    def _recalled(self, result: Any, bid: int) -> Any:
+        self._recalling.pop(bid, None)
+        return result
 
     def lease_break_ack(self, session: int, bid: int) -> None:
         self._acked(bid, session)
@@ -305,12 +356,16 @@ class SharedState:
         timer = self._gone.pop(session, None)
         if timer is not None and timer.active():
             timer.cancel()
+            if self.clients is not None:
+                self.clients.session_back(session)
 
     def unsubscribed(self, session: int) -> None:
         """The session's last event subscription went: drop it unless it comes back soon."""
         if session in self._gone or self._stopped or not self._holds(session):
             return
         self._gone[session] = self.clock.callLater(self.linger, self._expire, session)
+        if self.clients is not None:
+            self.clients.session_lost(session)
 
     def _holds(self, session: int) -> bool:
         """Whether C{session} holds anything here (locks, shares, leases, awaited breaks)."""
@@ -318,16 +373,20 @@ class SharedState:
             bool(self._touched.get(session))
             or any(session in held for held in self.leases.values())
             or any(session in waiting for waiting, _, _ in self._breaks.values())
+            or (self.clients is not None and self.clients.holds(session))
         )
 
     def _expire(self, session: int) -> None:
         self._gone.pop(session, None)
         self._log.info("gateway session {session:x} gone: its locks and leases go", session=session)
         self.reset(session)
+        if self.clients is not None:
+            self.clients.session_gone(session)
 
     def reset(self, session: int) -> None:
         """Drop everything of C{session} (SESSION_RESET, or the session is gone)."""
         inos = self._touched.pop(session, set())
+        self.waits.drop_session(session)
         for mo, (s, _) in list(self._owners.items()):
             if s == session:
                 self.table.release_owner(mo)

@@ -50,8 +50,9 @@ from zope.interface import implementer
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.servers.deadlocks import WaitGraph
 from claudefs_gateway.servers.shared import LINGER, RECALL_TIMEOUT, ISharedState
-from claudefs_gateway.vfs.leases import KEEP_FOR, Why
+from claudefs_gateway.vfs.leases import KEEP_FOR, W, Why
 from claudefs_gateway.vfs.locks import LockOwner, LockTable, ShareToken
 from claudefs_gateway.vfs.shared import modes_from_bits, modes_to_bits, owner_from_wire
 
@@ -174,6 +175,17 @@ class _View:
         return self.ino, locks, shares
 
 
+class _Tables:
+    """The locks of several inodes' L{_View}s, as L{WaitGraph} reads a lock table."""
+
+    def __init__(self, views: dict[int, _View]) -> None:
+        self.views = views
+
+    def locks(self, ino: int) -> list[Any]:
+        view = self.views.get(ino)
+        return [] if view is None else list(view.table.locks(ino))
+
+
 _log = Logger()
 
 
@@ -222,6 +234,14 @@ class PgSharedState:
         self._stopped = False
         #: Boot ids of the dead meta servers whose rows this one reaped.
         self.reaped: list[str] = []
+        # bid -> (session, ino, keep) of this server's recalls under way
+        self._recalling: dict[int, tuple[int, int, int]] = {}
+        #: The client records and their grace (servers/clients.ClientRegistry), if kept:
+        #: this meta server's own, in its memory (docs/postgresql.rst).
+        self.clients: Any = None
+        #: Blocked lock requests of this server's gateways, for deadlocks (servers/deadlocks.py);
+        #: its table is filled from the database at each LOCK_WAIT.
+        self.waits = WaitGraph(_Tables({}))  # type: ignore[arg-type]
         store.on_shared_event(self._heard)
 
     @property
@@ -244,11 +264,14 @@ class PgSharedState:
             d.chainDeferred(result)
             return d.addBoth(lambda _: self._done(session))
 
+        # Counted before running: a call that ends at once has found its entry.
+        self._tails[session] = (tail, pending + 1)  # type: ignore[assignment]
         if tail is None:
-            tail = run()
+            first = run()
+            if session in self._tails:
+                self._tails[session] = (first, self._tails[session][1])
         else:
             tail.addCallback(run)
-        self._tails[session] = (tail, pending + 1)
         return result
 
     def _done(self, session: int) -> None:
@@ -295,6 +318,12 @@ class PgSharedState:
 
         return self.store.transaction(read)  # type: ignore[no-any-return]
 
+    def _grace_refusal(self, reclaim: bool) -> defer.Deferred[None] | None:
+        if not reclaim and self.clients is not None and self.clients.in_grace:
+            # RFC 8881 §8.4.2: while another gateway's clients reclaim, nothing new.
+            return defer.fail(errors.Grace("another gateway's clients are reclaiming"))
+        return None
+
     # -- locks and shares --------------------------------------------------------------------------
 
     def lock(
@@ -307,6 +336,10 @@ class PgSharedState:
         exclusive: bool,
         reclaim: bool,
     ) -> defer.Deferred[None]:
+        refused = self._grace_refusal(reclaim)
+        if refused is not None:
+            return refused
+
         def apply(v: _View) -> None:
             mo = v.owner(session, owner)
             v.server[session] = self.boot
@@ -317,6 +350,39 @@ class PgSharedState:
                 failed[0].raiseException()
 
         return self._in_order(session, lambda: self._change(ino, apply))
+
+    def lock_wait(
+        self, session: int, ino: int, owner: Any, start: int, length: int, exclusive: bool
+    ) -> defer.Deferred[None]:
+        """
+        LOCK_WAIT: fires once the wait is recorded; fails with L{errors.Deadlock} if
+        it would wait forever. The locks are read from the database (every meta
+        server's); the waits are this meta server's gateways' alone.
+        """
+
+        def read(conn: Any) -> dict[int, _View]:
+            views: dict[int, _View] = {}
+            for i in sorted({ino} | {w[1] for w in self.waits.waits.values()}):
+                views[i] = _View(i, self.clock)
+                views[i].load(conn)
+            return views
+
+        async def run() -> None:
+            views = await self.store.transaction(read)
+            mo = _View(ino, self.clock).owner(session, owner)
+            self.waits.table = _Tables(views)  # type: ignore[assignment]
+            try:
+                self.waits.wait(session, mo, ino, start, length, exclusive)
+            finally:
+                self.waits.table = _Tables({})  # type: ignore[assignment]
+
+        return self._in_order(session, lambda: defer.Deferred.fromCoroutine(run()))
+
+    def lock_unwait(self, session: int, owner: Any) -> defer.Deferred[None]:
+        def run() -> None:
+            self.waits.unwait(_View(0, self.clock).owner(session, owner))
+
+        return self._in_order(session, run)
 
     def unlock(
         self, session: int, ino: int, owner: Any, start: int, length: int
@@ -374,6 +440,10 @@ class PgSharedState:
         deny: int,
         reclaim: bool,
     ) -> defer.Deferred[None]:
+        refused = self._grace_refusal(reclaim)
+        if refused is not None:
+            return refused
+
         def apply(v: _View) -> None:
             for key, (s, i, token) in list(v.tokens.items()):
                 if s == session and i == sid:
@@ -474,6 +544,62 @@ class PgSharedState:
 
         return self._in_order(session, run)
 
+    def lease_grant(self, session: int, ino: int, bits: int) -> defer.Deferred[int]:
+        """
+        LEASE_GRANT: fires with the part of C{bits} C{session} may keep on C{ino}, now
+        counted as held (as L{SharedState.lease_grant}). Decided in one transaction
+        holding the inode's C{shared_inode} row, so grants through different meta
+        servers are ordered: one W holder across all of them. An outstanding
+        recall limits it only if this meta server runs the recall.
+        """
+        limits = [
+            keep for recaller, rino, keep in self._recalling.values()
+            if rino == ino and recaller != session
+        ]  # fmt: skip
+
+        def tx(conn: Any) -> tuple[int, list[tuple[int, int]] | None]:
+            while True:
+                conn.execute(
+                    "INSERT INTO shared_inode (ino) VALUES (%s) ON CONFLICT DO NOTHING", (ino,)
+                )
+                got = conn.execute("SELECT 1 FROM shared_inode WHERE ino = %s FOR UPDATE", (ino,))
+                if got.fetchone() is not None:
+                    break
+            others = mine = 0
+            for s, held_bits in self._holdings(conn, ino):
+                if s == session:
+                    mine = held_bits
+                else:
+                    others |= held_bits
+            granted = 0 if others & W else bits & ~W if others else bits
+            for keep in limits:
+                granted &= keep
+            held = None
+            if granted:
+                conn.execute(
+                    "INSERT INTO lease (ino, session, bits, server) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT (ino, session) DO UPDATE"
+                    " SET bits = excluded.bits, server = excluded.server",
+                    (ino, _db(session), mine | granted, self.boot),
+                )
+                self._notify(conn, "H", f"{ino:x}")
+                held = self._holdings(conn, ino)
+            # The row orders grants only; it stays while locks or shares use it.
+            conn.execute(
+                "DELETE FROM shared_inode WHERE ino = %s"
+                " AND NOT EXISTS (SELECT 1 FROM lock_range WHERE ino = %s)"
+                " AND NOT EXISTS (SELECT 1 FROM share_reservation WHERE ino = %s)",
+                (ino, ino, ino),
+            )
+            return granted, held
+
+        def done(out: tuple[int, list[tuple[int, int]] | None]) -> int:
+            if out[1] is not None:
+                self._publish("EV_LEASES", (ino, out[1]))
+            return out[0]
+
+        return self._in_order(session, lambda: self.store.transaction(tx).addCallback(done))
+
     def lease_recall(self, session: int, ino: int, why: str) -> defer.Deferred[None]:
         try:
             keep = KEEP_FOR[Why(why)]
@@ -498,6 +624,8 @@ class PgSharedState:
             done: defer.Deferred[None] = defer.Deferred()
             timer = self.clock.callLater(self.recall_timeout, self._break_timed_out, bid)
             self._breaks[bid] = ({s for s, _, _ in targets}, done, timer)
+            self._recalling[bid] = (session, ino, keep)
+            done.addBoth(self._recalled, bid)
             for s, server, alive in targets:
                 if server == self.boot or not alive:
                     self._break_here(bid, s, ino, why, self.boot)
@@ -506,6 +634,10 @@ class PgSharedState:
             await done
 
         return defer.Deferred.fromCoroutine(run())
+
+    def _recalled(self, result: Any, bid: int) -> Any:
+        self._recalling.pop(bid, None)
+        return result
 
     def _tell(self, parts: tuple[object, ...]) -> None:
         d = self.store.transaction(lambda conn: self._notify(conn, *parts))
@@ -623,14 +755,20 @@ class PgSharedState:
         timer = self._gone.pop(session, None)
         if timer is not None and timer.active():
             timer.cancel()
+            if self.clients is not None:
+                self.clients.session_back(session)
 
     def unsubscribed(self, session: int) -> None:
         if session in self._gone or self._stopped:
             return
         self._gone[session] = self.clock.callLater(self.linger, self._expire, session)
+        if self.clients is not None:
+            self.clients.session_lost(session)
 
     def _expire(self, session: int) -> None:
         self._gone.pop(session, None)
+        if self.clients is not None:
+            self.clients.session_gone(session)
         self._log.info(
             "gateway session {session:x} gone: its locks and leases through this server go",
             session=session,
@@ -655,6 +793,7 @@ class PgSharedState:
             return [(ino, self._holdings(conn, ino)) for ino in inos]
 
         async def run() -> None:
+            self.waits.drop_session(session)
             inos = await self._inos_of(where, params)
             await self._each_inode(inos, lambda v: v.drop_session(session, server))
             for ev in await self.store.transaction(leases):

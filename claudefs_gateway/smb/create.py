@@ -179,12 +179,25 @@ class CreateCommands(FileBase):
                 raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "no such file")
             assert parent_ino is not None
             try:
+                # Durable at the next FLUSH, write-through or background
+                # flush, as on Samba (FileBase.meta_durable).
+                durable = self.meta_durable
                 if opts & c.FILE_DIRECTORY_FILE:
-                    a = await vfs.mkdir(caller, parent_ino, leaf, 0o755, origin=dir_origin)
+                    a = await vfs.mkdir(
+                        caller, parent_ino, leaf, 0o755, origin=dir_origin, durable=durable
+                    )
                 else:
                     a = await vfs.create(
-                        caller, parent_ino, leaf, 0o644, exclusive=True, origin=dir_origin
+                        caller,
+                        parent_ino,
+                        leaf,
+                        0o644,
+                        exclusive=True,
+                        origin=dir_origin,
+                        durable=durable,
                     )
+                if not durable:
+                    self.meta_changed()
                 created = True
                 action = c.FILE_CREATED
             except errors.Exists:
@@ -211,9 +224,13 @@ class CreateCommands(FileBase):
         if node is not None and node.delete_pending and not created:
             raise SMBError(st.STATUS_DELETE_PENDING)
         stored = None if created else await self.stored_dos(caller, a.ino)
-        maximal = await self.maximal_access(caller, a, parent_ino)
         if created:
-            maximal |= c.FILE_ALL_ACCESS & ~(c.MODIFY_ACCESS if caller.read_only else 0)
+            # The creator may do anything to what it just made (what
+            # maximal_access would find is within this: no DACL yet, and
+            # the create itself proved write and search on the parent).
+            maximal = c.FILE_ALL_ACCESS & ~(c.MODIFY_ACCESS if caller.read_only else 0)
+        else:
+            maximal = await self.maximal_access(caller, a, parent_ino)
         if desired & c.MAXIMUM_ALLOWED:
             granted = maximal | (desired & ~c.MAXIMUM_ALLOWED & maximal)
         else:
@@ -281,8 +298,13 @@ class CreateCommands(FileBase):
                 # and it goes through others' byte-range locks, as on Windows
                 # (smbtorture smb2.lock.truncate, smb2.create.brlocked).
                 a = await vfs.setattr(
-                    caller, a.ino, SetAttrs(size=0), origin=attrs.evolve(own, ranges=False)
+                    caller,
+                    a.ino,
+                    SetAttrs(size=0),
+                    origin=attrs.evolve(own, ranges=False),
+                    durable=self.meta_durable,
                 )
+                self.meta_changed()
                 action = c.FILE_SUPERSEDED if disp == c.FILE_SUPERSEDE else c.FILE_OVERWRITTEN
                 dos = (
                     body.file_attributes & ~c.FILE_ATTRIBUTE_SPARSE_FILE
@@ -315,14 +337,29 @@ class CreateCommands(FileBase):
                         own,
                         create=True,
                     )
-            if created or overwrite:
+            if overwrite or (
+                created
+                and (
+                    dos is not None
+                    or alloc
+                    or c.SMB2_CREATE_EA_BUFFER in contexts
+                    or c.SMB2_CREATE_SD_BUFFER in contexts
+                )
+            ):
+                # What the steps after the create changed (ctime, mode, owner).
                 a = await vfs.getattr(caller, a.ino)
+                reserved = alloc
+            elif created:
+                # Nothing changed it since the create: its attributes stand.
                 reserved = alloc
             else:
                 reserved = (await self.stored(caller, a.ino))[1]
             st_ = Stat(
                 a, dos_attributes(a, dos, leaf), reserved=reserved, change_time=self.change_time(a)
             )
+            if opts & c.FILE_WRITE_THROUGH and (created or overwrite):
+                # A write-through open's creation is durable before the reply.
+                await self.meta_sync()
         except BaseException:
             if token is not None:
                 locks.close_share(token)
@@ -355,6 +392,7 @@ class CreateCommands(FileBase):
             not created,
             bool(locks is not None and locks.locks(a.ino)),
         )
+        level = await self.factory.leasing.settle(op, level)
         if sl is not None:
             answers.append(self._lease_answer(sl))
         granted_durable = durability.grant(op, ask, req.session.user)
@@ -416,8 +454,15 @@ class CreateCommands(FileBase):
             dir_origin = Origin(strict=True, exempt=self._parent_exempt(conn, lease_req))
             try:
                 base = await vfs.create(
-                    caller, parent_ino, leaf, 0o644, exclusive=True, origin=dir_origin
+                    caller,
+                    parent_ino,
+                    leaf,
+                    0o644,
+                    exclusive=True,
+                    origin=dir_origin,
+                    durable=self.meta_durable,
                 )
+                self.meta_changed()
                 created_base = True
             except errors.Exists:
                 base, leaf = await self._lookup(caller, parent_ino, leaf, dir_parts)
@@ -513,6 +558,7 @@ class CreateCommands(FileBase):
             not created,
             bool(locks is not None and locks.locks(sid)),
         )
+        level = await self.factory.leasing.settle(op, level)
         if sl is not None:
             answers.append(self._lease_answer(sl))
         self.factory.durability.grant(op, ask, session.user)
@@ -621,6 +667,12 @@ class CreateCommands(FileBase):
         # Reattach: the same persistent id, a new volatile one on this connection.
         durability.reconnected(op)
         op.session, op.tree, op.conn = req.session, req.tree, conn
+        if conn.dialect >= c.SMB_3_0:
+            # The reconnect starts the open's channel over (MS-SMB2 3.3.5.2.10):
+            # its ChannelSequence is the reconnect's, nothing is outstanding.
+            op.channel_sequence = req.header.status & 0xFFFF
+            op.outstanding = op.pre_outstanding = 0
+            op.channel_generation += 1
         op.file_id = (pid, self.factory.new_file_id()[1])
         conn.opens[op.file_id[1]] = op
         if sl is not None:
@@ -667,6 +719,14 @@ class CreateCommands(FileBase):
                 token = self.locks.open_share(a.ino, owner, acc, deny)
             except (errors.ShareConflict, errors.Grace):
                 raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "taken meanwhile") from None
+            try:
+                await self.locks.settle_share(token)
+            except errors.ShareConflict:
+                self.locks.close_share(token)
+                raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "taken meanwhile") from None
+            except BaseException:
+                self.locks.close_share(token)
+                raise
         path = str(rec["path"])
         node = self.nodes.get(a.ino)
         if node is None:
@@ -699,6 +759,7 @@ class CreateCommands(FileBase):
             )
         else:
             leasing.grant(conn, op, node.opens, int(rec["oplock"]), None, access, True, False)
+        await leasing.settle(op, op.oplock)
         durability.by_id[pid] = op
         if op.create_guid is not None:
             durability.by_create_guid[(op.client_guid, op.create_guid)] = op
@@ -716,6 +777,9 @@ class CreateCommands(FileBase):
         op.conn = conn
         op.client_guid = conn.client_guid
         op.share_access = share_access
+        if conn.dialect >= c.SMB_3_0:
+            # MS-SMB2 3.3.5.9: Open.ChannelSequence from the CREATE's header.
+            op.channel_sequence = req.header.status & 0xFFFF
         req.result_file_id = fid
 
     async def _reserve(
@@ -809,6 +873,17 @@ class CreateCommands(FileBase):
                         w.cancel()
         if violation:
             raise SMBError(st.STATUS_SHARING_VIOLATION)
+        if token is not None and locks is not None:
+            # Several gateways: the meta server's word (another gateway's open
+            # may have got there first, in the moment before we heard of it).
+            try:
+                await locks.settle_share(token)
+            except errors.ShareConflict:
+                locks.close_share(token)
+                raise SMBError(st.STATUS_SHARING_VIOLATION) from None
+            except BaseException:
+                locks.close_share(token)
+                raise
         return token
 
     def _lease_request(
@@ -988,10 +1063,14 @@ class CreateCommands(FileBase):
             done: defer.Deferred[None] = defer.Deferred()
             self.deleting.setdefault(node.parent, []).append(done)
             try:
+                durable = self.meta_durable
                 if op.is_dir:
-                    await self.vfs.rmdir(caller, node.parent, node.name, op.origin)
+                    await self.vfs.rmdir(caller, node.parent, node.name, op.origin, durable)
                 else:
-                    await self.vfs.remove(caller, node.parent, node.name, op.origin)
+                    await self.vfs.remove(caller, node.parent, node.name, op.origin, durable)
+                self.meta_changed()
+                if op.write_through:
+                    await self.meta_sync()
             except errors.FSError as e:
                 self._log.info("smb: delete on close failed: {why}", why=str(e))
             finally:

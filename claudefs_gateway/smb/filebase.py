@@ -247,6 +247,10 @@ def get_ea_names(data: bytes) -> list[bytes]:
     return out
 
 
+#: The requests a stale ChannelSequence refuses (MS-SMB2 3.3.5.2.10).
+_MODIFYING = frozenset({c.Command.WRITE, c.Command.SET_INFO, c.Command.IOCTL})
+
+
 class FileBase:
     """The state and helpers every file command family uses."""
 
@@ -264,6 +268,9 @@ class FileBase:
         # ChangeTimes set through SET_INFO: inode -> (FILETIME, the inode's
         # change counter right after). Shown until the inode changes again.
         self.change_times: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        # The background flush of metadata changes made without a sync
+        # (L{meta_changed}), while one is due.
+        self._meta_flush: Any = None
 
     @property
     def vfs(self) -> IVFS:
@@ -273,6 +280,61 @@ class FileBase:
     @property
     def locks(self) -> ILockTable:
         return self.vfs.locks
+
+    # -- metadata durability --------------------------------------------------------------
+    #
+    # SMB promises durability only on FLUSH and write-through (MS-SMB2
+    # 3.3.5.11, FILE_WRITE_THROUGH; Samba syncs nothing at CREATE, close or
+    # delete): metadata changes (create, overwrite, DOS attributes and
+    # times, delete on close, rename) go to the store with durable=False,
+    # its ordered log (a kill -9 loses none of them; the next durable
+    # commit of anyone makes them durable), and a bounded background flush
+    # syncs them at most smb.metadata_flush_interval_ms after they were
+    # answered. Interval 0: every change durable before its reply.
+
+    @property
+    def meta_durable(self) -> bool:
+        """What the metadata changes of SMB pass as C{durable} (see above)."""
+        return not self.factory.smb.metadata_flush_interval_ms
+
+    def meta_changed(self) -> None:
+        """A metadata change was answered without a sync: flush within the interval."""
+        interval = self.factory.smb.metadata_flush_interval_ms
+        if interval and self._meta_flush is None:
+            self._meta_flush = self.factory.reactor.callLater(interval / 1000, self._flush_meta)
+
+    def _flush_meta(self) -> None:
+        self._meta_flush = None
+        vfs = self.factory.vfs
+        if vfs is None:
+            return
+        d = vfs.sync()
+        d.addErrback(lambda f: self._log.failure("smb: background metadata flush failed", f))
+
+    async def meta_sync(self) -> None:
+        """
+        Make every metadata change so far durable now (FLUSH, write-through).
+        A background flush still due stays due: it costs nothing if this one
+        covered everything.
+        """
+        if not self.meta_durable:
+            await self.vfs.sync()
+
+    def stop_flushing(self) -> defer.Deferred[None]:
+        """
+        The server stops: the background flush due runs now. Fires once the
+        metadata changes so far are durable.
+        """
+        call, self._meta_flush = self._meta_flush, None
+        if call is None or not call.active():
+            return defer.succeed(None)
+        call.cancel()
+        vfs = self.factory.vfs
+        if vfs is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = vfs.sync()
+        d.addErrback(lambda f: self._log.failure("smb: final metadata flush failed", f))
+        return d
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -300,8 +362,57 @@ class FileBase:
             raise SMBError(st.STATUS_FILE_CLOSED, "no such open")
         if req.tree is not None and op.tree is not req.tree:
             raise SMBError(st.STATUS_FILE_CLOSED, "open of another tree")
+        if req.channel_open is None and conn.dialect >= c.SMB_3_0:
+            self._channel_sequence(req, op)
         req.result_file_id = fid
         return op
+
+    @staticmethod
+    def _channel_sequence(req: Request, op: Open) -> None:
+        """
+        Verify the request's ChannelSequence (MS-SMB2 3.3.5.2.10; SMB 3.x: the
+        first two bytes of the request header's Status field) against the
+        open's. Equal: the request is counted outstanding. Newer (a 16-bit
+        difference of at most 0x7FFF): the client failed over to another
+        channel; the requests still outstanding become "pre" ones and the
+        open takes the new number. A replay (SMB2_FLAGS_REPLAY_OPERATION) does
+        either only while no request of an older number is outstanding.
+        Otherwise (stale, or a replay racing older requests) WRITE, SET_INFO
+        and IOCTL fail with STATUS_FILE_NOT_AVAILABLE, so a request the
+        client retried elsewhere cannot land after its replay; others go on
+        uncounted (as Samba does; the spec leaves them open).
+
+        @raise SMBError: STATUS_FILE_NOT_AVAILABLE, as above.
+        """
+        header = req.header
+        seq = header.status & 0xFFFF
+        diff = (seq - op.channel_sequence) & 0xFFFF
+        racing = bool(header.flags & c.SMB2_FLAGS_REPLAY_OPERATION) and op.pre_outstanding > 0
+        if diff == 0 and not racing:
+            op.outstanding += 1
+        elif 0 < diff <= 0x7FFF and not racing:
+            op.pre_outstanding += op.outstanding
+            op.outstanding = 1
+            op.channel_sequence = seq
+            op.channel_generation += 1
+        elif header.command in _MODIFYING:
+            raise SMBError(st.STATUS_FILE_NOT_AVAILABLE, "stale ChannelSequence")
+        else:
+            return
+        req.channel_open = op
+        req.channel_generation = op.channel_generation
+
+    @staticmethod
+    def request_done(req: Request) -> None:
+        """The request is answered: it no longer counts as outstanding on its open."""
+        op = req.channel_open
+        if op is None:
+            return
+        req.channel_open = None
+        if req.channel_generation == op.channel_generation:
+            op.outstanding = max(0, op.outstanding - 1)
+        else:
+            op.pre_outstanding = max(0, op.pre_outstanding - 1)
 
     async def stored(self, caller: Caller, ino: int) -> tuple[int | None, int]:
         """
@@ -482,7 +593,10 @@ class FileBase:
         raw = struct.pack("<I", bits & c.STORED_ATTRIBUTES)
         if reserved:
             raw += struct.pack("<Q", reserved)
-        await self.vfs.meta_set(caller, ino, DOS_KEY, raw, origin)
+        durable = self.meta_durable
+        await self.vfs.meta_set(caller, ino, DOS_KEY, raw, origin, durable)
+        if not durable:
+            self.meta_changed()
 
     async def maximal_access(self, caller: Caller, a: Attributes, parent: int | None) -> int:
         """What C{caller} may do to C{a} (and, with its C{parent}, whether it may delete it)."""

@@ -235,6 +235,9 @@ class InfoCommands(FileBase):
             raise SMBError(st.STATUS_INVALID_PARAMETER) from None
         except struct.error:
             raise SMBError(st.STATUS_INFO_LENGTH_MISMATCH) from None
+        if op.write_through:
+            # A write-through open's changes are durable before the reply.
+            await self.meta_sync()
         await self.changed_through(op)
         return b"\x02\x00"
 
@@ -265,7 +268,10 @@ class InfoCommands(FileBase):
             )
         changes = SetAttrs(atime=when(accessed), mtime=when(written), btime=when(created))
         if not changes.is_empty():
-            await self.vfs.setattr(caller, op.file_ino, changes, origin=op.origin)
+            await self.vfs.setattr(
+                caller, op.file_ino, changes, origin=op.origin, durable=self.meta_durable
+            )
+            self.meta_changed()
         if changed not in (0, -1, -2):
             op.user_change_time = changed
 
@@ -317,10 +323,13 @@ class InfoCommands(FileBase):
                 raise SMBError(st.STATUS_ACCESS_DENIED, "replacement target is open")
             if stored != leaf:
                 # The name it replaces is spelt otherwise: remove that one, not add a twin.
-                await vfs.remove(caller, dst_dir.ino, stored, op.origin)
+                await vfs.remove(caller, dst_dir.ino, stored, op.origin, self.meta_durable)
         if op.is_dir and self._has_open_below(node):
             raise SMBError(st.STATUS_ACCESS_DENIED, "files below the directory are open")
-        await vfs.rename(caller, node.parent, node.name, dst_dir.ino, leaf, op.origin)
+        await vfs.rename(
+            caller, node.parent, node.name, dst_dir.ino, leaf, op.origin, self.meta_durable
+        )
+        self.meta_changed()
         old_path = node.path
         node.parent, node.name = dst_dir.ino, leaf
         node.path = "\\".join(p.decode("utf-8", "surrogatepass") for p in parts)

@@ -110,9 +110,9 @@ class Header:
     """
     One SMB2 header (sync or async form).
 
-    @ivar status: NTSTATUS in a response; in a request the ChannelSequence
-        and Reserved fields (not checked: the server ignores ChannelSequence,
-        MS-SMB2 3.3.5.2.10, even on multichannel sessions).
+    @ivar status: NTSTATUS in a response; in a request of SMB 3.x the
+        ChannelSequence (low 16 bits; checked on opens, MS-SMB2 3.3.5.2.10,
+        L{claudefs_gateway.smb.filebase.FileBase.lookup_open}) and Reserved.
     @ivar credits: CreditRequest in a request, CreditResponse in a response.
     @ivar async_id: meaningful with C{SMB2_FLAGS_ASYNC_COMMAND}; then
         C{tree_id} is not on the wire.

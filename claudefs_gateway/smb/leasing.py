@@ -389,6 +389,34 @@ class Leasing:
                 op.oplock = level = 0
         return level, None
 
+    async def settle(self, op: Any, level: int) -> int:
+        """
+        Several gateways: wait for the meta server's word on the oplock or
+        lease L{grant} just gave C{op} (another gateway's grant may have got
+        there first); what it refused is taken back before the CREATE
+        answers. One process: nothing to wait for.
+
+        @return: the OplockLevel for the reply (C{op.lease.state} is the lease's).
+        """
+        sl = op.lease
+        m = sl.mlease if sl is not None else op.oplock_mlease
+        if m is None:
+            return level
+        await self.manager.settle_lease(m)
+        kept = 0 if m.gone else m.state
+        if sl is not None:
+            if sl.mlease is m and sl.state & ~kept:
+                sl.state &= kept
+                if m.gone:
+                    sl.mlease = None
+            return level
+        if op.oplock_mlease is m and OPLOCK_BITS.get(level, 0) & ~kept:
+            level = oplock_level(kept)
+            op.oplock = level
+            if m.gone:
+                op.oplock_mlease = None
+        return level
+
     def _foreign(self, ino: int, client: bytes, lease: LeaseRequest | None) -> bool:
         """Whether another protocol holds a lease on C{ino} (an NFSv4 delegation)."""
         for m in self.manager.leases(ino):

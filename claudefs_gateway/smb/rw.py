@@ -134,7 +134,11 @@ class ReadWriteCommands(FileBase):
         if not op.access & (c.FILE_WRITE_DATA | c.FILE_APPEND_DATA):
             raise SMBError(st.STATUS_ACCESS_DENIED, "flush without write access")
         if not op.is_dir and op.stream is None:
+            # A durable commit: it makes every earlier metadata change
+            # durable too (the store's log is ordered; FileBase.meta_durable).
             await self.vfs.commit(op.tree.caller, op.ino)
+        else:
+            await self.meta_sync()
         return SIMPLE_BODY
 
     # -- LOCK ----------------------------------------------------------------------------------------

@@ -88,6 +88,9 @@ __all__ = ["SMBFactory", "SMBConnection", "MAX_CREDITS", "MAX_IO"]
 MAX_IO = 8 * 1024 * 1024
 # Samba's "smb2 max credits"; what a client may have outstanding.
 MAX_CREDITS = 8192
+# The payload one credit pays for (MS-SMB2 3.1.5.2: CreditCharge is the
+# payload in 64 KiB units).
+CREDIT_BYTES = 65536
 # Commands whose reply carries (up to) the payload size the request names: what
 # they may return counts against the connection's queued bytes before it is served.
 _REPLY_PAYLOAD = frozenset(
@@ -460,7 +463,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
     requests (TCP back-pressure), as it does when C{smb.max_requests_per_connection}
     requests are being served or C{smb.max_queued_bytes_per_connection} bytes
     of requests and the replies they may return are held. While backed up it
-    grants no new credits (only the one a client must never lack). A
+    grants credits only for the room left (L{_grant}). A
     connection without a session after C{smb.setup_timeout_secs}, or with a
     message left half-sent that long, is closed; so is one idle for
     C{smb.idle_timeout_secs} holding no open file but durable ones (Samba's
@@ -1138,6 +1141,8 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                 )
         finally:
             self._pending.pop(header.message_id, None)
+            if req.channel_open is not None:
+                self.factory.files.request_done(req)
             if req.async_id:
                 self._async.pop(req.async_id, None)
             if activity is not None:
@@ -1327,14 +1332,35 @@ class SMBConnection(SessionSetup, protocol.Protocol):
 
     def _grant(self, requested: int) -> int:
         """
-        Credits for a reply, scaled to what the connection drains: while the
-        client leaves replies unread or a bound holds reading, none beyond the
-        one it must never lack (MS-SMB2 3.3.1.2), so the window shrinks as it
-        spends credits; the full window again once it reads.
+        Credits for a reply, scaled to what the connection has drained
+        (issue 19). While the client leaves replies unread, none beyond the
+        one it must never lack (MS-SMB2 3.3.1.2). While what it holds is
+        past half of either per-connection bound, the credits it may hold
+        (those granted and not yet used) are what the room left can take:
+        one per 64 KiB left of C{smb.max_queued_bytes_per_connection} (a
+        credit pays for 64 KiB of payload, MS-SMB2 3.1.5.2) and one per
+        request left of C{smb.max_requests_per_connection}; so the window
+        shrinks as replies go unread and grows back as the client reads them
+        and requests finish. Below half of both, the window it asks for, up
+        to Samba's 8192 (smbtorture smb2.credits expects that much).
         """
-        if self._backed_up():
-            return self.credits.grant(min(requested, max(1 - self.credits.outstanding, 0)))
-        return self.credits.grant(requested)
+        window = self.credits
+        allowed = self._credit_room()
+        if allowed is None:
+            return window.grant(requested)
+        return window.grant(min(requested, max(allowed - window.outstanding, 0)))
+
+    def _credit_room(self) -> int | None:
+        """The credits the client may hold now, or None for no limit but the window's."""
+        if self._output_paused:
+            return 0
+        smb = self.factory.smb
+        max_bytes = smb.max_queued_bytes_per_connection
+        max_requests = smb.max_requests_per_connection
+        if self._in_flight * 2 < max_bytes and self._requests * 2 < max_requests:
+            return None
+        room = max(max_bytes - self._in_flight, 0) // CREDIT_BYTES
+        return min(room, max(max_requests - self._requests, 0))
 
     def go_async(self, req: Request, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
         """

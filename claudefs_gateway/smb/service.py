@@ -47,7 +47,8 @@ class _SMBService(MultiService):
     """
     C{proto:smb}: stops after the connections closed (the drain) and the
     durable handles they left are written to the state store, so a restarted
-    gateway can honour their reconnects.
+    gateway can honour their reconnects, and the metadata changes not yet
+    synced are (FileBase.meta_durable).
     """
 
     factory: Any = None
@@ -57,4 +58,5 @@ class _SMBService(MultiService):
         if self.factory is not None:
             factory = self.factory
             d.addCallback(lambda _: factory.durability.flush())
+            d.addCallback(lambda _: factory.files.stop_flushing())
         return d

@@ -227,6 +227,14 @@ class Open:
     # Its connection is gone; a reconnect may claim it until the expiry timer closes it.
     disconnected: bool = False
     expiry: Any = None
+    # MS-SMB2 3.3.1.10 Open.ChannelSequence, Open.OutstandingRequestCount and
+    # Open.OutstandingPreRequestCount (3.3.5.2.10), with a generation that
+    # grows whenever ChannelSequence moves on, so a request counted under an
+    # older one is uncounted from the "pre" count when it ends.
+    channel_sequence: int = 0
+    outstanding: int = 0
+    pre_outstanding: int = 0
+    channel_generation: int = 0
 
     @property
     def ino(self) -> int:
@@ -339,3 +347,7 @@ class Request:
     reauth_elsewhere: bool = False
     # Answer USER_SESSION_DELETED signed with C{sign_with} (a session just ended).
     sign_deleted: bool = False
+    # The open whose outstanding requests count this one (MS-SMB2 3.3.5.2.10),
+    # and its channel generation then.
+    channel_open: Any = None
+    channel_generation: int = 0

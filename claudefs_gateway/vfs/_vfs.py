@@ -586,6 +586,7 @@ class VFS:
         changes: SetAttrs,
         guard_ctime_ns: int | None = None,
         origin: Origin | None = None,
+        durable: bool = True,
     ) -> Attributes:
         """
         Change attributes under Linux's rules (see L{permissions.check_setattr});
@@ -645,7 +646,7 @@ class VFS:
             await self._before(ino, org, Why.SETATTR)
         ticket = self._admit_move(a, new_uid, new_gid, new_size, moved)
         try:
-            after = await self.backend.setattr(ino, changes, guard_ctime_ns)
+            after = await self.backend.setattr(ino, changes, guard_ctime_ns, durable=durable)
         except BaseException:
             self.quotas.settle(ticket)
             raise
@@ -917,7 +918,12 @@ class VFS:
 
     @deferred
     async def remove(
-        self, caller: Caller, dir_ino: int, name: bytes, origin: Origin | None = None
+        self,
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        origin: Origin | None = None,
+        durable: bool = True,
     ) -> Attributes:
         """Unlink a non-directory; fires with the inode after (nlink 0: gone)."""
         _, a = await self._prepare_remove(caller, dir_ino, name)
@@ -928,7 +934,7 @@ class VFS:
             await self._check_worm(a, org, destroy=True)
         await self._before_unlink(a, org, _DELETE)
         await self._dir_change(dir_ino, org)
-        after = await self.backend.unlink(dir_ino, name)
+        after = await self.backend.unlink(dir_ino, name, durable=durable)
         self._after_remove(dir_ino, name, a, after)
         return after
 
@@ -976,6 +982,7 @@ class VFS:
         dst_dir: int,
         dst_name: bytes,
         origin: Origin | None = None,
+        durable: bool = True,
     ) -> RenameResult:
         """
         POSIX rename under permission and sticky-bit rules; see
@@ -1023,7 +1030,7 @@ class VFS:
             await self._dir_change(src_dir, org)
             if dst_dir != src_dir:
                 await self._dir_change(dst_dir, org)
-        result = await self.backend.rename(src_dir, src_name, dst_dir, dst_name)
+        result = await self.backend.rename(src_dir, src_name, dst_dir, dst_name, durable=durable)
         if dst is not None and result.replaced is not None:
             self.quotas.apply_all(_usage_changes(dst, result.replaced))
             if result.replaced.nlink == 0:
@@ -1210,6 +1217,11 @@ class VFS:
         self.attr_cache.put(ino, after)
         self._modified(ino, What.DATA | (What.SIZE if after.size != a.size else 0))
         return after
+
+    def sync(self) -> defer.Deferred[None]:
+        """Make every change answered so far durable (L{IMetadataService.sync})."""
+        d: defer.Deferred[None] = self.backend.sync()
+        return d
 
     @deferred
     async def commit(self, caller: Caller, ino: int) -> Attributes:

@@ -595,6 +595,20 @@ class LeaseManager:
             raise errors.Inval("acknowledged more than the break allows")
         lease.acknowledge(bits)
 
+    def settle_lease(self, lease: Lease) -> defer.Deferred[None]:
+        """One process decides at once: nothing to wait for."""
+        return defer.succeed(None)
+
+    def take_back(self, lease: Lease, keep: int) -> None:
+        """
+        Lower a lease granted a moment ago to C{keep}, before its holder heard
+        of it (several gateways: the meta server refused part of it), so no
+        break is sent; nothing left ends it.
+        """
+        if lease.gone or lease.breaking_to is not None:
+            return
+        lease._set_state(lease.state & keep)  # noqa: SLF001 - the manager's own lease
+
     def release(self, lease: Lease) -> None:
         """The holder gives the lease up; any waiting breaker is satisfied."""
         lease.release()

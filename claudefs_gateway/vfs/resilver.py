@@ -50,7 +50,10 @@ def resilver_guard(leases: ILeaseManager) -> Any:
         await leases.recall(ino, Why.WRITE, (), wait=True)
         key = LeaseKey("resilver", "gateway", ino.to_bytes(8, "big"))
         lease = leases.grant(ino, key, R, held)
-        if lease is None:
+        if lease is not None:
+            # Several gateways: the meta server may refuse it (another's writer).
+            await leases.settle_lease(lease)
+        if lease is None or lease.gone:
             held.interrupted = True
         try:
             yield held

@@ -17,10 +17,14 @@ process) and adds what the meta server says about the others:
    with C{EV_LOCKS};
  - a share reservation is checked against both at once and registered at the
    meta server, which refuses it if another gateway's open got there first
-   in the moment before its C{EV_LOCKS} arrived (logged; see docs);
+   in the moment before its C{EV_LOCKS} arrived; front ends await that
+   decision (C{settle_share}) before they answer the open;
  - leases are granted here, never with W while another gateway holds any
-   lease on the file; what this gateway's clients hold per inode is told to
-   the meta server (C{LEASE_HOLD}); a recall that finds other gateways
+   lease on the file, then confirmed by the meta server (C{LEASE_GRANT}),
+   which takes back what another gateway's grant at the same moment left no
+   room for; front ends await it (C{settle_lease}); what this gateway's
+   clients hold per inode afterwards is told to the meta server
+   (C{LEASE_HOLD}); a recall that finds other gateways
    holding too much asks the meta server (C{LEASE_RECALL}), which has them
    break their holders (C{EV_LEASE_BREAK}) and answers when they have.
 
@@ -43,6 +47,7 @@ from claudefs_gateway.core.log import Logger
 from claudefs_gateway.interfaces import ILeaseHolder, ILeaseManager, ILockTable
 from claudefs_gateway.vfs.leases import KEEP_FOR, Lease, LeaseKey, LeaseManager, W, Why
 from claudefs_gateway.vfs.locks import Lock, LockOwner, LockTable, ShareToken
+from claudefs_gateway.vfs.shared_clients import ClusterClients
 
 __all__ = [
     "SharedLockTable",
@@ -140,9 +145,13 @@ class SharedLockTable:
         self.link = link
         self.view = LockTable(clock)
         self._sids: dict[int, tuple[ShareToken, int]] = {}  # id(token) -> (token, share id)
+        # id(token) -> (token, the meta server's answer to its last SHARE_OPEN or SHARE_SET)
+        self._settling: dict[int, tuple[ShareToken, _Answer]] = {}
         self._ids = itertools.count(1)
         self._changes: dict[int, list[defer.Deferred[None]]] = {}
         self._probe = LockOwner("shared-probe", b"", b"")
+        #: The meta server's client records and grace (vfs/shared_clients.py), if wired.
+        self.clients: ClusterClients | None = None
 
     def __getattr__(self, name: str) -> Any:
         # Admin and metrics helpers (records, holders, waiting...) are about this gateway.
@@ -210,7 +219,8 @@ class SharedLockTable:
 
     @property
     def in_grace(self) -> bool:
-        return self.local.in_grace
+        """This gateway's grace, or the cluster's (another gateway went with clients)."""
+        return self.local.in_grace or (self.clients is not None and self.clients.in_grace)
 
     def start_grace(self, seconds: float) -> None:
         self.local.start_grace(seconds)
@@ -245,25 +255,37 @@ class SharedLockTable:
         wait: bool,
         reclaim: bool,
     ) -> Lock:
-        if self.local.in_grace and not reclaim:
+        if self.in_grace and not reclaim:
             raise errors.Grace("lock refused: grace period")
-        args = (ino, owner_to_wire(owner), start, length, exclusive, reclaim)
-        while True:
-            # Conflicts this gateway can see are settled here, waiting as one process would.
-            if wait and self.local.test(ino, owner, start, length, exclusive) is not None:
-                await self.local.notify_when_free(ino)
-                continue
-            changed = self._changed(ino)
-            try:
-                await self.link.call("LOCK", args)
-            except errors.LockConflict:
-                holder = self.test(ino, owner, start, length, exclusive)
-                if not wait:
-                    raise errors.LockConflict(holder, "a lock through another gateway") from None
-                # Ask again when the meta server says the inode's locks changed.
-                await changed
-                continue
-            break
+        wired = owner_to_wire(owner)
+        args = (ino, wired, start, length, exclusive, reclaim)
+        waiting = False
+        try:
+            while True:
+                # Conflicts this gateway can see are settled here, waiting as one process would.
+                if wait and self.local.test(ino, owner, start, length, exclusive) is not None:
+                    if not waiting:
+                        waiting = await self._wait_at_meta(ino, wired, start, length, exclusive)
+                    await self.local.notify_when_free(ino)
+                    continue
+                changed = self._changed(ino)
+                try:
+                    await self.link.call("LOCK", args)
+                except errors.LockConflict:
+                    holder = self.test(ino, owner, start, length, exclusive)
+                    if not wait:
+                        raise errors.LockConflict(
+                            holder, "a lock through another gateway"
+                        ) from None
+                    if not waiting:
+                        waiting = await self._wait_at_meta(ino, wired, start, length, exclusive)
+                    # Ask again when the meta server says the inode's locks changed.
+                    await changed
+                    continue
+                break
+        finally:
+            if waiting:
+                self.link.send("LOCK_UNWAIT", (wired,))
         try:
             got: Lock = await self.local.lock(
                 ino, owner, start, length, exclusive, wait=False, reclaim=True
@@ -272,6 +294,16 @@ class SharedLockTable:
             self.link.send("UNLOCK", (ino, owner_to_wire(owner), start, length))
             raise
         return got
+
+    async def _wait_at_meta(
+        self, ino: int, wired: Any, start: int, length: int, exclusive: bool
+    ) -> bool:
+        """
+        Tell the meta server this request waits (LOCK_WAIT), so a cycle of
+        waiters through several gateways is refused (@raise Deadlock).
+        """
+        await self.link.call("LOCK_WAIT", (ino, wired, start, length, exclusive))
+        return True
 
     def test(
         self, ino: int, owner: LockOwner, start: int, length: int, exclusive: bool
@@ -345,6 +377,8 @@ class SharedLockTable:
     def _forget_closed(self) -> None:
         for k in [k for k, (t, _) in self._sids.items() if t.closed]:
             del self._sids[k]
+        for k in [k for k, (t, _) in self._settling.items() if t.closed]:
+            del self._settling[k]
 
     def _check_view(self, ino: int, access: frozenset[str], deny: frozenset[str]) -> None:
         if not self.view.shares(ino):
@@ -362,23 +396,52 @@ class SharedLockTable:
         reclaim: bool = False,
     ) -> ShareToken:
         acc, den = frozenset(access), frozenset(deny)
+        if not reclaim and self.clients is not None and self.clients.in_grace:
+            raise errors.Grace("open refused: another gateway's clients are reclaiming")
         self._check_view(ino, acc, den)
         token = self.local.open_share(ino, owner, acc, den, reclaim=reclaim)
         sid = self._sid(token)
         args = (ino, owner_to_wire(owner), sid, modes_to_bits(acc), modes_to_bits(den), reclaim)
 
-        def lost_race(f: Failure) -> None:
-            if f.check(errors.ShareConflict):
-                self._log.warn(
-                    "share reservation on inode {ino} conflicts with another gateway's open "
-                    "made at the same moment",
-                    ino=ino,
-                )
-            elif not f.check(errors.GatewayError, ConnectionError):
-                self._log.failure("SHARE_OPEN failed", f)
-
-        self.link.call("SHARE_OPEN", args).addErrback(lost_race)
+        self._await(token, self.link.call("SHARE_OPEN", args))
         return token
+
+    def _await(self, token: ShareToken, call: defer.Deferred[Any]) -> None:
+        """Keep the meta server's answer on C{token} for L{settle_share}."""
+        ino = token.ino
+        key = id(token)
+        answer = _Answer()
+        self._settling[key] = (token, answer)
+
+        def over(result: Any) -> None:
+            # A refusal stays until the token closes: settle_share may be asked later.
+            if not isinstance(result, Failure) and self._settling.get(key, (None,))[-1] is answer:
+                del self._settling[key]
+            if isinstance(result, Failure):
+                if result.check(errors.ShareConflict):
+                    self._log.info(
+                        "share reservation on inode {ino} refused: another gateway's open "
+                        "got to the meta server first",
+                        ino=ino,
+                    )
+                elif not result.check(errors.GatewayError, ConnectionError):
+                    self._log.failure("SHARE_OPEN failed", result)
+            answer.fire(result)
+
+        call.addBoth(over)
+
+    def settle_share(self, token: ShareToken) -> defer.Deferred[None]:
+        """
+        Fires once the meta server registered C{token}'s last open or upgrade;
+        fails with L{errors.ShareConflict} if another gateway's open got there
+        first in the moment before its C{EV_LOCKS} reached us (the caller then
+        closes or downgrades, as for any later failure of its request), or
+        with the backend's error when the meta server could not be asked.
+        """
+        got = self._settling.get(id(token))
+        if got is None or got[0] is not token:
+            return defer.succeed(None)
+        return got[1].wait()
 
     def upgrade_share(
         self,
@@ -400,19 +463,50 @@ class SharedLockTable:
         self._share_set(token)
 
     def _share_set(self, token: ShareToken) -> None:
-        self.link.send(
-            "SHARE_SET", (self._sid(token), modes_to_bits(token.access), modes_to_bits(token.deny))
-        )
+        args = (self._sid(token), modes_to_bits(token.access), modes_to_bits(token.deny))
+        self._await(token, self.link.call("SHARE_SET", args))
 
     def close_share(self, token: ShareToken) -> None:
         was_open = not token.closed
         self.local.close_share(token)
         got = self._sids.pop(id(token), None)
+        self._settling.pop(id(token), None)
         if was_open and got is not None and got[0] is token:
             self.link.send("SHARE_CLOSE", (got[1],))
 
     def shares(self, ino: int) -> list[ShareToken]:
         return self.local.shares(ino) + self.view.shares(ino)
+
+
+class _Answer:
+    """One meta server answer, for any number of later waiters (none: nothing logged twice)."""
+
+    __slots__ = ("result", "waiters", "done")
+
+    def __init__(self) -> None:
+        self.result: Any = None
+        self.done = False
+        self.waiters: list[defer.Deferred[None]] = []
+
+    def fire(self, result: Any) -> None:
+        self.result, self.done = result, True
+        waiters, self.waiters = self.waiters, []
+        for w in waiters:
+            self._tell(w)
+
+    def _tell(self, w: defer.Deferred[None]) -> None:
+        if isinstance(self.result, Failure):
+            w.errback(self.result)
+        else:
+            w.callback(None)
+
+    def wait(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        if self.done:
+            self._tell(d)
+        else:
+            self.waiters.append(d)
+        return d
 
 
 def _foreign(session: int, owner: Any) -> LockOwner:
@@ -437,6 +531,8 @@ class SharedLeaseManager:
         self.foreign: dict[int, int] = {}  # ino -> bits other gateways hold
         self._told: dict[int, int] = {}  # ino -> bits we told the meta server we hold
         self._recalls: dict[tuple[int, str], defer.Deferred[None]] = {}
+        # id(lease) -> (lease, its LEASE_GRANT's answer) while the meta server decides
+        self._confirming: dict[int, tuple[Lease, _Answer]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.local, name)
@@ -454,7 +550,9 @@ class SharedLeaseManager:
     def _sync(self, ino: int) -> None:
         bits = 0
         for lease in self.local.leases(ino):
-            if not lease.gone:
+            # A grant the meta server has not answered yet is not told as held:
+            # LEASE_GRANT asks for it, and a plain LEASE_HOLD would bypass its check.
+            if not lease.gone and id(lease) not in self._confirming:
                 bits |= lease.state
         if bits != self._told.get(ino, 0):
             if bits:
@@ -538,8 +636,57 @@ class SharedLeaseManager:
             recall_timeout=recall_timeout,
             family=family,
         )
-        self._sync(ino)
+        if lease is not None and id(lease) not in self._confirming:
+            self._confirm(lease)
         return lease
+
+    def _confirm(self, lease: Lease) -> _Answer:
+        """
+        Ask the meta server for C{lease}'s bits (LEASE_GRANT): another gateway's
+        grant may have got there in the moment before its EV_LEASES reached us.
+        What it refuses is taken back before the client hears of the lease; a
+        meta server that cannot be asked grants nothing.
+        """
+        key = id(lease)
+        answer = _Answer()
+        self._confirming[key] = (lease, answer)
+        ino, bits = lease.ino, lease.state
+
+        def decided(result: Any) -> None:
+            self._confirming.pop(key, None)
+            if isinstance(result, Failure):
+                if not result.check(errors.GatewayError, ConnectionError):
+                    self._log.failure("LEASE_GRANT failed", result)
+                granted = 0
+            else:
+                granted = int(result)
+                # The meta server now counts these as held by us.
+                self._told[ino] = self._told.get(ino, 0) | granted
+            if bits & ~granted:
+                self._log.info(
+                    "lease on inode {ino} lowered to {granted} of {bits}: another gateway's "
+                    "lease got to the meta server first",
+                    ino=ino,
+                    granted=granted,
+                    bits=bits,
+                )
+                self.local.take_back(lease, granted)
+            if not lease.gone and lease.state & ~bits:
+                # Upgraded while we asked: ask for the rest too, then answer.
+                self._confirm(lease).wait().addCallback(lambda _: answer.fire(None))
+                return
+            self._sync(ino)
+            answer.fire(None)
+
+        self.link.call("LEASE_GRANT", (ino, bits)).addBoth(decided)
+        return answer
+
+    def settle_lease(self, lease: Lease) -> defer.Deferred[None]:
+        """Fires once the meta server has answered C{lease}'s grant (and what it refused is taken back)."""
+        got = self._confirming.get(id(lease))
+        if got is None or got[0] is not lease:
+            return defer.succeed(None)
+        return got[1].wait()
 
     def grantable(
         self,
@@ -653,6 +800,7 @@ def wire_up(
     link = Link(backend)
     table = SharedLockTable(locks, link, clock)
     manager = SharedLeaseManager(leases, link)
+    table.clients = clients = ClusterClients(link, clock)
 
     def event(name: str, value: Any) -> None:
         if name == "EV_LOCKS":
@@ -661,11 +809,14 @@ def wire_up(
             manager.on_leases(*value)
         elif name == "EV_LEASE_BREAK":
             manager.on_break(*value)
+        elif name == "EV_GRACE":
+            clients.on_grace(*value)
 
     def subscribed(first: bool) -> None:
         if not first:
             table.resync()
             manager.resync()
+            clients.resync()
 
     backend.on_shared_event(event)
     backend.on_subscribed(subscribed)

@@ -14,7 +14,9 @@ Operations run one at a time, except for bursts of 2-4 independent ones
 (creates of fresh names, stable writes to distinct files, some large enough
 for the data writers) issued together so that they share batches, as
 concurrent clients would. An unstable write is always followed by a commit of
-the same file. Each operation also runs on a
+the same file. Namespace changes and truncations are sometimes issued with
+C{durable=False} (as SMB issues them): acknowledged, they must survive a
+kill -9 just the same. Each operation also runs on a
 L{MemoryBackend} mirror and the two outcomes must agree.
 
 L{apply} is shared with the checker, which replays the acknowledged
@@ -38,6 +40,8 @@ from claudefs_gateway.fstypes import FileType, SetAttrs
 
 ZERO = bytes(8)
 NAMES = [f"n{i}" for i in range(8)]
+#: Operations sometimes issued with durable=False (see L{apply}).
+LAZY = {"mkdir", "create", "truncate", "rename", "unlink", "rmdir"}
 
 
 def payload(seed: int, n: int, length: int) -> bytes:
@@ -56,13 +60,24 @@ async def apply(b: Any, op: dict[str, Any], seed: int, n: int) -> str:
     """Run intent C{op} on backend C{b}; its outcome: C{"ok"} or an FSError class name."""
     try:
         k = op["k"]
+        # A "lazy" op asks for durable=False (SMB's metadata changes): once
+        # acknowledged it must survive a kill -9 all the same (ordered log).
+        durable = not op.get("lazy", False)
         if k == "mkdir":
             await b.create(
-                await resolve(b, op["p"]), op["name"].encode(), FileType.DIR, 0o755, 0, 0
+                await resolve(b, op["p"]),
+                op["name"].encode(),
+                FileType.DIR,
+                0o755,
+                0,
+                0,
+                durable=durable,
             )
         elif k == "create":
             parent = await resolve(b, op["p"])
-            await b.create(parent, op["name"].encode(), FileType.REG, 0o644, op["uid"], 100)
+            await b.create(
+                parent, op["name"].encode(), FileType.REG, 0o644, op["uid"], 100, durable=durable
+            )
         elif k == "symlink":
             parent = await resolve(b, op["p"])
             await b.symlink(parent, op["name"].encode(), op["target"].encode(), 0o777, 0, 0)
@@ -72,17 +87,17 @@ async def apply(b: Any, op: dict[str, Any], seed: int, n: int) -> str:
         elif k == "commit":
             await b.commit(await resolve(b, op["f"]))
         elif k == "truncate":
-            await b.setattr(await resolve(b, op["f"]), SetAttrs(size=op["size"]))
+            await b.setattr(await resolve(b, op["f"]), SetAttrs(size=op["size"]), durable=durable)
         elif k == "rename":
             sp, dp = await resolve(b, op["sp"]), await resolve(b, op["dp"])
-            await b.rename(sp, op["sn"].encode(), dp, op["dn"].encode())
+            await b.rename(sp, op["sn"].encode(), dp, op["dn"].encode(), durable=durable)
         elif k == "link":
             ino, parent = await resolve(b, op["f"]), await resolve(b, op["p"])
             await b.link(ino, parent, op["name"].encode())
         elif k == "unlink":
-            await b.unlink(await resolve(b, op["p"]), op["name"].encode())
+            await b.unlink(await resolve(b, op["p"]), op["name"].encode(), durable=durable)
         elif k == "rmdir":
-            await b.rmdir(await resolve(b, op["p"]), op["name"].encode())
+            await b.rmdir(await resolve(b, op["p"]), op["name"].encode(), durable=durable)
         elif k == "setxattr":
             value = payload(seed, n, op["len"])
             await b.setxattr(await resolve(b, op["f"]), op["name"].encode(), value)
@@ -124,6 +139,8 @@ class Writer:
 
     def issue(self, op: dict[str, Any]) -> defer.Deferred[None]:
         """Print the intent, start the op on both stores, print the ack when the store's fires."""
+        if op["k"] in LAZY and self.rng.random() < 0.4:
+            op["lazy"] = True
         n = self.n
         self.n += 1
         self.emit({"n": n, "op": op})

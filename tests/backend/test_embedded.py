@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from claudefs_gateway import errors
@@ -308,6 +309,69 @@ class DurabilityTests(StoreCase):
         self.assertEqual(await b.getxattr(d.ino, b"user.x"), b"1")
         with self.assertRaises(errors.NotFound):
             await b.lookup(1, b"gone")
+
+    async def test_not_durable_namespace_changes_and_sync(self) -> None:
+        """
+        unlink, rename and setattr with durable=False commit without a flush
+        too (SMB's metadata changes); sync() flushes them with one commit, and
+        costs nothing when nothing waits.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
+        await b.setattr(f.ino, SetAttrs(mode=0o600), durable=False)
+        await b.rename(1, b"f", 1, b"g", durable=False)
+        await b.create(1, b"h", REG, 0o644, 0, 0, durable=False)
+        durable = b.stats.durable_commits
+        await b.unlink(1, b"h", durable=False)
+        self.assertEqual(b.stats.durable_commits, durable)
+        await b.sync()
+        self.assertEqual(b.stats.durable_commits, durable + 1)
+        # (The next batch drops the freed file's recovery row, whatever it is.)
+        await b.sync()
+        settled = b.stats.durable_commits
+        await b.sync()
+        self.assertEqual(b.stats.durable_commits, settled)
+        self.assertEqual((await b.lookup(1, b"g")).mode & 0o777, 0o600)
+
+    async def test_size_change_is_durable_whatever_is_asked(self) -> None:
+        """
+        A truncation cuts the data file right after its commit: one that cuts
+        below the committed size is durable even when asked not to be, so no
+        crash can pair the old size with cut data; growing, or emptying an
+        empty file (an SMB overwrite of a new file), is not.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"data", True)
+        before = b.stats.durable_commits
+        await b.setattr(f.ino, SetAttrs(size=8), durable=False)
+        self.assertEqual(b.stats.durable_commits, before)
+        await b.setattr(f.ino, SetAttrs(size=1), durable=False)
+        self.assertEqual(b.stats.durable_commits, before + 1)
+        e = await b.create(1, b"e", REG, 0o644, 0, 0, durable=False)
+        await b.setattr(e.ino, SetAttrs(size=0), durable=False)
+        self.assertEqual(b.stats.durable_commits, before + 1)
+
+    async def test_not_durable_unlink_keeps_the_data_until_durable(self) -> None:
+        """
+        A file freed by a commit not yet durable keeps its data file until a
+        durable commit covers the unlink: a power loss taking the log's tail
+        would otherwise bring the name back without its bytes.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"data", True)
+        data = Path(b._engine.layout.path(f.ino))
+        gone = await b.unlink(1, b"f", durable=False)
+        self.assertEqual(gone.nlink, 0)
+        await b.create(1, b"other", REG, 0o644, 0, 0, durable=False)
+        self.assertTrue(data.exists())
+        with self.assertRaises(errors.NotFound):
+            await b.getattr(f.ino)
+        await b.sync()
+        # Deleted once the batch after the durable one ran (after_batch).
+        await b.sync()
+        self.assertFalse(data.exists())
 
     async def test_evicting_a_dirty_descriptor_syncs_it(self) -> None:
         """Unstable data is never orphaned by the descriptor cache: eviction syncs first."""
@@ -1043,3 +1107,128 @@ class FilesTests(SynchronousTestCase):
         files.sync({6})
         self.assertEqual([k for k, _ in synced], ["data", "dir"])
         files.close()
+
+
+class IdleDescriptorTests(SynchronousTestCase):
+    """Descriptors unused for C{idle_fd_secs} are closed (issue 19): both caches, on a Clock."""
+
+    def layout(self) -> Layout:
+        root = Path(self.mktemp())
+        root.mkdir()
+        lay = Layout(str(root / "data"))
+        os.mkdir(lay.root)
+        return lay
+
+    def test_writer_closes_idle(self) -> None:
+        """
+        The writer's descriptors unused for the idle time are closed, least
+        recently used first; one with unsynced data is synced first.
+        """
+        clock = Clock()
+        files = _files.WriteFiles(self.layout(), durable=True, now=clock.seconds)
+        self.addCleanup(files.close)
+        for ino in (1, 2, 3):
+            fd = files.get(ino, create=True)
+            assert fd is not None
+            os.pwrite(fd, b"x", 0)
+        files.sync({1, 2, 3})
+        files.dirty.add(3)
+        clock.advance(10)
+        files.get(2, create=False)
+        clock.advance(19)
+        self.assertEqual(files.close_idle(30), 0)
+        clock.advance(5)
+        # 1 and 3 idle 34 s: closed, 3 synced first; 2 used 24 s ago.
+        syncs = files.syncs
+        self.assertEqual(files.close_idle(30), 2)
+        self.assertEqual(files.syncs, syncs + 1)
+        self.assertFalse(files.needs_sync(3))
+        self.assertEqual(len(files), 1)
+        clock.advance(10)
+        self.assertEqual(files.close_idle(30), 1)
+        self.assertEqual(len(files), 0)
+        # Used again: opened again, the data still there.
+        fd = files.get(1, create=False)
+        assert fd is not None
+        self.assertEqual(os.pread(fd, 1, 0), b"x")
+
+    def test_writeback_error_kept_for_the_commit(self) -> None:
+        """
+        A writeback error met syncing an idle descriptor before closing it is
+        raised by the next sync of that inode (its COMMIT fails), once.
+        """
+        clock = Clock()
+        files = _files.WriteFiles(self.layout(), durable=True, now=clock.seconds)
+        self.addCleanup(files.close)
+        fd = files.get(4, create=True)
+        assert fd is not None
+        os.pwrite(fd, b"x", 0)
+        files.sync({4})
+        files.dirty.add(4)
+        clock.advance(31)
+
+        def eio(fd: int) -> None:
+            raise OSError(errno.EIO, "writeback failed")
+
+        self.patch(_files.os, "fdatasync", eio)
+        self.assertEqual(files.close_idle(30), 1)
+        self.assertEqual(len(files), 0)
+        self.assertTrue(files.needs_sync(4))
+        e = self.assertRaises(OSError, files.sync, {4})
+        self.assertEqual(e.errno, errno.EIO)
+        files.sync({4})
+        self.assertFalse(files.needs_sync(4))
+
+    def test_reader_closes_idle_not_under_a_read(self) -> None:
+        """
+        The reader's idle descriptors are closed; a read handed to a pool
+        thread holds its own C{dup}, which closing the cached one leaves open.
+        """
+        lay = self.layout()
+        w = _files.WriteFiles(lay, durable=False)
+        self.addCleanup(w.close)
+        wfd = w.get(7, create=True)
+        assert wfd is not None
+        os.pwrite(wfd, b"hello", 0)
+        clock = Clock()
+        files = _files.ReadFiles(lay, now=clock.seconds)
+        self.addCleanup(files.close)
+        fd = files.get(7)
+        assert fd is not None
+        lent = os.dup(fd)  # what Reader.read gives a pool thread
+        self.addCleanup(os.close, lent)
+        clock.advance(31)
+        self.assertEqual(files.close_idle(30), 1)
+        self.assertEqual(len(files), 0)
+        self.assertEqual(os.pread(lent, 5, 0), b"hello")
+
+    def test_store_sweeps_on_its_clock(self) -> None:
+        """
+        An open store closes both caches' idle descriptors every half of
+        C{idle_fd_secs} on its reactor's clock, and reopens them on use.
+        """
+        clock = Clock()
+        b = EmbeddedBackend(Path(self.mktemp()), clock, inline=True, idle_fd_secs=30)
+        self.successResultOf(b.open())
+        self.addCleanup(lambda: self.successResultOf(b.close()))
+        a = self.successResultOf(b.create(1, b"f", REG, 0o644, 0, 0))
+        self.successResultOf(b.write(a.ino, 0, b"data", True))
+        self.assertEqual(self.successResultOf(b.read(a.ino, 0, 4))[0], b"data")
+        self.assertEqual(b.open_fds(), (1, 1))
+        clock.advance(15)
+        self.assertEqual(b.open_fds(), (1, 1))
+        clock.advance(15)
+        self.assertEqual(b.open_fds(), (0, 0))
+        self.assertEqual(self.successResultOf(b.read(a.ino, 0, 4))[0], b"data")
+        self.assertEqual(b.open_fds(), (0, 1))
+        self.successResultOf(b.close())
+        # Stopped with the store: nothing left scheduled.
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_off(self) -> None:
+        """idle_fd_secs 0: nothing is scheduled."""
+        clock = Clock()
+        b = EmbeddedBackend(Path(self.mktemp()), clock, inline=True, idle_fd_secs=0)
+        self.successResultOf(b.open())
+        self.addCleanup(lambda: self.successResultOf(b.close()))
+        self.assertEqual(clock.getDelayedCalls(), [])

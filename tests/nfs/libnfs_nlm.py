@@ -8,6 +8,7 @@ Run as a child process::
 
     python -m tests.nfs.libnfs_nlm URL /file CALLER  lock SVID OFFSET LEN EXCL  test SVID OFFSET LEN EXCL
         unlock SVID OFFSET LEN  cancel SVID OFFSET LEN EXCL  hold
+        (lock and reclaim also take BLOCK after EXCL; reclaim sets NLM4_LOCKargs.reclaim)
 
 Prints one JSON object per call: {"op", "status", "holder"}. ``hold`` prints
 {"op": "hold"} and keeps the connection open until standard input closes.
@@ -95,7 +96,7 @@ class Url(ctypes.Structure):
 
 
 RPC_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
-ARITY = {"lock": 5, "test": 4, "unlock": 3, "cancel": 4, "hold": 0}
+ARITY = {"lock": 5, "reclaim": 5, "test": 4, "unlock": 3, "cancel": 4, "hold": 0}
 
 
 def main(argv: list[str]) -> int:
@@ -182,8 +183,9 @@ def main(argv: list[str]) -> int:
             print(json.dumps({"op": "hold"}), flush=True)
             sys.stdin.read()
             continue
-        if op == "lock":
-            args: Any = LockArgs(ck, p[4], p[3], lock_of(p[0], p[1], p[2]), 0, 1)
+        if op in ("lock", "reclaim"):
+            reclaim = 1 if op == "reclaim" else 0
+            args: Any = LockArgs(ck, p[4], p[3], lock_of(p[0], p[1], p[2]), reclaim, 1)
             status, holder = call(lib.rpc_nlm4_lock_async, args, Res)
         elif op == "test":
             args = TestArgs(ck, p[3], lock_of(p[0], p[1], p[2]))

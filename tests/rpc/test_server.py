@@ -414,6 +414,87 @@ class BackPressureTests(SynchronousTestCase):
         self.assertEqual(transport.producerState, "producing")
 
 
+class ByteBoundTests(SynchronousTestCase):
+    """C{max_queued_bytes}: calls running, with the replies they may return, are bounded in bytes."""
+
+    def setUp(self) -> None:
+        self.server = RPCServer()
+        prog = Program(PROG, "reads")
+        self.waiting: list[defer.Deferred[list[bytes]]] = []
+
+        def read(call: Call, count: int) -> defer.Deferred[list[bytes]]:
+            d: defer.Deferred[list[bytes]] = defer.Deferred()
+            self.waiting.append(d)
+            return d
+
+        prog.add(1, 1, Procedure("READ", lambda u: u.u32(), read, reply_size=lambda n: n))
+        prog.add(1, 2, Procedure("SMALL", no_args, read))
+        self.server.add(prog)
+        factory = RPCStreamFactory(self.server, 4096, 128, max_queued_bytes=4 << 20)
+        self.proto = factory.buildProtocol(None)
+        self.transport = FullBufferTransport()
+        self.proto.makeConnection(self.transport)
+
+    def call(self, xid: int, count: int) -> bytes:
+        return encode_record(encode_call(xid, PROG, 1, 1, count.to_bytes(4, "big")))
+
+    def test_reads_stop_at_the_bound(self) -> None:
+        """
+        Twenty pipelined 1 MiB READs, far below max_in_flight: four run
+        (4 MiB), reading stops, and each one answered and read lets one more run.
+        """
+        self.proto.dataReceived(b"".join(self.call(x, 1 << 20) for x in range(20)))
+        self.assertEqual(len(self.waiting), 4)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertGreaterEqual(self.proto._held, 4 << 20)
+        self.waiting[0].callback([b"\0" * (1 << 20)])
+        # The reply is more than the transport buffers: the client must read it.
+        self.assertEqual(len(self.waiting), 4)
+        self.transport.clear()
+        self.proto.resumeProducing()
+        self.assertEqual(len(self.waiting), 5)
+        self.assertEqual(self.transport.producerState, "paused")
+
+    def test_replies_queued_unread_count(self) -> None:
+        """
+        Calls already running when the client stops reading: their replies
+        queue, count against the bound, and no new call starts until read.
+        """
+        self.proto.dataReceived(b"".join(self.call(x, 1 << 20) for x in range(4)))
+        self.proto.dataReceived(
+            b"".join(encode_record(encode_call(10 + x, PROG, 1, 2)) for x in range(3))
+        )
+        self.assertEqual(len(self.waiting), 4)
+        for d in self.waiting[:4]:
+            d.callback([b"\0" * (1 << 20)])
+        self.assertEqual(self.proto._held, 0)
+        self.assertGreaterEqual(self.proto._queued, 3 << 20)
+        self.assertEqual(len(self.waiting), 4)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.transport.clear()
+        self.proto.resumeProducing()
+        self.assertEqual(self.proto._queued, 0)
+        self.assertEqual(len(self.waiting), 7)
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_one_call_over_the_bound_runs_alone(self) -> None:
+        """A READ larger than the bound still runs, with nothing beside it."""
+        self.proto.dataReceived(self.call(1, 8 << 20) + self.call(2, 1))
+        self.assertEqual(len(self.waiting), 1)
+        self.waiting[0].callback([b"x" * 16])
+        self.assertEqual(len(self.waiting), 2)
+        self.waiting[1].callback([b"y" * 4])
+        self.assertEqual(self.proto._held, 0)
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_small_calls_not_bounded_by_bytes(self) -> None:
+        """Calls without a reply_size count only their record: max_in_flight applies."""
+        self.proto.dataReceived(
+            b"".join(encode_record(encode_call(x, PROG, 1, 2)) for x in range(100))
+        )
+        self.assertEqual(len(self.waiting), 100)
+
+
 class DescribeTests(SynchronousTestCase):
     def test_describers_add_facts(self) -> None:
         """

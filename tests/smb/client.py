@@ -141,6 +141,10 @@ class Conn:
         self.credits = 1
         # The ClientGuid of NEGOTIATE (leases are scoped by it).
         self.client_guid = b"G" * 16
+        # Put in every request header: the ChannelSequence (the Status field's
+        # low 16 bits, SMB 3.x) and extra flags (REPLAY_OPERATION).
+        self.channel_sequence = 0
+        self.extra_flags = 0
 
     # -- raw I/O ------------------------------------------------------------------------
 
@@ -199,9 +203,10 @@ class Conn:
                 self.credits -= max(credit_charge, 1)
         return Header(
             command,
+            status=self.channel_sequence,
             credit_charge=credit_charge,
             credits=credits,
-            flags=flags,
+            flags=flags | self.extra_flags,
             message_id=message_id,
             async_id=async_id,
             tree_id=self.tree_id if tree_id is None else tree_id,

@@ -66,7 +66,7 @@ class NonReadingClientTests(SynchronousTestCase):
         self.assertEqual([r.status for r in replies], [0] * 10)
 
     def test_no_new_credits_while_backed_up(self) -> None:
-        """A connection whose replies back up is granted no credits beyond one."""
+        """A connection whose client leaves replies unread is granted no credits beyond one."""
         wire = Wire()
         conn, fid = ready(wire)
         proto = conn.proto
@@ -84,6 +84,40 @@ class NonReadingClientTests(SynchronousTestCase):
         proto.resumeProducing()
         r = conn.read(fid, 0, 65536)
         self.assertEqual(r.header.credits, 32)
+
+    def test_credits_scale_with_what_drained(self) -> None:
+        """
+        Past half of max_queued_bytes_per_connection, a client holding few
+        credits is granted what the room left can take (one credit per 64 KiB
+        left, less what it holds), more as its READs are answered; below half
+        again, the credits it asks for.
+        """
+        wire = Wire(CONFIG + "smb: {max_queued_bytes_per_connection: 1MiB}\n")
+        conn = wire.connect().setup()
+        fid = conn.open("f")
+        conn.write(fid, 0, b"d" * (1 << 20))
+        conn.transport.clear()
+        proto = conn.proto
+        gate = gated_reads(self, wire)
+        for i in range(12):
+            conn.send([read_msg(conn, fid, i * 65536, 65536)])
+        # Twelve READs of 64 KiB waiting: about 770 KiB held of 1 MiB.
+        self.assertGreater(proto._in_flight * 2, 1 << 20)
+        # The client spends every credit it holds on ECHOs asking for none:
+        # the last is granted the one it must never lack.
+        echoes = [
+            conn.call(c.Command.ECHO, b"\x04\x00\x00\x00", credits=0).header.credits
+            for _ in range(proto.credits.outstanding)
+        ]
+        self.assertEqual(echoes[-1], 1)
+        self.assertEqual(sum(echoes), 1)
+        self.assertEqual(proto.credits.outstanding, 1)
+        gate.callback(None)
+        grants = [r.header.credits for r in conn.replies()]
+        # Each reply asks for 64: room for 3, 4, 5, 6, 7 credits as the READs
+        # are answered one by one (less what the client holds by then); then
+        # below half of the bound, what was asked.
+        self.assertEqual(grants, [2, 1, 1, 1, 1] + [64] * 7)
 
     def test_queued_bytes_bounded(self) -> None:
         """

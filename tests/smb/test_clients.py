@@ -113,6 +113,7 @@ class LiveServer:
             if p.transport is not None:
                 p.transport.abortConnection()
         await listening.stopListening()
+        await self.factory.files.stop_flushing()
 
     @property
     def root(self) -> Any:

@@ -115,6 +115,89 @@ class BindingTests(SynchronousTestCase):
         self.assertEqual(r.status, st.STATUS_USER_SESSION_DELETED)
 
 
+class ChannelSequenceTests(SynchronousTestCase):
+    """MS-SMB2 3.3.5.2.10: a request's ChannelSequence against its open's."""
+
+    EX = c.SMB2_LOCKFLAG_EXCLUSIVE_LOCK
+
+    def basic(self, a: Conn, fid: tuple[int, int]) -> Reply:
+        """SET_INFO FileBasicInformation changing nothing."""
+        return a.set_info(fid, c.SMB2_0_INFO_FILE, 4, bytes(40))
+
+    def test_stale_sequence_refuses_modifying_requests(self) -> None:
+        """
+        A newer ChannelSequence moves the open on; an older one fails WRITE,
+        SET_INFO and IOCTL with FILE_NOT_AVAILABLE and lets READ through.
+        """
+        wire = Wire(MC)
+        a = setup(wire)
+        fid = a.open("f")
+        self.assertEqual(a.write(fid, 0, b"zero").status, 0)
+        a.channel_sequence = 1
+        self.assertEqual(a.write(fid, 0, b"one!").status, 0)
+        a.channel_sequence = 0
+        self.assertEqual(a.write(fid, 0, b"late").status, st.STATUS_FILE_NOT_AVAILABLE)
+        self.assertEqual(self.basic(a, fid).status, st.STATUS_FILE_NOT_AVAILABLE)
+        r = a.ioctl(fid, c.FSCTL_SET_SPARSE)
+        self.assertEqual(r.status, st.STATUS_FILE_NOT_AVAILABLE)
+        self.assertEqual(a.read_data(a.read(fid, 0, 4)), b"one!")
+        a.channel_sequence = 1
+        self.assertEqual(self.basic(a, fid).status, 0)
+        self.assertEqual(a.close(fid).status, 0)
+
+    def test_sequence_wraps(self) -> None:
+        """16-bit arithmetic: 0 follows 0xFFFF; 0x8001 past it is stale."""
+        wire = Wire(MC)
+        a = setup(wire)
+        a.channel_sequence = 0xFFFF
+        fid = a.open("f")
+        a.channel_sequence = 0
+        self.assertEqual(a.write(fid, 0, b"x").status, 0)
+        a.channel_sequence = 0xFFFF
+        self.assertEqual(a.write(fid, 0, b"x").status, st.STATUS_FILE_NOT_AVAILABLE)
+        a.channel_sequence = 0x8000
+        self.assertEqual(a.write(fid, 0, b"x").status, st.STATUS_FILE_NOT_AVAILABLE)
+        a.channel_sequence = 0x7FFF
+        self.assertEqual(a.write(fid, 0, b"x").status, 0)
+
+    def test_ignored_before_smb3(self) -> None:
+        """SMB 2.x has no ChannelSequence: the Status field of a request is not looked at."""
+        wire = Wire(MC)
+        a = setup(wire, c.SMB_2_1)
+        fid = a.open("f")
+        a.channel_sequence = 5
+        self.assertEqual(a.write(fid, 0, b"x").status, 0)
+        a.channel_sequence = 0
+        self.assertEqual(a.write(fid, 0, b"x").status, 0)
+
+    def test_replay_while_older_requests_are_outstanding(self) -> None:
+        """
+        A replay under a new ChannelSequence is served once; a second one while
+        a request of the old number is still outstanding (a blocked LOCK) fails
+        FILE_NOT_AVAILABLE; once that request ends, replays are served again.
+        """
+        wire = Wire(MC)
+        a = setup(wire)
+        holder = a.open("f")
+        self.assertEqual(
+            a.lock(holder, [(0, 10, self.EX | c.SMB2_LOCKFLAG_FAIL_IMMEDIATELY)]).status, 0
+        )
+        b = setup(wire)
+        fid = b.open("f")
+        self.assertEqual(b.lock(fid, [(0, 10, self.EX)]).status, st.STATUS_PENDING)
+        b.channel_sequence = 1
+        b.extra_flags = c.SMB2_FLAGS_REPLAY_OPERATION
+        self.assertEqual(b.write(fid, 20, b"r").status, 0)
+        self.assertEqual(b.write(fid, 20, b"r").status, st.STATUS_FILE_NOT_AVAILABLE)
+        # Not a replay: served, and counted under the new number.
+        b.extra_flags = 0
+        self.assertEqual(b.write(fid, 20, b"n").status, 0)
+        self.assertEqual(a.close(holder).status, 0)
+        self.assertEqual(b.replies()[-1].status, 0)  # the LOCK, granted
+        b.extra_flags = c.SMB2_FLAGS_REPLAY_OPERATION
+        self.assertEqual(b.write(fid, 20, b"r").status, 0)
+
+
 class InterfaceTests(SynchronousTestCase):
     def test_interface_list(self) -> None:
         """

@@ -258,6 +258,8 @@ class Engine:
         self._deferred_ops: list[Op] = []
         # Data files of freed inodes, deleted after delivery: (pending_io row, ino).
         self._frees: list[tuple[int, int]] = []
+        # Frees committed without a sync: deleted after a durable commit.
+        self._frees_unsynced: list[tuple[int, int]] = []
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -441,6 +443,14 @@ class Engine:
         # SQLite fixes the sync level before a transaction starts, so decide
         # from what the ops ask; if every durable op then fails, the commit
         # writes nothing and costs no fsync anyway.
+        for op in ops:
+            if not op.durable and op.fn is Engine.op_setattr and op.args[1].size is not None:
+                # A truncation cuts the data file right after the commit: it
+                # is durable whatever was asked if it cuts below the size
+                # committed so far (which durable ones never exceed), so no
+                # crash can pair a larger size with the cut data.
+                row = conn.execute("SELECT size FROM inode WHERE ino = ?", (op.args[0],)).fetchone()
+                op.durable = row is not None and row[0] > op.args[1].size
         durable = any(op.durable for op in ops)
         self._batch_usage = {}
         done_rows, self._done_rows = self._done_rows, []
@@ -570,9 +580,12 @@ class Engine:
             if kind == "free":
                 # The inode is gone from the committed metadata: nothing can
                 # read or write its data file, so it is deleted after the
-                # batch is delivered (after_batch), not before.
+                # batch is delivered (after_batch), not before. Freed by a
+                # commit not yet durable, the data waits for one that is: a
+                # power loss taking the log's tail then finds the name and
+                # its data both still there (a kill -9 loses no log).
                 freed.append(ino)
-                self._frees.append((seq, ino))
+                (self._frees if durable else self._frees_unsynced).append((seq, ino))
                 continue
             try:
                 self._apply(kind, ino, offset, length)
@@ -584,6 +597,9 @@ class Engine:
                 if not _is_expected(e):
                     op.failure = Failure(e)
             self._done_rows.append(seq)
+        if self._frees_unsynced and not self._wal_unsynced:
+            self._frees.extend(self._frees_unsynced)
+            self._frees_unsynced = []
         return count, freed
 
     def after_batch(self) -> None:
@@ -1188,6 +1204,12 @@ class Engine:
             node.size = end
         self._touch(ctx, node, mtime=what != 1)
         return WriteResult(length if what == 0 else 0, True, self._attrs(node), before)
+
+    def op_sync(self, ctx: _Ctx) -> None:
+        """
+        Nothing itself: a durable op, so its batch syncs the log if an earlier
+        commit left it unsynced (L{run_batch}), and costs nothing otherwise.
+        """
 
     def op_commit(self, ctx: _Ctx, ino: int) -> Attributes:
         node = self._file(ctx, ino)

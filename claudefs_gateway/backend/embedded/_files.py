@@ -21,6 +21,8 @@ off: see L{WriteFiles.trim}).
 
 The writer thread owns L{WriteFiles}; the reactor thread owns L{ReadFiles}.
 Nothing is shared between them but the file system, so neither needs a lock.
+Each closes descriptors unused for a while when asked (C{close_idle}, on its
+own thread), so a burst of activity leaves no descriptors behind it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import ctypes.util
 import errno
 import functools
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -105,6 +108,10 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         offset += n
 
 
+def _reraise(e: OSError) -> None:
+    raise e
+
+
 def _fsync_dir(path: str) -> None:
     dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -144,13 +151,26 @@ class WriteFiles:
     writeback is reported to the descriptors open at the time.
 
     @param durable: False skips every fsync (tests and throwaway stores).
+    @param now: monotonic seconds, when each descriptor was last used (L{close_idle}).
     """
 
-    def __init__(self, layout: Layout, durable: bool = True, capacity: int = 128) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        durable: bool = True,
+        capacity: int = 128,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.layout = layout
         self.durable = durable
         self.capacity = capacity
+        self.now = now
+        # Least recently used first; _last holds when each was last handed out.
         self._fds: OrderedDict[int, int] = OrderedDict()
+        self._last: dict[int, float] = {}
+        # Writeback errors met syncing idle descriptors before closing them,
+        # raised by the next sync of the inode (see close_idle).
+        self._failed: dict[int, OSError] = {}
         self.dirty: set[int] = set()
         self._new_entries: dict[int, list[str]] = {}
         self.syncs = 0
@@ -167,6 +187,7 @@ class WriteFiles:
         fd = self._fds.get(ino)
         if fd is not None:
             self._fds.move_to_end(ino)
+            self._last[ino] = self.now()
             return fd
         path = self.layout.path(ino)
         if create:
@@ -188,6 +209,7 @@ class WriteFiles:
             except FileNotFoundError:
                 return None
         self._fds[ino] = fd
+        self._last[ino] = self.now()
         if len(self._fds) > self.capacity:
             self._evict()
         return fd
@@ -216,22 +238,62 @@ class WriteFiles:
         newest = next(reversed(self._fds))
         for ino in self._fds:
             if ino != newest and ino not in self.dirty:
-                os.close(self._fds.pop(ino))
+                self._close(ino)
                 return
         # Every cached descriptor is dirty: sync the oldest (its data and the
         # entries naming it, so nothing is left to track) and close it.
         ino = next(iter(self._fds))
         self.sync({ino})
+        self._close(ino)
+
+    def _close(self, ino: int) -> None:
+        self._last.pop(ino, None)
         os.close(self._fds.pop(ino))
 
+    def close_idle(self, idle: float) -> int:
+        """
+        Close the descriptors not handed out for C{idle} seconds. Those with
+        unsynced data (unstable NFS writes never committed, SMB writes never
+        flushed) are synced first, all at once as L{sync} does: a writeback
+        error is reported to the descriptors open at the time, so it is kept
+        and raised by the next sync of that inode (the client's COMMIT or
+        FLUSH fails, and it writes again). Called on the writer thread between
+        batches, when no data writer holds one of them (L{sync_start}'s rule).
+        Returns how many were closed.
+        """
+        cutoff = self.now() - idle
+        idle_inos = []
+        for ino in self._fds:
+            if self._last.get(ino, 0.0) > cutoff:
+                break  # least recently used first: the rest are newer
+            idle_inos.append(ino)
+        dirty = {ino for ino in idle_inos if ino in self.dirty}
+        if dirty:
+            try:
+                self.sync(dirty)
+            except OSError as e:
+                for ino in dirty:
+                    self._failed[ino] = e
+        for ino in idle_inos:
+            self._close(ino)
+        return len(idle_inos)
+
+    def __len__(self) -> int:
+        """Descriptors open."""
+        return len(self._fds)
+
     def needs_sync(self, ino: int) -> bool:
-        return ino in self.dirty or ino in self._new_entries
+        return ino in self.dirty or ino in self._new_entries or ino in self._failed
 
     def _sync_calls(self, inos: set[int]) -> list[Callable[[], object]]:
         """The syncs C{inos} need (their data, their new entries); forgets them as needed."""
         fds: list[int] = []
         dirs: set[str] = set()
+        failed: list[Callable[[], object]] = []
         for ino in sorted(inos):
+            err = self._failed.pop(ino, None)
+            if err is not None:
+                failed.append(functools.partial(_reraise, err))
             if ino in self.dirty:
                 fd = self._fds.get(ino)
                 if fd is not None:
@@ -241,8 +303,8 @@ class WriteFiles:
         self.syncs += len(fds)
         self.dir_syncs += len(dirs)
         if not self.durable:
-            return []
-        calls: list[Callable[[], object]] = [functools.partial(os.fdatasync, fd) for fd in fds]
+            return failed
+        calls = failed + [functools.partial(os.fdatasync, fd) for fd in fds]
         calls += [functools.partial(_fsync_dir, d) for d in sorted(dirs, key=len, reverse=True)]
         return calls
 
@@ -289,6 +351,8 @@ class WriteFiles:
     def forget(self, ino: int) -> None:
         """The inode is gone: drop its descriptor without syncing."""
         fd = self._fds.pop(ino, None)
+        self._last.pop(ino, None)
+        self._failed.pop(ino, None)
         if fd is not None:
             os.close(fd)
         self.dirty.discard(ino)
@@ -307,6 +371,7 @@ class WriteFiles:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._last.clear()
 
 
 class ReadFiles:
@@ -314,27 +379,55 @@ class ReadFiles:
     The reactor thread's read-only descriptors.
 
     A descriptor handed to a pool thread is a C{dup}, so closing the cached one
-    (eviction, or the inode being freed) never pulls it from under a read.
+    (eviction, the inode being freed, or L{close_idle}) never pulls it from
+    under a read; every other use is on the reactor thread, which also runs
+    L{close_idle}.
+
+    @param now: monotonic seconds, when each descriptor was last used.
     """
 
-    def __init__(self, layout: Layout, capacity: int = 128) -> None:
+    def __init__(
+        self, layout: Layout, capacity: int = 128, now: Callable[[], float] = time.monotonic
+    ) -> None:
         self.layout = layout
         self.capacity = capacity
+        self.now = now
         self._fds: OrderedDict[int, int] = OrderedDict()
+        self._last: dict[int, float] = {}
 
     def get(self, ino: int) -> int | None:
         fd = self._fds.get(ino)
         if fd is not None:
             self._fds.move_to_end(ino)
+            self._last[ino] = self.now()
             return fd
         try:
             fd = os.open(self.layout.path(ino), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         self._fds[ino] = fd
+        self._last[ino] = self.now()
         if len(self._fds) > self.capacity:
-            os.close(self._fds.popitem(last=False)[1])
+            old, old_fd = self._fds.popitem(last=False)
+            self._last.pop(old, None)
+            os.close(old_fd)
         return fd
+
+    def close_idle(self, idle: float) -> int:
+        """Close the descriptors not handed out for C{idle} seconds; how many were closed."""
+        cutoff = self.now() - idle
+        closed = 0
+        for ino in list(self._fds):
+            if self._last.get(ino, 0.0) > cutoff:
+                break  # least recently used first: the rest are newer
+            self._last.pop(ino, None)
+            os.close(self._fds.pop(ino))
+            closed += 1
+        return closed
+
+    def __len__(self) -> int:
+        """Descriptors open."""
+        return len(self._fds)
 
     def used(self, ino: int) -> int:
         fd = self._fds.get(ino)
@@ -346,6 +439,7 @@ class ReadFiles:
 
     def forget(self, ino: int) -> None:
         fd = self._fds.pop(ino, None)
+        self._last.pop(ino, None)
         if fd is not None:
             os.close(fd)
 
@@ -353,3 +447,4 @@ class ReadFiles:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._last.clear()

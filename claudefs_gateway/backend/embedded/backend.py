@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
@@ -99,6 +99,10 @@ class EmbeddedBackend:
     @param data_threads: threads that write large data writes alongside the
         writer thread (L{DataWriters}); by default one fewer than the CPUs,
         at most three (none when C{inline}).
+    @param idle_fd_secs: data-file descriptors (either side's cache) unused
+        this long are closed, checked every half of it on C{reactor}, so
+        descriptors come back to the baseline after a burst (0: kept until
+        evicted).
     """
 
     _log = Logger()
@@ -115,8 +119,12 @@ class EmbeddedBackend:
         max_batch: int = 256,
         max_fds: int = 128,
         data_threads: int | None = None,
+        idle_fd_secs: float = 30.0,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self._idle_fd_secs = idle_fd_secs
+        self._fd_sweep: task.LoopingCall | None = None
+        self._sweeping = False
         self.instance_id = bytes(8)
         self._reactor = reactor
         self._threads = threads
@@ -125,6 +133,9 @@ class EmbeddedBackend:
         if data_threads is None:
             data_threads = 0 if inline else max(1, min(3, (os.cpu_count() or 2) - 1))
         self._engine = Engine(self.data_dir, now_ns, durable, max_fds, data_threads)
+        # Times descriptors' last use on the reactor's clock (a Clock in tests).
+        if reactor is not None:
+            self._engine.files.now = reactor.seconds
         self._writer: ThreadWriter | InlineWriter
         if inline:
             self._writer = InlineWriter(self._engine, self._deliver)
@@ -161,6 +172,13 @@ class EmbeddedBackend:
         self.instance_id = iid
         self._reader = Reader(conn, self._engine.layout, iid, self.data_dir, self._max_fds)
         self._state = "open"
+        if self._idle_fd_secs > 0 and self._reactor is not None:
+            self._reader.files.now = self._reactor.seconds
+            self._fd_sweep = task.LoopingCall(self._close_idle_fds)
+            self._fd_sweep.clock = self._reactor
+            self._fd_sweep.start(max(self._idle_fd_secs / 2, 0.5), now=False).addErrback(
+                lambda f: self._log.failure("closing idle data-file descriptors", f)
+            )
         self._log.info(
             "embedded store open at {path}; recovery finished {recovered} file changes",
             path=str(self.data_dir),
@@ -196,6 +214,9 @@ class EmbeddedBackend:
         if self._state != "open":
             return
         self._state = "closing"
+        sweep, self._fd_sweep = self._fd_sweep, None
+        if sweep is not None and sweep.running:
+            sweep.stop()
         try:
             # Queued after every change submitted so far: by the time it
             # fires, they are all delivered, and so is every read that waited.
@@ -237,6 +258,35 @@ class EmbeddedBackend:
         if self._submitted - self._done > BACKLOG_DEGRADED:
             return CheckResult.degraded("store write queue backlog")
         return CheckResult.healthy()
+
+    def _close_idle_fds(self) -> None:
+        """
+        Close the data-file descriptors unused for C{idle_fd_secs}: the
+        reader's here, on the reactor thread that owns them (reads in pool
+        threads hold a C{dup}); the writer's on the writer thread, between
+        batches, when no data writer uses one, syncing those with unsynced
+        data first (one such call queued at a time).
+        """
+        if self._state != "open":
+            return
+        idle = self._idle_fd_secs
+        if self._reader is not None:
+            self._reader.files.close_idle(idle)
+        if self._sweeping:
+            return
+        self._sweeping = True
+        d = self._writer.call(self._engine.files.close_idle, idle)
+
+        def done(result: object) -> None:
+            self._sweeping = False
+            if isinstance(result, Failure):
+                self._log.failure("closing idle data-file descriptors", result)
+
+        d.addBoth(done)
+
+    def open_fds(self) -> tuple[int, int]:
+        """Data-file descriptors open: (writer's, reader's), for tests and the soak."""
+        return len(self._engine.files), len(self._reader.files) if self._reader else 0
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -387,26 +437,53 @@ class EmbeddedBackend:
     def link(self, ino: int, parent: int, name: bytes) -> defer.Deferred[Attributes]:
         return self._submit(Engine.op_link, ino, parent, bytes(name))
 
-    def unlink(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
-        return self._submit(Engine.op_unlink, parent, bytes(name))
+    def unlink(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
+        # Not durable: a freed file's data goes only once a durable commit
+        # covers the unlink (Engine.run_batch), so a lost log tail cannot
+        # leave a name whose data is gone.
+        return self._submit(Engine.op_unlink, parent, bytes(name), durable=durable)
 
     def rmdir(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
         return self._submit(Engine.op_rmdir, parent, bytes(name), durable=durable)
 
     def rename(
-        self, src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
+        self,
+        src_parent: int,
+        src_name: bytes,
+        dst_parent: int,
+        dst_name: bytes,
+        durable: bool = True,
     ) -> defer.Deferred[RenameResult]:
         return self._submit(
-            Engine.op_rename, src_parent, bytes(src_name), dst_parent, bytes(dst_name)
+            Engine.op_rename,
+            src_parent,
+            bytes(src_name),
+            dst_parent,
+            bytes(dst_name),
+            durable=durable,
         )
 
     def setattr(
-        self, ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None
+        self,
+        ino: int,
+        changes: SetAttrs,
+        guard_ctime_ns: int | None = None,
+        durable: bool = True,
     ) -> defer.Deferred[Attributes]:
         same = self._same_size(ino, changes, guard_ctime_ns)
         if same is not None:
             return defer.succeed(same)
-        return self._submit(Engine.op_setattr, ino, changes, guard_ctime_ns, ino=ino)
+        # Not durable: still durable if it cuts data (Engine.run_batch).
+        return self._submit(
+            Engine.op_setattr, ino, changes, guard_ctime_ns, durable=durable, ino=ino
+        )
+
+    def sync(self) -> defer.Deferred[None]:
+        """
+        Make every change committed so far durable (one fsync of the log if
+        any change was committed without; none otherwise). Fires once done.
+        """
+        return self._submit(Engine.op_sync)
 
     def _same_size(
         self, ino: int, changes: SetAttrs, guard_ctime_ns: int | None

@@ -584,21 +584,35 @@ class PostgresStore:
     def link(self, ino: int, parent: int, name: bytes) -> defer.Deferred[Attributes]:
         return self._change(PgEngine.op_link, ino, parent, bytes(name))
 
-    def unlink(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
+    def unlink(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
+        # Always durable (the flag is a hint: interfaces.IMetadataService.create).
         return self._change(PgEngine.op_unlink, parent, bytes(name))
+
+    def sync(self) -> defer.Deferred[None]:
+        """Nothing to do: every change here is durable when it is answered."""
+        return defer.succeed(None)
 
     def rmdir(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
         return self._change(PgEngine.op_rmdir, parent, bytes(name))
 
     def rename(
-        self, src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
+        self,
+        src_parent: int,
+        src_name: bytes,
+        dst_parent: int,
+        dst_name: bytes,
+        durable: bool = True,
     ) -> defer.Deferred[RenameResult]:
         return self._change(
             PgEngine.op_rename, src_parent, bytes(src_name), dst_parent, bytes(dst_name)
         )
 
     def setattr(
-        self, ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None
+        self,
+        ino: int,
+        changes: SetAttrs,
+        guard_ctime_ns: int | None = None,
+        durable: bool = True,
     ) -> defer.Deferred[Attributes]:
         return self._change(PgEngine.op_setattr, ino, changes, guard_ctime_ns)
 

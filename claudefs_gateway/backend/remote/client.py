@@ -721,21 +721,35 @@ class RemoteBackend:
     def link(self, ino: int, parent: int, name: bytes) -> defer.Deferred[Attributes]:
         return self._call("LINK", (ino, parent, bytes(name)))
 
-    def unlink(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
+    def unlink(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
+        # Always durable (the flag is a hint: interfaces.IMetadataService.create).
         d = self._call("UNLINK", (parent, bytes(name)))
         return d.addCallback(_tap(self._gone))
+
+    def sync(self) -> defer.Deferred[None]:
+        """Nothing to do: every change here is durable when it is answered."""
+        return defer.succeed(None)
 
     def rmdir(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
         return self._call("RMDIR", (parent, bytes(name)))
 
     def rename(
-        self, src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
+        self,
+        src_parent: int,
+        src_name: bytes,
+        dst_parent: int,
+        dst_name: bytes,
+        durable: bool = True,
     ) -> defer.Deferred[RenameResult]:
         d = self._call("RENAME", (src_parent, bytes(src_name), dst_parent, bytes(dst_name)))
         return d.addCallback(_tap(lambda r: self._gone(r.replaced)))
 
     def setattr(
-        self, ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None
+        self,
+        ino: int,
+        changes: SetAttrs,
+        guard_ctime_ns: int | None = None,
+        durable: bool = True,
     ) -> defer.Deferred[Attributes]:
         return defer.Deferred.fromCoroutine(self._setattr(ino, changes, guard_ctime_ns))
 

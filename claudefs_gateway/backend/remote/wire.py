@@ -544,7 +544,10 @@ def _ops(*ops: Op) -> dict[int, Op]:
     return table
 
 
-OWNER = Tup(Text(16), Blob(1024), Blob(1024))  # protocol, client, owner (vfs.locks.LockOwner)
+OWNER = Tup(Text(16), Blob(1024), Blob(1024))
+_CLIENT = Tup(
+    Choice("nfs4", "nlm"), Blob(1024)
+)  # protocol, client (co_ownerid, caller name)  # protocol, client, owner (vfs.locks.LockOwner)
 
 OPS: dict[int, Op] = _ops(
     # -- session
@@ -733,6 +736,58 @@ OPS: dict[int, Op] = _ops(
         True,
         doc="drop everything this session holds (a gateway that will send its state again)",
     ),
+    Op(
+        0x4C,
+        "LEASE_GRANT",
+        Tup(U64, U8),
+        U8,
+        "meta",
+        False,
+        doc="ino, bits: a lease this gateway is granting; answers what it may keep "
+        "(one writer, and a writer alone, over every gateway; less while another "
+        "gateway's recall of the inode is out), then counted as held (EV_LEASES)",
+    ),
+    Op(
+        0x4D,
+        "LOCK_WAIT",
+        Tup(U64, OWNER, BIG, BIG, BOOL),
+        NOTHING,
+        "meta",
+        True,
+        doc="ino, owner, start, length, exclusive: this owner's blocking request waits "
+        "(after LockConflict); fails with Deadlock if the holders it waits for wait, in "
+        "turn, for it (servers/deadlocks.py)",
+    ),
+    Op(0x4E, "LOCK_UNWAIT", Tup(OWNER), NOTHING, "meta", True, doc="the owner waits no more"),
+    # -- client records and grace (servers/clients.py)
+    Op(
+        0x60,
+        "CLIENT_NOTE",
+        _CLIENT,
+        NOTHING,
+        "meta",
+        True,
+        doc="protocol, client (NFSv4 co_ownerid, NLM caller name): this gateway serves "
+        "the client; if this gateway goes, the client may reclaim through any other",
+    ),
+    Op(
+        0x61,
+        "CLIENT_FORGET",
+        _CLIENT,
+        NOTHING,
+        "meta",
+        True,
+        doc="protocol, client: gone for good (destroyed, expired, unmonitored)",
+    ),
+    Op(
+        0x62,
+        "CLIENT_RECLAIMED",
+        _CLIENT,
+        NOTHING,
+        "meta",
+        True,
+        doc="protocol, client: its RECLAIM_COMPLETE; grace ends when no client is left to reclaim",
+    ),
     # -- events (EVENT frames, server to client)
     Op(0x50, "EV_CHANGE", NOTHING, CHANGE, "meta", True, doc="an inode changed"),
     Op(
@@ -762,6 +817,17 @@ OPS: dict[int, Op] = _ops(
         "meta",
         True,
         doc="ino, every (session, bits) holding leases on it now",
+    ),
+    Op(
+        0x55,
+        "EV_GRACE",
+        NOTHING,
+        Tup(U64, Seq(_CLIENT), Seq(_CLIENT)),
+        "meta",
+        True,
+        doc="milliseconds of cross-gateway grace left (0: over), the clients that may "
+        "reclaim (non-reclaim LOCK and SHARE_OPEN fail with Grace meanwhile), and the "
+        "clients of gateways that may be gone (a reclaim is told to try again)",
     ),
 )
 
@@ -897,6 +963,7 @@ def _describe(c: Codec) -> str:
         id(KIND): "kind",
         id(FTYPE): "FileType",
         id(OWNER): "Owner",
+        id(_CLIENT): "Client",
         id(NOTHING): "-",
     }
     if id(c) in names:

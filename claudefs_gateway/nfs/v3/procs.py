@@ -30,6 +30,7 @@ Choices, where the RFC leaves them:
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -122,6 +123,15 @@ class NFS3:
             c.PATHCONF: c.dec_fh,
             c.COMMIT: c.dec_commit,
         }
+        # What a reply may hold, counted against the connection's byte bound
+        # before the call runs (nfs.max_queued_bytes_per_connection).
+        # A reply never exceeds rtmax (io_size), whatever count the client asks.
+        io = self.ctx.io_size
+        sizes: dict[int, Callable[[Any], int]] = {
+            c.READ: lambda a: min(a[2], io),
+            c.READDIR: lambda a: min(a[3], io),
+            c.READDIRPLUS: lambda a: min(a[4], io),
+        }
         prog.add(c.NFS_V3, c.NULL, Procedure("NULL", no_args, lambda call, args: []))
         for number, decode in decoders.items():
             name = c.PROC_NAMES[number]
@@ -135,6 +145,7 @@ class NFS3:
                     _deferred(method),
                     cached=number in cached,
                     cancel_on_close=number not in changes,
+                    reply_size=sizes.get(number),
                 ),
             )
         return prog

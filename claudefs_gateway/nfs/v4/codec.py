@@ -17,6 +17,7 @@ an allocation.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -1420,6 +1421,38 @@ def read_op(u: Unpacker) -> tuple[int, Any]:
     if spec is None:
         return op, None
     return op, spec.args.dec(u)
+
+
+# A COMPOUND larger than this is not walked for reply_size (it carries a
+# WRITE's data, whose reply is small; decoding it twice would cost a copy).
+_ESTIMATE_WALK_MAX = 64 * 1024
+
+
+def reply_size(h: CompoundHeader) -> int:
+    """
+    How large a COMPOUND's reply may grow: the counts its READ, READ_PLUS
+    and READDIR operations ask for (for the per-connection byte bound,
+    L{claudefs_gateway.rpc.server.RPCStreamProtocol}). An estimate: the
+    operations are decoded from a copy of the position, and the walk stops at
+    the first one that does not decode (the COMPOUND will fail there) or at
+    an operation this codec does not know.
+    """
+    if h.u.remaining() > _ESTIMATE_WALK_MAX:
+        return 0
+    u = Unpacker(h.u.data, h.u.pos, h.u.end)
+    total = 0
+    try:
+        for _ in range(h.count):
+            op, args = read_op(u)
+            if op not in OPS:
+                break
+            if op == c.OP_READ or op == c.OP_READ_PLUS:
+                total += args.count
+            elif op == c.OP_READDIR:
+                total += args.maxcount
+    except (XDRError, ValueError, struct.error):
+        pass
+    return total
 
 
 def encode_compound(tag: bytes, minor: int, ops: Sequence[tuple[int, Any]]) -> bytes:

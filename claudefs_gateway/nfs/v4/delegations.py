@@ -313,6 +313,32 @@ class Delegations:
         st.granted_by = granted_by
         return self._arm(st)
 
+    async def settled(self, vfs: IVFS, client: Client, ino: int, want: int, arm: Arm) -> Arm:
+        """
+        C{arm} (what L{for_open} answered) once the lease under a delegation
+        it grants is authoritative: several gateways ask the meta server,
+        which may refuse it (another gateway's lease got there first); the
+        delegation is then withdrawn before the client hears of it
+        (OPEN_DELEGATE_NONE, or NONE_EXT with WND4_CONTENTION when wanted).
+        """
+        if arm.tag not in (c.OPEN_DELEGATE_READ, c.OPEN_DELEGATE_WRITE):
+            return arm
+        cs = self.state_of(client)
+        st = cs.delegs.get(ino)
+        lease = st.lease if st is not None else None
+        if st is None or lease is None:
+            return arm
+        await vfs.leases.settle_lease(lease)
+        bits = RWH if st.deleg_type == c.OPEN_DELEGATE_WRITE else R | H
+        if not lease.gone and lease.state == bits:
+            return arm
+        if not lease.gone:
+            vfs.leases.release(lease)
+        st.lease = None
+        cs.forget(st)
+        kind = check_want(want)
+        return no_delegation(kind != c.OPEN4_SHARE_ACCESS_WANT_NO_PREFERENCE, c.WND4_CONTENTION)
+
     def _grant(
         self,
         leases: ILeaseManager,

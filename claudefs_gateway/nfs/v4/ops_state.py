@@ -140,6 +140,10 @@ class StateOps(OpsBase):
     def check_grace(self, client: Client, locks: ILockTable, reclaim: bool) -> None:
         """RFC 8881 §8.4.2 and §18.51.3: who may reclaim, and who must wait."""
         if reclaim:
+            if not client.reclaim_complete and self.records.reclaim_pending(client.owner):
+                # Several gateways: the one that had the client's state may be
+                # gone, and is not yet declared so (docs/rpc.rst): try again.
+                raise Nfs4Error(c.NFS4ERR_DELAY, "the client's gateway may be gone")
             if client.reclaim_complete or not self.records.may_reclaim(client.owner):
                 raise Nfs4Error(c.NFS4ERR_NO_GRACE)
             return
@@ -230,6 +234,10 @@ class StateOps(OpsBase):
             client, locks, target, access, a.share_deny, a.owner.owner, reclaim
         )
         try:
+            # Several gateways: the meta server's word on the share reservation
+            # (NFS4ERR_SHARE_DENIED if another gateway's open got there first).
+            if state.share is not None:
+                await locks.settle_share(state.share)
             if deleg is None and not reclaim and not created:
                 await self._recall_for_open(vfs, client, obj.ino, access, a.share_deny)
             if truncate is not None and obj.size != truncate:
@@ -260,6 +268,7 @@ class StateOps(OpsBase):
                     reclaim=a.claim.value if reclaim else None,
                     granted_by=st.request(),
                 )
+                delegation = await self.delegations.settled(vfs, client, obj.ino, want, delegation)
         except BaseException:
             # The client never hears of this open: take it back.
             undo()
@@ -625,19 +634,18 @@ class StateOps(OpsBase):
         if not access:
             access = c.OPEN4_SHARE_ACCESS_BOTH
         assert fh.export is not None
-        return ok(
-            self.delegations.for_open(
-                vfs,
-                st.client,
-                a.want,
-                access,
-                fh.ino,
-                fh.export.id,
-                fh.handle,
-                reclaim=reclaim,
-                granted_by=st.request(),
-            )
+        arm = self.delegations.for_open(
+            vfs,
+            st.client,
+            a.want,
+            access,
+            fh.ino,
+            fh.export.id,
+            fh.handle,
+            reclaim=reclaim,
+            granted_by=st.request(),
         )
+        return ok(await self.delegations.settled(vfs, st.client, fh.ino, a.want, arm))
 
     async def op_GET_DIR_DELEGATION(self, st: CompoundState, a: Any) -> Arm:
         fh = self.cfh(st)

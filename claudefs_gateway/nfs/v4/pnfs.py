@@ -240,6 +240,11 @@ class PnfsOps(OpsBase):
             raise Nfs4Error(c.NFS4ERR_RECALLCONFLICT, "layout being recalled")
         lease = leases.grant(fh.ino, key, want, ls, family=client_exempt(client))
         if lease is not None:
+            # Several gateways: the meta server's word on the grant (docs/rpc.rst).
+            await leases.settle_lease(lease)
+            if lease.gone:
+                lease = None
+        if lease is not None:
             ls.lease = lease
             ls.leases = leases
         s = mds.settings
@@ -349,6 +354,10 @@ class PnfsOps(OpsBase):
             # Only read segments left: a writer's lease is no longer needed.
             ls.leases.release(ls.lease)
             ls.lease = vfs.leases.grant(fh.ino, ls.key, R, ls)
+            if ls.lease is not None:
+                await vfs.leases.settle_lease(ls.lease)
+                if ls.lease.gone:
+                    ls.lease = None
         sid = StateId(ls.bump(), ls.other)
         st.cstateid = sid
         return ok(Arm(True, sid))

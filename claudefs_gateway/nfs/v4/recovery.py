@@ -56,11 +56,22 @@ class ClientRecords:
         self.previous: set[bytes] = set()
         self.current: set[bytes] = set()
         self.started = False
+        #: The meta server's records (vfs/shared_clients.ClusterClients) on several gateways.
+        self.cluster: Any = None
         self._dirty = False
         self._saving: defer.Deferred[None] | None = None
 
     async def start(self, locks: Any) -> None:
         """Load the last run's records; begin grace if there are any."""
+        # Several gateways: the meta server keeps every gateway's records and
+        # the grace a gone gateway's clients need (servers/clients.py); the
+        # store's one key would be overwritten by each gateway in turn.
+        self.cluster = getattr(locks, "clients", None)
+        if self.cluster is not None:
+            self.started = True
+            for owner in sorted(self.current):
+                self.cluster.note("nfs4", owner)
+            return
         raw = await self._get(STATE_KEY)
         owners: set[bytes] = set()
         if raw:
@@ -80,11 +91,21 @@ class ClientRecords:
 
     def may_reclaim(self, owner: bytes) -> bool:
         """Whether a client may reclaim now: it had state last run, and it is grace."""
+        if self.cluster is not None and self.cluster.may_reclaim("nfs4", owner):
+            return True
         return owner in self.previous and self.grace.active
+
+    def reclaim_pending(self, owner: bytes) -> bool:
+        """Several gateways: C{owner}'s gateway may be gone; its reclaim waits (NFS4ERR_DELAY)."""
+        return self.cluster is not None and self.cluster.reclaim_pending("nfs4", owner)
 
     def reclaimed(self, owner: bytes) -> None:
         """RECLAIM_COMPLETE from C{owner}: record it, and end grace once all are back."""
         self.previous.discard(owner)
+        if self.cluster is not None:
+            self.current.add(owner)
+            self.cluster.reclaimed("nfs4", owner)
+            return
         self.note(owner)
         if not self.previous:
             self.grace.done("nfs4")
@@ -96,11 +117,17 @@ class ClientRecords:
             self._log.warn("too many NFSv4 client records; one not kept")
             return
         self.current.add(owner)
+        if self.cluster is not None:
+            self.cluster.note("nfs4", owner)
+            return
         self._save_soon()
 
     def forget(self, owner: bytes) -> None:
         if owner in self.current:
             self.current.discard(owner)
+            if self.cluster is not None:
+                self.cluster.forget("nfs4", owner)
+                return
             self._save_soon()
 
     def _doc(self) -> bytes:

@@ -53,6 +53,7 @@ from claudefs_gateway.nfs.v4.codec import (
     SequenceArgs,
     SequenceResok,
     read_header,
+    reply_size,
 )
 from claudefs_gateway.nfs.v4.compound import CompoundState, Settings
 from claudefs_gateway.nfs.v4.delegations import Delegations
@@ -96,6 +97,34 @@ def _printable(raw: bytes, limit: int = 64) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# COMPOUNDs that only manage the client's own state (RFC 8881 §18.35-18.37,
+# 18.50, 18.34): refusing them would keep what they free held, or cost a
+# client its lease, and save no work on files.
+_UNLIMITED_FIRST = frozenset(
+    {
+        c.OP_EXCHANGE_ID,
+        c.OP_CREATE_SESSION,
+        c.OP_DESTROY_SESSION,
+        c.OP_DESTROY_CLIENTID,
+        c.OP_BIND_CONN_TO_SESSION,
+    }
+)
+
+
+def _rate_limited(h: CompoundHeader) -> bool:
+    """
+    Whether a COMPOUND goes through the request-rate limits: not one opening
+    or closing a client or session, nor a SEQUENCE alone (a lease renewal).
+    """
+    u = h.u
+    if u.remaining() < 4:
+        return False
+    first = int.from_bytes(u.data[u.pos : u.pos + 4], "big")
+    if first in _UNLIMITED_FIRST:
+        return False
+    return not (h.count == 1 and first == c.OP_SEQUENCE)
+
+
 def _pad(n: int) -> int:
     return n + (-n & 3)
 
@@ -126,6 +155,10 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops, PnfsOps):
         #: The gateway-wide memory budget (L{claudefs_gateway.core.budget.MemoryBudget}),
         #: or None: while it is spent, a COMPOUND is refused with NFS4ERR_DELAY.
         self.budget: Any = None
+        #: The request-rate limits, C{admit(address, uid)}: returns, or raises
+        #: L{errors.Throttled} (answered NFS4ERR_DELAY). Set by the NFS
+        #: service, as NFSv3's L{NFSContext.admit}; one token per COMPOUND.
+        self.admit: Callable[[str, int | None], None] | None = None
         self.settings = s = settings or Settings()
         self.metrics = metrics
         self.timer = timer
@@ -183,6 +216,8 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops, PnfsOps):
                 # A COMPOUND may change things: it runs to its end (and into
                 # its slot's reply cache) even if the connection goes.
                 cancel_on_close=False,
+                # A reply never exceeds the largest record (st.limit below).
+                reply_size=lambda h: min(reply_size(h), self.settings.max_record),
             ),
         )
         return prog
@@ -369,12 +404,18 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops, PnfsOps):
             return self._reply(c.NFS4ERR_INVAL, tag, 0, [])
         if h.minorversion not in self.settings.minor_versions:
             return self._reply(c.NFS4ERR_MINOR_VERS_MISMATCH, tag, 0, [])
-        if self.budget is not None and h.count:
+        if h.count and (self.budget is not None or self.admit is not None):
             try:
-                self.budget.check("nfs4")
-            except errors.Overloaded:
-                # RFC 8881 §15.1.1.3: NFS4ERR_DELAY, before any operation ran
-                # (SEQUENCE included: the slot is untouched, the client retries).
+                if self.budget is not None:
+                    self.budget.check("nfs4")
+                if self.admit is not None and _rate_limited(h):
+                    cred = call.cred
+                    self.admit(call.peer.host, cred.uid if cred is not None else None)
+            except errors.Throttled:
+                # The memory budget spent (Overloaded) or the client or user
+                # over its request rate. RFC 8881 §15.1.1.3: NFS4ERR_DELAY,
+                # before any operation ran (SEQUENCE included: the slot is
+                # untouched, the client retries the same seqid).
                 try:
                     op = h.u.u32()
                 except XDRError:

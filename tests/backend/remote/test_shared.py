@@ -15,7 +15,8 @@ from zope.interface import implementer
 
 from claudefs_gateway import errors
 from claudefs_gateway.interfaces import ILeaseHolder
-from claudefs_gateway.vfs.leases import RWH, H, Lease, LeaseKey, LeaseManager, Why
+from claudefs_gateway.servers.shared import SharedState
+from claudefs_gateway.vfs.leases import KEEP_FOR, RWH, H, Lease, LeaseKey, LeaseManager, R, Why
 from claudefs_gateway.vfs.locks import LockOwner, LockTable
 from claudefs_gateway.vfs.shared import (
     SharedLeaseManager,
@@ -189,3 +190,148 @@ class SharedStateTests(TestCase):
         self.addCleanup(late.close)
         await until(lambda: c.locks.busy(4), "the late gateway hears of the lock")
         self.assertFalse(c.locks.check_io(4, LockOwner("smb", b"x", b"y"), 0, 1, False))
+
+
+class RaceTests(TestCase):
+    """
+    Two gateways deciding at the same instant, before either hears of the
+    other (no EV_LOCKS / EV_LEASES between them): the meta server decides,
+    and the loser learns it before its client would be answered.
+    """
+
+    timeout = 60
+
+    gateways = SharedStateTests.gateways
+
+    async def test_two_opens_at_once_one_wins(self) -> None:
+        """Two deny-write opens through A and B in one instant: both pass locally, one settles."""
+        _, a, b = await self.gateways()
+        ta = a.locks.open_share(21, LockOwner("smb", b"s", b"1"), {"read", "write"}, {"write"})
+        tb = b.locks.open_share(21, LockOwner("nfs4", "c", b"o"), {"read", "write"}, {"write"})
+        results = await defer.DeferredList(
+            [a.locks.settle_share(ta), b.locks.settle_share(tb)], consumeErrors=True
+        )
+        wins = [ok for ok, _ in results]
+        self.assertEqual(sorted(wins), [False, True], "exactly one open is registered")
+        loser = results[wins.index(False)][1]
+        self.assertTrue(loser.check(errors.ShareConflict), loser)
+        # The loser's front end closes its open; the winner's stands at both.
+        lost, won = (tb, b) if wins[0] else (ta, a)
+        (b if lost is tb else a).locks.close_share(lost)
+        other = b if won is a else a
+        await until(lambda: other.locks.shares(21), "the loser hears of the winner's open")
+        with self.assertRaises(errors.ShareConflict):
+            other.locks.open_share(21, LockOwner("smb", b"x", b"2"), {"write"}, set())
+
+    async def test_upgrade_at_once_one_wins(self) -> None:
+        """An upgrade to deny-write through A racing a write open through B: one settles."""
+        _, a, b = await self.gateways()
+        ta = a.locks.open_share(22, LockOwner("nfs4", "c", b"o"), {"read"}, set())
+        await a.locks.settle_share(ta)
+        await until(lambda: b.locks.shares(22), "B hears of A's open")
+        a.locks.upgrade_share(ta, {"read"}, {"write"})
+        tb = b.locks.open_share(22, LockOwner("smb", b"s", b"1"), {"write"}, set())
+        results = await defer.DeferredList(
+            [a.locks.settle_share(ta), b.locks.settle_share(tb)], consumeErrors=True
+        )
+        self.assertEqual(sorted(ok for ok, _ in results), [False, True])
+
+    async def test_settled_open_is_settled_again(self) -> None:
+        """A refusal stays with its token (asked after the answer came) until it is closed."""
+        _, a, b = await self.gateways()
+        ta = a.locks.open_share(23, LockOwner("smb", b"s", b"1"), {"write"}, {"write"})
+        tb = b.locks.open_share(23, LockOwner("smb", b"t", b"1"), {"write"}, {"write"})
+        await until(lambda: a.locks.shares(23) and b.locks.shares(23), "both answered")
+        await pause(0.05)
+        got = await defer.DeferredList(
+            [a.locks.settle_share(ta), b.locks.settle_share(tb)], consumeErrors=True
+        )
+        self.assertEqual(sorted(ok for ok, _ in got), [False, True])
+
+    async def test_two_lease_grants_at_once_one_writer(self) -> None:
+        """RWH granted through A and B in one instant: the meta server lets one keep W."""
+        _, a, b = await self.gateways()
+        la = a.leases.grant(31, LeaseKey("smb", b"c1", b"k"), RWH, Holder())
+        lb = b.leases.grant(31, LeaseKey("smb", b"c2", b"k"), RWH, Holder())
+        assert la is not None and lb is not None
+        self.assertEqual((la.state, lb.state), (RWH, RWH), "neither knew of the other")
+        await defer.gatherResults([a.leases.settle_lease(la), b.leases.settle_lease(lb)])
+        states = sorted([0 if la.gone else la.state, 0 if lb.gone else lb.state])
+        # The first keeps RWH; the second may not hold anything beside a writer.
+        self.assertEqual(states, [0, RWH])
+        loser = la if la.gone else lb
+        self.assertTrue(loser.gone)
+        winner_gw, loser_gw = (b, a) if la.gone else (a, b)
+        await until(lambda: loser_gw.leases.busy(31), "the loser hears of the winner's lease")
+        self.assertFalse(winner_gw.leases.foreign.get(31))
+
+    async def test_read_leases_at_once_both_kept(self) -> None:
+        """R|H through A and B at once: no conflict, both kept."""
+        _, a, b = await self.gateways()
+        la = a.leases.grant(32, LeaseKey("smb", b"c1", b"k"), R | H, Holder())
+        lb = b.leases.grant(32, LeaseKey("smb", b"c2", b"k"), R | H, Holder())
+        assert la is not None and lb is not None
+        await defer.gatherResults([a.leases.settle_lease(la), b.leases.settle_lease(lb)])
+        self.assertEqual((la.state, lb.state), (R | H, R | H))
+
+
+class MetaLeaseGrantTests(TestCase):
+    """The meta server's LEASE_GRANT rule (servers/shared.py), on a Clock."""
+
+    def state(self) -> SharedState:
+        return SharedState(task.Clock(), lambda s, n, v: True, lambda n, v: None)
+
+    def test_one_writer(self) -> None:
+        st = self.state()
+        self.assertEqual(st.lease_grant(1, 5, RWH), RWH)
+        self.assertEqual(st.lease_grant(2, 5, RWH), 0)
+        self.assertEqual(st.lease_grant(1, 5, RWH), RWH, "its own holding is no conflict")
+        self.assertEqual(st.leases[5], {1: RWH})
+
+    def test_readers_share_no_writer(self) -> None:
+        st = self.state()
+        self.assertEqual(st.lease_grant(1, 6, R | H), R | H)
+        self.assertEqual(st.lease_grant(2, 6, RWH), R | H)
+        self.assertEqual(st.leases[6], {1: R | H, 2: R | H})
+
+    def test_grant_during_recall_keeps_what_it_lets(self) -> None:
+        """While B's recall of the file is out, a grant keeps only what the recall lets others keep."""
+        st = self.state()
+        st.lease_hold(1, 7, R | H)
+        recall = st.lease_recall(2, 7, Why.WRITE.value)
+        self.assertFalse(recall.called)
+        self.assertEqual(st.lease_grant(3, 7, R | H), KEEP_FOR[Why.WRITE] & (R | H))
+        self.assertEqual(st.lease_grant(2, 7, R | H), R | H, "the recaller itself is not held back")
+        st.lease_break_ack(1, 1)
+        self.assertTrue(recall.called)
+        self.assertEqual(st.lease_grant(4, 7, R | H), R | H, "the recall is over")
+
+
+class CrossGatewayDeadlockTests(TestCase):
+    timeout = 60
+
+    gateways = SharedStateTests.gateways
+
+    async def test_cycle_through_two_gateways_refused(self) -> None:
+        """
+        An NLM owner through A holds file 41 and waits for file 42, held by an
+        SMB owner through B, whose own blocking request for 41 would wait
+        forever: it is refused with Deadlock; A's waiter is granted once B's
+        owner lets 42 go.
+        """
+        cluster, a, b = await self.gateways()
+        assert cluster.meta is not None and cluster.meta.factory is not None
+        waits = cluster.meta.factory.handler.shared.waits.waits
+        nlm = LockOwner("nlm", "host-a", b"1")
+        smb = LockOwner("smb", b"sess", b"fid")
+        await a.locks.lock(41, nlm, 0, 10, True)
+        await b.locks.lock(42, smb, 0, 10, True)
+        waiting = a.locks.lock(42, nlm, 0, 10, True, wait=True)
+        await until(lambda: waits, "A's wait registered at the meta server")
+        self.assertFalse(waiting.called)
+        with self.assertRaises(errors.Deadlock):
+            await b.locks.lock(41, smb, 5, 1, True, wait=True)
+        b.locks.unlock(42, smb, 0, 10)
+        got = await waiting
+        self.assertEqual((got.start, got.length), (0, 10))
+        await until(lambda: not waits, "A's wait over at the meta server")

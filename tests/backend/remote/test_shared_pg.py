@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet import defer
 
 from claudefs_gateway import errors
-from claudefs_gateway.vfs.leases import H, LeaseKey, R, Why
+from claudefs_gateway.vfs.leases import RWH, H, LeaseKey, R, Why
 from claudefs_gateway.vfs.locks import LockOwner
 from tests.backend import postgres
 from tests.backend.remote import test_shared as base
@@ -136,3 +136,59 @@ class TwoServersSharedStateTests(base.SharedStateTests):
             if lease.breaking_to is not None:  # else the break needed no answer
                 gw.leases.acknowledge(lease, holder.breaks[-1][1])
         await until(lambda: recall.called, "the recall answered by both acknowledgements")
+
+    async def test_grace_is_per_meta_server(self) -> None:
+        """
+        A cross-gateway grace refuses new locks through the meta server that keeps
+        it (PgSharedState checks its own client records), not through another
+        (docs/postgresql.rst: client records and grace stay per meta server).
+        """
+        _, a, b = await self.gateways()
+        s1 = self.shared(0)
+        real = s1.clients
+
+        class InGrace:
+            in_grace = True
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+        s1.clients = InGrace()
+        try:
+            with self.assertRaises(errors.Grace):
+                await a.locks.lock(61, LockOwner("nlm", "ha", b"1"), 0, 0, True)
+            await a.locks.lock(61, LockOwner("nlm", "ha", b"1"), 0, 0, True, reclaim=True)
+            await b.locks.lock(62, LockOwner("nlm", "hb", b"1"), 0, 0, True)
+        finally:
+            s1.clients = real
+
+    async def test_lease_grant_decided_in_the_database(self) -> None:
+        """LEASE_GRANT through two meta servers: W for one session only, counted as held."""
+        _, a, b = await self.gateways()
+        got_a = await a.backend.shared_call("LEASE_GRANT", (71, int(RWH)))
+        got_b = await b.backend.shared_call("LEASE_GRANT", (71, int(RWH)))
+        self.assertEqual((got_a, got_b), (int(RWH), 0))
+        got_b = await b.backend.shared_call("LEASE_GRANT", (72, int(R | H)))
+        got_a = await a.backend.shared_call("LEASE_GRANT", (72, int(RWH)))
+        self.assertEqual((got_a, got_b), (int(R | H), int(R | H)))
+
+
+class PgDeadlockTests(base.CrossGatewayDeadlockTests):
+    """
+    Deadlock detection through L{PgSharedState}: both gateways on one meta server
+    over PostgreSQL (waits stay per meta server; the locks are read from the database).
+    """
+
+    async def gateways(self) -> tuple[Cluster, Gateway, Gateway]:  # type: ignore[override]
+        cluster = Cluster(self, meta_store=postgres.meta_store_config(postgres.new_schema(self)))
+        await cluster.start()
+        out = []
+        for _ in range(2):
+            b = cluster.backend(SETTINGS)
+            gw = Gateway(b)
+            self.addCleanup(gw.stop)
+            await b.open()
+            self.addCleanup(b.close)
+            await until(lambda b=b: b._events is not None, "subscribed")
+            out.append(gw)
+        return cluster, out[0], out[1]

@@ -100,6 +100,36 @@ class CompoundCodecTests(SynchronousTestCase):
         self.assertEqual(codec.decode_cb_compound(data), (b"cb", 1, 0, ops))
 
 
+class ReplySizeTests(SynchronousTestCase):
+    """L{codec.reply_size}: what a COMPOUND's reply may hold, for the connection's byte bound."""
+
+    def _size(self, ops: list[tuple[int, object]]) -> int:
+        data = codec.encode_compound(b"", 1, ops)
+        return codec.reply_size(codec.read_header(Unpacker(data)))
+
+    def test_reads_and_readdirs_counted(self) -> None:
+        sid = codec.StateId(0, bytes(12))
+        ops: list[tuple[int, object]] = [
+            (c.OP_PUTROOTFH, None),
+            (c.OP_READ, codec.ReadArgs(sid, 0, 1 << 20)),
+            (c.OP_READ_PLUS, codec.ReadPlusArgs(sid, 0, 4096)),
+            (c.OP_READDIR, codec.ReaddirArgs(0, bytes(8), 100, 8192, [])),
+        ]
+        self.assertEqual(self._size(ops), (1 << 20) + 4096 + 8192)
+
+    def test_small_compound_is_zero(self) -> None:
+        self.assertEqual(self._size([(c.OP_PUTROOTFH, None), (c.OP_GETFH, None)]), 0)
+
+    @given(body=st.binary(max_size=300))
+    def test_garbage_never_raises(self, body: bytes) -> None:
+        """Operations that do not decode end the walk; the estimate never raises."""
+        try:
+            h = codec.read_header(Unpacker(body))
+        except XDRError:
+            return
+        self.assertGreaterEqual(codec.reply_size(h), 0)
+
+
 def _call(xid: int, args: bytes) -> bytes:
     return msg.encode_call(xid, c.NFS4_PROGRAM, 4, 1, args)
 
