@@ -70,7 +70,12 @@ def cmd_start(argv: list[str]) -> int:
     assert options.config is not None
     if options["workers"]:
         return run_supervisor(options, protocol)
-    return run_foreground(options.config, options.protocols, worker=bool(options["worker"]))
+    return run_foreground(
+        options.config,
+        options.protocols,
+        worker=bool(options["worker"]),
+        worker_index=options["worker-index"],
+    )
 
 
 def run_supervisor(options: Any, protocol: str) -> int:
@@ -131,6 +136,7 @@ def run_foreground(
     protocols: list[str] | None,
     customize: Callable[[Any], None] | None = None,
     worker: bool = False,
+    worker_index: int | None = None,
 ) -> int:
     """
     Run the gateway until a signal stops it; the process's exit status.
@@ -150,7 +156,12 @@ def run_foreground(
     )
     try:
         root = service.build(
-            config, reactor, protocols, strict=protocols is not None, worker=worker
+            config,
+            reactor,
+            protocols,
+            strict=protocols is not None,
+            worker=worker,
+            worker_index=worker_index,
         )
     except GatewayError as e:
         _print_err(str(e))

@@ -143,6 +143,7 @@ def build(
     strict: bool = False,
     registry: CollectorRegistry | None = None,
     worker: bool = False,
+    worker_index: int | None = None,
 ) -> GatewayService:
     """
     The service tree for C{config}.
@@ -152,6 +153,8 @@ def build(
         (single-protocol starts); otherwise it is skipped with a warning.
     @param worker: one of the C{--workers} processes (L{claudefs_gateway.workers}):
         the data directory is shared, its supervisor holds the lock.
+    @param worker_index: which worker (C{--worker-index}): names the files a
+        worker keeps for itself in the shared data directory (its NSM record).
     @raise NotBuilt: see C{strict}.
     """
     log.set_level(config.log_level)
@@ -188,6 +191,7 @@ def build(
     datadir = DataDir(config.data_dir, shared=worker)
     datadir.setServiceParent(root)
     core.extras["datadir"] = datadir
+    core.extras["worker_index"] = worker_index
 
     composed = _compose_vfs(core)
     missing = ""

@@ -39,6 +39,7 @@ class Options(usage.Options):
         ["log-level", None, None, "Override log_level: debug, info, warn, error, critical."],
         ["log-format", None, None, "Override log_format: human or json."],
         ["workers", None, "0", "Run N gateway worker processes (and local meta and data servers)."],
+        ["worker-index", None, None, "Internal: which of the --workers processes this is."],
     ]
     optFlags: list[list[Any]] = [
         ["worker", None, "Internal: this is one of the --workers processes."],
@@ -75,6 +76,13 @@ class Options(usage.Options):
             raise usage.UsageError("--workers takes a number") from None
         if not 0 <= self["workers"] <= 256:
             raise usage.UsageError("--workers must be between 0 and 256")
+        if self["worker-index"] is not None:
+            try:
+                self["worker-index"] = int(self["worker-index"])
+            except ValueError:
+                raise usage.UsageError("--worker-index takes a number") from None
+            if self["worker-index"] < 0:
+                raise usage.UsageError("--worker-index must not be negative")
         self.config_text = ""
         if self["config"]:
             try:

@@ -17,7 +17,8 @@ The supervisor (this process) starts, under the gateway's data directory
    restarts. UDP (NFSv3, MOUNT, NLM, portmapper) is served by worker 0 only.
 
 Workers share the data directory (the handle secret, so a file handle from
-one worker is good at every other, and the users file). What must be one
+one worker is good at every other, and the users file), except each
+worker's NSM record (C{nsm-worker-<index>.json}, nfs/nsm.py C{state_file}). What must be one
 across workers lives in the meta server (the namespace, usage, quota limits,
 durable state); docs/workers.rst says what does not yet.
 
@@ -50,6 +51,7 @@ from claudefs_gateway.core.config import Config, _split_description
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.transport.reuseport import reserve
 from claudefs_gateway.errors import GatewayError
+from claudefs_gateway.nfs.nsm import adopt_records, state_file
 from claudefs_gateway.vfs.handles import load_or_create_secret
 
 __all__ = ["Supervisor", "LISTENERS"]
@@ -224,11 +226,14 @@ class Supervisor:
                 f"unix:{self.run_dir / 'data.sock'}",
                 "--data-servers-moved",
             ]
-            if self.raw.get("meta_store"):
-                path = self.run_dir / "meta.yaml"
-                path.write_text(yaml.safe_dump({"meta_store": self.raw["meta_store"]}))
-                path.chmod(0o600)
-                args += ["--config", str(path)]
+            # The cross-gateway grace follows the gateway's own (nfs.grace_secs)
+            # unless meta_store.grace_secs says otherwise.
+            store = dict(self.raw.get("meta_store") or {})
+            store.setdefault("grace_secs", self.config.nfs.grace)
+            path = self.run_dir / "meta.yaml"
+            path.write_text(yaml.safe_dump({"meta_store": store}))
+            path.chmod(0o600)
+            args += ["--config", str(path)]
         return args
 
     def _listeners(self) -> dict[tuple[str, str], str]:
@@ -287,12 +292,40 @@ class Supervisor:
         args = ["start"]
         if self.protocol != "all":
             args.append(self.protocol)
-        return [*args, "--config", str(self.run_dir / f"worker-{index}.yaml"), "--worker"]
+        # The index names what a worker keeps for itself in the shared data
+        # directory (its NSM record: nfs/nsm.py state_file); a restarted
+        # worker gets its predecessor's index.
+        return [
+            *args,
+            "--config",
+            str(self.run_dir / f"worker-{index}.yaml"),
+            "--worker",
+            "--worker-index",
+            str(index),
+        ]
+
+    def _adopt_nsm_records(self) -> list[str]:
+        """
+        NSM records no worker keeps (an earlier run with more workers, or a
+        single gateway's nsm.json) go to worker 0, which notifies their
+        clients as it starts (nfs/nsm.py adopt_records); the names taken.
+        """
+        adopted = adopt_records(
+            self.config.data_dir,
+            state_file(0),
+            {state_file(i) for i in range(self.workers)},
+        )
+        if adopted:
+            self._log.info(
+                "NSM records {records} taken over by worker-0", records=",".join(adopted)
+            )
+        return adopted
 
     async def start(self) -> None:
         """Lock the data directory, start the servers, then the workers."""
         self.datadir.open()
         load_or_create_secret(self.config.data_dir)
+        self._adopt_nsm_records()
         listeners = self._listeners()
         data = self._spawn("data", self._server_args("data"))
         await data.wait_for(_serving("data"))

@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -65,6 +66,9 @@ class GatewayProcess(protocol.ProcessProtocol):
         ] = []
         self.ended: defer.Deferred[int] = defer.Deferred()
         self.pid: int | None = None
+        #: Started in a session of its own (L{spawn}'s C{new_session}): its
+        #: process group is its pid, and holds what it starts.
+        self.group = False
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
@@ -131,25 +135,53 @@ class GatewayProcess(protocol.ProcessProtocol):
         return [str(e.get("log_format", "")) for e in self.events]
 
 
+#: Runs argv[1:] in a session (and process group) of its own: setsid, then
+#: exec, so the pid stays the one spawnProcess reports.
+_SETSID = "import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"
+
+
 def spawn(
-    argv: list[str], env: dict[str, str] | None = None, path: str | None = None
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    path: str | None = None,
+    new_session: bool = False,
 ) -> GatewayProcess:
+    """
+    Start C{argv}. With C{new_session} the child leads a process group of
+    its own, which everything it starts joins (the C{--workers} supervisor's
+    servers and workers): L{kill_on_cleanup} then kills the whole group, so
+    no process outlives a test that fails partway.
+    """
     proto = GatewayProcess()
+    if new_session:
+        proto.group = True
+        argv = [sys.executable, "-c", _SETSID, *argv]
     reactor.spawnProcess(proto, argv[0], argv, env=env or child_env(), path=path)
     return proto
 
 
-def kill_on_cleanup(testcase: Any, proc: GatewayProcess) -> None:
-    def cleanup() -> defer.Deferred[Any] | None:
-        if proc.ended.called:
-            return None
+def kill_group(proc: GatewayProcess) -> defer.Deferred[Any] | None:
+    """
+    SIGKILL C{proc}, and with its own process group (L{spawn}'s
+    C{new_session}) everything in that group, even once C{proc} has ended
+    (its children outlive it otherwise); fires when C{proc} has ended.
+    """
+    if proc.group and proc.pid:
         try:
-            proc.signal("KILL")
-        except Exception:
-            return None
-        return proc.ended.addErrback(lambda _: None)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # no process left in the group (or not yet made: below)
+    if proc.ended.called:
+        return None
+    try:
+        proc.signal("KILL")
+    except Exception:
+        return None
+    return proc.ended.addErrback(lambda _: None)
 
-    testcase.addCleanup(cleanup)
+
+def kill_on_cleanup(testcase: Any, proc: GatewayProcess) -> None:
+    testcase.addCleanup(kill_group, proc)
 
 
 async def http_get(

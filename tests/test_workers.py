@@ -15,7 +15,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from claudefs_gateway.core.transport.reuseport import ReusePortEndpoint, reserve
-from tests.helpers import bin_path, http_get, kill_on_cleanup, loopback_config, spawn
+from tests.helpers import bin_path, http_get, kill_group, kill_on_cleanup, loopback_config, spawn
 
 EXPORTS = """
 exports:
@@ -24,11 +24,28 @@ exports:
 
 
 def alive(pid: int) -> bool:
+    """Whether C{pid} runs (a zombie, killed and not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+async def gone(pids: list[int], within: float = 10.0) -> list[int]:
+    """The C{pids} still running after up to C{within} seconds (SIGKILL is asynchronous)."""
+    from twisted.internet.task import deferLater
+
+    waited = 0.0
+    while [p for p in pids if alive(p)] and waited < within:
+        await deferLater(reactor, 0.05, lambda: None)
+        waited += 0.05
+    return [p for p in pids if alive(p)]
 
 
 class ReusePortTests(TestCase):
@@ -82,13 +99,76 @@ class WorkerConfigTests(SynchronousTestCase):
             got = yaml.safe_load(path.read_text())["nfs"]["v4"]["delegations"]
             self.assertEqual(got, want)
 
+    def test_each_worker_has_its_own_nsm_record(self) -> None:
+        """
+        Each worker is told its index, which names its NSM record in the
+        shared data directory (nfs/nsm.py state_file), and the index reaches
+        the NFS front end.
+        """
+        from claudefs_gateway import service
+        from claudefs_gateway.core import config as cfg
+        from claudefs_gateway.tap import Options
+        from claudefs_gateway.workers import Supervisor
+
+        text = EXPORTS
+        config = cfg.loads(text)
+        sup = Supervisor(config, text, 2, "all", reactor)
+        self.addCleanup(shutil.rmtree, sup.run_dir, True)
+        for i in (0, 1):
+            args = sup._worker_args(i)
+            self.assertEqual(args[args.index("--worker-index") + 1], str(i))
+            opts = Options()
+            opts.parseOptions(["--worker", "--worker-index", str(i)])
+            self.assertEqual(opts["worker-index"], i)
+        from twisted.python import usage
+
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--worker-index", "x"])
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--worker-index", "-1"])
+        data = self.mktemp()
+        config = cfg.loads(EXPORTS + f"backend: {{data_dir: {os.path.abspath(data)}}}\n")
+        from twisted.internet.testing import MemoryReactorClock
+
+        root = service.build(config, MemoryReactorClock(), ["nfs"], worker_index=1)
+        nfs = root.getServiceNamed("proto:nfs")
+        self.assertEqual(nfs.nsm.store.path.name, "nsm-worker-1.json")
+        root = service.build(config, MemoryReactorClock(), ["nfs"])
+        self.assertEqual(root.getServiceNamed("proto:nfs").nsm.store.path.name, "nsm.json")
+
+    def test_records_no_worker_keeps_go_to_worker_0(self) -> None:
+        """An earlier run's extra workers' (or single gateway's) NSM clients are not lost."""
+        import json
+
+        from claudefs_gateway.core import config as cfg
+        from claudefs_gateway.workers import Supervisor
+
+        data = os.path.abspath(self.mktemp())
+        os.makedirs(data)
+        for name, client in (
+            ("nsm-worker-0.json", "a"),
+            ("nsm-worker-1.json", "b"),
+            ("nsm-worker-2.json", "c"),
+            ("nsm.json", "d"),
+        ):
+            with open(os.path.join(data, name), "w") as f:
+                json.dump({"state": 3, "clients": {client: {"addr": "10.0.0.1"}}}, f)
+        text = EXPORTS + f"backend: {{data_dir: {data}}}\n"
+        sup = Supervisor(cfg.loads(text), text, 2, "all", reactor)
+        self.addCleanup(shutil.rmtree, sup.run_dir, True)
+        self.assertEqual(sup._adopt_nsm_records(), ["nsm-worker-2.json", "nsm.json"])
+        self.assertEqual(sorted(os.listdir(data)), ["nsm-worker-0.json", "nsm-worker-1.json"])
+        with open(os.path.join(data, "nsm-worker-0.json")) as f:
+            self.assertEqual(sorted(json.load(f)["clients"]), ["a", "c", "d"])
+
 
 class WorkersTests(TestCase):
     timeout = 120
 
     async def test_workers_serve_share_ports_and_survive_a_kill(self) -> None:
         config = loopback_config(self, EXPORTS)
-        proc = spawn([bin_path("cfs-gateway"), "start", "--config", config, "--workers", "2"])
+        proc = spawn(
+            [bin_path("cfs-gateway"), "start", "--config", config, "--workers", "2"],
+            new_session=True,
+        )
         kill_on_cleanup(self, proc)
         await proc.wait_for(lambda e: e.get("workers") == 2)
         ports = {
@@ -159,11 +239,14 @@ class WorkersTests(TestCase):
         children = [p for p in self._child_pids(proc) if p]
         proc.signal("TERM")
         self.assertEqual(await proc.ended, 0)
-        self.assertEqual([p for p in children if alive(p)], [])
+        self.assertEqual(await gone(children), [])
 
         # Started again on the same data directory: the data server's socket
         # is new, and the stored layout follows it.
-        proc = spawn([bin_path("cfs-gateway"), "start", "--config", config, "--workers", "2"])
+        proc = spawn(
+            [bin_path("cfs-gateway"), "start", "--config", config, "--workers", "2"],
+            new_session=True,
+        )
         kill_on_cleanup(self, proc)
         await proc.wait_for(lambda e: e.get("workers") == 2)
         nfs = next(e["port"] for e in proc.events if e.get("listener") == "nfs")
@@ -182,6 +265,32 @@ class WorkersTests(TestCase):
         await read_back()
         proc.signal("TERM")
         self.assertEqual(await proc.ended, 0)
+
+    async def test_cleanup_kills_every_child(self) -> None:
+        """
+        A test that fails partway leaves no process behind: the supervisor
+        leads a process group of its own, and the clean-up kills the group
+        (its servers and workers with it), not the supervisor alone.
+        """
+        config = loopback_config(self, EXPORTS)
+        proc = spawn(
+            [bin_path("cfs-gateway"), "start", "--config", config, "--workers", "1"],
+            new_session=True,
+        )
+        kill_on_cleanup(self, proc)
+        await proc.wait_for(lambda e: e.get("workers") == 1)
+        assert proc.pid is not None
+        self.assertEqual(os.getpgid(proc.pid), proc.pid)
+        children = [
+            e["pid"]
+            for e in proc.events
+            if str(e.get("log_format", "")).endswith("started, pid {pid}") and e.get("pid")
+        ]
+        self.assertEqual(len(children), 3, children)  # data, meta, worker-0
+        for pid in children:
+            self.assertEqual(os.getpgid(pid), proc.pid)
+        await kill_group(proc)
+        self.assertEqual(await gone(children), [])
 
     def _child_pids(self, proc: object) -> list[int]:
         return [

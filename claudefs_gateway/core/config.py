@@ -1214,6 +1214,24 @@ class MetaStore:
         "once over one database; docs/postgresql.rst).",
     )
     postgresql: PostgreSQL | None = setting(None, doc="The database, for ``type: postgresql``.")
+    grace_secs: int = setting(
+        90,
+        min=0,
+        max=3600,
+        doc="The cross-gateway grace: once a gateway that had NFSv4 or NLM clients is "
+        "declared gone, how long every gateway lets those clients reclaim their state, "
+        "refusing new opens and locks (NFSv4 ends it early once all of them reclaimed). "
+        "``start --workers`` passes its ``nfs.grace_secs`` unless this is set.",
+    )
+    linger_secs: int = setting(
+        10,
+        min=1,
+        max=3600,
+        doc="How long a gateway whose event subscription is lost may take to subscribe "
+        "again before the meta server declares it gone (its locks, shares and lease "
+        "holdings released, the cross-gateway grace begun). Shorter frees a dead "
+        "gateway's locks sooner; longer rides out longer network cuts.",
+    )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
         if self.type == "postgresql" and self.postgresql is None:

@@ -8,8 +8,9 @@ still believe they hold them. As Linux's statd and lockd do together, the
 gateway:
 
  - records each client that takes an NLM lock or share (its C{caller_name},
-   its address and the gateway address it used) in C{<data_dir>/nsm.json},
-   with the gateway's NSM state number;
+   its address and the gateway address it used) in C{<data_dir>/nsm.json}
+   (a C{--workers} worker: C{<data_dir>/nsm-worker-<index>.json}, see
+   L{state_file}), with the gateway's NSM state number;
  - at start, makes the state number the next odd number, and if the last
    run had lock clients, starts the lock table's grace period
    (C{nfs.grace_secs}, shared with NFSv4: only reclaims are granted) and sends each of
@@ -38,7 +39,14 @@ from claudefs_gateway.nfs.nlm import NLM
 from claudefs_gateway.rpc.server import Call, Procedure, Program, no_args
 from claudefs_gateway.rpc.xdr import Packer, Unpacker
 
-__all__ = ["NSM_PROGRAM", "StatusMonitor", "FileStore", "MemoryStore"]
+__all__ = [
+    "NSM_PROGRAM",
+    "StatusMonitor",
+    "FileStore",
+    "MemoryStore",
+    "adopt_records",
+    "state_file",
+]
 
 NSM_PROGRAM = 100024
 NSM_V1 = 1
@@ -47,6 +55,21 @@ NULL, STAT, MON, UNMON, UNMON_ALL, SIMU_CRASH, NOTIFY = range(7)
 STAT_SUCC, STAT_FAIL = 0, 1
 MAX_CLIENTS = 10_000
 STATE_FILE = "nsm.json"
+
+
+def state_file(worker: int | None = None) -> str:
+    """
+    The NSM record's file name in the data directory.
+
+    With C{--workers} every worker shares one data directory, and each keeps
+    a record of its own (C{nsm-worker-<index>.json}): one file written by
+    several processes would have their saves collide, and a restarted
+    worker would SM_NOTIFY every worker's lock clients, voiding locks the
+    live workers still hold. The worker index is stable across a worker's
+    restarts (the supervisor starts worker I{i} again as I{i}), so the
+    replacement finds its predecessor's clients.
+    """
+    return STATE_FILE if worker is None else f"nsm-worker-{int(worker)}.json"
 
 
 class MemoryStore:
@@ -66,19 +89,51 @@ class MemoryStore:
 
 
 class FileStore:
-    """State in a JSON file, written atomically (fsync, rename) off the reactor."""
+    """
+    State in a JSON file, written atomically (fsync, rename) off the reactor.
 
-    def __init__(self, path: Path, run: Callable[..., defer.Deferred[Any]]) -> None:
+    The state number loaded is the highest of every NSM record in the file's
+    directory (C{nsm.json} and the workers' C{nsm-worker-*.json}): clients
+    see all the workers of one host as one server, and a client's lockd
+    ignores an SM_NOTIFY whose state it has already seen from that host
+    (Linux C{nlm_host_rebooted}), so each restart, of any worker, must move
+    the host's number past every earlier one. Other records are only read
+    (each is replaced by rename, so a read sees a whole file).
+    """
+
+    def __init__(
+        self, path: Path, run: Callable[..., defer.Deferred[Any]], adopt: bool = False
+    ) -> None:
         self.path = path
         self._run = run
+        #: The single process of a data directory: take over the records its
+        #: workers left (L{adopt_records}) when it loads.
+        self.adopt = adopt
 
     def load(self) -> defer.Deferred[dict[str, Any] | None]:
         return self._run(self._load)
 
     def _load(self) -> dict[str, Any] | None:
+        if self.adopt:
+            adopt_records(self.path.parent, self.path.name, {self.path.name})
+        doc = self._read(self.path)
+        highest = max(
+            (
+                _state_of(self._read(p))
+                for p in self.path.parent.glob("nsm*.json")
+                if p != self.path
+            ),
+            default=0,
+        )
+        if highest > _state_of(doc):
+            doc = dict(doc or {}, state=highest)
+        return doc
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any] | None:
         try:
-            data = self.path.read_text()
-        except FileNotFoundError:
+            data = path.read_text()
+        except OSError:
             return None
         try:
             doc = json.loads(data)
@@ -90,13 +145,60 @@ class FileStore:
         return self._run(self._save, json.dumps(doc, sort_keys=True))
 
     def _save(self, text: str) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        _write(self.path, text)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def adopt_records(directory: Path, into: str, keep: set[str]) -> list[str]:
+    """
+    Merge the lock clients of every NSM record in C{directory} that no process
+    will keep (not named in C{keep}) into the record C{into}, then remove
+    them; the names of the records taken over. Blocking; called before any
+    process of the data directory serves NLM (the supervisor before it starts
+    its workers, a single gateway as it loads its record).
+
+    Without it the clients of a record nobody keeps (C{start --workers 4}
+    then C{--workers 2}, or a single gateway after C{--workers}, or back)
+    would never get SM_NOTIFY. The merged record is written (fsync, rename)
+    before the others are removed: a crash between leaves clients in two
+    records, notified twice, never none.
+    """
+    target = directory / into
+    orphans = sorted(
+        p for p in directory.glob("nsm*.json") if p.name not in keep and p.name != into
+    )
+    if not orphans:
+        return []
+    doc = FileStore._read(target) or {}
+    clients = doc.get("clients")
+    merged: dict[str, Any] = dict(clients) if isinstance(clients, dict) else {}
+    state = _state_of(doc)
+    for p in orphans:
+        other = FileStore._read(p) or {}
+        state = max(state, _state_of(other))
+        theirs = other.get("clients")
+        if isinstance(theirs, dict):
+            for name, info in theirs.items():
+                if isinstance(info, dict) and len(merged) < MAX_CLIENTS:
+                    merged.setdefault(name, info)
+    _write(target, json.dumps({"state": state, "clients": merged}, sort_keys=True))
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return [p.name for p in orphans]
+
+
+def _state_of(doc: dict[str, Any] | None) -> int:
+    state = (doc or {}).get("state", 0)
+    return state if isinstance(state, int) and not isinstance(state, bool) else 0
 
 
 def _name(raw: bytes) -> str:

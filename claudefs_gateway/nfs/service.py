@@ -39,7 +39,7 @@ from claudefs_gateway.nfs.context import NFSContext
 from claudefs_gateway.nfs.grace import Grace
 from claudefs_gateway.nfs.mount import MOUNT_PROGRAM, Mount
 from claudefs_gateway.nfs.nlm import NLM, NLM_PROGRAM, NLM_V4
-from claudefs_gateway.nfs.nsm import NSM_PROGRAM, STATE_FILE, FileStore, StatusMonitor
+from claudefs_gateway.nfs.nsm import NSM_PROGRAM, FileStore, StatusMonitor, state_file
 from claudefs_gateway.nfs.v3.codec import NFS_PROGRAM
 from claudefs_gateway.nfs.v3.procs import NFS3
 from claudefs_gateway.nfs.v4.compound import Settings
@@ -108,8 +108,12 @@ class NFSService(MultiService):
         # One grace period after a restart for NLM and NFSv4 (nfs/grace.py).
         self.grace = Grace(cfg.grace)
         self.nlm = NLM(self.ctx, self.callbacks, RequestMetrics(core.metrics, "nlm"))
+        # Each --workers worker keeps its own record (nsm.state_file).
+        # A single gateway takes over the records --workers workers left.
+        worker_index = core.extras.get("worker_index")
+        nsm_file = state_file(worker_index)
         self.nsm = StatusMonitor(
-            FileStore(core.config.data_dir / STATE_FILE, self._disk),
+            FileStore(core.config.data_dir / nsm_file, self._disk, adopt=worker_index is None),
             self.nlm,
             self.callbacks,
             cfg.grace,

@@ -42,7 +42,8 @@ from claudefs_gateway.core.log import Logger
 __all__ = ["ClientRegistry", "GRACE", "PROTOCOLS"]
 
 #: Seconds of cross-gateway grace after a gateway with clients is gone
-#: (the gateway's own C{nfs.grace_secs} default).
+#: (the gateway's own C{nfs.grace_secs} default); C{meta_store.grace_secs}
+#: sets it (servers/service.py build_meta).
 GRACE = 90.0
 PROTOCOLS = ("nfs4", "nlm")
 #: Records kept at most (every gateway's together); more are not kept, logged.

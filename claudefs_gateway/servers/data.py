@@ -87,13 +87,24 @@ class ChunkStore:
         except FileNotFoundError:
             if not create:
                 return None
-        new_dir = not d.exists()
-        d.mkdir(parents=True, exist_ok=True)
+        created = _make_dirs(d)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        if self.durable and sync_dirs:
-            _fsync_dir(d)
-            if new_dir:
-                _fsync_dir(d.parent)
+        if self.durable:
+            # A new file's entry is in d; a new directory's entry is in its
+            # parent, and its own entries in itself: each directory created
+            # and its parent are synced, or a power loss can drop the whole
+            # new chain (chunks/, chunks/xx/, chunks/xx/<ino>/) and the
+            # acknowledged file in it. Without sync_dirs (a short-circuit
+            # put) the file's directory waits for sync(), which syncs it and
+            # its parent; directories above it are new at most 257 times in
+            # a store's life, and another process's commit cannot know of
+            # them, so they are synced now.
+            todo: list[Path] = [d] if sync_dirs else []
+            for c in created:
+                if c != d or sync_dirs:
+                    todo += [c, c.parent]
+            for p in sorted(set(todo), key=lambda p: len(p.parts), reverse=True):
+                _fsync_dir(p)
         return fd
 
     def read(self, ino: int, offset: int, length: int) -> tuple[bool, bytes]:
@@ -289,6 +300,30 @@ class ChunkStore:
 def _pass_on(result: Any, gate: defer.Deferred[None]) -> Any:
     gate.callback(None)
     return result
+
+
+def _make_dirs(d: Path) -> list[Path]:
+    """
+    Create C{d} and the directories above it that are missing; the ones this
+    call made, top first. One that another process made meanwhile
+    (C{--workers} share the chunk store) counts as made: its maker may not
+    have synced it yet.
+    """
+    missing = []
+    p = d
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    created = []
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except FileExistsError:
+            pass
+        created.append(p)
+    return created
 
 
 def _fsync_dir(path: Path) -> None:

@@ -26,8 +26,8 @@ from claudefs_gateway.backend.remote import wire
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import RenameResult, WriteResult
-from claudefs_gateway.servers.clients import ClientRegistry
-from claudefs_gateway.servers.shared import SharedState
+from claudefs_gateway.servers.clients import GRACE, ClientRegistry
+from claudefs_gateway.servers.shared import LINGER, SharedState
 
 __all__ = ["MetaHandler", "LAYOUT_KEY", "DEFAULT_STRIPE"]
 
@@ -42,6 +42,9 @@ class MetaHandler:
 
     @param publish: C{publish(event_name, value)} pushes an event to every
         subscribed connection (the server factory's L{publish}).
+    @param grace: seconds of cross-gateway grace (C{meta_store.grace_secs}).
+    @param linger: seconds a gateway's lost subscription may take to come
+        back before it is gone (C{meta_store.linger_secs}).
     """
 
     _log = Logger()
@@ -54,6 +57,8 @@ class MetaHandler:
         *,
         clock: Any = None,
         push: Callable[[int, str, Any], bool] | None = None,
+        grace: float = GRACE,
+        linger: float = LINGER,
     ) -> None:
         self.backend = backend
         self._publish = publish
@@ -61,9 +66,9 @@ class MetaHandler:
         if clock is None:
             from twisted.internet import reactor as clock
         #: Locks, share reservations and lease holdings of every gateway (servers/shared.py).
-        self.shared = SharedState(clock, push or self._push_via_subscribers, publish)
+        self.shared = SharedState(clock, push or self._push_via_subscribers, publish, linger=linger)
         #: NFSv4 and NLM client records of every gateway, and their grace (servers/clients.py).
-        self.clients = ClientRegistry(clock, publish)
+        self.clients = ClientRegistry(clock, publish, grace=grace)
         self.shared.clients = self.clients
         self._subscribers: Any = None
         # False until the store is open: calls meanwhile are told to try later

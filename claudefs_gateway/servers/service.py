@@ -253,7 +253,10 @@ def build_meta(
             # The gateways of the other meta servers hear of it through the database.
             backend.notify_change(value.session, value.ino, value.dir)
 
-    handler = MetaHandler(backend, publish, clock=reactor)
+    timing = {}
+    if store_config is not None:
+        timing = {"grace": store_config.grace_secs, "linger": store_config.linger_secs}
+    handler = MetaHandler(backend, publish, clock=reactor, **timing)
     store = _MetaStore(
         handler,
         list(settings.data_servers),

@@ -47,6 +47,7 @@ from claudefs_gateway.vfs.shared import (
 __all__ = ["SharedState", "LINGER", "RECALL_TIMEOUT"]
 
 #: Seconds a session's state outlives its lost event subscription.
+#: C{meta_store.linger_secs} sets it (servers/service.py build_meta).
 LINGER = 10.0
 #: Seconds a LEASE_RECALL waits for other gateways (their own recall timeout,
 #: 35 s by default, plus slack: they revoke, then acknowledge).

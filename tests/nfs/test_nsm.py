@@ -11,7 +11,15 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from claudefs_gateway.nfs.nsm import NOTIFY, NSM_PROGRAM, FileStore, MemoryStore, StatusMonitor
+from claudefs_gateway.nfs.nsm import (
+    NOTIFY,
+    NSM_PROGRAM,
+    FileStore,
+    MemoryStore,
+    StatusMonitor,
+    adopt_records,
+    state_file,
+)
 from claudefs_gateway.rpc.xdr import Unpacker
 from claudefs_gateway.vfs.locks import LockTable
 
@@ -160,3 +168,121 @@ class FileStoreTests(SynchronousTestCase):
         (path / "nsm.json").write_text("not json")
         self.assertIsNone(self.successResultOf(store.load()))
         self.assertEqual(json.loads("{}"), {})
+
+
+class WorkerRecordTests(SynchronousTestCase):
+    """
+    C{--workers}: each worker keeps its own NSM record in the shared data
+    directory, and the host's state number moves past every record's.
+    """
+
+    def monitor(self, path: Path, index: int | None, cb: Callbacks) -> StatusMonitor:
+        store = FileStore(path / state_file(index), lambda f, *a: defer.maybeDeferred(f, *a))
+        mon = StatusMonitor(store, RecordingNLM(), cb, 45)  # type: ignore[arg-type]
+        self.successResultOf(defer.Deferred.fromCoroutine(mon.start(LockTable(Clock()))))
+        return mon
+
+    def test_file_names(self) -> None:
+        self.assertEqual(state_file(None), "nsm.json")
+        self.assertEqual(state_file(0), "nsm-worker-0.json")
+        self.assertEqual(state_file(3), "nsm-worker-3.json")
+
+    def test_restarted_worker_notifies_only_its_clients(self) -> None:
+        path = Path(self.mktemp())
+        os.makedirs(path)
+        cb = Callbacks()
+        w0 = self.monitor(path, 0, cb)
+        w1 = self.monitor(path, 1, cb)
+        w0.note(b"client-a", "10.0.0.1", None)
+        w1.note(b"client-b", "10.0.0.2", None)
+        self.successResultOf(w0.flushed())
+        self.successResultOf(w1.flushed())
+        self.assertEqual(
+            sorted(p.name for p in path.iterdir()), ["nsm-worker-0.json", "nsm-worker-1.json"]
+        )
+        self.assertIn("client-a", json.loads((path / "nsm-worker-0.json").read_text())["clients"])
+        self.assertNotIn(
+            "client-a", json.loads((path / "nsm-worker-1.json").read_text())["clients"]
+        )
+        # Worker 1 is killed and started again: it notifies its own client
+        # only (client-a's locks at worker 0 stay valid).
+        cb.calls.clear()
+        again = self.monitor(path, 1, cb)
+        self.assertEqual([c[0] for c in cb.calls], ["10.0.0.2"])
+        self.assertEqual(again.notified, ["client-b"])
+        # The state is new for the host, past both workers' numbers (a
+        # client's lockd ignores a notice whose state it has seen).
+        self.assertGreater(again.state, max(w0.state, w1.state))
+        self.assertEqual(again.state % 2, 1)
+        self.assertEqual(Unpacker(cb.calls[0][4]).string(1024), b"10.0.0.2")
+
+    def test_highest_state_of_every_record(self) -> None:
+        path = Path(self.mktemp())
+        os.makedirs(path)
+        (path / "nsm-worker-0.json").write_text(json.dumps({"state": 41, "clients": {}}))
+        (path / "nsm-worker-5.json").write_text("damaged")
+        (path / "nsm.json").write_text(json.dumps({"state": True, "clients": {}}))
+        mon = self.monitor(path, 1, Callbacks())
+        self.assertEqual(mon.state, 43)
+        self.assertEqual(json.loads((path / "nsm-worker-1.json").read_text())["state"], 43)
+        # The other records are only read.
+        self.assertEqual(json.loads((path / "nsm-worker-0.json").read_text())["state"], 41)
+
+    def write(self, path: Path, name: str, state: int, *clients: str) -> None:
+        doc = {
+            "state": state,
+            "clients": {
+                c: {"addr": f"10.0.0.{i + 1}", "server": None} for i, c in enumerate(clients)
+            },
+        }
+        (path / name).write_text(json.dumps(doc))
+
+    def test_records_nobody_keeps_are_adopted(self) -> None:
+        """
+        --workers 3 then --workers 1 (and a single gateway's record): the
+        supervisor gives worker 0 the clients of records no worker keeps, so
+        they are still notified; the others are removed once it is written.
+        """
+        path = Path(self.mktemp())
+        os.makedirs(path)
+        self.write(path, "nsm-worker-0.json", 5, "a")
+        self.write(path, "nsm-worker-1.json", 9, "b")
+        self.write(path, "nsm-worker-2.json", 7, "c", "a")
+        self.write(path, "nsm.json", 3, "d")
+        keep = {state_file(0)}
+        taken = adopt_records(path, state_file(0), keep)
+        self.assertEqual(taken, ["nsm-worker-1.json", "nsm-worker-2.json", "nsm.json"])
+        self.assertEqual(sorted(p.name for p in path.iterdir()), ["nsm-worker-0.json"])
+        doc = json.loads((path / "nsm-worker-0.json").read_text())
+        self.assertEqual(sorted(doc["clients"]), ["a", "b", "c", "d"])
+        self.assertEqual(doc["clients"]["a"]["addr"], "10.0.0.1")  # its own entry wins
+        self.assertEqual(doc["state"], 9)
+        cb = Callbacks()
+        mon = self.monitor(path, 0, cb)
+        self.assertEqual(sorted(mon.notified), ["a", "b", "c", "d"])
+        self.assertEqual(mon.state, 11)
+        # Nothing to take over: nothing written.
+        before = (path / "nsm-worker-0.json").stat().st_mtime_ns
+        self.assertEqual(adopt_records(path, state_file(0), keep), [])
+        self.assertEqual((path / "nsm-worker-0.json").stat().st_mtime_ns, before)
+
+    def test_single_gateway_adopts_the_workers_records(self) -> None:
+        path = Path(self.mktemp())
+        os.makedirs(path)
+        self.write(path, "nsm-worker-0.json", 5, "a")
+        self.write(path, "nsm-worker-1.json", 7, "b")
+        cb = Callbacks()
+        store = FileStore(path / "nsm.json", lambda f, *a: defer.maybeDeferred(f, *a), adopt=True)
+        mon = StatusMonitor(store, RecordingNLM(), cb, 45)  # type: ignore[arg-type]
+        self.successResultOf(defer.Deferred.fromCoroutine(mon.start(LockTable(Clock()))))
+        self.assertEqual(sorted(mon.notified), ["a", "b"])
+        self.assertEqual(mon.state, 9)
+        self.assertEqual(sorted(p.name for p in path.iterdir()), ["nsm.json"])
+
+    def test_a_worker_adopts_nothing(self) -> None:
+        path = Path(self.mktemp())
+        os.makedirs(path)
+        self.write(path, "nsm-worker-1.json", 7, "b")
+        mon = self.monitor(path, 0, Callbacks())
+        self.assertEqual(mon.notified, [])
+        self.assertTrue((path / "nsm-worker-1.json").exists())

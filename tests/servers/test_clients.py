@@ -98,3 +98,91 @@ class EnforcedTests(SynchronousTestCase):
         self.shared.share_open(2, 6, OWNER, 2, 3, 2, True)
         self.reg.reclaimed(2, "nfs4", b"alice")
         self.successResultOf(self.shared.lock(2, 7, OWNER, 0, 1, True, False))
+
+
+class ConfiguredTimingTests(SynchronousTestCase):
+    """
+    C{meta_store.grace_secs} and C{meta_store.linger_secs}: the meta server's
+    cross-gateway grace and how long a lost gateway may take to come back.
+    """
+
+    def build(self, text: str | None) -> Any:
+        from pathlib import Path
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        from claudefs_gateway.core import config as cfg
+        from claudefs_gateway.servers.service import ServerSettings, build_meta
+
+        store = cfg.loads(text).meta_store if text is not None else None
+        settings = ServerSettings(
+            data_dir=Path(self.mktemp()).absolute(),
+            listen=cfg.loads("admin: {bind: '127.0.0.1:0'}\n").admin.bind,
+            admin=cfg.loads("admin: {bind: '127.0.0.1:0'}\n").admin.bind,
+            meta_store=store,
+        )
+        root = build_meta(settings, MemoryReactorClock())
+        return root.getServiceNamed("server:store").handler
+
+    def test_defaults(self) -> None:
+        for text in (None, "meta_store: {type: embedded}\n"):
+            handler = self.build(text)
+            self.assertEqual((handler.clients.grace, handler.shared.linger), (90, 10))
+
+    def test_keys_reach_the_handler(self) -> None:
+        handler = self.build("meta_store: {grace_secs: 30, linger_secs: 3}\n")
+        self.assertEqual((handler.clients.grace, handler.shared.linger), (30, 3))
+
+    def test_bad_values(self) -> None:
+        from claudefs_gateway.core import config as cfg
+        from claudefs_gateway.errors import ConfigError
+
+        for text in (
+            "meta_store: {linger_secs: 0}\n",
+            "meta_store: {grace_secs: -1}\n",
+            "meta_store: {grace_secs: 4000}\n",
+        ):
+            self.assertRaises(ConfigError, cfg.loads, text)
+
+    def test_linger_and_grace_timing(self) -> None:
+        """A lost gateway is gone after linger_secs; its clients' grace lasts grace_secs."""
+        from claudefs_gateway.servers.meta import MetaHandler
+
+        clock = task.Clock()
+        handler = MetaHandler(None, lambda n, v: None, clock=clock, grace=20, linger=4)
+        handler.clients.note(1, "nlm", b"host")
+        handler.shared.unsubscribed(1)
+        clock.advance(3.9)
+        self.assertFalse(handler.clients.in_grace)
+        clock.advance(0.1)
+        self.assertTrue(handler.clients.in_grace)
+        clock.advance(19.9)
+        self.assertTrue(handler.clients.in_grace)
+        clock.advance(0.1)
+        self.assertFalse(handler.clients.in_grace)
+
+    def test_workers_pass_the_gateway_grace(self) -> None:
+        """start --workers: the meta server's grace follows nfs.grace_secs unless set."""
+        import shutil
+
+        import yaml
+        from twisted.internet.testing import MemoryReactorClock
+
+        from claudefs_gateway.core import config as cfg
+        from claudefs_gateway.workers import Supervisor
+
+        for text, want in (
+            ("nfs: {grace_secs: 45}\n", 45),
+            ("nfs: {grace_secs: 45}\nmeta_store: {grace_secs: 20, linger_secs: 5}\n", 20),
+            ("", 90),
+        ):
+            sup = Supervisor(cfg.loads(text), text, 1, "all", MemoryReactorClock())
+            self.addCleanup(shutil.rmtree, sup.run_dir, True)
+            args = sup._server_args("meta")
+            path = args[args.index("--config") + 1]
+            store = cfg.load(path).meta_store
+            self.assertEqual(store.grace_secs, want)
+            if "linger_secs" in text:
+                self.assertEqual(store.linger_secs, 5)
+            with open(path) as f:
+                self.assertEqual(yaml.safe_load(f)["meta_store"]["grace_secs"], want)

@@ -139,3 +139,88 @@ class PutSyncTests(SynchronousTestCase):
     def test_sync_of_nothing_held(self) -> None:
         self.store.sync(42)
         self.assertEqual(self.synced, [])
+
+
+class DirSyncTests(SynchronousTestCase):
+    """
+    Every directory a write creates is synced with its parent (its entry),
+    so a power loss cannot drop a new chain chunks/xx/<ino>/ and the
+    acknowledged chunk file in it; a write that creates none syncs only the
+    directory of a new chunk file.
+    """
+
+    def setUp(self) -> None:
+        self.store = ChunkStore(Path(self.mktemp()), durable=True)
+        self.store.root.mkdir()
+        self.root = str(self.store.root.absolute())
+        self.fsynced: list[str] = []
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            self.fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real(fd)
+
+        self.patch(os, "fsync", fsync)
+
+    def rel(self) -> list[str]:
+        out = sorted(os.path.relpath(p, self.root) for p in self.fsynced)
+        self.fsynced.clear()
+        return out
+
+    def test_write_of_a_new_chain(self) -> None:
+        """chunks/, chunks/01/ and chunks/01/1/ are new: each and its parent."""
+        self.store.write(1, 0, b"a", stable=False)
+        self.assertEqual(self.rel(), [".", "chunks", "chunks/01", "chunks/01/1"])
+        # A second file in the same bucket: its directory and the bucket.
+        self.store.write(257, 0, b"b", stable=False)
+        self.assertEqual(self.rel(), ["chunks/01", "chunks/01/257"])
+        # Another bucket: chunks/ holds the new bucket's entry.
+        self.store.write(2, 0, b"c", stable=False)
+        self.assertEqual(self.rel(), ["chunks", "chunks/02", "chunks/02/2"])
+        # A new chunk file in an existing directory: that directory only.
+        self.store.write(2, CHUNK, b"d", stable=False)
+        self.assertEqual(self.rel(), ["chunks/02/2"])
+        # Nothing new: no directory sync.
+        self.store.write(2, 1, b"e", stable=False)
+        self.assertEqual(self.rel(), [])
+
+    def test_short_circuit_put_then_sync(self) -> None:
+        """
+        The local data path (put, then sync at a stable write or commit):
+        the directories above the file's are synced at once (a commit through
+        another process could not know of them), the file's own directory
+        and its entry at sync.
+        """
+        self.store.put(1, 0, b"a")
+        self.assertEqual(self.rel(), [".", "chunks", "chunks/01"])
+        self.store.sync(1, [0])
+        self.assertEqual(self.rel(), ["chunks/01", "chunks/01/1"])
+        self.store.put(257, 0, b"b")
+        self.assertEqual(self.rel(), [])
+        self.store.sync(257)
+        self.assertEqual(self.rel(), ["chunks/01", "chunks/01/257"])
+
+    def test_directory_made_by_another_process_counts_as_created(self) -> None:
+        """
+        --workers share the chunk store: a directory another process made
+        between our look and our mkdir is synced too (its maker may not have
+        synced it yet).
+        """
+        from claudefs_gateway.servers import data
+
+        real_mkdir = Path.mkdir
+
+        def racing_mkdir(self_: Path, *a: Any, **kw: Any) -> None:
+            real_mkdir(self_, *a, **kw)
+            if self_.name == "chunks":
+                raise FileExistsError(str(self_))
+
+        self.patch(Path, "mkdir", racing_mkdir)
+        made = data._make_dirs(self.store.root / "chunks" / "01" / "1")
+        self.assertEqual([p.name for p in made], ["chunks", "01", "1"])
+
+    def test_not_durable_syncs_nothing(self) -> None:
+        store = ChunkStore(Path(self.mktemp()), durable=False)
+        store.root.mkdir()
+        store.write(1, 0, b"a", stable=True)
+        self.assertEqual(self.fsynced, [])
