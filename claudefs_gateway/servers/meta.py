@@ -152,6 +152,25 @@ class MetaHandler:
 
     # -- session --------------------------------------------------------------------
 
+    def _dirs(self, d: defer.Deferred[Any], *dirs: int) -> defer.Deferred[Any]:
+        """
+        Answer a namespace change with the directories it changed, as they are
+        after it (wire.DIRS): the gateway caches them rather than sending a
+        GETATTR for its reply's wcc data. Read after the change committed, so
+        never older than it; a directory gone meanwhile is left out.
+        """
+
+        async def add(result: Any) -> tuple[Any, tuple[Any, ...]]:
+            after = []
+            for ino in dict.fromkeys(dirs):
+                try:
+                    after.append(await self.backend.getattr(ino))
+                except errors.GatewayError:
+                    continue  # the change stands; the gateway asks again if it must
+            return result, tuple(after)
+
+        return d.addCallback(lambda r: defer.Deferred.fromCoroutine(add(r)))
+
     def op_HEARTBEAT(self, conn: Any) -> None:
         return None
 
@@ -330,25 +349,25 @@ class MetaHandler:
         rdev: tuple[int, int],
     ) -> Any:
         d = self.backend.create(parent, name, type, mode, uid, gid, tuple(rdev))
-        return self._then(d, lambda a: self._changed(conn, a.ino, parent))
+        return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
     def op_SYMLINK(
         self, conn: Any, parent: int, name: bytes, target: bytes, mode: int, uid: int, gid: int
     ) -> Any:
         d = self.backend.symlink(parent, name, target, mode, uid, gid)
-        return self._then(d, lambda a: self._changed(conn, a.ino, parent))
+        return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
     def op_LINK(self, conn: Any, ino: int, parent: int, name: bytes) -> Any:
         d = self.backend.link(ino, parent, name)
-        return self._then(d, lambda a: self._changed(conn, a.ino, parent))
+        return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
     def op_UNLINK(self, conn: Any, parent: int, name: bytes) -> Any:
         d = self.backend.unlink(parent, name)
-        return self._then(d, lambda a: self._changed(conn, a.ino, parent))
+        return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
     def op_RMDIR(self, conn: Any, parent: int, name: bytes) -> Any:
         d = self.backend.rmdir(parent, name)
-        return self._then(d, lambda a: self._changed(conn, a.ino, parent))
+        return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
     def op_RENAME(
         self, conn: Any, src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
@@ -360,7 +379,7 @@ class MetaHandler:
             if dst_parent != src_parent or r.replaced is not None:
                 self._changed(conn, r.replaced.ino if r.replaced else r.source.ino, dst_parent)
 
-        return self._then(d, changed)
+        return self._dirs(self._then(d, changed), src_parent, dst_parent)
 
     def op_SETATTR(self, conn: Any, ino: int, changes: Any, guard: int | None) -> Any:
         d = self.backend.setattr(ino, changes, guard)

@@ -158,6 +158,9 @@ class VFS:
         leases: ILeaseManager | None = None,
     ) -> None:
         self.backend = backend
+        self._dir_after: Callable[[int], Attributes | None] | None = getattr(
+            backend, "dir_after", None
+        )
         self.config = config
         self.clock = clock
         self.exports = Exports.from_config(config.all_exports(), s3_root=config.s3.root)
@@ -403,7 +406,17 @@ class VFS:
         return a
 
     def _dir_changed(self, dir_ino: int) -> None:
+        """
+        A namespace change through this vfs changed C{dir_ino}: its cached
+        attributes are old. A backend whose answer carried the directory
+        after the change (the remote client's C{dir_after}) saves the
+        GETATTR the front end's reply would send (NFS wcc data).
+        """
         self.attr_cache.discard(dir_ino)
+        if self._dir_after is not None:
+            after = self._dir_after(dir_ino)
+            if after is not None:
+                self.attr_cache.put(dir_ino, after)
 
     def _gone(self, a: Attributes) -> None:
         """Forget an inode whose last link went."""

@@ -24,6 +24,7 @@ its whole cache).
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import random
@@ -214,6 +215,9 @@ class RemoteBackend:
         #: unstable writes a restarted server may have lost.
         self.restarts = 0
         self._local = short_circuit
+        #: Directories as the latest namespace change's answer gave them
+        #: (wire.DIRS), newest change kept, bounded; see dir_after.
+        self._dirs_after: collections.OrderedDict[int, Attributes] = collections.OrderedDict()
         #: True once open() found the layout the short-circuit path serves.
         self.short_circuited = False
 
@@ -377,10 +381,15 @@ class RemoteBackend:
             return
         if value.session == self.session:
             return
+        # Another gateway changed it: what an earlier answer said is history.
+        self._dirs_after.pop(value.ino, None)
+        if value.dir:
+            self._dirs_after.pop(value.dir, None)
         for listener in list(self._change_listeners):
             listener(value)
 
     def _reset(self) -> None:
+        self._dirs_after.clear()
         for listener in list(self._reset_listeners):
             try:
                 listener()
@@ -688,6 +697,35 @@ class RemoteBackend:
             return CheckResult.unhealthy("backend not open")
         return self.check_metadata()
 
+    # -- directories after a change ---------------------------------------------------------
+
+    def _took_dirs(self, reply: tuple[Any, Sequence[Attributes]]) -> Any:
+        """Keep the directories a namespace change's answer carried; fire with its result."""
+        result, dirs = reply
+        kept = self._dirs_after
+        for a in dirs:
+            old = kept.get(a.ino)
+            if old is None or old.gen != a.gen or a.change >= old.change:
+                kept[a.ino] = a
+                kept.move_to_end(a.ino)
+        while len(kept) > 1024:
+            kept.popitem(last=False)
+        # An inode whose last link went (a removed directory) has no "after".
+        for gone in (result, getattr(result, "replaced", None)):
+            if isinstance(gone, Attributes) and gone.nlink == 0:
+                kept.pop(gone.ino, None)
+        return result
+
+    def dir_after(self, ino: int) -> Attributes | None:
+        """
+        Directory C{ino} as the newest answer of a namespace change made
+        through this gateway gave it (CREATE, SYMLINK, LINK, UNLINK, RMDIR,
+        RENAME carry their directories after: wire.DIRS), or None. The vfs
+        caches it after such a change instead of a GETATTR round trip. A
+        change event from another gateway or a missed-events reset drops it.
+        """
+        return self._dirs_after.get(ino)
+
     # -- IMetadataService -------------------------------------------------------------------
 
     def root(self) -> defer.Deferred[Attributes]:
@@ -711,19 +749,21 @@ class RemoteBackend:
         durable: bool = True,
     ) -> defer.Deferred[Attributes]:
         # Always durable (the flag is a hint: interfaces.IMetadataService.create).
-        return self._call("CREATE", (parent, bytes(name), type, mode, uid, gid, tuple(rdev)))
+        d = self._call("CREATE", (parent, bytes(name), type, mode, uid, gid, tuple(rdev)))
+        return d.addCallback(self._took_dirs)
 
     def symlink(
         self, parent: int, name: bytes, target: bytes, mode: int, uid: int, gid: int
     ) -> defer.Deferred[Attributes]:
-        return self._call("SYMLINK", (parent, bytes(name), bytes(target), mode, uid, gid))
+        d = self._call("SYMLINK", (parent, bytes(name), bytes(target), mode, uid, gid))
+        return d.addCallback(self._took_dirs)
 
     def link(self, ino: int, parent: int, name: bytes) -> defer.Deferred[Attributes]:
-        return self._call("LINK", (ino, parent, bytes(name)))
+        return self._call("LINK", (ino, parent, bytes(name))).addCallback(self._took_dirs)
 
     def unlink(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
         # Always durable (the flag is a hint: interfaces.IMetadataService.create).
-        d = self._call("UNLINK", (parent, bytes(name)))
+        d = self._call("UNLINK", (parent, bytes(name))).addCallback(self._took_dirs)
         return d.addCallback(_tap(self._gone))
 
     def sync(self) -> defer.Deferred[None]:
@@ -731,7 +771,7 @@ class RemoteBackend:
         return defer.succeed(None)
 
     def rmdir(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
-        return self._call("RMDIR", (parent, bytes(name)))
+        return self._call("RMDIR", (parent, bytes(name))).addCallback(self._took_dirs)
 
     def rename(
         self,
@@ -742,6 +782,7 @@ class RemoteBackend:
         durable: bool = True,
     ) -> defer.Deferred[RenameResult]:
         d = self._call("RENAME", (src_parent, bytes(src_name), dst_parent, bytes(dst_name)))
+        d.addCallback(self._took_dirs)
         return d.addCallback(_tap(lambda r: self._gone(r.replaced)))
 
     def setattr(

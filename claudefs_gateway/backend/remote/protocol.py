@@ -566,8 +566,16 @@ class ServerFactory(Factory):
         return p
 
     def publish(self, name: str, value: Any) -> None:
-        """Push one event to every subscribed connection."""
+        """
+        Push one event to every subscribed connection; an C{EV_CHANGE} not to
+        the session whose call made it, which would only drop it (docs/rpc.rst
+        "Server-pushed events"): with N gateways on one meta server that is a
+        frame and a wake-up of the calling gateway saved per change.
+        """
+        own = value.session if name == "EV_CHANGE" else 0
         for conn in list(self.subscribers):
+            if own and conn.session == own:
+                continue
             conn.push(name, value)
 
     def close_all(self) -> None:

@@ -65,7 +65,8 @@ __all__ = [
 
 CALL, REPLY, ERROR, EVENT = 0, 1, 2, 3
 KINDS = (CALL, REPLY, ERROR, EVENT)
-PROTOCOL_VERSION = 2
+#: 3: namespace changes (CREATE ... RENAME) answer with the directories' attributes after.
+PROTOCOL_VERSION = 3
 
 _HDR = struct.Struct("<IIBBHQ")  # length, opcode, kind, flags, pad, id
 HEADER = _HDR.size - 4  # 16: what length counts besides the payload
@@ -422,6 +423,11 @@ WRITERESULT = Struct(
     WriteResult, [("count", U64), ("stable", BOOL), ("attrs", ATTRS), ("before", Opt(ATTRS))]
 )
 RENAMERESULT = Struct(RenameResult, [("source", ATTRS), ("replaced", Opt(ATTRS))])
+#: The directories a namespace change changed, as they were after it (the
+#: parent; for RENAME the source directory, then the destination if another):
+#: the gateway caches them instead of asking GETATTR for the reply's wcc data.
+#: A directory that went meanwhile is left out.
+DIRS = _Tuple(Seq(ATTRS, 2))
 
 
 class _Dict(Codec):
@@ -582,16 +588,24 @@ OPS: dict[int, Op] = _ops(
         0x20,
         "CREATE",
         Tup(U64, NAME, FTYPE, U32, U32, U32, Tup(U32, U32)),
-        ATTRS,
+        Tup(ATTRS, DIRS),
         "meta",
         False,
-        doc="parent, name, type, mode, uid, gid, rdev",
+        doc="parent, name, type, mode, uid, gid, rdev; answers the inode and the parent after",
     ),
-    Op(0x21, "SYMLINK", Tup(U64, NAME, TARGET, U32, U32, U32), ATTRS, "meta", False),
-    Op(0x22, "LINK", Tup(U64, U64, NAME), ATTRS, "meta", False),
-    Op(0x23, "UNLINK", Tup(U64, NAME), ATTRS, "meta", False),
-    Op(0x24, "RMDIR", Tup(U64, NAME), ATTRS, "meta", False),
-    Op(0x25, "RENAME", Tup(U64, NAME, U64, NAME), RENAMERESULT, "meta", False),
+    Op(0x21, "SYMLINK", Tup(U64, NAME, TARGET, U32, U32, U32), Tup(ATTRS, DIRS), "meta", False),
+    Op(0x22, "LINK", Tup(U64, U64, NAME), Tup(ATTRS, DIRS), "meta", False),
+    Op(0x23, "UNLINK", Tup(U64, NAME), Tup(ATTRS, DIRS), "meta", False),
+    Op(0x24, "RMDIR", Tup(U64, NAME), Tup(ATTRS, DIRS), "meta", False),
+    Op(
+        0x25,
+        "RENAME",
+        Tup(U64, NAME, U64, NAME),
+        Tup(RENAMERESULT, DIRS),
+        "meta",
+        False,
+        doc="answers the result and the source, then destination, directory after",
+    ),
     Op(0x26, "SETATTR", Tup(U64, SETATTRS, Opt(I64)), ATTRS, "meta", True),
     Op(0x27, "SETXATTR", Tup(U64, XNAME, XVALUE, Opt(BOOL)), NOTHING, "meta", False),
     Op(0x28, "REMOVEXATTR", Tup(U64, XNAME), NOTHING, "meta", False),

@@ -102,6 +102,15 @@ class PairTests(SynchronousTestCase):
         self.pump.flush()
         self.assertEqual(self.events, [("EV_CHANGE", wire.ChangeEvent(3, 42, 1))])
 
+    def test_own_changes_not_pushed(self) -> None:
+        """An EV_CHANGE goes to every subscriber but the session whose call made it."""
+        self.client.call("SUBSCRIBE", True)
+        self.pump.flush()
+        self.factory.publish("EV_CHANGE", wire.ChangeEvent(7, 42, 1))
+        self.factory.publish("EV_CHANGE", wire.ChangeEvent(0, 43, 0))
+        self.pump.flush()
+        self.assertEqual(self.events, [("EV_CHANGE", wire.ChangeEvent(0, 43, 0))])
+
     def test_lost_connection_fails_in_flight(self) -> None:
         d = self.client.call("GETATTR", (100,))
         self.pump.flush()

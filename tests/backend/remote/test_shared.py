@@ -275,6 +275,22 @@ class RaceTests(TestCase):
         self.assertEqual((la.state, lb.state), (R | H, R | H))
 
 
+class MetaReleaseInodeTests(TestCase):
+    """RELEASE_INODE on the meta server (servers/shared.py)."""
+
+    async def test_pushes_only_state_it_had(self) -> None:
+        """A removed file that had no lock or share pushes no EV_LOCKS; one that had, an empty one."""
+        published: list[tuple[str, Any]] = []
+        st = SharedState(task.Clock(), lambda s, n, v: True, lambda n, v: published.append((n, v)))
+        st.release_inode(9)
+        self.assertEqual(published, [])
+        await st.lock(1, 9, ("nlm", b"b:c", b"o"), 0, 10, True, False)
+        self.assertTrue(published)
+        published.clear()
+        st.release_inode(9)
+        self.assertEqual(published, [("EV_LOCKS", (9, [], []))])
+
+
 class MetaLeaseGrantTests(TestCase):
     """The meta server's LEASE_GRANT rule (servers/shared.py), on a Clock."""
 

@@ -36,7 +36,7 @@ def strategy(c: wire.Codec) -> st.SearchStrategy[Any]:
     if isinstance(c, wire._Tuple):
         return strategy(c.codec).map(tuple)
     if isinstance(c, wire.Seq):
-        return st.lists(strategy(c.inner), max_size=3)
+        return st.lists(strategy(c.inner), max_size=min(3, c.limit))
     if isinstance(c, wire.Tup):
         return st.tuples(*(strategy(p) for p in c.parts))
     if isinstance(c, wire.Struct):
