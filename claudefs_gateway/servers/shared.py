@@ -53,7 +53,7 @@ from claudefs_gateway.vfs.shared import (
     owner_to_wire,
 )
 
-__all__ = ["ISharedState", "SharedState", "LINGER", "RECALL_TIMEOUT"]
+__all__ = ["BreakBook", "ISharedState", "SharedState", "LINGER", "RECALL_TIMEOUT"]
 
 #: Seconds a session's state outlives its lost event subscription.
 #: C{meta_store.linger_secs} sets it (servers/service.py build_meta).
@@ -63,8 +63,56 @@ LINGER = 10.0
 RECALL_TIMEOUT = 45.0
 
 
+class BreakBook:
+    """
+    What both shared states (in memory: L{SharedState}; over PostgreSQL:
+    L{claudefs_gateway.servers.shared_pg.PgSharedState}) keep alike: the lease
+    breaks out and who has still to acknowledge each, and sessions coming back
+    within their linger time.
+    """
+
+    _breaks: dict[int, tuple[set[int], defer.Deferred[None], IDelayedCall]]
+    _recalling: dict[int, Any]
+    _gone: dict[int, IDelayedCall]
+    clients: Any
+    _log: Logger
+
+    def _acked(self, bid: int, session: int) -> None:
+        entry = self._breaks.get(bid)
+        if entry is None:
+            return
+        waiting, done, timer = entry
+        waiting.discard(session)
+        if not waiting:
+            del self._breaks[bid]
+            if timer.active():
+                timer.cancel()
+            done.callback(None)
+
+    def _break_timed_out(self, bid: int) -> None:
+        entry = self._breaks.pop(bid, None)
+        if entry is not None:
+            self._log.warn(
+                "lease break {bid}: sessions {sessions} did not answer in time",
+                bid=bid,
+                sessions=",".join(f"{s:x}" for s in entry[0]),
+            )
+            entry[1].callback(None)
+
+    def _recalled(self, result: Any, bid: int) -> Any:
+        self._recalling.pop(bid, None)
+        return result
+
+    def subscribed(self, session: int) -> None:
+        timer = self._gone.pop(session, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+            if self.clients is not None:
+                self.clients.session_back(session)
+
+
 @implementer(ISharedState)
-class SharedState:
+class SharedState(BreakBook):
     """
     @param push: C{push(session, event_name, value)} sends one event to the
         session's subscribed connection; returns False if it has none.
@@ -325,43 +373,10 @@ class SharedState:
                 self._acked(bid, s)
         return done
 
-    def _recalled(self, result: Any, bid: int) -> Any:
-        self._recalling.pop(bid, None)
-        return result
-
     def lease_break_ack(self, session: int, bid: int) -> None:
         self._acked(bid, session)
 
-    def _acked(self, bid: int, session: int) -> None:
-        entry = self._breaks.get(bid)
-        if entry is None:
-            return
-        waiting, done, timer = entry
-        waiting.discard(session)
-        if not waiting:
-            del self._breaks[bid]
-            if timer.active():
-                timer.cancel()
-            done.callback(None)
-
-    def _break_timed_out(self, bid: int) -> None:
-        entry = self._breaks.pop(bid, None)
-        if entry is not None:
-            self._log.warn(
-                "lease break {bid}: sessions {sessions} did not answer in time",
-                bid=bid,
-                sessions=",".join(f"{s:x}" for s in entry[0]),
-            )
-            entry[1].callback(None)
-
     # -- sessions -------------------------------------------------------------------------------
-
-    def subscribed(self, session: int) -> None:
-        timer = self._gone.pop(session, None)
-        if timer is not None and timer.active():
-            timer.cancel()
-            if self.clients is not None:
-                self.clients.session_back(session)
 
     def unsubscribed(self, session: int) -> None:
         """The session's last event subscription went: drop it unless it comes back soon."""

@@ -51,7 +51,7 @@ from zope.interface import implementer
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.servers.deadlocks import WaitGraph
-from claudefs_gateway.servers.shared import LINGER, RECALL_TIMEOUT, ISharedState
+from claudefs_gateway.servers.shared import LINGER, RECALL_TIMEOUT, BreakBook, ISharedState
 from claudefs_gateway.vfs.leases import KEEP_FOR, W, Why
 from claudefs_gateway.vfs.locks import LockOwner, LockTable, ShareToken
 from claudefs_gateway.vfs.shared import modes_from_bits, modes_to_bits, owner_from_wire
@@ -190,7 +190,7 @@ _log = Logger()
 
 
 @implementer(ISharedState)
-class PgSharedState:
+class PgSharedState(BreakBook):
     """
     L{ISharedState} in the database of a L{PostgresStore}, shared by every meta
     server on it.
@@ -635,10 +635,6 @@ class PgSharedState:
 
         return defer.Deferred.fromCoroutine(run())
 
-    def _recalled(self, result: Any, bid: int) -> Any:
-        self._recalling.pop(bid, None)
-        return result
-
     def _tell(self, parts: tuple[object, ...]) -> None:
         d = self.store.transaction(lambda conn: self._notify(conn, *parts))
         d.addErrback(
@@ -661,28 +657,6 @@ class PgSharedState:
             self._tell(("A", origin, f"{bid:x}", f"{session:x}"))
         else:
             self._acked(bid, session)
-
-    def _acked(self, bid: int, session: int) -> None:
-        entry = self._breaks.get(bid)
-        if entry is None:
-            return
-        waiting, done, timer = entry
-        waiting.discard(session)
-        if not waiting:
-            del self._breaks[bid]
-            if timer.active():
-                timer.cancel()
-            done.callback(None)
-
-    def _break_timed_out(self, bid: int) -> None:
-        entry = self._breaks.pop(bid, None)
-        if entry is not None:
-            self._log.warn(
-                "lease break {bid}: sessions {sessions} did not answer in time",
-                bid=bid,
-                sessions=",".join(f"{s:x}" for s in entry[0]),
-            )
-            entry[1].callback(None)
 
     # -- what other meta servers say -----------------------------------------------------------
 
@@ -750,13 +724,6 @@ class PgSharedState:
         d = self.store.transaction(read)
         d.addCallback(send)
         d.addErrback(lambda f: self._log.warn("shared state snapshot: {why}", why=str(f.value)))
-
-    def subscribed(self, session: int) -> None:
-        timer = self._gone.pop(session, None)
-        if timer is not None and timer.active():
-            timer.cancel()
-            if self.clients is not None:
-                self.clients.session_back(session)
 
     def unsubscribed(self, session: int) -> None:
         if session in self._gone or self._stopped:
