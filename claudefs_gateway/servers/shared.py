@@ -77,6 +77,18 @@ class BreakBook:
     clients: Any
     _log: Logger
 
+    def _settle_all(self) -> None:
+        """Stopping: cancel the linger timers and answer every recall still waiting."""
+        for timer in self._gone.values():
+            if timer.active():
+                timer.cancel()
+        self._gone.clear()
+        for bid in list(self._breaks):
+            _, done, timer = self._breaks.pop(bid)
+            if timer.active():
+                timer.cancel()
+            done.callback(None)
+
     def _acked(self, bid: int, session: int) -> None:
         entry = self._breaks.get(bid)
         if entry is None:
@@ -421,15 +433,7 @@ class SharedState(BreakBook):
     def stop(self) -> None:
         """The server stops: cancel its timers, answer waiting recalls."""
         self._stopped = True
-        for timer in self._gone.values():
-            if timer.active():
-                timer.cancel()
-        self._gone.clear()
-        for bid in list(self._breaks):
-            waiting, done, timer = self._breaks.pop(bid)
-            if timer.active():
-                timer.cancel()
-            done.callback(None)
+        self._settle_all()
 
     def sessions(self) -> dict[str, int]:
         """Counts for /health and tests."""

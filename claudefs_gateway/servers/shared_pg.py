@@ -849,15 +849,7 @@ class PgSharedState(BreakBook):
         if self._beat is not None and self._beat.active():
             self._beat.cancel()
         self._beat = None
-        for timer in self._gone.values():
-            if timer.active():
-                timer.cancel()
-        self._gone.clear()
-        for bid in list(self._breaks):
-            _, done, timer = self._breaks.pop(bid)
-            if timer.active():
-                timer.cancel()
-            done.callback(None)
+        self._settle_all()
 
     def sessions(self) -> dict[str, int]:
         return {
