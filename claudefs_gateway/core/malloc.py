@@ -25,12 +25,16 @@ less the heap in use grew did the same every few seconds. What is worth
 giving back is memory a burst held and nothing needs since: so every
 C{POLL_SECS} the trimmer reads glibc's heap in use (C{mallinfo2}, a walk of
 the free lists: 11 ms on a deliberately fragmented 400 MiB heap, 0.2 % of
-the reactor's time at that period) and trims when it has fallen
-C{BURST_BYTES} below its highest reading of the last C{WINDOW_SECS} (clients
-that held queued replies left, a load ended), plus once every
-C{TRIM_INTERVAL_SECS} in case the heap crept up without any one burst. A
-READ's buffer is freed and reused far below C{BURST_BYTES}, so steady I/O
-never triggers it.
+the reactor's time at that period) and trims when it has fallen a threshold
+below its highest reading of the last C{WINDOW_SECS} (clients that held
+queued replies left, a load ended). The threshold starts at C{BURST_BYTES}
+and learns from RSS: a trim the load faults half back within the window
+doubles it (steady load swings its heap in use by 24 MiB and more from one
+poll to the next here), one whose release stays given back, or
+C{TRIM_INTERVAL_SECS} without a trim, halves it again. A READ's buffer is
+freed and reused far below the threshold, so steady I/O never triggers it.
+Without C{mallinfo2} (glibc before 2.33) the trimmer trims every
+C{TRIM_INTERVAL_SECS}.
 Not glibc (musl, other platforms): nothing happens.
 """
 
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -59,6 +64,8 @@ __all__ = [
     "BURST_BYTES",
     "heap_in_use",
     "WINDOW_SECS",
+    "MAX_BURST_BYTES",
+    "resident_bytes",
 ]
 
 _log = Logger()
@@ -75,6 +82,7 @@ TRIM_INTERVAL_SECS = 600.0
 POLL_SECS = 5.0
 BURST_BYTES = 24 << 20
 WINDOW_SECS = 60.0
+MAX_BURST_BYTES = 256 << 20
 
 _done = False
 
@@ -171,13 +179,29 @@ def heap_in_use() -> int | None:
     return None if _mallinfo2 is None else int(_mallinfo2().uordblks)
 
 
+def resident_bytes() -> int | None:
+    """This process's RSS in bytes (C{/proc/self/statm}), or None where there is none."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 class HeapTrimmer(Service):
     """
     Give the heap kept by L{keep_freed_memory} back to the kernel when a burst
     ends: every C{poll} seconds, read the heap in use (C{in_use}) and trim
-    when it is C{burst} bytes below the highest reading of the last
-    C{window} seconds; trim anyway every C{interval} seconds (the only rule
-    when C{in_use} cannot tell, as without glibc 2.33's C{mallinfo2}).
+    when it is the threshold below the highest reading of the last C{window}
+    seconds. The threshold starts at C{burst} and learns: a trim whose
+    release the load faults at least half back within C{window} (RSS, read
+    with C{rss}) gave back working set, not a burst's leftovers, and doubles
+    it (up to C{MAX_BURST_BYTES}); a trim whose release stays given back, or
+    C{interval} seconds without a trim, halves it again (down to C{burst}).
+    Without C{mallinfo2} (C{in_use} None), trim every C{interval} seconds.
     """
 
     def __init__(
@@ -189,6 +213,7 @@ class HeapTrimmer(Service):
         poll: float = POLL_SECS,
         burst: int = BURST_BYTES,
         window: float = WINDOW_SECS,
+        rss: Callable[[], int | None] = resident_bytes,
     ) -> None:
         self._clock = clock
         self._loop = LoopingCall(self._check)
@@ -196,30 +221,55 @@ class HeapTrimmer(Service):
         self._interval = interval
         self._poll = min(poll, interval)
         self._burst = burst
+        self._window = window
         self._trim_fn = trim
         self._in_use = in_use
+        self._rss = rss
         self._recent: deque[int] = deque(maxlen=max(int(window / self._poll), 1))
         self._last = 0.0
-        #: Trims done, and how many of them a burst's end started (tests, reports).
+        # The last trim being watched: (when, RSS after it, bytes it released).
+        self._watch: tuple[float, int, int] | None = None
+        #: The fall of the heap in use that trims now (see the class docstring).
+        self.threshold = burst
+        #: Trims done; those the load faulted back (wasted).
         self.trims = 0
-        self.burst_trims = 0
+        self.wasted = 0
+
+    def _read(self, f: Callable[[], int | None]) -> int | None:
+        try:
+            return f()
+        except Exception:
+            _log.failure("reading the heap's size failed")
+            return None
 
     def _check(self) -> None:
         now = self._clock.seconds()
-        try:
-            used = self._in_use()
-        except Exception:
-            _log.failure("reading the heap in use failed")
-            used = None
-        if used is not None:
-            recent = self._recent
-            recent.append(used)
-            if max(recent) - used >= self._burst:
-                self.burst_trims += 1
+        w = self._watch
+        if w is not None:
+            when, after, released = w
+            rss = self._read(self._rss)
+            if rss is not None and released > 0 and rss - after >= released // 2:
+                # Faulted straight back: the load's working set, not a
+                # burst's leftovers. Trimming it again costs and gains nothing.
+                self.wasted += 1
+                self.threshold = min(self.threshold * 2, MAX_BURST_BYTES)
+                self._watch = None
+            elif now - when >= self._window:
+                self.threshold = max(self.threshold // 2, self._burst)
+                self._watch = None
+        used = self._read(self._in_use)
+        if used is None:
+            if now - self._last >= self._interval:
                 self._trim(now)
-                return
-        if now - self._last >= self._interval:
+            return
+        recent = self._recent
+        recent.append(used)
+        if max(recent) - used >= self.threshold:
             self._trim(now)
+        elif now - self._last >= self._interval:
+            # Quiet for a while: let the next burst's end count again.
+            self._last = now
+            self.threshold = max(self.threshold // 2, self._burst)
 
     def _trim(self, now: float) -> None:
         self._last = now
@@ -229,10 +279,15 @@ class HeapTrimmer(Service):
         self._recent.clear()
         if last is not None:
             self._recent.append(last)
+        before = self._read(self._rss)
         try:
             self._trim_fn()
         except Exception:
             _log.failure("heap trim failed")
+        after = self._read(self._rss)
+        self._watch = (
+            (now, after, before - after) if before is not None and after is not None else None
+        )
 
     def startService(self) -> None:
         super().startService()

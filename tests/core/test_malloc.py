@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from twisted.trial.unittest import TestCase
 
 from tests.helpers import child_env, spawn
+
+MIB = 1 << 20
 
 SCRIPT = """
 import ctypes, sys
@@ -67,73 +70,110 @@ class HeapTrimmerTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
         trimmer.stopService()
 
-    def test_trims_when_a_burst_ends(self) -> None:
-        """
-        The heap in use falling C{burst} bytes below its highest reading of
-        the last C{window} seconds trims at that poll, long before the
-        interval; growth, and falls smaller than C{burst}, do not.
-        """
+    def _trimmer(self, use: list[int], rss: list[int]) -> tuple[Any, Any, list[float]]:
         from twisted.internet.task import Clock
 
         from claudefs_gateway.core.malloc import HeapTrimmer
 
-        mib = 1 << 20
-        clock, calls, use = Clock(), [], [40 * mib]
+        clock, calls = Clock(), []
         trimmer = HeapTrimmer(
             clock,
             600.0,
             lambda: calls.append(clock.seconds()),
             in_use=lambda: use[0],
             poll=5.0,
-            burst=24 * mib,
+            burst=24 * MIB,
             window=60.0,
+            rss=lambda: rss[0],
         )
         trimmer.startService()
+        self.addCleanup(trimmer.stopService)
+        return clock, trimmer, calls
+
+    def test_trims_when_a_burst_ends(self) -> None:
+        """
+        The heap in use falling the threshold (C{burst}) below its highest
+        reading of the last C{window} seconds trims at that poll; growth, and
+        smaller falls, do not. The window starts again after a trim.
+        """
+        use, rss = [40 * MIB], [100 * MIB]
+        clock, trimmer, calls = self._trimmer(use, rss)
         clock.advance(5)
-        use[0] = 80 * mib  # a burst: clients queue replies
+        use[0] = 80 * MIB  # a burst: clients queue replies
         clock.advance(5)
-        use[0] = 57 * mib  # 23 MiB below the mark: steady load swings that much
+        use[0] = 57 * MIB  # 23 MiB below the mark: steady load swings that much
         clock.advance(5)
         self.assertEqual(calls, [])
-        use[0] = 56 * mib  # 24 MiB below: the burst is over
+        use[0] = 56 * MIB  # 24 MiB below: the burst is over
         clock.advance(5)
         self.assertEqual(calls, [20.0])
-        self.assertEqual((trimmer.trims, trimmer.burst_trims), (1, 1))
-        # The mark starts again from the reading at the trim.
-        use[0] = 40 * mib
+        use[0] = 40 * MIB
         clock.advance(5)
         self.assertEqual(calls, [20.0])
-        use[0] = 32 * mib
+        use[0] = 32 * MIB
         clock.advance(5)
         self.assertEqual(calls, [20.0, 30.0])
+        self.assertEqual((trimmer.trims, trimmer.wasted, trimmer.threshold), (2, 0, 24 * MIB))
+
+    def test_a_trim_faulted_back_raises_the_threshold(self) -> None:
+        """
+        A trim whose release RSS regains by half within the window was working
+        set: the threshold doubles, so the same swing no longer trims; a trim
+        whose release stays given back halves it again.
+        """
+        use, rss = [60 * MIB], [200 * MIB]
+        clock, trimmer, calls = self._trimmer(use, rss)
+        clock.advance(5)
+        use[0] = 30 * MIB
+        rss[0] = 200 * MIB
+        # The trim releases 30 MiB (RSS read before and after it).
+        reads = iter([200 * MIB, 170 * MIB])
+        trimmer._rss = lambda: next(reads, rss[0])
+        clock.advance(5)
+        self.assertEqual(calls, [10.0])
+        rss[0] = 185 * MIB  # half of it back: the load's working set
+        use[0] = 60 * MIB
+        clock.advance(5)
+        self.assertEqual((trimmer.wasted, trimmer.threshold), (1, 48 * MIB))
+        use[0] = 30 * MIB  # the same swing: no trim now
+        clock.advance(5)
+        self.assertEqual(calls, [10.0])
+        use[0] = 10 * MIB  # a bigger one (50 MiB): trims, and stays given back
+        reads = iter([185 * MIB, 135 * MIB])
+        trimmer._rss = lambda: next(reads, rss[0])
+        rss[0] = 135 * MIB
+        clock.advance(5)
+        self.assertEqual(calls, [10.0, 25.0])
+        clock.pump([5] * 12)
+        self.assertEqual((trimmer.wasted, trimmer.threshold), (1, 24 * MIB))
+
+    def test_quiet_lowers_the_threshold_again(self) -> None:
+        """C{interval} seconds without a trim halve a raised threshold (never below C{burst})."""
+        use, rss = [60 * MIB], [200 * MIB]
+        clock, trimmer, calls = self._trimmer(use, rss)
+        trimmer.threshold = 96 * MIB
+        clock.pump([5] * 120)
+        self.assertEqual(trimmer.threshold, 48 * MIB)
+        clock.pump([5] * 240)
+        self.assertEqual(trimmer.threshold, 24 * MIB)
+        self.assertEqual(calls, [])
 
     def test_the_window_forgets_old_peaks(self) -> None:
         """A peak older than the window no longer counts: a slow decline trims nothing."""
-        from twisted.internet.task import Clock
-
-        from claudefs_gateway.core.malloc import HeapTrimmer
-
-        mib = 1 << 20
-        clock, calls, use = Clock(), [], [100 * mib]
-        trimmer = HeapTrimmer(
-            clock,
-            600.0,
-            lambda: calls.append(clock.seconds()),
-            in_use=lambda: use[0],
-            poll=5.0,
-            burst=24 * mib,
-            window=60.0,
-        )
-        trimmer.startService()
+        use, rss = [100 * MIB], [200 * MIB]
+        clock, trimmer, calls = self._trimmer(use, rss)
         for _ in range(40):  # 2 MiB less every 10 s: 12 MiB a window at most
             clock.advance(5)
-            use[0] -= 1 * mib
+            use[0] -= 1 * MIB
         self.assertEqual(calls, [])
-        # Nothing falls fast enough: the interval's trim.
-        clock.pump([5] * 80)
-        self.assertEqual(calls, [600.0])
-        self.assertEqual((trimmer.trims, trimmer.burst_trims), (1, 0))
-        trimmer.stopService()
+
+    def test_resident_bytes(self) -> None:
+        """This process's RSS, from /proc/self/statm (Linux)."""
+        from claudefs_gateway.core.malloc import resident_bytes
+
+        rss = resident_bytes()
+        assert rss is not None
+        self.assertGreater(rss, 1 << 20)
 
     async def test_heap_in_use_in_a_real_process(self) -> None:
         """glibc's mallinfo2 is found (Debian's glibc) and sees a 16 MiB buffer (below the mmap threshold) come and go."""
