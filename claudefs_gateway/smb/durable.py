@@ -21,8 +21,22 @@ restarted within the timeout still honours the reconnect: the open is made
 again from the record (the file by inode, the share reservation, the lease or
 oplock if they can be granted again). What a restart loses: byte-range locks
 (the lock table starts empty) and a lease another client took meanwhile.
-Persistent (continuously available) handles are not offered: their state
-would have to live in a metadata service shared by several gateways.
+
+Persistent handles (MS-SMB2 3.3.5.9.10, C{ca: true} shares, SMB 3): a DH2Q
+with SMB2_DHANDLE_FLAG_PERSISTENT on a continuously available share is
+granted whatever the open caches. Its record (the open, its share mode, its
+lease, its byte-range locks) is written to the state store when it is granted
+and again whenever its locks or lease change, not only when its connection
+drops, and listed under C{smb.persistent.index}: a gateway killed with
+C{-9} leaves it behind. A gateway that starts (L{Durability.recover}) makes
+every such open again, disconnected: its share reservation and locks held in
+the lock table (the meta server's, shared by every gateway on it), so other
+clients stay out of the file, until the reconnect or the timeout, counted
+from that start. While the killed gateway's own reservations still linger at
+the meta server (C{meta_store.linger_secs}) the start retries each second. A
+break of a disconnected persistent open's lease or oplock lowers it without
+an acknowledgement (nobody to send it to) instead of closing the open, so its
+share mode and locks still keep others out.
 """
 
 from __future__ import annotations
@@ -33,9 +47,10 @@ import struct
 from typing import Any
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
+from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.errors import ProtocolError
 from claudefs_gateway.smb import constants as c
@@ -60,6 +75,10 @@ V2_DEFAULT_TIMEOUT = 60.0
 V2_MAX_TIMEOUT = 300.0
 SMB2_DHANDLE_FLAG_PERSISTENT = 0x00000002
 _INDEX_KEY = "smb.durable.index"
+_PINDEX_KEY = "smb.persistent.index"
+#: Seconds between attempts to take a persistent open's reservations back at a
+#: start, while the killed gateway's still linger at the meta server.
+RETAKE_INTERVAL = 1.0
 
 
 @attrs.frozen
@@ -73,6 +92,7 @@ class DurableAsk:
     @ivar create_guid: the v2 CreateGuid.
     @ivar replay: a v2 request flagged REPLAY_OPERATION.
     @ivar app_instance: SMB2_CREATE_APP_INSTANCE_ID's GUID.
+    @ivar persistent: a DH2Q with SMB2_DHANDLE_FLAG_PERSISTENT.
     """
 
     version: int = 0
@@ -81,6 +101,7 @@ class DurableAsk:
     create_guid: bytes | None = None
     replay: bool = False
     app_instance: bytes | None = None
+    persistent: bool = False
 
 
 def parse_durable(contexts: dict[bytes, bytes], replay: bool) -> DurableAsk:
@@ -132,10 +153,15 @@ def parse_durable(contexts: dict[bytes, bytes], replay: bool) -> DurableAsk:
     if dh2q is not None:
         if len(dh2q) != 32:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "DH2Q size")
-        timeout_ms, _flags = struct.unpack_from("<II", dh2q)
+        timeout_ms, flags = struct.unpack_from("<II", dh2q)
         timeout = min(timeout_ms / 1000.0, V2_MAX_TIMEOUT) or V2_DEFAULT_TIMEOUT
         return DurableAsk(
-            2, timeout=timeout, create_guid=dh2q[16:32], replay=replay, app_instance=app_instance
+            2,
+            timeout=timeout,
+            create_guid=dh2q[16:32],
+            replay=replay,
+            app_instance=app_instance,
+            persistent=bool(flags & SMB2_DHANDLE_FLAG_PERSISTENT),
         )
     return DurableAsk(app_instance=app_instance)
 
@@ -153,12 +179,26 @@ def can_be_durable(op: Any) -> bool:
     return op.oplock == c.SMB2_OPLOCK_LEVEL_BATCH
 
 
+def may_be_persistent(op: Any, ask: DurableAsk) -> bool:
+    """
+    MS-SMB2 3.3.5.9.10: a DH2Q asking for persistence, over SMB 3, on a
+    continuously available share (C{ca: true}); not a named stream's open.
+    """
+    if not ask.persistent or ask.version != 2 or op.stream is not None or op.tree is None:
+        return False
+    conn = op.conn
+    if conn is None or conn.dialect < c.SMB_3_0:
+        return False
+    return bool(getattr(op.tree.export.rules, "ca", False))
+
+
 def response_context(op: Any) -> tuple[bytes, bytes]:
-    """The DHnQ or DH2Q answer for an open granted durability."""
+    """The DHnQ or DH2Q answer for an open granted durability (persistence flagged)."""
     if op.durable == 1:
         return c.SMB2_CREATE_DURABLE_HANDLE_REQUEST, b"\x00" * 8
+    flags = SMB2_DHANDLE_FLAG_PERSISTENT if op.persistent else 0
     return c.SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2, struct.pack(
-        "<II", int(op.durable_timeout * 1000), 0
+        "<II", int(op.durable_timeout * 1000), flags
     )
 
 
@@ -188,6 +228,14 @@ class Durability:
         self._index: set[int] = set()
         self._index_loaded = False
         self.started = factory.reactor.seconds()
+        # Persistent opens: the ids this gateway keeps records of, the index's
+        # read-modify-write (one at a time here), the records a start is still
+        # taking back (their reservations linger at the meta server), and who
+        # waits for the start's reading of the index.
+        self._persisted: set[int] = set()
+        self._plock = defer.DeferredLock()
+        self.retaking: dict[int, list[defer.Deferred[None]]] = {}
+        self._recovered: list[defer.Deferred[None]] | None = None
 
     @staticmethod
     def new_persistent_id() -> int:
@@ -198,17 +246,23 @@ class Durability:
 
     def grant(self, op: Any, ask: DurableAsk, user: str) -> tuple[bytes, bytes] | None:
         """
-        Make C{op} durable if it may be; @return: the response context, or None.
+        Make C{op} durable if it may be; @return: the response context, or
+        None. The caller writes a persistent open's record (L{persist})
+        before it answers.
         """
         op.app_instance = ask.app_instance
         if ask.app_instance is not None:
             self.by_app[ask.app_instance] = op
-        if not ask.version or not can_be_durable(op):
+        persistent = may_be_persistent(op, ask)
+        # A persistent open needs no batch oplock or handle lease (MS-SMB2
+        # 3.3.5.9.10): that is what a continuously available share is for.
+        if not ask.version or not (persistent or can_be_durable(op)):
             return None
         op.durable = ask.version
         op.durable_timeout = ask.timeout
         op.create_guid = ask.create_guid
         op.owner = user
+        op.persistent = persistent
         self.by_id[op.file_id[0]] = op
         if ask.create_guid is not None:
             self.by_create_guid[(op.client_guid, ask.create_guid)] = op
@@ -242,6 +296,8 @@ class Durability:
             op.expiry = None
         if op.file_id[0] in self._index:
             self._drop_record(op.file_id[0])
+        if op.file_id[0] in self._persisted:
+            self._unpersist(op.file_id[0])
 
     # -- disconnecting ---------------------------------------------------------------------
 
@@ -249,7 +305,7 @@ class Durability:
         """Whether C{op} survives its connection (still durable, still caching handles)."""
         if op.closed or not op.durable:
             return False
-        return op.resilient or can_be_durable(op)
+        return op.persistent or op.resilient or can_be_durable(op)
 
     def disconnect(self, op: Any) -> None:
         """
@@ -280,7 +336,7 @@ class Durability:
 
     def _record(self, op: Any) -> dict[str, Any]:
         sl = op.lease
-        return {
+        rec = {
             "v": op.durable,
             "ino": op.ino,
             "export": op.tree.export.name,
@@ -304,6 +360,33 @@ class Durability:
                 "parent": _hex(sl.parent),
             },
         }
+        if op.persistent:
+            rec.update(self._persistent_fields(op))
+        return rec
+
+    def _persistent_fields(self, op: Any) -> dict[str, Any]:
+        """What a persistent open's record adds: its locks and who it runs as."""
+        locks = self.factory.files.locks
+        held = []
+        if locks is not None and op.lock_owner is not None and op.node is not None:
+            held = [
+                [lk.start, lk.length, lk.exclusive]
+                for lk in locks.locks(op.ino)
+                if lk.owner == op.lock_owner
+            ]
+        caller = op.tree.caller
+        pending = op.restored_lease
+        return {
+            "persistent": True,
+            "locks": held,
+            "zero_locks": [[z, x] for z, x in op.zero_locks],
+            "uid": caller.cred.uid,
+            "gid": caller.cred.gid,
+            "groups": list(caller.cred.groups),
+            "peer": caller.client,
+            # A lease not granted again yet (a start took the open back, no reconnect yet).
+            **({"lease": pending} if op.lease is None and pending is not None else {}),
+        }
 
     def _key(self, pid: int) -> str:
         return f"smb.durable.{pid:016x}"
@@ -319,6 +402,9 @@ class Durability:
         d.addBoth(done)
 
     def _write_record(self, op: Any) -> None:
+        if op.persistent:
+            self.persist(op)
+            return
         vfs = self.factory.vfs
         if vfs is None:
             return
@@ -340,6 +426,147 @@ class Durability:
         if vfs is not None:
             blob = json.dumps(sorted(self._index)).encode()
             self._track(vfs.set_state(_INDEX_KEY, blob))
+
+    # -- persistent opens ------------------------------------------------------------------
+
+    def persist(self, op: Any) -> defer.Deferred[None]:
+        """
+        Write C{op}'s record now (it was granted, or its locks or lease
+        changed): a reply sent after this fires, a gateway killed after that
+        reply leaves the record for the next.
+
+        @return: fires when the record (and the index, the first time) is
+            written; never fails (a failed write is logged).
+        """
+        vfs = self.factory.vfs
+        if vfs is None or op.closed or not op.persistent:
+            return defer.succeed(None)
+        pid = op.file_id[0]
+        writes = [vfs.set_state(self._key(pid), json.dumps(self._record(op)).encode())]
+        if pid not in self._persisted:
+            self._persisted.add(pid)
+            writes.append(defer.Deferred.fromCoroutine(self._update_pindex(add=pid)))
+        for w in writes:
+            self._track(w)
+        return defer.gatherResults(writes, consumeErrors=True).addBoth(lambda _: None)
+
+    def _unpersist(self, pid: int) -> None:
+        vfs = self.factory.vfs
+        self._persisted.discard(pid)
+        if vfs is None:
+            return
+        self._track(vfs.set_state(self._key(pid), None))
+        self._track(defer.Deferred.fromCoroutine(self._update_pindex(drop=pid)))
+
+    async def _update_pindex(self, add: int | None = None, drop: int | None = None) -> None:
+        """
+        The shared index of persistent records, read, changed and written
+        again (other gateways on the meta server add theirs to it too).
+        """
+        vfs = self.factory.vfs
+        assert vfs is not None
+        async with self._plock:
+            pids = await self._read_pindex()
+            if add is not None:
+                pids.add(add)
+            if drop is not None:
+                pids.discard(drop)
+            await vfs.set_state(_PINDEX_KEY, json.dumps(sorted(pids)).encode())
+
+    async def _read_pindex(self) -> set[int]:
+        vfs = self.factory.vfs
+        assert vfs is not None
+        raw = await vfs.get_state(_PINDEX_KEY)
+        try:
+            return {int(p) for p in json.loads(raw)} if raw else set()
+        except (ValueError, TypeError):
+            self._log.warn("smb: unreadable persistent handle index; ignored")
+            return set()
+
+    def when_recovered(self) -> defer.Deferred[None]:
+        """Fires once a start's L{recover} knows which records it is taking back."""
+        if self._recovered is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._recovered.append(d)
+        return d
+
+    def when_retaken(self, pid: int) -> defer.Deferred[None]:
+        """Fires once the start's attempt at C{pid}'s record is over (taken back or not)."""
+        if pid not in self.retaking:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self.retaking[pid].append(d)
+        return d
+
+    async def recover(self) -> int:
+        """
+        At a start: make again, disconnected, every persistent open a previous
+        gateway left in the store (its share reservation and locks held,
+        until a reconnect or its timeout from now). Those whose reservations
+        or locks are still held elsewhere (the killed gateway's, lingering at
+        the meta server) are tried again each L{RETAKE_INTERVAL} seconds
+        within their timeout.
+
+        @return: (a coroutine) how many records it found to take back.
+        """
+        self._recovered = []
+        try:
+            await self.factory.get_vfs()
+            pids = await self._read_pindex()
+            vfs = self.factory.vfs
+            assert vfs is not None
+            found = 0
+            for pid in sorted(pids):
+                if pid in self.by_id:
+                    continue
+                raw = await vfs.get_state(self._key(pid))
+                try:
+                    rec = json.loads(raw) if raw else None
+                except ValueError:
+                    rec = None
+                if not isinstance(rec, dict) or not rec.get("persistent"):
+                    self._track(defer.Deferred.fromCoroutine(self._update_pindex(drop=pid)))
+                    continue
+                found += 1
+                self._persisted.add(pid)
+                self.retaking[pid] = []
+                deadline = self.factory.reactor.seconds() + float(rec.get("timeout", 0))
+                d = defer.Deferred.fromCoroutine(self._retake(pid, rec, deadline))
+                d.addErrback(lambda f: self._log.failure("smb: taking back a handle failed", f))
+        finally:
+            waiting, self._recovered = self._recovered, None
+            for w in waiting:
+                w.callback(None)
+        if found:
+            self._log.info("smb: taking back {n} persistent handles", n=found)
+        return found
+
+    def recover_failed(self, failure: Failure) -> None:
+        """L{recover} failed (the store could not be read): logged; reconnects find nothing."""
+        self._log.failure("smb: taking back persistent handles failed", failure)
+
+    async def _retake(self, pid: int, rec: dict[str, Any], deadline: float) -> None:
+        clock = self.factory.reactor
+        try:
+            while True:
+                try:
+                    op = await self.factory.files.restore_persistent(pid, rec)
+                except errors.Busy:
+                    if clock.seconds() + RETAKE_INTERVAL >= deadline:
+                        self._log.info("smb: a persistent handle's file stayed busy: dropped")
+                        self._unpersist(pid)
+                        return
+                    await task.deferLater(clock, RETAKE_INTERVAL, lambda: None)
+                    continue
+                if op is None:
+                    self._unpersist(pid)
+                    return
+                op.expiry = clock.callLater(max(0.0, deadline - clock.seconds()), self._expired, op)
+                return
+        finally:
+            for w in self.retaking.pop(pid, []):
+                w.callback(None)
 
     def flush(self) -> defer.Deferred[Any]:
         """Fires once every state write issued so far is done (the service waits at stop)."""

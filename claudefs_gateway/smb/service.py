@@ -53,6 +53,14 @@ class _SMBService(MultiService):
 
     factory: Any = None
 
+    def startService(self) -> None:
+        MultiService.startService(self)
+        if self.factory is not None and self.factory.any_ca:
+            # Persistent handles a killed gateway left: taken back now, so
+            # other clients stay out of their files (smb/durable.py).
+            d = defer.Deferred.fromCoroutine(self.factory.durability.recover())
+            d.addErrback(self.factory.durability.recover_failed)
+
     def stopService(self) -> defer.Deferred[Any]:  # type: ignore[override]
         d = defer.maybeDeferred(MultiService.stopService, self)
         if self.factory is not None:
