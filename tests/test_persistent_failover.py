@@ -1,0 +1,95 @@
+"""
+Persistent handles on a continuously available share (``ca: true``) across a
+gateway killed with SIGKILL, with real clients (smbprotocol, as
+tests/xproto_actor.py drives it) and real processes: a data server, a meta
+server, gateway A and then gateway B on it (``backend: remote``).
+
+The client opens a file with a persistent handle, writes, takes a byte-range
+lock; A is killed; B starts and takes the open back from the meta server's
+store. Before the client reconnects, another client's open that the share
+mode refuses gets SHARING_VIOLATION and its conflicting lock is refused; the
+client reconnects through B (new connection and session, DH2C with the same
+CreateGuid) and has its open, its lock and its data.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+from tests import test_multigateway as mg
+from tests.backend.remote.test_faults import ServerProcess
+from tests.test_crossproto import CONFIG
+
+CA_CONFIG = CONFIG.replace("dir_mode: 0777}", "dir_mode: 0777, ca: true}")
+#: What smbprotocol's exceptions name these statuses.
+SHARING_VIOLATION = "0xc0000043"
+LOCK_REFUSED = ("0xc0000054", "0xc0000055")  # FILE_LOCK_CONFLICT, LOCK_NOT_GRANTED
+
+
+class PersistentFailoverTests(TestCase):
+    timeout = 180
+
+    gateway = mg.TwoGatewaysTests.gateway
+    actor = mg.TwoGatewaysTests.actor
+    smb = mg.TwoGatewaysTests.smb
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        assert "ca: true" in CA_CONFIG
+        data = ServerProcess(self, "data")
+        await data.start()
+        conf = os.path.abspath(self.mktemp())
+        with open(conf, "w") as f:
+            # The meta server lets a lost gateway's reservations go after 2 s (default 10).
+            f.write("meta_store:\n  linger_secs: 2\n")
+        meta = ServerProcess(self, "meta", ["--data-server", data.address, "--config", conf])
+        await meta.start()
+        self.extra = CA_CONFIG + f'metadata_servers: [{{address: "{meta.address}"}}]\n'
+
+    def refused(self, got: dict[str, Any], codes: tuple[str, ...]) -> None:
+        self.assertFalse(got["ok"], got)
+        self.assertTrue(any(code in got["error"].lower() for code in codes), got["error"])
+
+    async def test_persistent_open_survives_kill_9(self) -> None:
+        a = await self.gateway(self.extra)
+        client = await self.smb(a)
+        got = await client.ok(
+            "open", id="p", path="ca.bin", access="rw", share="r", persistent=True
+        )
+        self.assertTrue(got.get("persistent"), got)
+        await client.ok("write", id="p", data="persisted before the kill")
+        await client.ok("lock", id="p", offset=0, length=10)
+
+        a.proc.signal("KILL")
+        await a.proc.ended
+        b = await self.gateway(self.extra)
+        # B took the open back (after A's reservations lingered out at the meta server).
+        await b.proc.wait_for(
+            lambda e: "persistent handle taken back" in str(e.get("log_format", ""))
+        )
+
+        other = await self.smb(b)
+        # The persistent open shares reading only: a writer is refused.
+        self.refused(
+            await other.do("open", id="w", path="ca.bin", access="rw", share="rwd"),
+            (SHARING_VIOLATION,),
+        )
+        # A reader gets in, but not into the locked range.
+        await other.ok("open", id="r", path="ca.bin", access="r", share="rw")
+        self.refused(
+            await other.do("lock", id="r", offset=0, length=10, exclusive=False), LOCK_REFUSED
+        )
+
+        back = await client.ok("reconnect", port=b.smb)
+        self.assertEqual((back["reclaimed"], back["same_ids"]), (["p"], True))
+        got = await client.ok("read", id="p", offset=0, length=25)
+        self.assertEqual(got["data"], "persisted before the kill")
+        # The lock is the reclaimed open's: still refused to the other client.
+        self.refused(
+            await other.do("lock", id="r", offset=0, length=10, exclusive=False), LOCK_REFUSED
+        )
+        await client.ok("close", id="p")
+        await other.ok("lock", id="r", offset=0, length=10, exclusive=False)
+        await other.ok("open", id="w", path="ca.bin", access="rw", share="rwd")
