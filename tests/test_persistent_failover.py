@@ -2,7 +2,8 @@
 Persistent handles on a continuously available share (``ca: true``) across a
 gateway killed with SIGKILL, with real clients (smbprotocol, as
 tests/xproto_actor.py drives it) and real processes: a data server, a meta
-server, gateway A and then gateway B on it (``backend: remote``).
+server, gateway A and gateway B on it (``backend: remote``), B started after A's
+death or running all along.
 
 The client opens a file with a persistent handle, writes, takes a byte-range
 lock; A is killed; B starts and takes the open back from the meta server's
@@ -53,7 +54,17 @@ class PersistentFailoverTests(TestCase):
         self.assertTrue(any(code in got["error"].lower() for code in codes), got["error"])
 
     async def test_persistent_open_survives_kill_9(self) -> None:
+        """A is killed; B starts afterwards and takes the open back."""
         a = await self.gateway(self.extra)
+        await self.scenario(a, None)
+
+    async def test_running_gateway_takes_over(self) -> None:
+        """A is killed; B, running all along, finds A's beat stopped and takes over."""
+        a = await self.gateway(self.extra)
+        b = await self.gateway(self.extra)
+        await self.scenario(a, b)
+
+    async def scenario(self, a: Any, b: Any) -> None:
         client = await self.smb(a)
         got = await client.ok(
             "open", id="p", path="ca.bin", access="rw", share="r", persistent=True
@@ -64,7 +75,8 @@ class PersistentFailoverTests(TestCase):
 
         a.proc.signal("KILL")
         await a.proc.ended
-        b = await self.gateway(self.extra)
+        if b is None:
+            b = await self.gateway(self.extra)
         # B took the open back (after A's reservations lingered out at the meta server).
         await b.proc.wait_for(
             lambda e: "persistent handle taken back" in str(e.get("log_format", ""))

@@ -638,9 +638,12 @@ class CreateCommands(FileBase):
         await durability.when_recovered()
         pid = ask.reconnect[0]
         if pid in durability.retaking:
-            # A persistent open this start is still taking back (the killed
+            # A persistent open this gateway is still taking back (the killed
             # gateway's reservations linger at the meta server): wait for it.
             await conn.go_async(req, durability.when_retaken(pid))
+        elif pid not in durability.by_id:
+            # Perhaps one a gateway that died kept, not yet found dead here.
+            await conn.go_async(req, defer.Deferred.fromCoroutine(durability.wait_takeover(pid)))
         lease_raw = contexts.get(c.SMB2_CREATE_REQUEST_LEASE)
         try:
             lease = LeaseRequest.parse(lease_raw) if lease_raw is not None else None

@@ -79,6 +79,11 @@ _PINDEX_KEY = "smb.persistent.index"
 #: Seconds between attempts to take a persistent open's reservations back at a
 #: start, while the killed gateway's still linger at the meta server.
 RETAKE_INTERVAL = 1.0
+#: Seconds between a gateway's beats (taking over persistent handles, below).
+HEARTBEAT = 2.0
+#: A gateway whose beat has not moved for this long is dead (below linger_secs' 10).
+DEAD_AFTER = 3 * HEARTBEAT
+_BEAT_KEY = "smb.gateway.{}"
 
 
 @attrs.frozen
@@ -236,6 +241,16 @@ class Durability:
         self._plock = defer.DeferredLock()
         self.retaking: dict[int, list[defer.Deferred[None]]] = {}
         self._recovered: list[defer.Deferred[None]] | None = None
+        # This gateway's instance (named in the index beside its records), its
+        # beat, and what it saw of others' beats (counter, when it last moved).
+        self.instance = os.urandom(8).hex()
+        self._beats = 0
+        self._seen: dict[str, tuple[bytes, float]] = {}
+        self._beating: task.LoopingCall | None = None
+        self._ticking = False
+        #: One gateway on its own store (backend: embedded): no other instance is alive.
+        backend = getattr(getattr(factory.config, "backend", None), "type", "embedded")
+        self.single = backend == "embedded"
 
     @staticmethod
     def new_persistent_id() -> int:
@@ -460,28 +475,31 @@ class Durability:
 
     async def _update_pindex(self, add: int | None = None, drop: int | None = None) -> None:
         """
-        The shared index of persistent records, read, changed and written
-        again (other gateways on the meta server add theirs to it too).
+        The shared index of persistent records (persistent id -> the gateway
+        instance keeping it), read, changed and written again: other gateways
+        on the meta server keep theirs in it too.
         """
         vfs = self.factory.vfs
         assert vfs is not None
         async with self._plock:
-            pids = await self._read_pindex()
+            index = await self._read_pindex()
             if add is not None:
-                pids.add(add)
+                index[add] = self.instance
             if drop is not None:
-                pids.discard(drop)
-            await vfs.set_state(_PINDEX_KEY, json.dumps(sorted(pids)).encode())
+                index.pop(drop, None)
+            blob = json.dumps({f"{p}": g for p, g in sorted(index.items())}).encode()
+            await vfs.set_state(_PINDEX_KEY, blob)
 
-    async def _read_pindex(self) -> set[int]:
+    async def _read_pindex(self) -> dict[int, str]:
         vfs = self.factory.vfs
         assert vfs is not None
         raw = await vfs.get_state(_PINDEX_KEY)
         try:
-            return {int(p) for p in json.loads(raw)} if raw else set()
-        except (ValueError, TypeError):
+            got = json.loads(raw) if raw else {}
+            return {int(p): str(g) for p, g in got.items()}
+        except (ValueError, TypeError, AttributeError):
             self._log.warn("smb: unreadable persistent handle index; ignored")
-            return set()
+            return {}
 
     def when_recovered(self) -> defer.Deferred[None]:
         """Fires once a start's L{recover} knows which records it is taking back."""
@@ -492,33 +510,108 @@ class Durability:
         return d
 
     def when_retaken(self, pid: int) -> defer.Deferred[None]:
-        """Fires once the start's attempt at C{pid}'s record is over (taken back or not)."""
+        """Fires once the attempt at C{pid}'s record is over (taken back or not)."""
         if pid not in self.retaking:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         self.retaking[pid].append(d)
         return d
 
+    async def kept_elsewhere(self, pid: int) -> bool:
+        """Whether C{pid} is a persistent open another gateway instance keeps (alive or not)."""
+        if self.factory.vfs is None:
+            return False
+        owner = (await self._read_pindex()).get(pid)
+        return owner is not None and owner != self.instance
+
+    async def wait_takeover(self, pid: int) -> None:
+        """
+        A reconnect names a persistent open another gateway instance keeps:
+        if this gateway beats, wait (at most until that instance would be
+        found dead and its opens taken) for it to be taken over here.
+        """
+        if self._beating is None or pid in self.by_id or not await self.kept_elsewhere(pid):
+            return
+        clock = self.factory.reactor
+        deadline = clock.seconds() + DEAD_AFTER + 2 * HEARTBEAT
+        while pid not in self.by_id and clock.seconds() < deadline:
+            if pid in self.retaking:
+                await self.when_retaken(pid)
+            else:
+                await task.deferLater(clock, HEARTBEAT / 2, lambda: None)
+
+    # -- taking over -------------------------------------------------------------------------
+    #
+    # Every gateway serving a CA share beats: it bumps a counter under
+    # smb.gateway.<instance> every HEARTBEAT seconds, and reads the index and
+    # the beats of the instances named there. An instance whose counter has
+    # not moved for DEAD_AFTER seconds of this gateway's clock (no clocks are
+    # compared across machines), or whose beat is gone (it stopped cleanly),
+    # is dead: its persistent opens are taken back here. DEAD_AFTER is below
+    # the meta server's default linger (10 s), so the retake is already
+    # knocking when the dead gateway's reservations are let go.
+
+    def start(self) -> None:
+        """The SMB service starts (a CA share is served): beat, and take back the dead's opens."""
+        if self._beating is None:
+            self._recovered = []
+            loop = task.LoopingCall(self._tick)
+            loop.clock = self.factory.reactor
+            self._beating = loop
+            loop.start(HEARTBEAT, now=True).addErrback(self.recover_failed)
+
+    def stop(self) -> defer.Deferred[None]:
+        """The service stops: no more beats, and the beat removed (others take over at once)."""
+        loop, self._beating = self._beating, None
+        if loop is None or not loop.running:
+            return defer.succeed(None)
+        loop.stop()
+        vfs = self.factory.vfs
+        if vfs is None:
+            return defer.succeed(None)
+        d = vfs.set_state(_BEAT_KEY.format(self.instance), None)
+        self._track(d)
+        return self.flush()
+
+    def _tick(self) -> defer.Deferred[None] | None:
+        if self._ticking:
+            return None
+        self._ticking = True
+        d = defer.Deferred.fromCoroutine(self._beat_and_look())
+
+        def done(result: Any) -> None:
+            self._ticking = False
+            if isinstance(result, Failure):
+                self._log.failure("smb: persistent handle heartbeat failed", result)
+
+        d.addBoth(done)
+        return d
+
+    async def _beat_and_look(self) -> None:
+        vfs = await self.factory.get_vfs()
+        self._beats += 1
+        await vfs.set_state(_BEAT_KEY.format(self.instance), b"%d" % self._beats)
+        await self.recover()
+
     async def recover(self) -> int:
         """
-        At a start: make again, disconnected, every persistent open a previous
-        gateway left in the store (its share reservation and locks held,
-        until a reconnect or its timeout from now). Those whose reservations
-        or locks are still held elsewhere (the killed gateway's, lingering at
+        Make again, disconnected, every persistent open in the store whose
+        gateway is dead (its share reservation and locks held, until a
+        reconnect or its timeout from now). Those whose reservations or
+        locks are still held elsewhere (the killed gateway's, lingering at
         the meta server) are tried again each L{RETAKE_INTERVAL} seconds
-        within their timeout.
+        within their timeout. With C{backend: embedded} (one gateway, its
+        own lock table) every other instance's open is taken at once.
 
-        @return: (a coroutine) how many records it found to take back.
+        @return: (a coroutine) how many records it started taking back.
         """
-        self._recovered = []
         try:
-            await self.factory.get_vfs()
-            pids = await self._read_pindex()
-            vfs = self.factory.vfs
-            assert vfs is not None
+            vfs = await self.factory.get_vfs()
+            index = await self._read_pindex()
+            dead = await self._dead({g for g in index.values() if g != self.instance})
             found = 0
-            for pid in sorted(pids):
-                if pid in self.by_id:
+            for pid, owner in sorted(index.items()):
+                if owner not in dead or pid in self.by_id or pid in self.retaking:
                     continue
                 raw = await vfs.get_state(self._key(pid))
                 try:
@@ -529,21 +622,40 @@ class Durability:
                     self._track(defer.Deferred.fromCoroutine(self._update_pindex(drop=pid)))
                     continue
                 found += 1
-                self._persisted.add(pid)
                 self.retaking[pid] = []
                 deadline = self.factory.reactor.seconds() + float(rec.get("timeout", 0))
                 d = defer.Deferred.fromCoroutine(self._retake(pid, rec, deadline))
                 d.addErrback(lambda f: self._log.failure("smb: taking back a handle failed", f))
         finally:
-            waiting, self._recovered = self._recovered, None
+            waiting, self._recovered = self._recovered or [], None
             for w in waiting:
                 w.callback(None)
         if found:
             self._log.info("smb: taking back {n} persistent handles", n=found)
         return found
 
+    async def _dead(self, instances: set[str]) -> set[str]:
+        """Which of C{instances} are gone (see above)."""
+        if self.single:
+            return instances
+        vfs = self.factory.vfs
+        assert vfs is not None
+        now = self.factory.reactor.seconds()
+        dead = set()
+        for inst in instances:
+            beat = await vfs.get_state(_BEAT_KEY.format(inst))
+            if beat is None:
+                dead.add(inst)
+                continue
+            seen = self._seen.get(inst)
+            if seen is None or seen[0] != beat:
+                self._seen[inst] = (beat, now)
+            elif now - seen[1] >= DEAD_AFTER:
+                dead.add(inst)
+        return dead
+
     def recover_failed(self, failure: Failure) -> None:
-        """L{recover} failed (the store could not be read): logged; reconnects find nothing."""
+        """Taking back failed (the store could not be read): logged; the next beat tries again."""
         self._log.failure("smb: taking back persistent handles failed", failure)
 
     async def _retake(self, pid: int, rec: dict[str, Any], deadline: float) -> None:
@@ -563,6 +675,9 @@ class Durability:
                     self._unpersist(pid)
                     return
                 op.expiry = clock.callLater(max(0.0, deadline - clock.seconds()), self._expired, op)
+                # Ours now: the record and the index say so.
+                self._persisted.discard(pid)
+                await self.persist(op)
                 return
         finally:
             for w in self.retaking.pop(pid, []):

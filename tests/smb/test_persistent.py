@@ -49,6 +49,12 @@ def lease_v2(key: bytes, state: int) -> tuple[bytes, bytes]:
     return (b"RqLs", struct.pack("<16sIIQ16sHH", key, state, 0, 0, b"\x00" * 16, 0, 0))
 
 
+def index_of(wire: Wire) -> list[int]:
+    """The persistent ids the shared index lists."""
+    raw = wire.fired(wire.mvfs.vfs.get_state("smb.persistent.index"))
+    return sorted(int(p) for p in json.loads(raw)) if raw else []
+
+
 def restart(wire: Wire) -> None:
     """
     A gateway killed with -9 and started again: the same store, a new
@@ -103,8 +109,7 @@ class GrantTests(SynchronousTestCase):
         return json.loads(raw) if raw else None
 
     def index(self) -> list[int]:
-        raw = self.wire.fired(self.wire.mvfs.vfs.get_state("smb.persistent.index"))
-        return json.loads(raw) if raw else []
+        return index_of(self.wire)
 
     def test_granted_without_oplock_or_lease(self) -> None:
         """A persistent DH2Q on the CA share gets persistence with no oplock; on another share, nothing."""
@@ -258,8 +263,7 @@ class RestartTests(SynchronousTestCase):
         self.assertEqual(o.status, 0)
         self.assertEqual(other.lock(o.file_id(), [(0, 4, EXCLUSIVE)]).status, 0)
         self.assertEqual(self.reconnect(fid)[1].status, st.STATUS_OBJECT_NAME_NOT_FOUND)
-        raw = self.wire.fired(self.wire.mvfs.vfs.get_state("smb.persistent.index"))
-        self.assertEqual(json.loads(raw), [])
+        self.assertEqual(index_of(self.wire), [])
 
     def test_wrong_create_guid_or_user_refused(self) -> None:
         fid = self.open_and_lock()
@@ -320,3 +324,91 @@ class RestartTests(SynchronousTestCase):
         self.wire.clock.pump([1.0] * 61)
         self.assertNotIn(fid[0], self.wire.factory.durability.retaking)
         self.assertEqual(self.reconnect(fid)[1].status, st.STATUS_OBJECT_NAME_NOT_FOUND)
+
+
+class TakeoverTests(SynchronousTestCase):
+    """
+    Two gateways on one shared store and lock table (as on one meta server):
+    A keeps a persistent open and dies; B, running all along, finds A's beat
+    stopped and takes the open over once A's reservations are let go.
+    """
+
+    def setUp(self) -> None:
+        self.wire = Wire(CA_CONFIG)
+        self.gw_a = self.wire.factory
+        vfs = self.wire.mvfs.vfs
+        self.gw_b = SMBFactory(
+            self.wire.mvfs.config,
+            lambda: defer.succeed(vfs),
+            self.wire.clock,
+            domain_sid=SID.parse("S-1-5-21-1-2-3"),
+            computer="GW",
+        )
+        for gw in (self.gw_a, self.gw_b):
+            gw.durability.single = False  # as with backend: remote
+            gw.durability.start()
+        self.addCleanup(self.gw_b.durability.stop)
+        self.guid = uuid.uuid4().bytes
+        a = self.wire.connect().setup()
+        r = a.create("f", share=0, contexts=[dh2q_persistent(self.guid)])
+        self.fid = r.file_id()
+        self.assertEqual(a.write(self.fid, 0, b"kept").status, 0)
+        self.assertEqual(a.lock(self.fid, [(0, 4, EXCLUSIVE)]).status, 0)
+        (self.op,) = [o for o in self.gw_a.durability.by_id.values()]
+
+    def through_b(self) -> Conn:
+        self.wire.factory = self.gw_b
+        return self.wire.connect().setup()
+
+    def test_a_living_keeps_its_opens(self) -> None:
+        self.wire.clock.pump([1.0] * 30)
+        self.assertNotIn(self.fid[0], self.gw_b.durability.by_id)
+        self.assertNotIn(self.fid[0], self.gw_b.durability.retaking)
+        self.assertEqual(index_of(self.wire), [self.fid[0]])
+        self.gw_a.durability.stop()
+
+    def test_b_takes_over_when_a_dies(self) -> None:
+        loop = self.gw_a.durability._beating
+        assert loop is not None
+        loop.stop()  # kill -9: no more beats, the beat left behind, nothing released
+        self.wire.clock.pump([1.0] * 8)
+        # B found A dead and knocks; A's reservation still lingers.
+        self.assertIn(self.fid[0], self.gw_b.durability.retaking)
+        other = self.through_b()
+        self.assertEqual(other.create("f").status, st.STATUS_SHARING_VIOLATION)
+        # The meta server lets A's reservations and locks go (linger_secs).
+        assert self.op.lock_owner is not None
+        self.wire.locks.release_owner(self.op.lock_owner)
+        self.wire.clock.advance(1)
+        self.assertIn(self.fid[0], self.gw_b.durability.by_id)
+        self.assertEqual(other.create("f").status, st.STATUS_SHARING_VIOLATION)
+        raw = self.wire.fired(self.wire.mvfs.vfs.get_state("smb.persistent.index"))
+        self.assertEqual(json.loads(raw), {str(self.fid[0]): self.gw_b.durability.instance})
+        b = self.through_b()
+        r = b.create("f", contexts=[dh2c(self.fid, self.guid)])
+        self.assertEqual(r.status, 0, hex(r.status))
+        new = r.file_id()
+        self.assertEqual(b.read_data(b.read(new, 0, 4)), b"kept")
+        self.assertEqual(b.lock(new, [(0, 4, c.SMB2_LOCKFLAG_UNLOCK)]).status, 0)
+
+    def test_reconnect_to_b_waits_for_the_takeover(self) -> None:
+        """A DH2C through B before B found A dead waits (STATUS_PENDING), then succeeds."""
+        loop = self.gw_a.durability._beating
+        assert loop is not None
+        loop.stop()
+        self.wire.locks.release_owner(self.op.lock_owner)  # type: ignore[arg-type]
+        b = self.through_b()
+        body = b.create_body("f", contexts=[dh2c(self.fid, self.guid)])
+        b.send([b.build(b.header(c.Command.CREATE), body)])
+        (interim,) = b.replies()
+        self.assertEqual(interim.status, st.STATUS_PENDING)
+        self.wire.clock.pump([1.0] * 8)
+        (final,) = b.replies()
+        self.assertEqual(final.status, 0, hex(final.status))
+
+    def test_a_stopping_cleanly_is_taken_over_at_once(self) -> None:
+        """A stopped gateway removes its beat: B takes its opens at its next beat."""
+        self.wire.locks.release_owner(self.op.lock_owner)  # type: ignore[arg-type]
+        self.wire.fired(self.gw_a.durability.stop())
+        self.wire.clock.advance(2)
+        self.assertIn(self.fid[0], self.gw_b.durability.by_id)
