@@ -27,13 +27,15 @@ with SMB2_DHANDLE_FLAG_PERSISTENT on a continuously available share is
 granted whatever the open caches. Its record (the open, its share mode, its
 lease, its byte-range locks) is written to the state store when it is granted
 and again whenever its locks or lease change, not only when its connection
-drops, and listed under C{smb.persistent.index}: a gateway killed with
-C{-9} leaves it behind. A gateway that starts (L{Durability.recover}) makes
-every such open again, disconnected: its share reservation and locks held in
-the lock table (the meta server's, shared by every gateway on it), so other
-clients stay out of the file, until the reconnect or the timeout, counted
-from that start. While the killed gateway's own reservations still linger at
-the meta server (C{meta_store.linger_secs}) the start retries each second. A
+drops, and listed under C{smb.persistent.index} with the gateway instance
+keeping it: a gateway killed with C{-9} leaves it behind. Every gateway
+serving a CA share beats in the store; one that finds an instance's beat
+stopped (L{Durability.recover}, at its start and at each beat) makes every
+open of that instance again, disconnected: its share reservation and locks
+held in the lock table (the meta server's, shared by every gateway on it), so
+other clients stay out of the file, until the reconnect or the timeout,
+counted from the takeover. While the killed gateway's own reservations still
+linger at the meta server (C{meta_store.linger_secs}) it retries each second. A
 break of a disconnected persistent open's lease or oplock lowers it without
 an acknowledgement (nobody to send it to) instead of closing the open, so its
 share mode and locks still keep others out.
