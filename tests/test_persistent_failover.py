@@ -105,3 +105,32 @@ class PersistentFailoverTests(TestCase):
         await client.ok("close", id="p")
         await other.ok("lock", id="r", offset=0, length=10, exclusive=False)
         await other.ok("open", id="w", path="ca.bin", access="rw", share="rwd")
+
+
+class PersistentFailoverPgTests(PersistentFailoverTests):
+    """The same, gateway A on meta server 1 and B on meta server 2, over one PostgreSQL."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        from tests.backend import postgres
+
+        schema = postgres.new_schema(self)
+        conf = os.path.abspath(self.mktemp())
+        with open(conf, "w") as f:
+            f.write(postgres.meta_store_yaml(schema) + "  linger_secs: 2\n")
+        data = ServerProcess(self, "data")
+        await data.start()
+        metas = [
+            ServerProcess(self, "meta", ["--data-server", data.address, "--config", conf])
+            for _ in range(2)
+        ]
+        for m in metas:
+            await m.start()
+        self.extras = [
+            CA_CONFIG + f'metadata_servers: [{{address: "{m.address}"}}]\n' for m in metas
+        ]
+        self.extra = self.extras[0]
+
+    async def test_running_gateway_takes_over(self) -> None:
+        a = await self.gateway(self.extras[0])
+        b = await self.gateway(self.extras[1])
+        await self.scenario(a, b)
