@@ -15,6 +15,8 @@ import struct
 import uuid
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st_
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -24,6 +26,7 @@ from claudefs_gateway.smb.durable import (
     SMB2_DHANDLE_FLAG_PERSISTENT,
     parse_durable,
 )
+from claudefs_gateway.smb.errors import SMBError
 from claudefs_gateway.smb.security import SID
 from claudefs_gateway.smb.server import SMBFactory
 from claudefs_gateway.vfs import LockOwner, LockTable
@@ -97,6 +100,28 @@ class OfferTests(SynchronousTestCase):
         ask = parse_durable({b"DH2Q": dh2q_persistent(b"g" * 16)[1]}, False)
         self.assertTrue(ask.persistent)
         self.assertEqual(ask.timeout, 60.0)
+        plain = struct.pack("<II8s16s", 0, 0, b"", b"g" * 16)
+        self.assertFalse(parse_durable({b"DH2Q": plain}, False).persistent)
+
+    @given(
+        st_.dictionaries(
+            st_.sampled_from(
+                [b"DHnQ", b"DHnC", b"DH2Q", b"DH2C", c.SMB2_CREATE_APP_INSTANCE_ID, b"RqLs"]
+            ),
+            st_.binary(max_size=64),
+            max_size=3,
+        ),
+        st_.booleans(),
+    )
+    def test_parse_durable_fuzz(self, contexts: dict[bytes, bytes], replay: bool) -> None:
+        """Any mix of durable contexts parses or is refused with the protocol's error."""
+        try:
+            ask = parse_durable(contexts, replay)
+        except SMBError:
+            return
+        self.assertIn(ask.version, (0, 1, 2))
+        if ask.persistent:
+            self.assertEqual(ask.version, 2)
 
 
 class GrantTests(SynchronousTestCase):
@@ -241,6 +266,18 @@ class RestartTests(SynchronousTestCase):
         self.assertEqual(b.lock(new, [(0, 4, c.SMB2_LOCKFLAG_UNLOCK)]).status, 0)
         ofid = other.create("f", access=c.GENERIC_READ | c.GENERIC_WRITE, share=ALL).file_id()
         self.assertEqual(other.lock(ofid, [(0, 4, EXCLUSIVE)]).status, 0)
+
+    def test_embedded_start_takes_back_at_once(self) -> None:
+        """With backend: embedded the service start takes every record back at once (no beats)."""
+        fid = self.open_and_lock(share=0)
+        restart(self.wire)
+        durability = self.wire.factory.durability
+        self.assertTrue(durability.single)
+        durability.start()
+        self.assertIn(fid[0], durability.by_id)
+        self.assertIsNone(durability._beating)
+        other = self.wire.connect().setup()
+        self.assertEqual(other.create("f").status, st.STATUS_SHARING_VIOLATION)
 
     def test_deny_all_share_mode_kept(self) -> None:
         fid = self.open_and_lock(share=0)
