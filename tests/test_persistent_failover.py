@@ -22,6 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from tests import test_multigateway as mg
 from tests.backend.remote.test_faults import ServerProcess
+from tests.helpers import bin_path, kill_on_cleanup, loopback_config, spawn
 from tests.test_crossproto import CONFIG
 
 CA_CONFIG = CONFIG.replace("dir_mode: 0777}", "dir_mode: 0777, ca: true}")
@@ -134,3 +135,34 @@ class PersistentFailoverPgTests(PersistentFailoverTests):
         a = await self.gateway(self.extras[0])
         b = await self.gateway(self.extras[1])
         await self.scenario(a, b)
+
+
+class PersistentEmbeddedRestartTests(TestCase):
+    """
+    ``backend: embedded``: the one gateway's own store keeps the records; the
+    gateway killed with -9 and started again on the same data directory
+    takes the open back at its start.
+    """
+
+    timeout = 180
+
+    actor = mg.TwoGatewaysTests.actor
+    smb = mg.TwoGatewaysTests.smb
+    scenario = PersistentFailoverTests.scenario
+    refused = PersistentFailoverTests.refused
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.config = loopback_config(self, CA_CONFIG, backend="embedded")
+        self.extra = ""
+
+    async def gateway(self, _extra: str) -> mg.Gateway:
+        """The gateway of this test's configuration and data directory, (re)started."""
+        proc = spawn([bin_path("cfs-gateway"), "start", "--config", self.config])
+        kill_on_cleanup(self, proc)
+        ports = [await proc.wait_listening(p) for p in ("nfs", "mount", "s3", "smb")]
+        await proc.wait_ready()
+        return mg.Gateway(proc, *ports)
+
+    async def test_persistent_open_survives_kill_9(self) -> None:
+        a = await self.gateway("")
+        await self.scenario(a, None)
