@@ -633,7 +633,10 @@ class Durability:
                 found += 1
                 self.retaking[pid] = []
                 deadline = self.factory.reactor.seconds() + float(rec.get("timeout", 0))
-                d = defer.Deferred.fromCoroutine(self._retake(pid, rec, deadline))
+                # Its beat as it was when found dead: one that moves on later
+                # means the gateway only stalled.
+                last = self._seen.get(owner, (None, 0.0))[0]
+                d = defer.Deferred.fromCoroutine(self._retake(pid, rec, deadline, owner, last))
                 d.addErrback(lambda f: self._log.failure("smb: taking back a handle failed", f))
         finally:
             waiting, self._recovered = self._recovered or [], None
@@ -667,19 +670,38 @@ class Durability:
         """Taking back failed (the store could not be read): logged; the next beat tries again."""
         self._log.failure("smb: taking back persistent handles failed", failure)
 
-    async def _retake(self, pid: int, rec: dict[str, Any], deadline: float) -> None:
+    async def _revived(self, owner: str, last: bytes | None) -> bool:
+        """Whether the instance C{owner}, found dead at beat C{last}, beats again (it stalled)."""
+        if self.single or last is None:
+            return False
+        vfs = self.factory.vfs
+        assert vfs is not None
+        beat = await vfs.get_state(_BEAT_KEY.format(owner))
+        return beat is not None and beat != last
+
+    async def _retake(
+        self, pid: int, rec: dict[str, Any], deadline: float, owner: str, last: bytes | None
+    ) -> None:
         clock = self.factory.reactor
         try:
             while True:
                 try:
                     op = await self.factory.files.restore_persistent(pid, rec)
                 except errors.Busy:
+                    if await self._revived(owner, last):
+                        # Its gateway was slow, not dead: the open stays its.
+                        self._log.info("smb: a persistent handle's gateway beats again: left")
+                        return
                     if clock.seconds() + RETAKE_INTERVAL >= deadline:
                         self._log.info("smb: a persistent handle's file stayed busy: dropped")
                         self._unpersist(pid)
                         return
                     await task.deferLater(clock, RETAKE_INTERVAL, lambda: None)
                     continue
+                except (KeyError, ValueError, TypeError):
+                    self._log.warn("smb: unreadable persistent handle record: dropped", pid=pid)
+                    self._unpersist(pid)
+                    return
                 if op is None:
                     self._unpersist(pid)
                     return

@@ -449,3 +449,31 @@ class TakeoverTests(SynchronousTestCase):
         self.wire.fired(self.gw_a.durability.stop())
         self.wire.clock.advance(2)
         self.assertIn(self.fid[0], self.gw_b.durability.by_id)
+
+    def test_stalled_gateway_keeps_its_open(self) -> None:
+        """A's beat stalls past DEAD_AFTER, then resumes: B stops knocking and leaves the record."""
+        loop = self.gw_a.durability._beating
+        assert loop is not None
+        loop.stop()
+        self.wire.clock.pump([1.0] * 8)
+        self.assertIn(self.fid[0], self.gw_b.durability.retaking)
+        loop.start(2.0, now=True)
+        self.wire.clock.pump([1.0] * 2)
+        self.assertNotIn(self.fid[0], self.gw_b.durability.retaking)
+        self.assertNotIn(self.fid[0], self.gw_b.durability.by_id)
+        raw = self.wire.fired(self.wire.mvfs.vfs.get_state("smb.persistent.index"))
+        self.assertEqual(json.loads(raw), {str(self.fid[0]): self.gw_a.durability.instance})
+        self.assertIs(self.gw_a.durability.by_id[self.fid[0]], self.op)
+        self.gw_a.durability.stop()
+
+
+class BadRecordTests(SynchronousTestCase):
+    def test_unreadable_record_dropped(self) -> None:
+        """A record that cannot be made again is dropped with its index entry, once."""
+        wire = Wire(CA_CONFIG)
+        vfs = wire.mvfs.vfs
+        wire.fired(vfs.set_state("smb.persistent.index", b'{"77": "gone"}'))
+        wire.fired(vfs.set_state(f"smb.durable.{77:016x}", b'{"persistent": true}'))
+        wire.fired(defer.Deferred.fromCoroutine(wire.factory.durability.recover()))
+        self.assertEqual(index_of(wire), [])
+        self.assertIsNone(wire.fired(vfs.get_state(f"smb.durable.{77:016x}")))
