@@ -561,6 +561,7 @@ class Durability:
             self._recovered = []
             d = defer.Deferred.fromCoroutine(self.recover())
             d.addErrback(self.recover_failed)
+            d.addBoth(lambda _: self._release_recovered())
             return
         if self._beating is None:
             self._recovered = []
@@ -592,6 +593,8 @@ class Durability:
             self._ticking = False
             if isinstance(result, Failure):
                 self._log.failure("smb: persistent handle heartbeat failed", result)
+                # Reconnects waiting for the first look go on (finding less).
+                self._release_recovered()
 
         d.addBoth(done)
         return d
@@ -639,9 +642,7 @@ class Durability:
                 d = defer.Deferred.fromCoroutine(self._retake(pid, rec, deadline, owner, last))
                 d.addErrback(lambda f: self._log.failure("smb: taking back a handle failed", f))
         finally:
-            waiting, self._recovered = self._recovered or [], None
-            for w in waiting:
-                w.callback(None)
+            self._release_recovered()
         if found:
             self._log.info("smb: taking back {n} persistent handles", n=found)
         return found
@@ -665,6 +666,11 @@ class Durability:
             elif now - seen[1] >= DEAD_AFTER:
                 dead.add(inst)
         return dead
+
+    def _release_recovered(self) -> None:
+        waiting, self._recovered = self._recovered or [], None
+        for w in waiting:
+            w.callback(None)
 
     def recover_failed(self, failure: Failure) -> None:
         """Taking back failed (the store could not be read): logged; the next beat tries again."""

@@ -477,3 +477,26 @@ class BadRecordTests(SynchronousTestCase):
         wire.fired(defer.Deferred.fromCoroutine(wire.factory.durability.recover()))
         self.assertEqual(index_of(wire), [])
         self.assertIsNone(wire.fired(vfs.get_state(f"smb.durable.{77:016x}")))
+
+    def test_reconnect_not_stuck_when_the_first_beat_fails(self) -> None:
+        """The store refuses the beat: a reconnect waiting for the first look is answered."""
+        wire = Wire(CA_CONFIG)
+        vfs = wire.mvfs.vfs
+        real = vfs.set_state
+
+        def set_state(key: str, value: bytes | None) -> defer.Deferred[None]:
+            if key.startswith("smb.gateway."):
+                return defer.fail(RuntimeError("store down"))
+            return real(key, value)  # type: ignore[no-any-return]
+
+        vfs.set_state = set_state  # type: ignore[method-assign]
+        durability = wire.factory.durability
+        durability.single = False
+        durability.start()
+        # Last: what stop()'s removal of the beat logs (the store still refuses).
+        self.addCleanup(self.flushLoggedErrors, RuntimeError)
+        self.addCleanup(durability.stop)
+        b = wire.connect().setup()
+        r = b.create("f", contexts=[dh2c((5, 5), uuid.uuid4().bytes)])
+        self.assertEqual(r.status, st.STATUS_OBJECT_NAME_NOT_FOUND)
+        self.assertTrue(self.flushLoggedErrors(RuntimeError))
