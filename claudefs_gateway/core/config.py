@@ -431,6 +431,16 @@ class Export(ExportRules):
         doc="SMB: ``required`` makes every request to this share arrive encrypted (SMB 3); "
         "``default`` follows ``smb.encrypt``.",
     )
+    ca: bool = setting(
+        False,
+        doc="SMB: a continuously available share. SMB 3 clients may ask for persistent "
+        "handles on it (MS-SMB2 3.3.5.9.10), granted without an oplock or lease; their "
+        "opens, share modes, leases and byte-range locks are kept in the backend's state "
+        "store as they change, so a gateway killed and started again (``backend: remote``: "
+        "any gateway on the same meta server) honours their reconnects and keeps other "
+        "clients out of the files until the handles' timeouts. With ``backend: embedded`` "
+        "the one gateway's own store keeps them (a restart of that gateway): docs/smb.rst.",
+    )
 
     @property
     def share_name(self) -> str:
