@@ -103,10 +103,19 @@ class Failover:
     def _order(self) -> list[int]:
         n = len(self.nodes)
         first = [(self._preferred + i) % n for i in range(n)]
-        # Available nodes first, keeping preference order among each group.
-        return [i for i in first if self.nodes[i].breaker.available] + [
-            i for i in first if not self.nodes[i].breaker.available
-        ]
+
+        def rank(i: int) -> int:
+            node = self.nodes[i]
+            if not node.breaker.available:
+                return 2
+            # A node that just dropped our connections (a killed server) is tried
+            # after the others at once, not only once enough failures open its
+            # circuit: failover within one call, not within open_duration_ms.
+            return 1 if getattr(node.pool, "suspect", False) else 0
+
+        # Healthy nodes first, then suspect ones, then open circuits; preference
+        # order kept within each group (sorted is stable).
+        return sorted(first, key=rank)
 
     def call(self, fn: Callable[[Any], Any], idempotent: bool) -> Any:
         """

@@ -16,12 +16,17 @@ class FakeBreaker:
     available = True
 
 
+class FakePool:
+    suspect = False
+
+
 class FakeNode:
     def __init__(self, name: str, outcomes: list[Any]) -> None:
         self.name = name
         self.outcomes = outcomes
         self.calls = 0
         self.breaker = FakeBreaker()
+        self.pool = FakePool()
 
     def call(self, fn: Any) -> defer.Deferred[Any]:
         self.calls += 1
@@ -64,6 +69,25 @@ class FailoverTests(SynchronousTestCase):
         f = self.failover(a, b)
         self.successResultOf(f.call(lambda v: v, idempotent=True))
         self.assertEqual((a.calls, b.calls), (0, 1))
+
+    def test_suspect_node_tried_after_healthy_ones(self) -> None:
+        """
+        A node that dropped our connections (its server killed) goes after the
+        healthy ones at once, its circuit still closed: the first call after the
+        drop goes to the next node, not to the dead one first.
+        """
+        a = FakeNode("a", [])
+        b = FakeNode("b", [])
+        f = self.failover(a, b)
+        self.successResultOf(f.call(lambda v: v, idempotent=True))
+        self.assertEqual((a.calls, b.calls), (1, 0))
+        a.pool.suspect = True
+        self.successResultOf(f.call(lambda v: v, idempotent=False))
+        self.assertEqual((a.calls, b.calls), (1, 1))
+        # Suspect, yet before an open circuit.
+        b.breaker.available = False
+        self.successResultOf(f.call(lambda v: v, idempotent=True))
+        self.assertEqual((a.calls, b.calls), (2, 1))
 
     def test_backoff_between_rounds(self) -> None:
         """After every node failed, the next round waits the jittered delay."""
