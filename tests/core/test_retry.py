@@ -139,6 +139,27 @@ class FailoverTests(SynchronousTestCase):
         self.clock.advance(10)
         self.assertEqual(a.calls, 1)
 
+    def test_stop_ends_backoff_wait(self) -> None:
+        """A backend closing mid back-off: the call fails with its own error, no timer is left."""
+        a = FakeNode("a", [Timeout(), "late"])
+        f = self.failover(a)
+        d = f.call(lambda v: v, idempotent=True)
+        self.assertNoResult(d)
+        self.assertTrue(self.clock.getDelayedCalls())
+        f.stop()
+        self.failureResultOf(d, Timeout)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(a.calls, 1)
+
+    def test_no_retry_after_stop(self) -> None:
+        """Calls failing after stop() are not retried later (they would outlive the backend)."""
+        a = FakeNode("a", [Timeout(), "late"])
+        f = self.failover(a)
+        f.stop()
+        d = f.call(lambda v: v, idempotent=True)
+        self.failureResultOf(d, Timeout)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
 
 class OpenCircuitTests(SynchronousTestCase):
     def test_no_backoff_when_every_circuit_is_open(self) -> None:
