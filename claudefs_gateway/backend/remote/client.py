@@ -658,7 +658,14 @@ class RemoteBackend:
             return
         if self.short_circuited:
             try:
-                await self._local_run(self._local.forget, ino)
+                # A small file's chunks here, on the reactor: a thread hop
+                # (two wake-ups, the GIL twice) costs more than its unlink.
+                try:
+                    small = self._local.forget_small(ino)
+                except OSError as e:
+                    raise self._local_failed(e) from None
+                if not small:
+                    await self._local_run(self._local.forget, ino)
             except errors.GatewayError as e:
                 self._log.warn("could not free the data of inode {ino}: {why}", ino=ino, why=str(e))
             return
