@@ -88,8 +88,9 @@ class FrameProtocol(Protocol):
         self._buf = bytearray()
         self._closing = False
         #: Set on the first send: a L{DirectSender} for a plain TCP or unix
-        #: socket transport, False for any other (TLS, test transports).
-        self._direct: DirectSender | bool | None = None
+        #: socket transport, None for any other (TLS, test transports).
+        self._direct: DirectSender | None = None
+        self._direct_known = False
 
     @override
     def dataReceived(self, data: bytes) -> None:
@@ -135,10 +136,11 @@ class FrameProtocol(Protocol):
         if t is None or self._closing:
             return
         parts = wire.encode_frame(opcode, kind, rid, payload)
+        if not self._direct_known:
+            self._direct = DirectSender.for_transport(t)
+            self._direct_known = True
         direct = self._direct
-        if direct is None:
-            direct = self._direct = DirectSender.for_transport(t) or False
-        if direct:
+        if direct is not None:
             size = 0
             for part in parts:
                 size += len(part)

@@ -302,4 +302,4 @@ class DirectSendTests(TestCase):
         client = ClientConnection(7)
         client.makeConnection(t)
         self.assertGreater(len(t.value()), 0)  # the HELLO, through the transport
-        self.assertIs(client._direct, False)
+        self.assertIsNone(client._direct)
