@@ -6,12 +6,24 @@ One gateway (``cfs-gateway start``, NFS+S3+SMB, the embedded backend, short
 idle timeouts so descriptors come back within the run) under mixed load from
 N well-behaved connections (NFSv3 READ/WRITE/GETATTR over raw RPC, S3
 PUT/GET over keep-alive HTTP with SigV4, SMB write/read with smbprotocol),
-while, in rounds, hostile clients come and go: non-readers of every protocol
+beside a steady stream of hostile clients: non-readers of every protocol
 (bench/abuse.py), idle connections, half-sent messages, and a stream of
-malformed frames. Every 5 s it samples the gateway's RSS and open descriptors;
-at the end it prints RSS at start (after the warm-up), peak and end, the
-descriptors at the start and after everyone left, the well-behaved clients'
-operations and errors, and every log line at error level or above.
+malformed frames. The hostile clients are one slot per kind, all filled from
+the start; one slot at a time is renewed (its clients close, new ones of the
+same kind connect), every kind once per --round seconds, so the number of
+hostile clients present never changes. The issue asks for "a stream of
+malformed frames" and non-reading, idle and half-sent clients beside the
+load; the first version replaced them all at once each minute, which made
+the load come and go in bursts and RSS with it: a measurement of the bursts,
+not of whether the gateway's memory wanders under a given load.
+
+Every --sample-every seconds (5) it samples the gateway's RSS and open
+descriptors (--samples FILE also writes each sample with the memory budget in
+use, gateway_memory_budget_bytes, and the seconds since the renewal cycle
+began: RSS per phase of the load); at the end it prints RSS at start (after
+the warm-up), peak and end, the descriptors at the start and after everyone
+left, the well-behaved clients' operations and errors, and every log line at
+error level or above.
 
 Targets (issue 19): RSS flat within ±10 % after warm-up and below 512 MiB,
 descriptors back to the baseline, no error-level line caused by clients.
@@ -53,6 +65,20 @@ def rss_mib(pid: int) -> float:
 
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def budget_used_mib(admin_port: int) -> float | None:
+    """The gateway's C{gateway_memory_budget_bytes{kind="used"}} (MiB), from /metrics."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("gateway_memory_budget_bytes") and 'kind="used"' in line:
+                    return float(line.split()[-1]) / (1 << 20)
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def sockets(pid: int) -> int:
@@ -142,30 +168,48 @@ def smb_worker(ep: dict[str, Any], stop: threading.Event, st: Stats) -> None:
         st.done(False)
 
 
-def abuse_round(ep: dict[str, Any], rng: random.Random) -> list[abuse.Held]:
-    """One round of hostile clients; they stay until the next round."""
+def nfs_non_reader(ep: dict[str, Any], rng: random.Random) -> abuse.Held:
+    """300 pipelined NFSv3 READs of 1 MiB of a file, never read (fresh XIDs each time)."""
     host = ep["host"]
-    held: list[abuse.Held] = []
-    held.append(abuse.smb_non_reader(ep, reads=1000))
-    _, fh = abuse.nfs_file(host, ep["nfs_port"], ep["mount_port"])
+    first, fh = abuse.nfs_file(host, ep["nfs_port"], ep["mount_port"])
+    first.close()
     s = abuse._connect(host, ep["nfs_port"])
     s.setblocking(False)
     args = abuse.opaque(fh) + struct.pack(">QI", 0, 1 << 20)
+    base = rng.randrange(1 << 20, 1 << 31)
     for i in range(300):
         try:
-            s.send(abuse._rpc_call(5000 + i, 100003, 3, 6, args))
+            s.send(abuse._rpc_call(base + i, 100003, 3, 6, args))
         except BlockingIOError:
             break
-    held.append(abuse.Held([s]))
-    held.append(
-        abuse.s3_non_reader(
-            ep, "/soak0/big", lambda: abuse.s3_sign(host, ep["s3_port"], "GET", "/soak0/big")
-        )
-    )
+    return abuse.Held([s])
+
+
+def abuse_slots(ep: dict[str, Any], rng: random.Random) -> list[tuple[str, Any]]:
+    """
+    The hostile clients, one slot per kind: each slot's clients stay until
+    the slot's turn comes again (see L{main}: one slot is replaced at a time).
+    """
+    host = ep["host"]
+    slots: list[tuple[str, Any]] = [
+        ("smb non-reader", lambda: abuse.smb_non_reader(ep, reads=1000)),
+        ("nfs non-reader", lambda: nfs_non_reader(ep, rng)),
+        (
+            "s3 non-reader",
+            lambda: abuse.s3_non_reader(
+                ep, "/soak0/big", lambda: abuse.s3_sign(host, ep["s3_port"], "GET", "/soak0/big")
+            ),
+        ),
+    ]
     for proto, port in (("smb", ep["smb_port"]), ("nfs", ep["nfs_port"]), ("s3", ep["s3_port"])):
-        held.append(abuse.idle(host, port, 50))
-        held.append(abuse.half_sent(host, port, proto, 20))
-    return held
+        slots.append((f"{proto} idle x50", lambda port=port: abuse.idle(host, port, 50)))
+        slots.append(
+            (
+                f"{proto} half-sent x20",
+                lambda proto=proto, port=port: abuse.half_sent(host, port, proto, 20),
+            )
+        )
+    return slots
 
 
 def malformed_stream(ep: dict[str, Any], stop: threading.Event, counter: list[int]) -> None:
@@ -183,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--connections", type=int, default=200)
     ap.add_argument("--warmup", type=float, default=60.0, help="seconds before RSS start is taken")
-    ap.add_argument("--round", type=float, default=60.0, help="seconds between abuse rounds")
+    ap.add_argument(
+        "--round",
+        type=float,
+        default=60.0,
+        help="seconds in which every kind of hostile client is renewed once (one kind at a time)",
+    )
     ap.add_argument(
         "--memory-report",
         choices=["off", "counts", "trace"],
@@ -193,6 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         "(slower) to name the allocation sites that grew",
     )
     ap.add_argument("--report-every", type=float, default=300.0)
+    ap.add_argument(
+        "--samples",
+        type=Path,
+        default=None,
+        help="write every sample (seconds, RSS MiB, descriptors, memory budget used MiB, "
+        "seconds since the last abuse round began) to this file as JSON lines",
+    )
+    ap.add_argument("--sample-every", type=float, default=5.0)
     args = ap.parse_args(argv)
     scratch = Path(tempfile.mkdtemp(prefix="cfs-soak-"))
     if args.memory_report != "off":
@@ -229,9 +286,30 @@ def main(argv: list[str] | None = None) -> int:
         samples: list[tuple[float, float, int]] = []
         t0 = time.monotonic()
         end = t0 + args.minutes * 60
-        next_round = t0
-        held: list[abuse.Held] = []
-        rounds = 0
+        # The hostile clients are a steady stream, not bursts: every slot is
+        # filled from the start, and one slot at a time is replaced (its
+        # clients leave, new ones of the same kind come), so each kind is
+        # renewed once per --round and the number present never changes.
+        slots = abuse_slots(ep, rng)
+        held: list[abuse.Held | None] = [None] * len(slots)
+
+        def renew(i: int) -> None:
+            old, held[i] = held[i], None
+            if old is not None:
+                old.close()
+            try:
+                held[i] = slots[i][1]()
+            except Exception as e:  # a refused abuser is fine; say so
+                print(f"abuse slot {slots[i][0]} failed: {e!r}", flush=True)
+
+        for i in range(len(slots)):
+            renew(i)
+        step = args.round / len(slots)
+        next_swap = time.monotonic() + step
+        swaps = 0
+        next_sample = t0
+        round_began = t0
+        out = args.samples.open("w") if args.samples else None
         next_report = t0 + args.warmup
 
         def memory_report() -> None:
@@ -243,26 +321,37 @@ def main(argv: list[str] | None = None) -> int:
             if now >= next_report:
                 memory_report()
                 next_report = now + args.report_every
-            if now >= next_round:
-                for h in held:
-                    h.close()
-                try:
-                    held = abuse_round(ep, rng)
-                    rounds += 1
-                except Exception as e:  # a refused abuser is fine; say so
-                    print(f"abuse round failed: {e!r}", flush=True)
-                    held = []
-                next_round = now + args.round
-            samples.append((now - t0, rss_mib(pid), fds(pid)))
-            print(
-                f"t={now - t0:6.0f}s rss={samples[-1][1]:7.1f} MiB fds={samples[-1][2]:5d} "
-                f"ops={st.ops} errors={st.errors} malformed={bad[0]} rounds={rounds}",
-                flush=True,
-            )
-            stop.wait(5)
+            if now >= next_swap:
+                renew(swaps % len(slots))
+                swaps += 1
+                if swaps % len(slots) == 0:
+                    round_began = now
+                next_swap += step
+            if now >= next_sample:
+                samples.append((now - t0, rss_mib(pid), fds(pid)))
+                if out is not None:
+                    row = {
+                        "t": round(now - t0, 1),
+                        "rss": round(samples[-1][1], 1),
+                        "fds": samples[-1][2],
+                        "budget": budget_used_mib(ep["admin_port"]),
+                        "in_round": round(now - round_began, 1),
+                        "ops": st.ops,
+                    }
+                    out.write(json.dumps(row) + "\n")
+                    out.flush()
+                print(
+                    f"t={now - t0:6.0f}s rss={samples[-1][1]:7.1f} MiB fds={samples[-1][2]:5d} "
+                    f"ops={st.ops} errors={st.errors} malformed={bad[0]} "
+                    f"renewed={swaps}",
+                    flush=True,
+                )
+                next_sample += args.sample_every
+            stop.wait(max(min(next_swap, next_sample, end) - time.monotonic(), 0.05))
         stop.set()
         for h in held:
-            h.close()
+            if h is not None:
+                h.close()
         deadline = time.monotonic() + 30
         for t in threads:
             t.join(timeout=max(deadline - time.monotonic(), 0.1))
@@ -299,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "minutes": args.minutes,
             "connections": n,
-            "abuse_rounds": rounds,
+            "abuse_rounds": swaps // len(slots),
+            "abuse_renewals": swaps,
             "malformed_connections": bad[0],
             "ops": st.ops,
             "client_errors": st.errors,

@@ -63,6 +63,7 @@ def smb(host: str, port: str, share: str, user: str, password: str) -> int:
     from smbprotocol.connection import Connection
     from smbprotocol.create_contexts import (
         CreateContextName,
+        DurableHandleFlags,
         SMB2CreateDurableHandleReconnectV2,
         SMB2CreateDurableHandleRequestV2,
         SMB2CreateDurableHandleResponseV2,
@@ -84,10 +85,11 @@ def smb(host: str, port: str, share: str, user: str, password: str) -> int:
 
     client_guid = uuid.uuid4()
     link: dict[str, Any] = {}
+    target = {"port": int(port)}
 
     def connect() -> None:
         """A connection, session and tree; oplock and lease breaks reported as events."""
-        conn = Connection(client_guid, host, int(port))
+        conn = Connection(client_guid, host, target["port"])
         conn.connect()
         # smbprotocol has no handler for what the server sends unasked (MessageId
         # all ones: oplock and lease breaks, MS-SMB2 3.3.4.6 and 3.3.4.7): its
@@ -104,6 +106,7 @@ def smb(host: str, port: str, share: str, user: str, password: str) -> int:
     opens: dict[str, Any] = {}
     watchers: dict[str, Any] = {}
     durable: dict[str, tuple[bytes, Any]] = {}  # open id -> (FileId, CreateGuid)
+    persistent: set[str] = set()  # open ids granted a persistent handle
 
     def share_bits(text: str) -> int:
         bits = 0
@@ -133,11 +136,14 @@ def smb(host: str, port: str, share: str, user: str, password: str) -> int:
             lease["epoch"] = b"\x00\x00"
             contexts.append(_context(CreateContextName.SMB2_CREATE_REQUEST_LEASE_V2, lease))
         guid = None
-        if o.get("durable"):
+        if o.get("durable") or o.get("persistent"):
             guid = uuid.uuid4()
             dh2q = SMB2CreateDurableHandleRequestV2()
             dh2q["timeout"] = 60_000
             dh2q["create_guid"] = guid
+            if o.get("persistent"):
+                # MS-SMB2 2.2.13.2.11: SMB2_DHANDLE_FLAG_PERSISTENT (smbprotocol has no helper).
+                dh2q["flags"] = DurableHandleFlags.SMB2_DHANDLE_FLAG_PERSISTENT
             contexts.append(_context(CreateContextName.SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2, dh2q))
         answer = f.create(
             ImpersonationLevel.Impersonation,
@@ -159,6 +165,10 @@ def smb(host: str, port: str, share: str, user: str, password: str) -> int:
             elif isinstance(ctx, SMB2CreateDurableHandleResponseV2) and guid is not None:
                 out["durable"] = True
                 durable[o["id"]] = (f.file_id, guid)
+                flags = ctx["flags"].get_value()
+                out["persistent"] = bool(flags & DurableHandleFlags.SMB2_DHANDLE_FLAG_PERSISTENT)
+                if out["persistent"]:
+                    persistent.add(o["id"])
         return out
 
     def ack(o: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +188,12 @@ def smb(host: str, port: str, share: str, user: str, password: str) -> int:
         return {}
 
     def reconnect(o: dict[str, Any]) -> dict[str, Any]:
-        """A new connection and session; each durable open reclaimed with a DH2C (and its lease)."""
+        """
+        A new connection and session (to C{port} if given: another gateway);
+        each durable open reclaimed with a DH2C (and its lease).
+        """
+        if "port" in o:
+            target["port"] = int(o["port"])
         connect()
         for ident, (file_id, guid) in durable.items():
             old = opens[ident]
@@ -186,6 +201,8 @@ def smb(host: str, port: str, share: str, user: str, password: str) -> int:
             dh2c = SMB2CreateDurableHandleReconnectV2()
             dh2c["file_id"] = file_id
             dh2c["create_guid"] = guid
+            if ident in persistent:
+                dh2c["flags"] = DurableHandleFlags.SMB2_DHANDLE_FLAG_PERSISTENT
             contexts = [_context(CreateContextName.SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2, dh2c)]
             if old.oplock_level == 0xFF:
                 lease = SMB2CreateRequestLeaseV2()

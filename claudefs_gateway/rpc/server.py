@@ -74,7 +74,7 @@ UDP_MAX_REPLY = 65507
 READ_DEFAULT = 1 << 16
 READ_MAX = 1 << 18
 # nfs.max_queued_bytes_per_connection's default.
-DEFAULT_MAX_QUEUED_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_QUEUED_BYTES = 8 * 1024 * 1024
 
 Results = list[bytes]
 Handler = Callable[["Call", Any], "Results | defer.Deferred[Results] | None"]

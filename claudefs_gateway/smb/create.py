@@ -14,7 +14,7 @@ from twisted.internet import defer
 
 from claudefs_gateway import errors
 from claudefs_gateway.errors import ProtocolError
-from claudefs_gateway.fstypes import Attributes, FileType, SetAttrs
+from claudefs_gateway.fstypes import Attributes, Credentials, FileType, SetAttrs
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.dcerpc import (
@@ -48,7 +48,7 @@ from claudefs_gateway.smb.messages import (
     pack_create_response,
     pack_lease_response,
 )
-from claudefs_gateway.smb.state import FileNode, Open, Request
+from claudefs_gateway.smb.state import FileNode, Open, Request, Session, Tree
 from claudefs_gateway.vfs import Caller, LockOwner, ShareToken
 from claudefs_gateway.vfs.leases import LeaseKey, Why
 from claudefs_gateway.vfs.origin import Origin
@@ -398,6 +398,8 @@ class CreateCommands(FileBase):
         granted_durable = durability.grant(op, ask, req.session.user)
         if granted_durable is not None:
             answers.append(CreateContext(*granted_durable))
+            if op.persistent:
+                await durability.persist(op)
         if c.SMB2_CREATE_QUERY_MAXIMAL_ACCESS_REQUEST in contexts:
             answers.append(
                 CreateContext(
@@ -633,7 +635,15 @@ class CreateCommands(FileBase):
         assert ask.reconnect is not None and req.session is not None and req.tree is not None
         durability = self.factory.durability
         await durability.load_index()
+        await durability.when_recovered()
         pid = ask.reconnect[0]
+        if pid in durability.retaking:
+            # A persistent open this gateway is still taking back (the killed
+            # gateway's reservations linger at the meta server): wait for it.
+            await conn.go_async(req, durability.when_retaken(pid))
+        elif pid not in durability.by_id:
+            # Perhaps one a gateway that died kept, not yet found dead here.
+            await conn.go_async(req, defer.Deferred.fromCoroutine(durability.wait_takeover(pid)))
         lease_raw = contexts.get(c.SMB2_CREATE_REQUEST_LEASE)
         try:
             lease = LeaseRequest.parse(lease_raw) if lease_raw is not None else None
@@ -648,8 +658,17 @@ class CreateCommands(FileBase):
         if ask.version == 2 and (op.create_guid or b"\x00" * 16) != ask.create_guid:
             raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "CreateGuid does not match")
         sl = op.lease
+        # A persistent open taken back at a start: its lease is granted again below.
+        kept = op.restored_lease if sl is None else None
         if sl is not None:
             if lease is None or lease.key != sl.key or conn.client_guid != sl.client:
+                raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "lease does not match")
+        elif kept is not None:
+            if (
+                lease is None
+                or lease.key.hex() != kept.get("key")
+                or conn.client_guid.hex() != kept.get("client")
+            ):
                 raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "lease does not match")
         elif lease is not None:
             raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "lease asked of an open without one")
@@ -659,7 +678,7 @@ class CreateCommands(FileBase):
             raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "open of another share")
         if op.owner.lower() != req.session.user.lower():
             raise SMBError(st.STATUS_ACCESS_DENIED, "durable handle of another user")
-        if sl is not None and op.node is not None:
+        if (sl is not None or kept is not None) and op.node is not None:
             name = body.name.lower().removesuffix("::$data")
             if name != op.node.path.lower():
                 # Samba: the name of a reopened leased file must match.
@@ -677,8 +696,115 @@ class CreateCommands(FileBase):
         conn.opens[op.file_id[1]] = op
         if sl is not None:
             sl.conn = conn
+        if op.persistent:
+            if op.lease is None and (kept is not None or op.restored_oplock):
+                await self._grant_again(conn, op, kept)
+            await durability.persist(op)
         self._log.debug("smb durable handle reconnected", ino=op.ino, conn_id=conn.conn_id)
         return await self._answer_open(conn, req, op, c.FILE_OPENED, [])
+
+    async def _grant_again(self, conn: Any, op: Open, kept: dict[str, Any] | None) -> None:
+        """
+        The lease or oplock a persistent open held before a gateway start,
+        granted again at its reconnect as far as it can be now (another
+        client may have taken a lease meanwhile, if the share mode let it open).
+        """
+        leasing = self.factory.leasing
+        node = op.node
+        assert node is not None
+        op.restored_lease, level, op.restored_oplock = None, op.restored_oplock, 0
+        if kept is not None:
+            want = LeaseRequest(
+                bytes.fromhex(kept["key"]),
+                to_wire(int(kept["state"])),
+                0,
+                int(kept["version"]),
+                bytes.fromhex(kept["parent"]) if kept.get("parent") else None,
+                max(0, int(kept["epoch"]) - 1),
+            )
+            leasing.grant(
+                conn, op, node.opens, c.SMB2_OPLOCK_LEVEL_LEASE, want, op.access, True, False
+            )
+        else:
+            leasing.grant(conn, op, node.opens, level, None, op.access, True, False)
+        await leasing.settle(op, op.oplock)
+
+    async def restore_persistent(self, pid: int, rec: dict[str, Any]) -> Open | None:
+        """
+        A persistent open a previous gateway left in the store (MS-SMB2
+        3.3.5.9.10, a C{ca: true} share), made again at this gateway's start,
+        disconnected: its share reservation and byte-range locks taken as
+        reclaims, so that nobody else gets into the file until a reconnect
+        (L{_reconnect}) or its timeout. Its lease and oplock wait for the
+        reconnect (there is nobody to break them to now).
+
+        @return: (a coroutine) the open, or None if the share or file is gone.
+        @raise errors.Busy: the reservation or a lock is held by someone else
+            (the killed gateway's, until the meta server lets them go).
+        """
+        vfs = self.vfs
+        export = vfs.exports.by_name(str(rec["export"]), "smb")
+        if export is None or not getattr(export.rules, "ca", False):
+            return None
+        cred = Credentials(
+            int(rec["uid"]), int(rec["gid"]), tuple(int(g) for g in rec.get("groups", ()))
+        )
+        caller = Caller(cred, export, str(rec.get("peer", "")), "smb")
+        try:
+            a = await vfs.getattr(caller, int(rec["ino"]))
+        except errors.FSError:
+            return None
+        if a.nlink == 0:
+            return None
+        fid = (pid, self.factory.new_file_id()[1])
+        owner = LockOwner("smb", f"persistent-{pid:016x}", struct.pack("<QQ", *fid))
+        access, share = int(rec["access"]), int(rec["share"])
+        acc, deny = share_modes(access, share)
+        locks = self.locks
+        token = None
+        if locks is not None:
+            try:
+                if acc:
+                    token = locks.open_share(a.ino, owner, acc, deny, reclaim=True)
+                    await locks.settle_share(token)
+                for start, length, exclusive in rec.get("locks", ()):
+                    await locks.lock(
+                        a.ino, owner, int(start), int(length), bool(exclusive), reclaim=True
+                    )
+            except (errors.ShareConflict, errors.LockConflict, errors.Again) as e:
+                locks.release_owner(owner)
+                raise errors.Busy(f"held elsewhere: {e}") from None
+            except BaseException:
+                locks.release_owner(owner)
+                raise
+        path = str(rec["path"])
+        node = self.nodes.get(a.ino)
+        if node is None:
+            leaf = path.rsplit("\\", 1)[-1].encode("utf-8", "surrogatepass")
+            parent = (await vfs.lookup(caller, a.ino, b"..")).ino if a.is_dir else 0
+            node = FileNode(a.ino, parent, leaf, path)
+            self.nodes[a.ino] = node
+        session = Session(0, None, None, user=str(rec["user"]))
+        tree = Tree(0, session, export.name, export, caller)
+        op = Open(fid, session, tree, node, a.is_dir, access, lock_owner=owner, share=token)
+        op.share_access = share
+        op.durable = int(rec["v"])
+        op.durable_timeout = float(rec["timeout"])
+        op.create_guid = bytes.fromhex(rec["create_guid"]) if rec.get("create_guid") else None
+        op.owner = str(rec["user"])
+        op.client_guid = bytes.fromhex(str(rec.get("client", "")))
+        op.disconnected = True
+        op.persistent = True
+        op.zero_locks = [(int(z), bool(x)) for z, x in rec.get("zero_locks", ())]
+        op.restored_lease = rec.get("lease")
+        op.restored_oplock = int(rec.get("oplock", 0))
+        node.opens.add(op)
+        durability = self.factory.durability
+        durability.by_id[pid] = op
+        if op.create_guid is not None:
+            durability.by_create_guid[(op.client_guid, op.create_guid)] = op
+        self._log.info("smb persistent handle taken back from the state store", ino=a.ino)
+        return op
 
     async def _restore(self, conn: Any, req: Request, pid: int, lease: LeaseRequest | None) -> Open:
         """

@@ -21,8 +21,24 @@ restarted within the timeout still honours the reconnect: the open is made
 again from the record (the file by inode, the share reservation, the lease or
 oplock if they can be granted again). What a restart loses: byte-range locks
 (the lock table starts empty) and a lease another client took meanwhile.
-Persistent (continuously available) handles are not offered: their state
-would have to live in a metadata service shared by several gateways.
+
+Persistent handles (MS-SMB2 3.3.5.9.10, C{ca: true} shares, SMB 3): a DH2Q
+with SMB2_DHANDLE_FLAG_PERSISTENT on a continuously available share is
+granted whatever the open caches. Its record (the open, its share mode, its
+lease, its byte-range locks) is written to the state store when it is granted
+and again whenever its locks or lease change, not only when its connection
+drops, and listed under C{smb.persistent.index} with the gateway instance
+keeping it: a gateway killed with C{-9} leaves it behind. Every gateway
+serving a CA share beats in the store; one that finds an instance's beat
+stopped (L{Durability.recover}, at its start and at each beat) makes every
+open of that instance again, disconnected: its share reservation and locks
+held in the lock table (the meta server's, shared by every gateway on it), so
+other clients stay out of the file, until the reconnect or the timeout,
+counted from the takeover. While the killed gateway's own reservations still
+linger at the meta server (C{meta_store.linger_secs}) it retries each second. A
+break of a disconnected persistent open's lease or oplock lowers it without
+an acknowledgement (nobody to send it to) instead of closing the open, so its
+share mode and locks still keep others out.
 """
 
 from __future__ import annotations
@@ -33,9 +49,10 @@ import struct
 from typing import Any
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
+from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.errors import ProtocolError
 from claudefs_gateway.smb import constants as c
@@ -60,6 +77,15 @@ V2_DEFAULT_TIMEOUT = 60.0
 V2_MAX_TIMEOUT = 300.0
 SMB2_DHANDLE_FLAG_PERSISTENT = 0x00000002
 _INDEX_KEY = "smb.durable.index"
+_PINDEX_KEY = "smb.persistent.index"
+#: Seconds between attempts to take a persistent open's reservations back at a
+#: start, while the killed gateway's still linger at the meta server.
+RETAKE_INTERVAL = 1.0
+#: Seconds between a gateway's beats (taking over persistent handles, below).
+HEARTBEAT = 2.0
+#: A gateway whose beat has not moved for this long is dead (below linger_secs' 10).
+DEAD_AFTER = 3 * HEARTBEAT
+_BEAT_KEY = "smb.gateway.{}"
 
 
 @attrs.frozen
@@ -73,6 +99,7 @@ class DurableAsk:
     @ivar create_guid: the v2 CreateGuid.
     @ivar replay: a v2 request flagged REPLAY_OPERATION.
     @ivar app_instance: SMB2_CREATE_APP_INSTANCE_ID's GUID.
+    @ivar persistent: a DH2Q with SMB2_DHANDLE_FLAG_PERSISTENT.
     """
 
     version: int = 0
@@ -81,6 +108,7 @@ class DurableAsk:
     create_guid: bytes | None = None
     replay: bool = False
     app_instance: bytes | None = None
+    persistent: bool = False
 
 
 def parse_durable(contexts: dict[bytes, bytes], replay: bool) -> DurableAsk:
@@ -132,10 +160,15 @@ def parse_durable(contexts: dict[bytes, bytes], replay: bool) -> DurableAsk:
     if dh2q is not None:
         if len(dh2q) != 32:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "DH2Q size")
-        timeout_ms, _flags = struct.unpack_from("<II", dh2q)
+        timeout_ms, flags = struct.unpack_from("<II", dh2q)
         timeout = min(timeout_ms / 1000.0, V2_MAX_TIMEOUT) or V2_DEFAULT_TIMEOUT
         return DurableAsk(
-            2, timeout=timeout, create_guid=dh2q[16:32], replay=replay, app_instance=app_instance
+            2,
+            timeout=timeout,
+            create_guid=dh2q[16:32],
+            replay=replay,
+            app_instance=app_instance,
+            persistent=bool(flags & SMB2_DHANDLE_FLAG_PERSISTENT),
         )
     return DurableAsk(app_instance=app_instance)
 
@@ -153,12 +186,26 @@ def can_be_durable(op: Any) -> bool:
     return op.oplock == c.SMB2_OPLOCK_LEVEL_BATCH
 
 
+def may_be_persistent(op: Any, ask: DurableAsk) -> bool:
+    """
+    MS-SMB2 3.3.5.9.10: a DH2Q asking for persistence, over SMB 3, on a
+    continuously available share (C{ca: true}); not a named stream's open.
+    """
+    if not ask.persistent or ask.version != 2 or op.stream is not None or op.tree is None:
+        return False
+    conn = op.conn
+    if conn is None or conn.dialect < c.SMB_3_0:
+        return False
+    return bool(getattr(op.tree.export.rules, "ca", False))
+
+
 def response_context(op: Any) -> tuple[bytes, bytes]:
-    """The DHnQ or DH2Q answer for an open granted durability."""
+    """The DHnQ or DH2Q answer for an open granted durability (persistence flagged)."""
     if op.durable == 1:
         return c.SMB2_CREATE_DURABLE_HANDLE_REQUEST, b"\x00" * 8
+    flags = SMB2_DHANDLE_FLAG_PERSISTENT if op.persistent else 0
     return c.SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2, struct.pack(
-        "<II", int(op.durable_timeout * 1000), 0
+        "<II", int(op.durable_timeout * 1000), flags
     )
 
 
@@ -188,6 +235,24 @@ class Durability:
         self._index: set[int] = set()
         self._index_loaded = False
         self.started = factory.reactor.seconds()
+        # Persistent opens: the ids this gateway keeps records of, the index's
+        # read-modify-write (one at a time here), the records a start is still
+        # taking back (their reservations linger at the meta server), and who
+        # waits for the start's reading of the index.
+        self._persisted: set[int] = set()
+        self._plock = defer.DeferredLock()
+        self.retaking: dict[int, list[defer.Deferred[None]]] = {}
+        self._recovered: list[defer.Deferred[None]] | None = None
+        # This gateway's instance (named in the index beside its records), its
+        # beat, and what it saw of others' beats (counter, when it last moved).
+        self.instance = os.urandom(8).hex()
+        self._beats = 0
+        self._seen: dict[str, tuple[bytes, float]] = {}
+        self._beating: task.LoopingCall | None = None
+        self._ticking = False
+        #: One gateway on its own store (backend: embedded): no other instance is alive.
+        backend = getattr(getattr(factory.config, "backend", None), "type", "embedded")
+        self.single = backend == "embedded"
 
     @staticmethod
     def new_persistent_id() -> int:
@@ -198,17 +263,23 @@ class Durability:
 
     def grant(self, op: Any, ask: DurableAsk, user: str) -> tuple[bytes, bytes] | None:
         """
-        Make C{op} durable if it may be; @return: the response context, or None.
+        Make C{op} durable if it may be; @return: the response context, or
+        None. The caller writes a persistent open's record (L{persist})
+        before it answers.
         """
         op.app_instance = ask.app_instance
         if ask.app_instance is not None:
             self.by_app[ask.app_instance] = op
-        if not ask.version or not can_be_durable(op):
+        persistent = may_be_persistent(op, ask)
+        # A persistent open needs no batch oplock or handle lease (MS-SMB2
+        # 3.3.5.9.10): that is what a continuously available share is for.
+        if not ask.version or not (persistent or can_be_durable(op)):
             return None
         op.durable = ask.version
         op.durable_timeout = ask.timeout
         op.create_guid = ask.create_guid
         op.owner = user
+        op.persistent = persistent
         self.by_id[op.file_id[0]] = op
         if ask.create_guid is not None:
             self.by_create_guid[(op.client_guid, ask.create_guid)] = op
@@ -242,6 +313,8 @@ class Durability:
             op.expiry = None
         if op.file_id[0] in self._index:
             self._drop_record(op.file_id[0])
+        if op.file_id[0] in self._persisted:
+            self._unpersist(op.file_id[0])
 
     # -- disconnecting ---------------------------------------------------------------------
 
@@ -249,7 +322,7 @@ class Durability:
         """Whether C{op} survives its connection (still durable, still caching handles)."""
         if op.closed or not op.durable:
             return False
-        return op.resilient or can_be_durable(op)
+        return op.persistent or op.resilient or can_be_durable(op)
 
     def disconnect(self, op: Any) -> None:
         """
@@ -280,7 +353,7 @@ class Durability:
 
     def _record(self, op: Any) -> dict[str, Any]:
         sl = op.lease
-        return {
+        rec = {
             "v": op.durable,
             "ino": op.ino,
             "export": op.tree.export.name,
@@ -304,6 +377,33 @@ class Durability:
                 "parent": _hex(sl.parent),
             },
         }
+        if op.persistent:
+            rec.update(self._persistent_fields(op))
+        return rec
+
+    def _persistent_fields(self, op: Any) -> dict[str, Any]:
+        """What a persistent open's record adds: its locks and who it runs as."""
+        locks = self.factory.files.locks
+        held = []
+        if locks is not None and op.lock_owner is not None and op.node is not None:
+            held = [
+                [lk.start, lk.length, lk.exclusive]
+                for lk in locks.locks(op.ino)
+                if lk.owner == op.lock_owner
+            ]
+        caller = op.tree.caller
+        pending = op.restored_lease
+        return {
+            "persistent": True,
+            "locks": held,
+            "zero_locks": [[z, x] for z, x in op.zero_locks],
+            "uid": caller.cred.uid,
+            "gid": caller.cred.gid,
+            "groups": list(caller.cred.groups),
+            "peer": caller.client,
+            # A lease not granted again yet (a start took the open back, no reconnect yet).
+            **({"lease": pending} if op.lease is None and pending is not None else {}),
+        }
 
     def _key(self, pid: int) -> str:
         return f"smb.durable.{pid:016x}"
@@ -319,6 +419,9 @@ class Durability:
         d.addBoth(done)
 
     def _write_record(self, op: Any) -> None:
+        if op.persistent:
+            self.persist(op)
+            return
         vfs = self.factory.vfs
         if vfs is None:
             return
@@ -340,6 +443,282 @@ class Durability:
         if vfs is not None:
             blob = json.dumps(sorted(self._index)).encode()
             self._track(vfs.set_state(_INDEX_KEY, blob))
+
+    # -- persistent opens ------------------------------------------------------------------
+
+    def persist(self, op: Any) -> defer.Deferred[None]:
+        """
+        Write C{op}'s record now (it was granted, or its locks or lease
+        changed): a reply sent after this fires, a gateway killed after that
+        reply leaves the record for the next.
+
+        @return: fires when the record (and the index, the first time) is
+            written; never fails (a failed write is logged).
+        """
+        vfs = self.factory.vfs
+        if vfs is None or op.closed or not op.persistent:
+            return defer.succeed(None)
+        pid = op.file_id[0]
+        writes = [vfs.set_state(self._key(pid), json.dumps(self._record(op)).encode())]
+        if pid not in self._persisted:
+            self._persisted.add(pid)
+            writes.append(defer.Deferred.fromCoroutine(self._update_pindex(add=pid)))
+        for w in writes:
+            self._track(w)
+        return defer.gatherResults(writes, consumeErrors=True).addBoth(lambda _: None)
+
+    def _unpersist(self, pid: int) -> None:
+        vfs = self.factory.vfs
+        self._persisted.discard(pid)
+        if vfs is None:
+            return
+        self._track(vfs.set_state(self._key(pid), None))
+        self._track(defer.Deferred.fromCoroutine(self._update_pindex(drop=pid)))
+
+    async def _update_pindex(self, add: int | None = None, drop: int | None = None) -> None:
+        """
+        The shared index of persistent records (persistent id -> the gateway
+        instance keeping it), read, changed and written again: other gateways
+        on the meta server keep theirs in it too.
+        """
+        vfs = self.factory.vfs
+        assert vfs is not None
+        async with self._plock:
+            index = await self._read_pindex()
+            if add is not None:
+                index[add] = self.instance
+            if drop is not None:
+                index.pop(drop, None)
+            blob = json.dumps({f"{p}": g for p, g in sorted(index.items())}).encode()
+            await vfs.set_state(_PINDEX_KEY, blob)
+
+    async def _read_pindex(self) -> dict[int, str]:
+        vfs = self.factory.vfs
+        assert vfs is not None
+        raw = await vfs.get_state(_PINDEX_KEY)
+        try:
+            got = json.loads(raw) if raw else {}
+            return {int(p): str(g) for p, g in got.items()}
+        except (ValueError, TypeError, AttributeError):
+            self._log.warn("smb: unreadable persistent handle index; ignored")
+            return {}
+
+    def when_recovered(self) -> defer.Deferred[None]:
+        """Fires once a start's L{recover} knows which records it is taking back."""
+        if self._recovered is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._recovered.append(d)
+        return d
+
+    def when_retaken(self, pid: int) -> defer.Deferred[None]:
+        """Fires once the attempt at C{pid}'s record is over (taken back or not)."""
+        if pid not in self.retaking:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self.retaking[pid].append(d)
+        return d
+
+    async def kept_elsewhere(self, pid: int) -> bool:
+        """Whether C{pid} is a persistent open another gateway instance keeps (alive or not)."""
+        if self.factory.vfs is None:
+            return False
+        owner = (await self._read_pindex()).get(pid)
+        return owner is not None and owner != self.instance
+
+    async def wait_takeover(self, pid: int) -> None:
+        """
+        A reconnect names a persistent open another gateway instance keeps:
+        if this gateway beats, wait (at most until that instance would be
+        found dead and its opens taken) for it to be taken over here.
+        """
+        if self._beating is None or pid in self.by_id or not await self.kept_elsewhere(pid):
+            return
+        clock = self.factory.reactor
+        deadline = clock.seconds() + DEAD_AFTER + 2 * HEARTBEAT
+        while pid not in self.by_id and clock.seconds() < deadline:
+            if pid in self.retaking:
+                await self.when_retaken(pid)
+            else:
+                await task.deferLater(clock, HEARTBEAT / 2, lambda: None)
+
+    # -- taking over -------------------------------------------------------------------------
+    #
+    # Every gateway serving a CA share beats: it bumps a counter under
+    # smb.gateway.<instance> every HEARTBEAT seconds, and reads the index and
+    # the beats of the instances named there. An instance whose counter has
+    # not moved for DEAD_AFTER seconds of this gateway's clock (no clocks are
+    # compared across machines), or whose beat is gone (it stopped cleanly),
+    # is dead: its persistent opens are taken back here. DEAD_AFTER is below
+    # the meta server's default linger (10 s), so the retake is already
+    # knocking when the dead gateway's reservations are let go.
+
+    def start(self) -> None:
+        """The SMB service starts (a CA share is served): beat, and take back the dead's opens."""
+        if self.single:
+            # backend: embedded: nobody else to beat for; what a previous run
+            # left is taken back once, now.
+            self._recovered = []
+            d = defer.Deferred.fromCoroutine(self.recover())
+            d.addErrback(self.recover_failed)
+            d.addBoth(lambda _: self._release_recovered())
+            return
+        if self._beating is None:
+            self._recovered = []
+            loop = task.LoopingCall(self._tick)
+            loop.clock = self.factory.reactor
+            self._beating = loop
+            loop.start(HEARTBEAT, now=True).addErrback(self.recover_failed)
+
+    def stop(self) -> defer.Deferred[None]:
+        """The service stops: no more beats, and the beat removed (others take over at once)."""
+        loop, self._beating = self._beating, None
+        if loop is None or not loop.running:
+            return defer.succeed(None)
+        loop.stop()
+        vfs = self.factory.vfs
+        if vfs is None:
+            return defer.succeed(None)
+        d = vfs.set_state(_BEAT_KEY.format(self.instance), None)
+        self._track(d)
+        return self.flush()
+
+    def _tick(self) -> defer.Deferred[None] | None:
+        if self._ticking:
+            return None
+        self._ticking = True
+        d = defer.Deferred.fromCoroutine(self._beat_and_look())
+
+        def done(result: Any) -> None:
+            self._ticking = False
+            if isinstance(result, Failure):
+                self._log.failure("smb: persistent handle heartbeat failed", result)
+                # Reconnects waiting for the first look go on (finding less).
+                self._release_recovered()
+
+        d.addBoth(done)
+        return d
+
+    async def _beat_and_look(self) -> None:
+        vfs = await self.factory.get_vfs()
+        self._beats += 1
+        await vfs.set_state(_BEAT_KEY.format(self.instance), b"%d" % self._beats)
+        await self.recover()
+
+    async def recover(self) -> int:
+        """
+        Make again, disconnected, every persistent open in the store whose
+        gateway is dead (its share reservation and locks held, until a
+        reconnect or its timeout from now). Those whose reservations or
+        locks are still held elsewhere (the killed gateway's, lingering at
+        the meta server) are tried again each L{RETAKE_INTERVAL} seconds
+        within their timeout. With C{backend: embedded} (one gateway, its
+        own lock table) every other instance's open is taken at once.
+
+        @return: (a coroutine) how many records it started taking back.
+        """
+        try:
+            vfs = await self.factory.get_vfs()
+            index = await self._read_pindex()
+            dead = await self._dead({g for g in index.values() if g != self.instance})
+            found = 0
+            for pid, owner in sorted(index.items()):
+                if owner not in dead or pid in self.by_id or pid in self.retaking:
+                    continue
+                raw = await vfs.get_state(self._key(pid))
+                try:
+                    rec = json.loads(raw) if raw else None
+                except ValueError:
+                    rec = None
+                if not isinstance(rec, dict) or not rec.get("persistent"):
+                    self._track(defer.Deferred.fromCoroutine(self._update_pindex(drop=pid)))
+                    continue
+                found += 1
+                self.retaking[pid] = []
+                deadline = self.factory.reactor.seconds() + float(rec.get("timeout", 0))
+                # Its beat as it was when found dead: one that moves on later
+                # means the gateway only stalled.
+                last = self._seen.get(owner, (None, 0.0))[0]
+                d = defer.Deferred.fromCoroutine(self._retake(pid, rec, deadline, owner, last))
+                d.addErrback(lambda f: self._log.failure("smb: taking back a handle failed", f))
+        finally:
+            self._release_recovered()
+        if found:
+            self._log.info("smb: taking back {n} persistent handles", n=found)
+        return found
+
+    async def _dead(self, instances: set[str]) -> set[str]:
+        """Which of C{instances} are gone (see above)."""
+        if self.single:
+            return instances
+        vfs = self.factory.vfs
+        assert vfs is not None
+        now = self.factory.reactor.seconds()
+        dead = set()
+        for inst in instances:
+            beat = await vfs.get_state(_BEAT_KEY.format(inst))
+            if beat is None:
+                dead.add(inst)
+                continue
+            seen = self._seen.get(inst)
+            if seen is None or seen[0] != beat:
+                self._seen[inst] = (beat, now)
+            elif now - seen[1] >= DEAD_AFTER:
+                dead.add(inst)
+        return dead
+
+    def _release_recovered(self) -> None:
+        waiting, self._recovered = self._recovered or [], None
+        for w in waiting:
+            w.callback(None)
+
+    def recover_failed(self, failure: Failure) -> None:
+        """Taking back failed (the store could not be read): logged; the next beat tries again."""
+        self._log.failure("smb: taking back persistent handles failed", failure)
+
+    async def _revived(self, owner: str, last: bytes | None) -> bool:
+        """Whether the instance C{owner}, found dead at beat C{last}, beats again (it stalled)."""
+        if self.single or last is None:
+            return False
+        vfs = self.factory.vfs
+        assert vfs is not None
+        beat = await vfs.get_state(_BEAT_KEY.format(owner))
+        return beat is not None and beat != last
+
+    async def _retake(
+        self, pid: int, rec: dict[str, Any], deadline: float, owner: str, last: bytes | None
+    ) -> None:
+        clock = self.factory.reactor
+        try:
+            while True:
+                try:
+                    op = await self.factory.files.restore_persistent(pid, rec)
+                except errors.Busy:
+                    if await self._revived(owner, last):
+                        # Its gateway was slow, not dead: the open stays its.
+                        self._log.info("smb: a persistent handle's gateway beats again: left")
+                        return
+                    if clock.seconds() + RETAKE_INTERVAL >= deadline:
+                        self._log.info("smb: a persistent handle's file stayed busy: dropped")
+                        self._unpersist(pid)
+                        return
+                    await task.deferLater(clock, RETAKE_INTERVAL, lambda: None)
+                    continue
+                except (KeyError, ValueError, TypeError):
+                    self._log.warn("smb: unreadable persistent handle record: dropped", pid=pid)
+                    self._unpersist(pid)
+                    return
+                if op is None:
+                    self._unpersist(pid)
+                    return
+                op.expiry = clock.callLater(max(0.0, deadline - clock.seconds()), self._expired, op)
+                # Ours now: the record and the index say so.
+                self._persisted.discard(pid)
+                await self.persist(op)
+                return
+        finally:
+            for w in self.retaking.pop(pid, []):
+                w.callback(None)
 
     def flush(self) -> defer.Deferred[Any]:
         """Fires once every state write issued so far is done (the service waits at stop)."""

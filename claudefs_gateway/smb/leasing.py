@@ -210,6 +210,12 @@ class Leasing:
 
     def changed(self, ino: int) -> None:
         """Something a waiting CREATE on C{ino} waits for happened (an ack, a close, a timeout)."""
+        node = self.factory.files.nodes.get(ino)
+        if node is not None:
+            # A persistent open's lease or oplock changed: its record says so.
+            for o in node.opens:
+                if o.persistent and not o.closed:
+                    self.factory.durability.persist(o)
         waiters = self._waiters.pop(ino, None)
         for d in waiters or ():
             if not d.called:
@@ -500,6 +506,15 @@ class Leasing:
             # A file lease without read caching is none; so is a directory lease.
             break_to = 0
         if sl.opens and all(o.disconnected for o in sl.opens):
+            if any(o.persistent for o in sl.opens):
+                # A disconnected persistent open stays (its share mode and
+                # locks keep others out until its timeout); its lease goes
+                # down without an acknowledgement, as nobody can send one.
+                if break_to != sl.state:
+                    sl.state = break_to
+                    sl.epoch += 1
+                    self.changed(sl.ino)
+                return False
             # Only disconnected durable opens hold it: nobody to tell, they end
             # (MS-SMB2 3.3.4.7; smbtorture smb2.durable-open.open2-lease).
             for o in list(sl.opens):
@@ -527,6 +542,14 @@ class Leasing:
     def break_oplock(self, op: Any, m: Lease, to: int) -> bool:
         """The manager asks an open's oplock to keep no more than C{to}."""
         if op.closed or not op.oplock:
+            return False
+        if op.disconnected and op.persistent:
+            # A persistent open stays; its oplock goes down unacknowledged.
+            if to & R and op.oplock != c.SMB2_OPLOCK_LEVEL_II:
+                op.oplock = c.SMB2_OPLOCK_LEVEL_II
+                self.changed(op.ino)
+            elif not to & R:
+                self.expire_oplock(op)
             return False
         if op.disconnected:
             # A durable open without a connection: nobody to tell, so it ends

@@ -167,6 +167,8 @@ class ReadWriteCommands(FileBase):
                     raise SMBError(st.STATUS_INVALID_PARAMETER, "lock in an unlock array")
                 self._unlock(locks, op, e.offset, e.length)
             self._lock_sequence_done(op, body.sequence, replay_index)
+            if op.persistent:
+                await self.factory.durability.persist(op)
             return SIMPLE_BODY
         for e in elems:
             kind = e.flags & ~c.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
@@ -202,6 +204,10 @@ class ReadWriteCommands(FileBase):
                 ) from None
             raise
         self._lock_sequence_done(op, body.sequence, replay_index)
+        if op.persistent:
+            # MS-SMB2 3.3.1.10: a persistent open keeps its locks; a gateway
+            # killed after this reply leaves them in its record.
+            await self.factory.durability.persist(op)
         return SIMPLE_BODY
 
     @staticmethod

@@ -50,6 +50,7 @@ from zope.interface import implementer
 from claudefs_gateway import errors
 from claudefs_gateway.core.authlimit import AuthFailureLimiter
 from claudefs_gateway.core.directsend import DirectSender
+from claudefs_gateway.core.eager import eager
 from claudefs_gateway.core.log import Logger, Sampler
 from claudefs_gateway.errors import ProtocolError
 from claudefs_gateway.interfaces import IVFS
@@ -158,12 +159,14 @@ def server_capabilities(
     negotiated: Negotiated | None,
     directory_leases: bool = False,
     multichannel: bool = False,
+    persistent: bool = False,
 ) -> int:
     """
     The Capabilities of our NEGOTIATE response (MS-SMB2 3.3.5.4): large MTU
     and leasing from 2.1, directory leasing from 3.0 when configured,
-    encryption for 3.0 and 3.0.2 clients that can (3.1.1 says so with a
-    negotiate context).
+    persistent handles from 3.0 when a share is continuously available
+    (C{ca: true}), encryption for 3.0 and 3.0.2 clients that can (3.1.1 says
+    so with a negotiate context).
     """
     caps = 0
     if dialect not in (c.SMB_2_0_2, c.SMB_2_WILDCARD):
@@ -172,6 +175,8 @@ def server_capabilities(
         caps |= c.SMB2_GLOBAL_CAP_DIRECTORY_LEASING
     if dialect >= c.SMB_3_0 and multichannel:
         caps |= c.SMB2_GLOBAL_CAP_MULTI_CHANNEL
+    if dialect >= c.SMB_3_0 and persistent:
+        caps |= c.SMB2_GLOBAL_CAP_PERSISTENT_HANDLES
     if (
         negotiated is not None
         and negotiated.dialect in (c.SMB_3_0, c.SMB_3_0_2)
@@ -367,6 +372,8 @@ class SMBFactory(protocol.Factory):
         self.files = FileService(self)
         self.leasing = Leasing(self)
         self.durability = Durability(self)
+        #: A continuously available share is served: NEGOTIATE offers persistent handles.
+        self.any_ca = any(e.ca and "smb" in e.protocols for e in config.all_exports())
 
     def buildProtocol(self, addr: Any) -> SMBConnection:  # type: ignore[override]
         p = SMBConnection(self)
@@ -827,7 +834,11 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                 return
             self._negotiate(first, frame)
             return
-        self._request_input((items, transform_session))
+        if self.machine.serving:
+            # Negotiated: the machine's answer to a request is this dispatch.
+            self.dispatch((items, transform_session))
+        else:
+            self._request_input((items, transform_session))
 
     def _decrypt(self, frame: bytes) -> tuple[bytes, Session]:
         n = self.negotiated
@@ -886,7 +897,13 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         if smb.signing == "required":
             mode |= c.SMB2_NEGOTIATE_SIGNING_REQUIRED
         n = self.negotiated
-        caps = server_capabilities(dialect, n, smb.directory_leases, smb.multichannel.enabled)
+        caps = server_capabilities(
+            dialect,
+            n,
+            smb.directory_leases,
+            smb.multichannel.enabled,
+            self.factory.any_ca,
+        )
         io = self.factory.max_io if caps & c.SMB2_GLOBAL_CAP_LARGE_MTU else 65536
         return pack_negotiate_response(
             security_mode=mode,
@@ -976,7 +993,19 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             self._budgeted += size
         self._requests += 1
         self._in_flight += size
-        d = defer.Deferred.fromCoroutine(self._serve_chain(items, transform_session, chain))
+        # Stepped eagerly (core/eager.py): a compound answered from memory and
+        # the store's already-fired Deferreds (most are) finishes here, with
+        # no Deferred, driver or callback built for it.
+        try:
+            waiting = eager(self._serve_chain(items, transform_session, chain))
+        except Exception:
+            self._land(flight)
+            self._log.failure("smb: request chain failed")
+            return
+        if not isinstance(waiting, defer.Deferred):
+            self._land(flight)
+            return
+        d = waiting
         self._work.add(d)
 
         def done(result: Any) -> None:
@@ -1443,7 +1472,9 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         if self.factory.smb.signing == "required":
             smode |= c.SMB2_NEGOTIATE_SIGNING_REQUIRED
         smb = self.factory.smb
-        scaps = server_capabilities(n.dialect, n, smb.directory_leases, smb.multichannel.enabled)
+        scaps = server_capabilities(
+            n.dialect, n, smb.directory_leases, smb.multichannel.enabled, self.factory.any_ca
+        )
         return struct.pack("<I16sHH", scaps, self.factory.server_guid, smode, n.dialect)
 
     def _end_session(self, session: Session, keep_durable: bool = False) -> None:
@@ -1580,10 +1611,15 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         session.trees[tid] = tree
         req.tree = tree
         self._log.debug("smb {user} connected to {share}", user=session.user, share=export.name)
+        # MS-SMB2 3.3.5.7: a CA share says so to SMB 3 clients (they then ask
+        # for persistent handles on it).
+        share_caps = 0
+        if self.dialect >= c.SMB_3_0 and getattr(export.rules, "ca", False):
+            share_caps |= c.SMB2_SHARE_CAP_CONTINUOUS_AVAILABILITY
         return pack_tree_connect_response(
             c.SMB2_SHARE_TYPE_DISK,
             c.SMB2_SHAREFLAG_MANUAL_CACHING | (c.SMB2_SHAREFLAG_ENCRYPT_DATA if encrypt else 0),
-            0,
+            share_caps,
             tree.maximal_access,
         )
 

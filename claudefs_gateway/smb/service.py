@@ -53,10 +53,19 @@ class _SMBService(MultiService):
 
     factory: Any = None
 
+    def startService(self) -> None:
+        MultiService.startService(self)
+        if self.factory is not None and self.factory.any_ca:
+            # Persistent handles a killed gateway left are taken back, so other
+            # clients stay out of their files; the beat tells others we live
+            # (smb/durable.py).
+            self.factory.durability.start()
+
     def stopService(self) -> defer.Deferred[Any]:  # type: ignore[override]
         d = defer.maybeDeferred(MultiService.stopService, self)
         if self.factory is not None:
             factory = self.factory
+            d.addCallback(lambda _: factory.durability.stop())
             d.addCallback(lambda _: factory.durability.flush())
             d.addCallback(lambda _: factory.files.stop_flushing())
         return d

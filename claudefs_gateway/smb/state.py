@@ -222,6 +222,12 @@ class Open:
     client_guid: bytes = b""
     # FSCTL_LMR_REQUEST_RESILIENCY: kept across a lost connection whatever it caches.
     resilient: bool = False
+    # A persistent handle (MS-SMB2 Open.IsPersistent; a ca: true share): its
+    # state is in the store as it changes. A start that took it back keeps its
+    # stored lease and oplock here until the reconnect grants them again.
+    persistent: bool = False
+    restored_lease: Any = None
+    restored_oplock: int = 0
     # LOCK replay detection (MS-SMB2 3.3.5.14): LockSequenceIndex 1..64 -> number.
     lock_sequences: dict[int, int] = attrs.Factory(dict)
     # Its connection is gone; a reconnect may claim it until the expiry timer closes it.
