@@ -69,6 +69,13 @@ class ChunkStore:
         self.root = Path(root)
         self.durable = durable
         self._dirty: dict[int, set[int]] = {}
+        #: Inodes whose directory's entry in C{chunks/<xx>/} this process has
+        #: synced (L{sync}): it stays durable until L{forget} removes the
+        #: directory, and inode numbers are never handed out twice, so later
+        #: syncs of the inode skip that directory (see L{sync}).
+        self._linked: set[int] = set()
+        #: Directory syncs made, for tests and benchmarks.
+        self.dir_syncs = 0
 
     def _dir(self, ino: int) -> Path:
         return self.root / "chunks" / f"{ino % 256:02x}" / str(ino)
@@ -104,8 +111,12 @@ class ChunkStore:
                 if c != d or sync_dirs:
                     todo += [c, c.parent]
             for p in sorted(set(todo), key=lambda p: len(p.parts), reverse=True):
-                _fsync_dir(p)
+                self._fsync_dir(p)
         return fd
+
+    def _fsync_dir(self, path: Path) -> None:
+        self.dir_syncs += 1
+        _fsync_dir(path)
 
     def read(self, ino: int, offset: int, length: int) -> tuple[bool, bytes]:
         """(reached the end of what is held, bytes from C{offset})."""
@@ -204,8 +215,19 @@ class ChunkStore:
                     os.close(fd)
         d = self._dir(ino)
         if d.exists():
-            _fsync_dir(d)
-            _fsync_dir(d.parent)
+            # The chunks' entries: every time (a truncate through another
+            # process may have removed and made one again since).
+            self._fsync_dir(d)
+            if ino not in self._linked:
+                # The directory's own entry in chunks/<xx>/: once per inode
+                # and process. Once synced it stays until forget() removes
+                # the directory, and no inode number comes back after that
+                # (the meta server hands them out in order), so a second
+                # COMMIT of a file (every COMMIT of a long sequential write)
+                # makes one directory sync, not two. Another process that
+                # made the directory syncs it at its own first sync.
+                self._fsync_dir(d.parent)
+                self._linked.add(ino)
 
     def commit(self, ino: int) -> None:
         for idx in sorted(self._dirty.pop(ino, ())):
@@ -282,7 +304,26 @@ class ChunkStore:
 
     def forget(self, ino: int) -> None:
         self._dirty.pop(ino, None)
+        self._linked.discard(ino)
         shutil.rmtree(self._dir(ino), ignore_errors=True)
+
+    def forget_small(self, ino: int, most: int = 1) -> bool:
+        """
+        L{forget} at once if C{ino} has at most C{most} chunk files (a small
+        file's few unlinks cost less than a thread hop), and True; False,
+        having done nothing, when it has more (the caller forgets on a
+        thread: freeing gigabytes of extents can take a while).
+        """
+        try:
+            names = os.listdir(self._dir(ino))
+        except FileNotFoundError:
+            self._dirty.pop(ino, None)
+            self._linked.discard(ino)
+            return True
+        if len(names) > most:
+            return False
+        self.forget(ino)
+        return True
 
     def statfs(self) -> FSStat:
         st = os.statvfs(self.root)

@@ -119,6 +119,17 @@ class Link:
         self._tail = self._tail.addCallback(run)
         return result
 
+    def settled(self) -> defer.Deferred[None]:
+        """Fires once every call made so far has its answer (or failed)."""
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def fire(result: None) -> None:
+            d.callback(None)
+            return result
+
+        self._tail.addCallback(fire)
+        return d
+
     def send(self, name: str, args: Any = None) -> None:
         """L{call} whose failure is only logged (the meta server will be told again on reset)."""
 

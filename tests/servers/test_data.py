@@ -61,6 +61,18 @@ class ChunkStoreTests(SynchronousTestCase):
         self.store.forget(6)
         self.assertEqual(self.chunks(6), [])
 
+    def test_forget_small(self) -> None:
+        """One chunk file: removed at once; more: left for forget() on a thread."""
+        self.store.put(1, 0, b"a")
+        self.assertTrue(self.store.forget_small(1))
+        self.assertEqual(self.chunks(1), [])
+        self.assertFalse(self.store._dir(1).exists())
+        self.store.put(2, 0, b"a")
+        self.store.put(2, CHUNK, b"b")
+        self.assertFalse(self.store.forget_small(2))
+        self.assertEqual(self.chunks(2), [0, 1])
+        self.assertTrue(self.store.forget_small(3))  # nothing held
+
     def test_ranges_checked(self) -> None:
         self.assertRaises(errors.Inval, self.store.write, 1, -1, b"x", False)
         self.assertRaises(errors.FBig, self.store.write, 1, 2**63 - 1, b"x", False)
@@ -199,6 +211,41 @@ class DirSyncTests(SynchronousTestCase):
         self.assertEqual(self.rel(), [])
         self.store.sync(257)
         self.assertEqual(self.rel(), ["chunks/01", "chunks/01/257"])
+
+    def test_later_syncs_skip_the_bucket(self) -> None:
+        """
+        A file's directory's entry in its bucket is synced once per process:
+        every later sync (each COMMIT of a long write) syncs the file's
+        directory only, one directory sync where there were two.
+        """
+        self.store.put(1, 0, b"a")
+        self.store.sync(1)
+        self.rel()
+        for i in range(3):
+            self.store.put(1, (i + 1) * CHUNK, b"b")
+            self.store.sync(1)
+            self.assertEqual(self.rel(), ["chunks/01/1"])
+
+    def test_another_process_syncs_the_bucket_once_too(self) -> None:
+        """What one process synced, another does not know of: it syncs the entry itself, once."""
+        self.store.put(1, 0, b"a")
+        self.store.sync(1)
+        self.rel()
+        other = ChunkStore(self.store.root, durable=True)
+        other.sync(1)
+        self.assertEqual(self.rel(), ["chunks/01", "chunks/01/1"])
+        other.sync(1)
+        self.assertEqual(self.rel(), ["chunks/01/1"])
+
+    def test_forget_then_the_bucket_again(self) -> None:
+        """forget() removes the directory: a sync after it (of a directory made again) syncs both."""
+        self.store.put(1, 0, b"a")
+        self.store.sync(1)
+        self.store.forget(1)
+        self.rel()
+        self.store.put(1, 0, b"a")
+        self.store.sync(1)
+        self.assertEqual(self.rel(), ["chunks/01", "chunks/01/1"])
 
     def test_directory_made_by_another_process_counts_as_created(self) -> None:
         """

@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from claudefs_gateway import errors
 from claudefs_gateway.fstypes import FileType, SetAttrs
-from claudefs_gateway.servers.data import ChunkStore, DataHandler
+from claudefs_gateway.servers.data import CHUNK, ChunkStore, DataHandler
 from tests.backend.remote.harness import Cluster
 from tests.backend.test_contract import ContractMixin
 
@@ -94,6 +94,36 @@ class ShortCircuitTests(TestCase):
             await defer.gatherResults(list(local._background))
         self.assertFalse(chunks.exists())
         self.assertEqual(calls, ["op_READ", "op_WRITE"])
+
+    async def test_small_file_forgotten_without_a_thread(self) -> None:
+        """
+        The chunks of a removed small file go on the reactor (a thread hop
+        per unlink cost more than the unlink); a larger file's on a thread.
+        """
+        cluster = Cluster(self)
+        await cluster.start()
+        local = cluster.backend(short_circuit=ChunkStore(cluster.data_dir, durable=False))
+        await local.open()
+        self.addCleanup(local.close)
+        on_thread: list[str] = []
+        real = local._local_run
+
+        def spy(fn: Any, *args: Any) -> Any:
+            on_thread.append(fn.__name__)
+            return real(fn, *args)
+
+        self.patch(local, "_local_run", spy)
+        root = (await local.root()).ino
+        bucket = cluster.data_dir / "chunks"
+        for name, offsets in ((b"small", (0, 4095)), (b"big", (0, CHUNK))):
+            a = await local.create(root, name, FileType.REG, 0o644, 0, 0)
+            for offset in offsets:
+                await local.write(a.ino, offset, b"x", stable=False)
+            await local.unlink(root, name)
+            while local._background:
+                await defer.gatherResults(list(local._background))
+            self.assertFalse((bucket / f"{a.ino % 256:02x}" / str(a.ino)).exists())
+        self.assertEqual(on_thread, ["forget"])
 
     async def test_io_errors_are_the_data_servers_errors(self) -> None:
         cluster = Cluster(self)

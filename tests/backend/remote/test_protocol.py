@@ -14,7 +14,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from claudefs_gateway import errors
 from claudefs_gateway.backend.remote import wire
@@ -258,3 +258,48 @@ class ReplyBudgetTests(SynchronousTestCase):
         held[0].callback((True, b"x"))
         self.assertEqual(len(held), n + 1)  # one finished, one more started
         self.assertEqual(transport.producerState, "paused")
+
+
+class DirectSendTests(TestCase):
+    """
+    Over a real unix socket, a frame goes to the socket at once while the
+    transport has nothing buffered: neither side's C{writeSequence} (a
+    reactor turn and two epoll_ctl calls per frame) is used for a call and
+    its reply. Before, every frame went through the transport's buffer.
+    """
+
+    async def test_round_trip_bypasses_the_buffer(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.protocol import ClientCreator
+
+        handler = Handler()
+        factory = ServerFactory(handler, "meta", reactor)
+        path = self.mktemp()
+        port = reactor.listenUNIX(path, factory)
+        self.addCleanup(port.stopListening)
+        client = await ClientCreator(reactor, ClientConnection, 7).connectUNIX(path)
+        self.addCleanup(client.close)
+        await client.ready
+        [server] = list(factory.connections)
+        buffered: list[str] = []
+        for name, proto in (("client", client), ("server", server)):
+            t = proto.transport
+            real = t.writeSequence
+
+            def spy(parts: Any, name: str = name, real: Any = real) -> None:
+                buffered.append(name)
+                real(parts)
+
+            t.writeSequence = spy  # type: ignore[method-assign]
+        for ino in range(1, 6):
+            got = await client.call("GETATTR", (ino,))
+            self.assertEqual(got.ino, ino)
+        self.assertEqual(buffered, [])
+
+    def test_other_transports_write_through_the_transport(self) -> None:
+        """A transport that is not a plain socket (TLS, tests) gets writeSequence as before."""
+        t = StringTransport()
+        client = ClientConnection(7)
+        client.makeConnection(t)
+        self.assertGreater(len(t.value()), 0)  # the HELLO, through the transport
+        self.assertIsNone(client._direct)
