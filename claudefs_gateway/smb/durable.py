@@ -77,7 +77,13 @@ V2_DEFAULT_TIMEOUT = 60.0
 V2_MAX_TIMEOUT = 300.0
 SMB2_DHANDLE_FLAG_PERSISTENT = 0x00000002
 _INDEX_KEY = "smb.durable.index"
+#: The previous format's one shared persistent index (read, never written now).
 _PINDEX_KEY = "smb.persistent.index"
+#: Each gateway instance's own list of the persistent records it keeps: written
+#: whole by that instance alone, so no other gateway's write can lose an entry.
+_MY_PINDEX_KEY = "smb.persistent.index.{}"
+#: The instances that ever kept persistent records (a takeover looks at their lists).
+_GATEWAYS_KEY = "smb.persistent.gateways"
 #: Seconds between attempts to take a persistent open's reservations back at a
 #: start, while the killed gateway's still linger at the meta server.
 RETAKE_INTERVAL = 1.0
@@ -243,6 +249,12 @@ class Durability:
         self._plock = defer.DeferredLock()
         self.retaking: dict[int, list[defer.Deferred[None]]] = {}
         self._recovered: list[defer.Deferred[None]] | None = None
+        # Named in the list of gateways yet; every name seen there (a name
+        # lost to a concurrent write of that list is still looked at); a dead
+        # instance's records not yet taken here.
+        self._registered = False
+        self._known: set[str] = set()
+        self._dead_left: dict[str, set[int]] = {}
         # This gateway's instance (named in the index beside its records), its
         # beat, and what it saw of others' beats (counter, when it last moved).
         self.instance = os.urandom(8).hex()
@@ -462,7 +474,7 @@ class Durability:
         writes = [vfs.set_state(self._key(pid), json.dumps(self._record(op)).encode())]
         if pid not in self._persisted:
             self._persisted.add(pid)
-            writes.append(defer.Deferred.fromCoroutine(self._update_pindex(add=pid)))
+            writes.append(defer.Deferred.fromCoroutine(self._write_pindex()))
         for w in writes:
             self._track(w)
         return defer.gatherResults(writes, consumeErrors=True).addBoth(lambda _: None)
@@ -473,35 +485,111 @@ class Durability:
         if vfs is None:
             return
         self._track(vfs.set_state(self._key(pid), None))
-        self._track(defer.Deferred.fromCoroutine(self._update_pindex(drop=pid)))
+        self._track(defer.Deferred.fromCoroutine(self._write_pindex()))
 
-    async def _update_pindex(self, add: int | None = None, drop: int | None = None) -> None:
+    async def _write_pindex(self) -> None:
         """
-        The shared index of persistent records (persistent id -> the gateway
-        instance keeping it), read, changed and written again: other gateways
-        on the meta server keep theirs in it too.
+        Write this instance's list of persistent records (its own key, from
+        memory: nobody else writes it, so nothing read-modify-written can be
+        lost), having first named this instance in the list of gateways.
+        Writes are one at a time, so the last one lands last.
         """
         vfs = self.factory.vfs
         assert vfs is not None
         async with self._plock:
-            index = await self._read_pindex()
-            if add is not None:
-                index[add] = self.instance
-            if drop is not None:
-                index.pop(drop, None)
-            blob = json.dumps({f"{p}": g for p, g in sorted(index.items())}).encode()
-            await vfs.set_state(_PINDEX_KEY, blob)
+            await self._register()
+            blob = json.dumps(sorted(self._persisted)).encode()
+            await vfs.set_state(_MY_PINDEX_KEY.format(self.instance), blob)
 
-    async def _read_pindex(self) -> dict[int, str]:
+    async def _register(self) -> None:
+        """
+        Name this instance in C{smb.persistent.gateways} (once, and again at
+        a beat that finds it missing). That list is read-modify-written, so
+        two gateways starting at one instant can drop each other's name: the
+        one dropped adds itself back at its next beat, and a taker keeps
+        every name it has seen (see L{_instances}).
+        """
+        if self._registered:
+            return
+        names = await self._read_gateways()
+        if self.instance not in names:
+            await self._write_gateways(names | {self.instance})
+        self._registered = True
+
+    async def _read_gateways(self) -> set[str]:
         vfs = self.factory.vfs
         assert vfs is not None
+        raw = await vfs.get_state(_GATEWAYS_KEY)
+        try:
+            got = json.loads(raw) if raw else []
+            return {str(g) for g in got}
+        except (ValueError, TypeError):
+            self._log.warn("smb: unreadable list of gateways; ignored")
+            return set()
+
+    async def _write_gateways(self, names: set[str]) -> None:
+        vfs = self.factory.vfs
+        assert vfs is not None
+        await vfs.set_state(_GATEWAYS_KEY, json.dumps(sorted(names)).encode())
+
+    async def _read_pindex(self) -> dict[int, str]:
+        """
+        Every persistent record in the store and the instance keeping it:
+        each listed instance's own list, and what the previous format's one
+        shared index still names (a gateway of the previous version, or
+        records it left).
+        """
+        vfs = self.factory.vfs
+        assert vfs is not None
+        index: dict[int, str] = {}
         raw = await vfs.get_state(_PINDEX_KEY)
         try:
             got = json.loads(raw) if raw else {}
-            return {int(p): str(g) for p, g in got.items()}
+            index.update({int(p): str(g) for p, g in got.items()})
         except (ValueError, TypeError, AttributeError):
             self._log.warn("smb: unreadable persistent handle index; ignored")
-            return {}
+        names = await self._read_gateways()
+        if self._registered and self.instance not in names:
+            # Dropped by another gateway's write of the list: back in.
+            self._write_gateways_later(names | {self.instance} | self._known)
+        self._known |= names
+        for inst in sorted(self._known):
+            raw = await vfs.get_state(_MY_PINDEX_KEY.format(inst))
+            if raw is None:
+                # No records (yet, or any more): nothing of it to lose.
+                self._known.discard(inst)
+                continue
+            try:
+                pids = json.loads(raw) if raw else []
+                index.update({int(p): inst for p in pids})
+            except (ValueError, TypeError):
+                self._log.warn("smb: unreadable persistent handle index; ignored", gateway=inst)
+        return index
+
+    def _write_gateways_later(self, names: set[str]) -> None:
+        self._track(defer.Deferred.fromCoroutine(self._write_gateways(names)))
+
+    def _disowned(self, owner: str, pid: int) -> None:
+        """
+        A dead instance's record is taken here (or dropped): when none of
+        its records is left to take, its list and its name go.
+        """
+        left = self._dead_left.get(owner)
+        if left is None:
+            return
+        left.discard(pid)
+        if left:
+            return
+        del self._dead_left[owner]
+        vfs = self.factory.vfs
+        assert vfs is not None
+        self._track(vfs.set_state(_MY_PINDEX_KEY.format(owner), None))
+        self._track(defer.Deferred.fromCoroutine(self._forget_gateway(owner)))
+
+    async def _forget_gateway(self, owner: str) -> None:
+        names = await self._read_gateways()
+        if owner in names:
+            await self._write_gateways(names - {owner})
 
     def when_recovered(self) -> defer.Deferred[None]:
         """Fires once a start's L{recover} knows which records it is taking back."""
@@ -623,7 +711,13 @@ class Durability:
             dead = await self._dead({g for g in index.values() if g != self.instance})
             found = 0
             for pid, owner in sorted(index.items()):
-                if owner not in dead or pid in self.by_id or pid in self.retaking:
+                if owner in dead:
+                    self._dead_left.setdefault(owner, set()).add(pid)
+            for pid, owner in sorted(index.items()):
+                if owner not in dead or pid in self.retaking:
+                    continue
+                if pid in self.by_id:
+                    self._disowned(owner, pid)
                     continue
                 raw = await vfs.get_state(self._key(pid))
                 try:
@@ -631,7 +725,8 @@ class Durability:
                 except ValueError:
                     rec = None
                 if not isinstance(rec, dict) or not rec.get("persistent"):
-                    self._track(defer.Deferred.fromCoroutine(self._update_pindex(drop=pid)))
+                    self._drop_legacy(pid)
+                    self._disowned(owner, pid)
                     continue
                 found += 1
                 self.retaking[pid] = []
@@ -667,6 +762,24 @@ class Durability:
                 dead.add(inst)
         return dead
 
+    def _drop_legacy(self, pid: int) -> None:
+        """A record gone: out of the previous format's shared index, if it names it."""
+        vfs = self.factory.vfs
+        assert vfs is not None
+
+        async def drop() -> None:
+            raw = await vfs.get_state(_PINDEX_KEY)
+            try:
+                got = json.loads(raw) if raw else {}
+            except ValueError:
+                got = {}
+            if not isinstance(got, dict) or f"{pid}" not in got:
+                return
+            del got[f"{pid}"]
+            await vfs.set_state(_PINDEX_KEY, json.dumps(got).encode() if got else None)
+
+        self._track(defer.Deferred.fromCoroutine(drop()))
+
     def _release_recovered(self) -> None:
         waiting, self._recovered = self._recovered or [], None
         for w in waiting:
@@ -689,6 +802,7 @@ class Durability:
         self, pid: int, rec: dict[str, Any], deadline: float, owner: str, last: bytes | None
     ) -> None:
         clock = self.factory.reactor
+        done = True
         try:
             while True:
                 try:
@@ -697,6 +811,8 @@ class Durability:
                     if await self._revived(owner, last):
                         # Its gateway was slow, not dead: the open stays its.
                         self._log.info("smb: a persistent handle's gateway beats again: left")
+                        done = False
+                        self._dead_left.pop(owner, None)
                         return
                     if clock.seconds() + RETAKE_INTERVAL >= deadline:
                         self._log.info("smb: a persistent handle's file stayed busy: dropped")
@@ -712,11 +828,15 @@ class Durability:
                     self._unpersist(pid)
                     return
                 op.expiry = clock.callLater(max(0.0, deadline - clock.seconds()), self._expired, op)
-                # Ours now: the record and the index say so.
+                # Ours now: the record and this instance's list say so (and
+                # the dead one's list goes once all of it is taken).
                 self._persisted.discard(pid)
                 await self.persist(op)
                 return
         finally:
+            if done:
+                self._drop_legacy(pid)
+                self._disowned(owner, pid)
             for w in self.retaking.pop(pid, []):
                 w.callback(None)
 
