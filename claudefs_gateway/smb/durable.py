@@ -76,7 +76,12 @@ V2_DEFAULT_TIMEOUT = 60.0
 #: The most a v2 request gets (Samba's and Windows' cap).
 V2_MAX_TIMEOUT = 300.0
 SMB2_DHANDLE_FLAG_PERSISTENT = 0x00000002
+#: The previous format's one durable index, written whole by every gateway (read only now).
 _INDEX_KEY = "smb.durable.index"
+#: Each gateway instance's own durable index (written by it alone), and the
+#: instances that have one.
+_MY_INDEX_KEY = "smb.durable.index.{}"
+_DGATEWAYS_KEY = "smb.durable.gateways"
 #: The previous format's one shared persistent index (read, never written now).
 _PINDEX_KEY = "smb.persistent.index"
 #: Each gateway instance's own list of the persistent records it keeps: written
@@ -253,6 +258,10 @@ class Durability:
         # lost to a concurrent write of that list is still looked at); a dead
         # instance's records not yet taken here.
         self._registered = False
+        self._dlock = defer.DeferredLock()
+        # What load_index read of other instances' durable indexes (and of the
+        # previous format's): pruned at the sweep if no one changed them.
+        self._loaded_lists: dict[str, bytes | None] = {}
         self._known: set[str] = set()
         self._dead_left: dict[str, set[int]] = {}
         # This gateway's instance (named in the index beside its records), its
@@ -451,10 +460,53 @@ class Durability:
         self._write_index()
 
     def _write_index(self) -> None:
+        if self.factory.vfs is not None:
+            self._track(defer.Deferred.fromCoroutine(self._write_dindex()))
+
+    async def _write_dindex(self) -> None:
+        """
+        Write this instance's durable index (its own key, from memory: other
+        gateways on the meta server write theirs, never this one), first
+        making sure its name is in C{smb.durable.gateways}. That list is
+        read-modify-written: a name dropped by another gateway's write at the
+        same instant is put back at this instance's next write. One write at a
+        time, so the last lands last.
+        """
         vfs = self.factory.vfs
-        if vfs is not None:
-            blob = json.dumps(sorted(self._index)).encode()
-            self._track(vfs.set_state(_INDEX_KEY, blob))
+        assert vfs is not None
+        async with self._dlock:
+            blob = json.dumps(sorted(self._index)).encode() if self._index else None
+            if blob is None:
+                # Nothing to find: the name may go (a sweep takes it then).
+                await vfs.set_state(_MY_INDEX_KEY.format(self.instance), None)
+                return
+            await self._name_in(_DGATEWAYS_KEY)
+            await vfs.set_state(_MY_INDEX_KEY.format(self.instance), blob)
+            # Looked at again after: a write of the list begun by another
+            # gateway before this one's landed may have dropped it.
+            await self._name_in(_DGATEWAYS_KEY)
+
+    async def _name_in(self, key: str, also: frozenset[str] = frozenset()) -> None:
+        """This instance's name (and C{also}) in the list of gateways under C{key}."""
+        names = await self._read_names(key)
+        if self.instance not in names or not also <= names:
+            await self._write_names(key, names | {self.instance} | also)
+
+    async def _read_names(self, key: str) -> set[str]:
+        vfs = self.factory.vfs
+        assert vfs is not None
+        raw = await vfs.get_state(key)
+        try:
+            got = json.loads(raw) if raw else []
+            return {str(g) for g in got}
+        except (ValueError, TypeError):
+            self._log.warn("smb: unreadable list of gateways; ignored", key=key)
+            return set()
+
+    async def _write_names(self, key: str, names: set[str]) -> None:
+        vfs = self.factory.vfs
+        assert vfs is not None
+        await vfs.set_state(key, json.dumps(sorted(names)).encode() if names else None)
 
     # -- persistent opens ------------------------------------------------------------------
 
@@ -500,6 +552,10 @@ class Durability:
             await self._register()
             blob = json.dumps(sorted(self._persisted)).encode()
             await vfs.set_state(_MY_PINDEX_KEY.format(self.instance), blob)
+            # Looked at again after the list is written: a write of the list
+            # of gateways begun by another before this one's landed may have
+            # dropped it (and the beat looks again each time).
+            await self._name_in(_GATEWAYS_KEY)
 
     async def _register(self) -> None:
         """
@@ -511,9 +567,7 @@ class Durability:
         """
         if self._registered:
             return
-        names = await self._read_gateways()
-        if self.instance not in names:
-            await self._write_gateways(names | {self.instance})
+        await self._name_in(_GATEWAYS_KEY)
         self._registered = True
 
     async def _read_gateways(self) -> set[str]:
@@ -857,23 +911,57 @@ class Durability:
         vfs = self.factory.vfs
         if vfs is None:
             return
-        try:
-            raw = await vfs.get_state(_INDEX_KEY)
-            pids = [int(p) for p in json.loads(raw)] if raw else []
-        except (ValueError, TypeError):
-            self._log.warn("smb: unreadable durable handle index; ignored")
-            pids = []
+        # The previous format's one index, and every instance's own.
+        keys = [_INDEX_KEY] + [
+            _MY_INDEX_KEY.format(g)
+            for g in sorted(await self._read_names(_DGATEWAYS_KEY))
+            if g != self.instance
+        ]
+        pids: list[int] = []
+        for key in keys:
+            raw = await vfs.get_state(key)
+            self._loaded_lists[key] = raw
+            try:
+                pids += [int(p) for p in json.loads(raw)] if raw else []
+            except (ValueError, TypeError):
+                self._log.warn("smb: unreadable durable handle index; ignored", key=key)
         longest = V1_TIMEOUT
         for pid in pids:
             if pid not in self.by_id:
                 self._index.add(pid)
-        if pids:
+        if pids or len(keys) > 1:
             self.factory.reactor.callLater(longest, self._sweep, set(pids))
 
     def _sweep(self, pids: set[int]) -> None:
-        for pid in pids:
-            if pid in self._index and pid not in self.by_id:
-                self._drop_record(pid)
+        """
+        The records a previous run (or another gateway) left are past any
+        timeout now: dropped. An index nobody changed since the start (its
+        instance gone, or every entry expired) goes with its name.
+        """
+        vfs = self.factory.vfs
+        assert vfs is not None
+        dropped = {pid for pid in pids if pid in self._index and pid not in self.by_id}
+        self._index -= dropped
+        for pid in sorted(dropped):
+            self._track(vfs.set_state(self._key(pid), None))
+        if dropped:
+            self._write_index()
+        loaded, self._loaded_lists = self._loaded_lists, {}
+        d = defer.Deferred.fromCoroutine(self._prune(loaded))
+        self._track(d)
+
+    async def _prune(self, loaded: dict[str, bytes | None]) -> None:
+        vfs = self.factory.vfs
+        assert vfs is not None
+        gone = set()
+        for key, raw in loaded.items():
+            if await vfs.get_state(key) == raw:
+                await vfs.set_state(key, None)
+                gone.add(key.rsplit(".", 1)[1])
+        async with self._dlock:
+            names = await self._read_names(_DGATEWAYS_KEY)
+            if names & gone:
+                await self._write_names(_DGATEWAYS_KEY, names - gone)
 
     async def stored(self, pid: int) -> dict[str, Any] | None:
         """The record a previous run left for C{pid}, if it is still within its timeout."""

@@ -25,6 +25,7 @@ from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.durable import (
     SMB2_DHANDLE_FLAG_PERSISTENT,
+    V1_TIMEOUT,
     Durability,
     parse_durable,
 )
@@ -604,3 +605,36 @@ class ConcurrentGrantTests(SynchronousTestCase):
         d = defer.Deferred.fromCoroutine(taker._read_pindex())
         store.run()
         self.assertEqual(self.successResultOf(d), {7: "old"})
+
+    def test_durable_indexes_of_two_gateways(self) -> None:
+        """
+        Two gateways on one store keep durable records at one instant: a
+        gateway started after finds both (the previous format's one index,
+        written whole by each, kept only the last writer's).
+        """
+        store = _InterleavedStore()
+        store.data["smb.durable.index"] = b"[9]"
+        a, b = self.gateway(store), self.gateway(store)
+        a._index.add(1)
+        b._index.add(2)
+        a._write_index()
+        b._write_index()
+        store.run()
+        b._index.add(3)
+        b._write_index()  # b's name is back if a's write of the list dropped it
+        store.run()
+        later = self.gateway(store)
+        d = defer.Deferred.fromCoroutine(later.load_index())
+        store.run()
+        self.successResultOf(d)
+        self.assertEqual(later._index, {1, 2, 3, 9})
+        # Past every timeout, what nobody changed is swept, lists and names.
+        a._index.discard(1)
+        a._write_index()
+        store.run()
+        later.factory.reactor.advance(V1_TIMEOUT)
+        store.run()
+        self.assertEqual(later._index, set())
+        self.assertNotIn("smb.durable.index", store.data)
+        self.assertNotIn(f"smb.durable.index.{b.instance}", store.data)
+        self.assertEqual(json.loads(store.data["smb.durable.gateways"]), [a.instance])
