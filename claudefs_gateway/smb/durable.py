@@ -16,7 +16,9 @@ instead (there is nobody to send a break to). LOGOFF and TREE_DISCONNECT
 close durable opens like any other.
 
 A disconnected open is written to the backend's state store (C{vfs.set_state},
-key C{smb.durable.<persistent id>}), with an index, so that a gateway
+key C{smb.durable.<persistent id>}), listed in this gateway instance's own
+index (C{smb.durable.index.<instance>}: several gateways on one meta server
+never write each other's), so that a gateway
 restarted within the timeout still honours the reconnect: the open is made
 again from the record (the file by inode, the share reservation, the lease or
 oplock if they can be granted again). What a restart loses: byte-range locks
@@ -27,15 +29,18 @@ with SMB2_DHANDLE_FLAG_PERSISTENT on a continuously available share is
 granted whatever the open caches. Its record (the open, its share mode, its
 lease, its byte-range locks) is written to the state store when it is granted
 and again whenever its locks or lease change, not only when its connection
-drops, and listed under C{smb.persistent.index} with the gateway instance
-keeping it: a gateway killed with C{-9} leaves it behind. Every gateway
+drops, and listed in the keeping instance's own C{smb.persistent.index.<instance>}
+(only it writes that key, so concurrent grants of several gateways lose no
+entry): a gateway killed with C{-9} leaves it behind. Every gateway
 serving a CA share beats in the store; one that finds an instance's beat
 stopped (L{Durability.recover}, at its start and at each beat) makes every
 open of that instance again, disconnected: its share reservation and locks
 held in the lock table (the meta server's, shared by every gateway on it), so
 other clients stay out of the file, until the reconnect or the timeout,
 counted from the takeover. While the killed gateway's own reservations still
-linger at the meta server (C{meta_store.linger_secs}) it retries each second. A
+linger at the meta server (C{meta_store.linger_secs}) it retries when the lock
+table reports a change on the file (the meta server's release), at least
+each second. A
 break of a disconnected persistent open's lease or oplock lowers it without
 an acknowledgement (nobody to send it to) instead of closing the open, so its
 share mode and locks still keep others out.
@@ -246,8 +251,8 @@ class Durability:
         self._index: set[int] = set()
         self._index_loaded = False
         self.started = factory.reactor.seconds()
-        # Persistent opens: the ids this gateway keeps records of, the index's
-        # read-modify-write (one at a time here), the records a start is still
+        # Persistent opens: the ids this gateway keeps records of, the writes
+        # of its own index (one at a time), the records a start is still
         # taking back (their reservations linger at the meta server), and who
         # waits for the start's reading of the index.
         self._persisted: set[int] = set()
@@ -872,7 +877,7 @@ class Durability:
                         self._log.info("smb: a persistent handle's file stayed busy: dropped")
                         self._unpersist(pid)
                         return
-                    await task.deferLater(clock, RETAKE_INTERVAL, lambda: None)
+                    await self._wait_free(int(rec["ino"]), RETAKE_INTERVAL)
                     continue
                 except (KeyError, ValueError, TypeError):
                     self._log.warn("smb: unreadable persistent handle record: dropped", pid=pid)
@@ -893,6 +898,30 @@ class Durability:
                 self._disowned(owner, pid)
             for w in self.retaking.pop(pid, []):
                 w.callback(None)
+
+    async def _wait_free(self, ino: int, timeout: float) -> None:
+        """
+        Until a lock or reservation on C{ino} is let go (the lock table's
+        notification: with C{backend: remote}, the meta server's change event,
+        as when it releases a killed gateway's lingering ones), or C{timeout}
+        seconds at most: the retake knocks again at once, not up to a second
+        later, so the gap in which another client could get in is one event's
+        way from the meta server.
+        """
+        clock = self.factory.reactor
+        waits: list[defer.Deferred[None]] = [task.deferLater(clock, timeout, lambda: None)]
+        locks = self.factory.files.locks
+        if locks is not None:
+            try:
+                waits.append(locks.notify_when_free(ino))
+            except errors.NoLock:
+                pass  # too many waiting on it already: the timer alone
+        try:
+            await defer.DeferredList(waits, fireOnOneCallback=True, consumeErrors=True)
+        finally:
+            for w in waits:
+                if not w.called:
+                    w.cancel()
 
     def flush(self) -> defer.Deferred[Any]:
         """Fires once every state write issued so far is done (the service waits at stop)."""
