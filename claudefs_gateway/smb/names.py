@@ -35,6 +35,9 @@ def fold(name: bytes) -> str:
     give two, so such characters are kept).
     """
     text = name.decode("utf-8", "surrogateescape")
+    if text.isascii():
+        # ASCII maps one to one: no walk character by character.
+        return text.upper()
     return "".join(u if len(u := ch.upper()) == 1 else ch for ch in text)
 
 

@@ -64,6 +64,12 @@ class ConnectionMachine:
     def __init__(self, actions: ConnectionActions) -> None:
         self._actions = actions
         self.negotiated = False
+        # True exactly while in negotiated_state, where a request has one
+        # outcome (dispatch, same state): the connection then dispatches
+        # without the machine's input, whose argument filtering and lookups
+        # cost more per message than the dispatch's own bookkeeping. Every
+        # transition out of the state clears it first.
+        self.serving = False
 
     # -- states ------------------------------------------------------------------
 
@@ -118,6 +124,7 @@ class ConnectionMachine:
     @_machine.output()
     def _answer_negotiate(self, negotiated: Negotiated) -> None:
         self.negotiated = True
+        self.serving = True
         self._actions.answer_negotiate(negotiated)
 
     @_machine.output()
@@ -130,14 +137,17 @@ class ConnectionMachine:
 
     @_machine.output()
     def _drop_unexpected_smb1(self, data: bytes) -> None:
+        self.serving = False
         self._actions.drop("SMB1 NEGOTIATE out of order")
 
     @_machine.output()
     def _drop_second_negotiate(self, negotiated: Negotiated) -> None:
+        self.serving = False
         self._actions.drop("second NEGOTIATE")
 
     @_machine.output()
     def _drop_failed_negotiate(self, status: int) -> None:
+        self.serving = False
         self._actions.drop("second NEGOTIATE")
 
     @_machine.output()
@@ -146,7 +156,12 @@ class ConnectionMachine:
 
     @_machine.output()
     def _drop_violation(self, why: str) -> None:
+        self.serving = False
         self._actions.drop(why)
+
+    @_machine.output()
+    def _stop_serving(self) -> None:
+        self.serving = False
 
     fresh.upon(smb1_negotiate, enter=upgraded, outputs=[_answer_smb1])
     fresh.upon(smb2_negotiate, enter=negotiated_state, outputs=[_answer_negotiate])
@@ -167,7 +182,7 @@ class ConnectionMachine:
     negotiated_state.upon(negotiate_failed, enter=closed, outputs=[_drop_failed_negotiate])
     negotiated_state.upon(smb1_negotiate, enter=closed, outputs=[_drop_unexpected_smb1])
     negotiated_state.upon(violation, enter=closed, outputs=[_drop_violation])
-    negotiated_state.upon(lost, enter=closed, outputs=[])
+    negotiated_state.upon(lost, enter=closed, outputs=[_stop_serving])
 
     closed.upon(request, enter=closed, outputs=[])
     closed.upon(smb1_negotiate, enter=closed, outputs=[])

@@ -50,6 +50,7 @@ from zope.interface import implementer
 from claudefs_gateway import errors
 from claudefs_gateway.core.authlimit import AuthFailureLimiter
 from claudefs_gateway.core.directsend import DirectSender
+from claudefs_gateway.core.eager import eager
 from claudefs_gateway.core.log import Logger, Sampler
 from claudefs_gateway.errors import ProtocolError
 from claudefs_gateway.interfaces import IVFS
@@ -833,7 +834,11 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                 return
             self._negotiate(first, frame)
             return
-        self._request_input((items, transform_session))
+        if self.machine.serving:
+            # Negotiated: the machine's answer to a request is this dispatch.
+            self.dispatch((items, transform_session))
+        else:
+            self._request_input((items, transform_session))
 
     def _decrypt(self, frame: bytes) -> tuple[bytes, Session]:
         n = self.negotiated
@@ -988,7 +993,19 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             self._budgeted += size
         self._requests += 1
         self._in_flight += size
-        d = defer.Deferred.fromCoroutine(self._serve_chain(items, transform_session, chain))
+        # Stepped eagerly (core/eager.py): a compound answered from memory and
+        # the store's already-fired Deferreds (most are) finishes here, with
+        # no Deferred, driver or callback built for it.
+        try:
+            waiting = eager(self._serve_chain(items, transform_session, chain))
+        except Exception:
+            self._land(flight)
+            self._log.failure("smb: request chain failed")
+            return
+        if not isinstance(waiting, defer.Deferred):
+            self._land(flight)
+            return
+        d = waiting
         self._work.add(d)
 
         def done(result: Any) -> None:

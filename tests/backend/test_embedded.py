@@ -61,6 +61,18 @@ class StoreCase(TestCase):
         self.addCleanup(b.close)
         return b
 
+    def count(self, name: str) -> list[int]:
+        """Count the calls of C{os.<name>} (fdatasync, fsync) from now on."""
+        calls: list[int] = []
+        real = getattr(os, name)
+
+        def counting(fd: int) -> None:
+            calls.append(fd)
+            real(fd)
+
+        self.patch(os, name, counting)
+        return calls
+
     async def gate(self, b: EmbeddedBackend) -> tuple[threading.Event, defer.Deferred[Any]]:
         """
         Hold the writer thread inside an op until the returned event is set.
@@ -236,17 +248,6 @@ class OrderingTests(StoreCase):
 class DurabilityTests(StoreCase):
     """What reaches the disk when (fsync calls are counted; SQLite's own are not)."""
 
-    def count(self, name: str) -> list[int]:
-        calls: list[int] = []
-        real = getattr(os, name)
-
-        def counting(fd: int) -> None:
-            calls.append(fd)
-            real(fd)
-
-        self.patch(os, name, counting)
-        return calls
-
     async def test_stable_write_syncs_data_then_commits(self) -> None:
         b = await self.store()
         f = await b.create(1, b"f", REG, 0o644, 0, 0)
@@ -385,6 +386,25 @@ class DurabilityTests(StoreCase):
         self.assertEqual((files.dirty, set(files._new_entries)), (set(inos[1:]), set(inos[1:])))
         await b.commit(inos[0])
         self.assertEqual(len(syncs), 1)
+
+    async def test_evicting_dirty_descriptors_syncs_an_eighth_at_once(self) -> None:
+        """
+        A cache full of unsynced files (small files written, never flushed)
+        syncs and closes its oldest eighth together when a new file needs a
+        descriptor, not one per new file.
+        """
+        b = await self.store(max_fds=16)
+        inos = [(await b.create(1, b"f%d" % i, REG, 0o644, 0, 0)).ino for i in range(20)]
+        syncs = self.count("fdatasync")
+        for ino in inos[:17]:
+            await b.write(ino, 0, b"x", False)
+        self.assertEqual(len(syncs), 2)
+        for ino in inos[17:]:
+            await b.write(ino, 0, b"x", False)
+        self.assertEqual(len(syncs), 4)
+        files = b._engine.files
+        self.assertEqual(files.dirty, set(inos[4:]))
+        self.assertEqual(len(files), 16)
 
     async def test_writer_survives_an_internal_error(self) -> None:
         b = await self.store()
@@ -962,6 +982,51 @@ class ReactorRunTests(StoreCase):
         d = b.write(f.ino, 0, b"abc", True)
         self.assertFalse(d.called)
         self.assertTrue((await d).stable)
+
+    async def test_unsynced_metadata_changes_run_here(self) -> None:
+        """
+        Metadata changes asked without durability (SMB's) run on the
+        reactor's thread when the writer is idle: fired on return, no fsync;
+        durable ones and size changes still go to the writer thread.
+        """
+        b = await self.store()
+        syncs = self.count("fsync")
+        before = b.stats.durable_commits
+        d = b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
+        self.assertTrue(d.called)
+        f = await d
+        steps = [
+            b.setxattr(f.ino, b"user.a", b"1", durable=False),
+            b.setattr(f.ino, SetAttrs(mode=0o600), durable=False),
+            b.rename(1, b"f", 1, b"g", durable=False),
+            b.create(1, b"d", DIR, 0o755, 0, 0, durable=False),
+            b.rmdir(1, b"d", durable=False),
+            b.unlink(1, b"g", durable=False),
+        ]
+        self.assertTrue(all(s.called for s in steps))
+        await defer.gatherResults(steps)
+        self.assertEqual((b.stats.durable_commits - before, len(syncs)), (0, 0))
+        f = await b.create(1, b"h", REG, 0o644, 0, 0, durable=False)
+        await b.write(f.ino, 0, b"abcd", False)
+        trunc = b.setattr(f.ino, SetAttrs(size=1), durable=False)
+        self.assertFalse(trunc.called)
+        durable = b.create(1, b"i", REG, 0o644, 0, 0)
+        self.assertFalse(durable.called)
+        await defer.gatherResults([trunc, durable])
+
+    async def test_unsynced_change_waits_behind_the_writer(self) -> None:
+        """With the writer busy, an unsynced change queues behind it, in order."""
+        b = await self.store()
+        ev, held = await self.gate(b)
+        order: list[str] = []
+        first = b.create(1, b"a", REG, 0o644, 0, 0).addCallback(lambda a: order.append("a"))
+        second = b.create(1, b"b", REG, 0o644, 0, 0, durable=False)
+        second.addCallback(lambda a: order.append("b"))
+        self.assertFalse(second.called)
+        ev.set()
+        await held
+        await defer.gatherResults([first, second])
+        self.assertEqual(order, ["a", "b"])
 
     async def test_views_of_bytes_not_copied(self) -> None:
         """

@@ -23,6 +23,16 @@ class FoldTests(SynchronousTestCase):
     def test_any_bytes(self, name: bytes) -> None:
         fold(name)
 
+    @given(
+        s.binary(max_size=40)
+        | s.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass"))
+    )
+    def test_one_to_one(self, name: bytes) -> None:
+        """The ASCII shortcut agrees with the character-by-character rule."""
+        text = name.decode("utf-8", "surrogateescape")
+        slow = "".join(u if len(u := ch.upper()) == 1 else ch for ch in text)
+        self.assertEqual(fold(name), slow)
+
 
 def find(wire: Wire, index: CaseIndex, *args: object) -> bytes | None:
     return wire.fired(defer.Deferred.fromCoroutine(index.find(*args)))  # type: ignore[arg-type]

@@ -72,6 +72,34 @@ class ConnectionMachineTests(SynchronousTestCase):
         m.request(None)
         self.assertEqual(r.calls, ["refuse_negotiate"])
 
+    def test_serving_only_while_negotiated(self) -> None:
+        """
+        C{serving} (the connection's dispatch without the machine's input)
+        is true exactly in the state where a request is dispatched: never
+        before NEGOTIATE, and never again after any way out of that state.
+        """
+        m = ConnectionMachine(Recorder())  # type: ignore[arg-type]
+        self.assertFalse(m.serving)
+        m.smb1_negotiate(b"")
+        self.assertFalse(m.serving)
+        for leave in (
+            lambda m: m.smb2_negotiate(neg()),
+            lambda m: m.smb1_negotiate(b""),
+            lambda m: m.negotiate_failed(0xC00000BB),
+            lambda m: m.violation("x"),
+            lambda m: m.lost(),
+        ):
+            r = Recorder()
+            m = ConnectionMachine(r)  # type: ignore[arg-type]
+            m.smb2_negotiate(neg())
+            self.assertTrue(m.serving)
+            m.request(None)
+            self.assertTrue(m.serving)
+            leave(m)
+            self.assertFalse(m.serving)
+            m.request(None)
+            self.assertEqual(r.calls.count("dispatch"), 1)
+
 
 class SessionMachineTests(SynchronousTestCase):
     def test_legs(self) -> None:

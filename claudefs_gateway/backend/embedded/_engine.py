@@ -888,7 +888,9 @@ class Engine:
         if type is FileType.DIR:
             d.nlink += 1
         self._add_entry(ctx, d, name, node)
-        return self._attrs(node)
+        # A new inode number (never reused) has no data file yet: no stat of
+        # a path that is not there.
+        return node.attributes(0)
 
     def op_symlink(
         self, ctx: _Ctx, parent: int, name: bytes, target: bytes, mode: int, uid: int, gid: int
@@ -1147,16 +1149,19 @@ class Engine:
             raise errors.Inval("negative offset")
         if offset + len(data) > MAX_FILE_SIZE:
             raise errors.FBig("file too large")
-        before = self._attrs(node)
         if not data:
             # POSIX: a zero-byte write to a regular file has no other results
             # (a stable one still makes earlier writes durable, like a commit).
+            before = self._attrs(node)
             if stable:
                 ctx.sync.add(ino)
             return WriteResult(0, stable, before, before)
         end = offset + len(data)
         fd = self.files.get(ino, create=True)
         assert fd is not None
+        # After get: an fstat of the descriptor, not a stat of a path (which
+        # raises for a new file's first write).
+        before = self._attrs(node)
         if offset > node.size:
             self._trim(fd, node.size)
         view = memoryview(data)

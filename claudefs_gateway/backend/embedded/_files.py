@@ -31,6 +31,7 @@ import ctypes
 import ctypes.util
 import errno
 import functools
+import itertools
 import os
 import time
 from collections import OrderedDict
@@ -240,11 +241,18 @@ class WriteFiles:
             if ino != newest and ino not in self.dirty:
                 self._close(ino)
                 return
-        # Every cached descriptor is dirty: sync the oldest (its data and the
-        # entries naming it, so nothing is left to track) and close it.
-        ino = next(iter(self._fds))
-        self.sync({ino})
-        self._close(ino)
+        # Every cached descriptor is dirty: sync the oldest (their data and
+        # the entries naming them, so nothing is left to track) and close
+        # them. An eighth of the cache at once, not one: unstable writes to
+        # many new files (an SMB client writing small files and never
+        # flushing) otherwise paid a data sync, a directory sync and a
+        # hand-off to the data writers per new file once the cache was full;
+        # together the syncs run side by side and share their directories'
+        # (new data files mostly sit in one leaf directory).
+        group = list(itertools.islice(self._fds, max(1, self.capacity // 8)))
+        self.sync(set(group))
+        for ino in group:
+            self._close(ino)
 
     def _close(self, ino: int) -> None:
         self._last.pop(ino, None)

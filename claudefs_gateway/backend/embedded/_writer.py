@@ -96,7 +96,8 @@ class ThreadWriter:
         when the writer thread is busy or has anything queued, in which case
         the caller submits the op as usual.
 
-        For ops that need no fsync (an unstable write): handing such an op to
+        For ops that need no fsync (an unstable write, a metadata change
+        asked without durability, as SMB's are): handing such an op to
         the writer thread and its result back costs two thread wake-ups, the
         GIL changing hands twice and a pipe write, more CPU on this path than
         the op itself. The caller must also know every op submitted before

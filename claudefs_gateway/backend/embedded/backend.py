@@ -4,7 +4,9 @@ L{EmbeddedBackend}: the default store, SQLite metadata and per-inode data
 files under the gateway's data directory (docs/backend.rst).
 
 Ordering. Every change goes, in call order, to the writer thread's queue
-(L{_writer}); reads run on the reactor thread, each only once every change
+(L{_writer}), or, if it needs no fsync and the writer is idle with nothing
+queued, runs at once on the reactor's thread (L{_writer.ThreadWriter.run_here});
+reads run on the reactor thread, each only once every change
 submitted before it has been acknowledged. So a caller that issues B after
 A's Deferred fired sees A's effect (read-your-writes), and a read issued right
 after a change without waiting for it (a create, then a lookup of the name)
@@ -302,6 +304,21 @@ class EmbeddedBackend:
         self._writer.submit(op)
         return d
 
+    def _change(
+        self, fn: Callable[..., Any], *args: Any, durable: bool, ino: int | None = None
+    ) -> defer.Deferred[Any]:
+        """
+        Submit a metadata change; one that need not be durable (SMB's, made
+        durable by a FLUSH or the background flush) runs on this thread when
+        the writer is idle (L{_run_here}): it makes no fsync, so the two
+        thread hand-offs cost more than the SQLite transaction itself.
+        """
+        if not durable:
+            d = self._run_here(fn, *args, ino=ino)
+            if d is not None:
+                return d
+        return self._submit(fn, *args, durable=durable, ino=ino)
+
     def _run_here(
         self, fn: Callable[..., Any], *args: Any, ino: int | None = None
     ) -> defer.Deferred[Any] | None:
@@ -425,7 +442,7 @@ class EmbeddedBackend:
     ) -> defer.Deferred[Attributes]:
         # Not durable: committed without a flush; the WAL is one ordered log,
         # so the next durable commit makes this one durable too.
-        return self._submit(
+        return self._change(
             Engine.op_create, parent, bytes(name), type, mode, uid, gid, rdev, durable=durable
         )
 
@@ -441,10 +458,10 @@ class EmbeddedBackend:
         # Not durable: a freed file's data goes only once a durable commit
         # covers the unlink (Engine.run_batch), so a lost log tail cannot
         # leave a name whose data is gone.
-        return self._submit(Engine.op_unlink, parent, bytes(name), durable=durable)
+        return self._change(Engine.op_unlink, parent, bytes(name), durable=durable)
 
     def rmdir(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
-        return self._submit(Engine.op_rmdir, parent, bytes(name), durable=durable)
+        return self._change(Engine.op_rmdir, parent, bytes(name), durable=durable)
 
     def rename(
         self,
@@ -454,7 +471,7 @@ class EmbeddedBackend:
         dst_name: bytes,
         durable: bool = True,
     ) -> defer.Deferred[RenameResult]:
-        return self._submit(
+        return self._change(
             Engine.op_rename,
             src_parent,
             bytes(src_name),
@@ -473,7 +490,12 @@ class EmbeddedBackend:
         same = self._same_size(ino, changes, guard_ctime_ns)
         if same is not None:
             return defer.succeed(same)
-        # Not durable: still durable if it cuts data (Engine.run_batch).
+        # Not durable: still durable if it cuts data (Engine.run_batch), so
+        # a size change always goes to the writer thread (no fsync here).
+        if not durable and changes.size is None:
+            return self._change(
+                Engine.op_setattr, ino, changes, guard_ctime_ns, durable=False, ino=ino
+            )
         return self._submit(
             Engine.op_setattr, ino, changes, guard_ctime_ns, durable=durable, ino=ino
         )
@@ -540,7 +562,7 @@ class EmbeddedBackend:
         create: bool | None = None,
         durable: bool = True,
     ) -> defer.Deferred[None]:
-        return self._submit(
+        return self._change(
             Engine.op_setxattr, ino, bytes(name), bytes(value), create, durable=durable
         )
 
