@@ -268,6 +268,8 @@ class Durability:
         # previous format's): pruned at the sweep if no one changed them.
         self._loaded_lists: dict[str, bytes | None] = {}
         self._known: set[str] = set()
+        # Names listed with no list of records (at the last reading).
+        self._listless: set[str] = set()
         self._dead_left: dict[str, set[int]] = {}
         # This gateway's instance (named in the index beside its records), its
         # beat, and what it saw of others' beats (counter, when it last moved).
@@ -555,7 +557,7 @@ class Durability:
         assert vfs is not None
         async with self._plock:
             await self._register()
-            blob = json.dumps(sorted(self._persisted)).encode()
+            blob = json.dumps(sorted(self._persisted)).encode() if self._persisted else None
             await vfs.set_state(_MY_PINDEX_KEY.format(self.instance), blob)
             # Looked at again after the list is written: a write of the list
             # of gateways begun by another before this one's landed may have
@@ -564,11 +566,12 @@ class Durability:
 
     async def _register(self) -> None:
         """
-        Name this instance in C{smb.persistent.gateways} (once, and again at
-        a beat that finds it missing). That list is read-modify-written, so
-        two gateways starting at one instant can drop each other's name: the
-        one dropped adds itself back at its next beat, and a taker keeps
-        every name it has seen (see L{_instances}).
+        Name this instance in C{smb.persistent.gateways} (once; after each
+        write of its list and at each beat it looks again). That list is
+        read-modify-written (the state store has no conditional write), so
+        two gateways writing it at one instant can drop each other's name:
+        the one dropped puts itself back, and a taker keeps every name it has
+        seen (L{_read_pindex}).
         """
         if self._registered:
             return
@@ -576,20 +579,10 @@ class Durability:
         self._registered = True
 
     async def _read_gateways(self) -> set[str]:
-        vfs = self.factory.vfs
-        assert vfs is not None
-        raw = await vfs.get_state(_GATEWAYS_KEY)
-        try:
-            got = json.loads(raw) if raw else []
-            return {str(g) for g in got}
-        except (ValueError, TypeError):
-            self._log.warn("smb: unreadable list of gateways; ignored")
-            return set()
+        return await self._read_names(_GATEWAYS_KEY)
 
     async def _write_gateways(self, names: set[str]) -> None:
-        vfs = self.factory.vfs
-        assert vfs is not None
-        await vfs.set_state(_GATEWAYS_KEY, json.dumps(sorted(names)).encode())
+        await self._write_names(_GATEWAYS_KEY, names)
 
     async def _read_pindex(self) -> dict[int, str]:
         """
@@ -610,13 +603,16 @@ class Durability:
         names = await self._read_gateways()
         if self._registered and self.instance not in names:
             # Dropped by another gateway's write of the list: back in.
-            self._write_gateways_later(names | {self.instance} | self._known)
+            self._write_gateways_later(names | {self.instance})
         self._known |= names
+        self._listless = set()
         for inst in sorted(self._known):
             raw = await vfs.get_state(_MY_PINDEX_KEY.format(inst))
             if raw is None:
                 # No records (yet, or any more): nothing of it to lose.
                 self._known.discard(inst)
+                if inst in names and inst != self.instance:
+                    self._listless.add(inst)
                 continue
             try:
                 pids = json.loads(raw) if raw else []
@@ -767,7 +763,12 @@ class Durability:
         try:
             vfs = await self.factory.get_vfs()
             index = await self._read_pindex()
-            dead = await self._dead({g for g in index.values() if g != self.instance})
+            dead = await self._dead(
+                {g for g in index.values() if g != self.instance} | self._listless
+            )
+            for inst in sorted(dead & self._listless):
+                # A dead instance with nothing left to take: its name goes.
+                self._track(defer.Deferred.fromCoroutine(self._forget_gateway(inst)))
             found = 0
             for pid, owner in sorted(index.items()):
                 if owner in dead:

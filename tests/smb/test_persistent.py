@@ -639,3 +639,19 @@ class ConcurrentGrantTests(SynchronousTestCase):
         self.assertNotIn("smb.durable.index", store.data)
         self.assertNotIn(f"smb.durable.index.{b.instance}", store.data)
         self.assertEqual(json.loads(store.data["smb.durable.gateways"]), [a.instance])
+
+    def test_names_of_gone_gateways_forgotten(self) -> None:
+        """A gateway that kept nothing and stopped is forgotten at the next look."""
+        store = _InterleavedStore()
+        a, taker = self.gateway(store), self.gateway(store)
+        a.persist(_Op(1))
+        store.run()
+        a._unpersist(1)
+        store.run()
+        self.assertEqual(json.loads(store.data["smb.persistent.gateways"]), [a.instance])
+        self.assertNotIn(f"smb.persistent.index.{a.instance}", store.data)
+        d = defer.Deferred.fromCoroutine(taker.recover())
+        store.run()
+        self.assertEqual(self.successResultOf(d), 0)
+        store.run()
+        self.assertNotIn("smb.persistent.gateways", store.data)
