@@ -906,8 +906,10 @@ class ISharedState(Interface):
     L{ShareConflict}, L{NoLock}...), directly or through its Deferred.
     """
 
-    clients = Attribute("The ClientRegistry (servers/clients.py) the meta server sets, or None.")
-    waits = Attribute("The WaitGraph of blocked lock requests (servers/deadlocks.py).")
+    clients = Attribute(
+        "The client records and grace the meta server sets: a ClientRegistry"
+        " (servers/clients.py), a PgClientRegistry (servers/clients_pg.py), or None."
+    )
 
     def start() -> None:
         """The store is open: begin (liveness, upkeep)."""

@@ -2,9 +2,10 @@
 A gateway with C{metadata_servers: [A, B]}, both claudefs-meta servers over one
 PostgreSQL, real clients on it (boto3 PUTs, libnfs writes and COMMIT,
 smbprotocol writes and FLUSH); A is killed with SIGKILL under that load. Every
-client goes on through B within C{open_duration_ms} (plus the deadline of the
-calls the kill caught), and everything acknowledged is read back, each through
-the client that wrote it.
+client goes on through B (smbprotocol within C{open_duration_ms}; boto3 and
+the libnfs loop, whose own retry pacing adds to it, within the breaker's
+deadline more), and everything acknowledged is read back, each through the
+client that wrote it.
 """
 
 from __future__ import annotations
@@ -131,15 +132,20 @@ class MetaFailoverTests(TestCase):
         running[0] = False
         await defer.gatherResults(loops)
         self.assertEqual(errors, [])
-        # Each client's first acknowledgement after the kill: within open_duration_ms plus
-        # the deadline of the call the kill caught, plus one operation of that client.
+        # Each client's first acknowledgement after the kill. The gateway fails over
+        # at the first dropped connection (the node is tried last from then on, its
+        # breaker not awaited: core/retry.py), so a client that retries at once
+        # (smbprotocol: its write caught by the kill is answered STATUS_IO_TIMEOUT
+        # and done again) goes on within open_duration_ms (plus one of its files:
+        # an acknowledgement is a whole open, write, flush, close). boto3 waits its own jittered back-off (up to 1 s) before it
+        # retries a PUT answered 503, and the libnfs loop starts one process per
+        # batch of four writes: those two keep the looser bound (docs/postgresql.rst).
         for kind, ts in times.items():
             after = [t for t in ts if t > killed]
             gaps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
             per_op = sorted(gaps)[len(gaps) // 2]
-            self.assertLess(
-                after[0] - killed, OPEN_S + TIMEOUT_S + 2 * per_op + 1.0, f"{kind} resumed late"
-            )
+            bound = OPEN_S + per_op if kind == "smb" else OPEN_S + TIMEOUT_S + 2 * per_op + 1.0
+            self.assertLess(after[0] - killed, bound, f"{kind} resumed late")
         # Nothing acknowledged lost: every object and file read back by its own client.
         for key, data in acked["s3"].items():
             got = await s3.ok("get", bucket="export", key=key)

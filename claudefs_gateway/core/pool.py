@@ -106,6 +106,10 @@ class Pool:
         self._stopped = False
         self.last_error: str | None = None
         self.connects = 0
+        #: The node dropped a connection we did not close, and no connection has
+        #: been made since: it may be gone (a killed server). L{Failover} tries the
+        #: other nodes first meanwhile, rather than waiting for the breaker to open.
+        self.suspect = False
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -295,6 +299,7 @@ class Pool:
                 return
             self.connects += 1
             self.last_error = None
+            self.suspect = False
             slot = _Slot(conn, self._clock.seconds())
             self._slots.append(slot)
             conn.notify_lost(lambda: self._lost(slot))
@@ -323,6 +328,7 @@ class Pool:
     def _lost(self, slot: _Slot) -> None:
         if slot in self._slots:
             self._slots.remove(slot)
+            self.suspect = True
             self._log.info("connection to {node} lost", node=self.name)
         if self._waiters and self._running and self._total < self.max:
             self._open()

@@ -95,6 +95,16 @@ class Failover:
         self._aio = Aio(clock)
         self._rng = rng
         self._preferred = 0
+        self._stopped = False
+        # Back-off waits in progress: stop() cancels them, so a closed backend
+        # leaves no timer behind (a call failing at close is not retried).
+        self._waits: set[Any] = set()
+
+    def stop(self) -> None:
+        """No more retries: back-off waits in progress end, their calls fail now."""
+        self._stopped = True
+        for wait in list(self._waits):
+            self._aio.cancel(wait)
 
     @property
     def current(self) -> Node:
@@ -103,10 +113,19 @@ class Failover:
     def _order(self) -> list[int]:
         n = len(self.nodes)
         first = [(self._preferred + i) % n for i in range(n)]
-        # Available nodes first, keeping preference order among each group.
-        return [i for i in first if self.nodes[i].breaker.available] + [
-            i for i in first if not self.nodes[i].breaker.available
-        ]
+
+        def rank(i: int) -> int:
+            node = self.nodes[i]
+            if not node.breaker.available:
+                return 2
+            # A node that just dropped our connections (a killed server) is tried
+            # after the others at once, not only once enough failures open its
+            # circuit: failover within one call, not within open_duration_ms.
+            return 1 if getattr(node.pool, "suspect", False) else 0
+
+        # Healthy nodes first, then suspect ones, then open circuits; preference
+        # order kept within each group (sorted is stable).
+        return sorted(first, key=rank)
 
     def call(self, fn: Callable[[Any], Any], idempotent: bool) -> Any:
         """
@@ -158,8 +177,10 @@ class Failover:
                     )
                     attempt(round_, order, pos + 1)
                     return
-                if round_ + 1 >= self.backoff.attempts or not any(
-                    n.breaker.available for n in self.nodes
+                if (
+                    self._stopped
+                    or round_ + 1 >= self.backoff.attempts
+                    or not any(n.breaker.available for n in self.nodes)
                 ):
                     # Spent, or every circuit is open: waiting a few ms more
                     # will not close one (open_duration_ms is far longer).
@@ -167,9 +188,19 @@ class Failover:
                     return
                 wait = self._aio.sleep(self.backoff.delay(round_, self._rng))
                 current[:] = [wait]
-                self._aio.add_callbacks(
-                    wait, lambda _: attempt(round_ + 1, self._order(), 0), settle
-                )
+                self._waits.add(wait)
+
+                def waited(_: Any) -> None:
+                    self._waits.discard(wait)
+                    attempt(round_ + 1, self._order(), 0)
+
+                def wait_ended(why: Failure) -> None:
+                    self._waits.discard(wait)
+                    # Cancelled by stop(): the caller gets the failure that
+                    # would have been retried, not a CancelledError.
+                    settle(f if self._stopped else why)
+
+                self._aio.add_callbacks(wait, waited, wait_ended)
 
             self._aio.add_callbacks(d, ok, failed)
 

@@ -26,7 +26,8 @@ or after C{grace} seconds; what was not reclaimed by then is gone.
 
 The records live in the meta server's memory, as the lock table does: a
 restarted meta server starts with none, and the live gateways send theirs
-again with their locks.
+again with their locks. Several meta servers over PostgreSQL keep them in
+the database instead (L{claudefs_gateway.servers.clients_pg}), by these rules.
 """
 
 from __future__ import annotations

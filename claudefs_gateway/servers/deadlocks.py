@@ -14,7 +14,9 @@ forever, and is refused with C{Deadlock} (NLM4_DEADLCK,
 STATUS_POSSIBLE_DEADLOCK), as one process's lock table refuses it.
 
 The check runs when a wait is registered: a cycle is always closed by the
-last of its waits to arrive, since a waiting owner takes no new lock.
+last of its waits to arrive, since a waiting owner takes no new lock. Over
+PostgreSQL the waits are rows of C{lock_waiter}, and each check builds a
+L{WaitGraph} from them and the database's locks (servers/shared_pg.py).
 """
 
 from __future__ import annotations

@@ -72,9 +72,15 @@ class MetaHandler:
         self.shared: ISharedState = make(
             clock, push or self._push_via_subscribers, publish, linger=linger
         )
-        #: NFSv4 and NLM client records of every gateway, and their grace (servers/clients.py);
-        #: this meta server's alone, also over PostgreSQL (docs/postgresql.rst).
-        self.clients = ClientRegistry(clock, publish, grace=grace)
+        #: NFSv4 and NLM client records of every gateway, and their grace: in this
+        #: server's memory (servers/clients.py), or where the shared state keeps them
+        #: (over PostgreSQL: in the database, servers/clients_pg.py).
+        registry = getattr(self.shared, "client_registry", None)
+        self.clients: Any = (
+            registry(publish, grace)
+            if registry is not None
+            else ClientRegistry(clock, publish, grace=grace)
+        )
         self.shared.clients = self.clients
         self._subscribers: Any = None
         # False until the store is open: calls meanwhile are told to try later
@@ -275,14 +281,16 @@ class MetaHandler:
     def op_LEASE_BREAK_ACK(self, conn: Any, bid: int) -> Any:
         return self.shared.lease_break_ack(conn.session, bid)
 
-    def op_CLIENT_NOTE(self, conn: Any, protocol: str, owner: bytes) -> None:
-        self.clients.note(conn.session, protocol, owner)
+    # Each answers at once (in memory) or with a Deferred (PostgreSQL).
 
-    def op_CLIENT_FORGET(self, conn: Any, protocol: str, owner: bytes) -> None:
-        self.clients.forget(conn.session, protocol, owner)
+    def op_CLIENT_NOTE(self, conn: Any, protocol: str, owner: bytes) -> Any:
+        return self.clients.note(conn.session, protocol, owner)
 
-    def op_CLIENT_RECLAIMED(self, conn: Any, protocol: str, owner: bytes) -> None:
-        self.clients.reclaimed(conn.session, protocol, owner)
+    def op_CLIENT_FORGET(self, conn: Any, protocol: str, owner: bytes) -> Any:
+        return self.clients.forget(conn.session, protocol, owner)
+
+    def op_CLIENT_RECLAIMED(self, conn: Any, protocol: str, owner: bytes) -> Any:
+        return self.clients.reclaimed(conn.session, protocol, owner)
 
     def op_SESSION_RESET(self, conn: Any) -> Any:
         return self.shared.reset(conn.session)

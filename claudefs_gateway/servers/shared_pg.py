@@ -50,6 +50,7 @@ from zope.interface import implementer
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.servers.clients_pg import PgClientRegistry
 from claudefs_gateway.servers.deadlocks import WaitGraph
 from claudefs_gateway.servers.shared import LINGER, RECALL_TIMEOUT, BreakBook, ISharedState
 from claudefs_gateway.vfs.leases import KEEP_FOR, W, Why
@@ -236,13 +237,16 @@ class PgSharedState(BreakBook):
         self.reaped: list[str] = []
         # bid -> (session, ino, keep) of this server's recalls under way
         self._recalling: dict[int, tuple[int, int, int]] = {}
-        #: The client records and their grace (servers/clients.ClientRegistry), if kept:
-        #: this meta server's own, in its memory (docs/postgresql.rst).
+        #: The client records and their grace, if kept: a L{PgClientRegistry} (in the
+        #: database, shared with every meta server) made by L{client_registry}.
         self.clients: Any = None
-        #: Blocked lock requests of this server's gateways, for deadlocks (servers/deadlocks.py);
-        #: its table is filled from the database at each LOCK_WAIT.
-        self.waits = WaitGraph(_Tables({}))  # type: ignore[arg-type]
         store.on_shared_event(self._heard)
+
+    def client_registry(
+        self, publish: Callable[[str, Any], None], grace: float
+    ) -> PgClientRegistry:
+        """The client records and grace of every gateway, in this state's database."""
+        return PgClientRegistry(self, publish, grace=grace)
 
     @property
     def boot(self) -> str:
@@ -281,8 +285,22 @@ class PgSharedState(BreakBook):
         else:
             self._tails[session] = (tail, pending - 1)
 
-    def _inode_tx(self, conn: Any, ino: int, apply: Callable[[_View], Any]) -> tuple[Any, Any]:
-        """On a db thread, in a transaction: lock C{ino}'s row, load, apply, save, notify."""
+    def _inode_tx(
+        self, conn: Any, ino: int, apply: Callable[[_View], Any], new_state: bool = False
+    ) -> tuple[Any, Any]:
+        """
+        On a db thread, in a transaction: lock C{ino}'s row, load, apply, save,
+        notify. With C{new_state} (a LOCK or SHARE_OPEN that is no reclaim),
+        refused with L{errors.Grace} while the database says a grace runs: the
+        grace of any meta server's gateways, whether or not its notification
+        reached this server yet.
+        """
+        if (
+            new_state
+            and conn.execute("SELECT 1 FROM grace WHERE ends_at > now()").fetchone() is not None
+        ):
+            # RFC 8881 §8.4.2: while another gateway's clients reclaim, nothing new.
+            raise errors.Grace("another gateway's clients are reclaiming")
         while True:
             conn.execute(
                 "INSERT INTO shared_inode (ino) VALUES (%s) ON CONFLICT DO NOTHING", (ino,)
@@ -298,8 +316,10 @@ class PgSharedState(BreakBook):
         self._notify(conn, "L", f"{ino:x}")
         return result, view.event()
 
-    def _change(self, ino: int, apply: Callable[[_View], Any]) -> defer.Deferred[Any]:
-        d = self.store.transaction(self._inode_tx, ino, apply)
+    def _change(
+        self, ino: int, apply: Callable[[_View], Any], new_state: bool = False
+    ) -> defer.Deferred[Any]:
+        d = self.store.transaction(self._inode_tx, ino, apply, new_state)
 
         def done(out: tuple[Any, Any]) -> Any:
             self._publish("EV_LOCKS", out[1])
@@ -349,40 +369,71 @@ class PgSharedState(BreakBook):
             if failed:
                 failed[0].raiseException()
 
-        return self._in_order(session, lambda: self._change(ino, apply))
+        return self._in_order(session, lambda: self._change(ino, apply, not reclaim))
 
     def lock_wait(
         self, session: int, ino: int, owner: Any, start: int, length: int, exclusive: bool
     ) -> defer.Deferred[None]:
         """
-        LOCK_WAIT: fires once the wait is recorded; fails with L{errors.Deadlock} if
-        it would wait forever. The locks are read from the database (every meta
-        server's); the waits are this meta server's gateways' alone.
+        LOCK_WAIT: fires once the wait is recorded in C{lock_waiter}; fails with
+        L{errors.Deadlock} if it would wait forever. Every meta server's locks
+        and waits are read from the database, in one transaction that first
+        takes C{lock_waiter} in SHARE ROW EXCLUSIVE mode (which conflicts with
+        itself): two waits closing one cycle through two meta servers are
+        checked one after the other, so the second sees the first.
         """
+        w = (str(owner[0]), bytes(owner[1]), bytes(owner[2]))
 
-        def read(conn: Any) -> dict[int, _View]:
+        def tx(conn: Any) -> None:
+            conn.execute("LOCK TABLE lock_waiter IN SHARE ROW EXCLUSIVE MODE")
+            namer = _View(0, self.clock)
+            waits: dict[LockOwner, tuple[int, int, int, int, bool]] = {}
+            for s, proto, client, own, i, st, ln, ex in conn.execute(
+                "SELECT session, protocol, client, owner, ino, start_off, length, exclusive"
+                " FROM lock_waiter"
+            ).fetchall():
+                mo = namer.owner(_u64(s), (proto, client, own))
+                waits[mo] = (_u64(s), int(i), int(st), int(ln), bool(ex))
             views: dict[int, _View] = {}
-            for i in sorted({ino} | {w[1] for w in self.waits.waits.values()}):
+            for i in sorted({ino} | {v[1] for v in waits.values()}):
                 views[i] = _View(i, self.clock)
                 views[i].load(conn)
-            return views
+            graph = WaitGraph(_Tables(views))  # type: ignore[arg-type]
+            graph.waits = waits
+            mine = namer.owner(session, w)
+            graph.wait(session, mine, ino, start, length, exclusive)
+            if mine in graph.waits:
+                conn.execute(
+                    "INSERT INTO lock_waiter (session, protocol, client, owner, ino, start_off,"
+                    " length, exclusive, server) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (session, protocol, client, owner) DO UPDATE SET"
+                    " ino = excluded.ino, start_off = excluded.start_off,"
+                    " length = excluded.length, exclusive = excluded.exclusive,"
+                    " server = excluded.server",
+                    (_db(session), *w, ino, start, length, exclusive, self.boot),
+                )
 
-        async def run() -> None:
-            views = await self.store.transaction(read)
-            mo = _View(ino, self.clock).owner(session, owner)
-            self.waits.table = _Tables(views)  # type: ignore[assignment]
-            try:
-                self.waits.wait(session, mo, ino, start, length, exclusive)
-            finally:
-                self.waits.table = _Tables({})  # type: ignore[assignment]
-
-        return self._in_order(session, lambda: defer.Deferred.fromCoroutine(run()))
+        return self._in_order(session, lambda: self.store.transaction(tx))
 
     def lock_unwait(self, session: int, owner: Any) -> defer.Deferred[None]:
-        def run() -> None:
-            self.waits.unwait(_View(0, self.clock).owner(session, owner))
+        w = (str(owner[0]), bytes(owner[1]), bytes(owner[2]))
 
-        return self._in_order(session, run)
+        def tx(conn: Any) -> None:
+            conn.execute(
+                "DELETE FROM lock_waiter WHERE session = %s AND protocol = %s AND client = %s"
+                " AND owner = %s",
+                (_db(session), *w),
+            )
+
+        return self._in_order(session, lambda: self.store.transaction(tx))
+
+    def waiters(self) -> defer.Deferred[int]:
+        """How many lock requests wait, through every meta server (for tests and /health)."""
+
+        def tx(conn: Any) -> int:
+            return int(conn.execute("SELECT count(*) FROM lock_waiter").fetchone()[0])
+
+        return self.store.transaction(tx)  # type: ignore[no-any-return]
 
     def unlock(
         self, session: int, ino: int, owner: Any, start: int, length: int
@@ -460,7 +511,7 @@ class PgSharedState(BreakBook):
             old = await self._share_inode(session, sid)
             if old is not None and old != ino:
                 await self._change(old, self._closer(session, sid))
-            await self._change(ino, apply)
+            await self._change(ino, apply, not reclaim)
 
         return self._in_order(session, lambda: defer.Deferred.fromCoroutine(run()))
 
@@ -671,6 +722,9 @@ class PgSharedState(BreakBook):
             elif kind == "B" and parts[2] == self.boot:
                 bid, s, ino = (int(x, 16) for x in parts[3:6])
                 self._break_here(bid, s, ino, parts[6], parts[0])
+            elif kind == "G":
+                if self.clients is not None:
+                    self.clients.refresh()
             elif kind == "A" and parts[2] == self.boot:
                 self._acked(int(parts[3], 16), int(parts[4], 16))
         except (IndexError, ValueError):
@@ -732,17 +786,31 @@ class PgSharedState(BreakBook):
         if self.clients is not None:
             self.clients.session_lost(session)
 
-    def _expire(self, session: int) -> None:
+    def _expire(self, session: int) -> defer.Deferred[None]:
+        """
+        C{session}'s gateway is gone. In three steps, as one meta server does in
+        one: the grace begins (new state is refused; its clients' reclaims are
+        still told to wait), its locks and shares through this server go, and
+        only then may its clients reclaim (a reclaim before the drop would
+        conflict with the very state it reclaims).
+        """
         self._gone.pop(session, None)
-        if self.clients is not None:
-            self.clients.session_gone(session)
         self._log.info(
             "gateway session {session:x} gone: its locks and leases through this server go",
             session=session,
         )
-        self._drop(session, self.boot).addErrback(
-            lambda f: self._log.warn("dropping a gone session failed: {why}", why=str(f.value))
-        )
+
+        async def run() -> None:
+            if self.clients is not None:
+                await self.clients.grace_begins(session)
+            try:
+                await self._drop(session, self.boot)
+            except Exception as e:
+                self._log.warn("dropping a gone session failed: {why}", why=str(e))
+            if self.clients is not None:
+                await self.clients.session_gone(session)
+
+        return defer.Deferred.fromCoroutine(run())
 
     def reset(self, session: int) -> defer.Deferred[None]:
         """SESSION_RESET: drop everything of C{session}, through whichever server it held it."""
@@ -759,8 +827,11 @@ class PgSharedState(BreakBook):
                 self._notify(conn, "H", f"{ino:x}")
             return [(ino, self._holdings(conn, ino)) for ino in inos]
 
+        def unwait(conn: Any) -> None:
+            conn.execute(f"DELETE FROM lock_waiter WHERE {where}", params)
+
         async def run() -> None:
-            self.waits.drop_session(session)
+            await self.store.transaction(unwait)
             inos = await self._inos_of(where, params)
             await self._each_inode(inos, lambda v: v.drop_session(session, server))
             for ev in await self.store.transaction(leases):
@@ -772,6 +843,8 @@ class PgSharedState(BreakBook):
 
     def start(self) -> None:
         """The store is open: announce this server, and watch for dead ones."""
+        if self.clients is not None:
+            self.clients.refresh()
         self._tick()
 
     def _tick(self) -> None:
@@ -788,7 +861,7 @@ class PgSharedState(BreakBook):
 
         d.addBoth(again)
 
-    def _beat_tx(self, conn: Any) -> tuple[list[str], list[Any], list[Any]]:
+    def _beat_tx(self, conn: Any) -> tuple[list[str], list[Any], list[Any], bool]:
         """Renew our row; reap the rows of servers not seen for C{dead_after} seconds."""
         conn.execute(
             "INSERT INTO meta_server (boot) VALUES (%s)"
@@ -805,6 +878,7 @@ class PgSharedState(BreakBook):
         ]
         lock_events: list[Any] = []
         lease_events: list[Any] = []
+        grace = False
         for boot in dead:
             inos = sorted(
                 r[0]
@@ -827,11 +901,16 @@ class PgSharedState(BreakBook):
             for ino in sorted({r[0] for r in rows}):
                 self._notify(conn, "H", f"{ino:x}")
                 lease_events.append((ino, self._holdings(conn, ino)))
+            conn.execute("DELETE FROM lock_waiter WHERE server = %s", (boot,))
+            if self.clients is not None and self.clients.reap_tx(conn, boot):
+                grace = True
             conn.execute("DELETE FROM meta_server WHERE boot = %s", (boot,))
-        return dead, lock_events, lease_events
+        return dead, lock_events, lease_events, grace
 
-    def _reaped(self, out: tuple[list[str], list[Any], list[Any]]) -> None:
-        dead, lock_events, lease_events = out
+    def _reaped(self, out: tuple[list[str], list[Any], list[Any], bool]) -> None:
+        dead, lock_events, lease_events, grace = out
+        if grace:
+            self.clients.refresh()
         self.reaped.extend(dead)
         for boot in dead:
             self._log.warn(

@@ -203,11 +203,14 @@ class PoolTests(SynchronousTestCase):
         d = pool.acquire()
         conn = self.finish_connect()
         self.successResultOf(d).release()
+        self.assertFalse(pool.suspect)
         conn.lose()
         self.assertEqual(pool.open_count, 0)
+        self.assertTrue(pool.suspect, "a connection the node dropped makes it suspect")
         d2 = pool.acquire()
         self.assertEqual(len(self.attempts), 2)
         self.finish_connect()
+        self.assertFalse(pool.suspect, "until a connection is made again")
         self.successResultOf(d2).release()
 
     def test_stop_fails_waiters(self) -> None:

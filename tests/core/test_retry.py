@@ -16,12 +16,17 @@ class FakeBreaker:
     available = True
 
 
+class FakePool:
+    suspect = False
+
+
 class FakeNode:
     def __init__(self, name: str, outcomes: list[Any]) -> None:
         self.name = name
         self.outcomes = outcomes
         self.calls = 0
         self.breaker = FakeBreaker()
+        self.pool = FakePool()
 
     def call(self, fn: Any) -> defer.Deferred[Any]:
         self.calls += 1
@@ -64,6 +69,25 @@ class FailoverTests(SynchronousTestCase):
         f = self.failover(a, b)
         self.successResultOf(f.call(lambda v: v, idempotent=True))
         self.assertEqual((a.calls, b.calls), (0, 1))
+
+    def test_suspect_node_tried_after_healthy_ones(self) -> None:
+        """
+        A node that dropped our connections (its server killed) goes after the
+        healthy ones at once, its circuit still closed: the first call after the
+        drop goes to the next node, not to the dead one first.
+        """
+        a = FakeNode("a", [])
+        b = FakeNode("b", [])
+        f = self.failover(a, b)
+        self.successResultOf(f.call(lambda v: v, idempotent=True))
+        self.assertEqual((a.calls, b.calls), (1, 0))
+        a.pool.suspect = True
+        self.successResultOf(f.call(lambda v: v, idempotent=False))
+        self.assertEqual((a.calls, b.calls), (1, 1))
+        # Suspect, yet before an open circuit.
+        b.breaker.available = False
+        self.successResultOf(f.call(lambda v: v, idempotent=True))
+        self.assertEqual((a.calls, b.calls), (2, 1))
 
     def test_backoff_between_rounds(self) -> None:
         """After every node failed, the next round waits the jittered delay."""
@@ -114,6 +138,27 @@ class FailoverTests(SynchronousTestCase):
         self.failureResultOf(d, defer.CancelledError)
         self.clock.advance(10)
         self.assertEqual(a.calls, 1)
+
+    def test_stop_ends_backoff_wait(self) -> None:
+        """A backend closing mid back-off: the call fails with its own error, no timer is left."""
+        a = FakeNode("a", [Timeout(), "late"])
+        f = self.failover(a)
+        d = f.call(lambda v: v, idempotent=True)
+        self.assertNoResult(d)
+        self.assertTrue(self.clock.getDelayedCalls())
+        f.stop()
+        self.failureResultOf(d, Timeout)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(a.calls, 1)
+
+    def test_no_retry_after_stop(self) -> None:
+        """Calls failing after stop() are not retried later (they would outlive the backend)."""
+        a = FakeNode("a", [Timeout(), "late"])
+        f = self.failover(a)
+        f.stop()
+        d = f.call(lambda v: v, idempotent=True)
+        self.failureResultOf(d, Timeout)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class OpenCircuitTests(SynchronousTestCase):

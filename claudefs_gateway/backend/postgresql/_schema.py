@@ -39,6 +39,14 @@ C{shared_inode} (one row per inode with locks or shares: the row a change of
 that inode's locks takes C{FOR UPDATE}) and C{meta_server} (each running meta
 server's boot id and when it was last seen, so the others can reap the rows of
 one that died).
+
+Version 4, the client records, their grace and the blocked lock requests of every
+gateway, shared by the meta servers (L{claudefs_gateway.servers.clients_pg},
+L{claudefs_gateway.servers.shared_pg}): C{client_record}, C{grace} and
+C{lock_waiter} of version 2 are made again in the shape they have there, with
+C{session_lost} (gateway sessions whose subscription went, not yet declared gone).
+The one C{grace} row always exists: every change of client records takes it
+C{FOR UPDATE} first, which orders them across meta servers.
 """
 
 from __future__ import annotations
@@ -252,11 +260,50 @@ CREATE INDEX lease_session ON lease (session);
 CREATE INDEX lease_server ON lease (server);
 """
 
+_V4 = """
+DROP TABLE lock_waiter;
+DROP TABLE grace;
+DROP TABLE client_record;
+CREATE TABLE client_record (
+    protocol text NOT NULL,
+    client bytea NOT NULL,
+    session bigint NOT NULL,
+    server text NOT NULL,
+    reclaimable boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (protocol, client)
+);
+CREATE INDEX client_record_session ON client_record (session);
+CREATE INDEX client_record_server ON client_record (server);
+CREATE TABLE session_lost (
+    session bigint PRIMARY KEY,
+    server text NOT NULL
+);
+CREATE TABLE grace (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    ends_at timestamptz
+);
+INSERT INTO grace (one, ends_at) VALUES (true, NULL);
+CREATE TABLE lock_waiter (
+    session bigint NOT NULL,
+    protocol text NOT NULL,
+    client bytea NOT NULL,
+    owner bytea NOT NULL,
+    ino bigint NOT NULL,
+    start_off numeric NOT NULL,
+    length numeric NOT NULL,
+    exclusive boolean NOT NULL,
+    server text NOT NULL,
+    PRIMARY KEY (session, protocol, client, owner)
+);
+CREATE INDEX lock_waiter_server ON lock_waiter (server);
+"""
+
 #: (version, what it does, SQL). Never edit a released one: add the next.
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "namespace: inodes, entries, xattrs, usage, quotas, state", _V1),
     (2, "shared state: client records, locks, waiters, shares, leases, grace", _V2),
     (3, "shared state of several meta servers: locks, shares, leases, live servers", _V3),
+    (4, "shared client records, grace and lock waiters of several meta servers", _V4),
 )
 LATEST = MIGRATIONS[-1][0]
 

@@ -344,6 +344,9 @@ class RemoteBackend:
             self._events_loop = None
         if events is not None:
             events.close()
+        self._meta.stop()
+        for failover in self._data.values():
+            failover.stop()
         for node in self._meta_nodes + self._data_nodes:
             node.pool.stop()
             node.breaker.stop()

@@ -336,18 +336,22 @@ class CrossGatewayDeadlockTests(TestCase):
         owner lets 42 go.
         """
         cluster, a, b = await self.gateways()
-        assert cluster.meta is not None and cluster.meta.factory is not None
-        waits = cluster.meta.factory.handler.shared.waits.waits
         nlm = LockOwner("nlm", "host-a", b"1")
         smb = LockOwner("smb", b"sess", b"fid")
         await a.locks.lock(41, nlm, 0, 10, True)
         await b.locks.lock(42, smb, 0, 10, True)
         waiting = a.locks.lock(42, nlm, 0, 10, True, wait=True)
-        await until(lambda: waits, "A's wait registered at the meta server")
+        await self.waiters(cluster, 1, "A's wait registered at the meta server")
         self.assertFalse(waiting.called)
         with self.assertRaises(errors.Deadlock):
             await b.locks.lock(41, smb, 5, 1, True, wait=True)
         b.locks.unlock(42, smb, 0, 10)
         got = await waiting
         self.assertEqual((got.start, got.length), (0, 10))
-        await until(lambda: not waits, "A's wait over at the meta server")
+        await self.waiters(cluster, 0, "A's wait over at the meta server")
+
+    async def waiters(self, cluster: Any, n: int, what: str) -> None:
+        """Until C{n} lock requests wait at the meta server."""
+        assert cluster.meta is not None and cluster.meta.factory is not None
+        waits = cluster.meta.factory.handler.shared.waits.waits
+        await until(lambda: len(waits) == n, what)

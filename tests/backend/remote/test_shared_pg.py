@@ -137,30 +137,109 @@ class TwoServersSharedStateTests(base.SharedStateTests):
                 gw.leases.acknowledge(lease, holder.breaks[-1][1])
         await until(lambda: recall.called, "the recall answered by both acknowledgements")
 
-    async def test_grace_is_per_meta_server(self) -> None:
+    async def gateway_on(self, cluster: Cluster, *servers: Any) -> Gateway:
+        c = Gateway(cluster.backend(SETTINGS, metas=list(servers)))
+        self.addCleanup(c.stop)
+        await c.backend.open()
+        self.addCleanup(c.backend.close)
+        await until(lambda: c.backend._events is not None, "subscribed")
+        return c
+
+    async def test_grace_crosses_meta_servers(self) -> None:
         """
-        A cross-gateway grace refuses new locks through the meta server that keeps
-        it (PgSharedState checks its own client records), not through another
-        (docs/postgresql.rst: client records and grace stay per meta server).
+        A gateway C with a client, on meta server 1, goes: gateway B on server 2
+        is told the client's reclaim must wait, then that it may reclaim, and
+        meanwhile refuses new locks (so does server 2 itself); the client's
+        RECLAIM_COMPLETE through B ends the grace everywhere.
         """
-        _, a, b = await self.gateways()
-        s1 = self.shared(0)
-        real = s1.clients
+        cluster, a, b = await self.gateways()
+        s1, s2 = self.shared(0), self.shared(1)
+        s1.linger = 60.0
+        c = await self.gateway_on(cluster, self.servers[0])
+        assert c.locks.clients is not None and b.locks.clients is not None
+        clients_b = b.locks.clients
+        c.locks.clients.note("nfs4", b"client-c")
+        await c.locks.link._tail
+        await c.backend.close()
+        await until(lambda: ("nfs4", b"client-c") in clients_b.pending, "B: C may be gone")
+        self.assertFalse(clients_b.in_grace)
+        [gone] = s1._gone.values()
+        gone.reset(0)  # C's linger time at server 1 runs out now
+        # The grace begins first, C's client still told to wait; once C's open is
+        # dropped, the client may reclaim.
+        await until(lambda: clients_b.may_reclaim("nfs4", b"client-c"), "B: C's client may reclaim")
+        self.assertFalse(clients_b.pending)
+        self.assertTrue(s2.clients.in_grace)
+        with self.assertRaises(errors.Grace):
+            await b.locks.lock(63, LockOwner("nlm", "hb", b"1"), 0, 0, True)
+        # Server 2 refuses too, whatever its gateway believes (checked in the transaction).
+        with self.assertRaises(errors.Grace):
+            await b.backend.shared_call("LOCK", (63, ("nlm", b"hb", b"1"), 0, 0, True, False))
+        with self.assertRaises(errors.Grace):
+            await a.locks.lock(64, LockOwner("nlm", "ha", b"1"), 0, 0, True)
+        await b.locks.lock(65, LockOwner("nfs4", b"client-c", b"o"), 0, 0, True, reclaim=True)
+        clients_b.reclaimed("nfs4", b"client-c")
+        await until(lambda: not clients_b.in_grace and not a.locks.clients.in_grace, "over")
+        self.assertFalse(s1.clients.in_grace or s2.clients.in_grace)
+        await b.locks.lock(63, LockOwner("nlm", "hb", b"1"), 0, 0, True)
 
-        class InGrace:
-            in_grace = True
+    async def test_grace_runs_out(self) -> None:
+        """A grace nobody reclaims in ends after meta_store.grace_secs, at every server."""
+        cluster, a, b = await self.gateways()
+        s1, s2 = self.shared(0), self.shared(1)
+        s1.linger = 0.1
+        s1.clients.grace = 0.5
+        c = await self.gateway_on(cluster, self.servers[0])
+        assert c.locks.clients is not None
+        c.locks.clients.note("nlm", b"host-c")
+        await c.locks.link._tail
+        await c.backend.close()
+        await until(lambda: s2.clients.in_grace, "grace at server 2")
+        await until(lambda: not s2.clients.in_grace and not s1.clients.in_grace, "grace over")
+        await until(lambda: not b.locks.clients.in_grace, "B hears it is over")
+        self.assertFalse(s2.clients.may_reclaim("nlm", b"host-c"))
+        await b.locks.lock(66, LockOwner("nlm", "hb", b"1"), 0, 0, True)
 
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real, name)
+    async def test_dead_server_clients_may_reclaim(self) -> None:
+        """
+        Meta server 1 dies with gateway C (its only server) and C's client: when
+        server 2 reaps server 1, the client may reclaim through B, in a grace.
+        """
+        cluster, _, b = await self.gateways()
+        s2 = self.shared(1)
+        s2.dead_after = 0.5
+        s2.heartbeat = 0.1
+        c = await self.gateway_on(cluster, self.servers[0])
+        assert c.locks.clients is not None and b.locks.clients is not None
+        c.locks.clients.note("nfs4", b"client-c")
+        await c.locks.link._tail
+        gone = self.shared(0).boot
+        await self.servers[0].stopService()
+        await until(lambda: gone in s2.reaped, "server 1 reaped")
+        await until(lambda: b.locks.clients.may_reclaim("nfs4", b"client-c"), "B: may reclaim")
+        with self.assertRaises(errors.Grace):
+            await b.locks.lock(67, LockOwner("nlm", "hb", b"1"), 0, 0, True)
 
-        s1.clients = InGrace()
-        try:
-            with self.assertRaises(errors.Grace):
-                await a.locks.lock(61, LockOwner("nlm", "ha", b"1"), 0, 0, True)
-            await a.locks.lock(61, LockOwner("nlm", "ha", b"1"), 0, 0, True, reclaim=True)
-            await b.locks.lock(62, LockOwner("nlm", "hb", b"1"), 0, 0, True)
-        finally:
-            s1.clients = real
+    async def test_failover_takes_client_records_along(self) -> None:
+        """
+        Gateway C on [1, 2] with a client; server 1 dies. C fails over to server
+        2 and sends its clients again, so reaping server 1 starts no grace.
+        """
+        cluster, _, b = await self.gateways()
+        s2 = self.shared(1)
+        s2.dead_after = 0.5
+        s2.heartbeat = 0.1
+        c = await self.gateway_on(cluster, *self.servers)
+        assert c.locks.clients is not None and b.locks.clients is not None
+        c.locks.clients.note("nfs4", b"client-c")
+        await c.locks.link._tail
+        gone = self.shared(0).boot
+        await self.servers[0].stopService()
+        await until(lambda: gone in s2.reaped, "server 1 reaped")
+        await pause(0.2)
+        self.assertFalse(s2.clients.in_grace)
+        self.assertFalse(b.locks.clients.in_grace)
+        await b.locks.lock(68, LockOwner("nlm", "hb", b"1"), 0, 0, True)
 
     async def test_lease_grant_decided_in_the_database(self) -> None:
         """LEASE_GRANT through two meta servers: W for one session only, counted as held."""
@@ -175,20 +254,27 @@ class TwoServersSharedStateTests(base.SharedStateTests):
 
 class PgDeadlockTests(base.CrossGatewayDeadlockTests):
     """
-    Deadlock detection through L{PgSharedState}: both gateways on one meta server
-    over PostgreSQL (waits stay per meta server; the locks are read from the database).
+    Deadlock detection through L{PgSharedState}: gateway A on meta server 1 and B
+    on meta server 2, the waits in the database (C{lock_waiter}).
     """
 
-    async def gateways(self) -> tuple[Cluster, Gateway, Gateway]:  # type: ignore[override]
-        cluster = Cluster(self, meta_store=postgres.meta_store_config(postgres.new_schema(self)))
-        await cluster.start()
-        out = []
-        for _ in range(2):
-            b = cluster.backend(SETTINGS)
-            gw = Gateway(b)
-            self.addCleanup(gw.stop)
-            await b.open()
-            self.addCleanup(b.close)
-            await until(lambda b=b: b._events is not None, "subscribed")
-            out.append(gw)
-        return cluster, out[0], out[1]
+    gateways = TwoServersSharedStateTests.gateways
+    shared = TwoServersSharedStateTests.shared
+
+    async def waiters(self, cluster: Any, n: int, what: str) -> None:
+        for _ in range(500):
+            if await self.shared(1).waiters() == n:
+                return
+            await pause()
+        raise AssertionError(f"never: {what}")
+
+    async def test_gone_session_waits_dropped(self) -> None:
+        """A SESSION_RESET drops the session's waits, through whichever server it waited."""
+        cluster, a, b = await self.gateways()
+        nlm = LockOwner("nlm", "host-a", b"1")
+        await b.locks.lock(43, LockOwner("smb", b"s", b"f"), 0, 10, True)
+        await a.backend.shared_call("LOCK_WAIT", (43, ("nlm", b"host-a", b"1"), 0, 10, True))
+        await self.waiters(cluster, 1, "A waits")
+        await a.backend.shared_call("SESSION_RESET")
+        await self.waiters(cluster, 0, "A's wait dropped")
+        del nlm
