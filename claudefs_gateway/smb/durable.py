@@ -16,7 +16,9 @@ instead (there is nobody to send a break to). LOGOFF and TREE_DISCONNECT
 close durable opens like any other.
 
 A disconnected open is written to the backend's state store (C{vfs.set_state},
-key C{smb.durable.<persistent id>}), with an index, so that a gateway
+key C{smb.durable.<persistent id>}), listed in this gateway instance's own
+index (C{smb.durable.index.<instance>}: several gateways on one meta server
+never write each other's), so that a gateway
 restarted within the timeout still honours the reconnect: the open is made
 again from the record (the file by inode, the share reservation, the lease or
 oplock if they can be granted again). What a restart loses: byte-range locks
@@ -27,15 +29,18 @@ with SMB2_DHANDLE_FLAG_PERSISTENT on a continuously available share is
 granted whatever the open caches. Its record (the open, its share mode, its
 lease, its byte-range locks) is written to the state store when it is granted
 and again whenever its locks or lease change, not only when its connection
-drops, and listed under C{smb.persistent.index} with the gateway instance
-keeping it: a gateway killed with C{-9} leaves it behind. Every gateway
+drops, and listed in the keeping instance's own C{smb.persistent.index.<instance>}
+(only it writes that key, so concurrent grants of several gateways lose no
+entry): a gateway killed with C{-9} leaves it behind. Every gateway
 serving a CA share beats in the store; one that finds an instance's beat
 stopped (L{Durability.recover}, at its start and at each beat) makes every
 open of that instance again, disconnected: its share reservation and locks
 held in the lock table (the meta server's, shared by every gateway on it), so
 other clients stay out of the file, until the reconnect or the timeout,
 counted from the takeover. While the killed gateway's own reservations still
-linger at the meta server (C{meta_store.linger_secs}) it retries each second. A
+linger at the meta server (C{meta_store.linger_secs}) it retries when the lock
+table reports a change on the file (the meta server's release), at least
+each second. A
 break of a disconnected persistent open's lease or oplock lowers it without
 an acknowledgement (nobody to send it to) instead of closing the open, so its
 share mode and locks still keep others out.
@@ -76,8 +81,19 @@ V2_DEFAULT_TIMEOUT = 60.0
 #: The most a v2 request gets (Samba's and Windows' cap).
 V2_MAX_TIMEOUT = 300.0
 SMB2_DHANDLE_FLAG_PERSISTENT = 0x00000002
+#: The previous format's one durable index, written whole by every gateway (read only now).
 _INDEX_KEY = "smb.durable.index"
+#: Each gateway instance's own durable index (written by it alone), and the
+#: instances that have one.
+_MY_INDEX_KEY = "smb.durable.index.{}"
+_DGATEWAYS_KEY = "smb.durable.gateways"
+#: The previous format's one shared persistent index (read, never written now).
 _PINDEX_KEY = "smb.persistent.index"
+#: Each gateway instance's own list of the persistent records it keeps: written
+#: whole by that instance alone, so no other gateway's write can lose an entry.
+_MY_PINDEX_KEY = "smb.persistent.index.{}"
+#: The instances that ever kept persistent records (a takeover looks at their lists).
+_GATEWAYS_KEY = "smb.persistent.gateways"
 #: Seconds between attempts to take a persistent open's reservations back at a
 #: start, while the killed gateway's still linger at the meta server.
 RETAKE_INTERVAL = 1.0
@@ -235,14 +251,26 @@ class Durability:
         self._index: set[int] = set()
         self._index_loaded = False
         self.started = factory.reactor.seconds()
-        # Persistent opens: the ids this gateway keeps records of, the index's
-        # read-modify-write (one at a time here), the records a start is still
+        # Persistent opens: the ids this gateway keeps records of, the writes
+        # of its own index (one at a time), the records a start is still
         # taking back (their reservations linger at the meta server), and who
         # waits for the start's reading of the index.
         self._persisted: set[int] = set()
         self._plock = defer.DeferredLock()
         self.retaking: dict[int, list[defer.Deferred[None]]] = {}
         self._recovered: list[defer.Deferred[None]] | None = None
+        # Named in the list of gateways yet; every name seen there (a name
+        # lost to a concurrent write of that list is still looked at); a dead
+        # instance's records not yet taken here.
+        self._registered = False
+        self._dlock = defer.DeferredLock()
+        # What load_index read of other instances' durable indexes (and of the
+        # previous format's): pruned at the sweep if no one changed them.
+        self._loaded_lists: dict[str, bytes | None] = {}
+        self._known: set[str] = set()
+        # Names listed with no list of records (at the last reading).
+        self._listless: set[str] = set()
+        self._dead_left: dict[str, set[int]] = {}
         # This gateway's instance (named in the index beside its records), its
         # beat, and what it saw of others' beats (counter, when it last moved).
         self.instance = os.urandom(8).hex()
@@ -439,10 +467,53 @@ class Durability:
         self._write_index()
 
     def _write_index(self) -> None:
+        if self.factory.vfs is not None:
+            self._track(defer.Deferred.fromCoroutine(self._write_dindex()))
+
+    async def _write_dindex(self) -> None:
+        """
+        Write this instance's durable index (its own key, from memory: other
+        gateways on the meta server write theirs, never this one), first
+        making sure its name is in C{smb.durable.gateways}. That list is
+        read-modify-written: a name dropped by another gateway's write at the
+        same instant is put back at this instance's next write. One write at a
+        time, so the last lands last.
+        """
         vfs = self.factory.vfs
-        if vfs is not None:
-            blob = json.dumps(sorted(self._index)).encode()
-            self._track(vfs.set_state(_INDEX_KEY, blob))
+        assert vfs is not None
+        async with self._dlock:
+            blob = json.dumps(sorted(self._index)).encode() if self._index else None
+            if blob is None:
+                # Nothing to find: the name may go (a sweep takes it then).
+                await vfs.set_state(_MY_INDEX_KEY.format(self.instance), None)
+                return
+            await self._name_in(_DGATEWAYS_KEY)
+            await vfs.set_state(_MY_INDEX_KEY.format(self.instance), blob)
+            # Looked at again after: a write of the list begun by another
+            # gateway before this one's landed may have dropped it.
+            await self._name_in(_DGATEWAYS_KEY)
+
+    async def _name_in(self, key: str, also: frozenset[str] = frozenset()) -> None:
+        """This instance's name (and C{also}) in the list of gateways under C{key}."""
+        names = await self._read_names(key)
+        if self.instance not in names or not also <= names:
+            await self._write_names(key, names | {self.instance} | also)
+
+    async def _read_names(self, key: str) -> set[str]:
+        vfs = self.factory.vfs
+        assert vfs is not None
+        raw = await vfs.get_state(key)
+        try:
+            got = json.loads(raw) if raw else []
+            return {str(g) for g in got}
+        except (ValueError, TypeError):
+            self._log.warn("smb: unreadable list of gateways; ignored", key=key)
+            return set()
+
+    async def _write_names(self, key: str, names: set[str]) -> None:
+        vfs = self.factory.vfs
+        assert vfs is not None
+        await vfs.set_state(key, json.dumps(sorted(names)).encode() if names else None)
 
     # -- persistent opens ------------------------------------------------------------------
 
@@ -462,7 +533,7 @@ class Durability:
         writes = [vfs.set_state(self._key(pid), json.dumps(self._record(op)).encode())]
         if pid not in self._persisted:
             self._persisted.add(pid)
-            writes.append(defer.Deferred.fromCoroutine(self._update_pindex(add=pid)))
+            writes.append(defer.Deferred.fromCoroutine(self._write_pindex()))
         for w in writes:
             self._track(w)
         return defer.gatherResults(writes, consumeErrors=True).addBoth(lambda _: None)
@@ -473,35 +544,107 @@ class Durability:
         if vfs is None:
             return
         self._track(vfs.set_state(self._key(pid), None))
-        self._track(defer.Deferred.fromCoroutine(self._update_pindex(drop=pid)))
+        self._track(defer.Deferred.fromCoroutine(self._write_pindex()))
 
-    async def _update_pindex(self, add: int | None = None, drop: int | None = None) -> None:
+    async def _write_pindex(self) -> None:
         """
-        The shared index of persistent records (persistent id -> the gateway
-        instance keeping it), read, changed and written again: other gateways
-        on the meta server keep theirs in it too.
+        Write this instance's list of persistent records (its own key, from
+        memory: nobody else writes it, so nothing read-modify-written can be
+        lost), having first named this instance in the list of gateways.
+        Writes are one at a time, so the last one lands last.
         """
         vfs = self.factory.vfs
         assert vfs is not None
         async with self._plock:
-            index = await self._read_pindex()
-            if add is not None:
-                index[add] = self.instance
-            if drop is not None:
-                index.pop(drop, None)
-            blob = json.dumps({f"{p}": g for p, g in sorted(index.items())}).encode()
-            await vfs.set_state(_PINDEX_KEY, blob)
+            await self._register()
+            blob = json.dumps(sorted(self._persisted)).encode() if self._persisted else None
+            await vfs.set_state(_MY_PINDEX_KEY.format(self.instance), blob)
+            # Looked at again after the list is written: a write of the list
+            # of gateways begun by another before this one's landed may have
+            # dropped it (and the beat looks again each time).
+            await self._name_in(_GATEWAYS_KEY)
+
+    async def _register(self) -> None:
+        """
+        Name this instance in C{smb.persistent.gateways} (once; after each
+        write of its list and at each beat it looks again). That list is
+        read-modify-written (the state store has no conditional write), so
+        two gateways writing it at one instant can drop each other's name:
+        the one dropped puts itself back, and a taker keeps every name it has
+        seen (L{_read_pindex}).
+        """
+        if self._registered:
+            return
+        await self._name_in(_GATEWAYS_KEY)
+        self._registered = True
+
+    async def _read_gateways(self) -> set[str]:
+        return await self._read_names(_GATEWAYS_KEY)
+
+    async def _write_gateways(self, names: set[str]) -> None:
+        await self._write_names(_GATEWAYS_KEY, names)
 
     async def _read_pindex(self) -> dict[int, str]:
+        """
+        Every persistent record in the store and the instance keeping it:
+        each listed instance's own list, and what the previous format's one
+        shared index still names (a gateway of the previous version, or
+        records it left).
+        """
         vfs = self.factory.vfs
         assert vfs is not None
+        index: dict[int, str] = {}
         raw = await vfs.get_state(_PINDEX_KEY)
         try:
             got = json.loads(raw) if raw else {}
-            return {int(p): str(g) for p, g in got.items()}
+            index.update({int(p): str(g) for p, g in got.items()})
         except (ValueError, TypeError, AttributeError):
             self._log.warn("smb: unreadable persistent handle index; ignored")
-            return {}
+        names = await self._read_gateways()
+        if self._registered and self.instance not in names:
+            # Dropped by another gateway's write of the list: back in.
+            self._write_gateways_later(names | {self.instance})
+        self._known |= names
+        self._listless = set()
+        for inst in sorted(self._known):
+            raw = await vfs.get_state(_MY_PINDEX_KEY.format(inst))
+            if raw is None:
+                # No records (yet, or any more): nothing of it to lose.
+                self._known.discard(inst)
+                if inst in names and inst != self.instance:
+                    self._listless.add(inst)
+                continue
+            try:
+                pids = json.loads(raw) if raw else []
+                index.update({int(p): inst for p in pids})
+            except (ValueError, TypeError):
+                self._log.warn("smb: unreadable persistent handle index; ignored", gateway=inst)
+        return index
+
+    def _write_gateways_later(self, names: set[str]) -> None:
+        self._track(defer.Deferred.fromCoroutine(self._write_gateways(names)))
+
+    def _disowned(self, owner: str, pid: int) -> None:
+        """
+        A dead instance's record is taken here (or dropped): when none of
+        its records is left to take, its list and its name go.
+        """
+        left = self._dead_left.get(owner)
+        if left is None:
+            return
+        left.discard(pid)
+        if left:
+            return
+        del self._dead_left[owner]
+        vfs = self.factory.vfs
+        assert vfs is not None
+        self._track(vfs.set_state(_MY_PINDEX_KEY.format(owner), None))
+        self._track(defer.Deferred.fromCoroutine(self._forget_gateway(owner)))
+
+    async def _forget_gateway(self, owner: str) -> None:
+        names = await self._read_gateways()
+        if owner in names:
+            await self._write_gateways(names - {owner})
 
     def when_recovered(self) -> defer.Deferred[None]:
         """Fires once a start's L{recover} knows which records it is taking back."""
@@ -620,10 +763,21 @@ class Durability:
         try:
             vfs = await self.factory.get_vfs()
             index = await self._read_pindex()
-            dead = await self._dead({g for g in index.values() if g != self.instance})
+            dead = await self._dead(
+                {g for g in index.values() if g != self.instance} | self._listless
+            )
+            for inst in sorted(dead & self._listless):
+                # A dead instance with nothing left to take: its name goes.
+                self._track(defer.Deferred.fromCoroutine(self._forget_gateway(inst)))
             found = 0
             for pid, owner in sorted(index.items()):
-                if owner not in dead or pid in self.by_id or pid in self.retaking:
+                if owner in dead:
+                    self._dead_left.setdefault(owner, set()).add(pid)
+            for pid, owner in sorted(index.items()):
+                if owner not in dead or pid in self.retaking:
+                    continue
+                if pid in self.by_id:
+                    self._disowned(owner, pid)
                     continue
                 raw = await vfs.get_state(self._key(pid))
                 try:
@@ -631,7 +785,8 @@ class Durability:
                 except ValueError:
                     rec = None
                 if not isinstance(rec, dict) or not rec.get("persistent"):
-                    self._track(defer.Deferred.fromCoroutine(self._update_pindex(drop=pid)))
+                    self._drop_legacy(pid)
+                    self._disowned(owner, pid)
                     continue
                 found += 1
                 self.retaking[pid] = []
@@ -667,6 +822,24 @@ class Durability:
                 dead.add(inst)
         return dead
 
+    def _drop_legacy(self, pid: int) -> None:
+        """A record gone: out of the previous format's shared index, if it names it."""
+        vfs = self.factory.vfs
+        assert vfs is not None
+
+        async def drop() -> None:
+            raw = await vfs.get_state(_PINDEX_KEY)
+            try:
+                got = json.loads(raw) if raw else {}
+            except ValueError:
+                got = {}
+            if not isinstance(got, dict) or f"{pid}" not in got:
+                return
+            del got[f"{pid}"]
+            await vfs.set_state(_PINDEX_KEY, json.dumps(got).encode() if got else None)
+
+        self._track(defer.Deferred.fromCoroutine(drop()))
+
     def _release_recovered(self) -> None:
         waiting, self._recovered = self._recovered or [], None
         for w in waiting:
@@ -689,6 +862,7 @@ class Durability:
         self, pid: int, rec: dict[str, Any], deadline: float, owner: str, last: bytes | None
     ) -> None:
         clock = self.factory.reactor
+        done = True
         try:
             while True:
                 try:
@@ -697,12 +871,14 @@ class Durability:
                     if await self._revived(owner, last):
                         # Its gateway was slow, not dead: the open stays its.
                         self._log.info("smb: a persistent handle's gateway beats again: left")
+                        done = False
+                        self._dead_left.pop(owner, None)
                         return
                     if clock.seconds() + RETAKE_INTERVAL >= deadline:
                         self._log.info("smb: a persistent handle's file stayed busy: dropped")
                         self._unpersist(pid)
                         return
-                    await task.deferLater(clock, RETAKE_INTERVAL, lambda: None)
+                    await self._wait_free(int(rec["ino"]), RETAKE_INTERVAL)
                     continue
                 except (KeyError, ValueError, TypeError):
                     self._log.warn("smb: unreadable persistent handle record: dropped", pid=pid)
@@ -712,13 +888,41 @@ class Durability:
                     self._unpersist(pid)
                     return
                 op.expiry = clock.callLater(max(0.0, deadline - clock.seconds()), self._expired, op)
-                # Ours now: the record and the index say so.
+                # Ours now: the record and this instance's list say so (and
+                # the dead one's list goes once all of it is taken).
                 self._persisted.discard(pid)
                 await self.persist(op)
                 return
         finally:
+            if done:
+                self._drop_legacy(pid)
+                self._disowned(owner, pid)
             for w in self.retaking.pop(pid, []):
                 w.callback(None)
+
+    async def _wait_free(self, ino: int, timeout: float) -> None:
+        """
+        Until a lock or reservation on C{ino} is let go (the lock table's
+        notification: with C{backend: remote}, the meta server's change event,
+        as when it releases a killed gateway's lingering ones), or C{timeout}
+        seconds at most: the retake knocks again at once, not up to a second
+        later, so the gap in which another client could get in is one event's
+        way from the meta server.
+        """
+        clock = self.factory.reactor
+        waits: list[defer.Deferred[None]] = [task.deferLater(clock, timeout, lambda: None)]
+        locks = self.factory.files.locks
+        if locks is not None:
+            try:
+                waits.append(locks.notify_when_free(ino))
+            except errors.NoLock:
+                pass  # too many waiting on it already: the timer alone
+        try:
+            await defer.DeferredList(waits, fireOnOneCallback=True, consumeErrors=True)
+        finally:
+            for w in waits:
+                if not w.called:
+                    w.cancel()
 
     def flush(self) -> defer.Deferred[Any]:
         """Fires once every state write issued so far is done (the service waits at stop)."""
@@ -737,23 +941,57 @@ class Durability:
         vfs = self.factory.vfs
         if vfs is None:
             return
-        try:
-            raw = await vfs.get_state(_INDEX_KEY)
-            pids = [int(p) for p in json.loads(raw)] if raw else []
-        except (ValueError, TypeError):
-            self._log.warn("smb: unreadable durable handle index; ignored")
-            pids = []
+        # The previous format's one index, and every instance's own.
+        keys = [_INDEX_KEY] + [
+            _MY_INDEX_KEY.format(g)
+            for g in sorted(await self._read_names(_DGATEWAYS_KEY))
+            if g != self.instance
+        ]
+        pids: list[int] = []
+        for key in keys:
+            raw = await vfs.get_state(key)
+            self._loaded_lists[key] = raw
+            try:
+                pids += [int(p) for p in json.loads(raw)] if raw else []
+            except (ValueError, TypeError):
+                self._log.warn("smb: unreadable durable handle index; ignored", key=key)
         longest = V1_TIMEOUT
         for pid in pids:
             if pid not in self.by_id:
                 self._index.add(pid)
-        if pids:
+        if pids or len(keys) > 1:
             self.factory.reactor.callLater(longest, self._sweep, set(pids))
 
     def _sweep(self, pids: set[int]) -> None:
-        for pid in pids:
-            if pid in self._index and pid not in self.by_id:
-                self._drop_record(pid)
+        """
+        The records a previous run (or another gateway) left are past any
+        timeout now: dropped. An index nobody changed since the start (its
+        instance gone, or every entry expired) goes with its name.
+        """
+        vfs = self.factory.vfs
+        assert vfs is not None
+        dropped = {pid for pid in pids if pid in self._index and pid not in self.by_id}
+        self._index -= dropped
+        for pid in sorted(dropped):
+            self._track(vfs.set_state(self._key(pid), None))
+        if dropped:
+            self._write_index()
+        loaded, self._loaded_lists = self._loaded_lists, {}
+        d = defer.Deferred.fromCoroutine(self._prune(loaded))
+        self._track(d)
+
+    async def _prune(self, loaded: dict[str, bytes | None]) -> None:
+        vfs = self.factory.vfs
+        assert vfs is not None
+        gone = set()
+        for key, raw in loaded.items():
+            if await vfs.get_state(key) == raw:
+                await vfs.set_state(key, None)
+                gone.add(key.rsplit(".", 1)[1])
+        async with self._dlock:
+            names = await self._read_names(_DGATEWAYS_KEY)
+            if names & gone:
+                await self._write_names(_DGATEWAYS_KEY, names - gone)
 
     async def stored(self, pid: int) -> dict[str, Any] | None:
         """The record a previous run left for C{pid}, if it is still within its timeout."""

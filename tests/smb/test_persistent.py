@@ -13,17 +13,20 @@ from __future__ import annotations
 import json
 import struct
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st_
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.durable import (
     SMB2_DHANDLE_FLAG_PERSISTENT,
+    V1_TIMEOUT,
+    Durability,
     parse_durable,
 )
 from claudefs_gateway.smb.errors import SMBError
@@ -53,9 +56,14 @@ def lease_v2(key: bytes, state: int) -> tuple[bytes, bytes]:
 
 
 def index_of(wire: Wire) -> list[int]:
-    """The persistent ids the shared index lists."""
-    raw = wire.fired(wire.mvfs.vfs.get_state("smb.persistent.index"))
-    return sorted(int(p) for p in json.loads(raw)) if raw else []
+    """The persistent ids the listed gateways' own lists name."""
+    vfs = wire.mvfs.vfs
+    raw = wire.fired(vfs.get_state("smb.persistent.gateways"))
+    pids: set[int] = set()
+    for inst in json.loads(raw) if raw else []:
+        mine = wire.fired(vfs.get_state(f"smb.persistent.index.{inst}"))
+        pids.update(json.loads(mine) if mine else [])
+    return sorted(pids)
 
 
 def restart(wire: Wire) -> None:
@@ -416,11 +424,18 @@ class TakeoverTests(SynchronousTestCase):
         # The meta server lets A's reservations and locks go (linger_secs).
         assert self.op.lock_owner is not None
         self.wire.locks.release_owner(self.op.lock_owner)
-        self.wire.clock.advance(1)
+        # Taken at the release itself, not at the next second's retry: no
+        # other client can get in between.
         self.assertIn(self.fid[0], self.gw_b.durability.by_id)
         self.assertEqual(other.create("f").status, st.STATUS_SHARING_VIOLATION)
-        raw = self.wire.fired(self.wire.mvfs.vfs.get_state("smb.persistent.index"))
-        self.assertEqual(json.loads(raw), {str(self.fid[0]): self.gw_b.durability.instance})
+        b_list = f"smb.persistent.index.{self.gw_b.durability.instance}"
+        raw = self.wire.fired(self.wire.mvfs.vfs.get_state(b_list))
+        self.assertEqual(json.loads(raw), [self.fid[0]])
+        # A's list and name are gone, all of it taken.
+        a_list = f"smb.persistent.index.{self.gw_a.durability.instance}"
+        self.assertIsNone(self.wire.fired(self.wire.mvfs.vfs.get_state(a_list)))
+        raw = self.wire.fired(self.wire.mvfs.vfs.get_state("smb.persistent.gateways"))
+        self.assertNotIn(self.gw_a.durability.instance, json.loads(raw))
         b = self.through_b()
         r = b.create("f", contexts=[dh2c(self.fid, self.guid)])
         self.assertEqual(r.status, 0, hex(r.status))
@@ -461,8 +476,9 @@ class TakeoverTests(SynchronousTestCase):
         self.wire.clock.pump([1.0] * 2)
         self.assertNotIn(self.fid[0], self.gw_b.durability.retaking)
         self.assertNotIn(self.fid[0], self.gw_b.durability.by_id)
-        raw = self.wire.fired(self.wire.mvfs.vfs.get_state("smb.persistent.index"))
-        self.assertEqual(json.loads(raw), {str(self.fid[0]): self.gw_a.durability.instance})
+        a_list = f"smb.persistent.index.{self.gw_a.durability.instance}"
+        raw = self.wire.fired(self.wire.mvfs.vfs.get_state(a_list))
+        self.assertEqual(json.loads(raw), [self.fid[0]])
         self.assertIs(self.gw_a.durability.by_id[self.fid[0]], self.op)
         self.gw_a.durability.stop()
 
@@ -500,3 +516,142 @@ class BadRecordTests(SynchronousTestCase):
         r = b.create("f", contexts=[dh2c((5, 5), uuid.uuid4().bytes)])
         self.assertEqual(r.status, st.STATUS_OBJECT_NAME_NOT_FOUND)
         self.assertTrue(self.flushLoggedErrors(RuntimeError))
+
+
+class _InterleavedStore:
+    """
+    A state store whose every read and write answers only when the test says
+    (L{run}: in the order asked), as two gateways' requests to one meta server
+    interleave.
+    """
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.pending: list[tuple[defer.Deferred[Any], Any]] = []
+
+    def get_state(self, key: str) -> defer.Deferred[bytes | None]:
+        d: defer.Deferred[bytes | None] = defer.Deferred()
+        self.pending.append((d, lambda: self.data.get(key)))
+        return d
+
+    def set_state(self, key: str, value: bytes | None) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def put() -> None:
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+
+        self.pending.append((d, put))
+        return d
+
+    def run(self) -> None:
+        """Answer every request, oldest first, and those the answers cause, until none is left."""
+        while self.pending:
+            step, self.pending = self.pending, []
+            for d, do in step:
+                d.callback(do())
+
+
+class _Op:
+    """An open as far as persisting it goes (its record's fields)."""
+
+    def __init__(self, pid: int) -> None:
+        self.file_id = (pid, pid)
+        self.closed = False
+        self.persistent = True
+
+
+class ConcurrentGrantTests(SynchronousTestCase):
+    """Two gateways on one store granting persistent opens at one instant lose no entry."""
+
+    def gateway(self, store: _InterleavedStore) -> Durability:
+        clock = task.Clock()
+        factory = SimpleNamespace(
+            vfs=store,
+            reactor=clock,
+            config=SimpleNamespace(backend=SimpleNamespace(type="remote")),
+            get_vfs=lambda: defer.succeed(store),
+        )
+        d = Durability(factory)
+        d._record = lambda op: {"persistent": True, "timeout": 60}  # type: ignore[method-assign]
+        return d
+
+    def test_interleaved_grants_both_listed(self) -> None:
+        store = _InterleavedStore()
+        a, b, taker = (self.gateway(store) for _ in range(3))
+        # Both grants' reads of the store answered before either's write (the
+        # previous format's one shared index lost one of the two entries here).
+        done = [a.persist(_Op(1)), b.persist(_Op(2))]
+        store.run()
+        for d in done:
+            self.successResultOf(d)
+        # A beat of each (a name lost to the other's write of the list of
+        # gateways is written back at its next beat).
+        for gw in (a, b):
+            d = defer.Deferred.fromCoroutine(gw._read_pindex())
+            store.run()
+            self.successResultOf(d)
+        store.run()
+        d = defer.Deferred.fromCoroutine(taker._read_pindex())
+        store.run()
+        self.assertEqual(self.successResultOf(d), {1: a.instance, 2: b.instance})
+
+    def test_previous_format_read(self) -> None:
+        """Records the previous format's one shared index lists are still found."""
+        store = _InterleavedStore()
+        store.data["smb.persistent.index"] = b'{"7": "old"}'
+        taker = self.gateway(store)
+        d = defer.Deferred.fromCoroutine(taker._read_pindex())
+        store.run()
+        self.assertEqual(self.successResultOf(d), {7: "old"})
+
+    def test_durable_indexes_of_two_gateways(self) -> None:
+        """
+        Two gateways on one store keep durable records at one instant: a
+        gateway started after finds both (the previous format's one index,
+        written whole by each, kept only the last writer's).
+        """
+        store = _InterleavedStore()
+        store.data["smb.durable.index"] = b"[9]"
+        a, b = self.gateway(store), self.gateway(store)
+        a._index.add(1)
+        b._index.add(2)
+        a._write_index()
+        b._write_index()
+        store.run()
+        b._index.add(3)
+        b._write_index()  # b's name is back if a's write of the list dropped it
+        store.run()
+        later = self.gateway(store)
+        d = defer.Deferred.fromCoroutine(later.load_index())
+        store.run()
+        self.successResultOf(d)
+        self.assertEqual(later._index, {1, 2, 3, 9})
+        # Past every timeout, what nobody changed is swept, lists and names.
+        a._index.discard(1)
+        a._write_index()
+        store.run()
+        later.factory.reactor.advance(V1_TIMEOUT)
+        store.run()
+        self.assertEqual(later._index, set())
+        self.assertNotIn("smb.durable.index", store.data)
+        self.assertNotIn(f"smb.durable.index.{b.instance}", store.data)
+        self.assertEqual(json.loads(store.data["smb.durable.gateways"]), [a.instance])
+
+    def test_names_of_gone_gateways_forgotten(self) -> None:
+        """A gateway that kept nothing and stopped is forgotten at the next look."""
+        store = _InterleavedStore()
+        a, taker = self.gateway(store), self.gateway(store)
+        a.persist(_Op(1))
+        store.run()
+        a._unpersist(1)
+        store.run()
+        self.assertEqual(json.loads(store.data["smb.persistent.gateways"]), [a.instance])
+        self.assertNotIn(f"smb.persistent.index.{a.instance}", store.data)
+        d = defer.Deferred.fromCoroutine(taker.recover())
+        store.run()
+        self.assertEqual(self.successResultOf(d), 0)
+        store.run()
+        self.assertNotIn("smb.persistent.gateways", store.data)
