@@ -63,6 +63,7 @@ __all__ = [
     "POLL_SECS",
     "BURST_BYTES",
     "heap_in_use",
+    "mallinfo",
     "WINDOW_SECS",
     "MAX_BURST_BYTES",
     "resident_bytes",
@@ -171,12 +172,18 @@ def _libc_mallinfo2() -> Callable[[], _MallInfo2] | None:
 _mallinfo2 = _libc_mallinfo2()
 
 
+def mallinfo() -> _MallInfo2 | None:
+    """glibc's heap totals over every arena (C{struct mallinfo2}), or None without glibc 2.33+."""
+    return None if _mallinfo2 is None else _mallinfo2()
+
+
 def heap_in_use() -> int | None:
     """
     Bytes of glibc's heap handed out and not freed (every arena, C{mallinfo2}'s
     C{uordblks}), or None without glibc 2.33+.
     """
-    return None if _mallinfo2 is None else int(_mallinfo2().uordblks)
+    m = mallinfo()
+    return None if m is None else int(m.uordblks)
 
 
 def resident_bytes() -> int | None:

@@ -18,8 +18,6 @@ sites that grew most since the previous report. C{python -m bench.soak
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import os
 import signal
@@ -29,6 +27,7 @@ from collections import Counter
 from typing import Any
 
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.core.malloc import mallinfo
 
 __all__ = ["install", "report", "ENV"]
 
@@ -38,34 +37,11 @@ _log = Logger()
 _last: tracemalloc.Snapshot | None = None
 
 
-class _MallInfo2(ctypes.Structure):
-    # struct mallinfo2 (glibc >= 2.33): ten size_t fields.
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
 def _mallinfo() -> dict[str, int] | None:
     """glibc's heap totals over every arena (MiB), or None where there is no mallinfo2."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        f = libc.mallinfo2
-    except (OSError, AttributeError):
+    m = mallinfo()
+    if m is None:
         return None
-    f.restype = _MallInfo2
-    m = f()
     mib = 1 << 20
     return {
         "heap_mib": m.arena // mib,  # from the system, not mmapped

@@ -64,6 +64,21 @@ FILE_ATTRIBUTES_INVALID = 0xFFFF0000 | 0x00000008 | 0x00000040 | 0x00008000
 ACCESS_INVALID = 0x0CE0FE00
 
 
+def _stored_lease(kept: dict[str, Any]) -> LeaseRequest:
+    """
+    The lease a durable record kept (L{Durability.persist}'s C{lease}), asked
+    for again: its epoch one lower, so the grant's increment gives the kept one.
+    """
+    return LeaseRequest(
+        bytes.fromhex(kept["key"]),
+        to_wire(int(kept["state"])),
+        0,
+        int(kept["version"]),
+        bytes.fromhex(kept["parent"]) if kept.get("parent") else None,
+        max(0, int(kept["epoch"]) - 1),
+    )
+
+
 class _Restart(Exception):
     """A CREATE must start over: what it looked up changed while it waited."""
 
@@ -714,16 +729,15 @@ class CreateCommands(FileBase):
         assert node is not None
         op.restored_lease, level, op.restored_oplock = None, op.restored_oplock, 0
         if kept is not None:
-            want = LeaseRequest(
-                bytes.fromhex(kept["key"]),
-                to_wire(int(kept["state"])),
-                0,
-                int(kept["version"]),
-                bytes.fromhex(kept["parent"]) if kept.get("parent") else None,
-                max(0, int(kept["epoch"]) - 1),
-            )
             leasing.grant(
-                conn, op, node.opens, c.SMB2_OPLOCK_LEVEL_LEASE, want, op.access, True, False
+                conn,
+                op,
+                node.opens,
+                c.SMB2_OPLOCK_LEVEL_LEASE,
+                _stored_lease(kept),
+                op.access,
+                True,
+                False,
             )
         else:
             leasing.grant(conn, op, node.opens, level, None, op.access, True, False)
@@ -872,16 +886,15 @@ class CreateCommands(FileBase):
         stored_lease = rec.get("lease")
         leasing = self.factory.leasing
         if stored_lease is not None:
-            want = LeaseRequest(
-                bytes.fromhex(stored_lease["key"]),
-                to_wire(int(stored_lease["state"])),
-                0,
-                int(stored_lease["version"]),
-                bytes.fromhex(stored_lease["parent"]) if stored_lease.get("parent") else None,
-                max(0, int(stored_lease["epoch"]) - 1),
-            )
             leasing.grant(
-                conn, op, node.opens, c.SMB2_OPLOCK_LEVEL_LEASE, want, access, True, False
+                conn,
+                op,
+                node.opens,
+                c.SMB2_OPLOCK_LEVEL_LEASE,
+                _stored_lease(stored_lease),
+                access,
+                True,
+                False,
             )
         else:
             leasing.grant(conn, op, node.opens, int(rec["oplock"]), None, access, True, False)
