@@ -858,6 +858,22 @@ class Durability:
         beat = await vfs.get_state(_BEAT_KEY.format(owner))
         return beat is not None and beat != last
 
+    async def _taken_elsewhere(self, pid: int, owner: str) -> bool:
+        """
+        Whether a gateway other than C{owner} (found dead) and this one lists
+        C{pid} in its own index: another taker got there first.
+        """
+        vfs = self.factory.vfs
+        assert vfs is not None
+        for inst in sorted(await self._read_gateways() - {owner, self.instance}):
+            raw = await vfs.get_state(_MY_PINDEX_KEY.format(inst))
+            try:
+                if raw and pid in {int(p) for p in json.loads(raw)}:
+                    return True
+            except (ValueError, TypeError):
+                continue
+        return False
+
     async def _retake(
         self, pid: int, rec: dict[str, Any], deadline: float, owner: str, last: bytes | None
     ) -> None:
@@ -875,6 +891,11 @@ class Durability:
                         self._dead_left.pop(owner, None)
                         return
                     if clock.seconds() + RETAKE_INTERVAL >= deadline:
+                        if await self._taken_elsewhere(pid, owner):
+                            # Busy because another gateway took it over: the
+                            # record is that gateway's now, and stays.
+                            self._log.info("smb: a persistent handle was taken by another gateway")
+                            return
                         self._log.info("smb: a persistent handle's file stayed busy: dropped")
                         self._unpersist(pid)
                         return

@@ -443,6 +443,46 @@ class TakeoverTests(SynchronousTestCase):
         self.assertEqual(b.read_data(b.read(new, 0, 4)), b"kept")
         self.assertEqual(b.lock(new, [(0, 4, c.SMB2_LOCKFLAG_UNLOCK)]).status, 0)
 
+    def test_second_taker_giving_up_leaves_the_record(self) -> None:
+        """
+        B and C both find A dead; one takes the open and its client
+        reconnects there; the other's retake stays busy until its deadline
+        and gives up, leaving the record the winner holds in the store (the
+        winner's own death later must not lose the handle).
+        """
+        vfs = self.wire.mvfs.vfs
+        gw_c = SMBFactory(
+            self.wire.mvfs.config,
+            lambda: defer.succeed(vfs),
+            self.wire.clock,
+            domain_sid=SID.parse("S-1-5-21-1-2-3"),
+            computer="GW",
+        )
+        gw_c.durability.single = False
+        gw_c.durability.start()
+        self.addCleanup(gw_c.durability.stop)
+        pid = self.fid[0]
+        loop = self.gw_a.durability._beating
+        assert loop is not None
+        loop.stop()
+        self.wire.clock.pump([1.0] * 8)
+        self.assertIn(pid, self.gw_b.durability.retaking)
+        self.assertIn(pid, gw_c.durability.retaking)
+        self.wire.locks.release_owner(self.op.lock_owner)  # type: ignore[arg-type]
+        if pid in self.gw_b.durability.by_id:
+            winner, loser = self.gw_b, gw_c
+        else:
+            winner, loser = gw_c, self.gw_b
+        self.assertIn(pid, winner.durability.by_id)
+        self.wire.factory = winner
+        b = self.wire.connect().setup()
+        self.assertEqual(b.create("f", contexts=[dh2c(self.fid, self.guid)]).status, 0)
+        self.wire.clock.pump([1.0] * 70)
+        self.assertNotIn(pid, loser.durability.retaking)
+        self.assertNotIn(pid, loser.durability.by_id)
+        self.assertIsNotNone(self.wire.fired(vfs.get_state(f"smb.durable.{pid:016x}")))
+        self.assertIn(pid, index_of(self.wire))
+
     def test_reconnect_to_b_waits_for_the_takeover(self) -> None:
         """A DH2C through B before B found A dead waits (STATUS_PENDING), then succeeds."""
         loop = self.gw_a.durability._beating
