@@ -575,6 +575,13 @@ class Durability:
         """
         if self._registered:
             return
+        if self._beating is not None and self._beats == 0:
+            # The beat before the first record is listed: a taker finding a
+            # listed instance with no beat takes it for one that stopped.
+            vfs = self.factory.vfs
+            assert vfs is not None
+            self._beats = 1
+            await vfs.set_state(_BEAT_KEY.format(self.instance), b"1")
         await self._name_in(_GATEWAYS_KEY)
         self._registered = True
 

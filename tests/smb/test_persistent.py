@@ -483,6 +483,33 @@ class TakeoverTests(SynchronousTestCase):
         self.assertIsNotNone(self.wire.fired(vfs.get_state(f"smb.durable.{pid:016x}")))
         self.assertIn(pid, index_of(self.wire))
 
+    def test_not_taken_for_dead_before_its_first_beat(self) -> None:
+        """
+        A gateway whose first beat has not landed when it lists its first
+        persistent record: a taker looking in between finds a beat (written
+        before the record is listed) and leaves the open alone.
+        """
+        vfs = self.wire.mvfs.vfs
+        gw_d = SMBFactory(
+            self.wire.mvfs.config,
+            lambda: defer.succeed(vfs),
+            self.wire.clock,
+            domain_sid=SID.parse("S-1-5-21-1-2-3"),
+            computer="GW",
+        )
+        gw_d.durability.single = False
+        # Started, its first tick's write still on its way.
+        gw_d.durability._beating = task.LoopingCall(lambda: None)
+        self.wire.factory = gw_d
+        d = self.wire.connect().setup()
+        r = d.create("g", share=0, contexts=[dh2q_persistent(uuid.uuid4().bytes)])
+        self.assertEqual(r.status, 0, hex(r.status))
+        pid = r.file_id()[0]
+        self.assertIn(pid, index_of(self.wire))
+        self.wire.fired(defer.Deferred.fromCoroutine(self.gw_b.durability.recover()))
+        self.assertNotIn(pid, self.gw_b.durability.retaking)
+        self.gw_a.durability.stop()
+
     def test_reconnect_to_b_waits_for_the_takeover(self) -> None:
         """A DH2C through B before B found A dead waits (STATUS_PENDING), then succeeds."""
         loop = self.gw_a.durability._beating
