@@ -229,6 +229,8 @@ class PgSharedState(BreakBook):
         # Break ids unique across meta servers: a random high half, a counter below.
         self._ids = itertools.count((int.from_bytes(os.urandom(4), "big") >> 1) << 32 | 1)
         self._gone: dict[int, IDelayedCall] = {}
+        #: Sessions subscribed to this server now (L{_gone_elsewhere} leaves their rows).
+        self._live: set[int] = set()
         self._tails: dict[int, tuple[defer.Deferred[None], int]] = {}
         self._reloading: dict[tuple[str, int], bool] = {}
         self._beat: IDelayedCall | None = None
@@ -727,6 +729,8 @@ class PgSharedState(BreakBook):
                     self.clients.refresh()
             elif kind == "A" and parts[2] == self.boot:
                 self._acked(int(parts[3], 16), int(parts[4], 16))
+            elif kind == "X" and parts[0] != self.boot:
+                self._gone_elsewhere(int(parts[2], 16))
         except (IndexError, ValueError):
             self._log.warn("unreadable shared-state notification ignored")
 
@@ -779,7 +783,29 @@ class PgSharedState(BreakBook):
         d.addCallback(send)
         d.addErrback(lambda f: self._log.warn("shared state snapshot: {why}", why=str(f.value)))
 
+    def subscribed(self, session: int) -> None:
+        self._live.add(session)
+        super().subscribed(session)
+
+    def _gone_elsewhere(self, session: int) -> None:
+        """
+        Another server declared C{session} gone: the rows naming this server
+        go too, unless the session is subscribed here (its gateway moved its
+        subscription here) or its linger runs here.
+        """
+        if session in self._live or session in self._gone or self._stopped:
+            return
+        self._log.info(
+            "gateway session {session:x} gone at another server: its state through this one goes",
+            session=session,
+        )
+        d = self._drop(session, self.boot)
+        d.addErrback(
+            lambda f: self._log.warn("dropping a gone session failed: {why}", why=str(f.value))
+        )
+
     def unsubscribed(self, session: int) -> None:
+        self._live.discard(session)
         if session in self._gone or self._stopped:
             return
         self._gone[session] = self.clock.callLater(self.linger, self._expire, session)
@@ -805,6 +831,9 @@ class PgSharedState(BreakBook):
                 await self.clients.grace_begins(session)
             try:
                 await self._drop(session, self.boot)
+                # What it took through other servers (its calls may have gone
+                # to another than its subscription): theirs to drop (L{_heard}).
+                await self.store.transaction(lambda conn: self._notify(conn, "X", f"{session:x}"))
             except Exception as e:
                 self._log.warn("dropping a gone session failed: {why}", why=str(e))
             if self.clients is not None:

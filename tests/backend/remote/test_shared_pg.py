@@ -145,6 +145,23 @@ class TwoServersSharedStateTests(base.SharedStateTests):
         await until(lambda: c.backend._events is not None, "subscribed")
         return c
 
+    async def test_gone_gateway_state_through_the_other_server_released(self) -> None:
+        """
+        A gateway subscribed to server 1 whose calls went to server 2 (they
+        stay on the server that answered last) goes: the lock it took through
+        server 2 is released too, not only what it took through server 1.
+        """
+        cluster, _, b = await self.gateways()
+        m1, m2 = self.servers
+        self.shared(0).linger = 0.1
+        c = await self.gateway_on(cluster, m1, m2)
+        c.backend._meta._preferred = 1  # calls to server 2, the subscription on server 1
+        await c.locks.lock(33, LockOwner("nlm", "hc", b"1"), 0, 0, True)
+        await until(lambda: b.locks.busy(33), "B hears of C's lock")
+        await c.backend.close()
+        await until(lambda: not b.locks.busy(33), "C's lock through server 2 released")
+        await b.locks.lock(33, LockOwner("nlm", "hb", b"1"), 0, 0, True)
+
     async def test_grace_crosses_meta_servers(self) -> None:
         """
         A gateway C with a client, on meta server 1, goes: gateway B on server 2
