@@ -66,6 +66,18 @@ def index_of(wire: Wire) -> list[int]:
     return sorted(pids)
 
 
+def another_gateway(wire: Wire) -> SMBFactory:
+    """A second gateway (or a restarted one) on the same store as C{wire}'s."""
+    vfs = wire.mvfs.vfs
+    return SMBFactory(
+        wire.mvfs.config,
+        lambda: defer.succeed(vfs),
+        wire.clock,
+        domain_sid=SID.parse("S-1-5-21-1-2-3"),
+        computer="GW",
+    )
+
+
 def restart(wire: Wire) -> None:
     """
     A gateway killed with -9 and started again: the same store, a new
@@ -74,13 +86,7 @@ def restart(wire: Wire) -> None:
     vfs = wire.mvfs.vfs
     vfs.locks = wire.locks = LockTable(wire.clock)
     vfs.leases = LeaseManager(wire.clock)
-    wire.factory = SMBFactory(
-        wire.mvfs.config,
-        lambda: defer.succeed(vfs),
-        wire.clock,
-        domain_sid=SID.parse("S-1-5-21-1-2-3"),
-        computer="GW",
-    )
+    wire.factory = another_gateway(wire)
 
 
 class OfferTests(SynchronousTestCase):
@@ -381,14 +387,7 @@ class TakeoverTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.wire = Wire(CA_CONFIG)
         self.gw_a = self.wire.factory
-        vfs = self.wire.mvfs.vfs
-        self.gw_b = SMBFactory(
-            self.wire.mvfs.config,
-            lambda: defer.succeed(vfs),
-            self.wire.clock,
-            domain_sid=SID.parse("S-1-5-21-1-2-3"),
-            computer="GW",
-        )
+        self.gw_b = another_gateway(self.wire)
         for gw in (self.gw_a, self.gw_b):
             gw.durability.single = False  # as with backend: remote
             gw.durability.start()
@@ -451,13 +450,7 @@ class TakeoverTests(SynchronousTestCase):
         winner's own death later must not lose the handle).
         """
         vfs = self.wire.mvfs.vfs
-        gw_c = SMBFactory(
-            self.wire.mvfs.config,
-            lambda: defer.succeed(vfs),
-            self.wire.clock,
-            domain_sid=SID.parse("S-1-5-21-1-2-3"),
-            computer="GW",
-        )
+        gw_c = another_gateway(self.wire)
         gw_c.durability.single = False
         gw_c.durability.start()
         self.addCleanup(gw_c.durability.stop)
@@ -489,14 +482,7 @@ class TakeoverTests(SynchronousTestCase):
         persistent record: a taker looking in between finds a beat (written
         before the record is listed) and leaves the open alone.
         """
-        vfs = self.wire.mvfs.vfs
-        gw_d = SMBFactory(
-            self.wire.mvfs.config,
-            lambda: defer.succeed(vfs),
-            self.wire.clock,
-            domain_sid=SID.parse("S-1-5-21-1-2-3"),
-            computer="GW",
-        )
+        gw_d = another_gateway(self.wire)
         gw_d.durability.single = False
         # Started, its first tick's write still on its way.
         gw_d.durability._beating = task.LoopingCall(lambda: None)
