@@ -39,7 +39,12 @@ class HeapTrimmerTests(TestCase):
 
         clock, calls = Clock(), []
         trimmer = HeapTrimmer(
-            clock, 60.0, lambda: calls.append(clock.seconds()), in_use=lambda: None, poll=5.0
+            clock,
+            60.0,
+            lambda: calls.append(clock.seconds()),
+            in_use=lambda: None,
+            poll=5.0,
+            free=lambda: None,
         )
         trimmer.startService()
         clock.pump([5] * 11)
@@ -62,7 +67,7 @@ class HeapTrimmerTests(TestCase):
             calls.append(1)
             raise OSError("no")
 
-        trimmer = HeapTrimmer(clock, 10.0, trim, in_use=lambda: None)
+        trimmer = HeapTrimmer(clock, 10.0, trim, in_use=lambda: None, free=lambda: None)
         trimmer.startService()
         clock.advance(10)
         clock.advance(10)
@@ -70,7 +75,9 @@ class HeapTrimmerTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
         trimmer.stopService()
 
-    def _trimmer(self, use: list[int], rss: list[int]) -> tuple[Any, Any, list[float]]:
+    def _trimmer(
+        self, use: list[int], rss: list[int], free: list[int] | None = None
+    ) -> tuple[Any, Any, list[float]]:
         from twisted.internet.task import Clock
 
         from claudefs_gateway.core.malloc import HeapTrimmer
@@ -85,6 +92,8 @@ class HeapTrimmerTests(TestCase):
             burst=24 * MIB,
             window=60.0,
             rss=lambda: rss[0],
+            free=lambda: (free or [128 * MIB])[0],
+            keep=64 * MIB,
         )
         trimmer.startService()
         self.addCleanup(trimmer.stopService)
@@ -166,6 +175,33 @@ class HeapTrimmerTests(TestCase):
             clock.advance(5)
             use[0] -= 1 * MIB
         self.assertEqual(calls, [])
+
+    def test_no_trim_while_little_is_free(self) -> None:
+        """
+        A burst's end with no more than C{keep} bytes free in the heap trims
+        nothing (the load reuses that much at once; the soak's one trim of
+        it only made RSS dip); with more free, the same fall trims.
+        """
+        use, rss, free = [80 * MIB], [150 * MIB], [50 * MIB]
+        clock, trimmer, calls = self._trimmer(use, rss, free)
+        clock.advance(5)
+        use[0] = 40 * MIB  # 40 MiB below the mark: a burst's end
+        clock.advance(5)
+        self.assertEqual((calls, trimmer.kept), ([], 1))
+        free[0] = 64 * MIB  # exactly keep: still held
+        clock.advance(5)
+        self.assertEqual((calls, trimmer.kept), ([], 2))
+        free[0] = 65 * MIB
+        clock.advance(5)
+        self.assertEqual((calls, trimmer.trims), ([20.0], 1))
+
+    def test_heap_free_in_a_real_process(self) -> None:
+        """glibc's mallinfo2 reports free heap (Debian's glibc), never negative."""
+        from claudefs_gateway.core.malloc import heap_free
+
+        free = heap_free()
+        assert free is not None
+        self.assertGreaterEqual(free, 0)
 
     def test_resident_bytes(self) -> None:
         """This process's RSS, from /proc/self/statm (Linux)."""
