@@ -33,13 +33,16 @@ doubles it (steady load swings its heap in use by 24 MiB and more from one
 poll to the next here), one whose release stays given back, or
 C{TRIM_INTERVAL_SECS} without a trim, halves it again. A READ's buffer is
 freed and reused far below the threshold, so steady I/O never triggers it.
-And a trim needs more than C{KEEP_FREE_BYTES} of the heap free (C{mallinfo2}'s
-C{fordblks}): what less than that holds is what the load reuses (the 30-minute
-soak with 200 clients kept 46-58 MiB free at every reading), and trimming it
-only made RSS dip and fault it back: the soak's one trim, in a lull of the
-load, took RSS 12 % below its start for 10 s and gave back nothing that stayed
-given back. So the kept memory is bounded (the free heap beyond 64 MiB goes
-back when a burst ends) without trimming the steady load's working set.
+And a trim needs more of the heap free (C{mallinfo2}'s C{fordblks}) than the
+load has had in use at its peak over the last C{KEEP_WINDOW_SECS} (and at
+least C{KEEP_FREE_BYTES}): that much the load has just shown it needs, and
+trimming it only made RSS dip and fault straight back (two 30-minute soaks
+with 200 clients: each had one trim that took RSS 12-14 % below its start
+for a few seconds, when a slow machine's queued requests had briefly raised
+the heap in use). With more free than that, a burst's end trims (all that
+is free: C{malloc_trim} cannot keep a part), and so does, once, a peak
+turning C{KEEP_WINDOW_SECS} old with the heap holding the threshold more
+free than the newer peak.
 Without C{mallinfo2} (glibc before 2.33) the trimmer trims every
 C{TRIM_INTERVAL_SECS}.
 Not glibc (musl, other platforms): nothing happens.
@@ -76,6 +79,7 @@ __all__ = [
     "resident_bytes",
     "heap_free",
     "KEEP_FREE_BYTES",
+    "KEEP_WINDOW_SECS",
 ]
 
 _log = Logger()
@@ -94,6 +98,7 @@ BURST_BYTES = 24 << 20
 WINDOW_SECS = 60.0
 MAX_BURST_BYTES = 256 << 20
 KEEP_FREE_BYTES = 64 << 20
+KEEP_WINDOW_SECS = 600.0
 
 _done = False
 
@@ -227,9 +232,11 @@ class HeapTrimmer(Service):
     with C{rss}) gave back working set, not a burst's leftovers, and doubles
     it (up to C{MAX_BURST_BYTES}); a trim whose release stays given back, or
     C{interval} seconds without a trim, halves it again (down to C{burst}).
-    Either way a trim needs more than C{keep} bytes free in the heap
-    (C{free}; None, unknown, does not hold a trim back): less is the load's
-    own, reused at once.
+    Either way a trim needs more bytes free in the heap (C{free}; None,
+    unknown, holds nothing back) than the most the heap had in use over the
+    last C{keep_window} seconds, and than C{keep}: less is the load's own,
+    reused soon. Free memory beyond that by the threshold is trimmed with
+    no burst's end (a peak older than C{keep_window} seconds has gone).
     Without C{mallinfo2} (C{in_use} None), trim every C{interval} seconds.
     """
 
@@ -245,6 +252,7 @@ class HeapTrimmer(Service):
         rss: Callable[[], int | None] = resident_bytes,
         free: Callable[[], int | None] = heap_free,
         keep: int = KEEP_FREE_BYTES,
+        keep_window: float = KEEP_WINDOW_SECS,
     ) -> None:
         self._clock = clock
         self._loop = LoopingCall(self._check)
@@ -259,6 +267,8 @@ class HeapTrimmer(Service):
         self._free = free
         self._keep = keep
         self._recent: deque[int] = deque(maxlen=max(int(window / self._poll), 1))
+        self._peaks: deque[int] = deque(maxlen=max(int(keep_window / self._poll), 1))
+        self._aged = False
         self._last = 0.0
         # The last trim being watched: (when, RSS after it, bytes it released).
         self._watch: tuple[float, int, int] | None = None
@@ -299,19 +309,30 @@ class HeapTrimmer(Service):
             return
         recent = self._recent
         recent.append(used)
-        if max(recent) - used >= self.threshold:
+        self._peaks.append(used)
+        fell = max(recent) - used >= self.threshold
+        free = self._read(self._free)
+        keep = max(self._keep, max(self._peaks))
+        if free is not None and free <= keep:
+            # Nothing the load has not needed lately: it would take it back.
+            self._aged = False
+            if fell:
+                self.kept += 1
+        elif fell:
             self._trim(now)
-        elif now - self._last >= self._interval:
+            return
+        elif free is not None and free - keep >= self.threshold and not self._aged:
+            # An old peak's memory, once: C{fordblks} still counts released
+            # pages as free, so the same excess would trim again every poll.
+            self._aged = True
+            self._trim(now)
+            return
+        if now - self._last >= self._interval:
             # Quiet for a while: let the next burst's end count again.
             self._last = now
             self.threshold = max(self.threshold // 2, self._burst)
 
     def _trim(self, now: float) -> None:
-        free = self._read(self._free)
-        if free is not None and free <= self._keep:
-            # Nothing the load would not take straight back.
-            self.kept += 1
-            return
         self._last = now
         self.trims += 1
         # What was held before is given back: the window starts again.

@@ -92,8 +92,9 @@ class HeapTrimmerTests(TestCase):
             burst=24 * MIB,
             window=60.0,
             rss=lambda: rss[0],
-            free=lambda: (free or [128 * MIB])[0],
+            free=lambda: free[0] if free else None,
             keep=64 * MIB,
+            keep_window=600.0,
         )
         trimmer.startService()
         self.addCleanup(trimmer.stopService)
@@ -176,11 +177,12 @@ class HeapTrimmerTests(TestCase):
             use[0] -= 1 * MIB
         self.assertEqual(calls, [])
 
-    def test_no_trim_while_little_is_free(self) -> None:
+    def test_no_trim_of_what_the_load_needed_lately(self) -> None:
         """
-        A burst's end with no more than C{keep} bytes free in the heap trims
-        nothing (the load reuses that much at once; the soak's one trim of
-        it only made RSS dip); with more free, the same fall trims.
+        A burst's end with no more free in the heap than C{keep} or than the
+        most in use over the last C{keep_window} seconds trims nothing (the
+        load takes that back at once: each soak's one such trim only made
+        RSS dip); with more free than both, the same fall trims.
         """
         use, rss, free = [80 * MIB], [150 * MIB], [50 * MIB]
         clock, trimmer, calls = self._trimmer(use, rss, free)
@@ -188,12 +190,49 @@ class HeapTrimmerTests(TestCase):
         use[0] = 40 * MIB  # 40 MiB below the mark: a burst's end
         clock.advance(5)
         self.assertEqual((calls, trimmer.kept), ([], 1))
-        free[0] = 64 * MIB  # exactly keep: still held
+        free[0] = 80 * MIB  # above keep (64), not above the peak in use (80)
         clock.advance(5)
         self.assertEqual((calls, trimmer.kept), ([], 2))
-        free[0] = 65 * MIB
+        free[0] = 81 * MIB
         clock.advance(5)
         self.assertEqual((calls, trimmer.trims), ([20.0], 1))
+
+    def test_an_old_peaks_memory_goes_back_once(self) -> None:
+        """
+        After a 400 MiB burst the heap keeps its free memory while the peak
+        is in the last C{keep_window} seconds; once the peak is older (and
+        the free memory is a threshold above the newer peak), one trim gives
+        it back, and only one while the excess lasts.
+        """
+        use, rss, free = [400 * MIB], [500 * MIB], [10 * MIB]
+        clock, trimmer, calls = self._trimmer(use, rss, free)
+        clock.advance(5)
+        use[0], free[0] = 30 * MIB, 380 * MIB  # the burst's clients left
+        clock.pump([5] * 119)  # the peak still among the last 600 s of readings
+        self.assertEqual(calls, [])
+        self.assertGreater(trimmer.kept, 0)  # the burst's end was seen, and held back
+        clock.advance(5)  # the 400 MiB reading has left them
+        self.assertEqual(calls, [605.0])
+        clock.pump([5] * 60)
+        self.assertEqual(calls, [605.0])
+        free[0] = 60 * MIB  # a later burst used it, and left less
+        clock.advance(5)
+        free[0] = 380 * MIB
+        clock.advance(5)
+        self.assertEqual(calls, [605.0, 915.0])
+
+    def test_steady_load_with_some_free_no_trims(self) -> None:
+        """
+        The soak's steady state: 30-60 MiB in use, 40-60 MiB free, swinging
+        by more than the threshold from one poll to the next: never a trim.
+        """
+        use, rss, free = [30 * MIB], [150 * MIB], [50 * MIB]
+        clock, trimmer, calls = self._trimmer(use, rss, free)
+        for i in range(720):  # an hour
+            use[0] = (30 + (i % 7) * 5) * MIB
+            free[0] = (40 + (i % 5) * 5) * MIB
+            clock.advance(5)
+        self.assertEqual(calls, [])
 
     def test_heap_free_in_a_real_process(self) -> None:
         """glibc's mallinfo2 reports free heap (Debian's glibc), never negative."""
