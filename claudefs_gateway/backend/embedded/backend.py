@@ -629,7 +629,10 @@ class EmbeddedBackend:
         syncs that file before its commit: not to be run on the reactor's
         thread (L{_run_here}), where the sync would stall every client.
         """
-        if offset + len(data) <= self._engine.inline_max:
+        if offset + len(data) <= self._engine.inline_max or self._engine.files.is_open(ino):
+            # Within the threshold, or a data file the writer holds open (a
+            # membership test, safe from this thread; at worst stale, which
+            # costs a sync here, never a wrong byte): no query.
             return False
         reader = self._reader
         if reader is None or self._done < self._submitted or self._waiting:
