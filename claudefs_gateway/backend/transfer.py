@@ -212,8 +212,8 @@ class EmbeddedSide:
         if inline is not None:
             # A small file's bytes kept in the database (schema 2): they win
             # over any data file a cut-short move out of line left.
-            if inline[:size]:
-                yield 0, inline[:size]
+            # Cut in the same canonical blocks as a data file's (L{Digest.file}).
+            yield from _blocks(lambda o, n: inline[o : o + n], [(0, len(inline))], size)
             return
         try:
             fd = os.open(self.layout.path(ino), os.O_RDONLY)
