@@ -303,6 +303,9 @@ def build_data(
     """The C{claudefs-data} tree: chunk files under the data directory, served on the RPC."""
     root, threads = _common("data", settings, reactor, registry)
     store = ChunkStore(settings.data_dir, durable=settings.durable)
+    # Settled now (a new store's layout file written), before any gateway on
+    # the local path looks; an unknown layout stops the server here.
+    _log.info("chunk layout {layout}", layout=store.layout)
 
     def run(fn: Any, *a: Any) -> defer.Deferred[Any]:
         return threads.run("disk", fn, *a)  # type: ignore[no-any-return]
