@@ -218,6 +218,76 @@ class ReadSizeTests(TestCase):
         self.assertEqual((b.read_sizes_asked, b.read_sizes_kept), (3, 0))
 
 
+class SameSizeSetattrTests(TestCase):
+    """
+    The O_TRUNC SETATTR after a create (the size the file has, nothing
+    else): answered from the create's answer, no round trip, only while
+    nothing went unheard and nothing is held past the size.
+    """
+
+    timeout = 60
+
+    async def _counted(self, b: Any) -> list[str]:
+        calls: list[str] = []
+        real = b._call
+
+        def counting(name: str, args: Any = None) -> Any:
+            calls.append(name)
+            return real(name, args)
+
+        self.patch(b, "_call", counting)
+        return calls
+
+    async def test_after_create(self) -> None:
+        _, a, _ = await _two(self)
+        root = (await a.root()).ino
+        f = await a.create(root, b"f", FileType.REG, 0o644, 0, 0)
+        calls = await self._counted(a)
+        self.assertEqual(await a.setattr(f.ino, SetAttrs(size=0)), f)
+        self.assertEqual((calls, a.setattrs_skipped), ([], 1))
+        # Not for anything more than the size, nor with a guard.
+        await a.setattr(f.ino, SetAttrs(size=0), guard_ctime_ns=f.ctime_ns)
+        self.assertEqual(calls, ["SETATTR"])
+        f = await a.create(root, b"g", FileType.REG, 0o644, 0, 0)
+        await a.setattr(f.ino, SetAttrs(size=0, mode=0o600))
+        self.assertEqual(calls, ["SETATTR", "CREATE", "SETATTR"])
+        # A directory: never kept.
+        d = await a.create(root, b"d", FileType.DIR, 0o755, 0, 0)
+        with self.assertRaises(errors.IsDir):
+            await a.setattr(d.ino, SetAttrs(size=0))
+
+    async def test_a_change_through_another_gateway_is_undone(self) -> None:
+        """
+        The other gateway's extension (which holds no bytes) not yet heard
+        (held back): the mark says so, and the size is set back.
+        """
+        _, a, b = await _two(self)
+        f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+        conn = a._events
+        real = conn.frame_received
+        held: list[tuple[Any, ...]] = []
+        self.patch(conn, "frame_received", lambda *frame: held.append(frame))
+        await b.setattr(f.ino, SetAttrs(size=100))
+        while not held:
+            await _turn()
+        after = await a.setattr(f.ino, SetAttrs(size=0))
+        self.assertEqual((after.size, a.setattrs_skipped), (0, 0))
+        self.assertEqual(await b.read(f.ino, 0, 10), (b"", True))
+        for frame in held:
+            real(*frame)
+
+    async def test_bytes_held_past_the_size_are_cut(self) -> None:
+        """Bytes in the chunk files past the size (a crash lost their write's metadata) go."""
+        cluster, a, _ = await _two(self)
+        f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+        a._local.put(f.ino, 0, b"left by a crash")
+        await a.setattr(f.ino, SetAttrs(size=0))
+        self.assertEqual(a.setattrs_skipped, 0)
+        self.assertEqual(a._local.held(f.ino), 0)
+        await a.setattr(f.ino, SetAttrs(size=20))
+        self.assertEqual(await a.read(f.ino, 0, 30), (bytes(20), True))
+
+
 class MarkedContractTests(ContractMixin, TestCase):
     """The backend contract holds with kept read sizes and the local path on."""
 
