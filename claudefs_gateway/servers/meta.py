@@ -24,7 +24,7 @@ from twisted.internet import defer
 
 from claudefs_gateway import errors
 from claudefs_gateway.backend.remote import wire
-from claudefs_gateway.backend.remote.marks import MarkWriter
+from claudefs_gateway.backend.remote.marks import MarkWriter, clear_marks
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import RenameResult, WriteResult
@@ -67,6 +67,10 @@ class MetaHandler:
         self.backend = backend
         #: Where subscribed connections' event counts are shared (marks.py), if anywhere.
         self.marks = marks
+        if marks is not None:
+            # An earlier run's (killed: its files were never removed) would
+            # read as counts nobody updates; a gateway must find none.
+            clear_marks(marks)
         self._publish = publish
         self.layout = layout or wire.Layout(DEFAULT_STRIPE, 1, ())
         if clock is None:
@@ -195,6 +199,8 @@ class MetaHandler:
                     conn.mark = MarkWriter(self.marks, session)
                     conn.mark.set(conn.pushed)
                 except OSError as e:
+                    # The gateway then finds no file and asks for sizes.
+                    clear_marks(self.marks, session)
                     self._log.warn(
                         "event mark in {dir} not kept: {why}", dir=str(self.marks), why=str(e)
                     )

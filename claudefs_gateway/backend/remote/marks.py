@@ -31,7 +31,7 @@ import mmap
 import os
 from pathlib import Path
 
-__all__ = ["MarkWriter", "MarkReader", "mark_path"]
+__all__ = ["MarkWriter", "MarkReader", "clear_marks", "mark_path"]
 
 _SIZE = 8
 
@@ -39,6 +39,24 @@ _SIZE = 8
 def mark_path(directory: Path | str, session: int) -> Path:
     """The mark file of C{session} under C{directory}."""
     return Path(directory) / f"{session & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def clear_marks(directory: Path | str, session: int | None = None) -> None:
+    """
+    Remove C{session}'s mark file (None: every file) under C{directory}: a
+    meta server starting removes what an earlier one, killed, left, so no
+    gateway reads a count nobody updates.
+    """
+    d = Path(directory)
+    try:
+        names = [mark_path(d, session).name] if session is not None else os.listdir(d)
+    except FileNotFoundError:
+        return
+    for name in names:
+        try:
+            os.unlink(d / name)
+        except FileNotFoundError:
+            pass
 
 
 class MarkWriter:

@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from claudefs_gateway import errors
-from claudefs_gateway.backend.remote.marks import MarkReader, MarkWriter, mark_path
+from claudefs_gateway.backend.remote.marks import MarkReader, MarkWriter, clear_marks, mark_path
 from claudefs_gateway.fstypes import FileType, SetAttrs
 from claudefs_gateway.servers.data import CHUNK, ChunkStore
 from tests.backend.remote.harness import Cluster
@@ -57,6 +57,18 @@ class MarkFileTests(TestCase):
         self.assertEqual(MarkReader(d, 1).value(), 3)
         new.close()
         self.assertFalse(mark_path(d, 1).exists())
+
+    def test_cleared(self) -> None:
+        """What a killed meta server left is removed by the next (all), or for a failed subscription."""
+        d = Path(self.mktemp())
+        clear_marks(d)  # no directory: nothing to do
+        for session in (1, 2):
+            MarkWriter(d, session).set(50)
+        clear_marks(d, 1)
+        self.assertEqual(os.listdir(d), [mark_path(d, 2).name])
+        clear_marks(d)
+        self.assertEqual(os.listdir(d), [])
+        clear_marks(d, 3)
 
     def test_no_file(self) -> None:
         d = Path(self.mktemp())
@@ -208,6 +220,21 @@ class ReadSizeTests(TestCase):
         self.assertEqual(await b.read(f.ino, 0, 5), (b"xy", True))
         self.assertEqual(await b.read(f.ino, 0, 5), (b"xy", True))
         self.assertEqual(b.read_sizes_kept, 1)
+
+    async def test_meta_server_removes_stale_marks(self) -> None:
+        """A mark file a killed meta server left is gone before any gateway subscribes."""
+        cluster = Cluster(self, event_marks=True)
+        cluster.marks.mkdir(parents=True)
+        stale = MarkWriter(cluster.marks, 0x1234)
+        stale.set(99)
+        await cluster.start()
+        self.assertEqual(os.listdir(cluster.marks), [])
+        b = cluster.backend(event_marks=str(cluster.marks))
+        await b.open()
+        self.addCleanup(b.close)
+        while b._mark is None:
+            await _turn()
+        self.assertEqual(os.listdir(cluster.marks), [mark_path(cluster.marks, b.session).name])
 
     async def test_without_marks_every_read_asks(self) -> None:
         _, a, b = await _two(self, marks=False)
