@@ -376,3 +376,63 @@ class ReadExactTests(TestCase):
     def test_negative(self) -> None:
         with self.assertRaises(errors.Inval):
             self.store.read_exact(1, -1, 5)
+
+
+class RealClientTests(TestCase):
+    """libnfs's nfs-cp through a gateway whose backend keeps sizes (what --workers sets)."""
+
+    timeout = 120
+
+    async def test_nfs_cp_costs_no_getattr_per_read_nor_setattr(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.threads import deferToThread
+
+        from claudefs_gateway import service
+        from claudefs_gateway.core import config as cfg
+        from tests.backend.remote.test_gateway import remote_yaml
+        from tests.helpers import bin_path, spawn
+
+        cluster = Cluster(self, event_marks=True)
+        await cluster.start()
+        data = os.path.abspath(self.mktemp())
+        text = remote_yaml(data, cluster.meta_address).replace(
+            f'backend: {{type: remote, data_dir: "{data}"}}',
+            f'backend: {{type: remote, data_dir: "{data}", short_circuit: "{cluster.data_dir}",'
+            f' event_marks: "{cluster.marks}"}}',
+        )
+        root = service.build(cfg.loads(text), reactor, protocols=["nfs"])
+        root.privilegedStartService()
+        root.startService()
+        self.addCleanup(root.stopService)
+        await root.core.vfs_ready()
+        backend = root.core.vfs_service.backend
+        self.assertTrue(backend.short_circuited)
+        while backend._mark is None:
+            await _turn()
+        calls: list[str] = []
+        real = backend._call
+
+        def counting(name: str, args: Any = None) -> Any:
+            calls.append(name)
+            return real(name, args)
+
+        self.patch(backend, "_call", counting)
+        ports = root.listeners()
+        url = (
+            f"nfs://127.0.0.1/export/f.bin?version=3&nfsport={ports['nfs'].bound_port}"
+            f"&mountport={ports['mount'].bound_port}"
+        )
+        body = os.urandom(3 * CHUNK + 12345)
+        src = os.path.abspath(self.mktemp())
+        await deferToThread(Path(src).write_bytes, body)
+        self.assertEqual(await spawn([bin_path("nfs-cp"), src, url]).ended, 0)
+        # Created with O_TRUNC: no SETATTR reached the meta server.
+        self.assertNotIn("SETATTR", calls)
+        self.assertEqual(backend.setattrs_skipped, 1)
+        calls.clear()
+        dst = os.path.abspath(self.mktemp())
+        self.assertEqual(await spawn([bin_path("nfs-cp"), url, dst]).ended, 0)
+        self.assertEqual(await deferToThread(Path(dst).read_bytes), body)
+        # Reads across the chunk boundaries, one GETATTR for all of them.
+        self.assertLessEqual(calls.count("GETATTR"), 2)
+        self.assertGreater(backend.read_sizes_kept, 3)
