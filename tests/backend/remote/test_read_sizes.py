@@ -366,12 +366,17 @@ class ReadExactTests(TestCase):
         got = self.store.read_exact(3, CHUNK - 10, 30)
         self.assertEqual(got, bytes(10) + b"b" * 10 + bytes(10))
 
-    def test_same_as_read(self) -> None:
+    def test_what_was_written(self) -> None:
+        """Against a plain bytearray written the same way (and read(), which stops at what is held)."""
+        model = bytearray()
         for i, (offset, data) in enumerate(((0, b"x" * 10), (CHUNK * 3 - 1, b"yz"), (5, b"q"))):
             self.store.put(11, offset, data)
+            model.extend(bytes(max(0, offset + len(data) - len(model))))
+            model[offset : offset + len(data)] = data
             end = self.store.held(11)
-            _, whole = self.store.read(11, 0, end)
-            self.assertEqual(self.store.read_exact(11, 0, end), whole, i)
+            self.assertEqual(end, len(model), i)
+            self.assertEqual(self.store.read_exact(11, 0, end + 7), bytes(model) + bytes(7), i)
+            self.assertEqual(self.store.read(11, 1, end + 7), (True, bytes(model[1:])), i)
 
     def test_negative(self) -> None:
         with self.assertRaises(errors.Inval):
