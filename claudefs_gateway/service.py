@@ -334,6 +334,7 @@ def _remote_backend(core: Core) -> IBackend:
         tls=tls,
         choices=Choices(),
         short_circuit=_short_circuit(config.backend.short_circuit),
+        event_marks=config.backend.event_marks,
     )
     core.health.register("metadata", backend.check_metadata)
     core.health.register("transport", backend.check_transport)

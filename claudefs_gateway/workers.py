@@ -225,6 +225,9 @@ class Supervisor:
                 "--data-server",
                 f"unix:{self.run_dir / 'data.sock'}",
                 "--data-servers-moved",
+                # Each worker's count of events, so reads skip a GETATTR (marks.py).
+                "--event-marks",
+                str(self.run_dir / "marks"),
             ]
             # The cross-gateway grace follows the gateway's own (nfs.grace_secs)
             # unless meta_store.grace_secs says otherwise.
@@ -271,6 +274,7 @@ class Supervisor:
             type="remote",
             data_dir=str(self.config.data_dir),
             short_circuit=str(self.config.data_dir / "data"),
+            event_marks=str(self.run_dir / "marks"),
         )
         backend.pop("tls", None)
         raw["backend"] = backend

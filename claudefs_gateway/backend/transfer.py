@@ -136,14 +136,13 @@ class ChunkBytes:
     def blocks(self, ino: int, size: int) -> Iterator[tuple[int, bytes]]:
         from claudefs_gateway.servers.data import CHUNK
 
-        d = self.store._dir(ino)
-        try:
-            names = sorted(int(n) for n in os.listdir(d) if n.isdigit())
-        except FileNotFoundError:
+        # The store's own listing and paths: they follow its chunk layout.
+        names = self.store._chunks(ino)
+        if not names:
             return
         regions = []
         for idx in names:
-            fd = os.open(d / str(idx), os.O_RDONLY)
+            fd = os.open(self.store._path(ino, idx), os.O_RDONLY)
             try:
                 regions += [(idx * CHUNK + a, idx * CHUNK + b) for a, b in _file_regions(fd)]
             finally:

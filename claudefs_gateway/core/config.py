@@ -1153,6 +1153,13 @@ class Backend:
         "to it (metadata still goes to the meta server). Ignored unless the layout has one "
         "data server and one copy. ``--workers`` sets it for its workers.",
     )
+    event_marks: str | None = setting(
+        None,
+        doc="``remote`` only: the directory where the meta server, on this host, keeps the "
+        "count of events it pushed to each gateway (``cfs-gateway meta --event-marks``): a "
+        "read then takes a file's size from this gateway's cache when it has heard every "
+        "change, instead of asking the meta server. ``--workers`` sets it for its workers.",
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -3,8 +3,18 @@
 C{claudefs-data}: file bytes as chunk files on this server's disk.
 
 Each inode's bytes are cut into L{CHUNK}-byte chunks at their logical
-offsets; chunk C{i} of inode C{n} is the sparse file
-C{<dir>/chunks/<n % 256:02x>/<n>/<i>}, absent while it holds nothing. The
+offsets, each a sparse file, absent while it holds nothing. Where they are
+is the store's layout (L{LAYOUT_FILE} in the data directory):
+
+- layout 2 (stores made since): chunk 0 of inode C{n} is
+  C{<dir>/chunks/<n % 256:02x>/<n>}, beside the other files of its bucket,
+  and chunk C{i} > 0 is C{<dir>/chunks/<n % 256:02x>/<n>.d/<i>}: a file of
+  one chunk (every small file) has no directory of its own to make, sync
+  and remove;
+- layout 1 (a store made before, which has C{chunks/} and no layout file,
+  and keeps it): chunk C{i} is C{<dir>/chunks/<n % 256:02x>/<n>/<i>}.
+
+The
 data server knows no sizes, owners or times: the meta server does, and the
 gateway clips what it reads here to the size the meta server gives. So a
 read returns the bytes this server holds from the offset, up to the length or
@@ -41,6 +51,11 @@ T = TypeVar("T")
 
 #: Bytes per chunk file.
 CHUNK = 4 * 1024 * 1024
+#: The file in a data directory naming its chunk layout ("2\n"); absent in
+#: stores made before layouts were versioned (layout 1).
+LAYOUT_FILE = "layout"
+#: The layout new stores get.
+LAYOUT = 2
 
 
 def _check_range(offset: int, length: int, allow_empty: bool = True) -> None:
@@ -63,11 +78,16 @@ class ChunkStore:
     The chunk files under C{root}; blocking methods, called from the disk pool.
 
     @param durable: False skips every fsync (tests).
+    @param layout: the chunk layout (1 or 2; see the module docstring), or
+        None: the store's, read from L{LAYOUT_FILE} at first use (a new
+        store is given L{LAYOUT} then). The data server and every gateway on
+        the local path open the same store and so agree.
     """
 
-    def __init__(self, root: Path, durable: bool = True) -> None:
+    def __init__(self, root: Path, durable: bool = True, layout: int | None = None) -> None:
         self.root = Path(root)
         self.durable = durable
+        self._layout = layout
         self._dirty: dict[int, set[int]] = {}
         #: Inodes whose directory's entry in C{chunks/<xx>/} this process has
         #: synced (L{sync}): it stays durable until L{forget} removes the
@@ -77,18 +97,73 @@ class ChunkStore:
         #: Directory syncs made, for tests and benchmarks.
         self.dir_syncs = 0
 
+    @property
+    def layout(self) -> int:
+        """The store's chunk layout (decided, and for a new store written, at first use)."""
+        if self._layout is None:
+            self._layout = self._decide_layout()
+        return self._layout
+
+    def _decide_layout(self) -> int:
+        path = self.root / LAYOUT_FILE
+        got = _read_layout(path)
+        if got is not None:
+            return got
+        if (self.root / "chunks").exists():
+            # A store older than layouts, or a new one whose maker wrote its
+            # layout file (always before chunks/) since we looked: look again.
+            got = _read_layout(path)
+            return 1 if got is None else got
+        # New: written aside and linked into place, so a racing process (the
+        # data server and the workers start together) reads it whole or not at
+        # all, and the first one's word stands.
+        created = _make_dirs(self.root)
+        tmp = self.root / f".{LAYOUT_FILE}.{os.getpid()}.{id(self):x}"
+        with open(tmp, "wb") as f:
+            f.write(f"{LAYOUT}\n".encode())
+            if self.durable:
+                f.flush()
+                os.fdatasync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        if self.durable:
+            for p in [self.root, *(c.parent for c in created)]:
+                self._fsync_dir(p)
+        got = _read_layout(path)
+        if got is None:  # pragma: no cover - linked above or by another process
+            raise OSError(f"{path}: no layout")
+        return got
+
+    def _bucket(self, ino: int) -> Path:
+        return self.root / "chunks" / f"{ino % 256:02x}"
+
     def _dir(self, ino: int) -> Path:
-        return self.root / "chunks" / f"{ino % 256:02x}" / str(ino)
+        """Layout 1: the inode's directory; layout 2: that of its chunks past the first."""
+        if self.layout == 1:
+            return self._bucket(ino) / str(ino)
+        return self._bucket(ino) / f"{ino}.d"
+
+    def _path(self, ino: int, idx: int) -> Path:
+        if idx == 0 and self.layout != 1:
+            return self._bucket(ino) / str(ino)
+        return self._dir(ino) / str(idx)
 
     def _chunks(self, ino: int) -> list[int]:
         try:
-            return sorted(int(n) for n in os.listdir(self._dir(ino)) if n.isdigit())
+            found = sorted(int(n) for n in os.listdir(self._dir(ino)) if n.isdigit())
         except FileNotFoundError:
-            return []
+            found = []
+        if self.layout != 1 and os.path.exists(self._path(ino, 0)):
+            found.insert(0, 0)
+        return found
 
     def _open(self, ino: int, idx: int, create: bool, sync_dirs: bool = True) -> int | None:
-        d = self._dir(ino)
-        path = d / str(idx)
+        path = self._path(ino, idx)
+        d = path.parent
         try:
             return os.open(path, os.O_RDWR)
         except FileNotFoundError:
@@ -105,10 +180,17 @@ class ChunkStore:
             # put) the file's directory waits for sync(), which syncs it and
             # its parent; directories above it are new at most 257 times in
             # a store's life, and another process's commit cannot know of
-            # them, so they are synced now.
+            # them, so they are synced now. (Layout 2: chunk 0's directory is
+            # its bucket, new at most 256 times; sync() syncs it as a file's
+            # directory all the same.)
+            # The directory sync() syncs with its entry: the file's own (layout
+            # 1, and layout 2's chunks past the first). Layout 2's chunk 0 is
+            # in its bucket, whose entry sync() does not sync: a new bucket's
+            # is synced now.
+            own = d if self.layout == 1 or idx > 0 else None
             todo: list[Path] = [d] if sync_dirs else []
             for c in created:
-                if c != d or sync_dirs:
+                if c != own or sync_dirs:
                     todo += [c, c.parent]
             for p in sorted(set(todo), key=lambda p: len(p.parts), reverse=True):
                 self._fsync_dir(p)
@@ -133,25 +215,59 @@ class ChunkStore:
         end = min(offset + length, held_end)
         if end <= offset:
             return True, b""
-        out = bytearray()
-        pos = offset
-        present = set(chunks)
-        while pos < end:
-            idx, within = divmod(pos, CHUNK)
-            n = min(CHUNK - within, end - pos)
-            fd = self._open(ino, idx, False) if idx in present else None
+        # What is held in [offset, end): read_exact's bytes (one pread for a
+        # range in one chunk, no copies), holes as zeros.
+        return end >= held_end, self.read_exact(ino, offset, end - offset)
+
+    def read_exact(self, ino: int, offset: int, n: int) -> bytes:
+        """
+        C{n} bytes at C{offset}, holes and what lies past the bytes held read
+        as zeros: a gateway's read on the local path, clipped to the size the
+        meta server gave. A range in one chunk (every aligned NFS READ) is
+        one C{pread} into the bytes returned: no directory listing, no
+        C{fstat}, no copy (L{read} makes three of a 1 MiB read, and each
+        large block allocated and freed costs more than its copy).
+        """
+        if offset < 0 or n < 0:
+            raise errors.Inval("negative offset or length")
+        idx, within = divmod(offset, CHUNK)
+        if within + n <= CHUNK:
+            fd = _open_existing(self._chunk_name(ino, idx))
             if fd is None:
-                out += bytes(n)
-            else:
+                return bytes(n)
+            try:
+                got = os.pread(fd, n, within)
+            finally:
+                os.close(fd)
+            return got if len(got) == n else got.ljust(n, b"\0")
+        out = bytearray(n)
+        view = memoryview(out)
+        pos = 0
+        while pos < n:
+            idx, within = divmod(offset + pos, CHUNK)
+            m = min(CHUNK - within, n - pos)
+            fd = _open_existing(self._chunk_name(ino, idx))
+            if fd is not None:
                 try:
-                    got = os.pread(fd, n, within)
+                    # A short read leaves the rest zero: past the chunk's end.
+                    part = view[pos : pos + m]
+                    done = 0
+                    while done < m:
+                        k = os.preadv(fd, [part[done:]], within + done)
+                        if k <= 0:
+                            break
+                        done += k
                 finally:
                     os.close(fd)
-                out += got
-                if len(got) < n:
-                    out += bytes(n - len(got))
-            pos += n
-        return end >= held_end, bytes(out)
+            pos += m
+        return bytes(out)
+
+    def _chunk_name(self, ino: int, idx: int) -> str:
+        """L{_path} as a string, built without pathlib (the read path's hot spot)."""
+        bucket = f"{self.root}/chunks/{ino % 256:02x}"
+        if self.layout == 1:
+            return f"{bucket}/{ino}/{idx}"
+        return f"{bucket}/{ino}" if idx == 0 else f"{bucket}/{ino}.d/{idx}"
 
     def held(self, ino: int) -> int:
         """The end of the bytes held for C{ino} (0 when none): what a data server calls its size."""
@@ -160,7 +276,7 @@ class ChunkStore:
             return 0
         last = chunks[-1]
         try:
-            return last * CHUNK + os.stat(self._dir(ino) / str(last)).st_size
+            return last * CHUNK + os.stat(self._path(ino, last)).st_size
         except FileNotFoundError:
             return last * CHUNK
 
@@ -206,15 +322,26 @@ class ChunkStore:
         """
         if not self.durable:
             return
-        for idx in self._chunks(ino) if chunks is None else sorted(set(chunks)):
+        todo = self._chunks(ino) if chunks is None else sorted(set(chunks))
+        past_first = False  # a chunk past the first synced: its directory existed
+        for idx in todo:
             fd = self._open(ino, idx, False)
             if fd is not None:
+                past_first = past_first or idx > 0
                 try:
                     os.fdatasync(fd)
                 finally:
                     os.close(fd)
+        bucket_synced = False
+        if self.layout != 1 and todo and todo[0] == 0:
+            # Layout 2: chunk 0's entry is in its bucket, synced every time (a
+            # truncate through another process may have removed and made it
+            # again). The bucket's own entry in chunks/ was synced when it was
+            # made. The file's directory's entry is in it too.
+            self._fsync_dir(self._bucket(ino))
+            bucket_synced = True
         d = self._dir(ino)
-        if d.exists():
+        if (past_first if self.layout != 1 else True) and d.exists():
             # The chunks' entries: every time (a truncate through another
             # process may have removed and made one again since).
             self._fsync_dir(d)
@@ -226,7 +353,8 @@ class ChunkStore:
                 # COMMIT of a file (every COMMIT of a long sequential write)
                 # makes one directory sync, not two. Another process that
                 # made the directory syncs it at its own first sync.
-                self._fsync_dir(d.parent)
+                if not bucket_synced:
+                    self._fsync_dir(d.parent)
                 self._linked.add(ino)
 
     def commit(self, ino: int) -> None:
@@ -263,7 +391,7 @@ class ChunkStore:
             if hi <= offset or lo >= end:
                 continue
             if offset <= lo and end >= hi:
-                os.unlink(self._dir(ino) / str(idx))
+                os.unlink(self._path(ino, idx))
                 continue
             fd = self._open(ino, idx, False)
             if fd is None:
@@ -287,7 +415,7 @@ class ChunkStore:
         for idx in self._chunks(ino):
             lo = idx * CHUNK
             if lo >= size:
-                os.unlink(self._dir(ino) / str(idx))
+                os.unlink(self._path(ino, idx))
             elif lo + CHUNK > size:
                 fd = self._open(ino, idx, False)
                 if fd is not None:
@@ -305,6 +433,8 @@ class ChunkStore:
     def forget(self, ino: int) -> None:
         self._dirty.pop(ino, None)
         self._linked.discard(ino)
+        if self.layout != 1:
+            _unlink_if_there(self._path(ino, 0))
         shutil.rmtree(self._dir(ino), ignore_errors=True)
 
     def forget_small(self, ino: int, most: int = 1) -> bool:
@@ -319,8 +449,11 @@ class ChunkStore:
         except FileNotFoundError:
             self._dirty.pop(ino, None)
             self._linked.discard(ino)
+            if self.layout != 1:
+                # Layout 2, no directory: chunk 0 alone, if anything (a small file).
+                _unlink_if_there(self._path(ino, 0))
             return True
-        if len(names) > most:
+        if len(names) + (self.layout != 1) > most:
             return False
         self.forget(ino)
         return True
@@ -365,6 +498,32 @@ def _make_dirs(d: Path) -> list[Path]:
             pass
         created.append(p)
     return created
+
+
+def _read_layout(path: Path) -> int | None:
+    """The layout a store's layout file names; None when there is none (or not yet whole)."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if text not in ("1", "2"):
+        raise OSError(f"{path}: unknown chunk layout {text!r}")
+    return int(text)
+
+
+def _unlink_if_there(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _open_existing(path: str) -> int | None:
+    """A chunk file opened for reading, or None when it does not exist (a hole)."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
 
 
 def _fsync_dir(path: Path) -> None:

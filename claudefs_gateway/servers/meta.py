@@ -17,12 +17,14 @@ from C{--data-server}, kept in the store, and handed out by C{LAYOUT_GET}.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
 
 from claudefs_gateway import errors
 from claudefs_gateway.backend.remote import wire
+from claudefs_gateway.backend.remote.marks import MarkWriter, clear_marks
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import RenameResult, WriteResult
@@ -60,8 +62,15 @@ class MetaHandler:
         shared: Callable[..., ISharedState] | None = None,
         grace: float = GRACE,
         linger: float = LINGER,
+        marks: Path | None = None,
     ) -> None:
         self.backend = backend
+        #: Where subscribed connections' event counts are shared (marks.py), if anywhere.
+        self.marks = marks
+        if marks is not None:
+            # An earlier run's (killed: its files were never removed) would
+            # read as counts nobody updates; a gateway must find none.
+            clear_marks(marks)
         self._publish = publish
         self.layout = layout or wire.Layout(DEFAULT_STRIPE, 1, ())
         if clock is None:
@@ -185,6 +194,16 @@ class MetaHandler:
         self._subscribers = subs
         session = getattr(conn, "session", 0)
         if on:
+            if self.marks is not None and getattr(conn, "mark", False) is None:
+                try:
+                    conn.mark = MarkWriter(self.marks, session)
+                    conn.mark.set(conn.pushed)
+                except OSError as e:
+                    # The gateway then finds no file and asks for sizes.
+                    clear_marks(self.marks, session)
+                    self._log.warn(
+                        "event mark in {dir} not kept: {why}", dir=str(self.marks), why=str(e)
+                    )
             subs.add(conn)
             conn.subscribed_once = True
             self.shared.subscribed(session)

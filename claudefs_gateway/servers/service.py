@@ -66,6 +66,8 @@ class ServerSettings:
     meta_store: Any = None
     #: data: the pNFS data server's NFSv3 listener (None: serve no pNFS clients).
     nfs_listen: Listen | None = None
+    #: meta: where subscribed gateways' event counts are shared (marks.py), if anywhere.
+    event_marks: Path | None = None
 
 
 class ServerService(MultiService):
@@ -268,7 +270,13 @@ def build_meta(
     timing = {}
     if store_config is not None:
         timing = {"grace": store_config.grace_secs, "linger": store_config.linger_secs}
-    handler = MetaHandler(backend, publish, clock=reactor, shared=shared, **timing)
+    marks = settings.event_marks
+    if marks is not None and pg is not None:
+        # Changes through other meta servers reach this one's gateways late
+        # (through the database): a count of this server's events proves nothing.
+        _log.warn("--event-marks ignored: the store is shared with other meta servers")
+        marks = None
+    handler = MetaHandler(backend, publish, clock=reactor, shared=shared, marks=marks, **timing)
     store = _MetaStore(
         handler,
         list(settings.data_servers),
@@ -299,6 +307,9 @@ def build_data(
     """The C{claudefs-data} tree: chunk files under the data directory, served on the RPC."""
     root, threads = _common("data", settings, reactor, registry)
     store = ChunkStore(settings.data_dir, durable=settings.durable)
+    # Settled now (a new store's layout file written), before any gateway on
+    # the local path looks; an unknown layout stops the server here.
+    _log.info("chunk layout {layout}", layout=store.layout)
 
     def run(fn: Any, *a: Any) -> defer.Deferred[Any]:
         return threads.run("disk", fn, *a)  # type: ignore[no-any-return]

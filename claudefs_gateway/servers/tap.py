@@ -121,6 +121,11 @@ class _ServerOptions(usage.Options):
             stall_timeout=stall,
             meta_store=meta_store,
             nfs_listen=nfs_listen,
+            event_marks=(
+                Path(self["event-marks"]).absolute()
+                if self.role == "meta" and self["event-marks"]
+                else None
+            ),
         )
 
 
@@ -144,6 +149,15 @@ class MetaOptions(_ServerOptions):
             "1",
             "Copies of each stripe on consecutive data servers, for new namespaces (pNFS "
             "mirrors; docs/pnfs.rst).",
+        ],
+        [
+            "event-marks",
+            None,
+            None,
+            "A directory on this host where the count of events pushed to each subscribed "
+            "gateway is kept (docs/workers.rst); gateways on this host with "
+            "backend.event_marks naming it read files' sizes without a round trip. "
+            "--workers passes it. Ignored over PostgreSQL.",
         ],
     ]
     optFlags: list[list[Any]] = [

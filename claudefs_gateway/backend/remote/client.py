@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from claudefs_gateway import errors
 from claudefs_gateway.backend.remote import wire
+from claudefs_gateway.backend.remote.marks import MarkReader
 from claudefs_gateway.backend.remote.protocol import ClientConnection
 from claudefs_gateway.core.breaker import CLOSED, Breaker
 from claudefs_gateway.core.health import CheckResult
@@ -70,6 +71,32 @@ _TYPE_ERRORS = (errors.NotFound, errors.IsDir, errors.Inval, errors.Stale)
 _UNREACHABLE = (errors.BackendUnavailable, errors.Timeout, ConnectionError)
 #: How often copies missing writes are looked at for re-silvering (seconds).
 RESILVER_INTERVAL = 5.0
+
+#: Calls that change nothing a read's size depends on; any other call through
+#: this gateway drops the sizes reads keep (L{RemoteBackend._read_attrs}).
+_PURE = frozenset(
+    {
+        "HELLO",
+        "HEARTBEAT",
+        "SUBSCRIBE",
+        "ROOT",
+        "GETATTR",
+        "LOOKUP",
+        "READDIR",
+        "READLINK",
+        "STATFS",
+        "GETXATTR",
+        "LISTXATTR",
+        "USAGE",
+        "ALL_USAGE",
+        "GET_QUOTA",
+        "LIST_QUOTAS",
+        "GET_STATE",
+        "LAYOUT_GET",
+    }
+)
+#: Files whose attributes reads keep at most (then all are dropped).
+READ_ATTRS_MAX = 4096
 
 
 class NodeSpec:
@@ -149,6 +176,12 @@ class RemoteBackend:
         (C{backend.short_circuit}, which C{--workers} sets): reads and
         writes then use the chunk files directly instead of a call to the
         data server (docs/workers.rst, "The local data path").
+    @param event_marks: the directory where the meta server, on this host,
+        counts the events it pushed to each gateway (C{backend.event_marks},
+        which C{--workers} sets; marks.py): a read whose file's attributes
+        this gateway fetched, with no change heard since and none unheard,
+        takes the size from them instead of a C{GETATTR} (docs/workers.rst,
+        "Reads without a round trip").
     """
 
     _log = Logger()
@@ -168,6 +201,7 @@ class RemoteBackend:
         backoff: Backoff = _BACKOFF,
         session: int | None = None,
         short_circuit: Any = None,
+        event_marks: str | None = None,
     ) -> None:
         if not meta:
             raise errors.ConfigError([errors.Problem("metadata_servers", None, "no meta server")])
@@ -221,6 +255,22 @@ class RemoteBackend:
         self._dirs_after: collections.OrderedDict[int, Attributes] = collections.OrderedDict()
         #: True once open() found the layout the short-circuit path serves.
         self.short_circuited = False
+        self._marks_dir = event_marks
+        #: The meta server's count of events pushed to the subscribed
+        #: connection, and that connection (None while unsubscribed or kept nowhere).
+        self._mark: tuple[MarkReader, ClientConnection] | None = None
+        #: Attributes reads take sizes from, by inode: each a GETATTR's answer
+        #: with no change heard while it was in flight, dropped by any change
+        #: heard or made here since (see _read).
+        self._read_attrs: dict[int, Attributes] = {}
+        #: Bumped by every change heard or made here: a GETATTR that saw it
+        #: move while in flight is not kept.
+        self._heard = 0
+        #: Reads answered with a kept size, and with a GETATTR (tests, benchmarks).
+        self.read_sizes_kept = 0
+        self.read_sizes_asked = 0
+        #: SETATTRs of a file's own size alone answered from the kept attributes.
+        self.setattrs_skipped = 0
 
     def _spawn(self, coro: Any) -> None:
         """Run C{coro} in the background; close() cancels it."""
@@ -386,6 +436,8 @@ class RemoteBackend:
         if value.session == self.session:
             return
         # Another gateway changed it: what an earlier answer said is history.
+        self._heard += 1
+        self._read_attrs.pop(value.ino, None)
         self._dirs_after.pop(value.ino, None)
         if value.dir:
             self._dirs_after.pop(value.dir, None)
@@ -394,6 +446,7 @@ class RemoteBackend:
 
     def _reset(self) -> None:
         self._dirs_after.clear()
+        self._forget_read_attrs()
         for listener in list(self._reset_listeners):
             try:
                 listener()
@@ -442,6 +495,7 @@ class RemoteBackend:
                 await _sleep(self._clock, 1.0)
                 continue
             self._events = conn
+            self._open_mark(conn)
             first = not self._subscribed_before
             self._subscribed_before = True
             for subscribed in list(self._subscribed_listeners):
@@ -459,9 +513,51 @@ class RemoteBackend:
                 await lost
             finally:
                 self._events = None
+                self._drop_mark()
             if self._state == "open":
                 self._reset()
                 attempt = 1
+
+    def _open_mark(self, conn: ClientConnection) -> None:
+        """After SUBSCRIBE: map the meta server's count of the events it pushed us."""
+        self._drop_mark()
+        if self._marks_dir is None:
+            return
+        try:
+            self._mark = (MarkReader(self._marks_dir, self.session), conn)
+        except OSError as e:
+            self._log.warn(
+                "no event mark in {dir}: {why}; reads ask the meta server for sizes",
+                dir=self._marks_dir,
+                why=str(e),
+            )
+
+    def _drop_mark(self) -> None:
+        if self._mark is not None:
+            self._mark[0].close()
+            self._mark = None
+        self._forget_read_attrs()
+
+    def _forget_read_attrs(self) -> None:
+        self._heard += 1
+        self._read_attrs.clear()
+
+    def _kept_attrs(self, ino: int) -> Attributes | None:
+        """
+        The attributes kept for C{ino}, if they are current: no change to it
+        heard or made here since they were fetched, and every event the meta
+        server pushed us so far handled (marks.py: any change acknowledged
+        to any client before now was published before that acknowledgement).
+        """
+        if self._mark is None:
+            return None
+        a = self._read_attrs.get(ino)
+        if a is None:
+            return None
+        mark, conn = self._mark
+        if mark.value() > conn.events_received:
+            return None
+        return a
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -469,7 +565,14 @@ class RemoteBackend:
         if self._state not in ("open", "opening"):
             return defer.fail(errors.IO("backend is not open"))
         op = wire.BY_NAME[name]
-        return self._meta.call(lambda c: c.call(name, args), op.idempotent)  # type: ignore[no-any-return]
+        d: defer.Deferred[Any] = self._meta.call(lambda c: c.call(name, args), op.idempotent)
+        if name not in _PURE:
+            # A change through this gateway: sizes kept for reads are dropped
+            # when it is sent and again when it is answered (a GETATTR answered
+            # in between may hold either side of it).
+            self._forget_read_attrs()
+            d.addBoth(_tap(lambda _: self._forget_read_attrs()))
+        return d
 
     def _dcall(self, address: str, name: str, args: Any = None) -> defer.Deferred[Any]:
         if self._state != "open":
@@ -767,7 +870,24 @@ class RemoteBackend:
     ) -> defer.Deferred[Attributes]:
         # Always durable (the flag is a hint: interfaces.IMetadataService.create).
         d = self._call("CREATE", (parent, bytes(name), type, mode, uid, gid, tuple(rdev)))
-        return d.addCallback(self._took_dirs)
+        # The new file's attributes are kept like a read's GETATTR answer
+        # when only this call's own answer was heard meanwhile (its callback
+        # in _call bumps _heard once): the O_TRUNC SETATTR that follows a
+        # create then needs no round trip (_setattr).
+        heard = self._heard
+        d.addCallback(self._took_dirs)
+        return d.addCallback(_tap(lambda a: self._keep_created(a, heard)))
+
+    def _keep_created(self, a: Attributes, heard: int) -> None:
+        if a.type is FileType.REG and self._heard == heard + 1:
+            self._keep(a)
+
+    def _keep(self, a: Attributes) -> None:
+        if self._mark is None:
+            return
+        if len(self._read_attrs) >= READ_ATTRS_MAX:
+            self._read_attrs.clear()
+        self._read_attrs[a.ino] = a
 
     def symlink(
         self, parent: int, name: bytes, target: bytes, mode: int, uid: int, gid: int
@@ -812,6 +932,25 @@ class RemoteBackend:
         return defer.Deferred.fromCoroutine(self._setattr(ino, changes, guard_ctime_ns))
 
     async def _setattr(self, ino: int, changes: SetAttrs, guard: int | None) -> Attributes:
+        if (
+            changes.size is not None
+            and guard is None
+            and self.short_circuited
+            and changes == SetAttrs(size=changes.size)
+        ):
+            kept = self._kept_attrs(ino)
+            if kept is not None and kept.type is FileType.REG and kept.size == changes.size:
+                # The size it has, and nothing else: a change of nothing (the
+                # contract; POSIX ftruncate marks no times then), so no round
+                # trip, as long as nothing is held past it to cut (bytes a
+                # crash left past the size: the round trip below cuts them).
+                try:
+                    held = self._local.held(ino)
+                except OSError as e:
+                    raise self._local_failed(e) from None
+                if held <= changes.size:
+                    self.setattrs_skipped += 1
+                    return kept
         a: Attributes = await self._call("SETATTR", (ino, changes, guard))
         if changes.size is not None:
             # Bytes at and past the new size go (a later extension reads zeros);
@@ -910,7 +1049,15 @@ class RemoteBackend:
         return defer.Deferred.fromCoroutine(self._read(ino, offset, length))
 
     async def _read(self, ino: int, offset: int, length: int) -> tuple[bytes, bool]:
-        a: Attributes = await self._call("GETATTR", (ino,))
+        a = self._kept_attrs(ino)
+        if a is not None:
+            self.read_sizes_kept += 1
+        else:
+            self.read_sizes_asked += 1
+            heard = self._heard
+            a = await self._call("GETATTR", (ino,))
+            if heard == self._heard:
+                self._keep(a)
         _check_regular(a)
         if offset < 0 or length < 0:
             raise errors.Inval("negative offset or length")
@@ -933,10 +1080,9 @@ class RemoteBackend:
         call to the data server.
         """
         try:
-            _, got = self._local.read(ino, offset, n)
+            return self._local.read_exact(ino, offset, n)  # type: ignore[no-any-return]
         except OSError as e:
             raise self._local_failed(e) from None
-        return got if len(got) >= n else got + bytes(n - len(got))
 
     async def _read_piece(self, ino: int, copies: Sequence[str], pos: int, size: int) -> bytes:
         """A piece from the first copy that answers and missed no write."""

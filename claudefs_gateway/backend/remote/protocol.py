@@ -189,6 +189,9 @@ class ClientConnection(FrameProtocol):
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[wire.Op, defer.Deferred[Any]]] = {}
         self._lost: list[Callable[[], None]] = []
+        #: EVENT frames received and handled (marks.py compares it with the
+        #: meta server's count of those it pushed).
+        self.events_received = 0
 
     @override
     def connectionMade(self) -> None:
@@ -251,6 +254,7 @@ class ClientConnection(FrameProtocol):
             op = wire.OPS.get(opcode)
             if op is None:
                 self._log.debug("unknown event {opcode} ignored", opcode=opcode)
+                self.events_received += 1
                 return
             try:
                 value = wire.decode(op.result, payload)
@@ -261,7 +265,12 @@ class ClientConnection(FrameProtocol):
                 try:
                     self.on_event(op.name, value)
                 except Exception:
+                    # Not counted: what it should have dropped may still be
+                    # cached, so this connection's count never catches up.
                     self._log.failure("event handler failed for {event}", event=op.name)
+                    return
+            # After the handler: the caches have dropped what the event names.
+            self.events_received += 1
             return
         if kind not in (wire.REPLY, wire.ERROR):
             self.protocol_error(ProtocolError(f"server sent frame kind {kind}"))
@@ -324,6 +333,10 @@ class ServerConnection(FrameProtocol):
         self._writes_paused = False
         self._stall: IDelayedCall | None = None
         self._queued_events = 0
+        #: Events pushed (or dropped) on this connection, and where that count
+        #: is shared with a gateway on this host (marks.py; meta C{--event-marks}).
+        self.pushed = 0
+        self.mark: Any = None
 
     @override
     def connectionMade(self) -> None:
@@ -334,6 +347,9 @@ class ServerConnection(FrameProtocol):
     @override
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._closing = True
+        if self.mark is not None:
+            self.mark.close()
+            self.mark = None
         self.factory.connections.discard(self)
         self.factory.subscribers.discard(self)
         if self._stall is not None and self._stall.active():
@@ -528,6 +544,11 @@ class ServerConnection(FrameProtocol):
 
     def push(self, name: str, value: Any) -> None:
         """Send one EVENT frame; a subscriber that will not read is cut off."""
+        # Counted first, even when it is dropped below: the gateway's count
+        # then never catches up, and it asks the meta server (marks.py).
+        self.pushed += 1
+        if self.mark is not None:
+            self.mark.set(self.pushed)
         if self._closing:
             return
         if self._writes_paused:

@@ -19,11 +19,20 @@ class Cluster:
     """One meta and one data server (started by L{start}), stopped by the test's cleanup."""
 
     def __init__(
-        self, test: Any, durable: bool = False, meta_store: Any = None, nfs: bool = False
+        self,
+        test: Any,
+        durable: bool = False,
+        meta_store: Any = None,
+        nfs: bool = False,
+        event_marks: bool = False,
     ) -> None:
         self.test = test
+        #: The meta server's event-mark directory (marks.py), if it keeps marks.
+        self.marks: Any = None
         self.nfs = nfs
         self.base = test.mktemp()
+        if event_marks:
+            self.marks = _path(self.base, "marks")
         self.durable = durable
         self.meta_store = meta_store
         self.meta: ServerService | None = None
@@ -62,6 +71,7 @@ class Cluster:
                 tuple(data_servers),
                 durable=self.durable,
                 meta_store=self.meta_store,
+                event_marks=self.marks,
             ),
             reactor,
             CollectorRegistry(),
