@@ -20,12 +20,12 @@ from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
 from claudefs_gateway.core.log import Logger
 
-__all__ = ["CATALOGUE", "Metrics", "RequestMetrics", "LATENCY_BUCKETS"]
+__all__ = ["CATALOGUE", "Metrics", "RequestMetrics", "Tally", "LATENCY_BUCKETS"]
 
 # From 50 µs (a cached GETATTR) to 30 s (a large object over a slow link).
 LATENCY_BUCKETS = (
@@ -239,6 +239,30 @@ class Metrics:
         self.registry.register(collector)
         self._families[name] = collector
 
+    def tally(self, name: str, *labels: str) -> Tally:
+        """
+        A child of counter C{name} from L{CATALOGUE} kept as a plain integer
+        and read at each scrape: for counts taken several times a request
+        (cache lookups), where a prometheus_client child's C{inc} (a check
+        and a lock) costs more than the lookup it counts. Tallies with the
+        same label values are summed.
+
+        @raise KeyError: C{name} is not in the catalogue.
+        @raise ValueError: C{name} is not a counter, or is already registered
+            as an ordinary family.
+        """
+        fam = self._families.get(name)
+        if fam is None:
+            spec = CATALOGUE[name]
+            if spec.kind is not Counter:
+                raise ValueError(f"{name} is not a counter")
+            fam = _Tallied(name, spec)
+            self.registry.register(fam)
+            self._families[name] = fam
+        elif not isinstance(fam, _Tallied):
+            raise ValueError(f"{name} is already registered")
+        return fam.child(labels)
+
     def add_process_collectors(self, clock: Callable[[], float] = time.monotonic) -> None:
         """process_* series and gateway_cpu_usage_percent, owned by the process itself."""
         ProcessCollector(registry=self.registry)
@@ -276,6 +300,46 @@ class _Collected:
                 family.add_metric(list(labels), float(value))
         else:
             family.add_metric([], float(got))
+        return [family]
+
+
+class Tally:
+    """One counter child as a plain integer (L{Metrics.tally}); only the reactor thread counts."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class _Tallied:
+    """A counter family whose children are L{Tally}s, summed per label values at each scrape."""
+
+    def __init__(self, name: str, spec: Spec) -> None:
+        self.name = name
+        self.spec = spec
+        self._children: list[tuple[tuple[str, ...], Tally]] = []
+
+    def child(self, labels: tuple[str, ...]) -> Tally:
+        if len(labels) != len(self.spec.labels):
+            raise ValueError(f"{self.name} takes labels {self.spec.labels}")
+        t = Tally()
+        self._children.append((labels, t))
+        return t
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.name, self.spec.help, labels=self.spec.labels)]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.spec.help, labels=self.spec.labels)
+        sums: dict[tuple[str, ...], int] = {}
+        for labels, t in self._children:
+            sums[labels] = sums.get(labels, 0) + t.value
+        for labels, value in sorted(sums.items()):
+            family.add_metric(list(labels), float(value))
         return [family]
 
 

@@ -73,6 +73,35 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
+class TallyTests(SynchronousTestCase):
+    def test_tally(self) -> None:
+        """Tallies are a counter's children, summed per label values at each scrape."""
+        m = Metrics()
+        a = m.tally("gateway_cache_hits_total", "attr")
+        b = m.tally("gateway_cache_hits_total", "attr")
+        n = m.tally("gateway_cache_hits_total", "name")
+        a.inc()
+        b.value += 2
+        n.inc(5)
+        reg = m.registry
+        self.assertEqual(reg.get_sample_value("gateway_cache_hits_total", {"cache": "attr"}), 3)
+        self.assertEqual(reg.get_sample_value("gateway_cache_hits_total", {"cache": "name"}), 5)
+        a.inc()
+        self.assertEqual(reg.get_sample_value("gateway_cache_hits_total", {"cache": "attr"}), 4)
+        text = generate_latest(reg).decode()
+        self.assertIn("# TYPE gateway_cache_hits_total counter", text)
+        self.assertIn('gateway_cache_hits_total{cache="attr"} 4.0', text)
+
+    def test_tally_refused(self) -> None:
+        """Only counters, never one already registered as an ordinary family, right labels."""
+        m = Metrics()
+        self.assertRaises(ValueError, m.tally, "gateway_locks_held", "nlm")
+        m.family("gateway_requests_total")
+        self.assertRaises(ValueError, m.tally, "gateway_requests_total", "smb", "create")
+        self.assertRaises(ValueError, m.tally, "gateway_cache_hits_total", "attr", "extra")
+        self.assertRaises(KeyError, m.tally, "no_such_total", "x")
+
+
 class RequestMetricsTests(SynchronousTestCase):
     def test_observe(self) -> None:
         m = Metrics()

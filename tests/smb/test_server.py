@@ -400,7 +400,6 @@ class CreditTests(SynchronousTestCase):
         self.assertFalse(ok)
         self.assertLessEqual(len(window.used), 2 * 4 + 4)
 
-
     def test_window_in_and_out_of_order(self) -> None:
         """
         Ids used in order move the window's bottom without being remembered;
@@ -421,6 +420,7 @@ class CreditTests(SynchronousTestCase):
         self.assertEqual((window.low, window.used), (14, set()))
         self.assertFalse(window.consume(60, 8))  # beyond what was granted
         self.assertEqual(window.outstanding, 64 - 14)
+
     def test_multi_credit(self) -> None:
         """A 1 MiB READ needs a CreditCharge of 16 (MS-SMB2 3.3.5.2.5)."""
         conn = Wire().connect()
