@@ -379,13 +379,14 @@ class RequestMetrics:
     Per-protocol request accounting: count, errors, latency histogram, p99.
 
     Front ends call L{observe} once per request. Label children are cached per
-    operation so the hot path is a dict lookup and three increments.
+    operation so the hot path is a dict lookup, a tally's increment and the
+    histogram's observation.
     """
 
     def __init__(self, metrics: Metrics, protocol: str) -> None:
         self.protocol = protocol
-        self._requests = metrics.family("gateway_requests_total")
-        self._errors = metrics.family("gateway_errors_total")
+        # Counts as tallies (read at scrape), the latency as a histogram child.
+        self._metrics = metrics
         self._latency = metrics.family("gateway_latency_seconds")
         self._rejected = metrics.family("gateway_rejected_requests_total")
         self._auth = metrics.family("gateway_auth_failures_total").labels(protocol)
@@ -393,27 +394,29 @@ class RequestMetrics:
         metrics.family("gateway_latency_p99_us").labels(protocol).set_function(
             self._reservoir.p99_us
         )
-        self._ops: dict[str, tuple[Any, Any]] = {}
-        self._errs: dict[tuple[str, str], Any] = {}
+        self._ops: dict[str, tuple[Tally, Any]] = {}
+        self._errs: dict[tuple[str, str], Tally] = {}
 
     def observe(self, op: str, seconds: float, status: str | None = None) -> None:
         """Count one request of C{op} that took C{seconds}; C{status} names an error."""
         pair = self._ops.get(op)
         if pair is None:
             pair = (
-                self._requests.labels(self.protocol, op),
+                self._metrics.tally("gateway_requests_total", self.protocol, op),
                 self._latency.labels(self.protocol, op),
             )
             self._ops[op] = pair
-        pair[0].inc()
+        pair[0].value += 1
         pair[1].observe(seconds)
         self._reservoir.samples.append(seconds)
         if status is not None:
             key = (op, status)
             child = self._errs.get(key)
             if child is None:
-                child = self._errs[key] = self._errors.labels(self.protocol, op, status)
-            child.inc()
+                child = self._errs[key] = self._metrics.tally(
+                    "gateway_errors_total", self.protocol, op, status
+                )
+            child.value += 1
 
     def rejected(self, reason: str) -> None:
         self._rejected.labels(self.protocol, reason).inc()

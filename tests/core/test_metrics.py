@@ -96,8 +96,8 @@ class TallyTests(SynchronousTestCase):
         """Only counters, never one already registered as an ordinary family, right labels."""
         m = Metrics()
         self.assertRaises(ValueError, m.tally, "gateway_locks_held", "nlm")
-        m.family("gateway_requests_total")
-        self.assertRaises(ValueError, m.tally, "gateway_requests_total", "smb", "create")
+        m.family("gateway_auth_failures_total")
+        self.assertRaises(ValueError, m.tally, "gateway_auth_failures_total", "smb")
         self.assertRaises(ValueError, m.tally, "gateway_cache_hits_total", "attr", "extra")
         self.assertRaises(KeyError, m.tally, "no_such_total", "x")
 
