@@ -118,7 +118,19 @@ class Op:
         current one (see L{Engine.run_batch}).
     """
 
-    __slots__ = ("fn", "args", "durable", "ino", "d", "ok", "value", "failure", "warning", "name")
+    __slots__ = (
+        "fn",
+        "args",
+        "durable",
+        "ino",
+        "d",
+        "ok",
+        "value",
+        "failure",
+        "warning",
+        "name",
+        "changed",
+    )
 
     def __init__(
         self,
@@ -137,6 +149,9 @@ class Op:
         self.failure: Failure | None = None
         self.warning = ""
         self.name = getattr(fn, "__name__", "op")
+        # Once it succeeded: the inode rows it wrote (None: deleted), for
+        # the reader's kept rows (EmbeddedBackend._deliver).
+        self.changed: dict[int, Node | None] | None = None
 
 
 class _Ctx:
@@ -690,6 +705,7 @@ class Engine:
         conn = self.conn
         assert conn is not None
         ctx = _Ctx(self.now())
+        op.changed = None
         saved = (self.next_ino, self.next_cookie)
         conn.execute("SAVEPOINT op")
         try:
@@ -712,6 +728,14 @@ class Engine:
         conn.execute("RELEASE op")
         op.ok = True
         op.value = value
+        # The rows as _write_back wrote them; the op's Node objects are
+        # not touched again (each op loads its own).
+        changed: dict[int, Node | None] = {n.ino: n for n in ctx.new}
+        for ino in ctx.dirty:
+            changed[ino] = ctx.nodes[ino]
+        for node in ctx.dropped:
+            changed[node.ino] = None
+        op.changed = changed
         return ctx
 
     def _write_back(self, conn: sqlite3.Connection, ctx: _Ctx) -> None:
