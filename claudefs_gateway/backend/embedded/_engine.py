@@ -512,7 +512,14 @@ class Engine:
             if (self.next_ino, self.next_cookie) != start_counters:
                 conn.executemany(
                     "UPDATE meta SET v = ? WHERE k = ?",
-                    [(self.next_ino, "next_ino"), (self.next_cookie, "next_cookie")],
+                    [
+                        (v, k)
+                        for v, k, was in (
+                            (self.next_ino, "next_ino", start_counters[0]),
+                            (self.next_cookie, "next_cookie", start_counters[1]),
+                        )
+                        if v != was
+                    ],
                 )
             if durable:
                 # Data before the metadata that points at it: a crash after this
@@ -769,10 +776,14 @@ class Engine:
             " SET bytes = bytes + excluded.bytes, inodes = inodes + excluded.inodes",
             changed,
         )
-        conn.executemany(
-            "DELETE FROM usage WHERE kind = ? AND id = ? AND bytes = 0 AND inodes = 0",
-            [(k, i) for k, i, _, _ in changed],
-        )
+        # A row can only reach zero where something was taken away (a
+        # create or a write adds: no row to drop, no statement to run).
+        dropped = [(k, i) for k, i, b, n in changed if b < 0 or n < 0]
+        if dropped:
+            conn.executemany(
+                "DELETE FROM usage WHERE kind = ? AND id = ? AND bytes = 0 AND inodes = 0",
+                dropped,
+            )
 
     def _unlink_data(self, ino: int) -> None:
         self.files.forget(ino)
