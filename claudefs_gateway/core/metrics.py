@@ -196,6 +196,22 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._families: dict[str, Any] = {}
+        self._read_at_scrape: dict[tuple[str, tuple[str, ...]], list[Callable[[], float]]] = {}
+
+    def gauge_from(self, name: str, labels: tuple[str, ...], value: Callable[[], float]) -> None:
+        """
+        Gauge C{name}'s child C{labels} reads C{value()} at each scrape
+        (summed with every other reader given for the same child), instead
+        of being set on a hot path (requests in flight: two gauge updates,
+        each a lock, per request).
+        """
+        readers = self._read_at_scrape.get((name, labels))
+        if readers is None:
+            readers = self._read_at_scrape[(name, labels)] = []
+            self.family(name).labels(*labels).set_function(
+                lambda: float(sum(read() for read in readers))
+            )
+        readers.append(value)
 
     def family(self, name: str) -> Any:
         """

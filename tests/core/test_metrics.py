@@ -102,6 +102,23 @@ class TallyTests(SynchronousTestCase):
         self.assertRaises(KeyError, m.tally, "no_such_total", "x")
 
 
+class GaugeFromTests(SynchronousTestCase):
+    def test_gauge_from(self) -> None:
+        """A gauge child read at scrape, summed over every reader given for it."""
+        m = Metrics()
+        figures = {"a": 1, "b": 2}
+        m.gauge_from("gateway_in_flight_requests", ("smb",), lambda: figures["a"])
+        m.gauge_from("gateway_in_flight_requests", ("smb",), lambda: figures["b"])
+        m.gauge_from("gateway_in_flight_requests", ("nfs3",), lambda: 7)
+        reg = m.registry
+        self.assertEqual(reg.get_sample_value("gateway_in_flight_requests", {"protocol": "smb"}), 3)
+        figures["a"] = 0
+        self.assertEqual(reg.get_sample_value("gateway_in_flight_requests", {"protocol": "smb"}), 2)
+        self.assertEqual(
+            reg.get_sample_value("gateway_in_flight_requests", {"protocol": "nfs3"}), 7
+        )
+
+
 class RequestMetricsTests(SynchronousTestCase):
     def test_observe(self) -> None:
         m = Metrics()
