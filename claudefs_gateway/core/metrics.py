@@ -12,6 +12,7 @@ peers, paths or users (STYLE.md §9).
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from collections import deque
@@ -20,12 +21,13 @@ from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
 
 from claudefs_gateway.core.log import Logger
 
-__all__ = ["CATALOGUE", "Metrics", "RequestMetrics", "Tally", "LATENCY_BUCKETS"]
+__all__ = ["CATALOGUE", "Metrics", "RequestMetrics", "Tally", "TallyHistogram", "LATENCY_BUCKETS"]
 
 # From 50 µs (a cached GETATTR) to 30 s (a large object over a slow link).
 LATENCY_BUCKETS = (
@@ -279,6 +281,29 @@ class Metrics:
             raise ValueError(f"{name} is already registered")
         return fam.child(labels)
 
+    def tally_histogram(self, name: str, *labels: str) -> TallyHistogram:
+        """
+        A child of histogram C{name} from L{CATALOGUE} (buckets
+        L{LATENCY_BUCKETS}) kept as plain integers and read at each scrape,
+        as L{tally} does for counters: one observation per request costs a
+        bisection and two additions, not a check and two locks.
+
+        @raise KeyError: C{name} is not in the catalogue.
+        @raise ValueError: C{name} is not a histogram, or is already
+            registered as an ordinary family.
+        """
+        fam = self._families.get(name)
+        if fam is None:
+            spec = CATALOGUE[name]
+            if spec.kind is not Histogram:
+                raise ValueError(f"{name} is not a histogram")
+            fam = _TallyHistograms(name, spec)
+            self.registry.register(fam)
+            self._families[name] = fam
+        elif not isinstance(fam, _TallyHistograms):
+            raise ValueError(f"{name} is already registered")
+        return fam.child(labels)
+
     def add_process_collectors(self, clock: Callable[[], float] = time.monotonic) -> None:
         """process_* series and gateway_cpu_usage_percent, owned by the process itself."""
         ProcessCollector(registry=self.registry)
@@ -359,6 +384,57 @@ class _Tallied:
         return [family]
 
 
+class TallyHistogram:
+    """One histogram child as plain numbers (L{Metrics.tally_histogram}); reactor thread only."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        # One count per bucket of LATENCY_BUCKETS, then one beyond the last.
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: the first bound >= value, as a bucket's "le" means.
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
+        self.sum += value
+
+
+class _TallyHistograms:
+    """A histogram family whose children are L{TallyHistogram}s, read at each scrape."""
+
+    def __init__(self, name: str, spec: Spec) -> None:
+        self.name = name
+        self.spec = spec
+        self._children: list[tuple[tuple[str, ...], TallyHistogram]] = []
+
+    def child(self, labels: tuple[str, ...]) -> TallyHistogram:
+        if len(labels) != len(self.spec.labels):
+            raise ValueError(f"{self.name} takes labels {self.spec.labels}")
+        h = TallyHistogram()
+        self._children.append((labels, h))
+        return h
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.spec.help, labels=self.spec.labels)]
+
+    def collect(self) -> list[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.spec.help, labels=self.spec.labels)
+        merged: dict[tuple[str, ...], tuple[list[int], float]] = {}
+        for labels, h in self._children:
+            counts, total = merged.get(labels, ([0] * len(h.counts), 0.0))
+            merged[labels] = ([a + b for a, b in zip(counts, h.counts, strict=True)], total + h.sum)
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
+        for labels, (counts, total) in sorted(merged.items()):
+            running = 0
+            buckets = []
+            for bound, n in zip(bounds, counts, strict=True):
+                running += n
+                buckets.append((bound, float(running)))
+            family.add_metric(list(labels), buckets, total)
+        return [family]
+
+
 class CpuUsage:
     """CPU percent of one core used by this process between two readings."""
 
@@ -403,14 +479,13 @@ class RequestMetrics:
         self.protocol = protocol
         # Counts as tallies (read at scrape), the latency as a histogram child.
         self._metrics = metrics
-        self._latency = metrics.family("gateway_latency_seconds")
         self._rejected = metrics.family("gateway_rejected_requests_total")
         self._auth = metrics.family("gateway_auth_failures_total").labels(protocol)
         self._reservoir = _Reservoir()
         metrics.family("gateway_latency_p99_us").labels(protocol).set_function(
             self._reservoir.p99_us
         )
-        self._ops: dict[str, tuple[Tally, Any]] = {}
+        self._ops: dict[str, tuple[Tally, TallyHistogram]] = {}
         self._errs: dict[tuple[str, str], Tally] = {}
 
     def observe(self, op: str, seconds: float, status: str | None = None) -> None:
@@ -419,7 +494,7 @@ class RequestMetrics:
         if pair is None:
             pair = (
                 self._metrics.tally("gateway_requests_total", self.protocol, op),
-                self._latency.labels(self.protocol, op),
+                self._metrics.tally_histogram("gateway_latency_seconds", self.protocol, op),
             )
             self._ops[op] = pair
         pair[0].value += 1

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from prometheus_client import generate_latest
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
-from claudefs_gateway.core.metrics import CATALOGUE, CpuUsage, Metrics, RequestMetrics, percentile
+from claudefs_gateway.core.metrics import (
+    CATALOGUE,
+    LATENCY_BUCKETS,
+    CpuUsage,
+    Metrics,
+    RequestMetrics,
+    percentile,
+)
 
 
 def scrape(m: Metrics) -> dict[str, list]:
@@ -100,6 +109,50 @@ class TallyTests(SynchronousTestCase):
         self.assertRaises(ValueError, m.tally, "gateway_auth_failures_total", "smb")
         self.assertRaises(ValueError, m.tally, "gateway_cache_hits_total", "attr", "extra")
         self.assertRaises(KeyError, m.tally, "no_such_total", "x")
+
+
+class TallyHistogramTests(SynchronousTestCase):
+    def test_same_as_prometheus_client(self) -> None:
+        """
+        The samples are those prometheus_client's own Histogram gives for
+        the same observations (bucket edges included: "le" is inclusive),
+        children of the same labels summed.
+        """
+        values = [0.0, 0.00005, 0.00006, 0.001, 0.0011, 2.5, 1e9, 0.3]
+        m = Metrics()
+        a = m.tally_histogram("gateway_latency_seconds", "smb", "CREATE")
+        b = m.tally_histogram("gateway_latency_seconds", "smb", "CREATE")
+        for i, v in enumerate(values):
+            (a if i % 2 else b).observe(v)
+        m.tally_histogram("gateway_latency_seconds", "smb", "CLOSE").observe(0.01)
+        ref = CollectorRegistry()
+        h = Histogram(
+            "gateway_latency_seconds",
+            "x",
+            ("protocol", "op"),
+            registry=ref,
+            buckets=LATENCY_BUCKETS,
+        )
+        for v in values:
+            h.labels("smb", "CREATE").observe(v)
+        h.labels("smb", "CLOSE").observe(0.01)
+
+        def samples(reg: CollectorRegistry) -> list[tuple[str, tuple[Any, ...], float]]:
+            return sorted(
+                (x.name, tuple(sorted(x.labels.items())), x.value)
+                for fam in reg.collect()
+                for x in fam.samples
+                if not x.name.endswith("_created")
+            )
+
+        self.assertEqual(samples(m.registry), samples(ref))
+
+    def test_refused(self) -> None:
+        m = Metrics()
+        self.assertRaises(ValueError, m.tally_histogram, "gateway_requests_total", "a", "b")
+        m.family("gateway_lease_break_seconds")
+        self.assertRaises(ValueError, m.tally_histogram, "gateway_lease_break_seconds", "smb")
+        self.assertRaises(ValueError, m.tally_histogram, "gateway_latency_seconds", "smb")
 
 
 class GaugeFromTests(SynchronousTestCase):
