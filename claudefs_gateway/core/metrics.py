@@ -269,6 +269,9 @@ class Metrics:
         @raise ValueError: C{name} is not a counter, or is already registered
             as an ordinary family.
         """
+        return self._tallied(name).child(labels)
+
+    def _tallied(self, name: str) -> _Tallied:
         fam = self._families.get(name)
         if fam is None:
             spec = CATALOGUE[name]
@@ -279,7 +282,7 @@ class Metrics:
             self._families[name] = fam
         elif not isinstance(fam, _Tallied):
             raise ValueError(f"{name} is already registered")
-        return fam.child(labels)
+        return fam
 
     def tally_histogram(self, name: str, *labels: str) -> TallyHistogram:
         """
@@ -292,6 +295,9 @@ class Metrics:
         @raise ValueError: C{name} is not a histogram, or is already
             registered as an ordinary family.
         """
+        return self._tally_histograms(name).child(labels)
+
+    def _tally_histograms(self, name: str) -> _TallyHistograms:
         fam = self._families.get(name)
         if fam is None:
             spec = CATALOGUE[name]
@@ -302,7 +308,7 @@ class Metrics:
             self._families[name] = fam
         elif not isinstance(fam, _TallyHistograms):
             raise ValueError(f"{name} is already registered")
-        return fam.child(labels)
+        return fam
 
     def add_process_collectors(self, clock: Callable[[], float] = time.monotonic) -> None:
         """process_* series and gateway_cpu_usage_percent, owned by the process itself."""
@@ -477,8 +483,12 @@ class RequestMetrics:
 
     def __init__(self, metrics: Metrics, protocol: str) -> None:
         self.protocol = protocol
-        # Counts as tallies (read at scrape), the latency as a histogram child.
+        # Counts and latencies as tallies (read at scrape), their families
+        # exported from the start (alert rules name them before any request).
         self._metrics = metrics
+        metrics._tallied("gateway_requests_total")
+        metrics._tallied("gateway_errors_total")
+        metrics._tally_histograms("gateway_latency_seconds")
         self._rejected = metrics.family("gateway_rejected_requests_total")
         self._auth = metrics.family("gateway_auth_failures_total").labels(protocol)
         self._reservoir = _Reservoir()
@@ -508,6 +518,14 @@ class RequestMetrics:
                     "gateway_errors_total", self.protocol, op, status
                 )
             child.value += 1
+
+    def count(self, op: str, status: str | None = None) -> int:
+        """Requests of C{op} counted so far (with C{status}: those failed so)."""
+        if status is None:
+            pair = self._ops.get(op)
+            return 0 if pair is None else pair[0].value
+        child = self._errs.get((op, status))
+        return 0 if child is None else child.value
 
     def rejected(self, reason: str) -> None:
         self._rejected.labels(self.protocol, reason).inc()
