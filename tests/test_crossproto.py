@@ -350,6 +350,32 @@ class CrossProtocolTests(TestCase):
         )
         self.assertIn([REMOVED, "f.txt"], note["changes"], note)
 
+    async def test_nfs_and_s3_changes_seen_by_next_smb_create(self) -> None:
+        """
+        An SMB CREATE right after an NFS write or an S3 PUT reports the file
+        and its directory as they changed (the store's kept inode rows and
+        the vfs's directory attributes follow every protocol's changes).
+        """
+        s3, smb = await self.s3(), await self.smb()
+        await s3.ok("put", bucket="export", key="fresh/a.txt", data="a")
+        first = await smb.ok("open", id="a1", path="fresh\\a.txt")
+        self.assertEqual(first["size"], 1)
+        await smb.ok("close", id="a1")
+        before = await smb.ok("open", id="d1", path="fresh", dir=True)
+        await smb.ok("close", id="d1")
+        [w] = await self.libnfs("write", "/fresh/a.txt", "0", "written over nfs")
+        self.assertGreater(w["ret"], 0, w)
+        after_nfs = await smb.ok("open", id="a2", path="fresh\\a.txt")
+        self.assertEqual(after_nfs["size"], len("written over nfs"))
+        await smb.ok("close", id="a2")
+        await s3.ok("put", bucket="export", key="fresh/b.txt", data="bb")
+        dir_after = await smb.ok("open", id="d2", path="fresh", dir=True)
+        await smb.ok("close", id="d2")
+        self.assertGreater(dir_after["change_time"], before["change_time"])
+        new = await smb.ok("open", id="b1", path="fresh\\b.txt")
+        self.assertEqual(new["size"], 2)
+        await smb.ok("close", id="b1")
+
     async def test_smb_rename_seen_by_s3_and_nfs(self) -> None:
         """A rename over SMB is what the next S3 listing and NFS READDIR show."""
         s3, smb = await self.s3(), await self.smb()

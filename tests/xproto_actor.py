@@ -158,7 +158,12 @@ def smb(host: str, port: str, share: str, user: str, password: str) -> int:
             oplock_level=0xFF if "lease" in o else 0,
         )
         opens[o["id"]] = f
-        out: dict[str, Any] = {"oplock": f.oplock_level}
+        out: dict[str, Any] = {
+            "oplock": f.oplock_level,
+            # What the CREATE response said of the file (MS-SMB2 2.2.14).
+            "size": f.end_of_file,
+            "change_time": f.change_time.isoformat(),
+        }
         for ctx in answer or []:
             if isinstance(ctx, SMB2CreateResponseLeaseV2):
                 out["lease"] = _lease_text(ctx["lease_state"].get_value())

@@ -77,9 +77,8 @@ class Activity:
         self._idle_waiters: list[defer.Deferred[None]] = []
         self._closed_waiters: list[defer.Deferred[None]] = []
         self._conn_gauge = metrics.family("gateway_active_connections").labels(protocol)
-        self._flight_gauge = metrics.family("gateway_in_flight_requests").labels(protocol)
         self._conn_gauge.set(0)
-        self._flight_gauge.set(0)
+        metrics.gauge_from("gateway_in_flight_requests", (protocol,), lambda: self.in_flight)
         metrics.family("gateway_max_connections").labels(protocol).set(max_connections)
         self._refused = metrics.family("gateway_rejected_requests_total").labels(
             protocol, "max_connections"
@@ -160,11 +159,9 @@ class Activity:
 
     def begin(self) -> None:
         self.in_flight += 1
-        self._flight_gauge.inc()
 
     def end(self) -> None:
         self.in_flight -= 1
-        self._flight_gauge.dec()
         if self.in_flight == 0:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:

@@ -12,6 +12,7 @@ peers, paths or users (STYLE.md §9).
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from collections import deque
@@ -20,12 +21,13 @@ from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
 
 from claudefs_gateway.core.log import Logger
 
-__all__ = ["CATALOGUE", "Metrics", "RequestMetrics", "LATENCY_BUCKETS"]
+__all__ = ["CATALOGUE", "Metrics", "RequestMetrics", "Tally", "TallyHistogram", "LATENCY_BUCKETS"]
 
 # From 50 µs (a cached GETATTR) to 30 s (a large object over a slow link).
 LATENCY_BUCKETS = (
@@ -196,6 +198,22 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._families: dict[str, Any] = {}
+        self._read_at_scrape: dict[tuple[str, tuple[str, ...]], list[Callable[[], float]]] = {}
+
+    def gauge_from(self, name: str, labels: tuple[str, ...], value: Callable[[], float]) -> None:
+        """
+        Gauge C{name}'s child C{labels} reads C{value()} at each scrape
+        (summed with every other reader given for the same child), instead
+        of being set on a hot path (requests in flight: two gauge updates,
+        each a lock, per request).
+        """
+        readers = self._read_at_scrape.get((name, labels))
+        if readers is None:
+            readers = self._read_at_scrape[(name, labels)] = []
+            self.family(name).labels(*labels).set_function(
+                lambda: float(sum(read() for read in readers))
+            )
+        readers.append(value)
 
     def family(self, name: str) -> Any:
         """
@@ -239,6 +257,59 @@ class Metrics:
         self.registry.register(collector)
         self._families[name] = collector
 
+    def tally(self, name: str, *labels: str) -> Tally:
+        """
+        A child of counter C{name} from L{CATALOGUE} kept as a plain integer
+        and read at each scrape: for counts taken several times a request
+        (cache lookups), where a prometheus_client child's C{inc} (a check
+        and a lock) costs more than the lookup it counts. Tallies with the
+        same label values are summed.
+
+        @raise KeyError: C{name} is not in the catalogue.
+        @raise ValueError: C{name} is not a counter, or is already registered
+            as an ordinary family.
+        """
+        return self._tallied(name).child(labels)
+
+    def _tallied(self, name: str) -> _Tallied:
+        fam = self._families.get(name)
+        if fam is None:
+            spec = CATALOGUE[name]
+            if spec.kind is not Counter:
+                raise ValueError(f"{name} is not a counter")
+            fam = _Tallied(name, spec)
+            self.registry.register(fam)
+            self._families[name] = fam
+        elif not isinstance(fam, _Tallied):
+            raise ValueError(f"{name} is already registered")
+        return fam
+
+    def tally_histogram(self, name: str, *labels: str) -> TallyHistogram:
+        """
+        A child of histogram C{name} from L{CATALOGUE} (buckets
+        L{LATENCY_BUCKETS}) kept as plain integers and read at each scrape,
+        as L{tally} does for counters: one observation per request costs a
+        bisection and two additions, not a check and two locks.
+
+        @raise KeyError: C{name} is not in the catalogue.
+        @raise ValueError: C{name} is not a histogram, or is already
+            registered as an ordinary family.
+        """
+        return self._tally_histograms(name).child(labels)
+
+    def _tally_histograms(self, name: str) -> _TallyHistograms:
+        fam = self._families.get(name)
+        if fam is None:
+            spec = CATALOGUE[name]
+            if spec.kind is not Histogram:
+                raise ValueError(f"{name} is not a histogram")
+            fam = _TallyHistograms(name, spec)
+            self.registry.register(fam)
+            self._families[name] = fam
+        elif not isinstance(fam, _TallyHistograms):
+            raise ValueError(f"{name} is already registered")
+        return fam
+
     def add_process_collectors(self, clock: Callable[[], float] = time.monotonic) -> None:
         """process_* series and gateway_cpu_usage_percent, owned by the process itself."""
         ProcessCollector(registry=self.registry)
@@ -279,6 +350,97 @@ class _Collected:
         return [family]
 
 
+class Tally:
+    """One counter child as a plain integer (L{Metrics.tally}); only the reactor thread counts."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class _Tallied:
+    """A counter family whose children are L{Tally}s, summed per label values at each scrape."""
+
+    def __init__(self, name: str, spec: Spec) -> None:
+        self.name = name
+        self.spec = spec
+        self._children: list[tuple[tuple[str, ...], Tally]] = []
+
+    def child(self, labels: tuple[str, ...]) -> Tally:
+        if len(labels) != len(self.spec.labels):
+            raise ValueError(f"{self.name} takes labels {self.spec.labels}")
+        t = Tally()
+        self._children.append((labels, t))
+        return t
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.name, self.spec.help, labels=self.spec.labels)]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.spec.help, labels=self.spec.labels)
+        sums: dict[tuple[str, ...], int] = {}
+        for labels, t in self._children:
+            sums[labels] = sums.get(labels, 0) + t.value
+        for labels, value in sorted(sums.items()):
+            family.add_metric(list(labels), float(value))
+        return [family]
+
+
+class TallyHistogram:
+    """One histogram child as plain numbers (L{Metrics.tally_histogram}); reactor thread only."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        # One count per bucket of LATENCY_BUCKETS, then one beyond the last.
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: the first bound >= value, as a bucket's "le" means.
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
+        self.sum += value
+
+
+class _TallyHistograms:
+    """A histogram family whose children are L{TallyHistogram}s, read at each scrape."""
+
+    def __init__(self, name: str, spec: Spec) -> None:
+        self.name = name
+        self.spec = spec
+        self._children: list[tuple[tuple[str, ...], TallyHistogram]] = []
+
+    def child(self, labels: tuple[str, ...]) -> TallyHistogram:
+        if len(labels) != len(self.spec.labels):
+            raise ValueError(f"{self.name} takes labels {self.spec.labels}")
+        h = TallyHistogram()
+        self._children.append((labels, h))
+        return h
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.spec.help, labels=self.spec.labels)]
+
+    def collect(self) -> list[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.spec.help, labels=self.spec.labels)
+        merged: dict[tuple[str, ...], tuple[list[int], float]] = {}
+        for labels, h in self._children:
+            counts, total = merged.get(labels, ([0] * len(h.counts), 0.0))
+            merged[labels] = ([a + b for a, b in zip(counts, h.counts, strict=True)], total + h.sum)
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
+        for labels, (counts, total) in sorted(merged.items()):
+            running = 0
+            buckets = []
+            for bound, n in zip(bounds, counts, strict=True):
+                running += n
+                buckets.append((bound, float(running)))
+            family.add_metric(list(labels), buckets, total)
+        return [family]
+
+
 class CpuUsage:
     """CPU percent of one core used by this process between two readings."""
 
@@ -315,41 +477,55 @@ class RequestMetrics:
     Per-protocol request accounting: count, errors, latency histogram, p99.
 
     Front ends call L{observe} once per request. Label children are cached per
-    operation so the hot path is a dict lookup and three increments.
+    operation so the hot path is a dict lookup, a tally's increment and the
+    histogram's observation.
     """
 
     def __init__(self, metrics: Metrics, protocol: str) -> None:
         self.protocol = protocol
-        self._requests = metrics.family("gateway_requests_total")
-        self._errors = metrics.family("gateway_errors_total")
-        self._latency = metrics.family("gateway_latency_seconds")
+        # Counts and latencies as tallies (read at scrape), their families
+        # exported from the start (alert rules name them before any request).
+        self._metrics = metrics
+        metrics._tallied("gateway_requests_total")
+        metrics._tallied("gateway_errors_total")
+        metrics._tally_histograms("gateway_latency_seconds")
         self._rejected = metrics.family("gateway_rejected_requests_total")
         self._auth = metrics.family("gateway_auth_failures_total").labels(protocol)
         self._reservoir = _Reservoir()
         metrics.family("gateway_latency_p99_us").labels(protocol).set_function(
             self._reservoir.p99_us
         )
-        self._ops: dict[str, tuple[Any, Any]] = {}
-        self._errs: dict[tuple[str, str], Any] = {}
+        self._ops: dict[str, tuple[Tally, TallyHistogram]] = {}
+        self._errs: dict[tuple[str, str], Tally] = {}
 
     def observe(self, op: str, seconds: float, status: str | None = None) -> None:
         """Count one request of C{op} that took C{seconds}; C{status} names an error."""
         pair = self._ops.get(op)
         if pair is None:
             pair = (
-                self._requests.labels(self.protocol, op),
-                self._latency.labels(self.protocol, op),
+                self._metrics.tally("gateway_requests_total", self.protocol, op),
+                self._metrics.tally_histogram("gateway_latency_seconds", self.protocol, op),
             )
             self._ops[op] = pair
-        pair[0].inc()
+        pair[0].value += 1
         pair[1].observe(seconds)
         self._reservoir.samples.append(seconds)
         if status is not None:
             key = (op, status)
             child = self._errs.get(key)
             if child is None:
-                child = self._errs[key] = self._errors.labels(self.protocol, op, status)
-            child.inc()
+                child = self._errs[key] = self._metrics.tally(
+                    "gateway_errors_total", self.protocol, op, status
+                )
+            child.value += 1
+
+    def count(self, op: str, status: str | None = None) -> int:
+        """Requests of C{op} counted so far (with C{status}: those failed so)."""
+        if status is None:
+            pair = self._ops.get(op)
+            return 0 if pair is None else pair[0].value
+        child = self._errs.get((op, status))
+        return 0 if child is None else child.value
 
     def rejected(self, reason: str) -> None:
         self._rejected.labels(self.protocol, reason).inc()

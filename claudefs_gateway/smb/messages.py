@@ -322,19 +322,41 @@ class CreateRequest:
     def parse(cls, data: bytes | memoryview) -> CreateRequest:
         r = Reader(data)
         check_size(r, 57)
-        name = r.utf16(r.u16(B + 44), r.u16(B + 46), B + 56)
-        contexts = _parse_create_contexts(r, r.u32(B + 48), r.u32(B + 52), B + 56)
+        # The fixed part (MS-SMB2 2.2.13) at once: check_size saw it present.
+        (
+            oplock,
+            impersonation,
+            desired_access,
+            file_attributes,
+            share_access,
+            disposition,
+            options,
+            name_off,
+            name_len,
+            ctx_off,
+            ctx_len,
+        ) = _CREATE_FIXED.unpack_from(data, B)
+        name = r.utf16(name_off, name_len, B + 56)
+        contexts = _parse_create_contexts(r, ctx_off, ctx_len, B + 56)
         return cls(
-            oplock=r.u8(B + 3),
-            impersonation=r.u32(B + 4),
-            desired_access=r.u32(B + 24),
-            file_attributes=r.u32(B + 28),
-            share_access=r.u32(B + 32),
-            disposition=r.u32(B + 36),
-            options=r.u32(B + 40),
+            oplock=oplock,
+            impersonation=impersonation,
+            desired_access=desired_access,
+            file_attributes=file_attributes,
+            share_access=share_access,
+            disposition=disposition,
+            options=options,
             name=name,
             contexts=tuple(contexts),
         )
+
+
+# StructureSize and SecurityFlags skipped, RequestedOplockLevel,
+# ImpersonationLevel, SmbCreateFlags and Reserved skipped, DesiredAccess,
+# FileAttributes, ShareAccess, CreateDisposition, CreateOptions, NameOffset,
+# NameLength, CreateContextsOffset, CreateContextsLength.
+_CREATE_FIXED = struct.Struct("<3xBI16xIIIIIHHII")
+assert _CREATE_FIXED.size == 56
 
 
 @attrs.frozen

@@ -277,13 +277,21 @@ class CreditWindow:
         last = first + count
         if first < self.low or last > self.high:
             return False
+        used = self.used
+        if first == self.low and not used:
+            # In order with nothing used ahead (almost every message): the
+            # window's bottom moves past the ids, nothing to remember.
+            self.low = last
+            return self.high - self.low <= 2 * self.limit
         ids = range(first, last)
-        if any(i in self.used for i in ids):
+        if not used.isdisjoint(ids):
             return False
-        self.used.update(ids)
-        while self.low in self.used:
-            self.used.discard(self.low)
-            self.low += 1
+        used.update(ids)
+        low = self.low
+        while low in used:
+            used.discard(low)
+            low += 1
+        self.low = low
         # A client that leaves an id unused forever holds the window open:
         # past twice the limit it is not following the protocol.
         return self.high - self.low <= 2 * self.limit

@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from twisted.internet.interfaces import IReactorTime
 
-from claudefs_gateway.core.metrics import Metrics
+from claudefs_gateway.core.metrics import Metrics, Tally
 from claudefs_gateway.fstypes import Attributes
 
 __all__ = ["BoundedCache", "AttrCache", "NameCache"]
@@ -54,10 +54,12 @@ class BoundedCache(Generic[K, V]):
         self._freq: dict[K, int] = {}
         self._buckets: dict[int, OrderedDict[K, None]] = {}
         self._min_freq = 0
-        self._hits = self._misses = None
+        self._hits: Tally | None = None
+        self._misses: Tally | None = None
         if metrics is not None:
-            self._hits = metrics.family("gateway_cache_hits_total").labels(name)
-            self._misses = metrics.family("gateway_cache_misses_total").labels(name)
+            # Tallies, not prometheus children: a request looks up several times.
+            self._hits = metrics.tally("gateway_cache_hits_total", name)
+            self._misses = metrics.tally("gateway_cache_misses_total", name)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -69,20 +71,20 @@ class BoundedCache(Generic[K, V]):
         entry = self._data.get(key)
         if entry is None:
             if self._misses is not None:
-                self._misses.inc()
+                self._misses.value += 1
             return None
         value, expires = entry
         if self._clock.seconds() >= expires:
             self.discard(key)
             if self._misses is not None:
-                self._misses.inc()
+                self._misses.value += 1
             return None
         if self.eviction == "lru":
             self._data.move_to_end(key)
         elif self.eviction == "lfu":
             self._bump(key)
         if self._hits is not None:
-            self._hits.inc()
+            self._hits.value += 1
         return value
 
     def put(self, key: K, value: V) -> None:

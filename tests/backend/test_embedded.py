@@ -23,6 +23,7 @@ from claudefs_gateway.backend.embedded import _engine as engine_module
 from claudefs_gateway.backend.embedded import backend as backend_module
 from claudefs_gateway.backend.embedded._engine import Engine
 from claudefs_gateway.backend.embedded._files import Layout
+from claudefs_gateway.backend.embedded._schema import SELECT_NODE, Node
 from claudefs_gateway.core.health import DEGRADED, HEALTHY, UNHEALTHY
 from claudefs_gateway.core.threads import ThreadPools
 from claudefs_gateway.fstypes import FileType, QuotaLimits, SetAttrs, Usage
@@ -885,8 +886,9 @@ class ReadPathTests(StoreCase):
     async def test_inode_rows_kept_until_a_change(self) -> None:
         """
         Reads keep the inode rows they load (no query per read of an idle
-        file) and drop them all when any change is delivered, before its
-        caller or a read queued behind it can see the old ones.
+        file); a change delivered replaces the rows it wrote with what it
+        wrote, before its caller or a read queued behind it can see the old
+        ones.
         """
         b = await self.store()
         f = await b.create(1, b"f", REG, 0o644, 0, 0)
@@ -905,17 +907,96 @@ class ReadPathTests(StoreCase):
         # once, see ReactorRunTests).
         w = b.write(f.ino, 3, b"defg", True)
         r = b.read(f.ino, 0, 10)
-        seen: list[bool] = []
-        w.addCallback(lambda _: seen.append(f.ino in reader._nodes))
+        seen: list[int] = []
+        w.addCallback(lambda _: seen.append(reader._nodes[f.ino].size))
         await w
-        self.assertEqual(seen, [False])
+        self.assertEqual(seen, [7])
         self.assertEqual(await r, (b"abcdefg", True))
         self.assertEqual((await b.getattr(f.ino)).size, 7)
+        self.assertNotIn("SELECT", " ".join(queries))
         # Gone: a read of the freed inode fails, it does not serve the kept row.
         await b.read(f.ino, 0, 1)
         await b.unlink(1, b"f")
         with self.assertRaises(errors.NotFound):
             await b.read(f.ino, 0, 1)
+
+
+class KeptRowsTests(StoreCase):
+    """The reader's kept inode rows follow every change exactly (EmbeddedBackend._deliver)."""
+
+    def check_kept_rows_current(self, b: EmbeddedBackend) -> None:
+        reader = b._reader
+        assert reader is not None
+        for ino, node in reader._nodes.items():
+            row = reader.conn.execute(SELECT_NODE, (ino,)).fetchone()
+            self.assertIsNotNone(row, f"kept row of deleted inode {ino}")
+            self.assertEqual(node.row(), Node(row).row(), f"kept row of inode {ino}")
+
+    async def test_rows_follow_changes(self) -> None:
+        """
+        After each kind of change, durable or not, through the writer
+        thread or run at once, every kept row is the stored one and a
+        getattr reads no row again.
+        """
+        b = await self.store()
+        assert b._reader is not None
+        d = await b.create(1, b"d", DIR, 0o755, 0, 0)
+        e = await b.create(1, b"e", DIR, 0o755, 0, 0)
+        f = await b.create(d.ino, b"f", REG, 0o644, 0, 0, durable=False)
+        steps = [
+            lambda: b.write(f.ino, 0, b"x" * 5000, False),
+            lambda: b.write(f.ino, 100, b"y", True),
+            lambda: b.setattr(f.ino, SetAttrs(mode=0o600), durable=False),
+            lambda: b.setattr(f.ino, SetAttrs(size=10)),
+            lambda: b.link(f.ino, e.ino, b"g"),
+            lambda: b.rename(d.ino, b"f", e.ino, b"h", durable=False),
+            lambda: b.unlink(e.ino, b"g", durable=False),
+            lambda: b.create(e.ino, b"h2", REG, 0o644, 0, 0),
+            lambda: b.rename(e.ino, b"h2", e.ino, b"h"),  # replaces, frees the old h
+            lambda: b.unlink(e.ino, b"h"),
+            lambda: b.rmdir(1, b"d"),
+        ]
+        for step in steps:
+            for ino in (1, d.ino, e.ino, f.ino):
+                try:
+                    await b.getattr(ino)  # keeps the row
+                except errors.NotFound:
+                    pass
+            await step()
+            self.check_kept_rows_current(b)
+            for ino in (1, e.ino):
+                queries: list[str] = []
+                b._reader.conn.set_trace_callback(queries.append)
+                try:
+                    a = await b.getattr(ino)
+                finally:
+                    b._reader.conn.set_trace_callback(None)
+                self.assertEqual(queries, [], "the changed directory was read again")
+                self.assertEqual(b.dir_after(ino), a)
+        self.assertNotIn(f.ino, b._reader._nodes)
+        self.assertNotIn(d.ino, b._reader._nodes)
+        self.assertIsNone(b.dir_after(d.ino))
+        with self.assertRaises(errors.NotFound):
+            await b.getattr(d.ino)
+
+    async def test_failed_op_forgets(self) -> None:
+        """An op that failed may have committed rows: every kept row goes."""
+        b = await self.store()
+        assert b._reader is not None
+        await b.create(1, b"a", REG, 0o644, 0, 0)
+        await b.getattr(1)
+        self.assertIn(1, b._reader._nodes)
+        with self.assertRaises(errors.Exists):
+            await b.create(1, b"a", REG, 0o644, 0, 0)
+        self.assertEqual(b._reader._nodes, {})
+        self.assertIsNone(b.dir_after(1))
+
+    async def test_dir_after_only_directories(self) -> None:
+        b = await self.store()
+        f = await b.create(1, b"a", REG, 0o644, 0, 0)
+        await b.getattr(f.ino)
+        self.assertIsNone(b.dir_after(f.ino))
+        self.assertEqual(b.dir_after(1), await b.getattr(1))
 
 
 class ReactorRunTests(StoreCase):

@@ -230,10 +230,8 @@ class DispatchTests(SynchronousTestCase):
         self.successResultOf(d)
         self.reply(encode_call(10, PROG, 1, 3))
         self.flushLoggedErrors(RuntimeError)
-        reg = self.toy.metrics._requests._metrics  # type: ignore[attr-defined]
-        self.assertIn(("toy", "WAIT"), reg)
-        errs = self.toy.metrics._errors._metrics  # type: ignore[attr-defined]
-        self.assertIn(("toy", "BOOM", "SYSTEM_ERR"), errs)
+        self.assertEqual(self.toy.metrics.count("WAIT"), 1)
+        self.assertEqual(self.toy.metrics.count("BOOM", "SYSTEM_ERR"), 1)
 
 
 def records(transport: StringTransport) -> list[bytes]:

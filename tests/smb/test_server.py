@@ -400,6 +400,27 @@ class CreditTests(SynchronousTestCase):
         self.assertFalse(ok)
         self.assertLessEqual(len(window.used), 2 * 4 + 4)
 
+    def test_window_in_and_out_of_order(self) -> None:
+        """
+        Ids used in order move the window's bottom without being remembered;
+        ids used out of order are remembered until the gap below them fills,
+        and no id is accepted twice either way.
+        """
+        window = CreditWindow(limit=64)
+        window.grant(63)
+        self.assertTrue(window.consume(0, 1))
+        self.assertTrue(window.consume(1, 8))  # a multi-credit request, in order
+        self.assertEqual((window.low, window.used), (9, set()))
+        self.assertFalse(window.consume(4, 1))  # below the window: used
+        self.assertTrue(window.consume(12, 2))  # ahead of 9..11
+        self.assertEqual((window.low, window.used), (9, {12, 13}))
+        self.assertFalse(window.consume(13, 1))
+        self.assertFalse(window.consume(11, 2))  # 11 is free, 12 is not
+        self.assertTrue(window.consume(9, 3))  # fills the gap
+        self.assertEqual((window.low, window.used), (14, set()))
+        self.assertFalse(window.consume(60, 8))  # beyond what was granted
+        self.assertEqual(window.outstanding, 64 - 14)
+
     def test_multi_credit(self) -> None:
         """A 1 MiB READ needs a CreditCharge of 16 (MS-SMB2 3.3.5.2.5)."""
         conn = Wire().connect()

@@ -119,7 +119,19 @@ class Op:
         current one (see L{Engine.run_batch}).
     """
 
-    __slots__ = ("fn", "args", "durable", "ino", "d", "ok", "value", "failure", "warning", "name")
+    __slots__ = (
+        "fn",
+        "args",
+        "durable",
+        "ino",
+        "d",
+        "ok",
+        "value",
+        "failure",
+        "warning",
+        "name",
+        "changed",
+    )
 
     def __init__(
         self,
@@ -138,6 +150,9 @@ class Op:
         self.failure: Failure | None = None
         self.warning = ""
         self.name = getattr(fn, "__name__", "op")
+        # Once it succeeded: the inode rows it wrote (None: deleted), for
+        # the reader's kept rows (EmbeddedBackend._deliver).
+        self.changed: dict[int, Node | None] | None = None
 
 
 class _Ctx:
@@ -523,7 +538,14 @@ class Engine:
             if (self.next_ino, self.next_cookie) != start_counters:
                 conn.executemany(
                     "UPDATE meta SET v = ? WHERE k = ?",
-                    [(self.next_ino, "next_ino"), (self.next_cookie, "next_cookie")],
+                    [
+                        (v, k)
+                        for v, k, was in (
+                            (self.next_ino, "next_ino", start_counters[0]),
+                            (self.next_cookie, "next_cookie", start_counters[1]),
+                        )
+                        if v != was
+                    ],
                 )
             if durable:
                 # Data before the metadata that points at it: a crash after this
@@ -718,6 +740,7 @@ class Engine:
         conn = self.conn
         assert conn is not None
         ctx = _Ctx(self.now())
+        op.changed = None
         saved = (self.next_ino, self.next_cookie)
         conn.execute("SAVEPOINT op")
         try:
@@ -740,6 +763,14 @@ class Engine:
         conn.execute("RELEASE op")
         op.ok = True
         op.value = value
+        # The rows as _write_back wrote them; the op's Node objects are
+        # not touched again (each op loads its own).
+        changed: dict[int, Node | None] = {n.ino: n for n in ctx.new}
+        for ino in ctx.dirty:
+            changed[ino] = ctx.nodes[ino]
+        for node in ctx.dropped:
+            changed[node.ino] = None
+        op.changed = changed
         return ctx
 
     def _write_back(self, conn: sqlite3.Connection, ctx: _Ctx) -> None:
@@ -780,10 +811,14 @@ class Engine:
             " SET bytes = bytes + excluded.bytes, inodes = inodes + excluded.inodes",
             changed,
         )
-        conn.executemany(
-            "DELETE FROM usage WHERE kind = ? AND id = ? AND bytes = 0 AND inodes = 0",
-            [(k, i) for k, i, _, _ in changed],
-        )
+        # A row can only reach zero where something was taken away (a
+        # create or a write adds: no row to drop, no statement to run).
+        dropped = [(k, i) for k, i, b, n in changed if b < 0 or n < 0]
+        if dropped:
+            conn.executemany(
+                "DELETE FROM usage WHERE kind = ? AND id = ? AND bytes = 0 AND inodes = 0",
+                dropped,
+            )
 
     def _unlink_data(self, ino: int) -> None:
         self.files.forget(ino)

@@ -108,6 +108,29 @@ class Reader:
         if self._nodes:
             self._nodes.clear()
 
+    def changed(self, rows: dict[int, Node | None]) -> None:
+        """
+        An op committed these inode rows (None: deleted): keep them as
+        written, so the next read of a file or directory it changed (the
+        parent of the file just made) needs no query. The writer's Node
+        objects are never changed after their op.
+        """
+        nodes = self._nodes
+        for ino, node in rows.items():
+            if node is None:
+                nodes.pop(ino, None)
+            else:
+                if len(nodes) >= NODE_CACHE and ino not in nodes:
+                    nodes.clear()
+                nodes[ino] = node
+
+    def kept_dir(self, ino: int) -> Attributes | None:
+        """Directory C{ino}'s attributes if its row is kept, else None (no query)."""
+        node = self._nodes.get(ino)
+        if node is None or node.type is not FileType.DIR:
+            return None
+        return self.attrs(node)
+
     def _node(self, ino: int) -> Node:
         node = self._nodes.get(ino)
         if node is not None:

@@ -354,12 +354,20 @@ class EmbeddedBackend:
 
     def _deliver(self, batch: list[Op], freed: list[int]) -> None:
         """On the reactor thread: a batch committed (or failed); fire its Deferreds in order."""
-        if self._reader is not None:
+        reader = self._reader
+        if reader is not None:
             # Before any caller hears of the batch: inode rows the reader
-            # kept may predate it.
-            self._reader.forget()
+            # kept may predate it. Those an op wrote are replaced by what it
+            # wrote; an op that failed (or whose rows are not known) may
+            # still have committed some (a COMMIT whose data sync failed),
+            # so then every kept row goes.
+            for op in batch:
+                if op.ok and op.changed is not None:
+                    reader.changed(op.changed)
+                else:
+                    reader.forget()
             for ino in freed:
-                self._reader.files.forget(ino)
+                reader.files.forget(ino)
         for op in batch:
             self._done += 1
             if op.failure is not None:
@@ -436,6 +444,17 @@ class EmbeddedBackend:
 
     def lookup(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
         return self._read(Reader.lookup, parent, name)
+
+    def dir_after(self, ino: int) -> Attributes | None:
+        """
+        Directory C{ino} as the newest delivered change left it, if the
+        reader keeps its row (every op's rows replace the kept ones before
+        its caller hears of it: L{_deliver}), else None. The vfs caches it
+        after a namespace change instead of reading the directory again.
+        """
+        if self._reader is None or self._state != "open":
+            return None
+        return self._reader.kept_dir(ino)
 
     def create(
         self,
