@@ -27,7 +27,7 @@ from claudefs_gateway.backend.embedded import _engine as engine_module
 from claudefs_gateway.core import config as cfg
 from claudefs_gateway.s3.tree import STAGING
 from tests.helpers import bin_path, kill_on_cleanup, spawn, write_config
-from tests.s3.harness import Client, gateway_yaml, s3_port
+from tests.s3.harness import Client, gateway_yaml, raw_connect, raw_request, s3_port
 
 
 def md5(b: bytes) -> str:
@@ -132,6 +132,28 @@ class SmallPutFailureTests(TestCase):
         self.assertIn(got.body, bodies)
         self.assertEqual(got.header("etag"), f'"{md5(got.body)}"')
         self.assertEqual(await self.staged(), [])
+
+    async def test_pipelined_on_one_connection(self) -> None:
+        """
+        PUT, PUT again, GET, DELETE, GET of one key sent at once on one
+        keep-alive connection: answered in order, each seeing the one before.
+        """
+        a, b = os.urandom(4096), os.urandom(4000)
+        c = self.client
+        reqs = b""
+        for method, body in (("PUT", a), ("PUT", b), ("GET", b""), ("DELETE", b""), ("GET", b"")):
+            url, headers = c.sign(method, c.url("/bkt/p/key"), {}, body)
+            if method == "PUT":
+                headers["Content-Length"] = str(len(body))
+            reqs += raw_request(method, url, headers, body)
+        conn = await raw_connect(c.port)
+        conn.transport.write(reqs)
+        await conn.wait(lambda _: len(conn.responses()) == 5)
+        conn.transport.loseConnection()
+        rs = conn.responses()
+        self.assertEqual([r[0] for r in rs], [200, 200, 200, 204, 404])
+        self.assertEqual([r[1].get("etag") for r in rs[:2]], [f'"{md5(a)}"', f'"{md5(b)}"'])
+        self.assertEqual(rs[2][2], b)
 
     async def test_stable_write_when_the_store_does_not_sync_on_rename(self) -> None:
         """A store without C{renames_sync_data}: the small body is written stable, as before."""
