@@ -439,11 +439,18 @@ class ILockTable(Interface):
         *,
         wait: bool = False,
         reclaim: bool = False,
+        on_wait: Callable[[], None] | None = None,
     ) -> Deferred[Lock]:
         """
         Take a lock. Fires with the lock granted; without C{wait} a conflict
         fails at once with L{LockConflict}, with it the Deferred waits (cancel
         it to give up). @raise Deadlock: waiting would deadlock.
+
+        @param on_wait: called once the request waits, past every deadlock
+            check (at once for one gateway's table; after the meta server
+            recorded the wait for a shared one), so a front end that must
+            answer "blocked" (NLM) answers it only when no deadlock refusal
+            can follow.
         """
 
     def test(ino: int, owner: LockOwner, start: int, length: int, exclusive: bool) -> Lock | None:

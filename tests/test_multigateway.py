@@ -343,6 +343,36 @@ class TwoGatewaysTests(TestCase):
         [back] = await self.nlm(self.b, "host-a", "reclaim", "100", "0", "10", "1", "0")
         self.assertEqual(back["status"], 0)
 
+    async def test_nlm_deadlock_across_gateways(self) -> None:
+        """
+        libnfs's NLM clients: host-a through A and host-b through B each
+        lock one range, host-a's blocking request for host-b's range is
+        BLOCKED, and host-b's blocking request for host-a's range, which
+        would wait forever, is refused NLM4_DEADLCK (the meta server sees
+        both gateways' waits). Once host-a cancels, host-b gets its lock.
+        """
+        maker = await self.smb(self.a)
+        await maker.ok("open", id="m", path="locked.bin", access="rw", share="rwd")
+        await maker.ok("write", id="m", data="0123456789" * 3)
+        await maker.ok("close", id="m")
+        [a1] = await self.nlm(self.a, "host-a", "lock", "1", "0", "10", "1", "0")
+        [b1] = await self.nlm(self.b, "host-b", "lock", "2", "20", "10", "1", "0")
+        self.assertEqual((a1["status"], b1["status"]), (0, 0))
+        [a2] = await self.nlm(self.a, "host-a", "lock", "1", "20", "10", "1", "1")
+        self.assertEqual(a2["status"], 3)  # NLM4_BLOCKED
+        [b2] = await self.nlm(self.b, "host-b", "lock", "2", "0", "10", "1", "1")
+        self.assertEqual(b2["status"], 5)  # NLM4_DEADLCK
+        [cancelled, unlocked] = await self.nlm(
+            self.a, "host-a", "cancel", "1", "20", "10", "1", "unlock", "1", "0", "10"
+        )
+        self.assertEqual((cancelled["status"], unlocked["status"]), (0, 0))
+        for _ in range(200):  # B hears of A's unlock from the meta server
+            [b3] = await self.nlm(self.b, "host-b", "lock", "2", "0", "10", "1", "0")
+            if b3["status"] == 0:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(b3["status"], 0)
+
 
 class TwoMetaServersTests(TwoGatewaysTests):
     """Every test above, gateway A on meta server 1 and B on meta server 2, over one PostgreSQL."""

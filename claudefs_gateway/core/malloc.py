@@ -33,6 +33,16 @@ doubles it (steady load swings its heap in use by 24 MiB and more from one
 poll to the next here), one whose release stays given back, or
 C{TRIM_INTERVAL_SECS} without a trim, halves it again. A READ's buffer is
 freed and reused far below the threshold, so steady I/O never triggers it.
+And a trim needs more of the heap free (C{mallinfo2}'s C{fordblks}) than the
+load has had in use at its peak over the last C{KEEP_WINDOW_SECS} (and at
+least C{KEEP_FREE_BYTES}): that much the load has just shown it needs, and
+trimming it only made RSS dip and fault straight back (two 30-minute soaks
+with 200 clients: each had one trim that took RSS 12-14 % below its start
+for a few seconds, when a slow machine's queued requests had briefly raised
+the heap in use). With more free than that, a burst's end trims (all that
+is free: C{malloc_trim} cannot keep a part), and so does, once, a peak
+turning C{KEEP_WINDOW_SECS} old with the heap holding the threshold more
+free than the newer peak.
 Without C{mallinfo2} (glibc before 2.33) the trimmer trims every
 C{TRIM_INTERVAL_SECS}.
 Not glibc (musl, other platforms): nothing happens.
@@ -67,6 +77,9 @@ __all__ = [
     "WINDOW_SECS",
     "MAX_BURST_BYTES",
     "resident_bytes",
+    "heap_free",
+    "KEEP_FREE_BYTES",
+    "KEEP_WINDOW_SECS",
 ]
 
 _log = Logger()
@@ -84,6 +97,8 @@ POLL_SECS = 5.0
 BURST_BYTES = 24 << 20
 WINDOW_SECS = 60.0
 MAX_BURST_BYTES = 256 << 20
+KEEP_FREE_BYTES = 64 << 20
+KEEP_WINDOW_SECS = 600.0
 
 _done = False
 
@@ -186,6 +201,15 @@ def heap_in_use() -> int | None:
     return None if m is None else int(m.uordblks)
 
 
+def heap_free() -> int | None:
+    """
+    Bytes free inside glibc's heap (every arena, C{mallinfo2}'s C{fordblks}):
+    what a trim could give back, or None without glibc 2.33+.
+    """
+    m = mallinfo()
+    return None if m is None else int(m.fordblks)
+
+
 def resident_bytes() -> int | None:
     """This process's RSS in bytes (C{/proc/self/statm}), or None where there is none."""
     try:
@@ -208,6 +232,11 @@ class HeapTrimmer(Service):
     with C{rss}) gave back working set, not a burst's leftovers, and doubles
     it (up to C{MAX_BURST_BYTES}); a trim whose release stays given back, or
     C{interval} seconds without a trim, halves it again (down to C{burst}).
+    Either way a trim needs more bytes free in the heap (C{free}; None,
+    unknown, holds nothing back) than the most the heap had in use over the
+    last C{keep_window} seconds, and than C{keep}: less is the load's own,
+    reused soon. Free memory beyond that by the threshold is trimmed with
+    no burst's end (a peak older than C{keep_window} seconds has gone).
     Without C{mallinfo2} (C{in_use} None), trim every C{interval} seconds.
     """
 
@@ -221,6 +250,9 @@ class HeapTrimmer(Service):
         burst: int = BURST_BYTES,
         window: float = WINDOW_SECS,
         rss: Callable[[], int | None] = resident_bytes,
+        free: Callable[[], int | None] = heap_free,
+        keep: int = KEEP_FREE_BYTES,
+        keep_window: float = KEEP_WINDOW_SECS,
     ) -> None:
         self._clock = clock
         self._loop = LoopingCall(self._check)
@@ -232,15 +264,21 @@ class HeapTrimmer(Service):
         self._trim_fn = trim
         self._in_use = in_use
         self._rss = rss
+        self._free = free
+        self._keep = keep
         self._recent: deque[int] = deque(maxlen=max(int(window / self._poll), 1))
+        self._peaks: deque[int] = deque(maxlen=max(int(keep_window / self._poll), 1))
+        self._aged = False
         self._last = 0.0
         # The last trim being watched: (when, RSS after it, bytes it released).
         self._watch: tuple[float, int, int] | None = None
         #: The fall of the heap in use that trims now (see the class docstring).
         self.threshold = burst
-        #: Trims done; those the load faulted back (wasted).
+        #: Trims done; those the load faulted back (wasted); those held back
+        #: because the heap had no more than C{keep} bytes free.
         self.trims = 0
         self.wasted = 0
+        self.kept = 0
 
     def _read(self, f: Callable[[], int | None]) -> int | None:
         try:
@@ -271,9 +309,25 @@ class HeapTrimmer(Service):
             return
         recent = self._recent
         recent.append(used)
-        if max(recent) - used >= self.threshold:
+        self._peaks.append(used)
+        fell = max(recent) - used >= self.threshold
+        free = self._read(self._free)
+        keep = max(self._keep, max(self._peaks))
+        if free is not None and free <= keep:
+            # Nothing the load has not needed lately: it would take it back.
+            self._aged = False
+            if fell:
+                self.kept += 1
+        elif fell:
             self._trim(now)
-        elif now - self._last >= self._interval:
+            return
+        elif free is not None and free - keep >= self.threshold and not self._aged:
+            # An old peak's memory, once: C{fordblks} still counts released
+            # pages as free, so the same excess would trim again every poll.
+            self._aged = True
+            self._trim(now)
+            return
+        if now - self._last >= self._interval:
             # Quiet for a while: let the next burst's end count again.
             self._last = now
             self.threshold = max(self.threshold // 2, self._burst)

@@ -402,11 +402,51 @@ class NLM:
                 # Another client caching writes may hold locks in its cache
                 # too: it flushes them before this lock is decided.
                 await vfs.leases.recall(ino, Why.LOCK)
+            waits: defer.Deferred[None] = defer.Deferred()
+
+            def decided() -> None:
+                if not waits.called:
+                    waits.callback(None)
+
             d = locks.lock(
-                ino, owner, lk.offset, lk.length, a.exclusive, wait=a.block, reclaim=a.reclaim
+                ino,
+                owner,
+                lk.offset,
+                lk.length,
+                a.exclusive,
+                wait=a.block,
+                reclaim=a.reclaim,
+                on_wait=decided,
             )
         except Exception as e:
             return self._fail(e, "LOCK"), []
+        if a.block and not d.called and not waits.called:
+            # A table shared through a meta server decides later (vfs/shared.py):
+            # BLOCKED only once the request waits there, since NLM cannot tell a
+            # blocked client of a deadlock found afterwards (NLM4_DEADLCK is a
+            # reply, not a callback). Meanwhile a retransmission is BLOCKED.
+            outcome: list[Any] = []
+
+            def settle(result: Any) -> Any:
+                if waits.called:
+                    return result  # it waits: the GRANTED callback takes it on
+                outcome.append(result)
+                waits.callback(None)
+                return None
+
+            deciding = Pending(key, a, call.peer.host, via_msg, d)
+            self.pending[key] = deciding
+            d.addBoth(settle)
+            await waits
+            if self.pending.get(key) is deciding:
+                del self.pending[key]
+            if outcome:
+                if not isinstance(outcome[0], Failure):
+                    return NLM4.GRANTED, []
+                if outcome[0].check(defer.CancelledError):
+                    return NLM4.DENIED, []  # cancelled (NLM CANCEL, released) meanwhile
+                assert outcome[0].value is not None
+                return self._fail(outcome[0].value, "LOCK"), []
         if d.called:
             out: list[Any] = []
             d.addBoth(out.append)

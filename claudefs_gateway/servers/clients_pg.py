@@ -47,6 +47,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 
 from claudefs_gateway.core.log import Logger
+from claudefs_gateway.servers import clients as _mem
 from claudefs_gateway.servers.clients import GRACE
 
 __all__ = ["PgClientRegistry"]
@@ -85,6 +86,9 @@ class PgClientRegistry:
         self._stopped = False
         self._reading = False
         self._again = False
+        #: New clients' records refused for L{MAX_RECORDS}, and those logged so far.
+        self.not_kept = 0
+        self._logged_not_kept = 0
 
     # -- in a transaction (db thread) -----------------------------------------------------------
 
@@ -158,6 +162,22 @@ class PgClientRegistry:
             self.shared._notify(conn, "G")
         return bool(n)
 
+    def _insert_tx(self, conn: Any, protocol: str, owner: bytes, session: int) -> bool:
+        """
+        A new client's record, unless every gateway's together are already
+        L{MAX_RECORDS} (as L{ClientRegistry} keeps at most): the grace row
+        taken first makes the count exact. Each record is held in every meta
+        server's memory while it may reclaim, and sent in C{EV_GRACE}.
+        """
+        n = conn.execute(
+            "INSERT INTO client_record (protocol, client, session, server)"
+            " SELECT %s, %s, %s, %s WHERE (SELECT count(*) FROM client_record) < %s",
+            (protocol, bytes(owner), _db(session), self.shared.boot, _mem.MAX_RECORDS),
+        ).rowcount
+        if not n:
+            self.not_kept += 1  # logged on the reactor (L{_apply})
+        return bool(n)
+
     def _start_grace_tx(self, conn: Any) -> None:
         conn.execute(
             "UPDATE grace SET ends_at = now() + make_interval(secs => %s)", (float(self.grace),)
@@ -188,6 +208,13 @@ class PgClientRegistry:
         (left, reclaimable, pending), logs = out
         for line in logs:
             self._log.info("{line}", line=line)
+        if self.not_kept != self._logged_not_kept:
+            self._log.warn(
+                "too many client records ({max}); {n} not kept",
+                max=_mem.MAX_RECORDS,
+                n=self.not_kept - self._logged_not_kept,
+            )
+            self._logged_not_kept = self.not_kept
         was = (self.in_grace, self._reclaimable, self._pending)
         self._ends = self.clock.seconds() + left / 1000.0 if left else 0.0
         self._reclaimable, self._pending = reclaimable, pending
@@ -235,12 +262,12 @@ class PgClientRegistry:
         boot = self.shared.boot
 
         def change(conn: Any) -> bool:
-            conn.execute(
-                "INSERT INTO client_record (protocol, client, session, server)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (protocol, client) DO UPDATE"
-                " SET session = excluded.session, server = excluded.server",
-                (protocol, bytes(owner), _db(session), boot),
-            )
+            if not conn.execute(
+                "UPDATE client_record SET session = %s, server = %s"
+                " WHERE protocol = %s AND client = %s",
+                (_db(session), boot, protocol, bytes(owner)),
+            ).rowcount:
+                self._insert_tx(conn, protocol, owner, session)
             return bool(self._pending) or self.in_grace
 
         return self._run(session, change)
@@ -263,14 +290,15 @@ class PgClientRegistry:
 
         def change(conn: Any) -> bool:
             row = conn.execute(
-                "INSERT INTO client_record (protocol, client, session, server)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (protocol, client) DO UPDATE"
-                " SET session = excluded.session, server = excluded.server, reclaimable = false"
-                " RETURNING (SELECT reclaimable FROM client_record"
-                "  WHERE protocol = %s AND client = %s)",
-                (protocol, bytes(owner), _db(session), boot, protocol, bytes(owner)),
+                "UPDATE client_record c SET session = %s, server = %s, reclaimable = false"
+                " FROM client_record o WHERE c.protocol = %s AND c.client = %s"
+                " AND o.protocol = c.protocol AND o.client = c.client RETURNING o.reclaimable",
+                (_db(session), boot, protocol, bytes(owner)),
             ).fetchone()
-            return bool(row and row[0]) or bool(self._pending)
+            if row is None:
+                self._insert_tx(conn, protocol, owner, session)
+                return bool(self._pending)
+            return bool(row[0]) or bool(self._pending)
 
         return self._run(session, change)
 

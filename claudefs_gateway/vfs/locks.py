@@ -27,7 +27,7 @@ one (C{d.cancel()}, or C{d.addTimeout(seconds, clock)}) to give up waiting.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 from twisted.internet import defer
@@ -430,6 +430,7 @@ class LockTable:
         *,
         wait: bool = False,
         reclaim: bool = False,
+        on_wait: Callable[[], None] | None = None,
     ) -> defer.Deferred[Lock]:
         """
         Lock C{length} bytes of C{ino} from C{start} (C{0}: to end of file).
@@ -438,6 +439,8 @@ class LockTable:
             cancel the Deferred to stop waiting.
         @param reclaim: the owner held this lock before the gateway
             restarted; only reclaims are granted during the grace period.
+        @param on_wait: called (before this returns) when the request is
+            queued to wait (L{ILockTable.lock}).
         @return: a Deferred firing with the L{Lock} granted (the range as
             requested, even when a POSIX owner's locks merged around it),
             immediately or, with C{wait}, when it can be granted. It fails
@@ -491,6 +494,8 @@ class LockTable:
         self._records += 1
         self._owned(owner).waiters.append(w)
         self._log_op("lock", ino, owner, start, length, "waiting")
+        if on_wait is not None:
+            on_wait()
         return d
 
     def test(

@@ -34,7 +34,7 @@ Nothing here is used by the embedded store: one process needs no RPC.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
@@ -251,9 +251,10 @@ class SharedLockTable:
         *,
         wait: bool = False,
         reclaim: bool = False,
+        on_wait: Callable[[], None] | None = None,
     ) -> defer.Deferred[Lock]:
         return defer.Deferred.fromCoroutine(
-            self._lock(ino, owner, start, length, exclusive, wait, reclaim)
+            self._lock(ino, owner, start, length, exclusive, wait, reclaim, on_wait)
         )
 
     async def _lock(
@@ -265,6 +266,7 @@ class SharedLockTable:
         exclusive: bool,
         wait: bool,
         reclaim: bool,
+        on_wait: Callable[[], None] | None = None,
     ) -> Lock:
         if self.in_grace and not reclaim:
             raise errors.Grace("lock refused: grace period")
@@ -277,6 +279,8 @@ class SharedLockTable:
                 if wait and self.local.test(ino, owner, start, length, exclusive) is not None:
                     if not waiting:
                         waiting = await self._wait_at_meta(ino, wired, start, length, exclusive)
+                        if on_wait is not None:
+                            on_wait()
                     await self.local.notify_when_free(ino)
                     continue
                 changed = self._changed(ino)
@@ -290,6 +294,8 @@ class SharedLockTable:
                         ) from None
                     if not waiting:
                         waiting = await self._wait_at_meta(ino, wired, start, length, exclusive)
+                        if on_wait is not None:
+                            on_wait()
                     # Ask again when the meta server says the inode's locks changed.
                     await changed
                     continue

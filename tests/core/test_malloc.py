@@ -39,7 +39,12 @@ class HeapTrimmerTests(TestCase):
 
         clock, calls = Clock(), []
         trimmer = HeapTrimmer(
-            clock, 60.0, lambda: calls.append(clock.seconds()), in_use=lambda: None, poll=5.0
+            clock,
+            60.0,
+            lambda: calls.append(clock.seconds()),
+            in_use=lambda: None,
+            poll=5.0,
+            free=lambda: None,
         )
         trimmer.startService()
         clock.pump([5] * 11)
@@ -62,7 +67,7 @@ class HeapTrimmerTests(TestCase):
             calls.append(1)
             raise OSError("no")
 
-        trimmer = HeapTrimmer(clock, 10.0, trim, in_use=lambda: None)
+        trimmer = HeapTrimmer(clock, 10.0, trim, in_use=lambda: None, free=lambda: None)
         trimmer.startService()
         clock.advance(10)
         clock.advance(10)
@@ -70,7 +75,9 @@ class HeapTrimmerTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
         trimmer.stopService()
 
-    def _trimmer(self, use: list[int], rss: list[int]) -> tuple[Any, Any, list[float]]:
+    def _trimmer(
+        self, use: list[int], rss: list[int], free: list[int] | None = None
+    ) -> tuple[Any, Any, list[float]]:
         from twisted.internet.task import Clock
 
         from claudefs_gateway.core.malloc import HeapTrimmer
@@ -85,6 +92,9 @@ class HeapTrimmerTests(TestCase):
             burst=24 * MIB,
             window=60.0,
             rss=lambda: rss[0],
+            free=lambda: free[0] if free else None,
+            keep=64 * MIB,
+            keep_window=600.0,
         )
         trimmer.startService()
         self.addCleanup(trimmer.stopService)
@@ -166,6 +176,71 @@ class HeapTrimmerTests(TestCase):
             clock.advance(5)
             use[0] -= 1 * MIB
         self.assertEqual(calls, [])
+
+    def test_no_trim_of_what_the_load_needed_lately(self) -> None:
+        """
+        A burst's end with no more free in the heap than C{keep} or than the
+        most in use over the last C{keep_window} seconds trims nothing (the
+        load takes that back at once: each soak's one such trim only made
+        RSS dip); with more free than both, the same fall trims.
+        """
+        use, rss, free = [80 * MIB], [150 * MIB], [50 * MIB]
+        clock, trimmer, calls = self._trimmer(use, rss, free)
+        clock.advance(5)
+        use[0] = 40 * MIB  # 40 MiB below the mark: a burst's end
+        clock.advance(5)
+        self.assertEqual((calls, trimmer.kept), ([], 1))
+        free[0] = 80 * MIB  # above keep (64), not above the peak in use (80)
+        clock.advance(5)
+        self.assertEqual((calls, trimmer.kept), ([], 2))
+        free[0] = 81 * MIB
+        clock.advance(5)
+        self.assertEqual((calls, trimmer.trims), ([20.0], 1))
+
+    def test_an_old_peaks_memory_goes_back_once(self) -> None:
+        """
+        After a 400 MiB burst the heap keeps its free memory while the peak
+        is in the last C{keep_window} seconds; once the peak is older (and
+        the free memory is a threshold above the newer peak), one trim gives
+        it back, and only one while the excess lasts.
+        """
+        use, rss, free = [400 * MIB], [500 * MIB], [10 * MIB]
+        clock, trimmer, calls = self._trimmer(use, rss, free)
+        clock.advance(5)
+        use[0], free[0] = 30 * MIB, 380 * MIB  # the burst's clients left
+        clock.pump([5] * 119)  # the peak still among the last 600 s of readings
+        self.assertEqual(calls, [])
+        self.assertGreater(trimmer.kept, 0)  # the burst's end was seen, and held back
+        clock.advance(5)  # the 400 MiB reading has left them
+        self.assertEqual(calls, [605.0])
+        clock.pump([5] * 60)
+        self.assertEqual(calls, [605.0])
+        free[0] = 60 * MIB  # a later burst used it, and left less
+        clock.advance(5)
+        free[0] = 380 * MIB
+        clock.advance(5)
+        self.assertEqual(calls, [605.0, 915.0])
+
+    def test_steady_load_with_some_free_no_trims(self) -> None:
+        """
+        The soak's steady state: 30-60 MiB in use, 40-60 MiB free, swinging
+        by more than the threshold from one poll to the next: never a trim.
+        """
+        use, rss, free = [30 * MIB], [150 * MIB], [50 * MIB]
+        clock, trimmer, calls = self._trimmer(use, rss, free)
+        for i in range(720):  # an hour
+            use[0] = (30 + (i % 7) * 5) * MIB
+            free[0] = (40 + (i % 5) * 5) * MIB
+            clock.advance(5)
+        self.assertEqual(calls, [])
+
+    def test_heap_free_in_a_real_process(self) -> None:
+        """glibc's mallinfo2 reports free heap (Debian's glibc), never negative."""
+        from claudefs_gateway.core.malloc import heap_free
+
+        free = heap_free()
+        assert free is not None
+        self.assertGreaterEqual(free, 0)
 
     def test_resident_bytes(self) -> None:
         """This process's RSS, from /proc/self/statm (Linux)."""

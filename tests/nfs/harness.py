@@ -98,6 +98,16 @@ class Harness:
 
         return NLMClient(server_sender(self.server, self.peer(host), AuthSys(0, b"c", uid, uid)))
 
+    def nlm_client_deferred(self, host: str = "127.0.0.1", uid: int = 1000) -> Any:
+        """An NLM client whose calls return Deferreds (for replies that come later)."""
+        from tests.nfs.client import NLMClient
+
+        return NLMClient(
+            server_sender(
+                self.server, self.peer(host), AuthSys(0, b"c", uid, uid), on_deferred=lambda d: d
+            )
+        )
+
     def peer(self, host: str = "127.0.0.1", transport: str = "tcp") -> Peer:
         return Peer(host, 700, transport, 65507 if transport == "udp" else 1 << 30)
 

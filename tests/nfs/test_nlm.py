@@ -6,6 +6,8 @@ FREE_ALL, the *_MSG forms, grace, and conflicts with SMB and NFSv4 owners.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -174,6 +176,93 @@ class LockTests(NLMTestCase):
 
     def test_client_granted_call_refused(self) -> None:
         self.assertEqual(self.a.granted(self.lk("a")).status, NLM4.DENIED)
+
+
+class DecidingLocks:
+    """
+    A lock table whose blocking requests are decided later, as a table shared
+    through a meta server decides them (vfs/shared.py): the test settles each
+    one, forwarding it to the real table or failing it.
+    """
+
+    def __init__(self, table: LockTable) -> None:
+        self.table = table
+        self.asked: list[tuple[defer.Deferred[Any], tuple[Any, ...], Any, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.table, name)
+
+    def lock(
+        self, *args: Any, wait: bool = False, reclaim: bool = False, on_wait: Any = None
+    ) -> Any:
+        if not wait:
+            return self.table.lock(*args, reclaim=reclaim)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.asked.append((d, args, reclaim, on_wait))
+        return d
+
+    def forward(self, i: int = -1) -> None:
+        d, args, reclaim, on_wait = self.asked[i]
+        self.table.lock(*args, wait=True, reclaim=reclaim, on_wait=on_wait).chainDeferred(d)
+
+
+class SharedTableTests(NLMTestCase):
+    """
+    A blocking LOCK on a table that decides later (several gateways on one
+    meta server) answers BLOCKED only once the request waits there: NLM has
+    no way to tell a client already told BLOCKED of a deadlock found after.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.deciding = DecidingLocks(self.locks)
+        self.h.vfs.locks = self.deciding  # type: ignore[assignment]
+        self.later = self.h.nlm_client_deferred("10.0.0.2")
+
+    def test_deadlock_found_after_the_request_is_sent(self) -> None:
+        """The meta server refuses the wait as a deadlock: the reply is DEADLCK, not BLOCKED."""
+        self.a.lock(self.lk("a"))
+        reply = self.later.lock(self.lk("b"), block=True)
+        self.assertNoResult(reply)
+        d = self.deciding.asked[0][0]
+        d.errback(errors.Deadlock("lock would deadlock"))
+        self.assertEqual(self.successResultOf(reply).status, NLM4.DEADLCK)
+        self.assertEqual(self.nlm.pending, {})
+        self.assertEqual(self.callbacks.calls, [])
+
+    def test_blocked_once_waiting_then_granted_by_callback(self) -> None:
+        self.a.lock(self.lk("a"))
+        reply = self.later.lock(self.lk("b"), block=True, cookie=b"bk")
+        # A retransmission while it is being decided queues nothing more.
+        again = self.later.lock(self.lk("b"), block=True, cookie=b"bk")
+        self.assertEqual(self.successResultOf(again).status, NLM4.BLOCKED)
+        self.assertEqual(len(self.deciding.asked), 1)
+        self.assertNoResult(reply)
+        self.deciding.forward()
+        self.assertEqual(self.successResultOf(reply).status, NLM4.BLOCKED)
+        self.assertEqual(len(self.nlm.pending), 1)
+        self.a.unlock(self.lk("a"))
+        self.assertEqual(len(self.callbacks.calls), 1)
+        self.assertEqual(self.callbacks.calls[0][3], GRANTED)
+        self.callbacks.answer(0, b"bk", NLM4.GRANTED)
+        self.assertEqual({lk.owner.client for lk in self.locks.locks(self.ino)}, {b"host-b"})
+        self.assertEqual(self.nlm.pending, {})
+
+    def test_granted_while_deciding_answers_granted(self) -> None:
+        """A blocking request the meta server grants straight away needs no GRANTED callback."""
+        reply = self.later.lock(self.lk("b"), block=True)
+        self.assertNoResult(reply)
+        self.deciding.forward()
+        self.assertEqual(self.successResultOf(reply).status, NLM4.GRANTED)
+        self.assertEqual(self.callbacks.calls, [])
+        self.assertEqual(self.nlm.pending, {})
+
+    def test_cancelled_while_deciding(self) -> None:
+        self.a.lock(self.lk("a"))
+        reply = self.later.lock(self.lk("b"), block=True)
+        self.assertEqual(self.b.cancel(self.lk("b")).status, NLM4.GRANTED)
+        self.assertEqual(self.successResultOf(reply).status, NLM4.DENIED)
+        self.assertEqual(self.nlm.pending, {})
 
 
 class CrossProtocolTests(NLMTestCase):

@@ -20,6 +20,22 @@ class RegistryTests(SynchronousTestCase):
         self.events: list[tuple[str, Any]] = []
         self.reg = ClientRegistry(self.clock, lambda n, v: self.events.append((n, v)), grace=30)
 
+    def test_records_capped(self) -> None:
+        """
+        At most C{MAX_RECORDS} clients are recorded (a client flood cannot
+        grow the meta server without bound); a recorded client still moves.
+        """
+        from claudefs_gateway.servers import clients
+
+        self.patch(clients, "MAX_RECORDS", 2)
+        self.reg.note(1, "nfs4", b"a")
+        self.reg.note(1, "nlm", b"b")
+        self.reg.note(1, "nfs4", b"c")
+        self.reg.reclaimed(1, "nfs4", b"d")
+        self.assertEqual(sorted(self.reg.records), [("nfs4", b"a"), ("nlm", b"b")])
+        self.reg.note(2, "nfs4", b"a")
+        self.assertEqual(self.reg.records[("nfs4", b"a")].session, 2)
+
     def test_gone_session_starts_grace(self) -> None:
         """A gone gateway's clients become reclaimable; grace is announced with them."""
         self.reg.note(1, "nfs4", b"alice")

@@ -355,6 +355,28 @@ class CrossGatewayDeadlockTests(TestCase):
         self.assertEqual((got.start, got.length), (0, 10))
         await self.waiters(cluster, 0, "A's wait over at the meta server")
 
+    async def test_on_wait_only_once_recorded(self) -> None:
+        """
+        C{on_wait} (what lets NLM answer BLOCKED) is called once the meta
+        server has recorded the wait, and never for a wait refused as a
+        deadlock: NLM answers that one NLM4_DEADLCK.
+        """
+        cluster, a, b = await self.gateways()
+        nlm_a = LockOwner("nlm", "host-a", b"1")
+        nlm_b = LockOwner("nlm", "host-b", b"2")
+        await a.locks.lock(51, nlm_a, 0, 10, True)
+        await b.locks.lock(52, nlm_b, 0, 10, True)
+        told: list[str] = []
+        waiting = a.locks.lock(52, nlm_a, 0, 10, True, wait=True, on_wait=lambda: told.append("a"))
+        await until(lambda: told == ["a"], "A's wait recorded")
+        await self.waiters(cluster, 1, "the wait is at the meta server")
+        with self.assertRaises(errors.Deadlock):
+            await b.locks.lock(51, nlm_b, 0, 10, True, wait=True, on_wait=lambda: told.append("b"))
+        self.assertEqual(told, ["a"])
+        b.locks.unlock(52, nlm_b, 0, 10)
+        await waiting
+        self.assertEqual(told, ["a"])
+
     async def waiters(self, cluster: Any, n: int, what: str) -> None:
         """Until C{n} lock requests wait at the meta server."""
         assert cluster.meta is not None and cluster.meta.factory is not None

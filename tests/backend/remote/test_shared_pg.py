@@ -200,6 +200,35 @@ class TwoServersSharedStateTests(base.SharedStateTests):
         self.assertFalse(s1.clients.in_grace or s2.clients.in_grace)
         await b.locks.lock(63, LockOwner("nlm", "hb", b"1"), 0, 0, True)
 
+    async def test_client_records_capped(self) -> None:
+        """
+        Every gateway's client records together stay within C{MAX_RECORDS}
+        in the database (each is also held in each meta server's memory
+        while it may reclaim); a recorded client still moves to a new
+        session, and refusals are counted.
+        """
+        from claudefs_gateway.servers import clients
+
+        self.patch(clients, "MAX_RECORDS", 2)
+        await self.gateways()
+        reg1, reg2 = self.shared(0).clients, self.shared(1).clients
+        await reg1.note(1, "nfs4", b"a")
+        await reg2.note(2, "nlm", b"b")
+        await reg1.note(1, "nfs4", b"c")
+        await reg2.reclaimed(2, "nfs4", b"d")
+        await reg2.note(3, "nfs4", b"a")
+
+        def rows(conn: Any) -> list[tuple[str, bytes, int]]:
+            return [
+                (str(p), bytes(c), int(s))
+                for p, c, s in conn.execute(
+                    "SELECT protocol, client, session FROM client_record ORDER BY 1, 2"
+                )
+            ]
+
+        self.assertEqual(await reg1.store.transaction(rows), [("nfs4", b"a", 3), ("nlm", b"b", 2)])
+        self.assertEqual((reg1.not_kept, reg2.not_kept), (1, 1))
+
     async def test_grace_runs_out(self) -> None:
         """A grace nobody reclaims in ends after meta_store.grace_secs, at every server."""
         cluster, a, b = await self.gateways()
