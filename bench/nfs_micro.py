@@ -69,11 +69,18 @@ class Stack:
     """The gateway's NFS stack over a fresh embedded store, one connection."""
 
     def __init__(
-        self, reactor: Any, where: Path, durable: bool, data_threads: int | None = None
+        self,
+        reactor: Any,
+        where: Path,
+        durable: bool,
+        data_threads: int | None = None,
+        inline_max: int = 4096,
     ) -> None:
         self.reactor = reactor
         self.where = where
-        kw: dict[str, Any] = {} if data_threads is None else {"data_threads": data_threads}
+        kw: dict[str, Any] = {"inline_max": inline_max}
+        if data_threads is not None:
+            kw["data_threads"] = data_threads
         self.backend = EmbeddedBackend(where / "store", reactor, durable=durable, **kw)
         self.metrics = Metrics()
         self.xid = 0
@@ -138,7 +145,7 @@ _SATTR_MODE = b"\0\0\0\1\0\0\x01\xa4" + b"\0\0\0\0" * 3 + b"\0\0\0\0" * 2
 
 async def run(reactor: Any, args: argparse.Namespace) -> None:
     where = Path(tempfile.mkdtemp(prefix="cfs-micro-", dir=args.dir))
-    s = Stack(reactor, where, args.durable, args.data_threads)
+    s = Stack(reactor, where, args.durable, args.data_threads, args.inline_max)
     await s.open()
     caller = s.vfs.caller(s.export, "127.0.0.1", _creds(), "nfs3")
     f = await s.vfs.create(caller, s.export.root_ino, b"f", 0o644)
@@ -286,6 +293,12 @@ def main() -> None:
     p.add_argument("--durable", action="store_true", help="fsync as in production")
     p.add_argument("--cprofile", action="store_true", help="cProfile each call's loop")
     p.add_argument("--data-threads", type=int, default=None, help="the store's data writer threads")
+    p.add_argument(
+        "--inline-max",
+        type=int,
+        default=4096,
+        help="the store's backend.inline_max_bytes (0: small files in data files, as before)",
+    )
     p.add_argument("--top", type=int, default=25, help="rows of the cProfile table")
     args = p.parse_args()
     keep_freed_memory()  # as the NFS service does

@@ -303,6 +303,7 @@ def make_backend(core: Core) -> IBackend:
             core.reactor,
             core.threads,
             idle_fd_secs=core.config.backend.idle_fd_secs,
+            inline_max=core.config.backend.inline_max_bytes,
         )
     if kind == "remote":
         return _remote_backend(core)

@@ -208,6 +208,13 @@ class EmbeddedSide:
         if self.chunks is not None:
             yield from self.chunks.blocks(ino, size)
             return
+        inline = self._inline(ino)
+        if inline is not None:
+            # A small file's bytes kept in the database (schema 2): they win
+            # over any data file a cut-short move out of line left.
+            # Cut in the same canonical blocks as a data file's (L{Digest.file}).
+            yield from _blocks(lambda o, n: inline[o : o + n], [(0, len(inline))], size)
+            return
         try:
             fd = os.open(self.layout.path(ino), os.O_RDONLY)
         except FileNotFoundError:
@@ -216,6 +223,17 @@ class EmbeddedSide:
             yield from _blocks(lambda o, n: os.pread(fd, n, o), _file_regions(fd), size)
         finally:
             os.close(fd)
+
+    def _inline(self, ino: int) -> bytes | None:
+        c = self._conn()
+        try:
+            q = "SELECT 1 FROM sqlite_master WHERE name = 'inline_data'"
+            if c.execute(q).fetchone() is None:
+                return None  # a store of schema 1
+            row = c.execute("SELECT data FROM inline_data WHERE ino = ?", (ino,)).fetchone()
+        finally:
+            c.close()
+        return None if row is None else bytes(row[0])
 
     def load(
         self,

@@ -1135,6 +1135,16 @@ class Backend:
         "descriptors return to the baseline after a burst; one with unsynced data is synced "
         "first. 0 = kept until evicted.",
     )
+    inline_max_bytes: int = setting(
+        4096,
+        min=0,
+        max=65536,
+        doc="Embedded store: a regular file's bytes stay in the metadata database (no data "
+        "file) while every write to it ends within this many bytes, so committing a small "
+        "file costs one sync of the database's log and removing it deletes no file; a write "
+        "beyond it moves the bytes to a data file (synced first). A file once out of line "
+        "stays so. 0 = no new inline files (those already inline keep working).",
+    )
     short_circuit: str | None = setting(
         None,
         doc="``remote`` only: the data directory of the namespace's only data server, when it "

@@ -30,7 +30,9 @@ below its highest reading of the last C{WINDOW_SECS} (clients that held
 queued replies left, a load ended). The threshold starts at C{BURST_BYTES}
 and learns from RSS: a trim the load faults half back within the window
 doubles it (steady load swings its heap in use by 24 MiB and more from one
-poll to the next here), one whose release stays given back, or
+poll to the next here, 30 MiB on a machine busy enough to queue requests: so
+it starts at 64 MiB, where the bursts worth giving back, clients that queued
+hundreds of MiB of replies, are far above), one whose release stays given back, or
 C{TRIM_INTERVAL_SECS} without a trim, halves it again. A READ's buffer is
 freed and reused far below the threshold, so steady I/O never triggers it.
 And a trim needs more of the heap free (C{mallinfo2}'s C{fordblks}) than the
@@ -94,7 +96,7 @@ MMAP_THRESHOLD = 32 << 20
 ARENA_MAX = 2
 TRIM_INTERVAL_SECS = 600.0
 POLL_SECS = 5.0
-BURST_BYTES = 24 << 20
+BURST_BYTES = 64 << 20
 WINDOW_SECS = 60.0
 MAX_BURST_BYTES = 256 << 20
 KEEP_FREE_BYTES = 64 << 20

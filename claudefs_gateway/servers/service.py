@@ -244,7 +244,11 @@ def build_meta(
     else:
         from claudefs_gateway.backend.embedded import EmbeddedBackend
 
-        backend = EmbeddedBackend(settings.data_dir, reactor, threads, durable=settings.durable)
+        # A meta server's bytes live on data servers (WROTE, never write):
+        # nothing of its store is inline.
+        backend = EmbeddedBackend(
+            settings.data_dir, reactor, threads, durable=settings.durable, inline_max=0
+        )
     factories: list[ServerFactory] = []
 
     def publish(name: str, value: Any) -> None:

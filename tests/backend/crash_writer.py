@@ -1,7 +1,7 @@
 """
 The writer process of C{test_crash}: changes an embedded store until killed.
 
-    python -m tests.backend.crash_writer DATA_DIR SEED
+    python -m tests.backend.crash_writer DATA_DIR SEED [INLINE_MAX]
 
 Performs a seeded random sequence of backend operations on the store (on its
 writer thread, fsync on: the production path) and prints JSON lines, flushed:
@@ -18,6 +18,9 @@ the same file. Namespace changes and truncations are sometimes issued with
 C{durable=False} (as SMB issues them): acknowledged, they must survive a
 kill -9 just the same. Each operation also runs on a
 L{MemoryBackend} mirror and the two outcomes must agree.
+
+With C{INLINE_MAX}, small files' bytes are kept in the database (half the
+writes are at most 5,000 bytes at offset 0: files go inline and move out).
 
 L{apply} is shared with the checker, which replays the acknowledged
 operations on a model and compares it with the store it reopened.
@@ -244,10 +247,10 @@ class Writer:
         await self.store.close()
 
 
-def main(reactor: Any, data_dir: str, seed: str) -> defer.Deferred[None]:
-    store = EmbeddedBackend(Path(data_dir), reactor)
+def main(reactor: Any, data_dir: str, seed: str, inline_max: str = "0") -> defer.Deferred[None]:
+    store = EmbeddedBackend(Path(data_dir), reactor, inline_max=int(inline_max))
     return defer.Deferred.fromCoroutine(Writer(store, int(seed)).run(100000))
 
 
 if __name__ == "__main__":
-    task.react(main, sys.argv[1:3])
+    task.react(main, sys.argv[1:4])

@@ -462,3 +462,50 @@ class StateMachineTests(SynchronousTestCase):
                 deadline=None,
             ),
         )
+
+
+class InlineDataMachine(BackendMachine):
+    """
+    The same comparison with small files' bytes kept in the database
+    (threshold 1000 bytes: files move out of line often), small writes near
+    the threshold, and the store closed and reopened now and then.
+    """
+
+    def make_real(self) -> Any:
+        real = super().make_real()
+        real._engine.inline_max = 1000
+        return real
+
+    @rule(
+        data=st.data(),
+        offset=st.integers(0, 1100),
+        payload=st.binary(min_size=1, max_size=400),
+        stable=st.booleans(),
+    )
+    def small_write(self, data: st.DataObject, offset: int, payload: bytes, stable: bool) -> None:
+        self.both(lambda b, i: b.write(i, offset, payload, stable), self.file(data))
+
+    @rule(data=st.data(), size=st.integers(0, 1500))
+    def small_truncate(self, data: st.DataObject, size: int) -> None:
+        self.both(lambda b, i: b.setattr(i, SetAttrs(size=size)), self.file(data))
+
+    @rule()
+    def reopen(self) -> None:
+        result(self.real.close())
+        self.real = self.make_real()
+        result(self.real.open())
+
+
+class InlineDataStateMachineTests(SynchronousTestCase):
+    def test_inline_data_matches_memory(self) -> None:
+        """With inline data, random sequences still match the model, across reopens."""
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        run_state_machine_as_test(
+            lambda: InlineDataMachine(base),
+            settings=settings(
+                max_examples=max(300, settings.default.max_examples),
+                stateful_step_count=30,
+                deadline=None,
+            ),
+        )

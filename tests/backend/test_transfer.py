@@ -74,9 +74,15 @@ class TransferTests(TestCase):
     timeout = 120
 
     async def build(self, path: Path) -> dict[bytes, Any]:
-        b = EmbeddedBackend(path, None, inline=True, durable=False)
+        b = EmbeddedBackend(path, None, inline=True, durable=False, inline_max=4096)
         await b.open()
         root = (await b.root()).ino
+        # Small files whose bytes the store keeps in its database (inline).
+        tiny = await b.create(root, b"tiny", REG, 0o644, 0, 0)
+        await b.write(tiny.ino, 0, b"inline bytes", True)
+        grown = await b.create(root, b"grown", REG, 0o644, 0, 0)
+        await b.write(grown.ino, 10, b"inline, then a larger size", True)
+        await b.setattr(grown.ino, SetAttrs(size=100000))
         d = await b.create(root, b"dir", DIR, 0o2775, 1000, 100)
         sub = await b.create(d.ino, b"sub", DIR, 0o700, 1001, 100)
         f = await b.create(d.ino, b"hello.txt", REG, 0o644, 1000, 100)
@@ -159,6 +165,23 @@ class TransferTests(TestCase):
         self.addCleanup(b.close)
         self.assertEqual(await snapshot(b), original)
         self.assertEqual((await b.all_usage("user"), await b.all_usage("group")), self.usage)
+
+    async def test_embedded_to_embedded_with_inline_files(self) -> None:
+        """Small files kept inline export and import byte for byte (into data files)."""
+        base = Path(os.path.abspath(self.mktemp()))
+        original = await self.build(base / "embedded")
+        code, text = run_cli(
+            "store", "export", str(base / "x"), "--embedded", str(base / "embedded")
+        )
+        self.assertEqual(code, 0, text)
+        code, text = run_cli("store", "import", str(base / "x"), "--embedded", str(base / "again"))
+        self.assertEqual(code, 0, text)
+        again = EmbeddedBackend(base / "again", None, inline=True, durable=False)
+        await again.open()
+        self.addCleanup(again.close)
+        self.assertEqual(await snapshot(again), original)
+        tiny = await again.lookup(1, b"tiny")
+        self.assertEqual(await again.read(tiny.ino, 0, 100), (b"inline bytes", True))
 
     async def test_damaged_export_refused(self) -> None:
         """An export whose bytes changed is refused by import (its checksums), the target left empty."""

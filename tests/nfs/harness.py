@@ -42,8 +42,14 @@ class EmbeddedVFS(MemoryVFS):
     def __init__(self, config_text: str, path: str) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
+        # Small files' bytes inline, as the gateway's default configuration has them.
         self.backend = EmbeddedBackend(
-            path, None, inline=True, durable=False, now_ns=lambda: int(self.clock.seconds() * 1e9)
+            path,
+            None,
+            inline=True,
+            durable=False,
+            now_ns=lambda: int(self.clock.seconds() * 1e9),
+            inline_max=4096,
         )
         _fired(self.backend.open())
         self.config = cfg.loads(config_text)

@@ -50,7 +50,8 @@ class LiveServer:
         self.config = cfg.loads(config)
         self.metrics = Metrics()
         if backend == "embedded":
-            self.backend: Any = EmbeddedBackend(Path(testcase.mktemp()), reactor)
+            # Small files' bytes inline, as the default configuration has them.
+            self.backend: Any = EmbeddedBackend(Path(testcase.mktemp()), reactor, inline_max=4096)
         else:
             self.backend = MemoryBackend(now_ns=time.time_ns)
         self.vfs = VFS(

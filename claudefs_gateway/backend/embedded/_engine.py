@@ -45,6 +45,7 @@ from claudefs_gateway import errors
 from claudefs_gateway.backend.embedded._datawriters import DataWriters, pwrite_all
 from claudefs_gateway.backend.embedded._files import Layout, WriteFiles, punch_hole
 from claudefs_gateway.backend.embedded._schema import (
+    INLINE_TABLE,
     INSERT_NODE,
     ROOT_INO,
     SCHEMA_VERSION,
@@ -154,6 +155,7 @@ class _Ctx:
         "phys",
         "actions",
         "deferred",
+        "moved",
     )
 
     def __init__(self, now: int) -> None:
@@ -173,6 +175,9 @@ class _Ctx:
         self.actions: list[tuple[int, str, int, int, int]] = []
         # The op's data write waits in Engine._pending (see _flush_data).
         self.deferred = False
+        # Files whose inline bytes the op moved to a data file: synced before
+        # the commit that drops their inline row, durable batch or not.
+        self.moved: set[int] = set()
 
 
 class _BatchAborted(Exception):
@@ -217,6 +222,9 @@ class Engine:
     @param durable: False skips every fsync (tests and throwaway stores only).
     @param data_threads: threads that help write large data writes (0: the
         writer thread writes everything itself; see L{DataWriters}).
+    @param inline_max: a regular file's bytes stay in the database (the
+        C{inline_data} table) while its writes end within this many bytes; 0
+        makes no new inline file (those already inline keep working).
     """
 
     def __init__(
@@ -226,8 +234,10 @@ class Engine:
         durable: bool = True,
         max_fds: int = 128,
         data_threads: int = 0,
+        inline_max: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.inline_max = inline_max
         self.db_path = self.data_dir / "meta.sqlite3"
         self.layout = Layout(str(self.data_dir / "data"))
         self.files = WriteFiles(self.layout, durable, max_fds)
@@ -300,6 +310,13 @@ class Engine:
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
                 self._create(conn)
             meta = dict(conn.execute("SELECT k, v FROM meta"))
+            if meta.get("schema") == 1:
+                # Written before inline data: add its (empty) table; every
+                # file keeps its data file. Version 2 tells an older gateway
+                # not to open a store whose bytes it could not find.
+                conn.execute(INLINE_TABLE)
+                conn.execute("UPDATE meta SET v = ? WHERE k = 'schema'", (SCHEMA_VERSION,))
+                meta["schema"] = SCHEMA_VERSION
             if meta.get("schema") != SCHEMA_VERSION:
                 raise errors.IO(f"unsupported store schema {meta.get('schema')!r}")
             self.epoch = int(meta["epoch"]) + 1
@@ -437,6 +454,7 @@ class Engine:
         sync: set[int] = set()
         late: set[int] = set()
         late_ops: list[Op] = []
+        moved: set[int] = set()
         late_error: BaseException | None = None
         actions: list[tuple[Op, tuple[int, str, int, int, int]]] = []
         touched: set[int] = set()
@@ -481,6 +499,8 @@ class Engine:
                         ):
                             self._flush_data()
                     sync |= ctx.sync
+                    if ctx.moved:
+                        moved |= ctx.moved
                     if ctx.late_sync:
                         late |= ctx.late_sync
                         late_ops.append(op)
@@ -493,6 +513,12 @@ class Engine:
                         u[1] += n
             if self._pending:
                 self._flush_data()
+            if moved:
+                # Bytes moved out of the database: on disk before the commit
+                # that drops their inline copy, whatever the batch's
+                # durability (a crash before it keeps the inline copy, which
+                # reads then prefer).
+                self.files.sync(moved)
             self._flush_usage(conn)
             if (self.next_ino, self.next_cookie) != start_counters:
                 conn.executemany(
@@ -615,9 +641,11 @@ class Engine:
                 self._unlink_data(ino)
             except OSError:
                 # Left for the next open's recovery to retry.
-                self.stats.free_errors += 1
+                if seq:
+                    self.stats.free_errors += 1
                 continue
-            self._done_rows.append(seq)
+            if seq:
+                self._done_rows.append(seq)
 
     def _flush_data(self) -> None:
         """
@@ -726,7 +754,14 @@ class Engine:
             conn.execute("DELETE FROM inode WHERE ino = ?", (node.ino,))
             conn.execute("DELETE FROM xattr WHERE ino = ?", (node.ino,))
             if node.type is FileType.REG:
-                ctx.phys.append(("free", node.ino, 0, 0))
+                if conn.execute("DELETE FROM inline_data WHERE ino = ?", (node.ino,)).rowcount:
+                    # Inline: no data file to free, no pending_io row. A
+                    # move out of line that a crash cut short may have left
+                    # one, so it is still unlinked after the commit
+                    # (L{after_batch}; a missing file costs one system call).
+                    ctx.actions.append((0, "free", node.ino, 0, 0))
+                else:
+                    ctx.phys.append(("free", node.ino, 0, 0))
         for kind, ino, offset, length in ctx.phys:
             cur = conn.execute(
                 "INSERT INTO pending_io (kind, ino, offset, length) VALUES (?, ?, ?, ?)",
@@ -1068,6 +1103,14 @@ class Engine:
 
     def _truncate(self, ctx: _Ctx, node: Node, size: int) -> None:
         self._account(ctx, node, size=size - node.size)
+        blob = self._inline_get(node.ino)
+        if blob is not None:
+            # Inline: cut in the same transaction (nothing to do after the
+            # commit); growing only records the size (the rest reads as zeros).
+            if size < len(blob):
+                self._inline_put(node.ino, blob[:size])
+            node.size = size
+            return
         if size < node.size:
             # The data beyond the new size is still what the committed size
             # shows: cut it only once this change is committed.
@@ -1150,6 +1193,57 @@ class Engine:
 
     # -- data operations ---------------------------------------------------------------
 
+    def _inline_get(self, ino: int) -> bytes | None:
+        """A file's inline bytes, or None if it has none (a data file, or nothing yet)."""
+        # Always asked (a primary-key lookup): a move out of line that failed
+        # or was rolled back (a batch run again) leaves a data file behind
+        # while the row, which wins, stays.
+        assert self.conn is not None
+        row = self.conn.execute("SELECT data FROM inline_data WHERE ino = ?", (ino,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _inline_put(self, ino: int, data: bytes) -> None:
+        assert self.conn is not None
+        self.conn.execute(
+            "INSERT OR REPLACE INTO inline_data (ino, data) VALUES (?, ?)", (ino, data)
+        )
+
+    def _move_out(self, ctx: _Ctx, node: Node, blob: bytes) -> None:
+        """
+        Move an inline file's bytes to its data file, in this op's savepoint:
+        the row goes now, the data file is synced before the batch commits
+        (L{run_batch}, C{moved}). A data file a crash or a failed move left
+        behind is cut first (its bytes were never the file's).
+        """
+        fd = self.files.get(node.ino, create=True)
+        assert fd is not None
+        os.ftruncate(fd, 0)
+        self.files.dirty.add(node.ino)
+        if blob:
+            pwrite_all(fd, memoryview(blob), 0)
+        assert self.conn is not None
+        self.conn.execute("DELETE FROM inline_data WHERE ino = ?", (node.ino,))
+        ctx.moved.add(node.ino)
+
+    def _write_inline(
+        self, ctx: _Ctx, node: Node, blob: bytes, offset: int, data: bytes, stable: bool
+    ) -> WriteResult:
+        """A write that ends within the inline threshold, to a file kept inline."""
+        before = node.attributes(0)
+        end = offset + len(data)
+        if offset > len(blob):
+            blob = blob + bytes(offset - len(blob)) + bytes(data)
+        else:
+            blob = blob[:offset] + bytes(data) + blob[end:]
+        self._inline_put(node.ino, blob)
+        if end > node.size:
+            self._account(ctx, node, size=end - node.size)
+            node.size = end
+        self._touch(ctx, node)
+        # Stable: the op is durable, so the batch's commit syncs the WAL that
+        # holds the bytes (RFC 1813 FILE_SYNC); nothing else to sync.
+        return WriteResult(len(data), stable, node.attributes(0), before)
+
     def op_write(self, ctx: _Ctx, ino: int, offset: int, data: bytes, stable: bool) -> WriteResult:
         node = self._file(ctx, ino)
         if offset < 0:
@@ -1164,6 +1258,14 @@ class Engine:
                 ctx.sync.add(ino)
             return WriteResult(0, stable, before, before)
         end = offset + len(data)
+        blob = self._inline_get(ino)
+        if blob is None and end <= self.inline_max and node.size <= self.inline_max:
+            if self.files.get(ino, create=False) is None:
+                blob = b""  # no data file yet: this file starts inline
+        if blob is not None:
+            if end <= self.inline_max:
+                return self._write_inline(ctx, node, blob, offset, data, stable)
+            self._move_out(ctx, node, blob)
         fd = self.files.get(ino, create=True)
         assert fd is not None
         # After get: an fstat of the descriptor, not a stat of a path (which
@@ -1234,6 +1336,10 @@ class Engine:
             raise errors.Inval("bad range")
         if offset + length > MAX_FILE_SIZE:
             raise errors.FBig("file too large")
+        blob = self._inline_get(ino)
+        if blob is not None:
+            # Reserving space is for a data file: out of line first.
+            self._move_out(ctx, node, blob)
         fd = self.files.get(ino, create=True)
         assert fd is not None
         if offset + length > node.size:
@@ -1252,7 +1358,13 @@ class Engine:
         if offset < 0 or length <= 0:
             raise errors.Inval("bad range")
         end = min(offset + length, node.size)
-        if end > offset:
+        blob = self._inline_get(ino)
+        if blob is not None:
+            # Inline: zero the range in the same transaction.
+            stop = min(end, len(blob))
+            if stop > offset:
+                self._inline_put(ino, blob[:offset] + bytes(stop - offset) + blob[stop:])
+        elif end > offset:
             # Applied (and synced) after the commit, like a truncation.
             ctx.phys.append(("punch", ino, offset, end - offset))
         self._touch(ctx, node)

@@ -290,6 +290,10 @@ class WriteFiles:
         """Descriptors open."""
         return len(self._fds)
 
+    def is_open(self, ino: int) -> bool:
+        """Whether a descriptor of C{ino}'s data file is cached (no system call)."""
+        return ino in self._fds
+
     def needs_sync(self, ino: int) -> bool:
         return ino in self.dirty or ino in self._new_entries or ino in self._failed
 
@@ -436,6 +440,10 @@ class ReadFiles:
     def __len__(self) -> int:
         """Descriptors open."""
         return len(self._fds)
+
+    def is_open(self, ino: int) -> bool:
+        """Whether a descriptor of C{ino}'s data file is cached (no system call)."""
+        return ino in self._fds
 
     def used(self, ino: int) -> int:
         fd = self._fds.get(ino)

@@ -241,6 +241,19 @@ class Reader:
 
     # -- data -----------------------------------------------------------------------
 
+    def inline(self, ino: int) -> bytes | None:
+        """
+        A small file's bytes kept in the database (L{_schema}, C{inline_data}),
+        or None. A file whose data file this side holds open is never inline
+        (the row is made only for a file without one, and no file goes back),
+        so that costs no query; else the row wins over any data file (one a
+        failed move out of line left).
+        """
+        if self.files.is_open(ino):
+            return None
+        row = self.conn.execute("SELECT data FROM inline_data WHERE ino = ?", (ino,)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def data_ranges(self, ino: int, offset: int, length: int) -> list[tuple[int, int]]:
         """
         Where the data file holds data (SEEK_DATA / SEEK_HOLE, at the file
@@ -255,8 +268,14 @@ class Reader:
         if offset < 0 or length < 0:
             raise errors.Inval("negative offset or length")
         end = min(offset + length, node.size)
+        if offset >= end:
+            return []
+        blob = self.inline(ino)
+        if blob is not None:
+            stop = min(end, len(blob))
+            return [(offset, stop - offset)] if stop > offset else []
         fd = self.files.get(ino)
-        if fd is None or offset >= end:
+        if fd is None:
             return []
         out: list[tuple[int, int]] = []
         pos = offset
@@ -299,6 +318,9 @@ class Reader:
             return b"", True
         eof = end >= node.size
         n = end - offset
+        blob = self.inline(ino)
+        if blob is not None:
+            return blob[offset:end].ljust(n, b"\0"), eof
         fd = self.files.get(ino)
         if fd is None:
             return bytes(n), eof

@@ -15,6 +15,14 @@ Tables (all in C{meta.sqlite3}, WAL mode):
    and increasing store-wide, so an entry's cookie is its place in a listing.
  - C{xattr}, C{usage} (exact per-uid/gid bytes and inodes), C{quota},
    C{state} (the small KV of the contract).
+ - C{inline_data}: the bytes of small regular files kept in the database
+   instead of a data file (schema 2): C{ino -> data}, at most the store's
+   inline threshold long and never longer than the file's size (the rest of
+   the size reads as zeros). A file has either an inline row or (perhaps) a
+   data file: its first write makes the row if the file has no data file and
+   the write ends within the threshold; a write ending beyond it moves the
+   bytes to a data file, synced before the transaction that drops the row
+   commits. A file once out of line stays out of line.
  - C{pending_io}: physical changes to data files (C{free}: delete the file of
    a freed inode; C{truncate}; C{punch}) recorded by a transaction and applied
    after its commit; open applies what a crash left, and the next transaction
@@ -28,9 +36,11 @@ from typing import Any
 
 from claudefs_gateway.fstypes import Attributes, FileType
 
-__all__ = ["SCHEMA_VERSION", "create_schema", "Node", "NODE_COLUMNS", "DIR_SIZE"]
+__all__ = ["SCHEMA_VERSION", "INLINE_TABLE", "create_schema", "Node", "NODE_COLUMNS", "DIR_SIZE"]
 
-SCHEMA_VERSION = 1
+# 1: the first layout; 2: adds C{inline_data} (a store of version 1 is
+# migrated when opened: the table is added, nothing else changes).
+SCHEMA_VERSION = 2
 DIR_SIZE = 4096
 ROOT_INO = 1
 
@@ -87,6 +97,7 @@ CREATE TABLE quota (
     PRIMARY KEY (kind, id)
 ) WITHOUT ROWID;
 CREATE TABLE state (k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE inline_data (ino INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE pending_io (
     seq INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -95,6 +106,8 @@ CREATE TABLE pending_io (
     length INTEGER NOT NULL
 );
 """
+
+INLINE_TABLE = "CREATE TABLE inline_data (ino INTEGER PRIMARY KEY, data BLOB NOT NULL)"
 
 NODE_COLUMNS = (
     "ino, gen, type, mode, nlink, uid, gid, size, rdev_major, rdev_minor,"

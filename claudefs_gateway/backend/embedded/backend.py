@@ -105,6 +105,11 @@ class EmbeddedBackend:
         this long are closed, checked every half of it on C{reactor}, so
         descriptors come back to the baseline after a burst (0: kept until
         evicted).
+    @param inline_max: a regular file's bytes are kept in the metadata
+        database, not in a data file, while its writes end within this many
+        bytes (docs/backend.rst, "Small files inline"): a COMMIT of such a
+        file is one WAL sync, and REMOVE has no data file to delete. 0 makes
+        no new inline file; files already inline keep working either way.
     """
 
     _log = Logger()
@@ -126,6 +131,7 @@ class EmbeddedBackend:
         max_fds: int = 128,
         data_threads: int | None = None,
         idle_fd_secs: float = 30.0,
+        inline_max: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self._idle_fd_secs = idle_fd_secs
@@ -138,7 +144,9 @@ class EmbeddedBackend:
         self._max_fds = max_fds
         if data_threads is None:
             data_threads = 0 if inline else max(1, min(3, (os.cpu_count() or 2) - 1))
-        self._engine = Engine(self.data_dir, now_ns, durable, max_fds, data_threads)
+        self._engine = Engine(
+            self.data_dir, now_ns, durable, max_fds, data_threads, inline_max=inline_max
+        )
         # Times descriptors' last use on the reactor's clock (a Clock in tests).
         if reactor is not None:
             self._engine.files.now = reactor.seconds
@@ -629,7 +637,7 @@ class EmbeddedBackend:
     def write(
         self, ino: int, offset: int, data: bytes | memoryview, stable: bool
     ) -> defer.Deferred[WriteResult]:
-        if not stable and len(data) <= INLINE_WRITE_MAX:
+        if not stable and len(data) <= INLINE_WRITE_MAX and not self._moves_out(ino, offset, data):
             d = self._run_here(Engine.op_write, ino, offset, data, stable, ino=ino)
             if d is not None:
                 return d
@@ -642,6 +650,25 @@ class EmbeddedBackend:
         ):
             data = bytes(data)
         return self._submit(Engine.op_write, ino, offset, data, stable, durable=stable, ino=ino)
+
+    def _moves_out(self, ino: int, offset: int, data: bytes | memoryview) -> bool:
+        """
+        Whether a write may move an inline file's bytes to a data file, which
+        syncs that file before its commit: not to be run on the reactor's
+        thread (L{_run_here}), where the sync would stall every client.
+        """
+        if offset + len(data) <= self._engine.inline_max or self._engine.files.is_open(ino):
+            # Within the threshold, or a data file the writer holds open (a
+            # membership test, safe from this thread; at worst stale, which
+            # costs a sync here, never a wrong byte): no query.
+            return False
+        reader = self._reader
+        if reader is None or self._done < self._submitted or self._waiting:
+            return False  # _run_here will not run it here anyway
+        try:
+            return reader.inline(ino) is not None
+        except Exception:
+            return True
 
     def wrote(
         self, ino: int, offset: int, length: int, what: int, durable: bool = True
