@@ -29,6 +29,10 @@ from claudefs_gateway.s3.tree import STAGING
 from tests.helpers import bin_path, kill_on_cleanup, spawn, write_config
 from tests.s3.harness import Client, gateway_yaml, raw_connect, raw_request, s3_port
 
+#: Past the embedded store's inline size (4 KiB by default): the object has a
+#: data file, which the publishing rename syncs.
+SIZE = 8192
+
 
 def md5(b: bytes) -> str:
     return hashlib.md5(b).hexdigest()
@@ -67,16 +71,16 @@ class SmallPutFailureTests(TestCase):
         I/O error in writeback): 500, the key keeps its old object, nothing
         is left staged.
         """
-        old = os.urandom(4096)
+        old = os.urandom(SIZE)
         self.assertEqual((await self.put("k/obj", old)).status, 200)
 
         def failing(fd: int) -> None:
             raise OSError(errno.EIO, "I/O error")
 
         self.patch(os, "fdatasync", failing)
-        r = await self.put("k/obj", os.urandom(4096))
+        r = await self.put("k/obj", os.urandom(SIZE))
         self.assertEqual((r.status, r.code), (500, "InternalError"), r.body)
-        r = await self.put("k/new", os.urandom(4096))
+        r = await self.put("k/new", os.urandom(SIZE))
         self.assertEqual((r.status, r.code), (500, "InternalError"), r.body)
         self.flushLoggedErrors(OSError)
         self.patch(os, "fdatasync", os.fdatasync)
@@ -93,7 +97,7 @@ class SmallPutFailureTests(TestCase):
         InsufficientStorage as before, the old object stays, a new key does
         not appear, nothing is left staged.
         """
-        old = os.urandom(4096)
+        old = os.urandom(SIZE)
         self.assertEqual((await self.put("obj", old)).status, 200)
 
         def full(fd: int, data: Any, offset: int) -> None:
@@ -101,7 +105,7 @@ class SmallPutFailureTests(TestCase):
 
         self.patch(engine_module, "pwrite_all", full)
         for key in ("obj", "fresh"):
-            r = await self.put(key, os.urandom(4096))
+            r = await self.put(key, os.urandom(SIZE))
             self.assertEqual((r.status, r.code), (507, "InsufficientStorage"), r.body)
         self.patch(engine_module, "pwrite_all", engine_module.pwrite_all)
         got = await self.client.request("GET", "/bkt/obj")
@@ -115,7 +119,7 @@ class SmallPutFailureTests(TestCase):
         its own body's ETag, and the key then holds one of the bodies whole,
         with that body's ETag.
         """
-        bodies = [os.urandom(4096 + i) for i in range(8)]
+        bodies = [os.urandom(4096 + 1024 * i) for i in range(8)]
         clients = [Client(self.client.port) for _ in bodies]
         for c in clients:
             self.addCleanup(c.close)
@@ -202,8 +206,8 @@ class SmallPutKillTests(TestCase):
             self.assertEqual((await client.request("DELETE", f"/bkt/{key}")).status, 204)
             del want[key]
         # A burst in flight: overwrites of acknowledged keys and new keys.
-        burst = {f"d{i % 3}/k{i}": os.urandom(4096) for i in range(3, 9)}
-        burst.update({f"new/b{i}": os.urandom(4096) for i in range(4)})
+        burst = {f"d{i % 3}/k{i}": os.urandom(SIZE) for i in range(3, 9)}
+        burst.update({f"new/b{i}": os.urandom(4096 * (1 + i % 2)) for i in range(4)})
         clients = [Client(port) for _ in burst]
         for c in clients:
             self.addCleanup(c.close)
