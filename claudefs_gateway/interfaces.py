@@ -154,6 +154,12 @@ class IMetadataService(Interface):
         POSIX rename, atomic: the destination, if it exists, is replaced.
         (C{durable}: see L{create}.)
 
+        A store whose C{renames_sync_data} attribute is true makes a renamed
+        regular file's earlier writes durable before a durable rename is (as
+        ext4 does for a file replacing another by rename): S3 then writes a
+        small object unstable and lets the rename that publishes it flush
+        both. Other stores need not; S3 writes stable for them.
+
         Renaming a name onto itself (or onto another name of the same inode) is
         a successful no-op. A directory may replace only an empty directory,
         and a non-directory only a non-directory.

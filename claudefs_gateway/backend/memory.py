@@ -133,6 +133,10 @@ class MemoryBackend:
     @param capacity: bytes the fake device holds, for statfs.
     """
 
+    #: Nothing here is on disk: every write is as durable as a rename
+    #: (L{IMetadataService.rename}).
+    renames_sync_data = True
+
     def __init__(
         self,
         now_ns: Callable[[], int] = time.time_ns,

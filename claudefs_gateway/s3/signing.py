@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import functools
 import hashlib
 import hmac
 import re
@@ -243,12 +244,42 @@ def _signed_headers(text: str, code: str) -> tuple[str, ...]:
     return names
 
 
+_SIGNATURE_FIELD = "Signature="
+_SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
+_PLACEHOLDER = "0" * 64
+
+
 def parse_authorization(value: str) -> AuthHeader:
     """
     Parse C{AWS4-HMAC-SHA256 Credential=…, SignedHeaders=…, Signature=…}.
 
+    A client sends the same header but for its signature request after
+    request (the credential's date changes once a day): with the signature
+    last, as every SDK writes it, the rest is parsed once and kept
+    (L{_parse_unsigned}); anything else takes the whole parse.
+
     @raise S3Error: AuthorizationHeaderMalformed.
     """
+    at = value.rfind(_SIGNATURE_FIELD)
+    if at > 0 and len(value) - at == len(_SIGNATURE_FIELD) + 64:
+        sig = value[at + len(_SIGNATURE_FIELD) :]
+        if _SIGNATURE_RE.fullmatch(sig):
+            credential, signed = _parse_unsigned(value[:at])
+            return AuthHeader(credential, signed, sig)
+    return _parse_authorization(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_unsigned(head: str) -> tuple[Credential, tuple[str, ...]]:
+    """
+    The credential and signed headers of an Authorization header up to its
+    signature (a valid one stands in for it: the errors are the full parse's).
+    """
+    h = _parse_authorization(head + _SIGNATURE_FIELD + _PLACEHOLDER)
+    return h.credential, h.signed_headers
+
+
+def _parse_authorization(value: str) -> AuthHeader:
     code = "AuthorizationHeaderMalformed"
     algo, _, rest = value.strip().partition(" ")
     if algo != ALGORITHM:

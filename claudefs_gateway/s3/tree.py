@@ -232,6 +232,12 @@ class Tree:
         self._etags: dict[tuple[int, int, int], list[defer.Deferred[str]]] = {}
         # bucket inode -> ((gen, change), stored settings): see bucket_conf.
         self._confs: dict[int, tuple[tuple[int, int], bytes | None]] = {}
+        #: The store's durable renames make the renamed file's data durable
+        #: (L{claudefs_gateway.interfaces.IMetadataService.rename}): a small
+        #: PUT writes unstable and its publishing rename flushes both.
+        self.renames_sync_data = bool(
+            getattr(getattr(vfs, "backend", None), "renames_sync_data", False)
+        )
 
     # -- setup ------------------------------------------------------------------------
 

@@ -388,6 +388,55 @@ class DurabilityTests(StoreCase):
         await b.commit(inos[0])
         self.assertEqual(len(syncs), 1)
 
+    async def test_durable_rename_syncs_the_renamed_files_data(self) -> None:
+        """
+        A durable rename of a file with unstable data syncs that data before
+        its commit (S3's small PUT relies on it: C{renames_sync_data}); one
+        of a file whose data is synced, or a rename asked without
+        durability, syncs nothing; a directory's rename never does.
+        """
+        b = await self.store()
+        self.assertTrue(b.renames_sync_data)
+        d = await b.create(1, b"d", DIR, 0o755, 0, 0)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
+        await b.write(f.ino, 0, b"data", False)
+        syncs = self.count("fdatasync")
+        commits = b.stats.durable_commits
+        await b.rename(1, b"f", d.ino, b"g")
+        self.assertEqual(len(syncs), 1)
+        self.assertEqual(b.stats.durable_commits, commits + 1)
+        self.assertFalse(b._engine.files.needs_sync(f.ino))
+        await b.rename(d.ino, b"g", 1, b"h")
+        self.assertEqual(len(syncs), 1)
+        await b.write(f.ino, 0, b"more", False)
+        await b.rename(1, b"h", 1, b"i", durable=False)
+        self.assertEqual(len(syncs), 1)
+        self.assertTrue(b._engine.files.needs_sync(f.ino))
+        await b.rename(1, b"d", 1, b"e")
+        self.assertEqual(len(syncs), 1)
+        self.assertEqual(await b.read(f.ino, 0, 10), (b"more", True))
+
+    async def test_durable_rename_fails_if_the_data_cannot_be_synced(self) -> None:
+        """
+        The renamed file's data could not be made durable (an I/O error in
+        writeback): the rename fails and leaves the names as they were.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
+        await b.write(f.ino, 0, b"data", False)
+
+        def failing(fd: int) -> None:
+            raise OSError(errno.EIO, "I/O error")
+
+        self.patch(os, "fdatasync", failing)
+        with self.assertRaises(errors.IO):
+            await b.rename(1, b"f", 1, b"g")
+        # Logged: an I/O error is not an answer the store expects to give.
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual((await b.lookup(1, b"f")).ino, f.ino)
+        with self.assertRaises(errors.NotFound):
+            await b.lookup(1, b"g")
+
     async def test_evicting_dirty_descriptors_syncs_an_eighth_at_once(self) -> None:
         """
         A cache full of unsynced files (small files written, never flushed)
@@ -859,8 +908,28 @@ class ReadPathTests(StoreCase):
         await b.read(ino, 0, 10)
         assert b._reader is not None
         self.assertIn(ino, b._reader.files._fds)
+        fd = b._reader.files._fds[ino]
+        closing: list[Any] = []
+        real = b._close_freed
+        self.patch(b, "_close_freed", lambda fds: closing.append((fds, real(fds))))
+        closed_by: list[str] = []
+        real_close = os.close
+
+        def close(n: int) -> None:
+            if n == fd:
+                closed_by.append(threading.current_thread().name)
+            real_close(n)
+
+        self.patch(os, "close", close)
         await b.unlink(1, b"f")
         self.assertNotIn(ino, b._reader.files._fds)
+        # Closed in a pool thread (the last close of an unlinked file frees
+        # it, which may wait for the file system's journal), not the reactor's.
+        [(fds, d)] = closing
+        self.assertEqual(fds, [fd])
+        await d
+        self.assertEqual(len(closed_by), 1)
+        self.assertNotEqual(closed_by[0], threading.current_thread().name)
         # The data file goes right after the batch is handed over for
         # delivery: by the time a later call on the writer runs, it is gone.
         await b._writer.call(lambda: None)

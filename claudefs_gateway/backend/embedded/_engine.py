@@ -1077,6 +1077,13 @@ class Engine:
             sd.nlink -= 1
             dd.nlink += 1
             node.parent = dst_parent
+        elif node.type is FileType.REG and self.files.needs_sync(node.ino):
+            # A durable rename makes the renamed file's data durable first
+            # (run_batch syncs ctx.sync before the commit), as ext4 does for
+            # a file replacing another by rename: no crash can publish a name
+            # whose data is not on disk. S3 writes a small object unstable
+            # and lets its publishing rename flush both (one flush, not two).
+            ctx.sync.add(node.ino)
         self._touch(ctx, node, mtime=False)
         return RenameResult(self._attrs(node), replaced_after)
 

@@ -454,10 +454,15 @@ class ReadFiles:
         return st.st_blocks * 512
 
     def forget(self, ino: int) -> None:
-        fd = self._fds.pop(ino, None)
-        self._last.pop(ino, None)
+        fd = self.pop(ino)
         if fd is not None:
             os.close(fd)
+
+    def pop(self, ino: int) -> int | None:
+        """Drop C{ino}'s descriptor from the cache and hand it over (the caller closes it)."""
+        fd = self._fds.pop(ino, None)
+        self._last.pop(ino, None)
+        return fd
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -114,6 +114,10 @@ class EmbeddedBackend:
 
     _log = Logger()
 
+    #: A durable rename of a regular file makes that file's earlier writes
+    #: durable before the rename is (L{IMetadataService.rename}).
+    renames_sync_data = True
+
     def __init__(
         self,
         data_dir: Path,
@@ -366,8 +370,10 @@ class EmbeddedBackend:
                     reader.changed(op.changed)
                 else:
                     reader.forget()
-            for ino in freed:
-                reader.files.forget(ino)
+            if freed:
+                fds = [fd for fd in map(reader.files.pop, freed) if fd is not None]
+                if fds:
+                    self._close_freed(fds)
         for op in batch:
             self._done += 1
             if op.failure is not None:
@@ -380,6 +386,28 @@ class EmbeddedBackend:
                 op.d.errback(op.value)
             if self._waiting:
                 self._run_waiting()
+
+    def _close_freed(self, fds: list[int]) -> defer.Deferred[None] | None:
+        """
+        Close the reader's descriptors of freed inodes, off the reactor's
+        thread: the last close of a data file the writer has unlinked frees
+        it, and ext4 may make that wait for the journal commit other threads'
+        fsyncs are in (S3's GET then DELETE of a small object spent a sixth
+        of the reactor's busy time in this close).
+        """
+
+        def work() -> None:
+            for fd in fds:
+                os.close(fd)
+
+        if self._inline:
+            work()
+            return None
+        if self._threads is not None:
+            d = self._threads.run("disk", work)
+        else:
+            d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), work)
+        return d.addErrback(lambda f: self._log.failure("closing freed data-file descriptors", f))
 
     def _read(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         if self._state != "open":

@@ -352,6 +352,7 @@ class Operations:
         body: Readable,
         hashes: dict[str, Any],
         sealer: sse.Sealer | None = None,
+        renamed: bool = False,
     ) -> int:
         """
         Stream the request body into file C{ino}, hashing the plaintext as it
@@ -362,6 +363,13 @@ class Operations:
         stable write: one store transaction and one flush instead of a write
         and a commit. Larger bodies stream in unstable writes, committed at
         the end.
+
+        @param renamed: the file is published by a durable rename as soon as
+            this returns (PutObject). If the store's durable renames make the
+            renamed file's data durable (C{renames_sync_data}), a small body
+            is written unstable: the rename then flushes the data and the
+            name together, one flush per PUT; nothing is acknowledged before
+            it. Not for parts, which no rename publishes.
         """
         tree = self._tree()
         vfs = tree.vfs
@@ -401,8 +409,10 @@ class Operations:
             at += len(stored)
         if not streaming:
             if held:
-                # Stable: data and size on disk when it fires, as commit would make them.
-                await vfs.write(call.caller, ino, 0, b"".join(held), True)
+                # Stable: data and size on disk when it fires, as commit would make
+                # them; or left to the publishing rename (see renamed).
+                stable = not (renamed and tree.renames_sync_data)
+                await vfs.write(call.caller, ino, 0, b"".join(held), stable)
             return size
         if sealer is not None:
             tail = sealer.finish()
@@ -526,8 +536,12 @@ class Operations:
         max_size: int,
         algo: str | None,
         sealer: sse.Sealer | None = None,
+        renamed: bool = False,
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        """Receive and verify the body into C{ino}: (plaintext size, hashes, checksums)."""
+        """
+        Receive and verify the body into C{ino}: (plaintext size, hashes,
+        checksums). (C{renamed}: see L{_write_body}.)
+        """
         body = self._body(call, max_size)
         assert call.auth is not None
         hashes: dict[str, Any] = {"md5": hashlib.md5()}
@@ -536,7 +550,7 @@ class Operations:
             hashes["sha256-payload"] = hashlib.sha256()
         if algo is not None:
             hashes[algo] = checksums.new(algo)
-        size = await self._write_body(call, ino, body, hashes, sealer)
+        size = await self._write_body(call, ino, body, hashes, sealer, renamed)
         sums = self._check_digests(call, body, hashes)
         return size, hashes, sums
 

@@ -78,7 +78,7 @@ class ObjectOps(Operations):
                 await self._seal(tmp.ino)
                 sealer = sse.Sealer(sse.object_key(enc[1], enc[0].salt), 0)
             size, hashes, sums = await self._receive(
-                call, tmp.ino, self.limits.max_object_size, algo, sealer
+                call, tmp.ino, self.limits.max_object_size, algo, sealer, renamed=True
             )
             meta.etag = hashes["md5"].hexdigest()
             if algo is not None:
