@@ -20,6 +20,7 @@ from claudefs_gateway.backend.embedded._files import Layout
 from claudefs_gateway.backend.embedded._schema import SCHEMA_VERSION
 from claudefs_gateway.fstypes import FileType, SetAttrs
 from tests.backend.test_contract import ContractMixin
+from tests.backend.test_embedded import StoreCase
 
 REG = FileType.REG
 MAX = 4096
@@ -43,25 +44,10 @@ class InlineContractTests(ContractMixin, TestCase):
         return b
 
 
-class InlineDataTests(TestCase):
+class InlineDataTests(StoreCase):
     async def store(self, path: Path | None = None, **kw: Any) -> EmbeddedBackend:
         kw.setdefault("inline_max", MAX)
-        b = EmbeddedBackend(path or Path(self.mktemp()), reactor, **kw)
-        await b.open()
-        self.addCleanup(b.close)
-        return b
-
-    def count(self, name: str) -> list[int]:
-        """Count the calls of C{os.<name>} (the store's own data and directory syncs)."""
-        calls: list[int] = []
-        real = getattr(os, name)
-
-        def counting(fd: int) -> None:
-            calls.append(fd)
-            real(fd)
-
-        self.patch(os, name, counting)
-        return calls
+        return await super().store(path, **kw)
 
     def data_file(self, b: EmbeddedBackend, ino: int) -> str:
         return Layout(str(b.data_dir / "data")).path(ino)
