@@ -331,13 +331,17 @@ class StoreTests(TestCase):
                 got.callback(None)
 
         b.on_remote_change(on_b)
-        for _ in range(200):
+        for _ in range(1200):  # a minute: the listener threads connect on a busy machine
             if b._listening and a._listening:
                 break
             await deferLater(0.05)
+        self.assertTrue(a._listening and b._listening, "the stores never listened")
         for i in range(300):
             a.notify_change(77, 1000 + i, 1)
-        await got.addTimeout(20, reactor)
+        try:
+            await got.addTimeout(60, reactor)
+        except defer.TimeoutError:
+            self.fail(f"B heard {len(heard_b)} of 300 changes")
         self.assertEqual([c.ino for c in heard_b], list(range(1000, 1300)))
         self.assertEqual({(c.session, c.dir) for c in heard_b}, {(77, 1)})
         self.assertEqual(heard_a, [])

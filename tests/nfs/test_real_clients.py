@@ -353,13 +353,15 @@ class PortmapperTests(RealClientTestCase):
                 break
         self.assertEqual(status, 0, "rpcbind did not start")
         gw = await self.gateway("  portmapper: system\n")
-        await gw.proc.wait_for(
-            lambda e: (
-                str(e.get("log_format", "")).startswith("registered program")
-                and e.get("prog") == 100005
-                and e.get("netid") == "udp"
-            )
-        )
+        # Every mapping check_rpcinfo looks for (they are registered one by one).
+        for prog, vers in ((100003, 3), (100005, 3), (100005, 1)):
+            for netid in ("tcp", "udp"):
+                await gw.proc.wait_for(
+                    lambda e, prog=prog, vers=vers, netid=netid: (
+                        str(e.get("log_format", "")).startswith("registered program")
+                        and (e.get("prog"), e.get("vers"), e.get("netid")) == (prog, vers, netid)
+                    )
+                )
         await self.check_rpcinfo(gw, embedded=False)
         status, out, err = await run([bin_path("showmount"), "-e", "127.0.0.1"])
         self.assertIn("/export *", [" ".join(line.split()) for line in out], err)
