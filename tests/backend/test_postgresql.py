@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import attrs
 from hypothesis import settings as hsettings
 from hypothesis.stateful import run_state_machine_as_test
 from twisted.internet import defer, reactor
@@ -153,6 +154,37 @@ class StoreTests(TestCase):
         self.addCleanup(store.close)
         return store
 
+    async def open_named_store(self, schema: str | None = None) -> PostgresStore:
+        """
+        A store whose connections carry a name of their own, so that
+        L{drop_idle_connections} drops only them, never those of tests running
+        beside it on the shared scratch server.
+        """
+        name = "cfs-test-" + os.urandom(6).hex()
+        threads = ThreadPools(reactor, {"db": 9})
+        threads.startService()
+        self.addCleanup(threads.stopService)
+        settings = postgres.settings(self, schema)
+        settings = attrs.evolve(settings, conninfo=f"{settings.conninfo} application_name={name}")
+        store = PostgresStore(settings, reactor, threads)
+        await store.open()
+        self.addCleanup(store.close)
+        return store
+
+    def drop_idle_connections(self, store: PostgresStore) -> None:
+        """As a database restart or a proxy does: the store's idle connections (not its LISTEN) go."""
+        import psycopg
+
+        name = store.settings.conninfo.rsplit("application_name=", 1)[1]
+        with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
+            n = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = %s AND state = 'idle'"
+                " AND query NOT LIKE 'LISTEN%%'",
+                (name,),
+            ).fetchone()
+        self.assertGreater(n[0] if n else 0, 0, "no idle connection to drop")
+
     async def test_migrations_recorded_once(self) -> None:
         """Every migration runs once and is recorded; a second server finds nothing to do."""
         import psycopg
@@ -208,19 +240,11 @@ class StoreTests(TestCase):
 
     async def test_database_gone_after_open(self) -> None:
         """Connections the database dropped give try-later errors, then work again."""
-        import psycopg
 
-        store = await self.open_store()
+        store = await self.open_named_store()
         root = (await store.root()).ino
         await store.create(root, b"a", REG, 0o644, 0, 0)
-        with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = '' AND pid <> pg_backend_pid()"
-                " AND query NOT LIKE 'LISTEN%%' AND datname = current_database()"
-                " AND backend_type = 'client backend' AND usename = current_user"
-                " AND state = 'idle' AND pid IN (SELECT pid FROM pg_stat_activity)"
-            )
+        self.drop_idle_connections(store)
         # Reads retry once on a fresh connection; changes answer try-later at most once each.
         self.assertEqual((await store.lookup(root, b"a")).type, REG)
         for name in (b"b", b"c", b"d"):
@@ -314,6 +338,35 @@ class StoreTests(TestCase):
             top_ino = (await store.lookup(1, top)).ino
             await store.rmdir(top_ino, inner)
             await store.rmdir(1, top)
+
+    async def test_change_notifications_survive_dropped_connections(self) -> None:
+        """
+        The database dropped the sender's idle pooled connections (a restart,
+        a proxy's idle timeout): its next notifications go out on a fresh
+        connection, none lost (a lost one leaves other servers' caches stale).
+        """
+        schema = postgres.new_schema(self)
+        a = await self.open_named_store(schema)
+        b = await self.open_store(schema)
+        heard: list[Any] = []
+        got: defer.Deferred[None] = defer.Deferred()
+
+        def on_b(c: Any) -> None:
+            heard.append(c)
+            if len(heard) == 10 and not got.called:
+                got.callback(None)
+
+        b.on_remote_change(on_b)
+        for _ in range(1200):
+            if a._listening and b._listening:
+                break
+            await deferLater(0.05)
+        await a.getattr(1)  # a pooled connection, idle again
+        self.drop_idle_connections(a)
+        for i in range(10):
+            a.notify_change(5, 2000 + i, 1)
+        await got
+        self.assertEqual([c.ino for c in heard], list(range(2000, 2010)))
 
     async def test_remote_change_notifications(self) -> None:
         """A change told to one store is heard by another on the same schema, not by itself."""

@@ -422,10 +422,15 @@ class PostgresStore:
         return out
 
     def _send(self, batch: list[tuple[int, int, int]]) -> None:
-        pool = self._pool
-        if pool is None:
+        if self._pool is None:
             return
-        with pool.connection() as conn, conn.transaction():
+        # On another pooled connection if the database dropped this one (as a
+        # read does): a lost notification leaves the other meta servers'
+        # gateways with stale caches, and one sent twice does no harm.
+        self._with_conn(self._notify_tx, (batch,), True)
+
+    def _notify_tx(self, conn: Any, batch: list[tuple[int, int, int]]) -> None:
+        with conn.transaction():
             # A notification is a cache hint: no reason to wait for its WAL flush.
             conn.execute("SET LOCAL synchronous_commit TO OFF")
             for payload in self._payloads(batch):
