@@ -164,6 +164,23 @@ class InlineDataTests(StoreCase):
         self.assertIsNone(self.inline_row(b, c.ino))
         self.assertEqual(await b.read(c.ino, 0, 200), (b"abc" + bytes(97), True))
 
+    async def test_punched_blocks_are_holes(self) -> None:
+        """
+        A hole punched in an inline file reads as a hole, as a data file's
+        punched blocks do (smbtorture smb2.ioctl.sparse_punch: a 4 KiB file
+        punched whole has no allocated range); blocks with data stay data.
+        """
+        b = await self.store(inline_max=3 * 4096)
+        a = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(a.ino, 0, b"x" * 3 * 4096, True)
+        self.assertEqual(await b.data_ranges(a.ino, 0, 1 << 20), [(0, 3 * 4096)])
+        await b.deallocate(a.ino, 4096, 4096)
+        self.assertEqual(await b.data_ranges(a.ino, 0, 1 << 20), [(0, 4096), (2 * 4096, 4096)])
+        self.assertEqual(await b.data_ranges(a.ino, 100, 5000), [(100, 3996)])
+        await b.deallocate(a.ino, 0, 3 * 4096)
+        self.assertEqual(await b.data_ranges(a.ino, 0, 1 << 20), [])
+        self.assertEqual(self.inline_row(b, a.ino), bytes(3 * 4096))
+
     async def test_remove_frees_row_and_leaves_no_work(self) -> None:
         """REMOVE of an inline file: the row goes with the commit; no pending file change."""
         b = await self.store()

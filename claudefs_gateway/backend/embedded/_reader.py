@@ -295,8 +295,7 @@ class Reader:
             return []
         blob = self.inline(ino)
         if blob is not None:
-            stop = min(end, len(blob))
-            return [(offset, stop - offset)] if stop > offset else []
+            return _inline_ranges(blob, offset, min(end, len(blob)))
         fd = self.files.get(ino)
         if fd is None:
             return []
@@ -371,3 +370,27 @@ class Reader:
             if got >= 0 and offset + got >= os.fstat(fd).st_size:
                 return bytes(view[:got]).ljust(n, b"\0"), eof
         return PendingRead(os.dup(fd), offset, n, eof)
+
+
+#: The block an inline file's data ranges are told in (a file system's block).
+_INLINE_BLOCK = 4096
+
+
+def _inline_ranges(blob: bytes, offset: int, stop: int) -> list[tuple[int, int]]:
+    """
+    Where an inline file holds data in [offset, stop): its blocks that are not
+    all zeros. A hole punched in it is zeroed in place, and must read as a
+    hole as a data file's punched blocks do (SMB's QUERY_ALLOCATED_RANGES,
+    smbtorture smb2.ioctl.sparse_punch; NFSv4.2 SEEK).
+    """
+    out: list[tuple[int, int]] = []
+    b = offset - offset % _INLINE_BLOCK
+    while b < stop:
+        s, e = max(b, offset), min(b + _INLINE_BLOCK, stop)
+        if blob.count(0, s, e) != e - s:
+            if out and out[-1][0] + out[-1][1] == s:
+                out[-1] = (out[-1][0], e - out[-1][0])
+            else:
+                out.append((s, e - s))
+        b += _INLINE_BLOCK
+    return out
