@@ -160,6 +160,14 @@ class IMetadataService(Interface):
         small object unstable and lets the rename that publishes it flush
         both. Other stores need not; S3 writes stable for them.
 
+        A store may also offer C{put_file(parent, name, mode, uid, gid, data,
+        xattrs, mtime_ns)} (the embedded and memory stores do): a new regular
+        file with its bytes and extended attributes put over C{name} as one
+        durable, atomic change, firing with a L{RenameResult} (see
+        L{claudefs_gateway.backend.embedded.EmbeddedBackend.put_file}). S3
+        stores a small object that way, without a staging file; a store
+        without it gets the staging file and the rename.
+
         Renaming a name onto itself (or onto another name of the same inode) is
         a successful no-op. A directory may replace only an empty directory,
         and a non-directory only a non-directory.
@@ -806,6 +814,25 @@ class IVFS(Interface):
         durable: bool = True,
     ) -> Deferred[RenameResult]:
         """POSIX rename (atomic, replaces) under permission, sticky-bit and share rules."""
+
+    can_put_file = Attribute("Whether the store offers put_file (else it raises NotSupp).")
+
+    def put_file(
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        mode: int,
+        data: bytes,
+        meta: dict[bytes, bytes],
+        mtime_ns: int,
+        origin: Origin | None = None,
+    ) -> Deferred[RenameResult]:
+        """
+        A new regular file with C{data} and front-end metadata C{meta}, put
+        over C{name} as one durable, atomic store operation: a create, a
+        write, meta_sets and a rename over the name under their rules.
+        @raise NotSupp: the store cannot (L{can_put_file} is false).
+        """
 
     def readdir(
         caller: Caller,

@@ -408,6 +408,59 @@ class MemoryBackend:
         self._touch(node, mtime=False)
         return RenameResult(node.attributes(), replaced_after)
 
+    @_wrap
+    def put_file(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        data: bytes,
+        xattrs: tuple[tuple[bytes, bytes], ...],
+        mtime_ns: int,
+    ) -> RenameResult:
+        """
+        A new regular file with C{data} and C{xattrs}, modified at
+        C{mtime_ns}, put over C{name} (a regular file there is replaced) in
+        one step: L{claudefs_gateway.backend.embedded.EmbeddedBackend.put_file}.
+        Everything is checked before anything changes.
+        """
+        d = self._dir(parent)
+        check_name(name)
+        for xname, value in xattrs:
+            self._check_xattr_name(xname)
+            if len(value) > XATTR_SIZE_MAX:
+                raise errors.Range("xattr value too large")
+        if len(data) > MAX_FILE_SIZE:
+            raise errors.FBig("file too large")
+        existing = d.entries.get(name)
+        replaced: _Inode | None = None
+        if existing is not None:
+            replaced = self._get(existing[0])
+            if replaced.type is FileType.DIR:
+                raise errors.IsDir("non-directory over directory")
+        node = self._make(FileType.REG, mode, uid, gid, (0, 0))
+        for pos in range(0, len(data), CHUNK):
+            piece = data[pos : pos + CHUNK]
+            chunk = node.chunks[pos // CHUNK] = bytearray(CHUNK)
+            chunk[: len(piece)] = piece
+        if data:
+            node.size = len(data)
+            self._account(node, size=len(data))
+        node.xattrs = {bytes(n): bytes(v) for n, v in xattrs}
+        node.mtime = node.atime = mtime_ns
+        replaced_after = None
+        if replaced is not None:
+            del d.entries[name]
+            replaced.nlink -= 1
+            self._touch(replaced, mtime=False)
+            replaced_after = replaced.attributes()
+            if replaced.nlink == 0:
+                self._drop(replaced)
+        self._add_entry(d, name, node.ino)
+        return RenameResult(node.attributes(), replaced_after)
+
     def _resolve_time(self, t: Any, now: int) -> int:
         return now if t is NOW else int(t)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -779,6 +780,46 @@ class Tree:
                 # make_parents failed first: wait for the metadata write (its
                 # outcome no longer matters, the temporary file is discarded).
                 await stored.addErrback(lambda f: None)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def put_small(
+        self, caller: Caller, bucket: Attributes, key: Key, data: bytes, meta: ObjectMeta
+    ) -> Attributes:
+        """
+        Store an object whose bytes are all in memory with one store
+        operation (L{claudefs_gateway.vfs.VFS.put_file}): the new file, its
+        bytes and its metadata are put over the key in one durable
+        transaction, without a staging file. The key's directories are
+        found or made first (not durable by themselves: the put is, and
+        makes them durable with it).
+
+        @raise S3Error: MetadataTooLarge; a key that conflicts with a directory.
+        """
+        mtime_ns = time.time_ns()
+        meta.mtime_ns, meta.size = mtime_ns, len(data)
+        raw = meta.encode()
+        if len(raw) > 60 * 1024:
+            raise S3Error("MetadataTooLarge")
+        for attempt in range(RACE_RETRIES):
+            made: list[tuple[int, bytes]] = []
+            try:
+                parent = await self.make_parents(caller, bucket, key.parents, made)
+                try:
+                    result = await self.vfs.put_file(
+                        caller, parent.ino, key.name, FILE_MODE, data, {META_KEY: raw}, mtime_ns
+                    )
+                except errors.IsDir:
+                    raise key_conflict(False) from None
+                return result.source
+            except (errors.NotFound, errors.Stale):
+                # A directory on the way was pruned by a concurrent delete: again.
+                await self.unmake(caller, made)
+                if attempt == RACE_RETRIES - 1:
+                    raise
+                self._log.debug("a directory vanished during an S3 put; retrying")
+            except BaseException:
+                await self.unmake(caller, made)
+                raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def put_marker(

@@ -1067,6 +1067,94 @@ class VFS:
             self._emit(dst_dir, Action.ADDED, dst_name, src.ino)
         return result
 
+    @property
+    def can_put_file(self) -> bool:
+        """Whether the store makes L{put_file} one operation (else it raises NotSupp)."""
+        return callable(getattr(self.backend, "put_file", None))
+
+    @deferred
+    async def put_file(
+        self,
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        mode: int,
+        data: bytes,
+        meta: dict[bytes, bytes],
+        mtime_ns: int,
+        origin: Origin | None = None,
+    ) -> RenameResult:
+        """
+        A new regular file with C{data} and the front end's metadata C{meta}
+        (as L{meta_set} keeps it), modified at C{mtime_ns}, put at C{name},
+        replacing a regular file there: what a create in a staging
+        directory, a write, L{meta_set}s and a L{rename} over the name do,
+        as one durable and atomic store operation (S3's small PUT: the
+        store's C{put_file}). The same rules apply as for those: write and
+        search permission on the directory, the sticky bit, object lock and
+        opens denying delete or write of a replaced file, quotas. Fires with
+        the new file and the replaced one (L{RenameResult}) once durable.
+
+        @raise NotSupp: the store has no C{put_file} (see L{can_put_file}).
+        @raise IsDir: the name is a directory.
+        """
+        put = getattr(self.backend, "put_file", None)
+        if put is None:
+            raise errors.NotSupp("the store cannot put a file in one operation")
+        self._reserved(caller, name)
+        if name in (b".", b".."):
+            raise errors.Inval("cannot replace . or ..")
+        d = await self._prepare_new(caller, dir_ino)
+        try:
+            dst: Attributes | None = await self._lookup_raw(dir_ino, name)
+        except errors.NotFound:
+            dst = None
+        org = self._origin(caller, origin)
+        if dst is not None:
+            if dst.is_dir:
+                raise errors.IsDir("non-directory over directory")
+            perm.check_sticky(caller.cred, d, dst)
+            if dst.nlink <= 1:
+                await self._check_worm(dst, org, destroy=True)
+            await self._before_unlink(dst, org, _REPLACE)
+        await self._dir_change(dir_ino, org)
+        uid, gid = perm.new_owner(caller.cred, d)
+        mode = perm.new_mode(caller.cred, d, mode, FileType.REG, gid)
+        ticket = self.quotas.admit(uid, gid, len(data), 1)
+        xattrs = tuple((INTERNAL_PREFIX + k, v) for k, v in meta.items())
+        try:
+            result: RenameResult = await put(dir_ino, name, mode, uid, gid, data, xattrs, mtime_ns)
+        except BaseException:
+            self.quotas.settle(ticket)
+            raise
+        a = result.source
+        self.quotas.settle(ticket, _usage_changes(None, a))
+        if dst is not None and result.replaced is not None:
+            self.quotas.apply_all(_usage_changes(dst, result.replaced))
+            if result.replaced.nlink == 0:
+                self._gone(result.replaced)
+            else:
+                self.attr_cache.put(result.replaced.ino, result.replaced)
+        self.attr_cache.put(a.ino, a)
+        self.name_cache.put((dir_ino, name), a.ino)
+        # A new inode: its metadata is what was given, nothing else.
+        self._meta_forget(a.ino)
+        known: dict[bytes, bytes | None] = {b"": None}
+        known.update(meta)
+        self.meta_cache.put(a.ino, known)
+        if WORM_KEY not in meta:
+            self._worm.put(a.ino, None)
+        if SEAL_KEY not in meta:
+            if len(self._seals) > 65536:
+                self._seals.clear()
+            self._seals[a.ino] = False
+        self._seen(dir_ino, name, a.ino)
+        self._dir_changed(dir_ino)
+        if dst is not None:
+            self._emit(dir_ino, Action.REMOVED, name, dst.ino)
+        self._emit(dir_ino, Action.ADDED, name, a.ino)
+        return result
+
     @deferred
     async def readdir(
         self,

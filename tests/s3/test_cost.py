@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from typing import Any
 
 from twisted.internet import reactor
@@ -117,3 +118,98 @@ class SmallObjectCostTests(TestCase):
         self.assertEqual(r.status, 200, r.body)
         r = await self.put("d/k3")
         self.assertIsNotNone(r.header("x-amz-version-id"))
+
+
+#: The store's calls, by kind: a change goes through its writer (or runs on
+#: the reactor when that is idle), a read to its reader.
+CHANGES = (
+    "create",
+    "symlink",
+    "link",
+    "unlink",
+    "rmdir",
+    "rename",
+    "setattr",
+    "setxattr",
+    "removexattr",
+    "write",
+    "commit",
+    "sync",
+    "put_file",
+)
+READS = ("getattr", "lookup", "readdir", "getxattr", "listxattr", "read", "data_ranges")
+
+
+class StoreCallTests(TestCase):
+    """
+    The store calls one small PUT, GET and DELETE make, counted at the
+    store's interface (issue 18). Each is a round trip (a thread hand-off
+    for a change); a change here that adds one back fails these.
+    """
+
+    setUp = SmallObjectCostTests.setUp
+    put = SmallObjectCostTests.put
+
+    def count(self) -> Counter[str]:
+        calls: Counter[str] = Counter()
+        backend = self.s3.tree.vfs.backend
+        for name in CHANGES + READS:
+            real = getattr(backend, name)
+
+            def counting(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+                calls[_name] += 1
+                return _real(*args, **kw)
+
+            self.patch(backend, name, counting)
+        return calls
+
+    async def cycle(self, key: str) -> dict[str, dict[str, int]]:
+        """PUT, GET and DELETE of C{key}: the store calls of each."""
+        calls = self.count()
+        out = {}
+        for method in ("PUT", "GET", "DELETE"):
+            calls.clear()
+            r = await self.client.request(
+                method, f"/bkt/{key}", body=BODY if method == "PUT" else b""
+            )
+            self.assertLess(r.status, 300, r.body)
+            out[method] = dict(calls)
+        return out
+
+    async def test_in_a_kept_prefix(self) -> None:
+        """
+        A key whose directory stays (other keys in it): the PUT is one store
+        change (L{claudefs_gateway.vfs.VFS.put_file}: no staging file, no
+        separate write, metadata or rename) and two lookups of the new name
+        (before the body is read, and at the put); the GET one read; the
+        DELETE the unlink and the look at whether the directory emptied.
+        """
+        await self.put("p/other")
+        await self.put("p/warm")
+        for i in range(2):
+            self.assertEqual(
+                await self.cycle(f"p/k{i}"),
+                {
+                    "PUT": {"put_file": 1, "lookup": 2},
+                    "GET": {"read": 1},
+                    "DELETE": {"unlink": 1, "readdir": 1},
+                },
+            )
+
+    async def test_prefix_made_and_pruned(self) -> None:
+        """
+        The only key under its prefix: the PUT also makes the directory
+        (and marks it as the gateway's), the DELETE removes it again.
+        """
+        await self.put("p/other")
+        await self.put("p/q/warm")
+        await self.client.request("DELETE", "/bkt/p/q/warm")
+        for i in range(2):
+            self.assertEqual(
+                await self.cycle(f"p/q/k{i}"),
+                {
+                    "PUT": {"put_file": 1, "create": 1, "setxattr": 1, "lookup": 3, "getattr": 1},
+                    "GET": {"read": 1},
+                    "DELETE": {"unlink": 1, "readdir": 2, "rmdir": 1},
+                },
+            )

@@ -1,7 +1,9 @@
 """
-The small PUT's fast path (issue 18): a body that fits one write is written
-unstable and made durable by the rename that publishes it (the embedded
-store's C{renames_sync_data}). What must still hold: an acknowledged PUT is
+The small PUT's fast paths (issue 18): a body that fits one write is put
+with one store operation (the embedded store's C{put_file}: created, written,
+described and published in one durable transaction) or, on the staging
+path, written unstable and made durable by the rename that publishes it
+(C{renames_sync_data}). What must still hold: an acknowledged PUT is
 durable, a failure leaves no partial object and answers as before, concurrent
 PUTs of one key leave one whole object, and a crash loses nothing
 acknowledged.
@@ -160,7 +162,11 @@ class SmallPutFailureTests(TestCase):
         self.assertEqual(rs[2][2], b)
 
     async def test_stable_write_when_the_store_does_not_sync_on_rename(self) -> None:
-        """A store without C{renames_sync_data}: the small body is written stable, as before."""
+        """
+        A store without C{renames_sync_data} (nor C{put_file}): the small
+        body is staged and written stable, as before.
+        """
+        self.patch(self.s3.tree.vfs.backend, "put_file", None)
         self.assertEqual((await self.put("warm", b"x")).status, 200)  # the staging directory
         self.s3.tree.renames_sync_data = False
         stats = self.s3.tree.vfs.backend.stats
@@ -170,6 +176,19 @@ class SmallPutFailureTests(TestCase):
         self.assertEqual(stats.durable_commits - before, 2)
         got = await self.client.request("GET", "/bkt/stable")
         self.assertEqual(got.body, body)
+
+
+class StagedSmallPutFailureTests(SmallPutFailureTests):
+    """
+    The same, through a staging file published by a rename: the path a
+    store without C{put_file} takes (and large or encrypted bodies, tags,
+    conditional or versioned writes on any store).
+    """
+
+    async def setUp(self) -> None:
+        await super().setUp()
+        self.patch(self.s3.tree.vfs.backend, "put_file", None)
+        self.assertFalse(self.s3.tree.vfs.can_put_file)
 
 
 class SmallPutKillTests(TestCase):

@@ -9,6 +9,7 @@ from claudefs_gateway import errors
 from claudefs_gateway.fstypes import FileType, SetAttrs
 from claudefs_gateway.testing.vfs import MemoryVFS
 from claudefs_gateway.vfs import Action, R, W, X
+from claudefs_gateway.vfs.worm import WORM_KEY, Retention
 
 CONFIG = """
 exports:
@@ -320,6 +321,61 @@ class VFSTests(SynchronousTestCase):
         self.ok(self.vfs.symlink(self.alice, self.pub, b"l1", b"l2"))
         self.ok(self.vfs.symlink(self.alice, self.pub, b"l2", b"l1"))
         self.bad(self.vfs.resolve(self.alice, b"pub/l1"), errors.Loop)
+
+    # -- put_file (S3's small PUT in one store operation) ----------------------------------
+
+    def test_put_file_new_and_replacing(self) -> None:
+        """
+        A new file with its bytes and front-end metadata at a name, then
+        another over it: the name, bytes, owner, time and metadata are the
+        new file's; the old one is gone; usage follows; events say so.
+        """
+        seen = []
+        self.vfs.events.subscribe(self.pub, lambda c: seen.append((c.action, c.name)))
+        r = self.ok(self.vfs.put_file(self.alice, self.pub, b"o", 0o600, b"one", {b"k": b"1"}, 5))
+        self.assertIsNone(r.replaced)
+        a = r.source
+        self.assertEqual((a.uid, a.gid, a.mode, a.size, a.mtime_ns), (1000, 1000, 0o600, 3, 5))
+        self.assertEqual(self.ok(self.vfs.lookup(self.alice, self.pub, b"o")).ino, a.ino)
+        self.assertEqual(self.ok(self.vfs.read(self.alice, a.ino, 0, 10)).data, b"one")
+        self.assertEqual(self.ok(self.vfs.meta_get(self.alice, a.ino, b"k")), b"1")
+        self.assertIsNone(self.ok(self.vfs.meta_get(self.alice, a.ino, b"other")))
+        r2 = self.ok(self.vfs.put_file(self.alice, self.pub, b"o", 0o600, b"second", {}, 6))
+        assert r2.replaced is not None
+        self.assertEqual((r2.replaced.ino, r2.replaced.nlink), (a.ino, 0))
+        self.assertEqual(self.ok(self.vfs.lookup(self.alice, self.pub, b"o")).ino, r2.source.ino)
+        self.assertIsNone(self.ok(self.vfs.meta_get(self.alice, r2.source.ino, b"k")))
+        self.bad(self.vfs.getattr(self.alice, a.ino), errors.NotFound)
+        self.assertEqual(self.vfs.quotas.usage("user", 1000).bytes, 6)
+        self.assertEqual(
+            seen,
+            [(Action.ADDED, b"o"), (Action.REMOVED, b"o"), (Action.ADDED, b"o")],
+        )
+
+    def test_put_file_refusals(self) -> None:
+        """The rules of a create and a rename over the name: permission, sticky bit, directories."""
+        priv = self.ok(self.vfs.mkdir(self.alice, self.pub, b"priv", 0o755)).ino
+        self.bad(self.vfs.put_file(self.bob, priv, b"x", 0o600, b"", {}, 1), errors.Access)
+        tmp = self.ok(self.vfs.mkdir(self.root, self.top, b"tmp", 0o1777)).ino
+        self.ok(self.vfs.put_file(self.alice, tmp, b"a", 0o644, b"mine", {}, 1))
+        self.bad(self.vfs.put_file(self.bob, tmp, b"a", 0o644, b"not", {}, 1), errors.Perm)
+        self.bad(self.vfs.put_file(self.alice, self.pub, b"priv", 0o600, b"", {}, 1), errors.IsDir)
+        a = self.ok(self.vfs.lookup(self.alice, tmp, b"a"))
+        self.assertEqual(self.ok(self.vfs.read(self.alice, a.ino, 0, 10)).data, b"mine")
+
+    def test_put_file_over_a_protected_file(self) -> None:
+        """A file under object lock is not replaced."""
+        a = self.ok(self.vfs.put_file(self.alice, self.pub, b"w", 0o600, b"kept", {}, 1)).source
+        self.ok(self.vfs.meta_set(self.root, a.ino, WORM_KEY, Retention(hold=True).encode()))
+        self.bad(self.vfs.put_file(self.alice, self.pub, b"w", 0o600, b"new", {}, 1), errors.Perm)
+        self.assertEqual(self.ok(self.vfs.lookup(self.alice, self.pub, b"w")).ino, a.ino)
+
+    def test_put_file_not_supported(self) -> None:
+        """A store without C{put_file}: NotSupp, and L{can_put_file} says so first."""
+        self.assertTrue(self.vfs.can_put_file)
+        self.vfs.backend.put_file = None
+        self.assertFalse(self.vfs.can_put_file)
+        self.bad(self.vfs.put_file(self.alice, self.pub, b"n", 0o600, b"", {}, 1), errors.NotSupp)
 
     # -- events -------------------------------------------------------------------------
 

@@ -535,6 +535,40 @@ class EmbeddedBackend:
             durable=durable,
         )
 
+    def put_file(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        data: bytes,
+        xattrs: tuple[tuple[bytes, bytes], ...],
+        mtime_ns: int,
+    ) -> defer.Deferred[RenameResult]:
+        """
+        Create a regular file holding C{data} and extended attributes
+        C{xattrs}, modified at C{mtime_ns}, and put it at C{name} in
+        C{parent}, replacing a regular file of that name: one durable,
+        atomic change (one store operation and one flush), as a create, a
+        write, setxattrs and a rename over the name would be. Fires with the
+        new file (C{source}) and the replaced one, if any, after it is
+        durable: its data too. S3's small PUT (L{claudefs_gateway.vfs.VFS.put_file}).
+
+        @raise IsDir: the name is a directory. (NotFound, NotDir: C{parent}.)
+        """
+        return self._submit(
+            Engine.op_put_file,
+            parent,
+            bytes(name),
+            mode,
+            uid,
+            gid,
+            bytes(data),
+            tuple((bytes(n), bytes(v)) for n, v in xattrs),
+            mtime_ns,
+        )
+
     def setattr(
         self,
         ino: int,

@@ -47,6 +47,23 @@ class Readable(Protocol):
     async def read(self) -> bytes: ...
 
 
+class Held:
+    """
+    A request body read into memory by L{Operations._receive_held}: its
+    chunks and the digests of them, and whether that was all of it.
+
+    @ivar sums: the additional checksums (base64), once C{complete}.
+    """
+
+    def __init__(self, body: Readable, hashes: dict[str, Any]) -> None:
+        self.body = body
+        self.hashes = hashes
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.complete = False
+        self.sums: dict[str, str] = {}
+
+
 class Operations:
     """
     The state and helpers every operation family uses; L{S3Api} sets the
@@ -353,10 +370,13 @@ class Operations:
         hashes: dict[str, Any],
         sealer: sse.Sealer | None = None,
         renamed: bool = False,
+        first: bytes = b"",
     ) -> int:
         """
         Stream the request body into file C{ino}, hashing the plaintext as it
         goes (and encrypting it with C{sealer}, if given); the plaintext size.
+        C{first}: the body's start, read and hashed already (no sealer), too
+        large for one small write.
 
         A body of at most L{SMALL_WRITE} bytes (the 4 KiB PUT most clients
         send) is kept in memory until it is complete and written with one
@@ -378,6 +398,11 @@ class Operations:
         held: list[bytes] = []
         held_size = 0
         streaming = sealer is not None
+        if first:
+            assert sealer is None
+            streaming = True
+            await vfs.write(call.caller, ino, 0, first, False)
+            size = at = len(first)
         while True:
             data = await body.read()
             if not data:
@@ -537,12 +562,23 @@ class Operations:
         algo: str | None,
         sealer: sse.Sealer | None = None,
         renamed: bool = False,
+        started: Held | None = None,
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         """
         Receive and verify the body into C{ino}: (plaintext size, hashes,
-        checksums). (C{renamed}: see L{_write_body}.)
+        checksums). (C{renamed}: see L{_write_body}.) C{started}: what
+        L{_receive_held} read of it already (plaintext only).
         """
-        body = self._body(call, max_size)
+        if started is not None:
+            body, hashes, first = started.body, started.hashes, b"".join(started.chunks)
+        else:
+            body, hashes, first = self._body(call, max_size), self._hashes(call, algo), b""
+        size = await self._write_body(call, ino, body, hashes, sealer, renamed, first)
+        sums = self._check_digests(call, body, hashes)
+        return size, hashes, sums
+
+    def _hashes(self, call: Call, algo: str | None) -> dict[str, Any]:
+        """The digests a body is checked against (and its ETag made from)."""
         assert call.auth is not None
         hashes: dict[str, Any] = {"md5": hashlib.md5()}
         payload = call.auth.payload
@@ -550,9 +586,31 @@ class Operations:
             hashes["sha256-payload"] = hashlib.sha256()
         if algo is not None:
             hashes[algo] = checksums.new(algo)
-        size = await self._write_body(call, ino, body, hashes, sealer, renamed)
-        sums = self._check_digests(call, body, hashes)
-        return size, hashes, sums
+        return hashes
+
+    async def _receive_held(self, call: Call, max_size: int, algo: str | None) -> Held:
+        """
+        Read the body into memory while it fits one small write
+        (L{SMALL_WRITE}), hashing it: C{complete} if all of it did (then
+        checked against its digests, which L{Held.sums} holds), else what
+        was read so far, for L{_receive} to go on from.
+        """
+        body = self._body(call, max_size)
+        hashes = self._hashes(call, algo)
+        held = Held(body, hashes)
+        while True:
+            data = await body.read()
+            if not data:
+                break
+            for h in hashes.values():
+                h.update(data)
+            held.chunks.append(data)
+            held.size += len(data)
+            if held.size > SMALL_WRITE:
+                return held
+        held.sums = self._check_digests(call, body, hashes)
+        held.complete = True
+        return held
 
     async def _object_etag(self, call: Call, a: Attributes) -> tuple[str, ObjectMeta]:
         tree = self._tree()

@@ -70,27 +70,41 @@ class ObjectOps(Operations):
             await self._put_marker(call, bucket, key, meta)
             return
         await tree.check_writable(call.caller, bucket, key)
-        enc = self._sse_for_write(call, (await tree.bucket_conf(bucket)).encryption)
-        tmp_dir, tmp_name, tmp = await tree.temp_file(call.caller)
-        try:
-            sealer = None
-            if enc is not None:
-                await self._seal(tmp.ino)
-                sealer = sse.Sealer(sse.object_key(enc[1], enc[0].salt), 0)
-            size, hashes, sums = await self._receive(
-                call, tmp.ino, self.limits.max_object_size, algo, sealer, renamed=True
-            )
-            meta.etag = hashes["md5"].hexdigest()
-            if algo is not None:
-                meta.checksums = {algo: sums[algo]}
-                meta.checksum_type = "FULL_OBJECT"
-            if enc is not None:
-                enc[0].plain, enc[0].sizes = size, [size]
-                meta.sse = enc[0].encode()
-            a = await self._commit(call, bucket, key, tmp_dir, tmp_name, meta, tags, lock)
-        except BaseException:
-            await tree.discard_temp(call.caller, tmp_dir, tmp_name)
-            raise
+        conf = await tree.bucket_conf(bucket)
+        enc = self._sse_for_write(call, conf.encryption)
+        held = None
+        if enc is None and not tags and lock is None and await self._one_step(call, bucket, conf):
+            held = await self._receive_held(call, self.limits.max_object_size, algo)
+        if held is not None and held.complete:
+            # All of it in memory: one store operation creates, fills and
+            # publishes it (docs/s3.rst "Small objects").
+            size = held.size
+            self._describe(meta, held.hashes, held.sums, algo)
+            a = await tree.put_small(call.caller, bucket, key, b"".join(held.chunks), meta)
+        else:
+            tmp_dir, tmp_name, tmp = await tree.temp_file(call.caller)
+            try:
+                sealer = None
+                if enc is not None:
+                    await self._seal(tmp.ino)
+                    sealer = sse.Sealer(sse.object_key(enc[1], enc[0].salt), 0)
+                size, hashes, sums = await self._receive(
+                    call,
+                    tmp.ino,
+                    self.limits.max_object_size,
+                    algo,
+                    sealer,
+                    renamed=True,
+                    started=held,
+                )
+                self._describe(meta, hashes, sums, algo)
+                if enc is not None:
+                    enc[0].plain, enc[0].sizes = size, [size]
+                    meta.sse = enc[0].encode()
+                a = await self._commit(call, bucket, key, tmp_dir, tmp_name, meta, tags, lock)
+            except BaseException:
+                await tree.discard_temp(call.caller, tmp_dir, tmp_name)
+                raise
         headers = {"ETag": f'"{meta.etag}"'}
         headers.update(self._sse_headers(enc[0] if enc is not None else None))
         expiry = await self._expiration(bucket, key.text, tags or {}, size, a.mtime_ns)
@@ -99,6 +113,33 @@ class ObjectOps(Operations):
         for algo_name, v in meta.checksums.items():
             headers[checksums.header(algo_name)] = v
         self._empty(call, 200, headers)
+
+    def _describe(
+        self, meta: ObjectMeta, hashes: dict[str, Any], sums: dict[str, str], algo: str | None
+    ) -> None:
+        meta.etag = hashes["md5"].hexdigest()
+        if algo is not None:
+            meta.checksums = {algo: sums[algo]}
+            meta.checksum_type = "FULL_OBJECT"
+
+    async def _one_step(self, call: Call, bucket: Attributes, conf: BucketConf) -> bool:
+        """
+        Whether a plain PUT (no encryption, tags or retention asked) may be
+        stored by L{Tree.put_small}: the store can, and nothing that
+        L{_commit} does besides the rename applies - no condition, no
+        versioning, no object lock default, no ACL headers, no change of
+        owner.
+        """
+        if conf.versioning is not None or conf.object_lock:
+            return False
+        if not self._tree().vfs.can_put_file:
+            return False
+        headers = call.headers
+        if "if-match" in headers or "if-none-match" in headers or "x-amz-acl" in headers:
+            return False
+        if any(name.startswith("x-amz-grant-") for name in headers):
+            return False
+        return await self._owner_for_new_object(call, bucket, conf) is None
 
     async def _put_marker(self, call: Call, bucket: Attributes, key: Key, meta: ObjectMeta) -> None:
         body = await self._read_small(call, SMALL_BODY)

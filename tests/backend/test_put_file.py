@@ -1,0 +1,130 @@
+"""
+The embedded store's C{put_file} (issue 18, S3's small PUT): a new file, its
+bytes and its attributes put over a name as one durable, atomic change.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+from claudefs_gateway import errors
+from claudefs_gateway.backend.embedded import EmbeddedBackend
+from claudefs_gateway.backend.embedded import _engine as engine_module
+from claudefs_gateway.fstypes import FileType
+from tests.backend.test_embedded import StoreCase
+from tests.backend.test_inline_data import MAX, rows
+
+REG = FileType.REG
+T = 1_700_000_000_123_456_789
+
+
+class PutFileTests(StoreCase):
+    async def store(self, path: Path | None = None, **kw: Any) -> EmbeddedBackend:
+        kw.setdefault("inline_max", MAX)
+        return await super().store(path, **kw)
+
+    async def test_new_inline_file(self) -> None:
+        """
+        A small file: one durable commit, no data file and no data sync;
+        the name, bytes, attributes, times and usage are all there.
+        """
+        b = await self.store()
+        datasyncs = self.count("fdatasync")
+        before = b.stats.durable_commits
+        r = await b.put_file(1, b"obj", 0o600, 7, 8, b"hello", ((b"cfs.k", b"v"),), T)
+        self.assertEqual(b.stats.durable_commits - before, 1)
+        self.assertEqual(datasyncs, [])
+        self.assertIsNone(r.replaced)
+        a = r.source
+        self.assertEqual((a.type, a.mode, a.uid, a.gid, a.size, a.nlink), (REG, 0o600, 7, 8, 5, 1))
+        self.assertEqual(a.mtime_ns, T)
+        self.assertEqual((await b.lookup(1, b"obj")).ino, a.ino)
+        self.assertEqual(await b.read(a.ino, 0, 100), (b"hello", True))
+        self.assertEqual(await b.getxattr(a.ino, b"cfs.k"), b"v")
+        self.assertEqual((await b.getattr(a.ino)).mtime_ns, T)
+        self.assertEqual((await b.usage("user", 7)).bytes, 5)
+        self.assertEqual((await b.usage("user", 7)).inodes, 1)
+
+    async def test_data_file_synced_before_commit(self) -> None:
+        """Past the inline size: a data file, synced once, before the one commit."""
+        b = await self.store()
+        datasyncs = self.count("fdatasync")
+        body = os.urandom(3 * MAX)
+        before = b.stats.durable_commits
+        a = (await b.put_file(1, b"big", 0o600, 0, 0, body, (), T)).source
+        self.assertEqual(b.stats.durable_commits - before, 1)
+        self.assertEqual(len(datasyncs), 1)
+        self.assertEqual(rows(b.data_dir, "SELECT ino FROM inline_data WHERE ino = ?", a.ino), [])
+        self.assertEqual(await b.read(a.ino, 0, 1 << 20), (body, True))
+
+    async def test_replaces_a_file(self) -> None:
+        """An existing file is replaced (and freed: its usage goes), as a rename over it."""
+        b = await self.store()
+        old = (await b.put_file(1, b"k", 0o600, 5, 5, b"old bytes", (), T)).source
+        r = await b.put_file(1, b"k", 0o600, 5, 5, b"new", ((b"cfs.x", b"1"),), T + 1)
+        self.assertIsNotNone(r.replaced)
+        assert r.replaced is not None
+        self.assertEqual((r.replaced.ino, r.replaced.nlink), (old.ino, 0))
+        self.assertEqual((await b.lookup(1, b"k")).ino, r.source.ino)
+        self.assertEqual(await b.read(r.source.ino, 0, 100), (b"new", True))
+        with self.assertRaises(errors.NotFound):
+            await b.getattr(old.ino)
+        self.assertEqual((await b.usage("user", 5)).bytes, 3)
+        self.assertEqual((await b.usage("user", 5)).inodes, 1)
+
+    async def test_a_hard_linked_file_keeps_its_other_name(self) -> None:
+        b = await self.store()
+        old = (await b.put_file(1, b"k", 0o600, 0, 0, b"old", (), T)).source
+        await b.link(old.ino, 1, b"other")
+        r = await b.put_file(1, b"k", 0o600, 0, 0, b"new", (), T)
+        assert r.replaced is not None
+        self.assertEqual(r.replaced.nlink, 1)
+        self.assertEqual(await b.read(old.ino, 0, 10), (b"old", True))
+
+    async def test_refusals_change_nothing(self) -> None:
+        """A directory at the name, a missing or non-directory parent, a bad xattr name."""
+        b = await self.store()
+        d = await b.create(1, b"dir", FileType.DIR, 0o755, 0, 0)
+        f = (await b.put_file(1, b"f", 0o600, 0, 0, b"x", (), T)).source
+        with self.assertRaises(errors.IsDir):
+            await b.put_file(1, b"dir", 0o600, 0, 0, b"x", (), T)
+        with self.assertRaises(errors.NotFound):
+            await b.put_file(999999, b"n", 0o600, 0, 0, b"x", (), T)
+        with self.assertRaises(errors.NotDir):
+            await b.put_file(f.ino, b"n", 0o600, 0, 0, b"x", (), T)
+        with self.assertRaises(errors.FSError):
+            await b.put_file(1, b"n", 0o600, 0, 0, b"x", ((b"", b"v"),), T)
+        self.assertEqual((await b.lookup(1, b"dir")).ino, d.ino)
+        with self.assertRaises(errors.NotFound):
+            await b.lookup(1, b"n")
+        self.assertEqual((await b.usage("user", 0)).inodes, 3)  # root, dir, f
+
+    async def test_failed_write_leaves_the_old_file(self) -> None:
+        """The data file cannot be written (disk full): NoSpace, the old file stays whole."""
+        b = await self.store()
+        old = (await b.put_file(1, b"k", 0o600, 0, 0, b"old", (), T)).source
+
+        def full(fd: int, data: Any, offset: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(engine_module, "pwrite_all", full)
+        with self.assertRaises(errors.NoSpace):
+            await b.put_file(1, b"k", 0o600, 0, 0, os.urandom(2 * MAX), (), T)
+        self.assertEqual((await b.lookup(1, b"k")).ino, old.ino)
+        self.assertEqual(await b.read(old.ino, 0, 10), (b"old", True))
+
+    async def test_reopened(self) -> None:
+        """What was put is there after a reopen (small and large)."""
+        path = Path(self.mktemp())
+        b = await self.store(path)
+        small = (await b.put_file(1, b"s", 0o600, 0, 0, b"tiny", ((b"cfs.m", b"1"),), T)).source
+        large = os.urandom(2 * MAX)
+        big = (await b.put_file(1, b"l", 0o600, 0, 0, large, (), T)).source
+        await b.close()
+        b = await self.store(path)
+        self.assertEqual(await b.read(small.ino, 0, 100), (b"tiny", True))
+        self.assertEqual(await b.read(big.ino, 0, 1 << 20), (large, True))
+        self.assertEqual(await b.getxattr(small.ino, b"cfs.m"), b"1")
