@@ -27,6 +27,7 @@ __all__ = [
     "WriteResult",
     "ReadResult",
     "RenameResult",
+    "PutResult",
     "Usage",
     "QuotaLimits",
     "NAME_MAX",
@@ -237,6 +238,21 @@ class RenameResult:
 
     source: Attributes
     replaced: Attributes | None = None
+
+
+@attrs.frozen(slots=True)
+class PutResult:
+    """
+    What a store's C{put_file} did (L{claudefs_gateway.interfaces.IMetadataService.rename}).
+
+    @ivar source: the new file.
+    @ivar replaced: the file that had the name and was unlinked, after, if any.
+    @ivar made: the directories made on the way to it, outermost first, as they are after.
+    """
+
+    source: Attributes
+    replaced: Attributes | None = None
+    made: tuple[Attributes, ...] = ()
 
 
 @attrs.frozen(slots=True)

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         DirPage,
         FileType,
         FSStat,
+        PutResult,
         QuotaLimits,
         ReadResult,
         RenameResult,
@@ -163,7 +164,7 @@ class IMetadataService(Interface):
         A store may also offer C{put_file(parent, name, mode, uid, gid, data,
         xattrs, mtime_ns)} (the embedded and memory stores do): a new regular
         file with its bytes and extended attributes put over C{name} as one
-        durable, atomic change, firing with a L{RenameResult} (see
+        durable, atomic change, firing with a L{PutResult} (see
         L{claudefs_gateway.backend.embedded.EmbeddedBackend.put_file}). S3
         stores a small object that way, without a staging file; a store
         without it gets the staging file and the rename.
@@ -826,12 +827,17 @@ class IVFS(Interface):
         meta: dict[bytes, bytes],
         mtime_ns: int,
         origin: Origin | None = None,
-    ) -> Deferred[RenameResult]:
+        dirs: tuple[bytes, ...] = (),
+        dir_mode: int = 0o755,
+        dir_meta: dict[bytes, bytes] | None = None,
+    ) -> Deferred[PutResult]:
         """
         A new regular file with C{data} and front-end metadata C{meta}, put
-        over C{name} as one durable, atomic store operation: a create, a
-        write, meta_sets and a rename over the name under their rules.
+        over C{name} (in the directories C{dirs}, made first) as one
+        durable, atomic store operation: mkdirs, a create, a write,
+        meta_sets and a rename over the name, under their rules.
         @raise NotSupp: the store cannot (L{can_put_file} is false).
+        @raise Exists: one of C{dirs} exists.
         """
 
     def readdir(

@@ -34,6 +34,7 @@ from claudefs_gateway.fstypes import (
     DirPage,
     FileType,
     FSStat,
+    PutResult,
     QuotaLimits,
     RenameResult,
     SetAttrs,
@@ -419,27 +420,44 @@ class MemoryBackend:
         data: bytes,
         xattrs: tuple[tuple[bytes, bytes], ...],
         mtime_ns: int,
-    ) -> RenameResult:
+        dirs: tuple[tuple[bytes, int, int, int, tuple[tuple[bytes, bytes], ...]], ...] = (),
+    ) -> PutResult:
         """
         A new regular file with C{data} and C{xattrs}, modified at
-        C{mtime_ns}, put over C{name} (a regular file there is replaced) in
-        one step: L{claudefs_gateway.backend.embedded.EmbeddedBackend.put_file}.
+        C{mtime_ns}, put over C{name} (a regular file there is replaced),
+        in the directories C{dirs} made first, in one step:
+        L{claudefs_gateway.backend.embedded.EmbeddedBackend.put_file}.
         Everything is checked before anything changes.
         """
         d = self._dir(parent)
         check_name(name)
-        for xname, value in xattrs:
+        for xname, value in xattrs + tuple(x for dd in dirs for x in dd[4]):
             self._check_xattr_name(xname)
             if len(value) > XATTR_SIZE_MAX:
                 raise errors.Range("xattr value too large")
         if len(data) > MAX_FILE_SIZE:
             raise errors.FBig("file too large")
-        existing = d.entries.get(name)
         replaced: _Inode | None = None
-        if existing is not None:
-            replaced = self._get(existing[0])
-            if replaced.type is FileType.DIR:
-                raise errors.IsDir("non-directory over directory")
+        if dirs:
+            check_name(dirs[0][0])
+            for dname, *_ in dirs[1:]:
+                check_name(dname)
+            if dirs[0][0] in d.entries:
+                raise errors.Exists("name exists")
+        else:
+            existing = d.entries.get(name)
+            if existing is not None:
+                replaced = self._get(existing[0])
+                if replaced.type is FileType.DIR:
+                    raise errors.IsDir("non-directory over directory")
+        made: list[_Inode] = []
+        for dname, dmode, duid, dgid, dxattrs in dirs:
+            sub = self._make(FileType.DIR, dmode, duid, dgid, (0, 0), parent=d.ino)
+            sub.xattrs = {bytes(n): bytes(v) for n, v in dxattrs}
+            d.nlink += 1
+            self._add_entry(d, dname, sub.ino)
+            made.append(sub)
+            d = sub
         node = self._make(FileType.REG, mode, uid, gid, (0, 0))
         for pos in range(0, len(data), CHUNK):
             piece = data[pos : pos + CHUNK]
@@ -459,7 +477,7 @@ class MemoryBackend:
             if replaced.nlink == 0:
                 self._drop(replaced)
         self._add_entry(d, name, node.ino)
-        return RenameResult(node.attributes(), replaced_after)
+        return PutResult(node.attributes(), replaced_after, tuple(n.attributes() for n in made))
 
     def _resolve_time(self, t: Any, now: int) -> int:
         return now if t is NOW else int(t)

@@ -198,6 +198,10 @@ class ObjectMeta:
         return None
 
 
+#: The metadata of a directory the gateway made for nested keys.
+AUTO_DIR = ObjectMeta(dir="auto").encode()
+
+
 def rle(sizes: list[int]) -> list[list[int]]:
     """Part sizes run-length encoded ([[size, count], ...]): uniform parts stay small."""
     out: list[list[int]] = []
@@ -539,27 +543,37 @@ class Tree:
                 raise key_conflict(True)
         return cur
 
-    async def check_writable(self, caller: Caller, bucket: Attributes, key: Key) -> None:
+    async def check_writable(
+        self, caller: Caller, bucket: Attributes, key: Key
+    ) -> tuple[Attributes, list[bytes]] | None:
         """
         Refuse a write before its body is read: a file where a directory is
         needed (or the reverse), or no permission to write where the object goes.
 
         A directory that vanishes while we look (a concurrent delete pruning it)
         is simply looked for again; the commit makes whatever is missing.
+        Returns what was found (for L{put_small}): the deepest existing
+        directory of the key's and the names still to make below it (None
+        if directories kept vanishing).
         """
         for _ in range(RACE_RETRIES):
             try:
-                await self._check_writable(caller, bucket, key)
-                return
+                return await self._check_writable(caller, bucket, key)
             except (errors.NotFound, errors.Stale):
                 continue
+        return None
 
-    async def _check_writable(self, caller: Caller, bucket: Attributes, key: Key) -> None:
+    async def _check_writable(
+        self, caller: Caller, bucket: Attributes, key: Key
+    ) -> tuple[Attributes, list[bytes]]:
         cur = bucket
-        for seg in key.segments[:-1] if not key.marker else key.segments:
+        segments = key.segments[:-1] if not key.marker else key.segments
+        missing: list[bytes] = []
+        for i, seg in enumerate(segments):
             try:
                 nxt = await self.vfs.lookup(caller, cur.ino, seg)
             except errors.NotFound:
+                missing = list(segments[i:])
                 break
             if not nxt.is_dir:
                 raise key_conflict(True)
@@ -575,6 +589,7 @@ class Tree:
         granted = await self.vfs.access(caller, cur.ino, 0o3)  # W|X
         if granted != 0o3:
             raise S3Error("AccessDenied")
+        return cur, missing
 
     async def make_parents(
         self,
@@ -598,13 +613,7 @@ class Tree:
                 try:
                     nxt = await self.vfs.mkdir(caller, cur.ino, seg, DIR_MODE, durable=False)
                     made.append((cur.ino, seg))
-                    await self.vfs.meta_set(
-                        caller,
-                        nxt.ino,
-                        META_KEY,
-                        ObjectMeta(dir="auto").encode(),
-                        durable=False,
-                    )
+                    await self.vfs.meta_set(caller, nxt.ino, META_KEY, AUTO_DIR, durable=False)
                 except errors.Exists:
                     nxt = await self.vfs.lookup(caller, cur.ino, seg)
             if not nxt.is_dir:
@@ -783,15 +792,22 @@ class Tree:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def put_small(
-        self, caller: Caller, bucket: Attributes, key: Key, data: bytes, meta: ObjectMeta
+        self,
+        caller: Caller,
+        bucket: Attributes,
+        key: Key,
+        data: bytes,
+        meta: ObjectMeta,
+        found: tuple[Attributes, list[bytes]] | None = None,
     ) -> Attributes:
         """
         Store an object whose bytes are all in memory with one store
-        operation (L{claudefs_gateway.vfs.VFS.put_file}): the new file, its
-        bytes and its metadata are put over the key in one durable
-        transaction, without a staging file. The key's directories are
-        found or made first (not durable by themselves: the put is, and
-        makes them durable with it).
+        operation (L{claudefs_gateway.vfs.VFS.put_file}): the key's missing
+        directories, the new file, its bytes and its metadata are put over
+        the key in one durable transaction, without a staging file.
+        C{found}: what L{check_writable} found, tried first (if a directory
+        changed since, the store refuses and the key's path is looked up
+        again).
 
         @raise S3Error: MetadataTooLarge; a key that conflicts with a directory.
         """
@@ -801,26 +817,49 @@ class Tree:
         if len(raw) > 60 * 1024:
             raise S3Error("MetadataTooLarge")
         for attempt in range(RACE_RETRIES):
-            made: list[tuple[int, bytes]] = []
             try:
-                parent = await self.make_parents(caller, bucket, key.parents, made)
+                if found is not None and attempt == 0:
+                    parent, missing = found
+                else:
+                    parent, missing = await self._existing_parents(caller, bucket, key.parents)
                 try:
                     result = await self.vfs.put_file(
-                        caller, parent.ino, key.name, FILE_MODE, data, {META_KEY: raw}, mtime_ns
+                        caller,
+                        parent.ino,
+                        key.name,
+                        FILE_MODE,
+                        data,
+                        {META_KEY: raw},
+                        mtime_ns,
+                        dirs=tuple(missing),
+                        dir_mode=DIR_MODE,
+                        dir_meta={META_KEY: AUTO_DIR},
                     )
                 except errors.IsDir:
                     raise key_conflict(False) from None
                 return result.source
-            except (errors.NotFound, errors.Stale):
-                # A directory on the way was pruned by a concurrent delete: again.
-                await self.unmake(caller, made)
+            except (errors.NotFound, errors.Stale, errors.Exists):
+                # A directory on the way was pruned by a concurrent delete, or
+                # one to make was made by a concurrent put: look again.
                 if attempt == RACE_RETRIES - 1:
                     raise
-                self._log.debug("a directory vanished during an S3 put; retrying")
-            except BaseException:
-                await self.unmake(caller, made)
-                raise
+                self._log.debug("a directory changed during an S3 put; retrying")
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _existing_parents(
+        self, caller: Caller, bucket: Attributes, parents: list[bytes]
+    ) -> tuple[Attributes, list[bytes]]:
+        """The deepest existing directory of a key's, and the names below it still to make."""
+        cur = bucket
+        for i, seg in enumerate(parents):
+            try:
+                nxt = await self.vfs.lookup(caller, cur.ino, seg)
+            except errors.NotFound:
+                return cur, parents[i:]
+            if not nxt.is_dir:
+                raise key_conflict(True)
+            cur = nxt
+        return cur, []
 
     async def put_marker(
         self, caller: Caller, bucket: Attributes, key: Key, meta: ObjectMeta

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -41,6 +42,7 @@ from claudefs_gateway.fstypes import (
     DirPage,
     FileType,
     FSStat,
+    PutResult,
     ReadResult,
     RenameResult,
     SetAttrs,
@@ -1083,33 +1085,53 @@ class VFS:
         meta: dict[bytes, bytes],
         mtime_ns: int,
         origin: Origin | None = None,
-    ) -> RenameResult:
+        dirs: tuple[bytes, ...] = (),
+        dir_mode: int = 0o755,
+        dir_meta: dict[bytes, bytes] | None = None,
+    ) -> PutResult:
         """
         A new regular file with C{data} and the front end's metadata C{meta}
         (as L{meta_set} keeps it), modified at C{mtime_ns}, put at C{name},
         replacing a regular file there: what a create in a staging
         directory, a write, L{meta_set}s and a L{rename} over the name do,
         as one durable and atomic store operation (S3's small PUT: the
-        store's C{put_file}). The same rules apply as for those: write and
-        search permission on the directory, the sticky bit, object lock and
-        opens denying delete or write of a replaced file, quotas. Fires with
-        the new file and the replaced one (L{RenameResult}) once durable.
+        store's C{put_file}). C{dirs}: directories to make first (C{mkdir
+        -p} below C{dir_ino}, each with C{dir_mode} and C{dir_meta}), the
+        file going in the last. The same rules apply as for those
+        operations: write and search permission on the directory, the
+        sticky bit, object lock and opens denying delete or write of a
+        replaced file, quotas. Fires with the new file, the replaced one and
+        the directories made (L{PutResult}) once durable.
 
         @raise NotSupp: the store has no C{put_file} (see L{can_put_file}).
         @raise IsDir: the name is a directory.
+        @raise Exists: one of C{dirs} exists (made meanwhile: look again).
         """
         put = getattr(self.backend, "put_file", None)
         if put is None:
             raise errors.NotSupp("the store cannot put a file in one operation")
-        self._reserved(caller, name)
-        if name in (b".", b".."):
-            raise errors.Inval("cannot replace . or ..")
+        for n in (*dirs, name):
+            self._reserved(caller, n)
+            if n in (b".", b".."):
+                raise errors.Inval("cannot replace . or ..")
         d = await self._prepare_new(caller, dir_ino)
-        try:
-            dst: Attributes | None = await self._lookup_raw(dir_ino, name)
-        except errors.NotFound:
-            dst = None
         org = self._origin(caller, origin)
+        # The directories to make, and the one the file goes in as it will be.
+        plan = []
+        cur = d
+        for n in dirs:
+            uid, gid = perm.new_owner(caller.cred, cur)
+            m = perm.new_mode(caller.cred, cur, dir_mode, FileType.DIR, gid)
+            xattrs = tuple((INTERNAL_PREFIX + k, v) for k, v in (dir_meta or {}).items())
+            plan.append((n, m, uid, gid, xattrs))
+            cur = attrs.evolve(cur, uid=uid, gid=gid, mode=m, nlink=2)
+            perm.check(caller.cred, cur, perm.W | perm.X)
+        dst: Attributes | None = None
+        if not dirs:
+            try:
+                dst = await self._lookup_raw(dir_ino, name)
+            except errors.NotFound:
+                dst = None
         if dst is not None:
             if dst.is_dir:
                 raise errors.IsDir("non-directory over directory")
@@ -1118,26 +1140,49 @@ class VFS:
                 await self._check_worm(dst, org, destroy=True)
             await self._before_unlink(dst, org, _REPLACE)
         await self._dir_change(dir_ino, org)
-        uid, gid = perm.new_owner(caller.cred, d)
-        mode = perm.new_mode(caller.cred, d, mode, FileType.REG, gid)
-        ticket = self.quotas.admit(uid, gid, len(data), 1)
+        uid, gid = perm.new_owner(caller.cred, cur)
+        mode = perm.new_mode(caller.cred, cur, mode, FileType.REG, gid)
+        ticket = self.quotas.admit(uid, gid, len(data), 1 + len(dirs))
         xattrs = tuple((INTERNAL_PREFIX + k, v) for k, v in meta.items())
         try:
-            result: RenameResult = await put(dir_ino, name, mode, uid, gid, data, xattrs, mtime_ns)
+            result: PutResult = await put(
+                dir_ino, name, mode, uid, gid, data, xattrs, mtime_ns, tuple(plan)
+            )
         except BaseException:
             self.quotas.settle(ticket)
             raise
         a = result.source
-        self.quotas.settle(ticket, _usage_changes(None, a))
+        changes = _usage_changes(None, a)
+        for made in result.made:
+            changes += _usage_changes(None, made)
+        self.quotas.settle(ticket, changes)
         if dst is not None and result.replaced is not None:
             self.quotas.apply_all(_usage_changes(dst, result.replaced))
             if result.replaced.nlink == 0:
                 self._gone(result.replaced)
             else:
                 self.attr_cache.put(result.replaced.ino, result.replaced)
+        parent = dir_ino
+        for n, made in zip(dirs, result.made, strict=True):
+            self._new_inode(parent, n, made, dir_meta or {})
+            parent = made.ino
+        self._new_inode(parent, name, a, meta)
+        self._dir_changed(dir_ino)
+        if dst is not None:
+            self._emit(dir_ino, Action.REMOVED, name, dst.ino)
+        parent = dir_ino
+        for n, made in zip(dirs, result.made, strict=True):
+            self._emit(parent, Action.ADDED, n, made.ino)
+            parent = made.ino
+        self._emit(parent, Action.ADDED, name, a.ino)
+        return result
+
+    def _new_inode(
+        self, dir_ino: int, name: bytes, a: Attributes, meta: dict[bytes, bytes]
+    ) -> None:
+        """What the caches know of an inode just made at C{name} with C{meta} (and nothing else)."""
         self.attr_cache.put(a.ino, a)
         self.name_cache.put((dir_ino, name), a.ino)
-        # A new inode: its metadata is what was given, nothing else.
         self._meta_forget(a.ino)
         known: dict[bytes, bytes | None] = {b"": None}
         known.update(meta)
@@ -1149,11 +1194,6 @@ class VFS:
                 self._seals.clear()
             self._seals[a.ino] = False
         self._seen(dir_ino, name, a.ino)
-        self._dir_changed(dir_ino)
-        if dst is not None:
-            self._emit(dir_ino, Action.REMOVED, name, dst.ino)
-        self._emit(dir_ino, Action.ADDED, name, a.ino)
-        return result
 
     @deferred
     async def readdir(

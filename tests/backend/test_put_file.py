@@ -128,3 +128,38 @@ class PutFileTests(StoreCase):
         self.assertEqual(await b.read(small.ino, 0, 100), (b"tiny", True))
         self.assertEqual(await b.read(big.ino, 0, 1 << 20), (large, True))
         self.assertEqual(await b.getxattr(small.ino, b"cfs.m"), b"1")
+
+    async def test_directories_made_on_the_way(self) -> None:
+        """
+        C{dirs}: made one in the other, with their owners, modes and
+        attributes, in the same one commit; the file goes in the last.
+        """
+        b = await self.store()
+        before = b.stats.durable_commits
+        dirs = ((b"a", 0o755, 3, 4, ((b"cfs.d", b"auto"),)), (b"b", 0o700, 3, 4, ()))
+        r = await b.put_file(1, b"f", 0o600, 3, 4, b"x", (), T, dirs)
+        self.assertEqual(b.stats.durable_commits - before, 1)
+        self.assertEqual([m.mode for m in r.made], [0o755, 0o700])
+        a = await b.lookup(1, b"a")
+        self.assertEqual(
+            (a.ino, a.type, a.uid, a.gid, a.nlink), (r.made[0].ino, FileType.DIR, 3, 4, 3)
+        )
+        self.assertEqual(await b.getxattr(a.ino, b"cfs.d"), b"auto")
+        bb = await b.lookup(a.ino, b"b")
+        self.assertEqual(bb.ino, r.made[1].ino)
+        self.assertEqual((await b.lookup(bb.ino, b"f")).ino, r.source.ino)
+        self.assertEqual((await b.usage("user", 3)).inodes, 3)
+
+    async def test_a_directory_made_meanwhile(self) -> None:
+        """One of C{dirs} exists (made by someone else since): Exists, nothing changes."""
+        b = await self.store()
+        await b.create(1, b"a", FileType.DIR, 0o755, 0, 0)
+        with self.assertRaises(errors.Exists):
+            await b.put_file(1, b"f", 0o600, 0, 0, b"x", (), T, ((b"a", 0o755, 0, 0, ()),))
+        # A bad name further down: the directory made before it goes too.
+        with self.assertRaises(errors.FSError):
+            await b.put_file(
+                1, b"f", 0o600, 0, 0, b"x", (), T, ((b"n", 0o755, 0, 0, ()), (b"", 0o755, 0, 0, ()))
+            )
+        with self.assertRaises(errors.NotFound):
+            await b.lookup(1, b"n")

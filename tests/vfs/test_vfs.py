@@ -370,6 +370,36 @@ class VFSTests(SynchronousTestCase):
         self.bad(self.vfs.put_file(self.alice, self.pub, b"w", 0o600, b"new", {}, 1), errors.Perm)
         self.assertEqual(self.ok(self.vfs.lookup(self.alice, self.pub, b"w")).ino, a.ino)
 
+    def test_put_file_making_directories(self) -> None:
+        """
+        C{dirs}: made as the caller's C{mkdir -p} would (owner, setgid
+        group, mode, metadata), cached and announced; a directory made
+        meanwhile is Exists; no write permission on the top one is Access.
+        """
+        g = self.ok(self.vfs.mkdir(self.root, self.top, b"g", 0o2777)).ino
+        self.ok(self.vfs.setattr(self.root, g, SetAttrs(gid=500)))
+        seen = []
+        self.vfs.events.subscribe(g, lambda c: seen.append((c.action, c.name)))
+        r = self.ok(
+            self.vfs.put_file(
+                self.alice, g, b"f", 0o600, b"x", {}, 1, dirs=(b"a", b"b"), dir_meta={b"d": b"1"}
+            )
+        )
+        a = self.ok(self.vfs.lookup(self.alice, g, b"a"))
+        self.assertEqual((a.ino, a.uid, a.gid, a.mode & 0o2000), (r.made[0].ino, 1000, 500, 0o2000))
+        self.assertEqual(self.ok(self.vfs.meta_get(self.alice, a.ino, b"d")), b"1")
+        b = self.ok(self.vfs.lookup(self.alice, a.ino, b"b"))
+        f = self.ok(self.vfs.lookup(self.alice, b.ino, b"f"))
+        self.assertEqual((f.ino, f.gid), (r.source.ino, 500))
+        self.assertEqual(seen, [(Action.ADDED, b"a")])
+        self.bad(
+            self.vfs.put_file(self.alice, g, b"f", 0o600, b"", {}, 1, dirs=(b"a",)), errors.Exists
+        )
+        priv = self.ok(self.vfs.mkdir(self.alice, self.pub, b"priv", 0o755)).ino
+        self.bad(
+            self.vfs.put_file(self.bob, priv, b"f", 0o600, b"", {}, 1, dirs=(b"d",)), errors.Access
+        )
+
     def test_put_file_not_supported(self) -> None:
         """A store without C{put_file}: NotSupp, and L{can_put_file} says so first."""
         self.assertTrue(self.vfs.can_put_file)

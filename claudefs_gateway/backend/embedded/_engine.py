@@ -62,6 +62,7 @@ from claudefs_gateway.fstypes import (
     XATTR_SIZE_MAX,
     Attributes,
     FileType,
+    PutResult,
     QuotaLimits,
     RenameResult,
     SetAttrs,
@@ -1091,6 +1092,7 @@ class Engine:
         self,
         ctx: _Ctx,
         parent: int,
+        dirs: tuple[tuple[bytes, int, int, int, tuple[tuple[bytes, bytes], ...]], ...],
         name: bytes,
         mode: int,
         uid: int,
@@ -1098,32 +1100,46 @@ class Engine:
         data: bytes,
         xattrs: tuple[tuple[bytes, bytes], ...],
         mtime_ns: int,
-    ) -> RenameResult:
+    ) -> PutResult:
         """
         A new regular file holding C{data} and C{xattrs}, modified at
         C{mtime_ns}, put at C{name} in one step: created, written, given its
         attributes and renamed over whatever regular file had the name, as
         one atomic change (S3's small PUT: see
-        L{claudefs_gateway.backend.embedded.EmbeddedBackend.put_file}). The
-        data is inline when it fits, else in a data file synced before the
-        commit (a durable op: L{run_batch} syncs C{ctx.sync} first).
+        L{claudefs_gateway.backend.embedded.EmbeddedBackend.put_file}); in
+        the directories C{dirs} (name, mode, uid, gid, xattrs), made first
+        under C{parent}, one in the other. The data is inline when it fits,
+        else in a data file synced before the commit (a durable op:
+        L{run_batch} syncs C{ctx.sync} first).
         """
         d = self._dir(ctx, parent)
         check_name(name)
-        for xname, value in xattrs:
+        for xname, value in xattrs + tuple(x for dd in dirs for x in dd[4]):
             _check_xattr_name(xname)
             if len(value) > XATTR_SIZE_MAX:
                 raise errors.Range("xattr value too large")
         if len(data) > MAX_FILE_SIZE:
             raise errors.FBig("file too large")
-        existing = self._lookup_entry(parent, name)
+        assert self.conn is not None
+        made: list[Node] = []
+        for dname, dmode, duid, dgid, dxattrs in dirs:
+            check_name(dname)
+            if self._lookup_entry(d.ino, dname) is not None:
+                # Made meanwhile (another client): the caller looks again.
+                raise errors.Exists("name exists")
+            node = self._make(ctx, FileType.DIR, dmode, duid, dgid, (0, 0), parent=d.ino)
+            d.nlink += 1
+            self._add_entry(ctx, d, dname, node)
+            self._put_xattrs(node.ino, dxattrs)
+            made.append(node)
+            d = node
+        existing = self._lookup_entry(d.ino, name) if not made else None
         replaced: Node | None = None
         if existing is not None:
             replaced = self._get(ctx, existing)
             if replaced.type is FileType.DIR:
                 raise errors.IsDir("non-directory over directory")
         node = self._make(ctx, FileType.REG, mode, uid, gid, (0, 0))
-        assert self.conn is not None
         if data:
             if len(data) <= self.inline_max:
                 self._inline_put(node.ino, bytes(data))
@@ -1138,11 +1154,7 @@ class Engine:
             node.size = len(data)
             self._account(ctx, node, size=len(data))
         node.mtime = node.atime = mtime_ns
-        if xattrs:
-            self.conn.executemany(
-                "INSERT INTO xattr (ino, name, value) VALUES (?, ?, ?)",
-                [(node.ino, bytes(n), bytes(v)) for n, v in xattrs],
-            )
+        self._put_xattrs(node.ino, xattrs)
         replaced_after = None
         if replaced is not None:
             self._del_entry(d, name)
@@ -1152,7 +1164,16 @@ class Engine:
             if replaced.nlink == 0:
                 self._drop(ctx, replaced)
         self._add_entry(ctx, d, name, node)
-        return RenameResult(self._attrs(node), replaced_after)
+        return PutResult(self._attrs(node), replaced_after, tuple(n.attributes(0) for n in made))
+
+    def _put_xattrs(self, ino: int, xattrs: tuple[tuple[bytes, bytes], ...]) -> None:
+        """The extended attributes of an inode made in this op (it has none yet)."""
+        if xattrs:
+            assert self.conn is not None
+            self.conn.executemany(
+                "INSERT INTO xattr (ino, name, value) VALUES (?, ?, ?)",
+                [(ino, bytes(n), bytes(v)) for n, v in xattrs],
+            )
 
     def op_setattr(
         self, ctx: _Ctx, ino: int, changes: SetAttrs, guard_ctime_ns: int | None = None

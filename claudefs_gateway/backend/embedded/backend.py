@@ -58,6 +58,7 @@ from claudefs_gateway.fstypes import (
     DirPage,
     FileType,
     FSStat,
+    PutResult,
     QuotaLimits,
     RenameResult,
     SetAttrs,
@@ -545,21 +546,30 @@ class EmbeddedBackend:
         data: bytes,
         xattrs: tuple[tuple[bytes, bytes], ...],
         mtime_ns: int,
-    ) -> defer.Deferred[RenameResult]:
+        dirs: tuple[tuple[bytes, int, int, int, tuple[tuple[bytes, bytes], ...]], ...] = (),
+    ) -> defer.Deferred[PutResult]:
         """
         Create a regular file holding C{data} and extended attributes
         C{xattrs}, modified at C{mtime_ns}, and put it at C{name} in
         C{parent}, replacing a regular file of that name: one durable,
         atomic change (one store operation and one flush), as a create, a
-        write, setxattrs and a rename over the name would be. Fires with the
-        new file (C{source}) and the replaced one, if any, after it is
-        durable: its data too. S3's small PUT (L{claudefs_gateway.vfs.VFS.put_file}).
+        write, setxattrs and a rename over the name would be. C{dirs}:
+        directories (name, mode, uid, gid, xattrs) to make first, one in
+        the other under C{parent}, the file going in the last. Fires with
+        the new file, the replaced one (if any) and the directories made
+        (L{PutResult}), once durable: its data too. S3's small PUT
+        (L{claudefs_gateway.vfs.VFS.put_file}).
 
-        @raise IsDir: the name is a directory. (NotFound, NotDir: C{parent}.)
+        @raise IsDir: the name is a directory. @raise Exists: one of C{dirs}
+            exists. (NotFound, NotDir: C{parent}.)
         """
         return self._submit(
             Engine.op_put_file,
             parent,
+            tuple(
+                (bytes(n), m, u, g, tuple((bytes(k), bytes(v)) for k, v in x))
+                for n, m, u, g, x in dirs
+            ),
             bytes(name),
             mode,
             uid,

@@ -69,7 +69,7 @@ class ObjectOps(Operations):
                 raise S3Error("InvalidArgument", "Directory markers cannot be tagged or locked")
             await self._put_marker(call, bucket, key, meta)
             return
-        await tree.check_writable(call.caller, bucket, key)
+        found = await tree.check_writable(call.caller, bucket, key)
         conf = await tree.bucket_conf(bucket)
         enc = self._sse_for_write(call, conf.encryption)
         held = None
@@ -80,7 +80,7 @@ class ObjectOps(Operations):
             # publishes it (docs/s3.rst "Small objects").
             size = held.size
             self._describe(meta, held.hashes, held.sums, algo)
-            a = await tree.put_small(call.caller, bucket, key, b"".join(held.chunks), meta)
+            a = await tree.put_small(call.caller, bucket, key, b"".join(held.chunks), meta, found)
         else:
             tmp_dir, tmp_name, tmp = await tree.temp_file(call.caller)
             try:
