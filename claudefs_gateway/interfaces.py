@@ -167,7 +167,10 @@ class IMetadataService(Interface):
         durable, atomic change, firing with a L{PutResult} (see
         L{claudefs_gateway.backend.embedded.EmbeddedBackend.put_file}). S3
         stores a small object that way, without a staging file; a store
-        without it gets the staging file and the rename.
+        without it gets the staging file and the rename. Likewise
+        C{unlink_pruning(parent, name, dirs, durable=True)}: an unlink and
+        the removal of the directories C{dirs} (parent, name, inode) it
+        leaves empty, in one change (S3's DELETE).
 
         Renaming a name onto itself (or onto another name of the same inode) is
         a successful no-op. A directory may replace only an empty directory,
@@ -815,6 +818,22 @@ class IVFS(Interface):
         durable: bool = True,
     ) -> Deferred[RenameResult]:
         """POSIX rename (atomic, replaces) under permission, sticky-bit and share rules."""
+
+    can_prune = Attribute("Whether the store offers remove_pruning (else it raises NotSupp).")
+
+    def remove_pruning(
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        dirs: tuple[tuple[int, bytes], ...],
+        origin: Origin | None = None,
+    ) -> Deferred[tuple[Attributes, tuple[Attributes, ...]]]:
+        """
+        remove, then rmdir of each of C{dirs} (parent, name; innermost
+        first) it leaves empty, as one durable store operation; a directory
+        that may not go ends the pruning. Fires with the unlinked inode and
+        the directories removed. @raise NotSupp: the store cannot.
+        """
 
     can_put_file = Attribute("Whether the store offers put_file (else it raises NotSupp).")
 

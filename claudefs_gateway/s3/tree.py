@@ -924,12 +924,39 @@ class Tree:
             chain.pop()
             names = names[:-1]
         else:
+            if self.vfs.can_prune:
+                # The object and the emptied directories above it in one change.
+                dirs = await self._auto_dirs(caller, chain, names[:-1])
+                try:
+                    await self.vfs.remove_pruning(caller, chain[-1].ino, names[-1], dirs)
+                except (errors.NotFound, errors.IsDir):
+                    pass
+                return
             try:
                 await self.vfs.remove(caller, chain[-1].ino, names[-1])
             except (errors.NotFound, errors.IsDir):
                 return
             names = names[:-1]
         await self.prune(caller, chain, names)
+
+    async def _auto_dirs(
+        self, caller: Caller, chain: list[Attributes], names: list[bytes]
+    ) -> tuple[tuple[int, bytes], ...]:
+        """
+        The directories the gateway made (C{auto}) at the end of C{chain},
+        innermost first, as (parent, name): what a delete below them may
+        prune once they are empty (never the bucket).
+        """
+        out = []
+        for i in range(len(chain) - 1, 0, -1):
+            try:
+                m = await self.meta(caller, chain[i])
+            except errors.FSError:
+                break
+            if m.dir != "auto":
+                break
+            out.append((chain[i - 1].ino, names[i - 1]))
+        return tuple(out)
 
     async def prune_key(self, bucket: Attributes, key: Key) -> None:
         """Remove the emptied C{auto} directories above a key (after a versioned delete)."""

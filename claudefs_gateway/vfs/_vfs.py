@@ -960,6 +960,72 @@ class VFS:
         self._after_remove(dir_ino, name, a, after)
         return after
 
+    @property
+    def can_prune(self) -> bool:
+        """Whether the store makes L{remove_pruning} one operation (else it raises NotSupp)."""
+        return callable(getattr(self.backend, "unlink_pruning", None))
+
+    @deferred
+    async def remove_pruning(
+        self,
+        caller: Caller,
+        dir_ino: int,
+        name: bytes,
+        dirs: tuple[tuple[int, bytes], ...],
+        origin: Origin | None = None,
+    ) -> tuple[Attributes, tuple[Attributes, ...]]:
+        """
+        L{remove}, then L{rmdir} of each of C{dirs} (parent, name: the
+        directory C{dir_ino} as its parent names it, then the one holding
+        that...) left empty, as one durable store operation (S3's DELETE
+        pruning the directories it made). A directory the caller may not
+        remove, one with a lease or open, or one not empty, ends the
+        pruning there (it is not an error). Fires with the unlinked inode
+        after and the directories removed, after.
+
+        @raise NotSupp: the store cannot (L{can_prune}).
+        """
+        unlink = getattr(self.backend, "unlink_pruning", None)
+        if unlink is None:
+            raise errors.NotSupp("the store cannot prune in one operation")
+        _, a = await self._prepare_remove(caller, dir_ino, name)
+        if a.is_dir:
+            raise errors.IsDir("is a directory")
+        org = self._origin(caller, origin)
+        if a.nlink <= 1:
+            await self._check_worm(a, org, destroy=True)
+        await self._before_unlink(a, org, _DELETE)
+        await self._dir_change(dir_ino, org)
+        plan: list[tuple[int, bytes, Attributes]] = []
+        want = dir_ino
+        roots = {e.root_ino for e in self.exports}
+        for parent, dname in dirs:
+            try:
+                d, sub = await self._prepare_remove(caller, parent, dname)
+            except errors.FSError:
+                break
+            if sub.ino != want or not sub.is_dir or sub.ino in roots:
+                break
+            if self.leases.busy(sub.ino) or self.leases.busy(parent) or self.locks.busy(sub.ino):
+                break
+            if not self._shares_allow(sub.ino, org):
+                break
+            plan.append((parent, dname, sub))
+            want = parent
+        after, removed = await unlink(dir_ino, name, tuple((p, n, sub.ino) for p, n, sub in plan))
+        self._after_remove(dir_ino, name, a, after)
+        for (parent, dname, sub), gone in zip(plan, removed, strict=False):
+            self._after_remove(parent, dname, sub, gone)
+        return after, removed
+
+    def _shares_allow(self, ino: int, origin: Origin) -> bool:
+        """Whether other opens' share modes let C{ino} be deleted."""
+        try:
+            self._check_shares(ino, origin, _DELETE)
+        except errors.FSError:
+            return False
+        return True
+
     @deferred
     async def rmdir(
         self,

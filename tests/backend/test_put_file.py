@@ -163,3 +163,45 @@ class PutFileTests(StoreCase):
             )
         with self.assertRaises(errors.NotFound):
             await b.lookup(1, b"n")
+
+
+class UnlinkPruningTests(StoreCase):
+    """C{unlink_pruning}: S3's DELETE and the pruning of the directories it empties, in one change."""
+
+    async def test_prunes_emptied_directories_up_to_a_kept_one(self) -> None:
+        b = await self.store()
+        top = await b.create(1, b"top", FileType.DIR, 0o755, 0, 0)
+        a = await b.create(top.ino, b"a", FileType.DIR, 0o755, 0, 0)
+        c = await b.create(a.ino, b"c", FileType.DIR, 0o755, 0, 0)
+        await b.create(top.ino, b"keep", REG, 0o644, 0, 0)
+        f = await b.create(c.ino, b"f", REG, 0o644, 0, 0)
+        before = b.stats.durable_commits
+        dirs = ((a.ino, b"c", c.ino), (top.ino, b"a", a.ino), (1, b"top", top.ino))
+        after, removed = await b.unlink_pruning(c.ino, b"f", dirs)
+        self.assertEqual(b.stats.durable_commits - before, 1)
+        self.assertEqual((after.ino, after.nlink), (f.ino, 0))
+        self.assertEqual([r.ino for r in removed], [c.ino, a.ino])
+        for parent, name in ((top.ino, b"a"), (a.ino, b"c")):
+            with self.assertRaises(errors.NotFound):
+                await b.lookup(parent, name)
+        self.assertEqual((await b.lookup(1, b"top")).ino, top.ino)
+        self.assertEqual((await b.getattr(top.ino)).nlink, 2)
+
+    async def test_stops_at_a_directory_not_empty_or_replaced(self) -> None:
+        b = await self.store()
+        a = await b.create(1, b"a", FileType.DIR, 0o755, 0, 0)
+        await b.create(a.ino, b"f", REG, 0o644, 0, 0)
+        await b.create(a.ino, b"g", REG, 0o644, 0, 0)
+        _, removed = await b.unlink_pruning(a.ino, b"f", ((1, b"a", a.ino),))
+        self.assertEqual(removed, ())
+        # The name now holds another inode than the one asked for: kept.
+        _, removed = await b.unlink_pruning(a.ino, b"g", ((1, b"a", a.ino + 1000),))
+        self.assertEqual(removed, ())
+        self.assertEqual((await b.lookup(1, b"a")).ino, a.ino)
+
+    async def test_missing_name_changes_nothing(self) -> None:
+        b = await self.store()
+        a = await b.create(1, b"a", FileType.DIR, 0o755, 0, 0)
+        with self.assertRaises(errors.NotFound):
+            await b.unlink_pruning(a.ino, b"nope", ((1, b"a", a.ino),))
+        self.assertEqual((await b.lookup(1, b"a")).ino, a.ino)

@@ -136,6 +136,7 @@ CHANGES = (
     "commit",
     "sync",
     "put_file",
+    "unlink_pruning",
 )
 READS = ("getattr", "lookup", "readdir", "getxattr", "listxattr", "read", "data_ranges")
 
@@ -182,7 +183,8 @@ class StoreCallTests(TestCase):
         change (L{claudefs_gateway.vfs.VFS.put_file}: no staging file, no
         separate write, metadata or rename) and two lookups of the new name
         (before the body is read, and at the put); the GET one read; the
-        DELETE the unlink and the look at whether the directory emptied.
+        DELETE one store change (the unlink, and the removal of the
+        directories it empties: L{claudefs_gateway.vfs.VFS.remove_pruning}).
         """
         await self.put("p/other")
         await self.put("p/warm")
@@ -192,7 +194,7 @@ class StoreCallTests(TestCase):
                 {
                     "PUT": {"put_file": 1, "lookup": 2},
                     "GET": {"read": 1},
-                    "DELETE": {"unlink": 1, "readdir": 1},
+                    "DELETE": {"unlink_pruning": 1},
                 },
             )
 
@@ -200,8 +202,8 @@ class StoreCallTests(TestCase):
         """
         The only key under its prefix: the PUT makes the directory in the
         same store operation (marked as the gateway's), after one lookup
-        that finds it missing; the DELETE removes it again (and looks
-        whether the directory above emptied too).
+        that finds it missing; the DELETE removes it again in its one store
+        change (the directory above, not emptied, stays).
         """
         await self.put("p/other")
         await self.put("p/q/warm")
@@ -212,7 +214,7 @@ class StoreCallTests(TestCase):
                 {
                     "PUT": {"put_file": 1, "lookup": 1},
                     "GET": {"read": 1},
-                    "DELETE": {"unlink": 1, "readdir": 2, "rmdir": 1},
+                    "DELETE": {"unlink_pruning": 1},
                 },
             )
         listing = await self.client.request("GET", "/bkt", query={"list-type": "2"})

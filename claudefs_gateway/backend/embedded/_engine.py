@@ -1020,6 +1020,24 @@ class Engine:
         self._drop(ctx, node)
         return after
 
+    def op_unlink_prune(
+        self, ctx: _Ctx, parent: int, name: bytes, dirs: tuple[tuple[int, bytes, int], ...]
+    ) -> tuple[Attributes, tuple[Attributes, ...]]:
+        """
+        Unlink C{name}, then remove each of C{dirs} (parent, name, inode:
+        the directory the name was in first, then the one holding it...)
+        while it is still that inode and is left empty: S3's DELETE and the
+        pruning of the directories it empties, in one change. Fires with
+        the unlinked inode after and the directories removed, after.
+        """
+        after = self.op_unlink(ctx, parent, name)
+        removed = []
+        for dparent, dname, ino in dirs:
+            if self._lookup_entry(dparent, dname) != ino or self._has_entries(ino):
+                break
+            removed.append(self.op_rmdir(ctx, dparent, dname))
+        return after, tuple(removed)
+
     def _has_entries(self, ino: int) -> bool:
         assert self.conn is not None
         return (

@@ -516,6 +516,28 @@ class EmbeddedBackend:
         # leave a name whose data is gone.
         return self._change(Engine.op_unlink, parent, bytes(name), durable=durable)
 
+    def unlink_pruning(
+        self,
+        parent: int,
+        name: bytes,
+        dirs: tuple[tuple[int, bytes, int], ...],
+        durable: bool = True,
+    ) -> defer.Deferred[tuple[Attributes, tuple[Attributes, ...]]]:
+        """
+        Unlink a non-directory C{name}, then remove each of C{dirs}
+        (parent, name, inode; innermost first) that is still that inode and
+        is left empty, stopping at the first that is not: one change. Fires
+        with the unlinked inode after and the directories removed (after),
+        in order. S3's DELETE (L{claudefs_gateway.vfs.VFS.remove_pruning}).
+        """
+        return self._change(
+            Engine.op_unlink_prune,
+            parent,
+            bytes(name),
+            tuple((p, bytes(n), i) for p, n, i in dirs),
+            durable=durable,
+        )
+
     def rmdir(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
         return self._change(Engine.op_rmdir, parent, bytes(name), durable=durable)
 
