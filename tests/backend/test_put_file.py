@@ -40,7 +40,7 @@ class PutFileTests(StoreCase):
         self.assertIsNone(r.replaced)
         a = r.source
         self.assertEqual((a.type, a.mode, a.uid, a.gid, a.size, a.nlink), (REG, 0o600, 7, 8, 5, 1))
-        self.assertEqual(a.mtime_ns, T)
+        self.assertEqual((a.mtime_ns, a.used), (T, 0))
         self.assertEqual((await b.lookup(1, b"obj")).ino, a.ino)
         self.assertEqual(await b.read(a.ino, 0, 100), (b"hello", True))
         self.assertEqual(await b.getxattr(a.ino, b"cfs.k"), b"v")

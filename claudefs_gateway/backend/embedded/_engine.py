@@ -1182,7 +1182,9 @@ class Engine:
             if replaced.nlink == 0:
                 self._drop(ctx, replaced)
         self._add_entry(ctx, d, name, node)
-        return PutResult(self._attrs(node), replaced_after, tuple(n.attributes(0) for n in made))
+        # An inline file uses no blocks of its own (and has no data file to stat).
+        mine = self._attrs(node) if node.ino in ctx.sync else node.attributes(0)
+        return PutResult(mine, replaced_after, tuple(n.attributes(0) for n in made))
 
     def _put_xattrs(self, ino: int, xattrs: tuple[tuple[bytes, bytes], ...]) -> None:
         """The extended attributes of an inode made in this op (it has none yet)."""
