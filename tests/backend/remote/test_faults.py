@@ -201,7 +201,7 @@ class KillMetaAfterUnstableWritesTests(TestCase):
     async def test_unstable_writes_survive_kill(self) -> None:
         """
         UNSTABLE writes through the local data path (as C{--workers} runs
-        them), some then committed: after a SIGKILL of the meta server and its
+        them), some then committed, and an unsynced create (SMB's): after a SIGKILL of the meta server and its
         restart, the size and every byte are there. The meta server applies
         an unstable write's WROTE on its reactor thread, without a sync
         (backend.py C{wrote}): the committed ones must be durable, and the
@@ -238,6 +238,9 @@ class KillMetaAfterUnstableWritesTests(TestCase):
                 committed = await backend.commit(f.ino)
                 self.assertEqual(committed.size, len(payload))
             files[f.ino] = payload
+        # An SMB create, answered before a sync (durable false): SQLite's log
+        # has it, which a killed process does not lose.
+        lazy = await backend.create(root, b"smb", FileType.REG, 0o644, 0, 0, durable=False)
         await meta.kill()
         await meta.start()
         while True:
@@ -252,6 +255,7 @@ class KillMetaAfterUnstableWritesTests(TestCase):
             got, eof = await backend.read(ino, 0, len(payload) + 10)
             self.assertEqual(got, payload, f"inode {ino}: bytes lost")
             self.assertTrue(eof)
+        self.assertEqual((await backend.lookup(root, b"smb")).ino, lazy.ino)
 
 
 class SlowHandler:
