@@ -687,8 +687,10 @@ class RPCStreamProtocol(Protocol):
         try:
             self._drain()
         finally:
-            self._flush()
-            self._batch = None
+            batch, size = self._batch, self._batch_size
+            self._batch, self._batch_size = None, 0
+            if batch and not self.closed:
+                self._write(batch, size)
 
     def _drain(self) -> None:
         backlog = self.backlog
