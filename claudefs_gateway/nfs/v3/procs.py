@@ -38,7 +38,7 @@ from twisted.internet import defer
 from claudefs_gateway import errors
 from claudefs_gateway.core.eager import eager
 from claudefs_gateway.core.log import Logger
-from claudefs_gateway.fstypes import MAX_FILE_SIZE, NAME_MAX, Attributes, ReadResult, SetAttrs
+from claudefs_gateway.fstypes import MAX_FILE_SIZE, NAME_MAX, Attributes, SetAttrs
 from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.nfs.context import NFSContext
 from claudefs_gateway.nfs.errors import NFS3_OK, NFS3ERR, nfs3_name, nfs3_status
@@ -277,7 +277,7 @@ class NFS3:
             return [c.status_post_op(self._fail(call, e, "READ"), None, 0)]
         if result is None:
             return None
-        return _read_reply(result, export.id)
+        return _read_reply(result[0], result[1], result[2], export.id)
 
     async def proc_READ(self, call: Call, args: tuple[bytes, int, int]) -> list[bytes]:
         handle, offset, count = args
@@ -292,7 +292,7 @@ class NFS3:
             result = await vfs.read(caller, a.ino, offset, count)
         except Exception as e:
             return [c.status_post_op(self._fail(call, e, "READ"), a, fsid)]
-        return _read_reply(result, fsid)
+        return _read_reply(result.data, result.eof, result.attrs, fsid)
 
     async def proc_WRITE(self, call: Call, args: c.WriteArgs) -> list[bytes]:
         before: Attributes | None = None
@@ -721,13 +721,10 @@ async def _quiet_getattr(
     return got
 
 
-def _read_reply(result: ReadResult, fsid: int) -> list[bytes]:
+def _read_reply(data: bytes, eof: bool, a: Attributes, fsid: int) -> list[bytes]:
     """READ3resok: few pieces, so the reply goes out in one sendmsg, a piece per iovec."""
-    data = result.data
     n = len(data)
-    head = c.status_post_op(NFS3_OK, result.attrs, fsid) + _READ_HEAD.pack(
-        n, 1 if result.eof else 0, n
-    )
+    head = c.status_post_op(NFS3_OK, a, fsid) + _READ_HEAD.pack(n, 1 if eof else 0, n)
     if n & 3:
         return [head, data, PADDING[n & 3]]
     return [head, data]
