@@ -124,7 +124,9 @@ class ReadWriteCommands(FileBase):
         stable = op.write_through or bool(body.flags & c.SMB2_WRITEFLAG_WRITE_THROUGH)
         if length:
             try:
-                await self.vfs.write(caller, op.ino, offset, bytes(body.data), stable, op.origin)
+                # The frame's bytes are immutable: the view goes to the store
+                # uncopied, as NFS WRITE's does (the backends take any buffer).
+                await self.vfs.write(caller, op.ino, offset, body.data, stable, op.origin)
                 op.written = True
             except errors.LockConflict:
                 raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None

@@ -658,7 +658,10 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                 return
             if len(buf) < 4 + length:
                 break
-            frame = bytes(buf[4 : 4 + length])
+            # One copy (a bytearray slice would be a second): the frame is
+            # immutable from here, so a WRITE's data is handed on as a view.
+            with memoryview(buf) as view:
+                frame = bytes(view[4 : 4 + length])
             del buf[: 4 + length]
             self._last_active = self.factory.reactor.seconds()
             self._frame(frame)
