@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.nfs.nlm import NLM
@@ -106,6 +108,10 @@ class FileStore:
     ) -> None:
         self.path = path
         self._run = run
+        # One save at a time, to the end of its thread's work: a save whose
+        # caller gave up (the NSM start cancelled by a service stopping) goes
+        # on writing, and the next must not start beside it.
+        self._lock = defer.DeferredLock()
         #: The single process of a data directory: take over the records its
         #: workers left (L{adopt_records}) when it loads.
         self.adopt = adopt
@@ -142,14 +148,31 @@ class FileStore:
         return doc if isinstance(doc, dict) else None
 
     def save(self, doc: dict[str, Any]) -> defer.Deferred[None]:
-        return self._run(self._save, json.dumps(doc, sort_keys=True))
+        """
+        Write C{doc}; fires when it is on disk. Cancelling the result stops
+        the wait, not the write: the lock is held until the write ends.
+        """
+        work = self._lock.run(self._run, self._save, json.dumps(doc, sort_keys=True))
+        result: defer.Deferred[None] = defer.Deferred()
+
+        def done(outcome: Any) -> None:
+            if result.called:  # cancelled: the caller stopped waiting
+                return
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(None)
+
+        work.addBoth(done)
+        return result
 
     def _save(self, text: str) -> None:
         _write(self.path, text)
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
+    # A name of this thread's own: no other writer can rename it away.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)

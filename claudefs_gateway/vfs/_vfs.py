@@ -373,10 +373,12 @@ class VFS:
     # -- internal helpers -----------------------------------------------------
 
     async def _getattr(self, ino: int) -> Attributes:
-        a = self.attr_cache.get(ino)
+        cache = self.attr_cache
+        a = cache.get(ino)
         if a is None:
+            epoch = cache.epoch
             a = await self.backend.getattr(ino)
-            self.attr_cache.put(ino, a)
+            cache.put_read(ino, a, epoch)
         return a
 
     async def _dir(self, ino: int) -> Attributes:
@@ -399,9 +401,11 @@ class VFS:
             else:
                 self._seen(dir_ino, name, a.ino)
                 return a
+        epoch = self.attr_cache.epoch
         a = await self.backend.lookup(dir_ino, name)
-        self.name_cache.put((dir_ino, name), a.ino)
-        self.attr_cache.put(a.ino, a)
+        # Kept only if no change came during the lookup (AttrCache.epoch).
+        if self.attr_cache.put_read(a.ino, a, epoch):
+            self.name_cache.put((dir_ino, name), a.ino)
         self._seen(dir_ino, name, a.ino)
         return a
 
@@ -725,6 +729,7 @@ class VFS:
         return await self._lookup_raw(dir_ino, name)
 
     async def _lookup_fresh(self, dir_ino: int, name: bytes) -> Attributes:
+        epoch = self.attr_cache.epoch
         try:
             a = await self.backend.lookup(dir_ino, name)
         except errors.NotFound:
@@ -733,8 +738,10 @@ class VFS:
         old = self.attr_cache.get(a.ino)
         if old is None or old.change != a.change or old.gen != a.gen:
             self._meta_forget(a.ino)
-        self.name_cache.put((dir_ino, name), a.ino)
-        self.attr_cache.put(a.ino, a)
+        if self.attr_cache.put_read(a.ino, a, epoch):
+            self.name_cache.put((dir_ino, name), a.ino)
+        else:
+            self.name_cache.discard((dir_ino, name))
         self._seen(dir_ino, name, a.ino)
         return a
 
@@ -1085,6 +1092,7 @@ class VFS:
         d = await self._dir(dir_ino)
         perm.check(caller.cred, d, perm.R)
         with_attrs = with_attrs and perm.may(caller.cred, d, perm.X)
+        epoch = self.attr_cache.epoch
         page = await self.backend.readdir(dir_ino, cookie, verifier, count, with_attrs)
         if any(e.name in PRIVATE_NAMES for e in page.entries):
             # The gateway's private entries are listed to nobody. A page left
@@ -1099,7 +1107,7 @@ class VFS:
             page = DirPage(kept, page.verifier, page.eof)
         for e in page.entries:
             if e.attrs is not None:
-                self.attr_cache.put(e.ino, e.attrs)
+                self.attr_cache.put_read(e.ino, e.attrs, epoch)
             self._seen(dir_ino, e.name, e.ino)
         return page
 

@@ -144,7 +144,37 @@ class BoundedCache(Generic[K, V]):
 
 
 class AttrCache(BoundedCache[int, Attributes]):
-    """Attributes by inode number."""
+    """
+    Attributes by inode number.
+
+    C{epoch} counts the changes the cache has heard (attributes a change
+    left, entries dropped): an answer read from the store before one of them
+    may be older than what it would replace, or than what was dropped, and
+    is kept only if none came meanwhile (L{put_read}). A store in this
+    process answers in order; a remote one answers reads on pooled
+    connections while change events come on another, in any order.
+    """
+
+    epoch = 0
+
+    def put(self, key: int, value: Attributes) -> None:
+        self.epoch += 1
+        super().put(key, value)
+
+    def put_read(self, key: int, value: Attributes, epoch: int) -> bool:
+        """Keep C{value}, read when the epoch was C{epoch}, unless a change came since."""
+        if epoch != self.epoch:
+            return False
+        super().put(key, value)
+        return True
+
+    def discard(self, key: int) -> None:
+        self.epoch += 1
+        super().discard(key)
+
+    def clear(self) -> int:
+        self.epoch += 1
+        return super().clear()
 
     def update(self, a: Attributes | None) -> None:
         if a is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +287,53 @@ class WorkerRecordTests(SynchronousTestCase):
         mon = self.monitor(path, 0, Callbacks())
         self.assertEqual(mon.notified, [])
         self.assertTrue((path / "nsm-worker-1.json").exists())
+
+
+class FileStoreSerialTests(SynchronousTestCase):
+    """
+    One save at a time, to the end of its write: a save whose caller stopped
+    waiting (the NSM start cancelled as its service stops) still holds the
+    file until its thread is done, and the next save waits for it (two at
+    once raced on one temporary copy: C{os.replace} found it gone).
+    """
+
+    def test_cancelled_save_still_holds_the_file(self) -> None:
+        path = Path(self.mktemp())
+        os.makedirs(path)
+        pending: list[tuple[defer.Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+        def run(f: Callable[..., Any], *a: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            pending.append((d, f, a))
+            return d
+
+        store = FileStore(path / "nsm.json", run)
+        first = store.save({"state": 1})
+        first.cancel()
+        self.failureResultOf(first, defer.CancelledError)
+        second = store.save({"state": 3})
+        self.assertEqual(len(pending), 1)  # the second waits for the first's write
+        d, f, a = pending.pop()
+        d.callback(f(*a))
+        self.assertEqual(len(pending), 1)
+        d, f, a = pending.pop()
+        d.callback(f(*a))
+        self.successResultOf(second)
+        self.assertEqual(json.loads((path / "nsm.json").read_text())["state"], 3)
+        self.assertEqual(sorted(p.name for p in path.iterdir()), ["nsm.json"])
+
+    def test_failed_save_fails_its_caller_and_frees_the_file(self) -> None:
+        path = Path(self.mktemp())
+        os.makedirs(path)
+        calls: list[str] = []
+
+        def run(f: Callable[..., Any], *a: Any) -> defer.Deferred[Any]:
+            calls.append(f.__name__)
+            if len(calls) == 1:
+                return defer.fail(OSError("disk full"))
+            return defer.maybeDeferred(f, *a)
+
+        store = FileStore(path / "nsm.json", run)
+        self.failureResultOf(store.save({"state": 1}), OSError)
+        self.successResultOf(store.save({"state": 5}))
+        self.assertEqual(json.loads((path / "nsm.json").read_text())["state"], 5)

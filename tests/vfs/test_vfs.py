@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -286,6 +288,76 @@ class VFSTests(SynchronousTestCase):
         held[0].callback(b"old")  # what the store held when the read was made
         self.assertEqual(self.ok(reading), b"old")
         self.assertEqual(self.ok(self.vfs.meta_get(self.alice, f, b"k")), b"new")
+
+    def _hold(self, method: str) -> list[defer.Deferred[Any]]:
+        """The store's C{method} answers only when the test fires what it returns."""
+        held: list[defer.Deferred[Any]] = []
+        real = getattr(self.m.backend, method)
+
+        def slow(*args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            held.append(d)
+            setattr(self.m.backend, method, real)
+            return d
+
+        setattr(self.m.backend, method, slow)
+        return held
+
+    def test_attr_read_racing_a_change_event(self) -> None:
+        """
+        A GETATTR answered by the store before another gateway's change but
+        heard after its event (a remote store answers reads on pooled
+        connections and sends events on another) is not kept: the next
+        GETATTR asks again and sees the change.
+        """
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644)).ino
+        old = self.ok(self.vfs.getattr(self.alice, f))
+        self.vfs.forget_changed(f)
+        held = self._hold("getattr")
+        reading = self.vfs.getattr(self.alice, f)
+        self.successResultOf(self.m.backend.write(f, 0, b"12345", True))
+        self.vfs.forget_changed(f)  # the event, before the read's answer
+        held[0].callback(old)
+        self.assertEqual(self.ok(reading).size, 0)
+        self.assertEqual(self.ok(self.vfs.getattr(self.alice, f)).size, 5)
+
+    def test_attr_read_racing_own_change(self) -> None:
+        """An older GETATTR answer heard after this gateway's own write is not kept over it."""
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644)).ino
+        old = self.ok(self.vfs.getattr(self.alice, f))
+        self.vfs.forget_changed(f)
+        held = self._hold("getattr")
+        reading = self.vfs.getattr(self.alice, f)
+        self.ok(self.vfs.write(self.alice, f, 0, b"123", stable=True))
+        held[0].callback(old)
+        self.ok(reading)
+        self.assertEqual(self.ok(self.vfs.getattr(self.alice, f)).size, 3)
+
+    def test_lookup_racing_a_change_event(self) -> None:
+        """A LOOKUP answer older than an event heard meanwhile leaves no name or attributes."""
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644)).ino
+        old = self.ok(self.vfs.getattr(self.alice, f))
+        self.vfs.forget_changed(f, self.pub)
+        held = self._hold("lookup")
+        reading = self.vfs.lookup(self.alice, self.pub, b"f")
+        self.successResultOf(self.m.backend.unlink(self.pub, b"f"))
+        self.vfs.forget_changed(f, self.pub)
+        held[0].callback(old)
+        self.assertEqual(self.ok(reading).ino, f)
+        self.bad(self.vfs.lookup(self.alice, self.pub, b"f"), errors.NotFound)
+
+    def test_readdir_attrs_racing_a_change_event(self) -> None:
+        """READDIRPLUS attributes older than an event heard meanwhile are not kept."""
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644)).ino
+        self.vfs.forget_changed(f)
+        held = self._hold("readdir")
+        listing = self.vfs.readdir(self.alice, self.pub, 0, b"", 65536, True)
+        page = self.successResultOf(self.m.backend.readdir(self.pub, 0, b"", 65536, True))
+        self.successResultOf(self.m.backend.write(f, 0, b"1234567", True))
+        self.vfs.forget_changed(f)
+        held[0].callback(page)
+        self.ok(listing)
+        self.assertEqual(self.ok(self.vfs.getattr(self.alice, f)).size, 7)
 
     def test_meta_cache_off(self) -> None:
         """With the attribute cache off (max_entries 0) every read goes to the store."""

@@ -59,7 +59,23 @@ def clear_marks(directory: Path | str, session: int | None = None) -> None:
             pass
 
 
-class MarkWriter:
+class _Mapped:
+    """The 8-byte word of a mapped mark file, shared by both sides."""
+
+    _map: mmap.mmap | None
+    _word: ctypes.c_uint64 | None
+
+    def _unmap(self) -> bool:
+        """Drop the mapping; False if it was already gone."""
+        if self._map is None:
+            return False
+        self._word = None
+        self._map.close()
+        self._map = None
+        return True
+
+
+class MarkWriter(_Mapped):
     """The meta server's side: a new mark file for one subscribed connection."""
 
     def __init__(self, directory: Path | str, session: int) -> None:
@@ -69,12 +85,12 @@ class MarkWriter:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.ftruncate(fd, _SIZE)
-            self._map: mmap.mmap | None = mmap.mmap(fd, _SIZE)
+            self._map = mmap.mmap(fd, _SIZE)
             self._ino = os.fstat(fd).st_ino
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
-        self._word: ctypes.c_uint64 | None = ctypes.c_uint64.from_buffer(self._map)
+        self._word = ctypes.c_uint64.from_buffer(self._map)
 
     def set(self, count: int) -> None:
         if self._word is not None:
@@ -82,11 +98,8 @@ class MarkWriter:
 
     def close(self) -> None:
         """Stop counting; remove the file unless a newer subscription's replaced it."""
-        if self._map is None:
+        if not self._unmap():
             return
-        self._word = None
-        self._map.close()
-        self._map = None
         try:
             if os.stat(self.path).st_ino == self._ino:
                 os.unlink(self.path)
@@ -94,7 +107,7 @@ class MarkWriter:
             pass
 
 
-class MarkReader:
+class MarkReader(_Mapped):
     """
     A gateway's side: the count in one mark file.
 
@@ -107,10 +120,10 @@ class MarkReader:
         try:
             if os.fstat(fd).st_size != _SIZE:
                 raise OSError(f"{path}: not a mark file")
-            self._map: mmap.mmap | None = mmap.mmap(fd, _SIZE)
+            self._map = mmap.mmap(fd, _SIZE)
         finally:
             os.close(fd)
-        self._word: ctypes.c_uint64 | None = ctypes.c_uint64.from_buffer(self._map)
+        self._word = ctypes.c_uint64.from_buffer(self._map)
 
     def value(self) -> int:
         """The count the meta server wrote last (a huge one once closed: never current)."""
@@ -119,8 +132,4 @@ class MarkReader:
         return int(self._word.value)
 
     def close(self) -> None:
-        if self._map is None:
-            return
-        self._word = None
-        self._map.close()
-        self._map = None
+        self._unmap()
