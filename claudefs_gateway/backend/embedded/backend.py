@@ -653,6 +653,26 @@ class EmbeddedBackend:
     def read(self, ino: int, offset: int, length: int) -> defer.Deferred[tuple[bytes, bool]]:
         return self._read(Reader.read, ino, offset, length)
 
+    def read_now(self, ino: int, offset: int, length: int) -> tuple[bytes, bool] | None:
+        """
+        L{read}'s answer when it is at hand without waiting (every change
+        delivered, the bytes in the page cache or inline), else L{None}:
+        then call L{read}, which also raises what this does not (the NFS
+        READ fast path; the same L{Reader.read} as L{read}, so the same
+        bytes and size).
+        """
+        reader = self._reader
+        if reader is None or self._state != "open" or self._done < self._submitted or self._waiting:
+            return None
+        try:
+            result = reader.read(ino, offset, length)
+        except Exception:
+            return None  # read() raises it, converted and logged
+        if isinstance(result, PendingRead):
+            os.close(result.fd)
+            return None
+        return result
+
     def write(
         self, ino: int, offset: int, data: bytes | memoryview, stable: bool
     ) -> defer.Deferred[WriteResult]:
