@@ -41,11 +41,13 @@ class MemoryBudget:
         self.used = 0
         self._metrics = metrics
         self._rejected: dict[str, Any] = {}
-        self._used_gauge = None
         if metrics is not None:
             metrics.family("gateway_memory_budget_bytes").labels("limit").set(limit)
-            self._used_gauge = metrics.family("gateway_memory_budget_bytes").labels("used")
-            self._used_gauge.set(0)
+            # Read at each scrape: hold and release run twice per request (a
+            # gauge's set takes a lock each time).
+            metrics.family("gateway_memory_budget_bytes").labels("used").set_function(
+                lambda: float(self.used)
+            )
         self._warned = False
 
     def check(self, protocol: str) -> None:
@@ -62,8 +64,6 @@ class MemoryBudget:
     def hold(self, n: int) -> None:
         """Count C{n} bytes that are in memory already (a request read, a reply queued)."""
         self.used += n
-        if self._used_gauge is not None:
-            self._used_gauge.set(self.used)
 
     def reserve(self, n: int, protocol: str) -> bool:
         """
@@ -74,8 +74,6 @@ class MemoryBudget:
             self._refuse(protocol)
             return False
         self.used += n
-        if self._used_gauge is not None:
-            self._used_gauge.set(self.used)
         return True
 
     def _refuse(self, protocol: str) -> None:
@@ -98,8 +96,6 @@ class MemoryBudget:
     def release(self, n: int) -> None:
         """Give back C{n} bytes reserved earlier."""
         self.used = max(self.used - n, 0)
-        if self._used_gauge is not None:
-            self._used_gauge.set(self.used)
         if self._warned and self.used <= self.limit // 2:
             self._warned = False
             self._log.info("memory budget below half again: requests admitted")

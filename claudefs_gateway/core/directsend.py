@@ -20,7 +20,7 @@ pyproject.toml holds Twisted below the next major release for the same reason.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from twisted.internet import tcp
 
@@ -30,11 +30,15 @@ __all__ = ["DirectSender", "PRIVATE_ATTRIBUTES"]
 PRIVATE_ATTRIBUTES = ("_tempDataLen", "dataBuffer", "offset")
 
 
-def _skip(parts: list[bytes], n: int) -> list[bytes]:
+#: A piece of a reply: bytes, or a buffer the caller converts before the transport sees it.
+_B = TypeVar("_B", bound=bytes | bytearray | memoryview)
+
+
+def _skip(parts: list[_B], n: int) -> list[_B]:
     """C{parts} without their first C{n} bytes."""
     for i, part in enumerate(parts):
         if n < len(part):
-            return [part[n:], *parts[i + 1 :]]
+            return [cast(_B, part[n:]), *parts[i + 1 :]]
         n -= len(part)
     return []
 
@@ -65,11 +69,12 @@ class DirectSender:
             transport.SEND_LIMIT = 4 << 20
         return cls(transport, sock)
 
-    def send(self, parts: list[bytes], size: int) -> list[bytes]:
+    def send(self, parts: list[_B], size: int) -> list[_B]:
         """
         Send what the kernel takes now of C{parts} (C{size} bytes in all) if
         the transport has nothing queued; return what is left, for the
-        transport's C{writeSequence}.
+        transport's C{writeSequence} (which takes only C{bytes}: a caller
+        passing other buffers converts what is left).
         """
         t = self._transport
         if not t.connected or t.disconnecting or t._tempDataLen or len(t.dataBuffer) != t.offset:

@@ -134,6 +134,30 @@ class NFSContext:
             raise errors.Access("client not allowed by export rules")
         return got
 
+    def file_now(
+        self, call: Call, handle: bytes
+    ) -> tuple[IVFS, ExportInfo, Attributes, Caller] | None:
+        """
+        L{file}'s answer when it is in memory (the vfs open, the handle seen
+        before, its attributes cached), else L{None}: then call L{file}.
+        Raises as L{file} does; the call is admitted (rate limits) once,
+        here or there.
+        """
+        vfs = self.vfs
+        if vfs is None or type(handle) is not bytes:
+            return None
+        now = getattr(vfs, "from_handle_now", None)
+        if now is None:
+            return None
+        if self.admit is not None and not call.admitted:
+            call.admitted = True
+            self.admit(call.peer.host, call.cred.uid if call.cred is not None else None)
+        got = now(handle)
+        if got is None:
+            return None
+        export, a = got
+        return vfs, export, a, self.caller(export, call)
+
     async def file(self, call: Call, handle: bytes) -> tuple[IVFS, ExportInfo, Attributes, Caller]:
         """
         The vfs, export, attributes and caller a handle and call mean.

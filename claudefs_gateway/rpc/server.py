@@ -73,6 +73,11 @@ UDP_MAX_REPLY = 65507
 # and four chunks to join per MiB instead of sixteen.
 READ_DEFAULT = 1 << 16
 READ_MAX = 1 << 18
+# Replies of calls served together (a pipelining client's, read at once) leave
+# in one write: until they hold this many bytes or pieces (under the kernel's
+# IOV_MAX of 1024 iovecs for one sendmsg).
+BATCH_BYTES = 256 * 1024
+BATCH_PARTS = 512
 # nfs.max_queued_bytes_per_connection's default.
 DEFAULT_MAX_QUEUED_BYTES = 8 * 1024 * 1024
 
@@ -294,7 +299,7 @@ class RPCServer:
             result = proc.handle(call, args)
         except Exception:
             result = defer.fail()
-        if isinstance(result, defer.Deferred):
+        if type(result) is not list and isinstance(result, defer.Deferred):
             # Only a call still running when the handler returns can be seen
             # in flight by the drain (everything here is on the reactor thread).
             running = not result.called and self.activity is not None
@@ -436,6 +441,10 @@ class RPCStreamProtocol(Protocol):
         self._counted = False
         # Calls read but not yet started (see _drain_backlog).
         self.backlog: deque[bytes] = deque()
+        # Replies made while calls are drained from the backlog, sent together
+        # when the drain ends (see send), and their bytes.
+        self._batch: list[bytes] | None = None
+        self._batch_size = 0
         # The connection can also carry calls from the server to the client
         # (the NFSv4.1 back channel, RFC 8881 §2.10.3.1): their replies go to
         # reply_sink; without one they are dropped as before.
@@ -669,6 +678,21 @@ class RPCStreamProtocol(Protocol):
         the socket is paused meanwhile, so the backlog holds at most one
         read's worth.
         """
+        if self._batch is not None:
+            # Re-entered (a call finishing while another is served): the
+            # outer drain sends what this one answers.
+            self._drain()
+            return
+        self._batch = []
+        try:
+            self._drain()
+        finally:
+            batch, size = self._batch, self._batch_size
+            self._batch, self._batch_size = None, 0
+            if batch and not self.closed:
+                self._write(batch, size)
+
+    def _drain(self) -> None:
         backlog = self.backlog
         while backlog and not self.closed:
             if self._full():
@@ -705,6 +729,13 @@ class RPCStreamProtocol(Protocol):
             if budget is not None:
                 budget.release(len(record))
             raise
+        if type(result) is list:
+            # Answered at once (the common case; a type test: an isinstance
+            # of Deferred, an ABC, costs a Python-level check per call).
+            if budget is not None:
+                budget.release(len(record))
+            self.send(result)
+            return
         if result is None or not isinstance(result, defer.Deferred) or result.called:
             if budget is not None:
                 budget.release(len(record))
@@ -751,25 +782,49 @@ class RPCStreamProtocol(Protocol):
         copied into a joined buffer, and no reactor turn is spent waiting to
         write); whatever the kernel does not take, or everything when the
         transport is busy, goes through the transport as usual, which keeps
-        ordering and back-pressure intact.
+        ordering and back-pressure intact. Replies made while the calls of
+        one read are served are batched: one C{sendmsg} (one wake-up of the
+        client) for the lot, up to C{BATCH_BYTES} or C{BATCH_PARTS} pieces.
         """
         if self.closed:
             return
         size = 0
         for c in chunks:
             size += len(c)
-        parts = [record_marker(size), *chunks]
+        batch = self._batch
+        if batch is not None:
+            # Calls served from one read (a pipelining client's): their
+            # replies leave together, in order, in one sendmsg (see _flush).
+            batch.append(record_marker(size))
+            batch.extend(chunks)
+            self._batch_size += size + 4
+            if self._batch_size >= BATCH_BYTES or len(batch) >= BATCH_PARTS:
+                self._flush()
+            return
+        self._write([record_marker(size), *chunks], size + 4)
+
+    def _flush(self) -> None:
+        """Write the replies batched so far (L{send} while draining calls)."""
+        batch = self._batch
+        if batch:
+            size, self._batch_size = self._batch_size, 0
+            self._batch = []
+            if not self.closed:
+                self._write(batch, size)
+
+    def _write(self, parts: list[bytes], size: int) -> None:
+        """Write reply records (C{parts}, C{size} bytes in all) to the client."""
         if self._direct is not None:
-            parts = self._direct.send(parts, size + 4)
+            parts = self._direct.send(parts, size)
             if not parts:
                 return
         if self._paused_output:
             # Queued behind replies the client has not read: counted (in
             # max_queued_bytes and the memory budget) until it reads them
             # (the transport resumes us once its buffer is empty).
-            self._queued += size + 4
+            self._queued += size
             if self._budget is not None:
-                self._budget.hold(size + 4)
+                self._budget.hold(size)
         self.transport.writeSequence(parts)
 
     def _release_queued(self) -> None:

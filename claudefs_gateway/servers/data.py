@@ -162,13 +162,15 @@ class ChunkStore:
         return found
 
     def _open(self, ino: int, idx: int, create: bool, sync_dirs: bool = True) -> int | None:
-        path = self._path(ino, idx)
-        d = path.parent
         try:
-            return os.open(path, os.O_RDWR)
+            # The name as a string: pathlib's joins cost more than the open
+            # (a tenth of a worker's Python time per 1 MiB NFS WRITE).
+            return os.open(self._chunk_name(ino, idx), os.O_RDWR)
         except FileNotFoundError:
             if not create:
                 return None
+        path = self._path(ino, idx)
+        d = path.parent
         created = _make_dirs(d)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         if self.durable:

@@ -374,8 +374,9 @@ class MetaHandler:
         uid: int,
         gid: int,
         rdev: tuple[int, int],
+        durable: bool,
     ) -> Any:
-        d = self.backend.create(parent, name, type, mode, uid, gid, tuple(rdev))
+        d = self.backend.create(parent, name, type, mode, uid, gid, tuple(rdev), durable=durable)
         return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
     def op_SYMLINK(
@@ -388,18 +389,24 @@ class MetaHandler:
         d = self.backend.link(ino, parent, name)
         return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
-    def op_UNLINK(self, conn: Any, parent: int, name: bytes) -> Any:
-        d = self.backend.unlink(parent, name)
+    def op_UNLINK(self, conn: Any, parent: int, name: bytes, durable: bool) -> Any:
+        d = self.backend.unlink(parent, name, durable=durable)
         return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
-    def op_RMDIR(self, conn: Any, parent: int, name: bytes) -> Any:
-        d = self.backend.rmdir(parent, name)
+    def op_RMDIR(self, conn: Any, parent: int, name: bytes, durable: bool) -> Any:
+        d = self.backend.rmdir(parent, name, durable=durable)
         return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
     def op_RENAME(
-        self, conn: Any, src_parent: int, src_name: bytes, dst_parent: int, dst_name: bytes
+        self,
+        conn: Any,
+        src_parent: int,
+        src_name: bytes,
+        dst_parent: int,
+        dst_name: bytes,
+        durable: bool,
     ) -> Any:
-        d = self.backend.rename(src_parent, src_name, dst_parent, dst_name)
+        d = self.backend.rename(src_parent, src_name, dst_parent, dst_name, durable=durable)
 
         def changed(r: RenameResult) -> None:
             self._changed(conn, r.source.ino, src_parent)
@@ -408,19 +415,29 @@ class MetaHandler:
 
         return self._dirs(self._then(d, changed), src_parent, dst_parent)
 
-    def op_SETATTR(self, conn: Any, ino: int, changes: Any, guard: int | None) -> Any:
-        d = self.backend.setattr(ino, changes, guard)
+    def op_SETATTR(
+        self, conn: Any, ino: int, changes: Any, guard: int | None, durable: bool
+    ) -> Any:
+        d = self.backend.setattr(ino, changes, guard, durable=durable)
         return self._then(d, lambda a: self._changed(conn, ino))
 
     def op_SETXATTR(
-        self, conn: Any, ino: int, name: bytes, value: bytes, create: bool | None
+        self, conn: Any, ino: int, name: bytes, value: bytes, create: bool | None, durable: bool
     ) -> Any:
-        d = self.backend.setxattr(ino, name, value, create)
+        d = self.backend.setxattr(ino, name, value, create, durable=durable)
         return self._then(d, lambda _: self._changed(conn, ino))
 
     def op_REMOVEXATTR(self, conn: Any, ino: int, name: bytes) -> Any:
         d = self.backend.removexattr(ino, name)
         return self._then(d, lambda _: self._changed(conn, ino))
+
+    def op_SYNC(self, conn: Any) -> Any:
+        """
+        Every change answered so far durable: a gateway's SMB FLUSH (or
+        write-through, or its background metadata flush) after changes it sent
+        with C{durable} false, which the store answered before a sync.
+        """
+        return self.backend.sync()
 
     def op_COMMIT_META(self, conn: Any, ino: int) -> Any:
         return self.backend.commit(ino)

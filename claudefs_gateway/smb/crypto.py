@@ -142,7 +142,9 @@ class Signer:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} ***>"
 
-    def _mac(self, pieces: tuple[memoryview | bytes, ...], message_id: int, flags: int) -> bytes:
+    def _mac(
+        self, pieces: tuple[bytes | bytearray | memoryview, ...], message_id: int, flags: int
+    ) -> bytes:
         raise NotImplementedError
 
     def sign(
@@ -158,6 +160,25 @@ class Signer:
         message_id = int.from_bytes(view[24:32], "little")
         flags = (1 if response else 0) | (2 if cancel else 0)
         return self._mac((view[:48], _ZERO16, view[64:]), message_id, flags)
+
+    def sign_parts(
+        self, parts: list[bytes | bytearray | memoryview], *, response: bool = True
+    ) -> bytes:
+        """
+        The 16-byte signature of the message C{parts} make when joined, fed
+        to the MAC piece by piece: a READ reply's data is signed where it
+        lies, never copied behind its header (its own signature field, in
+        the first part, is ignored).
+
+        @param parts: the message in order; the first holds the whole
+            64-byte header.
+        """
+        head = memoryview(parts[0])
+        if len(head) < 64:
+            raise ValueError("the first part must hold the SMB2 header")
+        message_id = int.from_bytes(head[24:32], "little")
+        pieces = (head[:48], _ZERO16, head[64:], *parts[1:])
+        return self._mac(pieces, message_id, 1 if response else 0)
 
     def verify(
         self,
@@ -178,7 +199,9 @@ class Signer:
 class HmacSha256Signer(Signer):
     algorithm = HMAC_SHA256
 
-    def _mac(self, pieces: tuple[memoryview | bytes, ...], message_id: int, flags: int) -> bytes:
+    def _mac(
+        self, pieces: tuple[bytes | bytearray | memoryview, ...], message_id: int, flags: int
+    ) -> bytes:
         h = hmac.new(self._key, digestmod=hashlib.sha256)
         for p in pieces:
             h.update(p)
@@ -194,7 +217,9 @@ class CmacSigner(Signer):
         # cipher per message was most of signing a small reply).
         self._base = cmac.CMAC(algorithms.AES(key))
 
-    def _mac(self, pieces: tuple[memoryview | bytes, ...], message_id: int, flags: int) -> bytes:
+    def _mac(
+        self, pieces: tuple[bytes | bytearray | memoryview, ...], message_id: int, flags: int
+    ) -> bytes:
         c = self._base.copy()
         for p in pieces:
             c.update(p)  # type: ignore[arg-type]  # any buffer will do
@@ -214,7 +239,9 @@ class GmacSigner(Signer):
         super().__init__(key)
         self._gcm = AESGCM(key)
 
-    def _mac(self, pieces: tuple[memoryview | bytes, ...], message_id: int, flags: int) -> bytes:
+    def _mac(
+        self, pieces: tuple[bytes | bytearray | memoryview, ...], message_id: int, flags: int
+    ) -> bytes:
         nonce = struct.pack("<QI", message_id, flags)
         if sum(len(p) for p in pieces) <= _GMAC_JOIN_MAX:
             # One call into the keyed AEAD (a fifth of the cost of a cipher

@@ -26,7 +26,7 @@ from claudefs_gateway.smb.messages import (
     pack_read_response_header,
     pack_write_response,
 )
-from claudefs_gateway.smb.state import Open, Reply, Request
+from claudefs_gateway.smb.state import Open, Parts, Reply, Request
 from claudefs_gateway.vfs.leases import Why
 
 __all__ = ["ReadWriteCommands"]
@@ -40,7 +40,12 @@ class ReadWriteCommands(FileBase):
 
     # -- READ, WRITE, FLUSH ------------------------------------------------------------------------
 
-    async def smb_READ(self, conn: Any, req: Request) -> Reply | bytes:
+    async def smb_READ(self, conn: Any, req: Request) -> Reply | Parts:
+        """
+        READ (MS-SMB2 3.3.5.12). The reply is its fixed part and the data as
+        the store read it, in two pieces the connection signs and sends
+        without joining them (L{SMBConnection._response_parts}).
+        """
         body = ReadRequest.parse(req.raw)
         op = self.lookup_open(conn, req, body.file_id)
         if body.length > self.factory.max_io:
@@ -64,7 +69,7 @@ class ReadWriteCommands(FileBase):
             if (body.length and not data) or len(data) < body.minimum:
                 raise SMBError(st.STATUS_END_OF_FILE)
             op.position = body.offset + len(data)
-            return pack_read_response_header(len(data)) + data
+            return [pack_read_response_header(len(data)), data]
         try:
             result = await self.vfs.read(
                 op.tree.caller, op.ino, body.offset, body.length, op.origin
@@ -77,7 +82,7 @@ class ReadWriteCommands(FileBase):
         # The open's position follows its reads, as Samba keeps it
         # (FilePositionInformation; smbtorture smb2.read.position).
         op.position = body.offset + len(data)
-        return pack_read_response_header(len(data)) + data
+        return [pack_read_response_header(len(data)), data]
 
     async def smb_WRITE(self, conn: Any, req: Request) -> bytes:
         body = WriteRequest.parse(req.raw)
@@ -119,7 +124,9 @@ class ReadWriteCommands(FileBase):
         stable = op.write_through or bool(body.flags & c.SMB2_WRITEFLAG_WRITE_THROUGH)
         if length:
             try:
-                await self.vfs.write(caller, op.ino, offset, bytes(body.data), stable, op.origin)
+                # The frame's bytes are immutable: the view goes to the store
+                # uncopied, as NFS WRITE's does (the backends take any buffer).
+                await self.vfs.write(caller, op.ino, offset, body.data, stable, op.origin)
                 op.written = True
             except errors.LockConflict:
                 raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None

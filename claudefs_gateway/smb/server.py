@@ -82,7 +82,7 @@ from claudefs_gateway.smb.messages import (
 )
 from claudefs_gateway.smb.negotiate import ConnectionMachine, Negotiated, choose
 from claudefs_gateway.smb.security import IdMap
-from claudefs_gateway.smb.state import Chain, Reply, Request, Session, Tree
+from claudefs_gateway.smb.state import Body, Chain, Parts, Reply, Request, Session, Tree
 
 __all__ = ["SMBFactory", "SMBConnection", "MAX_CREDITS", "MAX_IO"]
 
@@ -105,6 +105,8 @@ _REPLY_PAYLOAD = frozenset(
 )
 # Header and fixed part of any reply, counted for every request.
 _REPLY_OVERHEAD = 128
+# Zero padding to an 8-byte boundary, by length (a compound's replies, MS-SMB2 3.3.4.1.3).
+_PADDING = tuple(bytes(n) for n in range(8))
 ALL_ONES = 0xFFFFFFFFFFFFFFFF
 NULL_FILE_ID = (ALL_ONES, ALL_ONES)
 _CREDIT_FREE = frozenset({Command.CANCEL})
@@ -656,7 +658,10 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                 return
             if len(buf) < 4 + length:
                 break
-            frame = bytes(buf[4 : 4 + length])
+            # One copy (a bytearray slice would be a second): the frame is
+            # immutable from here, so a WRITE's data is handed on as a view.
+            with memoryview(buf) as view:
+                frame = bytes(view[4 : 4 + length])
             del buf[: 4 + length]
             self._last_active = self.factory.reactor.seconds()
             self._frame(frame)
@@ -795,14 +800,27 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             self.transport.loseConnection()
 
     def _write(self, payload: bytes | bytearray) -> None:
+        self._write_parts([payload])
+
+    def _write_parts(self, parts: Parts) -> None:
+        """
+        Send one message given in pieces (a READ reply: its header, its data
+        where the store read it), behind its 4-byte direct-TCP length
+        (MS-SMB2 2.1): one C{sendmsg} while the transport has nothing queued,
+        as NFS replies go (L{DirectSender}); what the kernel does not take
+        goes through the transport, which takes only C{bytes}.
+        """
         if self.transport is None:
             return
-        parts = [len(payload).to_bytes(4, "big"), bytes(payload)]
+        size = 0
+        for p in parts:
+            size += len(p)
+        out: Parts = [size.to_bytes(4, "big"), *parts]
         if self._direct is not None:
-            parts = self._direct.send(parts, 4 + len(payload))
-            if not parts:
+            out = self._direct.send(out, 4 + size)
+            if not out:
                 return
-        self.transport.writeSequence(parts)
+        self.transport.writeSequence([p if type(p) is bytes else bytes(p) for p in out])
 
     # -- framing into messages ------------------------------------------------------
 
@@ -1051,7 +1069,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                 pass
             if crypt is None and req.session is not None and self._must_encrypt(req):
                 crypt = req.session
-            chain.responses.append(
+            chain.responses.extend(
                 self._response(
                     req,
                     st.STATUS_INSUFFICIENT_RESOURCES,
@@ -1091,7 +1109,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             # request's final reply starts what is left of the compound.)
             if crypt_session is None and req.session is not None and self._must_encrypt(req):
                 crypt_session = req.session
-            chain.responses.append(
+            chain.responses.extend(
                 self._response(req, status, body, last=req.last_in_chain, pad=len(items) > 1)
             )
             chain.session, chain.tree = req.session, req.tree
@@ -1111,17 +1129,18 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             return req.encrypted
         return req.encrypted or s.encrypt_data or (req.tree is not None and req.tree.encrypt)
 
-    def _send(self, responses: list[bytes], req: Request) -> None:
+    def _send(self, responses: Parts, req: Request) -> None:
         session = req.session if self._must_encrypt(req) else None
         self._send_chain(responses, session)
 
-    def _send_chain(self, chain: list[bytes], session: Session | None) -> None:
-        payload = b"".join(chain)
+    def _send_chain(self, chain: Parts, session: Session | None) -> None:
+        """Send the pieces of a compound's replies; sealed (joined: one copy) if C{session} says."""
         if session is not None and session.sealer is not None:
-            payload = session.sealer.encrypt(payload, session.id)
-        self._write(payload)
+            self._write(session.sealer.encrypt(b"".join(chain), session.id))
+            return
+        self._write_parts(chain)
 
-    async def _serve(self, req: Request) -> tuple[int, bytes | bytearray | memoryview]:
+    async def _serve(self, req: Request) -> tuple[int, Body]:
         """Serve one request; (status, body). Never raises."""
         header = req.header
         op = _OP_NAMES.get(header.command, "unknown")
@@ -1131,7 +1150,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             activity.begin()
         self._pending[header.message_id] = req
         status = st.STATUS_INTERNAL_ERROR
-        body: bytes | bytearray | memoryview = b""
+        body: Body = b""
         try:
             allowed = _ALLOWED_FLAGS | (
                 c.SMB2_FLAGS_ASYNC_COMMAND if header.command == Command.CANCEL else 0
@@ -1289,7 +1308,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         if max(req.header.credit_charge, 1) < needed:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "CreditCharge below the payload")
 
-    async def _handle(self, req: Request) -> Reply | bytes | bytearray | memoryview:
+    async def _handle(self, req: Request) -> Reply | Body:
         cmd = req.header.command
         try:
             name = Command(cmd).name
@@ -1306,14 +1325,18 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         self,
         req: Request,
         status: int,
-        body: bytes | bytearray | memoryview,
+        body: Body,
         *,
         last: bool,
         pad: bool = False,
-    ) -> bytes:
+    ) -> Parts:
         """
-        One response; every response of a compound is padded to 8 bytes, the
-        last one too, as Samba pads them (smbtorture smb2.compound.compound-padding).
+        One response, in pieces; every response of a compound is padded to 8
+        bytes, the last one too, as Samba pads them (smbtorture
+        smb2.compound.compound-padding). A body given in pieces (a READ's
+        data) stays where it is: the header is built and signed apart, the
+        MAC fed the pieces in turn (L{Signer.sign_parts}), and they go out
+        in one C{sendmsg} (L{_write_parts}).
         """
         h = req.header
         flags = c.SMB2_FLAGS_SERVER_TO_REDIR | (h.flags & c.SMB2_FLAGS_RELATED_OPERATIONS)
@@ -1349,8 +1372,10 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             tree_id=tree_id,
             session_id=session.id if session is not None else h.session_id,
         )
+        if type(body) is list:
+            return self._response_parts(req, header, body, sign, last=last, pad=pad)
         msg = bytearray(header.pack())
-        msg += body
+        msg += body  # type: ignore[arg-type]  # one buffer (a list went above)
         if not last or pad:
             msg += b"\x00" * ((-len(msg)) % 8)
         if not last:
@@ -1365,7 +1390,37 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         if req.preauth_reply is not None:
             # The hash takes the message as sent (a binding's replies are signed).
             req.preauth_reply.update(msg)
-        return bytes(msg)
+        return [bytes(msg)]
+
+    def _response_parts(
+        self, req: Request, header: Header, body: Parts, sign: bool, *, last: bool, pad: bool
+    ) -> Parts:
+        """L{_response} of a body in pieces: the header alone is built; nothing is joined."""
+        head = bytearray(header.pack())
+        size = 64
+        for p in body:
+            size += len(p)
+        out: Parts = [head, *body]
+        if not last or pad:
+            n = (-size) % 8
+            if n:
+                out.append(_PADDING[n])
+                size += n
+        if not last:
+            head[20:24] = struct.pack("<I", size)
+        signer = None
+        if sign:
+            assert req.session is not None
+            signer = req.sign_with or req.session.signer_for(self.seq)
+            assert signer is not None
+        elif req.sign_deleted and req.sign_with is not None:
+            signer = req.sign_with
+        if signer is not None:
+            head[48:64] = signer.sign_parts(out, response=True)
+        out[0] = bytes(head)
+        if req.preauth_reply is not None:
+            req.preauth_reply.update(b"".join(out))
+        return out
 
     def _grant(self, requested: int) -> int:
         """
@@ -1419,7 +1474,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         req.async_id = self.factory.new_async_id()
         self._async[req.async_id] = req
         chain = req.chain.responses
-        chain.append(self._response(req, st.STATUS_PENDING, error_body(), last=True))
+        chain.extend(self._response(req, st.STATUS_PENDING, error_body(), last=True))
         req.interim_sent = True
         self._send_chain(list(chain), req.session if self._must_encrypt(req) else None)
         chain.clear()

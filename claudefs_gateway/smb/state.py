@@ -27,7 +27,27 @@ from claudefs_gateway.vfs import Caller, ExportInfo, LockOwner, ShareToken
 from claudefs_gateway.vfs.leases import LeaseKey
 from claudefs_gateway.vfs.origin import Origin
 
-__all__ = ["Session", "Tree", "Open", "FileNode", "Chain", "Request", "Reply", "Watch", "DirScan"]
+__all__ = [
+    "Session",
+    "Tree",
+    "Open",
+    "FileNode",
+    "Chain",
+    "Request",
+    "Reply",
+    "Body",
+    "Parts",
+    "Watch",
+    "DirScan",
+]
+
+#: A message in pieces, in order, for one C{sendmsg} (scatter/gather): a READ
+#: reply is its header and its data, the data never copied behind the header.
+Parts = list[bytes | bytearray | memoryview]
+
+#: A handler's response body: one buffer, or L{Parts} (a READ's fixed part
+#: and its data, sent and signed where they lie).
+Body = bytes | bytearray | memoryview | Parts
 
 
 @attrs.define(eq=False)
@@ -290,7 +310,7 @@ class Open:
 class Reply:
     """A handler's answer: a status (success or a warning such as BUFFER_OVERFLOW) and a body."""
 
-    body: bytes | bytearray | memoryview
+    body: Body
     status: int = 0
 
 
@@ -301,10 +321,11 @@ class Chain:
     (MS-SMB2 3.3.5.2.7.2, as Samba keeps it): the session and tree the last
     request found, the FileId it used or made, the error of a failed CREATE.
 
-    @ivar responses: replies built so far (an interim reply joins them).
+    @ivar responses: the pieces of the replies built so far, in order (an
+        interim reply joins them); sent together with one C{sendmsg}.
     """
 
-    responses: list[bytes] = attrs.Factory(list)
+    responses: Parts = attrs.Factory(list)
     session: Session | None = None
     tree: Tree | None = None
     file_id: FileId | None = None

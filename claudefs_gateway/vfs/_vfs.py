@@ -372,6 +372,52 @@ class VFS:
             raise errors.Stale(f"inode {ino} generation changed")
         return export, a
 
+    def from_handle_now(self, handle: bytes) -> tuple[ExportInfo, Attributes] | None:
+        """
+        L{from_handle}'s answer when it is in memory (a handle verified
+        before, its attributes cached), else L{None}: then call
+        L{from_handle}, which also raises what this does not. For the NFS
+        fast paths (a cached GETATTR or page-cache READ with no Deferred and
+        no coroutine); the attributes are the attribute cache's, the same
+        L{from_handle} would give.
+        """
+        got = self._verified.get(handle)
+        if got is None:
+            return None
+        export = self.exports.get(got[0])
+        if export is None:
+            return None
+        a = self.attr_cache.get(got[1])
+        if a is None or a.gen != got[2]:
+            return None
+        return export, a
+
+    def read_now(
+        self, caller: Caller, ino: int, offset: int, count: int
+    ) -> tuple[bytes, bool, Attributes] | None:
+        """
+        L{read}'s result, as (data, eof, attributes), when it needs no wait
+        (attributes cached, no lock, lease or seal to check, the backend has
+        the bytes at hand), else L{None}: then call L{read}, which also
+        raises what this does not. (A tuple: building a frozen
+        L{ReadResult} costs as much as the rest of a cached read's checks.)
+        """
+        fast = getattr(self.backend, "read_now", None)
+        if fast is None or self.locks.busy(ino) or self.leases.busy(ino):
+            return None
+        a = self.attr_cache.get(ino)
+        if a is None or not a.is_reg:
+            return None
+        if caller.protocol != PRIVATE_OWNER and self._seals.get(ino) is not False:
+            return None  # unknown or sealed: read() checks and refuses
+        cred = caller.cred
+        if cred.uid != a.uid and not perm.granted(cred, a) & (perm.R | perm.X):
+            return None  # read() refuses
+        got = fast(ino, offset, count)
+        if got is None:
+            return None
+        return got[0], got[1], a
+
     # -- internal helpers -----------------------------------------------------
 
     async def _getattr(self, ino: int) -> Attributes:

@@ -54,16 +54,31 @@ def load_or_create_secret(data_dir: Path) -> bytes:
     return secret
 
 
+# Handles made recently, by (export, inode, generation): a READDIRPLUS reply
+# makes one per entry and an HMAC costs about as much as the rest of the
+# entry's encoding; the same inputs always make the same handle.
+_MADE_MAX = 16384
+
+
 class HandleCodec:
     def __init__(self, secret: bytes) -> None:
         self._key = secret
+        self._made: dict[tuple[int, int, int], bytes] = {}
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_SIZE]
 
     def encode(self, export_id: int, ino: int, gen: int) -> bytes:
-        body = _BODY.pack(_VERSION, export_id, ino, gen & 0xFFFFFFFF)
-        return body + self._mac(body)
+        key = (export_id, ino, gen)
+        handle = self._made.get(key)
+        if handle is None:
+            body = _BODY.pack(_VERSION, export_id, ino, gen & 0xFFFFFFFF)
+            handle = body + self._mac(body)
+            made = self._made
+            if len(made) >= _MADE_MAX:
+                made.clear()
+            made[key] = handle
+        return handle
 
     def decode(self, handle: bytes) -> tuple[int, int, int]:
         """

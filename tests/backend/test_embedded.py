@@ -1164,6 +1164,27 @@ class ReactorRunTests(StoreCase):
         self.assertFalse(durable.called)
         await defer.gatherResults([trunc, durable])
 
+    async def test_unstable_wrote_runs_here(self) -> None:
+        """
+        The meta server's WROTE of an unstable write (its data on a data
+        server) runs on the reactor's thread when the writer is idle: fired
+        on return, no fsync; a durable one (stable write, allocate) still goes
+        to the writer thread, and a later COMMIT makes the size durable.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        syncs = self.count("fsync")
+        before = b.stats.durable_commits
+        d = b.wrote(f.ino, 0, 4096, 0, durable=False)
+        self.assertTrue(d.called)
+        r = await d
+        self.assertEqual((r.count, r.attrs.size, r.before.size), (4096, 4096, 0))
+        self.assertEqual((b.stats.durable_commits - before, len(syncs)), (0, 0))
+        stable = b.wrote(f.ino, 4096, 10, 0, durable=True)
+        self.assertFalse(stable.called)
+        self.assertEqual((await stable).attrs.size, 4106)
+        self.assertEqual((await b.commit(f.ino)).size, 4106)
+
     async def test_unsynced_change_waits_behind_the_writer(self) -> None:
         """With the writer busy, an unsynced change queues behind it, in order."""
         b = await self.store()

@@ -16,6 +16,7 @@ from claudefs_gateway.rpc.drc import ReplyCache
 from claudefs_gateway.rpc.message import AuthSys, encode_call, parse_reply
 from claudefs_gateway.rpc.record import RecordReader, encode_record
 from claudefs_gateway.rpc.server import (
+    BATCH_PARTS,
     READ_DEFAULT,
     READ_MAX,
     AuthError,
@@ -268,6 +269,40 @@ class StreamTests(SynchronousTestCase):
         self.toy.waiting[1].callback([])
         self.toy.waiting[0].callback([])
         self.assertEqual([parse_reply(r).xid for r in records(self.transport)], [2, 1])
+
+    def test_replies_of_one_read_leave_together(self) -> None:
+        """
+        The calls of one read answered at once go out in one write, in
+        order (one sendmsg, one wake-up of a pipelining client); a reply
+        that comes later goes out alone.
+        """
+        writes: list[list[bytes]] = []
+        self.patch(self.transport, "writeSequence", lambda seq: writes.append(list(seq)))
+        stream = b"".join(
+            encode_record(encode_call(x, PROG, 1, 1, echo_args(b"e%d" % x))) for x in range(5)
+        )
+        self.proto.dataReceived(stream + encode_record(encode_call(9, PROG, 1, 2)))
+        self.assertEqual(len(writes), 1)
+        got = RecordReader(1 << 20).feed(b"".join(writes[0]))
+        self.assertEqual([parse_reply(r).xid for r in got], [0, 1, 2, 3, 4])
+        self.toy.waiting[0].callback([])
+        self.assertEqual(len(writes), 2)
+        self.assertEqual(
+            [parse_reply(r).xid for r in RecordReader(99).feed(b"".join(writes[1]))], [9]
+        )
+
+    def test_batches_are_bounded(self) -> None:
+        """A read of many small calls is answered in writes of at most BATCH_PARTS pieces."""
+        writes: list[list[bytes]] = []
+        self.patch(self.transport, "writeSequence", lambda seq: writes.append(list(seq)))
+        n = BATCH_PARTS + 10
+        self.proto.dataReceived(
+            b"".join(encode_record(encode_call(x, PROG, 1, 0)) for x in range(n))
+        )
+        self.assertGreater(len(writes), 1)
+        self.assertTrue(all(len(w) <= BATCH_PARTS for w in writes))
+        got = RecordReader(1 << 24).feed(b"".join(b"".join(w) for w in writes))
+        self.assertEqual([parse_reply(r).xid for r in got], list(range(n)))
 
     def test_pauses_at_max_in_flight(self) -> None:
         for x in range(3):

@@ -6,6 +6,7 @@ implementation of the same MS-SMB2 sections (independently written).
 from __future__ import annotations
 
 import os
+import struct
 import types
 
 from hypothesis import given
@@ -88,6 +89,49 @@ class SigningTests(SynchronousTestCase):
         msg = message(mid=mid, body=body)
         ours = make_signer(alg, key).sign(msg, response=response)
         self.assertEqual(ours, self.theirs(dialect, alg, key, msg, response))
+
+    @given(
+        s.sampled_from([c.HMAC_SHA256, c.AES_CMAC, c.AES_GMAC]),
+        s.binary(max_size=3000),
+        s.lists(s.integers(0, 3000), max_size=6),
+        s.binary(min_size=16, max_size=16),
+        s.booleans(),
+    )
+    def test_parts_equal_joined(
+        self, alg: int, body: bytes, cuts: list[int], old_sig: bytes, response: bool
+    ) -> None:
+        """
+        A message signed in pieces (a READ reply: header, fixed part, data
+        where it lies) gets the signature of the joined message, however it
+        is cut and whatever its signature field holds (also past GMAC's
+        64 KiB join, below).
+        """
+        signer = make_signer(alg, bytes(range(16)))
+        head = bytearray(message(body=b""))
+        head[48:64] = old_sig
+        points = sorted({min(n, len(body)) for n in cuts})
+        pieces = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+        parts: list[bytes | bytearray | memoryview] = [
+            bytes(head),
+            *(memoryview(p) for p in pieces),
+        ]
+        joined = bytes(head) + body
+        self.assertEqual(
+            signer.sign_parts(parts, response=response), signer.sign(joined, response=response)
+        )
+
+    def test_parts_large(self) -> None:
+        """Pieces of several MiB (GMAC feeds them to the cipher one by one)."""
+        data = os.urandom(3 << 20)
+        head = message(body=struct.pack("<HBBIII", 17, 80, 0, len(data), 0, 0))
+        for alg in (c.HMAC_SHA256, c.AES_CMAC, c.AES_GMAC):
+            signer = make_signer(alg, os.urandom(16))
+            self.assertEqual(
+                signer.sign_parts([head, data[:1000], data[1000:]]),
+                signer.sign(head + data, response=True),
+            )
+        with self.assertRaises(ValueError):
+            signer.sign_parts([head[:63], head[63:]])
 
     def test_gmac_cancel_and_direction(self) -> None:
         """GMAC's nonce distinguishes replies and CANCEL requests."""

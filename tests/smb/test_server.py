@@ -5,7 +5,9 @@ credits, compounds, asynchronous replies, IPC$, and hostile input.
 
 from __future__ import annotations
 
+import os
 import struct
+from typing import Any
 
 import spnego
 from hypothesis import given, settings
@@ -17,6 +19,7 @@ from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.header import Header
 from claudefs_gateway.smb.logon import FAILED_LOGON_DELAY, MAX_SESSIONS
 from claudefs_gateway.smb.server import MAX_CREDITS, CreditWindow
+from claudefs_gateway.smb.state import Request
 from tests.smb.client import CONFIG, PASSWORD, RELATED, Conn, Wire
 from tests.smb.test_dcerpc import NDR, bind_pdu, enum_request, request_pdu
 from tests.smb.test_header import smb1_negotiate
@@ -762,3 +765,103 @@ class ChainTests(SynchronousTestCase):
             ]
         )
         self.assertEqual([r.status for r in conn.replies()], [0, st.STATUS_INTERNAL_ERROR, 0])
+
+
+def _read_body(fid: tuple[int, int], offset: int, length: int) -> bytes:
+    return struct.pack("<HBBIQQQIIIHH", 49, 0, 0, length, offset, *fid, 0, 0, 0, 0, 0) + b"\x00"
+
+
+class ReadPiecesTests(SynchronousTestCase):
+    """
+    A READ reply goes to the transport as its header, its fixed part and the
+    data as the store read it, never joined; signed over the pieces.
+    """
+
+    def _file(self, conn: Conn, size: int) -> tuple[tuple[int, int], bytes]:
+        data = os.urandom(size)
+        fid = conn.open("r.bin")
+        for pos in range(0, size, 65536):
+            self.assertEqual(conn.write(fid, pos, data[pos : pos + 65536]).status, 0)
+        return fid, data
+
+    def test_data_sent_apart(self) -> None:
+        """The data is a piece of its own in the transport's writeSequence, and the reply verifies."""
+        for dialects in ((c.SMB_2_1,), (c.SMB_3_0,), (c.SMB_3_1_1,)):
+            conn = Wire().connect()
+            conn.negotiate(dialects)
+            conn.login()
+            conn.tree_connect()
+            fid, data = self._file(conn, 300_000)
+            writes: list[list[bytes]] = []
+            real = conn.transport.writeSequence
+
+            def spy(seq: list[bytes], real: Any = real, writes: Any = writes) -> None:
+                writes.append(list(seq))
+                real(seq)
+
+            conn.transport.writeSequence = spy  # type: ignore[method-assign]
+            r = conn.read(fid, 1000, 250_000)
+            self.assertEqual(r.status, 0)
+            self.assertEqual(Conn.read_data(r), data[1000:251_000])
+            self.assertTrue(r.header.flags & c.SMB2_FLAGS_SIGNED)
+            self.assertTrue(conn.signer.verify(r.raw, response=True))
+            [pieces] = writes
+            self.assertIn(data[1000:251_000], pieces)
+            self.assertEqual([len(p) for p in pieces[:3]], [4, 64, 16])
+
+    def test_compound_reads(self) -> None:
+        """Two READs in a compound: the first padded, NextCommand right, both signed."""
+        conn = Wire().connect()
+        conn.setup()
+        fid, data = self._file(conn, 200_000)
+        conn.send(
+            [
+                conn.build(conn.header(c.Command.READ), _read_body(fid, 3, 1001)),
+                conn.build(conn.header(c.Command.READ, credit_charge=2), _read_body(fid, 0, 70001)),
+                conn.build(conn.header(c.Command.READ), _read_body(fid, 199_999, 10)),
+            ]
+        )
+        [frame] = conn.frames()
+        first, second = (struct.unpack_from("<I", frame, off)[0] for off in (20, 20 + 1088))
+        self.assertEqual(first, 64 + 16 + 1001 + 7)
+        self.assertEqual(second, 64 + 16 + 70001 + 7)
+        replies = []
+        pos = 0
+        while True:
+            h = Header.unpack(frame[pos:])
+            end = pos + h.next_command if h.next_command else len(frame)
+            replies.append(frame[pos:end])
+            if not h.next_command:
+                break
+            pos = end
+        self.assertEqual([len(r) % 8 for r in replies], [0, 0, 0])
+        got = [r[80 : 80 + struct.unpack_from("<I", r, 68)[0]] for r in replies]
+        self.assertEqual(got, [data[3:1004], data[0:70001], data[199_999:]])
+        for r in replies:
+            self.assertTrue(conn.signer.verify(r, response=True))
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        s.lists(s.binary(max_size=200), max_size=5),
+        s.booleans(),
+        s.booleans(),
+        s.booleans(),
+        s.sampled_from([c.SMB_2_1, c.SMB_3_0, c.SMB_3_1_1]),
+    )
+    def test_pieces_frame_as_joined(
+        self, pieces: list[bytes], last: bool, pad: bool, signed: bool, dialect: int
+    ) -> None:
+        """A body in pieces makes the same reply bytes as the same body joined."""
+        conn = Wire().connect()
+        conn.negotiate((dialect,))
+        conn.login()
+        proto = conn.proto
+        proto._grant = lambda requested: 1
+        session = next(iter(proto.sessions.values()))
+        flags = c.SMB2_FLAGS_SIGNED if signed else 0
+        header = conn.header(c.Command.READ, flags=flags)
+        req = Request(header, memoryview(header.pack()), session=session)
+        in_parts = proto._response(req, 0, [bytes(p) for p in pieces], last=last, pad=pad)
+        joined = proto._response(req, 0, b"".join(pieces), last=last, pad=pad)
+        self.assertEqual(b"".join(in_parts), b"".join(joined))
+        self.assertEqual(bool(in_parts[0][16] & c.SMB2_FLAGS_SIGNED), signed)

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from claudefs_gateway import errors
 from claudefs_gateway.testing.vfs import MemoryVFS
+from claudefs_gateway.vfs import handles
 from claudefs_gateway.vfs.handles import HANDLE_SIZE, HandleCodec, load_or_create_secret
 
 CODEC = HandleCodec(b"k" * 32)
@@ -39,6 +40,29 @@ class CodecTests(SynchronousTestCase):
             CODEC.decode(data)
         except errors.BadHandle:
             pass
+
+    @given(
+        st.lists(
+            st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**40)),
+            max_size=50,
+        )
+    )
+    def test_kept_handles_are_the_ones_made(self, keys: list[tuple[int, int, int]]) -> None:
+        """A handle answered from the codec's memory is byte for byte the one it would make."""
+        for export_id, ino, gen in keys + keys:
+            self.assertEqual(
+                CODEC.encode(export_id, ino, gen),
+                HandleCodec(b"k" * 32).encode(export_id, ino, gen),
+            )
+            self.assertEqual(CODEC.decode(CODEC.encode(export_id, ino, gen))[:2], (export_id, ino))
+
+    def test_kept_handles_bounded(self) -> None:
+        codec = HandleCodec(b"k" * 32)
+        first = codec.encode(1, 1, 1)
+        for ino in range(handles._MADE_MAX + 10):
+            codec.encode(1, ino + 2, 0)
+        self.assertLessEqual(len(codec._made), handles._MADE_MAX)
+        self.assertEqual(codec.encode(1, 1, 1), first)
 
     def test_secret_file(self) -> None:
         from pathlib import Path

@@ -122,6 +122,10 @@ def create_schema(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+# A row's type column to its FileType, without the enum's call (once per row read).
+_TYPES = {int(t): t for t in FileType}
+
+
 class Node:
     """
     One inode row as a mutable object: operations load it, change it as the
@@ -167,7 +171,7 @@ class Node:
             self.parent,
             target,
         ) = row
-        self.type = FileType(t)
+        self.type = _TYPES[t]
         self.rdev = (major, minor)
         self.target: bytes = target or b""
 

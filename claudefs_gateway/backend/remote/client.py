@@ -79,6 +79,7 @@ _PURE = frozenset(
         "HELLO",
         "HEARTBEAT",
         "SUBSCRIBE",
+        "SYNC",
         "ROOT",
         "GETATTR",
         "LOOKUP",
@@ -868,8 +869,11 @@ class RemoteBackend:
         rdev: tuple[int, int] = (0, 0),
         durable: bool = True,
     ) -> defer.Deferred[Attributes]:
-        # Always durable (the flag is a hint: interfaces.IMetadataService.create).
-        d = self._call("CREATE", (parent, bytes(name), type, mode, uid, gid, tuple(rdev)))
+        # durable=False (SMB's changes): the meta server answers before a
+        # sync, and SYNC (sync()) makes it durable (interfaces.IMetadataService.create).
+        d = self._call(
+            "CREATE", (parent, bytes(name), type, mode, uid, gid, tuple(rdev), bool(durable))
+        )
         # The new file's attributes are kept like a read's GETATTR answer
         # when only this call's own answer was heard meanwhile (its callback
         # in _call bumps _heard once): the O_TRUNC SETATTR that follows a
@@ -899,16 +903,20 @@ class RemoteBackend:
         return self._call("LINK", (ino, parent, bytes(name))).addCallback(self._took_dirs)
 
     def unlink(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
-        # Always durable (the flag is a hint: interfaces.IMetadataService.create).
-        d = self._call("UNLINK", (parent, bytes(name))).addCallback(self._took_dirs)
+        d = self._call("UNLINK", (parent, bytes(name), bool(durable)))
+        d.addCallback(self._took_dirs)
         return d.addCallback(_tap(self._gone))
 
     def sync(self) -> defer.Deferred[None]:
-        """Nothing to do: every change here is durable when it is answered."""
-        return defer.succeed(None)
+        """
+        Every change answered so far durable (the meta server's SYNC): those
+        sent with C{durable} false were answered before a sync.
+        """
+        return self._call("SYNC")
 
     def rmdir(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
-        return self._call("RMDIR", (parent, bytes(name))).addCallback(self._took_dirs)
+        d = self._call("RMDIR", (parent, bytes(name), bool(durable)))
+        return d.addCallback(self._took_dirs)
 
     def rename(
         self,
@@ -918,7 +926,9 @@ class RemoteBackend:
         dst_name: bytes,
         durable: bool = True,
     ) -> defer.Deferred[RenameResult]:
-        d = self._call("RENAME", (src_parent, bytes(src_name), dst_parent, bytes(dst_name)))
+        d = self._call(
+            "RENAME", (src_parent, bytes(src_name), dst_parent, bytes(dst_name), bool(durable))
+        )
         d.addCallback(self._took_dirs)
         return d.addCallback(_tap(lambda r: self._gone(r.replaced)))
 
@@ -929,9 +939,11 @@ class RemoteBackend:
         guard_ctime_ns: int | None = None,
         durable: bool = True,
     ) -> defer.Deferred[Attributes]:
-        return defer.Deferred.fromCoroutine(self._setattr(ino, changes, guard_ctime_ns))
+        return defer.Deferred.fromCoroutine(self._setattr(ino, changes, guard_ctime_ns, durable))
 
-    async def _setattr(self, ino: int, changes: SetAttrs, guard: int | None) -> Attributes:
+    async def _setattr(
+        self, ino: int, changes: SetAttrs, guard: int | None, durable: bool = True
+    ) -> Attributes:
         if (
             changes.size is not None
             and guard is None
@@ -951,7 +963,9 @@ class RemoteBackend:
                 if held <= changes.size:
                     self.setattrs_skipped += 1
                     return kept
-        a: Attributes = await self._call("SETATTR", (ino, changes, guard))
+        # A size change is always synced: the chunk files are cut after it.
+        lazy = not durable and changes.size is None
+        a: Attributes = await self._call("SETATTR", (ino, changes, guard, not lazy))
         if changes.size is not None:
             # Bytes at and past the new size go (a later extension reads zeros);
             # the meta server answered first, so a refused setattr cuts nothing.
@@ -1014,7 +1028,7 @@ class RemoteBackend:
         create: bool | None = None,
         durable: bool = True,
     ) -> defer.Deferred[None]:
-        return self._call("SETXATTR", (ino, bytes(name), bytes(value), create))
+        return self._call("SETXATTR", (ino, bytes(name), bytes(value), create, bool(durable)))
 
     def listxattr(self, ino: int) -> defer.Deferred[list[bytes]]:
         return self._call("LISTXATTR", (ino,))

@@ -66,7 +66,9 @@ __all__ = [
 CALL, REPLY, ERROR, EVENT = 0, 1, 2, 3
 KINDS = (CALL, REPLY, ERROR, EVENT)
 #: 3: namespace changes (CREATE ... RENAME) answer with the directories' attributes after.
-PROTOCOL_VERSION = 3
+#: 4: CREATE, UNLINK, RMDIR, RENAME, SETATTR and SETXATTR carry C{durable} (SMB's
+#: changes need not be synced before their answer), and SYNC makes them durable.
+PROTOCOL_VERSION = 4
 
 _HDR = struct.Struct("<IIBBHQ")  # length, opcode, kind, flags, pad, id
 HEADER = _HDR.size - 4  # 16: what length counts besides the payload
@@ -587,27 +589,28 @@ OPS: dict[int, Op] = _ops(
     Op(
         0x20,
         "CREATE",
-        Tup(U64, NAME, FTYPE, U32, U32, U32, Tup(U32, U32)),
+        Tup(U64, NAME, FTYPE, U32, U32, U32, Tup(U32, U32), BOOL),
         Tup(ATTRS, DIRS),
         "meta",
         False,
-        doc="parent, name, type, mode, uid, gid, rdev; answers the inode and the parent after",
+        doc="parent, name, type, mode, uid, gid, rdev, durable; answers the inode and the "
+        "parent after",
     ),
     Op(0x21, "SYMLINK", Tup(U64, NAME, TARGET, U32, U32, U32), Tup(ATTRS, DIRS), "meta", False),
     Op(0x22, "LINK", Tup(U64, U64, NAME), Tup(ATTRS, DIRS), "meta", False),
-    Op(0x23, "UNLINK", Tup(U64, NAME), Tup(ATTRS, DIRS), "meta", False),
-    Op(0x24, "RMDIR", Tup(U64, NAME), Tup(ATTRS, DIRS), "meta", False),
+    Op(0x23, "UNLINK", Tup(U64, NAME, BOOL), Tup(ATTRS, DIRS), "meta", False),
+    Op(0x24, "RMDIR", Tup(U64, NAME, BOOL), Tup(ATTRS, DIRS), "meta", False),
     Op(
         0x25,
         "RENAME",
-        Tup(U64, NAME, U64, NAME),
+        Tup(U64, NAME, U64, NAME, BOOL),
         Tup(RENAMERESULT, DIRS),
         "meta",
         False,
         doc="answers the result and the source, then destination, directory after",
     ),
-    Op(0x26, "SETATTR", Tup(U64, SETATTRS, Opt(I64)), ATTRS, "meta", True),
-    Op(0x27, "SETXATTR", Tup(U64, XNAME, XVALUE, Opt(BOOL)), NOTHING, "meta", False),
+    Op(0x26, "SETATTR", Tup(U64, SETATTRS, Opt(I64), BOOL), ATTRS, "meta", True),
+    Op(0x27, "SETXATTR", Tup(U64, XNAME, XVALUE, Opt(BOOL), BOOL), NOTHING, "meta", False),
     Op(0x28, "REMOVEXATTR", Tup(U64, XNAME), NOTHING, "meta", False),
     Op(0x29, "SET_QUOTA", Tup(KIND, U64, Opt(QUOTA)), NOTHING, "meta", True),
     Op(0x2A, "SET_STATE", Tup(KEY, Opt(STATE)), NOTHING, "meta", True),
@@ -630,6 +633,16 @@ OPS: dict[int, Op] = _ops(
         "meta",
         True,
         doc="make every earlier change to the inode durable (the metadata half of COMMIT)",
+    ),
+    Op(
+        0x2D,
+        "SYNC",
+        NOTHING,
+        NOTHING,
+        "meta",
+        True,
+        doc="make every change answered so far durable, those sent with durable false too "
+        "(SMB's FLUSH, write-through, its background metadata flush)",
     ),
     # -- data (the data server)
     Op(0x30, "READ", Tup(U64, BIG, BIG), Tup(BOOL, Raw()), "data", True, doc="ino, offset, length"),

@@ -136,13 +136,14 @@ class NFS3:
         for number, decode in decoders.items():
             name = c.PROC_NAMES[number]
             method = getattr(self, f"proc_{name}")
+            fast = getattr(self, f"fast_{name}", None)
             prog.add(
                 c.NFS_V3,
                 number,
                 Procedure(
                     name,
                     decode,
-                    _deferred(method),
+                    _deferred(method) if fast is None else _fast(fast, method),
                     cached=number in cached,
                     cancel_on_close=number not in changes,
                     reply_size=sizes.get(number),
@@ -164,6 +165,16 @@ class NFS3:
         return self.ctx.io_size
 
     # -- attributes -----------------------------------------------------------
+
+    def fast_GETATTR(self, call: Call, handle: bytes) -> list[bytes] | None:
+        """GETATTR from the attribute cache, with no coroutine (L{_fast})."""
+        try:
+            got = self.ctx.file_now(call, handle)
+        except Exception as e:
+            return [c.status_only(self._fail(call, e, "GETATTR"))]
+        if got is None:
+            return None
+        return [_OK + c.fattr3(got[2], got[1].id)]
 
     async def proc_GETATTR(self, call: Call, handle: bytes) -> list[bytes]:
         try:
@@ -249,6 +260,25 @@ class NFS3:
 
     # -- data -----------------------------------------------------------------
 
+    def fast_READ(self, call: Call, args: tuple[bytes, int, int]) -> list[bytes] | None:
+        """
+        READ of bytes at hand (attributes cached, page cache or inline
+        data), with no coroutine and no Deferred (L{_fast}); L{None} sends
+        the call the general way.
+        """
+        handle, offset, count = args
+        try:
+            got = self.ctx.file_now(call, handle)
+            if got is None or offset > MAX_FILE_SIZE:
+                return None
+            vfs, export, a, caller = got
+            result = vfs.read_now(caller, a.ino, offset, min(count, self._io_max(call)))  # type: ignore[attr-defined]
+        except Exception as e:
+            return [c.status_post_op(self._fail(call, e, "READ"), None, 0)]
+        if result is None:
+            return None
+        return _read_reply(result[0], result[1], result[2], export.id)
+
     async def proc_READ(self, call: Call, args: tuple[bytes, int, int]) -> list[bytes]:
         handle, offset, count = args
         a: Attributes | None = None
@@ -262,15 +292,7 @@ class NFS3:
             result = await vfs.read(caller, a.ino, offset, count)
         except Exception as e:
             return [c.status_post_op(self._fail(call, e, "READ"), a, fsid)]
-        data = result.data
-        n = len(data)
-        # Few pieces: the reply goes out in one sendmsg, a piece per iovec.
-        head = c.status_post_op(NFS3_OK, result.attrs, fsid) + _READ_HEAD.pack(
-            n, 1 if result.eof else 0, n
-        )
-        if n & 3:
-            return [head, data, PADDING[n & 3]]
-        return [head, data]
+        return _read_reply(result.data, result.eof, result.attrs, fsid)
 
     async def proc_WRITE(self, call: Call, args: c.WriteArgs) -> list[bytes]:
         before: Attributes | None = None
@@ -697,6 +719,32 @@ async def _quiet_getattr(
     except Exception:
         return None
     return got
+
+
+def _read_reply(data: bytes, eof: bool, a: Attributes, fsid: int) -> list[bytes]:
+    """READ3resok: few pieces, so the reply goes out in one sendmsg, a piece per iovec."""
+    n = len(data)
+    head = c.status_post_op(NFS3_OK, a, fsid) + _READ_HEAD.pack(n, 1 if eof else 0, n)
+    if n & 3:
+        return [head, data, PADDING[n & 3]]
+    return [head, data]
+
+
+def _fast(fast: Any, method: Any) -> Any:
+    """
+    The RPC handler for a procedure with a synchronous fast path: C{fast}
+    answers from memory (its reply), or returns L{None} for the general
+    C{method} (see L{_deferred}). Both reply alike: the fast path only
+    leaves out the coroutine and the Deferreds of an answer already known.
+    """
+
+    def handle(call: Call, args: Any) -> list[bytes] | defer.Deferred[list[bytes]]:
+        got: list[bytes] | None = fast(call, args)
+        if got is not None:
+            return got
+        return eager(method(call, args))
+
+    return handle
 
 
 def _deferred(method: Any) -> Any:

@@ -50,3 +50,42 @@ class GroupCommitTests(TestCase):
         self.assertGreaterEqual(made, 1)
         self.assertLessEqual(made, N, f"{made} commits for {2 * N} creates")
         self.assertGreater(store.stats.largest_batch, 1)
+
+
+class UnsyncedChangesTests(TestCase):
+    """
+    Changes sent with C{durable} false (SMB's: the lead's durability rule,
+    docs/workers.rst) are answered by the meta server without a sync, as the
+    single process answers them; the gateway's C{sync()} (the RPC's SYNC)
+    makes them durable, and the default stays a sync per change (NFS).
+    """
+
+    timeout = 60
+
+    async def test_unsynced_until_sync(self) -> None:
+        from claudefs_gateway.fstypes import SetAttrs
+
+        cluster = Cluster(self, durable=True)
+        await cluster.start()
+        g = cluster.backend()
+        await g.open()
+        self.addCleanup(g.close)
+        root = (await g.root()).ino
+        assert cluster.meta is not None and cluster.meta.factory is not None
+        store = cluster.meta.factory.handler.backend
+        commits = store.stats.durable_commits
+        f = await g.create(root, b"a", FileType.REG, 0o644, 0, 0, durable=False)
+        d = await g.create(root, b"d", FileType.DIR, 0o755, 0, 0, durable=False)
+        await g.setattr(f.ino, SetAttrs(mode=0o600), durable=False)
+        await g.setxattr(f.ino, b"user.k", b"v", durable=False)
+        r = await g.rename(root, b"a", root, b"b", durable=False)
+        self.assertEqual(r.source.ino, f.ino)
+        await g.rmdir(root, b"d", durable=False)
+        gone = await g.unlink(root, b"b", durable=False)
+        self.assertEqual(gone.ino, f.ino)
+        self.assertNotEqual(d.ino, f.ino)
+        self.assertEqual(store.stats.durable_commits - commits, 0, "an unsynced change synced")
+        await g.sync()
+        self.assertEqual(store.stats.durable_commits - commits, 1)
+        await g.create(root, b"c", FileType.REG, 0o644, 0, 0)
+        self.assertEqual(store.stats.durable_commits - commits, 2, "a default change unsynced")

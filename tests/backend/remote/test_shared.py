@@ -6,6 +6,7 @@ manager wired through the meta server, as two gateway processes are.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.internet import defer, reactor, task
@@ -39,12 +40,17 @@ def pause(seconds: float = 0.01) -> defer.Deferred[None]:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-async def until(cond: Any, what: str) -> None:
-    for _ in range(500):
-        if cond():
-            return
+async def until(cond: Any, what: str, within: float = 30.0) -> None:
+    """
+    Wait for C{cond}, up to C{within} seconds of the wall clock (a count of
+    polls was too short on a loaded machine: over PostgreSQL an event
+    crosses two meta servers and the database's notifications).
+    """
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never: {what}")
         await pause()
-    raise AssertionError(f"never: {what}")
 
 
 @implementer(ILeaseHolder)

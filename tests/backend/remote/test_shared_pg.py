@@ -8,6 +8,7 @@ keeps what it holds.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.internet import defer
@@ -308,11 +309,11 @@ class PgDeadlockTests(base.CrossGatewayDeadlockTests):
     shared = TwoServersSharedStateTests.shared
 
     async def waiters(self, cluster: Any, n: int, what: str) -> None:
-        for _ in range(500):
-            if await self.shared(1).waiters() == n:
-                return
+        deadline = time.monotonic() + 30
+        while await self.shared(1).waiters() != n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"never: {what}")
             await pause()
-        raise AssertionError(f"never: {what}")
 
     async def test_gone_session_waits_dropped(self) -> None:
         """A SESSION_RESET drops the session's waits, through whichever server it waited."""

@@ -6,12 +6,15 @@ paths, export rules, squash, stale handles, the reply cache.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from claudefs_gateway.fstypes import NOW, Credentials, SetAttrs
 from claudefs_gateway.nfs.errors import NFS3ERR
 from claudefs_gateway.nfs.v3 import codec as c
+from claudefs_gateway.nfs.v3 import procs
 from claudefs_gateway.rpc.client import RPCError
 from claudefs_gateway.rpc.message import AuthSys, encode_call, parse_reply
 from claudefs_gateway.rpc.xdr import Packer
@@ -570,3 +573,94 @@ class EmbeddedReaddirTests(ReaddirTests):
 
 class EmbeddedExportRuleTests(ExportRuleTests):
     store = "embedded"
+
+
+class FastPathTests(ProcTestCase):
+    """
+    GETATTR and READ answered from memory (L{NFS3.fast_GETATTR},
+    L{NFS3.fast_READ}) without a coroutine: the same replies as the general
+    path, never stale, and never past a check the general path makes.
+    """
+
+    store = "embedded"
+
+    def setUp(self) -> None:
+        super().setUp()
+        # Calls that took the general path (the fast path builds no coroutine).
+        self.general: list[str] = []
+        real = procs.eager
+
+        def eager(coro: Any) -> Any:
+            self.general.append(coro.__qualname__)
+            return real(coro)
+
+        self.patch(procs, "eager", eager)
+
+    def test_warm_calls_take_the_fast_path(self) -> None:
+        fh = self.file(b"fast", b"0123456789" * 1000)
+        self.c.getattr(fh)
+        self.c.read(fh, 0, 10)  # the first read learns the file is not sealed
+        del self.general[:]
+        self.assertEqual(self.c.getattr(fh).attrs.size, 10000)
+        r = self.c.read(fh, 5, 7)
+        self.assertEqual((r.status, r.data, r.eof, r.attrs.size), (0, b"5678901", False, 10000))
+        r = self.c.read(fh, 9995, 100)
+        self.assertEqual((r.data, r.eof, r.count), (b"56789", True, 5))
+        self.assertEqual(self.general, [])
+
+    def test_inline_file(self) -> None:
+        fh = self.file(b"small", b"tiny")
+        self.c.read(fh, 0, 10)
+        del self.general[:]
+        r = self.c.read(fh, 1, 10)
+        self.assertEqual((r.data, r.eof), (b"iny", True))
+        self.assertEqual(self.general, [])
+
+    def test_another_protocols_write_shows(self) -> None:
+        """
+        GETATTR and READ over NFS after a write through the vfs by another
+        protocol (SMB here) show its bytes, size and mtime at once.
+        """
+        fh = self.file(b"shared", b"a" * 8192)
+        before = self.c.getattr(fh).attrs
+        self.c.read(fh, 0, 10)
+        self.h.m.clock.advance(5)
+        m = self.h.m
+        smb = m.caller(1000, 1000, protocol="smb")
+        ino = m.vfs.handle_parts(fh)[1]
+        self._fired(m.vfs.write(smb, ino, 8192, b"b" * 100, True))
+        del self.general[:]
+        after = self.c.getattr(fh).attrs
+        self.assertEqual(after.size, 8292)
+        self.assertGreater(time_of(after.mtime), time_of(before.mtime))
+        r = self.c.read(fh, 8190, 10)
+        self.assertEqual((r.data, r.eof, r.attrs.size), (b"aabbbbbbbb", False, 8292))
+        self.assertEqual(self.general, [])
+
+    def test_refusals_take_the_general_path(self) -> None:
+        fh = self.file(b"mine", b"secret")
+        self.assertEqual(self.c.setattr(fh, SetAttrs(mode=0o600)).status, 0)
+        self.c.read(fh, 0, 1)
+        bob = self.h.client(2000, 2000)
+        del self.general[:]
+        self.assertEqual(bob.read(fh, 0, 10).status, NFS3ERR.ACCES)
+        self.assertEqual(self.general, ["NFS3.proc_READ"])
+        self.assertEqual(self.c.read(self.home, 0, 10).status, NFS3ERR.ISDIR)
+
+    def test_sealed_file_refused(self) -> None:
+        fh = self.file(b"sealed", b"ciphertext")
+        self.c.read(fh, 0, 1)
+        ino = self.h.m.vfs.handle_parts(fh)[1]
+        self.h.m.vfs._seals[ino] = True  # as S3 server-side encryption leaves it known
+        self.assertEqual(self.c.read(fh, 0, 10).status, NFS3ERR.ACCES)
+
+    def test_cold_attributes_take_the_general_path(self) -> None:
+        fh = self.file(b"cold", b"x" * 5000)
+        self.h.m.vfs.attr_cache.clear()
+        del self.general[:]
+        self.assertEqual(self.c.getattr(fh).attrs.size, 5000)
+        self.assertEqual(self.general, ["NFS3.proc_GETATTR"])
+        self.assertEqual(self.c.getattr(b"\0" * 40).status, NFS3ERR.BADHANDLE)
+
+    def _fired(self, d: Deferred[Any]) -> Any:
+        return self.successResultOf(d)
