@@ -27,6 +27,9 @@ from typing import IO, Any
 
 import attrs
 
+#: The checkout this bench belongs to: the gateway it starts runs this code.
+CHECKOUT = Path(__file__).resolve().parents[1]
+
 BENCH_USER = "bench"
 BENCH_PASSWORD = "Pass1"
 BENCH_ACCESS_KEY = "benchkey"
@@ -202,12 +205,24 @@ class Gateway(Target):
         ports = {k: free_port() for k in ("nfs", "mount", "s3", "smb", "admin")}
         config = self.scratch / "gateway.yaml"
         config.write_text(self.config_text(ports))
-        exe = shutil.which("cfs-gateway", path=os.path.dirname(sys.executable)) or "cfs-gateway"
         log = open(self.scratch / "gateway.log", "wb")  # noqa: SIM115 - lives as long as the process
-        argv = [exe, "start", "--config", str(config)]
+        # The gateway of this checkout, whatever the interpreter has installed:
+        # an installed ``cfs-gateway`` script imports the checkout it was
+        # installed from, and ``-m`` puts the working directory first on the
+        # path (the meta, data and worker processes of --workers too), so a
+        # worktree measured with another checkout's venv ran that checkout.
+        argv = [sys.executable, "-m", "claudefs_gateway.cli", "start", "--config", str(config)]
         if self.workers:
             argv += ["--workers", str(self.workers)]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(CHECKOUT), env.get("PYTHONPATH", "")) if p
+        )
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, cwd=CHECKOUT, env=env)
+        except BaseException:
+            log.close()
+            raise
         self._procs.append(proc)
         assert proc.stdout is not None
         wanted = {"admin"} | set(self.protocols)

@@ -6,6 +6,7 @@ the table and the JSON report. No timing is asserted: numbers come from fakes.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,28 @@ class ConfigExtraTests(SynchronousTestCase):
         self.assertEqual(c.nfs.max_requests_per_connection, 1)
         self.assertEqual(c.cache.nfs_attr_cache.max_entries, 0)
         self.assertEqual(c.nfs.bind.port, 1)
+
+    def test_gateway_runs_this_checkout(self) -> None:
+        """
+        The gateway the bench starts imports the checkout beside the bench,
+        not the one an installed script names: before/after runs from a
+        worktree with another checkout's venv measured that checkout.
+        """
+        import claudefs_gateway
+        from bench.targets import CHECKOUT, Gateway
+
+        seen: dict[str, Any] = {}
+
+        def popen(argv: list[str], **kw: Any) -> Any:
+            seen.update(kw, argv=argv)
+            raise OSError("not started in this test")
+
+        self.patch(targets.subprocess, "Popen", popen)
+        g = Gateway(Path(self.mktemp()), ["nfs"], workers=2)
+        self.assertRaises(OSError, g.start)
+        self.assertEqual(seen["argv"][1:4], ["-m", "claudefs_gateway.cli", "start"])
+        self.assertEqual(seen["argv"][-2:], ["--workers", "2"])
+        self.assertEqual(seen["cwd"], CHECKOUT)
+        self.assertEqual(seen["env"]["PYTHONPATH"].split(os.pathsep)[0], str(CHECKOUT))
+        # The checkout is where the package under test lives.
+        self.assertEqual(Path(claudefs_gateway.__file__).resolve().parents[1], CHECKOUT)
