@@ -449,10 +449,21 @@ class MetaHandler:
         return self.backend.set_state(key, value)
 
     def op_WROTE(
-        self, conn: Any, ino: int, offset: int, length: int, what: int, stable: bool
+        self,
+        conn: Any,
+        ino: int,
+        offset: int,
+        length: int,
+        what: int,
+        stable: bool,
+        mtime_ns: int = 0,
     ) -> Any:
         if what not in (0, 1, 2):
             return defer.fail(errors.Inval("WROTE kind must be 0, 1 or 2"))
+        if mtime_ns < 0:
+            return defer.fail(errors.Inval("WROTE time must not be negative"))
         durable = stable or what != 0
-        d: defer.Deferred[WriteResult] = self.backend.wrote(ino, offset, length, what, durable)
+        d: defer.Deferred[WriteResult] = self.backend.wrote(
+            ino, offset, length, what, durable, mtime_ns
+        )
         return self._then(d, lambda r: self._changed(conn, ino))

@@ -1440,7 +1440,9 @@ class Engine:
             return WriteResult(len(data), stable, node.attributes(before.used), before)
         return WriteResult(len(data), stable, self._attrs(node), before)
 
-    def op_wrote(self, ctx: _Ctx, ino: int, offset: int, length: int, what: int) -> WriteResult:
+    def op_wrote(
+        self, ctx: _Ctx, ino: int, offset: int, length: int, what: int, mtime_ns: int = 0
+    ) -> WriteResult:
         """
         The metadata half of a write (C{what} 0), allocate (1) or deallocate
         (2) whose bytes a data server holds (the meta server's WROTE): the same
@@ -1459,7 +1461,15 @@ class Engine:
         if what != 2 and end > node.size:
             self._account(ctx, node, size=end - node.size)
             node.size = end
+        times = (node.mtime, node.ctime)
         self._touch(ctx, node, mtime=what != 1)
+        if mtime_ns > 0 and what == 0:
+            # The time the writing gateway gave its client (write-behind:
+            # docs/workers.rst), so the store holds what the client was told;
+            # never back (its WROTEs may arrive out of order on several
+            # connections: the last write's time stays).
+            node.mtime = max(times[0], mtime_ns)
+            node.ctime = max(times[1], mtime_ns)
         return WriteResult(length if what == 0 else 0, True, self._attrs(node), before)
 
     def op_sync(self, ctx: _Ctx) -> None:

@@ -776,7 +776,7 @@ class EmbeddedBackend:
             return True
 
     def wrote(
-        self, ino: int, offset: int, length: int, what: int, durable: bool = True
+        self, ino: int, offset: int, length: int, what: int, durable: bool = True, mtime_ns: int = 0
     ) -> defer.Deferred[WriteResult]:
         """
         The metadata half of a write (0), allocate (1) or deallocate (2) whose
@@ -789,7 +789,9 @@ class EmbeddedBackend:
         handing it to the writer thread and back (two wake-ups, a pipe write)
         cost the meta server more than the update, once per 1 MiB NFS WRITE.
         """
-        return self._change(Engine.op_wrote, ino, offset, length, what, durable=durable, ino=ino)
+        return self._change(
+            Engine.op_wrote, ino, offset, length, what, mtime_ns, durable=durable, ino=ino
+        )
 
     def commit(self, ino: int) -> defer.Deferred[Attributes]:
         return self._submit(Engine.op_commit, ino, ino=ino)

@@ -799,7 +799,9 @@ class PgEngine:
                 (key, bytes(value)),
             )
 
-    def op_wrote(self, tx: Tx, ino: int, offset: int, length: int, what: int) -> WriteResult:
+    def op_wrote(
+        self, tx: Tx, ino: int, offset: int, length: int, what: int, mtime_ns: int = 0
+    ) -> WriteResult:
         """The metadata half of a write (0), allocate (1) or deallocate (2): see the embedded engine."""
         node = self._file(tx, ino)
         if offset < 0 or (what != 0 and length <= 0) or length < 0:
@@ -813,7 +815,15 @@ class PgEngine:
         if what != 2 and end > node.size:
             self._account(tx, node, size=end - node.size)
             node.size = end
+        times = (node.mtime, node.ctime)
         self._touch(tx, node, mtime=what != 1)
+        if mtime_ns > 0 and what == 0:
+            # The time the writing gateway gave its client (write-behind:
+            # docs/workers.rst), so the store holds what the client was told;
+            # never back (its WROTEs may arrive out of order on several
+            # connections: the last write's time stays).
+            node.mtime = max(times[0], mtime_ns)
+            node.ctime = max(times[1], mtime_ns)
         return WriteResult(length if what == 0 else 0, True, self._attrs(node), before)
 
     def op_commit(self, tx: Tx, ino: int) -> Attributes:

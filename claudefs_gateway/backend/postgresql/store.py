@@ -677,10 +677,10 @@ class PostgresStore:
     # -- the metadata half of data operations (the meta server's WROTE, COMMIT_META) ----------
 
     def wrote(
-        self, ino: int, offset: int, length: int, what: int, durable: bool = True
+        self, ino: int, offset: int, length: int, what: int, durable: bool = True, mtime_ns: int = 0
     ) -> defer.Deferred[WriteResult]:
         """See L{claudefs_gateway.backend.embedded.EmbeddedBackend.wrote}."""
-        return self._change(PgEngine.op_wrote, ino, offset, length, what, durable=durable)
+        return self._change(PgEngine.op_wrote, ino, offset, length, what, mtime_ns, durable=durable)
 
     def commit(self, ino: int) -> defer.Deferred[Attributes]:
         """Check the type and make every earlier change (unstable writes' too) durable."""

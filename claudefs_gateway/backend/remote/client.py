@@ -29,9 +29,11 @@ import functools
 import os
 import random
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
@@ -41,6 +43,7 @@ from zope.interface import implementer
 
 from claudefs_gateway import errors
 from claudefs_gateway.backend.remote import wire
+from claudefs_gateway.backend.remote.board import WriteBoard, board_dir
 from claudefs_gateway.backend.remote.marks import MarkReader
 from claudefs_gateway.backend.remote.protocol import ClientConnection
 from claudefs_gateway.core.breaker import CLOSED, Breaker
@@ -272,6 +275,23 @@ class RemoteBackend:
         self.read_sizes_asked = 0
         #: SETATTRs of a file's own size alone answered from the kept attributes.
         self.setattrs_skipped = 0
+        #: Write-behind (docs/workers.rst): per file written here, its
+        #: attributes as this gateway's latest unstable write left them
+        #: (answered, or predicted for a WROTE not yet answered); dropped by
+        #: any other change made or heard.
+        self._wb_attrs: dict[int, Attributes] = {}
+        #: WROTEs sent and not awaited, not yet answered (and how many per file).
+        self._wb_pending: set[defer.Deferred[Any]] = set()
+        self._wb_count: dict[int, int] = {}
+        #: Bumped by any change heard or made here other than a WROTE: a
+        #: WROTE answer that saw it move is not taken as the file's latest.
+        self._wb_gen = 0
+        #: This gateway's counts of them, and the other gateways' (board.py).
+        self._board: WriteBoard | None = None
+        #: Unstable writes answered before their WROTE was (tests, benchmarks).
+        self.writes_behind = 0
+        #: Waits for another gateway's unanswered WROTEs (tests).
+        self.board_waits = 0
 
     def _spawn(self, coro: Any) -> None:
         """Run C{coro} in the background; close() cancels it."""
@@ -366,6 +386,15 @@ class RemoteBackend:
             loop.start(RESILVER_INTERVAL, now=False).addErrback(
                 lambda f: self._log.failure("re-silver loop", f)
             )
+        if self.short_circuited and self._marks_dir is not None:
+            try:
+                self._board = WriteBoard(board_dir(self._marks_dir), self.session)
+            except OSError as e:
+                self._log.warn(
+                    "no write board in {dir}: {why}; unstable writes wait for WROTE",
+                    dir=str(board_dir(self._marks_dir)),
+                    why=str(e),
+                )
         self._events_loop = defer.Deferred.fromCoroutine(self._follow_events())
         self._events_loop.addErrback(self._log_events_failure)
         self._log.info(
@@ -396,6 +425,9 @@ class RemoteBackend:
             self._events_loop = None
         if events is not None:
             events.close()
+        if self._board is not None:
+            self._board.close()
+            self._board = None
         self._meta.stop()
         for failover in self._data.values():
             failover.stop()
@@ -438,7 +470,9 @@ class RemoteBackend:
             return
         # Another gateway changed it: what an earlier answer said is history.
         self._heard += 1
+        self._wb_gen += 1
         self._read_attrs.pop(value.ino, None)
+        self._wb_attrs.pop(value.ino, None)
         self._dirs_after.pop(value.ino, None)
         if value.dir:
             self._dirs_after.pop(value.dir, None)
@@ -447,6 +481,8 @@ class RemoteBackend:
 
     def _reset(self) -> None:
         self._dirs_after.clear()
+        self._wb_gen += 1
+        self._wb_attrs.clear()
         self._forget_read_attrs()
         for listener in list(self._reset_listeners):
             try:
@@ -563,6 +599,22 @@ class RemoteBackend:
     # -- plumbing ------------------------------------------------------------------------
 
     def _call(self, name: str, args: Any = None) -> defer.Deferred[Any]:
+        if self._wb_pending and name != "WROTE":
+            # This gateway's later calls come after its write-behind WROTEs
+            # (which may be on other pooled connections): a COMMIT_META, a
+            # GETATTR, a truncate sees every write answered before it.
+            d = self._written()
+            d.addCallback(lambda _: self._call_now(name, args))
+            return d
+        return self._call_now(name, args)
+
+    def _written(self) -> defer.Deferred[Any]:
+        """Fires (with None, whatever they gave) once every write-behind WROTE sent so far is answered."""
+        return defer.DeferredList(
+            [_copy(d) for d in self._wb_pending], consumeErrors=True
+        ).addCallback(lambda _: None)
+
+    def _call_now(self, name: str, args: Any = None) -> defer.Deferred[Any]:
         if self._state not in ("open", "opening"):
             return defer.fail(errors.IO("backend is not open"))
         op = wire.BY_NAME[name]
@@ -572,6 +624,9 @@ class RemoteBackend:
             # when it is sent and again when it is answered (a GETATTR answered
             # in between may hold either side of it).
             self._forget_read_attrs()
+            if name != "WROTE":
+                self._wb_gen += 1
+                self._wb_attrs.clear()
             d.addBoth(_tap(lambda _: self._forget_read_attrs()))
         return d
 
@@ -853,7 +908,31 @@ class RemoteBackend:
         return self._call("ROOT")
 
     def getattr(self, ino: int) -> defer.Deferred[Attributes]:
+        if self._board is not None and self._board.behind():
+            d = defer.Deferred.fromCoroutine(self._others_written())
+            return d.addCallback(lambda _: self._call("GETATTR", (ino,)))
         return self._call("GETATTR", (ino,))
+
+    async def _others_written(self) -> None:
+        """
+        Wait until every write-behind WROTE another gateway on this host had
+        sent when this was called is answered (board.py): a size taken after
+        that includes every write answered to any client before this call.
+        Bounded by the RPC timeout (a WROTE fails by then).
+        """
+        board = self._board
+        if board is None:
+            return
+        waits = board.behind()
+        if not waits:
+            return
+        self.board_waits += 1
+        deadline = self._clock.seconds() + self._breaker_settings.timeout_ms / 1000.0
+        delay = 0.0001
+        while waits and self._clock.seconds() < deadline:
+            await deferLater(self._clock, delay, lambda: None)
+            delay = min(delay * 2, 0.002)
+            waits = board.caught_up(waits)
 
     def lookup(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
         return self._call("LOOKUP", (parent, bytes(name)))
@@ -1063,6 +1142,7 @@ class RemoteBackend:
         return defer.Deferred.fromCoroutine(self._read(ino, offset, length))
 
     async def _read(self, ino: int, offset: int, length: int) -> tuple[bytes, bool]:
+        await self._others_written()
         a = self._kept_attrs(ino)
         if a is not None:
             self.read_sizes_kept += 1
@@ -1118,6 +1198,10 @@ class RemoteBackend:
     async def _write(
         self, ino: int, offset: int, data: bytes | memoryview, stable: bool
     ) -> WriteResult:
+        if data and not stable and self._board is not None:
+            last = self._wb_attrs.get(ino)
+            if last is not None and last.type is FileType.REG:
+                return self._write_behind(ino, offset, data, last)
         if data:
             try:
                 if self.short_circuited:
@@ -1130,16 +1214,95 @@ class RemoteBackend:
                         await self._all_copies(ino, copies, "WRITE", (ino, pos, stable, piece))
             except errors.FSError as e:
                 await self._type_first(ino, e)
+        gen = self._wb_gen
         try:
-            r: WriteResult = await self._call("WROTE", (ino, offset, len(data), 0, stable))
+            r: WriteResult = await self._call("WROTE", (ino, offset, len(data), 0, stable, 0))
         except _TYPE_ERRORS:
             if data:
                 self._spawn(self._forget_if_not_file(ino))
             raise
+        if data and not stable and self._board is not None and self._wb_gen == gen:
+            # Nothing but writes heard or made while it was in flight: the
+            # next unstable write to the file may go behind (_write_behind).
+            # Concurrent WROTEs answer in any order: the latest change wins.
+            old = self._wb_attrs.get(ino)
+            if old is None or old.change < r.attrs.change:
+                self._wb_attrs[ino] = r.attrs
         if not data and stable:
             await self._call("COMMIT_META", (ino,))
             await self._commit_data(ino)
         return WriteResult(r.count, stable, r.attrs, r.before)
+
+    def _write_behind(
+        self, ino: int, offset: int, data: bytes | memoryview, last: Attributes
+    ) -> WriteResult:
+        """
+        An unstable write answered once its bytes are in the chunk files, its
+        WROTE sent and not awaited (docs/workers.rst, "Write-behind"): the
+        attributes after it are those the store will hold (size grown to the
+        end, the times this write gives in WROTE, the change counter one up),
+        computed from the file's last ones here. COMMIT_META and every other
+        call of this gateway wait for the WROTE (L{_call}); other gateways
+        wait through the board before taking a size. A WROTE that fails other
+        than for the file being gone changes the write verifier, so the
+        client resends what it has not seen committed (RFC 1813 section 3.3.7).
+        """
+        try:
+            self._local.put(ino, offset, data)
+        except OSError as e:
+            raise self._local_failed(e) from None
+        now = max(time.time_ns(), last.mtime_ns + 1, last.ctime_ns + 1)
+        end = offset + len(data)
+        after = attrs.evolve(
+            last, size=max(last.size, end), mtime_ns=now, ctime_ns=now, change=last.change + 1
+        )
+        board = self._board
+        assert board is not None
+        board.sent()
+        d = self._call("WROTE", (ino, offset, len(data), 0, False, now))
+        self._wb_attrs[ino] = after
+        self._wb_pending.add(d)
+        self._wb_count[ino] = self._wb_count.get(ino, 0) + 1
+        self.writes_behind += 1
+
+        def done(result: Any) -> None:
+            self._wb_pending.discard(d)
+            left = self._wb_count.pop(ino, 1) - 1
+            if left:
+                self._wb_count[ino] = left
+            board.answered()
+            if isinstance(result, Failure):
+                self._wb_attrs.pop(ino, None)
+                if result.check(*_TYPE_ERRORS):
+                    # The file went (or is no file): its bytes do not matter.
+                    self._spawn(self._forget_if_not_file(ino))
+                    return None
+                self.restarts += 1
+                self._log.warn(
+                    "write-behind WROTE of inode {ino} failed ({why}): write verifier changed, "
+                    "clients resend their unstable writes",
+                    ino=ino,
+                    why=result.getErrorMessage(),
+                )
+                return None
+            got: Attributes = result.attrs
+            latest = self._wb_attrs.get(ino)
+            if left or latest is None:
+                return None
+            if (got.size, got.mtime_ns, got.change) != (
+                latest.size,
+                latest.mtime_ns,
+                latest.change,
+            ):
+                # Another writer came between (or the answers crossed): what
+                # was answered is history; the caches drop it.
+                self._wb_attrs.pop(ino, None)
+                for listener in list(self._change_listeners):
+                    listener(wire.ChangeEvent(0, ino, 0))
+            return None
+
+        d.addBoth(done)
+        return WriteResult(len(data), False, after, last)
 
     async def _local_write(
         self, ino: int, offset: int, data: bytes | memoryview, stable: bool
@@ -1249,7 +1412,7 @@ class RemoteBackend:
                 await self._all_copies(ino, copies, name, (ino, pos, size))
         except errors.FSError as e:
             await self._type_first(ino, e)
-        r: WriteResult = await self._call("WROTE", (ino, offset, length, what, True))
+        r: WriteResult = await self._call("WROTE", (ino, offset, length, what, True, 0))
         return r.attrs
 
     # -- IPnfsBackend ---------------------------------------------------------------------
@@ -1275,7 +1438,9 @@ class RemoteBackend:
         # WROTE of the last byte written: the size grows to end if smaller,
         # mtime and ctime move, durably (stable) - the data is on the data
         # servers already, committed by the client.
-        r: WriteResult = await self._call("WROTE", (ino, max(0, end - 1), 1 if end else 0, 0, True))
+        r: WriteResult = await self._call(
+            "WROTE", (ino, max(0, end - 1), 1 if end else 0, 0, True, 0)
+        )
         return r.attrs
 
     def pnfs_stale(self, ino: int) -> frozenset[str]:
@@ -1299,6 +1464,18 @@ def _check_regular(a: Attributes) -> None:
         raise errors.IsDir("is a directory")
     if a.type is not FileType.REG:
         raise errors.Inval("not a regular file")
+
+
+def _copy(d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+    """A Deferred firing with what C{d} fires with, C{d}'s chain left as it is."""
+    out: defer.Deferred[Any] = defer.Deferred()
+
+    def fire(result: Any) -> Any:
+        out.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return out
 
 
 def _tap(fn: Callable[[Any], None]) -> Callable[[Any], Any]:

@@ -68,7 +68,10 @@ KINDS = (CALL, REPLY, ERROR, EVENT)
 #: 3: namespace changes (CREATE ... RENAME) answer with the directories' attributes after.
 #: 4: CREATE, UNLINK, RMDIR, RENAME, SETATTR and SETXATTR carry C{durable} (SMB's
 #: changes need not be synced before their answer), and SYNC makes them durable.
-PROTOCOL_VERSION = 4
+#: 5: WROTE carries the write's time (C{mtime_ns}, 0: the server's clock), so a
+#: gateway that answers an unstable write before WROTE is answered (write-behind)
+#: gives its client the times the store will hold.
+PROTOCOL_VERSION = 5
 
 _HDR = struct.Struct("<IIBBHQ")  # length, opcode, kind, flags, pad, id
 HEADER = _HDR.size - 4  # 16: what length counts besides the payload
@@ -617,13 +620,14 @@ OPS: dict[int, Op] = _ops(
     Op(
         0x2B,
         "WROTE",
-        Tup(U64, BIG, BIG, U8, BOOL),
+        Tup(U64, BIG, BIG, U8, BOOL, I64),
         WRITERESULT,
         "meta",
         False,
-        doc="ino, offset, length, what (0 write, 1 allocate, 2 deallocate), stable: "
-        "data landed on a data server; size, times, change and usage follow "
-        "(durable at once if stable, else by the next COMMIT_META)",
+        doc="ino, offset, length, what (0 write, 1 allocate, 2 deallocate), stable, "
+        "mtime_ns (a write's time; 0: the server's clock): data landed on a data "
+        "server; size, times, change and usage follow (durable at once if stable, "
+        "else by the next COMMIT_META)",
     ),
     Op(
         0x2C,
