@@ -163,6 +163,10 @@ class VFS:
         self._dir_after: Callable[[int], Attributes | None] | None = getattr(
             backend, "dir_after", None
         )
+        #: The remote backend's word on whether cached attributes may be
+        #: answered now (another gateway's write answered and not yet applied
+        #: by the meta server: write-behind, docs/workers.rst).
+        self._attrs_current: Callable[[], bool] | None = getattr(backend, "attrs_current", None)
         self.config = config
         self.clock = clock
         self.exports = Exports.from_config(config.all_exports(), s3_root=config.s3.root)
@@ -423,6 +427,8 @@ class VFS:
     async def _getattr(self, ino: int) -> Attributes:
         cache = self.attr_cache
         a = cache.get(ino)
+        if a is not None and self._attrs_current is not None and not self._attrs_current():
+            a = None
         if a is None:
             epoch = cache.epoch
             a = await self.backend.getattr(ino)

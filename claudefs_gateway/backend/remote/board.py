@@ -195,7 +195,7 @@ class WriteBoard:
 
 
 def _alive(pid: int) -> bool:
-    if pid <= 0:
+    if pid <= 0 or pid >= 2**31:
         return False
     try:
         os.kill(pid, 0)

@@ -913,6 +913,16 @@ class RemoteBackend:
             return d.addCallback(lambda _: self._call("GETATTR", (ino,)))
         return self._call("GETATTR", (ino,))
 
+    def attrs_current(self) -> bool:
+        """
+        Whether attributes cached before now may answer a client: False while
+        another gateway on this host has write-behind WROTEs unanswered (its
+        client was told of a write the meta server has not applied). The vfs
+        then asks (L{getattr}, which waits for them).
+        """
+        board = self._board
+        return board is None or not board.behind()
+
     async def _others_written(self) -> None:
         """
         Wait until every write-behind WROTE another gateway on this host had

@@ -1,0 +1,335 @@
+"""
+Write-behind of unstable WROTEs (docs/workers.rst "Write-behind"): a
+gateway on the data server's host answers an unstable write once its bytes
+are in the chunk files, with the WROTE sent and not awaited; its COMMIT and
+every later call wait for those WROTEs, another gateway waits for them
+(board.py) before it takes a size, and one that is lost changes the write
+verifier.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from claudefs_gateway import errors
+from claudefs_gateway.backend.remote.board import WriteBoard, board_dir
+from claudefs_gateway.fstypes import FileType, SetAttrs
+from claudefs_gateway.servers.data import ChunkStore
+from tests.backend.remote.harness import Cluster
+
+
+async def _two(test: TestCase) -> tuple[Cluster, Any, Any]:
+    cluster = Cluster(test, event_marks=True)
+    await cluster.start()
+    out = []
+    for _ in range(2):
+        b = cluster.backend(
+            short_circuit=ChunkStore(cluster.data_dir, durable=False),
+            event_marks=str(cluster.marks),
+        )
+        await b.open()
+        test.addCleanup(b.close)
+        out.append(b)
+    for b in out:
+        while b._events is None:
+            await _turn()
+    return cluster, out[0], out[1]
+
+
+def _turn() -> defer.Deferred[None]:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, 0, lambda: None)
+
+
+class _Held:
+    """Holds C{backend}'s write-behind WROTEs before they are sent, until released."""
+
+    def __init__(self, test: TestCase, backend: Any) -> None:
+        self.real = backend._call_now
+        self.held: list[tuple[defer.Deferred[Any], tuple[str, Any]]] = []
+        self.calls: list[str] = []
+        self.hold = True
+        test.patch(backend, "_call_now", self._call_now)
+
+    def _call_now(self, name: str, args: Any = None) -> defer.Deferred[Any]:
+        self.calls.append(name)
+        if name == "WROTE" and args[-1] != 0 and self.hold:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.held.append((d, (name, args)))
+            return d
+        return self.real(name, args)
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for d, (name, args) in held:
+            self.real(name, args).chainDeferred(d)
+
+    def fail(self, error: Exception) -> None:
+        held, self.held = self.held, []
+        for d, _ in held:
+            d.errback(error)
+
+
+class WriteBehindTests(TestCase):
+    timeout = 60
+
+    async def test_writes_go_behind_and_match_the_store(self) -> None:
+        """
+        After the first unstable write (which learns the file's attributes),
+        each answers before its WROTE is: one WROTE per write and no other
+        call; the attributes each answer gave are those the store then holds.
+        """
+        _, a, _ = await _two(self)
+        f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+        counted = _Held(self, a)
+        counted.hold = False
+        results = []
+        for i in range(10):
+            results.append(await a.write(f.ino, i * 100, bytes([65 + i]) * 100, stable=False))
+        self.assertEqual(counted.calls, ["WROTE"] * 10)
+        self.assertEqual(a.writes_behind, 9)
+        for i, r in enumerate(results):
+            self.assertEqual((r.count, r.stable, r.attrs.size), (100, False, (i + 1) * 100))
+        for before, after in zip(results, results[1:], strict=False):
+            self.assertEqual(after.before, before.attrs)
+        committed = await a.commit(f.ino)
+        self.assertEqual(counted.calls[-1], "COMMIT_META")
+        last = results[-1].attrs
+        self.assertEqual(
+            (committed.size, committed.mtime_ns, committed.ctime_ns, committed.change),
+            (last.size, last.mtime_ns, last.ctime_ns, last.change),
+        )
+        self.assertEqual((await a.read(f.ino, 0, 2000))[0][-100:], b"J" * 100)
+
+    async def test_commit_waits_for_the_writes(self) -> None:
+        """A COMMIT is not answered before every write-behind WROTE is, and then holds them."""
+        cluster, a, _ = await _two(self)
+        f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+        await a.write(f.ino, 0, b"a" * 10, stable=False)
+        held = _Held(self, a)
+        r = await a.write(f.ino, 10, b"b" * 4000, stable=False)
+        self.assertEqual(r.attrs.size, 4010)
+        self.assertEqual(len(held.held), 1)
+        done = a.commit(f.ino)
+        for _ in range(20):
+            await _turn()
+        self.assertFalse(done.called)
+        self.assertNotIn("COMMIT_META", held.calls)
+        held.release()
+        committed = await done
+        self.assertEqual(committed.size, 4010)
+        # What the meta server's store holds, asked directly.
+        store = cluster.meta.factory.handler.backend  # type: ignore[union-attr]
+        self.assertEqual((await store.getattr(f.ino)).size, 4010)
+
+    async def test_other_gateway_never_sees_an_old_size(self) -> None:
+        """
+        A write answered through A and its WROTE not yet at the meta server:
+        a read or a GETATTR through B waits for it rather than answer the
+        old size (or kept attributes).
+        """
+        _, a, b = await _two(self)
+        f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+        await a.write(f.ino, 0, b"x" * 10, stable=False)
+        self.assertEqual(await b.read(f.ino, 0, 100), (b"x" * 10, True))
+        held = _Held(self, a)
+        r = await a.write(f.ino, 10, b"y" * 10, stable=False)
+        read = b.read(f.ino, 0, 100)
+        got = b.getattr(f.ino)
+        for _ in range(20):
+            await _turn()
+        self.assertFalse(read.called)
+        self.assertFalse(got.called)
+        held.release()
+        self.assertEqual(await read, (b"x" * 10 + b"y" * 10, True))
+        a2 = await got
+        self.assertEqual((a2.size, a2.mtime_ns, a2.change), (20, r.attrs.mtime_ns, r.attrs.change))
+        self.assertGreater(b.board_waits, 0)
+
+    async def test_lost_wrote_changes_the_verifier(self) -> None:
+        """A write-behind WROTE that fails: the client must resend (restarts moves)."""
+        _, a, _ = await _two(self)
+        f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+        await a.write(f.ino, 0, b"a", stable=False)
+        held = _Held(self, a)
+        await a.write(f.ino, 1, b"b", stable=False)
+        before = a.restarts
+        held.fail(errors.BackendUnavailable("gone"))
+        self.assertEqual(a.restarts, before + 1)
+        # The next write learns the file's attributes again (no guess on a lost one).
+        held.hold = False
+        await a.write(f.ino, 2, b"c", stable=False)
+        self.assertEqual(held.calls[-1], "WROTE")
+        self.assertEqual(a.writes_behind, 1)
+
+    async def test_other_changes_end_write_behind(self) -> None:
+        """A truncate (here or through another gateway) drops what the next write would build on."""
+        _, a, b = await _two(self)
+        f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+        await a.write(f.ino, 0, b"a" * 100, stable=False)
+        await b.setattr(f.ino, SetAttrs(size=10))
+        while f.ino in a._wb_attrs:
+            await _turn()
+        r = await a.write(f.ino, 10, b"b", stable=False)
+        self.assertEqual(a.writes_behind, 0)
+        self.assertEqual(r.attrs.size, 11)
+        await a.setattr(f.ino, SetAttrs(size=5))
+        r = await a.write(f.ino, 5, b"c", stable=False)
+        self.assertEqual(a.writes_behind, 0)
+        self.assertEqual(r.attrs.size, 6)
+
+
+async def _vfs(test: TestCase, backend: Any) -> Any:
+    from twisted.internet import reactor
+
+    from claudefs_gateway.core import config as cfg
+    from claudefs_gateway.core.metrics import Metrics
+    from claudefs_gateway.fstypes import Credentials
+    from claudefs_gateway.vfs import VFS, UserDB
+
+    config = cfg.loads("exports: [{path: /export, root_squash: false, dir_mode: 0777}]\n")
+    vfs = VFS(backend, config, reactor, b"k" * 32, UserDB(reactor, inline=[]), Metrics())
+    await vfs.open()
+    export = vfs.exports.by_path("/export")
+    return vfs, vfs.caller(export, "127.0.0.1", Credentials(0, 0, ()), "test"), export.root_ino
+
+
+class VFSTests(TestCase):
+    timeout = 60
+
+    async def test_cached_attributes_wait_for_another_gateways_write(self) -> None:
+        """
+        Gateway B has the file's attributes cached; a write answered through
+        A whose WROTE the meta server has not applied: B's GETATTR answers
+        neither from its cache nor from the meta server before it is applied,
+        and then gives the size and mtime A's client was told.
+        """
+        _, a, b = await _two(self)
+        va, ca, root = await _vfs(self, a)
+        vb, cb, _ = await _vfs(self, b)
+        f = await va.create(ca, root, b"f", 0o644)
+        await va.write(ca, f.ino, 0, b"1" * 10, False)
+        self.assertEqual((await vb.getattr(cb, f.ino)).size, 10)
+        self.assertIsNotNone(vb.attr_cache.get(f.ino))
+        held = _Held(self, a)
+        r = await va.write(ca, f.ino, 10, b"2" * 10, False)
+        self.assertEqual(r.attrs.size, 20)
+        got = vb.getattr(cb, f.ino)
+        for _ in range(20):
+            await _turn()
+        self.assertFalse(got.called)
+        held.release()
+        after = await got
+        self.assertEqual((after.size, after.mtime_ns), (20, r.attrs.mtime_ns))
+        # The writing gateway's own view matches what it answered.
+        self.assertEqual(await va.getattr(ca, f.ino), r.attrs)
+        self.assertEqual((await vb.read(cb, f.ino, 0, 100)).data, b"1" * 10 + b"2" * 10)
+
+
+class BoardTests(TestCase):
+    def test_counts_and_dead_writers(self) -> None:
+        d = Path(self.mktemp())
+        mine = WriteBoard(d, 1)
+        other = WriteBoard(d, 2)
+        self.addCleanup(mine.close)
+        self.assertEqual(mine.behind(), [])
+        other.sent()
+        other.sent()
+        waits = mine.behind()
+        self.assertEqual(len(waits), 1)
+        other.answered()
+        self.assertEqual(mine.caught_up(waits), waits)
+        other.sent()  # a later one is not waited for
+        other.answered()
+        self.assertEqual(mine.caught_up(waits), [])
+        # A writer whose process is gone (killed) with WROTEs unanswered.
+        other._words[0] = 2**30 + 12345  # type: ignore[index]
+        other.sent()
+        waits = mine.behind()
+        self.assertEqual(mine.caught_up(waits), [])
+        self.assertFalse(other.path.exists())
+        other.close()
+        self.assertEqual(sorted(os.listdir(d)), [mine.path.name])
+
+    def test_beside_the_marks(self) -> None:
+        self.assertEqual(board_dir("/run/cfs/marks"), Path("/run/cfs/marks.writes"))
+
+
+class KillMetaTests(TestCase):
+    timeout = 60
+
+    async def test_committed_writes_behind_survive_kill(self) -> None:
+        """
+        Unstable writes answered before their WROTE was (write-behind), the
+        files then committed: a SIGKILL of the meta server right after loses
+        no committed byte or size; what was written behind and not committed
+        comes back with a changed write verifier if it was lost.
+        """
+        from claudefs_gateway.backend.remote.client import NodeSpec, RemoteBackend
+        from claudefs_gateway.core import config as cfg
+        from tests.backend.remote.test_faults import RETRYABLE, SETTINGS, ServerProcess, pause
+
+        marks = os.path.abspath(self.mktemp())
+        data = ServerProcess(self, "data")
+        await data.start()
+        meta = ServerProcess(self, "meta", ["--data-server", data.address, "--event-marks", marks])
+        await meta.start()
+        backend = RemoteBackend(
+            [NodeSpec(meta.address)],
+            _reactor(),
+            cfg.loads(SETTINGS).connection_pool,
+            cfg.loads(SETTINGS).circuit_breaker,
+            short_circuit=ChunkStore(data.dir, durable=True),
+            event_marks=marks,
+        )
+        await backend.open()
+        self.addCleanup(backend.close)
+        while backend._mark is None:
+            await _turn()
+        root = (await backend.root()).ino
+        block = 64 * 1024
+        committed: dict[int, bytes] = {}
+        loose: dict[int, bytes] = {}
+        for i in range(6):
+            f = await backend.create(root, f"u{i}".encode(), FileType.REG, 0o644, 0, 0)
+            payload = os.urandom(block * (i + 2) + i)
+            for offset in range(0, len(payload), block):
+                await backend.write(f.ino, offset, payload[offset : offset + block], False)
+            if i % 2 == 0:
+                c = await backend.commit(f.ino)
+                self.assertEqual(c.size, len(payload))
+                committed[f.ino] = payload
+            else:
+                loose[f.ino] = payload
+        self.assertGreater(backend.writes_behind, 20)
+        verifier = backend.restarts
+        await meta.kill()
+        await meta.start()
+        while True:
+            try:
+                await backend.getattr(root)
+                break
+            except RETRYABLE:
+                await pause(0.02)
+        for ino, payload in committed.items():
+            a = await backend.getattr(ino)
+            self.assertEqual(a.size, len(payload), f"inode {ino}: committed size lost")
+            got, _ = await backend.read(ino, 0, len(payload) + 10)
+            self.assertEqual(got, payload, f"inode {ino}: committed bytes lost")
+        for ino, payload in loose.items():
+            got, _ = await backend.read(ino, 0, len(payload) + 10)
+            if got != payload:
+                self.assertGreater(backend.restarts, verifier)
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
