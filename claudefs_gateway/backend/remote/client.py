@@ -968,12 +968,20 @@ class RemoteBackend:
         # in _call bumps _heard once): the O_TRUNC SETATTR that follows a
         # create then needs no round trip (_setattr).
         heard = self._heard
+        gen = self._wb_gen
         d.addCallback(self._took_dirs)
-        return d.addCallback(_tap(lambda a: self._keep_created(a, heard)))
+        return d.addCallback(_tap(lambda a: self._keep_created(a, heard, gen)))
 
-    def _keep_created(self, a: Attributes, heard: int) -> None:
-        if a.type is FileType.REG and self._heard == heard + 1:
+    def _keep_created(self, a: Attributes, heard: int, gen: int) -> None:
+        if a.type is not FileType.REG:
+            return
+        if self._heard == heard + 1:
             self._keep(a)
+        if self._board is not None and self._wb_gen == gen:
+            # A new file's attributes are exact: its first unstable write may
+            # go behind (_write_behind) too, its WROTE then overlapping the
+            # chunk sync of the COMMIT that follows a small file's write.
+            self._wb_attrs[a.ino] = a
 
     def _keep(self, a: Attributes) -> None:
         if self._mark is None:

@@ -82,9 +82,10 @@ class WriteBehindTests(TestCase):
 
     async def test_writes_go_behind_and_match_the_store(self) -> None:
         """
-        After the first unstable write (which learns the file's attributes),
-        each answers before its WROTE is: one WROTE per write and no other
-        call; the attributes each answer gave are those the store then holds.
+        Each unstable write to a file just created (whose attributes the
+        CREATE answer gave) answers before its WROTE is: one WROTE per write
+        and no other call; the attributes each answer gave are those the
+        store then holds.
         """
         _, a, _ = await _two(self)
         f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
@@ -94,7 +95,8 @@ class WriteBehindTests(TestCase):
         for i in range(10):
             results.append(await a.write(f.ino, i * 100, bytes([65 + i]) * 100, stable=False))
         self.assertEqual(counted.calls, ["WROTE"] * 10)
-        self.assertEqual(a.writes_behind, 9)
+        self.assertEqual(a.writes_behind, 10)
+        self.assertEqual(results[0].before, f)
         for i, r in enumerate(results):
             self.assertEqual((r.count, r.stable, r.attrs.size), (100, False, (i + 1) * 100))
         for before, after in zip(results, results[1:], strict=False):
@@ -161,28 +163,30 @@ class WriteBehindTests(TestCase):
         held = _Held(self, a)
         await a.write(f.ino, 1, b"b", stable=False)
         before = a.restarts
+        behind = a.writes_behind
         held.fail(errors.BackendUnavailable("gone"))
         self.assertEqual(a.restarts, before + 1)
         # The next write learns the file's attributes again (no guess on a lost one).
         held.hold = False
         await a.write(f.ino, 2, b"c", stable=False)
         self.assertEqual(held.calls[-1], "WROTE")
-        self.assertEqual(a.writes_behind, 1)
+        self.assertEqual(a.writes_behind, behind)
 
     async def test_other_changes_end_write_behind(self) -> None:
         """A truncate (here or through another gateway) drops what the next write would build on."""
         _, a, b = await _two(self)
         f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
         await a.write(f.ino, 0, b"a" * 100, stable=False)
+        behind = a.writes_behind
         await b.setattr(f.ino, SetAttrs(size=10))
         while f.ino in a._wb_attrs:
             await _turn()
         r = await a.write(f.ino, 10, b"b", stable=False)
-        self.assertEqual(a.writes_behind, 0)
+        self.assertEqual(a.writes_behind, behind)
         self.assertEqual(r.attrs.size, 11)
         await a.setattr(f.ino, SetAttrs(size=5))
         r = await a.write(f.ino, 5, b"c", stable=False)
-        self.assertEqual(a.writes_behind, 0)
+        self.assertEqual(a.writes_behind, behind)
         self.assertEqual(r.attrs.size, 6)
 
 
