@@ -358,6 +358,11 @@ class Supervisor:
                 "{process} exited ({status}); starting it again", process=child.name, status=status
             )
             index = int(child.name.split("-", 1)[1])
+            # Its write board file (board.py), if it was killed mid-write:
+            # the others would wait for its unanswered WROTEs until a timeout.
+            from claudefs_gateway.backend.remote.board import board_dir, clear_dead
+
+            clear_dead(board_dir(self.run_dir / "marks"))
             self.reactor.callLater(RESTART_DELAY, self._restart, index)
             return
         self.failed = f"{child.name} server exited ({status})"

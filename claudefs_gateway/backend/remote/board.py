@@ -31,7 +31,7 @@ import mmap
 import os
 from pathlib import Path
 
-__all__ = ["WriteBoard", "board_dir"]
+__all__ = ["WriteBoard", "board_dir", "clear_dead"]
 
 _WORDS = 3
 _SIZE = 8 * _WORDS
@@ -192,6 +192,36 @@ class WriteBoard:
                 continue
             left.append((name, target))
         return left
+
+
+def clear_dead(directory: Path | str) -> int:
+    """
+    Remove the files of gateways whose process is gone (the C{--workers}
+    supervisor, when a worker exits: it is reaped, so its process id is not
+    yet anyone else's); how many were removed.
+    """
+    d = Path(directory)
+    try:
+        names = [n for n in os.listdir(d) if not n.startswith(".")]
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        try:
+            e = _Entry(d / name)
+        except (OSError, ValueError):
+            continue
+        try:
+            pid = e.read()[0]
+        finally:
+            e.close()
+        if not _alive(pid):
+            try:
+                os.unlink(d / name)
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def _alive(pid: int) -> bool:

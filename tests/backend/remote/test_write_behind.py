@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from claudefs_gateway import errors
-from claudefs_gateway.backend.remote.board import WriteBoard, board_dir
+from claudefs_gateway.backend.remote.board import WriteBoard, board_dir, clear_dead
 from claudefs_gateway.fstypes import FileType, SetAttrs
 from claudefs_gateway.servers.data import ChunkStore
 from tests.backend.remote.harness import Cluster
@@ -257,6 +257,19 @@ class BoardTests(TestCase):
         self.assertFalse(other.path.exists())
         other.close()
         self.assertEqual(sorted(os.listdir(d)), [mine.path.name])
+
+    def test_clear_dead(self) -> None:
+        """What the supervisor does when a worker exits: files of gone processes go."""
+        d = Path(self.mktemp())
+        self.assertEqual(clear_dead(d), 0)
+        live = WriteBoard(d, 1)
+        self.addCleanup(live.close)
+        dead = WriteBoard(d, 2)
+        dead._words[0] = 2**30 + 7  # type: ignore[index]
+        (d / "junk").write_bytes(b"x")
+        self.assertEqual(clear_dead(d), 1)
+        self.assertEqual(sorted(os.listdir(d)), sorted([live.path.name, "junk"]))
+        dead.close()
 
     def test_beside_the_marks(self) -> None:
         self.assertEqual(board_dir("/run/cfs/marks"), Path("/run/cfs/marks.writes"))
