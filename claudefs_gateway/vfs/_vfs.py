@@ -167,6 +167,11 @@ class VFS:
         #: answered now (another gateway's write answered and not yet applied
         #: by the meta server: write-behind, docs/workers.rst).
         self._attrs_current: Callable[[], bool] | None = getattr(backend, "attrs_current", None)
+        #: Whether the backend may answer an unstable write before its
+        #: metadata is applied (the remote backend's write-behind), which only
+        #: NFS asks for: its write verifier tells a client to resend what a
+        #: lost one dropped; SMB has none (docs/workers.rst "Write-behind").
+        self._write_behind = bool(getattr(backend, "supports_write_behind", False))
         self.config = config
         self.clock = clock
         self.exports = Exports.from_config(config.all_exports(), s3_root=config.s3.root)
@@ -1430,7 +1435,12 @@ class VFS:
             )
         ticket = self.quotas.admit(a.uid, a.gid, end - a.size if len(data) else 0, 0)
         try:
-            result = await self.backend.write(ino, offset, data, stable)
+            if not stable and self._write_behind and caller.protocol.startswith("nfs"):
+                result = await self.backend.write(  # type: ignore[call-arg]
+                    ino, offset, data, stable, behind=True
+                )
+            else:
+                result = await self.backend.write(ino, offset, data, stable)
         except BaseException:
             self.quotas.settle(ticket)
             raise

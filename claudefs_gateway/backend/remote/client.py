@@ -1208,15 +1208,24 @@ class RemoteBackend:
                     raise
         raise errors.IO("no copy")  # pragma: no cover - good is never empty
 
+    #: The vfs passes C{behind} for NFS's unstable writes (write-behind).
+    supports_write_behind = True
+
     def write(
-        self, ino: int, offset: int, data: bytes | memoryview, stable: bool
+        self, ino: int, offset: int, data: bytes | memoryview, stable: bool, behind: bool = False
     ) -> defer.Deferred[WriteResult]:
-        return defer.Deferred.fromCoroutine(self._write(ino, offset, data, stable))
+        """
+        The contract's write; with C{behind} (NFS's unstable writes: a lost
+        one changes the write verifier, which an NFS client heeds and an SMB
+        client has no word for) it may be answered before the meta server
+        applied it (L{_write_behind}).
+        """
+        return defer.Deferred.fromCoroutine(self._write(ino, offset, data, stable, behind))
 
     async def _write(
-        self, ino: int, offset: int, data: bytes | memoryview, stable: bool
+        self, ino: int, offset: int, data: bytes | memoryview, stable: bool, behind: bool = False
     ) -> WriteResult:
-        if data and not stable and self._board is not None:
+        if behind and data and not stable and self._board is not None:
             last = self._wb_attrs.get(ino)
             if last is not None and last.type is FileType.REG:
                 return self._write_behind(ino, offset, data, last)

@@ -93,7 +93,9 @@ class WriteBehindTests(TestCase):
         counted.hold = False
         results = []
         for i in range(10):
-            results.append(await a.write(f.ino, i * 100, bytes([65 + i]) * 100, stable=False))
+            results.append(
+                await a.write(f.ino, i * 100, bytes([65 + i]) * 100, stable=False, behind=True)
+            )
         self.assertEqual(counted.calls, ["WROTE"] * 10)
         self.assertEqual(a.writes_behind, 10)
         self.assertEqual(results[0].before, f)
@@ -110,9 +112,9 @@ class WriteBehindTests(TestCase):
         """A COMMIT is not answered before every write-behind WROTE is, and then holds them."""
         cluster, a, _ = await _two(self)
         f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
-        await a.write(f.ino, 0, b"a" * 10, stable=False)
+        await a.write(f.ino, 0, b"a" * 10, stable=False, behind=True)
         held = _Held(self, a)
-        r = await a.write(f.ino, 10, b"b" * 4000, stable=False)
+        r = await a.write(f.ino, 10, b"b" * 4000, stable=False, behind=True)
         self.assertEqual(r.attrs.size, 4010)
         self.assertEqual(len(held.held), 1)
         done = a.commit(f.ino)
@@ -135,10 +137,10 @@ class WriteBehindTests(TestCase):
         """
         _, a, b = await _two(self)
         f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
-        await a.write(f.ino, 0, b"x" * 10, stable=False)
+        await a.write(f.ino, 0, b"x" * 10, stable=False, behind=True)
         self.assertEqual(await b.read(f.ino, 0, 100), (b"x" * 10, True))
         held = _Held(self, a)
-        r = await a.write(f.ino, 10, b"y" * 10, stable=False)
+        r = await a.write(f.ino, 10, b"y" * 10, stable=False, behind=True)
         read = b.read(f.ino, 0, 100)
         got = b.getattr(f.ino)
         for _ in range(20):
@@ -155,16 +157,16 @@ class WriteBehindTests(TestCase):
         """A write-behind WROTE that fails: the client must resend (restarts moves)."""
         _, a, _ = await _two(self)
         f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
-        await a.write(f.ino, 0, b"a", stable=False)
+        await a.write(f.ino, 0, b"a", stable=False, behind=True)
         held = _Held(self, a)
-        await a.write(f.ino, 1, b"b", stable=False)
+        await a.write(f.ino, 1, b"b", stable=False, behind=True)
         before = a.restarts
         behind = a.writes_behind
         held.fail(errors.BackendUnavailable("gone"))
         self.assertEqual(a.restarts, before + 1)
         # The next write learns the file's attributes again (no guess on a lost one).
         held.hold = False
-        await a.write(f.ino, 2, b"c", stable=False)
+        await a.write(f.ino, 2, b"c", stable=False, behind=True)
         self.assertEqual(held.calls[-1], "WROTE")
         self.assertEqual(a.writes_behind, behind)
 
@@ -172,21 +174,21 @@ class WriteBehindTests(TestCase):
         """A truncate (here or through another gateway) drops what the next write would build on."""
         _, a, b = await _two(self)
         f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
-        await a.write(f.ino, 0, b"a" * 100, stable=False)
+        await a.write(f.ino, 0, b"a" * 100, stable=False, behind=True)
         behind = a.writes_behind
         await b.setattr(f.ino, SetAttrs(size=10))
         while f.ino in a._wb_attrs:
             await _turn()
-        r = await a.write(f.ino, 10, b"b", stable=False)
+        r = await a.write(f.ino, 10, b"b", stable=False, behind=True)
         self.assertEqual(a.writes_behind, behind)
         self.assertEqual(r.attrs.size, 11)
         await a.setattr(f.ino, SetAttrs(size=5))
-        r = await a.write(f.ino, 5, b"c", stable=False)
+        r = await a.write(f.ino, 5, b"c", stable=False, behind=True)
         self.assertEqual(a.writes_behind, behind)
         self.assertEqual(r.attrs.size, 6)
 
 
-async def _vfs(test: TestCase, backend: Any) -> Any:
+async def _vfs(test: TestCase, backend: Any, protocol: str = "nfs3") -> Any:
     from twisted.internet import reactor
 
     from claudefs_gateway.core import config as cfg
@@ -198,7 +200,7 @@ async def _vfs(test: TestCase, backend: Any) -> Any:
     vfs = VFS(backend, config, reactor, b"k" * 32, UserDB(reactor, inline=[]), Metrics())
     await vfs.open()
     export = vfs.exports.by_path("/export")
-    return vfs, vfs.caller(export, "127.0.0.1", Credentials(0, 0, ()), "test"), export.root_ino
+    return vfs, vfs.caller(export, "127.0.0.1", Credentials(0, 0, ()), protocol), export.root_ino
 
 
 class VFSTests(TestCase):
@@ -231,6 +233,28 @@ class VFSTests(TestCase):
         # The writing gateway's own view matches what it answered.
         self.assertEqual(await va.getattr(ca, f.ino), r.attrs)
         self.assertEqual((await vb.read(cb, f.ino, 0, 100)).data, b"1" * 10 + b"2" * 10)
+
+    async def test_only_nfs_writes_go_behind(self) -> None:
+        """
+        SMB has no write verifier to make a client resend: its unstable
+        writes wait for their WROTE, as before.
+        """
+        _, a, _ = await _two(self)
+        vs, cs, root = await _vfs(self, a, "smb")
+        vn, cn, _ = await _vfs(self, a, "nfs3")
+        f = await vs.create(cs, root, b"f", 0o644)
+        held = _Held(self, a)
+        done = vs.write(cs, f.ino, 0, b"s" * 10, False)
+        for _ in range(10):
+            await _turn()
+        self.assertTrue(done.called)
+        self.assertEqual(a.writes_behind, 0)
+        self.assertEqual(held.held, [])
+        await vn.write(cn, f.ino, 10, b"n" * 10, False)
+        self.assertEqual(a.writes_behind, 1)
+        self.assertEqual(len(held.held), 1)
+        held.release()
+        self.assertEqual((await a.getattr(f.ino)).size, 20)
 
 
 class BoardTests(TestCase):
@@ -314,7 +338,9 @@ class KillMetaTests(TestCase):
             f = await backend.create(root, f"u{i}".encode(), FileType.REG, 0o644, 0, 0)
             payload = os.urandom(block * (i + 2) + i)
             for offset in range(0, len(payload), block):
-                await backend.write(f.ino, offset, payload[offset : offset + block], False)
+                await backend.write(
+                    f.ino, offset, payload[offset : offset + block], False, behind=True
+                )
             if i % 2 == 0:
                 c = await backend.commit(f.ino)
                 self.assertEqual(c.size, len(payload))
