@@ -599,10 +599,11 @@ class RemoteBackend:
     # -- plumbing ------------------------------------------------------------------------
 
     def _call(self, name: str, args: Any = None) -> defer.Deferred[Any]:
-        if self._wb_pending and name != "WROTE":
+        if self._wb_pending:
             # This gateway's later calls come after its write-behind WROTEs
             # (which may be on other pooled connections): a COMMIT_META, a
-            # GETATTR, a truncate sees every write answered before it.
+            # GETATTR, a truncate, a stable write's WROTE sees every write
+            # answered before it. (_write_behind sends its own with _call_now.)
             d = self._written()
             d.addCallback(lambda _: self._call_now(name, args))
             return d
@@ -1255,6 +1256,9 @@ class RemoteBackend:
             old = self._wb_attrs.get(ino)
             if old is None or old.change < r.attrs.change:
                 self._wb_attrs[ino] = r.attrs
+        elif data and stable:
+            # Its change is not in what the next write behind would build on.
+            self._wb_attrs.pop(ino, None)
         if not data and stable:
             await self._call("COMMIT_META", (ino,))
             await self._commit_data(ino)
@@ -1286,7 +1290,7 @@ class RemoteBackend:
         board = self._board
         assert board is not None
         board.sent()
-        d = self._call("WROTE", (ino, offset, len(data), 0, False, now))
+        d = self._call_now("WROTE", (ino, offset, len(data), 0, False, now))
         self._wb_attrs[ino] = after
         self._wb_pending.add(d)
         self._wb_count[ino] = self._wb_count.get(ino, 0) + 1
@@ -1494,7 +1498,7 @@ def _check_regular(a: Attributes) -> None:
 
 
 def _copy(d: defer.Deferred[Any]) -> defer.Deferred[Any]:
-    """A Deferred firing with what C{d} fires with, C{d}'s chain left as it is."""
+    """A Deferred firing with None when C{d} fires (either way), C{d}'s result left as it is."""
     out: defer.Deferred[Any] = defer.Deferred()
 
     def fire(result: Any) -> Any:

@@ -170,6 +170,22 @@ class WriteBehindTests(TestCase):
         self.assertEqual(held.calls[-1], "WROTE")
         self.assertEqual(a.writes_behind, behind)
 
+    async def test_stable_write_waits_for_the_writes_behind(self) -> None:
+        """A FILE_SYNC write's WROTE goes out after the unanswered ones, and its answer holds them."""
+        _, a, _ = await _two(self)
+        f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+        held = _Held(self, a)
+        await a.write(f.ino, 0, b"u" * 100, stable=False, behind=True)
+        stable = a.write(f.ino, 0, b"s", stable=True, behind=True)
+        for _ in range(20):
+            await _turn()
+        self.assertFalse(stable.called)
+        self.assertEqual(held.calls, ["WROTE"])
+        held.release()
+        r = await stable
+        self.assertEqual((r.stable, r.attrs.size), (True, 100))
+        self.assertNotIn(f.ino, a._wb_attrs)
+
     async def test_other_changes_end_write_behind(self) -> None:
         """A truncate (here or through another gateway) drops what the next write would build on."""
         _, a, b = await _two(self)
