@@ -249,9 +249,7 @@ def entryplus3(name: bytes, cookie: int, a: Attributes, fsid: int, handle: bytes
     h = len(handle)
     st = _ENTRYPLUS3.get((n, h))
     if st is None:
-        st = _ENTRYPLUS3[(n, h)] = struct.Struct(
-            f">IQI{n + (-n & 3)}sQI{_FATTR}II{h + (-h & 3)}s"
-        )
+        st = _ENTRYPLUS3[(n, h)] = struct.Struct(f">IQI{n + (-n & 3)}sQI{_FATTR}II{h + (-h & 3)}s")
     return st.pack(1, a.ino, n, name, cookie, 1, *_fields(a, fsid), 1, h, handle)
 
 
