@@ -796,3 +796,24 @@ class StoreCallTests(ProcTestCase):
         for e in r.entries:
             self.assertEqual(self.c.getattr(e[4]).attrs, e[3])
         self.assertEqual(self.names(), [])
+
+    def test_setattr_to_the_same_size(self) -> None:
+        """
+        SETATTR of the size a file has (libnfs after each O_TRUNC CREATE)
+        asks nothing of the store and changes no time; another size does.
+        """
+        fh = self.file(b"x", b"12345")
+        before = self.c.getattr(fh).attrs
+        self.names()
+        r = self.c.setattr(fh, SetAttrs(size=5))
+        self.assertEqual(r.status, 0)
+        self.assertEqual(self.names(), [])
+        self.assertEqual(self.c.getattr(fh).attrs, before)
+        r = self.c.setattr(fh, SetAttrs(size=2))
+        self.assertEqual(r.status, 0)
+        self.assertEqual(self.names(), ["setattr"])
+        self.assertEqual(self.c.read(fh, 0, 10).data, b"12")
+        # Size and anything else: the store is asked.
+        r = self.c.setattr(fh, SetAttrs(size=2, mode=0o600))
+        self.assertEqual(self.names(), ["setattr"])
+        self.assertEqual(self.c.getattr(fh).attrs.mode, 0o600)
