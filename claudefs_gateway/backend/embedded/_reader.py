@@ -30,7 +30,13 @@ from pathlib import Path
 
 from claudefs_gateway import errors
 from claudefs_gateway.backend.embedded._files import Layout, ReadFiles
-from claudefs_gateway.backend.embedded._schema import NODE_COLUMNS, SELECT_NODE, Node
+from claudefs_gateway.backend.embedded._schema import (
+    _TYPES,
+    DIR_SIZE,
+    NODE_COLUMNS,
+    SELECT_NODE,
+    Node,
+)
 from claudefs_gateway.fstypes import (
     XATTR_NAME_MAX,
     Attributes,
@@ -69,6 +75,8 @@ _READDIR_ATTRS = (
     " WHERE d.parent = ? AND d.cookie > ? ORDER BY d.cookie LIMIT ?"
 )
 _REG = FileType.REG
+_DIR = FileType.DIR
+_LNK = FileType.LNK
 _I64 = 2**63 - 1
 
 
@@ -197,13 +205,57 @@ class Reader:
         if with_attrs:
             rows = self.conn.execute(_READDIR_ATTRS, (dir, after, count + 1)).fetchall()
             files = self.files
-            for row in rows[:count]:
-                node = Node(row[2:-1])
-                if node.type is _REG and not row[-1]:
-                    a = node.attributes(files.used(node.ino))
+            # Attributes straight from each row (as Node.attributes makes
+            # them, without the Node): a listing's per-entry cost.
+            for (
+                c,
+                name,
+                ino,
+                gen,
+                t,
+                mode,
+                nlink,
+                uid,
+                gid,
+                size,
+                major,
+                minor,
+                atime,
+                mtime,
+                ctime,
+                btime,
+                change,
+                _parent,
+                target,
+                inline,
+            ) in rows[:count]:
+                ft = _TYPES[t]
+                if ft is _REG:
+                    used = 0 if inline else files.used(ino)  # see _READDIR_ATTRS
+                elif ft is _DIR:
+                    size = used = DIR_SIZE
+                elif ft is _LNK:
+                    size, used = len(target or b""), 0
                 else:
-                    a = node.attributes(0)  # see _READDIR_ATTRS
-                entries.append(DirEntry(row[1], node.ino, node.type, row[0], a))
+                    used = 0
+                a = Attributes(
+                    ino,
+                    gen,
+                    ft,
+                    mode,
+                    nlink,
+                    uid,
+                    gid,
+                    size,
+                    used,
+                    (major, minor),
+                    atime,
+                    mtime,
+                    ctime,
+                    btime,
+                    change,
+                )
+                entries.append(DirEntry(name, ino, ft, c, a))
         else:
             rows = self.conn.execute(_READDIR, (dir, after, count + 1)).fetchall()
             for c, name, ino, t in rows[:count]:

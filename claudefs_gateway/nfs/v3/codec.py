@@ -136,20 +136,33 @@ def _time(ns: int) -> tuple[int, int]:
     return s, n
 
 
+_LOW_NS = _NS  # at or after 1 s past the epoch
+_HIGH_NS = (_MAX32 + 1) * _NS  # before the last nfstime3 second
+
+
 def _fields(a: Attributes, fsid: int) -> tuple[int, ...]:
-    at_s, at_n = _time(a.atime_ns)
-    mt_s, mt_n = _time(a.mtime_ns)
-    ct_s, ct_n = _time(a.ctime_ns)
+    at, mt, ct = a.atime_ns, a.mtime_ns, a.ctime_ns
+    if _LOW_NS <= at < _HIGH_NS and _LOW_NS <= mt < _HIGH_NS and _LOW_NS <= ct < _HIGH_NS:
+        # Every time in nfstime3's range (the usual case): divide in line.
+        at_s, at_n = divmod(at, _NS)
+        mt_s, mt_n = divmod(mt, _NS)
+        ct_s, ct_n = divmod(ct, _NS)
+    else:
+        at_s, at_n = _time(at)
+        mt_s, mt_n = _time(mt)
+        ct_s, ct_n = _time(ct)
+    rdev = a.rdev
+    nlink = a.nlink
     return (
         _FTYPE[a.type],
         a.mode & 0o7777,
-        min(a.nlink, _MAX32),
+        nlink if nlink <= _MAX32 else _MAX32,
         a.uid & _MAX32,
         a.gid & _MAX32,
         a.size,
         a.used,
-        a.rdev[0] & _MAX32,
-        a.rdev[1] & _MAX32,
+        rdev[0] & _MAX32,
+        rdev[1] & _MAX32,
         fsid,
         a.ino,
         at_s,

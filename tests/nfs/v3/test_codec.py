@@ -90,3 +90,19 @@ class EntryTests(SynchronousTestCase):
         self.assertEqual((u.u64(), u.string(1024), u.u64()), (a.ino, name, cookie))
         self.assertEqual(c.dec_post_op_attr(u).size, size)
         self.assertEqual(c.dec_post_op_fh(u), handle)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=3, max_size=3))
+    def test_times(self, times: list[int]) -> None:
+        """nfstime3 of any time: before the epoch 0, past 2**32 s the last second, else exact."""
+
+        def expect(ns: int) -> tuple[int, int]:
+            if ns <= 0:
+                return (0, 0)
+            if ns // 10**9 > 0xFFFFFFFF:
+                return (0xFFFFFFFF, 999_999_999)
+            return (ns // 10**9, ns % 10**9)
+
+        a = attrs.evolve(ATTRS, atime_ns=times[0], mtime_ns=times[1], ctime_ns=times[2])
+        f = c.dec_fattr3(Unpacker(c.fattr3(a, 1)))
+        self.assertEqual((f.atime, f.mtime, f.ctime), tuple(expect(t) for t in times))
