@@ -225,7 +225,10 @@ class VFS:
             backend.resilver_guard = resilver_guard(self.leases)
 
     def _count_backend_error(self, f: Failure) -> Failure:
-        if self._backend_errors is not None and f.check(*_BACKEND_TROUBLE):
+        # isinstance, not Failure.check (which compares the qualified names
+        # of the exception's classes): every expected error (a LOOKUP of a
+        # name that is not there, libnfs's before each create) passes here.
+        if self._backend_errors is not None and isinstance(f.value, _BACKEND_TROUBLE):
             self._backend_errors.labels(self._backend_kind, type(f.value).__name__).inc()
         return f
 
