@@ -595,13 +595,14 @@ class NFS3:
         total = len(dots) + len(entries)
         handle_of = vfs.handle
         # One pack per entry (codec.entry3 / entryplus3), "." and ".." first.
+        attrs: Attributes | None
         for i in range(total):
             if i < len(dots):
                 name, attrs, ck = dots[i]
                 ino = attrs.ino
             else:
-                e = entries[i - len(dots)]
-                name, ino, ck, attrs = e.name, e.ino, e.cookie, e.attrs
+                entry = entries[i - len(dots)]
+                name, ino, ck, attrs = entry.name, entry.ino, entry.cookie, entry.attrs
             n = len(name)
             dsize = _ENTRY_BASE + n + (-n & 3)
             if plus:
