@@ -10,12 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer
-
 from claudefs_gateway import errors
 from claudefs_gateway.backend.embedded import EmbeddedBackend
 from claudefs_gateway.backend.embedded import _engine as engine_module
-from claudefs_gateway.backend.embedded._writer import HERE_DURABLE_MAX
 from claudefs_gateway.fstypes import FileType
 from tests.backend.test_embedded import StoreCase
 from tests.backend.test_inline_data import MAX, rows
@@ -208,118 +205,3 @@ class UnlinkPruningTests(StoreCase):
         with self.assertRaises(errors.NotFound):
             await b.unlink_pruning(a.ino, b"nope", ((1, b"a", a.ino),))
         self.assertEqual((await b.lookup(1, b"a")).ino, a.ino)
-
-
-class ReactorRunTests(StoreCase):
-    """
-    S3's small durable changes (C{put_file} of inline bytes,
-    C{unlink_pruning}) run on the reactor's thread when the writer is idle
-    and the store's flushes are fast (L{_writer.ThreadWriter.run_here}):
-    committed and flushed before the call returns, no thread hand-off.
-    Anything else, or the same while the writer is busy or its flushes
-    slow, goes to the writer thread, in order.
-    """
-
-    async def store(self, path: Path | None = None, **kw: Any) -> EmbeddedBackend:
-        kw.setdefault("inline_max", MAX)
-        b = await super().store(path, **kw)
-        # Every flush is timed as instant (this machine's may be slow; the
-        # last test times them slow on purpose).
-        self.patch(b._writer, "_timer", lambda: 0.0)
-        return b
-
-    def submitted(self, b: EmbeddedBackend) -> list[str]:
-        """The names of the ops handed to the writer thread from now on."""
-        names: list[str] = []
-        real = b._writer.submit
-
-        def spy(op: Any) -> None:
-            names.append(op.fn.__name__)
-            real(op)
-
-        self.patch(b._writer, "submit", spy)
-        return names
-
-    async def test_small_put_and_delete_run_here_durably(self) -> None:
-        b = await self.store()
-        top = await b.create(1, b"top", FileType.DIR, 0o755, 0, 0)
-        sent = self.submitted(b)
-        before = b.stats.durable_commits
-        d = b.put_file(top.ino, b"k", 0o600, 0, 0, b"x" * MAX, (), T, ((b"p", 0o755, 0, 0, ()),))
-        self.assertTrue(d.called)
-        self.assertEqual(b.stats.durable_commits - before, 1)
-        r = await d
-        d = b.unlink_pruning(r.made[0].ino, b"k", ((top.ino, b"p", r.made[0].ino),))
-        self.assertTrue(d.called)
-        self.assertEqual(b.stats.durable_commits - before, 2)
-        _, removed = await d
-        self.assertEqual([a.ino for a in removed], [r.made[0].ino])
-        self.assertEqual(sent, [])
-        # Refused here too, as on the writer thread: the Deferred fails.
-        d = b.put_file(1, b"top", 0o600, 0, 0, b"x", (), T)
-        self.assertTrue(d.called)
-        with self.assertRaises(errors.IsDir):
-            await d
-        await b.close()
-        again = await self.store(b.data_dir)
-        with self.assertRaises(errors.NotFound):
-            await again.lookup(top.ino, b"p")
-
-    async def test_data_file_syncs_stay_on_the_writer(self) -> None:
-        """A body past the inline size has data-file syncs: never on the reactor's thread."""
-        b = await self.store()
-        sent = self.submitted(b)
-        d = b.put_file(1, b"big", 0o600, 0, 0, b"x" * (MAX + 1), (), T)
-        self.assertFalse(d.called)
-        await d
-        self.assertEqual(sent, ["op_put_file"])
-
-    async def test_behind_a_busy_writer_in_order(self) -> None:
-        b = await self.store()
-        ev, held = await self.gate(b)
-        order: list[str] = []
-        first = b.create(1, b"a", REG, 0o644, 0, 0).addCallback(lambda a: order.append("a"))
-        put = b.put_file(1, b"k", 0o600, 0, 0, b"x", (), T)
-        put.addCallback(lambda r: order.append("k"))
-        self.assertFalse(put.called)
-        ev.set()
-        await held
-        await defer.gatherResults([first, put])
-        self.assertEqual(order, ["a", "k"])
-
-    async def test_slow_flushes_keep_durable_changes_on_the_writer(self) -> None:
-        """
-        Durable batches are timed (a moving average): while they take more
-        than L{HERE_DURABLE_MAX}, the reactor does not wait on a flush; once
-        they are fast again, it does. Unsynced changes run here regardless.
-        """
-        b = await self.store()
-        w = b._writer
-        step = [0.0]
-        now = [0.0]
-
-        def timer() -> float:
-            now[0] += step[0]
-            return now[0]
-
-        self.patch(w, "_timer", timer)
-        sent = self.submitted(b)
-        step[0] = 0.05  # each durable batch now seems to take 50 ms
-        await b.create(1, b"slow", REG, 0o644, 0, 0)
-        self.assertGreater(w.durable_secs, HERE_DURABLE_MAX)
-        d = b.put_file(1, b"k", 0o600, 0, 0, b"x", (), T)
-        self.assertFalse(d.called)
-        await d
-        self.assertEqual(sent, ["op_create", "op_put_file"])
-        unsynced = b.create(1, b"u", REG, 0o644, 0, 0, durable=False)
-        self.assertTrue(unsynced.called)
-        await unsynced
-        step[0] = 0.0001
-        for i in range(40):
-            await b.create(1, b"f%d" % i, REG, 0o644, 0, 0)
-        self.assertLessEqual(w.durable_secs, HERE_DURABLE_MAX)
-        del sent[:]
-        d = b.unlink_pruning(1, b"k", ())
-        self.assertTrue(d.called)
-        await d
-        self.assertEqual(sent, [])

@@ -220,31 +220,3 @@ class StoreCallTests(TestCase):
         listing = await self.client.request("GET", "/bkt", query={"list-type": "2"})
         self.assertIn(b"<Key>p/other</Key>", listing.body)
         self.assertNotIn(b"p/q", listing.body)
-
-    async def test_no_thread_hand_off(self) -> None:
-        """
-        With the store's writer idle and its flushes fast, the cycle's two
-        changes (C{put_file} of inline bytes, C{unlink_pruning}) run on the
-        reactor's thread, durably: nothing is handed to the writer thread,
-        and each request's change is flushed before it is answered.
-        """
-        backend = self.s3.tree.vfs.backend
-        writer = backend._writer
-        self.patch(writer, "_timer", lambda: 0.0)  # flushes timed as instant
-        await self.put("p/other")
-        handed: list[str] = []
-        submit = writer.submit
-
-        def spy(op: Any) -> None:
-            handed.append(op.fn.__name__)
-            submit(op)
-
-        self.patch(writer, "submit", spy)
-        for i in range(3):
-            before = self.stats.durable_commits
-            await self.put(f"p/q/k{i}")
-            self.assertEqual(self.stats.durable_commits - before, 1)
-            r = await self.client.request("DELETE", f"/bkt/p/q/k{i}")
-            self.assertEqual(r.status, 204)
-            self.assertEqual(self.stats.durable_commits - before, 2)
-        self.assertEqual(handed, [])

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,20 +27,9 @@ from twisted.python.failure import Failure
 from claudefs_gateway import errors
 from claudefs_gateway.backend.embedded._engine import Engine, Op
 
-__all__ = ["ThreadWriter", "InlineWriter", "Deliver", "HERE_DURABLE_MAX"]
+__all__ = ["ThreadWriter", "InlineWriter", "Deliver"]
 
 Deliver = Callable[[list[Op], list[int]], None]
-
-#: A durable op may run on the reactor's thread (L{ThreadWriter.run_here})
-#: only while the store's durable batches have lately taken at most this
-#: long (seconds, a moving average): the reactor waits out the fsync, and
-#: every other client with it. On this project's VMs a batch of one small
-#: change takes 0.1-0.3 ms, less than the two thread hand-offs it saves
-#: cost in CPU; on a disk whose flushes take milliseconds, durable ops stay
-#: on the writer thread.
-HERE_DURABLE_MAX = 0.001
-# The moving average's weight of each new durable batch.
-_DURABLE_WEIGHT = 0.125
 
 
 class _Call:
@@ -75,21 +63,12 @@ class ThreadWriter:
     """
 
     def __init__(
-        self,
-        engine: Engine,
-        reactor: Any,
-        deliver: Deliver,
-        max_batch: int = 256,
-        timer: Callable[[], float] = time.perf_counter,
+        self, engine: Engine, reactor: Any, deliver: Deliver, max_batch: int = 256
     ) -> None:
         self.engine = engine
         self.reactor = reactor
         self.deliver = deliver
         self.max_batch = max_batch
-        self._timer = timer
-        #: The moving average of the wall time of durable batches, seconds
-        #: (written by whichever thread ran the batch; a float store is atomic).
-        self.durable_secs = 0.0
         self._q: queue.SimpleQueue[Op | _Call] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # Held while the engine runs a batch, by the writer thread or by the
@@ -114,48 +93,30 @@ class ThreadWriter:
         """
         Run C{op} at once on the calling (reactor) thread, as a batch of its
         own, and deliver it before returning; or return False (nothing done)
-        when the writer thread is busy or has anything queued, or C{op} is
-        durable and durable batches have lately been slow
-        (L{HERE_DURABLE_MAX}), in which case the caller submits the op as
-        usual.
+        when the writer thread is busy or has anything queued, in which case
+        the caller submits the op as usual.
 
-        Handing an op to the writer thread and its result back costs two
-        thread wake-ups, the GIL changing hands twice and a pipe write: more
-        CPU than the op itself when it needs no fsync (an unstable write, a
-        metadata change asked without durability, as SMB's are), and more
-        than a small durable op's whole transaction on a disk that flushes
-        fast (S3's small PUT and DELETE: the caller picks which durable ops
-        may come here). With the writer idle there is nothing to batch such
-        an op with; while it is busy, or has work queued, ops go to it and
-        group commit batches them. The caller must also know every op
-        submitted before has been delivered, so the order callers see is the
-        order they called in.
+        For ops that need no fsync (an unstable write, a metadata change
+        asked without durability, as SMB's are): handing such an op to
+        the writer thread and its result back costs two thread wake-ups, the
+        GIL changing hands twice and a pipe write, more CPU on this path than
+        the op itself. The caller must also know every op submitted before
+        has been delivered, so the order callers see is the order they called
+        in; an op that must be durable always goes to the writer, where group
+        commit can batch it with other clients' changes.
         """
-        if op.durable and self.durable_secs > HERE_DURABLE_MAX:
-            return False
         if not self._q.empty() or not self._engine_lock.acquire(blocking=False):
             return False
         try:
             if not self._q.empty():
                 return False
-            count, freed = self._timed_batch([op])
+            count, freed = self._run_batch([op])
             assert count == 1
             self.engine.after_batch()
         finally:
             self._engine_lock.release()
         self.deliver([op], freed)
         return True
-
-    def _timed_batch(self, batch: list[Op]) -> tuple[int, list[int]]:
-        """L{_run_batch}, timing it into L{durable_secs} when it is durable."""
-        if not any(op.durable for op in batch):
-            return self._run_batch(batch)
-        start = self._timer()
-        try:
-            return self._run_batch(batch)
-        finally:
-            took = self._timer() - start
-            self.durable_secs += (took - self.durable_secs) * _DURABLE_WEIGHT
 
     def _run_batch(self, batch: list[Op]) -> tuple[int, list[int]]:
         try:
@@ -205,7 +166,7 @@ class ThreadWriter:
                     break
                 batch.append(nxt)
             with self._engine_lock:
-                count, freed = self._timed_batch(batch)
+                count, freed = self._run_batch(batch)
             carry = batch[count:]
             # Outside the lock: waking the reactor hands it the GIL, and it
             # may then want the engine for an op of its own (run_here).

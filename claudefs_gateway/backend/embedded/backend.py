@@ -4,8 +4,7 @@ L{EmbeddedBackend}: the default store, SQLite metadata and per-inode data
 files under the gateway's data directory (docs/backend.rst).
 
 Ordering. Every change goes, in call order, to the writer thread's queue
-(L{_writer}), or, if it needs no fsync (or is one of S3's small durable
-changes, while flushes are fast) and the writer is idle with nothing
+(L{_writer}), or, if it needs no fsync and the writer is idle with nothing
 queued, runs at once on the reactor's thread (L{_writer.ThreadWriter.run_here});
 reads run on the reactor thread, each only once every change
 submitted before it has been acknowledged. So a caller that issues B after
@@ -319,37 +318,28 @@ class EmbeddedBackend:
         return d
 
     def _change(
-        self,
-        fn: Callable[..., Any],
-        *args: Any,
-        durable: bool,
-        ino: int | None = None,
-        here: bool = False,
+        self, fn: Callable[..., Any], *args: Any, durable: bool, ino: int | None = None
     ) -> defer.Deferred[Any]:
         """
         Submit a metadata change; one that need not be durable (SMB's, made
         durable by a FLUSH or the background flush) runs on this thread when
         the writer is idle (L{_run_here}): it makes no fsync, so the two
-        thread hand-offs cost more than the SQLite transaction itself. So
-        does a durable one the caller marks C{here} (a small change whose
-        commit syncs the log and nothing else: S3's small PUT and DELETE),
-        while the store's flushes are fast (L{ThreadWriter.run_here}).
+        thread hand-offs cost more than the SQLite transaction itself.
         """
-        if not durable or here:
-            d = self._run_here(fn, *args, ino=ino, durable=durable)
+        if not durable:
+            d = self._run_here(fn, *args, ino=ino)
             if d is not None:
                 return d
         return self._submit(fn, *args, durable=durable, ino=ino)
 
     def _run_here(
-        self, fn: Callable[..., Any], *args: Any, ino: int | None = None, durable: bool = False
+        self, fn: Callable[..., Any], *args: Any, ino: int | None = None
     ) -> defer.Deferred[Any] | None:
         """
-        Run an op on this (the reactor's) thread when the writer is idle and
-        every op submitted before it was delivered (L{ThreadWriter.run_here}):
-        the Deferred it returns has fired. None when it could not, and the
-        op is to be submitted. A C{durable} op is committed with its fsync
-        before the Deferred fires, as on the writer thread.
+        Run an op that needs no fsync on this (the reactor's) thread when
+        the writer is idle and every op submitted before it was delivered
+        (L{ThreadWriter.run_here}): the Deferred it returns has fired. None
+        when it could not, and the op is to be submitted.
         """
         if (
             self._state != "open"
@@ -358,7 +348,7 @@ class EmbeddedBackend:
             or not isinstance(self._writer, ThreadWriter)
         ):
             return None
-        op = Op(fn, args, durable, ino)
+        op = Op(fn, args, False, ino)
         d: defer.Deferred[Any] = defer.Deferred()
         op.d = d
         self._submitted += 1
@@ -539,10 +529,6 @@ class EmbeddedBackend:
         is left empty, stopping at the first that is not: one change. Fires
         with the unlinked inode after and the directories removed (after),
         in order. S3's DELETE (L{claudefs_gateway.vfs.VFS.remove_pruning}).
-
-        Run on the reactor's thread when the writer is idle and flushes are
-        fast (L{_change}): its commit syncs the log alone (a freed data
-        file is deleted after it, L{Engine.after_batch}).
         """
         return self._change(
             Engine.op_unlink_prune,
@@ -550,7 +536,6 @@ class EmbeddedBackend:
             bytes(name),
             tuple((p, bytes(n), i) for p, n, i in dirs),
             durable=durable,
-            here=True,
         )
 
     def rmdir(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
@@ -597,15 +582,10 @@ class EmbeddedBackend:
         (L{PutResult}), once durable: its data too. S3's small PUT
         (L{claudefs_gateway.vfs.VFS.put_file}).
 
-        Data the database keeps inline (up to C{inline_max} bytes): the
-        commit syncs the log alone, and the op runs on the reactor's thread
-        when the writer is idle and flushes are fast (L{_change}); a larger
-        body's data-file syncs stay on the writer thread.
-
         @raise IsDir: the name is a directory. @raise Exists: one of C{dirs}
             exists. (NotFound, NotDir: C{parent}.)
         """
-        return self._change(
+        return self._submit(
             Engine.op_put_file,
             parent,
             tuple(
@@ -619,8 +599,6 @@ class EmbeddedBackend:
             bytes(data),
             tuple((bytes(n), bytes(v)) for n, v in xattrs),
             mtime_ns,
-            durable=True,
-            here=len(data) <= self._engine.inline_max,
         )
 
     def setattr(
