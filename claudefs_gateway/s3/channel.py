@@ -109,7 +109,8 @@ class S3Request(server.Request):
         render; no path traversal (C{postpath}, which S3 never reads, stays
         empty). Another site takes twisted.web's own.
         """
-        site = self.site = self.channel.site
+        channel: Any = self.channel
+        site = self.site = channel.site
         root = site.resource
         if not getattr(root, "isLeaf", False):
             super().process()
