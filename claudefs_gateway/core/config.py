@@ -15,6 +15,7 @@ port, or any server endpoint string (C{"ssl:9000:privateKey=k.pem"}).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -337,10 +338,17 @@ class Network(Custom):
             return b.INVALID
 
     def __contains__(self, address: str) -> bool:
-        try:
-            return ipaddress.ip_address(address) in self.network
-        except ValueError:
-            return False
+        parsed = _ip_address(address)
+        return parsed is not None and parsed in self.network
+
+
+@functools.lru_cache(maxsize=1024)
+def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client address parsed once (every request checks it against the export's networks)."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def _any_network() -> list[Network]:

@@ -7,6 +7,7 @@ the configured limits, S3's date formats, ETag matching.
 from __future__ import annotations
 
 import email.utils
+import functools
 import time
 from typing import Any
 
@@ -54,7 +55,14 @@ class Limits:
 
 def http_date(ns: int) -> str:
     """RFC 1123 date (Last-Modified) of a nanosecond time."""
-    return email.utils.formatdate(ns / 1e9, usegmt=True)
+    return _http_date(ns // 1_000_000_000)
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> str:
+    # Whole seconds (the format has no fraction; gmtime floors as // does):
+    # a GET of a recently written object formats a time formatted before.
+    return email.utils.formatdate(seconds, usegmt=True)
 
 
 def iso_date(ns: int) -> str:

@@ -26,8 +26,10 @@ Keep-alive and pipelining are HTTPChannel's own.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import time
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, ISSLTransport
@@ -42,6 +44,12 @@ from claudefs_gateway.s3.body import BodyPipe, ClientGone
 __all__ = ["S3Channel", "S3Request", "S3Site", "DISCARD_LIMIT"]
 
 DISCARD_LIMIT = 64 * 1024 * 1024
+
+
+@functools.lru_cache(maxsize=4)
+def _date_header(seconds: int) -> bytes:
+    """The C{Date} header of a response sent in this second (RFC 9110 section 6.6.1)."""
+    return http.datetimeToString(seconds)
 
 
 class S3Request(server.Request):
@@ -92,6 +100,29 @@ class S3Request(server.Request):
         if not self._started:
             self._started = True
             self.process()
+
+    def process(self) -> None:
+        """
+        As twisted.web's C{Request.process}, for a site whose root is a leaf
+        (the S3 front end's one resource): its default headers (the C{Date}
+        formatted once a second, not once a request), then the resource's
+        render; no path traversal (C{postpath}, which S3 never reads, stays
+        empty). Another site takes twisted.web's own.
+        """
+        channel: Any = self.channel
+        site = self.site = channel.site
+        root = site.resource
+        if not getattr(root, "isLeaf", False):
+            super().process()
+            return
+        self.setHeader(b"Server", b"ClaudeFS")
+        self.setHeader(b"Date", _date_header(int(time.time())))
+        self.prepath = []
+        self.postpath = []
+        try:
+            self.render(root)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def handleContentChunk(self, data: bytes) -> None:
         pipe = self.pipe
@@ -155,6 +186,10 @@ class S3Channel(http.HTTPChannel):
     user: str | None = None
     uid: int | None = None
     _header_timer: IDelayedCall | None = None
+    #: The site's reactor (set by L{S3Site}): the header deadline's clock.
+    clock: Any = None
+    #: When the first byte of the request whose headers are awaited came (None: none awaited).
+    _header_since: float | None = None
     _awaiting_headers = True
     _start_pending: S3Request | None = None
     #: The connection is going away: the transport stopped its producer (it
@@ -181,11 +216,35 @@ class S3Channel(http.HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if (
             self._awaiting_headers
-            and self._header_timer is None
+            and self._header_since is None
             and not _web.handling_request(self)
         ):
-            self._header_timer = self.callLater(self.header_timeout, self._headers_too_slow)
+            # A request's first byte: its headers are due header_timeout
+            # seconds from now. One timer serves a keep-alive connection's
+            # requests one after the other (re-armed when it fires, for the
+            # request then waiting), not a callLater and a cancel each.
+            self._header_since = self._seconds()
+            if self._header_timer is None:
+                self._header_timer = self.callLater(self.header_timeout, self._header_deadline)
         super().dataReceived(data)
+
+    def _seconds(self) -> float:
+        """The time on the clock C{callLater} runs on (the site's reactor, or a test's Clock)."""
+        clock = self.clock if self.clock is not None else getattr(self.callLater, "__self__", None)
+        seconds = getattr(clock, "seconds", None)
+        return seconds() if seconds is not None else time.time()
+
+    def _header_deadline(self) -> None:
+        """The header timer fired: cut off the request waiting for its headers if it is late."""
+        self._header_timer = None
+        since = self._header_since
+        if since is None:
+            return  # every request's headers came in time; the next one arms it again
+        left = since + self.header_timeout - self._seconds()
+        if left > 0:
+            self._header_timer = self.callLater(left, self._header_deadline)
+            return
+        self._headers_too_slow()
 
     def lineReceived(self, line: bytes) -> None:
         super().lineReceived(line)
@@ -194,7 +253,8 @@ class S3Channel(http.HTTPChannel):
             req.start()
 
     def allHeadersReceived(self) -> None:
-        self._cancel_header_timer()
+        # In time: the timer, if still pending, finds nothing to cut off.
+        self._header_since = None
         self._awaiting_headers = False
         req = self.requests[-1]
         command, path, version = _web.request_line(self)
@@ -271,12 +331,14 @@ class S3Channel(http.HTTPChannel):
         super().connectionLost(reason)
 
     def _cancel_header_timer(self) -> None:
+        self._header_since = None
         t, self._header_timer = self._header_timer, None
         if t is not None and t.active():
             t.cancel()
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
+        self._header_since = None
         site = getattr(self, "site", None)
         on_slow = getattr(site, "on_header_timeout", None)
         if on_slow is not None:
@@ -316,6 +378,7 @@ class S3Site(server.Site):
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         channel.header_timeout = self.header_timeout
+        channel.clock = self.reactor
         channel.totalHeadersSize = self.max_header_bytes
         channel.MAX_LENGTH = self.max_header_bytes
         return channel

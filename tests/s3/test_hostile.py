@@ -6,6 +6,7 @@ crash, no hang - over real loopback connections to a live gateway.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -351,3 +352,50 @@ class SlowHeaderTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         clock.advance(2)
         self.assertTrue(transport.disconnecting)  # the idle timeout, not the header one
+
+    def test_deadline_counts_from_each_requests_first_byte(self) -> None:
+        """
+        One header timer serves a keep-alive connection's requests: quick
+        requests one after another arm no timer each (nor cancel one), and a
+        request begun later than the timer is still cut off exactly
+        C{header_timeout} after its own first byte, not at the timer's.
+        """
+        from twisted.web.resource import Resource
+
+        from claudefs_gateway.s3.channel import S3Site
+
+        class Leaf(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                return b"ok"
+
+        clock = Clock()
+        armed: list[float] = []
+        real = clock.callLater
+
+        def call_later(delay: float, *a: Any, **kw: Any) -> Any:
+            if delay != 600:  # twisted.web's idle timeout, armed per request
+                armed.append(delay)
+            return real(delay, *a, **kw)
+
+        site = S3Site(Leaf(), clock, header_timeout=20, idle_timeout=600, max_header_bytes=16384)
+        proto = site.buildProtocol(None)
+        proto.callLater = call_later
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        timers = len(armed)
+        for _ in range(50):
+            proto.dataReceived(b"GET /b/k HTTP/1.1\r\nHost: gw\r\n\r\n")
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200"), 50)
+        self.assertEqual(armed[timers:], [20])
+        clock.advance(15)
+        proto.dataReceived(b"GET /b/k HTTP/1.1\r\n")  # begun at 15: due at 35
+        clock.advance(5)  # the timer fires at 20, and waits on for this request
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(armed[timers:], [20, 15])
+        clock.advance(14.5)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.5)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(b"HTTP/1.1 408", transport.value())
