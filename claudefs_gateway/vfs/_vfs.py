@@ -810,6 +810,7 @@ class VFS:
         target: bytes | None = None,
         origin: Origin | None = None,
         durable: bool = True,
+        share: Any = None,
     ) -> Attributes:
         self._reserved(caller, name)
         d = await self._prepare_new(caller, dir_ino)
@@ -820,6 +821,13 @@ class VFS:
         try:
             if target is not None:
                 a = await self.backend.symlink(dir_ino, name, target, mode, uid, gid)
+            elif share is not None:
+                # A shared lock table's intent (vfs/shared.py): the remote
+                # backend registers the opener's share with the create.
+                remote: Any = self.backend
+                a = await remote.create(
+                    dir_ino, name, type, mode, uid, gid, rdev, durable=durable, share=share
+                )
             else:
                 a = await self.backend.create(
                     dir_ino, name, type, mode, uid, gid, rdev, durable=durable
@@ -853,18 +861,29 @@ class VFS:
         exclusive: bool = True,
         origin: Origin | None = None,
         durable: bool = True,
+        share: Any = None,
     ) -> Attributes:
         """
         A new regular file. With C{exclusive=False} an existing regular file of
         that name is returned instead (NFSv3 UNCHECKED; the caller may then
         truncate it). C{durable=False}: see L{IMetadataService.create}.
+        C{share}: the opener's share reservation to register with the create,
+        from the lock table's C{share_intent} (only a shared lock table has
+        one: docs/workers.rst "What an SMB create costs").
 
         @raise Exists: the name is taken (by anything, when exclusive; by a
             non-file, when not).
         """
         try:
             return await self._make(
-                caller, dir_ino, name, FileType.REG, mode, origin=origin, durable=durable
+                caller,
+                dir_ino,
+                name,
+                FileType.REG,
+                mode,
+                origin=origin,
+                durable=durable,
+                share=share,
             )
         except errors.Exists:
             if exclusive:

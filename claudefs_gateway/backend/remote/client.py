@@ -868,12 +868,28 @@ class RemoteBackend:
         gid: int,
         rdev: tuple[int, int] = (0, 0),
         durable: bool = True,
+        share: Any = None,
     ) -> defer.Deferred[Attributes]:
+        """
+        CREATE; given C{share} (a L{vfs.shared.ShareIntent}), CREATE_OPEN,
+        which registers the opener's share reservation on the new inode in
+        the same round trip and sets C{share.ino} when it did.
+        """
         # durable=False (SMB's changes): the meta server answers before a
         # sync, and SYNC (sync()) makes it durable (interfaces.IMetadataService.create).
-        d = self._call(
-            "CREATE", (parent, bytes(name), type, mode, uid, gid, tuple(rdev), bool(durable))
-        )
+        args = (parent, bytes(name), type, mode, uid, gid, tuple(rdev), bool(durable))
+        if share is not None:
+            d = self._call("CREATE_OPEN", (*args, *share.wire()))
+
+            def registered(reply: tuple[Attributes, Any, bool]) -> tuple[Attributes, Any]:
+                a, dirs, ok = reply
+                if ok:
+                    share.ino = a.ino
+                return a, dirs
+
+            d.addCallback(registered)
+        else:
+            d = self._call("CREATE", args)
         # The new file's attributes are kept like a read's GETATTR answer
         # when only this call's own answer was heard meanwhile (its callback
         # in _call bumps _heard once): the O_TRUNC SETATTR that follows a
