@@ -777,6 +777,18 @@ class VFS:
         return await self._lookup_raw(dir_ino, name)
 
     async def _lookup_fresh(self, dir_ino: int, name: bytes) -> Attributes:
+        heard = getattr(self.backend, "heard_everything", None)
+        if heard is not None and heard():
+            # Every change any gateway acknowledged so far has reached this
+            # one and dropped what it made stale (forget_changed; the event
+            # marks of docs/workers.rst "Reads without a round trip"): what
+            # the caches hold now is what the store would answer.
+            ino = self.name_cache.get((dir_ino, name))
+            if ino is not None:
+                a = self.attr_cache.get(ino)
+                if a is not None:
+                    self._seen(dir_ino, name, a.ino)
+                    return a
         epoch = self.attr_cache.epoch
         try:
             a = await self.backend.lookup(dir_ino, name)

@@ -543,6 +543,19 @@ class RemoteBackend:
         self._heard += 1
         self._read_attrs.clear()
 
+    def heard_everything(self) -> bool:
+        """
+        Whether every event the meta server pushed this gateway so far has
+        been received and handled (marks.py): then no change acknowledged to
+        any client before now is unknown here, and the vfs's caches, which
+        the change events clear, answer a lookup that must be fresh. False
+        without event marks (another host, or a meta server over PostgreSQL).
+        """
+        if self._mark is None:
+            return False
+        mark, conn = self._mark
+        return mark.value() <= conn.events_received
+
     def _kept_attrs(self, ino: int) -> Attributes | None:
         """
         The attributes kept for C{ino}, if they are current: no change to it

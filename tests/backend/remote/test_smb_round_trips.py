@@ -146,6 +146,7 @@ class SMBRoundTripTests(TestCase):
         root.startService()
         self.addCleanup(root.stopService)
         await root.core.vfs_ready()
+        self._root = root
         # The background metadata flush's SYNC is answered before the gateway stops.
         self.addCleanup(lambda: _smb_factory(root).files.stop_flushing())
         calls: Counter[str] = Counter()
@@ -215,11 +216,22 @@ class SMBRoundTripTests(TestCase):
 
     async def test_delete(self) -> None:
         """
-        An open with delete-on-close, then CLOSE: four calls; the meta server
-        drops the removed inode's shared state with the UNLINK (no RELEASE_INODE).
+        An open with delete-on-close, then CLOSE: three calls. The name is
+        answered from the caches (the event marks say every change was heard:
+        no LOOKUP), and the meta server drops the removed inode's shared state
+        with the UNLINK (no RELEASE_INODE).
         """
         client, calls, events = await self._gateway()
         await threads.deferToThread(client.create_write_close, "f3")
         got = await self._count(calls, events, client.delete, "f3")
-        self.assertEqual(got, {"LOOKUP": 1, "SHARE_OPEN": 1, "RELEASE_OWNER": 1, "UNLINK": 1})
+        self.assertEqual(got, {"SHARE_OPEN": 1, "RELEASE_OWNER": 1, "UNLINK": 1})
         self.assertEqual(dict(events), {})
+
+    async def test_delete_unsure_asks(self) -> None:
+        """Without the marks' word that every change was heard, the name is asked for (LOOKUP)."""
+        client, calls, events = await self._gateway()
+        await threads.deferToThread(client.create_write_close, "f4")
+        backend = self._root.core.vfs_service.backend
+        backend.heard_everything = lambda: False
+        got = await self._count(calls, events, client.delete, "f4")
+        self.assertEqual(got, {"LOOKUP": 1, "SHARE_OPEN": 1, "RELEASE_OWNER": 1, "UNLINK": 1})
