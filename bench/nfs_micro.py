@@ -158,6 +158,13 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
     dh = s.vfs.handle(s.export, d)
     for i in range(500):
         await s.vfs.create(caller, d.ino, b"e%05d" % i, 0o644)
+    # As nfs.small_files leaves them: 4 KiB each (inline in the store's database).
+    d4 = await s.vfs.mkdir(caller, s.export.root_ino, b"d4", 0o755)
+    d4h = s.vfs.handle(s.export, d4)
+    page = os.urandom(4096)
+    for i in range(500):
+        made = await s.vfs.create(caller, d4.ino, b"f%05d" % i, 0o644)
+        await s.vfs.write(caller, made.ino, 0, page, False)
 
     def read_args(off: int, n: int) -> bytes:
         p = Packer()
@@ -175,9 +182,9 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         p.opaque(data)
         return p.bytes()
 
-    def readdirplus_args(cookie: int, verf: bytes) -> bytes:
+    def readdirplus_args(cookie: int, verf: bytes, where: bytes = dh) -> bytes:
         p = Packer()
-        p.opaque(dh)
+        p.opaque(where)
         p.u64(cookie)
         p.fixed(verf, 8)
         p.u32(8192)
@@ -233,6 +240,11 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
             "READDIRPLUS (500 entries, per entry)",
             100,
             lambda i: s.record(c.READDIRPLUS, readdirplus_args(0, bytes(8))),
+        ),
+        (
+            "READDIRPLUS (500 4 KiB files, per entry)",
+            100,
+            lambda i: s.record(c.READDIRPLUS, readdirplus_args(0, bytes(8), d4h)),
         ),
     ]
     print(f"{'call':<40} {'us/call':>9} {'CPU us':>9}   (store in {where}, durable={args.durable})")

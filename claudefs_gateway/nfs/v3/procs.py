@@ -53,7 +53,6 @@ _U32 = struct.Struct(">I")
 _OK = _U32.pack(NFS3_OK)
 _READ_HEAD = struct.Struct(">III")  # count, eof, data length
 _WRITE_TAIL = struct.Struct(">II8s")  # count, committed, verf
-_ENTRY = struct.Struct(">IQI")  # value follows, fileid, name length
 _U64 = struct.Struct(">Q")
 _FSSTAT = struct.Struct(">QQQQQQI")
 _FSINFO = struct.Struct(">IIIIIIIQIII")
@@ -68,10 +67,6 @@ _ENTRY_BASE = 4 + 8 + 4 + 8
 _ENTRYPLUS_EXTRA = 88 + 4 + 4 + 36
 _MAX_ENTRIES = 4096
 _NO_VERIFIER = bytes(8)
-
-
-def _pad_len(n: int) -> int:
-    return n + (-n & 3)
 
 
 class NFS3:
@@ -596,30 +591,39 @@ class NFS3:
         dirused = 0
         sent = 0
         full = False
-        items: list[tuple[bytes, int, int, Attributes | None]] = [
-            (name, a.ino, ck, a) for name, a, ck in dots
-        ]
-        items.extend((e.name, e.ino, e.cookie, e.attrs) for e in page.entries)
-        for name, ino, ck, attrs in items:
+        entries = page.entries
+        total = len(dots) + len(entries)
+        handle_of = vfs.handle
+        # One pack per entry (codec.entry3 / entryplus3), "." and ".." first.
+        attrs: Attributes | None
+        for i in range(total):
+            if i < len(dots):
+                name, attrs, ck = dots[i]
+                ino = attrs.ino
+            else:
+                entry = entries[i - len(dots)]
+                name, ino, ck, attrs = entry.name, entry.ino, entry.cookie, entry.attrs
             n = len(name)
-            size = _ENTRY_BASE + _pad_len(n)
-            dsize = size
+            dsize = _ENTRY_BASE + n + (-n & 3)
             if plus:
-                size += _ENTRYPLUS_EXTRA if attrs is not None else 8
-            if used + size > maxcount or (plus and sent and dirused + dsize > dircount):
-                full = True
-                break
+                size = dsize + (_ENTRYPLUS_EXTRA if attrs is not None else 8)
+                if used + size > maxcount or (sent and dirused + dsize > dircount):
+                    full = True
+                    break
+                if attrs is not None:
+                    out.append(c.entryplus3(name, ck, attrs, fsid, handle_of(export, attrs)))
+                else:
+                    out.append(c.entry3(name, ino, ck) + c.FALSE + c.FALSE)
+            else:
+                size = dsize
+                if used + size > maxcount:
+                    full = True
+                    break
+                out.append(c.entry3(name, ino, ck))
             used += size
             dirused += dsize
             sent += 1
-            out.append(_ENTRY.pack(1, ino, n) + name + PADDING[n & 3] + _U64.pack(ck))
-            if plus:
-                if attrs is not None:
-                    out.append(c.post_op_attr(attrs, fsid))
-                    out.append(c.post_op_fh(vfs.handle(export, attrs)))
-                else:
-                    out.append(c.FALSE + c.FALSE)
-        if sent == 0 and items:
+        if sent == 0 and total:
             call.status = nfs3_name(NFS3ERR.TOOSMALL)
             return [c.status_post_op(NFS3ERR.TOOSMALL, d, fsid)]
         eof = page.eof and not full

@@ -664,3 +664,156 @@ class FastPathTests(ProcTestCase):
 
     def _fired(self, d: Deferred[Any]) -> Any:
         return self.successResultOf(d)
+
+
+class ListingFreshnessTests(ProcTestCase):
+    """
+    READDIRPLUS's attributes (packed in one go per entry, with no stat of an
+    inline file's data file: issue 18) are the ones GETATTR gives, for
+    inline, empty and out-of-line files, including right after a change made
+    through another protocol's caller of the same vfs.
+    """
+
+    store = "embedded"
+
+    def other(self, protocol: str) -> Caller:
+        export = self.h.vfs.exports.by_path("/export")
+        assert export is not None
+        return self.h.vfs.caller(export, "127.0.0.1", Credentials(1000, 1000, ()), protocol)
+
+    def listed(self) -> dict[bytes, Any]:
+        r = self.c.readdirplus(self.home)
+        self.assertEqual(r.status, 0)
+        self.assertTrue(r.eof)
+        return {e[1]: e for e in r.entries}
+
+    def check_as_getattr(self, fh: bytes, entry: Any) -> None:
+        got = self.c.getattr(fh)
+        self.assertEqual(got.status, 0)
+        self.assertEqual(entry[3], got.attrs)
+        self.assertEqual(entry[4], fh)
+
+    def test_inline_empty_and_data_files(self) -> None:
+        files = {
+            b"inline": self.file(b"inline", b"x" * 100),
+            b"empty": self.file(b"empty"),
+            b"big": self.file(b"big", b"y" * 10000),
+        }
+        byname = self.listed()
+        for name, fh in files.items():
+            self.check_as_getattr(fh, byname[name])
+        self.assertEqual(byname[b"inline"][3].used, 0)  # in the database: no blocks
+        self.assertEqual(byname[b"inline"][3].size, 100)
+        self.assertGreater(byname[b"big"][3].used, 0)
+
+    def test_changes_through_smb_and_s3_seen_at_once(self) -> None:
+        fh = self.file(b"a", b"x" * 10)
+        gone = self.file(b"gone", b"z")
+        before = self.listed()
+        self.assertEqual((before[b"a"][3].size, before[b"a"][3].mode), (10, 0o644))
+        ino = self.h.vfs.handle_parts(fh)[1]
+        home = self.h.vfs.handle_parts(self.home)[1]
+        vfs = self.h.vfs
+        smb, s3 = self.other("smb"), self.other("s3")
+        # Out of line (past the inline size), a new mode, a name removed.
+        self.successResultOf(vfs.write(smb, ino, 0, b"w" * 9000, True))
+        self.successResultOf(vfs.setattr(s3, ino, SetAttrs(mode=0o600)))
+        self.successResultOf(vfs.remove(s3, home, b"gone"))
+        self.successResultOf(vfs.create(smb, home, b"new", 0o640))
+        after = self.listed()
+        self.assertNotIn(b"gone", after)
+        self.assertEqual(self.c.getattr(gone).status, NFS3ERR.STALE)
+        a = after[b"a"][3]
+        self.assertEqual((a.size, a.mode), (9000, 0o600))
+        self.assertGreater(a.used, 0)
+        self.check_as_getattr(fh, after[b"a"])
+        self.assertEqual(after[b"new"][3].mode, 0o640)
+        # Back to a smaller size through SMB: listed at once too.
+        self.successResultOf(vfs.setattr(smb, ino, SetAttrs(size=5)))
+        self.assertEqual(self.listed()[b"a"][3].size, 5)
+
+
+class StoreCallTests(ProcTestCase):
+    """
+    What one NFSv3 call asks of the store (issue 18): one operation per
+    CREATE, REMOVE and READDIRPLUS, the directory's wcc data from what the
+    change already returned (no GETATTR of the directory), and CREATE and
+    REMOVE durable (RFC 1813's stable storage rule).
+    """
+
+    store = "embedded"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        backend = self.h.m.backend
+        for name in ("getattr", "lookup", "create", "unlink", "setattr", "readdir", "getxattr"):
+            real = getattr(backend, name)
+
+            def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+                self.calls.append((_name, kw))
+                return _real(*args, **kw)
+
+            setattr(backend, name, counted)
+        self.file(b"warm")
+        self.c.readdirplus(self.home)
+
+    def names(self) -> list[str]:
+        out = [n for n, _ in self.calls]
+        self.calls.clear()
+        return out
+
+    def test_create(self) -> None:
+        self.names()
+        r = self.c.create(self.home, b"x", c.UNCHECKED, SetAttrs(mode=0o644))
+        self.assertEqual(r.status, 0)
+        self.assertEqual([n for n, _ in self.calls], ["create"])
+        self.assertIs(self.calls[0][1].get("durable", True), True)
+        self.calls.clear()
+        # The wcc data's directory is the one the change left (cached).
+        self.assertEqual(r.dir_wcc[1], self.c.getattr(self.home).attrs)
+        self.assertEqual(self.names(), [])
+
+    def test_remove(self) -> None:
+        self.file(b"x", b"data")
+        self.names()
+        r = self.c.remove(self.home, b"x")
+        self.assertEqual(r.status, 0)
+        self.assertEqual([n for n, _ in self.calls], ["unlink"])
+        self.assertIs(self.calls[0][1].get("durable", True), True)
+        self.calls.clear()
+        self.assertEqual(r.dir_wcc[1], self.c.getattr(self.home).attrs)
+        self.assertEqual(self.names(), [])
+
+    def test_readdirplus(self) -> None:
+        for i in range(20):
+            self.file(b"f%d" % i, b"x" * i)
+        self.names()
+        r = self.c.readdirplus(self.home)
+        self.assertEqual(len(r.entries), 23)
+        self.assertEqual(self.names(), ["readdir"])
+        # Then the listed files' attributes are at hand: GETATTR asks nothing.
+        for e in r.entries:
+            self.assertEqual(self.c.getattr(e[4]).attrs, e[3])
+        self.assertEqual(self.names(), [])
+
+    def test_setattr_to_the_same_size(self) -> None:
+        """
+        SETATTR of the size a file has (libnfs after each O_TRUNC CREATE)
+        asks nothing of the store and changes no time; another size does.
+        """
+        fh = self.file(b"x", b"12345")
+        before = self.c.getattr(fh).attrs
+        self.names()
+        r = self.c.setattr(fh, SetAttrs(size=5))
+        self.assertEqual(r.status, 0)
+        self.assertEqual(self.names(), [])
+        self.assertEqual(self.c.getattr(fh).attrs, before)
+        r = self.c.setattr(fh, SetAttrs(size=2))
+        self.assertEqual(r.status, 0)
+        self.assertEqual(self.names(), ["setattr"])
+        self.assertEqual(self.c.read(fh, 0, 10).data, b"12")
+        # Size and anything else: the store is asked.
+        r = self.c.setattr(fh, SetAttrs(size=2, mode=0o600))
+        self.assertEqual(self.names(), ["setattr"])
+        self.assertEqual(self.c.getattr(fh).attrs.mode, 0o600)
