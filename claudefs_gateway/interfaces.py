@@ -744,10 +744,13 @@ class IVFS(Interface):
         exclusive: bool = True,
         origin: Origin | None = None,
         durable: bool = True,
+        share: Any = None,
     ) -> Deferred[Attributes]:
         """
         A new regular file (or, not exclusive, the existing one). C{durable=False}:
         see L{IMetadataService.create} (also for L{mkdir}, L{rmdir}, L{meta_set}).
+        C{share}: a shared lock table's C{share_intent}, registered with the
+        create by a backend that can (the remote one's CREATE_OPEN).
         """
 
     def create_exclusive(

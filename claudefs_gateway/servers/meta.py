@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from claudefs_gateway import errors
 from claudefs_gateway.backend.remote import wire
@@ -42,8 +43,9 @@ class MetaHandler:
     """
     The meta server's opcodes over a store: L{EmbeddedBackend} or L{PostgresStore}.
 
-    @param publish: C{publish(event_name, value)} pushes an event to every
-        subscribed connection (the server factory's L{publish}).
+    @param publish: C{publish(event_name, value, origin=0)} pushes an event
+        to every subscribed connection but those of session C{origin} (the
+        server factory's L{publish}).
     @param grace: seconds of cross-gateway grace (C{meta_store.grace_secs}).
     @param linger: seconds a gateway's lost subscription may take to come
         back before it is gone (C{meta_store.linger_secs}).
@@ -54,7 +56,7 @@ class MetaHandler:
     def __init__(
         self,
         backend: Any,
-        publish: Callable[[str, Any], None],
+        publish: Callable[..., None],
         layout: wire.Layout | None = None,
         *,
         clock: Any = None,
@@ -379,6 +381,68 @@ class MetaHandler:
         d = self.backend.create(parent, name, type, mode, uid, gid, tuple(rdev), durable=durable)
         return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
+    def op_CREATE_OPEN(
+        self,
+        conn: Any,
+        parent: int,
+        name: bytes,
+        type: Any,
+        mode: int,
+        uid: int,
+        gid: int,
+        rdev: tuple[int, int],
+        durable: bool,
+        owner: Any,
+        sid: int,
+        access: int,
+        deny: int,
+    ) -> Any:
+        """
+        CREATE, then the new inode's share reservation for the opener (an SMB
+        CREATE that makes a file: one round trip where it was two). A share
+        refused (grace) leaves the file made and says False: the gateway then
+        asks with SHARE_OPEN, and undoes its create on the refusal.
+        """
+        d = self.backend.create(parent, name, type, mode, uid, gid, tuple(rdev), durable=durable)
+        d = self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
+        session = getattr(conn, "session", 0)
+
+        def share(made: tuple[Any, Any]) -> defer.Deferred[Any]:
+            a, dirs = made
+            s = defer.maybeDeferred(
+                self.shared.share_open, session, a.ino, owner, sid, access, deny, False
+            )
+
+            def refused(f: Failure) -> bool:
+                f.trap(errors.GatewayError)
+                self._log.debug("CREATE_OPEN: share not registered: {why}", why=str(f.value))
+                return False
+
+            s.addCallbacks(lambda _: True, refused)
+            return s.addCallback(lambda ok: (a, dirs, ok))
+
+        return d.addCallback(share)
+
+    def _release_gone(self, a: Any) -> None:
+        """
+        The last link of C{a} went: drop its locks, shares and waiters here,
+        so the gateway need not send RELEASE_INODE after the answer (a round
+        trip per deleted file; docs/rpc.rst "Shared state").
+        """
+        if a is None or a.nlink != 0:
+            return
+        try:
+            got = self.shared.release_inode(a.ino)
+        except errors.GatewayError as e:
+            self._log.warn("release of inode {ino} failed: {why}", ino=a.ino, why=str(e))
+            return
+        if isinstance(got, defer.Deferred):
+            got.addErrback(
+                lambda f: self._log.warn(
+                    "release of inode {ino} failed: {why}", ino=a.ino, why=str(f.value)
+                )
+            )
+
     def op_SYMLINK(
         self, conn: Any, parent: int, name: bytes, target: bytes, mode: int, uid: int, gid: int
     ) -> Any:
@@ -391,10 +455,12 @@ class MetaHandler:
 
     def op_UNLINK(self, conn: Any, parent: int, name: bytes, durable: bool) -> Any:
         d = self.backend.unlink(parent, name, durable=durable)
+        d = self._then(d, self._release_gone)
         return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
     def op_RMDIR(self, conn: Any, parent: int, name: bytes, durable: bool) -> Any:
         d = self.backend.rmdir(parent, name, durable=durable)
+        d = self._then(d, self._release_gone)
         return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
     def op_RENAME(
@@ -409,6 +475,7 @@ class MetaHandler:
         d = self.backend.rename(src_parent, src_name, dst_parent, dst_name, durable=durable)
 
         def changed(r: RenameResult) -> None:
+            self._release_gone(r.replaced)
             self._changed(conn, r.source.ino, src_parent)
             if dst_parent != src_parent or r.replaced is not None:
                 self._changed(conn, r.replaced.ino if r.replaced else r.source.ino, dst_parent)

@@ -253,8 +253,8 @@ def build_meta(
         )
     factories: list[ServerFactory] = []
 
-    def publish(name: str, value: Any) -> None:
-        factories[0].publish(name, value)
+    def publish(name: str, value: Any, origin: int = 0) -> None:
+        factories[0].publish(name, value, origin)
         if pg is not None and name == "EV_CHANGE":
             # The gateways of the other meta servers hear of it through the database.
             backend.notify_change(value.session, value.ino, value.dir)

@@ -128,7 +128,12 @@ class SharedState(BreakBook):
     """
     @param push: C{push(session, event_name, value)} sends one event to the
         session's subscribed connection; returns False if it has none.
-    @param publish: C{publish(event_name, value)} sends to every subscriber.
+    @param publish: C{publish(event_name, value, origin)} sends to every
+        subscriber but the connections of session C{origin} (0: every one).
+        A change's C{EV_LOCKS} and C{EV_LEASES} go to every gateway but the
+        one whose call made it: each gateway keeps only the other gateways'
+        part of an inode's state (vfs/shared.py), which its own call did not
+        change (docs/rpc.rst "Shared state").
     """
 
     _log = Logger()
@@ -137,7 +142,7 @@ class SharedState(BreakBook):
         self,
         clock: IReactorTime,
         push: Callable[[int, str, Any], bool],
-        publish: Callable[[str, Any], None],
+        publish: Callable[..., None],
         recall_timeout: float = RECALL_TIMEOUT,
         linger: float = LINGER,
     ) -> None:
@@ -204,11 +209,25 @@ class SharedState(BreakBook):
             shares.append((s, owner_to_wire(o), modes_to_bits(t.access), modes_to_bits(t.deny)))
         return ino, locks, shares
 
-    def _changed(self, inos: Iterable[int]) -> None:
-        """Push the whole lock and share state of each inode (EV_LOCKS)."""
+    def _changed(self, inos: Iterable[int], origin: int = 0) -> None:
+        """Push the whole lock and share state of each inode (EV_LOCKS), not to C{origin}."""
         for ino in set(inos):
-            self._publish("EV_LOCKS", self._locks_event(ino))
+            self._publish("EV_LOCKS", self._locks_event(ino), origin)
         self._forget_owners()
+
+    def _untouch(self, session: int, inos: Iterable[int]) -> None:
+        """
+        Forget C{inos} of C{session} where it holds nothing any more: the set
+        is what L{release_owner} scans, and a gateway that opens and closes
+        many files must not make every close cost a pass over all it ever
+        opened.
+        """
+        touched = self._touched.get(session)
+        if not touched:
+            return
+        for ino in inos:
+            if not any(self._session_of(o)[0] == session for o in self.table.owners_of(ino)):
+                touched.discard(ino)
 
     def _forget_owners(self) -> None:
         if len(self._owners) > 4 * max(64, self.table.records):
@@ -237,7 +256,7 @@ class SharedState(BreakBook):
         mo = self._owner(session, owner)
         await self.table.lock(ino, mo, start, length, exclusive, wait=False, reclaim=reclaim)
         self._touch(session, ino)
-        self._changed([ino])
+        self._changed([ino], session)
 
     def lock_wait(
         self, session: int, ino: int, owner: Any, start: int, length: int, exclusive: bool
@@ -255,14 +274,15 @@ class SharedState(BreakBook):
 
     def unlock(self, session: int, ino: int, owner: Any, start: int, length: int) -> None:
         self.table.unlock(ino, self._owner(session, owner), start, length)
-        self._changed([ino])
+        self._changed([ino], session)
 
     def release_owner(self, session: int, owner: Any) -> None:
         mo = self._owner(session, owner)
         inos = [i for i in self._touched.get(session, ()) if mo in self.table.owners_of(i)]
         self.table.release_owner(mo)
         self._drop_closed(session)
-        self._changed(inos)
+        self._untouch(session, inos)
+        self._changed(inos, session)
 
     def release_client(self, session: int, protocol: str, client: bytes) -> None:
         theirs = owner_from_wire((protocol, client, b""))
@@ -276,9 +296,10 @@ class SharedState(BreakBook):
         # already says so (each change was pushed), so there is nothing to push.
         held = self.table.busy(ino)
         self.table.release_inode(ino)
-        for s in list(self._touched):
-            self._drop_closed(s)
         if held:
+            for s, inos in self._touched.items():
+                inos.discard(ino)
+                self._drop_closed(s)
             self._changed([ino])
 
     def share_open(
@@ -301,7 +322,7 @@ class SharedState(BreakBook):
         )
         self._shares[(session, sid)] = token
         self._touch(session, ino)
-        self._changed([ino])
+        self._changed([ino], session)
 
     def share_set(self, session: int, sid: int, access: int, deny: int) -> None:
         token = self._shares.get((session, sid))
@@ -312,13 +333,13 @@ class SharedState(BreakBook):
             self.table.upgrade_share(token, acc, den)
         if token.access != acc or token.deny != den:
             self.table.downgrade_share(token, acc, den)
-        self._changed([token.ino])
+        self._changed([token.ino], session)
 
     def share_close(self, session: int, sid: int) -> None:
         token = self._shares.pop((session, sid), None)
         if token is not None and not token.closed:
             self.table.close_share(token)
-            self._changed([token.ino])
+            self._changed([token.ino], session)
 
     def _drop_closed(self, session: int) -> None:
         for key in [k for k, t in self._shares.items() if k[0] == session and t.closed]:
@@ -334,7 +355,7 @@ class SharedState(BreakBook):
             held.pop(session, None)
         if not held:
             del self.leases[ino]
-        self._publish_leases(ino)
+        self._publish_leases(ino, session)
 
     def lease_grant(self, session: int, ino: int, bits: int) -> int:
         """
@@ -355,12 +376,12 @@ class SharedState(BreakBook):
         if granted:
             held = self.leases.setdefault(ino, {})
             held[session] = held.get(session, 0) | granted
-            self._publish_leases(ino)
+            self._publish_leases(ino, session)
         return granted
 
-    def _publish_leases(self, ino: int) -> None:
+    def _publish_leases(self, ino: int, origin: int = 0) -> None:
         held = self.leases.get(ino, {})
-        self._publish("EV_LEASES", (ino, sorted(held.items())))
+        self._publish("EV_LEASES", (ino, sorted(held.items())), origin)
 
     def lease_recall(self, session: int, ino: int, why: str) -> defer.Deferred[None]:
         try:

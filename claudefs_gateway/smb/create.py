@@ -55,6 +55,10 @@ from claudefs_gateway.vfs.origin import Origin
 
 __all__ = ["CreateCommands"]
 
+#: Dispositions that create a missing file (MS-SMB2 2.2.13): a name known to
+#: be absent skips the lookup before the create.
+_CREATING = frozenset((c.FILE_CREATE, c.FILE_OPEN_IF, c.FILE_OVERWRITE_IF))
+
 MAX_OPENS = 16384
 # CreateOptions refused with NOT_SUPPORTED (FILE_CREATE_TREE_CONNECTION,
 # FILE_OPEN_BY_FILE_ID, FILE_RESERVE_OPFILTER), as Windows does.
@@ -176,7 +180,14 @@ class CreateCommands(FileBase):
             deleting = self.deleting.get(parent_ino)
             if deleting:
                 await defer.gatherResults(list(deleting))
-            existing, leaf = await self._lookup(caller, parent_ino, parts[-1], dir_parts)
+            if body.disposition in _CREATING and self.case.known_absent(parent_ino, parts[-1]):
+                # A new name in a directory whose names are indexed here: the
+                # lookup would only miss (a round trip to the meta server
+                # through a --workers worker). The create is exclusive, so a
+                # name made meanwhile elsewhere is looked up after its Exists.
+                existing, leaf = None, parts[-1]
+            else:
+                existing, leaf = await self._lookup(caller, parent_ino, parts[-1], dir_parts)
             parts = [*dir_parts, leaf]
         path = "\\".join(p.decode("utf-8", "surrogatepass") for p in parts)
         if lease_req is not None and self.factory.leasing.key_in_use(
@@ -189,6 +200,8 @@ class CreateCommands(FileBase):
         action = c.FILE_OPENED
         created = False
         overwrite = False
+        fid: tuple[int, int] | None = None
+        intent: Any = None
         if existing is None:
             if disp in (c.FILE_OPEN, c.FILE_OVERWRITE):
                 raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "no such file")
@@ -202,15 +215,23 @@ class CreateCommands(FileBase):
                         caller, parent_ino, leaf, 0o755, origin=dir_origin, durable=durable
                     )
                 else:
-                    a = await vfs.create(
-                        caller,
-                        parent_ino,
-                        leaf,
-                        0o644,
-                        exclusive=True,
-                        origin=dir_origin,
-                        durable=durable,
-                    )
+                    fid, intent = self._create_intent(conn, caller, desired, body)
+                    try:
+                        a = await vfs.create(
+                            caller,
+                            parent_ino,
+                            leaf,
+                            0o644,
+                            exclusive=True,
+                            origin=dir_origin,
+                            durable=durable,
+                            share=intent,
+                        )
+                    except BaseException:
+                        if intent is not None:
+                            self._shared_locks.drop_intent(intent)
+                            fid = intent = None
+                        raise
                 if not durable:
                     self.meta_changed()
                 created = True
@@ -222,6 +243,8 @@ class CreateCommands(FileBase):
                 if found is None:
                     raise SMBError(st.STATUS_OBJECT_NAME_COLLISION) from None
                 a = found
+                parts = [*parts[:-1], leaf]
+                overwrite = disp in (c.FILE_SUPERSEDE, c.FILE_OVERWRITE, c.FILE_OVERWRITE_IF)
         else:
             a = existing
             if disp == c.FILE_CREATE:
@@ -271,7 +294,8 @@ class CreateCommands(FileBase):
                 raise SMBError(st.STATUS_ACCESS_DENIED, "delete-on-close without DELETE")
             if stored is not None and stored & c.FILE_ATTRIBUTE_READONLY:
                 raise SMBError(st.STATUS_CANNOT_DELETE, "read-only file")
-        fid = self.factory.new_file_id()
+        if fid is None:
+            fid = self.factory.new_file_id()
         owner = self._owner(conn, fid)
         locks = self.locks
         try:
@@ -282,6 +306,10 @@ class CreateCommands(FileBase):
             if created:
                 await self._undo_create(caller, parent_ino, leaf, a)
             raise
+        finally:
+            if intent is not None:
+                # Not taken by the reservation (other modes, or none): give it back.
+                self._shared_locks.drop_intent(intent)
         dos = stored
         # AllocationSize asked for with the create (MS-SMB2 2.2.13.2.3), kept
         # as a reservation beside the inode; directories have none.
@@ -920,6 +948,42 @@ class CreateCommands(FileBase):
             # MS-SMB2 3.3.5.9: Open.ChannelSequence from the CREATE's header.
             op.channel_sequence = req.header.status & 0xFFFF
         req.result_file_id = fid
+
+    @property
+    def _shared_locks(self) -> Any:
+        """The lock table, as one shared with other gateways (vfs/shared.py)."""
+        return self.locks
+
+    def _create_intent(
+        self, conn: Any, caller: Caller, desired: int, body: CreateRequest
+    ) -> tuple[tuple[int, int] | None, Any]:
+        """
+        For a CREATE that makes a file, through a lock table shared with other
+        gateways: the open's FileId, chosen now, and the share reservation
+        the open will take, for the meta server to register with the create
+        (CREATE_OPEN: one round trip where there were two). (None, None) when
+        the lock table has no such thing, or when the open could still fail
+        after the create for a reason known now (then nothing is registered
+        that no close would release).
+        """
+        intent_of = getattr(self.locks, "share_intent", None)
+        if intent_of is None:
+            return None, None
+        # What _create grants a file it made (the checks below repeat its own).
+        maximal = c.FILE_ALL_ACCESS & ~(c.MODIFY_ACCESS if caller.read_only else 0)
+        if desired & c.MAXIMUM_ALLOWED:
+            granted = maximal | (desired & ~c.MAXIMUM_ALLOWED & maximal)
+        elif desired & ~maximal & c.FILE_ALL_ACCESS:
+            return None, None
+        else:
+            granted = desired
+        if body.options & c.FILE_DELETE_ON_CLOSE and not granted & c.DELETE:
+            return None, None
+        acc, deny = share_modes(granted, body.share_access)
+        if not acc:
+            return None, None
+        fid = self.factory.new_file_id()
+        return fid, intent_of(self._owner(conn, fid), acc, deny)
 
     async def _reserve(
         self,

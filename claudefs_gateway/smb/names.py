@@ -84,6 +84,17 @@ class CaseIndex:
         names = index.get(key)
         return names[0] if names else None
 
+    def known_absent(self, dir_ino: int, name: bytes) -> bool:
+        """
+        Whether C{dir_ino} is indexed here and holds C{name} in no case: a
+        create may then skip the lookup that would only miss (it still
+        creates exclusively, so a name this index has not heard of, made
+        through another gateway, fails with Exists and is looked up then).
+        Never scans: False when the directory is not indexed.
+        """
+        index = self._dirs.get(dir_ino)
+        return index is not None and fold(name) not in index
+
     async def _scan(self, caller: Caller, dir_ino: int) -> dict[str, list[bytes]] | None:
         self.scans += 1
         index: dict[str, list[bytes]] = {}

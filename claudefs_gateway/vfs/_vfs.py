@@ -806,6 +806,18 @@ class VFS:
         return await self._lookup_raw(dir_ino, name)
 
     async def _lookup_fresh(self, dir_ino: int, name: bytes) -> Attributes:
+        heard = getattr(self.backend, "heard_everything", None)
+        if heard is not None and heard():
+            # Every change any gateway acknowledged so far has reached this
+            # one and dropped what it made stale (forget_changed; the event
+            # marks of docs/workers.rst "Reads without a round trip"): what
+            # the caches hold now is what the store would answer.
+            ino = self.name_cache.get((dir_ino, name))
+            if ino is not None:
+                a = self.attr_cache.get(ino)
+                if a is not None:
+                    self._seen(dir_ino, name, a.ino)
+                    return a
         epoch = self.attr_cache.epoch
         try:
             a = await self.backend.lookup(dir_ino, name)
@@ -839,6 +851,7 @@ class VFS:
         target: bytes | None = None,
         origin: Origin | None = None,
         durable: bool = True,
+        share: Any = None,
     ) -> Attributes:
         self._reserved(caller, name)
         d = await self._prepare_new(caller, dir_ino)
@@ -849,6 +862,13 @@ class VFS:
         try:
             if target is not None:
                 a = await self.backend.symlink(dir_ino, name, target, mode, uid, gid)
+            elif share is not None:
+                # A shared lock table's intent (vfs/shared.py): the remote
+                # backend registers the opener's share with the create.
+                remote: Any = self.backend
+                a = await remote.create(
+                    dir_ino, name, type, mode, uid, gid, rdev, durable=durable, share=share
+                )
             else:
                 a = await self.backend.create(
                     dir_ino, name, type, mode, uid, gid, rdev, durable=durable
@@ -882,18 +902,29 @@ class VFS:
         exclusive: bool = True,
         origin: Origin | None = None,
         durable: bool = True,
+        share: Any = None,
     ) -> Attributes:
         """
         A new regular file. With C{exclusive=False} an existing regular file of
         that name is returned instead (NFSv3 UNCHECKED; the caller may then
         truncate it). C{durable=False}: see L{IMetadataService.create}.
+        C{share}: the opener's share reservation to register with the create,
+        from the lock table's C{share_intent} (only a shared lock table has
+        one: docs/workers.rst "What an SMB create costs").
 
         @raise Exists: the name is taken (by anything, when exclusive; by a
             non-file, when not).
         """
         try:
             return await self._make(
-                caller, dir_ino, name, FileType.REG, mode, origin=origin, durable=durable
+                caller,
+                dir_ino,
+                name,
+                FileType.REG,
+                mode,
+                origin=origin,
+                durable=durable,
+                share=share,
             )
         except errors.Exists:
             if exclusive:

@@ -37,6 +37,7 @@ import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
@@ -50,6 +51,7 @@ from claudefs_gateway.vfs.locks import Lock, LockOwner, LockTable, ShareToken
 from claudefs_gateway.vfs.shared_clients import ClusterClients
 
 __all__ = [
+    "ShareIntent",
     "SharedLockTable",
     "SharedLeaseManager",
     "Link",
@@ -161,6 +163,8 @@ class SharedLockTable:
         self._ids = itertools.count(1)
         self._changes: dict[int, list[defer.Deferred[None]]] = {}
         self._probe = LockOwner("shared-probe", b"", b"")
+        #: Share reservations a CREATE_OPEN registers with the create (share_intent).
+        self._intents: dict[LockOwner, ShareIntent] = {}
         #: The meta server's client records and grace (vfs/shared_clients.py), if wired.
         self.clients: ClusterClients | None = None
 
@@ -273,6 +277,7 @@ class SharedLockTable:
         wired = owner_to_wire(owner)
         args = (ino, wired, start, length, exclusive, reclaim)
         waiting = False
+        retried = False
         try:
             while True:
                 # Conflicts this gateway can see are settled here, waiting as one process would.
@@ -292,6 +297,18 @@ class SharedLockTable:
                         raise errors.LockConflict(
                             holder, "a lock through another gateway"
                         ) from None
+                    if self.local.test(ino, owner, start, length, exclusive) is not None:
+                        # Another owner of this gateway got there first: its
+                        # changes push no EV_LOCKS here (docs/rpc.rst), so the
+                        # wait is the local table's, at the top of the loop.
+                        continue
+                    if holder is None and not retried:
+                        # Nothing here shows the conflict: a lock of this
+                        # gateway whose UNLOCK was queued behind this LOCK
+                        # (sent in order, so asking again comes after it), or
+                        # another gateway's lock whose EV_LOCKS is on its way.
+                        retried = True
+                        continue
                     if not waiting:
                         waiting = await self._wait_at_meta(ino, wired, start, length, exclusive)
                         if on_wait is not None:
@@ -378,9 +395,11 @@ class SharedLockTable:
         self.link.send("RELEASE_CLIENT", (protocol, _client_to_wire(client)))
 
     def release_inode(self, ino: int) -> None:
+        # No RELEASE_INODE: the UNLINK, RMDIR or RENAME whose answer said the
+        # last link went has dropped the inode's state at the meta server
+        # (protocol version 5), and the vfs calls this only after such an answer.
         self.local.release_inode(ino)
         self._forget_closed()
-        self.link.send("RELEASE_INODE", (ino,))
 
     # -- shares ---------------------------------------------------------------------------------
 
@@ -403,6 +422,28 @@ class SharedLockTable:
         probe = self.view.open_share(ino, self._probe, access, deny, reclaim=True)
         self.view.close_share(probe)
 
+    def share_intent(
+        self, owner: LockOwner, access: Iterable[str], deny: Iterable[str]
+    ) -> ShareIntent:
+        """
+        The share reservation C{owner} will ask for on a file it is about to
+        create: the vfs passes it to the backend's create (C{CREATE_OPEN}),
+        which registers it at the meta server with the new inode, and the
+        L{open_share} that follows for that owner and modes then sends no
+        C{SHARE_OPEN}. Give it back with L{drop_intent} when the open does not
+        get that far.
+        """
+        intent = ShareIntent(owner, frozenset(access), frozenset(deny), next(self._ids))
+        self._intents[owner] = intent
+        return intent
+
+    def drop_intent(self, intent: ShareIntent) -> None:
+        """An intent L{open_share} did not use: the meta server's registration, if any, goes."""
+        if self._intents.get(intent.owner) is intent:
+            del self._intents[intent.owner]
+            if intent.ino:
+                self.link.send("SHARE_CLOSE", (intent.sid,))
+
     def open_share(
         self,
         ino: int,
@@ -413,6 +454,20 @@ class SharedLockTable:
         reclaim: bool = False,
     ) -> ShareToken:
         acc, den = frozenset(access), frozenset(deny)
+        intent = self._intents.pop(owner, None) if self._intents else None
+        if intent is not None and intent.ino:
+            if not reclaim and intent.ino == ino and intent.access == acc and intent.deny == den:
+                # Registered by the create itself (CREATE_OPEN): the meta
+                # server's decision is already in, no SHARE_OPEN.
+                try:
+                    self._check_view(ino, acc, den)
+                    token = self.local.open_share(ino, owner, acc, den, reclaim=False)
+                except BaseException:
+                    self.link.send("SHARE_CLOSE", (intent.sid,))
+                    raise
+                self._sids[id(token)] = (token, intent.sid)
+                return token
+            self.link.send("SHARE_CLOSE", (intent.sid,))
         if not reclaim and self.clients is not None and self.clients.in_grace:
             raise errors.Grace("open refused: another gateway's clients are reclaiming")
         self._check_view(ino, acc, den)
@@ -493,6 +548,32 @@ class SharedLockTable:
 
     def shares(self, ino: int) -> list[ShareToken]:
         return self.local.shares(ino) + self.view.shares(ino)
+
+
+@attrs.define
+class ShareIntent:
+    """
+    A share reservation to register with a file's create (L{SharedLockTable.share_intent}).
+
+    @ivar sid: the share id it is registered under.
+    @ivar ino: the inode the meta server registered it on (CREATE_OPEN's
+        answer said so), or 0 while it is not registered.
+    """
+
+    owner: LockOwner
+    access: frozenset[str]
+    deny: frozenset[str]
+    sid: int
+    ino: int = 0
+
+    def wire(self) -> tuple[Any, int, int, int]:
+        """CREATE_OPEN's share arguments: Owner, share id, access and deny bits."""
+        return (
+            owner_to_wire(self.owner),
+            self.sid,
+            modes_to_bits(self.access),
+            modes_to_bits(self.deny),
+        )
 
 
 class _Answer:

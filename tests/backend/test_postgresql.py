@@ -78,7 +78,7 @@ class PostgresMachine(BackendMachine):
             now_ns=self.now,
         )
         factories: dict[str, ServerFactory] = {}
-        meta = MetaHandler(store, lambda n, v: factories["meta"].publish(n, v))
+        meta = MetaHandler(store, lambda n, v, o=0: factories["meta"].publish(n, v, o))
         factories["meta"] = ServerFactory(meta, "meta", clock)
         chunks = ChunkStore(os.path.join(self.path, "data"), durable=False)
         factories["data"] = ServerFactory(DataHandler(chunks, inline), "data", clock)

@@ -97,8 +97,10 @@ class EnforcedTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = task.Clock()
-        self.shared = SharedState(self.clock, lambda s, n, v: False, lambda n, v: None, linger=1)
-        self.reg = ClientRegistry(self.clock, lambda n, v: None, grace=30)
+        self.shared = SharedState(
+            self.clock, lambda s, n, v: False, lambda n, v, *_: None, linger=1
+        )
+        self.reg = ClientRegistry(self.clock, lambda n, v, *_: None, grace=30)
         self.shared.clients = self.reg
 
     def test_grace_refuses_new_state(self) -> None:
@@ -165,7 +167,7 @@ class ConfiguredTimingTests(SynchronousTestCase):
         from claudefs_gateway.servers.meta import MetaHandler
 
         clock = task.Clock()
-        handler = MetaHandler(None, lambda n, v: None, clock=clock, grace=20, linger=4)
+        handler = MetaHandler(None, lambda n, v, *_: None, clock=clock, grace=20, linger=4)
         handler.clients.note(1, "nlm", b"host")
         handler.shared.unsubscribed(1)
         clock.advance(3.9)

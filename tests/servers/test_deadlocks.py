@@ -15,7 +15,7 @@ Z = ("nfs4", b"b:client-z", b"lo")
 
 class WaitGraphTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.shared = SharedState(task.Clock(), lambda s, n, v: False, lambda n, v: None)
+        self.shared = SharedState(task.Clock(), lambda s, n, v: False, lambda n, v, *_: None)
 
     def hold(self, session: int, ino: int, owner: object, start: int = 0, length: int = 10) -> None:
         self.successResultOf(self.shared.lock(session, ino, owner, start, length, True, False))

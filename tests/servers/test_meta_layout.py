@@ -13,7 +13,7 @@ class LayoutTests(TestCase):
     async def reopen(
         self, store: MemoryBackend, servers: list[str], mirrors: int = 1, moved: bool = False
     ) -> tuple[str, ...]:
-        handler = MetaHandler(store, lambda n, v: None, clock=task.Clock())
+        handler = MetaHandler(store, lambda n, v, *_: None, clock=task.Clock())
         self.addCleanup(handler.shared.stop)
         await handler.open(servers, mirrors, moved)
         return handler.layout.servers

@@ -579,6 +579,22 @@ class RemoteBackend:
         self._heard += 1
         self._read_attrs.clear()
 
+    def heard_everything(self) -> bool:
+        """
+        Whether every event the meta server pushed this gateway so far has
+        been received and handled (marks.py): then no change acknowledged to
+        any client before now is unknown here, and the vfs's caches, which
+        the change events clear, answer a lookup that must be fresh. False
+        without event marks (another host, or a meta server over PostgreSQL),
+        and while another gateway on this host has write-behind WROTEs
+        unanswered (its clients were told of writes whose events are not out
+        yet: L{attrs_current}).
+        """
+        if self._mark is None or not self.attrs_current():
+            return False
+        mark, conn = self._mark
+        return mark.value() <= conn.events_received
+
     def _kept_attrs(self, ino: int) -> Attributes | None:
         """
         The attributes kept for C{ino}, if they are current: no change to it
@@ -958,12 +974,28 @@ class RemoteBackend:
         gid: int,
         rdev: tuple[int, int] = (0, 0),
         durable: bool = True,
+        share: Any = None,
     ) -> defer.Deferred[Attributes]:
+        """
+        CREATE; given C{share} (a L{vfs.shared.ShareIntent}), CREATE_OPEN,
+        which registers the opener's share reservation on the new inode in
+        the same round trip and sets C{share.ino} when it did.
+        """
         # durable=False (SMB's changes): the meta server answers before a
         # sync, and SYNC (sync()) makes it durable (interfaces.IMetadataService.create).
-        d = self._call(
-            "CREATE", (parent, bytes(name), type, mode, uid, gid, tuple(rdev), bool(durable))
-        )
+        args = (parent, bytes(name), type, mode, uid, gid, tuple(rdev), bool(durable))
+        if share is not None:
+            d = self._call("CREATE_OPEN", (*args, *share.wire()))
+
+            def registered(reply: tuple[Attributes, Any, bool]) -> tuple[Attributes, Any]:
+                a, dirs, ok = reply
+                if ok:
+                    share.ino = a.ino
+                return a, dirs
+
+            d.addCallback(registered)
+        else:
+            d = self._call("CREATE", args)
         # The new file's attributes are kept like a read's GETATTR answer
         # when only this call's own answer was heard meanwhile (its callback
         # in _call bumps _heard once): the O_TRUNC SETATTR that follows a

@@ -615,14 +615,17 @@ class ServerFactory(Factory):
         p.max_frame = self.max_frame
         return p
 
-    def publish(self, name: str, value: Any) -> None:
+    def publish(self, name: str, value: Any, origin: int = 0) -> None:
         """
         Push one event to every subscribed connection; an C{EV_CHANGE} not to
         the session whose call made it, which would only drop it (docs/rpc.rst
         "Server-pushed events"): with N gateways on one meta server that is a
-        frame and a wake-up of the calling gateway saved per change.
+        frame and a wake-up of the calling gateway saved per change. Other
+        events skip the connections of session C{origin} (0: none skipped):
+        the shared state's C{EV_LOCKS} and C{EV_LEASES} after a gateway's own
+        call, whose gateway keeps only the other gateways' part.
         """
-        own = value.session if name == "EV_CHANGE" else 0
+        own = value.session if name == "EV_CHANGE" else origin
         for conn in list(self.subscribers):
             if own and conn.session == own:
                 continue

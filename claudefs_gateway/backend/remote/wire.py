@@ -71,6 +71,10 @@ KINDS = (CALL, REPLY, ERROR, EVENT)
 #: 5: WROTE carries the write's time (C{mtime_ns}, 0: the server's clock), so a
 #: gateway that answers an unstable write before WROTE is answered (write-behind)
 #: gives its client the times the store will hold.
+#: also 5: CREATE_OPEN (a create and its share reservation in one call); a change's
+#: EV_LOCKS and EV_LEASES are not sent to the gateway that made it; UNLINK, RMDIR
+#: and RENAME drop the shared state of an inode whose last link they remove
+#: (no RELEASE_INODE follows).
 PROTOCOL_VERSION = 5
 
 _HDR = struct.Struct("<IIBBHQ")  # length, opcode, kind, flags, pad, id
@@ -647,6 +651,17 @@ OPS: dict[int, Op] = _ops(
         True,
         doc="make every change answered so far durable, those sent with durable false too "
         "(SMB's FLUSH, write-through, its background metadata flush)",
+    ),
+    Op(
+        0x2E,
+        "CREATE_OPEN",
+        Tup(U64, NAME, FTYPE, U32, U32, U32, Tup(U32, U32), BOOL, OWNER, U64, U8, U8),
+        Tup(ATTRS, DIRS, BOOL),
+        "meta",
+        False,
+        doc="CREATE, then SHARE_OPEN of the new inode (owner, share id, access, deny) in "
+        "the same call: answers CREATE's result and whether the share was registered "
+        "(false: the gateway sends SHARE_OPEN itself)",
     ),
     # -- data (the data server)
     Op(0x30, "READ", Tup(U64, BIG, BIG), Tup(BOOL, Raw()), "data", True, doc="ino, offset, length"),

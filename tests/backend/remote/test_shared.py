@@ -15,6 +15,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from claudefs_gateway import errors
+from claudefs_gateway.fstypes import FileType
 from claudefs_gateway.interfaces import ILeaseHolder
 from claudefs_gateway.servers.shared import SharedState
 from claudefs_gateway.vfs.leases import KEEP_FOR, RWH, H, Lease, LeaseKey, LeaseManager, R, Why
@@ -292,7 +293,9 @@ class MetaReleaseInodeTests(TestCase):
     async def test_pushes_only_state_it_had(self) -> None:
         """A removed file that had no lock or share pushes no EV_LOCKS; one that had, an empty one."""
         published: list[tuple[str, Any]] = []
-        st = SharedState(task.Clock(), lambda s, n, v: True, lambda n, v: published.append((n, v)))
+        st = SharedState(
+            task.Clock(), lambda s, n, v: True, lambda n, v, *_: published.append((n, v))
+        )
         st.release_inode(9)
         self.assertEqual(published, [])
         await st.lock(1, 9, ("nlm", b"b:c", b"o"), 0, 10, True, False)
@@ -306,7 +309,7 @@ class MetaLeaseGrantTests(TestCase):
     """The meta server's LEASE_GRANT rule (servers/shared.py), on a Clock."""
 
     def state(self) -> SharedState:
-        return SharedState(task.Clock(), lambda s, n, v: True, lambda n, v: None)
+        return SharedState(task.Clock(), lambda s, n, v: True, lambda n, v, *_: None)
 
     def test_one_writer(self) -> None:
         st = self.state()
@@ -388,3 +391,104 @@ class CrossGatewayDeadlockTests(TestCase):
         assert cluster.meta is not None and cluster.meta.factory is not None
         waits = cluster.meta.factory.handler.shared.waits.waits
         await until(lambda: len(waits) == n, what)
+
+
+class ProtocolFiveTests(TestCase):
+    """
+    Protocol version 5 (docs/rpc.rst): no EV_LOCKS or EV_LEASES of a
+    gateway's own calls come back to it, CREATE_OPEN registers the opener's
+    share with the create, and a removal drops the inode's state at the meta
+    server with no RELEASE_INODE.
+    """
+
+    timeout = 60
+
+    async def gateways(self) -> tuple[Cluster, Gateway, Gateway, list[str], list[str]]:
+        cluster = Cluster(self)
+        await cluster.start()
+        out = []
+        heard: list[list[str]] = [[], []]
+        for i in range(2):
+            b = cluster.backend(SETTINGS)
+            gw = Gateway(b)
+            self.addCleanup(gw.stop)
+            await b.open()
+            self.addCleanup(b.close)
+            await until(lambda b=b: b._events is not None, "subscribed")
+            b.on_shared_event(lambda name, value, i=i: heard[i].append(name))
+            out.append(gw)
+        return cluster, out[0], out[1], heard[0], heard[1]
+
+    async def test_own_changes_not_echoed(self) -> None:
+        """A's lock, unlock, share and lease reach B as events, and A hears none of them."""
+        _, a, b, heard_a, heard_b = await self.gateways()
+        nlm = LockOwner("nlm", "host-a", b"1")
+        await a.locks.lock(7, nlm, 0, 10, True)
+        await until(lambda: b.locks.busy(7), "B hears of A's lock")
+        a.locks.unlock(7, nlm, 0, 10)
+        token = a.locks.open_share(8, nlm, {"read"}, {"write"})
+        await a.locks.settle_share(token)
+        await until(lambda: heard_b.count("EV_LOCKS") >= 3, "B hears every change")
+        self.assertFalse(b.locks.busy(7))
+        self.assertEqual(heard_a, [])
+
+    async def test_blocking_locks_within_one_gateway(self) -> None:
+        """
+        Two owners of one gateway racing for one range: the loser waits and
+        gets it when the winner unlocks, with no event of the gateway's own
+        to wake it.
+        """
+        _, a, _, _, _ = await self.gateways()
+        one, two = LockOwner("nlm", "h", b"1"), LockOwner("nlm", "h", b"2")
+        first = a.locks.lock(9, one, 0, 10, True, wait=True)
+        second = a.locks.lock(9, two, 0, 10, True, wait=True)
+        await first
+        await pause(0.05)
+        self.assertFalse(second.called)
+        a.locks.unlock(9, one, 0, 10)
+        got = await second
+        self.assertEqual(got.owner, two)
+
+    async def test_create_open_registers_the_share(self) -> None:
+        """The share of a CREATE_OPEN holds at the meta server at once; open_share sends nothing."""
+        _, a, b, _, _ = await self.gateways()
+        root = await a.backend.root()
+        owner = LockOwner("smb", b"conn", b"fid")
+        intent = a.locks.share_intent(owner, {"read", "write"}, {"write", "delete"})
+        calls: list[str] = []
+        real = a.backend.shared_call
+
+        def counting(name: str, args: Any = None) -> Any:
+            calls.append(name)
+            return real(name, args)
+
+        a.backend.shared_call = counting
+        f = await a.backend.create(root.ino, b"new", FileType.REG, 0o644, 0, 0, share=intent)
+        self.assertEqual(intent.ino, f.ino)
+        token = a.locks.open_share(f.ino, owner, {"read", "write"}, {"write", "delete"})
+        await a.locks.settle_share(token)
+        self.assertEqual(calls, [])
+        # B's writer is refused: by B's replica once it heard, by the meta server before.
+        other = LockOwner("smb", b"conn-b", b"fid")
+        with self.assertRaises(errors.ShareConflict):
+            b_token = b.locks.open_share(f.ino, other, {"write"}, set())
+            await b.locks.settle_share(b_token)
+        # An intent nobody used takes its registration back.
+        spare = a.locks.share_intent(LockOwner("smb", b"conn", b"fid2"), {"read"}, {"read"})
+        g = await a.backend.create(root.ino, b"spare", FileType.REG, 0o644, 0, 0, share=spare)
+        await until(lambda: len(b.locks.view.shares(g.ino)) == 1, "B hears of the spare")
+        a.locks.drop_intent(spare)
+        await until(lambda: not b.locks.view.shares(g.ino), "B hears it went")
+
+    async def test_unlink_releases_at_the_meta_server(self) -> None:
+        """The UNLINK of a file's last link drops its locks and shares there: no RELEASE_INODE."""
+        cluster, a, b, _, _ = await self.gateways()
+        root = await a.backend.root()
+        f = await a.backend.create(root.ino, b"doomed", FileType.REG, 0o644, 0, 0)
+        nlm = LockOwner("nlm", "host-a", b"1")
+        await a.locks.lock(f.ino, nlm, 0, 10, True)
+        await until(lambda: b.locks.busy(f.ino), "B hears of the lock")
+        gone = await a.backend.unlink(root.ino, b"doomed")
+        self.assertEqual(gone.nlink, 0)
+        assert cluster.meta is not None
+        await until(lambda: not b.locks.busy(f.ino), "B hears the inode's state went")

@@ -38,7 +38,7 @@ class RemoteMachine(BackendMachine):
             os.path.join(self.path, "meta"), None, inline=True, durable=False, now_ns=self.now
         )
         factories: dict[str, ServerFactory] = {}
-        meta = MetaHandler(meta_store, lambda n, v: factories["meta"].publish(n, v))
+        meta = MetaHandler(meta_store, lambda n, v, o=0: factories["meta"].publish(n, v, o))
         factories["meta"] = ServerFactory(meta, "meta", clock)
         store = ChunkStore(os.path.join(self.path, "data"), durable=False)
         factories["data"] = ServerFactory(DataHandler(store, inline), "data", clock)

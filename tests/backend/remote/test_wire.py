@@ -76,6 +76,33 @@ class CodecTests(SynchronousTestCase):
             value = data.draw(strategy(codec))
             self.assertEqual(wire.decode(codec, wire.encode(codec, value)), value)
 
+    @given(data=st.data())
+    @settings(max_examples=200)
+    def test_create_open_round_trip(self, data: st.DataObject) -> None:
+        """
+        CREATE_OPEN (protocol 5): CREATE's arguments then the share's, and
+        CREATE's answer with the share's fate, decode to what was encoded; a
+        payload cut anywhere is a ProtocolError.
+        """
+        op = wire.BY_NAME["CREATE_OPEN"]
+        create = wire.BY_NAME["CREATE"]
+        share = wire.BY_NAME["SHARE_OPEN"]
+        self.assertEqual(op.code, 0x2E)
+        args = data.draw(strategy(op.args))
+        payload = wire.encode(op.args, args)
+        self.assertEqual(wire.decode(op.args, payload), args)
+        # The same bytes as CREATE's arguments followed by SHARE_OPEN's owner, id and modes.
+        self.assertEqual(
+            bytes(payload),
+            bytes(wire.encode(create.args, args[:8]))
+            + bytes(wire.encode(wire.Tup(*share.args.parts[1:5]), args[8:])),
+        )
+        result = data.draw(strategy(op.result))
+        self.assertEqual(wire.decode(op.result, wire.encode(op.result, result)), result)
+        cut = data.draw(st.integers(0, len(payload) - 1))
+        with self.assertRaises(ProtocolError):
+            wire.decode(op.args, payload[:cut])
+
     @given(data=st.data(), garbage=st.binary(max_size=200))
     @settings(max_examples=500)
     def test_garbage_is_protocol_error(self, data: st.DataObject, garbage: bytes) -> None:

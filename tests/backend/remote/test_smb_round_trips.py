@@ -1,0 +1,237 @@
+"""
+Round trips to the meta server per SMB operation through a gateway on
+C{backend: remote} (a C{--workers} worker): the RPC calls one SMB CREATE,
+WRITE and CLOSE of a new small file cost, and those of a delete, counted at
+every connection of the gateway (metadata, shared state, data) while a real
+client (smbprotocol) drives it. The counts are upper bounds: a change that
+adds a round trip to these paths fails here (docs/workers.rst "What an SMB
+create costs").
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+from twisted.internet import defer, reactor, threads
+from twisted.trial.unittest import TestCase
+
+from claudefs_gateway import service
+from claudefs_gateway.backend.remote import protocol, wire
+from claudefs_gateway.core import config as cfg
+from claudefs_gateway.vfs.identity import nt_hash
+from tests.backend.remote.harness import Cluster
+
+PASSWORD = "Trips-Pass1"
+
+
+def _yaml(data: str, meta: str, chunks: str, marks: str) -> str:
+    # As a --workers worker (workers.py): the chunk files read and written here.
+    return f"""
+log_format: json
+backend: {{type: remote, data_dir: "{data}", short_circuit: "{chunks}", event_marks: "{marks}"}}
+metadata_servers:
+  - address: "{meta}"
+connection_pool: {{min_per_node: 1, max_per_node: 8, connect_timeout_ms: 2000}}
+admin: {{bind: "127.0.0.1:0"}}
+exports:
+  - {{path: /export, name: share, root_squash: false, dir_uid: 1000, dir_gid: 1000, dir_mode: 0777}}
+smb: {{bind: "127.0.0.1:0"}}
+users:
+  - {{name: alice, uid: 1000, gid: 1000, nt_hash: {nt_hash(PASSWORD)}}}
+"""
+
+
+class _Client:
+    """One smbprotocol session (blocking: every method runs on a thread)."""
+
+    def __init__(self, port: int) -> None:
+        import uuid
+
+        from smbprotocol.connection import Connection
+        from smbprotocol.session import Session
+        from smbprotocol.tree import TreeConnect
+
+        self.conn = Connection(uuid.uuid4(), "127.0.0.1", port)
+        self.conn.connect()
+        session = Session(self.conn, "alice", PASSWORD)
+        session.connect()
+        self.tree = TreeConnect(session, r"\\127.0.0.1\share")
+        self.tree.connect()
+
+    def open(
+        self,
+        name: str,
+        disposition: int,
+        options: int = 0,
+        access: int = 0x0012019F,
+        lease: bool = False,
+    ) -> Any:
+        from smbprotocol.create_contexts import (
+            CreateContextName,
+            SMB2CreateContextRequest,
+            SMB2CreateRequestLeaseV2,
+        )
+        from smbprotocol.open import CreateOptions, FileAttributes, ImpersonationLevel, Open
+
+        contexts = []
+        if lease:
+            req = SMB2CreateRequestLeaseV2()
+            req["lease_key"] = name.encode().ljust(16, b"\0")[:16]
+            req["lease_state"] = 0x07
+            req["parent_lease_key"] = b"\x00" * 16
+            req["epoch"] = b"\x00\x00"
+            ctx = SMB2CreateContextRequest()
+            ctx["buffer_name"] = CreateContextName.SMB2_CREATE_REQUEST_LEASE_V2
+            ctx["buffer_data"] = req
+            contexts.append(ctx)
+        f = Open(self.tree, name)
+        f.create(
+            ImpersonationLevel.Impersonation,
+            access,
+            FileAttributes.FILE_ATTRIBUTE_NORMAL,
+            0x07,
+            disposition,
+            CreateOptions.FILE_NON_DIRECTORY_FILE | options,
+            create_contexts=contexts or None,
+            oplock_level=0xFF if lease else 0,
+        )
+        return f
+
+    def create_write_close(self, name: str, lease: bool = False) -> None:
+        from smbprotocol.open import CreateDisposition
+
+        f = self.open(name, CreateDisposition.FILE_CREATE, lease=lease)
+        f.write(b"x" * 4096, 0)
+        f.close()
+
+    def delete(self, name: str) -> None:
+        from smbprotocol.open import CreateDisposition, CreateOptions
+
+        f = self.open(
+            name,
+            CreateDisposition.FILE_OPEN,
+            CreateOptions.FILE_DELETE_ON_CLOSE,
+            access=0x00010000,
+        )
+        f.close()
+
+    def close(self) -> None:
+        self.conn.disconnect()
+
+
+def _smb_factory(root: Any) -> Any:
+    todo = [root]
+    while todo:
+        svc = todo.pop()
+        factory = getattr(svc, "factory", None)
+        if getattr(factory, "files", None) is not None:
+            return factory
+        todo.extend(getattr(svc, "services", []))
+    raise AssertionError("no SMB service")
+
+
+class SMBRoundTripTests(TestCase):
+    timeout = 60
+
+    async def _gateway(self) -> tuple[Any, Counter[str], Counter[str]]:
+        cluster = Cluster(self, event_marks=True)
+        await cluster.start()
+        data = os.path.abspath(self.mktemp())
+        chunks = os.path.join(os.path.abspath(cluster.base), "data")
+        config = cfg.loads(_yaml(data, cluster.meta_address, chunks, str(cluster.marks)))
+        root = service.build(config, reactor, protocols=["smb"])
+        root.privilegedStartService()
+        root.startService()
+        self.addCleanup(root.stopService)
+        await root.core.vfs_ready()
+        self._root = root
+        # The background metadata flush's SYNC is answered before the gateway stops.
+        self.addCleanup(lambda: _smb_factory(root).files.stop_flushing())
+        calls: Counter[str] = Counter()
+        events: Counter[str] = Counter()
+        real_call = protocol.ClientConnection.call
+        real_frame = protocol.ClientConnection.frame_received
+
+        def counting(conn: Any, name: str, args: Any = None) -> Any:
+            if name not in ("HELLO", "HEARTBEAT"):
+                calls[name] += 1
+            return real_call(conn, name, args)
+
+        def frame(conn: Any, opcode: int, kind: int, rid: int, payload: bytes) -> None:
+            if kind == wire.EVENT:
+                events[wire.OPS[opcode].name] += 1
+            real_frame(conn, opcode, kind, rid, payload)
+
+        protocol.ClientConnection.call = counting  # type: ignore[method-assign]
+        protocol.ClientConnection.frame_received = frame  # type: ignore[method-assign]
+        self.addCleanup(setattr, protocol.ClientConnection, "call", real_call)
+        self.addCleanup(setattr, protocol.ClientConnection, "frame_received", real_frame)
+        port = root.listeners()["smb"].bound_port
+        client = await threads.deferToThread(_Client, port)
+        self.addCleanup(lambda: threads.deferToThread(client.close))
+        # The first file warms the caches (the share's root, its names).
+        await threads.deferToThread(client.create_write_close, "warm")
+        return client, calls, events
+
+    async def _settle(self) -> None:
+        """Let what is sent after the reply (not awaited by it) go out and be answered."""
+        for _ in range(10):
+            d: defer.Deferred[None] = defer.Deferred()
+            reactor.callLater(0.01, d.callback, None)
+            await d
+
+    async def _count(
+        self, calls: Counter[str], events: Counter[str], run: Any, *args: Any
+    ) -> dict[str, int]:
+        await self._settle()
+        calls.clear()
+        events.clear()
+        await threads.deferToThread(run, *args)
+        await self._settle()
+        return dict(calls)
+
+    async def test_create_write_close(self) -> None:
+        """
+        A new file's CREATE, WRITE and CLOSE: three calls (the lookup of a
+        name the case index knows is absent is skipped; the share reservation
+        goes with the create; the bytes go to the chunk files directly).
+        """
+        client, calls, events = await self._gateway()
+        got = await self._count(calls, events, client.create_write_close, "f1")
+        self.assertEqual(got, {"CREATE_OPEN": 1, "WROTE": 1, "RELEASE_OWNER": 1})
+        # No event of its own changes comes back to the gateway that made them.
+        self.assertEqual(dict(events), {})
+
+    async def test_leased_create_write_close(self) -> None:
+        """With an RWH lease: the grant is confirmed and the release told (five calls)."""
+        client, calls, events = await self._gateway()
+        got = await self._count(calls, events, client.create_write_close, "f2", True)
+        self.assertEqual(
+            got,
+            {"CREATE_OPEN": 1, "LEASE_GRANT": 1, "WROTE": 1, "RELEASE_OWNER": 1, "LEASE_HOLD": 1},
+        )
+        self.assertEqual(dict(events), {})
+
+    async def test_delete(self) -> None:
+        """
+        An open with delete-on-close, then CLOSE: three calls. The name is
+        answered from the caches (the event marks say every change was heard:
+        no LOOKUP), and the meta server drops the removed inode's shared state
+        with the UNLINK (no RELEASE_INODE).
+        """
+        client, calls, events = await self._gateway()
+        await threads.deferToThread(client.create_write_close, "f3")
+        got = await self._count(calls, events, client.delete, "f3")
+        self.assertEqual(got, {"SHARE_OPEN": 1, "RELEASE_OWNER": 1, "UNLINK": 1})
+        self.assertEqual(dict(events), {})
+
+    async def test_delete_unsure_asks(self) -> None:
+        """Without the marks' word that every change was heard, the name is asked for (LOOKUP)."""
+        client, calls, events = await self._gateway()
+        await threads.deferToThread(client.create_write_close, "f4")
+        backend = self._root.core.vfs_service.backend
+        backend.heard_everything = lambda: False
+        got = await self._count(calls, events, client.delete, "f4")
+        self.assertEqual(got, {"LOOKUP": 1, "SHARE_OPEN": 1, "RELEASE_OWNER": 1, "UNLINK": 1})
