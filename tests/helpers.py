@@ -98,6 +98,7 @@ class GatewayProcess(protocol.ProcessProtocol):
             d.errback(
                 AssertionError(
                     f"process ended before the awaited event; stderr: {self.stderr[-2000:]!r}"
+                    f"\nwarnings and errors: {self.trouble()[-30:]!r}"
                     f"\nstdout: {self.text[-20:]!r}"
                 )
             )
@@ -109,6 +110,26 @@ class GatewayProcess(protocol.ProcessProtocol):
             self.ended.callback(-v.signal if v.signal is not None else v.exitCode)
         else:  # pragma: no cover
             self.ended.errback(reason)
+
+    def trouble(self) -> list[str]:
+        """
+        Every line the child logged at warn level or above, or not as JSON: a
+        child that ended early says why there, often long before the last lines
+        (the workers' shutdown chatter).
+        """
+        bad = {"warn", "error", "critical"}
+        out = []
+        for text in self.text:
+            try:
+                event = json.loads(text)
+            except ValueError:
+                out.append(text)
+                continue
+            level = event.get("log_level") if isinstance(event, dict) else None
+            name = level.get("name") if isinstance(level, dict) else None
+            if name in bad or (isinstance(event, dict) and event.get("isError")):
+                out.append(text[:2000])
+        return out
 
     def wait_for(self, pred: Callable[[dict[str, Any]], bool]) -> defer.Deferred[dict[str, Any]]:
         for event in self.events:
