@@ -925,10 +925,18 @@ class RemoteBackend:
         return self._call("ROOT")
 
     def getattr(self, ino: int) -> defer.Deferred[Attributes]:
+        return self._after_others("GETATTR", (ino,))
+
+    def _after_others(self, name: str, args: Any) -> defer.Deferred[Any]:
+        """
+        C{name} asked once the write-behind WROTEs other gateways on this
+        host had sent are answered (L{_others_written}): an answer carrying a
+        file's size then holds every write answered to any client before.
+        """
         if self._board is not None and self._board.behind():
             d = defer.Deferred.fromCoroutine(self._others_written())
-            return d.addCallback(lambda _: self._call("GETATTR", (ino,)))
-        return self._call("GETATTR", (ino,))
+            return d.addCallback(lambda _: self._call(name, args))
+        return self._call(name, args)
 
     def attrs_current(self) -> bool:
         """
@@ -962,7 +970,8 @@ class RemoteBackend:
             waits = board.caught_up(waits)
 
     def lookup(self, parent: int, name: bytes) -> defer.Deferred[Attributes]:
-        return self._call("LOOKUP", (parent, bytes(name)))
+        # Its answer is the entry's attributes, size included, as GETATTR's.
+        return self._after_others("LOOKUP", (parent, bytes(name)))
 
     def create(
         self,

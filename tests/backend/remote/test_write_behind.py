@@ -250,6 +250,36 @@ class VFSTests(TestCase):
         self.assertEqual(await va.getattr(ca, f.ino), r.attrs)
         self.assertEqual((await vb.read(cb, f.ino, 0, 100)).data, b"1" * 10 + b"2" * 10)
 
+    async def test_fresh_lookup_waits_for_another_gateways_write(self) -> None:
+        """
+        A fresh lookup (S3's read-after-write, SMB's open) through gateway B,
+        whose caches hold the file and have heard every event: a write
+        answered through A and not yet applied by the meta server (its event
+        not out yet) keeps B from answering from its caches or from the meta
+        server until it is applied; then B gives the size A's client was told.
+        """
+        _, a, b = await _two(self)
+        va, ca, root = await _vfs(self, a)
+        vb, cb, _ = await _vfs(self, b, "s3")
+        # As vfs/service.py wires them: B's caches drop what events name.
+        b.on_change(lambda ev: vb.forget_changed(ev.ino, ev.dir))
+        b.on_reset(vb.invalidate)
+        f = await va.create(ca, root, b"f", 0o644)
+        await va.write(ca, f.ino, 0, b"1" * 10, False)
+        self.assertEqual((await vb.lookup(cb, root, b"f", fresh=True)).size, 10)
+        self.assertTrue(b.heard_everything())
+        held = _Held(self, a)
+        r = await va.write(ca, f.ino, 10, b"2" * 10, False)
+        self.assertEqual(r.attrs.size, 20)
+        self.assertFalse(b.heard_everything())
+        got = vb.lookup(cb, root, b"f", fresh=True)
+        for _ in range(20):
+            await _turn()
+        self.assertFalse(got.called)
+        held.release()
+        after = await got
+        self.assertEqual((after.size, after.mtime_ns), (20, r.attrs.mtime_ns))
+
     async def test_only_nfs_writes_go_behind(self) -> None:
         """
         SMB has no write verifier to make a client resend: its unstable
