@@ -101,6 +101,16 @@ def pause(seconds: float) -> defer.Deferred[None]:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
+async def answering_again(backend: RemoteBackend, root: int) -> None:
+    """Return once a killed meta server, started again, answers C{backend} (retryable errors meanwhile)."""
+    while True:
+        try:
+            await backend.getattr(root)
+            return
+        except RETRYABLE:
+            await pause(0.02)
+
+
 #: SIGKILLs per run; CI runs three, ``CFS_KILL_TRIALS=100`` the issue's hundred.
 KILL_TRIALS = int(os.environ.get("CFS_KILL_TRIALS", "3"))
 
@@ -174,12 +184,7 @@ class KillMetaTests(TestCase):
             self.assertLess(time.monotonic() - start, 1.0, "refused calls must not wait")
             await meta.start()
             back_at = time.monotonic()
-            while True:
-                try:
-                    await backend.getattr(root)
-                    break
-                except RETRYABLE:
-                    await pause(0.02)
+            await answering_again(backend, root)
             self.assertLess(time.monotonic() - back_at, 0.5 + 1.5, f"trial {trial}: slow return")
             await pause(0.3)
             self.assertGreater(sum(len(v) for v in acked.values()), before, "load resumed")
@@ -243,12 +248,7 @@ class KillMetaAfterUnstableWritesTests(TestCase):
         lazy = await backend.create(root, b"smb", FileType.REG, 0o644, 0, 0, durable=False)
         await meta.kill()
         await meta.start()
-        while True:
-            try:
-                await backend.getattr(root)
-                break
-            except RETRYABLE:
-                await pause(0.02)
+        await answering_again(backend, root)
         for ino, payload in files.items():
             a = await backend.getattr(ino)
             self.assertEqual(a.size, len(payload), f"inode {ino}: size lost")

@@ -20,32 +20,7 @@ from claudefs_gateway import errors
 from claudefs_gateway.backend.remote.board import WriteBoard, board_dir, clear_dead
 from claudefs_gateway.fstypes import FileType, SetAttrs
 from claudefs_gateway.servers.data import ChunkStore
-from tests.backend.remote.harness import Cluster
-
-
-async def _two(test: TestCase) -> tuple[Cluster, Any, Any]:
-    cluster = Cluster(test, event_marks=True)
-    await cluster.start()
-    out = []
-    for _ in range(2):
-        b = cluster.backend(
-            short_circuit=ChunkStore(cluster.data_dir, durable=False),
-            event_marks=str(cluster.marks),
-        )
-        await b.open()
-        test.addCleanup(b.close)
-        out.append(b)
-    for b in out:
-        while b._events is None:
-            await _turn()
-    return cluster, out[0], out[1]
-
-
-def _turn() -> defer.Deferred[None]:
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, 0, lambda: None)
+from tests.backend.remote.test_read_sizes import _turn, _two
 
 
 class _Held:
@@ -357,7 +332,7 @@ class KillMetaTests(TestCase):
         """
         from claudefs_gateway.backend.remote.client import NodeSpec, RemoteBackend
         from claudefs_gateway.core import config as cfg
-        from tests.backend.remote.test_faults import RETRYABLE, SETTINGS, ServerProcess, pause
+        from tests.backend.remote.test_faults import SETTINGS, ServerProcess, answering_again
 
         marks = os.path.abspath(self.mktemp())
         data = ServerProcess(self, "data")
@@ -397,12 +372,7 @@ class KillMetaTests(TestCase):
         verifier = backend.restarts
         await meta.kill()
         await meta.start()
-        while True:
-            try:
-                await backend.getattr(root)
-                break
-            except RETRYABLE:
-                await pause(0.02)
+        await answering_again(backend, root)
         for ino, payload in committed.items():
             a = await backend.getattr(ino)
             self.assertEqual(a.size, len(payload), f"inode {ino}: committed size lost")
