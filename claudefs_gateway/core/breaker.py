@@ -303,7 +303,6 @@ class Breaker:
             return self._aio.fail(e)
         inner = self._aio.as_future(fn, *args, **kwargs)
         timed_out: list[bool] = []
-        outer = self._aio.create_future(canceller=lambda _: self._aio.cancel(inner))
 
         def expire() -> None:
             timed_out.append(True)
@@ -311,7 +310,10 @@ class Breaker:
 
         timer = self._aio.call_later(self.timeout, expire)
 
-        def done(result: Any) -> None:
+        # The verdict is taken on C{fn}'s own Deferred, which is the result:
+        # no second Deferred fired from the first (one per call; a caller
+        # that cancels it cancels C{fn}'s, as before).
+        def done(result: Any) -> Any:
             if timer.active():
                 timer.cancel()
             if isinstance(result, Failure):
@@ -323,13 +325,9 @@ class Breaker:
                     self.abandon(epoch)
                 else:
                     self.record(epoch, result)
-                if not self._aio.is_called(outer):
-                    self._aio.reject(outer, result)
-                return None
+                return result
             self.record(epoch, None)
-            if not self._aio.is_called(outer):
-                self._aio.resolve(outer, result)
-            return None
+            return result
 
         self._aio.add_callbacks(inner, done, done)
-        return outer
+        return inner

@@ -194,6 +194,24 @@ class Pool:
 
         Cancelling the result cancels the wait or C{fn}'s Deferred, and frees the slot.
         """
+        if not self._waiters:
+            # A free slot now (acquire's choice): C{fn}'s own Deferred is the
+            # result, with the release on it, not a second Deferred fired
+            # from the first (per call, in every process of --workers:
+            # docs/workers.rst "Where the CPU of a create went").
+            slot = self._pick(idle_only=True)
+            if slot is None and self._total >= self.max:
+                slot = self._pick(idle_only=False)
+            if slot is not None:
+                lease = self._lease(slot)
+                inner = self._aio.as_future(fn, lease.conn)
+
+                def release(result: Any) -> Any:
+                    lease.release()
+                    return result
+
+                self._aio.add_callbacks(inner, release, release)
+                return inner
         current: list[Any] = []
 
         def cancel_current(_: Any) -> None:

@@ -112,6 +112,8 @@ class Failover:
 
     def _order(self) -> list[int]:
         n = len(self.nodes)
+        if n == 1:
+            return [0]
         first = [(self._preferred + i) % n for i in range(n)]
 
         def rank(i: int) -> int:
@@ -136,73 +138,61 @@ class Failover:
             status), or at once with any other failure (a node's answer).
             Cancelling it cancels the attempt in progress or the back-off wait.
         """
-        current: list[Any] = []
+        return self._attempt(fn, idempotent, 0, self._order(), 0)
 
-        def cancel_current(_: Any) -> None:
-            for d in list(current):
-                self._aio.cancel(d)
+    def _attempt(
+        self, fn: Callable[[Any], Any], idempotent: bool, round_: int, order: list[int], pos: int
+    ) -> Any:
+        """
+        One attempt on C{nodes[order[pos]]}; its Deferred carries the call's
+        outcome, a retry chained on it when it fails with one to retry (so
+        cancelling it cancels the attempt or back-off wait in progress, as
+        Deferreds chain). One Deferred per call, not one more per layer.
+        """
+        index = order[pos]
+        node = self.nodes[index]
+        d = node.call(fn)
 
-        outer = self._aio.create_future(canceller=cancel_current)
+        def ok(result: Any) -> Any:
+            self._preferred = index
+            return result
 
-        def settle(result: Any) -> None:
-            if not self._aio.is_called(outer):
-                if isinstance(result, Failure):
-                    self._aio.reject(outer, result)
-                else:
-                    self._aio.resolve(outer, result)
+        def failed(f: Failure) -> Any:
+            if not f.check(*RETRYABLE):
+                return f
+            if not (idempotent or _never_sent(f)):
+                return f
+            if pos + 1 < len(order):
+                self._log.debug(
+                    "{node} unavailable ({why}); trying {next}",
+                    node=node.name,
+                    why=f.getErrorMessage(),
+                    next=self.nodes[order[pos + 1]].name,
+                )
+                return self._attempt(fn, idempotent, round_, order, pos + 1)
+            if (
+                self._stopped
+                or round_ + 1 >= self.backoff.attempts
+                or not any(n.breaker.available for n in self.nodes)
+            ):
+                # Spent, or every circuit is open: waiting a few ms more
+                # will not close one (open_duration_ms is far longer).
+                return f
+            wait = self._aio.sleep(self.backoff.delay(round_, self._rng))
+            self._waits.add(wait)
 
-        def attempt(round_: int, order: list[int], pos: int) -> None:
-            index = order[pos]
-            node = self.nodes[index]
-            d = node.call(fn)
-            current[:] = [d]
+            def waited(_: Any) -> Any:
+                self._waits.discard(wait)
+                return self._attempt(fn, idempotent, round_ + 1, self._order(), 0)
 
-            def ok(result: Any) -> None:
-                self._preferred = index
-                settle(result)
+            def wait_ended(why: Failure) -> Failure:
+                self._waits.discard(wait)
+                # Cancelled by stop(): the caller gets the failure that
+                # would have been retried, not a CancelledError.
+                return f if self._stopped else why
 
-            def failed(f: Failure) -> None:
-                if self._aio.is_called(outer) or not f.check(*RETRYABLE):
-                    settle(f)
-                    return
-                if not (idempotent or _never_sent(f)):
-                    settle(f)
-                    return
-                if pos + 1 < len(order):
-                    self._log.debug(
-                        "{node} unavailable ({why}); trying {next}",
-                        node=node.name,
-                        why=f.getErrorMessage(),
-                        next=self.nodes[order[pos + 1]].name,
-                    )
-                    attempt(round_, order, pos + 1)
-                    return
-                if (
-                    self._stopped
-                    or round_ + 1 >= self.backoff.attempts
-                    or not any(n.breaker.available for n in self.nodes)
-                ):
-                    # Spent, or every circuit is open: waiting a few ms more
-                    # will not close one (open_duration_ms is far longer).
-                    settle(f)
-                    return
-                wait = self._aio.sleep(self.backoff.delay(round_, self._rng))
-                current[:] = [wait]
-                self._waits.add(wait)
+            self._aio.add_callbacks(wait, waited, wait_ended)
+            return wait
 
-                def waited(_: Any) -> None:
-                    self._waits.discard(wait)
-                    attempt(round_ + 1, self._order(), 0)
-
-                def wait_ended(why: Failure) -> None:
-                    self._waits.discard(wait)
-                    # Cancelled by stop(): the caller gets the failure that
-                    # would have been retried, not a CancelledError.
-                    settle(f if self._stopped else why)
-
-                self._aio.add_callbacks(wait, waited, wait_ended)
-
-            self._aio.add_callbacks(d, ok, failed)
-
-        attempt(0, self._order(), 0)
-        return outer
+        self._aio.add_callbacks(d, ok, failed)
+        return d

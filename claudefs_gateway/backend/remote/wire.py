@@ -135,7 +135,13 @@ class Fixed(Codec):
         out += self.s.pack(v)
 
     def dec(self, r: Reader) -> Any:
-        return r.unpack(self.s)[0]
+        # Reader.unpack inlined: this is every integer of every frame.
+        s, pos = self.s, r.pos
+        end = pos + s.size
+        if end > len(r.buf):
+            raise ProtocolError("payload too short")
+        r.pos = end
+        return s.unpack_from(r.buf, pos)[0]
 
 
 class Bool(Codec):
@@ -173,14 +179,21 @@ class Blob(Codec):
         n = len(v)
         if n > self.limit:
             raise ValueError("too long")
-        out += struct.pack("<I", n)
+        out += _U32.pack(n)
         out += v
 
     def dec(self, r: Reader) -> Any:
-        (n,) = r.unpack(_U32)
+        buf, pos = r.buf, r.pos
+        if pos + 4 > len(buf):
+            raise ProtocolError("payload too short")
+        (n,) = _U32.unpack_from(buf, pos)
         if n > self.limit:
             raise ProtocolError(f"field of {n} bytes exceeds {self.limit}")
-        return bytes(r.take(n))
+        end = pos + 4 + n
+        if end > len(buf):
+            raise ProtocolError("payload too short")
+        r.pos = end
+        return bytes(buf[pos + 4 : end])
 
 
 class Text(Blob):
@@ -189,7 +202,7 @@ class Text(Blob):
 
     def dec(self, r: Reader) -> Any:
         try:
-            return bytes(super().dec(r)).decode("utf-8")
+            return super().dec(r).decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError("text is not UTF-8") from None
 
