@@ -94,3 +94,41 @@ class AcrossGatewaysTests(TestCase):
         watcher = await threads.deferToThread(watch)
         await threads.deferToThread(a.create_write_close, "added-through-a")
         self.assertEqual(await threads.deferToThread(watcher.wait), [])
+
+
+class StopTests(TestCase):
+    timeout = 60
+
+    async def test_last_metadata_flush_before_the_store_closes(self) -> None:
+        """
+        A gateway stopping with SMB metadata changes not yet synced (the
+        background flush is due) syncs them at the meta server before its
+        connections close: the stop sends SYNC, and logs no failed flush
+        (trial fails a test on a logged error).
+        """
+        from claudefs_gateway.backend.remote import protocol
+
+        cluster = Cluster(self, event_marks=True)
+        await cluster.start()
+        chunks = os.path.join(os.path.abspath(cluster.base), "data")
+        data = os.path.abspath(self.mktemp())
+        config = cfg.loads(_yaml(data, cluster.meta_address, chunks, str(cluster.marks)))
+        root = service.build(config, reactor, protocols=["smb"])
+        root.privilegedStartService()
+        root.startService()
+        await root.core.vfs_ready()
+        port = root.listeners()["smb"].bound_port
+        client = await threads.deferToThread(_Client, port)
+        await threads.deferToThread(client.create_write_close, "unsynced")
+        await threads.deferToThread(client.close)
+        self.assertIsNotNone(_smb_factory(root).files._meta_flush)
+        calls: list[str] = []
+        real = protocol.ClientConnection.call
+
+        def counting(conn: Any, name: str, args: Any = None) -> Any:
+            calls.append(name)
+            return real(conn, name, args)
+
+        self.patch(protocol.ClientConnection, "call", counting)
+        await root.stopService()
+        self.assertIn("SYNC", calls)
