@@ -47,6 +47,7 @@ __all__ = [
     "json_stdout",
     "scrub",
     "Sampler",
+    "debugging",
 ]
 
 LEVELS: dict[str, LogLevel] = {
@@ -165,10 +166,33 @@ class Logger(_TwistedLogger):
             namespace = sys._getframe(1).f_globals.get("__name__", "<unknown>")
         super().__init__(namespace, source, publisher if observer is None else observer)
 
+    def __get__(self, instance: object, owner: type | None = None) -> Logger:
+        # Twisted's makes a Logger through __init__ (and a dotted name) at
+        # every C{self._log}; this is the same three attributes without the
+        # calls (a LockTable's open and release each paid it per event of a
+        # --workers meta server: docs/workers.rst "Where the CPU of a create went").
+        assert owner is not None
+        log: Logger = object.__new__(type(self))
+        names = self.__dict__.get("_names")
+        if names is None:
+            names = self.__dict__["_names"] = {}
+        namespace = names.get(owner)
+        if namespace is None:
+            namespace = names[owner] = f"{owner.__module__}.{owner.__name__}"
+        log.namespace = namespace
+        log.source = owner if instance is None else instance
+        log.observer = self.observer
+        return log
+
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:  # noqa: A002
         if _ORDER.get(level, 99) < _settings.rank:
             return
         super().emit(level, format, **kwargs)
+
+
+def debugging() -> bool:
+    """Whether debug events are written: a hot path skips building their fields otherwise."""
+    return _settings.rank <= _ORDER[LogLevel.debug]
 
 
 @implementer(ILogFilterPredicate)

@@ -35,7 +35,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from zope.interface import implementer
 
-from claudefs_gateway.core.log import Logger
+from claudefs_gateway.core.log import Logger, debugging
 from claudefs_gateway.errors import (
     Deadlock,
     Grace,
@@ -627,7 +627,8 @@ class LockTable:
         dropped: list[_Waiter] = []
         touched: set[int] = set()
         self._drop_owner(owner, dropped, touched)
-        self._log.debug("released owner {protocol}", protocol=owner.protocol)
+        if debugging():
+            self._log.debug("released owner {protocol}", protocol=owner.protocol)
         self._finish(dropped, touched)
 
     def release_client(self, protocol: str, client: str | bytes) -> None:
@@ -696,7 +697,8 @@ class LockTable:
             self._owned(t.owner).shares.remove(t)
         for owner in {*f.held, *(w.owner for w in f.waiters), *(t.owner for t in f.shares)}:
             self._forget_if_idle(owner)
-        self._log.debug("released inode {ino}", ino=ino)
+        if debugging():
+            self._log.debug("released inode {ino}", ino=ino)
         for w in f.waiters:
             assert w.deferred is not None
             w.deferred.errback(Stale(f"inode {ino} released"))
@@ -748,13 +750,14 @@ class LockTable:
         f.version += 1
         self._owned(owner).shares.append(token)
         self._records += 1
-        self._log.debug(
-            "share {protocol} ino={ino} access={access} deny={deny}",
-            protocol=owner.protocol,
-            ino=ino,
-            access=sorted(acc),
-            deny=sorted(den),
-        )
+        if debugging():
+            self._log.debug(
+                "share {protocol} ino={ino} access={access} deny={deny}",
+                protocol=owner.protocol,
+                ino=ino,
+                access=sorted(acc),
+                deny=sorted(den),
+            )
         return token
 
     def upgrade_share(
@@ -835,9 +838,10 @@ class LockTable:
         self._owned(token.owner).shares.remove(token)
         self._forget_if_idle(token.owner)
         self._drop_if_empty(token.ino)
-        self._log.debug(
-            "unshare {protocol} ino={ino}", protocol=token.owner.protocol, ino=token.ino
-        )
+        if debugging():
+            self._log.debug(
+                "unshare {protocol} ino={ino}", protocol=token.owner.protocol, ino=token.ino
+            )
 
     def settle_share(self, token: ShareToken) -> defer.Deferred[None]:
         """One process decides at once: nothing to wait for (an already fired Deferred)."""

@@ -45,8 +45,22 @@ class LevelTests(SynchronousTestCase):
             _log = log.Logger()
 
         cap = _Capture(self)
-        Thing()._log.info("hello {x}", x=1)
+        thing = Thing()
+        thing._log.info("hello {x}", x=1)
         self.assertEqual(cap.events[-1]["x"], 1)
+        # As Twisted's descriptor: the class's name, the instance (or class) as source.
+        self.assertEqual(cap.events[-1]["log_namespace"], f"{__name__}.{Thing.__name__}")
+        self.assertIs(cap.events[-1]["log_source"], thing)
+        self.assertIsInstance(thing._log, log.Logger)
+        Thing._log.warn("from the class")
+        self.assertIs(cap.events[-1]["log_source"], Thing)
+
+    def test_debugging(self) -> None:
+        """debugging() says whether debug events are written (hot paths skip their fields)."""
+        self.addCleanup(log.set_level, "info")
+        self.assertFalse(log.debugging())
+        log.set_level("debug")
+        self.assertTrue(log.debugging())
 
 
 class ScrubTests(SynchronousTestCase):
