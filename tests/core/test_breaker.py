@@ -97,6 +97,30 @@ class BreakerTests(SynchronousTestCase):
         self.assertTrue(all(p.called for p in pending))  # cancelled
         self.assertEqual(self.breaker.state, OPEN)
 
+    def test_call_is_the_calls_deferred(self) -> None:
+        """
+        The breaker's verdict rides on the call's own Deferred (no second
+        one per call): a caller's cancel is no verdict on the node, and its
+        timer is gone with the answer.
+        """
+        inner: list[defer.Deferred[int]] = []
+
+        def call() -> defer.Deferred[int]:
+            d: defer.Deferred[int] = defer.Deferred()
+            inner.append(d)
+            return d
+
+        d = self.breaker.call(call)
+        self.assertIs(d, inner[0])
+        d.callback(3)
+        self.assertEqual(self.successResultOf(d), 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        for _ in range(5):
+            gone = self.breaker.call(call)
+            gone.cancel()
+            self.failureResultOf(gone, defer.CancelledError)
+        self.assertEqual(self.breaker.state, CLOSED)
+
     def test_half_open_after_open_duration_then_closed(self) -> None:
         """open_duration_ms later trial calls go through; success_threshold of them close it."""
         for _ in range(3):

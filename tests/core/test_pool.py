@@ -153,6 +153,37 @@ class PoolTests(SynchronousTestCase):
         inner[1].callback(5)
         self.assertEqual(self.successResultOf(queued), 5)
 
+    def test_free_slot_call_is_one_deferred(self) -> None:
+        """
+        With a connection free, run() gives the call's own Deferred (the
+        release added to it), not one more fired from it; cancelling it
+        still frees the slot, and a failure still releases it.
+        """
+        pool = self.make(streams=1, max_per_node=1)
+        warm = pool.run(lambda conn: defer.succeed(conn.n))  # waits for the first connection
+        self.finish_connect(0)
+        self.assertEqual(self.successResultOf(warm), 0)
+        inner: list[defer.Deferred[int]] = []
+
+        def call(conn: FakeConnection) -> defer.Deferred[int]:
+            d: defer.Deferred[int] = defer.Deferred()
+            inner.append(d)
+            return d
+
+        d = pool.run(call)
+        self.assertIs(d, inner[0])
+        queued = pool.run(call)
+        self.assertEqual(len(inner), 1)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(len(inner), 2)  # the slot went to the queued call
+        inner[1].errback(BackendUnavailable("gone"))
+        self.failureResultOf(queued, BackendUnavailable)
+        again = pool.run(call)
+        self.assertIs(again, inner[2])  # released after the failure: free again
+        inner[2].callback(7)
+        self.assertEqual(self.successResultOf(again), 7)
+
     def test_unreachable_node_fails_waiters_fast(self) -> None:
         pool = self.make()
         d = pool.acquire()
