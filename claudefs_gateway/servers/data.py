@@ -153,12 +153,22 @@ class ChunkStore:
             return self._bucket(ino) / str(ino)
         return self._dir(ino) / str(idx)
 
+    def _bucket_name(self, ino: int) -> str:
+        """L{_bucket} as a string, built without pathlib (a small file's COMMIT and unlink)."""
+        return f"{self.root}/chunks/{ino % 256:02x}"
+
+    def _dir_name(self, ino: int) -> str:
+        """L{_dir} as a string."""
+        if self.layout == 1:
+            return f"{self._bucket_name(ino)}/{ino}"
+        return f"{self._bucket_name(ino)}/{ino}.d"
+
     def _chunks(self, ino: int) -> list[int]:
         try:
-            found = sorted(int(n) for n in os.listdir(self._dir(ino)) if n.isdigit())
+            found = sorted(int(n) for n in os.listdir(self._dir_name(ino)) if n.isdigit())
         except FileNotFoundError:
             found = []
-        if self.layout != 1 and os.path.exists(self._path(ino, 0)):
+        if self.layout != 1 and os.path.exists(self._chunk_name(ino, 0)):
             found.insert(0, 0)
         return found
 
@@ -170,6 +180,16 @@ class ChunkStore:
         except FileNotFoundError:
             if not create:
                 return None
+        if not sync_dirs or not self.durable:
+            # Its directory is nearly always there (a bucket; a file's own
+            # directory after its second chunk): create the file in it
+            # without pathlib and the walk up, which only a missing
+            # directory needs. (Found there, the walk makes and syncs
+            # nothing either.)
+            try:
+                return os.open(self._chunk_name(ino, idx), os.O_RDWR | os.O_CREAT, 0o600)
+            except FileNotFoundError:
+                pass
         path = self._path(ino, idx)
         d = path.parent
         created = _make_dirs(d)
@@ -199,7 +219,7 @@ class ChunkStore:
                 self._fsync_dir(p)
         return fd
 
-    def _fsync_dir(self, path: Path) -> None:
+    def _fsync_dir(self, path: Path | str) -> None:
         self.dir_syncs += 1
         _fsync_dir(path)
 
@@ -349,16 +369,16 @@ class ChunkStore:
         # A chunk past the first listed: its directory exists (unless a
         # truncate through another process removed it since: d.exists()).
         past_first = any(idx > 0 for idx in todo)
-        bucket: Path | None = None
+        bucket: str | None = None
         if self.layout != 1 and todo and todo[0] == 0:
             # Layout 2: chunk 0's entry is in its bucket, synced every time (a
             # truncate through another process may have removed and made it
             # again). The bucket's own entry in chunks/ was synced when it was
             # made. The file's directory's entry is in it too.
-            bucket = self._bucket(ino)
-        d = self._dir(ino)
+            bucket = self._bucket_name(ino)
+        d = self._dir_name(ino)
         linking = False
-        if (past_first if self.layout != 1 else True) and d.exists():
+        if (past_first if self.layout != 1 else True) and os.path.exists(d):
             # The chunks' entries: every time (a truncate through another
             # process may have removed and made one again since).
             steps.append(functools.partial(self._sync_dir, d, None))
@@ -371,7 +391,7 @@ class ChunkStore:
             # directory syncs it at its own first sync.
             linking = ino not in self._linked
             if linking and bucket is None:
-                steps.append(functools.partial(self._sync_dir, d.parent, ino))
+                steps.append(functools.partial(self._sync_dir, self._bucket_name(ino), ino))
         if bucket is not None:
             steps.append(functools.partial(self._sync_dir, bucket, ino if linking else None))
         return steps
@@ -384,7 +404,7 @@ class ChunkStore:
             finally:
                 os.close(fd)
 
-    def _sync_dir(self, path: Path, linked: int | None) -> None:
+    def _sync_dir(self, path: str, linked: int | None) -> None:
         """Sync directory C{path}; then, if C{linked}, that inode's directory entry is durable."""
         self._fsync_dir(path)
         if linked is not None:
@@ -478,13 +498,13 @@ class ChunkStore:
         thread: freeing gigabytes of extents can take a while).
         """
         try:
-            names = os.listdir(self._dir(ino))
+            names = os.listdir(self._dir_name(ino))
         except FileNotFoundError:
             self._dirty.pop(ino, None)
             self._linked.discard(ino)
             if self.layout != 1:
                 # Layout 2, no directory: chunk 0 alone, if anything (a small file).
-                _unlink_if_there(self._path(ino, 0))
+                _unlink_if_there(self._chunk_name(ino, 0))
             return True
         if len(names) + (self.layout != 1) > most:
             return False
@@ -544,7 +564,7 @@ def _read_layout(path: Path) -> int | None:
     return int(text)
 
 
-def _unlink_if_there(path: Path) -> None:
+def _unlink_if_there(path: Path | str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -559,7 +579,7 @@ def _open_existing(path: str) -> int | None:
         return None
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
