@@ -153,6 +153,29 @@ class CodecTests(SynchronousTestCase):
         with self.assertRaises(ProtocolError):
             wire.decode(wire.ATTRS, payload[:16] + struct.pack("<I", kind) + payload[20:])
 
+    @given(data=st.data())
+    @settings(max_examples=200)
+    def test_directory_entries_read_as_field_by_field(self, data: st.DataObject) -> None:
+        """
+        L{wire.DIRENTRY} reads what the field-by-field codec writes, and a cut
+        payload, an unknown type or a bad optional tag is a ProtocolError.
+        """
+        generic = wire.Struct(wire.DIRENTRY.cls, wire.DIRENTRY.fields)
+        e = data.draw(strategy(generic))
+        payload = bytes(wire.encode(generic, e))
+        self.assertEqual(bytes(wire.encode(wire.DIRENTRY, e)), payload)
+        self.assertEqual(wire.decode(wire.DIRENTRY, payload), e)
+        cut = data.draw(st.integers(0, len(payload) - 1))
+        with self.assertRaises(ProtocolError):
+            wire.decode(wire.DIRENTRY, payload[:cut])
+        at = 4 + len(e.name)
+        for bad in (
+            payload[: at + 8] + struct.pack("<I", 99) + payload[at + 12 :],
+            payload[: at + 20] + b"\x02" + payload[at + 21 :],
+        ):
+            with self.assertRaises(ProtocolError):
+                wire.decode(wire.DIRENTRY, bad)
+
     def test_trailing_bytes_refused(self) -> None:
         payload = wire.encode(wire.BY_NAME["GETATTR"].args, (5,)) + b"x"
         self.assertRaises(ProtocolError, wire.decode, wire.BY_NAME["GETATTR"].args, payload)
