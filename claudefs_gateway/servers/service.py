@@ -249,7 +249,12 @@ def build_meta(
         # A meta server's bytes live on data servers (WROTE, never write):
         # nothing of its store is inline.
         backend = EmbeddedBackend(
-            settings.data_dir, reactor, threads, durable=settings.durable, inline_max=0
+            settings.data_dir,
+            reactor,
+            threads,
+            durable=settings.durable,
+            inline_max=0,
+            data_files=False,
         )
     factories: list[ServerFactory] = []
 

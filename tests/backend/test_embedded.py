@@ -200,6 +200,44 @@ class GroupCommitTests(StoreCase):
         self.assertEqual((await b.root()).change, 3)
 
 
+class MetaServerStoreTests(StoreCase):
+    """
+    A meta server's store (C{data_files=False}): its files' bytes are on
+    data servers, so it never looks for a data file of its own.
+    """
+
+    async def test_no_data_file_looked_for(self) -> None:
+        """
+        The attributes of a written file (from WROTE, READDIRPLUS, GETATTR)
+        say 0 bytes used without a stat of the data tree, and removing the
+        file records nothing to free (no pending_io row, no unlink).
+        """
+        b = await self.store(data_files=False)
+        root = (await b.root()).ino
+        f = await b.create(root, b"f", FileType.REG, 0o644, 0, 0)
+        data_tree = str(b._engine.layout.root)
+        looked: list[str] = []
+        for name in ("stat", "unlink"):
+            real = getattr(os, name)
+
+            def spy(path: Any, *a: Any, real: Any = real, **kw: Any) -> Any:
+                if str(path).startswith(data_tree):
+                    looked.append(str(path))
+                return real(path, *a, **kw)
+
+            self.patch(os, name, spy)
+        wrote = await b.wrote(f.ino, 0, 4096, 0, durable=True)
+        self.assertEqual((wrote.attrs.size, wrote.attrs.used), (4096, 0))
+        page = await b.readdir(root, 0, b"", 4096, with_attrs=True)
+        self.assertEqual([(e.name, e.attrs.used) for e in page.entries], [(b"f", 0)])
+        self.assertEqual((await b.getattr(f.ino)).used, 0)
+        await b.unlink(root, b"f")
+        await b.sync()
+        assert b._engine.conn is not None
+        rows = b._engine.conn.execute("SELECT COUNT(*) FROM pending_io").fetchone()
+        self.assertEqual((rows, looked), ((0,), []))
+
+
 class OrderingTests(StoreCase):
     async def test_read_after_change_without_waiting(self) -> None:
         """A read issued right after a change, without waiting for it, sees the change."""

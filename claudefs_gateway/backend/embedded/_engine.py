@@ -792,7 +792,9 @@ class Engine:
                     # one, so it is still unlinked after the commit
                     # (L{after_batch}; a missing file costs one system call).
                     ctx.actions.append((0, "free", node.ino, 0, 0))
-                else:
+                elif not self.layout.no_data:
+                    # (A meta server's store has no data file to free: no
+                    # pending_io row, no unlink after the batch.)
                     ctx.phys.append(("free", node.ino, 0, 0))
         for kind, ino, offset, length in ctx.phys:
             cur = conn.execute(

@@ -48,6 +48,10 @@ class Layout:
 
     def __init__(self, root: str) -> None:
         self.root = root
+        #: No data files are ever made here (a meta server's store: the bytes
+        #: are on data servers): L{WriteFiles.used} and L{ReadFiles.used}
+        #: answer 0, as the stat of the absent file did, without it.
+        self.no_data = False
 
     def dir_of(self, ino: int) -> str:
         return f"{self.root}/{ino >> 20:x}/{(ino >> 10) & 0x3FF:03x}"
@@ -372,6 +376,8 @@ class WriteFiles:
 
     def used(self, ino: int) -> int:
         """Bytes of storage the data file occupies (C{st_blocks * 512})."""
+        if self.layout.no_data:
+            return 0
         fd = self._fds.get(ino)
         try:
             st = os.fstat(fd) if fd is not None else os.stat(self.layout.path(ino))
@@ -446,6 +452,8 @@ class ReadFiles:
         return ino in self._fds
 
     def used(self, ino: int) -> int:
+        if self.layout.no_data:
+            return 0
         fd = self._fds.get(ino)
         try:
             st = os.fstat(fd) if fd is not None else os.stat(self.layout.path(ino))

@@ -111,6 +111,12 @@ class EmbeddedBackend:
         bytes (docs/backend.rst, "Small files inline"): a COMMIT of such a
         file is one WAL sync, and REMOVE has no data file to delete. 0 makes
         no new inline file; files already inline keep working either way.
+    @param data_files: False for a meta server's store, whose files' bytes
+        are on data servers (C{WROTE}): no data file is looked for, and a
+        regular file's used space is 0 without a C{stat} per file (the stat
+        of a file that is not there was a sixth of the meta server's time
+        answering a READDIRPLUS). Only C{wrote}, never C{write} or
+        C{allocate}, may be called on such a store.
     """
 
     _log = Logger()
@@ -133,6 +139,7 @@ class EmbeddedBackend:
         data_threads: int | None = None,
         idle_fd_secs: float = 30.0,
         inline_max: int = 0,
+        data_files: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self._idle_fd_secs = idle_fd_secs
@@ -148,6 +155,7 @@ class EmbeddedBackend:
         self._engine = Engine(
             self.data_dir, now_ns, durable, max_fds, data_threads, inline_max=inline_max
         )
+        self._engine.layout.no_data = not data_files
         # Times descriptors' last use on the reactor's clock (a Clock in tests).
         if reactor is not None:
             self._engine.files.now = reactor.seconds

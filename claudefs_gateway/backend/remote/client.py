@@ -1392,7 +1392,31 @@ class RemoteBackend:
             await self._local_sync(ino, touched)
 
     async def _local_sync(self, ino: int, chunks: list[int] | None) -> None:
-        await self._local_run(self._local.sync, ino, chunks)
+        """
+        Sync C{chunks} of C{ino} (None: all it has) and their directories,
+        each file and directory on a thread of its own at once
+        (L{ChunkStore.sync_steps}): a small file's COMMIT waits for one
+        journal commit, not one per sync.
+        """
+        from twisted.internet.threads import deferToThreadPool
+
+        try:
+            steps = self._local.sync_steps(ino, chunks)
+        except OSError as e:
+            raise self._local_failed(e) from None
+        if len(steps) <= 1:
+            for step in steps:
+                await self._local_run(step)
+            return
+        pool = self._reactor.getThreadPool()
+        results = await defer.DeferredList(
+            [deferToThreadPool(self._reactor, pool, step) for step in steps], consumeErrors=True
+        )
+        for ok, value in results:
+            if not ok:
+                if value.check(OSError):
+                    raise self._local_failed(value.value) from None
+                value.raiseException()
 
     async def _local_run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """C{fn(*args)} on the chunk store, on a thread (it syncs: that may take a while)."""

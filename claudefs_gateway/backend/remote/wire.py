@@ -494,6 +494,7 @@ KIND = Choice("user", "group")
 NOTHING = Empty()
 FTYPE = EnumOf(FileType)
 
+
 ATTRS = Struct(
     Attributes,
     [
@@ -539,7 +540,33 @@ class _Tuple(Codec):
         return tuple(self.codec.dec(r))
 
 
-DIRENTRY = Struct(
+class _DirEntryStruct(Struct):
+    """
+    L{DirEntry}: the field-by-field L{Struct}'s bytes, read with one
+    C{struct} format for the fixed part (a READDIRPLUS answer holds up to
+    thousands); encoded field by field.
+    """
+
+    _fixed = struct.Struct("<QIQ")
+
+    def dec(self, r: Reader) -> Any:
+        name = NAME.dec(r)
+        ino, kind, cookie = r.unpack(self._fixed)
+        try:
+            ftype = FileType(kind)
+        except ValueError:
+            raise ProtocolError(f"unknown FileType {kind}") from None
+        tag = r.take(1)[0]
+        if tag == 0:
+            a = None
+        elif tag == 1:
+            a = ATTRS.dec(r)
+        else:
+            raise ProtocolError("bad optional tag")
+        return DirEntry(name, ino, ftype, cookie, a)
+
+
+DIRENTRY = _DirEntryStruct(
     DirEntry,
     [("name", NAME), ("ino", U64), ("type", FTYPE), ("cookie", U64), ("attrs", Opt(ATTRS))],
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from typing import Any
 
 from twisted.internet import defer
@@ -140,6 +141,50 @@ class ShortCircuitTests(TestCase):
         with self.assertRaises(errors.NoSpace):
             await b.write(a.ino, 0, b"x", stable=False)
         self.assertEqual((await b.getattr(a.ino)).size, 0)
+
+    async def test_commit_syncs_the_chunk_and_its_directory_at_once(self) -> None:
+        """
+        A small file's COMMIT syncs its chunk file and the directory naming
+        it on two threads at once (one journal commit, not two one after the
+        other): each sync waits here until the other has started, which
+        one-after-the-other syncing never does. A failed sync is the data
+        server's error.
+        """
+        cluster = Cluster(self)
+        await cluster.start()
+        b = cluster.backend(short_circuit=ChunkStore(cluster.data_dir, durable=True))
+        await b.open()
+        self.addCleanup(b.close)
+        a = await b.create((await b.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+        await b.write(a.ino, 0, b"x" * 4096, stable=False)
+        chunks = str(cluster.data_dir / "chunks")
+        barrier = threading.Barrier(2, timeout=10)
+        synced: list[str] = []
+
+        def meeting(real: Any, what: str) -> Any:
+            def sync(fd: int) -> None:
+                path = os.readlink(f"/proc/self/fd/{fd}")
+                if path.startswith(chunks):
+                    synced.append(f"{what} {os.path.relpath(path, chunks)}")
+                    barrier.wait()
+                real(fd)
+
+            return sync
+
+        real_fsync = os.fsync
+        self.patch(os, "fdatasync", meeting(os.fdatasync, "fdatasync"))
+        self.patch(os, "fsync", meeting(real_fsync, "fsync"))
+        await b.commit(a.ino)
+        bucket = f"{a.ino % 256:02x}"
+        self.assertEqual(sorted(synced), [f"fdatasync {bucket}/{a.ino}", f"fsync {bucket}"])
+
+        def fail(fd: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        self.patch(os, "fdatasync", fail)
+        self.patch(os, "fsync", real_fsync)
+        with self.assertRaises(errors.IO):
+            await b.commit(a.ino)
 
     async def test_not_with_several_data_servers(self) -> None:
         cluster = Cluster(self)

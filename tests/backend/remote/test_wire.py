@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,7 +17,7 @@ from claudefs_gateway import errors
 from claudefs_gateway.backend.remote import wire
 from claudefs_gateway.backend.remote.protocol import FrameProtocol
 from claudefs_gateway.errors import ProtocolError
-from claudefs_gateway.fstypes import NOW
+from claudefs_gateway.fstypes import NOW, FileType
 
 
 def strategy(c: wire.Codec) -> st.SearchStrategy[Any]:
@@ -113,6 +114,68 @@ class CodecTests(SynchronousTestCase):
                 wire.decode(codec, garbage)
             except ProtocolError:
                 pass
+
+    @given(data=st.data())
+    @settings(max_examples=300)
+    def test_attributes_packed_as_field_by_field(self, data: st.DataObject) -> None:
+        """
+        L{wire.ATTRS} packs in one format: the bytes are those the generic
+        field-by-field codec writes, they decode to the same value, and a
+        value either refuses is refused by both.
+        """
+        generic = wire.Struct(wire.ATTRS.cls, wire.ATTRS.fields)
+        generic.flat = None  # field by field
+        a = data.draw(strategy(wire.ATTRS))
+        self.assertEqual(bytes(wire.encode(wire.ATTRS, a)), bytes(wire.encode(generic, a)))
+        self.assertEqual(wire.decode(wire.ATTRS, wire.encode(generic, a)), a)
+        bad = data.draw(
+            st.sampled_from(
+                [
+                    {"size": -1},
+                    {"uid": 2**32},
+                    {"nlink": True},
+                    {"mtime_ns": 1.5},
+                    {"rdev": (1, 2, 3)},
+                    {"change": None},
+                ]
+            )
+        )
+        wrong = attrs.evolve(a, **bad)
+        for codec in (generic, wire.ATTRS):
+            with self.assertRaises(ValueError):
+                wire.encode(codec, wrong)
+        payload = bytes(wire.encode(generic, a))
+        cut = data.draw(st.integers(0, len(payload) - 1))
+        with self.assertRaises(ProtocolError):
+            wire.decode(wire.ATTRS, payload[:cut])
+        kind = data.draw(
+            st.integers(0, 2**32 - 1).filter(lambda n: n not in set(map(int, FileType)))
+        )
+        with self.assertRaises(ProtocolError):
+            wire.decode(wire.ATTRS, payload[:16] + struct.pack("<I", kind) + payload[20:])
+
+    @given(data=st.data())
+    @settings(max_examples=200)
+    def test_directory_entries_read_as_field_by_field(self, data: st.DataObject) -> None:
+        """
+        L{wire.DIRENTRY} reads what the field-by-field codec writes, and a cut
+        payload, an unknown type or a bad optional tag is a ProtocolError.
+        """
+        generic = wire.Struct(wire.DIRENTRY.cls, wire.DIRENTRY.fields)
+        e = data.draw(strategy(generic))
+        payload = bytes(wire.encode(generic, e))
+        self.assertEqual(bytes(wire.encode(wire.DIRENTRY, e)), payload)
+        self.assertEqual(wire.decode(wire.DIRENTRY, payload), e)
+        cut = data.draw(st.integers(0, len(payload) - 1))
+        with self.assertRaises(ProtocolError):
+            wire.decode(wire.DIRENTRY, payload[:cut])
+        at = 4 + len(e.name)
+        for bad in (
+            payload[: at + 8] + struct.pack("<I", 99) + payload[at + 12 :],
+            payload[: at + 20] + b"\x02" + payload[at + 21 :],
+        ):
+            with self.assertRaises(ProtocolError):
+                wire.decode(wire.DIRENTRY, bad)
 
     def test_trailing_bytes_refused(self) -> None:
         payload = wire.encode(wire.BY_NAME["GETATTR"].args, (5,)) + b"x"
