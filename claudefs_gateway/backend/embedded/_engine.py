@@ -715,9 +715,7 @@ class Engine:
             try:
                 if self.durable:
                     if self._wal_fd is None:
-                        self._wal_fd = os.open(
-                            f"{self.db_path}-wal", os.O_RDWR | os.O_CLOEXEC
-                        )
+                        self._wal_fd = os.open(f"{self.db_path}-wal", os.O_RDWR | os.O_CLOEXEC)
                     os.fdatasync(self._wal_fd)
             except OSError as e:
                 # The log may not be durable: these COMMITs fail (NFS3ERR_IO;
