@@ -14,6 +14,8 @@ it fires, before any caller's callback can send a reply.
 from __future__ import annotations
 
 import errno
+import os
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -240,3 +242,101 @@ class CommitSyncTests(TestCase):
         g = await create
         self.assertEqual((await store.lookup(ROOT, b"g")).ino, g.ino)
         self.flushLoggedErrors(OSError)
+
+
+class LogOnlyCommitTests(TestCase):
+    """
+    A COMMIT of a file with nothing of its own to sync (a small file kept
+    inline, after an unstable write) makes the log durable with one
+    fdatasync of the WAL, no transaction: it answers only once that sync
+    returned, and the sync covers the write.
+    """
+
+    timeout = 60
+
+    async def store(self) -> EmbeddedBackend:
+        store = EmbeddedBackend(Path(self.mktemp()), reactor, durable=True, inline_max=4096)
+        await store.open()
+        self.addCleanup(store.close)
+        return store
+
+    def hold_syncs(
+        self, fail: BaseException | None = None
+    ) -> tuple[list[int], threading.Event, threading.Event]:
+        """
+        Record C{os.fdatasync}'s descriptors (SQLite's own syncs are not
+        seen), set the first returned event when one starts and hold it
+        until the second is set; then fail it with C{fail} if given.
+        """
+        calls: list[int] = []
+        entered, release = threading.Event(), threading.Event()
+        real = os.fdatasync
+
+        def held(fd: int) -> None:
+            calls.append(fd)
+            entered.set()
+            release.wait(30)
+            if fail is not None:
+                raise fail
+            real(fd)
+
+        self.patch(os, "fdatasync", held)
+        return calls, entered, release
+
+    async def test_commit_answers_after_the_log_sync(self) -> None:
+        store = await self.store()
+        f = await store.create(ROOT, b"f", FileType.REG, 0o644, 0, 0)
+        await store.write(f.ino, 0, b"x" * 4096, False)
+        before = (store.stats.durable_commits, store.stats.log_syncs, store.stats.commits)
+        calls, entered, release = self.hold_syncs()
+        d = store.commit(f.ino)
+        # The writer is inside the sync: the COMMIT has not answered.
+        self.assertTrue(await threads.deferToThread(entered.wait, 10))
+        self.assertNoResult(d)
+        # What it syncs is the WAL, which already holds the unstable write:
+        # a fresh connection reads the bytes (committed, in the log).
+        wal = store.data_dir / "meta.sqlite3-wal"
+        self.assertEqual(os.fstat(calls[0]).st_ino, wal.stat().st_ino)
+        conn = sqlite3.connect(str(store.data_dir / "meta.sqlite3"))
+        try:
+            row = conn.execute("SELECT data FROM inline_data WHERE ino = ?", (f.ino,)).fetchone()
+        finally:
+            conn.close()
+        self.assertEqual(bytes(row[0]), b"x" * 4096)
+        release.set()
+        a = await d
+        self.assertEqual(a.size, 4096)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(
+            (store.stats.durable_commits, store.stats.log_syncs, store.stats.commits),
+            (before[0] + 1, before[1] + 1, before[2]),
+        )
+        # Nothing unsynced is left: a second COMMIT syncs nothing.
+        await store.commit(f.ino)
+        self.assertEqual(len(calls), 1)
+
+    async def test_failed_log_sync_fails_the_commit(self) -> None:
+        """The log may not be durable: the COMMIT fails, and the next one syncs again."""
+        store = await self.store()
+        f = await store.create(ROOT, b"f", FileType.REG, 0o644, 0, 0)
+        await store.write(f.ino, 0, b"z" * 100, False)
+        _, _, release = self.hold_syncs(fail=OSError(errno.EIO, "injected"))
+        release.set()
+        await self.assertFailure(store.commit(f.ino), errors.IO)
+        self.flushLoggedErrors(OSError)
+        synced: list[int] = []
+        self.patch(os, "fdatasync", lambda fd: synced.append(fd) or _real_fdatasync(fd))
+        a = await store.commit(f.ino)
+        self.assertEqual((a.size, len(synced)), (100, 1))
+        self.assertEqual(await store.read(f.ino, 0, 200), (b"z" * 100, True))
+
+    async def test_commit_of_a_missing_file_fails_alone(self) -> None:
+        """An op of the batch failing (a stale inode) fails by itself, as in a transaction."""
+        store = await self.store()
+        f = await store.create(ROOT, b"f", FileType.REG, 0o644, 0, 0)
+        await store.write(f.ino, 0, b"q", False)
+        await self.assertFailure(store.commit(f.ino + 1000), errors.NotFound)
+        self.assertEqual((await store.commit(f.ino)).size, 1)
+
+
+_real_fdatasync = os.fdatasync
