@@ -87,9 +87,15 @@ def request_gone(request: Any) -> bool:
     return bool(getattr(request, "_disconnected", False)) or getattr(request, "channel", 1) is None
 
 
+# Bound once: twisted.web.http is a deprecation proxy, whose every attribute
+# read costs a Python-level __getattribute__.
+_parse_request_line = http._parseRequestLine
+_identity_decoder = http._IdentityTransferDecoder
+
+
 def parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
     """HTTPChannel's own request-line parser. @raise ValueError: a malformed line."""
-    return http._parseRequestLine(line)
+    return _parse_request_line(line)
 
 
 #: twisted.web's header-name canonicaliser (C{content-length} -> C{Content-Length},
@@ -129,7 +135,7 @@ def begin_request(
     channel._receivedHeaderSize = size
     if length is not None:
         channel.length = length
-        channel._transferDecoder = http._IdentityTransferDecoder(
+        channel._transferDecoder = _identity_decoder(
             length, channel.requests[-1].handleContentChunk, channel._finishRequestBody
         )
 

@@ -31,6 +31,15 @@ __all__ = ["Head", "parse_head"]
 _CONTENT_LENGTH = b"Content-Length"
 _TRANSFER_ENCODING = b"Transfer-Encoding"
 
+#: Header lines seen before -> their canonical name and value: a client sends
+#: most of its lines (Host, User-Agent, the payload hash...) byte for byte
+#: again with every request. Short lines only, and emptied when full, so a
+#: client sending endless new lines costs a bounded memory (at most
+#: _KNOWN_MAX x _KNOWN_LINE bytes of keys) and only loses the shortcut.
+_KNOWN: dict[bytes, tuple[bytes, bytes]] = {}
+_KNOWN_MAX = 2048
+_KNOWN_LINE = 256
+
 
 class Head(NamedTuple):
     """A parsed request head, in the form HTTPChannel keeps it."""
@@ -65,19 +74,28 @@ def parse_head(block: bytes, max_headers: int) -> Head | None:
     headers: dict[bytes, list[bytes]] = {}
     length: int | None = None
     size = len(first)
+    known = _KNOWN
     for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        # An empty line cannot be here (the block ends at the first blank
-        # line); one starting with a space or tab continues the last header.
-        if not sep or line[0] in b" \t":
-            return None
-        try:
-            name = canonical(name)
-        except ValueError:
-            return None
-        value = value.strip(b" \t")
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
-            return None
+        seen = known.get(line)
+        if seen is not None:
+            name, value = seen
+        else:
+            name, sep, value = line.partition(b":")
+            # An empty line cannot be here (the block ends at the first blank
+            # line); one starting with a space or tab continues the last header.
+            if not sep or line[0] in b" \t":
+                return None
+            try:
+                name = canonical(name)
+            except ValueError:
+                return None
+            value = value.strip(b" \t")
+            if b"\r" in value or b"\n" in value or b"\x00" in value:
+                return None
+            if len(line) <= _KNOWN_LINE:
+                if len(known) >= _KNOWN_MAX:
+                    known.clear()
+                known[line] = (name, value)
         if name == _CONTENT_LENGTH:
             if length is not None or not value.isdigit() or len(value) > 18:
                 return None

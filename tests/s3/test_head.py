@@ -16,6 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
+from claudefs_gateway.s3 import head as head_module
 from claudefs_gateway.s3.channel import S3Site
 from claudefs_gateway.s3.head import parse_head
 
@@ -232,3 +233,19 @@ class ParseHeadTests(SynchronousTestCase):
         head = parse_head(b"PUT / HTTP/1.1\r\nContent-Length: 0042", 5)
         assert head is not None
         self.assertEqual(head.length, 42)
+
+    def test_known_lines(self) -> None:
+        """
+        Lines kept from earlier requests parse as they did the first time, a
+        kept line's Content-Length still counts once, and the kept lines stay
+        bounded however many different ones arrive.
+        """
+        block = b"PUT / HTTP/1.1\r\nhost:  h \r\nContent-Length: 7"
+        first = parse_head(block, 5)
+        self.assertEqual(parse_head(block, 5), first)
+        self.assertIsNone(parse_head(block + b"\r\nContent-Length: 7", 5))
+        for i in range(head_module._KNOWN_MAX + 10):
+            parse_head(b"GET / HTTP/1.1\r\nX-N: %d" % i, 5)
+        self.assertLessEqual(len(head_module._KNOWN), head_module._KNOWN_MAX)
+        parse_head(b"GET / HTTP/1.1\r\nX-Long: " + b"x" * 300, 5)
+        self.assertNotIn(b"X-Long: " + b"x" * 300, head_module._KNOWN)
