@@ -136,15 +136,18 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, PostOps, AccessOps, M
                 n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")
             )
         peer = request.getClientAddress()
+        # The request ids' randomness in one system call.
+        rnd = os.urandom(32)
         call = Call(
             request=request,
-            request_id=os.urandom(8).hex().upper(),
+            request_id=rnd[:8].hex().upper(),
             method=request.method.decode("latin-1").upper(),
             raw_path=raw_path,
             raw_query=raw_query,
             query=query,
             headers=headers,
             source=getattr(peer, "host", "") or "",
+            request_id_2=rnd[8:],
         )
         return call
 
@@ -185,7 +188,7 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, PostOps, AccessOps, M
         try:
             call = self.parse(request)
             request.setHeader(b"x-amz-request-id", call.request_id.encode())
-            request.setHeader(b"x-amz-id-2", base64.b64encode(os.urandom(24)))
+            request.setHeader(b"x-amz-id-2", base64.b64encode(call.request_id_2))
             request.setHeader(b"Server", b"ClaudeFS")
             if self.activity is not None and self.activity.draining:
                 request.setHeader(b"Connection", b"close")
