@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 
 from claudefs_gateway import __version__
@@ -92,6 +92,8 @@ class GatewayService(MultiService):
         super().__init__()
         self.core = core
         self.skipped: list[str] = []
+        #: the protocol front ends' services, stopped before the rest
+        self.front_ends: list[IService] = []
         self.exit_when_drained = False
         self._stopping = False
 
@@ -130,8 +132,27 @@ class GatewayService(MultiService):
         self._stopping = True
         deadline = self.core.config.admin.drain_timeout_secs
         d = self.core.drainer.drain(deadline)
-        d.addCallback(lambda _: MultiService.stopService(self))
+        d.addCallback(lambda _: self._stop_children())
         d.addCallback(lambda _: _log.info("claudefs-gateway stopped"))
+        return d
+
+    def _stop_children(self) -> defer.Deferred[Any]:
+        """
+        The front ends first, and only once their stops are over the store
+        and the rest: a front end's stop still writes through the vfs (SMB's
+        last metadata flush, its durable handles' records), which a remote
+        store whose connections closed beside it, as C{MultiService} stops
+        every child at once, failed.
+        """
+        Service.stopService(self)
+        children = list(self)
+        children.reverse()
+
+        def stop(services: list[IService]) -> defer.Deferred[Any]:
+            return defer.DeferredList([defer.maybeDeferred(s.stopService) for s in services])
+
+        d = stop([s for s in children if s in self.front_ends])
+        d.addCallback(lambda _: stop([s for s in children if s not in self.front_ends]))
         return d
 
 
@@ -277,6 +298,7 @@ def build(
             continue
         svc = IService(module.make_service(core))
         svc.setServiceParent(root)
+        root.front_ends.append(svc)
     return root
 
 

@@ -260,6 +260,16 @@ class DirectoryCommands(FileBase):
         watch = op.watch
         if watch is None or op.closed:
             return
+        if change.action is Action.RESCAN:
+            # Entries changed through another gateway, names unknown: "read
+            # it again" (NOTIFY_ENUM_DIR), if the watch asked for names.
+            if not watch.filter & (c.FILE_NOTIFY_CHANGE_FILE_NAME | c.FILE_NOTIFY_CHANGE_DIR_NAME):
+                return
+            if change.dir in (0, op.ino):
+                self._queue_change(conn, op, watch, None)
+            elif watch.tree:
+                self._queue_if_below(conn, op, watch, change.dir)
+            return
         if change.ino == op.ino and change.dir != op.ino:
             # The watched directory itself went (removed through another
             # protocol, or renamed over).
@@ -272,11 +282,13 @@ class DirectoryCommands(FileBase):
             self._queue_change(conn, op, watch, change)
             return
         if watch.tree:
-            d = defer.Deferred.fromCoroutine(self._descendant(op, change.dir))
-            d.addCallback(
-                lambda inside: self._queue_change(conn, op, watch, None) if inside else None
-            )
-            d.addErrback(lambda f: self._log.failure("smb: notify ancestry", f))
+            self._queue_if_below(conn, op, watch, change.dir)
+
+    def _queue_if_below(self, conn: Any, op: Open, watch: Watch, dir_ino: int) -> None:
+        """A change in C{dir_ino}, below a tree watch's directory: "read it again"."""
+        d = defer.Deferred.fromCoroutine(self._descendant(op, dir_ino))
+        d.addCallback(lambda inside: self._queue_change(conn, op, watch, None) if inside else None)
+        d.addErrback(lambda f: self._log.failure("smb: notify ancestry", f))
 
     async def _descendant(self, op: Open, dir_ino: int) -> bool:
         """Whether C{dir_ino} lies under the watched directory (walking up, cached)."""

@@ -12,6 +12,12 @@ current by the vfs's change events (which every protocol's changes pass
 through), so a miss costs a dictionary lookup rather than a scan. This is
 what Samba does for SMB2 by default (C{case sensitive = auto}).
 
+On a shared store (C{backend: remote}, C{--workers}) another gateway's
+changes arrive as a directory's L{Action.RESCAN}, without names: the
+directory's index is dropped and scanned again at its next use. The index is
+trusted only while the vfs has heard every change acknowledged anywhere
+(C{changes_heard}); otherwise a miss scans.
+
 When a directory holds names that differ only in case (made over NFS), the
 exact spelling wins, then the first one found.
 """
@@ -74,6 +80,10 @@ class CaseIndex:
         """The stored spelling of C{name} in C{dir_ino} in another case, or None."""
         key = fold(name)
         index = self._dirs.get(dir_ino)
+        if index is not None and not self._current():
+            # Another gateway may have made the name, and we have not heard.
+            self._forget(dir_ino)
+            index = None
         if index is not None:
             self._dirs.move_to_end(dir_ino)
             names = index.get(key)
@@ -93,7 +103,11 @@ class CaseIndex:
         Never scans: False when the directory is not indexed.
         """
         index = self._dirs.get(dir_ino)
-        return index is not None and fold(name) not in index
+        return index is not None and fold(name) not in index and self._current()
+
+    def _current(self) -> bool:
+        heard = getattr(self._vfs, "changes_heard", None)
+        return heard is None or bool(heard())
 
     async def _scan(self, caller: Caller, dir_ino: int) -> dict[str, list[bytes]] | None:
         self.scans += 1
@@ -124,6 +138,14 @@ class CaseIndex:
         self._total -= self._sizes.pop(dir_ino, 0)
 
     def _changed(self, change: Change) -> None:
+        if change.action is Action.RESCAN:
+            if change.dir:
+                self._forget(change.dir)
+            else:
+                self._dirs.clear()
+                self._sizes.clear()
+                self._total = 0
+            return
         if change.action is Action.REMOVED:
             self._forget(change.ino)
         index = self._dirs.get(change.dir)

@@ -298,6 +298,20 @@ class VFS:
         if dir_ino:
             self.attr_cache.discard(dir_ino)
             self.name_cache.forget_dir(dir_ino)
+            # Its names changed, which ones is not said: listeners read again.
+            self.events.rescan(dir_ino)
+
+    def changes_heard(self) -> bool:
+        """
+        Whether every change any gateway acknowledged so far is known here, so
+        that what the caches and the change events' listeners keep is current:
+        always for a store of this gateway alone; for a shared store, what its
+        event marks say (C{heard_everything}, docs/workers.rst), else False.
+        """
+        if not self.shared:
+            return True
+        heard = getattr(self.backend, "heard_everything", None)
+        return heard is not None and bool(heard())
 
     @property
     def store_id(self) -> bytes:
@@ -338,7 +352,9 @@ class VFS:
         self._meta_gen += 1
         self.meta_cache.clear()
         self._seals.clear()
-        return self.attr_cache.clear() + self.name_cache.clear()
+        dropped = self.attr_cache.clear() + self.name_cache.clear()
+        self.events.rescan(0)
+        return dropped
 
     # -- identity and handles -------------------------------------------------
 

@@ -16,6 +16,12 @@ it last saw the file under (L{claudefs_gateway.interfaces.IVFS.name_of}); a
 change to a file this gateway has not seen by name since it started (an NFS
 client writing through a handle it kept across a gateway restart, before any
 LOOKUP) has no directory to report and is not emitted.
+
+Changes made through another gateway on a shared store arrive without names
+(the meta server's change event carries the directory and the inode): they
+are emitted as L{Action.RESCAN} of the directory, which an SMB watcher
+answers with C{NOTIFY_ENUM_DIR} ("read it again") and the SMB case index
+with a scan at its next miss.
 """
 
 from __future__ import annotations
@@ -39,6 +45,12 @@ class Action(enum.Enum):
     MODIFIED = "modified"  # data or attributes of the entry changed: see Change.what
     RENAMED_FROM = "renamed_from"
     RENAMED_TO = "renamed_to"
+    #: the directory's entries changed through another gateway (a remote
+    #: backend's change event names the directory, not the entry): what a
+    #: listener keeps of its names must be read again. C{name} is empty and
+    #: C{ino} is the directory; C{dir} 0 means every directory (events may
+    #: have been missed).
+    RESCAN = "rescan"
 
 
 class What(enum.IntFlag):
@@ -108,6 +120,27 @@ class ChangeEvents:
         """Whether anyone listens to changes in C{dir_ino}."""
         return bool(self._everything) or dir_ino in self._by_dir
 
+    def rescan(self, dir_ino: int) -> None:
+        """
+        Tell the listeners of C{dir_ino} (0: every listener) that its entries
+        changed in ways not known here (L{Action.RESCAN}).
+        """
+        if dir_ino:
+            if self.wants(dir_ino):
+                self.emit(Change(dir_ino, Action.RESCAN, b"", dir_ino))
+            return
+        for d in list(self._by_dir):
+            for listener in list(self._by_dir.get(d, ())):
+                self._deliver(listener, Change(d, Action.RESCAN, b"", d))
+        for listener in list(self._everything):
+            self._deliver(listener, Change(0, Action.RESCAN, b"", 0))
+
+    def _deliver(self, listener: Listener, change: Change) -> None:
+        try:
+            listener(change)
+        except Exception:
+            self._log.failure("change listener failed")
+
     def emit(self, change: Change) -> None:
         listeners = self._by_dir.get(change.dir)
         if change.action is Action.REMOVED and change.ino != change.dir:
@@ -118,7 +151,4 @@ class ChangeEvents:
         if not listeners and not self._everything:
             return
         for listener in [*(listeners or ()), *self._everything]:
-            try:
-                listener(change)
-            except Exception:
-                self._log.failure("change listener failed")
+            self._deliver(listener, change)

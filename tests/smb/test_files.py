@@ -1092,6 +1092,33 @@ class NotifyTests(SynchronousTestCase):
         [final] = conn.replies()
         self.assertEqual(final.status, st.STATUS_NOTIFY_ENUM_DIR)
 
+    def test_change_through_another_gateway(self) -> None:
+        """
+        A directory's entries changed through another gateway (a remote
+        backend's change event: the directory, no name) answer a waiting
+        request with "re-read" (STATUS_NOTIFY_ENUM_DIR); a tree watch hears
+        it for a directory below; a watch of attributes only does not.
+        """
+        wire = Wire()
+        vfs = wire.mvfs.vfs
+        root = wire.mvfs.root()
+        conn = conn_for(wire)
+        conn.open("deep", options=c.FILE_DIRECTORY_FILE)
+        below = wire.fired(vfs.lookup(wire.mvfs.caller(0, 0), root, b"deep")).ino
+        d = conn.open("", access=c.GENERIC_READ)
+        self.assertEqual(conn.notify(d).status, st.STATUS_PENDING)
+        vfs.forget_changed(below + 1000, root)
+        [final] = conn.replies()
+        self.assertEqual(final.status, st.STATUS_NOTIFY_ENUM_DIR)
+        tree = conn.open("", access=c.GENERIC_READ)
+        self.assertEqual(conn.notify(tree, flags=c.SMB2_WATCH_TREE).status, st.STATUS_PENDING)
+        attrs = conn.open("deep", access=c.GENERIC_READ, options=c.FILE_DIRECTORY_FILE)
+        watch_attrs = conn.notify(attrs, filter=c.FILE_NOTIFY_CHANGE_ATTRIBUTES)
+        self.assertEqual(watch_attrs.status, st.STATUS_PENDING)
+        vfs.forget_changed(below + 1000, below)
+        [tree_reply] = conn.replies()
+        self.assertEqual(tree_reply.status, st.STATUS_NOTIFY_ENUM_DIR)
+
     def test_overflow(self) -> None:
         wire = Wire()
         conn = conn_for(wire)

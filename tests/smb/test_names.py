@@ -7,6 +7,7 @@ from hypothesis import strategies as s
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
+from claudefs_gateway.fstypes import FileType
 from claudefs_gateway.smb import constants as c
 from claudefs_gateway.smb import ntstatus as st
 from claudefs_gateway.smb.names import CaseIndex, fold
@@ -56,6 +57,37 @@ class IndexTests(SynchronousTestCase):
         wire.fired(vfs.remove(root, dir_ino, b"Gamma"))
         self.assertIsNone(find(wire, index, root, dir_ino, b"gamma"))
         self.assertEqual(index.scans, 1)
+
+    def test_names_made_through_another_gateway(self) -> None:
+        """
+        A name another gateway made reaches the index through the shared
+        store's change event (the directory, no name): the directory is
+        scanned again. While the vfs has not heard every change (no event
+        marks), the index is not trusted: a miss scans, and no name is
+        known to be absent.
+        """
+        wire = Wire()
+        vfs = wire.mvfs.vfs
+        root = wire.mvfs.caller(0, 0)
+        dir_ino = wire.mvfs.root()
+        index = CaseIndex(vfs)
+        self.assertIsNone(find(wire, index, root, dir_ino, b"REPORT"))
+        self.assertTrue(index.known_absent(dir_ino, b"report"))
+        # Made in the store without this vfs's events, as through another gateway.
+        made = wire.fired(
+            defer.maybeDeferred(vfs.backend.create, dir_ino, b"Report", FileType.REG, 0o644, 0, 0)
+        )
+        vfs.forget_changed(made.ino, dir_ino)
+        self.assertFalse(index.known_absent(dir_ino, b"report"))
+        self.assertEqual(find(wire, index, root, dir_ino, b"REPORT"), b"Report")
+        self.assertEqual(index.scans, 2)
+        self.patch(vfs, "changes_heard", lambda: False)
+        self.assertFalse(index.known_absent(dir_ino, b"other"))
+        self.assertEqual(find(wire, index, root, dir_ino, b"report"), b"Report")
+        self.assertEqual(index.scans, 3)
+        vfs.invalidate()
+        self.patch(vfs, "changes_heard", lambda: True)
+        self.assertFalse(index.known_absent(dir_ino, b"other"))
 
     def test_names_kept_bounded_across_directories(self) -> None:
         """The index forgets the least recently used directories to stay under max_total names."""

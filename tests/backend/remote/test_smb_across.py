@@ -1,0 +1,134 @@
+"""
+Two SMB gateways on one meta server (C{backend: remote}, as two C{--workers}
+workers): what a client does through one is seen by a client of the other,
+by name in any case and through CHANGE_NOTIFY, with real clients
+(smbprotocol). The meta server's change events name the directory, not the
+entry (docs/workers.rst "What is shared, and what is not yet").
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import reactor, threads
+from twisted.trial.unittest import TestCase
+
+from claudefs_gateway import service
+from claudefs_gateway.core import config as cfg
+from tests.backend.remote.harness import Cluster
+from tests.backend.remote.test_smb_round_trips import _Client, _smb_factory, _yaml
+
+
+class AcrossGatewaysTests(TestCase):
+    timeout = 60
+
+    async def _gateways(self) -> tuple[_Client, _Client]:
+        cluster = Cluster(self, event_marks=True)
+        await cluster.start()
+        chunks = os.path.join(os.path.abspath(cluster.base), "data")
+        clients = []
+        for _ in range(2):
+            data = os.path.abspath(self.mktemp())
+            config = cfg.loads(_yaml(data, cluster.meta_address, chunks, str(cluster.marks)))
+            root = service.build(config, reactor, protocols=["smb"])
+            root.privilegedStartService()
+            root.startService()
+            self.addCleanup(root.stopService)
+            await root.core.vfs_ready()
+            self.addCleanup(lambda root=root: _smb_factory(root).files.stop_flushing())
+            port = root.listeners()["smb"].bound_port
+            client = await threads.deferToThread(_Client, port)
+            self.addCleanup(lambda client=client: threads.deferToThread(client.close))
+            clients.append(client)
+        return clients[0], clients[1]
+
+    async def test_name_in_another_case(self) -> None:
+        """
+        B has listed the share's names (its case index holds them); a file
+        A then creates opens through B in another case, at once.
+        """
+        from smbprotocol.exceptions import SMBResponseException
+        from smbprotocol.open import CreateDisposition
+
+        a, b = await self._gateways()
+        await threads.deferToThread(b.create_write_close, "seen-by-b")
+        with self.assertRaises(SMBResponseException):
+            await threads.deferToThread(b.open, "report.txt", CreateDisposition.FILE_OPEN)
+        await threads.deferToThread(a.create_write_close, "Report.txt")
+        f = await threads.deferToThread(b.open, "REPORT.TXT", CreateDisposition.FILE_OPEN)
+        self.assertEqual(f.end_of_file, 4096)
+        await threads.deferToThread(f.close)
+        # A create in another case through B opens A's file, never a second one.
+        g = await threads.deferToThread(b.open, "report.TXT", CreateDisposition.FILE_OPEN_IF)
+        self.assertEqual(g.end_of_file, 4096)
+        await threads.deferToThread(g.close)
+
+    async def test_change_notify_hears_the_other_gateway(self) -> None:
+        """A watch through B is answered "re-read" (NOTIFY_ENUM_DIR) when A adds a file."""
+        from smbprotocol.change_notify import CompletionFilter, FileSystemWatcher
+        from smbprotocol.open import (
+            CreateDisposition,
+            CreateOptions,
+            FileAttributes,
+            ImpersonationLevel,
+            Open,
+        )
+
+        a, b = await self._gateways()
+
+        def watch() -> Any:
+            d = Open(b.tree, "")
+            d.create(
+                ImpersonationLevel.Impersonation,
+                0x00000001 | 0x00100000,  # FILE_LIST_DIRECTORY | SYNCHRONIZE
+                FileAttributes.FILE_ATTRIBUTE_DIRECTORY,
+                0x07,
+                CreateDisposition.FILE_OPEN,
+                CreateOptions.FILE_DIRECTORY_FILE,
+            )
+            w = FileSystemWatcher(d)
+            w.start(CompletionFilter.FILE_NOTIFY_CHANGE_FILE_NAME)
+            return w
+
+        watcher = await threads.deferToThread(watch)
+        await threads.deferToThread(a.create_write_close, "added-through-a")
+        self.assertEqual(await threads.deferToThread(watcher.wait), [])
+
+
+class StopTests(TestCase):
+    timeout = 60
+
+    async def test_last_metadata_flush_before_the_store_closes(self) -> None:
+        """
+        A gateway stopping with SMB metadata changes not yet synced (the
+        background flush is due) syncs them at the meta server before its
+        connections close: the stop sends SYNC, and logs no failed flush
+        (trial fails a test on a logged error).
+        """
+        from claudefs_gateway.backend.remote import protocol
+
+        cluster = Cluster(self, event_marks=True)
+        await cluster.start()
+        chunks = os.path.join(os.path.abspath(cluster.base), "data")
+        data = os.path.abspath(self.mktemp())
+        config = cfg.loads(_yaml(data, cluster.meta_address, chunks, str(cluster.marks)))
+        root = service.build(config, reactor, protocols=["smb"])
+        root.privilegedStartService()
+        root.startService()
+        await root.core.vfs_ready()
+        port = root.listeners()["smb"].bound_port
+        client = await threads.deferToThread(_Client, port)
+        await threads.deferToThread(client.create_write_close, "unsynced")
+        await threads.deferToThread(client.close)
+        self.assertIsNotNone(_smb_factory(root).files._meta_flush)
+        calls: list[str] = []
+        real = protocol.ClientConnection.call
+
+        def counting(conn: Any, name: str, args: Any = None) -> Any:
+            calls.append(name)
+            return real(conn, name, args)
+
+        self.patch(protocol.ClientConnection, "call", counting)
+        await root.stopService()
+        self.assertIn("SYNC", calls)
