@@ -17,8 +17,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.web import http, http_headers
+
 __all__ = [
     "PRIVATE_CHANNEL_ATTRIBUTES",
+    "PRIVATE_MODULE_NAMES",
+    "parse_request_line",
+    "canonical_name",
+    "head_pending",
+    "begin_request",
+    "set_header_lists",
     "OVERRIDDEN_PRIVATE_METHODS",
     "request_line",
     "handling_request",
@@ -27,7 +35,26 @@ __all__ = [
 ]
 
 #: Private attributes of C{twisted.web.http.HTTPChannel} read or written here.
-PRIVATE_CHANNEL_ATTRIBUTES = ("_command", "_path", "_version", "_handlingRequest", "_abortingCall")
+PRIVATE_CHANNEL_ATTRIBUTES = (
+    "_command",
+    "_path",
+    "_version",
+    "_handlingRequest",
+    "_abortingCall",
+    "_HTTPChannel__first_line",
+    "_HTTPChannel__header",
+    "_receivedHeaderCount",
+    "_receivedHeaderSize",
+    "_transferDecoder",
+    "_finishRequestBody",
+)
+#: Private names of C{twisted.web.http} and C{twisted.web.http_headers} used here.
+PRIVATE_MODULE_NAMES = (
+    "http._parseRequestLine",
+    "http._IdentityTransferDecoder",
+    "http_headers._nameEncoder",
+    "http_headers.Headers._rawHeaders",
+)
 #: Private methods of C{HTTPChannel} that L{claudefs_gateway.s3.channel.S3Channel} overrides.
 OVERRIDDEN_PRIVATE_METHODS = ("_respondToBadRequestAndDisconnect",)
 
@@ -58,3 +85,65 @@ def request_gone(request: Any) -> bool:
     the transport is still tearing down, would start the next pipelined request.
     """
     return bool(getattr(request, "_disconnected", False)) or getattr(request, "channel", 1) is None
+
+
+# Bound once: twisted.web.http is a deprecation proxy, whose every attribute
+# read costs a Python-level __getattribute__.
+_parse_request_line = http._parseRequestLine
+_identity_decoder = http._IdentityTransferDecoder
+
+
+def parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
+    """HTTPChannel's own request-line parser. @raise ValueError: a malformed line."""
+    return _parse_request_line(line)
+
+
+#: twisted.web's header-name canonicaliser (C{content-length} -> C{Content-Length},
+#: cached); C{canonical_name(name)} raises ValueError for a name that is not a token.
+canonical_name = http_headers._nameEncoder.encode
+
+
+def head_pending(channel: Any) -> bool:
+    """
+    Whether the channel waits for a request's first line with nothing of it
+    parsed yet (no partial header, no header bytes counted): the state in
+    which a whole header block may be taken at once.
+    """
+    return (
+        channel._HTTPChannel__first_line == 1
+        and not channel._HTTPChannel__header
+        and not channel._receivedHeaderSize
+    )
+
+
+def begin_request(
+    channel: Any,
+    request_line: tuple[bytes, bytes, bytes],
+    count: int,
+    size: int,
+    length: int | None,
+) -> None:
+    """
+    Put the channel in the state its C{lineReceived} leaves after the last
+    header line of a request (before the blank line that ends them): the
+    request line kept, C{count} headers of C{size} bytes counted, and the
+    body's decoder chosen when a C{Content-Length} was given.
+    """
+    channel._HTTPChannel__first_line = 0
+    channel._command, channel._path, channel._version = request_line
+    channel._receivedHeaderCount = count
+    channel._receivedHeaderSize = size
+    if length is not None:
+        channel.length = length
+        channel._transferDecoder = _identity_decoder(
+            length, channel.requests[-1].handleContentChunk, channel._finishRequestBody
+        )
+
+
+def set_header_lists(headers: Any, raw: dict[bytes, list[bytes]]) -> None:
+    """
+    Fill an empty C{Headers} with canonical names and checked values, as
+    C{addRawHeader} would one at a time (its value sanitising changes nothing
+    in a value without CR or LF, which L{claudefs_gateway.s3.head} refuses).
+    """
+    headers._rawHeaders.update(raw)

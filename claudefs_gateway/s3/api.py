@@ -61,6 +61,13 @@ __all__ = [
 ]
 
 
+#: Header names as twisted.web gives them -> as S3Api.parse keys them (a client
+#: sends the same dozen names request after request); bounded, as a client
+#: may send any names.
+_HEADER_NAMES: dict[bytes, str] = {}
+_HEADER_NAMES_MAX = 1024
+
+
 def _note_user(request: Any, user: Any) -> None:
     """Tell the connection who signed its latest request (C{cfs-gateway status})."""
     channel = getattr(request, "_chan", None) or getattr(request, "channel", None)
@@ -110,8 +117,17 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, PostOps, AccessOps, M
 
     def parse(self, request: Any) -> Call:
         headers: dict[str, list[str]] = {}
+        names = _HEADER_NAMES
         for name, values in request.requestHeaders.getAllRawHeaders():
-            headers[name.decode("latin-1").lower()] = [v.decode("latin-1") for v in values]
+            text = names.get(name)
+            if text is None:
+                text = name.decode("latin-1").lower()
+                if len(names) < _HEADER_NAMES_MAX:
+                    names[name] = text
+            if len(values) == 1:
+                headers[text] = [values[0].decode("latin-1")]
+            else:
+                headers[text] = [v.decode("latin-1") for v in values]
         raw_path = request.path
         raw_query = getattr(request, "raw_query", b"")
         query: dict[str, str] = {}
@@ -120,15 +136,18 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, PostOps, AccessOps, M
                 n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")
             )
         peer = request.getClientAddress()
+        # The request ids' randomness in one system call.
+        rnd = os.urandom(32)
         call = Call(
             request=request,
-            request_id=os.urandom(8).hex().upper(),
+            request_id=rnd[:8].hex().upper(),
             method=request.method.decode("latin-1").upper(),
             raw_path=raw_path,
             raw_query=raw_query,
             query=query,
             headers=headers,
             source=getattr(peer, "host", "") or "",
+            request_id_2=rnd[8:],
         )
         return call
 
@@ -169,7 +188,7 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, PostOps, AccessOps, M
         try:
             call = self.parse(request)
             request.setHeader(b"x-amz-request-id", call.request_id.encode())
-            request.setHeader(b"x-amz-id-2", base64.b64encode(os.urandom(24)))
+            request.setHeader(b"x-amz-id-2", base64.b64encode(call.request_id_2))
             request.setHeader(b"Server", b"ClaudeFS")
             if self.activity is not None and self.activity.draining:
                 request.setHeader(b"Connection", b"close")

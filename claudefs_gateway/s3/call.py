@@ -132,6 +132,8 @@ class Call:
     user: Any = None
     #: The version id the response names (C{x-amz-version-id}), once known.
     version_id: str | None = None
+    #: The random bytes of C{x-amz-id-2} (drawn with the request id's).
+    request_id_2: bytes = b""
 
     @property
     def caller(self) -> Caller:

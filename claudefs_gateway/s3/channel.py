@@ -20,6 +20,9 @@ its body. So:
    connection closes instead, because no body will come.
  - Headers must arrive within C{header_timeout} seconds of a request's first
    byte: a client dribbling them a byte at a time is cut off.
+ - A request's header block that arrives whole in one read is parsed in one
+   pass (L{claudefs_gateway.s3.head}); anything else, line by line as
+   twisted.web does.
 
 Keep-alive and pipelining are HTTPChannel's own.
 """
@@ -34,12 +37,15 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, ISSLTransport
 from twisted.internet.protocol import connectionDone
+from twisted.protocols import basic
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.iweb import INonQueuedRequestFactory
 
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.s3 import _web
 from claudefs_gateway.s3.body import BodyPipe, ClientGone
+from claudefs_gateway.s3.head import Head, parse_head
 
 __all__ = ["S3Channel", "S3Request", "S3Site", "DISCARD_LIMIT"]
 
@@ -195,6 +201,9 @@ class S3Channel(http.HTTPChannel):
     #: The connection is going away: the transport stopped its producer (it
     #: does so just before C{connectionLost}), or it was lost.
     gone = False
+    #: Take a header block that arrives whole at once (L{claudefs_gateway.s3.head});
+    #: False: always line by line, as twisted.web (the tests compare the two).
+    whole_heads = True
 
     def stopProducing(self) -> None:
         # The transport calls this as the connection closes, before
@@ -226,7 +235,53 @@ class S3Channel(http.HTTPChannel):
             self._header_since = self._seconds()
             if self._header_timer is None:
                 self._header_timer = self.callLater(self.header_timeout, self._header_deadline)
+        if (
+            self.whole_heads
+            and self.line_mode
+            and not self._buffer
+            and not self._busyReceiving
+            and not self.paused
+            and self.persistent
+            and _web.head_pending(self)
+        ):
+            end = data.find(b"\r\n\r\n")
+            # Within both of HTTPChannel's limits (each line's and the
+            # whole head's), else line by line, which refuses what is over.
+            if 0 < end <= self.MAX_LENGTH and end <= self.totalHeadersSize:
+                head = parse_head(data[:end], self.maxHeaders)
+                if head is not None:
+                    self.resetTimeout()
+                    self._take_head(head)
+                    rest = data[end + 4 :]
+                    transport: Any = self.transport
+                    if rest and not (transport is not None and transport.disconnecting):
+                        basic.LineReceiver.dataReceived(self, rest)
+                    return
         super().dataReceived(data)
+
+    def _take_head(self, head: Head) -> None:
+        """
+        A whole request head, parsed: do what C{lineReceived} does over its
+        lines and the blank line after them (make the request, keep its
+        line and headers, choose the body's decoder, then the headers-done
+        step), leaving the channel in the same state.
+        """
+        factory: Any = self.requestFactory
+        if INonQueuedRequestFactory.providedBy(factory):
+            req = factory(self)
+        else:
+            req = factory(self, len(self.requests))
+        self.requests.append(req)
+        _web.set_header_lists(req.requestHeaders, head.headers)
+        _web.begin_request(self, head.request_line, head.header_count, head.size, head.length)
+        self.allHeadersReceived()
+        if self.length == 0:
+            self.allContentReceived()
+        else:
+            self.setRawMode()
+            pending, self._start_pending = self._start_pending, None
+            if pending is not None:
+                pending.start()
 
     def _seconds(self) -> float:
         """The time on the clock C{callLater} runs on (the site's reactor, or a test's Clock)."""

@@ -105,10 +105,12 @@ def route(
         # A browser's CORS preflight, for a bucket or an object (s3/cors.py).
         return r("PreflightRequest")
     level = "bucket" if key is None else "object"
-    for table in (SERVED, UNSUPPORTED):
-        for sub, ops in table[level].items():
-            if sub in query and m in ops:
-                return r(ops[m])
+    if query:
+        # (Most requests have no query: no sub-resource table to walk.)
+        for table in (SERVED, UNSUPPORTED):
+            for sub, ops in table[level].items():
+                if sub in query and m in ops:
+                    return r(ops[m])
     if key is None:
         if "session" in query:
             return r("CreateSession")

@@ -163,7 +163,8 @@ def string_to_sign(amz_date: str, scope: str, creq: str) -> str:
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
+    # hmac.digest: OpenSSL's one-shot HMAC, without building an HMAC object.
+    return hmac.digest(key, msg.encode("utf-8"), "sha256")
 
 
 def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
@@ -176,7 +177,7 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
 
 def sign(key: bytes, sts: str) -> str:
     """The hex signature of a string to sign."""
-    return hmac.new(key, sts.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, sts.encode("utf-8"), "sha256").hex()
 
 
 def chunk_string_to_sign(amz_date: str, scope: str, previous: str, chunk_sha256: str) -> str:
@@ -362,16 +363,30 @@ _AMZ_DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$")
 
 def parse_amz_date(text: str, code: str = "AccessDenied") -> float:
     """Seconds since the epoch of an ISO 8601 basic timestamp (C{20130524T000000Z})."""
-    m = _AMZ_DATE.match(text)
-    if not m:
+    seconds = _amz_seconds(text)
+    if seconds is None:
         raise S3Error(
             code, "X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\""
         )
+    if seconds != seconds:  # NaN
+        raise S3Error(code, "X-Amz-Date is not a valid date")
+    return seconds
+
+
+@functools.lru_cache(maxsize=64)
+def _amz_seconds(text: str) -> float | None:
+    """
+    L{parse_amz_date}'s work, kept: every request signed in the same second
+    carries the same timestamp. None: not the format; NaN: not a date.
+    """
+    m = _AMZ_DATE.match(text)
+    if not m:
+        return None
     y, mo, d, h, mi, s = (int(g) for g in m.groups())
     try:
         return float(calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0)))
     except (ValueError, OverflowError):
-        raise S3Error(code, "X-Amz-Date is not a valid date") from None
+        return float("nan")
 
 
 def format_amz_date(seconds: float) -> str:

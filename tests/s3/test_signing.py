@@ -213,6 +213,17 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(sg.parse_amz_date("20130524T000000Z"), 1369353600.0)
         self.assertRaises(S3Error, sg.parse_amz_date, "20131324T000000Z")
         self.assertRaises(S3Error, sg.parse_amz_date, "2013-05-24T00:00:00Z")
+        # Kept answers (the parse is cached) are the same, errors and their codes too.
+        for _ in range(2):
+            self.assertEqual(sg.parse_amz_date("20130524T000000Z"), 1369353600.0)
+            self.assertEqual(sg.parse_amz_date("19690101T000000Z"), -31536000.0)
+            for text, message in [
+                ("20131324T000000Z", "not a valid date"),
+                ("2013-05-24T00:00:00Z", "ISO8601"),
+            ]:
+                e = self.assertRaises(S3Error, sg.parse_amz_date, text, "InvalidArgument")
+                self.assertEqual(e.code, "InvalidArgument")
+                self.assertIn(message, e.message)
         self.assertEqual(sg.parse_http_date("Fri, 24 May 2013 00:00:00 GMT"), 1369353600.0)
         self.assertIsNone(sg.parse_http_date("yesterday"))
 

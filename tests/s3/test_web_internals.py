@@ -58,6 +58,40 @@ class PrivateNamesTests(SynchronousTestCase):
         missing = [a for a in _web.PRIVATE_CHANNEL_ATTRIBUTES if not hasattr(ch, a)]
         self.assertEqual(missing, [], "twisted.web.http.HTTPChannel changed")
 
+    def test_module_names_exist(self) -> None:
+        """The private names of twisted.web.http and http_headers that _web uses exist."""
+        from twisted.web import http_headers
+
+        modules = {"http": http, "http_headers": http_headers}
+        for dotted in _web.PRIVATE_MODULE_NAMES:
+            first, *rest = dotted.split(".")
+            obj: Any = modules[first]
+            for part in rest:
+                if part == "_rawHeaders":
+                    obj = obj()  # an instance attribute (a slot)
+                self.assertTrue(hasattr(obj, part), dotted)
+                obj = getattr(obj, part)
+
+    def test_head_state(self) -> None:
+        """head_pending and begin_request read and write the state lineReceived keeps."""
+        ch, _ = channel()
+        self.assertTrue(_web.head_pending(ch))
+        ch.dataReceived(b"PUT /b/k HTTP/1.1\r\n")
+        self.assertFalse(_web.head_pending(ch))
+        ch.dataReceived(b"Content-Length: 3\r\nHost: h\r\n")
+        line_state = (ch._receivedHeaderCount, ch._receivedHeaderSize, ch.length)
+        other, _ = channel()
+        other.requests.append(Req(other, 0))
+        _web.begin_request(other, (b"PUT", b"/b/k", b"HTTP/1.1"), 1, 41, 3)
+        # Host is still held back by lineReceived (a continuation could follow).
+        self.assertEqual(line_state, (1, 41, 3))
+        self.assertEqual(
+            (other._receivedHeaderCount, other._receivedHeaderSize, other.length), line_state
+        )
+        self.assertEqual(_web.request_line(other), _web.request_line(ch))
+        self.assertEqual(type(other._transferDecoder), type(ch._transferDecoder))
+        self.assertFalse(_web.head_pending(other))
+
     def test_overridden_methods_exist(self) -> None:
         """The private methods S3Channel overrides are HTTPChannel's own."""
         for name in _web.OVERRIDDEN_PRIVATE_METHODS:

@@ -45,6 +45,10 @@ from claudefs_gateway.vfs.worm import WORM_KEY, Retention
 
 __all__ = ["ObjectOps"]
 
+#: An object (or range) up to this size is sent with one read and one write,
+#: without an L{ObjectProducer}.
+SMALL_SEND = 64 * 1024
+
 
 class ObjectOps(Operations):
     """Objects: PUT, GET, HEAD, DELETE (one or many) and copies."""
@@ -510,16 +514,27 @@ class ObjectOps(Operations):
             return
         assert read is not None
         reader = read
-        producer = ObjectProducer(
-            lambda off, n: defer.Deferred.fromCoroutine(reader(off, n)),
-            req,
-            first,
-            length,
-        )
-        finished = req.notifyFinish()
-        finished.addErrback(lambda f: producer.stopProducing())
         try:
-            await producer.start()
+            if length <= SMALL_SEND:
+                # One read, one write: a small object needs no producer (and
+                # none of its Deferreds); the transport buffers it whole.
+                data = await reader(first, length)
+                if not data or len(data) > length:
+                    raise ShortRead(f"object ended {length} bytes early")
+                if req.gone:
+                    raise ClientGone("the connection closed while the object was being read")
+                req.write(data)
+                first, length = first + len(data), length - len(data)
+            if length:
+                producer = ObjectProducer(
+                    lambda off, n: defer.Deferred.fromCoroutine(reader(off, n)),
+                    req,
+                    first,
+                    length,
+                )
+                finished = req.notifyFinish()
+                finished.addErrback(lambda f: producer.stopProducing())
+                await producer.start()
         except (defer.CancelledError, ClientGone):
             raise
         except Exception as e:
