@@ -22,25 +22,95 @@ A file whose process is gone (a worker killed with C{-9}) is removed by the
 first reader that finds it behind: its unanswered C{WROTE}s will never be,
 and the writes they stood for were never acknowledged durably (the write
 verifier changes with a lost one: the client resends).
+
+The set of files changes only when a gateway starts or goes, and a reader
+looks on every C{GETATTR} and C{LOOKUP} (about 15 times per SMB delete), so
+it does not list the directory, nor even C{stat} it, each time: whoever adds
+or removes a file then bumps the count in C{DIR/.generation} (one aligned
+64-bit word, every gateway maps it; bumped under an C{flock}, so no bump is
+lost), after the file is in place or gone, and a reader lists the directory
+again only when that count moved. A gateway's file is renamed in and the
+count bumped before its first write, so before any client can have been
+told of one: a reader that looks after that sees the new count.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
 import os
 from pathlib import Path
 
-__all__ = ["WriteBoard", "board_dir", "clear_dead"]
+__all__ = ["WriteBoard", "board_dir", "bump", "clear_dead"]
 
 _WORDS = 3
 _SIZE = 8 * _WORDS
+_GENERATION = ".generation"
 
 
 def board_dir(marks: Path | str) -> Path:
     """The board's directory beside the meta server's event-mark directory C{marks}."""
     p = Path(marks)
     return p.with_name(p.name + ".writes")
+
+
+class _Generation:
+    """
+    C{DIR/.generation}: a count bumped each time a board file is added or
+    removed, so a reader knows when to list the directory again.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / _GENERATION
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.fstat(fd).st_size < 8:
+                    os.ftruncate(fd, 8)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            self._map: mmap.mmap | None = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+        self._word: ctypes.c_uint64 | None = ctypes.c_uint64.from_buffer(self._map)
+
+    def value(self) -> int:
+        return -1 if self._word is None else int(self._word.value)
+
+    def bump(self) -> None:
+        """One more change to the set of files (after it is made)."""
+        bump(self.path.parent)
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._word = None
+            self._map.close()
+            self._map = None
+
+
+def bump(directory: Path | str) -> None:
+    """
+    Tell the readers of the board in C{directory} that its set of files
+    changed: the count in its C{.generation} file one up, under an C{flock}
+    (two gateways starting at once both count).
+    """
+    path = Path(directory) / _GENERATION
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_size < 8:
+            os.ftruncate(fd, 8)
+        with mmap.mmap(fd, 8) as m:
+            word = ctypes.c_uint64.from_buffer(m)
+            word.value = (word.value + 1) & 0xFFFFFFFFFFFFFFFF
+            del word
+    finally:
+        os.close(fd)  # drops the flock
 
 
 class _Entry:
@@ -96,6 +166,8 @@ class WriteBoard:
         )
         self._words[0] = os.getpid()
         os.replace(tmp, self.path)
+        self._generation = _Generation(self.dir)
+        self._generation.bump()
         self._sent = 0
         self._answered = 0
         self._others: dict[str, _Entry] = {}
@@ -124,19 +196,18 @@ class WriteBoard:
         self._words = None
         self._map.close()
         self._map = None
+        self._generation.close()
         try:
             os.unlink(self.path)
         except OSError:
-            pass
+            return
+        bump(self.dir)
 
     # -- the others' ---------------------------------------------------------------------
 
     def _refresh(self) -> None:
-        """Map the files of gateways started since the last look (the directory changed)."""
-        try:
-            stamp = os.stat(self.dir).st_mtime_ns
-        except OSError:
-            return
+        """Map the files of gateways started since the last look (the generation moved)."""
+        stamp = self._generation.value()
         if stamp == self._listed:
             return
         self._listed = stamp
@@ -187,6 +258,7 @@ class WriteBoard:
                 try:
                     if os.stat(e.path).st_ino == e.ino:
                         os.unlink(e.path)
+                        bump(self.dir)
                 except OSError:
                     pass
                 continue
@@ -221,6 +293,8 @@ def clear_dead(directory: Path | str) -> int:
                 removed += 1
             except OSError:
                 pass
+    if removed:
+        bump(d)
     return removed
 
 

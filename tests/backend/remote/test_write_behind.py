@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.python.monkey import MonkeyPatcher
 from twisted.trial.unittest import TestCase
 
 from claudefs_gateway import errors
+from claudefs_gateway.backend.remote import board
 from claudefs_gateway.backend.remote.board import WriteBoard, board_dir, clear_dead
 from claudefs_gateway.fstypes import FileType, SetAttrs
 from claudefs_gateway.servers.data import ChunkStore
@@ -301,7 +303,46 @@ class BoardTests(TestCase):
         self.assertEqual(mine.caught_up(waits), [])
         self.assertFalse(other.path.exists())
         other.close()
-        self.assertEqual(sorted(os.listdir(d)), [mine.path.name])
+        self.assertEqual(_files(d), [mine.path.name])
+
+    def test_no_system_call_when_nobody_came_or_went(self) -> None:
+        """
+        The look every GETATTR and LOOKUP makes reads mapped words only; a
+        gateway started, closed or removed dead since is seen at the next look.
+        """
+        d = Path(self.mktemp())
+        mine = WriteBoard(d, 1)
+        self.addCleanup(mine.close)
+        other = WriteBoard(d, 2)
+        self.addCleanup(other.close)
+        self.assertEqual(mine.behind(), [])
+
+        def no(*a: object, **kw: object) -> None:
+            raise AssertionError("a system call on the board's directory")
+
+        # (board.os is the os module: patched only around these lines.)
+        patcher = MonkeyPatcher(
+            *((board.os, n, no) for n in ("stat", "listdir", "scandir", "open"))
+        )
+        with patcher:
+            other.sent()
+            self.assertEqual(mine.behind(), [(other.path.name, 1)])
+            other.answered()
+            self.assertEqual(mine.behind(), [])
+        # A gateway started after the first look, with a write unanswered.
+        late = WriteBoard(d, 3)
+        self.addCleanup(late.close)
+        late.sent()
+        self.assertEqual(mine.behind(), [(late.path.name, 1)])
+        # Killed (its process gone): the supervisor's clear_dead removes it,
+        # and the next look no longer waits for it.
+        late._words[0] = 2**30 + 99  # type: ignore[index]
+        self.assertEqual(clear_dead(d), 1)
+        self.assertEqual(mine.behind(), [])
+        # A gateway that stops is forgotten: its file and mapping go.
+        other.close()
+        mine.behind()
+        self.assertEqual(sorted(mine._others), [])
 
     def test_clear_dead(self) -> None:
         """What the supervisor does when a worker exits: files of gone processes go."""
@@ -313,11 +354,16 @@ class BoardTests(TestCase):
         dead._words[0] = 2**30 + 7  # type: ignore[index]
         (d / "junk").write_bytes(b"x")
         self.assertEqual(clear_dead(d), 1)
-        self.assertEqual(sorted(os.listdir(d)), sorted([live.path.name, "junk"]))
+        self.assertEqual(_files(d), sorted([live.path.name, "junk"]))
         dead.close()
 
     def test_beside_the_marks(self) -> None:
         self.assertEqual(board_dir("/run/cfs/marks"), Path("/run/cfs/marks.writes"))
+
+
+def _files(d: Path) -> list[str]:
+    """The board's files, without its generation count."""
+    return sorted(n for n in os.listdir(d) if not n.startswith("."))
 
 
 class KillMetaTests(TestCase):
