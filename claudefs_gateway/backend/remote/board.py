@@ -165,8 +165,14 @@ class WriteBoard:
             self._map
         )
         self._words[0] = os.getpid()
+        try:
+            self._generation = _Generation(self.dir)
+        except OSError:
+            del self._words
+            self._map.close()
+            os.unlink(tmp)
+            raise
         os.replace(tmp, self.path)
-        self._generation = _Generation(self.dir)
         self._generation.bump()
         self._sent = 0
         self._answered = 0
