@@ -31,7 +31,10 @@ or removes a file then bumps the count in C{DIR/.generation} (one aligned
 lost), after the file is in place or gone, and a reader lists the directory
 again only when that count moved. A gateway's file is renamed in and the
 count bumped before its first write, so before any client can have been
-told of one: a reader that looks after that sees the new count.
+told of one: a reader that looks after that sees the new count. The
+C{.generation} file is never removed while gateways use the directory (the
+supervisor removes the whole run directory when it stops): a reader keeps
+its mapping and would not see a new file's count.
 """
 
 from __future__ import annotations
