@@ -114,6 +114,28 @@ def deferred(f: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, defer.Deferr
     return wrapper
 
 
+async def inline(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """
+    Await C{method(*args, **kwargs)}, a bound L{deferred} method of the VFS,
+    from inside the caller's own coroutine: its coroutine runs under the
+    caller's driver instead of a Deferred and a driver of its own, which is
+    what a change that waits for the store costs twice over on the reactor
+    otherwise (a Deferred built and fired, a second coroutine driver resumed,
+    for every NFS CREATE and REMOVE). Backend trouble is counted as the
+    wrapper counts it. Any other callable (a vfs that is not a L{VFS}) is
+    called and awaited as it is.
+    """
+    f = getattr(getattr(method, "__func__", None), "__wrapped__", None)
+    if f is None:
+        return await method(*args, **kwargs)
+    vfs = method.__self__  # type: ignore[attr-defined]
+    try:
+        return await f(vfs, *args, **kwargs)
+    except _BACKEND_TROUBLE as e:
+        vfs._count_backend_error(Failure(e))
+        raise
+
+
 def _contrib(a: Attributes | None) -> dict[tuple[int, int], tuple[int, int]]:
     """What an inode adds to usage: {(uid, gid): (bytes, inodes)}."""
     if a is None or a.nlink == 0:
@@ -415,10 +437,22 @@ class VFS:
         export = self.exports.get(got[0])
         if export is None:
             return None
-        a = self.attr_cache.get(got[1])
+        a = self.attrs_now(got[1])
         if a is None or a.gen != got[2]:
             return None
         return export, a
+
+    def attrs_now(self, ino: int) -> Attributes | None:
+        """
+        L{getattr}'s answer when the attribute cache has it and may give it
+        (see L{_getattr}), else L{None}: then call L{getattr}. For the NFS
+        replies' post-op and wcc attributes of an object a change just
+        cached, without a coroutine and an already fired Deferred.
+        """
+        a = self.attr_cache.get(ino)
+        if a is not None and self._attrs_current is not None and not self._attrs_current():
+            return None
+        return a
 
     def read_now(
         self, caller: Caller, ino: int, offset: int, count: int

@@ -560,3 +560,30 @@ class LockIntegrationTests(SynchronousTestCase):
         self.assertEqual(len(m.vfs.locks.locks(f.ino)), 1)
         self.successResultOf(m.vfs.remove(c, m.root(), b"g"))
         self.assertEqual(m.vfs.locks.locks(f.ino), [])
+
+
+class InMemoryAnswerTests(SynchronousTestCase):
+    """
+    The synchronous answers the NFS replies use (L{VFS.from_handle_now},
+    L{VFS.attrs_now}) give what their Deferred counterparts would, and
+    nothing while the store says cached attributes may be behind (another
+    gateway's write-behind, L{claudefs_gateway.backend.remote}).
+    """
+
+    def test_same_as_getattr_and_not_while_behind(self) -> None:
+        m = MemoryVFS("exports: [{path: /export, root_squash: false}]\n")
+        c = m.caller(0, 0)
+        a = self.successResultOf(m.vfs.create(c, m.root(), b"f", 0o644))
+        export = m.vfs.exports.by_path("/export")
+        assert export is not None
+        fh = m.vfs.handle(export, a)
+        self.successResultOf(m.vfs.from_handle(fh))  # verified once
+        self.assertEqual(m.vfs.attrs_now(a.ino), self.successResultOf(m.vfs.getattr(c, a.ino)))
+        self.assertEqual(m.vfs.from_handle_now(fh), self.successResultOf(m.vfs.from_handle(fh)))
+        current = [False]
+        m.vfs._attrs_current = lambda: current[0]
+        self.assertIsNone(m.vfs.attrs_now(a.ino))
+        self.assertIsNone(m.vfs.from_handle_now(fh))
+        current[0] = True
+        self.assertEqual(m.vfs.attrs_now(a.ino), a)
+        self.assertEqual(m.vfs.from_handle_now(fh), (export, a))
