@@ -231,7 +231,7 @@ class NFS3:
             vfs, export, d, caller = await self.ctx.file(call, handle)
             fsid = export.id
             _check_name(name, lookup=True)
-            a = await vfs.lookup(caller, d.ino, name)
+            a = await inline(vfs.lookup, caller, d.ino, name)
         except Exception as e:
             return [c.status_only(self._fail(call, e, "LOOKUP")), c.post_op_attr(d, fsid)]
         return [
