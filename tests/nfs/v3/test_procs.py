@@ -791,6 +791,8 @@ class StoreCallTests(ProcTestCase):
         REMOVE are what GETATTR says just before and just after (the
         replies are built from the cache the change left, issue 18).
         """
+        clock = self.h.m.clock
+        clock.advance(5)
         before = self.c.getattr(self.home).attrs
         r = self.c.create(self.home, b"x", c.UNCHECKED, SetAttrs(mode=0o600))
         self.assertEqual(r.status, 0)
@@ -799,10 +801,13 @@ class StoreCallTests(ProcTestCase):
         self.assertEqual(made.mode, 0o600)
         after = self.c.getattr(self.home).attrs
         self.assertEqual(r.dir_wcc, ((before.size, before.mtime, before.ctime), after))
+        self.assertNotEqual(after.mtime, before.mtime)
+        clock.advance(5)
         r = self.c.remove(self.home, b"x")
         self.assertEqual(r.status, 0)
         gone = self.c.getattr(self.home).attrs
         self.assertEqual(r.dir_wcc, ((after.size, after.mtime, after.ctime), gone))
+        self.assertNotEqual(gone.mtime, after.mtime)
         # A REMOVE that fails reports the directory unchanged, both halves.
         r = self.c.remove(self.home, b"x")
         self.assertEqual(r.status, NFS3ERR.NOENT)
