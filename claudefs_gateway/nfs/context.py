@@ -170,5 +170,12 @@ class NFSContext:
             call.admitted = True
             self.admit(call.peer.host, call.cred.uid if call.cred is not None else None)
         vfs = self.vfs or await self.ready()
-        export, a = await vfs.from_handle(handle)
+        # In memory (a handle seen before, its attributes cached: a CREATE's
+        # or REMOVE's directory): no coroutine and fired Deferred of
+        # from_handle's, which answers the same.
+        now = getattr(vfs, "from_handle_now", None)
+        got = now(handle) if now is not None and type(handle) is bytes else None
+        if got is None:
+            got = await vfs.from_handle(handle)
+        export, a = got
         return vfs, export, a, self.caller(export, call)

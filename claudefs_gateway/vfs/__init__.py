@@ -8,7 +8,7 @@ events all live behind L{VFS}, which front ends see as
 L{claudefs_gateway.interfaces.IVFS}.
 """
 
-from claudefs_gateway.vfs._vfs import INTERNAL_PREFIX, PRIVATE_NAMES, VFS
+from claudefs_gateway.vfs._vfs import INTERNAL_PREFIX, PRIVATE_NAMES, VFS, inline
 from claudefs_gateway.vfs.events import Action, Change
 from claudefs_gateway.vfs.exports import Caller, ExportInfo
 from claudefs_gateway.vfs.identity import User, UserDB
@@ -19,6 +19,7 @@ from claudefs_gateway.vfs.permissions import R, W, X
 
 __all__ = [
     "VFS",
+    "inline",
     "Caller",
     "ExportInfo",
     "User",

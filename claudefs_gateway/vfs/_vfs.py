@@ -114,24 +114,54 @@ def deferred(f: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, defer.Deferr
     return wrapper
 
 
-def _contrib(a: Attributes | None) -> dict[tuple[int, int], tuple[int, int]]:
-    """What an inode adds to usage: {(uid, gid): (bytes, inodes)}."""
-    if a is None or a.nlink == 0:
-        return {}
-    return {(a.uid, a.gid): (a.size if a.type is FileType.REG else 0, 1)}
+async def inline(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """
+    Await C{method(*args, **kwargs)}, a bound L{deferred} method of the VFS,
+    from inside the caller's own coroutine: its coroutine runs under the
+    caller's driver instead of a Deferred and a driver of its own, which is
+    what a change that waits for the store costs twice over on the reactor
+    otherwise (a Deferred built and fired, a second coroutine driver resumed,
+    for every NFS CREATE and REMOVE). Backend trouble is counted as the
+    wrapper counts it. Any other callable (a vfs that is not a L{VFS}) is
+    called and awaited as it is.
+    """
+    f = getattr(getattr(method, "__func__", None), "__wrapped__", None)
+    if f is None:
+        return await method(*args, **kwargs)
+    vfs = method.__self__  # type: ignore[attr-defined]
+    try:
+        return await f(vfs, *args, **kwargs)
+    except _BACKEND_TROUBLE as e:
+        vfs._count_backend_error(Failure(e))
+        raise
 
 
 def _usage_changes(
     before: Attributes | None, after: Attributes | None
 ) -> list[tuple[int, int, int, int]]:
     """(uid, gid, bytes delta, inodes delta) moving usage from C{before} to C{after}."""
+    # An inode adds (size if a regular file, 1) to its (uid, gid)'s usage
+    # while it has a link; no dictionaries (every create, write and unlink
+    # comes here).
+    if before is not None and before.nlink:
+        bk: tuple[int, int] | None = (before.uid, before.gid)
+        bb = before.size if before.type is FileType.REG else 0
+    else:
+        bk, bb = None, 0
+    if after is not None and after.nlink:
+        ak: tuple[int, int] | None = (after.uid, after.gid)
+        ab = after.size if after.type is FileType.REG else 0
+    else:
+        ak, ab = None, 0
+    if ak == bk:
+        if ak is None or ab == bb:
+            return []
+        return [(ak[0], ak[1], ab - bb, 0)]
     out = []
-    b, a = _contrib(before), _contrib(after)
-    for key in {*b, *a}:
-        bb, bi = b.get(key, (0, 0))
-        ab, ai = a.get(key, (0, 0))
-        if ab - bb or ai - bi:
-            out.append((key[0], key[1], ab - bb, ai - bi))
+    if bk is not None:
+        out.append((bk[0], bk[1], -bb, -1))
+    if ak is not None:
+        out.append((ak[0], ak[1], ab, 1))
     return out
 
 
@@ -415,10 +445,22 @@ class VFS:
         export = self.exports.get(got[0])
         if export is None:
             return None
-        a = self.attr_cache.get(got[1])
+        a = self.attrs_now(got[1])
         if a is None or a.gen != got[2]:
             return None
         return export, a
+
+    def attrs_now(self, ino: int) -> Attributes | None:
+        """
+        L{getattr}'s answer when the attribute cache has it and may give it
+        (see L{_getattr}), else L{None}: then call L{getattr}. For the NFS
+        replies' post-op and wcc attributes of an object a change just
+        cached, without a coroutine and an already fired Deferred.
+        """
+        a = self.attr_cache.get(ino)
+        if a is not None and self._attrs_current is not None and not self._attrs_current():
+            return None
+        return a
 
     def read_now(
         self, caller: Caller, ino: int, offset: int, count: int
@@ -494,11 +536,12 @@ class VFS:
         after the change (the remote client's C{dir_after}) saves the
         GETATTR the front end's reply would send (NFS wcc data).
         """
-        self.attr_cache.discard(dir_ino)
         if self._dir_after is not None:
             after = self._dir_after(dir_ino)
             if after is not None:
-                self.attr_cache.put(dir_ino, after)
+                self.attr_cache.put(dir_ino, after)  # replaces, and counts as a change
+                return
+        self.attr_cache.discard(dir_ino)
 
     def _gone(self, a: Attributes) -> None:
         """Forget an inode whose last link went."""

@@ -269,6 +269,8 @@ class QuotaManager:
             return
         key = (kind, id)
         lim = self.limits(kind, id)
+        if not (lim.bytes_soft or lim.inodes_soft or self._warned or self._grace):
+            return  # no soft limit, no clock running, nothing warned: nothing to do
         used = self._usage.get(key, (0, 0))
         over = False
         for what, idx in (("bytes", 0), ("inodes", 1)):

@@ -560,3 +560,73 @@ class LockIntegrationTests(SynchronousTestCase):
         self.assertEqual(len(m.vfs.locks.locks(f.ino)), 1)
         self.successResultOf(m.vfs.remove(c, m.root(), b"g"))
         self.assertEqual(m.vfs.locks.locks(f.ino), [])
+
+
+class InMemoryAnswerTests(SynchronousTestCase):
+    """
+    The synchronous answers the NFS replies use (L{VFS.from_handle_now},
+    L{VFS.attrs_now}) give what their Deferred counterparts would, and
+    nothing while the store says cached attributes may be behind (another
+    gateway's write-behind, L{claudefs_gateway.backend.remote}).
+    """
+
+    def test_same_as_getattr_and_not_while_behind(self) -> None:
+        m = MemoryVFS("exports: [{path: /export, root_squash: false}]\n")
+        c = m.caller(0, 0)
+        a = self.successResultOf(m.vfs.create(c, m.root(), b"f", 0o644))
+        export = m.vfs.exports.by_path("/export")
+        assert export is not None
+        fh = m.vfs.handle(export, a)
+        self.successResultOf(m.vfs.from_handle(fh))  # verified once
+        self.assertEqual(m.vfs.attrs_now(a.ino), self.successResultOf(m.vfs.getattr(c, a.ino)))
+        self.assertEqual(m.vfs.from_handle_now(fh), self.successResultOf(m.vfs.from_handle(fh)))
+        current = [False]
+        m.vfs._attrs_current = lambda: current[0]
+        self.assertIsNone(m.vfs.attrs_now(a.ino))
+        self.assertIsNone(m.vfs.from_handle_now(fh))
+        current[0] = True
+        self.assertEqual(m.vfs.attrs_now(a.ino), a)
+        self.assertEqual(m.vfs.from_handle_now(fh), (export, a))
+
+
+class UsageChangeTests(SynchronousTestCase):
+    def test_as_per_owner_sums(self) -> None:
+        """
+        The quota deltas of a change are each owner's (bytes, inodes) after
+        less before, an inode counting while it has a link and bytes only
+        for a regular file: every pairing of these cases, against that
+        definition written out with dictionaries.
+        """
+        import itertools
+
+        import attrs
+
+        from claudefs_gateway.vfs._vfs import _usage_changes
+
+        def contrib(a: Any) -> dict[tuple[int, int], tuple[int, int]]:
+            if a is None or a.nlink == 0:
+                return {}
+            return {(a.uid, a.gid): (a.size if a.type is FileType.REG else 0, 1)}
+
+        def reference(b: Any, a: Any) -> set[tuple[int, int, int, int]]:
+            cb, ca = contrib(b), contrib(a)
+            out = set()
+            for key in {*cb, *ca}:
+                bb, bi = cb.get(key, (0, 0))
+                ab, ai = ca.get(key, (0, 0))
+                if ab - bb or ai - bi:
+                    out.add((key[0], key[1], ab - bb, ai - bi))
+            return out
+
+        m = MemoryVFS("exports: [{path: /export, root_squash: false}]\n")
+        c = m.caller(0, 0)
+        base = self.successResultOf(m.vfs.create(c, m.root(), b"f", 0o644))
+        cases: list[Any] = [None]
+        for uid, gid, size, nlink, kind in itertools.product(
+            (1, 2), (5, 6), (0, 7, 9), (0, 1, 2), (FileType.REG, FileType.DIR)
+        ):
+            cases.append(attrs.evolve(base, uid=uid, gid=gid, size=size, nlink=nlink, type=kind))
+        for b, a in itertools.product(cases, cases):
+            got = _usage_changes(b, a)
+            self.assertEqual(len(got), len(set(got)))
+            self.assertEqual(set(got), reference(b, a), (b, a))

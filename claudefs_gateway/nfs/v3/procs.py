@@ -45,7 +45,7 @@ from claudefs_gateway.nfs.errors import NFS3_OK, NFS3ERR, nfs3_name, nfs3_status
 from claudefs_gateway.nfs.v3 import codec as c
 from claudefs_gateway.rpc.server import Call, Procedure, Program, no_args
 from claudefs_gateway.rpc.xdr import PADDING
-from claudefs_gateway.vfs import Caller, R, W, X
+from claudefs_gateway.vfs import Caller, R, W, X, inline
 
 __all__ = ["NFS3"]
 
@@ -231,7 +231,7 @@ class NFS3:
             vfs, export, d, caller = await self.ctx.file(call, handle)
             fsid = export.id
             _check_name(name, lookup=True)
-            a = await vfs.lookup(caller, d.ino, name)
+            a = await inline(vfs.lookup, caller, d.ino, name)
         except Exception as e:
             return [c.status_only(self._fail(call, e, "LOOKUP")), c.post_op_attr(d, fsid)]
         return [
@@ -356,7 +356,7 @@ class NFS3:
             a = await make(vfs, caller, d.ino)
             if extra is not None and not extra.is_empty():
                 a = await vfs.setattr(caller, a.ino, extra)
-            d_after = await vfs.getattr(caller, d.ino)
+            d_after = await _attrs(vfs, caller, d.ino)
         except Exception as e:
             status = self._fail(call, e, proc)
             if d is not None and d_after is None:
@@ -377,13 +377,13 @@ class NFS3:
             verifier = args.verifier or bytes(8)
 
             async def make(vfs: IVFS, caller: Caller, dir_ino: int) -> Attributes:
-                return await vfs.create_exclusive(caller, dir_ino, args.name, verifier)
+                return await inline(vfs.create_exclusive, caller, dir_ino, args.name, verifier)
 
             extra = None
         elif args.mode == c.GUARDED:
 
             async def make(vfs: IVFS, caller: Caller, dir_ino: int) -> Attributes:
-                return await vfs.create(caller, dir_ino, args.name, mode, exclusive=True)
+                return await inline(vfs.create, caller, dir_ino, args.name, mode, exclusive=True)
 
             extra = _without_mode(sattr)
         else:
@@ -391,7 +391,7 @@ class NFS3:
 
             async def make(vfs: IVFS, caller: Caller, dir_ino: int) -> Attributes:
                 try:
-                    a = await vfs.create(caller, dir_ino, args.name, mode, exclusive=True)
+                    a = await inline(vfs.create, caller, dir_ino, args.name, mode, exclusive=True)
                 except errors.Exists:
                     # An existing regular file gets only the size (knfsd).
                     a = await vfs.create(caller, dir_ino, args.name, mode, exclusive=False)
@@ -411,7 +411,7 @@ class NFS3:
         mode = sattr.mode if sattr.mode is not None else 0o755
 
         async def make(vfs: IVFS, caller: Caller, dir_ino: int) -> Attributes:
-            return await vfs.mkdir(caller, dir_ino, name, mode)
+            return await inline(vfs.mkdir, caller, dir_ino, name, mode)
 
         return await self._made(call, "MKDIR", d, name, make, _without_mode(sattr))
 
@@ -460,10 +460,10 @@ class NFS3:
             fsid = export.id
             _check_name(name)
             if rmdir:
-                await vfs.rmdir(caller, d.ino, name)
+                await inline(vfs.rmdir, caller, d.ino, name)
             else:
-                await vfs.remove(caller, d.ino, name)
-            d_after = await vfs.getattr(caller, d.ino)
+                await inline(vfs.remove, caller, d.ino, name)
+            d_after = await _attrs(vfs, caller, d.ino)
         except Exception as e:
             status = self._fail(call, e, proc)
             if d is not None and d_after is None:
@@ -526,7 +526,7 @@ class NFS3:
             if a.is_dir:
                 raise errors.IsDir("hard link to a directory")
             a = await vfs.link(caller, a.ino, d.ino, name)
-            d_after = await vfs.getattr(caller, d.ino)
+            d_after = await _attrs(vfs, caller, d.ino)
         except Exception as e:
             status = self._fail(call, e, "LINK")
             if d is not None:
@@ -697,6 +697,19 @@ class NFS3:
 
 class _TooSmall(Exception):
     pass
+
+
+async def _attrs(vfs: IVFS, caller: Caller, ino: int) -> Attributes:
+    """
+    C{vfs.getattr}: from the attribute cache when it may answer (a change
+    just cached the directory a wcc_data reports) without the coroutine and
+    the fired Deferred of getattr's (L{claudefs_gateway.vfs.VFS.attrs_now}).
+    """
+    now = getattr(vfs, "attrs_now", None)
+    a = now(ino) if now is not None else None
+    if a is None:
+        a = await vfs.getattr(caller, ino)
+    return a
 
 
 def _check_name(name: bytes, lookup: bool = False) -> None:

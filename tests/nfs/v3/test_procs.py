@@ -785,6 +785,60 @@ class StoreCallTests(ProcTestCase):
         self.assertEqual(r.dir_wcc[1], self.c.getattr(self.home).attrs)
         self.assertEqual(self.names(), [])
 
+    def test_create_and_remove_attributes_as_getattr(self) -> None:
+        """
+        A CREATE's post-op attributes and both wcc halves of a CREATE and a
+        REMOVE are what GETATTR says just before and just after (the
+        replies are built from the cache the change left, issue 18).
+        """
+        clock = self.h.m.clock
+        clock.advance(5)
+        before = self.c.getattr(self.home).attrs
+        r = self.c.create(self.home, b"x", c.UNCHECKED, SetAttrs(mode=0o600))
+        self.assertEqual(r.status, 0)
+        made = self.c.getattr(r.fh).attrs
+        self.assertEqual(r.attrs, made)
+        self.assertEqual(made.mode, 0o600)
+        after = self.c.getattr(self.home).attrs
+        self.assertEqual(r.dir_wcc, ((before.size, before.mtime, before.ctime), after))
+        self.assertNotEqual(after.mtime, before.mtime)
+        clock.advance(5)
+        r = self.c.remove(self.home, b"x")
+        self.assertEqual(r.status, 0)
+        gone = self.c.getattr(self.home).attrs
+        self.assertEqual(r.dir_wcc, ((after.size, after.mtime, after.ctime), gone))
+        self.assertNotEqual(gone.mtime, after.mtime)
+        # A REMOVE that fails reports the directory unchanged, both halves.
+        r = self.c.remove(self.home, b"x")
+        self.assertEqual(r.status, NFS3ERR.NOENT)
+        self.assertEqual(r.dir_wcc, ((gone.size, gone.mtime, gone.ctime), gone))
+
+    def test_store_trouble_counted(self) -> None:
+        """
+        A CREATE or REMOVE the store fails with an I/O error answers
+        NFS3ERR_IO and counts in gateway_backend_errors_total, as every vfs
+        call does; a name that is not there is not counted.
+        """
+        from twisted.internet import defer
+
+        from claudefs_gateway import errors
+
+        self.file(b"x")
+        backend = self.h.m.backend
+        backend.unlink = lambda *a, **kw: defer.fail(errors.IO("disk"))
+        backend.create = lambda *a, **kw: defer.fail(errors.IO("disk"))
+        self.assertEqual(self.c.remove(self.home, b"x").status, NFS3ERR.IO)
+        self.assertEqual(self.c.create(self.home, b"y", c.GUARDED).status, NFS3ERR.IO)
+        self.assertEqual(self.c.remove(self.home, b"nothere").status, NFS3ERR.NOENT)
+
+        def counted(kind: str) -> Any:
+            return self.h.m.metrics.registry.get_sample_value(
+                "gateway_backend_errors_total", {"backend": "embedded", "kind": kind}
+            )
+
+        self.assertEqual(counted("IO"), 2)
+        self.assertIsNone(counted("NotFound"))
+
     def test_readdirplus(self) -> None:
         for i in range(20):
             self.file(b"f%d" % i, b"x" * i)
