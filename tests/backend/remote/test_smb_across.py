@@ -8,16 +8,13 @@ entry (docs/workers.rst "What is shared, and what is not yet").
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from twisted.internet import reactor, threads
+from twisted.internet import threads
 from twisted.trial.unittest import TestCase
 
-from claudefs_gateway import service
-from claudefs_gateway.core import config as cfg
 from tests.backend.remote.harness import Cluster
-from tests.backend.remote.test_smb_round_trips import _Client, _smb_factory, _yaml
+from tests.backend.remote.test_smb_round_trips import _Client, _smb_factory, smb_gateway
 
 
 class AcrossGatewaysTests(TestCase):
@@ -26,17 +23,9 @@ class AcrossGatewaysTests(TestCase):
     async def _gateways(self) -> tuple[_Client, _Client]:
         cluster = Cluster(self, event_marks=True)
         await cluster.start()
-        chunks = os.path.join(os.path.abspath(cluster.base), "data")
         clients = []
         for _ in range(2):
-            data = os.path.abspath(self.mktemp())
-            config = cfg.loads(_yaml(data, cluster.meta_address, chunks, str(cluster.marks)))
-            root = service.build(config, reactor, protocols=["smb"])
-            root.privilegedStartService()
-            root.startService()
-            self.addCleanup(root.stopService)
-            await root.core.vfs_ready()
-            self.addCleanup(lambda root=root: _smb_factory(root).files.stop_flushing())
+            root = await smb_gateway(self, cluster)
             port = root.listeners()["smb"].bound_port
             client = await threads.deferToThread(_Client, port)
             self.addCleanup(lambda client=client: threads.deferToThread(client.close))
@@ -110,13 +99,7 @@ class StopTests(TestCase):
 
         cluster = Cluster(self, event_marks=True)
         await cluster.start()
-        chunks = os.path.join(os.path.abspath(cluster.base), "data")
-        data = os.path.abspath(self.mktemp())
-        config = cfg.loads(_yaml(data, cluster.meta_address, chunks, str(cluster.marks)))
-        root = service.build(config, reactor, protocols=["smb"])
-        root.privilegedStartService()
-        root.startService()
-        await root.core.vfs_ready()
+        root = await smb_gateway(self, cluster, stopped=False)
         port = root.listeners()["smb"].bound_port
         client = await threads.deferToThread(_Client, port)
         await threads.deferToThread(client.create_write_close, "unsynced")

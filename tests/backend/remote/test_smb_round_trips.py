@@ -132,23 +132,31 @@ def _smb_factory(root: Any) -> Any:
     raise AssertionError("no SMB service")
 
 
+async def smb_gateway(test: TestCase, cluster: Cluster, stopped: bool = True) -> Any:
+    """
+    A gateway serving SMB alone from C{cluster}, as a C{--workers} worker,
+    started with its store open (and stopped at the test's end unless
+    C{stopped} is false: the test stops it).
+    """
+    data = os.path.abspath(test.mktemp())
+    chunks = os.path.join(os.path.abspath(cluster.base), "data")
+    config = cfg.loads(_yaml(data, cluster.meta_address, chunks, str(cluster.marks)))
+    root = service.build(config, reactor, protocols=["smb"])
+    root.privilegedStartService()
+    root.startService()
+    if stopped:
+        test.addCleanup(root.stopService)
+    await root.core.vfs_ready()
+    return root
+
+
 class SMBRoundTripTests(TestCase):
     timeout = 60
 
     async def _gateway(self) -> tuple[Any, Counter[str], Counter[str]]:
         cluster = Cluster(self, event_marks=True)
         await cluster.start()
-        data = os.path.abspath(self.mktemp())
-        chunks = os.path.join(os.path.abspath(cluster.base), "data")
-        config = cfg.loads(_yaml(data, cluster.meta_address, chunks, str(cluster.marks)))
-        root = service.build(config, reactor, protocols=["smb"])
-        root.privilegedStartService()
-        root.startService()
-        self.addCleanup(root.stopService)
-        await root.core.vfs_ready()
-        self._root = root
-        # The background metadata flush's SYNC is answered before the gateway stops.
-        self.addCleanup(lambda: _smb_factory(root).files.stop_flushing())
+        root = self._root = await smb_gateway(self, cluster)
         calls: Counter[str] = Counter()
         events: Counter[str] = Counter()
         real_call = protocol.ClientConnection.call
