@@ -846,6 +846,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in ("start", "meta", "data"):
+        # Before anything imports twisted.internet.reactor (core/reactor.py).
+        from claudefs_gateway.core import reactor
+
+        reactor.install()
     if args_list and args_list[0] == "start":
         return cmd_start(args_list[1:])
     if args_list and args_list[0] in ("meta", "data"):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
+from twisted.python.reflect import qual
 
 from claudefs_gateway import __version__
 from claudefs_gateway.admin.web import build_site
@@ -114,7 +115,12 @@ class GatewayService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        _log.info("claudefs-gateway {version} started", version=__version__)
+        # reactor: which loop serves us (core/reactor.py), for the operator and the tests.
+        _log.info(
+            "claudefs-gateway {version} started",
+            version=__version__,
+            reactor=qual(type(self.core.reactor)),
+        )
         if self.exit_when_drained:
             self.core.drainer.drained().addCallback(self._drained)
 

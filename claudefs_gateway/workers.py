@@ -45,6 +45,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.logger import eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.python.reflect import qual
 
 from claudefs_gateway.backend.datadir import DataDir
 from claudefs_gateway.core.config import Config, _split_description
@@ -345,7 +346,10 @@ class Supervisor:
             )
         await defer.gatherResults(ready)
         self._log.info(
-            "claudefs-gateway supervisor: {n} workers serving", n=self.workers, workers=self.workers
+            "claudefs-gateway supervisor: {n} workers serving",
+            n=self.workers,
+            workers=self.workers,
+            reactor=qual(type(self.reactor)),
         )
 
     # -- running ------------------------------------------------------------------------

@@ -103,6 +103,9 @@ class StartTests(TestCase):
         port = await proc.wait_listening("admin")
         await proc.wait_ready()
         admin = f"http://127.0.0.1:{port}"
+        # It runs on our reactor (core/reactor.py), not Twisted's default.
+        started = await proc.wait_for(lambda e: "reactor" in e)
+        self.assertEqual(started["reactor"], "claudefs_gateway.core.reactor.EPollReactor")
 
         status, out, _ = await run("health", "--admin", admin)
         self.assertEqual(status, 0)

@@ -17,6 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from claudefs_gateway.core.transport.reuseport import ReusePortEndpoint, reserve
 from tests.helpers import bin_path, http_get, kill_group, kill_on_cleanup, loopback_config, spawn
 
+OUR_REACTOR = "claudefs_gateway.core.reactor.EPollReactor"
+
 EXPORTS = """
 exports:
   - {path: /export, root_squash: false}
@@ -289,6 +291,18 @@ class WorkersTests(TestCase):
         self.assertEqual(len(children), 3, children)  # data, meta, worker-0
         for pid in children:
             self.assertEqual(os.getpgid(pid), proc.pid)
+        # Every process runs on our reactor (core/reactor.py): the supervisor,
+        # the meta and data servers and the worker.
+        reactors = [(e.get("role", "gateway"), e["reactor"]) for e in proc.events if "reactor" in e]
+        self.assertEqual(
+            sorted(reactors),
+            [
+                ("data", OUR_REACTOR),
+                ("gateway", OUR_REACTOR),  # the supervisor
+                ("gateway", OUR_REACTOR),  # worker-0
+                ("meta", OUR_REACTOR),
+            ],
+        )
         await kill_group(proc)
         self.assertEqual(await gone(children), [])
 

@@ -24,6 +24,7 @@ import attrs
 from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
+from twisted.python.reflect import qual
 
 from claudefs_gateway import __version__
 from claudefs_gateway.admin.web import build_site
@@ -88,7 +89,12 @@ class ServerService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        _log.info("claudefs-{role} {version} started", role=self.role, version=__version__)
+        _log.info(
+            "claudefs-{role} {version} started",
+            role=self.role,
+            version=__version__,
+            reactor=qual(type(self.reactor)),
+        )
 
     def serving(self) -> None:
         """Logged once the reactor runs (signals are handled from then on)."""

@@ -1,6 +1,7 @@
 # twistd plugins of claudefs-gateway. Thin on purpose: ServiceMaker imports each
 # tap module only when its plugin is used, so `twistd --help` stays fast and a
 # broken front end hides no other (STYLE.md §10). No __init__.py in this folder.
+from twisted.application.reactors import Reactor
 from twisted.application.service import ServiceMaker
 
 gateway = ServiceMaker(
@@ -30,4 +31,13 @@ data = ServiceMaker(
     "claudefs_gateway.servers.data_tap",
     "File bytes as chunk files over the ClaudeFS RPC (port 7002).",
     "claudefs-data",
+)
+
+# `twistd --reactor cfs-epoll` (and `trial --reactor cfs-epoll`): the reactor
+# cfs-gateway runs on (claudefs_gateway/core/reactor.py). twistd's own default
+# stays its choice.
+cfs_epoll = Reactor(
+    "cfs-epoll",
+    "claudefs_gateway.core.reactor",
+    "epoll(4) reactor without the legacy log context per event (claudefs-gateway).",
 )
