@@ -30,13 +30,21 @@ class _Ours:
 # Twisted's reactor-independent tests (timers, readers/writers, run/stop and
 # system events), run on our reactor. Its TCP tests need hamcrest, which we
 # do not install: test_tcp_echo below covers connections.
-for _builder in (
-    test_time.TimeTestsBuilder,
-    test_fdset.ReactorFDSetTestsBuilder,
-    test_core.SystemEventTestsBuilder,
-):
+for _builder in (test_time.TimeTestsBuilder, test_core.SystemEventTestsBuilder):
     globals().update(type(_builder.__name__, (_Ours, _builder), {}).makeTestCaseClasses())
 del _builder
+# Of the descriptor-set tests, all but test_lostFileDescriptor, which Twisted
+# skips for every epoll reactor (a closed descriptor leaves the epoll set
+# unseen), and a skip counts as a failure under CI.
+_fdset = {
+    k: v
+    for k, v in vars(test_fdset.ReactorFDSetTestsBuilder).items()
+    if k not in ("test_lostFileDescriptor", "__dict__", "__weakref__")
+}
+globals().update(
+    type("ReactorFDSetTestsBuilder", (_Ours, ReactorBuilder), _fdset).makeTestCaseClasses()
+)
+del _fdset
 
 
 class _Raising(protocol.Protocol):
