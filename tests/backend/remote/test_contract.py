@@ -56,6 +56,16 @@ class ShortCircuitTests(TestCase):
 
     timeout = 30
 
+    async def _one_file(self, durable: bool) -> tuple[Cluster, Any, Any]:
+        """A cluster, a gateway backend on its local data path, and a file made through it."""
+        cluster = Cluster(self)
+        await cluster.start()
+        b = cluster.backend(short_circuit=ChunkStore(cluster.data_dir, durable=durable))
+        await b.open()
+        self.addCleanup(b.close)
+        a = await b.create((await b.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+        return cluster, b, a
+
     async def test_bytes_are_shared_and_the_data_server_is_skipped(self) -> None:
         cluster = Cluster(self)
         await cluster.start()
@@ -127,12 +137,7 @@ class ShortCircuitTests(TestCase):
         self.assertEqual(on_thread, ["forget"])
 
     async def test_io_errors_are_the_data_servers_errors(self) -> None:
-        cluster = Cluster(self)
-        await cluster.start()
-        b = cluster.backend(short_circuit=ChunkStore(cluster.data_dir, durable=False))
-        await b.open()
-        self.addCleanup(b.close)
-        a = await b.create((await b.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+        _, b, a = await self._one_file(durable=False)
 
         def fail(*args: Any) -> int:
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -150,12 +155,7 @@ class ShortCircuitTests(TestCase):
         one-after-the-other syncing never does. A failed sync is the data
         server's error.
         """
-        cluster = Cluster(self)
-        await cluster.start()
-        b = cluster.backend(short_circuit=ChunkStore(cluster.data_dir, durable=True))
-        await b.open()
-        self.addCleanup(b.close)
-        a = await b.create((await b.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+        cluster, b, a = await self._one_file(durable=True)
         await b.write(a.ino, 0, b"x" * 4096, stable=False)
         chunks = str(cluster.data_dir / "chunks")
         barrier = threading.Barrier(2, timeout=10)
