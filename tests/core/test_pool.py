@@ -13,6 +13,18 @@ from claudefs_gateway.core.pool import Pool
 from claudefs_gateway.errors import BackendUnavailable
 
 
+def _pending_calls() -> tuple[list[defer.Deferred[int]], Any]:
+    """A call for run() that leaves its Deferred pending, and the list of them."""
+    inner: list[defer.Deferred[int]] = []
+
+    def call(conn: FakeConnection) -> defer.Deferred[int]:
+        d: defer.Deferred[int] = defer.Deferred()
+        inner.append(d)
+        return d
+
+    return inner, call
+
+
 class FakeConnection:
     def __init__(self, n: int) -> None:
         self.n = n
@@ -134,12 +146,7 @@ class PoolTests(SynchronousTestCase):
     def test_cancelled_call_frees_slot(self) -> None:
         """Cancelling a call made with run() cancels it and returns its connection to the pool."""
         pool = self.make(streams=1, max_per_node=1)
-        inner: list[defer.Deferred[int]] = []
-
-        def call(conn: FakeConnection) -> defer.Deferred[int]:
-            d: defer.Deferred[int] = defer.Deferred()
-            inner.append(d)
-            return d
+        inner, call = _pending_calls()
 
         d = pool.run(call)
         self.finish_connect()
@@ -163,12 +170,7 @@ class PoolTests(SynchronousTestCase):
         warm = pool.run(lambda conn: defer.succeed(conn.n))  # waits for the first connection
         self.finish_connect(0)
         self.assertEqual(self.successResultOf(warm), 0)
-        inner: list[defer.Deferred[int]] = []
-
-        def call(conn: FakeConnection) -> defer.Deferred[int]:
-            d: defer.Deferred[int] = defer.Deferred()
-            inner.append(d)
-            return d
+        inner, call = _pending_calls()
 
         d = pool.run(call)
         self.assertIs(d, inner[0])
