@@ -179,22 +179,34 @@ class Header:
             raise ProtocolError("not an SMB2 header")
         if size != HEADER_SIZE:
             raise ProtocolError(f"SMB2 header StructureSize {size}")
-        h = cls(
-            command=command,
-            status=status,
-            credit_charge=charge,
-            credits=credits,
-            flags=flags,
-            next_command=next_command,
-            message_id=message_id,
-            session_id=session_id,
-            signature=signature,
-        )
+        # Positional (the fields' order): keywords cost more, once per request.
         if flags & SMB2_FLAGS_ASYNC_COMMAND:
-            h.async_id = middle
-        else:
-            h.tree_id = middle >> 32
-        return h
+            return cls(
+                command,
+                status,
+                charge,
+                credits,
+                flags,
+                next_command,
+                message_id,
+                middle,
+                0,
+                session_id,
+                signature,
+            )
+        return cls(
+            command,
+            status,
+            charge,
+            credits,
+            flags,
+            next_command,
+            message_id,
+            0,
+            middle >> 32,
+            session_id,
+            signature,
+        )
 
 
 def split_compound(data: bytes | memoryview) -> list[tuple[Header, memoryview]]:
