@@ -60,20 +60,28 @@ class Reader:
         return self.data[offset]
 
     def u16(self, offset: int) -> int:
-        self._need(offset, 2)
-        return int.from_bytes(self.data[offset : offset + 2], "little")
+        data = self.data
+        if offset < 0 or offset + 2 > len(data):
+            self._need(offset, 2)  # raises
+        return int.from_bytes(data[offset : offset + 2], "little")
 
     def u32(self, offset: int) -> int:
-        self._need(offset, 4)
-        return int.from_bytes(self.data[offset : offset + 4], "little")
+        data = self.data
+        if offset < 0 or offset + 4 > len(data):
+            self._need(offset, 4)  # raises
+        return int.from_bytes(data[offset : offset + 4], "little")
 
     def u64(self, offset: int) -> int:
-        self._need(offset, 8)
-        return int.from_bytes(self.data[offset : offset + 8], "little")
+        data = self.data
+        if offset < 0 or offset + 8 > len(data):
+            self._need(offset, 8)  # raises
+        return int.from_bytes(data[offset : offset + 8], "little")
 
     def i64(self, offset: int) -> int:
-        self._need(offset, 8)
-        return int.from_bytes(self.data[offset : offset + 8], "little", signed=True)
+        data = self.data
+        if offset < 0 or offset + 8 > len(data):
+            self._need(offset, 8)  # raises
+        return int.from_bytes(data[offset : offset + 8], "little", signed=True)
 
     def raw(self, offset: int, size: int) -> bytes:
         self._need(offset, size)
