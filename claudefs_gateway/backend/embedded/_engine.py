@@ -86,6 +86,8 @@ DEFER_MAX_FILES = 16
 ORPHANS_MAX = 64
 # The meta key saying the store may hold such rows; open deletes them then.
 ORPHANS_KEY = "inline_orphans"
+# Inode numbers and cookies taken from meta at a time (see Engine.run_batch).
+COUNTER_BLOCK = 1024
 
 
 class Stats:
@@ -280,6 +282,8 @@ class Engine:
         self.next_ino = 0
         self.next_cookie = 0
         self._saved_counters = (0, 0)
+        # next_ino and next_cookie as meta holds them: at least the counters.
+        self._tops = (0, 0)
         self._batch_usage: dict[tuple[str, int], list[int]] = {}
         self._done_rows: list[int] = []
         self._wal_unsynced = False
@@ -370,6 +374,7 @@ class Engine:
             self.instance_id = bytes(meta["instance_id"])
             self.next_ino = int(meta["next_ino"])
             self.next_cookie = int(meta["next_cookie"])
+            self._tops = (self.next_ino, self.next_cookie)
             pending = conn.execute(
                 "SELECT seq, kind, ino, offset, length FROM pending_io ORDER BY seq"
             ).fetchall()
@@ -476,7 +481,14 @@ class Engine:
                 )
             if self._orphans_marked:
                 conn.execute("DELETE FROM meta WHERE k = ?", (ORPHANS_KEY,))
+            tops = (self.next_ino, self.next_cookie)
+            if tops != self._tops:
+                conn.executemany(
+                    "UPDATE meta SET v = ? WHERE k = ?",
+                    [(tops[0], "next_ino"), (tops[1], "next_cookie")],
+                )
             conn.execute("COMMIT")
+            self._tops = tops
             self._orphans = []
             self._orphans_marked = False
             self._wal_unsynced = False
@@ -602,14 +614,24 @@ class Engine:
             mark = bool(orphans) and not self._orphans_marked
             if mark:
                 conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, 1)", (ORPHANS_KEY,))
-            if (self.next_ino, self.next_cookie) != start_counters:
+            # The counters are written a block ahead, not at every create:
+            # meta then holds numbers no committed row uses yet, which is all
+            # a reopen needs (close writes the exact ones; a crash skips at
+            # most a block of never-used numbers). One page less in most
+            # creates' commits.
+            tops = self._tops
+            if self.next_ino > tops[0] or self.next_cookie > tops[1]:
+                tops = (
+                    self.next_ino + COUNTER_BLOCK if self.next_ino > tops[0] else tops[0],
+                    self.next_cookie + COUNTER_BLOCK if self.next_cookie > tops[1] else tops[1],
+                )
                 conn.executemany(
                     "UPDATE meta SET v = ? WHERE k = ?",
                     [
                         (v, k)
                         for v, k, was in (
-                            (self.next_ino, "next_ino", start_counters[0]),
-                            (self.next_cookie, "next_cookie", start_counters[1]),
+                            (tops[0], "next_ino", self._tops[0]),
+                            (tops[1], "next_cookie", self._tops[1]),
                         )
                         if v != was
                     ],
@@ -680,6 +702,7 @@ class Engine:
                     op.ok, op.value = False, convert_error(late_error)
                     if not _is_expected(late_error):
                         op.failure = Failure(late_error)
+        self._tops = tops
         if freeing:
             self._orphans = []
         if orphans:
