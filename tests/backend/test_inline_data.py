@@ -16,6 +16,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from claudefs_gateway.backend.embedded import EmbeddedBackend
+from claudefs_gateway.backend.embedded._engine import ORPHANS_KEY, ORPHANS_MAX
 from claudefs_gateway.backend.embedded._files import Layout
 from claudefs_gateway.backend.embedded._schema import SCHEMA_VERSION
 from claudefs_gateway.fstypes import FileType, SetAttrs, Usage
@@ -183,15 +184,76 @@ class InlineDataTests(StoreCase):
         self.assertEqual(self.inline_row(b, a.ino), bytes(3 * 4096))
 
     async def test_remove_frees_row_and_leaves_no_work(self) -> None:
-        """REMOVE of an inline file: the row goes with the commit; no pending file change."""
+        """
+        REMOVE of an inline file: its commit leaves the row (and the page
+        that holds its bytes) to a later batch, so it neither touches the
+        free list nor records a pending file change; the next batch that
+        syncs nothing (an unstable write) deletes the row.
+        """
         b = await self.store()
         a = await b.create(1, b"f", REG, 0o644, 0, 0)
-        await b.write(a.ino, 0, b"bytes", True)
+        await b.write(a.ino, 0, b"x" * MAX, True)  # past a page: an overflow page
+        free = rows(b.data_dir, "PRAGMA freelist_count")
         await b.unlink(1, b"f")
-        await b.create(1, b"next", REG, 0o644, 0, 0)  # after_batch of the unlink has run
-        self.assertIsNone(self.inline_row(b, a.ino))
+        n = await b.create(1, b"next", REG, 0o644, 0, 0)  # after_batch of the unlink has run
+        self.assertEqual(rows(b.data_dir, "PRAGMA freelist_count"), free)
+        self.assertEqual(self.inline_row(b, a.ino), b"x" * MAX)
         self.assertEqual(rows(b.data_dir, "SELECT COUNT(*) FROM pending_io"), [(0,)])
         self.assertEqual(b.stats.free_errors, 0)
+        await b.write(n.ino, 0, b"y", False)
+        self.assertIsNone(self.inline_row(b, a.ino))
+        self.assertGreater(rows(b.data_dir, "PRAGMA freelist_count")[0][0], free[0][0])
+
+    async def test_durable_batches_free_rows_in_bulk(self) -> None:
+        """
+        With only durable changes coming (a run of REMOVEs), the rows left
+        behind are deleted together once C{ORPHANS_MAX} wait, so they never
+        pile up.
+        """
+        b = await self.store()
+        files = []
+        for i in range(ORPHANS_MAX + 1):
+            f = await b.create(1, b"f%d" % i, REG, 0o644, 0, 0)
+            await b.write(f.ino, 0, b"z" * MAX, True)
+            files.append(f.ino)
+        count = "SELECT COUNT(*) FROM inline_data"
+        for i in range(ORPHANS_MAX):
+            await b.unlink(1, b"f%d" % i)
+        self.assertEqual(rows(b.data_dir, count), [(ORPHANS_MAX + 1,)])
+        await b.unlink(1, b"f%d" % ORPHANS_MAX)
+        self.assertEqual(rows(b.data_dir, count), [(1,)])
+        self.assertEqual(self.inline_row(b, files[-1]), b"z" * MAX)
+
+    async def test_close_and_reopen_after_a_crash_free_the_rows(self) -> None:
+        """
+        Rows left behind go at close; a store stopped without close (here:
+        its files copied while it runs, as a crash leaves them) deletes them
+        when next opened, and the files still there keep their bytes.
+        """
+        path = Path(self.mktemp())
+        b = await self.store(path)
+        a = await b.create(1, b"a", REG, 0o644, 0, 0)
+        k = await b.create(1, b"keep", REG, 0o644, 0, 0)
+        await b.write(a.ino, 0, b"gone", True)
+        await b.write(k.ino, 0, b"kept", True)
+        await b.unlink(1, b"a")
+        crashed = Path(self.mktemp())
+        crashed.mkdir()
+        for name in os.listdir(path):
+            if name in ("meta.sqlite3", "meta.sqlite3-wal"):  # -shm is rebuilt
+                with open(path / name, "rb") as src, open(crashed / name, "wb") as dst:
+                    dst.write(src.read())
+        (crashed / "data").mkdir()
+        self.assertEqual(
+            rows(crashed, "SELECT data FROM inline_data ORDER BY ino"), [(b"gone",), (b"kept",)]
+        )
+        await b.close()
+        self.assertEqual(rows(path, "SELECT data FROM inline_data"), [(b"kept",)])
+        self.assertEqual(rows(path, "SELECT v FROM meta WHERE k = ?", ORPHANS_KEY), [])
+        again = await self.store(crashed)
+        self.assertEqual(rows(crashed, "SELECT data FROM inline_data"), [(b"kept",)])
+        self.assertEqual(rows(crashed, "SELECT v FROM meta WHERE k = ?", ORPHANS_KEY), [])
+        self.assertEqual(await again.read(k.ino, 0, 10), (b"kept", True))
 
     async def test_rename_and_hard_links_share_the_bytes(self) -> None:
         b = await self.store()
@@ -207,6 +269,7 @@ class InlineDataTests(StoreCase):
         o = await b.create(1, b"o", REG, 0o644, 0, 0)
         await b.write(o.ino, 0, b"old", True)
         await b.rename(1, b"h", 1, b"o")
+        await b.write(h.ino, 0, b"shared", False)  # a batch that syncs nothing deletes the row
         self.assertIsNone(self.inline_row(b, o.ino))
         self.assertEqual(await b.read((await b.lookup(1, b"o")).ino, 0, 9), (b"shared", True))
 

@@ -85,6 +85,14 @@ DEFER_MAX_BYTES = 32 << 20
 DEFER_MAX_FILES = 16
 # Engine._fileless: new files remembered as having no data yet, at most.
 _FILELESS_MAX = 4096
+# Inline rows of freed inodes left in the database (see Engine.run_batch,
+# "orphans"): deleted by the next batch that syncs nothing, or by the next
+# durable one once this many wait.
+ORPHANS_MAX = 64
+# The meta key saying the store may hold such rows; open deletes them then.
+ORPHANS_KEY = "inline_orphans"
+# Inode numbers and cookies taken from meta at a time (see Engine.run_batch).
+COUNTER_BLOCK = 1024
 
 
 class Stats:
@@ -182,6 +190,7 @@ class _Ctx:
         "actions",
         "deferred",
         "moved",
+        "orphans",
     )
 
     def __init__(self, now: int) -> None:
@@ -204,6 +213,8 @@ class _Ctx:
         # Files whose inline bytes the op moved to a data file: synced before
         # the commit that drops their inline row, durable batch or not.
         self.moved: set[int] = set()
+        # Freed inodes whose inline row the op left in place (Engine.run_batch).
+        self.orphans: list[int] = []
 
 
 class _BatchAborted(Exception):
@@ -282,6 +293,8 @@ class Engine:
         # neither the inline row's SELECT nor a failing open of a data-file
         # path. Bounded: when full it is emptied, and writes ask as before.
         self._fileless: set[int] = set()
+        # next_ino and next_cookie as meta holds them: at least the counters.
+        self._tops = (0, 0)
         self._batch_usage: dict[tuple[str, int], list[int]] = {}
         self._done_rows: list[int] = []
         self._wal_unsynced = False
@@ -304,6 +317,10 @@ class Engine:
         self._frees: list[tuple[int, int]] = []
         # Frees committed without a sync: deleted after a durable commit.
         self._frees_unsynced: list[tuple[int, int]] = []
+        # Freed inodes whose inline rows are still in the database, and
+        # whether the meta row that makes open delete such rows is written.
+        self._orphans: list[int] = []
+        self._orphans_marked = False
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -358,11 +375,22 @@ class Engine:
                 meta["schema"] = SCHEMA_VERSION
             if meta.get("schema") != SCHEMA_VERSION:
                 raise errors.IO(f"unsupported store schema {meta.get('schema')!r}")
+            if ORPHANS_KEY in meta:
+                # Stopped without close: inline rows of freed inodes may be
+                # left (never read: inode numbers are not reused). Written
+                # only by a gateway that defers them, so a store that never
+                # had any costs no scan.
+                conn.execute(
+                    "DELETE FROM inline_data WHERE NOT EXISTS"
+                    " (SELECT 1 FROM inode WHERE inode.ino = inline_data.ino)"
+                )
+                conn.execute("DELETE FROM meta WHERE k = ?", (ORPHANS_KEY,))
             self.epoch = int(meta["epoch"]) + 1
             conn.execute("UPDATE meta SET v = ? WHERE k = 'epoch'", (self.epoch,))
             self.instance_id = bytes(meta["instance_id"])
             self.next_ino = int(meta["next_ino"])
             self.next_cookie = int(meta["next_cookie"])
+            self._tops = (self.next_ino, self.next_cookie)
             pending = conn.execute(
                 "SELECT seq, kind, ino, offset, length FROM pending_io ORDER BY seq"
             ).fetchall()
@@ -463,7 +491,22 @@ class Engine:
                 self._done_rows = []
             if self._wal_unsynced:
                 conn.execute("UPDATE meta SET v = v + 1 WHERE k = 'syncs'")
+            if self._orphans:
+                conn.executemany(
+                    "DELETE FROM inline_data WHERE ino = ?", [(i,) for i in self._orphans]
+                )
+            if self._orphans_marked:
+                conn.execute("DELETE FROM meta WHERE k = ?", (ORPHANS_KEY,))
+            tops = (self.next_ino, self.next_cookie)
+            if tops != self._tops:
+                conn.executemany(
+                    "UPDATE meta SET v = ? WHERE k = ?",
+                    [(tops[0], "next_ino"), (tops[1], "next_cookie")],
+                )
             conn.execute("COMMIT")
+            self._tops = tops
+            self._orphans = []
+            self._orphans_marked = False
             self._wal_unsynced = False
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
@@ -502,6 +545,8 @@ class Engine:
         late_error: BaseException | None = None
         actions: list[tuple[Op, tuple[int, str, int, int, int]]] = []
         touched: set[int] = set()
+        orphans: list[int] = []
+        freeing: list[int] = []
         # SQLite fixes the sync level before a transaction starts, so decide
         # from what the ops ask; if every durable op then fails, the commit
         # writes nothing and costs no fsync anyway.
@@ -545,6 +590,8 @@ class Engine:
                     sync |= ctx.sync
                     if ctx.moved:
                         moved |= ctx.moved
+                    if ctx.orphans:
+                        orphans.extend(ctx.orphans)
                     if ctx.late_sync:
                         late |= ctx.late_sync
                         late_ops.append(op)
@@ -564,14 +611,43 @@ class Engine:
                 # reads then prefer).
                 self.files.sync(moved)
             self._flush_usage(conn)
-            if (self.next_ino, self.next_cookie) != start_counters:
+            # A freed inline file's row is not deleted by the op that frees
+            # it: deleting its bytes (an overflow page at 4 KiB) writes the
+            # row's page, the freelist's and the header's to the log, which
+            # is four of a REMOVE's nine frames. The row is unreachable once
+            # the inode row is gone (inode numbers are never reused), so it
+            # goes with a later batch: one that syncs nothing, or a durable
+            # one once ORPHANS_MAX wait, at the cost of one row's pages for
+            # many. A crash leaves them behind: the meta row, written with the
+            # first, makes the next open delete them.
+            freeing = (
+                self._orphans
+                if self._orphans and (not durable or len(self._orphans) >= ORPHANS_MAX)
+                else []
+            )
+            if freeing:
+                conn.executemany("DELETE FROM inline_data WHERE ino = ?", [(i,) for i in freeing])
+            mark = bool(orphans) and not self._orphans_marked
+            if mark:
+                conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, 1)", (ORPHANS_KEY,))
+            # The counters are written a block ahead, not at every create:
+            # meta then holds numbers no committed row uses yet, which is all
+            # a reopen needs (close writes the exact ones; a crash skips at
+            # most a block of never-used numbers). One page less in most
+            # creates' commits.
+            tops = self._tops
+            if self.next_ino > tops[0] or self.next_cookie > tops[1]:
+                tops = (
+                    self.next_ino + COUNTER_BLOCK if self.next_ino > tops[0] else tops[0],
+                    self.next_cookie + COUNTER_BLOCK if self.next_cookie > tops[1] else tops[1],
+                )
                 conn.executemany(
                     "UPDATE meta SET v = ? WHERE k = ?",
                     [
                         (v, k)
                         for v, k, was in (
-                            (self.next_ino, "next_ino", start_counters[0]),
-                            (self.next_cookie, "next_cookie", start_counters[1]),
+                            (tops[0], "next_ino", self._tops[0]),
+                            (tops[1], "next_cookie", self._tops[1]),
                         )
                         if v != was
                     ],
@@ -642,6 +718,12 @@ class Engine:
                     op.ok, op.value = False, convert_error(late_error)
                     if not _is_expected(late_error):
                         op.failure = Failure(late_error)
+        self._tops = tops
+        if freeing:
+            self._orphans = []
+        if orphans:
+            self._orphans_marked = True
+            self._orphans.extend(orphans)
         st.ops += count
         st.largest_batch = max(st.largest_batch, count)
         st.last_batch_failed = False
@@ -890,11 +972,14 @@ class Engine:
             conn.execute("DELETE FROM inode WHERE ino = ?", (node.ino,))
             conn.execute("DELETE FROM xattr WHERE ino = ?", (node.ino,))
             if node.type is FileType.REG:
-                if conn.execute("DELETE FROM inline_data WHERE ino = ?", (node.ino,)).rowcount:
-                    # Inline: no data file to free, no pending_io row. A
-                    # move out of line that a crash cut short may have left
-                    # one, so it is still unlinked after the commit
-                    # (L{after_batch}; a missing file costs one system call).
+                if conn.execute("SELECT 1 FROM inline_data WHERE ino = ?", (node.ino,)).fetchone():
+                    # Inline: no data file to free, no pending_io row; the
+                    # row itself goes with a later batch (run_batch,
+                    # orphans). A move out of line that a crash cut short
+                    # may have left a data file, so it is still unlinked
+                    # after the commit (L{after_batch}; a missing file costs
+                    # one system call).
+                    ctx.orphans.append(node.ino)
                     ctx.actions.append((0, "free", node.ino, 0, 0))
                 elif not self.layout.no_data:
                     # (A meta server's store has no data file to free: no
