@@ -51,6 +51,11 @@ __all__ = ["S3Channel", "S3Request", "S3Site", "DISCARD_LIMIT"]
 
 DISCARD_LIMIT = 64 * 1024 * 1024
 
+#: Response header names as twisted.web canonicalises them, made once
+#: (L{_web.set_plain_header}).
+SERVER = _web.canonical_name(b"Server")
+DATE = _web.canonical_name(b"Date")
+
 
 @functools.lru_cache(maxsize=4)
 def _date_header(seconds: int) -> bytes:
@@ -121,8 +126,9 @@ class S3Request(server.Request):
         if not getattr(root, "isLeaf", False):
             super().process()
             return
-        self.setHeader(b"Server", b"ClaudeFS")
-        self.setHeader(b"Date", _date_header(int(time.time())))
+        headers = self.responseHeaders
+        _web.set_plain_header(headers, SERVER, b"ClaudeFS")
+        _web.set_plain_header(headers, DATE, _date_header(int(time.time())))
         self.prepath = []
         self.postpath = []
         try:
@@ -204,6 +210,24 @@ class S3Channel(http.HTTPChannel):
     #: Take a header block that arrives whole at once (L{claudefs_gateway.s3.head});
     #: False: always line by line, as twisted.web (the tests compare the two).
     whole_heads = True
+
+    #: This connection's two addresses, asked of the transport once: twisted.web's
+    #: C{Request.__init__} asks for both on every request, and the local one
+    #: is a C{getsockname} system call each time.
+    _peer: Any = None
+    _host: Any = None
+
+    def getPeer(self) -> Any:
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
+
+    def getHost(self) -> Any:
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
 
     def stopProducing(self) -> None:
         # The transport calls this as the connection closes, before
