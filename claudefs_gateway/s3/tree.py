@@ -145,6 +145,10 @@ class ObjectMeta:
     def decode(cls, raw: bytes | None) -> ObjectMeta:
         if not raw:
             return cls()
+        if raw == AUTO_DIR:
+            # Every directory the gateway made for nested keys carries this
+            # (a DELETE reads each parent's to prune): no JSON to parse.
+            return cls(dir="auto")
         try:
             d = json.loads(raw)
         except (ValueError, UnicodeDecodeError):

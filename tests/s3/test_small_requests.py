@@ -20,7 +20,7 @@ from twisted.web import http_headers
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
-from claudefs_gateway.s3 import _web, api, channel
+from claudefs_gateway.s3 import _web, api, channel, tree
 from claudefs_gateway.s3 import signing as sg
 from claudefs_gateway.s3.channel import S3Site
 
@@ -140,3 +140,14 @@ class ConnectionTests(SynchronousTestCase):
         self.assertIn(b"\r\nServer: ClaudeFS\r\n", out)
         self.assertRegex(out, rb"\r\nDate: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\n")
         self.assertNotIn(b"ClaudeFS", calls)
+
+
+class AutoDirMetaTests(SynchronousTestCase):
+    def test_same_as_json(self) -> None:
+        """A gateway-made directory's metadata decodes as the JSON parse makes it, without it."""
+        general = tree.ObjectMeta.decode(b" " + tree.AUTO_DIR)  # JSON allows the space
+        self.assertEqual(general.dir, "auto")
+        with mock.patch.object(tree.json, "loads", side_effect=AssertionError("parsed")):
+            fast = tree.ObjectMeta.decode(tree.AUTO_DIR)
+        self.assertEqual(fast, general)
+        self.assertEqual(fast, tree.ObjectMeta(dir="auto"))
