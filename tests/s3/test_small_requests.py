@@ -13,6 +13,7 @@ from urllib.parse import unquote_to_bytes
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,9 +21,11 @@ from twisted.web import http_headers
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
+from claudefs_gateway.fstypes import Credentials
 from claudefs_gateway.s3 import _web, api, channel, tree
 from claudefs_gateway.s3 import signing as sg
 from claudefs_gateway.s3.channel import S3Site
+from claudefs_gateway.s3.keys import Key
 
 
 def general_uri(raw_path: bytes) -> str:
@@ -151,3 +154,39 @@ class AutoDirMetaTests(SynchronousTestCase):
             fast = tree.ObjectMeta.decode(tree.AUTO_DIR)
         self.assertEqual(fast, general)
         self.assertEqual(fast, tree.ObjectMeta(dir="auto"))
+
+
+class StoreChangeTests(SynchronousTestCase):
+    """A small PUT's and a DELETE's one store change run under the request's own driver."""
+
+    def test_put_and_delete_without_a_deferred_of_their_own(self) -> None:
+        from claudefs_gateway.vfs import _vfs
+        from tests.nfs.harness import EmbeddedVFS
+
+        m = EmbeddedVFS("s3: {root: /s3}\n", self.mktemp())
+        self.addCleanup(lambda: m.backend.close())
+        vfs = m.vfs
+        t = tree.Tree(vfs)
+        caller = vfs.caller(vfs.exports.s3, "", Credentials(0, 0), "s3")
+
+        def run(coro: Any) -> Any:
+            return self.successResultOf(Deferred.fromCoroutine(coro))
+
+        run(t.open())
+        bucket = run(t.create_bucket(caller, "bkt"))
+        made: list[str] = []
+        real = _vfs.eager_deferred
+
+        def recording(coro: Any, *args: Any) -> Any:
+            made.append(coro.__qualname__)
+            return real(coro, *args)
+
+        key = Key("a/b/obj")
+        with mock.patch.object(_vfs, "eager_deferred", recording):
+            run(t.put_small(caller, bucket, key, b"x" * 4096, tree.ObjectMeta(etag="e")))
+            self.assertEqual(run(t.lookup(caller, bucket, key)).size, 4096)
+            run(t.delete(caller, bucket, key))
+        self.assertEqual([n for n in made if n in ("VFS.put_file", "VFS.remove_pruning")], [])
+        self.assertTrue(made)  # the other VFS calls still went through the wrapper
+        # The object and the directories made for it are gone.
+        self.assertEqual(run(t.read_dir(caller, bucket.ino)), [])
