@@ -6,21 +6,25 @@ and each skips the work it was made to skip.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from unittest import mock
 from urllib.parse import unquote_to_bytes
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientCreator, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import http_headers
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
+from claudefs_gateway.core.directsend import DirectSender
 from claudefs_gateway.fstypes import Credentials
 from claudefs_gateway.s3 import _web, api, channel, tree
 from claudefs_gateway.s3 import signing as sg
@@ -190,3 +194,71 @@ class StoreChangeTests(SynchronousTestCase):
         self.assertTrue(made)  # the other VFS calls still went through the wrapper
         # The object and the directories made for it are gone.
         self.assertEqual(run(t.read_dir(caller, bucket.ino)), [])
+
+
+class _Sizes(Resource):
+    """Answers C{/<n>} with n bytes (HEAD: the head alone), C{/nocontent} with a 204."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        name = request.path.strip(b"/")
+        if name == b"nocontent":
+            request.setResponseCode(204)
+            return b""
+        return b"y" * int(name)
+
+
+class DirectResponseTests(TestCase):
+    """A response's start goes straight to the socket; the bytes are those of the transport path."""
+
+    async def _exchange(self, direct: bool, requests: list[bytes], answers: int) -> bytes:
+        site = S3Site(_Sizes(), reactor, header_timeout=20, idle_timeout=60, max_header_bytes=4096)
+        site.protocol = type("Channel", (channel.S3Channel,), {"direct_send": direct})
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        got = bytearray()
+        done: Deferred[None] = Deferred()
+
+        class Client(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                got.extend(data)
+                if got.count(b"HTTP/1.1 ") >= answers and got.endswith(b"y" * 70000):
+                    self.transport.loseConnection()
+
+            def connectionLost(self, reason: Any = None) -> None:
+                done.callback(None)
+
+        client = await ClientCreator(reactor, Client).connectTCP("127.0.0.1", port.getHost().port)
+        for r in requests:
+            client.transport.write(r)
+        await done
+        return re.sub(rb"Date: [^\r]*\r\n", b"", bytes(got))
+
+    async def test_same_bytes_as_the_transport_path(self) -> None:
+        requests = [
+            b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"HEAD /4096 HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /nocontent HTTP/1.1\r\nHost: h\r\n\r\n"
+            b"GET /4096 HTTP/1.1\r\nHost: h\r\n\r\n",  # pipelined
+            b"GET /70000 HTTP/1.1\r\nHost: h\r\n\r\n",
+        ]
+        sent: list[tuple[int, int]] = []
+        real = DirectSender.send
+
+        def counting(self: Any, parts: Any, size: int) -> Any:
+            left = real(self, parts, size)
+            sent.append((size, size - sum(len(p) for p in left)))
+            return left
+
+        with mock.patch.object(DirectSender, "send", counting):
+            fast = await self._exchange(True, requests, 5)
+        general = await self._exchange(False, requests, 5)
+        self.assertEqual(fast, general)
+        self.assertEqual(fast.count(b"HTTP/1.1 200 OK\r\n"), 4)
+        self.assertIn(b"HTTP/1.1 204 No Content\r\n", fast)
+        # Each response's start went to the socket directly, all of it for the small ones.
+        self.assertEqual(len(sent), 5)
+        self.assertEqual([size for size, n in sent[:4] if size != n], [])
+        self.assertGreater(sent[4][1], 0)
+        self.assertGreater(sent[4][0], 70000)
