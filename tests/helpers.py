@@ -28,6 +28,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_CI = bool(os.environ.get("CI"))
 
 
+def run_machine(factory: Callable[[], Any], settings: Any) -> None:
+    """
+    Run a hypothesis state machine as a test, with its falsifying steps in
+    the failure's message: hypothesis puts them in the exception's
+    C{__notes__}, which trial's report leaves out, and a rare failure in CI
+    is only worth having with the steps that made it.
+    """
+    from hypothesis.stateful import run_state_machine_as_test
+
+    try:
+        run_state_machine_as_test(factory, settings=settings)
+    except Exception as e:
+        notes = getattr(e, "__notes__", None)
+        if not notes:
+            raise
+        raise AssertionError(f"{type(e).__name__}: {e}\n" + "\n".join(notes)) from e
+
+
 def bin_path(name: str) -> str:
     """An executable next to this interpreter (the venv's), else on PATH."""
     here = os.path.join(os.path.dirname(sys.executable), name)

@@ -39,7 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from claudefs_gateway.backend.embedded._files import Layout
-from claudefs_gateway.backend.embedded._schema import NODE_COLUMNS, SCHEMA_VERSION, create_schema
+from claudefs_gateway.backend.embedded._schema import (
+    NODE_COLUMNS,
+    SCHEMA_VERSION,
+    create_schema,
+    usage_parts,
+    usage_total,
+)
 from claudefs_gateway.errors import GatewayError
 
 __all__ = ["export_namespace", "import_namespace", "EmbeddedSide", "PostgresSide", "Digest"]
@@ -57,6 +63,15 @@ TABLES: dict[str, tuple[str, ...]] = {
 }
 _KEYS = {"inode": 1, "dirent": 2, "xattr": 2, "quota": 2, "state": 1, "usage": 2}
 _REG = 0o100000
+
+
+#: Usage rows are (kind, id, bytes, inodes) here; schema 3 stores the bytes in two halves.
+_INSERT_USAGE = "INSERT INTO usage (kind, id, bytes, bytes_hi, inodes) VALUES (?, ?, ?, ?, ?)"
+
+
+def _usage_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    kind, id, total, inodes = row
+    return (kind, id, *usage_parts(int(total)), inodes)
 
 
 class TransferError(GatewayError):
@@ -196,8 +211,15 @@ class EmbeddedSide:
         c = self._conn()
         try:
             if table == "usage":
-                q = "SELECT kind, id, bytes, inodes FROM usage WHERE bytes <> 0 OR inodes <> 0"
-                yield from c.execute(q + f" ORDER BY {order}")
+                # Schema 3 splits the bytes in two (see _schema.USAGE_UNIT).
+                have = {r[1] for r in c.execute("PRAGMA table_info(usage)")}
+                hi = "bytes_hi" if "bytes_hi" in have else "0"
+                q = (
+                    f"SELECT kind, id, bytes, {hi}, inodes FROM usage"
+                    f" WHERE bytes <> 0 OR {hi} <> 0 OR inodes <> 0 ORDER BY {order}"
+                )
+                for kind, id, b, h, n in c.execute(q):
+                    yield kind, id, usage_total(b, h), n
             else:
                 yield from c.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}")
         finally:
@@ -263,9 +285,13 @@ class EmbeddedSide:
             for table, rows in tables.items():
                 cols = TABLES[table]
                 q = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                if table == "usage":
+                    q = _INSERT_USAGE
                 batch = []
                 for row in rows:
                     row = tuple(_norm(v) for v in row)
+                    if table == "usage":
+                        row = _usage_row(row)
                     if table == "inode" and row[2] == _REG:
                         regular.append((row[0], row[7]))
                     batch.append(row)
@@ -489,10 +515,10 @@ def export_namespace(source: Any, dest: Path) -> dict[str, int]:
             for row in source.rows(table):
                 row = tuple(_norm(v) for v in row)
                 if table == "usage":
-                    # Sums may pass 2**63: SQLite keeps them as text then.
-                    row = row[:2] + tuple(v if -(2**63) <= v < 2**63 else str(v) for v in row[2:])
-                c.execute(q, row)
-                digest.row(table, row if table != "usage" else tuple(_norm(v) for v in row))
+                    c.execute(_INSERT_USAGE, _usage_row(row))
+                else:
+                    c.execute(q, row)
+                digest.row(table, row)
                 if table == "inode" and row[2] == _REG:
                     blocks = list(source.blocks(row[0], row[7]))
                     files[str(row[0])] = Digest.file(iter(blocks), row[7])

@@ -485,6 +485,28 @@ class ContractMixin:
         self.assertNotIn(2000, await self.backend.all_usage("user"))
         self.assertIn(1000, await self.backend.all_usage("user"))
 
+    async def test_usage_past_2_63_bytes_stays_exact(self) -> None:
+        """
+        Sparse files may sum past 2**63 bytes for one uid: the count stays
+        exact there and comes back exactly when they shrink (an SQLite sum
+        turned into a float once, and the count stayed wrong afterwards).
+        """
+        await self.setup()
+        a = await self.mkfile(b"a", uid=4000)
+        b = await self.mkfile(b"b", uid=4000)
+        await self.mkfile(b"c", data=b"x" * 300, uid=4000)
+        await self.backend.setattr(a.ino, SetAttrs(size=2**62))
+        await self.backend.setattr(b.ino, SetAttrs(size=2**62))
+        self.assertEqual(await self.backend.usage("user", 4000), Usage(2**63 + 300, 3))
+        self.assertEqual((await self.backend.all_usage("user"))[4000], Usage(2**63 + 300, 3))
+        await self.backend.setattr(a.ino, SetAttrs(size=2**62 - 1))
+        self.assertEqual(await self.backend.usage("user", 4000), Usage(2**63 + 299, 3))
+        await self.backend.setattr(a.ino, SetAttrs(size=0))
+        await self.backend.unlink(self.root, b"b")
+        u = await self.backend.usage("user", 4000)
+        self.assertEqual((u, type(u.bytes)), (Usage(300, 2), int))
+        self.assertEqual((await self.backend.all_usage("user"))[4000], Usage(300, 2))
+
     async def test_usage_hard_link_counted_once(self) -> None:
         await self.setup()
         f = await self.mkfile(b"f", data=b"abc", uid=3000)

@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 from claudefs_gateway.backend.embedded import EmbeddedBackend
 from claudefs_gateway.backend.embedded._files import Layout
 from claudefs_gateway.backend.embedded._schema import SCHEMA_VERSION
-from claudefs_gateway.fstypes import FileType, SetAttrs
+from claudefs_gateway.fstypes import FileType, SetAttrs, Usage
 from tests.backend.test_contract import ContractMixin
 from tests.backend.test_embedded import StoreCase
 
@@ -283,6 +283,42 @@ class InlineDataTests(StoreCase):
 
 
 class MigrationTests(TestCase):
+    async def test_schema_2_store_keeps_its_usage(self) -> None:
+        """
+        A store of schema 2 (usage bytes in one column) opens as schema 3 with
+        every count kept, split in two halves that go on adding exactly.
+        """
+        path = Path(self.mktemp())
+        old = EmbeddedBackend(path, reactor)
+        await old.open()
+        f = await old.create(1, b"f", REG, 0o644, 5000, 5000)
+        await old.write(f.ino, 0, b"x" * 10, True)
+        await old.close()
+        c = sqlite3.connect(path / "meta.sqlite3")
+        c.executescript(
+            "CREATE TABLE old (kind TEXT NOT NULL, id INTEGER NOT NULL, bytes INTEGER NOT NULL,"
+            " inodes INTEGER NOT NULL, PRIMARY KEY (kind, id)) WITHOUT ROWID;"
+            " INSERT INTO old SELECT kind, id, bytes, inodes FROM usage;"
+            " DROP TABLE usage; ALTER TABLE old RENAME TO usage;"
+            f" UPDATE usage SET bytes = {2**62 + 7} WHERE kind = 'user' AND id = 5000;"
+            " UPDATE meta SET v = 2 WHERE k = 'schema';"
+        )
+        c.commit()
+        c.close()
+        b = EmbeddedBackend(path, reactor)
+        await b.open()
+        self.addCleanup(b.close)
+        self.assertEqual(rows(path, "SELECT v FROM meta WHERE k = 'schema'"), [(SCHEMA_VERSION,)])
+        self.assertEqual(await b.usage("user", 5000), Usage(2**62 + 7, 1))
+        self.assertEqual(await b.usage("group", 5000), Usage(10, 1))
+        await b.setattr(f.ino, SetAttrs(size=2**62))
+        self.assertEqual(await b.usage("user", 5000), Usage(2**63 - 3, 1))
+        self.assertEqual(await b.usage("group", 5000), Usage(2**62, 1))
+        self.assertEqual(
+            rows(path, "SELECT bytes, bytes_hi FROM usage WHERE kind = 'user' AND id = 5000"),
+            [(2**62 - 3, 1)],
+        )
+
     async def test_schema_1_store_opens_and_keeps_its_files(self) -> None:
         """
         A store written before inline data (schema 1, no C{inline_data}) opens,

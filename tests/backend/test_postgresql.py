@@ -17,7 +17,6 @@ from typing import Any
 
 import attrs
 from hypothesis import settings as hsettings
-from hypothesis.stateful import run_state_machine_as_test
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -37,6 +36,7 @@ from tests.backend.remote.harness import Cluster
 from tests.backend.remote.loopback import SyncEndpoint
 from tests.backend.test_contract import ContractMixin
 from tests.backend.test_statemachine import BackendMachine, result
+from tests.helpers import run_machine
 
 REG, DIR = FileType.REG, FileType.DIR
 
@@ -130,9 +130,9 @@ class PostgresStateMachineTests(SynchronousTestCase):
 
         Machine.conninfo = conninfo
         Machine.schemas = schemas
-        run_state_machine_as_test(
+        run_machine(
             lambda: Machine(base),
-            settings=hsettings(
+            hsettings(
                 max_examples=max(100, hsettings.default.max_examples),
                 stateful_step_count=30,
                 deadline=None,

@@ -34,7 +34,6 @@ from hypothesis.stateful import (
     invariant,
     multiple,
     rule,
-    run_state_machine_as_test,
 )
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -53,6 +52,7 @@ from claudefs_gateway.fstypes import (
     SetAttrs,
     WriteResult,
 )
+from tests.helpers import run_machine
 
 ZERO = bytes(8)
 GOOD_NAMES = [b"a", b"b", b"c", b"dd", b"e"]
@@ -454,9 +454,9 @@ class StateMachineTests(SynchronousTestCase):
         """Random operation sequences give the same results and trees on both stores."""
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
-        run_state_machine_as_test(
+        run_machine(
             lambda: BackendMachine(base),
-            settings=settings(
+            settings(
                 max_examples=max(500, settings.default.max_examples),
                 stateful_step_count=30,
                 deadline=None,
@@ -501,9 +501,9 @@ class InlineDataStateMachineTests(SynchronousTestCase):
         """With inline data, random sequences still match the model, across reopens."""
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
-        run_state_machine_as_test(
+        run_machine(
             lambda: InlineDataMachine(base),
-            settings=settings(
+            settings(
                 max_examples=max(300, settings.default.max_examples),
                 stateful_step_count=30,
                 deadline=None,

@@ -103,10 +103,15 @@ class TransferTests(TestCase):
             await b.create(sub.ino, b"n%03d" % i, REG, 0o644, 1001, 100)
         for i in range(0, 300, 3):
             await b.unlink(sub.ino, b"n%03d" % i)
+        # Two sparse files whose sizes sum past 2**63 for uid 1002 (and gid 100).
+        for name in (b"huge1", b"huge2"):
+            h = await b.create(root, name, REG, 0o644, 1002, 100)
+            await b.setattr(h.ino, SetAttrs(size=2**62 + 5))
         await b.set_quota("user", 1000, QuotaLimits(10, 20, 30, 40))
         await b.set_state("grace", b"\x01\x02")
         snap = await snapshot(b)
         self.usage = (await b.all_usage("user"), await b.all_usage("group"))
+        assert self.usage[0][1002].bytes == 2**63 + 10, self.usage
         await b.close()
         return snap
 
@@ -180,6 +185,9 @@ class TransferTests(TestCase):
         await again.open()
         self.addCleanup(again.close)
         self.assertEqual(await snapshot(again), original)
+        self.assertEqual(
+            (await again.all_usage("user"), await again.all_usage("group")), self.usage
+        )
         tiny = await again.lookup(1, b"tiny")
         self.assertEqual(await again.read(tiny.ino, 0, 100), (b"inline bytes", True))
 

@@ -30,7 +30,6 @@ from hypothesis.stateful import (
     initialize,
     invariant,
     rule,
-    run_state_machine_as_test,
 )
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -51,6 +50,7 @@ from claudefs_gateway.fstypes import (
     Usage,
 )
 from claudefs_gateway.vfs import VFS, UserDB
+from tests.helpers import run_machine
 
 CONFIG = """
 exports:
@@ -355,9 +355,9 @@ class VFSStateMachineTests(SynchronousTestCase):
         """500 random sequences of vfs calls: the embedded store and the model agree on every step."""
         base = self.mktemp()
         os.makedirs(base)
-        run_state_machine_as_test(
+        run_machine(
             lambda: VFSMachine(base),
-            settings=settings(
+            settings(
                 max_examples=500,
                 stateful_step_count=25,
                 deadline=None,

@@ -51,8 +51,11 @@ from claudefs_gateway.backend.embedded._schema import (
     SCHEMA_VERSION,
     SELECT_NODE,
     UPDATE_NODE,
+    UPSERT_USAGE,
     Node,
     create_schema,
+    upgrade_usage,
+    usage_parts,
 )
 from claudefs_gateway.backend.memory import MAX_LINKS, SYMLINK_MAX, check_name
 from claudefs_gateway.fstypes import (
@@ -338,6 +341,11 @@ class Engine:
                 # file keeps its data file. Version 2 tells an older gateway
                 # not to open a store whose bytes it could not find.
                 conn.execute(INLINE_TABLE)
+                meta["schema"] = 2
+            if meta.get("schema") == 2:
+                # Usage bytes in one column: split them (version 3 tells an
+                # older gateway not to read half of a count).
+                upgrade_usage(conn)
                 conn.execute("UPDATE meta SET v = ? WHERE k = 'schema'", (SCHEMA_VERSION,))
                 meta["schema"] = SCHEMA_VERSION
             if meta.get("schema") != SCHEMA_VERSION:
@@ -896,18 +904,14 @@ class Engine:
         changed = [(k, i, b, n) for (k, i), (b, n) in self._batch_usage.items() if b or n]
         if not changed:
             return
-        conn.executemany(
-            "INSERT INTO usage (kind, id, bytes, inodes) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (kind, id) DO UPDATE"
-            " SET bytes = bytes + excluded.bytes, inodes = inodes + excluded.inodes",
-            changed,
-        )
+        conn.executemany(UPSERT_USAGE, [(k, i, *usage_parts(b), n) for k, i, b, n in changed])
         # A row can only reach zero where something was taken away (a
         # create or a write adds: no row to drop, no statement to run).
         dropped = [(k, i) for k, i, b, n in changed if b < 0 or n < 0]
         if dropped:
             conn.executemany(
-                "DELETE FROM usage WHERE kind = ? AND id = ? AND bytes = 0 AND inodes = 0",
+                "DELETE FROM usage WHERE kind = ? AND id = ?"
+                " AND bytes = 0 AND bytes_hi = 0 AND inodes = 0",
                 dropped,
             )
 

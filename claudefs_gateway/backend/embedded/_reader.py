@@ -36,6 +36,7 @@ from claudefs_gateway.backend.embedded._schema import (
     NODE_COLUMNS,
     SELECT_NODE,
     Node,
+    usage_total,
 )
 from claudefs_gateway.fstypes import (
     XATTR_NAME_MAX,
@@ -300,13 +301,15 @@ class Reader:
 
     def usage(self, kind: str, id: int) -> Usage:
         row = self.conn.execute(
-            "SELECT bytes, inodes FROM usage WHERE kind = ? AND id = ?", (kind, id)
+            "SELECT bytes, bytes_hi, inodes FROM usage WHERE kind = ? AND id = ?", (kind, id)
         ).fetchone()
-        return Usage(*row) if row is not None else Usage(0, 0)
+        return Usage(usage_total(row[0], row[1]), row[2]) if row is not None else Usage(0, 0)
 
     def all_usage(self, kind: str) -> dict[int, Usage]:
-        rows = self.conn.execute("SELECT id, bytes, inodes FROM usage WHERE kind = ?", (kind,))
-        return {i: Usage(b, n) for i, b, n in rows}
+        rows = self.conn.execute(
+            "SELECT id, bytes, bytes_hi, inodes FROM usage WHERE kind = ?", (kind,)
+        )
+        return {i: Usage(usage_total(b, h), n) for i, b, h, n in rows}
 
     def get_quota(self, kind: str, id: int) -> QuotaLimits | None:
         row = self.conn.execute(

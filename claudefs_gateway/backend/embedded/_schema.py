@@ -14,7 +14,10 @@ Tables (all in C{meta.sqlite3}, WAL mode):
  - C{dirent}: C{(parent, name) -> (ino, type, cookie)}; the cookie is unique
    and increasing store-wide, so an entry's cookie is its place in a listing.
  - C{xattr}, C{usage} (exact per-uid/gid bytes and inodes), C{quota},
-   C{state} (the small KV of the contract).
+   C{state} (the small KV of the contract). A usage row's bytes are
+   C{bytes_hi * 2**62 + bytes} with C{0 <= bytes < 2**62} (schema 3): sparse
+   files may sum past 2**63, where SQLite's integer sum would turn into a
+   float and lose bytes for good, while the two halves add exactly in SQL.
  - C{inline_data}: the bytes of small regular files kept in the database
    instead of a data file (schema 2): C{ino -> data}, at most the store's
    inline threshold long and never longer than the file's size (the rest of
@@ -36,11 +39,23 @@ from typing import Any
 
 from claudefs_gateway.fstypes import Attributes, FileType
 
-__all__ = ["SCHEMA_VERSION", "INLINE_TABLE", "create_schema", "Node", "NODE_COLUMNS", "DIR_SIZE"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "INLINE_TABLE",
+    "create_schema",
+    "Node",
+    "NODE_COLUMNS",
+    "DIR_SIZE",
+    "USAGE_UNIT",
+    "UPSERT_USAGE",
+    "usage_parts",
+    "usage_total",
+    "upgrade_usage",
+]
 
-# 1: the first layout; 2: adds C{inline_data} (a store of version 1 is
-# migrated when opened: the table is added, nothing else changes).
-SCHEMA_VERSION = 2
+# 1: the first layout; 2: adds C{inline_data}; 3: adds C{usage.bytes_hi}.
+# Older stores are migrated when opened (see Engine.open and upgrade_usage).
+SCHEMA_VERSION = 3
 DIR_SIZE = 4096
 ROOT_INO = 1
 
@@ -85,6 +100,7 @@ CREATE TABLE usage (
     id INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
     inodes INTEGER NOT NULL,
+    bytes_hi INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (kind, id)
 ) WITHOUT ROWID;
 CREATE TABLE quota (
@@ -108,6 +124,47 @@ CREATE TABLE pending_io (
 """
 
 INLINE_TABLE = "CREATE TABLE inline_data (ino INTEGER PRIMARY KEY, data BLOB NOT NULL)"
+
+#: A usage row's bytes are C{bytes_hi * USAGE_UNIT + bytes}, C{0 <= bytes < USAGE_UNIT}.
+USAGE_UNIT = 1 << 62
+
+#: Adds a change (as L{usage_parts}) to a usage row. Both low halves are
+#: below 2**62, so their sum never leaves SQLite's integers; SET reads the
+#: row's old values, so the carry is computed from the same sum.
+UPSERT_USAGE = (
+    "INSERT INTO usage (kind, id, bytes, bytes_hi, inodes) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (kind, id) DO UPDATE"
+    f" SET bytes = (bytes + excluded.bytes) % {USAGE_UNIT},"
+    f" bytes_hi = bytes_hi + excluded.bytes_hi + (bytes + excluded.bytes) / {USAGE_UNIT},"
+    " inodes = inodes + excluded.inodes"
+)
+
+
+def usage_parts(total: int) -> tuple[int, int]:
+    """C{(bytes, bytes_hi)} of a byte count or change, which may be negative or past 2**63."""
+    return total % USAGE_UNIT, total // USAGE_UNIT
+
+
+def usage_total(low: Any, high: Any) -> int:
+    """The byte count of a usage row's two halves."""
+    return int(high) * USAGE_UNIT + int(low)
+
+
+def upgrade_usage(conn: sqlite3.Connection) -> None:
+    """
+    Give a store of schema 1 or 2 its C{usage.bytes_hi} and split every row's
+    bytes into the two halves. A sum that had already passed 2**63 there was
+    kept as a float: what it still says is kept (the bytes it lost are lost).
+    """
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(usage)")]
+    if "bytes_hi" not in cols:
+        conn.execute("ALTER TABLE usage ADD COLUMN bytes_hi INTEGER NOT NULL DEFAULT 0")
+    rows = conn.execute("SELECT kind, id, bytes, bytes_hi FROM usage").fetchall()
+    conn.executemany(
+        "UPDATE usage SET bytes = ?, bytes_hi = ? WHERE kind = ? AND id = ?",
+        [(*usage_parts(usage_total(b, h)), k, i) for k, i, b, h in rows],
+    )
+
 
 NODE_COLUMNS = (
     "ino, gen, type, mode, nlink, uid, gid, size, rdev_major, rdev_minor,"

@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 from hypothesis import settings
-from hypothesis.stateful import run_state_machine_as_test
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -25,6 +24,7 @@ from claudefs_gateway.servers.data import ChunkStore, DataHandler
 from claudefs_gateway.servers.meta import MetaHandler
 from tests.backend.remote.loopback import SyncEndpoint
 from tests.backend.test_statemachine import BackendMachine, result
+from tests.helpers import run_machine
 
 
 def inline(fn: Any, *args: Any) -> defer.Deferred[Any]:
@@ -70,9 +70,9 @@ class RemoteStateMachineTests(SynchronousTestCase):
         """Random operation sequences give the same results and trees through the RPC."""
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
-        run_state_machine_as_test(
+        run_machine(
             lambda: RemoteMachine(base),
-            settings=settings(
+            settings(
                 max_examples=max(200, settings.default.max_examples),
                 stateful_step_count=30,
                 deadline=None,
