@@ -99,7 +99,7 @@ def split_name(name: str) -> list[bytes]:
     for part in name.split("\\"):
         if part in (".", ".."):
             raise SMBError(st.STATUS_OBJECT_PATH_SYNTAX_BAD, "dot component")
-        if not part or any(ch in _BAD_CHARS for ch in part):
+        if not part or not _BAD_CHARS.isdisjoint(part):
             raise SMBError(st.STATUS_OBJECT_NAME_INVALID, "bad name component")
         raw = part.encode("utf-8", "surrogatepass")
         if len(raw) > 255:
@@ -274,7 +274,9 @@ class FileBase:
 
     @property
     def vfs(self) -> IVFS:
-        vfs: IVFS = self.factory.open_vfs
+        vfs: IVFS | None = self.factory.vfs
+        if vfs is None:
+            return self.factory.open_vfs  # type: ignore[no-any-return]  # raises
         return vfs
 
     @property

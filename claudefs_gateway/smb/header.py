@@ -60,20 +60,28 @@ class Reader:
         return self.data[offset]
 
     def u16(self, offset: int) -> int:
-        self._need(offset, 2)
-        return int.from_bytes(self.data[offset : offset + 2], "little")
+        data = self.data
+        if offset < 0 or offset + 2 > len(data):
+            self._need(offset, 2)  # raises
+        return int.from_bytes(data[offset : offset + 2], "little")
 
     def u32(self, offset: int) -> int:
-        self._need(offset, 4)
-        return int.from_bytes(self.data[offset : offset + 4], "little")
+        data = self.data
+        if offset < 0 or offset + 4 > len(data):
+            self._need(offset, 4)  # raises
+        return int.from_bytes(data[offset : offset + 4], "little")
 
     def u64(self, offset: int) -> int:
-        self._need(offset, 8)
-        return int.from_bytes(self.data[offset : offset + 8], "little")
+        data = self.data
+        if offset < 0 or offset + 8 > len(data):
+            self._need(offset, 8)  # raises
+        return int.from_bytes(data[offset : offset + 8], "little")
 
     def i64(self, offset: int) -> int:
-        self._need(offset, 8)
-        return int.from_bytes(self.data[offset : offset + 8], "little", signed=True)
+        data = self.data
+        if offset < 0 or offset + 8 > len(data):
+            self._need(offset, 8)  # raises
+        return int.from_bytes(data[offset : offset + 8], "little", signed=True)
 
     def raw(self, offset: int, size: int) -> bytes:
         self._need(offset, size)
@@ -179,22 +187,34 @@ class Header:
             raise ProtocolError("not an SMB2 header")
         if size != HEADER_SIZE:
             raise ProtocolError(f"SMB2 header StructureSize {size}")
-        h = cls(
-            command=command,
-            status=status,
-            credit_charge=charge,
-            credits=credits,
-            flags=flags,
-            next_command=next_command,
-            message_id=message_id,
-            session_id=session_id,
-            signature=signature,
-        )
+        # Positional (the fields' order): keywords cost more, once per request.
         if flags & SMB2_FLAGS_ASYNC_COMMAND:
-            h.async_id = middle
-        else:
-            h.tree_id = middle >> 32
-        return h
+            return cls(
+                command,
+                status,
+                charge,
+                credits,
+                flags,
+                next_command,
+                message_id,
+                middle,
+                0,
+                session_id,
+                signature,
+            )
+        return cls(
+            command,
+            status,
+            charge,
+            credits,
+            flags,
+            next_command,
+            message_id,
+            0,
+            middle >> 32,
+            session_id,
+            signature,
+        )
 
 
 def split_compound(data: bytes | memoryview) -> list[tuple[Header, memoryview]]:

@@ -147,6 +147,10 @@ _NEEDS_TREE = frozenset(
     }
 )
 _OP_NAMES = {int(cmd): cmd.name.lower() for cmd in Command}
+# The handler of each command, by name (``smb_`` + its MS-SMB2 name): looked
+# up by number, as a Command() call and a string concatenation per request
+# cost more than the handler's own checks.
+_HANDLER_NAMES = {int(cmd): "smb_" + cmd.name for cmd in Command}
 _ALLOWED_FLAGS = (
     c.SMB2_FLAGS_RELATED_OPERATIONS
     | c.SMB2_FLAGS_SIGNED
@@ -1028,7 +1032,9 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             self._land(flight)
             self._log.failure("smb: request chain failed")
             return
-        if not isinstance(waiting, defer.Deferred):
+        # (None first: a Deferred is an Awaitable, so isinstance of anything
+        # else goes through ABCMeta's check.)
+        if waiting is None or not isinstance(waiting, defer.Deferred):
             self._land(flight)
             return
         d = waiting
@@ -1310,14 +1316,13 @@ class SMBConnection(SessionSetup, protocol.Protocol):
 
     async def _handle(self, req: Request) -> Reply | Body:
         cmd = req.header.command
-        try:
-            name = Command(cmd).name
-        except ValueError:
-            raise SMBError(st.STATUS_INVALID_PARAMETER, f"unknown command {cmd:#x}") from None
-        own = getattr(self, "smb_" + name, None)
+        name = _HANDLER_NAMES.get(cmd)
+        if name is None:
+            raise SMBError(st.STATUS_INVALID_PARAMETER, f"unknown command {cmd:#x}")
+        own = getattr(self, name, None)
         if own is not None:
             return await own(req)  # type: ignore[no-any-return]
-        return await getattr(self.factory.files, "smb_" + name)(self, req)  # type: ignore[no-any-return]
+        return await getattr(self.factory.files, name)(self, req)  # type: ignore[no-any-return]
 
     # -- responses -----------------------------------------------------------------------
 

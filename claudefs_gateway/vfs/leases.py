@@ -415,6 +415,9 @@ class LeaseManager:
             self._breaks = metrics.family("gateway_lease_breaks_total")
             self._seconds = metrics.family("gateway_lease_break_seconds")
             self._revoked = metrics.family("gateway_lease_revocations_total")
+        # gateway_leases_held's child per protocol, looked up once: labels()
+        # (its checks and lock) cost more than the grant it counts.
+        self._held_children: dict[str, Any] = {}
 
     # -- queries -----------------------------------------------------------------------------------
 
@@ -514,7 +517,7 @@ class LeaseManager:
         self._by_ino.setdefault(ino, {})[key] = lease
         self._by_key[key] = lease
         if self._held is not None:
-            self._held.labels(key.protocol).inc()
+            self._held_child(key.protocol).inc()
         self._log.debug(
             "lease granted {protocol} ino={ino} {bits}",
             protocol=key.protocol,
@@ -630,6 +633,13 @@ class LeaseManager:
     def _now(self) -> float:
         return self._clock.seconds()
 
+    def _held_child(self, protocol: str) -> Any:
+        child = self._held_children.get(protocol)
+        if child is None:
+            assert self._held is not None
+            child = self._held_children[protocol] = self._held.labels(protocol)
+        return child
+
     def _forget(self, lease: Lease) -> None:
         bucket = self._by_ino.get(lease.ino)
         if bucket is not None:
@@ -640,7 +650,7 @@ class LeaseManager:
         if self._by_key.get(lease.key) is lease:
             del self._by_key[lease.key]
             if self._held is not None:
-                self._held.labels(lease.key.protocol).dec()
+                self._held_child(lease.key.protocol).dec()
         if not self._by_key:
             # Dicts keep their table when emptied: after a storm, start small again.
             self._by_key, self._by_ino = {}, {}

@@ -71,6 +71,7 @@ class QuotaManager:
             "user": QuotaLimits(**attrs.asdict(config.user_defaults)),
             "group": QuotaLimits(**attrs.asdict(config.group_defaults)),
         }
+        self._limited = self._any_limit()
 
     @property
     def grace_period(self) -> float:
@@ -83,6 +84,7 @@ class QuotaManager:
                 self._limits[(kind, id)] = lim
             for id, u in (await self._backend.all_usage(kind)).items():
                 self._usage[(kind, id)] = [u.bytes, u.inodes]
+        self._limited = self._any_limit()
         raw = await self._backend.get_state(_GRACE_KEY)
         if raw:
             for key, start in json.loads(raw).items():
@@ -90,6 +92,17 @@ class QuotaManager:
                 self._grace[(kind, int(id))] = float(start)
 
     # -- reading --------------------------------------------------------------
+
+    def _any_limit(self) -> bool:
+        """
+        Whether any id has a limit (its own or a default): without one no
+        growth can be refused, and L{admit_keys} skips the checks (one per
+        create and per write that grows a file, on every protocol).
+        """
+        return any(
+            lim.bytes_soft or lim.bytes_hard or lim.inodes_soft or lim.inodes_hard
+            for lim in (*self._defaults.values(), *self._limits.values())
+        )
 
     def limits(self, kind: str, id: int) -> QuotaLimits:
         return self._limits.get((kind, id), self._defaults[kind])
@@ -169,6 +182,7 @@ class QuotaManager:
             self._limits.pop((kind, id), None)
         else:
             self._limits[(kind, id)] = limits
+        self._limited = self._any_limit()
         self._log.info("quota for {kind} {id} set to {limits}", kind=kind, id=id, limits=limits)
         self._review(kind, id)
 
@@ -188,9 +202,10 @@ class QuotaManager:
         """L{admit} with each (kind, id) given its own growth (a chown moves a whole file to a new owner)."""
         ticket = Ticket()
         wanted = [(key, max(b, 0), max(i, 0)) for key, b, i in adds if b > 0 or i > 0]
-        for key, b, i in wanted:
-            if key[1] != 0:
-                self._check(key, b, i)
+        if self._limited:
+            for key, b, i in wanted:
+                if key[1] != 0:
+                    self._check(key, b, i)
         for key, b, i in wanted:
             r = self._reserved.setdefault(key, [0, 0])
             r[0] += b

@@ -1507,3 +1507,67 @@ class IdleDescriptorTests(SynchronousTestCase):
         self.successResultOf(b.open())
         self.addCleanup(lambda: self.successResultOf(b.close()))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class FirstWriteTests(StoreCase):
+    """
+    A file this store made and nobody wrote has no inline row and no data
+    file: its first write asks for neither (no SELECT of the row, no open of
+    a data-file path that is not there), and what it writes reads back.
+    """
+
+    def watch(self, b: EmbeddedBackend, ino: int) -> tuple[list[str], list[str]]:
+        statements: list[str] = []
+        assert b._engine.conn is not None
+        b._engine.conn.set_trace_callback(statements.append)
+        self.addCleanup(b._engine.conn.set_trace_callback, None)
+        path = str(b._engine.layout.path(ino))
+        opened: list[str] = []
+        real = os.open
+
+        def open_(p: Any, *a: Any, **kw: Any) -> int:
+            if str(p) == path:
+                opened.append(str(p))
+            return real(p, *a, **kw)
+
+        self.patch(os, "open", open_)
+        return statements, opened
+
+    async def test_first_write_asks_nothing(self) -> None:
+        b = await self.store(inline_max=4096)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        statements, opened = self.watch(b, f.ino)
+        data = os.urandom(4096)
+        await b.write(f.ino, 0, data, False)
+        self.assertEqual([s for s in statements if "FROM inline_data" in s], [])
+        self.assertEqual(opened, [])
+        self.assertEqual(await b.read(f.ino, 0, 8192), (data, True))
+        # The second write reads the row the first one put.
+        await b.write(f.ino, 10, b"abc", False)
+        self.assertEqual(await b.read(f.ino, 0, 8192), (data[:10] + b"abc" + data[13:], True))
+
+    async def test_first_write_after_truncate_up(self) -> None:
+        """A size set before the first write still reads as zeros up to it."""
+        b = await self.store(inline_max=4096)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.setattr(f.ino, SetAttrs(size=100))
+        await b.write(f.ino, 0, b"x" * 10, False)
+        self.assertEqual(await b.read(f.ino, 0, 8192), (b"x" * 10 + bytes(90), True))
+
+    async def test_first_write_beyond_inline(self) -> None:
+        """Past the inline size the first write makes the data file, as before."""
+        b = await self.store(inline_max=4096)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        data = os.urandom(5000)
+        await b.write(f.ino, 0, data, False)
+        self.assertTrue(os.path.exists(b._engine.layout.path(f.ino)))
+        self.assertEqual(await b.read(f.ino, 0, 8192), (data, True))
+
+    async def test_after_allocation(self) -> None:
+        """An allocation made the data file: a small write then goes to it."""
+        b = await self.store(inline_max=4096)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.allocate(f.ino, 0, 8192)
+        await b.write(f.ino, 0, b"y" * 10, False)
+        self.assertEqual((await b.read(f.ino, 0, 10))[0], b"y" * 10)
+        self.assertTrue(os.path.exists(b._engine.layout.path(f.ino)))

@@ -203,3 +203,60 @@ class QuotaTests(SynchronousTestCase):
         fresh = QuotaManager(self.m.backend, self.m.config.quota, self.m.clock)
         self.successResultOf(defer.Deferred.fromCoroutine(fresh.open()))
         self.assertEqual(fresh.usage("user", 1000), Usage(42, 1))
+
+
+class NoLimitsTests(SynchronousTestCase):
+    """
+    Without any limit (the default) no growth can be refused, so creates and
+    writes skip the per-id checks; a limit set later, or stored and loaded
+    at open, is enforced from then on.
+    """
+
+    def setUp(self) -> None:
+        self.m = MemoryVFS("exports: [{path: /export, root_squash: false}]\n")
+        self.vfs = self.m.vfs
+        root = self.m.caller(0, 0)
+        self.home = self.successResultOf(self.vfs.mkdir(root, self.m.root(), b"h", 0o777)).ino
+        self.alice = self.m.caller(1000, 1000)
+        self.checks: list[tuple[Any, ...]] = []
+        real = self.vfs.quotas._check
+
+        def counted(*args: Any) -> None:
+            self.checks.append(args)
+            real(*args)
+
+        self.vfs.quotas._check = counted  # type: ignore[method-assign]
+
+    def test_no_checks_without_limits(self) -> None:
+        f = self.successResultOf(self.vfs.create(self.alice, self.home, b"f", 0o644)).ino
+        self.successResultOf(self.vfs.write(self.alice, f, 0, b"x" * 20, False))
+        self.assertEqual(self.checks, [])
+        # Usage is still kept.
+        self.assertEqual(self.vfs.quotas.usage("user", 1000), Usage(20, 1))
+
+    def test_limit_set_later_is_enforced(self) -> None:
+        f = self.successResultOf(self.vfs.create(self.alice, self.home, b"f", 0o644)).ino
+        q = self.vfs.quotas
+        self.successResultOf(
+            defer.Deferred.fromCoroutine(q.set_limits("user", 1000, QuotaLimits(bytes_hard=30)))
+        )
+        self.successResultOf(self.vfs.write(self.alice, f, 0, b"x" * 30, False))
+        self.failureResultOf(self.vfs.write(self.alice, f, 30, b"y", False), errors.DQuot)
+        self.assertNotEqual(self.checks, [])
+        # Back to no limit: nothing refused, nothing checked.
+        self.successResultOf(defer.Deferred.fromCoroutine(q.set_limits("user", 1000, None)))
+        self.checks.clear()
+        self.successResultOf(self.vfs.write(self.alice, f, 30, b"y", False))
+        self.assertEqual(self.checks, [])
+
+    def test_stored_limit_loaded_at_open(self) -> None:
+        from claudefs_gateway.vfs.quotas import QuotaManager
+
+        q = self.vfs.quotas
+        self.successResultOf(
+            defer.Deferred.fromCoroutine(q.set_limits("user", 1000, QuotaLimits(inodes_hard=1)))
+        )
+        fresh = QuotaManager(self.m.backend, self.m.config.quota, self.m.clock)
+        self.successResultOf(defer.Deferred.fromCoroutine(fresh.open()))
+        fresh.admit(1000, 1000, 0, 1)
+        self.assertRaises(errors.DQuot, fresh.admit, 1000, 1000, 0, 1)

@@ -83,6 +83,8 @@ DEFER_MIN = 64 * 1024
 # waiting (descriptors must stay open, and memory held by the queue bounded).
 DEFER_MAX_BYTES = 32 << 20
 DEFER_MAX_FILES = 16
+# Engine._fileless: new files remembered as having no data yet, at most.
+_FILELESS_MAX = 4096
 
 
 class Stats:
@@ -274,6 +276,12 @@ class Engine:
         self.next_ino = 0
         self.next_cookie = 0
         self._saved_counters = (0, 0)
+        # Regular files this engine made that have had no write, no inline
+        # row and no data file yet (op_create adds; the first write, an
+        # allocation or an inline row takes out): their first write needs
+        # neither the inline row's SELECT nor a failing open of a data-file
+        # path. Bounded: when full it is emptied, and writes ask as before.
+        self._fileless: set[int] = set()
         self._batch_usage: dict[tuple[str, int], list[int]] = {}
         self._done_rows: list[int] = []
         self._wal_unsynced = False
@@ -1053,6 +1061,10 @@ class Engine:
         if type is FileType.DIR:
             d.nlink += 1
         self._add_entry(ctx, d, name, node)
+        if type is FileType.REG:
+            if len(self._fileless) >= _FILELESS_MAX:
+                self._fileless.clear()
+            self._fileless.add(node.ino)
         # A new inode number (never reused) has no data file yet: no stat of
         # a path that is not there.
         return node.attributes(0)
@@ -1441,6 +1453,7 @@ class Engine:
 
     def _inline_put(self, ino: int, data: bytes) -> None:
         assert self.conn is not None
+        self._fileless.discard(ino)
         self.conn.execute(
             "INSERT OR REPLACE INTO inline_data (ino, data) VALUES (?, ?)", (ino, data)
         )
@@ -1495,7 +1508,12 @@ class Engine:
                 ctx.sync.add(ino)
             return WriteResult(0, stable, before, before)
         end = offset + len(data)
-        blob = self._inline_get(ino)
+        if ino in self._fileless:
+            self._fileless.discard(ino)
+            # Made here and never written: no inline row, no data file.
+            blob = b"" if node.size == 0 and end <= self.inline_max else None
+        else:
+            blob = self._inline_get(ino)
         if blob is None and end <= self.inline_max and node.size <= self.inline_max:
             if self.files.get(ino, create=False) is None:
                 blob = b""  # no data file yet: this file starts inline
@@ -1587,6 +1605,7 @@ class Engine:
         if blob is not None:
             # Reserving space is for a data file: out of line first.
             self._move_out(ctx, node, blob)
+        self._fileless.discard(ino)
         fd = self.files.get(ino, create=True)
         assert fd is not None
         if offset + length > node.size:
