@@ -27,6 +27,7 @@ __all__ = [
     "head_pending",
     "begin_request",
     "set_header_lists",
+    "set_plain_header",
     "OVERRIDDEN_PRIVATE_METHODS",
     "request_line",
     "handling_request",
@@ -147,3 +148,13 @@ def set_header_lists(headers: Any, raw: dict[bytes, list[bytes]]) -> None:
     in a value without CR or LF, which L{claudefs_gateway.s3.head} refuses).
     """
     headers._rawHeaders.update(raw)
+
+
+def set_plain_header(headers: Any, name: bytes, value: bytes) -> None:
+    """
+    C{setRawHeaders(name, [value])} for a C{name} already canonical (made by
+    L{canonical_name}) and a C{value} the server made without CR or LF (a
+    request id, a date): what its name encoding and value sanitising would
+    leave unchanged, without their cost on every response.
+    """
+    headers._rawHeaders[name] = [value]

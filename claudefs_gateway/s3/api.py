@@ -27,6 +27,7 @@ from twisted.web import resource, server
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import Credentials
+from claudefs_gateway.s3._web import canonical_name, set_plain_header
 from claudefs_gateway.s3.auth import Authenticator, RequestView
 from claudefs_gateway.s3.body import ClientGone
 from claudefs_gateway.s3.call import Call, Limits, failure
@@ -66,6 +67,11 @@ __all__ = [
 #: may send any names.
 _HEADER_NAMES: dict[bytes, str] = {}
 _HEADER_NAMES_MAX = 1024
+
+#: Every response's own headers, their names as twisted.web canonicalises them.
+_REQUEST_ID = canonical_name(b"x-amz-request-id")
+_ID_2 = canonical_name(b"x-amz-id-2")
+_SERVER = canonical_name(b"Server")
 
 
 def _note_user(request: Any, user: Any) -> None:
@@ -187,9 +193,10 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, PostOps, AccessOps, M
             self.activity.begin()
         try:
             call = self.parse(request)
-            request.setHeader(b"x-amz-request-id", call.request_id.encode())
-            request.setHeader(b"x-amz-id-2", base64.b64encode(call.request_id_2))
-            request.setHeader(b"Server", b"ClaudeFS")
+            headers = request.responseHeaders
+            set_plain_header(headers, _REQUEST_ID, call.request_id.encode())
+            set_plain_header(headers, _ID_2, base64.b64encode(call.request_id_2))
+            set_plain_header(headers, _SERVER, b"ClaudeFS")
             if self.activity is not None and self.activity.draining:
                 request.setHeader(b"Connection", b"close")
                 ch = getattr(request, "_chan", None) or getattr(request, "channel", None)

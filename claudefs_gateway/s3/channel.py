@@ -23,6 +23,10 @@ its body. So:
  - A request's header block that arrives whole in one read is parsed in one
    pass (L{claudefs_gateway.s3.head}); anything else, line by line as
    twisted.web does.
+ - A response's head and the first piece of its body (all of a small
+   object, or nothing) go to the socket in one C{sendmsg} when the transport
+   has nothing queued (L{claudefs_gateway.core.directsend}), as NFS and SMB
+   replies do: no reactor turn and no epoll change per response.
 
 Keep-alive and pipelining are HTTPChannel's own.
 """
@@ -38,10 +42,12 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.protocols import basic
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.iweb import INonQueuedRequestFactory
 
+from claudefs_gateway.core.directsend import DirectSender
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.s3 import _web
 from claudefs_gateway.s3.body import BodyPipe, ClientGone
@@ -50,6 +56,11 @@ from claudefs_gateway.s3.head import Head, parse_head
 __all__ = ["S3Channel", "S3Request", "S3Site", "DISCARD_LIMIT"]
 
 DISCARD_LIMIT = 64 * 1024 * 1024
+
+#: Response header names as twisted.web canonicalises them, made once
+#: (L{_web.set_plain_header}).
+SERVER = _web.canonical_name(b"Server")
+DATE = _web.canonical_name(b"Date")
 
 
 @functools.lru_cache(maxsize=4)
@@ -93,6 +104,24 @@ class S3Request(server.Request):
     def has_body(self) -> bool:
         return self._declared is None or self._declared > 0
 
+    def write(self, data: bytes) -> None:
+        """
+        As twisted.web's; the first write (the response's head, and C{data}
+        if any) is gathered by the channel and sent at once, straight to the
+        socket when nothing is queued (L{S3Channel.send_parts}).
+        """
+        chan: Any = self.channel
+        if self.startedWriting or getattr(chan, "_direct", None) is None:
+            super().write(data)
+            return
+        chan._held = []
+        try:
+            super().write(data)
+        finally:
+            parts, chan._held = chan._held, None
+            if parts:
+                chan.send_parts(parts)
+
     def headers_received(self, command: bytes, path: bytes, version: bytes, channel: Any) -> None:
         """The headers are complete: make the body pipe; body requests start now."""
         self._chan = channel
@@ -121,8 +150,9 @@ class S3Request(server.Request):
         if not getattr(root, "isLeaf", False):
             super().process()
             return
-        self.setHeader(b"Server", b"ClaudeFS")
-        self.setHeader(b"Date", _date_header(int(time.time())))
+        headers = self.responseHeaders
+        _web.set_plain_header(headers, SERVER, b"ClaudeFS")
+        _web.set_plain_header(headers, DATE, _date_header(int(time.time())))
         self.prepath = []
         self.postpath = []
         try:
@@ -204,6 +234,66 @@ class S3Channel(http.HTTPChannel):
     #: Take a header block that arrives whole at once (L{claudefs_gateway.s3.head});
     #: False: always line by line, as twisted.web (the tests compare the two).
     whole_heads = True
+    #: Send a response's start straight to the socket when nothing is queued
+    #: (False: always through the transport; the tests compare the two).
+    direct_send = True
+    _direct: DirectSender | None = None
+    #: What a request's first write gathers (L{S3Request.write}), or None.
+    _held: list[bytes] | None = None
+
+    #: This connection's two addresses, asked of the transport once: twisted.web's
+    #: C{Request.__init__} asks for both on every request, and the local one
+    #: is a C{getsockname} system call each time.
+    _peer: Any = None
+    _host: Any = None
+
+    def getPeer(self) -> Any:
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
+
+    def getHost(self) -> Any:
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.direct_send:
+            # Under the connection-tracking wrapper (core/drain.py) is the TCP
+            # transport; under TLS there is none to write to directly.
+            t: Any = self.transport
+            if isinstance(t, ProtocolWrapper):
+                t = t.transport
+            self._direct = DirectSender.for_transport(t)
+
+    def send_parts(self, parts: list[bytes]) -> None:
+        """Send C{parts}: what the socket takes now directly, the rest through the transport."""
+        if self._direct is not None:
+            size = 0
+            for p in parts:
+                size += len(p)
+            parts = self._direct.send(parts, size)
+            if not parts:
+                return
+        if self.transport is not None:
+            self.transport.writeSequence([p if type(p) is bytes else bytes(p) for p in parts])
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            held.append(data)
+            return
+        super().write(data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        held = self._held
+        if held is not None:
+            held.extend(iovec)
+            return
+        super().writeSequence(iovec)
 
     def stopProducing(self) -> None:
         # The transport calls this as the connection closes, before
@@ -354,6 +444,10 @@ class S3Channel(http.HTTPChannel):
             for value in values:
                 out.extend((name, b": ", value, b"\r\n"))
         out.append(b"\r\n")
+        held = self._held
+        if held is not None:
+            held.extend(out)
+            return
         assert self.transport is not None
         self.transport.writeSequence(out)
 

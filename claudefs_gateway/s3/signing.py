@@ -73,6 +73,9 @@ MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
 # RFC 3986 unreserved characters: never percent-encoded in canonical forms.
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ENC = [chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in range(256)]
+#: What a path made only of unreserved characters and slashes leaves after
+#: C{translate(None, _PLAIN_PATH)}: nothing.
+_PLAIN_PATH = bytes(sorted(_UNRESERVED | {ord("/")}))
 
 
 def uri_encode(data: bytes, keep_slash: bool = False) -> str:
@@ -90,7 +93,12 @@ def canonical_uri(raw_path: bytes) -> str:
     Each segment between literal slashes is decoded and re-encoded, so clients
     that encode a little more or less than AWS's rule (C{~}, C{!}, C{'}) are
     still verified, and an encoded slash (C{%2F}) stays encoded as they signed it.
+
+    A path of unreserved characters and slashes alone (most keys) decodes and
+    re-encodes to itself, so it is taken as it is.
     """
+    if raw_path and not raw_path.translate(None, _PLAIN_PATH):
+        return raw_path.decode("ascii")
     return "/".join(uri_encode(unquote_to_bytes(seg)) for seg in raw_path.split(b"/")) or "/"
 
 

@@ -47,7 +47,7 @@ from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.s3.bucketconf import BUCKET_KEY, BucketConf
 from claudefs_gateway.s3.errors import S3Error, key_conflict
 from claudefs_gateway.s3.keys import Key, bucket_name_ok
-from claudefs_gateway.vfs import PRIVATE_NAMES, Caller
+from claudefs_gateway.vfs import PRIVATE_NAMES, Caller, inline
 
 __all__ = ["Tree", "ObjectMeta", "META_KEY", "STAGING", "EMPTY_MD5"]
 
@@ -145,6 +145,10 @@ class ObjectMeta:
     def decode(cls, raw: bytes | None) -> ObjectMeta:
         if not raw:
             return cls()
+        if raw == AUTO_DIR:
+            # Every directory the gateway made for nested keys carries this
+            # (a DELETE reads each parent's to prune): no JSON to parse.
+            return cls(dir="auto")
         try:
             d = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -823,7 +827,11 @@ class Tree:
                 else:
                     parent, missing = await self._existing_parents(caller, bucket, key.parents)
                 try:
-                    result = await self.vfs.put_file(
+                    # Under this coroutine's driver (inline): the store's wait
+                    # resumes the request directly, not through a Deferred
+                    # and a driver of the VFS method's own.
+                    result = await inline(
+                        self.vfs.put_file,
                         caller,
                         parent.ino,
                         key.name,
@@ -928,7 +936,7 @@ class Tree:
                 # The object and the emptied directories above it in one change.
                 dirs = await self._auto_dirs(caller, chain, names[:-1])
                 try:
-                    await self.vfs.remove_pruning(caller, chain[-1].ino, names[-1], dirs)
+                    await inline(self.vfs.remove_pruning, caller, chain[-1].ino, names[-1], dirs)
                 except (errors.NotFound, errors.IsDir):
                     pass
                 return

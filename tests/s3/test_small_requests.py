@@ -1,0 +1,264 @@
+"""
+The per-request shortcuts of S3's sixth small-request round (docs/bench.rst
+"S3: small requests, sixth round"): each gives what the general path gives,
+and each skips the work it was made to skip.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from unittest import mock
+from urllib.parse import unquote_to_bytes
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientCreator, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web import http_headers
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+
+from claudefs_gateway.core.directsend import DirectSender
+from claudefs_gateway.fstypes import Credentials
+from claudefs_gateway.s3 import _web, api, channel, tree
+from claudefs_gateway.s3 import signing as sg
+from claudefs_gateway.s3.channel import S3Site
+from claudefs_gateway.s3.keys import Key
+
+
+def general_uri(raw_path: bytes) -> str:
+    """canonical_uri's general path: every segment decoded and re-encoded."""
+    return "/".join(sg.uri_encode(unquote_to_bytes(s)) for s in raw_path.split(b"/")) or "/"
+
+
+_PLAIN = st.binary(max_size=40).map(
+    lambda b: bytes(b"ab/~-._Z09%"[x % 11] for x in b)
+)  # mostly plain, sometimes with a %, sometimes a malformed one
+
+
+class CanonicalUriTests(SynchronousTestCase):
+    @given(st.one_of(_PLAIN, st.binary(max_size=40)))
+    def test_same_as_general_path(self, raw_path: bytes) -> None:
+        """Any path: the canonical URI is the segment-by-segment re-encoding's."""
+        self.assertEqual(sg.canonical_uri(raw_path), general_uri(raw_path))
+
+    def test_plain_path_not_decoded(self) -> None:
+        """A path of unreserved characters and slashes is taken as it is, not decoded."""
+        with mock.patch.object(sg, "unquote_to_bytes", side_effect=AssertionError("decoded")):
+            self.assertEqual(
+                sg.canonical_uri(b"/bench/small/x-0/17~a.b_c"), "/bench/small/x-0/17~a.b_c"
+            )
+            self.assertRaises(AssertionError, sg.canonical_uri, b"/b/a%2Fb")
+
+
+class PlainHeaderTests(SynchronousTestCase):
+    @given(
+        st.sampled_from([b"x-amz-request-id", b"x-amz-id-2", b"Server", b"Date"]),
+        st.binary(max_size=60).filter(lambda v: b"\r" not in v and b"\n" not in v),
+    )
+    def test_same_as_set_raw_headers(self, name: bytes, value: bytes) -> None:
+        """A canonical name and a value without CR or LF: the Headers setRawHeaders makes."""
+        general, fast = Headers(), Headers()
+        general.setRawHeaders(name, [value])
+        _web.set_plain_header(fast, _web.canonical_name(name), value)
+        self.assertEqual(list(fast.getAllRawHeaders()), list(general.getAllRawHeaders()))
+
+    def test_names_are_canonical(self) -> None:
+        """The names the channel and the API set are those twisted.web would store."""
+        for made, name in [
+            (channel.SERVER, b"server"),
+            (channel.DATE, b"date"),
+            (api._REQUEST_ID, b"x-amz-request-id"),
+            (api._ID_2, b"x-amz-id-2"),
+            (api._SERVER, b"server"),
+        ]:
+            h = Headers()
+            h.setRawHeaders(name, [b"v"])
+            self.assertEqual([n for n, _ in h.getAllRawHeaders()], [made])
+
+
+class _Leaf(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.addresses: list[tuple[Any, Any]] = []
+
+    def render(self, request: Any) -> bytes:
+        self.addresses.append((request.getHost(), request.getClientAddress()))
+        return b"ok"
+
+
+_GET = b"GET /b/k HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
+class ConnectionTests(SynchronousTestCase):
+    def _serve(self, requests: int) -> tuple[_Leaf, StringTransport, bytes]:
+        leaf = _Leaf()
+        site = S3Site(leaf, Clock(), header_timeout=20, idle_timeout=60, max_header_bytes=1024)
+        proto = site.buildProtocol(None)
+        t = StringTransport(
+            hostAddress=IPv4Address("TCP", "10.0.0.1", 9000),
+            peerAddress=IPv4Address("TCP", "10.0.0.2", 40000),
+        )
+        proto.makeConnection(t)
+        for _ in range(requests):
+            proto.dataReceived(_GET)
+        return leaf, t, t.value()
+
+    def test_addresses_asked_once(self) -> None:
+        """Three requests on one connection: the transport is asked its addresses once."""
+        transport_host = StringTransport.getHost
+        transport_peer = StringTransport.getPeer
+        with (
+            mock.patch.object(
+                StringTransport, "getHost", autospec=True, side_effect=transport_host
+            ) as host,
+            mock.patch.object(
+                StringTransport, "getPeer", autospec=True, side_effect=transport_peer
+            ) as peer,
+        ):
+            leaf, _, out = self._serve(3)
+        self.assertEqual(out.count(b"HTTP/1.1 200 OK"), 3)
+        self.assertEqual(host.call_count, 1)
+        self.assertEqual(peer.call_count, 1)
+        self.assertEqual(
+            leaf.addresses,
+            [(IPv4Address("TCP", "10.0.0.1", 9000), IPv4Address("TCP", "10.0.0.2", 40000))] * 3,
+        )
+
+    def test_own_headers_not_sanitised(self) -> None:
+        """The channel's Server and Date skip twisted.web's value sanitising; both are sent."""
+        calls = []
+        real = http_headers._sanitizeLinearWhitespace
+
+        def counting(v: bytes) -> bytes:
+            calls.append(v)
+            return real(v)
+
+        with mock.patch.object(http_headers, "_sanitizeLinearWhitespace", counting):
+            _, _, out = self._serve(1)
+        self.assertIn(b"\r\nServer: ClaudeFS\r\n", out)
+        self.assertRegex(out, rb"\r\nDate: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\n")
+        self.assertNotIn(b"ClaudeFS", calls)
+
+
+class AutoDirMetaTests(SynchronousTestCase):
+    def test_same_as_json(self) -> None:
+        """A gateway-made directory's metadata decodes as the JSON parse makes it, without it."""
+        general = tree.ObjectMeta.decode(b" " + tree.AUTO_DIR)  # JSON allows the space
+        self.assertEqual(general.dir, "auto")
+        with mock.patch.object(tree.json, "loads", side_effect=AssertionError("parsed")):
+            fast = tree.ObjectMeta.decode(tree.AUTO_DIR)
+        self.assertEqual(fast, general)
+        self.assertEqual(fast, tree.ObjectMeta(dir="auto"))
+
+
+class StoreChangeTests(SynchronousTestCase):
+    """A small PUT's and a DELETE's one store change run under the request's own driver."""
+
+    def test_put_and_delete_without_a_deferred_of_their_own(self) -> None:
+        from claudefs_gateway.vfs import _vfs
+        from tests.nfs.harness import EmbeddedVFS
+
+        m = EmbeddedVFS("s3: {root: /s3}\n", self.mktemp())
+        self.addCleanup(lambda: m.backend.close())
+        vfs = m.vfs
+        t = tree.Tree(vfs)
+        caller = vfs.caller(vfs.exports.s3, "", Credentials(0, 0), "s3")
+
+        def run(coro: Any) -> Any:
+            return self.successResultOf(Deferred.fromCoroutine(coro))
+
+        run(t.open())
+        bucket = run(t.create_bucket(caller, "bkt"))
+        made: list[str] = []
+        real = _vfs.eager_deferred
+
+        def recording(coro: Any, *args: Any) -> Any:
+            made.append(coro.__qualname__)
+            return real(coro, *args)
+
+        key = Key("a/b/obj")
+        with mock.patch.object(_vfs, "eager_deferred", recording):
+            run(t.put_small(caller, bucket, key, b"x" * 4096, tree.ObjectMeta(etag="e")))
+            self.assertEqual(run(t.lookup(caller, bucket, key)).size, 4096)
+            run(t.delete(caller, bucket, key))
+        self.assertEqual([n for n in made if n in ("VFS.put_file", "VFS.remove_pruning")], [])
+        self.assertTrue(made)  # the other VFS calls still went through the wrapper
+        # The object and the directories made for it are gone.
+        self.assertEqual(run(t.read_dir(caller, bucket.ino)), [])
+
+
+class _Sizes(Resource):
+    """Answers C{/<n>} with n bytes (HEAD: the head alone), C{/nocontent} with a 204."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        name = request.path.strip(b"/")
+        if name == b"nocontent":
+            request.setResponseCode(204)
+            return b""
+        return b"y" * int(name)
+
+
+class DirectResponseTests(TestCase):
+    """A response's start goes straight to the socket; the bytes are those of the transport path."""
+
+    async def _exchange(self, direct: bool, requests: list[bytes], answers: int) -> bytes:
+        site = S3Site(_Sizes(), reactor, header_timeout=20, idle_timeout=60, max_header_bytes=4096)
+        site.protocol = type("Channel", (channel.S3Channel,), {"direct_send": direct})
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        got = bytearray()
+        done: Deferred[None] = Deferred()
+
+        class Client(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                got.extend(data)
+                if got.count(b"HTTP/1.1 ") >= answers and got.endswith(b"y" * 70000):
+                    self.transport.loseConnection()
+
+            def connectionLost(self, reason: Any = None) -> None:
+                done.callback(None)
+
+        client = await ClientCreator(reactor, Client).connectTCP("127.0.0.1", port.getHost().port)
+        for r in requests:
+            client.transport.write(r)
+        await done
+        return re.sub(rb"Date: [^\r]*\r\n", b"", bytes(got))
+
+    async def test_same_bytes_as_the_transport_path(self) -> None:
+        requests = [
+            b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"HEAD /4096 HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /nocontent HTTP/1.1\r\nHost: h\r\n\r\n"
+            b"GET /4096 HTTP/1.1\r\nHost: h\r\n\r\n",  # pipelined
+            b"GET /70000 HTTP/1.1\r\nHost: h\r\n\r\n",
+        ]
+        sent: list[tuple[int, int]] = []
+        real = DirectSender.send
+
+        def counting(self: Any, parts: Any, size: int) -> Any:
+            left = real(self, parts, size)
+            sent.append((size, size - sum(len(p) for p in left)))
+            return left
+
+        with mock.patch.object(DirectSender, "send", counting):
+            fast = await self._exchange(True, requests, 5)
+        general = await self._exchange(False, requests, 5)
+        self.assertEqual(fast, general)
+        self.assertEqual(fast.count(b"HTTP/1.1 200 OK\r\n"), 4)
+        self.assertIn(b"HTTP/1.1 204 No Content\r\n", fast)
+        # Each response's start went to the socket directly, all of it for the small ones.
+        self.assertEqual(len(sent), 5)
+        self.assertEqual([size for size, n in sent[:4] if size != n], [])
+        self.assertGreater(sent[4][1], 0)
+        self.assertGreater(sent[4][0], 70000)
