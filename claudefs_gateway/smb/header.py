@@ -188,20 +188,11 @@ class Header:
         if size != HEADER_SIZE:
             raise ProtocolError(f"SMB2 header StructureSize {size}")
         # Positional (the fields' order): keywords cost more, once per request.
+        # The middle 8 bytes are the async id, or the process id and tree id.
         if flags & SMB2_FLAGS_ASYNC_COMMAND:
-            return cls(
-                command,
-                status,
-                charge,
-                credits,
-                flags,
-                next_command,
-                message_id,
-                middle,
-                0,
-                session_id,
-                signature,
-            )
+            async_id, tree_id = middle, 0
+        else:
+            async_id, tree_id = 0, middle >> 32
         return cls(
             command,
             status,
@@ -210,8 +201,8 @@ class Header:
             flags,
             next_command,
             message_id,
-            0,
-            middle >> 32,
+            async_id,
+            tree_id,
             session_id,
             signature,
         )
