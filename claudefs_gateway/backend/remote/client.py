@@ -1540,11 +1540,12 @@ class RemoteBackend:
             # Both at once: the reply waits for both either way, and a crash
             # half-way leaves what the one-after-the-other order could leave
             # (metadata synced before the bytes). The meta server's errors win.
+            meta: defer.Deferred[Any]
             if held is not None:
                 meta = defer.Deferred.fromCoroutine(self._fold(*held))
             else:
                 meta = self._call("COMMIT_META", (ino,))
-            data = defer.Deferred.fromCoroutine(self._commit_data(ino))
+            data: defer.Deferred[Any] = defer.Deferred.fromCoroutine(self._commit_data(ino))
             results = await defer.DeferredList([meta, data], consumeErrors=True)
             for ok, value in results:
                 if not ok:

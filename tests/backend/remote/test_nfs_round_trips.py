@@ -22,7 +22,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from claudefs_gateway import service
-from claudefs_gateway.backend.remote import protocol, wire
+from claudefs_gateway.backend.remote import client, protocol, wire
 from claudefs_gateway.core import config as cfg
 from tests.backend.remote.harness import Cluster
 from tests.backend.remote.test_gateway import remote_yaml
@@ -74,6 +74,9 @@ class NFSRoundTripTests(TestCase):
                 events[wire.OPS[opcode].name] += 1
             real_frame(conn, opcode, kind, rid, payload)
 
+        # The client's COMMIT follows the WRITE's reply: on a loaded machine
+        # later than the hold's 2 ms, and the WROTE then goes on its own.
+        self.patch(client, "WROTE_HOLD_SECS", 30.0)
         self.patch(protocol.ClientConnection, "call", counting)
         self.patch(protocol.ClientConnection, "frame_received", frame)
         ports = serving.listeners()
