@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SkipTest, TestCase
 
 from claudefs_gateway import errors
@@ -175,6 +175,28 @@ class ReactorSyncTests(TestCase):
         self.assertEqual(b._engine._orphans, [f.ino])
         with self.assertRaises(errors.NotFound):
             await b.lookup(ROOT, b"f")
+
+    async def test_unlinked_data_file_goes_only_after_the_sync(self) -> None:
+        """
+        A freed file's data file is deleted once the unlink is durable, not
+        before (a power loss taking the log's tail brings the name back with
+        its bytes).
+        """
+        b = await self.store(inline_max=0)
+        f = await b.create(ROOT, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"data", True)
+        path = b._engine.layout.path(f.ino)
+        self.assertTrue(os.path.exists(path))
+        held = self.hold(b)
+        d = b.unlink(ROOT, b"f")
+        self.assertEqual(len(held), 1)
+        await held[0][1]
+        self.assertTrue(os.path.exists(path))
+        held[0][2]()
+        self.assertEqual((await d).nlink, 0)
+        # Deleted right after the reply went (the same reactor turn).
+        await task.deferLater(reactor, 0, lambda: None)
+        self.assertFalse(os.path.exists(path))
 
     async def test_writer_batches_wait_for_the_sync_in_flight(self) -> None:
         """

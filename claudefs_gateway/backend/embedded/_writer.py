@@ -147,18 +147,30 @@ class ThreadWriter:
     def log_synced(self, covered: int) -> bool:
         """
         Tell the engine (L{Engine.log_synced}) that a sync of the log
-        finished, and delete what it freed; False (nothing done: the next
-        durable commit clears the engine's flag instead) when the writer
-        thread holds the engine, which the reactor must not wait for.
+        finished; False (nothing done: the next durable commit clears the
+        engine's flag instead) when the writer thread holds the engine,
+        which the reactor must not wait for.
         """
         if not self._engine_lock.acquire(blocking=False):
             return False
         try:
             self.engine.log_synced(covered)
-            self.engine.after_batch()
         finally:
             self._engine_lock.release()
         return True
+
+    def after_batch_here(self) -> None:
+        """
+        Delete the data files freed by changes now durable (L{Engine.after_batch})
+        on this thread, after their replies; left to the writer's next batch
+        when it holds the engine.
+        """
+        if not self._engine_lock.acquire(blocking=False):
+            return
+        try:
+            self.engine.after_batch()
+        finally:
+            self._engine_lock.release()
 
     def _run_batch(self, batch: list[Op]) -> tuple[int, list[int]]:
         try:

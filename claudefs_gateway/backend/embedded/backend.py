@@ -415,6 +415,9 @@ class EmbeddedBackend:
         held, self._held = self._held, []
         for batch, more in held:
             self._deliver(batch, more)
+        if isinstance(self._writer, ThreadWriter):
+            # Freed data files (an unlink's), once nothing waits for the reply.
+            self._writer.after_batch_here()
 
     def _change(
         self, fn: Callable[..., Any], *args: Any, durable: bool, ino: int | None = None
