@@ -95,8 +95,13 @@ class AioLogSync:
             raise
         self._events = (_Event * _EVENTS)()
         self._zero = _Timespec(0, 0)
-        # token -> (iocb kept alive while in flight, its Deferred)
-        self._pending: dict[int, tuple[_IOCB, defer.Deferred[None]]] = {}
+        self._zero_ref = ctypes.byref(self._zero)
+        self._syscall = libc.syscall
+        # Control blocks (and the one-element arrays io_submit takes) kept
+        # for reuse: making them is most of a submission's Python time.
+        self._free: list[tuple[_IOCB, Any]] = []
+        # token -> (control block, kept alive while in flight; its Deferred)
+        self._pending: dict[int, tuple[tuple[_IOCB, Any], defer.Deferred[None]]] = {}
         self._token = 0
         self._closed = False
         reactor.addReader(self)
@@ -130,17 +135,22 @@ class AioLogSync:
             raise OSError(9, "log sync closed")
         self._token += 1
         token = self._token
-        cb = _IOCB()
-        cb.aio_lio_opcode = _IOCB_CMD_FDSYNC
+        if self._free:
+            block = self._free.pop()
+            cb = block[0]
+        else:
+            cb = _IOCB()
+            cb.aio_lio_opcode = _IOCB_CMD_FDSYNC
+            cb.aio_flags = _IOCB_FLAG_RESFD
+            cb.aio_resfd = self._efd
+            block = (cb, (ctypes.POINTER(_IOCB) * 1)(ctypes.pointer(cb)))
         cb.aio_fildes = fd
-        cb.aio_flags = _IOCB_FLAG_RESFD
-        cb.aio_resfd = self._efd
         cb.aio_data = token
-        arr = (ctypes.POINTER(_IOCB) * 1)(ctypes.pointer(cb))
-        if self._libc.syscall(self._submit, self._ctx, 1, arr) != 1:
+        if self._syscall(self._submit, self._ctx, 1, block[1]) != 1:
+            self._free.append(block)
             raise OSError(ctypes.get_errno() or 5, "io_submit")
         d: defer.Deferred[None] = defer.Deferred()
-        self._pending[token] = (cb, d)
+        self._pending[token] = (block, d)
         return d
 
     # IReadDescriptor: the eventfd is readable once a sync completed.
@@ -159,22 +169,27 @@ class AioLogSync:
         self._reap()
 
     def _reap(self) -> None:
+        events = self._events
         while self._pending:
-            n = self._libc.syscall(
-                self._getevents, self._ctx, 0, _EVENTS, self._events, ctypes.byref(self._zero)
-            )
+            n = self._syscall(self._getevents, self._ctx, 0, _EVENTS, events, self._zero_ref)
             if n <= 0:
                 return
+            done = []
             for i in range(n):
-                ev = self._events[i]
+                ev = events[i]
                 entry = self._pending.pop(ev.data, None)
-                if entry is None:
-                    continue
-                d = entry[1]
-                if ev.res < 0:
-                    d.errback(Failure(OSError(-ev.res, os.strerror(-ev.res))))
+                if entry is not None:
+                    self._free.append(entry[0])
+                    done.append((entry[1], ev.res))
+            # Answered once every completion read is recorded: a callback
+            # may submit the next sync.
+            for d, res in done:
+                if res < 0:
+                    d.errback(Failure(OSError(-res, os.strerror(-res))))
                 else:
                     d.callback(None)
+            if n < _EVENTS:
+                return
 
     def connectionLost(self, reason: object) -> None:  # noqa: N802 - Twisted's name
         pass
