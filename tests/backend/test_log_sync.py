@@ -269,6 +269,23 @@ class ReactorSyncTests(TestCase):
         await b.create(ROOT, b"g", REG, 0o644, 0, 0)
         self.assertEqual(b.stats.durable_commits, commits + 1)
 
+    async def test_aio_sync_not_done_falls_back_to_the_writer(self) -> None:
+        """
+        A completion with EINVAL (no AIO fsync on this file system): the
+        writer syncs the log, the change answers after it, and AIO is off.
+        """
+        b = await self.store()
+        held = self.hold(b, fail=OSError(errno.EINVAL, "no aio fsync here"))
+        synced: list[int] = []
+        real = os.fdatasync
+        self.patch(os, "fdatasync", lambda fd: synced.append(fd) or real(fd))
+        d = b.create(ROOT, b"f", REG, 0o644, 0, 0)
+        held[0][2]()
+        a = await d
+        self.assertEqual(synced, [b._engine.wal_fd])
+        self.assertIsNone(b._log_sync)
+        self.assertEqual((await b.lookup(ROOT, b"f")).ino, a.ino)
+
     async def test_off_keeps_the_writer(self) -> None:
         b = EmbeddedBackend(Path(self.mktemp()), reactor, durable=True, log_sync=False)
         await b.open()

@@ -24,6 +24,7 @@ other change, whichever comes first.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import time
@@ -72,6 +73,10 @@ from claudefs_gateway.interfaces import IBackend
 __all__ = ["EmbeddedBackend"]
 
 T = TypeVar("T")
+
+# An AIO sync failing with one of these was not done at all (the file
+# system has no AIO fsync): the writer thread syncs instead.
+_AIO_UNSUPPORTED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS})
 
 # More changes than this waiting for the writer: report degraded.
 BACKLOG_DEGRADED = 10000
@@ -394,8 +399,25 @@ class EmbeddedBackend:
             self._log_sync.close()
             self._log_sync = None
             sync = self._writer.call(os.fdatasync, fd)
-        self._sync_done = sync.addBoth(self._log_synced)
+        self._sync_done = sync.addErrback(self._aio_unsupported, fd).addBoth(self._log_synced)
         return d
+
+    def _aio_unsupported(self, f: Failure, fd: int) -> Any:
+        """
+        An AIO sync that the kernel accepted but did not do (C{EINVAL},
+        C{EOPNOTSUPP}: no AIO fsync for this file system): the writer syncs
+        instead, and every later durable change goes to the writer. Any
+        other error (C{EIO}) fails the change: a second sync after a failed
+        one may report success for data the kernel dropped.
+        """
+        err = f.value
+        if not isinstance(err, OSError) or err.errno not in _AIO_UNSUPPORTED:
+            return f
+        self._log.warn("log sync by AIO not done ({error}); the writer syncs", error=err)
+        if self._log_sync is not None:
+            self._log_sync.close()
+            self._log_sync = None
+        return self._writer.call(os.fdatasync, fd)
 
     def _log_synced(self, result: None | Failure) -> None:
         """The log sync of L{_run_unsynced} returned: answer its op, then what was held."""
