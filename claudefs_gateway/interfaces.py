@@ -643,8 +643,14 @@ class ILeaseManager(Interface):
 class IChangeEvents(Interface):
     """What changed in which directory, as the vfs makes each change (SMB CHANGE_NOTIFY, caches)."""
 
-    def subscribe(dir_ino: int | None, listener: Callable[[Change], None]) -> Callable[[], None]:
-        """Call C{listener} for changes in C{dir_ino} (None: everywhere); returns the unsubscriber."""
+    def subscribe(
+        dir_ino: int | None, listener: Callable[[Change], None], modified: bool = True
+    ) -> Callable[[], None]:
+        """
+        Call C{listener} for changes in C{dir_ino} (None: everywhere); returns
+        the unsubscriber. C{modified=False}, everywhere only: names only, no
+        C{MODIFIED} changes.
+        """
 
     def emit(change: Change) -> None:
         """Deliver one change to its listeners (the vfs calls this; front ends do not)."""

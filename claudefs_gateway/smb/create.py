@@ -1024,16 +1024,19 @@ class CreateCommands(FileBase):
                     token = locks.open_share(a.ino, owner, acc, deny)
                 except (errors.ShareConflict, errors.Grace):
                     violation = True
+            if created:
+                # No one else holds anything on a file this open just made:
+                # nothing to break, nothing to wait for.
+                break
             delay = False
             pending: list[defer.Deferred[None]] = []
             # Listen before breaking: a break may be over at once (a holder
             # that needs no acknowledgement, a disconnected durable open closed).
             changed = leasing.wait_change(a.ino)
-            if not created:
-                delay, pending = leasing.break_for_open(
-                    a.ino, conn.client_guid, lease_req, open_access, violation, overwrite, first
-                )
-                delay = delay or bool(pending)
+            delay, pending = leasing.break_for_open(
+                a.ino, conn.client_guid, lease_req, open_access, violation, overwrite, first
+            )
+            delay = delay or bool(pending)
             if not delay or clock.seconds() >= deadline:
                 # Dropped unfired rather than cancelled: no Failure per CREATE.
                 leasing.stop_waiting(a.ino, changed)

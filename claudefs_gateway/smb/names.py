@@ -74,7 +74,8 @@ class CaseIndex:
         self._max_total = max_total
         self._total = 0
         self.scans = 0
-        self.unsubscribe = vfs.events.subscribe(None, self._changed)
+        # Names only: a write or an attribute change is nothing to the index.
+        self.unsubscribe = vfs.events.subscribe(None, self._changed, modified=False)
 
     async def find(self, caller: Caller, dir_ino: int, name: bytes) -> bytes | None:
         """The stored spelling of C{name} in C{dir_ino} in another case, or None."""

@@ -97,10 +97,23 @@ class ChangeEvents:
     def __init__(self) -> None:
         self._by_dir: dict[int, list[Listener]] = {}
         self._everything: list[Listener] = []
+        # Listeners of every directory that want its names only (the SMB
+        # case index): a write or an attribute change builds no Change for them.
+        self._names_everywhere: list[Listener] = []
 
-    def subscribe(self, dir_ino: int | None, listener: Listener) -> Callable[[], None]:
-        """Call C{listener} for changes in C{dir_ino} (None: every directory); returns an unsubscriber."""
-        bucket = self._everything if dir_ino is None else self._by_dir.setdefault(dir_ino, [])
+    def subscribe(
+        self, dir_ino: int | None, listener: Listener, modified: bool = True
+    ) -> Callable[[], None]:
+        """
+        Call C{listener} for changes in C{dir_ino} (None: every directory);
+        returns an unsubscriber. C{modified=False} (every directory only):
+        not for L{Action.MODIFIED} changes, which are then not even built
+        while no other listener wants them.
+        """
+        if dir_ino is None:
+            bucket = self._everything if modified else self._names_everywhere
+        else:
+            bucket = self._by_dir.setdefault(dir_ino, [])
         bucket.append(listener)
 
         def unsubscribe() -> None:
@@ -114,10 +127,14 @@ class ChangeEvents:
     @property
     def quiet(self) -> bool:
         """No one is listening (the vfs skips building changes then)."""
-        return not self._by_dir and not self._everything
+        return not self._by_dir and not self._everything and not self._names_everywhere
 
     def wants(self, dir_ino: int) -> bool:
         """Whether anyone listens to changes in C{dir_ino}."""
+        return bool(self._everything or self._names_everywhere) or dir_ino in self._by_dir
+
+    def wants_modified(self, dir_ino: int) -> bool:
+        """Whether anyone listens to L{Action.MODIFIED} changes in C{dir_ino}."""
         return bool(self._everything) or dir_ino in self._by_dir
 
     def rescan(self, dir_ino: int) -> None:
@@ -132,7 +149,7 @@ class ChangeEvents:
         for d in list(self._by_dir):
             for listener in list(self._by_dir.get(d, ())):
                 self._deliver(listener, Change(d, Action.RESCAN, b"", d))
-        for listener in list(self._everything):
+        for listener in [*self._everything, *self._names_everywhere]:
             self._deliver(listener, Change(0, Action.RESCAN, b"", 0))
 
     def _deliver(self, listener: Listener, change: Change) -> None:
@@ -148,7 +165,10 @@ class ChangeEvents:
             itself = self._by_dir.get(change.ino)
             if itself:
                 listeners = [*(listeners or ()), *itself]
-        if not listeners and not self._everything:
+        everywhere = self._everything
+        if change.action is not Action.MODIFIED and self._names_everywhere:
+            everywhere = [*everywhere, *self._names_everywhere]
+        if not listeners and not everywhere:
             return
-        for listener in [*(listeners or ()), *self._everything]:
+        for listener in [*(listeners or ()), *everywhere]:
             self._deliver(listener, change)

@@ -1614,3 +1614,132 @@ class FirstWriteTests(StoreCase):
         await b.write(f.ino, 0, b"y" * 10, False)
         self.assertEqual((await b.read(f.ino, 0, 10))[0], b"y" * 10)
         self.assertTrue(os.path.exists(b._engine.layout.path(f.ino)))
+
+
+class SoleOpTests(StoreCase):
+    """
+    A batch of one change (what SMB's changes and small unstable writes make
+    when run on the reactor's thread) runs without a savepoint: its failure
+    rolls the whole transaction back, leaving the store as before it.
+    """
+
+    def trace(self, b: EmbeddedBackend) -> list[str]:
+        statements: list[str] = []
+        assert b._engine.conn is not None
+        b._engine.conn.set_trace_callback(statements.append)
+        self.addCleanup(b._engine.conn.set_trace_callback, None)
+        return statements
+
+    async def test_no_savepoint(self) -> None:
+        """A create and a write on the reactor's thread: no SAVEPOINT, no RELEASE."""
+        b = await self.store(inline_max=4096)
+        statements = self.trace(b)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
+        await b.write(f.ino, 0, b"abc", False)
+        self.assertEqual(sum(s.startswith("BEGIN") for s in statements), 2)
+        self.assertEqual([s for s in statements if "SAVEPOINT" in s or "RELEASE" in s], [])
+        self.assertEqual(await b.read(f.ino, 0, 10), (b"abc", True))
+
+    async def test_failure_leaves_nothing(self) -> None:
+        """
+        The op failed halfway (an entry added, then an error): nothing of it
+        stays, the inode counter is where it was, and the next change works.
+        """
+        b = await self.store()
+        root = await b.root()
+        next_ino = b._engine.next_ino
+
+        def half_done(engine: Engine, ctx: Any) -> None:
+            engine._make(ctx, FileType.REG, 0o644, 0, 0, (0, 0))
+            engine._add_entry(ctx, engine._get(ctx, 1), b"ghost", engine._get(ctx, 1))
+            raise sqlite3.OperationalError("injected")
+
+        op = engine_module.Op(half_done, (), durable=False)
+        op.d = defer.Deferred()
+        b._submitted += 1
+        self.assertTrue(b._writer.run_here(op))  # type: ignore[union-attr]
+        with self.assertRaises(errors.IO):
+            await op.d
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+        self.assertEqual(b._engine.next_ino, next_ino)
+        self.assertEqual(list((await b.readdir(1, 0, ZERO, 10)).entries), [])
+        self.assertEqual((await b.root()).change, root.change)
+        self.assertFalse(b.stats.last_batch_failed)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
+        self.assertEqual(f.ino, next_ino)
+        with self.assertRaises(errors.Exists):
+            await b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
+        self.assertEqual([e.name for e in (await b.readdir(1, 0, ZERO, 10)).entries], [b"f"])
+
+    def test_failure_keeps_earlier_rows_to_clear(self) -> None:
+        """
+        The rolled-back transaction had deleted the pending_io rows of earlier
+        physical changes (a freed data file's): the next one deletes them.
+        """
+        e = Engine(Path(self.mktemp()))
+        e.open()
+        self.addCleanup(e.close)
+
+        def run(fn: Any, *args: Any, durable: bool = False) -> engine_module.Op:
+            op = engine_module.Op(fn, args, durable)
+            self.assertEqual(e.run_batch([op])[0], 1)
+            e.after_batch()
+            return op
+
+        f = run(Engine.op_create, 1, b"f", REG, 0o644, 0, 0).value
+        run(Engine.op_write, f.ino, 0, b"x" * 100, True, durable=True)
+        run(Engine.op_unlink, 1, b"f", durable=True)
+        assert e.conn is not None
+        rows = e.conn.execute("SELECT COUNT(*) FROM pending_io").fetchone()
+        self.assertEqual(rows, (1,))
+        self.assertEqual(len(e._done_rows), 1)
+        failed = run(Engine.op_unlink, 1, b"f")
+        self.assertFalse(failed.ok)
+        self.assertIsInstance(failed.value, errors.NotFound)
+        self.assertEqual(e.conn.execute("SELECT COUNT(*) FROM pending_io").fetchone(), rows)
+        self.assertEqual(len(e._done_rows), 1)
+        run(Engine.op_create, 1, b"g", REG, 0o644, 0, 0)
+        self.assertEqual(e._done_rows, [])
+        self.assertEqual(e.conn.execute("SELECT COUNT(*) FROM pending_io").fetchone(), (0,))
+
+
+class InlineUnlinkTests(StoreCase):
+    """
+    Removing the last name of a file whose bytes are inline: its attributes
+    after (nlink 0, nothing used) come without a stat of a data-file path that
+    is not there, and its inline row is asked for once.
+    """
+
+    async def test_no_stat(self) -> None:
+        b = await self.store(inline_max=4096)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"x" * 4096, False)
+        path = str(b._engine.layout.path(f.ino))
+        stats: list[str] = []
+        real = os.stat
+
+        def stat(p: Any, *a: Any, **kw: Any) -> Any:
+            if str(p) == path:
+                stats.append(str(p))
+            return real(p, *a, **kw)
+
+        self.patch(os, "stat", stat)
+        statements: list[str] = []
+        assert b._engine.conn is not None
+        b._engine.conn.set_trace_callback(statements.append)
+        self.addCleanup(b._engine.conn.set_trace_callback, None)
+        after = await b.unlink(1, b"f", durable=False)
+        self.assertEqual((after.nlink, after.size, after.used), (0, 4096, 0))
+        self.assertEqual(stats, [])
+        self.assertEqual(len([s for s in statements if "FROM inline_data" in s]), 1)
+        with self.assertRaises(errors.NotFound):
+            await b.lookup(1, b"f")
+
+    async def test_data_file_still_counted(self) -> None:
+        """A file with a data file reports the space it used, as before."""
+        b = await self.store(inline_max=0)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"x" * 8192, True)
+        after = await b.unlink(1, b"f")
+        self.assertEqual(after.nlink, 0)
+        self.assertGreaterEqual(after.used, 8192)

@@ -89,9 +89,9 @@ class GroupCommitReplyTests(TestCase):
         watched = _WatchedConnection(engine.conn, engine, gate)
         run_op = engine._run_op
 
-        def recording_run_op(op: Op) -> Any:
+        def recording_run_op(op: Op, savepoint: bool = True) -> Any:
             watched.running.append(op)
-            return run_op(op)
+            return run_op(op, savepoint)
 
         engine._run_op = recording_run_op
         engine.conn = watched

@@ -10,7 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from claudefs_gateway import errors
 from claudefs_gateway.fstypes import FileType, SetAttrs
 from claudefs_gateway.testing.vfs import MemoryVFS
-from claudefs_gateway.vfs import Action, R, W, X
+from claudefs_gateway.vfs import Action, Change, R, W, X
+from claudefs_gateway.vfs import _vfs as vfs_module
 from claudefs_gateway.vfs.worm import WORM_KEY, Retention
 
 CONFIG = """
@@ -510,6 +511,45 @@ class VFSTests(SynchronousTestCase):
             [(c.action, c.dir, c.ino) for c in inside], [(Action.REMOVED, self.pub, d.ino)]
         )
         self.assertEqual(inside, parent)
+
+    def test_names_only_listener(self) -> None:
+        """
+        A listener of every directory that wants names only (the SMB case
+        index) hears additions, renames and removals, not writes or
+        attribute changes; and with only such listeners, a write builds no
+        change at all. One that wants everything hears both.
+        """
+        names: list[tuple[Action, bytes]] = []
+        self.vfs.events.subscribe(None, lambda c: names.append((c.action, c.name)), modified=False)
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"f", 0o644))
+        built: list[Change] = []
+        real = Change
+
+        def counting(*a: Any, **kw: Any) -> Change:
+            built.append(real(*a, **kw))
+            return built[-1]
+
+        self.patch(vfs_module, "Change", counting)
+        self.ok(self.vfs.write(self.alice, f.ino, 0, b"abc", False))
+        self.ok(self.vfs.setattr(self.alice, f.ino, SetAttrs(mode=0o600)))
+        self.assertEqual(built, [])
+        self.ok(self.vfs.rename(self.alice, self.pub, b"f", self.pub, b"g"))
+        self.ok(self.vfs.remove(self.alice, self.pub, b"g"))
+        self.assertEqual(
+            names,
+            [
+                (Action.ADDED, b"f"),
+                (Action.RENAMED_FROM, b"f"),
+                (Action.RENAMED_TO, b"g"),
+                (Action.REMOVED, b"g"),
+            ],
+        )
+        everything: list[tuple[Action, bytes]] = []
+        self.vfs.events.subscribe(None, lambda c: everything.append((c.action, c.name)))
+        f = self.ok(self.vfs.create(self.alice, self.pub, b"h", 0o644))
+        self.ok(self.vfs.write(self.alice, f.ino, 0, b"abc", False))
+        self.assertEqual(everything, [(Action.ADDED, b"h"), (Action.MODIFIED, b"h")])
+        self.assertEqual(names[-1], (Action.ADDED, b"h"))
 
     def test_failing_listener_does_not_break_changes(self) -> None:
         def boom(_: object) -> None:

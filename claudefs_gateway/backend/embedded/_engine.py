@@ -191,6 +191,7 @@ class _Ctx:
         "deferred",
         "moved",
         "orphans",
+        "inline",
     )
 
     def __init__(self, now: int) -> None:
@@ -215,6 +216,9 @@ class _Ctx:
         self.moved: set[int] = set()
         # Freed inodes whose inline row the op left in place (Engine.run_batch).
         self.orphans: list[int] = []
+        # Whether a regular file has its bytes inline, as the op found out
+        # (L{Engine._has_inline}): asked once per op.
+        self.inline: dict[int, bool] | None = None
 
 
 class _BatchAborted(Exception):
@@ -223,6 +227,10 @@ class _BatchAborted(Exception):
 
 class _DataWriteFailed(Exception):
     """A deferred data write failed: the batch runs again, writing inline."""
+
+
+class _SoleOpFailed(Exception):
+    """The only op of a batch, run without a savepoint, failed: the transaction is rolled back."""
 
 
 def convert_error(e: BaseException | None) -> errors.FSError:
@@ -588,7 +596,11 @@ class Engine:
                     # Whatever this op does to a file, or reads of one, comes
                     # after the data written before it.
                     self._flush_data()
-                ctx = self._run_op(op)
+                # A batch of one op (SMB's changes run on the reactor's
+                # thread, NFS's unstable writes) needs no savepoint: if it
+                # fails, the whole transaction goes (two statements fewer a
+                # change).
+                ctx = self._run_op(op, savepoint=len(ops) > 1)
                 if ctx is not None:
                     if ctx.deferred:
                         self._deferred_ops.append(op)
@@ -697,6 +709,26 @@ class Engine:
                 conn.execute("COMMIT")
             finally:
                 late_error = self.files.sync_wait(waiter) if waiter is not None else None
+        except _SoleOpFailed as failed:
+            # Nothing of the batch happened (its pending_io deletions
+            # included): as after a failed op's savepoint, the op fails
+            # alone, and the store is as before it.
+            self._clear_pending()
+            self._done_rows = done_rows + self._done_rows
+            if not conn.in_transaction:
+                # SQLite rolled it back itself (disk full, I/O error): the
+                # batch failed, as a savepoint's rollback would have found.
+                self._abort(conn, ops, failed.__cause__ or failed)
+                return count, []
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as e:
+                self._abort(conn, ops, e)
+                return count, []
+            self.next_ino, self.next_cookie = start_counters
+            st.ops += 1
+            st.last_batch_failed = False
+            return 1, []
         except _DataWriteFailed:
             # Run the batch again with every write inline, so the op whose
             # data could not be written fails alone (as it would have), and
@@ -989,11 +1021,27 @@ class Engine:
         if failure is None:
             ops[0].warning = err.name
 
-    def _run_op(self, op: Op) -> _Ctx | None:
+    def _run_op(self, op: Op, savepoint: bool = True) -> _Ctx | None:
+        """
+        Run one op of the batch, in a savepoint so that its failure undoes
+        it alone; without one (C{savepoint} False: the batch's only op) its
+        failure raises L{_SoleOpFailed} and the batch rolls back.
+        """
         conn = self.conn
         assert conn is not None
         ctx = _Ctx(self.now())
         op.changed = None
+        if not savepoint:
+            try:
+                value = op.fn(self, ctx, *op.args)
+                self._write_back(conn, ctx)
+            except Exception as e:
+                op.ok = False
+                op.value = convert_error(e)
+                if not _is_expected(e):
+                    op.failure = Failure(e)
+                raise _SoleOpFailed() from e
+            return self._ran(op, ctx, value)
         saved = (self.next_ino, self.next_cookie)
         conn.execute("SAVEPOINT op")
         try:
@@ -1014,6 +1062,10 @@ class Engine:
                 op.failure = Failure(e)
             return None
         conn.execute("RELEASE op")
+        return self._ran(op, ctx, value)
+
+    def _ran(self, op: Op, ctx: _Ctx, value: Any) -> _Ctx:
+        """An op succeeded: its outcome, and the inode rows it wrote."""
         op.ok = True
         op.value = value
         # The rows as _write_back wrote them; the op's Node objects are
@@ -1038,7 +1090,7 @@ class Engine:
             conn.execute("DELETE FROM inode WHERE ino = ?", (node.ino,))
             conn.execute("DELETE FROM xattr WHERE ino = ?", (node.ino,))
             if node.type is FileType.REG:
-                if conn.execute("SELECT 1 FROM inline_data WHERE ino = ?", (node.ino,)).fetchone():
+                if self._has_inline(ctx, node.ino):
                     # Inline: no data file to free, no pending_io row; the
                     # row itself goes with a later batch (run_batch,
                     # orphans). A move out of line that a crash cut short
@@ -1257,10 +1309,27 @@ class Engine:
         self._touch(ctx, d)
         node.nlink -= 1
         self._touch(ctx, node, mtime=False)
-        after = self._attrs(node)
+        if node.nlink == 0 and node.type is FileType.REG and self._has_inline(ctx, node.ino):
+            # Its bytes are in the database: no data file to stat (a stat
+            # that fails, and its exception, per small file deleted).
+            after = node.attributes(0)
+        else:
+            after = self._attrs(node)
         if node.nlink == 0:
             self._drop(ctx, node)
         return after
+
+    def _has_inline(self, ctx: _Ctx, ino: int) -> bool:
+        """Whether C{ino} has an inline row (asked of the database once per op)."""
+        known = ctx.inline
+        if known is None:
+            known = ctx.inline = {}
+        found = known.get(ino)
+        if found is None:
+            assert self.conn is not None
+            row = self.conn.execute("SELECT 1 FROM inline_data WHERE ino = ?", (ino,)).fetchone()
+            found = known[ino] = row is not None
+        return found
 
     def op_rmdir(self, ctx: _Ctx, parent: int, name: bytes) -> Attributes:
         d = self._dir(ctx, parent)
