@@ -431,8 +431,12 @@ class EmbeddedBackend:
             # the next durable change syncs it again.
             self._log.warn("embedded store log sync failed: {error}", error=result.value)
             op.ok, op.value = False, convert_error(result.value)
-        elif isinstance(self._writer, ThreadWriter):
-            self._writer.log_synced(covered)
+        else:
+            # Counted here, on the reactor, even when the writer holds the
+            # engine (its flag is then cleared by the next durable commit).
+            self._engine.stats.reactor_log_syncs += 1
+            if isinstance(self._writer, ThreadWriter):
+                self._writer.log_synced(covered)
         self._deliver([op], freed)
         held, self._held = self._held, []
         for batch, more in held:
