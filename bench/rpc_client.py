@@ -18,11 +18,15 @@ import sys
 import time
 from typing import Any
 
-from twisted.internet import defer, reactor
+from claudefs_gateway.core.reactor import install
 
-from bench.serverstat import process_cpu
-from claudefs_gateway.backend.remote.client import NodeSpec, RemoteBackend
-from claudefs_gateway.core import config as cfg
+install()  # the reactor a gateway worker runs on (core/reactor.py)
+
+from twisted.internet import defer, reactor  # noqa: E402
+
+from bench.serverstat import process_cpu  # noqa: E402
+from claudefs_gateway.backend.remote.client import NodeSpec, RemoteBackend  # noqa: E402
+from claudefs_gateway.core import config as cfg  # noqa: E402
 
 
 async def measure(address: str, ops: int, server_pid: int = 0) -> dict[str, Any]:
