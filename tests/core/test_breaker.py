@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer
@@ -76,6 +77,33 @@ class BreakerTests(SynchronousTestCase):
         self.assertEqual(self.breaker.state, CLOSED)
         self.fail_once(IO())  # IO is an FSError too: the node answered
         self.assertEqual(self.breaker.state, CLOSED)
+
+    def test_answers_skip_the_machine_while_closed(self) -> None:
+        """
+        A closed circuit with no failure counted takes a success and an error
+        answer (NotFound) without the state machine's dispatch; after a
+        failure, an error answer still resets the count through it.
+        """
+        inputs: list[str] = []
+        real = self.breaker._machine.succeeded
+
+        def succeeded() -> Any:
+            inputs.append("succeeded")
+            return real()
+
+        self.patch(self.breaker._machine, "succeeded", succeeded)
+        self.succeed_once()
+        self.failureResultOf(self.breaker.call(lambda: defer.fail(NotFound()))).trap(NotFound)
+        self.assertEqual(inputs, [])
+        self.fail_once()
+        self.fail_once()
+        self.failureResultOf(self.breaker.call(lambda: defer.fail(NotFound()))).trap(NotFound)
+        self.assertEqual(inputs, ["succeeded"])
+        self.fail_once()
+        self.fail_once()
+        self.assertEqual(self.breaker.state, CLOSED)  # the count started again
+        self.fail_once()
+        self.assertEqual(self.breaker.state, OPEN)
 
     def test_timeouts_open_it(self) -> None:
         """A call past timeout_ms is cancelled, fails with Timeout and counts as a failure."""
