@@ -447,6 +447,8 @@ class Struct(Codec):
         if len(payload) != s.size:
             raise _size_error(len(payload), s.size)
         try:
+            if flat.plain:
+                return self.cls(*s.unpack(payload))
             return self.cls(*flat.values_of(s.unpack(payload)))
         except (TypeError, ValueError) as e:
             raise ProtocolError(f"bad {self.cls.__name__}: {e}") from None
