@@ -222,3 +222,38 @@ class BreakerTests(SynchronousTestCase):
         self.assertEqual(
             (DOCS / "circuit-breaker.dot").read_text(), to_dot(BreakerMachine, "circuit_breaker")
         )
+
+
+class AioTests(SynchronousTestCase):
+    def test_as_future_without_the_coroutine_question(self) -> None:
+        """
+        L{Aio.as_future} gives a plain function's value, a Deferred's result,
+        an exception as a failure and an C{async def}'s result, without
+        asking txaio's C{iscoroutinefunction} at every call (twice per RPC
+        call).
+        """
+        import txaio.tx
+
+        from claudefs_gateway.core.aio import Aio
+
+        asked: list[Any] = []
+        real = txaio.tx.iscoroutinefunction
+
+        def counting(fn: Any) -> bool:
+            asked.append(fn)
+            return bool(real(fn))
+
+        self.patch(txaio.tx, "iscoroutinefunction", counting)
+        aio = Aio(Clock())
+
+        async def coro(x: int) -> int:
+            return x + 1
+
+        def boom() -> None:
+            raise NotFound("x")
+
+        self.assertEqual(self.successResultOf(aio.as_future(lambda: 3)), 3)
+        self.assertEqual(self.successResultOf(aio.as_future(defer.succeed, 4)), 4)
+        self.assertEqual(self.successResultOf(aio.as_future(coro, 5)), 6)
+        self.failureResultOf(aio.as_future(boom), NotFound)
+        self.assertEqual(asked, [])
