@@ -4,8 +4,9 @@ The ClaudeFS RPC: GETATTR round trips through the remote backend.
 Starts its own ``cfs-gateway data`` and ``cfs-gateway meta`` processes (the
 gateway target is not used), then times sequential GETATTRs of the root from a
 client process through the pool, breaker and failover, over TCP on loopback
-and over a unix socket (what ``--workers`` uses). Target (the seeds): p99
-within 1 ms.
+and over a unix socket (what ``--workers`` uses), and counts the CPU each
+call cost the client and the meta server. Target (the seeds): p99 within
+1 ms.
 """
 
 from __future__ import annotations
@@ -51,9 +52,19 @@ def _server(role: str, data_dir: Path, listen: str, extra: list[str], log: Path)
     )
 
 
-def _client(address: str) -> dict[str, float]:
+def _client(address: str, server_pid: int) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-m", "bench.rpc_client", "--address", address, "--ops", str(OPS)],
+        [
+            sys.executable,
+            "-m",
+            "bench.rpc_client",
+            "--address",
+            address,
+            "--ops",
+            str(OPS),
+            "--server-pid",
+            str(server_pid),
+        ],
         capture_output=True,
         check=False,
         timeout=600,
@@ -109,9 +120,9 @@ def getattr_rtt(e: dict[str, Any], scratch: Path) -> dict[str, float]:
                 scratch / "meta-unix.log",
             )
         )
-        tcp = _client(f"127.0.0.1:{mport}")
+        tcp = _client(f"127.0.0.1:{mport}", procs[1].pid)
         _wait_path(usock)
-        unix = _client(f"unix:{usock}")
+        unix = _client(f"unix:{usock}", procs[2].pid)
     finally:
         for p in procs:
             p.terminate()
@@ -124,6 +135,10 @@ def getattr_rtt(e: dict[str, Any], scratch: Path) -> dict[str, float]:
         "unix p50": unix["p50_us"],
         "unix p99": unix["p99_us"],
         "tcp calls/s": tcp["calls/s"],
+        "unix client CPU": unix["client_cpu_us"],
+        "unix server CPU": unix["server_cpu_us"],
+        "tcp client CPU": tcp["client_cpu_us"],
+        "tcp server CPU": tcp["server_cpu_us"],
     }
 
 
@@ -137,6 +152,13 @@ register(
             Metric("unix p50", "µs", higher_is_better=False),
             Metric("unix p99", "µs", higher_is_better=False),
             Metric("tcp calls/s", "calls/s"),
+            # CPU per call in each process over the timed calls: steadier
+            # than the latencies on a shared machine (docs/bench.rst "What
+            # one RPC call costs").
+            Metric("unix client CPU", "µs/call", higher_is_better=False),
+            Metric("unix server CPU", "µs/call", higher_is_better=False),
+            Metric("tcp client CPU", "µs/call", higher_is_better=False),
+            Metric("tcp server CPU", "µs/call", higher_is_better=False),
         ),
         getattr_rtt,
         description="GETATTR round trips through the remote backend (own meta/data servers)",

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import txaio
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 _tx: Any = txaio  # txaio fills in its API at use_twisted(); mypy sees only stubs
@@ -57,8 +58,18 @@ class Aio:
         return _tx.add_callbacks(f, callback, errback)
 
     def as_future(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call C{fn}; its result (a future or a plain value) or exception as a future."""
-        return _tx.as_future(fn, *args, **kwargs)
+        """
+        Call C{fn}; its result (a future or a plain value) or exception as a future.
+
+        txaio's own C{as_future} first asks C{asyncio.iscoroutinefunction(fn)}
+        on every call, which unwraps C{fn} and reads its code flags: a few
+        microseconds, twice per RPC call (the breaker's and the pool's),
+        in every process of C{--workers} (docs/workers.rst "What one RPC
+        call costs"). Under Twisted, C{maybeDeferred} turns the coroutine an
+        C{async def} returns into a Deferred itself, so the answer is the
+        same without the question.
+        """
+        return maybeDeferred(fn, *args, **kwargs)
 
     def is_called(self, f: Any) -> bool:
         return bool(_tx.is_called(f))

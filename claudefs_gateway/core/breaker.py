@@ -272,9 +272,14 @@ class Breaker:
         """The outcome of a call admitted at C{epoch} (None: success)."""
         if epoch != self.epoch:
             return
-        if failure is None and self.state == CLOSED and self._failures == 0:
-            return  # closed.upon(succeeded) only resets a count that is 0 already
-        if failure is not None and self._is_failure(failure):
+        bad = failure is not None and self._is_failure(failure)
+        if not bad and self.state == CLOSED and self._failures == 0:
+            # closed.upon(succeeded) only resets a count that is 0 already: an
+            # answer, an error answer included ("no such file", which every
+            # SMB open of a new name and every exclusive create gets), skips
+            # the machine's dispatch as a success does.
+            return
+        if bad:
             [count] = self._machine.failed()
             if self.state == CLOSED and count is not None and count >= self.failure_threshold:
                 self._machine.tripped()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer
@@ -76,6 +77,33 @@ class BreakerTests(SynchronousTestCase):
         self.assertEqual(self.breaker.state, CLOSED)
         self.fail_once(IO())  # IO is an FSError too: the node answered
         self.assertEqual(self.breaker.state, CLOSED)
+
+    def test_answers_skip_the_machine_while_closed(self) -> None:
+        """
+        A closed circuit with no failure counted takes a success and an error
+        answer (NotFound) without the state machine's dispatch; after a
+        failure, an error answer still resets the count through it.
+        """
+        inputs: list[str] = []
+        real = self.breaker._machine.succeeded
+
+        def succeeded() -> Any:
+            inputs.append("succeeded")
+            return real()
+
+        self.patch(self.breaker._machine, "succeeded", succeeded)
+        self.succeed_once()
+        self.failureResultOf(self.breaker.call(lambda: defer.fail(NotFound()))).trap(NotFound)
+        self.assertEqual(inputs, [])
+        self.fail_once()
+        self.fail_once()
+        self.failureResultOf(self.breaker.call(lambda: defer.fail(NotFound()))).trap(NotFound)
+        self.assertEqual(inputs, ["succeeded"])
+        self.fail_once()
+        self.fail_once()
+        self.assertEqual(self.breaker.state, CLOSED)  # the count started again
+        self.fail_once()
+        self.assertEqual(self.breaker.state, OPEN)
 
     def test_timeouts_open_it(self) -> None:
         """A call past timeout_ms is cancelled, fails with Timeout and counts as a failure."""
@@ -194,3 +222,38 @@ class BreakerTests(SynchronousTestCase):
         self.assertEqual(
             (DOCS / "circuit-breaker.dot").read_text(), to_dot(BreakerMachine, "circuit_breaker")
         )
+
+
+class AioTests(SynchronousTestCase):
+    def test_as_future_without_the_coroutine_question(self) -> None:
+        """
+        L{Aio.as_future} gives a plain function's value, a Deferred's result,
+        an exception as a failure and an C{async def}'s result, without
+        asking txaio's C{iscoroutinefunction} at every call (twice per RPC
+        call).
+        """
+        import txaio.tx
+
+        from claudefs_gateway.core.aio import Aio
+
+        asked: list[Any] = []
+        real = txaio.tx.iscoroutinefunction
+
+        def counting(fn: Any) -> bool:
+            asked.append(fn)
+            return bool(real(fn))
+
+        self.patch(txaio.tx, "iscoroutinefunction", counting)
+        aio = Aio(Clock())
+
+        async def coro(x: int) -> int:
+            return x + 1
+
+        def boom() -> None:
+            raise NotFound("x")
+
+        self.assertEqual(self.successResultOf(aio.as_future(lambda: 3)), 3)
+        self.assertEqual(self.successResultOf(aio.as_future(defer.succeed, 4)), 4)
+        self.assertEqual(self.successResultOf(aio.as_future(coro, 5)), 6)
+        self.failureResultOf(aio.as_future(boom), NotFound)
+        self.assertEqual(asked, [])

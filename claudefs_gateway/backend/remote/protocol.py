@@ -65,6 +65,9 @@ _SMALL_REPLY = 4096
 MAX_PENDING_EVENTS = 10000
 
 _HEAD = wire.HEADER + 4
+_unpack_header = wire._HDR.unpack_from
+_pack_header = wire._HDR.pack
+_HELLO = wire.BY_NAME["HELLO"].code
 _CONNECTION_DONE = Failure(ConnectionDone())
 
 
@@ -83,6 +86,12 @@ class FrameProtocol(Protocol):
 
     max_frame = wire.MAX_FRAME
     _log = Logger()
+    #: Whether frames sent while one read's frames are handled wait for the
+    #: end of that read, to leave together (the server's replies). Not on a
+    #: client: a call sent from a reply's callback (a write-behind WROTE)
+    #: must be on its way before the code that sent it goes on (answers its
+    #: own client, or has another gateway's call sent).
+    batching = False
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -91,29 +100,87 @@ class FrameProtocol(Protocol):
         #: socket transport, None for any other (TLS, test transports).
         self._direct: DirectSender | None = None
         self._direct_known = False
+        #: True while L{dataReceived} hands frames over: bytes that arrive
+        #: meanwhile (a synchronous peer answering inside our call) wait in
+        #: C{_buf} for the loop already running.
+        self._parsing = False
+        #: Frames sent while the frames of one read are handled: they leave
+        #: together, in one C{sendmsg}, when that read is done.
+        self._batch: list[bytes | bytearray] | None = None
 
     @override
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        buf = self._buf
-        buf += data
-        while len(buf) >= _HEAD and not self.holding():
-            try:
-                length, opcode, kind, rid = wire.decode_header(buf, self.max_frame)
-            except ProtocolError as e:
+        if self._parsing:
+            self._buf += data
+            return
+        src: bytes | bytearray
+        if self._buf:
+            self._buf += data
+            src, self._buf = self._buf, bytearray()
+        else:
+            src = data
+        self._parsing = True
+        if self.batching:
+            self._batch = []
+        try:
+            self._frames(src)
+        finally:
+            self._parsing = False
+            batch, self._batch = self._batch, None
+            if batch:
+                self._flush(batch)
+
+    def _frames(self, src: bytes | bytearray) -> None:
+        """
+        Hand over every whole frame of C{src}, read in place: a frame that
+        arrived whole in one read is not first copied into a buffer and cut
+        out of it again (the common case: one call or reply per read).
+        """
+        pos = 0
+        unpack_from = _unpack_header
+        max_frame = self.max_frame
+        while True:
+            n = len(src) - pos
+            total = 0
+            if n >= _HEAD and not self.holding():
+                length, opcode, kind, flags, pad, rid = unpack_from(src, pos)
+                if length < wire.HEADER or length > max_frame or kind > 3 or flags or pad:
+                    self._buf = bytearray()
+                    try:
+                        wire.decode_header(src[pos : pos + _HEAD], max_frame)
+                    except ProtocolError as e:
+                        self.protocol_error(e)
+                    return
+                total = 4 + length
+                if n >= total:
+                    if type(src) is bytes:
+                        payload = src[pos + _HEAD : pos + total]
+                    else:
+                        payload = bytes(memoryview(src)[pos + _HEAD : pos + total])
+                    pos += total
+                    self.frame_received(opcode, kind, rid, payload)
+                    if self._closing:
+                        self._buf = bytearray()
+                        return
+                    continue
+            # No whole frame left in src (or holding): keep the rest, with
+            # whatever arrived while frames were handled.
+            if self._buf:
+                rest = bytearray(memoryview(src)[pos:])
+                rest += self._buf
                 self._buf = bytearray()
-                self.protocol_error(e)
-                return
-            total = 4 + length
-            if len(buf) < total:
-                return
-            payload = bytes(buf[_HEAD:total])
-            del buf[:total]
-            self.frame_received(opcode, kind, rid, payload)
-            if self._closing:
-                self._buf = bytearray()
-                return
+                src, pos = rest, 0
+                if not self.holding():
+                    continue
+            if type(src) is bytearray:
+                if pos:
+                    del src[:pos]
+                self._buf = src
+            elif pos < len(src):
+                self._buf = bytearray(memoryview(src)[pos:])
+            return
 
     def holding(self) -> bool:
         """True while frames already received must wait (the server's back-pressure)."""
@@ -122,32 +189,48 @@ class FrameProtocol(Protocol):
     def send(
         self, opcode: int, kind: int, rid: int, payload: bytes | bytearray | memoryview
     ) -> None:
+        """Send one frame of an already encoded C{payload} (see L{send_frame})."""
+        header = _pack_header(wire.HEADER + len(payload), opcode, kind, 0, 0, rid)
+        self.send_frame(header + payload)
+
+    def send_frame(self, frame: bytes | bytearray) -> None:
         """
-        Send one frame. While the transport has nothing buffered the frame
-        goes to the socket at once (L{DirectSender}); what the kernel does
-        not take, and every frame behind a buffered one, goes through the
-        transport, which keeps the order and the back-pressure. A frame
-        handed to C{writeSequence} instead costs the reactor a turn, and two
-        C{epoll_ctl} calls (write interest on, then off), before it leaves:
-        per metadata round trip, in both processes (docs/bench.rst,
-        "Several workers").
+        Send one whole frame (header and payload, L{wire.frame}). Inside
+        L{dataReceived} it joins the frames to send when that read is done;
+        otherwise it leaves now.
+
+        While the transport has nothing buffered the frames go to the socket
+        at once (L{DirectSender}); what the kernel does not take, and every
+        frame behind a buffered one, goes through the transport, which keeps
+        the order and the back-pressure. A frame handed to C{writeSequence}
+        instead costs the reactor a turn, and two C{epoll_ctl} calls (write
+        interest on, then off), before it leaves: per metadata round trip,
+        in both processes (docs/bench.rst, "Several workers").
         """
+        if self.transport is None or self._closing:
+            return
+        batch = self._batch
+        if batch is not None:
+            batch.append(frame)
+            return
+        self._flush([frame])
+
+    def _flush(self, frames: list[bytes | bytearray]) -> None:
         t = self.transport
         if t is None or self._closing:
             return
-        parts = wire.encode_frame(opcode, kind, rid, payload)
         if not self._direct_known:
             self._direct = DirectSender.for_transport(t)
             self._direct_known = True
         direct = self._direct
         if direct is not None:
             size = 0
-            for part in parts:
-                size += len(part)
-            parts = direct.send(parts, size)
-            if not parts:
+            for f in frames:
+                size += len(f)
+            frames = direct.send(frames, size)
+            if not frames:
                 return
-        t.writeSequence(parts)
+        t.writeSequence([f if type(f) is bytes else bytes(f) for f in frames])
 
     def frame_received(
         self, opcode: int, kind: int, rid: int, payload: bytes
@@ -158,6 +241,10 @@ class FrameProtocol(Protocol):
         raise NotImplementedError
 
     def close(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch:
+            # What was answered before the close leaves before it.
+            self._flush(batch)
         self._closing = True
         if self.transport is not None:
             self.transport.loseConnection()
@@ -232,18 +319,18 @@ class ClientConnection(FrameProtocol):
         op = wire.BY_NAME[name]
         if not self.connected or self._closing:
             return defer.fail(errors.BackendUnavailable("connection closed"))
+        rid = next(self._ids)
         try:
-            payload = wire.encode(op.args, args)
+            frame = wire.frame(op.code, wire.CALL, rid, op.args, args)
         except (ValueError, TypeError, OverflowError, AttributeError) as e:
             return defer.fail(errors.Inval(f"{name}: argument out of range ({e})"))
-        rid = next(self._ids)
 
         def cancel(_: Any) -> None:
             self._pending.pop(rid, None)
 
         d: defer.Deferred[Any] = defer.Deferred(cancel)
         self._pending[rid] = (op, d)
-        self.send(op.code, wire.CALL, rid, payload)
+        self.send_frame(frame)
         return d
 
     def ping(self) -> defer.Deferred[Any]:
@@ -281,7 +368,7 @@ class ClientConnection(FrameProtocol):
         op, d = entry
         try:
             if kind == wire.REPLY:
-                value = wire.decode(op.result, payload)
+                value = op.result.whole(payload)
             else:
                 err = wire.decode_error(payload)
         except ProtocolError as e:
@@ -318,6 +405,8 @@ class ClientConnection(FrameProtocol):
 @implementer(IPushProducer)
 class ServerConnection(FrameProtocol):
     """One client of a meta or data server (see the module docstring)."""
+
+    batching = True
 
     def __init__(self, factory: ServerFactory) -> None:
         super().__init__()
@@ -436,28 +525,26 @@ class ServerConnection(FrameProtocol):
                 ProtocolError(f"clients send CALL frames, not kind {kind}"), opcode, rid
             )
             return
-        op = wire.OPS.get(opcode)
-        if op is None:
+        route = self.factory.route(opcode)
+        if route is None:
             self.protocol_error(ProtocolError(f"unknown opcode {opcode:#x}"), opcode, rid)
             return
-        if not self.greeted and op.name != "HELLO":
+        op, method, spread = route
+        if not self.greeted and opcode != _HELLO:
             self.protocol_error(ProtocolError("HELLO must come first"), opcode, rid)
             return
         if rid in self._in_flight:
             self.protocol_error(ProtocolError(f"request id {rid} already in flight"), opcode, rid)
             return
         try:
-            args = wire.decode(op.args, payload)
+            args = op.args.whole(payload)
         except ProtocolError as e:
             self.protocol_error(e, opcode, rid)
             return
         self.factory.calls += 1
-        if op.name == "HELLO":
+        if opcode == _HELLO:
             self._hello(rid, args)
             return
-        method = None
-        if op.served and op.server in ("any", self.factory.role) and not op.name.startswith("EV_"):
-            method = getattr(self.factory.handler, "op_" + op.name, None)
         if method is None:
             self.send(
                 opcode,
@@ -477,7 +564,7 @@ class ServerConnection(FrameProtocol):
             )
             return
         try:
-            if isinstance(op.args, wire.Tup):
+            if spread:
                 result = method(self, *args)
             elif args is None:
                 result = method(self)
@@ -485,17 +572,25 @@ class ServerConnection(FrameProtocol):
                 result = method(self, args)
         except Exception:
             result = defer.fail()
-        if not isinstance(result, defer.Deferred):
-            self._reply(op, rid, result)
-            return
-        self._in_flight[rid] = result
-        cost = _SMALL_REPLY
-        if op.name == "READ":
-            cost += max(0, min(int(args[2]), wire.MAX_DATA))
-        self._cost[rid] = cost
-        self._in_flight_bytes += cost
-        self._update_reading()
-        result.addBoth(self._finished, op, rid)
+        if isinstance(result, defer.Deferred):
+            if result.called and not result.paused and not result._runningCallbacks:
+                # Fired already (a read the store answered at once): its
+                # result is the reply, without the in-flight bookkeeping, a
+                # callback and a budget check on either side of it.
+                got: list[Any] = []
+                result.addBoth(got.append)
+                result = got[0]
+            else:
+                self._in_flight[rid] = result
+                cost = _SMALL_REPLY
+                if op.name == "READ":
+                    cost += max(0, min(int(args[2]), wire.MAX_DATA))
+                self._cost[rid] = cost
+                self._in_flight_bytes += cost
+                self._update_reading()
+                result.addBoth(self._finished, op, rid)
+                return
+        self._reply(op, rid, result)
 
     def _hello(self, rid: int, hello: wire.Hello) -> None:
         if hello.version != wire.PROTOCOL_VERSION:
@@ -535,15 +630,26 @@ class ServerConnection(FrameProtocol):
             self.send(op.code, wire.ERROR, rid, wire.encode_error(result.value or errors.IO()))
             return
         try:
-            payload = wire.encode(op.result, result)
+            frame = wire.frame(op.code, wire.REPLY, rid, op.result, result)
         except Exception:
             self._log.failure("cannot encode the {op} result", op=op.name)
             self.send(op.code, wire.ERROR, rid, wire.encode_error(errors.IO("server error")))
             return
-        self.send(op.code, wire.REPLY, rid, payload)
+        self.send_frame(frame)
 
     def push(self, name: str, value: Any) -> None:
         """Send one EVENT frame; a subscriber that will not read is cut off."""
+        op = wire.BY_NAME[name]
+        self.push_frame(wire.frame(op.code, wire.EVENT, 0, op.result, value))
+
+    def push_frame(self, frame: bytes | bytearray) -> None:
+        """
+        Send one encoded EVENT frame (L{wire.frame}), as L{push} does. An
+        event leaves at once, behind the replies already waiting for the end
+        of this connection's read: the meta server pushes a change before it
+        answers the call that made it, on whichever connection that answer
+        goes (docs/rpc.rst "Server-pushed events").
+        """
         # Counted first, even when it is dropped below: the gateway's count
         # then never catches up, and it asks the meta server (marks.py).
         self.pushed += 1
@@ -557,8 +663,13 @@ class ServerConnection(FrameProtocol):
                 self._log.warn("subscriber is not reading its events; closing")
                 self._abort()
                 return
-        op = wire.BY_NAME[name]
-        self.send(op.code, wire.EVENT, 0, wire.encode(op.result, value))
+        batch = self._batch
+        if batch is not None:
+            batch.append(frame)
+            self._batch = []
+            self._flush(batch)
+        else:
+            self.send_frame(frame)
 
 
 class ServerFactory(Factory):
@@ -586,6 +697,7 @@ class ServerFactory(Factory):
         self.connections: set[ServerConnection] = set()
         self.subscribers: set[ServerConnection] = set()
         self.calls = 0
+        self._routes: dict[int, tuple[wire.Op, Any, bool]] = {}
         #: This process's part of the boot id: new for every start.
         self._boot = os.urandom(8)
 
@@ -609,6 +721,26 @@ class ServerFactory(Factory):
         value = iid() if callable(iid) else iid
         return bytes(value or bytes(8))[:8].ljust(8, b"\0")
 
+    def route(self, opcode: int) -> tuple[wire.Op, Any, bool] | None:
+        """
+        (op, the handler's method or None if not served here, whether the
+        arguments are spread) for C{opcode}; None for an unknown opcode.
+        Looked up once per opcode, not per call (the method's name built and
+        found, the op's role and kind checked: each call paid for them).
+        """
+        route = self._routes.get(opcode)
+        if route is not None:
+            return route
+        op = wire.OPS.get(opcode)
+        if op is None:
+            return None
+        method = None
+        if op.served and op.server in ("any", self.role) and not op.name.startswith("EV_"):
+            method = getattr(self.handler, "op_" + op.name, None)
+        route = (op, method, isinstance(op.args, wire.Tup))
+        self._routes[opcode] = route
+        return route
+
     @override
     def buildProtocol(self, addr: Any) -> ServerConnection:
         p = ServerConnection(self)
@@ -626,10 +758,15 @@ class ServerFactory(Factory):
         call, whose gateway keeps only the other gateways' part.
         """
         own = value.session if name == "EV_CHANGE" else origin
+        frame = None
         for conn in list(self.subscribers):
             if own and conn.session == own:
                 continue
-            conn.push(name, value)
+            if frame is None:
+                # Encoded once for every subscriber (the frames are the same).
+                op = wire.BY_NAME[name]
+                frame = bytes(wire.frame(op.code, wire.EVENT, 0, op.result, value))
+            conn.push_frame(frame)
 
     def close_all(self) -> None:
         for conn in list(self.connections):

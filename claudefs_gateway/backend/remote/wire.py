@@ -21,6 +21,7 @@ L{ProtocolError} and nothing else (a hypothesis fuzz holds it to that).
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -122,6 +123,30 @@ class Codec:
 
     def dec(self, r: Reader) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def whole(self, payload: bytes | memoryview) -> Any:
+        """
+        One value that must fill C{payload} exactly (what L{decode} asks).
+        Codecs of one fixed width answer with one C{unpack}, without a
+        L{Reader}.
+
+        @raise ProtocolError: malformed, short, or with trailing bytes.
+        """
+        r = Reader(payload)
+        try:
+            value = self.dec(r)
+        except ProtocolError:
+            raise
+        except (struct.error, ValueError, TypeError, OverflowError, IndexError) as e:
+            raise ProtocolError(f"malformed payload: {e.__class__.__name__}") from None
+        r.done()
+        return value
+
+
+def _size_error(got: int, want: int) -> ProtocolError:
+    if got < want:
+        return ProtocolError("payload too short")
+    return ProtocolError("trailing bytes in payload")
 
 
 class Fixed(Codec):
@@ -246,6 +271,12 @@ class Seq(Codec):
         return [self.inner.dec(r) for _ in range(n)]
 
 
+def _compiled(name: str, source: str, namespace: dict[str, Any]) -> Any:
+    """A function from generated C{source} (as attrs and namedtuple build theirs)."""
+    exec(compile(source, f"<wire {name}>", "exec"), namespace)  # text built from our codecs
+    return namespace[name]
+
+
 class _Flat:
     """
     Fixed-width parts (integers, enums, tuples of those) as one
@@ -254,38 +285,66 @@ class _Flat:
     in nearly every answer (docs/workers.rst "Where the CPU of a create
     went"). Encoding falls back to the parts on anything C{pack} refuses or
     would take without complaint (a bool), so the errors stay theirs.
+
+    The steps between the struct's values and the parts' (an enum looked
+    up, two integers made a tuple) are one generated function each way,
+    not a loop over a list of steps per value (docs/workers.rst "What one
+    RPC call costs").
     """
 
-    __slots__ = ("s", "plain", "_reads", "_writes")
+    __slots__ = ("s", "plain", "values_of", "flatten", "_count")
 
     def __init__(self, s: struct.Struct, steps: list[tuple[int, Any]]) -> None:
         self.s = s
         self.plain = all(n == 1 and e is None for n, e in steps)
-        # Runs of plain integers are copied as slices: (0, i, j) a run,
-        # (1, i, enum) an enum, (2, i, j) a tuple of the values i..j.
-        reads: list[tuple[int, int, Any]] = []
-        writes: list[tuple[int, int, int]] = []  # (0, i, j) a run of values, (2, i, n) a tuple
+        self._count = len(steps)
+        ns: dict[str, Any] = {"ProtocolError": ProtocolError, "bool": bool, "tuple": tuple}
+        reads: list[str] = []
+        checks: list[str] = []
+        args = [f"a{k}" for k in range(len(steps))]
+        flat: list[str] = []
+        tuples: list[str] = []
         pos = 0
         for k, (n, enum) in enumerate(steps):
             if n == 1 and enum is None:
-                if reads and reads[-1][0] == 0 and reads[-1][2] == pos:
-                    reads[-1] = (0, reads[-1][1], pos + 1)
-                else:
-                    reads.append((0, pos, pos + 1))
+                reads.append(f"g[{pos}]")
+                flat.append(f"a{k}")
             elif n == 1:
-                reads.append((1, pos, enum))
+                ns[f"m{k}"] = enum._value2member_map_
+                ns[f"e{k}"] = enum
+                checks.append(
+                    f"    v{k} = m{k}.get(g[{pos}])\n"
+                    f"    if v{k} is None:\n"
+                    f"        raise ProtocolError(f'unknown {{e{k}.__name__}} {{g[{pos}]}}')\n"
+                )
+                reads.append(f"v{k}")
+                flat.append(f"a{k}")
             else:
-                reads.append((2, pos, pos + n))
-            if n == 1:
-                if writes and writes[-1][0] == 0 and writes[-1][2] == k:
-                    writes[-1] = (0, writes[-1][1], k + 1)
-                else:
-                    writes.append((0, k, k + 1))
-            else:
-                writes.append((2, k, n))
+                reads.append("(" + "".join(f"g[{pos + j}], " for j in range(n)) + ")")
+                tuples.append(
+                    f"    if a{k}.__class__ is not tuple or len(a{k}) != {n}:\n"
+                    f"        return None\n"
+                    f"    ({''.join(f'a{k}_{j}, ' for j in range(n))}) = a{k}\n"
+                )
+                flat += [f"a{k}_{j}" for j in range(n)]
             pos += n
-        self._reads = reads
-        self._writes = writes
+        #: values_of(unpacked) -> the parts' values, in order (a list).
+        self.values_of = _compiled(
+            "values_of",
+            "def values_of(g):\n" + "".join(checks) + f"    return [{', '.join(reads)}]\n",
+            ns,
+        )
+        #: flatten(parts' values) -> the struct's values, or None if one must
+        #: be judged by its part's own codec (a bool, a tuple of the wrong shape).
+        any_bool = " or ".join(f"{v}.__class__ is bool" for v in flat)
+        self.flatten = _compiled(
+            "flatten",
+            "def flatten(v):\n"
+            f"    ({', '.join(args)},) = v\n" + "".join(tuples) + f"    if {any_bool}:\n"
+            "        return None\n"
+            f"    return ({', '.join(flat)},)\n",
+            ns,
+        )
 
     @classmethod
     def of(cls, parts: Sequence[Codec]) -> _Flat | None:
@@ -309,36 +368,15 @@ class _Flat:
         got = self.s.unpack(r.take(self.s.size))
         if self.plain:
             return list(got)
-        out: list[Any] = []
-        for kind, i, x in self._reads:
-            if kind == 0:
-                out += got[i:x]
-            elif kind == 2:
-                out.append(got[i:x])
-            else:
-                member = x._value2member_map_.get(got[i])
-                if member is None:
-                    raise ProtocolError(f"unknown {x.__name__} {got[i]}")
-                out.append(member)
-        return out
+        return self.values_of(got)  # type: ignore[no-any-return]
 
     def pack(self, values: Sequence[Any]) -> bytes | None:
         """The parts' bytes, or None if a part's own codec must judge a value."""
-        if self.plain:
-            flat = values
-        else:
-            flat = []
-            for kind, i, x in self._writes:
-                if kind == 0:
-                    flat += values[i:x]
-                else:
-                    v = values[i]
-                    if type(v) is not tuple or len(v) != x:
-                        return None
-                    flat += v
-        for v in flat:
-            if v.__class__ is bool:
-                return None
+        if len(values) != self._count:
+            return None
+        flat = self.flatten(values)
+        if flat is None:
+            return None
         try:
             return self.s.pack(*flat)
         except struct.error:
@@ -366,6 +404,16 @@ class Tup(Codec):
             return tuple(self.flat.values(r))
         return tuple([p.dec(r) for p in self.parts])
 
+    def whole(self, payload: bytes | memoryview) -> Any:
+        flat = self.flat
+        if flat is None:
+            return super().whole(payload)
+        s = flat.s
+        if len(payload) != s.size:
+            raise _size_error(len(payload), s.size)
+        got = s.unpack(payload)
+        return got if flat.plain else tuple(flat.values_of(got))
+
 
 class Struct(Codec):
     """An attrs class, field by field in declaration order."""
@@ -379,15 +427,31 @@ class Struct(Codec):
         # Positional construction when the fields are the class's, in order.
         params = [f.name for f in attrs.fields(cls) if f.init]  # type: ignore[misc, arg-type]
         self.positional = params[: len(self.names)] == self.names
+        # The fields' values in one C call (a tuple), where a list was built name by name.
+        self._get = operator.attrgetter(*self.names) if len(self.names) > 1 else None
 
     def enc(self, v: Any, out: bytearray) -> None:
-        if self.flat is not None:
-            b = self.flat.pack([getattr(v, name) for name in self.names])
+        if self.flat is not None and self._get is not None:
+            b = self.flat.pack(self._get(v))
             if b is not None:
                 out += b
                 return
         for name, c in self.fields:
             c.enc(getattr(v, name), out)
+
+    def whole(self, payload: bytes | memoryview) -> Any:
+        flat = self.flat
+        if flat is None or not self.positional:
+            return super().whole(payload)
+        s = flat.s
+        if len(payload) != s.size:
+            raise _size_error(len(payload), s.size)
+        try:
+            if flat.plain:
+                return self.cls(*s.unpack(payload))
+            return self.cls(*flat.values_of(s.unpack(payload)))
+        except (TypeError, ValueError) as e:
+            raise ProtocolError(f"bad {self.cls.__name__}: {e}") from None
 
     def dec(self, r: Reader) -> Any:
         if self.flat is not None:
@@ -472,6 +536,11 @@ class Empty(Codec):
             raise ValueError("expected nothing")
 
     def dec(self, r: Reader) -> Any:
+        return None
+
+    def whole(self, payload: bytes | memoryview) -> Any:
+        if len(payload):
+            raise ProtocolError("trailing bytes in payload")
         return None
 
 
@@ -1067,6 +1136,26 @@ def encode_frame(
     return [header, payload if isinstance(payload, bytes) else bytes(payload)]
 
 
+_BLANK_HEADER = bytes(_HDR.size)
+_pack_header = _HDR.pack_into
+
+
+def frame(opcode: int, kind: int, rid: int, codec: Codec, value: Any) -> bytearray:
+    """
+    One whole frame: C{value} encoded by C{codec} behind its header, in one
+    buffer. The payload is written where it will be sent, not encoded apart
+    and then copied behind a header (two copies and a list per call and per
+    reply before; docs/workers.rst "What one RPC call costs").
+
+    @raise ValueError, TypeError, OverflowError, AttributeError: C{value}
+        does not fit C{codec} (as L{encode}).
+    """
+    out = bytearray(_BLANK_HEADER)
+    codec.enc(value, out)
+    _pack_header(out, 0, len(out) - 4, opcode, kind, 0, 0, rid)
+    return out
+
+
 def decode_header(
     buf: bytes | bytearray | memoryview, max_frame: int = MAX_FRAME
 ) -> tuple[int, int, int, int]:
@@ -1094,15 +1183,7 @@ def encode(codec: Codec, value: Any) -> bytearray:
 
 def decode(codec: Codec, payload: bytes | memoryview) -> Any:
     """@raise ProtocolError: payload malformed, short or with trailing bytes."""
-    r = Reader(payload)
-    try:
-        value = codec.dec(r)
-    except ProtocolError:
-        raise
-    except (struct.error, ValueError, TypeError, OverflowError, IndexError) as e:
-        raise ProtocolError(f"malformed payload: {e.__class__.__name__}") from None
-    r.done()
-    return value
+    return codec.whole(payload)
 
 
 # ---------------------------------------------------------------------------

@@ -303,3 +303,176 @@ class DirectSendTests(TestCase):
         client.makeConnection(t)
         self.assertGreater(len(t.value()), 0)  # the HELLO, through the transport
         self.assertIsNone(client._direct)
+
+
+class _Writes(StringTransport):
+    """A StringTransport that counts the writes it is handed (one per send to the socket)."""
+
+    def __init__(self, log: list[tuple[str, bytes]] | None = None, name: str = "") -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 5555))
+        self.writes = 0
+        self.log = log if log is not None else []
+        self.name = name
+
+    def writeSequence(self, seq: Any) -> None:  # noqa: N802 - ITransport's name
+        self.writes += 1
+        for part in seq:
+            self.log.append((self.name, bytes(part)))
+        super().writeSequence(seq)
+
+
+def _frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """(opcode, kind, id, payload) of each frame in C{data}."""
+    out = []
+    while data:
+        length, opcode, kind, rid = wire.decode_header(data)
+        out.append((opcode, kind, rid, data[20 : 4 + length]))
+        data = data[4 + length :]
+    return out
+
+
+def _call(name: str, args: Any, rid: int) -> bytes:
+    op = wire.BY_NAME[name]
+    return b"".join(wire.encode_frame(op.code, wire.CALL, rid, wire.encode(op.args, args)))
+
+
+class CallCostTests(SynchronousTestCase):
+    """
+    What one call costs the meta server beyond its handler (docs/workers.rst
+    "What one RPC call costs"): replies to the calls of one read leave in one
+    write, an event is encoded once for every subscriber, and each opcode's
+    handler method is found once.
+    """
+
+    def connect(self, factory: ServerFactory, session: int, t: _Writes) -> Any:
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(t)
+        proto.dataReceived(
+            _call("HELLO", wire.Hello(wire.PROTOCOL_VERSION, "gw", session, bytes(8)), 1)
+        )
+        t.clear()
+        t.writes = 0
+        del t.log[:]
+        return proto
+
+    def test_replies_of_one_read_leave_together(self) -> None:
+        """Three GETATTRs arriving in one read are answered, in order, in one write."""
+        factory = ServerFactory(Handler(), "meta", Clock())
+        t = _Writes()
+        proto = self.connect(factory, 7, t)
+        proto.dataReceived(b"".join(_call("GETATTR", (ino,), 10 + ino) for ino in (1, 2, 3)))
+        self.assertEqual(t.writes, 1)
+        got = _frames(t.value())
+        self.assertEqual(
+            [(kind, rid) for _, kind, rid, _ in got],
+            [(wire.REPLY, 11), (wire.REPLY, 12), (wire.REPLY, 13)],
+        )
+        self.assertEqual([wire.decode(wire.ATTRS, p).ino for *_, p in got], [1, 2, 3])
+        # A call answered later (a Deferred) leaves on its own when it is answered.
+        handler = factory.handler
+        proto.dataReceived(_call("GETATTR", (100,), 20))
+        self.assertEqual(t.writes, 1)
+        handler.held[100].callback(attrs_of(100))
+        self.assertEqual(t.writes, 2)
+
+    def test_event_leaves_before_the_answer(self) -> None:
+        """
+        A change's event goes out before the answer to the call that made it:
+        at once on another connection, and on the caller's own connection
+        behind the replies already waiting there: the meta server pushes
+        before it answers.
+        """
+        log: list[tuple[str, bytes]] = []
+
+        class Publishing(Handler):
+            def op_GETATTR(self, conn: Any, ino: int) -> Any:
+                conn.factory.publish("EV_LEASES", (ino, []))
+                return defer.succeed(attrs_of(ino))
+
+        factory = ServerFactory(Publishing(), "meta", Clock())
+        ta, tb = _Writes(log, "a"), _Writes(log, "b")
+        a = self.connect(factory, 9, ta)
+        b = self.connect(factory, 7, tb)
+        factory.subscribers.update((a, b))
+        b.dataReceived(_call("GETATTR", (5,), 30))
+        a.dataReceived(_call("HEARTBEAT", None, 40) + _call("GETATTR", (6,), 41))
+        sent = [(name, _frames(data)[0][1:3]) for name, data in log]
+        ev = (wire.EVENT, 0)
+        self.assertEqual(sorted(sent[:2]), [("a", ev), ("b", ev)])
+        self.assertEqual(sent[2], ("b", (wire.REPLY, 30)))
+        self.assertEqual(sent[-1], ("a", (wire.REPLY, 41)))
+        self.assertEqual(
+            [what for name, what in sent if name == "a"],
+            [ev, (wire.REPLY, 40), ev, (wire.REPLY, 41)],
+        )
+        self.assertEqual([what for name, what in sent if name == "b"], [ev, (wire.REPLY, 30), ev])
+
+    def test_event_encoded_once(self) -> None:
+        """An EV_CHANGE for three subscribers is encoded once, the same bytes sent to each."""
+        factory = ServerFactory(Handler(), "meta", Clock())
+        ts = [_Writes() for _ in range(3)]
+        conns = [self.connect(factory, 10 + i, t) for i, t in enumerate(ts)]
+        factory.subscribers.update(conns)
+        encoded: list[Any] = []
+        real = wire.CHANGE.enc
+
+        def enc(v: Any, out: bytearray) -> None:
+            encoded.append(v)
+            real(v, out)
+
+        self.patch(wire.CHANGE, "enc", enc)
+        factory.publish("EV_CHANGE", wire.ChangeEvent(99, 5, 1))
+        self.assertEqual(len(encoded), 1)
+        values = {t.value() for t in ts}
+        self.assertEqual(len(values), 1)
+        [(_, kind, _, payload)] = _frames(values.pop())
+        self.assertEqual(
+            (kind, wire.decode(wire.CHANGE, payload)), (wire.EVENT, wire.ChangeEvent(99, 5, 1))
+        )
+
+    def test_handler_method_found_once(self) -> None:
+        """Each opcode's handler method is looked up once, not at every call."""
+        looked: list[str] = []
+
+        class Counting(Handler):
+            def __getattribute__(self, name: str) -> Any:
+                if name.startswith("op_"):
+                    looked.append(name)
+                return super().__getattribute__(name)
+
+        factory = ServerFactory(Counting(), "meta", Clock())
+        t = _Writes()
+        proto = self.connect(factory, 7, t)
+        for i in range(5):
+            proto.dataReceived(_call("GETATTR", (1,), 50 + i))
+        self.assertEqual(looked.count("op_GETATTR"), 1)
+        self.assertEqual(len(_frames(t.value())), 5)
+
+
+class ReentrantFramingTests(SynchronousTestCase):
+    def test_bytes_arriving_while_frames_are_handled(self) -> None:
+        """
+        Bytes delivered while a frame is handled (a synchronous peer answering
+        inside the handler) wait for the loop already running: every frame
+        arrives once, in order, however the bytes were cut.
+        """
+        from tests.backend.remote.test_wire import Recorder
+
+        stream = b"".join(_call("GETATTR", (i,), i) for i in range(1, 7))
+        size = len(stream) // 6  # 28 bytes a frame
+        cuts = [0, size + 7, size + 12, 3 * size + 5, len(stream)]
+        pieces = [stream[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+
+        class Feeding(Recorder):
+            def frame_received(self, opcode: int, kind: int, rid: int, payload: bytes) -> None:
+                super().frame_received(opcode, kind, rid, payload)
+                if rid == 1:
+                    self.dataReceived(pieces[1])  # within frame 2's header
+                    self.dataReceived(pieces[2])  # frame 2's rest, frame 3, part of 4
+                elif rid == 2:
+                    self.dataReceived(pieces[3])
+
+        proto = Feeding()
+        proto.dataReceived(pieces[0])
+        self.assertEqual([rid for _, _, rid, _ in proto.frames], [1, 2, 3, 4, 5, 6])
+        self.assertEqual(len(proto._buf), 0)

@@ -384,3 +384,65 @@ def _fields(a: Any) -> dict[str, Any]:
     import attrs
 
     return attrs.asdict(a, recurse=False)
+
+
+class WholeFrameTests(SynchronousTestCase):
+    """
+    The one-buffer frame (L{wire.frame}) and the whole-payload decoders
+    (C{Codec.whole}, one C{unpack} for a fixed-width payload) give what the
+    header-then-payload encoding and the field-by-field L{wire.Reader} give,
+    values and refusals alike (docs/workers.rst "What one RPC call costs").
+    """
+
+    @given(data=st.data(), rid=st.integers(0, 2**64 - 1), kind=st.sampled_from(wire.KINDS))
+    @settings(max_examples=300)
+    def test_frame_is_header_and_payload(self, data: st.DataObject, rid: int, kind: int) -> None:
+        """A frame built in one buffer is the header and the payload encoded apart."""
+        op = data.draw(st.sampled_from(OPS))
+        codec = op.args if kind == wire.CALL else op.result
+        value = data.draw(strategy(codec))
+        parts = wire.encode_frame(op.code, kind, rid, wire.encode(codec, value))
+        self.assertEqual(bytes(wire.frame(op.code, kind, rid, codec, value)), b"".join(parts))
+
+    def test_frame_refuses_what_encode_refuses(self) -> None:
+        """A value out of range is refused when the frame is built, as by encode."""
+        op = wire.BY_NAME["GETATTR"]
+        for bad in ((-1,), (2**64,), (True,), ("1",), ()):
+            with self.assertRaises((ValueError, TypeError), msg=bad):
+                wire.frame(op.code, wire.CALL, 1, op.args, bad)
+
+    @given(data=st.data(), garbage=st.binary(max_size=200))
+    @settings(max_examples=500)
+    def test_whole_agrees_with_reader(self, data: st.DataObject, garbage: bytes) -> None:
+        """
+        Any payload, encoded or garbage, cut or extended: each codec's
+        whole-payload decoder gives the value the field-by-field reader gives,
+        or a ProtocolError where it gives one.
+        """
+        op = data.draw(st.sampled_from(OPS))
+        for codec in (op.args, op.result):
+            good = bytes(wire.encode(codec, data.draw(strategy(codec))))
+            cut = data.draw(st.integers(0, len(good)))
+            for payload in (good, good[:cut], good + garbage[:3], garbage):
+                try:
+                    want: Any = wire.Codec.whole(codec, payload)
+                except ProtocolError:
+                    want = ProtocolError
+                try:
+                    got: Any = codec.whole(payload)
+                except ProtocolError:
+                    got = ProtocolError
+                self.assertEqual(got, want, (op.name, payload))
+
+    def test_fixed_width_payloads_decode_whole(self) -> None:
+        """GETATTR's arguments and an Attributes decode by length; short or long is refused."""
+        args = wire.BY_NAME["GETATTR"].args
+        self.assertEqual(wire.decode(args, struct.pack("<Q", 7)), (7,))
+        a = data_attrs()
+        good = bytes(wire.encode(wire.ATTRS, a))
+        self.assertEqual(wire.decode(wire.ATTRS, good), a)
+        for bad in (good[:-1], good + b"\0", b""):
+            with self.assertRaises(ProtocolError):
+                wire.decode(wire.ATTRS, bad)
+        with self.assertRaises(ProtocolError):
+            wire.decode(args, struct.pack("<Q", 7) + b"\0")
