@@ -323,6 +323,44 @@ class CachedListingTests(StoreCase):
         self.assertEqual(page, rest)
         self.assertTrue(page.eof)
 
+    async def test_cold_listing_reads_each_page_once(self) -> None:
+        """
+        After a page with an entry the cache lacks, the listing's next pages
+        are read with their attributes at once (no names-only query first);
+        a new listing (cookie 0) asks the cache again.
+        """
+        b = await self.store()
+        d = await b.create(1, b"d", DIR, 0o755, 0, 0)
+        for i in range(6):
+            await b.create(d.ino, b"f%d" % i, REG, 0o644, 0, 0)
+        reader = b._reader
+        assert reader is not None
+        queries: list[str] = []
+        conn = reader.conn
+
+        class Counting:
+            def execute(self, sql: str, args: Any = ()) -> Any:
+                queries.append("attrs" if "EXISTS" in sql else "names")
+                return conn.execute(sql, args)
+
+        reader.conn = Counting()  # type: ignore[assignment]
+        self.addCleanup(setattr, reader, "conn", conn)
+
+        async def listing(cached: Any) -> list[bool]:
+            out, cookie, verf = [], 0, ZERO
+            while True:
+                page, from_cache = await b.readdir_cached(d.ino, cookie, verf, 2, cached)
+                out.append(from_cache)
+                if page.eof:
+                    return out
+                cookie, verf = page.entries[-1].cookie, page.verifier
+
+        self.assertEqual(await listing(lambda inos: [None] * len(inos)), [False] * 3)
+        self.assertEqual(queries, ["names", "attrs", "attrs", "attrs"])
+        del queries[:]
+        self.assertEqual(await listing(lambda inos: [object()] * len(inos)), [True] * 3)
+        self.assertEqual(queries, ["names"] * 3)
+
     async def test_bad_cookie(self) -> None:
         b = await self.store()
         d = await b.create(1, b"d", DIR, 0o755, 0, 0)

@@ -116,6 +116,10 @@ class Reader:
         self.nowait = hasattr(os, "RWF_NOWAIT")
         self._scratch: memoryview | None = None
         self._nodes: dict[int, Node] = {}
+        # The directory whose listing last found an entry readdir_cached's
+        # cache lacked: its next pages are read with their attributes at
+        # once (a listing of files nobody looked at reads each page once).
+        self._cold_dir = 0
 
     def close(self) -> None:
         self.files.close()
@@ -206,8 +210,12 @@ class Reader:
         every entry's: the listing query then reads the names alone (a
         third of the per-row cost) and no L{Attributes} is made. A page with
         one entry C{cached} lacks is read as L{readdir} reads it. Also
-        returns whether the attributes came from C{cached}.
+        returns whether the attributes came from C{cached}. After a page
+        with a miss, the listing's next pages (same directory, cookie not 0)
+        are read as L{readdir} reads them, without asking C{cached}.
         """
+        if cookie and dir == self._cold_dir:
+            return self.readdir(dir, cookie, verifier, count, True), False
         verf = self._check_cookie(dir, cookie, verifier)
         count = max(min(count, 2**62), 0)
         after = max(min(cookie, _I64), -1)
@@ -215,7 +223,10 @@ class Reader:
         page = rows[:count]
         got = cached([row[2] for row in page])
         if None in got:
+            self._cold_dir = dir
             return self.readdir(dir, cookie, verifier, count, True), False
+        if dir == self._cold_dir:
+            self._cold_dir = 0
         types = _TYPES
         entries = [
             DirEntry(name, ino, types[t], c, a)
