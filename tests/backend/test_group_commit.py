@@ -73,7 +73,9 @@ class GroupCommitReplyTests(TestCase):
     timeout = 60
 
     async def test_no_change_acknowledged_before_its_commit(self) -> None:
-        store = EmbeddedBackend(Path(self.mktemp()), reactor, durable=True)
+        # Every change on the writer thread (none synced from the reactor:
+        # tests/backend/test_log_sync.py).
+        store = EmbeddedBackend(Path(self.mktemp()), reactor, durable=True, log_sync=False)
         await store.open()
         self.addCleanup(store.close)
         engine = store._engine
@@ -255,7 +257,10 @@ class LogOnlyCommitTests(TestCase):
     timeout = 60
 
     async def store(self) -> EmbeddedBackend:
-        store = EmbeddedBackend(Path(self.mktemp()), reactor, durable=True, inline_max=4096)
+        # The writer thread's sync (from the reactor: tests/backend/test_log_sync.py).
+        store = EmbeddedBackend(
+            Path(self.mktemp()), reactor, durable=True, inline_max=4096, log_sync=False
+        )
         await store.open()
         self.addCleanup(store.close)
         return store

@@ -4,7 +4,9 @@ ctypes, for the NFS operations libnfs-utils has no command for: mkdir, rmdir,
 rename, symlink, readlink, link, unlink, stat, chmod, listdir, and
 ``write PATH OFFSET TEXT`` / ``read PATH OFFSET COUNT`` at an offset;
 ``overwrite PATH TEXT`` (open with O_TRUNC, write, close), ``truncate PATH SIZE``,
-``readall PATH`` and ``writecommit PATH TEXT`` (create, write, fsync: COMMIT, close).
+``readall PATH`` and ``writecommit PATH TEXT`` (create, write, fsync: COMMIT, close),
+``smallfile PATH TEXT`` (create with O_TRUNC, write, close: the bench's
+``nfs.small_files``, whose close COMMITs).
 
 Run as a child process (never in the test's reactor)::
 
@@ -41,6 +43,7 @@ ARITY = {
     "truncate": 2,
     "readall": 1,
     "writecommit": 2,
+    "smallfile": 2,
 }
 
 
@@ -225,6 +228,14 @@ def main(argv: list[str]) -> int:
                 elif ret >= 0:
                     ret = -5
                 lib.nfs_close(ctypes.c_void_p(nfs), fh)
+        elif op == "smallfile":
+            fh = ctypes.c_void_p()
+            flags = 0o1 | 0o100 | 0o1000  # O_WRONLY | O_CREAT | O_TRUNC
+            ret = lib.nfs_create(ctypes.c_void_p(nfs), b[0], flags, 0o644, ctypes.byref(fh))
+            if ret == 0:
+                data = b[1]
+                ret = lib.nfs_write(ctypes.c_void_p(nfs), fh, ctypes.c_uint64(len(data)), data)
+                ret = min(lib.nfs_close(ctypes.c_void_p(nfs), fh), 0 if ret == len(data) else -5)
         elif op == "creat":
             fh = ctypes.c_void_p()
             ret = lib.nfs_creat(ctypes.c_void_p(nfs), b[0], 0o644, ctypes.byref(fh))

@@ -298,6 +298,10 @@ class Engine:
         self._batch_usage: dict[tuple[str, int], list[int]] = {}
         self._done_rows: list[int] = []
         self._wal_unsynced = False
+        # Commits that left the WAL unsynced so far: a sync of the log from
+        # outside a batch (L{run_unsynced}) covers those up to the count it
+        # was started at.
+        self._unsynced_commits = 0
         # The WAL, opened by us only to fdatasync it (L{_sync_log}).
         self._wal_fd: int | None = None
         self._sync_mode = ""
@@ -520,9 +524,13 @@ class Engine:
 
     # -- batches ------------------------------------------------------------------
 
-    def run_batch(self, ops: list[Op]) -> tuple[int, list[int]]:
+    def run_batch(self, ops: list[Op], log_sync: bool = True) -> tuple[int, list[int]]:
         """
         Run C{ops} in order in one transaction and commit it once.
+
+        C{log_sync} False (L{run_unsynced}): a durable batch is committed
+        without the log's sync, which the caller makes before answering; it
+        is durable in every other respect (which inline rows it frees).
 
         Sets the outcome of the ops it ran and returns how many it ran (the
         rest form the next batch) and the inodes freed (their data files go
@@ -559,13 +567,15 @@ class Engine:
                 row = conn.execute("SELECT size FROM inode WHERE ino = ?", (op.args[0],)).fetchone()
                 op.durable = row is not None and row[0] > op.args[1].size
         durable = any(op.durable for op in ops)
+        # Committed with the log's sync (FULL), here.
+        synced = durable and log_sync
         self._batch_usage = {}
         done_rows, self._done_rows = self._done_rows, []
         before = conn.total_changes
         count = len(ops)
         start_counters = (self.next_ino, self.next_cookie)
         try:
-            self._set_sync("FULL" if durable else "NORMAL")
+            self._set_sync("FULL" if synced else "NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             if done_rows:
                 conn.executemany("DELETE FROM pending_io WHERE seq = ?", [(i,) for i in done_rows])
@@ -662,7 +672,8 @@ class Engine:
                 if sync:
                     self.files.sync(sync)
                 if (
-                    self._wal_unsynced
+                    synced
+                    and self._wal_unsynced
                     and conn.total_changes == before
                     and any(op.ok and op.durable for op in ops[:count])
                 ):
@@ -702,7 +713,7 @@ class Engine:
             st.data_reruns += 1
             self._defer = False
             try:
-                return self.run_batch(ops)
+                return self.run_batch(ops, log_sync)
             finally:
                 self._defer = self.data.threads > 0
         except BaseException as e:
@@ -729,11 +740,12 @@ class Engine:
         st.last_batch_failed = False
         if changed:
             st.commits += 1
-            if durable:
+            if synced:
                 st.durable_commits += 1
                 self._wal_unsynced = False
             else:
                 self._wal_unsynced = True
+                self._unsynced_commits += 1
         freed: list[int] = []
         for op, (seq, kind, ino, offset, length) in actions:
             if kind == "free":
@@ -744,7 +756,7 @@ class Engine:
                 # power loss taking the log's tail then finds the name and
                 # its data both still there (a kill -9 loses no log).
                 freed.append(ino)
-                (self._frees if durable else self._frees_unsynced).append((seq, ino))
+                (self._frees if synced else self._frees_unsynced).append((seq, ino))
                 continue
             try:
                 self._apply(kind, ino, offset, length)
@@ -777,7 +789,61 @@ class Engine:
                 return False
         return True
 
-    def _sync_log(self, ops: list[Op]) -> int:
+    def run_unsynced(self, op: Op) -> tuple[list[int], int] | None:
+        """
+        Run one durable metadata change (L{UNSYNCED_OPS}) committed without
+        a sync of the log, for the caller to sync it (the reactor's thread,
+        with L{_logsync.AioLogSync}) before the change is acknowledged.
+
+        Returns the inodes freed and, when the log must be synced before the
+        op may be answered, the count of unsynced commits that sync covers
+        (for L{log_synced}); 0 when nothing needs a sync (the op failed, or
+        changed nothing and found the log synced). None when the op is not
+        one that may run so (a COMMIT of a file with its own data to sync):
+        nothing was done, and it goes to the writer thread.
+
+        A C{synchronous=NORMAL} commit writes the same frames to the WAL as
+        a FULL one, without the C{fdatasync} that ends a FULL commit; that
+        sync, done after the commit returned, makes the change as durable as
+        a FULL commit does (the reasoning of L{_sync_log}). The ops here
+        sync no file of their own (no data written, no rename of a file with
+        unsynced data), which a batch that is not durable would skip.
+        """
+        if op.fn not in UNSYNCED_OPS:
+            return None
+        if op.fn is Engine.op_commit:
+            if not self._log_only([op]):
+                return None
+            self._sync_log([op], sync=False)
+            freed: list[int] = []
+        else:
+            _, freed = self.run_batch([op], log_sync=False)
+        if not (op.ok and self._wal_unsynced):
+            return freed, 0
+        if self._wal_fd is None and self.durable:
+            self._wal_fd = os.open(f"{self.db_path}-wal", os.O_RDWR | os.O_CLOEXEC)
+        return freed, self._unsynced_commits
+
+    @property
+    def wal_fd(self) -> int | None:
+        """The WAL's descriptor for L{run_unsynced}'s caller to sync (None: not durable)."""
+        return self._wal_fd
+
+    def log_synced(self, covered: int) -> None:
+        """
+        A sync of the log started after the C{covered}th unsynced commit
+        returned: the log is durable if no commit left it unsynced since,
+        and the frees those commits made may go (L{after_batch}).
+        """
+        self.stats.log_syncs += 1
+        self.stats.durable_commits += 1
+        if self._wal_unsynced and self._unsynced_commits == covered:
+            self._wal_unsynced = False
+            if self._frees_unsynced:
+                self._frees.extend(self._frees_unsynced)
+                self._frees_unsynced = []
+
+    def _sync_log(self, ops: list[Op], sync: bool = True) -> int:
         """
         Run a batch of L{_log_only} ops without a transaction: each op reads
         its file (a COMMIT answers with its attributes, or fails as it would
@@ -809,7 +875,7 @@ class Engine:
                 if not _is_expected(e):
                     op.failure = Failure(e)
             op.changed = {}
-        if self._wal_unsynced and any(op.ok for op in ops):
+        if sync and self._wal_unsynced and any(op.ok for op in ops):
             try:
                 if self.durable:
                     if self._wal_fd is None:
@@ -1720,6 +1786,13 @@ class Engine:
             ctx.phys.append(("punch", ino, offset, end - offset))
         self._touch(ctx, node)
         return self._attrs(node)
+
+
+#: Durable changes that may be committed without a sync and the log synced
+#: after (L{Engine.run_unsynced}): none of them syncs a file of its own. A
+#: rename is not one (a durable rename of a regular file syncs its data
+#: first), nor a setattr (a truncation's data cut follows its commit).
+UNSYNCED_OPS = frozenset({Engine.op_create, Engine.op_unlink, Engine.op_rmdir, Engine.op_commit})
 
 
 def _check_xattr_name(name: bytes) -> None:

@@ -118,6 +118,60 @@ class ThreadWriter:
         self.deliver([op], freed)
         return True
 
+    def run_unsynced(self, op: Op) -> tuple[list[int], int] | None:
+        """
+        Run the durable C{op} at once on the calling (reactor) thread,
+        committed without a sync of the log (L{Engine.run_unsynced}), when
+        the writer thread is idle with nothing queued; the caller syncs the
+        log and delivers. None when it could not (busy, or not such an op):
+        nothing was done, and the caller submits the op.
+        """
+        if not self._q.empty() or not self._engine_lock.acquire(blocking=False):
+            return None
+        try:
+            if not self._q.empty():
+                return None
+            try:
+                result = self.engine.run_unsynced(op)
+            except BaseException:
+                # As in _run_batch: a bug; the op fails, the reactor lives.
+                op.ok, op.value = False, errors.IO("internal store error")
+                op.failure = Failure()
+                return [], 0
+            if result is not None:
+                self.engine.after_batch()
+        finally:
+            self._engine_lock.release()
+        return result
+
+    def log_synced(self, covered: int) -> bool:
+        """
+        Tell the engine (L{Engine.log_synced}) that a sync of the log
+        finished; False (nothing done: the next durable commit clears the
+        engine's flag instead) when the writer thread holds the engine,
+        which the reactor must not wait for.
+        """
+        if not self._engine_lock.acquire(blocking=False):
+            return False
+        try:
+            self.engine.log_synced(covered)
+        finally:
+            self._engine_lock.release()
+        return True
+
+    def after_batch_here(self) -> None:
+        """
+        Delete the data files freed by changes now durable (L{Engine.after_batch})
+        on this thread, after their replies; left to the writer's next batch
+        when it holds the engine.
+        """
+        if not self._engine_lock.acquire(blocking=False):
+            return
+        try:
+            self.engine.after_batch()
+        finally:
+            self._engine_lock.release()
+
     def _run_batch(self, batch: list[Op]) -> tuple[int, list[int]]:
         try:
             return self.engine.run_batch(batch)

@@ -24,6 +24,7 @@ other change, whichever comes first.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import time
@@ -42,12 +43,14 @@ from claudefs_gateway import errors
 from claudefs_gateway.backend.datadir import LOW_SPACE
 from claudefs_gateway.backend.embedded._engine import (
     DEFER_MIN,
+    UNSYNCED_OPS,
     Engine,
     Op,
     Stats,
     convert_error,
 )
 from claudefs_gateway.backend.embedded._files import read_range
+from claudefs_gateway.backend.embedded._logsync import AioLogSync
 from claudefs_gateway.backend.embedded._reader import PendingRead, Reader
 from claudefs_gateway.backend.embedded._writer import InlineWriter, ThreadWriter
 from claudefs_gateway.core.health import CheckResult
@@ -70,6 +73,10 @@ from claudefs_gateway.interfaces import IBackend
 __all__ = ["EmbeddedBackend"]
 
 T = TypeVar("T")
+
+# An AIO sync failing with one of these was not done at all (the file
+# system has no AIO fsync): the writer thread syncs instead.
+_AIO_UNSUPPORTED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS})
 
 # More changes than this waiting for the writer: report degraded.
 BACKLOG_DEGRADED = 10000
@@ -117,6 +124,12 @@ class EmbeddedBackend:
         of a file that is not there was a sixth of the meta server's time
         answering a READDIRPLUS). Only C{wrote}, never C{write} or
         C{allocate}, may be called on such a store.
+    @param log_sync: a durable create, unlink, rmdir or log-only COMMIT
+        that finds the writer idle is committed on the reactor's thread
+        without a sync, and the log synced by Linux AIO from that thread
+        (L{_logsync}); acknowledged once that sync returned. Saves the two
+        thread hand-offs of a change at queue depth 1. Off, or where the
+        kernel has no AIO, every durable change goes to the writer thread.
     """
 
     _log = Logger()
@@ -140,6 +153,7 @@ class EmbeddedBackend:
         idle_fd_secs: float = 30.0,
         inline_max: int = 0,
         data_files: bool = True,
+        log_sync: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self._idle_fd_secs = idle_fd_secs
@@ -172,6 +186,14 @@ class EmbeddedBackend:
         self._waiting = deque()
         self._opening: defer.Deferred[None] | None = None
         self._close_waiters: list[defer.Deferred[None]] = []
+        self._want_log_sync = log_sync and durable and not inline
+        self._log_sync: AioLogSync | None = None
+        # The op committed on this thread whose log sync is in flight: (op,
+        # inodes freed, unsynced commits covered), and the writer's batches
+        # delivered meanwhile, held to keep the order callers see.
+        self._syncing: tuple[Op, list[int], int] | None = None
+        self._sync_done: defer.Deferred[None] | None = None
+        self._held: list[tuple[list[Op], list[int]]] = []
 
     @property
     def stats(self) -> Stats:
@@ -195,6 +217,8 @@ class EmbeddedBackend:
         self.instance_id = iid
         self._reader = Reader(conn, self._engine.layout, iid, self.data_dir, self._max_fds)
         self._state = "open"
+        if self._want_log_sync:
+            self._log_sync = AioLogSync.create(self._reactor)
         if self._idle_fd_secs > 0 and self._reactor is not None:
             self._reader.files.now = self._reactor.seconds
             self._fd_sweep = task.LoopingCall(self._close_idle_fds)
@@ -241,6 +265,12 @@ class EmbeddedBackend:
         if sweep is not None and sweep.running:
             sweep.stop()
         try:
+            if self._sync_done is not None:
+                # A change whose log sync is in flight: answered first.
+                await self._sync_done
+            if self._log_sync is not None:
+                self._log_sync.close()
+                self._log_sync = None
             # Queued after every change submitted so far: by the time it
             # fires, they are all delivered, and so is every read that waited.
             await self._writer.call(self._engine.close, stop=True)
@@ -318,12 +348,98 @@ class EmbeddedBackend:
     ) -> defer.Deferred[Any]:
         if self._state != "open":
             return defer.fail(errors.IO("store is not open"))
+        if durable and self._log_sync is not None and fn in UNSYNCED_OPS:
+            here = self._run_unsynced(fn, args, ino)
+            if here is not None:
+                return here
         op = Op(fn, args, durable, ino)
         d: defer.Deferred[Any] = defer.Deferred()
         op.d = d
         self._submitted += 1
         self._writer.submit(op)
         return d
+
+    def _run_unsynced(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], ino: int | None
+    ) -> defer.Deferred[Any] | None:
+        """
+        Commit a durable change on this thread without a sync, when the
+        writer is idle and every op submitted before was delivered
+        (L{ThreadWriter.run_unsynced}), then sync the log with
+        L{AioLogSync}; the Deferred fires once that sync returned. None when
+        it could not: nothing done, the op is to be submitted.
+
+        One such sync in flight at a time: a change arriving meanwhile goes
+        to the writer thread, whose group commit batches concurrent clients
+        (a queue depth of 1 is what this is for).
+        """
+        if self._done < self._submitted or self._waiting or self._syncing is not None:
+            return None
+        assert isinstance(self._writer, ThreadWriter) and self._log_sync is not None
+        op = Op(fn, args, True, ino)
+        d: defer.Deferred[Any] = defer.Deferred()
+        op.d = d
+        self._submitted += 1
+        result = self._writer.run_unsynced(op)
+        if result is None:
+            self._submitted -= 1
+            return None
+        freed, covered = result
+        fd = self._engine.wal_fd
+        if not covered or fd is None:
+            self._deliver([op], freed)
+            return d
+        self._syncing = (op, freed, covered)
+        try:
+            sync = self._log_sync.sync(fd)
+        except OSError as e:
+            # The kernel would not take it (no AIO fsync here): this and
+            # every later change go to the writer thread, which syncs now.
+            self._log.warn("log sync by AIO refused ({error}); the writer syncs", error=e)
+            self._log_sync.close()
+            self._log_sync = None
+            sync = self._writer.call(os.fdatasync, fd)
+        self._sync_done = sync.addErrback(self._aio_unsupported, fd).addBoth(self._log_synced)
+        return d
+
+    def _aio_unsupported(self, f: Failure, fd: int) -> Any:
+        """
+        An AIO sync that the kernel accepted but did not do (C{EINVAL},
+        C{EOPNOTSUPP}: no AIO fsync for this file system): the writer syncs
+        instead, and every later durable change goes to the writer. Any
+        other error (C{EIO}) fails the change: a second sync after a failed
+        one may report success for data the kernel dropped.
+        """
+        err = f.value
+        if not isinstance(err, OSError) or err.errno not in _AIO_UNSUPPORTED:
+            return f
+        self._log.warn("log sync by AIO not done ({error}); the writer syncs", error=err)
+        if self._log_sync is not None:
+            self._log_sync.close()
+            self._log_sync = None
+        return self._writer.call(os.fdatasync, fd)
+
+    def _log_synced(self, result: None | Failure) -> None:
+        """The log sync of L{_run_unsynced} returned: answer its op, then what was held."""
+        assert self._syncing is not None
+        op, freed, covered = self._syncing
+        self._syncing = None
+        self._sync_done = None
+        if isinstance(result, Failure):
+            # Committed, maybe not durable: the caller hears of an I/O error
+            # (NFS3ERR_IO), and the engine's log stays marked unsynced, so
+            # the next durable change syncs it again.
+            self._log.warn("embedded store log sync failed: {error}", error=result.value)
+            op.ok, op.value = False, convert_error(result.value)
+        elif isinstance(self._writer, ThreadWriter):
+            self._writer.log_synced(covered)
+        self._deliver([op], freed)
+        held, self._held = self._held, []
+        for batch, more in held:
+            self._deliver(batch, more)
+        if isinstance(self._writer, ThreadWriter):
+            # Freed data files (an unlink's), once nothing waits for the reply.
+            self._writer.after_batch_here()
 
     def _change(
         self, fn: Callable[..., Any], *args: Any, durable: bool, ino: int | None = None
@@ -367,6 +483,10 @@ class EmbeddedBackend:
 
     def _deliver(self, batch: list[Op], freed: list[int]) -> None:
         """On the reactor thread: a batch committed (or failed); fire its Deferreds in order."""
+        if self._syncing is not None and batch[0] is not self._syncing[0]:
+            # Submitted after the op whose log sync is in flight: after it.
+            self._held.append((batch, freed))
+            return
         reader = self._reader
         if reader is not None:
             # Before any caller hears of the batch: inode rows the reader

@@ -101,6 +101,11 @@ _PURE = frozenset(
 )
 #: Files whose attributes reads keep at most (then all are dropped).
 READ_ATTRS_MAX = 4096
+#: How long the last write-behind WROTE waits to be sent, for the file's
+#: COMMIT to carry it (one round trip, not two: L{RemoteBackend._commit}).
+#: A small file's COMMIT follows its WRITE's reply by a client round trip;
+#: meanwhile other gateways' reads of the file wait for it (board.py).
+WROTE_HOLD_SECS = 0.002
 
 
 class NodeSpec:
@@ -292,6 +297,11 @@ class RemoteBackend:
         self.writes_behind = 0
         #: Waits for another gateway's unanswered WROTEs (tests).
         self.board_waits = 0
+        #: The latest write-behind WROTE, not sent yet (L{WROTE_HOLD_SECS}):
+        #: (inode, its arguments, the Deferred in _wb_pending, the timer).
+        self._held: tuple[int, tuple[Any, ...], defer.Deferred[Any], Any] | None = None
+        #: Write-behind WROTEs a COMMIT carried (made stable; tests, benchmarks).
+        self.wrotes_folded = 0
 
     def _spawn(self, coro: Any) -> None:
         """Run C{coro} in the background; close() cancels it."""
@@ -413,6 +423,7 @@ class RemoteBackend:
             self._log.failure("change-event subscription stopped", f)
 
     def close(self) -> defer.Deferred[None]:
+        self._send_held()
         self._state = "closed"
         if self._resilver is not None and self._resilver.running:
             self._resilver.stop()
@@ -615,6 +626,7 @@ class RemoteBackend:
     # -- plumbing ------------------------------------------------------------------------
 
     def _call(self, name: str, args: Any = None) -> defer.Deferred[Any]:
+        self._send_held()
         if self._wb_pending:
             # This gateway's later calls come after its write-behind WROTEs
             # (which may be on other pooled connections): a COMMIT_META, a
@@ -1102,6 +1114,12 @@ class RemoteBackend:
                 if held <= changes.size:
                     self.setattrs_skipped += 1
                     return kept
+        if changes.size is not None:
+            # A size may shrink: it goes after every write another gateway
+            # on this host answered before it (a write-behind WROTE held or
+            # in flight there would otherwise land after it and grow the
+            # file back over the bytes cut here).
+            await self._others_written()
         # A size change is always synced: the chunk files are cut after it.
         lazy = not durable and changes.size is None
         a: Attributes = await self._call("SETATTR", (ino, changes, guard, not lazy))
@@ -1331,7 +1349,13 @@ class RemoteBackend:
         board = self._board
         assert board is not None
         board.sent()
-        d = self._call_now("WROTE", (ino, offset, len(data), 0, False, now))
+        # Held, not sent: the file's COMMIT, if it comes first, carries it
+        # (_commit); the next write, any other call or the timer sends it.
+        self._send_held()
+        self._forget_read_attrs()
+        d: defer.Deferred[Any] = defer.Deferred()
+        timer = self._clock.callLater(WROTE_HOLD_SECS, self._send_held)
+        self._held = (ino, (ino, offset, len(data), 0, False, now), d, timer)
         self._wb_attrs[ino] = after
         self._wb_pending.add(d)
         self._wb_count[ino] = self._wb_count.get(ino, 0) + 1
@@ -1375,6 +1399,49 @@ class RemoteBackend:
 
         d.addBoth(done)
         return WriteResult(len(data), False, after, last)
+
+    def _send_held(self) -> None:
+        """Send the held write-behind WROTE, if any (L{_write_behind})."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        _, args, d, timer = held
+        if timer.active():
+            timer.cancel()
+        self._call_now("WROTE", args).chainDeferred(d)
+
+    def _take_held(self, ino: int) -> tuple[tuple[Any, ...], defer.Deferred[Any]] | None:
+        """The held WROTE of C{ino}, taken off the hold (None if the held one is another's)."""
+        held = self._held
+        if held is None or held[0] != ino:
+            return None
+        self._held = None
+        if held[3].active():
+            held[3].cancel()
+        return held[1], held[2]
+
+    async def _fold(self, args: tuple[Any, ...], held: defer.Deferred[Any]) -> Attributes:
+        """
+        COMMIT_META and the file's held WROTE in one call: the WROTE made
+        durable (C{stable}), which commits at the meta server what a
+        COMMIT_META would (its store's durable commit covers every change
+        before it). This gateway's other WROTEs still unanswered go first,
+        so the commit covers every write answered before it.
+        """
+        others = [_copy(x) for x in self._wb_pending if x is not held]
+        if others:
+            await defer.DeferredList(others, consumeErrors=True)
+        self.wrotes_folded += 1
+        ino, offset, length, what, _, mtime_ns = args
+        try:
+            r: WriteResult = await self._call_now(
+                "WROTE", (ino, offset, length, what, True, mtime_ns)
+            )
+        except BaseException:
+            held.errback()
+            raise
+        held.callback(r)
+        return r.attrs
 
     async def _local_write(
         self, ino: int, offset: int, data: bytes | memoryview, stable: bool
@@ -1468,19 +1535,27 @@ class RemoteBackend:
     async def _commit(self, ino: int) -> Attributes:
         # The meta server checks the type (IsDir, Inval) and syncs the
         # metadata of earlier unstable writes; then the data server syncs bytes.
+        held = self._take_held(ino)
         if self.short_circuited:
             # Both at once: the reply waits for both either way, and a crash
             # half-way leaves what the one-after-the-other order could leave
             # (metadata synced before the bytes). The meta server's errors win.
-            meta = self._call("COMMIT_META", (ino,))
-            data = defer.Deferred.fromCoroutine(self._commit_data(ino))
+            meta: defer.Deferred[Any]
+            if held is not None:
+                meta = defer.Deferred.fromCoroutine(self._fold(*held))
+            else:
+                meta = self._call("COMMIT_META", (ino,))
+            data: defer.Deferred[Any] = defer.Deferred.fromCoroutine(self._commit_data(ino))
             results = await defer.DeferredList([meta, data], consumeErrors=True)
             for ok, value in results:
                 if not ok:
                     value.raiseException()
             committed: Attributes = results[0][1]
             return committed
-        a: Attributes = await self._call("COMMIT_META", (ino,))
+        if held is not None:
+            a: Attributes = await self._fold(*held)
+        else:
+            a = await self._call("COMMIT_META", (ino,))
         await self._commit_data(ino)
         return a
 

@@ -26,17 +26,33 @@ from tests.backend.remote.test_read_sizes import _turn, _two
 
 
 class _Held:
-    """Holds C{backend}'s write-behind WROTEs before they are sent, until released."""
+    """
+    Holds C{backend}'s write-behind WROTEs before they are sent, until
+    released. With C{at_write} each write's WROTE is sent (here: held) as
+    the write is answered, not when the backend's own hold ends
+    (L{client.WROTE_HOLD_SECS}): what these tests hold is a WROTE in flight.
+    """
 
-    def __init__(self, test: TestCase, backend: Any) -> None:
+    def __init__(self, test: TestCase, backend: Any, at_write: bool = True) -> None:
         self.real = backend._call_now
         self.held: list[tuple[defer.Deferred[Any], tuple[str, Any]]] = []
         self.calls: list[str] = []
+        self.args: list[Any] = []
         self.hold = True
         test.patch(backend, "_call_now", self._call_now)
+        if at_write:
+            real_write = backend.write
+
+            def write(*a: Any, **kw: Any) -> Any:
+                d = real_write(*a, **kw)
+                backend._send_held()
+                return d
+
+            test.patch(backend, "write", write)
 
     def _call_now(self, name: str, args: Any = None) -> defer.Deferred[Any]:
         self.calls.append(name)
+        self.args.append(args)
         if name == "WROTE" and args[-1] != 0 and self.hold:
             d: defer.Deferred[Any] = defer.Deferred()
             self.held.append((d, (name, args)))
@@ -66,14 +82,15 @@ class WriteBehindTests(TestCase):
         """
         _, a, _ = await _two(self)
         f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
-        counted = _Held(self, a)
+        counted = _Held(self, a, at_write=False)
         counted.hold = False
         results = []
         for i in range(10):
             results.append(
                 await a.write(f.ino, i * 100, bytes([65 + i]) * 100, stable=False, behind=True)
             )
-        self.assertEqual(counted.calls, ["WROTE"] * 10)
+        # Each write sends the one before it; the last is held for the COMMIT.
+        self.assertEqual(counted.calls, ["WROTE"] * 9)
         self.assertEqual(a.writes_behind, 10)
         self.assertEqual(results[0].before, f)
         for i, r in enumerate(results):
@@ -81,7 +98,10 @@ class WriteBehindTests(TestCase):
         for before, after in zip(results, results[1:], strict=False):
             self.assertEqual(after.before, before.attrs)
         committed = await a.commit(f.ino)
-        self.assertEqual(counted.calls[-1], "COMMIT_META")
+        # The COMMIT carried the last write's WROTE, made stable: no COMMIT_META.
+        self.assertEqual(counted.calls, ["WROTE"] * 10)
+        self.assertEqual(counted.args[-1][4], True)
+        self.assertEqual(a.wrotes_folded, 1)
         self.assertEqual(committed, results[-1].attrs)
         self.assertEqual((await a.read(f.ino, 0, 2000))[0][-100:], b"J" * 100)
 
@@ -90,6 +110,7 @@ class WriteBehindTests(TestCase):
         cluster, a, _ = await _two(self)
         f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
         await a.write(f.ino, 0, b"a" * 10, stable=False, behind=True)
+        a._send_held()  # (its own hold: L{client.WROTE_HOLD_SECS})
         held = _Held(self, a)
         r = await a.write(f.ino, 10, b"b" * 4000, stable=False, behind=True)
         self.assertEqual(r.attrs.size, 4010)
@@ -116,6 +137,7 @@ class WriteBehindTests(TestCase):
         f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
         await a.write(f.ino, 0, b"x" * 10, stable=False, behind=True)
         self.assertEqual(await b.read(f.ino, 0, 100), (b"x" * 10, True))
+        a._send_held()  # (its own hold: L{client.WROTE_HOLD_SECS})
         held = _Held(self, a)
         r = await a.write(f.ino, 10, b"y" * 10, stable=False, behind=True)
         read = b.read(f.ino, 0, 100)
@@ -135,6 +157,7 @@ class WriteBehindTests(TestCase):
         _, a, _ = await _two(self)
         f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
         await a.write(f.ino, 0, b"a", stable=False, behind=True)
+        a._send_held()  # (its own hold: L{client.WROTE_HOLD_SECS})
         held = _Held(self, a)
         await a.write(f.ino, 1, b"b", stable=False, behind=True)
         before = a.restarts
@@ -146,6 +169,37 @@ class WriteBehindTests(TestCase):
         await a.write(f.ino, 2, b"c", stable=False, behind=True)
         self.assertEqual(held.calls[-1], "WROTE")
         self.assertEqual(a.writes_behind, behind)
+
+    async def test_commit_carries_the_held_wrote(self) -> None:
+        """
+        A COMMIT that comes while the file's last write-behind WROTE is
+        still held sends that WROTE, made stable, in place of COMMIT_META:
+        one call. Lost (the meta server gone), the COMMIT fails and the
+        write verifier changes, so the client resends the write.
+        """
+        _, a, _ = await _two(self)
+        f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+        held = _Held(self, a, at_write=False)
+        r = await a.write(f.ino, 0, b"z" * 4096, stable=False, behind=True)
+        self.assertEqual((held.calls, r.attrs.size), ([], 4096))
+        done = a.commit(f.ino)
+        await _turn()
+        self.assertEqual(held.calls, ["WROTE"])
+        self.assertEqual(held.args[0][:5], (f.ino, 0, 4096, 0, True))
+        before = a.restarts
+        held.fail(errors.BackendUnavailable("gone"))
+        with self.assertRaises(errors.BackendUnavailable):
+            await done
+        self.assertEqual(a.restarts, before + 1)
+        # Carried and answered: the COMMIT's attributes are the store's (the
+        # first write after the loss learns the attributes again, waiting).
+        held.hold = False
+        await a.write(f.ino, 0, b"y" * 100, stable=False, behind=True)
+        await a.write(f.ino, 100, b"w" * 100, stable=False, behind=True)
+        committed = await a.commit(f.ino)
+        self.assertEqual(held.calls[-1], "WROTE")
+        self.assertEqual(committed, await a.getattr(f.ino))
+        self.assertEqual(a.wrotes_folded, 2)
 
     async def test_stable_write_waits_for_the_writes_behind(self) -> None:
         """A FILE_SYNC write's WROTE goes out after the unanswered ones, and its answer holds them."""

@@ -1,0 +1,319 @@
+"""
+A durable create, unlink, rmdir or log-only COMMIT that finds the embedded
+store's writer idle is committed on the reactor's thread without a sync and
+answered once the WAL's C{fdatasync}, submitted by Linux AIO from that
+thread, has returned (L{claudefs_gateway.backend.embedded._logsync}): no
+writer-thread round trip, and never an answer before the sync (RFC 1813's
+stable storage for CREATE, REMOVE and COMMIT).
+
+The store runs on the real reactor with fsync on; the AIO sync is wrapped
+so a test can hold it and see what has and has not been answered meanwhile.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import SkipTest, TestCase
+
+from claudefs_gateway import errors
+from claudefs_gateway.backend.embedded import EmbeddedBackend
+from claudefs_gateway.backend.embedded._engine import UNSYNCED_OPS, Engine
+from claudefs_gateway.backend.embedded._logsync import AioLogSync
+from claudefs_gateway.backend.embedded._writer import ThreadWriter
+from claudefs_gateway.fstypes import FileType
+
+ROOT = 1
+REG = FileType.REG
+
+
+def _aio() -> bool:
+    """Whether this kernel does AIO fsync (the store then syncs from the reactor)."""
+    s = AioLogSync.create(reactor)
+    if s is None:
+        return False
+    s.close()
+    return True
+
+
+class AioLogSyncTests(TestCase):
+    def setUp(self) -> None:
+        s = AioLogSync.create(reactor)
+        if s is None:
+            raise SkipTest("no Linux AIO here")
+        self.s = s
+        self.addCleanup(s.close)
+
+    async def test_sync_completes_on_the_reactor(self) -> None:
+        path = self.mktemp()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.addCleanup(os.close, fd)
+        os.pwrite(fd, b"x" * 4096, 0)
+        d = self.s.sync(fd)
+        self.assertEqual(self.s.in_flight, 1)
+        self.assertIsNone(await d)
+        self.assertEqual(self.s.in_flight, 0)
+        # Several at once, each answered.
+        self.assertEqual(await defer.gatherResults([self.s.sync(fd) for _ in range(3)]), [None] * 3)
+
+    def test_refused_sync_raises(self) -> None:
+        fd = os.open(self.mktemp(), os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        with self.assertRaises(OSError) as e:
+            self.s.sync(fd)
+        self.assertEqual(e.exception.errno, errno.EBADF)
+        self.assertEqual(self.s.in_flight, 0)
+
+
+class ReactorSyncTests(TestCase):
+    timeout = 60
+
+    async def store(self, **kw: Any) -> EmbeddedBackend:
+        if not _aio():
+            raise SkipTest("no Linux AIO here")
+        kw.setdefault("inline_max", 4096)
+        b = EmbeddedBackend(Path(self.mktemp()), reactor, durable=True, **kw)
+        await b.open()
+        self.addCleanup(b.close)
+        self.assertIsNotNone(b._log_sync)
+        return b
+
+    def hold(self, b: EmbeddedBackend, fail: BaseException | None = None) -> list[Any]:
+        """
+        Hold each AIO sync: the list gets (fd, Deferred of the real sync,
+        release) per sync; C{release()} lets its answer through (the first
+        one failed with C{fail} if given).
+        """
+        assert b._log_sync is not None
+        real = b._log_sync.sync
+        held: list[Any] = []
+
+        def sync(fd: int) -> defer.Deferred[None]:
+            done = real(fd)
+            gate: defer.Deferred[None] = defer.Deferred()
+
+            def release() -> None:
+                def answer(result: object) -> None:
+                    if fail is not None and len(held) == 1:
+                        gate.errback(fail)
+                    else:
+                        gate.callback(None)
+
+                done.addBoth(answer)
+
+            held.append((fd, done, release))
+            return gate
+
+        self.patch(b._log_sync, "sync", sync)
+        return held
+
+    def writer_batches(self, b: EmbeddedBackend) -> list[int]:
+        """The threads each Engine.run_batch ran on, from now on."""
+        seen: list[int] = []
+        run = b._engine.run_batch
+
+        def recording(ops: Any, *a: Any, **kw: Any) -> Any:
+            seen.append(threading.get_ident())
+            return run(ops, *a, **kw)
+
+        self.patch(b._engine, "run_batch", recording)
+        return seen
+
+    async def test_create_answers_after_the_log_sync_on_the_reactor(self) -> None:
+        b = await self.store()
+        threads = self.writer_batches(b)
+        held = self.hold(b)
+        before = (b.stats.durable_commits, b.stats.log_syncs)
+        d = b.create(ROOT, b"f", REG, 0o644, 0, 0)
+        # Committed on this (the reactor's) thread, not answered: the sync
+        # of the log (the WAL, which holds the create) is in flight.
+        self.assertEqual(threads, [threading.get_ident()])
+        self.assertEqual(len(held), 1)
+        self.assertEqual(
+            os.fstat(held[0][0]).st_ino, (b.data_dir / "meta.sqlite3-wal").stat().st_ino
+        )
+        self.assertNoResult(d)
+        await held[0][1]
+        self.assertNoResult(d)  # the real sync is back; the gate is not
+        held[0][2]()
+        a = await d
+        self.assertEqual((await b.lookup(ROOT, b"f")).ino, a.ino)
+        self.assertEqual(
+            (b.stats.durable_commits, b.stats.log_syncs), (before[0] + 1, before[1] + 1)
+        )
+        self.assertFalse(b._engine._wal_unsynced)
+
+    async def test_small_file_and_unlink_each_one_sync_no_writer(self) -> None:
+        """
+        libnfs's small file (create, unstable write, COMMIT) and its unlink:
+        the create, the COMMIT and the unlink each answered after one AIO
+        sync, nothing run on the writer thread; the unlink's inline row is
+        left for a later batch, as on the writer (Engine.run_batch, orphans).
+        """
+        b = await self.store()
+        threads = self.writer_batches(b)
+        syncs: list[int] = []
+        assert b._log_sync is not None
+        real = b._log_sync.sync
+        self.patch(b._log_sync, "sync", lambda fd: syncs.append(fd) or real(fd))
+        f = await b.create(ROOT, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"x" * 4096, False)
+        a = await b.commit(f.ino)
+        self.assertEqual((a.size, len(syncs)), (4096, 2))
+        # A second COMMIT has nothing to sync, and answers at once.
+        self.assertEqual((await b.commit(f.ino)).size, 4096)
+        self.assertEqual(len(syncs), 2)
+        gone = await b.unlink(ROOT, b"f")
+        self.assertEqual((gone.nlink, len(syncs)), (0, 3))
+        me = threading.get_ident()
+        self.assertEqual(set(threads), {me})
+        self.assertEqual(b._engine._orphans, [f.ino])
+        with self.assertRaises(errors.NotFound):
+            await b.lookup(ROOT, b"f")
+
+    async def test_unlinked_data_file_goes_only_after_the_sync(self) -> None:
+        """
+        A freed file's data file is deleted once the unlink is durable, not
+        before (a power loss taking the log's tail brings the name back with
+        its bytes).
+        """
+        b = await self.store(inline_max=0)
+        f = await b.create(ROOT, b"f", REG, 0o644, 0, 0)
+        await b.write(f.ino, 0, b"data", True)
+        path = b._engine.layout.path(f.ino)
+        self.assertTrue(os.path.exists(path))
+        held = self.hold(b)
+        d = b.unlink(ROOT, b"f")
+        self.assertEqual(len(held), 1)
+        await held[0][1]
+        self.assertTrue(os.path.exists(path))
+        held[0][2]()
+        self.assertEqual((await d).nlink, 0)
+        # Deleted right after the reply went (the same reactor turn).
+        await task.deferLater(reactor, 0, lambda: None)
+        self.assertFalse(os.path.exists(path))
+
+    async def test_writer_batches_wait_for_the_sync_in_flight(self) -> None:
+        """
+        A change made while a sync is in flight goes to the writer thread;
+        answered before the first one's sync returned, it is held: callers
+        hear in the order they called.
+        """
+        b = await self.store()
+        held = self.hold(b)
+        handed: defer.Deferred[None] = defer.Deferred()
+        assert isinstance(b._writer, ThreadWriter)
+        deliver = b._writer.deliver
+
+        def delivering(batch: Any, freed: Any) -> None:
+            deliver(batch, freed)
+            if not handed.called:
+                handed.callback(None)
+
+        b._writer.deliver = delivering
+        order: list[str] = []
+        first = b.create(ROOT, b"a", REG, 0o644, 0, 0)
+        first.addCallback(lambda r: order.append("a") or r)
+        second = b.create(ROOT, b"b", REG, 0o644, 0, 0)
+        second.addCallback(lambda r: order.append("b") or r)
+        self.assertEqual(len(held), 1)
+        # The writer commits "b" (FULL) and hands it back; it waits.
+        await handed
+        self.assertEqual(len(b._held), 1)
+        self.assertEqual(order, [])
+        held[0][2]()
+        await defer.gatherResults([first, second])
+        self.assertEqual(order, ["a", "b"])
+
+    async def test_failed_sync_fails_the_change_and_the_next_syncs(self) -> None:
+        b = await self.store()
+        held = self.hold(b, fail=OSError(errno.EIO, "injected"))
+        d = b.create(ROOT, b"f", REG, 0o644, 0, 0)
+        held[0][2]()
+        await self.assertFailure(d, errors.IO)
+        self.flushLoggedErrors(OSError)
+        # Committed, maybe not durable: the log stays marked unsynced, so
+        # the next durable change (a COMMIT with nothing of its own) syncs.
+        self.assertTrue(b._engine._wal_unsynced)
+        f = await b.lookup(ROOT, b"f")
+        syncs = b.stats.log_syncs
+        d = b.commit(f.ino)
+        self.assertEqual(len(held), 2)
+        held[1][2]()
+        await d
+        self.assertEqual(b.stats.log_syncs, syncs + 1)
+        self.assertFalse(b._engine._wal_unsynced)
+
+    async def test_refused_aio_falls_back_to_the_writer(self) -> None:
+        b = await self.store()
+        assert b._log_sync is not None
+
+        def refuse(fd: int) -> defer.Deferred[None]:
+            raise OSError(errno.EINVAL, "no aio fsync")
+
+        self.patch(b._log_sync, "sync", refuse)
+        synced: list[int] = []
+        real = os.fdatasync
+        self.patch(os, "fdatasync", lambda fd: synced.append(fd) or real(fd))
+        a = await b.create(ROOT, b"f", REG, 0o644, 0, 0)
+        self.assertEqual(synced, [b._engine.wal_fd])
+        self.assertIsNone(b._log_sync)
+        self.assertEqual((await b.lookup(ROOT, b"f")).ino, a.ino)
+        # From then on, durable changes go to the writer (a FULL commit).
+        commits = b.stats.durable_commits
+        await b.create(ROOT, b"g", REG, 0o644, 0, 0)
+        self.assertEqual(b.stats.durable_commits, commits + 1)
+
+    async def test_aio_sync_not_done_falls_back_to_the_writer(self) -> None:
+        """
+        A completion with EINVAL (no AIO fsync on this file system): the
+        writer syncs the log, the change answers after it, and AIO is off.
+        """
+        b = await self.store()
+        held = self.hold(b, fail=OSError(errno.EINVAL, "no aio fsync here"))
+        synced: list[int] = []
+        real = os.fdatasync
+        self.patch(os, "fdatasync", lambda fd: synced.append(fd) or real(fd))
+        d = b.create(ROOT, b"f", REG, 0o644, 0, 0)
+        held[0][2]()
+        a = await d
+        self.assertEqual(synced, [b._engine.wal_fd])
+        self.assertIsNone(b._log_sync)
+        self.assertEqual((await b.lookup(ROOT, b"f")).ino, a.ino)
+
+    async def test_off_keeps_the_writer(self) -> None:
+        b = EmbeddedBackend(Path(self.mktemp()), reactor, durable=True, log_sync=False)
+        await b.open()
+        self.addCleanup(b.close)
+        threads = self.writer_batches(b)
+        await b.create(ROOT, b"f", REG, 0o644, 0, 0)
+        self.assertIsNone(b._log_sync)
+        self.assertEqual(len(threads), 1)
+        self.assertNotEqual(threads[0], threading.get_ident())
+
+    async def test_close_waits_for_the_sync_in_flight(self) -> None:
+        b = await self.store()
+        held = self.hold(b)
+        d = b.create(ROOT, b"f", REG, 0o644, 0, 0)
+        closing = b.close()
+        self.assertNoResult(closing)
+        held[0][2]()
+        await closing
+        self.assertEqual((await d).type, REG)
+
+
+class UnsyncedOpsTests(TestCase):
+    def test_what_syncs_a_file_of_its_own_is_not_among_them(self) -> None:
+        """
+        A durable rename syncs the renamed file's data first, a truncation
+        cuts data after its commit, a stable write syncs its file: none is
+        committed without the log's sync.
+        """
+        self.assertEqual(
+            UNSYNCED_OPS, {Engine.op_create, Engine.op_unlink, Engine.op_rmdir, Engine.op_commit}
+        )
