@@ -45,7 +45,7 @@ from claudefs_gateway.rpc.drc import ReplyCache
 from claudefs_gateway.rpc.message import AuthSys
 from claudefs_gateway.rpc.record import record_marker
 from claudefs_gateway.rpc.server import RPCServer, RPCStreamProtocol
-from claudefs_gateway.rpc.xdr import Packer
+from claudefs_gateway.rpc.xdr import Packer, Unpacker
 from claudefs_gateway.vfs import VFS, UserDB
 
 CONFIG = "exports: [{path: /export, root_squash: false}]\n"
@@ -53,16 +53,23 @@ CRED = AuthSys(0, b"bench", os.getuid(), os.getgid(), ())
 
 
 class Sink(StringTransport):
-    """A transport that counts what is written and keeps none of it (no copies)."""
+    """
+    A transport that counts what is written and keeps none of it (no
+    copies), but for a reference to the last write's pieces (the listing
+    case reads its cookies from there).
+    """
 
     written = 0
+    last: Any = ()
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
+        self.last = (data,)
 
     def writeSequence(self, seq: Any) -> None:
         for part in seq:
             self.written += len(part)
+        self.last = seq
 
 
 class Stack:
@@ -141,6 +148,28 @@ def _dirop(h: bytes, name: bytes) -> bytes:
 
 
 _SATTR_MODE = b"\0\0\0\1\0\0\x01\xa4" + b"\0\0\0\0" * 3 + b"\0\0\0\0" * 2
+
+
+def _page_end(reply: bytes) -> tuple[int, bytes, int, bool]:
+    """
+    A READDIRPLUS reply record's entry count, verifier, last cookie and eof
+    (the client's side of the listing case, outside its measured CPU).
+    """
+    body = reply[4:]
+    u = Unpacker(body, msg.parse_reply(body).results_at)
+    if u.u32() != 0:
+        raise RuntimeError("READDIRPLUS failed")
+    c.dec_post_op_attr(u)
+    verf = u.fixed(8)
+    n = cookie = 0
+    while u.bool():
+        u.u64()
+        u.opaque(1024)
+        cookie = u.u64()
+        c.dec_post_op_attr(u)
+        c.dec_post_op_fh(u)
+        n += 1
+    return n, verf, cookie, u.bool()
 
 
 async def run(reactor: Any, args: argparse.Namespace) -> None:
@@ -286,8 +315,77 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         if prof is not None:
             stats = pstats.Stats(prof, stream=sys.stdout)
             stats.sort_stats("tottime").print_stats(args.top)
+    if not args.only or args.only in _LIST:
+        await _list_case(s, caller, page, args)
     await s.backend.close()
     shutil.rmtree(where)
+
+
+_LIST = "list: LOOKUP + READDIRPLUS 8 KiB pages after creates, per entry"
+
+
+async def _list_case(s: Stack, caller: Any, page: bytes, args: argparse.Namespace) -> None:
+    """
+    What nfs.small_files's list phase asks of the gateway: libnfs's
+    C{opendir} is a LOOKUP of the directory, then READDIRPLUS with dircount
+    and maxcount 8192 from cookie 0 to eof (about 46 entries a page), right
+    after the files were made. Each repetition lists a directory of 500
+    fresh 4 KiB files (made outside the measured CPU, their handles made
+    as the CREATE replies make them), as the bench's one listing does; the
+    figure is CPU per listed file.
+    """
+    n = max(1, 500 * args.scale // 100)
+    prof = cProfile.Profile() if args.cprofile else None
+    walls, cpus = [], []
+    pages = 0
+    spent = [0.0, 0.0]  # wall, CPU seconds of the calls
+
+    async def timed(rec: bytes) -> None:
+        t0, c0 = time.perf_counter(), time.process_time()
+        if prof is not None:
+            prof.enable()
+        await s.call(rec)
+        if prof is not None:
+            prof.disable()
+        spent[0] += time.perf_counter() - t0
+        spent[1] += time.process_time() - c0
+
+    for rep in range(args.reps):
+        name = b"list%d" % rep
+        d = await s.vfs.mkdir(caller, s.export.root_ino, name, 0o755)
+        for i in range(n):
+            made = await s.vfs.create(caller, d.ino, b"f%05d" % i, 0o644)
+            s.vfs.handle(s.export, made)  # as the CREATE's reply makes it
+            await s.vfs.write(caller, made.ino, 0, page, False)
+            await s.vfs.commit(caller, made.ino)
+        dh = s.vfs.handle(s.export, d)
+        spent[:] = [0.0, 0.0]
+        await timed(s.record(c.LOOKUP, _dirop(s.root, name)))
+        got = pages = 0
+        cookie, verf, eof = 0, bytes(8), False
+        while not eof:
+            p = Packer()
+            p.opaque(dh)
+            p.u64(cookie)
+            p.fixed(verf, 8)
+            p.u32(8192)  # dircount
+            p.u32(8192)  # maxcount
+            await timed(s.record(c.READDIRPLUS, p.bytes()))
+            k, verf, cookie, eof = _page_end(b"".join(s.transport.last))
+            got += k
+            pages += 1
+        if got != n + 2:
+            raise RuntimeError(f"listed {got} entries of {n + 2}")
+        walls.append(spent[0] / n)
+        cpus.append(spent[1] / n)
+    print(
+        f"{_LIST:<40} {statistics.median(walls) * 1e6:9.1f} "
+        f"{statistics.median(cpus) * 1e6:9.1f}   ({pages} pages)",
+        flush=True,
+    )
+    if prof is not None:
+        stats = pstats.Stats(prof, stream=sys.stdout)
+        stats.sort_stats("tottime").print_stats(args.top)
 
 
 def _creds() -> Any:

@@ -1454,23 +1454,44 @@ class VFS:
         d = await self._dir(dir_ino)
         perm.check(caller.cred, d, perm.R)
         with_attrs = with_attrs and perm.may(caller.cred, d, perm.X)
-        epoch = self.attr_cache.epoch
-        page = await self.backend.readdir(dir_ino, cookie, verifier, count, with_attrs)
+        cache = self.attr_cache
+        epoch = cache.epoch
+        from_cache = False
+        # The embedded store (no other writer: what this cache has is the
+        # store's) lists with the attributes cached here, as GETATTR would
+        # answer them: a listing right after its files were made or listed
+        # reads names only.
+        cached = getattr(self.backend, "readdir_cached", None) if with_attrs else None
+        if cached is not None and cache.max_entries > 0:
+            page, from_cache = await cached(dir_ino, cookie, verifier, count, cache.get_many)
+        else:
+            page = await self.backend.readdir(dir_ino, cookie, verifier, count, with_attrs)
         if any(e.name in PRIVATE_NAMES for e in page.entries):
             # The gateway's private entries are listed to nobody. A page left
             # empty but not the last is followed on, so a client never sees an
             # empty page that is not the end (it would ask again forever).
             kept = tuple(e for e in page.entries if e.name not in PRIVATE_NAMES)
             while not kept and not page.eof and page.entries:
+                from_cache = False
                 page = await self.backend.readdir(
                     dir_ino, page.entries[-1].cookie, page.verifier, count, with_attrs
                 )
                 kept = tuple(e for e in page.entries if e.name not in PRIVATE_NAMES)
             page = DirPage(kept, page.verifier, page.eof)
-        for e in page.entries:
-            if e.attrs is not None:
-                self.attr_cache.put_read(e.ino, e.attrs, epoch)
-            self._seen(dir_ino, e.name, e.ino)
+        entries = page.entries
+        if with_attrs and not from_cache:
+            # One pass for the page (a listing's per-entry cost): the
+            # attributes cached as each put_read would, the names as _seen.
+            cache.put_read_many([(e.ino, e.attrs) for e in entries], epoch)
+        names = self._names
+        move = names.move_to_end
+        for e in entries:
+            name = e.name
+            if name != b"." and name != b"..":
+                names[e.ino] = (dir_ino, name)
+                move(e.ino)
+        while len(names) > self._names_max:
+            names.popitem(last=False)
         return page
 
     @deferred

@@ -104,6 +104,31 @@ class BoundedCache(Generic[K, V]):
             self._buckets.setdefault(1, OrderedDict())[key] = None
             self._min_freq = 1
 
+    def put_many(self, items: list[tuple[K, V | None]]) -> None:
+        """L{put} of each pair whose value is not None, in order (one clock reading)."""
+        if self.max_entries <= 0:
+            return
+        if self.eviction == "lfu":
+            for key, value in items:
+                if value is not None:
+                    self.put(key, value)
+            return
+        expires = self._clock.seconds() + self.ttl
+        data = self._data
+        lru = self.eviction == "lru"
+        move = data.move_to_end
+        for key, value in items:
+            if value is None:
+                continue
+            if key in data:
+                data[key] = (value, expires)
+                if lru:
+                    move(key)
+                continue
+            while len(data) >= self.max_entries:
+                self._evict()
+            data[key] = (value, expires)
+
     def discard(self, key: K) -> None:
         if self._data.pop(key, None) is None:
             return
@@ -166,6 +191,42 @@ class AttrCache(BoundedCache[int, Attributes]):
         if epoch != self.epoch:
             return False
         super().put(key, value)
+        return True
+
+    def get_many(self, keys: list[int]) -> list[Attributes | None]:
+        """
+        L{get} of each key, in order, with one clock reading: a listing's
+        page (the embedded store's C{readdir_cached}).
+        """
+        data = self._data
+        now = self._clock.seconds()
+        lru = self.eviction == "lru"
+        lfu = self.eviction == "lfu"
+        move = data.move_to_end
+        out: list[Attributes | None] = []
+        hits = 0
+        for key in keys:
+            entry = data.get(key)
+            if entry is None or now >= entry[1]:
+                out.append(None)
+                continue
+            if lru:
+                move(key)
+            elif lfu:
+                self._bump(key)
+            out.append(entry[0])
+            hits += 1
+        if self._hits is not None:
+            self._hits.value += hits
+        if self._misses is not None:
+            self._misses.value += len(keys) - hits
+        return out
+
+    def put_read_many(self, items: list[tuple[int, Attributes | None]], epoch: int) -> bool:
+        """L{put_read} of each pair whose attributes are not None (a listing's page)."""
+        if epoch != self.epoch:
+            return False
+        super().put_many(items)
         return True
 
     def discard(self, key: int) -> None:

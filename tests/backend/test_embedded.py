@@ -284,6 +284,96 @@ class OrderingTests(StoreCase):
         await d
 
 
+class CachedListingTests(StoreCase):
+    """
+    C{readdir_cached} (issue 18): the page L{EmbeddedBackend.readdir} with
+    attributes gives, the attributes taken from the caller's cache when it
+    has every entry's (no attribute read), else read as readdir reads them.
+    """
+
+    async def test_same_page_as_readdir(self) -> None:
+        b = await self.store()
+        d = await b.create(1, b"d", DIR, 0o755, 0, 0)
+        for i in range(5):
+            await b.create(d.ino, b"f%d" % i, REG, 0o644, 0, 0)
+        ref = await b.readdir(d.ino, 0, ZERO, 3, with_attrs=True)
+        mine = {e.ino: object() for e in ref.entries}
+        asked: list[list[int]] = []
+
+        def cached(inos: list[int]) -> list[Any]:
+            asked.append(inos)
+            return [mine[i] for i in inos]
+
+        page, from_cache = await b.readdir_cached(d.ino, 0, ZERO, 3, cached)
+        self.assertTrue(from_cache)
+        self.assertEqual(asked, [[e.ino for e in ref.entries]])
+        self.assertEqual(
+            [(e.name, e.ino, e.type, e.cookie) for e in page.entries],
+            [(e.name, e.ino, e.type, e.cookie) for e in ref.entries],
+        )
+        self.assertEqual([e.attrs for e in page.entries], [mine[e.ino] for e in ref.entries])
+        self.assertEqual((page.verifier, page.eof), (ref.verifier, ref.eof))
+        # One the cache lacks: the page as readdir reads it.
+        last = ref.entries[-1].cookie
+        rest = await b.readdir(d.ino, last, ref.verifier, 3, with_attrs=True)
+        page, from_cache = await b.readdir_cached(
+            d.ino, last, ref.verifier, 3, lambda inos: [None] * len(inos)
+        )
+        self.assertFalse(from_cache)
+        self.assertEqual(page, rest)
+        self.assertTrue(page.eof)
+
+    async def test_cold_listing_reads_each_page_once(self) -> None:
+        """
+        After a page with an entry the cache lacks, the listing's next pages
+        are read with their attributes at once (no names-only query first);
+        a new listing (cookie 0) asks the cache again.
+        """
+        b = await self.store()
+        d = await b.create(1, b"d", DIR, 0o755, 0, 0)
+        for i in range(6):
+            await b.create(d.ino, b"f%d" % i, REG, 0o644, 0, 0)
+        reader = b._reader
+        assert reader is not None
+        queries: list[str] = []
+        conn = reader.conn
+
+        class Counting:
+            def execute(self, sql: str, args: Any = ()) -> Any:
+                queries.append("attrs" if "EXISTS" in sql else "names")
+                return conn.execute(sql, args)
+
+        reader.conn = Counting()  # type: ignore[assignment]
+        self.addCleanup(setattr, reader, "conn", conn)
+
+        async def listing(cached: Any) -> list[bool]:
+            out, cookie, verf = [], 0, ZERO
+            while True:
+                page, from_cache = await b.readdir_cached(d.ino, cookie, verf, 2, cached)
+                out.append(from_cache)
+                if page.eof:
+                    return out
+                cookie, verf = page.entries[-1].cookie, page.verifier
+
+        self.assertEqual(await listing(lambda inos: [None] * len(inos)), [False] * 3)
+        self.assertEqual(queries, ["names", "attrs", "attrs", "attrs"])
+        del queries[:]
+        self.assertEqual(await listing(lambda inos: [object()] * len(inos)), [True] * 3)
+        self.assertEqual(queries, ["names"] * 3)
+
+    async def test_bad_cookie(self) -> None:
+        b = await self.store()
+        d = await b.create(1, b"d", DIR, 0o755, 0, 0)
+        await b.create(d.ino, b"f", REG, 0o644, 0, 0)
+        page = await b.readdir(d.ino, 0, ZERO, 1)
+        with self.assertRaises(errors.BadCookie):
+            await b.readdir_cached(d.ino, page.entries[0].cookie, b"XXXXXXXX", 1, lambda i: [])
+        with self.assertRaises(errors.BadCookie):
+            await b.readdir_cached(d.ino, 1, page.verifier, 1, lambda i: [])
+        with self.assertRaises(errors.NotDir):
+            await b.readdir_cached(page.entries[0].ino, 0, ZERO, 1, lambda i: [])
+
+
 class DurabilityTests(StoreCase):
     """What reaches the disk when (fsync calls are counted; SQLite's own are not)."""
 

@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from claudefs_gateway.core.metrics import Metrics
-from claudefs_gateway.vfs.cache import BoundedCache, NameCache
+from claudefs_gateway.vfs.cache import AttrCache, BoundedCache, NameCache
 
 
 def cache(
@@ -79,6 +79,57 @@ class EvictionTests(SynchronousTestCase):
         c.put("b", 2)
         self.assertEqual(c.clear(), 2)
         self.assertEqual(len(c), 0)
+
+
+class AttrCacheManyTests(SynchronousTestCase):
+    """
+    A listing's page in one call each way (issue 18): L{AttrCache.get_many}
+    answers as L{AttrCache.get} of each key would, L{AttrCache.put_read_many}
+    keeps what L{AttrCache.put_read} of each pair would.
+    """
+
+    def attr_cache(self, n: int = 3, metrics: Metrics | None = None) -> tuple[AttrCache, Clock]:
+        clock = Clock()
+        return AttrCache(n, 30, "lru", clock, metrics), clock
+
+    def test_get_many(self) -> None:
+        m = Metrics()
+        c, clock = self.attr_cache(metrics=m)
+        c.put(1, "one")  # type: ignore[arg-type]
+        clock.advance(20)
+        c.put(2, "two")  # type: ignore[arg-type]
+        self.assertEqual(c.get_many([2, 3, 1]), ["two", None, "one"])
+        clock.advance(15)  # 1 expired, 2 not
+        self.assertEqual(c.get_many([1, 2]), [None, "two"])
+        reg = m.registry
+        self.assertEqual(reg.get_sample_value("gateway_cache_hits_total", {"cache": "attr"}), 3)
+        self.assertEqual(reg.get_sample_value("gateway_cache_misses_total", {"cache": "attr"}), 2)
+
+    def test_get_many_counts_as_use(self) -> None:
+        """What a listing read stays in the cache before what it did not (LRU)."""
+        c, _ = self.attr_cache()
+        for k in (1, 2, 3):
+            c.put(k, str(k))  # type: ignore[arg-type]
+        c.get_many([1])
+        c.put(4, "4")  # type: ignore[arg-type]
+        self.assertEqual([k for k in (1, 2, 3, 4) if k in c], [1, 3, 4])
+
+    def test_put_read_many(self) -> None:
+        c, _ = self.attr_cache()
+        epoch = c.epoch
+        self.assertTrue(c.put_read_many([(1, "a"), (2, None), (3, "c")], epoch))  # type: ignore[list-item]
+        self.assertEqual((c.get(1), 2 in c, c.get(3)), ("a", False, "c"))
+        # More than fit: the oldest go, as put does.
+        c.put_read_many([(4, "d"), (5, "e")], c.epoch)  # type: ignore[list-item]
+        self.assertEqual([k for k in (1, 3, 4, 5) if k in c], [3, 4, 5])
+
+    def test_put_read_many_after_a_change(self) -> None:
+        """A page read before a change came is not kept (it may be older)."""
+        c, _ = self.attr_cache()
+        epoch = c.epoch
+        c.put(9, "new")  # type: ignore[arg-type]
+        self.assertFalse(c.put_read_many([(1, "old")], epoch))  # type: ignore[list-item]
+        self.assertNotIn(1, c)
 
 
 class NameCacheTests(SynchronousTestCase):

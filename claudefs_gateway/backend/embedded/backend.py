@@ -798,6 +798,23 @@ class EmbeddedBackend:
     ) -> defer.Deferred[DirPage]:
         return self._read(Reader.readdir, dir, cookie, verifier, count, with_attrs)
 
+    def readdir_cached(
+        self,
+        dir: int,
+        cookie: int,
+        verifier: bytes,
+        count: int,
+        cached: Callable[[list[int]], list[Attributes | None]],
+    ) -> defer.Deferred[tuple[DirPage, bool]]:
+        """
+        L{readdir} with attributes, those C{cached} has taken from it (the
+        vfs's attribute cache, which every change here updates): a listing
+        right after its files were made or looked at reads only names
+        (L{Reader.readdir_cached}). Fires with the page and whether its
+        attributes are C{cached}'s.
+        """
+        return self._read(Reader.readdir_cached, dir, cookie, verifier, count, cached)
+
     def readlink(self, ino: int) -> defer.Deferred[bytes]:
         return self._read(Reader.readlink, ino)
 

@@ -240,7 +240,7 @@ def status_only(status: int) -> bytes:
 # entry3 or entryplus3 is then one pack call, its name zero-padded by the
 # C{s} format, with no intermediate bytes objects per field.
 _ENTRY3: dict[int, struct.Struct] = {}
-_ENTRYPLUS3: dict[tuple[int, int], struct.Struct] = {}
+_ENTRYPLUS3: dict[int, struct.Struct] = {}  # by name length << 8 | handle length
 
 
 def entry3(name: bytes, fileid: int, cookie: int) -> bytes:
@@ -260,10 +260,45 @@ def entryplus3(name: bytes, cookie: int, a: Attributes, fsid: int, handle: bytes
     """
     n = len(name)
     h = len(handle)
-    st = _ENTRYPLUS3.get((n, h))
+    st = _ENTRYPLUS3.get(n << 8 | h)
     if st is None:
-        st = _ENTRYPLUS3[(n, h)] = struct.Struct(f">IQI{n + (-n & 3)}sQI{_FATTR}II{h + (-h & 3)}s")
-    return st.pack(1, a.ino, n, name, cookie, 1, *_fields(a, fsid), 1, h, handle)
+        st = _ENTRYPLUS3[n << 8 | h] = struct.Struct(
+            f">IQI{n + (-n & 3)}sQI{_FATTR}II{h + (-h & 3)}s"
+        )
+    # _fields in line (no tuple and argument unpacking per entry).
+    at, mt, ct = a.atime_ns, a.mtime_ns, a.ctime_ns
+    if not (_LOW_NS <= at < _HIGH_NS and _LOW_NS <= mt < _HIGH_NS and _LOW_NS <= ct < _HIGH_NS):
+        return st.pack(1, a.ino, n, name, cookie, 1, *_fields(a, fsid), 1, h, handle)
+    rdev = a.rdev
+    nlink = a.nlink
+    return st.pack(
+        1,
+        a.ino,
+        n,
+        name,
+        cookie,
+        1,
+        _FTYPE[a.type],
+        a.mode & 0o7777,
+        nlink if nlink <= _MAX32 else _MAX32,
+        a.uid & _MAX32,
+        a.gid & _MAX32,
+        a.size,
+        a.used,
+        rdev[0] & _MAX32,
+        rdev[1] & _MAX32,
+        fsid,
+        a.ino,
+        at // _NS,
+        at % _NS,
+        mt // _NS,
+        mt % _NS,
+        ct // _NS,
+        ct % _NS,
+        1,
+        h,
+        handle,
+    )
 
 
 # -- argument decoders ------------------------------------------------------------

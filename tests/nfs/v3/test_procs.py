@@ -747,7 +747,16 @@ class StoreCallTests(ProcTestCase):
         super().setUp()
         self.calls: list[tuple[str, dict[str, Any]]] = []
         backend = self.h.m.backend
-        for name in ("getattr", "lookup", "create", "unlink", "setattr", "readdir", "getxattr"):
+        for name in (
+            "getattr",
+            "lookup",
+            "create",
+            "unlink",
+            "setattr",
+            "readdir",
+            "readdir_cached",
+            "getxattr",
+        ):
             real = getattr(backend, name)
 
             def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
@@ -842,14 +851,46 @@ class StoreCallTests(ProcTestCase):
     def test_readdirplus(self) -> None:
         for i in range(20):
             self.file(b"f%d" % i, b"x" * i)
+        # Attributes the cache does not have (gone after their time to
+        # live): the page is read with them from the store, in one call.
+        self.h.m.clock.advance(3600)
+        reader = self.h.m.backend._reader
+        read: list[Any] = []
+        real = reader.readdir
+        reader.readdir = lambda *a: read.append(a) or real(*a)
         self.names()
         r = self.c.readdirplus(self.home)
         self.assertEqual(len(r.entries), 23)
-        self.assertEqual(self.names(), ["readdir"])
+        # (and the directory's own attributes, and "..", expired too)
+        self.assertEqual([n for n in self.names() if "readdir" in n], ["readdir_cached"])
+        self.assertEqual(len(read), 1)
         # Then the listed files' attributes are at hand: GETATTR asks nothing.
         for e in r.entries:
             self.assertEqual(self.c.getattr(e[4]).attrs, e[3])
         self.assertEqual(self.names(), [])
+
+    def test_readdirplus_attributes_from_the_cache(self) -> None:
+        """
+        A listing of files this gateway made (or listed) takes their
+        attributes from the attribute cache, as GETATTR answers them (issue
+        18: the listing reads names only): a change made here shows at once.
+        """
+        fhs = [self.file(b"f%d" % i, b"x" * i) for i in range(20)]
+        self.assertEqual(self.c.write(fhs[3], 100, b"more").status, 0)
+        self.assertEqual(self.c.setattr(fhs[4], SetAttrs(mode=0o600)).status, 0)
+        reader = self.h.m.backend._reader
+        read: list[Any] = []
+        real = reader.readdir
+        reader.readdir = lambda *a: read.append(a) or real(*a)
+        self.names()
+        r = self.c.readdirplus(self.home)
+        self.assertEqual(self.names(), ["readdir_cached"])
+        self.assertEqual(read, [])  # no page read with its attributes
+        byname = {e[1]: e for e in r.entries}
+        self.assertEqual(byname[b"f3"][3].size, 104)
+        self.assertEqual(byname[b"f4"][3].mode & 0o7777, 0o600)
+        for e in r.entries:
+            self.assertEqual(self.c.getattr(e[4]).attrs, e[3])
 
     def test_setattr_to_the_same_size(self) -> None:
         """
