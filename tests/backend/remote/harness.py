@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
 
+from claudefs_gateway.backend.remote import protocol, wire
 from claudefs_gateway.backend.remote.client import NodeSpec, RemoteBackend
 from claudefs_gateway.core import config as cfg
 from claudefs_gateway.core.config import Listen
@@ -104,6 +106,31 @@ class Cluster:
             c.circuit_breaker,
             **kw,
         )
+
+
+def count_rpc(test: Any) -> tuple[Counter[str], Counter[str]]:
+    """
+    Count, for the rest of C{test}, every call the gateways' RPC clients make
+    (by opcode name, HELLO and HEARTBEAT left out) and every event they hear.
+    """
+    calls: Counter[str] = Counter()
+    events: Counter[str] = Counter()
+    real_call = protocol.ClientConnection.call
+    real_frame = protocol.ClientConnection.frame_received
+
+    def counting(conn: Any, name: str, args: Any = None) -> Any:
+        if name not in ("HELLO", "HEARTBEAT"):
+            calls[name] += 1
+        return real_call(conn, name, args)
+
+    def frame(conn: Any, opcode: int, kind: int, rid: int, payload: bytes) -> None:
+        if kind == wire.EVENT:
+            events[wire.OPS[opcode].name] += 1
+        real_frame(conn, opcode, kind, rid, payload)
+
+    test.patch(protocol.ClientConnection, "call", counting)
+    test.patch(protocol.ClientConnection, "frame_received", frame)
+    return calls, events
 
 
 def address(server: ServerService) -> str:

@@ -22,9 +22,9 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from claudefs_gateway import service
-from claudefs_gateway.backend.remote import client, protocol, wire
+from claudefs_gateway.backend.remote import client
 from claudefs_gateway.core import config as cfg
-from tests.backend.remote.harness import Cluster
+from tests.backend.remote.harness import Cluster, count_rpc
 from tests.backend.remote.test_gateway import remote_yaml
 from tests.helpers import REPO, spawn
 
@@ -59,26 +59,10 @@ class NFSRoundTripTests(TestCase):
         await cluster.start()
         serving = await self._worker(cluster)
         await self._worker(cluster)  # the other worker: idle, hears the events
-        calls: Counter[str] = Counter()
-        events: Counter[str] = Counter()
-        real_call = protocol.ClientConnection.call
-        real_frame = protocol.ClientConnection.frame_received
-
-        def counting(conn: Any, name: str, args: Any = None) -> Any:
-            if name not in ("HELLO", "HEARTBEAT"):
-                calls[name] += 1
-            return real_call(conn, name, args)
-
-        def frame(conn: Any, opcode: int, kind: int, rid: int, payload: bytes) -> None:
-            if kind == wire.EVENT:
-                events[wire.OPS[opcode].name] += 1
-            real_frame(conn, opcode, kind, rid, payload)
-
         # The client's COMMIT follows the WRITE's reply: on a loaded machine
         # later than the hold's 2 ms, and the WROTE then goes on its own.
         self.patch(client, "WROTE_HOLD_SECS", 30.0)
-        self.patch(protocol.ClientConnection, "call", counting)
-        self.patch(protocol.ClientConnection, "frame_received", frame)
+        calls, events = count_rpc(self)
         ports = serving.listeners()
         url = (
             f"nfs://127.0.0.1/export?version=3&nfsport={ports['nfs'].bound_port}"

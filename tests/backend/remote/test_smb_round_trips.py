@@ -18,10 +18,9 @@ from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
 from claudefs_gateway import service
-from claudefs_gateway.backend.remote import protocol, wire
 from claudefs_gateway.core import config as cfg
 from claudefs_gateway.vfs.identity import nt_hash
-from tests.backend.remote.harness import Cluster
+from tests.backend.remote.harness import Cluster, count_rpc
 
 PASSWORD = "Trips-Pass1"
 
@@ -157,25 +156,7 @@ class SMBRoundTripTests(TestCase):
         cluster = Cluster(self, event_marks=True)
         await cluster.start()
         root = self._root = await smb_gateway(self, cluster)
-        calls: Counter[str] = Counter()
-        events: Counter[str] = Counter()
-        real_call = protocol.ClientConnection.call
-        real_frame = protocol.ClientConnection.frame_received
-
-        def counting(conn: Any, name: str, args: Any = None) -> Any:
-            if name not in ("HELLO", "HEARTBEAT"):
-                calls[name] += 1
-            return real_call(conn, name, args)
-
-        def frame(conn: Any, opcode: int, kind: int, rid: int, payload: bytes) -> None:
-            if kind == wire.EVENT:
-                events[wire.OPS[opcode].name] += 1
-            real_frame(conn, opcode, kind, rid, payload)
-
-        protocol.ClientConnection.call = counting  # type: ignore[method-assign]
-        protocol.ClientConnection.frame_received = frame  # type: ignore[method-assign]
-        self.addCleanup(setattr, protocol.ClientConnection, "call", real_call)
-        self.addCleanup(setattr, protocol.ClientConnection, "frame_received", real_frame)
+        calls, events = count_rpc(self)
         port = root.listeners()["smb"].bound_port
         client = await threads.deferToThread(_Client, port)
         self.addCleanup(lambda: threads.deferToThread(client.close))
