@@ -54,6 +54,12 @@ class Ticket:
     settled: bool = False
 
 
+# What L{QuotaManager.admit} hands out while no id has a limit: nothing
+# reserved, so nothing to release (shared: no operation changes a ticket
+# after admit made it).
+_UNLIMITED = Ticket(settled=True)
+
+
 class QuotaManager:
     _log = Logger()
 
@@ -194,18 +200,30 @@ class QuotaManager:
 
         @raise DQuot: a hard limit, or a soft limit past its grace, would be exceeded.
         """
+        if not self._limited:
+            return _UNLIMITED
         return self.admit_keys(
             [(("user", uid), add_bytes, add_inodes), (("group", gid), add_bytes, add_inodes)]
         )
 
     def admit_keys(self, adds: list[tuple[tuple[str, int], int, int]]) -> Ticket:
-        """L{admit} with each (kind, id) given its own growth (a chown moves a whole file to a new owner)."""
+        """
+        L{admit} with each (kind, id) given its own growth (a chown moves a
+        whole file to a new owner).
+
+        Reservations only feed the checks of L{_check}: while no id has a
+        limit (its own or a default) none is taken, which saves a create or
+        a growing write its dictionary updates here and in L{settle}. An
+        operation admitted so, still running when a limit is set, counts
+        against it once it settles (as usage), not before.
+        """
+        if not self._limited:
+            return _UNLIMITED
         ticket = Ticket()
         wanted = [(key, max(b, 0), max(i, 0)) for key, b, i in adds if b > 0 or i > 0]
-        if self._limited:
-            for key, b, i in wanted:
-                if key[1] != 0:
-                    self._check(key, b, i)
+        for key, b, i in wanted:
+            if key[1] != 0:
+                self._check(key, b, i)
         for key, b, i in wanted:
             r = self._reserved.setdefault(key, [0, 0])
             r[0] += b

@@ -234,6 +234,57 @@ class NoLimitsTests(SynchronousTestCase):
         # Usage is still kept.
         self.assertEqual(self.vfs.quotas.usage("user", 1000), Usage(20, 1))
 
+    def test_nothing_reserved_without_limits(self) -> None:
+        """
+        A create and a growing write in flight hold no reservation when no
+        id has a limit (reservations only feed the checks); usage still
+        moves when they are done.
+        """
+        pending: list[defer.Deferred[Any]] = []
+        real_write = self.m.backend.write
+
+        def slow_write(*args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            pending.append(d)
+            d.addCallback(lambda _: real_write(*args))
+            return d
+
+        f = self.successResultOf(self.vfs.create(self.alice, self.home, b"f", 0o644)).ino
+        self.m.backend.write = slow_write  # type: ignore[method-assign]
+        d = self.vfs.write(self.alice, f, 0, b"x" * 20, False)
+        self.assertNoResult(d)
+        self.assertEqual(self.vfs.quotas._reserved, {})
+        pending[0].callback(None)
+        self.successResultOf(d)
+        self.assertEqual(self.vfs.quotas._reserved, {})
+        self.assertEqual(self.vfs.quotas.usage("user", 1000), Usage(20, 1))
+        self.assertEqual(self.vfs.quotas.usage("group", 1000), Usage(20, 1))
+
+    def test_reserved_once_limited(self) -> None:
+        """With a limit set, a write in flight holds its growth until it settles."""
+        pending: list[defer.Deferred[Any]] = []
+        real_write = self.m.backend.write
+
+        def slow_write(*args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            pending.append(d)
+            d.addCallback(lambda _: real_write(*args))
+            return d
+
+        q = self.vfs.quotas
+        f = self.successResultOf(self.vfs.create(self.alice, self.home, b"f", 0o644)).ino
+        self.successResultOf(
+            defer.Deferred.fromCoroutine(q.set_limits("user", 1000, QuotaLimits(bytes_hard=30)))
+        )
+        self.m.backend.write = slow_write  # type: ignore[method-assign]
+        d = self.vfs.write(self.alice, f, 0, b"x" * 20, False)
+        self.assertEqual(q._reserved[("user", 1000)], [20, 0])
+        self.failureResultOf(self.vfs.write(self.alice, f, 20, b"y" * 20, False), errors.DQuot)
+        pending[0].callback(None)
+        self.successResultOf(d)
+        self.assertEqual(q._reserved, {})
+        self.assertEqual(q.usage("user", 1000), Usage(20, 1))
+
     def test_limit_set_later_is_enforced(self) -> None:
         f = self.successResultOf(self.vfs.create(self.alice, self.home, b"f", 0o644)).ino
         q = self.vfs.quotas
