@@ -1833,3 +1833,92 @@ class InlineUnlinkTests(StoreCase):
         after = await b.unlink(1, b"f")
         self.assertEqual(after.nlink, 0)
         self.assertGreaterEqual(after.used, 8192)
+
+
+class UsageRowTests(StoreCase):
+    """
+    A usage row goes when its counts reach zero, and only then is a DELETE
+    run: an unlink whose owner keeps other files runs none (it ran one per
+    row, user and group, before), also after a reopen.
+    """
+
+    def trace(self, b: EmbeddedBackend) -> list[str]:
+        statements: list[str] = []
+        assert b._engine.conn is not None
+        b._engine.conn.set_trace_callback(statements.append)
+        self.addCleanup(lambda: b._engine.conn and b._engine.conn.set_trace_callback(None))
+        return statements
+
+    def deletes(self, statements: list[str]) -> list[str]:
+        return [s for s in statements if s.startswith("DELETE FROM usage")]
+
+    async def test_delete_only_at_zero(self) -> None:
+        path = Path(self.mktemp())
+        b = await self.store(path, inline_max=4096)
+        for name in (b"a", b"b", b"c"):
+            f = await b.create(1, name, REG, 0o644, 7, 8)
+            await b.write(f.ino, 0, b"x" * 100, False)
+        statements = self.trace(b)
+        await b.unlink(1, b"a")
+        self.assertEqual(self.deletes(statements), [])
+        self.assertEqual(await b.usage("user", 7), Usage(200, 2))
+        self.assertEqual(await b.usage("group", 8), Usage(200, 2))
+        await b.close()
+
+        b2 = await self.store(path, inline_max=4096)
+        statements = self.trace(b2)
+        await b2.unlink(1, b"b")
+        self.assertEqual(self.deletes(statements), [])
+        self.assertEqual(await b2.usage("user", 7), Usage(100, 1))
+        await b2.unlink(1, b"c")
+        self.assertEqual(len(self.deletes(statements)), 2)
+        self.assertNotIn(7, await b2.all_usage("user"))
+        self.assertNotIn(8, await b2.all_usage("group"))
+        # The ids come back from zero as any new id does.
+        f = await b2.create(1, b"d", REG, 0o644, 7, 8)
+        await b2.write(f.ino, 0, b"y" * 10, False)
+        self.assertEqual(await b2.usage("user", 7), Usage(10, 1))
+
+    async def test_failed_op_moves_nothing(self) -> None:
+        """
+        An unlink that fails (no such name) changes no row, and the next
+        one that takes the last file still drops the rows.
+        """
+        b = await self.store(inline_max=4096)
+        await b.create(1, b"a", REG, 0o644, 7, 8)
+        with self.assertRaises(errors.NotFound):
+            await b.unlink(1, b"nope")
+        statements = self.trace(b)
+        await b.unlink(1, b"a")
+        self.assertEqual(len(self.deletes(statements)), 2)
+        self.assertEqual(await b.all_usage("user"), {0: Usage(0, 1)})
+
+
+class CheckpointTests(StoreCase):
+    """
+    SQLite checkpoints the WAL after the commit that takes it past
+    C{WAL_CHECKPOINT_PAGES} (4,096) pages, not its default 1,000: a commit
+    on the reactor's thread then pays a checkpoint's two syncs a quarter as
+    often. The log still stops growing at about that size.
+    """
+
+    async def test_log_grows_past_default(self) -> None:
+        b = await self.store(durable=False)
+        wal = Path(f"{b._engine.db_path}-wal")
+        for i in range(400):
+            await b.create(1, b"f%04d" % i, REG, 0o644, 0, 0, durable=False)
+        frames = (wal.stat().st_size - 32) // (4096 + 24)
+        # Five pages or so a create: SQLite's default would have started
+        # the log again from its first frame after 1,000.
+        self.assertGreater(frames, 1500)
+        self.assertLess(frames, engine_module.WAL_CHECKPOINT_PAGES)
+
+    async def test_log_bounded(self) -> None:
+        """Past the limit a commit checkpoints, and the log starts again from its head."""
+        self.patch(engine_module, "WAL_CHECKPOINT_PAGES", 200)
+        b = await self.store(durable=False)
+        wal = Path(f"{b._engine.db_path}-wal")
+        for i in range(300):
+            await b.create(1, b"f%04d" % i, REG, 0o644, 0, 0, durable=False)
+        frames = (wal.stat().st_size - 32) // (4096 + 24)
+        self.assertLess(frames, 300)
