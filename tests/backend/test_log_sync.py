@@ -1,5 +1,6 @@
 """
-A durable create, unlink, rmdir or log-only COMMIT that finds the embedded
+A durable create, unlink, rmdir, log-only COMMIT, S3 DELETE or small S3 PUT
+(bytes inline) that finds the embedded
 store's writer idle is committed on the reactor's thread without a sync and
 answered once the WAL's C{fdatasync}, submitted by Linux AIO from that
 thread, has returned (L{claudefs_gateway.backend.embedded._logsync}): no
@@ -26,7 +27,7 @@ from claudefs_gateway.backend.embedded import EmbeddedBackend
 from claudefs_gateway.backend.embedded._engine import UNSYNCED_OPS, Engine
 from claudefs_gateway.backend.embedded._logsync import AioLogSync
 from claudefs_gateway.backend.embedded._writer import ThreadWriter
-from claudefs_gateway.fstypes import FileType, SetAttrs
+from claudefs_gateway.fstypes import FileType
 
 ROOT = 1
 REG = FileType.REG
@@ -200,11 +201,9 @@ class ReactorSyncTests(TestCase):
 
     async def test_writer_batches_wait_for_the_sync_in_flight(self) -> None:
         """
-        A change that must go to the writer thread (a setattr) while a sync
-        is in flight is answered after the change whose sync it is, and so
-        is the create made after it (which goes to the writer too: nothing
-        runs on the reactor while a change is at the writer): callers hear
-        in the order they called.
+        A change made while a sync is in flight goes to the writer thread;
+        answered before the first one's sync returned, it is held: callers
+        hear in the order they called.
         """
         b = await self.store()
         held = self.hold(b)
@@ -221,69 +220,16 @@ class ReactorSyncTests(TestCase):
         order: list[str] = []
         first = b.create(ROOT, b"a", REG, 0o644, 0, 0)
         first.addCallback(lambda r: order.append("a") or r)
-        second = b.setattr(ROOT, SetAttrs(mode=0o700))
-        second.addCallback(lambda r: order.append("chmod") or r)
-        third = b.create(ROOT, b"c", REG, 0o644, 0, 0)
-        third.addCallback(lambda r: order.append("c") or r)
-        self.assertEqual(len(held), 1)
-        # The writer commits the setattr (FULL) and hands it back; it waits.
-        await handed
-        self.assertEqual(order, [])
-        held[0][2]()
-        await defer.gatherResults([first, second, third])
-        self.assertEqual(order, ["a", "chmod", "c"])
-        self.assertEqual(len(held), 1)
-
-    async def test_changes_during_a_sync_share_the_next_one_on_the_reactor(self) -> None:
-        """
-        Concurrent clients' durable changes: those committed while a sync is
-        in flight are committed on the reactor too, none answered before a
-        sync that started after its commit returned, and the next sync covers
-        them all (group commit without the writer thread).
-        """
-        b = await self.store()
-        threads = self.writer_batches(b)
-        held = self.hold(b)
-        order: list[str] = []
-        ds = []
-        for name in ("a", "b", "c"):
-            d = b.create(ROOT, name.encode(), REG, 0o644, 0, 0)
-            d.addCallback(lambda r, name=name: order.append(name) or r)
-            ds.append(d)
-        me = threading.get_ident()
-        self.assertEqual(threads, [me] * 3)
-        self.assertEqual(len(held), 1)
-        await held[0][1]
-        self.assertEqual(order, [])
-        held[0][2]()
-        await ds[0]
-        # "a" answered; "b" and "c" wait for the second sync, started when
-        # the first returned (after their commits).
-        self.assertEqual(order, ["a"])
-        self.assertEqual(len(held), 2)
-        self.assertTrue(b._engine._wal_unsynced)
-        await held[1][1]
-        self.assertEqual(order, ["a"])
-        held[1][2]()
-        await defer.gatherResults(ds)
-        self.assertEqual(order, ["a", "b", "c"])
-        self.assertEqual(len(held), 2)
-        self.assertFalse(b._engine._wal_unsynced)
-        self.assertEqual(set(threads), {me})
-        for name in (b"a", b"b", b"c"):
-            await b.lookup(ROOT, name)
-
-    async def test_failed_sync_fails_the_changes_committed_meanwhile(self) -> None:
-        b = await self.store()
-        held = self.hold(b, fail=OSError(errno.EIO, "injected"))
-        first = b.create(ROOT, b"a", REG, 0o644, 0, 0)
         second = b.create(ROOT, b"b", REG, 0o644, 0, 0)
-        held[0][2]()
-        await self.assertFailure(first, errors.IO)
-        await self.assertFailure(second, errors.IO)
-        self.flushLoggedErrors(OSError)
+        second.addCallback(lambda r: order.append("b") or r)
         self.assertEqual(len(held), 1)
-        self.assertTrue(b._engine._wal_unsynced)
+        # The writer commits "b" (FULL) and hands it back; it waits.
+        await handed
+        self.assertEqual(len(b._held), 1)
+        self.assertEqual(order, [])
+        held[0][2]()
+        await defer.gatherResults([first, second])
+        self.assertEqual(order, ["a", "b"])
 
     async def test_s3_put_and_delete_on_the_reactor(self) -> None:
         """
@@ -326,6 +272,7 @@ class ReactorSyncTests(TestCase):
         self.assertEqual(big.source.size, 8192)
         self.assertEqual(len(held), 2)
         self.assertNotEqual(threads[-1], me)
+        self.assertEqual((await b.read(big.source.ino, 0, 9000))[0], b"y" * 8192)
 
     async def test_failed_sync_fails_the_change_and_the_next_syncs(self) -> None:
         b = await self.store()

@@ -124,15 +124,13 @@ class EmbeddedBackend:
         of a file that is not there was a sixth of the meta server's time
         answering a READDIRPLUS). Only C{wrote}, never C{write} or
         C{allocate}, may be called on such a store.
-    @param log_sync: a durable create, unlink, rmdir, log-only COMMIT,
-        S3 DELETE (C{unlink_pruning}) or small PUT (C{put_file}, bytes
-        inline) that finds the writer idle is committed on the reactor's
-        thread without a sync, and the log synced by Linux AIO from that
-        thread (L{_logsync}); acknowledged once that sync returned. Those
-        committed while a sync is in flight are synced together by the next
-        (a group commit without the writer thread). Saves the two thread
-        hand-offs of a change. Off, or where the kernel has no AIO, every
-        durable change goes to the writer thread.
+    @param log_sync: a durable create, unlink, rmdir, log-only COMMIT, S3
+        DELETE (C{unlink_pruning}) or small PUT (C{put_file}, bytes inline)
+        that finds the writer idle is committed on the reactor's thread
+        without a sync, and the log synced by Linux AIO from that thread
+        (L{_logsync}); acknowledged once that sync returned. Saves the two
+        thread hand-offs of a change at queue depth 1. Off, or where the
+        kernel has no AIO, every durable change goes to the writer thread.
     """
 
     _log = Logger()
@@ -191,14 +189,10 @@ class EmbeddedBackend:
         self._close_waiters: list[defer.Deferred[None]] = []
         self._want_log_sync = log_sync and durable and not inline
         self._log_sync: AioLogSync | None = None
-        # The ops committed on this thread whose log sync is in flight
-        # ((op, inodes freed) each, and the unsynced commits that sync
-        # covers), those committed since, for the next sync (and the count
-        # it will cover), and the writer's batches delivered meanwhile, held
-        # to keep the order callers see.
-        self._syncing: tuple[list[tuple[Op, list[int]]], int] | None = None
-        self._next: list[tuple[Op, list[int]]] = []
-        self._next_covered = 0
+        # The op committed on this thread whose log sync is in flight: (op,
+        # inodes freed, unsynced commits covered), and the writer's batches
+        # delivered meanwhile, held to keep the order callers see.
+        self._syncing: tuple[Op, list[int], int] | None = None
         self._sync_done: defer.Deferred[None] | None = None
         self._held: list[tuple[list[Op], list[int]]] = []
 
@@ -272,8 +266,8 @@ class EmbeddedBackend:
         if sweep is not None and sweep.running:
             sweep.stop()
         try:
-            while self._sync_done is not None:
-                # Changes whose log sync is in flight (or next): answered first.
+            if self._sync_done is not None:
+                # A change whose log sync is in flight: answered first.
                 await self._sync_done
             if self._log_sync is not None:
                 self._log_sync.close()
@@ -371,23 +365,16 @@ class EmbeddedBackend:
     ) -> defer.Deferred[Any] | None:
         """
         Commit a durable change on this thread without a sync, when the
-        writer is idle and every op submitted before was delivered or is
-        itself waiting for a log sync of this thread's
+        writer is idle and every op submitted before was delivered
         (L{ThreadWriter.run_unsynced}), then sync the log with
         L{AioLogSync}; the Deferred fires once that sync returned. None when
         it could not: nothing done, the op is to be submitted.
 
-        One such sync in flight at a time: the changes committed here
-        meanwhile wait for the next, which starts when it returns and covers
-        them all (group commit on this thread: concurrent clients' S3 PUTs
-        and DELETEs make no thread hand-off). A change that cannot run here
-        (the writer busy, a read waiting) goes to the writer thread, and no
-        more run here until it is delivered.
+        One such sync in flight at a time: a change arriving meanwhile goes
+        to the writer thread, whose group commit batches concurrent clients
+        (a queue depth of 1 is what this is for).
         """
-        pending = len(self._next)
-        if self._syncing is not None:
-            pending += len(self._syncing[0])
-        if self._done + pending < self._submitted or self._waiting:
+        if self._done < self._submitted or self._waiting or self._syncing is not None:
             return None
         assert isinstance(self._writer, ThreadWriter) and self._log_sync is not None
         op = Op(fn, args, True, ino)
@@ -401,26 +388,9 @@ class EmbeddedBackend:
         freed, covered = result
         fd = self._engine.wal_fd
         if not covered or fd is None:
-            # Nothing to sync (it failed, or changed nothing): answered now,
-            # or after the ops before it whose sync is in flight.
             self._deliver([op], freed)
             return d
-        if self._syncing is not None:
-            self._next.append((op, freed))
-            self._next_covered = covered
-            return d
-        self._start_sync([(op, freed)], covered, fd)
-        return d
-
-    def _start_sync(self, group: list[tuple[Op, list[int]]], covered: int, fd: int) -> None:
-        """Sync the log for C{group}, committed here (L{_run_unsynced})."""
-        self._syncing = (group, covered)
-        sync: defer.Deferred[None]
-        if self._log_sync is None:
-            # AIO turned off since those ops were committed (below).
-            sync = self._writer.call(os.fdatasync, fd)
-            self._sync_done = sync.addBoth(self._log_synced)
-            return
+        self._syncing = (op, freed, covered)
         try:
             sync = self._log_sync.sync(fd)
         except OSError as e:
@@ -431,6 +401,7 @@ class EmbeddedBackend:
             self._log_sync = None
             sync = self._writer.call(os.fdatasync, fd)
         self._sync_done = sync.addErrback(self._aio_unsupported, fd).addBoth(self._log_synced)
+        return d
 
     def _aio_unsupported(self, f: Failure, fd: int) -> Any:
         """
@@ -450,46 +421,27 @@ class EmbeddedBackend:
         return self._writer.call(os.fdatasync, fd)
 
     def _log_synced(self, result: None | Failure) -> None:
-        """
-        The log sync of L{_run_unsynced} returned: answer its ops, start
-        the sync of those committed meanwhile, and once none is left in
-        flight answer what the writer handed back meanwhile (submitted
-        after them all: none run here while one is at the writer).
-        """
+        """The log sync of L{_run_unsynced} returned: answer its op, then what was held."""
         assert self._syncing is not None
-        group, covered = self._syncing
+        op, freed, covered = self._syncing
         self._syncing = None
         self._sync_done = None
-        nxt, self._next = self._next, []
         if isinstance(result, Failure):
-            # Committed, maybe not durable: the callers hear of an I/O error
+            # Committed, maybe not durable: the caller hears of an I/O error
             # (NFS3ERR_IO), and the engine's log stays marked unsynced, so
-            # the next durable change syncs it again. The ops committed
-            # meanwhile fail too: a sync after a failed one may report
-            # success for pages the kernel dropped.
+            # the next durable change syncs it again.
             self._log.warn("embedded store log sync failed: {error}", error=result.value)
-            error = convert_error(result.value)
-            for op, _ in group + nxt:
-                op.ok, op.value = False, error
-            group, nxt = group + nxt, []
+            op.ok, op.value = False, convert_error(result.value)
         else:
             # Counted here, on the reactor, even when the writer holds the
             # engine (its flag is then cleared by the next durable commit).
             self._engine.stats.reactor_log_syncs += 1
             if isinstance(self._writer, ThreadWriter):
                 self._writer.log_synced(covered)
-        fd = self._engine.wal_fd
-        if nxt:
-            if fd is not None:
-                self._start_sync(nxt, self._next_covered, fd)
-            else:
-                group = group + nxt
-        for op, freed in group:
-            self._deliver([op], freed, hold=False)
-        if self._syncing is None:
-            held, self._held = self._held, []
-            for batch, more in held:
-                self._deliver(batch, more)
+        self._deliver([op], freed)
+        held, self._held = self._held, []
+        for batch, more in held:
+            self._deliver(batch, more)
         if isinstance(self._writer, ThreadWriter):
             # Freed data files (an unlink's), once nothing waits for the reply.
             self._writer.after_batch_here()
@@ -534,14 +486,10 @@ class EmbeddedBackend:
             return None
         return d
 
-    def _deliver(self, batch: list[Op], freed: list[int], hold: bool = True) -> None:
-        """
-        On the reactor thread: a batch committed (or failed); fire its
-        Deferreds in order. C{hold} False: ops whose log sync returned
-        (L{_log_synced}).
-        """
-        if hold and self._syncing is not None:
-            # Submitted after the ops whose log sync is in flight: after them.
+    def _deliver(self, batch: list[Op], freed: list[int]) -> None:
+        """On the reactor thread: a batch committed (or failed); fire its Deferreds in order."""
+        if self._syncing is not None and batch[0] is not self._syncing[0]:
+            # Submitted after the op whose log sync is in flight: after it.
             self._held.append((batch, freed))
             return
         reader = self._reader

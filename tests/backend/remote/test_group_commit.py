@@ -48,10 +48,8 @@ class GroupCommitTests(TestCase):
         made = store.stats.durable_commits - commits
         # Without group commit each create is a commit of its own (2 * N).
         self.assertGreaterEqual(made, 1)
-        # (The group is the writer thread's batch or, where the store syncs
-        # its log by Linux AIO, the changes committed on the reactor while a
-        # sync was in flight: docs/backend.rst.)
         self.assertLessEqual(made, N, f"{made} commits for {2 * N} creates")
+        self.assertGreater(store.stats.largest_batch, 1)
 
 
 class UnsyncedChangesTests(TestCase):
