@@ -1,5 +1,6 @@
 """
-A durable create, unlink, rmdir or log-only COMMIT that finds the embedded
+A durable create, unlink, rmdir, log-only COMMIT, S3 DELETE or small S3 PUT
+(bytes inline) that finds the embedded
 store's writer idle is committed on the reactor's thread without a sync and
 answered once the WAL's C{fdatasync}, submitted by Linux AIO from that
 thread, has returned (L{claudefs_gateway.backend.embedded._logsync}): no
@@ -230,6 +231,49 @@ class ReactorSyncTests(TestCase):
         await defer.gatherResults([first, second])
         self.assertEqual(order, ["a", "b"])
 
+    async def test_s3_put_and_delete_on_the_reactor(self) -> None:
+        """
+        S3's small PUT (put_file, bytes inline) and DELETE (unlink_pruning)
+        are committed on the reactor and answered after the log's sync; a
+        PUT whose bytes go to a data file (synced before its commit) goes to
+        the writer thread.
+        """
+        b = await self.store()
+        threads = self.writer_batches(b)
+        held = self.hold(b)
+        me = threading.get_ident()
+        d = b.put_file(
+            ROOT,
+            b"k",
+            0o644,
+            0,
+            0,
+            b"x" * 4096,
+            ((b"user.m", b"v"),),
+            10**18,
+            dirs=((b"p", 0o755, 0, 0, ()),),
+        )
+        self.assertEqual((threads, len(held)), ([me], 1))
+        self.assertNoResult(d)
+        held[0][2]()
+        put = await d
+        self.assertEqual(put.source.size, 4096)
+        (made,) = put.made
+        d = b.unlink_pruning(made.ino, b"k", ((ROOT, b"p", made.ino),))
+        self.assertEqual((threads, len(held)), ([me, me], 2))
+        self.assertNoResult(d)
+        held[1][2]()
+        gone, removed = await d
+        self.assertEqual((gone.nlink, [a.ino for a in removed]), (0, [made.ino]))
+        with self.assertRaises(errors.NotFound):
+            await b.lookup(ROOT, b"p")
+        # Larger than inline: to the writer (FULL commit, data file synced).
+        big = await b.put_file(ROOT, b"big", 0o644, 0, 0, b"y" * 8192, (), 10**18)
+        self.assertEqual(big.source.size, 8192)
+        self.assertEqual(len(held), 2)
+        self.assertNotEqual(threads[-1], me)
+        self.assertEqual((await b.read(big.source.ino, 0, 9000))[0], b"y" * 8192)
+
     async def test_failed_sync_fails_the_change_and_the_next_syncs(self) -> None:
         b = await self.store()
         held = self.hold(b, fail=OSError(errno.EIO, "injected"))
@@ -315,5 +359,13 @@ class UnsyncedOpsTests(TestCase):
         committed without the log's sync.
         """
         self.assertEqual(
-            UNSYNCED_OPS, {Engine.op_create, Engine.op_unlink, Engine.op_rmdir, Engine.op_commit}
+            UNSYNCED_OPS,
+            {
+                Engine.op_create,
+                Engine.op_unlink,
+                Engine.op_rmdir,
+                Engine.op_commit,
+                Engine.op_unlink_prune,
+                Engine.op_put_file,
+            },
         )

@@ -879,8 +879,8 @@ class Engine:
         op may be answered, the count of unsynced commits that sync covers
         (for L{log_synced}); 0 when nothing needs a sync (the op failed, or
         changed nothing and found the log synced). None when the op is not
-        one that may run so (a COMMIT of a file with its own data to sync):
-        nothing was done, and it goes to the writer thread.
+        one that may run so (a COMMIT of a file with its own data to sync,
+        a put_file whose bytes are not inline): nothing was done, and it goes to the writer thread.
 
         A C{synchronous=NORMAL} commit writes the same frames to the WAL as
         a FULL one, without the C{fdatasync} that ends a FULL commit; that
@@ -890,6 +890,10 @@ class Engine:
         unsynced data), which a batch that is not durable would skip.
         """
         if op.fn not in UNSYNCED_OPS:
+            return None
+        if op.fn is Engine.op_put_file and len(op.args[6]) > self.inline_max:
+            # Its bytes go to a data file synced before the commit: on the
+            # writer thread (that sync would stall the reactor).
             return None
         if op.fn is Engine.op_commit:
             if not self._log_only([op]):
@@ -1917,8 +1921,20 @@ class Engine:
 #: Durable changes that may be committed without a sync and the log synced
 #: after (L{Engine.run_unsynced}): none of them syncs a file of its own. A
 #: rename is not one (a durable rename of a regular file syncs its data
-#: first), nor a setattr (a truncation's data cut follows its commit).
-UNSYNCED_OPS = frozenset({Engine.op_create, Engine.op_unlink, Engine.op_rmdir, Engine.op_commit})
+#: first), nor a setattr (a truncation's data cut follows its commit). S3's
+#: DELETE (C{op_unlink_prune}: an unlink and rmdirs) is; S3's small PUT
+#: (C{op_put_file}) is when its bytes are inline (a larger one writes and
+#: syncs a data file: L{Engine.run_unsynced} turns it away).
+UNSYNCED_OPS = frozenset(
+    {
+        Engine.op_create,
+        Engine.op_unlink,
+        Engine.op_rmdir,
+        Engine.op_commit,
+        Engine.op_unlink_prune,
+        Engine.op_put_file,
+    }
+)
 
 
 def _check_xattr_name(name: bytes) -> None:

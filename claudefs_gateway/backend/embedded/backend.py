@@ -124,7 +124,8 @@ class EmbeddedBackend:
         of a file that is not there was a sixth of the meta server's time
         answering a READDIRPLUS). Only C{wrote}, never C{write} or
         C{allocate}, may be called on such a store.
-    @param log_sync: a durable create, unlink, rmdir or log-only COMMIT
+    @param log_sync: a durable create, unlink, rmdir, log-only COMMIT, S3
+        DELETE (C{unlink_pruning}) or small PUT (C{put_file}, bytes inline)
         that finds the writer idle is committed on the reactor's thread
         without a sync, and the log synced by Linux AIO from that thread
         (L{_logsync}); acknowledged once that sync returned. Saves the two
