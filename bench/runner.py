@@ -99,6 +99,9 @@ def run_workload(
             wr = [r[m.name] for r in results["workers"]]
             row.update(workers_name=workers.name, workers=Summary.of(wr), workers_runs=wr)
             row["workers_ratio"] = ratio(row["workers"], row["gateway"], m)
+            if peer is not None:
+                # Issue 12's comparison, same run: the workers against the peer.
+                row["workers_peer_ratio"] = ratio(row["workers"], row["peer"], m)
         rows.append(row)
     return rows
 
@@ -187,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch.mkdir(parents=True, exist_ok=True)
     protocols = sorted({w.protocol for w in chosen if w.protocol not in ("admin", "rpc")})
     rows: list[dict[str, Any]] = []
+    load_before = os.getloadavg()
     gateway = targets.Gateway(scratch / "gateway", protocols, args.config_extra)
     started: list[targets.Target] = []
     try:
@@ -233,8 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep and args.scratch is None:
             shutil.rmtree(scratch, ignore_errors=True)
 
+    load_after = os.getloadavg()
     print()
     print(table(rows))
+    print(
+        "\nload average (1, 5, 15 min): before "
+        + ", ".join(f"{x:.2f}" for x in load_before)
+        + "; after "
+        + ", ".join(f"{x:.2f}" for x in load_after)
+    )
     meta = {
         "when": when,
         "runs": args.runs,
@@ -243,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m bench", *(argv or sys.argv[1:])]),
         "host": platform.node(),
         "cpus": os.cpu_count(),
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
         "python": platform.python_version(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

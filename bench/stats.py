@@ -54,6 +54,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     with_workers = any(r.get("workers") is not None for r in rows)
     if with_workers:
         header += ["workers median", "workers/1"]
+    with_both = any(r.get("workers_peer_ratio") is not None for r in rows)
+    if with_both:
+        header += ["workers/peer"]
     lines = [header]
     for r in rows:
         g: Summary = r["gateway"]
@@ -73,6 +76,9 @@ def table(rows: list[dict[str, Any]]) -> str:
             w: Summary | None = r.get("workers")
             wr = r.get("workers_ratio")
             line += [fmt(w.median) if w else "-", f"{wr:.2f}x" if wr is not None else "n/a"]
+        if with_both:
+            wp = r.get("workers_peer_ratio")
+            line.append(f"{wp:.2f}x" if wp is not None else "n/a")
         lines.append(line)
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
     out = []
@@ -110,6 +116,7 @@ def to_json(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
                 "workers": summ(r.get("workers")),
                 "workers_runs": r.get("workers_runs"),
                 "workers_ratio": r.get("workers_ratio"),
+                "workers_peer_ratio": r.get("workers_peer_ratio"),
             }
             for r in rows
         ],

@@ -7,6 +7,8 @@ no asynchronous calls). Debian's fio has no NFS engine.
 
 Sizes can be shrunk for a quick look with ``CFS_BENCH_NFS_SEQ_MB`` (default
 1024) and ``CFS_BENCH_NFS_OPS`` (default 5000 random reads or GETATTRs).
+The ``*_parallel`` workloads run ``CFS_BENCH_NFS_CLIENTS`` (default 4)
+client processes at once (bench/parallel.py).
 
 Every workload also reports the server's CPU time per operation (or per MiB)
 over its timed part, from the server process's CPU clock
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.parallel import per_op, run_phases, sync
 from bench.serverstat import tree_cpu
 from bench.stats import Metric
 from bench.workloads import Workload, register
@@ -90,16 +93,16 @@ class _CPU:
         return self.used
 
 
-def _source(scratch: Path) -> Path:
-    """A local file of SEQ_MB MiB (random blocks), made once per bench run."""
-    src = scratch.parent / f"seq-{SEQ_MB}MiB.bin"
-    if not src.exists() or src.stat().st_size != SEQ_MB << 20:
+def _source(scratch: Path, mib: int = SEQ_MB) -> Path:
+    """A local file of C{mib} MiB (random blocks), made once per bench run."""
+    src = scratch.parent / f"seq-{mib}MiB.bin"
+    if not src.exists() or src.stat().st_size != mib << 20:
         src.parent.mkdir(parents=True, exist_ok=True)
         block = os.urandom(16 << 20)
         with open(src, "wb") as f:
-            for i in range(SEQ_MB // 16):
+            for i in range(mib // 16):
                 f.write(block[i % 7 :] + block[: i % 7])
-            f.write(block[: (SEQ_MB % 16) << 20])
+            f.write(block[: (mib % 16) << 20])
     return src
 
 
@@ -388,32 +391,76 @@ def small_files(e: dict[str, Any], scratch: Path) -> dict[str, float]:
 PARALLEL = int(os.environ.get("CFS_BENCH_NFS_CLIENTS", "4"))
 
 
-def _small_files_one(e: dict[str, Any]) -> tuple[float, float, float, float]:
-    """One client's small_files in a child process: (start, created, listed, removed) times."""
-    t0 = time.time()
-    got = small_files(e, Path("."))
-    return (
-        t0,
-        SMALL_FILES / got["create/s"],
-        SMALL_FILES / got["list entries/s"],
-        SMALL_FILES / got["unlink/s"],
-    )
+def _small_files_client(i: int, e: dict[str, Any], tag: str) -> None:
+    """One client of small_files_parallel (a forked process): its own directory."""
+    lib = _binding()
+    nfs = lib.NFS(url(e))
+    raw = nfs._nfs
+    d = f"/small-{tag}-{i}"
+    nfs.mkdir(d)
+    data = bytearray(os.urandom(4096))
+    sync()
+    for j in range(SMALL_FILES):
+        fh = lib.new_NFSFileHandle()
+        rc = lib.nfs_create(raw, f"{d}/f{j:05d}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, fh)
+        if rc != 0:
+            raise RuntimeError(f"create failed: {rc}")
+        h = lib.NFSFileHandle_value(fh)
+        lib.nfs_write(raw, h, 4096, data)
+        lib.nfs_close(raw, h)
+    sync()
+    for j in range(SMALL_FILES):
+        nfs.unlink(f"{d}/f{j:05d}")
+    sync()
+    nfs.rmdir(d)
 
 
 def small_files_parallel(e: dict[str, Any], scratch: Path) -> dict[str, float]:
     """
-    small_files from PARALLEL client processes at once, each on its own
-    connection (with --workers the kernel spreads them over the workers):
-    aggregate files/s over the slowest client's time for each phase.
+    nfs.small_files' creates and unlinks from PARALLEL client processes at
+    once, each on its own connection and in its own directory (with
+    --workers the kernel spreads the connections over the workers), the
+    phases in step: aggregate files/s and the server's CPU per file.
     """
-    import multiprocessing
+    _settle(e)
+    phases, _ = run_phases(
+        PARALLEL, 2, _small_files_client, (e, str(time.monotonic_ns())), pid=e.get("pid")
+    )
+    return per_op(
+        phases,
+        SMALL_FILES * PARALLEL,
+        ("create/s", "server CPU us/create", "unlink/s", "server CPU us/unlink"),
+    )
 
-    with multiprocessing.get_context("fork").Pool(PARALLEL) as pool:
-        results = pool.map(_small_files_one, [e] * PARALLEL)
-    total = SMALL_FILES * PARALLEL
+
+def _seq_write_client(i: int, e: dict[str, Any], src: str, tag: str) -> None:
+    """One client of seq_write_parallel (a forked process): nfs-cp to its own name."""
+    name = f"/seqw-{tag}-{i}.bin"
+    sync()
+    _nfs_cp(src, url(e, name))
+    sync()
+    _unlink(e, name)
+
+
+def seq_write_parallel(e: dict[str, Any], scratch: Path) -> dict[str, float]:
+    """
+    PARALLEL nfs-cp processes at once, each copying SEQ_MB / PARALLEL MiB
+    to a file of its own (the same bytes in all as nfs.seq_write): aggregate
+    MB/s from the first byte to the last copy's COMMIT.
+    """
+    src = _source(scratch, SEQ_MB // PARALLEL)
+    _settle(e)
+    (phase,), _ = run_phases(
+        PARALLEL,
+        1,
+        _seq_write_client,
+        (e, str(src), str(time.monotonic_ns())),
+        pid=e.get("pid"),
+    )
+    size = src.stat().st_size * PARALLEL
     return {
-        "create/s": total / max(r[1] for r in results),
-        "unlink/s": total / max(r[3] for r in results),
+        "MB/s": size / phase.wall / 1e6,
+        "server CPU ms/MiB": phase.cpu * 1e3 / (size / 2**20),
     }
 
 
@@ -477,9 +524,26 @@ register(
     Workload(
         "nfs.small_files_parallel",
         "nfs",
-        (Metric("create/s", "files/s"), Metric("unlink/s", "files/s")),
+        (
+            Metric("create/s", "files/s"),
+            Metric("unlink/s", "files/s"),
+            Metric("server CPU us/create", "us", higher_is_better=False),
+            Metric("server CPU us/unlink", "us", higher_is_better=False),
+        ),
         small_files_parallel,
         description=f"nfs.small_files from {PARALLEL} clients at once (aggregate files/s)",
+    )
+)
+register(
+    Workload(
+        "nfs.seq_write_parallel",
+        "nfs",
+        (Metric("MB/s", "MB/s"), _CPU_MIB),
+        seq_write_parallel,
+        description=(
+            f"{PARALLEL} nfs-cp at once, each of {SEQ_MB // PARALLEL} MiB to its own file"
+            " (aggregate MB/s)"
+        ),
     )
 )
 register(

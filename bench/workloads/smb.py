@@ -8,6 +8,9 @@ small next to either server), side by side with Samba's smbd (PEERS.md).
   - ``smb.small_files``: 300 files of 4 KiB created and written (one
     smbclient session of ``put``), then deleted (one session of ``del``).
 
+  - ``smb.small_files_parallel``: the same from CFS_BENCH_SMB_CLIENTS (4)
+    smbclient sessions at once, each in a directory of its own.
+
   - ``smb.small_files_leases``: 200 files created with an RWH lease (v2),
     written and closed, then each opened again with the lease and its
     FileBasicInformation queried, over one smbprotocol session.
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.parallel import per_op, run_phases, sync
 from bench.serverstat import children, settle, tree_cpu
 from bench.stats import Metric
 from bench.workloads import Workload, register
@@ -141,6 +145,51 @@ def small_files(endpoints: dict[str, Any], scratch: Path) -> dict[str, float]:
     }
 
 
+PARALLEL = int(os.environ.get("CFS_BENCH_SMB_CLIENTS", "4"))
+
+
+def _small_files_client(i: int, endpoints: dict[str, Any], scratch: str) -> None:
+    """One client of small_files_parallel (a forked process): its own directory."""
+    mine = Path(scratch) / f"client-{i}"
+    local = mine / "small"
+    local.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(SMALL_SIZE)
+    for j in range(SMALL_COUNT):
+        (local / f"f{j:04d}").write_bytes(data)
+    d = f"small-{Path(scratch).name}-{i}"
+    _smbclient(endpoints, f"mkdir {d}", mine)
+    sync()
+    _smbclient(
+        endpoints,
+        f"lcd {local}; cd {d}; " + "; ".join(f"put f{j:04d}" for j in range(SMALL_COUNT)),
+        mine,
+    )
+    sync()
+    _smbclient(
+        endpoints, f"cd {d}; " + "; ".join(f"del f{j:04d}" for j in range(SMALL_COUNT)), mine
+    )
+    sync()
+    _smbclient(endpoints, f"rmdir {d}", mine)
+
+
+def small_files_parallel(endpoints: dict[str, Any], scratch: Path) -> dict[str, float]:
+    """
+    smb.small_files from PARALLEL smbclient processes at once, each its own
+    session (with --workers the kernel spreads the connections over the
+    workers) and directory, the put and del phases in step: aggregate
+    files/s and the server's CPU per file.
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    phases, _ = run_phases(
+        PARALLEL, 2, _small_files_client, (endpoints, str(scratch)), pid=endpoints.get("pid")
+    )
+    return per_op(
+        phases,
+        SMALL_COUNT * PARALLEL,
+        ("creates/s", "server CPU us/create", "deletes/s", "server CPU us/delete"),
+    )
+
+
 _THROUGHPUT = (
     Metric("MiB/s", "MiB/s"),
     Metric("server CPU ms/MiB", "ms", higher_is_better=False),
@@ -191,6 +240,23 @@ register(
     )
 )
 
+register(
+    Workload(
+        name="smb.small_files_parallel",
+        protocol="smb",
+        metrics=(
+            Metric("creates/s", "files/s"),
+            Metric("deletes/s", "files/s"),
+            Metric("server CPU us/create", "us", higher_is_better=False),
+            Metric("server CPU us/delete", "us", higher_is_better=False),
+        ),
+        run=small_files_parallel,
+        description=(
+            f"smb.small_files from {PARALLEL} smbclient sessions at once, each {SMALL_COUNT}"
+            " files in its own directory (aggregate files/s)"
+        ),
+    )
+)
 
 # -- leases: small files through smbprotocol, each open asking for an RWH lease ----------------
 

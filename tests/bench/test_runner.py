@@ -54,6 +54,47 @@ class RunnerTests(SynchronousTestCase):
         self.assertEqual(p99["ratio"], 1.0)
         self.assertEqual(ops["gateway_runs"], [10.0, 30.0, 20.0])
 
+    def test_workers_against_single_and_peer(self) -> None:
+        """
+        With workers and a peer in one run, runs go single, peer, workers;
+        each row has workers/1 and workers/peer, both > 1 when the workers did
+        better, and the table shows both.
+        """
+        order: list[str] = []
+        values = {"gw": 100.0, "peer": 200.0, "w2": 250.0}
+
+        def run(endpoints: dict[str, Any], scratch: Path) -> dict[str, float]:
+            order.append(endpoints["who"])
+            v = values[endpoints["who"]]
+            return {"ops/s": v, "cpu": 1000 / v}
+
+        w = Workload(
+            "fake.w",
+            "nfs",
+            (Metric("ops/s", "ops/s"), Metric("cpu", "us", higher_is_better=False)),
+            run,
+        )
+        rows = runner.run_workload(
+            w,
+            FakeTarget("gw"),
+            FakeTarget("peer"),
+            2,
+            Path(self.mktemp()),
+            log=lambda s: None,
+            workers=FakeTarget("w2"),
+        )
+        self.assertEqual(order, ["gw", "peer", "w2"] * 2)
+        ops, cpu = rows
+        self.assertEqual(ops["workers_ratio"], 2.5)
+        self.assertEqual(ops["workers_peer_ratio"], 1.25)
+        self.assertEqual(cpu["workers_ratio"], 2.5)
+        self.assertEqual(cpu["workers_peer_ratio"], 1.25)
+        text = table(rows)
+        self.assertIn("workers/peer", text.splitlines()[0])
+        self.assertIn("1.25x", text.splitlines()[2])
+        doc = json.loads(json.dumps(to_json(rows, {})))
+        self.assertEqual(doc["results"][0]["workers_peer_ratio"], 1.25)
+
     def test_warmup_runs_are_not_counted(self) -> None:
         """Warm-up runs come first, interleaved, and no metric includes them."""
         order: list[str] = []
