@@ -49,7 +49,7 @@ from claudefs_gateway.smb.messages import (
     pack_lease_response,
 )
 from claudefs_gateway.smb.state import FileNode, Open, Request, Session, Tree
-from claudefs_gateway.vfs import Caller, LockOwner, ShareToken
+from claudefs_gateway.vfs import Caller, LockOwner, ShareToken, inline
 from claudefs_gateway.vfs.leases import LeaseKey, Why
 from claudefs_gateway.vfs.origin import Origin
 
@@ -211,13 +211,20 @@ class CreateCommands(FileBase):
                 # flush, as on Samba (FileBase.meta_durable).
                 durable = self.meta_durable
                 if opts & c.FILE_DIRECTORY_FILE:
-                    a = await vfs.mkdir(
-                        caller, parent_ino, leaf, 0o755, origin=dir_origin, durable=durable
+                    a = await inline(
+                        vfs.mkdir,
+                        caller,
+                        parent_ino,
+                        leaf,
+                        0o755,
+                        origin=dir_origin,
+                        durable=durable,
                     )
                 else:
                     fid, intent = self._create_intent(conn, caller, desired, body)
                     try:
-                        a = await vfs.create(
+                        a = await inline(
+                            vfs.create,
                             caller,
                             parent_ino,
                             leaf,
@@ -1271,9 +1278,11 @@ class CreateCommands(FileBase):
             try:
                 durable = self.meta_durable
                 if op.is_dir:
-                    await self.vfs.rmdir(caller, node.parent, node.name, op.origin, durable)
+                    await inline(self.vfs.rmdir, caller, node.parent, node.name, op.origin, durable)
                 else:
-                    await self.vfs.remove(caller, node.parent, node.name, op.origin, durable)
+                    await inline(
+                        self.vfs.remove, caller, node.parent, node.name, op.origin, durable
+                    )
                 self.meta_changed()
                 if op.write_through:
                     await self.meta_sync()

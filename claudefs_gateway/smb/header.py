@@ -25,6 +25,7 @@ from claudefs_gateway.smb.constants import (
 )
 
 __all__ = [
+    "HEADER_STRUCT",
     "Header",
     "TransformHeader",
     "split_compound",
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 _HDR = struct.Struct("<4sHHIHHIIQQQ16s")
+#: The 64-byte SMB2 header's layout (L{Header.pack}), for replies packed without a L{Header}.
+HEADER_STRUCT = _HDR
 _TRANSFORM = struct.Struct("<4s16s16sIHHQ")
 assert _HDR.size == HEADER_SIZE and _TRANSFORM.size == TRANSFORM_HEADER_SIZE
 
