@@ -234,6 +234,21 @@ def network_interfaces(smb: Any, local: str, port: int = 0) -> bytes:
     return bytes(out)
 
 
+#: The commands L{payload_size} measures (for any other it is 0, which any
+#: CreditCharge covers).
+_PAYLOAD_COMMANDS = frozenset(
+    {
+        Command.READ,
+        Command.WRITE,
+        Command.IOCTL,
+        Command.QUERY_DIRECTORY,
+        Command.CHANGE_NOTIFY,
+        Command.QUERY_INFO,
+        Command.SET_INFO,
+    }
+)
+
+
 def payload_size(command: int, raw: memoryview) -> int:
     """
     The larger of what a request sends and may receive (MS-SMB2 3.3.5.2.5),
@@ -1177,7 +1192,8 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                 # An unrelated request starts over: no FileId carries past it.
                 req.chain.file_id = None
             self._bind(req)
-            if header.command not in _CREDIT_FREE and self.negotiated is not None:
+            if header.command in _PAYLOAD_COMMANDS and self.negotiated is not None:
+                # (A command without a payload passes whatever its charge.)
                 self._check_charge(req)
             if self.factory.admit is not None and header.command in _RATE_LIMITED:
                 uid = req.session.uid if req.session is not None else None
