@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import struct
+from codecs import utf_16_le_encode as utf16_encode
 from functools import lru_cache
 
 import attrs
@@ -143,7 +144,7 @@ DIRECTORY_CLASSES = frozenset(
 
 def pack_dir_entry(info_class: int, st: Stat, name: str) -> bytes:
     """One entry (NextEntryOffset zero; the caller links and pads them)."""
-    raw = name.encode("utf-16-le")
+    raw = utf16_encode(name)[0]
     if info_class == F.FileNamesInformation:
         return struct.pack("<III", 0, 0, len(raw)) + raw
     a = st.attrs
