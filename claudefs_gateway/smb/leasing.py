@@ -199,7 +199,12 @@ class Leasing:
 
     @property
     def manager(self) -> ILeaseManager:
-        m: ILeaseManager = self.factory.open_vfs.leases
+        # (The vfs itself first, as FileBase.vfs: open_vfs is a second
+        # property, asked about eight times per leased open and close.)
+        vfs = self.factory.vfs
+        if vfs is None:
+            vfs = self.factory.open_vfs  # raises
+        m: ILeaseManager = vfs.leases
         return m
 
     @property
