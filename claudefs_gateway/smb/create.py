@@ -1033,9 +1033,10 @@ class CreateCommands(FileBase):
                     token = locks.open_share(a.ino, owner, acc, deny)
                 except (errors.ShareConflict, errors.Grace):
                     violation = True
-            if created:
-                # No one else holds anything on a file this open just made:
-                # nothing to break, nothing to wait for.
+            if created or leasing.idle(a.ino):
+                # No one else holds anything on a file this open just made,
+                # nor on one with no lease or oplock: nothing to break,
+                # nothing to wait for.
                 break
             delay = False
             pending: list[defer.Deferred[None]] = []

@@ -226,6 +226,16 @@ class Leasing:
             if not d.called:
                 d.callback(None)
 
+    def idle(self, ino: int) -> bool:
+        """
+        Whether no lease or oplock is held on C{ino}, so an open of it has
+        nothing to break (L{break_for_open} would find nothing): not asked
+        of leases held through other gateways (C{foreign_recall}), which only
+        a recall finds.
+        """
+        m = self.manager
+        return not m.busy(ino) and getattr(m, "foreign_recall", None) is None
+
     def wait_change(self, ino: int) -> defer.Deferred[None]:
         """Fires at the next L{changed} of C{ino}; cancellable."""
 
