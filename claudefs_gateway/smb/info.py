@@ -111,12 +111,14 @@ class Stat:
 
     @property
     def times(self) -> tuple[int, int, int, int]:
+        # to_filetime, inline (four calls per CREATE and QUERY_INFO reply otherwise).
         a = self.attrs
+        e = _EPOCH_AS_FILETIME
         return (
-            to_filetime(a.btime_ns),
-            to_filetime(a.atime_ns),
-            to_filetime(a.mtime_ns),
-            to_filetime(a.ctime_ns) if self.change_time is None else self.change_time,
+            max(0, a.btime_ns // 100 + e),
+            max(0, a.atime_ns // 100 + e),
+            max(0, a.mtime_ns // 100 + e),
+            max(0, a.ctime_ns // 100 + e) if self.change_time is None else self.change_time,
         )
 
     @property
