@@ -875,7 +875,7 @@ class RequestCostTests(SynchronousTestCase):
     own work is outside it), as a file is put the way smbclient puts one,
     stat-ed the way smbprotocol does with a lease, and deleted the way
     smbclient's C{del} does. The bounds sit between the costs before
-    (543, 662 and 1,127 calls) and after (476, 546 and 923) the sixth round
+    (543, 662 and 1,127 calls) and after (473, 543 and 917) the sixth round
     of docs/bench.rst "SMB: what a create and a delete cost".
     """
 
