@@ -508,7 +508,10 @@ class RequestMetrics:
             )
             self._ops[op] = pair
         pair[0].value += 1
-        pair[1].observe(seconds)
+        # TallyHistogram.observe, inline: once per request of every protocol.
+        h = pair[1]
+        h.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        h.sum += seconds
         self._reservoir.samples.append(seconds)
         if status is not None:
             key = (op, status)

@@ -49,7 +49,7 @@ from claudefs_gateway.smb.messages import (
     pack_lease_response,
 )
 from claudefs_gateway.smb.state import FileNode, Open, Request, Session, Tree
-from claudefs_gateway.vfs import Caller, LockOwner, ShareToken
+from claudefs_gateway.vfs import Caller, LockOwner, ShareToken, inline
 from claudefs_gateway.vfs.leases import LeaseKey, Why
 from claudefs_gateway.vfs.origin import Origin
 
@@ -211,13 +211,20 @@ class CreateCommands(FileBase):
                 # flush, as on Samba (FileBase.meta_durable).
                 durable = self.meta_durable
                 if opts & c.FILE_DIRECTORY_FILE:
-                    a = await vfs.mkdir(
-                        caller, parent_ino, leaf, 0o755, origin=dir_origin, durable=durable
+                    a = await inline(
+                        vfs.mkdir,
+                        caller,
+                        parent_ino,
+                        leaf,
+                        0o755,
+                        origin=dir_origin,
+                        durable=durable,
                     )
                 else:
                     fid, intent = self._create_intent(conn, caller, desired, body)
                     try:
-                        a = await vfs.create(
+                        a = await inline(
+                            vfs.create,
                             caller,
                             parent_ino,
                             leaf,
@@ -250,13 +257,15 @@ class CreateCommands(FileBase):
             if disp == c.FILE_CREATE:
                 raise SMBError(st.STATUS_OBJECT_NAME_COLLISION, "name exists")
             overwrite = disp in (c.FILE_SUPERSEDE, c.FILE_OVERWRITE, c.FILE_OVERWRITE_IF)
-        if a.is_dir and opts & c.FILE_NON_DIRECTORY_FILE:
+        # (Its type is the same whatever a is re-read as below: one lookup.)
+        is_dir = a.type is FileType.DIR
+        if is_dir and opts & c.FILE_NON_DIRECTORY_FILE:
             raise SMBError(st.STATUS_FILE_IS_A_DIRECTORY)
-        if not a.is_dir and opts & c.FILE_DIRECTORY_FILE:
+        if not is_dir and opts & c.FILE_DIRECTORY_FILE:
             raise SMBError(st.STATUS_NOT_A_DIRECTORY)
-        if a.is_dir and overwrite:
+        if is_dir and overwrite:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "overwrite of a directory")
-        if not (a.is_dir or a.is_reg):
+        if not (is_dir or a.is_reg):
             raise SMBError(st.STATUS_ACCESS_DENIED, "not a regular file or directory")
         node = self.nodes.get(a.ino)
         if node is not None and node.delete_pending and not created:
@@ -285,7 +294,7 @@ class CreateCommands(FileBase):
         if (
             stored is not None
             and stored & c.FILE_ATTRIBUTE_READONLY
-            and not a.is_dir
+            and not is_dir
             and (desired & (c.FILE_WRITE_DATA | c.FILE_APPEND_DATA) or overwrite)
         ):
             raise SMBError(st.STATUS_ACCESS_DENIED, "file is read-only")
@@ -315,7 +324,7 @@ class CreateCommands(FileBase):
         # as a reservation beside the inode; directories have none.
         alloc_ctx = contexts.get(c.SMB2_CREATE_ALLOCATION_SIZE)
         alloc = 0
-        if alloc_ctx is not None and not a.is_dir:
+        if alloc_ctx is not None and not is_dir:
             alloc = struct.unpack("<Q", alloc_ctx)[0]
         # What this open's own changes run as: its lock owner and share
         # reservation, never breaking its own lease, nor the SMB caches it broke
@@ -359,7 +368,7 @@ class CreateCommands(FileBase):
             ):
                 # (SPARSE_FILE is FSCTL_SET_SPARSE's to set, as on Windows.)
                 dos = body.file_attributes & ~c.FILE_ATTRIBUTE_SPARSE_FILE
-                if not a.is_dir:
+                if not is_dir:
                     dos |= c.FILE_ATTRIBUTE_ARCHIVE
                 await self._set_dos(caller, a.ino, dos, own, alloc)
             elif created and alloc:
@@ -415,7 +424,7 @@ class CreateCommands(FileBase):
             req.session,
             tree,
             node,
-            a.is_dir,
+            is_dir,
             granted,
             lock_owner=owner,
             share=token,
@@ -1024,9 +1033,10 @@ class CreateCommands(FileBase):
                     token = locks.open_share(a.ino, owner, acc, deny)
                 except (errors.ShareConflict, errors.Grace):
                     violation = True
-            if created:
-                # No one else holds anything on a file this open just made:
-                # nothing to break, nothing to wait for.
+            if created or leasing.idle(a.ino):
+                # No one else holds anything on a file this open just made,
+                # nor on one with no lease or oplock: nothing to break,
+                # nothing to wait for.
                 break
             delay = False
             pending: list[defer.Deferred[None]] = []
@@ -1271,9 +1281,11 @@ class CreateCommands(FileBase):
             try:
                 durable = self.meta_durable
                 if op.is_dir:
-                    await self.vfs.rmdir(caller, node.parent, node.name, op.origin, durable)
+                    await inline(self.vfs.rmdir, caller, node.parent, node.name, op.origin, durable)
                 else:
-                    await self.vfs.remove(caller, node.parent, node.name, op.origin, durable)
+                    await inline(
+                        self.vfs.remove, caller, node.parent, node.name, op.origin, durable
+                    )
                 self.meta_changed()
                 if op.write_through:
                     await self.meta_sync()

@@ -40,6 +40,7 @@ from claudefs_gateway.smb.constants import (
     SMB_3_0,
     SMB_3_1_1,
     TRANSFORM_HEADER_SIZE,
+    TRANSFORM_MAGIC,
 )
 from claudefs_gateway.smb.header import TransformHeader
 
@@ -267,6 +268,10 @@ def make_signer(algorithm: int, key: bytes) -> Signer:
 # -- encryption ---------------------------------------------------------------------
 
 
+# A TRANSFORM_HEADER from its Nonce on (MS-SMB2 2.2.41): what the AEAD authenticates.
+_TRANSFORM_AAD = struct.Struct("<16sIHHQ")
+
+
 class DecryptError(ProtocolError):
     """A TRANSFORM_HEADER message does not decrypt (wrong key, tampered, replayed nonce)."""
 
@@ -302,12 +307,11 @@ class Sealer:
     def encrypt(self, message: bytes | bytearray, session_id: int) -> bytes:
         """TRANSFORM_HEADER + ciphertext of C{message}."""
         nonce = self._next_nonce()
-        header = TransformHeader(
-            _ZERO16, nonce.ljust(16, b"\x00"), len(message), 0x0001, session_id
-        )
-        sealed = self._enc.encrypt(nonce, bytes(message), header.aad())
-        header.signature = sealed[-16:]
-        return header.pack() + sealed[:-16]
+        # The header from the nonce on is what the AEAD authenticates
+        # (TransformHeader.aad); packed once, no TransformHeader built.
+        aad = _TRANSFORM_AAD.pack(nonce.ljust(16, b"\x00"), len(message), 0, 0x0001, session_id)
+        sealed = self._enc.encrypt(nonce, bytes(message), aad)
+        return b"".join((TRANSFORM_MAGIC, sealed[-16:], aad, memoryview(sealed)[:-16]))
 
     def decrypt(self, header: TransformHeader, data: bytes | memoryview) -> bytes:
         """

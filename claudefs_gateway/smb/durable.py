@@ -127,6 +127,18 @@ class DurableAsk:
     persistent: bool = False
 
 
+#: The contexts L{parse_durable} reads.
+_DURABLE_CONTEXTS = frozenset(
+    {
+        c.SMB2_CREATE_DURABLE_HANDLE_REQUEST,
+        c.SMB2_CREATE_DURABLE_HANDLE_RECONNECT,
+        c.SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2,
+        c.SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2,
+        c.SMB2_CREATE_APP_INSTANCE_ID,
+    }
+)
+
+
 def parse_durable(contexts: dict[bytes, bytes], replay: bool) -> DurableAsk:
     """
     The durability a CREATE's contexts ask for, with MS-SMB2's rules on
@@ -136,6 +148,9 @@ def parse_durable(contexts: dict[bytes, bytes], replay: bool) -> DurableAsk:
         refused (STATUS_INVALID_PARAMETER); other contexts beside a reconnect
         (STATUS_OBJECT_NAME_NOT_FOUND).
     """
+    if contexts.keys().isdisjoint(_DURABLE_CONTEXTS):
+        # Most opens ask nothing of the kind (the end of the rules below).
+        return DurableAsk()
     dhnq = contexts.get(c.SMB2_CREATE_DURABLE_HANDLE_REQUEST)
     dhnc = contexts.get(c.SMB2_CREATE_DURABLE_HANDLE_RECONNECT)
     dh2q = contexts.get(c.SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2)

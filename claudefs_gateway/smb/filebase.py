@@ -51,7 +51,7 @@ from claudefs_gateway.smb.security import (
     parse_security_descriptor,
 )
 from claudefs_gateway.smb.state import FileNode, Open, Request
-from claudefs_gateway.vfs import Caller, LockOwner, R, W, X
+from claudefs_gateway.vfs import Caller, LockOwner, R, W, X, inline
 from claudefs_gateway.vfs.leases import Why
 from claudefs_gateway.vfs.origin import Origin
 
@@ -424,7 +424,7 @@ class FileBase:
         reservation, so records written before reservations were kept still
         read.
         """
-        raw = await self.vfs.meta_get(caller, ino, DOS_KEY)
+        raw = await inline(self.vfs.meta_get, caller, ino, DOS_KEY)
         if raw is None or len(raw) not in (4, 12):
             return None, 0
         dos = int.from_bytes(raw[:4], "little")
@@ -603,7 +603,7 @@ class FileBase:
     async def maximal_access(self, caller: Caller, a: Attributes, parent: int | None) -> int:
         """What C{caller} may do to C{a} (and, with its C{parent}, whether it may delete it)."""
         vfs = self.vfs
-        bits = await vfs.access(caller, a.ino, R | W | X)
+        bits = await inline(vfs.access, caller, a.ino, R | W | X)
         mask = c.FILE_READ_ATTRIBUTES | c.SYNCHRONIZE | c.READ_CONTROL
         if bits & R:
             mask |= c.FILE_READ_DATA | c.FILE_READ_EA
@@ -624,7 +624,7 @@ class FileBase:
             if sd is not None:
                 mask &= dacl_access(sd.dacl, self.token(caller), cred.uid == a.uid) | c.SYNCHRONIZE
         if parent is not None:
-            pbits = await vfs.access(caller, parent, W | X)
+            pbits = await inline(vfs.access, caller, parent, W | X)
             if pbits == W | X:
                 mask |= c.DELETE
         if caller.read_only:
@@ -653,7 +653,7 @@ class FileBase:
         """
         vfs = self.vfs
         try:
-            return await vfs.lookup(caller, dir_ino, name, fresh=fresh), name
+            return await inline(vfs.lookup, caller, dir_ino, name, fresh=fresh), name
         except errors.NotFound:
             real = await self.case.find(caller, dir_ino, name)
             if real is None or real == name:
@@ -672,7 +672,7 @@ class FileBase:
         """
         vfs = self.vfs
         try:
-            a = await vfs.resolve(caller, b"/".join(parts))
+            a = await inline(vfs.resolve, caller, b"/".join(parts))
             found = parts
         except errors.NotFound:
             found = []
@@ -769,7 +769,7 @@ class FileBase:
         return mode_descriptor(self.factory.idmap, a.uid, a.gid, a.mode, a.is_dir)
 
     async def stored_descriptor(self, caller: Caller, a: Attributes) -> ParsedDescriptor | None:
-        raw = await self.vfs.meta_get(caller, a.ino, NTACL_KEY)
+        raw = await inline(self.vfs.meta_get, caller, a.ino, NTACL_KEY)
         if raw is None or len(raw) < _NTACL_HEAD.size:
             return None
         version, uid, gid, mode = _NTACL_HEAD.unpack_from(raw)

@@ -23,7 +23,7 @@ from claudefs_gateway.smb.info import OpenState, Volume, from_filetime, fs_info,
 from claudefs_gateway.smb.messages import QueryInfoRequest, SetInfoRequest, pack_buffer_response
 from claudefs_gateway.smb.security import pack_descriptor
 from claudefs_gateway.smb.state import FileNode, Open, Reply, Request
-from claudefs_gateway.vfs import Caller
+from claudefs_gateway.vfs import Caller, inline
 
 __all__ = ["InfoCommands"]
 
@@ -74,7 +74,8 @@ class InfoCommands(FileBase):
             if op.stream is not None:
                 st_ = await self.stream_stat(caller, op)
             else:
-                st_ = await self.stat(caller, await vfs.getattr(caller, op.file_ino), op.node.name)
+                a = await inline(vfs.getattr, caller, op.file_ino)
+                st_ = await self.stat(caller, a, op.node.name)
             if body.info_class == F.FileStreamInformation:
                 data = await self._stream_info(caller, op)
                 return self._fit(VARIABLE_FILE_CLASSES[F.FileStreamInformation], data, limit)

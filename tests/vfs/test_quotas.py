@@ -300,6 +300,32 @@ class NoLimitsTests(SynchronousTestCase):
         self.successResultOf(self.vfs.write(self.alice, f, 30, b"y", False))
         self.assertEqual(self.checks, [])
 
+    def test_no_review_without_limits(self) -> None:
+        """
+        With no limit anywhere, a change of usage looks up no limits to
+        review soft-limit clocks by (twice per create and per growing write
+        before); a soft limit set later is reviewed again.
+        """
+        q = self.vfs.quotas
+        looked: list[tuple[str, int]] = []
+        real = q.limits
+
+        def limits(kind: str, id: int) -> QuotaLimits:
+            looked.append((kind, id))
+            return real(kind, id)
+
+        q.limits = limits  # type: ignore[method-assign]
+        f = self.successResultOf(self.vfs.create(self.alice, self.home, b"f", 0o644)).ino
+        self.successResultOf(self.vfs.write(self.alice, f, 0, b"x" * 20, False))
+        self.assertEqual(looked, [])
+        self.successResultOf(
+            defer.Deferred.fromCoroutine(q.set_limits("user", 1000, QuotaLimits(bytes_soft=25)))
+        )
+        looked.clear()
+        self.successResultOf(self.vfs.write(self.alice, f, 20, b"y" * 10, False))
+        self.assertIn(("user", 1000), looked)
+        self.assertIsNotNone(q.grace_left("user", 1000))
+
     def test_stored_limit_loaded_at_open(self) -> None:
         from claudefs_gateway.vfs.quotas import QuotaManager
 
