@@ -18,6 +18,7 @@ seven busy processes.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +47,11 @@ class Phase:
 def _init(barrier: Any) -> None:
     global _barrier
     _barrier = barrier
+    # A forked client inherits its parent's Python signal handlers: under a
+    # reactor (trial's workers run one) SIGTERM only schedules a reactor stop,
+    # so the pool's terminate() at the end of run_phases would never end an
+    # idle client and its join would hang.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def sync() -> None:
@@ -122,6 +128,11 @@ def run_phases(
             cause = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
             raise (cause or errors or [broken])[0] from None
         results = [p.get(TIMEOUT) for p in pending]
+        # Let the clients end on their own (close sends each its sentinel):
+        # the with's terminate() alone can race its own drain of the queue
+        # and leave an idle client waiting for a sentinel it took away.
+        pool.close()
+        pool.join()
     return [
         Phase(t1 - t0, c1 - c0) for (t0, c0), (t1, c1) in zip(marks, marks[1:], strict=False)
     ], results

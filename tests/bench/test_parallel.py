@@ -8,6 +8,7 @@ clock and the clients are fakes, the processes real.
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,20 @@ class ParallelWorkloadTests(SynchronousTestCase):
         ((n, count, _, _, kw),) = calls
         self.assertEqual((n, count, kw["pid"]), (3, 2, 7))
         self.assertEqual(set(got), {m.name for m in load_all()["smb.small_files_parallel"].metrics})
+
+
+def _sigterm_default(i: int) -> bool:
+    sync()
+    return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+class InheritedSignalTests(SynchronousTestCase):
+    def test_clients_take_default_sigterm(self) -> None:
+        """
+        A forked client does not keep its parent's SIGTERM handler: under a
+        reactor (a trial worker's) that handler only schedules a stop, so a
+        client the pool terminates would stay and the pool's join hang.
+        """
+        old = signal.signal(signal.SIGTERM, lambda *a: None)
+        self.addCleanup(signal.signal, signal.SIGTERM, old)
+        self.assertEqual(run_phases(2, 0, _sigterm_default, clock=lambda: 0.0)[1], [True, True])
