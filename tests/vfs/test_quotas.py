@@ -23,6 +23,24 @@ quota:
 """
 
 
+def hold_writes(backend: Any) -> list[defer.Deferred[Any]]:
+    """
+    Hold the backend's writes: each waits on a Deferred in the returned list
+    and runs when it is fired, so a test sees the vfs with writes in flight.
+    """
+    pending: list[defer.Deferred[Any]] = []
+    real_write = backend.write
+
+    def slow_write(*args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        pending.append(d)
+        d.addCallback(lambda _: real_write(*args))
+        return d
+
+    backend.write = slow_write
+    return pending
+
+
 class QuotaTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.m = MemoryVFS(CONFIG)
@@ -111,17 +129,8 @@ class QuotaTests(SynchronousTestCase):
 
     def test_concurrent_writers_cannot_both_fit(self) -> None:
         """Two writes in flight that each fit alone but not together: the second is refused."""
-        pending: list[defer.Deferred[Any]] = []
-        real_write = self.m.backend.write
-
-        def slow_write(*args: Any) -> defer.Deferred[Any]:
-            d: defer.Deferred[Any] = defer.Deferred()
-            pending.append(d)
-            d.addCallback(lambda _: real_write(*args))
-            return d
-
         f, g = self.mkfile(b"f"), self.mkfile(b"g")
-        self.m.backend.write = slow_write  # type: ignore[method-assign]
+        pending = hold_writes(self.m.backend)
         first = self.write(f, 0, b"x" * 60)
         second = self.write(g, 0, b"y" * 60)
         self.failureResultOf(second, errors.DQuot)
@@ -240,17 +249,8 @@ class NoLimitsTests(SynchronousTestCase):
         id has a limit (reservations only feed the checks); usage still
         moves when they are done.
         """
-        pending: list[defer.Deferred[Any]] = []
-        real_write = self.m.backend.write
-
-        def slow_write(*args: Any) -> defer.Deferred[Any]:
-            d: defer.Deferred[Any] = defer.Deferred()
-            pending.append(d)
-            d.addCallback(lambda _: real_write(*args))
-            return d
-
         f = self.successResultOf(self.vfs.create(self.alice, self.home, b"f", 0o644)).ino
-        self.m.backend.write = slow_write  # type: ignore[method-assign]
+        pending = hold_writes(self.m.backend)
         d = self.vfs.write(self.alice, f, 0, b"x" * 20, False)
         self.assertNoResult(d)
         self.assertEqual(self.vfs.quotas._reserved, {})
@@ -262,21 +262,12 @@ class NoLimitsTests(SynchronousTestCase):
 
     def test_reserved_once_limited(self) -> None:
         """With a limit set, a write in flight holds its growth until it settles."""
-        pending: list[defer.Deferred[Any]] = []
-        real_write = self.m.backend.write
-
-        def slow_write(*args: Any) -> defer.Deferred[Any]:
-            d: defer.Deferred[Any] = defer.Deferred()
-            pending.append(d)
-            d.addCallback(lambda _: real_write(*args))
-            return d
-
         q = self.vfs.quotas
         f = self.successResultOf(self.vfs.create(self.alice, self.home, b"f", 0o644)).ino
         self.successResultOf(
             defer.Deferred.fromCoroutine(q.set_limits("user", 1000, QuotaLimits(bytes_hard=30)))
         )
-        self.m.backend.write = slow_write  # type: ignore[method-assign]
+        pending = hold_writes(self.m.backend)
         d = self.vfs.write(self.alice, f, 0, b"x" * 20, False)
         self.assertEqual(q._reserved[("user", 1000)], [20, 0])
         self.failureResultOf(self.vfs.write(self.alice, f, 20, b"y" * 20, False), errors.DQuot)
