@@ -343,6 +343,17 @@ def rand_read_qd16(e: dict[str, Any], scratch: Path, depth: int = 16) -> dict[st
 # -- small files ------------------------------------------------------------------------
 
 
+def _create_small(lib: Any, raw: Any, path: str, data: bytearray) -> None:
+    """One small file as a client makes it: create, a 4 KiB write, close (libnfs)."""
+    fh = lib.new_NFSFileHandle()
+    rc = lib.nfs_create(raw, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, fh)
+    if rc != 0:
+        raise RuntimeError(f"create failed: {rc}")
+    h = lib.NFSFileHandle_value(fh)
+    lib.nfs_write(raw, h, 4096, data)
+    lib.nfs_close(raw, h)
+
+
 def small_files(e: dict[str, Any], scratch: Path) -> dict[str, float]:
     """Create + write 4 KiB + close N files, list the directory, unlink them all."""
     lib = _binding()
@@ -355,13 +366,7 @@ def small_files(e: dict[str, Any], scratch: Path) -> dict[str, float]:
     cpu.start()
     start = time.perf_counter()
     for i in range(SMALL_FILES):
-        fh = lib.new_NFSFileHandle()
-        rc = lib.nfs_create(raw, f"{d}/f{i:05d}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, fh)
-        if rc != 0:
-            raise RuntimeError(f"create failed: {rc}")
-        h = lib.NFSFileHandle_value(fh)
-        lib.nfs_write(raw, h, 4096, data)
-        lib.nfs_close(raw, h)
+        _create_small(lib, raw, f"{d}/f{i:05d}", data)
     created = time.perf_counter() - start
     cpu_created = cpu.stop()
     cpu.start()
@@ -401,13 +406,7 @@ def _small_files_client(i: int, e: dict[str, Any], tag: str) -> None:
     data = bytearray(os.urandom(4096))
     sync()
     for j in range(SMALL_FILES):
-        fh = lib.new_NFSFileHandle()
-        rc = lib.nfs_create(raw, f"{d}/f{j:05d}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, fh)
-        if rc != 0:
-            raise RuntimeError(f"create failed: {rc}")
-        h = lib.NFSFileHandle_value(fh)
-        lib.nfs_write(raw, h, 4096, data)
-        lib.nfs_close(raw, h)
+        _create_small(lib, raw, f"{d}/f{j:05d}", data)
     sync()
     for j in range(SMALL_FILES):
         nfs.unlink(f"{d}/f{j:05d}")
