@@ -24,9 +24,14 @@ its body. So:
    pass (L{claudefs_gateway.s3.head}); anything else, line by line as
    twisted.web does.
  - A response's head and the first piece of its body (all of a small
-   object, or nothing) go to the socket in one C{sendmsg} when the transport
-   has nothing queued (L{claudefs_gateway.core.directsend}), as NFS and SMB
-   replies do: no reactor turn and no epoll change per response.
+   object, or nothing), and a C{100 Continue}, go to the socket in one
+   C{sendmsg} when the transport has nothing queued
+   (L{claudefs_gateway.core.directsend}), as NFS and SMB replies do: no
+   reactor turn and no epoll change per response.
+ - The idle timeout is one timer per connection, pushed on by what arrives
+   and by each response's end, and re-armed when it fires during a request
+   (twisted.web cancels it when a request's body is in and arms a new one
+   when its response ends: a C{cancel} and a C{callLater} per request).
 
 Keep-alive and pipelining are HTTPChannel's own.
 """
@@ -46,6 +51,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.iweb import INonQueuedRequestFactory
+from typing_extensions import override
 
 from claudefs_gateway.core.directsend import DirectSender
 from claudefs_gateway.core.log import Logger
@@ -61,6 +67,9 @@ DISCARD_LIMIT = 64 * 1024 * 1024
 #: (L{_web.set_plain_header}).
 SERVER = _web.canonical_name(b"Server")
 DATE = _web.canonical_name(b"Date")
+
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 @functools.lru_cache(maxsize=4)
@@ -200,7 +209,10 @@ class S3Request(server.Request):
         if self.expects_continue and not self._continue_sent and not self.startedWriting:
             self._continue_sent = True
             if not _web.request_gone(self):
-                self._chan.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                # Straight to the socket when nothing is queued, as responses
+                # go: through the transport it waited for the reactor's next
+                # turn (and cost two epoll changes) while the client waited.
+                self._chan.send_parts([_CONTINUE])
 
     @property
     def waiting_for_continue(self) -> bool:
@@ -391,6 +403,32 @@ class S3Channel(http.HTTPChannel):
             return
         self._headers_too_slow()
 
+    @override
+    def allContentReceived(self) -> None:
+        # HTTPChannel turns the idle timeout off here (cancelling its timer)
+        # and on again in requestDone (a new callLater): with timeOut None for
+        # the call it does neither, and the one timer stays (timeoutConnection).
+        timeout, self.timeOut = self.timeOut, None
+        try:
+            super().allContentReceived()
+        finally:
+            if self.timeOut is None:
+                self.timeOut = timeout
+
+    @override
+    def timeoutConnection(self) -> None:
+        """
+        The idle timer fired: while a request is being served it waits on
+        (twisted.web's has no idle timeout then); else the connection has
+        been idle C{timeOut} seconds, since its last bytes or its last
+        response's end (each pushes the timer on), and is closed as
+        twisted.web closes it.
+        """
+        if _web.handling_request(self):
+            self.setTimeout(self.timeOut)
+            return
+        super().timeoutConnection()
+
     def lineReceived(self, line: bytes) -> None:
         super().lineReceived(line)
         req, self._start_pending = self._start_pending, None
@@ -430,6 +468,9 @@ class S3Channel(http.HTTPChannel):
             return
         self._awaiting_headers = True
         super().requestDone(request)
+        # The idle time counts from the response's end (twisted.web armed a
+        # new timer here; the one timer is pushed on instead).
+        self.resetTimeout()
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         """

@@ -1,7 +1,8 @@
 """
-The per-request shortcuts of S3's sixth small-request round (docs/bench.rst
-"S3: small requests, sixth round"): each gives what the general path gives,
-and each skips the work it was made to skip.
+The per-request shortcuts of S3's sixth and eighth small-request rounds
+(docs/bench.rst "S3: small requests, sixth round" and "eighth round"): each
+gives what the general path gives, and each skips the work it was made to
+skip.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from urllib.parse import unquote_to_bytes
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientCreator, Protocol
@@ -23,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import http_headers
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from claudefs_gateway.core.directsend import DirectSender
 from claudefs_gateway.fstypes import Credentials
@@ -262,3 +264,166 @@ class DirectResponseTests(TestCase):
         self.assertEqual([size for size, n in sent[:4] if size != n], [])
         self.assertGreater(sent[4][1], 0)
         self.assertGreater(sent[4][0], 70000)
+
+
+# -- the eighth round (docs/bench.rst "S3: small requests, eighth round") --------------
+
+
+class _Held(Resource):
+    """Answers each request when the test says (L{requests} holds them)."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+
+class IdleTimerTests(SynchronousTestCase):
+    """The idle timeout is one timer per connection, with twisted.web's semantics."""
+
+    def _connect(self, resource: Resource) -> tuple[Clock, Any, StringTransport, list[float]]:
+        clock = Clock()
+        armed: list[float] = []
+        real = clock.callLater
+
+        def call_later(delay: float, *a: Any, **kw: Any) -> Any:
+            armed.append(delay)
+            return real(delay, *a, **kw)
+
+        site = S3Site(resource, clock, header_timeout=20, idle_timeout=600, max_header_bytes=1024)
+        proto = site.buildProtocol(None)
+        proto.callLater = call_later
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return clock, proto, transport, armed
+
+    def test_no_timer_per_request(self) -> None:
+        """
+        Fifty requests on one connection arm no timer and cancel none (the
+        connection's idle and header timers serve them all; twisted.web armed
+        and cancelled an idle timer per request).
+        """
+        clock, proto, transport, armed = self._connect(_Leaf())
+        proto.dataReceived(_GET)
+        before, calls = len(armed), len(clock.getDelayedCalls())
+        cancelled: list[object] = []
+        with mock.patch.object(
+            type(clock.getDelayedCalls()[0]), "cancel", autospec=True, side_effect=cancelled.append
+        ):
+            for _ in range(50):
+                proto.dataReceived(_GET)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 51)
+        self.assertEqual(armed[before:], [])
+        self.assertEqual(cancelled, [])
+        self.assertEqual(len(clock.getDelayedCalls()), calls)
+
+    def test_idle_counts_from_the_response_end(self) -> None:
+        """
+        A request served for longer than the idle timeout is not cut off; the
+        connection then closes C{idle_timeout} after its response ended.
+        """
+        held = _Held()
+        clock, proto, transport, _ = self._connect(held)
+        proto.dataReceived(_GET)
+        clock.advance(1000)
+        self.assertFalse(transport.disconnecting)
+        held.requests[0].write(b"ok")
+        held.requests[0].finish()
+        self.assertIn(b"HTTP/1.1 200 OK", transport.value())
+        clock.advance(599)
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(b"GET /b/k HTTP/1.1\r\n")  # bytes arriving push it on too
+        clock.advance(20)  # ...but the headers are late: the header deadline cuts it
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(b"HTTP/1.1 408", transport.value())
+
+    def test_idle_connection_closed(self) -> None:
+        clock, proto, transport, _ = self._connect(_Leaf())
+        proto.dataReceived(_GET)
+        clock.advance(599)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+
+class _Echo(Resource):
+    """Reads a request's body (which sends C{100 Continue}) and answers its length."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> Any:
+        async def run() -> None:
+            n = 0
+            while chunk := await request.pipe.read():
+                n += len(chunk)
+            request.setHeader(b"Content-Length", b"%d" % len(b"%d" % n))
+            request.write(b"%d" % n)
+            request.finish()
+
+        Deferred.fromCoroutine(run())
+        return NOT_DONE_YET
+
+
+class ContinueTests(TestCase):
+    async def test_continue_sent_directly(self) -> None:
+        """
+        A PUT with C{Expect: 100-continue}: its C{100 Continue} and its
+        response both go straight to the socket, nothing through the
+        transport's buffer (the C{100 Continue} went through it, sent at
+        the reactor's next turn).
+        """
+        site = S3Site(_Echo(), reactor, header_timeout=20, idle_timeout=60, max_header_bytes=4096)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        got = bytearray()
+        waiting: list[tuple[bytes, Deferred[None]]] = []
+
+        class Client(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                got.extend(data)
+                for w in list(waiting):
+                    if w[0] in got:
+                        waiting.remove(w)
+                        w[1].callback(None)
+
+        def wait(marker: bytes) -> Deferred[None]:
+            d: Deferred[None] = Deferred()
+            waiting.append((marker, d))
+            return d
+
+        buffered: list[bytes] = []
+        real_write, real_seq = tcp.Server.write, tcp.Server.writeSequence
+        with (
+            mock.patch.object(
+                tcp.Server,
+                "write",
+                lambda self, data: (buffered.append(data), real_write(self, data))[1],
+            ),
+            mock.patch.object(
+                tcp.Server,
+                "writeSequence",
+                lambda self, seq: (buffered.extend(seq), real_seq(self, seq))[1],
+            ),
+        ):
+            client = await ClientCreator(reactor, Client).connectTCP(
+                "127.0.0.1", port.getHost().port
+            )
+            for _ in range(3):
+                del got[:]
+                cont = wait(b"100 Continue\r\n\r\n")
+                client.transport.write(
+                    b"PUT /b/k HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"
+                    b"Content-Length: 4096\r\n\r\n"
+                )
+                await cont
+                done = wait(b"\r\n\r\n4096")
+                client.transport.write(b"z" * 4096)
+                await done
+                self.assertTrue(got.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"))
+            client.transport.loseConnection()
+        self.assertEqual(buffered, [])
