@@ -13,6 +13,7 @@ import attrs
 from twisted.internet import defer
 
 from claudefs_gateway import errors
+from claudefs_gateway.core.log import debugging
 from claudefs_gateway.errors import ProtocolError
 from claudefs_gateway.fstypes import Attributes, Credentials, FileType, SetAttrs
 from claudefs_gateway.smb import constants as c
@@ -189,7 +190,8 @@ class CreateCommands(FileBase):
             else:
                 existing, leaf = await self._lookup(caller, parent_ino, parts[-1], dir_parts)
             parts = [*dir_parts, leaf]
-        path = "\\".join(p.decode("utf-8", "surrogatepass") for p in parts)
+        # (One decode of the joined bytes: "\\" is never part of a UTF-8 sequence.)
+        path = b"\\".join(parts).decode("utf-8", "surrogatepass")
         if lease_req is not None and self.factory.leasing.key_in_use(
             conn.client_guid, lease_req.key, existing.ino if existing is not None else None
         ):
@@ -465,9 +467,12 @@ class CreateCommands(FileBase):
                     c.SMB2_CREATE_QUERY_ON_DISK_ID, struct.pack("<QQ16s", a.ino, volume, b"")
                 )
             )
-        self._log.debug(
-            "smb create {action} ino={ino}", action=action, ino=a.ino, conn_id=conn.conn_id
-        )
+        if debugging():
+            # (Checked first: the logger and the event's fields cost as much as
+            # a store lookup, for a line written only at debug level.)
+            self._log.debug(
+                "smb create {action} ino={ino}", action=action, ino=a.ino, conn_id=conn.conn_id
+            )
         return pack_create_response(action, file_times(st_), fid, answers, level)
 
     async def _create_stream(
@@ -1023,7 +1028,7 @@ class CreateCommands(FileBase):
         acc, deny = share_modes(granted, body.share_access)
         open_access = granted | (c.FILE_WRITE_DATA if overwrite else 0)
         clock = self.factory.reactor
-        deadline = clock.seconds() + 2 * leasing.recall_timeout
+        deadline: float | None = None  # set at the first break this open waits for
         first = True
         while True:
             token = None
@@ -1047,7 +1052,9 @@ class CreateCommands(FileBase):
                 a.ino, conn.client_guid, lease_req, open_access, violation, overwrite, first
             )
             delay = delay or bool(pending)
-            if not delay or clock.seconds() >= deadline:
+            if delay and deadline is None:
+                deadline = clock.seconds() + 2 * leasing.recall_timeout
+            if not delay or deadline is None or clock.seconds() >= deadline:
                 # Dropped unfired rather than cancelled: no Failure per CREATE.
                 leasing.stop_waiting(a.ino, changed)
                 break

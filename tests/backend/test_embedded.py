@@ -1761,6 +1761,63 @@ class SoleOpTests(StoreCase):
             await b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
         self.assertEqual([e.name for e in (await b.readdir(1, 0, ZERO, 10)).entries], [b"f"])
 
+    async def test_create_looks_nothing_up(self) -> None:
+        """
+        A create asks no lookup of its name first: the entry's primary key
+        refuses a name that exists (one SELECT less per create; docs/bench.rst
+        "SMB: what a create and a delete cost, seventh round").
+        """
+        b = await self.store()
+        statements = self.trace(b)
+        await b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
+        await b.create(1, b"d", DIR, 0o755, 0, 0)
+        self.assertEqual([s for s in statements if "FROM dirent" in s], [])
+
+    async def test_create_of_a_name_that_exists(self) -> None:
+        """
+        A file or directory made over a name that exists fails Exists, on the
+        reactor's thread (a sole op) and through the writer (durable), with
+        nothing logged and nothing of it left: the entry, the parent and the
+        inode counter are as before, and the next create takes the next number.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
+        root = await b.root()
+        next_ino = b._engine.next_ino
+        for kind in (REG, DIR):
+            for durable in (False, True):
+                with self.assertRaises(errors.Exists):
+                    await b.create(1, b"f", kind, 0o644, 0, 0, durable=durable)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(b._engine.next_ino, next_ino)
+        self.assertEqual((await b.lookup(1, b"f")).ino, f.ino)
+        after = await b.root()
+        self.assertEqual((after.nlink, after.change), (root.nlink, root.change))
+        g = await b.create(1, b"g", REG, 0o644, 0, 0, durable=False)
+        self.assertEqual(g.ino, next_ino)
+
+    def test_create_of_a_name_that_exists_in_a_batch(self) -> None:
+        """In a batch of several ops the failed create is undone alone (its savepoint)."""
+        e = Engine(Path(self.mktemp()))
+        e.open()
+        self.addCleanup(e.close)
+        first = engine_module.Op(Engine.op_create, (1, b"f", REG, 0o644, 0, 0), False)
+        self.assertEqual(e.run_batch([first])[0], 1)
+        e.after_batch()
+        start = e.next_ino
+        again = engine_module.Op(Engine.op_create, (1, b"f", DIR, 0o755, 0, 0), False)
+        other = engine_module.Op(Engine.op_create, (1, b"g", REG, 0o644, 0, 0), False)
+        e.run_batch([again, other])
+        e.after_batch()
+        self.assertFalse(again.ok)
+        self.assertIsInstance(again.value, errors.Exists)
+        self.assertTrue(other.ok)
+        self.assertEqual(other.value.ino, start)
+        assert e.conn is not None
+        rows = e.conn.execute("SELECT name, ino FROM dirent WHERE parent = 1 ORDER BY name")
+        self.assertEqual(rows.fetchall(), [(b"f", first.value.ino), (b"g", start)])
+        self.assertEqual(e.conn.execute("SELECT nlink FROM inode WHERE ino = 1").fetchone(), (2,))
+
     def test_failure_keeps_earlier_rows_to_clear(self) -> None:
         """
         The rolled-back transaction had deleted the pending_io rows of earlier
