@@ -1951,6 +1951,67 @@ class UsageRowTests(StoreCase):
         self.assertEqual(await b.all_usage("user"), {0: Usage(0, 1)})
 
 
+class XattrDeleteTests(StoreCase):
+    """
+    A freed inode's extended attributes are deleted with it, but a store
+    whose xattr table has never held a row (NFS's files have none) runs no
+    DELETE FROM xattr per unlink: REMOVE's statements 12 to 11.
+    """
+
+    trace = UsageRowTests.trace
+
+    def xattr_deletes(self, statements: list[str]) -> list[str]:
+        return [s for s in statements if s.startswith("DELETE FROM xattr")]
+
+    async def test_none_while_no_inode_has_xattrs(self) -> None:
+        path = Path(self.mktemp())
+        b = await self.store(path, inline_max=4096)
+        for name in (b"a", b"b"):
+            f = await b.create(1, name, REG, 0o644, 0, 0)
+            await b.write(f.ino, 0, b"x" * 4096, False)
+        statements = self.trace(b)
+        await b.unlink(1, b"a")
+        self.assertEqual(self.xattr_deletes(statements), [])
+        await b.close()
+        # Also after a reopen (the table is looked at once, at open).
+        b2 = await self.store(path, inline_max=4096)
+        statements = self.trace(b2)
+        await b2.unlink(1, b"b")
+        self.assertEqual(self.xattr_deletes(statements), [])
+
+    async def test_deleted_with_their_inode_once_any_exists(self) -> None:
+        path = Path(self.mktemp())
+        b = await self.store(path, inline_max=4096)
+        f = await b.create(1, b"a", REG, 0o644, 0, 0)
+        g = await b.create(1, b"b", REG, 0o644, 0, 0)
+        await b.create(1, b"c", REG, 0o644, 0, 0)
+        await b.setxattr(f.ino, b"user.k", b"v")
+        await b.setxattr(g.ino, b"user.k", b"v")
+        statements = self.trace(b)
+        await b.unlink(1, b"a")
+        self.assertEqual(len(self.xattr_deletes(statements)), 1)
+        assert b._engine.conn is not None
+        rows = b._engine.conn.execute("SELECT ino FROM xattr").fetchall()
+        self.assertEqual(rows, [(g.ino,)])
+        await b.close()
+        # A reopened store with rows deletes them too.
+        b2 = await self.store(path, inline_max=4096)
+        statements = self.trace(b2)
+        await b2.unlink(1, b"b")
+        await b2.unlink(1, b"c")
+        self.assertEqual(len(self.xattr_deletes(statements)), 2)
+        assert b2._engine.conn is not None
+        self.assertEqual(b2._engine.conn.execute("SELECT ino FROM xattr").fetchall(), [])
+
+    async def test_put_file_xattrs_count(self) -> None:
+        """An S3 object's metadata (put_file's xattrs) counts as a row."""
+        b = await self.store(inline_max=4096)
+        await b.put_file(1, b"k", 0o644, 0, 0, b"data", ((b"user.s3.k", b"v"),), 0)
+        statements = self.trace(b)
+        await b.unlink(1, b"k")
+        self.assertEqual(len(self.xattr_deletes(statements)), 1)
+
+
 class CheckpointTests(StoreCase):
     """
     SQLite checkpoints the WAL after the commit that takes it past

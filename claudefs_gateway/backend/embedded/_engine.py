@@ -327,6 +327,10 @@ class Engine:
         # (L{_flush_usage}).
         self._usage_rows: dict[tuple[str, int], tuple[int, int]] = {}
         self._usage_next: dict[tuple[str, int], tuple[int, int]] = {}
+        # Whether the xattr table may hold a row (read at open, set by every
+        # insert): while it cannot, a freed inode runs no DELETE FROM xattr
+        # (one statement of every REMOVE of a store with no xattrs at all).
+        self._xattrs = True
         self._done_rows: list[int] = []
         self._wal_unsynced = False
         # Commits that left the WAL unsynced so far: a sync of the log from
@@ -445,6 +449,7 @@ class Engine:
                     "SELECT kind, id, bytes, bytes_hi, inodes FROM usage"
                 )
             }
+            self._xattrs = conn.execute("SELECT 1 FROM xattr LIMIT 1").fetchone() is not None
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -1138,7 +1143,8 @@ class Engine:
                 conn.execute(UPDATE_NODE, ctx.nodes[ino].update_row())
         for node in ctx.dropped:
             conn.execute("DELETE FROM inode WHERE ino = ?", (node.ino,))
-            conn.execute("DELETE FROM xattr WHERE ino = ?", (node.ino,))
+            if self._xattrs:
+                conn.execute("DELETE FROM xattr WHERE ino = ?", (node.ino,))
             if node.type is FileType.REG:
                 if self._has_inline(ctx, node.ino):
                     # Inline: no data file to free, no pending_io row; the
@@ -1585,6 +1591,7 @@ class Engine:
         """The extended attributes of an inode made in this op (it has none yet)."""
         if xattrs:
             assert self.conn is not None
+            self._xattrs = True
             self.conn.executemany(
                 "INSERT INTO xattr (ino, name, value) VALUES (?, ?, ?)",
                 [(ino, bytes(n), bytes(v)) for n, v in xattrs],
@@ -1684,6 +1691,7 @@ class Engine:
             raise errors.Exists("xattr exists")
         if create is False and not exists:
             raise errors.NoData("no such xattr")
+        self._xattrs = True
         self.conn.execute(
             "INSERT OR REPLACE INTO xattr (ino, name, value) VALUES (?, ?, ?)",
             (ino, bytes(name), bytes(value)),
