@@ -445,16 +445,17 @@ class MetaHandler:
 
         return d.addCallback(share)
 
-    def _release_gone(self, a: Any) -> None:
+    def _release_gone(self, a: Any, session: int = 0) -> None:
         """
         The last link of C{a} went: drop its locks, shares and waiters here,
         so the gateway need not send RELEASE_INODE after the answer (a round
-        trip per deleted file; docs/rpc.rst "Shared state").
+        trip per deleted file; docs/rpc.rst "Shared state"). C{session}: the
+        removal's gateway, which need not hear of state that was its own.
         """
         if a is None or a.nlink != 0:
             return
         try:
-            got = self.shared.release_inode(a.ino)
+            got = self.shared.release_inode(a.ino, session)
         except errors.GatewayError as e:
             self._log.warn("release of inode {ino} failed: {why}", ino=a.ino, why=str(e))
             return
@@ -477,12 +478,12 @@ class MetaHandler:
 
     def op_UNLINK(self, conn: Any, parent: int, name: bytes, durable: bool) -> Any:
         d = self.backend.unlink(parent, name, durable=durable)
-        d = self._then(d, self._release_gone)
+        d = self._then(d, lambda a: self._release_gone(a, getattr(conn, "session", 0)))
         return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
     def op_RMDIR(self, conn: Any, parent: int, name: bytes, durable: bool) -> Any:
         d = self.backend.rmdir(parent, name, durable=durable)
-        d = self._then(d, self._release_gone)
+        d = self._then(d, lambda a: self._release_gone(a, getattr(conn, "session", 0)))
         return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
     def op_RENAME(
@@ -497,7 +498,7 @@ class MetaHandler:
         d = self.backend.rename(src_parent, src_name, dst_parent, dst_name, durable=durable)
 
         def changed(r: RenameResult) -> None:
-            self._release_gone(r.replaced)
+            self._release_gone(r.replaced, getattr(conn, "session", 0))
             self._changed(conn, r.source.ino, src_parent)
             if dst_parent != src_parent or r.replaced is not None:
                 self._changed(conn, r.replaced.ino if r.replaced else r.source.ino, dst_parent)

@@ -153,7 +153,7 @@ class SMBRoundTripTests(TestCase):
     timeout = 60
 
     async def _gateway(self) -> tuple[Any, Counter[str], Counter[str]]:
-        cluster = Cluster(self, event_marks=True)
+        cluster = self.cluster = Cluster(self, event_marks=True)
         await cluster.start()
         root = self._root = await smb_gateway(self, cluster)
         calls, events = count_rpc(self)
@@ -205,15 +205,16 @@ class SMBRoundTripTests(TestCase):
 
     async def test_delete(self) -> None:
         """
-        An open with delete-on-close, then CLOSE: three calls. The name is
+        An open with delete-on-close, then CLOSE: two calls. The name is
         answered from the caches (the event marks say every change was heard:
         no LOOKUP), and the meta server drops the removed inode's shared state
-        with the UNLINK (no RELEASE_INODE).
+        with the UNLINK: no RELEASE_INODE, and no RELEASE_OWNER for the
+        closing open's share, released here before the UNLINK.
         """
         client, calls, events = await self._gateway()
         await threads.deferToThread(client.create_write_close, "f3")
         got = await self._count(calls, events, client.delete, "f3")
-        self.assertEqual(got, {"SHARE_OPEN": 1, "RELEASE_OWNER": 1, "UNLINK": 1})
+        self.assertEqual(got, {"SHARE_OPEN": 1, "UNLINK": 1})
         self.assertEqual(dict(events), {})
 
     async def test_delete_unsure_asks(self) -> None:
@@ -223,4 +224,37 @@ class SMBRoundTripTests(TestCase):
         backend = self._root.core.vfs_service.backend
         backend.heard_everything = lambda: False
         got = await self._count(calls, events, client.delete, "f4")
-        self.assertEqual(got, {"LOOKUP": 1, "SHARE_OPEN": 1, "RELEASE_OWNER": 1, "UNLINK": 1})
+        self.assertEqual(got, {"LOOKUP": 1, "SHARE_OPEN": 1, "UNLINK": 1})
+
+    async def test_delete_on_close_file_stays(self) -> None:
+        """
+        A delete-on-close open closed while another open of the file stays:
+        the file is not removed, so its share is released at the meta server
+        (RELEASE_OWNER), where only the other open's is left; the last
+        close removes the file and sends none.
+        """
+        from smbprotocol.open import CreateDisposition, CreateOptions
+
+        client, calls, events = await self._gateway()
+        await threads.deferToThread(client.create_write_close, "f5")
+        keep = await threads.deferToThread(client.open, "f5", CreateDisposition.FILE_OPEN)
+        doomed = await threads.deferToThread(
+            client.open,
+            "f5",
+            CreateDisposition.FILE_OPEN,
+            CreateOptions.FILE_DELETE_ON_CLOSE,
+            0x00010000,
+        )
+        backend = self._root.core.vfs_service.backend
+        root = await backend.root()
+        export = await backend.lookup(root.ino, b"export")
+        ino = (await backend.lookup(export.ino, b"f5")).ino
+        assert self.cluster.meta is not None and self.cluster.meta.factory is not None
+        table = self.cluster.meta.factory.handler.shared.table
+        self.assertEqual(len(table.shares(ino)), 2)
+        got = await self._count(calls, events, doomed.close)
+        self.assertEqual(got, {"RELEASE_OWNER": 1})
+        self.assertEqual(len(table.shares(ino)), 1)
+        got = await self._count(calls, events, keep.close)
+        self.assertEqual(got, {"UNLINK": 1})
+        self.assertEqual(table.shares(ino), [])
