@@ -21,6 +21,7 @@ from claudefs_gateway import service
 from claudefs_gateway.core import config as cfg
 from claudefs_gateway.vfs.identity import nt_hash
 from tests.backend.remote.harness import Cluster, count_rpc
+from tests.backend.remote.test_shared import until
 
 PASSWORD = "Trips-Pass1"
 
@@ -258,3 +259,70 @@ class SMBRoundTripTests(TestCase):
         got = await self._count(calls, events, keep.close)
         self.assertEqual(got, {"UNLINK": 1})
         self.assertEqual(table.shares(ino), [])
+
+
+def _event_ino(name: str, value: Any) -> int:
+    if name == "EV_CHANGE":
+        return int(value.ino)
+    if name == "EV_CHANGE_LOCKS":
+        return int(value[0].ino)
+    return int(value[0])
+
+
+class OtherGatewayEventTests(TestCase):
+    """
+    The EVENT frames a second, idle gateway (another worker) is sent per SMB
+    file made and deleted through the first (docs/workers.rst "One frame
+    for a call's two events"), counted as they arrive.
+    """
+
+    timeout = 60
+
+    async def test_frames_per_file(self) -> None:
+        from claudefs_gateway.backend.remote import protocol, wire
+
+        cluster = Cluster(self, event_marks=True)
+        await cluster.start()
+        root = await smb_gateway(self, cluster)
+        idle = await smb_gateway(self, cluster)
+        client = await threads.deferToThread(_Client, root.listeners()["smb"].bound_port)
+        self.addCleanup(lambda: threads.deferToThread(client.close))
+        frames: list[tuple[str, int]] = []
+        heard: list[tuple[str, int]] = []
+        real = protocol.ClientConnection.frame_received
+
+        def frame(conn: Any, opcode: int, kind: int, rid: int, payload: bytes) -> None:
+            if kind == wire.EVENT:
+                op = wire.OPS[opcode]
+                frames.append((op.name, _event_ino(op.name, wire.decode(op.result, payload))))
+            real(conn, opcode, kind, rid, payload)
+
+        self.patch(protocol.ClientConnection, "frame_received", frame)
+        backend = idle.core.vfs_service.backend
+        backend.on_shared_event(lambda name, value: heard.append((name, _event_ino(name, value))))
+        backend.on_change(lambda event: heard.append(("EV_CHANGE", event.ino)))
+        await threads.deferToThread(client.create_write_close, "f")
+        ino = (
+            await backend.lookup(
+                (await backend.lookup((await backend.root()).ino, b"export")).ino, b"f"
+            )
+        ).ino
+
+        async def settled(n: int) -> list[str]:
+            await until(lambda: sum(i == ino for _, i in frames) >= n, f"{n} frames")
+            await SMBRoundTripTests()._settle()  # any frame more would come now
+            got = sorted(name for name, i in frames if i == ino)
+            frames.clear()
+            return got
+
+        # The create's change and its share in one frame; the write's
+        # change; the close's release of the share.
+        self.assertEqual(await settled(3), ["EV_CHANGE", "EV_CHANGE_LOCKS", "EV_LOCKS"])
+        await threads.deferToThread(client.delete, "f")
+        # The delete's open (its share); the removal's change and its drop.
+        self.assertEqual(await settled(2), ["EV_CHANGE_LOCKS", "EV_LOCKS"])
+        # Every event of a frame reached the idle gateway's listeners.
+        got = sorted(name for name, i in heard if i == ino)
+        self.assertEqual(got, ["EV_CHANGE"] * 3 + ["EV_LOCKS"] * 4)
+        # Its view of the file's locks and shares is the meta server's: none.
+        self.assertFalse(idle.core.vfs_service.vfs.locks.view.busy(ino))
