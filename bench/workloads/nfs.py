@@ -477,6 +477,7 @@ def seq_write_parallel(e: dict[str, Any], scratch: Path) -> dict[str, float]:
     return {
         "MB/s": size / phase.wall / 1e6,
         "server CPU ms/MiB": phase.cpu * 1e3 / (size / 2**20),
+        "clients CPU ms/MiB": phase.clients * 1e3 / (size / 2**20),
     }
 
 
@@ -551,6 +552,8 @@ register(
             Metric("unlink/s", "files/s"),
             Metric("server CPU us/create", "us", higher_is_better=False),
             Metric("server CPU us/unlink", "us", higher_is_better=False),
+            Metric("clients CPU us/create", "us", higher_is_better=False),
+            Metric("clients CPU us/unlink", "us", higher_is_better=False),
         ),
         small_files_parallel,
         description=f"nfs.small_files from {PARALLEL} clients at once (aggregate files/s)",
@@ -560,7 +563,11 @@ register(
     Workload(
         "nfs.seq_write_parallel",
         "nfs",
-        (Metric("MB/s", "MB/s"), _CPU_MIB),
+        (
+            Metric("MB/s", "MB/s"),
+            _CPU_MIB,
+            Metric("clients CPU ms/MiB", "ms", higher_is_better=False),
+        ),
         seq_write_parallel,
         description=(
             f"{PARALLEL} nfs-cp at once, each of {SEQ_MB // PARALLEL} MiB to its own file"

@@ -1242,11 +1242,31 @@ class CreateCommands(FileBase):
             self.resume_keys.pop(op.resume_key, None)
         if op.watch is not None:
             self._end_watch(conn, op)
-        if op.lock_owner is not None:
-            self.locks.release_owner(op.lock_owner)
+        owner = op.lock_owner
         node = op.node
+        # A close that may delete the file: its owner's locks and share go
+        # here at once, and at the meta server with the file's last link
+        # (the UNLINK drops them there), so it is told only if the file
+        # stays (docs/workers.rst "An SMB delete's close").
+        removing = (
+            owner is not None and node is not None and (op.delete_on_close or node.delete_pending)
+        )
+        if owner is not None:
+            self.locks.release_owner(owner, tell=not removing)
         if node is None:
             return
+        if not removing:
+            await self._close_node(op, node)
+            return
+        gone = False
+        try:
+            gone = await self._close_node(op, node)
+        finally:
+            if not gone and owner is not None:
+                self.locks.release_owner(owner)
+
+    async def _close_node(self, op: Open, node: FileNode) -> bool:
+        """The rest of L{close}: the file's deletion if pending. True: its last link went."""
         node.opens.discard(op)
         self.factory.leasing.closed(op)
         leases = self.vfs.leases
@@ -1267,7 +1287,7 @@ class CreateCommands(FileBase):
                 if other.watch is not None:
                     self.watch_deleted(other)
         if node.opens:
-            return
+            return False
         if self.nodes.get(node.ino) is node:
             del self.nodes[node.ino]
         if node.delete_pending and node.stream is not None:
@@ -1277,7 +1297,8 @@ class CreateCommands(FileBase):
                 )
             except errors.FSError as e:
                 self._log.info("smb: deleting a stream at close failed: {why}", why=str(e))
-            return
+            return False
+        gone = False
         if node.delete_pending and node.name:
             caller = op.tree.caller
             # Opens of names in this directory wait until the name is gone
@@ -1288,11 +1309,14 @@ class CreateCommands(FileBase):
             try:
                 durable = self.meta_durable
                 if op.is_dir:
-                    await inline(self.vfs.rmdir, caller, node.parent, node.name, op.origin, durable)
+                    after = await inline(
+                        self.vfs.rmdir, caller, node.parent, node.name, op.origin, durable
+                    )
                 else:
-                    await inline(
+                    after = await inline(
                         self.vfs.remove, caller, node.parent, node.name, op.origin, durable
                     )
+                gone = after.nlink == 0
                 self.meta_changed()
                 if op.write_through:
                     await self.meta_sync()
@@ -1305,6 +1329,7 @@ class CreateCommands(FileBase):
                 if not waiting:
                     self.deleting.pop(node.parent, None)
                 done.callback(None)
+        return gone
 
     def disconnect(self, conn: Any, op: Open) -> None:
         """
