@@ -12,12 +12,15 @@ client's deletes never overlap a slow one's creates).
 
 The clients share the machine's cores with the server: on two cores, four
 clients and a gateway with two workers and its meta and data servers are
-seven busy processes.
+seven busy processes. So each phase also has the clients' CPU (each
+client's own and its reaped children's, an ``nfs-cp`` or ``smbclient``):
+what was left of the machine for the server.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -26,27 +29,31 @@ from typing import Any
 
 import attrs
 
-from bench.serverstat import children, settle, tree_cpu
+from bench.serverstat import check_pinned, children, server_cpus, settle, tree_cpu
 
-__all__ = ["Phase", "per_op", "run_phases", "sync"]
+__all__ = ["Phase", "clients_metric", "per_op", "run_phases", "sync"]
 
 # The barrier of the clients a run_phases forked (set in each client process).
 _barrier: Any = None
 # A phase that takes longer than this has a stuck client: fail, don't hang.
 TIMEOUT = 1800.0
+# In a client: its CPU clock (self and reaped children) at each sync().
+_readings: list[float] = []
 
 
 @attrs.frozen
 class Phase:
-    """One phase of all the clients: wall seconds and server CPU seconds."""
+    """One phase of all the clients: wall seconds, server and clients' CPU seconds."""
 
     wall: float
     cpu: float
+    clients: float = 0.0
 
 
 def _init(barrier: Any) -> None:
     global _barrier
     _barrier = barrier
+    _readings.clear()
     # A forked client inherits its parent's Python signal handlers: under a
     # reactor (trial's workers run one) SIGTERM only schedules a reactor stop,
     # so the pool's terminate() at the end of run_phases would never end an
@@ -61,13 +68,16 @@ def sync() -> None:
     CPU clock.
     """
     assert _barrier is not None, "sync() outside a client of run_phases"
+    t = os.times()
+    _readings.append(t.user + t.system + t.children_user + t.children_system)
     _barrier.wait()  # all here: the parent reads the clocks
     _barrier.wait()  # the parent read them: go
 
 
 def _client(fn: Callable[..., Any], i: int, args: tuple[Any, ...]) -> Any:
     try:
-        return fn(i, *args)
+        _readings.clear()
+        return fn(i, *args), list(_readings)
     except BaseException:
         # The others (and the parent) would wait for this one for ever.
         _barrier.abort()
@@ -79,8 +89,13 @@ def _server_clock(pid: int | None) -> Callable[[], float]:
     if pid is None:
         return lambda: 0.0
     baseline = children(pid)
+    cpus = server_cpus()
 
     def read() -> float:
+        if cpus is not None:
+            # At each boundary, while the clients are connected (smbd's
+            # per-connection children are alive): the confinement held.
+            check_pinned(pid, cpus)
         settle(pid, baseline)
         return tree_cpu(pid)
 
@@ -100,8 +115,10 @@ def run_phases(
     client does its untimed setup, calls L{sync}, and then calls L{sync}
     after each of its C{phases} phases; what it returns comes back in the
     second list, in order. The first list has each phase's wall time (from
-    the last client's start to the last client's end) and the CPU server
-    C{pid}'s process tree spent meanwhile (C{clock} replaces the reading).
+    the last client's start to the last client's end), the CPU server
+    C{pid}'s process tree spent meanwhile (C{clock} replaces the reading)
+    and the CPU the clients spent in their phase's work (their own and
+    their reaped children's: an ``nfs-cp``'s, an ``smbclient``'s).
 
     A client that fails breaks the barrier for the others, and its
     exception is raised here.
@@ -127,14 +144,20 @@ def run_phases(
             # The client that failed first, not the others' broken barriers.
             cause = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
             raise (cause or errors or [broken])[0] from None
-        results = [p.get(TIMEOUT) for p in pending]
+        got = [p.get(TIMEOUT) for p in pending]
         # Let the clients end on their own (close sends each its sentinel):
         # the with's terminate() alone can race its own drain of the queue
         # and leave an idle client waiting for a sentinel it took away.
         pool.close()
         pool.join()
+    results = [r for r, _ in got]
+    clients = [0.0] * phases
+    for _, readings in got:
+        for k in range(min(phases, len(readings) - 1)):
+            clients[k] += readings[k + 1] - readings[k]
     return [
-        Phase(t1 - t0, c1 - c0) for (t0, c0), (t1, c1) in zip(marks, marks[1:], strict=False)
+        Phase(t1 - t0, c1 - c0, clients[k])
+        for k, ((t0, c0), (t1, c1)) in enumerate(zip(marks, marks[1:], strict=False))
     ], results
 
 
@@ -145,7 +168,9 @@ def per_op(
     Aggregate rates and server CPU per operation of L{run_phases}' phases,
     C{ops} operations in each (all clients together). C{names} gives each
     phase's rate and CPU metric in turn (C{rate, cpu, rate, cpu, ...});
-    CPU seconds are scaled by C{cpu_scale} (1e6: microseconds).
+    CPU seconds are scaled by C{cpu_scale} (1e6: microseconds). The clients'
+    CPU per operation comes under the CPU metric's name with ``server``
+    made ``clients`` (L{clients_metric}).
     """
     if len(names) != 2 * len(phases):
         raise ValueError(f"{len(phases)} phases, {len(names)} names")
@@ -153,4 +178,10 @@ def per_op(
     for k, phase in enumerate(phases):
         out[names[2 * k]] = ops / phase.wall
         out[names[2 * k + 1]] = phase.cpu * cpu_scale / ops
+        out[clients_metric(names[2 * k + 1])] = phase.clients * cpu_scale / ops
     return out
+
+
+def clients_metric(server_metric: str) -> str:
+    """The clients' counterpart of a server CPU metric: "server CPU us/x" -> "clients CPU us/x"."""
+    return server_metric.replace("server CPU", "clients CPU", 1)

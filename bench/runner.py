@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import targets
+from bench import serverstat, targets
 from bench.profile import Profiler
 from bench.stats import Summary, ratio, table, to_json
 from bench.workloads import Workload, load_all
@@ -146,6 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="also run the gateway as `cfs-gateway start --workers N` (ratio: wN / single)",
     )
+    p.add_argument(
+        "--server-cpus",
+        default=os.environ.get(serverstat.PIN_ENV, ""),
+        metavar="LIST",
+        help="confine every server under test (the gateway, the workers' whole tree, the peers)"
+        " to these CPUs, as taskset -c takes them (e.g. 0); the parallel workloads check at each"
+        f" phase that it held (default: ${serverstat.PIN_ENV}, else not confined)",
+    )
     p.add_argument("--list", action="store_true", help="list workloads and exit")
     p.add_argument(
         "--profile",
@@ -183,6 +191,16 @@ def main(argv: list[str] | None = None) -> int:
             else "name workloads with -w (see --list)"
         )
     chosen = [registry[n] for n in names]
+    pinned: frozenset[int] | None = None
+    if args.server_cpus.strip():
+        try:
+            pinned = serverstat.parse_cpus(args.server_cpus)
+        except ValueError as e:
+            p.error(f"--server-cpus: {e}")
+        # The targets' Popen and the parallel workloads' checks read it.
+        os.environ[serverstat.PIN_ENV] = ",".join(str(c) for c in sorted(pinned))
+    else:
+        os.environ.pop(serverstat.PIN_ENV, None)
 
     when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     out = args.json or Path(__file__).parent / "results" / (when.replace(":", "") + ".json")
@@ -210,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                 peer.start()
                 started.append(peer)
                 peers[proto] = peer
+        if pinned is not None:
+            for t in started:
+                tasks = serverstat.check_pinned(t.endpoints["pid"], pinned)
+                print(f"{t.name}: {tasks} threads, all on CPUs {sorted(pinned)}")
         for w in chosen:
             print(f"{w.name}: {w.description}")
             profiler = None
@@ -254,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m bench", *(argv or sys.argv[1:])]),
         "host": platform.node(),
         "cpus": os.cpu_count(),
+        "server_cpus": sorted(pinned) if pinned is not None else None,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
         "python": platform.python_version(),

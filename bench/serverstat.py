@@ -10,6 +10,14 @@ every thread, including threads that have exited, in nanoseconds), so even a
 few milliseconds of work measure well. L{family_cpu} adds the children the
 process has reaped (C{cutime + cstime} from C{/proc/<pid>/stat}, in clock
 ticks), for servers that fork a process per connection (Samba's smbd).
+
+L{server_cpus} and L{pin} confine the servers under test to a CPU list
+(``--server-cpus``, ``CFS_BENCH_SERVER_CPUS``): how far a second core takes
+a server is only seen against the same server on one (docs/bench.rst "How
+far a second core can go here"). The affinity is set in the child before it
+runs the server, so every thread and every process it starts (smbd's
+per-connection children, the supervisor's workers and meta and data
+servers) inherits it; L{check_pinned} verifies that it held.
 """
 
 from __future__ import annotations
@@ -20,13 +28,90 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["process_cpu", "family_cpu", "tree_cpu", "measured", "children"]
+__all__ = [
+    "process_cpu",
+    "family_cpu",
+    "tree_cpu",
+    "measured",
+    "children",
+    "parse_cpus",
+    "server_cpus",
+    "pin",
+    "check_pinned",
+]
 
 T = TypeVar("T")
 _TICK = os.sysconf("SC_CLK_TCK")
 # CPUCLOCK_SCHED of a whole process (the thread group): what
 # clock_getcpuclockid(3) returns, (~pid << 3) | 2.
 _CPUCLOCK_SCHED = 2
+#: The environment variable naming the CPUs the servers under test may use.
+PIN_ENV = "CFS_BENCH_SERVER_CPUS"
+
+
+def parse_cpus(text: str) -> frozenset[int]:
+    """A CPU list as taskset(1) -c takes it ("0", "0,1", "0-3"); @raise ValueError: bad or empty."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        first, last = int(lo), int(hi) if hi else int(lo)
+        if first < 0 or last < first:
+            raise ValueError(f"bad CPU range {part!r}")
+        cpus.update(range(first, last + 1))
+    if not cpus:
+        raise ValueError(f"no CPUs in {text!r}")
+    return frozenset(cpus)
+
+
+def server_cpus() -> frozenset[int] | None:
+    """The CPUs the servers under test are confined to, or None (not confined)."""
+    text = os.environ.get(PIN_ENV, "")
+    return parse_cpus(text) if text.strip() else None
+
+
+def pin() -> Callable[[], None] | None:
+    """
+    A C{preexec_fn} for C{subprocess.Popen} of a server under test that
+    confines it to L{server_cpus}, or None when they are not set.
+    """
+    cpus = server_cpus()
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def tree_affinity(pid: int) -> dict[int, frozenset[int]]:
+    """The CPU affinity of every thread of C{pid} and of its live descendants, by thread id."""
+    out: dict[int, frozenset[int]] = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                out[int(task)] = frozenset(os.sched_getaffinity(int(task)))
+            except OSError:
+                pass  # gone meanwhile
+        todo += _child_pids(p)
+    return out
+
+
+def check_pinned(pid: int, cpus: frozenset[int]) -> int:
+    """
+    The number of threads in C{pid}'s tree, all confined to C{cpus};
+    @raise RuntimeError: one of them may run elsewhere (the pinning did not hold).
+    """
+    got = tree_affinity(pid)
+    wrong = {t: sorted(a) for t, a in got.items() if a != cpus}
+    if wrong or not got:
+        raise RuntimeError(f"server {pid} not confined to CPUs {sorted(cpus)}: {wrong or 'gone'}")
+    return len(got)
 
 
 def process_cpu(pid: int) -> float:

@@ -11,11 +11,17 @@ import attrs
 
 @attrs.frozen
 class Metric:
-    """One number a workload reports; C{higher_is_better} decides how ratios read."""
+    """
+    One number a workload reports; C{higher_is_better} decides how ratios
+    read. C{compared=False}: a number with no ratio (one that sits near zero,
+    as a remainder does, where a ratio of two noisy small numbers means
+    nothing).
+    """
 
     name: str
     unit: str
     higher_is_better: bool = True
+    compared: bool = True
 
 
 @attrs.frozen
@@ -32,7 +38,7 @@ class Summary:
 
 def ratio(gateway: Summary, peer: Summary | None, metric: Metric) -> float | None:
     """gateway/peer on medians, oriented so that > 1 always means the gateway is better."""
-    if peer is None or peer.median == 0 or gateway.median == 0:
+    if not metric.compared or peer is None or peer.median <= 0 or gateway.median <= 0:
         return None
     r = gateway.median / peer.median
     return r if metric.higher_is_better else 1 / r

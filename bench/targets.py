@@ -27,6 +27,8 @@ from typing import IO, Any
 
 import attrs
 
+from bench.serverstat import pin
+
 #: The checkout this bench belongs to: the gateway it starts runs this code.
 CHECKOUT = Path(__file__).resolve().parents[1]
 
@@ -219,7 +221,14 @@ class Gateway(Target):
             p for p in (str(CHECKOUT), env.get("PYTHONPATH", "")) if p
         )
         try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, cwd=CHECKOUT, env=env)
+            proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=CHECKOUT,
+                env=env,
+                preexec_fn=pin(),
+            )
         except BaseException:
             log.close()
             raise
@@ -333,7 +342,8 @@ class Ganesha(Target):
                     str(self.scratch / "ganesha.pid"),
                     "-N",
                     "NIV_EVENT",
-                ]
+                ],
+                preexec_fn=pin(),
             )
             self._procs.append(ganesha)
             assert tail.stdout is not None
@@ -403,6 +413,7 @@ class SeaweedFS(Target):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.scratch,
+                preexec_fn=pin(),
             )
         )
         wait_port(port, deadline=60)
@@ -480,6 +491,7 @@ class Samba(Target):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=pin(),
         )
         self._procs.append(smbd)
         wait_port(port)

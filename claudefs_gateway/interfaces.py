@@ -498,8 +498,15 @@ class ILockTable(Interface):
     def owners_of(ino: int) -> set[LockOwner]:
         """Every owner holding a lock or a share reservation on C{ino}."""
 
-    def release_owner(owner: LockOwner) -> None:
-        """Drop every lock and reservation of C{owner} (an open closed)."""
+    def release_owner(owner: LockOwner, tell: bool = True) -> None:
+        """
+        Drop every lock and reservation of C{owner} (an open closed).
+
+        C{tell} false: a table shared with other gateways does not tell the
+        meta server yet, because the caller is about to remove the owner's
+        one file, whose removal drops its state there; the caller releases
+        the owner again (C{tell} true) if the file's last link did not go.
+        """
 
     def release_client(protocol: str, client: str | bytes) -> None:
         """Drop everything of a client (rebooted, expired, disconnected)."""
@@ -1013,8 +1020,12 @@ class ISharedState(Interface):
     def release_client(session: int, protocol: str, client: bytes) -> Any:
         """RELEASE_CLIENT: every lock and share of one client."""
 
-    def release_inode(ino: int) -> Any:
-        """RELEASE_INODE: the file is gone."""
+    def release_inode(ino: int, origin: int = 0) -> Any:
+        """
+        RELEASE_INODE: the file is gone. C{origin}: the session whose removal
+        took its last link, which need not hear of state that was its own
+        alone (0: every gateway hears).
+        """
 
     def share_open(
         session: int, ino: int, owner: Any, sid: int, access: int, deny: int, reclaim: bool

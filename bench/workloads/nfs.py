@@ -182,6 +182,39 @@ def rand_prepare(e: dict[str, Any], scratch: Path) -> None:
     local.unlink()
 
 
+def _qd1(e: dict[str, Any], one: Any) -> dict[str, float]:
+    """
+    C{one(i)} for i in range(OPS), timed, with its latencies and the CPU each
+    side spent: at queue depth 1 the client and the server take turns, so a
+    round trip is the client's CPU, the server's, and the time neither ran
+    (waiting for a CPU, being woken), reported as "off-CPU" (docs/bench.rst
+    "Queue depth one: where the round trip goes"). Work a server does after
+    its reply, while the client runs on the other core, is in its CPU and not
+    in the round trip, so "off-CPU" can be a little low, never high.
+    """
+    lat = []
+    cpu = _CPU(e)
+    cpu.start()
+    client0 = time.process_time()
+    start = time.perf_counter()
+    for i in range(OPS):
+        t0 = time.perf_counter()
+        one(i)
+        lat.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - start
+    client = time.process_time() - client0
+    cpu.stop()
+    p50, p99 = _percentiles(lat)
+    return {
+        "ops/s": OPS / elapsed,
+        "p50": p50,
+        "p99": p99,
+        "server CPU us/op": cpu.used * 1e6 / OPS,
+        "client CPU us/op": client * 1e6 / OPS,
+        "off-CPU us/op": (elapsed - client - cpu.used) * 1e6 / OPS,
+    }
+
+
 def rand_read_qd1(e: dict[str, Any], scratch: Path) -> dict[str, float]:
     """4 KiB reads at random 4 KiB-aligned offsets, one at a time."""
     lib = _binding()
@@ -194,21 +227,16 @@ def rand_read_qd1(e: dict[str, Any], scratch: Path) -> dict[str, float]:
     offsets = [rnd.randrange(blocks) * 4096 for _ in range(OPS)]
     for off in offsets[:200]:  # warm up
         lib.nfs_pread(raw, handle, off, 4096, buf)
-    lat = []
-    cpu = _CPU(e)
-    cpu.start()
-    start = time.perf_counter()
-    for off in offsets:
-        t0 = time.perf_counter()
-        n = lib.nfs_pread(raw, handle, off, 4096, buf)
-        lat.append(time.perf_counter() - t0)
+
+    def one(i: int) -> None:
+        n = lib.nfs_pread(raw, handle, offsets[i], 4096, buf)
         if n != 4096:
             raise RuntimeError(f"short read: {n}")
-    elapsed = time.perf_counter() - start
-    cpu.stop()
+
+    got = _qd1(e, one)
     fh.close()
-    p50, p99 = _percentiles(lat)
-    return {"IOPS": OPS / elapsed, "p50": p50, "p99": p99, "server CPU us/op": cpu.used * 1e6 / OPS}
+    got["IOPS"] = got.pop("ops/s")
+    return got
 
 
 def getattr_qd1(e: dict[str, Any], scratch: Path) -> dict[str, float]:
@@ -220,26 +248,15 @@ def getattr_qd1(e: dict[str, Any], scratch: Path) -> dict[str, float]:
     st = lib.nfs_stat_64()
     for _ in range(200):
         lib.nfs_fstat64(raw, handle, st)
-    lat = []
-    cpu = _CPU(e)
-    cpu.start()
-    start = time.perf_counter()
-    for _ in range(OPS):
-        t0 = time.perf_counter()
+
+    def one(i: int) -> None:
         rc = lib.nfs_fstat64(raw, handle, st)
-        lat.append(time.perf_counter() - t0)
         if rc != 0:
             raise RuntimeError(f"fstat failed: {rc}")
-    elapsed = time.perf_counter() - start
-    cpu.stop()
+
+    got = _qd1(e, one)
     fh.close()
-    p50, p99 = _percentiles(lat)
-    return {
-        "ops/s": OPS / elapsed,
-        "p50": p50,
-        "p99": p99,
-        "server CPU us/op": cpu.used * 1e6 / OPS,
-    }
+    return got
 
 
 # -- random reads at queue depth 16 (libnfs asynchronous API through ctypes) ---------
@@ -460,6 +477,7 @@ def seq_write_parallel(e: dict[str, Any], scratch: Path) -> dict[str, float]:
     return {
         "MB/s": size / phase.wall / 1e6,
         "server CPU ms/MiB": phase.cpu * 1e3 / (size / 2**20),
+        "clients CPU ms/MiB": phase.clients * 1e3 / (size / 2**20),
     }
 
 
@@ -468,6 +486,12 @@ LOWER = False
 
 _CPU_MIB = Metric("server CPU ms/MiB", "ms", higher_is_better=False)
 _CPU_OP = Metric("server CPU us/op", "us", higher_is_better=False)
+# Queue depth 1: the round trip split into both sides' CPU and the rest (see _qd1).
+_QD1 = (
+    _CPU_OP,
+    Metric("client CPU us/op", "us", higher_is_better=False),
+    Metric("off-CPU us/op", "us", higher_is_better=False, compared=False),
+)
 
 register(
     Workload(
@@ -493,7 +517,7 @@ register(
     Workload(
         "nfs.rand_read_qd1",
         "nfs",
-        (Metric("IOPS", "ops/s"), *_LAT, _CPU_OP),
+        (Metric("IOPS", "ops/s"), *_LAT, *_QD1),
         rand_read_qd1,
         prepare=rand_prepare,
         description="4 KiB random reads, queue depth 1 (libnfs binding)",
@@ -513,7 +537,7 @@ register(
     Workload(
         "nfs.getattr_qd1",
         "nfs",
-        (Metric("ops/s", "ops/s"), *_LAT, _CPU_OP),
+        (Metric("ops/s", "ops/s"), *_LAT, *_QD1),
         getattr_qd1,
         prepare=rand_prepare,
         description="GETATTR of an open file, queue depth 1 (libnfs binding)",
@@ -528,6 +552,8 @@ register(
             Metric("unlink/s", "files/s"),
             Metric("server CPU us/create", "us", higher_is_better=False),
             Metric("server CPU us/unlink", "us", higher_is_better=False),
+            Metric("clients CPU us/create", "us", higher_is_better=False),
+            Metric("clients CPU us/unlink", "us", higher_is_better=False),
         ),
         small_files_parallel,
         description=f"nfs.small_files from {PARALLEL} clients at once (aggregate files/s)",
@@ -537,7 +563,11 @@ register(
     Workload(
         "nfs.seq_write_parallel",
         "nfs",
-        (Metric("MB/s", "MB/s"), _CPU_MIB),
+        (
+            Metric("MB/s", "MB/s"),
+            _CPU_MIB,
+            Metric("clients CPU ms/MiB", "ms", higher_is_better=False),
+        ),
         seq_write_parallel,
         description=(
             f"{PARALLEL} nfs-cp at once, each of {SEQ_MB // PARALLEL} MiB to its own file"

@@ -249,6 +249,8 @@ register(
             Metric("deletes/s", "files/s"),
             Metric("server CPU us/create", "us", higher_is_better=False),
             Metric("server CPU us/delete", "us", higher_is_better=False),
+            Metric("clients CPU us/create", "us", higher_is_better=False),
+            Metric("clients CPU us/delete", "us", higher_is_better=False),
         ),
         run=small_files_parallel,
         description=(

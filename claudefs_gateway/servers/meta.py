@@ -80,8 +80,11 @@ class MetaHandler:
         #: Locks, share reservations and lease holdings of every gateway (servers/shared.py):
         #: in memory, or, given C{shared} (a factory called as SharedState is), elsewhere.
         make = shared or SharedState
+        #: While a call's change event waits for its shared-state event
+        #: (L{_held}): the inode, and the EV_LOCKS published for it meanwhile.
+        self._holding: tuple[int, list[tuple[Any, int]]] | None = None
         self.shared: ISharedState = make(
-            clock, push or self._push_via_subscribers, publish, linger=linger
+            clock, push or self._push_via_subscribers, self._publish_shared, linger=linger
         )
         #: NFSv4 and NLM client records of every gateway, and their grace: in this
         #: server's memory (servers/clients.py), or where the shared state keeps them
@@ -162,6 +165,42 @@ class MetaHandler:
 
     def _changed(self, conn: Any, ino: int, dir: int = 0) -> None:
         self._publish("EV_CHANGE", wire.ChangeEvent(getattr(conn, "session", 0), ino, dir))
+
+    def _publish_shared(self, name: str, value: Any, origin: int = 0, *rest: Any) -> None:
+        """The shared state's publish: an EV_LOCKS of the inode a call holds waits for it."""
+        holding = self._holding
+        if holding is not None and name == "EV_LOCKS" and value[0] == holding[0]:
+            holding[1].append((value, origin))
+            return
+        self._publish(name, value, origin, *rest)
+
+    def _held(self, conn: Any, ino: int, dir: int, shared: Callable[[], Any]) -> Any:
+        """
+        Run C{shared()} (a share taken, a removed inode's state dropped) and
+        publish the call's EV_CHANGE of C{ino}: when C{shared} published one
+        EV_LOCKS of C{ino} alone, before anything else could, and it goes to
+        the same gateways as the change (all but the caller's), both leave in
+        one EV_CHANGE_LOCKS frame: every other gateway is woken once, not
+        twice (docs/workers.rst "One frame for a call's two events").
+        Otherwise each is published as it would have been, the change last.
+        What C{shared} returns is returned; if it raises, the change is
+        published all the same.
+        """
+        session = getattr(conn, "session", 0)
+        change = wire.ChangeEvent(session, ino, dir)
+        held: list[tuple[Any, int]] = []
+        self._holding = (ino, held)
+        try:
+            got = shared()
+        finally:
+            self._holding = None
+            if len(held) == 1 and session and held[0][1] == session:
+                self._publish("EV_CHANGE_LOCKS", (change, held[0][0]))
+            else:
+                for value, origin in held:
+                    self._publish("EV_LOCKS", value, origin)
+                self._publish("EV_CHANGE", change)
+        return got
 
     def _then(self, d: defer.Deferred[Any], fn: Callable[[Any], None]) -> defer.Deferred[Any]:
         def after(result: Any) -> Any:
@@ -426,13 +465,25 @@ class MetaHandler:
         asks with SHARE_OPEN, and undoes its create on the refusal.
         """
         d = self.backend.create(parent, name, type, mode, uid, gid, tuple(rdev), durable=durable)
-        d = self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
+        made: list[Any] = []
+        d = self._dirs(self._then(d, made.append), parent)
         session = getattr(conn, "session", 0)
 
-        def share(made: tuple[Any, Any]) -> defer.Deferred[Any]:
-            a, dirs = made
+        def unshared(f: Failure) -> Failure:
+            if made:  # the file was made: its change is told all the same
+                self._changed(conn, made[0].ino, parent)
+            return f
+
+        def share(got: tuple[Any, Any]) -> defer.Deferred[Any]:
+            a, dirs = got
+            # The create's EV_CHANGE and the share's EV_LOCKS in one frame
+            # (both before the answer, as before).
             s = defer.maybeDeferred(
-                self.shared.share_open, session, a.ino, owner, sid, access, deny, False
+                self._held,
+                conn,
+                a.ino,
+                parent,
+                lambda: self.shared.share_open(session, a.ino, owner, sid, access, deny, False),
             )
 
             def refused(f: Failure) -> bool:
@@ -443,18 +494,19 @@ class MetaHandler:
             s.addCallbacks(lambda _: True, refused)
             return s.addCallback(lambda ok: (a, dirs, ok))
 
-        return d.addCallback(share)
+        return d.addCallbacks(share, unshared)
 
-    def _release_gone(self, a: Any) -> None:
+    def _release_gone(self, a: Any, session: int = 0) -> None:
         """
         The last link of C{a} went: drop its locks, shares and waiters here,
         so the gateway need not send RELEASE_INODE after the answer (a round
-        trip per deleted file; docs/rpc.rst "Shared state").
+        trip per deleted file; docs/rpc.rst "Shared state"). C{session}: the
+        removal's gateway, which need not hear of state that was its own.
         """
         if a is None or a.nlink != 0:
             return
         try:
-            got = self.shared.release_inode(a.ino)
+            got = self.shared.release_inode(a.ino, session)
         except errors.GatewayError as e:
             self._log.warn("release of inode {ino} failed: {why}", ino=a.ino, why=str(e))
             return
@@ -475,15 +527,22 @@ class MetaHandler:
         d = self.backend.link(ino, parent, name)
         return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
 
+    def _removed(self, conn: Any, parent: int) -> Callable[[Any], None]:
+        """An UNLINK's or RMDIR's events: the removed inode's state dropped, then the change."""
+        session = getattr(conn, "session", 0)
+
+        def events(a: Any) -> None:
+            self._held(conn, a.ino, parent, lambda: self._release_gone(a, session))
+
+        return events
+
     def op_UNLINK(self, conn: Any, parent: int, name: bytes, durable: bool) -> Any:
         d = self.backend.unlink(parent, name, durable=durable)
-        d = self._then(d, self._release_gone)
-        return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
+        return self._dirs(self._then(d, self._removed(conn, parent)), parent)
 
     def op_RMDIR(self, conn: Any, parent: int, name: bytes, durable: bool) -> Any:
         d = self.backend.rmdir(parent, name, durable=durable)
-        d = self._then(d, self._release_gone)
-        return self._dirs(self._then(d, lambda a: self._changed(conn, a.ino, parent)), parent)
+        return self._dirs(self._then(d, self._removed(conn, parent)), parent)
 
     def op_RENAME(
         self,
@@ -497,7 +556,7 @@ class MetaHandler:
         d = self.backend.rename(src_parent, src_name, dst_parent, dst_name, durable=durable)
 
         def changed(r: RenameResult) -> None:
-            self._release_gone(r.replaced)
+            self._release_gone(r.replaced, getattr(conn, "session", 0))
             self._changed(conn, r.source.ino, src_parent)
             if dst_parent != src_parent or r.replaced is not None:
                 self._changed(conn, r.replaced.ino if r.replaced else r.source.ino, dst_parent)

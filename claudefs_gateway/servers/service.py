@@ -266,9 +266,10 @@ def build_meta(
 
     def publish(name: str, value: Any, origin: int = 0) -> None:
         factories[0].publish(name, value, origin)
-        if pg is not None and name == "EV_CHANGE":
+        if pg is not None and name in ("EV_CHANGE", "EV_CHANGE_LOCKS"):
             # The gateways of the other meta servers hear of it through the database.
-            backend.notify_change(value.session, value.ino, value.dir)
+            change = value if name == "EV_CHANGE" else value[0]
+            backend.notify_change(change.session, change.ino, change.dir)
 
     shared = None
     if pg is not None:

@@ -291,16 +291,25 @@ class SharedState(BreakBook):
         self._drop_closed(session)
         self._changed(self._touched.get(session, ()))
 
-    def release_inode(self, ino: int) -> None:
+    def release_inode(self, ino: int, origin: int = 0) -> None:
         # Most removed files had no lock or share: every subscriber's replica
         # already says so (each change was pushed), so there is nothing to push.
         held = self.table.busy(ino)
+        if held and origin:
+            # The removal's own gateway keeps only the other gateways' part
+            # of the inode's state: if there was none, its replica has
+            # nothing to drop (an SMB delete-on-close's share, released at
+            # its close and dropped here by the UNLINK: docs/workers.rst
+            # "An SMB delete's close").
+            owners = self.table.owners_of(ino) | {w.owner for w in self.table.waiting(ino)}
+            if any(self._session_of(o)[0] != origin for o in owners):
+                origin = 0
         self.table.release_inode(ino)
         if held:
             for s, inos in self._touched.items():
                 inos.discard(ino)
                 self._drop_closed(s)
-            self._changed([ino])
+            self._changed([ino], origin)
 
     def share_open(
         self,

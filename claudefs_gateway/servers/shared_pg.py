@@ -480,7 +480,9 @@ class PgSharedState(BreakBook):
 
         return self._in_order(session, lambda: defer.Deferred.fromCoroutine(run()))
 
-    def release_inode(self, ino: int) -> defer.Deferred[None]:
+    def release_inode(self, ino: int, origin: int = 0) -> defer.Deferred[None]:
+        # Every meta server hears the change through the database and pushes
+        # it to all its gateways: C{origin} is not told apart here.
         return self._change(ino, lambda v: v.table.release_inode(ino))
 
     def share_open(

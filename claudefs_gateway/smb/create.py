@@ -13,6 +13,7 @@ import attrs
 from twisted.internet import defer
 
 from claudefs_gateway import errors
+from claudefs_gateway.core.log import debugging
 from claudefs_gateway.errors import ProtocolError
 from claudefs_gateway.fstypes import Attributes, Credentials, FileType, SetAttrs
 from claudefs_gateway.smb import constants as c
@@ -189,7 +190,8 @@ class CreateCommands(FileBase):
             else:
                 existing, leaf = await self._lookup(caller, parent_ino, parts[-1], dir_parts)
             parts = [*dir_parts, leaf]
-        path = "\\".join(p.decode("utf-8", "surrogatepass") for p in parts)
+        # (One decode of the joined bytes: "\\" is never part of a UTF-8 sequence.)
+        path = b"\\".join(parts).decode("utf-8", "surrogatepass")
         if lease_req is not None and self.factory.leasing.key_in_use(
             conn.client_guid, lease_req.key, existing.ino if existing is not None else None
         ):
@@ -465,9 +467,12 @@ class CreateCommands(FileBase):
                     c.SMB2_CREATE_QUERY_ON_DISK_ID, struct.pack("<QQ16s", a.ino, volume, b"")
                 )
             )
-        self._log.debug(
-            "smb create {action} ino={ino}", action=action, ino=a.ino, conn_id=conn.conn_id
-        )
+        if debugging():
+            # (Checked first: the logger and the event's fields cost as much as
+            # a store lookup, for a line written only at debug level.)
+            self._log.debug(
+                "smb create {action} ino={ino}", action=action, ino=a.ino, conn_id=conn.conn_id
+            )
         return pack_create_response(action, file_times(st_), fid, answers, level)
 
     async def _create_stream(
@@ -1023,7 +1028,7 @@ class CreateCommands(FileBase):
         acc, deny = share_modes(granted, body.share_access)
         open_access = granted | (c.FILE_WRITE_DATA if overwrite else 0)
         clock = self.factory.reactor
-        deadline = clock.seconds() + 2 * leasing.recall_timeout
+        deadline: float | None = None  # set at the first break this open waits for
         first = True
         while True:
             token = None
@@ -1047,7 +1052,9 @@ class CreateCommands(FileBase):
                 a.ino, conn.client_guid, lease_req, open_access, violation, overwrite, first
             )
             delay = delay or bool(pending)
-            if not delay or clock.seconds() >= deadline:
+            if delay and deadline is None:
+                deadline = clock.seconds() + 2 * leasing.recall_timeout
+            if not delay or deadline is None or clock.seconds() >= deadline:
                 # Dropped unfired rather than cancelled: no Failure per CREATE.
                 leasing.stop_waiting(a.ino, changed)
                 break
@@ -1235,11 +1242,31 @@ class CreateCommands(FileBase):
             self.resume_keys.pop(op.resume_key, None)
         if op.watch is not None:
             self._end_watch(conn, op)
-        if op.lock_owner is not None:
-            self.locks.release_owner(op.lock_owner)
+        owner = op.lock_owner
         node = op.node
+        # A close that may delete the file: its owner's locks and share go
+        # here at once, and at the meta server with the file's last link
+        # (the UNLINK drops them there), so it is told only if the file
+        # stays (docs/workers.rst "An SMB delete's close").
+        removing = (
+            owner is not None and node is not None and (op.delete_on_close or node.delete_pending)
+        )
+        if owner is not None:
+            self.locks.release_owner(owner, tell=not removing)
         if node is None:
             return
+        if not removing:
+            await self._close_node(op, node)
+            return
+        gone = False
+        try:
+            gone = await self._close_node(op, node)
+        finally:
+            if not gone and owner is not None:
+                self.locks.release_owner(owner)
+
+    async def _close_node(self, op: Open, node: FileNode) -> bool:
+        """The rest of L{close}: the file's deletion if pending. True: its last link went."""
         node.opens.discard(op)
         self.factory.leasing.closed(op)
         leases = self.vfs.leases
@@ -1260,7 +1287,7 @@ class CreateCommands(FileBase):
                 if other.watch is not None:
                     self.watch_deleted(other)
         if node.opens:
-            return
+            return False
         if self.nodes.get(node.ino) is node:
             del self.nodes[node.ino]
         if node.delete_pending and node.stream is not None:
@@ -1270,7 +1297,8 @@ class CreateCommands(FileBase):
                 )
             except errors.FSError as e:
                 self._log.info("smb: deleting a stream at close failed: {why}", why=str(e))
-            return
+            return False
+        gone = False
         if node.delete_pending and node.name:
             caller = op.tree.caller
             # Opens of names in this directory wait until the name is gone
@@ -1281,11 +1309,14 @@ class CreateCommands(FileBase):
             try:
                 durable = self.meta_durable
                 if op.is_dir:
-                    await inline(self.vfs.rmdir, caller, node.parent, node.name, op.origin, durable)
+                    after = await inline(
+                        self.vfs.rmdir, caller, node.parent, node.name, op.origin, durable
+                    )
                 else:
-                    await inline(
+                    after = await inline(
                         self.vfs.remove, caller, node.parent, node.name, op.origin, durable
                     )
+                gone = after.nlink == 0
                 self.meta_changed()
                 if op.write_through:
                     await self.meta_sync()
@@ -1298,6 +1329,7 @@ class CreateCommands(FileBase):
                 if not waiting:
                     self.deleting.pop(node.parent, None)
                 done.callback(None)
+        return gone
 
     def disconnect(self, conn: Any, op: Open) -> None:
         """

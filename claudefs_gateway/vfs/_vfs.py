@@ -33,6 +33,7 @@ from zope.interface import implementer
 from claudefs_gateway import errors
 from claudefs_gateway.core.config import Config, Export
 from claudefs_gateway.core.eager import eager_deferred
+from claudefs_gateway.core.fence import Fence
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.metrics import Metrics
 from claudefs_gateway.fstypes import (
@@ -192,6 +193,9 @@ class VFS:
         leases: ILeaseManager | None = None,
     ) -> None:
         self.backend = backend
+        #: Whether C{create}, C{remove}, C{rmdir} and C{commit} take a
+        #: L{Fence} (the store answers before its log sync returned).
+        self.fences = bool(getattr(backend, "fences", False))
         self._dir_after: Callable[[int], Attributes | None] | None = getattr(
             backend, "dir_after", None
         )
@@ -914,6 +918,7 @@ class VFS:
         origin: Origin | None = None,
         durable: bool = True,
         share: Any = None,
+        fence: Fence | None = None,
     ) -> Attributes:
         self._reserved(caller, name)
         d = await self._prepare_new(caller, dir_ino)
@@ -930,6 +935,11 @@ class VFS:
                 remote: Any = self.backend
                 a = await remote.create(
                     dir_ino, name, type, mode, uid, gid, rdev, durable=durable, share=share
+                )
+            elif fence is not None and self.fences:
+                store: Any = self.backend
+                a = await store.create(
+                    dir_ino, name, type, mode, uid, gid, rdev, durable=durable, fence=fence
                 )
             else:
                 a = await self.backend.create(
@@ -965,6 +975,7 @@ class VFS:
         origin: Origin | None = None,
         durable: bool = True,
         share: Any = None,
+        fence: Fence | None = None,
     ) -> Attributes:
         """
         A new regular file. With C{exclusive=False} an existing regular file of
@@ -972,7 +983,9 @@ class VFS:
         truncate it). C{durable=False}: see L{IMetadataService.create}.
         C{share}: the opener's share reservation to register with the create,
         from the lock table's C{share_intent} (only a shared lock table has
-        one: docs/workers.rst "What an SMB create costs").
+        one: docs/workers.rst "What an SMB create costs"). C{fence}: answered
+        before the store's log sync returned, which the caller then waits
+        for (L{claudefs_gateway.core.fence}; only where L{fences}).
 
         @raise Exists: the name is taken (by anything, when exclusive; by a
             non-file, when not).
@@ -987,6 +1000,7 @@ class VFS:
                 origin=origin,
                 durable=durable,
                 share=share,
+                fence=fence,
             )
         except errors.Exists:
             if exclusive:
@@ -1114,8 +1128,12 @@ class VFS:
         name: bytes,
         origin: Origin | None = None,
         durable: bool = True,
+        fence: Fence | None = None,
     ) -> Attributes:
-        """Unlink a non-directory; fires with the inode after (nlink 0: gone)."""
+        """
+        Unlink a non-directory; fires with the inode after (nlink 0: gone).
+        C{fence}: as for L{create}.
+        """
         _, a = await self._prepare_remove(caller, dir_ino, name)
         if a.is_dir:
             raise errors.IsDir("is a directory")
@@ -1124,7 +1142,11 @@ class VFS:
             await self._check_worm(a, org, destroy=True)
         await self._before_unlink(a, org, _DELETE)
         await self._dir_change(dir_ino, org)
-        after = await self.backend.unlink(dir_ino, name, durable=durable)
+        if fence is not None and self.fences:
+            store: Any = self.backend
+            after = await store.unlink(dir_ino, name, durable=durable, fence=fence)
+        else:
+            after = await self.backend.unlink(dir_ino, name, durable=durable)
         self._after_remove(dir_ino, name, a, after)
         return after
 
@@ -1202,7 +1224,9 @@ class VFS:
         name: bytes,
         origin: Origin | None = None,
         durable: bool = True,
+        fence: Fence | None = None,
     ) -> Attributes:
+        """Remove an empty directory. C{fence}: as for L{create}."""
         _, a = await self._prepare_remove(caller, dir_ino, name)
         if not a.is_dir:
             raise errors.NotDir("not a directory")
@@ -1211,7 +1235,11 @@ class VFS:
         org = self._origin(caller, origin)
         await self._before(a.ino, org, Why.DIR_NAMESPACE, _DELETE)
         await self._dir_change(dir_ino, org)
-        after = await self.backend.rmdir(dir_ino, name, durable=durable)
+        if fence is not None and self.fences:
+            store: Any = self.backend
+            after = await store.rmdir(dir_ino, name, durable=durable, fence=fence)
+        else:
+            after = await self.backend.rmdir(dir_ino, name, durable=durable)
         self._after_remove(dir_ino, name, a, after)
         return after
 
@@ -1633,8 +1661,13 @@ class VFS:
         return d
 
     @deferred
-    async def commit(self, caller: Caller, ino: int) -> Attributes:
-        a = await self.backend.commit(ino)
+    async def commit(self, caller: Caller, ino: int, fence: Fence | None = None) -> Attributes:
+        """Make C{ino}'s writes durable. C{fence}: as for L{create}."""
+        if fence is not None and self.fences:
+            store: Any = self.backend
+            a = await store.commit(ino, fence=fence)
+        else:
+            a = await self.backend.commit(ino)
         self.attr_cache.put(ino, a)
         return a
 

@@ -617,12 +617,13 @@ class LockTable:
         )
         self._finish(dropped, touched)
 
-    def release_owner(self, owner: LockOwner) -> None:
+    def release_owner(self, owner: LockOwner, tell: bool = True) -> None:
         """
         Drop all of C{owner}'s locks, waiters (failing with C{CancelledError})
         and share reservations, then wake whoever waited on them: NFSv4
         RELEASE_LOCKOWNER, or SMB CLOSE (an open's locks and share
-        reservation end with it).
+        reservation end with it). C{tell} is for shared tables (nobody to
+        tell here).
         """
         dropped: list[_Waiter] = []
         touched: set[int] = set()

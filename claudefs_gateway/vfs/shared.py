@@ -384,10 +384,14 @@ class SharedLockTable:
     def owners_of(self, ino: int) -> set[LockOwner]:
         return self.local.owners_of(ino) | self.view.owners_of(ino)
 
-    def release_owner(self, owner: LockOwner) -> None:
+    def release_owner(self, owner: LockOwner, tell: bool = True) -> None:
         self.local.release_owner(owner)
         self._forget_closed()
-        self.link.send("RELEASE_OWNER", (owner_to_wire(owner),))
+        if tell:
+            # Not told when the caller removes the owner's file next: the
+            # UNLINK that takes its last link drops its state at the meta
+            # server (an SMB delete-on-close's CLOSE: one call less).
+            self.link.send("RELEASE_OWNER", (owner_to_wire(owner),))
 
     def release_client(self, protocol: str, client: str | bytes) -> None:
         self.local.release_client(protocol, client)

@@ -1761,6 +1761,63 @@ class SoleOpTests(StoreCase):
             await b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
         self.assertEqual([e.name for e in (await b.readdir(1, 0, ZERO, 10)).entries], [b"f"])
 
+    async def test_create_looks_nothing_up(self) -> None:
+        """
+        A create asks no lookup of its name first: the entry's primary key
+        refuses a name that exists (one SELECT less per create; docs/bench.rst
+        "SMB: what a create and a delete cost, seventh round").
+        """
+        b = await self.store()
+        statements = self.trace(b)
+        await b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
+        await b.create(1, b"d", DIR, 0o755, 0, 0)
+        self.assertEqual([s for s in statements if "FROM dirent" in s], [])
+
+    async def test_create_of_a_name_that_exists(self) -> None:
+        """
+        A file or directory made over a name that exists fails Exists, on the
+        reactor's thread (a sole op) and through the writer (durable), with
+        nothing logged and nothing of it left: the entry, the parent and the
+        inode counter are as before, and the next create takes the next number.
+        """
+        b = await self.store()
+        f = await b.create(1, b"f", REG, 0o644, 0, 0, durable=False)
+        root = await b.root()
+        next_ino = b._engine.next_ino
+        for kind in (REG, DIR):
+            for durable in (False, True):
+                with self.assertRaises(errors.Exists):
+                    await b.create(1, b"f", kind, 0o644, 0, 0, durable=durable)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(b._engine.next_ino, next_ino)
+        self.assertEqual((await b.lookup(1, b"f")).ino, f.ino)
+        after = await b.root()
+        self.assertEqual((after.nlink, after.change), (root.nlink, root.change))
+        g = await b.create(1, b"g", REG, 0o644, 0, 0, durable=False)
+        self.assertEqual(g.ino, next_ino)
+
+    def test_create_of_a_name_that_exists_in_a_batch(self) -> None:
+        """In a batch of several ops the failed create is undone alone (its savepoint)."""
+        e = Engine(Path(self.mktemp()))
+        e.open()
+        self.addCleanup(e.close)
+        first = engine_module.Op(Engine.op_create, (1, b"f", REG, 0o644, 0, 0), False)
+        self.assertEqual(e.run_batch([first])[0], 1)
+        e.after_batch()
+        start = e.next_ino
+        again = engine_module.Op(Engine.op_create, (1, b"f", DIR, 0o755, 0, 0), False)
+        other = engine_module.Op(Engine.op_create, (1, b"g", REG, 0o644, 0, 0), False)
+        e.run_batch([again, other])
+        e.after_batch()
+        self.assertFalse(again.ok)
+        self.assertIsInstance(again.value, errors.Exists)
+        self.assertTrue(other.ok)
+        self.assertEqual(other.value.ino, start)
+        assert e.conn is not None
+        rows = e.conn.execute("SELECT name, ino FROM dirent WHERE parent = 1 ORDER BY name")
+        self.assertEqual(rows.fetchall(), [(b"f", first.value.ino), (b"g", start)])
+        self.assertEqual(e.conn.execute("SELECT nlink FROM inode WHERE ino = 1").fetchone(), (2,))
+
     def test_failure_keeps_earlier_rows_to_clear(self) -> None:
         """
         The rolled-back transaction had deleted the pending_io rows of earlier
@@ -1892,6 +1949,67 @@ class UsageRowTests(StoreCase):
         await b.unlink(1, b"a")
         self.assertEqual(len(self.deletes(statements)), 2)
         self.assertEqual(await b.all_usage("user"), {0: Usage(0, 1)})
+
+
+class XattrDeleteTests(StoreCase):
+    """
+    A freed inode's extended attributes are deleted with it, but a store
+    whose xattr table has never held a row (NFS's files have none) runs no
+    DELETE FROM xattr per unlink: REMOVE's statements 12 to 11.
+    """
+
+    trace = UsageRowTests.trace
+
+    def xattr_deletes(self, statements: list[str]) -> list[str]:
+        return [s for s in statements if s.startswith("DELETE FROM xattr")]
+
+    async def test_none_while_no_inode_has_xattrs(self) -> None:
+        path = Path(self.mktemp())
+        b = await self.store(path, inline_max=4096)
+        for name in (b"a", b"b"):
+            f = await b.create(1, name, REG, 0o644, 0, 0)
+            await b.write(f.ino, 0, b"x" * 4096, False)
+        statements = self.trace(b)
+        await b.unlink(1, b"a")
+        self.assertEqual(self.xattr_deletes(statements), [])
+        await b.close()
+        # Also after a reopen (the table is looked at once, at open).
+        b2 = await self.store(path, inline_max=4096)
+        statements = self.trace(b2)
+        await b2.unlink(1, b"b")
+        self.assertEqual(self.xattr_deletes(statements), [])
+
+    async def test_deleted_with_their_inode_once_any_exists(self) -> None:
+        path = Path(self.mktemp())
+        b = await self.store(path, inline_max=4096)
+        f = await b.create(1, b"a", REG, 0o644, 0, 0)
+        g = await b.create(1, b"b", REG, 0o644, 0, 0)
+        await b.create(1, b"c", REG, 0o644, 0, 0)
+        await b.setxattr(f.ino, b"user.k", b"v")
+        await b.setxattr(g.ino, b"user.k", b"v")
+        statements = self.trace(b)
+        await b.unlink(1, b"a")
+        self.assertEqual(len(self.xattr_deletes(statements)), 1)
+        assert b._engine.conn is not None
+        rows = b._engine.conn.execute("SELECT ino FROM xattr").fetchall()
+        self.assertEqual(rows, [(g.ino,)])
+        await b.close()
+        # A reopened store with rows deletes them too.
+        b2 = await self.store(path, inline_max=4096)
+        statements = self.trace(b2)
+        await b2.unlink(1, b"b")
+        await b2.unlink(1, b"c")
+        self.assertEqual(len(self.xattr_deletes(statements)), 2)
+        assert b2._engine.conn is not None
+        self.assertEqual(b2._engine.conn.execute("SELECT ino FROM xattr").fetchall(), [])
+
+    async def test_put_file_xattrs_count(self) -> None:
+        """An S3 object's metadata (put_file's xattrs) counts as a row."""
+        b = await self.store(inline_max=4096)
+        await b.put_file(1, b"k", 0o644, 0, 0, b"data", ((b"user.s3.k", b"v"),), 0)
+        statements = self.trace(b)
+        await b.unlink(1, b"k")
+        self.assertEqual(len(self.xattr_deletes(statements)), 1)
 
 
 class CheckpointTests(StoreCase):

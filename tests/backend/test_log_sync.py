@@ -27,6 +27,7 @@ from claudefs_gateway.backend.embedded import EmbeddedBackend
 from claudefs_gateway.backend.embedded._engine import UNSYNCED_OPS, Engine
 from claudefs_gateway.backend.embedded._logsync import AioLogSync
 from claudefs_gateway.backend.embedded._writer import ThreadWriter
+from claudefs_gateway.core.fence import Fence
 from claudefs_gateway.fstypes import FileType
 
 ROOT = 1
@@ -71,7 +72,9 @@ class AioLogSyncTests(TestCase):
         self.assertEqual(self.s.in_flight, 0)
 
 
-class ReactorSyncTests(TestCase):
+class ReactorStore(TestCase):
+    """A durable store on the real reactor whose AIO syncs a test can hold."""
+
     timeout = 60
 
     async def store(self, **kw: Any) -> EmbeddedBackend:
@@ -125,6 +128,8 @@ class ReactorSyncTests(TestCase):
         self.patch(b._engine, "run_batch", recording)
         return seen
 
+
+class ReactorSyncTests(ReactorStore):
     async def test_create_answers_after_the_log_sync_on_the_reactor(self) -> None:
         b = await self.store()
         threads = self.writer_batches(b)
@@ -349,6 +354,112 @@ class ReactorSyncTests(TestCase):
         held[0][2]()
         await closing
         self.assertEqual((await d).type, REG)
+
+
+class FenceTests(ReactorStore):
+    """
+    A change given a L{Fence} is answered once committed, its log sync in
+    flight, and the fence holds that sync (an NFS reply made meanwhile
+    leaves after it: tests/nfs/v3/test_fence.py).
+    """
+
+    async def test_create_answered_before_its_sync_fence_after(self) -> None:
+        b = await self.store()
+        held = self.hold(b)
+        fence = Fence()
+        d = b.create(ROOT, b"f", REG, 0o644, 0, 0, fence=fence)
+        self.assertEqual(len(held), 1)
+        a = self.successResultOf(d)
+        assert fence.sync is not None
+        self.assertNoResult(fence.sync)
+        # The store's own reads see the change meanwhile.
+        self.assertEqual((await b.lookup(ROOT, b"f")).ino, a.ino)
+        await held[0][1]
+        self.assertNoResult(fence.sync)
+        held[0][2]()
+        self.assertIsNone(await fence.sync)
+        self.assertFalse(b._engine._wal_unsynced)
+
+    async def test_unlink_rmdir_and_commit_take_a_fence(self) -> None:
+        b = await self.store()
+        f = await b.create(ROOT, b"f", REG, 0o644, 0, 0)
+        sub = await b.create(ROOT, b"d", FileType.DIR, 0o755, 0, 0)
+        await b.write(f.ino, 0, b"x" * 4096, False)
+        held = self.hold(b)
+        for i, change in enumerate(
+            [
+                lambda fence: b.commit(f.ino, fence=fence),
+                lambda fence: b.unlink(ROOT, b"f", fence=fence),
+                lambda fence: b.rmdir(ROOT, b"d", fence=fence),
+            ]
+        ):
+            fence = Fence()
+            self.successResultOf(change(fence))
+            self.assertEqual(len(held), i + 1)
+            assert fence.sync is not None
+            self.assertNoResult(fence.sync)
+            held[i][2]()
+            await fence.sync
+        with self.assertRaises(errors.NotFound):
+            await b.lookup(ROOT, b"d")
+        self.assertNotEqual(sub.ino, f.ino)
+
+    async def test_nothing_to_sync_leaves_the_fence_empty(self) -> None:
+        """A COMMIT with nothing unsynced, or a change that failed, has no sync to wait for."""
+        b = await self.store()
+        f = await b.create(ROOT, b"f", REG, 0o644, 0, 0)
+        fence = Fence()
+        self.assertEqual(self.successResultOf(b.commit(f.ino, fence=fence)).ino, f.ino)
+        self.assertIsNone(fence.sync)
+        fence = Fence()
+        self.failureResultOf(b.unlink(ROOT, b"nothing", fence=fence), errors.NotFound)
+        self.assertIsNone(fence.sync)
+
+    async def test_failed_sync_fails_the_fence_not_the_change(self) -> None:
+        b = await self.store()
+        held = self.hold(b, fail=OSError(errno.EIO, "injected"))
+        fence = Fence()
+        a = self.successResultOf(b.create(ROOT, b"f", REG, 0o644, 0, 0, fence=fence))
+        held[0][2]()
+        assert fence.sync is not None
+        await self.assertFailure(fence.sync, errors.IO)
+        self.flushLoggedErrors(OSError)
+        # Committed, maybe not durable: the next durable change syncs again.
+        self.assertTrue(b._engine._wal_unsynced)
+        d = b.commit(a.ino)
+        held[1][2]()
+        await d
+        self.assertFalse(b._engine._wal_unsynced)
+
+    async def test_writer_batches_still_wait_for_the_sync(self) -> None:
+        """
+        A change sent to the writer while a fenced change's sync is in
+        flight is answered after that sync (its callers may have seen the
+        first change answered, never a later one answered before it is
+        durable).
+        """
+        b = await self.store()
+        held = self.hold(b)
+        fence = Fence()
+        self.successResultOf(b.create(ROOT, b"a", REG, 0o644, 0, 0, fence=fence))
+        second = b.create(ROOT, b"b", REG, 0o644, 0, 0)
+        self.assertEqual(len(held), 1)
+        while not b._held:
+            await task.deferLater(reactor, 0.001, lambda: None)
+        self.assertNoResult(second)
+        held[0][2]()
+        assert fence.sync is not None
+        await fence.sync
+        self.assertEqual((await second).type, REG)
+
+    async def test_without_a_fence_answered_after_the_sync(self) -> None:
+        b = await self.store()
+        held = self.hold(b)
+        d = b.create(ROOT, b"f", REG, 0o644, 0, 0)
+        self.assertEqual(len(held), 1)
+        self.assertNoResult(d)
+        held[0][2]()
+        await d
 
 
 class UnsyncedOpsTests(TestCase):

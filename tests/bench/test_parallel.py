@@ -9,6 +9,8 @@ clock and the clients are fakes, the processes real.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -85,11 +87,57 @@ class RunPhasesTests(SynchronousTestCase):
         self.assertLess(time.monotonic() - start, parallel.TIMEOUT / 2)
 
 
+def _burner(i: int, seconds: float) -> None:
+    """Phase 1 burns C{seconds} of CPU in this client, phase 2 as much in a child it reaps."""
+    sync()
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    sync()
+    code = (
+        f"import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    sync()
+    sync()
+
+
+class ClientCPUTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.patch(parallel, "TIMEOUT", 60.0)
+
+    def test_each_phase_has_its_clients_cpu(self) -> None:
+        """
+        The clients' CPU of a phase is what they (and the children they
+        reaped: an nfs-cp, an smbclient) spent in it, not in another phase.
+        """
+        phases, _ = run_phases(2, 3, _burner, (0.3,), clock=lambda: 0.0)
+        burnt, child, idle = (p.clients for p in phases)
+        # Two clients x 0.3 s each (clock ticks of 10 ms).
+        self.assertGreaterEqual(burnt, 0.55)
+        self.assertGreaterEqual(child, 0.55)
+        self.assertLess(idle, 0.1)
+
+
 class PerOpTests(SynchronousTestCase):
     def test_rates_and_cpu(self) -> None:
         """ops over all clients / the phase's wall time; CPU per op in microseconds."""
-        got = per_op([Phase(2.0, 0.5), Phase(4.0, 0.1)], 1000, ("c/s", "cpu/c", "d/s", "cpu/d"))
-        self.assertEqual(got, {"c/s": 500.0, "cpu/c": 500.0, "d/s": 250.0, "cpu/d": 100.0})
+        got = per_op(
+            [Phase(2.0, 0.5, 0.25), Phase(4.0, 0.1)],
+            1000,
+            ("c/s", "server CPU us/c", "d/s", "server CPU us/d"),
+        )
+        self.assertEqual(
+            got,
+            {
+                "c/s": 500.0,
+                "server CPU us/c": 500.0,
+                "clients CPU us/c": 250.0,
+                "d/s": 250.0,
+                "server CPU us/d": 100.0,
+                "clients CPU us/d": 0.0,
+            },
+        )
 
     def test_names_must_match_phases(self) -> None:
         self.assertRaises(ValueError, per_op, [Phase(1.0, 1.0)], 1, ("a/s",))

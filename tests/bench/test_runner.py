@@ -125,6 +125,12 @@ class RunnerTests(SynchronousTestCase):
         self.assertEqual(ratio(slow, fast, Metric("p99", "ms", higher_is_better=False)), 2.0)
         self.assertIsNone(ratio(fast, None, Metric("x", "y")))
 
+    def test_uncompared_metric_has_no_ratio(self) -> None:
+        """A remainder near zero (the qd1 off-CPU time) is shown without a ratio."""
+        a, b = Summary(4.6, 0, 20, 3), Summary(0.03, 0, 1, 3)
+        self.assertIsNone(ratio(a, b, Metric("off", "us", higher_is_better=False, compared=False)))
+        self.assertIsNone(ratio(Summary(-1, -1, -1, 1), b, Metric("off", "us")))
+
     def test_table_and_json(self) -> None:
         m = Metric("MiB/s", "MiB/s")
         rows = [

@@ -53,6 +53,7 @@ from claudefs_gateway.backend.embedded._files import read_range
 from claudefs_gateway.backend.embedded._logsync import AioLogSync
 from claudefs_gateway.backend.embedded._reader import PendingRead, Reader
 from claudefs_gateway.backend.embedded._writer import InlineWriter, ThreadWriter
+from claudefs_gateway.core.fence import Fence
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.threads import ThreadPools
@@ -139,6 +140,10 @@ class EmbeddedBackend:
     #: durable before the rename is (L{IMetadataService.rename}).
     renames_sync_data = True
 
+    #: C{create}, C{unlink}, C{rmdir} and C{commit} take a L{Fence}: the
+    #: change is answered once committed, its log sync left in the fence.
+    fences = True
+
     def __init__(
         self,
         data_dir: Path,
@@ -190,9 +195,10 @@ class EmbeddedBackend:
         self._want_log_sync = log_sync and durable and not inline
         self._log_sync: AioLogSync | None = None
         # The op committed on this thread whose log sync is in flight: (op,
-        # inodes freed, unsynced commits covered), and the writer's batches
-        # delivered meanwhile, held to keep the order callers see.
-        self._syncing: tuple[Op, list[int], int] | None = None
+        # inodes freed, unsynced commits covered, its fence's Deferred when
+        # the op was answered already), and the writer's batches delivered
+        # meanwhile, held to keep the order callers see.
+        self._syncing: tuple[Op, list[int], int, defer.Deferred[None] | None] | None = None
         self._sync_done: defer.Deferred[None] | None = None
         self._held: list[tuple[list[Op], list[int]]] = []
 
@@ -345,12 +351,17 @@ class EmbeddedBackend:
     # -- plumbing ---------------------------------------------------------------------
 
     def _submit(
-        self, fn: Callable[..., Any], *args: Any, durable: bool = True, ino: int | None = None
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        durable: bool = True,
+        ino: int | None = None,
+        fence: Fence | None = None,
     ) -> defer.Deferred[Any]:
         if self._state != "open":
             return defer.fail(errors.IO("store is not open"))
         if durable and self._log_sync is not None and fn in UNSYNCED_OPS:
-            here = self._run_unsynced(fn, args, ino)
+            here = self._run_unsynced(fn, args, ino, fence)
             if here is not None:
                 return here
         op = Op(fn, args, durable, ino)
@@ -361,7 +372,11 @@ class EmbeddedBackend:
         return d
 
     def _run_unsynced(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], ino: int | None
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        ino: int | None,
+        fence: Fence | None = None,
     ) -> defer.Deferred[Any] | None:
         """
         Commit a durable change on this thread without a sync, when the
@@ -373,6 +388,10 @@ class EmbeddedBackend:
         One such sync in flight at a time: a change arriving meanwhile goes
         to the writer thread, whose group commit batches concurrent clients
         (a queue depth of 1 is what this is for).
+
+        With a C{fence} (L{claudefs_gateway.core.fence}) the Deferred fires
+        once the change is committed, and C{fence.sync} once the log sync
+        returned: the caller's work after the change overlaps the sync.
         """
         if self._done < self._submitted or self._waiting or self._syncing is not None:
             return None
@@ -390,7 +409,10 @@ class EmbeddedBackend:
         if not covered or fd is None:
             self._deliver([op], freed)
             return d
-        self._syncing = (op, freed, covered)
+        early: defer.Deferred[None] | None = None
+        if fence is not None:
+            early = fence.sync = defer.Deferred()
+        self._syncing = (op, freed, covered, early)
         try:
             sync = self._log_sync.sync(fd)
         except OSError as e:
@@ -401,6 +423,10 @@ class EmbeddedBackend:
             self._log_sync = None
             sync = self._writer.call(os.fdatasync, fd)
         self._sync_done = sync.addErrback(self._aio_unsupported, fd).addBoth(self._log_synced)
+        if early is not None:
+            # Answered now; what the writer delivers meanwhile is still held
+            # behind the sync (L{_deliver}), and reads see the change.
+            self._deliver([op], freed)
         return d
 
     def _aio_unsupported(self, f: Failure, fd: int) -> Any:
@@ -423,22 +449,32 @@ class EmbeddedBackend:
     def _log_synced(self, result: None | Failure) -> None:
         """The log sync of L{_run_unsynced} returned: answer its op, then what was held."""
         assert self._syncing is not None
-        op, freed, covered = self._syncing
+        op, freed, covered, early = self._syncing
         self._syncing = None
         self._sync_done = None
+        failed: Exception | None = None
         if isinstance(result, Failure):
             # Committed, maybe not durable: the caller hears of an I/O error
             # (NFS3ERR_IO), and the engine's log stays marked unsynced, so
             # the next durable change syncs it again.
             self._log.warn("embedded store log sync failed: {error}", error=result.value)
-            op.ok, op.value = False, convert_error(result.value)
+            failed = convert_error(result.value)
         else:
             # Counted here, on the reactor, even when the writer holds the
             # engine (its flag is then cleared by the next durable commit).
             self._engine.stats.reactor_log_syncs += 1
             if isinstance(self._writer, ThreadWriter):
                 self._writer.log_synced(covered)
-        self._deliver([op], freed)
+        if early is not None:
+            # The op was answered when committed; its fence hears of the sync.
+            if failed is not None:
+                early.errback(failed)
+            else:
+                early.callback(None)
+        else:
+            if failed is not None:
+                op.ok, op.value = False, failed
+            self._deliver([op], freed)
         held, self._held = self._held, []
         for batch, more in held:
             self._deliver(batch, more)
@@ -447,7 +483,12 @@ class EmbeddedBackend:
             self._writer.after_batch_here()
 
     def _change(
-        self, fn: Callable[..., Any], *args: Any, durable: bool, ino: int | None = None
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        durable: bool,
+        ino: int | None = None,
+        fence: Fence | None = None,
     ) -> defer.Deferred[Any]:
         """
         Submit a metadata change; one that need not be durable (SMB's, made
@@ -459,7 +500,7 @@ class EmbeddedBackend:
             d = self._run_here(fn, *args, ino=ino)
             if d is not None:
                 return d
-        return self._submit(fn, *args, durable=durable, ino=ino)
+        return self._submit(fn, *args, durable=durable, ino=ino, fence=fence)
 
     def _run_here(
         self, fn: Callable[..., Any], *args: Any, ino: int | None = None
@@ -628,11 +669,21 @@ class EmbeddedBackend:
         gid: int,
         rdev: tuple[int, int] = (0, 0),
         durable: bool = True,
+        fence: Fence | None = None,
     ) -> defer.Deferred[Attributes]:
         # Not durable: committed without a flush; the WAL is one ordered log,
         # so the next durable commit makes this one durable too.
         return self._change(
-            Engine.op_create, parent, bytes(name), type, mode, uid, gid, rdev, durable=durable
+            Engine.op_create,
+            parent,
+            bytes(name),
+            type,
+            mode,
+            uid,
+            gid,
+            rdev,
+            durable=durable,
+            fence=fence,
         )
 
     def symlink(
@@ -643,11 +694,13 @@ class EmbeddedBackend:
     def link(self, ino: int, parent: int, name: bytes) -> defer.Deferred[Attributes]:
         return self._submit(Engine.op_link, ino, parent, bytes(name))
 
-    def unlink(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
+    def unlink(
+        self, parent: int, name: bytes, durable: bool = True, fence: Fence | None = None
+    ) -> defer.Deferred[Attributes]:
         # Not durable: a freed file's data goes only once a durable commit
         # covers the unlink (Engine.run_batch), so a lost log tail cannot
         # leave a name whose data is gone.
-        return self._change(Engine.op_unlink, parent, bytes(name), durable=durable)
+        return self._change(Engine.op_unlink, parent, bytes(name), durable=durable, fence=fence)
 
     def unlink_pruning(
         self,
@@ -671,8 +724,10 @@ class EmbeddedBackend:
             durable=durable,
         )
 
-    def rmdir(self, parent: int, name: bytes, durable: bool = True) -> defer.Deferred[Attributes]:
-        return self._change(Engine.op_rmdir, parent, bytes(name), durable=durable)
+    def rmdir(
+        self, parent: int, name: bytes, durable: bool = True, fence: Fence | None = None
+    ) -> defer.Deferred[Attributes]:
+        return self._change(Engine.op_rmdir, parent, bytes(name), durable=durable, fence=fence)
 
     def rename(
         self,
@@ -943,8 +998,8 @@ class EmbeddedBackend:
             Engine.op_wrote, ino, offset, length, what, mtime_ns, durable=durable, ino=ino
         )
 
-    def commit(self, ino: int) -> defer.Deferred[Attributes]:
-        return self._submit(Engine.op_commit, ino, ino=ino)
+    def commit(self, ino: int, fence: Fence | None = None) -> defer.Deferred[Attributes]:
+        return self._submit(Engine.op_commit, ino, ino=ino, fence=fence)
 
     def allocate(self, ino: int, offset: int, length: int) -> defer.Deferred[Attributes]:
         return self._submit(Engine.op_allocate, ino, offset, length, ino=ino)

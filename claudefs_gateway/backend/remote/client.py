@@ -470,6 +470,12 @@ class RemoteBackend:
         return self._call(name, args)
 
     def _event(self, name: str, value: Any) -> None:
+        if name == "EV_CHANGE_LOCKS":
+            # One frame for both events of one call (a removal's, an SMB create's).
+            change, locks = value
+            self._event("EV_LOCKS", locks)
+            self._event("EV_CHANGE", change)
+            return
         if name != "EV_CHANGE":
             for shared in list(self._shared_listeners):
                 try:

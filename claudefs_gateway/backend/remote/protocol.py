@@ -755,9 +755,15 @@ class ServerFactory(Factory):
         frame and a wake-up of the calling gateway saved per change. Other
         events skip the connections of session C{origin} (0: none skipped):
         the shared state's C{EV_LOCKS} and C{EV_LEASES} after a gateway's own
-        call, whose gateway keeps only the other gateways' part.
+        call, whose gateway keeps only the other gateways' part. An
+        C{EV_CHANGE_LOCKS} (both of one call) goes where its change would.
         """
-        own = value.session if name == "EV_CHANGE" else origin
+        if name == "EV_CHANGE":
+            own = value.session
+        elif name == "EV_CHANGE_LOCKS":
+            own = value[0].session
+        else:
+            own = origin
         frame = None
         for conn in list(self.subscribers):
             if own and conn.session == own:

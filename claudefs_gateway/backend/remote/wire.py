@@ -76,7 +76,9 @@ KINDS = (CALL, REPLY, ERROR, EVENT)
 #: EV_LOCKS and EV_LEASES are not sent to the gateway that made it; UNLINK, RMDIR
 #: and RENAME drop the shared state of an inode whose last link they remove
 #: (no RELEASE_INODE follows).
-PROTOCOL_VERSION = 5
+#: 6: EV_CHANGE_LOCKS, an EV_CHANGE and the EV_LOCKS of the same call in one frame
+#: (an SMB create's share, a removal's drop of its last open's).
+PROTOCOL_VERSION = 6
 
 _HDR = struct.Struct("<IIBBHQ")  # length, opcode, kind, flags, pad, id
 HEADER = _HDR.size - 4  # 16: what length counts besides the payload
@@ -792,6 +794,8 @@ def _ops(*ops: Op) -> dict[int, Op]:
 
 
 OWNER = Tup(Text(16), Blob(1024), Blob(1024))
+#: EV_LOCKS: ino, every lock (session, owner, start, length, exclusive) and share.
+LOCKS_EVENT = Tup(U64, Seq(Tup(U64, OWNER, BIG, BIG, BOOL)), Seq(Tup(U64, OWNER, U8, U8)))
 _CLIENT = Tup(
     Choice("nfs4", "nlm"), Blob(1024)
 )  # protocol, client (co_ownerid, caller name)  # protocol, client, owner (vfs.locks.LockOwner)
@@ -1081,7 +1085,7 @@ OPS: dict[int, Op] = _ops(
         0x53,
         "EV_LOCKS",
         NOTHING,
-        Tup(U64, Seq(Tup(U64, OWNER, BIG, BIG, BOOL)), Seq(Tup(U64, OWNER, U8, U8))),
+        LOCKS_EVENT,
         "meta",
         True,
         doc="ino, every lock (session, owner, start, length, exclusive) and share "
@@ -1095,6 +1099,16 @@ OPS: dict[int, Op] = _ops(
         "meta",
         True,
         doc="ino, every (session, bits) holding leases on it now",
+    ),
+    Op(
+        0x56,
+        "EV_CHANGE_LOCKS",
+        NOTHING,
+        Tup(CHANGE, LOCKS_EVENT),
+        "meta",
+        True,
+        doc="an EV_CHANGE and the EV_LOCKS of the same call, to the gateways that would "
+        "have had both (protocol version 6)",
     ),
     Op(
         0x55,

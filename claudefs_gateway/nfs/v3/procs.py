@@ -37,6 +37,7 @@ from twisted.internet import defer
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.eager import eager
+from claudefs_gateway.core.fence import Fence
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import MAX_FILE_SIZE, NAME_MAX, Attributes, SetAttrs
 from claudefs_gateway.interfaces import IVFS
@@ -311,6 +312,7 @@ class NFS3:
         handle, offset, count = args
         before: Attributes | None = None
         fsid = 0
+        fence = None
         try:
             vfs, export, before, caller = await self.ctx.file(call, handle)
             fsid = export.id
@@ -318,14 +320,27 @@ class NFS3:
                 raise errors.IsDir("COMMIT of a directory")
             if not before.is_reg:
                 raise errors.Inval("COMMIT of a special file")
-            after = await vfs.commit(caller, before.ino)
+            if getattr(vfs, "fences", False):
+                fence = Fence()
+                fenced: Any = vfs  # a VFS: IVFS.commit takes no fence
+                after = await fenced.commit(caller, before.ino, fence=fence)
+            else:
+                after = await vfs.commit(caller, before.ino)
         except Exception as e:
             return [c.status_only(self._fail(call, e, "COMMIT")), c.wcc_data(before, before, fsid)]
-        return [
+        reply = [
             c.status_only(NFS3_OK),
             c.wcc_data(before, after, fsid),
             self.ctx.write_verifier,
         ]
+        if fence is not None and fence.sync is not None:
+            failed = await _synced(fence.sync)
+            if failed is not None:
+                return [
+                    c.status_only(self._fail(call, failed, "COMMIT")),
+                    c.wcc_data(before, after, fsid),
+                ]
+        return reply
 
     # -- making and removing names ------------------------------------------------
 
@@ -337,11 +352,13 @@ class NFS3:
         name: bytes,
         make: Any,
         extra: SetAttrs | None = None,
+        fence: Fence | None = None,
     ) -> list[bytes]:
         """
         The shared body of CREATE, MKDIR, SYMLINK and MKNOD: C{make(vfs,
         caller, dir_ino)} makes the object; C{extra} attributes are applied
-        afterwards (ownership, times) as knfsd does.
+        afterwards (ownership, times) as knfsd does. C{fence}: the one
+        C{make} handed to the vfs, whose sync the reply waits for once made.
         """
         d: Attributes | None = None
         d_after: Attributes | None = None
@@ -358,18 +375,27 @@ class NFS3:
                 a = await vfs.setattr(caller, a.ino, extra)
             d_after = await _attrs(vfs, caller, d.ino)
         except Exception as e:
+            _unwaited(fence)
             status = self._fail(call, e, proc)
             if d is not None and d_after is None:
                 d_after = await _quiet_getattr(self.ctx.vfs, caller, d)
             return [c.status_only(status), c.wcc_data(d, d_after or d, fsid)]
-        return [
+        reply = [
             c.status_only(NFS3_OK),
             c.post_op_fh(vfs.handle(export, a)),
             c.post_op_attr(a, fsid),
             c.wcc_data(d, d_after, fsid),
         ]
+        if fence is not None and fence.sync is not None:
+            failed = await _synced(fence.sync)
+            if failed is not None:
+                return [c.status_only(self._fail(call, failed, proc)), c.wcc_data(d, d_after, fsid)]
+        return reply
 
     async def proc_CREATE(self, call: Call, args: c.CreateArgs) -> list[bytes]:
+        # UNCHECKED (what clients send for open(O_CREAT)): the reply is made
+        # while the create's log sync is in flight, and leaves after it.
+        fence = Fence()
         sattr = args.attrs or SetAttrs()
         mode = sattr.mode if sattr.mode is not None else 0o644
         extra: SetAttrs | None
@@ -383,6 +409,8 @@ class NFS3:
         elif args.mode == c.GUARDED:
 
             async def make(vfs: IVFS, caller: Caller, dir_ino: int) -> Attributes:
+                if getattr(vfs, "fences", False):
+                    return await inline(vfs.create, caller, dir_ino, args.name, mode, fence=fence)
                 return await inline(vfs.create, caller, dir_ino, args.name, mode, exclusive=True)
 
             extra = _without_mode(sattr)
@@ -391,7 +419,12 @@ class NFS3:
 
             async def make(vfs: IVFS, caller: Caller, dir_ino: int) -> Attributes:
                 try:
-                    a = await inline(vfs.create, caller, dir_ino, args.name, mode, exclusive=True)
+                    if getattr(vfs, "fences", False):
+                        a = await inline(vfs.create, caller, dir_ino, args.name, mode, fence=fence)
+                    else:
+                        a = await inline(
+                            vfs.create, caller, dir_ino, args.name, mode, exclusive=True
+                        )
                 except errors.Exists:
                     # An existing regular file gets only the size (knfsd).
                     a = await vfs.create(caller, dir_ino, args.name, mode, exclusive=False)
@@ -404,7 +437,7 @@ class NFS3:
 
             extra = None
 
-        return await self._made(call, "CREATE", args.dir, args.name, make, extra)
+        return await self._made(call, "CREATE", args.dir, args.name, make, extra, fence)
 
     async def proc_MKDIR(self, call: Call, args: tuple[bytes, bytes, SetAttrs]) -> list[bytes]:
         d, name, sattr = args
@@ -455,21 +488,33 @@ class NFS3:
         d_after: Attributes | None = None
         caller: Caller | None = None
         fsid = 0
+        fence = None
         try:
             vfs, export, d, caller = await self.ctx.file(call, handle)
             fsid = export.id
             _check_name(name)
-            if rmdir:
+            # The reply is made while the change's log sync is in flight,
+            # and leaves after it (L{Fence}).
+            if getattr(vfs, "fences", False):
+                fence = Fence()
+                await inline(vfs.rmdir if rmdir else vfs.remove, caller, d.ino, name, fence=fence)
+            elif rmdir:
                 await inline(vfs.rmdir, caller, d.ino, name)
             else:
                 await inline(vfs.remove, caller, d.ino, name)
             d_after = await _attrs(vfs, caller, d.ino)
         except Exception as e:
+            _unwaited(fence)
             status = self._fail(call, e, proc)
             if d is not None and d_after is None:
                 d_after = await _quiet_getattr(self.ctx.vfs, caller, d)
             return [c.status_only(status), c.wcc_data(d, d_after or d, fsid)]
-        return [c.status_only(NFS3_OK), c.wcc_data(d, d_after, fsid)]
+        reply = [c.status_only(NFS3_OK), c.wcc_data(d, d_after, fsid)]
+        if fence is not None and fence.sync is not None:
+            failed = await _synced(fence.sync)
+            if failed is not None:
+                return [c.status_only(self._fail(call, failed, proc)), c.wcc_data(d, d_after, fsid)]
+        return reply
 
     async def proc_REMOVE(self, call: Call, args: tuple[bytes, bytes]) -> list[bytes]:
         return await self._removed(call, "REMOVE", args, rmdir=False)
@@ -697,6 +742,24 @@ class NFS3:
 
 class _TooSmall(Exception):
     pass
+
+
+async def _synced(sync: defer.Deferred[None]) -> Exception | None:
+    """Wait for a fence's log sync (L{Fence}); the store's error if it failed."""
+    try:
+        await sync
+    except Exception as e:
+        return e
+    return None
+
+
+def _unwaited(fence: Fence | None) -> None:
+    """
+    A call that failed after its change was answered: nobody waits for the
+    sync, whose failure the store has logged already.
+    """
+    if fence is not None and fence.sync is not None:
+        fence.sync.addErrback(lambda f: None)
 
 
 async def _attrs(vfs: IVFS, caller: Caller, ino: int) -> Attributes:

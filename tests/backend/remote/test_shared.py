@@ -304,6 +304,28 @@ class MetaReleaseInodeTests(TestCase):
         st.release_inode(9)
         self.assertEqual(published, [("EV_LOCKS", (9, [], []))])
 
+    async def test_removal_origin_not_told_of_its_own_state(self) -> None:
+        """
+        The removing gateway (session 1) is not sent the EV_LOCKS of state that
+        was its own alone (its replica holds only the others' part); once
+        another gateway held state on the inode too, every gateway is.
+        """
+        published: list[tuple[str, Any, int]] = []
+        st = SharedState(
+            task.Clock(),
+            lambda s, n, v: True,
+            lambda n, v, origin=0, *_: published.append((n, v, origin)),
+        )
+        st.share_open(1, 9, ("smb", b"c", b"1"), 1, 1, 0, False)
+        published.clear()
+        st.release_inode(9, 1)
+        self.assertEqual(published, [("EV_LOCKS", (9, [], []), 1)])
+        st.share_open(1, 9, ("smb", b"c", b"2"), 2, 1, 0, False)
+        await st.lock(2, 9, ("nlm", b"b:c", b"o"), 0, 10, False, False)
+        published.clear()
+        st.release_inode(9, 1)
+        self.assertEqual(published, [("EV_LOCKS", (9, [], []), 0)])
+
 
 class MetaLeaseGrantTests(TestCase):
     """The meta server's LEASE_GRANT rule (servers/shared.py), on a Clock."""

@@ -14,6 +14,7 @@ from twisted.internet import threads
 from twisted.trial.unittest import TestCase
 
 from tests.backend.remote.harness import Cluster
+from tests.backend.remote.test_shared import until
 from tests.backend.remote.test_smb_round_trips import _Client, _smb_factory, smb_gateway
 
 
@@ -24,8 +25,10 @@ class AcrossGatewaysTests(TestCase):
         cluster = Cluster(self, event_marks=True)
         await cluster.start()
         clients = []
+        self.roots: list[Any] = []
         for _ in range(2):
             root = await smb_gateway(self, cluster)
+            self.roots.append(root)
             port = root.listeners()["smb"].bound_port
             client = await threads.deferToThread(_Client, port)
             self.addCleanup(lambda client=client: threads.deferToThread(client.close))
@@ -83,6 +86,34 @@ class AcrossGatewaysTests(TestCase):
         watcher = await threads.deferToThread(watch)
         await threads.deferToThread(a.create_write_close, "added-through-a")
         self.assertEqual(await threads.deferToThread(watcher.wait), [])
+
+    async def test_delete_on_close_share_leaves_the_other_view(self) -> None:
+        """
+        A's delete-on-close open of a file is in B's lock view while it is
+        open; its close sends no RELEASE_OWNER (the UNLINK drops the share at
+        the meta server), and B's view loses the share all the same, so B
+        makes the name again at once (docs/workers.rst "An SMB delete's
+        close").
+        """
+        from smbprotocol.open import CreateDisposition, CreateOptions
+
+        a, b = await self._gateways()
+        await threads.deferToThread(a.create_write_close, "doomed")
+        backend = self.roots[0].core.vfs_service.backend
+        export = await backend.lookup((await backend.root()).ino, b"export")
+        ino = (await backend.lookup(export.ino, b"doomed")).ino
+        view = self.roots[1].core.vfs_service.vfs.locks.view
+        f = await threads.deferToThread(
+            a.open,
+            "doomed",
+            CreateDisposition.FILE_OPEN,
+            CreateOptions.FILE_DELETE_ON_CLOSE,
+            0x00010000,
+        )
+        await until(lambda: view.shares(ino), "B hears of A's open")
+        await threads.deferToThread(f.close)
+        await until(lambda: not view.shares(ino), "B hears the share go with the file")
+        await threads.deferToThread(b.create_write_close, "doomed")
 
 
 class StopTests(TestCase):

@@ -21,6 +21,7 @@ from claudefs_gateway import service
 from claudefs_gateway.core import config as cfg
 from claudefs_gateway.vfs.identity import nt_hash
 from tests.backend.remote.harness import Cluster, count_rpc
+from tests.backend.remote.test_shared import until
 
 PASSWORD = "Trips-Pass1"
 
@@ -153,7 +154,7 @@ class SMBRoundTripTests(TestCase):
     timeout = 60
 
     async def _gateway(self) -> tuple[Any, Counter[str], Counter[str]]:
-        cluster = Cluster(self, event_marks=True)
+        cluster = self.cluster = Cluster(self, event_marks=True)
         await cluster.start()
         root = self._root = await smb_gateway(self, cluster)
         calls, events = count_rpc(self)
@@ -205,15 +206,16 @@ class SMBRoundTripTests(TestCase):
 
     async def test_delete(self) -> None:
         """
-        An open with delete-on-close, then CLOSE: three calls. The name is
+        An open with delete-on-close, then CLOSE: two calls. The name is
         answered from the caches (the event marks say every change was heard:
         no LOOKUP), and the meta server drops the removed inode's shared state
-        with the UNLINK (no RELEASE_INODE).
+        with the UNLINK: no RELEASE_INODE, and no RELEASE_OWNER for the
+        closing open's share, released here before the UNLINK.
         """
         client, calls, events = await self._gateway()
         await threads.deferToThread(client.create_write_close, "f3")
         got = await self._count(calls, events, client.delete, "f3")
-        self.assertEqual(got, {"SHARE_OPEN": 1, "RELEASE_OWNER": 1, "UNLINK": 1})
+        self.assertEqual(got, {"SHARE_OPEN": 1, "UNLINK": 1})
         self.assertEqual(dict(events), {})
 
     async def test_delete_unsure_asks(self) -> None:
@@ -223,4 +225,104 @@ class SMBRoundTripTests(TestCase):
         backend = self._root.core.vfs_service.backend
         backend.heard_everything = lambda: False
         got = await self._count(calls, events, client.delete, "f4")
-        self.assertEqual(got, {"LOOKUP": 1, "SHARE_OPEN": 1, "RELEASE_OWNER": 1, "UNLINK": 1})
+        self.assertEqual(got, {"LOOKUP": 1, "SHARE_OPEN": 1, "UNLINK": 1})
+
+    async def test_delete_on_close_file_stays(self) -> None:
+        """
+        A delete-on-close open closed while another open of the file stays:
+        the file is not removed, so its share is released at the meta server
+        (RELEASE_OWNER), where only the other open's is left; the last
+        close removes the file and sends none.
+        """
+        from smbprotocol.open import CreateDisposition, CreateOptions
+
+        client, calls, events = await self._gateway()
+        await threads.deferToThread(client.create_write_close, "f5")
+        keep = await threads.deferToThread(client.open, "f5", CreateDisposition.FILE_OPEN)
+        doomed = await threads.deferToThread(
+            client.open,
+            "f5",
+            CreateDisposition.FILE_OPEN,
+            CreateOptions.FILE_DELETE_ON_CLOSE,
+            0x00010000,
+        )
+        backend = self._root.core.vfs_service.backend
+        root = await backend.root()
+        export = await backend.lookup(root.ino, b"export")
+        ino = (await backend.lookup(export.ino, b"f5")).ino
+        assert self.cluster.meta is not None and self.cluster.meta.factory is not None
+        table = self.cluster.meta.factory.handler.shared.table
+        self.assertEqual(len(table.shares(ino)), 2)
+        got = await self._count(calls, events, doomed.close)
+        self.assertEqual(got, {"RELEASE_OWNER": 1})
+        self.assertEqual(len(table.shares(ino)), 1)
+        got = await self._count(calls, events, keep.close)
+        self.assertEqual(got, {"UNLINK": 1})
+        self.assertEqual(table.shares(ino), [])
+
+
+def _event_ino(name: str, value: Any) -> int:
+    if name == "EV_CHANGE":
+        return int(value.ino)
+    if name == "EV_CHANGE_LOCKS":
+        return int(value[0].ino)
+    return int(value[0])
+
+
+class OtherGatewayEventTests(TestCase):
+    """
+    The EVENT frames a second, idle gateway (another worker) is sent per SMB
+    file made and deleted through the first (docs/workers.rst "One frame
+    for a call's two events"), counted as they arrive.
+    """
+
+    timeout = 60
+
+    async def test_frames_per_file(self) -> None:
+        from claudefs_gateway.backend.remote import protocol, wire
+
+        cluster = Cluster(self, event_marks=True)
+        await cluster.start()
+        root = await smb_gateway(self, cluster)
+        idle = await smb_gateway(self, cluster)
+        client = await threads.deferToThread(_Client, root.listeners()["smb"].bound_port)
+        self.addCleanup(lambda: threads.deferToThread(client.close))
+        frames: list[tuple[str, int]] = []
+        heard: list[tuple[str, int]] = []
+        real = protocol.ClientConnection.frame_received
+
+        def frame(conn: Any, opcode: int, kind: int, rid: int, payload: bytes) -> None:
+            if kind == wire.EVENT:
+                op = wire.OPS[opcode]
+                frames.append((op.name, _event_ino(op.name, wire.decode(op.result, payload))))
+            real(conn, opcode, kind, rid, payload)
+
+        self.patch(protocol.ClientConnection, "frame_received", frame)
+        backend = idle.core.vfs_service.backend
+        backend.on_shared_event(lambda name, value: heard.append((name, _event_ino(name, value))))
+        backend.on_change(lambda event: heard.append(("EV_CHANGE", event.ino)))
+        await threads.deferToThread(client.create_write_close, "f")
+        ino = (
+            await backend.lookup(
+                (await backend.lookup((await backend.root()).ino, b"export")).ino, b"f"
+            )
+        ).ino
+
+        async def settled(n: int) -> list[str]:
+            await until(lambda: sum(i == ino for _, i in frames) >= n, f"{n} frames")
+            await SMBRoundTripTests()._settle()  # any frame more would come now
+            got = sorted(name for name, i in frames if i == ino)
+            frames.clear()
+            return got
+
+        # The create's change and its share in one frame; the write's
+        # change; the close's release of the share.
+        self.assertEqual(await settled(3), ["EV_CHANGE", "EV_CHANGE_LOCKS", "EV_LOCKS"])
+        await threads.deferToThread(client.delete, "f")
+        # The delete's open (its share); the removal's change and its drop.
+        self.assertEqual(await settled(2), ["EV_CHANGE_LOCKS", "EV_LOCKS"])
+        # Every event of a frame reached the idle gateway's listeners.
+        got = sorted(name for name, i in heard if i == ino)
+        self.assertEqual(got, ["EV_CHANGE"] * 3 + ["EV_LOCKS"] * 4)
+        # Its view of the file's locks and shares is the meta server's: none.
+        self.assertFalse(idle.core.vfs_service.vfs.locks.view.busy(ino))
