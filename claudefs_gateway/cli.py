@@ -105,20 +105,20 @@ def run_supervisor(options: Any, protocol: str) -> int:
         return 1
     status = [0]
 
-    def started(result: Any) -> None:
-        if isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
-            msg = result.getErrorMessage() if hasattr(result, "getErrorMessage") else str(result)
-            _print_err(f"cannot start: {msg}")
-            status[0] = 1
-            if reactor.running:
-                try:
-                    reactor.stop()
-                except Exception:  # noqa: BLE001 - already stopping
-                    pass
+    def failed(reason: Any) -> None:
+        # Supervisor.start logged the cause (sup.failed), printed below.
+        if sup.failed is None:
+            sup.failed = f"cannot start: {reason.getErrorMessage()}"
+        status[0] = 1
+        if reactor.running:
+            try:
+                reactor.stop()
+            except Exception:  # noqa: BLE001 - already stopping
+                pass
 
     def run() -> None:
         d = defer.Deferred.fromCoroutine(sup.start())
-        d.addErrback(started)
+        d.addErrback(failed)
 
     reactor.callWhenRunning(run)
     reactor.addSystemEventTrigger(

@@ -25,7 +25,9 @@ durable state); docs/workers.rst says what does not yet.
 Every child logs JSON lines to the supervisor, which re-publishes each event
 (with C{process} naming its origin) through its own log observer. A worker
 that exits unexpectedly is started again after a second; its clients
-reconnect and land on the others meanwhile. SIGTERM or SIGINT stops the
+reconnect and land on the others meanwhile. At start too, up to
+C{workers.start_attempts} times; what stops a start is logged with its
+cause (L{Supervisor.start}). SIGTERM or SIGINT stops the
 workers (each drains), then the meta server, then the data server.
 """
 
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, task
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.logger import eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
@@ -124,6 +126,11 @@ class Child(protocol.ProcessProtocol):
         except Exception:
             pass
 
+    def last_words(self) -> str:
+        """The child's last stderr line (its "cannot start: ..."), for a message; or ""."""
+        lines = [x for x in self._err.decode("utf-8", "replace").splitlines() if x.strip()]
+        return f": {lines[-1].strip()}" if lines else ""
+
     def processEnded(self, reason: Failure) -> None:
         v = reason.value
         status = 0
@@ -131,8 +138,9 @@ class Child(protocol.ProcessProtocol):
             status = -v.signal if v.signal is not None else (v.exitCode or 1)
         elif not isinstance(v, ProcessDone):
             status = 1
+        why = f"{self.name} exited ({status}) before it was ready{self.last_words()}"
         for _, d in self._waiters:
-            d.errback(GatewayError(f"{self.name} exited ({status}) before it was ready"))
+            d.errback(GatewayError(why))
         self._waiters = []
         self.ended.callback(status)
         self.on_exit(self, status)
@@ -144,6 +152,11 @@ def _serving(role: str) -> Callable[[dict[str, Any]], bool]:
 
 def _store_open(e: dict[str, Any]) -> bool:
     return bool(e.get("store_open"))
+
+
+def _vfs_open(e: dict[str, Any]) -> bool:
+    """A worker is ready once its vfs is open (its listeners accept from then on)."""
+    return str(e.get("log_format", "")).startswith("vfs open")
 
 
 class Supervisor:
@@ -185,7 +198,10 @@ class Supervisor:
         self.reserved: list[socket.socket] = []
         self.stopping = False
         self.datadir = DataDir(config.data_dir)
+        #: Why the supervisor stopped on its own (a start that failed, a server that exited).
         self.failed: str | None = None
+        #: Every worker was ready once: from then on one that exits is restarted for ever.
+        self.started = False
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -327,7 +343,31 @@ class Supervisor:
         return adopted
 
     async def start(self) -> None:
-        """Lock the data directory, start the servers, then the workers."""
+        """
+        Lock the data directory, start the servers, then the workers.
+
+        A worker that exits before it is ready is started again, up to
+        C{workers.start_attempts} times in all; a server that does, or a
+        worker's last attempt, stops the start. Its cause (the exit status
+        and the child's last words on stderr) is logged and kept in
+        L{failed}, and the start fails with a L{GatewayError} saying it.
+        """
+        try:
+            await self._start()
+        except Exception as e:
+            if self.stopping:
+                # SIGTERM during the start: the children were stopped, not lost.
+                self._log.info("stopped before every process was ready")
+                return
+            if self.failed is None:
+                self.failed = f"cannot start: {e}"
+            if isinstance(e, GatewayError):
+                self._log.critical("{why}; stopping", why=self.failed)
+            else:
+                self._log.failure("cannot start; stopping")
+            raise
+
+    async def _start(self) -> None:
         self.datadir.open()
         load_or_create_secret(self.config.data_dir)
         self._adopt_nsm_records()
@@ -338,13 +378,14 @@ class Supervisor:
         await meta.wait_for(_store_open)
         for i in range(self.workers):
             self._worker_config(i, listeners)
-        ready = []
-        for i in range(self.workers):
-            child = self._spawn(f"worker-{i}", self._worker_args(i))
-            ready.append(
-                child.wait_for(lambda e: str(e.get("log_format", "")).startswith("vfs open"))
-            )
-        await defer.gatherResults(ready)
+        ready = [defer.Deferred.fromCoroutine(self._start_worker(i)) for i in range(self.workers)]
+        try:
+            # consumeErrors: a second worker failing later is not an
+            # "Unhandled error in Deferred" at exit.
+            await defer.gatherResults(ready, consumeErrors=True)
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
+        self.started = True
         self._log.info(
             "claudefs-gateway supervisor: {n} workers serving",
             n=self.workers,
@@ -352,12 +393,40 @@ class Supervisor:
             reactor=qual(type(self.reactor)),
         )
 
+    async def _start_worker(self, index: int) -> None:
+        """Start worker C{index} until it is ready, or C{start_attempts} times."""
+        attempts = self.config.workers.start_attempts
+        name = f"worker-{index}"
+        for attempt in range(1, attempts + 1):
+            child = self._spawn(name, self._worker_args(index))
+            try:
+                await child.wait_for(_vfs_open)
+                return
+            except GatewayError as e:
+                if self.stopping or attempt == attempts:
+                    raise GatewayError(
+                        f"{e} (attempt {attempt} of {attempts}, workers.start_attempts)"
+                    ) from None
+                self._log.warn(
+                    "{why}; starting it again (attempt {next} of {attempts})",
+                    why=str(e),
+                    next=attempt + 1,
+                    attempts=attempts,
+                    process=name,
+                )
+            await task.deferLater(self.reactor, RESTART_DELAY, lambda: None)
+            if self.stopping:
+                raise GatewayError(f"{name} not started: stopping")
+
     # -- running ------------------------------------------------------------------------
 
     def _exited(self, child: Child, status: int) -> None:
         if self.stopping:
             return
         if child.name.startswith("worker-"):
+            if not self.started:
+                # The start starts it again itself (L{_start_worker}), or gives up.
+                return
             self._log.warn(
                 "{process} exited ({status}); starting it again", process=child.name, status=status
             )
@@ -369,10 +438,11 @@ class Supervisor:
             clear_dead(board_dir(self.run_dir / "marks"))
             self.reactor.callLater(RESTART_DELAY, self._restart, index)
             return
-        self.failed = f"{child.name} server exited ({status})"
-        self._log.critical(
-            "{process} server exited ({status}); stopping", process=child.name, status=status
-        )
+        if self.failed is None:  # else the start said why already
+            self.failed = f"{child.name} server exited ({status}){child.last_words()}"
+            self._log.critical(
+                "{why}; stopping", why=self.failed, process=child.name, status=status
+            )
         if getattr(self.reactor, "running", False) and not self.stopping:
             self.stopping_requested = True
             try:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from claudefs_gateway.core.transport.reuseport import ReusePortEndpoint, reserve
@@ -312,3 +314,161 @@ class WorkersTests(TestCase):
             for e in getattr(proc, "events", [])
             if str(e.get("log_format", "")).startswith("worker process") and e.get("pid")
         ]
+
+
+class _FakeTransport:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[str] = []
+
+    def signalProcess(self, sig: str) -> None:  # noqa: N802 - IProcessTransport's name
+        self.signals.append(sig)
+
+
+class _SpawningClock:
+    """A Clock that records the processes the supervisor spawns, and starts none."""
+
+    def __init__(self) -> None:
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.spawned: list[tuple[str, Any, list[str]]] = []
+        self.running = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.clock, name)
+
+    def spawnProcess(  # noqa: N802 - IReactorProcess's name
+        self, proto: Any, exe: str, args: list[str], **kw: Any
+    ) -> _FakeTransport:
+        t = _FakeTransport(1000 + len(self.spawned))
+        proto.makeConnection(t)
+        name = proto.name
+        self.spawned.append((name, proto, args))
+        return t
+
+    def live(self, name: str) -> Any:
+        """The newest child called C{name}."""
+        return [p for n, p, _ in self.spawned if n == name][-1]
+
+
+def _say(child: Any, **event: Any) -> None:
+    """C{child} logs C{event}, as a child's JSON log line."""
+    from twisted.logger import LogLevel, eventAsJSON
+
+    event.setdefault("log_format", "")
+    event.update(log_time=0.0, log_level=LogLevel.info, log_namespace="test")
+    child.outReceived(eventAsJSON(event).encode() + b"\n")
+
+
+def _exit(child: Any, code: int, stderr: bytes = b"") -> None:
+    from twisted.internet.error import ProcessTerminated
+    from twisted.python.failure import Failure
+
+    if stderr:
+        child.errReceived(stderr)
+    child.processEnded(Failure(ProcessTerminated(exitCode=code)))
+
+
+class StartTests(SynchronousTestCase):
+    """
+    The start of C{--workers N} on a Clock, its children faked: a worker that
+    exits before it is ready (on a starved machine, a store it could not open
+    within the RPC deadlines) is started again, up to C{workers.start_attempts};
+    what finally stops the start is logged with its cause, never left as an
+    unhandled error.
+    """
+
+    def supervisor(self, extra: str = "") -> tuple[Any, _SpawningClock, list[dict[str, Any]]]:
+        from twisted.logger import globalLogPublisher
+
+        from claudefs_gateway.core import config as cfg
+        from claudefs_gateway.workers import Supervisor
+
+        with open(loopback_config(self, EXPORTS + extra)) as f:
+            text = f.read()
+        clock = _SpawningClock()
+        sup = Supervisor(cfg.loads(text), text, 2, "all", clock)
+        self.addCleanup(sup.datadir.stopService)
+        self.addCleanup(lambda: [s.close() for s in sup.reserved])
+        self.addCleanup(shutil.rmtree, sup.run_dir, True)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return sup, clock, events
+
+    def servers_up(self, clock: _SpawningClock) -> None:
+        _say(clock.live("data"), serving="data")
+        _say(clock.live("meta"), store_open=True)
+
+    def test_worker_exiting_before_ready_is_started_again(self) -> None:
+        from claudefs_gateway.workers import RESTART_DELAY
+
+        sup, clock, events = self.supervisor()
+        d = defer.Deferred.fromCoroutine(sup.start())
+        self.servers_up(clock)
+        first = clock.live("worker-0")
+        _say(clock.live("worker-1"), log_format="vfs open: 1 exports")
+        _exit(first, 1, b"cfs-gateway: cannot open the store: Timeout: meta: no answer in 5s\n")
+        self.assertNoResult(d)
+        clock.advance(RESTART_DELAY)
+        second = clock.live("worker-0")
+        self.assertIsNot(second, first)
+        self.assertEqual([n for n, _, _ in clock.spawned].count("worker-1"), 1)
+        _say(second, log_format="vfs open: 1 exports")
+        self.successResultOf(d)
+        self.assertIsNone(sup.failed)
+        warned = [e for e in events if "starting it again (attempt" in e.get("log_format", "")]
+        self.assertEqual(len(warned), 1)
+        self.assertIn("no answer in 5s", warned[0]["why"])
+        self.assertTrue(any(e.get("workers") == 2 for e in events), "the supervisor's serving line")
+
+    def test_gives_up_after_start_attempts_and_says_why(self) -> None:
+        from claudefs_gateway.errors import GatewayError
+        from claudefs_gateway.workers import RESTART_DELAY
+
+        sup, clock, events = self.supervisor("workers: {start_attempts: 2}\n")
+        d = defer.Deferred.fromCoroutine(sup.start())
+        self.servers_up(clock)
+        for _ in range(2):
+            _exit(clock.live("worker-0"), 1, b"cfs-gateway: cannot open the store: Timeout: x\n")
+            clock.advance(RESTART_DELAY)
+        f = self.failureResultOf(d, GatewayError)
+        self.assertEqual([n for n, _, _ in clock.spawned].count("worker-0"), 2)
+        self.assertIn("worker-0 exited (1) before it was ready", str(f.value))
+        self.assertIn("cannot open the store: Timeout: x", str(f.value))
+        self.assertIn("attempt 2 of 2", str(f.value))
+        self.assertEqual(sup.failed, f"cannot start: {f.value}")
+        critical = [e["why"] for e in events if e.get("log_level") == LogLevel.critical]
+        self.assertEqual(critical, [sup.failed])
+        # The other worker, stopped with the rest, leaves no unhandled failure behind.
+        self.successResultOf(defer.Deferred.fromCoroutine(self._stop(sup, clock)))
+        import gc
+
+        del f, d  # what they hold (the start's frames) goes too
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    async def _stop(self, sup: Any, clock: _SpawningClock) -> None:
+        d = defer.Deferred.fromCoroutine(sup.stop())
+        for name in ("worker-1", "meta", "data"):
+            child = clock.live(name)
+            if not child.ended.called:
+                _exit(child, 0)
+        await d
+
+    def test_server_exiting_before_ready_stops_the_start_with_its_cause(self) -> None:
+        from claudefs_gateway.errors import GatewayError
+
+        sup, clock, events = self.supervisor()
+        d = defer.Deferred.fromCoroutine(sup.start())
+        _say(clock.live("data"), serving="data")
+        _exit(clock.live("meta"), 1, b"cfs-gateway: meta: store is locked\n")
+        f = self.failureResultOf(d, GatewayError)
+        self.assertIn(
+            "meta exited (1) before it was ready: cfs-gateway: meta: store is locked", str(f.value)
+        )
+        self.assertFalse([n for n, _, _ in clock.spawned if n.startswith("worker-")])
+        self.assertIn("store is locked", sup.failed)
+        critical = [e["why"] for e in events if e.get("log_level") == LogLevel.critical]
+        self.assertEqual(critical, [sup.failed])

@@ -1369,6 +1369,18 @@ class Admin:
 
 
 @attrs.frozen(kw_only=True)
+class Workers:
+    start_attempts: int = setting(
+        3,
+        min=1,
+        max=100,
+        doc="``start --workers``: how many times a worker that exits before it is ready "
+        "(a store it could not open in time on a starved machine) is started, a second "
+        "apart, before the supervisor gives up and stops, logging the last exit's cause.",
+    )
+
+
+@attrs.frozen(kw_only=True)
 class RateLimit:
     requests_per_sec: float = setting(
         0,
@@ -1481,6 +1493,9 @@ class Config:
     )
     admin: Admin = setting(factory=Admin, doc="Admin HTTP and manhole.")
     limits: Limits = setting(factory=Limits, doc="Connection and request-rate limits.")
+    workers: Workers = setting(
+        factory=Workers, doc="The supervisor of ``start --workers N`` (docs/workers.rst)."
+    )
 
     def check(self, b: Builder, path: str, raw: Any) -> None:
         if self.nfs.pnfs.enabled and self.backend.type != "remote":
