@@ -149,7 +149,11 @@ class Uploads:
         try:
             a = await self.vfs.lookup(rc, self.tree.staging_ino, MPU_DIR)
         except errors.NotFound:
-            a = await self.vfs.mkdir(rc, self.tree.staging_ino, MPU_DIR, 0o711)
+            try:
+                a = await self.vfs.mkdir(rc, self.tree.staging_ino, MPU_DIR, 0o711)
+            except errors.Exists:
+                # Another gateway on the same store (a --workers sibling) made it first.
+                a = await self.vfs.lookup(rc, self.tree.staging_ino, MPU_DIR)
         self.mpu_ino = a.ino
         now = self.clock.seconds()
         for name, e in await self.tree.read_dir(rc, a.ino):

@@ -257,8 +257,13 @@ class Tree:
         try:
             a = await vfs.lookup(rc, vfs.root_ino, STAGING)
         except errors.NotFound:
-            a = await vfs.mkdir(rc, vfs.root_ino, STAGING, 0o711)
-            self._log.info("created the S3 staging directory /{name}", name=STAGING.decode())
+            try:
+                a = await vfs.mkdir(rc, vfs.root_ino, STAGING, 0o711)
+                self._log.info("created the S3 staging directory /{name}", name=STAGING.decode())
+            except errors.Exists:
+                # Another gateway on the same store (a --workers sibling) made it first.
+                a = await vfs.lookup(rc, vfs.root_ino, STAGING)
+                self._log.info("S3 staging directory made by another gateway")
         if not a.is_dir:
             raise errors.NotDir("the S3 staging path is not a directory")
         if a.mode != 0o711 or a.uid != 0:

@@ -298,8 +298,14 @@ class VFS:
             try:
                 a = await self.backend.lookup(ino, name)
             except errors.NotFound:
-                a = await self.backend.create(ino, name, FileType.DIR, 0o755, 0, 0)
-                self._log.info("created export directory {path}", path=path)
+                try:
+                    a = await self.backend.create(ino, name, FileType.DIR, 0o755, 0, 0)
+                    self._log.info("created export directory {path}", path=path)
+                except errors.Exists:
+                    # Another gateway on the same store made it since our lookup
+                    # (the workers of start --workers open a new store at once).
+                    a = await self.backend.lookup(ino, name)
+                    self._log.info("export directory {path} made by another gateway", path=path)
             if not a.is_dir:
                 raise errors.NotDir(f"export path component is not a directory: {path}")
             ino = a.ino

@@ -81,3 +81,33 @@ class UploadsTests(SynchronousTestCase):
         run(self, self.uploads.abort(u))
         self.assertEqual((self.uploads.uploads, len(self.failed), self.active[-1]), ({}, 1, 0))
         self.assertRaises(S3Error, self.uploads.get, u.id, "b", "k", self.alice)
+
+
+class OpenRaceTests(SynchronousTestCase):
+    def test_staging_directories_made_by_another_gateway_meanwhile(self) -> None:
+        """
+        Two gateways opening the S3 state of one new store at once (the
+        workers of C{start --workers}) both find no staging directory and no
+        upload directory: the one whose mkdir comes second takes the other's
+        and opens, where it used to fail (Exists) and answer 503 to S3.
+        """
+        from claudefs_gateway.s3.multipart import MPU_DIR
+        from claudefs_gateway.s3.tree import STAGING
+        from claudefs_gateway.testing.vfs import RacingBackend
+
+        class Racing(RacingBackend):
+            racing = frozenset({STAGING, MPU_DIR})
+
+        m = MemoryVFS("s3: {root: /s3}\n", backend=Racing)
+        tree = Tree(m.vfs)
+        run(self, tree.open())
+        uploads = Uploads(tree, m.clock, 300.0, 4)
+        run(self, uploads.open())
+        self.assertEqual(m.backend.raced, [STAGING, MPU_DIR])
+        root = tree.root_caller
+        staging = run(self, m.vfs.lookup(root, m.vfs.root_ino, STAGING))
+        self.assertEqual(tree.staging_ino, staging.ino)
+        mpu = run(self, m.vfs.lookup(root, staging.ino, MPU_DIR))
+        self.assertEqual(uploads.mpu_ino, mpu.ino)
+        # The staging area's owner and mode are still put right.
+        self.assertEqual((staging.uid, staging.mode), (0, 0o711))

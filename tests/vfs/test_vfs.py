@@ -670,3 +670,24 @@ class UsageChangeTests(SynchronousTestCase):
             got = _usage_changes(b, a)
             self.assertEqual(len(got), len(set(got)))
             self.assertEqual(set(got), reference(b, a), (b, a))
+
+
+class OpenRaceTests(SynchronousTestCase):
+    def test_export_directory_made_by_another_gateway_meanwhile(self) -> None:
+        """
+        Two gateways opening one new store (the workers of C{start --workers}
+        on a fresh data directory) both find no export directory and both
+        make it: the one whose create comes second finds it made and opens,
+        where it used to stop with "cannot open the store: Exists".
+        """
+        from claudefs_gateway.testing.vfs import RacingBackend
+
+        class Racing(RacingBackend):
+            racing = frozenset({b"export"})
+
+        m = MemoryVFS(backend=Racing)
+        self.assertEqual(m.backend.raced, [b"export"])
+        self.assertTrue(m.vfs.is_open)
+        a = self.successResultOf(m.backend.lookup(m.vfs.root_ino, b"export"))
+        self.assertEqual(m.root(), a.ino)
+        self.assertTrue(a.is_dir)
