@@ -179,6 +179,10 @@ class SharedStateTests(TestCase):
         a.leases.acknowledge(lease, 0)
         await until(lambda: not b.leases.busy(12), "B hears A let go")
         await b.leases.recall(12, Why.WRITE, wait=False)
+        # B can hear A let go (EV_LEASES) before the answer to its first
+        # LEASE_RECALL arrives: wait for it, or B's connection closes with
+        # the call in flight (InFlightLost logged after the test).
+        await b.leases.link.settled()
 
     async def test_gone_gateway_releases(self) -> None:
         """A gateway that goes away (its subscription lost) loses its locks after the linger time."""
