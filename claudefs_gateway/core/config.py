@@ -1375,7 +1375,7 @@ class Workers:
         min=1,
         max=100,
         doc="``start --workers``: how many times a worker that exits before it is ready "
-        "(a store it could not open in time on a starved machine) is started, a second "
+        "(one that lost a start-up race, or whose store did not open) is started, a second "
         "apart, before the supervisor gives up and stops, logging the last exit's cause.",
     )
 
