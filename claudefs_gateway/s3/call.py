@@ -134,6 +134,10 @@ class Call:
     version_id: str | None = None
     #: The random bytes of C{x-amz-id-2} (drawn with the request id's).
     request_id_2: bytes = b""
+    #: The bucket's directory as the caller looked it up while the request
+    #: was authorized (L{claudefs_gateway.s3.ops.access.AccessOps._authorize}),
+    #: for the handler to use rather than look it up again (issue 18).
+    bucket_attrs: Any = None
 
     @property
     def caller(self) -> Caller:

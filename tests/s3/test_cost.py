@@ -18,6 +18,8 @@ from twisted.trial.unittest import TestCase
 
 from claudefs_gateway import service
 from claudefs_gateway.core import config as cfg
+from claudefs_gateway.vfs import VFS, _vfs
+from claudefs_gateway.vfs._vfs import deferred
 from tests.s3.harness import Client, gateway_yaml, s3_port
 
 BODY = os.urandom(4096)
@@ -220,3 +222,75 @@ class StoreCallTests(TestCase):
         listing = await self.client.request("GET", "/bkt", query={"list-type": "2"})
         self.assertIn(b"<Key>p/other</Key>", listing.body)
         self.assertNotIn(b"p/q", listing.body)
+
+
+class VfsCallTests(TestCase):
+    """
+    The vfs calls one small PUT, HEAD, GET and DELETE make (issue 18, the
+    ninth round of docs/bench.rst): each a few microseconds of attribute
+    caches and permission checks even when no store call follows, and one
+    that went through a Deferred and a coroutine driver of its own cost
+    about as much again. The bucket is looked up once a request (its
+    authorization's lookup is the handler's), and every call on these paths
+    runs under the request's own driver (L{claudefs_gateway.vfs.inline}).
+    """
+
+    setUp = SmallObjectCostTests.setUp
+    put = SmallObjectCostTests.put
+
+    def count(self) -> tuple[Counter[str], list[str]]:
+        """(vfs calls by name, those of them given a Deferred of their own)."""
+        calls: Counter[str] = Counter()
+        deferreds: list[str] = []
+        for name, attr in vars(VFS).items():
+            inner = getattr(attr, "__wrapped__", None)
+            if inner is None or not name.islower():
+                continue
+
+            async def counted(
+                vfs: Any, *args: Any, _name: str = name, _inner: Any = inner, **kw: Any
+            ) -> Any:
+                calls[_name] += 1
+                return await _inner(vfs, *args, **kw)
+
+            self.patch(VFS, name, deferred(counted))
+        real = _vfs.eager_deferred
+
+        def eager(coro: Any, errback: Any = None) -> Any:
+            deferreds.append(coro.cr_code.co_name)
+            return real(coro, errback)
+
+        self.patch(_vfs, "eager_deferred", eager)
+        return calls, deferreds
+
+    async def test_small_requests(self) -> None:
+        """
+        Under a prefix of its own (as bench's s3.small): the PUT looks up
+        the bucket, the prefix (missing) and checks it may write there,
+        then puts the file; HEAD and GET look up the bucket, the key's path
+        and read its metadata (S3's, tags, retention); the GET reads once;
+        the DELETE looks up the path, the prefix's metadata (made by the
+        gateway: pruned with the object) and removes both in one call.
+        """
+        await self.put("small/other")
+        await self.put("small/t/warm")
+        await self.client.request("DELETE", "/bkt/small/t/warm")
+        calls, deferreds = self.count()
+        lookups = {"lookup": 4, "meta_get": 3}
+        want = {
+            "PUT": {"lookup": 3, "access": 1, "put_file": 1},
+            "HEAD": lookups,
+            "GET": {**lookups, "read": 1},
+            "DELETE": {"lookup": 3, "meta_get": 2, "remove_pruning": 1},
+        }
+        for i in range(2):
+            got = {}
+            for method in want:
+                calls.clear()
+                r = await self.client.request(
+                    method, f"/bkt/small/t/k{i}", body=BODY if method == "PUT" else b""
+                )
+                self.assertLess(r.status, 300, r.body)
+                got[method] = dict(calls)
+            self.assertEqual(got, want)
+            self.assertEqual(deferreds, [])

@@ -11,6 +11,8 @@ wrote.
 from __future__ import annotations
 
 import hashlib
+import hmac
+from unittest import mock
 from urllib.parse import urlsplit
 
 from botocore.auth import HmacV1Auth, S3SigV4Auth, S3SigV4QueryAuth
@@ -330,3 +332,21 @@ def _quote(key: str) -> str:
     from urllib.parse import quote
 
     return quote(key.encode("utf-8"), safe="/~")
+
+
+class SignTests(SynchronousTestCase):
+    """L{sg.sign}: HMAC-SHA256 from the signing key's pads kept (issue 18, ninth round)."""
+
+    @given(st.binary(max_size=200), st.text(max_size=300))
+    def test_same_as_hmac(self, key: bytes, sts: str) -> None:
+        """Any key (longer than a block too) and message: the standard library's HMAC."""
+        want = hmac.new(key, sts.encode("utf-8"), "sha256").hexdigest()
+        self.assertEqual(sg.sign(key, sts), want)
+        self.assertEqual(sg.sign(key, sts), want)  # from the kept pads
+
+    def test_no_one_shot_hmac(self) -> None:
+        """A request's signature costs two copies of hashed pads, not OpenSSL's one-shot HMAC."""
+        key = sg.signing_key("secret", "20261208", "us-east-1", "s3")
+        want = hmac.new(key, b"sts", "sha256").hexdigest()
+        with mock.patch.object(sg.hmac, "digest", side_effect=AssertionError("one-shot HMAC")):
+            self.assertEqual(sg.sign(key, "sts"), want)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from claudefs_gateway import errors
 from claudefs_gateway.fstypes import Attributes
 from claudefs_gateway.s3 import acl, tagging, xmlio
 from claudefs_gateway.s3.bucketconf import BucketConf
@@ -73,9 +74,15 @@ class AccessOps(ObjectOps):
             return
         tree = self._tree()
         try:
-            b = await tree.bucket(tree.root_caller, call.bucket)
-        except S3Error:
-            return  # the operation reports the missing bucket
+            # As the caller first: the handler's own lookup (kept on the
+            # call, one lookup a request); as root if the caller may not
+            # find it, so that the policy still decides what to refuse.
+            b = call.bucket_attrs = await tree.bucket(call.caller, call.bucket)
+        except (S3Error, errors.FSError):
+            try:
+                b = await tree.bucket(tree.root_caller, call.bucket)
+            except S3Error:
+                return  # the operation reports the missing bucket
         conf = await tree.bucket_conf(b)
         decision = None
         if conf.policy:

@@ -34,6 +34,7 @@ from claudefs_gateway.s3.errors import S3Error, error_fields
 from claudefs_gateway.s3.multipart import Uploads
 from claudefs_gateway.s3.owners import canonical_id
 from claudefs_gateway.s3.tree import STORED_HEADERS, ObjectMeta, Tree
+from claudefs_gateway.vfs import inline
 from claudefs_gateway.vfs.worm import SEAL_KEY
 
 __all__ = ["Operations"]
@@ -141,6 +142,19 @@ class Operations:
     def _tree(self) -> Tree:
         assert self.tree is not None
         return self.tree
+
+    async def _bucket(self, call: Call) -> Attributes:
+        """
+        The bucket's directory as the caller finds it: the one the request's
+        authorization looked up (L{Call.bucket_attrs}), else looked up now.
+
+        @raise S3Error: NoSuchBucket, AccessDenied.
+        """
+        kept = call.bucket_attrs
+        if kept is not None:
+            return kept  # type: ignore[no-any-return]
+        assert call.bucket is not None
+        return await self._tree().bucket(call.caller, call.bucket)
 
     def _uploads(self) -> Uploads:
         assert self.uploads is not None
@@ -544,7 +558,7 @@ class Operations:
         tree = self._tree()
 
         async def raw(off: int, n: int) -> bytes:
-            r = await tree.vfs.read(call.caller, a.ino, off, n)
+            r = await inline(tree.vfs.read, call.caller, a.ino, off, n)
             return r.data
 
         info = sse.Sse.decode(meta.sse)

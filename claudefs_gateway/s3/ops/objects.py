@@ -40,6 +40,7 @@ from claudefs_gateway.s3.ranges import ByteRange, Unsatisfiable, parse_range
 from claudefs_gateway.s3.signing import parse_http_date, parse_query
 from claudefs_gateway.s3.tree import EMPTY_MD5, ObjectMeta
 from claudefs_gateway.s3.versions import NULL, Versions, new_version_id, valid_version_id
+from claudefs_gateway.vfs import inline
 from claudefs_gateway.vfs.origin import Origin
 from claudefs_gateway.vfs.worm import WORM_KEY, Retention
 
@@ -63,7 +64,7 @@ class ObjectOps(Operations):
         assert call.bucket is not None
         tree = self._tree()
         key = self._key(call)
-        bucket = await tree.bucket(call.caller, call.bucket)
+        bucket = await self._bucket(call)
         meta = self._user_meta(call)
         algo = self._wanted_checksum(call)
         tags = self._request_tags(call)
@@ -418,26 +419,26 @@ class ObjectOps(Operations):
         assert call.bucket is not None
         tree = self._tree()
         key = self._key(call)
-        bucket = await tree.bucket(call.caller, call.bucket)
+        bucket = await self._bucket(call)
         a, meta, call.version_id = await self._resolve(
             call, bucket, key, call.query.get("versionId")
         )
         if a.is_reg and a.uid != call.caller.cred.uid:
             # Read permission is checked before anything is sent (the vfs
             # checks it again on every read).
-            if not await tree.vfs.access(call.caller, a.ino, 0o4):
+            if not await inline(tree.vfs.access, call.caller, a.ino, 0o4):
                 raise S3Error("AccessDenied")
         etag = await tree.etag(call.caller, a, meta)
         if call.version_id is not None:
             call.request.setHeader(b"x-amz-version-id", call.version_id.encode("ascii"))
-        tags = tagging.decode(await tree.vfs.meta_get(call.caller, a.ino, tagging.TAGS_KEY))
+        tags = tagging.decode(await inline(tree.vfs.meta_get, call.caller, a.ino, tagging.TAGS_KEY))
         if tags:
             call.request.setHeader(b"x-amz-tagging-count", str(len(tags)).encode())
         if a.is_reg and call.query.get("versionId") is None:
             expiry = await self._expiration(bucket, key.text, tags, meta.plain_size(a), a.mtime_ns)
             if expiry is not None:
                 call.request.setHeader(b"x-amz-expiration", expiry.encode())
-        record = Retention.decode(await tree.vfs.meta_get(call.caller, a.ino, WORM_KEY))
+        record = Retention.decode(await inline(tree.vfs.meta_get, call.caller, a.ino, WORM_KEY))
         for hname, hvalue in objectlock.lock_headers(record).items():
             call.request.setHeader(hname.encode(), hvalue.encode())
         info = sse.Sse.decode(meta.sse)
@@ -559,8 +560,7 @@ class ObjectOps(Operations):
 
     async def op_DeleteObject(self, call: Call) -> None:
         assert call.bucket is not None
-        tree = self._tree()
-        bucket = await tree.bucket(call.caller, call.bucket)
+        bucket = await self._bucket(call)
         key = self._key(call)
         cond = DeleteCondition(
             call.header("if-match"),
