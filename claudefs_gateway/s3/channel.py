@@ -487,7 +487,9 @@ class S3Channel(http.HTTPChannel):
         out.append(b"\r\n")
         held = self._held
         if held is not None:
-            held.extend(out)
+            # One piece for the direct send: some thirty iovecs otherwise,
+            # each counted and handed to sendmsg.
+            held.append(b"".join(out))
             return
         assert self.transport is not None
         self.transport.writeSequence(out)

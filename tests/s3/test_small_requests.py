@@ -247,9 +247,11 @@ class DirectResponseTests(TestCase):
             b"GET /70000 HTTP/1.1\r\nHost: h\r\n\r\n",
         ]
         sent: list[tuple[int, int]] = []
+        pieces: list[int] = []
         real = DirectSender.send
 
         def counting(self: Any, parts: Any, size: int) -> Any:
+            pieces.append(len(parts))
             left = real(self, parts, size)
             sent.append((size, size - sum(len(p) for p in left)))
             return left
@@ -265,6 +267,9 @@ class DirectResponseTests(TestCase):
         self.assertEqual([size for size, n in sent[:4] if size != n], [])
         self.assertGreater(sent[4][1], 0)
         self.assertGreater(sent[4][0], 70000)
+        # The head in one piece (and the body's start in another, if any):
+        # not an iovec per name, separator, value and line end.
+        self.assertEqual(pieces, [2, 1, 1, 2, 2])
 
 
 # -- the eighth round (docs/bench.rst "S3: small requests, eighth round") --------------
