@@ -755,6 +755,16 @@ class S3:
     max_concurrent_parts: int = setting(
         4, min=1, max=10000, doc="Parts of one upload that may be written at once."
     )
+    temp_max_age_secs: float = setting(
+        3600.0,
+        min=60,
+        max=30 * 86400,
+        doc="A temporary file of the S3 staging area (a PUT, copy or POST body, or an "
+        "upload directory without its state) unchanged for this long is removed when a "
+        "gateway starts; younger ones may be another gateway's uploads in progress (a "
+        "``--workers`` sibling, a gateway on the same servers). Keep it well above "
+        "``idle_timeout_secs`` and the clock skew between gateways and servers.",
+    )
     lifecycle_interval_secs: float = setting(
         3600.0,
         min=1,

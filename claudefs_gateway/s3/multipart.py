@@ -162,7 +162,11 @@ class Uploads:
             raw = await self.vfs.meta_get(rc, e.ino, STATE_KEY)
             upload = self._from_state(name.decode("ascii", "replace"), e.ino, raw)
             if upload is None:
-                await self._remove_dir(e.ino, name)
+                # No state yet may be another gateway's create between its
+                # mkdir and its meta_set: only an old one is a crash's.
+                a = e.attrs or await self.vfs.getattr(rc, e.ino)
+                if self.tree.abandoned(a):
+                    await self._remove_dir(e.ino, name)
                 continue
             upload.last_activity = now
             self.uploads[upload.id] = upload
@@ -215,13 +219,21 @@ class Uploads:
         return defer.Deferred.fromCoroutine(sweep())
 
     async def expire(self) -> int:
-        """Abort every upload idle for longer than the part timeout; how many."""
+        """
+        Abort every upload idle for longer than the part timeout; how many.
+
+        Idle by the store too, not only by this gateway's own requests: an
+        upload another gateway serves (a --workers sibling; this one loaded it
+        at its start) moves its directory or a staged part there whenever a
+        part is started or written, and is kept while they do.
+        """
         now = self.clock.seconds()
         stale = [
             u
             for u in self.uploads.values()
             if u.active == 0 and not u.completing and now - u.last_activity > self.part_timeout
         ]
+        stale = [u for u in stale if not await self._active_elsewhere(u, now)]
         for u in stale:
             self._log.info(
                 "multipart upload {upload_id} expired after {secs:.0f}s without activity",
@@ -234,6 +246,27 @@ class Uploads:
                 self._log.failure("while removing an expired multipart upload")
             self._on_failed()
         return len(stale)
+
+    async def _active_elsewhere(self, u: Upload, now: float) -> bool:
+        """
+        Whether upload C{u}'s directory or a file in it changed within the
+        part timeout (another gateway's part activity); if so its last
+        activity is brought forward to then.
+        """
+        rc = self.tree.root_caller
+        try:
+            latest = await self.vfs.getattr(rc, u.ino)
+            times = [latest.mtime_ns, latest.ctime_ns]
+            for _, e in await self.tree.read_dir(rc, u.ino):
+                if e.attrs is not None:
+                    times += [e.attrs.mtime_ns, e.attrs.ctime_ns]
+        except errors.FSError:
+            return False  # gone: removing it again is harmless
+        last = max(times) / 1e9
+        if now - last > self.part_timeout:
+            return False
+        u.last_activity = max(u.last_activity, last)
+        return True
 
     def _changed(self) -> None:
         self._on_change(len(self.uploads))
