@@ -1388,6 +1388,15 @@ class Workers:
         "(one that lost a start-up race, or whose store did not open) is started, a second "
         "apart, before the supervisor gives up and stops, logging the last exit's cause.",
     )
+    ready_timeout_secs: float = setting(
+        300.0,
+        min=1,
+        max=86400,
+        doc="``start --workers``: how long the supervisor waits for the data server to "
+        "serve, the meta server's store to open and each worker's vfs to open. A server "
+        "not ready by then is killed and the start stops (a ``critical`` line, exit "
+        "status 1); a worker is killed and counts as one of ``start_attempts``.",
+    )
 
 
 @attrs.frozen(kw_only=True)
