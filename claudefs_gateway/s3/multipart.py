@@ -46,6 +46,11 @@ STATE_KEY = b"s3.upload"
 COMPLETED_KEPT = 10000
 
 
+def _is_upload_id(text: str) -> bool:
+    """What L{Uploads.create} makes (48 hex digits): nothing else is looked up in the store."""
+    return len(text) == 48 and all(c in "0123456789abcdef" for c in text)
+
+
 def part_name(number: int) -> bytes:
     """The staged file name of part C{number}."""
     return b"p%05d" % number
@@ -316,6 +321,65 @@ class Uploads:
         self.uploads[upload_id] = upload
         self._changed()
         return upload
+
+    async def find(self, upload_id: str, bucket: str, key: str | None, caller: Caller) -> Upload:
+        """
+        L{get}, loading from the store an upload this gateway does not know:
+        one another gateway on the namespace created (a --workers sibling
+        the client's earlier connection landed on) after this one started.
+
+        @raise S3Error: as L{get}.
+        """
+        if upload_id not in self.uploads and _is_upload_id(upload_id):
+            await self._load(upload_id)
+        return self.get(upload_id, bucket, key, caller)
+
+    async def _load(self, upload_id: str) -> Upload | None:
+        """Upload C{upload_id} from the store, kept from now on; None if it is not there."""
+        rc = self.tree.root_caller
+        try:
+            a = await self.vfs.lookup(rc, self.mpu_ino, upload_id.encode())
+            raw = await self.vfs.meta_get(rc, a.ino, STATE_KEY)
+        except errors.NotFound:
+            return None
+        if not a.is_dir:
+            return None
+        known = self.uploads.get(upload_id)
+        if known is not None:  # loaded by a concurrent request meanwhile
+            return known
+        upload = self._from_state(upload_id, a.ino, raw)
+        if upload is None:
+            return None
+        upload.last_activity = self.clock.seconds()
+        self.uploads[upload_id] = upload
+        self._changed()
+        return upload
+
+    async def refresh(self) -> None:
+        """
+        Bring the uploads kept in memory in line with the store: load those
+        other gateways created, drop those they completed or aborted (so
+        ListMultipartUploads through any gateway lists the same).
+        """
+        rc = self.tree.root_caller
+        # Only what was known before the listing began can be missing from
+        # it because another gateway finished it (not one made meanwhile).
+        before = dict(self.uploads)
+        names = {
+            n.decode("ascii", "replace")
+            for n, e in await self.tree.read_dir(rc, self.mpu_ino)
+            if e.type is FileType.DIR
+        }
+        for upload_id in sorted(names - set(self.uploads)):
+            if _is_upload_id(upload_id):
+                await self._load(upload_id)
+        for upload_id, u in before.items():
+            if upload_id in names or u.completing or u.active or u.gone:
+                continue
+            if self.uploads.get(upload_id) is u:
+                u.gone = True
+                del self.uploads[upload_id]
+                self._changed()
 
     def get(self, upload_id: str, bucket: str, key: str | None, caller: Caller) -> Upload:
         """

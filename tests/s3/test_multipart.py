@@ -199,3 +199,15 @@ class SharedStagingTests(SynchronousTestCase):
         self.m.clock.advance(301)
         self.assertEqual(run(self, b.expire()), 1)
         self.assertEqual(self.names(self.a, b.mpu_ino), [])
+
+    def test_only_upload_ids_are_looked_up(self) -> None:
+        """An uploadId that no create could have made (a path, a dot) is NoSuchUpload, not a lookup."""
+        u = Uploads(self.a, self.m.clock, 300.0, 4)
+        run(self, u.open())
+        run(self, self.m.vfs.mkdir(self.a.root_caller, u.mpu_ino, b"x" * 48, 0o700))
+        for bad in ("..", ".", "", "x" * 48, "A" * 48, "../u1000"):
+            f = self.failureResultOf(
+                defer.Deferred.fromCoroutine(u.find(bad, "b", "k", self.alice)), S3Error
+            )
+            self.assertEqual(f.value.code, "NoSuchUpload")
+        self.assertEqual(u.uploads, {})
