@@ -233,13 +233,31 @@ class Uploads:
         part is started or written, and is kept while they do.
         """
         now = self.clock.seconds()
-        stale = [
+        candidates = [
             u
             for u in self.uploads.values()
             if u.active == 0 and not u.completing and now - u.last_activity > self.part_timeout
         ]
-        stale = [u for u in stale if not await self._active_elsewhere(u, now)]
-        for u in stale:
+        expired = 0
+        for u in candidates:
+            try:
+                seen = await self._store_activity(u)
+            except errors.GatewayError:
+                # The store cannot answer now: the next sweep looks again
+                # (an error out of here would stop the sweeps).
+                self._log.failure("could not read multipart upload {upload_id}", upload_id=u.id)
+                continue
+            if u.active or u.completing or u.gone or self.uploads.get(u.id) is not u:
+                continue  # a request of this gateway took it meanwhile
+            if seen is None:
+                # Completed or aborted through another gateway: not a failure.
+                u.gone = True
+                del self.uploads[u.id]
+                self._changed()
+                continue
+            if now - seen <= self.part_timeout:
+                u.last_activity = max(u.last_activity, seen)
+                continue
             self._log.info(
                 "multipart upload {upload_id} expired after {secs:.0f}s without activity",
                 upload_id=u.id,
@@ -250,13 +268,13 @@ class Uploads:
             except errors.FSError:
                 self._log.failure("while removing an expired multipart upload")
             self._on_failed()
-        return len(stale)
+            expired += 1
+        return expired
 
-    async def _active_elsewhere(self, u: Upload, now: float) -> bool:
+    async def _store_activity(self, u: Upload) -> float | None:
         """
-        Whether upload C{u}'s directory or a file in it changed within the
-        part timeout (another gateway's part activity); if so its last
-        activity is brought forward to then.
+        When upload C{u}'s directory or a file in it last changed (another
+        gateway's part activity shows there); None if it is gone.
         """
         rc = self.tree.root_caller
         try:
@@ -265,13 +283,9 @@ class Uploads:
             for _, e in await self.tree.read_dir(rc, u.ino):
                 if e.attrs is not None:
                     times += [e.attrs.mtime_ns, e.attrs.ctime_ns]
-        except errors.FSError:
-            return False  # gone: removing it again is harmless
-        last = max(times) / 1e9
-        if now - last > self.part_timeout:
-            return False
-        u.last_activity = max(u.last_activity, last)
-        return True
+        except (errors.NotFound, errors.Stale):
+            return None
+        return max(times) / 1e9
 
     def _changed(self) -> None:
         self._on_change(len(self.uploads))

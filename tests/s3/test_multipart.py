@@ -211,3 +211,35 @@ class SharedStagingTests(SynchronousTestCase):
             )
             self.assertEqual(f.value.code, "NoSuchUpload")
         self.assertEqual(u.uploads, {})
+
+    def test_upload_finished_elsewhere_is_dropped_not_expired(self) -> None:
+        """
+        Completed or aborted through another gateway: this one drops it
+        without counting an expiry; and a store that cannot answer keeps
+        the sweeps going.
+        """
+        from claudefs_gateway import errors
+
+        a = Uploads(self.a, self.m.clock, 300.0, 4)
+        run(self, a.open())
+        gone = run(self, a.create(self.alice, "b", "gone", ObjectMeta(), None, None))
+        kept = run(self, a.create(self.alice, "b", "kept", ObjectMeta(), None, None))
+        failed: list[None] = []
+        b = Uploads(self.a, self.m.clock, 300.0, 4, on_failed=lambda: failed.append(None))
+        run(self, b.open())
+        run(self, a.abort(gone))
+        self.m.clock.advance(301)
+        real = self.m.vfs.getattr
+
+        def getattr(caller: Any, ino: int) -> Any:
+            if ino == kept.ino:
+                raise errors.BackendUnavailable("meta: no answer")
+            return real(caller, ino)
+
+        self.patch(self.m.vfs, "getattr", getattr)
+        self.assertEqual(run(self, b.expire()), 0)
+        self.assertEqual((list(b.uploads), failed), ([kept.id], []))
+        self.assertEqual(len(self.flushLoggedErrors(errors.BackendUnavailable)), 1)
+        self.patch(self.m.vfs, "getattr", real)
+        self.assertEqual(run(self, b.expire()), 1)
+        self.assertEqual((b.uploads, failed), ({}, [None]))
