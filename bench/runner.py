@@ -18,6 +18,7 @@ of the top costs land beside the JSON (bench/profile.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -154,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         " to these CPUs, as taskset -c takes them (e.g. 0); the parallel workloads check at each"
         f" phase that it held (default: ${serverstat.PIN_ENV}, else not confined)",
     )
+    p.add_argument(
+        "--client-cpus",
+        default=os.environ.get(serverstat.CLIENT_PIN_ENV, ""),
+        metavar="LIST",
+        help="run the bench's client (the workloads, the client processes and nfs-cp they start)"
+        " on these CPUs once the servers are up; with --server-cpus, client and server on one"
+        f" core or on two (default: ${serverstat.CLIENT_PIN_ENV}, else not confined)",
+    )
     p.add_argument("--list", action="store_true", help="list workloads and exit")
     p.add_argument(
         "--profile",
@@ -201,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[serverstat.PIN_ENV] = ",".join(str(c) for c in sorted(pinned))
     else:
         os.environ.pop(serverstat.PIN_ENV, None)
+    client_cpus: frozenset[int] | None = None
+    if args.client_cpus.strip():
+        try:
+            client_cpus = serverstat.parse_cpus(args.client_cpus)
+        except ValueError as e:
+            p.error(f"--client-cpus: {e}")
 
     when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     out = args.json or Path(__file__).parent / "results" / (when.replace(":", "") + ".json")
@@ -211,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     gateway = targets.Gateway(scratch / "gateway", protocols, args.config_extra)
     started: list[targets.Target] = []
+    stack = contextlib.ExitStack()
     try:
         gateway.start()
         started.append(gateway)
@@ -232,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
             for t in started:
                 tasks = serverstat.check_pinned(t.endpoints["pid"], pinned)
                 print(f"{t.name}: {tasks} threads, all on CPUs {sorted(pinned)}")
+        if client_cpus is not None:
+            print(f"client: on CPUs {sorted(client_cpus)}")
+        stack.enter_context(serverstat.client_pinned(client_cpus))
         for w in chosen:
             print(f"{w.name}: {w.description}")
             profiler = None
@@ -254,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 warmup=args.warmup,
             )
     finally:
+        stack.close()
         for t in reversed(started):
             t.stop()
         if not args.keep and args.scratch is None:
@@ -277,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "server_cpus": sorted(pinned) if pinned is not None else None,
+        "client_cpus": sorted(client_cpus) if client_cpus is not None else None,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
         "python": platform.python_version(),

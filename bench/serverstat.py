@@ -25,7 +25,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 __all__ = [
@@ -38,6 +39,9 @@ __all__ = [
     "server_cpus",
     "pin",
     "check_pinned",
+    "client_pinned",
+    "tree_wait",
+    "thread_wait",
 ]
 
 T = TypeVar("T")
@@ -47,6 +51,10 @@ _TICK = os.sysconf("SC_CLK_TCK")
 _CPUCLOCK_SCHED = 2
 #: The environment variable naming the CPUs the servers under test may use.
 PIN_ENV = "CFS_BENCH_SERVER_CPUS"
+#: Where the process information is (a test points it elsewhere).
+PROC = "/proc"
+#: The one naming the CPUs the bench's own client may use (``--client-cpus``).
+CLIENT_PIN_ENV = "CFS_BENCH_CLIENT_CPUS"
 
 
 def parse_cpus(text: str) -> frozenset[int]:
@@ -114,6 +122,28 @@ def check_pinned(pid: int, cpus: frozenset[int]) -> int:
     return len(got)
 
 
+@contextmanager
+def client_pinned(cpus: frozenset[int] | None) -> Iterator[None]:
+    """
+    Confine the calling thread (the bench's client: the queue-depth-1
+    workloads call libnfs on it, and the client processes and C{nfs-cp} it
+    starts inherit it) to C{cpus} for the block, then give it back the CPUs
+    it had; None leaves it alone. Entered once the servers run, so they do
+    not inherit it. With L{pin}, it puts client and server on one core or
+    on two: at queue depth 1 the client's CPU per call depends on that more
+    than on the server (docs/bench.rst "The client's CPU per call").
+    """
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def process_cpu(pid: int) -> float:
     """CPU seconds every thread of C{pid} has used so far (nanosecond resolution)."""
     try:
@@ -165,6 +195,46 @@ def tree_cpu(pid: int) -> float:
             continue
         todo += _child_pids(p)
     return total
+
+
+def _run_delay(path: str) -> float:
+    """
+    The second field of a C{schedstat} file (seconds spent runnable but
+    waiting for a CPU), 0 where the kernel keeps none (no C{CONFIG_SCHED_INFO})
+    or the thread is gone.
+    """
+    try:
+        with open(path) as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def tree_wait(pid: int) -> float:
+    """
+    Seconds every thread of C{pid} and of its live descendants has spent
+    runnable but not running (waiting on a run queue, C{/proc/<tid>/schedstat}):
+    at queue depth 1, the part of a round trip where the server had its call
+    and no CPU. A thread that exits takes its count with it (the servers
+    under test keep theirs for the run).
+    """
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"{PROC}/{p}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            total += _run_delay(f"{PROC}/{p}/task/{task}/schedstat")
+        todo += _child_pids(p)
+    return total
+
+
+def thread_wait() -> float:
+    """L{tree_wait} of the calling thread alone (the bench's client)."""
+    return _run_delay(f"{PROC}/thread-self/schedstat")
 
 
 def _family_cpu_or_zero(pid: int) -> float:

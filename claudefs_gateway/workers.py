@@ -116,7 +116,13 @@ class Child(protocol.ProcessProtocol):
         globalLogPublisher(event)
 
     def wait_for(self, pred: Callable[[dict[str, Any]], bool]) -> defer.Deferred[None]:
-        d: defer.Deferred[None] = defer.Deferred()
+        """Fire at the first event C{pred} accepts; cancelling it stops the wait."""
+
+        def cancel(d: defer.Deferred[None]) -> None:
+            if (pred, d) in self._waiters:
+                self._waiters.remove((pred, d))
+
+        d: defer.Deferred[None] = defer.Deferred(cancel)
         self._waiters.append((pred, d))
         return d
 
@@ -373,9 +379,9 @@ class Supervisor:
         self._adopt_nsm_records()
         listeners = self._listeners()
         data = self._spawn("data", self._server_args("data"))
-        await data.wait_for(_serving("data"))
+        await self._ready(data, _serving("data"), "serving")
         meta = self._spawn("meta", self._server_args("meta"))
-        await meta.wait_for(_store_open)
+        await self._ready(meta, _store_open, "its store open")
         for i in range(self.workers):
             self._worker_config(i, listeners)
         ready = [defer.Deferred.fromCoroutine(self._start_worker(i)) for i in range(self.workers)]
@@ -393,6 +399,31 @@ class Supervisor:
             reactor=qual(type(self.reactor)),
         )
 
+    async def _ready(self, child: Child, pred: Callable[[dict[str, Any]], bool], what: str) -> None:
+        """
+        Wait for C{child}'s event C{pred}, at most C{workers.ready_timeout_secs}.
+
+        A child that neither gets there nor exits (a server hung on its store
+        or its disk) used to hold the start for ever, with nothing logged: it
+        is killed, and the start (or this attempt of a worker) fails saying so.
+
+        @raise GatewayError: the child exited first, or the deadline passed.
+        """
+        timeout = self.config.workers.ready_timeout_secs
+        d = child.wait_for(pred)
+        timer = self.reactor.callLater(timeout, d.cancel)
+        try:
+            await d
+        except defer.CancelledError:
+            child.signal("KILL")
+            raise GatewayError(
+                f"{child.name} not ready ({what}) after {timeout:g}s "
+                f"(workers.ready_timeout_secs); killed{child.last_words()}"
+            ) from None
+        finally:
+            if timer.active():
+                timer.cancel()
+
     async def _start_worker(self, index: int) -> None:
         """Start worker C{index} until it is ready, or C{start_attempts} times."""
         attempts = self.config.workers.start_attempts
@@ -400,7 +431,7 @@ class Supervisor:
         for attempt in range(1, attempts + 1):
             child = self._spawn(name, self._worker_args(index))
             try:
-                await child.wait_for(_vfs_open)
+                await self._ready(child, _vfs_open, "its vfs open")
                 return
             except GatewayError as e:
                 if self.stopping or attempt == attempts:

@@ -472,3 +472,60 @@ class StartTests(SynchronousTestCase):
         self.assertIn("store is locked", sup.failed)
         critical = [e["why"] for e in events if e.get("log_level") == LogLevel.critical]
         self.assertEqual(critical, [sup.failed])
+
+    def test_server_that_never_gets_ready_stops_the_start_at_the_deadline(self) -> None:
+        """
+        A meta server hung before its store opened (it neither serves nor
+        exits) stops the start after C{workers.ready_timeout_secs}: killed,
+        one critical line saying which and why; it used to wait for ever.
+        """
+        from claudefs_gateway.errors import GatewayError
+
+        sup, clock, events = self.supervisor("workers: {ready_timeout_secs: 30}\n")
+        d = defer.Deferred.fromCoroutine(sup.start())
+        _say(clock.live("data"), serving="data")
+        meta = clock.live("meta")
+        meta.errReceived(b"meta: opening the store\n")
+        clock.advance(29.9)
+        self.assertNoResult(d)
+        self.assertEqual(meta.transport.signals, [])
+        clock.advance(0.2)
+        f = self.failureResultOf(d, GatewayError)
+        self.assertEqual(
+            str(f.value),
+            "meta not ready (its store open) after 30s (workers.ready_timeout_secs); "
+            "killed: meta: opening the store",
+        )
+        self.assertEqual(meta.transport.signals, ["KILL"])
+        self.assertEqual(meta._waiters, [])
+        self.assertFalse([n for n, _, _ in clock.spawned if n.startswith("worker-")])
+        critical = [e["why"] for e in events if e.get("log_level") == LogLevel.critical]
+        self.assertEqual(critical, [sup.failed])
+        self.assertIn("workers.ready_timeout_secs", sup.failed)
+        # Killed, it exits: nothing more is said, nothing waits.
+        _exit(meta, -9)
+        self.assertEqual(len([e for e in events if e.get("log_level") == LogLevel.critical]), 1)
+
+    def test_worker_that_never_gets_ready_is_killed_and_started_again(self) -> None:
+        from claudefs_gateway.workers import RESTART_DELAY
+
+        sup, clock, events = self.supervisor("workers: {ready_timeout_secs: 30}\n")
+        d = defer.Deferred.fromCoroutine(sup.start())
+        self.servers_up(clock)
+        hung = clock.live("worker-0")
+        _say(clock.live("worker-1"), log_format="vfs open: 1 exports")
+        clock.advance(30.1)
+        self.assertEqual(hung.transport.signals, ["KILL"])
+        _exit(hung, -9)
+        clock.advance(RESTART_DELAY)
+        second = clock.live("worker-0")
+        self.assertIsNot(second, hung)
+        _say(second, log_format="vfs open: 1 exports")
+        self.successResultOf(d)
+        warned = [
+            e["why"] for e in events if "starting it again (attempt" in e.get("log_format", "")
+        ]
+        self.assertEqual(
+            warned,
+            ["worker-0 not ready (its vfs open) after 30s (workers.ready_timeout_secs); killed"],
+        )

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.parallel import per_op, run_phases, sync
-from bench.serverstat import tree_cpu
+from bench.serverstat import thread_wait, tree_cpu, tree_wait
 from bench.stats import Metric
 from bench.workloads import Workload, register
 
@@ -191,10 +191,18 @@ def _qd1(e: dict[str, Any], one: Any) -> dict[str, float]:
     "Queue depth one: where the round trip goes"). Work a server does after
     its reply, while the client runs on the other core, is in its CPU and not
     in the round trip, so "off-CPU" can be a little low, never high.
+    "server wait" and "client wait" are the time each side was runnable and
+    had no CPU (schedstat's run delay; docs/bench.rst "The client's CPU per
+    call"): on cores of their own, what the scheduler added to the round
+    trip; on a shared core they also hold the time one side waited while
+    the other ran, so they are not a part of "off-CPU".
     """
     lat = []
     cpu = _CPU(e)
+    pid = e.get("pid")
     cpu.start()
+    server_wait0 = tree_wait(pid) if pid is not None else 0.0
+    client_wait0 = thread_wait()
     client0 = time.process_time()
     start = time.perf_counter()
     for i in range(OPS):
@@ -203,6 +211,8 @@ def _qd1(e: dict[str, Any], one: Any) -> dict[str, float]:
         lat.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - start
     client = time.process_time() - client0
+    client_wait = thread_wait() - client_wait0
+    server_wait = tree_wait(pid) - server_wait0 if pid is not None else 0.0
     cpu.stop()
     p50, p99 = _percentiles(lat)
     return {
@@ -212,6 +222,8 @@ def _qd1(e: dict[str, Any], one: Any) -> dict[str, float]:
         "server CPU us/op": cpu.used * 1e6 / OPS,
         "client CPU us/op": client * 1e6 / OPS,
         "off-CPU us/op": (elapsed - client - cpu.used) * 1e6 / OPS,
+        "server wait us/op": server_wait * 1e6 / OPS,
+        "client wait us/op": client_wait * 1e6 / OPS,
     }
 
 
@@ -491,6 +503,10 @@ _QD1 = (
     _CPU_OP,
     Metric("client CPU us/op", "us", higher_is_better=False),
     Metric("off-CPU us/op", "us", higher_is_better=False, compared=False),
+    # Each side's time runnable on a run queue (schedstat's run delay): a
+    # server that had the call and no CPU. No ratio: near zero when idle.
+    Metric("server wait us/op", "us", higher_is_better=False, compared=False),
+    Metric("client wait us/op", "us", higher_is_better=False, compared=False),
 )
 
 register(

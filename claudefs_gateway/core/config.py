@@ -755,6 +755,16 @@ class S3:
     max_concurrent_parts: int = setting(
         4, min=1, max=10000, doc="Parts of one upload that may be written at once."
     )
+    temp_max_age_secs: float = setting(
+        3600.0,
+        min=60,
+        max=30 * 86400,
+        doc="A temporary file of the S3 staging area (a PUT, copy or POST body, or an "
+        "upload directory without its state) unchanged for this long is removed when a "
+        "gateway starts; younger ones may be another gateway's uploads in progress (a "
+        "``--workers`` sibling, a gateway on the same servers). Keep it well above "
+        "``idle_timeout_secs`` and the clock skew between gateways and servers.",
+    )
     lifecycle_interval_secs: float = setting(
         3600.0,
         min=1,
@@ -1377,6 +1387,15 @@ class Workers:
         doc="``start --workers``: how many times a worker that exits before it is ready "
         "(one that lost a start-up race, or whose store did not open) is started, a second "
         "apart, before the supervisor gives up and stops, logging the last exit's cause.",
+    )
+    ready_timeout_secs: float = setting(
+        300.0,
+        min=1,
+        max=86400,
+        doc="``start --workers``: how long the supervisor waits for the data server to "
+        "serve, the meta server's store to open and each worker's vfs to open. A server "
+        "not ready by then is killed and the start stops (a ``critical`` line, exit "
+        "status 1); a worker is killed and counts as one of ``start_attempts``.",
     )
 
 

@@ -25,7 +25,7 @@ import attrs
 
 from claudefs_gateway import errors
 from claudefs_gateway.fstypes import Attributes, FileType
-from claudefs_gateway.s3.versions import Versions
+from claudefs_gateway.s3.versions import GONE, Versions
 from claudefs_gateway.vfs import Caller
 
 __all__ = ["Item", "Page", "Lister"]
@@ -158,7 +158,10 @@ class Lister:
         return out
 
     async def _dir_is_key(self, d: Attributes, empty: bool) -> bool:
-        m = await self.tree.meta(self.caller, d)
+        try:
+            m = await self.tree.meta(self.caller, d)
+        except GONE:
+            return False  # removed since it was listed: no key
         return m.dir == "marker" or (empty and m.dir is None)
 
     async def _top(

@@ -46,6 +46,11 @@ STATE_KEY = b"s3.upload"
 COMPLETED_KEPT = 10000
 
 
+def _is_upload_id(text: str) -> bool:
+    """What L{Uploads.create} makes (48 hex digits): nothing else is looked up in the store."""
+    return len(text) == 48 and all(c in "0123456789abcdef" for c in text)
+
+
 def part_name(number: int) -> bytes:
     """The staged file name of part C{number}."""
     return b"p%05d" % number
@@ -162,7 +167,11 @@ class Uploads:
             raw = await self.vfs.meta_get(rc, e.ino, STATE_KEY)
             upload = self._from_state(name.decode("ascii", "replace"), e.ino, raw)
             if upload is None:
-                await self._remove_dir(e.ino, name)
+                # No state yet may be another gateway's create between its
+                # mkdir and its meta_set: only an old one is a crash's.
+                a = e.attrs or await self.vfs.getattr(rc, e.ino)
+                if self.tree.abandoned(a):
+                    await self._remove_dir(e.ino, name)
                 continue
             upload.last_activity = now
             self.uploads[upload.id] = upload
@@ -215,14 +224,40 @@ class Uploads:
         return defer.Deferred.fromCoroutine(sweep())
 
     async def expire(self) -> int:
-        """Abort every upload idle for longer than the part timeout; how many."""
+        """
+        Abort every upload idle for longer than the part timeout; how many.
+
+        Idle by the store too, not only by this gateway's own requests: an
+        upload another gateway serves (a --workers sibling; this one loaded it
+        at its start) moves its directory or a staged part there whenever a
+        part is started or written, and is kept while they do.
+        """
         now = self.clock.seconds()
-        stale = [
+        candidates = [
             u
             for u in self.uploads.values()
             if u.active == 0 and not u.completing and now - u.last_activity > self.part_timeout
         ]
-        for u in stale:
+        expired = 0
+        for u in candidates:
+            try:
+                seen = await self._store_activity(u)
+            except errors.GatewayError:
+                # The store cannot answer now: the next sweep looks again
+                # (an error out of here would stop the sweeps).
+                self._log.failure("could not read multipart upload {upload_id}", upload_id=u.id)
+                continue
+            if u.active or u.completing or u.gone or self.uploads.get(u.id) is not u:
+                continue  # a request of this gateway took it meanwhile
+            if seen is None:
+                # Completed or aborted through another gateway: not a failure.
+                u.gone = True
+                del self.uploads[u.id]
+                self._changed()
+                continue
+            if now - seen <= self.part_timeout:
+                u.last_activity = max(u.last_activity, seen)
+                continue
             self._log.info(
                 "multipart upload {upload_id} expired after {secs:.0f}s without activity",
                 upload_id=u.id,
@@ -233,7 +268,24 @@ class Uploads:
             except errors.FSError:
                 self._log.failure("while removing an expired multipart upload")
             self._on_failed()
-        return len(stale)
+            expired += 1
+        return expired
+
+    async def _store_activity(self, u: Upload) -> float | None:
+        """
+        When upload C{u}'s directory or a file in it last changed (another
+        gateway's part activity shows there); None if it is gone.
+        """
+        rc = self.tree.root_caller
+        try:
+            latest = await self.vfs.getattr(rc, u.ino)
+            times = [latest.mtime_ns, latest.ctime_ns]
+            for _, e in await self.tree.read_dir(rc, u.ino):
+                if e.attrs is not None:
+                    times += [e.attrs.mtime_ns, e.attrs.ctime_ns]
+        except (errors.NotFound, errors.Stale):
+            return None
+        return max(times) / 1e9
 
     def _changed(self) -> None:
         self._on_change(len(self.uploads))
@@ -283,6 +335,65 @@ class Uploads:
         self.uploads[upload_id] = upload
         self._changed()
         return upload
+
+    async def find(self, upload_id: str, bucket: str, key: str | None, caller: Caller) -> Upload:
+        """
+        L{get}, loading from the store an upload this gateway does not know:
+        one another gateway on the namespace created (a --workers sibling
+        the client's earlier connection landed on) after this one started.
+
+        @raise S3Error: as L{get}.
+        """
+        if upload_id not in self.uploads and _is_upload_id(upload_id):
+            await self._load(upload_id)
+        return self.get(upload_id, bucket, key, caller)
+
+    async def _load(self, upload_id: str) -> Upload | None:
+        """Upload C{upload_id} from the store, kept from now on; None if it is not there."""
+        rc = self.tree.root_caller
+        try:
+            a = await self.vfs.lookup(rc, self.mpu_ino, upload_id.encode())
+            raw = await self.vfs.meta_get(rc, a.ino, STATE_KEY)
+        except errors.NotFound:
+            return None
+        if not a.is_dir:
+            return None
+        known = self.uploads.get(upload_id)
+        if known is not None:  # loaded by a concurrent request meanwhile
+            return known
+        upload = self._from_state(upload_id, a.ino, raw)
+        if upload is None:
+            return None
+        upload.last_activity = self.clock.seconds()
+        self.uploads[upload_id] = upload
+        self._changed()
+        return upload
+
+    async def refresh(self) -> None:
+        """
+        Bring the uploads kept in memory in line with the store: load those
+        other gateways created, drop those they completed or aborted (so
+        ListMultipartUploads through any gateway lists the same).
+        """
+        rc = self.tree.root_caller
+        # Only what was known before the listing began can be missing from
+        # it because another gateway finished it (not one made meanwhile).
+        before = dict(self.uploads)
+        names = {
+            n.decode("ascii", "replace")
+            for n, e in await self.tree.read_dir(rc, self.mpu_ino)
+            if e.type is FileType.DIR
+        }
+        for upload_id in sorted(names - set(self.uploads)):
+            if _is_upload_id(upload_id):
+                await self._load(upload_id)
+        for upload_id, u in before.items():
+            if upload_id in names or u.completing or u.active or u.gone:
+                continue
+            if self.uploads.get(upload_id) is u:
+                u.gone = True
+                del self.uploads[upload_id]
+                self._changed()
 
     def get(self, upload_id: str, bucket: str, key: str | None, caller: Caller) -> Upload:
         """

@@ -200,7 +200,7 @@ class S3Service(MultiService):
             return threads.run("cpu", f, *args)
 
         tree = Tree(vfs, in_pool)
-        await tree.open()
+        await tree.open(cfg.temp_max_age_secs)
         if cfg.root_mode is not None:
             root = await vfs.getattr(tree.root_caller, tree.export.root_ino)
             if root.mode != cfg.root_mode:

@@ -54,6 +54,8 @@ __all__ = ["Tree", "ObjectMeta", "META_KEY", "STAGING", "EMPTY_MD5"]
 META_KEY = b"s3"
 STAGING = b".cfs-s3"
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
+#: C{s3.temp_max_age_secs}' default: see L{Tree.open}.
+TEMP_MAX_AGE = 3600.0
 ROOT = Credentials(0, 0)
 
 # New objects are private (S3's default ACL): their owner alone reads them. A
@@ -237,6 +239,7 @@ class Tree:
         self.root_caller = vfs.caller(export, "", ROOT, "s3")
         self._hash_in_pool = hash_in_pool
         self.staging_ino = 0
+        self.temp_max_age = TEMP_MAX_AGE
         self._user_dirs: dict[int, int] = {}
         self._etags: dict[tuple[int, int, int], list[defer.Deferred[str]]] = {}
         # bucket inode -> ((gen, change), stored settings): see bucket_conf.
@@ -250,10 +253,22 @@ class Tree:
 
     # -- setup ------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Make the staging area (root-owned, mode 0711) and clear temporary files left by a crash."""
+    async def open(self, temp_max_age: float = TEMP_MAX_AGE) -> None:
+        """
+        Make the staging area (root-owned, mode 0711) and clear the temporary
+        files no live gateway can still be writing.
+
+        Several gateways share one staging area (the workers of C{start
+        --workers}, a worker the supervisor starts again while the others
+        serve, gateways on other machines on the same servers): a temporary
+        file is removed only when nothing changed it for C{temp_max_age}
+        seconds (C{s3.temp_max_age_secs}; a live upload's file changes at least
+        every C{s3.idle_timeout_secs}), not every one found, which deleted a
+        sibling's upload in progress (docs/s3.rst "Multipart staging").
+        """
         vfs = self.vfs
         rc = self.root_caller
+        self.temp_max_age = temp_max_age
         try:
             a = await vfs.lookup(rc, vfs.root_ino, STAGING)
         except errors.NotFound:
@@ -269,15 +284,40 @@ class Tree:
         if a.mode != 0o711 or a.uid != 0:
             await vfs.setattr(rc, a.ino, SetAttrs(mode=0o711, uid=0, gid=0))
         self.staging_ino = a.ino
-        removed = 0
+        removed = kept = 0
         for name, entry in await self.read_dir(rc, a.ino):
             if name.startswith(b"u") and entry.type is FileType.DIR:
                 for tmp, te in await self.read_dir(rc, entry.ino):
-                    if te.type is FileType.REG:
+                    if te.type is not FileType.REG:
+                        continue
+                    ta = te.attrs or await vfs.getattr(rc, te.ino)
+                    if not self.abandoned(ta):
+                        kept += 1
+                        continue
+                    try:
                         await vfs.remove(rc, entry.ino, tmp)
                         removed += 1
+                    except errors.NotFound:
+                        pass  # its upload finished meanwhile, or another gateway removed it
         if removed:
             self._log.info("removed {n} temporary S3 files left by an earlier run", n=removed)
+        if kept:
+            self._log.info(
+                "kept {n} temporary S3 files changed in the last {secs:.0f}s"
+                " (another gateway's uploads in progress, or removed at a later start)",
+                n=kept,
+                secs=temp_max_age,
+            )
+
+    def abandoned(self, a: Attributes) -> bool:
+        """
+        Whether staged file or directory C{a} cannot belong to an upload in
+        progress: unchanged for C{temp_max_age} (by the vfs clock; the store's
+        times and the gateways' clocks must agree to well within that).
+        """
+        now_ns = int(self.vfs.clock.seconds() * 1e9)
+        last = max(a.mtime_ns, a.ctime_ns)
+        return now_ns - last > self.temp_max_age * 1e9
 
     async def user_dir(self, caller: Caller) -> int:
         """The caller's own staging directory (uid-owned, 0700), made on first use."""
@@ -309,7 +349,7 @@ class Tree:
         once the object is renamed into place, and that rename is durable
         (with the store's ordered log, it makes this create durable too; a
         crash before it leaves at most a stray staging file, cleared by
-        L{open}).
+        a later L{open} once it is C{s3.temp_max_age_secs} old).
         """
         d = await self.user_dir(caller)
         name = b"t-" + os.urandom(12).hex().encode()

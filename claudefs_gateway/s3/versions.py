@@ -46,10 +46,22 @@ from claudefs_gateway.s3.tree import ObjectMeta, Tree
 from claudefs_gateway.vfs import Caller
 from claudefs_gateway.vfs.origin import Origin
 
-__all__ = ["VERSIONS", "NULL", "Version", "Versions", "new_version_id", "valid_version_id"]
+__all__ = [
+    "GONE",
+    "VERSIONS",
+    "NULL",
+    "Version",
+    "Versions",
+    "new_version_id",
+    "valid_version_id",
+]
 
 VERSIONS = b".cfs-versions"
 NULL = "null"
+#: What reading a file or store that a concurrent request removed raises
+#: (after the lookup that found it). A listing is no snapshot: what went
+#: meanwhile is left out of it, as if removed before the listing began.
+GONE = (errors.NotFound, errors.Stale)
 _VID = re.compile(r"^[0-9a-f]{24}$")
 
 
@@ -140,7 +152,12 @@ class Versions:
         store = await self._child(dir_ino, VERSIONS, False)
         if store is None:
             return []
-        return [n for n, e in await self.tree.read_dir(self.rc, store) if e.type is FileType.DIR]
+        try:
+            entries = await self.tree.read_dir(self.rc, store)
+        except GONE:
+            # Removed since its lookup (L{tidy} of its last version): none.
+            return []
+        return [n for n, e in entries if e.type is FileType.DIR]
 
     async def older(self, dir_ino: int, name: bytes) -> list[Version]:
         """The versions of C{name} in the store, newest first."""
@@ -148,12 +165,19 @@ class Versions:
         if kd is None:
             return []
         out = []
-        for vname, e in await self.tree.read_dir(self.rc, kd):
+        try:
+            entries = await self.tree.read_dir(self.rc, kd)
+        except GONE:
+            return []  # its last version removed since the lookup (L{tidy})
+        for vname, e in entries:
             if e.type is not FileType.REG:
                 continue
             vid = vname.decode("ascii", "replace")
-            a = e.attrs or await self.vfs.getattr(self.rc, e.ino)
-            meta = await self.tree.meta(self.rc, a)
+            try:
+                a = e.attrs or await self.vfs.getattr(self.rc, e.ino)
+                meta = await self.tree.meta(self.rc, a)
+            except GONE:
+                continue  # removed since the store was listed
             t = _time_of(vid)
             if t is None:
                 t = meta.vt or a.mtime_ns

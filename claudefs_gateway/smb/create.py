@@ -52,7 +52,7 @@ from claudefs_gateway.smb.messages import (
 from claudefs_gateway.smb.state import FileNode, Open, Request, Session, Tree
 from claudefs_gateway.vfs import Caller, LockOwner, ShareToken, inline
 from claudefs_gateway.vfs.leases import LeaseKey, Why
-from claudefs_gateway.vfs.origin import Origin
+from claudefs_gateway.vfs.origin import NO_OPEN, Origin
 
 __all__ = ["CreateCommands"]
 
@@ -197,7 +197,6 @@ class CreateCommands(FileBase):
         ):
             # MS-SMB2 3.3.5.9.8: a lease key names one file.
             raise SMBError(st.STATUS_INVALID_PARAMETER, "lease key in use on another file")
-        dir_origin = Origin(strict=True, exempt=self._parent_exempt(conn, lease_req))
         disp = body.disposition
         action = c.FILE_OPENED
         created = False
@@ -208,6 +207,8 @@ class CreateCommands(FileBase):
             if disp in (c.FILE_OPEN, c.FILE_OVERWRITE):
                 raise SMBError(st.STATUS_OBJECT_NAME_NOT_FOUND, "no such file")
             assert parent_ino is not None
+            # (Built only for a create: an open of an existing file needs none.)
+            dir_origin = Origin(strict=True, exempt=self._parent_exempt(conn, lease_req))
             try:
                 # Durable at the next FLUSH, write-through or background
                 # flush, as on Samba (FileBase.meta_durable).
@@ -330,20 +331,26 @@ class CreateCommands(FileBase):
             alloc = struct.unpack("<Q", alloc_ctx)[0]
         # What this open's own changes run as: its lock owner and share
         # reservation, never breaking its own lease, nor the SMB caches it broke
-        # to none above without waiting (as Samba and Windows do).
-        own = Origin(
-            owner=owner,
-            share=token,
-            strict=True,
-            exempt=(
-                *self._parent_exempt(conn, lease_req),
-                *(m.key for m in vfs.leases.leases(a.ino) if m.key.protocol == "smb"),
-                *(
-                    (LeaseKey("smb", conn.client_guid, lease_req.key),)
-                    if lease_req is not None
-                    else ()
+        # to none above without waiting (as Samba and Windows do). Only a
+        # create or an overwrite changes anything through it: an open of a
+        # file as it is builds none (NO_OPEN stands in, unused).
+        own = (
+            Origin(
+                owner=owner,
+                share=token,
+                strict=True,
+                exempt=(
+                    *self._parent_exempt(conn, lease_req),
+                    *(m.key for m in vfs.leases.leases(a.ino) if m.key.protocol == "smb"),
+                    *(
+                        (LeaseKey("smb", conn.client_guid, lease_req.key),)
+                        if lease_req is not None
+                        else ()
+                    ),
                 ),
-            ),
+            )
+            if created or overwrite
+            else NO_OPEN
         )
         try:
             if overwrite:

@@ -141,6 +141,9 @@ _DURABLE_CONTEXTS = frozenset(
 )
 
 
+NO_DURABLE_ASK = DurableAsk()
+
+
 def parse_durable(contexts: dict[bytes, bytes], replay: bool) -> DurableAsk:
     """
     The durability a CREATE's contexts ask for, with MS-SMB2's rules on
@@ -151,8 +154,9 @@ def parse_durable(contexts: dict[bytes, bytes], replay: bool) -> DurableAsk:
         (STATUS_OBJECT_NAME_NOT_FOUND).
     """
     if contexts.keys().isdisjoint(_DURABLE_CONTEXTS):
-        # Most opens ask nothing of the kind (the end of the rules below).
-        return DurableAsk()
+        # Most opens ask nothing of the kind (the end of the rules below):
+        # one answer for all (frozen), not one built per CREATE.
+        return NO_DURABLE_ASK
     dhnq = contexts.get(c.SMB2_CREATE_DURABLE_HANDLE_REQUEST)
     dhnc = contexts.get(c.SMB2_CREATE_DURABLE_HANDLE_RECONNECT)
     dh2q = contexts.get(c.SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2)

@@ -63,6 +63,13 @@ __all__ = [
 
 B = HEADER_SIZE  # where every body starts
 
+# The bodies of the requests a file's open, I/O and close are made of
+# (CREATE, READ, WRITE, FLUSH, CLOSE, QUERY_DIRECTORY, QUERY_INFO, SET_INFO)
+# and the FileTimes of CREATE's and CLOSE's replies are attrs.define, not
+# frozen: a frozen attrs class sets each field through object.__setattr__ (a
+# call per field, about six times a slot store). Each lives for one request
+# and nothing changes it (docs/bench.rst "SMB: the per-request floor").
+
 # The 4-byte body of LOGOFF, TREE_DISCONNECT, FLUSH, LOCK and ECHO responses.
 SIMPLE_BODY = b"\x04\x00\x00\x00"
 
@@ -82,6 +89,24 @@ def check_size(r: Reader, expected: int) -> None:
     fixed = expected & ~1
     if len(r.data) < B + fixed:
         raise ProtocolError("request body truncated")
+
+
+def _fixed(layout: struct.Struct, data: bytes | memoryview, expected: int) -> tuple[int, ...]:
+    """
+    A request's fixed part, StructureSize first, in one unpack: the checks
+    of L{check_size} (same errors) without a L{Reader} call per field, as
+    CREATE's fixed part is read (each field read through the L{Reader} was
+    a few Python calls, 8 to 20 a request; docs/bench.rst "SMB: the
+    per-request floor").
+    """
+    try:
+        fields = layout.unpack_from(data, B)
+    except struct.error:
+        check_size(Reader(data), expected)  # the body is short: raises
+        raise ProtocolError("request body truncated") from None
+    if fields[0] != expected:
+        raise ProtocolError(f"StructureSize {fields[0]}, expected {expected}")
+    return fields
 
 
 def _file_id(r: Reader, offset: int) -> FileId:
@@ -306,7 +331,7 @@ def pack_create_contexts(contexts: list[CreateContext]) -> bytes:
     return bytes(out)
 
 
-@attrs.frozen
+@attrs.define
 class CreateRequest:
     oplock: int
     impersonation: int
@@ -320,10 +345,9 @@ class CreateRequest:
 
     @classmethod
     def parse(cls, data: bytes | memoryview) -> CreateRequest:
-        r = Reader(data)
-        check_size(r, 57)
-        # The fixed part (MS-SMB2 2.2.13) at once: check_size saw it present.
+        # The fixed part (MS-SMB2 2.2.13) at once.
         (
+            _,
             oplock,
             impersonation,
             desired_access,
@@ -335,9 +359,10 @@ class CreateRequest:
             name_len,
             ctx_off,
             ctx_len,
-        ) = _CREATE_FIXED.unpack_from(data, B)
-        name = r.utf16(name_off, name_len, B + 56)
-        contexts = _parse_create_contexts(r, ctx_off, ctx_len, B + 56)
+        ) = _fixed(_CREATE_FIXED, data, 57)
+        r = Reader(data)
+        name = r.utf16(name_off, name_len, B + 56) if name_len else ""
+        contexts = _parse_create_contexts(r, ctx_off, ctx_len, B + 56) if ctx_len else ()
         return cls(
             oplock=oplock,
             impersonation=impersonation,
@@ -351,15 +376,15 @@ class CreateRequest:
         )
 
 
-# StructureSize and SecurityFlags skipped, RequestedOplockLevel,
+# StructureSize, SecurityFlags skipped, RequestedOplockLevel,
 # ImpersonationLevel, SmbCreateFlags and Reserved skipped, DesiredAccess,
 # FileAttributes, ShareAccess, CreateDisposition, CreateOptions, NameOffset,
 # NameLength, CreateContextsOffset, CreateContextsLength.
-_CREATE_FIXED = struct.Struct("<3xBI16xIIIIIHHII")
+_CREATE_FIXED = struct.Struct("<HxBI16xIIIIIHHII")
 assert _CREATE_FIXED.size == 56
 
 
-@attrs.frozen
+@attrs.define
 class FileTimes:
     """The four Windows times and sizes and attributes CREATE and CLOSE report."""
 
@@ -379,9 +404,8 @@ def pack_create_response(
     contexts: list[CreateContext],
     oplock_level: int = 0,
 ) -> bytes:
-    ctx = pack_create_contexts(contexts)
-    fixed = struct.pack(
-        "<HBBIQQQQQQII16sII",
+    ctx = pack_create_contexts(contexts) if contexts else b""
+    fixed = _CREATE_RESPONSE_FIXED.pack(
         89,
         oplock_level,
         0,
@@ -394,11 +418,16 @@ def pack_create_response(
         times.eof,
         times.attributes,
         0,
-        _pack_file_id(file_id),
+        file_id[0],
+        file_id[1],
         B + 88 if ctx else 0,
         len(ctx),
     )
-    return fixed + ctx
+    return fixed + ctx if ctx else fixed
+
+
+_CREATE_RESPONSE_FIXED = struct.Struct("<HBBIQQQQQQIIQQII")
+assert _CREATE_RESPONSE_FIXED.size == 88
 
 
 @attrs.frozen
@@ -484,16 +513,20 @@ def pack_lease_break_ack_response(key: bytes, state: int) -> bytes:
 # -- CLOSE, FLUSH (2.2.15-2.2.18) ------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.define
 class CloseRequest:
     flags: int
     file_id: FileId
 
     @classmethod
     def parse(cls, data: bytes | memoryview) -> CloseRequest:
-        r = Reader(data)
-        check_size(r, 24)
-        return cls(r.u16(B + 2), _file_id(r, B + 8))
+        _, flags, persistent, volatile = _fixed(_CLOSE_FIXED, data, 24)
+        return cls(flags, (persistent, volatile))
+
+
+# StructureSize, Flags, Reserved skipped, FileId.
+_CLOSE_FIXED = struct.Struct("<HH4xQQ")
+assert _CLOSE_FIXED.size == 24
 
 
 def pack_close_response(flags: int, times: FileTimes | None) -> bytes:
@@ -514,7 +547,7 @@ def pack_close_response(flags: int, times: FileTimes | None) -> bytes:
     )
 
 
-@attrs.frozen
+@attrs.define
 class FileIdRequest:
     """FLUSH (2.2.17): only a FileId at body offset 8."""
 
@@ -522,15 +555,19 @@ class FileIdRequest:
 
     @classmethod
     def parse(cls, data: bytes | memoryview) -> FileIdRequest:
-        r = Reader(data)
-        check_size(r, 24)
-        return cls(_file_id(r, B + 8))
+        _, persistent, volatile = _fixed(_FILE_ID_FIXED, data, 24)
+        return cls((persistent, volatile))
+
+
+# StructureSize, Reserved1 and Reserved2 skipped, FileId.
+_FILE_ID_FIXED = struct.Struct("<H6xQQ")
+assert _FILE_ID_FIXED.size == 24
 
 
 # -- READ, WRITE (2.2.19-2.2.22) ----------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.define
 class ReadRequest:
     flags: int
     length: int
@@ -541,16 +578,23 @@ class ReadRequest:
 
     @classmethod
     def parse(cls, data: bytes | memoryview) -> ReadRequest:
-        r = Reader(data)
-        check_size(r, 49)
-        return cls(
-            flags=r.u8(B + 3),
-            length=r.u32(B + 4),
-            offset=r.u64(B + 8),
-            file_id=_file_id(r, B + 16),
-            minimum=r.u32(B + 32),
-            channel=r.u32(B + 36),
+        _, flags, length, offset, persistent, volatile, minimum, channel = _fixed(
+            _READ_FIXED, data, 49
         )
+        return cls(
+            flags=flags,
+            length=length,
+            offset=offset,
+            file_id=(persistent, volatile),
+            minimum=minimum,
+            channel=channel,
+        )
+
+
+# StructureSize, Padding skipped, Flags, Length, Offset, FileId, MinimumCount,
+# Channel; RemainingBytes and the channel info skipped.
+_READ_FIXED = struct.Struct("<HxBIQQQII8x")
+assert _READ_FIXED.size == 48
 
 
 def pack_read_response_header(length: int) -> bytes:
@@ -558,7 +602,7 @@ def pack_read_response_header(length: int) -> bytes:
     return struct.pack("<HBBIII", 17, B + 16, 0, length, 0, 0)
 
 
-@attrs.frozen
+@attrs.define
 class WriteRequest:
     offset: int
     file_id: FileId
@@ -568,19 +612,32 @@ class WriteRequest:
 
     @classmethod
     def parse(cls, data: bytes | memoryview) -> WriteRequest:
-        r = Reader(data)
-        check_size(r, 49)
-        data_offset, length = r.u16(B + 2), r.u32(B + 4)
-        if length and data_offset < B + 48:
-            raise ProtocolError("WRITE data inside the fixed part")
-        payload = r.view(data_offset, length) if length else memoryview(b"")
+        _, data_offset, length, offset, persistent, volatile, channel, flags = _fixed(
+            _WRITE_FIXED, data, 49
+        )
+        if length:
+            if data_offset < B + 48:
+                raise ProtocolError("WRITE data inside the fixed part")
+            if data_offset + length > len(data):
+                raise ProtocolError(
+                    f"read of {length} bytes at {data_offset} past the end ({len(data)})"
+                )
+            payload = memoryview(data)[data_offset : data_offset + length]
+        else:
+            payload = memoryview(b"")
         return cls(
-            offset=r.u64(B + 8),
-            file_id=_file_id(r, B + 16),
-            channel=r.u32(B + 32),
-            flags=r.u32(B + 44),
+            offset=offset,
+            file_id=(persistent, volatile),
+            channel=channel,
+            flags=flags,
             data=payload,
         )
+
+
+# StructureSize, DataOffset, Length, Offset, FileId, Channel; RemainingBytes
+# and the channel info skipped; Flags.
+_WRITE_FIXED = struct.Struct("<HHIQQQI8xI")
+assert _WRITE_FIXED.size == 48
 
 
 def pack_write_response(count: int) -> bytes:
@@ -668,7 +725,7 @@ def pack_ioctl_response(ctl_code: int, file_id: FileId, output: bytes) -> bytes:
 # -- QUERY_DIRECTORY, CHANGE_NOTIFY, QUERY_INFO, SET_INFO (2.2.33-2.2.40) ------------------------
 
 
-@attrs.frozen
+@attrs.define
 class QueryDirectoryRequest:
     info_class: int
     flags: int
@@ -679,16 +736,31 @@ class QueryDirectoryRequest:
 
     @classmethod
     def parse(cls, data: bytes | memoryview) -> QueryDirectoryRequest:
-        r = Reader(data)
-        check_size(r, 33)
+        (
+            _,
+            info_class,
+            flags,
+            file_index,
+            persistent,
+            volatile,
+            name_off,
+            name_len,
+            output_length,
+        ) = _fixed(_QUERY_DIRECTORY_FIXED, data, 33)
         return cls(
-            info_class=r.u8(B + 2),
-            flags=r.u8(B + 3),
-            file_index=r.u32(B + 4),
-            file_id=_file_id(r, B + 8),
-            pattern=r.utf16(r.u16(B + 24), r.u16(B + 26), B + 32),
-            output_length=r.u32(B + 28),
+            info_class=info_class,
+            flags=flags,
+            file_index=file_index,
+            file_id=(persistent, volatile),
+            pattern=Reader(data).utf16(name_off, name_len, B + 32) if name_len else "",
+            output_length=output_length,
         )
+
+
+# StructureSize, FileInformationClass, Flags, FileIndex, FileId,
+# FileNameOffset, FileNameLength, OutputBufferLength.
+_QUERY_DIRECTORY_FIXED = struct.Struct("<HBBIQQHHI")
+assert _QUERY_DIRECTORY_FIXED.size == 32
 
 
 @attrs.frozen
@@ -705,7 +777,7 @@ class ChangeNotifyRequest:
         return cls(r.u16(B + 2), r.u32(B + 4), _file_id(r, B + 8), r.u32(B + 24))
 
 
-@attrs.frozen
+@attrs.define
 class QueryInfoRequest:
     info_type: int
     info_class: int
@@ -717,20 +789,37 @@ class QueryInfoRequest:
 
     @classmethod
     def parse(cls, data: bytes | memoryview) -> QueryInfoRequest:
-        r = Reader(data)
-        check_size(r, 41)
+        (
+            _,
+            info_type,
+            info_class,
+            output_length,
+            input_off,
+            input_len,
+            additional,
+            flags,
+            persistent,
+            volatile,
+        ) = _fixed(_QUERY_INFO_FIXED, data, 41)
         return cls(
-            info_type=r.u8(B + 2),
-            info_class=r.u8(B + 3),
-            output_length=r.u32(B + 4),
-            input=r.buffer(r.u16(B + 8), r.u32(B + 12), B + 40),
-            additional=r.u32(B + 16),
-            flags=r.u32(B + 20),
-            file_id=_file_id(r, B + 24),
+            info_type=info_type,
+            info_class=info_class,
+            output_length=output_length,
+            input=Reader(data).buffer(input_off, input_len, B + 40) if input_len else b"",
+            additional=additional,
+            flags=flags,
+            file_id=(persistent, volatile),
         )
 
 
-@attrs.frozen
+# StructureSize, InfoType, FileInfoClass, OutputBufferLength,
+# InputBufferOffset, Reserved skipped, InputBufferLength,
+# AdditionalInformation, Flags, FileId.
+_QUERY_INFO_FIXED = struct.Struct("<HBBIH2xIIIQQ")
+assert _QUERY_INFO_FIXED.size == 40
+
+
+@attrs.define
 class SetInfoRequest:
     info_type: int
     info_class: int
@@ -740,15 +829,29 @@ class SetInfoRequest:
 
     @classmethod
     def parse(cls, data: bytes | memoryview) -> SetInfoRequest:
-        r = Reader(data)
-        check_size(r, 33)
+        (
+            _,
+            info_type,
+            info_class,
+            length,
+            offset,
+            additional,
+            persistent,
+            volatile,
+        ) = _fixed(_SET_INFO_FIXED, data, 33)
         return cls(
-            info_type=r.u8(B + 2),
-            info_class=r.u8(B + 3),
-            buffer=r.buffer(r.u16(B + 8), r.u32(B + 4), B + 32),
-            additional=r.u32(B + 12),
-            file_id=_file_id(r, B + 16),
+            info_type=info_type,
+            info_class=info_class,
+            buffer=Reader(data).buffer(offset, length, B + 32) if length else b"",
+            additional=additional,
+            file_id=(persistent, volatile),
         )
+
+
+# StructureSize, InfoType, FileInfoClass, BufferLength, BufferOffset,
+# Reserved skipped, AdditionalInformation, FileId.
+_SET_INFO_FIXED = struct.Struct("<HBBIH2xIQQ")
+assert _SET_INFO_FIXED.size == 32
 
 
 def pack_buffer_response(output: bytes) -> bytes:

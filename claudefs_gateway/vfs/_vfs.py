@@ -475,30 +475,34 @@ class VFS:
         return a
 
     def read_now(
-        self, caller: Caller, ino: int, offset: int, count: int
-    ) -> tuple[bytes, bool, Attributes] | None:
+        self, caller: Caller, a: Attributes, offset: int, count: int
+    ) -> tuple[bytes, bool] | None:
         """
-        L{read}'s result, as (data, eof, attributes), when it needs no wait
-        (attributes cached, no lock, lease or seal to check, the backend has
-        the bytes at hand), else L{None}: then call L{read}, which also
-        raises what this does not. (A tuple: building a frozen
-        L{ReadResult} costs as much as the rest of a cached read's checks.)
+        L{read}'s result, as (data, eof), when it needs no wait (no lock,
+        lease or seal to check, the backend has the bytes at hand), else
+        L{None}: then call L{read}, which also raises what this does not.
+        C{a} is the file's attributes as L{attrs_now} or L{from_handle_now}
+        just gave them (the reply's post-op attributes: taking them again
+        from the cache would cost a second lookup per READ). A tuple:
+        building a frozen L{ReadResult} costs as much as the rest of a
+        cached read's checks.
         """
         fast = getattr(self.backend, "read_now", None)
-        if fast is None or self.locks.busy(ino) or self.leases.busy(ino):
-            return None
-        a = self.attr_cache.get(ino)
-        if a is None or not a.is_reg:
+        ino = a.ino
+        if (
+            fast is None
+            or a.type is not FileType.REG
+            or self.locks.busy(ino)
+            or self.leases.busy(ino)
+        ):
             return None
         if caller.protocol != PRIVATE_OWNER and self._seals.get(ino) is not False:
             return None  # unknown or sealed: read() checks and refuses
         cred = caller.cred
         if cred.uid != a.uid and not perm.granted(cred, a) & (perm.R | perm.X):
             return None  # read() refuses
-        got = fast(ino, offset, count)
-        if got is None:
-            return None
-        return got[0], got[1], a
+        got: tuple[bytes, bool] | None = fast(ino, offset, count)
+        return got
 
     # -- internal helpers -----------------------------------------------------
 

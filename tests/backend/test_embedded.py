@@ -268,8 +268,13 @@ class OrderingTests(StoreCase):
         self.assertEqual(results[4].size, 9)
 
     async def test_reads_fire_after_earlier_changes(self) -> None:
-        """Deferreds fire in call order: a read waiting on a change fires after it."""
-        b = await self.store()
+        """
+        On the writer's path, Deferreds fire in call order: a read waiting
+        on a change fires after it. (A change committed on the reactor's
+        thread is answered after its log sync, and a read waiting on it
+        runs once it is committed: tests.backend.test_log_sync.)
+        """
+        b = await self.store(log_sync=False)
         fired: list[str] = []
         d1 = b.create(1, b"a", REG, 0o644, 0, 0).addCallback(lambda _: fired.append("create"))
         d2 = b.getattr(1).addCallback(lambda _: fired.append("getattr"))
@@ -1640,6 +1645,159 @@ class IdleDescriptorTests(SynchronousTestCase):
         self.successResultOf(b.open())
         self.addCleanup(lambda: self.successResultOf(b.close()))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class NodeRowTests(StoreCase):
+    """
+    The engine keeps the inode rows its commits wrote (C{Engine._rows}): a
+    small file's WRITE, COMMIT and REMOVE, and a CREATE or REMOVE in a
+    directory changed before, load no inode row with a SELECT. What it keeps
+    is what the database holds, and an op that rolled back leaves it as
+    committed.
+    """
+
+    def trace(self, b: EmbeddedBackend) -> list[str]:
+        statements: list[str] = []
+        assert b._engine.conn is not None
+        b._engine.conn.set_trace_callback(statements.append)
+        self.addCleanup(b._engine.conn.set_trace_callback, None)
+        return statements
+
+    def assert_rows_committed(self, b: EmbeddedBackend) -> None:
+        """Every kept row is the database's row of that inode."""
+        conn = b._engine.conn
+        assert conn is not None
+        for ino, row in b._engine._rows.items():
+            self.assertEqual(row, conn.execute(SELECT_NODE, (ino,)).fetchone(), ino)
+
+    async def test_small_file_selects_no_inode_row(self) -> None:
+        """
+        CREATE, an unstable 4 KiB WRITE, COMMIT and REMOVE of a file in a
+        directory a create changed before: no SELECT of an inode row (five
+        before: the directory twice, the file three times).
+        """
+        b = await self.store(inline_max=4096)
+        d = await b.create(1, b"d", DIR, 0o755, 0, 0)
+        await b.create(d.ino, b"first", REG, 0o644, 0, 0)
+        statements = self.trace(b)
+        f = await b.create(d.ino, b"f", REG, 0o644, 0, 0)
+        data = os.urandom(4096)
+        await b.write(f.ino, 0, data, False)
+        self.assertEqual((await b.commit(f.ino)).size, 4096)
+        self.assertEqual(await b.read(f.ino, 0, 8192), (data, True))
+        self.assertEqual((await b.unlink(d.ino, b"f")).nlink, 0)
+        selects = [s for s in statements if s.startswith("SELECT") and "FROM inode" in s]
+        self.assertEqual(selects, [])
+        self.assertNotIn(f.ino, b._engine._rows)
+        with self.assertRaises(errors.NotFound):
+            await b.lookup(d.ino, b"f")
+        self.assert_rows_committed(b)
+
+    async def test_rows_are_the_database_rows(self) -> None:
+        """After creates, writes, setattrs, links, renames and removals."""
+        b = await self.store(inline_max=4096)
+        d = await b.create(1, b"d", DIR, 0o755, 0, 0)
+        e = await b.create(1, b"e", DIR, 0o755, 0, 0, durable=False)
+        f = await b.create(d.ino, b"f", REG, 0o644, 0, 0)
+        g = await b.create(d.ino, b"g", REG, 0o600, 0, 0, durable=False)
+        await b.write(f.ino, 0, b"x" * 100, False)
+        await b.write(g.ino, 0, b"y" * 9000, True)
+        await b.setattr(f.ino, SetAttrs(mode=0o640, size=10))
+        await b.link(f.ino, e.ino, b"f2")
+        await b.rename(d.ino, b"g", e.ino, b"g2")
+        await b.symlink(e.ino, b"l", b"target", 0o777, 0, 0)
+        await b.unlink(d.ino, b"f")
+        await b.rmdir(1, b"d")
+        await b.commit(f.ino)
+        kept = b._engine._rows
+        self.assertTrue({1, e.ino, f.ino, g.ino} <= set(kept))
+        self.assertNotIn(d.ino, kept)
+        self.assert_rows_committed(b)
+        self.assertEqual((await b.getattr(f.ino)).nlink, 1)
+        self.assertEqual((await b.getattr(f.ino)).mode & 0o777, 0o640)
+
+    async def test_ops_of_one_batch_see_each_others_rows(self) -> None:
+        """
+        Changes queued behind a busy writer share a batch: each loads the
+        directory's row as the op before it in the batch wrote it (not yet
+        committed, so not kept), not as the last commit left it.
+        """
+        b = await self.store()
+        await b.create(1, b"a", REG, 0o644, 0, 0)
+        root = await b.root()
+        self.assertIn(1, b._engine._rows)
+        ev, held = await self.gate(b)
+        ds = [b.create(1, b"d%d" % i, DIR, 0o755, 0, 0) for i in range(3)]
+        ev.set()
+        await held
+        await defer.gatherResults(ds)
+        self.assertEqual(b.stats.largest_batch, 3)
+        after = await b.root()
+        self.assertEqual((after.nlink, after.change), (root.nlink + 3, root.change + 3))
+        self.assert_rows_committed(b)
+
+    async def test_rolled_back_op_leaves_the_committed_row(self) -> None:
+        """
+        An op that changed the root directory's row and then failed: the
+        next op starts from the committed row, not from the one it changed.
+        """
+        b = await self.store()
+        await b.create(1, b"a", REG, 0o644, 0, 0, durable=False)
+        root = await b.root()
+        self.assertIn(1, b._engine._rows)
+
+        def half_done(engine: Engine, ctx: Any) -> None:
+            node = engine._get(ctx, 1)
+            node.nlink += 5
+            engine._touch(ctx, node)
+            raise sqlite3.OperationalError("injected")
+
+        op = engine_module.Op(half_done, (), durable=False)
+        op.d = defer.Deferred()
+        b._submitted += 1
+        self.assertTrue(b._writer.run_here(op))  # type: ignore[union-attr]
+        with self.assertRaises(errors.IO):
+            await op.d
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+        self.assert_rows_committed(b)
+        await b.create(1, b"b", REG, 0o644, 0, 0, durable=False)
+        after = await b.root()
+        self.assertEqual(after.nlink, root.nlink)
+        self.assertEqual(after.change, root.change + 1)
+        self.assert_rows_committed(b)
+
+    async def test_batch_that_could_not_commit_forgets(self) -> None:
+        """
+        A commit that failed: whether the batch reached the log is not
+        known, so no row is kept, and the next ops read them again.
+        """
+        b = await self.store()
+        await b.create(1, b"a", REG, 0o644, 0, 0, durable=False)
+        engine = b._engine
+        self.assertTrue(engine._rows)
+        real = engine.conn
+        assert real is not None
+
+        class FailingCommit:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def execute(self, sql: str, *args: Any) -> Any:
+                if sql == "COMMIT":
+                    raise sqlite3.OperationalError("disk I/O error")
+                return real.execute(sql, *args)
+
+        engine.conn = FailingCommit()  # type: ignore[assignment]
+        try:
+            with self.assertRaises(errors.IO):
+                await b.create(1, b"b", REG, 0o644, 0, 0, durable=False)
+        finally:
+            engine.conn = real
+        self.flushLoggedErrors(sqlite3.OperationalError)
+        self.assertEqual(engine._rows, {})
+        await b.create(1, b"c", REG, 0o644, 0, 0, durable=False)
+        self.assert_rows_committed(b)
+        self.assertEqual([e.name for e in (await b.readdir(1, 0, ZERO, 10)).entries], [b"a", b"c"])
 
 
 class FirstWriteTests(StoreCase):

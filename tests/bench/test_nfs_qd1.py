@@ -17,6 +17,9 @@ from bench.workloads import REGISTRY, nfs
 #: CPU seconds the fake client spends per call, and the fake server's.
 CLIENT_CPU = 50e-6
 SERVER_CPU = 100e-6
+#: Seconds each side waits on a run queue per call (schedstat's run delay).
+SERVER_WAIT = 30e-6
+CLIENT_WAIT = 7e-6
 
 
 class FakeBinding:
@@ -28,6 +31,8 @@ class FakeBinding:
 
     def __init__(self) -> None:
         self.server = 0.0
+        self.server_wait = 0.0
+        self.client_wait = 0.0
         self.calls = 0
         binding = self
 
@@ -52,6 +57,8 @@ class FakeBinding:
         def work() -> None:
             binding.calls += 1
             binding.server += SERVER_CPU
+            binding.server_wait += SERVER_WAIT
+            binding.client_wait += CLIENT_WAIT
             until = time.process_time() + CLIENT_CPU
             while time.process_time() < until:
                 pass
@@ -76,6 +83,8 @@ class RoundTripSplitTests(SynchronousTestCase):
         self.patch(nfs, "_binding", lambda: self.lib)
         self.patch(nfs, "OPS", self.OPS)
         self.patch(nfs, "tree_cpu", lambda pid: self.lib.server)
+        self.patch(nfs, "tree_wait", lambda pid: self.lib.server_wait)
+        self.patch(nfs, "thread_wait", lambda: self.lib.client_wait)
         self.e = {
             "host": "127.0.0.1",
             "export": "/export",
@@ -98,6 +107,9 @@ class RoundTripSplitTests(SynchronousTestCase):
             per_op - got["client CPU us/op"] - got["server CPU us/op"],
             places=3,
         )
+        # Of it, each side's time on a run queue over the timed calls alone.
+        self.assertAlmostEqual(got["server wait us/op"], SERVER_WAIT * 1e6, places=3)
+        self.assertAlmostEqual(got["client wait us/op"], CLIENT_WAIT * 1e6, places=3)
 
     def test_getattr(self) -> None:
         self.check("nfs.getattr_qd1", "ops/s")

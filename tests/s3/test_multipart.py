@@ -111,3 +111,135 @@ class OpenRaceTests(SynchronousTestCase):
         self.assertEqual(uploads.mpu_ino, mpu.ino)
         # The staging area's owner and mode are still put right.
         self.assertEqual((staging.uid, staging.mode), (0, 0o711))
+
+
+class SharedStagingTests(SynchronousTestCase):
+    """
+    Several gateways on one staging area (the workers of C{start --workers},
+    one of them started again by the supervisor while the others serve): a
+    gateway starting clears only what no live gateway can still be writing.
+    """
+
+    def setUp(self) -> None:
+        self.m = MemoryVFS("s3: {root: /s3}\n")
+        self.a = Tree(self.m.vfs)
+        run(self, self.a.open())
+        vfs = self.m.vfs
+        self.alice = vfs.caller(vfs.exports.s3, "", Credentials(1000, 1000), "s3")
+
+    def names(self, tree: Tree, ino: int) -> list[bytes]:
+        return [n for n, _ in run(self, tree.read_dir(tree.root_caller, ino))]
+
+    def test_a_starting_gateway_keeps_another_ones_upload_in_progress(self) -> None:
+        """
+        Gateway A is receiving a PUT body into its temporary file when
+        gateway B starts: the file stays (B used to remove it, and A's PUT
+        failed), until it is C{s3.temp_max_age_secs} without a change.
+        """
+        d, name, tmp = run(self, self.a.temp_file(self.alice))
+        run(self, self.m.vfs.write(self.alice, tmp.ino, 0, b"x" * 10000, False))
+        self.m.clock.advance(120)
+        run(self, self.m.vfs.write(self.alice, tmp.ino, 10000, b"y" * 10000, False))
+        self.m.clock.advance(120)
+        b = Tree(self.m.vfs)
+        run(self, b.open(600.0))
+        self.assertEqual(self.names(b, d), [name])
+        # A finishes its upload: the rename into place still finds its file.
+        run(self, self.m.vfs.rename(self.alice, d, name, d, b"done"))
+        self.assertEqual(run(self, self.m.vfs.lookup(self.alice, d, b"done")).size, 20000)
+        # Left by a crash, unchanged for longer than the bound: removed.
+        self.m.clock.advance(601)
+        c = Tree(self.m.vfs)
+        run(self, c.open(600.0))
+        self.assertEqual(self.names(c, d), [])
+
+    def test_upload_directory_being_created_by_another_gateway_stays(self) -> None:
+        """
+        An upload directory without its state is another gateway's create
+        between its mkdir and its state (kept), or, once old, a crash's
+        (removed).
+        """
+
+        first = Uploads(self.a, self.m.clock, 300.0, 4)
+        run(self, first.open())
+        rc = self.a.root_caller
+        run(self, self.m.vfs.mkdir(rc, first.mpu_ino, b"f" * 48, 0o700))
+        second = Uploads(Tree(self.m.vfs), self.m.clock, 300.0, 4)
+        run(self, second.tree.open())
+        run(self, second.open())
+        self.assertEqual(self.names(self.a, first.mpu_ino), [b"f" * 48])
+        self.m.clock.advance(3601)
+        third = Uploads(Tree(self.m.vfs), self.m.clock, 300.0, 4)
+        run(self, third.tree.open())
+        run(self, third.open())
+        self.assertEqual(self.names(self.a, first.mpu_ino), [])
+
+    def test_upload_served_by_another_gateway_does_not_expire(self) -> None:
+        """
+        Gateway B loaded A's upload at its start; A keeps writing parts of
+        it, which B never sees: B's expiry finds the activity in the store
+        and keeps the upload, and expires it once the store too is idle.
+        """
+        from claudefs_gateway.s3.multipart import part_name
+
+        a = Uploads(self.a, self.m.clock, 300.0, 4)
+        run(self, a.open())
+        u = run(self, a.create(self.alice, "b", "k", ObjectMeta(), None, None))
+        b = Uploads(self.a, self.m.clock, 300.0, 4)
+        run(self, b.open())
+        self.assertIn(u.id, b.uploads)
+        for n in range(1, 4):
+            self.m.clock.advance(200)
+            f = run(self, self.m.vfs.create(self.alice, u.ino, b"t-%d" % n, 0o600))
+            run(self, self.m.vfs.write(self.alice, f.ino, 0, b"p" * 100, False))
+            run(self, self.m.vfs.rename(self.alice, u.ino, b"t-%d" % n, u.ino, part_name(n)))
+            a.touch(u)
+            self.assertEqual(run(self, b.expire()), 0)
+        self.assertEqual(len(self.names(self.a, u.ino)), 3)
+        self.m.clock.advance(301)
+        self.assertEqual(run(self, b.expire()), 1)
+        self.assertEqual(self.names(self.a, b.mpu_ino), [])
+
+    def test_only_upload_ids_are_looked_up(self) -> None:
+        """An uploadId that no create could have made (a path, a dot) is NoSuchUpload, not a lookup."""
+        u = Uploads(self.a, self.m.clock, 300.0, 4)
+        run(self, u.open())
+        run(self, self.m.vfs.mkdir(self.a.root_caller, u.mpu_ino, b"x" * 48, 0o700))
+        for bad in ("..", ".", "", "x" * 48, "A" * 48, "../u1000"):
+            f = self.failureResultOf(
+                defer.Deferred.fromCoroutine(u.find(bad, "b", "k", self.alice)), S3Error
+            )
+            self.assertEqual(f.value.code, "NoSuchUpload")
+        self.assertEqual(u.uploads, {})
+
+    def test_upload_finished_elsewhere_is_dropped_not_expired(self) -> None:
+        """
+        Completed or aborted through another gateway: this one drops it
+        without counting an expiry; and a store that cannot answer keeps
+        the sweeps going.
+        """
+        from claudefs_gateway import errors
+
+        a = Uploads(self.a, self.m.clock, 300.0, 4)
+        run(self, a.open())
+        gone = run(self, a.create(self.alice, "b", "gone", ObjectMeta(), None, None))
+        kept = run(self, a.create(self.alice, "b", "kept", ObjectMeta(), None, None))
+        failed: list[None] = []
+        b = Uploads(self.a, self.m.clock, 300.0, 4, on_failed=lambda: failed.append(None))
+        run(self, b.open())
+        run(self, a.abort(gone))
+        self.m.clock.advance(301)
+        real = self.m.vfs.getattr
+
+        def getattr(caller: Any, ino: int) -> Any:
+            if ino == kept.ino:
+                raise errors.BackendUnavailable("meta: no answer")
+            return real(caller, ino)
+
+        self.patch(self.m.vfs, "getattr", getattr)
+        self.assertEqual(run(self, b.expire()), 0)
+        self.assertEqual((list(b.uploads), failed), ([kept.id], []))
+        self.assertEqual(len(self.flushLoggedErrors(errors.BackendUnavailable)), 1)
+        self.patch(self.m.vfs, "getattr", real)
+        self.assertEqual(run(self, b.expire()), 1)
+        self.assertEqual((b.uploads, failed), ({}, [None]))

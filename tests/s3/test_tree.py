@@ -84,7 +84,13 @@ class TreeTests(SynchronousTestCase):
         self.assertEqual(f.value.code, "NoSuchBucket")
 
     def test_crash_leftovers_removed_at_open(self) -> None:
+        """
+        Once unchanged for s3.temp_max_age_secs: younger, a temporary file
+        may be another gateway's upload in progress (test_multipart
+        L{SharedStagingTests}).
+        """
         d, name, _ = run(self, self.tree.temp_file(self.alice))
+        self.m.clock.advance(3600.5)
         again = Tree(self.vfs)
         run(self, again.open())
         self.failureResultOf(self.vfs.lookup(self.root, d, name), errors.NotFound)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
+from claudefs_gateway.s3.versions import VERSIONS
 from tests.s3.harness import Client, s3_port, start_gateway
 
 
@@ -226,3 +228,106 @@ class VersionedTests(TestCase):
         self.assertEqual(_vids(r.body), [])
         r = await self.c.request("DELETE", "/bkt")
         self.assertEqual(r.status, 204, r.body)
+
+
+class RemovedWhileListedTests(TestCase):
+    """
+    ListObjectVersions is no snapshot: a version removed while a listing
+    walks the bucket (s3-tests' test_versioned_concurrent_object_create_and_remove
+    removes versions while it lists) is listed or not, never an error. Each
+    test removes versions at one step of the listing: the vfs call named runs,
+    then the removals run to their answers, then the listing goes on with what
+    that call returned.
+    """
+
+    timeout = 60
+
+    async def setUp(self) -> None:
+        self.root = await start_gateway(self)
+        self.c = Client(s3_port(self.root))
+        self.addCleanup(self.c.close)
+        self.assertEqual((await self.c.request("PUT", "/bkt")).status, 200)
+        body = b"<VersioningConfiguration><Status>Enabled</Status></VersioningConfiguration>"
+        self.assertEqual((await self.c.request("PUT", "/bkt", "versioning", body=body)).status, 200)
+        self.v1 = (await self.c.request("PUT", "/bkt/k", body=b"one")).header("x-amz-version-id")
+        self.v2 = (await self.c.request("PUT", "/bkt/k", body=b"two")).header("x-amz-version-id")
+        self.vfs = self.root.getServiceNamed("proto:s3").tree.vfs
+
+    def remove_after(self, method: str, when: object, *vids: str) -> list[bool]:
+        """
+        After the first call of vfs C{method} whose arguments C{when} accepts,
+        delete versions C{vids} of key k (each to its answer) before that
+        call's caller goes on. The list it returns says whether that happened.
+        """
+        real = getattr(self.vfs, method)
+        fired: list[bool] = []
+
+        async def hooked(*args: object, **kw: object) -> object:
+            result = await real(*args, **kw)
+            if not fired and when(*args):  # type: ignore[operator]
+                fired.append(True)
+                for vid in vids:
+                    r = await self.c.request("DELETE", "/bkt/k", {"versionId": vid})
+                    self.assertEqual(r.status, 204, r.body)
+            return result
+
+        self.patch(self.vfs, method, lambda *a, **kw: defer.ensureDeferred(hooked(*a, **kw)))
+        return fired
+
+    async def listed(self) -> list[tuple[bytes, bytes, bytes]]:
+        r = await self.c.request("GET", "/bkt", {"versions": ""})
+        self.assertEqual(r.status, 200, r.body)
+        return _vids(r.body)
+
+    async def test_store_removed_after_its_lookup(self) -> None:
+        """The bucket's version store goes between its lookup and its listing (CI's NoSuchBucket)."""
+        fired = self.remove_after("lookup", lambda caller, d, name: name == VERSIONS, self.v1)
+        self.assertIn(await self.listed(), ([(b"Version", b"k", self.v2.encode())], []))
+        self.assertEqual(fired, [True])
+
+    async def test_key_store_removed_after_its_lookup(self) -> None:
+        """The key's store goes between its lookup and its listing (the NoSuchKey seen here)."""
+        fired = self.remove_after(
+            "lookup", lambda caller, d, name: name == b"k" and d != 1, self.v1
+        )
+        self.assertIn(await self.listed(), ([(b"Version", b"k", self.v2.encode())], []))
+        self.assertEqual(fired, [True])
+
+    async def test_version_removed_after_the_store_listed(self) -> None:
+        """A stored version goes once its store is listed, before its metadata is read."""
+        names: set[int] = set()
+
+        async def store_of_k() -> None:
+            s3 = self.root.getServiceNamed("proto:s3")
+            rc = s3.tree.root_caller
+            bucket = await self.vfs.lookup(rc, s3.tree.export.root_ino, b"bkt")
+            store = await self.vfs.lookup(rc, bucket.ino, VERSIONS)
+            names.add((await self.vfs.lookup(rc, store.ino, b"k")).ino)
+
+        await store_of_k()
+        fired = self.remove_after("readdir", lambda caller, d, *rest: d in names, self.v1)
+        self.assertEqual(await self.listed(), [(b"Version", b"k", self.v2.encode())])
+        self.assertEqual(fired, [True])
+
+    async def test_current_removed_after_the_bucket_listed(self) -> None:
+        """The current file goes (its older version promoted) before its metadata is read."""
+        s3 = self.root.getServiceNamed("proto:s3")
+        bucket = await self.vfs.lookup(s3.tree.root_caller, s3.tree.export.root_ino, b"bkt")
+        fired = self.remove_after("readdir", lambda caller, d, *rest: d == bucket.ino, self.v2)
+        self.assertIn(await self.listed(), ([(b"Version", b"k", self.v1.encode())], []))
+        self.assertEqual(fired, [True])
+
+    async def test_object_deleted_after_the_bucket_listed(self) -> None:
+        """ListObjectsV2 leaves out an object deleted between its directory's listing and its ETag."""
+        await self.c.request("PUT", "/bkt/other", body=b"o")
+        s3 = self.root.getServiceNamed("proto:s3")
+        bucket = await self.vfs.lookup(s3.tree.root_caller, s3.tree.export.root_ino, b"bkt")
+        fired = self.remove_after("readdir", lambda caller, d, *rest: d == bucket.ino, self.v2)
+        r = await self.c.request("GET", "/bkt", {"list-type": "2"})
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(fired, [True])
+        # k's current version went (v1, promoted, took its place after the
+        # listing): k is left out, or listed; the count says what is listed.
+        keys = re.findall(rb"<Key>([^<]*)</Key>", r.body)
+        self.assertIn(keys, ([b"other"], [b"k", b"other"]))
+        self.assertIn(b"<KeyCount>%d</KeyCount>" % len(keys), r.body)

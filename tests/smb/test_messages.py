@@ -257,3 +257,82 @@ class GarbageTests(SynchronousTestCase):
     def test_wrong_structure_size(self) -> None:
         for parser in PARSERS:
             self.assertRaises(ProtocolError, parser.parse, HDR + b"\x01\x00" + b"\x00" * 100)  # type: ignore[attr-defined]
+
+
+class FixedPartTests(SynchronousTestCase):
+    """
+    The fixed parts read in one unpack each (docs/bench.rst "SMB: the
+    per-request floor"): every field comes from its MS-SMB2 offset, given a
+    body whose fields all differ.
+    """
+
+    FID = struct.pack("<QQ", 0x1111111111111111, 0x2222222222222222)
+
+    def test_close_and_flush(self) -> None:
+        body = struct.pack("<HHI16s", 24, 1, 0x0BAD, self.FID)
+        got = m.CloseRequest.parse(HDR + body)
+        self.assertEqual((got.flags, got.file_id), (1, struct.unpack("<QQ", self.FID)))
+        self.assertEqual(m.FileIdRequest.parse(HDR + body).file_id, struct.unpack("<QQ", self.FID))
+
+    def test_read(self) -> None:
+        body = struct.pack("<HBBIQ16sIIIHH", 49, 0x50, 1, 4096, 99, self.FID, 7, 3, 5, 0, 0)
+        got = m.ReadRequest.parse(HDR + body + b"\x00")
+        self.assertEqual(
+            (got.flags, got.length, got.offset, got.file_id, got.minimum, got.channel),
+            (1, 4096, 99, struct.unpack("<QQ", self.FID), 7, 3),
+        )
+
+    def test_write(self) -> None:
+        body = struct.pack("<HHIQ16sIIHHI", 49, 64 + 48, 4, 1 << 40, self.FID, 2, 9, 0, 0, 1)
+        got = m.WriteRequest.parse(HDR + body + b"data")
+        self.assertEqual(
+            (got.offset, got.file_id, got.channel, got.flags, bytes(got.data)),
+            (1 << 40, struct.unpack("<QQ", self.FID), 2, 1, b"data"),
+        )
+        self.assertRaises(ProtocolError, m.WriteRequest.parse, HDR + body + b"dat")
+
+    def test_query_directory(self) -> None:
+        name = "f*".encode("utf-16-le")
+        body = struct.pack("<HBBI16sHHI", 33, 37, 0x10, 6, self.FID, 96, len(name), 800)
+        got = m.QueryDirectoryRequest.parse(HDR + body + name)
+        self.assertEqual(
+            (got.info_class, got.flags, got.file_index, got.file_id, got.pattern),
+            (37, 0x10, 6, struct.unpack("<QQ", self.FID), "f*"),
+        )
+        self.assertEqual(got.output_length, 800)
+        bare = struct.pack("<HBBI16sHHI", 33, 37, 0, 0, self.FID, 0, 0, 800)
+        self.assertEqual(m.QueryDirectoryRequest.parse(HDR + bare + b"\x00").pattern, "")
+
+    def test_query_and_set_info(self) -> None:
+        qi = struct.pack("<HBBIHHIII16s", 41, 2, 18, 512, 104, 0, 3, 0x0C, 1, self.FID)
+        got = m.QueryInfoRequest.parse(HDR + qi + b"abc")
+        self.assertEqual(
+            (got.info_type, got.info_class, got.output_length, got.input),
+            (2, 18, 512, b"abc"),
+        )
+        self.assertEqual(
+            (got.additional, got.flags, got.file_id), (0x0C, 1, struct.unpack("<QQ", self.FID))
+        )
+        si = struct.pack("<HBBIHHI16s", 33, 1, 13, 1, 96, 0, 0x0C, self.FID)
+        gs = m.SetInfoRequest.parse(HDR + si + b"\x01")
+        self.assertEqual(
+            (gs.info_type, gs.info_class, gs.buffer, gs.additional, gs.file_id),
+            (1, 13, b"\x01", 0x0C, struct.unpack("<QQ", self.FID)),
+        )
+
+    def test_create(self) -> None:
+        name = "a\\b".encode("utf-16-le")
+        body = struct.pack(
+            "<HBBIQQIIIIIHHII", 57, 0, 8, 2, 0, 0, 0x12019F, 0x80, 7, 5, 0x40, 120, len(name), 0, 0
+        )
+        got = m.CreateRequest.parse(HDR + body + name)
+        self.assertEqual(
+            (got.oplock, got.impersonation, got.desired_access, got.file_attributes),
+            (8, 2, 0x12019F, 0x80),
+        )
+        self.assertEqual(
+            (got.share_access, got.disposition, got.options, got.name, got.contexts),
+            (7, 5, 0x40, "a\\b", ()),
+        )
+        self.assertRaises(ProtocolError, m.CreateRequest.parse, HDR + body[:40])
+        self.assertRaises(ProtocolError, m.CreateRequest.parse, HDR + b"\x39\x00")

@@ -89,6 +89,8 @@ WAL_CHECKPOINT_PAGES = 4096
 
 # Engine._fileless: new files remembered as having no data yet, at most.
 _FILELESS_MAX = 4096
+# Inode rows the engine keeps from its commits (L{Engine._rows}).
+_ROWS_MAX = 4096
 # Inline rows of freed inodes left in the database (see Engine.run_batch,
 # "orphans"): deleted by the next batch that syncs nothing, or by the next
 # durable one once this many wait.
@@ -327,6 +329,19 @@ class Engine:
         # (L{_flush_usage}).
         self._usage_rows: dict[tuple[str, int], tuple[int, int]] = {}
         self._usage_next: dict[tuple[str, int], tuple[int, int]] = {}
+        # Inode rows as the last commit left them, by inode: the rows each
+        # committed op wrote (L{_ran}'s C{changed}), so the next op on the
+        # same inode needs no SELECT (a small file's WRITE and COMMIT load
+        # the row its CREATE wrote; each CREATE and REMOVE the directory's
+        # the one before wrote: five SELECTs per small file made and
+        # removed). Only written rows, only after their commit: a row an op
+        # writes leaves it at once (the batch's later ops read the database,
+        # which has the write) and comes back with the commit; a row read
+        # inside a batch is not kept (it may be an earlier op's write, which
+        # a rollback undoes). Every inode row is written by L{_write_back};
+        # a batch that could not commit empties it. Bounded: emptied when
+        # full.
+        self._rows: dict[int, tuple[Any, ...]] = {}
         # Whether the xattr table may hold a row (read at open, set by every
         # insert): while it cannot, a freed inode runs no DELETE FROM xattr
         # (one statement of every REMOVE of a store with no xattrs at all).
@@ -566,6 +581,7 @@ class Engine:
             self._wal_unsynced = False
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
+            self._rows.clear()
             self.data.stop()
             self.files.close()
             if self._wal_fd is not None:
@@ -807,6 +823,7 @@ class Engine:
                     if not _is_expected(late_error):
                         op.failure = Failure(late_error)
         self._tops = tops
+        self._keep_rows(ops[:count])
         if self._usage_next:
             rows = self._usage_rows
             for key, row in self._usage_next.items():
@@ -1058,8 +1075,29 @@ class Engine:
                 punch_hole(fd, offset, end - offset)
                 self.files.sync({ino})
 
+    def _keep_rows(self, ops: list[Op]) -> None:
+        """
+        A batch committed: keep the inode rows its ops wrote (L{_rows}). An
+        op whose savepoint rolled back wrote none (C{changed} None); one
+        that failed after its commit (a COMMIT whose data sync failed) did.
+        """
+        rows = self._rows
+        for op in ops:
+            changed = op.changed
+            if not changed:
+                continue
+            if len(rows) >= _ROWS_MAX:
+                rows.clear()
+            for ino, node in changed.items():
+                if node is None:
+                    rows.pop(ino, None)
+                else:
+                    rows[ino] = node.row()
+
     def _abort(self, conn: sqlite3.Connection, ops: list[Op], e: BaseException) -> None:
         """The transaction could not commit: nothing in it happened; every op fails."""
+        # Whether the commit reached the log is not known: rows are read again.
+        self._rows.clear()
         cause = e.__cause__ if isinstance(e, _BatchAborted) and e.__cause__ else e
         failure = Failure(cause) if not _is_expected(cause) else None
         try:
@@ -1131,6 +1169,12 @@ class Engine:
         for node in ctx.dropped:
             changed[node.ino] = None
         op.changed = changed
+        # Written but not committed: the batch's later ops read these rows
+        # from the database (this op's writes), and L{_keep_rows} keeps them
+        # once committed.
+        rows = self._rows
+        for ino in changed:
+            rows.pop(ino, None)
         return ctx
 
     def _write_back(self, conn: sqlite3.Connection, ctx: _Ctx) -> None:
@@ -1206,8 +1250,10 @@ class Engine:
         node = ctx.nodes.get(ino)
         if node is not None:
             return node
-        assert self.conn is not None
-        row = self.conn.execute(SELECT_NODE, (ino,)).fetchone() if 0 < ino < 2**63 else None
+        row = self._rows.get(ino)
+        if row is None:
+            assert self.conn is not None
+            row = self.conn.execute(SELECT_NODE, (ino,)).fetchone() if 0 < ino < 2**63 else None
         if row is None:
             raise errors.NotFound(f"inode {ino}")
         node = ctx.nodes[ino] = Node(row)

@@ -413,11 +413,17 @@ class ReadFiles:
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._last: dict[int, float] = {}
 
-    def get(self, ino: int) -> int | None:
+    def cached(self, ino: int) -> int | None:
+        """C{ino}'s descriptor if one is open here (marked used, as L{get} does), else None (no open)."""
         fd = self._fds.get(ino)
         if fd is not None:
             self._fds.move_to_end(ino)
             self._last[ino] = self.now()
+        return fd
+
+    def get(self, ino: int) -> int | None:
+        fd = self.cached(ino)
+        if fd is not None:
             return fd
         try:
             fd = os.open(self.layout.path(ino), os.O_RDONLY | os.O_CLOEXEC)

@@ -443,10 +443,12 @@ class Reader:
         hole or a size set by setattr, read as zeros - or longer after a crash
         lost an unstable write's metadata - never shown).
         """
-        node = self._node(ino)
-        if node.type is FileType.DIR:
-            raise errors.IsDir("is a directory")
+        node = self._nodes.get(ino)
+        if node is None:
+            node = self._node(ino)
         if node.type is not FileType.REG:
+            if node.type is FileType.DIR:
+                raise errors.IsDir("is a directory")
             raise errors.Inval("not a regular file")
         if offset < 0 or length < 0:
             raise errors.Inval("negative offset or length")
@@ -455,12 +457,17 @@ class Reader:
             return b"", True
         eof = end >= node.size
         n = end - offset
-        blob = self.inline(ino)
-        if blob is not None:
-            return blob[offset:end].ljust(n, b"\0"), eof
-        fd = self.files.get(ino)
+        # A file whose data file is open here is never inline (L{inline}):
+        # the descriptor first, so a read of an open file asks nothing else.
+        files = self.files
+        fd = files.cached(ino)
         if fd is None:
-            return bytes(n), eof
+            blob = self.inline(ino)
+            if blob is not None:
+                return blob[offset:end].ljust(n, b"\0"), eof
+            fd = files.get(ino)
+            if fd is None:
+                return bytes(n), eof
         if self.nowait and n <= FAST_READ:
             # One reused buffer, then one bytes object per read: allocating a
             # fresh buffer and a copy (two large blocks alive at once) makes

@@ -7,11 +7,18 @@ Ordering. Every change goes, in call order, to the writer thread's queue
 (L{_writer}), or, if it needs no fsync and the writer is idle with nothing
 queued, runs at once on the reactor's thread (L{_writer.ThreadWriter.run_here});
 reads run on the reactor thread, each only once every change
-submitted before it has been acknowledged. So a caller that issues B after
-A's Deferred fired sees A's effect (read-your-writes), and a read issued right
-after a change without waiting for it (a create, then a lookup of the name)
-sees it too. Changes are applied strictly in submission order; a read may see
-changes submitted after it (they were concurrent with it).
+submitted before it has been committed (in SQLite, visible to the reader), not
+necessarily answered: a change committed on this thread is answered once its
+log sync returned, and the writer's batches delivered meanwhile are held
+behind it (L{_run_unsynced}), but reads see them at once (L{_apply}). So a
+caller that issues B after A's Deferred fired sees A's effect
+(read-your-writes), and a read issued right after a change without waiting
+for it (a create, then a lookup of the name) sees it too. Changes are applied
+strictly in submission order; a read may see changes submitted after it (they
+were concurrent with it), and may see a change before it is durable, as
+L{claudefs_gateway.core.fence} already lets it: the WAL is one ordered log,
+so whatever is later answered durable, having depended on that change, is
+durable only with it, and a failed sync fails the change's own caller.
 
 Durability (L{claudefs_gateway.interfaces}): a change's Deferred fires after
 its batch committed with C{synchronous=FULL} (the WAL is fsynced); stable
@@ -186,8 +193,14 @@ class EmbeddedBackend:
             self._writer = ThreadWriter(self._engine, reactor, self._deliver, max_batch)
         self._reader: Reader | None = None
         self._state = "new"
+        # Changes submitted, committed (visible to reads: L{_apply}) and
+        # delivered (answered), each in submission order:
+        # done <= committed <= submitted.
         self._submitted = 0
+        self._committed = 0
         self._done = 0
+        # Reads waiting for the changes submitted before them to be
+        # committed: (that count, the read, its Deferred), in issue order.
         self._waiting: deque[tuple[int, Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]]
         self._waiting = deque()
         self._opening: defer.Deferred[None] | None = None
@@ -197,10 +210,11 @@ class EmbeddedBackend:
         # The op committed on this thread whose log sync is in flight: (op,
         # inodes freed, unsynced commits covered, its fence's Deferred when
         # the op was answered already), and the writer's batches delivered
-        # meanwhile, held to keep the order callers see.
+        # meanwhile, held to keep the order callers see (committed, and
+        # applied for reads: L{_apply}).
         self._syncing: tuple[Op, list[int], int, defer.Deferred[None] | None] | None = None
         self._sync_done: defer.Deferred[None] | None = None
-        self._held: list[tuple[list[Op], list[int]]] = []
+        self._held: list[list[Op]] = []
 
     @property
     def stats(self) -> Stats:
@@ -427,6 +441,10 @@ class EmbeddedBackend:
             # Answered now; what the writer delivers meanwhile is still held
             # behind the sync (L{_deliver}), and reads see the change.
             self._deliver([op], freed)
+        else:
+            # Committed: reads see it now (L{_read}), its caller hears of it
+            # once the sync returned (L{_log_synced}).
+            self._apply([op], freed)
         return d
 
     def _aio_unsupported(self, f: Failure, fd: int) -> Any:
@@ -474,10 +492,10 @@ class EmbeddedBackend:
         else:
             if failed is not None:
                 op.ok, op.value = False, failed
-            self._deliver([op], freed)
+            self._deliver([op], freed, applied=True)
         held, self._held = self._held, []
-        for batch, more in held:
-            self._deliver(batch, more)
+        for batch in held:
+            self._deliver(batch, [], applied=True)
         if isinstance(self._writer, ThreadWriter):
             # Freed data files (an unlink's), once nothing waits for the reply.
             self._writer.after_batch_here()
@@ -527,30 +545,24 @@ class EmbeddedBackend:
             return None
         return d
 
-    def _deliver(self, batch: list[Op], freed: list[int]) -> None:
-        """On the reactor thread: a batch committed (or failed); fire its Deferreds in order."""
+    def _deliver(self, batch: list[Op], freed: list[int], applied: bool = False) -> None:
+        """
+        On the reactor thread: a batch committed (or failed); fire its
+        Deferreds in order. C{applied}: L{_apply} already ran for it.
+        """
         if self._syncing is not None and batch[0] is not self._syncing[0]:
-            # Submitted after the op whose log sync is in flight: after it.
-            self._held.append((batch, freed))
+            # Submitted after the op whose log sync is in flight: answered
+            # after it, but committed (FULL) and so visible to reads now.
+            if not applied:
+                self._apply(batch, freed)
+            self._held.append(batch)
             return
-        reader = self._reader
-        if reader is not None:
-            # Before any caller hears of the batch: inode rows the reader
-            # kept may predate it. Those an op wrote are replaced by what it
-            # wrote; an op that failed (or whose rows are not known) may
-            # still have committed some (a COMMIT whose data sync failed),
-            # so then every kept row goes.
-            for op in batch:
-                if op.ok and op.changed is not None:
-                    reader.changed(op.changed)
-                else:
-                    reader.forget()
-            if freed:
-                fds = [fd for fd in map(reader.files.pop, freed) if fd is not None]
-                if fds:
-                    self._close_freed(fds)
+        if not applied:
+            self._forget_kept(batch, freed)
         for op in batch:
             self._done += 1
+            if not applied:
+                self._committed += 1
             if op.failure is not None:
                 self._log.failure("embedded store operation {op} failed", op.failure, op=op.name)
             elif op.warning:
@@ -561,6 +573,39 @@ class EmbeddedBackend:
                 op.d.errback(op.value)
             if self._waiting:
                 self._run_waiting()
+
+    def _forget_kept(self, batch: list[Op], freed: list[int]) -> None:
+        """
+        Before any read or caller hears of the committed C{batch}: inode rows
+        the reader kept may predate it. Those an op wrote are replaced by
+        what it wrote; an op that failed (or whose rows are not known) may
+        still have committed some (a COMMIT whose data sync failed), so then
+        every kept row goes. The reader's descriptors of freed inodes close.
+        """
+        reader = self._reader
+        if reader is None:
+            return
+        for op in batch:
+            if op.ok and op.changed is not None:
+                reader.changed(op.changed)
+            else:
+                reader.forget()
+        if freed:
+            fds = [fd for fd in map(reader.files.pop, freed) if fd is not None]
+            if fds:
+                self._close_freed(fds)
+
+    def _apply(self, batch: list[Op], freed: list[int]) -> None:
+        """
+        A committed C{batch} whose answer waits for a log sync (its own, or
+        an earlier op's: L{_run_unsynced}): reads see it from now on
+        (L{_read} waits for commits, not answers); L{_deliver} answers it
+        later with C{applied}.
+        """
+        self._forget_kept(batch, freed)
+        self._committed += len(batch)
+        if self._waiting:
+            self._run_waiting()
 
     def _close_freed(self, fds: list[int]) -> defer.Deferred[None] | None:
         """
@@ -585,17 +630,22 @@ class EmbeddedBackend:
         return d.addErrback(lambda f: self._log.failure("closing freed data-file descriptors", f))
 
     def _read(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        """
+        Run read C{fn} once every change submitted before it is committed,
+        not answered: the answer of one may wait for a log sync (module
+        docstring, "Ordering").
+        """
         if self._state != "open":
             return defer.fail(errors.IO("store is not open"))
         seq = self._submitted
-        if self._done >= seq and not self._waiting:
+        if self._committed >= seq and not self._waiting:
             return self._run_read(fn, args)
         d: defer.Deferred[Any] = defer.Deferred()
         self._waiting.append((seq, fn, args, d))
         return d
 
     def _run_waiting(self) -> None:
-        while self._waiting and self._waiting[0][0] <= self._done:
+        while self._waiting and self._waiting[0][0] <= self._committed:
             _, fn, args, d = self._waiting.popleft()
             self._run_read(fn, args).chainDeferred(d)
 
@@ -650,9 +700,9 @@ class EmbeddedBackend:
 
     def dir_after(self, ino: int) -> Attributes | None:
         """
-        Directory C{ino} as the newest delivered change left it, if the
+        Directory C{ino} as the newest committed change left it, if the
         reader keeps its row (every op's rows replace the kept ones before
-        its caller hears of it: L{_deliver}), else None. The vfs caches it
+        any read or its caller hears of it: L{_forget_kept}), else None. The vfs caches it
         after a namespace change instead of reading the directory again.
         """
         if self._reader is None or self._state != "open":
@@ -927,13 +977,18 @@ class EmbeddedBackend:
     def read_now(self, ino: int, offset: int, length: int) -> tuple[bytes, bool] | None:
         """
         L{read}'s answer when it is at hand without waiting (every change
-        delivered, the bytes in the page cache or inline), else L{None}:
+        committed, the bytes in the page cache or inline), else L{None}:
         then call L{read}, which also raises what this does not (the NFS
         READ fast path; the same L{Reader.read} as L{read}, so the same
         bytes and size).
         """
         reader = self._reader
-        if reader is None or self._state != "open" or self._done < self._submitted or self._waiting:
+        if (
+            reader is None
+            or self._state != "open"
+            or self._committed < self._submitted
+            or self._waiting
+        ):
             return None
         try:
             result = reader.read(ino, offset, length)

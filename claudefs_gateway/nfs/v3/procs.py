@@ -53,6 +53,7 @@ __all__ = ["NFS3"]
 _U32 = struct.Struct(">I")
 _OK = _U32.pack(NFS3_OK)
 _READ_HEAD = struct.Struct(">III")  # count, eof, data length
+_OK_ATTRS = struct.pack(">II", NFS3_OK, 1)  # status, then post_op_attr's attributes_follow
 _WRITE_TAIL = struct.Struct(">II8s")  # count, committed, verf
 _U64 = struct.Struct(">Q")
 _FSSTAT = struct.Struct(">QQQQQQI")
@@ -268,12 +269,15 @@ class NFS3:
             if got is None or offset > MAX_FILE_SIZE:
                 return None
             vfs, export, a, caller = got
-            result = vfs.read_now(caller, a.ino, offset, min(count, self._io_max(call)))  # type: ignore[attr-defined]
+            io = self.ctx.io_size
+            if count > io or call.peer.transport == "udp":
+                count = min(count, self._io_max(call))
+            result = vfs.read_now(caller, a, offset, count)  # type: ignore[attr-defined]
         except Exception as e:
             return [c.status_post_op(self._fail(call, e, "READ"), None, 0)]
         if result is None:
             return None
-        return _read_reply(result[0], result[1], result[2], export.id)
+        return _read_reply(result[0], result[1], a, export.id)
 
     async def proc_READ(self, call: Call, args: tuple[bytes, int, int]) -> list[bytes]:
         handle, offset, count = args
@@ -804,7 +808,7 @@ async def _quiet_getattr(
 def _read_reply(data: bytes, eof: bool, a: Attributes, fsid: int) -> list[bytes]:
     """READ3resok: few pieces, so the reply goes out in one sendmsg, a piece per iovec."""
     n = len(data)
-    head = c.status_post_op(NFS3_OK, a, fsid) + _READ_HEAD.pack(n, 1 if eof else 0, n)
+    head = _OK_ATTRS + c.fattr3(a, fsid) + _READ_HEAD.pack(n, 1 if eof else 0, n)
     if n & 3:
         return [head, data, PADDING[n & 3]]
     return [head, data]

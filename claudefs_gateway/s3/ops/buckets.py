@@ -24,6 +24,7 @@ from claudefs_gateway.s3.listing import Lister
 from claudefs_gateway.s3.ops.base import Operations
 from claudefs_gateway.s3.owners import canonical_id
 from claudefs_gateway.s3.tree import EMPTY_MD5
+from claudefs_gateway.s3.versions import GONE
 
 __all__ = ["BucketOps"]
 
@@ -244,7 +245,10 @@ class BucketOps(Operations):
             if a.is_dir:
                 etag, size = EMPTY_MD5, 0
             else:
-                etag, meta = await self._object_etag(call, a)
+                try:
+                    etag, meta = await self._object_etag(call, a)
+                except GONE:
+                    continue  # deleted since its directory was listed: not listed
                 size = meta.plain_size(a)
             entry: list[tuple[str, Any]] = [
                 ("Key", k(key)),
@@ -264,7 +268,7 @@ class BucketOps(Operations):
             ("Prefix", k(prefix) if v2 else prefix),
         ]
         if v2:
-            fields += [("KeyCount", len(page.items))]
+            fields += [("KeyCount", len(contents) + len(prefixes))]
             if token is not None:
                 fields.append(("ContinuationToken", token))
             if q.get("start-after") is not None:

@@ -101,10 +101,10 @@ class MultipartOps(ObjectOps):
             ),
         )
 
-    def _upload(self, call: Call) -> Upload:
+    async def _upload(self, call: Call) -> Upload:
         assert call.bucket is not None
         uid = call.query.get("uploadId", "")
-        return self._uploads().get(uid, call.bucket, call.key, call.caller)
+        return await self._uploads().find(uid, call.bucket, call.key, call.caller)
 
     def _part_number(self, call: Call) -> int:
         p = call.query.get("partNumber", "")
@@ -125,7 +125,7 @@ class MultipartOps(ObjectOps):
         part's checksums and plaintext size) and rename it into place.
         """
         uploads = self._uploads()
-        upload = self._upload(call)
+        upload = await self._upload(call)
         number = self._part_number(call)
         tree = self._tree()
         await tree.bucket(call.caller, upload.bucket)
@@ -204,7 +204,7 @@ class MultipartOps(ObjectOps):
 
         meta, _ = await self._part(call, fill)
         headers = {"ETag": f'"{meta.etag}"'}
-        headers.update(self._sse_headers(sse.Sse.decode(self._upload(call).sse)))
+        headers.update(self._sse_headers(sse.Sse.decode((await self._upload(call)).sse)))
         for algo, v in meta.checksums.items():
             headers[checksums.header(algo)] = v
         self._empty(call, 200, headers)
@@ -241,7 +241,9 @@ class MultipartOps(ObjectOps):
             return sums, length
 
         meta, a = await self._part(call, fill)
-        for hname, hvalue in self._sse_headers(sse.Sse.decode(self._upload(call).sse)).items():
+        for hname, hvalue in self._sse_headers(
+            sse.Sse.decode((await self._upload(call)).sse)
+        ).items():
             call.request.setHeader(hname.encode(), hvalue.encode())
         fields: list[tuple[str, Any]] = [
             ("LastModified", iso_date(a.mtime_ns)),
@@ -255,7 +257,7 @@ class MultipartOps(ObjectOps):
         assert call.bucket is not None
         uploads = self._uploads()
         try:
-            upload = self._upload(call)
+            upload = await self._upload(call)
         except S3Error as e:
             if e.code != "NoSuchUpload":
                 raise
@@ -457,12 +459,12 @@ class MultipartOps(ObjectOps):
         self._finish_xml(call, result)
 
     async def op_AbortMultipartUpload(self, call: Call) -> None:
-        upload = self._upload(call)
+        upload = await self._upload(call)
         await self._uploads().abort(upload)
         self._empty(call, 204)
 
     async def op_ListParts(self, call: Call) -> None:
-        upload = self._upload(call)
+        upload = await self._upload(call)
         uploads = self._uploads()
         have = await uploads.parts(upload)
         q = call.query
@@ -518,6 +520,8 @@ class MultipartOps(ObjectOps):
             raise S3Error("InvalidArgument", "max-uploads must be an integer")
         max_uploads = min(int(mu), 1000)
         enc = q.get("encoding-type")
+        # Uploads other gateways on the namespace made, completed or aborted.
+        await self._uploads().refresh()
         ups = sorted(
             (
                 u

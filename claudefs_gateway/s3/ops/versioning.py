@@ -20,7 +20,7 @@ from claudefs_gateway.s3.keys import Key
 from claudefs_gateway.s3.listing import Item, Lister
 from claudefs_gateway.s3.ops.base import Operations
 from claudefs_gateway.s3.tree import EMPTY_MD5
-from claudefs_gateway.s3.versions import NULL, Version, Versions, valid_version_id
+from claudefs_gateway.s3.versions import GONE, NULL, Version, Versions, valid_version_id
 
 __all__ = ["VersioningOps"]
 
@@ -134,7 +134,11 @@ class VersioningOps(Operations):
                 # The latest is the file now at the key or, with none, a delete
                 # marker; a key whose file a file client removed has none.
                 latest = i == 0 and (v.current or v.delete_marker)
-                entries.append(await self._version_entry(call, k(key), v, latest))
+                try:
+                    entry = await self._version_entry(call, k(key), v, latest)
+                except GONE:
+                    continue  # removed since it was found (its ETag read its bytes)
+                entries.append(entry)
                 count += 1
                 last = (key, v.vid)
             return True
@@ -228,9 +232,15 @@ class VersioningOps(Operations):
         name = it.key.rstrip(b"/").rsplit(b"/", 1)[-1]
         a = it.attrs
         if it.current:
-            if a is None:
-                a = await tree.vfs.lookup(call.caller, it.parent, name)
-            meta = await tree.meta(call.caller, a)
+            try:
+                if a is None:
+                    a = await tree.vfs.lookup(call.caller, it.parent, name)
+                meta = await tree.meta(call.caller, a)
+            except GONE:
+                # Removed since the directory was listed (a DELETE of it, or
+                # of its version): only the store's versions are left.
+                a = None
+        if a is not None and it.current:
             if a.is_dir or not conf.versioned:
                 out.append(Version(NULL, a.mtime_ns, a, meta, True))
             else:
@@ -258,7 +268,11 @@ class VersioningOps(Operations):
         except S3Error:
             a = None
         if a is not None:
-            meta = await tree.meta(call.caller, a)
+            try:
+                meta = await tree.meta(call.caller, a)
+            except GONE:
+                a = None  # removed since its lookup
+        if a is not None:
             vid, t = (
                 Versions(tree).effective(conf, a, meta)
                 if conf.versioned and not a.is_dir

@@ -171,3 +171,50 @@ class MetaServerGoneTests(TestCase):
         status, _, body = await http_get(f"http://127.0.0.1:{admin}/health")
         self.assertEqual(status, 503)
         self.assertIn(b'"metadata"', body)
+
+
+class MultipartAcrossGatewaysTests(TestCase):
+    timeout = 60
+
+    async def test_upload_made_through_one_gateway_continues_through_another(self) -> None:
+        """
+        Two S3 gateways on one meta server (as two C{--workers} workers, whose
+        client connections the kernel spreads): an upload created through A
+        takes parts, is listed and completes through B, and A reads the
+        object. B used to answer 404 NoSuchUpload: uploads were known only
+        to the gateway that made them (or loaded them at its start).
+        """
+        import hashlib
+
+        cluster = Cluster(self)
+        await cluster.start()
+        a = Client((await start_in_process(self, cluster, ["s3"])).listeners()["s3"].bound_port)
+        b = Client((await start_in_process(self, cluster, ["s3"])).listeners()["s3"].bound_port)
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        self.assertIn((await a.request("PUT", "/mpb")).status, (200, 409))
+        r = await a.request("POST", "/mpb/big", "uploads")
+        self.assertEqual(r.status, 200, r.body)
+        upload = r.body.split(b"<UploadId>")[1].split(b"</UploadId>")[0].decode()
+        one, two = os.urandom(5 * 1024 * 1024), b"tail"
+        r = await b.request("PUT", "/mpb/big", {"partNumber": "1", "uploadId": upload}, body=one)
+        self.assertEqual((r.status, r.code), (200, None), r.body)
+        r = await a.request("PUT", "/mpb/big", {"partNumber": "2", "uploadId": upload}, body=two)
+        self.assertEqual(r.status, 200, r.body)
+        r = await b.request("GET", "/mpb", "uploads")
+        self.assertIn(upload.encode(), r.body)
+        r = await b.request("GET", "/mpb/big", {"uploadId": upload})
+        self.assertEqual(r.body.count(b"<Part>"), 2, r.body)
+        etags = [hashlib.md5(p).hexdigest() for p in (one, two)]
+        parts = "".join(
+            f'<Part><PartNumber>{n}</PartNumber><ETag>"{e}"</ETag></Part>'
+            for n, e in enumerate(etags, 1)
+        )
+        body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
+        r = await b.request("POST", "/mpb/big", {"uploadId": upload}, body=body)
+        self.assertEqual((r.status, r.code), (200, None), r.body)
+        r = await a.request("GET", "/mpb/big")
+        self.assertEqual((r.status, r.body == one + two), (200, True))
+        # Completed through B: A, which made it, no longer lists it.
+        r = await a.request("GET", "/mpb", "uploads")
+        self.assertNotIn(upload.encode(), r.body)
