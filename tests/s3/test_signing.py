@@ -335,7 +335,7 @@ def _quote(key: str) -> str:
 
 
 class SignTests(SynchronousTestCase):
-    """L{sg.sign}: HMAC-SHA256 from the signing key's pads kept (issue 18, ninth round)."""
+    """L{sg.sign}: HMAC-SHA256 from a copy of the signing key's kept HMAC state (issue 18, ninth round)."""
 
     @given(st.binary(max_size=200), st.text(max_size=300))
     def test_same_as_hmac(self, key: bytes, sts: str) -> None:
@@ -345,7 +345,7 @@ class SignTests(SynchronousTestCase):
         self.assertEqual(sg.sign(key, sts), want)  # from the kept pads
 
     def test_no_one_shot_hmac(self) -> None:
-        """A request's signature costs two copies of hashed pads, not OpenSSL's one-shot HMAC."""
+        """A request's signature copies the key's kept HMAC state, not OpenSSL's one-shot HMAC."""
         key = sg.signing_key("secret", "20261208", "us-east-1", "s3")
         want = hmac.new(key, b"sts", "sha256").hexdigest()
         with mock.patch.object(sg.hmac, "digest", side_effect=AssertionError("one-shot HMAC")):
