@@ -79,6 +79,10 @@ class NFSContext:
         self.io_size = io_size
         self.protocol = protocol
         self._callers: dict[tuple[Any, ...], Caller | errors.FSError] = {}
+        # The latest answer of caller() and what it was for (export, parsed
+        # credential - shared per encoded body - and host): a client's next
+        # call is usually the same, and then needs no key built and hashed.
+        self._last: tuple[ExportInfo, Any, str, Caller | errors.FSError] | None = None
 
     @property
     def write_verifier(self) -> bytes:
@@ -116,20 +120,28 @@ class NFSContext:
         """
         cred = call.cred
         host = call.peer.host
-        if cred is None:
-            key: tuple[Any, ...] = (export.id, export.root_ino, host)
+        got: Caller | errors.FSError
+        last = self._last
+        if last is not None and last[0] is export and last[1] is cred and last[2] == host:
+            got = last[3]
         else:
-            key = (export.id, export.root_ino, host, cred.uid, cred.gid, cred.gids)
-        got = self._callers.get(key)
-        if got is None:
-            assert self.vfs is not None
-            try:
-                got = self.vfs.caller(export, host, credentials(call, export), self.protocol)
-            except errors.Access as e:
-                got = e
-            if len(self._callers) >= _CALLER_CACHE:
-                self._callers.clear()
-            self._callers[key] = got
+            if cred is None:
+                key: tuple[Any, ...] = (export.id, export.root_ino, host)
+            else:
+                key = (export.id, export.root_ino, host, cred.uid, cred.gid, cred.gids)
+            found = self._callers.get(key)
+            if found is not None:
+                got = found
+            else:
+                assert self.vfs is not None
+                try:
+                    got = self.vfs.caller(export, host, credentials(call, export), self.protocol)
+                except errors.Access as e:
+                    got = e
+                if len(self._callers) >= _CALLER_CACHE:
+                    self._callers.clear()
+                self._callers[key] = got
+            self._last = (export, cred, host, got)
         if isinstance(got, errors.FSError):
             raise errors.Access("client not allowed by export rules")
         return got

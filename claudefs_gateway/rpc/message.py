@@ -38,6 +38,7 @@ __all__ = [
     "encode_auth_sys",
     "reply_header",
     "reply_success",
+    "SUCCESS_TAIL",
     "reply_error",
     "reply_prog_mismatch",
     "reply_rpc_mismatch",
@@ -277,6 +278,11 @@ def reply_header(xid: int, stat: int = SUCCESS) -> bytes:
 
 def reply_success(xid: int) -> bytes:
     return _ACCEPTED.pack(xid, REPLY, MSG_ACCEPTED, AUTH_NONE, 0, SUCCESS)
+
+
+#: What follows the xid in every L{reply_success} (the server's reply path
+#: appends it to the packed xid instead of calling L{reply_success}).
+SUCCESS_TAIL = reply_success(0)[4:]
 
 
 def reply_error(xid: int, stat: int) -> bytes:

@@ -49,7 +49,7 @@ from claudefs_gateway.core.log import Logger, Sampler
 from claudefs_gateway.rpc import message as msg
 from claudefs_gateway.rpc.drc import BUSY, ReplyCache, call_key
 from claudefs_gateway.rpc.message import AuthSys
-from claudefs_gateway.rpc.record import RecordReader, RecordTooLarge, record_marker
+from claudefs_gateway.rpc.record import LAST_FRAGMENT, RecordReader, RecordTooLarge
 from claudefs_gateway.rpc.xdr import Unpacker, XDRError
 
 __all__ = [
@@ -80,6 +80,9 @@ BATCH_BYTES = 256 * 1024
 BATCH_PARTS = 512
 # nfs.max_queued_bytes_per_connection's default.
 DEFAULT_MAX_QUEUED_BYTES = 8 * 1024 * 1024
+# A big-endian word (a record marker, a reply's xid), packed without a
+# Python-level call per reply.
+_U32 = struct.Struct(">I").pack
 
 Results = list[bytes]
 Handler = Callable[["Call", Any], "Results | defer.Deferred[Results] | None"]
@@ -102,6 +105,14 @@ class Peer:
     @ivar transport: C{"tcp"} or C{"udp"}.
     @ivar max_reply: the largest reply the transport can carry.
     @ivar conn: the connection (TCP) the call arrived on, else L{None}.
+    @ivar expected: how large the reply of the call being started may grow
+        (its procedure's C{reply_size}): set by L{RPCServer.handle}, read by
+        the connection, which counts it against C{max_queued_bytes}.
+    @ivar seen_procs: the procedures (one program's version) of the latest
+        call told to C{conn.seen}.
+    @ivar seen_cred: that call's credential (the parsed credentials are
+        shared per encoded body): a call with the same procedures and
+        credential as the one told (a client's usual case) skips telling.
     """
 
     host: str
@@ -109,6 +120,9 @@ class Peer:
     transport: str
     max_reply: int
     conn: Any = None
+    expected: int = 0
+    seen_procs: Any = None
+    seen_cred: Any = None
 
 
 @attrs.define(slots=True, eq=False)
@@ -286,14 +300,22 @@ class RPCServer:
             if seen is not None:
                 self._log.debug("retransmission of xid {xid} answered from the cache", xid=xid)
                 return [seen]
-        call = Call(xid, h.prog, h.vers, h.proc, h.flavor, h.cred, peer)
-        if peer.conn is not None:
-            peer.conn.seen(program.name, h.vers, h.cred.uid if h.cred is not None else None)
+        cred = h.cred
+        call = Call(xid, h.prog, h.vers, h.proc, h.flavor, cred, peer)
+        conn = peer.conn
+        if conn is not None:
+            if peer.seen_procs is not procs or peer.seen_cred is not cred:
+                # What conn.seen keeps depends on these alone: telling it
+                # again the same is a call per call for nothing.
+                conn.seen(program.name, h.vers, cred.uid if cred is not None else None)
+                peer.seen_procs = procs
+                peer.seen_cred = cred
             if proc.reply_size is not None:
                 try:
-                    peer.conn.expect(proc.reply_size(args))
+                    expected = int(proc.reply_size(args))
                 except Exception:  # an estimate only: a call that will fail anyway
-                    pass
+                    expected = 0
+                peer.expected = expected if expected > 0 else 0
         started = self.timer()
         try:
             result = proc.handle(call, args)
@@ -347,8 +369,9 @@ class RPCServer:
                 self.drc.forget(key)
             return None
         else:
-            reply = [msg.reply_success(xid), *result]
-        metrics = program.metrics_for(call.vers)
+            reply = [_U32(xid) + msg.SUCCESS_TAIL, *result]
+        # program.metrics_for, without a call per call.
+        metrics = program.version_metrics.get(call.vers, program.metrics)
         if metrics is not None:
             metrics.observe(proc.name, self.timer() - started, call.status)
         if key is not None:
@@ -422,10 +445,9 @@ class RPCStreamProtocol(Protocol):
         self.max_in_flight = max_in_flight
         self.max_queued_bytes = max_queued_bytes
         # Bytes held by calls being served: each record plus the reply its
-        # procedure may return (see expect); with _queued, bounded by
+        # procedure may return (Peer.expected); with _queued, bounded by
         # max_queued_bytes (issue 19).
         self._held = 0
-        self._expected = 0
         self.activity = activity
         self.pending: set[defer.Deferred[Any]] = set()
         self.peer: Peer | None = None
@@ -460,14 +482,6 @@ class RPCStreamProtocol(Protocol):
         # Bytes counted in the memory budget: calls being served, replies queued.
         self._budget: Any = None
         self._queued = 0
-
-    def expect(self, size: int) -> None:
-        """
-        The call being started may reply with up to C{size} bytes (called by
-        L{RPCServer.handle} from the procedure's C{reply_size}): counted
-        against C{max_queued_bytes} until the call finishes.
-        """
-        self._expected = max(int(size), 0)
 
     def seen(self, program: str, vers: int, uid: int | None) -> None:
         """Note a call of C{program} version C{vers} by C{uid} (None: AUTH_NONE)."""
@@ -678,34 +692,32 @@ class RPCStreamProtocol(Protocol):
         the socket is paused meanwhile, so the backlog holds at most one
         read's worth.
         """
-        if self._batch is not None:
-            # Re-entered (a call finishing while another is served): the
-            # outer drain sends what this one answers.
-            self._drain()
-            return
-        self._batch = []
+        # Re-entered (a call finishing while another is served): the outer
+        # drain sends what this one answers.
+        outer = self._batch is None
+        if outer:
+            self._batch = []
         try:
-            self._drain()
-        finally:
-            batch, size = self._batch, self._batch_size
-            self._batch, self._batch_size = None, 0
-            if batch and not self.closed:
-                self._write(batch, size)
-
-    def _drain(self) -> None:
-        backlog = self.backlog
-        while backlog and not self.closed:
+            # One method, not two: this runs once per read of every connection.
+            backlog = self.backlog
+            while backlog and not self.closed:
+                if self._full():
+                    self._pause_reading()
+                    return
+                try:
+                    self._serve(backlog.popleft())
+                except Exception:
+                    self._log.failure("connection {conn_id}: serving a call", conn_id=self.conn_id)
             if self._full():
                 self._pause_reading()
-                return
-            try:
-                self._serve(backlog.popleft())
-            except Exception:
-                self._log.failure("connection {conn_id}: serving a call", conn_id=self.conn_id)
-        if self._full():
-            self._pause_reading()
-        else:
-            self._resume_reading()
+            elif self._reading_paused:
+                self._resume_reading()
+        finally:
+            if outer:
+                batch, size = self._batch, self._batch_size
+                self._batch, self._batch_size = None, 0
+                if batch and not self.closed:
+                    self._write(batch, size)
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and not self.closed:
@@ -722,9 +734,10 @@ class RPCStreamProtocol(Protocol):
         budget = self._budget
         if budget is not None:
             budget.hold(len(record))
-        self._expected = 0
+        peer = self.peer
+        peer.expected = 0
         try:
-            result = self.server.handle(record, self.peer)
+            result = self.server.handle(record, peer)
         except BaseException:
             if budget is not None:
                 budget.release(len(record))
@@ -752,7 +765,7 @@ class RPCStreamProtocol(Protocol):
                 self.send(out[0])
             return
         self.pending.add(result)
-        held = len(record) + self._expected
+        held = len(record) + peer.expected
         self._held += held
         result.addBoth(self._done, result, len(record), held)
 
@@ -795,13 +808,13 @@ class RPCStreamProtocol(Protocol):
         if batch is not None:
             # Calls served from one read (a pipelining client's): their
             # replies leave together, in order, in one sendmsg (see _flush).
-            batch.append(record_marker(size))
+            batch.append(_U32(LAST_FRAGMENT | size))  # record_marker(size)
             batch.extend(chunks)
             self._batch_size += size + 4
             if self._batch_size >= BATCH_BYTES or len(batch) >= BATCH_PARTS:
                 self._flush()
             return
-        self._write([record_marker(size), *chunks], size + 4)
+        self._write([_U32(LAST_FRAGMENT | size), *chunks], size + 4)
 
     def _flush(self) -> None:
         """Write the replies batched so far (L{send} while draining calls)."""
