@@ -37,7 +37,7 @@ from claudefs_gateway.s3.errors import S3Error
 from claudefs_gateway.s3.tree import META_KEY, ObjectMeta, Tree
 from claudefs_gateway.vfs import Caller
 
-__all__ = ["Upload", "Uploads", "part_name", "MAX_PART_NUMBER"]
+__all__ = ["Upload", "Uploads", "part_name", "is_upload_id", "MAX_PART_NUMBER"]
 
 MPU_DIR = b"mpu"
 MAX_PART_NUMBER = 10000
@@ -46,7 +46,7 @@ STATE_KEY = b"s3.upload"
 COMPLETED_KEPT = 10000
 
 
-def _is_upload_id(text: str) -> bool:
+def is_upload_id(text: str) -> bool:
     """What L{Uploads.create} makes (48 hex digits): nothing else is looked up in the store."""
     return len(text) == 48 and all(c in "0123456789abcdef" for c in text)
 
@@ -344,7 +344,7 @@ class Uploads:
 
         @raise S3Error: as L{get}.
         """
-        if upload_id not in self.uploads and _is_upload_id(upload_id):
+        if upload_id not in self.uploads and is_upload_id(upload_id):
             await self._load(upload_id)
         return self.get(upload_id, bucket, key, caller)
 
@@ -385,7 +385,7 @@ class Uploads:
             if e.type is FileType.DIR
         }
         for upload_id in sorted(names - set(self.uploads)):
-            if _is_upload_id(upload_id):
+            if is_upload_id(upload_id):
                 await self._load(upload_id)
         for upload_id, u in before.items():
             if upload_id in names or u.completing or u.active or u.gone:
@@ -442,6 +442,13 @@ class Uploads:
         while len(self.completed) > COMPLETED_KEPT:
             self.completed.popitem(last=False)
         await self._discard(u)
+
+    def lost(self, u: Upload) -> None:
+        """C{u}'s directory is gone (another gateway finished it): forget it, as L{refresh} would."""
+        if self.uploads.get(u.id) is u:
+            u.gone = True
+            del self.uploads[u.id]
+            self._changed()
 
     async def _discard(self, u: Upload) -> None:
         u.gone = True
