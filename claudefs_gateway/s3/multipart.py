@@ -35,6 +35,7 @@ from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import Attributes, FileType, SetAttrs
 from claudefs_gateway.s3.errors import S3Error
 from claudefs_gateway.s3.tree import META_KEY, ObjectMeta, Tree
+from claudefs_gateway.s3.versions import GONE
 from claudefs_gateway.vfs import Caller
 
 __all__ = ["Upload", "Uploads", "part_name", "is_upload_id", "MAX_PART_NUMBER"]
@@ -416,14 +417,25 @@ class Uploads:
         rc = self.tree.root_caller
         try:
             entries = await self.tree.read_dir(rc, u.ino)
-        except errors.NotFound:
+        except GONE:
             raise S3Error("NoSuchUpload", UploadId=u.id) from None
         for name, e in entries:
             if e.type is not FileType.REG or not name.startswith(b"p") or not name[1:].isdigit():
                 continue
-            a = e.attrs or await self.vfs.getattr(rc, e.ino)
-            meta = ObjectMeta.decode(await self.vfs.meta_get(rc, e.ino, META_KEY))
+            try:
+                a = e.attrs or await self.vfs.getattr(rc, e.ino)
+                meta = ObjectMeta.decode(await self.vfs.meta_get(rc, a.ino, META_KEY))
+            except GONE:
+                # Gone since the listing: uploaded again (the new part is at
+                # its name now), or the upload was aborted or completed.
+                try:
+                    a = await self.vfs.lookup(rc, u.ino, name)
+                    meta = ObjectMeta.decode(await self.vfs.meta_get(rc, a.ino, META_KEY))
+                except GONE:
+                    continue
             out[int(name[1:])] = (a, meta)
+        if u.gone:
+            raise S3Error("NoSuchUpload", UploadId=u.id)
         return out
 
     async def abort(self, u: Upload) -> None:
