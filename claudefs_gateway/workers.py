@@ -486,20 +486,91 @@ class Supervisor:
             self._spawn(f"worker-{index}", self._worker_args(index))
 
     async def stop(self) -> None:
-        """Workers first (they drain), then meta, then data."""
+        """
+        Workers first (they drain), then meta, then data.
+
+        Each group's wait is bounded: a child that ignores SIGTERM (hung on a
+        disk) used to hold the stop for ever. Past its deadline it is killed
+        (L{_stop_group}); the stop then goes on to the next group.
+        """
         self.stopping = True
-        for group in (
-            [c for n, c in self.children.items() if n.startswith("worker-")],
-            [c for n, c in self.children.items() if n == "meta"],
-            [c for n, c in self.children.items() if n == "data"],
+        grace = self.config.workers.stop_timeout_secs
+        for group, timeout, keys in (
+            (
+                [c for n, c in self.children.items() if n.startswith("worker-")],
+                self.config.admin.drain_timeout_secs + grace,
+                "admin.drain_timeout_secs + workers.stop_timeout_secs",
+            ),
+            (
+                [c for n, c in self.children.items() if n == "meta"],
+                grace,
+                "workers.stop_timeout_secs",
+            ),
+            (
+                [c for n, c in self.children.items() if n == "data"],
+                grace,
+                "workers.stop_timeout_secs",
+            ),
         ):
-            live = [c for c in group if not c.ended.called]
-            for c in live:
-                c.signal("TERM")
-            if live:
-                await defer.gatherResults([c.ended for c in live])
+            await self._stop_group(group, timeout, grace, keys)
         for s in self.reserved:
             s.close()
         self.datadir.stopService()
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self._log.info("claudefs-gateway supervisor stopped")
+
+    async def _stop_group(
+        self, group: list[Child], timeout: float, grace: float, keys: str
+    ) -> None:
+        """
+        SIGTERM C{group}; SIGKILL those not gone C{timeout} seconds later, and
+        go on without those not gone C{grace} seconds after that (a process
+        in an uninterruptible wait dies only when the kernel lets it).
+        """
+        live = [c for c in group if not c.ended.called]
+        for c in live:
+            c.signal("TERM")
+        live = await self._wait_ended(live, timeout)
+        for c in live:
+            self._log.warn(
+                "{process} still running {secs:g}s after SIGTERM ({keys}); killing it",
+                process=c.name,
+                secs=timeout,
+                keys=keys,
+            )
+            c.signal("KILL")
+        for c in await self._wait_ended(live, grace):
+            self._log.error(
+                "{process} still running {secs:g}s after SIGKILL; stopping without it",
+                process=c.name,
+                secs=grace,
+            )
+
+    async def _wait_ended(self, children: list[Child], timeout: float) -> list[Child]:
+        """Wait until every child has ended or C{timeout} passes; those still running."""
+        if not children:
+            return []
+        # Not a DeferredList cancelled at the deadline: that would cancel
+        # each child's own C{ended}, which its exit still fires.
+        done: defer.Deferred[None] = defer.Deferred()
+        waiting = set(children)
+
+        def ended(result: object, child: Child) -> object:
+            waiting.discard(child)
+            if not waiting and not done.called:
+                done.callback(None)
+            return result
+
+        def deadline() -> None:
+            if not done.called:
+                done.callback(None)
+
+        for c in children:
+            c.ended.addBoth(ended, c)
+        timer = self.reactor.callLater(timeout, deadline)
+        try:
+            await done
+        finally:
+            if timer.active():
+                timer.cancel()
+        return [c for c in children if not c.ended.called]

@@ -529,3 +529,63 @@ class StartTests(SynchronousTestCase):
             warned,
             ["worker-0 not ready (its vfs open) after 30s (workers.ready_timeout_secs); killed"],
         )
+
+    def started(self, extra: str = "") -> tuple[Any, _SpawningClock, list[dict[str, Any]]]:
+        sup, clock, events = self.supervisor(extra)
+        d = defer.Deferred.fromCoroutine(sup.start())
+        self.servers_up(clock)
+        for name in ("worker-0", "worker-1"):
+            _say(clock.live(name), log_format="vfs open: 1 exports")
+        self.successResultOf(d)
+        return sup, clock, events
+
+    def test_stop_kills_a_child_that_ignores_sigterm(self) -> None:
+        """
+        A worker that ignores SIGTERM (hung on a disk) is killed once its drain
+        and C{workers.stop_timeout_secs} have passed, with a line naming it,
+        and the servers are stopped after it; the stop used to wait for ever.
+        """
+        # loopback_config's admin.drain_timeout_secs is 5.
+        sup, clock, events = self.started("workers: {stop_timeout_secs: 10}\n")
+        d = defer.Deferred.fromCoroutine(sup.stop())
+        hung, other = clock.live("worker-0"), clock.live("worker-1")
+        self.assertEqual(hung.transport.signals, ["TERM"])
+        _exit(other, 0)
+        clock.advance(14.9)
+        self.assertEqual(hung.transport.signals, ["TERM"])
+        self.assertEqual(clock.live("meta").transport.signals, [])
+        clock.advance(0.2)
+        self.assertEqual(hung.transport.signals, ["TERM", "KILL"])
+        warned = [e for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual([e["process"] for e in warned], ["worker-0"])
+        self.assertIn(
+            "still running 15s after SIGTERM", warned[0]["log_format"].format(**warned[0])
+        )
+        _exit(hung, -9)
+        meta = clock.live("meta")
+        self.assertEqual(meta.transport.signals, ["TERM"])
+        _exit(meta, 0)
+        _exit(clock.live("data"), 0)
+        self.successResultOf(d)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_stop_goes_on_without_a_child_that_survives_sigkill(self) -> None:
+        """
+        A server in an uninterruptible wait outlives SIGKILL: after
+        C{workers.stop_timeout_secs} more, an error line names it and the
+        stop finishes (the data server is still stopped).
+        """
+        sup, clock, events = self.started("workers: {stop_timeout_secs: 10}\n")
+        d = defer.Deferred.fromCoroutine(sup.stop())
+        for name in ("worker-0", "worker-1"):
+            _exit(clock.live(name), 0)
+        meta, data = clock.live("meta"), clock.live("data")
+        clock.advance(10.1)
+        self.assertEqual(meta.transport.signals, ["TERM", "KILL"])
+        self.assertEqual(data.transport.signals, [])
+        clock.advance(10)
+        self.assertEqual(data.transport.signals, ["TERM"])
+        errors = [e for e in events if e.get("log_level") == LogLevel.error]
+        self.assertEqual([e["process"] for e in errors], ["meta"])
+        _exit(data, 0)
+        self.successResultOf(d)

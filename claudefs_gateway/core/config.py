@@ -1397,6 +1397,16 @@ class Workers:
         "not ready by then is killed and the start stops (a ``critical`` line, exit "
         "status 1); a worker is killed and counts as one of ``start_attempts``.",
     )
+    stop_timeout_secs: float = setting(
+        30.0,
+        min=1,
+        max=3600,
+        doc="``start --workers``: at a stop, how long a child may take to exit after "
+        "SIGTERM (a worker: past its drain, ``admin.drain_timeout_secs``) before the "
+        "supervisor kills it (SIGKILL, a ``warn`` line naming it); one still there that "
+        "long after SIGKILL (stuck in the kernel, on a disk) is left behind with an "
+        "``error`` line and the stop goes on.",
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -33,6 +33,7 @@ from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import Credentials
 from claudefs_gateway.s3.call import parse_iso_date
 from claudefs_gateway.s3.errors import S3Error
+from claudefs_gateway.s3.versions import GONE
 
 __all__ = ["parse_rules", "render_rules", "matches", "expiration_header", "DAY", "Worker"]
 
@@ -320,12 +321,15 @@ class Worker:
         start = self.clock.seconds()
         tree = self.tree
         for name, b in await tree.buckets(tree.root_caller):
-            conf = await tree.bucket_conf(b)
-            rules = [r for r in (conf.lifecycle or []) if r["enabled"]]
-            if not rules:
-                continue
             try:
+                conf = await tree.bucket_conf(b)
+                rules = [r for r in (conf.lifecycle or []) if r["enabled"]]
+                if not rules:
+                    continue
                 await self._bucket(name, b, conf, rules)
+            except GONE:
+                # The bucket was deleted since the buckets were listed.
+                self._log.debug("lifecycle: bucket {bucket} went meanwhile", bucket=name)
             except Exception:
                 self._log.failure("lifecycle of bucket {bucket} failed", bucket=name)
         if self._runs is not None:
@@ -363,10 +367,18 @@ class Worker:
                 text = it.key.decode("utf-8", "surrogateescape")
                 leaf = it.key.rsplit(b"/", 1)[-1]
                 current = None
+                tags: dict[str, str] = {}
+                meta = None
                 if it.current:
-                    current = it.attrs or await tree.vfs.lookup(rc, it.parent, leaf)
-                tags = decode(await tree.vfs.meta_get(rc, current.ino, TAGS_KEY)) if current else {}
-                meta = await tree.meta(rc, current) if current else None
+                    try:
+                        current = it.attrs or await tree.vfs.lookup(rc, it.parent, leaf)
+                        tags = decode(await tree.vfs.meta_get(rc, current.ino, TAGS_KEY))
+                        meta = await tree.meta(rc, current)
+                    except GONE:
+                        # Deleted since its directory was listed: no current
+                        # version to expire (its older ones, if any, still count).
+                        self._log.debug("lifecycle: {key} went meanwhile", key=text)
+                        current, tags, meta = None, {}, None
                 size = meta.plain_size(current) if current and meta else None
                 try:
                     key = Key(text)

@@ -203,7 +203,7 @@ class Lister:
             try:
                 d = e.attrs or await self.vfs.getattr(self.caller, e.ino)
                 sub = await self._sorted(e.ino)
-            except (errors.Access, errors.NotFound, errors.NotDir):
+            except (errors.Access, errors.NotDir, *GONE):
                 continue  # unreadable or vanished: nothing of it is listed
             if rollup_dirs:
                 if not sub and not await self._dir_is_key(d, True):

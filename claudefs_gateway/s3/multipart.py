@@ -35,9 +35,10 @@ from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import Attributes, FileType, SetAttrs
 from claudefs_gateway.s3.errors import S3Error
 from claudefs_gateway.s3.tree import META_KEY, ObjectMeta, Tree
+from claudefs_gateway.s3.versions import GONE
 from claudefs_gateway.vfs import Caller
 
-__all__ = ["Upload", "Uploads", "part_name", "MAX_PART_NUMBER"]
+__all__ = ["Upload", "Uploads", "part_name", "is_upload_id", "MAX_PART_NUMBER"]
 
 MPU_DIR = b"mpu"
 MAX_PART_NUMBER = 10000
@@ -46,7 +47,7 @@ STATE_KEY = b"s3.upload"
 COMPLETED_KEPT = 10000
 
 
-def _is_upload_id(text: str) -> bool:
+def is_upload_id(text: str) -> bool:
     """What L{Uploads.create} makes (48 hex digits): nothing else is looked up in the store."""
     return len(text) == 48 and all(c in "0123456789abcdef" for c in text)
 
@@ -344,7 +345,7 @@ class Uploads:
 
         @raise S3Error: as L{get}.
         """
-        if upload_id not in self.uploads and _is_upload_id(upload_id):
+        if upload_id not in self.uploads and is_upload_id(upload_id):
             await self._load(upload_id)
         return self.get(upload_id, bucket, key, caller)
 
@@ -385,7 +386,7 @@ class Uploads:
             if e.type is FileType.DIR
         }
         for upload_id in sorted(names - set(self.uploads)):
-            if _is_upload_id(upload_id):
+            if is_upload_id(upload_id):
                 await self._load(upload_id)
         for upload_id, u in before.items():
             if upload_id in names or u.completing or u.active or u.gone:
@@ -416,14 +417,25 @@ class Uploads:
         rc = self.tree.root_caller
         try:
             entries = await self.tree.read_dir(rc, u.ino)
-        except errors.NotFound:
+        except GONE:
             raise S3Error("NoSuchUpload", UploadId=u.id) from None
         for name, e in entries:
             if e.type is not FileType.REG or not name.startswith(b"p") or not name[1:].isdigit():
                 continue
-            a = e.attrs or await self.vfs.getattr(rc, e.ino)
-            meta = ObjectMeta.decode(await self.vfs.meta_get(rc, e.ino, META_KEY))
+            try:
+                a = e.attrs or await self.vfs.getattr(rc, e.ino)
+                meta = ObjectMeta.decode(await self.vfs.meta_get(rc, a.ino, META_KEY))
+            except GONE:
+                # Gone since the listing: uploaded again (the new part is at
+                # its name now), or the upload was aborted or completed.
+                try:
+                    a = await self.vfs.lookup(rc, u.ino, name)
+                    meta = ObjectMeta.decode(await self.vfs.meta_get(rc, a.ino, META_KEY))
+                except GONE:
+                    continue
             out[int(name[1:])] = (a, meta)
+        if u.gone:
+            raise S3Error("NoSuchUpload", UploadId=u.id)
         return out
 
     async def abort(self, u: Upload) -> None:
@@ -442,6 +454,13 @@ class Uploads:
         while len(self.completed) > COMPLETED_KEPT:
             self.completed.popitem(last=False)
         await self._discard(u)
+
+    def lost(self, u: Upload) -> None:
+        """C{u}'s directory is gone (another gateway finished it): forget it, as L{refresh} would."""
+        if self.uploads.get(u.id) is u:
+            u.gone = True
+            del self.uploads[u.id]
+            self._changed()
 
     async def _discard(self, u: Upload) -> None:
         u.gone = True

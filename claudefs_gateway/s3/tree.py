@@ -508,10 +508,15 @@ class Tree:
             if kind is not FileType.DIR:
                 empty = False
                 continue
-            child = await self.vfs.getattr(rc, child_ino)
-            scaffold = store or in_store or (await self.meta(rc, child)).dir == "auto"
-            if not scaffold or not await self._sweep(child_ino, store, depth + 1):
-                empty = False
+            try:
+                child = await self.vfs.getattr(rc, child_ino)
+                scaffold = store or in_store or (await self.meta(rc, child)).dir == "auto"
+                if not scaffold or not await self._sweep(child_ino, store, depth + 1):
+                    empty = False
+                    continue
+            except (errors.NotFound, errors.Stale):
+                # Removed since it was listed (a DELETE of the last object
+                # under it pruned it): not in the way.
                 continue
             try:
                 await self.vfs.rmdir(rc, ino, name)

@@ -129,7 +129,9 @@ class Versions:
     async def _child(self, parent: int, name: bytes, create: bool) -> int | None:
         try:
             a = await self.vfs.lookup(self.rc, parent, name)
-        except errors.NotFound:
+        except GONE:
+            # Without it (or, on a read, without C{parent}, removed since a
+            # listing found it: the gateway prunes emptied directories).
             if not create:
                 return None
             try:

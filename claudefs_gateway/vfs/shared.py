@@ -160,6 +160,10 @@ class SharedLockTable:
         self._sids: dict[int, tuple[ShareToken, int]] = {}  # id(token) -> (token, share id)
         # id(token) -> (token, the meta server's answer to its last SHARE_OPEN or SHARE_SET)
         self._settling: dict[int, tuple[ShareToken, _Answer]] = {}
+        # The tokens above, by owner and owners by client: a release forgets
+        # the closed ones among its own, not by a scan of every open (L{_forget}).
+        self._tracked: dict[LockOwner, set[ShareToken]] = {}
+        self._owners: dict[tuple[str, str | bytes], set[LockOwner]] = {}
         self._ids = itertools.count(1)
         self._changes: dict[int, list[defer.Deferred[None]]] = {}
         self._probe = LockOwner("shared-probe", b"", b"")
@@ -386,7 +390,7 @@ class SharedLockTable:
 
     def release_owner(self, owner: LockOwner, tell: bool = True) -> None:
         self.local.release_owner(owner)
-        self._forget_closed()
+        self._forget(list(self._tracked.get(owner, ())))
         if tell:
             # Not told when the caller removes the owner's file next: the
             # UNLINK that takes its last link drops its state at the meta
@@ -395,15 +399,17 @@ class SharedLockTable:
 
     def release_client(self, protocol: str, client: str | bytes) -> None:
         self.local.release_client(protocol, client)
-        self._forget_closed()
+        owners = self._owners.get((protocol, client), ())
+        self._forget([t for o in list(owners) for t in self._tracked.get(o, ())])
         self.link.send("RELEASE_CLIENT", (protocol, _client_to_wire(client)))
 
     def release_inode(self, ino: int) -> None:
         # No RELEASE_INODE: the UNLINK, RMDIR or RENAME whose answer said the
         # last link went has dropped the inode's state at the meta server
         # (protocol version 5), and the vfs calls this only after such an answer.
+        tokens = self.local.shares(ino)
         self.local.release_inode(ino)
-        self._forget_closed()
+        self._forget(tokens)
 
     # -- shares ---------------------------------------------------------------------------------
 
@@ -411,14 +417,47 @@ class SharedLockTable:
         got = self._sids.get(id(token))
         if got is None or got[0] is not token:
             got = (token, next(self._ids))
-            self._sids[id(token)] = got
+            self._track(token, got[1])
         return got[1]
 
-    def _forget_closed(self) -> None:
-        for k in [k for k, (t, _) in self._sids.items() if t.closed]:
-            del self._sids[k]
-        for k in [k for k, (t, _) in self._settling.items() if t.closed]:
-            del self._settling[k]
+    def _track(self, token: ShareToken, sid: int) -> None:
+        """Keep C{token}'s share id (C{_sids}) and index it by its owner."""
+        self._sids[id(token)] = (token, sid)
+        owner = token.owner
+        self._tracked.setdefault(owner, set()).add(token)
+        self._owners.setdefault((owner.protocol, owner.client), set()).add(owner)
+
+    def _untrack(self, token: ShareToken) -> None:
+        owner = token.owner
+        mine = self._tracked.get(owner)
+        if mine is None:
+            return
+        mine.discard(token)
+        if not mine:
+            del self._tracked[owner]
+            key = (owner.protocol, owner.client)
+            owners = self._owners[key]
+            owners.discard(owner)
+            if not owners:
+                del self._owners[key]
+
+    def _forget(self, tokens: Iterable[ShareToken]) -> None:
+        """
+        Drop what is kept for those of C{tokens} a release closed. Only a
+        release's own tokens are looked at: a scan of every open share at
+        each release made many opens and closes quadratic.
+        """
+        for t in tokens:
+            if not t.closed:
+                continue
+            self._untrack(t)
+            key = id(t)
+            got = self._sids.get(key)
+            if got is not None and got[0] is t:
+                del self._sids[key]
+            answer = self._settling.get(key)
+            if answer is not None and answer[0] is t:
+                del self._settling[key]
 
     def _check_view(self, ino: int, access: frozenset[str], deny: frozenset[str]) -> None:
         if not self.view.shares(ino):
@@ -469,7 +508,7 @@ class SharedLockTable:
                 except BaseException:
                     self.link.send("SHARE_CLOSE", (intent.sid,))
                     raise
-                self._sids[id(token)] = (token, intent.sid)
+                self._track(token, intent.sid)
                 return token
             self.link.send("SHARE_CLOSE", (intent.sid,))
         if not reclaim and self.clients is not None and self.clients.in_grace:
@@ -545,8 +584,13 @@ class SharedLockTable:
     def close_share(self, token: ShareToken) -> None:
         was_open = not token.closed
         self.local.close_share(token)
-        got = self._sids.pop(id(token), None)
-        self._settling.pop(id(token), None)
+        got = self._sids.get(id(token))
+        if got is not None and got[0] is token:
+            del self._sids[id(token)]
+            self._untrack(token)
+        answer = self._settling.get(id(token))
+        if answer is not None and answer[0] is token:
+            del self._settling[id(token)]
         if was_open and got is not None and got[0] is token:
             self.link.send("SHARE_CLOSE", (got[1],))
 

@@ -154,6 +154,35 @@ class LiveTests(TestCase):
         )
         self.assertNotEqual(r.status, 200)
 
+    async def test_complete_retried_where_its_answer_is_not_kept(self) -> None:
+        """
+        A Complete retried where its answer is not remembered (through
+        another gateway or C{--workers} worker, or after a restart) answers
+        200 with the same result while the object it made is unchanged, as
+        AWS does; it used to answer NoSuchUpload. Other parts, another user,
+        or the object written since: NoSuchUpload.
+        """
+        uploads = self.root.getServiceNamed("proto:s3").uploads
+        upload, etag = await self.upload("/bkt/mp", b"part data")
+        first = await self.complete("/bkt/mp", upload, etag)
+        self.assertEqual(first.status, 200)
+        uploads.completed.clear()
+        again = await self.complete("/bkt/mp", upload, etag)
+        self.assertEqual((again.status, again.body), (200, first.body))
+        other = await self.complete("/bkt/mp", upload, '"0123456789abcdef0123456789abcdef"')
+        self.assertEqual((other.status, other.code), (404, "NoSuchUpload"))
+        elsewhere = await self.complete("/bkt/other", upload, etag)
+        self.assertEqual((elsewhere.status, elsewhere.code), (404, "NoSuchUpload"))
+        bob = Client(self.port, BOB)
+        self.addCleanup(bob.close)
+        body = f"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part></CompleteMultipartUpload>"
+        r = await bob.request("POST", "/bkt/mp", {"uploadId": upload}, body=body.encode())
+        self.assertEqual((r.status, r.code), (404, "NoSuchUpload"))
+        # A plain PUT of the same bytes since: another object, not this upload's.
+        self.assertEqual((await self.c.request("PUT", "/bkt/mp", body=b"part data")).status, 200)
+        r = await self.complete("/bkt/mp", upload, etag)
+        self.assertEqual((r.status, r.code), (404, "NoSuchUpload"))
+
     async def test_mp_object_size(self) -> None:
         """x-amz-mp-object-size must be the parts' total."""
         upload, etag = await self.upload("/bkt/sized", b"123456")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -160,3 +161,85 @@ class ServiceTests(TestCase):
         self.assertNotIn(b"<Upload>", r.body)
         r = await self.c.request("GET", "/lcbkt", "lifecycle")
         self.assertIn(b"<DaysAfterInitiation>1</DaysAfterInitiation>", r.body)
+
+
+class RemovedWhilePassedTests(TestCase):
+    """
+    A lifecycle pass is no snapshot either: an object deleted between its
+    directory's listing and the pass's read of its metadata is nothing to do,
+    and the pass goes on with the rest of the bucket (before, it stopped
+    there, and the rest waited for the next interval - forever, for a bucket
+    always busy). The hook is RemovedWhileListedTests' (tests/s3/test_versions.py).
+    """
+
+    timeout = 60
+    setUp = ServiceTests.setUp
+    put_rules = ServiceTests.put_rules
+    run_at = ServiceTests.run_at
+    keys = ServiceTests.keys
+
+    async def remove_after_listing(self, *deletes: tuple[str, dict[str, str] | None]) -> list[bool]:
+        """After the first listing of the bucket, run C{deletes} (path, query) to their answers."""
+        vfs = self.s3.tree.vfs
+        rc = self.s3.tree.root_caller
+        bucket = await vfs.lookup(rc, self.s3.tree.export.root_ino, b"lcbkt")
+        real = vfs.readdir
+        fired: list[bool] = []
+
+        async def hooked(*args: object, **kw: object) -> object:
+            result = await real(*args, **kw)
+            if not fired and args[1] == bucket.ino:
+                fired.append(True)
+                for path, query in deletes:
+                    r = await self.c.request("DELETE", path, query)
+                    self.assertEqual(r.status, 204, r.body)
+            return result
+
+        self.patch(vfs, "readdir", lambda *a, **kw: defer.ensureDeferred(hooked(*a, **kw)))
+        return fired
+
+    async def test_expiry_goes_on_past_an_object_deleted_meanwhile(self) -> None:
+        """The objects after one deleted during the pass expire in that pass."""
+        await self.put_rules(
+            "<Rule><ID>all</ID><Filter><Prefix></Prefix></Filter><Status>Enabled</Status>"
+            "<Expiration><Days>1</Days></Expiration></Rule>"
+        )
+        for k in ("a", "b", "c"):
+            await self.c.request("PUT", f"/lcbkt/{k}", body=k.encode())
+        fired = await self.remove_after_listing(("/lcbkt/b", None))
+        await self.run_at(2)
+        self.assertEqual(fired, [True])
+        self.assertEqual(await self.keys(), [])
+        reg = self.root.core.metrics.registry
+        self.assertEqual(
+            reg.get_sample_value("gateway_s3_lifecycle_actions_total", {"action": "expire"}), 2
+        )
+        self.assertFalse(self.flushLoggedErrors())
+
+    async def test_noncurrent_goes_on_past_a_current_version_deleted_meanwhile(self) -> None:
+        """A versioned key whose current version went during the pass; the next key is done."""
+        await self.c.request(
+            "PUT",
+            "/lcbkt",
+            "versioning",
+            body=b"<VersioningConfiguration><Status>Enabled</Status></VersioningConfiguration>",
+        )
+        await self.put_rules(
+            "<Rule><ID>nc</ID><Filter><Prefix></Prefix></Filter><Status>Enabled</Status>"
+            "<NoncurrentVersionExpiration><NoncurrentDays>1</NoncurrentDays></NoncurrentVersionExpiration></Rule>"
+        )
+        vids = {}
+        for k in ("k", "z"):
+            for body in (b"1", b"2"):
+                r = await self.c.request("PUT", f"/lcbkt/{k}", body=body)
+                vids[k, body] = r.header("x-amz-version-id")
+        # k's current version (2) goes: its version 1 is promoted to current.
+        fired = await self.remove_after_listing(("/lcbkt/k", {"versionId": vids["k", b"2"]}))
+        await self.run_at(1.5)
+        self.assertEqual(fired, [True])
+        r = await self.c.request("GET", "/lcbkt", {"versions": ""})
+        listed = re.findall(rb"<Key>([^<]*)</Key><VersionId>([^<]*)</VersionId>", r.body)
+        self.assertEqual(
+            listed, [(b"k", vids["k", b"1"].encode()), (b"z", vids["z", b"2"].encode())]
+        )
+        self.assertFalse(self.flushLoggedErrors())

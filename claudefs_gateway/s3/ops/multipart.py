@@ -23,7 +23,7 @@ from claudefs_gateway.s3.call import (
 )
 from claudefs_gateway.s3.errors import S3Error, directory_data
 from claudefs_gateway.s3.keys import Key
-from claudefs_gateway.s3.multipart import MAX_PART_NUMBER, Upload, part_name
+from claudefs_gateway.s3.multipart import MAX_PART_NUMBER, Upload, is_upload_id, part_name
 from claudefs_gateway.s3.ops.objects import ObjectOps
 from claudefs_gateway.s3.ranges import Unsatisfiable, parse_copy_range
 from claudefs_gateway.s3.tree import ObjectMeta, rle
@@ -279,6 +279,18 @@ class MultipartOps(ObjectOps):
         upload.completing = True
         try:
             await self._complete(call, upload, bucket, key, wanted)
+        except S3Error as e:
+            if e.code != "NoSuchUpload":
+                raise
+            # Its directory is gone: completed (or aborted) through another
+            # gateway since this one loaded it. A retried Complete of it
+            # answers as there (L{_complete_again}).
+            uploads.lost(upload)
+            result = await self._completed_object(call, wanted)
+            if result is None:
+                raise
+            self._finish_xml(call, result)
+            return
         finally:
             upload.completing = False
         uploads.touch(upload)
@@ -288,11 +300,25 @@ class MultipartOps(ObjectOps):
         A CompleteMultipartUpload retried after it succeeded (its answer was
         lost): AWS answers 200 with the same result, as long as the parts list
         is the same. Otherwise the upload is no more: C{missing}.
+
+        This gateway remembers the answers of the uploads it completed; one
+        completed through another gateway (a retry that lands on another
+        C{--workers} worker or gateway) is recognised by the object it made,
+        while that object is unchanged (L{_completed_object}).
         """
-        done = self._uploads().completed.get(call.query.get("uploadId", ""))
+        upload_id = call.query.get("uploadId", "")
+        done = self._uploads().completed.get(upload_id)
+        if done is None:
+            if not is_upload_id(upload_id):
+                raise missing
+            raw = await self._read_small(call, COMPLETE_BODY)
+            result = await self._completed_object(call, xmlio.parse_complete(raw))
+            if result is None:
+                raise missing
+            self._xml(call, result)
+            return
         if (
-            done is None
-            or done.bucket != call.bucket
+            done.bucket != call.bucket
             or done.key != call.key
             or call.caller.cred.uid not in (done.uid, 0)
         ):
@@ -302,6 +328,52 @@ class MultipartOps(ObjectOps):
         if [(p.number, unquote_etag(p.etag)) for p in wanted] != done.parts:
             raise missing
         self._xml(call, done.result)
+
+    async def _completed_object(self, call: Call, wanted: list[Any]) -> bytes | None:
+        """
+        The answer of a Complete with the parts C{wanted} if the key's object
+        is the one such a Complete made and is unchanged since, else None.
+
+        What the store keeps of the object says so, with no record of the
+        upload: its ETag is the MD5 of the parts' MD5s (their ETags) and their
+        count, its part sizes are kept only while no file client or later
+        write has changed it, and it belongs to the caller (as the upload did).
+        """
+        assert call.bucket is not None
+        try:
+            md5s = [bytes.fromhex(unquote_etag(p.etag)) for p in wanted]
+        except ValueError:
+            return None
+        if not md5s:
+            return None
+        tree = self._tree()
+        key = self._key(call)
+        try:
+            bucket = await tree.bucket(call.caller, call.bucket)
+            a = await tree.lookup(call.caller, bucket, key)
+        except S3Error:
+            return None
+        if call.caller.cred.uid not in (a.uid, 0):
+            return None
+        meta = await tree.meta(call.caller, a)
+        if meta.part_count() != len(md5s) or meta.etag != checksums.multipart_etag(md5s):
+            return None
+        return self._complete_result(call, key, meta)
+
+    def _complete_result(self, call: Call, key: Key, meta: ObjectMeta) -> bytes:
+        """The CompleteMultipartUploadResult document for the object C{meta} describes."""
+        assert call.bucket is not None
+        fields: list[tuple[str, Any]] = [
+            ("Location", f"/{call.bucket}/{quote(key.text)}"),
+            ("Bucket", call.bucket),
+            ("Key", key.text),
+            ("ETag", f'"{meta.etag}"'),
+        ]
+        for algo, v in meta.checksums.items():
+            fields.append(("Checksum" + algo.upper(), v))
+        if meta.checksum_type:
+            fields.append(("ChecksumType", meta.checksum_type))
+        return xmlio.document("CompleteMultipartUploadResult", fields)
 
     async def _complete(
         self, call: Call, upload: Upload, bucket: Attributes, key: Key, wanted: list[Any]
@@ -441,17 +513,7 @@ class MultipartOps(ObjectOps):
             raise
         stop()
         assert call.bucket is not None
-        fields: list[tuple[str, Any]] = [
-            ("Location", f"/{call.bucket}/{quote(key.text)}"),
-            ("Bucket", call.bucket),
-            ("Key", key.text),
-            ("ETag", f'"{meta.etag}"'),
-        ]
-        for algo, v in meta.checksums.items():
-            fields.append(("Checksum" + algo.upper(), v))
-        if meta.checksum_type:
-            fields.append(("ChecksumType", meta.checksum_type))
-        result = xmlio.document("CompleteMultipartUploadResult", fields)
+        result = self._complete_result(call, key, meta)
         if not call.request.startedWriting:
             for hname, hvalue in self._sse_headers(sse.Sse.decode(meta.sse)).items():
                 call.request.setHeader(hname.encode(), hvalue.encode())

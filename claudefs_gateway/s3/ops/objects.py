@@ -39,7 +39,7 @@ from claudefs_gateway.s3.owners import canonical_id
 from claudefs_gateway.s3.ranges import ByteRange, Unsatisfiable, parse_range
 from claudefs_gateway.s3.signing import parse_http_date, parse_query
 from claudefs_gateway.s3.tree import EMPTY_MD5, ObjectMeta
-from claudefs_gateway.s3.versions import NULL, Versions, new_version_id, valid_version_id
+from claudefs_gateway.s3.versions import GONE, NULL, Versions, new_version_id, valid_version_id
 from claudefs_gateway.vfs import inline
 from claudefs_gateway.vfs.origin import Origin
 from claudefs_gateway.vfs.worm import WORM_KEY, Retention
@@ -654,8 +654,11 @@ class ObjectOps(Operations):
         cur_vid: str | None = None
         cur_time = 0
         if current is not None:
-            cur_meta = await tree.meta(tree.root_caller, current)
-            cur_vid, cur_time = versions.effective(conf, current, cur_meta)
+            try:
+                cur_meta = await tree.meta(tree.root_caller, current)
+                cur_vid, cur_time = versions.effective(conf, current, cur_meta)
+            except GONE:
+                current = None  # removed since its lookup (a file client, another worker)
         conditional = cond is not None and not cond.empty
         if vid is None:
             if conditional:

@@ -182,7 +182,8 @@ class MultipartAcrossGatewaysTests(TestCase):
         client connections the kernel spreads): an upload created through A
         takes parts, is listed and completes through B, and A reads the
         object. B used to answer 404 NoSuchUpload: uploads were known only
-        to the gateway that made them (or loaded them at its start).
+        to the gateway that made them (or loaded them at its start). The
+        Complete retried through A answers as B did.
         """
         import hashlib
 
@@ -213,8 +214,13 @@ class MultipartAcrossGatewaysTests(TestCase):
         body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
         r = await b.request("POST", "/mpb/big", {"uploadId": upload}, body=body)
         self.assertEqual((r.status, r.code), (200, None), r.body)
+        completed = r.body
         r = await a.request("GET", "/mpb/big")
         self.assertEqual((r.status, r.body == one + two), (200, True))
+        # The Complete retried (its answer lost) lands on A: the same answer,
+        # as AWS gives while the object is unchanged (it was NoSuchUpload).
+        r = await a.request("POST", "/mpb/big", {"uploadId": upload}, body=body)
+        self.assertEqual((r.status, r.body), (200, completed))
         # Completed through B: A, which made it, no longer lists it.
         r = await a.request("GET", "/mpb", "uploads")
         self.assertNotIn(upload.encode(), r.body)

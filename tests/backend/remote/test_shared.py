@@ -518,3 +518,83 @@ class ProtocolFiveTests(TestCase):
         self.assertEqual(gone.nlink, 0)
         assert cluster.meta is not None
         await until(lambda: not b.locks.busy(f.ino), "B hears the inode's state went")
+
+
+class _QuietLink:
+    """A link whose every call succeeds at once; what is sent is kept."""
+
+    session = 1
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+
+    def send(self, name: str, args: Any) -> None:
+        self.sent.append((name, args))
+
+    def call(self, name: str, args: Any) -> defer.Deferred[Any]:
+        return defer.succeed(None)
+
+
+class ReleaseCostTests(TestCase):
+    """
+    A release (SMB CLOSE, NFSv4 RELEASE_LOCKOWNER, a lost client, a removed
+    file) forgets what this gateway kept of the share reservations it closed
+    by looking at those alone: it used to scan every open share, so many
+    opens each closed so were quadratic.
+    """
+
+    N = 300
+
+    def table(self) -> tuple[SharedLockTable, list[Any]]:
+        from claudefs_gateway.vfs.locks import ShareToken
+
+        clock = task.Clock()
+        t = SharedLockTable(LockTable(clock), _QuietLink(), clock)  # type: ignore[arg-type]
+        examined: list[Any] = []
+        closed = ShareToken.closed
+
+        def counting(token: Any) -> bool:
+            examined.append(token)
+            return bool(closed.fget(token))  # type: ignore[attr-defined]
+
+        self.patch(ShareToken, "closed", property(counting))
+        return t, examined
+
+    def open_many(self, t: SharedLockTable) -> list[Any]:
+        return [
+            t.open_share(100 + i, LockOwner("smb", f"session-{i}", b"fid"), {"read"}, set())
+            for i in range(self.N)
+        ]
+
+    def test_release_owner_examines_its_own_shares(self) -> None:
+        t, examined = self.table()
+        tokens = self.open_many(t)
+        del examined[:]
+        for i in range(self.N):
+            t.release_owner(tokens[i].owner)
+        self.assertTrue(all(tok.closed for tok in tokens))
+        del examined[-self.N :]  # the line above
+        self.assertLessEqual(len(examined), self.N)  # one each; it was N * (N + 1) / 2
+        self.assertEqual((t._sids, t._settling, t._tracked, t._owners), ({}, {}, {}, {}))
+
+    def test_release_client_and_inode_examine_their_own_shares(self) -> None:
+        t, examined = self.table()
+        tokens = self.open_many(t)
+        del examined[:]
+        for i in range(0, self.N, 2):
+            t.release_client("smb", f"session-{i}")
+            t.release_inode(101 + i)
+        self.assertLessEqual(len(examined), self.N)  # one each; it was N * (N + 1) / 2
+        self.assertEqual((t._sids, t._settling, t._tracked, t._owners), ({}, {}, {}, {}))
+        sent = [name for name, _ in t.link.sent]  # type: ignore[attr-defined]
+        self.assertEqual(sent.count("RELEASE_CLIENT"), self.N // 2)
+        self.assertEqual(len(tokens), self.N)
+
+    def test_close_share_forgets_it(self) -> None:
+        t, _ = self.table()
+        tokens = self.open_many(t)
+        for tok in tokens:
+            t.close_share(tok)
+        self.assertEqual((t._sids, t._settling, t._tracked, t._owners), ({}, {}, {}, {}))
+        closes = [args for name, args in t.link.sent if name == "SHARE_CLOSE"]  # type: ignore[attr-defined]
+        self.assertEqual(len(closes), self.N)
