@@ -1,0 +1,169 @@
+"""
+Changes of one key racing each other, through boto3 (a subprocess,
+L{tests.s3.boto_steps}) against a gateway on loopback: a lifecycle expiry
+and a PUT of the key it expires, an abort whose upload directory another
+gateway removed meanwhile, a copy whose source is a delete marker, a
+CompleteMultipartUpload retried after its object was replaced
+(docs/s3.rst "Concurrent changes of one key").
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import TestCase
+
+from claudefs_gateway.fstypes import SetAttrs
+from tests.helpers import REPO, child_env, spawn
+from tests.s3.harness import ALICE, Client, s3_port, start_gateway
+
+DAY = 86400
+VERSIONED = {"Status": "Enabled"}
+
+
+class ReplacedMeanwhileTests(TestCase):
+    timeout = 120
+
+    async def setUp(self) -> None:
+        self.root = await start_gateway(self)
+        self.port = s3_port(self.root)
+        self.c = Client(self.port)
+        self.addCleanup(self.c.close)
+        self.s3 = self.root.getServiceNamed("proto:s3")
+        self.tree = self.s3.tree
+        self.vfs = self.tree.vfs
+        self.rc = self.tree.root_caller
+
+    async def boto(self, *steps: Any) -> list[Any]:
+        """boto3 steps (L{tests.s3.boto_steps}) in a subprocess; their results."""
+        argv = [
+            sys.executable,
+            "-m",
+            "tests.s3.boto_steps",
+            f"http://127.0.0.1:{self.port}",
+            ALICE[0],
+            ALICE[1],
+            json.dumps(list(steps)),
+        ]
+        proc = spawn(argv, env=child_env(), path=REPO)
+        status = await proc.ended
+        err = proc.stderr.decode("utf-8", "replace")
+        self.assertEqual(status, 0, err + "\n".join(proc.text))
+        return json.loads(proc.text[-1])  # type: ignore[no-any-return]
+
+    def after(
+        self,
+        obj: Any,
+        method: str,
+        when: Callable[..., bool],
+        change: Callable[[], Awaitable[None]],
+    ) -> list[bool]:
+        """After the first C{obj.method} call C{when} accepts, run C{change} before going on."""
+        real = getattr(obj, method)
+        fired: list[bool] = []
+
+        async def hooked(*args: object, **kw: object) -> object:
+            result = await real(*args, **kw)
+            if not fired and when(*args):
+                fired.append(True)
+                await change()
+            return result
+
+        self.patch(obj, method, lambda *a, **kw: defer.ensureDeferred(hooked(*a, **kw)))
+        return fired
+
+    # -- lifecycle expiry against a PUT of the key --------------------------------------------
+
+    async def lifecycle_bucket(self) -> Any:
+        """Bucket lcb, expiring objects a day old; its object k, written three days ago."""
+        rule = {"ID": "day", "Filter": {"Prefix": ""}, "Status": "Enabled"}
+        rule["Expiration"] = {"Days": 1}
+        await self.boto(
+            ["create_bucket", {"Bucket": "lcb"}],
+            [
+                "put_bucket_lifecycle_configuration",
+                {"Bucket": "lcb", "LifecycleConfiguration": {"Rules": [rule]}},
+            ],
+            ["put_object", {"Bucket": "lcb", "Key": "k", "Body": "old"}],
+        )
+        bucket = await self.vfs.lookup(self.rc, self.tree.export.root_ino, b"lcb")
+        old = await self.vfs.lookup(self.rc, bucket.ino, b"k")
+        then = int((time.time() - 3 * DAY) * 1e9)
+        await self.vfs.setattr(self.rc, old.ino, SetAttrs(mtime=then))
+        return old
+
+    async def pass_now(self) -> None:
+        """One lifecycle pass, half a day from now: k as written now is not due."""
+        worker = self.s3.lifecycle
+        clock = Clock()
+        clock.advance(time.time() + DAY / 2)
+        worker.clock = clock
+        await worker.run()
+
+    async def get_k(self) -> Any:
+        return (await self.boto(["get_object", {"Bucket": "lcb", "Key": "k"}]))[0]["Body"]
+
+    async def test_expiry_leaves_an_object_written_after_it_was_judged(self) -> None:
+        """
+        A PUT replacing the three-day-old k after the pass read k (and found
+        it due) and before it removed it: the new k, half a day old, stays.
+        Before, the pass removed whatever was at k by then.
+        """
+        old = await self.lifecycle_bucket()
+
+        async def put_new() -> None:
+            r = await self.c.request("PUT", "/lcb/k", body=b"new")
+            self.assertEqual(r.status, 200, r.body)
+
+        fired = self.after(self.tree, "meta", lambda caller, a: a.ino == old.ino, put_new)
+        await self.pass_now()
+        self.assertEqual(fired, [True])
+        self.assertEqual(await self.get_k(), "new")
+        reg = self.root.core.metrics.registry
+        expired = reg.get_sample_value("gateway_s3_lifecycle_actions_total", {"action": "expire"})
+        self.assertIn(expired, (None, 0))
+
+    async def test_put_waits_for_an_expiry_under_way(self) -> None:
+        """
+        A PUT of k arriving while the pass removes the old k lands after
+        the removal: the new k stays. Before, the PUT did not wait, landed
+        first, and the removal took it.
+        """
+        await self.lifecycle_bucket()
+        real_delete = self.tree.delete
+        put_small = self.tree.put_small
+        landed: list[bool] = []
+
+        async def counted(*args: Any, **kw: Any) -> Any:
+            result = await put_small(*args, **kw)
+            landed.append(True)
+            return result
+
+        self.patch(self.tree, "put_small", counted)
+        put: list[defer.Deferred[Any]] = []
+
+        async def delete(*args: Any, **kw: Any) -> Any:
+            if not put:
+                put.append(defer.ensureDeferred(self.c.request("PUT", "/lcb/k", body=b"new")))
+                locks = self.s3.api.key_locks.held
+                for _ in range(2000):
+                    lock = locks.get(("lcb", "k"))
+                    if landed or (lock is not None and lock.waiting):
+                        break
+                    await deferLater(reactor, 0)
+                else:
+                    self.fail("the PUT neither landed nor waited")
+            return await real_delete(*args, **kw)
+
+        self.patch(self.tree, "delete", delete)
+        await self.pass_now()
+        self.assertEqual(len(put), 1)
+        r = await put[0]
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(await self.get_k(), "new")
