@@ -469,13 +469,18 @@ class Uploads:
         await self._remove_dir(u.ino, u.id.encode())
 
     async def _remove_dir(self, ino: int, name: bytes) -> None:
+        """
+        Remove upload directory C{ino} and what is in it. What went meanwhile
+        (another gateway completed or aborted the upload; a file or part
+        removed) is removed already: not found, or stale (L{GONE}).
+        """
         rc = self.tree.root_caller
         try:
             for child, _ in await self.tree.read_dir(rc, ino):
                 try:
                     await self.vfs.remove(rc, ino, child)
-                except errors.NotFound:
+                except GONE:
                     pass
             await self.vfs.rmdir(rc, self.mpu_ino, name)
-        except errors.NotFound:
+        except GONE:
             pass

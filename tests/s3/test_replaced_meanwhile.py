@@ -19,6 +19,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
+from claudefs_gateway import errors
 from claudefs_gateway.fstypes import SetAttrs
 from tests.helpers import REPO, child_env, spawn
 from tests.s3.harness import ALICE, Client, s3_port, start_gateway
@@ -167,3 +168,61 @@ class ReplacedMeanwhileTests(TestCase):
         r = await put[0]
         self.assertEqual(r.status, 200, r.body)
         self.assertEqual(await self.get_k(), "new")
+
+    # -- an upload directory removed under an abort -------------------------------------------
+
+    async def test_abort_of_an_upload_another_gateway_removed_meanwhile(self) -> None:
+        """
+        AbortMultipartUpload whose upload directory another gateway removed
+        (completed or aborted the upload) after the abort listed its parts:
+        the upload is gone, as asked. The stores answer NotFound for the
+        directory gone meanwhile (this passed before the change too).
+        """
+        await self.abort_removed_meanwhile(stale=False)
+
+    async def test_abort_of_an_upload_removed_meanwhile_answered_stale(self) -> None:
+        """
+        The same where the store answers ESTALE for the directory gone
+        meanwhile (as a file handle of it would be; injected: no store here
+        answers so today): 204 too (it answered 500).
+        """
+        await self.abort_removed_meanwhile(stale=True)
+
+    async def abort_removed_meanwhile(self, stale: bool) -> None:
+        created = await self.boto(
+            ["create_bucket", {"Bucket": "mpb"}],
+            ["create_multipart_upload", {"Bucket": "mpb", "Key": "big"}],
+        )
+        uid = created[1]["UploadId"]
+        await self.boto(
+            [
+                "upload_part",
+                {"Bucket": "mpb", "Key": "big", "UploadId": uid, "PartNumber": 1, "Body": "a"},
+            ]
+        )
+        upload = self.s3.uploads.uploads[uid]
+
+        async def other_gateway_removes() -> None:
+            for name, _ in await self.tree.read_dir(self.rc, upload.ino):
+                await self.vfs.remove(self.rc, upload.ino, name)
+            await self.vfs.rmdir(self.rc, self.s3.uploads.mpu_ino, uid.encode())
+            if stale:
+                real_remove = self.vfs.remove
+
+                def remove(caller: Any, d: int, *rest: Any, **kw: Any) -> Any:
+                    if d == upload.ino:
+                        return defer.fail(errors.Stale(f"inode {d} is gone"))
+                    return real_remove(caller, d, *rest, **kw)
+
+                self.patch(self.vfs, "remove", remove)
+
+        fired = self.after(
+            self.vfs, "readdir", lambda c, d, *rest: d == upload.ino, other_gateway_removes
+        )
+        await self.boto(
+            ["abort_multipart_upload", {"Bucket": "mpb", "Key": "big", "UploadId": uid}]
+        )
+        self.assertEqual(fired, [True])
+        listed = await self.boto(["list_multipart_uploads", {"Bucket": "mpb"}])
+        self.assertEqual(listed[0].get("Uploads", []), [])
+        self.assertFalse(self.flushLoggedErrors())
