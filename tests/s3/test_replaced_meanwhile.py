@@ -226,3 +226,41 @@ class ReplacedMeanwhileTests(TestCase):
         listed = await self.boto(["list_multipart_uploads", {"Bucket": "mpb"}])
         self.assertEqual(listed[0].get("Uploads", []), [])
         self.assertFalse(self.flushLoggedErrors())
+
+    # -- a copy whose source is a delete marker -------------------------------------------------
+
+    async def test_copy_from_a_delete_marker(self) -> None:
+        """
+        CopyObject and UploadPartCopy from a key whose current version is a
+        delete marker: 404 NoSuchKey with x-amz-delete-marker, as if the
+        object were deleted; from a version id naming a delete marker: 400
+        InvalidRequest (AWS's CopyObject reference says both).
+        """
+        made = await self.boto(
+            ["create_bucket", {"Bucket": "cpb"}],
+            ["put_bucket_versioning", {"Bucket": "cpb", "VersioningConfiguration": VERSIONED}],
+            ["put_object", {"Bucket": "cpb", "Key": "k", "Body": "k"}],
+            ["delete_object", {"Bucket": "cpb", "Key": "k"}],
+            ["create_multipart_upload", {"Bucket": "cpb", "Key": "big"}],
+        )
+        marker, uid = made[3]["VersionId"], made[4]["UploadId"]
+        current = {"Bucket": "cpb", "Key": "k"}
+        by_id = {"Bucket": "cpb", "Key": "k", "VersionId": marker}
+        part = {"Bucket": "cpb", "Key": "big", "UploadId": uid, "PartNumber": 1}
+        got = await self.boto(
+            ["failure", "copy_object", {"Bucket": "cpb", "Key": "dst", "CopySource": current}],
+            ["failure", "copy_object", {"Bucket": "cpb", "Key": "dst", "CopySource": by_id}],
+            ["failure", "upload_part_copy", {**part, "CopySource": current}],
+            ["failure", "upload_part_copy", {**part, "CopySource": by_id}],
+            ["error", "head_object", {"Bucket": "cpb", "Key": "dst"}],
+        )
+        self.assertEqual(
+            got,
+            [
+                ["NoSuchKey", 404, "true"],
+                ["InvalidRequest", 400, None],
+                ["NoSuchKey", 404, "true"],
+                ["InvalidRequest", 400, None],
+                "404",
+            ],
+        )
