@@ -9,6 +9,7 @@ CompleteMultipartUpload retried after its object was replaced
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -40,6 +41,7 @@ class ReplacedMeanwhileTests(TestCase):
         self.tree = self.s3.tree
         self.vfs = self.tree.vfs
         self.rc = self.tree.root_caller
+        self.answer: Any = None  # what completed_upload's Complete answered
 
     async def boto(self, *steps: Any) -> list[Any]:
         """boto3 steps (L{tests.s3.boto_steps}) in a subprocess; their results."""
@@ -264,3 +266,81 @@ class ReplacedMeanwhileTests(TestCase):
                 "404",
             ],
         )
+
+    # -- a Complete retried after its object was replaced -------------------------------------
+
+    async def completed_upload(self, bucket: str, body: str, versioned: bool | None = False) -> Any:
+        """
+        Bucket C{bucket} (made unless C{versioned} is None), its object big
+        made by a completed one-part upload of C{body}; that Complete, whose
+        retry answered the same (the answer lost: sent again).
+        """
+        steps: list[Any] = []
+        if versioned is not None:
+            steps.append(["create_bucket", {"Bucket": bucket}])
+        if versioned:
+            conf = {"Bucket": bucket, "VersioningConfiguration": VERSIONED}
+            steps.append(["put_bucket_versioning", conf])
+        steps.append(["create_multipart_upload", {"Bucket": bucket, "Key": "big"}])
+        uid = (await self.boto(*steps))[-1]["UploadId"]
+        etag = f'"{hashlib.md5(body.encode()).hexdigest()}"'
+        part = {"Bucket": bucket, "Key": "big", "UploadId": uid, "PartNumber": 1, "Body": body}
+        complete = {
+            "Bucket": bucket,
+            "Key": "big",
+            "UploadId": uid,
+            "MultipartUpload": {"Parts": [{"ETag": etag, "PartNumber": 1}]},
+        }
+        got = await self.boto(
+            ["upload_part", part],
+            ["complete_multipart_upload", complete],
+            ["complete_multipart_upload", complete],
+        )
+        self.assertEqual(got[1], got[2])
+        self.answer = got[1]
+        return complete
+
+    async def test_complete_retried_after_a_put_replaced_its_object(self) -> None:
+        """
+        A Complete retried after a PUT replaced the object it made:
+        NoSuchUpload (the upload is no more), the PUT's object stays. It
+        answered 200 with the old ETag, as if the upload's object were the key's.
+        """
+        complete = await self.completed_upload("cmb", "one")
+        got = await self.boto(
+            ["put_object", {"Bucket": "cmb", "Key": "big", "Body": "plain"}],
+            ["error", "complete_multipart_upload", complete],
+            ["get_object", {"Bucket": "cmb", "Key": "big"}],
+        )
+        self.assertEqual((got[1], got[2]["Body"]), ("NoSuchUpload", "plain"))
+
+    async def test_complete_retried_after_another_upload_replaced_its_object(self) -> None:
+        """
+        The same where another upload of the same bytes (so the same ETag)
+        replaced it in a versioned bucket: NoSuchUpload for the first
+        upload's retry, the second's retry still answered.
+        """
+        complete = await self.completed_upload("cmv", "same", versioned=True)
+        second = await self.completed_upload("cmv", "same", versioned=None)
+        got = await self.boto(
+            ["error", "complete_multipart_upload", complete],
+            ["complete_multipart_upload", second],
+        )
+        self.assertEqual(got[0], "NoSuchUpload")
+        self.assertEqual(got[1]["ETag"], f'"{_multipart_md5("same")}-1"')
+
+    async def test_complete_retried_where_forgotten_answers_its_version(self) -> None:
+        """
+        In a versioned bucket the retry answers the version id the Complete
+        made, as the Complete did (it answered none).
+        """
+        complete = await self.completed_upload("cma", "v", versioned=True)
+        self.assertIn("VersionId", self.answer)
+        self.s3.uploads.completed.clear()
+        got = await self.boto(["complete_multipart_upload", complete])
+        self.assertEqual(got[0], self.answer)
+
+
+def _multipart_md5(body: str) -> str:
+    """The ETag (without its part count) of a one-part upload of C{body}."""
+    return hashlib.md5(hashlib.md5(body.encode()).digest()).hexdigest()
