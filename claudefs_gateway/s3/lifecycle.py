@@ -344,6 +344,16 @@ class Worker:
         if self._seconds is not None:
             self._seconds.observe(self.clock.seconds() - start)
 
+    async def _lone_marker(self, versions: Any, parent: int, leaf: bytes, vid: str) -> bool:
+        """Whether delete marker C{vid} is still all there is of the key (no current object)."""
+        try:
+            await self.tree.vfs.lookup(self.tree.root_caller, parent, leaf)
+            return False
+        except GONE:
+            pass
+        older = await versions.older(parent, leaf)
+        return len(older) == 1 and older[0].vid == vid and older[0].delete_marker
+
     async def _bucket(self, name: str, bucket: Any, conf: Any, rules: list[dict[str, Any]]) -> None:
         from claudefs_gateway.s3.keys import Key
         from claudefs_gateway.s3.listing import Lister
@@ -478,11 +488,17 @@ class Worker:
                             )
                         )
                     ):
+                        lock = self.locks.lock(name, text)
+                        await lock.acquire()
                         try:
-                            await versions.remove(it.parent, leaf, older[0].vid)
-                            self._count("delete_marker")
+                            # Still alone, with nothing written over it since?
+                            if await self._lone_marker(versions, it.parent, leaf, older[0].vid):
+                                await versions.remove(it.parent, leaf, older[0].vid)
+                                self._count("delete_marker")
                         except errors.FSError:
                             pass
+                        finally:
+                            self.locks.unlock(name, text, lock)
                         older = []
             if not page.truncated:
                 break

@@ -83,18 +83,25 @@ class ReplacedMeanwhileTests(TestCase):
 
     # -- lifecycle expiry against a PUT of the key --------------------------------------------
 
-    async def lifecycle_bucket(self) -> Any:
-        """Bucket lcb, expiring objects a day old; its object k, written three days ago."""
-        rule = {"ID": "day", "Filter": {"Prefix": ""}, "Status": "Enabled"}
-        rule["Expiration"] = {"Days": 1}
-        await self.boto(
-            ["create_bucket", {"Bucket": "lcb"}],
+    async def lifecycle_bucket(self, versioned: bool = False, marker: bool = False) -> Any:
+        """
+        Bucket lcb, expiring objects a day old (or, with C{marker}, delete
+        markers left alone); its object k, written three days ago.
+        """
+        rule: dict[str, Any] = {"ID": "day", "Filter": {"Prefix": ""}, "Status": "Enabled"}
+        rule["Expiration"] = {"ExpiredObjectDeleteMarker": True} if marker else {"Days": 1}
+        steps: list[Any] = [["create_bucket", {"Bucket": "lcb"}]]
+        if versioned:
+            conf = {"Bucket": "lcb", "VersioningConfiguration": VERSIONED}
+            steps.append(["put_bucket_versioning", conf])
+        steps += [
             [
                 "put_bucket_lifecycle_configuration",
                 {"Bucket": "lcb", "LifecycleConfiguration": {"Rules": [rule]}},
             ],
             ["put_object", {"Bucket": "lcb", "Key": "k", "Body": "old"}],
-        )
+        ]
+        await self.boto(*steps)
         bucket = await self.vfs.lookup(self.rc, self.tree.export.root_ino, b"lcb")
         old = await self.vfs.lookup(self.rc, bucket.ino, b"k")
         then = int((time.time() - 3 * DAY) * 1e9)
@@ -131,6 +138,58 @@ class ReplacedMeanwhileTests(TestCase):
         reg = self.root.core.metrics.registry
         expired = reg.get_sample_value("gateway_s3_lifecycle_actions_total", {"action": "expire"})
         self.assertIn(expired, (None, 0))
+
+    async def versions_of_k(self) -> tuple[int, int]:
+        """(versions, delete markers) of lcb's key k."""
+        got = (await self.boto(["list_object_versions", {"Bucket": "lcb"}]))[0]
+        return len(got.get("Versions", [])), len(got.get("DeleteMarkers", []))
+
+    async def test_versioned_expiry_leaves_a_version_written_after_it_was_judged(self) -> None:
+        """
+        The same in a versioned bucket: the new version stays current, the
+        old one noncurrent, no delete marker. Before, the pass, acting on
+        the old one's id with the new one at the key, lost the old version.
+        """
+        old = await self.lifecycle_bucket(versioned=True)
+
+        async def put_new() -> None:
+            r = await self.c.request("PUT", "/lcb/k", body=b"new")
+            self.assertEqual(r.status, 200, r.body)
+
+        fired = self.after(self.tree, "meta", lambda caller, a: a.ino == old.ino, put_new)
+        await self.pass_now()
+        self.assertEqual(fired, [True])
+        self.assertEqual(await self.get_k(), "new")
+        self.assertEqual(await self.versions_of_k(), (2, 0))
+
+    async def test_lone_marker_expiry_leaves_a_marker_written_over(self) -> None:
+        """
+        ExpiredObjectDeleteMarker: a PUT of k after the pass found k's delete
+        marker alone makes it a noncurrent marker behind the new object; the
+        pass leaves it. Before, it removed it all the same.
+        """
+        await self.lifecycle_bucket(versioned=True, marker=True)
+        await self.boto(
+            ["delete_object", {"Bucket": "lcb", "Key": "k"}],
+            ["delete_object", {"Bucket": "lcb", "Key": "k", "VersionId": await self.vid_of_k()}],
+        )
+        self.assertEqual(await self.versions_of_k(), (0, 1))
+        from claudefs_gateway.s3.versions import Versions
+
+        async def put_new() -> None:
+            r = await self.c.request("PUT", "/lcb/k", body=b"new")
+            self.assertEqual(r.status, 200, r.body)
+
+        fired = self.after(Versions, "older", lambda v, parent, leaf: leaf == b"k", put_new)
+        await self.pass_now()
+        self.assertEqual(fired, [True])
+        self.assertEqual(await self.get_k(), "new")
+        self.assertEqual(await self.versions_of_k(), (1, 1))
+
+    async def vid_of_k(self) -> str:
+        """The version id of lcb's object k (its only version)."""
+        got = (await self.boto(["list_object_versions", {"Bucket": "lcb"}]))[0]
+        return str(got["Versions"][0]["VersionId"])
 
     async def test_put_waits_for_an_expiry_under_way(self) -> None:
         """
