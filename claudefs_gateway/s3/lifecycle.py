@@ -435,7 +435,7 @@ class Worker:
                                 )
                                 await versions.add_marker(owner, it.parent, leaf, mid, now_ns)
                             else:
-                                await tree.delete(rc, bucket, key)
+                                await tree.delete(rc, bucket, key, expect=current.ino)
                             self._count("expire")
                             current = None
                         except GONE:

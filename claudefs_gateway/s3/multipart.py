@@ -45,6 +45,8 @@ MAX_PART_NUMBER = 10000
 STATE_KEY = b"s3.upload"
 #: Completed uploads whose answer is kept for a retried Complete.
 COMPLETED_KEPT = 10000
+#: Sweeps of an upload directory an abort makes while parts keep landing in it.
+SWEEPS = 5
 
 
 def is_upload_id(text: str) -> bool:
@@ -490,15 +492,29 @@ class Uploads:
         """
         Remove upload directory C{ino} and what is in it. What went meanwhile
         (another gateway completed or aborted the upload; a file or part
-        removed) is removed already: not found, or stale (L{GONE}).
+        removed) is removed already: not found, or stale (L{GONE}). A part
+        another gateway (or worker) staged after the sweep makes the rmdir
+        meet a non-empty directory: sweep again, up to L{SWEEPS} times, then
+        leave the directory for a later abort or the expiry (as AWS: a part
+        uploaded while the abort runs may be left; abort again).
         """
         rc = self.tree.root_caller
-        try:
-            for child, _ in await self.tree.read_dir(rc, ino):
-                try:
-                    await self.vfs.remove(rc, ino, child)
-                except GONE:
-                    pass
-            await self.vfs.rmdir(rc, self.mpu_ino, name)
-        except GONE:
-            pass
+        for attempt in range(SWEEPS):
+            try:
+                for child, _ in await self.tree.read_dir(rc, ino):
+                    try:
+                        await self.vfs.remove(rc, ino, child)
+                    except GONE:
+                        pass
+                await self.vfs.rmdir(rc, self.mpu_ino, name)
+                return
+            except GONE:
+                return
+            except errors.NotEmpty:
+                if attempt == SWEEPS - 1:
+                    self._log.info(
+                        "upload directory {name} still not empty after {n} sweeps "
+                        "(parts still arriving): left for a later abort or the expiry",
+                        name=name.decode("ascii", "replace"),
+                        n=SWEEPS,
+                    )

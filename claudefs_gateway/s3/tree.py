@@ -946,8 +946,15 @@ class Tree:
         await self.set_meta(caller, d.ino, meta)
         return await self.vfs.getattr(caller, d.ino)
 
-    async def delete(self, caller: Caller, bucket: Attributes, key: Key) -> None:
-        """Delete an object (absent is success), then prune emptied directories the gateway made."""
+    async def delete(
+        self, caller: Caller, bucket: Attributes, key: Key, expect: int | None = None
+    ) -> None:
+        """
+        Delete an object (absent is success), then prune emptied directories
+        the gateway made. C{expect}: only if the object is still that inode
+        (the one a conditional DELETE or an expiry judged; a PUT since renamed
+        another over it, which stays).
+        """
         chain = [bucket]
         try:
             for seg in key.segments[:-1] if not key.marker else key.segments:
@@ -986,12 +993,19 @@ class Tree:
                 # The object and the emptied directories above it in one change.
                 dirs = await self._auto_dirs(caller, chain, names[:-1])
                 try:
-                    await inline(self.vfs.remove_pruning, caller, chain[-1].ino, names[-1], dirs)
+                    await inline(
+                        self.vfs.remove_pruning,
+                        caller,
+                        chain[-1].ino,
+                        names[-1],
+                        dirs,
+                        expect=expect,
+                    )
                 except (errors.NotFound, errors.IsDir):
                     pass
                 return
             try:
-                await self.vfs.remove(caller, chain[-1].ino, names[-1])
+                await self.vfs.remove(caller, chain[-1].ino, names[-1], expect=expect)
             except (errors.NotFound, errors.IsDir):
                 return
             names = names[:-1]

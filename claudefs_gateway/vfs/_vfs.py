@@ -1145,12 +1145,17 @@ class VFS:
         origin: Origin | None = None,
         durable: bool = True,
         fence: Fence | None = None,
+        expect: int | None = None,
     ) -> Attributes:
         """
         Unlink a non-directory; fires with the inode after (nlink 0: gone).
-        C{fence}: as for L{create}.
+        C{fence}: as for L{create}. C{expect}: remove the name only if it
+        still names that inode (the one the caller judged: an S3 conditional
+        DELETE); another there means that one was replaced (NotFound).
         """
         _, a = await self._prepare_remove(caller, dir_ino, name)
+        if expect is not None and a.ino != expect:
+            raise errors.NotFound("replaced meanwhile")
         if a.is_dir:
             raise errors.IsDir("is a directory")
         org = self._origin(caller, origin)
@@ -1179,6 +1184,7 @@ class VFS:
         name: bytes,
         dirs: tuple[tuple[int, bytes], ...],
         origin: Origin | None = None,
+        expect: int | None = None,
     ) -> tuple[Attributes, tuple[Attributes, ...]]:
         """
         L{remove}, then L{rmdir} of each of C{dirs} (parent, name: the
@@ -1187,7 +1193,7 @@ class VFS:
         pruning the directories it made). A directory the caller may not
         remove, one with a lease or open, or one not empty, ends the
         pruning there (it is not an error). Fires with the unlinked inode
-        after and the directories removed, after.
+        after and the directories removed, after. C{expect}: as for L{remove}.
 
         @raise NotSupp: the store cannot (L{can_prune}).
         """
@@ -1195,6 +1201,8 @@ class VFS:
         if unlink is None:
             raise errors.NotSupp("the store cannot prune in one operation")
         _, a = await self._prepare_remove(caller, dir_ino, name)
+        if expect is not None and a.ino != expect:
+            raise errors.NotFound("replaced meanwhile")
         if a.is_dir:
             raise errors.IsDir("is a directory")
         org = self._origin(caller, origin)

@@ -22,6 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from claudefs_gateway import errors
 from claudefs_gateway.fstypes import SetAttrs
+from claudefs_gateway.s3.multipart import SWEEPS
 from tests.helpers import REPO, child_env, spawn
 from tests.s3.harness import ALICE, Client, s3_port, start_gateway
 
@@ -287,6 +288,126 @@ class ReplacedMeanwhileTests(TestCase):
         listed = await self.boto(["list_multipart_uploads", {"Bucket": "mpb"}])
         self.assertEqual(listed[0].get("Uploads", []), [])
         self.assertFalse(self.flushLoggedErrors())
+
+    async def test_abort_racing_an_upload_part(self) -> None:
+        """
+        AbortMultipartUpload racing another gateway's UploadPart: a part
+        landing in the upload directory after the abort swept it (so its
+        rmdir met a non-empty directory) is swept too, and the abort answers
+        204 with the upload gone (it answered 500).
+        """
+        uid, upload = await self.upload_with_a_part()
+
+        async def other_gateway_uploads() -> None:
+            await self.stage_part(upload.ino, b"p2")
+
+        fired = self.after(
+            self.vfs, "readdir", lambda c, d, *rest: d == upload.ino, other_gateway_uploads
+        )
+        got = await self.boto(
+            ["abort_multipart_upload", {"Bucket": "mpb", "Key": "big", "UploadId": uid}],
+            ["list_multipart_uploads", {"Bucket": "mpb"}],
+        )
+        self.assertEqual(fired, [True])
+        self.assertEqual(got[1].get("Uploads", []), [])
+        with self.assertRaises(errors.NotFound):
+            await self.vfs.lookup(self.rc, self.s3.uploads.mpu_ino, uid.encode())
+
+    async def test_abort_racing_parts_without_end(self) -> None:
+        """
+        A part landing after every sweep the abort makes: the abort still
+        answers 204 after its bounded retries (AWS: a part uploaded while
+        the abort runs may be left; abort again), and a later abort, with
+        no part arriving, removes the upload.
+        """
+        uid, upload = await self.upload_with_a_part()
+        n = [1]
+
+        async def another_part() -> None:
+            n[0] += 1
+            await self.stage_part(upload.ino, b"p%d" % n[0])
+
+        real = self.vfs.readdir
+
+        async def readdir(caller: Any, d: int, *rest: Any, **kw: Any) -> Any:
+            result = await real(caller, d, *rest, **kw)
+            if d == upload.ino:
+                await another_part()
+            return result
+
+        self.patch(self.vfs, "readdir", lambda *a, **kw: defer.ensureDeferred(readdir(*a, **kw)))
+        abort = ["abort_multipart_upload", {"Bucket": "mpb", "Key": "big", "UploadId": uid}]
+        await self.boto(abort)
+        self.assertEqual(n[0], 1 + SWEEPS)
+        await self.vfs.lookup(self.rc, self.s3.uploads.mpu_ino, uid.encode())  # left
+        self.patch(self.vfs, "readdir", real)
+        got = await self.boto(abort, ["list_multipart_uploads", {"Bucket": "mpb"}])
+        self.assertEqual(got[1].get("Uploads", []), [])
+        with self.assertRaises(errors.NotFound):
+            await self.vfs.lookup(self.rc, self.s3.uploads.mpu_ino, uid.encode())
+
+    async def upload_with_a_part(self) -> tuple[str, Any]:
+        """Bucket mpb, an upload of its key big with part 1: (upload id, upload)."""
+        created = await self.boto(
+            ["create_bucket", {"Bucket": "mpb"}],
+            ["create_multipart_upload", {"Bucket": "mpb", "Key": "big"}],
+        )
+        uid = created[1]["UploadId"]
+        part = {"Bucket": "mpb", "Key": "big", "UploadId": uid, "PartNumber": 1, "Body": "a"}
+        await self.boto(["upload_part", part])
+        return uid, self.s3.uploads.uploads[uid]
+
+    async def stage_part(self, upload_ino: int, name: bytes) -> None:
+        """A part file landing in upload directory C{upload_ino}, as another gateway writes it."""
+        await self.vfs.create(self.rc, upload_ino, name, 0o600, exclusive=True)
+
+    # -- a conditional DELETE racing a plain PUT ----------------------------------------------
+
+    async def conditional_delete_racing_a_put(self, *steps: Any) -> list[Any]:
+        """
+        Bucket cdb (no lifecycle rules, unversioned), its object k; C{steps}
+        run with a plain PUT of k landing after the first check of k's ETag.
+        Their results, then k's body.
+        """
+        await self.boto(
+            ["create_bucket", {"Bucket": "cdb"}],
+            ["put_object", {"Bucket": "cdb", "Key": "k", "Body": "old"}],
+        )
+        bucket = await self.vfs.lookup(self.rc, self.tree.export.root_ino, b"cdb")
+        old = await self.vfs.lookup(self.rc, bucket.ino, b"k")
+
+        async def put_new() -> None:
+            r = await self.c.request("PUT", "/cdb/k", body=b"new")
+            self.assertEqual(r.status, 200, r.body)
+
+        fired = self.after(self.tree, "etag", lambda caller, a, *rest: a.ino == old.ino, put_new)
+        got = await self.boto(*steps, ["get_object", {"Bucket": "cdb", "Key": "k"}])
+        self.assertEqual(fired, [True])
+        return [*got[:-1], got[-1]["Body"]]
+
+    async def test_conditional_delete_leaves_an_object_put_after_its_check(self) -> None:
+        """
+        DeleteObject with If-Match: a plain PUT (which takes no key lock)
+        replacing k after the delete checked k's ETag is left: the delete
+        removes only the object it checked, which the PUT replaced (204).
+        Before, it removed the new k.
+        """
+        etag = f'"{hashlib.md5(b"old").hexdigest()}"'
+        got = await self.conditional_delete_racing_a_put(
+            ["delete_object", {"Bucket": "cdb", "Key": "k", "IfMatch": etag}]
+        )
+        self.assertEqual(got[-1], "new")
+
+    async def test_delete_objects_with_an_etag_leaves_an_object_put_after_its_check(self) -> None:
+        """The same through DeleteObjects with an ETag condition: k is reported deleted, the new k stays."""
+        etag = f'"{hashlib.md5(b"old").hexdigest()}"'
+        delete = {"Objects": [{"Key": "k", "ETag": etag}]}
+        got = await self.conditional_delete_racing_a_put(
+            ["delete_objects", {"Bucket": "cdb", "Delete": delete}]
+        )
+        self.assertEqual([d["Key"] for d in got[0].get("Deleted", [])], ["k"])
+        self.assertNotIn("Errors", got[0])
+        self.assertEqual(got[-1], "new")
 
     # -- a copy whose source is a delete marker -------------------------------------------------
 

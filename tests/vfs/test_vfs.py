@@ -500,6 +500,24 @@ class VFSTests(SynchronousTestCase):
             ],
         )
 
+    def test_remove_of_the_inode_judged(self) -> None:
+        """
+        remove(expect=ino) removes the name only while it names that inode:
+        a file renamed over it since (an S3 PUT) is left, NotFound.
+        """
+        old = self.ok(self.vfs.create(self.alice, self.pub, b"k", 0o644))
+        new = self.ok(self.vfs.create(self.alice, self.pub, b"t", 0o644))
+        self.ok(self.vfs.rename(self.alice, self.pub, b"t", self.pub, b"k"))
+        self.bad(self.vfs.remove(self.alice, self.pub, b"k", expect=old.ino), errors.NotFound)
+        self.assertEqual(self.ok(self.vfs.lookup(self.alice, self.pub, b"k")).ino, new.ino)
+        if self.vfs.can_prune:
+            self.bad(
+                self.vfs.remove_pruning(self.alice, self.pub, b"k", (), expect=old.ino),
+                errors.NotFound,
+            )
+        self.ok(self.vfs.remove(self.alice, self.pub, b"k", expect=new.ino))
+        self.bad(self.vfs.lookup(self.alice, self.pub, b"k"), errors.NotFound)
+
     def test_removed_directory_hears_of_it(self) -> None:
         """Listeners of a directory hear of its own removal (SMB answers a watch on it)."""
         d = self.ok(self.vfs.mkdir(self.alice, self.pub, b"d", 0o755))

@@ -767,7 +767,9 @@ class ObjectOps(Operations):
             etag, _ = await self._object_etag(call, current)
             cond.check(etag, current)
             try:
-                await tree.delete(call.caller, bucket, key)
+                # Only the object checked: a plain PUT takes no key lock, and
+                # one that landed since stays (as if after this DELETE).
+                await tree.delete(call.caller, bucket, key, expect=current.ino)
             except errors.FSError:
                 raise from_failure(failure()) from None
         finally:
