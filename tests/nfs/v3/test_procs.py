@@ -667,8 +667,8 @@ class FastPathTests(ProcTestCase):
         """
         What a warm 4 KiB READ of a file kept out of line costs the server in
         Python calls (issue 18), counted inside L{RPCServer.handle}: the
-        bound sits between the count before (36) and after (28)
-        docs/bench.rst "NFS READ at queue depth 1: the fast path's Python".
+        bound sits between the count before (26) and after (23)
+        docs/bench.rst "The RPC layer's share of a call".
         The reply still carries the data, the eof and the current size.
         """
         data = bytes(range(256)) * 16
@@ -696,14 +696,14 @@ class FastPathTests(ProcTestCase):
             r = self.c.read(fh, i * 4096, 4096)
             self.assertEqual((r.status, r.data, r.eof, r.attrs.size), (0, data, i == 15, 65536))
         self.assertEqual(self.general, [])
-        self.assertLess(calls[0] / 10, 32)
+        self.assertLess(calls[0] / 10, 25)
 
     def test_wire_call_count(self) -> None:
         """
         What a warm GETATTR and a warm 4 KiB READ cost in Python calls through
         the whole wire path - a connection's C{dataReceived}, record marking,
         the RPC layer, the handler, the reply's write - (issue 18): the bounds
-        sit between the counts before (39 and 47) and after (33 and 40)
+        sit between the counts before (33 and 37) and after (21 and 29)
         docs/bench.rst "The RPC layer's share of a call". The replies are
         still right, and the connection still knows its program and uid.
         """
@@ -747,8 +747,8 @@ class FastPathTests(ProcTestCase):
             proto.dataReceived(record)
         transport.clear()
         del self.general[:]
-        self.assertLess(count(getattr_call), 36)
-        self.assertLess(count(read_call), 44)
+        self.assertLess(count(getattr_call), 24)
+        self.assertLess(count(read_call), 32)
         self.assertEqual(self.general, [])
         replies = transport.value()
         # Ten GETATTR replies, then ten READ replies carrying the 4 KiB.
