@@ -59,11 +59,15 @@ class RecordReader:
         between fragments): how much the next socket read may usefully ask
         for. Kept by L{feed} as it returns (an attribute, not a property: the
         connection reads it after every read).
+    @ivar buffered: bytes held now, of a record not yet whole (the
+        connection's partial-record timeout; tests check the bound). Kept
+        by L{feed} as C{missing} is.
     """
 
     __slots__ = (
         "max_record",
         "missing",
+        "buffered",
         "_chunks",
         "_off",
         "_have",
@@ -83,11 +87,7 @@ class RecordReader:
         self._need = -1  # bytes of the current fragment expected; -1: reading a header
         self._last = False
         self.missing = 0
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held now (for tests that check the bound)."""
-        return self._have + self._size
+        self.buffered = 0
 
     def _take(self, n: int) -> bytes:
         """Remove and return the next C{n} bytes (C{n <= self._have})."""
@@ -147,7 +147,7 @@ class RecordReader:
                 out.append(data[pos + 4 : pos + 4 + n])
                 pos += 4 + n
             if pos == end:
-                return out  # at a record boundary again: missing stays 0
+                return out  # at a record boundary again: missing and buffered stay 0
             if pos:
                 data = data[pos:]
             if out:
@@ -160,6 +160,7 @@ class RecordReader:
             if self._need < 0:
                 if self._have < 4:
                     self.missing = 0
+                    self.buffered = self._have + self._size
                     return out
                 (h,) = _unpack_header(self._take(4))
                 self._last = bool(h & LAST_FRAGMENT)
@@ -172,6 +173,7 @@ class RecordReader:
             n = self._need
             if self._have < n:
                 self.missing = n - self._have
+                self.buffered = self._have + self._size
                 return out
             piece = self._take(n) if n else b""
             if self._last and not self._frags:

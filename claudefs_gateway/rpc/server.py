@@ -299,7 +299,9 @@ class RPCServer:
             # The answer from memory if the procedure has one (no coroutine,
             # no Deferred), else the general handler's.
             fast = proc.fast
-            result = fast(call, args) if fast is not None else None
+            result: Results | defer.Deferred[Results] | None = (
+                fast(call, args) if fast is not None else None
+            )
             if result is None:
                 result = proc.handle(call, args)
         except Exception:
