@@ -735,22 +735,12 @@ class RPCStreamProtocol(Protocol):
 
     def _serve(self, record: bytes) -> None:
         assert self.peer is not None
-        budget = self._budget
-        if budget is not None:
-            budget.hold(len(record))
         peer = self.peer
         peer.expected = 0
-        try:
-            result = self.server.handle(record, peer)
-        except BaseException:
-            if budget is not None:
-                budget.release(len(record))
-            raise
+        result = self.server.handle(record, peer)
         if type(result) is list:
             # Answered at once (the common case; a type test: an isinstance
             # of Deferred, an ABC, costs a Python-level check per call).
-            if budget is not None:
-                budget.release(len(record))
             batch = self._batch
             if batch is None or self.closed:
                 self.send(result)
@@ -765,9 +755,6 @@ class RPCStreamProtocol(Protocol):
             if self._batch_size >= BATCH_BYTES or len(batch) >= BATCH_PARTS:
                 self._flush()
             return
-        if result is None or not isinstance(result, defer.Deferred) or result.called:
-            if budget is not None:
-                budget.release(len(record))
         if result is None:
             return
         if not isinstance(result, defer.Deferred):
@@ -780,6 +767,13 @@ class RPCStreamProtocol(Protocol):
             if out and isinstance(out[0], list):
                 self.send(out[0])
             return
+        # Left running: the record (and the reply it may return) is held,
+        # against the connection's bound and in the memory budget, until
+        # it is answered. A call answered at once holds nothing: no other
+        # call can run meanwhile, and its own admission is decided by what
+        # the calls before it hold (two budget calls per call saved).
+        if self._budget is not None:
+            self._budget.hold(len(record))
         self.pending.add(result)
         held = len(record) + peer.expected
         self._held += held
@@ -926,8 +920,9 @@ class RPCStreamFactory(Factory):
             (seconds; 0 = never); without one neither applies.
         @param metrics: a L{RequestMetrics}: timeouts counted as rejections.
         @param budget: the gateway-wide L{claudefs_gateway.core.budget.MemoryBudget}:
-            calls being served and replies queued unread count in it (the
-            programs refuse new calls while it is spent).
+            calls left running (one answered at once holds nothing) and
+            replies queued unread count in it (the programs refuse new calls
+            while it is spent).
         """
         self.budget = budget
         self.max_queued_bytes = max_queued_bytes

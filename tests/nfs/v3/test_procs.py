@@ -774,7 +774,7 @@ class FastPathTests(ProcTestCase):
         budget, and the NFS service's admission hook (the budget, a rate
         limiter with no limit set). The bounds sit between the counts before
         (41 and 45, with the hook a lambda around C{Core.admit}) and after
-        (24 and 32); the budget holds nothing once the calls are answered.
+        (22 and 30); the budget holds nothing once the calls are answered.
         """
         import time
         import types
@@ -791,8 +791,8 @@ class FastPathTests(ProcTestCase):
         # The reactor's seconds is time.time, a C function (a Clock's is Python).
         clock = types.SimpleNamespace(seconds=time.time)
         getattr_calls, read_calls = self.wire_counts(clock=clock, budget=budget)
-        self.assertLess(getattr_calls, 27)
-        self.assertLess(read_calls, 35)
+        self.assertLess(getattr_calls, 25)
+        self.assertLess(read_calls, 33)
         self.assertEqual(budget.used, 0)
 
     def _fired(self, d: Deferred[Any]) -> Any:
