@@ -5,12 +5,12 @@ Twisted's TCP transport. If a Twisted release changes it, these tests say so.
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 from twisted.internet import defer, protocol, reactor, tcp
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
-
-import os
-import tempfile
 
 from claudefs_gateway.core.directsend import PRIVATE_ATTRIBUTES, DirectSender, FileRange
 

@@ -118,7 +118,9 @@ class SendfileReadTests(TestCase):
         client = await connect_tcp(reactor, "127.0.0.1", self.port)
         self.addCleanup(client.close)
         await self.read(client, 0, 10)
-        got = await _gather([self.read(client, off, MIB // 2) for off in range(0, 2 * MIB, MIB // 2)])
+        got = await _gather(
+            [self.read(client, off, MIB // 2) for off in range(0, 2 * MIB, MIB // 2)]
+        )
         self.assertEqual(b"".join(g[2] for g in got), self.blob[: 2 * MIB])
 
 
