@@ -44,7 +44,7 @@ from typing_extensions import override
 
 from zope.interface import implementer
 
-from claudefs_gateway.core.directsend import DirectSender
+from claudefs_gateway.core.directsend import DirectSender, materialize
 from claudefs_gateway.core.log import Logger, Sampler
 from claudefs_gateway.rpc import message as msg
 from claudefs_gateway.rpc.drc import BUSY, ReplyCache, call_key
@@ -114,6 +114,14 @@ class Peer:
     @ivar seen_cred: that call's credential (the parsed credentials are
         shared per encoded body): a call with the same procedures and
         credential as the one told (a client's usual case) skips telling.
+    @ivar sendfile: replies may hold L{FileRange<claudefs_gateway.core.directsend.FileRange>}
+        pieces (a TCP connection that writes to its socket itself): a
+        procedure answering synchronously may reply with file data the
+        kernel sends from the page cache.
+    @ivar ranged: the reply being made holds such a piece: set by the
+        procedure, read and cleared by the connection as it sends it, in
+        the same call stack (the range's descriptor is good only until the
+        procedure's caller returns).
     """
 
     host: str
@@ -124,6 +132,8 @@ class Peer:
     expected: int = 0
     seen_procs: Any = None
     seen_cred: Any = None
+    sendfile: bool = False
+    ranged: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -545,6 +555,7 @@ class RPCStreamProtocol(Protocol):
         # Twisted sends at most SEND_LIMIT (128 KiB) per reactor turn: a 1 MiB
         # READ reply would take eight turns. Let the kernel take what it can.
         self._direct = DirectSender.for_transport(self.transport)
+        self.peer.sendfile = self._direct is not None
         self._log.debug("connection {conn_id} from {host}", conn_id=self.conn_id, host=host)
         factory = getattr(self, "factory", None)
         self._budget = getattr(factory, "budget", None)
@@ -742,7 +753,8 @@ class RPCStreamProtocol(Protocol):
             # Answered at once (the common case; a type test: an isinstance
             # of Deferred, an ABC, costs a Python-level check per call).
             batch = self._batch
-            if batch is None or self.closed:
+            if batch is None or self.closed or peer.ranged:
+                # (A reply holding file ranges goes at once: send().)
                 self.send(result)
                 return
             # send()'s batching, in line (see there).
@@ -809,12 +821,29 @@ class RPCStreamProtocol(Protocol):
         one read are served are batched: one C{sendmsg} (one wake-up of the
         client) for the lot, up to C{BATCH_BYTES} or C{BATCH_PARTS} pieces.
         """
+        peer = self.peer
         if self.closed:
+            if peer is not None:
+                peer.ranged = False
             return
         size = 0
         for c in chunks:
             size += len(c)
         batch = self._batch
+        if peer is not None and peer.ranged:
+            # A reply with file ranges goes now, before anything else runs
+            # (their descriptors are only good until then), after the
+            # replies batched before it, in one write.
+            peer.ranged = False
+            parts: list[Any] = [_U32(LAST_FRAGMENT | size), *chunks]
+            size += 4
+            if batch:
+                parts = [*batch, *parts]
+                size += self._batch_size
+                self._batch = []
+                self._batch_size = 0
+            self._write(parts, size, True)
+            return
         if batch is not None:
             # Calls served from one read (a pipelining client's): their
             # replies leave together, in order, in one sendmsg (see _flush).
@@ -835,12 +864,18 @@ class RPCStreamProtocol(Protocol):
             if not self.closed:
                 self._write(batch, size)
 
-    def _write(self, parts: list[bytes], size: int) -> None:
-        """Write reply records (C{parts}, C{size} bytes in all) to the client."""
-        if self._direct is not None:
-            parts = self._direct.send(parts, size)
+    def _write(self, parts: list[Any], size: int, ranged: bool = False) -> None:
+        """
+        Write reply records (C{parts}, C{size} bytes in all) to the client;
+        C{ranged}: some parts are L{FileRange<claudefs_gateway.core.directsend.FileRange>}s.
+        """
+        direct = self._direct
+        if direct is not None:
+            parts = direct.send_ranges(parts, size) if ranged else direct.send(parts, size)
             if not parts:
                 return
+        elif ranged:
+            parts = materialize(parts)
         if self._paused_output:
             # Queued behind replies the client has not read: counted (in
             # max_queued_bytes and the memory budget) until it reads them

@@ -36,6 +36,7 @@ from typing import Any
 from twisted.internet import defer
 
 from claudefs_gateway import errors
+from claudefs_gateway.core.directsend import FileRange
 from claudefs_gateway.core.eager import eager
 from claudefs_gateway.core.fence import Fence
 from claudefs_gateway.core.log import Logger
@@ -262,7 +263,10 @@ class NFS3:
         """
         READ of bytes at hand (attributes cached, page cache or inline
         data), with no coroutine and no Deferred (L{Procedure.fast}); L{None} sends
-        the call the general way.
+        the call the general way. Over a connection that sends file ranges
+        itself (L{Peer.sendfile<claudefs_gateway.rpc.server.Peer>}), a large
+        READ all in the page cache replies with a L{FileRange}: the kernel
+        sends the data from the page cache (no copy of it in the gateway).
         """
         handle, offset, count = args
         try:
@@ -273,12 +277,16 @@ class NFS3:
             io = self.ctx.io_size
             if count > io or call.peer.transport == "udp":
                 count = min(count, self._io_max(call))
-            result = vfs.read_now(caller, a, offset, count)  # type: ignore[attr-defined]
+            peer = call.peer
+            result = vfs.read_now(caller, a, offset, count, peer.sendfile)  # type: ignore[attr-defined]
         except Exception as e:
             return [c.status_post_op(self._fail(call, e, "READ"), None, 0)]
         if result is None:
             return None
-        return _read_reply(result[0], result[1], a, export.id)
+        data = result[0]
+        if type(data) is FileRange:
+            peer.ranged = True
+        return _read_reply(data, result[1], a, export.id)
 
     async def proc_READ(self, call: Call, args: tuple[bytes, int, int]) -> list[bytes]:
         handle, offset, count = args
@@ -806,8 +814,11 @@ async def _quiet_getattr(
     return got
 
 
-def _read_reply(data: bytes, eof: bool, a: Attributes, fsid: int) -> list[bytes]:
-    """READ3resok: few pieces, so the reply goes out in one sendmsg, a piece per iovec."""
+def _read_reply(data: bytes | FileRange, eof: bool, a: Attributes, fsid: int) -> list[Any]:
+    """
+    READ3resok: few pieces, so the reply goes out in one sendmsg, a piece per
+    iovec (the data by sendfile when it is a L{FileRange}).
+    """
     n = len(data)
     head = _OK_ATTRS + c.fattr3(a, fsid) + _READ_HEAD.pack(n, 1 if eof else 0, n)
     if n & 3:
