@@ -1209,6 +1209,12 @@ class RemoteBackend:
             meta.name_max,
         )
 
+    #: Each call is a round trip to the meta server: the vfs asks for an
+    #: inode's names (LISTXATTR) once rather than for each of its records an
+    #: SMB open reads, most of them absent (docs/workers.rst "Records an
+    #: SMB open reads").
+    survey_xattrs = True
+
     def getxattr(self, ino: int, name: bytes) -> defer.Deferred[bytes]:
         return self._call("GETXATTR", (ino, bytes(name)))
 

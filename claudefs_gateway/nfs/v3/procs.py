@@ -140,10 +140,11 @@ class NFS3:
                 Procedure(
                     name,
                     decode,
-                    _deferred(method) if fast is None else _fast(fast, method),
+                    _deferred(method),
                     cached=number in cached,
                     cancel_on_close=number not in changes,
                     reply_size=sizes.get(number),
+                    fast=fast,
                 ),
             )
         return prog
@@ -164,7 +165,7 @@ class NFS3:
     # -- attributes -----------------------------------------------------------
 
     def fast_GETATTR(self, call: Call, handle: bytes) -> list[bytes] | None:
-        """GETATTR from the attribute cache, with no coroutine (L{_fast})."""
+        """GETATTR from the attribute cache, with no coroutine (L{Procedure.fast})."""
         try:
             got = self.ctx.file_now(call, handle)
         except Exception as e:
@@ -260,7 +261,7 @@ class NFS3:
     def fast_READ(self, call: Call, args: tuple[bytes, int, int]) -> list[bytes] | None:
         """
         READ of bytes at hand (attributes cached, page cache or inline
-        data), with no coroutine and no Deferred (L{_fast}); L{None} sends
+        data), with no coroutine and no Deferred (L{Procedure.fast}); L{None} sends
         the call the general way.
         """
         handle, offset, count = args
@@ -812,23 +813,6 @@ def _read_reply(data: bytes, eof: bool, a: Attributes, fsid: int) -> list[bytes]
     if n & 3:
         return [head, data, PADDING[n & 3]]
     return [head, data]
-
-
-def _fast(fast: Any, method: Any) -> Any:
-    """
-    The RPC handler for a procedure with a synchronous fast path: C{fast}
-    answers from memory (its reply), or returns L{None} for the general
-    C{method} (see L{_deferred}). Both reply alike: the fast path only
-    leaves out the coroutine and the Deferreds of an answer already known.
-    """
-
-    def handle(call: Call, args: Any) -> list[bytes] | defer.Deferred[list[bytes]]:
-        got: list[bytes] | None = fast(call, args)
-        if got is not None:
-            return got
-        return eager(method(call, args))
-
-    return handle
 
 
 def _deferred(method: Any) -> Any:
