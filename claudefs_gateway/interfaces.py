@@ -812,8 +812,13 @@ class IVFS(Interface):
         name: bytes,
         origin: Origin | None = None,
         durable: bool = True,
+        *,
+        expect: int | None = None,
     ) -> Deferred[Attributes]:
-        """Unlink a non-directory; fires with its attributes after (nlink 0: gone)."""
+        """
+        Unlink a non-directory; fires with its attributes after (nlink 0:
+        gone). C{expect}: only while the name names that inode (else NotFound).
+        """
 
     def rmdir(
         caller: Caller,
@@ -843,12 +848,14 @@ class IVFS(Interface):
         name: bytes,
         dirs: tuple[tuple[int, bytes], ...],
         origin: Origin | None = None,
+        expect: int | None = None,
     ) -> Deferred[tuple[Attributes, tuple[Attributes, ...]]]:
         """
         remove, then rmdir of each of C{dirs} (parent, name; innermost
         first) it leaves empty, as one durable store operation; a directory
         that may not go ends the pruning. Fires with the unlinked inode and
-        the directories removed. @raise NotSupp: the store cannot.
+        the directories removed. C{expect}: as for remove.
+        @raise NotSupp: the store cannot.
         """
 
     can_put_file = Attribute("Whether the store offers put_file (else it raises NotSupp).")

@@ -1151,6 +1151,7 @@ class VFS:
         origin: Origin | None = None,
         durable: bool = True,
         fence: Fence | None = None,
+        *,
         expect: int | None = None,
     ) -> Attributes:
         """
