@@ -81,6 +81,10 @@ STORED_HEADERS = (
 )
 
 
+#: json.dumps with these options builds an encoder per call; every PUT encodes.
+_META_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 @attrs.define
 class ObjectMeta:
     """
@@ -141,7 +145,7 @@ class ObjectMeta:
             # Zero is a size and a time (an empty object), not "absent".
             if v or (v == 0 and name in ("size", "mtime_ns") and v is not None):
                 d[short] = v
-        return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _META_JSON.encode(d).encode("utf-8")
 
     @classmethod
     def decode(cls, raw: bytes | None) -> ObjectMeta:
