@@ -75,7 +75,7 @@ class ObjectOps(Operations):
             await self._put_marker(call, bucket, key, meta)
             return
         found = await tree.check_writable(call.caller, bucket, key)
-        conf = await tree.bucket_conf(bucket)
+        conf = await tree.bucket_settings(bucket)
         enc = self._sse_for_write(call, conf.encryption)
         held = None
         if enc is None and not tags and lock is None and await self._one_step(call, bucket, conf):
@@ -267,7 +267,7 @@ class ObjectOps(Operations):
         self, bucket: Attributes, key: str, tags: dict[str, str], size: int, mtime_ns: int
     ) -> str | None:
         """C{x-amz-expiration}: when a lifecycle rule of the bucket will expire this object."""
-        conf = await self._tree().bucket_conf(bucket)
+        conf = await self._tree().bucket_settings(bucket)
         if not conf.lifecycle:
             return None
         return lifecycle.expiration_header(conf.lifecycle, key, tags, size, mtime_ns / 1e9)
@@ -373,7 +373,7 @@ class ObjectOps(Operations):
                 ArgumentName="versionId",
                 ArgumentValue=vid,
             )
-        conf = await tree.bucket_conf(bucket)
+        conf = await tree.bucket_settings(bucket)
         if key.marker or not conf.versioned:
             # Directory markers have only their null version, as does every
             # object of a bucket never versioned.
@@ -611,7 +611,7 @@ class ObjectOps(Operations):
                 ArgumentName="versionId",
                 ArgumentValue=vid,
             )
-        conf = await tree.bucket_conf(bucket)
+        conf = await tree.bucket_settings(bucket)
         if conf.versioned and not key.marker:
             lock = self._lock(call.bucket, key.text)
             await lock.acquire()
