@@ -91,22 +91,31 @@ def pin() -> Callable[[], None] | None:
     return lambda: os.sched_setaffinity(0, cpus)
 
 
-def tree_affinity(pid: int) -> dict[int, frozenset[int]]:
-    """The CPU affinity of every thread of C{pid} and of its live descendants, by thread id."""
-    out: dict[int, frozenset[int]] = {}
+def _tree_tasks(pid: int) -> Iterator[tuple[int, int]]:
+    """
+    (process id, thread id) of every thread of C{pid} and of its live
+    descendants (from L{PROC}; gone ones skipped).
+    """
     todo = [pid]
     while todo:
         p = todo.pop()
         try:
-            tasks = os.listdir(f"/proc/{p}/task")
+            tasks = os.listdir(f"{PROC}/{p}/task")
         except OSError:
             continue
         for task in tasks:
-            try:
-                out[int(task)] = frozenset(os.sched_getaffinity(int(task)))
-            except OSError:
-                pass  # gone meanwhile
+            yield p, int(task)
         todo += _child_pids(p)
+
+
+def tree_affinity(pid: int) -> dict[int, frozenset[int]]:
+    """The CPU affinity of every thread of C{pid} and of its live descendants, by thread id."""
+    out: dict[int, frozenset[int]] = {}
+    for _, task in _tree_tasks(pid):
+        try:
+            out[task] = frozenset(os.sched_getaffinity(task))
+        except OSError:
+            pass  # gone meanwhile
     return out
 
 
@@ -218,18 +227,7 @@ def tree_wait(pid: int) -> float:
     and no CPU. A thread that exits takes its count with it (the servers
     under test keep theirs for the run).
     """
-    total = 0.0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            tasks = os.listdir(f"{PROC}/{p}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            total += _run_delay(f"{PROC}/{p}/task/{task}/schedstat")
-        todo += _child_pids(p)
-    return total
+    return sum(_run_delay(f"{PROC}/{p}/task/{t}/schedstat") for p, t in _tree_tasks(pid))
 
 
 def thread_wait() -> float:
@@ -246,14 +244,7 @@ def _family_cpu_or_zero(pid: int) -> float:
 
 def children(pid: int) -> int:
     """Live children of C{pid}."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                total += len(f.read().split())
-        except OSError:
-            pass
-    return total
+    return len(_child_pids(pid))
 
 
 def settle(pid: int, before: int, deadline: float = 10.0) -> None:

@@ -58,6 +58,19 @@ class InFlightLost(BackendUnavailable):
     """
 
 
+class UnstableLost(BackendUnavailable):
+    """
+    Unstable writes answered before a COMMIT may not have reached stable
+    storage: their metadata's asynchronous commit was lost in a database
+    restart, a write-behind WROTE failed, or a meta or data server restarted
+    in between. The COMMIT that would have covered them fails with each
+    protocol's try-later status (NFS3ERR_JUKEBOX, NFS4ERR_DELAY) and the NFS
+    write verifier changes, so a client that checks the verifier resends,
+    and one that does not (libnfs) is told its fsync failed instead of being
+    told the bytes are safe (RFC 1813 section 3.3.21).
+    """
+
+
 class NotBuilt(GatewayError):
     """
     A component named in the configuration does not exist in this build.

@@ -33,6 +33,7 @@ from claudefs_gateway.s3.body import ClientGone
 from claudefs_gateway.s3.call import Call, Limits, failure
 from claudefs_gateway.s3.errors import S3Error, from_failure
 from claudefs_gateway.s3.headers import refuse
+from claudefs_gateway.s3.keys import KeyLocks
 from claudefs_gateway.s3.multipart import Uploads
 from claudefs_gateway.s3.ops.access import AccessOps
 from claudefs_gateway.s3.ops.buckets import BucketOps
@@ -112,7 +113,7 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, PostOps, AccessOps, M
         self.activity = activity
         self.tree: Tree | None = None
         self.uploads: Uploads | None = None
-        self._locks: dict[tuple[str, str], defer.DeferredLock] = {}
+        self.key_locks = KeyLocks()
         # The request-rate hook, admit(address, uid): returns or raises Throttled
         # (answered SlowDown, 503). Set by the S3 service.
         self.admit: Callable[[str, int], None] | None = None

@@ -15,10 +15,19 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from twisted.internet import defer
+
 from claudefs_gateway.fstypes import NAME_MAX
 from claudefs_gateway.s3.errors import S3Error
 
-__all__ = ["MAX_KEY_BYTES", "check_new_bucket_name", "bucket_name_ok", "key_segments", "Key"]
+__all__ = [
+    "MAX_KEY_BYTES",
+    "check_new_bucket_name",
+    "bucket_name_ok",
+    "key_segments",
+    "Key",
+    "KeyLocks",
+]
 
 MAX_KEY_BYTES = 1024
 
@@ -125,3 +134,30 @@ class Key:
 
     def __repr__(self) -> str:
         return f"Key({self.text!r})"
+
+
+class KeyLocks:
+    """
+    One lock per key (bucket name, key text) in this gateway process, held
+    while a change of that key decides on the object there and makes its
+    change: conditional and versioned writes, conditional and versioned
+    deletes, every write of a bucket with lifecycle rules and the lifecycle's
+    expiry (docs/s3.rst "Concurrent changes of one key"). A lock nobody holds
+    or waits for is dropped, so the table holds only busy keys.
+    """
+
+    def __init__(self) -> None:
+        self.held: dict[tuple[str, str], defer.DeferredLock] = {}
+
+    def lock(self, bucket: str, key: str) -> defer.DeferredLock:
+        """The lock of C{key} (acquire it, then give it to L{unlock})."""
+        k = (bucket, key)
+        lock = self.held.get(k)
+        if lock is None:
+            lock = self.held[k] = defer.DeferredLock()
+        return lock
+
+    def unlock(self, bucket: str, key: str, lock: defer.DeferredLock) -> None:
+        lock.release()
+        if not lock.locked and not lock.waiting and self.held.get((bucket, key)) is lock:
+            del self.held[(bucket, key)]

@@ -33,6 +33,7 @@ from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import Credentials
 from claudefs_gateway.s3.call import parse_iso_date
 from claudefs_gateway.s3.errors import S3Error
+from claudefs_gateway.s3.keys import KeyLocks
 from claudefs_gateway.s3.versions import GONE
 
 __all__ = ["parse_rules", "render_rules", "matches", "expiration_header", "DAY", "Worker"]
@@ -265,6 +266,10 @@ class Worker:
     @param tree: the S3 L{claudefs_gateway.s3.tree.Tree}.
     @param uploads: the L{claudefs_gateway.s3.multipart.Uploads} (to abort old ones).
     @param day: the length of a lifecycle day in seconds.
+    @param locks: the S3 front end's L{KeyLocks}: an expiry holds the key's
+        lock while it checks the object it judged is still there and removes
+        it, so a write of that key through this gateway lands before (and
+        is not expired: it is not the object judged) or after (and stays).
     """
 
     _log = Logger()
@@ -277,8 +282,10 @@ class Worker:
         interval: float,
         day: float,
         metrics: Any = None,
+        locks: KeyLocks | None = None,
     ) -> None:
         self.tree = tree
+        self.locks = locks if locks is not None else KeyLocks()
         self.uploads = uploads
         self.clock = clock
         self.interval = interval
@@ -337,6 +344,16 @@ class Worker:
         if self._seconds is not None:
             self._seconds.observe(self.clock.seconds() - start)
 
+    async def _lone_marker(self, versions: Any, parent: int, leaf: bytes, vid: str) -> bool:
+        """Whether delete marker C{vid} is still all there is of the key (no current object)."""
+        try:
+            await self.tree.vfs.lookup(self.tree.root_caller, parent, leaf)
+            return False
+        except GONE:
+            pass
+        older = await versions.older(parent, leaf)
+        return len(older) == 1 and older[0].vid == vid and older[0].delete_marker
+
     async def _bucket(self, name: str, bucket: Any, conf: Any, rules: list[dict[str, Any]]) -> None:
         from claudefs_gateway.s3.keys import Key
         from claudefs_gateway.s3.listing import Lister
@@ -393,7 +410,16 @@ class Worker:
                         ) or ("date" in r and now >= r["date"])
                         if not due:
                             continue
+                        lock = self.locks.lock(name, text)
+                        await lock.acquire()
                         try:
+                            # Judged on what was read before: only that object
+                            # expires. One written since is the next pass's.
+                            there = await tree.vfs.lookup(rc, it.parent, leaf)
+                            if there.ino != current.ino or there.mtime_ns != current.mtime_ns:
+                                self._log.debug("lifecycle: {key} was replaced meanwhile", key=text)
+                                current = there
+                                break
                             if conf.versioned:
                                 assert meta is not None
                                 vid, t = versions.effective(conf, current, meta)
@@ -412,8 +438,12 @@ class Worker:
                                 await tree.delete(rc, bucket, key)
                             self._count("expire")
                             current = None
+                        except GONE:
+                            current = None  # deleted meanwhile: nothing to expire
                         except errors.FSError:
                             pass  # locked, or changed meanwhile: next pass
+                        finally:
+                            self.locks.unlock(name, text, lock)
                         break
                 if not conf.versioned:
                     continue
@@ -458,11 +488,17 @@ class Worker:
                             )
                         )
                     ):
+                        lock = self.locks.lock(name, text)
+                        await lock.acquire()
                         try:
-                            await versions.remove(it.parent, leaf, older[0].vid)
-                            self._count("delete_marker")
+                            # Still alone, with nothing written over it since?
+                            if await self._lone_marker(versions, it.parent, leaf, older[0].vid):
+                                await versions.remove(it.parent, leaf, older[0].vid)
+                                self._count("delete_marker")
                         except errors.FSError:
                             pass
+                        finally:
+                            self.locks.unlock(name, text, lock)
                         older = []
             if not page.truncated:
                 break

@@ -106,13 +106,21 @@ class Upload:
 
 @attrs.frozen
 class Completed:
-    """A completed upload's answer, for a Complete sent again (its reply was lost)."""
+    """
+    A completed upload's answer, for a Complete sent again (its reply was
+    lost), and the object it made (inode and modification time): the answer
+    holds only while that object is still the key's.
+    """
 
     bucket: str
     key: str
     uid: int
     parts: list[tuple[int, str]]
     result: bytes
+    ino: int
+    mtime_ns: int
+    #: The version id the Complete answered (x-amz-version-id), if any.
+    version_id: str | None = None
 
 
 class Uploads:
@@ -444,13 +452,23 @@ class Uploads:
         await self._discard(u)
         self._on_failed()
 
-    async def finished(self, u: Upload, parts: list[tuple[int, str]], result: bytes) -> None:
+    async def finished(
+        self,
+        u: Upload,
+        parts: list[tuple[int, str]],
+        result: bytes,
+        made: Attributes,
+        version_id: str | None = None,
+    ) -> None:
         """
-        The upload was completed: remove what is left of it, and remember its
-        answer (C{result}) for a retried Complete with the same C{parts}
-        (number, ETag) - in memory, for the last L{COMPLETED_KEPT} uploads.
+        The upload was completed, making object C{made} (version
+        C{version_id}): remove what is left of it, and remember its answer
+        (C{result}) for a retried Complete with the same C{parts} (number,
+        ETag) - in memory, for the last L{COMPLETED_KEPT} uploads.
         """
-        self.completed[u.id] = Completed(u.bucket, u.key, u.uid, parts, result)
+        self.completed[u.id] = Completed(
+            u.bucket, u.key, u.uid, parts, result, made.ino, made.mtime_ns, version_id
+        )
         while len(self.completed) > COMPLETED_KEPT:
             self.completed.popitem(last=False)
         await self._discard(u)
@@ -469,13 +487,18 @@ class Uploads:
         await self._remove_dir(u.ino, u.id.encode())
 
     async def _remove_dir(self, ino: int, name: bytes) -> None:
+        """
+        Remove upload directory C{ino} and what is in it. What went meanwhile
+        (another gateway completed or aborted the upload; a file or part
+        removed) is removed already: not found, or stale (L{GONE}).
+        """
         rc = self.tree.root_caller
         try:
             for child, _ in await self.tree.read_dir(rc, ino):
                 try:
                     await self.vfs.remove(rc, ino, child)
-                except errors.NotFound:
+                except GONE:
                     pass
             await self.vfs.rmdir(rc, self.mpu_ino, name)
-        except errors.NotFound:
+        except GONE:
             pass

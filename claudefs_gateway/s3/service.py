@@ -222,6 +222,7 @@ class S3Service(MultiService):
             cfg.lifecycle_interval_secs,
             cfg.lifecycle_day_secs,
             core.metrics,
+            self.api.key_locks,
         )
         if self.running:
             uploads.start_expiry()

@@ -424,7 +424,7 @@ class FileBase:
         reservation, so records written before reservations were kept still
         read.
         """
-        raw = await inline(self.vfs.meta_get, caller, ino, DOS_KEY)
+        raw = await inline(self.vfs.meta_get, caller, ino, DOS_KEY, survey=True)
         if raw is None or len(raw) not in (4, 12):
             return None, 0
         dos = int.from_bytes(raw[:4], "little")
@@ -769,7 +769,7 @@ class FileBase:
         return mode_descriptor(self.factory.idmap, a.uid, a.gid, a.mode, a.is_dir)
 
     async def stored_descriptor(self, caller: Caller, a: Attributes) -> ParsedDescriptor | None:
-        raw = await inline(self.vfs.meta_get, caller, a.ino, NTACL_KEY)
+        raw = await inline(self.vfs.meta_get, caller, a.ino, NTACL_KEY, survey=True)
         if raw is None or len(raw) < _NTACL_HEAD.size:
             return None
         version, uid, gid, mode = _NTACL_HEAD.unpack_from(raw)

@@ -77,6 +77,8 @@ T = TypeVar("T")
 # DOS attributes, NFS create verifiers): hidden from clients, reached only
 # through meta_get/meta_set.
 INTERNAL_PREFIX = b"cfs."
+# In L{VFS.meta_cache}: the inode has this record (its names were listed), not read yet.
+_UNREAD = b"\x00cfs: listed, not read\x00"
 SYMLOOP_MAX = 40
 #: Directory entries the gateway keeps for its own use inside client-visible
 #: directories: S3's per-directory store of older object versions
@@ -208,6 +210,10 @@ class VFS:
         #: NFS asks for: its write verifier tells a client to resend what a
         #: lost one dropped; SMB has none (docs/workers.rst "Write-behind").
         self._write_behind = bool(getattr(backend, "supports_write_behind", False))
+        #: Whether a record not cached is found by listing the inode's names
+        #: first (L{meta_get}'s C{survey}): a backend whose every call is a
+        #: round trip (the remote one) says so.
+        self._survey = bool(getattr(backend, "survey_xattrs", False))
         self.config = config
         self.clock = clock
         self.exports = Exports.from_config(config.all_exports(), s3_root=config.s3.root)
@@ -1817,18 +1823,46 @@ class VFS:
         self.meta_cache.discard(ino)
 
     @deferred
-    async def meta_get(self, caller: Caller, ino: int, key: bytes) -> bytes | None:
+    async def meta_get(
+        self, caller: Caller, ino: int, key: bytes, survey: bool = False
+    ) -> bytes | None:
         """
         A front end's own metadata on an inode (S3 headers, DOS attributes);
         None if unset. Answered from L{meta_cache} when it knows.
+
+        @param survey: the caller will read other records of the inode too,
+            most often absent (an SMB open: DOS attributes, the security
+            descriptor, then a delete's retention): on a backend whose calls
+            are round trips, an inode nothing is cached of has its names
+            listed first (one call), which answers every absent record, the
+            retention and the seal included, without asking for each.
         """
         known = self.meta_cache.get(ino)
         if known is not None:
             if key in known:
-                return known[key]
-            if b"" in known:
+                got = known[key]
+                if got is not _UNREAD:
+                    return got
+            elif b"" in known:
                 return None
         gen = self._meta_gen
+        if survey and known is None and self._survey:
+            names = await self.backend.listxattr(ino)
+            n = len(INTERNAL_PREFIX)
+            held = {bytes(x[n:]) for x in names if x[:n] == INTERNAL_PREFIX}
+            if gen == self._meta_gen:
+                if WORM_KEY not in held:
+                    self._worm.put(ino, None)
+                if SEAL_KEY not in held:
+                    if len(self._seals) > 65536:
+                        self._seals.clear()
+                    self._seals[ino] = False
+                # Every other record is absent; those it has are read when asked.
+                listed: dict[bytes, bytes | None] = dict.fromkeys(held, _UNREAD)
+                listed[b""] = None
+                self.meta_cache.put(ino, listed)
+            if key not in held:
+                return None
         try:
             value: bytes | None = await self.backend.getxattr(ino, INTERNAL_PREFIX + key)
         except errors.NoData:

@@ -171,6 +171,14 @@ class SharedLockTable:
         self._intents: dict[LockOwner, ShareIntent] = {}
         #: The meta server's client records and grace (vfs/shared_clients.py), if wired.
         self.clients: ClusterClients | None = None
+        # What the meta server may hold of each owner: the inodes a LOCK,
+        # LOCK_WAIT, SHARE_OPEN or CREATE_OPEN named it on (and the owners
+        # by inode, for release_inode). An owner named in none has nothing
+        # there, and its release is not sent (L{release_owner}).
+        self._told: dict[LockOwner, set[int]] = {}
+        self._told_on: dict[int, set[LockOwner]] = {}
+        self._told_by: dict[tuple[str, str | bytes], set[LockOwner]] = {}  # by client
+        self._locking: dict[tuple[LockOwner, int], int] = {}  # LOCKs under way
 
     def __getattr__(self, name: str) -> Any:
         # Admin and metrics helpers (records, holders, waiting...) are about this gateway.
@@ -206,6 +214,53 @@ class SharedLockTable:
             if not waiter.called:
                 waiter.callback(None)
 
+    def _tell(self, owner: LockOwner, ino: int) -> None:
+        """Note that a call naming C{owner} on C{ino} goes to the meta server."""
+        inos = self._told.get(owner)
+        if inos is None:
+            inos = self._told[owner] = set()
+            self._told_by.setdefault((owner.protocol, owner.client), set()).add(owner)
+        inos.add(ino)
+        owners = self._told_on.get(ino)
+        if owners is None:
+            owners = self._told_on[ino] = set()
+        owners.add(owner)
+
+    def _untell(self, owner: LockOwner) -> bool:
+        """Forget C{owner}'s notes; whether the meta server may hold anything of it."""
+        inos = self._told.pop(owner, None)
+        if inos is None:
+            return False
+        self._untold(owner)
+        for ino in inos:
+            owners = self._told_on.get(ino)
+            if owners is not None:
+                owners.discard(owner)
+                if not owners:
+                    del self._told_on[ino]
+        return True
+
+    def _untold(self, owner: LockOwner) -> None:
+        key = (owner.protocol, owner.client)
+        owners = self._told_by.get(key)
+        if owners is not None:
+            owners.discard(owner)
+            if not owners:
+                del self._told_by[key]
+
+    def _untell_ino(self, owner: LockOwner, ino: int) -> None:
+        inos = self._told.get(owner)
+        if inos is not None:
+            inos.discard(ino)
+            if not inos:
+                del self._told[owner]
+                self._untold(owner)
+        owners = self._told_on.get(ino)
+        if owners is not None:
+            owners.discard(owner)
+            if not owners:
+                del self._told_on[ino]
+
     def _changed(self, ino: int) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
         self._changes.setdefault(ino, []).append(d)
@@ -216,12 +271,14 @@ class SharedLockTable:
         self.link.send("SESSION_RESET")
         for ino in list(self.local._files):  # noqa: SLF001 - the table is ours
             for lk in self.local.locks(ino):
+                self._tell(lk.owner, ino)
                 self.link.send(
                     "LOCK",
                     (ino, owner_to_wire(lk.owner), lk.start, lk.length, lk.exclusive, True),
                 )
             for t in self.local.shares(ino):
                 sid = self._sid(t)
+                self._tell(t.owner, ino)
                 self.link.send(
                     "SHARE_OPEN",
                     (
@@ -261,9 +318,20 @@ class SharedLockTable:
         reclaim: bool = False,
         on_wait: Callable[[], None] | None = None,
     ) -> defer.Deferred[Lock]:
+        key = (owner, ino)
+        self._locking[key] = self._locking.get(key, 0) + 1
+
+        def done(result: Any) -> Any:
+            n = self._locking[key] - 1
+            if n:
+                self._locking[key] = n
+            else:
+                del self._locking[key]
+            return result
+
         return defer.Deferred.fromCoroutine(
             self._lock(ino, owner, start, length, exclusive, wait, reclaim, on_wait)
-        )
+        ).addBoth(done)
 
     async def _lock(
         self,
@@ -293,6 +361,7 @@ class SharedLockTable:
                     await self.local.notify_when_free(ino)
                     continue
                 changed = self._changed(ino)
+                self._tell(owner, ino)
                 try:
                     await self.link.call("LOCK", args)
                 except errors.LockConflict:
@@ -340,6 +409,7 @@ class SharedLockTable:
         Tell the meta server this request waits (LOCK_WAIT), so a cycle of
         waiters through several gateways is refused (@raise Deadlock).
         """
+        self._tell(owner_from_wire(wired), ino)
         await self.link.call("LOCK_WAIT", (ino, wired, start, length, exclusive))
         return True
 
@@ -354,6 +424,10 @@ class SharedLockTable:
     def unlock(self, ino: int, owner: LockOwner, start: int, length: int) -> None:
         self.local.unlock(ino, owner, start, length)
         self.link.send("UNLOCK", (ino, owner_to_wire(owner), start, length))
+        if (owner, ino) not in self._locking and owner not in self.local.owners_of(ino):
+            # Nothing of it left on the inode here, nor on its way: after this
+            # UNLOCK (calls go in order) the meta server holds none either.
+            self._untell_ino(owner, ino)
 
     def check_io(
         self, ino: int, owner: LockOwner, start: int, length: int, write: bool, strict: bool = True
@@ -391,16 +465,22 @@ class SharedLockTable:
     def release_owner(self, owner: LockOwner, tell: bool = True) -> None:
         self.local.release_owner(owner)
         self._forget(list(self._tracked.get(owner, ())))
-        if tell:
-            # Not told when the caller removes the owner's file next: the
-            # UNLINK that takes its last link drops its state at the meta
-            # server (an SMB delete-on-close's CLOSE: one call less).
+        # Not told when the caller removes the owner's file next: the
+        # UNLINK that takes its last link drops its state at the meta
+        # server (an SMB delete-on-close's CLOSE: one call less); the notes
+        # stay until then (release_inode), or a release told after all.
+        # Nor when no call ever named the owner there: an SMB open for
+        # attributes only (a stat: CREATE, QUERY_INFO, CLOSE) takes no
+        # share reservation and no lock, so its CLOSE costs no round trip.
+        if tell and self._untell(owner):
             self.link.send("RELEASE_OWNER", (owner_to_wire(owner),))
 
     def release_client(self, protocol: str, client: str | bytes) -> None:
         self.local.release_client(protocol, client)
         owners = self._owners.get((protocol, client), ())
         self._forget([t for o in list(owners) for t in self._tracked.get(o, ())])
+        for o in list(self._told_by.get((protocol, client), ())):
+            self._untell(o)
         self.link.send("RELEASE_CLIENT", (protocol, _client_to_wire(client)))
 
     def release_inode(self, ino: int) -> None:
@@ -410,6 +490,9 @@ class SharedLockTable:
         tokens = self.local.shares(ino)
         self.local.release_inode(ino)
         self._forget(tokens)
+        for owner in list(self._told_on.get(ino, ())):
+            if (owner, ino) not in self._locking:
+                self._untell_ino(owner, ino)
 
     # -- shares ---------------------------------------------------------------------------------
 
@@ -508,6 +591,7 @@ class SharedLockTable:
                 except BaseException:
                     self.link.send("SHARE_CLOSE", (intent.sid,))
                     raise
+                self._tell(owner, ino)
                 self._track(token, intent.sid)
                 return token
             self.link.send("SHARE_CLOSE", (intent.sid,))
@@ -517,6 +601,7 @@ class SharedLockTable:
         token = self.local.open_share(ino, owner, acc, den, reclaim=reclaim)
         sid = self._sid(token)
         args = (ino, owner_to_wire(owner), sid, modes_to_bits(acc), modes_to_bits(den), reclaim)
+        self._tell(owner, ino)
 
         self._await(token, self.link.call("SHARE_OPEN", args))
         return token

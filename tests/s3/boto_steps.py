@@ -5,7 +5,8 @@ boto3 calls given as JSON, for tests that interleave S3 with other protocols.
 
 Each step is C{[method, params]} (a client method and its keyword arguments)
 or C{["error", method, params]} (the call must fail: its result is the error
-code). Prints one JSON list of results: each response with its metadata
+code), or C{["failure", method, params]} (likewise; its result is the error
+code, the HTTP status and the C{x-amz-delete-marker} header). Prints one JSON list of results: each response with its metadata
 removed, datetimes as ISO strings, bodies read as text. Run in a subprocess:
 boto3 blocks.
 """
@@ -48,11 +49,17 @@ def main(argv: list[str]) -> int:
     )
     out: list[Any] = []
     for step in steps:
-        if step[0] == "error":
+        if step[0] in ("error", "failure"):
             try:
                 getattr(s3, step[1])(**step[2])
             except ClientError as e:
-                out.append(e.response["Error"].get("Code", ""))
+                code = e.response["Error"].get("Code", "")
+                if step[0] == "error":
+                    out.append(code)
+                else:
+                    meta = e.response["ResponseMetadata"]
+                    marker = meta.get("HTTPHeaders", {}).get("x-amz-delete-marker")
+                    out.append([code, meta["HTTPStatusCode"], marker])
                 continue
             print(f"step {step} did not fail", file=sys.stderr)
             return 1

@@ -35,9 +35,12 @@ subscribers' event connections, and each gateway drops its whole cache).
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -160,6 +163,22 @@ class PostgresStore:
         #: verifier changes (RFC 1813 section 3.3.7). Read at open and whenever
         #: the LISTEN connection is made again.
         self.db_boot = b""
+        # Unstable writes' metadata lost in a database restart (docs/postgresql.rst,
+        # "Unstable writes and restarts"): each pooled connection is tagged, when
+        # made, with the database's generation here (bumped when a new connection
+        # finds a new postmaster); each unstable WROTE notes its inode, generation
+        # and sequence number; a synchronous commit covers the notes made before it
+        # began under its own generation, and moves older generations' notes to
+        # _lost, which the inode's COMMIT_META reports (UnstableLost).
+        self._gen_lock = threading.Lock()
+        self._boot_gen = 0
+        self._pool_boot = b""
+        self._conn_gen: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._seq = itertools.count(1)
+        self._unflushed: collections.OrderedDict[int, tuple[int, int]] = collections.OrderedDict()
+        self._lost: collections.OrderedDict[int, None] = collections.OrderedDict()
+        #: Unstable writes' metadata found lost to a database restart (tests, metrics).
+        self.unstable_lost = 0
         self._reset_listeners: list[Callable[[], object]] = []
         self._outbox: list[tuple[int, int, int]] = []
         self._flushing = False
@@ -189,6 +208,48 @@ class PostgresStore:
                 sql.Literal(int(self.settings.statement_timeout_ms))
             )
         )
+        boot = _postmaster_start(conn)
+        with self._gen_lock:
+            if self._pool_boot and boot != self._pool_boot:
+                # A new postmaster: asynchronous commits made under the old one
+                # and not flushed by a synchronous commit there may be gone.
+                self._boot_gen += 1
+                self.db_boot = boot
+                self._log.warn(
+                    "the metadata database restarted: unstable writes' metadata not yet "
+                    "committed may be lost; their COMMITs will say so"
+                )
+            self._pool_boot = boot
+            self._conn_gen[conn] = self._boot_gen
+
+    def _noted(self, conn: Any, began: int, ino: int | None) -> None:
+        """
+        After a change on C{conn} that began at sequence C{began}: note an
+        unstable write's inode (C{ino}), or let a synchronous commit cover
+        the notes made before it began.
+        """
+        with self._gen_lock:
+            gen = self._conn_gen.get(conn, self._boot_gen)
+            notes = self._unflushed
+            if ino is not None:
+                notes.pop(ino, None)
+                notes[ino] = (gen, next(self._seq))
+                if len(notes) > _NOTES_MAX:
+                    # Forgotten, not reported: the write verifier still changes
+                    # with the boot id for a client that checks it.
+                    notes.popitem(last=False)
+                return
+            while notes:
+                first = next(iter(notes))
+                g, seq = notes[first]
+                if seq > began or g > gen:
+                    break
+                del notes[first]
+                if g < gen:
+                    self._lost[first] = None
+                    self.unstable_lost += 1
+                    if len(self._lost) > _NOTES_MAX:
+                        self._lost.popitem(last=False)
 
     def open(self) -> defer.Deferred[None]:
         """Connect, apply migrations, create the root on first use. Fails with L{FSError}."""
@@ -342,16 +403,40 @@ class PostgresStore:
         return self._run(self._with_conn, fn, args, True)
 
     def _change(
-        self, op: Callable[..., Any], *args: Any, durable: bool = True, idempotent: bool = False
+        self,
+        op: Callable[..., Any],
+        *args: Any,
+        durable: bool = True,
+        idempotent: bool = False,
+        unstable: int | None = None,
+        committing: int | None = None,
     ) -> defer.Deferred[Any]:
+        """
+        @param unstable: the inode of an unstable write's metadata (with
+            C{durable} false): noted until a synchronous commit covers it.
+        @param committing: the inode a COMMIT_META makes durable: fails with
+            L{errors.UnstableLost} if a database restart lost its unstable
+            writes' metadata since its last commit.
+        """
         if self._state != "open":
             return defer.fail(errors.IO("store is not open"))
         engine = self.engine
         begun: list[bool] = []
+        note = unstable if not durable else None
 
         def run(conn: Any) -> Any:
             del begun[:]
-            return engine.change(conn, op, args, durable, begun)
+            began = next(self._seq)
+            value = engine.change(conn, op, args, durable, begun)
+            self._noted(conn, began, note)
+            if committing is not None and self._lost:
+                with self._gen_lock:
+                    lost = self._lost.pop(committing, 1) is None
+                if lost:
+                    raise errors.UnstableLost(
+                        f"inode {committing}: unstable writes' metadata lost in a database restart"
+                    )
+            return value
 
         return self._run(self._with_conn, run, (), idempotent, begun)
 
@@ -680,17 +765,27 @@ class PostgresStore:
         self, ino: int, offset: int, length: int, what: int, durable: bool = True, mtime_ns: int = 0
     ) -> defer.Deferred[WriteResult]:
         """See L{claudefs_gateway.backend.embedded.EmbeddedBackend.wrote}."""
-        return self._change(PgEngine.op_wrote, ino, offset, length, what, mtime_ns, durable=durable)
+        return self._change(
+            PgEngine.op_wrote, ino, offset, length, what, mtime_ns, durable=durable, unstable=ino
+        )
 
     def commit(self, ino: int) -> defer.Deferred[Attributes]:
-        """Check the type and make every earlier change (unstable writes' too) durable."""
-        return self._change(PgEngine.op_commit, ino, idempotent=True)
+        """
+        Check the type and make every earlier change (unstable writes' too)
+        durable; L{errors.UnstableLost} if a database restart lost some since
+        the inode's last commit (L{_noted}).
+        """
+        return self._change(PgEngine.op_commit, ino, idempotent=True, committing=ino)
 
     # -- export / import (cfs-gateway store) ------------------------------------------------
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run C{fn(conn, *args)} now on the caller's thread (offline tools only)."""
         return self._with_conn(fn, args, False)
+
+
+#: Unstable writes' notes kept (L{PostgresStore._noted}), and lost ones awaiting their COMMIT.
+_NOTES_MAX = 65536
 
 
 def _postmaster_start(conn: Any) -> bytes:

@@ -107,6 +107,9 @@ READ_ATTRS_MAX = 4096
 #: meanwhile other gateways' reads of the file wait for it (board.py).
 WROTE_HOLD_SECS = 0.002
 
+#: Files with unstable writes kept track of (L{RemoteBackend._note_unstable}).
+_UNSTABLE_MAX = 65536
+
 
 class NodeSpec:
     """How to reach one server: address, transport, RDMA device."""
@@ -302,6 +305,13 @@ class RemoteBackend:
         self._held: tuple[int, tuple[Any, ...], defer.Deferred[Any], Any] | None = None
         #: Write-behind WROTEs a COMMIT carried (made stable; tests, benchmarks).
         self.wrotes_folded = 0
+        #: Files with NFS unstable writes answered since their last COMMIT
+        #: began, oldest first (bounded): a server restart moves them to
+        #: _unstable_lost, as does a write-behind WROTE that failed; the
+        #: file's next COMMIT then fails with UnstableLost (try later, and
+        #: the verifier has changed) rather than answer that they are safe.
+        self._unstable: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._unstable_lost: collections.OrderedDict[int, None] = collections.OrderedDict()
 
     def _spawn(self, coro: Any) -> None:
         """Run C{coro} in the background; close() cancels it."""
@@ -335,6 +345,9 @@ class RemoteBackend:
         self._boots[address] = boot
         if before is not None and before != boot:
             self.restarts += 1
+            for ino in self._unstable:
+                self._lose(ino)
+            self._unstable.clear()
             self._log.warn(
                 "{role} server {node} restarted: unstable writes sent before may be lost; "
                 "write verifier changed",
@@ -342,6 +355,22 @@ class RemoteBackend:
                 node=address,
                 restarts=self.restarts,
             )
+
+    def _lose(self, ino: int) -> None:
+        """C{ino}'s unstable writes may be lost: its next COMMIT says so (L{_commit})."""
+        lost = self._unstable_lost
+        lost[ino] = None
+        if len(lost) > _UNSTABLE_MAX:
+            # Forgotten, not reported: the write verifier has changed for a
+            # client that checks it.
+            lost.popitem(last=False)
+
+    def _note_unstable(self, ino: int) -> None:
+        notes = self._unstable
+        notes.pop(ino, None)
+        notes[ino] = None
+        if len(notes) > _UNSTABLE_MAX:
+            notes.popitem(last=False)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -1180,6 +1209,12 @@ class RemoteBackend:
             meta.name_max,
         )
 
+    #: Each call is a round trip to the meta server: the vfs asks for an
+    #: inode's names (LISTXATTR) once rather than for each of its records an
+    #: SMB open reads, most of them absent (docs/workers.rst "Records an
+    #: SMB open reads").
+    survey_xattrs = True
+
     def getxattr(self, ino: int, name: bytes) -> defer.Deferred[bytes]:
         return self._call("GETXATTR", (ino, bytes(name)))
 
@@ -1291,10 +1326,12 @@ class RemoteBackend:
     async def _write(
         self, ino: int, offset: int, data: bytes | memoryview, stable: bool, behind: bool = False
     ) -> WriteResult:
-        if behind and data and not stable and self._board is not None:
-            last = self._wb_attrs.get(ino)
-            if last is not None and last.type is FileType.REG:
-                return self._write_behind(ino, offset, data, last)
+        if behind and data and not stable:
+            self._note_unstable(ino)
+            if self._board is not None:
+                last = self._wb_attrs.get(ino)
+                if last is not None and last.type is FileType.REG:
+                    return self._write_behind(ino, offset, data, last)
         if data:
             try:
                 if self.short_circuited:
@@ -1380,9 +1417,10 @@ class RemoteBackend:
                     self._spawn(self._forget_if_not_file(ino))
                     return None
                 self.restarts += 1
+                self._lose(ino)
                 self._log.warn(
                     "write-behind WROTE of inode {ino} failed ({why}): write verifier changed, "
-                    "clients resend their unstable writes",
+                    "clients resend their unstable writes and its next COMMIT fails",
                     ino=ino,
                     why=result.getErrorMessage(),
                 )
@@ -1539,6 +1577,27 @@ class RemoteBackend:
         return defer.Deferred.fromCoroutine(self._commit(ino))
 
     async def _commit(self, ino: int) -> Attributes:
+        noted = self._unstable.pop(ino, 1) is None
+        seen = self.restarts
+        try:
+            a = await self._commit_both(ino)
+        except BaseException as e:
+            # This failure tells the client (resend, or its fsync failed).
+            self._unstable_lost.pop(ino, None)
+            if noted:
+                self._note_unstable(ino)
+            if isinstance(e, errors.UnstableLost):
+                # The meta server found this file's unstable metadata lost (a
+                # database restart): the verifier changes before the retry's answer.
+                self.restarts += 1
+            raise
+        if self._unstable_lost.pop(ino, 1) is None or (noted and self.restarts != seen):
+            raise errors.UnstableLost(
+                f"inode {ino}: unstable writes lost to a failed WROTE or a server restart"
+            )
+        return a
+
+    async def _commit_both(self, ino: int) -> Attributes:
         # The meta server checks the type (IsDir, Inval) and syncs the
         # metadata of earlier unstable writes; then the data server syncs bytes.
         held = self._take_held(ino)

@@ -1210,6 +1210,7 @@ _ERROR_CLASSES: dict[str, type[Exception]] = {
         errors.LockConflict,
         errors.ShareConflict,
         errors.BackendUnavailable,
+        errors.UnstableLost,
         errors.Timeout,
         errors.ProtocolError,
     )

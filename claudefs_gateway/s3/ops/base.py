@@ -32,6 +32,7 @@ from claudefs_gateway.s3.call import (
     first_error,
 )
 from claudefs_gateway.s3.errors import S3Error, error_fields
+from claudefs_gateway.s3.keys import KeyLocks
 from claudefs_gateway.s3.multipart import Uploads
 from claudefs_gateway.s3.owners import canonical_id
 from claudefs_gateway.s3.tree import STORED_HEADERS, ObjectMeta, Tree
@@ -89,7 +90,7 @@ class Operations:
     tree: Tree | None
     uploads: Uploads | None
     keyring: sse.Keyring | None = None
-    _locks: dict[tuple[str, str], defer.DeferredLock]
+    key_locks: KeyLocks
 
     # -- responses ---------------------------------------------------------------------------
 
@@ -383,16 +384,10 @@ class Operations:
         return meta
 
     def _lock(self, bucket: str, key: str) -> defer.DeferredLock:
-        k = (bucket, key)
-        lock = self._locks.get(k)
-        if lock is None:
-            lock = self._locks[k] = defer.DeferredLock()
-        return lock
+        return self.key_locks.lock(bucket, key)
 
     def _unlock(self, bucket: str, key: str, lock: defer.DeferredLock) -> None:
-        lock.release()
-        if not lock.locked and not lock.waiting and self._locks.get((bucket, key)) is lock:
-            del self._locks[(bucket, key)]
+        self.key_locks.unlock(bucket, key, lock)
 
     async def _write_body(
         self,

@@ -301,7 +301,8 @@ class MultipartOps(ObjectOps):
         lost): AWS answers 200 with the same result, as long as the parts list
         is the same. Otherwise the upload is no more: C{missing}.
 
-        This gateway remembers the answers of the uploads it completed; one
+        This gateway remembers the answers of the uploads it completed, and
+        gives one while the object it made is still the key's; one
         completed through another gateway (a retry that lands on another
         C{--workers} worker or gateway) is recognised by the object it made,
         while that object is unchanged (L{_completed_object}).
@@ -327,6 +328,16 @@ class MultipartOps(ObjectOps):
         wanted = xmlio.parse_complete(raw)
         if [(p.number, unquote_etag(p.etag)) for p in wanted] != done.parts:
             raise missing
+        try:
+            bucket = await self._tree().bucket(call.caller, call.bucket)
+            a = await self._tree().lookup(call.caller, bucket, self._key(call))
+        except (S3Error, errors.NotFound, errors.Stale):
+            raise missing from None
+        if a.ino != done.ino or a.mtime_ns != done.mtime_ns:
+            # The object it made was replaced (a PUT, another upload, a
+            # delete) or changed since: the upload is no more.
+            raise missing
+        call.version_id = done.version_id
         self._xml(call, done.result)
 
     async def _completed_object(self, call: Call, wanted: list[Any]) -> bytes | None:
@@ -358,6 +369,8 @@ class MultipartOps(ObjectOps):
         meta = await tree.meta(call.caller, a)
         if meta.part_count() != len(md5s) or meta.etag != checksums.multipart_etag(md5s):
             return None
+        # The version the Complete made and answered (an enabled bucket's).
+        call.version_id = meta.vid
         return self._complete_result(call, key, meta)
 
     def _complete_result(self, call: Call, key: Key, meta: ObjectMeta) -> bytes:
@@ -493,7 +506,7 @@ class MultipartOps(ObjectOps):
                         "BadDigest",
                         f"The {upload.algorithm.upper()} you specified did not match the calculated checksum.",
                     )
-            await self._commit(
+            made = await self._commit(
                 call,
                 bucket,
                 key,
@@ -517,7 +530,8 @@ class MultipartOps(ObjectOps):
         if not call.request.startedWriting:
             for hname, hvalue in self._sse_headers(sse.Sse.decode(meta.sse)).items():
                 call.request.setHeader(hname.encode(), hvalue.encode())
-        await uploads.finished(upload, [(p.number, unquote_etag(p.etag)) for p in wanted], result)
+        parts = [(p.number, unquote_etag(p.etag)) for p in wanted]
+        await uploads.finished(upload, parts, result, made, call.version_id)
         self._finish_xml(call, result)
 
     async def op_AbortMultipartUpload(self, call: Call) -> None:

@@ -85,7 +85,17 @@ class ObjectOps(Operations):
             # publishes it (docs/s3.rst "Small objects").
             size = held.size
             self._describe(meta, held.hashes, held.sums, algo)
-            a = await tree.put_small(call.caller, bucket, key, b"".join(held.chunks), meta, found)
+            data = b"".join(held.chunks)
+            if conf.lifecycle:
+                # Not while the lifecycle expires what is there (L{_commit}).
+                key_lock = self._lock(call.bucket, key.text)
+                await key_lock.acquire()
+                try:
+                    a = await tree.put_small(call.caller, bucket, key, data, meta, found)
+                finally:
+                    self._unlock(call.bucket, key.text, key_lock)
+            else:
+                a = await tree.put_small(call.caller, bucket, key, data, meta, found)
         else:
             tmp_dir, tmp_name, tmp = await tree.temp_file(call.caller)
             try:
@@ -171,7 +181,8 @@ class ObjectOps(Operations):
         Rename a finished object into place, honouring If-Match/If-None-Match
         on writes and, in a versioned bucket, keeping the object it replaces
         as an older version (docs/s3.rst "Versioning"). Conditional and
-        versioned writes of one key are serialised. The new object gets
+        versioned writes of one key, and writes of a bucket with lifecycle
+        rules, are serialised (L{claudefs_gateway.s3.keys.KeyLocks}). The new object gets
         C{tags} and the retention C{lock} asks for, or the bucket's default.
         """
         assert call.bucket is not None
@@ -233,7 +244,9 @@ class ObjectOps(Operations):
                 # The new object is the null version: an older one goes.
                 await versions.remove(parent.ino, key.name, NULL)
 
-        conditional = im is not None or inm is not None or state is not None
+        # The lifecycle's expiry decides on the object there, then removes
+        # it: a write of a bucket with rules waits for it (lifecycle.Worker).
+        conditional = im is not None or inm is not None or state is not None or bool(conf.lifecycle)
         if not conditional:
             a = await tree.commit(call.caller, bucket, key, tmp_dir, tmp_name, meta)
             if give_to is not None:

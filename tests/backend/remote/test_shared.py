@@ -598,3 +598,77 @@ class ReleaseCostTests(TestCase):
         self.assertEqual((t._sids, t._settling, t._tracked, t._owners), ({}, {}, {}, {}))
         closes = [args for name, args in t.link.sent if name == "SHARE_CLOSE"]  # type: ignore[attr-defined]
         self.assertEqual(len(closes), self.N)
+
+
+class ReleaseToldTests(TestCase):
+    """
+    A release is sent to the meta server only for an owner some call named
+    there (LOCK, LOCK_WAIT, SHARE_OPEN, CREATE_OPEN): an SMB open for
+    attributes only reserves nothing, so its CLOSE costs no round trip
+    (docs/workers.rst "What an SMB create costs"); what is noted of an owner
+    goes with its release, its client's, its inode's, or its last unlock.
+    """
+
+    def setUp(self) -> None:
+        clock = task.Clock()
+        self.link = _QuietLink()
+        self.t = SharedLockTable(LockTable(clock), self.link, clock)  # type: ignore[arg-type]
+        self.owner = LockOwner("smb", b"conn", b"fid")
+
+    def releases(self) -> int:
+        return sum(name == "RELEASE_OWNER" for name, _ in self.link.sent)
+
+    def assert_forgotten(self) -> None:
+        self.assertEqual((self.t._told, self.t._told_on, self.t._told_by), ({}, {}, {}))
+
+    def test_nothing_named_nothing_sent(self) -> None:
+        self.t.release_owner(self.owner)
+        self.assertEqual(self.releases(), 0)
+        self.assert_forgotten()
+
+    def test_share_released(self) -> None:
+        self.t.open_share(7, self.owner, {"read"}, set())
+        self.t.release_owner(self.owner)
+        self.assertEqual(self.releases(), 1)
+        self.assert_forgotten()
+
+    def test_lock_released(self) -> None:
+        self.successResultOf(self.t.lock(7, self.owner, 0, 10, True))
+        self.t.release_owner(self.owner)
+        self.assertEqual(self.releases(), 1)
+        self.assert_forgotten()
+
+    def test_unlocked_not_released(self) -> None:
+        """After the UNLOCK of all it held (sent in order), the meta server holds none of it."""
+        self.successResultOf(self.t.lock(7, self.owner, 0, 10, True))
+        self.successResultOf(self.t.lock(7, self.owner, 20, 10, True))
+        self.t.unlock(7, self.owner, 0, 10)
+        self.assertEqual(self.t._told, {self.owner: {7}})  # still holds 20-30
+        self.t.unlock(7, self.owner, 20, 10)
+        self.assert_forgotten()
+        self.t.release_owner(self.owner)
+        self.assertEqual(self.releases(), 0)
+
+    def test_removed_file(self) -> None:
+        """A delete-on-close's close: untold, then its inode's removal forgets it."""
+        self.t.open_share(7, self.owner, {"delete"}, set())
+        self.t.release_owner(self.owner, tell=False)
+        self.assertEqual(self.t._told, {self.owner: {7}})
+        self.t.release_inode(7)
+        self.assert_forgotten()
+        self.assertEqual(self.releases(), 0)
+
+    def test_removal_failed(self) -> None:
+        """The file stayed: the release told after all still goes."""
+        self.t.open_share(7, self.owner, {"delete"}, set())
+        self.t.release_owner(self.owner, tell=False)
+        self.t.release_owner(self.owner)
+        self.assertEqual(self.releases(), 1)
+        self.assert_forgotten()
+
+    def test_client_released(self) -> None:
+        other = LockOwner("smb", b"conn", b"fid2")
+        self.t.open_share(7, self.owner, {"read"}, set())
+        self.successResultOf(self.t.lock(8, other, 0, 1, False))
+        self.t.release_client("smb", b"conn")
+        self.assert_forgotten()

@@ -227,6 +227,84 @@ class SMBRoundTripTests(TestCase):
         got = await self._count(calls, events, client.delete, "f4")
         self.assertEqual(got, {"LOOKUP": 1, "SHARE_OPEN": 1, "UNLINK": 1})
 
+    async def test_stat_open(self) -> None:
+        """
+        An open for attributes only (a stat: CREATE with FILE_READ_ATTRIBUTES,
+        CLOSE) takes no share reservation and no lock: no call at all, not
+        even the close's RELEASE_OWNER (the meta server holds nothing of it).
+        """
+        from smbprotocol.open import CreateDisposition
+
+        client, calls, events = await self._gateway()
+        await threads.deferToThread(client.create_write_close, "f6")
+
+        def stat() -> None:
+            client.open("f6", CreateDisposition.FILE_OPEN, access=0x80).close()
+
+        got = await self._count(calls, events, stat)
+        self.assertEqual(got, {})
+
+    async def test_smbclient_put_and_del(self) -> None:
+        """
+        What the bench's C{smb.small_files} costs per file (smbclient's
+        C{put} and C{del}, docs/workers.rst "What an SMB create costs"): a
+        put is CREATE_OPEN, WROTE, RELEASE_OWNER; a del opens the directory
+        to list it (SHARE_OPEN, and RELEASE_OWNER at its close), then the file
+        with delete-on-close (SHARE_OPEN) and closes it (UNLINK). The
+        session's C{cd} (an attributes-only open) costs nothing, and the
+        first new name scans the directory once (LOOKUP, READDIR).
+        """
+        from tests.helpers import bin_path
+        from tests.smb.test_clients import run, smb_conf
+
+        cluster = Cluster(self, event_marks=True)
+        await cluster.start()
+        root = await smb_gateway(self, cluster)
+        port = root.listeners()["smb"].bound_port
+        local = os.path.abspath(self.mktemp())
+        os.makedirs(local)
+        n = 8
+        for i in range(n):
+            with open(os.path.join(local, f"f{i}"), "wb") as f:
+                f.write(b"x" * 4096)
+
+        async def smbclient(commands: str) -> None:
+            argv = [
+                bin_path("smbclient"),
+                "//127.0.0.1/share",
+                "-s",
+                smb_conf(self),
+                "-p",
+                str(port),
+                "-U",
+                f"alice%{PASSWORD}",
+                "-m",
+                "SMB3",
+                "--client-protection=off",
+                "-c",
+                commands,
+            ]
+            status, out, err = await run(argv, self)
+            self.assertEqual(status, 0, "\n".join(out) + err)
+
+        await smbclient("mkdir d")
+        calls, events = count_rpc(self)
+        await SMBRoundTripTests()._settle()
+        calls.clear()
+        await smbclient(f"lcd {local}; cd d; " + "; ".join(f"put f{i}" for i in range(n)))
+        await self._settle()
+        # (The background metadata flush's SYNC comes by the clock, not per file.)
+        calls.pop("SYNC", None)
+        self.assertEqual(
+            dict(calls),
+            {"LOOKUP": 1, "READDIR": 1, "CREATE_OPEN": n, "WROTE": n, "RELEASE_OWNER": n},
+        )
+        calls.clear()
+        await smbclient("cd d; " + "; ".join(f"del f{i}" for i in range(n)))
+        await self._settle()
+        calls.pop("SYNC", None)
+        self.assertEqual(dict(calls), {"SHARE_OPEN": 2 * n, "RELEASE_OWNER": n, "UNLINK": n})
+
     async def test_delete_on_close_file_stays(self) -> None:
         """
         A delete-on-close open closed while another open of the file stays:
@@ -326,3 +404,81 @@ class OtherGatewayEventTests(TestCase):
         self.assertEqual(got, ["EV_CHANGE"] * 3 + ["EV_LOCKS"] * 4)
         # Its view of the file's locks and shares is the meta server's: none.
         self.assertFalse(idle.core.vfs_service.vfs.locks.view.busy(ino))
+
+
+class OtherGatewayOpenTests(TestCase):
+    """
+    A file made through one gateway and opened through another, which has
+    cached nothing of it (smbclient's C{put} and C{del} are two sessions, so
+    with C{--workers} the delete lands on the other worker about half the
+    time): the records an SMB open reads (DOS attributes, the security
+    descriptor, the delete's retention) are found with one LISTXATTR, not a
+    GETXATTR each that the meta server answers NoData (docs/workers.rst
+    "Records an SMB open reads").
+    """
+
+    timeout = 60
+
+    async def _two(self) -> tuple[_Client, _Client, Counter[str]]:
+        cluster = Cluster(self, event_marks=True)
+        await cluster.start()
+        a = await smb_gateway(self, cluster)
+        b = await smb_gateway(self, cluster)
+        ca = await threads.deferToThread(_Client, a.listeners()["smb"].bound_port)
+        self.addCleanup(lambda: threads.deferToThread(ca.close))
+        cb = await threads.deferToThread(_Client, b.listeners()["smb"].bound_port)
+        self.addCleanup(lambda: threads.deferToThread(cb.close))
+        # Both have opened the share's root (the first open warms it).
+        await threads.deferToThread(ca.create_write_close, "warm-a")
+        await threads.deferToThread(cb.create_write_close, "warm-b")
+        calls, _ = count_rpc(self)
+        return ca, cb, calls
+
+    async def test_delete_through_the_other(self) -> None:
+        ca, cb, calls = await self._two()
+        await threads.deferToThread(ca.create_write_close, "f")
+        await SMBRoundTripTests()._settle()
+        calls.clear()
+        await threads.deferToThread(cb.delete, "f")
+        await SMBRoundTripTests()._settle()
+        calls.pop("SYNC", None)
+        # (The directory's attributes, which the create through the other
+        # dropped, and the name are asked for too; no GETXATTR.)
+        self.assertEqual(
+            dict(calls),
+            {"GETATTR": 1, "LOOKUP": 1, "LISTXATTR": 1, "SHARE_OPEN": 1, "UNLINK": 1},
+        )
+
+    async def test_stored_attributes_seen_through_the_other(self) -> None:
+        """A record the inode has (DOS attributes: HIDDEN) is still read, once."""
+        from smbprotocol.open import (
+            CreateDisposition,
+            CreateOptions,
+            FileAttributes,
+            ImpersonationLevel,
+            Open,
+        )
+
+        ca, cb, calls = await self._two()
+
+        def make() -> None:
+            f = Open(ca.tree, "h")
+            f.create(
+                ImpersonationLevel.Impersonation,
+                0x0012019F,
+                FileAttributes.FILE_ATTRIBUTE_HIDDEN,
+                0x07,
+                CreateDisposition.FILE_CREATE,
+                CreateOptions.FILE_NON_DIRECTORY_FILE,
+            )
+            f.close()
+
+        await threads.deferToThread(make)
+        await SMBRoundTripTests()._settle()
+        calls.clear()
+        f = await threads.deferToThread(cb.open, "h", CreateDisposition.FILE_OPEN)
+        self.assertTrue(f.file_attributes & FileAttributes.FILE_ATTRIBUTE_HIDDEN)
+        await threads.deferToThread(f.close)
+        await SMBRoundTripTests()._settle()
+        self.assertEqual(calls["LISTXATTR"], 1)
+        self.assertEqual(calls["GETXATTR"], 1)  # the DOS attributes; no descriptor is stored

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer
@@ -169,6 +170,52 @@ class WriteBehindTests(TestCase):
         await a.write(f.ino, 2, b"c", stable=False, behind=True)
         self.assertEqual(held.calls[-1], "WROTE")
         self.assertEqual(a.writes_behind, behind)
+        # The file's COMMIT says so (try later), not that the writes are safe:
+        # a client that does not check the verifier (libnfs) sees its fsync fail.
+        with self.assertRaises(errors.UnstableLost):
+            await a.commit(f.ino)
+        self.assertEqual((await a.commit(f.ino)).size, 3)
+
+    async def test_server_restart_fails_the_next_commit(self) -> None:
+        """
+        A server restart between an NFS unstable write and the file's COMMIT:
+        the COMMIT fails with UnstableLost (the verifier has changed too);
+        a file with no unstable write since its last COMMIT commits as before.
+        """
+        _, a, _ = await _two(self)
+        root = (await a.root()).ino
+        f = await a.create(root, b"f", FileType.REG, 0o644, 0, 0)
+        g = await a.create(root, b"g", FileType.REG, 0o644, 0, 0)
+        await a.write(g.ino, 0, b"g", stable=False, behind=True)
+        await a.commit(g.ino)
+        await a.write(f.ino, 0, b"f", stable=False, behind=True)
+        before = a.restarts
+        address = next(iter(a._boots))
+        a._greeted(address, SimpleNamespace(boot=b"another boot", role="meta"))
+        self.assertEqual(a.restarts, before + 1)
+        with self.assertRaises(errors.UnstableLost):
+            await a.commit(f.ino)
+        await a.commit(f.ino)
+        await a.commit(g.ino)
+
+    async def test_meta_server_lost_unstable_changes_the_verifier(self) -> None:
+        """The meta server's UnstableLost (a database restart) fails the COMMIT and moves restarts."""
+        _, a, _ = await _two(self)
+        f = await a.create((await a.root()).ino, b"f", FileType.REG, 0o644, 0, 0)
+        await a.write(f.ino, 0, b"f", stable=False, behind=True)
+        a._send_held()
+        real = a._call_now
+
+        def call_now(name: str, args: Any = None) -> Any:
+            if name in ("COMMIT_META", "WROTE"):
+                return defer.fail(errors.UnstableLost("lost in a database restart"))
+            return real(name, args)
+
+        self.patch(a, "_call_now", call_now)
+        before = a.restarts
+        with self.assertRaises(errors.UnstableLost):
+            await a.commit(f.ino)
+        self.assertEqual(a.restarts, before + 1)
 
     async def test_commit_carries_the_held_wrote(self) -> None:
         """
