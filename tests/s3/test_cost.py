@@ -415,7 +415,7 @@ class CallCountTests(TestCase):
     def test_small_requests(self) -> None:
         """
         Before the tenth round: PUT 513, HEAD 366, GET 383, DELETE 507 calls;
-        after it 460, 314, 331 and 492 (the response's headers set without
+        after it 459, 313, 332 and 492 (the response's headers set without
         twisted.web's four calls a header, no per-request look-ups of
         checksum, condition, SSE-C and object lock headers a request does
         not carry, no generator per signed header or header name, the
