@@ -48,6 +48,34 @@ class NFSTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(client.getattr(self.fh).status, 0)
 
+    def test_the_gateways_admission_hook(self) -> None:
+        """
+        The hook the NFS service installs (L{admission}, one Python call per
+        call: issue 18) refuses as C{Core.admit} does: over a client's rate,
+        and while the memory budget is spent, a call gets NFS3ERR_JUKEBOX;
+        with no limit set calls are served.
+        """
+        from claudefs_gateway.core.budget import MemoryBudget
+        from claudefs_gateway.core.runtime import admission
+
+        budget = MemoryBudget(1000, self.metrics)
+        limiter = RateLimiter(self.clock, self.metrics, per_client=(1, 2))
+        self.h.ctx.admit = admission("nfs3", budget, limiter)
+        client = self.h.client()
+        self.assertEqual(
+            [client.getattr(self.fh).status for _ in range(3)], [0, 0, NFS3ERR.JUKEBOX]
+        )
+        self.assertEqual(rejected(self.metrics, "nfs3", "client_rate"), 1)
+        self.clock.advance(2)
+        budget.hold(2000)
+        self.assertEqual(client.getattr(self.fh).status, NFS3ERR.JUKEBOX)
+        self.assertEqual(rejected(self.metrics, "nfs3", "memory"), 1)
+        budget.release(2000)
+        self.assertEqual(client.getattr(self.fh).status, 0)
+        self.h.ctx.admit = admission("nfs3", MemoryBudget(0), RateLimiter(self.clock, self.metrics))
+        self.assertEqual([client.getattr(self.fh).status for _ in range(5)], [0] * 5)
+        self.flushLoggedErrors()
+
     def test_user_rate_follows_the_uid(self) -> None:
         self.limit(per_user=(1, 1))
         self.assertEqual(self.h.client(uid=1000).getattr(self.fh).status, 0)

@@ -97,7 +97,7 @@ class NFSService(MultiService):
         self.ctx = NFSContext(
             self._vfs_ready,
             io_size=self.io_size,
-            admit=lambda host, uid: core.admit("nfs3", host, uid),
+            admit=core.admitter("nfs3"),
         )
         self.server = RPCServer(ReplyCache(cfg.drc_entries), self.activity)
         self.nfs3 = NFS3(self.ctx, RequestMetrics(core.metrics, "nfs3"), max_write=self.io_size)

@@ -2,9 +2,10 @@
 """
 ONC RPC version 2 messages (RFC 5531 §9) and their authentication (§8-10).
 
-L{parse_call} turns a record or datagram into a L{CallHeader} and the offset
-where the procedure's arguments start; the reply functions build the
-fixed-size reply headers in one C{struct.pack} each. Credentials: AUTH_NONE
+L{parse_call} turns a record or datagram into a L{Call}: its header and the
+offset where the procedure's arguments start (the server then serves that
+same object); the reply functions build the fixed-size reply headers in one
+C{struct.pack} each. Credentials: AUTH_NONE
 and AUTH_SYS (RFC 5531 appendix A), whose body is bounded by the RFC's 400
 bytes and whose gid list by its 16 entries; anything else is refused by the
 server with AUTH_ERROR.
@@ -13,6 +14,7 @@ server with AUTH_ERROR.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import attrs
 
@@ -28,6 +30,7 @@ __all__ = [
     "MAX_AUTH_BYTES",
     "MAX_GIDS",
     "AuthSys",
+    "Call",
     "CallHeader",
     "BadCall",
     "RPCMismatch",
@@ -140,14 +143,23 @@ class AuthSys:
     gids: tuple[int, ...] = ()
 
 
-@attrs.define(slots=True)
-class CallHeader:
+@attrs.define(slots=True, eq=False)
+class Call:
     """
-    A decoded call header.
+    A decoded call header, and then the call being served: the server sets
+    C{peer} and the handlers C{status} and C{admitted} on the same object
+    (one object per call, not a header and a call built from it).
 
     @ivar cred: the decoded AUTH_SYS credential, or L{None} for AUTH_NONE
         (and for flavours this server does not accept; see C{flavor}).
     @ivar args_at: offset of the procedure's arguments in the message.
+    @ivar cred_body: the credential's encoded body.
+    @ivar peer: where the call came from (a L{claudefs_gateway.rpc.server.Peer}),
+        set by the server; L{None} until then.
+    @ivar status: set by a handler to name the error status it answered with
+        (counted in C{gateway_errors_total}); L{None} means success.
+    @ivar admitted: the call has passed the request-rate limits (a program
+        checks once per call however many handles it resolves).
     """
 
     xid: int
@@ -156,8 +168,15 @@ class CallHeader:
     proc: int
     flavor: int
     cred: AuthSys | None
-    args_at: int
+    args_at: int = 0
     cred_body: bytes = b""
+    peer: Any = None
+    status: str | None = None
+    admitted: bool = False
+
+
+#: The name the header alone went by (clients and tests decoding a call).
+CallHeader = Call
 
 
 def parse_auth_sys(body: bytes) -> AuthSys:
@@ -187,7 +206,7 @@ def encode_auth_sys(cred: AuthSys) -> bytes:
     return p.bytes()
 
 
-def parse_call(data: bytes) -> CallHeader:
+def parse_call(data: bytes) -> Call:
     """
     Decode a call's header (through the verifier).
 
@@ -233,7 +252,7 @@ def parse_call(data: bytes) -> CallHeader:
             if len(_CREDS) >= _CRED_CACHE:
                 _CREDS.clear()
             _CREDS[body] = cred
-    return CallHeader(xid, prog, vers, proc, flavor, cred, args_at, body)
+    return Call(xid, prog, vers, proc, flavor, cred, args_at, body)
 
 
 # Decoded AUTH_SYS credentials by their encoded body (bounded; cleared when full).

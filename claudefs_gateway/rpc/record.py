@@ -55,9 +55,27 @@ class RecordReader:
     arriving in 64 KiB reads is joined once, not grown in a buffer.
 
     @param max_record: the most bytes a record's fragments may add up to.
+    @ivar missing: bytes of the current fragment that have not arrived yet (0
+        between fragments): how much the next socket read may usefully ask
+        for. Kept by L{feed} as it returns (an attribute, not a property: the
+        connection reads it after every read).
+    @ivar buffered: bytes held now, of a record not yet whole (the
+        connection's partial-record timeout; tests check the bound). Kept
+        by L{feed} as C{missing} is.
     """
 
-    __slots__ = ("max_record", "_chunks", "_off", "_have", "_frags", "_size", "_need", "_last")
+    __slots__ = (
+        "max_record",
+        "missing",
+        "buffered",
+        "_chunks",
+        "_off",
+        "_have",
+        "_frags",
+        "_size",
+        "_need",
+        "_last",
+    )
 
     def __init__(self, max_record: int) -> None:
         self.max_record = max_record
@@ -68,20 +86,8 @@ class RecordReader:
         self._size = 0  # bytes of the record in completed fragments
         self._need = -1  # bytes of the current fragment expected; -1: reading a header
         self._last = False
-
-    @property
-    def missing(self) -> int:
-        """
-        Bytes of the current fragment that have not arrived yet (0 between
-        fragments): how much the next socket read may usefully ask for.
-        """
-        need = self._need
-        return need - self._have if need > self._have else 0
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held now (for tests that check the bound)."""
-        return self._have + self._size
+        self.missing = 0
+        self.buffered = 0
 
     def _take(self, n: int) -> bytes:
         """Remove and return the next C{n} bytes (C{n <= self._have})."""
@@ -141,7 +147,7 @@ class RecordReader:
                 out.append(data[pos + 4 : pos + 4 + n])
                 pos += 4 + n
             if pos == end:
-                return out
+                return out  # at a record boundary again: missing and buffered stay 0
             if pos:
                 data = data[pos:]
             if out:
@@ -153,6 +159,8 @@ class RecordReader:
         while True:
             if self._need < 0:
                 if self._have < 4:
+                    self.missing = 0
+                    self.buffered = self._have + self._size
                     return out
                 (h,) = _unpack_header(self._take(4))
                 self._last = bool(h & LAST_FRAGMENT)
@@ -164,6 +172,8 @@ class RecordReader:
                 self._need = n
             n = self._need
             if self._have < n:
+                self.missing = n - self._have
+                self.buffered = self._have + self._size
                 return out
             piece = self._take(n) if n else b""
             if self._last and not self._frags:

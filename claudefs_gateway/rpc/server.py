@@ -44,11 +44,11 @@ from typing_extensions import override
 
 from zope.interface import implementer
 
-from claudefs_gateway.core.directsend import DirectSender
+from claudefs_gateway.core.directsend import DirectSender, materialize
 from claudefs_gateway.core.log import Logger, Sampler
 from claudefs_gateway.rpc import message as msg
 from claudefs_gateway.rpc.drc import BUSY, ReplyCache, call_key
-from claudefs_gateway.rpc.message import AuthSys
+from claudefs_gateway.rpc.message import Call
 from claudefs_gateway.rpc.record import LAST_FRAGMENT, RecordReader, RecordTooLarge
 from claudefs_gateway.rpc.xdr import Unpacker, XDRError
 
@@ -105,14 +105,23 @@ class Peer:
     @ivar transport: C{"tcp"} or C{"udp"}.
     @ivar max_reply: the largest reply the transport can carry.
     @ivar conn: the connection (TCP) the call arrived on, else L{None}.
-    @ivar expected: how large the reply of the call being started may grow
-        (its procedure's C{reply_size}): set by L{RPCServer.handle}, read by
-        the connection, which counts it against C{max_queued_bytes}.
+    @ivar expected: how large the reply of the call just started may grow
+        (its procedure's C{reply_size}): set by L{RPCServer.handle} when the
+        call is left running (one answered at once needs no estimate), read
+        by the connection, which counts it against C{max_queued_bytes}.
     @ivar seen_procs: the procedures (one program's version) of the latest
         call told to C{conn.seen}.
     @ivar seen_cred: that call's credential (the parsed credentials are
         shared per encoded body): a call with the same procedures and
         credential as the one told (a client's usual case) skips telling.
+    @ivar sendfile: replies may hold L{FileRange<claudefs_gateway.core.directsend.FileRange>}
+        pieces (a TCP connection that writes to its socket itself): a
+        procedure answering synchronously may reply with file data the
+        kernel sends from the page cache.
+    @ivar ranged: the reply being made holds such a piece: set by the
+        procedure, read and cleared by the connection as it sends it, in
+        the same call stack (the range's descriptor is good only until the
+        procedure's caller returns).
     """
 
     host: str
@@ -123,29 +132,8 @@ class Peer:
     expected: int = 0
     seen_procs: Any = None
     seen_cred: Any = None
-
-
-@attrs.define(slots=True, eq=False)
-class Call:
-    """
-    One call being served.
-
-    @ivar cred: the AUTH_SYS credential, or L{None} for AUTH_NONE.
-    @ivar status: set by a handler to name the error status it answered with
-        (counted in C{gateway_errors_total}); L{None} means success.
-    @ivar admitted: the call has passed the request-rate limits (a program
-        checks once per call however many handles it resolves).
-    """
-
-    xid: int
-    prog: int
-    vers: int
-    proc: int
-    flavor: int
-    cred: AuthSys | None
-    peer: Peer
-    status: str | None = None
-    admitted: bool = False
+    sendfile: bool = False
+    ranged: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -161,6 +149,11 @@ class Procedure:
     @ivar reply_size: from the decoded arguments, how large the reply may
         grow (a READ's count), so a connection counts the reply against its
         byte bound before the call runs (L{RPCStreamProtocol}); L{None}: small.
+    @ivar fast: C{(call, args)} to results when the answer is at hand in
+        memory (a cached GETATTR, a page-cache READ), else L{None}: then
+        C{handle} serves the call. Both must answer alike; the fast one only
+        leaves out the coroutine and Deferreds of an answer already known,
+        and the server tries it first without a wrapper's call per call.
     """
 
     name: str
@@ -169,6 +162,7 @@ class Procedure:
     cached: bool = False
     cancel_on_close: bool = True
     reply_size: Callable[[Any], int] | None = None
+    fast: Callable[[Call, Any], Results | None] | None = None
 
 
 def no_args(u: Unpacker) -> None:
@@ -249,7 +243,7 @@ class RPCServer:
         call still running).
         """
         try:
-            h = msg.parse_call(data)
+            call = msg.parse_call(data)
         except msg.RPCMismatch as e:
             self._bad(peer, "RPC version mismatch", e)
             assert e.xid is not None
@@ -261,38 +255,38 @@ class RPCServer:
         except msg.BadCall as e:
             self._bad(peer, "undecodable call dropped", e)
             return None
-        xid = h.xid
-        program = self.programs.get(h.prog)
+        xid = call.xid
+        program = self.programs.get(call.prog)
         if program is None:
             self._log.debug(
-                "call for program {prog} not served from {host}", prog=h.prog, host=peer.host
+                "call for program {prog} not served from {host}", prog=call.prog, host=peer.host
             )
             return [msg.reply_error(xid, msg.PROG_UNAVAIL)]
-        procs = program.versions.get(h.vers)
+        procs = program.versions.get(call.vers)
         if procs is None:
             low, high = program.version_range()
             return [msg.reply_prog_mismatch(xid, low, high)]
-        proc = procs.get(h.proc)
+        proc = procs.get(call.proc)
         if proc is None:
             return [msg.reply_error(xid, msg.PROC_UNAVAIL)]
-        if h.flavor != msg.AUTH_SYS and h.flavor != msg.AUTH_NONE:
+        if call.flavor != msg.AUTH_SYS and call.flavor != msg.AUTH_NONE:
             self._log.debug(
                 "{program} call with auth flavour {flavor} refused",
                 program=program.name,
-                flavor=h.flavor,
+                flavor=call.flavor,
             )
             return [msg.reply_auth_error(xid, msg.AUTH_BADCRED)]
         try:
-            args = proc.decode(Unpacker(data, h.args_at))
+            args = proc.decode(Unpacker(data, call.args_at))
         except (XDRError, struct.error, ValueError) as e:
             self._bad(peer, f"{program.name} {proc.name}: arguments do not decode", e)
-            metrics = program.metrics_for(h.vers)
+            metrics = program.metrics_for(call.vers)
             if metrics is not None:
                 metrics.observe(proc.name, 0.0, "GARBAGE_ARGS")
             return [msg.reply_error(xid, msg.GARBAGE_ARGS)]
         key = None
         if proc.cached:
-            key = call_key(peer.host, xid, h.prog, h.vers, h.proc, data, h.args_at)
+            key = call_key(peer.host, xid, call.prog, call.vers, call.proc, data, call.args_at)
             seen = self.drc.lookup(key)
             if seen is BUSY:
                 self._log.debug("retransmission of xid {xid} in progress; dropped", xid=xid)
@@ -300,37 +294,53 @@ class RPCServer:
             if seen is not None:
                 self._log.debug("retransmission of xid {xid} answered from the cache", xid=xid)
                 return [seen]
-        cred = h.cred
-        call = Call(xid, h.prog, h.vers, h.proc, h.flavor, cred, peer)
+        call.peer = peer
         conn = peer.conn
         if conn is not None:
+            cred = call.cred
             if peer.seen_procs is not procs or peer.seen_cred is not cred:
                 # What conn.seen keeps depends on these alone: telling it
                 # again the same is a call per call for nothing.
-                conn.seen(program.name, h.vers, cred.uid if cred is not None else None)
+                conn.seen(program.name, call.vers, cred.uid if cred is not None else None)
                 peer.seen_procs = procs
                 peer.seen_cred = cred
-            if proc.reply_size is not None:
-                try:
-                    expected = int(proc.reply_size(args))
-                except Exception:  # an estimate only: a call that will fail anyway
-                    expected = 0
-                peer.expected = expected if expected > 0 else 0
         started = self.timer()
         try:
-            result = proc.handle(call, args)
+            # The answer from memory if the procedure has one (no coroutine,
+            # no Deferred), else the general handler's.
+            fast = proc.fast
+            result: Results | defer.Deferred[Results] | None = (
+                fast(call, args) if fast is not None else None
+            )
+            if result is None:
+                result = proc.handle(call, args)
         except Exception:
             result = defer.fail()
         if type(result) is not list and isinstance(result, defer.Deferred):
             # Only a call still running when the handler returns can be seen
             # in flight by the drain (everything here is on the reactor thread).
-            running = not result.called and self.activity is not None
+            pending = not result.called
+            running = pending and self.activity is not None
             if running:
                 self.activity.begin()
+            if pending and conn is not None and proc.reply_size is not None:
+                # Only a call left running holds its reply's bytes against
+                # the connection's bound (one answered at once is sent now).
+                try:
+                    expected = int(proc.reply_size(args))
+                except Exception:  # an estimate only: a call that will fail anyway
+                    expected = 0
+                peer.expected = expected if expected > 0 else 0
             done: defer.Deferred[Results | None] = result.addBoth(
                 self._finish, call, program, proc, key, started, running
             )
             return done if proc.cancel_on_close else _shield(done)
+        if type(result) is list and key is None:
+            # _finish's success path, in line: the answer most calls get.
+            metrics = program.version_metrics.get(call.vers, program.metrics)
+            if metrics is not None:
+                metrics.observe(proc.name, self.timer() - started, call.status)
+            return [_U32(xid) + msg.SUCCESS_TAIL, *result]
         return self._finish(result, call, program, proc, key, started)
 
     def _finish(
@@ -545,6 +555,7 @@ class RPCStreamProtocol(Protocol):
         # Twisted sends at most SEND_LIMIT (128 KiB) per reactor turn: a 1 MiB
         # READ reply would take eight turns. Let the kernel take what it can.
         self._direct = DirectSender.for_transport(self.transport)
+        self.peer.sendfile = self._direct is not None
         self._log.debug("connection {conn_id} from {host}", conn_id=self.conn_id, host=host)
         factory = getattr(self, "factory", None)
         self._budget = getattr(factory, "budget", None)
@@ -701,17 +712,21 @@ class RPCStreamProtocol(Protocol):
             # One method, not two: this runs once per read of every connection.
             backlog = self.backlog
             while backlog and not self.closed:
-                if self._full():
+                # With no call running and nothing queued unread (a client
+                # at queue depth 1) the connection cannot be full: no call
+                # to _full for that.
+                if (self.pending or self._paused_output or self._queued) and self._full():
                     self._pause_reading()
                     return
                 try:
                     self._serve(backlog.popleft())
                 except Exception:
                     self._log.failure("connection {conn_id}: serving a call", conn_id=self.conn_id)
-            if self._full():
-                self._pause_reading()
-            elif self._reading_paused:
-                self._resume_reading()
+            if self.pending or self._paused_output or self._queued or self._reading_paused:
+                if self._full():
+                    self._pause_reading()
+                elif self._reading_paused:
+                    self._resume_reading()
         finally:
             if outer:
                 batch, size = self._batch, self._batch_size
@@ -731,27 +746,27 @@ class RPCStreamProtocol(Protocol):
 
     def _serve(self, record: bytes) -> None:
         assert self.peer is not None
-        budget = self._budget
-        if budget is not None:
-            budget.hold(len(record))
         peer = self.peer
         peer.expected = 0
-        try:
-            result = self.server.handle(record, peer)
-        except BaseException:
-            if budget is not None:
-                budget.release(len(record))
-            raise
+        result = self.server.handle(record, peer)
         if type(result) is list:
             # Answered at once (the common case; a type test: an isinstance
             # of Deferred, an ABC, costs a Python-level check per call).
-            if budget is not None:
-                budget.release(len(record))
-            self.send(result)
+            batch = self._batch
+            if batch is None or self.closed or peer.ranged:
+                # (A reply holding file ranges goes at once: send().)
+                self.send(result)
+                return
+            # send()'s batching, in line (see there).
+            size = 0
+            for c in result:
+                size += len(c)
+            batch.append(_U32(LAST_FRAGMENT | size))
+            batch.extend(result)
+            self._batch_size += size + 4
+            if self._batch_size >= BATCH_BYTES or len(batch) >= BATCH_PARTS:
+                self._flush()
             return
-        if result is None or not isinstance(result, defer.Deferred) or result.called:
-            if budget is not None:
-                budget.release(len(record))
         if result is None:
             return
         if not isinstance(result, defer.Deferred):
@@ -764,6 +779,13 @@ class RPCStreamProtocol(Protocol):
             if out and isinstance(out[0], list):
                 self.send(out[0])
             return
+        # Left running: the record (and the reply it may return) is held,
+        # against the connection's bound and in the memory budget, until
+        # it is answered. A call answered at once holds nothing: no other
+        # call can run meanwhile, and its own admission is decided by what
+        # the calls before it hold (two budget calls per call saved).
+        if self._budget is not None:
+            self._budget.hold(len(record))
         self.pending.add(result)
         held = len(record) + peer.expected
         self._held += held
@@ -799,12 +821,29 @@ class RPCStreamProtocol(Protocol):
         one read are served are batched: one C{sendmsg} (one wake-up of the
         client) for the lot, up to C{BATCH_BYTES} or C{BATCH_PARTS} pieces.
         """
+        peer = self.peer
         if self.closed:
+            if peer is not None:
+                peer.ranged = False
             return
         size = 0
         for c in chunks:
             size += len(c)
         batch = self._batch
+        if peer is not None and peer.ranged:
+            # A reply with file ranges goes now, before anything else runs
+            # (their descriptors are only good until then), after the
+            # replies batched before it, in one write.
+            peer.ranged = False
+            parts: list[Any] = [_U32(LAST_FRAGMENT | size), *chunks]
+            size += 4
+            if batch:
+                parts = [*batch, *parts]
+                size += self._batch_size
+                self._batch = []
+                self._batch_size = 0
+            self._write(parts, size, True)
+            return
         if batch is not None:
             # Calls served from one read (a pipelining client's): their
             # replies leave together, in order, in one sendmsg (see _flush).
@@ -825,12 +864,18 @@ class RPCStreamProtocol(Protocol):
             if not self.closed:
                 self._write(batch, size)
 
-    def _write(self, parts: list[bytes], size: int) -> None:
-        """Write reply records (C{parts}, C{size} bytes in all) to the client."""
-        if self._direct is not None:
-            parts = self._direct.send(parts, size)
+    def _write(self, parts: list[Any], size: int, ranged: bool = False) -> None:
+        """
+        Write reply records (C{parts}, C{size} bytes in all) to the client;
+        C{ranged}: some parts are L{FileRange<claudefs_gateway.core.directsend.FileRange>}s.
+        """
+        direct = self._direct
+        if direct is not None:
+            parts = direct.send_ranges(parts, size) if ranged else direct.send(parts, size)
             if not parts:
                 return
+        elif ranged:
+            parts = materialize(parts)
         if self._paused_output:
             # Queued behind replies the client has not read: counted (in
             # max_queued_bytes and the memory budget) until it reads them
@@ -910,8 +955,9 @@ class RPCStreamFactory(Factory):
             (seconds; 0 = never); without one neither applies.
         @param metrics: a L{RequestMetrics}: timeouts counted as rejections.
         @param budget: the gateway-wide L{claudefs_gateway.core.budget.MemoryBudget}:
-            calls being served and replies queued unread count in it (the
-            programs refuse new calls while it is spent).
+            calls left running (one answered at once holds nothing) and
+            replies queued unread count in it (the programs refuse new calls
+            while it is spent).
         """
         self.budget = budget
         self.max_queued_bytes = max_queued_bytes

@@ -126,12 +126,25 @@ class Unpacker:
         return bytes(self.data[p : p + n])
 
     def opaque(self, limit: int) -> bytes:
-        """Variable-length opaque data of at most C{limit} bytes."""
-        n = self.u32()
+        """
+        Variable-length opaque data of at most C{limit} bytes.
+
+        The checks of L{u32}, L{_need} and L{pad} written out: every call's
+        file handle comes through here, and four Python calls cost more than
+        the decoding itself.
+        """
+        data, p, end = self.data, self.pos, self.end
+        if p + 4 > end:
+            raise XDRError(f"truncated: need 4 bytes at offset {p}, have {end - p}")
+        n = _u32(data, p)[0]
         if n > limit:
             raise XDRError(f"opaque of {n} bytes exceeds its bound {limit}")
-        p = self._need(n + pad(n))
-        return bytes(self.data[p : p + n])
+        p += 4
+        q = p + n + (-n & 3)
+        if q > end:
+            raise XDRError(f"truncated: need {q - p} bytes at offset {p}, have {end - p}")
+        self.pos = q
+        return bytes(data[p : p + n])
 
     def opaque_view(self, limit: int) -> memoryview:
         """

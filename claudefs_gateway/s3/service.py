@@ -119,7 +119,7 @@ class S3Service(MultiService):
             self.metrics,
             self.activity,
         )
-        self.api.admit = lambda address, uid: core.admit("s3", address, uid)
+        self.api.admit = core.admitter("s3")
         self.api.conflicts = core.metrics.family("gateway_s3_mapping_conflicts_total")
         self.site = S3Site(
             S3Resource(self.api),

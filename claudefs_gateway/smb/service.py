@@ -36,7 +36,7 @@ def make_service(core: Any) -> IService:
         limiter=AuthFailureLimiter(core.reactor),
         domain_secret=lambda: load_or_create_secret(config.data_dir),
     )
-    factory.admit = lambda address, uid: core.admit("smb", address, uid)
+    factory.admit = core.admitter("smb")
     factory.budget = core.budget
     core.listener(svc, "proto:smb:listen", "smb", config.smb.bind, factory)
     svc.factory = factory

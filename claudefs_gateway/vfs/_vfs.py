@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from claudefs_gateway import errors
 from claudefs_gateway.core.config import Config, Export
+from claudefs_gateway.core.directsend import FileRange
 from claudefs_gateway.core.eager import eager_deferred
 from claudefs_gateway.core.fence import Fence
 from claudefs_gateway.core.log import Logger
@@ -481,8 +482,8 @@ class VFS:
         return a
 
     def read_now(
-        self, caller: Caller, a: Attributes, offset: int, count: int
-    ) -> tuple[bytes, bool] | None:
+        self, caller: Caller, a: Attributes, offset: int, count: int, ranged: bool = False
+    ) -> tuple[bytes | FileRange, bool] | None:
         """
         L{read}'s result, as (data, eof), when it needs no wait (no lock,
         lease or seal to check, the backend has the bytes at hand), else
@@ -491,7 +492,10 @@ class VFS:
         just gave them (the reply's post-op attributes: taking them again
         from the cache would cost a second lookup per READ). A tuple:
         building a frozen L{ReadResult} costs as much as the rest of a
-        cached read's checks.
+        cached read's checks. C{ranged}: the caller can send a
+        L{FileRange} at once (before it returns to the reactor), and a
+        large read all in the page cache may answer one instead of bytes
+        (no copy of the data through the gateway's memory).
         """
         fast = getattr(self.backend, "read_now", None)
         ino = a.ino
@@ -507,7 +511,9 @@ class VFS:
         cred = caller.cred
         if cred.uid != a.uid and not perm.granted(cred, a) & (perm.R | perm.X):
             return None  # read() refuses
-        got: tuple[bytes, bool] | None = fast(ino, offset, count)
+        got: tuple[bytes | FileRange, bool] | None = (
+            fast(ino, offset, count, True) if ranged else fast(ino, offset, count)
+        )
         return got
 
     # -- internal helpers -----------------------------------------------------

@@ -2170,6 +2170,116 @@ class XattrDeleteTests(StoreCase):
         self.assertEqual(len(self.xattr_deletes(statements)), 1)
 
 
+class FilelessTests(StoreCase):
+    """
+    The files a store made and never gave a data file (inline, or empty;
+    L{Layout.fileless}): their attributes need no C{stat} and their removal
+    no C{unlink} and no C{pending_io} row (issue 18, docs/bench.rst "NFS
+    small files, ninth round"). Before, a small file made, written inline
+    and removed cost two C{stat} and one C{unlink} that failed, an empty
+    file's removal an INSERT and a later DELETE of a C{pending_io} row.
+    Files that did get one still lose it with their last name.
+    """
+
+    trace = UsageRowTests.trace
+
+    def data_calls(self, b: EmbeddedBackend) -> list[tuple[str, str]]:
+        """Calls of C{os.stat} and C{os.unlink} on the store's data files from now on."""
+        calls: list[tuple[str, str]] = []
+        root = b._engine.layout.root
+        for name in ("stat", "unlink"):
+            real = getattr(os, name)
+
+            def counting(path: Any, *a: Any, _real: Any = real, _name: str = name, **k: Any) -> Any:
+                if isinstance(path, str) and path.startswith(root):
+                    calls.append((_name, path))
+                return _real(path, *a, **k)
+
+            self.patch(os, name, counting)
+        return calls
+
+    async def settle(self, b: EmbeddedBackend) -> None:
+        """Another change: the batch before it has run its after_batch (data files deleted)."""
+        await b.create(1, b"settle-%d" % b._engine.next_ino, REG, 0o644, 0, 0, durable=False)
+
+    async def test_small_file_asks_nothing_of_the_data_tree(self) -> None:
+        b = await self.store(inline_max=4096)
+        d = await b.create(1, b"d", DIR, 0o755, 0, 0)
+        calls = self.data_calls(b)
+        f = await b.create(d.ino, b"f", REG, 0o644, 0, 0)
+        self.assertEqual((await b.getattr(f.ino)).size, 0)  # libnfs's SETATTR size 0 asks this
+        await b.write(f.ino, 0, b"x" * 4096, False)
+        self.assertEqual((await b.commit(f.ino)).size, 4096)
+        self.assertEqual((await b.unlink(d.ino, b"f")).nlink, 0)
+        await self.settle(b)
+        self.assertEqual(calls, [])
+        self.assertFalse(os.path.exists(b._engine.layout.path(f.ino)))
+        self.assertNotIn(f.ino, b._engine.layout.fileless)
+
+    async def test_empty_file_removal_writes_no_pending_row(self) -> None:
+        b = await self.store(inline_max=4096)
+        f = await b.create(1, b"f", REG, 0o644, 0, 0)
+        statements = self.trace(b)
+        await b.unlink(1, b"f")
+        await self.settle(b)
+        self.assertEqual([s for s in statements if "pending_io" in s], [])
+        self.assertEqual(b._engine.stats.free_errors, 0)
+        with self.assertRaises(errors.NotFound):
+            await b.getattr(f.ino)
+
+    async def test_files_that_had_one_lose_it(self) -> None:
+        """Written out of line at once, or moved out of line later."""
+        b = await self.store(inline_max=4096)
+        lay = b._engine.layout
+        big = await b.create(1, b"big", REG, 0o644, 0, 0)
+        await b.write(big.ino, 0, b"b" * 100_000, True)
+        grown = await b.create(1, b"grown", REG, 0o644, 0, 0)
+        await b.write(grown.ino, 0, b"g" * 100, True)
+        self.assertIn(grown.ino, lay.fileless)
+        await b.write(grown.ino, 100, b"g" * 8000, True)
+        self.assertFalse({big.ino, grown.ino} & lay.fileless)
+        self.assertTrue(os.path.exists(lay.path(big.ino)))
+        self.assertTrue(os.path.exists(lay.path(grown.ino)))
+        self.assertGreater((await b.getattr(grown.ino)).used, 0)
+        await b.unlink(1, b"big")
+        await b.unlink(1, b"grown")
+        await self.settle(b)
+        self.assertFalse(os.path.exists(lay.path(big.ino)))
+        self.assertFalse(os.path.exists(lay.path(grown.ino)))
+
+    async def test_number_given_out_again(self) -> None:
+        """
+        An op that made a file and its data file, then failed, puts the
+        inode number back; the create that gets it again may find that data
+        file, so it is not taken as fileless, and its removal deletes it.
+        """
+        b = await self.store(inline_max=4096)
+        engine = b._engine
+
+        def made_then_failed(engine: Engine, ctx: Any) -> None:
+            attrs = engine.op_create(ctx, 1, b"x", REG, 0o644, 0, 0)
+            fd = engine.files.get(attrs.ino, create=True)
+            assert fd is not None
+            os.pwrite(fd, b"stray", 0)
+            raise errors.Inval("injected")
+
+        op = engine_module.Op(made_then_failed, (), durable=False)
+        op.d = defer.Deferred()
+        b._submitted += 1
+        number = engine.next_ino
+        self.assertTrue(b._writer.run_here(op))  # type: ignore[union-attr]
+        with self.assertRaises(errors.Inval):
+            await op.d
+        self.assertEqual(engine.next_ino, number)
+        self.assertTrue(os.path.exists(engine.layout.path(number)))
+        f = await b.create(1, b"y", REG, 0o644, 0, 0)
+        self.assertEqual(f.ino, number)
+        self.assertNotIn(number, engine.layout.fileless)
+        await b.unlink(1, b"y")
+        await self.settle(b)
+        self.assertFalse(os.path.exists(engine.layout.path(number)))
+
+
 class CheckpointTests(StoreCase):
     """
     SQLite checkpoints the WAL after the commit that takes it past

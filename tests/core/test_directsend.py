@@ -5,11 +5,14 @@ Twisted's TCP transport. If a Twisted release changes it, these tests say so.
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 from twisted.internet import defer, protocol, reactor, tcp
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from claudefs_gateway.core.directsend import PRIVATE_ATTRIBUTES, DirectSender
+from claudefs_gateway.core.directsend import PRIVATE_ATTRIBUTES, DirectSender, FileRange
 
 
 class Server(protocol.Protocol):
@@ -19,14 +22,14 @@ class Server(protocol.Protocol):
 
 class Client(protocol.Protocol):
     def __init__(self) -> None:
-        self.got = b""
+        self.got = bytearray()
         self.want = 0
         self.done: defer.Deferred[bytes] = defer.Deferred()
 
     def dataReceived(self, data: bytes) -> None:
         self.got += data
         if len(self.got) >= self.want and not self.done.called:
-            self.done.callback(self.got)
+            self.done.callback(bytes(self.got))
 
 
 class DirectSenderTests(TestCase):
@@ -78,6 +81,67 @@ class DirectSenderTests(TestCase):
         server.transport.writeSequence([b"second"])
         client.want = 11
         self.assertEqual(await client.done, b"firstsecond")
+
+    def data_file(self, data: bytes) -> int:
+        with tempfile.NamedTemporaryFile(delete=False) as f:
+            f.write(data)
+        self.addCleanup(os.unlink, f.name)
+        fd = os.open(f.name, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        return fd
+
+    async def test_ranges_sent_by_sendfile(self) -> None:
+        """Buffers, a file range and a buffer after it arrive whole and in order."""
+        server, client = await self.pair()
+        sender = DirectSender.for_transport(server.transport)
+        assert sender is not None
+        data = os.urandom(300_000)
+        fd = self.data_file(data)
+        parts = [b"head", FileRange(fd, 1000, 200_000), b"pad"]
+        client.want = 4 + 200_000 + 3
+        self.assertEqual(sender.send_ranges(parts, client.want), [])
+        self.assertEqual(await client.done, b"head" + data[1000:201_000] + b"pad")
+
+    async def test_range_past_the_file_end_reads_zeros(self) -> None:
+        """Bytes of a range past its file's end (a sparse tail) arrive as zeros."""
+        server, client = await self.pair()
+        sender = DirectSender.for_transport(server.transport)
+        assert sender is not None
+        fd = self.data_file(b"x" * 100)
+        client.want = 4 + 5000
+        left = sender.send_ranges([b"head", FileRange(fd, 50, 5000)], client.want)
+        self.assertTrue(all(type(p) is not FileRange for p in left))
+        server.transport.writeSequence(left)
+        self.assertEqual(await client.done, b"head" + b"x" * 50 + bytes(4950))
+
+    async def test_range_larger_than_the_socket_takes(self) -> None:
+        """
+        What the socket does not take of a range (the client is not reading)
+        comes back read into bytes, for the transport to queue: the file's
+        descriptor is not needed after the call.
+        """
+        server, client = await self.pair()
+        sender = DirectSender.for_transport(server.transport)
+        assert sender is not None
+        client.transport.pauseProducing()
+        data = os.urandom(24 << 20)
+        fd = self.data_file(data)
+        left = sender.send_ranges([b"head", FileRange(fd, 0, len(data)), b"tail"], len(data) + 8)
+        self.assertNotEqual(left, [])
+        self.assertTrue(all(type(p) is not FileRange for p in left))
+        server.transport.writeSequence(left)
+        client.want = len(data) + 8
+        client.transport.resumeProducing()
+        self.assertEqual(await client.done, b"head" + data + b"tail")
+
+    async def test_ranges_wait_for_a_busy_transport(self) -> None:
+        """With data queued in the transport, a range is read into bytes (order kept)."""
+        server, client = await self.pair()
+        sender = DirectSender.for_transport(server.transport)
+        assert sender is not None
+        fd = self.data_file(b"0123456789")
+        server.transport.write(b"first")
+        self.assertEqual(sender.send_ranges([FileRange(fd, 2, 5)], 5), [b"23456"])
 
     def test_not_for_other_transports(self) -> None:
         """Test transports (and TLS, and other reactors') get no direct sender."""

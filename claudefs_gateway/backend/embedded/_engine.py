@@ -89,6 +89,8 @@ WAL_CHECKPOINT_PAGES = 4096
 
 # Engine._fileless: new files remembered as having no data yet, at most.
 _FILELESS_MAX = 4096
+# Layout.fileless: files known never to have had a data file, at most.
+_NEVER_FILED_MAX = 16384
 # Inode rows the engine keeps from its commits (L{Engine._rows}).
 _ROWS_MAX = 4096
 # Inline rows of freed inodes left in the database (see Engine.run_batch,
@@ -320,6 +322,10 @@ class Engine:
         # neither the inline row's SELECT nor a failing open of a data-file
         # path. Bounded: when full it is emptied, and writes ask as before.
         self._fileless: set[int] = set()
+        # Inode numbers below this may have been handed out before, by an op
+        # that rolled back (the counters are put back): a data file it made
+        # may be there, so they never go into Layout.fileless.
+        self._reused_below = 0
         # next_ino and next_cookie as meta holds them: at least the counters.
         self._tops = (0, 0)
         self._batch_usage: dict[tuple[str, int], list[int]] = {}
@@ -786,7 +792,7 @@ class Engine:
             except sqlite3.Error as e:
                 self._abort(conn, ops, e)
                 return count, []
-            self.next_ino, self.next_cookie = start_counters
+            self._put_back(start_counters)
             st.ops += 1
             st.last_batch_failed = False
             return 1, []
@@ -801,7 +807,7 @@ class Engine:
                     conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            self.next_ino, self.next_cookie = start_counters
+            self._put_back(start_counters)
             self._done_rows = done_rows + self._done_rows
             st.data_reruns += 1
             self._defer = False
@@ -1141,7 +1147,7 @@ class Engine:
             value = op.fn(self, ctx, *op.args)
             self._write_back(conn, ctx)
         except Exception as e:
-            self.next_ino, self.next_cookie = saved
+            self._put_back(saved)
             try:
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
@@ -1156,6 +1162,11 @@ class Engine:
             return None
         conn.execute("RELEASE op")
         return self._ran(op, ctx, value)
+
+    def _put_back(self, counters: tuple[int, int]) -> None:
+        """Give the inode numbers and cookies of ops that rolled back out again."""
+        self._reused_below = max(self._reused_below, self.next_ino)
+        self.next_ino, self.next_cookie = counters
 
     def _ran(self, op: Op, ctx: _Ctx, value: Any) -> _Ctx:
         """An op succeeded: its outcome, and the inode rows it wrote."""
@@ -1196,12 +1207,20 @@ class Engine:
                     # orphans). A move out of line that a crash cut short
                     # may have left a data file, so it is still unlinked
                     # after the commit (L{after_batch}; a missing file costs
-                    # one system call).
+                    # one system call, which L{_unlink_data} saves for a
+                    # file known never to have had one).
                     ctx.orphans.append(node.ino)
                     ctx.actions.append((0, "free", node.ino, 0, 0))
-                elif not self.layout.no_data:
+                elif self.layout.no_data:
                     # (A meta server's store has no data file to free: no
                     # pending_io row, no unlink after the batch.)
+                    pass
+                elif node.ino in self.layout.fileless:
+                    # Made here, never written out of line: no data file,
+                    # so no pending_io row for a crash to replay (an INSERT
+                    # now and a DELETE with the next batch).
+                    ctx.actions.append((0, "free", node.ino, 0, 0))
+                else:
                     ctx.phys.append(("free", node.ino, 0, 0))
         for kind, ino, offset, length in ctx.phys:
             cur = conn.execute(
@@ -1239,6 +1258,11 @@ class Engine:
 
     def _unlink_data(self, ino: int) -> None:
         self.files.forget(ino)
+        never = self.layout.fileless
+        if ino in never:
+            # Freed, never had a data file: no unlink that fails.
+            never.discard(ino)
+            return
         try:
             os.unlink(self.layout.path(ino))
         except FileNotFoundError:
@@ -1389,6 +1413,12 @@ class Engine:
             if len(self._fileless) >= _FILELESS_MAX:
                 self._fileless.clear()
             self._fileless.add(node.ino)
+            if node.ino >= self._reused_below and not self.layout.no_data:
+                # No data file yet, none until WriteFiles.get makes one.
+                never = self.layout.fileless
+                if len(never) >= _NEVER_FILED_MAX:
+                    never.clear()
+                never.add(node.ino)
         # A new inode number (never reused) has no data file yet: no stat of
         # a path that is not there.
         return node.attributes(0)

@@ -52,6 +52,16 @@ class Layout:
         #: are on data servers): L{WriteFiles.used} and L{ReadFiles.used}
         #: answer 0, as the stat of the absent file did, without it.
         self.no_data = False
+        #: Regular files this process made whose data file was never created
+        #: (their bytes inline, or none yet): L{WriteFiles.used} and
+        #: L{ReadFiles.used} answer 0 without a C{stat} that fails, and their
+        #: removal unlinks nothing (L{Engine._write_back}). Filled by the
+        #: engine once a create committed, emptied by L{WriteFiles.get}
+        #: before it creates one; empty at open, so a file a crash may have
+        #: left is looked for as before. A set read on the reactor's thread
+        #: and changed on the writer's: each step is atomic, and a file is
+        #: taken out before it exists.
+        self.fileless: set[int] = set()
 
     def dir_of(self, ino: int) -> str:
         return f"{self.root}/{ino >> 20:x}/{(ino >> 10) & 0x3FF:03x}"
@@ -196,6 +206,7 @@ class WriteFiles:
             return fd
         path = self.layout.path(ino)
         if create:
+            self.layout.fileless.discard(ino)
             # Asked to create: most often for a new inode's first write, so
             # try to create first (one system call where opening and then
             # creating cost two and a stat of the directory).
@@ -376,7 +387,7 @@ class WriteFiles:
 
     def used(self, ino: int) -> int:
         """Bytes of storage the data file occupies (C{st_blocks * 512})."""
-        if self.layout.no_data:
+        if self.layout.no_data or ino in self.layout.fileless:
             return 0
         fd = self._fds.get(ino)
         try:
@@ -458,7 +469,7 @@ class ReadFiles:
         return ino in self._fds
 
     def used(self, ino: int) -> int:
-        if self.layout.no_data:
+        if self.layout.no_data or ino in self.layout.fileless:
             return 0
         fd = self._fds.get(ino)
         try:

@@ -39,6 +39,8 @@ from claudefs_gateway.backend.embedded._schema import (
     Node,
     usage_total,
 )
+from claudefs_gateway.core import pagecache
+from claudefs_gateway.core.directsend import FileRange
 from claudefs_gateway.fstypes import (
     XATTR_NAME_MAX,
     Attributes,
@@ -84,6 +86,11 @@ _I64 = 2**63 - 1
 
 # Reads up to this size try the page cache on the reactor thread first.
 FAST_READ = 1024 * 1024
+# Reads from this size may be answered with a FileRange (sent by sendfile)
+# when every page is cached: below it, the copies a range saves (reading
+# into a buffer, then into the socket) cost less than the page cache check
+# and the reply's second system call.
+RANGE_MIN = 64 * 1024
 # Inode rows kept between changes (dropped all at once when full).
 NODE_CACHE = 4096
 
@@ -435,9 +442,17 @@ class Reader:
             return [(offset, end - offset)]  # no SEEK_DATA here: all of it
         return out
 
-    def read(self, ino: int, offset: int, length: int) -> tuple[bytes, bool] | PendingRead:
+    def read(
+        self, ino: int, offset: int, length: int, ranged: bool = False
+    ) -> tuple[bytes | FileRange, bool] | PendingRead:
         """
         The bytes at C{offset}, or a L{PendingRead} for the part that would block.
+
+        With C{ranged}, a read of at least C{RANGE_MIN} bytes of a data
+        file whose range is all in the page cache answers a L{FileRange}
+        of this reader's descriptor instead of the bytes: good only until
+        the caller returns to the reactor (the descriptor may be closed
+        after), for a reply the caller sends with C{sendfile} at once.
 
         The size comes from the metadata (the data file may be shorter - a
         hole or a size set by setattr, read as zeros - or longer after a crash
@@ -468,6 +483,8 @@ class Reader:
             fd = files.get(ino)
             if fd is None:
                 return bytes(n), eof
+        if ranged and n >= RANGE_MIN and pagecache.cached(fd, offset, n):
+            return FileRange(fd, offset, n), eof
         if self.nowait and n <= FAST_READ:
             # One reused buffer, then one bytes object per read: allocating a
             # fresh buffer and a copy (two large blocks alive at once) makes

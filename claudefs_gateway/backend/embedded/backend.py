@@ -60,6 +60,7 @@ from claudefs_gateway.backend.embedded._files import read_range
 from claudefs_gateway.backend.embedded._logsync import AioLogSync
 from claudefs_gateway.backend.embedded._reader import PendingRead, Reader
 from claudefs_gateway.backend.embedded._writer import InlineWriter, ThreadWriter
+from claudefs_gateway.core.directsend import FileRange
 from claudefs_gateway.core.fence import Fence
 from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
@@ -974,13 +975,16 @@ class EmbeddedBackend:
     def read(self, ino: int, offset: int, length: int) -> defer.Deferred[tuple[bytes, bool]]:
         return self._read(Reader.read, ino, offset, length)
 
-    def read_now(self, ino: int, offset: int, length: int) -> tuple[bytes, bool] | None:
+    def read_now(
+        self, ino: int, offset: int, length: int, ranged: bool = False
+    ) -> tuple[bytes | FileRange, bool] | None:
         """
         L{read}'s answer when it is at hand without waiting (every change
         committed, the bytes in the page cache or inline), else L{None}:
         then call L{read}, which also raises what this does not (the NFS
         READ fast path; the same L{Reader.read} as L{read}, so the same
-        bytes and size).
+        bytes and size). C{ranged}: a large read all in the page cache may
+        answer a L{FileRange} to send at once (L{Reader.read}).
         """
         reader = self._reader
         if (
@@ -991,7 +995,7 @@ class EmbeddedBackend:
         ):
             return None
         try:
-            result = reader.read(ino, offset, length)
+            result = reader.read(ino, offset, length, ranged)
         except Exception:
             return None  # read() raises it, converted and logged
         if isinstance(result, PendingRead):

@@ -14,6 +14,8 @@ longer is GARBAGE_ARGS), paths at 4096 and WRITE data at the record limit.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from operator import methodcaller
 from typing import Any
 
 import attrs
@@ -304,8 +306,9 @@ def entryplus3(name: bytes, cookie: int, a: Attributes, fsid: int, handle: bytes
 # -- argument decoders ------------------------------------------------------------
 
 
-def dec_fh(u: Unpacker) -> bytes:
-    return u.opaque(FHSIZE)
+#: A procedure's lone file handle: C{u.opaque(FHSIZE)}, as an
+#: C{operator.methodcaller} (GETATTR's decoder, one Python call fewer per call).
+dec_fh: Callable[[Unpacker], bytes] = methodcaller("opaque", FHSIZE)
 
 
 def dec_name(u: Unpacker) -> bytes:

@@ -36,6 +36,7 @@ from typing import Any
 from twisted.internet import defer
 
 from claudefs_gateway import errors
+from claudefs_gateway.core.directsend import FileRange
 from claudefs_gateway.core.eager import eager
 from claudefs_gateway.core.fence import Fence
 from claudefs_gateway.core.log import Logger
@@ -140,10 +141,11 @@ class NFS3:
                 Procedure(
                     name,
                     decode,
-                    _deferred(method) if fast is None else _fast(fast, method),
+                    _deferred(method),
                     cached=number in cached,
                     cancel_on_close=number not in changes,
                     reply_size=sizes.get(number),
+                    fast=fast,
                 ),
             )
         return prog
@@ -164,7 +166,7 @@ class NFS3:
     # -- attributes -----------------------------------------------------------
 
     def fast_GETATTR(self, call: Call, handle: bytes) -> list[bytes] | None:
-        """GETATTR from the attribute cache, with no coroutine (L{_fast})."""
+        """GETATTR from the attribute cache, with no coroutine (L{Procedure.fast})."""
         try:
             got = self.ctx.file_now(call, handle)
         except Exception as e:
@@ -260,8 +262,11 @@ class NFS3:
     def fast_READ(self, call: Call, args: tuple[bytes, int, int]) -> list[bytes] | None:
         """
         READ of bytes at hand (attributes cached, page cache or inline
-        data), with no coroutine and no Deferred (L{_fast}); L{None} sends
-        the call the general way.
+        data), with no coroutine and no Deferred (L{Procedure.fast}); L{None} sends
+        the call the general way. Over a connection that sends file ranges
+        itself (L{Peer.sendfile<claudefs_gateway.rpc.server.Peer>}), a large
+        READ all in the page cache replies with a L{FileRange}: the kernel
+        sends the data from the page cache (no copy of it in the gateway).
         """
         handle, offset, count = args
         try:
@@ -272,12 +277,16 @@ class NFS3:
             io = self.ctx.io_size
             if count > io or call.peer.transport == "udp":
                 count = min(count, self._io_max(call))
-            result = vfs.read_now(caller, a, offset, count)  # type: ignore[attr-defined]
+            peer = call.peer
+            result = vfs.read_now(caller, a, offset, count, peer.sendfile)  # type: ignore[attr-defined]
         except Exception as e:
             return [c.status_post_op(self._fail(call, e, "READ"), None, 0)]
         if result is None:
             return None
-        return _read_reply(result[0], result[1], a, export.id)
+        data = result[0]
+        if type(data) is FileRange:
+            peer.ranged = True
+        return _read_reply(data, result[1], a, export.id)
 
     async def proc_READ(self, call: Call, args: tuple[bytes, int, int]) -> list[bytes]:
         handle, offset, count = args
@@ -805,30 +814,16 @@ async def _quiet_getattr(
     return got
 
 
-def _read_reply(data: bytes, eof: bool, a: Attributes, fsid: int) -> list[bytes]:
-    """READ3resok: few pieces, so the reply goes out in one sendmsg, a piece per iovec."""
+def _read_reply(data: bytes | FileRange, eof: bool, a: Attributes, fsid: int) -> list[Any]:
+    """
+    READ3resok: few pieces, so the reply goes out in one sendmsg, a piece per
+    iovec (the data by sendfile when it is a L{FileRange}).
+    """
     n = len(data)
     head = _OK_ATTRS + c.fattr3(a, fsid) + _READ_HEAD.pack(n, 1 if eof else 0, n)
     if n & 3:
         return [head, data, PADDING[n & 3]]
     return [head, data]
-
-
-def _fast(fast: Any, method: Any) -> Any:
-    """
-    The RPC handler for a procedure with a synchronous fast path: C{fast}
-    answers from memory (its reply), or returns L{None} for the general
-    C{method} (see L{_deferred}). Both reply alike: the fast path only
-    leaves out the coroutine and the Deferreds of an answer already known.
-    """
-
-    def handle(call: Call, args: Any) -> list[bytes] | defer.Deferred[list[bytes]]:
-        got: list[bytes] | None = fast(call, args)
-        if got is not None:
-            return got
-        return eager(method(call, args))
-
-    return handle
 
 
 def _deferred(method: Any) -> Any:

@@ -1,0 +1,130 @@
+"""
+NFSv3 READ over a real loopback connection: a large READ whose bytes are all
+in the page cache is sent by the kernel from the page cache (C{sendfile}),
+never read into the gateway's memory nor copied into the socket by it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.trial.unittest import SkipTest, TestCase
+
+from claudefs_gateway.core import pagecache
+from claudefs_gateway.fstypes import SetAttrs
+from claudefs_gateway.nfs.v3 import codec as c
+from claudefs_gateway.rpc.client import connect_tcp
+from claudefs_gateway.rpc.message import AuthSys
+from claudefs_gateway.rpc.server import RPCStreamFactory
+from claudefs_gateway.rpc.xdr import Packer
+from tests.nfs.harness import Harness
+
+MIB = 1 << 20
+
+
+class Counted:
+    """Calls of an C{os} function, with their sizes (the last argument that is an int)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.calls: list[tuple[Any, ...]] = []
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls.append(args)
+        return self.real(*args)
+
+
+class SendfileReadTests(TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        if not pagecache.available():
+            raise SkipTest("no cachestat here: large READs are read into memory, as before")
+        store = self.mktemp()
+        self.h = Harness(store=store)
+        self.addCleanup(lambda: self.h.m.backend.close())
+        root = self.h.root()
+        alice = self.h.client(0, 0)
+        r = alice.create(root, b"big", c.GUARDED, SetAttrs(mode=0o644))
+        self.assertEqual(r.status, 0)
+        self.fh = r.fh
+        self.blob = os.urandom(2 * MIB + 4098)  # a tail whose length is not a multiple of 4
+        for off in range(0, len(self.blob), MIB):
+            self.assertEqual(alice.write(self.fh, off, self.blob[off : off + MIB]).status, 0)
+        port = reactor.listenTCP(0, RPCStreamFactory(self.h.server, 2 * MIB), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+        self.preadv = Counted(os.preadv)
+        self.pread = Counted(os.pread)
+        self.sendfile = Counted(os.sendfile)
+        self.patch(os, "preadv", self.preadv)
+        self.patch(os, "pread", self.pread)
+        self.patch(os, "sendfile", self.sendfile)
+
+    async def read(self, client: Any, offset: int, count: int) -> tuple[int, bool, bytes]:
+        p = Packer()
+        p.opaque(self.fh)
+        p.u64(offset)
+        p.u32(count)
+        u = await client.call(c.NFS_PROGRAM, 3, c.READ, p.bytes(), AuthSys(0, b"t", 0, 0))
+        self.assertEqual(u.u32(), 0)
+        c.dec_post_op_attr(u)
+        n = u.u32()
+        eof = u.bool()
+        data = u.opaque(1 << 30)
+        self.assertEqual(n, len(data))
+        return n, eof, data
+
+    async def test_large_read_by_sendfile(self) -> None:
+        """
+        A 1 MiB READ from the page cache: the right bytes, one sendfile of
+        the 1 MiB and no read of the data into the gateway (before: a
+        preadv of 1 MiB into a buffer, a 1 MiB bytes copy, a sendmsg that
+        copied it again).
+        """
+        client = await connect_tcp(reactor, "127.0.0.1", self.port)
+        self.addCleanup(client.close)
+        await self.read(client, 0, 10)  # the first READ of a file takes the general path
+        del self.preadv.calls[:], self.pread.calls[:], self.sendfile.calls[:]
+        n, eof, data = await self.read(client, MIB, MIB)
+        self.assertEqual((n, eof, data), (MIB, False, self.blob[MIB : 2 * MIB]))
+        self.assertEqual([a[3] for a in self.sendfile.calls], [MIB])
+        self.assertEqual((self.preadv.calls, self.pread.calls), ([], []))
+        # The tail: a length not a multiple of 4 (XDR padding follows the range).
+        tail = len(self.blob) - 70002
+        n, eof, data = await self.read(client, tail, MIB)
+        self.assertEqual((n, eof, data), (70002, True, self.blob[tail:]))
+        self.assertEqual([a[3] for a in self.sendfile.calls], [MIB, 70002])
+        self.assertEqual((self.preadv.calls, self.pread.calls), ([], []))
+
+    async def test_small_read_is_copied(self) -> None:
+        """A 4 KiB READ is read into memory as before (a range costs more than the copy)."""
+        client = await connect_tcp(reactor, "127.0.0.1", self.port)
+        self.addCleanup(client.close)
+        await self.read(client, 0, 10)
+        del self.preadv.calls[:], self.sendfile.calls[:]
+        n, eof, data = await self.read(client, 4096, 4096)
+        self.assertEqual(data, self.blob[4096:8192])
+        self.assertEqual((len(self.preadv.calls), self.sendfile.calls), (1, []))
+
+    async def test_pipelined_reads(self) -> None:
+        """
+        Several large READs in one socket read: each reply is sent before
+        the next call runs, in order, all whole (the batch of replies made
+        while draining calls is flushed ahead of a range).
+        """
+        client = await connect_tcp(reactor, "127.0.0.1", self.port)
+        self.addCleanup(client.close)
+        await self.read(client, 0, 10)
+        got = await _gather(
+            [self.read(client, off, MIB // 2) for off in range(0, 2 * MIB, MIB // 2)]
+        )
+        self.assertEqual(b"".join(g[2] for g in got), self.blob[: 2 * MIB])
+
+
+async def _gather(coros: list[Any]) -> list[Any]:
+    from twisted.internet import defer
+
+    return list(await defer.gatherResults([defer.Deferred.fromCoroutine(x) for x in coros]))
