@@ -28,6 +28,7 @@ __all__ = [
     "begin_request",
     "set_header_lists",
     "set_plain_header",
+    "set_headers",
     "OVERRIDDEN_PRIVATE_METHODS",
     "request_line",
     "handling_request",
@@ -143,9 +144,10 @@ def begin_request(
 
 def set_header_lists(headers: Any, raw: dict[bytes, list[bytes]]) -> None:
     """
-    Fill an empty C{Headers} with canonical names and checked values, as
-    C{addRawHeader} would one at a time (its value sanitising changes nothing
-    in a value without CR or LF, which L{claudefs_gateway.s3.head} refuses).
+    Fill a C{Headers} with canonical names and checked values, as
+    C{setRawHeaders} would one name at a time (its value sanitising changes
+    nothing in a value without CR or LF, which L{claudefs_gateway.s3.head}
+    refuses and the server's own values never hold).
     """
     headers._rawHeaders.update(raw)
 
@@ -158,3 +160,36 @@ def set_plain_header(headers: Any, name: bytes, value: bytes) -> None:
     leave unchanged, without their cost on every response.
     """
     headers._rawHeaders[name] = [value]
+
+
+#: Header names as the handlers write them (C{str}) -> as L{canonical_name}
+#: makes them; bounded, as user metadata names come from clients.
+_NAMES: dict[str, bytes] = {}
+_NAMES_MAX = 1024
+
+
+def set_headers(headers: Any, items: dict[str, str]) -> None:
+    """
+    C{setRawHeaders(name, [value])} for each of C{items}, as C{Request.setHeader}
+    does it (the name canonicalised, CR and LF in a value made spaces) with a
+    value encoded as L{claudefs_gateway.s3.call.header_bytes} does, without
+    four Python calls a header (setHeader, setRawHeaders, the name's
+    encoder, the value's sanitiser): a GET's response sets some ten.
+
+    @raise ValueError: a name that is not a token (as C{setHeader}).
+    """
+    raw = headers._rawHeaders
+    names = _NAMES
+    for k, v in items.items():
+        name = names.get(k)
+        if name is None:
+            name = canonical_name(k.encode("latin-1"))
+            if len(names) < _NAMES_MAX:
+                names[k] = name
+        try:
+            value = v.encode("latin-1")
+        except UnicodeEncodeError:
+            value = v.encode("utf-8", "surrogateescape")
+        if b"\r" in value or b"\n" in value:
+            value = b" ".join(value.splitlines())
+        raw[name] = [value]

@@ -15,8 +15,8 @@ operation (L{UNSUPPORTED}; C{docs/s3.rst} lists them).
 
 from __future__ import annotations
 
-import base64
 import os
+from binascii import b2a_base64
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -27,7 +27,7 @@ from twisted.web import resource, server
 from claudefs_gateway import errors
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.fstypes import Credentials
-from claudefs_gateway.s3._web import canonical_name, set_plain_header
+from claudefs_gateway.s3._web import canonical_name, set_header_lists
 from claudefs_gateway.s3.auth import Authenticator, RequestView
 from claudefs_gateway.s3.body import ClientGone
 from claudefs_gateway.s3.call import Call, Limits, failure
@@ -194,10 +194,15 @@ class S3Api(BucketOps, VersioningOps, TaggingOps, LockOps, PostOps, AccessOps, M
             self.activity.begin()
         try:
             call = self.parse(request)
-            headers = request.responseHeaders
-            set_plain_header(headers, _REQUEST_ID, call.request_id.encode())
-            set_plain_header(headers, _ID_2, base64.b64encode(call.request_id_2))
-            set_plain_header(headers, _SERVER, b"ClaudeFS")
+            # Every response's own headers, in one update.
+            set_header_lists(
+                request.responseHeaders,
+                {
+                    _REQUEST_ID: [call.request_id.encode()],
+                    _ID_2: [b2a_base64(call.request_id_2, newline=False)],
+                    _SERVER: [b"ClaudeFS"],
+                },
+            )
             if self.activity is not None and self.activity.draining:
                 request.setHeader(b"Connection", b"close")
                 ch = getattr(request, "_chan", None) or getattr(request, "channel", None)

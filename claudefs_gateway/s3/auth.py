@@ -230,10 +230,14 @@ class Authenticator:
 
     def _authenticate(self, req: RequestView) -> AuthResult:
         authz = req.header("authorization")
-        query = {
-            n.decode("utf-8", "replace"): v.decode("utf-8", "replace")
-            for n, v in sg.parse_query(req.raw_query)
-        }
+        query = (
+            {
+                n.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+                for n, v in sg.parse_query(req.raw_query)
+            }
+            if req.raw_query
+            else {}
+        )
         if authz is not None:
             if authz.startswith("AWS4-"):
                 return self._v4_header(req, authz)

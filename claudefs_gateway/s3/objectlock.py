@@ -49,6 +49,13 @@ def from_headers(headers: dict[str, list[str]], now_ns: int) -> Retention | None
         unknown mode or hold status, a date in the past).
     """
 
+    if (
+        "x-amz-object-lock-mode" not in headers
+        and "x-amz-object-lock-retain-until-date" not in headers
+        and "x-amz-object-lock-legal-hold" not in headers
+    ):
+        return None  # most writes: no closure and no three calls
+
     def h(name: str) -> str | None:
         v = headers.get(name)
         return v[0].strip() if v else None

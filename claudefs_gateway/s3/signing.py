@@ -139,7 +139,10 @@ def canonical_headers(headers: Mapping[str, Sequence[str]], signed: Sequence[str
                 "The request signature we calculated does not match the signature you provided.",
             )
         # Whitespace runs fold to one space, as botocore (and AWS's own check) do it.
-        joined = ",".join(" ".join(v.split()) for v in values)
+        if len(values) == 1:  # the usual case, without a generator's calls
+            joined = " ".join(values[0].split())
+        else:
+            joined = ",".join(" ".join(v.split()) for v in values)
         lines.append(f"{name}:{joined}\n")
     return "".join(lines)
 

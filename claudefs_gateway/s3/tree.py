@@ -81,6 +81,10 @@ STORED_HEADERS = (
 )
 
 
+#: json.dumps with these options builds an encoder per call; every PUT encodes.
+_META_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 @attrs.define
 class ObjectMeta:
     """
@@ -141,7 +145,7 @@ class ObjectMeta:
             # Zero is a size and a time (an empty object), not "absent".
             if v or (v == 0 and name in ("size", "mtime_ns") and v is not None):
                 d[short] = v
-        return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _META_JSON.encode(d).encode("utf-8")
 
     @classmethod
     def decode(cls, raw: bytes | None) -> ObjectMeta:
@@ -243,7 +247,7 @@ class Tree:
         self._user_dirs: dict[int, int] = {}
         self._etags: dict[tuple[int, int, int], list[defer.Deferred[str]]] = {}
         # bucket inode -> ((gen, change), stored settings): see bucket_conf.
-        self._confs: dict[int, tuple[tuple[int, int], bytes | None]] = {}
+        self._confs: dict[int, tuple[tuple[int, int], bytes | None, BucketConf | None]] = {}
         #: The store's durable renames make the renamed file's data durable
         #: (L{claudefs_gateway.interfaces.IMetadataService.rename}): a small
         #: PUT writes unstable and its publishing rename flushes both.
@@ -536,15 +540,40 @@ class Tree:
         attribute cache follows every change, this process's or (through the
         shared store's events) another worker's.
         """
+        return BucketConf.decode(await self._bucket_raw(bucket))
+
+    async def bucket_settings(self, bucket: Attributes) -> BucketConf:
+        """
+        The bucket's S3 settings as L{bucket_conf} reads them, but shared: the
+        same object for every request until the bucket changes, which the
+        caller must not change (the request paths that only read them: a
+        small PUT, GET, HEAD and DELETE decode no JSON and build no object).
+        """
         stamp = (bucket.gen, bucket.change)
         hit = self._confs.get(bucket.ino)
         if hit is not None and hit[0] == stamp:
-            return BucketConf.decode(hit[1])
+            conf = hit[2]
+            if conf is None:
+                conf = BucketConf.decode(hit[1])
+                self._confs[bucket.ino] = (stamp, hit[1], conf)
+            return conf
+        raw = await self._bucket_raw(bucket)
+        conf = BucketConf.decode(raw)
+        if self._confs.get(bucket.ino, (None,))[0] == stamp:
+            self._confs[bucket.ino] = (stamp, raw, conf)
+        return conf
+
+    async def _bucket_raw(self, bucket: Attributes) -> bytes | None:
+        """The stored bytes of the bucket's settings, kept per bucket (L{bucket_conf})."""
+        stamp = (bucket.gen, bucket.change)
+        hit = self._confs.get(bucket.ino)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
         raw = await self.vfs.meta_get(self.root_caller, bucket.ino, BUCKET_KEY)
         if len(self._confs) >= CONF_CACHE:
             self._confs.clear()
-        self._confs[bucket.ino] = (stamp, raw)
-        return BucketConf.decode(raw)
+        self._confs[bucket.ino] = (stamp, raw, None)
+        return raw
 
     async def set_bucket_conf(self, caller: Caller, bucket: Attributes, conf: BucketConf) -> None:
         """Store the bucket's S3 settings (as the caller: its owner, or root)."""

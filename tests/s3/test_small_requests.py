@@ -30,6 +30,7 @@ from claudefs_gateway.core.directsend import DirectSender
 from claudefs_gateway.fstypes import Credentials
 from claudefs_gateway.s3 import _web, api, channel, tree
 from claudefs_gateway.s3 import signing as sg
+from claudefs_gateway.s3.call import header_bytes
 from claudefs_gateway.s3.channel import S3Site
 from claudefs_gateway.s3.keys import Key
 
@@ -70,6 +71,32 @@ class PlainHeaderTests(SynchronousTestCase):
         general.setRawHeaders(name, [value])
         _web.set_plain_header(fast, _web.canonical_name(name), value)
         self.assertEqual(list(fast.getAllRawHeaders()), list(general.getAllRawHeaders()))
+
+    @given(
+        st.dictionaries(
+            st.sampled_from(
+                ["ETag", "Content-Type", "x-amz-meta-Colour", "Last-Modified", "cache-control"]
+            ),
+            st.text(max_size=30),
+        )
+    )
+    def test_set_headers_same_as_set_header(self, items: dict[str, str]) -> None:
+        """
+        Any values (CR and LF in them, characters beyond latin-1): the
+        headers C{Request.setHeader} stores for the value bytes
+        L{claudefs_gateway.s3.call.header_bytes} makes, which is what the
+        handlers set before the tenth round.
+        """
+        general, fast = Headers(), Headers()
+        for k, v in items.items():
+            general.setRawHeaders(k.encode("latin-1"), [header_bytes(v)])
+        _web.set_headers(fast, items)
+        self.assertEqual(list(fast.getAllRawHeaders()), list(general.getAllRawHeaders()))
+
+    def test_set_headers_refuses_what_set_header_refuses(self) -> None:
+        """A name that is not a token is refused, as twisted.web refuses it."""
+        self.assertRaises(ValueError, _web.set_headers, Headers(), {"bad name": "v"})
+        self.assertRaises(ValueError, Headers().setRawHeaders, b"bad name", [b"v"])
 
     def test_names_are_canonical(self) -> None:
         """The names the channel and the API set are those twisted.web would store."""

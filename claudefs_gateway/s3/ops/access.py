@@ -83,7 +83,7 @@ class AccessOps(ObjectOps):
                 b = await tree.bucket(tree.root_caller, call.bucket)
             except S3Error:
                 return  # the operation reports the missing bucket
-        conf = await tree.bucket_conf(b)
+        conf = await tree.bucket_settings(b)
         decision = None
         if conf.policy:
             decision = await self._policy_decision(call, b, conf)
