@@ -142,7 +142,7 @@ class KeyLocks:
     while a change of that key decides on the object there and makes its
     change: conditional and versioned writes, conditional and versioned
     deletes, every write of a bucket with lifecycle rules and the lifecycle's
-    expiry (docs/s3.rst "Concurrent changes of one key"). A lock nobody holds
+    expiry (docs/s3.rst "Lifecycle", where the key lock is described). A lock nobody holds
     or waits for is dropped, so the table holds only busy keys.
     """
 

@@ -4,7 +4,7 @@ L{tests.s3.boto_steps}) against a gateway on loopback: a lifecycle expiry
 and a PUT of the key it expires, an abort whose upload directory another
 gateway removed meanwhile, a copy whose source is a delete marker, a
 CompleteMultipartUpload retried after its object was replaced
-(docs/s3.rst "Concurrent changes of one key").
+(docs/s3.rst "Lifecycle", where the key lock is described).
 """
 
 from __future__ import annotations
