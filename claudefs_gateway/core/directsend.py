@@ -22,19 +22,23 @@ the page cache with C{sendfile} (L{DirectSender.send_ranges}), so a large
 READ's data is neither read into the gateway's memory nor copied into the
 socket (the socket's buffers refer to the cached pages). Whatever part of a
 range the socket does not take at once is read into C{bytes} there and then
-(L{FileRange.read}) and queued like any other piece: the descriptor is the
-caller's and is only good until it returns.
+and queued like any other piece (the descriptor is the caller's and is only
+good until it returns) - without waiting for the disk (C{RWF_NOWAIT}): the
+pages may have been evicted since the caller checked. When they were, the
+piece becomes a L{Later} (a duplicate of the descriptor, read in a thread by
+the caller, which keeps the replies after it waiting: L{FileRange.take}).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from typing import Any, TypeVar, cast
 
 from twisted.internet import tcp
 
-__all__ = ["DirectSender", "FileRange", "PRIVATE_ATTRIBUTES", "materialize"]
+__all__ = ["DirectSender", "FileRange", "Later", "PRIVATE_ATTRIBUTES", "materialize"]
 
 #: The private attributes of twisted.internet.tcp.Connection relied on here.
 PRIVATE_ATTRIBUTES = ("_tempDataLen", "dataBuffer", "offset")
@@ -73,16 +77,101 @@ class FileRange:
     def __repr__(self) -> str:
         return f"<FileRange fd={self.fd} offset={self.offset} length={self.length}>"
 
-    def read(self, skip: int = 0) -> bytes:
-        """The range's bytes after its first C{skip}, read now (may wait for the disk)."""
+    def take(self, skip: int = 0) -> bytes | Later:
+        """
+        The range's bytes after its first C{skip}, if the page cache has
+        them all now; else a L{Later} that reads them (in a thread: never on
+        the reactor's, which a read from the disk would stop).
+        """
         n = self.length - skip
-        got = os.pread(self.fd, n, self.offset + skip)
-        return got if len(got) == n else got.ljust(n, b"\0")
+        got = _read_nowait(self.fd, self.offset + skip, n)
+        if got is not None:
+            return got
+        return Later(os.dup(self.fd), self.offset + skip, n)
+
+
+class Later:
+    """
+    A piece of a reply whose bytes must come from the disk: C{length} bytes
+    from C{offset} of C{fd}, the piece's own descriptor (a duplicate: the
+    range's was good only until its caller returned), closed by L{read} or
+    L{close}, whichever comes first.
+    """
+
+    __slots__ = ("fd", "offset", "length")
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __repr__(self) -> str:
+        return f"<Later fd={self.fd} offset={self.offset} length={self.length}>"
+
+    def read(self) -> bytes:
+        """The bytes (waits for the disk: call it in a thread); closes the descriptor."""
+        try:
+            n = self.length
+            chunks: list[bytes] = []
+            got = 0
+            while got < n:
+                b = os.pread(self.fd, n - got, self.offset + got)
+                if not b:
+                    break  # past the file's end: zeros (the caller's size is the truth)
+                chunks.append(b)
+                got += len(b)
+            data = b"".join(chunks)
+            return data if len(data) == n else data.ljust(n, b"\0")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the descriptor (a reply abandoned before its read started)."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+
+
+def _read_nowait(fd: int, offset: int, n: int) -> bytes | None:
+    """
+    C{n} bytes of C{fd} from C{offset} (zeros past its end), or None when
+    some are not in the page cache (or the platform cannot tell without
+    waiting: no C{RWF_NOWAIT}).
+    """
+    if not _NOWAIT:
+        return None
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        try:
+            k = os.preadv(fd, [view[got:]], offset + got, _NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno == errno.EOPNOTSUPP:  # a file system without RWF_NOWAIT
+                return None
+            raise
+        if k <= 0:
+            break  # the file ended: the rest stays zeros
+        got += k
+    view.release()
+    return bytes(buf)
 
 
 def materialize(parts: list[Any]) -> list[Any]:
-    """C{parts} with each L{FileRange} read into bytes (for a transport's buffer)."""
-    return [p.read() if type(p) is FileRange else p for p in parts]
+    """
+    C{parts} with each L{FileRange} read into bytes if the page cache has
+    them, else made a L{Later} (for a transport's buffer, after the caller
+    has read the L{Later}s).
+    """
+    return [p.take() if type(p) is FileRange else p for p in parts]
 
 
 class DirectSender:
@@ -135,7 +224,8 @@ class DirectSender:
         range go out with one C{sendmsg} (C{MSG_MORE}: the range's first
         bytes join them in one segment), the range with C{sendfile}. What is
         left when the socket is full (or the transport busy) is returned
-        with every range read into bytes: the caller queues it.
+        with every range read into bytes or made a L{Later}
+        (L{materialize}): the caller queues it.
         """
         t = self._transport
         if not t.connected or t.disconnecting or t._tempDataLen or len(t.dataBuffer) != t.offset:
@@ -163,7 +253,7 @@ class DirectSender:
             r = parts[j]
             done = _sendfile(sock.fileno(), r)
             if done < r.length:
-                return [r.read(done), *materialize(parts[j + 1 :])]
+                return [r.take(done), *materialize(parts[j + 1 :])]
             i = j + 1
         return []
 
@@ -177,6 +267,6 @@ def _sendfile(out: int, r: FileRange) -> int:
         except OSError:
             return done  # EAGAIN: full; else the transport meets the error
         if sent <= 0:
-            return done  # the file ended: the rest is zeros, read() makes them
+            return done  # the file ended: the rest is zeros, take() makes them
         done += sent
     return done

@@ -44,7 +44,7 @@ from typing_extensions import override
 
 from zope.interface import implementer
 
-from claudefs_gateway.core.directsend import DirectSender, materialize
+from claudefs_gateway.core.directsend import DirectSender, Later, materialize
 from claudefs_gateway.core.log import Logger, Sampler
 from claudefs_gateway.rpc import message as msg
 from claudefs_gateway.rpc.drc import BUSY, ReplyCache, call_key
@@ -404,6 +404,13 @@ class RPCServer:
         )
 
 
+def _size(parts: list[Any]) -> int:
+    n = 0
+    for p in parts:
+        n += len(p)
+    return n
+
+
 def _shield(d: defer.Deferred[Any]) -> defer.Deferred[Any]:
     """
     A Deferred firing with C{d}'s result whose cancellation leaves C{d} running
@@ -492,6 +499,8 @@ class RPCStreamProtocol(Protocol):
         # Bytes counted in the memory budget: calls being served, replies queued.
         self._budget: Any = None
         self._queued = 0
+        # Replies waiting for a file read in a thread, in order (_write, _pump).
+        self._later: list[list[Any]] | None = None
 
     def seen(self, program: str, vers: int, uid: int | None) -> None:
         """Note a call of C{program} version C{vers} by C{uid} (None: AUTH_NONE)."""
@@ -868,7 +877,17 @@ class RPCStreamProtocol(Protocol):
         """
         Write reply records (C{parts}, C{size} bytes in all) to the client;
         C{ranged}: some parts are L{FileRange<claudefs_gateway.core.directsend.FileRange>}s.
+        A range the socket does not take whose pages are no longer cached
+        is read in a thread, never on the reactor's: this reply's rest and
+        every reply after it wait for it (L{_pump}).
         """
+        if self._later is not None:
+            # A reply ahead waits for its file's bytes: this one follows it.
+            if ranged:
+                parts = materialize(parts)
+            self._later.append(parts)
+            self._held += size
+            return
         direct = self._direct
         if direct is not None:
             parts = direct.send_ranges(parts, size) if ranged else direct.send(parts, size)
@@ -876,6 +895,85 @@ class RPCStreamProtocol(Protocol):
                 return
         elif ranged:
             parts = materialize(parts)
+        if ranged:
+            for p in parts:
+                if type(p) is Later:
+                    # Pages evicted since the READ looked: read them in a
+                    # thread, holding the replies after this one (in order).
+                    self._later = [parts]
+                    self._held += _size(parts)
+                    self._pump()
+                    return
+        self._out(parts, size)
+
+    def _pump(self) -> bool:
+        """
+        Write the replies held behind a L{Later} piece, in order, reading
+        each such piece in a thread (one at a time: the next waits for the
+        bytes before it). True when all are written.
+        """
+        later = self._later
+        assert later is not None
+        while later:
+            parts = later[0]
+            k = 0
+            for p in parts:
+                if type(p) is Later:
+                    break
+                k += 1
+            if k:
+                head = parts[:k]
+                size = _size(head)
+                self._held -= size
+                self._out(head, size)
+            if k == len(parts):
+                later.pop(0)
+                continue
+            later[0] = parts[k:]
+            from twisted.internet import reactor
+            from twisted.internet.threads import deferToThreadPool
+
+            r: Any = reactor
+            d = deferToThreadPool(r, r.getThreadPool(), parts[k].read)
+            # A running call for the connection's bounds (_full), cancelled with the others.
+            self.pending.add(d)
+            d.addBoth(self._read_later, d)
+            return False
+        self._later = None
+        return True
+
+    def _read_later(self, result: bytes | Failure, d: defer.Deferred[Any]) -> None:
+        """A L{Later} piece was read (L{_pump}): write on, or give the replies up."""
+        self.pending.discard(d)
+        later = self._later
+        if later is None:
+            return
+        if self.closed or not isinstance(result, bytes):
+            if isinstance(result, Failure) and not result.check(defer.CancelledError):
+                # Its record's head may be out already: the stream cannot go on.
+                self._log.failure(
+                    "connection {conn_id}: reading a READ reply's data",
+                    result,
+                    conn_id=self.conn_id,
+                )
+                self.closed = True
+                self.transport.abortConnection()
+            # (The first piece is the one read: its read closes its descriptor.)
+            self._held -= len(later[0][0])
+            later[0] = later[0][1:]
+            for parts in later:
+                for p in parts:
+                    if type(p) is Later:
+                        p.close()
+                self._held -= _size(parts)
+            self._later = None
+            return
+        later[0][0] = result
+        if self._pump():
+            self._drain_backlog()
+
+    def _out(self, parts: list[Any], size: int) -> None:
+        """Hand reply bytes to the transport (counted while the client reads none)."""
         if self._paused_output:
             # Queued behind replies the client has not read: counted (in
             # max_queued_bytes and the memory budget) until it reads them

@@ -12,7 +12,7 @@ from twisted.internet import defer, protocol, reactor, tcp
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from claudefs_gateway.core.directsend import PRIVATE_ATTRIBUTES, DirectSender, FileRange
+from claudefs_gateway.core.directsend import PRIVATE_ATTRIBUTES, DirectSender, FileRange, Later
 
 
 class Server(protocol.Protocol):
@@ -142,6 +142,34 @@ class DirectSenderTests(TestCase):
         fd = self.data_file(b"0123456789")
         server.transport.write(b"first")
         self.assertEqual(sender.send_ranges([FileRange(fd, 2, 5)], 5), [b"23456"])
+
+    def test_evicted_range_is_read_later(self) -> None:
+        """
+        A range whose pages are no longer cached is not read on the spot
+        (that would wait for the disk): it becomes a L{Later} with its own
+        descriptor (the range's is the caller's, good only until it
+        returns), whose read gives the bytes (zeros past the file's end)
+        and closes it.
+        """
+        fd = self.data_file(b"0123456789")
+        real = os.preadv
+
+        def evicted(fd: int, buffers: list[memoryview], offset: int, flags: int = 0) -> int:
+            if flags & os.RWF_NOWAIT:
+                raise BlockingIOError(11, "EAGAIN")
+            return real(fd, buffers, offset, flags)
+
+        self.assertEqual(FileRange(fd, 2, 5).take(), b"23456")
+        self.patch(os, "preadv", evicted)
+        caller = os.dup(fd)
+        later = FileRange(caller, 4, 20).take(2)
+        assert isinstance(later, Later)
+        self.assertNotIn(later.fd, (fd, caller))
+        self.assertEqual((later.offset, len(later)), (6, 18))
+        os.close(caller)  # the caller's descriptor goes: the piece's stays good
+        self.assertEqual(later.read(), b"6789" + bytes(14))
+        self.assertEqual(later.fd, -1)
+        later.close()  # closed once only
 
     def test_not_for_other_transports(self) -> None:
         """Test transports (and TLS, and other reactors') get no direct sender."""

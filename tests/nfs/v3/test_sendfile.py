@@ -7,6 +7,7 @@ never read into the gateway's memory nor copied into the socket by it.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from twisted.internet import reactor
@@ -30,10 +31,45 @@ class Counted:
     def __init__(self, real: Any) -> None:
         self.real = real
         self.calls: list[tuple[Any, ...]] = []
+        self.on_reactor: list[tuple[Any, ...]] = []  # the calls made on the reactor's thread
 
     def __call__(self, *args: Any) -> Any:
         self.calls.append(args)
+        if threading.current_thread() is threading.main_thread():
+            self.on_reactor.append(args)
         return self.real(*args)
+
+
+class FullSocket:
+    """
+    C{os.sendfile} as when the socket fills: the first call sends at most
+    C{first} bytes, the next says EAGAIN; then the real one again.
+    """
+
+    def __init__(self, real: Any, first: int) -> None:
+        self.real = real
+        self.first = first
+        self.left = 2
+
+    def __call__(self, out: int, fd: int, offset: int, count: int) -> Any:
+        self.left -= 1
+        if self.left == 1:
+            return self.real(out, fd, offset, min(count, self.first))
+        if self.left == 0:
+            raise BlockingIOError(11, "EAGAIN")
+        return self.real(out, fd, offset, count)
+
+
+class Evicted:
+    """C{os.preadv} as when the pages were evicted: a large C{RWF_NOWAIT} read says EAGAIN."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __call__(self, fd: int, buffers: Any, offset: int, flags: int = 0) -> Any:
+        if flags & os.RWF_NOWAIT and sum(len(b) for b in buffers) >= 128 << 10:
+            raise BlockingIOError(11, "EAGAIN")
+        return self.real(fd, buffers, offset, flags)
 
 
 class SendfileReadTests(TestCase):
@@ -122,6 +158,57 @@ class SendfileReadTests(TestCase):
             [self.read(client, off, MIB // 2) for off in range(0, 2 * MIB, MIB // 2)]
         )
         self.assertEqual(b"".join(g[2] for g in got), self.blob[: 2 * MIB])
+
+    async def test_partial_send_rest_without_waiting(self) -> None:
+        """
+        The socket takes 256 KiB of a 1 MiB range: the rest is read from
+        the page cache without waiting for the disk (one RWF_NOWAIT preadv
+        of the 768 KiB), never by a pread that could stop the reactor on
+        the disk (before: a plain pread of the 768 KiB on its thread).
+        """
+        client = await connect_tcp(reactor, "127.0.0.1", self.port)
+        self.addCleanup(client.close)
+        await self.read(client, 0, 10)
+        del self.preadv.calls[:], self.pread.calls[:], self.sendfile.calls[:]
+        self.sendfile.real = FullSocket(os.sendfile.real, 256 << 10)  # type: ignore[attr-defined]
+        n, eof, data = await self.read(client, 0, MIB)
+        self.assertEqual((n, eof, data), (MIB, False, self.blob[:MIB]))
+        self.assertEqual([a[3] for a in self.sendfile.calls], [MIB, MIB - (256 << 10)])
+        self.assertEqual(self.pread.calls, [])
+        self.assertEqual(
+            [(a[2], a[3], sum(len(b) for b in a[1])) for a in self.preadv.calls],
+            [(256 << 10, os.RWF_NOWAIT, MIB - (256 << 10))],
+        )
+
+    async def test_evicted_rest_read_in_thread(self) -> None:
+        """
+        The socket takes part of a range and the rest's pages were evicted
+        meanwhile: the rest is read in a thread, never on the reactor's, and
+        the replies of the READs pipelined after it wait for it (each reply
+        whole and in order on the stream: the client parses them all).
+        """
+        client = await connect_tcp(reactor, "127.0.0.1", self.port)
+        self.addCleanup(client.close)
+        await self.read(client, 0, 10)
+        self.sendfile.real = FullSocket(os.sendfile.real, 256 << 10)  # type: ignore[attr-defined]
+        self.preadv.real = Evicted(os.preadv.real)  # type: ignore[attr-defined]
+        del self.pread.calls[:], self.pread.on_reactor[:]
+        got = await _gather(
+            [
+                self.read(client, 0, MIB),
+                self.read(client, MIB, 4096),
+                self.read(client, MIB + 4096, 4096),
+            ]
+        )
+        self.assertEqual(
+            [g[2] for g in got],
+            [self.blob[:MIB], self.blob[MIB : MIB + 4096], self.blob[MIB + 4096 : MIB + 8192]],
+        )
+        self.assertEqual([a[1] for a in self.pread.calls], [MIB - (256 << 10)])
+        self.assertEqual(self.pread.on_reactor, [])
+        # And the connection goes on as before.
+        n, eof, data = await self.read(client, MIB, MIB)
+        self.assertEqual(data, self.blob[MIB : 2 * MIB])
 
 
 async def _gather(coros: list[Any]) -> list[Any]:
