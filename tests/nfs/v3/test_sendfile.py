@@ -10,7 +10,7 @@ import os
 import threading
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import SkipTest, TestCase
 
 from claudefs_gateway.core import pagecache
@@ -89,7 +89,8 @@ class SendfileReadTests(TestCase):
         self.blob = os.urandom(2 * MIB + 4098)  # a tail whose length is not a multiple of 4
         for off in range(0, len(self.blob), MIB):
             self.assertEqual(alice.write(self.fh, off, self.blob[off : off + MIB]).status, 0)
-        port = reactor.listenTCP(0, RPCStreamFactory(self.h.server, 2 * MIB), interface="127.0.0.1")
+        self.factory = RPCStreamFactory(self.h.server, 2 * MIB)
+        port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
         self.preadv = Counted(os.preadv)
@@ -209,6 +210,61 @@ class SendfileReadTests(TestCase):
         # And the connection goes on as before.
         n, eof, data = await self.read(client, MIB, MIB)
         self.assertEqual(data, self.blob[MIB : 2 * MIB])
+
+    async def test_connection_lost_during_the_thread_read(self) -> None:
+        """
+        The client goes while the rest of a range is read in a thread: the
+        read's own descriptor is closed when it ends, nothing is written or
+        logged as an error (trial fails a test that logs one), and the
+        connection's counts go back to zero.
+        """
+        built: list[Any] = []
+        real_build = self.factory.buildProtocol
+
+        def build(addr: Any) -> Any:
+            built.append(real_build(addr))
+            return built[-1]
+
+        self.patch(self.factory, "buildProtocol", build)
+        client = await connect_tcp(reactor, "127.0.0.1", self.port)
+        await self.read(client, 0, 10)
+        self.sendfile.real = FullSocket(os.sendfile.real, 256 << 10)  # type: ignore[attr-defined]
+        self.preadv.real = Evicted(os.preadv.real)  # type: ignore[attr-defined]
+        dups = Counted(os.dup)
+        self.patch(os, "dup", dups)
+        gate = threading.Event()
+        started: defer.Deferred[None] = defer.Deferred()
+        finished: defer.Deferred[None] = defer.Deferred()
+        real_pread = self.pread.real
+
+        def held_pread(fd: int, n: int, offset: int) -> bytes:
+            reactor.callFromThread(started.callback, None)
+            gate.wait(10)
+            try:
+                return real_pread(fd, n, offset)
+            finally:
+                reactor.callFromThread(finished.callback, None)
+
+        self.pread.real = held_pread
+        call = defer.Deferred.fromCoroutine(self.read(client, 0, MIB))
+        call.addErrback(lambda f: None)  # the connection goes before the reply
+        await started
+        (proto,) = built
+        lost: defer.Deferred[None] = defer.Deferred()
+        proto.on_close.append(lambda p: lost.callback(None))
+        client.close()
+        await lost
+        gate.set()
+        await finished
+        await _turn()  # the read's result reaches the reactor
+        self.assertEqual(len(dups.calls), 1)
+        self.assertEqual((proto._later, proto._held, proto.pending), (None, 0, set()))
+
+
+async def _turn() -> None:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(0, d.callback, None)
+    await d
 
 
 async def _gather(coros: list[Any]) -> list[Any]:
