@@ -157,6 +157,28 @@ class NFS4Tests(SynchronousTestCase):
         self.assertRaises(errors.Throttled, nfs4.admit, "10.0.0.1", 0)
         self.assertEqual(rejected(root.core.metrics, "nfs4", "client_rate"), 1)
 
+    def test_no_hook_without_limits(self) -> None:
+        """
+        With no request-rate limit set, NFSv4 has no admission hook at all
+        (issue 18: not a call per COMPOUND that limits nothing); the memory
+        budget is still checked per COMPOUND.
+        """
+        from claudefs_gateway import service
+        from claudefs_gateway.core import config as cfg
+
+        root = service.build(
+            cfg.loads(
+                "backend: {type: memory}\n"
+                'nfs: {bind: "127.0.0.1:0", mount_bind: "127.0.0.1:0", portmapper: "off"}\n'
+            ),
+            self.clock,
+            protocols=["nfs"],
+        )
+        nfs4 = root.getServiceNamed("proto:nfs").nfs4
+        assert nfs4 is not None
+        self.assertIsNone(nfs4.admit)
+        self.assertIs(nfs4.budget, root.core.budget)
+
 
 class SMBTests(SynchronousTestCase):
     def test_over_the_user_rate(self) -> None:

@@ -32,6 +32,7 @@ from claudefs_gateway.core.health import CheckResult
 from claudefs_gateway.core.log import Logger
 from claudefs_gateway.core.malloc import HeapTrimmer, keep_freed_memory
 from claudefs_gateway.core.metrics import RequestMetrics
+from claudefs_gateway.core.runtime import admission
 from claudefs_gateway.errors import BackendUnavailable
 from claudefs_gateway.interfaces import IVFS
 from claudefs_gateway.nfs.callbacks import RPCCallbacks
@@ -156,13 +157,14 @@ class NFSService(MultiService):
             )
             self.nfs4.budget = core.budget
 
-            # The request-rate limits NFSv3 calls go through (core.admit without
-            # the budget, which compound checks itself), counted as nfs4.
-            def admit4(host: str, uid: int | None) -> None:
-                if core.limiter is not None:
-                    core.limiter.admit("nfs4", host, uid)
-
-            self.nfs4.admit = admit4
+            # The request-rate limits NFSv3 calls go through (core.admission
+            # without the budget, which compound checks itself for every
+            # COMPOUND, session ones included), counted as nfs4; none at all
+            # (not a call per COMPOUND doing nothing) when no limit is set:
+            # the limiter's limits are fixed when it is built.
+            limiter = core.limiter
+            if limiter is not None and limiter.enabled:
+                self.nfs4.admit = admission("nfs4", None, limiter)
             self.server.add(self.nfs4.program())
             self.server.describers.append(self.nfs4.describe_connection)
             pnfs = cfg.pnfs

@@ -252,8 +252,25 @@ def parse_call(data: bytes) -> Call:
             if len(_CREDS) >= _CRED_CACHE:
                 _CREDS.clear()
             _CREDS[body] = cred
-    return Call(xid, prog, vers, proc, flavor, cred, args_at, body)
+    # Call(...) without its generated __init__ (a Python call per RPC call,
+    # issue 18): every slot set here, as __init__ would (a slot left unset
+    # would raise on reading; RPCTests.test_parse_call_sets_every_field).
+    call = _new(Call)
+    call.xid = xid
+    call.prog = prog
+    call.vers = vers
+    call.proc = proc
+    call.flavor = flavor
+    call.cred = cred
+    call.args_at = args_at
+    call.cred_body = body
+    call.peer = None
+    call.status = None
+    call.admitted = False
+    return call
 
+
+_new = object.__new__
 
 # Decoded AUTH_SYS credentials by their encoded body (bounded; cleared when full).
 _CRED_CACHE = 1024

@@ -741,7 +741,17 @@ class RPCStreamProtocol(Protocol):
                 batch, size = self._batch, self._batch_size
                 self._batch, self._batch_size = None, 0
                 if batch and not self.closed:
-                    self._write(batch, size)
+                    # _write's direct send, in line (once per read of every
+                    # connection): what the kernel does not take, or all of
+                    # it without a direct sender, goes through _write.
+                    direct = self._direct
+                    if direct is None or self._later is not None:
+                        # (Behind a reply waiting for its file's bytes: in turn.)
+                        self._write(batch, size)
+                    else:
+                        rest = direct.send(batch, size)
+                        if rest:
+                            self._write(rest, size, queue_only=True)
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and not self.closed:
@@ -873,13 +883,17 @@ class RPCStreamProtocol(Protocol):
             if not self.closed:
                 self._write(batch, size)
 
-    def _write(self, parts: list[Any], size: int, ranged: bool = False) -> None:
+    def _write(
+        self, parts: list[Any], size: int, ranged: bool = False, queue_only: bool = False
+    ) -> None:
         """
         Write reply records (C{parts}, C{size} bytes in all) to the client;
         C{ranged}: some parts are L{FileRange<claudefs_gateway.core.directsend.FileRange>}s.
         A range the socket does not take whose pages are no longer cached
         is read in a thread, never on the reactor's: this reply's rest and
-        every reply after it wait for it (L{_pump}).
+        every reply after it wait for it (L{_pump}). C{queue_only}: the
+        direct sender has had its try (C{parts} is what it left): through
+        the transport only.
         """
         if self._later is not None:
             # A reply ahead waits for its file's bytes: this one follows it.
@@ -889,7 +903,7 @@ class RPCStreamProtocol(Protocol):
             self._held += size
             return
         direct = self._direct
-        if direct is not None:
+        if direct is not None and not queue_only:
             parts = direct.send_ranges(parts, size) if ranged else direct.send(parts, size)
             if not parts:
                 return

@@ -456,7 +456,8 @@ class VFS:
         L{from_handle}, which also raises what this does not. For the NFS
         fast paths (a cached GETATTR or page-cache READ with no Deferred and
         no coroutine); the attributes are the attribute cache's, the same
-        L{from_handle} would give.
+        L{from_handle} would give. L{attrs_now} is in line: this runs once
+        per NFS GETATTR and READ (issue 18).
         """
         got = self._verified.get(handle)
         if got is None:
@@ -464,8 +465,12 @@ class VFS:
         export = self.exports.get(got[0])
         if export is None:
             return None
-        a = self.attrs_now(got[1])
-        if a is None or a.gen != got[2]:
+        a = self.attr_cache.get(got[1])
+        if (
+            a is None
+            or a.gen != got[2]
+            or (self._attrs_current is not None and not self._attrs_current())
+        ):
             return None
         return export, a
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 
 import attrs
 
@@ -80,6 +81,9 @@ class Exports:
                     f"export id collision between {self._by_id[e.id].path} and {e.path}"
                 )
             self._by_id[e.id] = e
+        # The export with an id, or None: the dictionary's own get (a C
+        # call), as every NFS call's handle looks its export up here.
+        self.get: Callable[[int], ExportInfo | None] = self._by_id.get
 
     @classmethod
     def from_config(cls, exports: list[Export], s3_root: str | None = None) -> Exports:
@@ -97,9 +101,6 @@ class Exports:
 
     def __len__(self) -> int:
         return len(self._by_id)
-
-    def get(self, id: int) -> ExportInfo | None:
-        return self._by_id.get(id)
 
     def by_path(self, path: str) -> ExportInfo | None:
         for e in self._by_id.values():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
@@ -526,6 +527,23 @@ class ByteBoundTests(SynchronousTestCase):
             b"".join(encode_record(encode_call(x, PROG, 1, 2)) for x in range(100))
         )
         self.assertEqual(len(self.waiting), 100)
+
+
+class ParseCallTests(SynchronousTestCase):
+    def test_parse_call_sets_every_field(self) -> None:
+        """
+        L{msg.parse_call} fills its L{msg.Call} without the class's
+        C{__init__} (issue 18): every field reads back as the constructor
+        would set it, so a field added to L{msg.Call} and not to
+        C{parse_call} fails here rather than on a call being served.
+        """
+        cred = AuthSys(7, b"client", 1000, 100, (4, 5))
+        data = encode_call(9, PROG, 1, 2, b"args", cred)
+        got = msg.parse_call(data)
+        body = msg.encode_auth_sys(cred)
+        want = msg.Call(9, PROG, 1, 2, msg.AUTH_SYS, cred, len(data) - 4, body)
+        self.assertEqual(attrs.asdict(got, recurse=False), attrs.asdict(want, recurse=False))
+        self.assertEqual(data[got.args_at :], b"args")
 
 
 class DescribeTests(SynchronousTestCase):

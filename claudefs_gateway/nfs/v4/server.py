@@ -404,10 +404,13 @@ class NFS4(SessionOps, FileOps, StateOps, V42Ops, PnfsOps):
             return self._reply(c.NFS4ERR_INVAL, tag, 0, [])
         if h.minorversion not in self.settings.minor_versions:
             return self._reply(c.NFS4ERR_MINOR_VERS_MISMATCH, tag, 0, [])
-        if h.count and (self.budget is not None or self.admit is not None):
+        budget = self.budget
+        if h.count and (budget is not None or self.admit is not None):
             try:
-                if self.budget is not None:
-                    self.budget.check("nfs4")
+                # MemoryBudget.check's test in line (as core.admission's):
+                # a Python call per COMPOUND only when the budget is spent.
+                if budget is not None and budget.limit and budget.used > budget.limit:
+                    budget.check("nfs4")
                 if self.admit is not None and _rate_limited(h):
                     cred = call.cred
                     self.admit(call.peer.host, cred.uid if cred is not None else None)
