@@ -57,12 +57,8 @@ def _skip(parts: list[_B], n: int) -> list[_B]:
     return []
 
 
-class FileRange:
-    """
-    C{length} bytes of file descriptor C{fd} from C{offset}, as a piece of a
-    reply (L{DirectSender.send_ranges}). Bytes past the file's end read as
-    zeros (a sparse file's tail: the caller's size is the truth).
-    """
+class _Span:
+    """C{length} bytes of file descriptor C{fd} from C{offset}: a piece of a reply."""
 
     __slots__ = ("fd", "offset", "length")
 
@@ -75,7 +71,17 @@ class FileRange:
         return self.length
 
     def __repr__(self) -> str:
-        return f"<FileRange fd={self.fd} offset={self.offset} length={self.length}>"
+        return f"<{type(self).__name__} fd={self.fd} offset={self.offset} length={self.length}>"
+
+
+class FileRange(_Span):
+    """
+    C{length} bytes of file descriptor C{fd} from C{offset}, as a piece of a
+    reply (L{DirectSender.send_ranges}). Bytes past the file's end read as
+    zeros (a sparse file's tail: the caller's size is the truth).
+    """
+
+    __slots__ = ()
 
     def take(self, skip: int = 0) -> bytes | Later:
         """
@@ -90,7 +96,7 @@ class FileRange:
         return Later(os.dup(self.fd), self.offset + skip, n)
 
 
-class Later:
+class Later(_Span):
     """
     A piece of a reply whose bytes must come from the disk: C{length} bytes
     from C{offset} of C{fd}, the piece's own descriptor (a duplicate: the
@@ -98,18 +104,7 @@ class Later:
     L{close}, whichever comes first.
     """
 
-    __slots__ = ("fd", "offset", "length")
-
-    def __init__(self, fd: int, offset: int, length: int) -> None:
-        self.fd = fd
-        self.offset = offset
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __repr__(self) -> str:
-        return f"<Later fd={self.fd} offset={self.offset} length={self.length}>"
+    __slots__ = ()
 
     def read(self) -> bytes:
         """The bytes (waits for the disk: call it in a thread); closes the descriptor."""

@@ -51,6 +51,27 @@ class ProcTestCase(SynchronousTestCase):
         fh: bytes = r.fh
         return fh
 
+    def count_handle_calls(self) -> list[int]:
+        """From now on, C{[n]}: the Python calls made inside the RPC server's C{handle}."""
+        server = self.h.server
+        real = server.handle
+        calls = [0]
+
+        def count(frame: Any, event: str, arg: Any) -> None:
+            if event == "call":
+                calls[0] += 1
+
+        def handle(data: bytes, peer: Any) -> Any:
+            before = sys.getprofile()
+            sys.setprofile(count)
+            try:
+                return real(data, peer)
+            finally:
+                sys.setprofile(before)
+
+        self.patch(server, "handle", handle)
+        return calls
+
 
 class AttributeTests(ProcTestCase):
     def test_null(self) -> None:
@@ -676,23 +697,7 @@ class FastPathTests(ProcTestCase):
         data = bytes(range(256)) * 16
         fh = self.file(b"big", data * 16)  # 64 KiB: a data file, not inline
         self.c.read(fh, 0, 4096)  # learns the seal, opens the data file
-        server = self.h.server
-        real = server.handle
-        calls = [0]
-
-        def count(frame: Any, event: str, arg: Any) -> None:
-            if event == "call":
-                calls[0] += 1
-
-        def handle(data: bytes, peer: Any) -> Any:
-            before = sys.getprofile()
-            sys.setprofile(count)
-            try:
-                return real(data, peer)
-            finally:
-                sys.setprofile(before)
-
-        self.patch(server, "handle", handle)
+        calls = self.count_handle_calls()
         del self.general[:]
         for i in range(1, 11):
             r = self.c.read(fh, i * 4096, 4096)
@@ -818,23 +823,7 @@ class SmallFileCostTests(ProcTestCase):
     store = "embedded"
 
     def count(self) -> tuple[list[int], list[str], list[str]]:
-        server = self.h.server
-        real = server.handle
-        calls = [0]
-
-        def count(frame: Any, event: str, arg: Any) -> None:
-            if event == "call":
-                calls[0] += 1
-
-        def handle(data: bytes, peer: Any) -> Any:
-            before = sys.getprofile()
-            sys.setprofile(count)
-            try:
-                return real(data, peer)
-            finally:
-                sys.setprofile(before)
-
-        self.patch(server, "handle", handle)
+        calls = self.count_handle_calls()
         statements: list[str] = []
         conn = self.h.m.backend._engine.conn
         conn.set_trace_callback(statements.append)
